@@ -1,0 +1,127 @@
+"""α schedules, the straight-through estimator for TRAINING, and the gated blend.
+
+Blending follows DESIGN §2: ``out = lerp(h, s, α)`` where ``s = x_in + delta(x_in)`` is the seed's
+output and ``x_in`` is the seed's input (``h.detach()`` while the seed is isolated, ``h`` once it may
+co-adapt). ``lerp`` with α = 0 returns ``h`` bit for bit and with α = 1 returns ``s`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from esper.leyline import AlphaCurve, InjectionSpec, Topology
+from esper.leyline.thresholds import GATE_INIT_LOGIT
+
+SIGMOID_STEEPNESS = 10.0
+"""Logistic ramp steepness over the normalized schedule: ~99% of the change in the middle 90%."""
+
+
+def curve_value(curve: AlphaCurve, u: float) -> float:
+    """Fraction of the way from start to target at progress ``u`` in [0, 1]; 0 at 0, 1 at 1."""
+    u = min(max(u, 0.0), 1.0)
+    if curve is AlphaCurve.LINEAR:
+        return u
+    if curve is AlphaCurve.COSINE:
+        return 0.5 * (1.0 - math.cos(math.pi * u))
+    k = SIGMOID_STEEPNESS
+    lo, hi = 1.0 / (1.0 + math.exp(k / 2)), 1.0 / (1.0 + math.exp(-k / 2))
+    return (1.0 / (1.0 + math.exp(-k * (u - 0.5))) - lo) / (hi - lo)
+
+
+@dataclass
+class AlphaSchedule:
+    """Moves α from ``start`` to ``target`` over ``tempo`` ticks (epochs) along ``curve``.
+
+    The last tick sets α to ``target`` exactly, whatever rounding the curve does.
+    """
+
+    start: float
+    target: float
+    tempo: int
+    curve: AlphaCurve
+    tick: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tempo < 1:
+            raise ValueError(f"tempo must be >= 1 epoch, got {self.tempo}")
+
+    @property
+    def done(self) -> bool:
+        return self.tick >= self.tempo
+
+    def value(self) -> float:
+        if self.done:
+            return self.target
+        return self.start + (self.target - self.start) * curve_value(self.curve, self.tick / self.tempo)
+
+    def step(self) -> float:
+        """Advance one tick and return the new α."""
+        self.tick = min(self.tick + 1, self.tempo)
+        return self.value()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "target": self.target,
+            "tempo": self.tempo,
+            "curve": self.curve.value,
+            "tick": self.tick,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlphaSchedule:
+        return cls(
+            float(data["start"]),
+            float(data["target"]),
+            int(data["tempo"]),
+            AlphaCurve(data["curve"]),
+            int(data["tick"]),
+        )
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward returns the host stream unchanged; backward hands its gradient to the seed too.
+
+    Equivalent to ``h + (s - s.detach())`` (output exactly ``h``; ``ds = dh = grad``) without the
+    two elementwise passes over the activation.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, host: Tensor, seed: Tensor) -> Tensor:
+        return host.view_as(host)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad, grad
+
+
+def straight_through(host: Tensor, seed: Tensor) -> Tensor:
+    """Output ``host`` exactly while ``seed`` receives the gradient it would get if it were added."""
+    out: Tensor = _StraightThrough.apply(host, seed)
+    return out
+
+
+class BlendGate(nn.Module):
+    """Per-sample (CNN) or per-position (transformer) gate in (0, 1) that scales α.
+
+    CNN: ``σ(w · mean_hw(x) + b)`` -> (B, 1, 1, 1). Transformer: ``σ(w · x_t + b)`` -> (B, T, 1);
+    it is per position because pooling over the sequence would leak future tokens backwards.
+    The weight starts at zero and the bias at ``GATE_INIT_LOGIT``, so the gate opens nearly fully.
+    """
+
+    def __init__(self, spec: InjectionSpec) -> None:
+        super().__init__()
+        self.topology = spec.topology
+        self.linear = nn.Linear(spec.channels, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, GATE_INIT_LOGIT)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.topology is Topology.CNN:
+            return torch.sigmoid(self.linear(x.mean(dim=(2, 3))))[:, :, None, None]
+        return torch.sigmoid(self.linear(x))

@@ -1,0 +1,259 @@
+"""The blueprint registry: the one place a seed architecture is defined.
+
+A blueprint builds a module that maps the stream at an injection point to a *residual* ``delta``
+of the same shape; the seed's output is ``s = x + delta(x)``. Every blueprint zero-initializes its
+last layer, so ``delta`` is exactly 0 at germination and growing a seed never changes the model's
+output by itself. The action space derives blueprint indices from ``blueprint_registry.names``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from esper.leyline import InjectionSpec, Topology
+
+Builder = Callable[[InjectionSpec], nn.Module]
+
+MAX_NORM_GROUPS = 8
+"""GroupNorm groups for CNN seeds: the largest divisor of C up to 8 (GroupNorm paper's range)."""
+
+SE_REDUCTION = 4
+"""Squeeze-excite bottleneck: C -> C/4 -> C, light enough for 8-channel hosts."""
+
+BOTTLENECK_REDUCTION = 4
+"""Bottleneck seeds work at C/4 channels, as in ResNet bottleneck blocks."""
+
+LORA_RANK = 8
+"""Low-rank adapter rank (capped at the model dimension)."""
+
+MLP_EXPANSION = 2
+"""Seed MLPs expand by 2x, half of the host block's 4x: a seed is meant to be small."""
+
+
+def _groups(channels: int) -> int:
+    return max(g for g in range(1, min(MAX_NORM_GROUPS, channels) + 1) if channels % g == 0)
+
+
+def _zero_norm(channels: int) -> nn.GroupNorm:
+    norm = nn.GroupNorm(_groups(channels), channels)
+    nn.init.zeros_(norm.weight)
+    nn.init.zeros_(norm.bias)
+    return norm
+
+
+def _zero_conv(c_in: int, c_out: int, kernel: int, bias: bool = True) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias)
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
+    linear = nn.Linear(d_in, d_out)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """A registered seed architecture.
+
+    Attributes:
+        name: registry name, unique within a topology.
+        topology: the host kind it fits.
+        description: one line for help texts and reports.
+        builder: builds the delta module for an injection point.
+    """
+
+    name: str
+    topology: Topology
+    description: str
+    builder: Builder
+
+    def build(self, spec: InjectionSpec) -> nn.Module:
+        """Build the seed's delta module for ``spec``."""
+        return self.builder(spec)
+
+    def param_count(self, spec: InjectionSpec) -> int:
+        """Real parameter count of this blueprint at ``spec`` (built on the meta device)."""
+        with torch.device("meta"):
+            module = self.builder(spec)
+        return sum(p.numel() for p in module.parameters())
+
+
+class BlueprintRegistry:
+    """Blueprints by topology and name, in registration order."""
+
+    def __init__(self) -> None:
+        self._by_topology: dict[Topology, dict[str, Blueprint]] = {t: {} for t in Topology}
+
+    def register(self, name: str, topology: Topology, description: str) -> Callable[[Builder], Builder]:
+        """Decorator adding a builder under ``name`` for ``topology``.
+
+        Raises:
+            ValueError: if the name is already taken for that topology.
+        """
+
+        def add(builder: Builder) -> Builder:
+            if name in self._by_topology[topology]:
+                raise ValueError(f"blueprint {name!r} is already registered for {topology.value}")
+            self._by_topology[topology][name] = Blueprint(name, topology, description, builder)
+            return builder
+
+        return add
+
+    def names(self, topology: Topology) -> tuple[str, ...]:
+        """Blueprint names for ``topology`` in registration order (the action-space order)."""
+        return tuple(self._by_topology[topology])
+
+    def get(self, name: str, topology: Topology) -> Blueprint:
+        """Look a blueprint up.
+
+        Raises:
+            ValueError: naming the unknown blueprint and the accepted ones.
+        """
+        table = self._by_topology[topology]
+        if name not in table:
+            raise ValueError(
+                f"unknown blueprint {name!r} for a {topology.value} host; accepted: {list(table)}"
+            )
+        return table[name]
+
+
+blueprint_registry = BlueprintRegistry()
+register = blueprint_registry.register
+
+
+# --------------------------------------------------------------------------------------------
+# CNN blueprints: (B, C, H, W) -> (B, C, H, W)
+
+
+@register("norm", Topology.CNN, "GroupNorm of the stream with zero-initialized affine (2C params)")
+def _cnn_norm(spec: InjectionSpec) -> nn.Module:
+    return _zero_norm(spec.channels)
+
+
+class _SqueezeExcite(nn.Module):
+    """delta = x * tanh(W2 relu(W1 mean_hw(x))); W2 zero-initialized so delta starts at 0."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = max(channels // SE_REDUCTION, 1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = _zero_linear(hidden, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))  # (B, C)
+        return x * torch.tanh(z)[:, :, None, None]
+
+
+@register("attention", Topology.CNN, "squeeze-and-excitation channel attention")
+def _cnn_attention(spec: InjectionSpec) -> nn.Module:
+    return _SqueezeExcite(spec.channels)
+
+
+@register("depthwise", Topology.CNN, "depthwise 3x3 -> norm -> ReLU -> pointwise 1x1")
+def _cnn_depthwise(spec: InjectionSpec) -> nn.Module:
+    c = spec.channels
+    return nn.Sequential(
+        nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
+        nn.GroupNorm(_groups(c), c),
+        nn.ReLU(),
+        _zero_conv(c, c, 1),
+    )
+
+
+@register("conv_light", Topology.CNN, "one 3x3 conv followed by a zero-initialized GroupNorm")
+def _cnn_conv_light(spec: InjectionSpec) -> nn.Module:
+    c = spec.channels
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _zero_norm(c))
+
+
+@register("conv_heavy", Topology.CNN, "3x3 conv -> norm -> ReLU -> 3x3 conv")
+def _cnn_conv_heavy(spec: InjectionSpec) -> nn.Module:
+    c = spec.channels
+    return nn.Sequential(
+        nn.Conv2d(c, c, 3, padding=1, bias=False),
+        nn.GroupNorm(_groups(c), c),
+        nn.ReLU(),
+        _zero_conv(c, c, 3),
+    )
+
+
+@register("bottleneck", Topology.CNN, "1x1 reduce -> 3x3 -> 1x1 expand at C/4 channels")
+def _cnn_bottleneck(spec: InjectionSpec) -> nn.Module:
+    c = spec.channels
+    r = max(c // BOTTLENECK_REDUCTION, 1)
+    return nn.Sequential(
+        nn.Conv2d(c, r, 1, bias=False),
+        nn.GroupNorm(_groups(r), r),
+        nn.ReLU(),
+        nn.Conv2d(r, r, 3, padding=1, bias=False),
+        nn.GroupNorm(_groups(r), r),
+        nn.ReLU(),
+        _zero_conv(r, c, 1),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer blueprints: (B, T, C) -> (B, T, C)
+
+
+@register("norm", Topology.TRANSFORMER, "LayerNorm of the stream with zero-initialized affine")
+def _tf_norm(spec: InjectionSpec) -> nn.Module:
+    norm = nn.LayerNorm(spec.channels)
+    nn.init.zeros_(norm.weight)
+    nn.init.zeros_(norm.bias)
+    return norm
+
+
+class _LoRA(nn.Module):
+    """delta = B(A(x)) with rank r; B zero-initialized (Hu et al., 2021)."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x))
+
+
+@register("lora", Topology.TRANSFORMER, "low-rank adapter x -> A -> B (rank 8)")
+def _tf_lora(spec: InjectionSpec) -> nn.Module:
+    return _LoRA(spec.channels, min(LORA_RANK, spec.channels))
+
+
+class _SeedAttention(nn.Module):
+    """One causal self-attention head over the normalized stream, zero-initialized projection."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = _zero_linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(self.ln(x)).split(x.shape[-1], dim=-1)  # (B, T, C) each
+        return self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@register("attention", Topology.TRANSFORMER, "single-head causal self-attention")
+def _tf_attention(spec: InjectionSpec) -> nn.Module:
+    return _SeedAttention(spec.channels)
+
+
+@register("mlp", Topology.TRANSFORMER, "LayerNorm -> Linear(2C) -> GELU -> Linear(C)")
+def _tf_mlp(spec: InjectionSpec) -> nn.Module:
+    d = spec.channels
+    return nn.Sequential(
+        nn.LayerNorm(d), nn.Linear(d, MLP_EXPANSION * d), nn.GELU(), _zero_linear(MLP_EXPANSION * d, d)
+    )

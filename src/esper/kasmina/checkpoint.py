@@ -1,0 +1,119 @@
+"""Save and load grown models: a JSON architecture manifest next to the weights.
+
+The file is written by ``torch.save`` with only strings and tensors inside and read back with
+``torch.load(weights_only=True)``, so loading never unpickles arbitrary objects. The manifest
+records the host (kind + constructor config), the enabled slots, the model options, and every
+slot's lifecycle state (blueprint, stage, α schedule, measurements); the model is rebuilt from it
+and the weights are loaded strictly on top.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esper.kasmina.errors import CheckpointError
+from esper.kasmina.hosts import build_host
+from esper.kasmina.model import MorphogeneticModel
+
+FORMAT = "esper-model"
+VERSION = 1
+
+
+def _manifest(model: MorphogeneticModel) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "host": {"kind": model.host.kind, "config": model.host.config()},
+        "slots": list(model.order),
+        "gate_mode": model.gate_mode.value,
+        "embargo_epochs": model.embargo_epochs,
+        "isolate_blending": model.isolate_blending,
+        "epoch": model.epoch,
+        "seeds": {name: model.slot(name).manifest() for name in model.order},
+    }
+
+
+def save_model(model: MorphogeneticModel, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file renamed into place).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "manifest": json.dumps(_manifest(model), sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged or foreign file
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a readable Esper model file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
+        ) from err
+    if not isinstance(payload, dict) or set(payload) != {"manifest", "state_dict"}:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not an Esper model file (unexpected layout)")
+    try:
+        manifest = json.loads(payload["manifest"])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt manifest: {err}") from err
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format {manifest.get('format')!r} version "
+            f"{manifest.get('version')!r}; this Esper reads {FORMAT!r} version {VERSION}"
+        )
+    return manifest, payload["state_dict"]
+
+
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MorphogeneticModel:
+    """Rebuild a model saved by ``save_model``: host, slots, seeds in their stages, weights.
+
+    Raises:
+        CheckpointError: for a missing, corrupt, foreign or inconsistent file, naming what is wrong.
+    """
+    path = Path(path)
+    manifest, state = _read(path)
+    try:
+        host = build_host(manifest["host"]["kind"], manifest["host"]["config"])
+        model = MorphogeneticModel(
+            host,
+            manifest["slots"],
+            gate_mode=manifest["gate_mode"],
+            embargo_epochs=manifest["embargo_epochs"],
+            isolate_blending=manifest["isolate_blending"],
+        )
+        model.epoch = int(manifest["epoch"])
+        device, dtype = model._device_dtype()
+        for name in model.order:
+            model.slot(name).restore(manifest["seeds"][name], device, dtype)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an inconsistent manifest: {err!r}") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: weights do not match the manifest's architecture: "
+            f"{str(err).splitlines()[0]} …"
+        ) from err
+    return model.to(map_location)

@@ -1,0 +1,51 @@
+"""Counterfactual maths: per-sample metrics and exact Shapley values.
+
+The model evaluates K α-configurations in one fused batch (``MorphogeneticModel.fused_forward``);
+this module turns the resulting scores into contributions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+
+def per_sample_accuracy(output: Tensor, target: Tensor) -> Tensor:
+    """Accuracy in percent per sample: ``(B, classes)`` or ``(B, T, vocab)`` logits -> ``(B,)``.
+
+    For sequences it is the share of correctly predicted tokens in each sequence.
+    """
+    correct = (output.argmax(dim=-1) == target).float()  # (B,) or (B, T)
+    if correct.dim() > 1:
+        correct = correct.flatten(1).mean(dim=1)
+    return correct * 100.0
+
+
+def shapley_from_coalitions(values: Sequence[float], n_players: int) -> list[float]:
+    """Exact Shapley values from the value of every coalition.
+
+    Args:
+        values: ``values[mask]`` is the value of the coalition whose members are the set bits of
+            ``mask`` (bit i = player i), for all ``2**n_players`` masks.
+        n_players: number of players.
+
+    Returns:
+        φ_i = Σ_{S ⊆ N∖{i}} |S|! (n−|S|−1)! / n! · (v(S ∪ {i}) − v(S)) for each player i.
+    """
+    if len(values) != 1 << n_players:
+        raise ValueError(f"need 2**{n_players} = {1 << n_players} coalition values, got {len(values)}")
+    n_fact = math.factorial(n_players)
+    phi = []
+    for i in range(n_players):
+        bit = 1 << i
+        total = 0.0
+        for mask in range(1 << n_players):
+            if mask & bit:
+                continue
+            size = mask.bit_count()
+            weight = math.factorial(size) * math.factorial(n_players - size - 1) / n_fact
+            total += weight * (values[mask | bit] - values[mask])
+        phi.append(total)
+    return phi

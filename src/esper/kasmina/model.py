@@ -1,0 +1,340 @@
+"""``MorphogeneticModel``: a host plus seed slots at its injection points.
+
+The forward pass runs the host segment by segment and lets each enabled slot act on the stream
+between segments. Lifecycle calls are addressed by slot name and delegated to ``SeedSlot``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from esper.leyline import (
+    BLENDED_STAGES,
+    FORWARD_STAGES,
+    AlphaCurve,
+    BlendMode,
+    GateMode,
+    LifecycleTransition,
+    SeedStage,
+    SeedStateReport,
+    Topology,
+    ordered_slots,
+)
+from esper.leyline import thresholds as T
+from esper.kasmina.counterfactual import per_sample_accuracy, shapley_from_coalitions
+from esper.kasmina.hosts import SegmentedHost
+from esper.kasmina.slot import SeedSlot
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+"""``metric(output (B, ...), target (B, ...)) -> (B,)`` per-sample score; higher is better."""
+
+
+def _parse_enum(enum: type[BlendMode] | type[AlphaCurve] | type[GateMode], value: object) -> object:
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown {enum.__name__} {value!r}; accepted: {[m.value for m in enum]}"
+        ) from None
+
+
+class MorphogeneticModel(nn.Module):
+    """A host network that can grow seeds in named slots.
+
+    Args:
+        host: the host network.
+        slots: names of the injection points to enable (a subset of the host's).
+        gate_mode: ``"strict"`` (thresholds) or ``"permissive"`` (structural checks only).
+        embargo_epochs: epochs a pruned slot stays EMBARGOED before it can be reused.
+        isolate_blending: detach seed inputs in BLENDING/HOLDING; ``None`` picks the topology's
+            default (CNN: isolated; transformer: co-adapting).
+    """
+
+    def __init__(
+        self,
+        host: SegmentedHost,
+        slots: Sequence[str],
+        *,
+        gate_mode: GateMode | str = GateMode.STRICT,
+        embargo_epochs: int = T.EMBARGO_EPOCHS,
+        isolate_blending: bool | None = None,
+    ) -> None:
+        super().__init__()
+        specs = {spec.slot: spec for spec in host.injection_points}
+        if isinstance(slots, str):
+            raise ValueError(f"slots must be a list of names, got the string {slots!r}")
+        unknown = [s for s in slots if s not in specs]
+        if unknown or not slots:
+            raise ValueError(f"unknown or no slots {unknown or list(slots)}; this host has {list(specs)}")
+        if not isinstance(embargo_epochs, int) or embargo_epochs < 1:
+            raise ValueError(f"embargo_epochs must be a positive integer, got {embargo_epochs!r}")
+        self.host = host
+        self.gate_mode: GateMode = _parse_enum(GateMode, gate_mode)  # type: ignore[assignment]
+        self.embargo_epochs = embargo_epochs
+        topology = host.injection_points[0].topology
+        self.isolate_blending = topology is Topology.CNN if isolate_blending is None else isolate_blending
+        self.order = ordered_slots(slots)
+        self.slots = nn.ModuleDict(
+            {name: SeedSlot(specs[name], self.isolate_blending, embargo_epochs) for name in self.order}
+        )
+        self.epoch = 0
+        self.host_param_count = sum(p.numel() for p in host.parameters())
+
+    # ---------------------------------------------------------------- forward
+
+    def slot(self, name: str) -> SeedSlot:
+        """The slot called ``name``.
+
+        Raises:
+            ValueError: naming the slot and the enabled ones.
+        """
+        if name not in self.slots:
+            raise ValueError(f"unknown slot {name!r}; enabled slots: {list(self.order)}")
+        slot: SeedSlot = self.slots[name]
+        return slot
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, prev = x, None
+        for name in self.order:
+            h = self.host.forward_to_segment(name, h, from_point=prev)
+            h = self.slots[name](h)
+            prev = name
+        return self.host.forward_from_segment(prev, h)  # type: ignore[arg-type]
+
+    def fused_forward(self, x: Tensor, alpha_overrides: Sequence[Mapping[str, float]]) -> Tensor:
+        """Evaluate K α-configurations of the seeds in one batch.
+
+        Host segments before the first slot where the configurations differ run once on ``B``
+        samples; from there the stream is tiled to ``K·B`` rows with per-sample α.
+
+        Args:
+            x: input batch, ``(B, ...)``.
+            alpha_overrides: K mappings ``slot -> α``; a slot not named keeps its current α (a
+                TRAINING seed's current α is 0: it does not change the output).
+
+        Returns:
+            ``(K, B, ...)`` outputs; row k equals ``forward(x)`` with configuration k applied.
+
+        Raises:
+            RuntimeError: in train mode (batch statistics would mix configurations).
+            ValueError: for an unknown slot, a slot without a running seed, or α outside [0, 1].
+        """
+        if self.training:
+            raise RuntimeError(
+                "fused_forward measures counterfactuals and needs model.eval(): in train mode "
+                "batch statistics would mix the configurations"
+            )
+        if not alpha_overrides:
+            raise ValueError("alpha_overrides must hold at least one configuration")
+        configs = [self._resolve(o) for o in alpha_overrides]
+        k, b = len(configs), x.shape[0]
+        h, prev, tiled = x, None, False
+        for name in self.order:
+            h = self.host.forward_to_segment(name, h, from_point=prev)
+            values = [c[name] for c in configs]
+            if not tiled and any(v != values[0] for v in values):
+                h = h.repeat(k, *([1] * (h.dim() - 1)))  # (B, ...) -> (K·B, ...), config-major
+                tiled = True
+            if tiled:
+                alpha = torch.tensor(values, dtype=h.dtype, device=h.device).repeat_interleave(b)
+                h = self.slots[name](h, alpha)
+            else:
+                h = self.slots[name](h, values[0])
+            prev = name
+        out = self.host.forward_from_segment(prev, h)  # type: ignore[arg-type]
+        if not tiled:
+            out = out.repeat(k, *([1] * (out.dim() - 1)))
+        return out.view(k, b, *out.shape[1:])
+
+    def _resolve(self, override: Mapping[str, float]) -> dict[str, float]:
+        config = {}
+        for name in self.order:
+            slot = self.slot(name)
+            config[name] = slot.alpha if slot.stage in BLENDED_STAGES else 0.0
+        for name, value in override.items():
+            slot = self.slot(name)
+            if slot.stage not in FORWARD_STAGES:
+                raise ValueError(
+                    f"slot {name!r} is {slot.stage.value}: only seeds in "
+                    f"{sorted(s.value for s in FORWARD_STAGES)} can be given an α override"
+                )
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"α override for slot {name!r} must be in [0, 1], got {value}")
+            config[name] = float(value)
+        return config
+
+    # ---------------------------------------------------------------- counterfactuals
+
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def _scores(
+        self, configs: Sequence[Mapping[str, float]], batches: Iterable[tuple[Tensor, Tensor]], metric: Metric
+    ) -> list[float]:
+        """Mean per-sample metric for each configuration over all batches."""
+        total: Tensor | None = None
+        count = 0
+        with self._evaluating():
+            for x, y in batches:
+                out = self.fused_forward(x, configs)  # (K, B, ...)
+                k, b = out.shape[:2]
+                scores = metric(out.flatten(0, 1), y.repeat(k, *([1] * (y.dim() - 1)))).view(k, b)
+                total = scores.sum(dim=1) if total is None else total + scores.sum(dim=1)
+                count += b
+        if total is None:
+            raise ValueError("no batches given to measure on")
+        result: list[float] = (total.double() / count).tolist()
+        return result
+
+    def measure_contributions(
+        self, batches: Iterable[tuple[Tensor, Tensor]], metric: Metric = per_sample_accuracy
+    ) -> dict[str, float]:
+        """Measure each running seed's counterfactual contribution and store it in its report.
+
+        For a blended seed: metric(all seeds as they are) − metric(same, this seed at α=0).
+        For a TRAINING seed (not in the output yet): metric(this seed probed at α=1) − metric(as is).
+        All configurations run in one fused batch per input batch; the model is evaluated in eval
+        mode without gradients and returned to its previous mode.
+
+        Returns:
+            ``{slot: contribution}`` in slot order, for seeds in TRAINING, BLENDING, HOLDING or
+            FOSSILIZED.
+        """
+        players = [n for n in self.order if self.slot(n).stage in FORWARD_STAGES]
+        if not players:
+            return {}
+        probing = {n: self.slot(n).stage is SeedStage.TRAINING for n in players}
+        configs: list[dict[str, float]] = [{}]
+        configs += [{n: 1.0 if probing[n] else 0.0} for n in players]
+        scores = self._scores(configs, batches, metric)
+        result = {}
+        for i, name in enumerate(players):
+            with_seed, without = (scores[i + 1], scores[0]) if probing[name] else (scores[0], scores[i + 1])
+            self.slot(name).contribution = result[name] = with_seed - without
+        return result
+
+    def shapley_values(
+        self, batches: Iterable[tuple[Tensor, Tensor]], metric: Metric = per_sample_accuracy
+    ) -> dict[str, float]:
+        """Exact Shapley values of the blended seeds (BLENDING, HOLDING, FOSSILIZED) at their α.
+
+        The value of a coalition is the metric with its members at their current α and every
+        other seed at α=0; all ``2**n`` coalitions run in one fused batch.
+
+        Raises:
+            ValueError: with more than ``MAX_EXACT_SHAPLEY_SEEDS`` blended seeds.
+        """
+        players = [n for n in self.order if self.slot(n).stage in BLENDED_STAGES]
+        if len(players) > T.MAX_EXACT_SHAPLEY_SEEDS:
+            raise ValueError(
+                f"exact Shapley values need 2**n configurations; {len(players)} blended seeds "
+                f"exceed MAX_EXACT_SHAPLEY_SEEDS={T.MAX_EXACT_SHAPLEY_SEEDS}"
+            )
+        if not players:
+            return {}
+        configs = [
+            {n: self.slot(n).alpha if mask >> i & 1 else 0.0 for i, n in enumerate(players)}
+            for mask in range(1 << len(players))
+        ]
+        phi = shapley_from_coalitions(self._scores(configs, batches, metric), len(players))
+        for name, value in zip(players, phi, strict=True):
+            self.slot(name).shapley = value
+        return dict(zip(players, phi, strict=True))
+
+    def record_gradient_stats(self) -> None:
+        """Update each running seed's gradient-norm ratio from the current ``.grad`` fields.
+
+        ratio = (‖g_seed‖ / √n_seed) / (‖g_host‖ / √n_host): per-parameter RMS gradients. Call
+        after ``backward()``; seeds without gradients, or a host without any, are left as they are.
+        """
+        host_grads = [p.grad for p in self.host.parameters() if p.grad is not None]
+        seeds = []
+        for name in self.order:
+            slot = self.slot(name)
+            grads = [p.grad for p in slot.seed_parameters() if p.grad is not None]
+            if slot.stage in FORWARD_STAGES and grads:
+                seeds.append((slot, grads, sum(p.numel() for p in slot.seed_parameters())))
+        if not host_grads or not seeds:
+            return
+        norms = torch.stack(
+            [torch.nn.utils.get_total_norm(host_grads)]
+            + [torch.nn.utils.get_total_norm(g) for _, g, _ in seeds]
+        ).tolist()  # one device sync
+        host_rms = norms[0] / math.sqrt(self.host_param_count)
+        if host_rms == 0.0:
+            return  # nothing to compare against: not measurable
+        for (slot, _, n), norm in zip(seeds, norms[1:], strict=True):
+            slot.record_gradient_ratio((norm / math.sqrt(n)) / host_rms)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = next(self.host.parameters())
+        return p.device, p.dtype
+
+    def germinate(self, slot: str, blueprint: str, *, blend_mode: BlendMode | str = BlendMode.ADD) -> None:
+        """Grow ``blueprint`` in ``slot``: DORMANT -> GERMINATED through gate G0."""
+        mode: BlendMode = _parse_enum(BlendMode, blend_mode)  # type: ignore[assignment]
+        self.slot(slot).germinate(blueprint, mode, *self._device_dtype(), self.epoch)
+
+    def advance(self, slot: str) -> SeedStage:
+        """Move ``slot``'s seed to its next stage through that stage's gate; returns the new stage."""
+        return self.slot(slot).advance(self.gate_mode, self.epoch)
+
+    def set_alpha_target(
+        self, slot: str, target: float, tempo: int = T.DEFAULT_BLEND_TEMPO, curve: AlphaCurve | str = "linear"
+    ) -> None:
+        """Plan (before BLENDING) or re-plan (in BLENDING) the α ramp to ``target`` over ``tempo`` epochs."""
+        shape: AlphaCurve = _parse_enum(AlphaCurve, curve)  # type: ignore[assignment]
+        self.slot(slot).set_alpha_target(target, tempo, shape)
+
+    def prune(self, slot: str, reason: str = "prune") -> None:
+        """Remove ``slot``'s live seed from the model (-> PRUNED, then embargo and reset)."""
+        self.slot(slot).prune(self.epoch, reason)
+
+    def fossilize(self, slot: str) -> None:
+        """Make ``slot``'s held seed permanent through gate G5."""
+        self.slot(slot).fossilize(self.gate_mode, self.epoch)
+
+    def step_epoch(self) -> None:
+        """End an epoch: tick α schedules and embargo/reset timers in every slot."""
+        self.epoch += 1
+        for name in self.order:
+            self.slot(name).step_epoch(self.epoch)
+
+    def drain_transitions(self) -> list[LifecycleTransition]:
+        """Lifecycle transitions since the last call, in slot order (for telemetry)."""
+        out: list[LifecycleTransition] = []
+        for name in self.order:
+            slot = self.slot(name)
+            out += slot.transitions
+            slot.transitions = []
+        return out
+
+    # ---------------------------------------------------------------- views
+
+    def reports(self) -> dict[str, SeedStateReport]:
+        """``{slot: SeedStateReport}`` in ``ordered_slots`` order."""
+        return {name: self.slot(name).report(self.host_param_count) for name in self.order}
+
+    def host_parameters(self) -> list[nn.Parameter]:
+        """The host's parameters (for the host optimizer group)."""
+        return list(self.host.parameters())
+
+    def seed_parameters(self, slot: str) -> list[nn.Parameter]:
+        """The parameters of ``slot``'s seed and gate (empty when the slot has none)."""
+        return self.slot(slot).seed_parameters()

@@ -1,0 +1,40 @@
+"""Leyline: the contracts shared by Esper's subsystems.
+
+Leyline owns the enums (seed stages, gates, blend modes, α curves), the frozen dataclasses that
+cross subsystem boundaries (injection specs, seed reports, lifecycle transitions), the named
+thresholds with their reasons, and the one function that orders slots. It imports only the
+standard library, so every other package may import it and it imports none of them.
+"""
+
+from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport
+from esper.leyline.slots import ordered_slots, slot_names
+from esper.leyline.stages import (
+    ALIVE_STAGES,
+    BLENDED_STAGES,
+    FORWARD_STAGES,
+    VALID_TRANSITIONS,
+    AlphaCurve,
+    BlendMode,
+    GateLevel,
+    GateMode,
+    SeedStage,
+    Topology,
+)
+
+__all__ = [
+    "ALIVE_STAGES",
+    "BLENDED_STAGES",
+    "FORWARD_STAGES",
+    "VALID_TRANSITIONS",
+    "AlphaCurve",
+    "BlendMode",
+    "GateLevel",
+    "GateMode",
+    "InjectionSpec",
+    "LifecycleTransition",
+    "SeedStage",
+    "SeedStateReport",
+    "Topology",
+    "ordered_slots",
+    "slot_names",
+]
