@@ -1,8 +1,8 @@
 """α schedules, the straight-through estimator for TRAINING, and the gated blend.
 
 Blending follows DESIGN §2: ``out = lerp(h, s, α)`` where ``s = x_in + delta(x_in)`` is the seed's
-output and ``x_in`` is the seed's input (``h.detach()`` while the seed is isolated, ``h`` once it may
-co-adapt). ``lerp`` with α = 0 returns ``h`` bit for bit and with α = 1 returns ``s`` bit for bit.
+output and ``x_in`` is the seed's input (``h.detach()`` while the seed is isolated, ``h`` once it
+may co-adapt). ``lerp`` with α = 0 returns ``h`` bit for bit, and with α = 1 returns ``s``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class AlphaSchedule:
     def value(self) -> float:
         if self.done:
             return self.target
-        return self.start + (self.target - self.start) * curve_value(self.curve, self.tick / self.tempo)
+        return self.start + (self.target - self.start) * curve_value(
+            self.curve, self.tick / self.tempo
+        )
 
     def step(self) -> float:
         """Advance one tick and return the new α."""
@@ -101,8 +103,8 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def straight_through(host: Tensor, seed: Tensor) -> Tensor:
-    """Output ``host`` exactly while ``seed`` receives the gradient it would get if it were added."""
-    out: Tensor = _StraightThrough.apply(host, seed)
+    """Output ``host`` exactly; ``seed`` receives the gradient it would get if it were added."""
+    out: Tensor = _StraightThrough.apply(host, seed)  # type: ignore[no-untyped-call]
     return out
 
 

@@ -8,6 +8,7 @@ output by itself. The action space derives blueprint indices from ``blueprint_re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,9 @@ from esper.leyline import InjectionSpec, Topology
 Builder = Callable[[InjectionSpec], nn.Module]
 
 MAX_NORM_GROUPS = 8
-"""GroupNorm groups for CNN seeds: the largest divisor of C up to 8 (GroupNorm paper's range)."""
+"""GroupNorm groups for CNN seeds: the largest divisor of C up to 8 (GroupNorm paper's range),
+reduced until every group normalizes at least two values (a 1x1 map with one channel per group
+would normalize single numbers to 0)."""
 
 SE_REDUCTION = 4
 """Squeeze-excite bottleneck: C -> C/4 -> C, light enough for 8-channel hosts."""
@@ -35,12 +38,27 @@ MLP_EXPANSION = 2
 """Seed MLPs expand by 2x, half of the host block's 4x: a seed is meant to be small."""
 
 
-def _groups(channels: int) -> int:
-    return max(g for g in range(1, min(MAX_NORM_GROUPS, channels) + 1) if channels % g == 0)
+def _groups(channels: int, spec: InjectionSpec) -> int:
+    area = math.prod(spec.shape[1:])  # H·W of the injection point
+    fits = [
+        g
+        for g in range(1, min(MAX_NORM_GROUPS, channels) + 1)
+        if channels % g == 0 and (channels // g) * area >= 2
+    ]
+    if not fits:
+        raise ValueError(
+            f"slot {spec.slot!r} carries {channels} channel(s) of {spec.shape[1:]}: too few values "
+            "for a normalization layer"
+        )
+    return max(fits)
 
 
-def _zero_norm(channels: int) -> nn.GroupNorm:
-    norm = nn.GroupNorm(_groups(channels), channels)
+def _group_norm(channels: int, spec: InjectionSpec) -> nn.GroupNorm:
+    return nn.GroupNorm(_groups(channels, spec), channels)
+
+
+def _zero_norm(channels: int, spec: InjectionSpec) -> nn.GroupNorm:
+    norm = _group_norm(channels, spec)
     nn.init.zeros_(norm.weight)
     nn.init.zeros_(norm.bias)
     return norm
@@ -94,7 +112,9 @@ class BlueprintRegistry:
     def __init__(self) -> None:
         self._by_topology: dict[Topology, dict[str, Blueprint]] = {t: {} for t in Topology}
 
-    def register(self, name: str, topology: Topology, description: str) -> Callable[[Builder], Builder]:
+    def register(
+        self, name: str, topology: Topology, description: str
+    ) -> Callable[[Builder], Builder]:
         """Decorator adding a builder under ``name`` for ``topology``.
 
         Raises:
@@ -137,7 +157,7 @@ register = blueprint_registry.register
 
 @register("norm", Topology.CNN, "GroupNorm of the stream with zero-initialized affine (2C params)")
 def _cnn_norm(spec: InjectionSpec) -> nn.Module:
-    return _zero_norm(spec.channels)
+    return _zero_norm(spec.channels, spec)
 
 
 class _SqueezeExcite(nn.Module):
@@ -164,7 +184,7 @@ def _cnn_depthwise(spec: InjectionSpec) -> nn.Module:
     c = spec.channels
     return nn.Sequential(
         nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
-        nn.GroupNorm(_groups(c), c),
+        _group_norm(c, spec),
         nn.ReLU(),
         _zero_conv(c, c, 1),
     )
@@ -173,7 +193,7 @@ def _cnn_depthwise(spec: InjectionSpec) -> nn.Module:
 @register("conv_light", Topology.CNN, "one 3x3 conv followed by a zero-initialized GroupNorm")
 def _cnn_conv_light(spec: InjectionSpec) -> nn.Module:
     c = spec.channels
-    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _zero_norm(c))
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _zero_norm(c, spec))
 
 
 @register("conv_heavy", Topology.CNN, "3x3 conv -> norm -> ReLU -> 3x3 conv")
@@ -181,7 +201,7 @@ def _cnn_conv_heavy(spec: InjectionSpec) -> nn.Module:
     c = spec.channels
     return nn.Sequential(
         nn.Conv2d(c, c, 3, padding=1, bias=False),
-        nn.GroupNorm(_groups(c), c),
+        _group_norm(c, spec),
         nn.ReLU(),
         _zero_conv(c, c, 3),
     )
@@ -193,10 +213,10 @@ def _cnn_bottleneck(spec: InjectionSpec) -> nn.Module:
     r = max(c // BOTTLENECK_REDUCTION, 1)
     return nn.Sequential(
         nn.Conv2d(c, r, 1, bias=False),
-        nn.GroupNorm(_groups(r), r),
+        _group_norm(r, spec),
         nn.ReLU(),
         nn.Conv2d(r, r, 3, padding=1, bias=False),
-        nn.GroupNorm(_groups(r), r),
+        _group_norm(r, spec),
         nn.ReLU(),
         _zero_conv(r, c, 1),
     )
@@ -255,5 +275,8 @@ def _tf_attention(spec: InjectionSpec) -> nn.Module:
 def _tf_mlp(spec: InjectionSpec) -> nn.Module:
     d = spec.channels
     return nn.Sequential(
-        nn.LayerNorm(d), nn.Linear(d, MLP_EXPANSION * d), nn.GELU(), _zero_linear(MLP_EXPANSION * d, d)
+        nn.LayerNorm(d),
+        nn.Linear(d, MLP_EXPANSION * d),
+        nn.GELU(),
+        _zero_linear(MLP_EXPANSION * d, d),
     )

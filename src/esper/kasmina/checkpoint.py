@@ -73,7 +73,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
         ) from err
     if not isinstance(payload, dict) or set(payload) != {"manifest", "state_dict"}:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not an Esper model file (unexpected layout)")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not an Esper model file (unexpected layout)"
+        )
     try:
         manifest = json.loads(payload["manifest"])
     except (TypeError, json.JSONDecodeError) as err:
@@ -86,7 +88,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return manifest, payload["state_dict"]
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MorphogeneticModel:
+def load_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> MorphogeneticModel:
     """Rebuild a model saved by ``save_model``: host, slots, seeds in their stages, weights.
 
     Raises:
@@ -108,7 +112,9 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
         for name in model.order:
             model.slot(name).restore(manifest["seeds"][name], device, dtype)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} has an inconsistent manifest: {err!r}") from err
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has an inconsistent manifest: {err!r}"
+        ) from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -35,7 +35,9 @@ def shapley_from_coalitions(values: Sequence[float], n_players: int) -> list[flo
         φ_i = Σ_{S ⊆ N∖{i}} |S|! (n−|S|−1)! / n! · (v(S ∪ {i}) − v(S)) for each player i.
     """
     if len(values) != 1 << n_players:
-        raise ValueError(f"need 2**{n_players} = {1 << n_players} coalition values, got {len(values)}")
+        raise ValueError(
+            f"need 2**{n_players} = {1 << n_players} coalition values, got {len(values)}"
+        )
     n_fact = math.factorial(n_players)
     phi = []
     for i in range(n_players):

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from esper.kasmina.errors import GateError
 from esper.leyline import GateLevel, GateMode
 from esper.leyline import thresholds as T
-from esper.kasmina.errors import GateError
 
 if TYPE_CHECKING:
     from esper.kasmina.slot import SeedSlot
@@ -39,7 +39,8 @@ def _params_finite(slot: SeedSlot) -> str | None:
 
 def _trained_long_enough(slot: SeedSlot) -> str | None:
     if slot.epochs_in_stage < T.G2_MIN_TRAINING_EPOCHS:
-        return f"trained {slot.epochs_in_stage} epochs < G2_MIN_TRAINING_EPOCHS={T.G2_MIN_TRAINING_EPOCHS}"
+        need = T.G2_MIN_TRAINING_EPOCHS
+        return f"trained {slot.epochs_in_stage} epochs < G2_MIN_TRAINING_EPOCHS={need}"
     return None
 
 
@@ -58,7 +59,8 @@ def _probe_improves(slot: SeedSlot) -> str | None:
     if slot.contribution is None:
         return "probe contribution not measured (call measure_contributions)"
     if slot.contribution <= T.G2_MIN_PROBE_IMPROVEMENT:
-        return f"probe contribution {slot.contribution:.4g} <= G2_MIN_PROBE_IMPROVEMENT={T.G2_MIN_PROBE_IMPROVEMENT}"
+        need = T.G2_MIN_PROBE_IMPROVEMENT
+        return f"probe contribution {slot.contribution:.4g} <= G2_MIN_PROBE_IMPROVEMENT={need}"
     return None
 
 
@@ -76,13 +78,16 @@ def _alpha_at_target(slot: SeedSlot) -> str | None:
 
 def _blended_long_enough(slot: SeedSlot) -> str | None:
     if slot.epochs_in_stage < T.G3_MIN_BLENDING_EPOCHS:
-        return f"blended {slot.epochs_in_stage} epochs < G3_MIN_BLENDING_EPOCHS={T.G3_MIN_BLENDING_EPOCHS}"
+        need = T.G3_MIN_BLENDING_EPOCHS
+        return f"blended {slot.epochs_in_stage} epochs < G3_MIN_BLENDING_EPOCHS={need}"
     return None
 
 
 def _held_long_enough(slot: SeedSlot) -> str | None:
     if slot.epochs_in_stage < T.G5_MIN_HOLDING_EPOCHS:
-        return f"held {slot.epochs_in_stage} epochs < G5_MIN_HOLDING_EPOCHS={T.G5_MIN_HOLDING_EPOCHS}"
+        return (
+            f"held {slot.epochs_in_stage} epochs < G5_MIN_HOLDING_EPOCHS={T.G5_MIN_HOLDING_EPOCHS}"
+        )
     return None
 
 

@@ -109,7 +109,9 @@ class CNNHost(SegmentedHost):
         ]:
             _require_positive(name, value)
         if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so padding keeps the size, got {kernel_size}")
+            raise ValueError(
+                f"kernel_size must be odd so padding keeps the size, got {kernel_size}"
+            )
         if depth % n_points != 0:
             raise ValueError(
                 f"depth ({depth}) must be a multiple of n_points ({n_points}) so every injection "
@@ -143,6 +145,7 @@ class CNNHost(SegmentedHost):
         self.segments = nn.ModuleList(
             nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
         )
+        self._blocks = tuple(blocks)  # flat view for the plain forward (already registered above)
         self.head = nn.Linear(channels, num_classes)
         names = slot_names(n_points)
         specs = []
@@ -152,7 +155,9 @@ class CNNHost(SegmentedHost):
                 size //= 2
             if (i + 1) % per == 0:
                 c = base_channels * 2**i
-                specs.append(InjectionSpec(names[(i + 1) // per - 1], c, (c, size, size), Topology.CNN))
+                specs.append(
+                    InjectionSpec(names[(i + 1) // per - 1], c, (c, size, size), Topology.CNN)
+                )
         self._init_points(tuple(specs))
 
     def config(self) -> dict[str, Any]:
@@ -162,9 +167,8 @@ class CNNHost(SegmentedHost):
         return self.head(h.mean(dim=(2, 3)))  # (B, C, H, W) -> (B, C) -> (B, classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        for segment in self.segments:
-            for block in segment:
-                x = block(x)
+        for block in self._blocks:
+            x = block(x)
         return self._head(x)
 
     def forward_to_segment(self, point: str, x: Tensor, from_point: str | None = None) -> Tensor:
@@ -203,7 +207,10 @@ class _Block(nn.Module):
         self.attn = _CausalSelfAttention(n_embd, n_head, dropout)
         self.ln_2 = nn.LayerNorm(n_embd)
         self.mlp = nn.Sequential(
-            nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -274,10 +281,11 @@ class TransformerHost(SegmentedHost):
         self.pos_emb = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
         per = n_layer // n_points
+        blocks = [_Block(n_embd, n_head, dropout) for _ in range(n_layer)]
         self.segments = nn.ModuleList(
-            nn.Sequential(*(_Block(n_embd, n_head, dropout) for _ in range(per)))
-            for _ in range(n_points)
+            nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
         )
+        self._blocks = tuple(blocks)  # flat view for the plain forward (already registered above)
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
@@ -307,7 +315,9 @@ class TransformerHost(SegmentedHost):
 
     def _embed(self, idx: Tensor) -> Tensor:
         if idx.dim() != 2:
-            raise ValueError(f"TransformerHost expects token ids of shape (B, T), got {tuple(idx.shape)}")
+            raise ValueError(
+                f"TransformerHost expects token ids of shape (B, T), got {tuple(idx.shape)}"
+            )
         t = idx.shape[1]
         if t > self.block_size:
             raise ValueError(f"sequence length {t} exceeds block_size {self.block_size}")
@@ -316,15 +326,16 @@ class TransformerHost(SegmentedHost):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self._embed(x)
-        for segment in self.segments:
-            for block in segment:
-                h = block(h)
+        for block in self._blocks:
+            h = block(h)
         return self.lm_head(self.ln_f(h))  # (B, T, vocab)
 
     def forward_to_segment(self, point: str, x: Tensor, from_point: str | None = None) -> Tensor:
         if from_point is None:
             return self._run_segments(self._embed(x), 0, self._point_index(point) + 1)
-        return self._run_segments(x, self._point_index(from_point) + 1, self._point_index(point) + 1)
+        return self._run_segments(
+            x, self._point_index(from_point) + 1, self._point_index(point) + 1
+        )
 
     def forward_from_segment(self, point: str, h: Tensor) -> Tensor:
         h = self._run_segments(h, self._point_index(point) + 1, len(self.segments))

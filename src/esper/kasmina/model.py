@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from esper.kasmina.counterfactual import per_sample_accuracy, shapley_from_coalitions
+from esper.kasmina.hosts import SegmentedHost
+from esper.kasmina.slot import SeedSlot
 from esper.leyline import (
     BLENDED_STAGES,
     FORWARD_STAGES,
@@ -26,9 +30,6 @@ from esper.leyline import (
     ordered_slots,
 )
 from esper.leyline import thresholds as T
-from esper.kasmina.counterfactual import per_sample_accuracy, shapley_from_coalitions
-from esper.kasmina.hosts import SegmentedHost
-from esper.kasmina.slot import SeedSlot
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 """``metric(output (B, ...), target (B, ...)) -> (B,)`` per-sample score; higher is better."""
@@ -72,17 +73,24 @@ class MorphogeneticModel(nn.Module):
             raise ValueError(f"slots must be a list of names, got the string {slots!r}")
         unknown = [s for s in slots if s not in specs]
         if unknown or not slots:
-            raise ValueError(f"unknown or no slots {unknown or list(slots)}; this host has {list(specs)}")
+            raise ValueError(
+                f"unknown or no slots {unknown or list(slots)}; this host has {list(specs)}"
+            )
         if not isinstance(embargo_epochs, int) or embargo_epochs < 1:
             raise ValueError(f"embargo_epochs must be a positive integer, got {embargo_epochs!r}")
         self.host = host
         self.gate_mode: GateMode = _parse_enum(GateMode, gate_mode)  # type: ignore[assignment]
         self.embargo_epochs = embargo_epochs
         topology = host.injection_points[0].topology
-        self.isolate_blending = topology is Topology.CNN if isolate_blending is None else isolate_blending
+        self.isolate_blending = (
+            topology is Topology.CNN if isolate_blending is None else isolate_blending
+        )
         self.order = ordered_slots(slots)
         self.slots = nn.ModuleDict(
-            {name: SeedSlot(specs[name], self.isolate_blending, embargo_epochs) for name in self.order}
+            {
+                name: SeedSlot(specs[name], self.isolate_blending, embargo_epochs)
+                for name in self.order
+            }
         )
         self.epoch = 0
         self.host_param_count = sum(p.numel() for p in host.parameters())
@@ -97,8 +105,7 @@ class MorphogeneticModel(nn.Module):
         """
         if name not in self.slots:
             raise ValueError(f"unknown slot {name!r}; enabled slots: {list(self.order)}")
-        slot: SeedSlot = self.slots[name]
-        return slot
+        return cast(SeedSlot, self.slots[name])
 
     def forward(self, x: Tensor) -> Tensor:
         h, prev = x, None
@@ -183,7 +190,10 @@ class MorphogeneticModel(nn.Module):
             self.train(was_training)
 
     def _scores(
-        self, configs: Sequence[Mapping[str, float]], batches: Iterable[tuple[Tensor, Tensor]], metric: Metric
+        self,
+        configs: Sequence[Mapping[str, float]],
+        batches: Iterable[tuple[Tensor, Tensor]],
+        metric: Metric,
     ) -> list[float]:
         """Mean per-sample metric for each configuration over all batches."""
         total: Tensor | None = None
@@ -206,7 +216,7 @@ class MorphogeneticModel(nn.Module):
         """Measure each running seed's counterfactual contribution and store it in its report.
 
         For a blended seed: metric(all seeds as they are) − metric(same, this seed at α=0).
-        For a TRAINING seed (not in the output yet): metric(this seed probed at α=1) − metric(as is).
+        For a TRAINING seed (not in the output yet): metric(seed probed at α=1) − metric(as is).
         All configurations run in one fused batch per input batch; the model is evaluated in eval
         mode without gradients and returned to its previous mode.
 
@@ -223,7 +233,9 @@ class MorphogeneticModel(nn.Module):
         scores = self._scores(configs, batches, metric)
         result = {}
         for i, name in enumerate(players):
-            with_seed, without = (scores[i + 1], scores[0]) if probing[name] else (scores[0], scores[i + 1])
+            with_seed, without = (
+                (scores[i + 1], scores[0]) if probing[name] else (scores[0], scores[i + 1])
+            )
             self.slot(name).contribution = result[name] = with_seed - without
         return result
 
@@ -286,19 +298,25 @@ class MorphogeneticModel(nn.Module):
         p = next(self.host.parameters())
         return p.device, p.dtype
 
-    def germinate(self, slot: str, blueprint: str, *, blend_mode: BlendMode | str = BlendMode.ADD) -> None:
+    def germinate(
+        self, slot: str, blueprint: str, *, blend_mode: BlendMode | str = BlendMode.ADD
+    ) -> None:
         """Grow ``blueprint`` in ``slot``: DORMANT -> GERMINATED through gate G0."""
         mode: BlendMode = _parse_enum(BlendMode, blend_mode)  # type: ignore[assignment]
         self.slot(slot).germinate(blueprint, mode, *self._device_dtype(), self.epoch)
 
     def advance(self, slot: str) -> SeedStage:
-        """Move ``slot``'s seed to its next stage through that stage's gate; returns the new stage."""
+        """Move ``slot``'s seed to its next stage through that stage's gate; return the stage."""
         return self.slot(slot).advance(self.gate_mode, self.epoch)
 
     def set_alpha_target(
-        self, slot: str, target: float, tempo: int = T.DEFAULT_BLEND_TEMPO, curve: AlphaCurve | str = "linear"
+        self,
+        slot: str,
+        target: float,
+        tempo: int = T.DEFAULT_BLEND_TEMPO,
+        curve: AlphaCurve | str = "linear",
     ) -> None:
-        """Plan (before BLENDING) or re-plan (in BLENDING) the α ramp to ``target`` over ``tempo`` epochs."""
+        """Plan (before BLENDING) or re-plan (in BLENDING) the α ramp to ``target``."""
         shape: AlphaCurve = _parse_enum(AlphaCurve, curve)  # type: ignore[assignment]
         self.slot(slot).set_alpha_target(target, tempo, shape)
 

@@ -25,6 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from esper.kasmina.blending import AlphaSchedule, BlendGate, straight_through
+from esper.kasmina.blueprints import blueprint_registry
+from esper.kasmina.errors import GateError, IllegalTransitionError, LifecycleError
+from esper.kasmina.gates import enforce
 from esper.leyline import (
     FORWARD_STAGES,
     VALID_TRANSITIONS,
@@ -38,10 +42,6 @@ from esper.leyline import (
     SeedStateReport,
 )
 from esper.leyline import thresholds as T
-from esper.kasmina.blending import AlphaSchedule, BlendGate, straight_through
-from esper.kasmina.blueprints import blueprint_registry
-from esper.kasmina.errors import GateError, IllegalTransitionError, LifecycleError
-from esper.kasmina.gates import enforce
 
 _PLANNABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING)
 
@@ -73,7 +73,9 @@ class SeedSlot(nn.Module):
         self.alpha = 0.0
         self.schedule: AlphaSchedule | None = None
         # What BLENDING will do once it starts; set_alpha_target may change it beforehand.
-        self.plan = AlphaSchedule(0.0, T.DEFAULT_ALPHA_TARGET, T.DEFAULT_BLEND_TEMPO, AlphaCurve.LINEAR)
+        self.plan = AlphaSchedule(
+            0.0, T.DEFAULT_ALPHA_TARGET, T.DEFAULT_BLEND_TEMPO, AlphaCurve.LINEAR
+        )
         self.epochs_in_stage = 0
         self._clear_measurements()
 
@@ -123,39 +125,57 @@ class SeedSlot(nn.Module):
 
     def _transition(self, to: SeedStage, epoch: int, reason: str) -> None:
         self._require(to)
-        self.transitions.append(LifecycleTransition(self.name, self.blueprint, self.stage, to, epoch, reason))
+        self.transitions.append(
+            LifecycleTransition(self.name, self.blueprint, self.stage, to, epoch, reason)
+        )
         self.stage = to
         self.epochs_in_stage = 0
         self._clear_measurements()  # measurements describe the current stage only
 
-    def _attach(self, blueprint: str, blend_mode: BlendMode, device: torch.device, dtype: torch.dtype) -> None:
-        self.seed = blueprint_registry.get(blueprint, self.spec.topology).build(self.spec).to(device, dtype)
-        self.gate = BlendGate(self.spec).to(device, dtype) if blend_mode is BlendMode.GATED else None
+    def _attach(
+        self, blueprint: str, blend_mode: BlendMode, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.seed = (
+            blueprint_registry.get(blueprint, self.spec.topology).build(self.spec).to(device, dtype)
+        )
+        self.gate = (
+            BlendGate(self.spec).to(device, dtype) if blend_mode is BlendMode.GATED else None
+        )
         self.blueprint = blueprint
         self.blend_mode = blend_mode
 
+    def _detach(self) -> None:
+        self.seed = self.gate = None
+        self.blueprint = self.blend_mode = None
+
     def germinate(
-        self, blueprint: str, blend_mode: BlendMode, device: torch.device, dtype: torch.dtype, epoch: int
+        self,
+        blueprint: str,
+        blend_mode: BlendMode,
+        device: torch.device,
+        dtype: torch.dtype,
+        epoch: int,
     ) -> None:
-        """DORMANT -> GERMINATED through gate G0 (blueprint fits, output shape right, delta zero)."""
+        """DORMANT -> GERMINATED through gate G0 (blueprint fits, shape right, delta zero)."""
         self._require(SeedStage.GERMINATED)
         try:
-            blueprint_registry.get(blueprint, self.spec.topology)
-        except ValueError as err:
-            raise GateError(GateLevel.G0, self.name, [f"blueprint_known: {err}"]) from err
-        self._attach(blueprint, blend_mode, device, dtype)
-        assert self.seed is not None
-        probe = torch.randn(1, *self.spec.shape, device=device, dtype=dtype)
-        with torch.no_grad():
-            delta = self.seed(probe)
+            self._attach(blueprint, blend_mode, device, dtype)
+            assert self.seed is not None
+            probe = torch.randn(2, *self.spec.shape, device=device, dtype=dtype)
+            with torch.no_grad():
+                delta = self.seed(probe)
+        except (ValueError, RuntimeError) as err:  # unknown blueprint, or it cannot run here
+            self._detach()
+            raise GateError(GateLevel.G0, self.name, [f"blueprint_fits: {err}"]) from err
         failures = []
         if delta.shape != probe.shape:
             failures.append(f"output_shape: seed maps {tuple(probe.shape)} to {tuple(delta.shape)}")
         elif not torch.equal(delta, torch.zeros_like(delta)):
-            failures.append("zero_output: a fresh seed must add exactly 0 (zero-init its last layer)")
+            failures.append(
+                "zero_output: a fresh seed must add exactly 0 (zero-init its last layer)"
+            )
         if failures:
-            self.seed = self.gate = None
-            self.blueprint = self.blend_mode = None
+            self._detach()
             raise GateError(GateLevel.G0, self.name, failures)
         self._transition(SeedStage.GERMINATED, epoch, f"germinate {blueprint}")
 
@@ -189,7 +209,7 @@ class SeedSlot(nn.Module):
         self._transition(SeedStage.FOSSILIZED, epoch, "fossilize (G5)")
 
     def prune(self, epoch: int, reason: str) -> None:
-        """Remove a live seed from the forward pass: -> PRUNED, then EMBARGOED, RESETTING, DORMANT."""
+        """Remove a live seed from the forward pass: PRUNED, then EMBARGOED, RESETTING, DORMANT."""
         self._transition(SeedStage.PRUNED, epoch, reason)
         self.alpha = 0.0
         self.schedule = None
@@ -220,7 +240,7 @@ class SeedSlot(nn.Module):
             self._transition(SeedStage.RESETTING, epoch, "embargo over")
         elif self.stage is SeedStage.RESETTING:
             self._transition(SeedStage.DORMANT, epoch, "reset")
-            self.seed = self.gate = None
+            self._detach()
             self._clear_state()
 
     # ---------------------------------------------------------------- measurements
@@ -293,7 +313,9 @@ class SeedSlot(nn.Module):
             raise ValueError(f"slot {self.name!r} is {stage.value} but names no blueprint")
         self.stage = stage
         self.alpha = float(data["alpha"])
-        self.schedule = None if data["schedule"] is None else AlphaSchedule.from_dict(data["schedule"])
+        self.schedule = (
+            None if data["schedule"] is None else AlphaSchedule.from_dict(data["schedule"])
+        )
         self.plan = AlphaSchedule.from_dict(data["plan"])
         self.epochs_in_stage = int(data["epochs_in_stage"])
         self.contribution = data["contribution"]

@@ -49,7 +49,7 @@ ALIVE_STAGES: frozenset[SeedStage] = frozenset(
 
 
 class GateLevel(Enum):
-    """Quality gates guarding transitions. DESIGN §2 numbers them G0, G1, G2, G3, G5; there is no G4."""
+    """Quality gates guarding transitions. DESIGN §2 numbers them G0, G1, G2, G3, G5 (no G4)."""
 
     G0 = "G0"  # DORMANT -> GERMINATED: slot, blueprint and shapes valid
     G1 = "G1"  # GERMINATED -> TRAINING: seed built, finite, still an identity

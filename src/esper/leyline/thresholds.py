@@ -10,7 +10,7 @@ EMBARGO_EPOCHS = 5
 """Epochs a pruned slot waits before reuse, so the controller cannot thrash one slot (DESIGN §2)."""
 
 DEFAULT_BLEND_TEMPO = 5
-"""Epochs for α to ramp to its target when no tempo was chosen: slow enough for the host to adapt."""
+"""Epochs for α to reach its target when no tempo was chosen: slow enough for the host to adapt."""
 
 DEFAULT_ALPHA_TARGET = 1.0
 """Blend a seed fully unless the controller asks for less."""

@@ -1,0 +1,126 @@
+"""Shared builders and independent oracles for the Kasmina tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+import torch
+from torch import Tensor
+
+from esper.kasmina import CNNHost, MorphogeneticModel, SegmentedHost, TransformerHost
+from esper.leyline import BLENDED_STAGES, GateMode, SeedStage
+
+VOCAB = 17
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+def cnn_host(**overrides: int) -> CNNHost:
+    kwargs = {"base_channels": 4, "input_size": 8, **overrides}
+    return CNNHost(**kwargs)
+
+
+def transformer_host(**overrides: int) -> TransformerHost:
+    kwargs = {
+        "vocab_size": VOCAB,
+        "block_size": 8,
+        "n_embd": 16,
+        "n_head": 2,
+        "n_layer": 3,
+        **overrides,
+    }
+    return TransformerHost(**kwargs)
+
+
+def host_input(host: SegmentedHost, batch: int = 5) -> Tensor:
+    if isinstance(host, TransformerHost):
+        return torch.randint(0, VOCAB, (batch, host.block_size))
+    cfg = host.config()
+    return torch.randn(batch, cfg["in_channels"], cfg["input_size"], cfg["input_size"])
+
+
+def host_target(host: SegmentedHost, batch: int = 5) -> Tensor:
+    if isinstance(host, TransformerHost):
+        return torch.randint(0, VOCAB, (batch, host.block_size))
+    return torch.randint(0, host.config()["num_classes"], (batch,))
+
+
+def perturb_seed(model: MorphogeneticModel, slot: str, scale: float = 0.5) -> None:
+    """Move a seed off its zero initialization so that it really changes the stream."""
+    with torch.no_grad():
+        for p in model.seed_parameters(slot):
+            p.add_(torch.randn_like(p) * scale)
+
+
+def grow(
+    model: MorphogeneticModel,
+    slot: str,
+    blueprint: str,
+    stage: SeedStage,
+    *,
+    blend_mode: str = "add",
+    alpha: float = 0.5,
+    perturb: bool = True,
+) -> None:
+    """Drive one seed to ``stage`` through the public lifecycle API (permissive gates).
+
+    Only this slot's timers are ticked, so several seeds can be grown into different stages.
+    In BLENDING α is ``alpha`` (half-way along a 2-epoch ramp to ``2 * alpha``); HOLDING and
+    FOSSILIZED hold α = ``alpha``.
+    """
+    s = model.slot(slot)
+    mode, model.gate_mode = model.gate_mode, GateMode.PERMISSIVE
+    try:
+        model.germinate(slot, blueprint, blend_mode=blend_mode)
+        if perturb:
+            perturb_seed(model, slot)
+        if stage in (SeedStage.PRUNED, SeedStage.EMBARGOED, SeedStage.RESETTING):
+            model.prune(slot)
+            if stage is not SeedStage.PRUNED:
+                s.step_epoch(model.epoch)
+            if stage is SeedStage.RESETTING:
+                for _ in range(model.embargo_epochs):
+                    s.step_epoch(model.epoch)
+        elif stage is not SeedStage.GERMINATED:
+            model.advance(slot)  # TRAINING
+            if stage is not SeedStage.TRAINING:
+                in_blending = stage is SeedStage.BLENDING
+                model.set_alpha_target(slot, 2 * alpha if in_blending else alpha, tempo=2)
+                model.advance(slot)  # BLENDING
+                s.step_epoch(model.epoch)
+                if not in_blending:
+                    s.step_epoch(model.epoch)
+                    model.advance(slot)  # HOLDING
+                if stage is SeedStage.FOSSILIZED:
+                    model.fossilize(slot)
+    finally:
+        model.gate_mode = mode
+    assert s.stage is stage, (s.stage, stage)
+
+
+def expected_output(
+    model: MorphogeneticModel, x: Tensor, alphas: Mapping[str, float] | None = None
+) -> Tensor:
+    """Oracle for the model's output written from the stage semantics, not from the slot code.
+
+    Each enabled slot maps ``h`` to ``h + α·g·delta(h)`` when its seed is blended (or when an α
+    is given for it), and to ``h`` otherwise. ``g`` is the blend gate (1 without one).
+    """
+    alphas = dict(alphas or {})
+    host = model.host
+    h, prev = x, None
+    for name in model.order:
+        h = host.forward_to_segment(name, h, from_point=prev)
+        slot = model.slot(name)
+        alpha = alphas.get(name, slot.alpha if slot.stage in BLENDED_STAGES else 0.0)
+        if alpha != 0.0:
+            assert slot.seed is not None
+            gate = slot.gate(h) if slot.gate is not None else 1.0
+            h = h + alpha * gate * slot.seed(h)
+        prev = name
+    assert prev is not None
+    return host.forward_from_segment(prev, h)

@@ -1,0 +1,141 @@
+"""save_model / load_model: grown models reload exactly; bad files fail clearly."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cnn_host, grow, host_input, host_target, transformer_host
+from esper.kasmina import CheckpointError, MorphogeneticModel, load_model, save_model
+from esper.leyline import SeedStage
+
+
+def _train_a_little(model: MorphogeneticModel, steps: int = 3) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(steps):
+        x, y = host_input(model.host, 8), host_target(model.host, 8)
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out.flatten(0, -2), y.flatten()).backward()
+        opt.step()
+
+
+def _grown_cnn() -> MorphogeneticModel:
+    model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"], embargo_epochs=3)
+    grow(model, "early", "conv_light", SeedStage.FOSSILIZED, alpha=1.0)
+    grow(model, "late", "bottleneck", SeedStage.FOSSILIZED, alpha=0.6, blend_mode="gated")
+    grow(model, "mid", "depthwise", SeedStage.BLENDING, alpha=0.2)
+    model.step_epoch()
+    _train_a_little(model)  # BatchNorm running stats and seed weights move
+    model.measure_contributions([(host_input(model.host), host_target(model.host))])
+    return model
+
+
+@pytest.mark.parametrize("make", [_grown_cnn], ids=["cnn"])
+def test_grown_model_round_trips_exactly(tmp_path, make) -> None:
+    model = make().eval()
+    path = save_model(model, tmp_path / "ckpt" / "model.pt")
+    loaded = load_model(path).eval()
+    x = host_input(model.host, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.reports() == model.reports()
+    assert loaded.epoch == model.epoch and loaded.embargo_epochs == 3
+    # The α schedule continues identically after reload.
+    model.step_epoch()
+    loaded.step_epoch()
+    assert loaded.reports()["mid"].alpha == model.reports()["mid"].alpha
+    assert [p.name for p in tmp_path.joinpath("ckpt").iterdir()] == [
+        "model.pt"
+    ]  # no temp files left
+
+
+def test_transformer_round_trip(tmp_path) -> None:
+    model = MorphogeneticModel(transformer_host(), ["early", "mid", "late"])
+    grow(model, "early", "lora", SeedStage.FOSSILIZED, alpha=1.0)
+    grow(model, "late", "attention", SeedStage.FOSSILIZED, alpha=0.5, blend_mode="gated")
+    grow(model, "mid", "mlp", SeedStage.EMBARGOED)
+    _train_a_little(model)
+    model.eval()
+    loaded = load_model(save_model(model, tmp_path / "m.pt")).eval()
+    x = host_input(model.host)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.reports() == model.reports()
+    assert loaded.host.lm_head.weight is loaded.host.tok_emb.weight  # tying survives
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_corrupt_file(tmp_path) -> None:
+    path = save_model(_grown_cnn(), tmp_path / "m.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable Esper model file"):
+        load_model(path)
+    path.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable Esper model file"):
+        load_model(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_arbitrary_pickles_are_refused(tmp_path, capsys) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"manifest": "{}", "state_dict": {}, "x": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable Esper model file"):
+        load_model(path)
+    assert "arbitrary code ran" not in capsys.readouterr().out
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        load_model(path)
+
+
+def _rewrite_manifest(path, edit) -> None:
+    payload = torch.load(path, weights_only=True)
+    manifest = json.loads(payload["manifest"])
+    edit(manifest)
+    payload["manifest"] = json.dumps(manifest)
+    torch.save(payload, path)
+
+
+def test_mismatched_architecture(tmp_path) -> None:
+    path = save_model(_grown_cnn(), tmp_path / "m.pt")
+
+    def swap_blueprint(m):
+        m["seeds"]["early"]["blueprint"] = "norm"
+
+    _rewrite_manifest(path, swap_blueprint)
+    with pytest.raises(CheckpointError, match="weights do not match the manifest's architecture"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(version=99), "version 99; this Esper reads 'esper-model' version 1"),
+        (lambda m: m["host"].update(kind="rnn"), "unknown host kind 'rnn'"),
+        (
+            lambda m: m["seeds"]["mid"].update(stage="SLEEPING"),
+            "'SLEEPING' is not a valid SeedStage",
+        ),
+        (lambda m: m.pop("slots"), "inconsistent manifest: KeyError"),
+    ],
+)
+def test_inconsistent_manifest(tmp_path, edit, message: str) -> None:
+    path = save_model(_grown_cnn(), tmp_path / "m.pt")
+    _rewrite_manifest(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)

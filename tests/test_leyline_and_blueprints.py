@@ -1,0 +1,77 @@
+"""Slot ordering and the blueprint registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esper.kasmina import blueprint_registry
+from esper.kasmina.blueprints import LORA_RANK
+from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
+
+
+def test_ordered_slots_is_execution_order() -> None:
+    assert ordered_slots(["late", "early", "mid"]) == ("early", "mid", "late")
+    assert ordered_slots({"late": 1, "mid": 2}) == ("mid", "late")
+    assert ordered_slots(["mid_10", "late", "mid_2", "early"]) == (
+        "early",
+        "mid_2",
+        "mid_10",
+        "late",
+    )
+    for n in range(1, 7):
+        names = slot_names(n)
+        assert ordered_slots(reversed(names)) == names
+
+
+@pytest.mark.parametrize("bad", [["early", "early"], ["middle"], ["mid_0"], ["mid_x"]])
+def test_ordered_slots_rejects_bad_names(bad) -> None:
+    with pytest.raises(ValueError):
+        ordered_slots(bad)
+
+
+def test_registry_names_are_the_design_set() -> None:
+    assert set(blueprint_registry.names(Topology.CNN)) == {
+        "norm",
+        "attention",
+        "depthwise",
+        "conv_light",
+        "conv_heavy",
+        "bottleneck",
+    }
+    assert set(blueprint_registry.names(Topology.TRANSFORMER)) == {
+        "norm",
+        "lora",
+        "attention",
+        "mlp",
+    }
+
+
+def test_duplicate_registration_fails() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        blueprint_registry.register("norm", Topology.CNN, "again")(lambda spec: torch.nn.Identity())
+
+
+CNN = InjectionSpec("mid", 16, (16, 8, 8), Topology.CNN)
+TF = InjectionSpec("mid", 32, (64, 32), Topology.TRANSFORMER)
+
+
+@pytest.mark.parametrize(
+    ("spec", "name", "expected"),
+    [
+        (CNN, "norm", 2 * 16),  # GroupNorm affine
+        (CNN, "conv_light", 9 * 16 * 16 + 2 * 16),  # 3x3 conv (no bias) + GroupNorm affine
+        (CNN, "conv_heavy", 9 * 16 * 16 + 2 * 16 + 9 * 16 * 16 + 16),
+        (CNN, "depthwise", 9 * 16 + 2 * 16 + 16 * 16 + 16),
+        (CNN, "attention", (16 * 4 + 4) + (4 * 16 + 16)),  # SE 16 -> 4 -> 16
+        (CNN, "bottleneck", 16 * 4 + 2 * 4 + 9 * 4 * 4 + 2 * 4 + 4 * 16 + 16),
+        (TF, "norm", 2 * 32),
+        (TF, "lora", 2 * 32 * LORA_RANK),
+        (TF, "attention", 2 * 32 + (32 * 96 + 96) + (32 * 32 + 32)),
+        (TF, "mlp", 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32)),
+    ],
+)
+def test_param_counts_are_real(spec: InjectionSpec, name: str, expected: int) -> None:
+    blueprint = blueprint_registry.get(name, spec.topology)
+    assert blueprint.param_count(spec) == expected
+    assert sum(p.numel() for p in blueprint.build(spec).parameters()) == expected
