@@ -63,8 +63,9 @@ class SegmentedHost(nn.Module, ABC):
         return self._index[point]
 
     def _run_segments(self, x: Tensor, start: int, stop: int) -> Tensor:
-        for segment in self.segments[start:stop]:
-            x = segment(x)
+        # Index one by one: slicing a ModuleList builds a new ModuleList on every call.
+        for i in range(start, stop):
+            x = self.segments[i](x)
         return x
 
 
