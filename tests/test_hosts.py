@@ -64,52 +64,47 @@ def test_reference_cnn_host_size() -> None:
     assert sum(p.numel() for p in host.parameters()) == 6418
 
 
-def _every_stage_model(make, blend_mode: str = "add") -> MorphogeneticModel:
-    host = make()
+SEEDED_STAGES = [s for s in SeedStage if s is not SeedStage.DORMANT]
+
+
+def _check_segment_consistency(
+    host: SegmentedHost, blueprint: str, stage: SeedStage, blend_mode: str
+) -> None:
+    """The model's forward equals the stage-semantics oracle with a seed of ``stage`` in the
+    last slot and fossilized/blending seeds in the slots before it."""
     names = [s.slot for s in host.injection_points]
     model = MorphogeneticModel(host, names)
-    blueprint = "conv_light" if host.injection_points[0].topology is Topology.CNN else "mlp"
-    stages = [SeedStage.FOSSILIZED, SeedStage.BLENDING, SeedStage.TRAINING, SeedStage.HOLDING]
-    for name, stage in zip(names, stages, strict=False):
-        grow(model, name, blueprint, stage, blend_mode=blend_mode)
-    return model.eval()
-
-
-@pytest.mark.parametrize("blend_mode", ["add", "gated"])
-def test_cnn_segment_consistency(blend_mode: str) -> None:
-    model = _every_stage_model(HOSTS["cnn_3pt"], blend_mode)
-    x = host_input(model.host)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected_output(model, x), rtol=1e-5, atol=1e-6)
-    stages = {r.stage for r in model.reports().values()}
-    assert stages == {SeedStage.FOSSILIZED, SeedStage.BLENDING, SeedStage.TRAINING}
-
-
-@pytest.mark.parametrize("blend_mode", ["add", "gated"])
-def test_transformer_segment_consistency(blend_mode: str) -> None:
-    model = _every_stage_model(HOSTS["tf_3pt"], blend_mode)
-    x = host_input(model.host)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected_output(model, x), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "stage",
-    [s for s in SeedStage if s is not SeedStage.DORMANT],
-    ids=lambda s: s.value,
-)
-@pytest.mark.parametrize("make", [HOSTS["cnn_4pt"], HOSTS["tf_2pt"]], ids=["cnn_4pt", "tf_2pt"])
-def test_segment_consistency_per_stage(make, stage: SeedStage) -> None:
-    host = make()
-    names = [s.slot for s in host.injection_points]
-    model = MorphogeneticModel(host, names)
-    blueprint = "bottleneck" if host.injection_points[0].topology is Topology.CNN else "attention"
-    grow(model, names[-1], blueprint, stage)
-    grow(model, names[0], blueprint, SeedStage.FOSSILIZED)
-    model.eval()
+    grow(model, names[-1], blueprint, stage, blend_mode=blend_mode)
+    grow(model, names[0], blueprint, SeedStage.FOSSILIZED, blend_mode=blend_mode)
+    if len(names) > 2:
+        grow(model, names[1], blueprint, SeedStage.BLENDING, blend_mode=blend_mode)
+    assert model.reports()[names[-1]].stage is stage
     x = host_input(host)
+    model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected_output(model, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("blend_mode", ["add", "gated"])
+@pytest.mark.parametrize("stage", SEEDED_STAGES, ids=lambda s: s.value)
+def test_cnn_segment_consistency(stage: SeedStage, blend_mode: str) -> None:
+    _check_segment_consistency(HOSTS["cnn_3pt"](), "conv_light", stage, blend_mode)
+
+
+@pytest.mark.parametrize("blend_mode", ["add", "gated"])
+@pytest.mark.parametrize("stage", SEEDED_STAGES, ids=lambda s: s.value)
+def test_transformer_segment_consistency(stage: SeedStage, blend_mode: str) -> None:
+    _check_segment_consistency(HOSTS["tf_3pt"](), "mlp", stage, blend_mode)
+
+
+@pytest.mark.parametrize("stage", SEEDED_STAGES, ids=lambda s: s.value)
+@pytest.mark.parametrize(
+    ("make", "blueprint"),
+    [(HOSTS["cnn_4pt"], "bottleneck"), (HOSTS["tf_2pt"], "attention")],
+    ids=["cnn_4pt", "tf_2pt"],
+)
+def test_segment_consistency_other_point_counts(make, blueprint: str, stage: SeedStage) -> None:
+    _check_segment_consistency(make(), blueprint, stage, "add")
 
 
 def test_dormant_model_is_the_host() -> None:

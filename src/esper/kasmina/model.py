@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,10 @@ Metric = Callable[[Tensor, Tensor], Tensor]
 """``metric(output (B, ...), target (B, ...)) -> (B,)`` per-sample score; higher is better."""
 
 
-def _parse_enum(enum: type[BlendMode] | type[AlphaCurve] | type[GateMode], value: object) -> object:
+E = TypeVar("E", BlendMode, AlphaCurve, GateMode)
+
+
+def _parse_enum(enum: type[E], value: E | str) -> E:
     if isinstance(value, enum):
         return value
     try:
@@ -79,7 +82,7 @@ class MorphogeneticModel(nn.Module):
         if not isinstance(embargo_epochs, int) or embargo_epochs < 1:
             raise ValueError(f"embargo_epochs must be a positive integer, got {embargo_epochs!r}")
         self.host = host
-        self.gate_mode: GateMode = _parse_enum(GateMode, gate_mode)  # type: ignore[assignment]
+        self.gate_mode = _parse_enum(GateMode, gate_mode)
         self.embargo_epochs = embargo_epochs
         topology = host.injection_points[0].topology
         self.isolate_blending = (
@@ -113,7 +116,7 @@ class MorphogeneticModel(nn.Module):
             h = self.host.forward_to_segment(name, h, from_point=prev)
             h = self.slots[name](h)
             prev = name
-        return self.host.forward_from_segment(prev, h)  # type: ignore[arg-type]
+        return self.host.forward_from_segment(self.order[-1], h)
 
     def fused_forward(self, x: Tensor, alpha_overrides: Sequence[Mapping[str, float]]) -> Tensor:
         """Evaluate K α-configurations of the seeds in one batch.
@@ -155,7 +158,7 @@ class MorphogeneticModel(nn.Module):
             else:
                 h = self.slots[name](h, values[0])
             prev = name
-        out = self.host.forward_from_segment(prev, h)  # type: ignore[arg-type]
+        out = self.host.forward_from_segment(self.order[-1], h)
         if not tiled:
             out = out.repeat(k, *([1] * (out.dim() - 1)))
         return out.view(k, b, *out.shape[1:])
@@ -302,7 +305,7 @@ class MorphogeneticModel(nn.Module):
         self, slot: str, blueprint: str, *, blend_mode: BlendMode | str = BlendMode.ADD
     ) -> None:
         """Grow ``blueprint`` in ``slot``: DORMANT -> GERMINATED through gate G0."""
-        mode: BlendMode = _parse_enum(BlendMode, blend_mode)  # type: ignore[assignment]
+        mode = _parse_enum(BlendMode, blend_mode)
         self.slot(slot).germinate(blueprint, mode, *self._device_dtype(), self.epoch)
 
     def advance(self, slot: str) -> SeedStage:
@@ -317,8 +320,7 @@ class MorphogeneticModel(nn.Module):
         curve: AlphaCurve | str = "linear",
     ) -> None:
         """Plan (before BLENDING) or re-plan (in BLENDING) the α ramp to ``target``."""
-        shape: AlphaCurve = _parse_enum(AlphaCurve, curve)  # type: ignore[assignment]
-        self.slot(slot).set_alpha_target(target, tempo, shape)
+        self.slot(slot).set_alpha_target(target, tempo, _parse_enum(AlphaCurve, curve))
 
     def prune(self, slot: str, reason: str = "prune") -> None:
         """Remove ``slot``'s live seed from the model (-> PRUNED, then embargo and reset)."""
