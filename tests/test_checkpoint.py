@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import cnn_host, grow, host_input, host_target, transformer_host
-from esper.kasmina import CheckpointError, MorphogeneticModel, load_model, save_model
+from esper.kasmina import (
+    CheckpointError,
+    MorphogeneticModel,
+    capture_state,
+    load_model,
+    restore_state,
+    save_model,
+)
 from esper.leyline import SeedStage
 
 
@@ -118,7 +125,9 @@ def test_mismatched_architecture(tmp_path) -> None:
         m["seeds"]["early"]["blueprint"] = "norm"
 
     _rewrite_manifest(path, swap_blueprint)
-    with pytest.raises(CheckpointError, match="weights do not match the manifest's architecture"):
+    with pytest.raises(
+        CheckpointError, match=r"do not match the manifest's architecture: missing slots\.early"
+    ):
         load_model(path)
 
 
@@ -132,6 +141,10 @@ def test_mismatched_architecture(tmp_path) -> None:
             "'SLEEPING' is not a valid SeedStage",
         ),
         (lambda m: m.pop("slots"), "inconsistent manifest: KeyError"),
+        (lambda m: m["seeds"]["mid"].update(alpha=7.0), r"alpha must be in \[0.0, 1.0\], got 7.0"),
+        (lambda m: m["seeds"]["mid"].update(contribution="lots"), "contribution must be a number"),
+        (lambda m: m["seeds"]["mid"].update(stage="DORMANT"), "stage DORMANT with blueprint"),
+        (lambda m: m.update(dtype="float7"), "unknown dtype 'float7'"),
     ],
 )
 def test_inconsistent_manifest(tmp_path, edit, message: str) -> None:
@@ -139,3 +152,65 @@ def test_inconsistent_manifest(tmp_path, edit, message: str) -> None:
     _rewrite_manifest(path, edit)
     with pytest.raises(CheckpointError, match=message):
         load_model(path)
+
+
+def test_in_memory_state_restores_in_place() -> None:
+    model = _grown_cnn().eval()
+    x = host_input(model.host)
+    state = capture_state(model)
+    with torch.no_grad():
+        before = model(x)
+    reports = model.reports()
+    # Change everything: prune a seed, grow another, move the weights.
+    model.prune("mid")
+    model.step_epoch()
+    _train_a_little(model)
+    model.eval()
+    with torch.no_grad():
+        assert not torch.equal(model(x), before)
+    restore_state(model, state)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert model.reports() == reports
+    # The snapshot is a copy: training the restored model does not alter it.
+    _train_a_little(model)
+    restore_state(model, state)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+def test_state_for_another_host_is_refused() -> None:
+    state = capture_state(_grown_cnn())
+    other = MorphogeneticModel(cnn_host(base_channels=8), ["early", "mid", "late"])
+    with pytest.raises(ValueError, match="state is for host"):
+        restore_state(other, state)
+
+
+def test_active_param_count() -> None:
+    model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"])
+    host = model.host_param_count
+    assert model.active_param_count() == host
+    grow(model, "early", "conv_light", SeedStage.GERMINATED)
+    assert model.active_param_count() == host  # a germinated seed does not run yet
+    grow(model, "mid", "norm", SeedStage.FOSSILIZED)
+    grow(model, "late", "norm", SeedStage.PRUNED)
+    assert model.active_param_count() == host + model.reports()["mid"].seed_param_count
+
+
+def test_manifest_that_is_not_an_object(tmp_path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({"manifest": "[1, 2]", "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="has no Esper manifest"):
+        load_model(path)
+
+
+def test_float64_model_round_trips(tmp_path) -> None:
+    model = MorphogeneticModel(cnn_host().double(), ["early", "mid", "late"])
+    grow(model, "mid", "conv_light", SeedStage.FOSSILIZED, alpha=1.0)
+    model.eval()
+    loaded = load_model(save_model(model, tmp_path / "m.pt")).eval()
+    assert all(p.dtype == torch.float64 for p in loaded.parameters())
+    x = host_input(model.host).double()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

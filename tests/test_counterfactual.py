@@ -254,3 +254,54 @@ def test_measure_with_no_running_seed_is_empty() -> None:
     x, y = host_input(model.host), host_target(model.host)
     assert model.measure_contributions([(x, y)]) == {}
     assert model.shapley_values([(x, y)]) == {}
+
+
+def test_diverged_training_seed_does_not_poison_measurements() -> None:
+    """A TRAINING seed cannot affect the output, so its non-finite output must not leak."""
+    model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"])
+    grow(model, "early", "conv_light", SeedStage.HOLDING, alpha=0.5)
+    grow(model, "mid", "conv_light", SeedStage.TRAINING)
+    with torch.no_grad():
+        for p in model.seed_parameters("mid"):
+            p.fill_(float("inf"))
+    model.eval()
+    x, y = host_input(model.host, 8), host_target(model.host, 8)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+        fused = model.fused_forward(x, [{}, {"early": 0.0}, {"mid": 1.0}])
+    assert torch.isfinite(fused[:2]).all()
+    torch.testing.assert_close(fused[0], model(x), rtol=1e-5, atol=1e-6)
+    result = model.measure_contributions([(x, y)], metric=neg_loss)
+    assert math.isfinite(result["early"])
+    assert math.isnan(result["mid"])  # the probe is honestly unmeasurable, not 0
+
+
+def test_per_sample_zero_alpha_is_identity_for_non_finite_seed() -> None:
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    grow(model, "mid", "conv_light", SeedStage.HOLDING, alpha=0.5)
+    with torch.no_grad():
+        for p in model.seed_parameters("mid"):
+            p.fill_(float("nan"))
+    slot = model.slot("mid")
+    h = torch.randn(4, *slot.spec.shape)
+    out = slot(h, torch.tensor([0.0, 0.5, 0.0, 1.0]))
+    assert torch.equal(out[0], h[0]) and torch.equal(out[2], h[2])
+    assert torch.isnan(out[1]).all()
+
+
+def test_gradient_ratio_ignores_parameters_without_gradients() -> None:
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    grow(model, "mid", "conv_light", SeedStage.TRAINING, blend_mode="gated")
+    for name, p in model.host.named_parameters():
+        p.requires_grad_(name.startswith("head."))  # a mostly frozen host
+    x, y = host_input(model.host, 8), host_target(model.host, 8)
+    F.cross_entropy(model(x), y).backward()
+    model.record_gradient_stats()
+
+    def rms(params) -> float:
+        grads = [p.grad for p in params if p.grad is not None]
+        return math.sqrt(sum(g.pow(2).sum().item() for g in grads) / sum(g.numel() for g in grads))
+
+    assert model.slot("mid").gate.linear.weight.grad is None  # the gate is idle in TRAINING
+    expected = rms(model.seed_parameters("mid")) / rms(list(model.host.parameters()))
+    assert model.reports()["mid"].seed_gradient_norm_ratio == pytest.approx(expected, rel=1e-5)

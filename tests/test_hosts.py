@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from conftest import cnn_host, expected_output, grow, host_input, transformer_host
 from esper.kasmina import CNNHost, MorphogeneticModel, SegmentedHost, TransformerHost
-from esper.leyline import SeedStage, Topology
+from esper.leyline import BLENDED_STAGES, SeedStage, Topology
 
 HOSTS = {
     "cnn_3pt": lambda: cnn_host(),
@@ -83,6 +85,12 @@ def _check_segment_consistency(
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected_output(model, x), rtol=1e-5, atol=1e-6)
+        if stage not in BLENDED_STAGES:
+            # With only this seed, the segmented model is the plain host forward, bit for bit.
+            alone = MorphogeneticModel(copy.deepcopy(host), names)
+            grow(alone, names[-1], blueprint, stage, blend_mode=blend_mode)
+            alone.eval()
+            assert torch.equal(alone(x), alone.host(x))
 
 
 @pytest.mark.parametrize("blend_mode", ["add", "gated"])

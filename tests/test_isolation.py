@@ -43,9 +43,11 @@ def _oracle_host_grads(
         h = clone.host.forward_to_segment(name, h, from_point=prev)
         if name == slot:
             seed_out = h + s.seed(h)
+            weight = s.alpha if s.gate is None else s.alpha * s.gate(h)
             if seed_as_constant:
                 seed_out = seed_out.detach()
-            h = torch.lerp(h, seed_out, s.alpha)
+                weight = weight.detach() if isinstance(weight, Tensor) else weight
+            h = torch.lerp(h, seed_out, weight)
         prev = name
     out = clone.host.forward_from_segment(prev, h)
     F.cross_entropy(out.flatten(0, -2), y.flatten()).backward()
@@ -105,14 +107,13 @@ def test_cnn_blending_sends_no_gradient_into_host(stage: SeedStage, blend_mode: 
     grow(model, "mid", "conv_light", stage, blend_mode=blend_mode, alpha=0.4)
     x, y = host_input(model.host), host_target(model.host)
     _loss(model, x, y).backward()
-    if blend_mode == "add":
-        # Host gradients are exactly those of lerp(h, constant, α): nothing through the seed.
-        for ours, oracle in zip(
-            _host_grads(model),
-            _oracle_host_grads(model, x, y, "mid", seed_as_constant=True),
-            strict=True,
-        ):
-            torch.testing.assert_close(ours, oracle, rtol=1e-5, atol=1e-7)
+    # Host gradients are exactly those of lerp(h, constant, α·gate): nothing through the seed.
+    for ours, oracle in zip(
+        _host_grads(model),
+        _oracle_host_grads(model, x, y, "mid", seed_as_constant=True),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, oracle, rtol=1e-5, atol=1e-7)
     # Direct check: the seed's input carries no graph back to the host.
     slot = model.slot("mid")
     captured = {}

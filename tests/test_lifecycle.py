@@ -150,6 +150,7 @@ def _measured(
         (T.G2_MIN_TRAINING_EPOCHS, float("nan"), 0.5, "gradients_healthy"),
         (T.G2_MIN_TRAINING_EPOCHS, 1.0, T.G2_MIN_PROBE_IMPROVEMENT, "probe_improves"),
         (T.G2_MIN_TRAINING_EPOCHS, 1.0, None, "probe_improves"),
+        (T.G2_MIN_TRAINING_EPOCHS, 1.0, float("nan"), "probe_improves"),
     ],
 )
 def test_g2_thresholds(
@@ -204,6 +205,7 @@ def test_g3_permissive_holds_mid_ramp() -> None:
         (T.G5_MIN_HOLDING_EPOCHS, T.G5_MIN_CONTRIBUTION, None),
         (T.G5_MIN_HOLDING_EPOCHS, T.G5_MIN_CONTRIBUTION - 0.01, "contribution_clears"),
         (T.G5_MIN_HOLDING_EPOCHS, None, "contribution_clears"),
+        (T.G5_MIN_HOLDING_EPOCHS, float("nan"), "contribution_clears"),
         (0, 5.0, "held_long_enough"),
     ],
 )
@@ -284,3 +286,42 @@ def test_gate_mode_validated() -> None:
         ValueError, match=r"unknown GateMode 'lenient'; accepted: \['strict', 'permissive'\]"
     ):
         MorphogeneticModel(cnn_host(), ["mid"], gate_mode="lenient")
+
+
+def test_pruned_seed_is_freed_at_once() -> None:
+    model = MorphogeneticModel(cnn_host(), ["mid"], gate_mode="permissive")
+    grow(model, "mid", "conv_heavy", SeedStage.HOLDING)
+    model.prune("mid")
+    model.step_epoch()
+    report = model.reports()["mid"]
+    assert report.stage is SeedStage.EMBARGOED
+    assert report.blueprint == "conv_heavy"  # what was pruned stays visible
+    assert report.seed_param_count == 0 and model.seed_parameters("mid") == []
+    assert report.alpha == 0.0 and report.alpha_target == 0.0
+
+
+def test_transitions_drain_in_order_of_occurrence() -> None:
+    model = MorphogeneticModel(cnn_host(), ["early", "mid"], gate_mode="permissive")
+    model.germinate("mid", "norm")
+    model.germinate("early", "norm")
+    model.advance("mid")
+    got = [(t.slot, t.to_stage) for t in model.drain_transitions()]
+    assert got == [
+        ("mid", SeedStage.GERMINATED),
+        ("early", SeedStage.GERMINATED),
+        ("mid", SeedStage.TRAINING),
+    ]
+
+
+def test_germination_probe_leaves_global_rng_alone() -> None:
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    model.germinate("mid", "norm")  # norm has no random init; only the G0 probe could draw
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_isolation_switch_is_fixed_at_construction() -> None:
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    with pytest.raises(AttributeError):
+        model.isolate_blending = False

@@ -8,7 +8,13 @@ only Leyline (and torch); training loops live in Tolaria.
 """
 
 from esper.kasmina.blueprints import Blueprint, blueprint_registry
-from esper.kasmina.checkpoint import load_model, save_model
+from esper.kasmina.checkpoint import (
+    ModelState,
+    capture_state,
+    load_model,
+    restore_state,
+    save_model,
+)
 from esper.kasmina.counterfactual import per_sample_accuracy, shapley_from_coalitions
 from esper.kasmina.errors import CheckpointError, GateError, IllegalTransitionError, LifecycleError
 from esper.kasmina.hosts import CNNHost, SegmentedHost, TransformerHost, build_host
@@ -23,14 +29,17 @@ __all__ = [
     "IllegalTransitionError",
     "LifecycleError",
     "Metric",
+    "ModelState",
     "MorphogeneticModel",
     "SeedSlot",
     "SegmentedHost",
     "TransformerHost",
     "blueprint_registry",
     "build_host",
+    "capture_state",
     "load_model",
     "per_sample_accuracy",
+    "restore_state",
     "save_model",
     "shapley_from_coalitions",
 ]

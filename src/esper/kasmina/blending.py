@@ -77,13 +77,22 @@ class AlphaSchedule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlphaSchedule:
-        return cls(
-            float(data["start"]),
-            float(data["target"]),
-            int(data["tempo"]),
-            AlphaCurve(data["curve"]),
-            int(data["tick"]),
-        )
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ValueError: for values of the wrong type or out of range.
+        """
+        start, target, tempo, tick = data["start"], data["target"], data["tempo"], data["tick"]
+        numbers = (start, target)
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in numbers) or not all(
+            0.0 <= v <= 1.0 for v in numbers
+        ):
+            raise ValueError(
+                f"α schedule start/target must be in [0, 1], got {start!r}, {target!r}"
+            )
+        if not (isinstance(tempo, int) and isinstance(tick, int) and 0 <= tick <= tempo):
+            raise ValueError(f"α schedule needs ints 0 <= tick <= tempo, got {tick!r}, {tempo!r}")
+        return cls(float(start), float(target), tempo, AlphaCurve(data["curve"]), tick)
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ FORMAT = "esper-model"
 VERSION = 1
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """An in-memory snapshot of a grown model: the manifest and a copy of every tensor."""
+
+    manifest: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+
+
 def _manifest(model: MorphogeneticModel) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -34,9 +43,69 @@ def _manifest(model: MorphogeneticModel) -> dict[str, Any]:
         "gate_mode": model.gate_mode.value,
         "embargo_epochs": model.embargo_epochs,
         "isolate_blending": model.isolate_blending,
+        "dtype": _dtype_name(model._device_dtype()[1]),
         "epoch": model.epoch,
         "seeds": {name: model.slot(name).manifest() for name in model.order},
     }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def capture_state(model: MorphogeneticModel) -> ModelState:
+    """Snapshot ``model`` (architecture and weights) in memory; later changes do not touch it."""
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return ModelState(json.loads(json.dumps(_manifest(model))), weights)
+
+
+def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
+    """Put ``model`` back exactly as ``state`` recorded it, in place.
+
+    Seeds are rebuilt from the manifest (new parameter objects; optimizers must re-register
+    them) and the weights are loaded strictly. The host must be the one the state came from.
+
+    Raises:
+        ValueError: if the state describes another host or other slots.
+    """
+    manifest = state.manifest
+    host = {"kind": model.host.kind, "config": model.host.config()}
+    dtype_name = _dtype_name(model._device_dtype()[1])
+    if manifest["dtype"] != dtype_name:
+        raise ValueError(f"state holds {manifest['dtype']} weights, the model is {dtype_name}")
+    if manifest["host"] != host or manifest["slots"] != list(model.order):
+        raise ValueError(
+            f"state is for host {manifest['host']} with slots {manifest['slots']}, "
+            f"not {host} with slots {list(model.order)}"
+        )
+    model.epoch = int(manifest["epoch"])
+    device, dtype = model._device_dtype()
+    for name in model.order:
+        model.slot(name).restore(manifest["seeds"][name], device, dtype)
+    _check_weights(model, state.weights)
+    model.load_state_dict(state.weights, strict=True)
+
+
+class WeightsMismatchError(ValueError):
+    """Weights that do not fit the architecture they are loaded into."""
+
+
+def _check_weights(model: MorphogeneticModel, weights: dict[str, torch.Tensor]) -> None:
+    """Name the keys and shapes that differ (``load_state_dict`` only summarizes them)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in weights.items()}
+    problems = [f"missing {k}" for k in expected if k not in given]
+    problems += [f"unexpected {k}" for k in given if k not in expected]
+    problems += [
+        f"{k}: shape {given[k]} != {expected[k]}"
+        for k in expected
+        if k in given and given[k] != expected[k]
+    ]
+    if problems:
+        more = len(problems) - 5
+        raise WeightsMismatchError(
+            "; ".join(problems[:5]) + (f"; … {more} more" if more > 0 else "")
+        )
 
 
 def save_model(model: MorphogeneticModel, path: str | os.PathLike[str]) -> Path:
@@ -80,10 +149,12 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         manifest = json.loads(payload["manifest"])
     except (TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt manifest: {err}") from err
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if not isinstance(manifest, dict) or "format" not in manifest or "version" not in manifest:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no Esper manifest")
+    if manifest["format"] != FORMAT or manifest["version"] != VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format {manifest.get('format')!r} version "
-            f"{manifest.get('version')!r}; this Esper reads {FORMAT!r} version {VERSION}"
+            f"checkpoint {str(path)!r} has format {manifest['format']!r} version "
+            f"{manifest['version']!r}; this Esper reads {FORMAT!r} version {VERSION}"
         )
     return manifest, payload["state_dict"]
 
@@ -97,9 +168,12 @@ def load_model(
         CheckpointError: for a missing, corrupt, foreign or inconsistent file, naming what is wrong.
     """
     path = Path(path)
-    manifest, state = _read(path)
+    manifest, weights = _read(path)
     try:
-        host = build_host(manifest["host"]["kind"], manifest["host"]["config"])
+        dtype = getattr(torch, manifest["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {manifest['dtype']!r}")
+        host = build_host(manifest["host"]["kind"], manifest["host"]["config"]).to(dtype)
         model = MorphogeneticModel(
             host,
             manifest["slots"],
@@ -107,19 +181,13 @@ def load_model(
             embargo_epochs=manifest["embargo_epochs"],
             isolate_blending=manifest["isolate_blending"],
         )
-        model.epoch = int(manifest["epoch"])
-        device, dtype = model._device_dtype()
-        for name in model.order:
-            model.slot(name).restore(manifest["seeds"][name], device, dtype)
+        restore_state(model, ModelState(manifest, weights))
+    except WeightsMismatchError as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: weights do not match the manifest's architecture: {err}"
+        ) from err
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has an inconsistent manifest: {err!r}"
-        ) from err
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: weights do not match the manifest's architecture: "
-            f"{str(err).splitlines()[0]} …"
         ) from err
     return model.to(map_location)

@@ -7,6 +7,7 @@ Each gate is a list of checks. A *structural* check guards something that must h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,7 +59,7 @@ def _gradients_healthy(slot: SeedSlot) -> str | None:
 def _probe_improves(slot: SeedSlot) -> str | None:
     if slot.contribution is None:
         return "probe contribution not measured (call measure_contributions)"
-    if slot.contribution <= T.G2_MIN_PROBE_IMPROVEMENT:
+    if not (math.isfinite(slot.contribution) and slot.contribution > T.G2_MIN_PROBE_IMPROVEMENT):
         need = T.G2_MIN_PROBE_IMPROVEMENT
         return f"probe contribution {slot.contribution:.4g} <= G2_MIN_PROBE_IMPROVEMENT={need}"
     return None
@@ -94,7 +95,7 @@ def _held_long_enough(slot: SeedSlot) -> str | None:
 def _contribution_clears(slot: SeedSlot) -> str | None:
     if slot.contribution is None:
         return "counterfactual contribution not measured in HOLDING (call measure_contributions)"
-    if slot.contribution < T.G5_MIN_CONTRIBUTION:
+    if not (math.isfinite(slot.contribution) and slot.contribution >= T.G5_MIN_CONTRIBUTION):
         return f"contribution {slot.contribution:.4g} < G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION}"
     return None
 

@@ -29,7 +29,8 @@ class SegmentedHost(nn.Module, ABC):
     Subclasses build ``segments`` (one module per injection point, in order), call
     ``_init_points`` with their specs, and implement ``forward`` (the plain pass),
     ``forward_to_segment``, ``forward_from_segment`` and ``config``. Running every segment with
-    identity slots must equal ``forward``.
+    identity slots must equal ``forward``. Segments must not modify their input in place: a slot
+    in TRAINING hands the next segment a view of the stream it also keeps for the seed's gradient.
     """
 
     kind: str

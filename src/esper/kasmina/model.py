@@ -85,18 +85,23 @@ class MorphogeneticModel(nn.Module):
         self.gate_mode = _parse_enum(GateMode, gate_mode)
         self.embargo_epochs = embargo_epochs
         topology = host.injection_points[0].topology
-        self.isolate_blending = (
-            topology is Topology.CNN if isolate_blending is None else isolate_blending
-        )
+        isolate = topology is Topology.CNN if isolate_blending is None else isolate_blending
+        self._isolate_blending = isolate
         self.order = ordered_slots(slots)
+        self._transitions: list[LifecycleTransition] = []
         self.slots = nn.ModuleDict(
             {
-                name: SeedSlot(specs[name], self.isolate_blending, embargo_epochs)
+                name: SeedSlot(specs[name], isolate, embargo_epochs, self._transitions)
                 for name in self.order
             }
         )
         self.epoch = 0
         self.host_param_count = sum(p.numel() for p in host.parameters())
+
+    @property
+    def isolate_blending(self) -> bool:
+        """Whether seed inputs stay detached in BLENDING/HOLDING (fixed at construction)."""
+        return self._isolate_blending
 
     # ---------------------------------------------------------------- forward
 
@@ -130,7 +135,8 @@ class MorphogeneticModel(nn.Module):
                 TRAINING seed's current α is 0: it does not change the output).
 
         Returns:
-            ``(K, B, ...)`` outputs; row k equals ``forward(x)`` with configuration k applied.
+            ``(K, B, ...)`` outputs; row k equals ``forward(x)`` with configuration k applied (up
+            to floating-point reassociation: kernels may sum in another order at batch K·B).
 
         Raises:
             RuntimeError: in train mode (batch statistics would mix configurations).
@@ -149,13 +155,14 @@ class MorphogeneticModel(nn.Module):
         for name in self.order:
             h = self.host.forward_to_segment(name, h, from_point=prev)
             values = [c[name] for c in configs]
-            if not tiled and any(v != values[0] for v in values):
+            varies = any(v != values[0] for v in values)
+            if varies and not tiled:
                 h = h.repeat(k, *([1] * (h.dim() - 1)))  # (B, ...) -> (K·B, ...), config-major
                 tiled = True
-            if tiled:
+            if varies:
                 alpha = torch.tensor(values, dtype=h.dtype, device=h.device).repeat_interleave(b)
                 h = self.slots[name](h, alpha)
-            else:
+            else:  # one α for every row: a scalar (α = 0 then skips the seed entirely)
                 h = self.slots[name](h, values[0])
             prev = name
         out = self.host.forward_from_segment(self.order[-1], h)
@@ -276,23 +283,26 @@ class MorphogeneticModel(nn.Module):
         ratio = (‖g_seed‖ / √n_seed) / (‖g_host‖ / √n_host): per-parameter RMS gradients. Call
         after ``backward()``; seeds without gradients, or a host without any, are left as they are.
         """
+        # Only parameters that received a gradient count: frozen host layers or a gate that
+        # is idle in TRAINING must not dilute the RMS.
         host_grads = [p.grad for p in self.host.parameters() if p.grad is not None]
         seeds = []
         for name in self.order:
             slot = self.slot(name)
             grads = [p.grad for p in slot.seed_parameters() if p.grad is not None]
             if slot.stage in FORWARD_STAGES and grads:
-                seeds.append((slot, grads, sum(p.numel() for p in slot.seed_parameters())))
+                seeds.append((slot, grads))
         if not host_grads or not seeds:
             return
         norms = torch.stack(
             [torch.nn.utils.get_total_norm(host_grads)]
-            + [torch.nn.utils.get_total_norm(g) for _, g, _ in seeds]
+            + [torch.nn.utils.get_total_norm(g) for _, g in seeds]
         ).tolist()  # one device sync
-        host_rms = norms[0] / math.sqrt(self.host_param_count)
+        host_rms = norms[0] / math.sqrt(sum(g.numel() for g in host_grads))
         if host_rms == 0.0:
             return  # nothing to compare against: not measurable
-        for (slot, _, n), norm in zip(seeds, norms[1:], strict=True):
+        for (slot, grads), norm in zip(seeds, norms[1:], strict=True):
+            n = sum(g.numel() for g in grads)
             slot.record_gradient_ratio((norm / math.sqrt(n)) / host_rms)
 
     # ---------------------------------------------------------------- lifecycle
@@ -337,12 +347,9 @@ class MorphogeneticModel(nn.Module):
             self.slot(name).step_epoch(self.epoch)
 
     def drain_transitions(self) -> list[LifecycleTransition]:
-        """Lifecycle transitions since the last call, in slot order (for telemetry)."""
-        out: list[LifecycleTransition] = []
-        for name in self.order:
-            slot = self.slot(name)
-            out += slot.transitions
-            slot.transitions = []
+        """Lifecycle transitions since the last call, in the order they happened (telemetry)."""
+        out = list(self._transitions)
+        self._transitions.clear()
         return out
 
     # ---------------------------------------------------------------- views
@@ -350,6 +357,16 @@ class MorphogeneticModel(nn.Module):
     def reports(self) -> dict[str, SeedStateReport]:
         """``{slot: SeedStateReport}`` in ``ordered_slots`` order."""
         return {name: self.slot(name).report(self.host_param_count) for name in self.order}
+
+    def active_param_count(self) -> int:
+        """Host parameters plus those of every seed in the forward pass (TRAINING..FOSSILIZED).
+
+        Pruned, embargoed and merely germinated seeds do not count: they do not run.
+        """
+        seeds = sum(
+            r.seed_param_count for r in self.reports().values() if r.stage in FORWARD_STAGES
+        )
+        return self.host_param_count + seeds
 
     def host_parameters(self) -> list[nn.Parameter]:
         """The host's parameters (for the host optimizer group)."""

@@ -53,9 +53,16 @@ class SeedSlot(nn.Module):
         spec: the injection point.
         isolate_blending: detach the seed's input in BLENDING and HOLDING too.
         embargo_epochs: epochs a pruned slot stays EMBARGOED.
+        log: where transitions are appended (shared by a model's slots, so it is chronological).
     """
 
-    def __init__(self, spec: InjectionSpec, isolate_blending: bool, embargo_epochs: int) -> None:
+    def __init__(
+        self,
+        spec: InjectionSpec,
+        isolate_blending: bool,
+        embargo_epochs: int,
+        log: list[LifecycleTransition],
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.name = spec.slot
@@ -64,7 +71,7 @@ class SeedSlot(nn.Module):
         self.seed: nn.Module | None = None
         self.gate: BlendGate | None = None
         self._clear_state()
-        self.transitions: list[LifecycleTransition] = []
+        self.transitions = log
 
     def _clear_state(self) -> None:
         self.stage = SeedStage.DORMANT
@@ -109,9 +116,14 @@ class SeedSlot(nn.Module):
             self.stage is not SeedStage.FOSSILIZED and self.isolate_blending
         )
         x_in = h.detach() if detach else h
+        zero_rows = alpha == 0 if isinstance(alpha, Tensor) else None
         if self.gate is not None:
             alpha = alpha * self.gate(x_in)
-        return torch.lerp(h, x_in + self.seed(x_in), alpha)
+        out = torch.lerp(h, x_in + self.seed(x_in), alpha)
+        if zero_rows is not None:
+            # α = 0 must return h even when the seed's output is not finite (lerp gives NaN).
+            out = torch.where(zero_rows, h, out)
+        return out
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -161,7 +173,9 @@ class SeedSlot(nn.Module):
         try:
             self._attach(blueprint, blend_mode, device, dtype)
             assert self.seed is not None
-            probe = torch.randn(2, *self.spec.shape, device=device, dtype=dtype)
+            # A private generator: probing must not shift the global random stream.
+            gen = torch.Generator(device=device).manual_seed(0)
+            probe = torch.randn(2, *self.spec.shape, generator=gen, device=device, dtype=dtype)
             with torch.no_grad():
                 delta = self.seed(probe)
         except (ValueError, RuntimeError) as err:  # unknown blueprint, or it cannot run here
@@ -213,6 +227,7 @@ class SeedSlot(nn.Module):
         self._transition(SeedStage.PRUNED, epoch, reason)
         self.alpha = 0.0
         self.schedule = None
+        self.seed = self.gate = None  # freed at once; the blueprint name stays for reports
 
     def set_alpha_target(self, target: float, tempo: int, curve: AlphaCurve) -> None:
         """Plan (GERMINATED, TRAINING) or re-plan from the current α (BLENDING) the α ramp."""
@@ -240,7 +255,6 @@ class SeedSlot(nn.Module):
             self._transition(SeedStage.RESETTING, epoch, "embargo over")
         elif self.stage is SeedStage.RESETTING:
             self._transition(SeedStage.DORMANT, epoch, "reset")
-            self._detach()
             self._clear_state()
 
     # ---------------------------------------------------------------- measurements
@@ -269,8 +283,10 @@ class SeedSlot(nn.Module):
             target = self.schedule.target
         elif self.stage in (SeedStage.HOLDING, SeedStage.FOSSILIZED):
             target = self.alpha  # held
+        elif self.seed is not None:
+            target = self.plan.target  # GERMINATED or TRAINING: what BLENDING will aim for
         else:
-            target = self.plan.target
+            target = 0.0  # no seed, nothing planned
         return SeedStateReport(
             slot=self.name,
             stage=self.stage,
@@ -305,19 +321,65 @@ class SeedSlot(nn.Module):
         }
 
     def restore(self, data: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
-        """Rebuild from ``manifest()`` output (weights are loaded afterwards)."""
+        """Rebuild from ``manifest()`` output, replacing any seed held now (weights are loaded
+        afterwards).
+
+        Raises:
+            ValueError: for a value of the wrong type or out of range.
+        """
         stage = SeedStage(data["stage"])
-        if data["blueprint"] is not None:
-            self._attach(data["blueprint"], BlendMode(data["blend_mode"]), device, dtype)
-        elif stage is not SeedStage.DORMANT:
-            raise ValueError(f"slot {self.name!r} is {stage.value} but names no blueprint")
+        self._detach()
+        self._clear_state()
+        blueprint, blend = data["blueprint"], data["blend_mode"]
+        if (blueprint is None) != (stage is SeedStage.DORMANT):
+            raise ValueError(
+                f"slot {self.name!r}: stage {stage.value} with blueprint {blueprint!r}"
+            )
+        if stage in _HAS_MODULE:
+            self._attach(blueprint, BlendMode(blend), device, dtype)
+        else:
+            self.blueprint = blueprint
+            self.blend_mode = None if blend is None else BlendMode(blend)
         self.stage = stage
-        self.alpha = float(data["alpha"])
+        self.alpha = _checked_float(data, "alpha", lo=0.0, hi=1.0)
         self.schedule = (
             None if data["schedule"] is None else AlphaSchedule.from_dict(data["schedule"])
         )
         self.plan = AlphaSchedule.from_dict(data["plan"])
-        self.epochs_in_stage = int(data["epochs_in_stage"])
-        self.contribution = data["contribution"]
-        self.shapley = data["shapley"]
-        self.gradient_ratio = data["gradient_ratio"]
+        epochs = data["epochs_in_stage"]
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(
+                f"slot {self.name!r}: epochs_in_stage must be an int >= 0, got {epochs!r}"
+            )
+        self.epochs_in_stage = epochs
+        self.contribution = _optional_float(data, "contribution")
+        self.shapley = _optional_float(data, "shapley")
+        self.gradient_ratio = _optional_float(data, "gradient_ratio")
+
+
+_HAS_MODULE = frozenset(
+    {
+        SeedStage.GERMINATED,
+        SeedStage.TRAINING,
+        SeedStage.BLENDING,
+        SeedStage.HOLDING,
+        SeedStage.FOSSILIZED,
+    }
+)
+"""Stages that hold a seed module (it is freed on prune)."""
+
+
+def _optional_float(data: dict[str, Any], key: str) -> float | None:
+    value = data[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number or null, got {value!r}")
+    return float(value)
+
+
+def _checked_float(data: dict[str, Any], key: str, lo: float, hi: float) -> float:
+    value = _optional_float(data, key)
+    if value is None or not lo <= value <= hi:
+        raise ValueError(f"{key} must be in [{lo}, {hi}], got {data[key]!r}")
+    return value

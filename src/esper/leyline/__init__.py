@@ -7,6 +7,7 @@ standard library, so every other package may import it and it imports none of th
 """
 
 from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport
+from esper.leyline.control import Action, Observation, Op, TrainingSignals
 from esper.leyline.slots import ordered_slots, slot_names
 from esper.leyline.stages import (
     ALIVE_STAGES,
@@ -26,15 +27,19 @@ __all__ = [
     "BLENDED_STAGES",
     "FORWARD_STAGES",
     "VALID_TRANSITIONS",
+    "Action",
     "AlphaCurve",
     "BlendMode",
     "GateLevel",
     "GateMode",
     "InjectionSpec",
     "LifecycleTransition",
+    "Observation",
+    "Op",
     "SeedStage",
     "SeedStateReport",
     "Topology",
+    "TrainingSignals",
     "ordered_slots",
     "slot_names",
 ]

@@ -1,0 +1,109 @@
+"""What a controller sees and what it may do: signals, observations and actions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from esper.leyline.contracts import SeedStateReport
+
+
+class Op(Enum):
+    """The controller's operations (DESIGN §4); the first head of the action space."""
+
+    WAIT = "WAIT"
+    GERMINATE = "GERMINATE"
+    ADVANCE = "ADVANCE"
+    SET_ALPHA_TARGET = "SET_ALPHA_TARGET"
+    PRUNE = "PRUNE"
+    FOSSILIZE = "FOSSILIZE"
+
+
+_NEEDS = {
+    Op.WAIT: (),
+    Op.GERMINATE: ("slot", "blueprint"),
+    Op.ADVANCE: ("slot",),
+    Op.SET_ALPHA_TARGET: ("slot", "alpha_target", "tempo"),
+    Op.PRUNE: ("slot",),
+    Op.FOSSILIZE: ("slot",),
+}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One controller decision.
+
+    Attributes:
+        op: the operation.
+        slot: target slot (every op but WAIT).
+        blueprint: blueprint to germinate (GERMINATE only).
+        tempo: α ramp length in epochs (SET_ALPHA_TARGET only).
+        alpha_target: α to ramp to (SET_ALPHA_TARGET only).
+        reason: a short human-readable why, for telemetry.
+    """
+
+    op: Op
+    slot: str | None = None
+    blueprint: str | None = None
+    tempo: int | None = None
+    alpha_target: float | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        needed = _NEEDS[self.op]
+        for name in ("slot", "blueprint", "tempo", "alpha_target"):
+            present = getattr(self, name) is not None
+            if present != (name in needed):
+                want = "needs" if name in needed else "takes no"
+                raise ValueError(f"{self.op.value} {want} {name} (got {getattr(self, name)!r})")
+
+
+@dataclass(frozen=True)
+class TrainingSignals:
+    """Per-step training signals from ``SignalTracker`` (DESIGN §4).
+
+    Attributes:
+        epoch: steps completed so far (1 after the first).
+        train_loss: mean training loss of the step.
+        train_accuracy: training accuracy of the step, percent.
+        val_loss: validation loss.
+        val_accuracy: validation accuracy, percent.
+        loss_delta: ``val_loss`` minus the previous step's (None on the first step).
+        accuracy_delta: ``val_accuracy`` minus the previous step's (None on the first step).
+        best_val_accuracy: best validation accuracy so far.
+        plateau_epochs: consecutive steps without a new best beyond the plateau tolerance.
+        host_stabilized: latched once the host's improvement has slowed (never unlatches).
+        loss_history: the last few validation losses, oldest first.
+        accuracy_history: the last few validation accuracies, oldest first.
+    """
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    loss_delta: float | None
+    accuracy_delta: float | None
+    best_val_accuracy: float
+    plateau_epochs: int
+    host_stabilized: bool
+    loss_history: tuple[float, ...]
+    accuracy_history: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything a controller gets for one decision.
+
+    Attributes:
+        signals: training signals of the step just finished.
+        reports: seed reports of every enabled slot, in ``ordered_slots`` order.
+        blueprints: blueprints that fit this host, in registry (action-space) order.
+        max_epochs: episode length, for controllers that plan against the horizon.
+    """
+
+    signals: TrainingSignals
+    reports: Mapping[str, SeedStateReport]
+    blueprints: tuple[str, ...]
+    max_epochs: int
