@@ -1,0 +1,201 @@
+"""CIFAR-10 (Krizhevsky 2009) from the standard python-pickle batch directory.
+
+``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``data_batch_5`` (training) and
+``test_batch``; each is a pickled dict with ``b"data"``, a uint8 array ``(10000, 3072)`` whose
+rows are the red, green and blue 32x32 planes in turn, and ``b"labels"``, a list of ints 0..9.
+
+Pickle can run arbitrary code, and this format leaves no choice, so two guards apply: a file is
+only opened after checking it lies inside the resolved dataset directory, and the unpickler only
+resolves the handful of numpy names an array needs, refusing every other global.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import pickle
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from esper.data.dataset import Dataset, DatasetFormatError
+from esper.data.download import download_file
+from esper.data.locate import DatasetFiles, find_dataset_dir
+
+logger = logging.getLogger(__name__)
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+# SHA-256 of the official archive (its MD5 is c58f30108f718f92721af3b95e74349a).
+CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)
+
+# The only globals a pickled numpy uint8 array (and a py3-pickled bytes key) needs. numpy 2
+# renamed numpy.core to numpy._core; the official files use the old name.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals needed to rebuild numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise DatasetFormatError(
+                f"CIFAR batch refers to {module}.{name}, which a CIFAR batch never needs; "
+                "refusing to unpickle it (corrupt or malicious file)"
+            )
+        if module.startswith(("numpy.core.", "numpy._core.")):
+            # numpy 2 renamed numpy.core to numpy._core; import whichever this numpy has.
+            core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+            module = f"{core}.{module.split('.', 2)[2]}"
+        return super().find_class(module, name)
+
+
+def _read_batch(root: Path, name: str) -> tuple[Tensor, Tensor]:
+    """Unpickle and validate one batch file; return uint8 ``(n, 3, 32, 32)`` and int64 ``(n,)``."""
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise DatasetFormatError(
+            f"{root / name} is not a regular file inside the dataset directory {root}; "
+            "refusing to unpickle it"
+        )
+    try:
+        import numpy as np
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "the CIFAR-10 batch files hold numpy arrays; install numpy (pip install numpy)"
+        ) from exc
+    with path.open("rb") as f:
+        try:
+            batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise DatasetFormatError(f"{path}: not a readable CIFAR pickle ({exc})") from exc
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise DatasetFormatError(
+            f"{path}: expected a dict with keys b'data' and b'labels', found {found}"
+        )
+    data, labels = batch[b"data"], batch[b"labels"]
+    pixels = math.prod(IMAGE_SHAPE)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DatasetFormatError(f"{path}: b'data' must be a 2-D uint8 array")
+    if data.shape[1] != pixels:
+        raise DatasetFormatError(
+            f"{path}: b'data' rows have {data.shape[1]} values, expected {pixels} (3x32x32)"
+        )
+    if not isinstance(labels, list) or not all(isinstance(v, int) for v in labels):
+        raise DatasetFormatError(f"{path}: b'labels' must be a list of ints")
+    if len(labels) != data.shape[0]:
+        raise DatasetFormatError(f"{path}: {data.shape[0]} images but {len(labels)} labels")
+    if labels and not all(0 <= v < NUM_CLASSES for v in labels):
+        raise DatasetFormatError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}")
+    images = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, *IMAGE_SHAPE)
+    return images, torch.tensor(labels, dtype=torch.int64)
+
+
+def _extract_archive(archive: Path, target: Path) -> None:
+    """Extract the CIFAR tarball into ``target`` safely and atomically.
+
+    Members with absolute paths or ``..`` components are rejected before anything is written,
+    and tarfile's ``data`` filter additionally refuses links out of the tree and special files.
+    The archive is unpacked into a temporary folder and the batch directory renamed into place.
+    """
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        for m in members:
+            parts = PurePosixPath(m.name).parts
+            if m.name.startswith(("/", "\\")) or ".." in parts:
+                raise DatasetFormatError(
+                    f"{archive}: unsafe member path {m.name!r} (absolute or with '..'); "
+                    "refusing to extract"
+                )
+        with tempfile.TemporaryDirectory(dir=target, prefix=".extract-") as tmp:
+            tar.extractall(tmp, members=members, filter="data")
+            extracted = Path(tmp) / BATCH_DIR
+            if not extracted.is_dir():
+                raise DatasetFormatError(f"{archive}: no {BATCH_DIR}/ folder inside")
+            extracted.rename(target / BATCH_DIR)
+
+
+def load_cifar10(
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    base_url: str = CIFAR10_URL,
+    progress: bool = True,
+) -> Dataset:
+    """Load CIFAR-10: train = the five data batches (50k), val = the test batch (10k).
+
+    Images are scaled to [0, 1] and normalized per channel with the training mean and standard
+    deviation. ``augment`` is set: training batches should get random crops and flips.
+
+    Args:
+        data_dir: Directory holding the batch files, a ``cifar-10-batches-py/`` folder, or
+            ``cifar10/`` containing either; ``None`` to search ``$ESPER_DATA_DIR`` and the cache.
+        download: Download and extract the official archive (checksummed) when needed.
+        base_url: URL prefix ``cifar-10-python.tar.gz`` is appended to.
+        progress: Show a download progress bar on stderr.
+
+    Returns:
+        A ``Dataset`` with ``x`` float32 ``(N, 3, 32, 32)`` and ``y`` int64 ``(N,)``.
+
+    Raises:
+        DatasetNotFoundError: No local copy, and the download was not allowed or failed (the
+            ``DownloadError``/``ChecksumMismatchError`` is then the ``__cause__``).
+        DatasetFormatError: A batch file or the archive is malformed.
+    """
+    files = DatasetFiles(
+        name="cifar10", required=(*TRAIN_BATCHES, TEST_BATCH), subdirs=("", BATCH_DIR)
+    )
+
+    def fetch(target: Path) -> None:
+        prefix = base_url if base_url.endswith("/") else base_url + "/"
+        if (target / BATCH_DIR).exists():
+            # Found incomplete by the search; never delete what may be the user's files.
+            raise DatasetFormatError(
+                f"{target / BATCH_DIR} exists but lacks some of {', '.join(files.required)}; "
+                "complete it, or delete it to download a fresh copy"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        archive = download_file(
+            prefix + CIFAR10_ARCHIVE, target / CIFAR10_ARCHIVE, CIFAR10_SHA256, progress
+        )
+        _extract_archive(archive, target)
+        archive.unlink()
+
+    root = find_dataset_dir(files, data_dir, fetch=fetch if download else None)
+    train = [_read_batch(root, name) for name in TRAIN_BATCHES]
+    x_val_u8, y_val = _read_batch(root, TEST_BATCH)
+    x_train = torch.cat([x for x, _ in train]).float().div_(255.0)  # (50000, 3, 32, 32)
+    y_train = torch.cat([y for _, y in train])
+    x_val = x_val_u8.float().div_(255.0)
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
+    std = x_train.std(dim=(0, 2, 3), keepdim=True)
+    logger.info("cifar10 from %s: channel means %s", root, mean.flatten().tolist())
+    return Dataset(
+        name="cifar10",
+        x_train=x_train.sub_(mean).div_(std),
+        y_train=y_train,
+        x_val=x_val.sub_(mean).div_(std),
+        y_val=y_val,
+        num_classes=NUM_CLASSES,
+        input_shape=IMAGE_SHAPE,
+        augment=True,
+    )

@@ -1,0 +1,112 @@
+"""Checksummed, atomic downloads with the standard library's urllib."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from esper.data.dataset import ChecksumMismatchError, DownloadError
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait for the server to answer or send the next chunk before giving up.
+DOWNLOAD_TIMEOUT_S = 60.0
+# Read size for streaming to disk: large enough to be fast, small enough for a smooth bar.
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    """Return the hex SHA-256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest``, verify its SHA-256, and move it into place atomically.
+
+    The bytes are streamed to a temporary file next to ``dest`` (same filesystem, so the final
+    ``os.replace`` is atomic) while the digest is computed. Whatever goes wrong, the temporary
+    file is removed, so ``dest`` either holds the complete verified file or does not exist.
+
+    Args:
+        url: Where to fetch the file from (any scheme urllib understands).
+        dest: Final path of the file; its parent directories are created.
+        sha256: Expected lowercase hex SHA-256 digest of the file.
+        progress: Show a tqdm progress bar on stderr.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ChecksumMismatchError: The downloaded bytes have a different digest.
+        DownloadError: The server could not be reached, answered with an error, or the
+            connection broke off.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual = _stream(url, out, dest.name, progress)
+        if actual != sha256.lower():
+            raise ChecksumMismatchError(
+                f"checksum mismatch for {url}: expected SHA-256 {sha256.lower()}, got {actual}; "
+                "the file was deleted (corrupt download or a changed upstream file)"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("downloaded %s to %s (sha256 ok)", url, dest)
+    return dest
+
+
+def _stream(url: str, out: BinaryIO, label: str, progress: bool) -> str:
+    """Copy the response body of ``url`` into the binary file ``out``; return its SHA-256."""
+    # tqdm ships no type information; it is imported here because only downloads need it.
+    from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+
+    digest = hashlib.sha256()
+    received = 0  # counted here: a disabled tqdm bar does not count
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None and length.isdigit() else None
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar:
+                while chunk := response.read(CHUNK_BYTES):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            if total is not None and received != total:
+                raise DownloadError(
+                    f"download of {url} ended early: got {received} of {total} bytes"
+                )
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise DownloadError(
+            f"download of {url} failed: {exc.reason} (check the network or the URL)"
+        ) from exc
+    except (TimeoutError, ConnectionError) as exc:
+        raise DownloadError(f"download of {url} failed: {exc!r}") from exc
+    return digest.hexdigest()

@@ -1,0 +1,166 @@
+"""Where a dataset's files live: the search order shared by the file-based loaders.
+
+Order: an explicit ``data_dir``; ``$ESPER_DATA_DIR``; a system directory (Debian's
+``/usr/share/datasets/...``, where one exists); the user cache ``$XDG_CACHE_HOME/esper/<name>``
+(or ``~/.cache/esper/<name>``); finally a download into that cache directory.
+
+An explicit ``data_dir`` is a request, not a hint: when it does not hold the dataset the search
+does not silently continue elsewhere; it downloads into ``data_dir/<name>`` when downloads are
+allowed and otherwise fails, naming what it looked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from esper.data.dataset import DatasetNotFoundError, DownloadError
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "ESPER_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """What makes a directory hold one dataset.
+
+    Attributes:
+        name: Folder name of the dataset, e.g. ``"fashion-mnist"``; used for
+            ``$ESPER_DATA_DIR/<name>``, ``<data_dir>/<name>`` and the cache folder.
+        required: File names that must all be present in the directory.
+        subdirs: Relative folders, tried in order, in which the files may sit below a candidate
+            directory (``""`` is the candidate itself), e.g. ``("", "cifar-10-batches-py")``.
+        system_dir: Directory where an OS package installs the dataset, or ``None``.
+        install_hint: Extra advice for the not-found message, e.g. an ``apt-get`` command.
+    """
+
+    name: str
+    required: tuple[str, ...]
+    subdirs: tuple[str, ...] = ("",)
+    system_dir: Path | None = None
+    install_hint: str | None = None
+
+
+def cache_dir(name: str) -> Path:
+    """Return the user cache directory for dataset ``name`` (not created)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "esper" / name
+
+
+def find_dataset_dir(
+    files: DatasetFiles,
+    data_dir: str | Path | None,
+    *,
+    fetch: Callable[[Path], None] | None,
+) -> Path:
+    """Return the directory that holds every file of ``files.required``.
+
+    Args:
+        files: The dataset's name, required files and system directory.
+        data_dir: Explicit directory (the dataset folder itself or a parent holding
+            ``<name>/``); ``None`` to search the environment, system and cache directories.
+        fetch: Downloads the dataset into the directory it is given (which it may create), or
+            ``None`` when downloads are not allowed.
+
+    Returns:
+        The directory holding the required files.
+
+    Raises:
+        DatasetNotFoundError: No searched directory holds the files and the download was not
+            allowed or failed (the ``DownloadError`` is then the cause); the message lists
+            every place searched and what to do.
+    """
+    searched: list[Path] = []
+
+    def first_complete(bases: Sequence[Path]) -> Path | None:
+        for base in bases:
+            for sub in files.subdirs:
+                candidate = base / sub if sub else base
+                searched.append(candidate)
+                if all((candidate / f).is_file() for f in files.required):
+                    return candidate
+        return None
+
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        found = first_complete([root / files.name, root])
+        if found is None and fetch is not None:
+            found = _fetch_into(files, root / files.name, fetch, first_complete, searched, True)
+        if found is None:
+            raise _not_found(files, searched, explicit=True, fetch_allowed=fetch is not None)
+        logger.info("using %s from %s", files.name, found)
+        return found
+
+    bases: list[Path] = []
+    env = os.environ.get(DATA_DIR_ENV, "")
+    if env:
+        bases += [Path(env).expanduser() / files.name, Path(env).expanduser()]
+    if files.system_dir is not None:
+        bases.append(files.system_dir)
+    target = cache_dir(files.name)
+    bases.append(target)
+    found = first_complete(bases)
+    if found is None and fetch is not None:
+        found = _fetch_into(files, target, fetch, first_complete, searched, False)
+    if found is None:
+        raise _not_found(files, searched, explicit=False, fetch_allowed=fetch is not None)
+    logger.info("using %s from %s", files.name, found)
+    return found
+
+
+def _fetch_into(
+    files: DatasetFiles,
+    target: Path,
+    fetch: Callable[[Path], None],
+    first_complete: Callable[[Sequence[Path]], Path | None],
+    searched: Sequence[Path],
+    explicit: bool,
+) -> Path:
+    logger.info("%s not found locally; downloading into %s", files.name, target)
+    try:
+        fetch(target)
+    except DownloadError as exc:
+        # One error type for "could not get the dataset", with the download's reason kept.
+        raise _not_found(
+            files, searched, explicit=explicit, fetch_allowed=True, download_error=exc
+        ) from exc
+    found = first_complete([target])
+    if found is None:
+        raise DatasetNotFoundError(
+            f"{files.name}: the download into {target} finished but did not produce the "
+            f"required files {', '.join(files.required)}"
+        )
+    return found
+
+
+def _not_found(
+    files: DatasetFiles,
+    searched: Sequence[Path],
+    *,
+    explicit: bool,
+    fetch_allowed: bool,
+    download_error: DownloadError | None = None,
+) -> DatasetNotFoundError:
+    places = "; ".join(str(p) for p in dict.fromkeys(searched))
+    fixes = []
+    if not explicit:
+        fixes += ["pass --data-dir DIR (data_dir=...)", f"set {DATA_DIR_ENV}=DIR"]
+    else:
+        fixes.append("point --data-dir (data_dir=...) at the folder holding the files")
+    if files.install_hint is not None:
+        fixes.append(files.install_hint)
+    if not fetch_allowed:
+        fixes.append("allow the download (download=True)")
+    failed = ""
+    if download_error is not None:
+        failed = f" The download failed: {str(download_error).rstrip('.')}."
+        fixes.append("retry the download once the network or server is fine")
+    return DatasetNotFoundError(
+        f"{files.name} not found: no directory holds all of {', '.join(files.required)}. "
+        f"Looked in: {places}.{failed} To fix: {', or '.join(fixes)}."
+    )

@@ -1,0 +1,177 @@
+"""Seeded, resumable batch streams for training and in-order batches for evaluation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from esper.data.augment import augment_crop_flip
+
+_STATE_KEYS = frozenset(
+    {
+        "generator_state",
+        "permutation",
+        "cursor",
+        "passes_started",
+        "num_samples",
+        "batch_size",
+        "shuffle",
+        "augment",
+    }
+)
+
+
+def _check_pair(x: Tensor, y: Tensor, batch_size: int) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("x and y are empty; need at least one sample")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+
+
+class BatchStream:
+    """An endless stream of training batches with its own random generator.
+
+    Each pass over the data visits every sample exactly once, in a fresh random order (or in
+    index order when ``shuffle`` is off). The last batch of a pass may be smaller than
+    ``batch_size``; the next call starts a new pass. The stream draws randomness only from its
+    own ``torch.Generator``, so each environment gets a data order that depends on its seed
+    alone, and ``state_dict`` captures everything needed to continue with the same batches.
+
+    Args:
+        x: Inputs ``(N, ...)``.
+        y: Targets ``(N, ...)``.
+        batch_size: Samples per batch.
+        seed: Seed of the stream's generator.
+        shuffle: Draw a fresh permutation for each pass (otherwise index order).
+        augment: Apply ``augment_crop_flip`` (with the stream's generator) to every batch;
+            ``x`` must then be images ``(N, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        seed: int,
+        *,
+        shuffle: bool = True,
+        augment: bool = False,
+    ) -> None:
+        _check_pair(x, y, batch_size)
+        if augment and x.dim() != 4:
+            raise ValueError(
+                f"augment=True needs images (N, C, H, W), got x of shape {tuple(x.shape)}"
+            )
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self._generator = torch.Generator().manual_seed(seed)
+        self._perm = torch.empty(0, dtype=torch.int64)  # order of the current pass
+        self._cursor = 0  # position of the next batch within _perm
+        self._passes_started = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples ``N`` in one pass."""
+        return int(self.x.shape[0])
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches in one pass, the last one possibly partial: ``ceil(N / batch_size)``."""
+        return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def passes_completed(self) -> int:
+        """Number of passes whose last batch has been returned."""
+        if self._passes_started and self._cursor < self.num_samples:
+            return self._passes_started - 1
+        return self._passes_started
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        """Return the next ``(x, y)`` batch, starting a new pass when the current one is done."""
+        if self._passes_started == 0 or self._cursor >= self.num_samples:
+            self._perm = (
+                torch.randperm(self.num_samples, generator=self._generator)
+                if self.shuffle
+                else torch.arange(self.num_samples)
+            )
+            self._cursor = 0
+            self._passes_started += 1
+        idx = self._perm[self._cursor : self._cursor + self.batch_size]
+        self._cursor += idx.shape[0]
+        xb, yb = self.x[idx.to(self.x.device)], self.y[idx.to(self.y.device)]
+        if self.augment:
+            xb = augment_crop_flip(xb, self._generator)
+        return xb, yb
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate forever over ``next_batch``."""
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Tensor | int | bool]:
+        """Everything needed to resume: tensors, ints and bools only (``weights_only`` safe)."""
+        return {
+            "generator_state": self._generator.get_state(),
+            "permutation": self._perm.clone(),
+            "cursor": self._cursor,
+            "passes_started": self._passes_started,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "augment": self.augment,
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor | int | bool]) -> None:
+        """Restore a ``state_dict``; the following batches equal those the saved stream gave.
+
+        Raises:
+            ValueError: Keys are missing or unknown, or the state belongs to a stream over a
+                different number of samples, batch size, shuffle or augment setting.
+        """
+        if set(state) != _STATE_KEYS:
+            raise ValueError(
+                f"BatchStream state has keys {sorted(state)}; expected {sorted(_STATE_KEYS)}"
+            )
+        for key, mine in (
+            ("num_samples", self.num_samples),
+            ("batch_size", self.batch_size),
+            ("shuffle", self.shuffle),
+            ("augment", self.augment),
+        ):
+            if state[key] != mine:
+                raise ValueError(f"BatchStream state has {key}={state[key]}, this stream {mine}")
+        generator_state, perm = state["generator_state"], state["permutation"]
+        cursor, passes = state["cursor"], state["passes_started"]
+        if not isinstance(generator_state, Tensor) or not isinstance(perm, Tensor):
+            raise ValueError("BatchStream state: generator_state and permutation must be tensors")
+        if not isinstance(cursor, int) or not isinstance(passes, int):
+            raise ValueError("BatchStream state: cursor and passes_started must be ints")
+        if passes > 0 and (perm.shape != (self.num_samples,) or not 0 <= cursor <= perm.shape[0]):
+            raise ValueError(
+                f"BatchStream state: permutation of shape {tuple(perm.shape)} and cursor "
+                f"{cursor} do not fit {self.num_samples} samples"
+            )
+        self._generator.set_state(generator_state)
+        self._perm = perm.clone().to(torch.int64)
+        self._cursor = cursor
+        self._passes_started = passes
+
+
+def iter_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(x, y)`` batches in index order, once, the last one possibly partial (for eval).
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length, are empty, or ``batch_size < 1``.
+    """
+    _check_pair(x, y, batch_size)  # here, not in the generator, so bad input fails at the call
+    return (
+        (x[start : start + batch_size], y[start : start + batch_size])
+        for start in range(0, x.shape[0], batch_size)
+    )

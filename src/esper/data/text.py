@@ -1,0 +1,125 @@
+"""Character-level language modelling data from any UTF-8 text file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from esper.data.dataset import Dataset, DatasetFormatError, DatasetNotFoundError
+
+logger = logging.getLogger(__name__)
+
+# Fraction of the token stream used for training is TRAIN_NUMERATOR / SPLIT_DENOMINATOR (90%);
+# the tail is validation, so validation text never overlaps training text.
+TRAIN_NUMERATOR = 9
+SPLIT_DENOMINATOR = 10
+
+
+def _pydoc_text() -> str:
+    """Python's bundled help-topic text: always present, a few hundred thousand characters."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[key] for key in sorted(topics))
+
+
+def _windows(tokens: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """Cut ``tokens`` into non-overlapping windows of ``block_size + 1``; return (x, y).
+
+    ``x`` is each window without its last token, ``y`` without its first: ``y[i, t]`` is the
+    token that follows ``x[i, t]``. Both are ``(num_windows, block_size)``.
+    """
+    span = block_size + 1
+    n = tokens.shape[0] // span
+    w = tokens[: n * span].reshape(n, span)
+    return w[:, :-1].clone(), w[:, 1:].clone()
+
+
+def min_text_length(block_size: int) -> int:
+    """Fewest characters that give at least one window in each of train and validation.
+
+    Validation gets ``n - floor(0.9 n) = ceil(n / 10)`` characters and needs ``block_size + 1``,
+    so ``n >= 10 * block_size + 1``; training then has more than enough.
+    """
+    return SPLIT_DENOMINATOR * block_size + 1
+
+
+def load_text(path: str | Path | None, block_size: int) -> Dataset:
+    """Build a character-level language-modelling dataset from a UTF-8 text file.
+
+    The vocabulary is the sorted set of characters in the text. The first 90% of the characters
+    are training text and the last 10% validation; each part is cut into non-overlapping
+    windows of ``block_size + 1`` characters, ``x`` being the first ``block_size`` characters of
+    a window and ``y`` the window shifted by one.
+
+    Args:
+        path: The text file; ``None`` uses Python's bundled ``pydoc_data`` help text.
+        block_size: Context length ``T`` of each sample.
+
+    Returns:
+        A ``Dataset`` with ``x`` and ``y`` int64 ``(N, T)``, ``num_classes`` = vocabulary size
+        and ``vocab`` the characters.
+
+    Raises:
+        DatasetNotFoundError: ``path`` does not exist or is not a file.
+        DatasetFormatError: The file is not UTF-8, or too short for one window per split.
+        ValueError: ``block_size`` is not positive.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} must be at least 1")
+    if path is None:
+        text, source = _pydoc_text(), "pydoc_data"
+    else:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise DatasetNotFoundError(
+                f"text file {file} does not exist (or is not a file); pass the path of a "
+                "UTF-8 text file, or none to use Python's bundled pydoc_data text"
+            )
+        raw = file.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetFormatError(
+                f"{file} is not UTF-8 text: invalid byte 0x{raw[exc.start]:02x} at byte offset "
+                f"{exc.start} ({exc.reason})"
+            ) from exc
+        source = file.name
+    needed = min_text_length(block_size)
+    if len(text) < needed:
+        raise DatasetFormatError(
+            f"text from {source} has {len(text)} characters; block_size={block_size} needs at "
+            f"least {needed} (one window of {block_size + 1} in the last 10% for validation)"
+        )
+    # Vectorized tokenization (corpora can be large): UTF-32 gives one int32 code point per
+    # character, and sorted code points are sorted characters, so a code point's position in
+    # the sorted unique set is its token id.
+    codepoints = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
+    unique = torch.unique(codepoints)  # sorted
+    if unique.numel() < 2:
+        raise DatasetFormatError(f"text from {source} uses {unique.numel()} distinct character(s)")
+    vocab = tuple(chr(c) for c in unique.tolist())
+    tokens = torch.searchsorted(unique, codepoints).to(torch.int64)  # (len(text),)
+    split = len(text) * TRAIN_NUMERATOR // SPLIT_DENOMINATOR
+    x_train, y_train = _windows(tokens[:split], block_size)
+    x_val, y_val = _windows(tokens[split:], block_size)
+    logger.info(
+        "text %s: %d chars, vocab %d, %d train / %d val windows",
+        source,
+        len(text),
+        len(vocab),
+        x_train.shape[0],
+        x_val.shape[0],
+    )
+    return Dataset(
+        name=f"text:{source}",
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        num_classes=len(vocab),
+        input_shape=(block_size,),
+        vocab=vocab,
+    )

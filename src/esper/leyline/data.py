@@ -1,0 +1,94 @@
+"""The data contracts: the in-memory ``Dataset`` and the ``BatchSource`` protocol.
+
+Loaders (``esper.data``) produce datasets; the engine (``esper.tolaria``) consumes them through
+these types without importing the data layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class BatchSource(Protocol):
+    """An endless, seeded stream of training batches that can be checkpointed."""
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches in one full pass over the data."""
+        ...
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        """The next ``(x, y)`` batch."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue with exactly the same batches."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` output."""
+        ...
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/validation split held in memory, ready for batching.
+
+    Attributes:
+        name: Short name of the dataset, e.g. ``"fashion_mnist"`` or ``"text:corpus.txt"``.
+        x_train: Training inputs: float32 ``(N, C, H, W)`` normalized images, or int64 ``(N, T)``
+            token ids for text.
+        y_train: Training targets: int64 ``(N,)`` labels, or int64 ``(N, T)`` next-token ids.
+        x_val: Validation inputs, same layout as ``x_train``.
+        y_val: Validation targets, same layout as ``y_train``.
+        num_classes: Number of classes, or the vocabulary size for text.
+        input_shape: Per-sample shape of ``x``, e.g. ``(1, 28, 28)`` or ``(T,)``.
+        vocab: For text datasets the characters, indexed by token id; ``None`` otherwise.
+        augment: Whether training batches should get ``augment_crop_flip`` (CIFAR only).
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    vocab: tuple[str, ...] | None = None
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"dataset {self.name!r}: num_classes={self.num_classes}, need >= 2")
+        if self.vocab is not None and len(self.vocab) != self.num_classes:
+            raise ValueError(
+                f"dataset {self.name!r}: vocab has {len(self.vocab)} entries but "
+                f"num_classes={self.num_classes}; for text they must be equal"
+            )
+        for split, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
+            if tuple(x.shape[1:]) != self.input_shape:
+                raise ValueError(
+                    f"dataset {self.name!r}: x_{split} has per-sample shape "
+                    f"{tuple(x.shape[1:])}, expected input_shape {self.input_shape}"
+                )
+            if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                raise ValueError(
+                    f"dataset {self.name!r}: x_{split} has {x.shape[0]} samples and y_{split} "
+                    f"has {y.shape[0]}; they must be equal and non-zero"
+                )
+            if y.dtype != torch.int64:
+                raise ValueError(f"dataset {self.name!r}: y_{split} dtype {y.dtype}, need int64")
+            if x.dtype not in (torch.float32, torch.int64):
+                raise ValueError(
+                    f"dataset {self.name!r}: x_{split} dtype {x.dtype}, "
+                    "need float32 (images) or int64 (tokens)"
+                )
+
+    @property
+    def is_text(self) -> bool:
+        """Whether this is a token dataset (``x`` holds int64 token ids)."""
+        return self.vocab is not None

@@ -1,0 +1,254 @@
+"""File-format parsers against fixtures written here from known arrays: IDX and CIFAR pickles.
+
+The fixtures are built with ``struct``/``gzip``/``pickle``/numpy straight from the published
+format descriptions, independently of the loader code; expected values are computed with numpy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from esper.data import (
+    DatasetFormatError,
+    load_cifar10,
+    load_dataset,
+    load_fashion_mnist,
+    read_idx,
+)
+
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX encoding of a uint8 array: magic 0x0000 08 <ndim>, big-endian dims, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_gz(path: Path, payload: bytes) -> Path:
+    path.write_bytes(gzip.compress(payload))
+    return path
+
+
+def write_fashion_dir(
+    root: Path, n_train: int, n_test: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Write the four Fashion-MNIST files with random content; return the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_y": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_y": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for name, key in zip(FASHION_FILES, ("train_x", "train_y", "test_x", "test_y"), strict=True):
+        write_gz(root / name, idx_bytes(arrays[key]))
+    return arrays
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 4), (2, 1, 3, 2)])
+def test_read_idx_recovers_the_written_array(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    got = read_idx(write_gz(tmp_path / "a.gz", idx_bytes(array)))
+    assert got.dtype == torch.uint8
+    assert np.array_equal(got.numpy(), array)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x01\x00\x08\x01" + struct.pack(">I", 2) + b"\x00\x00", "magic"),
+        (b"\x00\x00\x0d\x01" + struct.pack(">I", 1) + b"\x00" * 4, "data type 0x0d"),
+        (b"\x00\x00\x08\x02" + struct.pack(">I", 3), "truncated IDX header"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 5) + b"\x01\x02", "needs 5"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 1) + b"\x01\x02", "needs 1"),
+        (b"\x00\x00", "too short"),
+    ],
+    ids=["bad-magic", "wrong-type", "short-header", "truncated", "trailing", "tiny"],
+)
+def test_read_idx_rejects_malformed_payloads(tmp_path: Path, payload: bytes, message: str) -> None:
+    path = write_gz(tmp_path / "bad.gz", payload)
+    with pytest.raises(DatasetFormatError, match=message) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
+    whole = gzip.compress(idx_bytes(np.zeros((50, 28, 28), dtype=np.uint8)))
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DatasetFormatError, match="gzip"):
+        read_idx(cut)
+    plain = tmp_path / "plain.gz"
+    plain.write_bytes(idx_bytes(np.zeros(3, dtype=np.uint8)))  # not compressed at all
+    with pytest.raises(DatasetFormatError, match="gzip"):
+        read_idx(plain)
+
+
+def test_read_idx_checks_the_full_magic(tmp_path: Path) -> None:
+    labels = write_gz(tmp_path / "l.gz", idx_bytes(np.zeros(4, dtype=np.uint8)))
+    with pytest.raises(DatasetFormatError, match="expected 2051"):
+        read_idx(labels, 2051)
+
+
+def test_fashion_loader_normalizes_with_training_statistics(tmp_path: Path) -> None:
+    arrays = write_fashion_dir(tmp_path / "fm", n_train=12, n_test=5)
+    ds = load_fashion_mnist(tmp_path / "fm", download=False)
+    train = arrays["train_x"].astype(np.float64) / 255.0
+    mean, std = train.mean(), train.std(ddof=1)
+    expect_train = (train - mean) / std
+    expect_val = (arrays["test_x"].astype(np.float64) / 255.0 - mean) / std
+    assert ds.x_train.shape == (12, 1, 28, 28) and ds.x_val.shape == (5, 1, 28, 28)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    np.testing.assert_allclose(ds.x_train[:, 0].numpy(), expect_train, atol=1e-5)
+    np.testing.assert_allclose(ds.x_val[:, 0].numpy(), expect_val, atol=1e-5)
+    assert ds.y_train.tolist() == arrays["train_y"].tolist()
+    assert ds.y_val.tolist() == arrays["test_y"].tolist()
+    assert (ds.num_classes, ds.input_shape, ds.augment) == (10, (1, 28, 28), False)
+
+
+def test_fashion_loader_rejects_inconsistent_files(tmp_path: Path) -> None:
+    write_fashion_dir(tmp_path, n_train=4, n_test=2)
+    write_gz(tmp_path / FASHION_FILES[1], idx_bytes(np.zeros(3, dtype=np.uint8)))
+    with pytest.raises(DatasetFormatError, match=r"4 images but .* 3 labels"):
+        load_fashion_mnist(tmp_path, download=False)
+    write_gz(tmp_path / FASHION_FILES[1], idx_bytes(np.full(4, 10, dtype=np.uint8)))
+    with pytest.raises(DatasetFormatError, match="label 10 out of range"):
+        load_fashion_mnist(tmp_path, download=False)
+    # Labels where images should be: right type, wrong rank, caught by the magic number.
+    write_gz(tmp_path / FASHION_FILES[0], idx_bytes(np.zeros(4, dtype=np.uint8)))
+    with pytest.raises(DatasetFormatError, match="expected 2051"):
+        load_fashion_mnist(tmp_path, download=False)
+
+
+@pytest.mark.skipif(
+    not all((FASHION_DEBIAN_DIR / f).is_file() for f in FASHION_FILES),
+    reason="real Fashion-MNIST not installed at /usr/share/datasets/fashion-mnist "
+    "(apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_from_the_debian_package() -> None:
+    ds = load_fashion_mnist(FASHION_DEBIAN_DIR, download=False)
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_val.shape == (10000, 1, 28, 28)
+    assert sorted(set(ds.y_train.tolist())) == list(range(10))
+    assert sorted(set(ds.y_val.tolist())) == list(range(10))
+    assert torch.bincount(ds.y_train).tolist() == [6000] * 10  # the published class balance
+    assert abs(ds.x_train.mean().item()) < 1e-4
+    assert abs(ds.x_train.std().item() - 1.0) < 1e-4
+    assert abs(ds.x_val.mean().item()) < 0.05  # val uses train statistics: close, not exact
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def write_cifar_dir(root: Path, per_batch: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write a tiny CIFAR-10 python batch directory with the real key layout."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    written: dict[str, np.ndarray] = {}
+    for name in names:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img{i}.png".encode() for i in range(per_batch)],
+        }
+        with (root / name).open("wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        written[name] = data
+        written[name + ":labels"] = np.array(labels)
+    return written
+
+
+def test_cifar_parser_values_labels_and_channel_normalization(tmp_path: Path) -> None:
+    written = write_cifar_dir(tmp_path / "cifar-10-batches-py")
+    ds = load_dataset("cifar10", tmp_path, download=False)  # finds the batch subfolder
+    train_rows = np.concatenate([written[f"data_batch_{i}"] for i in range(1, 6)])
+    # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major 32x32.
+    train = np.stack([train_rows[:, c * 1024 : (c + 1) * 1024] for c in range(3)], axis=1)
+    train = train.reshape(15, 3, 32, 32).astype(np.float64) / 255.0
+    mean = train.mean(axis=(0, 2, 3), keepdims=True)
+    std = train.std(axis=(0, 2, 3), ddof=1, keepdims=True)
+    test = written["test_batch"].reshape(3, 3, 32, 32).astype(np.float64) / 255.0
+    np.testing.assert_allclose(ds.x_train.numpy(), (train - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ds.x_val.numpy(), (test - mean) / std, atol=1e-5)
+    labels = np.concatenate([written[f"data_batch_{i}:labels"] for i in range(1, 6)])
+    assert ds.y_train.tolist() == labels.tolist()
+    assert ds.y_val.tolist() == written["test_batch:labels"].tolist()
+    assert (ds.input_shape, ds.num_classes, ds.augment) == ((3, 32, 32), 10, True)
+
+
+def _dump(path: Path, obj: object) -> None:
+    with path.open("wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ({b"labels": [1]}, "b'data' and b'labels'"),
+        ([1, 2, 3], "expected a dict"),
+        ({b"data": np.zeros((1, 3072), np.float32), b"labels": [1]}, "uint8"),
+        ({b"data": np.zeros((1, 100), np.uint8), b"labels": [1]}, "expected 3072"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}, "2 images but 1 labels"),
+        ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, "0..9"),
+    ],
+    ids=["no-data", "not-dict", "dtype", "row-length", "count", "label-range"],
+)
+def test_cifar_parser_rejects_malformed_batches(
+    tmp_path: Path, batch: object, message: str
+) -> None:
+    write_cifar_dir(tmp_path)
+    _dump(tmp_path / "data_batch_3", batch)
+    with pytest.raises(DatasetFormatError, match=message):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_cifar_parser_refuses_code_in_pickles(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    write_cifar_dir(tmp_path)
+    _dump(tmp_path / "test_batch", {b"data": Evil(), b"labels": []})
+    with pytest.raises(DatasetFormatError, match="refusing to unpickle"):
+        load_cifar10(tmp_path, download=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar_parser_refuses_files_outside_the_dataset_dir(tmp_path: Path) -> None:
+    write_cifar_dir(tmp_path / "elsewhere")
+    root = tmp_path / "cifar"
+    write_cifar_dir(root)
+    (root / "data_batch_2").unlink()
+    (root / "data_batch_2").symlink_to(tmp_path / "elsewhere" / "data_batch_2")
+    with pytest.raises(DatasetFormatError, match="not a regular file inside"):
+        load_cifar10(root, download=False)
+
+
+def test_cifar_parser_rejects_truncated_pickle(tmp_path: Path) -> None:
+    write_cifar_dir(tmp_path)
+    whole = (tmp_path / "data_batch_1").read_bytes()
+    (tmp_path / "data_batch_1").write_bytes(whole[:100])
+    with pytest.raises(DatasetFormatError, match="not a readable CIFAR pickle"):
+        load_cifar10(tmp_path, download=False)

@@ -1,0 +1,323 @@
+"""Where datasets come from: the directory search order and checksummed downloads.
+
+Downloads go to a local HTTP server (127.0.0.1, free port) serving fixture files written here;
+the cache is redirected into tmp_path and the Debian path is pointed at an empty folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import pickle
+import re
+import struct
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import esper.data.cifar as cifar_module
+import esper.data.fashion_mnist as fashion_module
+from esper.data import (
+    ChecksumMismatchError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DownloadError,
+    download_file,
+    load_cifar10,
+    load_fashion_mnist,
+)
+
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_fashion(root: Path, n_train: int) -> dict[str, str]:
+    """Write four tiny IDX files (``n_train`` training images); return their SHA-256 digests."""
+    rng = np.random.default_rng(n_train)
+    arrays = (
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_train, dtype=np.uint8),
+        rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 2, dtype=np.uint8),
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    for name, a in zip(FASHION_FILES, arrays, strict=True):
+        header = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+        (root / name).write_bytes(gzip.compress(header + a.tobytes()))
+    return {name: sha256(root / name) for name in FASHION_FILES}
+
+
+def all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real cache, ESPER_DATA_DIR, Debian path or proxy can leak into these tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("ESPER_DATA_DIR", raising=False)
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """Serve ``tmp_path/www`` over HTTP on a free port; yield (folder, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- downloads
+
+
+def test_fashion_download_verifies_and_parses(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, url = server
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=6))
+    ds = load_fashion_mnist(base_url=url, progress=False)
+    assert ds.x_train.shape == (6, 1, 28, 28)
+    cache = tmp_path / "cache" / "esper" / "fashion-mnist"
+    assert all_files(cache) == sorted(FASHION_FILES)
+    for name in FASHION_FILES:
+        assert (cache / name).read_bytes() == (www / name).read_bytes()
+    # A second load uses the cache, even with the server gone.
+    for name in FASHION_FILES:
+        (www / name).unlink()
+    assert load_fashion_mnist(base_url=url, download=False).x_train.shape == (6, 1, 28, 28)
+
+
+def test_checksum_mismatch_is_rejected_and_removed(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, url = server
+    digests = write_fashion(www, n_train=3)
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", digests)
+    corrupt = www / FASHION_FILES[2]
+    blob = bytearray(corrupt.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one byte changed
+    corrupt.write_bytes(bytes(blob))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(base_url=url, progress=False)
+    assert isinstance(info.value.__cause__, ChecksumMismatchError)
+    message = str(info.value)
+    assert url + FASHION_FILES[2] in message
+    assert digests[FASHION_FILES[2]] in message and sha256(corrupt) in message
+    cache = tmp_path / "cache" / "esper" / "fashion-mnist"
+    assert FASHION_FILES[2] not in all_files(cache)
+    assert not [f for f in all_files(cache) if f.endswith(".part")]
+
+
+def test_http_404_is_a_clear_error_and_leaves_nothing(
+    server: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = server
+    dest = tmp_path / "dl" / "missing.bin"
+    with pytest.raises(DownloadError, match=r"missing\.bin failed: HTTP 404"):
+        download_file(url + "missing.bin", dest, "0" * 64, progress=False)
+    assert all_files(tmp_path / "dl") == []
+
+
+def test_failed_download_in_a_loader_is_dataset_not_found(
+    server: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = server  # serves nothing: every file is a 404
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(base_url=url, progress=False)
+    message = str(info.value)
+    assert "HTTP 404" in message and str(tmp_path / "cache" / "esper" / "fashion-mnist") in message
+    assert "\n" not in message  # one line, for the CLI
+    assert isinstance(info.value.__cause__, DownloadError)
+    assert all_files(tmp_path / "cache") == []
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler) as closed:
+        port = closed.server_address[1]  # bound then closed: nothing listens there
+    with pytest.raises(DownloadError, match=f"127.0.0.1:{port}/x failed"):
+        download_file(f"http://127.0.0.1:{port}/x", tmp_path / "x", "0" * 64, progress=False)
+    assert all_files(tmp_path) == []
+
+
+def test_progress_bar_goes_to_stderr_only_when_asked(
+    server: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    www, url = server
+    (www / "blob").write_bytes(b"x" * 5000)
+    digest = sha256(www / "blob")
+    download_file(url + "blob", tmp_path / "quiet", digest, progress=False)
+    assert capsys.readouterr().err == ""
+    download_file(url + "blob", tmp_path / "loud", digest, progress=True)
+    captured = capsys.readouterr()
+    assert "loud" in captured.err and captured.out == ""
+    assert (tmp_path / "loud").read_bytes() == b"x" * 5000
+
+
+# ----------------------------------------------------------------------------- search order
+
+
+def test_search_order_data_dir_then_env_then_system_then_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each place holds a dataset of a different size, so the size says which one was used.
+    write_fashion(tmp_path / "explicit", n_train=3)
+    write_fashion(tmp_path / "env" / "fashion-mnist", n_train=4)
+    write_fashion(tmp_path / "system", n_train=5)
+    write_fashion(tmp_path / "cache" / "esper" / "fashion-mnist", n_train=6)
+    monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "env"))
+
+    def used(data_dir: Path | None = None) -> int:
+        return load_fashion_mnist(data_dir, download=False).x_train.shape[0]
+
+    assert used(tmp_path / "explicit") == 3
+    assert used() == 4
+    monkeypatch.delenv("ESPER_DATA_DIR")
+    assert used() == 5
+    (tmp_path / "system" / FASHION_FILES[3]).unlink()  # incomplete folders do not count
+    assert used() == 6
+
+
+def test_env_dir_itself_and_data_dir_parent_are_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_fashion(tmp_path / "flat", n_train=4)
+    monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "flat"))
+    assert load_fashion_mnist(download=False).x_train.shape[0] == 4
+    write_fashion(tmp_path / "parent" / "fashion-mnist", n_train=3)
+    assert load_fashion_mnist(tmp_path / "parent", download=False).x_train.shape[0] == 3
+
+
+def test_nothing_found_lists_every_place_and_the_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(download=False)
+    assert isinstance(info.value, FileNotFoundError)
+    message = str(info.value)
+    for place in (
+        tmp_path / "env" / "fashion-mnist",
+        tmp_path / "env",
+        tmp_path / "system",
+        tmp_path / "cache" / "esper" / "fashion-mnist",
+    ):
+        assert str(place) in message
+    for fix in (
+        "--data-dir",
+        "ESPER_DATA_DIR",
+        "apt-get install dataset-fashion-mnist",
+        "download",
+    ):
+        assert fix in message
+
+
+def test_explicit_data_dir_does_not_fall_back_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_fashion(tmp_path / "env" / "fashion-mnist", n_train=4)
+    monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path / "wrong"))) as info:
+        load_fashion_mnist(tmp_path / "wrong", download=False)
+    assert str(tmp_path / "env") not in str(info.value)
+
+
+def test_explicit_data_dir_downloads_into_itself(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, url = server
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=3))
+    load_fashion_mnist(tmp_path / "mine", base_url=url, progress=False)
+    assert all_files(tmp_path / "mine") == sorted(f"fashion-mnist/{f}" for f in FASHION_FILES)
+    assert not (tmp_path / "cache").exists()
+
+
+# ----------------------------------------------------------------------------- CIFAR archive
+
+
+def cifar_archive(path: Path, extra: tuple[str, bytes] | None = None) -> str:
+    """Write a tiny cifar-10-python.tar.gz (2 images per batch); return its SHA-256."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+            batch = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 9]}
+            blob = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+        if extra is not None:
+            info = tarfile.TarInfo(extra[0])
+            info.size = len(extra[1])
+            tar.addfile(info, io.BytesIO(extra[1]))
+    return sha256(path)
+
+
+def test_cifar_download_extracts_and_loads(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, url = server
+    digest = cifar_archive(www / CIFAR_ARCHIVE)
+    monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", digest)
+    ds = load_cifar10(base_url=url, progress=False)
+    assert ds.x_train.shape == (10, 3, 32, 32) and ds.y_val.tolist() == [0, 9]
+    cache = tmp_path / "cache" / "esper" / "cifar10"
+    assert all_files(cache) == sorted(
+        f"cifar-10-batches-py/{n}"
+        for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    )
+
+
+@pytest.mark.parametrize("member", ["../escaped", "/abs/escaped"])
+def test_cifar_archive_with_unsafe_paths_is_refused(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    www, url = server
+    digest = cifar_archive(www / CIFAR_ARCHIVE, extra=(member, b"boom"))
+    monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", digest)
+    with pytest.raises(DatasetFormatError, match="unsafe member path"):
+        load_cifar10(base_url=url, progress=False)
+    assert not list(tmp_path.rglob("escaped"))
+    assert not (tmp_path / "cache" / "esper" / "cifar10" / "cifar-10-batches-py").exists()
+
+
+def test_incomplete_cifar_folder_is_never_deleted(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, url = server
+    monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", cifar_archive(www / CIFAR_ARCHIVE))
+    partial = tmp_path / "cache" / "esper" / "cifar10" / "cifar-10-batches-py"
+    partial.mkdir(parents=True)
+    (partial / "data_batch_1").write_bytes(b"user data")
+    with pytest.raises(DatasetFormatError, match="exists but lacks"):
+        load_cifar10(base_url=url, progress=False)
+    assert all_files(partial.parent) == ["cifar-10-batches-py/data_batch_1"]  # untouched

@@ -1,0 +1,196 @@
+"""BatchStream order, resumption and RNG isolation; iter_batches; crop/flip augmentation."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import Tensor
+
+from esper.data import BatchStream, augment_crop_flip, iter_batches
+from esper.leyline.data import BatchSource
+
+
+def labelled(n: int) -> tuple[Tensor, Tensor]:
+    """Samples whose label is their index, so batches reveal which samples they hold."""
+    return torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n)
+
+
+def take(stream: BatchStream, k: int) -> list[tuple[Tensor, Tensor]]:
+    return [stream.next_batch() for _ in range(k)]
+
+
+def same(a: list[tuple[Tensor, Tensor]], b: list[tuple[Tensor, Tensor]]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True)
+    )
+
+
+# ----------------------------------------------------------------------------- BatchStream
+
+
+def test_every_sample_once_per_pass_with_a_fresh_order() -> None:
+    x, y = labelled(10)
+    stream = BatchStream(x, y, batch_size=3, seed=0)
+    assert stream.batches_per_pass == 4
+    orders = []
+    for p in range(3):
+        batches = take(stream, 4)
+        assert [len(b) for _, b in batches] == [3, 3, 3, 1]  # final partial batch as is
+        order = torch.cat([b for _, b in batches])
+        assert sorted(order.tolist()) == list(range(10))
+        assert all(torch.equal(bx[:, 0].long(), by) for bx, by in batches)  # x, y stay paired
+        assert stream.passes_completed == p + 1
+        orders.append(order.tolist())
+    assert orders[0] != orders[1] != orders[2]
+
+
+def test_stream_is_a_leyline_batch_source() -> None:
+    x, y = labelled(10)
+    source: BatchSource = BatchStream(x, y, batch_size=4, seed=0)  # checked by mypy
+    assert source.batches_per_pass == 3
+
+
+def test_no_shuffle_is_index_order() -> None:
+    x, y = labelled(5)
+    stream = BatchStream(x, y, batch_size=2, seed=0, shuffle=False)
+    assert [b.tolist() for _, b in take(stream, 4)] == [[0, 1], [2, 3], [4], [0, 1]]
+
+
+def test_same_seed_same_batches_different_seed_different() -> None:
+    x, y = labelled(50)
+    a = take(BatchStream(x, y, 8, seed=7), 20)
+    assert same(a, take(BatchStream(x, y, 8, seed=7), 20))
+    assert not same(a, take(BatchStream(x, y, 8, seed=8), 20))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_state_dict_resumes_with_exactly_the_same_batches(augment: bool) -> None:
+    x = torch.randn(23, 2, 6, 6)
+    y = torch.arange(23)
+    original = BatchStream(x, y, 4, seed=1, augment=augment)
+    take(original, 9)  # into the second pass
+    state = original.state_dict()
+    expected = take(original, 14)
+
+    direct = BatchStream(x, y, 4, seed=99, augment=augment)
+    direct.load_state_dict(state)
+    assert same(take(direct, 14), expected)
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    reloaded = BatchStream(x, y, 4, seed=123, augment=augment)
+    reloaded.load_state_dict(torch.load(buffer, weights_only=True))
+    assert same(take(reloaded, 14), expected)
+
+
+def test_fresh_stream_state_round_trips() -> None:
+    x, y = labelled(6)
+    state = BatchStream(x, y, 4, seed=2).state_dict()
+    other = BatchStream(x, y, 4, seed=3)
+    other.load_state_dict(state)
+    assert same(take(other, 3), take(BatchStream(x, y, 4, seed=2), 3))
+
+
+def test_state_from_a_different_stream_is_refused() -> None:
+    x, y = labelled(6)
+    state = BatchStream(x, y, 4, seed=2).state_dict()
+    with pytest.raises(ValueError, match="batch_size=4, this stream 3"):
+        BatchStream(x, y, 3, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="expected"):
+        BatchStream(x, y, 4, seed=2).load_state_dict({**state, "extra": 1})
+
+
+def test_global_rng_neither_affects_nor_is_consumed_by_the_stream() -> None:
+    x = torch.randn(20, 1, 4, 4)
+    y = torch.arange(20)
+    reference = take(BatchStream(x, y, 6, seed=5, augment=True), 10)
+    stream = BatchStream(x, y, 6, seed=5, augment=True)
+    got = []
+    for i in range(10):
+        torch.manual_seed(1000 + i)
+        torch.rand(7)
+        before = torch.get_rng_state()
+        got.append(stream.next_batch())
+        assert torch.equal(torch.get_rng_state(), before)
+    assert same(got, reference)
+
+
+def test_stream_rejects_bad_input() -> None:
+    x, y = labelled(4)
+    with pytest.raises(ValueError, match="4 samples but y has 3"):
+        BatchStream(x, y[:3], 2, seed=0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        BatchStream(x, y, 0, seed=0)
+    with pytest.raises(ValueError, match="augment=True needs images"):
+        BatchStream(x, y, 2, seed=0, augment=True)
+
+
+def test_iter_batches_in_order_once() -> None:
+    x, y = labelled(7)
+    batches = list(iter_batches(x, y, 3))
+    assert [b.tolist() for _, b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert torch.equal(torch.cat([b for b, _ in batches]), x)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        iter_batches(x, y, 0)  # fails at the call, before iteration
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def crops(image: Tensor, padding: int) -> list[Tensor]:
+    """Every crop of the zero-padded image back to the original size (the oracle)."""
+    c, h, w = image.shape
+    padded = torch.zeros(c, h + 2 * padding, w + 2 * padding)
+    padded[:, padding : padding + h, padding : padding + w] = image
+    return [
+        padded[:, dy : dy + h, dx : dx + w]
+        for dy in range(2 * padding + 1)
+        for dx in range(2 * padding + 1)
+    ]
+
+
+def test_augment_preserves_shape_dtype_and_is_identity_when_disabled() -> None:
+    x = torch.randn(5, 3, 7, 9)
+    out = augment_crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    same_x = augment_crop_flip(x, torch.Generator().manual_seed(0), padding=0, flip_prob=0.0)
+    assert torch.equal(same_x, x)
+    flipped = augment_crop_flip(x, torch.Generator().manual_seed(0), padding=0, flip_prob=1.0)
+    assert torch.equal(flipped, torch.flip(x, dims=[3]))
+
+
+def test_each_output_is_a_crop_or_a_flipped_crop() -> None:
+    x = torch.randn(32, 3, 6, 6)
+    padding = 2
+    out = augment_crop_flip(x, torch.Generator().manual_seed(3), padding=padding)
+    kinds, offsets = set(), set()
+    for b in range(x.shape[0]):
+        candidates = crops(x[b], padding)
+        plain = [i for i, c in enumerate(candidates) if torch.equal(out[b], c)]
+        mirrored = [i for i, c in enumerate(candidates) if torch.equal(out[b], torch.flip(c, [2]))]
+        assert len(plain) + len(mirrored) == 1, f"sample {b} matches no single crop"
+        kinds.add("plain" if plain else "flipped")
+        offsets.update(plain + mirrored)
+    assert kinds == {"plain", "flipped"}
+    assert len(offsets) > 10  # offsets vary per sample (25 possible)
+
+
+def test_augment_is_reproducible_from_the_generator() -> None:
+    x = torch.randn(8, 1, 5, 5)
+    a = augment_crop_flip(x, torch.Generator().manual_seed(4))
+    b = augment_crop_flip(x, torch.Generator().manual_seed(4))
+    c = augment_crop_flip(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_augment_rejects_bad_arguments() -> None:
+    g = torch.Generator()
+    with pytest.raises(ValueError, match=r"expects \(B, C, H, W\) images, got shape \(3, 4, 4\)"):
+        augment_crop_flip(torch.zeros(3, 4, 4), g)
+    with pytest.raises(ValueError, match="padding=-1"):
+        augment_crop_flip(torch.zeros(1, 1, 4, 4), g, padding=-1)
+    with pytest.raises(ValueError, match=r"flip_prob=1\.5"):
+        augment_crop_flip(torch.zeros(1, 1, 4, 4), g, flip_prob=1.5)
