@@ -1,0 +1,395 @@
+"""HeuristicTamiyo and StaticController on hand-made observations."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from esper.leyline import Action, Observation, Op, SeedStage, SeedStateReport, TrainingSignals
+from esper.leyline import thresholds as T
+from esper.tamiyo import Controller, HeuristicConfig, HeuristicTamiyo, StaticController
+
+SLOTS = ("early", "mid", "late")
+BLUEPRINTS = ("norm", "attention", "depthwise")
+
+
+def rep(
+    slot: str,
+    stage: SeedStage = SeedStage.DORMANT,
+    blueprint: str | None = None,
+    *,
+    alpha: float = 0.0,
+    alpha_target: float = 1.0,
+    epochs: int = 0,
+    contribution: float | None = None,
+    healthy: bool | None = None,
+) -> SeedStateReport:
+    """A seed report; a seed outside DORMANT defaults to the ``norm`` blueprint."""
+    if blueprint is None and stage is not SeedStage.DORMANT:
+        blueprint = "norm"
+    return SeedStateReport(
+        slot=slot,
+        stage=stage,
+        blueprint=blueprint,
+        blend_mode=None,
+        alpha=alpha,
+        alpha_target=alpha_target,
+        epochs_in_stage=epochs,
+        counterfactual_contribution=contribution,
+        shapley_value=None,
+        seed_gradient_norm_ratio=None if healthy is None else (1.0 if healthy else 1e6),
+        gradient_healthy=healthy,
+        seed_param_count=0,
+        host_param_count=1000,
+    )
+
+
+def obs(
+    *reports: SeedStateReport,
+    epoch: int = 5,
+    stabilized: bool = False,
+    plateau: int = 0,
+    max_epochs: int = 30,
+    slots: Sequence[str] = SLOTS,
+    blueprints: tuple[str, ...] = BLUEPRINTS,
+) -> Observation:
+    """An observation: the given reports, DORMANT for every other slot in ``slots``."""
+    given = {r.slot: r for r in reports}
+    table = {s: given.get(s, rep(s)) for s in slots}
+    signals = TrainingSignals(
+        epoch=epoch,
+        train_loss=1.0,
+        train_accuracy=60.0,
+        val_loss=1.0,
+        val_accuracy=60.0,
+        loss_delta=0.0,
+        accuracy_delta=0.0,
+        best_val_accuracy=60.0,
+        plateau_epochs=plateau,
+        host_stabilized=stabilized,
+        loss_history=(1.0,),
+        accuracy_history=(60.0,),
+    )
+    return Observation(signals, table, blueprints, max_epochs)
+
+
+def ready(
+    *reports: SeedStateReport,
+    epoch: int = 5,
+    max_epochs: int = 30,
+    slots: Sequence[str] = SLOTS,
+    blueprints: tuple[str, ...] = BLUEPRINTS,
+) -> Observation:
+    """An observation of a stabilized host (germination allowed as far as signals go)."""
+    return obs(
+        *reports,
+        epoch=epoch,
+        stabilized=True,
+        max_epochs=max_epochs,
+        slots=slots,
+        blueprints=blueprints,
+    )
+
+
+def training(
+    slot: str, *, epochs: int = 0, healthy: bool | None = None, contribution: float | None = None
+) -> SeedStateReport:
+    return rep(slot, SeedStage.TRAINING, epochs=epochs, healthy=healthy, contribution=contribution)
+
+
+def test_both_controllers_implement_the_protocol() -> None:
+    assert isinstance(HeuristicTamiyo(), Controller)
+    assert isinstance(StaticController(), Controller)
+
+
+def test_static_controller_always_waits() -> None:
+    static = StaticController()
+    for o in (ready(), obs(rep("mid", SeedStage.GERMINATED)), obs(epoch=1, plateau=9)):
+        assert static.decide(o) == Action(Op.WAIT, reason="static")
+    assert static.state_dict() == {}
+    static.load_state_dict({})
+    with pytest.raises(ValueError, match="no state"):
+        static.load_state_dict({"used_slots": []})
+
+
+def test_waits_until_the_host_stabilizes_or_plateaus() -> None:
+    assert HeuristicTamiyo().decide(obs(plateau=2)).op is Op.WAIT
+    assert HeuristicTamiyo().decide(obs(plateau=3)).op is Op.GERMINATE
+    assert HeuristicTamiyo().decide(obs(stabilized=True)).op is Op.GERMINATE
+    patient = HeuristicTamiyo(HeuristicConfig(plateau_patience=5))
+    assert patient.decide(obs(plateau=4)).op is Op.WAIT
+
+
+def test_first_germination_uses_first_slot_and_first_blueprint() -> None:
+    action = HeuristicTamiyo().decide(ready())
+    assert (action.op, action.slot, action.blueprint) == (Op.GERMINATE, "early", "norm")
+    assert action.reason
+
+
+def test_prefers_slots_that_never_held_a_seed() -> None:
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    chosen = [tamiyo.decide(ready(epoch=e)).slot for e in range(5, 9)]
+    # Every slot is DORMANT again each time (say the seeds were pruned and reset).
+    assert chosen == ["early", "mid", "late", "early"]
+    fresh = HeuristicTamiyo()
+    fossil = rep("early", SeedStage.FOSSILIZED, alpha=1.0)
+    assert fresh.decide(ready(fossil)).slot == "mid"
+
+
+def test_respects_max_live_seeds() -> None:
+    two_live = [training("early"), rep("mid", SeedStage.HOLDING, alpha=1.0, contribution=0.0)]
+    assert HeuristicTamiyo().decide(ready(*two_live)).op is Op.WAIT
+    roomy = HeuristicTamiyo(HeuristicConfig(max_live_seeds=3))
+    assert roomy.decide(ready(*two_live)).slot == "late"
+    fossils = [rep(s, SeedStage.FOSSILIZED, alpha=1.0) for s in ("early", "mid")]
+    assert HeuristicTamiyo().decide(ready(*fossils)).slot == "late"  # not live
+
+
+def test_respects_the_germination_cooldown() -> None:
+    tamiyo = HeuristicTamiyo()
+    assert tamiyo.decide(ready(epoch=5)).slot == "early"
+    growing = [training("early")]
+    ops = [tamiyo.decide(ready(*growing, epoch=e)).op for e in (6, 7, 8)]
+    assert ops == [Op.WAIT, Op.WAIT, Op.GERMINATE]
+    eager = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=1))
+    eager.decide(ready(epoch=5))
+    assert eager.decide(ready(*growing, epoch=6)).op is Op.GERMINATE
+
+
+def test_blueprints_rotate_in_order() -> None:
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    grown = [tamiyo.decide(ready(epoch=e)).blueprint for e in range(5, 9)]
+    assert grown == ["norm", "attention", "depthwise", "norm"]
+
+
+def _pruned_attention_then_grown_norm() -> HeuristicTamiyo:
+    """Prunes an ``attention`` seed itself at step 10, then grows ``norm`` at step 11."""
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    bad = rep("mid", SeedStage.BLENDING, "attention", alpha=0.4, epochs=2, contribution=-3.0)
+    assert tamiyo.decide(ready(bad, epoch=10)).op is Op.PRUNE
+    embargoed = rep("mid", SeedStage.EMBARGOED, "attention")
+    assert tamiyo.decide(ready(embargoed, epoch=11)).blueprint == "norm"
+    return tamiyo
+
+
+@pytest.mark.parametrize(("epoch", "expected"), [(12, "depthwise"), (19, "depthwise")])
+def test_recently_pruned_blueprint_is_skipped(epoch: int, expected: str) -> None:
+    tamiyo = _pruned_attention_then_grown_norm()
+    assert tamiyo.decide(ready(epoch=epoch)).blueprint == expected
+
+
+def test_pruned_blueprint_returns_after_the_penalty_window() -> None:
+    tamiyo = _pruned_attention_then_grown_norm()
+    assert tamiyo.decide(ready(epoch=20)).blueprint == "attention"  # 20 - 10 >= 10
+    short = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0, prune_penalty_epochs=2))
+    short.load_state_dict(_pruned_attention_then_grown_norm().state_dict())
+    assert short.decide(ready(epoch=12)).blueprint == "attention"
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        rep("mid", SeedStage.EMBARGOED, "attention"),  # pruned by someone else (a rollback)
+        rep("mid", SeedStage.PRUNED, "attention"),
+        rep("mid"),  # vanished: rolled back to before it was grown
+    ],
+    ids=["embargoed", "pruned", "vanished"],
+)
+def test_prunes_it_did_not_order_count_too(after: SeedStateReport) -> None:
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    alive = rep("mid", SeedStage.TRAINING, "attention", epochs=1)
+    assert tamiyo.decide(obs(alive, epoch=8)).op is Op.WAIT
+    assert tamiyo.decide(obs(after, epoch=9)).op is Op.WAIT
+    tamiyo.load_state_dict({**tamiyo.state_dict(), "last_blueprint": "norm"})
+    assert tamiyo.decide(ready(epoch=10)).blueprint == "depthwise"
+
+
+def test_an_embargo_seen_again_is_not_a_new_prune() -> None:
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0, prune_penalty_epochs=3))
+    tamiyo.decide(obs(rep("mid", SeedStage.EMBARGOED, "attention"), epoch=2))
+    for e in (3, 4, 5):
+        tamiyo.decide(obs(rep("mid", SeedStage.EMBARGOED, "attention"), epoch=e))
+    tamiyo.load_state_dict({**tamiyo.state_dict(), "last_blueprint": "norm"})
+    assert tamiyo.decide(ready(epoch=5)).blueprint == "attention"  # penalized at 2 only
+
+
+def test_when_all_blueprints_are_penalized_the_oldest_prune_is_chosen() -> None:
+    tamiyo = HeuristicTamiyo()
+    two = ("norm", "attention")
+    tamiyo.decide(obs(rep("early", SeedStage.EMBARGOED, "attention"), epoch=3, blueprints=two))
+    tamiyo.decide(obs(rep("mid", SeedStage.EMBARGOED, "norm"), epoch=4, blueprints=two))
+    action = tamiyo.decide(ready(epoch=5, blueprints=two))
+    assert (action.slot, action.blueprint) == ("late", "attention")
+
+
+def test_priority_prune_then_fossilize_then_advance_then_germinate() -> None:
+    fossilizable = rep("early", SeedStage.HOLDING, alpha=1.0, epochs=1, contribution=0.5)
+    advanceable = rep("mid", SeedStage.BLENDING, alpha=1.0, epochs=3, contribution=0.5)
+    hurting = rep("late", SeedStage.BLENDING, alpha=0.5, epochs=1, contribution=-5.0)
+    steps = [
+        ([fossilizable, advanceable, hurting], (Op.PRUNE, "late")),
+        ([fossilizable, advanceable], (Op.FOSSILIZE, "early")),
+        ([advanceable], (Op.ADVANCE, "mid")),
+        ([], (Op.GERMINATE, "early")),
+    ]
+    for reports, expected in steps:
+        action = HeuristicTamiyo().decide(ready(*reports, max_epochs=100))
+        assert (action.op, action.slot) == expected
+        assert action.reason
+
+
+G2 = T.G2_MIN_TRAINING_EPOCHS
+G3 = T.G3_MIN_BLENDING_EPOCHS
+EPS = T.ALPHA_EPSILON
+
+
+@pytest.mark.parametrize(
+    ("report", "op"),
+    [
+        (rep("mid", SeedStage.GERMINATED), Op.ADVANCE),
+        (training("mid", epochs=G2, healthy=True, contribution=0.01), Op.ADVANCE),
+        (training("mid", epochs=G2 - 1, healthy=True, contribution=0.01), Op.WAIT),
+        (
+            training("mid", epochs=G2, healthy=True, contribution=T.G2_MIN_PROBE_IMPROVEMENT),
+            Op.WAIT,
+        ),
+        (training("mid", epochs=G2, healthy=None, contribution=0.01), Op.WAIT),
+        (training("mid", epochs=G2, healthy=True, contribution=None), Op.WAIT),
+        (rep("mid", SeedStage.BLENDING, alpha=0.5, alpha_target=0.5, epochs=G3), Op.ADVANCE),
+        (rep("mid", SeedStage.BLENDING, alpha=1 - EPS / 2, epochs=G3), Op.ADVANCE),
+        (rep("mid", SeedStage.BLENDING, alpha=1 - 2 * EPS, epochs=G3), Op.WAIT),
+        (rep("mid", SeedStage.BLENDING, alpha=1.0, epochs=G3 - 1), Op.WAIT),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=1, contribution=0.1), Op.FOSSILIZE),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=1, contribution=0.099), Op.WAIT),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=0, contribution=5.0), Op.WAIT),
+    ],
+)
+def test_gate_conditions_at_their_thresholds(report: SeedStateReport, op: Op) -> None:
+    action = HeuristicTamiyo().decide(obs(report))
+    assert action.op is op
+    if op is not Op.WAIT:
+        assert action.slot == "mid"
+
+
+@pytest.mark.parametrize(
+    ("report", "prune"),
+    [
+        (rep("mid", SeedStage.BLENDING, alpha=0.2, epochs=1, contribution=-1.01), True),
+        (rep("mid", SeedStage.BLENDING, alpha=0.2, epochs=1, contribution=-1.0), False),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=0, contribution=-1.5), True),
+        (training("mid", epochs=6, healthy=True, contribution=0.0), True),
+        (training("mid", epochs=5, healthy=True, contribution=0.0), False),
+        (training("mid", epochs=9, healthy=True, contribution=None), False),  # missing != 0
+        (training("mid", epochs=G2, healthy=False, contribution=1.0), True),
+        (training("mid", epochs=G2 - 1, healthy=False, contribution=1.0), False),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=3, contribution=0.05), True),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=3, contribution=None), True),
+        (rep("mid", SeedStage.HOLDING, alpha=1.0, epochs=2, contribution=0.05), False),
+    ],
+)
+def test_prune_rules_at_their_thresholds(report: SeedStateReport, prune: bool) -> None:
+    assert (HeuristicTamiyo().decide(obs(report)).op is Op.PRUNE) is prune
+
+
+def test_never_germinates_in_the_last_epochs() -> None:
+    assert HeuristicTamiyo().decide(ready(epoch=20, max_epochs=30)).op is Op.GERMINATE
+    late = HeuristicTamiyo().decide(ready(epoch=21, max_epochs=30))
+    assert late.op is Op.WAIT and "late" in late.reason
+    bold = HeuristicTamiyo(HeuristicConfig(no_germinate_last_epochs=2))
+    assert bold.decide(ready(epoch=28, max_epochs=30)).op is Op.GERMINATE
+
+
+def _reversed(o: Observation) -> Observation:
+    table: Mapping[str, SeedStateReport] = dict(reversed(list(o.reports.items())))
+    return Observation(o.signals, table, o.blueprints, o.max_epochs)
+
+
+@pytest.mark.parametrize(
+    ("reports", "slot"),
+    [
+        ([rep("mid", SeedStage.GERMINATED), rep("late", SeedStage.GERMINATED)], "mid"),
+        ([rep("early", SeedStage.FOSSILIZED, alpha=1.0), rep("late", SeedStage.EMBARGOED)], "mid"),
+        ([], "early"),
+    ],
+)
+def test_decision_ignores_report_insertion_order(reports: list[SeedStateReport], slot: str) -> None:
+    o = ready(*reports, slots=("late", "mid", "early"))
+    assert HeuristicTamiyo().decide(_reversed(o)) == HeuristicTamiyo().decide(o)
+    assert HeuristicTamiyo().decide(o).slot == slot
+
+
+def test_only_enabled_slots_are_named() -> None:
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0, max_live_seeds=9))
+    enabled = ("mid", "late")
+    for epoch in range(5, 10):
+        action = tamiyo.decide(ready(epoch=epoch, slots=enabled))
+        assert action.slot in enabled
+
+
+def _random_observations(n: int, seed: int) -> list[Observation]:
+    """Arbitrary (not lifecycle-consistent) observations that exercise every rule."""
+    rng = random.Random(seed)
+    stages = list(SeedStage)
+    out = []
+    for epoch in range(1, n + 1):
+        reports = []
+        for slot in SLOTS:
+            stage = rng.choice(stages)
+            blueprint = None if stage is SeedStage.DORMANT else rng.choice(BLUEPRINTS)
+            contribution = rng.choice([None, -2.0, 0.0, 0.5])
+            alpha = rng.choice([0.0, 0.5, 1.0])
+            healthy = rng.choice([None, True, False])
+            epochs = rng.randrange(8)
+            reports.append(
+                rep(
+                    slot,
+                    stage,
+                    blueprint,
+                    alpha=alpha,
+                    epochs=epochs,
+                    contribution=contribution,
+                    healthy=healthy,
+                )
+            )
+        if rng.random() < 0.6:
+            reports = [rep(slot) for slot in SLOTS if rng.random() < 0.7]
+        stabilized = rng.random() < 0.5
+        out.append(obs(*reports, epoch=epoch, stabilized=stabilized, max_epochs=n + 12))
+    return out
+
+
+def test_state_dict_round_trip_mid_sequence_gives_identical_decisions() -> None:
+    observations = _random_observations(60, seed=0)
+    config = HeuristicConfig(germinate_cooldown=2, prune_penalty_epochs=4)
+    original = HeuristicTamiyo(config)
+    before = [original.decide(o) for o in observations[:30]]
+    assert {a.op for a in before} >= {Op.GERMINATE, Op.PRUNE, Op.ADVANCE}
+    state = json.loads(json.dumps(original.state_dict(), allow_nan=False))
+    resumed = HeuristicTamiyo(config)
+    resumed.load_state_dict(state)
+    rest = observations[30:]
+    assert [resumed.decide(o) for o in rest] == [original.decide(o) for o in rest]
+    assert resumed.state_dict() == original.state_dict()
+
+
+def test_load_rejects_foreign_state() -> None:
+    with pytest.raises(ValueError, match="state keys"):
+        HeuristicTamiyo().load_state_dict({})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_live_seeds": 0},
+        {"plateau_patience": 0},
+        {"max_holding_epochs": T.G5_MIN_HOLDING_EPOCHS - 1},
+        {"prune_contribution": T.G5_MIN_CONTRIBUTION},
+        {"germinate_cooldown": 1.5},
+    ],
+)
+def test_config_rejects_bad_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        HeuristicConfig(**bad)  # type: ignore[arg-type]
