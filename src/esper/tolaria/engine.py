@@ -1,0 +1,314 @@
+"""The host training engine: one step = one host epoch + validation + counterfactuals.
+
+``Trainer.train_step`` trains ``batches_per_epoch`` batches (a full pass when unset), validates,
+measures every running seed's counterfactual contribution with the fused forward, lets the
+governor judge the step (rolling back on panic, snapshotting when healthy) and ticks the seeds'
+epoch timers. The caller then asks its controller for an action and hands it to ``apply``.
+Each trainer owns its data order (its own seeded ``BatchStream``), so results do not depend on
+how many trainers run beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from esper.kasmina import LifecycleError, MorphogeneticModel
+from esper.leyline import FORWARD_STAGES, Action, Op, SeedStage
+from esper.leyline.data import BatchSource, Dataset
+from esper.leyline.events import (
+    ActionTaken,
+    EpochCompleted,
+    Event,
+    GovernorPanic,
+    SeedTransition,
+    SlotSnapshot,
+)
+from esper.tolaria.governor import Governor, GovernorConfig, Panic
+from esper.tolaria.optim import SlotOptimizer
+
+EVAL_BATCH = 1024
+"""Validation batch size: large batches are fastest for no-grad passes and change no result."""
+
+Emit = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Host-training settings.
+
+    Attributes:
+        max_epochs: steps (host epochs) in an episode.
+        batches_per_epoch: training batches per step; ``None`` for a full pass over the data.
+        val_samples: validate (and measure counterfactuals) on the first this many validation
+            samples; ``None`` for all of them.
+        host_lr: AdamW learning rate of the host and fossilized seeds.
+        seed_lr: AdamW learning rate of live seeds.
+        weight_decay: AdamW decoupled weight decay.
+        governor: governor thresholds.
+    """
+
+    max_epochs: int = 20
+    batches_per_epoch: int | None = None
+    val_samples: int | None = None
+    host_lr: float = 3e-3
+    seed_lr: float = 3e-3
+    weight_decay: float = 0.0
+    governor: GovernorConfig = field(default_factory=GovernorConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        for name in ("batches_per_epoch", "val_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or unset, got {value}")
+        for name in ("host_lr", "seed_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step measured."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    panic: Panic | None
+    seconds: float
+
+
+def _loss_and_correct(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy and number of correct predictions (per token for sequences)."""
+    logits = out.flatten(0, -2)  # (B, C) or (B·T, V)
+    target = y.flatten()
+    loss = F.cross_entropy(logits, target, reduction="sum")
+    return loss, (logits.argmax(dim=-1) == target).sum()
+
+
+class Trainer:
+    """Trains one growing model on one dataset.
+
+    Args:
+        model: the model (its seeds are driven through ``apply``).
+        data: the dataset (validation split and number of classes are read from it).
+        stream: this trainer's own seeded stream of training batches.
+        config: engine settings.
+        emit: where telemetry events go.
+    """
+
+    def __init__(
+        self,
+        model: MorphogeneticModel,
+        data: Dataset,
+        stream: BatchSource,
+        config: EngineConfig,
+        emit: Emit,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.config = config
+        self.emit = emit
+        self.stream = stream
+        self.optimizer = SlotOptimizer(model, config.host_lr, config.seed_lr, config.weight_decay)
+        self.governor = Governor(config.governor, chance_loss=math.log(data.num_classes))
+        n_val = len(data.x_val) if config.val_samples is None else config.val_samples
+        self._x_val, self._y_val = data.x_val[:n_val], data.y_val[:n_val]
+        self.epoch = 0
+        self.pruned_count = 0  # seeds pruned so far, by the controller or by a rollback
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.max_epochs
+
+    # ------------------------------------------------------------------------------ one step
+
+    def _train(self) -> tuple[float, float]:
+        model, opt = self.model, self.optimizer
+        model.train()
+        n = self.config.batches_per_epoch or self.stream.batches_per_pass
+        loss_sum = torch.zeros(())
+        correct = torch.zeros((), dtype=torch.long)
+        count = 0
+        for _ in range(n):
+            x, y = self.stream.next_batch()
+            opt.zero_grad()
+            loss, hits = _loss_and_correct(model(x), y)
+            targets = y.numel()
+            mean_loss = loss / targets
+            if not torch.isfinite(mean_loss):
+                return float("nan"), float("nan")  # no step on a poisoned batch; governor decides
+            mean_loss.backward()  # type: ignore[no-untyped-call]
+            model.record_gradient_stats()
+            opt.step()
+            loss_sum += loss.detach()
+            correct += hits
+            count += targets
+        return loss_sum.item() / count, 100.0 * correct.item() / count
+
+    def _val_batches(self) -> list[tuple[Tensor, Tensor]]:
+        n = len(self._x_val)
+        return [
+            (self._x_val[i : i + EVAL_BATCH], self._y_val[i : i + EVAL_BATCH])
+            for i in range(0, n, EVAL_BATCH)
+        ]
+
+    @torch.no_grad()
+    def _validate(self) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in self._val_batches():
+            loss, hits = _loss_and_correct(self.model(x), y)
+            loss_sum += loss.item()
+            correct += int(hits.item())
+            count += y.numel()
+        return loss_sum / count, 100.0 * correct / count
+
+    def train_step(self) -> StepResult:
+        """Train, validate, measure counterfactuals, check health, tick the seeds' timers."""
+        if self.done:
+            raise RuntimeError(f"episode is over: {self.epoch} of {self.config.max_epochs} epochs")
+        started = time.perf_counter()
+        train_loss, train_acc = self._train()
+        val_loss, val_acc = self._validate()
+        if any(r.stage in FORWARD_STAGES for r in self.model.reports().values()):
+            self.model.measure_contributions(self._val_batches())
+        panic = self.governor.check(train_loss, val_loss)
+        if panic is not None:
+            restored, pruned = self.governor.rollback(self.model, self.optimizer)
+            loss = val_loss if math.isfinite(val_loss) else None
+            self.emit(
+                GovernorPanic(
+                    self.epoch + 1, panic.rule, panic.detail, loss, restored, tuple(pruned)
+                )
+            )
+        self.model.step_epoch()
+        self.epoch = self.model.epoch
+        if panic is None and not self.governor.suspicious:
+            self.governor.snapshot(self.model, self.optimizer)  # end of a healthy epoch
+        self._emit_transitions()
+        result = StepResult(
+            self.epoch,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            panic,
+            time.perf_counter() - started,
+        )
+        self.emit(self._epoch_event(result))
+        return result
+
+    def apply(self, action: Action) -> bool:
+        """Carry out a controller's action through the model's lifecycle API.
+
+        A refused action (gate, illegal transition, bad value) is recorded, not raised.
+
+        Returns:
+            Whether the model accepted it.
+        """
+        model, error = self.model, None
+        try:
+            if action.op is Op.GERMINATE:
+                assert action.slot is not None and action.blueprint is not None
+                model.germinate(action.slot, action.blueprint)
+            elif action.op is Op.ADVANCE:
+                assert action.slot is not None
+                model.advance(action.slot)
+            elif action.op is Op.SET_ALPHA_TARGET:
+                assert action.slot is not None and action.alpha_target is not None
+                assert action.tempo is not None
+                model.set_alpha_target(action.slot, action.alpha_target, tempo=action.tempo)
+            elif action.op is Op.PRUNE:
+                assert action.slot is not None
+                model.prune(action.slot, reason=action.reason or "controller")
+            elif action.op is Op.FOSSILIZE:
+                assert action.slot is not None
+                model.fossilize(action.slot)
+        except (LifecycleError, ValueError) as err:
+            error = str(err)
+        self.optimizer.sync()
+        self.emit(
+            ActionTaken(
+                self.epoch,
+                action.op.value,
+                action.slot,
+                action.blueprint,
+                action.tempo,
+                action.alpha_target,
+                action.reason,
+                error is None,
+                error,
+            )
+        )
+        self._emit_transitions()
+        return error is None
+
+    # ------------------------------------------------------------------------------ telemetry
+
+    def _emit_transitions(self) -> None:
+        for t in self.model.drain_transitions():
+            self.pruned_count += t.to_stage is SeedStage.PRUNED
+            self.emit(
+                SeedTransition(
+                    t.epoch, t.slot, t.blueprint, t.from_stage.value, t.to_stage.value, t.reason
+                )
+            )
+
+    def _epoch_event(self, result: StepResult) -> EpochCompleted:
+        slots = tuple(
+            SlotSnapshot(
+                r.slot,
+                r.stage.value,
+                r.blueprint,
+                r.alpha,
+                r.counterfactual_contribution,
+                r.seed_param_count,
+            )
+            for r in self.model.reports().values()
+        )
+        return EpochCompleted(
+            result.epoch,
+            result.train_loss,
+            result.train_accuracy,
+            result.val_loss,
+            result.val_accuracy,
+            self.model.active_param_count(),
+            slots,
+            result.seconds,
+        )
+
+    # ------------------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the model needed to continue exactly (optimizer, data order, RNG)."""
+        return {
+            "epoch": self.epoch,
+            "pruned_count": self.pruned_count,
+            "optimizer": self.optimizer.state_dict(),
+            "stream": self.stream.state_dict(),
+            "governor": self.governor.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` output; the model must already be restored."""
+        self.epoch = int(state["epoch"])
+        self.pruned_count = int(state["pruned_count"])
+        self.optimizer.sync()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stream.load_state_dict(state["stream"])
+        self.governor.load_state_dict(state["governor"])
+        torch.set_rng_state(state["torch_rng"])

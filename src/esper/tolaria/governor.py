@@ -1,0 +1,186 @@
+"""The governor: watches every step's loss and rolls a diverging run back (DESIGN §3).
+
+Rules, checked in this order on each step's validation loss (training loss for non-finiteness):
+
+* ``non_finite`` — NaN or Inf: panic at once.
+* ``collapse`` — loss at or above ``collapse_fraction`` × chance-level loss after the best loss had
+  been at or below ``well_below_fraction`` × chance: the model has forgotten what it learned.
+* ``spike`` — loss > mean + ``spike_sigma`` × std *and* > ``spike_factor`` × mean of the recent
+  healthy losses, for ``spike_patience`` consecutive steps.
+
+A step that passes is added to the history; a suspicious but not yet sustained step is not (it
+would inflate the mean). Snapshots are taken only after a clean health check. On panic the last
+snapshot (host, seeds as they were, optimizer state) is restored and every live seed is pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from esper.kasmina import ModelState, MorphogeneticModel, capture_state, restore_state
+from esper.leyline import ALIVE_STAGES
+from esper.tolaria.optim import SlotOptimizer
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    """Governor thresholds.
+
+    Attributes:
+        window: healthy losses kept for the spike statistics.
+        min_history: healthy steps needed before the spike rule can fire.
+        spike_sigma: standard deviations above the mean that count as a spike.
+        spike_factor: and the spike must also exceed this multiple of the mean (guards tiny σ).
+        spike_patience: consecutive spiking steps before panicking (one bad epoch is noise).
+        collapse_fraction: loss at this share of chance level counts as collapsed...
+        well_below_fraction: ...once the best loss had been at or below this share.
+    """
+
+    window: int = 10
+    min_history: int = 3
+    spike_sigma: float = 3.0
+    spike_factor: float = 1.5
+    spike_patience: int = 2
+    collapse_fraction: float = 0.95
+    well_below_fraction: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.window < self.min_history or self.min_history < 2:
+            raise ValueError(
+                f"governor needs 2 <= min_history <= window, got {self.min_history}, {self.window}"
+            )
+        if self.spike_patience < 1:
+            raise ValueError(f"spike_patience must be >= 1, got {self.spike_patience}")
+        if not 0 < self.well_below_fraction < self.collapse_fraction:
+            raise ValueError("governor needs 0 < well_below_fraction < collapse_fraction")
+
+
+@dataclass(frozen=True)
+class Panic:
+    """Why the governor panicked."""
+
+    rule: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    epoch: int
+    model: ModelState
+    optimizer: dict[str, Any]
+
+
+class Governor:
+    """Health checks and rollback for one training run.
+
+    Args:
+        config: thresholds.
+        chance_loss: loss of a uniform prediction (``ln(num_classes)`` for cross-entropy).
+    """
+
+    def __init__(self, config: GovernorConfig, chance_loss: float) -> None:
+        self.config = config
+        self.chance_loss = chance_loss
+        self.history: list[float] = []
+        self.best = math.inf
+        self.spikes = 0
+        self._snapshot: _Snapshot | None = None
+
+    def check(self, train_loss: float, val_loss: float) -> Panic | None:
+        """Judge one step; record it when healthy. Returns the panic, or None when healthy."""
+        c = self.config
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            return Panic("non_finite", f"train loss {train_loss}, validation loss {val_loss}")
+        if (
+            self.best <= c.well_below_fraction * self.chance_loss
+            and val_loss >= c.collapse_fraction * self.chance_loss
+        ):
+            return Panic(
+                "collapse",
+                f"validation loss {val_loss:.4g} is back at chance level "
+                f"{self.chance_loss:.4g} after reaching {self.best:.4g}",
+            )
+        if len(self.history) >= c.min_history:
+            mean = statistics.fmean(self.history)
+            std = statistics.pstdev(self.history)
+            if val_loss > mean + c.spike_sigma * std and val_loss > c.spike_factor * mean:
+                self.spikes += 1
+                if self.spikes >= c.spike_patience:
+                    self.spikes = 0
+                    return Panic(
+                        "spike",
+                        f"validation loss {val_loss:.4g} > mean {mean:.4g} + {c.spike_sigma}σ "
+                        f"({std:.3g}) for {c.spike_patience} steps",
+                    )
+                return None
+        self.spikes = 0
+        self.history = [*self.history, val_loss][-c.window :]
+        self.best = min(self.best, val_loss)
+        return None
+
+    @property
+    def suspicious(self) -> bool:
+        """A spike is building up: do not snapshot this step."""
+        return self.spikes > 0
+
+    def snapshot(self, model: MorphogeneticModel, optimizer: SlotOptimizer) -> None:
+        """Remember the model and optimizer as they are now (call only after a clean check)."""
+        self._snapshot = _Snapshot(
+            model.epoch, capture_state(model), copy.deepcopy(optimizer.state_dict())
+        )
+
+    def rollback(
+        self, model: MorphogeneticModel, optimizer: SlotOptimizer
+    ) -> tuple[int | None, list[str]]:
+        """Restore the last snapshot and prune every live seed.
+
+        Returns:
+            The epoch the snapshot was taken at (None if there was none, in which case only the
+            live seeds are pruned) and the slots pruned.
+        """
+        restored = None
+        epoch = model.epoch
+        if self._snapshot is not None:
+            restore_state(model, self._snapshot.model)
+            model.epoch = epoch  # time moves on; only the weights and seeds go back
+            optimizer.sync()
+            optimizer.load_state_dict(copy.deepcopy(self._snapshot.optimizer))
+            restored = self._snapshot.epoch
+        pruned = [n for n, r in model.reports().items() if r.stage in ALIVE_STAGES]
+        for name in pruned:
+            model.prune(name, reason="governor rollback")
+        optimizer.sync()
+        return restored, pruned
+
+    def state_dict(self) -> dict[str, Any]:
+        snap = self._snapshot
+        return {
+            "history": list(self.history),
+            "best": self.best,
+            "spikes": self.spikes,
+            "snapshot": None
+            if snap is None
+            else {
+                "epoch": snap.epoch,
+                "manifest": snap.model.manifest,
+                "weights": snap.model.weights,
+                "optimizer": snap.optimizer,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [float(v) for v in state["history"]]
+        self.best = float(state["best"])
+        self.spikes = int(state["spikes"])
+        snap = state["snapshot"]
+        self._snapshot = (
+            None
+            if snap is None
+            else _Snapshot(
+                int(snap["epoch"]), ModelState(snap["manifest"], snap["weights"]), snap["optimizer"]
+            )
+        )

@@ -1,0 +1,97 @@
+"""AdamW with one parameter group for the host and one per seed slot.
+
+Seed parameters join the optimizer when a seed germinates and leave it (with their state) when it
+is pruned; a fossilized seed trains at the host's learning rate. Groups are kept in a canonical
+order — host first, then slots in ``ordered_slots`` order — so ``state_dict`` indices mean the same
+thing whenever the same seeds are present, which is what rollback and resume rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper.kasmina import MorphogeneticModel
+from esper.leyline import ALIVE_STAGES, SeedStage
+
+HOST_GROUP = "host"
+
+
+class SlotOptimizer:
+    """AdamW over a growing model.
+
+    Args:
+        model: the model whose host and seeds are optimized.
+        host_lr: learning rate of the host (and of fossilized seeds).
+        seed_lr: learning rate of live seeds.
+        weight_decay: AdamW decoupled weight decay for every group.
+    """
+
+    def __init__(
+        self, model: MorphogeneticModel, host_lr: float, seed_lr: float, weight_decay: float
+    ) -> None:
+        self.model = model
+        self.host_lr = host_lr
+        self.seed_lr = seed_lr
+        self.optimizer = torch.optim.AdamW(
+            [{"params": model.host_parameters(), "lr": host_lr, "name": HOST_GROUP}],
+            lr=host_lr,
+            weight_decay=weight_decay,
+        )
+        self.sync()
+
+    def _wanted(self) -> dict[str, tuple[list[nn.Parameter], float]]:
+        wanted = {HOST_GROUP: (self.model.host_parameters(), self.host_lr)}
+        for name, report in self.model.reports().items():
+            if report.stage in ALIVE_STAGES or report.stage is SeedStage.FOSSILIZED:
+                lr = self.host_lr if report.stage is SeedStage.FOSSILIZED else self.seed_lr
+                wanted[name] = (self.model.seed_parameters(name), lr)
+        return wanted
+
+    def sync(self) -> None:
+        """Make the groups match the model's seeds: add new ones, drop pruned ones, set rates."""
+        wanted = self._wanted()
+        groups = {g["name"]: g for g in self.optimizer.param_groups}
+        for name, group in groups.items():
+            same = name in wanted and [id(p) for p in group["params"]] == [
+                id(p) for p in wanted[name][0]
+            ]
+            if not same:
+                for p in group["params"]:
+                    self.optimizer.state.pop(p, None)
+                self.optimizer.param_groups.remove(group)
+        present = {g["name"] for g in self.optimizer.param_groups}
+        for name, (params, lr) in wanted.items():
+            if name not in present:
+                self.optimizer.add_param_group({"params": params, "lr": lr, "name": name})
+        for group in self.optimizer.param_groups:
+            group["lr"] = wanted[group["name"]][1]
+        order = list(wanted)  # host, then slots in ordered_slots order
+        self.optimizer.param_groups.sort(key=lambda g: order.index(g["name"]))
+
+    def group_names(self) -> list[str]:
+        return [g["name"] for g in self.optimizer.param_groups]
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state saved when the model had the same seeds (call ``sync`` first).
+
+        Raises:
+            ValueError: if the saved groups are not the current ones.
+        """
+        saved = [g["name"] for g in state["param_groups"]]
+        if saved != self.group_names():
+            raise ValueError(
+                f"optimizer state has groups {saved}, the model has {self.group_names()}"
+            )
+        self.optimizer.load_state_dict(state)

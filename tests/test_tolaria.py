@@ -1,0 +1,301 @@
+"""Tolaria: governor rules, rollback, optimizer groups, the step loop and trainer resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+from esper.data import BatchStream, make_synthetic
+from esper.kasmina import CNNHost, MorphogeneticModel, capture_state, restore_state
+from esper.leyline import Action, Op, SeedStage
+from esper.leyline.events import ActionTaken, EpochCompleted, GovernorPanic, SeedTransition
+from esper.tolaria import EngineConfig, Governor, GovernorConfig, Trainer
+
+CHANCE = math.log(10)
+
+
+def _governor(**kw) -> Governor:
+    return Governor(GovernorConfig(**kw), chance_loss=CHANCE)
+
+
+# ------------------------------------------------------------------------------- governor rules
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_panics_at_once(bad: float) -> None:
+    gov = _governor()
+    assert gov.check(1.0, bad).rule == "non_finite"
+    assert _governor().check(bad, 1.0).rule == "non_finite"
+
+
+def test_collapse_to_chance_after_learning() -> None:
+    gov = _governor()
+    for loss in (2.2, 1.8, 1.5):  # 1.5 <= 0.7 * ln(10) = 1.61: "well below" chance
+        assert gov.check(loss, loss) is None
+    panic = gov.check(2.2, 2.25)  # >= 0.95 * ln(10) = 2.19
+    assert panic is not None and panic.rule == "collapse"
+
+
+def test_chance_level_without_having_learned_is_not_collapse() -> None:
+    gov = _governor()
+    for loss in (2.30, 2.28, 2.25, 2.29, 2.27):  # never well below chance
+        assert gov.check(loss, loss) is None
+
+
+def test_sustained_spike_panics() -> None:
+    gov = _governor(spike_patience=2)
+    for loss in (1.0, 0.98, 1.02, 0.99, 1.01):
+        assert gov.check(loss, loss) is None
+    assert gov.check(2.0, 2.0) is None and gov.suspicious  # one spike: watch, do not panic
+    panic = gov.check(2.1, 2.1)
+    assert panic is not None and panic.rule == "spike"
+
+
+def test_single_spike_then_recovery_does_not_panic() -> None:
+    gov = _governor(spike_patience=2)
+    for loss in (1.0, 0.98, 1.02, 0.99, 1.01):
+        gov.check(loss, loss)
+    assert gov.check(2.0, 2.0) is None
+    assert gov.check(1.0, 1.0) is None and not gov.suspicious
+    assert 2.0 not in gov.history  # the spike did not inflate the statistics
+
+
+def test_normal_noise_never_panics() -> None:
+    rng = random.Random(0)
+    gov = _governor()
+    loss = 2.0
+    for _ in range(300):
+        loss = max(0.3, loss * 0.99)
+        noisy = loss * (1 + rng.uniform(-0.05, 0.05))
+        assert gov.check(noisy, noisy) is None
+
+
+def test_spike_patience_setting_matters() -> None:
+    for patience, expect_panic_at in ((1, 0), (3, 2)):
+        gov = _governor(spike_patience=patience)
+        for loss in (0.5, 0.49, 0.51, 0.5, 0.52):
+            gov.check(loss, loss)
+        results = [gov.check(1.5, 1.5) for _ in range(3)]  # a spike, still below chance
+        assert [r is not None for r in results].index(True) == expect_panic_at
+
+
+def test_governor_config_validated() -> None:
+    with pytest.raises(ValueError, match="min_history"):
+        GovernorConfig(window=2, min_history=3)
+    with pytest.raises(ValueError, match="well_below_fraction < collapse_fraction"):
+        GovernorConfig(well_below_fraction=0.99)
+
+
+# ------------------------------------------------------------------------------- trainer helpers
+
+
+def _trainer(seed: int = 0, epochs: int = 6, events: list | None = None, **engine) -> Trainer:
+    torch.manual_seed(seed)
+    data = make_synthetic(n_train=256, n_val=128, seed=seed)
+    host = CNNHost(in_channels=3, num_classes=data.num_classes, base_channels=4, input_size=8)
+    model = MorphogeneticModel(host, ["early", "mid", "late"])
+    stream = BatchStream(data.x_train, data.y_train, 32, seed)
+    sink = events if events is not None else []
+    config = EngineConfig(max_epochs=epochs, **engine)
+    return Trainer(model, data, stream, config, sink.append)
+
+
+def _opt_state(trainer: Trainer) -> dict:
+    return copy.deepcopy(trainer.optimizer.state_dict())
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        va, vb = a[key], b[key]
+        if isinstance(va, torch.Tensor):
+            assert torch.equal(va, vb), key
+        elif isinstance(va, dict):
+            _assert_same_state(va, vb)
+        elif isinstance(va, list):
+            assert len(va) == len(vb)
+            for x, y in zip(va, vb, strict=True):
+                _assert_same_state(x, y) if isinstance(x, dict) else None
+                if not isinstance(x, dict):
+                    assert x == y
+        else:
+            assert va == vb, key
+
+
+# ------------------------------------------------------------------------------- rollback
+
+
+def test_injected_nan_restores_weights_and_optimizer_bit_exactly() -> None:
+    events: list = []
+    trainer = _trainer(events=events)
+    model = trainer.model
+    trainer.train_step()
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))  # -> TRAINING (G1 is structural)
+    trainer.train_step()  # healthy: the governor snapshots after this step
+    weights = {k: v.clone() for k, v in model.host.state_dict().items()}
+    optimizer = _opt_state(trainer)
+    host_groups = [g for g in optimizer["param_groups"] if g["name"] == "host"]
+    assert host_groups and len(optimizer["param_groups"]) == 2  # host + the mid seed
+
+    with torch.no_grad():
+        next(model.host.parameters()).fill_(float("nan"))  # poison the host
+    result = trainer.train_step()
+
+    assert result.panic is not None and result.panic.rule == "non_finite"
+    for k, v in model.host.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    # Live seeds are pruned on rollback (and the epoch then ends: PRUNED -> EMBARGOED).
+    assert model.reports()["mid"].stage is SeedStage.EMBARGOED
+    restored = _opt_state(trainer)
+    # The seed's group is gone; the host group's state is exactly the snapshot's.
+    assert [g["name"] for g in restored["param_groups"]] == ["host"]
+    n_host = len(host_groups[0]["params"])
+    for i in range(n_host):
+        for name, value in optimizer["state"][i].items():
+            assert torch.equal(restored["state"][i][name], value), (i, name)
+    panics = [e for e in events if isinstance(e, GovernorPanic)]
+    assert len(panics) == 1 and panics[0].restored_epoch == 2 and panics[0].pruned_slots == ("mid",)
+
+
+def test_rollback_restores_fossilized_seed() -> None:
+    trainer = _trainer()
+    model = trainer.model
+    model.gate_mode = model.gate_mode.PERMISSIVE
+    for op in (Op.GERMINATE, Op.ADVANCE):
+        trainer.apply(Action(op, slot="early", blueprint="norm" if op is Op.GERMINATE else None))
+    trainer.apply(Action(Op.SET_ALPHA_TARGET, slot="early", alpha_target=1.0, tempo=1))
+    trainer.apply(Action(Op.ADVANCE, slot="early"))
+    trainer.train_step()  # α reaches 1
+    for op in (Op.ADVANCE, Op.FOSSILIZE):
+        assert trainer.apply(Action(op, slot="early"))
+    trainer.train_step()  # snapshot with the fossilized seed
+    seed_weights = [p.clone() for p in model.seed_parameters("early")]
+    with torch.no_grad():
+        for p in model.seed_parameters("early"):
+            p.fill_(float("inf"))
+    assert trainer.train_step().panic is not None
+    assert model.reports()["early"].stage is SeedStage.FOSSILIZED
+    for p, w in zip(model.seed_parameters("early"), seed_weights, strict=True):
+        assert torch.equal(p, w)
+    assert trainer.optimizer.group_names() == ["host", "early"]
+
+
+# ------------------------------------------------------------------------------- optimizer groups
+
+
+def test_seed_parameters_join_and_leave_the_optimizer() -> None:
+    trainer = _trainer()
+    opt, model = trainer.optimizer, trainer.model
+    assert opt.group_names() == ["host"]
+    trainer.apply(Action(Op.GERMINATE, slot="late", blueprint="norm"))
+    trainer.apply(Action(Op.GERMINATE, slot="early", blueprint="conv_light"))
+    assert opt.group_names() == ["host", "early", "late"]  # canonical order, not arrival order
+    trainer.apply(Action(Op.ADVANCE, slot="early"))
+    trainer.train_step()  # the early seed now has AdamW state
+    early = model.seed_parameters("early")
+    assert all(p in opt.optimizer.state for p in early)
+    trainer.apply(Action(Op.PRUNE, slot="early"))
+    assert opt.group_names() == ["host", "late"]
+    assert not any(p in opt.optimizer.state for p in early)
+
+
+def test_fossilized_seed_trains_at_host_rate() -> None:
+    trainer = _trainer(host_lr=1e-3, seed_lr=5e-3)
+    model = trainer.model
+    model.gate_mode = model.gate_mode.PERMISSIVE
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="norm"))
+    rates = {g["name"]: g["lr"] for g in trainer.optimizer.optimizer.param_groups}
+    assert rates == {"host": 1e-3, "mid": 5e-3}
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))
+    trainer.apply(Action(Op.SET_ALPHA_TARGET, slot="mid", alpha_target=0.5, tempo=1))
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))
+    trainer.train_step()
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))
+    trainer.apply(Action(Op.FOSSILIZE, slot="mid"))
+    rates = {g["name"]: g["lr"] for g in trainer.optimizer.optimizer.param_groups}
+    assert rates == {"host": 1e-3, "mid": 1e-3}
+
+
+def test_optimizer_state_for_other_seeds_is_refused() -> None:
+    trainer = _trainer()
+    state = trainer.optimizer.state_dict()
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="norm"))
+    with pytest.raises(ValueError, match=r"groups \['host'\], the model has \['host', 'mid'\]"):
+        trainer.optimizer.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------- the step loop
+
+
+def test_step_measures_and_reports() -> None:
+    events: list = []
+    trainer = _trainer(events=events)
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))
+    result = trainer.train_step()
+    assert result.epoch == 1 and 0 <= result.val_accuracy <= 100 and result.panic is None
+    report = trainer.model.reports()["mid"]
+    assert report.counterfactual_contribution is not None  # the probe was measured
+    assert report.seed_gradient_norm_ratio is not None
+    epoch_events = [e for e in events if isinstance(e, EpochCompleted)]
+    assert epoch_events[-1].epoch == 1
+    assert [s.slot for s in epoch_events[-1].slots] == ["early", "mid", "late"]
+    assert any(isinstance(e, SeedTransition) and e.to_stage == "TRAINING" for e in events)
+
+
+def test_refused_action_is_recorded_not_raised() -> None:
+    events: list = []
+    trainer = _trainer(events=events)
+    assert not trainer.apply(Action(Op.FOSSILIZE, slot="mid"))
+    assert not trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="lora"))
+    refused = [e for e in events if isinstance(e, ActionTaken)]
+    assert [e.accepted for e in refused] == [False, False]
+    assert "DORMANT -> FOSSILIZED" in refused[0].error and "lora" in refused[1].error
+
+
+def test_batches_per_epoch_and_val_samples_change_the_work() -> None:
+    full = _trainer(epochs=1)
+    short = _trainer(epochs=1, batches_per_epoch=2, val_samples=10)
+    a, b = full.train_step(), short.train_step()
+    assert full.stream.state_dict()["cursor"] != short.stream.state_dict()["cursor"]
+    assert a.val_accuracy != b.val_accuracy or a.val_loss != b.val_loss
+
+
+def test_episode_ends() -> None:
+    trainer = _trainer(epochs=1)
+    trainer.train_step()
+    assert trainer.done
+    with pytest.raises(RuntimeError, match="episode is over"):
+        trainer.train_step()
+
+
+def test_trainer_resume_continues_exactly() -> None:
+    def run(trainer: Trainer, steps: int) -> None:
+        for i in range(steps):
+            trainer.train_step()
+            if i == 0:
+                trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+                trainer.apply(Action(Op.ADVANCE, slot="mid"))
+
+    straight = _trainer(seed=3)
+    run(straight, 4)
+
+    first = _trainer(seed=3)
+    run(first, 2)
+    model_state, trainer_state = capture_state(first.model), copy.deepcopy(first.state_dict())
+    torch.manual_seed(999)  # whatever happens in between must not matter
+
+    resumed = _trainer(seed=3)
+    restore_state(resumed.model, model_state)
+    resumed.load_state_dict(trainer_state)
+    for _ in range(2):
+        resumed.train_step()
+    for (k, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
