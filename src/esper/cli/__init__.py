@@ -1,0 +1,5 @@
+"""The ``esper`` command: growth runs, static controls, the demo (imports every subsystem).
+
+``esper.cli.main`` parses arguments without importing torch, so ``esper --help`` is instant;
+commands import what they need when they run.
+"""

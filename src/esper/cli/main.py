@@ -1,0 +1,117 @@
+"""Argument parsing and dispatch for the ``esper`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from esper.tasks import TASKS
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """An expected failure caused by input: reported as one line, exit code 2, no traceback."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, growth: bool) -> None:
+    p.add_argument("--task", choices=sorted(TASKS), help="task preset (host + data + defaults)")
+    p.add_argument("--epochs", type=_positive_int, help="episode length (default: the task's)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="run seed (default 0)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-<mode>-<time>)")
+    p.add_argument("--data-dir", type=Path, help="where the dataset (or text file) lives")
+    p.add_argument("--batch-size", type=_positive_int, help="training batch size")
+    p.add_argument(
+        "--batches-per-epoch",
+        type=_positive_int,
+        help="training batches per step (default: full pass)",
+    )
+    p.add_argument(
+        "--val-samples", type=_positive_int, help="validate on this many samples (default: all)"
+    )
+    p.add_argument("--lr", type=_positive_float, help="host learning rate (AdamW)")
+    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+    if growth:
+        p.add_argument(
+            "--slots",
+            nargs="+",
+            default=["early", "mid", "late"],
+            metavar="SLOT",
+            help="slots the controller may grow in (default: early mid late)",
+        )
+        p.add_argument("--seed-lr", type=_positive_float, help="seed learning rate (default: --lr)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esper",
+        description="Esper: grow neural networks while they train; compare with static ones.",
+        epilog="tasks: " + "; ".join(f"{t.name} ({t.description})" for t in TASKS.values()),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    growth = sub.add_parser("heuristic", help="grow a network with the heuristic controller")
+    _add_run_arguments(growth, growth=True)
+    static = sub.add_parser("static", help="train the same host without growth (the control)")
+    _add_run_arguments(static, growth=False)
+    demo = sub.add_parser(
+        "demo", help="static vs heuristic growth on fashion_mnist_impaired, side by side"
+    )
+    demo.add_argument("--epochs", type=_positive_int, help="epochs per run (default: the task's)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="run seed (default 0)")
+    demo.add_argument("--out", type=Path, help="parent directory of the two runs (default: runs/)")
+    demo.add_argument("--data-dir", type=Path, help="where Fashion-MNIST lives")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``esper`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from esper.cli.demo import run_demo
+
+            return run_demo(args)
+        from esper.cli.session import run_command
+
+        return run_command(args)
+    except UserError as err:
+        print(f"esper: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

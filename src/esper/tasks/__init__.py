@@ -1,0 +1,134 @@
+"""Tasks: named presets bundling a host, a dataset and training defaults.
+
+This module imports no torch at import time (the ``esper`` command lists tasks in its help);
+``TaskSpec.build_host`` builds the host through Kasmina when a run starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from esper.kasmina import SegmentedHost
+    from esper.leyline.data import Dataset
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task preset.
+
+    Attributes:
+        name: task name on the command line.
+        description: one line for ``esper --help`` and reports.
+        dataset: the ``esper.data.load_dataset`` name.
+        host_kind: ``"cnn"`` or ``"transformer"``.
+        host_config: host constructor arguments (data-dependent ones are filled by ``build_host``).
+        epochs: default episode length.
+        batch_size: default training batch size.
+        batches_per_epoch: default batches per step (``None``: a full pass).
+        val_samples: default validation subset (``None``: all).
+        lr: default AdamW learning rate for the host and the seeds.
+    """
+
+    name: str
+    description: str
+    dataset: str
+    host_kind: str
+    host_config: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 128
+    batches_per_epoch: int | None = None
+    val_samples: int | None = None
+    lr: float = 3e-3
+
+    def build_host(self, data: Dataset) -> SegmentedHost:
+        """The host for ``data`` (input channels, size, classes or vocabulary come from it)."""
+        from esper.kasmina import build_host
+
+        config = dict(self.host_config)
+        if self.host_kind == "cnn":
+            channels, size, _ = data.input_shape
+            config |= {"in_channels": channels, "input_size": size, "num_classes": data.num_classes}
+        else:
+            config |= {"vocab_size": data.num_classes, "block_size": data.input_shape[0]}
+        return build_host(self.host_kind, config)
+
+
+_IMPAIRED = {"base_channels": 4, "kernel_size": 1, "depth": 3}
+"""A deliberately weak host: 1x1 kernels see no neighbourhood, 4 base channels — room to grow."""
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec(
+            "fashion_mnist",
+            "Fashion-MNIST, 16-channel CNN host",
+            "fashion_mnist",
+            "cnn",
+            {"base_channels": 16, "depth": 3},
+            epochs=15,
+        ),
+        TaskSpec(
+            "fashion_mnist_impaired",
+            "Fashion-MNIST, tiny 1x1-kernel CNN host that growth can rescue",
+            "fashion_mnist",
+            "cnn",
+            _IMPAIRED,
+            epochs=20,
+        ),
+        TaskSpec(
+            "cifar10", "CIFAR-10, 32-channel CNN host", "cifar10", "cnn", {"base_channels": 32}
+        ),
+        TaskSpec(
+            "cifar10_impaired",
+            "CIFAR-10, tiny 1x1-kernel CNN host",
+            "cifar10",
+            "cnn",
+            _IMPAIRED,
+        ),
+        TaskSpec(
+            "digits",
+            "scikit-learn 8x8 digits, small CNN host",
+            "digits",
+            "cnn",
+            {"base_channels": 8, "depth": 3},
+            epochs=20,
+            batch_size=64,
+        ),
+        TaskSpec(
+            "text_lm",
+            "character-level language model, GPT-style transformer host",
+            "text",
+            "transformer",
+            {"n_embd": 64, "n_head": 4, "n_layer": 3, "n_points": 3},
+            epochs=10,
+            batch_size=32,
+            batches_per_epoch=100,
+        ),
+        TaskSpec(
+            "synthetic",
+            "synthetic teacher-labelled images for tests and benchmarks (not real data)",
+            "synthetic",
+            "cnn",
+            {"base_channels": 4, "depth": 3},
+            epochs=6,
+            batch_size=64,
+        ),
+    )
+}
+"""Every task preset by name."""
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up.
+
+    Raises:
+        ValueError: naming the unknown task and the known ones.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "TaskSpec", "get_task"]
