@@ -195,3 +195,32 @@ def test_ctrl_c_then_resume_matches_uninterrupted_run(tmp_path) -> None:
         assert list(csv.DictReader(f1)) == list(csv.DictReader(f2))
     starts = [e for e in _events(interrupted) if e["event"] == "RunStarted"]
     assert starts[0]["resumed_from_epoch"] is None and starts[1]["resumed_from_epoch"] >= 3
+
+
+def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypatch) -> None:
+    import esper.cli.demo as demo
+    from esper.data import DatasetNotFoundError
+
+    def unavailable(name, *args, **kwargs):
+        raise DatasetNotFoundError(f"{name}: looked in /nowhere")
+
+    monkeypatch.setattr(demo, "load_dataset", unavailable)
+    assert main(["demo", "--epochs", "2", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "Fashion-MNIST is not available" in captured.err and "digits" in captured.err
+    table = captured.out
+    assert "run" in table and "final acc" in table and "params" in table
+    assert "static" in table and "heuristic" in table
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert len(runs) == 2 and all("digits" in r for r in runs)
+    for run in tmp_path.iterdir():
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_full_demo_finishes(tmp_path, capsys) -> None:
+    """The real demo (Fashion-MNIST when present) within its 10-minute budget on 2 cores."""
+    started = time.monotonic()
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert time.monotonic() - started < 600
+    assert "heuristic" in capsys.readouterr().out

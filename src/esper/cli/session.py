@@ -29,7 +29,14 @@ import torch
 from esper.cli.main import EXIT_INTERRUPTED, UserError
 from esper.cli.progress import Progress
 from esper.data import BatchStream, DatasetNotFoundError, load_dataset
-from esper.kasmina import CheckpointError, MorphogeneticModel, blueprint_registry, load_model
+from esper.kasmina import (
+    CheckpointError,
+    MorphogeneticModel,
+    blueprint_registry,
+    capture_state,
+    load_model,
+    restore_state,
+)
 from esper.kasmina import save_model as save_model_file
 from esper.leyline import Observation, SeedStage
 from esper.leyline.events import RunFinished, RunStarted
@@ -270,8 +277,6 @@ class Run:
                 f"checkpoint in {str(directory)!r} is inconsistent: model at epoch {saved.epoch}, "
                 f"trainer at epoch {state['epoch']}"
             )
-        from esper.kasmina import capture_state, restore_state
-
         restore_state(self.model, capture_state(saved))
         self.trainer.load_state_dict(state["trainer"])
         self.tracker.load_state_dict(json.loads(state["tracker"]))

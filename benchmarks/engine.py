@@ -1,0 +1,174 @@
+"""Engine overhead: full heuristic steps against raw training, plus command start-up times.
+
+Measures, in one run on the same model and data:
+
+* raw: training samples/s of a bare loop (forward, cross-entropy, backward, AdamW step) over the
+  same batches the engine sees;
+* full step: training samples/s of ``Trainer.train_step`` + a heuristic decision + ``apply`` +
+  telemetry to a JSONL file — i.e. train, validation, counterfactual measurement (seeds are
+  forced into TRAINING and BLENDING so the fused forward has work), decision and logging;
+* ``esper --help`` wall time (target < 1 s);
+* launch to first training batch of ``esper heuristic`` (target < 3 s): the wall time from
+  process start to its ``RunStarted`` event, which is emitted right before the first batch.
+
+Usage::
+
+    .venv/bin/python benchmarks/engine.py            # ~1-2 minutes on 2 cores
+    .venv/bin/python benchmarks/engine.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from esper.data import BatchStream, make_synthetic
+from esper.kasmina import CNNHost, MorphogeneticModel
+from esper.leyline import Action, Observation, Op
+from esper.nissa import JsonlSink, TelemetryHub
+from esper.tamiyo import HeuristicTamiyo, SignalTracker
+from esper.tolaria import EngineConfig, Trainer
+
+BATCH = 128
+SHAPE = (3, 32, 32)  # CIFAR-shaped, like the reference figure
+CLASSES = 10
+FULL_STEP_TARGET = 0.85
+HELP_TARGET_S = 1.0
+LAUNCH_TARGET_S = 3.0
+
+
+def _model(seed: int) -> MorphogeneticModel:
+    torch.manual_seed(seed)
+    host = CNNHost(in_channels=3, num_classes=CLASSES, base_channels=8, input_size=SHAPE[1])
+    return MorphogeneticModel(host, ["early", "mid", "late"], gate_mode="permissive")
+
+
+def raw_samples_per_s(n_train: int, steps: int) -> float:
+    """Bare training loop over the same data and batch size."""
+    data = make_synthetic(n_train=n_train, n_val=256, input_shape=SHAPE, num_classes=CLASSES)
+    model = _model(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    stream = BatchStream(data.x_train, data.y_train, BATCH, seed=0)
+    samples = 0
+    started = time.perf_counter()
+    for _ in range(steps * stream.batches_per_pass):
+        x, y = stream.next_batch()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        samples += len(y)
+    return samples / (time.perf_counter() - started)
+
+
+def full_step_samples_per_s(n_train: int, n_val: int, steps: int, log: Path) -> float:
+    """Trainer steps with validation, counterfactuals, a heuristic decision and telemetry."""
+    data = make_synthetic(n_train=n_train, n_val=n_val, input_shape=SHAPE, num_classes=CLASSES)
+    model = _model(0)
+    hub = TelemetryHub("bench", [JsonlSink(log)])
+    stream = BatchStream(data.x_train, data.y_train, BATCH, seed=0)
+    trainer = Trainer(model, data, stream, EngineConfig(max_epochs=steps + 1), hub.emit)
+    # Seeds in TRAINING and BLENDING so the counterfactual pass has three configurations.
+    for slot, op_list in (("early", 2), ("late", 3)):
+        trainer.apply(Action(Op.GERMINATE, slot=slot, blueprint="conv_light"))
+        trainer.apply(Action(Op.ADVANCE, slot=slot))
+        if op_list == 3:
+            trainer.apply(Action(Op.SET_ALPHA_TARGET, slot=slot, alpha_target=1.0, tempo=20))
+            trainer.apply(Action(Op.ADVANCE, slot=slot))
+    tracker, controller = SignalTracker(), HeuristicTamiyo()
+    trainer.train_step()  # warm-up step (first-call allocations), not timed
+    samples = 0
+    started = time.perf_counter()
+    for _ in range(steps):
+        result = trainer.train_step()
+        signals = tracker.update(
+            train_loss=result.train_loss,
+            train_accuracy=result.train_accuracy,
+            val_loss=result.val_loss,
+            val_accuracy=result.val_accuracy,
+        )
+        obs = Observation(signals, model.reports(), ("conv_light",), steps + 1)
+        trainer.apply(controller.decide(obs))
+        samples += n_train
+    elapsed = time.perf_counter() - started
+    hub.close()
+    return samples / elapsed
+
+
+def _median_wall(command: Sequence[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def launch_to_first_batch(task: str, repeats: int) -> float:
+    """Process start to the run's RunStarted event (emitted just before the first batch)."""
+    esper = [sys.executable, "-m", "esper.cli.main"]
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            started = time.time()
+            subprocess.run(
+                [*esper, "heuristic", "--task", task, "--epochs", "1", "--out", str(out)],
+                check=True,
+                capture_output=True,
+            )
+            first = json.loads((out / "events.jsonl").read_text().splitlines()[0])
+            assert first["event"] == "RunStarted"
+            times.append(first["t"] - started)
+    return statistics.median(times)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Esper engine overhead and start-up times.")
+    parser.add_argument("--quick", action="store_true", help="smoke run (numbers meaningless)")
+    parser.add_argument("--launch-task", default="fashion_mnist_impaired", help="task to launch")
+    args = parser.parse_args(argv)
+    n_train, n_val, steps, repeats = (512, 128, 1, 1) if args.quick else (8192, 1024, 3, 5)
+
+    print("esper engine benchmark")
+    print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"  workload  CNNHost(base_channels=8), batch {BATCH}, input {SHAPE}, {n_train} train")
+    print(f"            samples per step, {n_val} validation samples, {steps} timed steps")
+    raw = raw_samples_per_s(n_train, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = full_step_samples_per_s(n_train, n_val, steps, Path(tmp) / "events.jsonl")
+    ratio = full / raw
+    verdict = "ok" if ratio >= FULL_STEP_TARGET else "MISS"
+    print(f"\nraw training            {raw:10.0f} samples/s")
+    print(
+        f"full heuristic step     {full:10.0f} samples/s   {ratio:.3f}x raw "
+        f"(target >= {FULL_STEP_TARGET}x) {verdict}"
+    )
+    help_s = _median_wall([sys.executable, "-m", "esper.cli.main", "--help"], repeats)
+    print(
+        f"esper --help            {help_s:10.3f} s         (target < {HELP_TARGET_S} s) "
+        f"{'ok' if help_s < HELP_TARGET_S else 'MISS'}"
+    )
+    launch = launch_to_first_batch(args.launch_task, max(1, repeats // 2))
+    print(
+        f"launch to first batch   {launch:10.3f} s         (target < {LAUNCH_TARGET_S} s, "
+        f"task {args.launch_task}) {'ok' if launch < LAUNCH_TARGET_S else 'MISS'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
