@@ -147,17 +147,19 @@ def test_unreadable_checkpoint_on_resume(tmp_path, capsys) -> None:
     assert "not an Esper run directory" in capsys.readouterr().err
 
 
+def _completed_epochs(log: Path) -> list[int]:
+    """Epochs logged so far; only whole lines count (the run may be mid-write)."""
+    if not log.exists():
+        return []
+    lines = log.read_text().split("\n")[:-1]  # the text after the last newline may be partial
+    return [e["epoch"] for e in map(json.loads, lines) if e["event"] == "EpochCompleted"]
+
+
 def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "run ended before it could be interrupted"
-        log = run / "events.jsonl"
-        if log.exists() and any(
-            json.loads(line).get("epoch", 0) >= epoch
-            and json.loads(line)["event"] == "EpochCompleted"
-            for line in log.read_text().splitlines()
-            if line.strip()
-        ):
+        if max(_completed_epochs(run / "events.jsonl"), default=0) >= epoch:
             return
         time.sleep(0.05)
     raise AssertionError("run did not reach the epoch in time")

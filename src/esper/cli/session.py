@@ -14,10 +14,13 @@ import csv
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from importlib import metadata
@@ -339,6 +342,19 @@ def _default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{config.task}-{config.mode}-{stamp}"
 
 
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise it: a checkpoint is never half-written."""
+    pending: list[object] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 class Interrupted(Exception):
     """Ctrl-C stopped a run after its summary and last checkpoint were written."""
 
@@ -395,9 +411,10 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
             while not run.trainer.done:
                 result = run.step()
                 params = run.model.active_param_count()
-                writer.writerow(_metrics_row(result, params))
-                metrics.flush()
-                run.save(directory / "checkpoints")
+                with _interrupts_deferred():  # the epoch's row and checkpoint land together
+                    writer.writerow(_metrics_row(result, params))
+                    metrics.flush()
+                    run.save(directory / "checkpoints")
                 progress.update(result, params, run.model.reports())
     except KeyboardInterrupt:
         progress.close()
