@@ -204,6 +204,19 @@ def test_seed_parameters_join_and_leave_the_optimizer() -> None:
     assert not any(p in opt.optimizer.state for p in early)
 
 
+def test_pruning_one_of_two_identical_seeds() -> None:
+    """Groups of equal size must be told apart by identity (value comparison hits tensors)."""
+    trainer = _trainer()
+    for slot in ("early", "late"):
+        trainer.apply(Action(Op.GERMINATE, slot=slot, blueprint="conv_light"))
+        trainer.apply(Action(Op.ADVANCE, slot=slot))
+    trainer.train_step()
+    late = trainer.model.seed_parameters("late")
+    assert trainer.apply(Action(Op.PRUNE, slot="early"))
+    assert trainer.optimizer.group_names() == ["host", "late"]
+    assert all(p in trainer.optimizer.optimizer.state for p in late)  # untouched
+
+
 def test_fossilized_seed_trains_at_host_rate() -> None:
     trainer = _trainer(host_lr=1e-3, seed_lr=5e-3)
     model = trainer.model

@@ -53,15 +53,19 @@ class SlotOptimizer:
     def sync(self) -> None:
         """Make the groups match the model's seeds: add new ones, drop pruned ones, set rates."""
         wanted = self._wanted()
-        groups = {g["name"]: g for g in self.optimizer.param_groups}
-        for name, group in groups.items():
-            same = name in wanted and [id(p) for p in group["params"]] == [
+        keep = []
+        for group in self.optimizer.param_groups:
+            name = group["name"]
+            current = name in wanted and [id(p) for p in group["params"]] == [
                 id(p) for p in wanted[name][0]
             ]
-            if not same:
+            if current:
+                keep.append(group)
+            else:
                 for p in group["params"]:
                     self.optimizer.state.pop(p, None)
-                self.optimizer.param_groups.remove(group)
+        # Filter by identity: list.remove would compare groups by value, tensors included.
+        self.optimizer.param_groups[:] = keep
         present = {g["name"] for g in self.optimizer.param_groups}
         for name, (params, lr) in wanted.items():
             if name not in present:
