@@ -312,3 +312,22 @@ def test_trainer_resume_continues_exactly() -> None:
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), k
+
+
+def test_validation_from_the_counterfactual_pass_matches_a_plain_forward() -> None:
+    trainer = _trainer()
+    for slot in ("early", "late"):
+        trainer.apply(Action(Op.GERMINATE, slot=slot, blueprint="conv_light"))
+        trainer.apply(Action(Op.ADVANCE, slot=slot))  # TRAINING: output unaffected by the tick
+    result = trainer.train_step()
+    model, data = trainer.model, trainer.data
+    model.eval()
+    with torch.no_grad():
+        out = model(data.x_val)
+        loss = torch.nn.functional.cross_entropy(out, data.y_val).item()
+        accuracy = 100.0 * (out.argmax(dim=1) == data.y_val).float().mean().item()
+    assert result.val_loss == pytest.approx(loss, rel=1e-5)
+    assert result.val_accuracy == pytest.approx(accuracy, abs=1e-9)
+    assert all(
+        r.counterfactual_contribution is not None for r in list(model.reports().values())[::2]
+    )

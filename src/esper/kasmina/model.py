@@ -34,6 +34,10 @@ from esper.leyline import thresholds as T
 Metric = Callable[[Tensor, Tensor], Tensor]
 """``metric(output (B, ...), target (B, ...)) -> (B,)`` per-sample score; higher is better."""
 
+Observer = Callable[[Tensor, Tensor], None]
+"""``observe(output, target)`` sees the model's own (unmodified) outputs of each batch, so a
+caller can compute validation metrics from the counterfactual pass instead of a second one."""
+
 
 E = TypeVar("E", BlendMode, AlphaCurve, GateMode)
 
@@ -204,6 +208,7 @@ class MorphogeneticModel(nn.Module):
         configs: Sequence[Mapping[str, float]],
         batches: Iterable[tuple[Tensor, Tensor]],
         metric: Metric,
+        observe: Observer | None = None,
     ) -> list[float]:
         """Mean per-sample metric for each configuration over all batches."""
         total: Tensor | None = None
@@ -211,6 +216,8 @@ class MorphogeneticModel(nn.Module):
         with self._evaluating():
             for x, y in batches:
                 out = self.fused_forward(x, configs)  # (K, B, ...)
+                if observe is not None:
+                    observe(out[0], y)
                 k, b = out.shape[:2]
                 scores = metric(out.flatten(0, 1), y.repeat(k, *([1] * (y.dim() - 1)))).view(k, b)
                 total = scores.sum(dim=1) if total is None else total + scores.sum(dim=1)
@@ -221,14 +228,18 @@ class MorphogeneticModel(nn.Module):
         return result
 
     def measure_contributions(
-        self, batches: Iterable[tuple[Tensor, Tensor]], metric: Metric = per_sample_accuracy
+        self,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        metric: Metric = per_sample_accuracy,
+        observe: Observer | None = None,
     ) -> dict[str, float]:
         """Measure each running seed's counterfactual contribution and store it in its report.
 
         For a blended seed: metric(all seeds as they are) − metric(same, this seed at α=0).
         For a TRAINING seed (not in the output yet): metric(seed probed at α=1) − metric(as is).
         All configurations run in one fused batch per input batch; the model is evaluated in eval
-        mode without gradients and returned to its previous mode.
+        mode without gradients and returned to its previous mode. ``observe``, if given, receives
+        each batch's output with every seed as it is (the plain forward) and its targets.
 
         Returns:
             ``{slot: contribution}`` in slot order, for seeds in TRAINING, BLENDING, HOLDING or
@@ -240,7 +251,7 @@ class MorphogeneticModel(nn.Module):
         probing = {n: self.slot(n).stage is SeedStage.TRAINING for n in players}
         configs: list[dict[str, float]] = [{}]
         configs += [{n: 1.0 if probing[n] else 0.0} for n in players]
-        scores = self._scores(configs, batches, metric)
+        scores = self._scores(configs, batches, metric, observe)
         result = {}
         for i, name in enumerate(players):
             with_seed, without = (

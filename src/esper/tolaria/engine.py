@@ -126,7 +126,7 @@ class Trainer:
         self.governor = Governor(config.governor, chance_loss=math.log(data.num_classes))
         n_val = len(data.x_val) if config.val_samples is None else config.val_samples
         self._x_val, self._y_val = data.x_val[:n_val], data.y_val[:n_val]
-        self.epoch = 0
+        self.epoch = model.epoch  # a model may arrive already trained for some epochs
         self.pruned_count = 0  # seeds pruned so far, by the controller or by a rollback
 
     @property
@@ -165,16 +165,26 @@ class Trainer:
             for i in range(0, n, EVAL_BATCH)
         ]
 
-    @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
-        self.model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
-        for x, y in self._val_batches():
-            loss, hits = _loss_and_correct(self.model(x), y)
-            loss_sum += loss.item()
-            correct += int(hits.item())
-            count += y.numel()
-        return loss_sum / count, 100.0 * correct / count
+        """Validation loss and accuracy; with running seeds, from the counterfactual pass itself
+        (its first configuration is the model as it is), which also stores each contribution."""
+        totals = {"loss": 0.0, "correct": 0, "count": 0}
+
+        def observe(out: Tensor, y: Tensor) -> None:
+            loss, hits = _loss_and_correct(out, y)
+            totals["loss"] += loss.item()
+            totals["correct"] += int(hits.item())
+            totals["count"] += y.numel()
+
+        if any(r.stage in FORWARD_STAGES for r in self.model.reports().values()):
+            self.model.measure_contributions(self._val_batches(), observe=observe)
+        else:
+            self.model.eval()
+            with torch.no_grad():
+                for x, y in self._val_batches():
+                    observe(self.model(x), y)
+        count = totals["count"]
+        return totals["loss"] / count, 100.0 * totals["correct"] / count
 
     def train_step(self) -> StepResult:
         """Train, validate, measure counterfactuals, check health, tick the seeds' timers."""
@@ -183,8 +193,6 @@ class Trainer:
         started = time.perf_counter()
         train_loss, train_acc = self._train()
         val_loss, val_acc = self._validate()
-        if any(r.stage in FORWARD_STAGES for r in self.model.reports().values()):
-            self.model.measure_contributions(self._val_batches())
         panic = self.governor.check(train_loss, val_loss)
         if panic is not None:
             restored, pruned = self.governor.rollback(self.model, self.optimizer)
