@@ -20,3 +20,12 @@ def test_overhead_benchmark_smoke(tmp_path, capsys) -> None:
     assert names[0] == "bare host" and len(names) == 9
     assert result["workload"]["host_params"] == 6418
     assert "threads = 1" in capsys.readouterr().out
+
+
+def test_engine_benchmark_smoke(capsys) -> None:
+    import engine
+
+    assert engine.main(["--quick", "--launch-task", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    for line in ("raw training", "full heuristic step", "esper --help", "launch to first batch"):
+        assert line in out
