@@ -11,6 +11,7 @@ from torch import Tensor
 
 from conftest import cnn_host, grow, host_input, host_target, transformer_host
 from esper.kasmina import MorphogeneticModel
+from esper.kasmina.blending import TRAINING_PROXIMAL, straight_through
 from esper.leyline import SeedStage
 
 
@@ -77,7 +78,8 @@ def test_training_seed_is_invisible_to_host(make, blueprint: str) -> None:
 
 
 def test_training_seed_gets_straight_through_gradient() -> None:
-    """Seed gradients equal those of the textbook estimator ``h + (s - s.detach())``."""
+    """Seed gradients equal those of the textbook estimator ``h + (s - s.detach())`` plus the
+    explicit proximal penalty ``κ/(2B) Σ‖δ‖²`` on the seed's output."""
     model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"])
     grow(model, "mid", "conv_heavy", SeedStage.TRAINING)
     x, y = host_input(model.host), host_target(model.host)
@@ -87,16 +89,42 @@ def test_training_seed_gets_straight_through_gradient() -> None:
     clone = copy.deepcopy(model)
     clone.zero_grad(set_to_none=True)
     seed = clone.slot("mid").seed
-    h, prev = x, None
+    h, prev, penalty = x, None, None
     for name in clone.order:
         h = clone.host.forward_to_segment(name, h, from_point=prev)
         if name == "mid":
-            s = h.detach() + seed(h.detach())
+            delta = seed(h.detach())
+            s = h.detach() + delta
             h = h + (s - s.detach())
+            penalty = TRAINING_PROXIMAL / (2 * len(x)) * delta.pow(2).sum()
         prev = name
-    F.cross_entropy(clone.host.forward_from_segment(prev, h), y).backward()
+    loss = F.cross_entropy(clone.host.forward_from_segment(prev, h), y) + penalty
+    loss.backward()
     for a, b in zip(ours, clone.seed_parameters("mid"), strict=True):
-        torch.testing.assert_close(a, b.grad, rtol=1e-6, atol=0)
+        # Same terms summed in another order: float32 rounding only.
+        torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_proximal_term_bounds_the_seed_output() -> None:
+    """On a linear loss Σ w·out the surrogate's minimum is δ* = −B·w/κ; plain straight-through
+    (κ = 0) has none and the seed's output grows without bound."""
+    b, kappa = 4, 2.0
+    h = torch.randn(b, 3)
+    w = torch.randn(b, 3)
+    for k in (kappa, 0.0):
+        delta = torch.zeros(b, 3, requires_grad=True)
+        opt = torch.optim.SGD([delta], lr=0.5)
+        for _ in range(400):
+            opt.zero_grad()
+            out = straight_through(h, delta, kappa=k)
+            assert torch.equal(out, h)
+            (w * out).sum().backward()
+            opt.step()
+        if k:
+            torch.testing.assert_close(delta.detach(), -b * w / k, rtol=1e-4, atol=1e-4)
+        else:
+            # 400 steps of 0.5·w: linear growth without bound (float32 accumulation tolerance).
+            torch.testing.assert_close(delta.detach(), -0.5 * 400 * w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("stage", [SeedStage.BLENDING, SeedStage.HOLDING])

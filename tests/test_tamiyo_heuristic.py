@@ -14,6 +14,8 @@ from esper.tamiyo import Controller, HeuristicConfig, HeuristicTamiyo, StaticCon
 
 SLOTS = ("early", "mid", "late")
 BLUEPRINTS = ("norm", "attention", "depthwise")
+# Most tests exercise the rotation itself, so they rotate in the offered (registry) order.
+OFFERED_ORDER = HeuristicConfig(blueprint_preference=())
 
 
 def rep(
@@ -101,7 +103,7 @@ def training(
 
 
 def test_both_controllers_implement_the_protocol() -> None:
-    assert isinstance(HeuristicTamiyo(), Controller)
+    assert isinstance(HeuristicTamiyo(OFFERED_ORDER), Controller)
     assert isinstance(StaticController(), Controller)
 
 
@@ -116,58 +118,58 @@ def test_static_controller_always_waits() -> None:
 
 
 def test_waits_until_the_host_stabilizes_or_plateaus() -> None:
-    assert HeuristicTamiyo().decide(obs(plateau=2)).op is Op.WAIT
-    assert HeuristicTamiyo().decide(obs(plateau=3)).op is Op.GERMINATE
-    assert HeuristicTamiyo().decide(obs(stabilized=True)).op is Op.GERMINATE
-    patient = HeuristicTamiyo(HeuristicConfig(plateau_patience=5))
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(obs(plateau=2)).op is Op.WAIT
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(obs(plateau=3)).op is Op.GERMINATE
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(obs(stabilized=True)).op is Op.GERMINATE
+    patient = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), plateau_patience=5))
     assert patient.decide(obs(plateau=4)).op is Op.WAIT
 
 
 def test_first_germination_uses_first_slot_and_first_blueprint() -> None:
-    action = HeuristicTamiyo().decide(ready())
+    action = HeuristicTamiyo(OFFERED_ORDER).decide(ready())
     assert (action.op, action.slot, action.blueprint) == (Op.GERMINATE, "early", "norm")
     assert action.reason
 
 
 def test_prefers_slots_that_never_held_a_seed() -> None:
-    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    tamiyo = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), germinate_cooldown=0))
     chosen = [tamiyo.decide(ready(epoch=e)).slot for e in range(5, 9)]
     # Every slot is DORMANT again each time (say the seeds were pruned and reset).
     assert chosen == ["early", "mid", "late", "early"]
-    fresh = HeuristicTamiyo()
+    fresh = HeuristicTamiyo(OFFERED_ORDER)
     fossil = rep("early", SeedStage.FOSSILIZED, alpha=1.0)
     assert fresh.decide(ready(fossil)).slot == "mid"
 
 
 def test_respects_max_live_seeds() -> None:
     two_live = [training("early"), rep("mid", SeedStage.HOLDING, alpha=1.0, contribution=0.0)]
-    assert HeuristicTamiyo().decide(ready(*two_live)).op is Op.WAIT
-    roomy = HeuristicTamiyo(HeuristicConfig(max_live_seeds=3))
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(ready(*two_live)).op is Op.WAIT
+    roomy = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), max_live_seeds=3))
     assert roomy.decide(ready(*two_live)).slot == "late"
     fossils = [rep(s, SeedStage.FOSSILIZED, alpha=1.0) for s in ("early", "mid")]
-    assert HeuristicTamiyo().decide(ready(*fossils)).slot == "late"  # not live
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(ready(*fossils)).slot == "late"  # not live
 
 
 def test_respects_the_germination_cooldown() -> None:
-    tamiyo = HeuristicTamiyo()
+    tamiyo = HeuristicTamiyo(OFFERED_ORDER)
     assert tamiyo.decide(ready(epoch=5)).slot == "early"
     growing = [training("early")]
     ops = [tamiyo.decide(ready(*growing, epoch=e)).op for e in (6, 7, 8)]
     assert ops == [Op.WAIT, Op.WAIT, Op.GERMINATE]
-    eager = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=1))
+    eager = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), germinate_cooldown=1))
     eager.decide(ready(epoch=5))
     assert eager.decide(ready(*growing, epoch=6)).op is Op.GERMINATE
 
 
 def test_blueprints_rotate_in_order() -> None:
-    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    tamiyo = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), germinate_cooldown=0))
     grown = [tamiyo.decide(ready(epoch=e)).blueprint for e in range(5, 9)]
     assert grown == ["norm", "attention", "depthwise", "norm"]
 
 
 def _pruned_attention_then_grown_norm() -> HeuristicTamiyo:
     """Prunes an ``attention`` seed itself at step 10, then grows ``norm`` at step 11."""
-    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    tamiyo = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), germinate_cooldown=0))
     bad = rep("mid", SeedStage.BLENDING, "attention", alpha=0.4, epochs=2, contribution=-3.0)
     assert tamiyo.decide(ready(bad, epoch=10)).op is Op.PRUNE
     embargoed = rep("mid", SeedStage.EMBARGOED, "attention")
@@ -184,7 +186,9 @@ def test_recently_pruned_blueprint_is_skipped(epoch: int, expected: str) -> None
 def test_pruned_blueprint_returns_after_the_penalty_window() -> None:
     tamiyo = _pruned_attention_then_grown_norm()
     assert tamiyo.decide(ready(epoch=20)).blueprint == "attention"  # 20 - 10 >= 10
-    short = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0, prune_penalty_epochs=2))
+    short = HeuristicTamiyo(
+        HeuristicConfig(blueprint_preference=(), germinate_cooldown=0, prune_penalty_epochs=2)
+    )
     short.load_state_dict(_pruned_attention_then_grown_norm().state_dict())
     assert short.decide(ready(epoch=12)).blueprint == "attention"
 
@@ -199,7 +203,7 @@ def test_pruned_blueprint_returns_after_the_penalty_window() -> None:
     ids=["embargoed", "pruned", "vanished"],
 )
 def test_prunes_it_did_not_order_count_too(after: SeedStateReport) -> None:
-    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    tamiyo = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), germinate_cooldown=0))
     alive = rep("mid", SeedStage.TRAINING, "attention", epochs=1)
     assert tamiyo.decide(obs(alive, epoch=8)).op is Op.WAIT
     assert tamiyo.decide(obs(after, epoch=9)).op is Op.WAIT
@@ -208,7 +212,9 @@ def test_prunes_it_did_not_order_count_too(after: SeedStateReport) -> None:
 
 
 def test_an_embargo_seen_again_is_not_a_new_prune() -> None:
-    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0, prune_penalty_epochs=3))
+    tamiyo = HeuristicTamiyo(
+        HeuristicConfig(blueprint_preference=(), germinate_cooldown=0, prune_penalty_epochs=3)
+    )
     tamiyo.decide(obs(rep("mid", SeedStage.EMBARGOED, "attention"), epoch=2))
     for e in (3, 4, 5):
         tamiyo.decide(obs(rep("mid", SeedStage.EMBARGOED, "attention"), epoch=e))
@@ -217,7 +223,7 @@ def test_an_embargo_seen_again_is_not_a_new_prune() -> None:
 
 
 def test_when_all_blueprints_are_penalized_the_oldest_prune_is_chosen() -> None:
-    tamiyo = HeuristicTamiyo()
+    tamiyo = HeuristicTamiyo(OFFERED_ORDER)
     two = ("norm", "attention")
     tamiyo.decide(obs(rep("early", SeedStage.EMBARGOED, "attention"), epoch=3, blueprints=two))
     tamiyo.decide(obs(rep("mid", SeedStage.EMBARGOED, "norm"), epoch=4, blueprints=two))
@@ -236,7 +242,7 @@ def test_priority_prune_then_fossilize_then_advance_then_germinate() -> None:
         ([], (Op.GERMINATE, "early")),
     ]
     for reports, expected in steps:
-        action = HeuristicTamiyo().decide(ready(*reports, max_epochs=100))
+        action = HeuristicTamiyo(OFFERED_ORDER).decide(ready(*reports, max_epochs=100))
         assert (action.op, action.slot) == expected
         assert action.reason
 
@@ -268,7 +274,7 @@ EPS = T.ALPHA_EPSILON
     ],
 )
 def test_gate_conditions_at_their_thresholds(report: SeedStateReport, op: Op) -> None:
-    action = HeuristicTamiyo().decide(obs(report))
+    action = HeuristicTamiyo(OFFERED_ORDER).decide(obs(report))
     assert action.op is op
     if op is not Op.WAIT:
         assert action.slot == "mid"
@@ -291,14 +297,14 @@ def test_gate_conditions_at_their_thresholds(report: SeedStateReport, op: Op) ->
     ],
 )
 def test_prune_rules_at_their_thresholds(report: SeedStateReport, prune: bool) -> None:
-    assert (HeuristicTamiyo().decide(obs(report)).op is Op.PRUNE) is prune
+    assert (HeuristicTamiyo(OFFERED_ORDER).decide(obs(report)).op is Op.PRUNE) is prune
 
 
 def test_never_germinates_in_the_last_epochs() -> None:
-    assert HeuristicTamiyo().decide(ready(epoch=20, max_epochs=30)).op is Op.GERMINATE
-    late = HeuristicTamiyo().decide(ready(epoch=21, max_epochs=30))
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(ready(epoch=20, max_epochs=30)).op is Op.GERMINATE
+    late = HeuristicTamiyo(OFFERED_ORDER).decide(ready(epoch=21, max_epochs=30))
     assert late.op is Op.WAIT and "late" in late.reason
-    bold = HeuristicTamiyo(HeuristicConfig(no_germinate_last_epochs=2))
+    bold = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), no_germinate_last_epochs=2))
     assert bold.decide(ready(epoch=28, max_epochs=30)).op is Op.GERMINATE
 
 
@@ -317,12 +323,16 @@ def _reversed(o: Observation) -> Observation:
 )
 def test_decision_ignores_report_insertion_order(reports: list[SeedStateReport], slot: str) -> None:
     o = ready(*reports, slots=("late", "mid", "early"))
-    assert HeuristicTamiyo().decide(_reversed(o)) == HeuristicTamiyo().decide(o)
-    assert HeuristicTamiyo().decide(o).slot == slot
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(_reversed(o)) == HeuristicTamiyo(
+        OFFERED_ORDER
+    ).decide(o)
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(o).slot == slot
 
 
 def test_only_enabled_slots_are_named() -> None:
-    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0, max_live_seeds=9))
+    tamiyo = HeuristicTamiyo(
+        HeuristicConfig(blueprint_preference=(), germinate_cooldown=0, max_live_seeds=9)
+    )
     enabled = ("mid", "late")
     for epoch in range(5, 10):
         action = tamiyo.decide(ready(epoch=epoch, slots=enabled))
@@ -363,7 +373,7 @@ def _random_observations(n: int, seed: int) -> list[Observation]:
 
 def test_state_dict_round_trip_mid_sequence_gives_identical_decisions() -> None:
     observations = _random_observations(60, seed=0)
-    config = HeuristicConfig(germinate_cooldown=2, prune_penalty_epochs=4)
+    config = HeuristicConfig(blueprint_preference=(), germinate_cooldown=2, prune_penalty_epochs=4)
     original = HeuristicTamiyo(config)
     before = [original.decide(o) for o in observations[:30]]
     assert {a.op for a in before} >= {Op.GERMINATE, Op.PRUNE, Op.ADVANCE}
@@ -377,7 +387,7 @@ def test_state_dict_round_trip_mid_sequence_gives_identical_decisions() -> None:
 
 def test_load_rejects_foreign_state() -> None:
     with pytest.raises(ValueError, match="state keys"):
-        HeuristicTamiyo().load_state_dict({})
+        HeuristicTamiyo(OFFERED_ORDER).load_state_dict({})
 
 
 @pytest.mark.parametrize(
@@ -392,4 +402,23 @@ def test_load_rejects_foreign_state() -> None:
 )
 def test_config_rejects_bad_values(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
-        HeuristicConfig(**bad)  # type: ignore[arg-type]
+        HeuristicConfig(blueprint_preference=(), **bad)  # type: ignore[arg-type]
+
+
+def test_default_preference_grows_capacity_first() -> None:
+    offered = ("norm", "attention", "depthwise", "conv_light", "conv_heavy", "bottleneck")
+    tamiyo = HeuristicTamiyo(HeuristicConfig(germinate_cooldown=0))
+    first = tamiyo.decide(ready(epoch=5, blueprints=offered))
+    assert first.blueprint == "conv_light"
+    second = tamiyo.decide(
+        ready(rep("early", SeedStage.TRAINING, "conv_light"), epoch=6, blueprints=offered)
+    )
+    assert second.blueprint == "depthwise"
+
+
+def test_custom_preference_and_unlisted_blueprints() -> None:
+    config = HeuristicConfig(germinate_cooldown=0, blueprint_preference=("depthwise",))
+    tamiyo = HeuristicTamiyo(config)
+    assert tamiyo.decide(ready(epoch=5)).blueprint == "depthwise"  # listed first
+    nxt = tamiyo.decide(ready(rep("early", SeedStage.TRAINING, "depthwise"), epoch=6))
+    assert nxt.blueprint == "norm"  # then the unlisted ones in offered order

@@ -7,7 +7,7 @@ and its latest measurements, and it applies the seed to the host stream:
 stage         forward output                                       gradient into the host
 ============  ===================================================  =========================
 DORMANT ...   ``h`` (seed not run)                                 unchanged
-TRAINING      ``h`` exactly; seed gets the gradient as if added    unchanged (seed input detached)
+TRAINING      ``h`` exactly; seed trained as if added (bounded)    unchanged (seed input detached)
 BLENDING      ``lerp(h, x_in + delta(x_in), α)``                   ``(1-α)·g`` when isolated
 HOLDING       same as BLENDING with α fixed                        same
 FOSSILIZED    same, ``x_in = h``: trains with the host             full

@@ -78,6 +78,9 @@ class HeuristicConfig:
             rotation; 10 is about one seed lifetime, so a failed design is not regrown at once.
         no_germinate_last_epochs: no germination when fewer steps than this remain in the
             episode; the default is ``MIN_LIFECYCLE_EPOCHS``, below which a seed cannot finish.
+        blueprint_preference: the rotation's order; offered blueprints not named here follow in
+            registry order. Capacity first: convolutions and MLPs add new features, while
+            attention (channel gating) and norm only rescale the host's own.
     """
 
     plateau_patience: int = 3
@@ -88,6 +91,16 @@ class HeuristicConfig:
     max_holding_epochs: int = 3
     prune_penalty_epochs: int = 10
     no_germinate_last_epochs: int = MIN_LIFECYCLE_EPOCHS
+    blueprint_preference: tuple[str, ...] = (
+        "conv_light",
+        "depthwise",
+        "conv_heavy",
+        "bottleneck",
+        "mlp",
+        "lora",
+        "attention",
+        "norm",
+    )
 
     def __post_init__(self) -> None:
         at_least = {
@@ -273,14 +286,23 @@ class HeuristicTamiyo:
     def _choose_blueprint(self, blueprints: Sequence[str], now: int) -> str:
         """Next blueprint in rotation after the last one grown, skipping penalized ones.
 
-        The rotation starts after the last germinated blueprint (at the first one when there is
-        none, or when it is not offered). A blueprint pruned fewer than ``prune_penalty_epochs``
+        The rotation runs through the offered blueprints in ``blueprint_preference`` order and
+        starts after the last germinated blueprint (at the first one when there is none, or when
+        it is not offered). A blueprint pruned fewer than ``prune_penalty_epochs``
         steps ago is skipped; if every blueprint is penalized, the one pruned longest ago is
         chosen (the earliest in rotation order on a tie).
         """
+        preferred = self.config.blueprint_preference
+        ordered = sorted(
+            blueprints,
+            key=lambda b: (
+                preferred.index(b) if b in preferred else len(preferred),
+                blueprints.index(b),
+            ),
+        )
         last = self._last_blueprint
-        start = blueprints.index(last) + 1 if last in blueprints else 0
-        rotation = [*blueprints[start:], *blueprints[:start]]
+        start = ordered.index(last) + 1 if last in ordered else 0
+        rotation = [*ordered[start:], *ordered[:start]]
         penalty = self.config.prune_penalty_epochs
         for blueprint in rotation:
             pruned = self._prune_epochs.get(blueprint)
