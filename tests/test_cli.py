@@ -94,11 +94,11 @@ def test_heuristic_grows_in_more_than_one_slot(tmp_path) -> None:
         ),
         (
             ["heuristic", "--task", "synthetic", "--lr", "-1"],
-            "expected a positive number, got -1.0",
+            "expected a finite positive number, got -1.0",
         ),
         (
             ["heuristic", "--task", "synthetic", "--slots", "middle"],
-            "unknown or no slots ['middle']",
+            "unknown slot name 'middle'; accepted",
         ),
         (["heuristic"], "heuristic needs --task"),
     ],
@@ -139,6 +139,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, capsys) -> None:
 def test_unreadable_checkpoint_on_resume(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert _run(["static", "--task", "synthetic", "--epochs", "2", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()  # as if the run had crashed
     (run / "checkpoints" / "model.pt").write_bytes(b"garbage")
     assert main(["static", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
@@ -166,7 +167,8 @@ def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: floa
 
 
 def test_ctrl_c_then_resume_matches_uninterrupted_run(tmp_path) -> None:
-    args = ["heuristic", "--task", "synthetic", "--epochs", "12", "--seed", "5"]
+    # 40 epochs: seeds germinate, blend and get pruned or fossilized; interrupt mid-growth.
+    args = ["heuristic", "--task", "synthetic", "--epochs", "40", "--seed", "5"]
     straight = tmp_path / "straight"
     assert _run([*args, "--out", str(straight)]) == 0
 
@@ -179,24 +181,30 @@ def test_ctrl_c_then_resume_matches_uninterrupted_run(tmp_path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_epoch(interrupted, 3, proc)
+    _wait_for_epoch(interrupted, 15, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err
     summary = json.loads((interrupted / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["epochs_completed"] < 12
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] < 40
+    rows = list(csv.DictReader((interrupted / "metrics.csv").open()))
+    assert (
+        int(rows[-1]["epoch"]) == summary["epochs_completed"]
+    )  # the record matches the checkpoint
 
     assert _run(["heuristic", "--resume", str(interrupted)]) == 0
     a = json.loads((straight / "summary.json").read_text())
     b = json.loads((interrupted / "summary.json").read_text())
-    assert b["status"] == "completed"
+    assert b["status"] == a["status"] != "interrupted"
     for key in ("final", "best_val_accuracy", "param_count", "fossilized", "pruned", "seeds"):
         assert a[key] == b[key], key
     with (straight / "metrics.csv").open() as f1, (interrupted / "metrics.csv").open() as f2:
         assert list(csv.DictReader(f1)) == list(csv.DictReader(f2))
     starts = [e for e in _events(interrupted) if e["event"] == "RunStarted"]
-    assert starts[0]["resumed_from_epoch"] is None and starts[1]["resumed_from_epoch"] >= 3
+    assert starts[0]["resumed_from_epoch"] is None and starts[1]["resumed_from_epoch"] >= 15
+    grown = [e for e in _events(straight) if e["event"] == "SeedTransition"]
+    assert grown, "the resumed stretch must cover live seeds to test anything"
 
 
 def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypatch) -> None:
@@ -226,3 +234,84 @@ def test_full_demo_finishes(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path)]) == 0
     assert time.monotonic() - started < 600
     assert "heuristic" in capsys.readouterr().out
+
+
+def test_resuming_a_completed_run_is_refused(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _run(["static", "--task", "synthetic", "--epochs", "2", "--out", str(run)]) == 0
+    before = (run / "summary.json").read_text()
+    assert main(["static", "--resume", str(run)]) == 2
+    assert "already completed; nothing to resume" in capsys.readouterr().err
+    assert (run / "summary.json").read_text() == before
+
+
+def test_out_pointing_at_a_file(tmp_path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["static", "--task", "synthetic", "--out", str(afile)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"task": "nope"}, "unknown task 'nope'"),
+        ({"epochs": -3}, "epochs must be an integer >= 1, got -3"),
+        ({"epochs": "40"}, "epochs must be an integer >= 1, got '40'"),
+        ({"lr": 0}, "lr must be a finite positive number"),
+        ({"extra": 1}, "fields ['extra'] differ"),
+    ],
+)
+def test_edited_run_config_is_reported(tmp_path, capsys, edit, message: str) -> None:
+    run = tmp_path / "run"
+    assert _run(["static", "--task", "synthetic", "--epochs", "1", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()
+    config = json.loads((run / "config.json").read_text())
+    config.update(edit)
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["static", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_garbage_trainer_state(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _run(["static", "--task", "synthetic", "--epochs", "1", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()
+    (run / "checkpoints" / "state.pt").write_bytes(b"\x80\x04garbage")
+    assert main(["static", "--resume", str(run)]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_run_flags(tmp_path, capsys) -> None:
+    assert main(["heuristic", "--resume", str(tmp_path), "--seed", "7", "--slots", "late"]) == 2
+    assert "drop --seed, --slots" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_the_first_epoch_can_be_resumed(tmp_path, monkeypatch) -> None:
+    import esper.cli.session as session
+
+    run = tmp_path / "run"
+    original = session.Run.step
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session.Run, "step", interrupted)
+    assert main(["static", "--task", "synthetic", "--epochs", "2", "--out", str(run)]) == 130
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 0
+    assert summary["final"] is None and summary["best_val_accuracy"] is None
+    monkeypatch.setattr(session.Run, "step", original)
+    assert main(["static", "--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_json_files_never_hold_nan(tmp_path) -> None:
+    from esper.cli.session import _write_json
+
+    path = tmp_path / "x.json"
+    _write_json(path, {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}

@@ -40,6 +40,14 @@ def test_collapse_to_chance_after_learning() -> None:
     assert panic is not None and panic.rule == "collapse"
 
 
+def test_overfitting_is_not_collapse() -> None:
+    """Validation loss drifting above chance while training loss stays low is overfitting."""
+    gov = _governor()
+    for loss in (2.0, 1.4, 1.2, 1.3, 1.5, 1.7, 1.9):
+        assert gov.check(loss / 3, loss) is None
+    assert gov.check(0.3, 2.25) is None  # validation above 0.95 × chance, training far below
+
+
 def test_chance_level_without_having_learned_is_not_collapse() -> None:
     gov = _governor()
     for loss in (2.30, 2.28, 2.25, 2.29, 2.27):  # never well below chance
@@ -331,3 +339,44 @@ def test_validation_from_the_counterfactual_pass_matches_a_plain_forward() -> No
     assert all(
         r.counterfactual_contribution is not None for r in list(model.reports().values())[::2]
     )
+
+
+def test_nan_in_the_first_epoch_restores_the_initial_model() -> None:
+    trainer = _trainer()
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with torch.no_grad():
+        next(trainer.model.host.parameters()).fill_(float("nan"))
+    result = trainer.train_step()
+    assert result.panic is not None and result.panic.rule == "non_finite"
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, initial[k]), k
+    assert math.isnan(result.val_accuracy)  # a NaN model's accuracy is not a measurement
+
+
+def test_panic_ends_the_episode() -> None:
+    trainer = _trainer(epochs=6)
+    trainer.train_step()
+    with torch.no_grad():
+        next(trainer.model.host.parameters()).fill_(float("inf"))
+    assert trainer.train_step().panic is not None
+    assert trainer.done and trainer.terminated
+    with pytest.raises(RuntimeError, match="episode is over"):
+        trainer.train_step()
+
+
+def test_seed_grown_after_the_snapshot_is_recorded_when_it_vanishes() -> None:
+    events: list = []
+    trainer = _trainer(events=events)
+    trainer.train_step()  # snapshot at the end of epoch 1: no seeds
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))
+    with torch.no_grad():
+        next(trainer.model.host.parameters()).fill_(float("nan"))
+    trainer.train_step()
+    assert trainer.model.reports()["mid"].stage is SeedStage.DORMANT  # as in the snapshot
+    assert trainer.pruned_count == 1
+    panic = next(e for e in events if isinstance(e, GovernorPanic))
+    assert panic.pruned_slots == ("mid",) and panic.restored_epoch == 1
+    gone = [e for e in events if isinstance(e, SeedTransition) and "rollback" in e.reason]
+    assert [(e.slot, e.from_stage, e.to_stage) for e in gone] == [("mid", "TRAINING", "DORMANT")]
+    assert trainer.optimizer.group_names() == ["host"]

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from esper.cli.main import EXIT_INTERRUPTED
-from esper.cli.session import Interrupted, RunConfig, execute
-from esper.data import DatasetNotFoundError, load_dataset
+from esper.cli.main import EXIT_INTERRUPTED, UserError
+from esper.cli.session import Interrupted, RunConfig, execute, format_percent
+from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
 from esper.tasks import get_task
 
 PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits"
@@ -27,6 +27,8 @@ def _pick_task(data_dir: Path | None) -> str:
         load_dataset(
             get_task(PRIMARY).dataset, data_dir, download=True, progress=sys.stderr.isatty()
         )
+    except DatasetFormatError as err:  # present but damaged: say so, do not quietly switch
+        raise UserError(f"Fashion-MNIST is damaged: {str(err).splitlines()[0]}") from err
     except DatasetNotFoundError as err:
         print(
             f"esper demo: Fashion-MNIST is not available ({str(err).splitlines()[0]}); "
@@ -41,8 +43,8 @@ def _row(name: str, summary: dict[str, Any]) -> list[str]:
     final = summary["final"]
     return [
         name,
-        f"{final['val_accuracy']:.2f}%",
-        f"{summary['best_val_accuracy']:.2f}%",
+        format_percent(None if final is None else final["val_accuracy"]),
+        format_percent(summary["best_val_accuracy"]),
         str(summary["param_count"]),
         str(summary["fossilized"]),
         str(summary["pruned"]),
@@ -51,7 +53,7 @@ def _row(name: str, summary: dict[str, Any]) -> list[str]:
 
 
 def _table(rows: list[list[str]]) -> str:
-    header = ["run", "final acc", "best acc", "params", "fossilized", "pruned", "wall time"]
+    header = ["run", "final acc", "best acc", "params", "fossilized", "pruned", "train time"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

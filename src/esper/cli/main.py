@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,13 +39,13 @@ def _number(cast: Callable[[str], N], what: str, ok: Callable[[N], bool]) -> Cal
 
 _positive_int = _number(int, "a positive integer", lambda v: v >= 1)
 _non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
-_positive_float = _number(float, "a positive number", lambda v: v > 0)
+_positive_float = _number(float, "a finite positive number", lambda v: 0 < v < math.inf)
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, growth: bool) -> None:
     p.add_argument("--task", choices=sorted(TASKS), help="task preset (host + data + defaults)")
     p.add_argument("--epochs", type=_positive_int, help="episode length (default: the task's)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="run seed (default 0)")
+    p.add_argument("--seed", type=_non_negative_int, help="run seed (default 0)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-<mode>-<time>)")
     p.add_argument("--data-dir", type=Path, help="where the dataset (or text file) lives")
     p.add_argument("--batch-size", type=_positive_int, help="training batch size")
@@ -62,7 +63,6 @@ def _add_run_arguments(p: argparse.ArgumentParser, growth: bool) -> None:
         p.add_argument(
             "--slots",
             nargs="+",
-            default=["early", "mid", "late"],
             metavar="SLOT",
             help="slots the controller may grow in (default: early mid late)",
         )

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import math
 import os
+import pickle
 import platform
 import signal
 import subprocess
@@ -41,12 +44,12 @@ from esper.kasmina import (
     restore_state,
 )
 from esper.kasmina import save_model as save_model_file
-from esper.leyline import Observation, SeedStage
+from esper.leyline import Observation, SeedStage, ordered_slots
 from esper.leyline.events import RunFinished, RunStarted
-from esper.nissa import JsonlSink, TelemetryHub
+from esper.nissa import JsonlSink, TelemetryHub, json_safe
 from esper.seeding import seed_everything
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
-from esper.tasks import get_task
+from esper.tasks import TaskSpec, get_task
 from esper.tolaria import EngineConfig, StepResult, Trainer
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "params")
@@ -85,6 +88,26 @@ class RunConfig:
     data_dir: str | None
     download: bool
 
+    def __post_init__(self) -> None:
+        """Validate every field (a hand-edited config.json must fail as clearly as a flag)."""
+        if self.mode not in ("heuristic", "static"):
+            raise ValueError(f"mode {self.mode!r} is not 'heuristic' or 'static'")
+        get_task(self.task)
+        ints = {"seed": 0, "epochs": 1, "batch_size": 1}
+        ints |= {"batches_per_epoch": 1, "val_samples": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if value is None and name in ("batches_per_epoch", "val_samples"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("lr", "seed_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not (0 < value < math.inf):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        if not self.slots or not all(isinstance(v, str) for v in self.slots):
+            raise ValueError(f"slots must be a non-empty list of names, got {self.slots!r}")
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
         if args.task is None:
@@ -92,17 +115,24 @@ class RunConfig:
         task = get_task(args.task)
         lr = task.lr if args.lr is None else args.lr
         growth = args.command == "heuristic"
+        try:
+            return cls._build(args, task, lr, growth)
+        except ValueError as err:  # e.g. an unknown or repeated slot name
+            raise UserError(str(err)) from err
+
+    @classmethod
+    def _build(cls, args: argparse.Namespace, task: TaskSpec, lr: float, growth: bool) -> RunConfig:
         return cls(
             mode=args.command,
             task=task.name,
-            seed=args.seed,
+            seed=0 if args.seed is None else args.seed,
             epochs=task.epochs if args.epochs is None else args.epochs,
             batch_size=task.batch_size if args.batch_size is None else args.batch_size,
             batches_per_epoch=args.batches_per_epoch or task.batches_per_epoch,
             val_samples=args.val_samples or task.val_samples,
             lr=lr,
             seed_lr=(args.seed_lr or lr) if growth else lr,
-            slots=tuple(args.slots) if growth else DEFAULT_SLOTS,
+            slots=ordered_slots(args.slots or DEFAULT_SLOTS) if growth else DEFAULT_SLOTS,
             data_dir=None if args.data_dir is None else str(args.data_dir),
             download=not args.no_download,
         )
@@ -116,7 +146,7 @@ class RunConfig:
                 raise ValueError(f"fields {sorted(set(data) ^ known)} differ")
             data["slots"] = tuple(data["slots"])
             return cls(**data)
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError, KeyError) as err:
             raise UserError(f"cannot read run configuration {str(path)!r}: {err}") from err
 
     def engine(self) -> EngineConfig:
@@ -136,11 +166,14 @@ def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared
     os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: a value that is not finite is written as null (missing), never NaN."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False)
+    _write_atomic(path, text + "\n")
 
 
 def _git_revision() -> str | None:
@@ -232,7 +265,7 @@ class Run:
             augment=self.data.augment,
         )
         self.trainer = Trainer(self.model, self.data, stream, config.engine(), self._emit)
-        self.best: float | None = None
+        self.elapsed = 0.0  # seconds spent stepping, summed over every session of this run
 
     def _emit(self, event: Any) -> None:
         self.hub.emit(event)
@@ -246,7 +279,6 @@ class Run:
             val_loss=result.val_loss,
             val_accuracy=result.val_accuracy,
         )
-        self.best = signals.best_val_accuracy
         observation = Observation(
             signals, self.model.reports(), self.blueprints, self.config.epochs
         )
@@ -259,6 +291,7 @@ class Run:
         directory.mkdir(exist_ok=True)
         state = {
             "epoch": self.trainer.epoch,
+            "elapsed": self.elapsed,
             "trainer": self.trainer.state_dict(),
             "tracker": json.dumps(self.tracker.state_dict()),
             "controller": json.dumps(self.controller.state_dict()),
@@ -270,23 +303,37 @@ class Run:
         save_model_file(self.model, directory / "model.pt")  # atomic too
 
     def load(self, directory: Path) -> None:
+        """Continue from the checkpoint in ``directory``.
+
+        Raises:
+            UserError: for a missing, unreadable or inconsistent checkpoint.
+        """
         try:
             saved = load_model(directory / "model.pt")
             state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
-        except (CheckpointError, OSError, RuntimeError) as err:
+            if saved.epoch != state["epoch"]:
+                raise ValueError(f"model at epoch {saved.epoch}, trainer at {state['epoch']}")
+            restore_state(self.model, capture_state(saved))
+            self.trainer.load_state_dict(state["trainer"])
+            self.tracker.load_state_dict(json.loads(state["tracker"]))
+            self.controller.load_state_dict(json.loads(state["controller"]))
+            self.elapsed = float(state["elapsed"])
+        except (
+            CheckpointError,
+            OSError,
+            RuntimeError,
+            ValueError,
+            KeyError,
+            TypeError,
+            pickle.UnpicklingError,  # torch.load's answer to a damaged state.pt
+        ) as err:
             raise UserError(f"cannot resume from {str(directory)!r}: {err}") from err
-        if saved.epoch != state["epoch"]:
-            raise UserError(
-                f"checkpoint in {str(directory)!r} is inconsistent: model at epoch {saved.epoch}, "
-                f"trainer at epoch {state['epoch']}"
-            )
-        restore_state(self.model, capture_state(saved))
-        self.trainer.load_state_dict(state["trainer"])
-        self.tracker.load_state_dict(json.loads(state["tracker"]))
-        self.controller.load_state_dict(json.loads(state["controller"]))
 
-    def summary(self, status: str, result: StepResult | None, seconds: float) -> dict[str, Any]:
+    def summary(self, status: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The run's summary; metrics come from the recorded (checkpointed) epochs only."""
         reports = self.model.reports()
+        final = rows[-1] if rows else None
+        finite = [r["val_accuracy"] for r in rows if math.isfinite(r["val_accuracy"])]
         return {
             "status": status,
             "task": self.config.task,
@@ -294,15 +341,8 @@ class Run:
             "seed": self.config.seed,
             "epochs_completed": self.trainer.epoch,
             "epochs_planned": self.config.epochs,
-            "final": None
-            if result is None
-            else {
-                "train_loss": result.train_loss,
-                "train_accuracy": result.train_accuracy,
-                "val_loss": result.val_loss,
-                "val_accuracy": result.val_accuracy,
-            },
-            "best_val_accuracy": self.best,
+            "final": None if final is None else {k: final[k] for k in METRIC_FIELDS[1:-1]},
+            "best_val_accuracy": max(finite) if finite else None,
             "param_count": self.model.active_param_count(),
             "host_param_count": self.model.host_param_count,
             "fossilized": sum(r.stage is SeedStage.FOSSILIZED for r in reports.values()),
@@ -312,7 +352,7 @@ class Run:
                 for r in reports.values()
                 if r.blueprint is not None
             ],
-            "wall_seconds": round(seconds, 3),
+            "wall_seconds": round(self.elapsed, 3),
         }
 
 
@@ -327,14 +367,22 @@ def _metrics_row(result: StepResult, params: int) -> dict[str, Any]:
     }
 
 
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop rows written after the checkpoint we resume from (an interrupted epoch)."""
+def _read_metrics(path: Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Rows of ``metrics.csv`` up to ``last_epoch``, as numbers (``nan`` where not finite)."""
     with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= last_epoch]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+        rows = [
+            {k: (int(v) if k in ("epoch", "params") else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+    return [r for r in rows if r["epoch"] <= last_epoch]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buffer.getvalue())
 
 
 def _default_out(config: RunConfig) -> Path:
@@ -363,6 +411,39 @@ class Interrupted(Exception):
         self.directory = directory
 
 
+def _recorded_status(path: Path) -> str | None:
+    """The status in a run's summary.json, or None when there is no readable one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    status = data["status"] if isinstance(data, dict) and "status" in data else None
+    return status if isinstance(status, str) else None
+
+
+def _prepare(config: RunConfig) -> Run:
+    try:
+        return Run(config)
+    except (ValueError, KeyError, TypeError) as err:  # e.g. slots the task's host lacks
+        raise UserError(str(err)) from err
+
+
+def _new_directory(config: RunConfig, out: Path | None) -> Path:
+    directory = out if out is not None else _default_out(config)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--out {str(directory)!r} is a file, not a directory")
+    if directory.exists() and any(directory.iterdir()):
+        raise UserError(
+            f"run directory {str(directory)!r} already exists and is not empty; "
+            "choose another --out or continue it with --resume"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run directory {str(directory)!r}: {err}") from err
+    return directory
+
+
 def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str = "") -> Path:
     """Run (or resume) one configuration to completion; return its directory.
 
@@ -370,27 +451,25 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
         UserError: for bad input, before anything is written.
         Interrupted: after an interrupted run was recorded (its last epoch is checkpointed).
     """
-    run = Run(config)
+    run = _prepare(config)
+    checkpoints = (resume or Path()) / "checkpoints"
     if resume is not None:
         directory = resume
-        run.load(directory / "checkpoints")
-        _truncate_metrics(directory / "metrics.csv", run.trainer.epoch)
         summary_path = directory / "summary.json"
+        if _recorded_status(summary_path) == "completed":
+            raise UserError(f"run {str(directory)!r} already completed; nothing to resume")
+        run.load(checkpoints)
+        rows = _read_metrics(directory / "metrics.csv", run.trainer.epoch)
+        _write_metrics(directory / "metrics.csv", rows)  # drop an interrupted epoch's row
         summary_path.unlink(missing_ok=True)  # the run is live again
     else:
-        directory = out if out is not None else _default_out(config)
-        if directory.exists() and any(directory.iterdir()):
-            raise UserError(
-                f"run directory {str(directory)!r} already exists and is not empty; "
-                "choose another --out or continue it with --resume"
-            )
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = _new_directory(config, out)
+        checkpoints = directory / "checkpoints"
         _write_json(directory / "config.json", asdict(config))
         _write_json(directory / "meta.json", _meta(config, directory.name))
-        with (directory / "metrics.csv").open("w", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=METRIC_FIELDS).writeheader()
+        _write_metrics(directory / "metrics.csv", [])
+        run.save(checkpoints)  # epoch 0: Ctrl-C in the first epoch can still be resumed
     run.hub = TelemetryHub(directory.name, [JsonlSink(directory / "events.jsonl")])
-    started = time.perf_counter()
     start_epoch = run.trainer.epoch
     run.hub.emit(
         RunStarted(
@@ -403,32 +482,32 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
             start_epoch if resume is not None else None,
         )
     )
-    result: StepResult | None = None
     progress = Progress(label or f"{config.task} {config.mode}", config.epochs, start_epoch)
     try:
         with (directory / "metrics.csv").open("a", newline="", encoding="utf-8") as metrics:
             writer = csv.DictWriter(metrics, fieldnames=METRIC_FIELDS)
             while not run.trainer.done:
+                started = time.perf_counter()
                 result = run.step()
                 params = run.model.active_param_count()
                 with _interrupts_deferred():  # the epoch's row and checkpoint land together
+                    run.elapsed += time.perf_counter() - started
                     writer.writerow(_metrics_row(result, params))
                     metrics.flush()
-                    run.save(directory / "checkpoints")
+                    run.save(checkpoints)
                 progress.update(result, params, run.model.reports())
     except KeyboardInterrupt:
         progress.close()
-        _finish(run, directory, "interrupted", result, time.perf_counter() - started)
+        run.load(checkpoints)  # the record must describe what a resume will continue from
+        _finish(run, directory, "interrupted")
         raise Interrupted(directory) from None
     progress.close()
-    _finish(run, directory, "completed", result, time.perf_counter() - started)
+    _finish(run, directory, "terminated" if run.trainer.terminated else "completed")
     return directory
 
 
-def _finish(
-    run: Run, directory: Path, status: str, result: StepResult | None, seconds: float
-) -> None:
-    summary = run.summary(status, result, seconds)
+def _finish(run: Run, directory: Path, status: str) -> None:
+    summary = run.summary(status, _read_metrics(directory / "metrics.csv", run.trainer.epoch))
     final = summary["final"]
     run.hub.emit(
         RunFinished(
@@ -439,21 +518,38 @@ def _finish(
             summary["param_count"],
             summary["fossilized"],
             summary["pruned"],
-            seconds,
+            run.elapsed,
         )
     )
     run.hub.close()
     _write_json(directory / "summary.json", summary)
 
 
+_RUN_FLAGS = {
+    "task": "--task",
+    "epochs": "--epochs",
+    "seed": "--seed",
+    "out": "--out",
+    "data_dir": "--data-dir",
+    "batch_size": "--batch-size",
+    "batches_per_epoch": "--batches-per-epoch",
+    "val_samples": "--val-samples",
+    "lr": "--lr",
+}
+_GROWTH_FLAGS = {"slots": "--slots", "seed_lr": "--seed-lr"}
+
+
+def format_percent(value: float | None) -> str:
+    """A percentage for people; a missing value shows as "—", never as 0."""
+    return "—" if value is None else f"{value:.2f}%"
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``esper heuristic`` / ``esper static``."""
     if args.resume is not None:
-        given = [
-            name
-            for name in ("task", "epochs", "out", "data_dir", "batch_size", "lr")
-            if getattr(args, name) is not None
-        ]
+        flags = _RUN_FLAGS | (_GROWTH_FLAGS if args.command == "heuristic" else {})
+        given = [flag for name, flag in flags.items() if vars(args)[name] is not None]
+        given += ["--no-download"] if args.no_download else []
         if given:
             raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
         config_path = args.resume / "config.json"
@@ -477,8 +573,10 @@ def run_command(args: argparse.Namespace) -> int:
     summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
     final = summary["final"]
     print(
-        f"{config.mode} {config.task}: val accuracy {final['val_accuracy']:.2f}% "
-        f"(best {summary['best_val_accuracy']:.2f}%), {summary['param_count']} params, "
-        f"{summary['fossilized']} fossilized, {summary['pruned']} pruned -> {directory}"
+        f"{config.mode} {config.task} ({summary['status']}): val accuracy "
+        f"{format_percent(None if final is None else final['val_accuracy'])} "
+        f"(best {format_percent(summary['best_val_accuracy'])}), "
+        f"{summary['param_count']} params, {summary['fossilized']} fossilized, "
+        f"{summary['pruned']} pruned -> {directory}"
     )
     return 0

@@ -4,6 +4,6 @@ Nissa owns the hub that fans typed events (declared in ``esper.leyline.events``)
 the sinks themselves: the JSONL event log every run directory keeps. It imports only Leyline.
 """
 
-from esper.nissa.hub import JsonlSink, Sink, TelemetryHub
+from esper.nissa.hub import JsonlSink, Sink, TelemetryHub, json_safe
 
-__all__ = ["JsonlSink", "Sink", "TelemetryHub"]
+__all__ = ["JsonlSink", "Sink", "TelemetryHub", "json_safe"]

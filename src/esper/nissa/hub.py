@@ -19,14 +19,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _null_non_finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/Inf: a value that was not finite is written as null (missing)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):
-        return [_null_non_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {k: _null_non_finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     return value
 
 
@@ -38,7 +38,7 @@ class JsonlSink:
         self._file: IO[str] = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_null_non_finite(record), allow_nan=False) + "\n")
+        self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -128,10 +128,13 @@ class Trainer:
         self._x_val, self._y_val = data.x_val[:n_val], data.y_val[:n_val]
         self.epoch = model.epoch  # a model may arrive already trained for some epochs
         self.pruned_count = 0  # seeds pruned so far, by the controller or by a rollback
+        self.terminated = False  # a governor panic ends the episode
+        self.governor.snapshot(model, self.optimizer)  # the untrained model is a safe fallback
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.config.max_epochs
+        """The episode is over: all epochs trained, or terminated by a governor panic."""
+        return self.terminated or self.epoch >= self.config.max_epochs
 
     # ------------------------------------------------------------------------------ one step
 
@@ -195,13 +198,9 @@ class Trainer:
         val_loss, val_acc = self._validate()
         panic = self.governor.check(train_loss, val_loss)
         if panic is not None:
-            restored, pruned = self.governor.rollback(self.model, self.optimizer)
-            loss = val_loss if math.isfinite(val_loss) else None
-            self.emit(
-                GovernorPanic(
-                    self.epoch + 1, panic.rule, panic.detail, loss, restored, tuple(pruned)
-                )
-            )
+            self._roll_back(panic, val_loss)
+            if panic.rule == "non_finite":  # accuracies of a NaN model are not measurements
+                train_acc = val_acc = math.nan
         self.model.step_epoch()
         self.epoch = self.model.epoch
         if panic is None and not self.governor.suspicious:
@@ -218,6 +217,29 @@ class Trainer:
         )
         self.emit(self._epoch_event(result))
         return result
+
+    def _roll_back(self, panic: Panic, val_loss: float) -> None:
+        rollback = self.governor.rollback(self.model, self.optimizer)
+        self.terminated = True
+        for name, before in rollback.vanished:
+            self.pruned_count += 1
+            self.emit(
+                SeedTransition(
+                    self.epoch + 1,
+                    name,
+                    before.blueprint,
+                    before.stage.value,
+                    self.model.slot(name).stage.value,
+                    "grown after the last snapshot: removed by the governor's rollback",
+                )
+            )
+        slots = rollback.pruned + tuple(name for name, _ in rollback.vanished)
+        loss = val_loss if math.isfinite(val_loss) else None
+        self.emit(
+            GovernorPanic(
+                self.epoch + 1, panic.rule, panic.detail, loss, rollback.restored_epoch, slots
+            )
+        )
 
     def apply(self, action: Action) -> bool:
         """Carry out a controller's action through the model's lifecycle API.
@@ -305,6 +327,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "pruned_count": self.pruned_count,
+            "terminated": self.terminated,
             "optimizer": self.optimizer.state_dict(),
             "stream": self.stream.state_dict(),
             "governor": self.governor.state_dict(),
@@ -315,6 +338,7 @@ class Trainer:
         """Continue from ``state_dict()`` output; the model must already be restored."""
         self.epoch = int(state["epoch"])
         self.pruned_count = int(state["pruned_count"])
+        self.terminated = bool(state["terminated"])
         self.optimizer.sync()
         self.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["stream"])

@@ -3,14 +3,17 @@
 Rules, checked in this order on each step's validation loss (training loss for non-finiteness):
 
 * ``non_finite`` — NaN or Inf: panic at once.
-* ``collapse`` — loss at or above ``collapse_fraction`` × chance-level loss after the best loss had
-  been at or below ``well_below_fraction`` × chance: the model has forgotten what it learned.
+* ``collapse`` — training *and* validation loss at or above ``collapse_fraction`` × chance-level
+  loss after the best validation loss had been at or below ``well_below_fraction`` × chance: the
+  model has forgotten what it learned. (Validation loss alone also rises above chance when an
+  overconfident model overfits; its training loss then stays low.)
 * ``spike`` — loss > mean + ``spike_sigma`` × std *and* > ``spike_factor`` × mean of the recent
   healthy losses, for ``spike_patience`` consecutive steps.
 
 A step that passes is added to the history; a suspicious but not yet sustained step is not (it
 would inflate the mean). Snapshots are taken only after a clean health check. On panic the last
 snapshot (host, seeds as they were, optimizer state) is restored and every live seed is pruned.
+A panic terminates the episode (DESIGN §5): the run ends on the restored, healthy model.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esper.kasmina import ModelState, MorphogeneticModel, capture_state, restore_state
-from esper.leyline import ALIVE_STAGES
+from esper.leyline import ALIVE_STAGES, SeedStage, SeedStateReport
 from esper.tolaria.optim import SlotOptimizer
 
 
@@ -67,6 +70,26 @@ class Panic:
     detail: str
 
 
+_HELD = ALIVE_STAGES | {SeedStage.FOSSILIZED}
+"""Stages in which a slot holds a seed that a rollback can take away."""
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What a rollback did.
+
+    Attributes:
+        restored_epoch: the epoch whose end the snapshot captured.
+        pruned: slots whose seed was live in the snapshot and is now pruned.
+        vanished: seeds grown (or fossilized) after the snapshot, gone with the restore, with
+            their report from just before it.
+    """
+
+    restored_epoch: int
+    pruned: tuple[str, ...]
+    vanished: tuple[tuple[str, SeedStateReport], ...]
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     epoch: int
@@ -95,14 +118,16 @@ class Governor:
         c = self.config
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             return Panic("non_finite", f"train loss {train_loss}, validation loss {val_loss}")
+        at_chance = c.collapse_fraction * self.chance_loss
         if (
             self.best <= c.well_below_fraction * self.chance_loss
-            and val_loss >= c.collapse_fraction * self.chance_loss
+            and val_loss >= at_chance
+            and train_loss >= at_chance
         ):
             return Panic(
                 "collapse",
-                f"validation loss {val_loss:.4g} is back at chance level "
-                f"{self.chance_loss:.4g} after reaching {self.best:.4g}",
+                f"training and validation losses {train_loss:.4g}, {val_loss:.4g} are back at "
+                f"chance level {self.chance_loss:.4g} after reaching {self.best:.4g}",
             )
         if len(self.history) >= c.min_history:
             mean = statistics.fmean(self.history)
@@ -133,28 +158,33 @@ class Governor:
             model.epoch, capture_state(model), copy.deepcopy(optimizer.state_dict())
         )
 
-    def rollback(
-        self, model: MorphogeneticModel, optimizer: SlotOptimizer
-    ) -> tuple[int | None, list[str]]:
-        """Restore the last snapshot and prune every live seed.
+    def rollback(self, model: MorphogeneticModel, optimizer: SlotOptimizer) -> Rollback:
+        """Restore the last snapshot and prune every seed that is live in it.
 
-        Returns:
-            The epoch the snapshot was taken at (None if there was none, in which case only the
-            live seeds are pruned) and the slots pruned.
+        Seeds grown after the snapshot disappear with the restore; they are reported in
+        ``Rollback.vanished`` so that nothing leaves the model unrecorded.
+
+        Raises:
+            RuntimeError: if no snapshot was ever taken.
         """
-        restored = None
+        if self._snapshot is None:
+            raise RuntimeError("governor has no snapshot; take one before training starts")
+        before = model.reports()
         epoch = model.epoch
-        if self._snapshot is not None:
-            restore_state(model, self._snapshot.model)
-            model.epoch = epoch  # time moves on; only the weights and seeds go back
-            optimizer.sync()
-            optimizer.load_state_dict(copy.deepcopy(self._snapshot.optimizer))
-            restored = self._snapshot.epoch
-        pruned = [n for n, r in model.reports().items() if r.stage in ALIVE_STAGES]
+        restore_state(model, self._snapshot.model)
+        model.epoch = epoch  # time moves on; only the weights and seeds go back
+        optimizer.sync()
+        optimizer.load_state_dict(copy.deepcopy(self._snapshot.optimizer))
+        vanished = tuple(
+            (name, report)
+            for name, report in before.items()
+            if report.stage in _HELD and model.slot(name).stage not in _HELD
+        )
+        pruned = tuple(n for n, r in model.reports().items() if r.stage in ALIVE_STAGES)
         for name in pruned:
             model.prune(name, reason="governor rollback")
         optimizer.sync()
-        return restored, pruned
+        return Rollback(self._snapshot.epoch, pruned, vanished)
 
     def state_dict(self) -> dict[str, Any]:
         snap = self._snapshot
