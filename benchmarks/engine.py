@@ -102,6 +102,7 @@ def throughput(n_train: int, n_val: int, rounds: int, log: Path) -> tuple[float,
             train_accuracy=result.train_accuracy,
             val_loss=result.val_loss,
             val_accuracy=result.val_accuracy,
+            reports=model.reports(),
         )
         obs = Observation(signals, model.reports(), ("conv_light",), config.max_epochs)
         trainer.apply(controller.decide(obs))

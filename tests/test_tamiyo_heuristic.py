@@ -74,6 +74,9 @@ def obs(
         host_stabilized=stabilized,
         loss_history=(1.0,),
         accuracy_history=(60.0,),
+        slots=(),  # the heuristic reads reports, not per-slot signals
+        best_slot=None,
+        worst_slot=None,
     )
     return Observation(signals, table, blueprints, max_epochs)
 

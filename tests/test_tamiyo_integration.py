@@ -62,7 +62,13 @@ def _step(
             slot.contribution = contribution(slot.blueprint)
             slot.gradient_ratio = 1.0
     model.step_epoch()
-    signals = tracker.update(train_loss=1.0, train_accuracy=50.0, val_loss=1.0, val_accuracy=50.0)
+    signals = tracker.update(
+        train_loss=1.0,
+        train_accuracy=50.0,
+        val_loss=1.0,
+        val_accuracy=50.0,
+        reports=model.reports(),
+    )
     names = blueprint_registry.names(Topology.CNN)
     action = controller.decide(Observation(signals, model.reports(), names, max_epochs))
     _apply(model, action)

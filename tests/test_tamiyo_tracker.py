@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from esper.leyline import TrainingSignals
+from esper.leyline import SeedStage, SeedStateReport, TrainingSignals
 from esper.tamiyo import SignalTracker, TrackerConfig
 
 
@@ -17,6 +17,7 @@ def _feed(tracker: SignalTracker, val_loss: float, val_accuracy: float) -> Train
         train_accuracy=val_accuracy,
         val_loss=val_loss,
         val_accuracy=val_accuracy,
+        reports={},
     )
 
 
@@ -119,3 +120,68 @@ def test_tolerance_and_history_change_behaviour() -> None:
         s = _feed(strict, 1.0, acc)
     assert s.plateau_epochs == 0  # every small gain counts when the tolerance is 0
     assert s.accuracy_history == (50.05, 50.1)
+
+
+def _report(slot: str, stage: SeedStage, contribution: float | None) -> SeedStateReport:
+    blueprint = None if stage is SeedStage.DORMANT else "norm"
+    return SeedStateReport(
+        slot, stage, blueprint, None, 0.0, 0.0, 0, contribution, None, None, None, 0, 100
+    )
+
+
+def _step(tracker: SignalTracker, *reports: SeedStateReport) -> TrainingSignals:
+    return tracker.update(
+        train_loss=1.0,
+        train_accuracy=50.0,
+        val_loss=1.0,
+        val_accuracy=50.0,
+        reports={r.slot: r for r in reversed(reports)},  # dict order must not matter
+    )
+
+
+def test_every_enabled_slot_is_tracked_in_slot_order() -> None:
+    tracker = SignalTracker()
+    T, D = SeedStage.TRAINING, SeedStage.DORMANT
+    signals = _step(
+        tracker, _report("early", D, None), _report("mid", T, 0.5), _report("late", D, None)
+    )
+    assert [s.slot for s in signals.slots] == ["early", "mid", "late"]
+    assert signals.slots[0].contribution is None and signals.slots[0].contribution_history == ()
+    assert signals.best_slot == signals.worst_slot == "mid"
+
+
+def test_slot_contribution_series_delta_and_restart() -> None:
+    tracker = SignalTracker(TrackerConfig(history=3))
+    T, B = SeedStage.TRAINING, SeedStage.BLENDING
+    values = [(T, 0.5), (T, None), (T, 1.5), (T, float("nan")), (T, 2.0), (T, 2.5), (B, -1.0)]
+    seen = [_step(tracker, _report("mid", stage, c)).slots[0] for stage, c in values]
+    # hand-computed: unmeasured and NaN steps add nothing; history keeps the last 3; a new
+    # stage restarts the series, so its first delta is None.
+    assert [s.contribution for s in seen] == [0.5, None, 1.5, None, 2.0, 2.5, -1.0]
+    assert [s.contribution_delta for s in seen] == [None, None, 1.0, None, 0.5, 0.5, None]
+    assert seen[5].contribution_history == (1.5, 2.0, 2.5)
+    assert seen[6].contribution_history == (-1.0,)
+
+
+def test_best_and_worst_slot_tie_break() -> None:
+    tracker = SignalTracker()
+    T = SeedStage.TRAINING
+    signals = _step(
+        tracker, _report("early", T, 1.0), _report("mid", T, 1.0), _report("late", T, -2.0)
+    )
+    assert signals.best_slot == "early"  # tie with mid: the earlier slot wins
+    assert signals.worst_slot == "late"
+    tied = _step(SignalTracker(), _report("mid", T, 0.0), _report("late", T, 0.0))
+    assert tied.best_slot == tied.worst_slot == "mid"
+
+
+def test_slot_series_survive_a_state_round_trip() -> None:
+    T = SeedStage.TRAINING
+    first = SignalTracker()
+    for c in (0.1, 0.4):
+        _step(first, _report("mid", T, c))
+    second = SignalTracker()
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    a = _step(first, _report("mid", T, 0.9)).slots[0]
+    b = _step(second, _report("mid", T, 0.9)).slots[0]
+    assert a == b and a.contribution_history == (0.1, 0.4, 0.9)

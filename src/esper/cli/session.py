@@ -278,6 +278,7 @@ class Run:
             train_accuracy=result.train_accuracy,
             val_loss=result.val_loss,
             val_accuracy=result.val_accuracy,
+            reports=self.model.reports(),
         )
         observation = Observation(
             signals, self.model.reports(), self.blueprints, self.config.epochs

@@ -7,7 +7,7 @@ standard library, so every other package may import it and it imports none of th
 """
 
 from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport
-from esper.leyline.control import Action, Observation, Op, TrainingSignals
+from esper.leyline.control import Action, Observation, Op, SlotSignals, TrainingSignals
 from esper.leyline.slots import ordered_slots, slot_names
 from esper.leyline.stages import (
     ALIVE_STAGES,
@@ -38,6 +38,7 @@ __all__ = [
     "Op",
     "SeedStage",
     "SeedStateReport",
+    "SlotSignals",
     "Topology",
     "TrainingSignals",
     "ordered_slots",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from esper.leyline.contracts import SeedStateReport
+from esper.leyline.stages import SeedStage
 
 
 class Op(Enum):
@@ -60,6 +61,28 @@ class Action:
 
 
 @dataclass(frozen=True)
+class SlotSignals:
+    """What the tracker remembers about one enabled slot.
+
+    Attributes:
+        slot: slot name.
+        stage: the slot's stage this step.
+        contribution: the latest measured counterfactual contribution (None if not measured).
+        contribution_delta: change since the previous measurement in the same stage (None when
+            there is none: a new stage restarts the series, since a TRAINING probe and a blended
+            contribution measure different things).
+        contribution_history: this stage's measurements, oldest first (at most the tracker's
+            ``history`` length).
+    """
+
+    slot: str
+    stage: SeedStage
+    contribution: float | None
+    contribution_delta: float | None
+    contribution_history: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class TrainingSignals:
     """Per-step training signals from ``SignalTracker`` (DESIGN §4).
 
@@ -76,6 +99,10 @@ class TrainingSignals:
         host_stabilized: latched once the host's improvement has slowed (never unlatches).
         loss_history: the last few validation losses, oldest first.
         accuracy_history: the last few validation accuracies, oldest first.
+        slots: signals of every enabled slot, in ``ordered_slots`` order.
+        best_slot: the slot with the highest measured contribution; ties go to the earliest
+            slot in ``ordered_slots`` order (None when nothing was measured).
+        worst_slot: the slot with the lowest measured contribution, same tie-break.
     """
 
     epoch: int
@@ -90,6 +117,9 @@ class TrainingSignals:
     host_stabilized: bool
     loss_history: tuple[float, ...]
     accuracy_history: tuple[float, ...]
+    slots: tuple[SlotSignals, ...]
+    best_slot: str | None
+    worst_slot: str | None
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,24 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from esper.leyline import TrainingSignals
+from esper.leyline import SeedStage, SeedStateReport, SlotSignals, TrainingSignals, ordered_slots
 
 _STATE_KEYS = frozenset(
-    {"epoch", "previous", "best", "plateau", "stabilized", "loss_window", "loss_hist", "acc_hist"}
+    {
+        "epoch",
+        "previous",
+        "best",
+        "plateau",
+        "stabilized",
+        "loss_window",
+        "loss_hist",
+        "acc_hist",
+        "slots",
+    }
 )
 
 
@@ -97,9 +108,17 @@ class SignalTracker:
         self._loss_window: deque[float] = deque(maxlen=config.stabilization_window + 1)
         self._loss_hist: deque[float] = deque(maxlen=config.history)
         self._acc_hist: deque[float] = deque(maxlen=config.history)
+        # slot -> (stage the series belongs to, this stage's contribution measurements)
+        self._slots: dict[str, tuple[SeedStage, list[float]]] = {}
 
     def update(
-        self, *, train_loss: float, train_accuracy: float, val_loss: float, val_accuracy: float
+        self,
+        *,
+        train_loss: float,
+        train_accuracy: float,
+        val_loss: float,
+        val_accuracy: float,
+        reports: Mapping[str, SeedStateReport],
     ) -> TrainingSignals:
         """Record one step's metrics and return the signals after it.
 
@@ -108,6 +127,7 @@ class SignalTracker:
             train_accuracy: training accuracy, percent.
             val_loss: validation loss.
             val_accuracy: validation accuracy, percent.
+            reports: this step's report of every enabled slot (any order).
 
         Returns:
             The signals for this step (``epoch`` is 1 after the first call).
@@ -121,6 +141,11 @@ class SignalTracker:
         self._update_latch(val_loss)
         self._loss_hist.append(val_loss)
         self._acc_hist.append(val_accuracy)
+        slots = tuple(self._slot_signals(reports[name]) for name in ordered_slots(reports))
+        measured = [(c, s.slot) for s in slots if (c := s.contribution) is not None]
+        # max/min return the first of equal values: the earliest slot in ordered_slots order.
+        best = max(measured, key=lambda pair: pair[0], default=None)
+        worst = min(measured, key=lambda pair: pair[0], default=None)
         return TrainingSignals(
             epoch=self._epoch,
             train_loss=train_loss,
@@ -134,7 +159,24 @@ class SignalTracker:
             host_stabilized=self._stabilized,
             loss_history=tuple(self._loss_hist),
             accuracy_history=tuple(self._acc_hist),
+            slots=slots,
+            best_slot=None if best is None else best[1],
+            worst_slot=None if worst is None else worst[1],
         )
+
+    def _slot_signals(self, report: SeedStateReport) -> SlotSignals:
+        """Extend the slot's series (restarting it on a stage change) and summarize it."""
+        stage, series = self._slots.get(report.slot, (report.stage, []))
+        if stage is not report.stage:
+            series = []
+        value = report.counterfactual_contribution
+        if value is not None and math.isfinite(value):
+            series = [*series, value][-self.config.history :]
+        else:
+            value = None  # not measured this step, or not a usable number
+        self._slots[report.slot] = (report.stage, series)
+        delta = series[-1] - series[-2] if value is not None and len(series) >= 2 else None
+        return SlotSignals(report.slot, report.stage, value, delta, tuple(series))
 
     def _update_plateau(self, val_accuracy: float) -> None:
         """Reset the counter on a gain of more than the tolerance over the best, else count.
@@ -181,6 +223,7 @@ class SignalTracker:
             "loss_window": list(self._loss_window),
             "loss_hist": [_encode(v) for v in self._loss_hist],
             "acc_hist": [_encode(v) for v in self._acc_hist],
+            "slots": {name: [stage.value, series] for name, (stage, series) in self._slots.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -205,3 +248,7 @@ class SignalTracker:
         self._loss_hist.extend(float(v) for v in state["loss_hist"])
         self._acc_hist.clear()
         self._acc_hist.extend(float(v) for v in state["acc_hist"])
+        self._slots = {
+            name: (SeedStage(stage), [float(v) for v in series])
+            for name, (stage, series) in state["slots"].items()
+        }
