@@ -6,7 +6,8 @@ Measures, in one run on the same model and data:
   same grown model (two conv_light seeds, TRAINING and BLENDING) and data;
 * full step: training samples/s of ``Trainer.train_step`` + a heuristic decision + ``apply`` +
   telemetry to a JSONL file — train, validation with counterfactual measurement, decision and
-  logging — interleaved round by round with the raw passes;
+  logging — interleaved round by round with the raw passes. The decision is logged but not
+  carried out, so both sides keep training the same two seeds;
 * ``esper --help`` wall time (target < 1 s);
 * launch to first training batch of ``esper heuristic`` (target < 3 s): the wall time from
   process start to its ``RunStarted`` event, which is emitted right before the first batch.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from esper.data import BatchStream, make_synthetic
 from esper.kasmina import CNNHost, MorphogeneticModel
-from esper.leyline import Observation
+from esper.leyline import Action, Observation, Op
 from esper.nissa import JsonlSink, TelemetryHub
 from esper.tamiyo import HeuristicTamiyo, SignalTracker
 from esper.tolaria import EngineConfig, Trainer
@@ -105,7 +106,10 @@ def throughput(n_train: int, n_val: int, rounds: int, log: Path) -> tuple[float,
             reports=model.reports(),
         )
         obs = Observation(signals, model.reports(), ("conv_light",), config.max_epochs)
-        trainer.apply(controller.decide(obs))
+        decision = controller.decide(obs)
+        # The decision is made and logged but not carried out: pruning or growing would change
+        # the work per sample and the comparison with the raw side would stop being like for like.
+        trainer.apply(Action(Op.WAIT, reason=f"benchmark: decided {decision.op.value}"))
 
     raw_pass()  # warm-up (first-call allocations), not timed
     full_step()
@@ -153,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (numbers meaningless)")
     parser.add_argument("--launch-task", default="fashion_mnist_impaired", help="task to launch")
     args = parser.parse_args(argv)
-    n_train, n_val, rounds, repeats = (512, 128, 1, 1) if args.quick else (8192, 1024, 5, 5)
+    n_train, n_val, rounds, repeats = (512, 128, 1, 1) if args.quick else (8192, 1024, 10, 5)
 
     print("esper engine benchmark")
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")

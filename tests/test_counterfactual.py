@@ -47,9 +47,18 @@ def _grown(make, gated: bool = False) -> MorphogeneticModel:
     return model.eval()
 
 
+def _fused(model: MorphogeneticModel, x: Tensor, configs: list[dict], path: str) -> Tensor:
+    """Either evaluation path; the public method picks by device (tiled only on CUDA)."""
+    if path == "public":
+        return model.fused_forward(x, configs)
+    resolved = [model._resolve(c) for c in configs]
+    return model._fused_tiled(x, resolved) if path == "tiled" else model._fused_shared(x, resolved)
+
+
+@pytest.mark.parametrize("path", ["public", "shared", "tiled"])
 @pytest.mark.parametrize("make", [cnn_host, transformer_host], ids=["cnn", "transformer"])
 @pytest.mark.parametrize("gated", [False, True])
-def test_fused_forward_equals_separate_forwards(make, gated: bool) -> None:
+def test_fused_forward_equals_separate_forwards(make, gated: bool, path: str) -> None:
     model = _grown(make, gated)
     x = host_input(model.host, batch=6)
     configs = [
@@ -59,13 +68,27 @@ def test_fused_forward_equals_separate_forwards(make, gated: bool) -> None:
         {"early": 1.0, "mid": 1.0, "late": 0.0},
     ]
     with torch.no_grad():
-        fused = model.fused_forward(x, configs)
+        fused = _fused(model, x, configs, path)
         assert fused.shape == (len(configs), *model(x).shape)
         for k, config in enumerate(configs):
             torch.testing.assert_close(
                 fused[k], expected_output(model, x, config), rtol=1e-5, atol=1e-5
             )
         torch.testing.assert_close(fused[0], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_path_is_bit_exact() -> None:
+    """On the CPU path each configuration runs the very ops of a plain forward."""
+    model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"])
+    grow(model, "early", "conv_light", SeedStage.TRAINING)
+    grow(model, "late", "conv_light", SeedStage.HOLDING, alpha=0.5)
+    model.eval()
+    x = host_input(model.host, batch=8)
+    with torch.no_grad():
+        fused = model.fused_forward(x, [{}, {"late": 0.0}])
+        assert torch.equal(fused[0], model(x))
+        model.slot("late").alpha = 0.0  # the same configuration, set on the model itself
+        assert torch.equal(fused[1], model(x))
 
 
 def test_fused_forward_with_identical_configs_runs_once() -> None:

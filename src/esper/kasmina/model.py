@@ -128,10 +128,13 @@ class MorphogeneticModel(nn.Module):
         return self.host.forward_from_segment(self.order[-1], h)
 
     def fused_forward(self, x: Tensor, alpha_overrides: Sequence[Mapping[str, float]]) -> Tensor:
-        """Evaluate K α-configurations of the seeds in one batch.
+        """Evaluate K α-configurations of the seeds in one call.
 
-        Host segments before the first slot where the configurations differ run once on ``B``
-        samples; from there the stream is tiled to ``K·B`` rows with per-sample α.
+        Host work is shared wherever configurations agree. On a GPU the configurations run as
+        one ``K·B`` batch with per-sample α from the first slot where they differ (one kernel
+        launch per layer for all of them); on a CPU, where a bigger batch buys nothing, each
+        host segment runs once per group of configurations that agree on every slot so far
+        (half the work of tiling in Esper's engine benchmark).
 
         Args:
             x: input batch, ``(B, ...)``.
@@ -139,8 +142,8 @@ class MorphogeneticModel(nn.Module):
                 TRAINING seed's current α is 0: it does not change the output).
 
         Returns:
-            ``(K, B, ...)`` outputs; row k equals ``forward(x)`` with configuration k applied (up
-            to floating-point reassociation: kernels may sum in another order at batch K·B).
+            ``(K, B, ...)`` outputs; row k equals ``forward(x)`` with configuration k applied
+            (bit for bit on a CPU; up to floating-point reassociation in a ``K·B`` batch).
 
         Raises:
             RuntimeError: in train mode (batch statistics would mix configurations).
@@ -154,6 +157,12 @@ class MorphogeneticModel(nn.Module):
         if not alpha_overrides:
             raise ValueError("alpha_overrides must hold at least one configuration")
         configs = [self._resolve(o) for o in alpha_overrides]
+        if x.device.type == "cuda":
+            return self._fused_tiled(x, configs)
+        return self._fused_shared(x, configs)
+
+    def _fused_tiled(self, x: Tensor, configs: list[dict[str, float]]) -> Tensor:
+        """One ``K·B`` batch from the first slot where the configurations differ."""
         k, b = len(configs), x.shape[0]
         h, prev, tiled = x, None, False
         for name in self.order:
@@ -173,6 +182,26 @@ class MorphogeneticModel(nn.Module):
         if not tiled:
             out = out.repeat(k, *([1] * (out.dim() - 1)))
         return out.view(k, b, *out.shape[1:])
+
+    def _fused_shared(self, x: Tensor, configs: list[dict[str, float]]) -> Tensor:
+        """Run each segment once per group of configurations that agree on every slot so far."""
+        groups: list[tuple[list[int], Tensor]] = [(list(range(len(configs))), x)]
+        prev = None
+        for name in self.order:
+            split: list[tuple[list[int], Tensor]] = []
+            for members, h in groups:
+                h = self.host.forward_to_segment(name, h, from_point=prev)
+                by_alpha: dict[float, list[int]] = {}
+                for i in members:
+                    by_alpha.setdefault(configs[i][name], []).append(i)
+                split += [(same, self.slots[name](h, alpha)) for alpha, same in by_alpha.items()]
+            groups, prev = split, name
+        outputs: list[Tensor | None] = [None] * len(configs)
+        for members, h in groups:
+            out = self.host.forward_from_segment(self.order[-1], h)
+            for i in members:
+                outputs[i] = out
+        return torch.stack([o for o in outputs if o is not None])  # (K, B, ...)
 
     def _resolve(self, override: Mapping[str, float]) -> dict[str, float]:
         config = {}
