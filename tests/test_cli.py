@@ -101,6 +101,7 @@ def test_heuristic_grows_in_more_than_one_slot(tmp_path) -> None:
             "unknown slot name 'middle'; accepted",
         ),
         (["heuristic"], "heuristic needs --task"),
+        (["heuristic", "--task", "synthetic", "--slots", "mid_2"], "unknown or no slots ['mid_2']"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args: list[str], message: str) -> None:

@@ -247,10 +247,7 @@ class Run:
         except (DatasetNotFoundError, ValueError, OSError) as err:
             raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
         host = task.build_host(self.data)
-        try:
-            self.model = MorphogeneticModel(host, list(config.slots))
-        except ValueError as err:
-            raise UserError(str(err)) from err
+        self.model = MorphogeneticModel(host, list(config.slots))  # _prepare reports ValueError
         self.controller: Controller = (
             HeuristicTamiyo() if config.mode == "heuristic" else StaticController()
         )
@@ -273,16 +270,15 @@ class Run:
     def step(self) -> StepResult:
         """One step: train + validate (Tolaria), then one controller decision (Tamiyo)."""
         result = self.trainer.train_step()
+        reports = self.model.reports()
         signals = self.tracker.update(
             train_loss=result.train_loss,
             train_accuracy=result.train_accuracy,
             val_loss=result.val_loss,
             val_accuracy=result.val_accuracy,
-            reports=self.model.reports(),
+            reports=reports,
         )
-        observation = Observation(
-            signals, self.model.reports(), self.blueprints, self.config.epochs
-        )
+        observation = Observation(signals, reports, self.blueprints, self.config.epochs)
         self.trainer.apply(self.controller.decide(observation))
         return result
 
