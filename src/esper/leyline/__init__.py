@@ -7,7 +7,15 @@ standard library, so every other package may import it and it imports none of th
 """
 
 from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport
-from esper.leyline.control import Action, Observation, Op, SlotSignals, TrainingSignals
+from esper.leyline.control import (
+    OP_ARGUMENTS,
+    Action,
+    Observation,
+    Op,
+    SlotSignals,
+    TrainingSignals,
+)
+from esper.leyline.events import TelemetryLevel
 from esper.leyline.slots import ordered_slots, slot_names
 from esper.leyline.stages import (
     ALIVE_STAGES,
@@ -26,6 +34,7 @@ __all__ = [
     "ALIVE_STAGES",
     "BLENDED_STAGES",
     "FORWARD_STAGES",
+    "OP_ARGUMENTS",
     "VALID_TRANSITIONS",
     "Action",
     "AlphaCurve",
@@ -39,6 +48,7 @@ __all__ = [
     "SeedStage",
     "SeedStateReport",
     "SlotSignals",
+    "TelemetryLevel",
     "Topology",
     "TrainingSignals",
     "ordered_slots",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from esper.leyline.contracts import SeedStateReport
 from esper.leyline.stages import SeedStage
@@ -21,14 +22,17 @@ class Op(Enum):
     FOSSILIZE = "FOSSILIZE"
 
 
-_NEEDS = {
-    Op.WAIT: (),
-    Op.GERMINATE: ("slot", "blueprint"),
-    Op.ADVANCE: ("slot",),
-    Op.SET_ALPHA_TARGET: ("slot", "alpha_target", "tempo"),
-    Op.PRUNE: ("slot",),
-    Op.FOSSILIZE: ("slot",),
-}
+OP_ARGUMENTS: Mapping[Op, tuple[str, ...]] = MappingProxyType(
+    {
+        Op.WAIT: (),
+        Op.GERMINATE: ("slot", "blueprint"),
+        Op.ADVANCE: ("slot",),
+        Op.SET_ALPHA_TARGET: ("slot", "alpha_target", "tempo"),
+        Op.PRUNE: ("slot",),
+        Op.FOSSILIZE: ("slot",),
+    }
+)
+"""The ``Action`` fields each op needs; every other argument field must be ``None``."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Action:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        needed = _NEEDS[self.op]
+        needed = OP_ARGUMENTS[self.op]
         for name in ("slot", "blueprint", "tempo", "alpha_target"):
             present = getattr(self, name) is not None
             if present != (name in needed):
