@@ -1,0 +1,380 @@
+"""Rewards for learning the controller (DESIGN §5): what one environment step was worth.
+
+Two families: ``contribution`` (modes ``shaped``, ``simplified``, ``sparse``) and ``loss``.
+Every reward is a sum of named components (a ``RewardBreakdown``), so telemetry shows each term.
+
+Notation: one step goes from state s (the ``before`` seed reports) to s' (the ``after`` reports);
+γ is the PPO discount; ``c_i`` is slot i's counterfactual contribution in accuracy points; ``N`` is
+the active parameter count (host and seeds) and ``H`` the host's own; ``acc'`` and ``L``/``L'`` are
+validation accuracy (percent) after the step and validation loss before/after it.
+
+Terms (each a component of the same name)::
+
+    Φ(s)         = pbrs_weight · Σ_slots STAGE_POTENTIALS[stage of the slot in s]
+    pbrs         = γ · Φ(s') − Φ(s),   with Φ(s') := 0 when the step terminated
+    contribution = contribution_weight · Σ_{i in BLENDING or HOLDING in s', c_i measured} c_i
+    rent         = −rent_weight · (N − H) / H
+    action_cost  = 0 for WAIT, −action_cost for an accepted op, −refused_cost for a refused op
+    terminal     = terminal_weight · acc' / 100   on the final step (truncated), else 0
+    loss_delta   = −loss_weight · (L' − L)
+    panic        = −panic_penalty   when the step terminated (governor panic), else 0
+
+Families and modes (components in this order)::
+
+    contribution/shaped     = contribution + pbrs + rent + panic
+    contribution/simplified = pbrs + action_cost + terminal + panic
+    contribution/sparse     = terminal + panic
+    loss                    = loss_delta + rent + panic
+
+The end of an episode:
+
+* **Termination** (governor panic): Φ(terminal) = 0, so with potentials ≥ 0 shaping can never
+  reward dying; the metrics of a diverged step are not trusted, so every metric-based term
+  (contribution, terminal, loss_delta) is 0 and the panic penalty is the whole verdict. A step
+  that is both terminated and truncated counts as terminated.
+* **Truncation** (episode length reached): Φ(s') is the real potential, because PPO bootstraps
+  from V(s') there as if the episode went on; the terminal bonus is paid.
+
+Over an episode s_0 … s_T the shaping terms telescope (Ng, Harada & Russell, 1999, "Policy
+invariance under reward transformations"): Σ_t γ^t F_t = γ^T Φ(s_T) − Φ(s_0). This holds only if
+F uses the PPO γ, which ``check_gamma`` enforces.
+
+Missing is not zero: a contribution that is ``None`` or non-finite is absent from the sum (not a
+0 contribution), and a non-finite accuracy or loss leaves its term at 0 (unmeasured), so the reward
+is always finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from esper.leyline import Action, Op, SeedStage, SeedStateReport
+
+REWARD_FAMILIES = ("contribution", "loss")
+"""``--reward-family`` choices."""
+
+CONTRIBUTION_MODES = ("shaped", "simplified", "sparse")
+"""``--reward-mode`` choices; they apply to the ``contribution`` family only."""
+
+_DEFAULT_MODE = "shaped"
+"""The only mode the ``loss`` family accepts: it has no modes, so another would be ignored."""
+
+CONTRIBUTION = "contribution"
+PBRS = "pbrs"
+RENT = "rent"
+ACTION_COST = "action_cost"
+TERMINAL = "terminal"
+LOSS_DELTA = "loss_delta"
+PANIC = "panic"
+
+SHAPED_COMPONENTS = (CONTRIBUTION, PBRS, RENT, PANIC)
+"""Component names of ``contribution``/``shaped``, in breakdown order."""
+
+SIMPLIFIED_COMPONENTS = (PBRS, ACTION_COST, TERMINAL, PANIC)
+"""Component names of ``contribution``/``simplified``, in breakdown order."""
+
+SPARSE_COMPONENTS = (TERMINAL, PANIC)
+"""Component names of ``contribution``/``sparse``, in breakdown order."""
+
+LOSS_COMPONENTS = (LOSS_DELTA, RENT, PANIC)
+"""Component names of the ``loss`` family, in breakdown order."""
+
+STAGE_POTENTIALS: Mapping[SeedStage, float] = MappingProxyType(
+    {
+        SeedStage.DORMANT: 0.0,
+        SeedStage.GERMINATED: 1.0,
+        SeedStage.TRAINING: 2.0,
+        SeedStage.BLENDING: 3.0,
+        SeedStage.HOLDING: 4.0,
+        SeedStage.FOSSILIZED: 5.0,
+        SeedStage.PRUNED: 0.0,
+        SeedStage.EMBARGOED: 0.0,
+        SeedStage.RESETTING: 0.0,
+    }
+)
+"""Φ per slot stage, before ``pbrs_weight``: one rung per step along the productive lifecycle.
+
+Each forward transition (DORMANT → … → FOSSILIZED) gains one unit, so progress toward a permanent
+seed is paid as it happens instead of only at the end. The pruned branch (PRUNED, EMBARGOED,
+RESETTING) is worth what an empty slot is worth: pruning gives back what the seed had gained, and
+the way back to DORMANT neither costs nor pays. All potentials are ≥ 0, so with Φ(terminal) = 0
+a panic can never gain shaping reward. PBRS leaves the optimal policy unchanged whatever the
+values; they only decide how early the credit arrives.
+"""
+
+_CONTRIBUTING_STAGES = frozenset({SeedStage.BLENDING, SeedStage.HOLDING})
+"""Seeds whose contribution is paid each step: they change the output and their fate is still
+open. A TRAINING contribution is a probe of a seed not yet in the output; a FOSSILIZED seed is
+permanent, its worth is paid by the top potential, and paying it every step would only reward
+fossilizing early to collect."""
+
+_PERCENT = 100.0
+"""Accuracies are percentages; the terminal bonus uses the fraction so it lies in [0, weight]."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Which reward and its weights. Each field lists the family/modes that read it.
+
+    Attributes:
+        family: ``contribution`` or ``loss`` (``REWARD_FAMILIES``).
+        mode: ``shaped``, ``simplified`` or ``sparse`` (``CONTRIBUTION_MODES``); contribution
+            family only, so the ``loss`` family requires the default ``shaped``.
+        contribution_weight: reward per accuracy point of contribution per step (shaped); 0.1
+            makes a seed worth one point pay 0.1 a step, the scale of the other terms.
+        pbrs_weight: scale of the stage potentials Φ (shaped, simplified); 0.1 makes a full
+            lifecycle (5 rungs) worth 0.5, below one point of contribution held for 5 steps.
+        rent_weight: cost per step of growing the model by 100% of the host's parameters
+            (shaped, loss); 1.0 means a seed adding 10% parameters must contribute 1 point
+            (at the default contribution weight) to pay its way.
+        action_cost: cost of an accepted op other than WAIT (simplified); 0.01 discourages
+            churn without drowning the terminal bonus.
+        refused_cost: cost of a refused op (simplified), instead of ``action_cost``; 0.05,
+            five times higher, because a refused op wastes a step and signals a bad policy.
+        terminal_weight: bonus per unit of final validation accuracy fraction (simplified,
+            sparse); 1.0 puts the bonus in [0, 1].
+        panic_penalty: cost of an episode ended by a governor panic (every family); 1.0 equals
+            the largest possible terminal bonus, so dying never beats finishing.
+        loss_weight: reward per unit of validation-loss decrease (loss); 10.0 makes a 0.01 drop
+            in cross-entropy worth 0.1, like one point of contribution.
+
+    Raises:
+        ValueError: for an unknown family or mode, a mode given to the ``loss`` family, or a
+            weight that is negative or not finite.
+    """
+
+    family: str = "contribution"
+    mode: str = _DEFAULT_MODE
+    contribution_weight: float = 0.1
+    pbrs_weight: float = 0.1
+    rent_weight: float = 1.0
+    action_cost: float = 0.01
+    refused_cost: float = 0.05
+    terminal_weight: float = 1.0
+    panic_penalty: float = 1.0
+    loss_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.family not in REWARD_FAMILIES:
+            raise ValueError(
+                f"unknown reward family {self.family!r}; accepted: {list(REWARD_FAMILIES)}"
+            )
+        if self.mode not in CONTRIBUTION_MODES:
+            raise ValueError(
+                f"unknown reward mode {self.mode!r}; accepted: {list(CONTRIBUTION_MODES)}"
+            )
+        if self.family == "loss" and self.mode != _DEFAULT_MODE:
+            raise ValueError(
+                f"reward mode {self.mode!r} applies to the contribution family only; "
+                f"the loss family has no modes (leave mode at {_DEFAULT_MODE!r})"
+            )
+        for name in (
+            "contribution_weight",
+            "pbrs_weight",
+            "rent_weight",
+            "action_cost",
+            "refused_cost",
+            "terminal_weight",
+            "panic_penalty",
+            "loss_weight",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """The names of this reward's components, in breakdown order."""
+        if self.family == "loss":
+            return LOSS_COMPONENTS
+        return {
+            "shaped": SHAPED_COMPONENTS,
+            "simplified": SIMPLIFIED_COMPONENTS,
+            "sparse": SPARSE_COMPONENTS,
+        }[self.mode]
+
+
+@dataclass(frozen=True)
+class RewardInput:
+    """Everything the reward of one step may depend on.
+
+    Attributes:
+        action: the action taken this step.
+        accepted: whether the environment accepted it (a refused action is a no-op).
+        before: seed reports of every enabled slot before the step.
+        after: seed reports of the same slots after the step.
+        val_accuracy_before: validation accuracy before the step, percent.
+        val_accuracy_after: validation accuracy after the step, percent (may be NaN after a
+            panic).
+        val_loss_before: validation loss before the step.
+        val_loss_after: validation loss after the step (may be NaN after a panic).
+        active_params: parameters in the forward pass after the step (host and seeds).
+        host_params: parameters of the host alone.
+        terminated: the step ended the episode by a governor panic.
+        truncated: the step reached the episode length.
+        epoch: steps completed after this one (1 after the first step).
+        max_epochs: the episode length; truncation happens at ``epoch == max_epochs``.
+
+    Raises:
+        ValueError: if ``before`` and ``after`` cover different slots, ``host_params`` < 1,
+            ``active_params`` < ``host_params``, ``epoch`` is outside [0, ``max_epochs``], or
+            ``truncated`` is set before ``epoch == max_epochs``.
+    """
+
+    action: Action
+    accepted: bool
+    before: Mapping[str, SeedStateReport]
+    after: Mapping[str, SeedStateReport]
+    val_accuracy_before: float
+    val_accuracy_after: float
+    val_loss_before: float
+    val_loss_after: float
+    active_params: int
+    host_params: int
+    terminated: bool
+    truncated: bool
+    epoch: int
+    max_epochs: int
+
+    def __post_init__(self) -> None:
+        if set(self.before) != set(self.after):
+            raise ValueError(
+                f"before and after must report the same slots, got {sorted(self.before)} "
+                f"and {sorted(self.after)}"
+            )
+        if self.host_params < 1:
+            raise ValueError(f"host_params must be >= 1, got {self.host_params}")
+        if self.active_params < self.host_params:
+            raise ValueError(
+                f"active_params ({self.active_params}) counts the host, so it must be >= "
+                f"host_params ({self.host_params})"
+            )
+        if not 0 <= self.epoch <= self.max_epochs:
+            raise ValueError(f"epoch must be in [0, {self.max_epochs}], got {self.epoch}")
+        if self.truncated and self.epoch != self.max_epochs:
+            raise ValueError(
+                f"truncated is the episode length being reached (epoch == max_epochs == "
+                f"{self.max_epochs}), got epoch {self.epoch}"
+            )
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """A step's reward and its named terms.
+
+    Attributes:
+        total: the reward, exactly ``sum`` of the component values in order.
+        components: ``(name, value)`` pairs in the family/mode's fixed order.
+
+    Raises:
+        ValueError: if ``total`` is not that sum or a value is not finite.
+    """
+
+    total: float
+    components: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        values = [value for _, value in self.components]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"reward components must be finite, got {self.components}")
+        if self.total != sum(values):
+            raise ValueError(f"total {self.total} is not the sum of {self.components}")
+
+    @classmethod
+    def of(cls, components: tuple[tuple[str, float], ...]) -> RewardBreakdown:
+        """A breakdown whose total is the sum of ``components``."""
+        return cls(sum(value for _, value in components), components)
+
+
+def _finite_or_zero(value: float) -> float:
+    """A term computed from unmeasurable metrics is 0 (absent), never NaN."""
+    return value if math.isfinite(value) else 0.0
+
+
+class RewardFunction:
+    """Computes the reward of each step for one ``RewardConfig``.
+
+    Args:
+        config: family, mode and weights.
+        gamma: the PPO discount, used by the PBRS term (see ``check_gamma``).
+
+    Raises:
+        ValueError: if ``gamma`` is not in (0, 1].
+    """
+
+    def __init__(self, config: RewardConfig, gamma: float) -> None:
+        if not (0.0 < gamma <= 1.0):
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        self.config = config
+        self.gamma = gamma
+        self.component_names = config.component_names
+
+    def potential(self, reports: Mapping[str, SeedStateReport]) -> float:
+        """Φ(s) = pbrs_weight · Σ over slots of ``STAGE_POTENTIALS[stage]``."""
+        return self.config.pbrs_weight * sum(STAGE_POTENTIALS[r.stage] for r in reports.values())
+
+    def __call__(self, inp: RewardInput) -> RewardBreakdown:
+        """The reward of one step, split into the family/mode's named components."""
+        terms = {
+            CONTRIBUTION: self._contribution(inp),
+            PBRS: self._shaping(inp),
+            RENT: self._rent(inp),
+            ACTION_COST: self._action_cost(inp),
+            TERMINAL: self._terminal(inp),
+            LOSS_DELTA: self._loss_delta(inp),
+            PANIC: -self.config.panic_penalty if inp.terminated else 0.0,
+        }
+        return RewardBreakdown.of(tuple((name, terms[name]) for name in self.component_names))
+
+    def _contribution(self, inp: RewardInput) -> float:
+        if inp.terminated:
+            return 0.0
+        measured = [
+            c
+            for r in inp.after.values()
+            if r.stage in _CONTRIBUTING_STAGES
+            and (c := r.counterfactual_contribution) is not None
+            and math.isfinite(c)
+        ]
+        return self.config.contribution_weight * sum(measured)
+
+    def _shaping(self, inp: RewardInput) -> float:
+        next_potential = 0.0 if inp.terminated else self.potential(inp.after)
+        return self.gamma * next_potential - self.potential(inp.before)
+
+    def _rent(self, inp: RewardInput) -> float:
+        return -self.config.rent_weight * (inp.active_params - inp.host_params) / inp.host_params
+
+    def _action_cost(self, inp: RewardInput) -> float:
+        if inp.action.op is Op.WAIT:
+            return 0.0
+        return -(self.config.action_cost if inp.accepted else self.config.refused_cost)
+
+    def _terminal(self, inp: RewardInput) -> float:
+        if inp.terminated or not inp.truncated:
+            return 0.0
+        return _finite_or_zero(self.config.terminal_weight * inp.val_accuracy_after / _PERCENT)
+
+    def _loss_delta(self, inp: RewardInput) -> float:
+        if inp.terminated:
+            return 0.0
+        return _finite_or_zero(
+            -self.config.loss_weight * (inp.val_loss_after - inp.val_loss_before)
+        )
+
+
+def check_gamma(reward: RewardFunction, ppo_gamma: float) -> None:
+    """Check that PBRS uses the PPO discount, without which shaping can change the optimum.
+
+    Raises:
+        ValueError: naming both values when ``reward.gamma`` differs from ``ppo_gamma``.
+    """
+    if reward.gamma != ppo_gamma:
+        raise ValueError(
+            f"the reward's PBRS gamma ({reward.gamma}) differs from the PPO gamma "
+            f"({ppo_gamma}); potential-based shaping preserves the optimal policy only with "
+            "the same discount"
+        )
