@@ -9,12 +9,35 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
+
+
+class TelemetryLevel(Enum):
+    """How much a run logs. Each event type declares the lowest level at which it is written."""
+
+    MINIMAL = 0  # run start/end, episode summaries, PPO updates, panics and anomalies
+    NORMAL = 1  # + every epoch, transition, action and reward
+    DEBUG = 2  # + per-head PPO statistics
+
+    @classmethod
+    def parse(cls, name: str) -> TelemetryLevel:
+        """The level called ``name`` (case-insensitive).
+
+        Raises:
+            ValueError: naming the bad value and the accepted ones.
+        """
+        for level in cls:
+            if isinstance(name, str) and level.name == name.upper():
+                return level
+        accepted = ", ".join(level.name.lower() for level in cls)
+        raise ValueError(f"unknown telemetry level {name!r}; accepted: {accepted}")
 
 
 @dataclass(frozen=True)
 class RunStarted:
     """A run began (or resumed)."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
 
     run_id: str
     mode: str  # "heuristic" | "static" | ...
@@ -41,6 +64,8 @@ class SlotSnapshot:
 class EpochCompleted:
     """One step (host epoch + validation) finished."""
 
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
+
     epoch: int
     train_loss: float
     train_accuracy: float
@@ -55,6 +80,8 @@ class EpochCompleted:
 class SeedTransition:
     """A seed changed stage."""
 
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
+
     epoch: int
     slot: str
     blueprint: str | None
@@ -66,6 +93,8 @@ class SeedTransition:
 @dataclass(frozen=True)
 class ActionTaken:
     """The controller's decision and whether the model accepted it."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
 
     epoch: int
     op: str
@@ -82,6 +111,8 @@ class ActionTaken:
 class GovernorPanic:
     """The governor found the run unhealthy and rolled back."""
 
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
     epoch: int
     rule: str  # "non_finite" | "collapse" | "spike"
     detail: str
@@ -94,6 +125,8 @@ class GovernorPanic:
 class RunFinished:
     """A run ended; ``status`` is "completed" or "interrupted"."""
 
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
     status: str
     epochs: int
     final_val_accuracy: float | None
@@ -104,12 +137,129 @@ class RunFinished:
     seconds: float
 
 
-Event = RunStarted | EpochCompleted | SeedTransition | ActionTaken | GovernorPanic | RunFinished
+@dataclass(frozen=True)
+class RewardComputed:
+    """The reward of one environment step, every component by name."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
+
+    epoch: int
+    total: float
+    components: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class EpisodeFinished:
+    """An environment's episode ended (PPO training)."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
+    episode: int
+    length: int
+    episode_return: float
+    terminated: bool
+    final_val_accuracy: float | None
+    param_count: int | None
+    host_param_count: int | None
+
+
+@dataclass(frozen=True)
+class PPOUpdate:
+    """One round's PPO update (DESIGN §5); statistics are means over the passes that ran."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
+    round: int
+    env_steps: int
+    passes: int
+    early_stopped: bool
+    skipped_steps: int  # optimizer steps refused by the finiteness gate
+    policy_loss: float | None
+    value_loss: float | None
+    entropy: float | None
+    approx_kl: float | None
+    clip_fraction: float | None
+    ratio_max: float | None
+    explained_variance: float | None
+    grad_norm: float | None
+    entropy_coef: float
+    mean_return: float | None  # mean return of episodes that ended this round
+    seconds_rollout: float
+    seconds_update: float
+
+
+@dataclass(frozen=True)
+class PPOHeadStats:
+    """Per-head statistics of one update (debug detail)."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.DEBUG
+
+    round: int
+    head: str
+    entropy: float | None
+    ratio_max: float | None
+    relevant_fraction: float
+
+
+@dataclass(frozen=True)
+class RatioExplosion:
+    """The PPO ratio exceeded its threshold: which heads, how many steps, ratio statistics."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
+    round: int
+    threshold: float
+    heads: tuple[str, ...]
+    steps: int
+    ratio_max: float
+    ratio_mean: float
+
+
+@dataclass(frozen=True)
+class AnomalyDetected:
+    """The anomaly detector fired; telemetry is escalated to DEBUG for ``rounds`` rounds."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
+    round: int
+    kinds: tuple[str, ...]
+    detail: str
+    escalated_to: str
+    rounds: int
+
+
+Event = (
+    RunStarted
+    | EpochCompleted
+    | SeedTransition
+    | ActionTaken
+    | GovernorPanic
+    | RunFinished
+    | RewardComputed
+    | EpisodeFinished
+    | PPOUpdate
+    | PPOHeadStats
+    | RatioExplosion
+    | AnomalyDetected
+)
 """Every event type a run emits."""
 
 EVENT_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (RunStarted, EpochCompleted, SeedTransition, ActionTaken, GovernorPanic, RunFinished)
+    for cls in (
+        RunStarted,
+        EpochCompleted,
+        SeedTransition,
+        ActionTaken,
+        GovernorPanic,
+        RunFinished,
+        RewardComputed,
+        EpisodeFinished,
+        PPOUpdate,
+        PPOHeadStats,
+        RatioExplosion,
+        AnomalyDetected,
+    )
 }
 """Event classes by name, the single declaration sinks and views import."""
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from esper.leyline.events import Event, event_record
+from esper.leyline.events import Event, TelemetryLevel, event_record
 
 
 class Sink(Protocol):
@@ -48,17 +48,53 @@ class JsonlSink:
 class TelemetryHub:
     """Stamps each event with its run and wall-clock time and hands it to every sink.
 
+    An event is written when its type's ``level`` is at or below the hub's current level. The
+    level can be raised temporarily (``escalate``), e.g. by the PPO anomaly detector, and falls
+    back to the configured one after the given number of ``tick()`` calls.
+
     Args:
         run_id: identifier written into every record.
         sinks: where records go.
+        level: the configured telemetry level.
     """
 
-    def __init__(self, run_id: str, sinks: list[Sink]) -> None:
+    def __init__(
+        self, run_id: str, sinks: list[Sink], level: TelemetryLevel = TelemetryLevel.NORMAL
+    ) -> None:
         self.run_id = run_id
         self.sinks = sinks
+        self.base_level = level
+        self._escalated: TelemetryLevel | None = None
+        self._escalation_left = 0
 
-    def emit(self, event: Event) -> None:
-        record = {"t": round(time.time(), 3), "run_id": self.run_id, **event_record(event)}
+    @property
+    def level(self) -> TelemetryLevel:
+        """The level in force now (the escalated one while an escalation lasts)."""
+        return self._escalated if self._escalated is not None else self.base_level
+
+    def escalate(self, level: TelemetryLevel, ticks: int) -> None:
+        """Raise the level to ``level`` for the next ``ticks`` calls of ``tick``."""
+        if level.value > self.base_level.value:
+            self._escalated, self._escalation_left = level, max(ticks, self._escalation_left)
+
+    def tick(self) -> None:
+        """Count down an escalation (called once per PPO round)."""
+        if self._escalated is not None:
+            self._escalation_left -= 1
+            if self._escalation_left <= 0:
+                self._escalated = None
+
+    def emit(self, event: Event, context: dict[str, Any] | None = None) -> None:
+        """Write ``event`` if the current level includes it.
+
+        Args:
+            event: the event.
+            context: extra keys for the record, e.g. ``{"env": 2, "episode": 7}``.
+        """
+        if event.level.value > self.level.value:
+            return
+        record = {"t": round(time.time(), 3), "run_id": self.run_id, **(context or {})}
+        record.update(event_record(event))
         for sink in self.sinks:
             sink.write(record)
 

@@ -1,0 +1,61 @@
+"""GAE against hand-computed trajectories: truncation, termination, episode boundaries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esper.simic.rollout import compute_gae
+
+GAMMA, LAM = 0.5, 0.5
+
+
+def _gae(rewards, values, next_values, end, term):
+    t = lambda v: torch.tensor([v], dtype=torch.float32)  # noqa: E731
+    b = lambda v: torch.tensor([v], dtype=torch.bool)  # noqa: E731
+    return compute_gae(t(rewards), t(values), t(next_values), b(end), b(term), GAMMA, LAM)
+
+
+def test_truncation_bootstraps_from_the_final_value() -> None:
+    # δ = r + γ V' − V: δ0 = 1 + .5·1 − .5 = 1, δ1 = 2 + .5·1.5 − 1 = 1.75, δ2 = 3 + .5·4 − 1.5
+    # = 3.5; A2 = 3.5, A1 = 1.75 + .25·3.5 = 2.625, A0 = 1 + .25·2.625 = 1.65625.
+    adv, ret = _gae([1, 2, 3], [0.5, 1.0, 1.5], [1.0, 1.5, 4.0], [0, 0, 1], [0, 0, 0])
+    assert adv[0].tolist() == pytest.approx([1.65625, 2.625, 3.5])
+    assert ret[0].tolist() == pytest.approx([2.15625, 3.625, 5.0])
+
+
+def test_termination_drops_the_bootstrap() -> None:
+    # Same trajectory ended by a governor panic: δ2 = 3 − 1.5 = 1.5 (the V' = 4 is ignored);
+    # A1 = 1.75 + .25·1.5 = 2.125, A0 = 1 + .25·2.125 = 1.53125.
+    adv, _ = _gae([1, 2, 3], [0.5, 1.0, 1.5], [1.0, 1.5, 4.0], [0, 0, 1], [0, 0, 1])
+    assert adv[0].tolist() == pytest.approx([1.53125, 2.125, 1.5])
+
+
+def test_an_episode_end_stops_the_recursion() -> None:
+    # Episode 1 is step 0, truncated with V' = 10: A0 = δ0 = 1 + 5 − .5 = 5.5 and nothing
+    # from episode 2 (steps 1–2) leaks back into it.
+    adv, _ = _gae([1, 2, 3], [0.5, 1.0, 1.5], [10.0, 1.5, 4.0], [1, 0, 1], [0, 0, 0])
+    assert adv[0].tolist() == pytest.approx([5.5, 2.625, 3.5])
+
+
+def test_lambda_one_gives_discounted_return_minus_value() -> None:
+    # Independent oracle: with λ = 1 the advantage is the Monte-Carlo return (bootstrapped at
+    # the truncation) minus the value.
+    rewards, values, boot = [1.0, -2.0, 0.5, 3.0], [0.3, -0.1, 0.7, 0.2], 1.5
+    g = 0.9
+    expected, ret = [], boot
+    for r in reversed(rewards):
+        ret = r + g * ret
+        expected.insert(0, ret)
+    t = lambda v: torch.tensor([v])  # noqa: E731
+    nxt = [*values[1:], boot]
+    adv, _ = compute_gae(
+        t(rewards),
+        t(values),
+        t(nxt),
+        torch.tensor([[False, False, False, True]]),
+        torch.zeros(1, 4, dtype=torch.bool),
+        g,
+        1.0,
+    )
+    assert adv[0].tolist() == pytest.approx([e - v for e, v in zip(expected, values, strict=True)])
