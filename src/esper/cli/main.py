@@ -7,7 +7,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from esper.tasks import TASKS
 
@@ -70,6 +70,32 @@ def _add_run_arguments(p: argparse.ArgumentParser, growth: bool) -> None:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
 
 
+def _add_ppo_parser(sub: Any) -> None:
+    """The ``esper ppo`` subcommand's arguments."""
+    from esper.simic.config import PRESETS
+    from esper.simic.rewards import CONTRIBUTION_MODES, REWARD_FAMILIES
+
+    p = sub.add_parser("ppo", help="train a growth policy with PPO (Simic)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="config preset")
+    p.add_argument("--config-json", type=Path, help="strict JSON overrides (unknown keys fail)")
+    p.add_argument("--task", choices=sorted(TASKS), help="task preset of every environment")
+    p.add_argument("--envs", type=_positive_int, help="environments stepped in lockstep")
+    p.add_argument("--episode-length", type=_positive_int, help="host epochs per episode")
+    p.add_argument("--rounds", type=_positive_int, help="rounds (one episode per env each)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-ppo-<time>)")
+    p.add_argument("--seed", type=_non_negative_int, help="run seed (env i uses seed + i)")
+    p.add_argument(
+        "--devices", nargs="+", metavar="DEV", help="cpu | cuda:0 cuda:1 … (round-robin)"
+    )
+    p.add_argument("--amp", action="store_true", help="mixed-precision PPO updates (CUDA)")
+    p.add_argument("--reward-family", choices=REWARD_FAMILIES, help="reward family")
+    p.add_argument("--reward-mode", choices=CONTRIBUTION_MODES, help="contribution reward mode")
+    p.add_argument("--telemetry", choices=("minimal", "normal", "debug"), help="telemetry level")
+    p.add_argument("--data-dir", type=Path, help="where the dataset lives")
+    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esper",
@@ -81,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(growth, growth=True)
     static = sub.add_parser("static", help="train the same host without growth (the control)")
     _add_run_arguments(static, growth=False)
+    evaluate = sub.add_parser(
+        "eval", help="grow a network with a PPO-trained policy (same outputs as heuristic)"
+    )
+    evaluate.add_argument(
+        "--policy", type=Path, help="PPO checkpoint (checkpoints/ppo.pt) or PPO run directory"
+    )
+    _add_run_arguments(evaluate, growth=True)
+    _add_ppo_parser(sub)
     demo = sub.add_parser(
         "demo", help="static vs heuristic growth on fashion_mnist_impaired, side by side"
     )
@@ -99,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from esper.cli.demo import run_demo
 
             return run_demo(args)
+        if args.command == "ppo":
+            from esper.cli.ppo import run_ppo
+
+            return run_ppo(args)
+        if args.command == "eval" and args.policy is None and args.resume is None:
+            raise UserError("eval needs --policy CHECKPOINT (or --resume DIR)")
         from esper.cli.session import run_command
 
         return run_command(args)

@@ -44,13 +44,16 @@ from esper.kasmina import (
     restore_state,
 )
 from esper.kasmina import save_model as save_model_file
-from esper.leyline import Observation, SeedStage, ordered_slots
+from esper.leyline import Observation, SeedStage, Topology, ordered_slots
 from esper.leyline.events import RunFinished, RunStarted
 from esper.nissa import JsonlSink, TelemetryHub, json_safe
 from esper.seeding import seed_everything
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
 from esper.tasks import TaskSpec, get_task
 from esper.tolaria import EngineConfig, StepResult, Trainer
+
+GROWTH_MODES = ("heuristic", "eval")
+"""Modes whose controller may grow the host."""
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "params")
 DEFAULT_SLOTS = ("early", "mid", "late")
@@ -61,7 +64,8 @@ class RunConfig:
     """The resolved configuration of one run (saved as ``config.json``).
 
     Attributes:
-        mode: ``"heuristic"`` (growth) or ``"static"`` (the same host, no growth).
+        mode: ``"heuristic"`` (growth by rules), ``"eval"`` (growth by a trained PPO policy) or
+            ``"static"`` (the same host, no growth).
         task: task preset name.
         seed: run seed: host and seed initialization, and each run's data order.
         epochs: episode length.
@@ -73,6 +77,7 @@ class RunConfig:
         slots: slots the controller may grow in.
         data_dir: dataset directory or text file, if given.
         download: whether a missing dataset may be downloaded.
+        policy: the PPO checkpoint (or PPO run directory) an ``eval`` run is controlled by.
     """
 
     mode: str
@@ -87,11 +92,16 @@ class RunConfig:
     slots: tuple[str, ...]
     data_dir: str | None
     download: bool
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         """Validate every field (a hand-edited config.json must fail as clearly as a flag)."""
-        if self.mode not in ("heuristic", "static"):
-            raise ValueError(f"mode {self.mode!r} is not 'heuristic' or 'static'")
+        if self.mode not in (*GROWTH_MODES, "static"):
+            raise ValueError(f"mode {self.mode!r} is not one of 'heuristic', 'eval', 'static'")
+        if (self.mode == "eval") != isinstance(self.policy, str):
+            raise ValueError(
+                f"policy must be a checkpoint path exactly for eval runs: {self.policy!r}"
+            )
         get_task(self.task)
         ints = {"seed": 0, "epochs": 1, "batch_size": 1}
         ints |= {"batches_per_epoch": 1, "val_samples": 1}
@@ -114,7 +124,7 @@ class RunConfig:
             raise UserError(f"{args.command} needs --task (or --resume DIR)")
         task = get_task(args.task)
         lr = task.lr if args.lr is None else args.lr
-        growth = args.command == "heuristic"
+        growth = args.command in GROWTH_MODES
         try:
             return cls._build(args, task, lr, growth)
         except ValueError as err:  # e.g. an unknown or repeated slot name
@@ -135,6 +145,7 @@ class RunConfig:
             slots=ordered_slots(args.slots or DEFAULT_SLOTS) if growth else DEFAULT_SLOTS,
             data_dir=None if args.data_dir is None else str(args.data_dir),
             download=not args.no_download,
+            policy=str(args.policy) if args.command == "eval" else None,
         )
 
     @classmethod
@@ -227,6 +238,20 @@ def _meta(config: RunConfig, run_id: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ run
 
 
+def _controller(config: RunConfig, topology: Topology) -> Controller:
+    if config.mode == "heuristic":
+        return HeuristicTamiyo()
+    if config.mode == "static":
+        return StaticController()
+    from esper.simic.build import PolicyCheckpointError, load_policy
+
+    assert config.policy is not None
+    try:
+        return load_policy(Path(config.policy), topology)
+    except PolicyCheckpointError as err:
+        raise UserError(str(err)) from err
+
+
 class Run:
     """A prepared run: data, model, trainer and controller, ready to step.
 
@@ -248,11 +273,10 @@ class Run:
             raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
         host = task.build_host(self.data)
         self.model = MorphogeneticModel(host, list(config.slots))  # _prepare reports ValueError
-        self.controller: Controller = (
-            HeuristicTamiyo() if config.mode == "heuristic" else StaticController()
-        )
+        topology = host.injection_points[0].topology
+        self.controller = _controller(config, topology)
         self.tracker = SignalTracker()
-        self.blueprints = blueprint_registry.names(host.injection_points[0].topology)
+        self.blueprints = blueprint_registry.names(topology)
         self.hub = TelemetryHub("", [])
         stream = BatchStream(
             self.data.x_train,
@@ -544,7 +568,8 @@ def format_percent(value: float | None) -> str:
 def run_command(args: argparse.Namespace) -> int:
     """``esper heuristic`` / ``esper static``."""
     if args.resume is not None:
-        flags = _RUN_FLAGS | (_GROWTH_FLAGS if args.command == "heuristic" else {})
+        flags = _RUN_FLAGS | (_GROWTH_FLAGS if args.command in GROWTH_MODES else {})
+        flags |= {"policy": "--policy"} if args.command == "eval" else {}
         given = [flag for name, flag in flags.items() if vars(args)[name] is not None]
         given += ["--no-download"] if args.no_download else []
         if given:

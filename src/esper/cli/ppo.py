@@ -1,0 +1,331 @@
+"""``esper ppo``: train a growth policy with PPO; ``--resume`` continues one exactly.
+
+A PPO run directory holds ``config.json`` (the resolved ``TrainingConfig``), ``meta.json``
+(git revision, versions, seeds, command line), ``events.jsonl`` (every environment's events with
+``env``/``episode`` keys, plus PPO updates), ``rounds.csv`` (one row per round),
+``checkpoints/ppo.pt`` (everything needed to resume, and the policy ``esper eval`` runs) and,
+once the run stops, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from esper.cli.main import EXIT_INTERRUPTED, UserError
+from esper.cli.session import (
+    _git_revision,
+    _interrupts_deferred,
+    _versions,
+    _write_atomic,
+    _write_json,
+    format_percent,
+)
+from esper.data import DatasetNotFoundError
+from esper.leyline.events import RunFinished, RunStarted, TelemetryLevel
+from esper.nissa import JsonlSink, TelemetryHub
+from esper.seeding import seed_everything
+from esper.simic.build import (
+    build_trainer,
+    load_task_data,
+    read_checkpoint,
+    save_checkpoint,
+)
+from esper.simic.config import TrainingConfig, load_config_json, load_preset
+from esper.simic.training import PPOTrainer, RoundResult
+from esper.simic.vector import describe_device_map
+
+ROUND_FIELDS = (
+    "round",
+    "env_steps",
+    "mean_return",
+    "mean_final_accuracy",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "passes",
+    "seconds_rollout",
+    "seconds_update",
+)
+
+_FLAG_FIELDS = {  # command-line flag dest → (group, field)
+    "task": ("env", "task"),
+    "episode_length": ("env", "episode_length"),
+    "data_dir": ("env", "data_dir"),
+    "envs": ("ppo", "n_envs"),
+    "rounds": ("ppo", "rounds"),
+    "reward_family": ("reward", "family"),
+    "reward_mode": ("reward", "mode"),
+    "seed": ("runtime", "seed"),
+    "devices": ("runtime", "devices"),
+    "telemetry": ("runtime", "telemetry"),
+}
+"""Every ``esper ppo`` flag that sets a config field, and the field it sets."""
+
+
+def resolve_config(args: argparse.Namespace) -> TrainingConfig:
+    """Defaults ← ``--preset`` ← ``--config-json`` ← flags, then the task's derived defaults.
+
+    Raises:
+        UserError: for an unknown preset, a bad JSON file or a bad value.
+    """
+    try:
+        config = load_preset(args.preset)
+        if args.config_json is not None:
+            config = load_config_json(args.config_json, config)
+        overrides: dict[str, dict[str, Any]] = {}
+        for dest, (group, name) in _FLAG_FIELDS.items():
+            value = vars(args)[dest]
+            if value is not None:
+                value = str(value) if isinstance(value, Path) else value
+                overrides.setdefault(group, {})[name] = list(value) if dest == "devices" else value
+        if args.no_download:
+            overrides.setdefault("env", {})["download"] = False
+        if args.amp:
+            overrides.setdefault("runtime", {})["amp"] = True
+        return TrainingConfig.from_dict(overrides, config).resolved()
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def _meta(config: TrainingConfig, run_id: str) -> dict[str, Any]:
+    seed = config.runtime.seed
+    return {
+        "run_id": run_id,
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "git_revision": _git_revision(),
+        "versions": _versions(),
+        "seeds": {
+            "run": seed,
+            "environments": [seed + i for i in range(config.ppo.n_envs)],
+            "policy": seed + 7919,
+        },
+    }
+
+
+def _row(result: RoundResult, accuracies: list[float | None]) -> dict[str, Any]:
+    s = result.stats
+    finite = [a for a in accuracies if a is not None]
+    returns = result.episode_returns
+    return {
+        "round": result.round,
+        "env_steps": result.env_steps,
+        "mean_return": sum(returns) / len(returns),
+        "mean_final_accuracy": sum(finite) / len(finite) if finite else None,
+        "policy_loss": s.policy_loss,
+        "value_loss": s.value_loss,
+        "entropy": s.entropy,
+        "approx_kl": s.approx_kl,
+        "clip_fraction": s.clip_fraction,
+        "explained_variance": s.explained_variance,
+        "passes": s.passes,
+        "seconds_rollout": round(result.seconds_rollout, 3),
+        "seconds_update": round(result.seconds_update, 3),
+    }
+
+
+def _read_rows(path: Path, last_round: int) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if int(r["round"]) <= last_round]
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROUND_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _new_directory(config: TrainingConfig, out: Path | None) -> Path:
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{config.env.task}-ppo-{stamp}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            f"run directory {str(out)!r} already exists and is not empty; "
+            "choose another --out or continue it with --resume"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run directory {str(out)!r}: {err}") from err
+    return out
+
+
+def _load_resume(directory: Path) -> tuple[TrainingConfig, dict[str, Any]]:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{str(directory)!r} is not an Esper PPO run directory (no config.json)")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        config = TrainingConfig.from_dict(data).resolved()
+        state = read_checkpoint(directory / "checkpoints" / "ppo.pt")
+    except (OSError, ValueError) as err:  # PolicyCheckpointError is a ValueError
+        raise UserError(f"cannot resume from {str(directory)!r}: {err}") from err
+    return config, state
+
+
+def _build(config: TrainingConfig, hub: TelemetryHub) -> tuple[PPOTrainer, str]:
+    seed_everything(config.runtime.seed)
+    try:
+        data = load_task_data(config, progress=sys.stderr.isatty())
+        trainer, devices = build_trainer(config, hub, data)
+    except DatasetNotFoundError as err:
+        raise UserError(str(err).splitlines()[0]) from err
+    except (ValueError, KeyError) as err:
+        raise UserError(str(err)) from err
+    return trainer, describe_device_map(devices)
+
+
+def run_ppo(args: argparse.Namespace) -> int:
+    """``esper ppo``."""
+    if args.resume is not None:
+        given = [f"--{d.replace('_', '-')}" for d in _FLAG_FIELDS if vars(args)[d] is not None]
+        given += [f for f, on in (("--no-download", args.no_download), ("--amp", args.amp)) if on]
+        given += [f for f, v in (("--out", args.out), ("--config-json", args.config_json)) if v]
+        if given:
+            raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
+        config, state = _load_resume(args.resume)
+    else:
+        config, state = resolve_config(args), None
+    print(f"esper ppo: {json.dumps(config.to_dict())}", file=sys.stderr)
+    hub = TelemetryHub("", [], TelemetryLevel.parse(config.runtime.telemetry))
+    trainer, device_map = _build(config, hub)  # every input error surfaces before any write
+    print(f"device map:\n{device_map}", file=sys.stderr)
+    if state is not None:
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise UserError(f"cannot resume from {str(args.resume)!r}: {err}") from err
+        directory = args.resume
+        rows: list[dict[str, Any]] = list(_read_rows(directory / "rounds.csv", trainer.round))
+        _write_rows(directory / "rounds.csv", rows)
+        (directory / "summary.json").unlink(missing_ok=True)
+    else:
+        directory = _new_directory(config, args.out)
+        _write_json(directory / "config.json", config.to_dict())
+        _write_json(directory / "meta.json", _meta(config, directory.name))
+        _write_rows(directory / "rounds.csv", [])
+        save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
+        rows = []
+    hub.run_id = directory.name
+    hub.sinks.append(JsonlSink(directory / "events.jsonl"))
+    hub.emit(
+        RunStarted(
+            directory.name,
+            "ppo",
+            config.env.task,
+            config.runtime.seed,
+            config.env.episode_length,
+            config.env.slots,
+            None if state is None else trainer.round,
+        )
+    )
+    started = time.perf_counter()
+    status = "completed"
+    try:
+        while trainer.round < config.ppo.rounds:
+            result = trainer.run_round()
+            accuracies = [env.episode_info().final_val_accuracy for env in trainer.vec.envs]
+            row = _row(result, accuracies)
+            with _interrupts_deferred():
+                rows.append(row)
+                _write_rows(directory / "rounds.csv", rows)
+                if (
+                    trainer.round % config.runtime.checkpoint_every == 0
+                    or trainer.round == config.ppo.rounds
+                ):
+                    save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
+            print(_progress_line(row, config.ppo.rounds), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    checkpoint_round = int(
+        read_checkpoint(directory / "checkpoints" / "ppo.pt")["trainer"]["round"]
+    )
+    rows = [r for r in rows if int(r["round"]) <= checkpoint_round]
+    _write_rows(directory / "rounds.csv", rows)
+    summary = _summary(config, status, rows, time.perf_counter() - started)
+    hub.emit(
+        RunFinished(
+            status,
+            checkpoint_round,
+            summary["final_mean_accuracy"],
+            summary["best_mean_return"],
+            0,
+            0,
+            0,
+            summary["seconds"],
+        )
+    )
+    hub.close()
+    _write_json(directory / "summary.json", summary)
+    if status == "interrupted":
+        print(
+            f"\ninterrupted: round {checkpoint_round} checkpointed; continue with: "
+            f"esper ppo --resume {directory}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(
+        f"ppo {config.env.task}: {checkpoint_round} rounds, mean return "
+        f"{_fmt(summary['final_mean_return'])}, final accuracy "
+        f"{format_percent(summary['final_mean_accuracy'])} -> {directory}\n"
+        f"run the policy with: esper eval --policy {directory} --task {config.env.task}"
+    )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _progress_line(row: dict[str, Any], total: int) -> str:
+    accuracy = _number(row["mean_final_accuracy"])
+    return (
+        f"[ppo] round {row['round']}/{total}  return {_fmt(_number(row['mean_return']))}  "
+        f"acc {format_percent(accuracy)}  entropy {_fmt(_number(row['entropy']))}  "
+        f"kl {_fmt(_number(row['approx_kl']))}  "
+        f"({float(row['seconds_rollout']):.1f}s + {float(row['seconds_update']):.2f}s)"
+    )
+
+
+def _summary(
+    config: TrainingConfig, status: str, rows: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    returns = [r for r in (_number(row["mean_return"]) for row in rows) if r is not None]
+    final = rows[-1] if rows else None
+    return {
+        "status": status,
+        "mode": "ppo",
+        "task": config.env.task,
+        "seed": config.runtime.seed,
+        "rounds_completed": len(rows),
+        "rounds_planned": config.ppo.rounds,
+        "env_steps": None if final is None else int(final["env_steps"]),
+        "final_mean_return": None if final is None else _number(final["mean_return"]),
+        "best_mean_return": max(returns) if returns else None,
+        "final_mean_accuracy": None if final is None else _number(final["mean_final_accuracy"]),
+        "seconds": round(seconds, 3),
+        "config": asdict(config),
+    }

@@ -1,0 +1,69 @@
+"""Anomaly detection on PPO updates (DESIGN §5).
+
+After every update the detector checks for the classic failure signs of policy-gradient
+training. When one fires, the trainer escalates telemetry to DEBUG for ``ESCALATION_ROUNDS``
+rounds (per-head statistics are then logged) and records an ``AnomalyDetected`` event saying so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from esper.simic.ppo import UpdateStats
+
+ESCALATION_ROUNDS = 3
+"""Rounds of DEBUG telemetry after an anomaly: long enough to see whether it persists."""
+
+ENTROPY_COLLAPSE = 0.02
+"""Mean normalized entropy (per relevant head, summed over heads ≈ 1–3 when exploring) below
+which the policy has become nearly deterministic everywhere."""
+
+VALUE_COLLAPSE_RATIO = 1e-3
+"""Value predictions whose spread is under 0.1% of the returns' spread ignore the state."""
+
+RETURN_SPREAD_MIN = 1e-3
+"""Below this return spread a constant value function is correct, not collapsed."""
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """What fired and the numbers that made it fire."""
+
+    kinds: tuple[str, ...]
+    detail: str
+
+
+def detect_anomalies(stats: UpdateStats, ratio_explosion: float) -> Anomaly | None:
+    """Check one update for ratio explosion/collapse, entropy/value collapse and non-finite steps.
+
+    Args:
+        stats: the update's statistics.
+        ratio_explosion: the PPO setting; a max ratio above it is an explosion and a min ratio
+            below its reciprocal a collapse.
+
+    Returns:
+        The anomaly, or None when the update looks healthy.
+    """
+    kinds: list[str] = []
+    details: list[str] = []
+    if stats.ratio_max is not None and stats.ratio_max > ratio_explosion:
+        kinds.append("ratio_explosion")
+        details.append(f"max ratio {stats.ratio_max:.3g} > {ratio_explosion:g}")
+    if stats.ratio_min is not None and stats.ratio_min < 1.0 / ratio_explosion:
+        kinds.append("ratio_collapse")
+        details.append(f"min ratio {stats.ratio_min:.3g} < {1.0 / ratio_explosion:.3g}")
+    if stats.entropy is not None and stats.entropy < ENTROPY_COLLAPSE:
+        kinds.append("entropy_collapse")
+        details.append(f"entropy {stats.entropy:.3g} < {ENTROPY_COLLAPSE:g}")
+    if (
+        stats.return_std > RETURN_SPREAD_MIN
+        and stats.value_std < VALUE_COLLAPSE_RATIO * stats.return_std
+    ):
+        kinds.append("value_collapse")
+        details.append(f"value std {stats.value_std:.3g} vs return std {stats.return_std:.3g}")
+    if stats.skipped_steps:
+        kinds.append("non_finite")
+        details.append(f"{stats.skipped_steps} optimizer step(s) skipped: non-finite loss/grads")
+    if not kinds:
+        return None
+    return Anomaly(tuple(kinds), "; ".join(details))

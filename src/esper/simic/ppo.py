@@ -1,0 +1,306 @@
+"""The PPO update (Schulman et al. 2017, clipped surrogate) for the recurrent factored policy.
+
+One call of ``PPOLearner.update`` reads one round's ``RolloutBatch`` top to bottom:
+
+1. normalize advantages over the real (non-padding) steps;
+2. for ``ppo_epochs`` passes, split the environments into ``minibatches`` groups (sequences stay
+   whole so the LSTM replays them from the round's initial state, resetting at episode starts);
+3. per minibatch: re-evaluate log-probs, per-head entropies and values; clipped policy loss,
+   value loss and an entropy bonus in which only the heads relevant to the chosen op take part
+   (causal masking: the policy network already zeroes irrelevant heads);
+4. a finiteness gate on the loss and on the gradient norm *before* clipping and stepping: a
+   non-finite update is skipped and counted, never applied;
+5. stop the passes early once the approximate KL exceeds ``target_kl``.
+
+The ratio of every step is watched: when its maximum exceeds ``ratio_explosion`` the update
+returns a ``RatioExplosionDiagnostic`` naming the heads whose own ratio exploded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from esper.simic.config import PPOSettings
+from esper.simic.rollout import RolloutBatch
+from esper.tamiyo.actions import HEADS
+from esper.tamiyo.policy import PolicyNetwork
+
+ADVANTAGE_EPS = 1e-8
+"""Keeps advantage normalization finite when every advantage in a batch is equal."""
+
+
+@dataclass(frozen=True)
+class RatioExplosionDiagnostic:
+    """The PPO ratio π_new/π_old exceeded its threshold during an update.
+
+    Attributes:
+        threshold: the configured ``ratio_explosion``.
+        heads: heads whose own ratio exceeded the threshold at some step (relevant heads only);
+            empty when only the joint ratio did.
+        steps: steps whose joint ratio exceeded the threshold (counted per minibatch pass).
+        ratio_max: the largest joint ratio seen.
+        ratio_mean: mean joint ratio over the exploded steps.
+        ratio_min: the smallest joint ratio seen in the update.
+    """
+
+    threshold: float
+    heads: tuple[str, ...]
+    steps: int
+    ratio_max: float
+    ratio_mean: float
+    ratio_min: float
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """What one update did; ``None`` means not measured (e.g. every step was skipped).
+
+    ``head_entropy`` and ``head_ratio_max`` are per head (debug telemetry); ``head_relevance``
+    is the fraction of real steps on which a head counted.
+    """
+
+    passes: int
+    early_stopped: bool
+    skipped_steps: int
+    policy_loss: float | None
+    value_loss: float | None
+    entropy: float | None
+    approx_kl: float | None
+    clip_fraction: float | None
+    ratio_max: float | None
+    ratio_min: float | None
+    explained_variance: float | None
+    value_std: float
+    return_std: float
+    grad_norm: float | None
+    entropy_coef: float
+    head_entropy: dict[str, float | None]
+    head_ratio_max: dict[str, float | None]
+    head_relevance: dict[str, float]
+    diagnostic: RatioExplosionDiagnostic | None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def explained_variance(prediction: Tensor, target: Tensor) -> float | None:
+    """1 − Var(target − prediction)/Var(target); None when the target does not vary."""
+    var = target.var(unbiased=False)
+    if var.item() == 0.0:
+        return None
+    return float(1.0 - (target - prediction).var(unbiased=False) / var)
+
+
+class PPOLearner:
+    """Owns the policy's optimizer, grad scaler and the environment-step counter.
+
+    Args:
+        network: the policy network (updated in place).
+        settings: PPO settings.
+        amp: mixed-precision updates with a grad scaler; needs the network on CUDA.
+        generator: the generator that shuffles minibatches.
+
+    Raises:
+        ValueError: ``amp`` with a network that is not on a CUDA device.
+    """
+
+    def __init__(
+        self,
+        network: PolicyNetwork,
+        settings: PPOSettings,
+        amp: bool,
+        generator: torch.Generator,
+    ) -> None:
+        device = next(network.parameters()).device
+        if amp and device.type != "cuda":
+            raise ValueError(f"--amp needs the policy on a CUDA device, not {device}")
+        self.network, self.settings, self.amp = network, settings, amp
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr, eps=1e-5)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.generator = generator
+        self.env_steps = 0  # environment steps seen so far (all envs), for entropy annealing
+
+    def entropy_coef(self) -> float:
+        """The entropy weight now: linear in environment steps from start to final value."""
+        s = self.settings
+        if s.entropy_anneal_steps == 0:
+            return s.entropy_coef_final
+        frac = min(1.0, self.env_steps / s.entropy_anneal_steps)
+        return s.entropy_coef + frac * (s.entropy_coef_final - s.entropy_coef)
+
+    def update(self, batch: RolloutBatch) -> UpdateStats:
+        """Run the PPO passes on one round's batch (see the module docstring)."""
+        s, net = self.settings, self.network
+        valid = batch.valid
+        n_valid = int(valid.sum())
+        self.env_steps += n_valid
+        entropy_coef = self.entropy_coef()
+        adv = batch.advantages
+        real = adv[valid]
+        adv = torch.where(
+            valid, (adv - real.mean()) / (real.std(unbiased=False) + ADVANTAGE_EPS), 0
+        )
+
+        # Per-head log-probs under the policy that acted (its parameters have not changed since
+        # the rollout), to say which heads a ratio explosion came from.
+        with torch.no_grad():
+            before = net.evaluate(
+                batch.obs, batch.masks, batch.actions, batch.state, batch.episode_start
+            )
+        old_heads = before.head_log_prob
+
+        logs: dict[str, list[float]] = {
+            k: [] for k in ("policy", "value", "entropy", "kl", "clip", "grad", "rmax", "rmin")
+        }
+        head_ent: dict[str, list[float]] = {h: [] for h in HEADS}
+        head_rmax: dict[str, float | None] = dict.fromkeys(HEADS)
+        exploded_heads: set[str] = set()
+        exploded_ratios: list[Tensor] = []
+        skipped, passes, early_stopped = 0, 0, False
+        for _ in range(s.ppo_epochs):
+            passes += 1
+            order = torch.randperm(batch.n_envs, generator=self.generator).to(adv.device)
+            for envs in order.chunk(s.minibatches):
+                mb = batch.select(envs)
+                mb_adv, mb_valid = adv[envs], mb.valid
+                with torch.autocast("cuda", enabled=self.amp):
+                    ev = net.evaluate(mb.obs, mb.masks, mb.actions, mb.state, mb.episode_start)
+                logratio = (ev.log_prob.float() - mb.log_prob)[mb_valid]
+                ratio = logratio.exp()
+                a = mb_adv[mb_valid]
+                surrogate = torch.min(
+                    ratio * a, ratio.clamp(1 - s.clip_ratio, 1 + s.clip_ratio) * a
+                )
+                policy_loss = -surrogate.mean()
+                value_loss = 0.5 * (ev.value.float() - mb.returns)[mb_valid].pow(2).mean()
+                entropy = ev.entropy.float().sum(-1)[mb_valid].mean()  # irrelevant heads are 0
+                loss = policy_loss + s.value_coef * value_loss - entropy_coef * entropy
+
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean().item()  # Schulman's k3 estimator
+                    self._watch_heads(ev, old_heads[envs], mb_valid, head_rmax, exploded_heads)
+                    for i, h in enumerate(HEADS):
+                        rel = ev.relevance[..., i][mb_valid]
+                        if rel.any():
+                            head_ent[h].append(ev.entropy[..., i][mb_valid][rel].mean().item())
+                    if ratio.numel():
+                        logs["rmax"].append(ratio.max().item())
+                        logs["rmin"].append(ratio.min().item())
+                        over = ratio[ratio > s.ratio_explosion]
+                        if over.numel():
+                            exploded_ratios.append(over)
+
+                grad_norm = self._step(loss)
+                if grad_norm is None:
+                    skipped += 1
+                else:
+                    logs["grad"].append(grad_norm)
+                    logs["policy"].append(policy_loss.item())
+                    logs["value"].append(value_loss.item())
+                    logs["entropy"].append(entropy.item())
+                logs["kl"].append(approx_kl)
+                logs["clip"].append(((ratio - 1).abs() > s.clip_ratio).float().mean().item())
+                if approx_kl > s.target_kl:
+                    early_stopped = True
+                    break
+            if early_stopped:
+                break
+
+        values, returns = batch.values[valid], batch.returns[valid]
+        diagnostic = None
+        if exploded_ratios:
+            over = torch.cat(exploded_ratios)
+            diagnostic = RatioExplosionDiagnostic(
+                s.ratio_explosion,
+                tuple(h for h in HEADS if h in exploded_heads),
+                int(over.numel()),
+                max(logs["rmax"]),
+                over.mean().item(),
+                min(logs["rmin"]),
+            )
+        relevance = before.relevance[valid].float().mean(0) if n_valid else None
+        return UpdateStats(
+            passes=passes,
+            early_stopped=early_stopped,
+            skipped_steps=skipped,
+            policy_loss=_mean(logs["policy"]),
+            value_loss=_mean(logs["value"]),
+            entropy=_mean(logs["entropy"]),
+            approx_kl=_mean(logs["kl"]),
+            clip_fraction=_mean(logs["clip"]),
+            ratio_max=max(logs["rmax"]) if logs["rmax"] else None,
+            ratio_min=min(logs["rmin"]) if logs["rmin"] else None,
+            explained_variance=explained_variance(values, returns),
+            value_std=float(values.std(unbiased=False)) if n_valid else 0.0,
+            return_std=float(returns.std(unbiased=False)) if n_valid else 0.0,
+            grad_norm=_mean(logs["grad"]),
+            entropy_coef=entropy_coef,
+            head_entropy={h: _mean(v) for h, v in head_ent.items()},
+            head_ratio_max=head_rmax,
+            head_relevance={
+                h: (0.0 if relevance is None else float(relevance[i])) for i, h in enumerate(HEADS)
+            },
+            diagnostic=diagnostic,
+        )
+
+    def _watch_heads(
+        self,
+        ev: Any,
+        old_heads: Tensor,
+        valid: Tensor,
+        head_rmax: dict[str, float | None],
+        exploded: set[str],
+    ) -> None:
+        """Track each head's own ratio on the steps where it counted."""
+        ratios = (ev.head_log_prob.float() - old_heads).exp()  # (B, T, 5)
+        for i, h in enumerate(HEADS):
+            rel = ev.relevance[..., i] & valid
+            if not rel.any():
+                continue
+            top = ratios[..., i][rel].max().item()
+            current = head_rmax[h]
+            head_rmax[h] = top if current is None else max(current, top)
+            if top > self.settings.ratio_explosion:
+                exploded.add(h)
+
+    def _step(self, loss: Tensor) -> float | None:
+        """Backward, finiteness gate, clip, step. Returns the pre-clip norm, None if skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.network.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not math.isfinite(norm.item()):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.amp:
+                self.scaler.update()  # let the scaler lower its scale after an overflow
+            return None
+        torch.nn.utils.clip_grads_with_norm_(params, self.settings.max_grad_norm, norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return norm.item()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, scaler, shuffling generator and step counter."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "env_steps": self.env_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict`` output."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.env_steps = int(state["env_steps"])

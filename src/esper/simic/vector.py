@@ -1,0 +1,111 @@
+"""Environments stepped in lockstep, and the device map (DESIGN §5).
+
+``VectorEnv`` advances every environment one step per call (a batch-first loop: the policy acts
+for all of them at once, then each environment steps). ``--devices`` maps environments to
+devices round-robin; on CUDA each environment steps inside its own stream so its kernels queue
+independently of the others'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from esper.leyline import Action, Observation
+from esper.simic.protocol import Env, EnvStep
+
+
+def parse_device(name: str) -> torch.device:
+    """A device name from the command line: ``cpu`` or ``cuda:N``, checked to exist.
+
+    Raises:
+        ValueError: naming the bad device and the available ones.
+    """
+    n_cuda = torch.cuda.device_count()
+    available = ["cpu", *(f"cuda:{i}" for i in range(n_cuda))]
+    if name == "cpu":
+        return torch.device("cpu")
+    prefix = "cuda:"
+    if name.startswith(prefix) and name[len(prefix) :].isdigit():
+        index = int(name[len(prefix) :])
+        if index < n_cuda:
+            return torch.device("cuda", index)
+    raise ValueError(f"unknown or unavailable device {name!r}; available: {', '.join(available)}")
+
+
+def assign_devices(n_envs: int, devices: Sequence[str]) -> tuple[torch.device, ...]:
+    """Environment ``i`` goes to ``devices[i % len(devices)]``.
+
+    Raises:
+        ValueError: for an unavailable device or a device named twice.
+    """
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices must be distinct, got {list(devices)}")
+    parsed = [parse_device(d) for d in devices]
+    return tuple(parsed[i % len(parsed)] for i in range(n_envs))
+
+
+def describe_device_map(assigned: Sequence[torch.device]) -> str:
+    """One line per device: which environments run there (what ``esper ppo`` prints)."""
+    groups: dict[str, list[int]] = {}
+    for i, device in enumerate(assigned):
+        groups.setdefault(str(device), []).append(i)
+    return "\n".join(f"{d}: envs {', '.join(map(str, ids))}" for d, ids in groups.items())
+
+
+class VectorEnv:
+    """``n`` environments advanced together.
+
+    Args:
+        envs: the environments (each already knows its device).
+        devices: the device of each environment, for its CUDA stream.
+    """
+
+    def __init__(self, envs: Sequence[Env], devices: Sequence[torch.device]) -> None:
+        if len(envs) != len(devices):
+            raise ValueError(f"{len(envs)} environments but {len(devices)} devices")
+        if not envs:
+            raise ValueError("VectorEnv needs at least one environment")
+        self.envs = list(envs)
+        self.devices = tuple(devices)
+        self.streams: list[torch.cuda.Stream | None] = [
+            torch.cuda.Stream(device=d) if d.type == "cuda" else None for d in devices
+        ]
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def _on_stream(self, i: int) -> AbstractContextManager[Any]:
+        stream = self.streams[i]
+        return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+    def _join(self) -> None:
+        for stream in self.streams:
+            if stream is not None:
+                stream.synchronize()
+
+    def reset(self) -> list[Observation]:
+        """Reset every environment."""
+        observations = []
+        for i, env in enumerate(self.envs):
+            with self._on_stream(i):
+                observations.append(env.reset())
+        self._join()
+        return observations
+
+    def step(self, actions: Sequence[Action | None]) -> list[EnvStep | None]:
+        """Step every environment whose action is not None (None: its episode is over)."""
+        if len(actions) != len(self.envs):
+            raise ValueError(f"{len(actions)} actions for {len(self.envs)} environments")
+        results: list[EnvStep | None] = []
+        for i, (env, action) in enumerate(zip(self.envs, actions, strict=True)):
+            if action is None:
+                results.append(None)
+                continue
+            with self._on_stream(i):
+                results.append(env.step(action))
+        self._join()
+        return results
