@@ -1,0 +1,262 @@
+"""The factored action space: five heads, their masks, and the map to and from ``Action``.
+
+An action is one index per head of ``HEADS``: ``op``, ``slot``, ``blueprint``, ``tempo`` and
+``alpha_target``. Only the heads an op needs count (``RELEVANT_HEADS``, derived from Leyline's
+``OP_ARGUMENTS``): the others still carry an index, but the policy gives them no log-probability,
+no gradient and no entropy credit (causal masking, DESIGN §4).
+
+Masks come from the seed reports alone (lifecycle rules of DESIGN §2):
+
+* WAIT is always valid; any other op is valid iff at least one enabled slot is valid for it;
+* GERMINATE needs a DORMANT slot (and at least one offered blueprint); ADVANCE and
+  SET_ALPHA_TARGET need a GERMINATED, TRAINING or BLENDING seed; PRUNE needs a live seed
+  (``ALIVE_STAGES``); FOSSILIZE needs a HOLDING seed. Gates may still refuse a valid ADVANCE or
+  FOSSILIZE; the mask only rules out what the lifecycle forbids outright;
+* the slot mask has one row per op (row k: slots valid for op k). The row of an op with no valid
+  slot (WAIT, or an op that is itself masked) is all False; the policy never samples the slot head
+  from such a row for a relevant head, since the op that would need it cannot be chosen;
+* the blueprint mask allows the blueprints the observation offers; every tempo and α target is
+  always allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from esper.kasmina import blueprint_registry
+from esper.leyline import (
+    ALIVE_STAGES,
+    OP_ARGUMENTS,
+    Action,
+    Observation,
+    Op,
+    SeedStage,
+    Topology,
+)
+from esper.tamiyo.features import FEATURE_SLOTS, aligned_reports
+
+HEADS: tuple[str, ...] = ("op", "slot", "blueprint", "tempo", "alpha_target")
+"""The action heads, in the order of every ``(…, 5)`` action tensor."""
+
+TEMPOS: tuple[int, ...] = (1, 3, 5, 8)
+"""α ramp lengths in epochs: a jump, fast, the default (``DEFAULT_BLEND_TEMPO``), and slow."""
+
+ALPHA_TARGETS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+"""α targets: quarter steps up to a full blend (0 is PRUNE's job, not a target)."""
+
+RELEVANT_HEADS: dict[Op, tuple[str, ...]] = {op: ("op", *OP_ARGUMENTS[op]) for op in Op}
+"""The heads each op reads: ``op`` itself and the ``Action`` fields it needs."""
+
+_SLOT_OPS: dict[Op, frozenset[SeedStage]] = {
+    Op.GERMINATE: frozenset({SeedStage.DORMANT}),
+    Op.ADVANCE: frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING}),
+    Op.SET_ALPHA_TARGET: frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING}),
+    Op.PRUNE: ALIVE_STAGES,
+    Op.FOSSILIZE: frozenset({SeedStage.HOLDING}),
+}
+"""Stages a slot may be in for each op that targets a slot (WAIT targets none)."""
+
+_RELEVANCE = torch.tensor([[head in RELEVANT_HEADS[op] for head in HEADS] for op in Op])
+"""(n_ops, 5) bool: row k says which heads op k reads; rows follow ``tuple(Op)``."""
+
+
+def head_relevance(op_index: Tensor) -> Tensor:
+    """Which heads count for each chosen op (causal masking).
+
+    Args:
+        op_index: ``(…)`` long, indices into ``tuple(Op)``.
+
+    Returns:
+        ``(…, 5)`` bool on ``op_index``'s device, in ``HEADS`` order.
+    """
+    return _RELEVANCE.to(op_index.device)[op_index]
+
+
+@dataclass(frozen=True)
+class ActionMasks:
+    """Boolean masks of valid choices per head (True = allowed).
+
+    Attributes:
+        op: ``(…, n_ops)``.
+        slot: ``(…, n_ops, n_slots)``; row k holds the slots valid for op k.
+        blueprint: ``(…, n_blueprints)``.
+        tempo: ``(…, n_tempos)``.
+        alpha_target: ``(…, n_alpha_targets)``.
+    """
+
+    op: Tensor
+    slot: Tensor
+    blueprint: Tensor
+    tempo: Tensor
+    alpha_target: Tensor
+
+    def __post_init__(self) -> None:
+        batch = self.op.shape[:-1]
+        for f in fields(self):
+            mask: Tensor = getattr(self, f.name)
+            if mask.dtype is not torch.bool:
+                raise ValueError(f"mask {f.name!r} must be bool, got {mask.dtype}")
+            lead = mask.shape[:-2] if f.name == "slot" else mask.shape[:-1]
+            if lead != batch:
+                raise ValueError(
+                    f"mask {f.name!r} has batch shape {tuple(lead)}, op has {tuple(batch)}"
+                )
+        if self.slot.shape[-2] != self.op.shape[-1]:
+            raise ValueError(
+                f"slot mask has {self.slot.shape[-2]} op rows for {self.op.shape[-1]} ops"
+            )
+
+    @staticmethod
+    def stack(masks: Sequence[ActionMasks]) -> ActionMasks:
+        """Stack masks along a new leading batch dimension (``(…)`` -> ``(B, …)``).
+
+        Raises:
+            ValueError: for an empty sequence.
+        """
+        if not masks:
+            raise ValueError("cannot stack an empty sequence of ActionMasks")
+        return ActionMasks(
+            **{
+                f.name: torch.stack([getattr(m, f.name) for m in masks])
+                for f in fields(ActionMasks)
+            }
+        )
+
+    def to(self, device: torch.device | str) -> ActionMasks:
+        """The same masks on ``device``."""
+        return ActionMasks(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+class ActionSpace:
+    """The factored action space of one host topology.
+
+    Args:
+        topology: the host kind; it fixes the blueprint head (registry order).
+
+    Attributes:
+        ops: every ``Op``, in enum order (the op head).
+        slots: ``FEATURE_SLOTS`` (the slot head).
+        blueprints: ``blueprint_registry.names(topology)`` (the blueprint head).
+        tempos: ``TEMPOS``.
+        alpha_targets: ``ALPHA_TARGETS``.
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.ops: tuple[Op, ...] = tuple(Op)
+        self.slots: tuple[str, ...] = FEATURE_SLOTS
+        self.blueprints: tuple[str, ...] = blueprint_registry.names(topology)
+        self.tempos: tuple[int, ...] = TEMPOS
+        self.alpha_targets: tuple[float, ...] = ALPHA_TARGETS
+        self._choices: dict[str, tuple[object, ...]] = {
+            "op": self.ops,
+            "slot": self.slots,
+            "blueprint": self.blueprints,
+            "tempo": self.tempos,
+            "alpha_target": self.alpha_targets,
+        }
+
+    @property
+    def head_sizes(self) -> dict[str, int]:
+        """Number of choices per head, in ``HEADS`` order."""
+        return {head: len(self._choices[head]) for head in HEADS}
+
+    def masks(self, observation: Observation) -> ActionMasks:
+        """The valid choices for ``observation`` (unbatched; see the module docstring).
+
+        Raises:
+            ValueError: for a report of a slot outside ``FEATURE_SLOTS`` or an offered
+                blueprint this topology does not have.
+        """
+        reports = aligned_reports(observation.reports)  # FEATURE_SLOTS order
+        slot = torch.zeros(len(self.ops), len(self.slots), dtype=torch.bool)
+        for k, op in enumerate(self.ops):
+            if op is Op.WAIT:
+                continue
+            stages = _SLOT_OPS[op]
+            for j, report in enumerate(reports):
+                slot[k, j] = report is not None and report.stage in stages
+        for name in observation.blueprints:
+            if name not in self.blueprints:
+                raise ValueError(
+                    f"offered blueprint {name!r} is not a {self.topology.value} blueprint; "
+                    f"accepted: {list(self.blueprints)}"
+                )
+        blueprint = torch.tensor([name in observation.blueprints for name in self.blueprints])
+        if not observation.blueprints:
+            slot[self.ops.index(Op.GERMINATE)] = False  # nothing to germinate
+        op_mask = slot.any(dim=-1)  # (n_ops,): an op is valid iff some slot is valid for it
+        op_mask[self.ops.index(Op.WAIT)] = True
+        return ActionMasks(
+            op=op_mask,
+            slot=slot,
+            blueprint=blueprint,
+            tempo=torch.ones(len(self.tempos), dtype=torch.bool),
+            alpha_target=torch.ones(len(self.alpha_targets), dtype=torch.bool),
+        )
+
+    def decode(self, indices: Sequence[int], reason: str = "policy") -> Action:
+        """The ``Action`` for one index per head; indices of irrelevant heads are ignored.
+
+        Raises:
+            ValueError: for a wrong number of indices or an index out of its head's range.
+        """
+        if len(indices) != len(HEADS):
+            raise ValueError(f"expected {len(HEADS)} indices ({HEADS}), got {list(indices)}")
+        op_i, slot_i, blueprint_i, tempo_i, alpha_i = (
+            self._checked(head, int(i)) for head, i in zip(HEADS, indices, strict=True)
+        )
+        needs = OP_ARGUMENTS[self.ops[op_i]]
+        return Action(
+            self.ops[op_i],
+            slot=self.slots[slot_i] if "slot" in needs else None,
+            blueprint=self.blueprints[blueprint_i] if "blueprint" in needs else None,
+            tempo=self.tempos[tempo_i] if "tempo" in needs else None,
+            alpha_target=self.alpha_targets[alpha_i] if "alpha_target" in needs else None,
+            reason=reason,
+        )
+
+    def encode(self, action: Action) -> tuple[int, int, int, int, int]:
+        """The head indices of ``action``; heads the op does not read get 0.
+
+        Raises:
+            ValueError: naming a slot, blueprint, tempo or α target the space does not have,
+                with the accepted values.
+        """
+        values = {
+            "op": action.op,
+            "slot": action.slot,
+            "blueprint": action.blueprint,
+            "tempo": action.tempo,
+            "alpha_target": action.alpha_target,
+        }
+        relevant = RELEVANT_HEADS[action.op]
+        index = [0] * len(HEADS)
+        for i, head in enumerate(HEADS):
+            if head not in relevant:
+                continue
+            choices = self._choices[head]
+            if values[head] not in choices:
+                raise ValueError(
+                    f"{action.op.value}: {head} {values[head]!r} is not in the action space; "
+                    f"accepted: {list(choices)}"
+                )
+            index[i] = choices.index(values[head])
+        return index[0], index[1], index[2], index[3], index[4]
+
+    def relevance(self, op_index: Tensor) -> Tensor:
+        """``(…)`` op indices -> ``(…, 5)`` bool: which heads count (see ``head_relevance``)."""
+        return head_relevance(op_index)
+
+    def _checked(self, head: str, index: int) -> int:
+        """``index`` if it is in range for ``head``; irrelevant heads are checked too."""
+        choices = self._choices[head]
+        if not 0 <= index < len(choices):
+            raise ValueError(
+                f"{head} index {index} out of range; accepted: 0..{len(choices) - 1} ({choices})"
+            )
+        return index

@@ -1,0 +1,105 @@
+"""``MaskedCategorical``: a categorical distribution over the valid choices of one head.
+
+Masked choices get probability exactly 0: the distribution is renormalized over the valid entries
+(a log-sum-exp over them alone), so no masked choice is ever sampled, whatever the logits, and the
+masked logit value only matters for code that reads ``logits``. Entropy is taken over the valid
+entries and divided by ``log(n_valid)``, so it lies in [0, 1] for any number of valid choices
+and is exactly 0 when only one is valid (DESIGN §4).
+
+All arithmetic runs in float32 (or the logits' dtype when wider), so half-precision logits from
+an autocast forward are handled without overflow.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MASK_VALUE = -1e4
+"""Logit of a masked choice. It fits in float16 (max 65504) where ``-inf`` would turn a
+softmax over an all-masked row into NaN and ``torch.finfo(dtype).min`` would overflow to ``-inf``
+as soon as anything is subtracted from it; exp(-1e4) is 0 in every float format."""
+
+
+class MaskedCategorical:
+    """Categorical distribution restricted to ``mask``.
+
+    Args:
+        logits: ``(…, n)`` unnormalized log-probabilities (any float dtype).
+        mask: ``(…, n)`` bool, True where a choice is valid.
+
+    Attributes:
+        logits: ``(…, n)`` the given logits with masked entries replaced by ``MASK_VALUE``
+            (in the logits' dtype).
+        mask: ``(…, n)`` the mask.
+
+    Raises:
+        ValueError: if shapes differ, the mask is not bool, or any row has no valid choice
+            (the message counts those rows and names the first).
+    """
+
+    def __init__(self, logits: Tensor, mask: Tensor) -> None:
+        if mask.dtype is not torch.bool:
+            raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+        if logits.shape != mask.shape:
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and mask {tuple(mask.shape)} must match"
+            )
+        if logits.dim() == 0:
+            raise ValueError("logits need at least one dimension (the choices)")
+        n_valid = mask.sum(dim=-1)  # (…)
+        empty = n_valid == 0
+        if bool(empty.any()):
+            rows = empty.nonzero().tolist()
+            raise ValueError(
+                f"{len(rows)} of {empty.numel()} mask rows have no valid choice "
+                f"(first at batch index {tuple(rows[0])}); every row needs at least one True"
+            )
+        self.mask = mask
+        self.logits = logits.masked_fill(~mask, MASK_VALUE)
+        compute = torch.promote_types(logits.dtype, torch.float32)
+        z = logits.to(compute)
+        # Shift by the largest valid logit first: z - logsumexp(z) computed on logits of size
+        # 1e4 would lose ~1e-3 to rounding. The shift is a constant, so it changes no gradient.
+        excluded = z.masked_fill(~mask, float("-inf"))  # masked entries get weight 0
+        z = z - excluded.amax(dim=-1, keepdim=True).detach()
+        lse = torch.logsumexp(z.masked_fill(~mask, float("-inf")), dim=-1, keepdim=True)
+        # Finite everywhere (0 at masked entries) so products and gradients never see -inf.
+        self._log_p = torch.where(mask, z - lse, torch.zeros((), dtype=compute))  # (…, n)
+        self._n_valid = n_valid
+
+    @property
+    def probs(self) -> Tensor:
+        """``(…, n)`` probabilities; exactly 0 at masked entries, summing to 1 over valid ones."""
+        return torch.where(self.mask, self._log_p.exp(), torch.zeros_like(self._log_p))
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """``(…)`` long: one draw per row (never a masked choice)."""
+        probs = self.probs.detach()
+        flat = probs.reshape(-1, probs.shape[-1])  # (R, n)
+        draws = torch.multinomial(flat, 1, generator=generator)  # (R, 1)
+        return draws.reshape(probs.shape[:-1])
+
+    def mode(self) -> Tensor:
+        """``(…)`` long: the most likely valid choice (the first on ties)."""
+        return self._log_p.masked_fill(~self.mask, float("-inf")).argmax(dim=-1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``(…)`` log-probability of ``value`` (``(…)`` long); ``-inf`` for a masked choice."""
+        index = value.long().unsqueeze(-1)  # (…, 1)
+        log_p = self._log_p.gather(-1, index).squeeze(-1)
+        valid = self.mask.gather(-1, index).squeeze(-1)
+        return torch.where(valid, log_p, torch.full_like(log_p, float("-inf")))
+
+    def entropy(self) -> Tensor:
+        """``(…)`` entropy over the valid choices divided by ``log(n_valid)``, in [0, 1].
+
+        Exactly 0 for a row with one valid choice; 1 for uniform probabilities over the valid
+        choices.
+        """
+        p = self.probs
+        h = -(p * self._log_p).sum(dim=-1)  # masked entries: 0 * 0
+        n = self._n_valid.to(h.dtype)
+        # log(1) = 0 would divide 0 by 0 (NaN gradient even under where); divide by 1 instead.
+        scale = torch.where(self._n_valid > 1, n.log(), torch.ones_like(n))
+        return h / scale
