@@ -145,7 +145,7 @@ class RunConfig:
             slots=ordered_slots(args.slots or DEFAULT_SLOTS) if growth else DEFAULT_SLOTS,
             data_dir=None if args.data_dir is None else str(args.data_dir),
             download=not args.no_download,
-            policy=str(args.policy) if args.command == "eval" else None,
+            policy=str(args.policy.resolve()) if args.command == "eval" else None,
         )
 
     @classmethod

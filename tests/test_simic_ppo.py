@@ -1,0 +1,182 @@
+"""The PPO learner and trainer: normalizer discipline, diagnostics, gates, resume."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from esper.leyline.events import TelemetryLevel
+from esper.nissa import TelemetryHub
+from esper.simic.anomaly import detect_anomalies
+from esper.simic.build import build_trainer, load_task_data, read_checkpoint, save_checkpoint
+from esper.simic.config import TrainingConfig, load_preset
+from esper.simic.ppo import PPOLearner, UpdateStats
+from esper.simic.rollout import RolloutBatch
+from esper.simic.standin import PlateauEnv, StandInConfig
+from esper.simic.training import PPOTrainer
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+    def named(self, name: str) -> list[dict]:
+        return [r for r in self.records if r["event"] == name]
+
+
+def _standin_trainer(ppo: dict | None = None, n: int = 4, hub: TelemetryHub | None = None):
+    config = TrainingConfig.from_dict(
+        {"policy": {"hidden": 16, "lstm_hidden": 16}, "ppo": {"n_envs": n, **(ppo or {})}}
+    )
+    envs = [PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in range(n)]
+    return PPOTrainer(envs, [torch.device("cpu")] * n, config, hub or TelemetryHub("t", []))
+
+
+def _capture_batches(trainer: PPOTrainer) -> list[RolloutBatch]:
+    batches: list[RolloutBatch] = []
+    update = trainer.learner.update
+
+    def spy(batch: RolloutBatch) -> UpdateStats:
+        batches.append(batch)
+        return update(batch)
+
+    trainer.learner.update = spy  # type: ignore[method-assign]
+    return batches
+
+
+def test_normalizer_updates_once_per_rollout_batch() -> None:
+    trainer = _standin_trainer({"ppo_epochs": 4, "minibatches": 2})
+    for _ in range(3):
+        trainer.run_round()
+    assert trainer.normalizer.update_count == 3  # not 3 × 4 passes × 2 minibatches
+    assert trainer.normalizer.count == 3 * 4 * 5  # every real step of every env, once
+
+
+def test_buffer_holds_exactly_the_observations_the_policy_acted_on() -> None:
+    trainer = _standin_trainer()
+    trainer.run_round()  # statistics now differ from the initial (0, 1)
+    seen: list[torch.Tensor] = []
+    act = trainer.network.act
+
+    def spy(obs, *args, **kwargs):
+        seen.append(obs.clone())
+        return act(obs, *args, **kwargs)
+
+    trainer.network.act = spy  # type: ignore[method-assign]
+    batches = _capture_batches(trainer)
+    trainer.run_round()
+    acted = torch.stack(seen, dim=1)  # (N, T, D)
+    assert torch.equal(batches[0].obs, acted)
+    assert trainer.normalizer.update_count == 2  # updated after the round, not during it
+
+
+def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:
+    sink = ListSink()
+    hub = TelemetryHub("t", [sink], TelemetryLevel.NORMAL)
+    trainer = _standin_trainer(
+        {"lr": 0.5, "ppo_epochs": 8, "target_kl": 1e6, "ratio_explosion": 1.5}, hub=hub
+    )
+    result = trainer.run_round()
+    diagnostic = result.stats.diagnostic
+    assert diagnostic is not None
+    assert diagnostic.ratio_max > 1.5 and diagnostic.steps > 0
+    assert diagnostic.heads and set(diagnostic.heads) <= set(
+        ("op", "slot", "blueprint", "tempo", "alpha_target")
+    )
+    [event] = sink.named("RatioExplosion")
+    assert event["heads"] == list(diagnostic.heads) and event["steps"] == diagnostic.steps
+    [anomaly] = sink.named("AnomalyDetected")
+    assert "ratio_explosion" in anomaly["kinds"] and anomaly["escalated_to"] == "debug"
+    assert hub.level is TelemetryLevel.DEBUG
+    assert len(sink.named("PPOHeadStats")) == 5  # debug detail is written while escalated
+
+
+def test_head_stats_are_debug_only() -> None:
+    sink = ListSink()
+    trainer = _standin_trainer(hub=TelemetryHub("t", [sink], TelemetryLevel.NORMAL))
+    result = trainer.run_round()
+    assert result.anomaly is None
+    assert sink.named("PPOUpdate") and not sink.named("PPOHeadStats")
+
+
+def test_non_finite_update_is_skipped_not_applied() -> None:
+    trainer = _standin_trainer()
+    batches = _capture_batches(trainer)
+    trainer.run_round()
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    poisoned = replace(batches[0], returns=torch.full_like(batches[0].returns, math.nan))
+    stats = trainer.learner.update(poisoned)
+    assert stats.skipped_steps == stats.passes * trainer.config.ppo.minibatches
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
+    assert "non_finite" in detect_anomalies(stats, 5.0).kinds  # type: ignore[union-attr]
+
+
+def test_target_kl_stops_the_passes_early() -> None:
+    trainer = _standin_trainer({"ppo_epochs": 6, "target_kl": 1e-12, "lr": 1e-2})
+    trainer.run_round()
+    stats = trainer.run_round().stats
+    assert stats.early_stopped and stats.passes < 6
+
+
+def test_entropy_weight_anneals_in_environment_steps() -> None:
+    config = TrainingConfig.from_dict(
+        {"ppo": {"entropy_coef": 0.1, "entropy_coef_final": 0.0, "entropy_anneal_steps": 100}}
+    )
+    trainer = _standin_trainer()
+    learner = PPOLearner(trainer.network, config.ppo, False, torch.Generator())
+    assert learner.entropy_coef() == pytest.approx(0.1)
+    learner.env_steps = 50
+    assert learner.entropy_coef() == pytest.approx(0.05)
+    learner.env_steps = 1000
+    assert learner.entropy_coef() == 0.0
+
+
+def test_anomaly_kinds() -> None:
+    trainer = _standin_trainer()
+    healthy = trainer.run_round().stats
+    assert detect_anomalies(healthy, 5.0) is None
+    cases = {
+        "ratio_explosion": {"ratio_max": 9.0},
+        "ratio_collapse": {"ratio_min": 0.01},
+        "entropy_collapse": {"entropy": 0.001},
+        "value_collapse": {"value_std": 0.0, "return_std": 1.0},
+        "non_finite": {"skipped_steps": 2},
+    }
+    for kind, change in cases.items():
+        anomaly = detect_anomalies(replace(healthy, **change), 5.0)
+        assert anomaly is not None and anomaly.kinds == (kind,), kind
+
+
+def _tiny_trainer(hub: TelemetryHub) -> PPOTrainer:
+    config = load_preset("tiny").resolved()
+    trainer, _ = build_trainer(config, hub, load_task_data(config))
+    return trainer
+
+
+def test_resume_continues_exactly(tmp_path) -> None:
+    straight = _tiny_trainer(TelemetryHub("a", []))
+    straight.run_round()
+    straight_second = straight.run_round()
+
+    first = _tiny_trainer(TelemetryHub("b", []))
+    first.run_round()
+    save_checkpoint(tmp_path / "ppo.pt", first)
+    resumed = _tiny_trainer(TelemetryHub("c", []))
+    resumed.load_state_dict(read_checkpoint(tmp_path / "ppo.pt")["trainer"])
+    resumed_second = resumed.run_round()
+
+    assert resumed_second.episode_returns == straight_second.episode_returns
+    assert resumed_second.stats.policy_loss == straight_second.stats.policy_loss
+    for a, b in zip(straight.network.parameters(), resumed.network.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(straight.normalizer.mean, resumed.normalizer.mean)
+    assert straight.learner.env_steps == resumed.learner.env_steps
