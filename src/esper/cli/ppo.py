@@ -237,20 +237,17 @@ def run_ppo(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     status = "completed"
+    def record(result: RoundResult) -> None:
+        accuracies = [env.episode_info().final_val_accuracy for env in trainer.vec.envs]
+        row = _row(result, accuracies)
+        with _interrupts_deferred():  # the round's row and checkpoint land together
+            rows.append(row)
+            _write_rows(directory / "rounds.csv", rows)
+            save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
+        print(_progress_line(row, config.ppo.rounds), file=sys.stderr, flush=True)
+
     try:
-        while trainer.round < config.ppo.rounds:
-            result = trainer.run_round()
-            accuracies = [env.episode_info().final_val_accuracy for env in trainer.vec.envs]
-            row = _row(result, accuracies)
-            with _interrupts_deferred():
-                rows.append(row)
-                _write_rows(directory / "rounds.csv", rows)
-                if (
-                    trainer.round % config.runtime.checkpoint_every == 0
-                    or trainer.round == config.ppo.rounds
-                ):
-                    save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
-            print(_progress_line(row, config.ppo.rounds), file=sys.stderr, flush=True)
+        trainer.train(record)
     except KeyboardInterrupt:
         status = "interrupted"
     checkpoint_round = int(

@@ -175,18 +175,15 @@ class RuntimeSettings:
         devices: devices environments are mapped to round-robin (``cpu``, ``cuda:0``, …).
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
         telemetry: telemetry level (minimal, normal, debug).
-        checkpoint_every: save a resumable checkpoint every this many rounds (and at the end).
     """
 
     seed: int = 0
     devices: tuple[str, ...] = ("cpu",)
     amp: bool = False
     telemetry: str = "normal"
-    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         _positive_int("runtime.seed", self.seed, low=0)
-        _positive_int("runtime.checkpoint_every", self.checkpoint_every)
         _require(isinstance(self.amp, bool), f"runtime.amp must be a bool, got {self.amp!r}")
         _require(
             bool(self.devices) and all(isinstance(d, str) for d in self.devices),

@@ -18,7 +18,7 @@ counters) is in ``state_dict``; a run resumed from a checkpoint continues exactl
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -104,6 +104,11 @@ class PPOTrainer:
         self.learner = PPOLearner(self.network, config.ppo, config.runtime.amp, shuffle)
         self.round = 0
         self.max_steps = max(env.max_steps for env in envs)
+
+    def train(self, after_round: Callable[[RoundResult], None]) -> None:
+        """Run rounds until ``ppo.rounds`` are done, calling ``after_round`` after each."""
+        while self.round < self.config.ppo.rounds:
+            after_round(self.run_round())
 
     # ------------------------------------------------------------------------------ acting
 
