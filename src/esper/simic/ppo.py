@@ -10,7 +10,8 @@ One call of ``PPOLearner.update`` reads one round's ``RolloutBatch`` top to bott
    (causal masking: the policy network already zeroes irrelevant heads);
 4. a finiteness gate on the loss and on the gradient norm *before* clipping and stepping: a
    non-finite update is skipped and counted, never applied;
-5. stop the passes early once the approximate KL exceeds ``target_kl``.
+5. stop the passes early, before stepping, once the approximate KL of a minibatch exceeds
+   ``target_kl``.
 
 The ratio of every step is watched: when its maximum exceeds ``ratio_explosion`` the update
 returns a ``RatioExplosionDiagnostic`` naming the heads whose own ratio exploded.
@@ -196,6 +197,11 @@ class PPOLearner:
                         if over.numel():
                             exploded_ratios.append(over)
 
+                logs["kl"].append(approx_kl)
+                logs["clip"].append(((ratio - 1).abs() > s.clip_ratio).float().mean().item())
+                if approx_kl > s.target_kl:  # the policy moved far enough: take no more steps
+                    early_stopped = True
+                    break
                 grad_norm = self._step(loss)
                 if grad_norm is None:
                     skipped += 1
@@ -204,11 +210,6 @@ class PPOLearner:
                     logs["policy"].append(policy_loss.item())
                     logs["value"].append(value_loss.item())
                     logs["entropy"].append(entropy.item())
-                logs["kl"].append(approx_kl)
-                logs["clip"].append(((ratio - 1).abs() > s.clip_ratio).float().mean().item())
-                if approx_kl > s.target_kl:
-                    early_stopped = True
-                    break
             if early_stopped:
                 break
 
