@@ -29,3 +29,16 @@ def test_engine_benchmark_smoke(capsys) -> None:
     out = capsys.readouterr().out
     for line in ("raw training", "full heuristic step", "esper --help", "launch to first batch"):
         assert line in out
+
+
+def test_ppo_benchmark_smoke(capsys) -> None:
+    import torch
+
+    import ppo
+
+    threads = torch.get_num_threads()
+    assert ppo.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for line in ("1. scaling", "2. policy share", "3. PPO update per round", "wide (512/512)"):
+        assert line in out
+    assert torch.get_num_threads() == threads
