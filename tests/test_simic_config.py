@@ -22,7 +22,8 @@ def test_unknown_top_level_key_fails_naming_the_accepted_ones(tmp_path) -> None:
 def test_unknown_nested_key_fails(tmp_path) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"ppo": {"n_env": 2}}))
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['n_env'\] in ppo; accepted: .*n_envs"):
+    expected = r"unknown key\(s\) \['n_env'\] in ppo; accepted: .*n_envs"
+    with pytest.raises(ValueError, match=expected):
         load_config_json(path, TrainingConfig())
 
 

@@ -114,7 +114,7 @@ def build_probe(config: TrainingConfig) -> list[float]:
     """Building the real trainer: which devices, whether AMP is possible, the hub's level."""
     hub = TelemetryHub("t", [], level=_level(config))
     try:
-        trainer, devices = build_trainer(config, hub, load_task_data(config))
+        _, devices = build_trainer(config, hub, load_task_data(config))
     except ValueError as err:
         return [float(hash(str(err)))]
     return [float(hash(tuple(map(str, devices)))), float(hub.level.value)]

@@ -237,6 +237,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     status = "completed"
+
     def record(result: RoundResult) -> None:
         accuracies = [env.episode_info().final_val_accuracy for env in trainer.vec.envs]
         row = _row(result, accuracies)

@@ -135,7 +135,7 @@ class GrowthEnv:
         self.episode += 1
         episode_seed = self.seed * EPISODE_SEED_STRIDE + self.episode
         with self._own_rng():
-            torch.random.default_generator.manual_seed(episode_seed)
+            torch.default_generator.manual_seed(episode_seed)
             if self.device.type == "cuda":  # only this env's device, not every GPU
                 torch.cuda.default_generators[self.device.index or 0].manual_seed(episode_seed)
             host = self.task.build_host(self.data).to(self.device)

@@ -174,7 +174,7 @@ class PPOTrainer:
         stats = self.learner.update(self._to_device(batch))
         update_seconds = time.perf_counter() - started
         anomaly = detect_anomalies(stats, self.config.ppo.ratio_explosion)
-        result = RoundResult(
+        round_result = RoundResult(
             self.round,
             self.learner.env_steps,
             tuple(returns),
@@ -183,8 +183,8 @@ class PPOTrainer:
             rollout_seconds,
             update_seconds,
         )
-        self._emit_round(result, lengths, terminated_env)
-        return result
+        self._emit_round(round_result, lengths, terminated_env)
+        return round_result
 
     def _bootstrap(
         self, raw: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], which: torch.Tensor

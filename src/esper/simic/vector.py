@@ -72,7 +72,8 @@ class VectorEnv:
         self.envs = list(envs)
         self.devices = tuple(devices)
         self.streams: list[torch.cuda.Stream | None] = [
-            torch.cuda.Stream(device=d) if d.type == "cuda" else None for d in devices
+            torch.cuda.Stream(device=d) if d.type == "cuda" else None  # type: ignore[no-untyped-call]
+            for d in devices
         ]
 
     def __len__(self) -> int:
