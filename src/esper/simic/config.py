@@ -264,7 +264,7 @@ def _override(obj: Any, data: Any, path: str) -> Any:
 # Presets are small override files (nanoGPT's config/): each says only what differs from the
 # defaults above, and why.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The defaults: the synthetic task, 4 envs, 50 rounds (about 15 min on 2 CPU cores).
+    # The defaults: the synthetic task, 4 envs, 50 rounds (about 6 min on 2 CPU cores).
     "default": {},
     # CPU smoke run, well under 2 minutes: 2 envs, 2 rounds, a few batches per epoch, tiny nets.
     "tiny": {
