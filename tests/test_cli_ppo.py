@@ -41,7 +41,13 @@ def test_tiny_preset_run_directory(tmp_path, capsys) -> None:
     assert len(_rows(run)) == 2
     events = _events(run)
     names = {e["event"] for e in events}
-    assert {"RunStarted", "PPOUpdate", "EpisodeFinished", "RewardComputed", "RunFinished"} <= names
+    assert {
+        "RunStarted",
+        "PPOUpdate",
+        "EpisodeFinished",
+        "RewardComputed",
+        "PPORunFinished",
+    } <= names
     assert {e["env"] for e in events if e["event"] == "EpochCompleted"} == {0, 1}
     rewards = [e for e in events if e["event"] == "RewardComputed"]
     assert all(set(dict(e["components"])) for e in rewards)  # every component named
@@ -122,3 +128,19 @@ def test_resume_errors(tmp_path, capsys) -> None:
     assert "drop --envs" in capsys.readouterr().err
     assert main(["eval", "--task", "synthetic"]) == 2
     assert "eval needs --policy" in capsys.readouterr().err
+
+
+def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
+    run = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--rounds", "1", "--out", str(run)]) == 0
+    summary = run / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"interrupted"'))
+    (run / "checkpoints" / "ppo.pt").write_bytes(b"not a checkpoint at all")
+    capsys.readouterr()
+    assert main(["ppo", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable Esper PPO checkpoint" in err and "Traceback" not in err
+    args = ["eval", "--task", "synthetic", "--out", str(tmp_path / "e")]
+    assert main([*args, "--policy", str(run / "rounds.csv")]) == 2
+    assert "is not a readable Esper PPO checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

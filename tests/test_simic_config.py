@@ -28,7 +28,7 @@ def test_unknown_nested_key_fails(tmp_path) -> None:
 
 
 def test_bad_values_and_bad_json_fail(tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"ppo.gamma must be a number in \[0.0, 1.0\], got 1.5"):
+    with pytest.raises(ValueError, match=r"ppo.gamma must be a number in \(0.0, 1.0\], got 1.5"):
         TrainingConfig.from_dict({"ppo": {"gamma": 1.5}})
     with pytest.raises(ValueError, match="unknown task 'mnist'"):
         TrainingConfig.from_dict({"env": {"task": "mnist"}})

@@ -89,6 +89,8 @@ def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:
     diagnostic = result.stats.diagnostic
     assert diagnostic is not None
     assert diagnostic.ratio_max > 1.5 and diagnostic.steps > 0
+    assert diagnostic.step_indices  # which (env, t) steps exploded: real steps of the round
+    assert all(0 <= e < 4 and 0 <= t < 5 for e, t in diagnostic.step_indices)
     assert diagnostic.heads and set(diagnostic.heads) <= set(
         ("op", "slot", "blueprint", "tempo", "alpha_target")
     )
@@ -180,3 +182,17 @@ def test_resume_continues_exactly(tmp_path) -> None:
         assert torch.equal(a, b)
     assert torch.equal(straight.normalizer.mean, resumed.normalizer.mean)
     assert straight.learner.env_steps == resumed.learner.env_steps
+
+
+def test_every_minibatch_count_is_honoured() -> None:
+    trainer = _standin_trainer({"minibatches": 4, "ppo_epochs": 1, "target_kl": 1e6}, n=5)
+    calls = []
+    evaluate = trainer.network.evaluate
+
+    def spy(obs, *args, **kwargs):
+        calls.append(obs.shape[0])
+        return evaluate(obs, *args, **kwargs)
+
+    trainer.network.evaluate = spy  # type: ignore[method-assign]
+    trainer.run_round()
+    assert sorted(calls[1:]) == [1, 1, 1, 2]  # after the pre-update pass: 5 envs in 4 groups

@@ -31,7 +31,7 @@ from esper.cli.session import (
     format_percent,
 )
 from esper.data import DatasetNotFoundError
-from esper.leyline.events import RunFinished, RunStarted, TelemetryLevel
+from esper.leyline.events import PPORunFinished, RunStarted, TelemetryLevel
 from esper.nissa import JsonlSink, TelemetryHub
 from esper.seeding import seed_everything
 from esper.simic.build import (
@@ -41,8 +41,12 @@ from esper.simic.build import (
     save_checkpoint,
 )
 from esper.simic.config import TrainingConfig, load_config_json, load_preset
-from esper.simic.training import PPOTrainer, RoundResult
+from esper.simic.env import EpisodeStartError
+from esper.simic.training import POLICY_SEED_OFFSET, PPOTrainer, RoundResult
 from esper.simic.vector import describe_device_map
+
+EXIT_FAILED = 1
+"""Training started but could not go on (e.g. a governor panic on an episode's first epoch)."""
 
 ROUND_FIELDS = (
     "round",
@@ -111,7 +115,7 @@ def _meta(config: TrainingConfig, run_id: str) -> dict[str, Any]:
         "seeds": {
             "run": seed,
             "environments": [seed + i for i in range(config.ppo.n_envs)],
-            "policy": seed + 7919,
+            "policy": seed + POLICY_SEED_OFFSET,
         },
     }
 
@@ -212,7 +216,10 @@ def run_ppo(args: argparse.Namespace) -> int:
         except (KeyError, ValueError, RuntimeError) as err:
             raise UserError(f"cannot resume from {str(args.resume)!r}: {err}") from err
         directory = args.resume
-        rows: list[dict[str, Any]] = list(_read_rows(directory / "rounds.csv", trainer.round))
+        try:
+            rows: list[dict[str, Any]] = list(_read_rows(directory / "rounds.csv", trainer.round))
+        except (OSError, KeyError, ValueError) as err:
+            raise UserError(f"cannot resume from {str(directory)!r}: rounds.csv: {err}") from err
         _write_rows(directory / "rounds.csv", rows)
         (directory / "summary.json").unlink(missing_ok=True)
     else:
@@ -251,6 +258,8 @@ def run_ppo(args: argparse.Namespace) -> int:
         trainer.train(record)
     except KeyboardInterrupt:
         status = "interrupted"
+    except EpisodeStartError as err:  # broken settings found only once training started
+        status, failure = "failed", str(err)
     checkpoint_round = int(
         read_checkpoint(directory / "checkpoints" / "ppo.pt")["trainer"]["round"]
     )
@@ -258,19 +267,21 @@ def run_ppo(args: argparse.Namespace) -> int:
     _write_rows(directory / "rounds.csv", rows)
     summary = _summary(config, status, rows, time.perf_counter() - started)
     hub.emit(
-        RunFinished(
+        PPORunFinished(
             status,
             checkpoint_round,
-            summary["final_mean_accuracy"],
+            summary["env_steps"],
+            summary["final_mean_return"],
             summary["best_mean_return"],
-            0,
-            0,
-            0,
+            summary["final_mean_accuracy"],
             summary["seconds"],
         )
     )
     hub.close()
     _write_json(directory / "summary.json", summary)
+    if status == "failed":
+        print(f"esper: error: {failure} (run recorded in {directory})", file=sys.stderr)
+        return EXIT_FAILED
     if status == "interrupted":
         print(
             f"\ninterrupted: round {checkpoint_round} checkpointed; continue with: "

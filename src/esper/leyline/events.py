@@ -174,6 +174,7 @@ class PPOUpdate:
     passes: int
     early_stopped: bool
     skipped_steps: int  # optimizer steps refused by the finiteness gate
+    overflow_steps: int  # AMP grad-scaler overflow skips (normal while the scale calibrates)
     policy_loss: float | None
     value_loss: float | None
     entropy: float | None
@@ -211,6 +212,7 @@ class RatioExplosion:
     threshold: float
     heads: tuple[str, ...]
     steps: int
+    step_indices: tuple[tuple[int, int], ...]  # (env, step in the round)
     ratio_max: float
     ratio_mean: float
 
@@ -228,6 +230,21 @@ class AnomalyDetected:
     rounds: int
 
 
+@dataclass(frozen=True)
+class PPORunFinished:
+    """A PPO training run ended; ``status`` is "completed", "interrupted" or "failed"."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
+    status: str
+    rounds: int
+    env_steps: int | None
+    final_mean_return: float | None
+    best_mean_return: float | None
+    final_mean_accuracy: float | None
+    seconds: float
+
+
 Event = (
     RunStarted
     | EpochCompleted
@@ -241,6 +258,7 @@ Event = (
     | PPOHeadStats
     | RatioExplosion
     | AnomalyDetected
+    | PPORunFinished
 )
 """Every event type a run emits."""
 
@@ -259,6 +277,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
         PPOHeadStats,
         RatioExplosion,
         AnomalyDetected,
+        PPORunFinished,
     )
 }
 """Event classes by name, the single declaration sinks and views import."""

@@ -84,6 +84,17 @@ class TelemetryHub:
             if self._escalation_left <= 0:
                 self._escalated = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The escalation in force (the configured level is the run's configuration)."""
+        escalated = None if self._escalated is None else self._escalated.name
+        return {"escalated": escalated, "left": self._escalation_left}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict`` output."""
+        name = state["escalated"]
+        self._escalated = None if name is None else TelemetryLevel[name]
+        self._escalation_left = int(state["left"])
+
     def emit(self, event: Event, context: dict[str, Any] | None = None) -> None:
         """Write ``event`` if the current level includes it.
 

@@ -9,7 +9,6 @@ states, counters, environments) and the topology of the host. ``load_policy`` tu
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,10 +94,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         PolicyCheckpointError: naming the file and what is wrong.
     """
+    if not path.is_file():
+        raise PolicyCheckpointError(f"policy checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        raise PolicyCheckpointError(f"cannot read policy checkpoint {str(path)!r}: {err}") from err
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PolicyCheckpointError(
+            f"{str(path)!r} is not a readable Esper PPO checkpoint ({first})"
+        ) from err
     if not isinstance(state, dict) or "format" not in state or state["format"] != CHECKPOINT_FORMAT:
         raise PolicyCheckpointError(
             f"{str(path)!r} is not an Esper PPO checkpoint (format {CHECKPOINT_FORMAT})"

@@ -83,6 +83,10 @@ class EnvSettings:
         )
         object.__setattr__(self, "slots", ordered_slots(self.slots))
         _require(isinstance(self.download, bool), f"env.download must be a bool: {self.download!r}")
+        _require(
+            self.data_dir is None or isinstance(self.data_dir, str),
+            f"env.data_dir must be a path string or null, got {self.data_dir!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class PPOSettings:
     value_coef: float = 0.5
     entropy_coef: float = 0.05
     entropy_coef_final: float = 0.01
-    entropy_anneal_steps: int = 20_000
+    entropy_anneal_steps: int = 2_000  # ≈ the default run's 50 rounds × 4 envs × 11 steps
     max_grad_norm: float = 0.5
     target_kl: float = 0.03
     ratio_explosion: float = 5.0
@@ -156,7 +160,7 @@ class PPOSettings:
             f"ppo.minibatches ({self.minibatches}) cannot exceed ppo.n_envs ({self.n_envs})",
         )
         _finite("ppo.lr", self.lr, 0.0, 1.0, strict_low=True)
-        _finite("ppo.gamma", self.gamma, 0.0, 1.0)
+        _finite("ppo.gamma", self.gamma, 0.0, 1.0, strict_low=True)
         _finite("ppo.gae_lambda", self.gae_lambda, 0.0, 1.0)
         _finite("ppo.clip_ratio", self.clip_ratio, 0.0, 1.0, strict_low=True)
         for name in ("value_coef", "entropy_coef", "entropy_coef_final"):

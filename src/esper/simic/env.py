@@ -39,6 +39,11 @@ and initialization; a prime stride keeps the streams of nearby seeds from overla
 Emit = Callable[[Event, dict[str, Any]], None]
 
 
+class EpisodeStartError(RuntimeError):
+    """The governor ended an episode on its first epoch: no decision can be made, the settings
+    (typically the learning rate) are broken."""
+
+
 def dataset_on(data: Dataset, device: torch.device) -> Dataset:
     """The dataset with its tensors on ``device`` (the same object when already there)."""
     if data.x_train.device == device:
@@ -97,6 +102,7 @@ class GrowthEnv:
         self.blueprints = blueprint_registry.names(self.topology)
         self.episode = 0  # episodes started so far
         self._rng = torch.Generator().manual_seed(seed).get_state()  # this env's torch RNG
+        self._cuda_rng: torch.Tensor | None = None  # its CUDA device's, once it has run there
         self._trainer: Trainer | None = None
         self._tracker = SignalTracker()
         self._last: StepResult | None = None
@@ -106,12 +112,17 @@ class GrowthEnv:
 
     @contextmanager
     def _own_rng(self) -> Iterator[None]:
-        """Run the block on this environment's torch random state, then save it back."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        """Run the block on this environment's torch random state (CPU, and its CUDA device's),
+        then save it back; the global states are restored afterwards."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
             torch.set_rng_state(self._rng)
+            if cuda and self._cuda_rng is not None:
+                torch.cuda.set_rng_state(self._cuda_rng, self.device)
             yield
             self._rng = torch.get_rng_state()
+            if cuda:
+                self._cuda_rng = torch.cuda.get_rng_state(self.device)
 
     def _emit_event(self, event: Event) -> None:
         self._emit(event, {"env": self.index, "episode": self.episode})
@@ -129,7 +140,7 @@ class GrowthEnv:
         """Build a fresh host and trainer, train the first epoch, return the first observation.
 
         Raises:
-            RuntimeError: when the governor terminates the episode on its very first epoch
+            EpisodeStartError: when the governor terminates the episode on its very first epoch
                 (nothing can be decided; the settings are broken, e.g. a diverging lr).
         """
         self.episode += 1
@@ -152,7 +163,7 @@ class GrowthEnv:
             self._tracker = SignalTracker()
             result = self._trainer.train_step()
         if self._trainer.terminated:
-            raise RuntimeError(
+            raise EpisodeStartError(
                 f"env {self.index}: the governor ended episode {self.episode} on its first "
                 f"epoch (val loss {result.val_loss}); lower the learning rate"
             )
@@ -222,9 +233,12 @@ class GrowthEnv:
 
     def state_dict(self) -> dict[str, Any]:
         """Episode counter and torch random state (taken between episodes)."""
-        return {"episode": self.episode, "rng": self._rng.clone()}
+        cuda = None if self._cuda_rng is None else self._cuda_rng.clone()
+        return {"episode": self.episode, "rng": self._rng.clone(), "cuda_rng": cuda}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output; the next ``reset`` continues the sequence exactly."""
         self.episode = int(state["episode"])
         self._rng = state["rng"].clone()
+        cuda = state["cuda_rng"]
+        self._cuda_rng = None if cuda is None else cuda.clone()

@@ -43,7 +43,8 @@ class RatioExplosionDiagnostic:
         threshold: the configured ``ratio_explosion``.
         heads: heads whose own ratio exceeded the threshold at some step (relevant heads only);
             empty when only the joint ratio did.
-        steps: steps whose joint ratio exceeded the threshold (counted per minibatch pass).
+        steps: how many (env, step) evaluations exceeded the threshold, over all passes.
+        step_indices: which steps: ``(env, t)`` pairs of the rollout, sorted, each once.
         ratio_max: the largest joint ratio seen.
         ratio_mean: mean joint ratio over the exploded steps.
         ratio_min: the smallest joint ratio seen in the update.
@@ -52,6 +53,7 @@ class RatioExplosionDiagnostic:
     threshold: float
     heads: tuple[str, ...]
     steps: int
+    step_indices: tuple[tuple[int, int], ...]
     ratio_max: float
     ratio_mean: float
     ratio_min: float
@@ -62,12 +64,15 @@ class UpdateStats:
     """What one update did; ``None`` means not measured (e.g. every step was skipped).
 
     ``head_entropy`` and ``head_ratio_max`` are per head (debug telemetry); ``head_relevance``
-    is the fraction of real steps on which a head counted.
+    is the fraction of real steps on which a head counted. ``skipped_steps`` counts steps
+    refused by the finiteness gate; ``overflow_steps`` the ordinary fp16 overflows a grad scaler
+    skips while it calibrates its scale (AMP only, not an anomaly).
     """
 
     passes: int
     early_stopped: bool
     skipped_steps: int
+    overflow_steps: int
     policy_loss: float | None
     value_loss: float | None
     entropy: float | None
@@ -126,6 +131,7 @@ class PPOLearner:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
         self.generator = generator
         self.env_steps = 0  # environment steps seen so far (all envs), for entropy annealing
+        self._overflows = 0  # grad-scaler overflow skips in the current update
 
     def entropy_coef(self) -> float:
         """The entropy weight now: linear in environment steps from start to final value."""
@@ -163,11 +169,13 @@ class PPOLearner:
         head_rmax: dict[str, float | None] = dict.fromkeys(HEADS)
         exploded_heads: set[str] = set()
         exploded_ratios: list[Tensor] = []
+        exploded_steps: set[tuple[int, int]] = set()
         skipped, passes, early_stopped = 0, 0, False
+        self._overflows = 0
         for _ in range(s.ppo_epochs):
             passes += 1
             order = torch.randperm(batch.n_envs, generator=self.generator).to(adv.device)
-            for envs in order.chunk(s.minibatches):
+            for envs in order.tensor_split(s.minibatches):  # exactly that many
                 mb = batch.select(envs)
                 mb_adv, mb_valid = adv[envs], mb.valid
                 with torch.autocast("cuda", enabled=self.amp):
@@ -196,6 +204,9 @@ class PPOLearner:
                         over = ratio[ratio > s.ratio_explosion]
                         if over.numel():
                             exploded_ratios.append(over)
+                            full = (ev.log_prob.float() - mb.log_prob).exp()  # (B, T)
+                            where = ((full > s.ratio_explosion) & mb_valid).nonzero().tolist()
+                            exploded_steps.update((int(envs[b]), t) for b, t in where)
 
                 logs["kl"].append(approx_kl)
                 logs["clip"].append(((ratio - 1).abs() > s.clip_ratio).float().mean().item())
@@ -221,6 +232,7 @@ class PPOLearner:
                 s.ratio_explosion,
                 tuple(h for h in HEADS if h in exploded_heads),
                 int(over.numel()),
+                tuple(sorted(exploded_steps)),
                 max(logs["rmax"]),
                 over.mean().item(),
                 min(logs["rmin"]),
@@ -229,7 +241,8 @@ class PPOLearner:
         return UpdateStats(
             passes=passes,
             early_stopped=early_stopped,
-            skipped_steps=skipped,
+            skipped_steps=skipped - self._overflows,
+            overflow_steps=self._overflows,
             policy_loss=_mean(logs["policy"]),
             value_loss=_mean(logs["value"]),
             entropy=_mean(logs["entropy"]),
@@ -282,8 +295,9 @@ class PPOLearner:
         norm = torch.nn.utils.get_total_norm(grads)
         if not math.isfinite(norm.item()):
             self.optimizer.zero_grad(set_to_none=True)
-            if self.amp:
-                self.scaler.update()  # let the scaler lower its scale after an overflow
+            if self.amp:  # a finite loss with overflowing fp16 gradients: the scaler's business
+                self._overflows += 1
+                self.scaler.update()  # lower the scale, as GradScaler.step would have
             return None
         torch.nn.utils.clip_grads_with_norm_(params, self.settings.max_grad_norm, norm)
         self.scaler.step(self.optimizer)

@@ -152,7 +152,7 @@ class RolloutBuffer:
     def start(self, state: tuple[Tensor, Tensor]) -> None:
         """Begin a round from the LSTM state the policy holds now."""
         self._steps, self._masks = [], []
-        self._state = (state[0].detach().clone(), state[1].detach().clone())
+        self._state = (state[0].detach().cpu().clone(), state[1].detach().cpu().clone())
 
     def add(
         self,
@@ -168,15 +168,16 @@ class RolloutBuffer:
 
         Rows where ``valid`` is False are padding for environments whose episode is over.
         """
-        self._masks.append(masks)
+        cpu = torch.device("cpu")  # the round is assembled on the CPU, moved once for the update
+        self._masks.append(masks.to(cpu))
         self._steps.append(
             {
-                "obs": obs.detach(),
-                "actions": actions.detach(),
-                "log_prob": log_prob.detach(),
-                "values": values.detach(),
-                "episode_start": episode_start.clone(),
-                "valid": valid.clone(),
+                "obs": obs.detach().cpu(),
+                "actions": actions.detach().cpu(),
+                "log_prob": log_prob.detach().float().cpu(),
+                "values": values.detach().float().cpu(),
+                "episode_start": episode_start.cpu().clone(),
+                "valid": valid.cpu().clone(),
             }
         )
 

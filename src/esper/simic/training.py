@@ -38,7 +38,7 @@ from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.config import TrainingConfig
 from esper.simic.ppo import PPOLearner, UpdateStats
 from esper.simic.protocol import Env
-from esper.simic.rollout import RolloutBuffer
+from esper.simic.rollout import RolloutBatch, RolloutBuffer
 from esper.simic.vector import VectorEnv
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
 from esper.tamiyo.features import encode_observation, observation_size
@@ -201,15 +201,17 @@ class PPOTrainer:
             values[idx] = out.value[:, 0].float().cpu()
         return values
 
-    def _to_device(self, batch: Any) -> Any:
+    def _to_device(self, batch: RolloutBatch) -> RolloutBatch:
+        """The round (assembled on the CPU) on the policy's device."""
         if self.device.type == "cpu":
             return batch
-        moved = {}
+        moved: dict[str, Any] = {}
         for f in fields(batch):
             value = getattr(batch, f.name)
             if isinstance(value, torch.Tensor):
                 moved[f.name] = value.to(self.device)
         moved["masks"] = batch.masks.to(self.device)
+        moved["state"] = (batch.state[0].to(self.device), batch.state[1].to(self.device))
         return replace(batch, **moved)
 
     # ------------------------------------------------------------------------------ telemetry
@@ -238,6 +240,7 @@ class PPOTrainer:
                 stats.passes,
                 stats.early_stopped,
                 stats.skipped_steps,
+                stats.overflow_steps,
                 stats.policy_loss,
                 stats.value_loss,
                 stats.entropy,
@@ -256,11 +259,17 @@ class PPOTrainer:
             d = stats.diagnostic
             hub.emit(
                 RatioExplosion(
-                    result.round, d.threshold, d.heads, d.steps, d.ratio_max, d.ratio_mean
+                    result.round,
+                    d.threshold,
+                    d.heads,
+                    d.steps,
+                    d.step_indices,
+                    d.ratio_max,
+                    d.ratio_mean,
                 )
             )
         if result.anomaly is not None:
-            hub.escalate(TelemetryLevel.DEBUG, ESCALATION_ROUNDS)
+            hub.escalate(TelemetryLevel.DEBUG, ESCALATION_ROUNDS + 1)  # + this round
             hub.emit(
                 AnomalyDetected(
                     result.round,
@@ -292,6 +301,7 @@ class PPOTrainer:
             "normalizer": self.normalizer.state_dict(),
             "generator": self.generator.get_state(),
             "envs": [env.state_dict() for env in self.vec.envs],
+            "telemetry": self.hub.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -307,3 +317,4 @@ class PPOTrainer:
             )
         for env, env_state in zip(self.vec.envs, state["envs"], strict=True):
             env.load_state_dict(env_state)
+        self.hub.load_state_dict(state["telemetry"])
