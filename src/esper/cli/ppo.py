@@ -28,7 +28,9 @@ from esper.cli.session import (
     _versions,
     _write_atomic,
     _write_json,
+    default_out,
     format_percent,
+    new_run_directory,
 )
 from esper.data import DatasetNotFoundError
 from esper.leyline.events import PPORunFinished, RunStarted, TelemetryLevel
@@ -154,22 +156,6 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     _write_atomic(path, buffer.getvalue())
 
 
-def _new_directory(config: TrainingConfig, out: Path | None) -> Path:
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{config.env.task}-ppo-{stamp}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            f"run directory {str(out)!r} already exists and is not empty; "
-            "choose another --out or continue it with --resume"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create run directory {str(out)!r}: {err}") from err
-    return out
-
-
 def _load_resume(directory: Path) -> tuple[TrainingConfig, dict[str, Any]]:
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -223,7 +209,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         _write_rows(directory / "rounds.csv", rows)
         (directory / "summary.json").unlink(missing_ok=True)
     else:
-        directory = _new_directory(config, args.out)
+        directory = new_run_directory(args.out or default_out(config.env.task, "ppo"))
         _write_json(directory / "config.json", config.to_dict())
         _write_json(directory / "meta.json", _meta(config, directory.name))
         _write_rows(directory / "rounds.csv", [])

@@ -406,9 +406,10 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     _write_atomic(path, buffer.getvalue())
 
 
-def _default_out(config: RunConfig) -> Path:
+def default_out(task: str, mode: str) -> Path:
+    """``runs/<task>-<mode>-<time>``: where a run goes without ``--out``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.task}-{config.mode}-{stamp}"
+    return Path("runs") / f"{task}-{mode}-{stamp}"
 
 
 @contextmanager
@@ -449,8 +450,12 @@ def _prepare(config: RunConfig) -> Run:
         raise UserError(str(err)) from err
 
 
-def _new_directory(config: RunConfig, out: Path | None) -> Path:
-    directory = out if out is not None else _default_out(config)
+def new_run_directory(directory: Path) -> Path:
+    """Create an empty run directory.
+
+    Raises:
+        UserError: ``directory`` is a file, is not empty, or cannot be created.
+    """
     if directory.exists() and not directory.is_dir():
         raise UserError(f"--out {str(directory)!r} is a file, not a directory")
     if directory.exists() and any(directory.iterdir()):
@@ -484,7 +489,7 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
         _write_metrics(directory / "metrics.csv", rows)  # drop an interrupted epoch's row
         summary_path.unlink(missing_ok=True)  # the run is live again
     else:
-        directory = _new_directory(config, out)
+        directory = new_run_directory(out or default_out(config.task, config.mode))
         checkpoints = directory / "checkpoints"
         _write_json(directory / "config.json", asdict(config))
         _write_json(directory / "meta.json", _meta(config, directory.name))

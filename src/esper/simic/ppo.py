@@ -29,7 +29,7 @@ from torch import Tensor
 from esper.simic.config import PPOSettings
 from esper.simic.rollout import RolloutBatch
 from esper.tamiyo.actions import HEADS
-from esper.tamiyo.policy import PolicyNetwork
+from esper.tamiyo.policy import Evaluation, PolicyNetwork
 
 ADVANTAGE_EPS = 1e-8
 """Keeps advantage normalization finite when every advantage in a batch is equal."""
@@ -103,6 +103,62 @@ def explained_variance(prediction: Tensor, target: Tensor) -> float | None:
     return float(1.0 - (target - prediction).var(unbiased=False) / var)
 
 
+class _RatioWatch:
+    """Ratio statistics of one update, per step and per head, for diagnostics and telemetry."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.ratio_max: list[float] = []
+        self.ratio_min: list[float] = []
+        self.head_entropy: dict[str, list[float]] = {h: [] for h in HEADS}
+        self.head_ratio_max: dict[str, float | None] = dict.fromkeys(HEADS)
+        self._heads: set[str] = set()
+        self._over: list[Tensor] = []
+        self._steps: set[tuple[int, int]] = set()
+
+    def observe(
+        self, ev: Evaluation, old_log_prob: Tensor, old_heads: Tensor, valid: Tensor, envs: Tensor
+    ) -> None:
+        """Record one minibatch: joint ratios on real steps, and each head's own ratio and
+        entropy on the steps where it counted. ``envs`` maps minibatch rows to rollout envs."""
+        full = (ev.log_prob.float() - old_log_prob).exp()  # (B, T)
+        ratio = full[valid]
+        if ratio.numel():
+            self.ratio_max.append(ratio.max().item())
+            self.ratio_min.append(ratio.min().item())
+            over = ratio[ratio > self.threshold]
+            if over.numel():
+                self._over.append(over)
+                where = ((full > self.threshold) & valid).nonzero().tolist()
+                self._steps.update((int(envs[b]), t) for b, t in where)
+        heads = (ev.head_log_prob.float() - old_heads).exp()  # (B, T, 5)
+        for i, h in enumerate(HEADS):
+            rel = ev.relevance[..., i] & valid
+            if not rel.any():
+                continue
+            self.head_entropy[h].append(ev.entropy[..., i][rel].float().mean().item())
+            top = heads[..., i][rel].max().item()
+            current = self.head_ratio_max[h]
+            self.head_ratio_max[h] = top if current is None else max(current, top)
+            if top > self.threshold:
+                self._heads.add(h)
+
+    def diagnostic(self) -> RatioExplosionDiagnostic | None:
+        """The diagnostic when some joint ratio exceeded the threshold, else None."""
+        if not self._over:
+            return None
+        over = torch.cat(self._over)
+        return RatioExplosionDiagnostic(
+            self.threshold,
+            tuple(h for h in HEADS if h in self._heads),
+            int(over.numel()),
+            tuple(sorted(self._steps)),
+            max(self.ratio_max),
+            over.mean().item(),
+            min(self.ratio_min),
+        )
+
+
 class PPOLearner:
     """Owns the policy's optimizer, grad scaler and the environment-step counter.
 
@@ -163,13 +219,9 @@ class PPOLearner:
         old_heads = before.head_log_prob
 
         logs: dict[str, list[float]] = {
-            k: [] for k in ("policy", "value", "entropy", "kl", "clip", "grad", "rmax", "rmin")
+            k: [] for k in ("policy", "value", "entropy", "kl", "clip", "grad")
         }
-        head_ent: dict[str, list[float]] = {h: [] for h in HEADS}
-        head_rmax: dict[str, float | None] = dict.fromkeys(HEADS)
-        exploded_heads: set[str] = set()
-        exploded_ratios: list[Tensor] = []
-        exploded_steps: set[tuple[int, int]] = set()
+        watch = _RatioWatch(s.ratio_explosion)
         skipped, passes, early_stopped = 0, 0, False
         self._overflows = 0
         for _ in range(s.ppo_epochs):
@@ -193,21 +245,7 @@ class PPOLearner:
 
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - logratio).mean().item()  # Schulman's k3 estimator
-                    self._watch_heads(ev, old_heads[envs], mb_valid, head_rmax, exploded_heads)
-                    for i, h in enumerate(HEADS):
-                        rel = ev.relevance[..., i][mb_valid]
-                        if rel.any():
-                            head_ent[h].append(ev.entropy[..., i][mb_valid][rel].mean().item())
-                    if ratio.numel():
-                        logs["rmax"].append(ratio.max().item())
-                        logs["rmin"].append(ratio.min().item())
-                        over = ratio[ratio > s.ratio_explosion]
-                        if over.numel():
-                            exploded_ratios.append(over)
-                            full = (ev.log_prob.float() - mb.log_prob).exp()  # (B, T)
-                            where = ((full > s.ratio_explosion) & mb_valid).nonzero().tolist()
-                            exploded_steps.update((int(envs[b]), t) for b, t in where)
-
+                    watch.observe(ev, mb.log_prob, old_heads[envs], mb_valid, envs)
                 logs["kl"].append(approx_kl)
                 logs["clip"].append(((ratio - 1).abs() > s.clip_ratio).float().mean().item())
                 if approx_kl > s.target_kl:  # the policy moved far enough: take no more steps
@@ -225,18 +263,6 @@ class PPOLearner:
                 break
 
         values, returns = batch.values[valid], batch.returns[valid]
-        diagnostic = None
-        if exploded_ratios:
-            over = torch.cat(exploded_ratios)
-            diagnostic = RatioExplosionDiagnostic(
-                s.ratio_explosion,
-                tuple(h for h in HEADS if h in exploded_heads),
-                int(over.numel()),
-                tuple(sorted(exploded_steps)),
-                max(logs["rmax"]),
-                over.mean().item(),
-                min(logs["rmin"]),
-            )
         relevance = before.relevance[valid].float().mean(0) if n_valid else None
         return UpdateStats(
             passes=passes,
@@ -248,40 +274,20 @@ class PPOLearner:
             entropy=_mean(logs["entropy"]),
             approx_kl=_mean(logs["kl"]),
             clip_fraction=_mean(logs["clip"]),
-            ratio_max=max(logs["rmax"]) if logs["rmax"] else None,
-            ratio_min=min(logs["rmin"]) if logs["rmin"] else None,
+            ratio_max=max(watch.ratio_max) if watch.ratio_max else None,
+            ratio_min=min(watch.ratio_min) if watch.ratio_min else None,
             explained_variance=explained_variance(values, returns),
             value_std=float(values.std(unbiased=False)) if n_valid else 0.0,
             return_std=float(returns.std(unbiased=False)) if n_valid else 0.0,
             grad_norm=_mean(logs["grad"]),
             entropy_coef=entropy_coef,
-            head_entropy={h: _mean(v) for h, v in head_ent.items()},
-            head_ratio_max=head_rmax,
+            head_entropy={h: _mean(v) for h, v in watch.head_entropy.items()},
+            head_ratio_max=watch.head_ratio_max,
             head_relevance={
                 h: (0.0 if relevance is None else float(relevance[i])) for i, h in enumerate(HEADS)
             },
-            diagnostic=diagnostic,
+            diagnostic=watch.diagnostic(),
         )
-
-    def _watch_heads(
-        self,
-        ev: Any,
-        old_heads: Tensor,
-        valid: Tensor,
-        head_rmax: dict[str, float | None],
-        exploded: set[str],
-    ) -> None:
-        """Track each head's own ratio on the steps where it counted."""
-        ratios = (ev.head_log_prob.float() - old_heads).exp()  # (B, T, 5)
-        for i, h in enumerate(HEADS):
-            rel = ev.relevance[..., i] & valid
-            if not rel.any():
-                continue
-            top = ratios[..., i][rel].max().item()
-            current = head_rmax[h]
-            head_rmax[h] = top if current is None else max(current, top)
-            if top > self.settings.ratio_explosion:
-                exploded.add(h)
 
     def _step(self, loss: Tensor) -> float | None:
         """Backward, finiteness gate, clip, step. Returns the pre-clip norm, None if skipped."""
