@@ -229,7 +229,8 @@ def run_ppo(args: argparse.Namespace) -> int:
         )
     )
     started = time.perf_counter()
-    status = "completed"
+    status, failure = "completed", ""
+    saved = [trainer.round]  # the round the checkpoint (and rounds.csv) describes
 
     def record(result: RoundResult) -> None:
         accuracies = [env.episode_info().final_val_accuracy for env in trainer.vec.envs]
@@ -238,6 +239,7 @@ def run_ppo(args: argparse.Namespace) -> int:
             rows.append(row)
             _write_rows(directory / "rounds.csv", rows)
             save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
+            saved[0] = trainer.round
         print(_progress_line(row, config.ppo.rounds), file=sys.stderr, flush=True)
 
     try:
@@ -246,11 +248,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         status = "interrupted"
     except EpisodeStartError as err:  # broken settings found only once training started
         status, failure = "failed", str(err)
-    checkpoint_round = int(
-        read_checkpoint(directory / "checkpoints" / "ppo.pt")["trainer"]["round"]
-    )
-    rows = [r for r in rows if int(r["round"]) <= checkpoint_round]
-    _write_rows(directory / "rounds.csv", rows)
+    checkpoint_round = saved[0]  # a round cut short by Ctrl-C left no row and no checkpoint
     summary = _summary(config, status, rows, time.perf_counter() - started)
     hub.emit(
         PPORunFinished(
