@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,22 @@ def expected_output(
         prev = name
     assert prev is not None
     return host.forward_from_segment(prev, h)
+
+
+@pytest.fixture(scope="session")
+def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three real run directories, recorded once per test session; tests must not modify them.
+
+    ``heuristic``: 40 synthetic epochs in which the heuristic germinates, blends, fossilizes and
+    prunes seeds; ``static``: the same host and seed without growth (a baseline); ``ppo``: two
+    rounds of the tiny PPO preset (two environments, reward components, PPO updates).
+    """
+    from esper.cli.main import main
+
+    root = tmp_path_factory.mktemp("recorded")
+    runs = {mode: root / mode for mode in ("heuristic", "static", "ppo")}
+    for mode in ("heuristic", "static"):
+        args = [mode, "--task", "synthetic", "--epochs", "40", "--out", str(runs[mode])]
+        assert main(args) == 0
+    assert main(["ppo", "--preset", "tiny", "--rounds", "2", "--out", str(runs["ppo"])]) == 0
+    return runs

@@ -1,0 +1,238 @@
+"""Reading run directories and their event logs: the one reader every view builds on.
+
+A run directory (written by ``esper heuristic``/``static``/``eval``/``ppo``) holds
+``config.json``, ``meta.json`` and ``events.jsonl``; its first event is ``RunStarted``, and
+``summary.json`` appears once the run stops. ``events.jsonl`` is append-only, one JSON object per
+line, flushed per line: a crash can leave at most a partial last line, which readers skip and
+report. Any other line that is not a known event is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esper.leyline.events import EVENT_TYPES, RunStarted
+
+EVENTS_FILE = "events.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+class EventLogError(ValueError):
+    """An event log line that is complete but not a known event (the message names file:line)."""
+
+
+class RunDirectoryError(ValueError):
+    """A path that does not exist or is not an Esper run directory."""
+
+
+def parse_record(text: str, where: str) -> dict[str, Any]:
+    """One event-log line as a record.
+
+    Args:
+        text: the line, without its newline.
+        where: ``"path:line"`` for the error message.
+
+    Raises:
+        EventLogError: the line is not a JSON object naming a known event.
+    """
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise EventLogError(f"{where}: malformed event line ({err.msg}): {text[:80]!r}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+        raise EventLogError(
+            f"{where}: not an event record (a JSON object with 'event'): {text[:80]!r}"
+        )
+    if record["event"] not in EVENT_TYPES:
+        known = ", ".join(sorted(EVENT_TYPES))
+        raise EventLogError(f"{where}: unknown event {record['event']!r}; known: {known}")
+    return record
+
+
+class EventTail:
+    """Follows a growing event log: each ``poll`` returns the records completed since the last.
+
+    A line is returned only once its newline has been written, so a line being written is never
+    half-read. The file may not exist yet (a run that is still starting): ``poll`` returns nothing.
+
+    Args:
+        path: the ``events.jsonl`` file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0  # bytes consumed, up to the end of the last complete line
+        self.lines = 0  # complete lines consumed
+        self.partial = b""  # bytes after the last newline (a line still being written)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Records completed since the last call.
+
+        Raises:
+            EventLogError: a complete line is malformed, or the file shrank (it was rewritten).
+        """
+        try:
+            with self.path.open("rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                if size < self.offset + len(self.partial):
+                    raise EventLogError(
+                        f"{self.path}: the event log shrank from "
+                        f"{self.offset + len(self.partial)} to {size} bytes (it was rewritten)"
+                    )
+                f.seek(self.offset + len(self.partial))
+                data = self.partial + f.read()
+        except FileNotFoundError:
+            return []
+        *complete, self.partial = data.split(b"\n")
+        records = []
+        for raw in complete:
+            self.lines += 1
+            self.offset += len(raw) + 1
+            text = raw.decode("utf-8", errors="replace")
+            if text.strip():
+                records.append(parse_record(text, f"{self.path}:{self.lines}"))
+        return records
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """A whole event log as read once.
+
+    Attributes:
+        path: the file.
+        records: every complete event, in order.
+        truncated_line: the 1-based number of a partial last line that was skipped (a crashed
+            run), else None.
+    """
+
+    path: Path
+    records: list[dict[str, Any]]
+    truncated_line: int | None
+
+
+def read_events(path: Path) -> EventLog:
+    """Read a finished (or crashed) event log.
+
+    A last line without its newline is kept if it parses (a writer stopped just before the
+    newline) and reported as truncated otherwise.
+
+    Raises:
+        FileNotFoundError: no such file.
+        EventLogError: a malformed line other than the last.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no event log at {str(path)!r}")
+    tail = EventTail(path)
+    records = tail.poll()
+    truncated = None
+    if tail.partial.strip():
+        text = tail.partial.decode("utf-8", errors="replace")
+        try:
+            records.append(parse_record(text, f"{path}:{tail.lines + 1}"))
+        except EventLogError:
+            truncated = tail.lines + 1
+    return EventLog(path, records, truncated)
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """A run directory, identified by its first event.
+
+    Attributes:
+        path: the directory.
+        name: its name (the run id written into every event).
+        mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
+        task: the task preset.
+        seed: the run seed.
+        summary: ``summary.json`` once the run has stopped, else None (running or crashed).
+    """
+
+    path: Path
+    name: str
+    mode: str
+    task: str
+    seed: int
+    summary: dict[str, Any] | None
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    @property
+    def status(self) -> str:
+        """The recorded status, or ``"unfinished"`` (still running, or crashed) without one."""
+        return "unfinished" if self.summary is None else str(self.summary["status"])
+
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration (``config.json``)."""
+        data: dict[str, Any] = json.loads((self.path / CONFIG_FILE).read_text(encoding="utf-8"))
+        return data
+
+
+def open_run(path: Path) -> RunDirectory:
+    """The run in ``path``.
+
+    Raises:
+        RunDirectoryError: ``path`` does not exist, or is not a run directory (no config.json,
+            no event log, or a log that does not start with ``RunStarted``).
+    """
+    if not path.exists():
+        raise RunDirectoryError(f"run directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise RunDirectoryError(f"{str(path)!r} is a file, not a run directory")
+    missing = [name for name in (CONFIG_FILE, EVENTS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise RunDirectoryError(
+            f"{str(path)!r} is not an Esper run directory (no {' or '.join(missing)})"
+        )
+    with (path / EVENTS_FILE).open("rb") as f:
+        first = f.readline().decode("utf-8", errors="replace")
+    try:
+        record = parse_record(first.rstrip("\n"), f"{path / EVENTS_FILE}:1")
+    except EventLogError as err:
+        raise RunDirectoryError(f"{str(path)!r} is not a readable run: {err}") from None
+    if record["event"] != RunStarted.__name__:
+        raise RunDirectoryError(
+            f"{str(path)!r}: the event log starts with {record['event']}, not RunStarted"
+        )
+    summary = None
+    if (path / SUMMARY_FILE).is_file():
+        try:
+            summary = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise RunDirectoryError(
+                f"{str(path / SUMMARY_FILE)!r} is not valid JSON: {err}"
+            ) from None
+    return RunDirectory(
+        path, path.name, str(record["mode"]), str(record["task"]), int(record["seed"]), summary
+    )
+
+
+def find_runs(directory: Path) -> list[RunDirectory]:
+    """Every run directory directly inside ``directory`` (or ``directory`` itself), by name.
+
+    Raises:
+        RunDirectoryError: ``directory`` does not exist or is not a directory.
+    """
+    if not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
+    if (directory / EVENTS_FILE).is_file():
+        return [open_run(directory)]
+    runs = []
+    for child in sorted(directory.iterdir()):
+        if child.is_dir() and (child / EVENTS_FILE).is_file() and (child / CONFIG_FILE).is_file():
+            runs.append(open_run(child))
+    return runs
+
+
+def display(value: Any, spec: str = "") -> str:
+    """A value for people: a missing one (None, NaN) shows as "—", never as 0."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    return format(value, spec)
