@@ -8,8 +8,11 @@ the base and the alternative.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,6 +123,17 @@ def build_probe(config: TrainingConfig) -> list[float]:
     return [float(hash(tuple(map(str, devices)))), float(hub.level.value)]
 
 
+def run_probe(config: TrainingConfig) -> list[float]:
+    """A one-round ``esper ppo`` run of ``config``: which files its run directory holds."""
+    from esper.cli.main import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, out = Path(tmp) / "config.json", Path(tmp) / "run"
+        path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+        assert main(["ppo", "--config-json", str(path), "--rounds", "1", "--out", str(out)]) == 0
+        return [float(hash(tuple(sorted(p.name for p in out.iterdir()))))]
+
+
 def _level(config: TrainingConfig):
     from esper.leyline import TelemetryLevel
 
@@ -146,6 +160,7 @@ def loader_probe(config: TrainingConfig) -> list[float]:
 
 Probe = Callable[[TrainingConfig], list[float]]
 CONTRIBUTION_SIMPLIFIED = {"reward": {"mode": "simplified"}}
+TINY_RUN = {"ppo": {"n_envs": 1}, "env": {"episode_length": 3, "batches_per_epoch": 2}}
 FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.task": ("digits", {}, env_probe),
     "env.episode_length": (5, {}, env_probe),
@@ -189,6 +204,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "runtime.devices": (["cuda:0"], {}, build_probe),
     "runtime.amp": (True, {}, build_probe),
     "runtime.telemetry": ("debug", {}, build_probe),
+    "runtime.tensorboard": (True, TINY_RUN, run_probe),
 }
 
 

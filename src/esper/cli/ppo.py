@@ -31,10 +31,12 @@ from esper.cli.session import (
     default_out,
     format_percent,
     new_run_directory,
+    run_sinks,
 )
 from esper.data import DatasetNotFoundError
 from esper.leyline.events import PPORunFinished, RunStarted, TelemetryLevel
-from esper.nissa import JsonlSink, TelemetryHub
+from esper.nissa import TelemetryHub
+from esper.nissa.sinks import ConsoleSink
 from esper.seeding import seed_everything
 from esper.simic.build import (
     build_trainer,
@@ -101,6 +103,8 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
             overrides.setdefault("env", {})["download"] = False
         if args.amp:
             overrides.setdefault("runtime", {})["amp"] = True
+        if args.tensorboard:
+            overrides.setdefault("runtime", {})["tensorboard"] = True
         return TrainingConfig.from_dict(overrides, config).resolved()
     except ValueError as err:
         raise UserError(str(err)) from err
@@ -185,7 +189,9 @@ def run_ppo(args: argparse.Namespace) -> int:
     """``esper ppo``."""
     if args.resume is not None:
         given = [f"--{d.replace('_', '-')}" for d in _FLAG_FIELDS if vars(args)[d] is not None]
-        given += [f for f, on in (("--no-download", args.no_download), ("--amp", args.amp)) if on]
+        switches = [("--no-download", args.no_download), ("--amp", args.amp)]
+        switches += [("--tensorboard", args.tensorboard)]
+        given += [f for f, on in switches if on]
         given += [f for f, v in (("--out", args.out), ("--config-json", args.config_json)) if v]
         if given:
             raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
@@ -216,7 +222,10 @@ def run_ppo(args: argparse.Namespace) -> int:
         save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
         rows = []
     hub.run_id = directory.name
-    hub.sinks.append(JsonlSink(directory / "events.jsonl"))
+    console = ConsoleSink(
+        sys.stderr, "ppo", config.ppo.rounds, trainer.round, bar=sys.stderr.isatty()
+    )
+    hub.sinks.extend(run_sinks(directory, console, config.runtime.tensorboard))
     hub.emit(
         RunStarted(
             directory.name,
@@ -240,7 +249,6 @@ def run_ppo(args: argparse.Namespace) -> int:
             _write_rows(directory / "rounds.csv", rows)
             save_checkpoint(directory / "checkpoints" / "ppo.pt", trainer)
             saved[0] = trainer.round
-        print(_progress_line(row, config.ppo.rounds), file=sys.stderr, flush=True)
 
     try:
         trainer.train(record)
@@ -291,16 +299,6 @@ def _number(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def _progress_line(row: dict[str, Any], total: int) -> str:
-    accuracy = _number(row["mean_final_accuracy"])
-    return (
-        f"[ppo] round {row['round']}/{total}  return {_fmt(_number(row['mean_return']))}  "
-        f"acc {format_percent(accuracy)}  entropy {_fmt(_number(row['entropy']))}  "
-        f"kl {_fmt(_number(row['approx_kl']))}  "
-        f"({float(row['seconds_rollout']):.1f}s + {float(row['seconds_update']):.2f}s)"
-    )
 
 
 def _summary(

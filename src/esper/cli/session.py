@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 from esper.cli.main import EXIT_INTERRUPTED, UserError
-from esper.cli.progress import Progress
 from esper.data import BatchStream, DatasetNotFoundError, load_dataset
 from esper.kasmina import (
     CheckpointError,
@@ -45,8 +44,9 @@ from esper.kasmina import (
 )
 from esper.kasmina import save_model as save_model_file
 from esper.leyline import Observation, SeedStage, Topology, ordered_slots
-from esper.leyline.events import RunFinished, RunStarted
-from esper.nissa import JsonlSink, TelemetryHub, json_safe
+from esper.leyline.events import RunFinished, RunStarted, TelemetryLevel
+from esper.nissa import JsonlSink, Sink, TelemetryHub, json_safe
+from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink
 from esper.seeding import seed_everything
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
 from esper.tasks import TaskSpec, get_task
@@ -78,6 +78,9 @@ class RunConfig:
         data_dir: dataset directory or text file, if given.
         download: whether a missing dataset may be downloaded.
         policy: the PPO checkpoint (or PPO run directory) an ``eval`` run is controlled by.
+        shapley: measure exact Shapley values of the blended seeds at every validation.
+        telemetry: telemetry level of the event log (minimal, normal, debug).
+        tensorboard: also write TensorBoard scalars to ``tensorboard/`` in the run directory.
     """
 
     mode: str
@@ -93,6 +96,9 @@ class RunConfig:
     data_dir: str | None
     download: bool
     policy: str | None = None
+    shapley: bool = False
+    telemetry: str = "normal"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field (a hand-edited config.json must fail as clearly as a flag)."""
@@ -117,6 +123,10 @@ class RunConfig:
                 raise ValueError(f"{name} must be a finite positive number, got {value!r}")
         if not self.slots or not all(isinstance(v, str) for v in self.slots):
             raise ValueError(f"slots must be a non-empty list of names, got {self.slots!r}")
+        for name in ("download", "shapley", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        TelemetryLevel.parse(self.telemetry)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
@@ -146,6 +156,9 @@ class RunConfig:
             data_dir=None if args.data_dir is None else str(args.data_dir),
             download=not args.no_download,
             policy=str(args.policy.resolve()) if args.command == "eval" else None,
+            shapley=args.shapley if growth else False,
+            telemetry=args.telemetry or "normal",
+            tensorboard=args.tensorboard,
         )
 
     @classmethod
@@ -167,6 +180,7 @@ class RunConfig:
             val_samples=self.val_samples,
             host_lr=self.lr,
             seed_lr=self.seed_lr,
+            shapley=self.shapley,
         )
 
 
@@ -470,6 +484,21 @@ def new_run_directory(directory: Path) -> Path:
     return directory
 
 
+def run_sinks(directory: Path, console: Sink, tensorboard: bool) -> list[Sink]:
+    """A run's telemetry sinks: its event log (always), ``console``, and TensorBoard if asked.
+
+    Raises:
+        UserError: TensorBoard was asked for without the ``tensorboard`` package.
+    """
+    sinks: list[Sink] = [JsonlSink(directory / "events.jsonl"), console]
+    if tensorboard:
+        try:
+            sinks.append(TensorBoardSink(directory / "tensorboard"))
+        except TensorBoardSetupError as err:
+            raise UserError(str(err)) from err
+    return sinks
+
+
 def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str = "") -> Path:
     """Run (or resume) one configuration to completion; return its directory.
 
@@ -495,8 +524,19 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
         _write_json(directory / "meta.json", _meta(config, directory.name))
         _write_metrics(directory / "metrics.csv", [])
         run.save(checkpoints)  # epoch 0: Ctrl-C in the first epoch can still be resumed
-    run.hub = TelemetryHub(directory.name, [JsonlSink(directory / "events.jsonl")])
     start_epoch = run.trainer.epoch
+    console = ConsoleSink(
+        sys.stderr,
+        label or f"{config.task} {config.mode}",
+        config.epochs,
+        start_epoch,
+        bar=sys.stderr.isatty(),
+    )
+    run.hub = TelemetryHub(
+        directory.name,
+        run_sinks(directory, console, config.tensorboard),
+        TelemetryLevel.parse(config.telemetry),
+    )
     run.hub.emit(
         RunStarted(
             directory.name,
@@ -508,7 +548,6 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
             start_epoch if resume is not None else None,
         )
     )
-    progress = Progress(label or f"{config.task} {config.mode}", config.epochs, start_epoch)
     try:
         with (directory / "metrics.csv").open("a", newline="", encoding="utf-8") as metrics:
             writer = csv.DictWriter(metrics, fieldnames=METRIC_FIELDS)
@@ -521,13 +560,10 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
                     writer.writerow(_metrics_row(result, params))
                     metrics.flush()
                     run.save(checkpoints)
-                progress.update(result, params, run.model.reports())
     except KeyboardInterrupt:
-        progress.close()
         run.load(checkpoints)  # the record must describe what a resume will continue from
         _finish(run, directory, "interrupted")
         raise Interrupted(directory) from None
-    progress.close()
     _finish(run, directory, "terminated" if run.trainer.terminated else "completed")
     return directory
 

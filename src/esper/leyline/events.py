@@ -56,7 +56,8 @@ class SlotSnapshot:
     stage: str
     blueprint: str | None
     alpha: float
-    contribution: float | None
+    contribution: float | None  # counterfactual contribution, accuracy points
+    shapley: float | None  # exact Shapley value among blended seeds (when measured)
     seed_params: int
 
 
@@ -105,6 +106,25 @@ class ActionTaken:
     reason: str
     accepted: bool
     error: str | None
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """What a learned policy chose and what it could have chosen (PPO training).
+
+    Emitted before the matching ``ActionTaken``; the valid options are the action masks of
+    DESIGN §4 in words.
+    """
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
+
+    epoch: int
+    chosen: tuple[tuple[str, str], ...]  # (head, option) for each head the chosen op reads
+    valid_ops: tuple[str, ...]
+    valid_slots: tuple[str, ...]  # slots valid for the chosen op (none for WAIT)
+    valid_blueprints: tuple[str, ...]
+    log_prob: float  # joint log-probability of the relevant heads
+    value: float  # the critic's V(s)
 
 
 @dataclass(frozen=True)
@@ -250,6 +270,7 @@ Event = (
     | EpochCompleted
     | SeedTransition
     | ActionTaken
+    | PolicyDecision
     | GovernorPanic
     | RunFinished
     | RewardComputed
@@ -269,6 +290,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
         EpochCompleted,
         SeedTransition,
         ActionTaken,
+        PolicyDecision,
         GovernorPanic,
         RunFinished,
         RewardComputed,

@@ -1,9 +1,13 @@
 """Nissa: telemetry.
 
-Nissa owns the hub that fans typed events (declared in ``esper.leyline.events``) out to sinks, and
-the sinks themselves: the JSONL event log every run directory keeps. It imports only Leyline.
+Nissa owns the hub that fans typed events (declared in ``esper.leyline.events``) out to sinks —
+the JSONL event log every run directory keeps, console progress and optional TensorBoard scalars —
+and the readers of what was recorded: run directories, event logs (followed live or read whole)
+and the DuckDB views of ``esper runs query``. It imports only Leyline.
 """
 
 from esper.nissa.hub import JsonlSink, Sink, TelemetryHub, json_safe
 
+# Sinks with third-party imports (esper.nissa.sinks: tqdm, TensorBoard) and the DuckDB views
+# (esper.nissa.views) are imported from their modules, keeping `esper --help` fast.
 __all__ = ["JsonlSink", "Sink", "TelemetryHub", "json_safe"]

@@ -179,16 +179,22 @@ class RuntimeSettings:
         devices: devices environments are mapped to round-robin (``cpu``, ``cuda:0``, …).
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
         telemetry: telemetry level (minimal, normal, debug).
+        tensorboard: also write TensorBoard scalars to ``tensorboard/`` in the run directory.
     """
 
     seed: int = 0
     devices: tuple[str, ...] = ("cpu",)
     amp: bool = False
     telemetry: str = "normal"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("runtime.seed", self.seed, low=0)
         _require(isinstance(self.amp, bool), f"runtime.amp must be a bool, got {self.amp!r}")
+        _require(
+            isinstance(self.tensorboard, bool),
+            f"runtime.tensorboard must be a bool, got {self.tensorboard!r}",
+        )
         _require(
             bool(self.devices) and all(isinstance(d, str) for d in self.devices),
             f"runtime.devices must be a non-empty list of device names, got {self.devices!r}",

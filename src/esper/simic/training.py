@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from esper.leyline import Action
+from esper.leyline import Action, Observation
 from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
+    PolicyDecision,
     PPOHeadStats,
     PPOUpdate,
     RatioExplosion,
@@ -43,7 +44,7 @@ from esper.simic.vector import VectorEnv
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
 from esper.tamiyo.features import encode_observation, observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
-from esper.tamiyo.policy import PolicyConfig, PolicyNetwork
+from esper.tamiyo.policy import ActStep, PolicyConfig, PolicyNetwork
 
 POLICY_SEED_OFFSET = 7919
 """The policy's sampling and shuffling generators use ``seed + offset`` so they never share a
@@ -135,13 +136,15 @@ class PPOTrainer:
         for _ in range(self.max_steps):
             if not alive.any():
                 break
-            masks = ActionMasks.stack([space.masks(o) for o in observations]).to(self.device)
+            env_masks = [space.masks(o) for o in observations]
+            masks = ActionMasks.stack(env_masks).to(self.device)
             obs = self.normalizer.normalize(raw).to(self.device)  # statistics frozen this round
             seen.append(raw[alive])
             with torch.no_grad():
                 step = net.act(obs, masks, state, generator=self.generator)
             buffer.add(obs, masks, step.actions, step.log_prob, step.value, episode_start, alive)
             chosen = step.actions.cpu().tolist()
+            self._emit_decisions(env_masks, observations, chosen, step, alive)
             actions: list[Action | None] = [
                 space.decode(chosen[i]) if alive[i] else None for i in range(n)
             ]
@@ -215,6 +218,24 @@ class PPOTrainer:
         return replace(batch, **moved)
 
     # ------------------------------------------------------------------------------ telemetry
+
+    def _emit_decisions(
+        self,
+        masks: list[ActionMasks],
+        observations: list[Observation],
+        chosen: list[list[int]],
+        step: ActStep,
+        alive: torch.Tensor,
+    ) -> None:
+        """One ``PolicyDecision`` per live environment (skipped below NORMAL telemetry)."""
+        if self.hub.level.value < PolicyDecision.level.value:
+            return  # building the event costs more than the decision; nothing would be written
+        log_probs, values = step.log_prob.cpu().tolist(), step.value.cpu().tolist()
+        for i in range(len(self.vec)):
+            if alive[i]:
+                epoch = observations[i].signals.epoch
+                event = self.space.decision(masks[i], chosen[i], epoch, log_probs[i], values[i])
+                self.hub.emit(event, {"env": i, "episode": self.round})  # a round = one episode
 
     def _emit_round(self, result: RoundResult, lengths: list[int], terminated: list[bool]) -> None:
         stats, hub = result.stats, self.hub

@@ -37,6 +37,7 @@ from esper.leyline import (
     SeedStage,
     Topology,
 )
+from esper.leyline.events import PolicyDecision
 from esper.tamiyo.features import FEATURE_SLOTS, aligned_reports
 
 HEADS: tuple[str, ...] = ("op", "slot", "blueprint", "tempo", "alpha_target")
@@ -131,6 +132,11 @@ class ActionMasks:
         return ActionMasks(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+def _label(choice: object) -> str:
+    """An option as telemetry writes it: an op by its name, anything else as text."""
+    return choice.value if isinstance(choice, Op) else str(choice)
+
+
 class ActionSpace:
     """The factored action space of one host topology.
 
@@ -218,6 +224,39 @@ class ActionSpace:
             tempo=self.tempos[tempo_i] if "tempo" in needs else None,
             alpha_target=self.alpha_targets[alpha_i] if "alpha_target" in needs else None,
             reason=reason,
+        )
+
+    def decision(
+        self, masks: ActionMasks, indices: Sequence[int], epoch: int, log_prob: float, value: float
+    ) -> PolicyDecision:
+        """The telemetry event for one unbatched decision: chosen options and valid ones.
+
+        Args:
+            masks: the unbatched masks the policy acted under.
+            indices: one index per head (``HEADS`` order).
+            epoch: the environment's epoch when deciding.
+            log_prob: joint log-probability of the relevant heads.
+            value: the critic's estimate.
+        """
+        action = self.decode(indices)
+        op = self.ops.index(action.op)
+        chosen = tuple(
+            (head, _label(self._choices[head][int(i)]))
+            for head, i in zip(HEADS, indices, strict=True)
+            if head in RELEVANT_HEADS[action.op]
+        )
+
+        def allowed(names: Sequence[object], mask: Tensor) -> tuple[str, ...]:
+            return tuple(_label(n) for n, ok in zip(names, mask.tolist(), strict=True) if ok)
+
+        return PolicyDecision(
+            epoch,
+            chosen,
+            allowed(self.ops, masks.op),
+            allowed(self.slots, masks.slot[op]),
+            allowed(self.blueprints, masks.blueprint),
+            log_prob,
+            value,
         )
 
     def encode(self, action: Action) -> tuple[int, int, int, int, int]:

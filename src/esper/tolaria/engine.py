@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from esper.kasmina import LifecycleError, MorphogeneticModel
-from esper.leyline import FORWARD_STAGES, Action, Op, SeedStage
+from esper.leyline import BLENDED_STAGES, FORWARD_STAGES, Action, Op, SeedStage
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import (
     ActionTaken,
@@ -56,6 +56,8 @@ class EngineConfig:
         host_lr: AdamW learning rate of the host and fossilized seeds.
         seed_lr: AdamW learning rate of live seeds.
         weight_decay: AdamW decoupled weight decay.
+        shapley: also measure exact Shapley values of the blended seeds at every validation
+            (``2**n`` more forward configurations for ``n`` blended seeds; off by default).
         governor: governor thresholds.
     """
 
@@ -65,6 +67,7 @@ class EngineConfig:
     host_lr: float = 3e-3
     seed_lr: float = 3e-3
     weight_decay: float = 0.0
+    shapley: bool = False
     governor: GovernorConfig = field(default_factory=GovernorConfig)
 
     def __post_init__(self) -> None:
@@ -184,8 +187,11 @@ class Trainer:
             totals["correct"] += int(hits.item())
             totals["count"] += y.numel()
 
-        if any(r.stage in FORWARD_STAGES for r in self.model.reports().values()):
+        stages = [r.stage for r in self.model.reports().values()]
+        if any(stage in FORWARD_STAGES for stage in stages):
             self.model.measure_contributions(self._val_batches(), observe=observe)
+            if self.config.shapley and any(stage in BLENDED_STAGES for stage in stages):
+                self.model.shapley_values(self._val_batches())
         else:
             self.model.eval()
             with torch.no_grad():
@@ -310,6 +316,7 @@ class Trainer:
                 r.blueprint,
                 r.alpha,
                 r.counterfactual_contribution,
+                r.shapley_value,
                 r.seed_param_count,
             )
             for r in self.model.reports().values()

@@ -1,0 +1,239 @@
+"""``esper runs``: list, show, compare and query recorded runs.
+
+Reads run directories through ``esper.nissa.log`` and answers SQL through the DuckDB views of
+``esper.nissa.views``. A value that was not recorded prints as "—".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from esper.cli.main import UserError
+from esper.leyline.events import EpochCompleted, PPOUpdate
+from esper.nissa.log import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    RunDirectory,
+    RunDirectoryError,
+    display,
+    open_run,
+    read_events,
+)
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _percent(value: Any) -> str:
+    text = display(value, ".2f")
+    return text if text == "—" else text + "%"
+
+
+def _progress(run: RunDirectory) -> dict[str, Any]:
+    """Where a run is: its summary's numbers, or for an unfinished run the last logged step."""
+    s = run.summary
+    if s is not None and run.mode == "ppo":
+        return {
+            "done": s["rounds_completed"],
+            "planned": s["rounds_planned"],
+            "accuracy": s["final_mean_accuracy"],
+            "params": None,
+            "return": s["final_mean_return"],
+        }
+    if s is not None:
+        final = s["final"]
+        return {
+            "done": s["epochs_completed"],
+            "planned": s["epochs_planned"],
+            "accuracy": None if final is None else final["val_accuracy"],
+            "params": s["param_count"],
+            "return": None,
+        }
+    records = read_events(run.events_path).records
+    if run.mode == "ppo":
+        updates = [r for r in records if r["event"] == PPOUpdate.__name__]
+        last = updates[-1] if updates else None
+        return {
+            "done": None if last is None else last["round"],
+            "planned": run.config()["ppo"]["rounds"],
+            "accuracy": None,
+            "params": None,
+            "return": None if last is None else last["mean_return"],
+        }
+    epochs = [r for r in records if r["event"] == EpochCompleted.__name__]
+    last = epochs[-1] if epochs else None
+    return {
+        "done": None if last is None else last["epoch"],
+        "planned": run.config()["epochs"],
+        "accuracy": None if last is None else last["val_accuracy"],
+        "params": None if last is None else last["param_count"],
+        "return": None,
+    }
+
+
+def _list(directory: Path) -> int:
+    if not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        raise UserError(f"runs directory {str(directory)!r} {what}")
+    candidates = [directory] if (directory / EVENTS_FILE).is_file() else sorted(directory.iterdir())
+    rows, broken = [], []
+    for path in candidates:
+        if not (
+            path.is_dir() and (path / EVENTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+        ):
+            continue
+        try:
+            run = open_run(path)
+            p = _progress(run)
+        except (RunDirectoryError, ValueError, KeyError, OSError) as err:
+            broken.append(f"{path.name}: not readable: {err}")
+            continue
+        steps = f"{display(p['done'])}/{display(p['planned'])}"
+        rows.append(
+            [
+                run.name,
+                run.mode,
+                run.task,
+                str(run.seed),
+                run.status,
+                steps,
+                _percent(p["accuracy"]),
+                display(p["params"]),
+                display(p["return"], ".3f"),
+            ]
+        )
+    if not rows and not broken:
+        print(f"no runs in {directory}")
+        return 0
+    header = ["run", "mode", "task", "seed", "status", "epochs|rounds", "val acc", "params"]
+    print(format_table([*header, "return"], rows))
+    for line in broken:
+        print(line, file=sys.stderr)
+    return 0
+
+
+_COMPARE_ROWS: tuple[tuple[str, str, str], ...] = (
+    # (label, summary key path, format) — "final.val_accuracy" reads summary["final"][...]
+    ("epochs", "epochs_completed", ""),
+    ("final val acc", "final.val_accuracy", "%"),
+    ("best val acc", "best_val_accuracy", "%"),
+    ("final train acc", "final.train_accuracy", "%"),
+    ("final val loss", "final.val_loss", ".4f"),
+    ("params", "param_count", ""),
+    ("host params", "host_param_count", ""),
+    ("fossilized", "fossilized", ""),
+    ("pruned", "pruned", ""),
+    ("train seconds", "wall_seconds", ".1f"),
+    ("rounds", "rounds_completed", ""),
+    ("env steps", "env_steps", ""),
+    ("final mean return", "final_mean_return", ".3f"),
+    ("best mean return", "best_mean_return", ".3f"),
+    ("final mean acc", "final_mean_accuracy", "%"),
+    ("PPO seconds", "seconds", ".1f"),
+)
+"""Final metrics ``esper runs compare`` shows; a row no run has is left out."""
+
+
+def _lookup(summary: dict[str, Any] | None, path: str) -> tuple[bool, Any]:
+    """(whether the summary has the key, its value)."""
+    value: Any = summary
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return False, None
+        value = value[key]
+    return True, value
+
+
+def _compare(paths: list[Path]) -> int:
+    runs = [open_run(path) for path in paths]
+    header = ["", *[run.name for run in runs]]
+    rows = [
+        ["mode", *[run.mode for run in runs]],
+        ["task", *[run.task for run in runs]],
+        ["seed", *[str(run.seed) for run in runs]],
+        ["status", *[run.status for run in runs]],
+    ]
+    for label, path, spec in _COMPARE_ROWS:
+        found = [_lookup(run.summary, path) for run in runs]
+        if not any(has for has, _ in found):
+            continue
+        cells = [_percent(v) if spec == "%" else display(v, spec) for _, v in found]
+        rows.append([label, *cells])
+    print(format_table(header, rows))
+    return 0
+
+
+def _show(path: Path) -> int:
+    run = open_run(path)
+    log = read_events(run.events_path)
+    meta_path = run.path / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+    print(f"run       {run.name}  ({run.path})")
+    print(f"mode      {run.mode}   task {run.task}   seed {run.seed}   status {run.status}")
+    if meta is not None:
+        print(f"git       {display(meta['git_revision'])}   started {display(meta['started'])}")
+    print(f"config    {json.dumps(run.config(), sort_keys=True)}")
+    if run.summary is not None:
+        summary = {k: v for k, v in run.summary.items() if k != "config"}
+        print(f"summary   {json.dumps(summary, sort_keys=True)}")
+    counts = Counter(r["event"] for r in log.records)
+    print(f"events    {len(log.records)} in {EVENTS_FILE}")
+    for name, count in sorted(counts.items()):
+        print(f"  {name:<18}{count}")
+    if log.truncated_line is not None:
+        print(
+            f"warning: {EVENTS_FILE} line {log.truncated_line} is truncated (the run crashed "
+            "while writing it); it was skipped",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _query(sql: str, paths: list[Path], fmt: str) -> int:
+    from esper.nissa.views import QueryError, RunStore, collect_runs
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    store = RunStore(collect_runs(paths), warn)
+    try:
+        result = store.query(sql)
+    except QueryError as err:
+        raise UserError(f"query failed: {err}") from err
+    finally:
+        store.close()
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows([["" if v is None else v for v in row] for row in result.rows])
+    elif fmt == "json":
+        for row in result.rows:
+            print(json.dumps(dict(zip(result.columns, row, strict=True)), default=str))
+    elif result.columns:
+        cells = [[display(v) for v in row] for row in result.rows]
+        print(format_table(result.columns, cells))
+        print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
+    return 0
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    """``esper runs list|show|compare|query``."""
+    if args.runs_command == "list":
+        return _list(args.dir)
+    if args.runs_command == "show":
+        return _show(args.run)
+    if args.runs_command == "compare":
+        return _compare(args.runs)
+    return _query(args.sql, args.runs, args.format)

@@ -1,0 +1,170 @@
+"""Sinks besides the JSONL log: console progress and TensorBoard (an optional extra).
+
+Both read the same records the JSONL log gets (``event_record`` output plus ``t``, ``run_id`` and,
+in PPO runs, ``env``/``episode``), so they show exactly what the log holds. A value that was not
+measured (None, NaN) is left out of TensorBoard and printed as "—": never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from esper.leyline.events import (
+    EpisodeFinished,
+    EpochCompleted,
+    GovernorPanic,
+    PPOUpdate,
+    SlotSnapshot,
+)
+from esper.nissa.log import display
+
+_EPOCH = EpochCompleted.__name__
+_EPISODE = EpisodeFinished.__name__
+_UPDATE = PPOUpdate.__name__
+_PANIC = GovernorPanic.__name__
+
+
+def _measured(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ConsoleSink:
+    """Progress of one run on ``stream``: a tqdm bar on a terminal, one line per step otherwise.
+
+    Single-model runs (heuristic, static, eval) advance per ``EpochCompleted``; PPO runs, whose
+    epochs belong to many environments, advance per ``PPOUpdate`` (one round), with the mean final
+    accuracy of the round's episodes.
+
+    Args:
+        stream: where to write (the CLI passes ``sys.stderr``).
+        label: the run's name in each line.
+        total: epochs (or rounds) planned.
+        start: epochs (or rounds) already done (a resumed run).
+        bar: a live tqdm bar instead of lines (the CLI turns it on for terminals).
+    """
+
+    def __init__(
+        self, stream: TextIO, label: str, total: int, start: int = 0, bar: bool = False
+    ) -> None:
+        self.stream, self.label, self.total = stream, label, total
+        self._bar = tqdm(total=total, initial=start, desc=label, file=stream) if bar else None
+        self._accuracies: list[float | None] = []  # final accuracies of this round's episodes
+
+    def write(self, record: dict[str, Any]) -> None:
+        event = record["event"]
+        if event == _EPOCH and "env" not in record:
+            self._show(record["epoch"], _epoch_text(record))
+        elif event == _EPISODE:
+            self._accuracies.append(record["final_val_accuracy"])
+        elif event == _UPDATE:
+            finite = [a for a in self._accuracies if a is not None and math.isfinite(a)]
+            accuracy = sum(finite) / len(finite) if finite else None
+            self._accuracies = []
+            self._show(record["round"], _round_text(record, accuracy))
+
+    def _show(self, step: int, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(step - self._bar.n)
+        else:
+            self.stream.write(f"[{self.label}] {step}/{self.total}  {text}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _percent(value: Any) -> str:
+    return display(value if _measured(value) else None, ".2f") + ("%" if _measured(value) else "")
+
+
+def _epoch_text(record: dict[str, Any]) -> str:
+    live = [
+        f"{s['slot']}:{s['blueprint']}/{s['stage'][:4].lower()}"
+        for s in record["slots"]
+        if s["blueprint"] is not None
+    ]
+    loss = record["val_loss"] if _measured(record["val_loss"]) else None
+    return (
+        f"val {_percent(record['val_accuracy'])}  loss {display(loss, '.4f')}  "
+        f"params {record['param_count']}  seeds {' '.join(live) or '—'}"
+    )
+
+
+def _round_text(record: dict[str, Any], accuracy: float | None) -> str:
+    def number(key: str) -> str:
+        value = record[key]
+        return display(value if _measured(value) else None, ".3f")
+
+    return (
+        f"return {number('mean_return')}  acc {_percent(accuracy)}  "
+        f"entropy {number('entropy')}  kl {number('approx_kl')}  "
+        f"({record['seconds_rollout']:.1f}s + {record['seconds_update']:.2f}s)"
+    )
+
+
+class TensorBoardSetupError(RuntimeError):
+    """TensorBoard logging was asked for but the ``tensorboard`` package is not installed."""
+
+
+_PPO_SCALARS = tuple(f.name for f in fields(PPOUpdate) if f.name not in ("round", "early_stopped"))
+_SLOT_SCALARS = tuple(
+    f.name for f in fields(SlotSnapshot) if f.type in ("int", "float", "float | None")
+)
+
+
+class TensorBoardSink:
+    """Scalars for TensorBoard in ``log_dir`` (``pip install 'esper[tensorboard]'``).
+
+    Single-model runs: accuracy, loss, parameter count and per-slot α / contribution / Shapley
+    value / seed size against the epoch, and governor panics. PPO runs: every numeric
+    ``PPOUpdate`` statistic against the round, and each environment's episode return and final
+    accuracy against its episode.
+
+    Raises:
+        TensorBoardSetupError: when the ``tensorboard`` package is missing.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        try:  # imported only when the sink is enabled (STYLE 15)
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise TensorBoardSetupError(
+                "--tensorboard needs the tensorboard package: pip install 'esper[tensorboard]'"
+            ) from err
+        self.log_dir = log_dir
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def _scalar(self, tag: str, value: Any, step: int) -> None:
+        if _measured(value):
+            self._writer.add_scalar(tag, float(value), step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        event = record["event"]
+        if event == _EPOCH and "env" not in record:
+            step = record["epoch"]
+            for split in ("train", "val"):
+                self._scalar(f"accuracy/{split}", record[f"{split}_accuracy"], step)
+                self._scalar(f"loss/{split}", record[f"{split}_loss"], step)
+            self._scalar("params", record["param_count"], step)
+            for slot in record["slots"]:
+                for name in _SLOT_SCALARS:
+                    self._scalar(f"slot/{slot['slot']}/{name}", slot[name], step)
+        elif event == _PANIC and "env" not in record:
+            self._scalar("governor/panic", 1, record["epoch"])
+        elif event == _UPDATE:
+            for name in _PPO_SCALARS:
+                self._scalar(f"ppo/{name}", record[name], record["round"])
+        elif event == _EPISODE:
+            env, episode = record["env"], record["episode"]
+            self._scalar(f"episode/return/env{env}", record["episode_return"], episode)
+            self._scalar(f"episode/accuracy/env{env}", record["final_val_accuracy"], episode)
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,349 @@
+"""Nissa: the event-log reader, levels, console and TensorBoard sinks, Shapley and policy events."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esper.cli.main import main
+from esper.leyline import Observation, SeedStage, SeedStateReport, TrainingSignals
+from esper.leyline.events import (
+    EVENT_TYPES,
+    EpochCompleted,
+    PolicyDecision,
+    PPOHeadStats,
+    RunStarted,
+    SlotSnapshot,
+    TelemetryLevel,
+)
+from esper.nissa import JsonlSink, TelemetryHub
+from esper.nissa.log import (
+    EventLogError,
+    EventTail,
+    RunDirectoryError,
+    display,
+    open_run,
+    read_events,
+)
+from esper.nissa.sinks import ConsoleSink, TensorBoardSink
+
+
+def _line(event: str = "RunStarted", **fields: Any) -> str:
+    return json.dumps({"t": 1.0, "run_id": "r", "event": event, **fields})
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- the reader
+
+
+def test_truncated_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(_line() + "\n" + _line("RunFinished") + "\n" + '{"t": 2.0, "run_id": "r", "ev')
+    log = read_events(path)
+    assert [r["event"] for r in log.records] == ["RunStarted", "RunFinished"]
+    assert log.truncated_line == 3
+
+
+def test_a_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(_line() + "\n" + _line("RunFinished"))
+    log = read_events(path)
+    assert len(log.records) == 2 and log.truncated_line is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("{not json", "events.jsonl:2: malformed event line"),
+        ("[1, 2]", "events.jsonl:2: not an event record"),
+        (_line("Exploded"), "events.jsonl:2: unknown event 'Exploded'; known: ActionTaken"),
+    ],
+)
+def test_a_malformed_middle_line_names_file_and_line(tmp_path: Path, bad: str, message) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(_line() + "\n" + bad + "\n" + _line() + "\n")
+    with pytest.raises(EventLogError, match=message):
+        read_events(path)
+
+
+def test_tail_returns_a_line_only_once_its_newline_arrives(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    tail = EventTail(path)
+    assert tail.poll() == []  # no file yet: a run still starting
+    first, second = _line(), _line("RunFinished", status="completed")
+    path.write_text(first + "\n" + second[:10])
+    assert [r["event"] for r in tail.poll()] == ["RunStarted"]
+    assert tail.poll() == []
+    with path.open("a") as f:
+        f.write(second[10:])
+    assert tail.poll() == []  # complete JSON, but no newline yet
+    with path.open("a") as f:
+        f.write("\n")
+    assert [r["status"] for r in tail.poll()] == ["completed"]
+    path.write_text(first[:5])
+    with pytest.raises(EventLogError, match="shrank"):
+        tail.poll()
+
+
+def test_open_run_rejects_what_is_not_a_run(tmp_path: Path, recorded_runs) -> None:
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        open_run(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="is a file"):
+        open_run(tmp_path / "file")
+    with pytest.raises(RunDirectoryError, match=r"no config.json or events.jsonl"):
+        open_run(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(recorded_runs["static"], run)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    (run / "events.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(RunDirectoryError, match="starts with EpochCompleted, not RunStarted"):
+        open_run(run)
+    opened = open_run(recorded_runs["heuristic"])
+    summary = json.loads((recorded_runs["heuristic"] / "summary.json").read_text())
+    assert (opened.mode, opened.task, opened.status) == ("heuristic", "synthetic", "completed")
+    assert opened.summary == summary
+
+
+def test_missing_values_display_as_a_dash() -> None:
+    assert display(None) == "—" and display(math.nan, ".2f") == "—"
+    assert display(0.0, ".2f") == "0.00" and display(3) == "3"
+
+
+# ----------------------------------------------------------------------------- the hub
+
+
+def _epoch(epoch: int, accuracy: float = 50.0, loss: float = 1.0) -> EpochCompleted:
+    slot = SlotSnapshot("mid", "BLENDING", "conv_light", 0.5, 1.25, None, 40)
+    return EpochCompleted(epoch, 1.0, 60.0, loss, accuracy, 1000, (slot,), 0.1)
+
+
+class _Keep:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def test_levels_decide_what_is_written_and_escalation_expires() -> None:
+    keep = _Keep()
+    hub = TelemetryHub("r", [keep], TelemetryLevel.MINIMAL)
+    head = PPOHeadStats(1, "op", 0.5, 1.1, 1.0)
+    hub.emit(_epoch(1))
+    hub.emit(RunStarted("r", "heuristic", "synthetic", 0, 3, ("mid",), None))
+    assert [r["event"] for r in keep.records] == ["RunStarted"]
+    hub.escalate(TelemetryLevel.DEBUG, ticks=1)
+    hub.emit(head)
+    hub.tick()
+    hub.emit(head)
+    assert [r["event"] for r in keep.records] == ["RunStarted", "PPOHeadStats"]
+
+
+def test_jsonl_lines_are_on_disk_before_close(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    hub = TelemetryHub("r", [JsonlSink(path)])
+    hub.emit(_epoch(1, accuracy=math.nan))
+    on_disk = _lines(path)  # not closed: a crash now would keep this line
+    assert on_disk[0]["val_accuracy"] is None  # NaN is missing (null), never 0
+    assert on_disk[0]["slots"][0]["shapley"] is None
+    hub.close()
+
+
+def test_every_event_type_is_declared_once() -> None:
+    assert "PolicyDecision" in EVENT_TYPES and EVENT_TYPES["PolicyDecision"] is PolicyDecision
+    assert all(name == cls.__name__ for name, cls in EVENT_TYPES.items())
+
+
+# ----------------------------------------------------------------------------- sinks
+
+
+def _record(event: Any, **context: Any) -> dict[str, Any]:
+    from esper.leyline.events import event_record
+
+    return {"t": 0.0, "run_id": "r", **context, **event_record(event)}
+
+
+def test_console_sink_prints_epochs_and_dashes_for_missing() -> None:
+    stream = io.StringIO()
+    sink = ConsoleSink(stream, "demo", total=2)
+    sink.write(_record(_epoch(1)))
+    sink.write(_record(_epoch(2, accuracy=math.nan, loss=math.nan)))
+    sink.write(_record(_epoch(3), env=0, episode=1))  # PPO epochs are per env: not a run step
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[demo] 1/2  val 50.00%  loss 1.0000  params 1000  seeds mid:conv_light/blen"
+    assert lines[1].startswith("[demo] 2/2  val —  loss —  params 1000")
+    assert len(lines) == 2
+
+
+def test_console_sink_rounds_average_the_finite_episode_accuracies(recorded_runs) -> None:
+    stream = io.StringIO()
+    sink = ConsoleSink(stream, "ppo", total=2)
+    records = read_events(recorded_runs["ppo"] / "events.jsonl").records
+    for record in records:
+        sink.write(record)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    episodes = [r for r in records if r["event"] == "EpisodeFinished" and r["episode"] == 2]
+    mean = sum(r["final_val_accuracy"] for r in episodes) / len(episodes)
+    assert f"acc {mean:.2f}%" in lines[1] and lines[1].startswith("[ppo] 2/2  return ")
+
+
+def test_tensorboard_sink_writes_the_logged_scalars(tmp_path: Path, recorded_runs) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sink = TensorBoardSink(tmp_path / "tb")
+    records = read_events(recorded_runs["heuristic"] / "events.jsonl").records
+    records += read_events(recorded_runs["ppo"] / "events.jsonl").records
+    for record in records:
+        sink.write(record)
+    sink.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    heuristic_epochs = [r for r in records if r["event"] == "EpochCompleted" and "env" not in r]
+    val = [(s.step, s.value) for s in acc.Scalars("accuracy/val")]
+    expected = [(r["epoch"], pytest.approx(r["val_accuracy"])) for r in heuristic_epochs]
+    assert val == expected
+    contributions = acc.Scalars("slot/mid/contribution")
+    measured = [
+        (r["epoch"], s["contribution"])
+        for r in heuristic_epochs
+        for s in r["slots"]
+        if s["slot"] == "mid" and s["contribution"] is not None
+    ]
+    assert [(s.step, pytest.approx(v)) for s, (_, v) in zip(contributions, measured, strict=True)]
+    assert [s.step for s in contributions] == [e for e, _ in measured]  # missing is not 0
+    updates = [r for r in records if r["event"] == "PPOUpdate"]
+    assert [s.value for s in acc.Scalars("ppo/entropy")] == pytest.approx(
+        [r["entropy"] for r in updates]
+    )
+
+
+def test_tensorboard_flag_on_a_heuristic_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["heuristic", "--task", "synthetic", "--epochs", "2", "--tensorboard"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert any((out / "tensorboard").iterdir())
+    assert json.loads((out / "config.json").read_text())["tensorboard"] is True
+
+
+def test_minimal_telemetry_on_a_heuristic_run_drops_epoch_events(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["heuristic", "--task", "synthetic", "--epochs", "2", "--telemetry", "minimal"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert [r["event"] for r in _lines(out / "events.jsonl")] == ["RunStarted", "RunFinished"]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def test_shapley_is_measured_for_blended_seeds_only_when_asked(tmp_path: Path) -> None:
+    common = ["heuristic", "--task", "synthetic", "--epochs", "24", "--batches-per-epoch", "2"]
+    assert main([*common, "--shapley", "--out", str(tmp_path / "on")]) == 0
+    assert main([*common, "--out", str(tmp_path / "off")]) == 0
+    blended = {SeedStage.BLENDING.value, SeedStage.HOLDING.value, SeedStage.FOSSILIZED.value}
+    seen_one_blended = False
+    for record in _lines(tmp_path / "on" / "events.jsonl"):
+        if record["event"] != "EpochCompleted":
+            continue
+        slots = record["slots"]
+        for s in slots:
+            assert (s["shapley"] is not None) == (s["stage"] in blended), (record["epoch"], s)
+        live = [s for s in slots if s["stage"] in blended]
+        running = [s for s in slots if s["contribution"] is not None]
+        if len(live) == 1 and len(running) == 1:
+            # One player: φ = v({s}) − v(∅), which is exactly its counterfactual contribution.
+            assert live[0]["shapley"] == pytest.approx(live[0]["contribution"], abs=1e-9)
+            seen_one_blended = True
+    assert seen_one_blended
+    off = [r for r in _lines(tmp_path / "off" / "events.jsonl") if r["event"] == "EpochCompleted"]
+    assert all(s["shapley"] is None for r in off for s in r["slots"])
+
+
+def test_ppo_decisions_precede_their_actions_and_respect_the_masks(recorded_runs) -> None:
+    records = read_events(recorded_runs["ppo"] / "events.jsonl").records
+    decisions = [r for r in records if r["event"] == "PolicyDecision"]
+    actions = [r for r in records if r["event"] == "ActionTaken"]
+    assert len(decisions) == len(actions) > 0
+    for d in decisions:
+        chosen = dict(d["chosen"])
+        assert chosen["op"] in d["valid_ops"]
+        if "slot" in chosen:
+            assert chosen["slot"] in d["valid_slots"]
+        if "blueprint" in chosen:
+            assert chosen["blueprint"] in d["valid_blueprints"]
+        assert d["log_prob"] <= 0.0
+        action = next(
+            a
+            for a in actions
+            if (a["env"], a["episode"], a["epoch"]) == (d["env"], d["episode"], d["epoch"])
+        )
+        assert action["op"] == chosen["op"] and action["slot"] == chosen.get("slot")
+
+
+def _report(slot: str, stage: SeedStage) -> SeedStateReport:
+    live = stage is not SeedStage.DORMANT
+    return SeedStateReport(
+        slot=slot,
+        stage=stage,
+        blueprint="norm" if live else None,
+        blend_mode=None,
+        alpha=1.0 if stage is SeedStage.HOLDING else 0.0,
+        alpha_target=1.0,
+        epochs_in_stage=2,
+        counterfactual_contribution=1.0 if live else None,
+        shapley_value=None,
+        seed_gradient_norm_ratio=None,
+        gradient_healthy=None,
+        seed_param_count=100 if live else 0,
+        host_param_count=1000,
+    )
+
+
+def test_decision_event_lists_the_valid_options() -> None:
+    from esper.leyline import Action, Op, Topology
+    from esper.tamiyo.actions import ActionSpace
+
+    space = ActionSpace(Topology.CNN)
+    reports = {"mid": _report("mid", SeedStage.DORMANT), "late": _report("late", SeedStage.HOLDING)}
+    signals = TrainingSignals(
+        epoch=4,
+        train_loss=1.0,
+        train_accuracy=50.0,
+        val_loss=1.0,
+        val_accuracy=50.0,
+        loss_delta=0.0,
+        accuracy_delta=0.0,
+        best_val_accuracy=50.0,
+        plateau_epochs=0,
+        host_stabilized=False,
+        loss_history=(1.0,),
+        accuracy_history=(50.0,),
+        slots=(),
+        best_slot=None,
+        worst_slot=None,
+    )
+    observation = Observation(signals, reports, ("conv_light",), 10)
+    masks = space.masks(observation)
+    indices = space.encode(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    event = space.decision(masks, indices, epoch=4, log_prob=-1.5, value=0.25)
+    assert event.chosen == (("op", "GERMINATE"), ("slot", "mid"), ("blueprint", "conv_light"))
+    # WAIT always; GERMINATE (mid is DORMANT); PRUNE and FOSSILIZE (late is HOLDING).
+    assert event.valid_ops == ("WAIT", "GERMINATE", "PRUNE", "FOSSILIZE")
+    assert event.valid_slots == ("mid",)  # the slots valid for the chosen op
+    assert event.valid_blueprints == ("conv_light",)
+    assert (event.epoch, event.log_prob, event.value) == (4, -1.5, 0.25)
+    wait = space.decision(masks, space.encode(Action(Op.WAIT)), 4, -0.1, 0.0)
+    assert wait.chosen == (("op", "WAIT"),) and wait.valid_slots == ()
