@@ -1,8 +1,9 @@
 """``esper demo``: the project's main job on the embedded default.
 
 Trains the impaired Fashion-MNIST host twice from the same seed — once static, once grown by the
-heuristic controller — and prints a side-by-side table. If Fashion-MNIST cannot be found (and
-not downloaded), it says so and runs on scikit-learn's digits instead.
+heuristic controller — prints a side-by-side table, and writes the heuristic run's report with
+the static run as its baseline (``<heuristic run>/report/report.html``). If Fashion-MNIST cannot
+be found (and not downloaded), it says so and runs on scikit-learn's digits instead.
 """
 
 from __future__ import annotations
@@ -98,4 +99,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print()
     for mode, directory in directories.items():
         print(f"{mode:>9} run: {directory}")
+    from esper.cli.report import write_run_report  # matplotlib is loaded only now
+
+    report = write_run_report(directories["heuristic"], directories["static"])
+    print(f"\nreport: {report}")
     return 0

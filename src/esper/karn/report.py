@@ -1,0 +1,491 @@
+"""The static run report: ``report.html`` plus one PNG per plot, written from a run's records.
+
+The HTML is self-contained (the PNGs are embedded as base64 data URIs, the CSS is inline; no
+scripts, fonts or links), so it can be mailed or archived on its own; the PNGs are also written
+next to it. Everything is built in memory first and then written file by file under temporary
+names that are renamed into place, so a failure never leaves a half-written report.
+
+Growth runs (heuristic, static, eval) are plotted per epoch: accuracy and loss against the
+baseline, the seed timeline per slot, parameters and α. PPO runs are plotted per round (mean
+episode return and final accuracy, reward components, action counts), and the seed timeline, α
+and parameters of the last episode of environment 0. A baseline of the other kind (PPO vs
+growth) is compared where that is meaningful: the final-metrics table shows both, and its final
+accuracy appears as a horizontal line on the accuracy plot.
+
+Plotting uses matplotlib's object API (``Figure`` + Agg canvas), never ``pyplot``, so no global
+backend or figure state is touched; the same records give byte-identical PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from esper.karn.report_data import (
+    MARK_KINDS,
+    RoundSummary,
+    RunData,
+    alpha_series,
+    epoch_records,
+    final_accuracy,
+    last_episode,
+    lifecycle_marks,
+    load_run,
+    round_summaries,
+    series,
+    stage_intervals,
+)
+from esper.leyline import Op, SeedStage
+from esper.nissa.log import display
+
+REPORT_FILE = "report.html"
+DPI = 100  # 8 x 3.2 inch figures -> 800 x 320 px: readable in a browser without zooming
+WIDTH_IN, HEIGHT_IN = 8.0, 3.2
+
+STAGE_COLOURS: Mapping[SeedStage, str] = {
+    SeedStage.DORMANT: "#f0f0f0",
+    SeedStage.GERMINATED: "#a6cee3",
+    SeedStage.TRAINING: "#1f78b4",
+    SeedStage.BLENDING: "#b2df8a",
+    SeedStage.HOLDING: "#33a02c",
+    SeedStage.FOSSILIZED: "#6a3d9a",
+    SeedStage.PRUNED: "#e31a1c",
+    SeedStage.EMBARGOED: "#fb9a99",
+    SeedStage.RESETTING: "#fdbf6f",
+}
+"""One fixed colour per seed stage (timeline bars and legend)."""
+
+MARK_STYLES: Mapping[str, tuple[str, str]] = {
+    MARK_KINDS[SeedStage.GERMINATED]: ("^", "#2ca02c"),
+    MARK_KINDS[SeedStage.FOSSILIZED]: ("*", "#ffbf00"),
+    MARK_KINDS[SeedStage.PRUNED]: ("X", "#d62728"),
+}
+"""Timeline marker and colour of each lifecycle mark kind."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One rendered figure: ``filename`` (PNG), its caption and the PNG bytes."""
+
+    filename: str
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report built in memory: the plots, then the HTML that embeds them."""
+
+    plots: list[Plot]
+    html: str
+    warnings: list[str]
+
+
+def _figure(ncols: int = 1, height: float = HEIGHT_IN) -> tuple[Figure, list[Axes]]:
+    figure = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
+    return figure, [figure.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
+    return buffer.getvalue()
+
+
+def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+
+
+def plot_curves(data: RunData, baseline: RunData | None, metric: str) -> Plot | None:
+    """Validation (solid) and training (dashed) ``metric`` per epoch, the baseline beside it.
+
+    Args:
+        metric: ``"accuracy"`` or ``"loss"``.
+    """
+    epochs = epoch_records(data.records)
+    if not epochs:
+        return None
+    figure, (ax,) = _figure()
+    runs = [(data, "C0")] + ([(baseline, "C1")] if baseline and not baseline.is_ppo else [])
+    for run, colour in runs:
+        mine = epoch_records(run.records)
+        name = run.run.name
+        ax.plot(
+            series(mine, "epoch"), series(mine, f"val_{metric}"), color=colour, label=f"{name} val"
+        )
+        train = series(mine, f"train_{metric}")
+        ax.plot(series(mine, "epoch"), train, "--", color=colour, alpha=0.6, label=f"{name} train")
+    caption = f"{metric.capitalize()} per epoch (solid: validation, dashed: training)"
+    if baseline is not None and baseline.is_ppo and metric == "accuracy":
+        _reference(ax, baseline)
+        caption += "; the PPO baseline's final mean accuracy as a horizontal line"
+    elif baseline is not None and not baseline.is_ppo:
+        caption += f", against the baseline {baseline.run.name}"
+    _finish(ax, "epoch", f"{metric} (%)" if metric == "accuracy" else metric)
+    return Plot(f"{metric}.png", caption + ".", _png(figure))
+
+
+def _reference(ax: Axes, baseline: RunData) -> None:
+    """The baseline's final accuracy as a horizontal line (a baseline of the other kind)."""
+    value = final_accuracy(baseline)
+    if value is not None:
+        label = f"{baseline.run.name} final ({baseline.run.mode})"
+        ax.axhline(value, color="C1", linestyle=":", label=label)
+
+
+def plot_timeline(data: RunData, records: Sequence[Mapping[str, Any]], caption: str) -> Plot | None:
+    """One row per slot coloured by stage, with germinate/fossilize/prune markers."""
+    if not epoch_records(records):
+        return None
+    end = max((e for e in series(epoch_records(records), "epoch") if math.isfinite(e)), default=0.0)
+    figure, (ax,) = _figure(height=1.2 + 0.5 * len(data.slots))
+    rows = {slot: i for i, slot in enumerate(reversed(data.slots))}  # first slot on top
+    for slot, spans in stage_intervals(records, data.slots, end).items():
+        for span in spans:
+            bar = [(span.start, span.end - span.start)]
+            colour = STAGE_COLOURS[span.stage]
+            ax.broken_barh(bar, (rows[slot] - 0.35, 0.7), facecolors=colour, edgecolors="white")
+    marks = [m for m in lifecycle_marks(records) if m.slot in rows]
+    for kind, (marker, colour) in MARK_STYLES.items():
+        mine = [m for m in marks if m.kind == kind]
+        xy = ([m.epoch for m in mine], [rows[m.slot] for m in mine])
+        ax.scatter(*xy, marker=marker, s=70, color=colour, edgecolors="black", zorder=3)
+    for mark in marks:
+        if mark.kind == MARK_KINDS[SeedStage.GERMINATED] and mark.blueprint:
+            ax.annotate(mark.blueprint, (mark.epoch, rows[mark.slot] + 0.38), fontsize=7)
+    ax.set_yticks(list(rows.values()), list(rows))
+    ax.set_ylim(-0.6, len(rows) - 0.3)
+    ax.set_xlim(0, max(end, 1.0))
+    handles: list[Any] = [Patch(color=STAGE_COLOURS[s], label=s.value) for s in SeedStage]
+    for kind, (marker, colour) in MARK_STYLES.items():
+        handles.append(Line2D([], [], linestyle="none", marker=marker, color=colour, label=kind))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")
+    ax.set_xlabel("epoch")
+    return Plot("timeline.png", caption, _png(figure))
+
+
+def plot_alpha(data: RunData, records: Sequence[Mapping[str, Any]], caption: str) -> Plot | None:
+    """α per slot per epoch."""
+    epochs = epoch_records(records)
+    if not epochs:
+        return None
+    figure, (ax,) = _figure()
+    for slot in data.slots:
+        ax.plot(series(epochs, "epoch"), alpha_series(epochs, slot), label=slot)
+    ax.set_ylim(-0.05, 1.05)
+    _finish(ax, "epoch", "α")
+    return Plot("alpha.png", caption, _png(figure))
+
+
+def plot_params(
+    records: Sequence[Mapping[str, Any]], baseline: RunData | None, caption: str, name: str
+) -> Plot | None:
+    """Active parameter count per epoch (the baseline's too when it is a growth run)."""
+    epochs = epoch_records(records)
+    if not epochs:
+        return None
+    figure, (ax,) = _figure()
+    ax.step(series(epochs, "epoch"), series(epochs, "param_count"), where="post", label=name)
+    if baseline is not None and not baseline.is_ppo:
+        theirs = epoch_records(baseline.records)
+        params = series(theirs, "param_count")
+        ax.step(
+            series(theirs, "epoch"), params, "--", where="post", color="C1", label=baseline.run.name
+        )
+    _finish(ax, "epoch", "parameters")
+    return Plot("params.png", caption, _png(figure))
+
+
+def _optional(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]
+
+
+def plot_returns(data: RunData, baseline: RunData | None) -> Plot | None:
+    """Per round: mean episode return (left) and mean final accuracy (right)."""
+    rounds = round_summaries(data.records)
+    if not rounds:
+        return None
+    figure, (left, right) = _figure(ncols=2)
+    runs = [(data.run.name, rounds, "C0")]
+    if baseline is not None and baseline.is_ppo:
+        runs.append((baseline.run.name, round_summaries(baseline.records), "C1"))
+    for name, mine, colour in runs:
+        x = [r.round for r in mine]
+        left.plot(x, _optional([r.mean_return for r in mine]), "o-", color=colour, label=name)
+        right.plot(x, _optional([r.mean_accuracy for r in mine]), "o-", color=colour, label=name)
+    caption = "Per PPO round: mean episode return and mean final validation accuracy"
+    if baseline is not None and not baseline.is_ppo:
+        _reference(right, baseline)
+        caption += "; the growth baseline's final accuracy as a horizontal line"
+    _finish(left, "round", "mean episode return", legend=False)
+    _finish(right, "round", "mean final accuracy (%)")
+    return Plot("returns.png", caption + ".", _png(figure))
+
+
+def plot_rewards(rounds: Sequence[RoundSummary]) -> Plot | None:
+    """Each reward component's mean per step, per round."""
+    names = list(dict.fromkeys(name for r in rounds for name in r.components))
+    if not names:
+        return None
+    figure, (ax,) = _figure()
+    x = [r.round for r in rounds]
+    for name in names:
+        ax.plot(x, [r.components.get(name, math.nan) for r in rounds], "o-", label=name)
+    total = _optional([r.mean_reward for r in rounds])
+    ax.plot(x, total, "k--", marker="s", label="total")
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    _finish(ax, "round", "mean reward per step")
+    caption = "Reward components and their total: mean per environment step in each PPO round."
+    return Plot("rewards.png", caption, _png(figure))
+
+
+def plot_actions(rounds: Sequence[RoundSummary]) -> Plot | None:
+    """Actions taken per round by op, stacked."""
+    known = [op.value for op in Op]
+    seen = {op for r in rounds for op in r.ops}
+    ops = [op for op in known if op in seen] + sorted(seen - set(known))
+    if not ops:
+        return None
+    figure, (ax,) = _figure()
+    x = [r.round for r in rounds]
+    bottom = [0] * len(rounds)
+    for op in ops:
+        counts = [r.ops.get(op, 0) for r in rounds]
+        ax.bar(x, counts, bottom=bottom, label=op)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    ax.set_xticks(x)
+    _finish(ax, "round", "actions")
+    return Plot("actions.png", "Action distribution: ops chosen per PPO round.", _png(figure))
+
+
+def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
+    if not data.is_ppo:
+        name = data.run.name
+        return [
+            plot_curves(data, baseline, "accuracy"),
+            plot_curves(data, baseline, "loss"),
+            plot_timeline(data, data.records, "Seed timeline per slot, coloured by stage."),
+            plot_params(data.records, baseline, "Active parameters per epoch.", name),
+            plot_alpha(data, data.records, "Blend weight α per slot per epoch."),
+        ]
+    episode = last_episode(data.records)
+    which = f" (last episode of env 0{_episode_number(episode)})."
+    rounds = round_summaries(data.records)
+    return [
+        plot_returns(data, baseline),
+        plot_rewards(rounds),
+        plot_actions(rounds),
+        plot_timeline(data, episode, "Seed timeline per slot, coloured by stage" + which),
+        plot_params(episode, None, "Active parameters per epoch" + which, data.run.name),
+        plot_alpha(data, episode, "Blend weight α per slot per epoch" + which),
+    ]
+
+
+def _episode_number(records: Sequence[Mapping[str, Any]]) -> str:
+    return f", episode {records[0]['episode']}" if records else "; none recorded"
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+GROWTH_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "final validation accuracy (%)": (("final", "val_accuracy"), ".2f"),
+    "best validation accuracy (%)": (("best_val_accuracy",), ".2f"),
+    "final validation loss": (("final", "val_loss"), ".4f"),
+    "final training accuracy (%)": (("final", "train_accuracy"), ".2f"),
+    "final training loss": (("final", "train_loss"), ".4f"),
+    "parameters": (("param_count",), ",d"),
+    "host parameters": (("host_param_count",), ",d"),
+    "seeds fossilized": (("fossilized",), "d"),
+    "seeds pruned": (("pruned",), "d"),
+    "epochs completed": (("epochs_completed",), "d"),
+    "wall time (s)": (("wall_seconds",), ".1f"),
+}
+"""Final-metrics rows of a growth run: label -> (path into ``summary.json``, format)."""
+
+PPO_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "final mean accuracy (%)": (("final_mean_accuracy",), ".2f"),
+    "final mean return": (("final_mean_return",), ".3f"),
+    "best mean return": (("best_mean_return",), ".3f"),
+    "rounds completed": (("rounds_completed",), "d"),
+    "environment steps": (("env_steps",), ",d"),
+    "wall time (s)": (("seconds",), ".1f"),
+}
+"""Final-metrics rows of a PPO run (a row the other kind lacks shows "—" there)."""
+
+
+CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.75em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.warning { background: #fff3cd; border: 1px solid #e0b040; padding: 0.5em 1em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
+    """The value at ``path`` in an untrusted ``summary.json``, None where anything is missing."""
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def format_metric(value: Any, spec: str) -> str:
+    """A summary value for the table: "—" when missing, the raw text when not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return display(value) if value is None else str(value)
+    if spec.endswith("d") and isinstance(value, float):  # a count written as 3.0
+        spec = spec[:-1] + ".0f"
+    return display(value, spec)
+
+
+def metric_rows(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
+    """The final-metrics table: label and one formatted cell per run ("—" where missing).
+
+    Rows are the first run's metrics, then those only the baseline's kind has.
+    """
+    tables = [PPO_METRICS if run.is_ppo else GROWTH_METRICS for run in runs]
+    labels = list(dict.fromkeys(label for table in tables for label in table))
+    rows = []
+    for label in labels:
+        cells = []
+        for run, table in zip(runs, tables, strict=True):
+            if label not in table:  # a metric of the other kind of run
+                cells.append(display(None))
+                continue
+            path, spec = table[label]
+            cells.append(format_metric(summary_value(run.run.summary, path), spec))
+        rows.append((label, cells))
+    return rows
+
+
+def _metrics_table(runs: Sequence[RunData]) -> str:
+    head = "".join(f"<th>{html.escape(run.run.name)}</th>" for run in runs)
+    lines = [f"<table class='metrics'><tr><th>metric</th>{head}</tr>"]
+    for label, cells in metric_rows(runs):
+        values = "".join(f"<td class='num'>{html.escape(cell)}</td>" for cell in cells)
+        lines.append(f"<tr><th>{html.escape(label)}</th>{values}</tr>")
+    return "\n".join([*lines, "</table>"])
+
+
+def _header_table(runs: Sequence[RunData]) -> str:
+    fields = (
+        ("mode", lambda d: d.run.mode),
+        ("task", lambda d: d.run.task),
+        ("seed", lambda d: str(d.run.seed)),
+        ("status", lambda d: d.run.status),
+        ("git revision", lambda d: display(d.git_revision)),
+    )
+    roles = ["run", "baseline"]
+    head = "".join(f"<th>{roles[i]}: {html.escape(d.run.name)}</th>" for i, d in enumerate(runs))
+    lines = [f"<table class='header'><tr><th></th>{head}</tr>"]
+    for label, get in fields:
+        cells = "".join(f"<td>{html.escape(get(d))}</td>" for d in runs)
+        lines.append(f"<tr><th>{label}</th>{cells}</tr>")
+    return "\n".join([*lines, "</table>"])
+
+
+def warnings_for(runs: Sequence[RunData]) -> list[str]:
+    """One line per thing a reader of the report must know: truncated logs, unfinished runs,
+    a baseline of the other kind."""
+    notes = []
+    for data in runs:
+        if data.truncated_line is not None:
+            notes.append(
+                f"{data.run.name}: the event log ends in a partial line (line "
+                f"{data.truncated_line}, skipped): the run was cut off while writing it."
+            )
+        if data.run.summary is None:
+            notes.append(f"{data.run.name}: no summary.json (still running or crashed).")
+    if len(runs) == 2 and runs[0].is_ppo != runs[1].is_ppo:
+        notes.append(
+            f"the baseline {runs[1].run.name} is a {runs[1].run.mode} run and "
+            f"{runs[0].run.name} a {runs[0].run.mode} run: the plots compare final accuracy only."
+        )
+    return notes
+
+
+def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:
+    """The self-contained page: header, warnings, final metrics, then every plot embedded."""
+    name = html.escape(runs[0].run.name)
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Esper report: {name}</title><style>{CSS}</style></head><body>",
+        f"<h1>Esper report: {name}</h1>",
+        _header_table(runs),
+        *(f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings),
+        "<h2>Final metrics</h2>",
+        _metrics_table(runs),
+        "<h2>Plots</h2>",
+    ]
+    if not plots:
+        parts.append("<p>No plots: the log holds no per-epoch or per-round records.</p>")
+    for plot in plots:
+        data = base64.b64encode(plot.png).decode("ascii")
+        caption = html.escape(plot.caption)
+        parts.append(
+            f"<figure id='{plot.filename}'><img alt='{caption}' "
+            f"src='data:image/png;base64,{data}'><figcaption>{caption} "
+            f"({plot.filename})</figcaption></figure>"
+        )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def build_report(run: Path, baseline: Path | None = None) -> Report:
+    """Read the run (and baseline) and render every plot and the page, writing nothing.
+
+    Raises:
+        RunDirectoryError: a path that is not a run directory.
+        EventLogError: a malformed event line (other than a partial last line).
+        ReportError: records that cannot be drawn (an unknown stage or slot).
+    """
+    runs = [load_run(run)] + ([] if baseline is None else [load_run(baseline)])
+    plots = [p for p in _plots(runs[0], runs[1] if baseline else None) if p is not None]
+    warnings = warnings_for(runs)
+    return Report(plots, render_html(runs, plots, warnings), warnings)
+
+
+def write_report(report: Report, out: Path) -> Path:
+    """Write the PNGs, then ``report.html``, each under a temporary name renamed into place.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        OSError: ``out`` cannot be created or written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    files = [(p.filename, p.png) for p in report.plots]
+    files.append((REPORT_FILE, report.html.encode("utf-8")))
+    for name, data in files:
+        temporary = out / f".{name}.tmp"
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, out / name)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return out / REPORT_FILE

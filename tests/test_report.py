@@ -1,0 +1,482 @@
+"""``esper report`` and the report Karn writes: self-contained HTML, PNGs, tables, bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from html.parser import HTMLParser
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from esper.cli.main import main
+from esper.karn.report import STAGE_COLOURS, build_report
+from esper.karn.report_data import (
+    LifecycleMark,
+    ReportError,
+    StageInterval,
+    epoch_records,
+    lifecycle_marks,
+    load_run,
+    round_summaries,
+    stage_intervals,
+)
+from esper.leyline import SeedStage
+from esper.leyline.events import (
+    ActionTaken,
+    EpisodeFinished,
+    EpochCompleted,
+    PPOUpdate,
+    RewardComputed,
+    RunStarted,
+    SeedTransition,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DASH = "—"
+GROWTH_PLOTS = {"accuracy.png", "loss.png", "timeline.png", "params.png", "alpha.png"}
+PPO_PLOTS = {"returns.png", "rewards.png", "actions.png", "timeline.png", "params.png", "alpha.png"}
+
+
+class _Tables(HTMLParser):
+    """Every ``<table class=...>`` of a page as rows of cell texts, by class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.current: list[list[str]] | None = None
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.current = self.tables.setdefault(str(dict(attrs)["class"]), [])
+        elif tag == "tr" and self.current is not None:
+            self.current.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None and self.current is not None:
+            self.current[-1].append("".join(self.cell))
+            self.cell = None
+        elif tag == "table":
+            self.current = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def _tables(page: str) -> dict[str, dict[str, list[str]]]:
+    parser = _Tables()
+    parser.feed(page)
+    return {name: {row[0]: row[1:] for row in rows} for name, rows in parser.tables.items()}
+
+
+def _report(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["report", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _embedded(page: str) -> dict[str, bytes]:
+    found = re.findall(r"<figure id='([\w.]+)'><img [^>]*src='data:image/png;base64,([^']+)'", page)
+    return {name: base64.b64decode(data) for name, data in found}
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    return copy
+
+
+def _write_run(path: Path, records: list[dict]) -> Path:
+    """A minimal run directory holding exactly ``records``."""
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    lines = [json.dumps({"t": 0.0, "run_id": path.name, **r}) for r in records]
+    (path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _started(mode: str = "heuristic", resumed: int | None = None) -> dict:
+    return {
+        "event": RunStarted.__name__,
+        "mode": mode,
+        "task": "synthetic",
+        "seed": 0,
+        "max_epochs": 3,
+        "slots": ["early", "mid", "late"],
+        "resumed_from_epoch": resumed,
+    }
+
+
+def _transition(epoch: int, slot: str, before: str, after: str, blueprint: str = "norm") -> dict:
+    return {
+        "event": SeedTransition.__name__,
+        "epoch": epoch,
+        "slot": slot,
+        "blueprint": blueprint,
+        "from_stage": before,
+        "to_stage": after,
+        "reason": "test",
+    }
+
+
+@pytest.fixture(scope="module")
+def growth_report(
+    recorded_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """The heuristic run's report against the static run: (output directory, page)."""
+    out = tmp_path_factory.mktemp("report") / "out"
+    args = [str(recorded_runs["heuristic"]), "--baseline", str(recorded_runs["static"])]
+    assert main(["report", *args, "--out", str(out)]) == 0
+    return out, (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_html_is_self_contained_and_embeds_every_png(growth_report: tuple[Path, str]) -> None:
+    out, page = growth_report
+    for forbidden in ("http://", "https://", 'src="//', "src='//", "<script", "<link", "url("):
+        assert forbidden not in page
+    embedded = _embedded(page)
+    assert set(embedded) == GROWTH_PLOTS
+    assert {p.name for p in out.glob("*.png")} == GROWTH_PLOTS
+    assert not list(out.glob(".*"))  # no temporary file left behind
+    for name, data in embedded.items():
+        assert (out / name).read_bytes() == data
+        width, height = _png_size(data)
+        assert width == 800 and height == (270 if name == "timeline.png" else 320)
+
+
+def test_final_metrics_table_shows_both_summaries(
+    growth_report: tuple[Path, str], recorded_runs: dict[str, Path]
+) -> None:
+    _, page = growth_report
+    tables = _tables(page)
+    metrics, header = tables["metrics"], tables["header"]
+    summaries = [
+        json.loads((recorded_runs[m] / "summary.json").read_text()) for m in ("heuristic", "static")
+    ]
+    assert metrics["metric"] == [recorded_runs["heuristic"].name, recorded_runs["static"].name]
+    assert metrics["final validation accuracy (%)"] == [
+        f"{s['final']['val_accuracy']:.2f}" for s in summaries
+    ]
+    assert metrics["best validation accuracy (%)"] == [
+        f"{s['best_val_accuracy']:.2f}" for s in summaries
+    ]
+    assert metrics["final validation loss"] == [f"{s['final']['val_loss']:.4f}" for s in summaries]
+    assert metrics["parameters"] == [f"{s['param_count']:,d}" for s in summaries]
+    assert metrics["seeds fossilized"] == [str(s["fossilized"]) for s in summaries]
+    assert metrics["seeds pruned"] == [str(s["pruned"]) for s in summaries]
+    assert (
+        summaries[0]["fossilized"] > 0 and summaries[1]["param_count"] < summaries[0]["param_count"]
+    )  # the recorded runs really differ, so a swapped column would be caught
+    assert header["mode"] == ["heuristic", "static"]
+    assert header["status"] == ["completed", "completed"]
+    meta = json.loads((recorded_runs["heuristic"] / "meta.json").read_text())
+    assert header["git revision"][0] == (meta["git_revision"] or DASH)
+
+
+def test_missing_values_render_as_a_dash(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy(recorded_runs["heuristic"], tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["best_val_accuracy"] = None
+    del summary["host_param_count"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "meta.json").unlink()
+    assert _report([str(run)], capsys)[0] == 0
+    tables = _tables((run / "report" / "report.html").read_text(encoding="utf-8"))
+    assert tables["metrics"]["best validation accuracy (%)"] == [DASH]
+    assert tables["metrics"]["host parameters"] == [DASH]
+    assert tables["metrics"]["seeds pruned"] == [str(summary["pruned"])]
+    assert tables["header"]["git revision"] == [DASH]
+
+
+def test_an_unfinished_run_reports_every_final_metric_missing(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy(recorded_runs["heuristic"], tmp_path)
+    (run / "summary.json").unlink()
+    code, _, err = _report([str(run)], capsys)
+    assert code == 0 and "no summary.json" in err
+    tables = _tables((run / "report" / "report.html").read_text(encoding="utf-8"))
+    assert tables["header"]["status"] == ["unfinished"]
+    values = [cells for label, cells in tables["metrics"].items() if label != "metric"]
+    assert values and all(cells == [DASH] for cells in values)
+
+
+def test_stage_intervals_from_hand_written_transitions() -> None:
+    records = [
+        _started(),
+        _transition(3, "early", "DORMANT", "GERMINATED", "conv_light"),
+        {"event": EpochCompleted.__name__, "epoch": 4, "slots": []},  # not a transition
+        _transition(4, "early", "GERMINATED", "TRAINING", "conv_light"),
+        _transition(7, "early", "TRAINING", "PRUNED", "conv_light"),
+        _transition(8, "early", "PRUNED", "EMBARGOED", "conv_light"),
+        _transition(10, "late", "DORMANT", "GERMINATED", "norm"),
+        _transition(10, "late", "GERMINATED", "PRUNED", "norm"),  # same epoch: no interval
+        _transition(5, "elsewhere", "DORMANT", "GERMINATED"),  # a slot not reported
+    ]
+    intervals = stage_intervals(records, ("early", "mid", "late"), end_epoch=12)
+    s = SeedStage
+    assert intervals == {
+        "early": [
+            StageInterval(s.DORMANT, 0, 3, None),
+            StageInterval(s.GERMINATED, 3, 4, "conv_light"),
+            StageInterval(s.TRAINING, 4, 7, "conv_light"),
+            StageInterval(s.PRUNED, 7, 8, "conv_light"),
+            StageInterval(s.EMBARGOED, 8, 12, "conv_light"),
+        ],
+        "mid": [StageInterval(s.DORMANT, 0, 12, None)],
+        "late": [StageInterval(s.DORMANT, 0, 10, None), StageInterval(s.PRUNED, 10, 12, "norm")],
+    }
+    assert lifecycle_marks(records) == [
+        LifecycleMark(3, "early", "germinate", "conv_light"),
+        LifecycleMark(7, "early", "prune", "conv_light"),
+        LifecycleMark(10, "late", "germinate", "norm"),
+        LifecycleMark(10, "late", "prune", "norm"),
+        LifecycleMark(5, "elsewhere", "germinate", "norm"),
+    ]
+    with pytest.raises(ReportError, match="unknown seed stage 'SPROUTING'"):
+        stage_intervals([_transition(1, "mid", "DORMANT", "SPROUTING")], ("mid",), 2)
+
+
+def test_timeline_of_a_recorded_run_covers_every_epoch(recorded_runs: dict[str, Path]) -> None:
+    data = load_run(recorded_runs["heuristic"])
+    intervals = stage_intervals(data.records, data.slots, 40)
+    assert set(STAGE_COLOURS) == set(SeedStage)  # every stage the timeline may draw
+    assert list(intervals) == ["early", "mid", "late"]
+    for spans in intervals.values():
+        assert spans[0].start == 0 and spans[-1].end == 40
+        assert all(a.end == b.start for a, b in pairwise(spans))
+    fossilized = [m for m in lifecycle_marks(data.records) if m.kind == "fossilize"]
+    assert len(fossilized) == json.loads((data.run.path / "summary.json").read_text())["fossilized"]
+    assert [i.stage for i in intervals["early"]][-1] is SeedStage.FOSSILIZED
+
+
+def test_a_resumed_run_keeps_each_epoch_once(tmp_path: Path) -> None:
+    def epoch(n: int, accuracy: float) -> dict:
+        return {"event": EpochCompleted.__name__, "epoch": n, "val_accuracy": accuracy, "slots": []}
+
+    records = [_started(), epoch(1, 10.0), epoch(2, 20.0), epoch(3, 99.0)]
+    records += [_started(resumed=2), epoch(3, 30.0)]  # epoch 3 was run again after Ctrl-C
+    data = load_run(_write_run(tmp_path / "resumed", records))
+    assert [(r["epoch"], r["val_accuracy"]) for r in epoch_records(data.records)] == [
+        (1, 10.0),
+        (2, 20.0),
+        (3, 30.0),
+    ]
+
+
+@pytest.fixture(scope="module")
+def ppo_report(
+    recorded_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """The PPO run's report against the heuristic run (a baseline of the other kind)."""
+    out = tmp_path_factory.mktemp("ppo-report") / "out"
+    args = [str(recorded_runs["ppo"]), "--baseline", str(recorded_runs["heuristic"])]
+    assert main(["report", *args, "--out", str(out)]) == 0
+    return out, (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_ppo_report_has_reward_and_action_plots(ppo_report: tuple[Path, str]) -> None:
+    out, page = ppo_report
+    embedded = _embedded(page)
+    assert set(embedded) == PPO_PLOTS
+    for name in PPO_PLOTS:
+        assert _png_size((out / name).read_bytes())[0] == 800
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    assert any("Reward components" in c for c in captions)
+    assert any("Action distribution" in c for c in captions)
+    assert sum("last episode of env 0, episode 2" in c for c in captions) == 3
+
+
+def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str, Path]) -> None:
+    run = recorded_runs["ppo"]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    rounds = round_summaries(load_run(run).records)
+    assert (
+        [r.round for r in rounds]
+        == [1, 2]
+        == [e["round"] for e in events if e["event"] == PPOUpdate.__name__]
+    )
+    first_update = next(i for i, e in enumerate(events) if e["event"] == PPOUpdate.__name__)
+    rewards = [e for e in events[:first_update] if e["event"] == RewardComputed.__name__]
+    for name in ("pbrs", "rent"):
+        values = [v for e in rewards for n, v in e["components"] if n == name]
+        assert rounds[0].components[name] == pytest.approx(sum(values) / len(values))
+    assert rounds[0].mean_reward == pytest.approx(sum(e["total"] for e in rewards) / len(rewards))
+    actions = [e["op"] for e in events if e["event"] == ActionTaken.__name__]
+    assert sum(sum(r.ops.values()) for r in rounds) == len(actions)
+    assert sum(r.ops.get("WAIT", 0) for r in rounds) == actions.count("WAIT")
+    assert rounds[-1].mean_accuracy == pytest.approx(summary["final_mean_accuracy"])
+    assert rounds[-1].mean_return == pytest.approx(summary["final_mean_return"], abs=1e-3)
+    finished = [e for e in events[:first_update] if e["event"] == EpisodeFinished.__name__]
+    assert len(finished) == 2  # both environments' first episodes belong to round 1
+
+
+def test_baseline_of_the_other_kind_is_compared_where_comparable(
+    ppo_report: tuple[Path, str], recorded_runs: dict[str, Path]
+) -> None:
+    _, page = ppo_report
+    metrics = _tables(page)["metrics"]
+    ppo = json.loads((recorded_runs["ppo"] / "summary.json").read_text())
+    growth = json.loads((recorded_runs["heuristic"] / "summary.json").read_text())
+    assert metrics["final mean accuracy (%)"] == [f"{ppo['final_mean_accuracy']:.2f}", DASH]
+    assert metrics["final validation accuracy (%)"] == [
+        DASH,
+        f"{growth['final']['val_accuracy']:.2f}",
+    ]
+    assert metrics["wall time (s)"] == [f"{ppo['seconds']:.1f}", f"{growth['wall_seconds']:.1f}"]
+    assert "is a heuristic run" in page and "final accuracy as a horizontal line" in page
+
+
+def test_growth_run_with_a_ppo_baseline(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [str(recorded_runs["static"]), "--baseline", str(recorded_runs["ppo"])]
+    code, out, err = _report([*args, "--out", str(tmp_path / "r")], capsys)
+    assert code == 0 and out.strip() == f"report: {tmp_path / 'r' / 'report.html'}"
+    assert "is a ppo run" in err
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "PPO baseline&#x27;s final mean accuracy" in page
+    assert set(_embedded(page)) == GROWTH_PLOTS
+
+
+def test_report_is_deterministic(recorded_runs: dict[str, Path]) -> None:
+    first = build_report(recorded_runs["heuristic"], recorded_runs["static"])
+    second = build_report(recorded_runs["heuristic"], recorded_runs["static"])
+    assert first.html == second.html
+    assert [p.png for p in first.plots] == [p.png for p in second.plots]
+
+
+def _assert_one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esper: error: ") and message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_or_non_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, _, err = _report([str(tmp_path / "nope"), "--out", str(out)], capsys)
+    _assert_one_line_error(code, err, "does not exist")
+    (tmp_path / "notarun").mkdir()
+    (tmp_path / "notarun" / "notes.txt").write_text("hello")
+    code, _, err = _report([str(tmp_path / "notarun")], capsys)
+    _assert_one_line_error(code, err, "not an Esper run directory")
+    assert not out.exists() and not (tmp_path / "notarun" / "report").exists()
+
+
+def test_bad_baseline_writes_nothing(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = [str(recorded_runs["heuristic"]), "--baseline", str(tmp_path / "nope")]
+    code, _, err = _report([*args, "--out", str(out)], capsys)
+    _assert_one_line_error(code, err, "does not exist")
+    assert not out.exists()
+
+
+def test_malformed_middle_line(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy(recorded_runs["heuristic"], tmp_path)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    lines[4] = '{"t": 1.0, "event": "EpochCompleted", "epoch": '
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = _report([str(run)], capsys)
+    _assert_one_line_error(code, err, "events.jsonl:5: malformed event line")
+    assert not (run / "report").exists()
+
+
+def test_unknown_stage_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [
+        _started(),
+        {"event": EpochCompleted.__name__, "epoch": 1, "slots": []},
+        _transition(1, "mid", "DORMANT", "SPROUTING"),
+    ]
+    run = _write_run(tmp_path / "odd", records)
+    code, _, err = _report([str(run)], capsys)
+    _assert_one_line_error(code, err, "unknown seed stage 'SPROUTING'")
+    assert not (run / "report").exists()
+
+
+def test_a_log_without_epochs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_run(tmp_path / "minimal", [_started()])  # --telemetry minimal, or a fast crash
+    code, _, err = _report([str(run)], capsys)
+    assert code == 0 and "no summary.json" in err
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert "No plots" in page and not _embedded(page) and not list((run / "report").glob("*.png"))
+
+
+def test_out_is_a_file(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = _report([str(recorded_runs["static"]), "--out", str(afile)], capsys)
+    _assert_one_line_error(code, err, "cannot write the report")
+    assert afile.read_text() == "x"
+
+
+def test_truncated_last_line_still_reports_with_a_warning(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy(recorded_runs["heuristic"], tmp_path)
+    complete = len((run / "events.jsonl").read_text().splitlines())
+    with (run / "events.jsonl").open("a") as log:
+        log.write('{"t": 1.0, "run_id": "x", "event": "EpochComp')
+    code, out, err = _report([str(run)], capsys)
+    assert code == 0 and "report.html" in out
+    assert f"line {complete + 1}, skipped" in err
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert f"partial line (line {complete + 1}, skipped)" in page
+    assert set(_embedded(page)) == GROWTH_PLOTS
+
+
+def test_help_does_not_import_matplotlib() -> None:
+    code = (
+        "import sys\n"
+        "from esper.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('LOADED' if 'matplotlib' in sys.modules else 'CLEAN')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().endswith("CLEAN")
+
+
+def test_demo_links_its_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import esper.cli.demo as demo
+
+    monkeypatch.setattr(demo, "_pick_task", lambda data_dir: "synthetic")  # seconds, not minutes
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("report: ") and last.endswith("report.html")
+    report = Path(last.removeprefix("report: "))
+    heuristic = next(tmp_path.glob("demo-*-heuristic"))
+    static = next(tmp_path.glob("demo-*-static"))
+    assert report == heuristic / "report" / "report.html" and report.is_file()
+    header = _tables(report.read_text(encoding="utf-8"))["header"]
+    assert header[""] == [f"run: {heuristic.name}", f"baseline: {static.name}"]
