@@ -1,0 +1,201 @@
+"""``esper runs``: list, show, compare and DuckDB queries over recorded runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esper.cli.main import main
+from esper.leyline.events import EpochCompleted, PPOUpdate, SlotSnapshot
+from esper.nissa.views import VIEW_COLUMNS, VIEW_NAMES
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def _summary(run: Path) -> dict[str, Any]:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _query(capsys, sql: str, *paths: Path, fmt: str = "json") -> list[dict[str, Any]]:
+    code = main(["runs", "query", sql, "--runs", *map(str, paths), "--format", fmt])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_list_shows_each_run_from_its_summary(tmp_path: Path, recorded_runs, capsys) -> None:
+    parent = tmp_path / "runs"
+    for mode in ("heuristic", "ppo"):
+        shutil.copytree(recorded_runs[mode], parent / mode)
+    (parent / "notes").mkdir()  # not a run: ignored
+    assert main(["runs", "list", str(parent)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    heuristic = next(line.split() for line in lines if line.startswith("heuristic "))
+    s = _summary(recorded_runs["heuristic"])
+    assert heuristic[:6] == ["heuristic", "heuristic", "synthetic", "0", "completed", "40/40"]
+    assert heuristic[6] == f"{s['final']['val_accuracy']:.2f}%"
+    assert heuristic[7] == str(s["param_count"]) and heuristic[8] == "—"  # no return: not PPO
+    ppo = next(line.split() for line in lines if line.startswith("ppo "))
+    p = _summary(recorded_runs["ppo"])
+    assert ppo[5] == "2/2" and ppo[6] == f"{p['final_mean_accuracy']:.2f}%"
+    assert ppo[7] == "—" and ppo[8] == f"{p['final_mean_return']:.3f}"
+
+
+def test_list_reads_an_unfinished_run_from_its_log(tmp_path: Path, recorded_runs, capsys) -> None:
+    run = tmp_path / "live"
+    shutil.copytree(recorded_runs["heuristic"], run)
+    (run / "summary.json").unlink()
+    records = _records(run)
+    keep = [r for r in records if r["event"] != "RunFinished"][:30]
+    last = [r for r in keep if r["event"] == "EpochCompleted"][-1]
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep) + '{"t": 1')
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    (broken / "events.jsonl").write_text("garbage\n")
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    row = next(line.split() for line in captured.out.splitlines() if line.startswith("live "))
+    assert row[4] == "unfinished" and row[5] == f"{last['epoch']}/40"
+    assert row[6] == f"{last['val_accuracy']:.2f}%"
+    assert "broken: not readable" in captured.err
+
+
+def test_show_counts_every_event(recorded_runs, capsys) -> None:
+    assert main(["runs", "show", str(recorded_runs["ppo"])]) == 0
+    out = capsys.readouterr().out
+    counts = Counter(r["event"] for r in _records(recorded_runs["ppo"]))
+    for name, count in counts.items():
+        assert f"  {name:<18}{count}" in out.splitlines()
+    assert "mode      ppo" in out
+
+
+def test_compare_puts_final_metrics_side_by_side(recorded_runs, capsys) -> None:
+    runs = [recorded_runs[m] for m in ("static", "heuristic", "ppo")]
+    assert main(["runs", "compare", *map(str, runs)]) == 0
+    rows = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
+    static, heuristic, ppo = (_summary(r) for r in runs)
+    assert rows["final val acc"] == [
+        f"{static['final']['val_accuracy']:.2f}%",
+        f"{heuristic['final']['val_accuracy']:.2f}%",
+        "—",
+    ]
+    assert rows["fossilized"] == ["0", str(heuristic["fossilized"]), "—"]
+    assert rows["final mean return"] == ["—", "—", f"{ppo['final_mean_return']:.3f}"]
+
+
+def test_every_view_exists_with_its_declared_columns(recorded_runs, capsys) -> None:
+    for view in VIEW_NAMES:
+        rows = _query(capsys, f"DESCRIBE {view}", recorded_runs["heuristic"])
+        assert [(r["column_name"], r["column_type"]) for r in rows] == VIEW_COLUMNS[view]
+    epoch_fields = {f.name for f in fields(EpochCompleted)}
+    assert epoch_fields <= {c for c, _ in VIEW_COLUMNS["epochs"]}
+    assert {f.name for f in fields(SlotSnapshot)} <= {c for c, _ in VIEW_COLUMNS["slots"]}
+    assert {f.name for f in fields(PPOUpdate)} <= {c for c, _ in VIEW_COLUMNS["ppo_updates"]}
+
+
+def test_views_match_the_event_log(recorded_runs, capsys) -> None:
+    heuristic, ppo = recorded_runs["heuristic"], recorded_runs["ppo"]
+    records = _records(heuristic)
+    epochs = [r for r in records if r["event"] == "EpochCompleted"]
+    rows = _query(capsys, "SELECT epoch, val_accuracy FROM epochs ORDER BY epoch", heuristic)
+    assert [(r["epoch"], r["val_accuracy"]) for r in rows] == [
+        (e["epoch"], e["val_accuracy"]) for e in epochs
+    ]
+    slots = _query(capsys, "SELECT count(*) AS n FROM slots", heuristic)
+    assert slots == [{"n": sum(len(e["slots"]) for e in epochs)}]
+    fossilized = _query(
+        capsys, "SELECT slot FROM lifecycle WHERE to_stage = 'FOSSILIZED' ORDER BY t", heuristic
+    )
+    assert [r["slot"] for r in fossilized] == [
+        r["slot"]
+        for r in records
+        if r["event"] == "SeedTransition" and r["to_stage"] == "FOSSILIZED"
+    ]
+    # The reward total is the sum of its components, step by step.
+    sums = _query(
+        capsys,
+        "SELECT r.env, r.episode, r.epoch, r.total, sum(c.value) AS parts FROM rewards r "
+        "JOIN reward_components c USING (run, env, episode, epoch) GROUP BY ALL",
+        ppo,
+    )
+    assert len(sums) == sum(r["event"] == "RewardComputed" for r in _records(ppo))
+    assert all(r["total"] == pytest.approx(r["parts"]) for r in sums)
+    updates = _query(capsys, "SELECT round, entropy FROM ppo_updates ORDER BY round", ppo)
+    logged = [r for r in _records(ppo) if r["event"] == "PPOUpdate"]
+    assert updates == [{"round": u["round"], "entropy": u["entropy"]} for u in logged]
+    runs = _query(capsys, "SELECT run, mode, status FROM runs ORDER BY run", heuristic, ppo)
+    assert runs == [
+        {"run": "heuristic", "mode": "heuristic", "status": "completed"},
+        {"run": "ppo", "mode": "ppo", "status": "completed"},
+    ]
+    missing = _query(capsys, "SELECT count(*) AS n FROM epochs WHERE env IS NOT NULL", heuristic)
+    assert missing == [{"n": 0}]  # env is NULL outside PPO runs, never 0
+
+
+def test_query_formats(recorded_runs, capsys) -> None:
+    sql = "SELECT epoch, val_accuracy FROM epochs ORDER BY epoch LIMIT 2"
+    assert (
+        main(["runs", "query", sql, "--runs", str(recorded_runs["static"]), "--format", "csv"]) == 0
+    )
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["epoch", "val_accuracy"] and [r[0] for r in rows[1:]] == ["1", "2"]
+    assert main(["runs", "query", sql, "--runs", str(recorded_runs["static"])]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["epoch", "val_accuracy"] and table[-1] == "(2 rows)"
+
+
+def test_a_truncated_last_line_is_reported_and_skipped(tmp_path, recorded_runs, capsys) -> None:
+    run = tmp_path / "crashed"
+    shutil.copytree(recorded_runs["static"], run)
+    with (run / "events.jsonl").open("a") as f:
+        f.write('{"t": 5.0, "run_id": "crashed", "event": "EpochComp')
+    lines = len((run / "events.jsonl").read_text().splitlines())
+    code = main(["runs", "query", "SELECT count(*) AS n FROM events", "--runs", str(run)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"line {lines} is truncated" in captured.err
+    assert captured.out.splitlines()[2].strip() == str(lines - 1)
+
+
+def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs, capsys) -> None:
+    for parent in ("a", "b"):
+        shutil.copytree(recorded_runs["static"], tmp_path / parent / "run")
+    rows = _query(capsys, "SELECT run FROM runs ORDER BY run", tmp_path / "a", tmp_path / "b")
+    assert [r["run"] for r in rows] == [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "show", "{tmp}/missing"], "run directory '{tmp}/missing' does not exist"),
+        (["runs", "list", "{tmp}/missing"], "runs directory '{tmp}/missing' does not exist"),
+        (["runs", "compare", "{tmp}"], "is not an Esper run directory"),
+        (["runs", "query", "SELECT 1", "--runs", "{tmp}"], "holds no Esper runs"),
+        (["runs", "query", "SELEC nothing", "--runs", "{run}"], "query failed: Parser Error"),
+        (["runs", "query", "SELECT * FROM nope", "--runs", "{run}"], "query failed: Catalog"),
+        (["runs", "show", "{bad}"], "bad/events.jsonl:3: malformed event line"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, recorded_runs, capsys, args, message) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(recorded_runs["static"], bad)
+    lines = (bad / "events.jsonl").read_text().splitlines()
+    lines[2] = "{oops"
+    (bad / "events.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "empty").mkdir()
+    where = {"tmp": str(tmp_path / "empty"), "run": str(recorded_runs["static"]), "bad": str(bad)}
+    assert main([a.format(**where) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("esper: error: ") and err.count("\n") == 1
+    assert message.format(**where) in err
