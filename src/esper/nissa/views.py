@@ -1,0 +1,247 @@
+"""DuckDB over event logs: the documented views of ``esper runs query``.
+
+Every view has the columns ``run`` (the run directory's name), ``mode``, ``env`` and ``episode``
+(null outside PPO runs) and ``t`` (unix seconds), then its own. Event views take their columns
+from the event dataclasses in ``esper.leyline.events`` — declared once, so a new field is a new
+column — with nested values (tuples of snapshots, pairs) as DuckDB ``JSON``:
+
+* ``runs``: one row per run: run, mode, task, seed, status, path.
+* ``events``: every event: run, mode, env, episode, t, event, record (the whole line as JSON).
+* ``epochs``: ``EpochCompleted`` (epoch, train/val loss and accuracy, param_count, seconds).
+* ``slots``: one row per slot per ``EpochCompleted``: epoch, slot, stage, blueprint, alpha,
+  contribution, shapley, seed_params.
+* ``lifecycle``: ``SeedTransition`` (epoch, slot, blueprint, from_stage, to_stage, reason).
+* ``actions``: ``ActionTaken`` (epoch, op, slot, blueprint, tempo, alpha_target, reason,
+  accepted, error).
+* ``decisions``: ``PolicyDecision`` (epoch, chosen, valid_ops, valid_slots, valid_blueprints,
+  log_prob, value).
+* ``panics``: ``GovernorPanic``. ``episodes``: ``EpisodeFinished``.
+* ``ppo_updates``: ``PPOUpdate`` (round, env_steps, losses, entropy, approx_kl, …).
+* ``anomalies``: ``AnomalyDetected``.
+* ``rewards``: ``RewardComputed`` (epoch, total, components as JSON).
+* ``reward_components``: one row per component per step: epoch, component, value.
+
+Missing values are SQL NULL. DuckDB is imported only when a store is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from esper.leyline.events import (
+    ActionTaken,
+    AnomalyDetected,
+    EpisodeFinished,
+    EpochCompleted,
+    GovernorPanic,
+    PolicyDecision,
+    PPOUpdate,
+    RewardComputed,
+    SeedTransition,
+    SlotSnapshot,
+)
+from esper.nissa.log import RunDirectory, RunDirectoryError, find_runs, open_run, read_events
+
+if TYPE_CHECKING:
+    import duckdb
+
+EVENT_VIEWS: dict[str, type[Any]] = {
+    "epochs": EpochCompleted,
+    "lifecycle": SeedTransition,
+    "actions": ActionTaken,
+    "decisions": PolicyDecision,
+    "panics": GovernorPanic,
+    "episodes": EpisodeFinished,
+    "ppo_updates": PPOUpdate,
+    "anomalies": AnomalyDetected,
+    "rewards": RewardComputed,
+}
+"""Views with one row per event of a type, named after what they hold."""
+
+VIEW_NAMES: tuple[str, ...] = ("runs", "events", *EVENT_VIEWS, "slots", "reward_components")
+"""Every view ``esper runs query`` offers."""
+
+_CONTEXT = (("run", "VARCHAR"), ("mode", "VARCHAR"), ("env", "INTEGER"), ("episode", "INTEGER"))
+_SCALARS = {int: "BIGINT", float: "DOUBLE", str: "VARCHAR", bool: "BOOLEAN"}
+
+
+def _sql_type(hint: Any) -> str:
+    """DuckDB type of a dataclass field: scalars (optional or not) map, anything else is JSON."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        real = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = real[0] if len(real) == 1 else hint
+    return _SCALARS.get(hint, "JSON")
+
+
+def _columns(cls: type[Any], lead: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
+    hints = typing.get_type_hints(cls)
+    context = {name for name, _ in _CONTEXT}  # EpisodeFinished.episode is the context's
+    own = [(f.name, _sql_type(hints[f.name])) for f in fields(cls) if f.name not in context]
+    return [*_CONTEXT, ("t", "DOUBLE"), *lead, *own]
+
+
+VIEW_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "runs": [
+        ("run", "VARCHAR"),
+        ("mode", "VARCHAR"),
+        ("task", "VARCHAR"),
+        ("seed", "BIGINT"),
+        ("status", "VARCHAR"),
+        ("path", "VARCHAR"),
+    ],
+    "events": [*_CONTEXT, ("t", "DOUBLE"), ("event", "VARCHAR"), ("record", "JSON")],
+    **{name: _columns(cls) for name, cls in EVENT_VIEWS.items()},
+    "slots": _columns(SlotSnapshot, lead=(("epoch", "BIGINT"),)),
+    "reward_components": [
+        *_CONTEXT,
+        ("t", "DOUBLE"),
+        ("epoch", "BIGINT"),
+        ("component", "VARCHAR"),
+        ("value", "DOUBLE"),
+    ],
+}
+"""Column names and DuckDB types of every view."""
+
+
+class QueryError(ValueError):
+    """DuckDB rejected a query (the message is DuckDB's, on one line)."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Column names and rows of a query."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def _rows(
+    run: str, mode: str, records: list[dict[str, Any]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(view, row)`` for every row the records give (the runs view excluded)."""
+    by_event = {cls.__name__: name for name, cls in EVENT_VIEWS.items()}
+    for record in records:
+        context = {
+            "run": run,
+            "mode": mode,
+            "env": record.get("env"),  # present only in PPO runs
+            "episode": record.get("episode"),
+            "t": record["t"],
+        }
+        event = record["event"]
+        yield "events", {**context, "event": event, "record": record}
+        view = by_event.get(event)
+        if view is not None:
+            yield view, {**context, **{k: record[k] for k, _ in VIEW_COLUMNS[view][5:]}}
+        if event == EpochCompleted.__name__:
+            for slot in record["slots"]:
+                yield "slots", {**context, "epoch": record["epoch"], **slot}
+        elif event == RewardComputed.__name__:
+            for component, value in record["components"]:
+                row = {"epoch": record["epoch"], "component": component, "value": value}
+                yield "reward_components", {**context, **row}
+
+
+def collect_runs(paths: list[Path]) -> list[RunDirectory]:
+    """The runs named by ``paths``: run directories, or directories holding runs.
+
+    Raises:
+        RunDirectoryError: for a path that is neither (or holds no run at all).
+    """
+    runs: dict[Path, RunDirectory] = {}
+    for path in paths:
+        found = find_runs(path) if path.is_dir() else [open_run(path)]
+        if not found:
+            raise RunDirectoryError(f"{str(path)!r} holds no Esper runs")
+        runs.update((run.path.resolve(), run) for run in found)
+    return list(runs.values())
+
+
+class RunStore:
+    """An in-memory DuckDB database with the views of ``VIEW_NAMES`` over some runs.
+
+    Args:
+        runs: the runs to load.
+        warn: called with a message for each run whose event log ends in a truncated line.
+
+    Raises:
+        EventLogError: a malformed line inside an event log.
+    """
+
+    def __init__(self, runs: list[RunDirectory], warn: Callable[[str], None]) -> None:
+        import duckdb
+
+        self.runs = runs
+        names = [run.name for run in runs]
+        # The run column is the directory's name, or its path where two runs share a name.
+        self.labels = {
+            run.path: run.name if names.count(run.name) == 1 else str(run.path) for run in runs
+        }
+        self.connection: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
+        with tempfile.TemporaryDirectory(prefix="esper-views-") as tmp:
+            files = {name: (Path(tmp) / f"{name}.jsonl").open("w") for name in VIEW_NAMES}
+            try:
+                for run in runs:
+                    log = read_events(run.events_path)
+                    if log.truncated_line is not None:
+                        warn(
+                            f"{run.events_path}: line {log.truncated_line} is truncated "
+                            "(the run crashed while writing it); it was skipped"
+                        )
+                    files["runs"].write(json.dumps(self._run_row(run)) + "\n")
+                    for view, row in _rows(self.labels[run.path], run.mode, log.records):
+                        files[view].write(json.dumps(row) + "\n")
+            finally:
+                for f in files.values():
+                    f.close()
+            for name in VIEW_NAMES:
+                self._load(name, Path(tmp) / f"{name}.jsonl")
+
+    def _run_row(self, run: RunDirectory) -> dict[str, Any]:
+        return {
+            "run": self.labels[run.path],
+            "mode": run.mode,
+            "task": run.task,
+            "seed": run.seed,
+            "status": run.status,
+            "path": str(run.path),
+        }
+
+    def _load(self, name: str, path: Path) -> None:
+        columns = VIEW_COLUMNS[name]
+        spec = ", ".join(f"'{c}': '{t}'" for c, t in columns)
+        names = ", ".join(f'"{c}"' for c, _ in columns)
+        definition = ", ".join(f'"{c}" {t}' for c, t in columns)
+        self.connection.execute(f"CREATE TABLE {name} ({definition})")
+        if path.stat().st_size:
+            self.connection.execute(
+                f"INSERT INTO {name} SELECT {names} FROM read_json(?, "
+                f"format = 'newline_delimited', columns = {{{spec}}})",
+                [str(path)],
+            )
+
+    def query(self, sql: str) -> QueryResult:
+        """Run ``sql``; every view is a table name.
+
+        Raises:
+            QueryError: DuckDB's message when it rejects the query.
+        """
+        import duckdb
+
+        try:
+            cursor = self.connection.execute(sql)
+            columns = [d[0] for d in cursor.description or []]
+            return QueryResult(columns, cursor.fetchall() if columns else [])
+        except duckdb.Error as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise QueryError(first) from None
+
+    def close(self) -> None:
+        self.connection.close()
