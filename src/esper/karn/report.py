@@ -261,9 +261,9 @@ def plot_rewards(rounds: Sequence[RoundSummary]) -> Plot | None:
 
 def plot_actions(rounds: Sequence[RoundSummary]) -> Plot | None:
     """Actions taken per round by op, stacked."""
-    known = [op.value for op in Op]
     seen = {op for r in rounds for op in r.ops}
-    ops = [op for op in known if op in seen] + sorted(seen - set(known))
+    order = [op.value for op in Op] + sorted(seen - {op.value for op in Op})
+    ops = [op for op in order if op in seen]
     if not ops:
         return None
     figure, (ax,) = _figure()
@@ -271,7 +271,8 @@ def plot_actions(rounds: Sequence[RoundSummary]) -> Plot | None:
     bottom = [0] * len(rounds)
     for op in ops:
         counts = [r.ops.get(op, 0) for r in rounds]
-        ax.bar(x, counts, bottom=bottom, label=op)
+        colour = f"C{order.index(op) % 10}"  # one colour per op, whichever ops occur
+        ax.bar(x, counts, bottom=bottom, label=op, color=colour)
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set_xticks(x)
     _finish(ax, "round", "actions")
