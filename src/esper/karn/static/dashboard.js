@@ -346,7 +346,11 @@ function connect(name) {
   source = es;
   setConnection("connecting", "connecting…");
   es.onopen = () => { if (es === source) setConnection("live", "live"); };
-  es.onerror = () => { if (es === source) setConnection("down", "disconnected, retrying…"); };
+  es.onerror = () => {  // a browser retries a dropped stream, but not a refused one (e.g. 404)
+    if (es !== source) return;
+    if (es.readyState === EventSource.CLOSED) setConnection("down", "stream refused");
+    else setConnection("down", "disconnected, retrying…");
+  };
   es.addEventListener("record", (e) => {
     if (es !== source) return;
     apply(JSON.parse(e.data));
