@@ -347,3 +347,13 @@ def test_decision_event_lists_the_valid_options() -> None:
     assert (event.epoch, event.log_prob, event.value) == (4, -1.5, 0.25)
     wait = space.decision(masks, space.encode(Action(Op.WAIT)), 4, -0.1, 0.0)
     assert wait.chosen == (("op", "WAIT"),) and wait.valid_slots == ()
+
+
+def test_tail_returns_the_records_before_a_malformed_line_then_raises(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(_line() + "\n" + _line("RunFinished") + "\n{broken\n" + _line() + "\n")
+    tail = EventTail(path)
+    assert [r["event"] for r in tail.poll()] == ["RunStarted", "RunFinished"]
+    for _ in range(2):
+        with pytest.raises(EventLogError, match="events.jsonl:3: malformed"):
+            tail.poll()

@@ -17,13 +17,12 @@ from typing import Any
 from esper.cli.main import UserError
 from esper.leyline.events import EpochCompleted, PPOUpdate
 from esper.nissa.log import (
-    CONFIG_FILE,
     EVENTS_FILE,
     RunDirectory,
-    RunDirectoryError,
     display,
     open_run,
     read_events,
+    scan_runs,
 )
 
 
@@ -84,21 +83,14 @@ def _progress(run: RunDirectory) -> dict[str, Any]:
 
 
 def _list(directory: Path) -> int:
-    if not directory.is_dir():
-        what = "does not exist" if not directory.exists() else "is not a directory"
-        raise UserError(f"runs directory {str(directory)!r} {what}")
-    candidates = [directory] if (directory / EVENTS_FILE).is_file() else sorted(directory.iterdir())
-    rows, broken = [], []
-    for path in candidates:
-        if not (
-            path.is_dir() and (path / EVENTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
-        ):
-            continue
+    found, unreadable = scan_runs(directory)
+    broken = [f"{path.name}: not readable: {why}" for path, why in unreadable]
+    rows = []
+    for run in found:
         try:
-            run = open_run(path)
             p = _progress(run)
-        except (RunDirectoryError, ValueError, KeyError, OSError) as err:
-            broken.append(f"{path.name}: not readable: {err}")
+        except (ValueError, KeyError, OSError) as err:  # EventLogError is a ValueError
+            broken.append(f"{run.name}: not readable: {err}")
             continue
         steps = f"{display(p['done'])}/{display(p['planned'])}"
         rows.append(

@@ -47,12 +47,11 @@ from starlette.staticfiles import StaticFiles
 from esper.leyline.stages import SeedStage
 from esper.nissa import json_safe
 from esper.nissa.log import (
-    CONFIG_FILE,
     EVENTS_FILE,
     EventLogError,
     EventTail,
-    RunDirectoryError,
-    open_run,
+    run_candidates,
+    scan_runs,
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -70,18 +69,9 @@ RECONNECT_MS = 2000
 
 
 def run_paths(runs_dir: Path) -> dict[str, Path]:
-    """The run directories in ``runs_dir`` by name, as ``esper.nissa.log.find_runs`` finds them.
-
-    ``runs_dir`` itself when it is a run directory, else its children holding ``config.json`` and
-    ``events.jsonl`` — without opening them, so one unreadable run does not hide the others.
-    """
-    if (runs_dir / EVENTS_FILE).is_file():
-        return {runs_dir.name: runs_dir}
-    return {
-        child.name: child
-        for child in sorted(runs_dir.iterdir())
-        if child.is_dir() and (child / EVENTS_FILE).is_file() and (child / CONFIG_FILE).is_file()
-    }
+    """The run directories in ``runs_dir`` by name (``run_candidates``: nothing is opened, so
+    one unreadable run does not hide the others)."""
+    return {path.name: path for path in run_candidates(runs_dir)}
 
 
 @dataclass(frozen=True)
@@ -113,15 +103,10 @@ def list_runs(runs_dir: Path) -> list[RunEntry]:
     A run directory that cannot be read yet is listed with its error instead of failing the whole
     list (``find_runs`` would raise).
     """
-    runs = []
-    for path in run_paths(runs_dir).values():
-        try:
-            run = open_run(path)
-        except RunDirectoryError as err:
-            runs.append(RunEntry(path.name, None, None, None, "unreadable", str(err)))
-        else:
-            runs.append(RunEntry(run.name, run.mode, run.task, run.seed, run.status, None))
-    return runs
+    found, unreadable = scan_runs(runs_dir)
+    runs = [RunEntry(r.name, r.mode, r.task, r.seed, r.status, None) for r in found]
+    runs += [RunEntry(p.name, None, None, None, "unreadable", why) for p, why in unreadable]
+    return sorted(runs, key=lambda entry: entry.name)
 
 
 def _sse(event: str, data: str, record_id: int | None = None) -> str:

@@ -68,13 +68,19 @@ class EventTail:
         self.offset = 0  # bytes consumed, up to the end of the last complete line
         self.lines = 0  # complete lines consumed
         self.partial = b""  # bytes after the last newline (a line still being written)
+        self.error: EventLogError | None = None  # a malformed line, raised from then on
 
     def poll(self) -> list[dict[str, Any]]:
         """Records completed since the last call.
 
+        The records before a malformed line are returned first; that poll and every later one
+        then raise.
+
         Raises:
             EventLogError: a complete line is malformed, or the file shrank (it was rewritten).
         """
+        if self.error is not None:
+            raise self.error
         try:
             with self.path.open("rb") as f:
                 f.seek(0, 2)
@@ -94,8 +100,15 @@ class EventTail:
             self.lines += 1
             self.offset += len(raw) + 1
             text = raw.decode("utf-8", errors="replace")
-            if text.strip():
+            if not text.strip():
+                continue
+            try:
                 records.append(parse_record(text, f"{self.path}:{self.lines}"))
+            except EventLogError as err:
+                self.error, self.partial = err, b""
+                if not records:
+                    raise
+                break
         return records
 
 
@@ -129,6 +142,8 @@ def read_events(path: Path) -> EventLog:
         raise FileNotFoundError(f"no event log at {str(path)!r}")
     tail = EventTail(path)
     records = tail.poll()
+    if tail.error is not None:
+        raise tail.error
     truncated = None
     if tail.partial.strip():
         text = tail.partial.decode("utf-8", errors="replace")
@@ -213,8 +228,21 @@ def open_run(path: Path) -> RunDirectory:
     )
 
 
-def find_runs(directory: Path) -> list[RunDirectory]:
-    """Every run directory directly inside ``directory`` (or ``directory`` itself), by name.
+def run_candidates(directory: Path) -> list[Path]:
+    """``directory`` itself when it holds an event log, else its children holding both
+    ``config.json`` and ``events.jsonl``, by name — without opening them."""
+    if (directory / EVENTS_FILE).is_file():
+        return [directory]
+    return [
+        child
+        for child in sorted(directory.iterdir())
+        if child.is_dir() and (child / EVENTS_FILE).is_file() and (child / CONFIG_FILE).is_file()
+    ]
+
+
+def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str]]]:
+    """The runs in ``directory`` (see ``run_candidates``), and the candidates that could not be
+    read — e.g. a run whose first line is still being written — with the reason.
 
     Raises:
         RunDirectoryError: ``directory`` does not exist or is not a directory.
@@ -222,12 +250,25 @@ def find_runs(directory: Path) -> list[RunDirectory]:
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
         raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
-    if (directory / EVENTS_FILE).is_file():
-        return [open_run(directory)]
-    runs = []
-    for child in sorted(directory.iterdir()):
-        if child.is_dir() and (child / EVENTS_FILE).is_file() and (child / CONFIG_FILE).is_file():
-            runs.append(open_run(child))
+    runs, unreadable = [], []
+    for path in run_candidates(directory):
+        try:
+            runs.append(open_run(path))
+        except RunDirectoryError as err:
+            unreadable.append((path, str(err)))
+    return runs, unreadable
+
+
+def find_runs(directory: Path) -> list[RunDirectory]:
+    """Every run in ``directory`` (see ``scan_runs``); any unreadable one is an error.
+
+    Raises:
+        RunDirectoryError: ``directory`` is missing or not a directory, or holds a run that
+            cannot be read.
+    """
+    runs, unreadable = scan_runs(directory)
+    if unreadable:
+        raise RunDirectoryError(unreadable[0][1])
     return runs
 
 
