@@ -42,3 +42,29 @@ def test_ppo_benchmark_smoke(capsys) -> None:
     for line in ("1. scaling", "2. policy share", "3. PPO update per round", "wide (512/512)"):
         assert line in out
     assert torch.get_num_threads() == threads
+
+
+def test_telemetry_benchmark_smoke(recorded_runs, capsys) -> None:
+    import torch
+
+    import telemetry
+
+    threads = torch.get_num_threads()
+    argv = ["--quick", "--heuristic-run", str(recorded_runs["heuristic"])]
+    assert telemetry.main([*argv, "--ppo-run", str(recorded_runs["ppo"])]) == 0
+    out = capsys.readouterr().out
+    part1 = out[out.index("1. epoch time") : out.index("2. emit cost per event")]
+    rows = {line.split("  ")[0]: line.split() for line in part1.splitlines()}
+    for setup in telemetry.SETUP_NAMES:  # every setup has a ratio against no sinks
+        assert rows[setup][-6].endswith("x") and rows[setup][-3].endswith("x")
+    assert rows["no sinks"][-6] == rows["no sinks"][-3] == "1.000x"  # the baseline is its own ratio
+    assert "identical trajectories across setups: yes" in part1
+    part2 = out[out.index("2. emit cost per event") : out.index("3. run store")]
+    emit_rows = [line.split() for line in part2.splitlines() if "heuristic " in line]
+    assert len(emit_rows) == len(telemetry.SETUP_NAMES) - 1  # the A/A control is part 1's only
+    part3 = out[out.index("3. run store") : out.index("4. tail following")]
+    sizes = [line.split()[:2] for line in part3.splitlines() if line[:4].strip().isdigit()]
+    assert [int(runs) for runs, _ in sizes] == [2, 4]  # 1 and 2 copies of each recorded run
+    for line in ("poll, nothing new", "after one appended line", "us/line"):
+        assert line in out
+    assert torch.get_num_threads() == threads
