@@ -1,0 +1,310 @@
+"""``esper tui RUN`` and ``--tui`` on the training commands: the terminal UI (Karn).
+
+``esper tui RUN`` validates the run directory and reads its whole event log before the UI
+starts, so a bad directory or a malformed line is a one-line error (exit 2), then follows the
+log until the user quits.
+
+``esper heuristic|static|eval|ppo ... --tui`` starts the same command without ``--tui`` as a
+child process (``python -m esper.cli.main``), with an explicit ``--out`` when neither ``--out``
+nor ``--resume`` names the run directory, so this process knows where to look. The child's
+console output goes to ``console.log`` in the run directory: first to a hidden file beside it
+(a new run directory must be empty when the child creates it), moved in once the run started
+(or appended to a resumed run's ``console.log`` when the child stops). Once the child's first
+event is written the UI follows the run. Quitting the UI while the child trains sends it SIGINT
+— the same as Ctrl-C: it checkpoints and exits — and the command returns the child's exit code,
+after echoing the child's last lines (its result, or the hint to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from esper.cli.main import UserError
+from esper.karn.tui import RunApp
+from esper.nissa.log import EVENTS_FILE, EventTail, RunDirectory, open_run
+
+CONSOLE_LOG = "console.log"
+"""The child's stdout and stderr, in its run directory."""
+
+START_POLL_SECONDS = 0.1
+"""How often to look for the child's first event while it starts."""
+
+STOP_SECONDS = 300.0
+"""How long an interrupted child may take to checkpoint and exit before it is killed (a PPO
+round in progress is abandoned at once, so this is only reached by a hung child)."""
+
+FINAL_LINES = 3
+"""How many of the child's last lines to echo when it stops (its result or resume hint)."""
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    """``esper tui RUN``: follow (or replay) a run in the terminal UI.
+
+    Raises:
+        RunDirectoryError: ``RUN`` is missing or not a run directory.
+        EventLogError: a line of its event log is malformed.
+        UserError: no interactive terminal to draw on.
+    """
+    run = open_run(args.run)
+    tail = EventTail(run.events_path)
+    records = read_to_end(tail)  # a malformed line fails here, before the UI starts
+    _require_terminal()
+    _run_app(RunApp(run, tail, records))
+    return 0
+
+
+def read_to_end(tail: EventTail) -> list[dict[str, Any]]:
+    """Every complete record the log holds now.
+
+    Raises:
+        EventLogError: a malformed line (a poll returns the records before it, the next raises).
+    """
+    records = tail.poll()
+    while batch := tail.poll():
+        records += batch
+    return records
+
+
+def _interactive() -> bool:
+    """Whether the UI has a terminal: Textual reads keys from stdin and draws on stderr."""
+    return os.isatty(0) and os.isatty(2)
+
+
+def _require_terminal() -> None:
+    if not _interactive():
+        raise UserError("the terminal UI needs an interactive terminal (stdin and stderr)")
+
+
+def _run_app(app: RunApp) -> None:
+    """Run the UI until the user quits (the tests replace this with a headless pilot)."""
+    app.run()
+
+
+def _is_tui_flag(token: str) -> bool:
+    """``--tui`` or an abbreviation argparse accepts for it (``--tu``; ``--t`` is ambiguous)."""
+    return len(token) >= len("--tu") and "--tui".startswith(token)
+
+
+def default_directory(args: argparse.Namespace) -> Path:
+    """Where the command would put its run without ``--out`` (``runs/<task>-<mode>-<time>``).
+
+    Resolves the configuration the way the command does, so bad input fails here with the
+    command's own message.
+
+    Raises:
+        UserError: the configuration is invalid (e.g. no ``--task``).
+    """
+    if args.command == "ppo":
+        from esper.cli.ppo import resolve_config
+        from esper.cli.session import default_out
+
+        return default_out(resolve_config(args).env.task, "ppo")
+    from esper.cli.session import RunConfig, default_out
+
+    config = RunConfig.from_args(args)
+    return default_out(config.task, config.mode)
+
+
+def child_command(args: argparse.Namespace, argv: list[str]) -> tuple[list[str], Path]:
+    """The child's command line (``argv`` without ``--tui``) and the run directory it writes.
+
+    Args:
+        args: ``argv`` parsed.
+        argv: the command line after the program name.
+    """
+    rest = [token for token in argv if not _is_tui_flag(token)]
+    if args.resume is not None:
+        directory: Path = args.resume
+    elif args.out is not None:
+        directory = args.out
+    else:
+        directory = default_directory(args)
+        rest += ["--out", str(directory)]
+    return [sys.executable, "-m", "esper.cli.main", *rest], directory
+
+
+def _restore_sigint() -> None:
+    # A shell may start background jobs with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: the child must get its KeyboardInterrupt (checkpoint, then exit).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class ChildRun:
+    """A training command running as a child process, and where its console output goes.
+
+    Attributes:
+        process: the child.
+        directory: its run directory.
+        log_path: where its console output is being written now.
+        log: the open console log (the child writes to it through its own descriptors).
+        events_size: the size of ``events.jsonl`` before the child started (a resumed run's
+            log already has lines; its new ones come after).
+    """
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    log_path: Path
+    log: IO[bytes]
+    events_size: int
+
+    @classmethod
+    def start(cls, command: list[str], directory: Path) -> ChildRun:
+        """Start ``command``, which writes (or resumes) the run in ``directory``.
+
+        Raises:
+            UserError: the console log cannot be created.
+        """
+        events = directory / EVENTS_FILE
+        events_size = events.stat().st_size if events.is_file() else 0
+        log_path = directory.parent / f".{directory.name}.{CONSOLE_LOG}"
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            log = log_path.open("wb")
+        except OSError as err:
+            raise UserError(f"cannot write the console log of {str(directory)!r}: {err}") from err
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},  # console lines in written order
+                process_group=0,  # the terminal's Ctrl-C reaches this process, which forwards it
+                preexec_fn=_restore_sigint,
+            )
+        except OSError as err:
+            log.close()
+            log_path.unlink()
+            raise UserError(f"cannot start {command[0]!r}: {err}") from err
+        return cls(process, directory, log_path, log, events_size)
+
+    @property
+    def final_log(self) -> Path:
+        """Where the console log ends up: ``console.log`` in the run directory."""
+        return self.directory / CONSOLE_LOG
+
+    def started(self) -> bool:
+        """Whether the child has written its first event (a complete line) to the run."""
+        try:
+            with (self.directory / EVENTS_FILE).open("rb") as f:
+                f.seek(self.events_size)
+                return b"\n" in f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def wait_for_run(self) -> RunDirectory | None:
+        """Block until the run has its first event; None when the child exited before.
+
+        Raises:
+            RunDirectoryError: the directory the child writes is not a readable run.
+        """
+        while not self.started():
+            if self.process.poll() is not None and not self.started():
+                return None
+            time.sleep(START_POLL_SECONDS)
+        self._adopt_log()
+        return open_run(self.directory)
+
+    def _adopt_log(self) -> None:
+        """Move the console log into the started run's directory (the child keeps writing to
+        the same file); a resumed run's existing log is appended to when the child stops."""
+        if self.log_path == self.final_log or self.final_log.exists():
+            return
+        try:
+            os.replace(self.log_path, self.final_log)
+        except OSError:
+            return  # e.g. the run directory is a mount point: appended when the child stops
+        self.log_path = self.final_log
+
+    def stop(self) -> int:
+        """Interrupt the child if it still runs (SIGINT, as Ctrl-C), wait, and return its code."""
+        if self.process.poll() is None:
+            print("stopping the run: waiting for its checkpoint ...", file=sys.stderr)
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                print(f"the run did not stop in {STOP_SECONDS:.0f} s; killing it", file=sys.stderr)
+                self.process.kill()
+            except KeyboardInterrupt:  # a second Ctrl-C: the user will not wait
+                print("killing the run", file=sys.stderr)
+                self.process.kill()
+            self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        """Everything the child has written to its console."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def keep_log(self) -> None:
+        """After the child stopped: make sure its console output is in the run directory."""
+        if self.log_path != self.final_log:
+            with self.log_path.open("rb") as src, self.final_log.open("ab") as dst:
+                shutil.copyfileobj(src, dst)
+            self.log_path.unlink()
+            self.log_path = self.final_log
+
+    def discard_log(self) -> None:
+        """After a child that never started its run: remove the hidden console log."""
+        if self.log_path != self.final_log:
+            self.log_path.unlink(missing_ok=True)
+
+
+def final_lines(output: str, limit: int = FINAL_LINES) -> list[str]:
+    """The child's closing lines: those after its last progress line (``[label] ...``)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    tail: list[str] = []
+    for line in reversed(lines):
+        if line.startswith("[") or len(tail) == limit:
+            break
+        tail.insert(0, line)
+    return tail
+
+
+def run_with_tui(args: argparse.Namespace, argv: list[str]) -> int:
+    """``esper heuristic|static|eval|ppo ... --tui``: train in a child process, watch it here.
+
+    Args:
+        args: the parsed command line.
+        argv: the command line after the program name (``--tui`` included).
+
+    Returns:
+        The child's exit code (130 when quitting the UI interrupted it).
+
+    Raises:
+        UserError: no interactive terminal, or a configuration error found before starting.
+    """
+    _require_terminal()
+    command, directory = child_command(args, argv)
+    child = ChildRun.start(command, directory)
+    print(f"starting the run in {directory}; the UI opens at its first event", file=sys.stderr)
+    try:
+        run = child.wait_for_run()
+        if run is not None:
+            tail = EventTail(run.events_path)
+            _run_app(RunApp(run, tail, read_to_end(tail), exit_code=child.process.poll))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the UI took the terminal: stop the child as quitting the UI does
+    finally:
+        code = child.stop()  # also when the UI (or this process) failed: no orphaned run
+    if not child.started():
+        print(child.output(), end="", file=sys.stderr)
+        child.discard_log()
+        print(f"esper: error: the run did not start (exit code {code})", file=sys.stderr)
+        return code or 1
+    child.keep_log()
+    for line in final_lines(child.output()):
+        print(line)
+    print(f"console output: {child.log_path}", file=sys.stderr)
+    return code
