@@ -24,6 +24,7 @@ from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
     EpochCompleted,
+    GovernorPanic,
     PPOUpdate,
     RunFinished,
     RunStarted,
@@ -146,6 +147,7 @@ def test_fold_ppo_environments_episodes_and_updates() -> None:
         for epoch in (1, 2):
             view.apply(epoch_record(epoch, 10.0 * epoch + env, env=env, episode=1))
     view.apply({"event": EpisodeFinished.__name__, "env": 0, "episode": 1, "episode_return": 0.5})
+    view.apply({"event": GovernorPanic.__name__, "env": 1, "episode": 1, "rule": "spike"})
     view.apply(epoch_record(1, 99.0, env=0, episode=2))  # env 0's next episode starts afresh
     update = {"event": PPOUpdate.__name__, "round": 1, "env_steps": 4, "policy_loss": -0.01}
     view.apply({**update, "entropy": "not a number", "approx_kl": None})
@@ -153,11 +155,11 @@ def test_fold_ppo_environments_episodes_and_updates() -> None:
     assert view.env_keys() == [0, 1]
     assert view.envs[0].episode == 2 and view.envs[0].history == [(1, 99.0)]
     assert view.envs[1].history == [(1, 11.0), (2, 21.0)]
-    assert view.envs[0].episode_returns == [0.5]
     assert view.ppo.round == 1 and view.ppo.env_steps == 4
     assert view.ppo.stats["policy_loss"] == -0.01
     assert view.ppo.stats["entropy"] is None and view.ppo.stats["approx_kl"] is None
     assert view.ppo.anomalies == 1 and view.ppo.mean_returns == [None]
+    assert (view.envs[0].panics, view.envs[1].panics) == (0, 1)
 
 
 def test_resumed_run_is_live_again_and_redone_epochs_replace_history() -> None:

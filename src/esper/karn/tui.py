@@ -364,6 +364,7 @@ class RunApp(App[None]):
             epoch = view.envs[None].epoch if None in view.envs else None
             lines.append(f"{'epoch':<9}{display(epoch)} / {display(view.max_epochs)}")
         lines.append(f"{'events':<9}{view.events}")
+        lines.append(f"{'panics':<9}{sum(env.panics for env in view.envs.values())}")
         if view.finish is not None and not view.is_ppo:
             f = view.finish
             lines.append(

@@ -109,7 +109,6 @@ class EnvView:
         params: active parameter count after that epoch.
         slots: the slots of that epoch, in the order the run reports them.
         history: ``(epoch, val_accuracy)`` of the current episode, oldest first.
-        episode_returns: the return of each finished episode, oldest first.
         panics: governor panics seen.
     """
 
@@ -121,7 +120,6 @@ class EnvView:
     params: int | None = None
     slots: tuple[SlotRow, ...] = ()
     history: list[tuple[int, float | None]] = field(default_factory=list)
-    episode_returns: list[float | None] = field(default_factory=list)
     panics: int = 0
 
 
@@ -206,9 +204,7 @@ class RunView:
         elif event == EpochCompleted.__name__:
             self._epoch(self.env(env_key), record)
         elif event == EpisodeFinished.__name__:
-            view = self.env(env_key)
-            view.episode = integer(record, "episode")
-            view.episode_returns.append(number(record, "episode_return"))
+            self.env(env_key).episode = integer(record, "episode")
         elif event == GovernorPanic.__name__:
             self.env(env_key).panics += 1
         elif event == PPOUpdate.__name__:
