@@ -212,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 importlib.import_module(module), function
             )
             return handler(args)
+        if args.command == "eval" and args.policy is None and args.resume is None:
+            raise UserError("eval needs --policy CHECKPOINT (or --resume DIR)")
         if args.command in RUN_COMMANDS and args.tui:
             from esper.cli.tui import run_with_tui
 
@@ -224,8 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from esper.cli.ppo import run_ppo
 
             return run_ppo(args)
-        if args.command == "eval" and args.policy is None and args.resume is None:
-            raise UserError("eval needs --policy CHECKPOINT (or --resume DIR)")
         from esper.cli.session import run_command
 
         return run_command(args)
