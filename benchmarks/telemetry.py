@@ -32,7 +32,7 @@ like the tests' ``recorded_runs`` fixture).
 
 Usage::
 
-    .venv/bin/python benchmarks/telemetry.py            # ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/telemetry.py            # ~1-1.5 minutes on 2 cores
     .venv/bin/python benchmarks/telemetry.py --quick    # smoke run (numbers meaningless)
 """
 
@@ -170,7 +170,7 @@ def epoch_overhead(
         The arms (setup order) and the number of events the JSONL setup wrote.
     """
     config = run_config(work)
-    arms = []
+    arms: list[Arm] = []
     for name in SETUP_NAMES:
         run = Run(config)  # seeds the global RNG: every arm starts from the same state
         sinks = make_sinks(name, root / f"trial{trial}-arm{len(arms)}", console, work.epochs)
@@ -240,7 +240,7 @@ def load_replay(events_path: Path) -> Replay:
     """(context, event fields) of every record of a recorded log, as the hub would build them."""
     replay = []
     for record in read_events(events_path).records:
-        context = {k: record[k] for k in ("env", "episode") if k in record}
+        context: dict[str, Any] = {k: record[k] for k in ("env", "episode") if k in record}
         fields = {k: v for k, v in record.items() if k not in CONTEXT_KEYS}
         replay.append((context, fields))
     return replay
