@@ -355,5 +355,5 @@ def test_tail_returns_the_records_before_a_malformed_line_then_raises(tmp_path: 
     tail = EventTail(path)
     assert [r["event"] for r in tail.poll()] == ["RunStarted", "RunFinished"]
     for _ in range(2):
-        with pytest.raises(EventLogError, match="events.jsonl:3: malformed"):
+        with pytest.raises(EventLogError, match=r"events\.jsonl:3: malformed"):
             tail.poll()
