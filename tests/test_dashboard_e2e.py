@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from esper.karn.dashboard import DashboardServer, open_listener
-from esper.leyline.events import EpochCompleted
+from esper.leyline.events import EpochCompleted, RunFinished, RunStarted, event_record
 from esper.nissa.log import EVENTS_FILE
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,13 +75,22 @@ def test_page_follows_a_live_run(tmp_path: Path, recorded_runs: dict[str, Path])
             ARTIFACT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACT), full_page=True)
 
+            # Ctrl-C, then --resume: the page shows the run as live again, not interrupted.
+            stopped = RunFinished("interrupted", marked["epoch"], None, None, 0, 0, 0, 1.0)
+            resumed = RunStarted("live", "heuristic", "synthetic", 0, 40, (), marked["epoch"])
+            for event, status in ((stopped, "interrupted"), (resumed, "unfinished")):
+                with (run / EVENTS_FILE).open("a", encoding="utf-8") as log:
+                    log.write(json.dumps({"t": 2.0, "run_id": "live", **event_record(event)}))
+                    log.write("\n")
+                expect(page.locator("#run-status")).to_have_text(status)
+
             with (run / EVENTS_FILE).open("a", encoding="utf-8") as log:
                 log.write("{not an event\n")
             error = page.locator("#error")
             expect(error).to_be_visible()
-            expect(error).to_contain_text(f"{EVENTS_FILE}:{later + 2}")
+            expect(error).to_contain_text(f"{EVENTS_FILE}:{later + 4}")
             expect(page.locator("#connection")).to_have_text("stopped")
-            expect(page.locator("#event-count")).to_have_text(str(later + 1))
+            expect(page.locator("#event-count")).to_have_text(str(later + 3))
         finally:
             browser.close()
 

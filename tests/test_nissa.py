@@ -6,6 +6,7 @@ import io
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from esper.leyline.events import (
     EpochCompleted,
     PolicyDecision,
     PPOHeadStats,
+    RunFinished,
     RunStarted,
     SlotSnapshot,
     TelemetryLevel,
+    event_record,
 )
 from esper.nissa import JsonlSink, TelemetryHub
 from esper.nissa.log import (
@@ -28,14 +31,22 @@ from esper.nissa.log import (
     EventTail,
     RunDirectoryError,
     display,
+    drop_replaced,
     open_run,
     read_events,
 )
 from esper.nissa.sinks import ConsoleSink, TensorBoardSink
 
+_SAMPLES = {
+    "RunStarted": RunStarted("r", "heuristic", "synthetic", 0, 3, ("mid",), None),
+    "RunFinished": RunFinished("completed", 3, 50.0, 51.0, 1000, 0, 0, 1.0),
+}
+
 
 def _line(event: str = "RunStarted", **fields: Any) -> str:
-    return json.dumps({"t": 1.0, "run_id": "r", "event": event, **fields})
+    """A complete log line: a sample event of that name (any name, for bad lines) + ``fields``."""
+    sample = event_record(_SAMPLES[event]) if event in _SAMPLES else {"event": event}
+    return json.dumps({"t": 1.0, "run_id": "r", **sample, **fields})
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -73,6 +84,50 @@ def test_a_malformed_middle_line_names_file_and_line(tmp_path: Path, bad: str, m
     path.write_text(_line() + "\n" + bad + "\n" + _line() + "\n")
     with pytest.raises(EventLogError, match=message):
         read_events(path)
+
+
+def test_a_known_event_missing_a_field_is_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    epoch = {k: v for k, v in _record(_epoch(1)).items() if k != "val_loss"}
+    path.write_text(_line() + "\n" + json.dumps(epoch) + "\n")
+    with pytest.raises(EventLogError, match=r"events\.jsonl:2: EpochCompleted lacks val_loss"):
+        read_events(path)
+
+
+def test_an_empty_log_is_not_a_run_yet(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "events.jsonl").write_text("")
+    with pytest.raises(RunDirectoryError, match="its event log is empty"):
+        open_run(tmp_path)
+
+
+def test_drop_replaced_keeps_the_run_as_it_finally_happened() -> None:
+    def started(saved: int | None) -> dict[str, Any]:
+        return {"event": "RunStarted", "resumed_from_epoch": saved}
+
+    records = [
+        started(None),
+        {"event": "EpochCompleted", "epoch": 1},
+        {"event": "EpochCompleted", "epoch": 2},
+        {"event": "ActionTaken", "epoch": 2},
+        {"event": "EpochCompleted", "epoch": 3},  # after the last checkpoint (epoch 2)
+        {"event": "RunFinished", "epochs": 2},
+        started(2),
+        {"event": "EpochCompleted", "epoch": 3},
+    ]
+    kept = drop_replaced(records, ppo=False)
+    assert kept == records[:4] + records[5:]
+    ppo = [
+        started(None),
+        {"event": "EpochCompleted", "env": 0, "episode": 1, "epoch": 1},
+        {"event": "PPOUpdate", "round": 1},
+        {"event": "PPOHeadStats", "round": 1},
+        {"event": "EpochCompleted", "env": 0, "episode": 2, "epoch": 1},  # round 2, cut short
+        {"event": "PPORunFinished", "rounds": 1},
+        started(1),
+        {"event": "EpochCompleted", "env": 0, "episode": 2, "epoch": 1},
+    ]
+    assert drop_replaced(ppo, ppo=True) == ppo[:4] + ppo[5:]
 
 
 def test_tail_returns_a_line_only_once_its_newline_arrives(tmp_path: Path) -> None:
@@ -171,8 +226,6 @@ def test_every_event_type_is_declared_once() -> None:
 
 
 def _record(event: Any, **context: Any) -> dict[str, Any]:
-    from esper.leyline.events import event_record
-
     return {"t": 0.0, "run_id": "r", **context, **event_record(event)}
 
 
@@ -223,7 +276,7 @@ def test_tensorboard_sink_writes_the_logged_scalars(tmp_path: Path, recorded_run
         for s in r["slots"]
         if s["slot"] == "mid" and s["contribution"] is not None
     ]
-    assert [(s.step, pytest.approx(v)) for s, (_, v) in zip(contributions, measured, strict=True)]
+    assert [s.value for s in contributions] == pytest.approx([v for _, v in measured])
     assert [s.step for s in contributions] == [e for e, _ in measured]  # missing is not 0
     updates = [r for r in records if r["event"] == "PPOUpdate"]
     assert [s.value for s in acc.Scalars("ppo/entropy")] == pytest.approx(
@@ -239,11 +292,35 @@ def test_tensorboard_flag_on_a_heuristic_run(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["tensorboard"] is True
 
 
-def test_minimal_telemetry_on_a_heuristic_run_drops_epoch_events(tmp_path: Path) -> None:
+def test_minimal_telemetry_drops_epoch_events_but_not_progress(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     args = ["heuristic", "--task", "synthetic", "--epochs", "2", "--telemetry", "minimal"]
     assert main([*args, "--out", str(out)]) == 0
     assert [r["event"] for r in _lines(out / "events.jsonl")] == ["RunStarted", "RunFinished"]
+    progress = [line for line in capsys.readouterr().err.splitlines() if "] 2/2  val " in line]
+    assert len(progress) == 1  # console progress is not filtered by the log's level
+
+
+@pytest.mark.parametrize("flag", ["--telemetry=debug", "--tensorboard", "--shapley"])
+def test_resume_refuses_telemetry_flags(tmp_path: Path, capsys, flag: str) -> None:
+    out = tmp_path / "run"
+    assert main(["heuristic", "--task", "synthetic", "--epochs", "1", "--out", str(out)]) == 0
+    (out / "summary.json").unlink()  # as if interrupted
+    capsys.readouterr()
+    assert main(["heuristic", "--resume", str(out), flag]) == 2
+    assert f"drop {flag.split('=')[0]}" in capsys.readouterr().err
+
+
+def test_missing_tensorboard_fails_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    for args in (
+        ["heuristic", "--task", "synthetic", "--epochs", "1"],
+        ["ppo", "--preset", "tiny", "--rounds", "1"],
+    ):
+        out = tmp_path / args[0]
+        assert main([*args, "--tensorboard", "--out", str(out)]) == 2
+        assert "pip install 'esper[tensorboard]'" in capsys.readouterr().err
+        assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -357,3 +434,17 @@ def test_tail_returns_the_records_before_a_malformed_line_then_raises(tmp_path: 
     for _ in range(2):
         with pytest.raises(EventLogError, match=r"events\.jsonl:3: malformed"):
             tail.poll()
+
+
+def test_eval_runs_log_their_policy_decisions(tmp_path: Path, recorded_runs) -> None:
+    out = tmp_path / "eval"
+    policy = str(recorded_runs["ppo"])
+    args = ["eval", "--policy", policy, "--task", "synthetic", "--epochs", "3", "--out", str(out)]
+    assert main(args) == 0
+    records = _lines(out / "events.jsonl")
+    decisions = [r for r in records if r["event"] == "PolicyDecision"]
+    actions = [r for r in records if r["event"] == "ActionTaken"]
+    assert len(decisions) == len(actions) == 3
+    for decision, action in zip(decisions, actions, strict=True):
+        assert dict(decision["chosen"])["op"] == action["op"] in decision["valid_ops"]
+        assert decision["epoch"] == action["epoch"]

@@ -36,6 +36,7 @@ from esper.leyline.events import (
     RewardComputed,
     RunStarted,
     SeedTransition,
+    event_record,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -268,9 +269,13 @@ def test_timeline_of_a_recorded_run_covers_every_epoch(recorded_runs: dict[str, 
     assert [i.stage for i in intervals["early"]][-1] is SeedStage.FOSSILIZED
 
 
+def _epoch(n: int, accuracy: float = 50.0) -> dict:
+    """A complete ``EpochCompleted`` record without slots."""
+    return event_record(EpochCompleted(n, 1.0, 60.0, 1.0, accuracy, 1000, (), 0.1))
+
+
 def test_a_resumed_run_keeps_each_epoch_once(tmp_path: Path) -> None:
-    def epoch(n: int, accuracy: float) -> dict:
-        return {"event": EpochCompleted.__name__, "epoch": n, "val_accuracy": accuracy, "slots": []}
+    epoch = _epoch
 
     records = [_started(), epoch(1, 10.0), epoch(2, 20.0), epoch(3, 99.0)]
     records += [_started(resumed=2), epoch(3, 30.0)]  # epoch 3 was run again after Ctrl-C
@@ -410,7 +415,7 @@ def test_unknown_stage_is_an_error_not_a_traceback(
 ) -> None:
     records = [
         _started(),
-        {"event": EpochCompleted.__name__, "epoch": 1, "slots": []},
+        _epoch(1),
         _transition(1, "mid", "DORMANT", "SPROUTING"),
     ]
     run = _write_run(tmp_path / "odd", records)

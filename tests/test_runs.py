@@ -199,3 +199,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, recorded_runs, capsys, args,
     err = capsys.readouterr().err
     assert err.startswith("esper: error: ") and err.count("\n") == 1
     assert message.format(**where) in err
+
+
+def test_views_show_a_resumed_run_as_it_finally_happened(tmp_path, recorded_runs, capsys) -> None:
+    run = tmp_path / "resumed"
+    shutil.copytree(recorded_runs["static"], run)
+    records = _records(run)
+    epochs = [r for r in records if r["event"] == "EpochCompleted"]
+    first = [records[0], *epochs[:5]]  # the attempt Ctrl-C stopped after epoch 5 ...
+    stopped = {**records[-1], "status": "interrupted", "epochs": 3}  # ... checkpointed at 3
+    resumed = {**records[0], "resumed_from_epoch": 3}
+    again = [{**e, "val_accuracy": 1.0 + e["epoch"]} for e in epochs[3:6]]  # epochs 4–6 rerun
+    lines = [*first, stopped, resumed, *again]
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = _query(capsys, "SELECT epoch, val_accuracy FROM epochs ORDER BY epoch", run)
+    expected = [(e["epoch"], e["val_accuracy"]) for e in epochs[:3]]
+    expected += [(e["epoch"], 1.0 + e["epoch"]) for e in epochs[3:6]]
+    assert [(r["epoch"], r["val_accuracy"]) for r in rows] == expected
+    assert _query(capsys, "SELECT count(*) AS n FROM events", run) == [{"n": len(lines)}]

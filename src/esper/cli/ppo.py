@@ -31,6 +31,7 @@ from esper.cli.session import (
     default_out,
     format_percent,
     new_run_directory,
+    require_sinks,
     run_sinks,
 )
 from esper.data import DatasetNotFoundError
@@ -201,6 +202,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     print(f"esper ppo: {json.dumps(config.to_dict())}", file=sys.stderr)
     hub = TelemetryHub("", [], TelemetryLevel.parse(config.runtime.telemetry))
     trainer, device_map = _build(config, hub)  # every input error surfaces before any write
+    require_sinks(config.runtime.tensorboard)
     print(f"device map:\n{device_map}", file=sys.stderr)
     if state is not None:
         try:
@@ -225,7 +227,8 @@ def run_ppo(args: argparse.Namespace) -> int:
     console = ConsoleSink(
         sys.stderr, "ppo", config.ppo.rounds, trainer.round, bar=sys.stderr.isatty()
     )
-    hub.sinks.extend(run_sinks(directory, console, config.runtime.tensorboard))
+    hub.sinks.extend(run_sinks(directory, config.runtime.tensorboard))
+    hub.unfiltered.append(console)
     hub.emit(
         RunStarted(
             directory.name,

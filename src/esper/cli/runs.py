@@ -18,6 +18,7 @@ from esper.cli.main import UserError
 from esper.leyline.events import EpochCompleted, PPOUpdate
 from esper.nissa.log import (
     EVENTS_FILE,
+    PPO_MODE,
     RunDirectory,
     display,
     open_run,
@@ -43,7 +44,7 @@ def _percent(value: Any) -> str:
 def _progress(run: RunDirectory) -> dict[str, Any]:
     """Where a run is: its summary's numbers, or for an unfinished run the last logged step."""
     s = run.summary
-    if s is not None and run.mode == "ppo":
+    if s is not None and run.mode == PPO_MODE:
         return {
             "done": s["rounds_completed"],
             "planned": s["rounds_planned"],
@@ -61,7 +62,7 @@ def _progress(run: RunDirectory) -> dict[str, Any]:
             "return": None,
         }
     records = read_events(run.events_path).records
-    if run.mode == "ppo":
+    if run.mode == PPO_MODE:
         updates = [r for r in records if r["event"] == PPOUpdate.__name__]
         last = updates[-1] if updates else None
         return {

@@ -46,9 +46,15 @@ from esper.kasmina import save_model as save_model_file
 from esper.leyline import Observation, SeedStage, Topology, ordered_slots
 from esper.leyline.events import RunFinished, RunStarted, TelemetryLevel
 from esper.nissa import JsonlSink, Sink, TelemetryHub, json_safe
-from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink
+from esper.nissa.sinks import (
+    ConsoleSink,
+    TensorBoardSetupError,
+    TensorBoardSink,
+    check_tensorboard,
+)
 from esper.seeding import seed_everything
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
+from esper.tamiyo.policy import PolicyController
 from esper.tasks import TaskSpec, get_task
 from esper.tolaria import EngineConfig, StepResult, Trainer
 
@@ -289,6 +295,8 @@ class Run:
         self.model = MorphogeneticModel(host, list(config.slots))  # _prepare reports ValueError
         topology = host.injection_points[0].topology
         self.controller = _controller(config, topology)
+        if isinstance(self.controller, PolicyController):
+            self.controller.emit = self._emit  # its decisions, with masks, go to the log
         self.tracker = SignalTracker()
         self.blueprints = blueprint_registry.names(topology)
         self.hub = TelemetryHub("", [])
@@ -484,19 +492,24 @@ def new_run_directory(directory: Path) -> Path:
     return directory
 
 
-def run_sinks(directory: Path, console: Sink, tensorboard: bool) -> list[Sink]:
-    """A run's telemetry sinks: its event log (always), ``console``, and TensorBoard if asked.
+def require_sinks(tensorboard: bool) -> None:
+    """Check, before anything is written, that the asked-for sinks can be built.
 
     Raises:
         UserError: TensorBoard was asked for without the ``tensorboard`` package.
     """
-    sinks: list[Sink] = [JsonlSink(directory / "events.jsonl"), console]
     if tensorboard:
         try:
-            sinks.append(TensorBoardSink(directory / "tensorboard"))
+            check_tensorboard()
         except TensorBoardSetupError as err:
             raise UserError(str(err)) from err
-    return sinks
+
+
+def run_sinks(directory: Path, tensorboard: bool) -> list[Sink]:
+    """A run's level-filtered sinks: TensorBoard if asked (checked by ``require_sinks``), and
+    its event log (always). Console progress goes to the hub unfiltered."""
+    sinks: list[Sink] = [TensorBoardSink(directory / "tensorboard")] if tensorboard else []
+    return [*sinks, JsonlSink(directory / "events.jsonl")]
 
 
 def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str = "") -> Path:
@@ -507,6 +520,7 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
         Interrupted: after an interrupted run was recorded (its last epoch is checkpointed).
     """
     run = _prepare(config)
+    require_sinks(config.tensorboard)
     checkpoints = (resume or Path()) / "checkpoints"
     if resume is not None:
         directory = resume
@@ -534,8 +548,9 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
     )
     run.hub = TelemetryHub(
         directory.name,
-        run_sinks(directory, console, config.tensorboard),
+        run_sinks(directory, config.tensorboard),
         TelemetryLevel.parse(config.telemetry),
+        unfiltered=[console],
     )
     run.hub.emit(
         RunStarted(
@@ -599,6 +614,8 @@ _RUN_FLAGS = {
     "lr": "--lr",
 }
 _GROWTH_FLAGS = {"slots": "--slots", "seed_lr": "--seed-lr"}
+_SWITCHES = {"no_download": "--no-download", "tensorboard": "--tensorboard"}
+"""On/off flags a resumed run must not be given (its configuration is recorded)."""
 
 
 def format_percent(value: float | None) -> str:
@@ -611,8 +628,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.resume is not None:
         flags = _RUN_FLAGS | (_GROWTH_FLAGS if args.command in GROWTH_MODES else {})
         flags |= {"policy": "--policy"} if args.command == "eval" else {}
+        flags |= {"telemetry": "--telemetry"}
+        switches = _SWITCHES | ({"shapley": "--shapley"} if args.command in GROWTH_MODES else {})
         given = [flag for name, flag in flags.items() if vars(args)[name] is not None]
-        given += ["--no-download"] if args.no_download else []
+        given += [flag for name, flag in switches.items() if vars(args)[name]]
         if given:
             raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
         config_path = args.resume / "config.json"

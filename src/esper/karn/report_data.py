@@ -26,9 +26,7 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.log import RunDirectory, open_run, read_events
-
-PPO_MODE = "ppo"
+from esper.nissa.log import PPO_MODE, RunDirectory, drop_replaced, open_run, read_events
 
 MARK_KINDS: Mapping[SeedStage, str] = {
     SeedStage.GERMINATED: "germinate",
@@ -115,26 +113,6 @@ def _number(record: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _replayed(records: list[dict[str, Any]], ppo: bool) -> list[dict[str, Any]]:
-    """Drop records a resume replaced: a resumed ``RunStarted`` names the last saved epoch (or
-    PPO round); what the interrupted segment logged after it was run again."""
-    kept: list[dict[str, Any]] = []
-    for record in records:
-        saved = _number(record, "resumed_from_epoch")
-        if record["event"] == RunStarted.__name__ and saved is not None:
-            if ppo:
-                updates = [
-                    i
-                    for i, r in enumerate(kept)
-                    if r["event"] == PPOUpdate.__name__ and (_number(r, "round") or 0) <= saved
-                ]
-                kept = kept[: updates[-1] + 1 if updates else 1]
-            else:
-                kept = [r for r in kept if (_number(r, "epoch") or 0) <= saved]
-        kept.append(record)
-    return kept
-
-
 def _git_revision(path: Path) -> str | None:
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
@@ -167,7 +145,7 @@ def load_run(path: Path) -> RunData:
         slots = ordered_slots(dict.fromkeys(names))
     except ValueError as err:
         raise ReportError(f"{run.events_path}: {err}") from None
-    records = _replayed(log.records, run.mode == PPO_MODE)
+    records = drop_replaced(log.records, run.mode == PPO_MODE)
     return RunData(run, _git_revision(path), records, slots, log.truncated_line)
 
 

@@ -33,7 +33,7 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.log import display
+from esper.nissa.log import PPO_MODE, display
 
 LOG_LINES = 5000
 """Event-log lines kept for the log panel: enough to scroll back through a few PPO rounds while
@@ -179,7 +179,7 @@ class RunView:
     @property
     def is_ppo(self) -> bool:
         """Whether this is a PPO training run (several environments, PPO updates)."""
-        return self.mode == "ppo"
+        return self.mode == PPO_MODE
 
     def env_keys(self) -> list[int | None]:
         """The environments seen so far, in order (None, a single-model run's, first)."""

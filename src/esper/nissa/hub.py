@@ -14,9 +14,11 @@ from esper.leyline.events import Event, TelemetryLevel, event_record
 class Sink(Protocol):
     """Something that receives every event."""
 
-    def write(self, record: dict[str, Any]) -> None: ...
+    def write(self, record: dict[str, Any]) -> None:
+        """Take one record (``event_record`` output plus ``t``, ``run_id`` and context)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the sink holds (files, writers, progress bars)."""
 
 
 def json_safe(value: Any) -> Any:
@@ -38,10 +40,12 @@ class JsonlSink:
         self._file: IO[str] = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line and flush it."""
         self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
 
@@ -56,13 +60,20 @@ class TelemetryHub:
         run_id: identifier written into every record.
         sinks: where records go.
         level: the configured telemetry level.
+        unfiltered: sinks that get every event whatever the level — console progress, which
+            must not go quiet because the log was asked to be minimal.
     """
 
     def __init__(
-        self, run_id: str, sinks: list[Sink], level: TelemetryLevel = TelemetryLevel.NORMAL
+        self,
+        run_id: str,
+        sinks: list[Sink],
+        level: TelemetryLevel = TelemetryLevel.NORMAL,
+        unfiltered: list[Sink] | None = None,
     ) -> None:
         self.run_id = run_id
         self.sinks = sinks
+        self.unfiltered = unfiltered or []
         self.base_level = level
         self._escalated: TelemetryLevel | None = None
         self._escalation_left = 0
@@ -102,13 +113,15 @@ class TelemetryHub:
             event: the event.
             context: extra keys for the record, e.g. ``{"env": 2, "episode": 7}``.
         """
-        if event.level.value > self.level.value:
+        sinks = self.sinks if event.level.value <= self.level.value else []
+        if not sinks and not self.unfiltered:
             return
         record = {"t": round(time.time(), 3), "run_id": self.run_id, **(context or {})}
         record.update(event_record(event))
-        for sink in self.sinks:
+        for sink in [*sinks, *self.unfiltered]:
             sink.write(record)
 
     def close(self) -> None:
-        for sink in self.sinks:
+        """Close every sink."""
+        for sink in [*self.sinks, *self.unfiltered]:
             sink.close()

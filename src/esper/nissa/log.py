@@ -10,15 +10,22 @@ report. Any other line that is not a known event is an error naming the file and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from esper.leyline.events import EVENT_TYPES, RunStarted
 
+PPO_MODE = "ppo"
+"""The mode ``esper ppo`` runs record (their records carry ``env``/``episode``)."""
+
 EVENTS_FILE = "events.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+
+
+_FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in EVENT_TYPES.items()}
+"""Every field each event's line must have (its dataclass fields)."""
 
 
 class EventLogError(ValueError):
@@ -50,6 +57,9 @@ def parse_record(text: str, where: str) -> dict[str, Any]:
     if record["event"] not in EVENT_TYPES:
         known = ", ".join(sorted(EVENT_TYPES))
         raise EventLogError(f"{where}: unknown event {record['event']!r}; known: {known}")
+    missing = _FIELDS[record["event"]] - record.keys()
+    if missing:
+        raise EventLogError(f"{where}: {record['event']} lacks {', '.join(sorted(missing))}")
     return record
 
 
@@ -110,6 +120,34 @@ class EventTail:
                     raise
                 break
         return records
+
+
+def drop_replaced(records: list[dict[str, Any]], ppo: bool) -> list[dict[str, Any]]:
+    """The records of a run as it finally happened.
+
+    A resumed ``RunStarted`` names the last checkpointed epoch (for PPO runs, round); what the
+    interrupted attempt logged after that point was run again, so it is dropped. Records not
+    tied to an epoch (PPO: an episode or round) are kept, e.g. the ``RunFinished`` that says the
+    attempt was interrupted.
+
+    Args:
+        records: a run's records in log order.
+        ppo: whether the run is a PPO run (records carry ``episode``/``round``, not one epoch line).
+    """
+    kept: list[dict[str, Any]] = []
+    for record in records:
+        if record["event"] == RunStarted.__name__ and record["resumed_from_epoch"] is not None:
+            saved = record["resumed_from_epoch"]
+            kept = [r for r in kept if not _after(r, saved, ppo)]
+        kept.append(record)
+    return kept
+
+
+def _after(record: dict[str, Any], saved: int, ppo: bool) -> bool:
+    """Whether ``record`` belongs to an epoch (PPO: episode or round) after ``saved``."""
+    keys = ("episode", "round") if ppo else ("epoch",)
+    step = next((record[k] for k in keys if k in record), None)
+    return isinstance(step, int) and step > saved
 
 
 @dataclass(frozen=True)
@@ -176,6 +214,7 @@ class RunDirectory:
 
     @property
     def events_path(self) -> Path:
+        """The run's ``events.jsonl``."""
         return self.path / EVENTS_FILE
 
     @property
@@ -207,6 +246,11 @@ def open_run(path: Path) -> RunDirectory:
         )
     with (path / EVENTS_FILE).open("rb") as f:
         first = f.readline().decode("utf-8", errors="replace")
+    if not first.strip():
+        raise RunDirectoryError(
+            f"{str(path)!r}: its event log is empty (a run still starting, or one that failed "
+            "before its first event)"
+        )
     try:
         record = parse_record(first.rstrip("\n"), f"{path / EVENTS_FILE}:1")
     except EventLogError as err:

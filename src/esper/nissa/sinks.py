@@ -8,6 +8,7 @@ measured (None, NaN) is left out of TensorBoard and printed as "—": never 0.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,6 +57,7 @@ class ConsoleSink:
         self._accuracies: list[float | None] = []  # final accuracies of this round's episodes
 
     def write(self, record: dict[str, Any]) -> None:
+        """Advance on a single-model epoch or a PPO update; remember episode accuracies."""
         event = record["event"]
         if event == _EPOCH and "env" not in record:
             self._show(record["epoch"], _epoch_text(record))
@@ -76,6 +78,7 @@ class ConsoleSink:
             self.stream.flush()
 
     def close(self) -> None:
+        """Close the progress bar, if any."""
         if self._bar is not None:
             self._bar.close()
 
@@ -113,9 +116,24 @@ class TensorBoardSetupError(RuntimeError):
     """TensorBoard logging was asked for but the ``tensorboard`` package is not installed."""
 
 
+def check_tensorboard() -> None:
+    """Fail early, before a run writes anything, when TensorBoard logging cannot work.
+
+    Raises:
+        TensorBoardSetupError: naming the missing package and how to install it.
+    """
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (the writer needs the tensorboard package)
+    except ImportError as err:
+        raise TensorBoardSetupError(
+            "--tensorboard needs the tensorboard package: pip install 'esper[tensorboard]'"
+        ) from err
+
+
 _PPO_SCALARS = tuple(f.name for f in fields(PPOUpdate) if f.name not in ("round", "early_stopped"))
+_SLOT_HINTS = typing.get_type_hints(SlotSnapshot)
 _SLOT_SCALARS = tuple(
-    f.name for f in fields(SlotSnapshot) if f.type in ("int", "float", "float | None")
+    f.name for f in fields(SlotSnapshot) if _SLOT_HINTS[f.name] in (int, float, float | None)
 )
 
 
@@ -132,12 +150,9 @@ class TensorBoardSink:
     """
 
     def __init__(self, log_dir: Path) -> None:
-        try:  # imported only when the sink is enabled (STYLE 15)
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise TensorBoardSetupError(
-                "--tensorboard needs the tensorboard package: pip install 'esper[tensorboard]'"
-            ) from err
+        check_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter  # only when enabled (STYLE 15)
+
         self.log_dir = log_dir
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
@@ -146,6 +161,7 @@ class TensorBoardSink:
             self._writer.add_scalar(tag, float(value), step)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Add the record's scalars (see the class docstring); other events are ignored."""
         event = record["event"]
         if event == _EPOCH and "env" not in record:
             step = record["epoch"]
@@ -167,4 +183,5 @@ class TensorBoardSink:
             self._scalar(f"episode/accuracy/env{env}", record["final_val_accuracy"], episode)
 
     def close(self) -> None:
+        """Flush and close the event file."""
         self._writer.close()

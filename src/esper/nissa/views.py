@@ -21,7 +21,9 @@ column — with nested values (tuples of snapshots, pairs) as DuckDB ``JSON``:
 * ``rewards``: ``RewardComputed`` (epoch, total, components as JSON).
 * ``reward_components``: one row per component per step: epoch, component, value.
 
-Missing values are SQL NULL. DuckDB is imported only when a store is opened.
+Missing values are SQL NULL. After a resume, what the interrupted attempt logged beyond its last
+checkpoint is left out (``drop_replaced``): the views show the run as it finally happened, while
+``events`` keeps every line. DuckDB is imported only when a store is opened.
 """
 
 from __future__ import annotations
@@ -47,7 +49,15 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
-from esper.nissa.log import RunDirectory, RunDirectoryError, find_runs, open_run, read_events
+from esper.nissa.log import (
+    PPO_MODE,
+    RunDirectory,
+    RunDirectoryError,
+    drop_replaced,
+    find_runs,
+    open_run,
+    read_events,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -122,12 +132,12 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def _rows(
-    run: str, mode: str, records: list[dict[str, Any]]
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(view, row)`` for every row the records give (the runs view excluded)."""
+def _rows(run: str, mode: str, log: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(view, row)`` for every row a run's log gives (the runs view excluded): ``events`` from
+    every line, the other views from the run as it finally happened (``drop_replaced``)."""
     by_event = {cls.__name__: name for name, cls in EVENT_VIEWS.items()}
-    for record in records:
+    final = {id(r) for r in drop_replaced(log, mode == PPO_MODE)}
+    for record in log:
         context = {
             "run": run,
             "mode": mode,
@@ -137,6 +147,8 @@ def _rows(
         }
         event = record["event"]
         yield "events", {**context, "event": event, "record": record}
+        if id(record) not in final:
+            continue
         view = by_event.get(event)
         if view is not None:
             yield view, {**context, **{k: record[k] for k, _ in VIEW_COLUMNS[view][5:]}}
@@ -185,6 +197,14 @@ class RunStore:
             run.path: run.name if names.count(run.name) == 1 else str(run.path) for run in runs
         }
         self.connection: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
+        try:
+            self._fill(warn)
+        except BaseException:
+            self.connection.close()
+            raise
+
+    def _fill(self, warn: Callable[[str], None]) -> None:
+        runs = self.runs
         with tempfile.TemporaryDirectory(prefix="esper-views-") as tmp:
             files = {name: (Path(tmp) / f"{name}.jsonl").open("w") for name in VIEW_NAMES}
             try:

@@ -19,7 +19,7 @@ value head; zero biases.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from esper.leyline import Action, Observation
+from esper.leyline.events import PolicyDecision
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace, head_relevance
 from esper.tamiyo.distributions import MaskedCategorical
 from esper.tamiyo.features import encode_observation, observation_size
@@ -364,6 +365,10 @@ class PolicyController:
         deterministic: take the most likely valid action (True) or sample one from a private
             generator seeded from torch's global one (its state is in ``state_dict``).
 
+    Attributes:
+        emit: where each decision's ``PolicyDecision`` event goes (chosen and valid options,
+            log-probability, value); None (the default) records nothing.
+
     Raises:
         ValueError: if the network, normalizer and space disagree on sizes.
     """
@@ -399,18 +404,25 @@ class PolicyController:
             self._generator = torch.Generator(device=self._device).manual_seed(seed)
         self._state: LSTMState | None = None
         self._steps = 0
+        self.emit: Callable[[PolicyDecision], None] | None = None
 
     def decide(self, observation: Observation) -> Action:
         """Encode, normalize and act on one observation (batch of 1)."""
         x = encode_observation(observation, self.telemetry).to(self._device)
         x = self.normalizer.normalize(x).unsqueeze(0)  # (1, D)
-        masks = ActionMasks.stack([self.space.masks(observation)]).to(self._device)
+        valid = self.space.masks(observation)
+        masks = ActionMasks.stack([valid]).to(self._device)
         state = self._state if self._state is not None else self.network.initial_state(1)
         with torch.no_grad():
             step = self.network.act(x, masks, state, self.deterministic, self._generator)
         self._state = step.state
         self._steps += 1
-        return self.space.decode(step.actions[0].tolist(), reason="policy")
+        indices = step.actions[0].tolist()
+        if self.emit is not None:
+            log_prob, value = float(step.log_prob[0]), float(step.value[0])
+            epoch = observation.signals.epoch
+            self.emit(self.space.decision(valid, indices, epoch, log_prob, value))
+        return self.space.decode(indices, reason="policy")
 
     def reset(self) -> None:
         """Forget the episode: the next ``decide`` starts from a zero LSTM state."""

@@ -48,12 +48,30 @@ function apply(rec) {
   state.types[rec.event] = (state.types[rec.event] || 0) + 1;
   state.last.push(rec);
   if (state.last.length > LAST_EVENTS) state.last.shift();
-  if (rec.event === EV.started) state.maxEpochs = rec.max_epochs;
-  else if (rec.event === EV.epoch) addEpoch(rec);
+  if (rec.event === EV.started) {
+    state.maxEpochs = rec.max_epochs;
+    if (finite(rec.resumed_from_epoch)) rewind(rec.mode, rec.resumed_from_epoch);
+  } else if (rec.event === EV.epoch) addEpoch(rec);
   else if (rec.event === EV.ppo) {
     state.ppo = rec;
     state.returns.push([rec.round, rec.mean_return]);
   } else if (rec.event === EV.finished || rec.event === EV.ppoFinished) state.finished = rec.status;
+}
+
+// A resumed run starts again after its last checkpointed epoch (PPO: round): it is live again,
+// and what the interrupted attempt logged after that point is run anew, so it is dropped.
+function rewind(mode, saved) {
+  state.finished = null;
+  const limit = mode === "ppo" ? saved * state.maxEpochs : saved;
+  for (const series of state.series.values()) {
+    series.points = series.points.filter((p) => p.x <= limit);
+    for (const [slot, segments] of series.timeline) {
+      const kept = segments.filter((seg) => seg.from <= limit);
+      for (const seg of kept) seg.to = Math.min(seg.to, limit);
+      series.timeline.set(slot, kept);
+    }
+  }
+  if (mode === "ppo") state.returns = state.returns.filter(([round]) => round <= saved);
 }
 
 // One series per environment (PPO) or one for the run. A PPO environment's epochs restart every
