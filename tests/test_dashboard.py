@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.karn import dashboard
+from esper.karn.colours import STAGE_COLOURS
 from esper.karn.dashboard import (
     STATIC_DIR,
     DashboardServer,
@@ -298,6 +299,7 @@ def test_page_reads_only_event_names_and_stages_that_exist(tmp_path: Path) -> No
     assert len(names) >= 5 and all(name in EVENT_TYPES for name in names)
     meta = TestClient(create_app(tmp_path)).get("/api/meta").json()
     assert meta["stages"] == [stage.value for stage in SeedStage]
+    assert meta["stage_colours"] == {s.value: STAGE_COLOURS[s] for s in SeedStage}
     assert meta["runs_dir"] == str(tmp_path)
 
 

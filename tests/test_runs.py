@@ -69,6 +69,7 @@ def test_list_reads_an_unfinished_run_from_its_log(tmp_path: Path, recorded_runs
     assert row[4] == "unfinished" and row[5] == f"{last['epoch']}/40"
     assert row[6] == f"{last['val_accuracy']:.2f}%"
     assert "broken: not readable" in captured.err
+    assert f"live: events.jsonl line {len(keep) + 1} is truncated" in captured.err
 
 
 def test_show_counts_every_event(recorded_runs, capsys) -> None:

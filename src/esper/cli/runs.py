@@ -61,7 +61,14 @@ def _progress(run: RunDirectory) -> dict[str, Any]:
             "params": s["param_count"],
             "return": None,
         }
-    records = read_events(run.events_path).records
+    log = read_events(run.events_path)
+    records = log.records
+    if log.truncated_line is not None:  # an unfinished run whose last line was cut: a crash
+        print(
+            f"warning: {run.name}: {EVENTS_FILE} line {log.truncated_line} is truncated "
+            "(the run crashed while writing it)",
+            file=sys.stderr,
+        )
     if run.mode == PPO_MODE:
         updates = [r for r in records if r["event"] == PPOUpdate.__name__]
         last = updates[-1] if updates else None

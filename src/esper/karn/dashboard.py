@@ -4,8 +4,8 @@ Endpoints:
 
 - ``GET /``: the page (``static/index.html``); ``GET /static/...``: its hand-written JavaScript
   and CSS. Nothing is loaded from another host.
-- ``GET /api/meta``: the runs directory and the seed stage names (in lifecycle order, from
-  Leyline), so the page colours stages without keeping its own list.
+- ``GET /api/meta``: the runs directory, the seed stage names (in lifecycle order, from
+  Leyline) and their colours (``karn.colours``, as in the report), so the page keeps no list.
 - ``GET /api/runs``: the run directories directly inside the runs directory (read again on every
   call, so runs that appear later show up when the page refreshes its picker).
 - ``GET /api/runs/{name}/events``: Server-Sent Events. Every record already in the run's
@@ -44,6 +44,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from esper.karn.colours import STAGE_COLOURS
 from esper.leyline.stages import SeedStage
 from esper.nissa import json_safe
 from esper.nissa.log import (
@@ -180,7 +181,11 @@ def create_app(
 
     async def meta(request: Request) -> JSONResponse:
         return JSONResponse(
-            {"runs_dir": str(runs_dir), "stages": [stage.value for stage in SeedStage]}
+            {
+                "runs_dir": str(runs_dir),
+                "stages": [stage.value for stage in SeedStage],
+                "stage_colours": {stage.value: STAGE_COLOURS[stage] for stage in SeedStage},
+            }
         )
 
     async def runs(request: Request) -> JSONResponse:

@@ -35,6 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from esper.karn.colours import STAGE_COLOURS
 from esper.karn.report_data import (
     MARK_KINDS,
     RoundSummary,
@@ -56,18 +57,6 @@ REPORT_FILE = "report.html"
 DPI = 100  # 8 x 3.2 inch figures -> 800 x 320 px: readable in a browser without zooming
 WIDTH_IN, HEIGHT_IN = 8.0, 3.2
 
-STAGE_COLOURS: Mapping[SeedStage, str] = {
-    SeedStage.DORMANT: "#f0f0f0",
-    SeedStage.GERMINATED: "#a6cee3",
-    SeedStage.TRAINING: "#1f78b4",
-    SeedStage.BLENDING: "#b2df8a",
-    SeedStage.HOLDING: "#33a02c",
-    SeedStage.FOSSILIZED: "#6a3d9a",
-    SeedStage.PRUNED: "#e31a1c",
-    SeedStage.EMBARGOED: "#fb9a99",
-    SeedStage.RESETTING: "#fdbf6f",
-}
-"""One fixed colour per seed stage (timeline bars and legend)."""
 
 MARK_STYLES: Mapping[str, tuple[str, str]] = {
     MARK_KINDS[SeedStage.GERMINATED]: ("^", "#2ca02c"),

@@ -5,10 +5,6 @@
 // Event names read here (tests/test_dashboard.py checks each one is in esper.leyline.events).
 const EV = { started: "RunStarted", epoch: "EpochCompleted", ppo: "PPOUpdate",
   finished: "RunFinished", ppoFinished: "PPORunFinished" };
-// Seed stage colours in lifecycle order, the order /api/meta lists SeedStage in:
-// DORMANT, GERMINATED, TRAINING, BLENDING, HOLDING, FOSSILIZED, PRUNED, EMBARGOED, RESETTING.
-const STAGE_PALETTE = ["#d5d9df", "#f2c14e", "#5b8fd6", "#9a7bd0", "#3fb0c4",
-  "#3f9e4d", "#d9534f", "#8c4a4a", "#b59f6b"];
 const SERIES_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
   "#e377c2", "#17becf"];
 const LAST_EVENTS = 15;        // rows in the "last events" list
@@ -20,7 +16,7 @@ const NOT_SHOWN = new Set(["t", "run_id", "event", "env", "episode", "slots", "c
 const $ = (id) => document.getElementById(id);
 const finite = (v) => typeof v === "number" && Number.isFinite(v);
 
-let stageColour = {};  // stage name -> colour
+let stageColour = {};  // stage name -> colour, from /api/meta
 let runs = new Map();  // run name -> entry of /api/runs
 let source = null;     // the EventSource of the selected run
 let state = null;      // what the selected run's records say so far
@@ -411,9 +407,7 @@ async function refreshRuns() {
 
 async function start() {
   const meta = await (await fetch("api/meta")).json();
-  meta.stages.forEach((stage, i) => {
-    stageColour[stage] = STAGE_PALETTE[i % STAGE_PALETTE.length];
-  });
+  stageColour = meta.stage_colours;  // the report's colours (esper.karn.colours)
   $("runs-dir").textContent = meta.runs_dir;
   const legend = $("stage-legend");
   for (const stage of meta.stages) {
