@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from esper.cli.main import main
-from esper.karn.report import STAGE_COLOURS, build_report
+from esper.karn.colours import STAGE_COLOURS
+from esper.karn.report import PLOT_FILES, build_report
 from esper.karn.report_data import (
     LifecycleMark,
     ReportError,
@@ -485,3 +486,14 @@ def test_demo_links_its_report(
     assert report == heuristic / "report" / "report.html" and report.is_file()
     header = _tables(report.read_text(encoding="utf-8"))["header"]
     assert header[""] == [f"run: {heuristic.name}", f"baseline: {static.name}"]
+
+
+def test_a_report_replaces_an_earlier_one_of_another_kind(
+    tmp_path: Path, recorded_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    for run in ("ppo", "heuristic"):
+        code, _, _ = _report([str(recorded_runs[run]), "--out", str(out)], capsys)
+        assert code == 0
+        assert {p.name for p in out.glob("*.png")} <= PLOT_FILES  # the list knows every plot
+    assert {p.name for p in out.glob("*.png")} == GROWTH_PLOTS

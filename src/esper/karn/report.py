@@ -459,6 +459,14 @@ def build_report(run: Path, baseline: Path | None = None) -> Report:
     return Report(plots, render_html(runs, plots, warnings), warnings)
 
 
+PLOT_FILES = frozenset(
+    f"{name}.png"
+    for name in ("accuracy", "loss", "timeline", "alpha", "params", "returns", "rewards", "actions")
+)
+"""Every PNG a report can hold; one of these left from an earlier report of another kind is
+removed, so the directory holds exactly the report's images."""
+
+
 def write_report(report: Report, out: Path) -> Path:
     """Write the PNGs, then ``report.html``, each under a temporary name renamed into place.
 
@@ -478,4 +486,6 @@ def write_report(report: Report, out: Path) -> Path:
             os.replace(temporary, out / name)
         finally:
             temporary.unlink(missing_ok=True)
+    for stale in PLOT_FILES - {p.filename for p in report.plots}:
+        (out / stale).unlink(missing_ok=True)
     return out / REPORT_FILE
