@@ -203,7 +203,7 @@ def lifecycle_marks(records: Sequence[Mapping[str, Any]]) -> list[LifecycleMark]
     for record in records:
         if record["event"] != SeedTransition.__name__:
             continue
-        entered = _stage(record.get("to_stage"), "SeedTransition")
+        entered = _stage(record.get("to_stage"), SeedTransition.__name__)
         if entered in MARK_KINDS:
             epoch = int(_number(record, "epoch") or 0)
             blueprint = record.get("blueprint")
