@@ -349,6 +349,27 @@ def test_follows_a_live_run_and_waits_for_complete_lines(
     drive(app, script)
 
 
+def test_a_partial_last_line_that_stays_is_reported(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "crashed"
+    lines = copy_run(recorded_runs["static"], run, 20)
+    with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+        f.write(lines[20][:30])  # the run died while writing this line
+    directory = open_run(run)
+    tail = EventTail(directory.events_path)
+    app = RunApp(directory, tail, tail.poll(), poll_seconds=0.05, stalled_seconds=0.3)
+
+    async def script(pilot: Pilot[None]) -> None:
+        assert app.sub_title == "following (live)"
+        await until(pilot, lambda: "last line is incomplete" in app.sub_title)
+        with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write(lines[20][30:])  # it was only slow: the line completes
+        await until(pilot, lambda: app.sub_title == "following (live)")
+
+    drive(app, script)
+
+
 def test_malformed_line_while_following_stops_following(
     recorded_runs: dict[str, Path], tmp_path: Path
 ) -> None:

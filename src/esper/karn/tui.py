@@ -19,6 +19,7 @@ module only lays it out:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -45,6 +46,10 @@ from esper.nissa.log import EventLogError, EventTail, RunDirectory, display
 
 POLL_SECONDS = 0.5
 """How often a followed event log is polled: quick enough to feel live, cheap when idle."""
+
+STALLED_SECONDS = 5.0
+"""A last line left without its newline this long is reported: the writer flushes whole lines
+in one write, so a partial line that stays is a run that died while writing it."""
 
 ENV_COLUMNS = (
     ("env", "env"),
@@ -228,6 +233,7 @@ class RunApp(App[None]):
         *,
         poll_seconds: float = POLL_SECONDS,
         exit_code: Callable[[], int | None] | None = None,
+        stalled_seconds: float = STALLED_SECONDS,
     ) -> None:
         super().__init__()
         self.run_directory = run
@@ -239,6 +245,9 @@ class RunApp(App[None]):
         self.child_code: int | None = None
         self._pending = list(records)
         self._poll_seconds = poll_seconds
+        self._stalled_seconds = stalled_seconds
+        self._partial_since: float | None = None  # when the current partial last line appeared
+        self._shown_stalled = False  # whether the status on screen reports a stalled line
         self._exit_code = exit_code
         self._timer: Timer | None = None
         self.title = f"esper tui — {run.name} ({run.mode} {run.task})"
@@ -306,8 +315,20 @@ class RunApp(App[None]):
         except (EventLogError, OSError) as err:
             self.stop_following(str(err))
             return
+        if records or not self.tail.partial:
+            self._partial_since = None
+        elif self._partial_since is None:
+            self._partial_since = time.monotonic()
         if records or self.child_code is not None:
             self.ingest(records)
+        elif self.stalled != self._shown_stalled:
+            self._refresh_status()
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the log has ended in a partial line for ``stalled_seconds`` (a crash)."""
+        since = self._partial_since
+        return since is not None and time.monotonic() - since >= self._stalled_seconds
 
     def ingest(self, records: list[dict[str, Any]]) -> None:
         """Fold ``records`` into the view and update every panel once."""
@@ -344,6 +365,8 @@ class RunApp(App[None]):
             state = f"finished ({self.view.status})"
         elif self.child_code is not None:
             state = "stopped without an end record"
+        elif self.stalled:
+            state = "following — the last line is incomplete (did the run crash while writing?)"
         else:
             state = "following (live)"
         if self.child_code is not None:
@@ -351,6 +374,7 @@ class RunApp(App[None]):
         return state
 
     def _refresh_status(self) -> None:
+        self._shown_stalled = self.stalled
         self.sub_title = self.status_text()
         view = self.view
         lines = [
