@@ -316,7 +316,7 @@ function renderSummary() {
   $("latest-val-acc").textContent = fmt(latest && latest.val_accuracy, 2);
   $("latest-val-loss").textContent = fmt(latest && latest.val_loss, 4);
   $("latest-params").textContent = fmt(latest && latest.param_count);
-  $("event-count").textContent = String(state ? state.count : 0);
+  $("event-count").textContent = state ? String(state.count) : "—";
 }
 
 function render() {
