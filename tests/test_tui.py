@@ -175,6 +175,16 @@ def test_resumed_run_is_live_again_and_redone_epochs_replace_history() -> None:
     assert view.envs[None].history == [(1, 1.0), (2, 2.0), (3, 33.0)]
 
 
+def test_a_resumed_ppo_run_keeps_one_return_per_round() -> None:
+    view = RunView()
+    view.apply(started("ppo"))
+    for round_, value in ((1, 0.1), (2, 0.2), (3, 0.3)):  # round 3 logged, not checkpointed
+        view.apply({"event": PPOUpdate.__name__, "round": round_, "mean_return": value})
+    view.apply(started("ppo", resumed=2))
+    view.apply({"event": PPOUpdate.__name__, "round": 3, "mean_return": 0.33})
+    assert view.ppo.mean_returns == [0.1, 0.2, 0.33]
+
+
 def test_log_lines_and_filter() -> None:
     transition = {
         "t": 1_700_000_000.0,
@@ -438,7 +448,7 @@ def test_child_command_drops_tui_and_names_the_directory(tmp_path: Path) -> None
     for argv, directory in cases:
         args = parser.parse_args(argv)
         command, where = cli_tui.child_command(args, argv)
-        assert command[:3] == [sys.executable, "-m", "esper.cli.main"]
+        assert command[:3] == [sys.executable, "-m", "esper"]
         child = parser.parse_args(command[3:])
         assert not child.tui and "--tui" not in command and "--tu" not in command
         expected = vars(args) | {"tui": False, "out": child.out}
@@ -549,3 +559,18 @@ def test_tui_child_failing_before_its_run_starts(
     assert "esper: error: bad thing\n" in err
     assert "the run did not start (exit code 1)" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # the hidden console log is gone
+
+
+def test_tui_child_with_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("not a run")  # an existing, non-empty --out
+    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    monkeypatch.setattr(cli_tui, "_run_app", lambda app: pytest.fail("the UI must not start"))
+    args = ["heuristic", "--task", "synthetic", "--epochs", "2", "--out", str(out), "--tui"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exists and is not empty" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -129,7 +129,9 @@ def child_command(args: argparse.Namespace, argv: list[str]) -> tuple[list[str],
     else:
         directory = default_directory(args)
         rest += ["--out", str(directory)]
-    return [sys.executable, "-m", "esper.cli.main", *rest], directory
+    # ``-m esper``, not ``-m esper.cli.main``: the latter would load main.py a second time as
+    # ``__main__``, and its ``except UserError`` would not catch the UserError the run raises.
+    return [sys.executable, "-m", "esper", *rest], directory
 
 
 def _restore_sigint() -> None:

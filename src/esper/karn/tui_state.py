@@ -226,6 +226,9 @@ class RunView:
         self.task = text(record, "task")
         self.max_epochs = integer(record, "max_epochs")
         self.status, self.finish = None, None  # a resumed run is live again
+        saved = integer(record, "resumed_from_epoch")  # PPO runs: the last checkpointed round
+        if saved is not None and self.is_ppo:
+            del self.ppo.mean_returns[saved:]  # rounds after it are run again
 
     def _epoch(self, view: EnvView, record: dict[str, Any]) -> None:
         epoch = integer(record, "epoch")
