@@ -100,6 +100,11 @@ def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     assert _rows(resumed) == _rows(straight)
     a, b = _policy(straight), _policy(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader((resumed / "rounds.csv").open()))
+    summary = json.loads((resumed / "summary.json").read_text())
+    both_attempts = sum(float(r["seconds_rollout"]) + float(r["seconds_update"]) for r in rows)
+    assert summary["seconds"] == pytest.approx(both_attempts, abs=2e-3)
+    assert main(["ppo", "--resume", str(resumed)]) == 2  # completed: nothing to resume
 
 
 @pytest.mark.parametrize(
@@ -126,6 +131,8 @@ def test_resume_errors(tmp_path, capsys) -> None:
     assert "is not an Esper PPO run directory" in capsys.readouterr().err
     assert main(["ppo", "--resume", str(tmp_path), "--envs", "3"]) == 2
     assert "drop --envs" in capsys.readouterr().err
+    assert main(["ppo", "--resume", str(tmp_path), "--preset", "tiny"]) == 2
+    assert "drop --preset" in capsys.readouterr().err
     assert main(["eval", "--task", "synthetic"]) == 2
     assert "eval needs --policy" in capsys.readouterr().err
 

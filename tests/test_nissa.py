@@ -207,6 +207,17 @@ def test_levels_decide_what_is_written_and_escalation_expires() -> None:
     assert [r["event"] for r in keep.records] == ["RunStarted", "PPOHeadStats"]
 
 
+def test_watching_sinks_get_their_events_whatever_the_level() -> None:
+    keep, watch = _Keep(), _Keep()
+    watch.events = frozenset({"EpochCompleted"})
+    hub = TelemetryHub("r", [keep], TelemetryLevel.MINIMAL, unfiltered=[watch])
+    hub.emit(_epoch(1))
+    hub.emit(PPOHeadStats(1, "op", 0.5, 1.1, 1.0))
+    hub.emit(RunStarted("r", "heuristic", "synthetic", 0, 3, ("mid",), None))
+    assert [r["event"] for r in keep.records] == ["RunStarted"]
+    assert [r["event"] for r in watch.records] == ["EpochCompleted"]
+
+
 def test_jsonl_lines_are_on_disk_before_close(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     hub = TelemetryHub("r", [JsonlSink(path)])

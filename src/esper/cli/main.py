@@ -110,7 +110,7 @@ def _add_ppo_parser(sub: Any) -> None:
     from esper.simic.rewards import CONTRIBUTION_MODES, REWARD_FAMILIES
 
     p = sub.add_parser("ppo", help="train a growth policy with PPO (Simic)")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="config preset")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="config preset (default: default)")
     p.add_argument("--config-json", type=Path, help="strict JSON overrides (unknown keys fail)")
     p.add_argument("--task", choices=sorted(TASKS), help="task preset of every environment")
     p.add_argument("--envs", type=_positive_int, help="environments stepped in lockstep")

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import sys
-import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from esper.cli.main import EXIT_INTERRUPTED, UserError
 from esper.cli.session import (
     _git_revision,
     _interrupts_deferred,
+    _recorded_status,
     _versions,
     _write_atomic,
     _write_json,
@@ -91,7 +91,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
         UserError: for an unknown preset, a bad JSON file or a bad value.
     """
     try:
-        config = load_preset(args.preset)
+        config = load_preset(args.preset or "default")
         if args.config_json is not None:
             config = load_config_json(args.config_json, config)
         overrides: dict[str, dict[str, Any]] = {}
@@ -194,8 +194,11 @@ def run_ppo(args: argparse.Namespace) -> int:
         switches += [("--tensorboard", args.tensorboard)]
         given += [f for f, on in switches if on]
         given += [f for f, v in (("--out", args.out), ("--config-json", args.config_json)) if v]
+        given += ["--preset"] if args.preset is not None else []
         if given:
             raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
+        if _recorded_status(args.resume / "summary.json") == "completed":
+            raise UserError(f"run {str(args.resume)!r} already completed; nothing to resume")
         config, state = _load_resume(args.resume)
     else:
         config, state = resolve_config(args), None
@@ -240,7 +243,6 @@ def run_ppo(args: argparse.Namespace) -> int:
             None if state is None else trainer.round,
         )
     )
-    started = time.perf_counter()
     status, failure = "completed", ""
     saved = [trainer.round]  # the round the checkpoint (and rounds.csv) describes
 
@@ -260,7 +262,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     except EpisodeStartError as err:  # broken settings found only once training started
         status, failure = "failed", str(err)
     checkpoint_round = saved[0]  # a round cut short by Ctrl-C left no row and no checkpoint
-    summary = _summary(config, status, rows, time.perf_counter() - started)
+    summary = _summary(config, status, rows)
     hub.emit(
         PPORunFinished(
             status,
@@ -304,9 +306,13 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _summary(
-    config: TrainingConfig, status: str, rows: list[dict[str, Any]], seconds: float
-) -> dict[str, Any]:
+def _summary(config: TrainingConfig, status: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's summary from its recorded (checkpointed) rounds, whatever the attempts.
+
+    ``seconds`` is the rollout and update time summed over those rounds, as a heuristic run's
+    ``wall_seconds`` sums its epochs, so a resumed run counts every attempt's rounds once.
+    """
+    seconds = sum(float(row["seconds_rollout"]) + float(row["seconds_update"]) for row in rows)
     returns = [r for r in (_number(row["mean_return"]) for row in rows) if r is not None]
     final = rows[-1] if rows else None
     return {

@@ -44,7 +44,7 @@ from esper.kasmina import (
 )
 from esper.kasmina import save_model as save_model_file
 from esper.leyline import Observation, SeedStage, Topology, ordered_slots
-from esper.leyline.events import RunFinished, RunStarted, TelemetryLevel
+from esper.leyline.events import PolicyDecision, RunFinished, RunStarted, TelemetryLevel
 from esper.nissa import JsonlSink, Sink, TelemetryHub, json_safe
 from esper.nissa.sinks import (
     ConsoleSink,
@@ -295,7 +295,8 @@ class Run:
         self.model = MorphogeneticModel(host, list(config.slots))  # _prepare reports ValueError
         topology = host.injection_points[0].topology
         self.controller = _controller(config, topology)
-        if isinstance(self.controller, PolicyController):
+        logged = TelemetryLevel.parse(config.telemetry).value >= PolicyDecision.level.value
+        if isinstance(self.controller, PolicyController) and logged:
             self.controller.emit = self._emit  # its decisions, with masks, go to the log
         self.tracker = SignalTracker()
         self.blueprints = blueprint_registry.names(topology)
@@ -579,6 +580,9 @@ def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str
         run.load(checkpoints)  # the record must describe what a resume will continue from
         _finish(run, directory, "interrupted")
         raise Interrupted(directory) from None
+    except BaseException:
+        run.hub.close()  # an unexpected failure: keep what was logged, release the files
+        raise
     _finish(run, directory, "terminated" if run.trainer.terminated else "completed")
     return directory
 

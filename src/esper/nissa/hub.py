@@ -49,6 +49,12 @@ class JsonlSink:
         self._file.close()
 
 
+class WatchingSink(Sink, Protocol):
+    """A sink that gets the events it names whatever the telemetry level (console progress)."""
+
+    events: frozenset[str]
+
+
 class TelemetryHub:
     """Stamps each event with its run and wall-clock time and hands it to every sink.
 
@@ -60,8 +66,8 @@ class TelemetryHub:
         run_id: identifier written into every record.
         sinks: where records go.
         level: the configured telemetry level.
-        unfiltered: sinks that get every event whatever the level — console progress, which
-            must not go quiet because the log was asked to be minimal.
+        unfiltered: sinks that get the events they name whatever the level — console
+            progress, which must not go quiet because the log was asked to be minimal.
     """
 
     def __init__(
@@ -69,7 +75,7 @@ class TelemetryHub:
         run_id: str,
         sinks: list[Sink],
         level: TelemetryLevel = TelemetryLevel.NORMAL,
-        unfiltered: list[Sink] | None = None,
+        unfiltered: list[WatchingSink] | None = None,
     ) -> None:
         self.run_id = run_id
         self.sinks = sinks
@@ -113,12 +119,14 @@ class TelemetryHub:
             event: the event.
             context: extra keys for the record, e.g. ``{"env": 2, "episode": 7}``.
         """
-        sinks = self.sinks if event.level.value <= self.level.value else []
-        if not sinks and not self.unfiltered:
+        sinks: list[Sink] = self.sinks if event.level.value <= self.level.value else []
+        name = type(event).__name__
+        sinks = sinks + [s for s in self.unfiltered if name in s.events]
+        if not sinks:
             return
         record = {"t": round(time.time(), 3), "run_id": self.run_id, **(context or {})}
         record.update(event_record(event))
-        for sink in [*sinks, *self.unfiltered]:
+        for sink in sinks:
             sink.write(record)
 
     def close(self) -> None:

@@ -49,6 +49,9 @@ class ConsoleSink:
         bar: a live tqdm bar instead of lines (the CLI turns it on for terminals).
     """
 
+    events = frozenset({_EPOCH, _EPISODE, _UPDATE})
+    """What progress is made of; the hub hands these over whatever the telemetry level."""
+
     def __init__(
         self, stream: TextIO, label: str, total: int, start: int = 0, bar: bool = False
     ) -> None:
