@@ -186,20 +186,30 @@ def _build(config: TrainingConfig, hub: TelemetryHub) -> tuple[PPOTrainer, str]:
     return trainer, describe_device_map(devices)
 
 
+def _resumed(args: argparse.Namespace) -> tuple[TrainingConfig, dict[str, Any]]:
+    """The configuration and checkpoint ``--resume`` continues.
+
+    Raises:
+        UserError: a flag that would change the recorded configuration, a completed run, or an
+            unreadable run directory.
+    """
+    given = [f"--{d.replace('_', '-')}" for d in _FLAG_FIELDS if vars(args)[d] is not None]
+    switches = [("--no-download", args.no_download), ("--amp", args.amp)]
+    switches += [("--tensorboard", args.tensorboard)]
+    given += [f for f, on in switches if on]
+    given += [f for f, v in (("--out", args.out), ("--config-json", args.config_json)) if v]
+    given += ["--preset"] if args.preset is not None else []
+    if given:
+        raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
+    if _recorded_status(args.resume / "summary.json") == "completed":
+        raise UserError(f"run {str(args.resume)!r} already completed; nothing to resume")
+    return _load_resume(args.resume)
+
+
 def run_ppo(args: argparse.Namespace) -> int:
     """``esper ppo``."""
     if args.resume is not None:
-        given = [f"--{d.replace('_', '-')}" for d in _FLAG_FIELDS if vars(args)[d] is not None]
-        switches = [("--no-download", args.no_download), ("--amp", args.amp)]
-        switches += [("--tensorboard", args.tensorboard)]
-        given += [f for f, on in switches if on]
-        given += [f for f, v in (("--out", args.out), ("--config-json", args.config_json)) if v]
-        given += ["--preset"] if args.preset is not None else []
-        if given:
-            raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
-        if _recorded_status(args.resume / "summary.json") == "completed":
-            raise UserError(f"run {str(args.resume)!r} already completed; nothing to resume")
-        config, state = _load_resume(args.resume)
+        config, state = _resumed(args)
     else:
         config, state = resolve_config(args), None
     print(f"esper ppo: {json.dumps(config.to_dict())}", file=sys.stderr)
@@ -276,6 +286,13 @@ def run_ppo(args: argparse.Namespace) -> int:
     )
     hub.close()
     _write_json(directory / "summary.json", summary)
+    return _farewell(status, failure, summary, directory, checkpoint_round)
+
+
+def _farewell(
+    status: str, failure: str, summary: dict[str, Any], directory: Path, checkpoint_round: int
+) -> int:
+    """Say how the run ended and return the command's exit code."""
     if status == "failed":
         print(f"esper: error: {failure} (run recorded in {directory})", file=sys.stderr)
         return EXIT_FAILED
@@ -286,11 +303,12 @@ def run_ppo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    task = summary["task"]
     print(
-        f"ppo {config.env.task}: {checkpoint_round} rounds, mean return "
+        f"ppo {task}: {checkpoint_round} rounds, mean return "
         f"{_fmt(summary['final_mean_return'])}, final accuracy "
         f"{format_percent(summary['final_mean_accuracy'])} -> {directory}\n"
-        f"run the policy with: esper eval --policy {directory} --task {config.env.task}"
+        f"run the policy with: esper eval --policy {directory} --task {task}"
     )
     return 0
 
