@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from esper.cli.main import main
+from esper.cli.ppo import ROUND_FIELDS
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
 
@@ -135,6 +136,22 @@ def test_resume_errors(tmp_path, capsys) -> None:
     assert "drop --preset" in capsys.readouterr().err
     assert main(["eval", "--task", "synthetic"]) == 2
     assert "eval needs --policy" in capsys.readouterr().err
+
+
+def test_a_damaged_rounds_csv_is_refused_before_training(tmp_path, capsys) -> None:
+    run = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--rounds", "2", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()
+    lines = (run / "rounds.csv").read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[ROUND_FIELDS.index("seconds_rollout")] = ""
+    (run / "rounds.csv").write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    events = (run / "events.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["ppo", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "rounds.csv: line 2 has no seconds_rollout" in err and "Traceback" not in err
+    assert (run / "events.jsonl").read_text() == events  # nothing was started
 
 
 def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:

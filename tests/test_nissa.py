@@ -459,3 +459,32 @@ def test_eval_runs_log_their_policy_decisions(tmp_path: Path, recorded_runs) -> 
     for decision, action in zip(decisions, actions, strict=True):
         assert dict(decision["chosen"])["op"] == action["op"] in decision["valid_ops"]
         assert decision["epoch"] == action["epoch"]
+
+
+@pytest.mark.parametrize("partial", [b"", b'{"t": 1.0, "ev', b"x" * 100_000])
+def test_the_log_sink_cuts_a_partial_last_line_before_appending(tmp_path: Path, partial) -> None:
+    path = tmp_path / "events.jsonl"
+    complete = (_line() + "\n" + _line("RunFinished") + "\n").encode()
+    path.write_bytes(complete + partial)
+    sink = JsonlSink(path)
+    assert sink.cut == partial
+    sink.write(_record(_epoch(1)))
+    sink.close()
+    assert [r["event"] for r in read_events(path).records] == [
+        "RunStarted",
+        "RunFinished",
+        "EpochCompleted",
+    ]
+
+
+def test_resuming_a_run_that_crashed_mid_line(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["heuristic", "--task", "synthetic", "--epochs", "2", "--out", str(out)]) == 0
+    (out / "summary.json").unlink()  # as if the process died ...
+    with (out / "events.jsonl").open("a") as f:
+        f.write('{"t": 3.0, "run_id": "run", "event": "Epoch')  # ... while writing a line
+    capsys.readouterr()
+    assert main(["heuristic", "--resume", str(out)]) == 0
+    assert "ended in a partial line" in capsys.readouterr().err
+    log = read_events(out / "events.jsonl")
+    assert log.truncated_line is None and log.records[-1]["event"] == "RunFinished"

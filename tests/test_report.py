@@ -497,3 +497,8 @@ def test_a_report_replaces_an_earlier_one_of_another_kind(
         assert code == 0
         assert {p.name for p in out.glob("*.png")} <= PLOT_FILES  # the list knows every plot
     assert {p.name for p in out.glob("*.png")} == GROWTH_PLOTS
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "rewards.png").write_text("a user's file, not a report's")
+    code, _, _ = _report([str(recorded_runs["heuristic"]), "--out", str(mine)], capsys)
+    assert code == 0 and (mine / "rewards.png").read_text() == "a user's file, not a report's"

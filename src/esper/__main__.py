@@ -4,4 +4,5 @@ import sys
 
 from esper.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -148,9 +148,31 @@ def _row(result: RoundResult, accuracies: list[float | None]) -> dict[str, Any]:
     }
 
 
-def _read_rows(path: Path, last_round: int) -> list[dict[str, str]]:
+_COUNTS = ("round", "env_steps", "passes")
+_ALWAYS = (*_COUNTS, "mean_return", "seconds_rollout", "seconds_update")
+"""Columns every recorded round has (the others are null when not measured)."""
+
+
+def _read_rows(path: Path, last_round: int) -> list[dict[str, Any]]:
+    """The rows of ``rounds.csv`` up to ``last_round``, as numbers (None where empty).
+
+    Raises:
+        ValueError: other columns than ``ROUND_FIELDS``, or a value that is not a number.
+    """
     with path.open(newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if int(r["round"]) <= last_round]
+        reader = csv.DictReader(f)
+        if reader.fieldnames != list(ROUND_FIELDS):
+            raise ValueError(f"columns {reader.fieldnames} are not {list(ROUND_FIELDS)}")
+        rows: list[dict[str, Any]] = []
+        for line, raw in enumerate(reader, start=2):
+            row: dict[str, Any] = {
+                k: int(v) if k in _COUNTS else _number(v) for k, v in raw.items()
+            }
+            missing = [k for k in _ALWAYS if row[k] is None]
+            if missing:
+                raise ValueError(f"line {line} has no {', '.join(missing)}")
+            rows.append(row)
+    return [r for r in rows if int(r["round"]) <= last_round]
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -224,7 +246,7 @@ def run_ppo(args: argparse.Namespace) -> int:
             raise UserError(f"cannot resume from {str(args.resume)!r}: {err}") from err
         directory = args.resume
         try:
-            rows: list[dict[str, Any]] = list(_read_rows(directory / "rounds.csv", trainer.round))
+            rows = _read_rows(directory / "rounds.csv", trainer.round)
         except (OSError, KeyError, ValueError) as err:
             raise UserError(f"cannot resume from {str(directory)!r}: rounds.csv: {err}") from err
         _write_rows(directory / "rounds.csv", rows)
@@ -271,6 +293,9 @@ def run_ppo(args: argparse.Namespace) -> int:
         status = "interrupted"
     except EpisodeStartError as err:  # broken settings found only once training started
         status, failure = "failed", str(err)
+    except BaseException:
+        hub.close()  # an unexpected failure: keep what was logged, release the files
+        raise
     checkpoint_round = saved[0]  # a round cut short by Ctrl-C left no row and no checkpoint
     summary = _summary(config, status, rows)
     hub.emit(
@@ -330,7 +355,7 @@ def _summary(config: TrainingConfig, status: str, rows: list[dict[str, Any]]) ->
     ``seconds`` is the rollout and update time summed over those rounds, as a heuristic run's
     ``wall_seconds`` sums its epochs, so a resumed run counts every attempt's rounds once.
     """
-    seconds = sum(float(row["seconds_rollout"]) + float(row["seconds_update"]) for row in rows)
+    seconds = sum(row["seconds_rollout"] + row["seconds_update"] for row in rows)
     returns = [r for r in (_number(row["mean_return"]) for row in rows) if r is not None]
     final = rows[-1] if rows else None
     return {

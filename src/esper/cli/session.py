@@ -510,7 +510,14 @@ def run_sinks(directory: Path, tensorboard: bool) -> list[Sink]:
     """A run's level-filtered sinks: TensorBoard if asked (checked by ``require_sinks``), and
     its event log (always). Console progress goes to the hub unfiltered."""
     sinks: list[Sink] = [TensorBoardSink(directory / "tensorboard")] if tensorboard else []
-    return [*sinks, JsonlSink(directory / "events.jsonl")]
+    log = JsonlSink(directory / "events.jsonl")
+    if log.cut:
+        print(
+            f"warning: {log.path} ended in a partial line (the run crashed while writing it); "
+            f"cut {len(log.cut)} bytes before continuing",
+            file=sys.stderr,
+        )
+    return [*sinks, log]
 
 
 def execute(config: RunConfig, out: Path | None, resume: Path | None, label: str = "") -> Path:

@@ -477,6 +477,7 @@ def write_report(report: Report, out: Path) -> Path:
         OSError: ``out`` cannot be created or written.
     """
     out.mkdir(parents=True, exist_ok=True)
+    earlier_report = (out / REPORT_FILE).is_file()  # only then are its PNGs ours to replace
     files = [(p.filename, p.png) for p in report.plots]
     files.append((REPORT_FILE, report.html.encode("utf-8")))
     for name, data in files:
@@ -486,6 +487,6 @@ def write_report(report: Report, out: Path) -> Path:
             os.replace(temporary, out / name)
         finally:
             temporary.unlink(missing_ok=True)
-    for stale in PLOT_FILES - {p.filename for p in report.plots}:
+    for stale in PLOT_FILES - {p.filename for p in report.plots} if earlier_report else ():
         (out / stale).unlink(missing_ok=True)
     return out / REPORT_FILE

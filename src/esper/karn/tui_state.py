@@ -132,16 +132,32 @@ class PPOView:
         env_steps: environment steps so far.
         stats: the latest update's statistics (``_PPO_FIELDS``; None when not measured).
         mean_returns: the mean return of every round so far.
-        anomalies: ``AnomalyDetected`` events seen.
-        ratio_explosions: ``RatioExplosion`` events seen.
+        anomaly_rounds: the round of every ``AnomalyDetected`` event.
+        explosion_rounds: the round of every ``RatioExplosion`` event.
     """
 
     round: int | None = None
     env_steps: int | None = None
     stats: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(_PPO_FIELDS))
     mean_returns: list[float | None] = field(default_factory=list)
-    anomalies: int = 0
-    ratio_explosions: int = 0
+    anomaly_rounds: list[int | None] = field(default_factory=list)
+    explosion_rounds: list[int | None] = field(default_factory=list)
+
+    @property
+    def anomalies(self) -> int:
+        """``AnomalyDetected`` events of the run as it finally happened."""
+        return len(self.anomaly_rounds)
+
+    @property
+    def ratio_explosions(self) -> int:
+        """``RatioExplosion`` events of the run as it finally happened."""
+        return len(self.explosion_rounds)
+
+    def rewind(self, saved: int) -> None:
+        """Forget the rounds after ``saved``: a resume runs them again."""
+        del self.mean_returns[saved:]
+        for rounds in (self.anomaly_rounds, self.explosion_rounds):
+            rounds[:] = [r for r in rounds if r is None or r <= saved]
 
 
 @dataclass(frozen=True)
@@ -213,9 +229,9 @@ class RunView:
             self.ppo.stats = {key: number(record, key) for key in _PPO_FIELDS}
             self.ppo.mean_returns.append(number(record, "mean_return"))
         elif event == AnomalyDetected.__name__:
-            self.ppo.anomalies += 1
+            self.ppo.anomaly_rounds.append(integer(record, "round"))
         elif event == RatioExplosion.__name__:
-            self.ppo.ratio_explosions += 1
+            self.ppo.explosion_rounds.append(integer(record, "round"))
         line = LogLine(event, log_text(record))
         self.log.append(line)
         return line
@@ -228,7 +244,7 @@ class RunView:
         self.status, self.finish = None, None  # a resumed run is live again
         saved = integer(record, "resumed_from_epoch")  # PPO runs: the last checkpointed round
         if saved is not None and self.is_ppo:
-            del self.ppo.mean_returns[saved:]  # rounds after it are run again
+            self.ppo.rewind(saved)  # rounds after it are run again
 
     def _epoch(self, view: EnvView, record: dict[str, Any]) -> None:
         epoch = integer(record, "epoch")

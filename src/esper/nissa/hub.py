@@ -33,10 +33,16 @@ def json_safe(value: Any) -> Any:
 
 
 class JsonlSink:
-    """Appends one JSON object per line and flushes it, so a crash loses at most one line."""
+    """Appends one JSON object per line and flushes it, so a crash loses at most one line.
+
+    A log that ends in a partial line (a run that died while writing it) has that line cut
+    before anything is appended — else the next record would be glued onto it. ``cut`` holds
+    the bytes removed (empty when the log ended cleanly).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.cut = _cut_partial_line(path)
         self._file: IO[str] = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -53,6 +59,36 @@ class WatchingSink(Sink, Protocol):
     """A sink that gets the events it names whatever the telemetry level (console progress)."""
 
     events: frozenset[str]
+
+
+def _cut_partial_line(path: Path) -> bytes:
+    """Truncate ``path`` after its last newline; return what was removed (reads only the tail)."""
+    if not path.is_file():
+        return b""
+    with path.open("r+b") as f:
+        end = f.seek(0, 2)
+        if end == 0:
+            return b""
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return b""
+        keep, pos = 0, end
+        while pos > 0:  # look back block by block for the last newline
+            start = max(0, pos - _BLOCK)
+            f.seek(start)
+            found = f.read(pos - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            pos = start
+        f.seek(keep)
+        cut = f.read()
+        f.truncate(keep)
+    return cut
+
+
+_BLOCK = 1 << 16
+"""Bytes read at a time when looking back for a log's last newline."""
 
 
 class TelemetryHub:
