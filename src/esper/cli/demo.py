@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from esper.cli.main import EXIT_INTERRUPTED, UserError
-from esper.cli.session import Interrupted, RunConfig, execute, format_percent
+from esper.cli.runs import format_table
+from esper.cli.session import Interrupted, RunConfig, execute
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
+from esper.nissa.log import percent
 from esper.tasks import get_task
 
 PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits"
@@ -44,8 +46,8 @@ def _row(name: str, summary: dict[str, Any]) -> list[str]:
     final = summary["final"]
     return [
         name,
-        format_percent(None if final is None else final["val_accuracy"]),
-        format_percent(summary["best_val_accuracy"]),
+        percent(None if final is None else final["val_accuracy"]),
+        percent(summary["best_val_accuracy"]),
         str(summary["param_count"]),
         str(summary["fossilized"]),
         str(summary["pruned"]),
@@ -53,13 +55,7 @@ def _row(name: str, summary: dict[str, Any]) -> list[str]:
     ]
 
 
-def _table(rows: list[list[str]]) -> str:
-    header = ["run", "final acc", "best acc", "params", "fossilized", "pruned", "train time"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+TABLE_HEADER = ["run", "final acc", "best acc", "params", "fossilized", "pruned", "train time"]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -95,7 +91,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for m, d in directories.items()
     }
     print(f"\nesper demo — {task}: {spec.description}; seed {args.seed}\n")
-    print(_table([_row(m, s) for m, s in summaries.items()]))
+    print(format_table(TABLE_HEADER, [_row(m, s) for m, s in summaries.items()]))
     print()
     for mode, directory in directories.items():
         print(f"{mode:>9} run: {directory}")

@@ -29,7 +29,6 @@ from esper.cli.session import (
     _write_atomic,
     _write_json,
     default_out,
-    format_percent,
     new_run_directory,
     require_sinks,
     run_sinks,
@@ -37,6 +36,7 @@ from esper.cli.session import (
 from esper.data import DatasetNotFoundError
 from esper.leyline.events import PPORunFinished, RunStarted, TelemetryLevel
 from esper.nissa import TelemetryHub
+from esper.nissa.log import display, percent
 from esper.nissa.sinks import ConsoleSink
 from esper.seeding import seed_everything
 from esper.simic.build import (
@@ -331,15 +331,11 @@ def _farewell(
     task = summary["task"]
     print(
         f"ppo {task}: {checkpoint_round} rounds, mean return "
-        f"{_fmt(summary['final_mean_return'])}, final accuracy "
-        f"{format_percent(summary['final_mean_accuracy'])} -> {directory}\n"
+        f"{display(summary['final_mean_return'], '.3f')}, final accuracy "
+        f"{percent(summary['final_mean_accuracy'])} -> {directory}\n"
         f"run the policy with: esper eval --policy {directory} --task {task}"
     )
     return 0
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
 
 
 def _number(value: Any) -> float | None:

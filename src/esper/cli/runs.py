@@ -22,6 +22,7 @@ from esper.nissa.log import (
     RunDirectory,
     display,
     open_run,
+    percent,
     read_events,
     scan_runs,
 )
@@ -34,11 +35,6 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
-
-
-def _percent(value: Any) -> str:
-    text = display(value, ".2f")
-    return text if text == "—" else text + "%"
 
 
 def _progress(run: RunDirectory) -> dict[str, Any]:
@@ -109,7 +105,7 @@ def _list(directory: Path) -> int:
                 str(run.seed),
                 run.status,
                 steps,
-                _percent(p["accuracy"]),
+                percent(p["accuracy"]),
                 display(p["params"]),
                 display(p["return"], ".3f"),
             ]
@@ -169,7 +165,7 @@ def _compare(paths: list[Path]) -> int:
         found = [_lookup(run.summary, path) for run in runs]
         if not any(has for has, _ in found):
             continue
-        cells = [_percent(v) if spec == "%" else display(v, spec) for _, v in found]
+        cells = [percent(v) if spec == "%" else display(v, spec) for _, v in found]
         rows.append([label, *cells])
     print(format_table(header, rows))
     return 0

@@ -46,6 +46,7 @@ from esper.kasmina import save_model as save_model_file
 from esper.leyline import Observation, SeedStage, Topology, ordered_slots
 from esper.leyline.events import PolicyDecision, RunFinished, RunStarted, TelemetryLevel
 from esper.nissa import JsonlSink, Sink, TelemetryHub, json_safe
+from esper.nissa.log import percent
 from esper.nissa.sinks import (
     ConsoleSink,
     TensorBoardSetupError,
@@ -629,11 +630,6 @@ _SWITCHES = {"no_download": "--no-download", "tensorboard": "--tensorboard"}
 """On/off flags a resumed run must not be given (its configuration is recorded)."""
 
 
-def format_percent(value: float | None) -> str:
-    """A percentage for people; a missing value shows as "—", never as 0."""
-    return "—" if value is None else f"{value:.2f}%"
-
-
 def run_command(args: argparse.Namespace) -> int:
     """``esper heuristic`` / ``esper static``."""
     if args.resume is not None:
@@ -667,8 +663,8 @@ def run_command(args: argparse.Namespace) -> int:
     final = summary["final"]
     print(
         f"{config.mode} {config.task} ({summary['status']}): val accuracy "
-        f"{format_percent(None if final is None else final['val_accuracy'])} "
-        f"(best {format_percent(summary['best_val_accuracy'])}), "
+        f"{percent(None if final is None else final['val_accuracy'])} "
+        f"(best {percent(summary['best_val_accuracy'])}), "
         f"{summary['param_count']} params, {summary['fossilized']} fossilized, "
         f"{summary['pruned']} pruned -> {directory}"
     )

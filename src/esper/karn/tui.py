@@ -39,10 +39,9 @@ from esper.karn.tui_state import (
     integer,
     matches,
     number,
-    percent,
 )
 from esper.leyline.stages import SeedStage
-from esper.nissa.log import EventLogError, EventTail, RunDirectory, display
+from esper.nissa.log import EventLogError, EventTail, RunDirectory, display, percent
 
 POLL_SECONDS = 0.5
 """How often a followed event log is polled: quick enough to feel live, cheap when idle."""

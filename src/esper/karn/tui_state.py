@@ -33,7 +33,7 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.log import PPO_MODE, display
+from esper.nissa.log import PPO_MODE, display, percent
 
 LOG_LINES = 5000
 """Event-log lines kept for the log panel: enough to scroll back through a few PPO rounds while
@@ -76,11 +76,6 @@ def text(record: dict[str, Any], key: str) -> str | None:
     """``record[key]`` when it is a string, else None."""
     value = record.get(key)
     return value if isinstance(value, str) else None
-
-
-def percent(value: float | None) -> str:
-    """An accuracy in percent for people ("—" when missing)."""
-    return "—" if value is None else f"{value:.2f}%"
 
 
 @dataclass(frozen=True)

@@ -321,3 +321,9 @@ def display(value: Any, spec: str = "") -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "—"
     return format(value, spec)
+
+
+def percent(value: float | None) -> str:
+    """An accuracy in percent for people: "12.34%", or "—" when missing (None, NaN)."""
+    text = display(value, ".2f")
+    return text if text == "—" else text + "%"

@@ -22,7 +22,7 @@ from esper.leyline.events import (
     PPOUpdate,
     SlotSnapshot,
 )
-from esper.nissa.log import display
+from esper.nissa.log import display, percent
 
 _EPOCH = EpochCompleted.__name__
 _EPISODE = EpisodeFinished.__name__
@@ -86,10 +86,6 @@ class ConsoleSink:
             self._bar.close()
 
 
-def _percent(value: Any) -> str:
-    return display(value if _measured(value) else None, ".2f") + ("%" if _measured(value) else "")
-
-
 def _epoch_text(record: dict[str, Any]) -> str:
     live = [
         f"{s['slot']}:{s['blueprint']}/{s['stage'][:4].lower()}"
@@ -98,7 +94,7 @@ def _epoch_text(record: dict[str, Any]) -> str:
     ]
     loss = record["val_loss"] if _measured(record["val_loss"]) else None
     return (
-        f"val {_percent(record['val_accuracy'])}  loss {display(loss, '.4f')}  "
+        f"val {percent(record['val_accuracy'])}  loss {display(loss, '.4f')}  "
         f"params {record['param_count']}  seeds {' '.join(live) or '—'}"
     )
 
@@ -109,7 +105,7 @@ def _round_text(record: dict[str, Any], accuracy: float | None) -> str:
         return display(value if _measured(value) else None, ".3f")
 
     return (
-        f"return {number('mean_return')}  acc {_percent(accuracy)}  "
+        f"return {number('mean_return')}  acc {percent(accuracy)}  "
         f"entropy {number('entropy')}  kl {number('approx_kl')}  "
         f"({record['seconds_rollout']:.1f}s + {record['seconds_update']:.2f}s)"
     )
