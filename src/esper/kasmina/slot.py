@@ -30,7 +30,10 @@ from esper.kasmina.blueprints import blueprint_registry
 from esper.kasmina.errors import GateError, IllegalTransitionError, LifecycleError
 from esper.kasmina.gates import enforce
 from esper.leyline import (
+    ADVANCE_TO,
     FORWARD_STAGES,
+    OP_STAGES,
+    SEED_MODULE_STAGES,
     VALID_TRANSITIONS,
     AlphaCurve,
     BlendMode,
@@ -38,12 +41,11 @@ from esper.leyline import (
     GateMode,
     InjectionSpec,
     LifecycleTransition,
+    Op,
     SeedStage,
     SeedStateReport,
 )
 from esper.leyline import thresholds as T
-
-_PLANNABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING)
 
 
 class SeedSlot(nn.Module):
@@ -195,18 +197,13 @@ class SeedSlot(nn.Module):
 
     def advance(self, mode: GateMode, epoch: int) -> SeedStage:
         """Move to the next stage through its gate; returns the new stage."""
-        nxt = {
-            SeedStage.GERMINATED: (SeedStage.TRAINING, GateLevel.G1),
-            SeedStage.TRAINING: (SeedStage.BLENDING, GateLevel.G2),
-            SeedStage.BLENDING: (SeedStage.HOLDING, GateLevel.G3),
-        }
-        if self.stage not in nxt:
+        if self.stage not in ADVANCE_TO:
             hint = " (use fossilize or prune)" if self.stage is SeedStage.HOLDING else ""
             raise LifecycleError(
                 f"slot {self.name!r}: advance is not possible from {self.stage.value}{hint}; "
-                f"advance works from {[s.value for s in nxt]}"
+                f"advance works from {[s.value for s in ADVANCE_TO]}"
             )
-        to, gate = nxt[self.stage]
+        to, gate = ADVANCE_TO[self.stage]
         enforce(gate, self, mode)
         self._transition(to, epoch, f"advance ({gate.value})")
         if to is SeedStage.BLENDING:
@@ -235,10 +232,11 @@ class SeedSlot(nn.Module):
             raise ValueError(f"alpha target must be in (0, 1], got {target!r}")
         if not isinstance(tempo, int) or isinstance(tempo, bool) or tempo < 1:
             raise ValueError(f"tempo must be a positive number of epochs, got {tempo!r}")
-        if self.stage not in _PLANNABLE:
+        allowed = OP_STAGES[Op.SET_ALPHA_TARGET]
+        if self.stage not in allowed:
             raise LifecycleError(
                 f"slot {self.name!r}: set_alpha_target is allowed in "
-                f"{[s.value for s in _PLANNABLE]}, not {self.stage.value}"
+                f"{[s.value for s in SeedStage if s in allowed]}, not {self.stage.value}"
             )
         self.plan = AlphaSchedule(0.0, float(target), tempo, curve)
         if self.stage is SeedStage.BLENDING:
@@ -335,7 +333,7 @@ class SeedSlot(nn.Module):
             raise ValueError(
                 f"slot {self.name!r}: stage {stage.value} with blueprint {blueprint!r}"
             )
-        if stage in _HAS_MODULE:
+        if stage in SEED_MODULE_STAGES:
             self._attach(blueprint, BlendMode(blend), device, dtype)
         else:
             self.blueprint = blueprint
@@ -355,18 +353,6 @@ class SeedSlot(nn.Module):
         self.contribution = _optional_float(data, "contribution")
         self.shapley = _optional_float(data, "shapley")
         self.gradient_ratio = _optional_float(data, "gradient_ratio")
-
-
-_HAS_MODULE = frozenset(
-    {
-        SeedStage.GERMINATED,
-        SeedStage.TRAINING,
-        SeedStage.BLENDING,
-        SeedStage.HOLDING,
-        SeedStage.FOSSILIZED,
-    }
-)
-"""Stages that hold a seed module (it is freed on prune)."""
 
 
 def _optional_float(data: dict[str, Any], key: str) -> float | None:

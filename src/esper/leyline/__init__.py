@@ -16,12 +16,19 @@ from esper.leyline.control import (
     TrainingSignals,
 )
 from esper.leyline.events import TelemetryLevel
-from esper.leyline.slots import ordered_slots, slot_names
-from esper.leyline.stages import (
+from esper.leyline.lifecycle import (
+    ADVANCE_TO,
     ALIVE_STAGES,
     BLENDED_STAGES,
     FORWARD_STAGES,
+    MIN_LIFECYCLE_EPOCHS,
+    OP_STAGES,
+    RETIRED_STAGES,
+    SEED_MODULE_STAGES,
     VALID_TRANSITIONS,
+)
+from esper.leyline.slots import ordered_slots, slot_names
+from esper.leyline.stages import (
     AlphaCurve,
     BlendMode,
     GateLevel,
@@ -31,10 +38,15 @@ from esper.leyline.stages import (
 )
 
 __all__ = [
+    "ADVANCE_TO",
     "ALIVE_STAGES",
     "BLENDED_STAGES",
     "FORWARD_STAGES",
+    "MIN_LIFECYCLE_EPOCHS",
     "OP_ARGUMENTS",
+    "OP_STAGES",
+    "RETIRED_STAGES",
+    "SEED_MODULE_STAGES",
     "VALID_TRANSITIONS",
     "Action",
     "AlphaCurve",

@@ -1,4 +1,4 @@
-"""Seed lifecycle stages, the legal transitions between them, and the small enums around them."""
+"""Seed lifecycle stages and the small enums around them (the tables are in ``lifecycle``)."""
 
 from __future__ import annotations
 
@@ -17,35 +17,6 @@ class SeedStage(Enum):
     PRUNED = "PRUNED"  # removed from the forward pass
     EMBARGOED = "EMBARGOED"  # slot cools down before it may be reused
     RESETTING = "RESETTING"  # seed module is dropped at the end of this epoch
-
-
-VALID_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
-    SeedStage.DORMANT: frozenset({SeedStage.GERMINATED}),
-    SeedStage.GERMINATED: frozenset({SeedStage.TRAINING, SeedStage.PRUNED}),
-    SeedStage.TRAINING: frozenset({SeedStage.BLENDING, SeedStage.PRUNED}),
-    SeedStage.BLENDING: frozenset({SeedStage.HOLDING, SeedStage.PRUNED}),
-    SeedStage.HOLDING: frozenset({SeedStage.FOSSILIZED, SeedStage.PRUNED}),
-    SeedStage.FOSSILIZED: frozenset(),
-    SeedStage.PRUNED: frozenset({SeedStage.EMBARGOED}),
-    SeedStage.EMBARGOED: frozenset({SeedStage.RESETTING}),
-    SeedStage.RESETTING: frozenset({SeedStage.DORMANT}),
-}
-"""The lifecycle table of DESIGN §2: stage -> stages it may move to. Anything else raises."""
-
-FORWARD_STAGES: frozenset[SeedStage] = frozenset(
-    {SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED}
-)
-"""Stages in which the seed runs in the forward pass (in TRAINING only for its gradient)."""
-
-BLENDED_STAGES: frozenset[SeedStage] = frozenset(
-    {SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED}
-)
-"""Stages in which the seed changes the model's output (α may be > 0)."""
-
-ALIVE_STAGES: frozenset[SeedStage] = frozenset(
-    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING}
-)
-"""Stages a seed can still be pruned from."""
 
 
 class GateLevel(Enum):

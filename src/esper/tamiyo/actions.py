@@ -5,13 +5,12 @@ An action is one index per head of ``HEADS``: ``op``, ``slot``, ``blueprint``, `
 ``OP_ARGUMENTS``): the others still carry an index, but the policy gives them no log-probability,
 no gradient and no entropy credit (causal masking, DESIGN §4).
 
-Masks come from the seed reports alone (lifecycle rules of DESIGN §2):
+Masks come from the seed reports alone and Leyline's lifecycle tables (DESIGN §2):
 
 * WAIT is always valid; any other op is valid iff at least one enabled slot is valid for it;
-* GERMINATE needs a DORMANT slot (and at least one offered blueprint); ADVANCE and
-  SET_ALPHA_TARGET need a GERMINATED, TRAINING or BLENDING seed; PRUNE needs a live seed
-  (``ALIVE_STAGES``); FOSSILIZE needs a HOLDING seed. Gates may still refuse a valid ADVANCE or
-  FOSSILIZE; the mask only rules out what the lifecycle forbids outright;
+* a slot is valid for an op iff its stage is in ``OP_STAGES[op]`` (GERMINATE also needs an
+  offered blueprint). Gates may still refuse a valid ADVANCE or FOSSILIZE; the mask only rules
+  out what the lifecycle forbids outright;
 * the slot mask has one row per op (row k: slots valid for op k). The row of an op with no valid
   slot (WAIT, or an op that is itself masked) is all False; the policy never samples the slot head
   from such a row for a relevant head, since the op that would need it cannot be chosen;
@@ -28,15 +27,7 @@ import torch
 from torch import Tensor
 
 from esper.kasmina import blueprint_registry
-from esper.leyline import (
-    ALIVE_STAGES,
-    OP_ARGUMENTS,
-    Action,
-    Observation,
-    Op,
-    SeedStage,
-    Topology,
-)
+from esper.leyline import OP_ARGUMENTS, OP_STAGES, Action, Observation, Op, Topology
 from esper.leyline.events import PolicyDecision
 from esper.tamiyo.features import FEATURE_SLOTS, aligned_reports
 
@@ -51,15 +42,6 @@ ALPHA_TARGETS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 
 RELEVANT_HEADS: dict[Op, tuple[str, ...]] = {op: ("op", *OP_ARGUMENTS[op]) for op in Op}
 """The heads each op reads: ``op`` itself and the ``Action`` fields it needs."""
-
-_SLOT_OPS: dict[Op, frozenset[SeedStage]] = {
-    Op.GERMINATE: frozenset({SeedStage.DORMANT}),
-    Op.ADVANCE: frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING}),
-    Op.SET_ALPHA_TARGET: frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING}),
-    Op.PRUNE: ALIVE_STAGES,
-    Op.FOSSILIZE: frozenset({SeedStage.HOLDING}),
-}
-"""Stages a slot may be in for each op that targets a slot (WAIT targets none)."""
 
 _RELEVANCE = torch.tensor([[head in RELEVANT_HEADS[op] for head in HEADS] for op in Op])
 """(n_ops, 5) bool: row k says which heads op k reads; rows follow ``tuple(Op)``."""
@@ -181,11 +163,8 @@ class ActionSpace:
         reports = aligned_reports(observation.reports)  # FEATURE_SLOTS order
         slot = torch.zeros(len(self.ops), len(self.slots), dtype=torch.bool)
         for k, op in enumerate(self.ops):
-            if op is Op.WAIT:
-                continue
-            stages = _SLOT_OPS[op]
             for j, report in enumerate(reports):
-                slot[k, j] = report is not None and report.stage in stages
+                slot[k, j] = report is not None and report.stage in OP_STAGES[op]
         for name in observation.blueprints:
             if name not in self.blueprints:
                 raise ValueError(

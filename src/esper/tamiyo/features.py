@@ -41,9 +41,16 @@ from collections.abc import Mapping
 
 import torch
 
-from esper.leyline import Observation, SeedStage, SeedStateReport, SlotSignals, slot_names
+from esper.leyline import (
+    MIN_LIFECYCLE_EPOCHS,
+    RETIRED_STAGES,
+    Observation,
+    SeedStage,
+    SeedStateReport,
+    SlotSignals,
+    slot_names,
+)
 from esper.leyline import thresholds as T
-from esper.tamiyo.heuristic import MIN_LIFECYCLE_EPOCHS
 
 FEATURE_SLOTS: tuple[str, ...] = slot_names(3)
 """The slots the schema has room for, in ``ordered_slots`` order: early, mid, late."""
@@ -81,8 +88,7 @@ STAGE_GROUPS: tuple[tuple[str, frozenset[SeedStage]], ...] = (
     ("blending", frozenset({SeedStage.BLENDING})),
     ("holding", frozenset({SeedStage.HOLDING})),
     ("fossilized", frozenset({SeedStage.FOSSILIZED})),
-    # A retired seed: the slot is unusable until it is DORMANT again.
-    ("retired", frozenset({SeedStage.PRUNED, SeedStage.EMBARGOED, SeedStage.RESETTING})),
+    ("retired", RETIRED_STAGES),
 )
 """The base one-hot of a slot's stage: every stage in exactly one group."""
 

@@ -34,6 +34,9 @@ from typing import Any
 
 from esper.leyline import (
     ALIVE_STAGES,
+    BLENDED_STAGES,
+    MIN_LIFECYCLE_EPOCHS,
+    RETIRED_STAGES,
     Action,
     Observation,
     Op,
@@ -43,15 +46,6 @@ from esper.leyline import (
 )
 from esper.leyline import thresholds as T
 
-MIN_LIFECYCLE_EPOCHS = (
-    1  # GERMINATED -> TRAINING at the next decision
-    + T.G2_MIN_TRAINING_EPOCHS
-    + max(T.DEFAULT_BLEND_TEMPO, T.G3_MIN_BLENDING_EPOCHS)
-    + T.G5_MIN_HOLDING_EPOCHS
-)
-"""Fewest steps from germination to fossilization under the strict gates and default tempo."""
-
-_PRUNED_BRANCH = frozenset({SeedStage.PRUNED, SeedStage.EMBARGOED, SeedStage.RESETTING})
 _STATE_KEYS = frozenset(
     {"used_slots", "last_germination", "last_blueprint", "prune_epochs", "seen", "own_prunes"}
 )
@@ -130,7 +124,7 @@ def _prune_reason(report: SeedStateReport, config: HeuristicConfig) -> str | Non
     without a contribution clearing G5 (it could never be fossilized).
     """
     stage, c, epochs = report.stage, report.counterfactual_contribution, report.epochs_in_stage
-    blended = stage in (SeedStage.BLENDING, SeedStage.HOLDING)
+    blended = stage in BLENDED_STAGES & ALIVE_STAGES  # BLENDING, HOLDING
     if blended and c is not None and c < config.prune_contribution:
         return f"contribution {c:.3g} < {config.prune_contribution}"
     training = stage is SeedStage.TRAINING
@@ -246,8 +240,8 @@ class HeuristicTamiyo:
     def _ended_blueprint(self, report: SeedStateReport) -> str | None:
         """The blueprint of a seed that was removed since the last observation, if any."""
         previous = self._seen.get(report.slot)
-        if report.stage in _PRUNED_BRANCH:
-            if previous in {(stage, report.blueprint) for stage in _PRUNED_BRANCH}:
+        if report.stage in RETIRED_STAGES:
+            if previous in {(stage, report.blueprint) for stage in RETIRED_STAGES}:
                 return None  # the same prune, seen again
             return report.blueprint
         if previous is None or previous[0] not in ALIVE_STAGES:
