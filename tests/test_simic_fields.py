@@ -25,9 +25,9 @@ from esper.simic.build import build_trainer, load_task_data
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
-from esper.simic.standin import PlateauEnv, StandInConfig
 from esper.simic.training import PPOTrainer
 from esper.tamiyo.features import encode_observation
+from standin import PlateauEnv, StandInConfig
 
 BASE: dict[str, Any] = {
     "env": {"episode_length": 4, "batches_per_epoch": 2, "val_samples": 128},

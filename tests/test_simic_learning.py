@@ -15,10 +15,10 @@ import torch
 from esper.leyline import Observation
 from esper.nissa import TelemetryHub
 from esper.simic.config import TrainingConfig
-from esper.simic.standin import PlateauEnv, StandInConfig
 from esper.simic.training import PPOTrainer
 from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.policy import PolicyController
+from standin import PlateauEnv, StandInConfig
 
 N_ENVS = 16
 ROUNDS = 150  # ≈ 30 s on 2 CPU cores; seeds 0, 1 and 2 were all optimal (greedy) by round 125

@@ -15,8 +15,8 @@ from esper.simic.build import build_trainer, load_task_data, read_checkpoint, sa
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateStats
 from esper.simic.rollout import RolloutBatch
-from esper.simic.standin import PlateauEnv, StandInConfig
 from esper.simic.training import PPOTrainer
+from standin import PlateauEnv, StandInConfig
 
 
 class ListSink:

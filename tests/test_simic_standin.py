@@ -12,7 +12,7 @@ import torch
 from esper.kasmina import blueprint_registry
 from esper.leyline import Action, Observation, Op, SeedStage, Topology
 from esper.simic.protocol import Env, EnvStep, EpisodeInfo
-from esper.simic.standin import (
+from standin import (
     STANDIN_COMPONENTS,
     PlateauEnv,
     StandInConfig,

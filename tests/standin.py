@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from esper.kasmina import CNNHost, blueprint_registry
+from esper.kasmina import CNNHost, CNNHostConfig, blueprint_registry
 from esper.leyline import (
     Action,
     BlendMode,
@@ -143,7 +143,7 @@ class StandInConfig:
 def _meta_host() -> CNNHost:
     """The default CNN host on the meta device: real shapes and counts, no memory, no RNG use."""
     with torch.device("meta"):
-        return CNNHost()
+        return CNNHost(CNNHostConfig())
 
 
 def _host_slots() -> tuple[str, ...]:
