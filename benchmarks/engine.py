@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from esper.data import BatchStream, make_synthetic
-from esper.kasmina import CNNHost, MorphogeneticModel
+from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
 from esper.leyline import Action, Observation, Op
 from esper.nissa import JsonlSink, TelemetryHub
 from esper.tamiyo import HeuristicTamiyo, SignalTracker
@@ -55,7 +55,7 @@ def _model(seed: int) -> MorphogeneticModel:
     """The benchmarked model: a conv_light seed TRAINING in early and one BLENDING in late, so
     the counterfactual pass has three configurations. Raw and full steps use the same one."""
     torch.manual_seed(seed)
-    host = CNNHost(in_channels=3, num_classes=CLASSES, base_channels=8, input_size=SHAPE[1])
+    host = CNNHost(CNNHostConfig(input_size=SHAPE[1], num_classes=CLASSES, base_channels=8))
     model = MorphogeneticModel(host, ["early", "mid", "late"], gate_mode="permissive")
     for slot in ("early", "late"):
         model.germinate(slot, "conv_light")

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina import CNNHost, MorphogeneticModel
+from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
 from esper.leyline import SeedStage
 
 BATCH = 128
@@ -391,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     torch.manual_seed(SEED)
-    host = CNNHost(base_channels=BASE_CHANNELS, num_classes=NUM_CLASSES, input_size=INPUT_SHAPE[1])
+    config = CNNHostConfig(
+        input_size=INPUT_SHAPE[1], num_classes=NUM_CLASSES, base_channels=BASE_CHANNELS
+    )
+    host = CNNHost(config)
     x = torch.randn(BATCH, *INPUT_SHAPE)
     y = torch.randint(0, NUM_CLASSES, (BATCH,))
     n_params = sum(p.numel() for p in host.parameters())

@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from esper.kasmina import CNNHost, MorphogeneticModel, SegmentedHost, TransformerHost
+from esper.kasmina import (
+    CNNHost,
+    CNNHostConfig,
+    MorphogeneticModel,
+    SegmentedHost,
+    TransformerHost,
+    TransformerHostConfig,
+)
 from esper.leyline import BLENDED_STAGES, GateMode, SeedStage
 
 VOCAB = 17
@@ -21,8 +28,7 @@ def _seeded() -> None:
 
 
 def cnn_host(**overrides: int) -> CNNHost:
-    kwargs = {"base_channels": 4, "input_size": 8, **overrides}
-    return CNNHost(**kwargs)
+    return CNNHost(CNNHostConfig(**{"base_channels": 4, "input_size": 8, **overrides}))
 
 
 def transformer_host(**overrides: int) -> TransformerHost:
@@ -34,20 +40,20 @@ def transformer_host(**overrides: int) -> TransformerHost:
         "n_layer": 3,
         **overrides,
     }
-    return TransformerHost(**kwargs)
+    return TransformerHost(TransformerHostConfig(**kwargs))
 
 
 def host_input(host: SegmentedHost, batch: int = 5) -> Tensor:
     if isinstance(host, TransformerHost):
-        return torch.randint(0, VOCAB, (batch, host.block_size))
-    cfg = host.config()
-    return torch.randn(batch, cfg["in_channels"], cfg["input_size"], cfg["input_size"])
+        return torch.randint(0, VOCAB, (batch, host.config.block_size))
+    cfg = host.config
+    return torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size)
 
 
 def host_target(host: SegmentedHost, batch: int = 5) -> Tensor:
     if isinstance(host, TransformerHost):
-        return torch.randint(0, VOCAB, (batch, host.block_size))
-    return torch.randint(0, host.config()["num_classes"], (batch,))
+        return torch.randint(0, VOCAB, (batch, host.config.block_size))
+    return torch.randint(0, host.config.num_classes, (batch,))
 
 
 def perturb_seed(model: MorphogeneticModel, slot: str, scale: float = 0.5) -> None:

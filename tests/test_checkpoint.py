@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -77,6 +78,15 @@ def test_transformer_round_trip(tmp_path) -> None:
     assert loaded.host.lm_head.weight is loaded.host.tok_emb.weight  # tying survives
 
 
+def test_manifest_stores_the_host_config_fields(tmp_path) -> None:
+    model = MorphogeneticModel(transformer_host(dropout=0.25), ["early"])
+    payload = torch.load(save_model(model, tmp_path / "m.pt"), weights_only=True)
+    host = json.loads(payload["manifest"])["host"]
+    assert host == {"kind": "transformer", "config": dataclasses.asdict(model.host.config)}
+    assert host["config"]["dropout"] == 0.25
+    assert load_model(tmp_path / "m.pt").host.config == model.host.config
+
+
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nope.pt")
@@ -136,6 +146,18 @@ def test_mismatched_architecture(tmp_path) -> None:
     [
         (lambda m: m.update(version=99), "version 99; this Esper reads 'esper-model' version 1"),
         (lambda m: m["host"].update(kind="rnn"), "unknown host kind 'rnn'"),
+        (
+            lambda m: m["host"]["config"].update(width=4),
+            r"cnn host config has unknown keys \['width'\] and missing keys \[\]",
+        ),
+        (
+            lambda m: m["host"]["config"].pop("kernel_size"),
+            r"cnn host config has unknown keys \[\] and missing keys \['kernel_size'\]",
+        ),
+        (
+            lambda m: m["host"]["config"].update(depth=0),
+            r"depth must be a positive integer \(>= 1\), got 0",
+        ),
         (
             lambda m: m["seeds"]["mid"].update(stage="SLEEPING"),
             "'SLEEPING' is not a valid SeedStage",

@@ -1,15 +1,27 @@
-"""Hosts: segmented forward equals the plain forward, shapes, and construction errors."""
+"""Hosts: segmented forward equals the plain forward, shapes, configs and their errors."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from conftest import cnn_host, expected_output, grow, host_input, transformer_host
-from esper.kasmina import CNNHost, MorphogeneticModel, SegmentedHost, TransformerHost
+from esper.kasmina import (
+    CNNHost,
+    CNNHostConfig,
+    MorphogeneticModel,
+    SegmentedHost,
+    TransformerHost,
+    TransformerHostConfig,
+    build_host,
+    host_config_from_dict,
+)
 from esper.leyline import BLENDED_STAGES, SeedStage, Topology
+from esper.leyline.data import Dataset
+from esper.tasks import TASKS
 
 HOSTS = {
     "cnn_3pt": lambda: cnn_host(),
@@ -62,8 +74,69 @@ def test_slot_names_follow_point_count() -> None:
 
 def test_reference_cnn_host_size() -> None:
     # The benchmark host of the issue: 8 base channels, CIFAR-shaped input, ~6.4k parameters.
-    host = CNNHost(base_channels=8, input_size=32)
+    host = CNNHost(CNNHostConfig(base_channels=8, input_size=32))
     assert sum(p.numel() for p in host.parameters()) == 6418
+
+
+def _params(host: SegmentedHost) -> int:
+    return sum(p.numel() for p in host.parameters())
+
+
+def _images(channels: int, size: int, classes: int) -> Dataset:
+    x, y = torch.zeros(2, channels, size, size), torch.tensor([0, 1])
+    return Dataset("images", x, y, x, y, classes, (channels, size, size))
+
+
+def test_task_hosts_fill_data_fields() -> None:
+    fashion = _images(1, 28, 10)
+    impaired = TASKS["fashion_mnist_impaired"].build_host(fashion)
+    assert isinstance(impaired, CNNHost)
+    assert impaired.config == CNNHostConfig(
+        in_channels=1, input_size=28, num_classes=10, base_channels=4, depth=3, kernel_size=1
+    )
+    assert _params(impaired) == 390
+    assert _params(TASKS["synthetic"].build_host(_images(3, 8, 10))) > 0
+    tokens = torch.zeros(2, 16, dtype=torch.long)
+    text = Dataset("text", tokens, tokens, tokens, tokens, 30, (16,))
+    lm = TASKS["text_lm"].build_host(text)
+    assert isinstance(lm, TransformerHost)
+    assert (lm.config.vocab_size, lm.config.block_size, lm.config.n_embd) == (30, 16, 64)
+
+
+def test_width_override_sets_base_channels_and_n_embd() -> None:
+    fashion = _images(1, 28, 10)
+    wide = TASKS["fashion_mnist_impaired"].build_host(fashion, width=8)
+    assert isinstance(wide, CNNHost) and wide.config.base_channels == 8
+    assert wide.config.kernel_size == 1  # the task's other choices stay
+    assert _params(wide) > 390
+    assert [s.channels for s in wide.injection_points] == [8, 16, 32]
+    tokens = torch.zeros(2, 16, dtype=torch.long)
+    text = Dataset("text", tokens, tokens, tokens, tokens, 30, (16,))
+    lm = TASKS["text_lm"].build_host(text, width=32)
+    assert isinstance(lm, TransformerHost) and lm.config.n_embd == 32
+    assert [s.channels for s in lm.injection_points] == [32, 32, 32]
+    with pytest.raises(ValueError, match=r"n_embd \(30\) must be divisible by n_head \(4\)"):
+        TASKS["text_lm"].build_host(text, width=30)
+
+
+def test_build_host_picks_the_class_from_the_config() -> None:
+    assert isinstance(build_host(CNNHostConfig()), CNNHost)
+    assert isinstance(build_host(TransformerHostConfig(vocab_size=5)), TransformerHost)
+
+
+def test_host_config_from_dict_is_strict() -> None:
+    values = dataclasses.asdict(CNNHostConfig(base_channels=4))
+    assert host_config_from_dict("cnn", values) == CNNHostConfig(base_channels=4)
+    unknown = r"cnn host config has unknown keys \['width'\] and missing keys \[\]; its keys are"
+    with pytest.raises(ValueError, match=unknown):
+        host_config_from_dict("cnn", values | {"width": 4})
+    del values["depth"]
+    with pytest.raises(ValueError, match=r"unknown keys \[\] and missing keys \['depth'\]"):
+        host_config_from_dict("cnn", values)
+    with pytest.raises(ValueError, match=r"cnn host config must be a mapping, got list"):
+        host_config_from_dict("cnn", [4])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown host kind 'rnn'; known: \['cnn', 'transformer'"):
+        host_config_from_dict("rnn", values)
 
 
 SEEDED_STAGES = [s for s in SeedStage if s is not SeedStage.DORMANT]
@@ -128,13 +201,17 @@ def test_dormant_model_is_the_host() -> None:
     [
         ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be divisible by n_head \(4\)"),
         ({"n_layer": 4, "n_points": 3}, r"n_layer \(4\) must be a multiple of n_points \(3\)"),
-        ({"n_head": 0}, "n_head must be a positive integer"),
-        ({"dropout": 1.5}, "dropout must be in"),
+        ({"n_head": 0}, r"n_head must be a positive integer \(>= 1\), got 0"),
+        ({"vocab_size": 2.5}, r"vocab_size must be a positive integer \(>= 1\), got 2.5"),
+        ({"block_size": True}, r"block_size must be a positive integer \(>= 1\), got True"),
+        ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
+        ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\), got '0.1'"),
     ],
 )
 def test_transformer_validates_construction(kwargs, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        TransformerHost(vocab_size=10, **kwargs)
+    with pytest.raises(ValueError, match=message) as err:
+        TransformerHostConfig(**{"vocab_size": 10, **kwargs})
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -142,12 +219,27 @@ def test_transformer_validates_construction(kwargs, message: str) -> None:
     [
         ({"depth": 4, "n_points": 3}, r"depth \(4\) must be a multiple of n_points \(3\)"),
         ({"kernel_size": 2}, "kernel_size must be odd"),
-        ({"base_channels": -1}, "base_channels must be a positive integer"),
+        ({"base_channels": -1}, r"base_channels must be a positive integer \(>= 1\), got -1"),
+        ({"in_channels": 0}, r"in_channels must be a positive integer \(>= 1\), got 0"),
+        ({"num_classes": "10"}, r"num_classes must be a positive integer \(>= 1\), got '10'"),
+        ({"input_size": 8.0}, r"input_size must be a positive integer \(>= 1\), got 8.0"),
     ],
 )
 def test_cnn_validates_construction(kwargs, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        CNNHost(**kwargs)
+    with pytest.raises(ValueError, match=message) as err:
+        CNNHostConfig(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_configs_are_frozen_and_widths_replace_one_field() -> None:
+    config = CNNHostConfig(base_channels=4, kernel_size=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.base_channels = 8  # type: ignore[misc]
+    assert config.with_width(16) == CNNHostConfig(base_channels=16, kernel_size=1)
+    with pytest.raises(ValueError, match="base_channels must be a positive integer"):
+        config.with_width(0)
+    tf = TransformerHostConfig(vocab_size=9, n_head=2)
+    assert tf.with_width(8) == TransformerHostConfig(vocab_size=9, n_head=2, n_embd=8)
 
 
 def test_transformer_rejects_long_sequences() -> None:

@@ -12,7 +12,7 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 
-from esper.kasmina import CNNHost, MorphogeneticModel, blueprint_registry
+from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, blueprint_registry
 from esper.leyline import FORWARD_STAGES, Action, Observation, Op, SeedStage, Topology
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
 
@@ -27,7 +27,7 @@ def _contribution(blueprint: str) -> float:
 
 
 def _model(slots: Sequence[str] = ("early", "mid", "late")) -> MorphogeneticModel:
-    return MorphogeneticModel(CNNHost(base_channels=4, input_size=8), list(slots))
+    return MorphogeneticModel(CNNHost(CNNHostConfig(base_channels=4, input_size=8)), list(slots))
 
 
 def _apply(model: MorphogeneticModel, action: Action) -> None:

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from esper.data import BatchStream, make_synthetic
-from esper.kasmina import CNNHost, MorphogeneticModel, capture_state, restore_state
+from esper.kasmina import (
+    CNNHost,
+    CNNHostConfig,
+    MorphogeneticModel,
+    capture_state,
+    restore_state,
+)
 from esper.leyline import Action, Op, SeedStage
 from esper.leyline.events import ActionTaken, EpochCompleted, GovernorPanic, SeedTransition
 from esper.tolaria import EngineConfig, Governor, GovernorConfig, Trainer
@@ -104,7 +110,7 @@ def test_governor_config_validated() -> None:
 def _trainer(seed: int = 0, epochs: int = 6, events: list | None = None, **engine) -> Trainer:
     torch.manual_seed(seed)
     data = make_synthetic(n_train=256, n_val=128, seed=seed)
-    host = CNNHost(in_channels=3, num_classes=data.num_classes, base_channels=4, input_size=8)
+    host = CNNHost(CNNHostConfig(num_classes=data.num_classes, base_channels=4, input_size=8))
     model = MorphogeneticModel(host, ["early", "mid", "late"])
     stream = BatchStream(data.x_train, data.y_train, 32, seed)
     sink = events if events is not None else []

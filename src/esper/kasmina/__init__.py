@@ -17,15 +17,26 @@ from esper.kasmina.checkpoint import (
 )
 from esper.kasmina.counterfactual import per_sample_accuracy, shapley_from_coalitions
 from esper.kasmina.errors import CheckpointError, GateError, IllegalTransitionError, LifecycleError
-from esper.kasmina.hosts import CNNHost, SegmentedHost, TransformerHost, build_host
+from esper.kasmina.hosts import (
+    CNNHost,
+    CNNHostConfig,
+    HostConfig,
+    SegmentedHost,
+    TransformerHost,
+    TransformerHostConfig,
+    build_host,
+    host_config_from_dict,
+)
 from esper.kasmina.model import Metric, MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 
 __all__ = [
     "Blueprint",
     "CNNHost",
+    "CNNHostConfig",
     "CheckpointError",
     "GateError",
+    "HostConfig",
     "IllegalTransitionError",
     "LifecycleError",
     "Metric",
@@ -34,9 +45,11 @@ __all__ = [
     "SeedSlot",
     "SegmentedHost",
     "TransformerHost",
+    "TransformerHostConfig",
     "blueprint_registry",
     "build_host",
     "capture_state",
+    "host_config_from_dict",
     "load_model",
     "per_sample_accuracy",
     "restore_state",

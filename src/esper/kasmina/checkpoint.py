@@ -2,7 +2,7 @@
 
 The file is written by ``torch.save`` with only strings and tensors inside and read back with
 ``torch.load(weights_only=True)``, so loading never unpickles arbitrary objects. The manifest
-records the host (kind + constructor config), the enabled slots, the model options, and every
+records the host (kind + its config's fields), the enabled slots, the model options, and every
 slot's lifecycle state (blueprint, stage, α schedule, measurements); the model is rebuilt from it
 and the weights are loaded strictly on top.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from esper.kasmina.errors import CheckpointError
-from esper.kasmina.hosts import build_host
+from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
 from esper.kasmina.model import MorphogeneticModel
 
 FORMAT = "esper-model"
@@ -34,11 +34,15 @@ class ModelState:
     weights: dict[str, torch.Tensor]
 
 
+def _host_entry(host: SegmentedHost) -> dict[str, Any]:
+    return {"kind": host.kind, "config": asdict(host.config)}
+
+
 def _manifest(model: MorphogeneticModel) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "host": {"kind": model.host.kind, "config": model.host.config()},
+        "host": _host_entry(model.host),
         "slots": list(model.order),
         "gate_mode": model.gate_mode.value,
         "embargo_epochs": model.embargo_epochs,
@@ -69,7 +73,7 @@ def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
         ValueError: if the state describes another host or other slots.
     """
     manifest = state.manifest
-    host = {"kind": model.host.kind, "config": model.host.config()}
+    host = _host_entry(model.host)
     dtype_name = _dtype_name(model._device_dtype()[1])
     if manifest["dtype"] != dtype_name:
         raise ValueError(f"state holds {manifest['dtype']} weights, the model is {dtype_name}")
@@ -173,7 +177,8 @@ def load_model(
         dtype = getattr(torch, manifest["dtype"], None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {manifest['dtype']!r}")
-        host = build_host(manifest["host"]["kind"], manifest["host"]["config"]).to(dtype)
+        config = host_config_from_dict(manifest["host"]["kind"], manifest["host"]["config"])
+        host = build_host(config).to(dtype)
         model = MorphogeneticModel(
             host,
             manifest["slots"],

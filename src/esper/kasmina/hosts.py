@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -20,20 +22,110 @@ from esper.leyline import InjectionSpec, Topology, slot_names
 
 def _require_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
+
+
+def _require_multiple(name: str, value: int, of: str, by: int) -> None:
+    if value % by != 0:
+        raise ValueError(
+            f"{name} ({value}) must be a multiple of {of} ({by}) so every injection point ends a "
+            f"segment of equal length; valid {of} values: "
+            f"{[d for d in range(1, value + 1) if value % d == 0]}"
+        )
+
+
+@dataclass(frozen=True)
+class CNNHostConfig:
+    """Everything that shapes a ``CNNHost``; the checkpoint manifest stores it as a dict.
+
+    Attributes:
+        in_channels: input image channels.
+        input_size: input height = width in pixels; sets the injection shapes.
+        num_classes: classifier outputs.
+        base_channels: channels of the first block, doubling every block; the host's width.
+        depth: number of conv blocks.
+        kernel_size: odd conv kernel size (1 makes a deliberately impaired host).
+        n_points: injection points; must divide ``depth``.
+    """
+
+    in_channels: int = 3
+    input_size: int = 32
+    num_classes: int = 10
+    base_channels: int = 8
+    depth: int = 3
+    kernel_size: int = 3
+    n_points: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _require_positive(f.name, getattr(self, f.name))
+        if self.kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd so padding keeps the size, got {self.kernel_size}"
+            )
+        _require_multiple("depth", self.depth, "n_points", self.n_points)
+
+    def with_width(self, width: int) -> CNNHostConfig:
+        """This config with ``base_channels = width``."""
+        return replace(self, base_channels=width)
+
+
+@dataclass(frozen=True)
+class TransformerHostConfig:
+    """Everything that shapes a ``TransformerHost``; the checkpoint manifest stores it as a dict.
+
+    Attributes:
+        vocab_size: number of tokens.
+        block_size: longest sequence the position embedding covers.
+        n_embd: model dimension, the host's width; must be divisible by ``n_head``.
+        n_head: attention heads.
+        n_layer: transformer blocks; must be divisible by ``n_points``.
+        n_points: injection points.
+        dropout: dropout probability in attention and MLP, in [0, 1).
+    """
+
+    vocab_size: int
+    block_size: int = 64
+    n_embd: int = 64
+    n_head: int = 4
+    n_layer: int = 3
+    n_points: int = 3
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "dropout":
+                _require_positive(f.name, getattr(self, f.name))
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); valid "
+                f"n_head values: {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]}"
+            )
+        _require_multiple("n_layer", self.n_layer, "n_points", self.n_points)
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    def with_width(self, width: int) -> TransformerHostConfig:
+        """This config with ``n_embd = width`` (still divisible by ``n_head``)."""
+        return replace(self, n_embd=width)
+
+
+HostConfig = CNNHostConfig | TransformerHostConfig
+"""A host's config; its type decides the host class."""
 
 
 class SegmentedHost(nn.Module, ABC):
     """The host contract: injection points in execution order and a forward split at them.
 
     Subclasses build ``segments`` (one module per injection point, in order), call
-    ``_init_points`` with their specs, and implement ``forward`` (the plain pass),
-    ``forward_to_segment``, ``forward_from_segment`` and ``config``. Running every segment with
+    ``_init_points`` with their specs, keep their ``config``, and implement ``forward`` (the plain
+    pass), ``forward_to_segment`` and ``forward_from_segment``. Running every segment with
     identity slots must equal ``forward``. Segments must not modify their input in place: a slot
     in TRAINING hands the next segment a view of the stream it also keeps for the seed's gradient.
     """
 
     kind: str
+    config: HostConfig
     segments: nn.ModuleList
 
     @abstractmethod
@@ -43,10 +135,6 @@ class SegmentedHost(nn.Module, ABC):
     @abstractmethod
     def forward_from_segment(self, point: str, h: Tensor) -> Tensor:
         """Run from ``point``'s output to the model output."""
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments, enough to rebuild the host (for checkpoints)."""
 
     def _init_points(self, specs: tuple[InjectionSpec, ...]) -> None:
         self._specs = specs
@@ -76,61 +164,18 @@ class CNNHost(SegmentedHost):
     Channels double every block; a global average pool and a linear head follow. Injection points
     sit at the ends of every ``depth // n_points`` blocks (after the pool). Impaired hosts for
     growth experiments are the same class with few channels and ``kernel_size=1``.
-
-    Args:
-        in_channels: input image channels.
-        num_classes: classifier outputs.
-        base_channels: channels of the first block.
-        depth: number of conv blocks.
-        kernel_size: odd conv kernel size (1 makes a deliberately impaired host).
-        input_size: input height = width, used to report injection shapes.
-        n_points: injection points; must divide ``depth``.
     """
 
     kind = "cnn"
+    config: CNNHostConfig
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 10,
-        base_channels: int = 8,
-        depth: int = 3,
-        kernel_size: int = 3,
-        input_size: int = 32,
-        n_points: int = 3,
-    ) -> None:
+    def __init__(self, config: CNNHostConfig) -> None:
         super().__init__()
-        for name, value in [
-            ("in_channels", in_channels),
-            ("num_classes", num_classes),
-            ("base_channels", base_channels),
-            ("depth", depth),
-            ("kernel_size", kernel_size),
-            ("input_size", input_size),
-            ("n_points", n_points),
-        ]:
-            _require_positive(name, value)
-        if kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be odd so padding keeps the size, got {kernel_size}"
-            )
-        if depth % n_points != 0:
-            raise ValueError(
-                f"depth ({depth}) must be a multiple of n_points ({n_points}) so every injection "
-                f"point ends a segment of equal length; try n_points in "
-                f"{[d for d in range(1, depth + 1) if depth % d == 0]}"
-            )
-        self._config = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "base_channels": base_channels,
-            "depth": depth,
-            "kernel_size": kernel_size,
-            "input_size": input_size,
-            "n_points": n_points,
-        }
+        self.config = config
+        base_channels, depth, kernel_size = config.base_channels, config.depth, config.kernel_size
+        n_points = config.n_points
         blocks: list[nn.Module] = []
-        channels, size = in_channels, input_size
+        channels, size = config.in_channels, config.input_size
         for i in range(depth):
             out = base_channels * 2**i
             layers: list[nn.Module] = [
@@ -148,10 +193,10 @@ class CNNHost(SegmentedHost):
             nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
         )
         self._blocks = tuple(blocks)  # flat view for the plain forward (already registered above)
-        self.head = nn.Linear(channels, num_classes)
+        self.head = nn.Linear(channels, config.num_classes)
         names = slot_names(n_points)
         specs = []
-        size = input_size
+        size = config.input_size
         for i in range(depth):
             if size >= 2:
                 size //= 2
@@ -161,9 +206,6 @@ class CNNHost(SegmentedHost):
                     InjectionSpec(names[(i + 1) // per - 1], c, (c, size, size), Topology.CNN)
                 )
         self._init_points(tuple(specs))
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     def _head(self, h: Tensor) -> Tensor:
         return self.head(h.mean(dim=(2, 3)))  # (B, C, H, W) -> (B, C) -> (B, classes)
@@ -224,62 +266,17 @@ class TransformerHost(SegmentedHost):
     """A GPT-style decoder: token + position embedding, pre-norm blocks, tied output head.
 
     Injection points sit at the ends of every ``n_layer // n_points`` blocks.
-
-    Args:
-        vocab_size: number of tokens.
-        block_size: longest sequence the position embedding covers.
-        n_embd: model dimension; must be divisible by ``n_head``.
-        n_head: attention heads.
-        n_layer: transformer blocks; must be divisible by ``n_points``.
-        n_points: injection points.
-        dropout: dropout probability in attention and MLP.
     """
 
     kind = "transformer"
+    config: TransformerHostConfig
 
-    def __init__(
-        self,
-        vocab_size: int,
-        block_size: int = 64,
-        n_embd: int = 64,
-        n_head: int = 4,
-        n_layer: int = 3,
-        n_points: int = 3,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, config: TransformerHostConfig) -> None:
         super().__init__()
-        for name, value in [
-            ("vocab_size", vocab_size),
-            ("block_size", block_size),
-            ("n_embd", n_embd),
-            ("n_head", n_head),
-            ("n_layer", n_layer),
-            ("n_points", n_points),
-        ]:
-            _require_positive(name, value)
-        if n_embd % n_head != 0:
-            raise ValueError(
-                f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); "
-                f"valid n_head values: {[h for h in range(1, n_embd + 1) if n_embd % h == 0]}"
-            )
-        if n_layer % n_points != 0:
-            raise ValueError(
-                f"n_layer ({n_layer}) must be a multiple of n_points ({n_points}); "
-                f"valid n_points values: {[p for p in range(1, n_layer + 1) if n_layer % p == 0]}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self._config = {
-            "vocab_size": vocab_size,
-            "block_size": block_size,
-            "n_embd": n_embd,
-            "n_head": n_head,
-            "n_layer": n_layer,
-            "n_points": n_points,
-            "dropout": dropout,
-        }
-        self.block_size = block_size
-        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.config = config
+        block_size, n_embd, n_head = config.block_size, config.n_embd, config.n_head
+        n_layer, n_points, dropout = config.n_layer, config.n_points, config.dropout
+        self.tok_emb = nn.Embedding(config.vocab_size, n_embd)
         self.pos_emb = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
         per = n_layer // n_points
@@ -289,7 +286,7 @@ class TransformerHost(SegmentedHost):
         )
         self._blocks = tuple(blocks)  # flat view for the plain forward (already registered above)
         self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head = nn.Linear(n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -312,17 +309,14 @@ class TransformerHost(SegmentedHost):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
     def _embed(self, idx: Tensor) -> Tensor:
         if idx.dim() != 2:
             raise ValueError(
                 f"TransformerHost expects token ids of shape (B, T), got {tuple(idx.shape)}"
             )
         t = idx.shape[1]
-        if t > self.block_size:
-            raise ValueError(f"sequence length {t} exceeds block_size {self.block_size}")
+        if t > self.config.block_size:
+            raise ValueError(f"sequence length {t} exceeds block_size {self.config.block_size}")
         pos = torch.arange(t, device=idx.device)
         return self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
 
@@ -344,19 +338,39 @@ class TransformerHost(SegmentedHost):
         return self.lm_head(self.ln_f(h))
 
 
-HOST_TYPES: dict[str, type[SegmentedHost]] = {
-    CNNHost.kind: CNNHost,
-    TransformerHost.kind: TransformerHost,
+HOST_CONFIGS: dict[str, type[HostConfig]] = {
+    CNNHost.kind: CNNHostConfig,
+    TransformerHost.kind: TransformerHostConfig,
 }
-"""Host classes by ``kind``; checkpoints rebuild hosts through this table."""
+"""Host config classes by host ``kind``; checkpoints rebuild hosts through this table."""
 
 
-def build_host(kind: str, config: dict[str, Any]) -> SegmentedHost:
-    """Rebuild a host from its kind and ``config()``.
+def host_config_from_dict(kind: str, values: Mapping[str, Any]) -> HostConfig:
+    """The config of a ``kind`` host from ``dataclasses.asdict`` output (a checkpoint manifest).
+
+    Strict: every field must be present and no other key.
 
     Raises:
-        ValueError: for an unknown kind.
+        ValueError: for an unknown kind, missing or unknown keys, or an invalid value.
     """
-    if kind not in HOST_TYPES:
-        raise ValueError(f"unknown host kind {kind!r}; known: {sorted(HOST_TYPES)}")
-    return HOST_TYPES[kind](**config)
+    if kind not in HOST_CONFIGS:
+        raise ValueError(f"unknown host kind {kind!r}; known: {sorted(HOST_CONFIGS)}")
+    config_type = HOST_CONFIGS[kind]
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{kind} host config must be a mapping, got {type(values).__name__}")
+    expected = [f.name for f in fields(config_type)]
+    unknown = sorted(set(values) - set(expected))
+    missing = [name for name in expected if name not in values]
+    if unknown or missing:
+        raise ValueError(
+            f"{kind} host config has unknown keys {unknown} and missing keys {missing}; "
+            f"its keys are {expected}"
+        )
+    return config_type(**values)
+
+
+def build_host(config: HostConfig) -> SegmentedHost:
+    """The host ``config`` describes: a ``CNNHost`` or a ``TransformerHost``."""
+    if isinstance(config, CNNHostConfig):
+        return CNNHost(config)
+    return TransformerHost(config)

@@ -6,8 +6,9 @@ This module imports no torch at import time (the ``esper`` command lists tasks i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from esper.kasmina import SegmentedHost
@@ -23,7 +24,8 @@ class TaskSpec:
         description: one line for ``esper --help`` and reports.
         dataset: the ``esper.data.load_dataset`` name.
         host_kind: ``"cnn"`` or ``"transformer"``.
-        host_config: host constructor arguments (data-dependent ones are filled by ``build_host``).
+        host_config: the task's own fields of the host config (``CNNHostConfig`` or
+            ``TransformerHostConfig``); ``build_host`` adds the data-dependent ones.
         epochs: default episode length.
         batch_size: default training batch size.
         batches_per_epoch: default batches per step (``None``: a full pass).
@@ -35,27 +37,39 @@ class TaskSpec:
     description: str
     dataset: str
     host_kind: str
-    host_config: dict[str, Any] = field(default_factory=dict)
+    host_config: Mapping[str, int] = field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 128
     batches_per_epoch: int | None = None
     val_samples: int | None = None
     lr: float = 3e-3
 
-    def build_host(self, data: Dataset) -> SegmentedHost:
-        """The host for ``data`` (input channels, size, classes or vocabulary come from it)."""
-        from esper.kasmina import build_host
+    def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
+        """The task's host for ``data``.
 
-        config = dict(self.host_config)
+        Args:
+            data: input channels and size, classes or vocabulary and block size come from it.
+            width: replaces the task's width (CNN ``base_channels``, transformer ``n_embd``).
+        """
+        from esper.kasmina import CNNHostConfig, HostConfig, TransformerHostConfig, build_host
+
+        config: HostConfig
         if self.host_kind == "cnn":
             channels, size, _ = data.input_shape
-            config |= {"in_channels": channels, "input_size": size, "num_classes": data.num_classes}
+            config = CNNHostConfig(
+                in_channels=channels,
+                input_size=size,
+                num_classes=data.num_classes,
+                **self.host_config,
+            )
         else:
-            config |= {"vocab_size": data.num_classes, "block_size": data.input_shape[0]}
-        return build_host(self.host_kind, config)
+            config = TransformerHostConfig(
+                vocab_size=data.num_classes, block_size=data.input_shape[0], **self.host_config
+            )
+        return build_host(config if width is None else config.with_width(width))
 
 
-_IMPAIRED = {"base_channels": 4, "kernel_size": 1, "depth": 3}
+_IMPAIRED: Mapping[str, int] = {"base_channels": 4, "kernel_size": 1, "depth": 3}
 """A deliberately weak host: 1x1 kernels see no neighbourhood, 4 base channels — room to grow."""
 
 TASKS: dict[str, TaskSpec] = {
