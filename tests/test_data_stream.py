@@ -1,4 +1,4 @@
-"""BatchStream order, resumption and RNG isolation; iter_batches; crop/flip augmentation."""
+"""BatchStream order, resumption and RNG isolation; crop/flip augmentation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from esper.data import BatchStream, augment_crop_flip, iter_batches
+from esper.data import BatchStream, augment_crop_flip
 from esper.leyline.data import BatchSource
 
 
@@ -35,13 +35,12 @@ def test_every_sample_once_per_pass_with_a_fresh_order() -> None:
     stream = BatchStream(x, y, batch_size=3, seed=0)
     assert stream.batches_per_pass == 4
     orders = []
-    for p in range(3):
+    for _ in range(3):
         batches = take(stream, 4)
         assert [len(b) for _, b in batches] == [3, 3, 3, 1]  # final partial batch as is
         order = torch.cat([b for _, b in batches])
         assert sorted(order.tolist()) == list(range(10))
         assert all(torch.equal(bx[:, 0].long(), by) for bx, by in batches)  # x, y stay paired
-        assert stream.passes_completed == p + 1
         orders.append(order.tolist())
     assert orders[0] != orders[1] != orders[2]
 
@@ -126,15 +125,6 @@ def test_stream_rejects_bad_input() -> None:
         BatchStream(x, y, 0, seed=0)
     with pytest.raises(ValueError, match="augment=True needs images"):
         BatchStream(x, y, 2, seed=0, augment=True)
-
-
-def test_iter_batches_in_order_once() -> None:
-    x, y = labelled(7)
-    batches = list(iter_batches(x, y, 3))
-    assert [b.tolist() for _, b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
-    assert torch.equal(torch.cat([b for b, _ in batches]), x)
-    with pytest.raises(ValueError, match="batch_size=0"):
-        iter_batches(x, y, 0)  # fails at the call, before iteration
 
 
 # ----------------------------------------------------------------------------- augmentation

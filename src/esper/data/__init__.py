@@ -4,7 +4,7 @@ This package owns finding, downloading (checksummed, atomic) and parsing the dat
 Fashion-MNIST (IDX files), CIFAR-10 (python-pickle batches), scikit-learn's digits,
 character-level text (any UTF-8 file, Python's bundled ``pydoc_data`` text as the fallback) and
 an explicit synthetic task for tests and benchmarks — into one frozen ``Dataset`` container, plus
-the seeded, resumable ``BatchStream``, in-order ``iter_batches`` and the crop/flip augmentation.
+the seeded, resumable ``BatchStream`` and the crop/flip augmentation.
 It never substitutes random data for a dataset that fails to load; it raises saying where it
 looked and what to do. It imports only the standard library, torch and Leyline (whose
 ``esper.leyline.data.Dataset`` it fills and re-exports); it needs nothing from Kasmina. numpy,
@@ -24,7 +24,7 @@ from esper.data.download import download_file
 from esper.data.fashion_mnist import load_fashion_mnist, read_idx
 from esper.data.registry import DATASET_NAMES, load_dataset
 from esper.data.small import load_digits, make_synthetic
-from esper.data.stream import BatchStream, iter_batches
+from esper.data.stream import BatchStream
 from esper.data.text import load_text
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "DownloadError",
     "augment_crop_flip",
     "download_file",
-    "iter_batches",
     "load_cifar10",
     "load_dataset",
     "load_digits",

@@ -22,15 +22,6 @@ DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 20
 
 
-def sha256_of(path: Path) -> str:
-    """Return the hex SHA-256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, verify its SHA-256, and move it into place atomically.
 

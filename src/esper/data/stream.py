@@ -86,13 +86,6 @@ class BatchStream:
         """Batches in one pass, the last one possibly partial: ``ceil(N / batch_size)``."""
         return math.ceil(self.num_samples / self.batch_size)
 
-    @property
-    def passes_completed(self) -> int:
-        """Number of passes whose last batch has been returned."""
-        if self._passes_started and self._cursor < self.num_samples:
-            return self._passes_started - 1
-        return self._passes_started
-
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """Return the next ``(x, y)`` batch, starting a new pass when the current one is done."""
         if self._passes_started == 0 or self._cursor >= self.num_samples:
@@ -162,16 +155,3 @@ class BatchStream:
         self._perm = perm.clone().to(torch.int64)
         self._cursor = cursor
         self._passes_started = passes
-
-
-def iter_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x, y)`` batches in index order, once, the last one possibly partial (for eval).
-
-    Raises:
-        ValueError: ``x`` and ``y`` differ in length, are empty, or ``batch_size < 1``.
-    """
-    _check_pair(x, y, batch_size)  # here, not in the generator, so bad input fails at the call
-    return (
-        (x[start : start + batch_size], y[start : start + batch_size])
-        for start in range(0, x.shape[0], batch_size)
-    )

@@ -87,8 +87,3 @@ class Dataset:
                     f"dataset {self.name!r}: x_{split} dtype {x.dtype}, "
                     "need float32 (images) or int64 (tokens)"
                 )
-
-    @property
-    def is_text(self) -> bool:
-        """Whether this is a token dataset (``x`` holds int64 token ids)."""
-        return self.vocab is not None

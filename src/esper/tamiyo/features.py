@@ -211,10 +211,6 @@ def aligned_reports(
     return tuple(reports.get(slot) for slot in FEATURE_SLOTS)
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def _present(value: float | None, scale: float = 1.0) -> tuple[float, float]:
     """``(value / scale, 1.0)`` for a finite value, ``(0.0, 0.0)`` when missing or non-finite."""
     if value is None or not math.isfinite(value):
