@@ -9,9 +9,9 @@ and the weights are loaded strictly on top.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 from esper.kasmina.errors import CheckpointError
 from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
 from esper.kasmina.model import MorphogeneticModel
+from esper.leyline.files import atomic_write
 
 FORMAT = "esper-model"
 VERSION = 1
@@ -113,33 +114,32 @@ def _check_weights(model: MorphogeneticModel, weights: dict[str, torch.Tensor]) 
 
 
 def save_model(model: MorphogeneticModel, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` to ``path`` atomically (a temporary file renamed into place).
+    """Write ``model`` to ``path`` atomically (``esper.leyline.files.atomic_write``).
 
     Returns:
         The path written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, model_bytes(model))
+    return path
+
+
+def model_bytes(model: MorphogeneticModel) -> bytes:
+    """``model`` (manifest and weights) as the bytes of a model file, for ``save_model`` or
+    a file of a run's checkpoint."""
     payload = {
         "manifest": json.dumps(_manifest(model), sort_keys=True),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+def _read(data: bytes, path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or foreign file
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a readable Esper model file ({type(err).__name__}: "
@@ -172,7 +172,24 @@ def load_model(
         CheckpointError: for a missing, corrupt, foreign or inconsistent file, naming what is wrong.
     """
     path = Path(path)
-    manifest, weights = _read(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err.strerror}") from err
+    return model_from_bytes(data, str(path), map_location)
+
+
+def model_from_bytes(
+    data: bytes, path: str, map_location: str | torch.device = "cpu"
+) -> MorphogeneticModel:
+    """Rebuild a model from the bytes ``model_bytes`` made (``path`` names them in errors).
+
+    Raises:
+        CheckpointError: for corrupt, foreign or inconsistent bytes, naming what is wrong.
+    """
+    manifest, weights = _read(data, path)
     try:
         dtype = getattr(torch, manifest["dtype"], None)
         if not isinstance(dtype, torch.dtype):

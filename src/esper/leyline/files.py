@@ -1,0 +1,115 @@
+"""The one durable, atomic file write every Esper writer uses.
+
+A file is written to a hidden temporary name in its own directory (``.NAME.tmp-XXXX``),
+flushed and fsynced, made world-readable, renamed over the target (``os.replace`` is atomic on
+POSIX) and the directory is fsynced so the rename itself survives a power loss. A reader
+therefore sees the old content or the new, never a mixture; a crash leaves at most a hidden
+temporary file, which ``esper.nissa.record.clean_stale`` removes on the next start.
+
+Out of disk space (``ENOSPC``, or ``EDQUOT`` for a full quota) is its own error,
+``DiskFullError``, with a one-line message naming the file, so the command line can say so
+instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+FILE_MODE = 0o644
+"""Run files are meant to be read by others (``mkstemp`` creates 0600)."""
+
+TEMP_MARKER = ".tmp-"
+"""Every temporary file is named ``.NAME.tmp-XXXX``: hidden, and recognisably stale."""
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) is full; the message names the file that did not fit."""
+
+
+def is_disk_full(err: OSError) -> bool:
+    """Whether ``err`` says the disk or the user's quota is full."""
+    return err.errno in _FULL
+
+
+def disk_full(err: OSError, path: str | os.PathLike[str]) -> DiskFullError:
+    """The one-line ``DiskFullError`` for ``err`` (which must be a full-disk error) at ``path``."""
+    full = DiskFullError(f"out of disk space writing {str(path)!r}")
+    full.errno = err.errno  # one line for people (no "[Errno 28]"), the code for programs
+    return full
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make the entries of directory ``path`` (files created, renamed, removed) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+
+
+def write_new_file(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Create ``path`` (it must not exist), write ``data`` and fsync it (not its directory).
+
+    For files inside a directory that is itself made visible atomically later (a checkpoint
+    directory renamed into place); a partial file is removed.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+        DiskFullError: the disk is full.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except OSError as err:
+        raise disk_full(err, path) if is_disk_full(err) else err from None
+    try:
+        _write_fd(fd, raw)
+    except BaseException as err:
+        os.close(fd)
+        os.unlink(path)
+        if isinstance(err, OSError) and is_disk_full(err):
+            raise disk_full(err, path) from None
+        raise
+    os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (text is written as UTF-8).
+
+    Raises:
+        DiskFullError: the disk is full; the temporary file is removed and ``path`` keeps its
+            old content.
+        OSError: any other failure, with the same guarantees.
+    """
+    target = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent)
+    except OSError as err:  # a full disk can refuse even the empty file (no free inode)
+        raise disk_full(err, target) if is_disk_full(err) else err from None
+    try:
+        try:
+            _write_fd(fd, raw)
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and is_disk_full(err):
+            raise disk_full(err, target) from None
+        raise
+    fsync_directory(target.parent)

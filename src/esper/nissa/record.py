@@ -1,0 +1,939 @@
+"""The run record: the one module that owns an Esper run directory.
+
+Layout (every mode)::
+
+    RUN/config.json        the resolved configuration             write_json
+    RUN/meta.json          git revision, versions, seeds, command  run_meta -> write_json
+    RUN/events.jsonl       one typed event per line                esper.nissa.hub.JsonlSink
+    RUN/metrics.csv        one row per epoch (growth modes)        CsvLog
+    RUN/rounds.csv         one row per round (ppo)                 CsvLog
+    RUN/checkpoints/       LATEST + step-NNNNNNNN/ (see below)     commit_checkpoint
+    RUN/summary.json       once the run stops: RunSummary          write_summary
+
+Every file is replaced through ``esper.leyline.files.atomic_write`` (CSV rows are appended and
+fsynced one by one). A checkpoint is committed as a whole: its files and a ``manifest.json``
+(format, run id, step, each file's size and SHA-256, and the manifest's own SHA-256) are
+written into ``checkpoints/.partial-<step>-<pid>``, fsynced, renamed to
+``checkpoints/step-<step:08d>``, and only then does the pointer file ``checkpoints/LATEST`` (the
+directory's name) switch to it, atomically; older step directories are deleted afterwards. A
+crash at any point leaves LATEST naming a complete checkpoint, and ``clean_stale`` removes what
+the crash left behind. ``load_checkpoint`` verifies pointer, manifest and every byte.
+
+Readers load summaries through ``read_summary`` (one ``RunSummary`` schema for every mode,
+mode-specific parts as nested sections). Anything malformed is a ``RunRecordError`` whose
+message is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from esper.leyline.files import (
+    TEMP_MARKER,
+    DiskFullError,
+    atomic_write,
+    disk_full,
+    fsync_directory,
+    is_disk_full,
+    write_new_file,
+)
+
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+EVENTS_FILE = "events.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "LATEST"
+MANIFEST_FILE = "manifest.json"
+PARTIAL_PREFIX = ".partial-"
+
+GROWTH_MODES = ("heuristic", "static", "eval")
+"""Modes that train one host (``growth`` summary section, ``metrics.csv``)."""
+PPO_MODE = "ppo"
+"""The mode of ``esper ppo`` runs (``ppo`` summary section, ``rounds.csv``)."""
+MODES = (*GROWTH_MODES, PPO_MODE)
+
+CSV_FILES: Mapping[str, str] = {
+    **dict.fromkeys(GROWTH_MODES, "metrics.csv"),
+    PPO_MODE: "rounds.csv",
+}
+"""The per-step CSV of each mode."""
+
+RUN_FILES = (CONFIG_FILE, EVENTS_FILE)
+"""The files that make a directory an Esper run directory (written before the first step)."""
+
+STATUSES = ("completed", "interrupted", "terminated", "failed")
+"""How a run can stop: all steps done; Ctrl-C/SIGTERM; the governor ended it; an error."""
+UNFINISHED = "unfinished"
+"""The status of a run without a summary: still running, or killed."""
+
+CHECKPOINT_FORMAT = "esper-checkpoint"
+CHECKPOINT_VERSION = 1
+"""Bumped whenever the checkpoint layout changes, so an old one fails with a clear message."""
+
+_STEP_DIR = re.compile(r"step-(\d{8,})")
+_VERSIONED_PACKAGES = ("esper", "torch", "numpy", "tqdm", "scikit-learn")
+
+
+class RunRecordError(ValueError):
+    """A run-directory file that is missing, malformed, corrupt or foreign (one-line message)."""
+
+
+# ------------------------------------------------------------------------------- JSON files
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as strict JSON data: dataclasses as objects, tuples as lists, a float that is
+    not finite as null (missing, never NaN)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` (JSON data or a dataclass) as sorted, indented, strict JSON, atomically.
+
+    Raises:
+        DiskFullError: the disk is full (``path`` keeps its old content).
+    """
+    atomic_write(path, _json_text(data))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``, or None when there is no such file.
+
+    Raises:
+        RunRecordError: ``path`` is a directory, unreadable, not UTF-8 or not JSON.
+    """
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir():
+        raise RunRecordError(f"{str(path)!r} is a directory, not {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise RunRecordError(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise RunRecordError(f"{str(path)!r} is not {what} (not UTF-8 text)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RunRecordError(
+            f"{str(path)!r} is not {what} (invalid JSON at line {err.lineno}: {err.msg})"
+        ) from None
+    except RecursionError:
+        raise RunRecordError(f"{str(path)!r} is not {what} (JSON nested too deeply)") from None
+
+
+class _Invalid(Exception):
+    """A value that does not fit its declared type (message: where and what)."""
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _decode(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) checked against the type annotation ``kind``, converted to it.
+
+    Supports the types the record's dataclasses use: int, float, str, bool, ``X | None``,
+    ``tuple[X, ...]``, ``dict[str, X]``, ``Any`` and nested dataclasses.
+    """
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None:
+            return None
+        (kind,) = options  # only ``X | None`` is used
+        return _decode(kind, value, where)
+    if kind is Any:
+        return value
+    if is_dataclass(kind) and isinstance(kind, type):
+        return _decode_dataclass(kind, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Invalid(f"{where} must be a list, got {_short(value)}")
+        item = typing.get_args(kind)[0]
+        return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(f"{where} must be an object, got {_short(value)}")
+        item = typing.get_args(kind)[1]
+        return {k: _decode(item, v, f"{where}.{k}") for k, v in value.items()}
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise _Invalid(f"{where} must be {_TYPE_NAMES[kind]}, got {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_T = TypeVar("_T")
+
+
+def _decode_dataclass(cls: type[_T], value: Any, where: str) -> _T:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{where or 'the file'} must be a JSON object, got {_short(value)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    prefix = f"{where}." if where else ""
+    missing = [n for n in names if n not in value]
+    unknown = sorted(set(value) - set(names))
+    if missing:
+        raise _Invalid(f"missing {', '.join(prefix + n for n in missing)}")
+    if unknown:
+        raise _Invalid(f"unknown key {', '.join(prefix + n for n in unknown)}")
+    decoded = {n: _decode(hints[n], value[n], prefix + n) for n in names}
+    try:
+        return cls(**decoded)
+    except ValueError as err:
+        raise _Invalid(f"{where or 'the file'}: {err}") from None
+
+
+def _from_json(cls: type[_T], data: Any, what: str) -> _T:
+    try:
+        return _decode_dataclass(cls, data, "")
+    except _Invalid as err:
+        raise RunRecordError(f"not {what}: {err}") from None
+
+
+# --------------------------------------------------------------------------------- meta.json
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """The reproducibility receipt of a run (``meta.json``), written once when it starts.
+
+    Attributes:
+        run_id: the run's id (its directory name), written into every event and checkpoint.
+        mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
+        started: start time, ISO 8601 with time zone.
+        command: the command line.
+        git_revision: the source revision (``-dirty`` with uncommitted changes), None outside
+            a git checkout.
+        versions: python and package versions (None: not installed).
+        seeds: every seed the run derives (run, data order, environments, policy, ...).
+        threads: torch's intra-op thread count.
+        platform: the operating system and machine.
+    """
+
+    run_id: str
+    mode: str
+    started: str
+    command: tuple[str, ...]
+    git_revision: str | None
+    versions: dict[str, str | None]
+    seeds: dict[str, Any]
+    threads: int
+    platform: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to ``meta.json``."""
+        data: dict[str, Any] = _plain(self)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunMeta:
+        """Parse ``meta.json``'s object strictly.
+
+        Raises:
+            RunRecordError: missing or unknown keys, or a value of the wrong type.
+        """
+        return _from_json(cls, data, "an Esper run meta file")
+
+
+def _git_revision() -> str | None:
+    source = str(Path(__file__).resolve().parent)
+    try:
+        rev, dirty = (
+            subprocess.run(
+                ["git", "-C", source, *args], capture_output=True, text=True, check=True, timeout=5
+            ).stdout.strip()
+            for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an installed wheel): recorded as null
+    return rev + ("-dirty" if dirty else "")
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_meta(
+    run_id: str, mode: str, seeds: Mapping[str, Any], threads: int, command: Sequence[str]
+) -> RunMeta:
+    """The receipt of a run starting now: git revision, package versions, platform, time.
+
+    Write it with ``write_json(run_dir / META_FILE, meta)``.
+    """
+    return RunMeta(
+        run_id=run_id,
+        mode=mode,
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=tuple(command),
+        git_revision=_git_revision(),
+        versions=_versions(),
+        seeds=dict(seeds),
+        threads=threads,
+        platform=platform.platform(),
+    )
+
+
+def read_meta(run_dir: Path) -> RunMeta | None:
+    """The run's ``meta.json``, or None when it has none.
+
+    Raises:
+        RunRecordError: the file is a directory, unreadable, or not a run meta file.
+    """
+    path = run_dir / META_FILE
+    data = _read_json(path, "an Esper run meta file")
+    if data is None:
+        return None
+    try:
+        return RunMeta.from_json(data)
+    except RunRecordError as err:
+        raise RunRecordError(f"{str(path)!r} is {err}") from None
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved configuration (``config.json``) as a JSON object.
+
+    Raises:
+        RunRecordError: no such file, or not a JSON object.
+    """
+    path = run_dir / CONFIG_FILE
+    data = _read_json(path, "an Esper run configuration")
+    if data is None:
+        raise RunRecordError(f"{str(run_dir)!r} is not an Esper run directory (no {CONFIG_FILE})")
+    if not isinstance(data, dict):
+        raise RunRecordError(f"{str(path)!r} is not an Esper run configuration (not an object)")
+    return data
+
+
+# ------------------------------------------------------------------------------ summary.json
+
+
+@dataclass(frozen=True)
+class FinalMetrics:
+    """A growth run's last recorded epoch (None: not measured, e.g. not finite)."""
+
+    train_loss: float | None
+    train_accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """A slot that holds (or held) a seed when the run stopped."""
+
+    slot: str
+    stage: str
+    blueprint: str
+
+
+@dataclass(frozen=True)
+class GrowthSummary:
+    """The ``growth`` section: what a heuristic, static or eval run ended with.
+
+    Attributes:
+        epochs_completed: epochs trained (and checkpointed).
+        epochs_planned: the configured episode length.
+        final: the last recorded epoch's metrics, None before the first epoch.
+        best_val_accuracy: best validation accuracy (percent) of any epoch.
+        param_count: active parameters at the end (host + fossilized/live seeds).
+        host_param_count: the host's own parameters.
+        fossilized: seeds fossilized.
+        pruned: seeds pruned.
+        seeds: the slots holding a seed at the end.
+    """
+
+    epochs_completed: int
+    epochs_planned: int
+    final: FinalMetrics | None
+    best_val_accuracy: float | None
+    param_count: int
+    host_param_count: int
+    fossilized: int
+    pruned: int
+    seeds: tuple[SeedSummary, ...]
+
+
+@dataclass(frozen=True)
+class PPOSummary:
+    """The ``ppo`` section: what a PPO training run ended with.
+
+    Attributes:
+        rounds_completed: rounds trained (and checkpointed).
+        rounds_planned: the configured number of rounds.
+        env_steps: environment steps of the last round (None before the first).
+        final_mean_return: the last round's mean episode return.
+        best_mean_return: the best round's mean episode return.
+        final_mean_accuracy: the last round's mean final validation accuracy (percent).
+    """
+
+    rounds_completed: int
+    rounds_planned: int
+    env_steps: int | None
+    final_mean_return: float | None
+    best_mean_return: float | None
+    final_mean_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a run stopped (``summary.json``): one schema for every mode.
+
+    Attributes:
+        status: ``completed``, ``interrupted``, ``terminated`` or ``failed``.
+        mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
+        task: the task preset.
+        seed: the run seed.
+        run_id: the run's id (its directory name).
+        wall_seconds: training time summed over the recorded steps of every attempt.
+        failure: what stopped a ``failed`` run, else None.
+        growth: the growth modes' section (None for ``ppo``).
+        ppo: the ``ppo`` section (None for the growth modes).
+    """
+
+    status: str
+    mode: str
+    task: str
+    seed: int
+    run_id: str
+    wall_seconds: float
+    failure: str | None
+    growth: GrowthSummary | None = None
+    ppo: PPOSummary | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if (self.status == "failed") != (self.failure is not None):
+            raise ValueError("a failure message belongs to exactly the failed runs")
+        ppo = self.mode == PPO_MODE
+        if (self.ppo is not None) != ppo or (self.growth is not None) == ppo:
+            section = "ppo" if ppo else "growth"
+            raise ValueError(f"a {self.mode} run's summary has exactly the {section!r} section")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to ``summary.json`` (non-finite numbers as null)."""
+        data: dict[str, Any] = _plain(self)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunSummary:
+        """Parse ``summary.json``'s object strictly.
+
+        Raises:
+            RunRecordError: missing or unknown keys, a wrong type, or inconsistent sections.
+        """
+        return _from_json(cls, data, "an Esper run summary")
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    """Write ``run_dir/summary.json`` atomically.
+
+    Raises:
+        DiskFullError: the disk is full (any earlier summary stays as it was).
+    """
+    write_json(run_dir / SUMMARY_FILE, summary)
+
+
+def read_summary(run_dir: Path) -> RunSummary | None:
+    """The run's summary, or None when it has none (still running, or killed).
+
+    Raises:
+        RunRecordError: ``summary.json`` is a directory, unreadable, or not a run summary
+            (garbage, missing or unknown keys, wrong types).
+    """
+    path = run_dir / SUMMARY_FILE
+    data = _read_json(path, "an Esper run summary")
+    if data is None:
+        return None
+    try:
+        return RunSummary.from_json(data)
+    except RunRecordError as err:
+        raise RunRecordError(f"{str(path)!r} is {err}") from None
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether ``path`` is an Esper run directory (it holds every file of ``RUN_FILES``)."""
+    return path.is_dir() and all((path / name).is_file() for name in RUN_FILES)
+
+
+def run_status(run_dir: Path) -> str:
+    """The run's recorded status, or ``UNFINISHED`` without a summary.
+
+    Raises:
+        RunRecordError: a malformed ``summary.json``.
+    """
+    summary = read_summary(run_dir)
+    return UNFINISHED if summary is None else summary.status
+
+
+# ----------------------------------------------------------------------------------- CSV logs
+
+_R = TypeVar("_R")
+
+
+def _columns(row_type: type[Any]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, scalar type, optional) per field; the first must be the integer step."""
+    hints = typing.get_type_hints(row_type)
+    out = []
+    for f in fields(row_type):
+        kind, optional = hints[f.name], False
+        if typing.get_origin(kind) in (types.UnionType, typing.Union):
+            (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+            optional = True
+        if kind not in (int, float, str):
+            raise TypeError(f"{row_type.__name__}.{f.name}: a CSV column is int, float or str")
+        out.append((f.name, kind, optional))
+    if not out or out[0][1] is not int or out[0][2]:
+        raise TypeError(f"{row_type.__name__}: the first field must be the integer step")
+    return tuple(out)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # exact round trip; nan/inf stay what they were
+    return str(value)
+
+
+def _parse_cell(text: str, kind: Any, optional: bool) -> Any:
+    if text == "":
+        if optional or kind is str:
+            return None if optional else ""
+        raise ValueError("is empty")
+    if kind is int:
+        if not re.fullmatch(r"-?\d+", text):
+            raise ValueError("is not an integer")
+        return int(text)
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("is not a number") from None
+    return text
+
+
+def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_R]:
+    """The rows of a CSV log, strictly: header, column count, numbers, increasing steps.
+
+    Args:
+        path: the CSV file.
+        row_type: the row dataclass; its first field is the step (epoch, round).
+        last: keep rows up to this step, which must be the last kept row's step (or 0 with no
+            rows): the checkpoint a resume continues from. None: every row.
+
+    Raises:
+        RunRecordError: naming ``file:line`` for an empty or truncated file, a wrong header,
+            a value that is not a number, or steps out of order; naming the file when the rows
+            do not reach step ``last``.
+    """
+    columns = _columns(row_type)
+    names = [c[0] for c in columns]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise RunRecordError(f"{path}: not UTF-8 text") from None
+    if not text:
+        raise RunRecordError(f"{path}:1: empty file (no header)")
+    if not text.endswith("\n"):
+        line = text.count("\n") + 1
+        raise RunRecordError(f"{path}:{line}: truncated last line (no newline)")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except csv.Error as err:
+        raise RunRecordError(f"{path}:1: {err}") from None
+    if header != names:
+        raise RunRecordError(f"{path}:1: columns {header} are not {names}")
+    rows: list[_R] = []
+    previous: int | None = None
+    try:
+        for raw in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(raw) != len(columns):
+                raise RunRecordError(f"{where}: {len(raw)} values, expected {len(columns)}")
+            values = {}
+            for cell, (name, kind, optional) in zip(raw, columns, strict=True):
+                try:
+                    values[name] = _parse_cell(cell, kind, optional)
+                except ValueError as err:
+                    raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
+            step = values[names[0]]
+            if previous is not None and step <= previous:
+                raise RunRecordError(f"{where}: {names[0]} {step} does not follow {previous}")
+            previous = step
+            rows.append(row_type(**values))
+    except csv.Error as err:
+        raise RunRecordError(f"{path}:{reader.line_num}: {err}") from None
+    if last is None:
+        return rows
+    kept = [r for r in rows if getattr(r, names[0]) <= last]
+    reached = getattr(kept[-1], names[0]) if kept else 0
+    if reached != last:
+        raise RunRecordError(
+            f"{path}: the rows end at {names[0]} {reached}, the checkpoint is at {last}"
+        )
+    return kept
+
+
+class CsvLog(Generic[_R]):
+    """A CSV log whose columns are the fields of the dataclass ``row_type``.
+
+    Start a new log with ``rewrite([])`` (the header); ``append`` one row per step; a resume
+    calls ``resume(step)``, which drops the rows of steps after the checkpoint.
+
+    Args:
+        path: the CSV file.
+        row_type: the row dataclass (fields of int, float, str or ``X | None``; the first is
+            the integer step).
+    """
+
+    def __init__(self, path: Path, row_type: type[_R]) -> None:
+        self.path = path
+        self.row_type = row_type
+        self.columns = tuple(c[0] for c in _columns(row_type))
+
+    def _line(self, values: Sequence[Any]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow([_cell(v) for v in values])
+        return buffer.getvalue()
+
+    def _values(self, row: _R) -> list[Any]:
+        if type(row) is not self.row_type:
+            raise TypeError(f"{self.path}: a row must be a {self.row_type.__name__}, got {row!r}")
+        return [getattr(row, name) for name in self.columns]
+
+    def rewrite(self, rows: Sequence[_R]) -> None:
+        """Replace the file with the header and ``rows``, atomically.
+
+        Raises:
+            DiskFullError: the disk is full (the file keeps its old content).
+        """
+        lines = [self._line(self.columns), *(self._line(self._values(r)) for r in rows)]
+        atomic_write(self.path, "".join(lines))
+
+    def append(self, row: _R) -> None:
+        """Append one row in a single write and fsync it.
+
+        Raises:
+            DiskFullError: the disk is full.
+        """
+        data = self._line(self._values(row)).encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {str(self.path)!r}")
+            os.fsync(fd)
+        except OSError as err:
+            raise disk_full(err, self.path) if is_disk_full(err) else err from None
+        finally:
+            os.close(fd)
+
+    def read(self, last: int | None = None) -> list[_R]:
+        """The rows (see ``read_rows``)."""
+        return read_rows(self.path, self.row_type, last)
+
+    def resume(self, last: int) -> list[_R]:
+        """The rows up to checkpointed step ``last``; the file is rewritten to hold only them.
+
+        Raises:
+            RunRecordError: see ``read_rows``.
+            DiskFullError: the disk is full.
+        """
+        rows = self.read(last)
+        self.rewrite(rows)
+        return rows
+
+
+# -------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed checkpoint: its step and every file's bytes (verified)."""
+
+    step: int
+    files: dict[str, bytes]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _manifest_bytes(run_id: str, step: int, files: Mapping[str, bytes]) -> bytes:
+    body = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "run_id": run_id,
+        "step": step,
+        "files": {n: {"sha256": _sha256(d), "size": len(d)} for n, d in files.items()},
+    }
+    # The manifest's own digest makes a flipped bit in it an error, not a misread file list.
+    return _canonical({**body, "manifest_sha256": _sha256(_canonical(body))})
+
+
+def step_directory(step: int) -> str:
+    """The name of the checkpoint directory of ``step``."""
+    return f"step-{step:08d}"
+
+
+def _check_names(files: Mapping[str, bytes]) -> None:
+    for name in files:
+        if (
+            not name
+            or name.startswith(".")
+            or "/" in name
+            or "\0" in name
+            or name in (MANIFEST_FILE, LATEST_FILE)
+        ):
+            raise ValueError(f"{name!r} is not a checkpoint file name")
+    if not files:
+        raise ValueError("a checkpoint needs at least one file")
+
+
+def _latest_name(root: Path) -> str | None:
+    """The directory LATEST names if it is well-formed, else None (absent or corrupt)."""
+    try:
+        text = (root / LATEST_FILE).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    name = text.removesuffix("\n")
+    return name if text.endswith("\n") and _STEP_DIR.fullmatch(name) else None
+
+
+def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_id: str) -> Path:
+    """Commit ``files`` as the run's checkpoint of ``step``, as a whole.
+
+    The files and their manifest go into ``checkpoints/.partial-<step>-<pid>``, are fsynced,
+    the directory is renamed to ``checkpoints/step-<step:08d>`` and fsynced, and then LATEST is
+    switched to it atomically; older step directories are removed last. Until LATEST switches,
+    the previous checkpoint is the one that loads.
+
+    Args:
+        run_dir: the run directory.
+        step: the epoch (round) the checkpoint is taken after; it must not be the step LATEST
+            already names.
+        files: file name → bytes (plain names; ``manifest.json`` is the module's own).
+        run_id: the run's id, recorded and checked by ``load_checkpoint``.
+
+    Returns:
+        The committed step directory.
+
+    Raises:
+        DiskFullError: the disk is full; nothing of this checkpoint is left behind and the
+            previous one still loads.
+        ValueError: a bad file name or step.
+    """
+    _check_names(files)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"a checkpoint step is an integer >= 0, got {step!r}")
+    root = run_dir / CHECKPOINTS_DIR
+    final = root / step_directory(step)
+    if _latest_name(root) == final.name:
+        raise ValueError(f"checkpoint {final.name} is already committed in {str(root)!r}")
+    partial = root / f"{PARTIAL_PREFIX}{step}-{os.getpid()}"
+    renamed = False
+    try:
+        root.mkdir(exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir()
+        for name, data in files.items():
+            write_new_file(partial / name, data)
+        write_new_file(partial / MANIFEST_FILE, _manifest_bytes(run_id, step, files))
+        fsync_directory(partial)
+        if final.exists():  # left by an attempt that crashed before switching LATEST
+            shutil.rmtree(final)
+        os.rename(partial, final)
+        renamed = True
+        fsync_directory(root)
+        atomic_write(root / LATEST_FILE, final.name + "\n")
+    except BaseException as err:
+        # Best effort: the original error is what the caller must see.
+        shutil.rmtree(final if renamed else partial, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, DiskFullError) and is_disk_full(err):
+            raise disk_full(err, partial) from None
+        raise
+    for old in root.iterdir():
+        if old != final and _STEP_DIR.fullmatch(old.name) and old.is_dir():
+            shutil.rmtree(old)
+    fsync_directory(root)
+    return final
+
+
+def _corrupt(path: Path, why: str) -> RunRecordError:
+    return RunRecordError(f"checkpoint file {str(path)!r} is corrupt ({why})")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's body, verified against its own SHA-256 and exact bytes."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RunRecordError(f"checkpoint {str(path.parent)!r} has no {MANIFEST_FILE}") from None
+    except OSError as err:
+        raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise _corrupt(path, "not valid JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("manifest_sha256"), str):
+        raise _corrupt(path, "no manifest_sha256")
+    body = {k: v for k, v in data.items() if k != "manifest_sha256"}
+    if _sha256(_canonical(body)) != data["manifest_sha256"] or _canonical(data) != raw:
+        raise _corrupt(path, "SHA-256 mismatch")
+    return body
+
+
+def _check_manifest(body: dict[str, Any], path: Path, run_id: str, step: int) -> dict[str, Any]:
+    """The manifest's file table, after checking format, run id and step."""
+    if (body.get("format"), body.get("version")) != (CHECKPOINT_FORMAT, CHECKPOINT_VERSION):
+        raise RunRecordError(
+            f"checkpoint {str(path.parent)!r} has format {body.get('format')!r} version "
+            f"{body.get('version')!r}; this Esper reads {CHECKPOINT_FORMAT!r} version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    if body.get("run_id") != run_id:
+        raise RunRecordError(
+            f"checkpoint {str(path.parent)!r} belongs to run {body.get('run_id')!r}, "
+            f"not {run_id!r}: refusing a foreign checkpoint"
+        )
+    table = body.get("files")
+    entries = list(table.values()) if isinstance(table, dict) and table else []
+    well_formed = [
+        isinstance(e, dict) and set(e) == {"sha256", "size"} and isinstance(e["size"], int)
+        for e in entries
+    ]
+    if body.get("step") != step or not isinstance(table, dict) or not all(well_formed):
+        raise RunRecordError(f"checkpoint manifest {str(path)!r} is inconsistent")
+    return table
+
+
+def load_checkpoint(run_dir: Path, run_id: str) -> Checkpoint:
+    """The checkpoint LATEST names, every byte verified against its manifest.
+
+    Raises:
+        RunRecordError: one line naming the file: no checkpoint, a corrupt pointer, a missing
+            directory, a corrupt or foreign manifest, or a file whose size or SHA-256 differs.
+    """
+    root = run_dir / CHECKPOINTS_DIR
+    pointer = root / LATEST_FILE
+    if not pointer.is_file():
+        raise RunRecordError(f"{str(root)!r} holds no committed checkpoint (no {LATEST_FILE})")
+    name = _latest_name(root)
+    if name is None:
+        raise RunRecordError(f"checkpoint pointer {str(pointer)!r} is corrupt")
+    directory = root / name
+    if not directory.is_dir():
+        raise RunRecordError(
+            f"checkpoint pointer {str(pointer)!r} names {name!r}, which does not exist"
+        )
+    step = int(name.removeprefix("step-"))
+    manifest = directory / MANIFEST_FILE
+    table = _check_manifest(_read_manifest(manifest), manifest, run_id, step)
+    present = {p.name for p in directory.iterdir()} - {MANIFEST_FILE}
+    if present != set(table):
+        odd = sorted(present ^ set(table))
+        raise RunRecordError(f"checkpoint {str(directory)!r}: files {odd} differ from its manifest")
+    loaded = {}
+    for file_name, entry in sorted(table.items()):
+        path = directory / file_name
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
+        if len(data) != entry["size"]:
+            raise _corrupt(path, f"{len(data)} bytes, the manifest says {entry['size']}")
+        if _sha256(data) != entry["sha256"]:
+            raise _corrupt(path, "SHA-256 mismatch")
+        loaded[file_name] = data
+    return Checkpoint(step, loaded)
+
+
+def clean_stale(run_dir: Path) -> list[Path]:
+    """Remove what a crashed writer left: hidden temporary files (``.NAME.tmp-*``) in the run
+    and checkpoint directories, partial checkpoints, and step directories LATEST does not
+    name. Call it on every start and resume, before anything is written.
+
+    With a LATEST that is present but corrupt, step directories are kept (``load_checkpoint``
+    reports the problem).
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[Path] = []
+    root = run_dir / CHECKPOINTS_DIR
+    for directory in (run_dir, root):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if path.name.startswith(".") and TEMP_MARKER in path.name and not path.is_dir():
+                path.unlink()
+                removed.append(path)
+    if root.is_dir():
+        latest = _latest_name(root)
+        keep_steps = latest is None and (root / LATEST_FILE).exists()
+        for path in sorted(root.iterdir()):
+            stale_step = _STEP_DIR.fullmatch(path.name) and path.name != latest and not keep_steps
+            if path.is_dir() and (path.name.startswith(PARTIAL_PREFIX) or stale_step):
+                shutil.rmtree(path)
+                removed.append(path)
+    for directory in {p.parent for p in removed}:
+        fsync_directory(directory)
+    return removed
