@@ -27,6 +27,7 @@ from esper.leyline.lifecycle import (
     SEED_MODULE_STAGES,
     VALID_TRANSITIONS,
 )
+from esper.leyline.loading import TORCH_LOAD_ERRORS
 from esper.leyline.slots import ordered_slots, slot_names
 from esper.leyline.stages import (
     AlphaCurve,
@@ -47,6 +48,7 @@ __all__ = [
     "OP_STAGES",
     "RETIRED_STAGES",
     "SEED_MODULE_STAGES",
+    "TORCH_LOAD_ERRORS",
     "VALID_TRANSITIONS",
     "Action",
     "AlphaCurve",

@@ -1,0 +1,22 @@
+"""What reading an untrusted torch file can raise, named once for every loader."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+TORCH_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    pickle.UnpicklingError,  # not a pickle, or one holding more than tensors and containers
+    RuntimeError,  # the zip reader: cut, not a zip, corrupt header; a bad legacy magic number
+    EOFError,  # an empty file, or one cut inside the pickle
+    ValueError,  # a negative seek in a cut zip; UnicodeDecodeError in a corrupt pickled string
+    OSError,  # the same negative seek on a real file
+    KeyError,  # corrupt record ids inside the pickle
+    IndexError,  # corrupt opcodes popping an empty pickle stack
+    TypeError,  # a tensor record whose sizes or offsets were damaged
+    AssertionError,  # the legacy (pre-1.6) format's own consistency checks
+    struct.error,  # a legacy file cut inside a packed header
+)
+"""Exceptions ``torch.load(..., weights_only=True)`` raised on damaged or foreign bytes (empty,
+cut at every length, random, bytes overwritten in zip and legacy files, foreign zips, plain
+pickles) when tried; anything else is a bug and should surface."""
