@@ -9,16 +9,18 @@ be found (and not downloaded), it says so and runs on scikit-learn's digits inst
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from esper.cli.config import GrowthRun, RunOptions
+from esper.cli.growth import GrowthRunner
 from esper.cli.main import EXIT_INTERRUPTED, UserError
+from esper.cli.run import Stop
 from esper.cli.runs import format_table
-from esper.cli.session import Interrupted, RunConfig, execute
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
+from esper.leyline.config import HostTraining
+from esper.nissa import record
 from esper.nissa.log import percent
 from esper.tasks import get_task
 
@@ -42,16 +44,17 @@ def _pick_task(data_dir: Path | None) -> str:
     return PRIMARY
 
 
-def _row(name: str, summary: dict[str, Any]) -> list[str]:
-    final = summary["final"]
+def _row(name: str, summary: record.RunSummary) -> list[str]:
+    g = summary.growth
+    assert g is not None
     return [
         name,
-        percent(None if final is None else final["val_accuracy"]),
-        percent(summary["best_val_accuracy"]),
-        str(summary["param_count"]),
-        str(summary["fossilized"]),
-        str(summary["pruned"]),
-        f"{summary['wall_seconds']:.0f} s",
+        percent(None if g.final is None else g.final.val_accuracy),
+        percent(g.best_val_accuracy),
+        str(g.param_count),
+        str(g.fossilized),
+        str(g.pruned),
+        f"{summary.wall_seconds:.0f} s",
     ]
 
 
@@ -61,35 +64,25 @@ TABLE_HEADER = ["run", "final acc", "best acc", "params", "fossilized", "pruned"
 def run_demo(args: argparse.Namespace) -> int:
     """Static vs heuristic growth, side by side."""
     task = _pick_task(args.data_dir)
-    spec = get_task(task)
+    spec = get_task(task)  # its description heads the table
     parent = args.out if args.out is not None else Path("runs")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     directories = {}
+    data_dir = None if args.data_dir is None else str(args.data_dir)
+    training = HostTraining(task, epochs=args.epochs, data_dir=data_dir)
+    summaries = {}
     for mode in ("static", "heuristic"):
-        config = RunConfig(
-            mode=mode,
-            task=task,
-            seed=args.seed,
-            epochs=spec.epochs if args.epochs is None else args.epochs,
-            batch_size=spec.batch_size,
-            batches_per_epoch=spec.batches_per_epoch,
-            val_samples=spec.val_samples,
-            lr=spec.lr,
-            seed_lr=spec.lr,
-            slots=("early", "mid", "late"),
-            data_dir=None if args.data_dir is None else str(args.data_dir),
-            download=True,
-        )
         out = parent / f"demo-{stamp}-{task}-{mode}"
+        runner = GrowthRunner(mode, GrowthRun(training, seed=args.seed), RunOptions(out=out))
         try:
-            directories[mode] = execute(config, out, None, label=f"{mode:>9}")
-        except Interrupted as stop:
-            print(f"\ninterrupted; partial run in {stop.directory}", file=sys.stderr)
+            runner.run(label=f"{mode:>9}")
+        except Stop:
+            print(f"\ninterrupted; partial run in {out}", file=sys.stderr)
             return EXIT_INTERRUPTED
-    summaries = {
-        m: json.loads((d / "summary.json").read_text(encoding="utf-8"))
-        for m, d in directories.items()
-    }
+        directories[mode] = out
+        summary = record.read_summary(out)
+        assert summary is not None  # the run finished: it wrote its summary
+        summaries[mode] = summary
     print(f"\nesper demo — {task}: {spec.description}; seed {args.seed}\n")
     print(format_table(TABLE_HEADER, [_row(m, s) for m, s in summaries.items()]))
     print()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +27,13 @@ VIEW_COMMANDS = {
 }
 """Commands that look at recorded runs: handler module and function, imported on use."""
 
-RUN_COMMANDS = ("heuristic", "static", "eval", "ppo")
-"""Commands that train and write a run directory (they take --telemetry, --tensorboard, --tui)."""
+RUN_COMMANDS = {
+    "heuristic": "grow a network with the heuristic controller",
+    "static": "train the same host without growth (the control)",
+    "eval": "grow a network with a PPO-trained policy (same outputs as heuristic)",
+    "ppo": "train a growth policy with PPO (Simic)",
+}
+"""Commands that train and write a run directory; each parses its own flags."""
 
 
 class UserError(Exception):
@@ -53,82 +57,7 @@ def _number(cast: Callable[[str], N], what: str, ok: Callable[[N], bool]) -> Cal
 
 _positive_int = _number(int, "a positive integer", lambda v: v >= 1)
 _non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
-_positive_float = _number(float, "a finite positive number", lambda v: 0 < v < math.inf)
 _port = _number(int, "a TCP port in 1..65535", lambda v: 1 <= v <= 65535)
-
-
-def _add_run_arguments(p: argparse.ArgumentParser, growth: bool) -> None:
-    p.add_argument("--task", choices=sorted(TASKS), help="task preset (host + data + defaults)")
-    p.add_argument("--epochs", type=_positive_int, help="episode length (default: the task's)")
-    p.add_argument("--seed", type=_non_negative_int, help="run seed (default 0)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-<mode>-<time>)")
-    p.add_argument("--data-dir", type=Path, help="where the dataset (or text file) lives")
-    p.add_argument("--batch-size", type=_positive_int, help="training batch size")
-    p.add_argument(
-        "--batches-per-epoch",
-        type=_positive_int,
-        help="training batches per step (default: full pass)",
-    )
-    p.add_argument(
-        "--val-samples", type=_positive_int, help="validate on this many samples (default: all)"
-    )
-    p.add_argument("--lr", type=_positive_float, help="host learning rate (AdamW)")
-    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
-    if growth:
-        p.add_argument(
-            "--slots",
-            nargs="+",
-            metavar="SLOT",
-            help="slots the controller may grow in (default: early mid late)",
-        )
-        p.add_argument("--seed-lr", type=_positive_float, help="seed learning rate (default: --lr)")
-        p.add_argument(
-            "--shapley",
-            action="store_true",
-            help="also measure exact Shapley values of blended seeds every epoch (2^n forwards)",
-        )
-    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
-    _add_telemetry_arguments(p, with_level=True)
-
-
-def _add_telemetry_arguments(p: argparse.ArgumentParser, with_level: bool) -> None:
-    if with_level:
-        p.add_argument(
-            "--telemetry", choices=("minimal", "normal", "debug"), help="telemetry level"
-        )
-    p.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also log to TensorBoard (needs the esper[tensorboard] extra)",
-    )
-    p.add_argument("--tui", action="store_true", help="watch the run in the terminal UI")
-
-
-def _add_ppo_parser(sub: Any) -> None:
-    """The ``esper ppo`` subcommand's arguments."""
-    from esper.simic.config import PRESETS
-    from esper.simic.rewards import CONTRIBUTION_MODES, REWARD_FAMILIES
-
-    p = sub.add_parser("ppo", help="train a growth policy with PPO (Simic)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="config preset (default: default)")
-    p.add_argument("--config-json", type=Path, help="strict JSON overrides (unknown keys fail)")
-    p.add_argument("--task", choices=sorted(TASKS), help="task preset of every environment")
-    p.add_argument("--envs", type=_positive_int, help="environments stepped in lockstep")
-    p.add_argument("--episode-length", type=_positive_int, help="host epochs per episode")
-    p.add_argument("--rounds", type=_positive_int, help="rounds (one episode per env each)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-ppo-<time>)")
-    p.add_argument("--seed", type=_non_negative_int, help="run seed (env i uses seed + i)")
-    p.add_argument(
-        "--devices", nargs="+", metavar="DEV", help="cpu | cuda:0 cuda:1 … (round-robin)"
-    )
-    p.add_argument("--amp", action="store_true", help="mixed-precision PPO updates (CUDA)")
-    p.add_argument("--reward-family", choices=REWARD_FAMILIES, help="reward family")
-    p.add_argument("--reward-mode", choices=CONTRIBUTION_MODES, help="contribution reward mode")
-    p.add_argument("--telemetry", choices=("minimal", "normal", "debug"), help="telemetry level")
-    p.add_argument("--data-dir", type=Path, help="where the dataset lives")
-    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
-    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run")
-    _add_telemetry_arguments(p, with_level=False)
 
 
 def _add_view_parsers(sub: Any) -> None:
@@ -173,24 +102,18 @@ def _add_view_parsers(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the view commands and ``demo``; the run commands parse their own flags
+    (generated from their config dataclasses) and are listed here for ``esper --help``."""
     parser = argparse.ArgumentParser(
         prog="esper",
         description="Esper: grow neural networks while they train; compare with static ones.",
-        epilog="tasks: " + "; ".join(f"{t.name} ({t.description})" for t in TASKS.values()),
+        epilog="tasks: "
+        + "; ".join(f"{t.name} ({t.description})" for t in TASKS.values())
+        + ". Each run command has its own --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    growth = sub.add_parser("heuristic", help="grow a network with the heuristic controller")
-    _add_run_arguments(growth, growth=True)
-    static = sub.add_parser("static", help="train the same host without growth (the control)")
-    _add_run_arguments(static, growth=False)
-    evaluate = sub.add_parser(
-        "eval", help="grow a network with a PPO-trained policy (same outputs as heuristic)"
-    )
-    evaluate.add_argument(
-        "--policy", type=Path, help="PPO checkpoint (checkpoints/ppo.pt) or PPO run directory"
-    )
-    _add_run_arguments(evaluate, growth=True)
-    _add_ppo_parser(sub)
+    for command, help_text in RUN_COMMANDS.items():
+        sub.add_parser(command, help=help_text, add_help=False)
     _add_view_parsers(sub)
     demo = sub.add_parser(
         "demo", help="static vs heuristic growth on fashion_mnist_impaired, side by side"
@@ -202,36 +125,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(command: str, argv: list[str]) -> int:
+    """``esper static|heuristic|eval|ppo ARGS``: split off the command's own options, then run
+    (in a child process watched by the terminal UI with ``--tui``)."""
+    from esper.cli.config import split_options
+    from esper.cli.run import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+    options, rest = split_options(argv)
+    if options.tui:
+        from esper.cli.tui import run_with_tui
+
+        return run_with_tui(command, options, rest)
+    if command == "ppo":
+        from esper.cli.ppo import run_ppo
+
+        return run_ppo(rest, options)
+    from esper.cli.growth import run_growth
+
+    return run_growth(command, rest, options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
-    args = build_parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args_list and args_list[0] in RUN_COMMANDS:
+            return run_command(args_list[0], args_list[1:])
+        args = build_parser().parse_args(args_list)
         if args.command in VIEW_COMMANDS:
             module, function = VIEW_COMMANDS[args.command]
             handler: Callable[[argparse.Namespace], int] = getattr(
                 importlib.import_module(module), function
             )
             return handler(args)
-        if args.command == "eval" and args.policy is None and args.resume is None:
-            raise UserError("eval needs --policy CHECKPOINT (or --resume DIR)")
-        if args.command in RUN_COMMANDS and args.tui:
-            from esper.cli.tui import run_with_tui
+        from esper.cli.demo import run_demo
 
-            return run_with_tui(args, list(sys.argv[1:] if argv is None else argv))
-        if args.command == "demo":
-            from esper.cli.demo import run_demo
-
-            return run_demo(args)
-        if args.command == "ppo":
-            from esper.cli.ppo import run_ppo
-
-            return run_ppo(args)
-        from esper.cli.session import run_command
-
-        return run_command(args)
+        return run_demo(args)
     except (UserError, RunDirectoryError, EventLogError) as err:
         print(f"esper: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # a signal during start-up or loading: nothing was written yet
+        print("\nesper: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

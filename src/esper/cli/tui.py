@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from esper.cli.config import RunOptions
 from esper.cli.main import UserError
 from esper.karn.tui import RunApp
 from esper.nissa.log import EVENTS_FILE, EventTail, RunDirectory, open_run
@@ -89,45 +90,42 @@ def _run_app(app: RunApp) -> None:
     app.run()
 
 
-def _is_tui_flag(token: str) -> bool:
-    """``--tui`` or an abbreviation argparse accepts for it (``--tu``; ``--t`` is ambiguous)."""
-    return len(token) >= len("--tu") and "--tui".startswith(token)
-
-
-def default_directory(args: argparse.Namespace) -> Path:
+def default_directory(command: str, argv: list[str], options: RunOptions) -> Path:
     """Where the command would put its run without ``--out`` (``runs/<task>-<mode>-<time>``).
 
-    Resolves the configuration the way the command does, so bad input fails here with the
+    Parses the configuration the way the command does, so bad input fails here with the
     command's own message.
 
     Raises:
         UserError: the configuration is invalid (e.g. no ``--task``).
     """
-    if args.command == "ppo":
-        from esper.cli.ppo import resolve_config
-        from esper.cli.session import default_out
+    from esper.cli.run import default_out
 
-        return default_out(resolve_config(args).env.task, "ppo")
-    from esper.cli.session import RunConfig, default_out
+    if command == "ppo":
+        from esper.cli import ppo
 
-    config = RunConfig.from_args(args)
-    return default_out(config.task, config.mode)
+        return default_out(ppo.parse(argv, options).env.task, "ppo")
+    from esper.cli import growth
+
+    return default_out(growth.parse(command, argv, options).training.task, command)
 
 
-def child_command(args: argparse.Namespace, argv: list[str]) -> tuple[list[str], Path]:
-    """The child's command line (``argv`` without ``--tui``) and the run directory it writes.
+def child_command(command: str, options: RunOptions, argv: list[str]) -> tuple[list[str], Path]:
+    """The child's command line (the command without ``--tui``) and the run directory it
+    writes.
 
     Args:
-        args: ``argv`` parsed.
-        argv: the command line after the program name.
+        command: the run command.
+        options: its own options (``--tui`` among them).
+        argv: its other arguments.
     """
-    rest = [token for token in argv if not _is_tui_flag(token)]
-    if args.resume is not None:
-        directory: Path = args.resume
-    elif args.out is not None:
-        directory = args.out
+    rest = [command, *argv]
+    rest += [] if options.config is None else ["--config", str(options.config)]
+    if options.resume is not None:
+        directory: Path = options.resume
+        rest += ["--resume", str(directory)]
     else:
-        directory = default_directory(args)
+        directory = options.out or default_directory(command, argv, options)
         rest += ["--out", str(directory)]
     # ``-m esper``, not ``-m esper.cli.main``: the latter would load main.py a second time as
     # ``__main__``, and its ``except UserError`` would not catch the UserError the run raises.
@@ -274,12 +272,13 @@ def final_lines(output: str, limit: int = FINAL_LINES) -> list[str]:
     return tail
 
 
-def run_with_tui(args: argparse.Namespace, argv: list[str]) -> int:
+def run_with_tui(command: str, options: RunOptions, argv: list[str]) -> int:
     """``esper heuristic|static|eval|ppo ... --tui``: train in a child process, watch it here.
 
     Args:
-        args: the parsed command line.
-        argv: the command line after the program name (``--tui`` included).
+        command: the run command.
+        options: its own options (``--out``, ``--resume``, ``--config``).
+        argv: its other arguments.
 
     Returns:
         The child's exit code (130 when quitting the UI interrupted it).
@@ -288,8 +287,8 @@ def run_with_tui(args: argparse.Namespace, argv: list[str]) -> int:
         UserError: no interactive terminal, or a configuration error found before starting.
     """
     _require_terminal()
-    command, directory = child_command(args, argv)
-    child = ChildRun.start(command, directory)
+    child_argv, directory = child_command(command, options, argv)
+    child = ChildRun.start(child_argv, directory)
     print(f"starting the run in {directory}; the UI opens at its first event", file=sys.stderr)
     try:
         run = child.wait_for_run()

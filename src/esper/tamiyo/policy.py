@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from esper.leyline import Action, Observation
+from esper.leyline.config import check_bool, check_int
 from esper.leyline.events import PolicyDecision
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace, head_relevance
 from esper.tamiyo.distributions import MaskedCategorical
@@ -49,23 +50,28 @@ VALUE_HEAD_GAIN = 1.0
 _CONTROLLER_KEYS = frozenset({"steps", "lstm", "rng"})
 
 
+MAX_WIDTH = 65_536
+"""Widest policy layer accepted: an LSTM this wide already needs ~34 GB of weights."""
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Sizes of the policy network.
+    """The policy network and its input.
 
     Attributes:
         hidden: width of the two-layer MLP encoder; 128 is ample for an 80-feature input.
         lstm_hidden: LSTM state size; 128 remembers an episode's few dozen decisions.
+        slot_telemetry: include the per-slot telemetry blocks (80 features) or not (50).
     """
 
     hidden: int = 128
     lstm_hidden: int = 128
+    slot_telemetry: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "lstm_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("policy.hidden", self.hidden, 1, MAX_WIDTH)
+        check_int("policy.lstm_hidden", self.lstm_hidden, 1, MAX_WIDTH)
+        check_bool("policy.slot_telemetry", self.slot_telemetry)
 
 
 @dataclass(frozen=True)

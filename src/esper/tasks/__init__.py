@@ -7,8 +7,10 @@ This module imports no torch at import time (the ``esper`` command lists tasks i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
+
+from esper.leyline.config import HostTraining
 
 if TYPE_CHECKING:
     from esper.kasmina import SegmentedHost
@@ -145,4 +147,23 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "TaskSpec", "get_task"]
+def resolve_training(training: HostTraining) -> HostTraining:
+    """Fill the task's defaults into the unset fields of ``training`` (the one derivation).
+
+    Raises:
+        ValueError: for an unknown task, naming the known ones.
+    """
+    task = get_task(training.task)
+    lr = task.lr if training.lr is None else training.lr
+    return replace(
+        training,
+        epochs=task.epochs if training.epochs is None else training.epochs,
+        batch_size=task.batch_size if training.batch_size is None else training.batch_size,
+        batches_per_epoch=training.batches_per_epoch or task.batches_per_epoch,
+        val_samples=training.val_samples or task.val_samples,
+        lr=lr,
+        seed_lr=lr if training.seed_lr is None else training.seed_lr,
+    )
+
+
+__all__ = ["TASKS", "TaskSpec", "get_task", "resolve_training"]

@@ -6,12 +6,11 @@ snapshot. It imports Leyline, Kasmina and the data layer; controllers (Tamiyo) d
 applies.
 """
 
-from esper.tolaria.engine import EngineConfig, StepResult, Trainer
+from esper.tolaria.engine import StepResult, Trainer
 from esper.tolaria.governor import Governor, GovernorConfig, Panic
 from esper.tolaria.optim import SlotOptimizer
 
 __all__ = [
-    "EngineConfig",
     "Governor",
     "GovernorConfig",
     "Panic",

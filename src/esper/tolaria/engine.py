@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from esper.kasmina import LifecycleError, MorphogeneticModel
 from esper.leyline import BLENDED_STAGES, FORWARD_STAGES, Action, Op, SeedStage
+from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import (
     ActionTaken,
@@ -42,46 +43,6 @@ GRADIENT_STATS_EVERY = 4
 average, ~117 samples per Fashion-MNIST epoch suffice, and measuring every batch cost ~2%."""
 
 Emit = Callable[[Event], None]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Host-training settings.
-
-    Attributes:
-        max_epochs: steps (host epochs) in an episode.
-        batches_per_epoch: training batches per step; ``None`` for a full pass over the data.
-        val_samples: validate (and measure counterfactuals) on the first this many validation
-            samples; ``None`` for all of them.
-        host_lr: AdamW learning rate of the host and fossilized seeds.
-        seed_lr: AdamW learning rate of live seeds.
-        weight_decay: AdamW decoupled weight decay.
-        shapley: also measure exact Shapley values of the blended seeds at every validation
-            (``2**n`` more forward configurations for ``n`` blended seeds; off by default).
-        governor: governor thresholds.
-    """
-
-    max_epochs: int = 20
-    batches_per_epoch: int | None = None
-    val_samples: int | None = None
-    host_lr: float = 3e-3
-    seed_lr: float = 3e-3
-    weight_decay: float = 0.0
-    shapley: bool = False
-    governor: GovernorConfig = field(default_factory=GovernorConfig)
-
-    def __post_init__(self) -> None:
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
-        for name in ("batches_per_epoch", "val_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or unset, got {value}")
-        for name in ("host_lr", "seed_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +73,10 @@ class Trainer:
         model: the model (its seeds are driven through ``apply``).
         data: the dataset (validation split and number of classes are read from it).
         stream: this trainer's own seeded stream of training batches.
-        config: engine settings.
+        config: host-training settings, resolved against the task
+            (``esper.tasks.resolve_training``).
         emit: where telemetry events go.
+        governor: the governor's thresholds.
     """
 
     def __init__(
@@ -121,16 +84,23 @@ class Trainer:
         model: MorphogeneticModel,
         data: Dataset,
         stream: BatchSource,
-        config: EngineConfig,
+        config: HostTraining,
         emit: Emit,
+        governor: GovernorConfig | None = None,
     ) -> None:
+        if not config.resolved:
+            raise ValueError("Trainer needs host training resolved against its task")
+        assert config.lr is not None and config.seed_lr is not None
         self.model = model
         self.data = data
         self.config = config
         self.emit = emit
         self.stream = stream
-        self.optimizer = SlotOptimizer(model, config.host_lr, config.seed_lr, config.weight_decay)
-        self.governor = Governor(config.governor, chance_loss=math.log(data.num_classes))
+        self.max_epochs = config.episode_length()
+        self.optimizer = SlotOptimizer(model, config.lr, config.seed_lr, config.weight_decay)
+        self.governor = Governor(
+            governor or GovernorConfig(), chance_loss=math.log(data.num_classes)
+        )
         n_val = len(data.x_val) if config.val_samples is None else config.val_samples
         self._x_val, self._y_val = data.x_val[:n_val], data.y_val[:n_val]
         self.epoch = model.epoch  # a model may arrive already trained for some epochs
@@ -141,7 +111,7 @@ class Trainer:
     @property
     def done(self) -> bool:
         """The episode is over: all epochs trained, or terminated by a governor panic."""
-        return self.terminated or self.epoch >= self.config.max_epochs
+        return self.terminated or self.epoch >= self.max_epochs
 
     # ------------------------------------------------------------------------------ one step
 
@@ -203,7 +173,7 @@ class Trainer:
     def train_step(self) -> StepResult:
         """Train, validate, measure counterfactuals, check health, tick the seeds' timers."""
         if self.done:
-            raise RuntimeError(f"episode is over: {self.epoch} of {self.config.max_epochs} epochs")
+            raise RuntimeError(f"episode is over: {self.epoch} of {self.max_epochs} epochs")
         started = time.perf_counter()
         train_loss, train_acc = self._train()
         val_loss, val_acc = self._validate()

@@ -1,0 +1,226 @@
+"""The run commands' command lines: flags generated from the config dataclasses (tyro).
+
+``esper static|heuristic|eval`` configure a ``GrowthRun``, ``esper ppo`` a ``TrainingConfig``.
+Every field is a flag whose ``--help`` shows its docstring and default. Layers, each overriding
+the one before: the defaults (for ``eval``: the environment settings of the policy's PPO run;
+for ``ppo``: ``--preset``), ``--config FILE`` (TOML or JSON; unknown keys fail), then the flags.
+``--out``, ``--resume``, ``--tui`` and ``--config`` belong to the command, not the run, and are
+read before the rest. A bad value is one line naming it and what is accepted, exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import tyro
+
+from esper.cli.main import UserError
+from esper.leyline.config import (
+    MAX_SEED,
+    HostTraining,
+    TelemetrySettings,
+    check_int,
+    override,
+    read_config_file,
+    require,
+)
+
+GROWTH_MODES = ("static", "heuristic", "eval")
+"""Commands that run one episode with one controller."""
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class GrowthRun:
+    """The configuration of a static, heuristic or eval run (saved as ``config.json``).
+
+    Attributes:
+        training: task, host training and slots.
+        seed: run seed: host and seed initialization and the data order.
+        policy: eval only: the PPO run directory whose policy controls growth.
+        telemetry: what the run logs.
+    """
+
+    training: Annotated[HostTraining, tyro.conf.OmitArgPrefixes]
+    seed: int = 0
+    policy: str | None = None
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, 0, MAX_SEED)
+
+
+def check_mode(mode: str, config: GrowthRun) -> None:
+    """Settings that only some modes read: a static run grows nothing, only eval has a policy.
+
+    Raises:
+        UserError: naming the setting the mode does not take.
+    """
+    if (mode == "eval") != (config.policy is not None):
+        need = "eval needs --policy RUN" if mode == "eval" else f"{mode} runs take no --policy"
+        raise UserError(need)
+    if mode == "static":
+        t, default = config.training, HostTraining(config.training.task)
+        given = [
+            name
+            for name in ("slots", "seed_lr", "shapley")
+            if getattr(t, name) != getattr(default, name)
+        ]
+        if given:
+            raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run command takes besides its configuration.
+
+    Attributes:
+        out: run directory (default: ``runs/<task>-<mode>-<time>``).
+        resume: continue the interrupted run in this directory, as it was configured.
+        config: a TOML or JSON file of settings (unknown keys fail); flags override it.
+        tui: watch the run in the terminal UI.
+    """
+
+    out: Path | None = None
+    resume: Path | None = None
+    config: Path | None = None
+    tui: bool = False
+
+
+_OPTION_FLAGS = ("--out", "--resume", "--config", "--tui", "--no-tui")
+
+
+def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
+    """Take the command's own flags (``RunOptions``) out of ``argv``; the rest is the config.
+
+    Raises:
+        UserError: a flag without its value, or ``--resume`` with configuration flags.
+    """
+    values: dict[str, Any] = {}
+    rest: list[str] = []
+    items = iter(argv)
+    for item in items:
+        flag, eq, value = item.partition("=")
+        if flag not in _OPTION_FLAGS:
+            rest.append(item)
+        elif flag in ("--tui", "--no-tui"):
+            values["tui"] = flag == "--tui"
+        else:
+            if not eq:
+                value = next(items, "")
+            if not value or value.startswith("--"):
+                raise UserError(f"{flag} needs a path")
+            values[flag[2:]] = Path(value)
+    options = RunOptions(**values)
+    if options.resume is not None:
+        given = [a for a in rest if a.startswith("-")]
+        given += ["--out"] * (options.out is not None) + ["--config"] * (options.config is not None)
+        if given:
+            raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
+    return options, rest
+
+
+def layered(base: C, options: RunOptions) -> C:
+    """``base`` with ``--config FILE`` applied.
+
+    Raises:
+        UserError: for an unreadable file, an unknown key or a bad value.
+    """
+    if options.config is None:
+        return base
+    try:
+        result: C = override(base, read_config_file(options.config))
+    except ValueError as err:
+        raise UserError(f"--config {str(options.config)!r}: {err}") from err
+    return result
+
+
+_BOX = re.compile(r"[│╭╮╰╯─]+")
+
+
+def _one_line(report: str) -> str:
+    """tyro's boxed error report as one line: its title and first paragraph."""
+    lines = [_BOX.sub(" ", line).strip() for line in report.splitlines()]
+    kept: list[str] = []
+    for line in lines:
+        if not line and kept:
+            break
+        if line.startswith("For full helptext"):
+            break
+        if line:
+            kept.append(line)
+    text = " ".join(kept[1:] if len(kept) > 1 else kept)
+    text = re.sub(r"\s+", " ", text)
+    found = re.search(
+        r"Error parsing (\S+): no type matching (\S+) could be instantiated from \[(.*?)\]", text
+    )
+    if found:
+        flag, accepted, value = found.groups()
+        return f"{flag}: expected {accepted}, got {value}"
+    return text or "bad command line"
+
+
+def parse_flags(cls: type[C], argv: list[str], prog: str, default: C | None) -> C:
+    """``cls`` from the flags in ``argv`` over ``default`` (required fields when None).
+
+    ``--help`` prints and exits 0; a bad flag or value raises one line.
+
+    Raises:
+        UserError: for an unknown flag, a value of the wrong type, or one the dataclass refuses.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(
+                cls,
+                args=argv,
+                prog=prog,
+                default=tyro.MISSING_NONPROP if default is None else default,
+            )
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            raise
+        raise UserError(f"{prog}: {_one_line(captured.getvalue())}") from None
+    except ValueError as err:  # a dataclass's own check (__post_init__)
+        raise UserError(f"{prog}: {err}") from None
+
+
+def growth_config(
+    mode: str, argv: list[str], options: RunOptions, eval_base: HostTraining | None
+) -> GrowthRun:
+    """The ``GrowthRun`` of ``esper static|heuristic|eval``: defaults, ``--config``, flags.
+
+    Args:
+        mode: the command.
+        argv: its arguments without the ``RunOptions`` flags.
+        options: the command's options (``--config``).
+        eval_base: for eval, the policy's PPO environment settings (the defaults).
+
+    Raises:
+        UserError: for a bad file, flag or value, or a setting the mode does not take.
+    """
+    default: GrowthRun | None = None
+    if eval_base is not None or options.config is not None:
+        default = layered(GrowthRun(eval_base or HostTraining("")), options)
+    config = parse_flags(GrowthRun, argv, f"esper {mode}", default)
+    if not config.training.task:
+        raise UserError(f"esper {mode} needs --task (or training.task in --config)")
+    check_mode(mode, config)
+    return config
+
+
+def policy_arg(argv: list[str]) -> Path | None:
+    """The ``--policy`` value in ``argv``, read before parsing (it sets eval's defaults)."""
+    for i, item in enumerate(argv):
+        flag, eq, value = item.partition("=")
+        if flag == "--policy":
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            require(bool(value), "--policy needs a PPO run directory")
+            return Path(value)
+    return None

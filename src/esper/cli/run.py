@@ -1,0 +1,345 @@
+"""Running a command into its run directory: ``esper static|heuristic|eval`` and ``esper ppo``.
+
+Both kinds share one life cycle (``Recorder``): everything is validated and built before the
+directory is touched; a new run writes ``config.json`` (a valid ``--config``), ``meta.json``
+(git revision, versions, seeds, threads, command line) and a first checkpoint; every step (an
+epoch, or a PPO round) appends its CSV row and commits a checkpoint as a whole; the run ends
+with ``summary.json``. Ctrl-C and SIGTERM stop at the next safe point with the last step
+checkpointed, an ``interrupted`` summary and the resume command printed. ``--resume`` checks the
+directory against its own configuration before continuing from its checkpoint. The run
+directory's files are written only through ``esper.nissa.record``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from esper.cli.config import RunOptions
+from esper.cli.main import UserError
+from esper.data import DatasetNotFoundError, load_dataset
+from esper.leyline.config import HostTraining, config_dict, config_text
+from esper.leyline.data import Dataset
+from esper.leyline.events import Event, RunStarted
+from esper.leyline.files import DiskFullError
+from esper.nissa import JsonlSink, Sink, TelemetryHub, record
+from esper.nissa.record import RunMeta
+from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink, check_tensorboard
+from esper.tasks import get_task
+
+Meta = Callable[[str], RunMeta]
+"""Makes a new run's ``meta.json`` receipt from its run id."""
+
+EXIT_FAILED = 1
+"""Training started but could not go on (e.g. a governor panic on an episode's first epoch)."""
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+class Stop(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM asked the run to stop (a ``KeyboardInterrupt``, so that one arriving
+    before the run loop ends the command as Ctrl-C does)."""
+
+
+def interrupt_on_sigterm() -> None:
+    """From now on SIGTERM (what schedulers and Ray send) stops the process as Ctrl-C does."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Stop
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def stop_signals() -> Iterator[Callable[[], Any]]:
+    """SIGINT and SIGTERM raise ``Stop`` at once, except inside the ``held()`` block they yield,
+    where they are held until it ends (a checkpoint and its CSV row are never half-written)."""
+    state = {"holding": 0, "pending": False}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if state["holding"]:
+            state["pending"] = True
+        else:
+            raise Stop
+
+    @contextmanager
+    def held() -> Iterator[None]:
+        state["holding"] += 1
+        try:
+            yield
+        finally:
+            state["holding"] -= 1
+        if state["pending"] and not state["holding"]:
+            state["pending"] = False
+            raise Stop
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def set_threads(training: HostTraining) -> int:
+    """Apply ``training.threads`` (None: leave torch's count) and return the count in force."""
+    if training.threads is not None:
+        torch.set_num_threads(training.threads)
+    return torch.get_num_threads()
+
+
+def load_data(training: HostTraining) -> Dataset:
+    """The task's dataset.
+
+    Raises:
+        UserError: the dataset is missing or unreadable (the first line of what to do).
+    """
+    try:
+        return load_dataset(
+            get_task(training.task).dataset,
+            training.data_dir,
+            download=training.download,
+            progress=sys.stderr.isatty(),
+        )
+    except (DatasetNotFoundError, ValueError, OSError) as err:
+        raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
+
+
+def default_out(task: str, mode: str) -> Path:
+    """``runs/<task>-<mode>-<time>``: where a run goes without ``--out``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{task}-{mode}-{stamp}"
+
+
+# ------------------------------------------------------------------------------ recorder
+
+
+def new_run_directory(directory: Path) -> Path:
+    """Create an empty run directory.
+
+    Raises:
+        UserError: ``directory`` is a file, is not empty, lies inside another run, or cannot be
+            created.
+    """
+    inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
+    if inside is not None:
+        raise UserError(f"--out {str(directory)!r} lies inside the run {str(inside)!r}")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--out {str(directory)!r} is a file, not a directory")
+    if directory.exists() and any(directory.iterdir()):
+        raise UserError(
+            f"run directory {str(directory)!r} already exists and is not empty; "
+            "choose another --out or continue it with --resume"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run directory {str(directory)!r}: {err.strerror}") from err
+    return directory
+
+
+@dataclass
+class Recorder:
+    """One run directory through a run's life: create or resume, steps, summary.
+
+    Attributes:
+        directory: the run directory.
+        run_id: the run's id (recorded in ``meta.json`` and every checkpoint).
+        csv: the run's per-step CSV log (an epoch, or a PPO round, per row).
+        rows: the rows recorded so far (those the last checkpoint covers).
+        hub: the run's telemetry hub.
+        checkpoint: on resume, the checkpoint to continue from.
+    """
+
+    directory: Path
+    run_id: str
+    csv: record.CsvLog[Any]
+    rows: list[Any]
+    hub: TelemetryHub
+    checkpoint: record.Checkpoint | None
+
+    @classmethod
+    def open(
+        cls,
+        mode: str,
+        config: Any,
+        options: RunOptions,
+        row_type: type,
+        meta: Meta,
+        hub: TelemetryHub,
+        first_state: Callable[[], dict[str, Any]],
+    ) -> Recorder:
+        """Create a new run directory with its step-0 checkpoint (``first_state()``), or check
+        and reopen the one ``--resume`` names. Signals wait until the directory is complete.
+
+        Raises:
+            UserError: the directory cannot be created, is not empty, lies inside another run,
+                or (resume) has an inconsistent record.
+        """
+        try:
+            if options.resume is not None:
+                return cls._reopen(mode, options.resume, row_type, hub)
+            task = config.env.task if mode == "ppo" else config.training.task
+            out = options.out or default_out(task, mode)
+            csv: record.CsvLog[Any] = record.CsvLog(out / record.CSV_FILES[mode], row_type)
+            state = first_state()
+            with stop_signals() as held, held():
+                directory = new_run_directory(out)
+                run_id = directory.name
+                record.write_json(directory / record.CONFIG_FILE, config_dict(config))
+                record.write_json(directory / record.META_FILE, meta(run_id).to_json())
+                csv.rewrite([])
+                recorder = cls(directory, run_id, csv, [], hub, None)
+                recorder.commit(0, None, state)  # Ctrl-C in the first step can be resumed
+        except (record.RunRecordError, DiskFullError) as err:
+            raise UserError(str(err)) from err
+        return recorder
+
+    @classmethod
+    def _reopen(cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub) -> Recorder:
+        if not record.is_run_directory(directory):
+            raise UserError(f"{str(directory)!r} is not an Esper run directory")
+        if record.run_status(directory) == "completed":
+            raise UserError(f"run {str(directory)!r} already completed; nothing to resume")
+        meta = record.read_meta(directory)
+        if meta is None:
+            raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
+        record.clean_stale(directory)
+        checkpoint = record.load_checkpoint(directory, meta.run_id)
+        csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
+        rows = csv.resume(checkpoint.step)
+        (directory / record.SUMMARY_FILE).unlink(missing_ok=True)  # the run is live again
+        return cls(directory, meta.run_id, csv, rows, hub, checkpoint)
+
+    def start(self, mode: str, training: HostTraining, seed: int, tensorboard: bool) -> None:
+        """Attach the sinks and announce the run (``RunStarted``)."""
+        self.hub.run_id = self.directory.name
+        sinks: list[Sink] = [TensorBoardSink(self.directory / "tensorboard")] if tensorboard else []
+        log = JsonlSink(self.directory / record.EVENTS_FILE)
+        if log.cut:
+            print(
+                f"warning: {log.path} ended in a partial line (the run crashed while writing "
+                f"it); cut {len(log.cut)} bytes before continuing",
+                file=sys.stderr,
+            )
+        self.hub.sinks.extend([*sinks, log])
+        resumed = None if self.checkpoint is None else self.checkpoint.step
+        self.hub.emit(
+            RunStarted(
+                self.directory.name,
+                mode,
+                training.task,
+                seed,
+                training.episode_length(),
+                training.slots,
+                resumed,
+            )
+        )
+
+    def console(self, label: str, total: int) -> None:
+        """Show progress on the console (every step, whatever the telemetry level)."""
+        done = 0 if self.checkpoint is None else self.checkpoint.step
+        sink = ConsoleSink(sys.stderr, label, total, done, bar=sys.stderr.isatty())
+        self.hub.unfiltered.append(sink)
+
+    @property
+    def checkpoint_step(self) -> int | None:
+        """The step of the checkpoint a resume continues from (None for a new run)."""
+        return None if self.checkpoint is None else self.checkpoint.step
+
+    def commit(self, step: int, row: Any, state: dict[str, Any]) -> None:
+        """Record one step: its CSV row, then its checkpoint (committed as a whole).
+
+        Raises:
+            DiskFullError: out of space; the previous checkpoint is intact.
+        """
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        if row is not None:
+            self.csv.append(row)
+            self.rows.append(row)
+        files = {"state.pt": buffer.getvalue()}
+        record.commit_checkpoint(self.directory, step, files, self.run_id)
+
+    def state(self) -> dict[str, Any]:
+        """The state dict of the last committed checkpoint (see ``read_state``)."""
+        return read_state(self.directory, self.run_id)
+
+    def finish(self, summary: record.RunSummary, finished: Event) -> None:
+        """Close the telemetry and write ``summary.json``."""
+        self.hub.emit(finished)
+        self.hub.close()
+        record.write_summary(self.directory, summary)
+
+
+def ppo_state(run_dir: Path) -> dict[str, Any]:
+    """The state in a PPO run's last checkpoint (its policy, for ``esper eval --policy``).
+
+    Raises:
+        UserError: ``run_dir`` is not a PPO run directory or its checkpoint is damaged.
+    """
+    meta = None
+    try:
+        meta = record.read_meta(run_dir) if record.is_run_directory(run_dir) else None
+    except record.RunRecordError as err:
+        raise UserError(str(err)) from err
+    if meta is None or meta.mode != "ppo":
+        raise UserError(f"--policy {str(run_dir)!r} is not an Esper PPO run directory")
+    return read_state(run_dir, meta.run_id)
+
+
+def read_state(directory: Path, run_id: str) -> dict[str, Any]:
+    """The state dict in a run's last committed checkpoint, every byte verified.
+
+    Raises:
+        UserError: no checkpoint, a corrupt or foreign one, or one that is not a state dict.
+    """
+    try:
+        checkpoint = record.load_checkpoint(directory, run_id)
+        data = io.BytesIO(checkpoint.files["state.pt"])
+        state = torch.load(data, map_location="cpu", weights_only=True)
+    except record.RunRecordError as err:
+        raise UserError(f"cannot resume {str(directory)!r}: {err}") from err
+    except (KeyError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise UserError(f"cannot resume {str(directory)!r}: state.pt: {err}") from err
+    if not isinstance(state, dict):
+        raise UserError(f"cannot resume {str(directory)!r}: state.pt is not a state")
+    return state
+
+
+def check_sinks(tensorboard: bool) -> None:
+    """TensorBoard was asked for: fail before anything is written if it is missing."""
+    if tensorboard:
+        try:
+            check_tensorboard()
+        except TensorBoardSetupError as err:
+            raise UserError(str(err)) from err
+
+
+def announce(mode: str, config: Any, resumed: Path | None) -> None:
+    """Print the effective configuration as readable lines."""
+    head = f"esper {mode}" + (f" (resuming {resumed})" if resumed is not None else "")
+    print(f"{head}: effective configuration\n{config_text(config)}", file=sys.stderr)
+
+
+def interrupted_hint(mode: str, directory: Path, what: str) -> None:
+    """Tell the user how to continue an interrupted run."""
+    print(
+        f"\ninterrupted: {what} checkpointed; continue with: esper {mode} --resume {directory}",
+        file=sys.stderr,
+    )

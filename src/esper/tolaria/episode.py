@@ -1,0 +1,308 @@
+"""The episode: one host training run, stepped by a controller's actions (DESIGN §3, §10).
+
+Every command runs through this one loop — ``esper static``, ``heuristic`` and ``eval`` drive one
+episode with their controller, and each PPO environment wraps one episode and adds a reward.
+``reset()`` builds a fresh host and trainer and trains the first epoch; each ``step(action)``
+applies the action through the trainer, trains the next epoch and observes. An episode of
+``epochs`` epochs therefore has ``epochs − 1`` decisions. It ends by **truncation** when the last
+epoch is trained and by **termination** when the governor panics.
+
+An episode owns its data order (its own ``BatchStream``) and its own torch random state (host and
+seed initialization), so its results do not depend on how many episodes run beside it or in
+which order they step. Episode ``k`` of seed ``s`` uses ``(s · stride + k) mod 2**63``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import torch
+
+from esper.kasmina import MorphogeneticModel, blueprint_registry, capture_state, restore_state
+from esper.kasmina.checkpoint import ModelState
+from esper.kasmina.hosts import SegmentedHost
+from esper.leyline import Action, Observation, SeedStateReport, Topology, TrainingSignals
+from esper.leyline.config import HostTraining
+from esper.leyline.data import BatchSource, Dataset
+from esper.leyline.events import Event
+from esper.tolaria.engine import StepResult, Trainer
+
+EPISODE_SEED_STRIDE = 1_000_003
+"""A prime stride keeps the seed sequences of nearby run seeds from overlapping."""
+
+Emit = Callable[[Event], None]
+
+
+class Tracker(Protocol):
+    """What the episode needs from Tamiyo's ``SignalTracker`` (injected: Tolaria does not import
+    Tamiyo)."""
+
+    def update(
+        self,
+        *,
+        train_loss: float,
+        train_accuracy: float,
+        val_loss: float,
+        val_accuracy: float,
+        reports: dict[str, SeedStateReport],
+    ) -> TrainingSignals: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class EpisodeStartError(RuntimeError):
+    """The governor ended an episode on its first epoch: no decision can be made, the settings
+    (typically the learning rate) are broken."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What one ``step`` did: the controller's action, the observation before and after it.
+
+    Attributes:
+        action: the action applied.
+        accepted: whether the model accepted it (a refused action is a no-op).
+        before: the step before (its result and the seed reports the controller saw).
+        after: the step just trained.
+        observation: the observation after the step.
+    """
+
+    action: Action
+    accepted: bool
+    before: tuple[StepResult, dict[str, SeedStateReport]]
+    after: tuple[StepResult, dict[str, SeedStateReport]]
+    observation: Observation
+
+
+def dataset_on(data: Dataset, device: torch.device) -> Dataset:
+    """The dataset with its tensors on ``device`` (the same object when already there)."""
+    if data.x_train.device == device:
+        return data
+    return replace(
+        data,
+        x_train=data.x_train.to(device),
+        y_train=data.y_train.to(device),
+        x_val=data.x_val.to(device),
+        y_val=data.y_val.to(device),
+    )
+
+
+class Episode:
+    """One host training run that a controller steps through.
+
+    Args:
+        training: host training, resolved against its task.
+        data: the task's dataset (shared read-only between episodes).
+        build_host: builds a fresh host for the dataset (the task's ``build_host``).
+        make_stream: ``(seed) -> BatchSource`` of training batches for one episode.
+        new_tracker: makes a fresh signal tracker for each episode.
+        seed: this episode sequence's seed.
+        device: where the host trains.
+        emit: where telemetry goes.
+    """
+
+    def __init__(
+        self,
+        training: HostTraining,
+        data: Dataset,
+        build_host: Callable[[Dataset], SegmentedHost],
+        make_stream: Callable[[int], BatchSource],
+        new_tracker: Callable[[], Tracker],
+        seed: int,
+        device: torch.device,
+        emit: Emit,
+    ) -> None:
+        self.training = training
+        self.max_epochs = training.episode_length()
+        self.data, self.device, self.emit = dataset_on(data, device), device, emit
+        self._build_host, self._make_stream, self._new_tracker = (
+            build_host,
+            make_stream,
+            new_tracker,
+        )
+        self.slots = training.slots
+        self.seed = seed
+        probe = build_host(self.data)  # validates the slots before the first episode
+        self.initial_model = MorphogeneticModel(probe, list(self.slots))
+        """An untrained model of this episode's architecture (its parameter counts)."""
+        self.topology: Topology = probe.injection_points[0].topology
+        self.blueprints = blueprint_registry.names(self.topology)
+        self.episode = 0  # episodes started so far
+        self._rng = torch.Generator().manual_seed(seed).get_state()  # this episode's torch RNG
+        self._cuda_rng: torch.Tensor | None = None  # its CUDA device's, once it has run there
+        self._trainer: Trainer | None = None
+        self._tracker = new_tracker()
+        self._last: tuple[StepResult, dict[str, SeedStateReport]] | None = None
+        self._observation: Observation | None = None
+        self._tracker_before = ""  # the tracker's state before the last epoch was observed
+
+    # ------------------------------------------------------------------------------ RNG
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run the block on this episode's torch random state (CPU, and its CUDA device's), then
+        save it back; the global states are restored afterwards."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.set_rng_state(self._rng)
+            if cuda and self._cuda_rng is not None:
+                torch.cuda.set_rng_state(self._cuda_rng, self.device)
+            yield
+            self._rng = torch.get_rng_state()
+            if cuda:
+                self._cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    # ------------------------------------------------------------------------------ stepping
+
+    @property
+    def trainer(self) -> Trainer:
+        """The current episode's trainer."""
+        if self._trainer is None:
+            raise RuntimeError("call reset() before using the episode")
+        return self._trainer
+
+    @property
+    def epoch(self) -> int:
+        """Epochs trained in the current episode (0 before ``reset``)."""
+        return 0 if self._trainer is None else self._trainer.epoch
+
+    @property
+    def model(self) -> MorphogeneticModel:
+        """The current episode's model."""
+        return self.trainer.model
+
+    @property
+    def last(self) -> StepResult:
+        """The result of the last trained epoch."""
+        if self._last is None:
+            raise RuntimeError("call reset() before using the episode")
+        return self._last[0]
+
+    @property
+    def observation(self) -> Observation:
+        """What the controller sees now (after the last trained epoch)."""
+        if self._observation is None:
+            raise RuntimeError("call reset() before using the episode")
+        return self._observation
+
+    def _build(self) -> None:
+        """A fresh host, trainer and tracker for episode ``self.episode`` (on its own RNG)."""
+        episode_seed = (self.seed * EPISODE_SEED_STRIDE + self.episode) % 2**63
+        torch.default_generator.manual_seed(episode_seed)
+        if self.device.type == "cuda":  # only this episode's device, not every GPU
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(episode_seed)
+        host = self._build_host(self.data).to(self.device)
+        model = MorphogeneticModel(host, list(self.slots))
+        stream = self._make_stream(episode_seed)
+        self._trainer = Trainer(model, self.data, stream, self.training, self.emit)
+        self._tracker = self._new_tracker()
+
+    def reset(self) -> Observation:
+        """Build a fresh host and trainer, train the first epoch, return the first observation.
+
+        Raises:
+            EpisodeStartError: when the governor terminates the episode on its very first epoch
+                (nothing can be decided; the settings are broken, e.g. a diverging lr).
+        """
+        self.episode += 1
+        with self._own_rng():
+            self._build()
+            result = self.trainer.train_step()
+        if self.trainer.terminated:
+            raise EpisodeStartError(
+                f"the governor ended episode {self.episode} on its first epoch "
+                f"(val loss {result.val_loss}); lower the learning rate"
+            )
+        return self._observe(result)
+
+    def _observe(self, result: StepResult) -> Observation:
+        self._tracker_before = json.dumps(self._tracker.state_dict())
+        reports = dict(self.model.reports())
+        self._last = (result, reports)
+        signals = self._tracker.update(
+            train_loss=result.train_loss,
+            train_accuracy=result.train_accuracy,
+            val_loss=result.val_loss,
+            val_accuracy=result.val_accuracy,
+            reports=reports,
+        )
+        self._observation = Observation(signals, reports, self.blueprints, self.max_epochs)
+        return self._observation
+
+    @property
+    def done(self) -> bool:
+        """The episode is over: its last epoch trained, or the governor panicked."""
+        return self.trainer.done
+
+    def step(self, action: Action) -> Transition:
+        """Apply ``action``, train the next epoch, and observe."""
+        trainer, before = self.trainer, self._last
+        if before is None or trainer.done:
+            raise RuntimeError("the episode is over; call reset()")
+        with self._own_rng():
+            accepted = trainer.apply(action)
+            result = trainer.train_step()
+        observation = self._observe(result)
+        assert self._last is not None
+        return Transition(action, accepted, before, self._last, observation)
+
+    # ------------------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Episode counter and random state; once an episode started also its model, trainer and
+        tracker, and the last observation's inputs, so that a resume continues exactly."""
+        cuda = None if self._cuda_rng is None else self._cuda_rng.clone()
+        state: dict[str, Any] = {
+            "episode": self.episode,
+            "rng": self._rng.clone(),
+            "cuda_rng": cuda,
+        }
+        if self._trainer is not None and self._last is not None:
+            model = capture_state(self.model)
+            state["model"] = {"manifest": json.dumps(model.manifest), "weights": model.weights}
+            state["trainer"] = self._trainer.state_dict()
+            state["tracker"] = self._tracker_before
+            state["last"] = json.dumps(_result_state(self._last[0]))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict`` output (a mid-episode state rebuilds the model exactly).
+
+        Raises:
+            KeyError, ValueError, TypeError: for a state that does not fit this episode.
+        """
+        self.episode = int(state["episode"])
+        self._trainer, self._last, self._observation = None, None, None
+        if "model" in state:
+            with self._own_rng():
+                self._build()  # the architecture; weights and random state come from ``state``
+        self._rng = state["rng"].clone()
+        cuda = state["cuda_rng"]
+        self._cuda_rng = None if cuda is None else cuda.clone()
+        if "model" not in state:
+            return
+        saved = ModelState(json.loads(state["model"]["manifest"]), state["model"]["weights"])
+        restore_state(self.model, saved)
+        self.trainer.load_state_dict(state["trainer"])
+        # The tracker state is the one from before the last epoch was observed: observing that
+        # epoch again gives the same signals and tracker state as the interrupted run had.
+        self._tracker.load_state_dict(json.loads(state["tracker"]))
+        last = json.loads(state["last"])
+        self._observe(StepResult(**last, panic=None))
+
+
+def _result_state(result: StepResult) -> dict[str, Any]:
+    return {
+        "epoch": result.epoch,
+        "train_loss": result.train_loss,
+        "train_accuracy": result.train_accuracy,
+        "val_loss": result.val_loss,
+        "val_accuracy": result.val_accuracy,
+        "seconds": result.seconds,
+    }
