@@ -117,9 +117,9 @@ class GrowthRunner:
     """A prepared run: data, episode and controller, built before any file is written."""
 
     def __init__(self, mode: str, config: GrowthRun, options: RunOptions) -> None:
-        training = _resolved(config.training)
+        training = set_threads(_resolved(config.training))
         self.mode, self.config = mode, replace(config, training=training)
-        self.threads = set_threads(training)
+        self.threads = torch.get_num_threads()
         seed_everything(config.seed)
         check_sinks(config.telemetry.tensorboard)
         data = load_data(training)

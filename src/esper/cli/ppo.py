@@ -10,8 +10,11 @@ round), ``checkpoints/`` (after every round: everything needed to resume, and th
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from esper.cli.config import RunOptions, layered, parse_flags
 from esper.cli.main import EXIT_INTERRUPTED, UserError
@@ -74,8 +77,8 @@ class PPORunner:
     """A prepared PPO run: data, environments and trainer, built before any file is written."""
 
     def __init__(self, config: TrainingConfig, options: RunOptions) -> None:
-        self.config = config
-        self.threads = set_threads(config.env)
+        self.config = config = replace(config, env=set_threads(config.env))
+        self.threads = torch.get_num_threads()
         seed_everything(config.runtime.seed)
         check_sinks(config.telemetry.tensorboard)
         data = load_data(config.env)

@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -96,11 +96,12 @@ def stop_signals() -> Iterator[Callable[[], Any]]:
 # ------------------------------------------------------------------------------ building
 
 
-def set_threads(training: HostTraining) -> int:
-    """Apply ``training.threads`` (None: leave torch's count) and return the count in force."""
+def set_threads(training: HostTraining) -> HostTraining:
+    """Apply ``training.threads`` to torch; None takes torch's current count. Returns the block
+    with the count in force filled in, so it is recorded and a resume runs with the same."""
     if training.threads is not None:
         torch.set_num_threads(training.threads)
-    return torch.get_num_threads()
+    return replace(training, threads=torch.get_num_threads())
 
 
 def load_data(training: HostTraining) -> Dataset:
