@@ -1,8 +1,10 @@
-"""Shared builders and independent oracles for the Kasmina tests."""
+"""Shared builders and independent oracles: hosts and grown models (Kasmina), seed reports,
+training signals and observations (Tamiyo, Simic)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,17 @@ from esper.kasmina import (
     SegmentedHost,
     TransformerHost,
     TransformerHostConfig,
+    blueprint_registry,
 )
-from esper.leyline import BLENDED_STAGES, GateMode, SeedStage
+from esper.leyline import (
+    BLENDED_STAGES,
+    GateMode,
+    Observation,
+    SeedStage,
+    SeedStateReport,
+    Topology,
+    TrainingSignals,
+)
 
 VOCAB = 17
 
@@ -155,3 +166,87 @@ def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     finally:
         torch.set_num_threads(threads)
     return runs
+
+
+# ------------------------------------------------------------------ reports and observations
+
+SLOTS = ("early", "mid", "late")
+CNN_BLUEPRINTS = blueprint_registry.names(Topology.CNN)
+
+
+def seed_report(
+    slot: str,
+    stage: SeedStage = SeedStage.DORMANT,
+    blueprint: str | None = None,
+    *,
+    alpha: float = 0.0,
+    alpha_target: float = 1.0,
+    epochs: int = 0,
+    contribution: float | None = None,
+    shapley: float | None = None,
+    ratio: float | None = None,
+    healthy: bool | None = None,
+    seed_params: int = 0,
+    host_params: int = 1000,
+) -> SeedStateReport:
+    """A seed report; a seed outside DORMANT holds ``blueprint`` (``norm`` unless given)."""
+    if blueprint is None and stage is not SeedStage.DORMANT:
+        blueprint = "norm"
+    return SeedStateReport(
+        slot=slot,
+        stage=stage,
+        blueprint=blueprint,
+        blend_mode=None,
+        alpha=alpha,
+        alpha_target=alpha_target,
+        epochs_in_stage=epochs,
+        counterfactual_contribution=contribution,
+        shapley_value=shapley,
+        seed_gradient_norm_ratio=ratio,
+        gradient_healthy=healthy,
+        seed_param_count=seed_params,
+        host_param_count=host_params,
+    )
+
+
+def training_signals(**overrides: object) -> TrainingSignals:
+    """Signals of step 5 with a distinct value in every field; ``overrides`` replace fields."""
+    signals = TrainingSignals(
+        epoch=5,
+        train_loss=0.9,
+        train_accuracy=65.0,
+        val_loss=1.0,
+        val_accuracy=60.0,
+        loss_delta=-0.1,
+        accuracy_delta=1.0,
+        best_val_accuracy=60.0,
+        plateau_epochs=2,
+        host_stabilized=True,
+        loss_history=(1.2, 1.1, 1.0),
+        accuracy_history=(50.0, 55.0, 60.0),
+        slots=(),
+        best_slot=None,
+        worst_slot=None,
+    )
+    return dataclasses.replace(signals, **overrides)  # type: ignore[arg-type]
+
+
+def observation(
+    reports: Mapping[str, SeedStateReport] | Sequence[SeedStateReport] = (),
+    *,
+    enabled: Sequence[str] = SLOTS,
+    blueprints: tuple[str, ...] = CNN_BLUEPRINTS,
+    max_epochs: int = 30,
+    **signals: object,
+) -> Observation:
+    """An observation with ``training_signals(**signals)``.
+
+    A mapping of reports is used as given (its order kept); a sequence is completed with a
+    DORMANT report for every other slot of ``enabled`` and keyed by slot.
+    """
+    if isinstance(reports, Mapping):
+        table = dict(reports)
+    else:
+        given = {r.slot: r for r in reports}
+        table = {s: given.get(s, seed_report(s)) for s in enabled}
+    return Observation(training_signals(**signals), table, blueprints, max_epochs)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import cnn_host, grow
+from conftest import cnn_host, grow, observation
 from esper.kasmina import GateError, LifecycleError, MorphogeneticModel, blueprint_registry
 from esper.kasmina.blueprints import Blueprint
-from esper.leyline import GateLevel, SeedStage, Topology
+from esper.leyline import OP_STAGES, GateLevel, Op, SeedStage, Topology
 from esper.leyline import thresholds as T
+from esper.tamiyo import ActionSpace
 
 # The lifecycle table of DESIGN §2, written out per operation (independent of VALID_TRANSITIONS).
 LEGAL_FROM = {
@@ -325,3 +326,30 @@ def test_isolation_switch_is_fixed_at_construction() -> None:
     model = MorphogeneticModel(cnn_host(), ["mid"])
     with pytest.raises(AttributeError):
         model.isolate_blending = False
+
+
+# ------------------------------------------------------------------ masks agree with Kasmina
+
+_APPLY = {
+    Op.GERMINATE: lambda m: m.germinate("mid", "norm"),
+    Op.ADVANCE: lambda m: m.advance("mid"),
+    Op.SET_ALPHA_TARGET: lambda m: m.set_alpha_target("mid", 0.5),
+    Op.PRUNE: lambda m: m.prune("mid"),
+    Op.FOSSILIZE: lambda m: m.fossilize("mid"),
+}
+
+
+@pytest.mark.parametrize("op", list(_APPLY), ids=lambda op: op.value)
+@pytest.mark.parametrize("stage", list(SeedStage), ids=lambda s: s.value)
+def test_masks_and_slot_state_machine_agree(op: Op, stage: SeedStage) -> None:
+    """Tamiyo's mask allows ``op`` on a slot iff Kasmina accepts it there (permissive gates)."""
+    model = _model_in(stage)
+    space = ActionSpace(Topology.CNN)
+    masks = space.masks(observation(model.reports()))
+    allowed = bool(masks.slot[space.ops.index(op), space.slots.index("mid")])
+    try:
+        _APPLY[op](model)
+        accepted = True
+    except LifecycleError:
+        accepted = False
+    assert allowed == accepted == (stage in OP_STAGES[op])

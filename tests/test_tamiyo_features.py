@@ -5,22 +5,18 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
 
-from esper.kasmina import blueprint_registry
+from conftest import CNN_BLUEPRINTS, SLOTS, observation, seed_report
 from esper.leyline import (
     OP_ARGUMENTS,
     Action,
-    Observation,
     Op,
     SeedStage,
-    SeedStateReport,
     SlotSignals,
     Topology,
-    TrainingSignals,
 )
 from esper.tamiyo import (
     ALPHA_TARGETS,
@@ -38,85 +34,6 @@ from esper.tamiyo import (
     observation_size,
 )
 
-SLOTS = ("early", "mid", "late")
-CNN_BLUEPRINTS = blueprint_registry.names(Topology.CNN)
-
-
-def rep(
-    slot: str,
-    stage: SeedStage = SeedStage.DORMANT,
-    *,
-    alpha: float = 0.0,
-    contribution: float | None = None,
-    shapley: float | None = None,
-    ratio: float | None = None,
-    healthy: bool | None = None,
-    epochs: int = 0,
-    seed_params: int = 0,
-    host_params: int = 1000,
-) -> SeedStateReport:
-    """A seed report; a seed outside DORMANT holds the ``norm`` blueprint."""
-    return SeedStateReport(
-        slot=slot,
-        stage=stage,
-        blueprint=None if stage is SeedStage.DORMANT else "norm",
-        blend_mode=None,
-        alpha=alpha,
-        alpha_target=1.0,
-        epochs_in_stage=epochs,
-        counterfactual_contribution=contribution,
-        shapley_value=shapley,
-        seed_gradient_norm_ratio=ratio,
-        gradient_healthy=healthy,
-        seed_param_count=seed_params,
-        host_param_count=host_params,
-    )
-
-
-def obs(
-    reports: Mapping[str, SeedStateReport] | Sequence[SeedStateReport] = (),
-    *,
-    slots: Sequence[str] = SLOTS,
-    epoch: int = 5,
-    max_epochs: int = 30,
-    val_loss: float = 1.0,
-    val_accuracy: float = 60.0,
-    loss_delta: float | None = -0.1,
-    accuracy_delta: float | None = 1.0,
-    best: float = 60.0,
-    loss_history: tuple[float, ...] = (1.2, 1.1, 1.0),
-    accuracy_history: tuple[float, ...] = (50.0, 55.0, 60.0),
-    slot_signals: tuple[SlotSignals, ...] = (),
-    blueprints: tuple[str, ...] = CNN_BLUEPRINTS,
-) -> Observation:
-    """An observation: the given reports, DORMANT for every other slot in ``slots``.
-
-    A mapping is used as given (its order kept); a sequence is completed and keyed by slot.
-    """
-    if isinstance(reports, Mapping):
-        table = dict(reports)
-    else:
-        given = {r.slot: r for r in reports}
-        table = {s: given.get(s, rep(s)) for s in slots}
-    signals = TrainingSignals(
-        epoch=epoch,
-        train_loss=0.9,
-        train_accuracy=65.0,
-        val_loss=val_loss,
-        val_accuracy=val_accuracy,
-        loss_delta=loss_delta,
-        accuracy_delta=accuracy_delta,
-        best_val_accuracy=best,
-        plateau_epochs=2,
-        host_stabilized=True,
-        loss_history=loss_history,
-        accuracy_history=accuracy_history,
-        slots=slot_signals,
-        best_slot=None,
-        worst_slot=None,
-    )
-    return Observation(signals, table, blueprints, max_epochs)
-
 
 def value(x: torch.Tensor, name: str, telemetry: bool = True) -> float:
     return float(x[feature_index(name, telemetry)])
@@ -132,7 +49,7 @@ def test_sizes_and_names() -> None:
         names = feature_names(telemetry)
         assert len(names) == size == len(set(names)), "every feature name is unique"
         assert [feature_index(n, telemetry) for n in names] == list(range(size))
-        x = encode_observation(obs(), telemetry)
+        x = encode_observation(observation(), telemetry)
         assert x.shape == (size,) and x.dtype == torch.float32
     # The telemetry blocks follow the base in early, mid, late order.
     assert feature_names(True)[50:60] == tuple(f"early.{n}" for n in SLOT_FEATURES)
@@ -148,7 +65,7 @@ def test_feature_index_errors_name_the_accepted() -> None:
 
 
 def test_values_land_where_the_names_say() -> None:
-    mid = rep(
+    mid = seed_report(
         "mid",
         SeedStage.BLENDING,
         alpha=0.3,
@@ -160,7 +77,7 @@ def test_values_land_where_the_names_say() -> None:
         seed_params=50,
     )
     signals = (SlotSignals("mid", SeedStage.BLENDING, 2.0, 0.5, (1.5, 2.0)),)
-    x = encode_observation(obs([mid], epoch=6, slot_signals=signals), telemetry=True)
+    x = encode_observation(observation([mid], epoch=6, slots=signals), telemetry=True)
     expected = {
         "epoch_fraction": 6 / 30,
         "val_loss": 1.0,
@@ -201,18 +118,20 @@ def test_values_land_where_the_names_say() -> None:
 def test_every_stage_sets_exactly_one_group() -> None:
     groups = [n for n in BASE_FEATURES if n.startswith("late.stage_")]
     for stage in SeedStage:
-        x = encode_observation(obs([rep("late", stage)]), telemetry=False)
+        x = encode_observation(observation([seed_report("late", stage)]), telemetry=False)
         assert sum(value(x, g, False) for g in groups) == 1.0, stage
 
 
 def test_slot_blocks_follow_slot_order_not_dict_order() -> None:
     reports = [
-        rep("early", SeedStage.TRAINING, contribution=1.0, epochs=1),
-        rep("mid", SeedStage.HOLDING, alpha=0.5, contribution=2.0, epochs=2),
-        rep("late", SeedStage.BLENDING, alpha=0.25, contribution=3.0, epochs=3),
+        seed_report("early", SeedStage.TRAINING, contribution=1.0, epochs=1),
+        seed_report("mid", SeedStage.HOLDING, alpha=0.5, contribution=2.0, epochs=2),
+        seed_report("late", SeedStage.BLENDING, alpha=0.25, contribution=3.0, epochs=3),
     ]
-    forward = encode_observation(obs({r.slot: r for r in reports}), telemetry=True)
-    backward = encode_observation(obs({r.slot: r for r in reversed(reports)}), telemetry=True)
+    forward = encode_observation(observation({r.slot: r for r in reports}), telemetry=True)
+    backward = encode_observation(
+        observation({r.slot: r for r in reversed(reports)}), telemetry=True
+    )
     assert torch.equal(forward, backward)
     for i, slot in enumerate(SLOTS, start=1):
         assert value(forward, f"{slot}.contribution") == pytest.approx(i / 10)
@@ -221,8 +140,10 @@ def test_slot_blocks_follow_slot_order_not_dict_order() -> None:
 
 
 def test_disabled_slot_is_a_zero_block() -> None:
-    early = rep("early", SeedStage.TRAINING, contribution=1.0, ratio=1.0, healthy=True, epochs=3)
-    x = encode_observation(obs([early], slots=("early", "late")), telemetry=True)
+    early = seed_report(
+        "early", SeedStage.TRAINING, contribution=1.0, ratio=1.0, healthy=True, epochs=3
+    )
+    x = encode_observation(observation([early], enabled=("early", "late")), telemetry=True)
     names = feature_names(True)
     mid = [i for i, n in enumerate(names) if n.startswith("mid.")]
     assert len(mid) == 9 + 10
@@ -236,7 +157,9 @@ def test_disabled_slot_is_a_zero_block() -> None:
 
 def test_missing_values_are_zero_with_presence_zero() -> None:
     x = encode_observation(
-        obs(loss_delta=None, accuracy_delta=None, loss_history=(1.0,), accuracy_history=(60.0,)),
+        observation(
+            loss_delta=None, accuracy_delta=None, loss_history=(1.0,), accuracy_history=(60.0,)
+        ),
         telemetry=True,
     )
     assert torch.isfinite(x).all()
@@ -247,7 +170,9 @@ def test_missing_values_are_zero_with_presence_zero() -> None:
         for name in SLOT_FEATURES:
             assert value(x, f"{slot}.{name}") == 0.0, (slot, name)
     # Measured as 0 is different from missing: the value is 0 but the flag says present.
-    measured = encode_observation(obs([rep("mid", SeedStage.HOLDING, contribution=0.0)]), True)
+    measured = encode_observation(
+        observation([seed_report("mid", SeedStage.HOLDING, contribution=0.0)]), True
+    )
     assert value(measured, "mid.contribution") == 0.0
     assert value(measured, "mid.contribution_present") == 1.0
 
@@ -262,20 +187,24 @@ def test_gradient_ratio_encoding() -> None:
         (math.nan, False, 0.0, -1.0),
     ]
     for ratio, healthy, log, health in cases:
-        report = rep("early", SeedStage.TRAINING, ratio=ratio, healthy=healthy)
-        x = encode_observation(obs([report]), telemetry=True)
+        report = seed_report("early", SeedStage.TRAINING, ratio=ratio, healthy=healthy)
+        x = encode_observation(observation([report]), telemetry=True)
         got = (value(x, "early.log_gradient_ratio"), value(x, "early.gradient_health"))
         assert got == pytest.approx((log, health)), ratio
 
 
 def test_non_finite_metrics_give_a_finite_vector() -> None:
-    broken = obs(
-        [rep("early", SeedStage.BLENDING, alpha=0.5, contribution=math.nan, shapley=math.inf)],
+    broken = observation(
+        [
+            seed_report(
+                "early", SeedStage.BLENDING, alpha=0.5, contribution=math.nan, shapley=math.inf
+            )
+        ],
         val_loss=math.nan,
         val_accuracy=math.inf,
         loss_delta=None,
         accuracy_delta=None,
-        best=math.nan,
+        best_val_accuracy=math.nan,
         loss_history=(1.2, math.inf, 1.0, math.nan),
         accuracy_history=(50.0, 55.0, 60.0, math.inf),
     )
@@ -292,19 +221,19 @@ def test_non_finite_metrics_give_a_finite_vector() -> None:
     assert value(x, "history_lags") == 0.25 and value(x, "val_loss_lag3") == 0.0
     assert value(x, "early.contribution_present") == 0.0
     assert value(x, "early.shapley_present") == 0.0
-    assert value(encode_observation(obs(), True), "metrics_finite") == 1.0
+    assert value(encode_observation(observation(), True), "metrics_finite") == 1.0
 
 
 def test_huge_values_are_clamped() -> None:
-    x = encode_observation(obs(val_loss=1e30, loss_history=(1e30, 1e30)), telemetry=False)
+    x = encode_observation(observation(val_loss=1e30, loss_history=(1e30, 1e30)), telemetry=False)
     assert torch.isfinite(x).all() and x.abs().max() == 100.0
 
 
 def test_unknown_slot_and_misfiled_reports_raise() -> None:
     with pytest.raises(ValueError, match="mid_1"):
-        encode_observation(obs({"mid_1": rep("mid_1")}), telemetry=False)
+        encode_observation(observation({"mid_1": seed_report("mid_1")}), telemetry=False)
     with pytest.raises(ValueError, match="filed under 'early'"):
-        encode_observation(obs({"early": rep("late")}), telemetry=False)
+        encode_observation(observation({"early": seed_report("late")}), telemetry=False)
 
 
 # ------------------------------------------------------------------------------ action space
@@ -343,17 +272,21 @@ def test_head_sizes_and_relevance() -> None:
 
 @pytest.mark.parametrize("stage", list(SeedStage))
 def test_masks_follow_the_lifecycle(stage: SeedStage) -> None:
-    masks = SPACE.masks(obs([rep("mid", stage)], slots=("mid",)))
+    masks = SPACE.masks(observation([seed_report("mid", stage)], enabled=("mid",)))
     for k, op in enumerate(OPS):
         assert masks.slot[k].tolist() == [False, op in VALID_OPS[stage], False], op
         assert bool(masks.op[k]) == (op is Op.WAIT or op in VALID_OPS[stage]), op
 
 
 def test_germinate_forbidden_for_occupied_slots() -> None:
-    masks = SPACE.masks(obs([rep("early", SeedStage.TRAINING), rep("late", SeedStage.HOLDING)]))
+    masks = SPACE.masks(
+        observation(
+            [seed_report("early", SeedStage.TRAINING), seed_report("late", SeedStage.HOLDING)]
+        )
+    )
     assert masks.slot[OPS.index(Op.GERMINATE)].tolist() == [False, True, False]
     assert masks.slot[OPS.index(Op.FOSSILIZE)].tolist() == [False, False, True]
-    full = SPACE.masks(obs([rep(s, SeedStage.FOSSILIZED) for s in SLOTS]))
+    full = SPACE.masks(observation([seed_report(s, SeedStage.FOSSILIZED) for s in SLOTS]))
     assert full.op.tolist() == [op is Op.WAIT for op in OPS], "only WAIT is left"
     assert not full.slot.any()
 
@@ -365,7 +298,11 @@ def test_random_masks_invariants() -> None:
         stages = {s: rng.choice(list(SeedStage)) for s in enabled}
         offered = tuple(b for b in CNN_BLUEPRINTS if rng.random() < 0.5)
         m = SPACE.masks(
-            obs([rep(s, st) for s, st in stages.items()], slots=enabled, blueprints=offered)
+            observation(
+                [seed_report(s, st) for s, st in stages.items()],
+                enabled=enabled,
+                blueprints=offered,
+            )
         )
         assert m.op[OPS.index(Op.WAIT)] and not m.slot[OPS.index(Op.WAIT)].any()
         for k, op in enumerate(OPS):
@@ -384,14 +321,14 @@ def test_random_masks_invariants() -> None:
 
 
 def test_no_blueprints_offered_forbids_germinate() -> None:
-    m = SPACE.masks(obs(blueprints=()))
+    m = SPACE.masks(observation(blueprints=()))
     assert not m.op[OPS.index(Op.GERMINATE)] and not m.slot.any()
     with pytest.raises(ValueError, match="lora"):
-        SPACE.masks(obs(blueprints=("lora",)))  # a transformer blueprint on a CNN host
+        SPACE.masks(observation(blueprints=("lora",)))  # a transformer blueprint on a CNN host
 
 
 def test_masks_stack_and_validate() -> None:
-    one = SPACE.masks(obs())
+    one = SPACE.masks(observation())
     two = ActionMasks.stack([one, one])
     assert two.op.shape == (2, 6) and two.slot.shape == (2, 6, 3)
     assert ActionMasks.stack([two, two, two]).blueprint.shape == (3, 2, 6)

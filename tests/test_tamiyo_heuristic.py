@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from esper.leyline import Action, Observation, Op, SeedStage, SeedStateReport, TrainingSignals
+from conftest import observation
+from conftest import seed_report as rep
+from esper.leyline import Action, Observation, Op, SeedStage, SeedStateReport
 from esper.leyline import thresholds as T
 from esper.tamiyo import Controller, HeuristicConfig, HeuristicTamiyo, StaticController
 
@@ -18,67 +20,23 @@ BLUEPRINTS = ("norm", "attention", "depthwise")
 OFFERED_ORDER = HeuristicConfig(blueprint_preference=())
 
 
-def rep(
-    slot: str,
-    stage: SeedStage = SeedStage.DORMANT,
-    blueprint: str | None = None,
-    *,
-    alpha: float = 0.0,
-    alpha_target: float = 1.0,
-    epochs: int = 0,
-    contribution: float | None = None,
-    healthy: bool | None = None,
-) -> SeedStateReport:
-    """A seed report; a seed outside DORMANT defaults to the ``norm`` blueprint."""
-    if blueprint is None and stage is not SeedStage.DORMANT:
-        blueprint = "norm"
-    return SeedStateReport(
-        slot=slot,
-        stage=stage,
-        blueprint=blueprint,
-        blend_mode=None,
-        alpha=alpha,
-        alpha_target=alpha_target,
-        epochs_in_stage=epochs,
-        counterfactual_contribution=contribution,
-        shapley_value=None,
-        seed_gradient_norm_ratio=None if healthy is None else (1.0 if healthy else 1e6),
-        gradient_healthy=healthy,
-        seed_param_count=0,
-        host_param_count=1000,
-    )
-
-
 def obs(
     *reports: SeedStateReport,
-    epoch: int = 5,
     stabilized: bool = False,
     plateau: int = 0,
-    max_epochs: int = 30,
     slots: Sequence[str] = SLOTS,
     blueprints: tuple[str, ...] = BLUEPRINTS,
+    **kwargs: int,
 ) -> Observation:
     """An observation: the given reports, DORMANT for every other slot in ``slots``."""
-    given = {r.slot: r for r in reports}
-    table = {s: given.get(s, rep(s)) for s in slots}
-    signals = TrainingSignals(
-        epoch=epoch,
-        train_loss=1.0,
-        train_accuracy=60.0,
-        val_loss=1.0,
-        val_accuracy=60.0,
-        loss_delta=0.0,
-        accuracy_delta=0.0,
-        best_val_accuracy=60.0,
-        plateau_epochs=plateau,
+    return observation(
+        reports,
+        enabled=slots,
+        blueprints=blueprints,
         host_stabilized=stabilized,
-        loss_history=(1.0,),
-        accuracy_history=(60.0,),
-        slots=(),  # the heuristic reads reports, not per-slot signals
-        best_slot=None,
-        worst_slot=None,
+        plateau_epochs=plateau,
+        **kwargs,
     )
-    return Observation(signals, table, blueprints, max_epochs)
 
 
 def ready(
