@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conftest import seed_report
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
 from esper.simic.rewards import (
     CONTRIBUTION_MODES,
@@ -36,20 +37,12 @@ def rep(
     slot: str, stage: SeedStage = SeedStage.DORMANT, contribution: float | None = None
 ) -> SeedStateReport:
     seeded = stage is not SeedStage.DORMANT
-    return SeedStateReport(
-        slot=slot,
-        stage=stage,
-        blueprint="norm" if seeded else None,
-        blend_mode=None,
-        alpha=0.0,
+    return seed_report(
+        slot,
+        stage,
         alpha_target=1.0 if seeded else 0.0,
-        epochs_in_stage=0,
-        counterfactual_contribution=contribution,
-        shapley_value=None,
-        seed_gradient_norm_ratio=None,
-        gradient_healthy=None,
-        seed_param_count=100 if seeded else 0,
-        host_param_count=1000,
+        contribution=contribution,
+        seed_params=100 if seeded else 0,
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
+from conftest import seed_report
 from esper.kasmina import blueprint_registry
 from esper.leyline import Observation, Op, SeedStage, SeedStateReport, Topology, TrainingSignals
 from esper.tamiyo import (
@@ -54,21 +55,17 @@ def _one_thread() -> Iterator[None]:
 
 
 def rep(slot: str, stage: SeedStage, epochs: int = 0) -> SeedStateReport:
+    """A report with every measurement present once a seed is live."""
     live = stage is not SeedStage.DORMANT
-    return SeedStateReport(
-        slot=slot,
-        stage=stage,
-        blueprint="norm" if live else None,
-        blend_mode=None,
+    return seed_report(
+        slot,
+        stage,
         alpha=0.5 if stage in (SeedStage.BLENDING, SeedStage.HOLDING) else 0.0,
-        alpha_target=1.0,
-        epochs_in_stage=epochs,
-        counterfactual_contribution=1.0 if live else None,
-        shapley_value=None,
-        seed_gradient_norm_ratio=1.0 if live else None,
-        gradient_healthy=True if live else None,
-        seed_param_count=100 if live else 0,
-        host_param_count=1000,
+        epochs=epochs,
+        contribution=1.0 if live else None,
+        ratio=1.0 if live else None,
+        healthy=True if live else None,
+        seed_params=100 if live else 0,
     )
 
 

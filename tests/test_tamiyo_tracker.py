@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from conftest import seed_report
 from esper.leyline import SeedStage, SeedStateReport, TrainingSignals
 from esper.tamiyo import SignalTracker, TrackerConfig
 
@@ -123,10 +124,7 @@ def test_tolerance_and_history_change_behaviour() -> None:
 
 
 def _report(slot: str, stage: SeedStage, contribution: float | None) -> SeedStateReport:
-    blueprint = None if stage is SeedStage.DORMANT else "norm"
-    return SeedStateReport(
-        slot, stage, blueprint, None, 0.0, 0.0, 0, contribution, None, None, None, 0, 100
-    )
+    return seed_report(slot, stage, alpha_target=0.0, contribution=contribution, host_params=100)
 
 
 def _step(tracker: SignalTracker, *reports: SeedStateReport) -> TrainingSignals:
