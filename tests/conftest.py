@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,6 +29,14 @@ from esper.leyline import (
     SeedStateReport,
     Topology,
     TrainingSignals,
+)
+from esper.nissa.record import (
+    FinalMetrics,
+    GrowthSummary,
+    PPOSummary,
+    RunSummary,
+    SeedSummary,
+    write_summary,
 )
 
 VOCAB = 17
@@ -250,3 +259,56 @@ def observation(
         given = {r.slot: r for r in reports}
         table = {s: given.get(s, seed_report(s)) for s in enabled}
     return Observation(training_signals(**signals), table, blueprints, max_epochs)
+
+
+def growth_summary(run_id: str = "run-a", **overrides: Any) -> RunSummary:
+    """A heuristic run's summary (``overrides`` replace its top-level fields)."""
+    growth = GrowthSummary(
+        epochs_completed=3,
+        epochs_planned=5,
+        final=FinalMetrics(0.5, 81.0, 0.7, float("nan")),
+        best_val_accuracy=77.5,
+        param_count=1200,
+        host_param_count=1000,
+        fossilized=1,
+        pruned=2,
+        seeds=(SeedSummary("mid", "FOSSILIZED", "conv_light"),),
+    )
+    values: dict[str, Any] = {
+        "status": "interrupted",
+        "mode": "heuristic",
+        "task": "synthetic",
+        "seed": 7,
+        "run_id": run_id,
+        "wall_seconds": 12.5,
+        "failure": None,
+        "growth": growth,
+    }
+    return RunSummary(**(values | overrides))
+
+
+def ppo_summary(run_id: str = "run-a") -> RunSummary:
+    """A failed PPO run's summary."""
+    ppo = PPOSummary(2, 4, 640, 1.25, 1.5, None)
+    return RunSummary("failed", "ppo", "synthetic", 0, run_id, 3.0, "no episode", ppo=ppo)
+
+
+def write_run(directory: Path, summary: RunSummary | None, mode: str = "heuristic") -> Path:
+    """A run directory written through the run record's writers: ``config.json``,
+    ``meta.json``, an event log that starts with ``RunStarted`` and, when given, ``summary``
+    (whose mode wins over ``mode``)."""
+    from esper.leyline.events import RunStarted
+    from esper.nissa import JsonlSink, TelemetryHub
+    from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, META_FILE, run_meta, write_json
+
+    mode = mode if summary is None else summary.mode
+    directory.mkdir(parents=True)
+    write_json(directory / CONFIG_FILE, {"mode": mode, "task": "synthetic"})
+    meta = run_meta(directory.name, mode, {"run": 7}, 1, ["esper", mode])
+    write_json(directory / META_FILE, meta)
+    hub = TelemetryHub(directory.name, [JsonlSink(directory / EVENTS_FILE)])
+    hub.emit(RunStarted(directory.name, mode, "synthetic", 7, 5, ("mid",), None))
+    hub.close()
+    if summary is not None:
+        write_summary(directory, summary)
+    return directory

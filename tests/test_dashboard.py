@@ -22,6 +22,7 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
+from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.karn import dashboard
 from esper.karn.colours import STAGE_COLOURS
@@ -361,3 +362,21 @@ def test_ctrl_c_stops_the_dashboard_cleanly(runs_dir: Path) -> None:
         process.kill()
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_the_picker_reads_statuses_from_the_record(tmp_path: Path) -> None:
+    write_run(tmp_path / "grow", growth_summary("grow"))
+    write_run(tmp_path / "learn", ppo_summary("learn"))
+    write_run(tmp_path / "live", None)
+    broken = write_run(tmp_path / "odd", None)
+    (broken / "summary.json").write_text('{"status": "completed"}')  # not a run summary
+    entries = {e.name: e for e in dashboard.list_runs(tmp_path)}
+    assert [entries[n].status for n in ("grow", "learn", "live", "odd")] == [
+        "interrupted",
+        "failed",
+        "unfinished",
+        "unreadable",
+    ]
+    assert entries["learn"].mode == "ppo"
+    error = entries["odd"].error
+    assert error is not None and "is not an Esper run summary: missing" in error

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import cnn_host, grow, host_input
+from conftest import cnn_host, grow, growth_summary, host_input, ppo_summary
 from esper.kasmina import MorphogeneticModel
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
@@ -33,12 +33,7 @@ from esper.nissa.record import (
     SUMMARY_FILE,
     UNFINISHED,
     CsvLog,
-    FinalMetrics,
-    GrowthSummary,
-    PPOSummary,
     RunRecordError,
-    RunSummary,
-    SeedSummary,
     clean_stale,
     commit_checkpoint,
     load_checkpoint,
@@ -422,39 +417,9 @@ def test_a_commit_at_every_free_space_succeeds_whole_or_not_at_all(small_disk: P
 # ---------------------------------------------------------------------------------- summary
 
 
-def _growth_summary(**overrides: Any) -> RunSummary:
-    growth = GrowthSummary(
-        epochs_completed=3,
-        epochs_planned=5,
-        final=FinalMetrics(0.5, 81.0, 0.7, float("nan")),
-        best_val_accuracy=77.5,
-        param_count=1200,
-        host_param_count=1000,
-        fossilized=1,
-        pruned=2,
-        seeds=(SeedSummary("mid", "FOSSILIZED", "conv_light"),),
-    )
-    fields = {
-        "status": "interrupted",
-        "mode": "heuristic",
-        "task": "synthetic",
-        "seed": 7,
-        "run_id": RUN,
-        "wall_seconds": 12.5,
-        "failure": None,
-        "growth": growth,
-    }
-    return RunSummary(**(fields | overrides))
-
-
-def _ppo_summary() -> RunSummary:
-    ppo = PPOSummary(2, 4, 640, 1.25, 1.5, None)
-    return RunSummary("failed", "ppo", "synthetic", 0, RUN, 3.0, "no episode", ppo=ppo)
-
-
 def test_summaries_round_trip(tmp_path: Path) -> None:
     assert read_summary(tmp_path) is None and run_status(tmp_path) == UNFINISHED
-    for summary in (_growth_summary(), _ppo_summary()):
+    for summary in (growth_summary(RUN), ppo_summary(RUN)):
         write_summary(tmp_path, summary)
         loaded = read_summary(tmp_path)
         expected = summary
@@ -468,7 +433,7 @@ def test_summaries_round_trip(tmp_path: Path) -> None:
 
 
 def _broken_summaries() -> dict[str, Callable[[Path], None]]:
-    good = _growth_summary().to_json()
+    good = growth_summary(RUN).to_json()
 
     def write(data: Any) -> Callable[[Path], None]:
         return lambda path: path.write_text(data if isinstance(data, str) else json.dumps(data))

@@ -9,12 +9,14 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import main
 from esper.karn.colours import STAGE_COLOURS
 from esper.karn.report import PLOT_FILES, build_report
@@ -39,11 +41,30 @@ from esper.leyline.events import (
     SeedTransition,
     event_record,
 )
+from esper.nissa.record import (
+    GrowthSummary,
+    PPOSummary,
+    read_meta,
+    read_summary,
+    write_summary,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DASH = "—"
 GROWTH_PLOTS = {"accuracy.png", "loss.png", "timeline.png", "params.png", "alpha.png"}
 PPO_PLOTS = {"returns.png", "rewards.png", "actions.png", "timeline.png", "params.png", "alpha.png"}
+
+
+def _growth(run: Path) -> GrowthSummary:
+    summary = read_summary(run)
+    assert summary is not None and summary.growth is not None
+    return summary.growth
+
+
+def _ppo(run: Path) -> PPOSummary:
+    summary = read_summary(run)
+    assert summary is not None and summary.ppo is not None
+    return summary.ppo
 
 
 class _Tables(HTMLParser):
@@ -168,43 +189,41 @@ def test_final_metrics_table_shows_both_summaries(
     _, page = growth_report
     tables = _tables(page)
     metrics, header = tables["metrics"], tables["header"]
-    summaries = [
-        json.loads((recorded_runs[m] / "summary.json").read_text()) for m in ("heuristic", "static")
-    ]
+    summaries = [_growth(recorded_runs[m]) for m in ("heuristic", "static")]
+    finals = [s.final for s in summaries if s.final is not None]
     assert metrics["metric"] == [recorded_runs["heuristic"].name, recorded_runs["static"].name]
-    assert metrics["final validation accuracy (%)"] == [
-        f"{s['final']['val_accuracy']:.2f}" for s in summaries
-    ]
+    assert metrics["final validation accuracy (%)"] == [f"{f.val_accuracy:.2f}" for f in finals]
     assert metrics["best validation accuracy (%)"] == [
-        f"{s['best_val_accuracy']:.2f}" for s in summaries
+        f"{s.best_val_accuracy:.2f}" for s in summaries
     ]
-    assert metrics["final validation loss"] == [f"{s['final']['val_loss']:.4f}" for s in summaries]
-    assert metrics["parameters"] == [f"{s['param_count']:,d}" for s in summaries]
-    assert metrics["seeds fossilized"] == [str(s["fossilized"]) for s in summaries]
-    assert metrics["seeds pruned"] == [str(s["pruned"]) for s in summaries]
+    assert metrics["final validation loss"] == [f"{f.val_loss:.4f}" for f in finals]
+    assert metrics["parameters"] == [f"{s.param_count:,d}" for s in summaries]
+    assert metrics["seeds fossilized"] == [str(s.fossilized) for s in summaries]
+    assert metrics["seeds pruned"] == [str(s.pruned) for s in summaries]
     assert (
-        summaries[0]["fossilized"] > 0 and summaries[1]["param_count"] < summaries[0]["param_count"]
+        summaries[0].fossilized > 0 and summaries[1].param_count < summaries[0].param_count
     )  # the recorded runs really differ, so a swapped column would be caught
     assert header["mode"] == ["heuristic", "static"]
     assert header["status"] == ["completed", "completed"]
-    meta = json.loads((recorded_runs["heuristic"] / "meta.json").read_text())
-    assert header["git revision"][0] == (meta["git_revision"] or DASH)
+    meta = read_meta(recorded_runs["heuristic"])
+    assert meta is not None and header["git revision"][0] == (meta.git_revision or DASH)
 
 
 def test_missing_values_render_as_a_dash(
     recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = _copy(recorded_runs["heuristic"], tmp_path)
-    summary = json.loads((run / "summary.json").read_text())
-    summary["best_val_accuracy"] = None
-    del summary["host_param_count"]
-    (run / "summary.json").write_text(json.dumps(summary))
+    summary = read_summary(run)
+    assert summary is not None and summary.growth is not None and summary.growth.final
+    final = replace(summary.growth.final, val_loss=float("nan"))  # not finite: not measured
+    growth = replace(summary.growth, best_val_accuracy=None, final=final)
+    write_summary(run, replace(summary, growth=growth))
     (run / "meta.json").unlink()
     assert _report([str(run)], capsys)[0] == 0
     tables = _tables((run / "report" / "report.html").read_text(encoding="utf-8"))
     assert tables["metrics"]["best validation accuracy (%)"] == [DASH]
-    assert tables["metrics"]["host parameters"] == [DASH]
-    assert tables["metrics"]["seeds pruned"] == [str(summary["pruned"])]
+    assert tables["metrics"]["final validation loss"] == [DASH]
+    assert tables["metrics"]["seeds pruned"] == [str(growth.pruned)]
     assert tables["header"]["git revision"] == [DASH]
 
 
@@ -266,7 +285,7 @@ def test_timeline_of_a_recorded_run_covers_every_epoch(recorded_runs: dict[str, 
         assert spans[0].start == 0 and spans[-1].end == 40
         assert all(a.end == b.start for a, b in pairwise(spans))
     fossilized = [m for m in lifecycle_marks(data.records) if m.kind == "fossilize"]
-    assert len(fossilized) == json.loads((data.run.path / "summary.json").read_text())["fossilized"]
+    assert len(fossilized) == _growth(data.run.path).fossilized
     assert [i.stage for i in intervals["early"]][-1] is SeedStage.FOSSILIZED
 
 
@@ -314,7 +333,7 @@ def test_ppo_report_has_reward_and_action_plots(ppo_report: tuple[Path, str]) ->
 def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str, Path]) -> None:
     run = recorded_runs["ppo"]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = _ppo(run)
     rounds = round_summaries(load_run(run).records)
     assert (
         [r.round for r in rounds]
@@ -330,8 +349,8 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
     actions = [e["op"] for e in events if e["event"] == ActionTaken.__name__]
     assert sum(sum(r.ops.values()) for r in rounds) == len(actions)
     assert sum(r.ops.get("WAIT", 0) for r in rounds) == actions.count("WAIT")
-    assert rounds[-1].mean_accuracy == pytest.approx(summary["final_mean_accuracy"])
-    assert rounds[-1].mean_return == pytest.approx(summary["final_mean_return"], abs=1e-3)
+    assert rounds[-1].mean_accuracy == pytest.approx(summary.final_mean_accuracy)
+    assert rounds[-1].mean_return == pytest.approx(summary.final_mean_return, abs=1e-3)
     finished = [e for e in events[:first_update] if e["event"] == EpisodeFinished.__name__]
     assert len(finished) == 2  # both environments' first episodes belong to round 1
 
@@ -341,14 +360,12 @@ def test_baseline_of_the_other_kind_is_compared_where_comparable(
 ) -> None:
     _, page = ppo_report
     metrics = _tables(page)["metrics"]
-    ppo = json.loads((recorded_runs["ppo"] / "summary.json").read_text())
-    growth = json.loads((recorded_runs["heuristic"] / "summary.json").read_text())
-    assert metrics["final mean accuracy (%)"] == [f"{ppo['final_mean_accuracy']:.2f}", DASH]
-    assert metrics["final validation accuracy (%)"] == [
-        DASH,
-        f"{growth['final']['val_accuracy']:.2f}",
-    ]
-    assert metrics["wall time (s)"] == [f"{ppo['seconds']:.1f}", f"{growth['wall_seconds']:.1f}"]
+    ppo, growth = _ppo(recorded_runs["ppo"]), _growth(recorded_runs["heuristic"])
+    assert growth.final is not None
+    assert metrics["final mean accuracy (%)"] == [f"{ppo.final_mean_accuracy:.2f}", DASH]
+    assert metrics["final validation accuracy (%)"] == [DASH, f"{growth.final.val_accuracy:.2f}"]
+    seconds = [read_summary(recorded_runs[m]) for m in ("ppo", "heuristic")]
+    assert metrics["wall time (s)"] == [f"{s.wall_seconds:.1f}" for s in seconds if s]
     assert "is a heuristic run" in page and "final accuracy as a horizontal line" in page
 
 
@@ -502,3 +519,32 @@ def test_a_report_replaces_an_earlier_one_of_another_kind(
     (mine / "rewards.png").write_text("a user's file, not a report's")
     code, _, _ = _report([str(recorded_runs["heuristic"]), "--out", str(mine)], capsys)
     assert code == 0 and (mine / "rewards.png").read_text() == "a user's file, not a report's"
+
+
+def test_final_metrics_read_the_record_summary(tmp_path: Path) -> None:
+    from esper.karn.report import metric_rows
+    from esper.karn.report_data import final_accuracy
+
+    growth = load_run(write_run(tmp_path / "grow", growth_summary("grow")))
+    ppo = load_run(write_run(tmp_path / "learn", ppo_summary("learn")))
+    rows = dict(metric_rows([growth, ppo]))
+    assert rows["best validation accuracy (%)"] == ["77.50", DASH]
+    assert rows["final validation accuracy (%)"] == [DASH, DASH]  # NaN was written as null
+    assert rows["final training accuracy (%)"] == ["81.00", DASH]
+    assert rows["host parameters"] == ["1,000", DASH]
+    assert rows["final mean return"] == [DASH, "1.250"]
+    assert rows["environment steps"] == [DASH, "640"]
+    assert rows["wall time (s)"] == ["12.5", "3.0"]
+    assert final_accuracy(growth) is None and final_accuracy(ppo) is None
+    meta = read_meta(growth.run.path)
+    assert meta is not None and growth.git_revision == meta.git_revision
+
+
+def test_a_malformed_meta_file_stops_the_report_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = write_run(tmp_path / "grow", growth_summary("grow"))
+    (run / "meta.json").write_text('{"run_id": 1}')
+    code, _, err = _report([str(run)], capsys)
+    _assert_one_line_error(code, err, "meta.json' is not an Esper run meta file: missing")
+    assert not (run / "report").exists()

@@ -13,8 +13,16 @@ from typing import Any
 
 import pytest
 
+from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import main
 from esper.leyline.events import EpochCompleted, PPOUpdate, SlotSnapshot
+from esper.nissa.record import (
+    SUMMARY_FILE,
+    GrowthSummary,
+    PPOSummary,
+    RunSummary,
+    read_summary,
+)
 from esper.nissa.views import VIEW_COLUMNS, VIEW_NAMES
 
 
@@ -22,8 +30,22 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
-def _summary(run: Path) -> dict[str, Any]:
-    return json.loads((run / "summary.json").read_text())
+def _summary(run: Path) -> RunSummary:
+    summary = read_summary(run)
+    assert summary is not None
+    return summary
+
+
+def _growth(run: Path) -> GrowthSummary:
+    growth = _summary(run).growth
+    assert growth is not None and growth.final is not None
+    return growth
+
+
+def _ppo(run: Path) -> PPOSummary:
+    ppo = _summary(run).ppo
+    assert ppo is not None
+    return ppo
 
 
 def _query(capsys, sql: str, *paths: Path, fmt: str = "json") -> list[dict[str, Any]]:
@@ -41,14 +63,14 @@ def test_list_shows_each_run_from_its_summary(tmp_path: Path, recorded_runs, cap
     assert main(["runs", "list", str(parent)]) == 0
     lines = capsys.readouterr().out.splitlines()
     heuristic = next(line.split() for line in lines if line.startswith("heuristic "))
-    s = _summary(recorded_runs["heuristic"])
+    s = _growth(recorded_runs["heuristic"])
     assert heuristic[:6] == ["heuristic", "heuristic", "synthetic", "0", "completed", "40/40"]
-    assert heuristic[6] == f"{s['final']['val_accuracy']:.2f}%"
-    assert heuristic[7] == str(s["param_count"]) and heuristic[8] == "—"  # no return: not PPO
+    assert s.final is not None and heuristic[6] == f"{s.final.val_accuracy:.2f}%"
+    assert heuristic[7] == str(s.param_count) and heuristic[8] == "—"  # no return: not PPO
     ppo = next(line.split() for line in lines if line.startswith("ppo "))
-    p = _summary(recorded_runs["ppo"])
-    assert ppo[5] == "2/2" and ppo[6] == f"{p['final_mean_accuracy']:.2f}%"
-    assert ppo[7] == "—" and ppo[8] == f"{p['final_mean_return']:.3f}"
+    p = _ppo(recorded_runs["ppo"])
+    assert ppo[5] == "2/2" and ppo[6] == f"{p.final_mean_accuracy:.2f}%"
+    assert ppo[7] == "—" and ppo[8] == f"{p.final_mean_return:.3f}"
 
 
 def test_list_reads_an_unfinished_run_from_its_log(tmp_path: Path, recorded_runs, capsys) -> None:
@@ -85,14 +107,15 @@ def test_compare_puts_final_metrics_side_by_side(recorded_runs, capsys) -> None:
     runs = [recorded_runs[m] for m in ("static", "heuristic", "ppo")]
     assert main(["runs", "compare", *map(str, runs)]) == 0
     rows = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
-    static, heuristic, ppo = (_summary(r) for r in runs)
+    static, heuristic, ppo = _growth(runs[0]), _growth(runs[1]), _ppo(runs[2])
+    assert static.final is not None and heuristic.final is not None
     assert rows["final val acc"] == [
-        f"{static['final']['val_accuracy']:.2f}%",
-        f"{heuristic['final']['val_accuracy']:.2f}%",
+        f"{static.final.val_accuracy:.2f}%",
+        f"{heuristic.final.val_accuracy:.2f}%",
         "—",
     ]
-    assert rows["fossilized"] == ["0", str(heuristic["fossilized"]), "—"]
-    assert rows["final mean return"] == ["—", "—", f"{ppo['final_mean_return']:.3f}"]
+    assert rows["fossilized"] == ["0", str(heuristic.fossilized), "—"]
+    assert rows["final mean return"] == ["—", "—", f"{ppo.final_mean_return:.3f}"]
 
 
 def test_every_view_exists_with_its_declared_columns(recorded_runs, capsys) -> None:
@@ -218,3 +241,51 @@ def test_views_show_a_resumed_run_as_it_finally_happened(tmp_path, recorded_runs
     expected += [(e["epoch"], 1.0 + e["epoch"]) for e in epochs[3:6]]
     assert [(r["epoch"], r["val_accuracy"]) for r in rows] == expected
     assert _query(capsys, "SELECT count(*) AS n FROM events", run) == [{"n": len(lines)}]
+
+
+# --- runs written through esper.nissa.record (the one summary schema) ----------------------
+
+
+def test_list_and_compare_read_the_record_summary(tmp_path: Path, capsys) -> None:
+    growth = write_run(tmp_path / "grow", growth_summary("grow"))
+    ppo = write_run(tmp_path / "learn", ppo_summary("learn"))
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["grow"][1:6] == ["heuristic", "synthetic", "7", "interrupted", "3/5"]
+    # the final val accuracy was NaN: written as null, shown as missing
+    assert rows["grow"][6:] == ["—", "1200", "—"]
+    assert rows["learn"][4:] == ["failed", "2/4", "—", "—", "1.250"]
+    assert main(["runs", "compare", str(growth), str(ppo)]) == 0
+    table = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
+    assert table["best val acc"] == ["77.50%", "—"] and table["fossilized"] == ["1", "—"]
+    assert table["final train acc"] == ["81.00%", "—"]
+    assert table["env steps"] == ["—", "640"] and table["best mean return"] == ["—", "1.500"]
+    assert table["train seconds"] == ["12.5", "3.0"]
+
+
+def test_show_prints_the_summary_and_meta(tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "grow", growth_summary("grow"))
+    assert main(["runs", "show", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    summary = next(line for line in out if line.startswith("summary   "))
+    assert json.loads(summary.removeprefix("summary   ")) == growth_summary("grow").to_json()
+    assert any(line.startswith("git       ") and "started 20" in line for line in out)
+
+
+def test_a_malformed_summary_is_one_line_for_every_runs_command(tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "grow", None)
+    (run / SUMMARY_FILE).mkdir()
+    write_run(tmp_path / "fine", growth_summary("fine"))
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "fine" in captured.out
+    assert f"grow: not readable: {str(run / SUMMARY_FILE)!r} is a directory" in captured.err
+    for command in (["show", str(run)], ["compare", str(run)]):
+        assert main(["runs", *command]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "is a directory" in err
+    (run / SUMMARY_FILE).rmdir()
+    (run / "meta.json").write_text("[]")
+    assert main(["runs", "show", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "meta.json' is not an Esper run meta file" in err and "\n" not in err

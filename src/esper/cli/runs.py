@@ -17,8 +17,6 @@ from typing import Any
 from esper.cli.main import UserError
 from esper.leyline.events import EpochCompleted, PPOUpdate
 from esper.nissa.log import (
-    EVENTS_FILE,
-    PPO_MODE,
     RunDirectory,
     display,
     open_run,
@@ -26,6 +24,7 @@ from esper.nissa.log import (
     read_events,
     scan_runs,
 )
+from esper.nissa.record import EVENTS_FILE, PPO_MODE, RunRecordError, read_meta
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -40,21 +39,21 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def _progress(run: RunDirectory) -> dict[str, Any]:
     """Where a run is: its summary's numbers, or for an unfinished run the last logged step."""
     s = run.summary
-    if s is not None and run.mode == PPO_MODE:
+    if s is not None and s.ppo is not None:
         return {
-            "done": s["rounds_completed"],
-            "planned": s["rounds_planned"],
-            "accuracy": s["final_mean_accuracy"],
+            "done": s.ppo.rounds_completed,
+            "planned": s.ppo.rounds_planned,
+            "accuracy": s.ppo.final_mean_accuracy,
             "params": None,
-            "return": s["final_mean_return"],
+            "return": s.ppo.final_mean_return,
         }
-    if s is not None:
-        final = s["final"]
+    if s is not None and s.growth is not None:
+        final = s.growth.final
         return {
-            "done": s["epochs_completed"],
-            "planned": s["epochs_planned"],
-            "accuracy": None if final is None else final["val_accuracy"],
-            "params": s["param_count"],
+            "done": s.growth.epochs_completed,
+            "planned": s.growth.epochs_planned,
+            "accuracy": None if final is None else final.val_accuracy,
+            "params": s.growth.param_count,
             "return": None,
         }
     log = read_events(run.events_path)
@@ -121,30 +120,30 @@ def _list(directory: Path) -> int:
 
 
 _COMPARE_ROWS: tuple[tuple[str, str, str], ...] = (
-    # (label, summary key path, format) — "final.val_accuracy" reads summary["final"][...]
-    ("epochs", "epochs_completed", ""),
-    ("final val acc", "final.val_accuracy", "%"),
-    ("best val acc", "best_val_accuracy", "%"),
-    ("final train acc", "final.train_accuracy", "%"),
-    ("final val loss", "final.val_loss", ".4f"),
-    ("params", "param_count", ""),
-    ("host params", "host_param_count", ""),
-    ("fossilized", "fossilized", ""),
-    ("pruned", "pruned", ""),
+    # (label, path into RunSummary.to_json(), format) — "growth.final.val_accuracy" reads
+    # summary["growth"]["final"]["val_accuracy"]
+    ("epochs", "growth.epochs_completed", ""),
+    ("final val acc", "growth.final.val_accuracy", "%"),
+    ("best val acc", "growth.best_val_accuracy", "%"),
+    ("final train acc", "growth.final.train_accuracy", "%"),
+    ("final val loss", "growth.final.val_loss", ".4f"),
+    ("params", "growth.param_count", ""),
+    ("host params", "growth.host_param_count", ""),
+    ("fossilized", "growth.fossilized", ""),
+    ("pruned", "growth.pruned", ""),
+    ("rounds", "ppo.rounds_completed", ""),
+    ("env steps", "ppo.env_steps", ""),
+    ("final mean return", "ppo.final_mean_return", ".3f"),
+    ("best mean return", "ppo.best_mean_return", ".3f"),
+    ("final mean acc", "ppo.final_mean_accuracy", "%"),
     ("train seconds", "wall_seconds", ".1f"),
-    ("rounds", "rounds_completed", ""),
-    ("env steps", "env_steps", ""),
-    ("final mean return", "final_mean_return", ".3f"),
-    ("best mean return", "best_mean_return", ".3f"),
-    ("final mean acc", "final_mean_accuracy", "%"),
-    ("PPO seconds", "seconds", ".1f"),
 )
 """Final metrics ``esper runs compare`` shows; a row no run has is left out."""
 
 
-def _lookup(summary: dict[str, Any] | None, path: str) -> tuple[bool, Any]:
-    """(whether the summary has the key, its value)."""
-    value: Any = summary
+def _lookup(run: RunDirectory, path: str) -> tuple[bool, Any]:
+    """(whether the run's summary has the value — its section included, its value)."""
+    value: Any = None if run.summary is None else run.summary.to_json()
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:
             return False, None
@@ -162,7 +161,7 @@ def _compare(paths: list[Path]) -> int:
         ["status", *[run.status for run in runs]],
     ]
     for label, path, spec in _COMPARE_ROWS:
-        found = [_lookup(run.summary, path) for run in runs]
+        found = [_lookup(run, path) for run in runs]
         if not any(has for has, _ in found):
             continue
         cells = [percent(v) if spec == "%" else display(v, spec) for _, v in found]
@@ -174,16 +173,14 @@ def _compare(paths: list[Path]) -> int:
 def _show(path: Path) -> int:
     run = open_run(path)
     log = read_events(run.events_path)
-    meta_path = run.path / "meta.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+    meta = read_meta(run.path)
     print(f"run       {run.name}  ({run.path})")
     print(f"mode      {run.mode}   task {run.task}   seed {run.seed}   status {run.status}")
     if meta is not None:
-        print(f"git       {display(meta['git_revision'])}   started {display(meta['started'])}")
+        print(f"git       {display(meta.git_revision)}   started {meta.started}")
     print(f"config    {json.dumps(run.config(), sort_keys=True)}")
     if run.summary is not None:
-        summary = {k: v for k, v in run.summary.items() if k != "config"}
-        print(f"summary   {json.dumps(summary, sort_keys=True)}")
+        print(f"summary   {json.dumps(run.summary.to_json(), sort_keys=True)}")
     counts = Counter(r["event"] for r in log.records)
     print(f"events    {len(log.records)} in {EVENTS_FILE}")
     for name, count in sorted(counts.items()):
@@ -226,10 +223,13 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
 
 def run_runs(args: argparse.Namespace) -> int:
     """``esper runs list|show|compare|query``."""
-    if args.runs_command == "list":
-        return _list(args.dir)
-    if args.runs_command == "show":
-        return _show(args.run)
-    if args.runs_command == "compare":
-        return _compare(args.runs)
+    try:
+        if args.runs_command == "list":
+            return _list(args.dir)
+        if args.runs_command == "show":
+            return _show(args.run)
+        if args.runs_command == "compare":
+            return _compare(args.runs)
+    except RunRecordError as err:  # e.g. a malformed meta.json or config.json: one line
+        raise UserError(str(err)) from None
     return _query(args.sql, args.runs, args.format)

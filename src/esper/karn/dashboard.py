@@ -47,13 +47,8 @@ from starlette.staticfiles import StaticFiles
 from esper.karn.colours import STAGE_COLOURS
 from esper.leyline.stages import SeedStage
 from esper.nissa import json_safe
-from esper.nissa.log import (
-    EVENTS_FILE,
-    EventLogError,
-    EventTail,
-    run_candidates,
-    scan_runs,
-)
+from esper.nissa.log import EventLogError, EventTail, run_candidates, scan_runs
+from esper.nissa.record import EVENTS_FILE
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""

@@ -298,27 +298,27 @@ def _episode_number(records: Sequence[Mapping[str, Any]]) -> str:
 # --- HTML ----------------------------------------------------------------------------------
 
 GROWTH_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "final validation accuracy (%)": (("final", "val_accuracy"), ".2f"),
-    "best validation accuracy (%)": (("best_val_accuracy",), ".2f"),
-    "final validation loss": (("final", "val_loss"), ".4f"),
-    "final training accuracy (%)": (("final", "train_accuracy"), ".2f"),
-    "final training loss": (("final", "train_loss"), ".4f"),
-    "parameters": (("param_count",), ",d"),
-    "host parameters": (("host_param_count",), ",d"),
-    "seeds fossilized": (("fossilized",), "d"),
-    "seeds pruned": (("pruned",), "d"),
-    "epochs completed": (("epochs_completed",), "d"),
+    "final validation accuracy (%)": (("growth", "final", "val_accuracy"), ".2f"),
+    "best validation accuracy (%)": (("growth", "best_val_accuracy"), ".2f"),
+    "final validation loss": (("growth", "final", "val_loss"), ".4f"),
+    "final training accuracy (%)": (("growth", "final", "train_accuracy"), ".2f"),
+    "final training loss": (("growth", "final", "train_loss"), ".4f"),
+    "parameters": (("growth", "param_count"), ",d"),
+    "host parameters": (("growth", "host_param_count"), ",d"),
+    "seeds fossilized": (("growth", "fossilized"), "d"),
+    "seeds pruned": (("growth", "pruned"), "d"),
+    "epochs completed": (("growth", "epochs_completed"), "d"),
     "wall time (s)": (("wall_seconds",), ".1f"),
 }
-"""Final-metrics rows of a growth run: label -> (path into ``summary.json``, format)."""
+"""Final-metrics rows of a growth run: label -> (path into ``RunSummary.to_json()``, format)."""
 
 PPO_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "final mean accuracy (%)": (("final_mean_accuracy",), ".2f"),
-    "final mean return": (("final_mean_return",), ".3f"),
-    "best mean return": (("best_mean_return",), ".3f"),
-    "rounds completed": (("rounds_completed",), "d"),
-    "environment steps": (("env_steps",), ",d"),
-    "wall time (s)": (("seconds",), ".1f"),
+    "final mean accuracy (%)": (("ppo", "final_mean_accuracy"), ".2f"),
+    "final mean return": (("ppo", "final_mean_return"), ".3f"),
+    "best mean return": (("ppo", "best_mean_return"), ".3f"),
+    "rounds completed": (("ppo", "rounds_completed"), "d"),
+    "environment steps": (("ppo", "env_steps"), ",d"),
+    "wall time (s)": (("wall_seconds",), ".1f"),
 }
 """Final-metrics rows of a PPO run (a row the other kind lacks shows "—" there)."""
 
@@ -335,7 +335,7 @@ figcaption { color: #555; font-size: 0.9em; }
 
 
 def summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
-    """The value at ``path`` in an untrusted ``summary.json``, None where anything is missing."""
+    """The value at ``path`` in a summary's JSON object, None where anything is missing."""
     value: Any = summary
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
@@ -366,7 +366,8 @@ def metric_rows(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
                 cells.append(display(None))
                 continue
             path, spec = table[label]
-            cells.append(format_metric(summary_value(run.run.summary, path), spec))
+            summary = None if run.run.summary is None else run.run.summary.to_json()
+            cells.append(format_metric(summary_value(summary, path), spec))
         rows.append((label, cells))
     return rows
 

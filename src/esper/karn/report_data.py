@@ -8,7 +8,6 @@ absent or null is treated as missing, never as 0.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,8 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.log import PPO_MODE, RunDirectory, drop_replaced, open_run, read_events
+from esper.nissa.log import RunDirectory, drop_replaced, open_run, read_events
+from esper.nissa.record import PPO_MODE, RunRecordError, read_meta
 
 MARK_KINDS: Mapping[SeedStage, str] = {
     SeedStage.GERMINATED: "germinate",
@@ -114,12 +114,12 @@ def _number(record: Mapping[str, Any], key: str) -> float | None:
 
 
 def _git_revision(path: Path) -> str | None:
+    """The revision ``meta.json`` records (None: no meta.json, or not a git checkout)."""
     try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    revision = meta.get("git_revision") if isinstance(meta, dict) else None
-    return revision if isinstance(revision, str) else None
+        meta = read_meta(path)
+    except RunRecordError as err:
+        raise ReportError(str(err)) from None
+    return None if meta is None else meta.git_revision
 
 
 def load_run(path: Path) -> RunData:
@@ -128,7 +128,7 @@ def load_run(path: Path) -> RunData:
     Raises:
         RunDirectoryError: not a run directory.
         EventLogError: a malformed event line other than a partial last one.
-        ReportError: the log names an unknown slot.
+        ReportError: the log names an unknown slot, or ``meta.json`` is malformed.
     """
     run = open_run(path)
     log = read_events(run.events_path)
@@ -291,11 +291,10 @@ def alpha_series(epochs: Sequence[Mapping[str, Any]], slot: str) -> list[float]:
 def final_accuracy(data: RunData) -> float | None:
     """The run's final accuracy in percent: a growth run's last validation accuracy, a PPO
     run's final mean accuracy over environments (from ``summary.json``)."""
-    summary = data.run.summary or {}
+    summary = data.run.summary
     if data.is_ppo:
-        return _number(summary, "final_mean_accuracy")
-    final = summary.get("final")
-    if isinstance(final, dict):
-        return _number(final, "val_accuracy")
+        return None if summary is None or summary.ppo is None else summary.ppo.final_mean_accuracy
+    if summary is not None and summary.growth is not None and summary.growth.final is not None:
+        return summary.growth.final.val_accuracy
     epochs = epoch_records(data.records)
     return _number(epochs[-1], "val_accuracy") if epochs else None

@@ -2,8 +2,9 @@
 
 Leyline owns the enums (seed stages, gates, blend modes, α curves), the frozen dataclasses that
 cross subsystem boundaries (injection specs, seed reports, lifecycle transitions), the named
-thresholds with their reasons, and the one function that orders slots. It imports only the
-standard library, so every other package may import it and it imports none of them.
+thresholds with their reasons, the one function that orders slots, and the one atomic file
+write (``files.atomic_write``) every writer uses. It imports only the standard library, so every
+other package may import it and it imports none of them.
 """
 
 from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport
@@ -16,6 +17,7 @@ from esper.leyline.control import (
     TrainingSignals,
 )
 from esper.leyline.events import TelemetryLevel
+from esper.leyline.files import DiskFullError, atomic_write
 from esper.leyline.lifecycle import (
     ADVANCE_TO,
     ALIVE_STAGES,
@@ -53,6 +55,7 @@ __all__ = [
     "Action",
     "AlphaCurve",
     "BlendMode",
+    "DiskFullError",
     "GateLevel",
     "GateMode",
     "InjectionSpec",
@@ -65,6 +68,7 @@ __all__ = [
     "TelemetryLevel",
     "Topology",
     "TrainingSignals",
+    "atomic_write",
     "ordered_slots",
     "slot_names",
 ]

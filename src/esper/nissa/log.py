@@ -1,10 +1,11 @@
 """Reading run directories and their event logs: the one reader every view builds on.
 
-A run directory (written by ``esper heuristic``/``static``/``eval``/``ppo``) holds
-``config.json``, ``meta.json`` and ``events.jsonl``; its first event is ``RunStarted``, and
-``summary.json`` appears once the run stops. ``events.jsonl`` is append-only, one JSON object per
-line, flushed per line: a crash can leave at most a partial last line, which readers skip and
-report. Any other line that is not a known event is an error naming the file and line.
+A run directory (laid out by ``esper.nissa.record``) holds ``config.json``, ``meta.json`` and
+``events.jsonl``; its first event is ``RunStarted``, and ``summary.json`` appears once the run
+stops (read through ``record.read_summary``: one schema for every mode). ``events.jsonl`` is
+append-only, one JSON object per line, flushed per line: a crash can leave at most a partial last
+line, which readers skip and report. Any other line that is not a known event is an error naming
+the file and line.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from typing import Any
 
 from esper.leyline.events import EVENT_TYPES, RunStarted
 
-PPO_MODE = "ppo"
-"""The mode ``esper ppo`` runs record (their records carry ``env``/``episode``)."""
-
-EVENTS_FILE = "events.jsonl"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-
+# Layout names the record defines, also imported from here by the views (explicit re-exports).
+from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
+from esper.nissa.record import PPO_MODE as PPO_MODE
+from esper.nissa.record import (
+    RUN_FILES,
+    UNFINISHED,
+    RunRecordError,
+    RunSummary,
+    is_run_directory,
+    read_config,
+    read_summary,
+)
 
 _FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in EVENT_TYPES.items()}
 """Every field each event's line must have (its dataclass fields)."""
@@ -32,8 +38,8 @@ class EventLogError(ValueError):
     """An event log line that is complete but not a known event (the message names file:line)."""
 
 
-class RunDirectoryError(ValueError):
-    """A path that does not exist or is not an Esper run directory."""
+class RunDirectoryError(RunRecordError):
+    """A path that does not exist, is not an Esper run directory, or holds a malformed record."""
 
 
 def parse_record(text: str, where: str) -> dict[str, Any]:
@@ -210,7 +216,7 @@ class RunDirectory:
     mode: str
     task: str
     seed: int
-    summary: dict[str, Any] | None
+    summary: RunSummary | None
 
     @property
     def events_path(self) -> Path:
@@ -220,12 +226,15 @@ class RunDirectory:
     @property
     def status(self) -> str:
         """The recorded status, or ``"unfinished"`` (still running, or crashed) without one."""
-        return "unfinished" if self.summary is None else str(self.summary["status"])
+        return UNFINISHED if self.summary is None else self.summary.status
 
     def config(self) -> dict[str, Any]:
-        """The resolved configuration (``config.json``)."""
-        data: dict[str, Any] = json.loads((self.path / CONFIG_FILE).read_text(encoding="utf-8"))
-        return data
+        """The resolved configuration (``config.json``).
+
+        Raises:
+            RunRecordError: the file is missing or not a JSON object.
+        """
+        return read_config(self.path)
 
 
 def open_run(path: Path) -> RunDirectory:
@@ -233,13 +242,14 @@ def open_run(path: Path) -> RunDirectory:
 
     Raises:
         RunDirectoryError: ``path`` does not exist, or is not a run directory (no config.json,
-            no event log, or a log that does not start with ``RunStarted``).
+            no event log, or a log that does not start with ``RunStarted``), or its
+            ``summary.json`` is malformed.
     """
     if not path.exists():
         raise RunDirectoryError(f"run directory {str(path)!r} does not exist")
     if not path.is_dir():
         raise RunDirectoryError(f"{str(path)!r} is a file, not a run directory")
-    missing = [name for name in (CONFIG_FILE, EVENTS_FILE) if not (path / name).is_file()]
+    missing = [name for name in RUN_FILES if not (path / name).is_file()]
     if missing:
         raise RunDirectoryError(
             f"{str(path)!r} is not an Esper run directory (no {' or '.join(missing)})"
@@ -259,29 +269,21 @@ def open_run(path: Path) -> RunDirectory:
         raise RunDirectoryError(
             f"{str(path)!r}: the event log starts with {record['event']}, not RunStarted"
         )
-    summary = None
-    if (path / SUMMARY_FILE).is_file():
-        try:
-            summary = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise RunDirectoryError(
-                f"{str(path / SUMMARY_FILE)!r} is not valid JSON: {err}"
-            ) from None
+    try:
+        summary = read_summary(path)
+    except RunRecordError as err:
+        raise RunDirectoryError(str(err)) from None
     return RunDirectory(
         path, path.name, str(record["mode"]), str(record["task"]), int(record["seed"]), summary
     )
 
 
 def run_candidates(directory: Path) -> list[Path]:
-    """``directory`` itself when it holds an event log, else its children holding both
-    ``config.json`` and ``events.jsonl``, by name — without opening them."""
+    """``directory`` itself when it holds an event log, else its children that are run
+    directories (``record.is_run_directory``), by name — without opening them."""
     if (directory / EVENTS_FILE).is_file():
         return [directory]
-    return [
-        child
-        for child in sorted(directory.iterdir())
-        if child.is_dir() and (child / EVENTS_FILE).is_file() and (child / CONFIG_FILE).is_file()
-    ]
+    return [child for child in sorted(directory.iterdir()) if is_run_directory(child)]
 
 
 def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str]]]:
