@@ -156,7 +156,7 @@ def test_mismatched_architecture(tmp_path) -> None:
         ),
         (
             lambda m: m["host"]["config"].update(depth=0),
-            r"depth must be a positive integer \(>= 1\), got 0",
+            r"depth must be an integer in \[1, 65536\], got 0",
         ),
         (
             lambda m: m["seeds"]["mid"].update(stage="SLEEPING"),

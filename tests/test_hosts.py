@@ -201,9 +201,9 @@ def test_dormant_model_is_the_host() -> None:
     [
         ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be divisible by n_head \(4\)"),
         ({"n_layer": 4, "n_points": 3}, r"n_layer \(4\) must be a multiple of n_points \(3\)"),
-        ({"n_head": 0}, r"n_head must be a positive integer \(>= 1\), got 0"),
-        ({"vocab_size": 2.5}, r"vocab_size must be a positive integer \(>= 1\), got 2.5"),
-        ({"block_size": True}, r"block_size must be a positive integer \(>= 1\), got True"),
+        ({"n_head": 0}, r"n_head must be an integer in \[1, 65536\], got 0"),
+        ({"vocab_size": 2.5}, r"vocab_size must be an integer in \[1, 65536\], got 2.5"),
+        ({"block_size": True}, r"block_size must be an integer in \[1, 65536\], got True"),
         ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
         ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\), got '0.1'"),
     ],
@@ -219,10 +219,12 @@ def test_transformer_validates_construction(kwargs, message: str) -> None:
     [
         ({"depth": 4, "n_points": 3}, r"depth \(4\) must be a multiple of n_points \(3\)"),
         ({"kernel_size": 2}, "kernel_size must be odd"),
-        ({"base_channels": -1}, r"base_channels must be a positive integer \(>= 1\), got -1"),
-        ({"in_channels": 0}, r"in_channels must be a positive integer \(>= 1\), got 0"),
-        ({"num_classes": "10"}, r"num_classes must be a positive integer \(>= 1\), got '10'"),
-        ({"input_size": 8.0}, r"input_size must be a positive integer \(>= 1\), got 8.0"),
+        ({"base_channels": -1}, r"base_channels must be an integer in \[1, 65536\], got -1"),
+        ({"in_channels": 0}, r"in_channels must be an integer in \[1, 65536\], got 0"),
+        ({"num_classes": "10"}, r"num_classes must be an integer in \[1, 65536\], got '10'"),
+        ({"input_size": 8.0}, r"input_size must be an integer in \[1, 65536\], got 8.0"),
+        # Sizes that cannot fit are refused up front, naming the limit.
+        ({"base_channels": 10**9}, r"base_channels must be an integer in \[1, 65536\], got 10+"),
     ],
 )
 def test_cnn_validates_construction(kwargs, message: str) -> None:
@@ -236,7 +238,7 @@ def test_configs_are_frozen_and_widths_replace_one_field() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.base_channels = 8  # type: ignore[misc]
     assert config.with_width(16) == CNNHostConfig(base_channels=16, kernel_size=1)
-    with pytest.raises(ValueError, match="base_channels must be a positive integer"):
+    with pytest.raises(ValueError, match=r"base_channels must be an integer in \[1, 65536\]"):
         config.with_width(0)
     tf = TransformerHostConfig(vocab_size=9, n_head=2)
     assert tf.with_width(8) == TransformerHostConfig(vocab_size=9, n_head=2, n_embd=8)

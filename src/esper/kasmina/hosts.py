@@ -18,11 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.leyline import InjectionSpec, Topology, slot_names
+from esper.leyline.config import check_int
+
+MAX_HOST_SIZE = 65_536
+"""Largest channel count, dimension, depth or vocabulary a host accepts: beyond it a host no
+longer fits in memory, and checking up front names the limit instead of failing in torch."""
 
 
 def _require_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
+    check_int(name, value, 1, MAX_HOST_SIZE)
 
 
 def _require_multiple(name: str, value: int, of: str, by: int) -> None:

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
+from esper.leyline.config import check_float
 
 REWARD_FAMILIES = ("contribution", "loss")
 """``--reward-family`` choices."""
@@ -60,6 +61,9 @@ CONTRIBUTION_MODES = ("shaped", "simplified", "sparse")
 """``--reward-mode`` choices; they apply to the ``contribution`` family only."""
 
 _DEFAULT_MODE = "shaped"
+
+MAX_WEIGHT = 1e6
+"""Largest reward weight accepted: far above any sensible scale, low enough to catch a typo."""
 """The only mode the ``loss`` family accepts: it has no modes, so another would be ignored."""
 
 CONTRIBUTION = "contribution"
@@ -181,9 +185,7 @@ class RewardConfig:
             "panic_penalty",
             "loss_weight",
         ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            check_float(f"reward.{name}", getattr(self, name), 0.0, MAX_WEIGHT)
 
     @property
     def component_names(self) -> tuple[str, ...]:
