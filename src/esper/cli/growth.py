@@ -133,6 +133,7 @@ class GrowthRunner:
         self.recorder = Recorder.open(
             mode, self.config, options, EpochRow, self._meta, hub, self._state
         )
+        self.committed = self.recorder.checkpoint_step or 0  # epoch of the last checkpoint
         if self.recorder.checkpoint is not None:
             self._restore(self.recorder.state())
 
@@ -152,10 +153,10 @@ class GrowthRunner:
             self.elapsed = float(state["elapsed"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise UserError(f"cannot resume {str(self.recorder.directory)!r}: {err}") from err
-        if self.epoch != self.recorder.checkpoint_step:
+        if self.epoch != self.committed:
             raise UserError(
                 f"cannot resume {str(self.recorder.directory)!r}: its checkpoint holds epoch "
-                f"{self.epoch}, its manifest says {self.recorder.checkpoint_step}"
+                f"{self.epoch}, its manifest says {self.committed}"
             )
         if self.epoch > self.config.training.episode_length():
             raise UserError(
@@ -221,6 +222,7 @@ class GrowthRunner:
                 r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, params
             )
             self.recorder.commit(self.epoch, row, self._state())
+            self.committed = self.epoch
 
     def _finish(self, status: str) -> None:
         """Summarise what the last checkpoint holds (on a stop: reload it first)."""

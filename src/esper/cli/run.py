@@ -140,14 +140,14 @@ def new_run_directory(directory: Path) -> Path:
     inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
     if inside is not None:
         raise UserError(f"--out {str(directory)!r} lies inside the run {str(inside)!r}")
-    if directory.exists() and not directory.is_dir():
-        raise UserError(f"--out {str(directory)!r} is a file, not a directory")
-    if directory.exists() and any(directory.iterdir()):
-        raise UserError(
-            f"run directory {str(directory)!r} already exists and is not empty; "
-            "choose another --out or continue it with --resume"
-        )
     try:
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"--out {str(directory)!r} is a file, not a directory")
+        if directory.exists() and any(directory.iterdir()):
+            raise UserError(
+                f"run directory {str(directory)!r} already exists and is not empty; "
+                "choose another --out or continue it with --resume"
+            )
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create run directory {str(directory)!r}: {err.strerror}") from err
@@ -220,8 +220,8 @@ class Recorder:
         meta = record.read_meta(directory)
         if meta is None:
             raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
-        record.clean_stale(directory)
-        checkpoint = record.load_checkpoint(directory, meta.run_id)
+        checkpoint = record.load_checkpoint(directory, meta.run_id)  # before cleaning: a bad
+        record.clean_stale(directory)  # LATEST must not make the real checkpoint look stale
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.resume(checkpoint.step)
         (directory / record.SUMMARY_FILE).unlink(missing_ok=True)  # the run is live again
