@@ -171,7 +171,9 @@ def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for mode in ("heuristic", "static"):
             args = [mode, "--task", "synthetic", "--epochs", "40", "--out", str(runs[mode])]
             assert main(args) == 0
-        assert main(["ppo", "--preset", "tiny", "--rounds", "2", "--out", str(runs["ppo"])]) == 0
+        assert (
+            main(["ppo", "--preset", "tiny", "--ppo.rounds", "2", "--out", str(runs["ppo"])]) == 0
+        )
     finally:
         torch.set_num_threads(threads)
     return runs

@@ -119,7 +119,7 @@ def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
             values[flag[2:]] = Path(value)
     options = RunOptions(**values)
     if options.resume is not None:
-        given = [a for a in rest if a.startswith("-")]
+        given = [a.partition("=")[0] for a in rest if a.startswith("-")]
         given += ["--out"] * (options.out is not None) + ["--config"] * (options.config is not None)
         if given:
             raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from esper.nissa.log import EventLogError, RunDirectoryError
+from esper.leyline.files import DiskFullError
+from esper.nissa.log import EventLogError
+from esper.nissa.record import RunRecordError
 from esper.nissa.views import VIEW_NAMES
 from esper.tasks import TASKS
 
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from esper.cli.demo import run_demo
 
         return run_demo(args)
-    except (UserError, RunDirectoryError, EventLogError) as err:
+    except (UserError, RunRecordError, EventLogError, DiskFullError) as err:
         print(f"esper: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # a signal during start-up or loading: nothing was written yet

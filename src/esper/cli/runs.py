@@ -78,7 +78,7 @@ def _progress(run: RunDirectory) -> dict[str, Any]:
     last = epochs[-1] if epochs else None
     return {
         "done": None if last is None else last["epoch"],
-        "planned": run.config()["epochs"],
+        "planned": run.config()["training"]["epochs"],
         "accuracy": None if last is None else last["val_accuracy"],
         "params": None if last is None else last["param_count"],
         "return": None,
