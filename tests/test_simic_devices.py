@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer, load_task_data
 from esper.simic.config import TrainingConfig, load_preset
@@ -33,9 +34,10 @@ def test_unavailable_or_malformed_devices_are_named(monkeypatch) -> None:
 
 
 def _tiny(devices: list[str], amp: bool = False) -> TrainingConfig:
-    return TrainingConfig.from_dict(
-        {"runtime": {"devices": devices, "amp": amp}}, load_preset("tiny")
-    ).resolved()
+    config: TrainingConfig = override(
+        load_preset("tiny"), {"runtime": {"devices": devices, "amp": amp}}
+    )
+    return config.resolved()
 
 
 def test_amp_needs_cuda() -> None:

@@ -9,17 +9,22 @@ the base and the alternative.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
 
 import esper.simic.build as build
-from esper.leyline import Action, Op, SeedStage, SeedStateReport
+from esper.cli.run import set_threads
+from esper.leyline import Action, Op, SeedStage, SeedStateReport, TelemetryLevel, thresholds
+from esper.leyline.config import config_dict, override
+from esper.leyline.events import EpochCompleted
 from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer, load_task_data
 from esper.simic.config import TrainingConfig
@@ -30,36 +35,61 @@ from esper.tamiyo.features import encode_observation
 from standin import PlateauEnv, StandInConfig
 
 BASE: dict[str, Any] = {
-    "env": {"episode_length": 4, "batches_per_epoch": 2, "val_samples": 128},
+    "env": {"epochs": 4, "batches_per_epoch": 2, "val_samples": 128},
     "policy": {"hidden": 16, "lstm_hidden": 16},
     "ppo": {"n_envs": 2, "rounds": 1, "ppo_epochs": 2},
 }
 
 
 def _config(*overrides: dict[str, Any]) -> TrainingConfig:
-    config = TrainingConfig.from_dict(BASE)
-    for override in overrides:
-        config = TrainingConfig.from_dict(override, config)
+    config: TrainingConfig = override(TrainingConfig(), BASE)
+    for data in overrides:
+        config = override(config, data)
     return config.resolved()
 
 
-def env_probe(config: TrainingConfig) -> list[float]:
-    """One growth episode: germinate, advance to TRAINING, train it, to the end."""
+def env_probe(config: TrainingConfig, advances: int = 1) -> list[float]:
+    """One growth episode: germinate, advance (to TRAINING), train it, to the end; the
+    observations, rewards and the Shapley values the epochs reported."""
     data = load_task_data(config)
     reward = RewardFunction(config.reward, config.ppo.gamma)
-    env = GrowthEnv(config.env, data, config.runtime.seed, torch.device("cpu"), reward, _drop)
+    shapley: list[float] = []
+
+    def emit(event: Any, context: dict[str, Any]) -> None:
+        if isinstance(event, EpochCompleted):
+            shapley.extend(s.shapley for s in event.slots if s.shapley is not None)
+
+    env = GrowthEnv(config.env, data, config.runtime.seed, torch.device("cpu"), reward, emit)
     slot = config.env.slots[0]
     out = [float(env.max_steps), *encode_observation(env.reset(), True).tolist()]
-    actions = [Action(Op.GERMINATE, slot=slot, blueprint="norm"), Action(Op.ADVANCE, slot=slot)]
+    actions = [Action(Op.GERMINATE, slot=slot, blueprint="norm")]
+    actions += [Action(Op.ADVANCE, slot=slot)] * advances
     while True:
         step = env.step(actions.pop(0) if actions else Action(Op.WAIT))
         out += [step.reward, *encode_observation(step.observation, True).tolist()]
         if step.done:
-            return out
+            return out + shapley
 
 
-def _drop(event: Any, context: dict[str, Any]) -> None:
-    pass
+def blending_probe(config: TrainingConfig) -> list[float]:
+    """``env_probe`` advancing the seed every step, on to BLENDING (where Shapley values are
+    measured), with G2's quality thresholds out of the way (a short run's seed cannot pass)."""
+    relaxed = {
+        "G2_MIN_PROBE_IMPROVEMENT": -math.inf,
+        "GRADIENT_RATIO_HEALTHY_MIN": 0.0,
+        "GRADIENT_RATIO_HEALTHY_MAX": math.inf,
+    }
+    with mock.patch.multiple(thresholds, **relaxed):
+        return env_probe(config, advances=config.env.epochs or 0)
+
+
+def threads_probe(config: TrainingConfig) -> list[float]:
+    """The torch thread count a run sets up (``cli.run.set_threads``), restored afterwards."""
+    before = torch.get_num_threads()
+    try:
+        return [float(set_threads(config.env).threads or 0), float(torch.get_num_threads())]
+    finally:
+        torch.set_num_threads(before)
 
 
 def learn_probe(config: TrainingConfig) -> list[float]:
@@ -67,12 +97,12 @@ def learn_probe(config: TrainingConfig) -> list[float]:
     n = config.ppo.n_envs
     envs = [PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in range(n)]
     hub = TelemetryHub("t", [])
-    trainer = PPOTrainer(envs, [torch.device("cpu")] * n, config, hub)
+    trainer = PPOTrainer(envs, [torch.device("cpu")] * n, config, hub.emit, hub.set_level)
     results = []
     trainer.train(results.append)
     out = [float(len(results)), float(hub.level.value)]
     for r in results:
-        out += [float(r.stats.passes), float(r.stats.diagnostic is not None), r.stats.entropy_coef]
+        out += [float(r.stats.passes), float(r.diagnostic is not None), r.stats.entropy_coef]
     return out + torch.cat([p.flatten() for p in trainer.network.parameters()]).tolist()
 
 
@@ -107,9 +137,9 @@ def reward_probe(config: TrainingConfig) -> list[float]:
 
 
 def policy_probe(config: TrainingConfig) -> list[float]:
-    trainer = PPOTrainer(
-        [PlateauEnv(StandInConfig(), seed=0)], [torch.device("cpu")], config, TelemetryHub("t", [])
-    )
+    hub = TelemetryHub("t", [])
+    env = PlateauEnv(StandInConfig(), seed=0)
+    trainer = PPOTrainer([env], [torch.device("cpu")], config, hub.emit, hub.set_level)
     return [float(sum(p.numel() for p in trainer.network.parameters()))]
 
 
@@ -129,15 +159,14 @@ def run_probe(config: TrainingConfig) -> list[float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "config.json", Path(tmp) / "run"
-        path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
-        assert main(["ppo", "--config-json", str(path), "--rounds", "1", "--out", str(out)]) == 0
+        path.write_text(json.dumps(config_dict(config)), encoding="utf-8")
+        argv = ["ppo", "--config", str(path), "--ppo.rounds", "1", "--out", str(out)]
+        assert main(argv) == 0
         return [float(hash(tuple(sorted(p.name for p in out.iterdir()))))]
 
 
-def _level(config: TrainingConfig):
-    from esper.leyline import TelemetryLevel
-
-    return TelemetryLevel.parse(config.runtime.telemetry)
+def _level(config: TrainingConfig) -> TelemetryLevel:
+    return TelemetryLevel.parse(config.telemetry.level)
 
 
 def loader_probe(config: TrainingConfig) -> list[float]:
@@ -160,16 +189,19 @@ def loader_probe(config: TrainingConfig) -> list[float]:
 
 Probe = Callable[[TrainingConfig], list[float]]
 CONTRIBUTION_SIMPLIFIED = {"reward": {"mode": "simplified"}}
-TINY_RUN = {"ppo": {"n_envs": 1}, "env": {"episode_length": 3, "batches_per_epoch": 2}}
+TINY_RUN = {"ppo": {"n_envs": 1}, "env": {"epochs": 3, "batches_per_epoch": 2}}
 FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.task": ("digits", {}, env_probe),
-    "env.episode_length": (5, {}, env_probe),
+    "env.epochs": (5, {}, env_probe),
     "env.batch_size": (32, {}, env_probe),
     "env.batches_per_epoch": (3, {}, env_probe),
     "env.val_samples": (64, {}, env_probe),
-    "env.host_lr": (1e-2, {}, env_probe),
+    "env.lr": (1e-2, {}, env_probe),
     "env.seed_lr": (1e-1, {}, env_probe),
+    "env.weight_decay": (0.5, {}, env_probe),
+    "env.threads": (1, {"env": {"threads": 2}}, threads_probe),
     "env.slots": (["mid", "late"], {}, env_probe),
+    "env.shapley": (True, {"env": {"epochs": 8}}, blending_probe),
     "env.data_dir": ("/somewhere/else", {}, loader_probe),
     "env.download": (False, {}, loader_probe),
     "policy.hidden": (8, {}, policy_probe),
@@ -203,8 +235,8 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "runtime.seed": (1, {}, env_probe),
     "runtime.devices": (["cuda:0"], {}, build_probe),
     "runtime.amp": (True, {}, build_probe),
-    "runtime.telemetry": ("debug", {}, build_probe),
-    "runtime.tensorboard": (True, TINY_RUN, run_probe),
+    "telemetry.level": ("debug", {}, build_probe),
+    "telemetry.tensorboard": (True, TINY_RUN, run_probe),
 }
 
 

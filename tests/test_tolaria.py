@@ -18,8 +18,9 @@ from esper.kasmina import (
     restore_state,
 )
 from esper.leyline import Action, Op, SeedStage
+from esper.leyline.config import HostTraining
 from esper.leyline.events import ActionTaken, EpochCompleted, GovernorPanic, SeedTransition
-from esper.tolaria import EngineConfig, Governor, GovernorConfig, Trainer
+from esper.tolaria import Governor, GovernorConfig, Trainer
 
 CHANCE = math.log(10)
 
@@ -107,14 +108,15 @@ def test_governor_config_validated() -> None:
 # ------------------------------------------------------------------------------- trainer helpers
 
 
-def _trainer(seed: int = 0, epochs: int = 6, events: list | None = None, **engine) -> Trainer:
+def _trainer(seed: int = 0, epochs: int = 6, events: list | None = None, **training) -> Trainer:
     torch.manual_seed(seed)
     data = make_synthetic(n_train=256, n_val=128, seed=seed)
     host = CNNHost(CNNHostConfig(num_classes=data.num_classes, base_channels=4, input_size=8))
     model = MorphogeneticModel(host, ["early", "mid", "late"])
     stream = BatchStream(data.x_train, data.y_train, 32, seed)
     sink = events if events is not None else []
-    config = EngineConfig(max_epochs=epochs, **engine)
+    rates = {"lr": 3e-3, "seed_lr": 3e-3} | training
+    config = HostTraining("synthetic", epochs=epochs, batch_size=32, **rates)
     return Trainer(model, data, stream, config, sink.append)
 
 
@@ -232,7 +234,7 @@ def test_pruning_one_of_two_identical_seeds() -> None:
 
 
 def test_fossilized_seed_trains_at_host_rate() -> None:
-    trainer = _trainer(host_lr=1e-3, seed_lr=5e-3)
+    trainer = _trainer(lr=1e-3, seed_lr=5e-3)
     model = trainer.model
     model.gate_mode = model.gate_mode.PERMISSIVE
     trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="norm"))
