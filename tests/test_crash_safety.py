@@ -1,0 +1,355 @@
+"""Crash safety of ``esper static|heuristic``: SIGKILL at any checkpoint change, SIGTERM, bit
+flips in checkpoints, a full disk and bad input never lose or corrupt a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from esper.cli.main import main
+from esper.cli.run import Stop
+from esper.nissa import record
+
+ESPER = [sys.executable, "-m", "esper"]
+KILL_ARGS = [
+    "heuristic", "--task", "synthetic", "--epochs", "4", "--batches-per-epoch", "2",
+    "--val-samples", "128", "--threads", "1",
+]  # fmt: skip
+TINY = ["--task", "synthetic", "--batches-per-epoch", "2", "--val-samples", "128"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _listing(path: Path) -> dict[str, int] | None:
+    """Names and mtimes in ``path`` (None when it does not exist)."""
+    try:
+        return {e.name: e.stat(follow_symlinks=False).st_mtime_ns for e in os.scandir(path)}
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _run_killed_at(args: list[str], run: Path, k: int | None) -> bool:
+    """Run ``esper ARGS``; SIGKILL it at the k-th change of ``run/checkpoints`` (None: never).
+    Returns whether it was killed; a run that ends by itself must succeed."""
+    proc = subprocess.Popen(
+        [*ESPER, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    checkpoints, seen, changes = run / record.CHECKPOINTS_DIR, _listing(run / "checkpoints"), 0
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        now = _listing(checkpoints)
+        if now != seen:
+            seen, changes = now, changes + 1
+            if k is not None and changes >= k:
+                proc.kill()
+                proc.wait()
+                return True
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    return False
+
+
+def _kill_chain(run: Path, ks: list[int]) -> int:
+    """Kill a run at the k-th checkpoint change of each process, for each k in turn, resuming
+    after every kill, until a process completes; return the number of kills."""
+    kills, args = 0, [*KILL_ARGS, "--out", str(run)]
+    for k in [*ks, None]:
+        if not _run_killed_at(args, run, k):
+            return kills
+        kills += 1
+        if not (run / record.CHECKPOINTS_DIR / record.LATEST_FILE).exists():
+            # killed before the first checkpoint was committed: nothing to resume; start over
+            shutil.rmtree(run)
+            continue
+        args = [KILL_ARGS[0], "--resume", str(run)]
+    raise AssertionError(f"still running after kills at {ks}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "run"
+    assert not _run_killed_at([*KILL_ARGS, "--out", str(run)], run, None)
+    return run
+
+
+def _same_as(run: Path, reference: Path) -> None:
+    assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    a, b = record.read_summary(reference), record.read_summary(run)
+    assert a is not None and b is not None and a.growth is not None and b.growth is not None
+    assert b.status == a.status == "completed"
+    assert a.growth.final == b.growth.final  # floats compared exactly
+    for key in ("best_val_accuracy", "param_count", "fossilized", "pruned", "seeds"):
+        assert getattr(a.growth, key) == getattr(b.growth, key), key
+
+
+def test_sigkill_at_a_few_checkpoint_changes_then_resume(tmp_path, reference) -> None:
+    run = tmp_path / "run"
+    kills = _kill_chain(run, [2, 3, 5])
+    assert kills >= 1
+    _same_as(run, reference)
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_checkpoint_change_then_resume(tmp_path, reference) -> None:
+    run = tmp_path / "run"
+    kills = _kill_chain(run, list(range(1, 200)))
+    assert kills >= 3
+    _same_as(run, reference)
+
+
+# ------------------------------------------------------------------------------ SIGTERM
+
+
+def test_sigterm_interrupts_and_resume_completes(tmp_path) -> None:
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "30", "--threads", "1", "--out", str(run)]
+    proc = subprocess.Popen(
+        [*ESPER, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    latest = run / record.CHECKPOINTS_DIR / record.LATEST_FILE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before SIGTERM"
+        if latest.exists() and latest.read_text().strip() >= record.step_directory(2):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    summary = record.read_summary(run)
+    assert summary is not None and summary.status == "interrupted"
+    assert summary.growth is not None and 2 <= summary.growth.epochs_completed < 30
+    assert main(["heuristic", "--resume", str(run)]) == 0
+    done = record.read_summary(run)
+    assert done is not None and done.status == "completed"
+    assert done.growth is not None and done.growth.epochs_completed == 30
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root``: file bytes, None for a directory (and the modes)."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        found[rel] = None if path.is_dir() else path.read_bytes()
+        found[rel + "@mode"] = oct(path.stat().st_mode).encode()
+    return found
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("esper: error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> Path:
+    """A heuristic run stopped (as by Ctrl-C) after its first epoch."""
+    from esper.tolaria.episode import Episode
+
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    original = Episode.step
+
+    def stop(self, *args, **kwargs):
+        raise Stop
+
+    Episode.step = stop  # type: ignore[method-assign]
+    try:
+        code = main(["heuristic", *TINY, "--epochs", "3", "--out", str(run)])
+    finally:
+        Episode.step = original  # type: ignore[method-assign]
+    assert code == 130
+    summary = record.read_summary(run)
+    assert summary is not None and summary.status == "interrupted"
+    return run
+
+
+@pytest.fixture
+def run_copy(interrupted_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    return run
+
+
+# ------------------------------------------------------------------------------ bit flips
+
+
+def _latest(run: Path) -> Path:
+    checkpoints = run / record.CHECKPOINTS_DIR
+    return checkpoints / (checkpoints / record.LATEST_FILE).read_text().strip()
+
+
+@pytest.mark.parametrize("where", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("name", ["state.pt", "manifest.json", "LATEST"])
+def test_a_flipped_bit_is_reported_and_changes_nothing(run_copy, capsys, name, where) -> None:
+    path = (
+        run_copy / record.CHECKPOINTS_DIR / name if name == "LATEST" else _latest(run_copy) / name
+    )
+    data = bytearray(path.read_bytes())
+    at = min(int(len(data) * where), len(data) - 1)
+    if name == "LATEST" and where == 1.0:
+        at = len(data.rstrip()) - 1  # the last digit, not the newline
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+    before = _snapshot(run_copy)
+    capsys.readouterr()
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    line = _one_error_line(capsys)
+    assert name in line, line
+    assert _snapshot(run_copy) == before
+
+
+# ------------------------------------------------------------------------------ full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_stops_cleanly_and_the_run_resumes(small_disk, tmp_path, capsys) -> None:
+    run = small_disk / "run"
+    args = ["heuristic", *TINY, "--epochs", "200", "--threads", "1", "--out", str(run)]
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert "disk" in line.lower() or "space" in line.lower(), line
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    assert main(["heuristic", "--resume", str(moved)]) == 0
+    summary = record.read_summary(moved)
+    assert summary is not None and summary.status == "completed"
+    assert summary.growth is not None and summary.growth.epochs_completed == 200
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _bad_config(tmp: Path, kind: str) -> Path:
+    path = tmp / (f"{kind}.json" if kind != "toml" else "c.toml")
+    if kind == "unknown-key":
+        path.write_text(json.dumps({"training": {"task": "synthetic"}, "colour": 1}))
+    elif kind == "deep":
+        path.write_text("[" * 100000 + "]" * 100000)
+    elif kind == "deep-object":
+        path.write_text('{"a":' * 100000 + "1" + "}" * 100000)
+    else:
+        path.write_text("training = {task = \n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["heuristic", *TINY, "--seed", "1e26"], "--seed"),
+        (["heuristic", *TINY, "--seed", "99999999999999999999999"], "seed"),
+        (["heuristic", *TINY, "--epochs", "0"], "epochs"),
+        (["heuristic", *TINY, "--epochs", "x"], "--epochs"),
+        (["heuristic", "--task", "nope"], "nope"),
+        (["heuristic", *TINY, "--frobnicate"], "--frobnicate"),
+        (["static", *TINY, "--slots", "early"], "slots"),
+        (["eval", *TINY], "--policy"),
+        (["eval", *TINY, "--policy", "{tmp}"], "PPO"),
+        (["heuristic", "--config", "{unknown-key}"], "colour"),
+        (["heuristic", "--config", "{deep}"], "--config"),
+        (["heuristic", "--config", "{deep-object}"], "--config"),
+        (["heuristic", "--config", "{toml}"], "--config"),
+        (["heuristic", *TINY, "--out", "{tmp}/" + "x" * 300], "x" * 20),
+    ],
+)
+def test_bad_input_is_one_line_and_touches_nothing(
+    tmp_path, capsys, monkeypatch, args, message
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    configs = {
+        k: str(_bad_config(tmp_path, k)) for k in ("unknown-key", "deep", "deep-object", "toml")
+    }
+    args = [a.format(tmp=work, **configs) if "{" in a else a for a in args]
+    if "--out" not in args:
+        args += ["--out", str(work / "run")]
+    before = _snapshot(tmp_path)
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert message in line, line
+    assert _snapshot(tmp_path) == before
+
+
+def _resume_bad(run: Path, capsys, extra: list[str] | None = None) -> str:
+    before = _snapshot(run.parent)
+    assert main(["heuristic", "--resume", str(run), *(extra or [])]) == 2
+    line = _one_error_line(capsys)
+    assert _snapshot(run.parent) == before
+    return line
+
+
+def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hello")
+    assert "not an Esper run directory" in _resume_bad(plain, capsys)
+
+
+def test_resume_with_summary_json_a_directory(run_copy, capsys) -> None:
+    (run_copy / "summary.json").unlink()
+    (run_copy / "summary.json").mkdir()
+    assert "summary.json" in _resume_bad(run_copy, capsys)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\xffgarbage\n1,2,3\n", b"epoch,x\n1,2\n"])
+def test_resume_with_a_damaged_metrics_csv(run_copy, capsys, content) -> None:
+    (run_copy / "metrics.csv").write_bytes(content)
+    assert "metrics.csv" in _resume_bad(run_copy, capsys)
+
+
+def test_resume_with_extra_flags(run_copy, capsys) -> None:
+    assert "drop --epochs" in _resume_bad(run_copy, capsys, ["--epochs", "5"])
+    assert "drop --out" in _resume_bad(run_copy, capsys, ["--out", str(run_copy.parent / "o")])
+
+
+def test_out_inside_an_existing_run(run_copy, capsys) -> None:
+    before = _snapshot(run_copy.parent)
+    out = run_copy / "inner"
+    assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    assert "lies inside the run" in _one_error_line(capsys)
+    assert _snapshot(run_copy.parent) == before
+
+
+def test_resume_of_a_read_only_directory(run_copy, capsys) -> None:
+    for path in [run_copy, *run_copy.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o555)
+    try:
+        if os.access(run_copy, os.W_OK):
+            pytest.skip("this user can write to a read-only directory (root)")
+        line = _resume_bad(run_copy, capsys)
+        assert str(run_copy) in line or "permission" in line.lower(), line
+    finally:
+        for path in [run_copy, *run_copy.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
