@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from esper.cli.main import main
-from esper.cli.ppo import ROUND_FIELDS
+from esper.cli.run import ppo_state
+from esper.leyline.config import config_dict
+from esper.leyline.events import PPOUpdate
+from esper.nissa import record
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
 
 TIMING = {"seconds_rollout", "seconds_update"}
+ROUND_FIELDS = tuple(f.name for f in fields(PPOUpdate))
 
 
 def _events(run: Path) -> list[dict]:
@@ -27,8 +33,13 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _policy(run: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(run / "checkpoints" / "ppo.pt", weights_only=True)
-    return state["trainer"]["policy"]
+    policy: dict[str, torch.Tensor] = ppo_state(run)["trainer"]["policy"]
+    return policy
+
+
+def _state_file(run: Path) -> Path:
+    latest = (run / "checkpoints" / "LATEST").read_text().strip()
+    return run / "checkpoints" / latest / "state.pt"
 
 
 def test_tiny_preset_run_directory(tmp_path, capsys) -> None:
@@ -36,7 +47,9 @@ def test_tiny_preset_run_directory(tmp_path, capsys) -> None:
     assert main(["ppo", "--preset", "tiny", "--out", str(run)]) == 0
     err = capsys.readouterr().err
     assert "device map:\ncpu: envs 0, 1" in err
-    assert json.loads((run / "config.json").read_text()) == load_preset("tiny").resolved().to_dict()
+    tiny = load_preset("tiny").resolved()
+    tiny = replace(tiny, env=replace(tiny.env, threads=torch.get_num_threads()))
+    assert json.loads((run / "config.json").read_text()) == config_dict(tiny)
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seeds"]["environments"] == [0, 1] and "git_revision" in meta
     assert len(_rows(run)) == 2
@@ -53,14 +66,28 @@ def test_tiny_preset_run_directory(tmp_path, capsys) -> None:
     rewards = [e for e in events if e["event"] == "RewardComputed"]
     assert all(set(dict(e["components"])) for e in rewards)  # every component named
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["status"] == "completed" and summary["ppo"]["rounds_completed"] == 2
+    assert summary["ppo"]["rounds_planned"] == 2 and summary["growth"] is None
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == record.step_directory(2)
+
+
+def test_rounds_csv_is_the_ppo_update_of_each_round(tmp_path) -> None:
+    run = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--out", str(run)]) == 0
+    with (run / "rounds.csv").open(newline="") as f:
+        assert csv.DictReader(f).fieldnames == list(ROUND_FIELDS)
+    recorded = [asdict(r) for r in record.read_rows(run / "rounds.csv", PPOUpdate)]
+    logged = [e for e in _events(run) if e["event"] == "PPOUpdate"]
+    assert recorded == [{k: e[k] for k in ROUND_FIELDS} for e in logged]
+    assert [r["round"] for r in recorded] == [1, 2]
+    assert all(r["mean_final_accuracy"] is not None for r in recorded)
 
 
 def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     run = tmp_path / "ppo"
-    assert main(["ppo", "--preset", "tiny", "--rounds", "1", "--out", str(run)]) == 0
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(run)]) == 0
     out = tmp_path / "eval"
-    args = ["eval", "--policy", str(run), "--task", "synthetic", "--epochs", "3"]
+    args = ["eval", "--policy", str(run), "--task", "synthetic", "--epochs", "4"]
     assert main([*args, "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {
         "checkpoints",
@@ -68,18 +95,20 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
         "events.jsonl",
         "meta.json",
         "metrics.csv",
+        "model.pt",
         "summary.json",
     }
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["mode"] == "eval" and summary["epochs_completed"] == 3
+    assert summary["mode"] == "eval" and summary["status"] == "completed"
     actions = [e for e in _events(out) if e["event"] == "ActionTaken"]
-    assert len(actions) == 3 and all(a["reason"] == "policy" for a in actions)
+    assert len(actions) == 3 and all(a["reason"] == "policy" for a in actions)  # epochs - 1
     assert "eval synthetic (completed)" in capsys.readouterr().out
 
 
 def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     straight = tmp_path / "straight"
-    assert main(["ppo", "--preset", "tiny", "--rounds", "3", "--out", str(straight)]) == 0
+    argv = ["ppo", "--preset", "tiny", "--ppo.rounds", "3"]
+    assert main([*argv, "--out", str(straight)]) == 0
 
     run_round = PPOTrainer.run_round
     calls = {"n": 0}
@@ -87,14 +116,14 @@ def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     def interrupted_on_third(self):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C in the third round
         return run_round(self)
 
     monkeypatch.setattr(PPOTrainer, "run_round", interrupted_on_third)
     resumed = tmp_path / "resumed"
-    assert main(["ppo", "--preset", "tiny", "--rounds", "3", "--out", str(resumed)]) == 130
+    assert main([*argv, "--out", str(resumed)]) == 130
     summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 2
+    assert summary["status"] == "interrupted" and summary["ppo"]["rounds_completed"] == 2
     monkeypatch.setattr(PPOTrainer, "run_round", run_round)
     assert main(["ppo", "--resume", str(resumed)]) == 0
 
@@ -104,16 +133,17 @@ def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     rows = list(csv.DictReader((resumed / "rounds.csv").open()))
     summary = json.loads((resumed / "summary.json").read_text())
     both_attempts = sum(float(r["seconds_rollout"]) + float(r["seconds_update"]) for r in rows)
-    assert summary["seconds"] == pytest.approx(both_attempts, abs=2e-3)
+    assert summary["wall_seconds"] == pytest.approx(both_attempts, abs=2e-3)
     assert main(["ppo", "--resume", str(resumed)]) == 2  # completed: nothing to resume
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--config-json", "{path}"], "unknown key(s) ['ppo_epochs']"),
+        (["--config", "{path}"], "unknown key(s) ['ppo_epochs']"),
         (["--devices", "cuda:7"], "unknown or unavailable device 'cuda:7'; available: cpu"),
-        (["--envs", "1", "--episode-length", "1"], "env.episode_length must be an integer >= 2"),
+        (["--ppo.n-envs", "1", "--epochs", "1"], "env.epochs must be an integer in [2, "),
+        (["--envs", "3"], "--envs"),  # the old flags are gone, and say so
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message) -> None:
@@ -123,15 +153,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
     argv = ["ppo", "--preset", "tiny", "--out", str(out)]
     assert main(argv + [a.replace("{path}", str(bad)) for a in args]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
     assert not out.exists()
 
 
 def test_resume_errors(tmp_path, capsys) -> None:
     assert main(["ppo", "--resume", str(tmp_path)]) == 2
-    assert "is not an Esper PPO run directory" in capsys.readouterr().err
-    assert main(["ppo", "--resume", str(tmp_path), "--envs", "3"]) == 2
-    assert "drop --envs" in capsys.readouterr().err
+    assert "is not an Esper run directory" in capsys.readouterr().err
+    assert main(["ppo", "--resume", str(tmp_path), "--ppo.n-envs", "3"]) == 2
+    assert "drop --ppo.n-envs" in capsys.readouterr().err
     assert main(["ppo", "--resume", str(tmp_path), "--preset", "tiny"]) == 2
     assert "drop --preset" in capsys.readouterr().err
     assert main(["eval", "--task", "synthetic"]) == 2
@@ -140,8 +171,9 @@ def test_resume_errors(tmp_path, capsys) -> None:
 
 def test_a_damaged_rounds_csv_is_refused_before_training(tmp_path, capsys) -> None:
     run = tmp_path / "ppo"
-    assert main(["ppo", "--preset", "tiny", "--rounds", "2", "--out", str(run)]) == 0
-    (run / "summary.json").unlink()
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "2", "--out", str(run)]) == 0
+    summary = run / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"interrupted"'))
     lines = (run / "rounds.csv").read_text().splitlines()
     cells = lines[1].split(",")
     cells[ROUND_FIELDS.index("seconds_rollout")] = ""
@@ -150,21 +182,23 @@ def test_a_damaged_rounds_csv_is_refused_before_training(tmp_path, capsys) -> No
     capsys.readouterr()
     assert main(["ppo", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "rounds.csv: line 2 has no seconds_rollout" in err and "Traceback" not in err
+    assert "rounds.csv" in err and "seconds_rollout" in err and "Traceback" not in err
     assert (run / "events.jsonl").read_text() == events  # nothing was started
 
 
 def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     run = tmp_path / "ppo"
-    assert main(["ppo", "--preset", "tiny", "--rounds", "1", "--out", str(run)]) == 0
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(run)]) == 0
     summary = run / "summary.json"
     summary.write_text(summary.read_text().replace('"completed"', '"interrupted"'))
-    (run / "checkpoints" / "ppo.pt").write_bytes(b"not a checkpoint at all")
+    _state_file(run).write_bytes(b"not a checkpoint at all")
     capsys.readouterr()
     assert main(["ppo", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "is not a readable Esper PPO checkpoint" in err and "Traceback" not in err
+    assert "state.pt" in err and "Traceback" not in err
     args = ["eval", "--task", "synthetic", "--out", str(tmp_path / "e")]
+    assert main([*args, "--policy", str(run)]) == 2
+    assert "state.pt" in capsys.readouterr().err
     assert main([*args, "--policy", str(run / "rounds.csv")]) == 2
-    assert "is not a readable Esper PPO checkpoint" in capsys.readouterr().err
+    assert "is not an Esper PPO run directory" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
