@@ -10,7 +10,7 @@ Measures ``esper.simic``'s ``PPOTrainer`` on the ``synthetic`` task, every train
   batched over them), so the expected scaling is about flat: this measures what batching the
   policy buys, not parallel environments;
 * **share**: the time of policy inference (``network.act`` and the truncation bootstrap's
-  forward pass) plus the PPO update (``RoundResult.seconds_update``) over the whole round
+  forward pass) plus the PPO update (``PPOUpdate.seconds_update``) over the whole round
   (rollout + update), target <= 10%. The rest of the rollout (host training in the environments,
   their resets, observation encoding and masks) is host/env time. The share depends on how much
   host training one step does, so it is reported for the tiny preset's host budget (4 batches
@@ -109,7 +109,7 @@ class InferenceTimer:
 
     Wraps ``trainer.network.act`` (one batched action per step) and ``trainer._bootstrap``
     (V(final observation) of truncated episodes) on the instance; the update's forward passes
-    are not counted here, they are part of ``RoundResult.seconds_update``.
+    are not counted here, they are part of ``PPOUpdate.seconds_update``.
     """
 
     def __init__(self, trainer: PPOTrainer) -> None:
@@ -143,7 +143,7 @@ def timed_round(trainer: PPOTrainer) -> Timed:
     started = time.perf_counter()
     result = trainer.run_round()
     wall = time.perf_counter() - started
-    return Timed(result.env_steps - before, wall, result)
+    return Timed(result.stats.env_steps - before, wall, result)
 
 
 def interleaved(trainers: Sequence[PPOTrainer], rounds: int) -> list[list[Timed]]:
@@ -189,7 +189,7 @@ def scaling(work: Workload) -> None:
         paired = statistics.median(
             (t.steps / t.wall) / (b.steps / b.wall) for t, b in zip(rounds, base, strict=True)
         )
-        update = sum(t.result.seconds_update for t in rounds) / sum(t.wall for t in rounds)
+        update = sum(t.result.stats.seconds_update for t in rounds) / sum(t.wall for t in rounds)
         print(
             f"{n:>6} {rounds[0].steps:>11} {statistics.median(t.wall for t in rounds):>8.2f} "
             f"{rate:>11.2f} {rate / base_rate:>6.2f}x {paired:>6.2f}x {update:>6.1%}"
@@ -225,8 +225,8 @@ def share(work: Workload) -> None:
         for trainer, bucket in zip(trainers, timed, strict=True):
             bucket.append(timed_round(trainer))
     for batches, timer, rounds in zip(work.share_budgets, timers, timed, strict=True):
-        rollout = sum(t.result.seconds_rollout for t in rounds)
-        update = sum(t.result.seconds_update for t in rounds)
+        rollout = sum(t.result.stats.seconds_rollout for t in rounds)
+        update = sum(t.result.stats.seconds_update for t in rounds)
         host = rollout - timer.seconds
         fraction = (timer.seconds + update) / (rollout + update)
         verdict = "ok" if fraction <= SHARE_TARGET else "MISS"
@@ -261,7 +261,7 @@ def wide_update(work: Workload) -> None:
         f"wide ({WIDE}/{WIDE})",
     )
     for name, rounds in zip(names, timed, strict=True):
-        seconds = [t.result.seconds_update for t in rounds]
+        seconds = [t.result.stats.seconds_update for t in rounds]
         passes = [t.result.stats.passes for t in rounds]
         median = statistics.median(seconds)
         medians.append(median)

@@ -353,6 +353,10 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
     assert rounds[-1].mean_return == pytest.approx(summary.final_mean_return, abs=1e-3)
     finished = [e for e in events[:first_update] if e["event"] == EpisodeFinished.__name__]
     assert len(finished) == 2  # both environments' first episodes belong to round 1
+    returns = [e["episode_return"] for e in finished]
+    assert rounds[0].mean_return == pytest.approx(sum(returns) / 2)  # the update's, same mean
+    accuracies = [e["final_val_accuracy"] for e in finished]
+    assert rounds[0].mean_accuracy == pytest.approx(sum(accuracies) / 2)
 
 
 def test_baseline_of_the_other_kind_is_compared_where_comparable(

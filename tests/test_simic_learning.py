@@ -42,7 +42,8 @@ LEARNING = {
 def _trainer(seed: int = 0) -> PPOTrainer:
     config = TrainingConfig.from_dict({**LEARNING, "runtime": {"seed": seed}})
     envs = [PlateauEnv(StandInConfig(), seed=seed + i) for i in range(N_ENVS)]
-    return PPOTrainer(envs, [torch.device("cpu")] * N_ENVS, config, TelemetryHub("test", []))
+    hub = TelemetryHub("test", [])
+    return PPOTrainer(envs, [torch.device("cpu")] * N_ENVS, config, hub.emit, hub.set_level)
 
 
 def _mean_return(decide, reset, seed: int) -> float:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
 
-from esper.leyline.events import TelemetryLevel
+from esper.leyline.config import override
+from esper.leyline.events import PPOUpdate, TelemetryLevel, event_record
 from esper.nissa import TelemetryHub
-from esper.simic.anomaly import detect_anomalies
-from esper.simic.build import build_trainer, load_task_data, read_checkpoint, save_checkpoint
+from esper.simic import training
+from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
+from esper.simic.build import build_trainer, load_task_data, trainer_state
 from esper.simic.config import TrainingConfig, load_preset
-from esper.simic.ppo import PPOLearner, UpdateStats
+from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
 from esper.simic.training import PPOTrainer
 from standin import PlateauEnv, StandInConfig
@@ -34,18 +36,20 @@ class ListSink:
 
 
 def _standin_trainer(ppo: dict | None = None, n: int = 4, hub: TelemetryHub | None = None):
-    config = TrainingConfig.from_dict(
-        {"policy": {"hidden": 16, "lstm_hidden": 16}, "ppo": {"n_envs": n, **(ppo or {})}}
+    config = override(
+        TrainingConfig(),
+        {"policy": {"hidden": 16, "lstm_hidden": 16}, "ppo": {"n_envs": n, **(ppo or {})}},
     )
     envs = [PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in range(n)]
-    return PPOTrainer(envs, [torch.device("cpu")] * n, config, hub or TelemetryHub("t", []))
+    hub = hub or TelemetryHub("t", [])
+    return PPOTrainer(envs, [torch.device("cpu")] * n, config, hub.emit, hub.set_level)
 
 
 def _capture_batches(trainer: PPOTrainer) -> list[RolloutBatch]:
     batches: list[RolloutBatch] = []
     update = trainer.learner.update
 
-    def spy(batch: RolloutBatch) -> UpdateStats:
+    def spy(batch: RolloutBatch) -> UpdateResult:
         batches.append(batch)
         return update(batch)
 
@@ -86,7 +90,7 @@ def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:
         {"lr": 0.5, "ppo_epochs": 8, "target_kl": 1e6, "ratio_explosion": 1.5}, hub=hub
     )
     result = trainer.run_round()
-    diagnostic = result.stats.diagnostic
+    diagnostic = result.diagnostic
     assert diagnostic is not None
     assert diagnostic.ratio_max > 1.5 and diagnostic.steps > 0
     assert diagnostic.step_indices  # which (env, t) steps exploded: real steps of the round
@@ -100,6 +104,41 @@ def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:
     assert "ratio_explosion" in anomaly["kinds"] and anomaly["escalated_to"] == "debug"
     assert hub.level is TelemetryLevel.DEBUG
     assert len(sink.named("PPOHeadStats")) == 5  # debug detail is written while escalated
+
+
+def test_escalation_lasts_its_rounds_and_survives_a_resume(monkeypatch) -> None:
+    forced = iter([Anomaly(("entropy_collapse",), "forced")])  # round 1 only
+    monkeypatch.setattr(training, "detect_anomalies", lambda stats, limit: next(forced, None))
+    levels: list[TelemetryLevel] = []
+    hub = TelemetryHub("t", [])
+    hub.set_level = levels.append  # type: ignore[method-assign]
+    trainer = _standin_trainer(hub=hub)
+    trainer.run_round()
+    trainer.run_round()
+    resumed = _standin_trainer(hub=hub)
+    resumed.load_state_dict(trainer.state_dict())  # the escalation is the trainer's state
+    for _ in range(ESCALATION_ROUNDS):
+        resumed.run_round()
+    normal, debug = TelemetryLevel.NORMAL, TelemetryLevel.DEBUG
+    # round 1 starts at the configured level and escalates on its anomaly (its head statistics
+    # are written); rounds 2-4 stay at DEBUG, round 5 is back at the configured level
+    assert levels == [normal, debug, debug, debug, debug, normal]
+
+
+def test_every_ppo_update_field_is_written() -> None:
+    sink = ListSink()
+    trainer = _standin_trainer(hub=TelemetryHub("t", [sink], TelemetryLevel.MINIMAL))
+    trainer.run_round()
+    result = trainer.run_round()
+    [_, logged] = sink.named("PPOUpdate")
+    assert logged == {"t": logged["t"], "run_id": "t", **event_record(result.stats)}
+    unmeasured = [name for name, value in logged.items() if value is None]
+    assert unmeasured == [], unmeasured  # a healthy round measures every statistic
+    assert logged["round"] == 2 and logged["env_steps"] == trainer.learner.env_steps == 2 * 4 * 5
+    assert logged["mean_return"] == pytest.approx(sum(result.episode_returns) / 4)
+    accuracies = [env.episode_info().final_val_accuracy or math.nan for env in trainer.vec.envs]
+    assert logged["mean_final_accuracy"] == pytest.approx(sum(accuracies) / 4)
+    assert set(logged) - {"t", "run_id", "event"} == {f.name for f in fields(PPOUpdate)}
 
 
 def test_head_stats_are_debug_only() -> None:
@@ -116,7 +155,7 @@ def test_non_finite_update_is_skipped_not_applied() -> None:
     trainer.run_round()
     before = [p.detach().clone() for p in trainer.network.parameters()]
     poisoned = replace(batches[0], returns=torch.full_like(batches[0].returns, math.nan))
-    stats = trainer.learner.update(poisoned)
+    stats = trainer.learner.update(poisoned).stats
     assert stats.skipped_steps == stats.passes * trainer.config.ppo.minibatches
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
     assert "non_finite" in detect_anomalies(stats, 5.0).kinds  # type: ignore[union-attr]
@@ -130,8 +169,9 @@ def test_target_kl_stops_the_passes_early() -> None:
 
 
 def test_entropy_weight_anneals_in_environment_steps() -> None:
-    config = TrainingConfig.from_dict(
-        {"ppo": {"entropy_coef": 0.1, "entropy_coef_final": 0.0, "entropy_anneal_steps": 100}}
+    config = override(
+        TrainingConfig(),
+        {"ppo": {"entropy_coef": 0.1, "entropy_coef_final": 0.0, "entropy_anneal_steps": 100}},
     )
     trainer = _standin_trainer()
     learner = PPOLearner(trainer.network, config.ppo, False, torch.Generator())
@@ -171,9 +211,9 @@ def test_resume_continues_exactly(tmp_path) -> None:
 
     first = _tiny_trainer(TelemetryHub("b", []))
     first.run_round()
-    save_checkpoint(tmp_path / "ppo.pt", first)
+    torch.save(trainer_state(first), tmp_path / "ppo.pt")
     resumed = _tiny_trainer(TelemetryHub("c", []))
-    resumed.load_state_dict(read_checkpoint(tmp_path / "ppo.pt")["trainer"])
+    resumed.load_state_dict(torch.load(tmp_path / "ppo.pt", weights_only=True)["trainer"])
     resumed_second = resumed.run_round()
 
     assert resumed_second.episode_returns == straight_second.episode_returns

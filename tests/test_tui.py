@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from esper.cli import tui as cli_tui
-from esper.cli.main import build_parser, main
+from esper.cli.config import split_options
+from esper.cli.main import main
 from esper.karn.tui import HelpScreen, RunApp, env_cells
 from esper.karn.tui_state import RunView, log_text, matches
 from esper.leyline.events import (
@@ -276,11 +279,14 @@ def test_ppo_replay_environments_and_update_stats(recorded_runs: dict[str, Path]
             )
         assert table_rows(envs) == expected
         ppo = str(app.ppo_panel.content)
-        assert f"round         {update['round']}" in ppo
-        for key, label in (("entropy", "entropy"), ("approx_kl", "approx KL")):
-            assert f"{label:<14}{update[key]:.4g}" in ppo
-        assert f"{'mean return':<14}{update['mean_return']:.4g}" in ppo
-        assert "anomalies     0" in ppo
+        assert f"{'round':<20}{update['round']}" in ppo
+        for key, label in (("entropy", "entropy"), ("approx_kl", "approx kl")):
+            assert f"{label:<20}{update[key]:.4g}" in ppo
+        assert f"{'mean return':<20}{update['mean_return']:.4g}" in ppo
+        assert f"{'early stopped':<20}{'yes' if update['early_stopped'] else 'no'}" in ppo
+        labels = [line[:20].rstrip() for line in ppo.splitlines()]
+        assert labels[:-2] == [f.name.replace("_", " ") for f in fields(PPOUpdate)]  # each one
+        assert f"{'anomalies':<20}0" in ppo
         assert app.sub_title == "finished (completed)"
         slots = app.query_one("#slots", DataTable)
         for env in (0, 1):  # the slot panel follows the selected environment
@@ -442,26 +448,25 @@ def test_no_terminal_is_a_clear_error(
 
 
 def test_child_command_drops_tui_and_names_the_directory(tmp_path: Path) -> None:
-    parser = build_parser()
     cases = [
         (["heuristic", "--task", "synthetic", "--tui", "--epochs", "3"], None),
-        (["static", "--tu", "--task", "synthetic", "--out", str(tmp_path / "o")], tmp_path / "o"),
+        (["static", "--tui", "--task", "synthetic", "--out", str(tmp_path / "o")], tmp_path / "o"),
         (["ppo", "--preset", "tiny", "--tui"], None),
         (["heuristic", "--resume", str(tmp_path / "r"), "--tui"], tmp_path / "r"),
     ]
     for argv, directory in cases:
-        args = parser.parse_args(argv)
-        command, where = cli_tui.child_command(args, argv)
-        assert command[:3] == [sys.executable, "-m", "esper"]
-        child = parser.parse_args(command[3:])
-        assert not child.tui and "--tui" not in command and "--tu" not in command
-        expected = vars(args) | {"tui": False, "out": child.out}
-        assert vars(child) == expected  # nothing else changed
+        options, rest = split_options(argv[1:])
+        command, where = cli_tui.child_command(argv[0], options, rest)
+        assert command[:4] == [sys.executable, "-m", "esper", argv[0]]
+        assert "--tui" not in command
+        child, child_rest = split_options(command[4:])
+        assert child_rest == rest and child.resume == options.resume  # nothing else changed
+        assert not child.tui and child.config == options.config
         if directory is not None:
             assert where == directory and command.count("--out") == argv.count("--out")
         else:  # the command's own default, passed explicitly
             assert child.out == where and where.parent == Path("runs")
-            assert where.name.startswith(f"synthetic-{args.command}-")
+            assert where.name.startswith(f"synthetic-{argv[0]}-")
 
 
 def headless(script: Callable[[Pilot[None]], Awaitable[None]]) -> Callable[[RunApp], None]:
@@ -497,7 +502,7 @@ def test_tui_child_is_interrupted_on_quit(
     assert f"continue with: esper heuristic --resume {Path('runs') / run.name}" in out
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     console = (run / "console.log").read_text()
-    assert "interrupted: last epoch checkpointed" in console
+    assert re.search(r"interrupted: epoch \d+ checkpointed", console)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run.name]  # no hidden log left
     assert f"console output: {Path('runs') / run.name / 'console.log'}" in err
 
@@ -530,7 +535,7 @@ def test_tui_child_finishing_first_returns_its_code(
     script_path = tmp_path / "child.py"
     script_path.write_text(FAKE_CHILD)
     command = [sys.executable, str(script_path), str(recorded_runs["ppo"]), str(out)]
-    monkeypatch.setattr(cli_tui, "child_command", lambda args, argv: (command, out))
+    monkeypatch.setattr(cli_tui, "child_command", lambda name, options, argv: (command, out))
     monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
     seen: dict[str, Any] = {}
 
@@ -555,7 +560,7 @@ def test_tui_child_failing_before_its_run_starts(
 ) -> None:
     out = tmp_path / "run"
     command = [sys.executable, "-c", "import sys; sys.exit('esper: error: bad thing')"]
-    monkeypatch.setattr(cli_tui, "child_command", lambda args, argv: (command, out))
+    monkeypatch.setattr(cli_tui, "child_command", lambda name, options, argv: (command, out))
     monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
     monkeypatch.setattr(cli_tui, "_run_app", lambda app: pytest.fail("the UI must not start"))
     assert main(["heuristic", "--task", "synthetic", "--tui"]) == 1

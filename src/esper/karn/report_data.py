@@ -18,7 +18,6 @@ from typing import Any
 from esper.leyline import SeedStage, ordered_slots
 from esper.leyline.events import (
     ActionTaken,
-    EpisodeFinished,
     EpochCompleted,
     PPOUpdate,
     RewardComputed,
@@ -86,12 +85,12 @@ class LifecycleMark:
 
 @dataclass(frozen=True)
 class RoundSummary:
-    """One PPO round: means over the episodes and steps recorded before its ``PPOUpdate``.
+    """One PPO round: its ``PPOUpdate`` and means over the steps recorded before it.
 
     Attributes:
         round: the update's round number.
-        mean_return: mean episode return (None: no episode ended, or none recorded one).
-        mean_accuracy: mean final validation accuracy of the episodes, in percent.
+        mean_return: the update's mean episode return (None: not recorded).
+        mean_accuracy: the update's mean final validation accuracy, in percent.
         mean_reward: mean total reward per step.
         components: reward component -> mean per step.
         ops: op -> number of actions taken.
@@ -231,8 +230,6 @@ def round_summaries(records: Sequence[Mapping[str, Any]]) -> list[RoundSummary]:
         if record["event"] != PPOUpdate.__name__:
             bucket.append(record)
             continue
-        returns = _values(bucket, EpisodeFinished.__name__, "episode_return")
-        accuracies = _values(bucket, EpisodeFinished.__name__, "final_val_accuracy")
         components: dict[str, list[float]] = {}
         for step in bucket:
             if step["event"] == RewardComputed.__name__:
@@ -243,8 +240,8 @@ def round_summaries(records: Sequence[Mapping[str, Any]]) -> list[RoundSummary]:
         rounds.append(
             RoundSummary(
                 int(_number(record, "round") or len(rounds) + 1),
-                _mean(returns),
-                _mean(accuracies),
+                _number(record, "mean_return"),
+                _number(record, "mean_final_accuracy"),
                 _mean(_values(bucket, RewardComputed.__name__, "total")),
                 {name: sum(v) / len(v) for name, v in components.items()},
                 dict(ops),

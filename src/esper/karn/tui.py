@@ -86,17 +86,6 @@ STAGE_STYLES = {
 
 _STYLE_BY_NAME = {stage.value: style for stage, style in STAGE_STYLES.items()}
 
-PPO_LABELS = (
-    ("policy_loss", "policy loss"),
-    ("value_loss", "value loss"),
-    ("entropy", "entropy"),
-    ("approx_kl", "approx KL"),
-    ("clip_fraction", "clip fraction"),
-    ("explained_variance", "explained var"),
-    ("mean_return", "mean return"),
-)
-"""PPO panel: the ``PPOUpdate`` statistic and its label, in display order."""
-
 HELP_TEXT = f"""\
 esper tui — keys
 
@@ -160,16 +149,22 @@ def slot_cells(row: SlotRow) -> tuple[str | Text, ...]:
     )
 
 
+PPO_LABEL_WIDTH = 20
+"""PPO panel: the label column's width (the longest field name, "mean final accuracy", + 1)."""
+
+
 def ppo_text(view: RunView) -> str:
     """The PPO panel: the latest round's update statistics and the anomaly counts."""
     ppo = view.ppo
-    lines = [f"{'round':<14}{display(ppo.round)}", f"{'env steps':<14}{display(ppo.env_steps)}"]
-    lines += [f"{label:<14}{display(ppo.stats[key], '.4g')}" for key, label in PPO_LABELS]
-    lines += [
-        f"{'anomalies':<14}{ppo.anomalies}",
-        f"{'ratio explos.':<14}{ppo.ratio_explosions}",
+    rows: list[tuple[str, str]] = [
+        ("round", display(ppo.round)),
+        ("env steps", display(ppo.env_steps)),
     ]
-    return "\n".join(lines)
+    for key, value in ppo.stats.items():  # every PPOUpdate statistic, named by its field
+        shown = ("yes" if value else "no") if isinstance(value, bool) else display(value, ".4g")
+        rows.append((key.replace("_", " "), shown))
+    rows += [("anomalies", str(ppo.anomalies)), ("ratio explosions", str(ppo.ratio_explosions))]
+    return "\n".join(f"{label:<{PPO_LABEL_WIDTH}}{value}" for label, value in rows)
 
 
 class HelpScreen(ModalScreen[None]):

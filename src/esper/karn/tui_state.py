@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from esper.leyline.events import (
@@ -42,16 +42,8 @@ keeping a replay of a long run's log (hundreds of thousands of events) cheap to 
 _ENVELOPE = ("t", "run_id", "event", "env", "episode")
 """Keys every record carries besides its event's fields."""
 
-_PPO_FIELDS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "mean_return",
-)
-"""The ``PPOUpdate`` statistics the PPO panel shows."""
+PPO_FIELDS = tuple(f.name for f in fields(PPOUpdate) if f.name not in ("round", "env_steps"))
+"""The ``PPOUpdate`` statistics the PPO panel shows: every field but the round's position."""
 
 
 def as_number(value: Any) -> float | None:
@@ -70,6 +62,12 @@ def integer(record: dict[str, Any], key: str) -> int | None:
     """``record[key]`` when it is an integer (not a bool), else None."""
     value = record.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def stat(record: dict[str, Any], key: str) -> float | bool | None:
+    """``record[key]`` when it is a number or a bool, else None."""
+    value = record.get(key)
+    return value if isinstance(value, bool) else as_number(value)
 
 
 def text(record: dict[str, Any], key: str) -> str | None:
@@ -125,7 +123,7 @@ class PPOView:
     Attributes:
         round: the round of the latest ``PPOUpdate``.
         env_steps: environment steps so far.
-        stats: the latest update's statistics (``_PPO_FIELDS``; None when not measured).
+        stats: the latest update's statistics (``PPO_FIELDS``; None when not measured).
         mean_returns: the mean return of every round so far.
         anomaly_rounds: the round of every ``AnomalyDetected`` event.
         explosion_rounds: the round of every ``RatioExplosion`` event.
@@ -133,7 +131,7 @@ class PPOView:
 
     round: int | None = None
     env_steps: int | None = None
-    stats: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(_PPO_FIELDS))
+    stats: dict[str, float | bool | None] = field(default_factory=lambda: dict.fromkeys(PPO_FIELDS))
     mean_returns: list[float | None] = field(default_factory=list)
     anomaly_rounds: list[int | None] = field(default_factory=list)
     explosion_rounds: list[int | None] = field(default_factory=list)
@@ -221,7 +219,7 @@ class RunView:
         elif event == PPOUpdate.__name__:
             self.ppo.round = integer(record, "round")
             self.ppo.env_steps = integer(record, "env_steps")
-            self.ppo.stats = {key: number(record, key) for key in _PPO_FIELDS}
+            self.ppo.stats = {key: stat(record, key) for key in PPO_FIELDS}
             self.ppo.mean_returns.append(number(record, "mean_return"))
         elif event == AnomalyDetected.__name__:
             self.ppo.anomaly_rounds.append(integer(record, "round"))

@@ -183,16 +183,13 @@ class EpisodeFinished:
     host_param_count: int | None
 
 
-@dataclass(frozen=True)
-class PPOUpdate:
-    """One round's PPO update (DESIGN §5); statistics are means over the passes that ran."""
+@dataclass(frozen=True, kw_only=True)
+class PPOStats:
+    """What one PPO update measured (DESIGN §5): means over the passes that ran; ``None`` means
+    not measured (e.g. every optimizer step was skipped)."""
 
-    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
-
-    round: int
-    env_steps: int
     passes: int
-    early_stopped: bool
+    early_stopped: bool  # the target KL stopped the passes
     skipped_steps: int  # optimizer steps refused by the finiteness gate
     overflow_steps: int  # AMP grad-scaler overflow skips (normal while the scale calibrates)
     policy_loss: float | None
@@ -201,10 +198,29 @@ class PPOUpdate:
     approx_kl: float | None
     clip_fraction: float | None
     ratio_max: float | None
+    ratio_min: float | None
     explained_variance: float | None
-    grad_norm: float | None
+    value_std: float | None  # spread of V(s) over the real steps
+    return_std: float | None  # spread of the returns it was fitted to
+    grad_norm: float | None  # before clipping
     entropy_coef: float
-    mean_return: float | None  # mean return of episodes that ended this round
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Round:
+    round: int
+    env_steps: int  # environment steps so far, all environments
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOUpdate(PPOStats, _Round):
+    """One round: its update's ``PPOStats`` and the round's outcome. Its fields, in order, are
+    the columns of a PPO run's ``rounds.csv``."""
+
+    level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
+
+    mean_return: float | None  # mean return of the episodes that ended this round
+    mean_final_accuracy: float | None  # their mean final validation accuracy (percent)
     seconds_rollout: float
     seconds_update: float
 

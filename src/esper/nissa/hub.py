@@ -94,14 +94,13 @@ _BLOCK = 1 << 16
 class TelemetryHub:
     """Stamps each event with its run and wall-clock time and hands it to every sink.
 
-    An event is written when its type's ``level`` is at or below the hub's current level. The
-    level can be raised temporarily (``escalate``), e.g. by the PPO anomaly detector, and falls
-    back to the configured one after the given number of ``tick()`` calls.
+    An event is written when its type's ``level`` is at or below the hub's ``level``, which a
+    PPO trainer raises for a few rounds after an anomaly (``set_level``).
 
     Args:
         run_id: identifier written into every record.
         sinks: where records go.
-        level: the configured telemetry level.
+        level: the telemetry level.
         unfiltered: sinks that get the events they name whatever the level — console
             progress, which must not go quiet because the log was asked to be minimal.
     """
@@ -116,37 +115,11 @@ class TelemetryHub:
         self.run_id = run_id
         self.sinks = sinks
         self.unfiltered = unfiltered or []
-        self.base_level = level
-        self._escalated: TelemetryLevel | None = None
-        self._escalation_left = 0
+        self.level = level
 
-    @property
-    def level(self) -> TelemetryLevel:
-        """The level in force now (the escalated one while an escalation lasts)."""
-        return self._escalated if self._escalated is not None else self.base_level
-
-    def escalate(self, level: TelemetryLevel, ticks: int) -> None:
-        """Raise the level to ``level`` for the next ``ticks`` calls of ``tick``."""
-        if level.value > self.base_level.value:
-            self._escalated, self._escalation_left = level, max(ticks, self._escalation_left)
-
-    def tick(self) -> None:
-        """Count down an escalation (called once per PPO round)."""
-        if self._escalated is not None:
-            self._escalation_left -= 1
-            if self._escalation_left <= 0:
-                self._escalated = None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The escalation in force (the configured level is the run's configuration)."""
-        escalated = None if self._escalated is None else self._escalated.name
-        return {"escalated": escalated, "left": self._escalation_left}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict`` output."""
-        name = state["escalated"]
-        self._escalated = None if name is None else TelemetryLevel[name]
-        self._escalation_left = int(state["left"])
+    def set_level(self, level: TelemetryLevel) -> None:
+        """Write the events of ``level`` and below from now on."""
+        self.level = level
 
     def emit(self, event: Event, context: dict[str, Any] | None = None) -> None:
         """Write ``event`` if the current level includes it.

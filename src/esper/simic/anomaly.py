@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esper.simic.ppo import UpdateStats
+from esper.leyline.events import PPOStats
 
 ESCALATION_ROUNDS = 3
 """Rounds of DEBUG telemetry after an anomaly: long enough to see whether it persists."""
@@ -33,7 +33,7 @@ class Anomaly:
     detail: str
 
 
-def detect_anomalies(stats: UpdateStats, ratio_explosion: float) -> Anomaly | None:
+def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
     """Check one update for ratio explosion/collapse, entropy/value collapse and non-finite steps.
 
     Args:
@@ -55,12 +55,15 @@ def detect_anomalies(stats: UpdateStats, ratio_explosion: float) -> Anomaly | No
     if stats.entropy is not None and stats.entropy < ENTROPY_COLLAPSE:
         kinds.append("entropy_collapse")
         details.append(f"entropy {stats.entropy:.3g} < {ENTROPY_COLLAPSE:g}")
+    value_std, return_std = stats.value_std, stats.return_std
     if (
-        stats.return_std > RETURN_SPREAD_MIN
-        and stats.value_std < VALUE_COLLAPSE_RATIO * stats.return_std
+        value_std is not None
+        and return_std is not None
+        and return_std > RETURN_SPREAD_MIN
+        and value_std < VALUE_COLLAPSE_RATIO * return_std
     ):
         kinds.append("value_collapse")
-        details.append(f"value std {stats.value_std:.3g} vs return std {stats.return_std:.3g}")
+        details.append(f"value std {value_std:.3g} vs return std {return_std:.3g}")
     if stats.skipped_steps:
         kinds.append("non_finite")
         details.append(f"{stats.skipped_steps} optimizer step(s) skipped: non-finite loss/grads")

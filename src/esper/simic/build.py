@@ -18,11 +18,10 @@ import torch
 from esper.data import load_dataset
 from esper.leyline import Topology
 from esper.leyline.data import Dataset
-from esper.nissa import TelemetryHub
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, check_gamma
-from esper.simic.training import PPOTrainer
+from esper.simic.training import PPOTrainer, Telemetry
 from esper.simic.vector import assign_devices
 from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.features import observation_size
@@ -30,7 +29,7 @@ from esper.tamiyo.normalizer import RunningMeanStd
 from esper.tamiyo.policy import PolicyConfig, PolicyController, PolicyNetwork
 from esper.tasks import get_task
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 """Bumped whenever the checkpoint layout changes, so an old file fails with a clear message."""
 
 
@@ -47,9 +46,10 @@ def load_task_data(config: TrainingConfig, progress: bool = False) -> Dataset:
 
 
 def build_trainer(
-    config: TrainingConfig, hub: TelemetryHub, data: Dataset
+    config: TrainingConfig, telemetry: Telemetry, data: Dataset
 ) -> tuple[PPOTrainer, tuple[torch.device, ...]]:
-    """Environments (one per ``n_envs``, mapped round-robin to devices) and their trainer.
+    """Environments (one per ``n_envs``, mapped round-robin to devices) and their trainer, both
+    emitting to ``telemetry`` (a ``nissa.TelemetryHub``).
 
     Raises:
         ValueError: for bad devices, slots, or a reward γ that differs from PPO's.
@@ -65,12 +65,13 @@ def build_trainer(
             seed=config.runtime.seed + i,
             device=devices[i],
             reward=reward,
-            emit=hub.emit,
+            emit=telemetry.emit,
             index=i,
         )
         for i in range(config.ppo.n_envs)
     ]
-    return PPOTrainer(envs, devices, config, hub), devices
+    trainer = PPOTrainer(envs, devices, config, telemetry.emit, telemetry.set_level)
+    return trainer, devices
 
 
 def save_checkpoint(path: Path, trainer: PPOTrainer) -> None:

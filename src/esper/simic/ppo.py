@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from esper.leyline.events import PPOStats
 from esper.simic.config import PPOSettings
 from esper.simic.rollout import RolloutBatch
 from esper.tamiyo.actions import HEADS
@@ -60,31 +61,14 @@ class RatioExplosionDiagnostic:
 
 
 @dataclass(frozen=True)
-class UpdateStats:
-    """What one update did; ``None`` means not measured (e.g. every step was skipped).
+class UpdateResult:
+    """What one update did: its ``PPOStats`` (logged in ``PPOUpdate``) and the debug detail.
 
-    ``head_entropy`` and ``head_ratio_max`` are per head (debug telemetry); ``head_relevance``
-    is the fraction of real steps on which a head counted. ``skipped_steps`` counts steps
-    refused by the finiteness gate; ``overflow_steps`` the ordinary fp16 overflows a grad scaler
-    skips while it calibrates its scale (AMP only, not an anomaly).
+    ``head_entropy`` and ``head_ratio_max`` are per head; ``head_relevance`` is the fraction of
+    real steps on which a head counted; ``diagnostic`` is set when the ratio exploded.
     """
 
-    passes: int
-    early_stopped: bool
-    skipped_steps: int
-    overflow_steps: int
-    policy_loss: float | None
-    value_loss: float | None
-    entropy: float | None
-    approx_kl: float | None
-    clip_fraction: float | None
-    ratio_max: float | None
-    ratio_min: float | None
-    explained_variance: float | None
-    value_std: float
-    return_std: float
-    grad_norm: float | None
-    entropy_coef: float
+    stats: PPOStats
     head_entropy: dict[str, float | None]
     head_ratio_max: dict[str, float | None]
     head_relevance: dict[str, float]
@@ -197,7 +181,7 @@ class PPOLearner:
         frac = min(1.0, self.env_steps / s.entropy_anneal_steps)
         return s.entropy_coef + frac * (s.entropy_coef_final - s.entropy_coef)
 
-    def update(self, batch: RolloutBatch) -> UpdateStats:
+    def update(self, batch: RolloutBatch) -> UpdateResult:
         """Run the PPO passes on one round's batch (see the module docstring)."""
         s, net = self.settings, self.network
         valid = batch.valid
@@ -264,7 +248,7 @@ class PPOLearner:
 
         values, returns = batch.values[valid], batch.returns[valid]
         relevance = before.relevance[valid].float().mean(0) if n_valid else None
-        return UpdateStats(
+        stats = PPOStats(
             passes=passes,
             early_stopped=early_stopped,
             skipped_steps=skipped - self._overflows,
@@ -277,10 +261,13 @@ class PPOLearner:
             ratio_max=max(watch.ratio_max) if watch.ratio_max else None,
             ratio_min=min(watch.ratio_min) if watch.ratio_min else None,
             explained_variance=explained_variance(values, returns),
-            value_std=float(values.std(unbiased=False)) if n_valid else 0.0,
-            return_std=float(returns.std(unbiased=False)) if n_valid else 0.0,
+            value_std=float(values.std(unbiased=False)) if n_valid else None,
+            return_std=float(returns.std(unbiased=False)) if n_valid else None,
             grad_norm=_mean(logs["grad"]),
             entropy_coef=entropy_coef,
+        )
+        return UpdateResult(
+            stats,
             head_entropy={h: _mean(v) for h, v in watch.head_entropy.items()},
             head_ratio_max=watch.head_ratio_max,
             head_relevance={

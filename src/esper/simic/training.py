@@ -9,7 +9,12 @@ A **round** is one episode in every environment. ``PPOTrainer.run_round``:
 3. at a truncation, bootstraps from V(final observation) with the LSTM state before any reset;
    a termination (governor panic) bootstraps nothing, and that environment sits out the round;
 4. updates the observation normalizer once with the round's raw observations;
-5. runs the PPO update, the anomaly detector, and emits the round's telemetry.
+5. runs the PPO update and the anomaly detector, and emits the round's telemetry: its
+   ``PPOUpdate`` is also the round's row of ``rounds.csv``.
+
+Telemetry goes through an ``emit`` callable, as in Tolaria. The trainer owns the telemetry
+level: the configured one, raised to DEBUG for ``ESCALATION_ROUNDS`` rounds after an anomaly,
+handed to the sinks' filter through ``set_level``.
 
 Everything a resumed run needs (policy, optimizer, grad scaler, normalizer, every random state,
 counters) is in ``state_dict``; a run resumed from a checkpoint continues exactly.
@@ -19,8 +24,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Protocol
 
 import torch
 
@@ -28,16 +33,16 @@ from esper.leyline import Action, Observation
 from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
+    Event,
     PolicyDecision,
     PPOHeadStats,
     PPOUpdate,
     RatioExplosion,
     TelemetryLevel,
 )
-from esper.nissa import TelemetryHub
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.config import TrainingConfig
-from esper.simic.ppo import PPOLearner, UpdateStats
+from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
 from esper.simic.protocol import Env
 from esper.simic.rollout import RolloutBatch, RolloutBuffer
 from esper.simic.vector import VectorEnv
@@ -50,18 +55,36 @@ POLICY_SEED_OFFSET = 7919
 """The policy's sampling and shuffling generators use ``seed + offset`` so they never share a
 stream with environment 0 (which uses ``seed``)."""
 
+Emit = Callable[[Event, dict[str, Any]], None]
+"""Where telemetry goes: an event and its context (``{"env": i, "episode": k}`` or empty)."""
+
+SetLevel = Callable[[TelemetryLevel], None]
+"""Sets the telemetry level in force (what the sinks behind ``Emit`` write)."""
+
+
+class Telemetry(Protocol):
+    """What a PPO run needs of its telemetry (``nissa.TelemetryHub`` is one)."""
+
+    def emit(self, event: Event, context: dict[str, Any] | None = None) -> None:
+        """Write ``event`` with ``context`` if the level in force includes it."""
+
+    def set_level(self, level: TelemetryLevel) -> None:
+        """Set the level in force."""
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
 
 @dataclass(frozen=True)
 class RoundResult:
-    """What one round produced."""
+    """What one round produced: its statistics (as logged and recorded), each environment's
+    episode return, the ratio-explosion diagnostic and the anomaly, if any."""
 
-    round: int
-    env_steps: int
+    stats: PPOUpdate
     episode_returns: tuple[float, ...]
-    stats: UpdateStats
+    diagnostic: RatioExplosionDiagnostic | None
     anomaly: Anomaly | None
-    seconds_rollout: float
-    seconds_update: float
 
 
 class PPOTrainer:
@@ -71,7 +94,9 @@ class PPOTrainer:
         envs: the environments (all with the same topology and ``max_steps``).
         devices: each environment's device; the policy lives on the first one.
         config: the training configuration (its ``env`` group is the environments' business).
-        hub: telemetry (PPO updates, episode ends, anomalies; escalated on anomalies).
+        emit: where PPO updates, episode ends, decisions and anomalies go.
+        set_level: told the telemetry level at the start of every round and on an anomaly
+            (``config.telemetry.level``, DEBUG while an escalation lasts).
     """
 
     def __init__(
@@ -79,12 +104,16 @@ class PPOTrainer:
         envs: Sequence[Env],
         devices: Sequence[torch.device],
         config: TrainingConfig,
-        hub: TelemetryHub,
+        emit: Emit,
+        set_level: SetLevel,
     ) -> None:
         topologies = {env.topology for env in envs}
         if len(topologies) != 1:
             raise ValueError(f"environments must share one topology, got {topologies}")
-        self.config, self.hub = config, hub
+        self.config, self.emit, self._set_level = config, emit, set_level
+        self.base_level = TelemetryLevel.parse(config.telemetry.level)
+        self.level = self.base_level  # the level in force
+        self.escalated_until = 0  # the last round logged at DEBUG after an anomaly
         self.vec = VectorEnv(envs, devices)
         self.device = devices[0]
         self.topology = envs[0].topology
@@ -119,7 +148,7 @@ class PPOTrainer:
     def run_round(self) -> RoundResult:
         """Collect one episode per environment, update the normalizer once, run PPO."""
         self.round += 1
-        self.hub.tick()
+        self._telemetry_level(self.round <= self.escalated_until)
         started = time.perf_counter()
         n, net, space = len(self.vec), self.network, self.space
         observations = self.vec.reset()
@@ -172,22 +201,46 @@ class PPOTrainer:
         batch = buffer.build()
         self.normalizer.update(torch.cat(seen))  # once per rollout batch, never per pass
         rollout_seconds = time.perf_counter() - started
+        return self._learn(batch, returns, lengths, terminated_env, rollout_seconds)
 
+    def _learn(
+        self,
+        batch: RolloutBatch,
+        returns: list[float],
+        lengths: list[int],
+        terminated: list[bool],
+        rollout_seconds: float,
+    ) -> RoundResult:
+        """Run PPO on the round, check it for anomalies and emit the round's telemetry."""
         started = time.perf_counter()
-        stats = self.learner.update(self._to_device(batch))
+        learned = self.learner.update(self._to_device(batch))
         update_seconds = time.perf_counter() - started
-        anomaly = detect_anomalies(stats, self.config.ppo.ratio_explosion)
-        round_result = RoundResult(
-            self.round,
-            self.learner.env_steps,
-            tuple(returns),
-            stats,
-            anomaly,
-            rollout_seconds,
-            update_seconds,
+        infos = [env.episode_info() for env in self.vec.envs]
+        accuracies = [i.final_val_accuracy for i in infos if i.final_val_accuracy is not None]
+        stats = PPOUpdate(
+            **asdict(learned.stats),
+            round=self.round,
+            env_steps=self.learner.env_steps,
+            mean_return=_mean(returns),
+            mean_final_accuracy=_mean(accuracies),
+            seconds_rollout=rollout_seconds,
+            seconds_update=update_seconds,
         )
-        self._emit_round(round_result, lengths, terminated_env)
-        return round_result
+        anomaly = detect_anomalies(stats, self.config.ppo.ratio_explosion)
+        outcome = RoundResult(stats, tuple(returns), learned.diagnostic, anomaly)
+        for i, info in enumerate(infos):
+            episode = EpisodeFinished(
+                episode=self.round,
+                length=lengths[i],
+                episode_return=returns[i],
+                terminated=terminated[i],
+                final_val_accuracy=info.final_val_accuracy,
+                param_count=info.param_count,
+                host_param_count=info.host_param_count,
+            )
+            self.emit(episode, {"env": i})
+        self._emit_update(outcome, learned)
+        return outcome
 
     def _bootstrap(
         self, raw: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], which: torch.Tensor
@@ -228,88 +281,58 @@ class PPOTrainer:
         alive: torch.Tensor,
     ) -> None:
         """One ``PolicyDecision`` per live environment (skipped below NORMAL telemetry)."""
-        if self.hub.level.value < PolicyDecision.level.value:
+        if self.level.value < PolicyDecision.level.value:
             return  # building the event costs more than the decision; nothing would be written
         log_probs, values = step.log_prob.cpu().tolist(), step.value.cpu().tolist()
         for i in range(len(self.vec)):
             if alive[i]:
                 epoch = observations[i].signals.epoch
                 event = self.space.decision(masks[i], chosen[i], epoch, log_probs[i], values[i])
-                self.hub.emit(event, {"env": i, "episode": self.round})  # a round = one episode
+                self.emit(event, {"env": i, "episode": self.round})  # a round = one episode
 
-    def _emit_round(self, result: RoundResult, lengths: list[int], terminated: list[bool]) -> None:
-        stats, hub = result.stats, self.hub
-        for i, env in enumerate(self.vec.envs):
-            info = env.episode_info()
-            hub.emit(
-                EpisodeFinished(
-                    result.round,
-                    lengths[i],
-                    result.episode_returns[i],
-                    terminated[i],
-                    info.final_val_accuracy,
-                    info.param_count,
-                    info.host_param_count,
-                ),
-                {"env": i},
+    def _telemetry_level(self, debug: bool) -> None:
+        """The configured level, or DEBUG (never below the configured one)."""
+        wanted = TelemetryLevel.DEBUG if debug else self.base_level
+        self.level = max(wanted, self.base_level, key=lambda level: level.value)
+        self._set_level(self.level)
+
+    def _emit_update(self, result: RoundResult, learned: UpdateResult) -> None:
+        """The round's ``PPOUpdate``, its diagnostic and anomaly, then per-head statistics
+        (DEBUG: written only while an anomaly's escalation lasts, this round included)."""
+        stats, emit = result.stats, self.emit
+        emit(stats, {})
+        if result.diagnostic is not None:
+            d = result.diagnostic
+            explosion = RatioExplosion(
+                round=stats.round,
+                threshold=d.threshold,
+                heads=d.heads,
+                steps=d.steps,
+                step_indices=d.step_indices,
+                ratio_max=d.ratio_max,
+                ratio_mean=d.ratio_mean,
             )
-        finished = result.episode_returns
-        hub.emit(
-            PPOUpdate(
-                result.round,
-                result.env_steps,
-                stats.passes,
-                stats.early_stopped,
-                stats.skipped_steps,
-                stats.overflow_steps,
-                stats.policy_loss,
-                stats.value_loss,
-                stats.entropy,
-                stats.approx_kl,
-                stats.clip_fraction,
-                stats.ratio_max,
-                stats.explained_variance,
-                stats.grad_norm,
-                stats.entropy_coef,
-                sum(finished) / len(finished) if finished else None,
-                result.seconds_rollout,
-                result.seconds_update,
-            )
-        )
-        if stats.diagnostic is not None:
-            d = stats.diagnostic
-            hub.emit(
-                RatioExplosion(
-                    result.round,
-                    d.threshold,
-                    d.heads,
-                    d.steps,
-                    d.step_indices,
-                    d.ratio_max,
-                    d.ratio_mean,
-                )
-            )
+            emit(explosion, {})
         if result.anomaly is not None:
-            hub.escalate(TelemetryLevel.DEBUG, ESCALATION_ROUNDS + 1)  # + this round
-            hub.emit(
-                AnomalyDetected(
-                    result.round,
-                    result.anomaly.kinds,
-                    result.anomaly.detail,
-                    hub.level.name.lower(),
-                    ESCALATION_ROUNDS,
-                )
+            self.escalated_until = self.round + ESCALATION_ROUNDS
+            self._telemetry_level(debug=True)
+            anomaly = AnomalyDetected(
+                round=stats.round,
+                kinds=result.anomaly.kinds,
+                detail=result.anomaly.detail,
+                escalated_to=self.level.name.lower(),
+                rounds=ESCALATION_ROUNDS,
             )
+            emit(anomaly, {})
         for h in HEADS:
-            hub.emit(
-                PPOHeadStats(
-                    result.round,
-                    h,
-                    stats.head_entropy[h],
-                    stats.head_ratio_max[h],
-                    stats.head_relevance[h],
-                )
+            head = PPOHeadStats(
+                round=stats.round,
+                head=h,
+                entropy=learned.head_entropy[h],
+                ratio_max=learned.head_ratio_max[h],
+                relevant_fraction=learned.head_relevance[h],
             )
+            emit(head, {})
 
     # ------------------------------------------------------------------------------ resume
 
@@ -322,7 +345,7 @@ class PPOTrainer:
             "normalizer": self.normalizer.state_dict(),
             "generator": self.generator.get_state(),
             "envs": [env.state_dict() for env in self.vec.envs],
-            "telemetry": self.hub.state_dict(),
+            "escalated_until": self.escalated_until,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,4 +361,4 @@ class PPOTrainer:
             )
         for env, env_state in zip(self.vec.envs, state["envs"], strict=True):
             env.load_state_dict(env_state)
-        self.hub.load_state_dict(state["telemetry"])
+        self.escalated_until = int(state["escalated_until"])
