@@ -530,8 +530,10 @@ def _columns(row_type: type[Any]) -> tuple[tuple[str, Any, bool], ...]:
         if typing.get_origin(kind) in (types.UnionType, typing.Union):
             (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
             optional = True
-        if kind not in (int, float, str):
-            raise TypeError(f"{row_type.__name__}.{f.name}: a CSV column is int, float or str")
+        if kind not in (bool, int, float, str):
+            raise TypeError(
+                f"{row_type.__name__}.{f.name}: a CSV column is bool, int, float or str"
+            )
         out.append((f.name, kind, optional))
     if not out or out[0][1] is not int or out[0][2]:
         raise TypeError(f"{row_type.__name__}: the first field must be the integer step")
@@ -551,6 +553,10 @@ def _parse_cell(text: str, kind: Any, optional: bool) -> Any:
         if optional or kind is str:
             return None if optional else ""
         raise ValueError("is empty")
+    if kind is bool:
+        if text not in ("True", "False"):
+            raise ValueError("is not True or False")
+        return text == "True"
     if kind is int:
         if not re.fullmatch(r"-?\d+", text):
             raise ValueError("is not an integer")

@@ -1,22 +1,20 @@
 """Building a PPO run from a ``TrainingConfig``, and loading a trained policy back.
 
-A training checkpoint (``checkpoints/ppo.pt``) is one ``torch.save`` dict holding the resolved
-configuration, the trainer's full state (policy, optimizer, grad scaler, normalizer, random
-states, counters, environments) and the topology of the host. ``load_policy`` turns it into a
-``PolicyController`` that any command can use in place of the heuristic.
+A PPO checkpoint state (``trainer_state``) is one dict holding the resolved configuration, the
+trainer's full state (policy, optimizer, grad scaler, normalizer, random states, counters,
+environments) and the topology of the host; the run record stores it. ``load_policy`` turns it
+into a ``PolicyController`` that any command can use in place of the heuristic.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from esper.data import load_dataset
 from esper.leyline import Topology
+from esper.leyline.config import HostTraining, config_dict, override
 from esper.leyline.data import Dataset
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
@@ -26,7 +24,7 @@ from esper.simic.vector import assign_devices
 from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.features import observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
-from esper.tamiyo.policy import PolicyConfig, PolicyController, PolicyNetwork
+from esper.tamiyo.policy import PolicyController, PolicyNetwork
 from esper.tasks import get_task
 
 CHECKPOINT_FORMAT = 2
@@ -74,72 +72,63 @@ def build_trainer(
     return trainer, devices
 
 
-def save_checkpoint(path: Path, trainer: PPOTrainer) -> None:
-    """Write the trainer's state atomically (a crash never leaves half a checkpoint)."""
-    state = {
+def trainer_state(trainer: PPOTrainer) -> dict[str, Any]:
+    """What a PPO checkpoint holds: the resolved configuration, the host topology and the
+    trainer's full state (policy, optimizer, scaler, normalizer, random states, environments)."""
+    return {
         "format": CHECKPOINT_FORMAT,
-        "config": trainer.config.to_dict(),
+        "config": config_dict(trainer.config),
         "topology": trainer.topology.value,
         "trainer": trainer.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint dict, checked for its format.
+def _config_of(state: Any) -> TrainingConfig:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise PolicyCheckpointError(
+            f"not an Esper PPO checkpoint (format {CHECKPOINT_FORMAT}); was it written by "
+            "another version of Esper?"
+        )
+    try:
+        config: TrainingConfig = override(TrainingConfig(), state["config"])
+    except (KeyError, ValueError) as err:
+        raise PolicyCheckpointError(f"damaged PPO checkpoint: {err}") from err
+    return config
+
+
+def policy_training(state: dict[str, Any]) -> HostTraining:
+    """The environment settings the policy in a PPO checkpoint state was trained with.
 
     Raises:
-        PolicyCheckpointError: naming the file and what is wrong.
+        PolicyCheckpointError: not a PPO checkpoint state.
     """
-    if not path.is_file():
-        raise PolicyCheckpointError(f"policy checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PolicyCheckpointError(
-            f"{str(path)!r} is not a readable Esper PPO checkpoint ({first})"
-        ) from err
-    if not isinstance(state, dict) or "format" not in state or state["format"] != CHECKPOINT_FORMAT:
-        raise PolicyCheckpointError(
-            f"{str(path)!r} is not an Esper PPO checkpoint (format {CHECKPOINT_FORMAT})"
-        )
-    return state
+    return _config_of(state).env
 
 
-def load_policy(path: Path, topology: Topology) -> PolicyController:
-    """A ``PolicyController`` acting greedily with the policy saved in ``path``.
+def load_policy(state: dict[str, Any], topology: Topology) -> PolicyController:
+    """A ``PolicyController`` acting greedily with the policy in a PPO checkpoint state.
 
     Args:
-        path: a training checkpoint (``checkpoints/ppo.pt``) or the run directory holding it.
+        state: ``trainer_state`` output, read back from a PPO run's checkpoint.
         topology: the topology of the host it will control (must match the training host's).
 
     Raises:
-        PolicyCheckpointError: for an unreadable file or a topology mismatch.
+        PolicyCheckpointError: for a damaged state or a topology mismatch.
     """
-    if path.is_dir():
-        path = path / "checkpoints" / "ppo.pt"
-    state = read_checkpoint(path)
+    config = _config_of(state)
     try:
-        config = TrainingConfig.from_dict(state["config"])
         trained_on = Topology(state["topology"])
         space = ActionSpace(trained_on)
         size = observation_size(config.policy.slot_telemetry)
-        network = PolicyNetwork(
-            size, space.head_sizes, PolicyConfig(config.policy.hidden, config.policy.lstm_hidden)
-        )
+        network = PolicyNetwork(size, space.head_sizes, config.policy)
         network.load_state_dict(state["trainer"]["policy"])
         normalizer = RunningMeanStd(size)
         normalizer.load_state_dict(state["trainer"]["normalizer"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        raise PolicyCheckpointError(f"damaged policy checkpoint {str(path)!r}: {err}") from err
+        raise PolicyCheckpointError(f"damaged PPO checkpoint: {err}") from err
     if trained_on is not topology:
         raise PolicyCheckpointError(
-            f"the policy in {str(path)!r} was trained on a {trained_on.value} host; "
+            f"the policy was trained on a {trained_on.value} host; "
             f"this task's host is {topology.value}"
         )
     network.eval()
