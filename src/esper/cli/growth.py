@@ -133,7 +133,6 @@ class GrowthRunner:
         self.recorder = Recorder.open(
             mode, self.config, options, EpochRow, self._meta, hub, self._state
         )
-        self.committed = self.recorder.checkpoint_step or 0  # epoch of the last checkpoint
         if self.recorder.checkpoint is not None:
             self._restore(self.recorder.state())
 
@@ -143,33 +142,18 @@ class GrowthRunner:
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
-            if state["threads"] != self.threads:
-                raise ValueError(
-                    f"it ran with {state['threads']} torch threads, this process has "
-                    f"{self.threads}; the count changes results"
-                )
             self.episode.load_state_dict(state["episode"])
             self.controller.load_state_dict(json.loads(state["controller"]))
             self.elapsed = float(state["elapsed"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise UserError(f"cannot resume {str(self.recorder.directory)!r}: {err}") from err
-        if self.epoch != self.committed:
-            raise UserError(
-                f"cannot resume {str(self.recorder.directory)!r}: its checkpoint holds epoch "
-                f"{self.epoch}, its manifest says {self.committed}"
-            )
-        if self.epoch > self.config.training.episode_length():
-            raise UserError(
-                f"cannot resume {str(self.recorder.directory)!r}: epoch {self.epoch} is beyond "
-                f"its {self.config.training.episode_length()} epochs"
-            )
+        self.recorder.check_step(self.epoch, self.config.training.episode_length(), "epoch")
 
     def _state(self) -> dict[str, Any]:
         return {
             "episode": self.episode.state_dict(),
             "controller": json.dumps(self.controller.state_dict()),
             "elapsed": self.elapsed,
-            "threads": self.threads,
         }
 
     @property
@@ -222,7 +206,6 @@ class GrowthRunner:
                 r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, params
             )
             self.recorder.commit(self.epoch, row, self._state())
-            self.committed = self.epoch
 
     def _finish(self, status: str) -> None:
         """Summarise what the last checkpoint holds (on a stop: reload it first)."""

@@ -104,25 +104,15 @@ class PPORunner:
         return record.run_meta(run_id, "ppo", seeds, self.threads, sys.argv)
 
     def _state(self) -> dict[str, Any]:
-        return {**trainer_state(self.trainer), "threads": self.threads}
+        return trainer_state(self.trainer)
 
     def _restore(self, state: dict[str, Any]) -> None:
         where = f"cannot resume {str(self.recorder.directory)!r}"
         try:
-            if state["threads"] != self.threads:
-                raise ValueError(
-                    f"it ran with {state['threads']} torch threads, this process has "
-                    f"{self.threads}; the count changes results"
-                )
             self.trainer.load_state_dict(state["trainer"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise UserError(f"{where}: {err}") from err
-        step = self.recorder.checkpoint_step
-        if self.trainer.round != step or step > self.config.ppo.rounds:
-            raise UserError(
-                f"{where}: its checkpoint holds round {self.trainer.round} (manifest: {step}) "
-                f"of {self.config.ppo.rounds}"
-            )
+        self.recorder.check_step(self.trainer.round, self.config.ppo.rounds, "round")
 
     def run(self) -> tuple[str, str]:
         """Train the remaining rounds, committing each; return (status, failure message).

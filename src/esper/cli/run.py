@@ -32,7 +32,7 @@ from esper.data import DatasetNotFoundError, load_dataset
 from esper.leyline.config import HostTraining, config_dict, config_text
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
-from esper.leyline.files import DiskFullError
+from esper.leyline.files import DiskFullError, atomic_write
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink, check_tensorboard
@@ -165,6 +165,7 @@ class Recorder:
         rows: the rows recorded so far (those the last checkpoint covers).
         hub: the run's telemetry hub.
         checkpoint: on resume, the checkpoint to continue from.
+        step: the step of the last committed checkpoint.
     """
 
     directory: Path
@@ -173,6 +174,7 @@ class Recorder:
     rows: list[Any]
     hub: TelemetryHub
     checkpoint: record.Checkpoint | None
+    step: int = 0
 
     @classmethod
     def open(
@@ -203,6 +205,7 @@ class Recorder:
                 directory = new_run_directory(out)
                 run_id = directory.name
                 record.write_json(directory / record.CONFIG_FILE, config_dict(config))
+                atomic_write(directory / record.EVENTS_FILE, "")  # a run directory from now on
                 record.write_json(directory / record.META_FILE, meta(run_id).to_json())
                 csv.rewrite([])
                 recorder = cls(directory, run_id, csv, [], hub, None)
@@ -225,7 +228,7 @@ class Recorder:
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.resume(checkpoint.step)
         (directory / record.SUMMARY_FILE).unlink(missing_ok=True)  # the run is live again
-        return cls(directory, meta.run_id, csv, rows, hub, checkpoint)
+        return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
 
     def start(self, mode: str, training: HostTraining, seed: int, tensorboard: bool) -> None:
         """Attach the sinks and announce the run (``RunStarted``)."""
@@ -254,32 +257,55 @@ class Recorder:
 
     def console(self, label: str, total: int) -> None:
         """Show progress on the console (every step, whatever the telemetry level)."""
-        done = 0 if self.checkpoint is None else self.checkpoint.step
+        done = self.step
         sink = ConsoleSink(sys.stderr, label, total, done, bar=sys.stderr.isatty())
         self.hub.unfiltered.append(sink)
 
-    @property
-    def checkpoint_step(self) -> int | None:
-        """The step of the checkpoint a resume continues from (None for a new run)."""
-        return None if self.checkpoint is None else self.checkpoint.step
-
     def commit(self, step: int, row: Any, state: dict[str, Any]) -> None:
-        """Record one step: its CSV row, then its checkpoint (committed as a whole).
+        """Record one step: its CSV row, then its checkpoint (committed as a whole, with the
+        torch thread count it ran with).
 
         Raises:
             DiskFullError: out of space; the previous checkpoint is intact.
         """
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save({**state, "threads": torch.get_num_threads()}, buffer)
         if row is not None:
             self.csv.append(row)
             self.rows.append(row)
         files = {"state.pt": buffer.getvalue()}
         record.commit_checkpoint(self.directory, step, files, self.run_id)
+        self.step = step
 
     def state(self) -> dict[str, Any]:
-        """The state dict of the last committed checkpoint (see ``read_state``)."""
-        return read_state(self.directory, self.run_id)
+        """The state dict of the last committed checkpoint (see ``read_state``).
+
+        Raises:
+            UserError: it ran with another torch thread count than this process has (the
+                count changes results), or see ``read_state``.
+        """
+        state = read_state(self.directory, self.run_id)
+        threads = torch.get_num_threads()
+        if "threads" not in state or state["threads"] != threads:
+            raise UserError(
+                f"cannot resume {str(self.directory)!r}: it ran with "
+                f"{state.get('threads')} torch threads, this process has {threads}; "
+                "the count changes results"
+            )
+        return state
+
+    def check_step(self, reached: int, planned: int, unit: str) -> None:
+        """A restored state must be at the checkpoint's step, within the run's plan.
+
+        Raises:
+            UserError: naming the step the state holds, the manifest's and the plan.
+        """
+        step = self.step
+        if reached != step or reached > planned:
+            raise UserError(
+                f"cannot resume {str(self.directory)!r}: its checkpoint holds {unit} {reached} "
+                f"(manifest: {step}) of {planned}"
+            )
 
     def finish(self, summary: record.RunSummary, finished: Event) -> None:
         """Close the telemetry and write ``summary.json``."""
