@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import fields, replace
 
@@ -13,7 +14,7 @@ from esper.leyline.events import PPOUpdate, TelemetryLevel, event_record
 from esper.nissa import TelemetryHub
 from esper.simic import training
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
-from esper.simic.build import build_trainer, load_task_data, trainer_state
+from esper.simic.build import build_trainer, load_task_data, policy_training, trainer_state
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
@@ -204,16 +205,20 @@ def _tiny_trainer(hub: TelemetryHub) -> PPOTrainer:
     return trainer
 
 
-def test_resume_continues_exactly(tmp_path) -> None:
+def test_resume_continues_exactly() -> None:
     straight = _tiny_trainer(TelemetryHub("a", []))
     straight.run_round()
     straight_second = straight.run_round()
 
     first = _tiny_trainer(TelemetryHub("b", []))
     first.run_round()
-    torch.save(trainer_state(first), tmp_path / "ppo.pt")
+    buffer = io.BytesIO()  # a checkpoint's state.pt, as the run record writes it
+    torch.save(trainer_state(first), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert policy_training(state) == first.config.env
     resumed = _tiny_trainer(TelemetryHub("c", []))
-    resumed.load_state_dict(torch.load(tmp_path / "ppo.pt", weights_only=True)["trainer"])
+    resumed.load_state_dict(state["trainer"])
     resumed_second = resumed.run_round()
 
     assert resumed_second.episode_returns == straight_second.episode_returns
