@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from esper.data import BatchStream, make_synthetic
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
 from esper.leyline import Action, Observation, Op
+from esper.leyline.config import HostTraining
 from esper.nissa import JsonlSink, TelemetryHub
 from esper.tamiyo import HeuristicTamiyo, SignalTracker
-from esper.tolaria import EngineConfig, Trainer
+from esper.tolaria import Trainer
 
 BATCH = 128
 SHAPE = (3, 32, 32)  # CIFAR-shaped, like the reference figure
@@ -92,7 +93,9 @@ def throughput(n_train: int, n_val: int, rounds: int, log: Path) -> tuple[float,
     model = _model(0)
     hub = TelemetryHub("bench", [JsonlSink(log)])
     stream = BatchStream(data.x_train, data.y_train, BATCH, seed=0)
-    config = EngineConfig(max_epochs=model.epoch + rounds + 1)
+    config = HostTraining(
+        "synthetic", epochs=model.epoch + rounds + 1, batch_size=BATCH, lr=3e-3, seed_lr=3e-3
+    )
     trainer = Trainer(model, data, stream, config, hub.emit)
     tracker, controller = SignalTracker(), HeuristicTamiyo()
 
@@ -105,7 +108,7 @@ def throughput(n_train: int, n_val: int, rounds: int, log: Path) -> tuple[float,
             val_accuracy=result.val_accuracy,
             reports=model.reports(),
         )
-        obs = Observation(signals, model.reports(), ("conv_light",), config.max_epochs)
+        obs = Observation(signals, model.reports(), ("conv_light",), trainer.max_epochs)
         decision = controller.decide(obs)
         # The decision is made and logged but not carried out: pruning or growing would change
         # the work per sample and the comparison with the raw side would stop being like for like.

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer, load_task_data
 from esper.simic.config import TrainingConfig, load_preset
@@ -94,10 +95,10 @@ QUICK = Workload((1, 2), 3, 1, (2, 4), 1, 2, 3, 1)
 
 
 def make_trainer(overrides: dict[str, Any]) -> PPOTrainer:
-    """A trainer from the tiny preset with ``overrides`` (a ``TrainingConfig.from_dict`` tree)."""
+    """A trainer from the tiny preset with ``overrides`` (a ``leyline.config.override`` tree)."""
     base = load_preset(PRESET)
-    config = TrainingConfig.from_dict(
-        {**overrides, "env": {"task": TASK, **overrides["env"]}}, base
+    config: TrainingConfig = override(
+        base, {**overrides, "env": {"task": TASK, **overrides["env"]}}
     )
     config = config.resolved()
     trainer, _ = build_trainer(config, TelemetryHub("bench", []), load_task_data(config))
@@ -168,7 +169,7 @@ def interleaved(trainers: Sequence[PPOTrainer], rounds: int) -> list[list[Timed]
 def scaling(work: Workload) -> None:
     """Environment steps/s of whole rounds per ``n_envs``, as ratios to the first (n_envs=1)."""
     trainers = [
-        make_trainer({"env": {"episode_length": work.episode_length}, "ppo": {"n_envs": n}})
+        make_trainer({"env": {"epochs": work.episode_length}, "ppo": {"n_envs": n}})
         for n in work.env_counts
     ]
     timed = interleaved(trainers, work.rounds)
@@ -215,7 +216,7 @@ def share(work: Workload) -> None:
     print("-" * len(header))
     trainers, timers = [], []
     for batches in work.share_budgets:
-        env = {"episode_length": work.episode_length, "batches_per_epoch": batches}
+        env = {"epochs": work.episode_length, "batches_per_epoch": batches}
         trainer = make_trainer({"env": env, "ppo": {"n_envs": work.share_envs}})
         trainer.run_round()  # warm-up before the timers are installed
         trainers.append(trainer)
@@ -242,7 +243,7 @@ def share(work: Workload) -> None:
 
 def wide_update(work: Workload) -> None:
     """PPO update seconds per round of the 512-wide policy next to the tiny 32-wide one."""
-    env = {"episode_length": work.wide_episode_length}
+    env = {"epochs": work.wide_episode_length}
     ppo = {"n_envs": work.wide_envs, "ppo_epochs": work.wide_ppo_epochs}
     tiny = make_trainer({"env": env, "ppo": ppo})
     wide = make_trainer({"env": env, "ppo": ppo, "policy": {"hidden": WIDE, "lstm_hidden": WIDE}})

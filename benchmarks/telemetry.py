@@ -3,7 +3,7 @@
 Measures, in one run:
 
 1. **epoch time per sink setup**: a heuristic-controlled ``synthetic`` run
-   (``esper.cli.session.Run``, the object ``esper heuristic`` steps) whose ``TelemetryHub``
+   (Tolaria's ``Episode`` with a ``HeuristicTamiyo``, what ``esper heuristic`` steps) whose hub
    writes to (a) no sinks, (b) the JSONL event log, (c) JSONL + console progress lines (to
    ``os.devnull``), (d) JSONL + console + TensorBoard, plus (a') a second no-sink run as an A/A
    control whose ratio is the run's noise floor. One run per setup, all built from the same
@@ -27,7 +27,7 @@ Torch runs one intra-op thread unless ``--threads`` says otherwise: the models a
 a 2-core machine shared with other work, a second thread only spins waiting for its partner.
 
 Without ``--heuristic-run``/``--ppo-run`` the benchmark first records the two runs itself
-(``esper heuristic --task synthetic --epochs 40`` and ``esper ppo --preset tiny --rounds 2``,
+(``esper heuristic --task synthetic --epochs 40`` and ``esper ppo --preset tiny --ppo.rounds 2``,
 like the tests' ``recorded_runs`` fixture).
 
 Usage::
@@ -59,12 +59,18 @@ from typing import Any, TextIO
 import torch
 
 from esper.cli.main import main as esper_main
-from esper.cli.session import DEFAULT_SLOTS, Run, RunConfig
+from esper.data import load_dataset
+from esper.leyline.config import HostTraining
+from esper.leyline.data import Dataset
 from esper.nissa import JsonlSink, Sink, TelemetryHub
 from esper.nissa.log import EventTail, display, read_events
 from esper.nissa.sinks import ConsoleSink, TensorBoardSink
 from esper.nissa.views import RunStore, collect_runs
-from esper.tasks import get_task
+from esper.seeding import seed_everything
+from esper.simic.env import task_episode
+from esper.tamiyo import HeuristicTamiyo
+from esper.tasks import get_task, resolve_training
+from esper.tolaria.episode import Episode
 
 TASK = "synthetic"
 RECORDED_EPOCHS = 40  # like the tests' recorded heuristic run
@@ -133,32 +139,32 @@ def make_sinks(name: str, directory: Path, console: TextIO, total: int) -> list[
 
 @dataclass
 class Arm:
-    """One setup's run in part 1: the run, its RNG state between steps, what it measured."""
+    """One setup's run in part 1: its episode, controller and hub, its RNG state between
+    steps, what it measured."""
 
     name: str
-    run: Run
+    episode: Episode
+    controller: HeuristicTamiyo
+    hub: TelemetryHub
     rng: torch.Tensor
     seconds: list[float] = field(default_factory=list)
     accuracies: list[float | None] = field(default_factory=list)
 
 
-def run_config(work: Workload) -> RunConfig:
-    """The heuristic ``synthetic`` configuration of part 1 (the task's defaults otherwise)."""
-    task = get_task(TASK)
-    return RunConfig(
-        mode="heuristic",
-        task=TASK,
-        seed=0,
-        epochs=work.epochs,
-        batch_size=task.batch_size,
-        batches_per_epoch=work.batches_per_epoch or task.batches_per_epoch,
-        val_samples=task.val_samples,
-        lr=task.lr,
-        seed_lr=task.lr,
-        slots=DEFAULT_SLOTS,
-        data_dir=None,
-        download=False,
-    )
+def run_config(work: Workload) -> HostTraining:
+    """The heuristic ``synthetic`` host training of part 1 (the task's defaults otherwise)."""
+    batches = work.batches_per_epoch or get_task(TASK).batches_per_epoch
+    training = HostTraining(TASK, epochs=work.epochs, batches_per_epoch=batches, download=False)
+    return resolve_training(training)
+
+
+def _step(arm: Arm) -> float | None:
+    """One epoch of ``esper heuristic``: the first, or after the controller's decision."""
+    if arm.episode.epoch == 0:
+        arm.episode.reset()
+    else:
+        arm.episode.step(arm.controller.decide(arm.episode.observation))
+    return arm.episode.last.val_accuracy
 
 
 def epoch_overhead(
@@ -169,24 +175,26 @@ def epoch_overhead(
     Returns:
         The arms (setup order) and the number of events the JSONL setup wrote.
     """
-    config = run_config(work)
+    training = run_config(work)
+    data: Dataset = load_dataset(get_task(TASK).dataset, None, download=False)
     arms: list[Arm] = []
     for name in SETUP_NAMES:
-        run = Run(config)  # seeds the global RNG: every arm starts from the same state
+        seed_everything(0)  # every arm starts from the same global RNG state
         sinks = make_sinks(name, root / f"trial{trial}-arm{len(arms)}", console, work.epochs)
-        run.hub = TelemetryHub("bench", sinks)
-        arms.append(Arm(name, run, torch.get_rng_state()))
+        hub = TelemetryHub("bench", sinks)
+        episode = task_episode(training, data, 0, torch.device("cpu"), hub.emit)
+        arms.append(Arm(name, episode, HeuristicTamiyo(), hub, torch.get_rng_state()))
     order = random.Random(trial)
     for _ in range(work.epochs):
         for arm in order.sample(arms, len(arms)):
             torch.set_rng_state(arm.rng)
             started = time.perf_counter()
-            result = arm.run.step()
+            accuracy = _step(arm)
             arm.seconds.append(time.perf_counter() - started)
             arm.rng = torch.get_rng_state()
-            arm.accuracies.append(result.val_accuracy)
+            arm.accuracies.append(accuracy)
     for arm in arms:
-        arm.run.hub.close()
+        arm.hub.close()
     jsonl = root / f"trial{trial}-arm{SETUP_NAMES.index('JSONL')}" / "events.jsonl"
     return arms, len(read_events(jsonl).records)
 
@@ -473,7 +481,7 @@ def record_runs(root: Path, quick: bool) -> tuple[Path, Path]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         for argv in (
             ["heuristic", "--task", TASK, "--epochs", str(epochs), "--out", str(heuristic)],
-            ["ppo", "--preset", "tiny", "--rounds", str(rounds), "--out", str(ppo)],
+            ["ppo", "--preset", "tiny", "--ppo.rounds", str(rounds), "--out", str(ppo)],
         ):
             if esper_main(argv) != 0:
                 raise RuntimeError(f"esper {' '.join(argv)} failed")
