@@ -37,9 +37,9 @@ from esper.nissa.log import display, percent
 from esper.seeding import seed_everything
 from esper.simic.build import build_trainer, trainer_state
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
+from esper.simic.env import EpisodeStartError
 from esper.simic.training import POLICY_SEED_OFFSET
 from esper.simic.vector import describe_device_map
-from esper.tolaria.episode import EpisodeStartError
 
 
 def _preset(argv: list[str]) -> tuple[str, list[str]]:

@@ -1,8 +1,8 @@
 """Simic: learning the Tamiyo controller with PPO.
 
-Simic owns the rewards, the environments a policy learns in (the real growth environment and a
-cheap stand-in with a known optimum), vectorized lockstep stepping across devices, the rollout
-buffer with GAE, the PPO update with its diagnostics and anomaly detection, and ``TrainingConfig``,
-the single source of truth for a training run. It may import every subsystem below it (Leyline,
-Kasmina, Tolaria, Tamiyo, Nissa, data and tasks).
+Simic owns the rewards, the growth environment a policy learns in (Tolaria's episode plus a
+reward), vectorized lockstep stepping across devices, the rollout buffer with GAE, the PPO update
+with its diagnostics and anomaly detection, and ``TrainingConfig``, the single source of truth
+for a training run. It may import the subsystems below it (Leyline, Kasmina, Tolaria, Tamiyo,
+data and tasks); its telemetry goes out through ``emit`` callables, so it imports no Nissa.
 """

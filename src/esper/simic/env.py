@@ -27,6 +27,11 @@ from esper.tolaria.episode import Episode
 Emit = Callable[[Event, dict[str, Any]], None]
 
 
+class EpisodeStartError(RuntimeError):
+    """The governor ended an episode on its first epoch: no decision can be made, the settings
+    (typically the learning rate) are broken."""
+
+
 def task_episode(
     training: HostTraining,
     data: Dataset,
@@ -94,8 +99,19 @@ class GrowthEnv:
         self._emit(event, {"env": self.index, "episode": self.episode.episode})
 
     def reset(self) -> Observation:
-        """Start the next episode (see ``Episode.reset``)."""
-        return self.episode.reset()
+        """Start the next episode (see ``Episode.reset``).
+
+        Raises:
+            EpisodeStartError: when the governor terminates the episode on its very first epoch
+                (no decision can be made; the settings are broken, e.g. a diverging lr).
+        """
+        observation = self.episode.reset()
+        if self.episode.trainer.terminated:
+            raise EpisodeStartError(
+                f"env {self.index}: the governor ended episode {self.episode.episode} on its "
+                f"first epoch (val loss {self.episode.last.val_loss}); lower the learning rate"
+            )
+        return observation
 
     def step(self, action: Action) -> EnvStep:
         """Apply ``action``, train the next epoch, and score the step."""

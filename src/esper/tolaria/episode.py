@@ -56,11 +56,6 @@ class Tracker(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class EpisodeStartError(RuntimeError):
-    """The governor ended an episode on its first epoch: no decision can be made, the settings
-    (typically the learning rate) are broken."""
-
-
 @dataclass(frozen=True)
 class Transition:
     """What one ``step`` did: the controller's action, the observation before and after it.
@@ -204,21 +199,12 @@ class Episode:
         self._tracker = self._new_tracker()
 
     def reset(self) -> Observation:
-        """Build a fresh host and trainer, train the first epoch, return the first observation.
-
-        Raises:
-            EpisodeStartError: when the governor terminates the episode on its very first epoch
-                (nothing can be decided; the settings are broken, e.g. a diverging lr).
-        """
+        """Build a fresh host and trainer, train the first epoch, return the first observation
+        (the episode is already ``done`` if the governor ended it in that epoch)."""
         self.episode += 1
         with self._own_rng():
             self._build()
             result = self.trainer.train_step()
-        if self.trainer.terminated:
-            raise EpisodeStartError(
-                f"the governor ended episode {self.episode} on its first epoch "
-                f"(val loss {result.val_loss}); lower the learning rate"
-            )
         return self._observe(result)
 
     def _observe(self, result: StepResult) -> Observation:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from esper.kasmina import ModelState, MorphogeneticModel, capture_state, restore_state
-from esper.leyline import ALIVE_STAGES, SeedStage, SeedStateReport
+from esper.leyline import ALIVE_STAGES, SEED_MODULE_STAGES, SeedStateReport
+from esper.leyline.config import check_int, require
 from esper.tolaria.optim import SlotOptimizer
 
 
@@ -52,14 +53,14 @@ class GovernorConfig:
     well_below_fraction: float = 0.7
 
     def __post_init__(self) -> None:
-        if self.window < self.min_history or self.min_history < 2:
-            raise ValueError(
-                f"governor needs 2 <= min_history <= window, got {self.min_history}, {self.window}"
-            )
-        if self.spike_patience < 1:
-            raise ValueError(f"spike_patience must be >= 1, got {self.spike_patience}")
-        if not 0 < self.well_below_fraction < self.collapse_fraction:
-            raise ValueError("governor needs 0 < well_below_fraction < collapse_fraction")
+        check_int("governor.window", self.window, 2)
+        check_int("governor.min_history", self.min_history, 2, self.window)
+        check_int("governor.spike_patience", self.spike_patience)
+        require(
+            0 < self.well_below_fraction < self.collapse_fraction,
+            "governor needs 0 < well_below_fraction < collapse_fraction, got "
+            f"{self.well_below_fraction}, {self.collapse_fraction}",
+        )
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,6 @@ class Panic:
 
     rule: str
     detail: str
-
-
-_HELD = ALIVE_STAGES | {SeedStage.FOSSILIZED}
-"""Stages in which a slot holds a seed that a rollback can take away."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +175,8 @@ class Governor:
         vanished = tuple(
             (name, report)
             for name, report in before.items()
-            if report.stage in _HELD and model.slot(name).stage not in _HELD
+            if report.stage in SEED_MODULE_STAGES
+            and model.slot(name).stage not in SEED_MODULE_STAGES
         )
         pruned = tuple(n for n, r in model.reports().items() if r.stage in ALIVE_STAGES)
         for name in pruned:
