@@ -22,7 +22,6 @@ import base64
 import html
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from esper.karn.report_data import (
     stage_intervals,
 )
 from esper.leyline import Op, SeedStage
+from esper.leyline.files import atomic_write
 from esper.nissa.log import display
 
 REPORT_FILE = "report.html"
@@ -469,7 +469,7 @@ removed, so the directory holds exactly the report's images."""
 
 
 def write_report(report: Report, out: Path) -> Path:
-    """Write the PNGs, then ``report.html``, each under a temporary name renamed into place.
+    """Write the PNGs, then ``report.html``, each atomically (``leyline.files.atomic_write``).
 
     Returns:
         The path of ``report.html``.
@@ -482,12 +482,7 @@ def write_report(report: Report, out: Path) -> Path:
     files = [(p.filename, p.png) for p in report.plots]
     files.append((REPORT_FILE, report.html.encode("utf-8")))
     for name, data in files:
-        temporary = out / f".{name}.tmp"
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, out / name)
-        finally:
-            temporary.unlink(missing_ok=True)
+        atomic_write(out / name, data)
     for stale in PLOT_FILES - {p.filename for p in report.plots} if earlier_report else ():
         (out / stale).unlink(missing_ok=True)
     return out / REPORT_FILE
