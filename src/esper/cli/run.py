@@ -13,7 +13,6 @@ directory's files are written only through ``esper.nissa.record``.
 from __future__ import annotations
 
 import io
-import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -342,7 +341,7 @@ def read_state(directory: Path, run_id: str) -> dict[str, Any]:
         state = torch.load(data, map_location="cpu", weights_only=True)
     except record.RunRecordError as err:
         raise UserError(f"cannot resume {str(directory)!r}: {err}") from err
-    except (KeyError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+    except TORCH_LOAD_ERRORS as err:
         raise UserError(f"cannot resume {str(directory)!r}: state.pt: {err}") from err
     if not isinstance(state, dict):
         raise UserError(f"cannot resume {str(directory)!r}: state.pt is not a state")
