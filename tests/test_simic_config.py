@@ -106,6 +106,10 @@ def test_flags_flow_through_the_config(tmp_path) -> None:
 def test_bad_flags_and_presets_are_user_errors(tmp_path) -> None:
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         parse(["--preset", "huge"], RunOptions())
+    with pytest.raises(UserError, match="--preset needs a name; known presets: default"):
+        parse(["--preset"], RunOptions())
+    with pytest.raises(UserError, match="--preset needs a name"):
+        parse(["--preset", "--seed", "3"], RunOptions())
     with pytest.raises(UserError, match=r"ppo\.gamma"):
         parse(["--ppo.gamma", "1.5"], RunOptions())
     with pytest.raises(UserError):

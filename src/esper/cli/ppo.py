@@ -49,6 +49,8 @@ def _preset(argv: list[str]) -> tuple[str, list[str]]:
         if flag == "--preset":
             name = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
             rest = argv[:i] + argv[i + (1 if eq else 2) :]
+            if not name or name.startswith("--"):
+                raise UserError(f"--preset needs a name; known presets: {', '.join(PRESETS)}")
             if name not in PRESETS:
                 raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
             return name, rest
