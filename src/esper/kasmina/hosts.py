@@ -18,24 +18,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.leyline import InjectionSpec, Topology, slot_names
-from esper.leyline.config import check_int
+from esper.leyline.config import check_int, require
 
 MAX_HOST_SIZE = 65_536
 """Largest channel count, dimension, depth or vocabulary a host accepts: beyond it a host no
 longer fits in memory, and checking up front names the limit instead of failing in torch."""
 
 
-def _require_positive(name: str, value: int) -> None:
-    check_int(name, value, 1, MAX_HOST_SIZE)
+def _check_sizes(config: Any, *names: str) -> None:
+    """Each named field of ``config`` is an integer in ``[1, MAX_HOST_SIZE]``."""
+    for name in names:
+        check_int(name, getattr(config, name), 1, MAX_HOST_SIZE)
+
+
+def _divisors(value: int) -> list[int]:
+    return [d for d in range(1, value + 1) if value % d == 0]
 
 
 def _require_multiple(name: str, value: int, of: str, by: int) -> None:
-    if value % by != 0:
-        raise ValueError(
-            f"{name} ({value}) must be a multiple of {of} ({by}) so every injection point ends a "
-            f"segment of equal length; valid {of} values: "
-            f"{[d for d in range(1, value + 1) if value % d == 0]}"
-        )
+    require(
+        value % by == 0,
+        f"{name} ({value}) must be a multiple of {of} ({by}) so every injection point ends a "
+        f"segment of equal length; valid {of} values: {_divisors(value)}",
+    )
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,11 @@ class CNNHostConfig:
     n_points: int = 3
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _require_positive(f.name, getattr(self, f.name))
-        if self.kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be odd so padding keeps the size, got {self.kernel_size}"
-            )
+        _check_sizes(self, *(f.name for f in fields(self)))
+        require(
+            self.kernel_size % 2 == 1,
+            f"kernel_size must be odd so padding keeps the size, got {self.kernel_size}",
+        )
         _require_multiple("depth", self.depth, "n_points", self.n_points)
 
     def with_width(self, width: int) -> CNNHostConfig:
@@ -97,17 +101,17 @@ class TransformerHostConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name != "dropout":
-                _require_positive(f.name, getattr(self, f.name))
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); valid "
-                f"n_head values: {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]}"
-            )
+        _check_sizes(self, *(f.name for f in fields(self) if f.name != "dropout"))
+        require(
+            self.n_embd % self.n_head == 0,
+            f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); valid "
+            f"n_head values: {_divisors(self.n_embd)}",
+        )
         _require_multiple("n_layer", self.n_layer, "n_points", self.n_points)
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        require(
+            isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0,
+            f"dropout must be a number in [0, 1), got {self.dropout!r}",
+        )
 
     def with_width(self, width: int) -> TransformerHostConfig:
         """This config with ``n_embd = width`` (still divisible by ``n_head``)."""

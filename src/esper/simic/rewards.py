@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
-from esper.leyline.config import check_float
+from esper.leyline.config import check_float, require
 
 REWARD_FAMILIES = ("contribution", "loss")
 """``--reward-family`` choices."""
@@ -162,19 +162,19 @@ class RewardConfig:
     loss_weight: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.family not in REWARD_FAMILIES:
-            raise ValueError(
-                f"unknown reward family {self.family!r}; accepted: {list(REWARD_FAMILIES)}"
-            )
-        if self.mode not in CONTRIBUTION_MODES:
-            raise ValueError(
-                f"unknown reward mode {self.mode!r}; accepted: {list(CONTRIBUTION_MODES)}"
-            )
-        if self.family == "loss" and self.mode != _DEFAULT_MODE:
-            raise ValueError(
-                f"reward mode {self.mode!r} applies to the contribution family only; "
-                f"the loss family has no modes (leave mode at {_DEFAULT_MODE!r})"
-            )
+        require(
+            self.family in REWARD_FAMILIES,
+            f"unknown reward family {self.family!r}; accepted: {list(REWARD_FAMILIES)}",
+        )
+        require(
+            self.mode in CONTRIBUTION_MODES,
+            f"unknown reward mode {self.mode!r}; accepted: {list(CONTRIBUTION_MODES)}",
+        )
+        require(
+            self.family != "loss" or self.mode == _DEFAULT_MODE,
+            f"reward mode {self.mode!r} applies to the contribution family only; "
+            f"the loss family has no modes (leave mode at {_DEFAULT_MODE!r})",
+        )
         for name in (
             "contribution_weight",
             "pbrs_weight",
