@@ -11,6 +11,7 @@ resolves the handful of numpy names an array needs, refusing every other global.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -38,6 +39,9 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
+_FILES = DatasetFiles(
+    name="cifar10", required=(*TRAIN_BATCHES, TEST_BATCH), subdirs=("", BATCH_DIR)
+)
 
 # The only globals a pickled numpy uint8 array (and a py3-pickled bytes key) needs. numpy 2
 # renamed numpy.core to numpy._core; the official files use the old name.
@@ -134,6 +138,23 @@ def _extract_archive(archive: Path, target: Path) -> None:
             extracted.rename(target / BATCH_DIR)
 
 
+def _download(target: Path, *, base_url: str, progress: bool) -> None:
+    """Download the checksummed archive into ``target`` and extract its batch directory."""
+    prefix = base_url if base_url.endswith("/") else base_url + "/"
+    if (target / BATCH_DIR).exists():
+        # Found incomplete by the search; never delete what may be the user's files.
+        raise DatasetFormatError(
+            f"{target / BATCH_DIR} exists but lacks some of {', '.join(_FILES.required)}; "
+            "complete it, or delete it to download a fresh copy"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    archive = download_file(
+        prefix + CIFAR10_ARCHIVE, target / CIFAR10_ARCHIVE, CIFAR10_SHA256, progress
+    )
+    _extract_archive(archive, target)
+    archive.unlink()
+
+
 def load_cifar10(
     data_dir: str | Path | None = None,
     *,
@@ -161,26 +182,8 @@ def load_cifar10(
             ``DownloadError``/``ChecksumMismatchError`` is then the ``__cause__``).
         DatasetFormatError: A batch file or the archive is malformed.
     """
-    files = DatasetFiles(
-        name="cifar10", required=(*TRAIN_BATCHES, TEST_BATCH), subdirs=("", BATCH_DIR)
-    )
-
-    def fetch(target: Path) -> None:
-        prefix = base_url if base_url.endswith("/") else base_url + "/"
-        if (target / BATCH_DIR).exists():
-            # Found incomplete by the search; never delete what may be the user's files.
-            raise DatasetFormatError(
-                f"{target / BATCH_DIR} exists but lacks some of {', '.join(files.required)}; "
-                "complete it, or delete it to download a fresh copy"
-            )
-        target.mkdir(parents=True, exist_ok=True)
-        archive = download_file(
-            prefix + CIFAR10_ARCHIVE, target / CIFAR10_ARCHIVE, CIFAR10_SHA256, progress
-        )
-        _extract_archive(archive, target)
-        archive.unlink()
-
-    root = find_dataset_dir(files, data_dir, fetch=fetch if download else None)
+    fetch = functools.partial(_download, base_url=base_url, progress=progress)
+    root = find_dataset_dir(_FILES, data_dir, fetch=fetch if download else None)
     train = [_read_batch(root, name) for name in TRAIN_BATCHES]
     x_val_u8, y_val = _read_batch(root, TEST_BATCH)
     x_train = torch.cat([x for x, _ in train]).float().div_(255.0)  # (50000, 3, 32, 32)

@@ -46,6 +46,41 @@ def min_text_length(block_size: int) -> int:
     return SPLIT_DENOMINATOR * block_size + 1
 
 
+def _read_text(path: str | Path | None) -> tuple[str, str]:
+    """Return the text of ``path`` (or the bundled pydoc text) and a name for its source."""
+    if path is None:
+        return _pydoc_text(), "pydoc_data"
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DatasetNotFoundError(
+            f"text file {file} does not exist (or is not a file); pass the path of a "
+            "UTF-8 text file, or none to use Python's bundled pydoc_data text"
+        )
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8"), file.name
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(
+            f"{file} is not UTF-8 text: invalid byte 0x{raw[exc.start]:02x} at byte offset "
+            f"{exc.start} ({exc.reason})"
+        ) from exc
+
+
+def _tokenize(text: str, source: str) -> tuple[Tensor, tuple[str, ...]]:
+    """Return int64 token ids ``(len(text),)`` and the vocabulary (the sorted characters).
+
+    Vectorized (corpora can be large): UTF-32 gives one int32 code point per character, and
+    sorted code points are sorted characters, so a code point's position in the sorted unique
+    set is its token id.
+    """
+    codepoints = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
+    unique = torch.unique(codepoints)  # sorted
+    if unique.numel() < 2:
+        raise DatasetFormatError(f"text from {source} uses {unique.numel()} distinct character(s)")
+    vocab = tuple(chr(c) for c in unique.tolist())
+    return torch.searchsorted(unique, codepoints).to(torch.int64), vocab
+
+
 def load_text(path: str | Path | None, block_size: int) -> Dataset:
     """Build a character-level language-modelling dataset from a UTF-8 text file.
 
@@ -69,39 +104,14 @@ def load_text(path: str | Path | None, block_size: int) -> Dataset:
     """
     if block_size < 1:
         raise ValueError(f"block_size={block_size} must be at least 1")
-    if path is None:
-        text, source = _pydoc_text(), "pydoc_data"
-    else:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise DatasetNotFoundError(
-                f"text file {file} does not exist (or is not a file); pass the path of a "
-                "UTF-8 text file, or none to use Python's bundled pydoc_data text"
-            )
-        raw = file.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DatasetFormatError(
-                f"{file} is not UTF-8 text: invalid byte 0x{raw[exc.start]:02x} at byte offset "
-                f"{exc.start} ({exc.reason})"
-            ) from exc
-        source = file.name
+    text, source = _read_text(path)
     needed = min_text_length(block_size)
     if len(text) < needed:
         raise DatasetFormatError(
             f"text from {source} has {len(text)} characters; block_size={block_size} needs at "
             f"least {needed} (one window of {block_size + 1} in the last 10% for validation)"
         )
-    # Vectorized tokenization (corpora can be large): UTF-32 gives one int32 code point per
-    # character, and sorted code points are sorted characters, so a code point's position in
-    # the sorted unique set is its token id.
-    codepoints = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
-    unique = torch.unique(codepoints)  # sorted
-    if unique.numel() < 2:
-        raise DatasetFormatError(f"text from {source} uses {unique.numel()} distinct character(s)")
-    vocab = tuple(chr(c) for c in unique.tolist())
-    tokens = torch.searchsorted(unique, codepoints).to(torch.int64)  # (len(text),)
+    tokens, vocab = _tokenize(text, source)
     split = len(text) * TRAIN_NUMERATOR // SPLIT_DENOMINATOR
     x_train, y_train = _windows(tokens[:split], block_size)
     x_val, y_val = _windows(tokens[split:], block_size)

@@ -153,6 +153,14 @@ async def stream_events(
         await asyncio.sleep(poll_seconds)
 
 
+async def _page(request: Request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _no_icon(request: Request) -> Response:
+    return Response(status_code=204)  # browsers ask for one; there is none
+
+
 def create_app(
     runs_dir: Path,
     *,
@@ -167,12 +175,6 @@ def create_app(
         stopping: returns True once the server is shutting down, so open streams end and the
             server can stop without waiting for browsers to leave.
     """
-
-    async def page(request: Request) -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
-    async def no_icon(request: Request) -> Response:
-        return Response(status_code=204)  # browsers ask for one; there is none
 
     async def meta(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -207,8 +209,8 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/", page),
-            Route("/favicon.ico", no_icon),
+            Route("/", _page),
+            Route("/favicon.ico", _no_icon),
             Route("/api/meta", meta),
             Route("/api/runs", runs),
             Route("/api/runs/{name}/events", events),
