@@ -32,6 +32,7 @@ from esper.leyline.config import HostTraining, config_dict, config_text
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, atomic_write
+from esper.leyline.loading import TORCH_LOAD_ERRORS
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink, check_tensorboard
