@@ -39,17 +39,10 @@ Emit = Callable[[Event], None]
 
 class Tracker(Protocol):
     """What the episode needs from Tamiyo's ``SignalTracker`` (injected: Tolaria does not import
-    Tamiyo)."""
+    Tamiyo). ``update`` takes the epoch's four metrics and the seed reports by keyword."""
 
-    def update(
-        self,
-        *,
-        train_loss: float,
-        train_accuracy: float,
-        val_loss: float,
-        val_accuracy: float,
-        reports: dict[str, SeedStateReport],
-    ) -> TrainingSignals: ...
+    @property
+    def update(self) -> Callable[..., TrainingSignals]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
