@@ -30,11 +30,6 @@ from esper.kasmina.blueprints import blueprint_registry
 from esper.kasmina.errors import GateError, IllegalTransitionError, LifecycleError
 from esper.kasmina.gates import enforce
 from esper.leyline import (
-    ADVANCE_TO,
-    FORWARD_STAGES,
-    OP_STAGES,
-    SEED_MODULE_STAGES,
-    VALID_TRANSITIONS,
     AlphaCurve,
     BlendMode,
     GateLevel,
@@ -46,6 +41,13 @@ from esper.leyline import (
     SeedStateReport,
 )
 from esper.leyline import thresholds as T
+from esper.leyline.lifecycle import (
+    ADVANCE_TO,
+    FORWARD_STAGES,
+    OP_STAGES,
+    SEED_MODULE_STAGES,
+    VALID_TRANSITIONS,
+)
 
 
 class SeedSlot(nn.Module):
