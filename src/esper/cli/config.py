@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import tyro
 
-from esper.cli.main import UserError
+from esper.cli.main import RUN_COMMANDS, UserError
 from esper.leyline.config import (
     MAX_SEED,
     HostTraining,
@@ -78,14 +78,8 @@ def check_mode(mode: str, config: GrowthRun) -> None:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What a run command takes besides its configuration.
-
-    Attributes:
-        out: run directory (default: ``runs/<task>-<mode>-<time>``).
-        resume: continue the interrupted run in this directory, as it was configured.
-        config: a TOML or JSON file of settings (unknown keys fail); flags override it.
-        tui: watch the run in the terminal UI.
-    """
+    """What a run command takes besides its configuration (``OPTIONS_HELP`` says what each
+    does; ``--help`` shows it)."""
 
     out: Path | None = None
     resume: Path | None = None
@@ -94,6 +88,13 @@ class RunOptions:
 
 
 _OPTION_FLAGS = ("--out", "--resume", "--config", "--tui", "--no-tui")
+
+OPTIONS_HELP = """command options (read first; not part of the saved configuration):
+  --out DIR       run directory (default: runs/<task>-<mode>-<time>)
+  --resume DIR    continue the interrupted run in DIR as it was configured (no other flag)
+  --config FILE   settings from a TOML (.toml) or JSON file, keys as in config.json; unknown
+                  keys fail; the flags below override it
+  --tui           watch the run in the terminal UI"""
 
 
 def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
@@ -166,10 +167,11 @@ def _one_line(report: str) -> str:
     return text or "bad command line"
 
 
-def parse_flags(cls: type[C], argv: list[str], prog: str, default: C | None) -> C:
+def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, default: C | None) -> C:
     """``cls`` from the flags in ``argv`` over ``default`` (required fields when None).
 
-    ``--help`` prints and exits 0; a bad flag or value raises one line.
+    ``--help`` prints ``description``, the command options and every flag, and exits 0; a bad
+    flag or value raises one line.
 
     Raises:
         UserError: for an unknown flag, a value of the wrong type, or one the dataclass refuses.
@@ -181,6 +183,7 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, default: C | None) -> 
                 cls,
                 args=argv,
                 prog=prog,
+                description=f"{description}\n\n{OPTIONS_HELP}",
                 default=tyro.MISSING_NONPROP if default is None else default,
             )
     except SystemExit as stop:
@@ -208,7 +211,7 @@ def growth_config(
     default: GrowthRun | None = None
     if eval_base is not None or options.config is not None:
         default = layered(GrowthRun(eval_base or HostTraining("")), options)
-    config = parse_flags(GrowthRun, argv, f"esper {mode}", default)
+    config = parse_flags(GrowthRun, argv, f"esper {mode}", RUN_COMMANDS[mode], default)
     if not config.training.task:
         raise UserError(f"esper {mode} needs --task (or training.task in --config)")
     check_mode(mode, config)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from esper.cli.config import RunOptions, layered, parse_flags
-from esper.cli.main import EXIT_INTERRUPTED, UserError
+from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS, UserError
 from esper.cli.run import (
     EXIT_FAILED,
     Recorder,
@@ -70,7 +70,8 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             return config.resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
-        return parse_flags(TrainingConfig, argv, "esper ppo", base).resolved()
+        description = f"{RUN_COMMANDS['ppo']}; --preset NAME first: {', '.join(PRESETS)}"
+        return parse_flags(TrainingConfig, argv, "esper ppo", description, base).resolved()
     except (record.RunRecordError, ValueError) as err:
         raise UserError(str(err)) from err
 
