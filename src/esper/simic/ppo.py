@@ -20,8 +20,8 @@ returns a ``RatioExplosionDiagnostic`` naming the heads whose own ratio exploded
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -143,6 +143,39 @@ class _RatioWatch:
         )
 
 
+def _normalized_advantages(adv: Tensor, valid: Tensor) -> Tensor:
+    """Advantages scaled to mean 0, std 1 over the real steps; padding steps are 0."""
+    real = adv[valid]
+    return torch.where(valid, (adv - real.mean()) / (real.std(unbiased=False) + ADVANTAGE_EPS), 0)
+
+
+class _Loss(NamedTuple):
+    """One minibatch's loss, its parts, and its KL and clip statistics."""
+
+    loss: Tensor
+    policy_loss: Tensor
+    value_loss: Tensor
+    entropy: Tensor
+    approx_kl: float
+    clip_fraction: float
+    ev: Evaluation
+
+
+@dataclass
+class _Tally:
+    """What the passes of one update measured; ``PPOLearner._result`` folds it into stats."""
+
+    watch: _RatioWatch
+    logs: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            k: [] for k in ("policy", "value", "entropy", "kl", "clip", "grad")
+        }
+    )
+    passes: int = 0
+    skipped: int = 0
+    early_stopped: bool = False
+
+
 class PPOLearner:
     """Owns the policy's optimizer, grad scaler and the environment-step counter.
 
@@ -184,15 +217,9 @@ class PPOLearner:
     def update(self, batch: RolloutBatch) -> UpdateResult:
         """Run the PPO passes on one round's batch (see the module docstring)."""
         s, net = self.settings, self.network
-        valid = batch.valid
-        n_valid = int(valid.sum())
-        self.env_steps += n_valid
+        self.env_steps += int(batch.valid.sum())
         entropy_coef = self.entropy_coef()
-        adv = batch.advantages
-        real = adv[valid]
-        adv = torch.where(
-            valid, (adv - real.mean()) / (real.std(unbiased=False) + ADVANTAGE_EPS), 0
-        )
+        adv = _normalized_advantages(batch.advantages, batch.valid)
 
         # Per-head log-probs under the policy that acted (its parameters have not changed since
         # the rollout), to say which heads a ratio explosion came from.
@@ -200,58 +227,66 @@ class PPOLearner:
             before = net.evaluate(
                 batch.obs, batch.masks, batch.actions, batch.state, batch.episode_start
             )
-        old_heads = before.head_log_prob
 
-        logs: dict[str, list[float]] = {
-            k: [] for k in ("policy", "value", "entropy", "kl", "clip", "grad")
-        }
-        watch = _RatioWatch(s.ratio_explosion)
-        skipped, passes, early_stopped = 0, 0, False
+        tally = _Tally(_RatioWatch(s.ratio_explosion))
         self._overflows = 0
         for _ in range(s.ppo_epochs):
-            passes += 1
+            tally.passes += 1
             order = torch.randperm(batch.n_envs, generator=self.generator).to(adv.device)
             for envs in order.tensor_split(s.minibatches):  # exactly that many
                 mb = batch.select(envs)
-                mb_adv, mb_valid = adv[envs], mb.valid
-                with torch.autocast("cuda", enabled=self.amp):
-                    ev = net.evaluate(mb.obs, mb.masks, mb.actions, mb.state, mb.episode_start)
-                logratio = (ev.log_prob.float() - mb.log_prob)[mb_valid]
-                ratio = logratio.exp()
-                a = mb_adv[mb_valid]
-                surrogate = torch.min(
-                    ratio * a, ratio.clamp(1 - s.clip_ratio, 1 + s.clip_ratio) * a
-                )
-                policy_loss = -surrogate.mean()
-                value_loss = 0.5 * (ev.value.float() - mb.returns)[mb_valid].pow(2).mean()
-                entropy = ev.entropy.float().sum(-1)[mb_valid].mean()  # irrelevant heads are 0
-                loss = policy_loss + s.value_coef * value_loss - entropy_coef * entropy
-
+                m = self._minibatch_loss(mb, adv[envs], entropy_coef)
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean().item()  # Schulman's k3 estimator
-                    watch.observe(ev, mb.log_prob, old_heads[envs], mb_valid, envs)
-                logs["kl"].append(approx_kl)
-                logs["clip"].append(((ratio - 1).abs() > s.clip_ratio).float().mean().item())
-                if approx_kl > s.target_kl:  # the policy moved far enough: take no more steps
-                    early_stopped = True
+                    tally.watch.observe(
+                        m.ev, mb.log_prob, before.head_log_prob[envs], mb.valid, envs
+                    )
+                tally.logs["kl"].append(m.approx_kl)
+                tally.logs["clip"].append(m.clip_fraction)
+                if m.approx_kl > s.target_kl:  # the policy moved far enough: take no more steps
+                    tally.early_stopped = True
                     break
-                grad_norm = self._step(loss)
+                grad_norm = self._step(m.loss)
                 if grad_norm is None:
-                    skipped += 1
+                    tally.skipped += 1
                 else:
-                    logs["grad"].append(grad_norm)
-                    logs["policy"].append(policy_loss.item())
-                    logs["value"].append(value_loss.item())
-                    logs["entropy"].append(entropy.item())
-            if early_stopped:
+                    tally.logs["grad"].append(grad_norm)
+                    tally.logs["policy"].append(m.policy_loss.item())
+                    tally.logs["value"].append(m.value_loss.item())
+                    tally.logs["entropy"].append(m.entropy.item())
+            if tally.early_stopped:
                 break
+        return self._result(batch, before, tally, entropy_coef)
 
+    def _minibatch_loss(self, mb: RolloutBatch, adv: Tensor, entropy_coef: float) -> _Loss:
+        """Clipped surrogate + value loss − entropy bonus of one minibatch, over real steps."""
+        s = self.settings
+        with torch.autocast("cuda", enabled=self.amp):
+            ev = self.network.evaluate(mb.obs, mb.masks, mb.actions, mb.state, mb.episode_start)
+        logratio = (ev.log_prob.float() - mb.log_prob)[mb.valid]
+        ratio = logratio.exp()
+        a = adv[mb.valid]
+        surrogate = torch.min(ratio * a, ratio.clamp(1 - s.clip_ratio, 1 + s.clip_ratio) * a)
+        policy_loss = -surrogate.mean()
+        value_loss = 0.5 * (ev.value.float() - mb.returns)[mb.valid].pow(2).mean()
+        entropy = ev.entropy.float().sum(-1)[mb.valid].mean()  # irrelevant heads are 0
+        loss = policy_loss + s.value_coef * value_loss - entropy_coef * entropy
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - logratio).mean().item()  # Schulman's k3 estimator
+            clip_fraction = ((ratio - 1).abs() > s.clip_ratio).float().mean().item()
+        return _Loss(loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction, ev)
+
+    def _result(
+        self, batch: RolloutBatch, before: Evaluation, tally: _Tally, entropy_coef: float
+    ) -> UpdateResult:
+        """Fold the passes' tally and the batch's values and returns into the update's result."""
+        valid, watch, logs = batch.valid, tally.watch, tally.logs
         values, returns = batch.values[valid], batch.returns[valid]
+        n_valid = values.numel()
         relevance = before.relevance[valid].float().mean(0) if n_valid else None
         stats = PPOStats(
-            passes=passes,
-            early_stopped=early_stopped,
-            skipped_steps=skipped - self._overflows,
+            passes=tally.passes,
+            early_stopped=tally.early_stopped,
+            skipped_steps=tally.skipped - self._overflows,
             overflow_steps=self._overflows,
             policy_loss=_mean(logs["policy"]),
             value_loss=_mean(logs["value"]),
