@@ -113,17 +113,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _json_text(data: Any) -> str:
-    return json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` (JSON data or a dataclass) as sorted, indented, strict JSON, atomically.
 
     Raises:
         DiskFullError: the disk is full (``path`` keeps its old content).
     """
-    atomic_write(path, _json_text(data))
+    atomic_write(path, json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -157,41 +160,7 @@ class _Invalid(Exception):
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _decode(kind: Any, value: Any, where: str) -> Any:
-    """``value`` (parsed JSON) checked against the type annotation ``kind``, converted to it.
-
-    Supports the types the record's dataclasses use: int, float, str, bool, ``X | None``,
-    ``tuple[X, ...]``, ``dict[str, X]``, ``Any`` and nested dataclasses.
-    """
-    origin = typing.get_origin(kind)
-    if origin in (types.UnionType, typing.Union):
-        options = [a for a in typing.get_args(kind) if a is not type(None)]
-        if value is None:
-            return None
-        (kind,) = options  # only ``X | None`` is used
-        return _decode(kind, value, where)
-    if kind is Any:
-        return value
-    if is_dataclass(kind) and isinstance(kind, type):
-        return _decode_dataclass(kind, value, where)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _Invalid(f"{where} must be a list, got {_short(value)}")
-        item = typing.get_args(kind)[0]
-        return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _Invalid(f"{where} must be an object, got {_short(value)}")
-        item = typing.get_args(kind)[1]
-        return {k: _decode(item, v, f"{where}.{k}") for k, v in value.items()}
-    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise _Invalid(f"{where} must be {_TYPE_NAMES[kind]}, got {_short(value)}")
-    return value
+_T = TypeVar("_T")
 
 
 def _short(value: Any) -> str:
@@ -199,21 +168,52 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-_T = TypeVar("_T")
+def _expect(ok: bool, where: str, what: str, value: Any) -> None:
+    if not ok:
+        raise _Invalid(f"{where} must be {what}, got {_short(value)}")
+
+
+def _optional(kind: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for the annotation ``X | None`` (the only union used), else (kind, False)."""
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        return inner, True
+    return kind, False
+
+
+def _decode(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) checked against the annotation ``kind`` and converted to it: int,
+    float, str, bool, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``Any``, dataclasses."""
+    kind, optional = _optional(kind)
+    if kind is Any or (optional and value is None):
+        return value
+    if isinstance(kind, type) and is_dataclass(kind):
+        return _decode_dataclass(kind, value, where)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple:
+        _expect(isinstance(value, list), where, "a list", value)
+        return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        _expect(isinstance(value, dict), where, "an object", value)
+        return {k: _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if kind is float and type(value) is int:
+        return float(value)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    _expect(ok, where, _TYPE_NAMES[kind], value)
+    return value
 
 
 def _decode_dataclass(cls: type[_T], value: Any, where: str) -> _T:
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where or 'the file'} must be a JSON object, got {_short(value)}")
-    hints = typing.get_type_hints(cls)
+    _expect(isinstance(value, dict), where or "the file", "a JSON object", value)
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     prefix = f"{where}." if where else ""
-    missing = [n for n in names if n not in value]
-    unknown = sorted(set(value) - set(names))
+    missing = [prefix + n for n in names if n not in value]
+    unknown = [prefix + n for n in sorted(set(value) - set(names))]
     if missing:
-        raise _Invalid(f"missing {', '.join(prefix + n for n in missing)}")
+        raise _Invalid(f"missing {', '.join(missing)}")
     if unknown:
-        raise _Invalid(f"unknown key {', '.join(prefix + n for n in unknown)}")
+        raise _Invalid(f"unknown key {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
     decoded = {n: _decode(hints[n], value[n], prefix + n) for n in names}
     try:
         return cls(**decoded)
@@ -221,11 +221,20 @@ def _decode_dataclass(cls: type[_T], value: Any, where: str) -> _T:
         raise _Invalid(f"{where or 'the file'}: {err}") from None
 
 
-def _from_json(cls: type[_T], data: Any, what: str) -> _T:
+def _read_record(path: Path, cls: type[_T], what: str) -> _T | None:
+    """The dataclass ``cls`` stored in ``path``, parsed strictly; None when there is no file.
+
+    Raises:
+        RunRecordError: the file is a directory, unreadable, or not ``what`` (garbage, missing
+            or unknown keys, wrong types, inconsistent values).
+    """
+    data = _read_json(path, what)
+    if data is None:
+        return None
     try:
         return _decode_dataclass(cls, data, "")
     except _Invalid as err:
-        raise RunRecordError(f"not {what}: {err}") from None
+        raise RunRecordError(f"{str(path)!r} is not {what}: {err}") from None
 
 
 # --------------------------------------------------------------------------------- meta.json
@@ -264,17 +273,7 @@ class RunMeta:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``meta.json``."""
-        data: dict[str, Any] = _plain(self)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Any) -> RunMeta:
-        """Parse ``meta.json``'s object strictly.
-
-        Raises:
-            RunRecordError: missing or unknown keys, or a value of the wrong type.
-        """
-        return _from_json(cls, data, "an Esper run meta file")
+        return dict(_plain(self))
 
 
 def _git_revision() -> str | None:
@@ -327,14 +326,7 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     Raises:
         RunRecordError: the file is a directory, unreadable, or not a run meta file.
     """
-    path = run_dir / META_FILE
-    data = _read_json(path, "an Esper run meta file")
-    if data is None:
-        return None
-    try:
-        return RunMeta.from_json(data)
-    except RunRecordError as err:
-        raise RunRecordError(f"{str(path)!r} is {err}") from None
+    return _read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file")
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -367,7 +359,13 @@ class FinalMetrics:
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """A slot that holds (or held) a seed when the run stopped."""
+    """A slot that holds (or held) a seed when the run stopped.
+
+    Attributes:
+        slot: the slot's name.
+        stage: the seed's lifecycle stage (a ``SeedStage`` value).
+        blueprint: the seed's blueprint name.
+    """
 
     slot: str
     stage: str
@@ -462,17 +460,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``summary.json`` (non-finite numbers as null)."""
-        data: dict[str, Any] = _plain(self)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Any) -> RunSummary:
-        """Parse ``summary.json``'s object strictly.
-
-        Raises:
-            RunRecordError: missing or unknown keys, a wrong type, or inconsistent sections.
-        """
-        return _from_json(cls, data, "an Esper run summary")
+        return dict(_plain(self))
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
@@ -491,14 +479,7 @@ def read_summary(run_dir: Path) -> RunSummary | None:
         RunRecordError: ``summary.json`` is a directory, unreadable, or not a run summary
             (garbage, missing or unknown keys, wrong types).
     """
-    path = run_dir / SUMMARY_FILE
-    data = _read_json(path, "an Esper run summary")
-    if data is None:
-        return None
-    try:
-        return RunSummary.from_json(data)
-    except RunRecordError as err:
-        raise RunRecordError(f"{str(path)!r} is {err}") from None
+    return _read_record(run_dir / SUMMARY_FILE, RunSummary, "an Esper run summary")
 
 
 def is_run_directory(path: Path) -> bool:
@@ -526,10 +507,7 @@ def _columns(row_type: type[Any]) -> tuple[tuple[str, Any, bool], ...]:
     hints = typing.get_type_hints(row_type)
     out = []
     for f in fields(row_type):
-        kind, optional = hints[f.name], False
-        if typing.get_origin(kind) in (types.UnionType, typing.Union):
-            (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
-            optional = True
+        kind, optional = _optional(hints[f.name])
         if kind not in (bool, int, float, str):
             raise TypeError(
                 f"{row_type.__name__}.{f.name}: a CSV column is bool, int, float or str"
@@ -569,6 +547,35 @@ def _parse_cell(text: str, kind: Any, optional: bool) -> Any:
     return text
 
 
+def _csv_text(path: Path) -> str:
+    """The text of a CSV log, checked to be UTF-8, to hold a header and to end in a newline."""
+    try:
+        text = _read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunRecordError(f"{path}: not UTF-8 text") from None
+    if not text:
+        raise RunRecordError(f"{path}:1: empty file (no header)")
+    if not text.endswith("\n"):
+        line = text.count("\n") + 1
+        raise RunRecordError(f"{path}:{line}: truncated last line (no newline)")
+    return text
+
+
+def _parse_row(
+    raw: list[str], columns: tuple[tuple[str, Any, bool], ...], where: str
+) -> dict[str, Any]:
+    """One CSV line's cells as field values (``where`` is ``file:line`` for errors)."""
+    if len(raw) != len(columns):
+        raise RunRecordError(f"{where}: {len(raw)} values, expected {len(columns)}")
+    values = {}
+    for cell, (name, kind, optional) in zip(raw, columns, strict=True):
+        try:
+            values[name] = _parse_cell(cell, kind, optional)
+        except ValueError as err:
+            raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
+    return values
+
+
 def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_R]:
     """The rows of a CSV log, strictly: header, column count, numbers, increasing steps.
 
@@ -585,18 +592,8 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
     """
     columns = _columns(row_type)
     names = [c[0] for c in columns]
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise RunRecordError(f"{path}: not UTF-8 text") from None
-    if not text:
-        raise RunRecordError(f"{path}:1: empty file (no header)")
-    if not text.endswith("\n"):
-        line = text.count("\n") + 1
-        raise RunRecordError(f"{path}:{line}: truncated last line (no newline)")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    step = names[0]
+    reader = csv.reader(io.StringIO(_csv_text(path), newline=""))
     try:
         header = next(reader)
     except csv.Error as err:
@@ -608,28 +605,20 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
     try:
         for raw in reader:
             where = f"{path}:{reader.line_num}"
-            if len(raw) != len(columns):
-                raise RunRecordError(f"{where}: {len(raw)} values, expected {len(columns)}")
-            values = {}
-            for cell, (name, kind, optional) in zip(raw, columns, strict=True):
-                try:
-                    values[name] = _parse_cell(cell, kind, optional)
-                except ValueError as err:
-                    raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
-            step = values[names[0]]
-            if previous is not None and step <= previous:
-                raise RunRecordError(f"{where}: {names[0]} {step} does not follow {previous}")
-            previous = step
+            values = _parse_row(raw, columns, where)
+            if previous is not None and values[step] <= previous:
+                raise RunRecordError(f"{where}: {step} {values[step]} does not follow {previous}")
+            previous = values[step]
             rows.append(row_type(**values))
     except csv.Error as err:
         raise RunRecordError(f"{path}:{reader.line_num}: {err}") from None
     if last is None:
         return rows
-    kept = [r for r in rows if getattr(r, names[0]) <= last]
-    reached = getattr(kept[-1], names[0]) if kept else 0
+    kept = [r for r in rows if getattr(r, step) <= last]
+    reached = getattr(kept[-1], step) if kept else 0
     if reached != last:
         raise RunRecordError(
-            f"{path}: the rows end at {names[0]} {reached}, the checkpoint is at {last}"
+            f"{path}: the rows end at {step} {reached}, the checkpoint is at {last}"
         )
     return kept
 
@@ -739,7 +728,9 @@ def step_directory(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _check_names(files: Mapping[str, bytes]) -> None:
+def _check_commit(step: int, files: Mapping[str, bytes]) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"a checkpoint step is an integer >= 0, got {step!r}")
     for name in files:
         if (
             not name
@@ -764,12 +755,8 @@ def _latest_name(root: Path) -> str | None:
 
 
 def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_id: str) -> Path:
-    """Commit ``files`` as the run's checkpoint of ``step``, as a whole.
-
-    The files and their manifest go into ``checkpoints/.partial-<step>-<pid>``, are fsynced,
-    the directory is renamed to ``checkpoints/step-<step:08d>`` and fsynced, and then LATEST is
-    switched to it atomically; older step directories are removed last. Until LATEST switches,
-    the previous checkpoint is the one that loads.
+    """Commit ``files`` as the run's checkpoint of ``step``, as a whole (the steps are in the
+    module docstring); until LATEST switches, the previous checkpoint is the one that loads.
 
     Args:
         run_dir: the run directory.
@@ -786,9 +773,7 @@ def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_
             previous one still loads.
         ValueError: a bad file name or step.
     """
-    _check_names(files)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"a checkpoint step is an integer >= 0, got {step!r}")
+    _check_commit(step, files)
     root = run_dir / CHECKPOINTS_DIR
     final = root / step_directory(step)
     if _latest_name(root) == final.name:
@@ -900,10 +885,7 @@ def load_checkpoint(run_dir: Path, run_id: str) -> Checkpoint:
     loaded = {}
     for file_name, entry in sorted(table.items()):
         path = directory / file_name
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
+        data = _read_bytes(path)
         if len(data) != entry["size"]:
             raise _corrupt(path, f"{len(data)} bytes, the manifest says {entry['size']}")
         if _sha256(data) != entry["sha256"]:
