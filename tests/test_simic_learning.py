@@ -13,6 +13,7 @@ import random
 import torch
 
 from esper.leyline import Observation
+from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.config import TrainingConfig
 from esper.simic.training import PPOTrainer
@@ -40,7 +41,7 @@ LEARNING = {
 
 
 def _trainer(seed: int = 0) -> PPOTrainer:
-    config = TrainingConfig.from_dict({**LEARNING, "runtime": {"seed": seed}})
+    config = override(TrainingConfig(), {**LEARNING, "runtime": {"seed": seed}})
     envs = [PlateauEnv(StandInConfig(), seed=seed + i) for i in range(N_ENVS)]
     hub = TelemetryHub("test", [])
     return PPOTrainer(envs, [torch.device("cpu")] * N_ENVS, config, hub.emit, hub.set_level)
