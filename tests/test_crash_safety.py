@@ -35,16 +35,22 @@ def _listing(path: Path) -> dict[str, int] | None:
         return None
 
 
+def _files(run: Path) -> tuple[object, ...]:
+    """What a start or a step changes: the run's parent (where a new run is assembled and
+    renamed into place) and its checkpoints directory."""
+    return (_listing(run.parent), _listing(run / record.CHECKPOINTS_DIR))
+
+
 def _run_killed_at(args: list[str], run: Path, k: int | None) -> bool:
-    """Run ``esper ARGS``; SIGKILL it at the k-th change of ``run/checkpoints`` (None: never).
+    """Run ``esper ARGS``; SIGKILL it at the k-th change of the run's files (None: never).
     Returns whether it was killed; a run that ends by itself must succeed."""
     proc = subprocess.Popen(
         [*ESPER, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    checkpoints, seen, changes = run / record.CHECKPOINTS_DIR, _listing(run / "checkpoints"), 0
+    seen, changes = _files(run), 0
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        now = _listing(checkpoints)
+        now = _files(run)
         if now != seen:
             seen, changes = now, changes + 1
             if k is not None and changes >= k:
@@ -65,10 +71,11 @@ def _kill_chain(run: Path, ks: list[int]) -> int:
         if not _run_killed_at(args, run, k):
             return kills
         kills += 1
-        if not (run / record.CHECKPOINTS_DIR / record.LATEST_FILE).exists():
-            # killed before the first checkpoint was committed: nothing to resume; start over
-            shutil.rmtree(run)
+        if args[1] != "--resume" and not run.exists():
+            # killed while the new run was assembled: nothing half-made at --out, and nothing
+            # hidden left beside it once the same command starts again
             continue
+        assert (run / record.CHECKPOINTS_DIR / record.LATEST_FILE).is_file()  # resumable
         args = [KILL_ARGS[0], "--resume", str(run)]
     raise AssertionError(f"still running after kills at {ks}")
 
@@ -81,6 +88,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def _same_as(run: Path, reference: Path) -> None:
+    assert not list(run.parent.glob(".partial-*"))  # no half-made run left beside it
     assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
     a, b = record.read_summary(reference), record.read_summary(run)
     assert a is not None and b is not None and a.growth is not None and b.growth is not None

@@ -13,6 +13,8 @@ directory's files are written only through ``esper.nissa.record``.
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ from esper.data import DatasetNotFoundError, load_dataset
 from esper.leyline.config import HostTraining, config_dict, config_text
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
-from esper.leyline.files import DiskFullError, atomic_write
+from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.record import RunMeta
@@ -130,12 +132,12 @@ def default_out(task: str, mode: str) -> Path:
 # ------------------------------------------------------------------------------ recorder
 
 
-def new_run_directory(directory: Path) -> Path:
-    """Create an empty run directory.
+def check_new_run_directory(directory: Path) -> None:
+    """A new run may be created at ``directory``: it does not exist or is an empty directory,
+    and it does not lie inside another run.
 
     Raises:
-        UserError: ``directory`` is a file, is not empty, lies inside another run, or cannot be
-            created.
+        UserError: naming what is wrong.
     """
     inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
     if inside is not None:
@@ -148,10 +150,20 @@ def new_run_directory(directory: Path) -> Path:
                 f"run directory {str(directory)!r} already exists and is not empty; "
                 "choose another --out or continue it with --resume"
             )
-        directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create run directory {str(directory)!r}: {err.strerror}") from err
-    return directory
+        raise UserError(f"cannot use run directory {str(directory)!r}: {err.strerror}") from err
+
+
+STAGING_PREFIX = ".partial-"
+"""A new run directory is assembled as ``.partial-<name>-<pid>`` beside it and renamed into
+place complete, so a kill during start-up leaves no half-made run at ``--out``."""
+
+
+def _staging(out: Path) -> Path:
+    parent = out.absolute().parent
+    for stale in parent.glob(f"{STAGING_PREFIX}{out.name[:100]}-*"):  # left by a killed start
+        shutil.rmtree(stale, ignore_errors=True)
+    return parent / f"{STAGING_PREFIX}{out.name[:100]}-{os.getpid()}"
 
 
 @dataclass
@@ -194,25 +206,26 @@ class Recorder:
             UserError: the directory cannot be created, is not empty, lies inside another run,
                 or (resume) has an inconsistent record.
         """
-        try:
-            if options.resume is not None:
+        if options.resume is not None:
+            try:
                 return cls._reopen(mode, options.resume, row_type, hub)
-            task = config.env.task if mode == "ppo" else config.training.task
-            out = options.out or default_out(task, mode)
-            csv: record.CsvLog[Any] = record.CsvLog(out / record.CSV_FILES[mode], row_type)
-            state = first_state()
+            except (record.RunRecordError, DiskFullError) as err:
+                raise UserError(str(err)) from err
+            except OSError as err:  # e.g. a read-only directory
+                raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
+        task = config.env.task if mode == "ppo" else config.training.task
+        out = options.out or default_out(task, mode)
+        check_new_run_directory(out)
+        files = _state_files(first_state())
+        try:
             with stop_signals() as held, held():
-                directory = new_run_directory(out)
-                run_id = directory.name
-                record.write_json(directory / record.CONFIG_FILE, config_dict(config))
-                atomic_write(directory / record.EVENTS_FILE, "")  # a run directory from now on
-                record.write_json(directory / record.META_FILE, meta(run_id).to_json())
-                csv.rewrite([])
-                recorder = cls(directory, run_id, csv, [], hub, None)
-                recorder.commit(0, None, state)  # Ctrl-C in the first step can be resumed
+                _create(out, mode, config_dict(config), meta(out.name), row_type, files)
         except (record.RunRecordError, DiskFullError) as err:
             raise UserError(str(err)) from err
-        return recorder
+        except OSError as err:  # e.g. a name too long for the file system, no permission
+            raise UserError(f"cannot create run directory {str(out)!r}: {err.strerror}") from err
+        csv: record.CsvLog[Any] = record.CsvLog(out / record.CSV_FILES[mode], row_type)
+        return cls(out, out.name, csv, [], hub, None)
 
     @classmethod
     def _reopen(cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub) -> Recorder:
@@ -268,12 +281,10 @@ class Recorder:
         Raises:
             DiskFullError: out of space; the previous checkpoint is intact.
         """
-        buffer = io.BytesIO()
-        torch.save({**state, "threads": torch.get_num_threads()}, buffer)
+        files = _state_files(state)
         if row is not None:
             self.csv.append(row)
             self.rows.append(row)
-        files = {"state.pt": buffer.getvalue()}
         record.commit_checkpoint(self.directory, step, files, self.run_id)
         self.step = step
 
@@ -328,6 +339,33 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
     if meta is None or meta.mode != "ppo":
         raise UserError(f"--policy {str(run_dir)!r} is not an Esper PPO run directory")
     return read_state(run_dir, meta.run_id)
+
+
+def _state_files(state: dict[str, Any]) -> dict[str, bytes]:
+    """A checkpoint's files: the state with the torch thread count it ran with."""
+    buffer = io.BytesIO()
+    torch.save({**state, "threads": torch.get_num_threads()}, buffer)
+    return {"state.pt": buffer.getvalue()}
+
+
+def _create(
+    out: Path, mode: str, config: Any, meta: RunMeta, row_type: type, files: dict[str, bytes]
+) -> None:
+    """Assemble a new run directory (config, meta, an empty event log, the CSV header and the
+    step-0 checkpoint) beside ``out``, then rename it into place whole."""
+    staging = _staging(out)
+    try:
+        staging.mkdir(parents=True)
+        record.write_json(staging / record.CONFIG_FILE, config)
+        atomic_write(staging / record.EVENTS_FILE, "")
+        record.write_json(staging / record.META_FILE, meta.to_json())
+        record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
+        record.commit_checkpoint(staging, 0, files, out.name)  # a kill in step 1 resumes
+        os.rename(staging, out)  # replaces an empty directory the user made
+        fsync_directory(out.absolute().parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def read_state(directory: Path, run_id: str) -> dict[str, Any]:
