@@ -159,10 +159,24 @@ STAGING_PREFIX = ".partial-"
 place complete, so a kill during start-up leaves no half-made run at ``--out``."""
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _staging(out: Path) -> Path:
+    """Where ``out`` is assembled; what a killed start left beside it (its process is gone)
+    is removed first."""
     parent = out.absolute().parent
-    for stale in parent.glob(f"{STAGING_PREFIX}{out.name[:100]}-*"):  # left by a killed start
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in parent.glob(f"{STAGING_PREFIX}*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     return parent / f"{STAGING_PREFIX}{out.name[:100]}-{os.getpid()}"
 
 
