@@ -75,6 +75,8 @@ def _kill_chain(run: Path, ks: list[int]) -> int:
             # killed while the new run was assembled: nothing half-made at --out, and nothing
             # hidden left beside it once the same command starts again
             continue
+        if record.run_status(run) == "completed":  # killed after its summary: nothing to do
+            return kills
         assert (run / record.CHECKPOINTS_DIR / record.LATEST_FILE).is_file()  # resumable
         args = [KILL_ARGS[0], "--resume", str(run)]
     raise AssertionError(f"still running after kills at {ks}")
