@@ -265,6 +265,8 @@ def _bad_config(tmp: Path, kind: str) -> Path:
         path.write_text(json.dumps({"training": {"task": "synthetic"}, "colour": 1}))
     elif kind == "deep":
         path.write_text("[" * 100000 + "]" * 100000)
+    elif kind == "hidden":
+        path.write_text(json.dumps({"policy": {"hidden": 1e30}}))
     elif kind == "deep-object":
         path.write_text('{"a":' * 100000 + "1" + "}" * 100000)
     else:
@@ -289,6 +291,13 @@ def _bad_config(tmp: Path, kind: str) -> Path:
         (["heuristic", "--config", "{deep-object}"], "--config"),
         (["heuristic", "--config", "{toml}"], "--config"),
         (["heuristic", *TINY, "--out", "{tmp}/" + "x" * 300], "x" * 20),
+        # esper ppo: sizes that cannot fit are refused up front, naming the limit
+        (["ppo", "--preset", "tiny", "--ppo.n-envs", "1000000"], "[1, 256]"),
+        (["ppo", "--preset", "tiny", "--policy.hidden", "1000000000"], "[1, 65536]"),
+        (["ppo", "--preset", "tiny", "--seed", "1e26"], "--seed"),
+        (["ppo", "--preset", "tiny", "--seed", str(2**63)], "runtime.seed"),
+        (["ppo", "--preset", "nope"], "known presets"),
+        (["ppo", "--config", "{hidden}"], "policy.hidden"),
     ],
 )
 def test_bad_input_is_one_line_and_touches_nothing(
@@ -298,7 +307,8 @@ def test_bad_input_is_one_line_and_touches_nothing(
     work.mkdir()
     monkeypatch.chdir(work)
     configs = {
-        k: str(_bad_config(tmp_path, k)) for k in ("unknown-key", "deep", "deep-object", "toml")
+        k: str(_bad_config(tmp_path, k))
+        for k in ("unknown-key", "deep", "deep-object", "toml", "hidden")
     }
     args = [a.format(tmp=work, **configs) if "{" in a else a for a in args]
     if "--out" not in args:
@@ -316,6 +326,28 @@ def _resume_bad(run: Path, capsys, extra: list[str] | None = None) -> str:
     line = _one_error_line(capsys)
     assert _snapshot(run.parent) == before
     return line
+
+
+def test_sigterm_during_start_up_exits_cleanly(tmp_path) -> None:
+    """A signal once the configuration is printed (data loading, building the run): exit 130
+    with one line, no traceback, and either nothing at --out or a resumable run."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*ESPER, "heuristic", *TINY, "--epochs", "2", "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "esper heuristic: effective configuration"
+    assert b"effective configuration" in first, first
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"interrupted" in err
+    assert not out.exists() or (out / record.CHECKPOINTS_DIR / record.LATEST_FILE).is_file()
 
 
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:
