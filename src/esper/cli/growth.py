@@ -36,7 +36,7 @@ from esper.cli.run import (
 )
 from esper.kasmina import save_model
 from esper.leyline import SeedStage
-from esper.leyline.config import override
+from esper.leyline.config import HostTraining, override
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import DiskFullError
 from esper.nissa import TelemetryHub, record
@@ -66,7 +66,7 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     if options.resume is not None:
         try:
             data = record.read_config(options.resume)
-            config: GrowthRun = override(GrowthRun(record_training(data)), data)
+            config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
         meta = record.read_meta(options.resume)
@@ -86,18 +86,9 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     return growth_config(mode, argv, options, base)
 
 
-def record_training(data: dict[str, Any]) -> Any:
-    """A placeholder ``HostTraining`` for ``override`` to fill from a recorded config."""
-    from esper.leyline.config import HostTraining
-
-    training = data.get("training") if isinstance(data, dict) else None
-    task = training.get("task") if isinstance(training, dict) else None
-    if not isinstance(task, str):
-        raise ValueError("config.json has no training.task")
-    return HostTraining(task)
-
-
-def make_controller(mode: str, config: GrowthRun, episode: Episode, hub: Any) -> Controller:
+def make_controller(
+    mode: str, config: GrowthRun, episode: Episode, hub: TelemetryHub
+) -> Controller:
     """The controller of ``mode`` (eval: the policy, its decisions logged when NORMAL)."""
     if mode == "static":
         return StaticController()
@@ -268,7 +259,7 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _resolved(training: Any) -> Any:
+def _resolved(training: HostTraining) -> HostTraining:
     try:
         return resolve_training(training)
     except ValueError as err:
