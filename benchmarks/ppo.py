@@ -47,9 +47,10 @@ from typing import Any
 
 import torch
 
+from esper.cli.run import load_data
 from esper.leyline.config import override
 from esper.nissa import TelemetryHub
-from esper.simic.build import build_trainer, load_task_data
+from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.training import PPOTrainer, RoundResult
 
@@ -101,7 +102,7 @@ def make_trainer(overrides: dict[str, Any]) -> PPOTrainer:
         base, {**overrides, "env": {"task": TASK, **overrides["env"]}}
     )
     config = config.resolved()
-    trainer, _ = build_trainer(config, TelemetryHub("bench", []), load_task_data(config))
+    trainer, _ = build_trainer(config, TelemetryHub("bench", []), load_data(config.env))
     return trainer
 
 

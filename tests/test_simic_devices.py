@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from esper.cli.run import load_data
 from esper.leyline.config import override
 from esper.nissa import TelemetryHub
-from esper.simic.build import build_trainer, load_task_data
+from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.vector import assign_devices, describe_device_map, parse_device
 
@@ -43,14 +44,14 @@ def _tiny(devices: list[str], amp: bool = False) -> TrainingConfig:
 def test_amp_needs_cuda() -> None:
     config = _tiny(["cpu"], amp=True)
     with pytest.raises(ValueError, match="--amp needs the policy on a CUDA device, not cpu"):
-        build_trainer(config, TelemetryHub("t", []), load_task_data(config))
+        build_trainer(config, TelemetryHub("t", []), load_data(config.env))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs at least 2 CUDA devices")
 def test_tiny_job_lands_on_every_gpu() -> None:
     config = _tiny(["cuda:0", "cuda:1"], amp=True)
-    trainer, devices = build_trainer(config, TelemetryHub("t", []), load_task_data(config))
+    trainer, devices = build_trainer(config, TelemetryHub("t", []), load_data(config.env))
     result = trainer.run_round()
     assert [str(d) for d in devices] == ["cuda:0", "cuda:1"]
     for env, device in zip(trainer.vec.envs, devices, strict=True):
@@ -63,7 +64,7 @@ def test_tiny_job_lands_on_every_gpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_tiny_job_on_one_gpu_with_amp() -> None:
     config = _tiny(["cuda:0"], amp=True)
-    trainer, _ = build_trainer(config, TelemetryHub("t", []), load_task_data(config))
+    trainer, _ = build_trainer(config, TelemetryHub("t", []), load_data(config.env))
     result = trainer.run_round()
     assert trainer.learner.scaler.is_enabled()
     assert result.stats.skipped_steps == 0 or result.anomaly is not None

@@ -20,13 +20,14 @@ from unittest import mock
 import pytest
 import torch
 
-import esper.simic.build as build
-from esper.cli.run import set_threads
+import esper.cli.run as cli_run
+from esper.cli.main import UserError
+from esper.cli.run import load_data, set_threads
 from esper.leyline import Action, Op, SeedStage, SeedStateReport, TelemetryLevel, thresholds
 from esper.leyline.config import config_dict, override
 from esper.leyline.events import EpochCompleted
 from esper.nissa import TelemetryHub
-from esper.simic.build import build_trainer, load_task_data
+from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
@@ -51,7 +52,7 @@ def _config(*overrides: dict[str, Any]) -> TrainingConfig:
 def env_probe(config: TrainingConfig, advances: int = 1) -> list[float]:
     """One growth episode: germinate, advance (to TRAINING), train it, to the end; the
     observations, rewards and the Shapley values the epochs reported."""
-    data = load_task_data(config)
+    data = load_data(config.env)
     reward = RewardFunction(config.reward, config.ppo.gamma)
     shapley: list[float] = []
 
@@ -147,7 +148,7 @@ def build_probe(config: TrainingConfig) -> list[float]:
     """Building the real trainer: which devices, whether AMP is possible, the hub's level."""
     hub = TelemetryHub("t", [], level=_level(config))
     try:
-        _, devices = build_trainer(config, hub, load_task_data(config))
+        _, devices = build_trainer(config, hub, load_data(config.env))
     except ValueError as err:
         return [float(hash(str(err)))]
     return [float(hash(tuple(map(str, devices)))), float(hub.level.value)]
@@ -172,18 +173,18 @@ def _level(config: TrainingConfig) -> TelemetryLevel:
 def loader_probe(config: TrainingConfig) -> list[float]:
     """What the dataset loader is asked for (data_dir and download flow into it)."""
     calls: list[tuple[Any, ...]] = []
-    original = build.load_dataset
+    original = cli_run.load_dataset
 
     def spy(name, data_dir=None, **kwargs):
         calls.append((name, data_dir, kwargs["download"]))
         raise FileNotFoundError("spy")
 
-    build.load_dataset = spy
+    cli_run.load_dataset = spy
     try:
-        with pytest.raises(FileNotFoundError):
-            load_task_data(config)
+        with pytest.raises(UserError, match="spy"):
+            load_data(config.env)
     finally:
-        build.load_dataset = original
+        cli_run.load_dataset = original
     return [float(hash(calls[0]))]
 
 

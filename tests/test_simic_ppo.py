@@ -9,12 +9,13 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
+from esper.cli.run import load_data
 from esper.leyline.config import override
 from esper.leyline.events import PPOUpdate, TelemetryLevel, event_record
 from esper.nissa import TelemetryHub
 from esper.simic import training
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
-from esper.simic.build import build_trainer, load_task_data, policy_training, trainer_state
+from esper.simic.build import build_trainer, policy_training, trainer_state
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
@@ -201,7 +202,7 @@ def test_anomaly_kinds() -> None:
 
 def _tiny_trainer(hub: TelemetryHub) -> PPOTrainer:
     config = load_preset("tiny").resolved()
-    trainer, _ = build_trainer(config, hub, load_task_data(config))
+    trainer, _ = build_trainer(config, hub, load_data(config.env))
     return trainer
 
 

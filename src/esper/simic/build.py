@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from esper.data import load_dataset
 from esper.leyline import Topology
 from esper.leyline.config import HostTraining, config_dict, override
 from esper.leyline.data import Dataset
@@ -25,7 +24,6 @@ from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.features import observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
 from esper.tamiyo.policy import PolicyController, PolicyNetwork
-from esper.tasks import get_task
 
 CHECKPOINT_FORMAT = 2
 """Bumped whenever the checkpoint layout changes, so an old file fails with a clear message."""
@@ -33,14 +31,6 @@ CHECKPOINT_FORMAT = 2
 
 class PolicyCheckpointError(ValueError):
     """A policy checkpoint is missing, unreadable, or not an Esper PPO checkpoint."""
-
-
-def load_task_data(config: TrainingConfig, progress: bool = False) -> Dataset:
-    """The dataset of ``config.env.task`` (loaded once, shared by every environment)."""
-    env = config.env
-    return load_dataset(
-        get_task(env.task).dataset, env.data_dir, download=env.download, progress=progress
-    )
 
 
 def build_trainer(
