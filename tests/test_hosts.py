@@ -127,14 +127,16 @@ def test_build_host_picks_the_class_from_the_config() -> None:
 def test_host_config_from_dict_is_strict() -> None:
     values = dataclasses.asdict(CNNHostConfig(base_channels=4))
     assert host_config_from_dict("cnn", values) == CNNHostConfig(base_channels=4)
-    unknown = r"cnn host config has unknown keys \['width'\] and missing keys \[\]; its keys are"
+    unknown = r"unknown key\(s\) \['width'\] in cnn host config; accepted: base_channels"
     with pytest.raises(ValueError, match=unknown):
         host_config_from_dict("cnn", values | {"width": 4})
     del values["depth"]
-    with pytest.raises(ValueError, match=r"unknown keys \[\] and missing keys \['depth'\]"):
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['depth'\] in cnn host config"):
         host_config_from_dict("cnn", values)
-    with pytest.raises(ValueError, match=r"cnn host config must be a mapping, got list"):
+    with pytest.raises(ValueError, match=r"cnn host config must be a table of settings, got \[4\]"):
         host_config_from_dict("cnn", [4])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"cnn host config.depth must be an integer, got \"3\""):
+        host_config_from_dict("cnn", values | {"depth": "3"})
     with pytest.raises(ValueError, match=r"unknown host kind 'rnn'; known: \['cnn', 'transformer'"):
         host_config_from_dict("rnn", values)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.leyline import InjectionSpec, Topology, slot_names
-from esper.leyline.config import check_int, require
+from esper.leyline.config import check_int, decode, require
 
 MAX_HOST_SIZE = 65_536
 """Largest channel count, dimension, depth or vocabulary a host accepts: beyond it a host no
@@ -356,25 +356,16 @@ HOST_CONFIGS: dict[str, type[HostConfig]] = {
 def host_config_from_dict(kind: str, values: Mapping[str, Any]) -> HostConfig:
     """The config of a ``kind`` host from ``dataclasses.asdict`` output (a checkpoint manifest).
 
-    Strict: every field must be present and no other key.
+    Strict (``leyline.config.decode``): every field must be present, no other key, each of its
+    type.
 
     Raises:
         ValueError: for an unknown kind, missing or unknown keys, or an invalid value.
     """
     if kind not in HOST_CONFIGS:
         raise ValueError(f"unknown host kind {kind!r}; known: {sorted(HOST_CONFIGS)}")
-    config_type = HOST_CONFIGS[kind]
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{kind} host config must be a mapping, got {type(values).__name__}")
-    expected = [f.name for f in fields(config_type)]
-    unknown = sorted(set(values) - set(expected))
-    missing = [name for name in expected if name not in values]
-    if unknown or missing:
-        raise ValueError(
-            f"{kind} host config has unknown keys {unknown} and missing keys {missing}; "
-            f"its keys are {expected}"
-        )
-    return config_type(**values)
+    config: HostConfig = decode(HOST_CONFIGS[kind], values, f"{kind} host config")
+    return config
 
 
 def build_host(config: HostConfig) -> SegmentedHost:

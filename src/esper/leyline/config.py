@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from esper.leyline.slots import ordered_slots
 
@@ -28,6 +30,7 @@ MAX_COUNT = 10**7
 low enough that a typo (1e9 epochs) fails up front rather than after hours."""
 
 TelemetryName = Literal["minimal", "normal", "debug"]
+C = TypeVar("C")
 
 
 def require(ok: bool, message: str) -> None:
@@ -152,60 +155,88 @@ class TelemetrySettings:
         check_bool("tensorboard", self.tensorboard)
 
 
-MAX_CONFIG_DEPTH = 16
-"""Deepest nesting a config file may have: the deepest real config has 2 levels."""
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def _depth(data: object, limit: int) -> int:
-    """Nesting depth of ``data``, stopping early past ``limit`` (no recursion on hostile input)."""
-    level, frontier = 0, [data]
-    while frontier and level <= limit:
-        nxt: list[object] = []
-        for item in frontier:
-            if isinstance(item, dict):
-                nxt.extend(item.values())
-            elif isinstance(item, list):
-                nxt.extend(item)
-        frontier, level = nxt, level + 1
-    return level - 1 if not frontier else limit + 1
+def _short(value: Any) -> str:
+    """A value as it would be written in JSON, cut to 40 characters."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
-def override(obj: Any, data: object, path: str = "") -> Any:
-    """``obj`` (a frozen config dataclass) with the groups and fields in ``data`` replaced.
+def optional_type(kind: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for the annotation ``X | None`` (the only union used), else (kind, False)."""
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        return inner, True
+    return kind, False
 
-    Strict: an unknown key fails naming the accepted ones; a nested dataclass takes a nested
-    mapping; lists become tuples; each dataclass validates its values when rebuilt.
+
+def decode(kind: Any, value: Any, where: str = "", base: Any = None) -> Any:
+    """``value`` (parsed JSON or TOML) checked against the annotation ``kind`` and built as it.
+
+    The one strict reader of settings and records (config files, ``config.json``, run
+    summaries, checkpoint manifests): dataclasses (nested), ``X | None``, ``tuple[X, ...]``,
+    ``dict[str, X]``, ``Literal``, int, float (an int is accepted), str, bool and ``Any``. A
+    dataclass takes a table with no unknown key; with ``base`` (an instance) a missing key keeps
+    ``base``'s value, without it every field must be present; each dataclass then validates its
+    own values. Nothing recurses deeper than the type, so hostile nesting fails at once.
 
     Raises:
-        ValueError: for an unknown key, a value of the wrong shape or a bad value.
+        ValueError: one line naming the key (``where``), the bad value and what is accepted.
     """
-    where = path or "the configuration"
-    if path == "" and _depth(data, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
-        raise ValueError(f"the configuration is nested deeper than {MAX_CONFIG_DEPTH} levels")
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a table of settings, got {data!r}")
-    known = {f.name for f in fields(obj)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} in {where}; accepted: {', '.join(sorted(known))}"
-        )
-    changes: dict[str, Any] = {}
-    for name, value in data.items():
-        current = getattr(obj, name)
-        key = f"{path}.{name}" if path else name
-        if is_dataclass(current):
-            changes[name] = override(current, value, key)
-        elif isinstance(current, tuple):
-            if not isinstance(value, list | tuple):
-                raise ValueError(f"{key} must be a list, got {value!r}")
-            changes[name] = tuple(value)
-        else:
-            changes[name] = value
+    kind, optional = optional_type(kind)
+    if kind is Any or (optional and value is None):
+        return value
+    if isinstance(kind, type) and is_dataclass(kind):
+        return _decode_dataclass(kind, value, where, base)
+    name, origin, args = where or "the value", typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        accepted = ", ".join(map(str, args))
+        require(value in args, f"{name} must be one of {accepted}, got {_short(value)}")
+        return value
+    if origin is tuple:
+        require(isinstance(value, list | tuple), f"{name} must be a list, got {_short(value)}")
+        return tuple(decode(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        require(isinstance(value, dict), f"{name} must be a table, got {_short(value)}")
+        return {k: decode(args[1], v, f"{name}.{k}") for k, v in value.items()}
+    if kind is float and type(value) is int:
+        return float(value)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    require(ok, f"{name} must be {_TYPE_NAMES[kind]}, got {_short(value)}")
+    return value
+
+
+def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
+    table = where or "the configuration"
+    require(isinstance(value, dict), f"{table} must be a table of settings, got {_short(value)}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(value) - set(names))
+    accepted = ", ".join(sorted(names))
+    require(not unknown, f"unknown key(s) {unknown} in {table}; accepted: {accepted}")
+    missing = [n for n in names if n not in value]
+    require(base is not None or not missing, f"missing key(s) {missing} in {table}")
+    hints, prefix = typing.get_type_hints(cls), f"{where}." if where else ""
+    decoded = {
+        n: decode(hints[n], value[n], prefix + n, None if base is None else getattr(base, n))
+        for n in value
+    }
     try:
-        return replace(obj, **changes)
+        return cls(**decoded) if base is None else replace(base, **decoded)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path + ': ' if path else ''}{err}") from None
+        raise ValueError(f"{where + ': ' if where else ''}{err}") from None
+
+
+def override(obj: C, data: object) -> C:
+    """``obj`` (a frozen config dataclass) with the settings in ``data`` replaced (``decode``
+    with ``obj`` as the base).
+
+    Raises:
+        ValueError: for an unknown key, a value of the wrong type or a bad value.
+    """
+    result: C = decode(type(obj), data, "", obj)
+    return result
 
 
 def config_dict(obj: Any) -> dict[str, Any]:

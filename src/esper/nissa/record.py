@@ -36,7 +36,6 @@ import platform
 import re
 import shutil
 import subprocess
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -45,6 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from esper.leyline.config import decode, optional_type
 from esper.leyline.files import (
     TEMP_MARKER,
     DiskFullError,
@@ -155,70 +155,7 @@ def _read_json(path: Path, what: str) -> Any:
         raise RunRecordError(f"{str(path)!r} is not {what} (JSON nested too deeply)") from None
 
 
-class _Invalid(Exception):
-    """A value that does not fit its declared type (message: where and what)."""
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _T = TypeVar("_T")
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, bytes) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _expect(ok: bool, where: str, what: str, value: Any) -> None:
-    if not ok:
-        raise _Invalid(f"{where} must be {what}, got {_short(value)}")
-
-
-def _optional(kind: Any) -> tuple[Any, bool]:
-    """``(X, True)`` for the annotation ``X | None`` (the only union used), else (kind, False)."""
-    if typing.get_origin(kind) in (types.UnionType, typing.Union):
-        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
-        return inner, True
-    return kind, False
-
-
-def _decode(kind: Any, value: Any, where: str) -> Any:
-    """``value`` (parsed JSON) checked against the annotation ``kind`` and converted to it: int,
-    float, str, bool, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``Any``, dataclasses."""
-    kind, optional = _optional(kind)
-    if kind is Any or (optional and value is None):
-        return value
-    if isinstance(kind, type) and is_dataclass(kind):
-        return _decode_dataclass(kind, value, where)
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is tuple:
-        _expect(isinstance(value, list), where, "a list", value)
-        return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        _expect(isinstance(value, dict), where, "an object", value)
-        return {k: _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if kind is float and type(value) is int:
-        return float(value)
-    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    _expect(ok, where, _TYPE_NAMES[kind], value)
-    return value
-
-
-def _decode_dataclass(cls: type[_T], value: Any, where: str) -> _T:
-    _expect(isinstance(value, dict), where or "the file", "a JSON object", value)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    prefix = f"{where}." if where else ""
-    missing = [prefix + n for n in names if n not in value]
-    unknown = [prefix + n for n in sorted(set(value) - set(names))]
-    if missing:
-        raise _Invalid(f"missing {', '.join(missing)}")
-    if unknown:
-        raise _Invalid(f"unknown key {', '.join(unknown)}")
-    hints = typing.get_type_hints(cls)
-    decoded = {n: _decode(hints[n], value[n], prefix + n) for n in names}
-    try:
-        return cls(**decoded)
-    except ValueError as err:
-        raise _Invalid(f"{where or 'the file'}: {err}") from None
 
 
 def _read_record(path: Path, cls: type[_T], what: str) -> _T | None:
@@ -232,9 +169,10 @@ def _read_record(path: Path, cls: type[_T], what: str) -> _T | None:
     if data is None:
         return None
     try:
-        return _decode_dataclass(cls, data, "")
-    except _Invalid as err:
+        record: _T = decode(cls, data)
+    except ValueError as err:
         raise RunRecordError(f"{str(path)!r} is not {what}: {err}") from None
+    return record
 
 
 # --------------------------------------------------------------------------------- meta.json
@@ -507,7 +445,7 @@ def _columns(row_type: type[Any]) -> tuple[tuple[str, Any, bool], ...]:
     hints = typing.get_type_hints(row_type)
     out = []
     for f in fields(row_type):
-        kind, optional = _optional(hints[f.name])
+        kind, optional = optional_type(hints[f.name])
         if kind not in (bool, int, float, str):
             raise TypeError(
                 f"{row_type.__name__}.{f.name}: a CSV column is bool, int, float or str"
