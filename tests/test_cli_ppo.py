@@ -105,6 +105,45 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert "eval synthetic (completed)" in capsys.readouterr().out
 
 
+def test_eval_config_round_trips_and_a_resume_keeps_its_policy(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """An eval's config.json (policy included, stored absolute) runs again through --config;
+    a resume refuses once the PPO run it evaluates has trained on."""
+    ppo = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(ppo)]) == 0
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "e1"
+    assert main(["eval", "--policy", "ppo", "--epochs", "3", "--out", str(first)]) == 0
+    config = json.loads((first / "config.json").read_text())
+    assert config["policy"] == str(ppo.resolve())
+    again = tmp_path / "e2"
+    assert main(["eval", "--config", str(first / "config.json"), "--out", str(again)]) == 0
+    assert (again / "metrics.csv").read_text() == (first / "metrics.csv").read_text()
+
+    (first / "summary.json").unlink()  # as if interrupted
+    state = ppo / "checkpoints"
+    before = {p.name for p in state.iterdir()}
+    assert main(["ppo", "--resume", str(ppo)]) == 2  # completed: nothing to resume
+    config = json.loads((ppo / "config.json").read_text())
+    config["ppo"]["rounds"] = 2
+    (ppo / "config.json").write_text(json.dumps(config))
+    (ppo / "summary.json").unlink()
+    assert main(["ppo", "--resume", str(ppo)]) == 0  # the PPO run trains one more round
+    assert {p.name for p in state.iterdir()} != before
+    capsys.readouterr()
+    assert main(["eval", "--resume", str(first)]) == 2
+    assert "now at round 2; start a new eval" in capsys.readouterr().err
+
+
+def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "--help"])
+    assert stop.value.code == 0 and "--policy" in capsys.readouterr().out
+    assert main(["eval", "--policy"]) == 2
+    assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
+
+
 def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     straight = tmp_path / "straight"
     argv = ["ppo", "--preset", "tiny", "--ppo.rounds", "3"]

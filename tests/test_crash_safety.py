@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from esper.cli.growth import EpochRow
 from esper.cli.main import main
 from esper.cli.run import Stop
 from esper.nissa import record
@@ -395,3 +397,75 @@ def test_resume_of_a_read_only_directory(run_copy, capsys) -> None:
         for path in [run_copy, *run_copy.rglob("*")]:
             if path.is_dir():
                 path.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------ review cases
+
+
+def test_a_refused_resume_keeps_the_summary(run_copy, capsys) -> None:
+    """A resume refused by a later check (here: another thread count) deletes nothing."""
+    summary = (run_copy / "summary.json").read_bytes()
+    config = json.loads((run_copy / "config.json").read_text())
+    config["training"]["threads"] += 1
+    (run_copy / "config.json").write_text(json.dumps(config))
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    assert "torch threads" in _one_error_line(capsys)
+    assert (run_copy / "summary.json").read_bytes() == summary
+
+
+def test_a_resume_without_meta_json_says_so(run_copy, capsys) -> None:
+    (run_copy / "meta.json").unlink()
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    assert "no meta.json" in _one_error_line(capsys)
+
+
+def test_ppo_resume_of_a_growth_run_names_its_command(run_copy, capsys) -> None:
+    assert main(["ppo", "--resume", str(run_copy)]) == 2
+    assert "is a heuristic run; use esper heuristic" in _one_error_line(capsys)
+
+
+def test_a_moved_run_keeps_its_run_id(run_copy, tmp_path) -> None:
+    moved = tmp_path / "moved"
+    run_copy.rename(moved)
+    assert main(["heuristic", "--resume", str(moved)]) == 0
+    ids = {json.loads(line)["run_id"] for line in (moved / "events.jsonl").read_text().splitlines()}
+    assert ids == {"run"}  # the id recorded in meta.json, not the directory's new name
+
+
+def test_a_failed_commit_leaves_the_csv_and_summary_at_the_last_checkpoint(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    real, calls = record.commit_checkpoint, []
+
+    def full_at_step_3(run_dir, step, files, run_id):
+        calls.append(step)
+        if step == 3:
+            raise record.DiskFullError(28, "out of disk space writing 'state.pt'")
+        return real(run_dir, step, files, run_id)
+
+    monkeypatch.setattr(record, "commit_checkpoint", full_at_step_3)
+    out = tmp_path / "run"
+    assert main(["heuristic", *TINY, "--epochs", "5", "--out", str(out)]) == 2
+    assert "out of disk space" in _one_error_line(capsys)
+    rows = record.read_rows(out / "metrics.csv", EpochRow)
+    summary = record.read_summary(out)
+    assert [r.epoch for r in rows] == [1, 2] and summary is not None and summary.growth
+    assert summary.growth.epochs_completed == 2
+    assert summary.growth.final is not None
+    assert summary.growth.final.val_loss == rows[-1].val_loss  # epoch 2's, not epoch 3's
+
+
+def test_a_start_removes_only_its_own_abandoned_stagings(tmp_path) -> None:
+    notes = tmp_path / ".partial-mynotes-2024"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    abandoned = tmp_path / ".partial-run-999999999"
+    abandoned.mkdir()
+    (abandoned / ".esper-staging").write_text(f"{socket.gethostname()}\n999999999\n")
+    other_host = tmp_path / ".partial-run-1"
+    other_host.mkdir()
+    (other_host / ".esper-staging").write_text("another-machine\n1\n")
+    assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert (notes / "keep.txt").read_text() == "mine"  # not ours: untouched
+    assert other_host.exists()  # another machine's start on a shared file system
+    assert not abandoned.exists()  # ours, its process gone

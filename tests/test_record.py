@@ -514,7 +514,10 @@ def test_csv_rows_round_trip_and_resume_drops_later_steps(tmp_path: Path) -> Non
         ("step,loss,accuracy,note\n1.0,1,,a\n", "rows.csv:2: step '1.0' is not an integer"),
         ("step,loss,accuracy,note\n1,,,a\n", "rows.csv:2: loss '' is empty"),
         ("step,loss,accuracy,note\n1,1,2\n", "rows.csv:2: 3 values, expected 4"),
-        ("step,loss,accuracy,note\n2,1,,a\n2,1,,a\n", "rows.csv:3: step 2 does not follow 2"),
+        ("step,loss,accuracy,note\n1,1,,a\n1,1,,a\n", "rows.csv:3: step 1 where step 2 belongs"),
+        # a missing row: steps must be 1, 2, 3, ... (a resume must not lose an epoch's row)
+        ("step,loss,accuracy,note\n1,1,,a\n3,1,,a\n", "rows.csv:3: step 3 where step 2 belongs"),
+        ("step,loss,accuracy,note\n2,1,,a\n", "rows.csv:2: step 2 where step 1 belongs"),
     ],
 )
 def test_a_malformed_csv_is_one_line_naming_file_and_line(

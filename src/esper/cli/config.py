@@ -27,7 +27,6 @@ from esper.leyline.config import (
     check_int,
     override,
     read_config_file,
-    require,
 )
 
 GROWTH_MODES = ("static", "heuristic", "eval")
@@ -66,12 +65,9 @@ def check_mode(mode: str, config: GrowthRun) -> None:
         need = "eval needs --policy RUN" if mode == "eval" else f"{mode} runs take no --policy"
         raise UserError(need)
     if mode == "static":
-        t, default = config.training, HostTraining(config.training.task)
-        given = [
-            name
-            for name in ("slots", "seed_lr", "shapley")
-            if getattr(t, name) != getattr(default, name)
-        ]
+        t = config.training
+        given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
+        given += ["seed_lr"] * (t.seed_lr not in (None, t.lr))  # a resolved config has seed_lr=lr
         if given:
             raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
 
@@ -218,12 +214,24 @@ def growth_config(
     return config
 
 
-def policy_arg(argv: list[str]) -> Path | None:
-    """The ``--policy`` value in ``argv``, read before parsing (it sets eval's defaults)."""
+def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
+    """The policy an eval runs: ``--policy`` in ``argv``, else ``policy`` in ``--config``, read
+    before parsing (its PPO run's settings are eval's defaults).
+
+    Raises:
+        UserError: ``--policy`` without a value, or an unreadable ``--config``.
+    """
     for i, item in enumerate(argv):
         flag, eq, value = item.partition("=")
         if flag == "--policy":
             value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-            require(bool(value), "--policy needs a PPO run directory")
+            if not value or value.startswith("--"):
+                raise UserError("--policy needs a PPO run directory")
             return Path(value)
+    if options.config is not None:
+        try:
+            policy = read_config_file(options.config).get("policy")
+        except ValueError as err:
+            raise UserError(str(err)) from err
+        return Path(policy) if isinstance(policy, str) else None
     return None

@@ -27,6 +27,8 @@ from esper.cli.run import (
     Recorder,
     Stop,
     announce,
+    check_out,
+    check_recorded_mode,
     check_sinks,
     interrupted_hint,
     load_data,
@@ -69,34 +71,39 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
-        meta = record.read_meta(options.resume)
-        recorded = None if meta is None else meta.mode
-        if recorded != mode:
-            raise UserError(f"{str(options.resume)!r} is a {recorded} run; use esper {recorded}")
+        check_recorded_mode(options.resume, mode)
         return config
-    base = None
-    if mode == "eval":
-        policy = policy_arg(argv)
+    base, policy = None, None
+    if mode == "eval" and not {"-h", "--help"} & set(argv):
+        policy = policy_arg(argv, options)
         if policy is None:
             raise UserError("eval needs --policy RUN (a PPO run directory)")
         try:
             base = policy_training(ppo_state(policy))
         except PolicyCheckpointError as err:
             raise UserError(f"--policy {str(policy)!r}: {err}") from err
-    return growth_config(mode, argv, options, base)
+    config = growth_config(mode, argv, options, base)
+    if policy is None:
+        return config
+    return replace(config, policy=str(policy.resolve()))  # a resume may start elsewhere
 
 
 def make_controller(
-    mode: str, config: GrowthRun, episode: Episode, hub: TelemetryHub
+    mode: str,
+    config: GrowthRun,
+    episode: Episode,
+    hub: TelemetryHub,
+    policy: dict[str, Any] | None,
 ) -> Controller:
-    """The controller of ``mode`` (eval: the policy, its decisions logged when NORMAL)."""
+    """The controller of ``mode`` (eval: the ``policy`` state of a PPO run's checkpoint, its
+    decisions logged when NORMAL)."""
     if mode == "static":
         return StaticController()
     if mode == "heuristic":
         return HeuristicTamiyo()
-    assert config.policy is not None
+    assert policy is not None
     try:
-        controller = load_policy(ppo_state(Path(config.policy)), episode.topology)
+        controller = load_policy(policy, episode.topology)
     except PolicyCheckpointError as err:
         raise UserError(f"--policy {config.policy!r}: {err}") from err
     if TelemetryLevel.parse(config.telemetry.level).value >= PolicyDecision.level.value:
@@ -113,13 +120,17 @@ class GrowthRunner:
         self.threads = torch.get_num_threads()
         seed_everything(config.seed)
         check_sinks(config.telemetry.tensorboard)
+        check_out(options)  # before the data loads: bad input fails at once
         data = load_data(training)
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
             self.episode = task_episode(training, data, config.seed, torch.device("cpu"), hub.emit)
         except ValueError as err:  # e.g. slots the task's host lacks
             raise UserError(str(err)) from err
-        self.controller = make_controller(mode, self.config, self.episode, hub)
+        policy = None if config.policy is None else ppo_state(Path(config.policy))
+        self.controller = make_controller(mode, self.config, self.episode, hub, policy)
+        # The PPO run may train on after this eval started; a resume must use the same policy.
+        self.policy_round = None if policy is None else int(policy["trainer"]["round"])
         self.elapsed = 0.0
         self.recorder = Recorder.open(
             mode, self.config, options, EpochRow, self._meta, hub, self._state
@@ -132,6 +143,12 @@ class GrowthRunner:
         return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if state["policy_round"] != self.policy_round:
+            raise UserError(
+                f"cannot resume {str(self.recorder.directory)!r}: it ran the policy of round "
+                f"{state['policy_round']} of {self.config.policy!r}, which is now at round "
+                f"{self.policy_round}; start a new eval"
+            )
         try:
             self.episode.load_state_dict(state["episode"])
             self.controller.load_state_dict(json.loads(state["controller"]))
@@ -145,6 +162,7 @@ class GrowthRunner:
             "episode": self.episode.state_dict(),
             "controller": json.dumps(self.controller.state_dict()),
             "elapsed": self.elapsed,
+            "policy_round": self.policy_round,
         }
 
     @property
@@ -269,8 +287,8 @@ def _resolved(training: HostTraining) -> HostTraining:
 def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     """``esper static|heuristic|eval``."""
     config = parse(mode, argv, options)
-    announce(mode, config, options.resume)
     runner = GrowthRunner(mode, config, options)
+    announce(mode, runner.config, options.resume)  # resolved and checked
     directory = runner.recorder.directory
     try:
         runner.run()

@@ -23,6 +23,8 @@ from esper.cli.run import (
     Recorder,
     Stop,
     announce,
+    check_out,
+    check_recorded_mode,
     check_sinks,
     interrupted_hint,
     load_data,
@@ -65,6 +67,7 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
     """
     try:
         if options.resume is not None:
+            check_recorded_mode(options.resume, "ppo")
             data = record.read_config(options.resume)
             config: TrainingConfig = override(TrainingConfig(), data)
             return config.resolved()
@@ -84,6 +87,7 @@ class PPORunner:
         self.threads = torch.get_num_threads()
         seed_everything(config.runtime.seed)
         check_sinks(config.telemetry.tensorboard)
+        check_out(options)  # before the data loads: bad input fails at once
         data = load_data(config.env)
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
@@ -194,8 +198,8 @@ class PPORunner:
 def run_ppo(argv: list[str], options: RunOptions) -> int:
     """``esper ppo``."""
     config = parse(argv, options)
-    announce("ppo", config, options.resume)
     runner = PPORunner(config, options)
+    announce("ppo", runner.config, options.resume)  # resolved and checked
     directory = runner.recorder.directory
     try:
         status, failure = runner.run()

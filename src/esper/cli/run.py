@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -132,6 +133,12 @@ def default_out(task: str, mode: str) -> Path:
 # ------------------------------------------------------------------------------ recorder
 
 
+def check_out(options: RunOptions) -> None:
+    """A given ``--out`` can take a new run (checked again when the run is created)."""
+    if options.resume is None and options.out is not None:
+        check_new_run_directory(options.out)
+
+
 def check_new_run_directory(directory: Path) -> None:
     """A new run may be created at ``directory``: it does not exist or is an empty directory,
     and it does not lie inside another run.
@@ -158,26 +165,40 @@ STAGING_PREFIX = ".partial-"
 """A new run directory is assembled as ``.partial-<name>-<pid>`` beside it and renamed into
 place complete, so a kill during start-up leaves no half-made run at ``--out``."""
 
+STAGING_OWNER = ".esper-staging"
+"""The file in a staging directory naming the host and process assembling it: only such a
+directory, made on this host by a process that is gone, is ever removed."""
 
-def _alive(pid: int) -> bool:
+
+def _abandoned(staging: Path) -> bool:
+    """Whether ``staging`` is one of ours whose process on this host is gone."""
     try:
-        os.kill(pid, 0)
+        host, _, pid = (staging / STAGING_OWNER).read_text(encoding="utf-8").partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return False  # not ours (or unreadable): never touched
+    if host != socket.gethostname() or not pid.strip().isdigit():
+        return False  # another machine's start on a shared file system, or not ours
+    try:
+        os.kill(int(pid), 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
         return True
-    return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
 
 
 def _staging(out: Path) -> Path:
-    """Where ``out`` is assembled; what a killed start left beside it (its process is gone)
-    is removed first."""
+    """Where ``out`` is assembled (with its owner file); abandoned stagings beside it, left by
+    killed starts, are removed first."""
     parent = out.absolute().parent
     for stale in parent.glob(f"{STAGING_PREFIX}*"):
-        pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if _abandoned(stale):
             shutil.rmtree(stale, ignore_errors=True)
-    return parent / f"{STAGING_PREFIX}{out.name[:100]}-{os.getpid()}"
+    staging = parent / f"{STAGING_PREFIX}{out.name[:100]}-{os.getpid()}"
+    staging.mkdir(parents=True)
+    owner = f"{socket.gethostname()}\n{os.getpid()}\n"
+    (staging / STAGING_OWNER).write_text(owner, encoding="utf-8")
+    return staging
 
 
 @dataclass
@@ -254,12 +275,12 @@ class Recorder:
         record.clean_stale(directory)  # LATEST must not make the real checkpoint look stale
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.resume(checkpoint.step)
-        (directory / record.SUMMARY_FILE).unlink(missing_ok=True)  # the run is live again
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
 
     def start(self, mode: str, training: HostTraining, seed: int, tensorboard: bool) -> None:
         """Attach the sinks and announce the run (``RunStarted``)."""
-        self.hub.run_id = self.directory.name
+        self.hub.run_id = self.run_id
+        (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)  # the run is live again
         sinks: list[Sink] = [TensorBoardSink(self.directory / "tensorboard")] if tensorboard else []
         log = JsonlSink(self.directory / record.EVENTS_FILE)
         if log.cut:
@@ -272,7 +293,7 @@ class Recorder:
         resumed = None if self.checkpoint is None else self.checkpoint.step
         self.hub.emit(
             RunStarted(
-                self.directory.name,
+                self.run_id,
                 mode,
                 training.task,
                 seed,
@@ -298,8 +319,14 @@ class Recorder:
         files = _state_files(state)
         if row is not None:
             self.csv.append(row)
+        try:
+            record.commit_checkpoint(self.directory, step, files, self.run_id)
+        except BaseException:
+            if row is not None:  # the CSV describes checkpointed steps only
+                self.csv.rewrite(self.rows)
+            raise
+        if row is not None:
             self.rows.append(row)
-        record.commit_checkpoint(self.directory, step, files, self.run_id)
         self.step = step
 
     def state(self) -> dict[str, Any]:
@@ -339,6 +366,22 @@ class Recorder:
         record.write_summary(self.directory, summary)
 
 
+def check_recorded_mode(directory: Path, mode: str) -> None:
+    """``--resume DIR`` names a run of this command.
+
+    Raises:
+        UserError: not a run directory (no readable ``meta.json``), or another command's run.
+    """
+    try:
+        meta = record.read_meta(directory)
+    except record.RunRecordError as err:
+        raise UserError(f"cannot resume {str(directory)!r}: {err}") from err
+    if meta is None:
+        raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
+    if meta.mode != mode:
+        raise UserError(f"{str(directory)!r} is a {meta.mode} run; use esper {meta.mode}")
+
+
 def ppo_state(run_dir: Path) -> dict[str, Any]:
     """The state in a PPO run's last checkpoint (its policy, for ``esper eval --policy``).
 
@@ -369,12 +412,12 @@ def _create(
     step-0 checkpoint) beside ``out``, then rename it into place whole."""
     staging = _staging(out)
     try:
-        staging.mkdir(parents=True)
         record.write_json(staging / record.CONFIG_FILE, config)
         atomic_write(staging / record.EVENTS_FILE, "")
         record.write_json(staging / record.META_FILE, meta.to_json())
         record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
         record.commit_checkpoint(staging, 0, files, out.name)  # a kill in step 1 resumes
+        (staging / STAGING_OWNER).unlink()
         os.rename(staging, out)  # replaces an empty directory the user made
         fsync_directory(out.absolute().parent)
     except BaseException:

@@ -525,8 +525,8 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
 
     Raises:
         RunRecordError: naming ``file:line`` for an empty or truncated file, a wrong header,
-            a value that is not a number, or steps out of order; naming the file when the rows
-            do not reach step ``last``.
+            a value that is not a number, or steps that are not 1, 2, 3, ... in order (a row
+            missing or repeated); naming the file when the rows do not reach step ``last``.
     """
     columns = _columns(row_type)
     names = [c[0] for c in columns]
@@ -539,14 +539,14 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
     if header != names:
         raise RunRecordError(f"{path}:1: columns {header} are not {names}")
     rows: list[_R] = []
-    previous: int | None = None
     try:
         for raw in reader:
             where = f"{path}:{reader.line_num}"
             values = _parse_row(raw, columns, where)
-            if previous is not None and values[step] <= previous:
-                raise RunRecordError(f"{where}: {step} {values[step]} does not follow {previous}")
-            previous = values[step]
+            if values[step] != len(rows) + 1:  # one row per step, none missing or repeated
+                raise RunRecordError(
+                    f"{where}: {step} {values[step]} where {step} {len(rows) + 1} belongs"
+                )
             rows.append(row_type(**values))
     except csv.Error as err:
         raise RunRecordError(f"{path}:{reader.line_num}: {err}") from None
