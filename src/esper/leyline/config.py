@@ -65,13 +65,13 @@ class HostTraining:
     """Task, host training and slots.
 
     Attributes:
-        task: task preset (host + data + defaults); ``esper --help`` lists them.
+        task: task preset (host + data + defaults); esper --help lists them.
         epochs: host epochs per episode (None: the task's default).
         batch_size: training batch size (None: the task's).
         batches_per_epoch: training batches per epoch (None: the task's; a full pass if unset).
         val_samples: validation samples per epoch (None: the task's; all if unset).
         lr: AdamW learning rate of the host and fossilized seeds (None: the task's).
-        seed_lr: AdamW learning rate of live seeds (None: ``lr``).
+        seed_lr: AdamW learning rate of live seeds (None: lr).
         weight_decay: AdamW decoupled weight decay.
         threads: torch intra-op threads (None: torch's default); the count changes results.
         slots: slots a controller may grow in.
@@ -141,7 +141,7 @@ class TelemetrySettings:
 
     Attributes:
         level: telemetry level of the event log.
-        tensorboard: also write TensorBoard scalars to ``tensorboard/`` in the run directory.
+        tensorboard: also write TensorBoard scalars to tensorboard/ in the run directory.
     """
 
     level: TelemetryName = "normal"

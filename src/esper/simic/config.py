@@ -53,10 +53,10 @@ class PPOSettings:
         entropy_coef: entropy bonus weight at the start.
         entropy_coef_final: entropy bonus weight after annealing.
         entropy_anneal_steps: environment steps (summed over envs) over which the entropy weight
-            goes linearly from ``entropy_coef`` to ``entropy_coef_final``.
+            goes linearly from entropy_coef to entropy_coef_final.
         max_grad_norm: gradient clipping norm.
         target_kl: stop the update passes early once the approximate KL exceeds this.
-        ratio_explosion: a max ratio above this produces a ``RatioExplosionDiagnostic``.
+        ratio_explosion: a max ratio above this produces a RatioExplosionDiagnostic.
     """
 
     n_envs: int = 4
@@ -100,8 +100,8 @@ class RuntimeSettings:
     """Seeds and devices.
 
     Attributes:
-        seed: run seed; environment ``i`` uses ``seed + i`` for its host and data order.
-        devices: devices environments are mapped to round-robin (``cpu``, ``cuda:0``, …).
+        seed: run seed; environment i uses seed + i for its host and data order.
+        devices: devices environments are mapped to round-robin (cpu, cuda:0, …).
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
     """
 

@@ -124,9 +124,9 @@ class RewardConfig:
     """Which reward and its weights. Each field lists the family/modes that read it.
 
     Attributes:
-        family: ``contribution`` or ``loss`` (``REWARD_FAMILIES``).
-        mode: ``shaped``, ``simplified`` or ``sparse`` (``CONTRIBUTION_MODES``); contribution
-            family only, so the ``loss`` family requires the default ``shaped``.
+        family: contribution or loss (REWARD_FAMILIES).
+        mode: shaped, simplified or sparse (CONTRIBUTION_MODES); contribution
+            family only, so the loss family requires the default shaped.
         contribution_weight: reward per accuracy point of contribution per step (shaped); 0.1
             makes a seed worth one point pay 0.1 a step, the scale of the other terms.
         pbrs_weight: scale of the stage potentials Φ (shaped, simplified); 0.1 makes a full
@@ -136,7 +136,7 @@ class RewardConfig:
             (at the default contribution weight) to pay its way.
         action_cost: cost of an accepted op other than WAIT (simplified); 0.01 discourages
             churn without drowning the terminal bonus.
-        refused_cost: cost of a refused op (simplified), instead of ``action_cost``; 0.05,
+        refused_cost: cost of a refused op (simplified), instead of action_cost; 0.05,
             five times higher, because a refused op wastes a step and signals a bad policy.
         terminal_weight: bonus per unit of final validation accuracy fraction (simplified,
             sparse); 1.0 puts the bonus in [0, 1].
@@ -146,7 +146,7 @@ class RewardConfig:
             in cross-entropy worth 0.1, like one point of contribution.
 
     Raises:
-        ValueError: for an unknown family or mode, a mode given to the ``loss`` family, or a
+        ValueError: for an unknown family or mode, a mode given to the loss family, or a
             weight that is negative or not finite.
     """
 
