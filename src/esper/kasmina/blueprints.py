@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -57,26 +58,18 @@ def _group_norm(channels: int, spec: InjectionSpec) -> nn.GroupNorm:
     return nn.GroupNorm(_groups(channels, spec), channels)
 
 
-def _zero_norm(channels: int, spec: InjectionSpec) -> nn.GroupNorm:
-    norm = _group_norm(channels, spec)
-    nn.init.zeros_(norm.weight)
-    nn.init.zeros_(norm.bias)
-    return norm
+M = TypeVar("M", bound=nn.Module)
 
 
-def _zero_conv(c_in: int, c_out: int, kernel: int, bias: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias)
-    nn.init.zeros_(conv.weight)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
+def _zeroed(module: M) -> M:
+    """``module`` with every parameter set to 0 (the last layer of a seed: delta starts at 0)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
 
 
-def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
-    linear = nn.Linear(d_in, d_out)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    return linear
+def _zero_conv(c_in: int, c_out: int, kernel: int) -> nn.Conv2d:
+    return _zeroed(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2))
 
 
 @dataclass(frozen=True)
@@ -157,7 +150,7 @@ register = blueprint_registry.register
 
 @register("norm", Topology.CNN, "GroupNorm of the stream with zero-initialized affine (2C params)")
 def _cnn_norm(spec: InjectionSpec) -> nn.Module:
-    return _zero_norm(spec.channels, spec)
+    return _zeroed(_group_norm(spec.channels, spec))
 
 
 class _SqueezeExcite(nn.Module):
@@ -167,7 +160,7 @@ class _SqueezeExcite(nn.Module):
         super().__init__()
         hidden = max(channels // SE_REDUCTION, 1)
         self.fc1 = nn.Linear(channels, hidden)
-        self.fc2 = _zero_linear(hidden, channels)
+        self.fc2 = _zeroed(nn.Linear(hidden, channels))
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))  # (B, C)
@@ -193,7 +186,7 @@ def _cnn_depthwise(spec: InjectionSpec) -> nn.Module:
 @register("conv_light", Topology.CNN, "one 3x3 conv followed by a zero-initialized GroupNorm")
 def _cnn_conv_light(spec: InjectionSpec) -> nn.Module:
     c = spec.channels
-    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _zero_norm(c, spec))
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _zeroed(_group_norm(c, spec)))
 
 
 @register("conv_heavy", Topology.CNN, "3x3 conv -> norm -> ReLU -> 3x3 conv")
@@ -228,10 +221,7 @@ def _cnn_bottleneck(spec: InjectionSpec) -> nn.Module:
 
 @register("norm", Topology.TRANSFORMER, "LayerNorm of the stream with zero-initialized affine")
 def _tf_norm(spec: InjectionSpec) -> nn.Module:
-    norm = nn.LayerNorm(spec.channels)
-    nn.init.zeros_(norm.weight)
-    nn.init.zeros_(norm.bias)
-    return norm
+    return _zeroed(nn.LayerNorm(spec.channels))
 
 
 class _LoRA(nn.Module):
@@ -240,8 +230,7 @@ class _LoRA(nn.Module):
     def __init__(self, dim: int, rank: int) -> None:
         super().__init__()
         self.down = nn.Linear(dim, rank, bias=False)
-        self.up = nn.Linear(rank, dim, bias=False)
-        nn.init.zeros_(self.up.weight)
+        self.up = _zeroed(nn.Linear(rank, dim, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.up(self.down(x))
@@ -259,7 +248,7 @@ class _SeedAttention(nn.Module):
         super().__init__()
         self.ln = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = _zero_linear(dim, dim)
+        self.proj = _zeroed(nn.Linear(dim, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(self.ln(x)).split(x.shape[-1], dim=-1)  # (B, T, C) each
@@ -278,5 +267,5 @@ def _tf_mlp(spec: InjectionSpec) -> nn.Module:
         nn.LayerNorm(d),
         nn.Linear(d, MLP_EXPANSION * d),
         nn.GELU(),
-        _zero_linear(MLP_EXPANSION * d, d),
+        _zeroed(nn.Linear(MLP_EXPANSION * d, d)),
     )

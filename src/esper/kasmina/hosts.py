@@ -125,24 +125,31 @@ HostConfig = CNNHostConfig | TransformerHostConfig
 class SegmentedHost(nn.Module, ABC):
     """The host contract: injection points in execution order and a forward split at them.
 
-    Subclasses build ``segments`` (one module per injection point, in order), call
-    ``_init_points`` with their specs, keep their ``config``, and implement ``forward`` (the plain
-    pass), ``forward_to_segment`` and ``forward_from_segment``. Running every segment with
-    identity slots must equal ``forward``. Segments must not modify their input in place: a slot
-    in TRAINING hands the next segment a view of the stream it also keeps for the seed's gradient.
+    Subclasses keep their ``config``, call ``_init_segments`` with their blocks and
+    ``_init_points`` with their specs, and implement ``_stem`` (input -> stream) and ``_head``
+    (stream -> output). ``forward`` runs the flat block list, independent of the segment code, and
+    running every segment with identity slots must equal it. Segments must not modify their input
+    in place: a slot in TRAINING hands the next segment a view of the stream it also keeps for the
+    seed's gradient.
     """
 
     kind: str
     config: HostConfig
     segments: nn.ModuleList
+    _blocks: tuple[nn.Module, ...]
 
     @abstractmethod
-    def forward_to_segment(self, point: str, x: Tensor, from_point: str | None = None) -> Tensor:
-        """Run from the input (or from ``from_point``'s output) up to ``point``'s output."""
+    def _stem(self, x: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def forward_from_segment(self, point: str, h: Tensor) -> Tensor:
-        """Run from ``point``'s output to the model output."""
+    def _head(self, h: Tensor) -> Tensor: ...
+
+    def _init_segments(self, blocks: list[nn.Module], n_points: int) -> None:
+        per = len(blocks) // n_points
+        self.segments = nn.ModuleList(
+            nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
+        )
+        self._blocks = tuple(blocks)  # flat view for the plain forward (registered in segments)
 
     def _init_points(self, specs: tuple[InjectionSpec, ...]) -> None:
         self._specs = specs
@@ -165,6 +172,25 @@ class SegmentedHost(nn.Module, ABC):
             x = self.segments[i](x)
         return x
 
+    def forward(self, x: Tensor) -> Tensor:
+        h = self._stem(x)
+        for block in self._blocks:
+            h = block(h)
+        return self._head(h)
+
+    def forward_to_segment(self, point: str, x: Tensor, from_point: str | None = None) -> Tensor:
+        """Run from the input (or from ``from_point``'s output) up to ``point``'s output."""
+        if from_point is None:
+            x, start = self._stem(x), 0
+        else:
+            start = self._point_index(from_point) + 1
+        return self._run_segments(x, start, self._point_index(point) + 1)
+
+    def forward_from_segment(self, point: str, h: Tensor) -> Tensor:
+        """Run from ``point``'s output to the model output."""
+        h = self._run_segments(h, self._point_index(point) + 1, len(self.segments))
+        return self._head(h)
+
 
 class CNNHost(SegmentedHost):
     """A small convolutional classifier: blocks of conv → BatchNorm → ReLU → 2×2 max-pool.
@@ -180,56 +206,31 @@ class CNNHost(SegmentedHost):
     def __init__(self, config: CNNHostConfig) -> None:
         super().__init__()
         self.config = config
-        base_channels, depth, kernel_size = config.base_channels, config.depth, config.kernel_size
-        n_points = config.n_points
+        k, per = config.kernel_size, config.depth // config.n_points
+        names = slot_names(config.n_points)
         blocks: list[nn.Module] = []
+        specs = []
         channels, size = config.in_channels, config.input_size
-        for i in range(depth):
-            out = base_channels * 2**i
-            layers: list[nn.Module] = [
-                nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(),
-            ]
+        for i in range(config.depth):
+            out = config.base_channels * 2**i
+            conv = nn.Conv2d(channels, out, k, padding=k // 2, bias=False)
+            layers: list[nn.Module] = [conv, nn.BatchNorm2d(out), nn.ReLU()]
             if size >= 2:  # pool while there is something to pool
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
             blocks.append(nn.Sequential(*layers))
             channels = out
-        per = depth // n_points
-        self.segments = nn.ModuleList(
-            nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
-        )
-        self._blocks = tuple(blocks)  # flat view for the plain forward (already registered above)
-        self.head = nn.Linear(channels, config.num_classes)
-        names = slot_names(n_points)
-        specs = []
-        size = config.input_size
-        for i in range(depth):
-            if size >= 2:
-                size //= 2
             if (i + 1) % per == 0:
-                c = base_channels * 2**i
-                specs.append(
-                    InjectionSpec(names[(i + 1) // per - 1], c, (c, size, size), Topology.CNN)
-                )
+                specs.append(InjectionSpec(names[i // per], out, (out, size, size), Topology.CNN))
+        self._init_segments(blocks, config.n_points)
+        self.head = nn.Linear(channels, config.num_classes)
         self._init_points(tuple(specs))
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return x
 
     def _head(self, h: Tensor) -> Tensor:
         return self.head(h.mean(dim=(2, 3)))  # (B, C, H, W) -> (B, C) -> (B, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self._blocks:
-            x = block(x)
-        return self._head(x)
-
-    def forward_to_segment(self, point: str, x: Tensor, from_point: str | None = None) -> Tensor:
-        start = 0 if from_point is None else self._point_index(from_point) + 1
-        return self._run_segments(x, start, self._point_index(point) + 1)
-
-    def forward_from_segment(self, point: str, h: Tensor) -> Tensor:
-        h = self._run_segments(h, self._point_index(point) + 1, len(self.segments))
-        return self._head(h)
 
 
 class _CausalSelfAttention(nn.Module):
@@ -287,12 +288,7 @@ class TransformerHost(SegmentedHost):
         self.tok_emb = nn.Embedding(config.vocab_size, n_embd)
         self.pos_emb = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        per = n_layer // n_points
-        blocks = [_Block(n_embd, n_head, dropout) for _ in range(n_layer)]
-        self.segments = nn.ModuleList(
-            nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
-        )
-        self._blocks = tuple(blocks)  # flat view for the plain forward (already registered above)
+        self._init_segments([_Block(n_embd, n_head, dropout) for _ in range(n_layer)], n_points)
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
@@ -317,7 +313,7 @@ class TransformerHost(SegmentedHost):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def _embed(self, idx: Tensor) -> Tensor:
+    def _stem(self, idx: Tensor) -> Tensor:
         if idx.dim() != 2:
             raise ValueError(
                 f"TransformerHost expects token ids of shape (B, T), got {tuple(idx.shape)}"
@@ -328,22 +324,8 @@ class TransformerHost(SegmentedHost):
         pos = torch.arange(t, device=idx.device)
         return self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self._embed(x)
-        for block in self._blocks:
-            h = block(h)
-        return self.lm_head(self.ln_f(h))  # (B, T, vocab)
-
-    def forward_to_segment(self, point: str, x: Tensor, from_point: str | None = None) -> Tensor:
-        if from_point is None:
-            return self._run_segments(self._embed(x), 0, self._point_index(point) + 1)
-        return self._run_segments(
-            x, self._point_index(from_point) + 1, self._point_index(point) + 1
-        )
-
-    def forward_from_segment(self, point: str, h: Tensor) -> Tensor:
-        h = self._run_segments(h, self._point_index(point) + 1, len(self.segments))
-        return self.lm_head(self.ln_f(h))
+    def _head(self, h: Tensor) -> Tensor:
+        return self.lm_head(self.ln_f(h))  # (B, T, C) -> (B, T, vocab)
 
 
 HOST_CONFIGS: dict[str, type[HostConfig]] = {

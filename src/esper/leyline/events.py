@@ -7,6 +7,7 @@ Every event is a frozen dataclass; ``event_record`` turns one into the JSON-read
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -299,25 +300,7 @@ Event = (
 )
 """Every event type a run emits."""
 
-EVENT_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        RunStarted,
-        EpochCompleted,
-        SeedTransition,
-        ActionTaken,
-        PolicyDecision,
-        GovernorPanic,
-        RunFinished,
-        RewardComputed,
-        EpisodeFinished,
-        PPOUpdate,
-        PPOHeadStats,
-        RatioExplosion,
-        AnomalyDetected,
-        PPORunFinished,
-    )
-}
+EVENT_TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in typing.get_args(Event)}
 """Event classes by name, the single declaration sinks and views import."""
 
 
