@@ -34,13 +34,11 @@ from esper.cli.run import (
     load_data,
     ppo_state,
     set_threads,
-    stop_signals,
 )
 from esper.kasmina import save_model
 from esper.leyline import SeedStage
 from esper.leyline.config import HostTraining, override
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
-from esper.leyline.files import DiskFullError
 from esper.nissa import TelemetryHub, record
 from esper.nissa.log import percent
 from esper.seeding import seed_everything
@@ -180,21 +178,9 @@ class GrowthRunner:
         recorder, training = self.recorder, self.config.training
         recorder.start(self.mode, training, self.config.seed, self.config.telemetry.tensorboard)
         recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
-        try:
-            with stop_signals() as held:
-                while self.epoch == 0 or not self.episode.done:
-                    self._step(held)
-        except Stop:
-            self._finish("interrupted")
-            raise
-        except DiskFullError as err:
-            self._finish("interrupted")
-            raise UserError(
-                f"{err}; the last checkpoint is intact: resume when there is room"
-            ) from err
-        except BaseException:
-            recorder.hub.close()
-            raise
+        recorder.drive(
+            self._step, lambda: self.epoch > 0 and self.episode.done, lambda s, f: self._finish(s)
+        )
         status = "terminated" if self.episode.trainer.terminated else "completed"
         save_model(self.episode.model, recorder.directory / "model.pt")
         self._finish(status)

@@ -10,6 +10,8 @@ round), ``checkpoints/`` (after every round: everything needed to resume, and th
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,9 @@ from esper.cli.run import (
     interrupted_hint,
     load_data,
     set_threads,
-    stop_signals,
 )
 from esper.leyline.config import override
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
-from esper.leyline.files import DiskFullError
 from esper.nissa import TelemetryHub, record
 from esper.nissa.log import display, percent
 from esper.seeding import seed_everything
@@ -131,26 +131,21 @@ class PPORunner:
         config, recorder = self.config, self.recorder
         recorder.start("ppo", config.env, config.runtime.seed, config.telemetry.tensorboard)
         recorder.console("ppo", config.ppo.rounds)
-        try:
-            with stop_signals() as held:
-                while self.trainer.round < config.ppo.rounds:
-                    result = self.trainer.run_round()
-                    with held():
-                        recorder.commit(self.trainer.round, result.stats, self._state())
-        except Stop:
-            self._finish("interrupted", None)
-            raise
-        except EpisodeStartError as err:  # broken settings found only once training started
-            self._finish("failed", str(err))
-            return "failed", str(err)
-        except DiskFullError as err:
-            self._finish("interrupted", None)
-            raise UserError(
-                f"{err}; the last checkpoint is intact: resume when there is room"
-            ) from err
-        except BaseException:
-            recorder.hub.close()
-            raise
+
+        def step(held: Callable[[], AbstractContextManager[None]]) -> None:
+            result = self.trainer.run_round()  # a round cut short by a stop leaves no trace
+            with held():
+                recorder.commit(self.trainer.round, result.stats, self._state())
+
+        # EpisodeStartError: broken settings found only once training started.
+        status, failure = recorder.drive(
+            step,
+            lambda: self.trainer.round >= config.ppo.rounds,
+            self._finish,
+            (EpisodeStartError,),
+        )
+        if status == "failed":
+            return status, failure or ""
         self._finish("completed", None)
         return "completed", ""
 

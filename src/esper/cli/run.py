@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -358,6 +358,42 @@ class Recorder:
                 f"cannot resume {str(self.directory)!r}: its checkpoint holds {unit} {reached} "
                 f"(manifest: {step}) of {planned}"
             )
+
+    def drive(
+        self,
+        step: Callable[[Callable[[], AbstractContextManager[None]]], None],
+        done: Callable[[], bool],
+        finish: Callable[[str, str | None], None],
+        failures: tuple[type[Exception], ...] = (),
+    ) -> tuple[str, str | None]:
+        """Call ``step(held)`` until ``done()``, then ``finish`` the run; return its status and
+        failure message. Every command's steps run here, under ``stop_signals``.
+
+        ``failures``: errors that end the run as ``failed`` (recorded, not raised).
+
+        Raises:
+            Stop: Ctrl-C or SIGTERM, after ``finish("interrupted", None)``.
+            UserError: out of disk space, after ``finish("interrupted", None)``; the last
+                checkpoint is intact.
+        """
+        try:
+            with stop_signals() as held:
+                while not done():
+                    step(held)
+        except Stop:
+            finish("interrupted", None)
+            raise
+        except failures as err:
+            finish("failed", str(err))
+            return "failed", str(err)
+        except DiskFullError as err:
+            finish("interrupted", None)
+            hint = "the last checkpoint is intact: resume when there is room"
+            raise UserError(f"{err}; {hint}") from err
+        except BaseException:
+            self.hub.close()  # an unexpected failure: keep what was logged, release the files
+            raise
+        return "", None
 
     def finish(self, summary: record.RunSummary, finished: Event) -> None:
         """Close the telemetry and write ``summary.json``."""
