@@ -36,53 +36,34 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _progress(run: RunDirectory) -> dict[str, Any]:
-    """Where a run is: its summary's numbers, or for an unfinished run the last logged step."""
+def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
+    """(steps done, planned, val accuracy, params, mean return) from the run's summary, or for
+    an unfinished run from its last logged step (None: not recorded)."""
     s = run.summary
     if s is not None and s.ppo is not None:
-        return {
-            "done": s.ppo.rounds_completed,
-            "planned": s.ppo.rounds_planned,
-            "accuracy": s.ppo.final_mean_accuracy,
-            "params": None,
-            "return": s.ppo.final_mean_return,
-        }
+        p = s.ppo
+        accuracy, mean_return = p.final_mean_accuracy, p.final_mean_return
+        return p.rounds_completed, p.rounds_planned, accuracy, None, mean_return
     if s is not None and s.growth is not None:
-        final = s.growth.final
-        return {
-            "done": s.growth.epochs_completed,
-            "planned": s.growth.epochs_planned,
-            "accuracy": None if final is None else final.val_accuracy,
-            "params": s.growth.param_count,
-            "return": None,
-        }
+        g = s.growth
+        accuracy = None if g.final is None else g.final.val_accuracy
+        return g.epochs_completed, g.epochs_planned, accuracy, g.param_count, None
     log = read_events(run.events_path)
-    records = log.records
     if log.truncated_line is not None:  # an unfinished run whose last line was cut: a crash
         print(
             f"warning: {run.name}: {EVENTS_FILE} line {log.truncated_line} is truncated "
             "(the run crashed while writing it)",
             file=sys.stderr,
         )
-    if run.mode == PPO_MODE:
-        updates = [r for r in records if r["event"] == PPOUpdate.__name__]
-        last = updates[-1] if updates else None
-        return {
-            "done": None if last is None else last["round"],
-            "planned": run.config()["ppo"]["rounds"],
-            "accuracy": None,
-            "params": None,
-            "return": None if last is None else last["mean_return"],
-        }
-    epochs = [r for r in records if r["event"] == EpochCompleted.__name__]
-    last = epochs[-1] if epochs else None
-    return {
-        "done": None if last is None else last["epoch"],
-        "planned": run.config()["training"]["epochs"],
-        "accuracy": None if last is None else last["val_accuracy"],
-        "params": None if last is None else last["param_count"],
-        "return": None,
-    }
+    ppo = run.mode == PPO_MODE
+    step_event = (PPOUpdate if ppo else EpochCompleted).__name__
+    last = next((r for r in reversed(log.records) if r["event"] == step_event), None)
+    planned = run.config()["ppo"]["rounds"] if ppo else run.config()["training"]["epochs"]
+    if last is None:
+        return None, planned, None, None, None
+    if ppo:
+        return last["round"], planned, None, None, last["mean_return"]
+    return last["epoch"], planned, last["val_accuracy"], last["param_count"], None
 
 
 def _list(directory: Path) -> int:
@@ -91,24 +72,13 @@ def _list(directory: Path) -> int:
     rows = []
     for run in found:
         try:
-            p = _progress(run)
+            done, planned, accuracy, params, mean_return = _progress(run)
         except (ValueError, KeyError, OSError) as err:  # EventLogError is a ValueError
             broken.append(f"{run.name}: not readable: {err}")
             continue
-        steps = f"{display(p['done'])}/{display(p['planned'])}"
-        rows.append(
-            [
-                run.name,
-                run.mode,
-                run.task,
-                str(run.seed),
-                run.status,
-                steps,
-                percent(p["accuracy"]),
-                display(p["params"]),
-                display(p["return"], ".3f"),
-            ]
-        )
+        steps = f"{display(done)}/{display(planned)}"
+        cells = [run.status, steps, percent(accuracy), display(params), display(mean_return, ".3f")]
+        rows.append([run.name, run.mode, run.task, str(run.seed), *cells])
     if not rows and not broken:
         print(f"no runs in {directory}")
         return 0
@@ -197,10 +167,7 @@ def _show(path: Path) -> int:
 def _query(sql: str, paths: list[Path], fmt: str) -> int:
     from esper.nissa.views import QueryError, RunStore, collect_runs
 
-    def warn(message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr)
-
-    store = RunStore(collect_runs(paths), warn)
+    store = RunStore(collect_runs(paths), lambda m: print(f"warning: {m}", file=sys.stderr))
     try:
         result = store.query(sql)
     except QueryError as err:

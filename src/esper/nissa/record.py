@@ -130,11 +130,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    """The JSON in ``path``, or None when there is no such file.
-
-    Raises:
-        RunRecordError: ``path`` is a directory, unreadable, not UTF-8 or not JSON.
-    """
+    """The JSON in ``path``, None without the file; else a ``RunRecordError`` saying why not."""
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_dir():
@@ -159,20 +155,12 @@ _T = TypeVar("_T")
 
 
 def _read_record(path: Path, cls: type[_T], what: str) -> _T | None:
-    """The dataclass ``cls`` stored in ``path``, parsed strictly; None when there is no file.
-
-    Raises:
-        RunRecordError: the file is a directory, unreadable, or not ``what`` (garbage, missing
-            or unknown keys, wrong types, inconsistent values).
-    """
+    """The dataclass ``cls`` in ``path`` parsed strictly (no missing or unknown keys), or None."""
     data = _read_json(path, what)
-    if data is None:
-        return None
     try:
-        record: _T = decode(cls, data)
+        return None if data is None else decode(cls, data)
     except ValueError as err:
         raise RunRecordError(f"{str(path)!r} is not {what}: {err}") from None
-    return record
 
 
 # --------------------------------------------------------------------------------- meta.json
@@ -499,21 +487,6 @@ def _csv_text(path: Path) -> str:
     return text
 
 
-def _parse_row(
-    raw: list[str], columns: tuple[tuple[str, Any, bool], ...], where: str
-) -> dict[str, Any]:
-    """One CSV line's cells as field values (``where`` is ``file:line`` for errors)."""
-    if len(raw) != len(columns):
-        raise RunRecordError(f"{where}: {len(raw)} values, expected {len(columns)}")
-    values = {}
-    for cell, (name, kind, optional) in zip(raw, columns, strict=True):
-        try:
-            values[name] = _parse_cell(cell, kind, optional)
-        except ValueError as err:
-            raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
-    return values
-
-
 def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_R]:
     """The rows of a CSV log, strictly: header, column count, numbers, increasing steps.
 
@@ -542,7 +515,14 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
     try:
         for raw in reader:
             where = f"{path}:{reader.line_num}"
-            values = _parse_row(raw, columns, where)
+            if len(raw) != len(columns):
+                raise RunRecordError(f"{where}: {len(raw)} values, expected {len(columns)}")
+            values = {}
+            for cell, (name, kind, optional) in zip(raw, columns, strict=True):
+                try:
+                    values[name] = _parse_cell(cell, kind, optional)
+                except ValueError as err:
+                    raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
             if values[step] != len(rows) + 1:  # one row per step, none missing or repeated
                 raise RunRecordError(
                     f"{where}: {step} {values[step]} where {step} {len(rows) + 1} belongs"
@@ -666,20 +646,7 @@ def step_directory(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _check_commit(step: int, files: Mapping[str, bytes]) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"a checkpoint step is an integer >= 0, got {step!r}")
-    for name in files:
-        if (
-            not name
-            or name.startswith(".")
-            or "/" in name
-            or "\0" in name
-            or name in (MANIFEST_FILE, LATEST_FILE)
-        ):
-            raise ValueError(f"{name!r} is not a checkpoint file name")
-    if not files:
-        raise ValueError("a checkpoint needs at least one file")
+_RESERVED = (MANIFEST_FILE, LATEST_FILE)
 
 
 def _latest_name(root: Path) -> str | None:
@@ -711,7 +678,13 @@ def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_
             previous one still loads.
         ValueError: a bad file name or step.
     """
-    _check_commit(step, files)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"a checkpoint step is an integer >= 0, got {step!r}")
+    for name in files:
+        if not name or name[0] == "." or "/" in name or "\0" in name or name in _RESERVED:
+            raise ValueError(f"{name!r} is not a checkpoint file name")
+    if not files:
+        raise ValueError("a checkpoint needs at least one file")
     root = run_dir / CHECKPOINTS_DIR
     final = root / step_directory(step)
     if _latest_name(root) == final.name:

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from esper.leyline.config import optional_type
 from esper.leyline.events import (
     ActionTaken,
     AnomalyDetected,
@@ -82,18 +82,15 @@ _CONTEXT = (("run", "VARCHAR"), ("mode", "VARCHAR"), ("env", "INTEGER"), ("episo
 _SCALARS = {int: "BIGINT", float: "DOUBLE", str: "VARCHAR", bool: "BOOLEAN"}
 
 
-def _sql_type(hint: Any) -> str:
-    """DuckDB type of a dataclass field: scalars (optional or not) map, anything else is JSON."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        real = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint = real[0] if len(real) == 1 else hint
-    return _SCALARS.get(hint, "JSON")
-
-
 def _columns(cls: type[Any], lead: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
     hints = typing.get_type_hints(cls)
     context = {name for name, _ in _CONTEXT}  # EpisodeFinished.episode is the context's
-    own = [(f.name, _sql_type(hints[f.name])) for f in fields(cls) if f.name not in context]
+    # Scalars (optional or not) map to their SQL type, anything else is JSON.
+    own = [
+        (f.name, _SCALARS.get(optional_type(hints[f.name])[0], "JSON"))
+        for f in fields(cls)
+        if f.name not in context
+    ]
     return [*_CONTEXT, ("t", "DOUBLE"), *lead, *own]
 
 
@@ -215,7 +212,9 @@ class RunStore:
                             f"{run.events_path}: line {log.truncated_line} is truncated "
                             "(the run crashed while writing it); it was skipped"
                         )
-                    files["runs"].write(json.dumps(self._run_row(run)) + "\n")
+                    row: dict[str, Any] = {"run": self.labels[run.path], "mode": run.mode}
+                    row |= {"task": run.task, "seed": run.seed, "status": run.status}
+                    files["runs"].write(json.dumps({**row, "path": str(run.path)}) + "\n")
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
                         files[view].write(json.dumps(row) + "\n")
             finally:
@@ -223,16 +222,6 @@ class RunStore:
                     f.close()
             for name in VIEW_NAMES:
                 self._load(name, Path(tmp) / f"{name}.jsonl")
-
-    def _run_row(self, run: RunDirectory) -> dict[str, Any]:
-        return {
-            "run": self.labels[run.path],
-            "mode": run.mode,
-            "task": run.task,
-            "seed": run.seed,
-            "status": run.status,
-            "path": str(run.path),
-        }
 
     def _load(self, name: str, path: Path) -> None:
         columns = VIEW_COLUMNS[name]
