@@ -22,7 +22,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,19 +155,18 @@ def plot_timeline(data: RunData, records: Sequence[Mapping[str, Any]], caption: 
             colour = STAGE_COLOURS[span.stage]
             ax.broken_barh(bar, (rows[slot] - 0.35, 0.7), facecolors=colour, edgecolors="white")
     marks = [m for m in lifecycle_marks(records) if m.slot in rows]
+    handles: list[Any] = [Patch(color=STAGE_COLOURS[s], label=s.value) for s in SeedStage]
     for kind, (marker, colour) in MARK_STYLES.items():
         mine = [m for m in marks if m.kind == kind]
         xy = ([m.epoch for m in mine], [rows[m.slot] for m in mine])
         ax.scatter(*xy, marker=marker, s=70, color=colour, edgecolors="black", zorder=3)
+        handles.append(Line2D([], [], linestyle="none", marker=marker, color=colour, label=kind))
     for mark in marks:
         if mark.kind == MARK_KINDS[SeedStage.GERMINATED] and mark.blueprint:
             ax.annotate(mark.blueprint, (mark.epoch, rows[mark.slot] + 0.38), fontsize=7)
     ax.set_yticks(list(rows.values()), list(rows))
     ax.set_ylim(-0.6, len(rows) - 0.3)
     ax.set_xlim(0, max(end, 1.0))
-    handles: list[Any] = [Patch(color=STAGE_COLOURS[s], label=s.value) for s in SeedStage]
-    for kind, (marker, colour) in MARK_STYLES.items():
-        handles.append(Line2D([], [], linestyle="none", marker=marker, color=colour, label=kind))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")
     ax.set_xlabel("epoch")
     return Plot("timeline.png", caption, _png(figure))
@@ -270,16 +269,16 @@ def plot_actions(rounds: Sequence[RoundSummary]) -> Plot | None:
 
 def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
     if not data.is_ppo:
-        name = data.run.name
         return [
             plot_curves(data, baseline, "accuracy"),
             plot_curves(data, baseline, "loss"),
             plot_timeline(data, data.records, "Seed timeline per slot, coloured by stage."),
-            plot_params(data.records, baseline, "Active parameters per epoch.", name),
+            plot_params(data.records, baseline, "Active parameters per epoch.", data.run.name),
             plot_alpha(data, data.records, "Blend weight α per slot per epoch."),
         ]
     episode = last_episode(data.records)
-    which = f" (last episode of env 0{_episode_number(episode)})."
+    number = f", episode {episode[0]['episode']}" if episode else "; none recorded"
+    which = f" (last episode of env 0{number})."
     rounds = round_summaries(data.records)
     return [
         plot_returns(data, baseline),
@@ -289,10 +288,6 @@ def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
         plot_params(episode, None, "Active parameters per epoch" + which, data.run.name),
         plot_alpha(data, episode, "Blend weight α per slot per epoch" + which),
     ]
-
-
-def _episode_number(records: Sequence[Mapping[str, Any]]) -> str:
-    return f", episode {records[0]['episode']}" if records else "; none recorded"
 
 
 # --- HTML ----------------------------------------------------------------------------------
@@ -357,45 +352,35 @@ def metric_rows(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
     Rows are the first run's metrics, then those only the baseline's kind has.
     """
     tables = [PPO_METRICS if run.is_ppo else GROWTH_METRICS for run in runs]
-    labels = list(dict.fromkeys(label for table in tables for label in table))
+    summaries = [None if run.run.summary is None else run.run.summary.to_json() for run in runs]
     rows = []
-    for label in labels:
+    for label in dict.fromkeys(label for table in tables for label in table):
         cells = []
-        for run, table in zip(runs, tables, strict=True):
-            if label not in table:  # a metric of the other kind of run
-                cells.append(display(None))
-                continue
-            path, spec = table[label]
-            summary = None if run.run.summary is None else run.run.summary.to_json()
-            cells.append(format_metric(summary_value(summary, path), spec))
+        for summary, table in zip(summaries, tables, strict=True):
+            path, spec = table.get(label, ((), ""))  # no path: a metric of the other kind of run
+            cells.append(format_metric(summary_value(summary, path) if path else None, spec))
         rows.append((label, cells))
     return rows
 
 
-def _metrics_table(runs: Sequence[RunData]) -> str:
-    head = "".join(f"<th>{html.escape(run.run.name)}</th>" for run in runs)
-    lines = [f"<table class='metrics'><tr><th>metric</th>{head}</tr>"]
-    for label, cells in metric_rows(runs):
-        values = "".join(f"<td class='num'>{html.escape(cell)}</td>" for cell in cells)
+def _table(kind: str, head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> str:
+    cell = "<td class='num'>" if kind == "metrics" else "<td>"
+    heads = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    lines = [f"<table class='{kind}'><tr>{heads}</tr>"]
+    for label, cells in rows:
+        values = "".join(f"{cell}{html.escape(c)}</td>" for c in cells)
         lines.append(f"<tr><th>{html.escape(label)}</th>{values}</tr>")
     return "\n".join([*lines, "</table>"])
 
 
-def _header_table(runs: Sequence[RunData]) -> str:
-    fields = (
-        ("mode", lambda d: d.run.mode),
-        ("task", lambda d: d.run.task),
-        ("seed", lambda d: str(d.run.seed)),
-        ("status", lambda d: d.run.status),
-        ("git revision", lambda d: display(d.git_revision)),
-    )
-    roles = ["run", "baseline"]
-    head = "".join(f"<th>{roles[i]}: {html.escape(d.run.name)}</th>" for i, d in enumerate(runs))
-    lines = [f"<table class='header'><tr><th></th>{head}</tr>"]
-    for label, get in fields:
-        cells = "".join(f"<td>{html.escape(get(d))}</td>" for d in runs)
-        lines.append(f"<tr><th>{label}</th>{cells}</tr>")
-    return "\n".join([*lines, "</table>"])
+HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (
+    ("mode", lambda d: d.run.mode),
+    ("task", lambda d: d.run.task),
+    ("seed", lambda d: str(d.run.seed)),
+    ("status", lambda d: d.run.status),
+    ("git revision", lambda d: display(d.git_revision)),
+)
+"""The header table's rows: label and how to read it from a ``RunData``."""
 
 
 def warnings_for(runs: Sequence[RunData]) -> list[str]:
@@ -421,15 +406,16 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
 def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:
     """The self-contained page: header, warnings, final metrics, then every plot embedded."""
     name = html.escape(runs[0].run.name)
+    roles = [f"{role}: {d.run.name}" for role, d in zip(("run", "baseline"), runs, strict=False)]
     parts = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
         f"<title>Esper report: {name}</title><style>{CSS}</style></head><body>",
         f"<h1>Esper report: {name}</h1>",
-        _header_table(runs),
+        _table("header", ["", *roles], [(k, [get(d) for d in runs]) for k, get in HEADER_FIELDS]),
         *(f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings),
         "<h2>Final metrics</h2>",
-        _metrics_table(runs),
+        _table("metrics", ["metric", *(run.run.name for run in runs)], metric_rows(runs)),
         "<h2>Plots</h2>",
     ]
     if not plots:

@@ -112,15 +112,6 @@ def _number(record: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _git_revision(path: Path) -> str | None:
-    """The revision ``meta.json`` records (None: no meta.json, or not a git checkout)."""
-    try:
-        meta = read_meta(path)
-    except RunRecordError as err:
-        raise ReportError(str(err)) from None
-    return None if meta is None else meta.git_revision
-
-
 def load_run(path: Path) -> RunData:
     """Read a run directory for the report.
 
@@ -133,19 +124,22 @@ def load_run(path: Path) -> RunData:
     log = read_events(run.events_path)
     names: list[str] = []
     for record in log.records:
-        listed = record.get("slots") if record["event"] == RunStarted.__name__ else None
-        snapshots = record.get("slots") if record["event"] == EpochCompleted.__name__ else None
-        for item in listed or []:
-            names.append(str(item))
-        for item in snapshots or []:
-            if isinstance(item, dict):
-                names.append(str(item.get("slot")))
+        if record["event"] == RunStarted.__name__:
+            names += [str(item) for item in record.get("slots") or []]
+        elif record["event"] == EpochCompleted.__name__:
+            snapshots = record.get("slots") or []
+            names += [str(item.get("slot")) for item in snapshots if isinstance(item, dict)]
     try:
         slots = ordered_slots(dict.fromkeys(names))
     except ValueError as err:
         raise ReportError(f"{run.events_path}: {err}") from None
     records = drop_replaced(log.records, run.mode == PPO_MODE)
-    return RunData(run, _git_revision(path), records, slots, log.truncated_line)
+    try:
+        meta = read_meta(path)  # None: no meta.json
+    except RunRecordError as err:
+        raise ReportError(str(err)) from None
+    revision = None if meta is None else meta.git_revision
+    return RunData(run, revision, records, slots, log.truncated_line)
 
 
 def _stage(name: Any, where: str) -> SeedStage:
@@ -230,19 +224,20 @@ def round_summaries(records: Sequence[Mapping[str, Any]]) -> list[RoundSummary]:
         if record["event"] != PPOUpdate.__name__:
             bucket.append(record)
             continue
+        rewards = [step for step in bucket if step["event"] == RewardComputed.__name__]
         components: dict[str, list[float]] = {}
-        for step in bucket:
-            if step["event"] == RewardComputed.__name__:
-                for pair in step.get("components") or []:
-                    if isinstance(pair, list) and len(pair) == 2 and _is_number(pair[1]):
-                        components.setdefault(str(pair[0]), []).append(float(pair[1]))
+        for pair in (pair for step in rewards for pair in step.get("components") or []):
+            if isinstance(pair, list) and len(pair) == 2 and _is_number(pair[1]):
+                components.setdefault(str(pair[0]), []).append(float(pair[1]))
+        found = (_number(step, "total") for step in rewards)
+        totals = [total for total in found if total is not None and math.isfinite(total)]
         ops = Counter(str(r.get("op")) for r in bucket if r["event"] == ActionTaken.__name__)
         rounds.append(
             RoundSummary(
                 int(_number(record, "round") or len(rounds) + 1),
                 _number(record, "mean_return"),
                 _number(record, "mean_final_accuracy"),
-                _mean(_values(bucket, RewardComputed.__name__, "total")),
+                sum(totals) / len(totals) if totals else None,
                 {name: sum(v) / len(v) for name, v in components.items()},
                 dict(ops),
             )
@@ -253,15 +248,6 @@ def round_summaries(records: Sequence[Mapping[str, Any]]) -> list[RoundSummary]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _values(records: Sequence[Mapping[str, Any]], event: str, key: str) -> list[float]:
-    found = (_number(r, key) for r in records if r["event"] == event)
-    return [v for v in found if v is not None and math.isfinite(v)]
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def epoch_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
