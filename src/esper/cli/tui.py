@@ -132,12 +132,6 @@ def child_command(command: str, options: RunOptions, argv: list[str]) -> tuple[l
     return [sys.executable, "-m", "esper", *rest], directory
 
 
-def _restore_sigint() -> None:
-    # A shell may start background jobs with SIGINT ignored, and Python keeps an ignored
-    # SIGINT ignored: the child must get its KeyboardInterrupt (checkpoint, then exit).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @dataclass
 class ChildRun:
     """A training command running as a child process, and where its console output goes.
@@ -180,7 +174,9 @@ class ChildRun:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},  # console lines in written order
                 process_group=0,  # the terminal's Ctrl-C reaches this process, which forwards it
-                preexec_fn=_restore_sigint,
+                # A shell may start background jobs with SIGINT ignored, and Python keeps an
+                # ignored SIGINT ignored: the child must get its KeyboardInterrupt (checkpoint).
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         except OSError as err:
             log.close()

@@ -107,11 +107,6 @@ Panels
 """
 
 
-def env_label(key: int | None) -> str:
-    """How an environment is named on screen ("—" for a single-model run's only one)."""
-    return display(key)
-
-
 def env_row_key(key: int | None) -> str:
     """The environment table's row key of environment ``key``."""
     return "run" if key is None else str(key)
@@ -120,7 +115,7 @@ def env_row_key(key: int | None) -> str:
 def env_cells(view: EnvView) -> tuple[str, ...]:
     """One environment's table row, in ``ENV_COLUMNS`` order."""
     return (
-        env_label(view.env),
+        display(view.env),  # "—" for a single-model run's only environment
         display(view.episode),
         display(view.epoch),
         percent(view.val_accuracy),
@@ -129,18 +124,11 @@ def env_cells(view: EnvView) -> tuple[str, ...]:
     )
 
 
-def stage_text(stage: str | None) -> Text:
-    """A stage name coloured by ``STAGE_STYLES`` ("—" when missing, unstyled when unknown)."""
-    if stage is None:
-        return Text("—")
-    return Text(stage, style=_STYLE_BY_NAME.get(stage, ""))  # a log may hold any text
-
-
 def slot_cells(row: SlotRow) -> tuple[str | Text, ...]:
-    """One slot's row, in ``SLOT_COLUMNS`` order."""
+    """One slot's row, in ``SLOT_COLUMNS`` order; the stage coloured by ``STAGE_STYLES``."""
     return (
         row.slot,
-        stage_text(row.stage),
+        Text(display(row.stage), style=_STYLE_BY_NAME.get(row.stage or "", "")),  # unknown: plain
         display(row.blueprint),
         display(row.alpha, ".2f"),
         display(row.contribution, "+.2f"),
@@ -454,12 +442,10 @@ class RunApp(App[None]):
         )
 
     def action_help(self) -> None:
-        """Open the keyboard help."""
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
     def action_focus_filter(self) -> None:
-        """Move the keyboard focus to the event filter."""
         self.filter_input.focus()
 
     def action_clear_filter(self) -> None:
@@ -468,9 +454,7 @@ class RunApp(App[None]):
         self.envs_table.focus()
 
     def action_next_env(self) -> None:
-        """Select the next environment."""
         self.envs_table.action_cursor_down()
 
     def action_previous_env(self) -> None:
-        """Select the previous environment."""
         self.envs_table.action_cursor_up()
