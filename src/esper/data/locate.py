@@ -88,53 +88,33 @@ def find_dataset_dir(
 
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        found = first_complete([root / files.name, root])
-        if found is None and fetch is not None:
-            found = _fetch_into(files, root / files.name, fetch, first_complete, searched, True)
-        if found is None:
-            raise _not_found(files, searched, explicit=True, fetch_allowed=fetch is not None)
-        logger.info("using %s from %s", files.name, found)
-        return found
-
-    bases: list[Path] = []
-    env = os.environ.get(DATA_DIR_ENV, "")
-    if env:
-        bases += [Path(env).expanduser() / files.name, Path(env).expanduser()]
-    if files.system_dir is not None:
-        bases.append(files.system_dir)
-    target = cache_dir(files.name)
-    bases.append(target)
+        bases, target, explicit = [root / files.name, root], root / files.name, True
+    else:
+        env = os.environ.get(DATA_DIR_ENV, "")
+        bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
+        if files.system_dir is not None:
+            bases.append(files.system_dir)
+        target, explicit = cache_dir(files.name), False
+        bases.append(target)
     found = first_complete(bases)
     if found is None and fetch is not None:
-        found = _fetch_into(files, target, fetch, first_complete, searched, False)
+        logger.info("%s not found locally; downloading into %s", files.name, target)
+        try:
+            fetch(target)
+        except DownloadError as exc:
+            # One error type for "could not get the dataset", with the download's reason kept.
+            raise _not_found(
+                files, searched, explicit=explicit, fetch_allowed=True, download_error=exc
+            ) from exc
+        found = first_complete([target])
+        if found is None:
+            raise DatasetNotFoundError(
+                f"{files.name}: the download into {target} finished but did not produce the "
+                f"required files {', '.join(files.required)}"
+            )
     if found is None:
-        raise _not_found(files, searched, explicit=False, fetch_allowed=fetch is not None)
+        raise _not_found(files, searched, explicit=explicit, fetch_allowed=fetch is not None)
     logger.info("using %s from %s", files.name, found)
-    return found
-
-
-def _fetch_into(
-    files: DatasetFiles,
-    target: Path,
-    fetch: Callable[[Path], None],
-    first_complete: Callable[[Sequence[Path]], Path | None],
-    searched: Sequence[Path],
-    explicit: bool,
-) -> Path:
-    logger.info("%s not found locally; downloading into %s", files.name, target)
-    try:
-        fetch(target)
-    except DownloadError as exc:
-        # One error type for "could not get the dataset", with the download's reason kept.
-        raise _not_found(
-            files, searched, explicit=explicit, fetch_allowed=True, download_error=exc
-        ) from exc
-    found = first_complete([target])
-    if found is None:
-        raise DatasetNotFoundError(
-            f"{files.name}: the download into {target} finished but did not produce the "
-            f"required files {', '.join(files.required)}"
-        )
     return found
 
 

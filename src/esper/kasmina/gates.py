@@ -31,17 +31,26 @@ class Check:
     run: Callable[[SeedSlot], str | None]
 
 
+def _stayed(verb: str, constant: str, need: int) -> Callable[[SeedSlot], str | None]:
+    """A check that the seed spent at least ``need`` epochs (``constant``) in its stage."""
+
+    def check(slot: SeedSlot) -> str | None:
+        if slot.epochs_in_stage < need:
+            return f"{verb} {slot.epochs_in_stage} epochs < {constant}={need}"
+        return None
+
+    return check
+
+
+_trained_long_enough = _stayed("trained", "G2_MIN_TRAINING_EPOCHS", T.G2_MIN_TRAINING_EPOCHS)
+_blended_long_enough = _stayed("blended", "G3_MIN_BLENDING_EPOCHS", T.G3_MIN_BLENDING_EPOCHS)
+_held_long_enough = _stayed("held", "G5_MIN_HOLDING_EPOCHS", T.G5_MIN_HOLDING_EPOCHS)
+
+
 def _params_finite(slot: SeedSlot) -> str | None:
     for name, p in slot.named_parameters():
         if not torch.isfinite(p).all():
             return f"parameter {name} has non-finite values"
-    return None
-
-
-def _trained_long_enough(slot: SeedSlot) -> str | None:
-    if slot.epochs_in_stage < T.G2_MIN_TRAINING_EPOCHS:
-        need = T.G2_MIN_TRAINING_EPOCHS
-        return f"trained {slot.epochs_in_stage} epochs < G2_MIN_TRAINING_EPOCHS={need}"
     return None
 
 
@@ -74,21 +83,6 @@ def _alpha_at_target(slot: SeedSlot) -> str | None:
     if schedule is None or not schedule.done or abs(slot.alpha - schedule.target) > T.ALPHA_EPSILON:
         target = None if schedule is None else schedule.target
         return f"alpha {slot.alpha:.4g} has not reached its target {target}"
-    return None
-
-
-def _blended_long_enough(slot: SeedSlot) -> str | None:
-    if slot.epochs_in_stage < T.G3_MIN_BLENDING_EPOCHS:
-        need = T.G3_MIN_BLENDING_EPOCHS
-        return f"blended {slot.epochs_in_stage} epochs < G3_MIN_BLENDING_EPOCHS={need}"
-    return None
-
-
-def _held_long_enough(slot: SeedSlot) -> str | None:
-    if slot.epochs_in_stage < T.G5_MIN_HOLDING_EPOCHS:
-        return (
-            f"held {slot.epochs_in_stage} epochs < G5_MIN_HOLDING_EPOCHS={T.G5_MIN_HOLDING_EPOCHS}"
-        )
     return None
 
 

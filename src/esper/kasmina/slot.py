@@ -341,7 +341,10 @@ class SeedSlot(nn.Module):
             self.blueprint = blueprint
             self.blend_mode = None if blend is None else BlendMode(blend)
         self.stage = stage
-        self.alpha = _checked_float(data, "alpha", lo=0.0, hi=1.0)
+        alpha = _optional_float(data, "alpha")
+        if alpha is None or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0.0, 1.0], got {data['alpha']!r}")
+        self.alpha = alpha
         self.schedule = (
             None if data["schedule"] is None else AlphaSchedule.from_dict(data["schedule"])
         )
@@ -364,10 +367,3 @@ def _optional_float(data: dict[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key} must be a number or null, got {value!r}")
     return float(value)
-
-
-def _checked_float(data: dict[str, Any], key: str, lo: float, hi: float) -> float:
-    value = _optional_float(data, key)
-    if value is None or not lo <= value <= hi:
-        raise ValueError(f"{key} must be in [{lo}, {hi}], got {data[key]!r}")
-    return value
