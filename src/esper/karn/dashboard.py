@@ -64,12 +64,6 @@ RECONNECT_MS = 2000
 """How long a browser waits before reconnecting a dropped stream (the SSE ``retry`` field)."""
 
 
-def run_paths(runs_dir: Path) -> dict[str, Path]:
-    """The run directories in ``runs_dir`` by name (``run_candidates``: nothing is opened, so
-    one unreadable run does not hide the others)."""
-    return {path.name: path for path in run_candidates(runs_dir)}
-
-
 @dataclass(frozen=True)
 class RunEntry:
     """One run in the picker (``GET /api/runs`` sends these as JSON objects).
@@ -192,7 +186,9 @@ def create_app(
     async def events(request: Request) -> StreamingResponse:
         name = request.path_params["name"]
         # Only a name the listing produced is served: nothing outside runs_dir can be reached.
-        path = (await run_in_threadpool(run_paths, runs_dir)).get(name)
+        # (``run_candidates`` opens nothing, so one unreadable run does not hide the others.)
+        candidates = await run_in_threadpool(run_candidates, runs_dir)
+        path = {path.name: path for path in candidates}.get(name)
         if path is None:
             raise HTTPException(404, f"no run named {name!r} in {str(runs_dir)!r}")
         # Untrusted header: a missing or garbled Last-Event-ID means "send everything".
