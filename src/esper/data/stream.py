@@ -10,28 +10,6 @@ from torch import Tensor
 
 from esper.data.augment import augment_crop_flip
 
-_STATE_KEYS = frozenset(
-    {
-        "generator_state",
-        "permutation",
-        "cursor",
-        "passes_started",
-        "num_samples",
-        "batch_size",
-        "shuffle",
-        "augment",
-    }
-)
-
-
-def _check_pair(x: Tensor, y: Tensor, batch_size: int) -> None:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if x.shape[0] == 0:
-        raise ValueError("x and y are empty; need at least one sample")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
-
 
 class BatchStream:
     """An endless stream of training batches with its own random generator.
@@ -62,7 +40,12 @@ class BatchStream:
         shuffle: bool = True,
         augment: bool = False,
     ) -> None:
-        _check_pair(x, y, batch_size)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+        if x.shape[0] == 0:
+            raise ValueError("x and y are empty; need at least one sample")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1")
         if augment and x.dim() != 4:
             raise ValueError(
                 f"augment=True needs images (N, C, H, W), got x of shape {tuple(x.shape)}"
@@ -128,18 +111,14 @@ class BatchStream:
             ValueError: Keys are missing or unknown, or the state belongs to a stream over a
                 different number of samples, batch size, shuffle or augment setting.
         """
-        if set(state) != _STATE_KEYS:
-            raise ValueError(
-                f"BatchStream state has keys {sorted(state)}; expected {sorted(_STATE_KEYS)}"
-            )
-        for key, mine in (
-            ("num_samples", self.num_samples),
-            ("batch_size", self.batch_size),
-            ("shuffle", self.shuffle),
-            ("augment", self.augment),
-        ):
-            if state[key] != mine:
-                raise ValueError(f"BatchStream state has {key}={state[key]}, this stream {mine}")
+        mine = self.state_dict()
+        if set(state) != set(mine):
+            raise ValueError(f"BatchStream state has keys {sorted(state)}; expected {sorted(mine)}")
+        for key in ("num_samples", "batch_size", "shuffle", "augment"):
+            if state[key] != mine[key]:
+                raise ValueError(
+                    f"BatchStream state has {key}={state[key]}, this stream {mine[key]}"
+                )
         generator_state, perm = state["generator_state"], state["permutation"]
         cursor, passes = state["cursor"], state["passes_started"]
         if not isinstance(generator_state, Tensor) or not isinstance(perm, Tensor):

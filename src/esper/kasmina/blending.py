@@ -8,7 +8,7 @@ may co-adapt). ``lerp`` with α = 0 returns ``h`` bit for bit, and with α = 1 r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -67,13 +67,7 @@ class AlphaSchedule:
         return self.value()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "target": self.target,
-            "tempo": self.tempo,
-            "curve": self.curve.value,
-            "tick": self.tick,
-        }
+        return {**asdict(self), "curve": self.curve.value}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlphaSchedule:
