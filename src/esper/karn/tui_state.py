@@ -64,12 +64,6 @@ def integer(record: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def stat(record: dict[str, Any], key: str) -> float | bool | None:
-    """``record[key]`` when it is a number or a bool, else None."""
-    value = record.get(key)
-    return value if isinstance(value, bool) else as_number(value)
-
-
 def text(record: dict[str, Any], key: str) -> str | None:
     """``record[key]`` when it is a string, else None."""
     value = record.get(key)
@@ -219,7 +213,10 @@ class RunView:
         elif event == PPOUpdate.__name__:
             self.ppo.round = integer(record, "round")
             self.ppo.env_steps = integer(record, "env_steps")
-            self.ppo.stats = {key: stat(record, key) for key in PPO_FIELDS}
+            self.ppo.stats = {  # a statistic is a number or a bool (e.g. early stopped)
+                key: v if isinstance(v := record.get(key), bool) else as_number(v)
+                for key in PPO_FIELDS
+            }
             self.ppo.mean_returns.append(number(record, "mean_return"))
         elif event == AnomalyDetected.__name__:
             self.ppo.anomaly_rounds.append(integer(record, "round"))
@@ -407,11 +404,10 @@ def log_text(record: dict[str, Any]) -> str:
     """One record as a log line: local time, environment and episode (PPO), event, details."""
     stamp = number(record, "t")
     clock = "--:--:--" if stamp is None else time.strftime("%H:%M:%S", time.localtime(stamp))
-    where = ""
-    if integer(record, "env") is not None:
-        where += f" env {integer(record, 'env')}"
-    if integer(record, "episode") is not None and "env" in record:
-        where += f" ep {integer(record, 'episode')}"
+    env, episode = integer(record, "env"), integer(record, "episode")
+    where = "" if env is None else f" env {env}"
+    if episode is not None and "env" in record:
+        where += f" ep {episode}"
     event = str(record.get("event"))
     describe = _LINES.get(event, _generic)
     return f"{clock}{where} {event}: {describe(record)}"
