@@ -66,13 +66,8 @@ def _cut_partial_line(path: Path) -> bytes:
     if not path.is_file():
         return b""
     with path.open("r+b") as f:
-        end = f.seek(0, 2)
-        if end == 0:
-            return b""
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
-            return b""
-        keep, pos = 0, end
+        keep, end = 0, f.seek(0, 2)
+        pos = end
         while pos > 0:  # look back block by block for the last newline
             start = max(0, pos - _BLOCK)
             f.seek(start)
@@ -81,6 +76,8 @@ def _cut_partial_line(path: Path) -> bytes:
                 keep = start + found + 1
                 break
             pos = start
+        if keep == end:  # empty, or ends in a newline
+            return b""
         f.seek(keep)
         cut = f.read()
         f.truncate(keep)

@@ -201,11 +201,10 @@ class RunStore:
             raise
 
     def _fill(self, warn: Callable[[str], None]) -> None:
-        runs = self.runs
         with tempfile.TemporaryDirectory(prefix="esper-views-") as tmp:
             files = {name: (Path(tmp) / f"{name}.jsonl").open("w") for name in VIEW_NAMES}
             try:
-                for run in runs:
+                for run in self.runs:
                     log = read_events(run.events_path)
                     if log.truncated_line is not None:
                         warn(
