@@ -118,12 +118,10 @@ def plot_curves(data: RunData, baseline: RunData | None, metric: str) -> Plot | 
     runs = [(data, "C0")] + ([(baseline, "C1")] if baseline and not baseline.is_ppo else [])
     for run, colour in runs:
         mine = epoch_records(run.records)
-        name = run.run.name
-        ax.plot(
-            series(mine, "epoch"), series(mine, f"val_{metric}"), color=colour, label=f"{name} val"
-        )
-        train = series(mine, f"train_{metric}")
-        ax.plot(series(mine, "epoch"), train, "--", color=colour, alpha=0.6, label=f"{name} train")
+        for split, style, alpha in (("val", "-", None), ("train", "--", 0.6)):
+            values = series(mine, f"{split}_{metric}")
+            label = f"{run.run.name} {split}"
+            ax.plot(series(mine, "epoch"), values, style, color=colour, alpha=alpha, label=label)
     caption = f"{metric.capitalize()} per epoch (solid: validation, dashed: training)"
     if baseline is not None and baseline.is_ppo and metric == "accuracy":
         _reference(ax, baseline)
@@ -196,10 +194,8 @@ def plot_params(
     ax.step(series(epochs, "epoch"), series(epochs, "param_count"), where="post", label=name)
     if baseline is not None and not baseline.is_ppo:
         theirs = epoch_records(baseline.records)
-        params = series(theirs, "param_count")
-        ax.step(
-            series(theirs, "epoch"), params, "--", where="post", color="C1", label=baseline.run.name
-        )
+        x, params = series(theirs, "epoch"), series(theirs, "param_count")
+        ax.step(x, params, "--", where="post", color="C1", label=baseline.run.name)
     _finish(ax, "epoch", "parameters")
     return Plot("params.png", caption, _png(figure))
 
