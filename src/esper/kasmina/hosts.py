@@ -125,8 +125,8 @@ HostConfig = CNNHostConfig | TransformerHostConfig
 class SegmentedHost(nn.Module, ABC):
     """The host contract: injection points in execution order and a forward split at them.
 
-    Subclasses keep their ``config``, call ``_init_segments`` with their blocks and
-    ``_init_points`` with their specs, and implement ``_stem`` (input -> stream) and ``_head``
+    Subclasses keep their ``config``, call ``_init_segments`` with their blocks and injection
+    points, and implement ``_stem`` (input -> stream) and ``_head``
     (stream -> output). ``forward`` runs the flat block list, independent of the segment code, and
     running every segment with identity slots must equal it. Segments must not modify their input
     in place: a slot in TRAINING hands the next segment a view of the stream it also keeps for the
@@ -144,14 +144,13 @@ class SegmentedHost(nn.Module, ABC):
     @abstractmethod
     def _head(self, h: Tensor) -> Tensor: ...
 
-    def _init_segments(self, blocks: list[nn.Module], n_points: int) -> None:
-        per = len(blocks) // n_points
+    def _init_segments(self, blocks: list[nn.Module], specs: tuple[InjectionSpec, ...]) -> None:
+        """One segment of equally many ``blocks`` per injection point of ``specs``, in order."""
+        per = len(blocks) // len(specs)
         self.segments = nn.ModuleList(
-            nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(n_points)
+            nn.Sequential(*blocks[i * per : (i + 1) * per]) for i in range(len(specs))
         )
         self._blocks = tuple(blocks)  # flat view for the plain forward (registered in segments)
-
-    def _init_points(self, specs: tuple[InjectionSpec, ...]) -> None:
         self._specs = specs
         self._index = {spec.slot: i for i, spec in enumerate(specs)}
 
@@ -222,9 +221,8 @@ class CNNHost(SegmentedHost):
             channels = out
             if (i + 1) % per == 0:
                 specs.append(InjectionSpec(names[i // per], out, (out, size, size), Topology.CNN))
-        self._init_segments(blocks, config.n_points)
+        self._init_segments(blocks, tuple(specs))
         self.head = nn.Linear(channels, config.num_classes)
-        self._init_points(tuple(specs))
 
     def _stem(self, x: Tensor) -> Tensor:
         return x
@@ -288,7 +286,11 @@ class TransformerHost(SegmentedHost):
         self.tok_emb = nn.Embedding(config.vocab_size, n_embd)
         self.pos_emb = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self._init_segments([_Block(n_embd, n_head, dropout) for _ in range(n_layer)], n_points)
+        shape = (block_size, n_embd)  # (T_max, C) at every injection point
+        specs = tuple(
+            InjectionSpec(n, n_embd, shape, Topology.TRANSFORMER) for n in slot_names(n_points)
+        )
+        self._init_segments([_Block(n_embd, n_head, dropout) for _ in range(n_layer)], specs)
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
@@ -297,12 +299,6 @@ class TransformerHost(SegmentedHost):
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
                 # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-        self._init_points(
-            tuple(
-                InjectionSpec(name, n_embd, (block_size, n_embd), Topology.TRANSFORMER)
-                for name in slot_names(n_points)
-            )
-        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

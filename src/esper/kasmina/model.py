@@ -7,8 +7,7 @@ between segments. Lifecycle calls are addressed by slot name and delegated to ``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, cast
 
 import torch
@@ -222,16 +221,6 @@ class MorphogeneticModel(nn.Module):
 
     # ---------------------------------------------------------------- counterfactuals
 
-    @contextmanager
-    def _evaluating(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
-
     def _scores(
         self,
         configs: Sequence[Mapping[str, float]],
@@ -242,15 +231,21 @@ class MorphogeneticModel(nn.Module):
         """Mean per-sample metric for each configuration over all batches."""
         total: Tensor | None = None
         count = 0
-        with self._evaluating():
-            for x, y in batches:
-                out = self.fused_forward(x, configs)  # (K, B, ...)
-                if observe is not None:
-                    observe(out[0], y)
-                k, b = out.shape[:2]
-                scores = metric(out.flatten(0, 1), y.repeat(k, *([1] * (y.dim() - 1)))).view(k, b)
-                total = scores.sum(dim=1) if total is None else total + scores.sum(dim=1)
-                count += b
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for x, y in batches:
+                    out = self.fused_forward(x, configs)  # (K, B, ...)
+                    if observe is not None:
+                        observe(out[0], y)
+                    k, b = out.shape[:2]
+                    y_k = y.repeat(k, *([1] * (y.dim() - 1)))  # (K·B, ...), config-major
+                    scores = metric(out.flatten(0, 1), y_k).view(k, b)
+                    total = scores.sum(dim=1) if total is None else total + scores.sum(dim=1)
+                    count += b
+        finally:
+            self.train(was_training)
         if total is None:
             raise ValueError("no batches given to measure on")
         result: list[float] = (total.double() / count).tolist()
