@@ -16,7 +16,8 @@ be replayed through the LSTM during the update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -103,32 +104,21 @@ class RolloutBatch:
     def n_envs(self) -> int:
         return int(self.obs.shape[0])
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], state: tuple[Tensor, Tensor]) -> RolloutBatch:
+        """``fn`` applied to every tensor and mask; ``state`` replaces the LSTM state."""
+        names = [f.name for f in fields(self) if f.name not in ("masks", "state")]
+        tensors = {name: fn(getattr(self, name)) for name in names}
+        return RolloutBatch(**tensors, masks=self.masks.map(fn), state=state)
+
     def select(self, envs: Tensor) -> RolloutBatch:
         """The sub-batch of environments ``envs`` (whole sequences, for recurrent minibatches)."""
-        masks = ActionMasks(
-            self.masks.op[envs],
-            self.masks.slot[envs],
-            self.masks.blueprint[envs],
-            self.masks.tempo[envs],
-            self.masks.alpha_target[envs],
-        )
         h, c = self.state
-        return RolloutBatch(
-            self.obs[envs],
-            masks,
-            self.actions[envs],
-            self.log_prob[envs],
-            self.values[envs],
-            self.rewards[envs],
-            self.episode_start[envs],
-            self.episode_end[envs],
-            self.terminated[envs],
-            self.next_values[envs],
-            self.valid[envs],
-            (h[:, envs], c[:, envs]),
-            self.advantages[envs],
-            self.returns[envs],
-        )
+        return self._apply(lambda t: t[envs], (h[:, envs], c[:, envs]))
+
+    def to(self, device: torch.device) -> RolloutBatch:
+        """The batch on ``device``."""
+        h, c = self.state
+        return self._apply(lambda t: t.to(device), (h.to(device), c.to(device)))
 
 
 class RolloutBuffer:
@@ -216,13 +206,8 @@ class RolloutBuffer:
             [stacked["values"][:, 1:], torch.zeros_like(stacked["values"][:, :1])], dim=1
         )
         stacked["next_values"] = torch.where(ended, stacked.pop("bootstrap"), following)
-        masks = ActionMasks.stack(self._masks)  # each step's masks are (N, …): now (T, N, …)
-        masks = ActionMasks(
-            *(
-                t.transpose(0, 1)  # (N, T, …)
-                for t in (masks.op, masks.slot, masks.blueprint, masks.tempo, masks.alpha_target)
-            )
-        )
+        # each step's masks are (N, …): stacked (T, N, …), then (N, T, …)
+        masks = ActionMasks.stack(self._masks).map(lambda t: t.transpose(0, 1))
         advantages, returns = compute_gae(
             stacked["rewards"],
             stacked["values"],
@@ -233,18 +218,5 @@ class RolloutBuffer:
             self.lam,
         )
         return RolloutBatch(
-            stacked["obs"],
-            masks,
-            stacked["actions"],
-            stacked["log_prob"],
-            stacked["values"],
-            stacked["rewards"],
-            stacked["episode_start"],
-            stacked["episode_end"],
-            stacked["terminated"],
-            stacked["next_values"],
-            stacked["valid"],
-            self._state,
-            advantages,
-            returns,
+            **stacked, masks=masks, state=self._state, advantages=advantages, returns=returns
         )

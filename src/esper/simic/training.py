@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
@@ -213,7 +213,8 @@ class PPOTrainer:
     ) -> RoundResult:
         """Run PPO on the round, check it for anomalies and emit the round's telemetry."""
         started = time.perf_counter()
-        learned = self.learner.update(self._to_device(batch))
+        # The round is assembled on the CPU; the update runs on the policy's device.
+        learned = self.learner.update(batch if self.device.type == "cpu" else batch.to(self.device))
         update_seconds = time.perf_counter() - started
         infos = [env.episode_info() for env in self.vec.envs]
         accuracies = [i.final_val_accuracy for i in infos if i.final_val_accuracy is not None]
@@ -256,19 +257,6 @@ class PPOTrainer:
                 out = self.network(obs, sub, start)
             values[idx] = out.value[:, 0].float().cpu()
         return values
-
-    def _to_device(self, batch: RolloutBatch) -> RolloutBatch:
-        """The round (assembled on the CPU) on the policy's device."""
-        if self.device.type == "cpu":
-            return batch
-        moved: dict[str, Any] = {}
-        for f in fields(batch):
-            value = getattr(batch, f.name)
-            if isinstance(value, torch.Tensor):
-                moved[f.name] = value.to(self.device)
-        moved["masks"] = batch.masks.to(self.device)
-        moved["state"] = (batch.state[0].to(self.device), batch.state[1].to(self.device))
-        return replace(batch, **moved)
 
     # ------------------------------------------------------------------------------ telemetry
 

@@ -20,7 +20,7 @@ Masks come from the seed reports alone and Leyline's lifecycle tables (DESIGN §
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -109,9 +109,13 @@ class ActionMasks:
             }
         )
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> ActionMasks:
+        """The masks with ``fn`` applied to each one (indexing, transposing, moving)."""
+        return ActionMasks(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
     def to(self, device: torch.device | str) -> ActionMasks:
         """The same masks on ``device``."""
-        return ActionMasks(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self.map(lambda t: t.to(device))
 
 
 def _label(choice: object) -> str:
@@ -245,25 +249,17 @@ class ActionSpace:
             ValueError: naming a slot, blueprint, tempo or α target the space does not have,
                 with the accepted values.
         """
-        values = {
-            "op": action.op,
-            "slot": action.slot,
-            "blueprint": action.blueprint,
-            "tempo": action.tempo,
-            "alpha_target": action.alpha_target,
-        }
-        relevant = RELEVANT_HEADS[action.op]
         index = [0] * len(HEADS)
         for i, head in enumerate(HEADS):
-            if head not in relevant:
+            if head not in RELEVANT_HEADS[action.op]:
                 continue
-            choices = self._choices[head]
-            if values[head] not in choices:
+            choices, value = self._choices[head], getattr(action, head)  # heads are Action fields
+            if value not in choices:
                 raise ValueError(
-                    f"{action.op.value}: {head} {values[head]!r} is not in the action space; "
+                    f"{action.op.value}: {head} {value!r} is not in the action space; "
                     f"accepted: {list(choices)}"
                 )
-            index[i] = choices.index(values[head])
+            index[i] = choices.index(value)
         return index[0], index[1], index[2], index[3], index[4]
 
     def relevance(self, op_index: Tensor) -> Tensor:
