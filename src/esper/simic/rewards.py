@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
@@ -61,10 +61,10 @@ CONTRIBUTION_MODES = ("shaped", "simplified", "sparse")
 """``--reward-mode`` choices; they apply to the ``contribution`` family only."""
 
 _DEFAULT_MODE = "shaped"
+"""The only mode the ``loss`` family accepts: it has no modes, so another would be ignored."""
 
 MAX_WEIGHT = 1e6
 """Largest reward weight accepted: far above any sensible scale, low enough to catch a typo."""
-"""The only mode the ``loss`` family accepts: it has no modes, so another would be ignored."""
 
 CONTRIBUTION = "contribution"
 PBRS = "pbrs"
@@ -175,16 +175,7 @@ class RewardConfig:
             f"reward mode {self.mode!r} applies to the contribution family only; "
             f"the loss family has no modes (leave mode at {_DEFAULT_MODE!r})",
         )
-        for name in (
-            "contribution_weight",
-            "pbrs_weight",
-            "rent_weight",
-            "action_cost",
-            "refused_cost",
-            "terminal_weight",
-            "panic_penalty",
-            "loss_weight",
-        ):
+        for name in [f.name for f in fields(self)][2:]:  # the weights follow family and mode
             check_float(f"reward.{name}", getattr(self, name), 0.0, MAX_WEIGHT)
 
     @property
@@ -242,25 +233,26 @@ class RewardInput:
     max_epochs: int
 
     def __post_init__(self) -> None:
-        if set(self.before) != set(self.after):
-            raise ValueError(
-                f"before and after must report the same slots, got {sorted(self.before)} "
-                f"and {sorted(self.after)}"
-            )
-        if self.host_params < 1:
-            raise ValueError(f"host_params must be >= 1, got {self.host_params}")
-        if self.active_params < self.host_params:
-            raise ValueError(
-                f"active_params ({self.active_params}) counts the host, so it must be >= "
-                f"host_params ({self.host_params})"
-            )
-        if not 0 <= self.epoch <= self.max_epochs:
-            raise ValueError(f"epoch must be in [0, {self.max_epochs}], got {self.epoch}")
-        if self.truncated and self.epoch != self.max_epochs:
-            raise ValueError(
-                f"truncated is the episode length being reached (epoch == max_epochs == "
-                f"{self.max_epochs}), got epoch {self.epoch}"
-            )
+        require(
+            set(self.before) == set(self.after),
+            f"before and after must report the same slots, got {sorted(self.before)} "
+            f"and {sorted(self.after)}",
+        )
+        require(self.host_params >= 1, f"host_params must be >= 1, got {self.host_params}")
+        require(
+            self.active_params >= self.host_params,
+            f"active_params ({self.active_params}) counts the host, so it must be >= "
+            f"host_params ({self.host_params})",
+        )
+        require(
+            0 <= self.epoch <= self.max_epochs,
+            f"epoch must be in [0, {self.max_epochs}], got {self.epoch}",
+        )
+        require(
+            not self.truncated or self.epoch == self.max_epochs,
+            f"truncated is the episode length being reached (epoch == max_epochs == "
+            f"{self.max_epochs}), got epoch {self.epoch}",
+        )
 
 
 @dataclass(frozen=True)
@@ -308,8 +300,7 @@ class RewardFunction:
     """
 
     def __init__(self, config: RewardConfig, gamma: float) -> None:
-        if not (0.0 < gamma <= 1.0):
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        require(0.0 < gamma <= 1.0, f"gamma must be in (0, 1], got {gamma}")
         self.config = config
         self.gamma = gamma
         self.component_names = config.component_names
@@ -374,9 +365,8 @@ def check_gamma(reward: RewardFunction, ppo_gamma: float) -> None:
     Raises:
         ValueError: naming both values when ``reward.gamma`` differs from ``ppo_gamma``.
     """
-    if reward.gamma != ppo_gamma:
-        raise ValueError(
-            f"the reward's PBRS gamma ({reward.gamma}) differs from the PPO gamma "
-            f"({ppo_gamma}); potential-based shaping preserves the optimal policy only with "
-            "the same discount"
-        )
+    require(
+        reward.gamma == ppo_gamma,
+        f"the reward's PBRS gamma ({reward.gamma}) differs from the PPO gamma ({ppo_gamma}); "
+        "potential-based shaping preserves the optimal policy only with the same discount",
+    )
