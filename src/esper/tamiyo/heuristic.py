@@ -45,10 +45,7 @@ from esper.leyline import (
     ordered_slots,
 )
 from esper.leyline import thresholds as T
-
-_STATE_KEYS = frozenset(
-    {"used_slots", "last_germination", "last_blueprint", "prune_epochs", "seen", "own_prunes"}
-)
+from esper.leyline.config import check_int, require
 
 
 @dataclass(frozen=True)
@@ -107,14 +104,12 @@ class HeuristicConfig:
             "no_germinate_last_epochs": 0,
         }
         for name, low in at_least.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.prune_contribution < T.G5_MIN_CONTRIBUTION:
-            raise ValueError(
-                f"prune_contribution must be below G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION} "
-                f"(a seed cannot both hurt and earn fossilization), got {self.prune_contribution}"
-            )
+            check_int(name, getattr(self, name), low)
+        require(
+            self.prune_contribution < T.G5_MIN_CONTRIBUTION,
+            f"prune_contribution must be below G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION} "
+            f"(a seed cannot both hurt and earn fossilization), got {self.prune_contribution}",
+        )
 
 
 def _prune_reason(report: SeedStateReport, config: HeuristicConfig) -> str | None:
@@ -321,10 +316,11 @@ class HeuristicTamiyo:
         Raises:
             ValueError: if keys are missing or unknown, or a stage name is unknown.
         """
-        if set(state) != _STATE_KEYS:
-            raise ValueError(
-                f"HeuristicTamiyo state keys {sorted(state)} do not match {sorted(_STATE_KEYS)}"
-            )
+        keys = sorted(self.state_dict())
+        require(
+            sorted(state) == keys,
+            f"HeuristicTamiyo state keys {sorted(state)} do not match {keys}",
+        )
         self._used_slots = set(state["used_slots"])
         self._last_germination = state["last_germination"]
         self._last_blueprint = state["last_blueprint"]

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from esper.leyline.config import require
+
 VAR_EPSILON = 1e-8
 """Added to the variance before the square root, so a constant feature (variance 0, e.g. a
 disabled slot's block) normalizes to 0 instead of dividing by zero."""
-
-_STATE_KEYS = frozenset({"size", "clip", "mean", "var", "count", "update_count"})
 
 
 class RunningMeanStd:
@@ -39,10 +39,11 @@ class RunningMeanStd:
     """
 
     def __init__(self, size: int, clip: float = 10.0) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
-        if not (math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip must be a positive finite number, got {clip!r}")
+        ok_size = isinstance(size, int) and not isinstance(size, bool) and size >= 1
+        require(ok_size, f"size must be a positive integer, got {size!r}")
+        require(
+            math.isfinite(clip) and clip > 0, f"clip must be a positive finite number, got {clip!r}"
+        )
         self.size = size
         self.clip = float(clip)
         self.mean = torch.zeros(size, dtype=torch.float64)
@@ -108,19 +109,20 @@ class RunningMeanStd:
         Raises:
             ValueError: for missing or unknown keys, or a different ``size``.
         """
-        if set(state) != _STATE_KEYS:
-            raise ValueError(
-                f"RunningMeanStd state keys {sorted(state)} do not match {sorted(_STATE_KEYS)}"
-            )
-        if state["size"] != self.size:
-            raise ValueError(f"state is for size {state['size']}, this normalizer has {self.size}")
+        keys = sorted(self.state_dict())
+        require(
+            sorted(state) == keys,
+            f"RunningMeanStd state keys {sorted(state)} do not match {keys}",
+        )
+        size = state["size"]
+        require(size == self.size, f"state is for size {size}, this normalizer has {self.size}")
         mean = torch.tensor(state["mean"], dtype=torch.float64)
         var = torch.tensor(state["var"], dtype=torch.float64)
-        if mean.shape != (self.size,) or var.shape != (self.size,):
-            raise ValueError(
-                f"state mean/var have shapes {tuple(mean.shape)}/{tuple(var.shape)}, "
-                f"expected ({self.size},)"
-            )
+        require(
+            mean.shape == var.shape == (self.size,),
+            f"state mean/var have shapes {tuple(mean.shape)}/{tuple(var.shape)}, "
+            f"expected ({self.size},)",
+        )
         self.clip = float(state["clip"])
         self.mean, self.var = mean, var
         self.count = int(state["count"])

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from esper.leyline import Action, Observation
-from esper.leyline.config import check_bool, check_int
+from esper.leyline.config import check_bool, check_int, require
 from esper.leyline.events import PolicyDecision
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace, head_relevance
 from esper.tamiyo.distributions import MaskedCategorical
@@ -46,8 +46,6 @@ ACTION_HEAD_GAIN = 0.01
 
 VALUE_HEAD_GAIN = 1.0
 """Unit gain keeps early value estimates on the scale of normalized returns."""
-
-_CONTROLLER_KEYS = frozenset({"steps", "lstm", "rng"})
 
 
 MAX_WIDTH = 65_536
@@ -174,13 +172,13 @@ class PolicyNetwork(nn.Module):
 
     def __init__(self, obs_size: int, head_sizes: Mapping[str, int], config: PolicyConfig) -> None:
         super().__init__()
-        if obs_size < 1:
-            raise ValueError(f"obs_size must be >= 1, got {obs_size}")
-        if set(head_sizes) != set(HEADS):
-            raise ValueError(f"head_sizes keys {sorted(head_sizes)} must be exactly {HEADS}")
-        for head in HEADS:
-            if head_sizes[head] < 1:
-                raise ValueError(f"head {head!r} needs at least one choice, got {head_sizes[head]}")
+        require(obs_size >= 1, f"obs_size must be >= 1, got {obs_size}")
+        require(
+            set(head_sizes) == set(HEADS),
+            f"head_sizes keys {sorted(head_sizes)} must be exactly {HEADS}",
+        )
+        for head, n in head_sizes.items():
+            require(n >= 1, f"head {head!r} needs at least one choice, got {n}")
         self.obs_size = obs_size
         self.head_sizes = {head: int(head_sizes[head]) for head in HEADS}
         self.config = config
@@ -388,16 +386,16 @@ class PolicyController:
         deterministic: bool = True,
     ) -> None:
         size = observation_size(telemetry)
-        if network.obs_size != size or normalizer.size != size:
-            raise ValueError(
-                f"telemetry={telemetry} observations have {size} features, but the network "
-                f"takes {network.obs_size} and the normalizer {normalizer.size}"
-            )
-        if network.head_sizes != space.head_sizes:
-            raise ValueError(
-                f"network heads {network.head_sizes} do not match the action space "
-                f"{space.head_sizes} ({space.topology.value})"
-            )
+        require(
+            network.obs_size == size == normalizer.size,
+            f"telemetry={telemetry} observations have {size} features, but the network "
+            f"takes {network.obs_size} and the normalizer {normalizer.size}",
+        )
+        require(
+            network.head_sizes == space.head_sizes,
+            f"network heads {network.head_sizes} do not match the action space "
+            f"{space.head_sizes} ({space.topology.value})",
+        )
         self.network = network
         self.space = space
         self.normalizer = normalizer
@@ -449,27 +447,27 @@ class PolicyController:
             ValueError: for wrong keys, an LSTM state of the wrong shape, or a generator state
                 that does not fit this controller's ``deterministic`` setting.
         """
-        if set(state) != _CONTROLLER_KEYS:
-            raise ValueError(
-                f"PolicyController state keys {sorted(state)} do not match "
-                f"{sorted(_CONTROLLER_KEYS)}"
-            )
+        keys = sorted(self.state_dict())
+        require(
+            sorted(state) == keys,
+            f"PolicyController state keys {sorted(state)} do not match {keys}",
+        )
         lstm: LSTMState | None = None
         if state["lstm"] is not None:
             h, c = (
                 torch.tensor(v, dtype=torch.float32, device=self._device) for v in state["lstm"]
             )
             expected = (1, 1, self.network.config.lstm_hidden)
-            if h.shape != expected or c.shape != expected:
-                raise ValueError(
-                    f"LSTM state shapes {tuple(h.shape)}/{tuple(c.shape)}, expected {expected}"
-                )
-            lstm = (h, c)
-        if (state["rng"] is None) != (self._generator is None):
-            raise ValueError(
-                f"generator state {'missing' if state['rng'] is None else 'present'} but this "
-                f"controller has deterministic={self.deterministic}"
+            require(
+                h.shape == c.shape == expected,
+                f"LSTM state shapes {tuple(h.shape)}/{tuple(c.shape)}, expected {expected}",
             )
+            lstm = (h, c)
+        require(
+            (state["rng"] is None) == (self._generator is None),
+            f"generator state {'missing' if state['rng'] is None else 'present'} but this "
+            f"controller has deterministic={self.deterministic}",
+        )
         if self._generator is not None:
             self._generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
         self._state = lstm

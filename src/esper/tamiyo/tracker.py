@@ -26,20 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esper.leyline import SeedStage, SeedStateReport, SlotSignals, TrainingSignals, ordered_slots
-
-_STATE_KEYS = frozenset(
-    {
-        "epoch",
-        "previous",
-        "best",
-        "plateau",
-        "stabilized",
-        "loss_window",
-        "loss_hist",
-        "acc_hist",
-        "slots",
-    }
-)
+from esper.leyline.config import check_float, check_int, require
 
 
 @dataclass(frozen=True)
@@ -65,18 +52,10 @@ class TrackerConfig:
     history: int = 5
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.plateau_tolerance) and self.plateau_tolerance >= 0.0):
-            raise ValueError(f"plateau_tolerance must be >= 0, got {self.plateau_tolerance}")
-        if self.stabilization_window < 1:
-            raise ValueError(
-                f"stabilization_window must be >= 1 step, got {self.stabilization_window}"
-            )
-        if not (math.isfinite(self.stabilization_threshold) and self.stabilization_threshold >= 0):
-            raise ValueError(
-                f"stabilization_threshold must be >= 0, got {self.stabilization_threshold}"
-            )
-        if self.history < 1:
-            raise ValueError(f"history must be >= 1 value, got {self.history}")
+        check_float("plateau_tolerance", self.plateau_tolerance, 0.0, math.inf)
+        check_int("stabilization_window", self.stabilization_window)
+        check_float("stabilization_threshold", self.stabilization_threshold, 0.0, math.inf)
+        check_int("history", self.history)
 
 
 def _delta(current: float, previous: float | None) -> float | None:
@@ -232,22 +211,21 @@ class SignalTracker:
         Raises:
             ValueError: if keys are missing or unknown.
         """
-        if set(state) != _STATE_KEYS:
-            raise ValueError(
-                f"SignalTracker state keys {sorted(state)} do not match {sorted(_STATE_KEYS)}"
-            )
+        keys = sorted(self.state_dict())
+        require(
+            sorted(state) == keys,
+            f"SignalTracker state keys {sorted(state)} do not match {keys}",
+        )
         self._epoch = int(state["epoch"])
         previous = state["previous"]
         self._previous = None if previous is None else (float(previous[0]), float(previous[1]))
         self._best = None if state["best"] is None else float(state["best"])
         self._plateau = int(state["plateau"])
         self._stabilized = bool(state["stabilized"])
-        self._loss_window.clear()
-        self._loss_window.extend(float(v) for v in state["loss_window"])
-        self._loss_hist.clear()
-        self._loss_hist.extend(float(v) for v in state["loss_hist"])
-        self._acc_hist.clear()
-        self._acc_hist.extend(float(v) for v in state["acc_hist"])
+        for name in ("loss_window", "loss_hist", "acc_hist"):
+            window: deque[float] = getattr(self, f"_{name}")
+            window.clear()
+            window.extend(float(v) for v in state[name])
         self._slots = {
             name: (SeedStage(stage), [float(v) for v in series])
             for name, (stage, series) in state["slots"].items()
