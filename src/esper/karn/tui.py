@@ -4,17 +4,9 @@ The app reads a run directory's ``events.jsonl`` through ``esper.nissa.log.Event
 the records already there (a finished run is replayed whole), then polls for new ones every
 ``POLL_SECONDS``. A malformed line found while following stops the following and shows the error
 instead of crashing. The display state lives in ``esper.karn.tui_state`` (pure Python); this
-module only lays it out:
-
-- per-environment table (env, episode, epoch, val accuracy, val loss, params); the highlighted
-  row selects the environment the slot panel and the sparkline show;
-- slot panel: the selected environment's slots from its latest ``EpochCompleted``;
-- accuracy sparkline: the selected environment's val accuracy per epoch of its current episode
-  (the whole run for heuristic/static/eval runs; for PPO, the episode being played — each
-  episode starts a new history);
-- run panel (status, progress, final result) and, for PPO runs, the latest round's update
-  statistics with a sparkline of the mean return per round;
-- event log, one line per event, narrowed by a substring filter.
+module only lays it out. ``HELP_TEXT`` (the ``?`` screen) describes each panel; the highlighted
+row of the environment table selects the environment the slot panel and the accuracy sparkline
+show (for PPO, the episode being played: each episode starts a new history).
 """
 
 from __future__ import annotations
@@ -50,26 +42,15 @@ STALLED_SECONDS = 5.0
 """A last line left without its newline this long is reported: the writer flushes whole lines
 in one write, so a partial line that stays is a run that died while writing it."""
 
-ENV_COLUMNS = (
-    ("env", "env"),
-    ("episode", "episode"),
-    ("epoch", "epoch"),
-    ("val_accuracy", "val acc"),
-    ("val_loss", "val loss"),
-    ("params", "params"),
+ENV_COLUMNS: tuple[tuple[str, str, Callable[[EnvView], str]], ...] = (
+    ("env", "env", lambda v: display(v.env)),  # "—" for a single-model run's only environment
+    ("episode", "episode", lambda v: display(v.episode)),
+    ("epoch", "epoch", lambda v: display(v.epoch)),
+    ("val_accuracy", "val acc", lambda v: percent(v.val_accuracy)),
+    ("val_loss", "val loss", lambda v: display(v.val_loss, ".4f")),
+    ("params", "params", lambda v: display(v.params)),
 )
-"""Per-environment table: column key and heading."""
-
-SLOT_COLUMNS = (
-    ("slot", "slot"),
-    ("stage", "stage"),
-    ("blueprint", "blueprint"),
-    ("alpha", "α"),
-    ("contribution", "contribution"),
-    ("shapley", "shapley"),
-    ("seed_params", "seed params"),
-)
-"""Slot panel: column key and heading."""
+"""Per-environment table: column key, heading and cell."""
 
 STAGE_STYLES = {
     SeedStage.DORMANT: "dim",
@@ -84,7 +65,7 @@ STAGE_STYLES = {
 }
 """How each lifecycle stage is coloured in the slot panel."""
 
-_STYLE_BY_NAME = {stage.value: style for stage, style in STAGE_STYLES.items()}
+_STYLES = {stage.value: style for stage, style in STAGE_STYLES.items()}
 
 HELP_TEXT = f"""\
 esper tui — keys
@@ -112,29 +93,27 @@ def env_row_key(key: int | None) -> str:
     return "run" if key is None else str(key)
 
 
+SLOT_COLUMNS: tuple[tuple[str, str, Callable[[SlotRow], str | Text]], ...] = (
+    ("slot", "slot", lambda r: r.slot),
+    ("stage", "stage", lambda r: Text(display(r.stage), style=_STYLES.get(r.stage or "", ""))),
+    ("blueprint", "blueprint", lambda r: display(r.blueprint)),
+    ("alpha", "α", lambda r: display(r.alpha, ".2f")),
+    ("contribution", "contribution", lambda r: display(r.contribution, "+.2f")),
+    ("shapley", "shapley", lambda r: display(r.shapley, "+.2f")),
+    ("seed_params", "seed params", lambda r: display(r.seed_params)),
+)
+"""Slot panel: column key, heading and cell (the stage coloured by ``STAGE_STYLES``; an unknown
+stage name, which a log may hold, unstyled)."""
+
+
 def env_cells(view: EnvView) -> tuple[str, ...]:
     """One environment's table row, in ``ENV_COLUMNS`` order."""
-    return (
-        display(view.env),  # "—" for a single-model run's only environment
-        display(view.episode),
-        display(view.epoch),
-        percent(view.val_accuracy),
-        display(view.val_loss, ".4f"),
-        display(view.params),
-    )
+    return tuple(cell(view) for _, _, cell in ENV_COLUMNS)
 
 
 def slot_cells(row: SlotRow) -> tuple[str | Text, ...]:
-    """One slot's row, in ``SLOT_COLUMNS`` order; the stage coloured by ``STAGE_STYLES``."""
-    return (
-        row.slot,
-        Text(display(row.stage), style=_STYLE_BY_NAME.get(row.stage or "", "")),  # unknown: plain
-        display(row.blueprint),
-        display(row.alpha, ".2f"),
-        display(row.contribution, "+.2f"),
-        display(row.shapley, "+.2f"),
-        display(row.seed_params),
-    )
+    """One slot's row, in ``SLOT_COLUMNS`` order."""
+    return tuple(cell(row) for _, _, cell in SLOT_COLUMNS)
 
 
 PPO_LABEL_WIDTH = 20
@@ -274,9 +253,9 @@ class RunApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        for key, heading in ENV_COLUMNS:
+        for key, heading, _ in ENV_COLUMNS:
             self.envs_table.add_column(heading, key=key)
-        for key, heading in SLOT_COLUMNS:
+        for key, heading, _ in SLOT_COLUMNS:
             self.slots_table.add_column(heading, key=key)
         records, self._pending = self._pending, []
         self.ingest(records)
@@ -394,7 +373,9 @@ class RunApp(App[None]):
                 table.move_cursor(row=keys.index(self.selected))
             return
         for key in keys:
-            for (column, _), value in zip(ENV_COLUMNS, env_cells(self.view.envs[key]), strict=True):
+            for (column, _, _), value in zip(
+                ENV_COLUMNS, env_cells(self.view.envs[key]), strict=True
+            ):
                 table.update_cell(env_row_key(key), column, value)
 
     def _refresh_selected(self) -> None:
