@@ -111,14 +111,8 @@ def default_directory(command: str, argv: list[str], options: RunOptions) -> Pat
 
 
 def child_command(command: str, options: RunOptions, argv: list[str]) -> tuple[list[str], Path]:
-    """The child's command line (the command without ``--tui``) and the run directory it
-    writes.
-
-    Args:
-        command: the run command.
-        options: its own options (``--tui`` among them).
-        argv: its other arguments.
-    """
+    """The child's command line (``command``, ``argv``, then ``options`` without ``--tui``) and
+    the run directory it writes."""
     rest = [command, *argv]
     rest += [] if options.config is None else ["--config", str(options.config)]
     if options.resume is not None:
