@@ -3,7 +3,7 @@
 ``load_run`` reads a run directory once (resumed segments replayed once); the functions below
 derive what the report draws: each slot's stage intervals and lifecycle marks, an environment's
 last episode (PPO), and per-round PPO statistics. Records are untrusted JSON: a field that is
-absent or null is treated as missing, never as 0.
+absent, null or NaN is treated as missing, never as 0 (``tui_state.number``, as in the TUI).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from esper.karn.tui_state import as_number, number
 from esper.leyline import SeedStage, ordered_slots
 from esper.leyline.events import (
     ActionTaken,
@@ -104,14 +105,6 @@ class RoundSummary:
     ops: dict[str, int]
 
 
-def _number(record: Mapping[str, Any], key: str) -> float | None:
-    """A numeric field of an untrusted record, None when absent, null or not a number."""
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def load_run(path: Path) -> RunData:
     """Read a run directory for the report.
 
@@ -172,7 +165,7 @@ def stage_intervals(
     for record in records:
         if record["event"] != SeedTransition.__name__ or record.get("slot") not in intervals:
             continue
-        slot, epoch = str(record["slot"]), _number(record, "epoch") or 0.0
+        slot, epoch = str(record["slot"]), number(record, "epoch") or 0.0
         blueprint, where = record.get("blueprint"), f"SeedTransition of {slot} at epoch {epoch:g}"
         state = current[slot]
         if state is None:  # the slot's stage before its first transition
@@ -198,7 +191,7 @@ def lifecycle_marks(records: Sequence[Mapping[str, Any]]) -> list[LifecycleMark]
             continue
         entered = _stage(record.get("to_stage"), SeedTransition.__name__)
         if entered in MARK_KINDS:
-            epoch = int(_number(record, "epoch") or 0)
+            epoch = int(number(record, "epoch") or 0)
             blueprint = record.get("blueprint")
             marks.append(
                 LifecycleMark(epoch, str(record.get("slot")), MARK_KINDS[entered], blueprint)
@@ -227,16 +220,17 @@ def round_summaries(records: Sequence[Mapping[str, Any]]) -> list[RoundSummary]:
         rewards = [step for step in bucket if step["event"] == RewardComputed.__name__]
         components: dict[str, list[float]] = {}
         for pair in (pair for step in rewards for pair in step.get("components") or []):
-            if isinstance(pair, list) and len(pair) == 2 and _is_number(pair[1]):
-                components.setdefault(str(pair[0]), []).append(float(pair[1]))
-        found = (_number(step, "total") for step in rewards)
+            value = as_number(pair[1]) if isinstance(pair, list) and len(pair) == 2 else None
+            if value is not None:
+                components.setdefault(str(pair[0]), []).append(value)
+        found = (number(step, "total") for step in rewards)
         totals = [total for total in found if total is not None and math.isfinite(total)]
         ops = Counter(str(r.get("op")) for r in bucket if r["event"] == ActionTaken.__name__)
         rounds.append(
             RoundSummary(
-                int(_number(record, "round") or len(rounds) + 1),
-                _number(record, "mean_return"),
-                _number(record, "mean_final_accuracy"),
+                int(number(record, "round") or len(rounds) + 1),
+                number(record, "mean_return"),
+                number(record, "mean_final_accuracy"),
                 sum(totals) / len(totals) if totals else None,
                 {name: sum(v) / len(v) for name, v in components.items()},
                 dict(ops),
@@ -246,10 +240,6 @@ def round_summaries(records: Sequence[Mapping[str, Any]]) -> list[RoundSummary]:
     return rounds
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def epoch_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The ``EpochCompleted`` records, in order."""
     return [r for r in records if r["event"] == EpochCompleted.__name__]
@@ -257,7 +247,7 @@ def epoch_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any
 
 def series(epochs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
     """One field per epoch; missing values are NaN (a gap in the line, never 0)."""
-    return [math.nan if (v := _number(r, key)) is None else v for r in epochs]
+    return [math.nan if (v := number(r, key)) is None else v for r in epochs]
 
 
 def alpha_series(epochs: Sequence[Mapping[str, Any]], slot: str) -> list[float]:
@@ -266,7 +256,7 @@ def alpha_series(epochs: Sequence[Mapping[str, Any]], slot: str) -> list[float]:
     for record in epochs:
         snapshots = record.get("slots") or []
         found = [s for s in snapshots if isinstance(s, dict) and s.get("slot") == slot]
-        alpha = _number(found[0], "alpha") if found else None
+        alpha = number(found[0], "alpha") if found else None
         values.append(math.nan if alpha is None else alpha)
     return values
 
@@ -280,4 +270,4 @@ def final_accuracy(data: RunData) -> float | None:
     if summary is not None and summary.growth is not None and summary.growth.final is not None:
         return summary.growth.final.val_accuracy
     epochs = epoch_records(data.records)
-    return _number(epochs[-1], "val_accuracy") if epochs else None
+    return number(epochs[-1], "val_accuracy") if epochs else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -53,7 +54,7 @@ def as_number(value: Any) -> float | None:
     return None
 
 
-def number(record: dict[str, Any], key: str) -> float | None:
+def number(record: Mapping[str, Any], key: str) -> float | None:
     """``record[key]`` when it is a number, else None (missing, null or malformed)."""
     return as_number(record.get(key))
 
