@@ -66,24 +66,16 @@ _DEFAULT_MODE = "shaped"
 MAX_WEIGHT = 1e6
 """Largest reward weight accepted: far above any sensible scale, low enough to catch a typo."""
 
-CONTRIBUTION = "contribution"
-PBRS = "pbrs"
-RENT = "rent"
-ACTION_COST = "action_cost"
-TERMINAL = "terminal"
-LOSS_DELTA = "loss_delta"
-PANIC = "panic"
-
-SHAPED_COMPONENTS = (CONTRIBUTION, PBRS, RENT, PANIC)
+SHAPED_COMPONENTS = ("contribution", "pbrs", "rent", "panic")
 """Component names of ``contribution``/``shaped``, in breakdown order."""
 
-SIMPLIFIED_COMPONENTS = (PBRS, ACTION_COST, TERMINAL, PANIC)
+SIMPLIFIED_COMPONENTS = ("pbrs", "action_cost", "terminal", "panic")
 """Component names of ``contribution``/``simplified``, in breakdown order."""
 
-SPARSE_COMPONENTS = (TERMINAL, PANIC)
+SPARSE_COMPONENTS = ("terminal", "panic")
 """Component names of ``contribution``/``sparse``, in breakdown order."""
 
-LOSS_COMPONENTS = (LOSS_DELTA, RENT, PANIC)
+LOSS_COMPONENTS = ("loss_delta", "rent", "panic")
 """Component names of the ``loss`` family, in breakdown order."""
 
 STAGE_POTENTIALS: Mapping[SeedStage, float] = MappingProxyType(
@@ -312,13 +304,13 @@ class RewardFunction:
     def __call__(self, inp: RewardInput) -> RewardBreakdown:
         """The reward of one step, split into the family/mode's named components."""
         terms = {
-            CONTRIBUTION: self._contribution(inp),
-            PBRS: self._shaping(inp),
-            RENT: self._rent(inp),
-            ACTION_COST: self._action_cost(inp),
-            TERMINAL: self._terminal(inp),
-            LOSS_DELTA: self._loss_delta(inp),
-            PANIC: -self.config.panic_penalty if inp.terminated else 0.0,
+            "contribution": self._contribution(inp),
+            "pbrs": self._shaping(inp),
+            "rent": self._rent(inp),
+            "action_cost": self._action_cost(inp),
+            "terminal": self._terminal(inp),
+            "loss_delta": self._loss_delta(inp),
+            "panic": -self.config.panic_penalty if inp.terminated else 0.0,
         }
         return RewardBreakdown.of(tuple((name, terms[name]) for name in self.component_names))
 
