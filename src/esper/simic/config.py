@@ -187,7 +187,6 @@ def load_preset(name: str) -> TrainingConfig:
     Raises:
         ValueError: for an unknown preset, naming the known ones.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    require(name in PRESETS, f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     result: TrainingConfig = override(TrainingConfig(), PRESETS[name])
     return result

@@ -54,16 +54,8 @@ def task_episode(
             augment=data.augment,
         )
 
-    episode = Episode(
-        training,
-        data,
-        get_task(training.task).build_host,
-        stream,
-        SignalTracker,
-        seed,
-        device,
-        emit,
-    )
+    build_host = get_task(training.task).build_host
+    episode = Episode(training, data, build_host, stream, SignalTracker, seed, device, emit)
     return episode
 
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from esper.leyline import Action, Observation
+from esper.leyline.config import require
 from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
@@ -108,8 +109,7 @@ class PPOTrainer:
         set_level: SetLevel,
     ) -> None:
         topologies = {env.topology for env in envs}
-        if len(topologies) != 1:
-            raise ValueError(f"environments must share one topology, got {topologies}")
+        require(len(topologies) == 1, f"environments must share one topology, got {topologies}")
         self.config, self.emit, self._set_level = config, emit, set_level
         self.base_level = TelemetryLevel.parse(config.telemetry.level)
         self.level = self.base_level  # the level in force
@@ -343,10 +343,8 @@ class PPOTrainer:
         self.learner.load_state_dict(state["learner"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.generator.set_state(state["generator"])
-        if len(state["envs"]) != len(self.vec.envs):
-            raise ValueError(
-                f"checkpoint has {len(state['envs'])} environments, this run {len(self.vec.envs)}"
-            )
+        n, n_saved = len(self.vec.envs), len(state["envs"])
+        require(n_saved == n, f"checkpoint has {n_saved} environments, this run {n}")
         for env, env_state in zip(self.vec.envs, state["envs"], strict=True):
             env.load_state_dict(env_state)
         self.escalated_until = int(state["escalated_until"])

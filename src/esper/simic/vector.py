@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from esper.leyline import Action, Observation
+from esper.leyline.config import require
 from esper.simic.protocol import Env, EnvStep
 
 
@@ -42,8 +43,7 @@ def assign_devices(n_envs: int, devices: Sequence[str]) -> tuple[torch.device, .
     Raises:
         ValueError: for an unavailable device or a device named twice.
     """
-    if len(set(devices)) != len(devices):
-        raise ValueError(f"devices must be distinct, got {list(devices)}")
+    require(len(set(devices)) == len(devices), f"devices must be distinct, got {list(devices)}")
     parsed = [parse_device(d) for d in devices]
     return tuple(parsed[i % len(parsed)] for i in range(n_envs))
 
@@ -65,10 +65,8 @@ class VectorEnv:
     """
 
     def __init__(self, envs: Sequence[Env], devices: Sequence[torch.device]) -> None:
-        if len(envs) != len(devices):
-            raise ValueError(f"{len(envs)} environments but {len(devices)} devices")
-        if not envs:
-            raise ValueError("VectorEnv needs at least one environment")
+        require(len(envs) == len(devices), f"{len(envs)} environments but {len(devices)} devices")
+        require(bool(envs), "VectorEnv needs at least one environment")
         self.envs = list(envs)
         self.devices = tuple(devices)
         self.streams: list[torch.cuda.Stream | None] = [
