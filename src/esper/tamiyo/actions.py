@@ -144,13 +144,8 @@ class ActionSpace:
         self.blueprints: tuple[str, ...] = blueprint_registry.names(topology)
         self.tempos: tuple[int, ...] = TEMPOS
         self.alpha_targets: tuple[float, ...] = ALPHA_TARGETS
-        self._choices: dict[str, tuple[object, ...]] = {
-            "op": self.ops,
-            "slot": self.slots,
-            "blueprint": self.blueprints,
-            "tempo": self.tempos,
-            "alpha_target": self.alpha_targets,
-        }
+        heads = (self.ops, self.slots, self.blueprints, self.tempos, self.alpha_targets)
+        self._choices: dict[str, tuple[object, ...]] = dict(zip(HEADS, heads, strict=True))
 
     @property
     def head_sizes(self) -> dict[str, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any
 
@@ -284,12 +284,8 @@ class PolicyNetwork(nn.Module):
         op = choose(op_dist)  # (B,)
         relevance = head_relevance(op)  # (B, 5)
         rows = torch.arange(batch, device=op.device)
-        head_masks = {
-            "slot": masks.slot[rows, op],  # (B, n_slots): the chosen op's row
-            "blueprint": masks.blueprint,
-            "tempo": masks.tempo,
-            "alpha_target": masks.alpha_target,
-        }
+        head_masks = {f.name: getattr(masks, f.name) for f in fields(masks)}
+        head_masks["slot"] = masks.slot[rows, op]  # (B, n_slots): the chosen op's row
         actions, log_prob = [op], op_dist.log_prob(op)
         for i, head in enumerate(HEADS[1:], start=1):
             dist = _distribution(head, logits[head], head_masks[head], relevance[:, i])
@@ -331,13 +327,8 @@ class PolicyNetwork(nn.Module):
         relevance = head_relevance(op)  # (B, T, 5)
         n_slots = masks.slot.shape[-1]
         index = op[..., None, None].expand(*op.shape, 1, n_slots)  # (B, T, 1, n_slots)
-        head_masks = {
-            "op": masks.op,
-            "slot": masks.slot.gather(-2, index).squeeze(-2),  # (B, T, n_slots): taken op's row
-            "blueprint": masks.blueprint,
-            "tempo": masks.tempo,
-            "alpha_target": masks.alpha_target,
-        }
+        head_masks = {f.name: getattr(masks, f.name) for f in fields(masks)}
+        head_masks["slot"] = masks.slot.gather(-2, index).squeeze(-2)  # (B, T, n_slots)
         log_probs, entropies = [], []
         for i, head in enumerate(HEADS):
             dist = _distribution(head, out.logits[head], head_masks[head], relevance[..., i])
