@@ -190,11 +190,7 @@ class PPOLearner:
     """
 
     def __init__(
-        self,
-        network: PolicyNetwork,
-        settings: PPOSettings,
-        amp: bool,
-        generator: torch.Generator,
+        self, network: PolicyNetwork, settings: PPOSettings, amp: bool, generator: torch.Generator
     ) -> None:
         device = next(network.parameters()).device
         if amp and device.type != "cuda":

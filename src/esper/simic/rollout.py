@@ -172,11 +172,7 @@ class RolloutBuffer:
         )
 
     def record_outcome(
-        self,
-        rewards: Tensor,
-        episode_end: Tensor,
-        terminated: Tensor,
-        bootstrap: Tensor,
+        self, rewards: Tensor, episode_end: Tensor, terminated: Tensor, bootstrap: Tensor
     ) -> None:
         """Record the outcome of the last added step (each (N,)).
 

@@ -190,9 +190,7 @@ def feature_index(name: str, telemetry: bool = True) -> int:
     return index[name]
 
 
-def aligned_reports(
-    reports: Mapping[str, SeedStateReport],
-) -> tuple[SeedStateReport | None, ...]:
+def aligned_reports(reports: Mapping[str, SeedStateReport]) -> tuple[SeedStateReport | None, ...]:
     """The reports in ``FEATURE_SLOTS`` order, ``None`` for a slot without one (disabled).
 
     The mapping's own order never matters.

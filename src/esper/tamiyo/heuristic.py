@@ -318,8 +318,7 @@ class HeuristicTamiyo:
         """
         keys = sorted(self.state_dict())
         require(
-            sorted(state) == keys,
-            f"HeuristicTamiyo state keys {sorted(state)} do not match {keys}",
+            sorted(state) == keys, f"HeuristicTamiyo state keys {sorted(state)} do not match {keys}"
         )
         self._used_slots = set(state["used_slots"])
         self._last_germination = state["last_germination"]

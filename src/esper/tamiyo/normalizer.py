@@ -39,11 +39,10 @@ class RunningMeanStd:
     """
 
     def __init__(self, size: int, clip: float = 10.0) -> None:
-        ok_size = isinstance(size, int) and not isinstance(size, bool) and size >= 1
-        require(ok_size, f"size must be a positive integer, got {size!r}")
-        require(
-            math.isfinite(clip) and clip > 0, f"clip must be a positive finite number, got {clip!r}"
-        )
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a positive finite number, got {clip!r}")
         self.size = size
         self.clip = float(clip)
         self.mean = torch.zeros(size, dtype=torch.float64)
@@ -111,8 +110,7 @@ class RunningMeanStd:
         """
         keys = sorted(self.state_dict())
         require(
-            sorted(state) == keys,
-            f"RunningMeanStd state keys {sorted(state)} do not match {keys}",
+            sorted(state) == keys, f"RunningMeanStd state keys {sorted(state)} do not match {keys}"
         )
         size = state["size"]
         require(size == self.size, f"state is for size {size}, this normalizer has {self.size}")

@@ -213,8 +213,7 @@ class SignalTracker:
         """
         keys = sorted(self.state_dict())
         require(
-            sorted(state) == keys,
-            f"SignalTracker state keys {sorted(state)} do not match {keys}",
+            sorted(state) == keys, f"SignalTracker state keys {sorted(state)} do not match {keys}"
         )
         self._epoch = int(state["epoch"])
         previous = state["previous"]
