@@ -92,7 +92,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def _same_as(run: Path, reference: Path) -> None:
-    assert not list(run.parent.glob(".partial-*"))  # no half-made run left beside it
+    assert not list(run.parent.glob(".esper-partial-*"))  # no half-made run left beside it
     assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
     a, b = record.read_summary(reference), record.read_summary(run)
     assert a is not None and b is not None and a.growth is not None and b.growth is not None
@@ -456,16 +456,17 @@ def test_a_failed_commit_leaves_the_csv_and_summary_at_the_last_checkpoint(
 
 
 def test_a_start_removes_only_its_own_abandoned_stagings(tmp_path) -> None:
+    host = socket.gethostname()
     notes = tmp_path / ".partial-mynotes-2024"
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
-    abandoned = tmp_path / ".partial-run-999999999"
+    odd = tmp_path / ".esper-partial-notes"  # our prefix, but no pid@host: not ours
+    odd.mkdir()
+    abandoned = tmp_path / f".esper-partial-999999999@{host}@run"
     abandoned.mkdir()
-    (abandoned / ".esper-staging").write_text(f"{socket.gethostname()}\n999999999\n")
-    other_host = tmp_path / ".partial-run-1"
+    other_host = tmp_path / ".esper-partial-1@another-machine@run"
     other_host.mkdir()
-    (other_host / ".esper-staging").write_text("another-machine\n1\n")
     assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     assert (notes / "keep.txt").read_text() == "mine"  # not ours: untouched
-    assert other_host.exists()  # another machine's start on a shared file system
+    assert odd.exists() and other_host.exists()  # not provably ours / another machine's
     assert not abandoned.exists()  # ours, its process gone

@@ -161,22 +161,17 @@ def check_new_run_directory(directory: Path) -> None:
         raise UserError(f"cannot use run directory {str(directory)!r}: {err.strerror}") from err
 
 
-STAGING_PREFIX = ".partial-"
-"""A new run directory is assembled as ``.partial-<name>-<pid>`` beside it and renamed into
-place complete, so a kill during start-up leaves no half-made run at ``--out``."""
-
-STAGING_OWNER = ".esper-staging"
-"""The file in a staging directory naming the host and process assembling it: only such a
-directory, made on this host by a process that is gone, is ever removed."""
+STAGING_PREFIX = ".esper-partial-"
+"""A new run directory is assembled as ``.esper-partial-<pid>@<host>@<name>`` beside it and
+renamed into place complete, so a kill during start-up leaves no half-made run at ``--out``.
+Its name says who made it: only a staging of this host whose process is gone is removed."""
 
 
 def _abandoned(staging: Path) -> bool:
-    """Whether ``staging`` is one of ours whose process on this host is gone."""
-    try:
-        host, _, pid = (staging / STAGING_OWNER).read_text(encoding="utf-8").partition("\n")
-    except (OSError, UnicodeDecodeError):
-        return False  # not ours (or unreadable): never touched
-    if host != socket.gethostname() or not pid.strip().isdigit():
+    """Whether ``staging`` was made on this host by a process that is gone."""
+    pid, _, rest = staging.name.removeprefix(STAGING_PREFIX).partition("@")
+    host = rest.partition("@")[0]
+    if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's start on a shared file system, or not ours
     try:
         os.kill(int(pid), 0)
@@ -188,16 +183,13 @@ def _abandoned(staging: Path) -> bool:
 
 
 def _staging(out: Path) -> Path:
-    """Where ``out`` is assembled (with its owner file); abandoned stagings beside it, left by
-    killed starts, are removed first."""
+    """Where ``out`` is assembled; abandoned stagings beside it (killed starts) go first."""
     parent = out.absolute().parent
     for stale in parent.glob(f"{STAGING_PREFIX}*"):
         if _abandoned(stale):
             shutil.rmtree(stale, ignore_errors=True)
-    staging = parent / f"{STAGING_PREFIX}{out.name[:100]}-{os.getpid()}"
+    staging = parent / f"{STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}@{out.name[:80]}"
     staging.mkdir(parents=True)
-    owner = f"{socket.gethostname()}\n{os.getpid()}\n"
-    (staging / STAGING_OWNER).write_text(owner, encoding="utf-8")
     return staging
 
 
@@ -453,7 +445,6 @@ def _create(
         record.write_json(staging / record.META_FILE, meta.to_json())
         record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
         record.commit_checkpoint(staging, 0, files, out.name)  # a kill in step 1 resumes
-        (staging / STAGING_OWNER).unlink()
         os.rename(staging, out)  # replaces an empty directory the user made
         fsync_directory(out.absolute().parent)
     except BaseException:
