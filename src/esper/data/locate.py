@@ -52,6 +52,21 @@ def cache_dir(name: str) -> Path:
     return base / "esper" / name
 
 
+def _search_bases(
+    files: DatasetFiles, data_dir: str | Path | None
+) -> tuple[list[Path], Path, bool]:
+    """Where to look, in order; where a download goes; whether the directory was given."""
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        return [root / files.name, root], root / files.name, True
+    env = os.environ.get(DATA_DIR_ENV, "")
+    bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
+    if files.system_dir is not None:
+        bases.append(files.system_dir)
+    target = cache_dir(files.name)
+    return [*bases, target], target, False
+
+
 def find_dataset_dir(
     files: DatasetFiles,
     data_dir: str | Path | None,
@@ -86,16 +101,7 @@ def find_dataset_dir(
                     return candidate
         return None
 
-    if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        bases, target, explicit = [root / files.name, root], root / files.name, True
-    else:
-        env = os.environ.get(DATA_DIR_ENV, "")
-        bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
-        if files.system_dir is not None:
-            bases.append(files.system_dir)
-        target, explicit = cache_dir(files.name), False
-        bases.append(target)
+    bases, target, explicit = _search_bases(files, data_dir)
     found = first_complete(bases)
     if found is None and fetch is not None:
         logger.info("%s not found locally; downloading into %s", files.name, target)
