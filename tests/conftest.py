@@ -4,7 +4,9 @@ training signals and observations (Tamiyo, Simic)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,28 @@ def write_run(directory: Path, summary: RunSummary | None, mode: str = "heuristi
     if summary is not None:
         write_summary(directory, summary)
     return directory
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+@pytest.fixture
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs (256 KiB, or the size given by indirect parametrization), mounted for
+    the test and unmounted after it; skipped with the reason where it cannot be mounted."""
+    size = getattr(request, "param", "256k")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)  # -l: a run may hold a file

@@ -227,23 +227,7 @@ def test_a_flipped_bit_is_reported_and_changes_nothing(run_copy, capsys, name, w
 # ------------------------------------------------------------------------------ full disk
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
+@pytest.mark.parametrize("small_disk", ["300k"], indirect=True)  # room for a few epochs
 def test_full_disk_stops_cleanly_and_the_run_resumes(small_disk, tmp_path, capsys) -> None:
     run = small_disk / "run"
     args = ["heuristic", *TINY, "--epochs", "200", "--threads", "1", "--out", str(run)]
