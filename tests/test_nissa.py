@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from conftest import observation as make_observation
+from conftest import seed_report
 from esper.cli.main import main
-from esper.leyline import Observation, SeedStage, SeedStateReport, TrainingSignals
+from esper.leyline import SeedStage
 from esper.leyline.events import (
     EVENT_TYPES,
     EpochCompleted,
@@ -384,49 +386,16 @@ def test_ppo_decisions_precede_their_actions_and_respect_the_masks(recorded_runs
         assert action["op"] == chosen["op"] and action["slot"] == chosen.get("slot")
 
 
-def _report(slot: str, stage: SeedStage) -> SeedStateReport:
-    live = stage is not SeedStage.DORMANT
-    return SeedStateReport(
-        slot=slot,
-        stage=stage,
-        blueprint="norm" if live else None,
-        blend_mode=None,
-        alpha=1.0 if stage is SeedStage.HOLDING else 0.0,
-        alpha_target=1.0,
-        epochs_in_stage=2,
-        counterfactual_contribution=1.0 if live else None,
-        shapley_value=None,
-        seed_gradient_norm_ratio=None,
-        gradient_healthy=None,
-        seed_param_count=100 if live else 0,
-        host_param_count=1000,
-    )
-
-
 def test_decision_event_lists_the_valid_options() -> None:
     from esper.leyline import Action, Op, Topology
     from esper.tamiyo.actions import ActionSpace
 
     space = ActionSpace(Topology.CNN)
-    reports = {"mid": _report("mid", SeedStage.DORMANT), "late": _report("late", SeedStage.HOLDING)}
-    signals = TrainingSignals(
-        epoch=4,
-        train_loss=1.0,
-        train_accuracy=50.0,
-        val_loss=1.0,
-        val_accuracy=50.0,
-        loss_delta=0.0,
-        accuracy_delta=0.0,
-        best_val_accuracy=50.0,
-        plateau_epochs=0,
-        host_stabilized=False,
-        loss_history=(1.0,),
-        accuracy_history=(50.0,),
-        slots=(),
-        best_slot=None,
-        worst_slot=None,
-    )
-    observation = Observation(signals, reports, ("conv_light",), 10)
+    reports = {
+        "mid": seed_report("mid"),
+        "late": seed_report("late", SeedStage.HOLDING, alpha=1.0, epochs=2, contribution=1.0),
+    }
+    observation = make_observation(reports, blueprints=("conv_light",), max_epochs=10, epoch=4)
     masks = space.masks(observation)
     indices = space.encode(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
     event = space.decision(masks, indices, epoch=4, log_prob=-1.5, value=0.25)
