@@ -392,9 +392,11 @@ def test_a_refused_resume_keeps_the_summary(run_copy, capsys) -> None:
     config = json.loads((run_copy / "config.json").read_text())
     config["training"]["threads"] += 1
     (run_copy / "config.json").write_text(json.dumps(config))
+    before = _snapshot(run_copy)
     assert main(["heuristic", "--resume", str(run_copy)]) == 2
     assert "torch threads" in _one_error_line(capsys)
     assert (run_copy / "summary.json").read_bytes() == summary
+    assert _snapshot(run_copy) == before  # no stale cleaning, no CSV rewrite either
 
 
 def test_a_resume_without_meta_json_says_so(run_copy, capsys) -> None:

@@ -263,16 +263,18 @@ class Recorder:
         meta = record.read_meta(directory)
         if meta is None:
             raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
-        checkpoint = record.load_checkpoint(directory, meta.run_id)  # before cleaning: a bad
-        record.clean_stale(directory)  # LATEST must not make the real checkpoint look stale
+        checkpoint = record.load_checkpoint(directory, meta.run_id)
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
-        rows = csv.resume(checkpoint.step)
+        rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
 
     def start(self, mode: str, training: HostTraining, seed: int, tensorboard: bool) -> None:
         """Attach the sinks and announce the run (``RunStarted``)."""
         self.hub.run_id = self.run_id
-        (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)  # the run is live again
+        if self.checkpoint is not None:  # a resume, every check passed: the run is live again
+            record.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
+            self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
+            (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
         sinks: list[Sink] = [TensorBoardSink(self.directory / "tensorboard")] if tensorboard else []
         log = JsonlSink(self.directory / record.EVENTS_FILE)
         if log.cut:

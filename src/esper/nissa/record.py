@@ -545,7 +545,8 @@ class CsvLog(Generic[_R]):
     """A CSV log whose columns are the fields of the dataclass ``row_type``.
 
     Start a new log with ``rewrite([])`` (the header); ``append`` one row per step; a resume
-    calls ``resume(step)``, which drops the rows of steps after the checkpoint.
+    reads the rows up to its checkpoint (``read(step)``) and, once it starts, ``rewrite``s the
+    log with them, dropping the rows of steps after the checkpoint.
 
     Args:
         path: the CSV file.
@@ -597,17 +598,6 @@ class CsvLog(Generic[_R]):
     def read(self, last: int | None = None) -> list[_R]:
         """The rows (see ``read_rows``)."""
         return read_rows(self.path, self.row_type, last)
-
-    def resume(self, last: int) -> list[_R]:
-        """The rows up to checkpointed step ``last``; the file is rewritten to hold only them.
-
-        Raises:
-            RunRecordError: see ``read_rows``.
-            DiskFullError: the disk is full.
-        """
-        rows = self.read(last)
-        self.rewrite(rows)
-        return rows
 
 
 # -------------------------------------------------------------------------------- checkpoints
