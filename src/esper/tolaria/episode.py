@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
@@ -277,11 +277,6 @@ class Episode:
 
 
 def _result_state(result: StepResult) -> dict[str, Any]:
-    return {
-        "epoch": result.epoch,
-        "train_loss": result.train_loss,
-        "train_accuracy": result.train_accuracy,
-        "val_loss": result.val_loss,
-        "val_accuracy": result.val_accuracy,
-        "seconds": result.seconds,
-    }
+    """A step's measurements as JSON data (the panic is not kept: a resumed trainer knows
+    whether it terminated)."""
+    return {f.name: getattr(result, f.name) for f in fields(result) if f.name != "panic"}
