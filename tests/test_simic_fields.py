@@ -32,6 +32,7 @@ from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
 from esper.simic.training import PPOTrainer
+from esper.simic.vector import VectorEnv
 from esper.tamiyo.features import encode_observation
 from standin import PlateauEnv, StandInConfig
 
@@ -98,7 +99,13 @@ def learn_probe(config: TrainingConfig) -> list[float]:
     n = config.ppo.n_envs
     envs = [PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in range(n)]
     hub = TelemetryHub("t", [])
-    trainer = PPOTrainer(envs, [torch.device("cpu")] * n, config, hub.emit, hub.set_level)
+    trainer = PPOTrainer(
+        VectorEnv(envs, [torch.device("cpu")] * n),
+        torch.device("cpu"),
+        config,
+        hub.emit,
+        hub.set_level,
+    )
     results = []
     trainer.train(results.append)
     out = [float(len(results)), float(hub.level.value)]
@@ -140,7 +147,13 @@ def reward_probe(config: TrainingConfig) -> list[float]:
 def policy_probe(config: TrainingConfig) -> list[float]:
     hub = TelemetryHub("t", [])
     env = PlateauEnv(StandInConfig(), seed=0)
-    trainer = PPOTrainer([env], [torch.device("cpu")], config, hub.emit, hub.set_level)
+    trainer = PPOTrainer(
+        VectorEnv([env], [torch.device("cpu")]),
+        torch.device("cpu"),
+        config,
+        hub.emit,
+        hub.set_level,
+    )
     return [float(sum(p.numel() for p in trainer.network.parameters()))]
 
 

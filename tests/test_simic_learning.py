@@ -17,6 +17,7 @@ from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.config import TrainingConfig
 from esper.simic.training import PPOTrainer
+from esper.simic.vector import VectorEnv
 from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.policy import PolicyController
 from standin import PlateauEnv, StandInConfig
@@ -44,7 +45,13 @@ def _trainer(seed: int = 0) -> PPOTrainer:
     config = override(TrainingConfig(), {**LEARNING, "runtime": {"seed": seed}})
     envs = [PlateauEnv(StandInConfig(), seed=seed + i) for i in range(N_ENVS)]
     hub = TelemetryHub("test", [])
-    return PPOTrainer(envs, [torch.device("cpu")] * N_ENVS, config, hub.emit, hub.set_level)
+    return PPOTrainer(
+        VectorEnv(envs, [torch.device("cpu")] * N_ENVS),
+        torch.device("cpu"),
+        config,
+        hub.emit,
+        hub.set_level,
+    )
 
 
 def _mean_return(decide, reset, seed: int) -> float:

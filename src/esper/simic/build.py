@@ -19,7 +19,7 @@ from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, check_gamma
 from esper.simic.training import PPOTrainer, Telemetry
-from esper.simic.vector import assign_devices
+from esper.simic.vector import VectorEnv, assign_devices
 from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.features import observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
@@ -58,7 +58,8 @@ def build_trainer(
         )
         for i in range(config.ppo.n_envs)
     ]
-    trainer = PPOTrainer(envs, devices, config, telemetry.emit, telemetry.set_level)
+    vec = VectorEnv(envs, devices)
+    trainer = PPOTrainer(vec, devices[0], config, telemetry.emit, telemetry.set_level)
     return trainer, devices
 
 

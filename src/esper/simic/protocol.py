@@ -6,6 +6,7 @@ in worker processes or on a cluster engine without touching the PPO code (DESIGN
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,4 +86,38 @@ class Env(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output."""
+        ...
+
+
+class EnvVector(Protocol):
+    """Environments stepped together (``VectorEnv`` in this process, or on Ray workers).
+
+    Attributes:
+        topology: the environments' shared host kind.
+        max_steps: the longest episode any of them can take.
+    """
+
+    topology: Topology
+    max_steps: int
+
+    def __len__(self) -> int: ...
+
+    def reset(self) -> list[Observation]:
+        """Reset every environment: the first observation of each one's next episode."""
+        ...
+
+    def step(self, actions: Sequence[Action | None]) -> list[EnvStep | None]:
+        """Step every environment whose action is not None (None: its episode is over)."""
+        ...
+
+    def episode_infos(self) -> list[EpisodeInfo]:
+        """Each environment's current (or last) episode outcome."""
+        ...
+
+    def state_dicts(self) -> list[dict[str, Any]]:
+        """Each environment's state (taken between rounds)."""
+        ...
+
+    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> None:
+        """Restore ``state_dicts`` output."""
         ...

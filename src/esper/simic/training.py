@@ -30,7 +30,6 @@ from typing import Any, Protocol
 import torch
 
 from esper.leyline import Action, Observation
-from esper.leyline.config import require
 from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
@@ -44,9 +43,8 @@ from esper.leyline.events import (
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.config import TrainingConfig
 from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
-from esper.simic.protocol import Env
+from esper.simic.protocol import EnvVector
 from esper.simic.rollout import RolloutBatch, RolloutBuffer
-from esper.simic.vector import VectorEnv
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
 from esper.tamiyo.features import encode_observation, observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
@@ -92,8 +90,9 @@ class PPOTrainer:
     """Trains a policy on a set of environments with PPO.
 
     Args:
-        envs: the environments (all with the same topology and ``max_steps``).
-        devices: each environment's device; the policy lives on the first one.
+        vec: the environments, stepped together (``VectorEnv``, or Ray workers); the policy
+            lives on ``device``.
+        device: where the policy acts and learns.
         config: the training configuration (its ``env`` group is the environments' business).
         emit: where PPO updates, episode ends, decisions and anomalies go.
         set_level: told the telemetry level at the start of every round and on an anomaly
@@ -102,21 +101,19 @@ class PPOTrainer:
 
     def __init__(
         self,
-        envs: Sequence[Env],
-        devices: Sequence[torch.device],
+        vec: EnvVector,
+        device: torch.device,
         config: TrainingConfig,
         emit: Emit,
         set_level: SetLevel,
     ) -> None:
-        topologies = {env.topology for env in envs}
-        require(len(topologies) == 1, f"environments must share one topology, got {topologies}")
         self.config, self.emit, self._set_level = config, emit, set_level
         self.base_level = TelemetryLevel.parse(config.telemetry.level)
         self.level = self.base_level  # the level in force
         self.escalated_until = 0  # the last round logged at DEBUG after an anomaly
-        self.vec = VectorEnv(envs, devices)
-        self.device = devices[0]
-        self.topology = envs[0].topology
+        self.vec = vec
+        self.device = device
+        self.topology = vec.topology
         self.space = ActionSpace(self.topology)
         self.telemetry = config.policy.slot_telemetry
         size = observation_size(self.telemetry)
@@ -133,7 +130,7 @@ class PPOTrainer:
         shuffle = torch.Generator().manual_seed(policy_seed + 1)
         self.learner = PPOLearner(self.network, config.ppo, config.runtime.amp, shuffle)
         self.round = 0
-        self.max_steps = max(env.max_steps for env in envs)
+        self.max_steps = vec.max_steps
 
     def train(self, after_round: Callable[[RoundResult], None]) -> None:
         """Run rounds until ``ppo.rounds`` are done, calling ``after_round`` after each."""
@@ -216,7 +213,7 @@ class PPOTrainer:
         # The round is assembled on the CPU; the update runs on the policy's device.
         learned = self.learner.update(batch if self.device.type == "cpu" else batch.to(self.device))
         update_seconds = time.perf_counter() - started
-        infos = [env.episode_info() for env in self.vec.envs]
+        infos = self.vec.episode_infos()
         accuracies = [i.final_val_accuracy for i in infos if i.final_val_accuracy is not None]
         stats = PPOUpdate(
             **asdict(learned.stats),
@@ -332,7 +329,7 @@ class PPOTrainer:
             "learner": self.learner.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "generator": self.generator.get_state(),
-            "envs": [env.state_dict() for env in self.vec.envs],
+            "envs": self.vec.state_dicts(),
             "escalated_until": self.escalated_until,
         }
 
@@ -343,8 +340,5 @@ class PPOTrainer:
         self.learner.load_state_dict(state["learner"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.generator.set_state(state["generator"])
-        n, n_saved = len(self.vec.envs), len(state["envs"])
-        require(n_saved == n, f"checkpoint has {n_saved} environments, this run {n}")
-        for env, env_state in zip(self.vec.envs, state["envs"], strict=True):
-            env.load_state_dict(env_state)
+        self.vec.load_state_dicts(state["envs"])
         self.escalated_until = int(state["escalated_until"])

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from esper.leyline import Action, Observation
+from esper.leyline import Action, Observation, Topology
 from esper.leyline.config import require
-from esper.simic.protocol import Env, EnvStep
+from esper.simic.protocol import Env, EnvStep, EpisodeInfo
 
 
 def parse_device(name: str) -> torch.device:
@@ -69,6 +69,10 @@ class VectorEnv:
         require(bool(envs), "VectorEnv needs at least one environment")
         self.envs = list(envs)
         self.devices = tuple(devices)
+        topologies = {env.topology for env in envs}
+        require(len(topologies) == 1, f"environments must share one topology, got {topologies}")
+        self.topology: Topology = envs[0].topology
+        self.max_steps = max(env.max_steps for env in envs)
         self.streams: list[torch.cuda.Stream | None] = [
             torch.cuda.Stream(device=d) if d.type == "cuda" else None  # type: ignore[no-untyped-call]
             for d in devices
@@ -108,3 +112,22 @@ class VectorEnv:
                 results.append(env.step(action))
         self._join()
         return results
+
+    def episode_infos(self) -> list[EpisodeInfo]:
+        """Each environment's current (or last) episode outcome."""
+        return [env.episode_info() for env in self.envs]
+
+    def state_dicts(self) -> list[dict[str, Any]]:
+        """Each environment's state (taken between rounds)."""
+        return [env.state_dict() for env in self.envs]
+
+    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> None:
+        """Restore ``state_dicts`` output.
+
+        Raises:
+            ValueError: when the number of states is not the number of environments.
+        """
+        n, n_saved = len(self.envs), len(states)
+        require(n_saved == n, f"checkpoint has {n_saved} environments, this run {n}")
+        for env, state in zip(self.envs, states, strict=True):
+            env.load_state_dict(state)
