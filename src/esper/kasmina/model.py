@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import torch
@@ -36,6 +37,21 @@ Metric = Callable[[Tensor, Tensor], Tensor]
 Observer = Callable[[Tensor, Tensor], None]
 """``observe(output, target)`` sees the model's own (unmodified) outputs of each batch, so a
 caller can compute validation metrics from the counterfactual pass instead of a second one."""
+
+
+@dataclass(frozen=True)
+class GradientNorms:
+    """Gradient norms measured after one backward pass (``MorphogeneticModel.gradient_norms``).
+
+    Attributes:
+        seeds: the measured seeds' slots, in slot order.
+        sizes: parameter counts with a gradient: the host's, then each seed's.
+        norms: ``(1 + len(seeds),)`` L2 norms in the same order, on the model's device.
+    """
+
+    seeds: tuple[str, ...]
+    sizes: tuple[int, ...]
+    norms: Tensor
 
 
 E = TypeVar("E", BlendMode, AlphaCurve, GateMode)
@@ -312,33 +328,47 @@ class MorphogeneticModel(nn.Module):
             self.slot(name).shapley = value
         return dict(zip(players, phi, strict=True))
 
-    def record_gradient_stats(self) -> None:
-        """Update each running seed's gradient-norm ratio from the current ``.grad`` fields.
-
-        ratio = (‖g_seed‖ / √n_seed) / (‖g_host‖ / √n_host): per-parameter RMS gradients. Call
-        after ``backward()``; seeds without gradients, or a host without any, are left as they are.
+    def gradient_norms(self) -> GradientNorms | None:
+        """Norms of the host's and each running seed's current ``.grad`` fields, as one tensor
+        on the model's device (no device synchronisation: an epoch loop can collect them and
+        hand them to ``record_gradient_norms`` at its end). None when nothing is measurable.
         """
         # Only parameters that received a gradient count: frozen host layers or a gate that
         # is idle in TRAINING must not dilute the RMS.
         host_grads = [p.grad for p in self.host.parameters() if p.grad is not None]
-        seeds = []
+        seeds, sizes = [], [sum(g.numel() for g in host_grads)]
+        norms = [torch.nn.utils.get_total_norm(host_grads)] if host_grads else []
         for name in self.order:
             slot = self.slot(name)
             grads = [p.grad for p in slot.seed_parameters() if p.grad is not None]
             if slot.stage in FORWARD_STAGES and grads:
-                seeds.append((slot, grads))
+                seeds.append(name)
+                sizes.append(sum(g.numel() for g in grads))
+                norms.append(torch.nn.utils.get_total_norm(grads))
         if not host_grads or not seeds:
-            return
-        norms = torch.stack(
-            [torch.nn.utils.get_total_norm(host_grads)]
-            + [torch.nn.utils.get_total_norm(g) for _, g in seeds]
-        ).tolist()  # one device sync
-        host_rms = norms[0] / math.sqrt(sum(g.numel() for g in host_grads))
+            return None
+        return GradientNorms(tuple(seeds), tuple(sizes), torch.stack(norms))
+
+    def record_gradient_norms(self, measured: GradientNorms) -> None:
+        """Update each measured seed's gradient-norm ratio from ``gradient_norms`` output.
+
+        ratio = (‖g_seed‖ / √n_seed) / (‖g_host‖ / √n_host): per-parameter RMS gradients. A
+        host without gradient (norm 0) gives nothing to compare against: nothing is recorded.
+        """
+        norms = measured.norms.tolist()
+        host_rms = norms[0] / math.sqrt(measured.sizes[0])
         if host_rms == 0.0:
-            return  # nothing to compare against: not measurable
-        for (slot, grads), norm in zip(seeds, norms[1:], strict=True):
-            n = sum(g.numel() for g in grads)
-            slot.record_gradient_ratio((norm / math.sqrt(n)) / host_rms)
+            return
+        for name, norm, n in zip(measured.seeds, norms[1:], measured.sizes[1:], strict=True):
+            self.slot(name).record_gradient_ratio((norm / math.sqrt(n)) / host_rms)
+
+    def record_gradient_stats(self) -> None:
+        """Update each running seed's gradient-norm ratio from the current ``.grad`` fields
+        (``gradient_norms`` then ``record_gradient_norms``). Call after ``backward()``; seeds
+        without gradients, or a host without any, are left as they are."""
+        measured = self.gradient_norms()
+        if measured is not None:
+            self.record_gradient_norms(measured)
 
     # ---------------------------------------------------------------- lifecycle
 

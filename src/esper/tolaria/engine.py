@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from esper.kasmina import LifecycleError, MorphogeneticModel
+from esper.kasmina.grouped import groupable, grouped_forward
+from esper.kasmina.model import GradientNorms
 from esper.leyline import BLENDED_STAGES, FORWARD_STAGES, Action, Op, SeedStage
 from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
@@ -64,6 +66,109 @@ def _loss_and_correct(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     target = y.flatten()
     loss = F.cross_entropy(logits, target, reduction="sum")
     return loss, (logits.argmax(dim=-1) == target).sum()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """One trainer's training part of a step, when done outside ``train_step``.
+
+    Attributes:
+        loss: mean training loss (NaN when a batch was not finite).
+        accuracy: training accuracy in percent (NaN likewise).
+        seconds: this trainer's share of the wall time spent training.
+    """
+
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+def _forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) -> list[Tensor]:
+    """Each model on its batch: as one grouped computation when they allow it."""
+    if groupable(models) and len({x.shape for x in xs}) == 1:
+        return grouped_forward(models, xs)
+    return [model(x) for model, x in zip(models, xs, strict=True)]
+
+
+class _Tally:
+    """One trainer's running totals over an epoch (device tensors: no synchronisation)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.count = 0
+        self.norms: list[GradientNorms] = []  # recorded at the end of the epoch, in order
+        self.stopped = False  # a non-finite loss ended this trainer's epoch
+
+    def result(self, model: MorphogeneticModel, seconds: float) -> Trained:
+        for measured in self.norms:
+            model.record_gradient_norms(measured)
+        loss = self.loss.item() / max(self.count, 1)
+        if self.stopped or not math.isfinite(loss):
+            return Trained(math.nan, math.nan, seconds)
+        return Trained(loss, 100.0 * self.correct.item() / self.count, seconds)
+
+
+def _train_batch(
+    trainers: Sequence[Trainer], tallies: Sequence[_Tally], measure: bool, check: bool
+) -> None:
+    """One batch for each trainer: forward together, one backward, each optimizer steps."""
+    batches = [t.stream.next_batch() for t in trainers]
+    for t in trainers:
+        t.optimizer.zero_grad()
+    outs = _forward([t.model for t in trainers], [x for x, _ in batches])
+    scored = [_loss_and_correct(out, y) for out, (_, y) in zip(outs, batches, strict=True)]
+    means = [loss / y.numel() for (loss, _), (_, y) in zip(scored, batches, strict=True)]
+    finite = torch.stack(means).isfinite().tolist() if check else [True] * len(means)
+    kept = [j for j, ok in enumerate(finite) if ok]
+    if kept:
+        # Parameters are disjoint: each trainer's gradient is that of its own mean loss.
+        torch.stack([means[j] for j in kept]).sum().backward()  # type: ignore[no-untyped-call]
+    for j, (t, tally) in enumerate(zip(trainers, tallies, strict=True)):
+        if j not in kept:  # no step on a poisoned batch (and no gradient left from it)
+            tally.stopped = True
+            t.optimizer.zero_grad()
+            continue
+        if measure:
+            measured = t.model.gradient_norms()
+            if measured is not None:
+                tally.norms.append(measured)
+        t.optimizer.step()
+        tally.loss += scored[j][0].detach()
+        tally.correct += scored[j][1]
+        tally.count += batches[j][1].numel()
+
+
+def train_together(trainers: Sequence[Trainer]) -> list[Trained]:
+    """Train one epoch of every trainer, in lockstep, batch by batch.
+
+    Each trainer draws its own batches and keeps its own optimizer, step counts and gradient
+    statistics; the forward and backward passes run as one grouped computation when the models
+    allow it (``esper.kasmina.grouped``), so a trainer's results do not depend on the others
+    beyond floating-point summation order. A trainer whose loss turns non-finite stops at that
+    batch (no optimizer step; its governor then decides), as it would alone. On CPU that check
+    runs every batch; on CUDA, where it would synchronise with the host, once at the end of the
+    epoch (a non-finite epoch is rolled back by the governor either way).
+
+    Returns:
+        Each trainer's loss and accuracy (NaN after a non-finite loss) and share of the time.
+    """
+    started = time.perf_counter()
+    for t in trainers:
+        t.model.train()
+    device = trainers[0].model.host_parameters()[0].device
+    tallies = [_Tally(device) for _ in trainers]
+    lengths = [t.config.batches_per_epoch or t.stream.batches_per_pass for t in trainers]
+    for i in range(max(lengths)):
+        live = [j for j, tally in enumerate(tallies) if not tally.stopped and i < lengths[j]]
+        if not live:
+            break
+        measure = i % GRADIENT_STATS_EVERY == 0
+        _train_batch(
+            [trainers[j] for j in live], [tallies[j] for j in live], measure, device.type != "cuda"
+        )
+    share = (time.perf_counter() - started) / len(trainers)
+    return [tally.result(t.model, share) for t, tally in zip(trainers, tallies, strict=True)]
 
 
 class Trainer:
@@ -115,30 +220,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ one step
 
-    def _train(self) -> tuple[float, float]:
-        model, opt = self.model, self.optimizer
-        model.train()
-        n = self.config.batches_per_epoch or self.stream.batches_per_pass
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
-        count = 0
-        for i in range(n):
-            x, y = self.stream.next_batch()
-            opt.zero_grad()
-            loss, hits = _loss_and_correct(model(x), y)
-            targets = y.numel()
-            mean_loss = loss / targets
-            if not torch.isfinite(mean_loss):
-                return float("nan"), float("nan")  # no step on a poisoned batch; governor decides
-            mean_loss.backward()  # type: ignore[no-untyped-call]
-            if i % GRADIENT_STATS_EVERY == 0:
-                model.record_gradient_stats()
-            opt.step()
-            loss_sum += loss.detach()
-            correct += hits
-            count += targets
-        return loss_sum.item() / count, 100.0 * correct.item() / count
-
     def _val_batches(self) -> list[tuple[Tensor, Tensor]]:
         n = len(self._x_val)
         return [
@@ -170,12 +251,19 @@ class Trainer:
         count = totals["count"]
         return totals["loss"] / count, 100.0 * totals["correct"] / count
 
-    def train_step(self) -> StepResult:
-        """Train, validate, measure counterfactuals, check health, tick the seeds' timers."""
+    def train_step(self, trained: Trained | None = None) -> StepResult:
+        """Train, validate, measure counterfactuals, check health, tick the seeds' timers.
+
+        Args:
+            trained: this epoch's training already done together with other trainers
+                (``train_together``); None trains it here.
+        """
         if self.done:
             raise RuntimeError(f"episode is over: {self.epoch} of {self.max_epochs} epochs")
-        started = time.perf_counter()
-        train_loss, train_acc = self._train()
+        if trained is None:
+            trained = train_together([self])[0]
+        started = time.perf_counter()  # validation onwards; training time is in ``trained``
+        train_loss, train_acc = trained.loss, trained.accuracy
         val_loss, val_acc = self._validate()
         panic = self.governor.check(train_loss, val_loss)
         if panic is not None:
@@ -194,7 +282,7 @@ class Trainer:
             val_loss,
             val_acc,
             panic,
-            time.perf_counter() - started,
+            trained.seconds + time.perf_counter() - started,
         )
         self.emit(self._epoch_event(result))
         return result

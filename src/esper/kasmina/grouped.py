@@ -1,0 +1,135 @@
+"""k growing CNN models run forward as one grouped computation (DESIGN §10).
+
+Training k small hosts one after another spends most of its time in per-call overhead: each
+convolution of a 390-parameter host is too small to keep a core busy. ``grouped_forward`` lays the
+k hosts' channels side by side — ``(B, k·C, H, W)`` — and runs every host layer once for all of
+them: convolutions with ``groups = k`` over the concatenated weights, one batch norm over the
+``k·C`` channels (batch statistics are per channel, so per host), and the k linear heads as one
+``einsum``. Each model keeps its own parameters and buffers: the concatenated weights are built
+from them on every call, so gradients flow back into each model's own tensors, each model keeps
+its own optimizer, and running statistics are written back to each model's own norm layers.
+Seeds stay ordinary modules: at an injection point, each model's slot acts on its host's channel
+slice.
+
+Each model's output depends only on its own parameters and input, exactly as in ``model(x)``;
+only the floating-point summation order may differ (float64: equal to ~1e-12).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from esper.kasmina.hosts import CNNHost
+from esper.kasmina.model import MorphogeneticModel
+from esper.leyline.lifecycle import FORWARD_STAGES
+
+CHANNELWISE_LAYERS = (nn.ReLU, nn.MaxPool2d, nn.Identity)
+"""Parameter-free layers that act on each channel alone: they run unchanged on ``k·C`` channels."""
+
+
+def _layers(model: MorphogeneticModel) -> list[list[nn.Module]]:
+    """The host's layers, segment by segment (one list per injection point)."""
+    segments = cast(Iterable[nn.Sequential], model.host.segments)
+    return [
+        [layer for block in segment for layer in cast(nn.Sequential, block)] for segment in segments
+    ]
+
+
+def groupable(models: Sequence[MorphogeneticModel]) -> bool:
+    """Whether ``models`` can run as one grouped computation.
+
+    They must be at least two CNN hosts of one config, with the same enabled slots, on one
+    device and dtype, in train mode, built only of convolutions, batch norms and channel-wise
+    layers.
+    """
+    if len(models) < 2 or not all(isinstance(m.host, CNNHost) for m in models):
+        return False
+    first = models[0]
+    p = next(first.host.parameters())
+    for m in models:
+        q = next(m.host.parameters())
+        same = m.host.config == first.host.config and m.order == first.order
+        if not (same and q.device == p.device and q.dtype == p.dtype and m.training):
+            return False
+    kinds = (nn.Conv2d, nn.BatchNorm2d, *CHANNELWISE_LAYERS)
+    return all(isinstance(layer, kinds) for seg in _layers(first) for layer in seg)
+
+
+def _conv(layers: Sequence[nn.Conv2d], h: Tensor) -> Tensor:
+    """The k convolutions as one: weights stacked along output channels, ``groups = k·g``."""
+    c = layers[0]
+    weight = torch.cat([layer.weight for layer in layers])  # (k·C_out, C_in / g, kh, kw)
+    bias = None if c.bias is None else torch.cat([cast(Tensor, layer.bias) for layer in layers])
+    return F.conv2d(h, weight, bias, c.stride, c.padding, c.dilation, len(layers) * c.groups)
+
+
+def _batch_norm(layers: Sequence[nn.BatchNorm2d], h: Tensor) -> Tensor:
+    """The k batch norms (train mode) as one over ``k·C`` channels; running statistics are
+    updated in each layer's own buffers, as ``nn.BatchNorm2d`` would."""
+    first = layers[0]
+    if first.momentum is None or not first.track_running_stats or not first.affine:
+        raise ValueError("grouped batch norm needs affine layers with a momentum and running stats")
+    mean = torch.cat([layer.running_mean for layer in layers])  # type: ignore[misc]
+    var = torch.cat([layer.running_var for layer in layers])  # type: ignore[misc]
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers])
+    out = F.batch_norm(h, mean, var, weight, bias, True, first.momentum, first.eps)
+    with torch.no_grad():
+        for layer, m, v in zip(
+            layers, mean.chunk(len(layers)), var.chunk(len(layers)), strict=True
+        ):
+            layer.running_mean.copy_(m)  # type: ignore[union-attr]
+            layer.running_var.copy_(v)  # type: ignore[union-attr]
+            layer.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+    return out
+
+
+def _layer(layers: list[nn.Module], h: Tensor) -> Tensor:
+    first = layers[0]
+    if isinstance(first, nn.Conv2d):
+        return _conv(layers, h)  # type: ignore[arg-type]
+    if isinstance(first, nn.BatchNorm2d):
+        return _batch_norm(layers, h)  # type: ignore[arg-type]
+    return first(h)  # channel-wise: the same on k·C channels
+
+
+def _apply_slots(models: Sequence[MorphogeneticModel], name: str, h: Tensor) -> Tensor:
+    """Each model's slot ``name`` on its host's channel slice (no copy when none is running)."""
+    slots = [m.slot(name) for m in models]
+    if all(slot.stage not in FORWARD_STAGES for slot in slots):
+        return h
+    parts = h.chunk(len(models), dim=1)  # k × (B, C, H, W)
+    return torch.cat([slot(part) for slot, part in zip(slots, parts, strict=True)], dim=1)
+
+
+def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) -> list[Tensor]:
+    """Each model's ``model(x)``, computed as one grouped pass.
+
+    Args:
+        models: models for which ``groupable(models)`` holds.
+        xs: one input batch per model, all ``(B, C_in, H, W)`` of one shape.
+
+    Returns:
+        ``(B, classes)`` outputs, one per model, as ``models[i](xs[i])`` would give (up to
+        floating-point summation order), with gradients into each model's own parameters.
+    """
+    k = len(models)
+    h = torch.cat(list(xs), dim=1)  # (B, k·C_in, H, W)
+    per_model = [_layers(m) for m in models]
+    enabled = set(models[0].order)
+    for i, spec in enumerate(models[0].host.injection_points):
+        for j in range(len(per_model[0][i])):
+            h = _layer([layers[i][j] for layers in per_model], h)
+        if spec.slot in enabled:
+            h = _apply_slots(models, spec.slot, h)
+    pooled = h.mean(dim=(2, 3)).view(h.shape[0], k, -1)  # (B, k·C) -> (B, k, C)
+    heads = [cast(nn.Linear, m.host.head) for m in models]
+    weight = torch.stack([head.weight for head in heads])  # (k, classes, C)
+    bias = torch.stack([head.bias for head in heads])  # (k, classes)
+    out = torch.einsum("bkc,koc->bko", pooled, weight) + bias  # (B, k, classes)
+    return list(out.unbind(dim=1))
