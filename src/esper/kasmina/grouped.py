@@ -31,6 +31,16 @@ from esper.leyline.lifecycle import FORWARD_STAGES
 CHANNELWISE_LAYERS = (nn.ReLU, nn.MaxPool2d, nn.Identity)
 """Parameter-free layers that act on each channel alone: they run unchanged on ``k·C`` channels."""
 
+RANDOM_LAYERS = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+"""Layers that draw random numbers in training: a model holding one trains on its own."""
+
 
 def _layers(model: MorphogeneticModel) -> list[list[nn.Module]]:
     """The host's layers, segment by segment (one list per injection point)."""
@@ -44,8 +54,9 @@ def groupable(models: Sequence[MorphogeneticModel]) -> bool:
     """Whether ``models`` can run as one grouped computation.
 
     They must be at least two CNN hosts of one config, with the same enabled slots, on one
-    device and dtype, in train mode, built only of convolutions, batch norms and channel-wise
-    layers.
+    device and dtype, built only of convolutions, batch norms and channel-wise layers, and
+    without dropout anywhere (seeds included): a grouped pass then draws no random numbers, so
+    it needs no per-model random state.
     """
     if len(models) < 2 or not all(isinstance(m.host, CNNHost) for m in models):
         return False
@@ -54,7 +65,9 @@ def groupable(models: Sequence[MorphogeneticModel]) -> bool:
     for m in models:
         q = next(m.host.parameters())
         same = m.host.config == first.host.config and m.order == first.order
-        if not (same and q.device == p.device and q.dtype == p.dtype and m.training):
+        if not (same and q.device == p.device and q.dtype == p.dtype):
+            return False
+        if any(isinstance(module, RANDOM_LAYERS) for module in m.modules()):
             return False
     kinds = (nn.Conv2d, nn.BatchNorm2d, *CHANNELWISE_LAYERS)
     return all(isinstance(layer, kinds) for seg in _layers(first) for layer in seg)
@@ -113,6 +126,9 @@ def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) 
     Args:
         models: models for which ``groupable(models)`` holds.
         xs: one input batch per model, all ``(B, C_in, H, W)`` of one shape.
+
+    Batch norms run in training mode (batch statistics, running statistics updated): this is the
+    training forward.
 
     Returns:
         ``(B, classes)`` outputs, one per model, as ``models[i](xs[i])`` would give (up to

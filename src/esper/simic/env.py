@@ -8,7 +8,7 @@ reward function and reports it, and builds episodes from a task.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from esper.simic.protocol import EnvStep, EpisodeInfo
 from esper.simic.rewards import RewardFunction, RewardInput
 from esper.tamiyo import SignalTracker
 from esper.tasks import get_task
-from esper.tolaria.episode import Episode
+from esper.tolaria.episode import Episode, Transition, reset_together, step_together
 
 Emit = Callable[[Event, dict[str, Any]], None]
 
@@ -97,7 +97,9 @@ class GrowthEnv:
             EpisodeStartError: when the governor terminates the episode on its very first epoch
                 (no decision can be made; the settings are broken, e.g. a diverging lr).
         """
-        observation = self.episode.reset()
+        return reset_envs([self])[0]
+
+    def _check_start(self, observation: Observation) -> Observation:
         if self.episode.trainer.terminated:
             raise EpisodeStartError(
                 f"env {self.index}: the governor ended episode {self.episode.episode} on its "
@@ -107,8 +109,11 @@ class GrowthEnv:
 
     def step(self, action: Action) -> EnvStep:
         """Apply ``action``, train the next epoch, and score the step."""
-        episode = self.episode
-        t = episode.step(action)
+        return step_envs([self], [action])[0]
+
+    def _score(self, t: Transition) -> EnvStep:
+        """Score a transition of this environment's episode with the reward function."""
+        episode, action = self.episode, t.action
         (last, before), (result, after) = t.before, t.after
         terminated = episode.trainer.terminated
         truncated = not terminated and episode.done
@@ -151,3 +156,23 @@ class GrowthEnv:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output; the next ``reset`` continues the sequence exactly."""
         self.episode.load_state_dict(state)
+
+
+def reset_envs(envs: Sequence[GrowthEnv], chunk: int = 1) -> list[Observation]:
+    """``reset`` every environment, their first epochs trained together in chunks of ``chunk``
+    (``esper.tolaria.episode.reset_together``).
+
+    Raises:
+        EpisodeStartError: for the first environment whose governor ended its first epoch.
+    """
+    observations = reset_together([env.episode for env in envs], chunk)
+    return [env._check_start(o) for env, o in zip(envs, observations, strict=True)]
+
+
+def step_envs(
+    envs: Sequence[GrowthEnv], actions: Sequence[Action], chunk: int = 1
+) -> list[EnvStep]:
+    """``step`` every environment with its action, the epochs trained together in chunks of
+    ``chunk`` (``esper.tolaria.episode.step_together``)."""
+    transitions = step_together([env.episode for env in envs], actions, chunk)
+    return [env._score(t) for env, t in zip(envs, transitions, strict=True)]

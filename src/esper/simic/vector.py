@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from esper.leyline import Action, Observation, Topology
 from esper.leyline.config import require
+from esper.simic.env import GrowthEnv, reset_envs, step_envs
 from esper.simic.protocol import Env, EnvStep, EpisodeInfo
 
 
@@ -56,12 +57,28 @@ def describe_device_map(assigned: Sequence[torch.device]) -> str:
     return "\n".join(f"{d}: envs {', '.join(map(str, ids))}" for d, ids in groups.items())
 
 
+CPU_CHUNK = 4
+"""Growth environments trained as one grouped computation per chunk of 4 on a CPU: measured
+(``benchmarks/envs.py``), larger groups fall out of the cache and gain nothing or lose."""
+
+
+def chunk_size(device: torch.device, n_envs: int) -> int:
+    """Environments per grouped chunk: ``CPU_CHUNK`` on a CPU; on CUDA all of a device's
+    environments in one large grouped batch."""
+    return n_envs if device.type == "cuda" else CPU_CHUNK
+
+
 class VectorEnv:
     """``n`` environments advanced together.
 
+    Growth environments (``GrowthEnv``) on one device train their epochs together, in chunks of
+    ``chunk_size`` environments that each run as one grouped computation
+    (``esper.simic.env.step_envs``); any other environment steps on its own, on its device's
+    CUDA stream.
+
     Args:
         envs: the environments (each already knows its device).
-        devices: the device of each environment, for its CUDA stream.
+        devices: the device of each environment.
     """
 
     def __init__(self, envs: Sequence[Env], devices: Sequence[torch.device]) -> None:
@@ -90,8 +107,24 @@ class VectorEnv:
             if stream is not None:
                 stream.synchronize()
 
+    def _growth(self, which: Sequence[int]) -> dict[torch.device, list[int]] | None:
+        """``which`` environments by device when they are all growth environments, else None."""
+        if not all(isinstance(self.envs[i], GrowthEnv) for i in which):
+            return None
+        groups: dict[torch.device, list[int]] = {}
+        for i in which:
+            groups.setdefault(self.devices[i], []).append(i)
+        return groups
+
     def reset(self) -> list[Observation]:
         """Reset every environment."""
+        groups = self._growth(range(len(self.envs)))
+        if groups is not None:
+            first: dict[int, Observation] = {}
+            for device, ids in groups.items():
+                envs = [cast(GrowthEnv, self.envs[i]) for i in ids]
+                first.update(zip(ids, reset_envs(envs, chunk_size(device, len(ids))), strict=True))
+            return [first[i] for i in range(len(self.envs))]
         observations = []
         for i, env in enumerate(self.envs):
             with self._on_stream(i):
@@ -103,6 +136,17 @@ class VectorEnv:
         """Step every environment whose action is not None (None: its episode is over)."""
         if len(actions) != len(self.envs):
             raise ValueError(f"{len(actions)} actions for {len(self.envs)} environments")
+        live = [i for i, action in enumerate(actions) if action is not None]
+        groups = self._growth(live)
+        if groups is not None:
+            stepped: list[EnvStep | None] = [None] * len(self.envs)
+            for device, ids in groups.items():
+                envs = [cast(GrowthEnv, self.envs[i]) for i in ids]
+                chosen = [cast(Action, actions[i]) for i in ids]
+                done = step_envs(envs, chosen, chunk_size(device, len(ids)))
+                for i, result in zip(ids, done, strict=True):
+                    stepped[i] = result
+            return stepped
         results: list[EnvStep | None] = []
         for i, (env, action) in enumerate(zip(self.envs, actions, strict=True)):
             if action is None:

@@ -15,7 +15,7 @@ which order they step. Episode ``k`` of seed ``s`` uses ``(s · stride + k) mod 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
@@ -24,12 +24,13 @@ import torch
 
 from esper.kasmina import MorphogeneticModel, blueprint_registry, capture_state, restore_state
 from esper.kasmina.checkpoint import ModelState
+from esper.kasmina.grouped import groupable
 from esper.kasmina.hosts import SegmentedHost
 from esper.leyline import Action, Observation, SeedStateReport, Topology, TrainingSignals
 from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import Event
-from esper.tolaria.engine import StepResult, Trainer
+from esper.tolaria.engine import StepResult, Trained, Trainer, train_together
 
 EPISODE_SEED_STRIDE = 1_000_003
 """A prime stride keeps the seed sequences of nearby run seeds from overlapping."""
@@ -194,11 +195,26 @@ class Episode:
     def reset(self) -> Observation:
         """Build a fresh host and trainer, train the first epoch, return the first observation
         (the episode is already ``done`` if the governor ended it in that epoch)."""
+        return reset_together([self])[0]
+
+    def _start(self) -> None:
+        """The first half of ``reset``: the next episode's fresh host, trainer and tracker."""
         self.episode += 1
         with self._own_rng():
             self._build()
-            result = self.trainer.train_step()
-        return self._observe(result)
+
+    def _apply(self, action: Action) -> bool:
+        """The first half of ``step``: apply ``action``; whether the model accepted it."""
+        if self._last is None or self.trainer.done:
+            raise RuntimeError("the episode is over; call reset()")
+        with self._own_rng():
+            return self.trainer.apply(action)
+
+    def _finish(self, trained: Trained | None) -> StepResult:
+        """The second half of ``reset`` and ``step``: the rest of the epoch's step (training
+        too, unless done together with other episodes)."""
+        with self._own_rng():
+            return self.trainer.train_step(trained)
 
     def _observe(self, result: StepResult) -> Observation:
         self._tracker_before = json.dumps(self._tracker.state_dict())
@@ -221,15 +237,7 @@ class Episode:
 
     def step(self, action: Action) -> Transition:
         """Apply ``action``, train the next epoch, and observe."""
-        trainer, before = self.trainer, self._last
-        if before is None or trainer.done:
-            raise RuntimeError("the episode is over; call reset()")
-        with self._own_rng():
-            accepted = trainer.apply(action)
-            result = trainer.train_step()
-        observation = self._observe(result)
-        assert self._last is not None
-        return Transition(action, accepted, before, self._last, observation)
+        return step_together([self], [action])[0]
 
     # ------------------------------------------------------------------------------ resume
 
@@ -274,6 +282,47 @@ class Episode:
         self._tracker.load_state_dict(json.loads(state["tracker"]))
         last = json.loads(state["last"])
         self._observe(StepResult(**last, panic=None))
+
+
+def _train_chunks(episodes: Sequence[Episode], chunk: int) -> list[StepResult]:
+    """Finish every episode's step, training each ``chunk`` of them as one grouped computation
+    where their models allow (the others train on their own random state)."""
+    trained: list[Trained | None] = [None] * len(episodes)
+    for start in range(0, len(episodes), chunk):
+        part = episodes[start : start + chunk]
+        if groupable([e.model for e in part]):  # a grouped pass draws no random numbers
+            trained[start : start + len(part)] = train_together([e.trainer for e in part])
+    return [e._finish(t) for e, t in zip(episodes, trained, strict=True)]
+
+
+def reset_together(episodes: Sequence[Episode], chunk: int = 1) -> list[Observation]:
+    """``reset`` every episode, training their first epochs together in chunks of ``chunk``.
+
+    Each episode's results are those of its own ``reset`` (up to floating-point summation
+    order in a grouped chunk): episodes keep their own random state, data and optimizer.
+    """
+    for episode in episodes:
+        episode._start()
+    results = _train_chunks(episodes, chunk)
+    return [e._observe(r) for e, r in zip(episodes, results, strict=True)]
+
+
+def step_together(
+    episodes: Sequence[Episode], actions: Sequence[Action], chunk: int = 1
+) -> list[Transition]:
+    """``step`` every episode with its action, training the epochs together in chunks of
+    ``chunk`` (see ``reset_together``)."""
+    befores = [e._last for e in episodes]
+    accepted = [e._apply(a) for e, a in zip(episodes, actions, strict=True)]
+    results = _train_chunks(episodes, chunk)
+    transitions = []
+    for e, action, ok, before, result in zip(
+        episodes, actions, accepted, befores, results, strict=True
+    ):
+        observation = e._observe(result)
+        assert before is not None and e._last is not None
+        transitions.append(Transition(action, ok, before, e._last, observation))
+    return transitions
 
 
 def _result_state(result: StepResult) -> dict[str, Any]:

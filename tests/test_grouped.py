@@ -1,0 +1,209 @@
+"""Grouped training of k environments equals training each on its own (DESIGN §10).
+
+The oracle is the sequential path: each episode stepped alone (``chunk=1``) through the same
+scripted actions. Grouped runs put the same episodes side by side in one computation; each
+episode's trajectory — losses, accuracies, lifecycle stages, final weights — must not depend on
+it, to 1e-9 in float64 and to a float32 tolerance in the default precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import esper.kasmina.grouped as grouped
+from esper.data import BatchStream, make_synthetic
+from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
+from esper.kasmina.grouped import groupable, grouped_forward
+from esper.leyline import Action, GateMode, Op
+from esper.leyline.config import HostTraining
+from esper.leyline.data import Dataset
+from esper.leyline.events import Event, GovernorPanic
+from esper.tamiyo import SignalTracker
+from esper.tolaria.episode import Episode, StepResult, reset_together, step_together
+
+W = Action(Op.WAIT)
+SCRIPTS = {
+    # germinate, train, blend, hold, fossilize
+    "grow": [
+        Action(Op.GERMINATE, slot="mid", blueprint="conv_light"),
+        Action(Op.ADVANCE, slot="mid"),
+        Action(Op.ADVANCE, slot="mid"),
+        W,
+        Action(Op.ADVANCE, slot="mid"),
+        Action(Op.FOSSILIZE, slot="mid"),
+        W,
+    ],
+    # germinate, train, blend, prune
+    "prune": [
+        Action(Op.GERMINATE, slot="early", blueprint="norm"),
+        Action(Op.ADVANCE, slot="early"),
+        Action(Op.ADVANCE, slot="early"),
+        W,
+        Action(Op.PRUNE, slot="early"),
+        W,
+        W,
+    ],
+    # germinate, train; then the learning rate explodes: the governor rolls back
+    "diverge": [
+        Action(Op.GERMINATE, slot="late", blueprint="conv_light"),
+        Action(Op.ADVANCE, slot="late"),
+        W,
+        W,
+        W,
+        W,
+        W,
+    ],
+}
+EPOCHS = len(SCRIPTS["grow"]) + 1
+DIVERGE_AT = 3  # the "diverge" episode's learning rate is raised before this step
+
+
+@pytest.fixture
+def float64() -> Iterator[None]:
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def _data(dtype: torch.dtype) -> Dataset:
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # datasets are made (and checked) in float32
+    data = make_synthetic(n_train=192, n_val=96, seed=7)
+    torch.set_default_dtype(before)
+    # Datasets hold float32 images; the float64 oracle bypasses that check on purpose.
+    object.__setattr__(data, "x_train", data.x_train.to(dtype))
+    object.__setattr__(data, "x_val", data.x_val.to(dtype))
+    return data
+
+
+def _episodes(data: Dataset, events: list[Event]) -> list[Episode]:
+    training = HostTraining(
+        "synthetic",
+        epochs=EPOCHS,
+        batch_size=32,
+        lr=3e-3,
+        seed_lr=3e-3,
+        slots=("early", "mid", "late"),
+    )
+    config = CNNHostConfig(num_classes=data.num_classes, base_channels=4, input_size=8)
+
+    def stream(seed: int) -> BatchStream:
+        return BatchStream(data.x_train, data.y_train, 32, seed)
+
+    return [
+        Episode(
+            training,
+            data,
+            lambda _: CNNHost(config),
+            stream,
+            SignalTracker,
+            seed,
+            torch.device("cpu"),
+            events.append,
+        )
+        for seed in range(len(SCRIPTS))
+    ]
+
+
+def _run(data: Dataset, chunk: int) -> tuple[list[list[StepResult]], list[Episode], list[Event]]:
+    """Every scripted episode, stepped together in chunks of ``chunk``."""
+    events: list[Event] = []
+    episodes = _episodes(data, events)
+    reset_together(episodes, chunk)
+    for e in episodes:  # structural gates only: the script decides when seeds advance
+        e.model.gate_mode = GateMode.PERMISSIVE
+    results = [[e.last] for e in episodes]
+    for step in range(EPOCHS - 1):
+        if step == DIVERGE_AT:
+            optimizer = episodes[2].trainer.optimizer
+            optimizer.host_lr = optimizer.seed_lr = 1e6
+        live = [i for i, e in enumerate(episodes) if not e.done]
+        actions = [list(SCRIPTS.values())[i][step] for i in live]
+        for i, t in zip(
+            live, step_together([episodes[i] for i in live], actions, chunk), strict=True
+        ):
+            results[i].append(t.after[0])
+    return results, episodes, events
+
+
+def _measured(result: StepResult) -> list[float]:
+    return [result.train_loss, result.train_accuracy, result.val_loss, result.val_accuracy]
+
+
+def _compare(data: Dataset, tolerance: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    alone, alone_eps, _ = _run(data, chunk=1)
+    calls = []
+    original = grouped.grouped_forward
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("esper.tolaria.engine.grouped_forward", counting)
+    together, together_eps, events = _run(data, chunk=len(SCRIPTS))
+    assert 3 in calls and 2 in calls  # all three grouped, then two after the rollback
+    for a, b in zip(alone, together, strict=True):
+        assert len(a) == len(b)
+        for ra, rb in zip(a, b, strict=True):
+            assert torch.allclose(
+                torch.tensor(_measured(ra)),
+                torch.tensor(_measured(rb)),
+                rtol=tolerance,
+                atol=tolerance,
+                equal_nan=True,
+            )
+    for ea, eb in zip(alone_eps, together_eps, strict=True):
+        assert [r.stage for r in ea.model.reports().values()] == [
+            r.stage for r in eb.model.reports().values()
+        ]
+        for (name, pa), pb in zip(
+            ea.model.state_dict().items(), eb.model.state_dict().values(), strict=True
+        ):
+            assert torch.allclose(pa.double(), pb.double(), rtol=tolerance, atol=tolerance), name
+    # The script really did what it says: a fossilized seed, a pruned one, a rollback.
+    stages = [[r.stage.value for r in e.model.reports().values()] for e in together_eps]
+    assert "FOSSILIZED" in stages[0]
+    assert "EMBARGOED" in stages[1] or "RESETTING" in stages[1] or "DORMANT" in stages[1]
+    assert together_eps[2].trainer.terminated and len(together[2]) < EPOCHS
+    assert any(isinstance(e, GovernorPanic) for e in events)
+
+
+def test_grouped_equals_sequential_in_float64(
+    float64: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _compare(_data(torch.float64), 1e-9, monkeypatch)
+
+
+def test_grouped_matches_sequential_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    _compare(_data(torch.float32), 1e-4, monkeypatch)
+
+
+def test_grouped_forward_gradients_reach_each_model(float64: None) -> None:
+    config = CNNHostConfig(in_channels=1, input_size=8, base_channels=4)
+    models = [MorphogeneticModel(CNNHost(config), ["early", "mid", "late"]) for _ in range(3)]
+    models[1].germinate("mid", "conv_light")
+    models[1].advance("mid")
+    xs = [torch.randn(5, 1, 8, 8) for _ in models]
+    outs = grouped_forward(models, xs)
+    (outs[1] ** 2).sum().backward()
+    for i, model in enumerate(models):
+        touched = [p.grad is not None and bool(p.grad.abs().sum()) for p in model.parameters()]
+        assert any(touched) == (i == 1)  # only the model whose output is in the loss
+    expected = models[1](xs[1])  # same weights, after the grouped pass updated its running stats
+    assert expected.shape == outs[1].shape
+
+
+def test_groupable_refuses_what_it_cannot_group() -> None:
+    config = CNNHostConfig(in_channels=1, input_size=8, base_channels=4)
+    a = MorphogeneticModel(CNNHost(config), ["mid"])
+    assert not groupable([a])  # one model: nothing to group
+    assert groupable([a, MorphogeneticModel(CNNHost(config), ["mid"])])
+    assert not groupable([a, MorphogeneticModel(CNNHost(config.with_width(8)), ["mid"])])
+    assert not groupable([a, MorphogeneticModel(CNNHost(config), ["early"])])
+    b = MorphogeneticModel(CNNHost(config), ["mid"])
+    b.slot("mid").seed = torch.nn.Dropout()  # a random layer needs the model's own RNG
+    assert not groupable([a, b])
