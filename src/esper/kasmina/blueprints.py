@@ -54,8 +54,27 @@ def _groups(channels: int, spec: InjectionSpec) -> int:
     return max(fits)
 
 
+class _GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that avoids a crash of torch's CPU kernel on channels_last streams.
+
+    torch 2.13's ``native_group_norm_backward`` on the CPU dies with a segmentation fault for a
+    channels_last input when no gradient is wanted for the input itself (only for the affine
+    weights): exactly the ``norm`` seed in TRAINING and isolated BLENDING, whose input is the
+    detached host stream. Only that case takes a detour through an NCHW copy and back; every
+    other call is the plain layer. The copy is a ``clone``, not ``contiguous()``: a 1x1 map with
+    channels_last strides counts as contiguous, yet the kernel still takes its crashing path.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        nhwc = x.is_contiguous(memory_format=torch.channels_last)
+        if x.requires_grad or not torch.is_grad_enabled() or not nhwc:
+            return super().forward(x)
+        out: Tensor = super().forward(x.clone(memory_format=torch.contiguous_format))
+        return out.contiguous(memory_format=torch.channels_last)
+
+
 def _group_norm(channels: int, spec: InjectionSpec) -> nn.GroupNorm:
-    return nn.GroupNorm(_groups(channels, spec), channels)
+    return _GroupNorm(_groups(channels, spec), channels)
 
 
 M = TypeVar("M", bound=nn.Module)
@@ -89,8 +108,16 @@ class Blueprint:
     builder: Builder
 
     def build(self, spec: InjectionSpec) -> nn.Module:
-        """Build the seed's delta module for ``spec``."""
-        return self.builder(spec)
+        """Build the seed's delta module for ``spec``.
+
+        CNN seeds hold their conv weights in ``torch.channels_last``, the layout of the CNN
+        host's stream (``CNNHost``), so a seed neither converts nor slows the stream it reads.
+        """
+        module = self.builder(spec)
+        if self.topology is Topology.CNN:
+            # 4-D (conv) weights only; torch's type stubs omit the documented memory_format.
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return module
 
     def param_count(self, spec: InjectionSpec) -> int:
         """Real parameter count of this blueprint at ``spec`` (built on the meta device)."""
