@@ -32,7 +32,8 @@ def augment_crop_flip(
         flip_prob: Probability that a sample is flipped; 0 disables flipping.
 
     Returns:
-        The augmented batch, same shape, dtype and device as ``x``.
+        The augmented batch, same shape, dtype and device as ``x``, in ``torch.channels_last``
+        (the layout CNN hosts train in; the gather runs in that order, which is also faster).
 
     Raises:
         ValueError: ``x`` is not 4-D, ``padding`` is negative or ``flip_prob`` is outside [0, 1].
@@ -45,16 +46,17 @@ def augment_crop_flip(
         raise ValueError(f"padding={padding} must be >= 0")
     if not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"flip_prob={flip_prob} must lie in [0, 1]")
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     dev = generator.device
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev).to(x.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev).to(x.device)
     flip = (torch.rand(b, generator=generator, device=dev) < flip_prob).to(x.device)
 
     padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
+    padded = padded.permute(0, 2, 3, 1)  # (B, H + 2p, W + 2p, C), a view
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
-    batch_idx = torch.arange(b, device=x.device)[:, None, None, None]
-    chan_idx = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+    batch_idx = torch.arange(b, device=x.device)[:, None, None]
+    out = padded[batch_idx, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C), contiguous
+    return out.permute(0, 3, 1, 2)  # (B, C, H, W) in channels_last

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from esper.data.cifar import load_cifar10
 from esper.data.dataset import Dataset
@@ -38,22 +41,42 @@ def load_dataset(
         progress: Show download progress bars on stderr.
 
     Returns:
-        The loaded ``Dataset``.
+        The loaded ``Dataset``; image inputs in ``torch.channels_last`` (``images_channels_last``).
 
     Raises:
         ValueError: Unknown ``name``.
         DatasetNotFoundError: The files are not found and could not be downloaded.
     """
     if name == "fashion_mnist":
-        return load_fashion_mnist(data_dir, download=download, progress=progress)
-    if name == "cifar10":
-        return load_cifar10(data_dir, download=download, progress=progress)
-    if name == "text":
-        return load_text(data_dir, block_size)
-    if name in ("digits", "synthetic"):
+        data = load_fashion_mnist(data_dir, download=download, progress=progress)
+    elif name == "cifar10":
+        data = load_cifar10(data_dir, download=download, progress=progress)
+    elif name == "text":
+        data = load_text(data_dir, block_size)
+    elif name in ("digits", "synthetic"):
         if data_dir is not None:
             # Not an error: a CLI may pass one --data-dir to every task (e.g. a demo falling
             # back from Fashion-MNIST to digits); say so instead of ignoring it silently.
             logger.warning("dataset %r needs no files; ignoring data_dir=%s", name, data_dir)
-        return load_digits() if name == "digits" else make_synthetic()
-    raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
+        data = load_digits() if name == "digits" else make_synthetic()
+    else:
+        raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
+    return images_channels_last(data)
+
+
+def images_channels_last(data: Dataset) -> Dataset:
+    """``data`` with its 4-D image inputs in ``torch.channels_last``; other data unchanged.
+
+    CNN hosts and seeds hold their conv weights in that layout (``esper.kasmina.CNNHost``), and
+    convolutions on this CPU run ~1.5x faster on NHWC batches. Converting once here (0.5-2 s for
+    CIFAR-10's 50,000 images) serves every batch: indexing (``BatchStream``) and slicing (the
+    validation batches) keep the layout, where a per-batch conversion would cost ~0.3 ms per
+    CIFAR batch of 128 on every step. The values are unchanged.
+    """
+    if data.x_train.dim() != 4:
+        return data  # token ids (N, T): no channels
+    return replace(
+        data,
+        x_train=data.x_train.contiguous(memory_format=torch.channels_last),
+        x_val=data.x_val.contiguous(memory_format=torch.channels_last),
+    )
