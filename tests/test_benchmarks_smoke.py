@@ -68,3 +68,24 @@ def test_telemetry_benchmark_smoke(recorded_runs, capsys) -> None:
     for line in ("poll, nothing new", "after one appended line", "us/line"):
         assert line in out
     assert torch.get_num_threads() == threads
+
+
+def test_envs_benchmark_raw_section_smoke(capsys) -> None:
+    import torch
+
+    import envs
+
+    threads = torch.get_num_threads()
+    assert envs.main(["--section", "raw", "--rounds", "1", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        "1. raw training step",
+        "old layout (NCHW), baseline",
+        "plain fast way (channels_last)",
+        "new layout speed / old layout",
+        "new layout time / plain network",
+        "dataset converted once",
+    ):
+        assert line in out
+    assert "(6274 params)" in out  # the plain network was checked to be the host's shape
+    assert torch.get_num_threads() == threads
