@@ -40,6 +40,7 @@ from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink, check_tensorboard
 from esper.tasks import get_task
+from esper.tolaria.threads import threads_per_worker
 
 Meta = Callable[[str], RunMeta]
 """Makes a new run's ``meta.json`` receipt from its run id."""
@@ -100,11 +101,19 @@ def stop_signals() -> Iterator[Callable[[], Any]]:
 
 
 def set_threads(training: HostTraining) -> HostTraining:
-    """Apply ``training.threads`` to torch; None takes torch's current count. Returns the block
-    with the count in force filled in, so it is recorded and a resume runs with the same."""
-    if training.threads is not None:
-        torch.set_num_threads(training.threads)
-    return replace(training, threads=torch.get_num_threads())
+    """Set torch's intra-op threads by the thread policy (``esper.tolaria.threads``) for this
+    in-process run, one worker: 1 unless ``training.threads`` says otherwise. Returns the block
+    with the count filled in, so it is recorded and a resume runs with the same.
+
+    Raises:
+        UserError: more threads than this process may use cores.
+    """
+    try:
+        threads = threads_per_worker(training.threads, workers=1)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    torch.set_num_threads(threads)
+    return replace(training, threads=threads)
 
 
 def load_data(training: HostTraining) -> Dataset:

@@ -73,7 +73,9 @@ class HostTraining:
         lr: AdamW learning rate of the host and fossilized seeds (None: the task's).
         seed_lr: AdamW learning rate of live seeds (None: lr).
         weight_decay: AdamW decoupled weight decay.
-        threads: torch intra-op threads (None: torch's default); the count changes results.
+        threads: torch intra-op threads per environment worker (None: 1, the thread policy of
+            ``esper.tolaria.threads``; workers x threads may not exceed the usable cores). The
+            count changes results, so the run records it and a resume must match it.
         slots: slots a controller may grow in.
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).
         data_dir: dataset directory or text file (None: the standard locations).
