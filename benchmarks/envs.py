@@ -28,7 +28,7 @@ ratios, which cancels slow drift of the machine).
 
 Usage::
 
-    .venv/bin/python benchmarks/envs.py                    # every section, ~1 minute on 2 cores
+    .venv/bin/python benchmarks/envs.py                    # every section (raw: ~15-25 s, 2 cores)
     .venv/bin/python benchmarks/envs.py --section raw      # only the raw training step
     .venv/bin/python benchmarks/envs.py --rounds 1 --repeats 1 --warmup 0   # smoke run
 """
