@@ -105,6 +105,20 @@ def test_norm_seed_trains_on_a_one_pixel_channels_last_stream() -> None:
     assert all(p.grad is not None for p in model.seed_parameters("late"))
 
 
+def test_norm_seed_trains_on_a_channel_slice_of_a_wider_stream() -> None:
+    """Grouped hosts hand each seed its channel slice of one wide NHWC stream: not
+    channels_last-contiguous, yet GroupNorm's crashing path too."""
+    spec = _model().slot("early").spec
+    seed = blueprint_registry.get("norm", Topology.CNN).build(spec)
+    wide = torch.randn(4, 2 * spec.channels, *spec.shape[1:])
+    x = wide.contiguous(memory_format=torch.channels_last)[:, spec.channels :]
+    assert not x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    out = seed(x)
+    assert _is_nhwc(out)
+    out.sum().backward()
+    assert all(p.grad is not None for p in seed.parameters())
+
+
 def test_to_device_and_dtype_keep_the_layout() -> None:
     model = _model()
     grow(model, "mid", "conv_heavy", SeedStage.BLENDING)
