@@ -14,6 +14,8 @@ from typing import Any, cast
 
 import torch
 
+from esper.kasmina import CNNHost
+from esper.kasmina.grouped import activation_bytes
 from esper.leyline import Action, Observation, Topology
 from esper.leyline.config import require
 from esper.simic.env import GrowthEnv, reset_envs, step_envs
@@ -58,14 +60,26 @@ def describe_device_map(assigned: Sequence[torch.device]) -> str:
 
 
 CPU_CHUNK = 4
-"""Growth environments trained as one grouped computation per chunk of 4 on a CPU: measured
-(``benchmarks/envs.py``), larger groups fall out of the cache and gain nothing or lose."""
+"""Growth environments per grouped chunk on a CPU, for hosts small enough to gain from it."""
+
+CPU_GROUP_MAX_BYTES = 2 * 2**20
+"""Largest per-environment activation (``activation_bytes``) grouped on a CPU. Measured
+(``benchmarks/envs.py``, 1 thread): the 390-parameter impaired Fashion-MNIST host (1.6 MiB)
+trains ~2x faster in chunks of 2-8; ``CNNHost(8)`` (3.2 MiB) and wider hosts are memory-bound,
+and grouping them ran 0.7-1.1x: they train one by one."""
 
 
-def chunk_size(device: torch.device, n_envs: int) -> int:
-    """Environments per grouped chunk: ``CPU_CHUNK`` on a CPU; on CUDA all of a device's
-    environments in one large grouped batch."""
-    return n_envs if device.type == "cuda" else CPU_CHUNK
+def chunk_size(envs: Sequence[GrowthEnv], device: torch.device) -> int:
+    """Environments per grouped chunk: on CUDA all of them, one large grouped batch; on a CPU
+    ``CPU_CHUNK`` for small hosts and 1 (no grouping) for hosts too large to gain."""
+    if device.type == "cuda":
+        return len(envs)
+    episode = envs[0].episode
+    batch = episode.training.batch_size or 1
+    model = episode.initial_model
+    if not isinstance(model.host, CNNHost) or activation_bytes(model, batch) > CPU_GROUP_MAX_BYTES:
+        return 1
+    return CPU_CHUNK
 
 
 class VectorEnv:
@@ -123,7 +137,7 @@ class VectorEnv:
             first: dict[int, Observation] = {}
             for device, ids in groups.items():
                 envs = [cast(GrowthEnv, self.envs[i]) for i in ids]
-                first.update(zip(ids, reset_envs(envs, chunk_size(device, len(ids))), strict=True))
+                first.update(zip(ids, reset_envs(envs, chunk_size(envs, device)), strict=True))
             return [first[i] for i in range(len(self.envs))]
         observations = []
         for i, env in enumerate(self.envs):
@@ -143,7 +157,7 @@ class VectorEnv:
             for device, ids in groups.items():
                 envs = [cast(GrowthEnv, self.envs[i]) for i in ids]
                 chosen = [cast(Action, actions[i]) for i in ids]
-                done = step_envs(envs, chosen, chunk_size(device, len(ids)))
+                done = step_envs(envs, chosen, chunk_size(envs, device))
                 for i, result in zip(ids, done, strict=True):
                     stepped[i] = result
             return stepped
