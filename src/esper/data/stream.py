@@ -56,6 +56,7 @@ class BatchStream:
         self.augment = augment
         self._generator = torch.Generator().manual_seed(seed)
         self._perm = torch.empty(0, dtype=torch.int64)  # order of the current pass
+        self._perm_device: Tensor | None = None  # the same, on the data's device
         self._cursor = 0  # position of the next batch within _perm
         self._passes_started = 0
 
@@ -77,11 +78,16 @@ class BatchStream:
                 if self.shuffle
                 else torch.arange(self.num_samples)
             )
+            self._perm_device = None
             self._cursor = 0
             self._passes_started += 1
-        idx = self._perm[self._cursor : self._cursor + self.batch_size]
-        self._cursor += idx.shape[0]
-        xb, yb = self.x[idx.to(self.x.device)], self.y[idx.to(self.y.device)]
+        if self._perm_device is None:
+            # Once per pass, not per batch: on CUDA each copy would synchronise with the host.
+            self._perm_device = self._perm.to(self.x.device)
+        start, stop = self._cursor, min(self._cursor + self.batch_size, self.num_samples)
+        idx = self._perm_device[start:stop]
+        self._cursor = stop
+        xb, yb = self.x[idx], self.y[idx.to(self.y.device)]
         if self.augment:
             xb = augment_crop_flip(xb, self._generator)
         return xb, yb
@@ -132,5 +138,6 @@ class BatchStream:
             )
         self._generator.set_state(generator_state)
         self._perm = perm.clone().to(torch.int64)
+        self._perm_device = None
         self._cursor = cursor
         self._passes_started = passes

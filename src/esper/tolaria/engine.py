@@ -90,6 +90,12 @@ def _forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) -> list
     return [model(x) for model, x in zip(models, xs, strict=True)]
 
 
+def checks_each_batch(device: torch.device) -> bool:
+    """Whether the epoch loop checks every batch's loss for finiteness: on a CPU, where it is
+    free; not on CUDA, where reading the flag would synchronise with the host every batch."""
+    return device.type != "cuda"
+
+
 class _Tally:
     """One trainer's running totals over an epoch (device tensors: no synchronisation)."""
 
@@ -158,15 +164,14 @@ def train_together(trainers: Sequence[Trainer]) -> list[Trained]:
         t.model.train()
     device = trainers[0].model.host_parameters()[0].device
     tallies = [_Tally(device) for _ in trainers]
+    check = checks_each_batch(device)
     lengths = [t.config.batches_per_epoch or t.stream.batches_per_pass for t in trainers]
     for i in range(max(lengths)):
         live = [j for j, tally in enumerate(tallies) if not tally.stopped and i < lengths[j]]
         if not live:
             break
         measure = i % GRADIENT_STATS_EVERY == 0
-        _train_batch(
-            [trainers[j] for j in live], [tallies[j] for j in live], measure, device.type != "cuda"
-        )
+        _train_batch([trainers[j] for j in live], [tallies[j] for j in live], measure, check)
     share = (time.perf_counter() - started) / len(trainers)
     return [tally.result(t.model, share) for t, tally in zip(trainers, tallies, strict=True)]
 
