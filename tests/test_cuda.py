@@ -7,7 +7,7 @@ import torch
 
 from conftest import cnn_host, grow, host_input
 from esper.kasmina import MorphogeneticModel, load_model, save_model
-from esper.leyline import SeedStage
+from esper.leyline import Action, Op, SeedStage
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,3 +31,38 @@ def test_model_on_cuda_matches_cpu(tmp_path) -> None:
     loaded = load_model(save_model(gpu, tmp_path / "m.pt"), map_location="cuda").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x.cuda()), gpu(x.cuda()), rtol=0, atol=0)
+
+
+def test_grouped_environments_on_cuda_match_sequential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched path on CUDA: scripted episodes alone and as one grouped chunk agree."""
+    from test_grouped import _data, compare_grouped
+
+    compare_grouped(_data(torch.float32), 1e-3, monkeypatch, torch.device("cuda"))
+
+
+def test_cuda_epoch_loop_does_not_synchronise() -> None:
+    """No host synchronisation inside the epoch loop: torch raises on any synchronising call."""
+    from esper.tolaria.engine import train_together
+    from test_grouped import _data, _episodes
+
+    episodes = _episodes(_data(torch.float32), [], torch.device("cuda"))
+    for e in episodes:
+        e._start()
+    trainers = [e.trainer for e in episodes]
+    trainers[0].apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainers[0].apply(Action(Op.ADVANCE, slot="mid"))  # a TRAINING seed in the grouped pass
+    for t in trainers:
+        t.stream.next_batch()  # the pass's order moves to the device here, once per pass
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        from esper.tolaria import engine
+
+        original = engine._Tally.result  # the epoch's end reads its totals: allowed there
+        engine._Tally.result = lambda self, model, seconds: None  # type: ignore[method-assign]
+        try:
+            train_together(trainers)
+        finally:
+            engine._Tally.result = original  # type: ignore[method-assign]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -8,6 +8,7 @@ it, to 1e-9 in float64 and to a float32 tolerance in the default precision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +23,7 @@ from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, GovernorPanic
 from esper.tamiyo import SignalTracker
+from esper.tolaria.engine import train_together
 from esper.tolaria.episode import Episode, StepResult, reset_together, step_together
 
 W = Action(Op.WAIT)
@@ -58,6 +60,7 @@ SCRIPTS = {
     ],
 }
 EPOCHS = len(SCRIPTS["grow"]) + 1
+CPU = torch.device("cpu")
 DIVERGE_AT = 3  # the "diverge" episode's learning rate is raised before this step
 
 
@@ -80,7 +83,7 @@ def _data(dtype: torch.dtype) -> Dataset:
     return data
 
 
-def _episodes(data: Dataset, events: list[Event]) -> list[Episode]:
+def _episodes(data: Dataset, events: list[Event], device: torch.device = CPU) -> list[Episode]:
     training = HostTraining(
         "synthetic",
         epochs=EPOCHS,
@@ -102,17 +105,19 @@ def _episodes(data: Dataset, events: list[Event]) -> list[Episode]:
             stream,
             SignalTracker,
             seed,
-            torch.device("cpu"),
+            device,
             events.append,
         )
         for seed in range(len(SCRIPTS))
     ]
 
 
-def _run(data: Dataset, chunk: int) -> tuple[list[list[StepResult]], list[Episode], list[Event]]:
+def _run(
+    data: Dataset, chunk: int, device: torch.device = CPU
+) -> tuple[list[list[StepResult]], list[Episode], list[Event]]:
     """Every scripted episode, stepped together in chunks of ``chunk``."""
     events: list[Event] = []
-    episodes = _episodes(data, events)
+    episodes = _episodes(data, events, device)
     reset_together(episodes, chunk)
     for e in episodes:  # structural gates only: the script decides when seeds advance
         e.model.gate_mode = GateMode.PERMISSIVE
@@ -134,8 +139,14 @@ def _measured(result: StepResult) -> list[float]:
     return [result.train_loss, result.train_accuracy, result.val_loss, result.val_accuracy]
 
 
-def _compare(data: Dataset, tolerance: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    alone, alone_eps, _ = _run(data, chunk=1)
+def compare_grouped(
+    data: Dataset,
+    tolerance: float,
+    monkeypatch: pytest.MonkeyPatch,
+    device: torch.device = CPU,
+) -> None:
+    """Scripted episodes stepped alone and together give the same trajectories."""
+    alone, alone_eps, _ = _run(data, chunk=1, device=device)
     calls = []
     original = grouped.grouped_forward
 
@@ -144,7 +155,7 @@ def _compare(data: Dataset, tolerance: float, monkeypatch: pytest.MonkeyPatch) -
         return original(*args, **kwargs)
 
     monkeypatch.setattr("esper.tolaria.engine.grouped_forward", counting)
-    together, together_eps, events = _run(data, chunk=len(SCRIPTS))
+    together, together_eps, events = _run(data, chunk=len(SCRIPTS), device=device)
     assert 3 in calls and 2 in calls  # all three grouped, then two after the rollback
     for a, b in zip(alone, together, strict=True):
         assert len(a) == len(b)
@@ -163,7 +174,8 @@ def _compare(data: Dataset, tolerance: float, monkeypatch: pytest.MonkeyPatch) -
         for (name, pa), pb in zip(
             ea.model.state_dict().items(), eb.model.state_dict().values(), strict=True
         ):
-            assert torch.allclose(pa.double(), pb.double(), rtol=tolerance, atol=tolerance), name
+            pa, pb = pa.double().cpu(), pb.double().cpu()
+            assert torch.allclose(pa, pb, rtol=tolerance, atol=tolerance), name
     # The script really did what it says: a fossilized seed, a pruned one, a rollback.
     stages = [[r.stage.value for r in e.model.reports().values()] for e in together_eps]
     assert "FOSSILIZED" in stages[0]
@@ -175,11 +187,11 @@ def _compare(data: Dataset, tolerance: float, monkeypatch: pytest.MonkeyPatch) -
 def test_grouped_equals_sequential_in_float64(
     float64: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _compare(_data(torch.float64), 1e-9, monkeypatch)
+    compare_grouped(_data(torch.float64), 1e-9, monkeypatch)
 
 
 def test_grouped_matches_sequential_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
-    _compare(_data(torch.float32), 1e-4, monkeypatch)
+    compare_grouped(_data(torch.float32), 1e-4, monkeypatch)
 
 
 def test_grouped_forward_gradients_reach_each_model(float64: None) -> None:
@@ -207,3 +219,27 @@ def test_groupable_refuses_what_it_cannot_group() -> None:
     b = MorphogeneticModel(CNNHost(config), ["mid"])
     b.slot("mid").seed = torch.nn.Dropout()  # a random layer needs the model's own RNG
     assert not groupable([a, b])
+
+
+def test_unchecked_epoch_loop_matches_the_checked_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA epoch loop skips the per-batch finiteness check (it would synchronise); run on
+    a CPU it gives the same results, and a poisoned model still reports NaN for the epoch."""
+    data = _data(torch.float32)
+
+    def first_epochs(poison: bool) -> list[list[float]]:
+        episodes = _episodes(data, [])
+        for e in episodes:
+            e._start()
+        if poison:
+            with torch.no_grad():
+                next(episodes[1].model.host.parameters()).fill_(float("inf"))
+        trained = train_together([e.trainer for e in episodes])
+        return [[t.loss, t.accuracy] for t in trained]
+
+    checked = first_epochs(poison=False), first_epochs(poison=True)
+    monkeypatch.setattr("esper.tolaria.engine.checks_each_batch", lambda device: False)
+    unchecked = first_epochs(poison=False), first_epochs(poison=True)
+    assert checked[0] == unchecked[0]
+    for results in (checked[1], unchecked[1]):
+        assert math.isnan(results[1][0]) and math.isnan(results[1][1])
+        assert results[0] == checked[0][0] and results[2] == checked[0][2]  # the others unharmed
