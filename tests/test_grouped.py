@@ -22,7 +22,11 @@ from esper.leyline import Action, GateMode, Op
 from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, GovernorPanic
+from esper.simic.env import GrowthEnv
+from esper.simic.rewards import RewardConfig, RewardFunction
+from esper.simic.vector import CPU_CHUNK, VectorEnv, chunk_size
 from esper.tamiyo import SignalTracker
+from esper.tasks import resolve_training
 from esper.tolaria.engine import train_together
 from esper.tolaria.episode import Episode, StepResult, reset_together, step_together
 
@@ -243,3 +247,34 @@ def test_unchecked_epoch_loop_matches_the_checked_one(monkeypatch: pytest.Monkey
     for results in (checked[1], unchecked[1]):
         assert math.isnan(results[1][0]) and math.isnan(results[1][1])
         assert results[0] == checked[0][0] and results[2] == checked[0][2]  # the others unharmed
+
+
+def _growth_envs(task: str, n: int, **training: object) -> list[GrowthEnv]:
+    settings = resolve_training(HostTraining(task, epochs=3, **training))  # type: ignore[arg-type]
+    data = make_synthetic(n_train=128, n_val=64, input_shape=(1, 28, 28), num_classes=10)
+    reward = RewardFunction(RewardConfig(), gamma=0.99)
+    return [
+        GrowthEnv(settings, data, i, CPU, reward, lambda event, context: None, i) for i in range(n)
+    ]
+
+
+def test_chunk_size_groups_small_hosts_only() -> None:
+    small = _growth_envs("fashion_mnist_impaired", 2)  # 4 channels: 1.6 MiB activations
+    wide = _growth_envs("fashion_mnist", 2)  # 16 channels: 6.4 MiB
+    assert chunk_size(small, CPU) == CPU_CHUNK
+    assert chunk_size(wide, CPU) == 1
+    assert chunk_size(wide, torch.device("cuda")) == 2  # on a GPU: one large grouped batch
+
+
+def test_vector_env_steps_grouped_like_one_by_one() -> None:
+    rewards = []
+    for chunk in (1, None):
+        envs = _growth_envs("fashion_mnist_impaired", 3, batches_per_epoch=2, batch_size=32)
+        vec = VectorEnv(envs, [CPU] * 3, chunk=chunk)
+        vec.reset()
+        germinate = [Action(Op.GERMINATE, slot=envs[0].slots[0], blueprint="norm")] * 3
+        steps = vec.step([germinate[0], None, Action(Op.WAIT)])
+        assert steps[1] is None  # an environment whose episode is over is not stepped
+        rewards.append([s.reward for s in steps if s is not None])
+        rewards[-1] += [s.observation.signals.val_accuracy for s in steps if s is not None]
+    assert rewards[0] == pytest.approx(rewards[1], abs=1e-4)

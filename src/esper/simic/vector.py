@@ -93,13 +93,19 @@ class VectorEnv:
     Args:
         envs: the environments (each already knows its device).
         devices: the device of each environment.
+        chunk: environments per grouped chunk instead of the measured default (``chunk_size``);
+            1 trains them one by one (the benchmark's sequential baseline).
     """
 
-    def __init__(self, envs: Sequence[Env], devices: Sequence[torch.device]) -> None:
+    def __init__(
+        self, envs: Sequence[Env], devices: Sequence[torch.device], chunk: int | None = None
+    ) -> None:
         require(len(envs) == len(devices), f"{len(envs)} environments but {len(devices)} devices")
         require(bool(envs), "VectorEnv needs at least one environment")
         self.envs = list(envs)
         self.devices = tuple(devices)
+        require(chunk is None or chunk >= 1, f"chunk must be at least 1, got {chunk}")
+        self.chunk = chunk
         topologies = {env.topology for env in envs}
         require(len(topologies) == 1, f"environments must share one topology, got {topologies}")
         self.topology: Topology = envs[0].topology
@@ -130,6 +136,9 @@ class VectorEnv:
             groups.setdefault(self.devices[i], []).append(i)
         return groups
 
+    def _chunk(self, envs: Sequence[GrowthEnv], device: torch.device) -> int:
+        return chunk_size(envs, device) if self.chunk is None else self.chunk
+
     def reset(self) -> list[Observation]:
         """Reset every environment."""
         groups = self._growth(range(len(self.envs)))
@@ -137,7 +146,7 @@ class VectorEnv:
             first: dict[int, Observation] = {}
             for device, ids in groups.items():
                 envs = [cast(GrowthEnv, self.envs[i]) for i in ids]
-                first.update(zip(ids, reset_envs(envs, chunk_size(envs, device)), strict=True))
+                first.update(zip(ids, reset_envs(envs, self._chunk(envs, device)), strict=True))
             return [first[i] for i in range(len(self.envs))]
         observations = []
         for i, env in enumerate(self.envs):
@@ -157,7 +166,7 @@ class VectorEnv:
             for device, ids in groups.items():
                 envs = [cast(GrowthEnv, self.envs[i]) for i in ids]
                 chosen = [cast(Action, actions[i]) for i in ids]
-                done = step_envs(envs, chosen, chunk_size(envs, device))
+                done = step_envs(envs, chosen, self._chunk(envs, device))
                 for i, result in zip(ids, done, strict=True):
                     stepped[i] = result
             return stepped
