@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.env import EpisodeStartError
 from esper.simic.training import POLICY_SEED_OFFSET
 from esper.simic.vector import describe_device_map
+from esper.simic.workers import RayVectorEnv, WorkerLostError, start_ray
 
 
 def _preset(argv: list[str]) -> tuple[str, list[str]]:
@@ -95,6 +96,8 @@ class PPORunner:
         except (ValueError, KeyError) as err:
             raise UserError(str(err)) from err
         print(f"device map:\n{describe_device_map(devices)}", file=sys.stderr)
+        if isinstance(self.trainer.vec, RayVectorEnv):
+            print(self.trainer.vec.describe(), file=sys.stderr)
         self.recorder = Recorder.open(
             "ppo", config, options, PPOUpdate, self._meta, self.hub, self._state
         )
@@ -137,17 +140,23 @@ class PPORunner:
             with held():
                 recorder.commit(self.trainer.round, result.stats, self._state())
 
-        # EpisodeStartError: broken settings found only once training started.
+        # EpisodeStartError: broken settings found only once training started;
+        # WorkerLostError: Ray actors kept dying (the run resumes from its last round).
         status, failure = recorder.drive(
             step,
             lambda: self.trainer.round >= config.ppo.rounds,
             self._finish,
-            (EpisodeStartError,),
+            (EpisodeStartError, WorkerLostError),
         )
         if status == "failed":
             return status, failure or ""
         self._finish("completed", None)
         return "completed", ""
+
+    def close(self) -> None:
+        """Stop the environments' Ray actors, if any (Ray itself is ``start_workers``')."""
+        if isinstance(self.trainer.vec, RayVectorEnv):
+            self.trainer.vec.close()
 
     def _finish(self, status: str, failure: str | None) -> None:
         summary = self.summary(status, failure)
@@ -190,21 +199,42 @@ class PPORunner:
         )
 
 
+def start_workers(config: TrainingConfig, options: RunOptions, stack: ExitStack) -> TrainingConfig:
+    """With ``--workers``: Ray started (or joined) for the run and stopped when ``stack``
+    closes; returns ``config`` with the per-worker thread count. Without: ``config``, and Ray
+    is not imported (``esper.simic.workers`` imports it only inside its functions).
+
+    Raises:
+        UserError: the cluster cannot be reached, or the workers' threads exceed the cores.
+    """
+    if config.runtime.workers is None:
+        return config
+    check_out(options)  # a bad --out fails before Ray starts
+    try:
+        config, stop = start_ray(config)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    stack.callback(stop)
+    return config
+
+
 def run_ppo(argv: list[str], options: RunOptions) -> int:
     """``esper ppo``."""
-    config = parse(argv, options)
-    runner = PPORunner(config, options)
-    announce("ppo", runner.config, options.resume)  # resolved and checked
-    directory = runner.recorder.directory
-    try:
-        status, failure = runner.run()
-    except Stop:
-        interrupted_hint("ppo", directory, f"round {len(runner.recorder.rows)}")
-        return EXIT_INTERRUPTED
-    if status == "failed":
-        print(f"esper: error: {failure} (run recorded in {directory})", file=sys.stderr)
-        return EXIT_FAILED
-    return _farewell(runner, directory)
+    with ExitStack() as stack:  # Ray, if started, stops on every way out
+        config = start_workers(parse(argv, options), options, stack)
+        runner = PPORunner(config, options)
+        stack.callback(runner.close)
+        announce("ppo", runner.config, options.resume)  # resolved and checked
+        directory = runner.recorder.directory
+        try:
+            status, failure = runner.run()
+        except Stop:
+            interrupted_hint("ppo", directory, f"round {len(runner.recorder.rows)}")
+            return EXIT_INTERRUPTED
+        if status == "failed":
+            print(f"esper: error: {failure} (run recorded in {directory})", file=sys.stderr)
+            return EXIT_FAILED
+        return _farewell(runner, directory)
 
 
 def _farewell(runner: PPORunner, directory: Path) -> int:

@@ -8,6 +8,7 @@ into a ``PolicyController`` that any command can use in place of the heuristic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,7 +17,8 @@ from esper.leyline import Topology
 from esper.leyline.config import HostTraining, config_dict, override
 from esper.leyline.data import Dataset
 from esper.simic.config import TrainingConfig
-from esper.simic.env import GrowthEnv
+from esper.simic.env import Emit, GrowthEnv
+from esper.simic.protocol import EnvVector
 from esper.simic.rewards import RewardFunction, check_gamma
 from esper.simic.training import PPOTrainer, Telemetry
 from esper.simic.vector import VectorEnv, assign_devices
@@ -33,16 +35,21 @@ class PolicyCheckpointError(ValueError):
     """A policy checkpoint is missing, unreadable, or not an Esper PPO checkpoint."""
 
 
-def build_trainer(
-    config: TrainingConfig, telemetry: Telemetry, data: Dataset
-) -> tuple[PPOTrainer, tuple[torch.device, ...]]:
-    """Environments (one per ``n_envs``, mapped round-robin to devices) and their trainer, both
-    emitting to ``telemetry`` (a ``nissa.TelemetryHub``).
+def build_envs(
+    config: TrainingConfig, data: Dataset, emit: Emit, indices: Sequence[int]
+) -> VectorEnv:
+    """Environments ``indices`` of a run (all of them in-process; a chunk on a Ray worker):
+    environment ``i`` has seed ``runtime.seed + i`` and device ``i`` of the round-robin map.
+
+    Args:
+        config: the resolved training configuration.
+        data: the task's dataset (shared read-only between the environments).
+        emit: where the environments' telemetry goes, with ``{"env": i, "episode": k}``.
+        indices: which of the run's ``ppo.n_envs`` environments to build.
 
     Raises:
         ValueError: for bad devices, slots, or a reward γ that differs from PPO's.
     """
-    config = config.resolved()
     devices = assign_devices(config.ppo.n_envs, config.runtime.devices)
     reward = RewardFunction(config.reward, gamma=config.ppo.gamma)
     check_gamma(reward, config.ppo.gamma)
@@ -53,12 +60,33 @@ def build_trainer(
             seed=config.runtime.seed + i,
             device=devices[i],
             reward=reward,
-            emit=telemetry.emit,
+            emit=emit,
             index=i,
         )
-        for i in range(config.ppo.n_envs)
+        for i in indices
     ]
-    vec = VectorEnv(envs, devices)
+    return VectorEnv(envs, [devices[i] for i in indices])
+
+
+def build_trainer(
+    config: TrainingConfig, telemetry: Telemetry, data: Dataset
+) -> tuple[PPOTrainer, tuple[torch.device, ...]]:
+    """Environments (one per ``n_envs``, mapped round-robin to devices; on
+    ``runtime.workers`` Ray actors when set) and their trainer, both emitting to ``telemetry``
+    (a ``nissa.TelemetryHub``).
+
+    Raises:
+        ValueError: for bad devices, slots, or a reward γ that differs from PPO's.
+    """
+    config = config.resolved()
+    devices = assign_devices(config.ppo.n_envs, config.runtime.devices)
+    vec: EnvVector
+    if config.runtime.workers is None:
+        vec = build_envs(config, data, telemetry.emit, range(config.ppo.n_envs))
+    else:  # imported only here: a run without workers never imports Ray
+        from esper.simic.workers import RayVectorEnv
+
+        vec = RayVectorEnv(config, telemetry.emit)
     trainer = PPOTrainer(vec, devices[0], config, telemetry.emit, telemetry.set_level)
     return trainer, devices
 

@@ -8,11 +8,12 @@ place, ``esper.tasks.resolve_training``. The effective configuration is printed 
 
 Fields are grouped by concern: ``env`` (task, host training, slots: the same ``HostTraining``
 every command uses), ``policy`` (network), ``ppo`` (the learner), ``reward``, ``runtime`` (seed,
-devices, AMP) and ``telemetry``.
+devices, AMP, Ray workers) and ``telemetry``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
@@ -95,19 +96,32 @@ class PPOSettings:
         check_float("ppo.ratio_explosion", self.ratio_explosion, 1.0, 1e6, strict_low=True)
 
 
+_ADDRESS = re.compile(r"[^\s:]+:\d{1,5}")
+"""``HOST:PORT`` of a Ray cluster's head (what ``ray start --head`` prints)."""
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """Seeds and devices.
+    """Seeds, devices and where the environments run.
 
     Attributes:
         seed: run seed; environment i uses seed + i for its host and data order.
         devices: devices environments are mapped to round-robin (cpu, cuda:0, …).
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
+        workers: run the environments on this many Ray actors, each stepping a contiguous
+            chunk of them (None: all in this process, Ray is not used). The policy and the
+            learner stay in this process, and every environment follows its in-process
+            trajectory (bit for bit when the chunks match the in-process grouping; else to
+            float32 rounding). A dead actor's environments re-run from the round's start.
+        ray_address: HOST:PORT of a running Ray cluster's head to join (needs workers; None:
+            start a local Ray instance for the run and stop it afterwards).
     """
 
     seed: int = 0
     devices: tuple[str, ...] = ("cpu",)
     amp: bool = False
+    workers: int | None = None
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         check_int("runtime.seed", self.seed, 0, MAX_SEED - MAX_ENVS)
@@ -116,6 +130,15 @@ class RuntimeSettings:
             bool(self.devices) and all(isinstance(d, str) for d in self.devices),
             f"runtime.devices must be a non-empty list of device names, got {self.devices!r}",
         )
+        if self.workers is not None:
+            check_int("runtime.workers", self.workers, 1, MAX_ENVS)
+        if self.ray_address is not None:
+            address = self.ray_address
+            require(
+                isinstance(address, str) and _ADDRESS.fullmatch(address) is not None,
+                f"runtime.ray_address must be HOST:PORT (e.g. 127.0.0.1:6379), got {address!r}",
+            )
+            require(self.workers is not None, "runtime.ray_address needs runtime.workers")
 
 
 @dataclass(frozen=True)
@@ -127,7 +150,7 @@ class TrainingConfig:
         policy: the policy network.
         ppo: the learner.
         reward: the reward and its weights.
-        runtime: seed, devices, AMP.
+        runtime: seed, devices, AMP, Ray workers.
         telemetry: telemetry level and TensorBoard.
     """
 
@@ -142,6 +165,10 @@ class TrainingConfig:
         default_factory=RuntimeSettings
     )
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+
+    def __post_init__(self) -> None:
+        if self.runtime.workers is not None:  # each worker steps at least one environment
+            check_int("runtime.workers", self.runtime.workers, 1, self.ppo.n_envs)
 
     def resolved(self) -> TrainingConfig:
         """The task's defaults filled into unset host-training fields (checked: an episode

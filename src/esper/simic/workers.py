@@ -1,0 +1,379 @@
+"""Environments on Ray actors: ``esper ppo --workers N`` (DESIGN §10).
+
+``RayVectorEnv`` is an ``EnvVector`` whose environments live in ``N`` Ray actors
+(``EnvWorker``), each holding a contiguous chunk of them in an in-process ``VectorEnv``. The
+policy and the learner stay in the driver: it acts for every environment, sends each actor its
+chunk's actions, and gets back the observations and ``EnvStep``s together with the telemetry
+the chunk's environments emitted, which it re-emits in environment order. An actor builds its
+environments exactly as ``build_trainer`` does (same seeds, same devices), so every
+environment's trajectory, and hence the run, equals the in-process run's.
+
+Fault tolerance. The driver keeps each chunk's environment states from the start of the round
+and the calls that changed them since (the reset and every step's actions). When an actor dies
+(``RayActorError``), a fresh actor is built, loads those states and replays the calls, its
+replayed telemetry discarded (it was emitted the first time); then the failed call is repeated.
+No transition is lost or duplicated. After ``MAX_DEATHS`` deaths in one round the run fails
+with ``WorkerLostError``.
+
+Ray is imported only inside this module's functions, and this module only when a run has
+``runtime.workers`` set: runs without workers never import Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from esper.data import load_dataset
+from esper.leyline import Action, Observation, Topology
+from esper.leyline.config import require
+from esper.leyline.events import Event
+from esper.simic.build import build_envs
+from esper.simic.config import TrainingConfig
+from esper.simic.env import Emit
+from esper.simic.protocol import EnvStep, EpisodeInfo
+from esper.tasks import get_task
+from esper.tolaria.threads import threads_per_worker
+
+logger = logging.getLogger(__name__)
+
+MAX_DEATHS = 3
+"""Actor deaths one round survives; the next one fails the run (something kills them all)."""
+
+OBJECT_STORE_BYTES = 256 * 2**20
+"""A local Ray instance's shared-memory object store: results are a few kB per step, and Ray's
+default (30 % of RAM) would reserve /dev/shm that other jobs on the machine need."""
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long a ``--ray-address`` may take to accept a connection before it counts as down."""
+
+Emitted = list[tuple[Event, dict[str, Any]]]
+"""Telemetry an actor's environments emitted, in order, with their context."""
+
+
+class WorkerLostError(RuntimeError):
+    """Ray actors kept dying: more than ``MAX_DEATHS`` in one round."""
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def chunks(n_envs: int, workers: int) -> list[range]:
+    """``n_envs`` environment indices in ``workers`` contiguous chunks whose sizes differ by at
+    most one (the first ``n_envs % workers`` chunks take one more)."""
+    require(1 <= workers <= n_envs, f"{workers} workers for {n_envs} environments")
+    size, extra = divmod(n_envs, workers)
+    bounds = [k * size + min(k, extra) for k in range(workers + 1)]
+    return [range(bounds[k], bounds[k + 1]) for k in range(workers)]
+
+
+class EnvWorker:
+    """One Ray actor's chunk of environments (run remotely; every method returns its value and
+    the telemetry emitted since the last call).
+
+    Args:
+        config: the run's resolved configuration (``env.threads``: this actor's torch threads).
+        indices: which of the run's environments this actor steps.
+    """
+
+    def __init__(self, config: TrainingConfig, indices: range) -> None:
+        self.config, self.indices = config, indices
+        self.emitted: Emitted = []
+
+    def _emit(self, event: Event, context: dict[str, Any]) -> None:
+        self.emitted.append((event, context))
+
+    def _out(self, value: Any) -> tuple[Any, Emitted]:
+        emitted, self.emitted = self.emitted, []
+        return value, emitted
+
+    def build(self) -> tuple[tuple[Topology, int], Emitted]:
+        """Load the task's data and build the chunk's environments, as ``build_trainer`` does.
+
+        Returns:
+            (topology, longest episode) and the telemetry.
+        """
+        config, training = self.config, self.config.env
+        require(training.threads is not None, "a worker needs env.threads set")
+        assert training.threads is not None
+        torch.set_num_threads(training.threads)
+        task = get_task(training.task)
+        data = load_dataset(
+            task.dataset, training.data_dir, download=training.download, progress=False
+        )
+        self.vec = build_envs(config, data, self._emit, self.indices)
+        return self._out((self.vec.topology, self.vec.max_steps))
+
+    def pid(self) -> int:
+        """This actor's process id."""
+        return os.getpid()
+
+    def reset(self) -> tuple[list[Observation], Emitted]:
+        """``VectorEnv.reset`` of the chunk."""
+        return self._out(self.vec.reset())
+
+    def step(self, actions: Sequence[Action | None]) -> tuple[list[EnvStep | None], Emitted]:
+        """``VectorEnv.step`` of the chunk."""
+        return self._out(self.vec.step(actions))
+
+    def episode_infos(self) -> tuple[list[EpisodeInfo], Emitted]:
+        """``VectorEnv.episode_infos`` of the chunk."""
+        return self._out(self.vec.episode_infos())
+
+    def state_dicts(self) -> tuple[list[dict[str, Any]], Emitted]:
+        """``VectorEnv.state_dicts`` of the chunk."""
+        return self._out(self.vec.state_dicts())
+
+    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> tuple[None, Emitted]:
+        """``VectorEnv.load_state_dicts`` of the chunk."""
+        self.vec.load_state_dicts(states)
+        return self._out(None)
+
+
+Call = tuple[str, tuple[Any, ...]]
+"""An ``EnvWorker`` method name and its arguments."""
+
+
+class RayVectorEnv:
+    """``ppo.n_envs`` environments on ``runtime.workers`` Ray actors (implements ``EnvVector``).
+
+    Ray must be running (``start_ray``). Each actor requests ``env.threads`` CPUs from Ray and
+    runs its environments with that many torch threads.
+
+    Args:
+        config: the resolved training configuration, with ``runtime.workers`` and ``env.threads``
+            set.
+        emit: where the environments' telemetry is re-emitted, in environment order.
+
+    Attributes:
+        topology: the environments' shared host kind.
+        max_steps: the longest episode any of them can take.
+        chunks: each actor's environment indices.
+
+    Raises:
+        ValueError: for bad devices, slots or data, as ``build_trainer`` (from the actors).
+    """
+
+    def __init__(self, config: TrainingConfig, emit: Emit) -> None:
+        import ray
+
+        workers, threads = config.runtime.workers, config.env.threads
+        require(workers is not None and threads is not None, "workers and threads must be set")
+        require(ray.is_initialized(), "Ray is not running (start_ray starts it)")
+        assert workers is not None and threads is not None
+        self._ray, self.emit, self.config = ray, emit, config
+        self.chunks = chunks(config.ppo.n_envs, workers)
+        self._actor = ray.remote(EnvWorker).options(num_cpus=threads, max_restarts=0)
+        self._workers: list[Any] = [self._new_worker(k) for k in range(workers)]
+        self._log: list[list[Call]] = [[] for _ in self.chunks]  # replays each actor's state
+        self._deaths = 0  # this round's
+        described = self._call("build", [()] * workers)
+        self.topology: Topology = described[0][0]
+        self.max_steps = max(steps for _, steps in described)
+
+    def __len__(self) -> int:
+        return self.config.ppo.n_envs
+
+    def _new_worker(self, k: int) -> Any:
+        return self._actor.remote(self.config, self.chunks[k])
+
+    def _split(self, items: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One argument tuple per actor: its chunk of ``items`` (one per environment)."""
+        require(len(items) == len(self), f"{len(items)} values for {len(self)} environments")
+        return [(list(items[r.start : r.stop]),) for r in self.chunks]
+
+    def _call(self, method: str, args: Sequence[tuple[Any, ...]], log: bool = True) -> list[Any]:
+        """``method`` on every actor at once (with its ``args``); each actor's value, after its
+        telemetry was emitted in environment order. A dead actor is revived and asked again;
+        ``log``: the call changes the environments (replayed on revival)."""
+        ray = self._ray
+        refs = [getattr(w, method).remote(*a) for w, a in zip(self._workers, args, strict=True)]
+        values, emitted = [], []
+        for k, ref in enumerate(refs):
+            while True:
+                try:
+                    value, events = ray.get(ref)
+                    break
+                except ray.exceptions.RayTaskError as err:  # the environment's own error,
+                    raise err.cause from err  # as itself (the remote traceback as its cause)
+                except ray.exceptions.RayActorError as err:
+                    self._revive(k, err)
+                    ref = getattr(self._workers[k], method).remote(*args[k])
+            if log:
+                self._log[k].append((method, args[k]))
+            values.append(value)
+            emitted.extend(events)
+        for event, context in emitted:
+            self.emit(event, context)
+        return values
+
+    def _revive(self, k: int, error: Exception) -> None:
+        """A fresh actor for chunk ``k``, brought to where the dead one was by replaying the
+        logged calls (their telemetry discarded: it was emitted the first time).
+
+        Raises:
+            WorkerLostError: the ``MAX_DEATHS + 1``-th death this round.
+        """
+        ray = self._ray
+        while True:
+            self._deaths += 1
+            r = self.chunks[k]
+            if self._deaths > MAX_DEATHS:
+                raise WorkerLostError(
+                    f"Ray workers died {self._deaths} times this round (the last ran "
+                    f"environments {r.start}-{r.stop - 1}): {_first_line(error)}"
+                ) from error
+            logger.warning("Ray worker of environments %d-%d died; replaying", r.start, r.stop - 1)
+            ray.kill(self._workers[k], no_restart=True)
+            self._workers[k] = self._new_worker(k)
+            try:
+                for method, args in self._log[k]:
+                    ray.get(getattr(self._workers[k], method).remote(*args))
+                return
+            except ray.exceptions.RayActorError as again:
+                error = again
+
+    def describe(self) -> str:
+        """Each actor's environments, a line each, under its thread count (``esper ppo`` prints
+        it)."""
+        threads = self.config.env.threads
+        lines = [f"worker {k}: envs {', '.join(map(str, r))}" for k, r in enumerate(self.chunks)]
+        return f"Ray workers (torch threads each: {threads}):\n" + "\n".join(lines)
+
+    def pids(self) -> list[int]:
+        """Each actor's process id (a replaced actor has a new one)."""
+        return [self._ray.get(w.pid.remote()) for w in self._workers]
+
+    def reset(self) -> list[Observation]:
+        """Reset every environment; their states before it are where a revival starts from."""
+        self._deaths = 0
+        states = self._call("state_dicts", [()] * len(self.chunks), log=False)
+        self._log = [[("build", ()), ("load_state_dicts", (s,))] for s in states]
+        return [o for chunk in self._call("reset", [()] * len(self.chunks)) for o in chunk]
+
+    def step(self, actions: Sequence[Action | None]) -> list[EnvStep | None]:
+        """Step every environment whose action is not None (None: its episode is over)."""
+        return [s for chunk in self._call("step", self._split(actions)) for s in chunk]
+
+    def episode_infos(self) -> list[EpisodeInfo]:
+        """Each environment's current (or last) episode outcome."""
+        infos = self._call("episode_infos", [()] * len(self.chunks), log=False)
+        return [i for chunk in infos for i in chunk]
+
+    def state_dicts(self) -> list[dict[str, Any]]:
+        """Each environment's state (taken between rounds)."""
+        states = self._call("state_dicts", [()] * len(self.chunks), log=False)
+        return [s for chunk in states for s in chunk]
+
+    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> None:
+        """Restore ``state_dicts`` output.
+
+        Raises:
+            ValueError: when the number of states is not the number of environments.
+        """
+        n, n_saved = len(self), len(states)
+        require(n_saved == n, f"checkpoint has {n_saved} environments, this run {n}")
+        self._log = [[("build", ())] for _ in self.chunks]
+        self._call("load_state_dicts", self._split(states))
+
+    def close(self) -> None:
+        """Stop the actors (Ray itself keeps running)."""
+        for worker in self._workers:
+            self._ray.kill(worker, no_restart=True)
+        self._workers = []
+
+
+# ------------------------------------------------------------------------------ Ray itself
+
+
+def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None]]:
+    """Start a local Ray instance sized for ``runtime.workers`` actors, or join the cluster at
+    ``runtime.ray_address``; a Ray session this process already runs is used as it is.
+
+    Returns:
+        ``config`` with ``env.threads`` set to each actor's torch thread count (the thread
+        policy's, checked against the local cores or the cluster's CPUs), and the function that
+        stops Ray again (it leaves a session this call did not start running).
+
+    Raises:
+        ValueError: one line: the cluster cannot be reached or joined, or the workers' threads
+            do not fit the cores.
+    """
+    import ray
+
+    workers = config.runtime.workers
+    require(workers is not None, "start_ray needs runtime.workers")
+    assert workers is not None
+    if config.runtime.ray_address is None and not ray.is_initialized():
+        threads = threads_per_worker(config.env.threads, workers)  # this machine's cores
+        _init(num_cpus=workers * threads, object_store_memory=OBJECT_STORE_BYTES)
+        stop = ray.shutdown
+    else:
+        stop = _join(config.runtime.ray_address)
+        try:
+            resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            cores = int(resources.get("CPU", 0))  # a cluster without CPUs has no such key
+            threads = threads_per_worker(config.env.threads, workers, cores)
+        except ValueError as err:
+            stop()
+            raise ValueError(f"the Ray cluster has {cores} CPUs: {err}") from err
+    return replace(config, env=replace(config.env, threads=threads)), stop
+
+
+def _join(address: str | None) -> Callable[[], None]:
+    """Connect to the cluster at ``address``, or use the session this process already runs
+    (an ``address`` must be reachable either way); returns how to leave it.
+
+    Raises:
+        ValueError: one line: nothing answers at ``address``, or Ray cannot join it.
+    """
+    import ray
+
+    if address is not None:
+        _check_reachable(address)
+    if ray.is_initialized():
+        return _leave_running
+    assert address is not None
+    try:
+        _init(address=address)
+    except (ConnectionError, RuntimeError, TimeoutError) as err:
+        raise ValueError(
+            f"cannot join the Ray cluster at --ray-address {address}: {_first_line(err)} (a "
+            "cluster with token authentication needs RAY_AUTH_MODE=token and its token here)"
+        ) from err
+    return ray.shutdown
+
+
+def _check_reachable(address: str) -> None:
+    """Something accepts connections at ``address`` (HOST:PORT), within ``CONNECT_TIMEOUT_S``:
+    Ray's own connection attempts to a dead address retry for minutes."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ValueError(
+            f"cannot reach a Ray cluster at --ray-address {address} ({err.strerror or err}); "
+            f"start one with `ray start --head --port {port}` or drop --ray-address"
+        ) from err
+
+
+def _leave_running() -> None:
+    """The stop of a Ray session someone else started: nothing."""
+
+
+def _init(**settings: Any) -> None:
+    """``ray.init`` without the dashboard and Ray's INFO lines, keeping this process's SIGTERM
+    handler (Ray replaces it with an exit; Esper's stops the run at a checkpoint)."""
+    import ray
+
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(include_dashboard=False, logging_level=logging.ERROR, **settings)
+    signal.signal(signal.SIGTERM, sigterm)

@@ -1,0 +1,318 @@
+"""``esper ppo --workers N``: environments on Ray actors give the in-process run's rounds, survive
+a killed actor, resume exactly, and Ray stays unimported without them.
+
+One local Ray instance (2 CPUs) serves the module; ``start_ray`` uses a session the process
+already runs, so the CLI runs below join it instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+
+from esper.cli.main import main
+from esper.cli.run import ppo_state
+from esper.data import DatasetNotFoundError, make_synthetic
+from esper.leyline.config import override, read_config_file
+from esper.nissa import TelemetryHub
+from esper.simic import workers
+from esper.simic.build import build_trainer
+from esper.simic.config import TrainingConfig, load_preset
+from esper.simic.training import PPOTrainer
+from esper.simic.workers import RayVectorEnv, WorkerLostError, chunks, start_ray
+
+TINY = ["ppo", "--preset", "tiny"]
+TIMING = {"t", "run_id", "seconds", "seconds_rollout", "seconds_update", "wall_seconds"}
+RELATIVE_TOLERANCE = 1e-4
+"""Two workers group the environments' hosts differently from the in-process run (one grouped
+chunk of both vs one each), which moves float32 results in their last bits (seen: 3e-8 in the
+policy weights); one worker, the same chunk, is compared bit for bit."""
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it
+    yield
+    ray.shutdown()
+
+
+def _events(run: Path) -> list[dict[str, Any]]:
+    lines = (run / "events.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    header, *lines = (run / "rounds.csv").read_text().splitlines()
+    names = header.split(",")
+    return [
+        {k: v for k, v in zip(names, line.split(","), strict=True) if k not in TIMING}
+        for line in lines
+    ]
+
+
+def _by_env(events: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Each environment's events, and the run's own (no ``env``), in their order."""
+    split: dict[Any, list[dict[str, Any]]] = {}
+    for event in events:
+        split.setdefault(event.get("env"), []).append(event)
+    return split
+
+
+def _policy(run: Path) -> dict[str, torch.Tensor]:
+    policy: dict[str, torch.Tensor] = ppo_state(run)["trainer"]["policy"]
+    return policy
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal, or (numbers, recursively) within ``RELATIVE_TOLERANCE``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) and isinstance(b, str):
+        try:
+            a, b = float(a), float(b)
+        except ValueError:
+            return a == b
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-6)
+    return bool(a == b)
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset run in this process with one torch thread (a worker's count)."""
+    run = tmp_path_factory.mktemp("in-process") / "run"
+    assert main([*TINY, "--threads", "1", "--out", str(run)]) == 0
+    return run
+
+
+def test_chunks_are_contiguous_and_differ_by_at_most_one() -> None:
+    assert chunks(5, 2) == [range(0, 3), range(3, 5)]
+    assert chunks(4, 4) == [range(k, k + 1) for k in range(4)]
+    assert chunks(7, 3) == [range(0, 3), range(3, 5), range(5, 7)]
+
+
+def test_workers_and_ray_address_are_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[runtime]\nworkers = 2\nray_address = "127.0.0.1:6379"\n')
+    config: TrainingConfig = override(load_preset("tiny"), read_config_file(path))
+    assert (config.runtime.workers, config.runtime.ray_address) == (2, "127.0.0.1:6379")
+    assert TrainingConfig().runtime.workers is None  # in-process by default
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "3"], "runtime.workers must be an integer in [1, 2], got 3"),
+        (["--workers", "0"], "runtime.workers must be an integer in [1, 256], got 0"),
+        (["--ray-address", "127.0.0.1:6379"], "runtime.ray_address needs runtime.workers"),
+        (["--workers", "1", "--ray-address", "head"], "runtime.ray_address must be HOST:PORT"),
+    ],
+)
+def test_bad_worker_settings_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_an_unreachable_cluster_is_one_line(tmp_path: Path, capsys) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    address = f"127.0.0.1:{port}"
+    assert main([*TINY, "--workers", "1", "--ray-address", address, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith(f"esper: error: cannot reach a Ray cluster at --ray-address {address}")
+    assert not out.exists()
+
+
+def test_without_workers_ray_is_not_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from esper.cli.main import main\n"
+        f"code = main(['ppo', '--preset', 'tiny', '--ppo.rounds', '1', '--epochs', '2', "
+        f"'--threads', '1', '--out', {str(tmp_path / 'run')!r}])\n"
+        "assert code == 0, code\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset on two workers, uninterrupted."""
+    run = tmp_path_factory.mktemp("two-workers") / "run"
+    assert main([*TINY, "--workers", "2", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_workers_give_the_in_process_rounds(
+    ray_session: None,
+    in_process: Path,
+    two_workers: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    n_workers: int,
+) -> None:
+    run = two_workers
+    if n_workers == 1:
+        run = tmp_path / "run"
+        assert main([*TINY, "--workers", "1", "--out", str(run)]) == 0
+        printed = "Ray workers (torch threads each: 1):\nworker 0: envs 0, 1\n"
+        assert printed in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    assert config["runtime"]["workers"] == n_workers and config["env"]["threads"] == 1
+    config["runtime"]["workers"] = None
+    assert config == json.loads((in_process / "config.json").read_text())
+    a, b = _policy(in_process), _policy(run)
+    if n_workers == 1:  # the same chunk: bit for bit
+        assert _rows(run) == _rows(in_process) and _events(run) == _events(in_process)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    else:
+        assert _close(_rows(run), _rows(in_process))
+        # Each environment's events in the same order (how environments of different chunks
+        # interleave in the log follows the chunks).
+        assert _close(_by_env(_events(run)), _by_env(_events(in_process)))
+        assert all(torch.allclose(a[k], b[k], rtol=RELATIVE_TOLERANCE, atol=1e-6) for k in a)
+
+
+def _worker_trainer(**env: Any) -> PPOTrainer:
+    config = override(load_preset("tiny"), {"runtime": {"workers": 2}, "env": env}).resolved()
+    config, _ = start_ray(config)  # the module's session: nothing to stop
+    trainer, _ = build_trainer(config, TelemetryHub("t", []), make_synthetic())
+    return trainer
+
+
+def test_actors_that_keep_dying_fail_the_run_in_one_line(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "MAX_DEATHS", 0)
+    trainer = _worker_trainer()
+    vec = trainer.vec
+    assert isinstance(vec, RayVectorEnv)
+    os.kill(vec.pids()[1], signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match=r"^Ray workers died 1 times this round .*1-1\)"):
+        trainer.run_round()
+    vec.close()
+
+
+def test_an_error_in_an_actor_arrives_as_itself(ray_session: None, tmp_path: Path) -> None:
+    missing = {"task": "fashion_mnist_impaired", "data_dir": str(tmp_path), "download": False}
+    with pytest.raises(DatasetNotFoundError) as err:
+        _worker_trainer(**missing)  # the actors look for Fashion-MNIST in an empty directory
+    assert str(tmp_path) in str(err.value) and "RayTaskError" not in str(err.value)
+
+
+def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
+    two_workers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Actor 0 is killed between round 1's first and second step, then Ctrl-C stops the run at
+    round 2; ``--resume`` finishes it (on fresh actors). Rounds, policy and every environment's
+    events equal the uninterrupted run's: nothing lost, nothing emitted twice."""
+    step, run_round, pids = RayVectorEnv.step, PPOTrainer.run_round, []
+
+    def step_after_a_kill(self: RayVectorEnv, actions: Any) -> Any:
+        pids.append(self.pids())
+        if len(pids) == 2:
+            os.kill(pids[-1][0], signal.SIGKILL)
+        return step(self, actions)
+
+    def interrupted_in_the_second(self: PPOTrainer) -> Any:
+        if self.round == 1:
+            signal.raise_signal(signal.SIGINT)
+        return run_round(self)
+
+    monkeypatch.setattr(RayVectorEnv, "step", step_after_a_kill)
+    monkeypatch.setattr(PPOTrainer, "run_round", interrupted_in_the_second)
+    run = tmp_path / "run"
+    assert main([*TINY, "--workers", "2", "--out", str(run)]) == 130
+    assert pids[2][0] != pids[1][0] and pids[2][1] == pids[1][1]  # actor 0 was replaced
+    assert _rows(run) == _rows(two_workers)[:1]  # round 1, as if nothing had died
+
+    monkeypatch.setattr(PPOTrainer, "run_round", run_round)
+    assert main(["ppo", "--resume", str(run)]) == 0
+    assert _rows(run) == _rows(two_workers)
+    a, b = _policy(two_workers), _policy(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    envs = [e for e in _events(run) if "env" in e]  # the run's own events say "resumed"
+    assert envs == [e for e in _events(two_workers) if "env" in e]
+
+
+def test_threads_beyond_the_cluster_cpus_are_refused(ray_session: None, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY, "--workers", "2", "--threads", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cores" in err[0] and not out.exists()
+
+
+def _ray_start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A Ray node in the foreground (``--block``): stopping this process stops its node. Returns
+    once the node says it runs."""
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--block", *args]
+    node = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert node.stdout is not None
+    for line in node.stdout:  # ends if the node fails to start
+        if "Ray runtime started" in line:
+            break
+    return node
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_on_loopback(tmp_path: Path) -> None:
+    """Two Ray nodes (one CPU each) started by ``ray start``; ``--ray-address`` joins them and a
+    worker lands on each. A subprocess: this module's own session must not be in the way. The
+    nodes and the driver share a token (Ray's token authentication; an explicit address is
+    never authenticated unless ``RAY_AUTH_MODE=token`` says so)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
+    temp = Path("/tmp") / f"esper-ray-{os.getpid()}"  # Ray's socket paths must stay short
+    address = f"127.0.0.1:{port}"
+    nodes = [_ray_start("--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}", env=env)]
+    try:
+        nodes.append(_ray_start(f"--address={address}", "--num-cpus=1", env=env))
+        run = tmp_path / "run"
+        argv = [*TINY, "--workers", "2", "--ray-address", address, "--out", str(run)]
+        done = subprocess.run(
+            [sys.executable, "-m", "esper", *argv], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        for node in reversed(nodes):
+            node.terminate()
+            node.wait(timeout=60)
+    assert len(_rows(run)) == 2 and json.loads((run / "config.json").read_text())["runtime"] == {
+        "seed": 0,
+        "devices": ["cpu"],
+        "amp": False,
+        "workers": 2,
+        "ray_address": address,
+    }
