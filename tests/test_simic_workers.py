@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,22 @@ from esper.cli.main import main
 from esper.cli.run import ppo_state
 from esper.data import DatasetNotFoundError, make_synthetic
 from esper.leyline.config import override, read_config_file
-from esper.nissa import TelemetryHub
+from esper.leyline.events import PPOUpdate
+from esper.nissa import TelemetryHub, record
 from esper.simic import workers
-from esper.simic.build import build_trainer
+from esper.simic.build import build_envs, build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.training import PPOTrainer
+from esper.simic.vector import VectorEnv
 from esper.simic.workers import RayVectorEnv, WorkerLostError, chunks, start_ray
 
 TINY = ["ppo", "--preset", "tiny"]
 TIMING = {"t", "run_id", "seconds", "seconds_rollout", "seconds_update", "wall_seconds"}
 RELATIVE_TOLERANCE = 1e-4
-"""Two workers group the environments' hosts differently from the in-process run (one grouped
-chunk of both vs one each), which moves float32 results in their last bits (seen: 3e-8 in the
-policy weights); one worker, the same chunk, is compared bit for bit."""
+"""Two workers group the environments' hosts differently from the default in-process run (one
+grouped chunk of both vs one each), which moves float32 results in their last bits (seen: 3e-8
+in the policy weights). With the in-process grouping made the same, and with one worker, the
+runs are compared bit for bit."""
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +67,10 @@ def _rows(run: Path) -> list[dict[str, str]]:
         {k: v for k, v in zip(names, line.split(","), strict=True) if k not in TIMING}
         for line in lines
     ]
+
+
+def _untimed(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in TIMING}
 
 
 def _by_env(events: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
@@ -226,6 +234,26 @@ def test_an_error_in_an_actor_arrives_as_itself(ray_session: None, tmp_path: Pat
     with pytest.raises(DatasetNotFoundError) as err:
         _worker_trainer(**missing)  # the actors look for Fashion-MNIST in an empty directory
     assert str(tmp_path) in str(err.value) and "RayTaskError" not in str(err.value)
+
+
+def test_two_workers_are_the_in_process_run_with_the_same_chunks(two_workers: Path) -> None:
+    """In-process environments grouped as the actors group them (one each, ``chunk=1``): the
+    same rounds and policy bit for bit (the CLI runs use the same settings and seeds)."""
+    config = override(load_preset("tiny"), {"env": {"threads": 1}}).resolved()
+    hub = TelemetryHub("t", [])
+    envs = build_envs(config, make_synthetic(), hub.emit, range(config.ppo.n_envs))
+    trainer = PPOTrainer(
+        VectorEnv(envs.envs, envs.devices, chunk=1),
+        torch.device("cpu"),
+        config,
+        hub.emit,
+        hub.set_level,
+    )
+    stats = [trainer.run_round().stats for _ in range(config.ppo.rounds)]
+    recorded = record.read_rows(two_workers / "rounds.csv", PPOUpdate)
+    assert [_untimed(asdict(s)) for s in stats] == [_untimed(asdict(r)) for r in recorded]
+    policy = _policy(two_workers)
+    assert all(torch.equal(v, policy[k]) for k, v in trainer.network.state_dict().items())
 
 
 def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
