@@ -201,6 +201,24 @@ def loader_probe(config: TrainingConfig) -> list[float]:
     return [float(hash(calls[0]))]
 
 
+def workers_probe(config: TrainingConfig) -> list[float]:
+    """Where the environments run: how many Ray actors, joined at which address."""
+    from esper.simic.workers import RayVectorEnv, start_ray
+
+    try:
+        config, stop = start_ray(config)
+    except ValueError as err:  # e.g. nothing listens at the address
+        return [float(hash(str(err)))]
+    try:
+        trainer, _ = build_trainer(config, TelemetryHub("t", []), load_data(config.env))
+        assert isinstance(trainer.vec, RayVectorEnv)
+        chunks = trainer.vec.chunks
+        trainer.vec.close()
+    finally:
+        stop()
+    return [float(len(chunks))]
+
+
 Probe = Callable[[TrainingConfig], list[float]]
 CONTRIBUTION_SIMPLIFIED = {"reward": {"mode": "simplified"}}
 TINY_RUN = {"ppo": {"n_envs": 1}, "env": {"epochs": 3, "batches_per_epoch": 2}}
@@ -249,6 +267,8 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "runtime.seed": (1, {}, env_probe),
     "runtime.devices": (["cuda:0"], {}, build_probe),
     "runtime.amp": (True, {}, build_probe),
+    "runtime.workers": (2, {"runtime": {"workers": 1}}, workers_probe),
+    "runtime.ray_address": ("127.0.0.1:1", {"runtime": {"workers": 1}}, workers_probe),
     "telemetry.level": ("debug", {}, build_probe),
     "telemetry.tensorboard": (True, TINY_RUN, run_probe),
 }
@@ -264,7 +284,18 @@ def test_the_table_covers_every_field() -> None:
     assert set(FIELD_CASES) == paths
 
 
-@pytest.mark.parametrize("path", sorted(FIELD_CASES))
+RAY_STARTS = {"runtime.workers", "runtime.ray_address"}
+"""Probes that start Ray three times (15-35 s): slow lane; tests/test_simic_workers.py covers
+both settings' behaviour in the fast lane."""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=[pytest.mark.slow] if p in RAY_STARTS else [])
+        for p in sorted(FIELD_CASES)
+    ],
+)
 def test_each_field_changes_behaviour(path: str) -> None:
     value, base, probe = FIELD_CASES[path]
     group, name = path.split(".")
