@@ -10,6 +10,11 @@ epoch is trained and by **termination** when the governor panics.
 An episode owns its data order (its own ``BatchStream``) and its own torch random state (host and
 seed initialization), so its results do not depend on how many episodes run beside it or in
 which order they step. Episode ``k`` of seed ``s`` uses ``(s · stride + k) mod 2**63``.
+
+Several episodes can also step together (``reset_together``, ``step_together``): each applies
+its action on its own random state, then their epochs train as one grouped computation
+(``esper.tolaria.engine.train_together``) where their models allow, then each validates and
+observes on its own. ``reset`` and ``step`` are the one-episode case of the same code.
 """
 
 from __future__ import annotations
