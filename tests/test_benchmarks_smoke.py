@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import overhead
@@ -89,3 +91,40 @@ def test_envs_benchmark_raw_section_smoke(capsys) -> None:
         assert line in out
     assert "(6274 params)" in out  # the plain network was checked to be the host's shape
     assert torch.get_num_threads() == threads
+
+
+QUICK_ENVS = ["--quick", "--rounds", "1", "--warmup", "0"]
+
+
+def test_envs_benchmark_envs_ppo_and_fashion_sections_smoke(capsys) -> None:
+    import torch
+
+    import envs
+
+    threads = torch.get_num_threads()
+    sections = ["--section", "envs", "--section", "ppo", "--section", "fashion"]
+    assert envs.main([*sections, *QUICK_ENVS, "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        "2. host epochs/s",
+        "impaired host: 390 params",
+        "CNNHost(8): 6274 params",
+        "old layout (NCHW), sequential",
+        "batched, chunk 4, default",  # the measured default groups the small host ...
+        "sequential (chunk 1), default",  # ... and trains the wider one one by one
+        "3. PPO env-steps/s",
+        "4. the 'fashion' preset",
+        "batched: 40 rounds ~",
+    ):
+        assert line in out
+    assert "batched + " not in out  # --workers 0: no workers contestant (and no Ray)
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+def test_envs_benchmark_workers_contestant_smoke(capsys) -> None:
+    import envs
+
+    assert envs.main(["--section", "ppo", *QUICK_ENVS, "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "batched + 2 workers" in out
