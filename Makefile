@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/ppo.py
 	$(BIN)/python benchmarks/telemetry.py
+	$(BIN)/python benchmarks/envs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
