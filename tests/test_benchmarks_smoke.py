@@ -114,7 +114,7 @@ def test_envs_benchmark_envs_ppo_and_fashion_sections_smoke(capsys) -> None:
         "sequential (chunk 1), default",  # ... and trains the wider one one by one
         "3. PPO env-steps/s",
         "4. the 'fashion' preset",
-        "batched: 40 rounds ~",
+        "batched: 40 rounds (160 env steps) ~",
     ):
         assert line in out
     assert "batched + " not in out  # --workers 0: no workers contestant (and no Ray)
