@@ -394,3 +394,16 @@ def test_json_files_never_hold_nan(tmp_path) -> None:
     path = tmp_path / "x.json"
     record.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")]})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}
+
+
+def test_help_into_a_closed_pipe_is_quiet() -> None:
+    """`esper heuristic --help | head -1`: the reader leaves early; no traceback, exit 141."""
+    esper = Path(sys.executable).with_name("esper")
+    proc = subprocess.Popen(
+        [str(esper), "heuristic", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before esper (still importing) writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err
