@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pytest
 
 from esper.cli.config import RunOptions
 from esper.cli.main import UserError
 from esper.cli.ppo import parse
-from esper.leyline.config import config_dict, override, read_config_file
+from esper.leyline.config import config_dict, config_text, override, read_config_file
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 
 
@@ -127,3 +128,13 @@ def test_every_field_is_a_flag(capsys) -> None:
             flag = name.replace("_", "-")
             prefix = "--" if group in ("env", "runtime") else f"--{group}."
             assert f"{prefix}{flag}" in text or f"{prefix}no-{flag}" in text, (group, name)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_printed_config_is_toml_that_round_trips(preset: str) -> None:
+    """The effective configuration every run prints is valid TOML (unset values as comments:
+    TOML has no null) and, read back as a config file, gives the same configuration."""
+    config = load_preset(preset).resolved()
+    text = config_text(config)
+    assert "null" not in text
+    assert override(TrainingConfig(), tomllib.loads(text)) == config

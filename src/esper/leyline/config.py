@@ -265,15 +265,21 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _toml_line(key: str, value: Any) -> str:
+    # JSON's strings, numbers, booleans and arrays are TOML's; TOML has no null, so an unset
+    # value is a comment (reading the text back leaves it at its default, which is unset).
+    return f"# {key}: not set" if value is None else f"{key} = {json.dumps(value)}"
+
+
 def config_text(obj: Any) -> str:
-    """The effective configuration as readable multi-line TOML-like text (``key = value``
-    lines under ``[group]`` headers), printed at the start of every run."""
+    """The effective configuration as TOML (``key = value`` lines under ``[group]`` headers),
+    printed at the start of every run; saved to a file it is a valid ``--config``."""
     top: list[str] = []
     groups: list[str] = []
     for name, value in config_dict(obj).items():
         if isinstance(value, dict):
             groups.append(f"[{name}]")
-            groups += [f"{k} = {json.dumps(v)}" for k, v in value.items()]
+            groups += [_toml_line(k, v) for k, v in value.items()]
         else:
-            top.append(f"{name} = {json.dumps(value)}")
+            top.append(_toml_line(name, value))
     return "\n".join(top + groups)
