@@ -127,3 +127,8 @@ def test_threads_flag_is_recorded(tmp_path: Path, restore_threads: None) -> None
     args = ["static", "--task", "synthetic", "--epochs", "1", "--threads", "2", "--out", str(run)]
     assert main(args) == 0
     assert _recorded_threads(run) == (2, 2)
+
+
+def test_the_error_names_whose_cores_it_counted() -> None:
+    with pytest.raises(ValueError, match=r"^--threads 2 with --workers 2 needs 4 cores; the Ray "):
+        threads_per_worker(2, 2, 3, "the Ray cluster has")

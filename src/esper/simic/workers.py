@@ -318,13 +318,14 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
         stop = ray.shutdown
     else:
         stop = _join(config.runtime.ray_address)
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        cores = int(resources.get("CPU", 0))  # a cluster without CPUs has no such key
         try:
-            resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            cores = int(resources.get("CPU", 0))  # a cluster without CPUs has no such key
-            threads = threads_per_worker(config.env.threads, workers, cores)
-        except ValueError as err:
+            require(cores > 0, f"the Ray cluster at {config.runtime.ray_address} has no CPUs")
+            threads = threads_per_worker(config.env.threads, workers, cores, "the Ray cluster has")
+        except ValueError:
             stop()
-            raise ValueError(f"the Ray cluster has {cores} CPUs: {err}") from err
+            raise
     return replace(config, env=replace(config.env, threads=threads)), stop
 
 

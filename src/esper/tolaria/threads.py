@@ -33,7 +33,12 @@ def _positive(name: str, value: object) -> int:
     return value
 
 
-def threads_per_worker(requested: int | None, workers: int, cores: int | None = None) -> int:
+def threads_per_worker(
+    requested: int | None,
+    workers: int,
+    cores: int | None = None,
+    where: str = "this process may use",
+) -> int:
     """Torch intra-op threads for each of ``workers`` environment workers.
 
     Args:
@@ -42,6 +47,7 @@ def threads_per_worker(requested: int | None, workers: int, cores: int | None = 
         workers: environment worker processes that run at the same time (1 for an in-process
             run).
         cores: cores available; ``None`` asks ``usable_cores()`` (this process's affinity).
+        where: whose cores they are, as the error says it (e.g. ``"the Ray cluster has"``).
 
     Returns:
         The thread count each worker sets with ``torch.set_num_threads``.
@@ -57,12 +63,12 @@ def threads_per_worker(requested: int | None, workers: int, cores: int | None = 
         return threads
     if workers > cores:
         raise ValueError(
-            f"--workers {workers} needs {workers} cores at one thread each; this process may use "
-            f"{cores}: use --workers {cores} or fewer"
+            f"--workers {workers} needs {workers} cores at one thread each; {where} {cores}: "
+            f"use --workers {cores} or fewer"
         )
     asked = f"--threads {threads}" + (f" with --workers {workers}" if workers > 1 else "")
     more = " or fewer workers" if workers > 1 else ""
     raise ValueError(
-        f"{asked} needs {workers * threads} cores; this process may use {cores}: "
+        f"{asked} needs {workers * threads} cores; {where} {cores}: "
         f"use --threads {cores // workers}{more}"
     )
