@@ -128,10 +128,9 @@ def _apply_slots(models: Sequence[MorphogeneticModel], name: str, h: Tensor) -> 
     slots = [m.slot(name) for m in models]
     if all(slot.stage not in FORWARD_STAGES for slot in slots):
         return h
-    # k × (B, C, H, W), each copied to a dense channels_last tensor: a channel slice is a
-    # strided view, and torch 2.13's channels_last GroupNorm backward (the "norm" seed) reads
-    # out of bounds on one (a segfault in float64, found by tests/test_grouped.py).
-    parts = [p.contiguous(memory_format=torch.channels_last) for p in h.chunk(len(models), dim=1)]
+    # k × (B, C, H, W) strided views. Seeds' GroupNorm guards itself against torch 2.13's
+    # channels_last backward crash on such a slice (``esper.kasmina.blueprints._GroupNorm``).
+    parts = h.chunk(len(models), dim=1)
     return torch.cat([slot(part) for slot, part in zip(slots, parts, strict=True)], dim=1)
 
 
