@@ -55,7 +55,11 @@ from esper.leyline import (
     ordered_slots,
 )
 from esper.leyline import thresholds as T
+from esper.nissa import TelemetryHub
+from esper.simic.config import TrainingConfig
 from esper.simic.protocol import EnvStep, EpisodeInfo
+from esper.simic.training import PPOTrainer
+from esper.simic.vector import VectorEnv
 from esper.tamiyo import TrackerConfig
 
 TARGET = "target"
@@ -370,3 +374,11 @@ def optimal_action(observation: Observation, config: StandInConfig) -> Action:
             reason="plateau reached: grow the target seed",
         )
     return Action(Op.WAIT, reason="target grown" if ready else "host still improving")
+
+
+def standin_trainer(
+    config: TrainingConfig, envs: list[PlateauEnv], hub: TelemetryHub
+) -> PPOTrainer:
+    """A PPO trainer on stand-in environments, policy and environments on the CPU."""
+    cpu = torch.device("cpu")
+    return PPOTrainer(VectorEnv(envs, [cpu] * len(envs)), cpu, config, hub.emit, hub.set_level)

@@ -31,10 +31,8 @@ from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
-from esper.simic.training import PPOTrainer
-from esper.simic.vector import VectorEnv
 from esper.tamiyo.features import encode_observation
-from standin import PlateauEnv, StandInConfig
+from standin import PlateauEnv, StandInConfig, standin_trainer
 
 BASE: dict[str, Any] = {
     "env": {"epochs": 4, "batches_per_epoch": 2, "val_samples": 128},
@@ -99,13 +97,7 @@ def learn_probe(config: TrainingConfig) -> list[float]:
     n = config.ppo.n_envs
     envs = [PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in range(n)]
     hub = TelemetryHub("t", [])
-    trainer = PPOTrainer(
-        VectorEnv(envs, [torch.device("cpu")] * n),
-        torch.device("cpu"),
-        config,
-        hub.emit,
-        hub.set_level,
-    )
+    trainer = standin_trainer(config, envs, hub)
     results = []
     trainer.train(results.append)
     out = [float(len(results)), float(hub.level.value)]
@@ -147,13 +139,7 @@ def reward_probe(config: TrainingConfig) -> list[float]:
 def policy_probe(config: TrainingConfig) -> list[float]:
     hub = TelemetryHub("t", [])
     env = PlateauEnv(StandInConfig(), seed=0)
-    trainer = PPOTrainer(
-        VectorEnv([env], [torch.device("cpu")]),
-        torch.device("cpu"),
-        config,
-        hub.emit,
-        hub.set_level,
-    )
+    trainer = standin_trainer(config, [env], hub)
     return [float(sum(p.numel() for p in trainer.network.parameters()))]
 
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from esper.leyline import Observation
 from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.config import TrainingConfig
 from esper.simic.training import PPOTrainer
-from esper.simic.vector import VectorEnv
 from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.policy import PolicyController
-from standin import PlateauEnv, StandInConfig
+from standin import PlateauEnv, StandInConfig, standin_trainer
 
 N_ENVS = 16
 ROUNDS = 150  # ≈ 30 s on 2 CPU cores; seeds 0, 1 and 2 were all optimal (greedy) by round 125
@@ -45,13 +42,7 @@ def _trainer(seed: int = 0) -> PPOTrainer:
     config = override(TrainingConfig(), {**LEARNING, "runtime": {"seed": seed}})
     envs = [PlateauEnv(StandInConfig(), seed=seed + i) for i in range(N_ENVS)]
     hub = TelemetryHub("test", [])
-    return PPOTrainer(
-        VectorEnv(envs, [torch.device("cpu")] * N_ENVS),
-        torch.device("cpu"),
-        config,
-        hub.emit,
-        hub.set_level,
-    )
+    return standin_trainer(config, envs, hub)
 
 
 def _mean_return(decide, reset, seed: int) -> float:

@@ -20,8 +20,7 @@ from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
 from esper.simic.training import PPOTrainer
-from esper.simic.vector import VectorEnv
-from standin import PlateauEnv, StandInConfig
+from standin import PlateauEnv, StandInConfig, standin_trainer
 
 
 class ListSink:
@@ -45,13 +44,7 @@ def _standin_trainer(ppo: dict | None = None, n: int = 4, hub: TelemetryHub | No
     )
     envs = [PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in range(n)]
     hub = hub or TelemetryHub("t", [])
-    return PPOTrainer(
-        VectorEnv(envs, [torch.device("cpu")] * n),
-        torch.device("cpu"),
-        config,
-        hub.emit,
-        hub.set_level,
-    )
+    return standin_trainer(config, envs, hub)
 
 
 def _capture_batches(trainer: PPOTrainer) -> list[RolloutBatch]:
