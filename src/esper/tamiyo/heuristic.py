@@ -3,8 +3,8 @@
 One action per decision, by the first rule that fires, in this priority order:
 
 1. **PRUNE** a seed that hurts (see ``_prune_reason``).
-2. **FOSSILIZE** a HOLDING seed that clears gate G5.
-3. **ADVANCE** a seed whose next gate (G1, G2, G3) would pass.
+2. **FOSSILIZE** a HOLDING seed that clears gate G5 (see ``fossilize_reason``).
+3. **ADVANCE** a seed whose next gate (G1, G2, G3) would pass (see ``advance_reason``).
 4. **GERMINATE** once the host has stabilized or plateaued, within cooldown, live-seed and
    horizon limits.
 5. Otherwise **WAIT**.
@@ -134,8 +134,12 @@ def _prune_reason(report: SeedStateReport, config: HeuristicConfig) -> str | Non
     return None
 
 
-def _fossilize_reason(report: SeedStateReport) -> str | None:
-    """Why this seed passes G5 now, or ``None``."""
+def fossilize_reason(report: SeedStateReport) -> str | None:
+    """Why this seed passes G5 now, or ``None``.
+
+    The strict G5 thresholds as far as the report shows them; shared with the baseline
+    controllers (``esper.tamiyo.baselines``) so every controller reads the gates one way.
+    """
     c = report.counterfactual_contribution
     if (
         report.stage is SeedStage.HOLDING
@@ -148,8 +152,12 @@ def _fossilize_reason(report: SeedStateReport) -> str | None:
     return None
 
 
-def _advance_reason(report: SeedStateReport) -> str | None:
-    """Why this seed passes its next gate (G1, G2 or G3) now, or ``None``."""
+def advance_reason(report: SeedStateReport) -> str | None:
+    """Why this seed passes its next gate (G1, G2 or G3) now, or ``None``.
+
+    The strict thresholds as far as the report shows them; shared with the baseline
+    controllers (``esper.tamiyo.baselines``).
+    """
     stage, c, epochs = report.stage, report.counterfactual_contribution, report.epochs_in_stage
     if stage is SeedStage.GERMINATED:
         return "germinated: start training (G1)"
@@ -212,8 +220,8 @@ class HeuristicTamiyo:
         """The highest-priority PRUNE, FOSSILIZE or ADVANCE, first slot first; else ``None``."""
         for op, rule in (
             (Op.PRUNE, lambda r: _prune_reason(r, self.config)),
-            (Op.FOSSILIZE, _fossilize_reason),
-            (Op.ADVANCE, _advance_reason),
+            (Op.FOSSILIZE, fossilize_reason),
+            (Op.ADVANCE, advance_reason),
         ):
             for report in reports:
                 reason = rule(report)
