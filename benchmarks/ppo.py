@@ -47,12 +47,12 @@ from typing import Any
 
 import torch
 
-from esper.cli.run import load_data
 from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.training import PPOTrainer, RoundResult
+from esper.study.run import load_data
 
 PRESET = "tiny"
 TASK = "synthetic"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from esper.cli.growth import EpochRow
 from esper.cli.main import main
-from esper.cli.run import Stop
 from esper.leyline.config import read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
+from esper.study.growth import EpochRow
+from esper.study.run import Stop
 
 ESPER = [sys.executable, "-m", "esper"]
 TINY = ["--batches-per-epoch", "2", "--val-samples", "128"]

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from esper.cli.main import main
-from esper.cli.run import ppo_state
 from esper.leyline.config import config_dict
 from esper.leyline.events import PPOUpdate
 from esper.nissa import record
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
+from esper.study.run import ppo_state
 
 TIMING = {"seconds_rollout", "seconds_update"}
 ROUND_FIELDS = tuple(f.name for f in fields(PPOUpdate))

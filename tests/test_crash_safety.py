@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from esper.cli.growth import EpochRow
 from esper.cli.main import main
-from esper.cli.run import Stop
 from esper.nissa import record
+from esper.study.growth import EpochRow
+from esper.study.run import Stop
 
 ESPER = [sys.executable, "-m", "esper"]
 KILL_ARGS = [

@@ -8,9 +8,8 @@ import tomllib
 import pytest
 
 from esper.cli.config import RunOptions
-from esper.cli.main import UserError
 from esper.cli.ppo import parse
-from esper.leyline.config import config_dict, config_text, override, read_config_file
+from esper.leyline.config import UserError, config_dict, config_text, override, read_config_file
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 
 

@@ -17,20 +17,19 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import esper.cli.run as cli_run
 import pytest
 import torch
 
-import esper.cli.run as cli_run
-from esper.cli.main import UserError
-from esper.cli.run import load_data, set_threads
 from esper.leyline import Action, Op, SeedStage, SeedStateReport, TelemetryLevel, thresholds
-from esper.leyline.config import config_dict, override
+from esper.leyline.config import UserError, config_dict, override
 from esper.leyline.events import EpochCompleted
 from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
+from esper.study.run import load_data, set_threads
 from esper.tamiyo.features import encode_observation
 from standin import PlateauEnv, StandInConfig, standin_trainer
 

@@ -9,7 +9,6 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from esper.cli.run import load_data
 from esper.leyline.config import override
 from esper.leyline.events import PPOUpdate, TelemetryLevel, event_record
 from esper.nissa import TelemetryHub
@@ -20,6 +19,7 @@ from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
 from esper.simic.training import PPOTrainer
+from esper.study.run import load_data
 from standin import PlateauEnv, StandInConfig, standin_trainer
 
 

@@ -25,7 +25,6 @@ import ray
 import torch
 
 from esper.cli.main import main
-from esper.cli.run import ppo_state
 from esper.data import DatasetNotFoundError, make_synthetic
 from esper.leyline.config import override, read_config_file
 from esper.leyline.events import PPOUpdate
@@ -36,6 +35,7 @@ from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.training import PPOTrainer
 from esper.simic.vector import VectorEnv
 from esper.simic.workers import RayVectorEnv, WorkerLostError, chunks, start_ray
+from esper.study.run import ppo_state
 
 TINY = ["ppo", "--preset", "tiny"]
 TIMING = {"t", "run_id", "seconds", "seconds_rollout", "seconds_update", "wall_seconds"}

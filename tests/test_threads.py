@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper.cli.main import UserError, main
-from esper.cli.run import set_threads
-from esper.leyline.config import HostTraining
+from esper.cli.main import main
+from esper.leyline.config import HostTraining, UserError
+from esper.study.run import set_threads
 from esper.tolaria import threads as policy
 from esper.tolaria.threads import threads_per_worker, usable_cores
 

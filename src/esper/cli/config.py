@@ -13,46 +13,20 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import tyro
 
-from esper.cli.main import RUN_COMMANDS, UserError
-from esper.leyline.config import (
-    MAX_SEED,
-    HostTraining,
-    TelemetrySettings,
-    check_int,
-    override,
-    read_config_file,
-)
+from esper.cli.main import RUN_COMMANDS
+from esper.leyline.config import HostTraining, UserError, override, read_config_file
+from esper.study.growth import GrowthRun
 
 GROWTH_MODES = ("static", "heuristic", "eval")
 """Commands that run one episode with one controller."""
 
 C = TypeVar("C")
-
-
-@dataclass(frozen=True)
-class GrowthRun:
-    """The configuration of a static, heuristic or eval run (saved as ``config.json``).
-
-    Attributes:
-        training: task, host training and slots.
-        seed: run seed: host and seed initialization and the data order.
-        policy: eval only: the PPO run directory whose policy controls growth.
-        telemetry: what the run logs.
-    """
-
-    training: Annotated[HostTraining, tyro.conf.OmitArgPrefixes]
-    seed: int = 0
-    policy: str | None = None
-    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
-
-    def __post_init__(self) -> None:
-        check_int("seed", self.seed, 0, MAX_SEED)
 
 
 def check_mode(mode: str, config: GrowthRun) -> None:

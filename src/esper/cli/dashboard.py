@@ -7,7 +7,7 @@ import contextlib
 import errno
 from pathlib import Path
 
-from esper.cli.main import UserError
+from esper.leyline.config import UserError
 
 
 def _listen_error(host: str, port: int, err: OSError) -> UserError:

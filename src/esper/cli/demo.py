@@ -13,15 +13,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from esper.cli.config import GrowthRun, RunOptions
-from esper.cli.growth import GrowthRunner
-from esper.cli.main import EXIT_INTERRUPTED, UserError
-from esper.cli.run import Stop
+from esper.cli.main import EXIT_INTERRUPTED
 from esper.cli.runs import format_table
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
-from esper.leyline.config import HostTraining
+from esper.leyline.config import HostTraining, UserError
 from esper.nissa import record
 from esper.nissa.log import percent
+from esper.study.growth import GrowthRun, GrowthRunner
+from esper.study.run import Stop
 from esper.tasks import get_task
 
 PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits"
@@ -73,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     summaries = {}
     for mode in ("static", "heuristic"):
         out = parent / f"demo-{stamp}-{task}-{mode}"
-        runner = GrowthRunner(mode, GrowthRun(training, seed=args.seed), RunOptions(out=out))
+        runner = GrowthRunner(mode, GrowthRun(training, seed=args.seed), out)
         try:
             runner.run(label=f"{mode:>9}")
         except Stop:

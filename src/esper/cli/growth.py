@@ -1,64 +1,18 @@
-"""``esper static``, ``esper heuristic`` and ``esper eval``: one episode, one controller.
-
-The episode is Tolaria's ``Episode`` — the loop every PPO environment runs too — driven by the
-controller of the mode: ``StaticController`` (never grows), ``HeuristicTamiyo``, or the greedy
-policy of a PPO run (``eval``, whose environment settings it reuses unless overridden). After
-every epoch its row goes to ``metrics.csv`` and the whole state (episode, controller, elapsed
-time) to a checkpoint; the grown model is saved as ``model.pt`` when the run ends.
-"""
+"""``esper static|heuristic|eval``: parse the run's configuration, run it
+(``esper.study.growth.GrowthRunner``) and print the result."""
 
 from __future__ import annotations
 
-import json
-import math
-import sys
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
-import torch
-
-from esper.cli.config import GrowthRun, RunOptions, growth_config, policy_arg
-from esper.cli.main import EXIT_INTERRUPTED, UserError
-from esper.cli.run import (
-    Recorder,
-    Stop,
-    announce,
-    check_out,
-    check_recorded_mode,
-    check_sinks,
-    interrupted_hint,
-    load_data,
-    ppo_state,
-    set_threads,
-)
-from esper.kasmina import save_model
-from esper.leyline import SeedStage
-from esper.leyline.config import HostTraining, override
-from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
-from esper.nissa import TelemetryHub, record
+from esper.cli.config import RunOptions, growth_config, policy_arg
+from esper.cli.main import EXIT_INTERRUPTED
+from esper.leyline.config import HostTraining, UserError, override
+from esper.nissa import record
 from esper.nissa.log import percent
-from esper.seeding import seed_everything
-from esper.simic.build import PolicyCheckpointError, load_policy, policy_training
-from esper.simic.env import task_episode
-from esper.tamiyo import Controller, HeuristicTamiyo, StaticController
-from esper.tasks import resolve_training
-from esper.tolaria.episode import Episode
-
-
-@dataclass(frozen=True)
-class EpochRow:
-    """One row of ``metrics.csv`` (its columns are these fields)."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    params: int
+from esper.simic.build import PolicyCheckpointError, policy_training
+from esper.study.growth import GrowthRun, GrowthRunner
+from esper.study.run import Stop, announce, check_recorded_mode, interrupted_hint, ppo_state
 
 
 def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
@@ -86,194 +40,10 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     return replace(config, policy=str(policy.resolve()))  # a resume may start elsewhere
 
 
-def make_controller(
-    mode: str,
-    config: GrowthRun,
-    episode: Episode,
-    hub: TelemetryHub,
-    policy: dict[str, Any] | None,
-) -> Controller:
-    """The controller of ``mode`` (eval: the ``policy`` state of a PPO run's checkpoint, its
-    decisions logged when NORMAL)."""
-    if mode == "static":
-        return StaticController()
-    if mode == "heuristic":
-        return HeuristicTamiyo()
-    assert policy is not None
-    try:
-        controller = load_policy(policy, episode.topology)
-    except PolicyCheckpointError as err:
-        raise UserError(f"--policy {config.policy!r}: {err}") from err
-    if TelemetryLevel.parse(config.telemetry.level).value >= PolicyDecision.level.value:
-        controller.emit = hub.emit
-    return controller
-
-
-class GrowthRunner:
-    """A prepared run: data, episode and controller, built before any file is written."""
-
-    def __init__(self, mode: str, config: GrowthRun, options: RunOptions) -> None:
-        training = set_threads(_resolved(config.training))
-        self.mode, self.config = mode, replace(config, training=training)
-        self.threads = torch.get_num_threads()
-        seed_everything(config.seed)
-        check_sinks(config.telemetry.tensorboard)
-        check_out(options)  # before the data loads: bad input fails at once
-        data = load_data(training)
-        hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
-        try:
-            self.episode = task_episode(training, data, config.seed, torch.device("cpu"), hub.emit)
-        except ValueError as err:  # e.g. slots the task's host lacks
-            raise UserError(str(err)) from err
-        policy = None if config.policy is None else ppo_state(Path(config.policy))
-        self.controller = make_controller(mode, self.config, self.episode, hub, policy)
-        # The PPO run may train on after this eval started; a resume must use the same policy.
-        self.policy_round = None if policy is None else int(policy["trainer"]["round"])
-        self.elapsed = 0.0
-        self.recorder = Recorder.open(
-            mode, self.config, options, EpochRow, self._meta, hub, self._state
-        )
-        if self.recorder.checkpoint is not None:
-            self._restore(self.recorder.state())
-
-    def _meta(self, run_id: str) -> record.RunMeta:
-        seeds = {"run": self.config.seed, "data_order": self.config.seed}
-        return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv)
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        if state["policy_round"] != self.policy_round:
-            raise UserError(
-                f"cannot resume {str(self.recorder.directory)!r}: it ran the policy of round "
-                f"{state['policy_round']} of {self.config.policy!r}, which is now at round "
-                f"{self.policy_round}; start a new eval"
-            )
-        try:
-            self.episode.load_state_dict(state["episode"])
-            self.controller.load_state_dict(json.loads(state["controller"]))
-            self.elapsed = float(state["elapsed"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as err:
-            raise UserError(f"cannot resume {str(self.recorder.directory)!r}: {err}") from err
-        self.recorder.check_step(self.epoch, self.config.training.episode_length(), "epoch")
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "episode": self.episode.state_dict(),
-            "controller": json.dumps(self.controller.state_dict()),
-            "elapsed": self.elapsed,
-            "policy_round": self.policy_round,
-        }
-
-    @property
-    def epoch(self) -> int:
-        """Epochs trained so far."""
-        return self.episode.epoch
-
-    def run(self, label: str = "") -> str:
-        """Step the episode to its end, committing every epoch; return the final status.
-
-        Raises:
-            Stop: Ctrl-C or SIGTERM (the last epoch is checkpointed and summarised first).
-            UserError: out of disk space (the previous checkpoint is intact).
-        """
-        recorder, training = self.recorder, self.config.training
-        recorder.start(self.mode, training, self.config.seed, self.config.telemetry.tensorboard)
-        recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
-        recorder.drive(
-            self._step, lambda: self.epoch > 0 and self.episode.done, lambda s, f: self._finish(s)
-        )
-        status = "terminated" if self.episode.trainer.terminated else "completed"
-        save_model(self.episode.model, recorder.directory / "model.pt")
-        self._finish(status)
-        return status
-
-    def _step(self, held: Callable[[], AbstractContextManager[None]]) -> None:
-        """Train one epoch (the first, or after the controller's decision), then commit it."""
-        started = time.perf_counter()
-        if self.epoch == 0:
-            self.episode.reset()
-        else:
-            self.episode.step(self.controller.decide(self.episode.observation))
-        with held():
-            self.elapsed += time.perf_counter() - started
-            r = self.episode.last
-            params = self.episode.model.active_param_count()
-            row = EpochRow(
-                r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, params
-            )
-            self.recorder.commit(self.epoch, row, self._state())
-
-    def _finish(self, status: str) -> None:
-        """Summarise what the last checkpoint holds (on a stop: reload it first)."""
-        if status == "interrupted":
-            self._restore(self.recorder.state())
-        summary = self.summary(status)
-        g = summary.growth
-        assert g is not None
-        final = None if g.final is None else g.final.val_accuracy
-        finished = RunFinished(
-            status,
-            g.epochs_completed,
-            final,
-            g.best_val_accuracy,
-            g.param_count,
-            g.fossilized,
-            g.pruned,
-            self.elapsed,
-        )
-        self.recorder.finish(summary, finished)
-
-    def summary(self, status: str) -> record.RunSummary:
-        """The run's summary, from the recorded (checkpointed) epochs only."""
-        rows: list[EpochRow] = self.recorder.rows
-        finite = [r.val_accuracy for r in rows if math.isfinite(r.val_accuracy)]
-        model = self.episode.model if self.epoch > 0 else self.episode.initial_model
-        reports = model.reports()
-        last = rows[-1] if rows else None
-        final = (
-            None
-            if last is None
-            else record.FinalMetrics(
-                _finite(last.train_loss),
-                _finite(last.train_accuracy),
-                _finite(last.val_loss),
-                _finite(last.val_accuracy),
-            )
-        )
-        growth = record.GrowthSummary(
-            epochs_completed=self.epoch,
-            epochs_planned=self.config.training.episode_length(),
-            final=final,
-            best_val_accuracy=max(finite) if finite else None,
-            param_count=model.active_param_count(),
-            host_param_count=model.host_param_count,
-            fossilized=sum(r.stage is SeedStage.FOSSILIZED for r in reports.values()),
-            pruned=self.episode.trainer.pruned_count if self.epoch > 0 else 0,
-            seeds=tuple(
-                record.SeedSummary(r.slot, r.stage.value, r.blueprint)
-                for r in reports.values()
-                if r.blueprint is not None
-            ),
-        )
-        task, seed = self.config.training.task, self.config.seed
-        run_id, seconds = self.recorder.run_id, round(self.elapsed, 3)
-        return record.RunSummary(status, self.mode, task, seed, run_id, seconds, None, growth)
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _resolved(training: HostTraining) -> HostTraining:
-    try:
-        return resolve_training(training)
-    except ValueError as err:
-        raise UserError(str(err)) from err
-
-
 def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     """``esper static|heuristic|eval``."""
     config = parse(mode, argv, options)
-    runner = GrowthRunner(mode, config, options)
+    runner = GrowthRunner(mode, config, options.out, options.resume)
     announce(mode, runner.config, options.resume)  # resolved and checked
     directory = runner.recorder.directory
     try:

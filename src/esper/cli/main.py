@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from esper.leyline.config import UserError
 from esper.leyline.files import DiskFullError
 from esper.nissa.log import EventLogError
 from esper.nissa.record import RunRecordError
@@ -39,10 +40,6 @@ RUN_COMMANDS = {
     "ppo": "train a growth policy with PPO (Simic)",
 }
 """Commands that train and write a run directory; each parses its own flags."""
-
-
-class UserError(Exception):
-    """An expected failure caused by input: reported as one line, exit code 2, no traceback."""
 
 
 def _number(cast: Callable[[str], N], what: str, ok: Callable[[N], bool]) -> Callable[[str], N]:
@@ -134,7 +131,7 @@ def run_command(command: str, argv: list[str]) -> int:
     """``esper static|heuristic|eval|ppo ARGS``: split off the command's own options, then run
     (in a child process watched by the terminal UI with ``--tui``)."""
     from esper.cli.config import split_options
-    from esper.cli.run import interrupt_on_sigterm
+    from esper.study.run import interrupt_on_sigterm
 
     interrupt_on_sigterm()
     options, rest = split_options(argv)

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from esper.cli.main import UserError
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
+from esper.leyline.config import UserError
 
 REPORT_DIR = "report"
 

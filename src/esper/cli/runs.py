@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from esper.cli.main import UserError
+from esper.leyline.config import UserError
 from esper.leyline.events import EpochCompleted, PPOUpdate
 from esper.nissa.log import (
     RunDirectory,

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from esper.cli.config import RunOptions
-from esper.cli.main import UserError
 from esper.karn.tui import RunApp
+from esper.leyline.config import UserError
 from esper.nissa.log import EVENTS_FILE, EventTail, RunDirectory, open_run
 
 CONSOLE_LOG = "console.log"
@@ -99,7 +99,7 @@ def default_directory(command: str, argv: list[str], options: RunOptions) -> Pat
     Raises:
         UserError: the configuration is invalid (e.g. no ``--task``).
     """
-    from esper.cli.run import default_out
+    from esper.study.run import default_out
 
     if command == "ppo":
         from esper.cli import ppo

@@ -33,6 +33,11 @@ TelemetryName = Literal["minimal", "normal", "debug"]
 C = TypeVar("C")
 
 
+class UserError(Exception):
+    """An expected failure caused by input (a flag, a file, a run directory): the ``esper``
+    command reports it as one line, exit code 2, no traceback."""
+
+
 def require(ok: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok`` (the one-line error every setting uses)."""
     if not ok:

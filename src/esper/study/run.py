@@ -1,4 +1,4 @@
-"""Running a command into its run directory: ``esper static|heuristic|eval`` and ``esper ppo``.
+"""A run directory through a run's life: growth runs (``esper.study.growth``) and PPO runs.
 
 Both kinds share one life cycle (``Recorder``): everything is validated and built before the
 directory is touched; a new run writes ``config.json`` (a valid ``--config``), ``meta.json``
@@ -28,10 +28,8 @@ from typing import Any
 
 import torch
 
-from esper.cli.config import RunOptions
-from esper.cli.main import UserError
 from esper.data import DatasetNotFoundError, load_dataset
-from esper.leyline.config import HostTraining, config_dict, config_text
+from esper.leyline.config import HostTraining, UserError, config_dict, config_text
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
@@ -142,10 +140,10 @@ def default_out(task: str, mode: str) -> Path:
 # ------------------------------------------------------------------------------ recorder
 
 
-def check_out(options: RunOptions) -> None:
+def check_out(out: Path | None, resume: Path | None) -> None:
     """A given ``--out`` can take a new run (checked again when the run is created)."""
-    if options.resume is None and options.out is not None:
-        check_new_run_directory(options.out)
+    if resume is None and out is not None:
+        check_new_run_directory(out)
 
 
 def check_new_run_directory(directory: Path) -> None:
@@ -229,7 +227,8 @@ class Recorder:
         cls,
         mode: str,
         config: Any,
-        options: RunOptions,
+        out: Path | None,
+        resume: Path | None,
         row_type: type,
         meta: Meta,
         hub: TelemetryHub,
@@ -242,15 +241,15 @@ class Recorder:
             UserError: the directory cannot be created, is not empty, lies inside another run,
                 or (resume) has an inconsistent record.
         """
-        if options.resume is not None:
+        if resume is not None:
             try:
-                return cls._reopen(mode, options.resume, row_type, hub)
+                return cls._reopen(mode, resume, row_type, hub)
             except (record.RunRecordError, DiskFullError) as err:
                 raise UserError(str(err)) from err
             except OSError as err:  # e.g. a read-only directory
-                raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
+                raise UserError(f"cannot resume {str(resume)!r}: {err}") from err
         task = config.env.task if mode == "ppo" else config.training.task
-        out = options.out or default_out(task, mode)
+        out = out or default_out(task, mode)
         check_new_run_directory(out)
         files = _state_files(first_state())
         try:
