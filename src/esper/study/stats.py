@@ -1,0 +1,664 @@
+"""A study's statistics: rliable interval estimates over its trials, and its results files.
+
+A study is tasks × arms × seeds (DESIGN §9); each trial ends as one ``TrialRow``. Only completed
+trials with a score count; every other trial is listed in ``results.md`` with its error. The
+statistics follow Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical
+Precipice" (NeurIPS 2021), through their library rliable:
+
+- ``summarize``: per task × arm the interquartile mean (IQM) and the mean with 95 % stratified
+  bootstrap confidence intervals, the median, the sample standard deviation and n, plus the mean
+  final and peak parameters, training FLOPs and wall time; and per arm the same over all tasks.
+- ``improvements``: the probability of improvement P(X > Y) + ½ P(X = Y) of every arm over every
+  baseline arm, per task and over all tasks, with its 95 % interval.
+- ``verdicts``: the two questions Esper asks, answered from those probabilities.
+- ``write_results``: ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
+
+Choices rliable leaves open, made here once:
+
+- **Seeding.** rliable's bootstraps draw their indices from numpy's *global* RNG
+  (``np.random.choice`` in ``StratifiedBootstrap.update_indices``; the ``random_state`` argument
+  never reaches those draws, and arch deprecates it). Every interval is therefore computed with
+  the global RNG seeded with ``seed``, and the caller's RNG state is restored afterwards
+  (``_seeded``). An interval thus depends only on its own scores, ``reps`` and ``seed``, never on
+  which other arms or tasks are in the study. A lock keeps two threads of this module apart; a
+  thread elsewhere drawing from ``np.random`` during a bootstrap would disturb it.
+- **IQM** is ``rliable.metrics.aggregate_iqm``: scipy's 25 % trimmed mean, which cuts ⌊n/4⌋
+  scores from each end (n = 8: the mean of the middle 4; n = 7: of the middle 5).
+- **Over all tasks** rliable wants a runs × tasks matrix, so every task must give the same number
+  of runs. With unequal n an arm's aggregate uses the common n: the n lowest seeds of each task,
+  where n is the smallest count among its tasks (``ArmSummary.unused`` counts the scores left
+  out; ``results.md`` says so). Scores are raw test accuracy in percent, not normalised per task.
+  A probability of improvement over all tasks uses the tasks both arms have.
+- **Intervals** are percentile intervals (rliable's default) of the stratified bootstrap: runs
+  are resampled with replacement within each task; the two arms of a probability of improvement
+  are resampled independently.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rliable import library, metrics, plot_utils
+
+from esper.leyline.files import atomic_write
+
+COMPLETED = "completed"
+"""The status of a trial that finished; only these trials (with a score) enter the statistics."""
+
+ALL_TASKS = "all tasks"
+"""The ``task`` of a summary or improvement taken over all tasks."""
+
+CONFIDENCE = 0.95
+"""Coverage of every interval (DESIGN §9: 95 % stratified bootstrap intervals)."""
+
+STATIC_ARMS = frozenset({"static", "static-matched"})
+"""Arms that never grow; every other arm is a growing one."""
+
+MATCHED_BASELINE = "static-matched"
+"""The static arm whose width matches a grown arm's parameters: the per-parameter baseline."""
+
+HANDWRITTEN_BASELINE = "heuristic"
+"""The hand-written controller a learned one must beat."""
+
+LEARNED_PREFIX = "ppo"
+"""Arms whose name starts with this are learned (PPO) controllers."""
+
+VERDICT_BASELINES = (MATCHED_BASELINE, HANDWRITTEN_BASELINE)
+"""The baselines the verdicts compare against; ``write_results`` always includes them."""
+
+Q_GROWTH = "does growing beat a static network per parameter?"
+Q_LEARNED = "can a learned controller grow better than a hand-written one?"
+
+RESULTS_FILE = "results.md"
+INTERVALS_FILE = "interval_estimates.png"
+PROFILE_FILE = "performance_profile.png"
+
+PROFILE_POINTS = 101
+"""Thresholds τ of the performance profile: a smooth curve from the lowest score to the highest."""
+
+DPI = 100  # 8-inch-wide figures -> 800 px: readable in a browser or a markdown viewer
+
+Scores = npt.NDArray[np.float64]
+"""A runs × tasks matrix of test accuracies, ``(N, K)``, as rliable takes it."""
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial of a study as the statistics see it.
+
+    Attributes:
+        task: The task's name.
+        arm: The arm's name (``static``, ``static-matched``, ``heuristic``, ``ppo…``, ...).
+        seed: The trial's seed.
+        status: ``"completed"``, ``"failed"``, ...; only completed trials count.
+        score: Test accuracy of the final model, in percent; ``None`` when not measured.
+        best_score: Test accuracy of the best-validation checkpoint, in percent.
+        final_params: Parameters of the final model.
+        peak_params: The most parameters the model had during training.
+        flops: Training FLOPs.
+        seconds: Wall time of the trial.
+        error: What went wrong, for a trial that did not complete.
+    """
+
+    task: str
+    arm: str
+    seed: int
+    status: str
+    score: float | None
+    best_score: float | None
+    final_params: int | None
+    peak_params: int | None
+    flops: float | None
+    seconds: float | None
+    error: str | None
+
+    def __post_init__(self) -> None:
+        if self.score is not None and not math.isfinite(self.score):
+            raise ValueError(
+                f"trial {self.task}/{self.arm}/seed {self.seed}: score {self.score} is not a "
+                "number; a score that was not measured is None"
+            )
+
+    @property
+    def counts(self) -> bool:
+        """Whether the trial enters the statistics: it completed and has a score."""
+        return self.status == COMPLETED and self.score is not None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95 % confidence interval ``[low, high]``."""
+
+    point: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm's scores on one task, or over all tasks (``task == ALL_TASKS``).
+
+    Attributes:
+        task: The task, or ``ALL_TASKS``.
+        arm: The arm.
+        tasks: The tasks the statistics are taken over (one, or all the arm has scores on).
+        n: Scores per task that entered the statistics (over all tasks: the common n).
+        unused: Completed scores left out to reach the common n (0 for a single task).
+        iqm: Interquartile mean with its interval.
+        mean: Mean (over all tasks: the mean of the task means) with its interval.
+        median: Median (over all tasks: rliable's median of the task means).
+        std: Sample standard deviation; ``None`` for n = 1, and over several tasks, where it
+            would mix task difficulty with seed noise.
+        final_params: Mean final parameters of the trials used; ``None`` if none recorded it.
+        peak_params: Mean peak parameters, likewise.
+        flops: Mean training FLOPs, likewise.
+        seconds: Mean wall time, likewise.
+    """
+
+    task: str
+    arm: str
+    tasks: tuple[str, ...]
+    n: int
+    unused: int
+    iqm: Interval
+    mean: Interval
+    median: float
+    std: float | None
+    final_params: float | None
+    peak_params: float | None
+    flops: float | None
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class Improvement:
+    """The probability that ``arm`` scores above ``baseline``: P(X > Y) + ½ P(X = Y).
+
+    Attributes:
+        task: The task, or ``ALL_TASKS`` (the per-task probabilities averaged over ``tasks``).
+        arm: The arm X.
+        baseline: The baseline arm Y.
+        tasks: The tasks compared (those both arms have scores on).
+        n_arm: Runs per task of the arm that entered.
+        n_baseline: Runs per task of the baseline that entered.
+        probability: The probability with its interval.
+    """
+
+    task: str
+    arm: str
+    baseline: str
+    tasks: tuple[str, ...]
+    n_arm: int
+    n_baseline: int
+    probability: Interval
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Everything ``results.md`` shows, as ``write_results`` computed it."""
+
+    summaries: list[ArmSummary]
+    improvements: list[Improvement]
+    verdicts: list[str]
+    excluded: list[TrialRow]
+
+
+# ------------------------------------------------------------------------------ bootstrap
+
+_GLOBAL_RNG = threading.Lock()
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG for rliable's draws, and give the caller its state back after."""
+    with _GLOBAL_RNG:
+        saved = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(saved)
+
+
+def _estimate(
+    scores: Scores | list[Scores],
+    func: Callable[..., object],
+    reps: int,
+    seed: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Point estimates ``(M,)`` and their intervals ``(2, M)`` of ``func`` from rliable.
+
+    ``scores`` is one runs × tasks matrix, or a list of them that are resampled independently
+    (for a function of two arms).
+    """
+    with _seeded(seed):
+        points, intervals = library.get_interval_estimates(
+            {"scores": scores},
+            func,
+            reps=reps,
+            confidence_interval_size=CONFIDENCE,
+        )
+    point = np.atleast_1d(np.asarray(points["scores"], dtype=np.float64))
+    return point, np.asarray(intervals["scores"], dtype=np.float64).reshape(2, -1)
+
+
+def _iqm_and_mean(scores: Scores) -> npt.NDArray[np.float64]:
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
+
+
+# ------------------------------------------------------------------------------ grouping
+
+Cells = dict[tuple[str, str], list[TrialRow]]
+"""Counted trials by (task, arm), each list sorted by seed."""
+
+
+def _cells(rows: Sequence[TrialRow]) -> Cells:
+    cells: Cells = {}
+    for row in rows:
+        if row.counts:
+            cells.setdefault((row.task, row.arm), []).append(row)
+    for (task, arm), trials in cells.items():
+        trials.sort(key=lambda row: row.seed)
+        seeds = [row.seed for row in trials]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(
+                f"{task}/{arm}: more than one completed trial for one seed (seeds {seeds}); "
+                "a study has one trial per task, arm and seed"
+            )
+    return cells
+
+
+def _tasks(cells: Cells, arm: str) -> set[str]:
+    return {task for task, cell_arm in cells if cell_arm == arm}
+
+
+def _matrix(cells: Cells, arm: str, tasks: Sequence[str]) -> tuple[Scores, list[TrialRow]]:
+    """The ``(n, K)`` runs × tasks matrix of ``arm`` on ``tasks`` (the n lowest seeds of each)
+    and the trials in it."""
+    n = min(len(cells[task, arm]) for task in tasks)
+    used = [cells[task, arm][:n] for task in tasks]
+    matrix = np.array([[row.score for row in column] for column in used], dtype=np.float64).T
+    return matrix, [row for column in used for row in column]
+
+
+def _mean(values: Sequence[float | int | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return float(np.mean(present)) if present else None
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def _summary(
+    cells: Cells, task: str, arm: str, tasks: Sequence[str], reps: int, seed: int
+) -> ArmSummary:
+    matrix, used = _matrix(cells, arm, tasks)
+    point, bounds = _estimate(matrix, _iqm_and_mean, reps, seed)
+    n_runs, n_tasks = matrix.shape
+    if n_tasks == 1:
+        median = float(np.median(matrix))
+        std = float(np.std(matrix, ddof=1)) if n_runs > 1 else None
+    else:
+        median = float(metrics.aggregate_median(matrix))
+        std = None
+    return ArmSummary(
+        task=task,
+        arm=arm,
+        tasks=tuple(tasks),
+        n=n_runs,
+        unused=sum(len(cells[t, arm]) for t in tasks) - matrix.size,
+        iqm=Interval(float(point[0]), float(bounds[0, 0]), float(bounds[1, 0])),
+        mean=Interval(float(point[1]), float(bounds[0, 1]), float(bounds[1, 1])),
+        median=median,
+        std=std,
+        final_params=_mean([row.final_params for row in used]),
+        peak_params=_mean([row.peak_params for row in used]),
+        flops=_mean([row.flops for row in used]),
+        seconds=_mean([row.seconds for row in used]),
+    )
+
+
+def summarize(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> list[ArmSummary]:
+    """Per task × arm, then per arm over all tasks: IQM and mean with 95 % intervals and more.
+
+    Args:
+        rows: The study's trials; only completed trials with a score count.
+        reps: Bootstrap resamples per interval.
+        seed: Seed of every bootstrap (see the module docstring).
+
+    Returns:
+        One summary per task and arm (sorted), then one per arm over all its tasks
+        (``task == ALL_TASKS``; with a single task it repeats that task's row).
+
+    Raises:
+        ValueError: two completed trials share a task, arm and seed.
+    """
+    cells = _cells(rows)
+    per_task = [_summary(cells, task, arm, [task], reps, seed) for task, arm in sorted(cells)]
+    arms = sorted({arm for _, arm in cells})
+    overall = [
+        _summary(cells, ALL_TASKS, arm, sorted(_tasks(cells, arm)), reps, seed) for arm in arms
+    ]
+    return per_task + overall
+
+
+def _improvement(
+    cells: Cells, task: str, arm: str, baseline: str, tasks: Sequence[str], reps: int, seed: int
+) -> Improvement:
+    x, _ = _matrix(cells, arm, tasks)
+    y, _ = _matrix(cells, baseline, tasks)
+    point, bounds = _estimate([x, y], metrics.probability_of_improvement, reps, seed)
+    return Improvement(
+        task=task,
+        arm=arm,
+        baseline=baseline,
+        tasks=tuple(tasks),
+        n_arm=x.shape[0],
+        n_baseline=y.shape[0],
+        probability=Interval(float(point[0]), float(bounds[0, 0]), float(bounds[1, 0])),
+    )
+
+
+def improvements(
+    rows: Sequence[TrialRow], baselines: Sequence[str], reps: int = 2000, seed: int = 0
+) -> list[Improvement]:
+    """The probability of improvement of every arm over every baseline arm in the study.
+
+    Args:
+        rows: The study's trials; only completed trials with a score count.
+        baselines: Baseline arms; those without a counted trial are skipped.
+        reps: Bootstrap resamples per interval.
+        seed: Seed of every bootstrap.
+
+    Returns:
+        Per baseline (in the given order) and arm (sorted): one improvement per task both have,
+        then one over all those tasks (``task == ALL_TASKS``).
+    """
+    cells = _cells(rows)
+    arms = sorted({arm for _, arm in cells})
+    found: list[Improvement] = []
+    for baseline in dict.fromkeys(baselines):  # in order, each once
+        if baseline not in arms:
+            continue
+        for arm in arms:
+            shared = sorted(_tasks(cells, arm) & _tasks(cells, baseline))
+            if arm == baseline or not shared:
+                continue
+            found += [_improvement(cells, t, arm, baseline, [t], reps, seed) for t in shared]
+            found.append(_improvement(cells, ALL_TASKS, arm, baseline, shared, reps, seed))
+    return found
+
+
+def conclusion(probability: Interval) -> str:
+    """``yes`` if the interval lies above ½, ``no`` if below, else ``not established``."""
+    if probability.low > 0.5:
+        return "yes"
+    if probability.high < 0.5:
+        return "no"
+    return "not established"
+
+
+def _verdict(question: str, found: Improvement) -> str:
+    p = found.probability
+    return (
+        f"{question} {found.arm} vs {found.baseline}: "
+        f"P(improvement) = {p.point:.2f} (95 % CI {p.low:.2f}–{p.high:.2f}) over "
+        f"{len(found.tasks)} task(s), n = {found.n_arm} vs {found.n_baseline} per task: "
+        f"{conclusion(p)}"
+    )
+
+
+def verdicts(found: Sequence[Improvement]) -> list[str]:
+    """One line per comparison that answers one of Esper's two questions, over all tasks.
+
+    Q1 (``Q_GROWTH``) compares every growing arm (not in ``STATIC_ARMS``) with
+    ``static-matched``; Q2 (``Q_LEARNED``) every arm named ``ppo…`` with ``heuristic``. A line
+    appears only when ``found`` holds that comparison over all tasks.
+    """
+    overall = sorted((i for i in found if i.task == ALL_TASKS), key=lambda i: (i.arm, i.baseline))
+    growth = [
+        _verdict(f"Q1 {Q_GROWTH}", i)
+        for i in overall
+        if i.baseline == MATCHED_BASELINE and i.arm not in STATIC_ARMS
+    ]
+    learned = [
+        _verdict(f"Q2 {Q_LEARNED}", i)
+        for i in overall
+        if i.baseline == HANDWRITTEN_BASELINE and i.arm.startswith(LEARNED_PREFIX)
+    ]
+    return growth + learned
+
+
+# ------------------------------------------------------------------------------ results files
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _interval(value: Interval) -> str:
+    return f"{value.point:.2f} [{value.low:.2f}, {value.high:.2f}]"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)  # missing is not zero (STYLE 12)
+
+
+def _task_label(task: str, tasks: Sequence[str]) -> str:
+    return f"{ALL_TASKS} ({len(tasks)})" if task == ALL_TASKS else task
+
+
+def _why_excluded(row: TrialRow) -> str:
+    if row.error:
+        return row.error.strip().splitlines()[0]
+    return "completed without a score" if row.status == COMPLETED else "no error recorded"
+
+
+def _markdown(results: StudyResults, rows: Sequence[TrialRow], reps: int, seed: int) -> str:
+    counted = [row for row in rows if row.counts]
+    lines = [
+        "# Study results",
+        "",
+        f"{len(rows)} trials: {len(counted)} completed with a score, "
+        f"{len(results.excluded)} excluded (listed below). Scores are test accuracy (%) of the "
+        "final model.",
+        "",
+        "## Scores",
+        "",
+        "| task | arm | n | IQM [95 % CI] | mean [95 % CI] | median | std | final params "
+        "| peak params | training FLOPs | seconds |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for s in results.summaries:
+        lines.append(
+            f"| {_cell(_task_label(s.task, s.tasks))} | {_cell(s.arm)} | {s.n} "
+            f"| {_interval(s.iqm)} | {_interval(s.mean)} | {s.median:.2f} "
+            f"| {_number(s.std, '.2f')} | {_number(s.final_params, ',.0f')} "
+            f"| {_number(s.peak_params, ',.0f')} | {_number(s.flops, '.3g')} "
+            f"| {_number(s.seconds, '.1f')} |"
+        )
+    if not results.summaries:
+        lines.append("| — | no completed trial with a score | | | | | | | | | |")
+    lines += [
+        "",
+        "## Probability of improvement",
+        "",
+        "P(arm > baseline) + ½ P(arm = baseline) for a run of each drawn at random, per task;",
+        "over all tasks, averaged over the tasks both arms have.",
+        "",
+        "| task | arm | baseline | n arm | n baseline | P(improvement) [95 % CI] |",
+        "|---|---|---|--:|--:|--:|",
+    ]
+    for i in results.improvements:
+        lines.append(
+            f"| {_cell(_task_label(i.task, i.tasks))} | {_cell(i.arm)} | {_cell(i.baseline)} "
+            f"| {i.n_arm} | {i.n_baseline} | {_interval(i.probability)} |"
+        )
+    if not results.improvements:
+        lines.append("| — | no baseline arm with a counted trial | | | | |")
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- {verdict}" for verdict in results.verdicts] or [
+        f"- No verdict: the study needs {MATCHED_BASELINE} and a growing arm (Q1), or "
+        f"{HANDWRITTEN_BASELINE} and a {LEARNED_PREFIX}… arm (Q2), with counted trials."
+    ]
+    lines += ["", "## Excluded trials", ""]
+    if results.excluded:
+        lines += ["| task | arm | seed | status | error |", "|---|---|--:|---|---|"]
+        lines += [
+            f"| {_cell(r.task)} | {_cell(r.arm)} | {r.seed} | {_cell(r.status)} "
+            f"| {_cell(_why_excluded(r))} |"
+            for r in results.excluded
+        ]
+    else:
+        lines.append("None.")
+    lines += ["", "## How the numbers were computed", "", *_method(results, reps, seed), ""]
+    return "\n".join(lines)
+
+
+def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
+    shortened = [
+        f"- {s.arm}: over all tasks uses the {s.n} lowest seeds of each task "
+        f"({s.unused} completed score(s) left out)."
+        for s in results.summaries
+        if s.unused
+    ]
+    return [
+        "Intervals are 95 % percentile intervals of rliable's stratified bootstrap "
+        f"(`rliable.library.get_interval_estimates`, {reps} resamples, numpy's global RNG "
+        f"seeded with {seed} for each interval and restored after): runs are resampled with "
+        "replacement within each task; the two arms of a probability of improvement are "
+        "resampled independently. IQM is the 25 % trimmed mean (⌊n/4⌋ scores cut from each "
+        "end); median and std are of the runs on one task; over all tasks the mean and median "
+        "are of the task means and the IQM pools all runs × tasks of raw accuracy, without "
+        "normalising tasks. Parameters, FLOPs and seconds are means over the trials used. "
+        "An aggregate needs the same n on every task, so an arm with unequal n per task uses "
+        "its common n (the lowest seeds).",
+        "",
+        *(shortened or ["Every arm had the same n on each of its tasks: no score left out."]),
+    ]
+
+
+def _figure(height: float) -> Figure:
+    figure = Figure(figsize=(8.0, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
+    return figure
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
+    return buffer.getvalue()
+
+
+def _empty(figure: Figure) -> bytes:
+    figure.text(0.5, 0.5, "no completed trial with a score", ha="center", va="center")
+    return _png(figure)
+
+
+def _colours(arms: Sequence[str]) -> dict[str, str]:
+    return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # matplotlib's default cycle
+
+
+def _interval_plot(overall: Sequence[ArmSummary]) -> bytes:
+    """IQM and mean over all tasks per arm: a bar for the interval, a tick at the estimate
+    (the layout of ``rliable.plot_utils.plot_interval_estimates``, drawn without pyplot)."""
+    figure = _figure(1.2 + 0.4 * len(overall))
+    if not overall:
+        return _empty(figure)
+    colours = _colours([s.arm for s in overall])
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, name in zip(axes, ("IQM", "mean"), strict=True):
+        for row, s in enumerate(overall):
+            value = s.iqm if name == "IQM" else s.mean
+            ax.barh(row, value.high - value.low, left=value.low, height=0.6, alpha=0.75,
+                    color=colours[s.arm])  # fmt: skip
+            ax.vlines(value.point, row - 0.3, row + 0.3, color="k", alpha=0.6)
+        ax.set_title(f"{name} over all tasks, 95 % CI")
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(True, axis="x", alpha=0.25)
+    axes[0].set_yticks(range(len(overall)), [s.arm for s in overall])
+    axes[0].invert_yaxis()  # the first arm on top, as in the table
+    return _png(figure)
+
+
+def _profile_plot(cells: Cells, reps: int, seed: int) -> bytes:
+    """Score distributions (rliable's performance profiles): the fraction of an arm's runs, over
+    all its tasks, whose accuracy is above τ, with 95 % bootstrap bands."""
+    figure = _figure(4.5)
+    arms = sorted({arm for _, arm in cells})
+    if not arms:
+        return _empty(figure)
+    matrices = {arm: _matrix(cells, arm, sorted(_tasks(cells, arm)))[0] for arm in arms}
+    every = np.concatenate([m.ravel() for m in matrices.values()])
+    taus = np.linspace(every.min(), every.max(), PROFILE_POINTS)
+    with _seeded(seed):
+        profiles, bands = library.create_performance_profile(matrices, taus, reps=reps)
+    plot_utils.plot_performance_profiles(
+        profiles,
+        taus,
+        performance_profile_cis=bands,
+        ax=figure.add_subplot(),
+        colors=_colours(arms),
+        xlabel="test accuracy τ (%)",
+        ylabel="fraction of runs above τ",
+        labelsize="medium",
+        ticklabelsize="medium",
+        legend=True,
+        legendsize="small",
+    )
+    return _png(figure)
+
+
+def write_results(
+    directory: Path,
+    rows: Sequence[TrialRow],
+    baselines: Sequence[str],
+    reps: int = 2000,
+    seed: int = 0,
+) -> StudyResults:
+    """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
+
+    Everything is computed first; each file is then replaced atomically, and all three are
+    always rewritten (a study without a counted trial gets placeholder plots, not stale ones).
+
+    Args:
+        directory: Where the files go (created if missing).
+        rows: The study's trials.
+        baselines: Baseline arms for the probability of improvement; ``VERDICT_BASELINES`` are
+            added so that the verdicts can be given.
+        reps: Bootstrap resamples per interval.
+        seed: Seed of every bootstrap.
+
+    Returns:
+        What ``results.md`` shows.
+    """
+    cells = _cells(rows)
+    summaries = summarize(rows, reps, seed)
+    found = improvements(rows, [*baselines, *VERDICT_BASELINES], reps, seed)
+    results = StudyResults(
+        summaries=summaries,
+        improvements=found,
+        verdicts=verdicts(found),
+        excluded=sorted(
+            (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
+        ),
+    )
+    intervals = _interval_plot([s for s in summaries if s.task == ALL_TASKS])
+    profile = _profile_plot(cells, reps, seed)
+    text = _markdown(results, rows, reps, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / INTERVALS_FILE, intervals)
+    atomic_write(directory / PROFILE_FILE, profile)
+    atomic_write(directory / RESULTS_FILE, text)
+    return results
