@@ -29,6 +29,10 @@ MAX_COUNT = 10**7
 """Upper bound of epochs, batch sizes, sample counts: far above any run this machine can hold,
 low enough that a typo (1e9 epochs) fails up front rather than after hours."""
 
+MAX_WIDTH = 4096
+"""Largest host width: a 4096-channel CNN or a 4096-dimensional transformer already has tens of
+millions of parameters per layer, far beyond what Esper's tasks train; larger is a typo."""
+
 TelemetryName = Literal["minimal", "normal", "debug"]
 C = TypeVar("C")
 
@@ -82,6 +86,7 @@ class HostTraining:
             ``esper.tolaria.threads``; workers x threads may not exceed the usable cores). The
             count changes results, so the run records it and a resume must match it.
         slots: slots a controller may grow in.
+        width: host width: CNN base channels / transformer model dimension (None: the task's).
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).
         data_dir: dataset directory or text file (None: the standard locations).
         download: whether a missing dataset may be downloaded.
@@ -97,6 +102,7 @@ class HostTraining:
     weight_decay: float = 0.0
     threads: int | None = None
     slots: tuple[str, ...] = ("early", "mid", "late")
+    width: int | None = None
     shapley: bool = False
     data_dir: str | None = None
     download: bool = True
@@ -119,6 +125,8 @@ class HostTraining:
             f"slots must be a non-empty list of slot names, got {self.slots!r}",
         )
         object.__setattr__(self, "slots", ordered_slots(self.slots))
+        if self.width is not None:
+            check_int("width", self.width, 1, MAX_WIDTH)
         check_bool("shapley", self.shapley)
         check_bool("download", self.download)
         require(

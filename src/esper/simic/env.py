@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from esper.data import BatchStream
+from esper.kasmina import SegmentedHost
 from esper.leyline import Action, Observation
 from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
@@ -39,8 +40,9 @@ def task_episode(
     device: torch.device,
     emit: Callable[[Event], None],
 ) -> Episode:
-    """An episode of ``training``'s task: its host, a seeded ``BatchStream``, a fresh
-    ``SignalTracker`` per episode. Every command builds its episodes here."""
+    """An episode of ``training``'s task: its host (at ``training.width``; None: the task's), a
+    seeded ``BatchStream``, a fresh ``SignalTracker`` per episode. Every command builds its
+    episodes here."""
     batch_size = training.batch_size
     if batch_size is None:
         raise ValueError("task_episode needs host training resolved against its task")
@@ -54,7 +56,11 @@ def task_episode(
             augment=data.augment,
         )
 
-    build_host = get_task(training.task).build_host
+    task = get_task(training.task)
+
+    def build_host(episode_data: Dataset) -> SegmentedHost:
+        return task.build_host(episode_data, training.width)
+
     episode = Episode(training, data, build_host, stream, SignalTracker, seed, device, emit)
     return episode
 

@@ -6,14 +6,15 @@ This module imports no torch at import time (the ``esper`` command lists tasks i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from esper.leyline.config import HostTraining
+from esper.leyline.config import MAX_WIDTH, HostTraining, check_int, require
 
 if TYPE_CHECKING:
-    from esper.kasmina import SegmentedHost
+    from esper.kasmina import HostConfig, SegmentedHost
     from esper.leyline.data import Dataset
 
 
@@ -46,14 +47,18 @@ class TaskSpec:
     val_samples: int | None = None
     lr: float = 3e-3
 
-    def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
-        """The task's host for ``data``.
+    def host_config_for(self, data: Dataset, width: int | None = None) -> HostConfig:
+        """The config of the task's host for ``data``.
 
         Args:
             data: input channels and size, classes or vocabulary and block size come from it.
             width: replaces the task's width (CNN ``base_channels``, transformer ``n_embd``).
+
+        Raises:
+            ValueError: a width the host rejects (out of range, or a transformer width not a
+                multiple of ``n_head``), in one line naming the value and the rule.
         """
-        from esper.kasmina import CNNHostConfig, HostConfig, TransformerHostConfig, build_host
+        from esper.kasmina import CNNHostConfig, TransformerHostConfig
 
         config: HostConfig
         if self.host_kind == "cnn":
@@ -68,7 +73,23 @@ class TaskSpec:
             config = TransformerHostConfig(
                 vocab_size=data.num_classes, block_size=data.input_shape[0], **self.host_config
             )
-        return build_host(config if width is None else config.with_width(width))
+        return config if width is None else config.with_width(width)
+
+    def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
+        """The task's host for ``data`` (``host_config_for``'s arguments and errors)."""
+        from esper.kasmina import build_host
+
+        return build_host(self.host_config_for(data, width))
+
+
+MATCHED_CNN_WIDTHS = range(1, 257)
+"""``matched_width``'s CNN candidates: every base channel count up to 256, where channels doubling
+per block give even the impaired 1x1 host 0.67 M parameters (the 3x3 hosts millions), far beyond
+any grown host of the tasks."""
+
+MATCHED_TRANSFORMER_MAX_WIDTH = 512
+"""``matched_width``'s largest transformer candidate (the candidates are the multiples of
+``n_head`` up to it): 8x the text task's 64 dimensions, beyond any grown host of that task."""
 
 
 _IMPAIRED: Mapping[str, int] = {"base_channels": 4, "kernel_size": 1, "depth": 3}
@@ -166,4 +187,77 @@ def resolve_training(training: HostTraining) -> HostTraining:
     )
 
 
-__all__ = ["TASKS", "TaskSpec", "get_task", "resolve_training"]
+def host_param_count(task: str, data: Dataset, width: int | None) -> int:
+    """Parameters of ``task``'s host for ``data`` at ``width`` (``None``: the task's), no seeds.
+
+    The host is built on torch's meta device: shapes without storage, so counting a wide host
+    allocates nothing. Tied weights (the transformer's embedding and head) count once.
+
+    Raises:
+        ValueError: an unknown task or a width the host rejects (``TaskSpec.host_config_for``).
+    """
+    import torch
+
+    if width is not None:
+        check_int("width", width, 1, MAX_WIDTH)
+    with torch.device("meta"):
+        host = get_task(task).build_host(data, width)
+    return sum(p.numel() for p in host.parameters())
+
+
+def matched_width(
+    task: str, data: Dataset, target: int, widths: Sequence[int] | None = None
+) -> int:
+    """The width whose host has the parameter count nearest ``target`` (ties: the smaller).
+
+    This is how a static baseline is sized to match a grown model's parameters.
+
+    Args:
+        task: the task whose host is widened or narrowed.
+        data: the task's dataset (input shape and classes shape the host).
+        target: the parameter count to match.
+        widths: candidate widths; ``None``: ``MATCHED_CNN_WIDTHS`` for a CNN host, the
+            multiples of ``n_head`` up to ``MATCHED_TRANSFORMER_MAX_WIDTH`` for a transformer.
+
+    Raises:
+        ValueError: an unknown task, a bad target, no candidates, or a candidate the host
+            rejects.
+    """
+    from esper.kasmina import CNNHostConfig
+
+    check_int("target", target, 1, 2**63 - 1)  # any count an int64 holds
+    config = get_task(task).host_config_for(data)
+    if widths is None:
+        if isinstance(config, CNNHostConfig):
+            widths = MATCHED_CNN_WIDTHS
+        else:
+            widths = range(config.n_head, MATCHED_TRANSFORMER_MAX_WIDTH + 1, config.n_head)
+    candidates = sorted(set(widths))
+    require(bool(candidates), "matched_width needs at least one candidate width")
+    for width in candidates:  # all up front: bisection builds only some of them
+        check_int("width", width, 1, MAX_WIDTH)
+        config.with_width(width)
+    # A host's parameter count grows strictly with its width (every layer's weights do), so
+    # bisection finds the first candidate at or above the target in log2(n) builds.
+    counts: dict[int, int] = {}
+
+    def count(width: int) -> int:
+        if width not in counts:
+            counts[width] = host_param_count(task, data, width)
+        return counts[width]
+
+    i = bisect.bisect_left(candidates, target, key=count)
+    nearest = candidates[max(i - 1, 0) : i + 1]  # the candidates just below and at/above
+    return min(nearest, key=lambda w: (abs(count(w) - target), w))
+
+
+__all__ = [
+    "MATCHED_CNN_WIDTHS",
+    "MATCHED_TRANSFORMER_MAX_WIDTH",
+    "TASKS",
+    "TaskSpec",
+    "get_task",
+    "host_param_count",
+    "matched_width",
+    "resolve_training",
+]
