@@ -51,7 +51,7 @@ def tokens(vocab: int, block: int) -> Dataset:
     return Dataset("tokens", **splits, num_classes=vocab, input_shape=(block,))
 
 
-SYNTHETIC = make_synthetic(n_train=64, n_val=32, n_test=32)
+SYNTHETIC = make_synthetic(n_train=64, n_val=32)
 TEXT = tokens(30, 16)
 
 
@@ -62,7 +62,7 @@ def test_closed_form_agrees_with_the_general_formula() -> None:
 @pytest.mark.parametrize("width", [1, 2, 4, 7, 16, 33])
 def test_cnn_host_param_count_matches_the_architecture(width: int) -> None:
     assert host_param_count("synthetic", SYNTHETIC, width) == synthetic_params(width)
-    fashion = make_synthetic(n_train=2, n_val=2, n_test=2, input_shape=(1, 28, 28), num_classes=10)
+    fashion = make_synthetic(n_train=2, n_val=2, input_shape=(1, 28, 28), num_classes=10)
     # the impaired task: 1x1 kernels, 1 input channel, 10 classes
     expected = cnn_params(1, width, 3, 1, 10)
     assert host_param_count("fashion_mnist_impaired", fashion, width) == expected
