@@ -1,0 +1,64 @@
+"""Training FLOPs: what one training step of a model costs, counted by torch.
+
+``step_flops`` runs one forward, the engine's cross-entropy loss and one backward pass under
+``torch.utils.flop_counter.FlopCounterMode`` on a copy of the model, so counting leaves the model
+itself (weights, gradients, BatchNorm statistics, seed state) and the global random state exactly
+as they were.
+
+What is counted: the matrix products and convolutions (``aten.mm``, ``addmm``, ``bmm``,
+``convolution`` and their backward passes, scaled dot-product attention), at 2 FLOPs per
+multiply-add; elementwise work (activations, normalisation, blending, the loss itself, the
+optimizer step) is not. A backward pass costs the weight gradient and, where autograd needs it,
+the input gradient: a layer whose input does not require a gradient (the first layer on data, a
+seed fed the host's detached stream) costs 2x its forward in backward, every other layer 4x.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from esper.kasmina.hosts import HostConv2d
+from esper.tolaria.engine import _loss_and_correct
+
+
+def _count_host_convs_as_convs(model: nn.Module) -> None:
+    """Make ``model``'s ``HostConv2d`` layers run as ``nn.Conv2d`` (same parameters).
+
+    ``HostConv2d`` computes a 1x1 convolution from one input channel per group as a broadcast
+    multiply, which the counter does not see: the impaired hosts' first layer would cost nothing.
+    As ``nn.Conv2d`` the same arithmetic is counted as the convolution it is. Only for a copy.
+    """
+    for module in model.modules():
+        if type(module) is HostConv2d:
+            # HostConv2d adds no state to nn.Conv2d: swapping the class changes only forward
+            module.__class__ = nn.Conv2d  # type: ignore[assignment]
+
+
+def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
+    """FLOPs of one training step of ``model`` as it is: forward, loss and backward.
+
+    The step runs on a ``copy.deepcopy`` of the model in the model's current mode (train or
+    eval), with the global random state forked, so ``model`` is left untouched (its gradients
+    stay as they were). Seeds count as they run: a TRAINING seed's forward and weight gradient
+    are included although it does not change the output; a GERMINATED seed does not run.
+
+    Args:
+        model: the model, e.g. an ``esper.kasmina.MorphogeneticModel``.
+        x: one input batch, ``(B, C, H, W)`` images or ``(B, T)`` token ids.
+        y: its targets, ``(B,)`` labels or ``(B, T)`` next-token ids.
+
+    Returns:
+        The counted FLOPs (see the module docstring for what is counted).
+    """
+    counted = copy.deepcopy(model)
+    counted.zero_grad(set_to_none=True)  # no copied gradient buffers to accumulate into
+    _count_host_convs_as_convs(counted)
+    cuda = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), FlopCounterMode(display=False) as counter:
+        loss, _ = _loss_and_correct(counted(x), y)
+        (loss / y.numel()).backward()  # type: ignore[no-untyped-call]
+    return int(counter.get_total_flops())

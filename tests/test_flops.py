@@ -1,0 +1,137 @@
+"""Training FLOPs (``esper.tolaria.flops.step_flops``) against counts derived by hand.
+
+Convention (torch's ``FlopCounterMode``): 2 FLOPs per multiply-add of a matrix product or
+convolution; nothing else counts. For ``y = x @ W`` with ``x`` (B, i) and ``W`` (i, o):
+forward 2·B·i·o; backward 2·B·i·o for the weight gradient plus 2·B·i·o for the input gradient,
+which autograd computes only when ``x`` requires a gradient: not for a first layer fed data,
+nor for a seed fed the host's detached stream.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from conftest import grow
+from esper.data.small import make_synthetic
+from esper.kasmina import MorphogeneticModel
+from esper.leyline import SeedStage
+from esper.tasks import get_task
+from esper.tolaria.flops import step_flops
+
+B = 6
+
+
+def _labels(classes: int, *shape: int) -> torch.Tensor:
+    return torch.randint(0, classes, (B, *shape))
+
+
+def test_linear_on_data_costs_forward_plus_weight_gradient() -> None:
+    i, o = 7, 5
+    model = nn.Linear(i, o, bias=False)
+    # forward 2·B·i·o; backward only the weight gradient (2·B·i·o): the data input needs none
+    assert step_flops(model, torch.randn(B, i), _labels(o)) == 4 * B * i * o == 840
+
+
+def test_an_inner_layer_also_pays_its_input_gradient() -> None:
+    i, h, o = 7, 4, 5
+    model = nn.Sequential(nn.Linear(i, h, bias=False), nn.Linear(h, o, bias=False))
+    forward = 2 * B * (i * h + h * o)
+    backward = 2 * B * i * h + 4 * B * h * o  # the second layer's input is the first's output
+    assert step_flops(model, torch.randn(B, i), _labels(o)) == forward + backward
+
+
+def test_convolutions_by_formula() -> None:
+    c_in, c_mid, c_out, k, size = 3, 4, 5, 3, 6
+    model = nn.Sequential(
+        nn.Conv2d(c_in, c_mid, k, padding=k // 2, bias=False),
+        nn.Conv2d(c_mid, c_out, k, padding=k // 2, bias=False),
+        nn.AdaptiveAvgPool2d(1),  # not counted: no multiply-adds of a product
+        nn.Flatten(),
+    )
+    pixels = size * size  # padding keeps the size
+    first, second = 2 * B * pixels * c_in * c_mid * k * k, 2 * B * pixels * c_mid * c_out * k * k
+    expected = first + second + first + 2 * second  # backward: 1x the first, 2x the second
+    assert step_flops(model, torch.randn(B, c_in, size, size), _labels(c_out)) == expected
+
+
+def test_text_targets_per_token() -> None:
+    vocab, d, t = 11, 8, 5
+    model = nn.Sequential(nn.Embedding(vocab, d), nn.Linear(d, vocab, bias=False))
+    tokens = torch.randint(0, vocab, (B, t))
+    # (B, T, d) @ (d, V): forward 2·B·T·d·V; backward weight and input gradient (the embedding
+    # output requires one), the embedding lookup and its backward count nothing
+    assert step_flops(model, tokens, _labels(vocab, t)) == 6 * B * t * d * vocab
+
+
+def test_the_model_is_left_untouched() -> None:
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3)
+    ).train()
+    x, y = torch.randn(B, 4), _labels(3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    step_flops(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    after = model.state_dict()  # BatchNorm's running statistics included
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
+    assert model.training
+
+
+def test_existing_gradients_are_kept() -> None:
+    model = nn.Linear(3, 2, bias=False)
+    model.weight.grad = torch.ones_like(model.weight)
+    assert step_flops(model, torch.randn(B, 3), _labels(2)) == 4 * B * 3 * 2
+    assert torch.equal(model.weight.grad, torch.ones_like(model.weight))
+
+
+def _synthetic_model() -> tuple[MorphogeneticModel, torch.Tensor, torch.Tensor]:
+    data = make_synthetic(n_train=B, n_val=2)
+    host = get_task("synthetic").build_host(data)  # 3x8x8 in, 4 classes, 4-8-16 channels
+    return MorphogeneticModel(host, ["early", "mid", "late"]), data.x_train, data.y_train
+
+
+def _synthetic_host_flops() -> int:
+    """3x3 convs 3->4 at 8x8, 4->8 at 4x4, 8->16 at 2x2 (each block pools by 2), head 16->4."""
+    convs = [3 * 4 * 9 * 64, 4 * 8 * 9 * 16, 8 * 16 * 9 * 4]
+    forward = 2 * B * (sum(convs) + 16 * 4)
+    backward = 2 * B * convs[0] + 4 * B * (sum(convs[1:]) + 16 * 4)
+    return forward + backward
+
+
+def test_host_flops_by_formula() -> None:
+    model, x, y = _synthetic_model()
+    assert step_flops(model, x, y) == _synthetic_host_flops()
+
+
+def test_a_seed_counts_once_it_runs() -> None:
+    model, x, y = _synthetic_model()
+    base = step_flops(model, x, y)
+    # conv_light at mid: one 3x3 conv 8->8 on the 2x2 stream; forward 2·B·4·8·8·9
+    seed_forward = 2 * B * 4 * 8 * 8 * 9
+    grow(model, "mid", "conv_light", SeedStage.GERMINATED)
+    assert step_flops(model, x, y) == base  # a GERMINATED seed does not run
+    model.advance("mid")
+    # TRAINING: the seed reads the detached stream, so only its weight gradient is added
+    assert step_flops(model, x, y) == base + 2 * seed_forward
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_fossilized_seed_pays_its_input_gradient() -> None:
+    model, x, y = _synthetic_model()
+    base = step_flops(model, x, y)
+    grow(model, "mid", "conv_light", SeedStage.FOSSILIZED)
+    seed_forward = 2 * B * 4 * 8 * 8 * 9
+    assert step_flops(model, x, y) == base + 3 * seed_forward  # it trains with the host
+
+
+def test_impaired_hosts_first_layer_counts_as_a_convolution() -> None:
+    # HostConv2d runs the 1-channel 1x1 conv as a broadcast multiply; it still costs its FLOPs
+    data = make_synthetic(n_train=B, n_val=2, input_shape=(1, 28, 28), num_classes=10)
+    host = get_task("fashion_mnist_impaired").build_host(data)  # 1x1 convs, 4-8-16 channels
+    model = MorphogeneticModel(host, ["early", "mid", "late"])
+    convs = [1 * 4 * 28 * 28, 4 * 8 * 14 * 14, 8 * 16 * 7 * 7]
+    forward = 2 * B * (sum(convs) + 16 * 10)
+    backward = 2 * B * convs[0] + 4 * B * (sum(convs[1:]) + 16 * 10)
+    assert step_flops(model, data.x_train, data.y_train) == forward + backward
