@@ -2,7 +2,8 @@
 
 Tamiyo owns the ``Controller`` interface shared by every controller, the ``SignalTracker`` that
 turns per-step metrics into ``TrainingSignals``, the control arm (``StaticController``), the
-rule-based ``HeuristicTamiyo``, and the learned controller's parts: the observation schema
+rule-based ``HeuristicTamiyo``, the baseline arms (``RandomController``, ``PeriodicController``
+in ``baselines``), and the learned controller's parts: the observation schema
 (``features``), the factored action space with its masks (``actions``), the masked categorical
 distribution (``distributions``), the observation normalizer (``normalizer``) and the recurrent
 policy network with its ``PolicyController`` (``policy``). It imports Leyline contracts and the
@@ -19,6 +20,7 @@ from esper.tamiyo.actions import (
     ActionSpace,
     head_relevance,
 )
+from esper.tamiyo.baselines import PeriodicConfig, PeriodicController, RandomController
 from esper.tamiyo.controller import Controller, StaticController
 from esper.tamiyo.distributions import MASK_VALUE, MaskedCategorical
 from esper.tamiyo.features import (
@@ -60,10 +62,13 @@ __all__ = [
     "HeuristicConfig",
     "HeuristicTamiyo",
     "MaskedCategorical",
+    "PeriodicConfig",
+    "PeriodicController",
     "PolicyConfig",
     "PolicyController",
     "PolicyNetwork",
     "PolicyOutput",
+    "RandomController",
     "RunningMeanStd",
     "SignalTracker",
     "StaticController",
