@@ -581,8 +581,8 @@ def _interval_plot(overall: Sequence[ArmSummary]) -> bytes:
     for ax, name in zip(axes, ("IQM", "mean"), strict=True):
         for row, s in enumerate(overall):
             value = s.iqm if name == "IQM" else s.mean
-            ax.barh(row, value.high - value.low, left=value.low, height=0.6, alpha=0.75,
-                    color=colours[s.arm])  # fmt: skip
+            width = value.high - value.low
+            ax.barh(row, width, left=value.low, height=0.6, color=colours[s.arm], alpha=0.75)
             ax.vlines(value.point, row - 0.3, row + 0.3, color="k", alpha=0.6)
         ax.set_title(f"{name} over all tasks, 95 % CI")
         ax.set_xlabel("test accuracy (%)")
