@@ -9,12 +9,13 @@ nor for a seed fed the host's detached stream.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from conftest import grow
 from esper.data.small import make_synthetic
-from esper.kasmina import MorphogeneticModel
+from esper.kasmina import MorphogeneticModel, TransformerHost, TransformerHostConfig
 from esper.leyline import SeedStage
 from esper.tasks import get_task
 from esper.tolaria.flops import step_flops
@@ -135,3 +136,35 @@ def test_impaired_hosts_first_layer_counts_as_a_convolution() -> None:
     forward = 2 * B * (sum(convs) + 16 * 10)
     backward = 2 * B * convs[0] + 4 * B * (sum(convs[1:]) + 16 * 10)
     assert step_flops(model, data.x_train, data.y_train) == forward + backward
+
+
+def _transformer(
+    b: int, t: int, d: int, vocab: int, n_layer: int
+) -> tuple[MorphogeneticModel, torch.Tensor, torch.Tensor]:
+    config = TransformerHostConfig(vocab_size=vocab, block_size=t, n_embd=d, n_layer=n_layer)
+    model = MorphogeneticModel(TransformerHost(config), ["early", "mid", "late"])
+    return model, torch.randint(0, vocab, (b, t)), torch.randint(0, vocab, (b, t))
+
+
+def test_transformer_counts_attention_on_the_cpu() -> None:
+    # torch counts only the CUDA attention kernels; step_flops gives the CPU one their formula
+    b, t, d, vocab, n_layer = 2, 16, 32, 30, 3
+    model, tokens, targets = _transformer(b, t, d, vocab, n_layer)
+    # per block qkv 3d², projection d², MLP 8d²; the tied head d·V. Every linear reads a
+    # stream that requires a gradient: backward is 2x forward
+    linear = 2 * b * t * (n_layer * 12 * d * d + d * vocab)
+    # QKᵀ and the weighted sum 2·(2·B·T²·d) forward; backward recomputes QKᵀ plus four products
+    attention = n_layer * (4 + 10) * b * t * t * d
+    assert step_flops(model, tokens, targets) == 3 * linear + attention
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_counts_equal_cpu_counts() -> None:
+    cuda = torch.device("cuda")
+    model, tokens, targets = _transformer(2, 16, 32, 30, 3)
+    on_cpu = step_flops(model, tokens, targets)
+    assert step_flops(model.to(cuda), tokens.to(cuda), targets.to(cuda)) == on_cpu
+    cnn, x, y = _synthetic_model()
+    on_cpu = step_flops(cnn, x, y)
+    assert step_flops(cnn.to(cuda), x.to(cuda), y.to(cuda)) == on_cpu

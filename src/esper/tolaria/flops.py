@@ -11,18 +11,39 @@ multiply-add; elementwise work (activations, normalisation, blending, the loss i
 optimizer step) is not. A backward pass costs the weight gradient and, where autograd needs it,
 the input gradient: a layer whose input does not require a gradient (the first layer on data, a
 seed fed the host's detached stream) costs 2x its forward in backward, every other layer 4x.
+Attention counts torch's formula for every device: 4·B·T²·C forward (QKᵀ and the weighted sum,
+the causal mask not discounted) and 10·B·T²·C backward (the scores recomputed, four gradient
+products).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from esper.kasmina.hosts import HostConv2d
 from esper.tolaria.engine import _loss_and_correct
+
+
+def _cpu_attention(query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:
+    return int(sdpa_flop_count(query, key, value))  # type: ignore[no-untyped-call]
+
+
+def _cpu_attention_backward(grad: Any, query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:
+    return int(sdpa_backward_flop_count(grad, query, key, value))  # type: ignore[no-untyped-call]
+
+
+_CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
+"""torch (2.13) counts the CUDA attention kernels but not the CPU one, which would make a
+transformer's count depend on the device; these entries give the CPU kernel the CUDA formulas
+(arguments arrive as shapes: query, key, value, and the output gradient first in backward)."""
 
 
 def _count_host_convs_as_convs(model: nn.Module) -> None:
@@ -58,7 +79,10 @@ def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     counted.zero_grad(set_to_none=True)  # no copied gradient buffers to accumulate into
     _count_host_convs_as_convs(counted)
     cuda = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), FlopCounterMode(display=False) as counter:
+    with (
+        torch.random.fork_rng(devices=cuda),
+        FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter,
+    ):
         loss, _ = _loss_and_correct(counted(x), y)
         (loss / y.numel()).backward()  # type: ignore[no-untyped-call]
     return int(counter.get_total_flops())
