@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+import esper.data.cifar as cifar_module
+import esper.data.fashion_mnist as fashion_module
 from esper.data import (
     DatasetFormatError,
     load_cifar10,
@@ -59,6 +61,24 @@ def write_fashion_dir(
     for name, key in zip(FASHION_FILES, ("train_x", "train_y", "test_x", "test_y"), strict=True):
         write_gz(root / name, idx_bytes(arrays[key]))
     return arrays
+
+
+def source_rows(
+    splits: list[torch.Tensor], written: np.ndarray, axes: tuple[int, ...]
+) -> list[list[int]]:
+    """For each normalized split, the index in ``written`` (uint8 ``(N, ...)``) of each sample.
+
+    The loaders map pixels ``p`` to ``(p / 255 - mean) / std``; undoing that without knowing the
+    constants (the smallest value over all splits is 0, the largest 255, per channel over
+    ``axes``) gives the raw bytes, which identify the written sample.
+    """
+    x = torch.cat(splits).double()
+    lo, hi = x.amin(dim=axes, keepdim=True), x.amax(dim=axes, keepdim=True)
+    raw = ((x - lo) / (hi - lo) * 255.0).round().to(torch.uint8).numpy()
+    index = {row.tobytes(): i for i, row in enumerate(written)}
+    found = [index[row.tobytes()] for row in raw]
+    ends = np.cumsum([len(split) for split in splits]).tolist()
+    return [found[end - len(split) : end] for split, end in zip(splits, ends, strict=True)]
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -109,19 +129,27 @@ def test_read_idx_checks_the_full_magic(tmp_path: Path) -> None:
         read_idx(labels, 2051)
 
 
-def test_fashion_loader_normalizes_with_training_statistics(tmp_path: Path) -> None:
+def test_fashion_loader_normalizes_with_training_statistics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_VAL_SIZE", 4)  # 4 of the 12 for val
     arrays = write_fashion_dir(tmp_path / "fm", n_train=12, n_test=5)
     ds = load_fashion_mnist(tmp_path / "fm", download=False)
-    train = arrays["train_x"].astype(np.float64) / 255.0
-    mean, std = train.mean(), train.std(ddof=1)
-    expect_train = (train - mean) / std
-    expect_val = (arrays["test_x"].astype(np.float64) / 255.0 - mean) / std
-    assert ds.x_train.shape == (12, 1, 28, 28) and ds.x_val.shape == (5, 1, 28, 28)
+    assert ds.x_train.shape == (8, 1, 28, 28) and ds.x_val.shape == (4, 1, 28, 28)
+    assert ds.x_test.shape == (5, 1, 28, 28)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
-    np.testing.assert_allclose(ds.x_train[:, 0].numpy(), expect_train, atol=1e-5)
+    train_rows, val_rows = source_rows([ds.x_train, ds.x_val], arrays["train_x"], (0, 1, 2, 3))
+    assert sorted(train_rows + val_rows) == list(range(12))  # the training file, split
+    train = arrays["train_x"][train_rows].astype(np.float64) / 255.0
+    mean, std = train.mean(), train.std(ddof=1)  # the training split's statistics only
+    expect_val = (arrays["train_x"][val_rows].astype(np.float64) / 255.0 - mean) / std
+    expect_test = (arrays["test_x"].astype(np.float64) / 255.0 - mean) / std
+    np.testing.assert_allclose(ds.x_train[:, 0].numpy(), (train - mean) / std, atol=1e-5)
     np.testing.assert_allclose(ds.x_val[:, 0].numpy(), expect_val, atol=1e-5)
-    assert ds.y_train.tolist() == arrays["train_y"].tolist()
-    assert ds.y_val.tolist() == arrays["test_y"].tolist()
+    np.testing.assert_allclose(ds.x_test[:, 0].numpy(), expect_test, atol=1e-5)
+    assert ds.y_train.tolist() == arrays["train_y"][train_rows].tolist()
+    assert ds.y_val.tolist() == arrays["train_y"][val_rows].tolist()
+    assert ds.y_test.tolist() == arrays["test_y"].tolist()
     assert (ds.num_classes, ds.input_shape, ds.augment) == (10, (1, 28, 28), False)
 
 
@@ -146,13 +174,17 @@ def test_fashion_loader_rejects_inconsistent_files(tmp_path: Path) -> None:
 )
 def test_real_fashion_mnist_from_the_debian_package() -> None:
     ds = load_fashion_mnist(FASHION_DEBIAN_DIR, download=False)
-    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_val.shape == (10000, 1, 28, 28)
+    assert ds.x_train.shape == (50000, 1, 28, 28) and ds.x_val.shape == (10000, 1, 28, 28)
+    assert ds.x_test.shape == (10000, 1, 28, 28)
     assert sorted(set(ds.y_train.tolist())) == list(range(10))
     assert sorted(set(ds.y_val.tolist())) == list(range(10))
-    assert torch.bincount(ds.y_train).tolist() == [6000] * 10  # the published class balance
+    # The published class balance: 6,000 per class in the training file, 1,000 in the test file.
+    assert torch.bincount(torch.cat([ds.y_train, ds.y_val])).tolist() == [6000] * 10
+    assert torch.bincount(ds.y_test).tolist() == [1000] * 10
     assert abs(ds.x_train.mean().item()) < 1e-4
     assert abs(ds.x_train.std().item() - 1.0) < 1e-4
-    assert abs(ds.x_val.mean().item()) < 0.05  # val uses train statistics: close, not exact
+    # val and test use the training split's statistics: close to 0, not exact.
+    assert abs(ds.x_val.mean().item()) < 0.05 and abs(ds.x_test.mean().item()) < 0.05
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -180,21 +212,30 @@ def write_cifar_dir(root: Path, per_batch: int = 3, seed: int = 0) -> dict[str, 
     return written
 
 
-def test_cifar_parser_values_labels_and_channel_normalization(tmp_path: Path) -> None:
+def test_cifar_parser_values_labels_and_channel_normalization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cifar_module, "CIFAR10_VAL_SIZE", 5)  # 5 of the 15 for validation
     written = write_cifar_dir(tmp_path / "cifar-10-batches-py")
     ds = load_dataset("cifar10", tmp_path, download=False)  # finds the batch subfolder
-    train_rows = np.concatenate([written[f"data_batch_{i}"] for i in range(1, 6)])
+    rows = np.concatenate([written[f"data_batch_{i}"] for i in range(1, 6)])
     # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major 32x32.
-    train = np.stack([train_rows[:, c * 1024 : (c + 1) * 1024] for c in range(3)], axis=1)
-    train = train.reshape(15, 3, 32, 32).astype(np.float64) / 255.0
-    mean = train.mean(axis=(0, 2, 3), keepdims=True)
+    images = np.stack([rows[:, c * 1024 : (c + 1) * 1024] for c in range(3)], axis=1)
+    images = images.reshape(15, 3, 32, 32)
+    train_rows, val_rows = source_rows([ds.x_train, ds.x_val], images, (0, 2, 3))
+    assert sorted(train_rows + val_rows) == list(range(15))  # the five batches, split
+    train = images[train_rows].astype(np.float64) / 255.0
+    mean = train.mean(axis=(0, 2, 3), keepdims=True)  # the training split's statistics only
     std = train.std(axis=(0, 2, 3), ddof=1, keepdims=True)
+    val = images[val_rows].astype(np.float64) / 255.0
     test = written["test_batch"].reshape(3, 3, 32, 32).astype(np.float64) / 255.0
     np.testing.assert_allclose(ds.x_train.numpy(), (train - mean) / std, atol=1e-5)
-    np.testing.assert_allclose(ds.x_val.numpy(), (test - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ds.x_val.numpy(), (val - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ds.x_test.numpy(), (test - mean) / std, atol=1e-5)
     labels = np.concatenate([written[f"data_batch_{i}:labels"] for i in range(1, 6)])
-    assert ds.y_train.tolist() == labels.tolist()
-    assert ds.y_val.tolist() == written["test_batch:labels"].tolist()
+    assert ds.y_train.tolist() == labels[train_rows].tolist()
+    assert ds.y_val.tolist() == labels[val_rows].tolist()
+    assert ds.y_test.tolist() == written["test_batch:labels"].tolist()
     assert (ds.input_shape, ds.num_classes, ds.augment) == ((3, 32, 32), 10, True)
 
 

@@ -26,6 +26,7 @@ import esper.data.cifar as cifar_module
 import esper.data.fashion_mnist as fashion_module
 from esper.data import (
     ChecksumMismatchError,
+    Dataset,
     DatasetFormatError,
     DatasetNotFoundError,
     DownloadError,
@@ -63,6 +64,11 @@ def write_fashion(root: Path, n_train: int) -> dict[str, str]:
     return {name: sha256(root / name) for name in FASHION_FILES}
 
 
+def training_file_size(ds: Dataset) -> int:
+    """Images in the training file that was loaded: training plus held-out validation."""
+    return len(ds.x_train) + len(ds.x_val)
+
+
 def all_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
@@ -78,6 +84,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("ESPER_DATA_DIR", raising=False)
     monkeypatch.setattr(fashion_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    # The fixtures hold a few images, not 60,000 or 50,000: hold out one for validation.
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_VAL_SIZE", 1)
+    monkeypatch.setattr(cifar_module, "CIFAR10_VAL_SIZE", 1)
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
 
@@ -107,7 +116,7 @@ def test_fashion_download_verifies_and_parses(
     www, url = server
     monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=6))
     ds = load_fashion_mnist(base_url=url, progress=False)
-    assert ds.x_train.shape == (6, 1, 28, 28)
+    assert ds.x_train.shape == (5, 1, 28, 28) and ds.x_val.shape == (1, 1, 28, 28)
     cache = tmp_path / "cache" / "esper" / "fashion-mnist"
     assert all_files(cache) == sorted(FASHION_FILES)
     for name in FASHION_FILES:
@@ -115,7 +124,7 @@ def test_fashion_download_verifies_and_parses(
     # A second load uses the cache, even with the server gone.
     for name in FASHION_FILES:
         (www / name).unlink()
-    assert load_fashion_mnist(base_url=url, download=False).x_train.shape == (6, 1, 28, 28)
+    assert training_file_size(load_fashion_mnist(base_url=url, download=False)) == 6
 
 
 def test_checksum_mismatch_is_rejected_and_removed(
@@ -198,7 +207,7 @@ def test_search_order_data_dir_then_env_then_system_then_cache(
     monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "env"))
 
     def used(data_dir: Path | None = None) -> int:
-        return load_fashion_mnist(data_dir, download=False).x_train.shape[0]
+        return training_file_size(load_fashion_mnist(data_dir, download=False))
 
     assert used(tmp_path / "explicit") == 3
     assert used() == 4
@@ -213,9 +222,9 @@ def test_env_dir_itself_and_data_dir_parent_are_searched(
 ) -> None:
     write_fashion(tmp_path / "flat", n_train=4)
     monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "flat"))
-    assert load_fashion_mnist(download=False).x_train.shape[0] == 4
+    assert training_file_size(load_fashion_mnist(download=False)) == 4
     write_fashion(tmp_path / "parent" / "fashion-mnist", n_train=3)
-    assert load_fashion_mnist(tmp_path / "parent", download=False).x_train.shape[0] == 3
+    assert training_file_size(load_fashion_mnist(tmp_path / "parent", download=False)) == 3
 
 
 def test_nothing_found_lists_every_place_and_the_fixes(
@@ -289,7 +298,8 @@ def test_cifar_download_extracts_and_loads(
     digest = cifar_archive(www / CIFAR_ARCHIVE)
     monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", digest)
     ds = load_cifar10(base_url=url, progress=False)
-    assert ds.x_train.shape == (10, 3, 32, 32) and ds.y_val.tolist() == [0, 9]
+    assert ds.x_train.shape == (9, 3, 32, 32) and ds.x_val.shape == (1, 3, 32, 32)
+    assert ds.y_test.tolist() == [0, 9]
     cache = tmp_path / "cache" / "esper" / "cifar10"
     assert all_files(cache) == sorted(
         f"cifar-10-batches-py/{n}"

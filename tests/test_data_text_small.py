@@ -33,13 +33,17 @@ def test_text_vocab_windows_and_shift_by_one(tmp_path: Path) -> None:
     vocab = sorted(set(text))
     assert ds.vocab == tuple(vocab) and ds.num_classes == len(vocab)
     ids = [vocab.index(ch) for ch in text]
-    # 90% of 50 = 45 training characters -> 11 windows of 4; 5 validation characters -> 1.
-    train_windows = [ids[i : i + 4] for i in range(0, 44, 4)]
-    val_windows = [ids[45:49]]
+    # 80% of 50 = 40 training characters -> 10 windows of 4; characters 40..44 are validation
+    # and 45..49 test -> 1 window each.
+    train_windows = [ids[i : i + 4] for i in range(0, 40, 4)]
+    val_windows = [ids[40:44]]
+    test_windows = [ids[45:49]]
     assert ds.x_train.tolist() == [w[:3] for w in train_windows]
     assert ds.y_train.tolist() == [w[1:] for w in train_windows]
     assert ds.x_val.tolist() == [w[:3] for w in val_windows]
     assert ds.y_val.tolist() == [w[1:] for w in val_windows]
+    assert ds.x_test.tolist() == [w[:3] for w in test_windows]
+    assert ds.y_test.tolist() == [w[1:] for w in test_windows]
     assert ds.input_shape == (3,) and ds.x_train.dtype == torch.int64
     assert "".join(ds.vocab[i] for i in ds.x_train[0].tolist()) == "the"
 
@@ -57,11 +61,14 @@ def test_text_handles_multibyte_characters(tmp_path: Path) -> None:
 def test_text_length_boundary_names_the_characters_needed(tmp_path: Path) -> None:
     block = 5
     path = tmp_path / "t.txt"
-    path.write_text("ab" * 25 + "a", encoding="utf-8")  # 51 = 10 * 5 + 1: exactly enough
+    # 56 = 10 * 5 + 6: training ends at 44 and validation at 50, so validation and test get 6
+    # characters each, exactly one window of block + 1.
+    path.write_text("ab" * 28, encoding="utf-8")
     ds = load_text(path, block)
-    assert ds.x_val.shape == (1, block)
-    path.write_text("ab" * 25, encoding="utf-8")  # 50: the validation part is one short
-    with pytest.raises(DatasetFormatError, match=r"has 50 characters.*at least 51"):
+    assert ds.x_val.shape == (1, block) and ds.x_test.shape == (1, block)
+    assert ds.x_train.shape == (7, block)  # 44 // 6
+    path.write_text("ab" * 27 + "a", encoding="utf-8")  # 55: validation is 44..48, one short
+    with pytest.raises(DatasetFormatError, match=r"has 55 characters.*at least 56"):
         load_text(path, block)
 
 
@@ -102,17 +109,18 @@ def test_digits_shapes_split_and_determinism() -> None:
     datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn not installed")
     raw = datasets.load_digits()
     ds = load_digits()
-    assert ds.x_train.shape == (1438, 1, 8, 8) and ds.x_val.shape == (359, 1, 8, 8)
-    assert ds.x_train.shape[0] + ds.x_val.shape[0] == len(raw.target)  # a partition
-    every_label = torch.cat([ds.y_train, ds.y_val]).bincount().tolist()
+    assert ds.x_train.shape == (1079, 1, 8, 8) and ds.x_val.shape == (359, 1, 8, 8)
+    assert ds.x_test.shape == (359, 1, 8, 8)
+    assert len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == len(raw.target)  # a partition
+    every_label = torch.cat([ds.y_train, ds.y_val, ds.y_test]).bincount().tolist()
     assert every_label == torch.as_tensor(raw.target).bincount().tolist()
     assert abs(ds.x_train.mean().item()) < 1e-5 and abs(ds.x_train.std().item() - 1) < 1e-5
     again = load_digits()
     assert torch.equal(ds.x_train, again.x_train) and torch.equal(ds.y_val, again.y_val)
     # Undo the normalization without knowing its constants: pixels are ink levels 0..16 mapped
     # affinely, so (x - min) / (smallest gap between values) must give those integers back, and
-    # the (image, label) pairs of train + val must be exactly sklearn's.
-    x = torch.cat([ds.x_train, ds.x_val]).flatten(1).double()
+    # the (image, label) pairs of train + val + test must be exactly sklearn's.
+    x = torch.cat([ds.x_train, ds.x_val, ds.x_test]).flatten(1).double()
     levels = torch.unique(x)
     step = (levels[1:] - levels[:-1]).min()
     ink = (x - levels[0]) / step
@@ -120,7 +128,9 @@ def test_digits_shapes_split_and_determinism() -> None:
     ours = sorted(
         (tuple(row), label)
         for row, label in zip(
-            ink.round().long().tolist(), torch.cat([ds.y_train, ds.y_val]).tolist(), strict=True
+            ink.round().long().tolist(),
+            torch.cat([ds.y_train, ds.y_val, ds.y_test]).tolist(),
+            strict=True,
         )
     )
     theirs = sorted(
@@ -184,8 +194,8 @@ def test_load_dataset_names_and_errors(caplog: pytest.LogCaptureFixture) -> None
 def test_dataset_rejects_inconsistent_tensors() -> None:
     x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"per-sample shape \(2,\), expected input_shape \(3,\)"):
-        Dataset("d", x, y, x, y, num_classes=2, input_shape=(3,))
+        Dataset("d", x, y, x, y, x, y, num_classes=2, input_shape=(3,))
     with pytest.raises(ValueError, match="4 samples and y_val has 3"):
-        Dataset("d", x, y, x, y[:3], num_classes=2, input_shape=(2,))
+        Dataset("d", x, y, x, y[:3], x, y, num_classes=2, input_shape=(2,))
     with pytest.raises(ValueError, match="need int64"):
-        Dataset("d", x, y.float(), x, y, num_classes=2, input_shape=(2,))
+        Dataset("d", x, y.float(), x, y, x, y, num_classes=2, input_shape=(2,))

@@ -84,7 +84,7 @@ def _params(host: SegmentedHost) -> int:
 
 def _images(channels: int, size: int, classes: int) -> Dataset:
     x, y = torch.zeros(2, channels, size, size), torch.tensor([0, 1])
-    return Dataset("images", x, y, x, y, classes, (channels, size, size))
+    return Dataset("images", x, y, x, y, x, y, classes, (channels, size, size))
 
 
 def test_task_hosts_fill_data_fields() -> None:
@@ -97,7 +97,7 @@ def test_task_hosts_fill_data_fields() -> None:
     assert _params(impaired) == 390
     assert _params(TASKS["synthetic"].build_host(_images(3, 8, 10))) > 0
     tokens = torch.zeros(2, 16, dtype=torch.long)
-    text = Dataset("text", tokens, tokens, tokens, tokens, 30, (16,))
+    text = Dataset("text", tokens, tokens, tokens, tokens, tokens, tokens, 30, (16,))
     lm = TASKS["text_lm"].build_host(text)
     assert isinstance(lm, TransformerHost)
     assert (lm.config.vocab_size, lm.config.block_size, lm.config.n_embd) == (30, 16, 64)
@@ -111,7 +111,7 @@ def test_width_override_sets_base_channels_and_n_embd() -> None:
     assert _params(wide) > 390
     assert [s.channels for s in wide.injection_points] == [8, 16, 32]
     tokens = torch.zeros(2, 16, dtype=torch.long)
-    text = Dataset("text", tokens, tokens, tokens, tokens, 30, (16,))
+    text = Dataset("text", tokens, tokens, tokens, tokens, tokens, tokens, 30, (16,))
     lm = TASKS["text_lm"].build_host(text, width=32)
     assert isinstance(lm, TransformerHost) and lm.config.n_embd == 32
     assert [s.channels for s in lm.injection_points] == [32, 32, 32]

@@ -211,7 +211,9 @@ def test_augmented_batches_are_channels_last_with_the_same_values() -> None:
 
 def test_token_data_is_left_alone() -> None:
     tokens = torch.randint(0, 5, (6, 4))
-    data = Dataset("tokens", tokens, tokens, tokens, tokens, num_classes=5, input_shape=(4,))
+    data = Dataset(
+        "tokens", tokens, tokens, tokens, tokens, tokens, tokens, num_classes=5, input_shape=(4,)
+    )
     assert images_channels_last(data) is data
 
 

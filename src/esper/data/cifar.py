@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esper.data.dataset import Dataset, DatasetFormatError
+from esper.data.dataset import Dataset, DatasetFormatError, hold_out
 from esper.data.download import download_file
 from esper.data.locate import DatasetFiles, find_dataset_dir
 
@@ -39,6 +39,11 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
+CIFAR10_VAL_SIZE = 5_000
+"""Training images held out for validation (a tenth of the 50,000), leaving 45,000 to train on.
+Module-level so tests with tiny fixture batches can lower it."""
+CIFAR10_SPLIT_SEED = 0
+"""Seed of the fixed permutation that picks the held-out images; changing it changes every run."""
 _FILES = DatasetFiles(
     name="cifar10", required=(*TRAIN_BATCHES, TEST_BATCH), subdirs=("", BATCH_DIR)
 )
@@ -162,10 +167,13 @@ def load_cifar10(
     base_url: str = CIFAR10_URL,
     progress: bool = True,
 ) -> Dataset:
-    """Load CIFAR-10: train = the five data batches (50k), val = the test batch (10k).
+    """Load CIFAR-10: train and validation from the five data batches (50k), test = test batch.
 
-    Images are scaled to [0, 1] and normalized per channel with the training mean and standard
-    deviation. ``augment`` is set: training batches should get random crops and flips.
+    Validation is ``CIFAR10_VAL_SIZE`` training images picked by a fixed permutation seeded with
+    ``CIFAR10_SPLIT_SEED``; training is the other 45,000; test is the official test batch.
+    Images are scaled to [0, 1] and normalized per channel with the mean and standard deviation
+    of the training split alone. ``augment`` is set: training batches should get random crops
+    and flips.
 
     Args:
         data_dir: Directory holding the batch files, a ``cifar-10-batches-py/`` folder, or
@@ -180,24 +188,33 @@ def load_cifar10(
     Raises:
         DatasetNotFoundError: No local copy, and the download was not allowed or failed (the
             ``DownloadError``/``ChecksumMismatchError`` is then the ``__cause__``).
-        DatasetFormatError: A batch file or the archive is malformed.
+        DatasetFormatError: A batch file or the archive is malformed, or the data batches hold
+            too few images to hold out ``CIFAR10_VAL_SIZE`` and keep some for training.
     """
     fetch = functools.partial(_download, base_url=base_url, progress=progress)
     root = find_dataset_dir(_FILES, data_dir, fetch=fetch if download else None)
     train = [_read_batch(root, name) for name in TRAIN_BATCHES]
-    x_val_u8, y_val = _read_batch(root, TEST_BATCH)
-    x_train = torch.cat([x for x, _ in train]).float().div_(255.0)  # (50000, 3, 32, 32)
-    y_train = torch.cat([y for _, y in train])
-    x_val = x_val_u8.float().div_(255.0)
+    x_test_u8, y_test = _read_batch(root, TEST_BATCH)
+    x_all_u8 = torch.cat([x for x, _ in train])  # (50000, 3, 32, 32)
+    y_all = torch.cat([y for _, y in train])
+    train_idx, val_idx = hold_out(
+        x_all_u8.shape[0], CIFAR10_VAL_SIZE, CIFAR10_SPLIT_SEED, f"{root}/data_batch_*"
+    )
+    # Split while still uint8 (a quarter of the memory), then scale to [0, 1].
+    x_train = x_all_u8[train_idx].float().div_(255.0)
+    x_val = x_all_u8[val_idx].float().div_(255.0)
+    x_test = x_test_u8.float().div_(255.0)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
     std = x_train.std(dim=(0, 2, 3), keepdim=True)
     logger.info("cifar10 from %s: channel means %s", root, mean.flatten().tolist())
     return Dataset(
         name="cifar10",
         x_train=x_train.sub_(mean).div_(std),
-        y_train=y_train,
+        y_train=y_all[train_idx],
         x_val=x_val.sub_(mean).div_(std),
-        y_val=y_val,
+        y_val=y_all[val_idx],
+        x_test=x_test.sub_(mean).div_(std),
+        y_test=y_test,
         num_classes=NUM_CLASSES,
         input_shape=IMAGE_SHAPE,
         augment=True,

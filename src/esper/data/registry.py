@@ -70,9 +70,9 @@ def images_channels_last(data: Dataset) -> Dataset:
     CNN hosts and seeds hold their conv weights in that layout (``esper.kasmina.CNNHost``), and
     convolutions on this CPU run ~1.5x faster on NHWC batches. Converting once here (0.5-2 s for
     CIFAR-10's 50,000 images) serves every batch: indexing (``BatchStream``) and slicing (the
-    validation batches) keep the layout, where a per-batch conversion would cost 0.3-1.2 ms per
-    CIFAR batch of 128 on every step (``benchmarks/envs.py --section raw``). The values are
-    unchanged.
+    validation and test batches) keep the layout, where a per-batch conversion would cost
+    0.3-1.2 ms per CIFAR batch of 128 on every step (``benchmarks/envs.py --section raw``). The
+    values are unchanged.
     """
     if data.x_train.dim() != 4:
         return data  # token ids (N, T): no channels
@@ -80,4 +80,5 @@ def images_channels_last(data: Dataset) -> Dataset:
         data,
         x_train=data.x_train.contiguous(memory_format=torch.channels_last),
         x_val=data.x_val.contiguous(memory_format=torch.channels_last),
+        x_test=data.x_test.contiguous(memory_format=torch.channels_last),
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from esper.data.dataset import Dataset
 
-# Seed of the fixed permutation that splits digits 80/20; changing it changes every digits run.
+# Seed of the fixed permutation that splits digits 60/20/20; changing it changes every digits run.
 DIGITS_SPLIT_SEED = 0
-# One in five samples goes to validation (the usual 80/20 split).
-DIGITS_VAL_FRACTION_DENOMINATOR = 5
+# One in five samples goes to validation and one in five to test (the usual 60/20/20 split).
+DIGITS_HELD_OUT_DENOMINATOR = 5
 # Digits pixels are integer ink counts in 0..16 (sklearn docs: "8x8 image of integer pixels in
 # the range 0..16"), so dividing by 16 maps them onto [0, 1].
 DIGITS_MAX_PIXEL = 16.0
@@ -18,9 +19,10 @@ DIGITS_MAX_PIXEL = 16.0
 def load_digits() -> Dataset:
     """Load scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
 
-    Pixels are scaled to [0, 1] and normalized with the training mean and standard deviation.
-    The split is a fixed permutation (seeded with ``DIGITS_SPLIT_SEED``): the first fifth is
-    validation, the rest training.
+    Pixels are scaled to [0, 1] and normalized with the mean and standard deviation of the
+    training split alone. The split is a fixed permutation (seeded with ``DIGITS_SPLIT_SEED``):
+    its first fifth (359 images) is validation, the next fifth (359) test, the rest (1079)
+    training.
 
     Returns:
         A ``Dataset`` with ``x`` float32 ``(N, 1, 8, 8)`` and ``y`` int64 ``(N,)``.
@@ -42,16 +44,18 @@ def load_digits() -> Dataset:
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
     generator = torch.Generator().manual_seed(DIGITS_SPLIT_SEED)
     perm = torch.randperm(x.shape[0], generator=generator)
-    n_val = x.shape[0] // DIGITS_VAL_FRACTION_DENOMINATOR
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    x_train, x_val = x[train_idx], x[val_idx]
+    n_held = x.shape[0] // DIGITS_HELD_OUT_DENOMINATOR  # samples each in val and in test
+    val_idx, test_idx, train_idx = perm[:n_held], perm[n_held : 2 * n_held], perm[2 * n_held :]
+    x_train = x[train_idx]
     mean, std = x_train.mean(), x_train.std()
     return Dataset(
         name="digits",
         x_train=(x_train - mean) / std,
         y_train=y[train_idx],
-        x_val=(x_val - mean) / std,
+        x_val=(x[val_idx] - mean) / std,
         y_val=y[val_idx],
+        x_test=(x[test_idx] - mean) / std,
+        y_test=y[test_idx],
         num_classes=10,
         input_shape=(1, 8, 8),
     )
@@ -64,6 +68,7 @@ SYNTHETIC_SIGNAL = 0.3
 def make_synthetic(
     n_train: int = 512,
     n_val: int = 256,
+    n_test: int = 256,
     input_shape: tuple[int, ...] = (3, 8, 8),
     num_classes: int = 4,
     seed: int = 0,
@@ -74,11 +79,13 @@ def make_synthetic(
     ``SYNTHETIC_SIGNAL`` plus standard-normal noise. Linear models and CNNs (which pool over
     positions) can both learn it, and the noise keeps it from being trivial.
     Everything is drawn from one ``torch.Generator`` seeded with ``seed``; the global RNG is
-    never touched.
+    never touched. The test samples are drawn last, so ``n_test`` leaves the training and
+    validation samples unchanged.
 
     Args:
         n_train: Number of training samples.
         n_val: Number of validation samples.
+        n_test: Number of test samples.
         input_shape: Per-sample shape, e.g. ``(3, 8, 8)``.
         num_classes: Number of classes (at least 2).
         seed: Seed of the generator; equal seeds give equal datasets.
@@ -89,24 +96,32 @@ def make_synthetic(
     Raises:
         ValueError: A size is not positive or ``num_classes < 2``.
     """
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"n_train={n_train} and n_val={n_val} must both be at least 1")
+    if min(n_train, n_val, n_test) < 1:
+        raise ValueError(
+            f"n_train={n_train}, n_val={n_val} and n_test={n_test} must all be at least 1"
+        )
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes}; a classification task needs at least 2")
     if not input_shape or any(d < 1 for d in input_shape):
         raise ValueError(f"input_shape={input_shape} must be non-empty with positive sizes")
     generator = torch.Generator().manual_seed(seed)
-    n = n_train + n_val
     templates = torch.randn(num_classes, *input_shape, generator=generator)  # (K, *shape)
-    y = torch.randint(0, num_classes, (n,), generator=generator)
-    noise = torch.randn(n, *input_shape, generator=generator)
-    x = SYNTHETIC_SIGNAL * templates[y] + noise
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.randint(0, num_classes, (n,), generator=generator)
+        noise = torch.randn(n, *input_shape, generator=generator)
+        return SYNTHETIC_SIGNAL * templates[y] + noise, y  # (n, *shape), (n,)
+
+    x, y = draw(n_train + n_val)
+    x_test, y_test = draw(n_test)
     return Dataset(
         name="synthetic",
         x_train=x[:n_train],
         y_train=y[:n_train],
         x_val=x[n_train:],
         y_val=y[n_train:],
+        x_test=x_test,
+        y_test=y_test,
         num_classes=num_classes,
         input_shape=tuple(input_shape),
     )

@@ -12,9 +12,11 @@ from esper.data.dataset import Dataset, DatasetFormatError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
 
-# Fraction of the token stream used for training is TRAIN_NUMERATOR / SPLIT_DENOMINATOR (90%);
-# the tail is validation, so validation text never overlaps training text.
-TRAIN_NUMERATOR = 9
+# The n characters are cut into three contiguous parts at n * TRAIN_END // SPLIT_DENOMINATOR
+# (80%) and n * VAL_END // SPLIT_DENOMINATOR (90%): training, then validation, then test, so no
+# split's text overlaps another's.
+TRAIN_END = 8
+VAL_END = 9
 SPLIT_DENOMINATOR = 10
 
 
@@ -37,13 +39,21 @@ def _windows(tokens: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
     return w[:, :-1].clone(), w[:, 1:].clone()
 
 
-def min_text_length(block_size: int) -> int:
-    """Fewest characters that give at least one window in each of train and validation.
+def _split_points(n: int) -> tuple[int, int]:
+    """Where training ends and where validation ends in a text of ``n`` characters."""
+    return n * TRAIN_END // SPLIT_DENOMINATOR, n * VAL_END // SPLIT_DENOMINATOR
 
-    Validation gets ``n - floor(0.9 n) = ceil(n / 10)`` characters and needs ``block_size + 1``,
-    so ``n >= 10 * block_size + 1``; training then has more than enough.
+
+def min_text_length(block_size: int) -> int:
+    """Fewest characters that give at least one window in each of train, validation and test.
+
+    Each split needs ``b = block_size + 1`` characters. With ``n = 10 q + r`` (``0 <= r < 10``)
+    validation gets ``q + floor(0.9 r) - floor(0.8 r)`` characters: ``q`` for ``r <= 5``,
+    ``q + 1`` for ``r >= 6``. Test gets ``ceil(n / 10)``, never fewer. So the least ``n`` is
+    ``10 (b - 1) + 6``, from which on every split has at least ``b`` (training
+    ``8 (b - 1) + 4 >= b``).
     """
-    return SPLIT_DENOMINATOR * block_size + 1
+    return SPLIT_DENOMINATOR * block_size + 6
 
 
 def _read_text(path: str | Path | None) -> tuple[str, str]:
@@ -84,10 +94,10 @@ def _tokenize(text: str, source: str) -> tuple[Tensor, tuple[str, ...]]:
 def load_text(path: str | Path | None, block_size: int) -> Dataset:
     """Build a character-level language-modelling dataset from a UTF-8 text file.
 
-    The vocabulary is the sorted set of characters in the text. The first 90% of the characters
-    are training text and the last 10% validation; each part is cut into non-overlapping
-    windows of ``block_size + 1`` characters, ``x`` being the first ``block_size`` characters of
-    a window and ``y`` the window shifted by one.
+    The vocabulary is the sorted set of characters in the text. The first 80% of the characters
+    are training text, the next 10% validation and the last 10% test; each part is cut into
+    non-overlapping windows of ``block_size + 1`` characters, ``x`` being the first
+    ``block_size`` characters of a window and ``y`` the window shifted by one.
 
     Args:
         path: The text file; ``None`` uses Python's bundled ``pydoc_data`` help text.
@@ -109,19 +119,22 @@ def load_text(path: str | Path | None, block_size: int) -> Dataset:
     if len(text) < needed:
         raise DatasetFormatError(
             f"text from {source} has {len(text)} characters; block_size={block_size} needs at "
-            f"least {needed} (one window of {block_size + 1} in the last 10% for validation)"
+            f"least {needed} (one window of {block_size + 1} in each of the validation and "
+            "test tenths)"
         )
     tokens, vocab = _tokenize(text, source)
-    split = len(text) * TRAIN_NUMERATOR // SPLIT_DENOMINATOR
-    x_train, y_train = _windows(tokens[:split], block_size)
-    x_val, y_val = _windows(tokens[split:], block_size)
+    train_end, val_end = _split_points(len(text))
+    x_train, y_train = _windows(tokens[:train_end], block_size)
+    x_val, y_val = _windows(tokens[train_end:val_end], block_size)
+    x_test, y_test = _windows(tokens[val_end:], block_size)
     logger.info(
-        "text %s: %d chars, vocab %d, %d train / %d val windows",
+        "text %s: %d chars, vocab %d, %d train / %d val / %d test windows",
         source,
         len(text),
         len(vocab),
         x_train.shape[0],
         x_val.shape[0],
+        x_test.shape[0],
     )
     return Dataset(
         name=f"text:{source}",
@@ -129,6 +142,8 @@ def load_text(path: str | Path | None, block_size: int) -> Dataset:
         y_train=y_train,
         x_val=x_val,
         y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
         num_classes=len(vocab),
         input_shape=(block_size,),
         vocab=vocab,

@@ -36,7 +36,11 @@ class BatchSource(Protocol):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/validation split held in memory, ready for batching.
+    """A train/validation/test split held in memory, ready for batching.
+
+    The three splits play different parts: training batches update the weights, validation
+    drives the controllers and picks the "best" model, and test is read once at the end of a
+    run, so no decision ever sees it. The splits hold disjoint samples.
 
     Attributes:
         name: Short name of the dataset, e.g. ``"fashion_mnist"`` or ``"text:corpus.txt"``.
@@ -45,6 +49,8 @@ class Dataset:
         y_train: Training targets: int64 ``(N,)`` labels, or int64 ``(N, T)`` next-token ids.
         x_val: Validation inputs, same layout as ``x_train``.
         y_val: Validation targets, same layout as ``y_train``.
+        x_test: Test inputs, same layout as ``x_train``.
+        y_test: Test targets, same layout as ``y_train``.
         num_classes: Number of classes, or the vocabulary size for text.
         input_shape: Per-sample shape of ``x``, e.g. ``(1, 28, 28)`` or ``(T,)``.
         vocab: For text datasets the characters, indexed by token id; ``None`` otherwise.
@@ -56,6 +62,8 @@ class Dataset:
     y_train: Tensor
     x_val: Tensor
     y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
     num_classes: int
     input_shape: tuple[int, ...]
     vocab: tuple[str, ...] | None = None
@@ -69,7 +77,12 @@ class Dataset:
                 f"dataset {self.name!r}: vocab has {len(self.vocab)} entries but "
                 f"num_classes={self.num_classes}; for text they must be equal"
             )
-        for split, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
+        splits = (
+            ("train", self.x_train, self.y_train),
+            ("val", self.x_val, self.y_val),
+            ("test", self.x_test, self.y_test),
+        )
+        for split, x, y in splits:
             if tuple(x.shape[1:]) != self.input_shape:
                 raise ValueError(
                     f"dataset {self.name!r}: x_{split} has per-sample shape "

@@ -84,6 +84,8 @@ def dataset_on(data: Dataset, device: torch.device) -> Dataset:
         y_train=data.y_train.to(device),
         x_val=data.x_val.to(device),
         y_val=data.y_val.to(device),
+        x_test=data.x_test.to(device),
+        y_test=data.y_test.to(device),
     )
 
 

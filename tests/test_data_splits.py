@@ -1,0 +1,304 @@
+"""Train / validation / test: every dataset has three disjoint, fixed splits, normalized with
+statistics of the training split alone.
+
+Oracles are independent of the loaders: raw samples are re-read from the files with gzip, pickle
+and numpy (or taken from sklearn and the text itself); a normalized split is mapped back to its
+raw integer pixels by undoing the affine map without knowing its constants (the smallest value
+is raw 0, the largest raw 255); split membership is compared by row hashes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from esper.data import (
+    Dataset,
+    DatasetFormatError,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_text,
+    make_synthetic,
+)
+from esper.tolaria.episode import dataset_on
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+IDX_IMAGES_HEADER = 16  # magic + 3 dimension sizes, 4 bytes each
+IDX_LABELS_HEADER = 8  # magic + 1 dimension size
+
+
+def row_hashes(rows: np.ndarray) -> list[str]:
+    """SHA-1 of each sample's raw bytes: equal samples, equal hashes."""
+    return [hashlib.sha1(r.tobytes()).hexdigest() for r in rows.reshape(len(rows), -1)]
+
+
+def raw_pixels(splits: Sequence[Tensor], channel_dim: bool) -> list[np.ndarray]:
+    """Undo ``(p / 255 - mean) / std`` without its constants: the smallest value over all splits
+    is raw 0, the largest raw 255 (per channel when ``channel_dim``). Returns uint8 arrays."""
+    dims = (0, 2, 3) if channel_dim else tuple(range(splits[0].dim()))
+    lo = torch.stack([x.double().amin(dim=dims, keepdim=True) for x in splits]).amin(0)
+    hi = torch.stack([x.double().amax(dim=dims, keepdim=True) for x in splits]).amax(0)
+    out = []
+    for x in splits:
+        scaled = (x.double() - lo) / (hi - lo) * 255.0
+        assert torch.allclose(scaled, scaled.round(), atol=1e-3)  # an affine map of integers
+        out.append(scaled.round().to(torch.uint8).numpy())
+    return out
+
+
+def assert_partition(train: list[str], val: list[str], test: list[str]) -> None:
+    assert not set(train) & set(val)
+    assert not set(train) & set(test)
+    assert not set(val) & set(test)
+
+
+def assert_normalized_from_train(
+    ds: Dataset, raw: Sequence[np.ndarray], axis: tuple[int, ...], atol: float
+) -> None:
+    """Every split equals ``(raw / 255 - m) / s`` with m, s of the training split alone (float64
+    numpy, ddof=1); the statistics of the whole official training set (train and validation
+    together, as before the split) would not pass."""
+    train = raw[0].astype(np.float64) / 255.0
+    mean = train.mean(axis=axis, keepdims=True)
+    std = train.std(axis=axis, ddof=1, keepdims=True)
+    for x, r in zip((ds.x_train, ds.x_val, ds.x_test), raw, strict=True):
+        np.testing.assert_allclose(x.numpy(), (r / 255.0 - mean) / std, atol=atol)
+    pooled = np.concatenate(raw[:2]).astype(np.float64) / 255.0
+    wrong_mean = pooled.mean(axis=axis, keepdims=True)
+    wrong_std = pooled.std(axis=axis, ddof=1, keepdims=True)
+    wrong = (raw[1] / 255.0 - wrong_mean) / wrong_std
+    assert np.abs(ds.x_val.numpy() - wrong).max() > 10 * atol  # the check can tell them apart
+
+
+def assert_same_splits(a: Dataset, b: Dataset) -> None:
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def read_fashion_files() -> dict[str, np.ndarray]:
+    """The four files, parsed with gzip + numpy (headers skipped, not checked: oracle only)."""
+    out = {}
+    for key, name in FASHION_FILES.items():
+        header = IDX_IMAGES_HEADER if key.endswith("_x") else IDX_LABELS_HEADER
+        with gzip.open(FASHION_DIR / name) as f:
+            data = np.frombuffer(f.read(), np.uint8, offset=header)
+        out[key] = data.reshape(-1, 28, 28) if key.endswith("_x") else data
+    return out
+
+
+@pytest.mark.skipif(
+    not all((FASHION_DIR / f).is_file() for f in FASHION_FILES.values()),
+    reason="real Fashion-MNIST not installed at /usr/share/datasets/fashion-mnist "
+    "(apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_holds_out_validation_from_the_training_images() -> None:
+    files = read_fashion_files()
+    ds = load_fashion_mnist(FASHION_DIR, download=False)
+    assert ds.x_train.shape == (50_000, 1, 28, 28)
+    assert ds.x_val.shape == (10_000, 1, 28, 28) and ds.x_test.shape == (10_000, 1, 28, 28)
+
+    raw = raw_pixels([ds.x_train, ds.x_val, ds.x_test], channel_dim=False)
+    train, val, test = (row_hashes(r) for r in raw)
+    assert_partition(train, val, test)
+    # val ∪ train is the official training file, each image with its own label; test is the
+    # official test file in its order.
+    label_of = dict(zip(row_hashes(files["train_x"]), files["train_y"].tolist(), strict=True))
+    assert sorted(train + val) == sorted(label_of)
+    assert [label_of[h] for h in train] == ds.y_train.tolist()
+    assert [label_of[h] for h in val] == ds.y_val.tolist()
+    assert np.array_equal(raw[2][:, 0], files["test_x"])
+    assert ds.y_test.tolist() == files["test_y"].tolist()
+    assert_normalized_from_train(ds, raw, axis=(0, 1, 2, 3), atol=1e-5)
+
+    assert_same_splits(ds, load_fashion_mnist(FASHION_DIR, download=False))
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+CIFAR_PER_BATCH = 1_002
+"""Five batches of 1,002 hold 5,010 images: the real 5,000 held out leave 10 to train on, few
+enough that their statistics differ clearly from those of all 5,010."""
+
+
+def write_cifar_dir(root: Path, per_batch: int, n_test: int) -> dict[str, np.ndarray]:
+    """Five data batches and a test batch in the official pickle layout; return what was written
+    as ``(N, 3, 32, 32)`` uint8 images (rows are the R, G and B planes) and labels."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    images, labels = [], []
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        target = rng.integers(0, 10, n).tolist()
+        with (root / name).open("wb") as f:
+            pickle.dump({b"data": data, b"labels": target}, f, protocol=2)
+        images.append(data.reshape(n, 3, 32, 32))
+        labels.append(np.array(target))
+    return {
+        "train_x": np.concatenate(images[:5]),
+        "train_y": np.concatenate(labels[:5]),
+        "test_x": images[5],
+        "test_y": labels[5],
+    }
+
+
+def test_cifar10_holds_out_5000_training_images_for_validation(tmp_path: Path) -> None:
+    written = write_cifar_dir(tmp_path / "cifar", CIFAR_PER_BATCH, n_test=40)
+    ds = load_cifar10(tmp_path / "cifar", download=False)
+    assert ds.x_train.shape == (5 * CIFAR_PER_BATCH - 5_000, 3, 32, 32)
+    assert ds.x_val.shape == (5_000, 3, 32, 32) and ds.x_test.shape == (40, 3, 32, 32)
+
+    raw = raw_pixels([ds.x_train, ds.x_val, ds.x_test], channel_dim=True)
+    train, val, test = (row_hashes(r) for r in raw)
+    assert_partition(train, val, test)
+    label_of = dict(zip(row_hashes(written["train_x"]), written["train_y"].tolist(), strict=True))
+    assert sorted(train + val) == sorted(label_of)
+    assert [label_of[h] for h in train] == ds.y_train.tolist()
+    assert [label_of[h] for h in val] == ds.y_val.tolist()
+    assert np.array_equal(raw[2], written["test_x"])
+    assert ds.y_test.tolist() == written["test_y"].tolist()
+    assert_normalized_from_train(ds, raw, axis=(0, 2, 3), atol=1e-5)
+
+    assert_same_splits(ds, load_cifar10(tmp_path / "cifar", download=False))
+
+
+def test_cifar10_with_too_few_training_images_fails_loudly(tmp_path: Path) -> None:
+    write_cifar_dir(tmp_path / "cifar", per_batch=1_000, n_test=2)  # exactly 5,000: none left
+    with pytest.raises(DatasetFormatError, match="5000 training samples, need more than 5000"):
+        load_cifar10(tmp_path / "cifar", download=False)
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_split_60_20_20_disjoint_and_normalized_from_train() -> None:
+    datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn not installed")
+    bunch = datasets.load_digits()
+    ds = load_digits()
+    # 1797 // 5 = 359 each for validation and test; the rest trains.
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (1079, 359, 359)
+
+    # Ink levels 0..16 map affinely: the smallest value is 0 ink, the largest 16.
+    x = torch.cat([ds.x_train, ds.x_val, ds.x_test]).double()
+    ink = (x - x.min()) / (x.max() - x.min()) * 16.0
+    assert torch.allclose(ink, ink.round(), atol=1e-3)
+    ink_splits = torch.split(ink.round().to(torch.uint8), [1079, 359, 359])
+    train, val, test = (row_hashes(s.numpy()) for s in ink_splits)
+    assert_partition(train, val, test)
+    label_of = dict(
+        zip(row_hashes(bunch.data.astype(np.uint8)), bunch.target.tolist(), strict=True)
+    )
+    assert sorted(train + val + test) == sorted(label_of)
+    for hashes, y in ((train, ds.y_train), (val, ds.y_val), (test, ds.y_test)):
+        assert [label_of[h] for h in hashes] == y.tolist()
+
+    pixels = [s.double().numpy() / 16.0 for s in ink_splits]  # [0, 1], as the loader scales
+    mean, std = pixels[0].mean(), pixels[0].std(ddof=1)
+    for got, p in zip((ds.x_train, ds.x_val, ds.x_test), pixels, strict=True):
+        np.testing.assert_allclose(got.numpy(), (p - mean) / std, atol=1e-5)
+    assert_same_splits(ds, load_digits())
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def test_text_is_cut_contiguously_80_10_10() -> None:
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[key] for key in sorted(topics))  # the bundled fallback text
+    block = 32
+    ds = load_text(None, block)
+    assert ds.vocab is not None
+    n = len(text)
+    starts = (0, n * 8 // 10, n * 9 // 10)
+    ends = (*starts[1:], n)
+    for (x, y), start, end in zip(
+        ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)),
+        starts,
+        ends,
+        strict=True,
+    ):
+        assert len(x) == (end - start) // (block + 1)  # every whole window of this part
+        # Each window is block + 1 characters of the part; windows follow each other.
+        windows = torch.cat([x, y[:, -1:]], dim=1)
+        decoded = "".join(ds.vocab[i] for i in windows.flatten().tolist())
+        assert decoded == text[start : start + len(x) * (block + 1)]
+    assert_same_splits(ds, load_text(None, block))
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_test_split_comes_from_the_same_task() -> None:
+    ds = make_synthetic(seed=0)
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (512, 256, 256)
+    train, val, test = (row_hashes(x.numpy()) for x in (ds.x_train, ds.x_val, ds.x_test))
+    assert_partition(train, val, test)
+    assert_same_splits(ds, make_synthetic(seed=0))
+    small = make_synthetic(seed=0, n_test=7)
+    assert len(small.x_test) == 7
+    assert torch.equal(small.x_train, ds.x_train) and torch.equal(small.x_val, ds.x_val)
+    with pytest.raises(ValueError, match="n_test=0"):
+        make_synthetic(n_test=0)
+
+    # A linear model fitted on train scores well above chance (25%) on test: same templates.
+    x = torch.cat([ds.x_train.flatten(1), torch.ones(512, 1)], dim=1)  # (N, D + 1) with bias
+    onehot = torch.nn.functional.one_hot(ds.y_train, ds.num_classes).float()
+    w = torch.zeros(x.shape[1], ds.num_classes)
+    for _ in range(100):  # full-batch gradient descent on softmax cross-entropy
+        w -= 0.5 * x.T @ (torch.softmax(x @ w, dim=1) - onehot) / x.shape[0]
+    x_test = torch.cat([ds.x_test.flatten(1), torch.ones(256, 1)], dim=1)
+    assert ((x_test @ w).argmax(1) == ds.y_test).float().mean().item() > 0.5
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+def test_dataset_checks_the_test_split() -> None:
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="x_test has 4 samples and y_test has 3"):
+        Dataset("d", x, y, x, y, x, y[:3], num_classes=2, input_shape=(2,))
+    with pytest.raises(ValueError, match=r"x_test has per-sample shape \(3,\)"):
+        Dataset("d", x, y, x, y, torch.zeros(4, 3), y, num_classes=2, input_shape=(2,))
+    with pytest.raises(ValueError, match=r"y_test dtype torch\.float32"):
+        Dataset("d", x, y, x, y, x, y.float(), num_classes=2, input_shape=(2,))
+
+
+def test_channels_last_and_device_moves_include_the_test_split() -> None:
+    data = load_dataset("synthetic")
+    assert data.x_test.is_contiguous(memory_format=torch.channels_last)
+    assert not data.x_test.is_contiguous()
+    assert torch.equal(data.x_test, make_synthetic().x_test)  # the values are unchanged
+    moved = dataset_on(data, torch.device("meta"))
+    assert moved.x_test.device.type == "meta" and moved.y_test.device.type == "meta"
+
+
+def test_fashion_oracle_reads_the_files_the_loader_requires() -> None:
+    # Guards the skip condition above against a typo in a file name: the names are the four
+    # the loader itself requires.
+    import esper.data.fashion_mnist as fashion
+
+    assert set(FASHION_FILES.values()) == {
+        fashion.TRAIN_IMAGES,
+        fashion.TRAIN_LABELS,
+        fashion.TEST_IMAGES,
+        fashion.TEST_LABELS,
+    }
