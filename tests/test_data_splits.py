@@ -1,16 +1,18 @@
 """Train / validation / test: every dataset has three disjoint, fixed splits, normalized with
-statistics of the training split alone.
+statistics of the training split alone, and ``evaluate`` scores a model on any of them.
 
 Oracles are independent of the loaders: raw samples are re-read from the files with gzip, pickle
 and numpy (or taken from sklearn and the text itself); a normalized split is mapped back to its
 raw integer pixels by undoing the affine map without knowing its constants (the smallest value
-is raw 0, the largest raw 255); split membership is compared by row hashes.
+is raw 0, the largest raw 255); split membership is compared by row hashes; expected losses are
+computed by hand with ``math.log``.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from esper.data import (
     Dataset,
@@ -30,6 +32,8 @@ from esper.data import (
     load_text,
     make_synthetic,
 )
+from esper.tolaria import evaluate
+from esper.tolaria.engine import EVAL_BATCH
 from esper.tolaria.episode import dataset_on
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -289,6 +293,74 @@ def test_channels_last_and_device_moves_include_the_test_split() -> None:
     assert torch.equal(data.x_test, make_synthetic().x_test)  # the values are unchanged
     moved = dataset_on(data, torch.device("meta"))
     assert moved.x_test.device.type == "meta" and moved.y_test.device.type == "meta"
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+class _NoGradLinear(nn.Linear):
+    """A linear layer that checks it is called in eval mode with gradients off."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert not self.training and not torch.is_grad_enabled()
+        return super().forward(x)
+
+
+def test_evaluate_by_hand_on_three_samples() -> None:
+    model = _NoGradLinear(2, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))  # logits (a, b, 0)
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 2.0]])
+    y = torch.tensor([0, 2, 1])
+    # Logits (2, 0, 0), target 0: right.  (0, 1, 0), target 2: wrong.  (1, 2, 0), target 1: right.
+    losses = [
+        -math.log(math.exp(2) / (math.exp(2) + 2)),
+        -math.log(1 / (2 + math.e)),
+        -math.log(math.exp(2) / (math.e + math.exp(2) + 1)),
+    ]
+    loss, accuracy = evaluate(model, x, y)
+    assert loss == pytest.approx(sum(losses) / 3, rel=1e-6)
+    assert accuracy == pytest.approx(200.0 / 3)
+    assert not model.training and model.weight.grad is None
+
+    # Past one EVAL_BATCH the batches must still cover every sample exactly once.
+    reps = 2 * EVAL_BATCH // 3 + 1
+    loss_big, accuracy_big = evaluate(model, x.repeat(reps, 1), y.repeat(reps))
+    assert loss_big == pytest.approx(sum(losses) / 3, rel=1e-5)
+    assert accuracy_big == pytest.approx(200.0 / 3)
+
+
+class _TokenTable(nn.Module):
+    """Next-token logits from a lookup table: ``(B, T) -> (B, T, V)``."""
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.table[x]
+
+
+def test_evaluate_counts_every_token_of_a_sequence() -> None:
+    model = _TokenTable(torch.tensor([[0.0, 1.0], [3.0, 0.0]]))  # token 0 -> (0, 1), 1 -> (3, 0)
+    x = torch.tensor([[0, 1], [1, 1]])
+    y = torch.tensor([[1, 0], [1, 0]])
+    # Tokens 0, 1, 1, 1 give logits (0, 1), (3, 0), (3, 0), (3, 0) for targets 1, 0, 1, 0:
+    # argmax 1, 0, 0, 0, so 3 of 4 right.
+    right_01 = -math.log(math.e / (1 + math.e))  # logits (0, 1), target 1
+    right_30 = -math.log(math.exp(3) / (math.exp(3) + 1))  # logits (3, 0), target 0
+    wrong_30 = -math.log(1 / (math.exp(3) + 1))  # logits (3, 0), target 1
+    loss, accuracy = evaluate(model, x, y)
+    assert loss == pytest.approx((right_01 + 2 * right_30 + wrong_30) / 4, rel=1e-6)
+    assert accuracy == pytest.approx(75.0)
+
+
+def test_evaluate_rejects_mismatched_or_empty_inputs() -> None:
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="x has 3, y 2"):
+        evaluate(model, torch.zeros(3, 2), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="x has 0, y 0"):
+        evaluate(model, torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64))
 
 
 def test_fashion_oracle_reads_the_files_the_loader_requires() -> None:

@@ -6,7 +6,7 @@ snapshot. It imports Leyline, Kasmina and the data layer; controllers (Tamiyo) d
 applies.
 """
 
-from esper.tolaria.engine import StepResult, Trainer
+from esper.tolaria.engine import StepResult, Trainer, evaluate
 from esper.tolaria.governor import Governor, GovernorConfig, Panic
 from esper.tolaria.optim import SlotOptimizer
 
@@ -17,4 +17,5 @@ __all__ = [
     "SlotOptimizer",
     "StepResult",
     "Trainer",
+    "evaluate",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from esper.kasmina import LifecycleError, MorphogeneticModel
 from esper.kasmina.grouped import groupable, grouped_forward
@@ -66,6 +66,39 @@ def _loss_and_correct(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     target = y.flatten()
     loss = F.cross_entropy(logits, target, reduction="sum")
     return loss, (logits.argmax(dim=-1) == target).sum()
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in eval mode without gradients.
+
+    Runs in batches of ``EVAL_BATCH``; for sequences every token counts as one prediction. The
+    model is left in eval mode, as validation leaves it (training calls ``model.train()``).
+
+    Args:
+        model: maps inputs ``(B, ...)`` to logits ``(B, C)`` or ``(B, T, V)``.
+        x: inputs ``(N, ...)`` on the model's device.
+        y: targets: labels ``(N,)`` or next-token ids ``(N, T)``.
+
+    Returns:
+        ``(mean loss, accuracy in percent)`` over all ``N`` samples (``N * T`` tokens).
+
+    Raises:
+        ValueError: ``x`` and ``y`` hold different numbers of samples, or none.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(
+            f"evaluate needs equal, non-zero sample counts; x has {len(x)}, y {len(y)}"
+        )
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), EVAL_BATCH):
+            target = y[i : i + EVAL_BATCH]
+            loss, hits = _loss_and_correct(model(x[i : i + EVAL_BATCH]), target)
+            loss_sum += loss.item()
+            correct += int(hits.item())
+            count += target.numel()
+    return loss_sum / count, 100.0 * correct / count
 
 
 @dataclass(frozen=True)
@@ -235,6 +268,9 @@ class Trainer:
     def _validate(self) -> tuple[float, float]:
         """Validation loss and accuracy; with running seeds, from the counterfactual pass itself
         (its first configuration is the model as it is), which also stores each contribution."""
+        stages = [r.stage for r in self.model.reports().values()]
+        if not any(stage in FORWARD_STAGES for stage in stages):
+            return evaluate(self.model, self._x_val, self._y_val)
         totals = {"loss": 0.0, "correct": 0, "count": 0}
 
         def observe(out: Tensor, y: Tensor) -> None:
@@ -243,16 +279,9 @@ class Trainer:
             totals["correct"] += int(hits.item())
             totals["count"] += y.numel()
 
-        stages = [r.stage for r in self.model.reports().values()]
-        if any(stage in FORWARD_STAGES for stage in stages):
-            self.model.measure_contributions(self._val_batches(), observe=observe)
-            if self.config.shapley and any(stage in BLENDED_STAGES for stage in stages):
-                self.model.shapley_values(self._val_batches())
-        else:
-            self.model.eval()
-            with torch.no_grad():
-                for x, y in self._val_batches():
-                    observe(self.model(x), y)
+        self.model.measure_contributions(self._val_batches(), observe=observe)
+        if self.config.shapley and any(stage in BLENDED_STAGES for stage in stages):
+            self.model.shapley_values(self._val_batches())
         count = totals["count"]
         return totals["loss"] / count, 100.0 * totals["correct"] / count
 
