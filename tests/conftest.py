@@ -271,9 +271,12 @@ def growth_summary(run_id: str = "run-a", **overrides: Any) -> RunSummary:
         best_val_accuracy=77.5,
         param_count=1200,
         host_param_count=1000,
+        peak_param_count=1300,
+        train_flops=2.5e9,
         fossilized=1,
         pruned=2,
         seeds=(SeedSummary("mid", "FOSSILIZED", "conv_light"),),
+        test=None,
     )
     values: dict[str, Any] = {
         "status": "interrupted",

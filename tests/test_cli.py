@@ -64,7 +64,7 @@ def test_heuristic_run_directory(tmp_path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["task"] == "synthetic" and config["training"]["epochs"] == 3
     assert config["seed"] == 0 and config["policy"] is None
-    assert set(config) == {"training", "seed", "policy", "telemetry"}
+    assert set(config) == {"training", "seed", "policy", "periodic", "telemetry"}
     meta = record.read_meta(run)
     assert meta is not None and meta.mode == "heuristic" and meta.run_id == "run"
     meta_json = json.loads((run / "meta.json").read_text())
@@ -407,3 +407,58 @@ def test_help_into_a_closed_pipe_is_quiet() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_test_split_is_read_once_for_the_final_and_the_best_validation_model(tmp_path) -> None:
+    """The summary's test metrics: the final model's (checked against model.pt) and the best
+    validation epoch's, checked against a run that stops at that epoch (same seed: the same
+    training up to there)."""
+    from esper.data import load_dataset
+    from esper.kasmina import load_model
+    from esper.tolaria import evaluate
+    from esper.tolaria.flops import step_flops
+
+    args = ["--task", "synthetic", *TINY]
+    run = tmp_path / "run"
+    assert main(["static", *args, "--epochs", "6", "--out", str(run)]) == 0
+    g = _summary(run).growth
+    assert g is not None and g.test is not None
+    data = load_dataset("synthetic")
+    model = load_model(run / "model.pt")
+    assert g.test.final_accuracy == evaluate(model, data.x_test, data.y_test)[1]
+    rows = _rows(run)
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    best = accuracies.index(max(accuracies)) + 1  # the first epoch reaching the best
+    short = tmp_path / "short"
+    assert main(["static", *args, "--epochs", str(best), "--out", str(short)]) == 0
+    s = _summary(short).growth
+    assert s is not None and s.test is not None
+    assert g.test.best_accuracy == s.test.final_accuracy
+    assert g.test.best_loss == s.test.final_loss
+    # A static host's training FLOPs: every epoch the same step, 2 batches per epoch.
+    assert g.train_flops == 6 * 2 * step_flops(model, data.x_train[:64], data.y_train[:64])
+    assert g.peak_param_count == g.param_count == g.host_param_count
+
+
+@pytest.mark.parametrize(
+    ("mode", "flags"), [("random", []), ("periodic", ["--periodic.period", "1"])]
+)
+def test_baseline_controllers_run_as_commands(tmp_path, mode, flags) -> None:
+    run = tmp_path / mode
+    args = [mode, "--task", "synthetic", "--epochs", "6", *TINY, *flags, "--out", str(run)]
+    assert main(args) == 0
+    summary = _summary(run)
+    assert summary.mode == mode and summary.growth is not None
+    actions = [e for e in _events(run) if e["event"] == "ActionTaken"]
+    assert len(actions) == 5  # one decision after each epoch but the last
+    if mode == "periodic":  # germinates at every epoch while a slot is free
+        germinated = [a["slot"] for a in actions if a["op"] == "GERMINATE" and a["accepted"]]
+        assert germinated == ["early", "mid", "late"]
+
+
+def test_periodic_settings_belong_to_periodic_runs(tmp_path, capsys) -> None:
+    args = ["heuristic", "--task", "synthetic", "--periodic.period", "2"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "heuristic runs take no periodic settings" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -21,29 +21,9 @@ import tyro
 
 from esper.cli.main import RUN_COMMANDS
 from esper.leyline.config import HostTraining, UserError, override, read_config_file
-from esper.study.growth import GrowthRun
-
-GROWTH_MODES = ("static", "heuristic", "eval")
-"""Commands that run one episode with one controller."""
+from esper.study.growth import GrowthRun, check_mode
 
 C = TypeVar("C")
-
-
-def check_mode(mode: str, config: GrowthRun) -> None:
-    """Settings that only some modes read: a static run grows nothing, only eval has a policy.
-
-    Raises:
-        UserError: naming the setting the mode does not take.
-    """
-    if (mode == "eval") != (config.policy is not None):
-        need = "eval needs --policy RUN" if mode == "eval" else f"{mode} runs take no --policy"
-        raise UserError(need)
-    if mode == "static":
-        t = config.training
-        given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
-        given += ["seed_lr"] * (t.seed_lr not in (None, t.lr))  # a resolved config has seed_lr=lr
-        if given:
-            raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
 
 
 @dataclass(frozen=True)

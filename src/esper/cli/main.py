@@ -30,6 +30,7 @@ VIEW_COMMANDS = {
     "report": ("esper.cli.report", "run_report"),
     "tui": ("esper.cli.tui", "run_tui"),
     "dashboard": ("esper.cli.dashboard", "run_dashboard"),
+    "study": ("esper.cli.study", "run_study"),
 }
 """Commands that look at recorded runs: handler module and function, imported on use."""
 
@@ -37,6 +38,8 @@ RUN_COMMANDS = {
     "heuristic": "grow a network with the heuristic controller",
     "static": "train the same host without growth (the control)",
     "eval": "grow a network with a PPO-trained policy (same outputs as heuristic)",
+    "random": "grow a network by uniformly random valid actions (a baseline arm)",
+    "periodic": "germinate every --periodic.period epochs, keep seeds that clear G5 (a baseline)",
     "ppo": "train a growth policy with PPO (Simic)",
 }
 """Commands that train and write a run directory; each parses its own flags."""
@@ -117,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in RUN_COMMANDS.items():
         sub.add_parser(command, help=help_text, add_help=False)
     _add_view_parsers(sub)
+    study = sub.add_parser(
+        "study", help="run a study (tasks x arms x seeds) on Ray; run again to resume"
+    )
+    study.add_argument("file", type=Path, help="the study's TOML file")
+    study.add_argument(
+        "--address", metavar="HOST:PORT", help="an existing Ray cluster (default: local Ray)"
+    )
+    study.add_argument(
+        "--dry-run", action="store_true", help="list the trials and the cost; start nothing"
+    )
     demo = sub.add_parser(
         "demo", help="static vs heuristic growth on fashion_mnist_impaired, side by side"
     )
@@ -128,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(command: str, argv: list[str]) -> int:
-    """``esper static|heuristic|eval|ppo ARGS``: split off the command's own options, then run
-    (in a child process watched by the terminal UI with ``--tui``)."""
+    """``esper <run command> ARGS``: split off the command's own options, then run (in a child
+    process watched by the terminal UI with ``--tui``)."""
     from esper.cli.config import split_options
     from esper.study.run import interrupt_on_sigterm
 

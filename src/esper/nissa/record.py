@@ -64,7 +64,7 @@ LATEST_FILE = "LATEST"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
 
-GROWTH_MODES = ("heuristic", "static", "eval")
+GROWTH_MODES = ("heuristic", "static", "eval", "random", "periodic")
 """Modes that train one host (``growth`` summary section, ``metrics.csv``)."""
 PPO_MODE = "ppo"
 """The mode of ``esper ppo`` runs (``ppo`` summary section, ``rounds.csv``)."""
@@ -284,6 +284,23 @@ class FinalMetrics:
 
 
 @dataclass(frozen=True)
+class TestMetrics:
+    """The test split, read once when a growth run ends (None: not finite).
+
+    Attributes:
+        final_loss: the final model's mean test loss.
+        final_accuracy: the final model's test accuracy (percent).
+        best_loss: the best validation epoch's model's mean test loss (None: no finite epoch).
+        best_accuracy: that model's test accuracy (percent).
+    """
+
+    final_loss: float | None
+    final_accuracy: float | None
+    best_loss: float | None
+    best_accuracy: float | None
+
+
+@dataclass(frozen=True)
 class SeedSummary:
     """A slot that holds (or held) a seed when the run stopped.
 
@@ -309,9 +326,13 @@ class GrowthSummary:
         best_val_accuracy: best validation accuracy (percent) of any epoch.
         param_count: active parameters at the end (host + fossilized/live seeds).
         host_param_count: the host's own parameters.
+        peak_param_count: the most active parameters at the end of any recorded epoch.
+        train_flops: training FLOPs of the recorded epochs (one counted step per epoch times
+            its batches; ``esper.tolaria.flops``).
         fossilized: seeds fossilized.
         pruned: seeds pruned.
         seeds: the slots holding a seed at the end.
+        test: the test split's metrics; None unless the run finished (completed or terminated).
     """
 
     epochs_completed: int
@@ -320,9 +341,12 @@ class GrowthSummary:
     best_val_accuracy: float | None
     param_count: int
     host_param_count: int
+    peak_param_count: int
+    train_flops: float
     fossilized: int
     pruned: int
     seeds: tuple[SeedSummary, ...]
+    test: TestMetrics | None
 
 
 @dataclass(frozen=True)

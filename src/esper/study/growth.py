@@ -24,6 +24,7 @@ import torch
 import tyro
 
 from esper.kasmina import save_model
+from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
 from esper.leyline.config import MAX_SEED, HostTraining, TelemetrySettings, UserError, check_int
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
@@ -32,29 +33,62 @@ from esper.seeding import seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
 from esper.simic.env import task_episode
 from esper.study.run import Recorder, check_out, check_sinks, load_data, ppo_state, set_threads
-from esper.tamiyo import Controller, HeuristicTamiyo, StaticController
+from esper.tamiyo import (
+    Controller,
+    HeuristicTamiyo,
+    PeriodicConfig,
+    PeriodicController,
+    RandomController,
+    StaticController,
+)
 from esper.tasks import resolve_training
+from esper.tolaria.engine import evaluate
 from esper.tolaria.episode import Episode
+from esper.tolaria.flops import step_flops
 
 
 @dataclass(frozen=True)
 class GrowthRun:
-    """The configuration of a static, heuristic or eval run (saved as ``config.json``).
+    """The configuration of a growth run: static, heuristic, eval, random or periodic (saved as
+    ``config.json``).
 
     Attributes:
         training: task, host training and slots.
-        seed: run seed: host and seed initialization and the data order.
+        seed: run seed: host and seed initialization, the data order, and the random
+            controller's own generator.
         policy: eval only: the PPO run directory whose policy controls growth.
+        periodic: periodic only: the growth schedule.
         telemetry: what the run logs.
     """
 
     training: Annotated[HostTraining, tyro.conf.OmitArgPrefixes]
     seed: int = 0
     policy: str | None = None
+    periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, MAX_SEED)
+
+
+def check_mode(mode: str, config: GrowthRun) -> None:
+    """Settings that only some modes read: a static run grows nothing, only eval has a policy,
+    only periodic a schedule.
+
+    Raises:
+        UserError: naming the setting the mode does not take.
+    """
+    if (mode == "eval") != (config.policy is not None):
+        need = "eval needs --policy RUN" if mode == "eval" else f"{mode} runs take no --policy"
+        raise UserError(need)
+    if mode != "periodic" and config.periodic != PeriodicConfig():
+        raise UserError(f"{mode} runs take no periodic settings; they are for esper periodic")
+    if mode == "static":
+        t = config.training
+        given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
+        given += ["seed_lr"] * (t.seed_lr not in (None, t.lr))  # a resolved config has seed_lr=lr
+        if given:
+            raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +116,10 @@ def make_controller(
         return StaticController()
     if mode == "heuristic":
         return HeuristicTamiyo()
+    if mode == "random":
+        return RandomController(episode.topology, config.seed)
+    if mode == "periodic":
+        return PeriodicController(config.periodic)
     assert policy is not None
     try:
         controller = load_policy(policy, episode.topology)
@@ -93,10 +131,23 @@ def make_controller(
 
 
 class GrowthRunner:
-    """A prepared run: data, episode and controller, built before any file is written."""
+    """A prepared run: data, episode and controller, built before any file is written.
+
+    Args:
+        mode: static, heuristic, eval, random or periodic.
+        config: the run's configuration.
+        out: a new run's directory (None: ``runs/<task>-<mode>-<time>``).
+        resume: the directory of an interrupted run to continue instead.
+        device: where the host trains (None: the CPU; a study trial given a GPU uses it).
+    """
 
     def __init__(
-        self, mode: str, config: GrowthRun, out: Path | None = None, resume: Path | None = None
+        self,
+        mode: str,
+        config: GrowthRun,
+        out: Path | None = None,
+        resume: Path | None = None,
+        device: torch.device | None = None,
     ) -> None:
         training = set_threads(_resolved(config.training))
         self.mode, self.config = mode, replace(config, training=training)
@@ -107,7 +158,8 @@ class GrowthRunner:
         data = load_data(training)
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
-            self.episode = task_episode(training, data, config.seed, torch.device("cpu"), hub.emit)
+            device = device or torch.device("cpu")
+            self.episode = task_episode(training, data, config.seed, device, hub.emit)
         except ValueError as err:  # e.g. slots the task's host lacks
             raise UserError(str(err)) from err
         policy = None if config.policy is None else ppo_state(Path(config.policy))
@@ -115,6 +167,9 @@ class GrowthRunner:
         # The PPO run may train on after this eval started; a resume must use the same policy.
         self.policy_round = None if policy is None else int(policy["trainer"]["round"])
         self.elapsed = 0.0
+        self.flops = 0.0  # training FLOPs so far (``_count_flops``)
+        self.best: bytes | None = None  # the model of the best validation epoch so far
+        self.test: record.TestMetrics | None = None  # read once, when the run ends
         self.recorder = Recorder.open(
             mode, self.config, out, resume, EpochRow, self._meta, hub, self._state
         )
@@ -136,6 +191,8 @@ class GrowthRunner:
             self.episode.load_state_dict(state["episode"])
             self.controller.load_state_dict(json.loads(state["controller"]))
             self.elapsed = float(state["elapsed"])
+            self.flops = float(state["flops"])
+            self.best = state["best"]
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise UserError(f"cannot resume {str(self.recorder.directory)!r}: {err}") from err
         self.recorder.check_step(self.epoch, self.config.training.episode_length(), "epoch")
@@ -146,6 +203,8 @@ class GrowthRunner:
             "controller": json.dumps(self.controller.state_dict()),
             "elapsed": self.elapsed,
             "policy_round": self.policy_round,
+            "flops": self.flops,
+            "best": self.best,
         }
 
     @property
@@ -168,6 +227,7 @@ class GrowthRunner:
         )
         status = "terminated" if self.episode.trainer.terminated else "completed"
         save_model(self.episode.model, recorder.directory / "model.pt")
+        self.test = self._test()
         self._finish(status)
         return status
 
@@ -185,7 +245,38 @@ class GrowthRunner:
             row = EpochRow(
                 r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, params
             )
+            self._count_flops()
+            best = max(self._val_accuracies(), default=-math.inf)
+            if math.isfinite(r.val_accuracy) and r.val_accuracy > best:
+                self.best = model_bytes(self.episode.model)
             self.recorder.commit(self.epoch, row, self._state())
+
+    def _val_accuracies(self) -> list[float]:
+        """The finite validation accuracies of the recorded epochs."""
+        return [r.val_accuracy for r in self.recorder.rows if math.isfinite(r.val_accuracy)]
+
+    def _count_flops(self) -> None:
+        """Add the epoch just trained: the FLOPs of one training step (forward, loss, backward;
+        ``esper.tolaria.flops``) of the model as it stands after the epoch, times the epoch's
+        batches. A seed germinated or pruned within the epoch counts from the next one."""
+        trainer = self.episode.trainer
+        batches = trainer.config.batches_per_epoch or trainer.stream.batches_per_pass
+        n = trainer.config.batch_size
+        x, y = self.episode.data.x_train[:n], self.episode.data.y_train[:n]
+        # a float: a long study's FLOP count passes 2**53, where int -> JSON readers lose digits
+        self.flops += float(step_flops(self.episode.model, x, y)) * batches
+
+    def _test(self) -> record.TestMetrics:
+        """The test split, read once: by the final model and by the best validation epoch's."""
+        data = self.episode.data
+        final_loss, final_accuracy = evaluate(self.episode.model, data.x_test, data.y_test)
+        best_loss = best_accuracy = None
+        if self.best is not None:
+            best = model_from_bytes(self.best, "the best-validation model", data.x_test.device)
+            best_loss, best_accuracy = evaluate(best, data.x_test, data.y_test)
+        return record.TestMetrics(
+            _finite(final_loss), _finite(final_accuracy), _finite(best_loss), _finite(best_accuracy)
+        )
 
     def _finish(self, status: str) -> None:
         """Summarise what the last checkpoint holds (on a stop: reload it first)."""
@@ -231,6 +322,8 @@ class GrowthRunner:
             best_val_accuracy=max(finite) if finite else None,
             param_count=model.active_param_count(),
             host_param_count=model.host_param_count,
+            peak_param_count=max((r.params for r in rows), default=model.active_param_count()),
+            train_flops=self.flops,
             fossilized=sum(r.stage is SeedStage.FOSSILIZED for r in reports.values()),
             pruned=self.episode.trainer.pruned_count if self.epoch > 0 else 0,
             seeds=tuple(
@@ -238,14 +331,15 @@ class GrowthRunner:
                 for r in reports.values()
                 if r.blueprint is not None
             ),
+            test=self.test if status in ("completed", "terminated") else None,
         )
         task, seed = self.config.training.task, self.config.seed
         run_id, seconds = self.recorder.run_id, round(self.elapsed, 3)
         return record.RunSummary(status, self.mode, task, seed, run_id, seconds, None, growth)
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _finite(value: float | None) -> float | None:
+    return None if value is None else value if math.isfinite(value) else None
 
 
 def _resolved(training: HostTraining) -> HostTraining:
