@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import esper.cli.run as cli_run
 import pytest
 import torch
 
+import esper.study.run as study_run
 from esper.leyline import Action, Op, SeedStage, SeedStateReport, TelemetryLevel, thresholds
 from esper.leyline.config import UserError, config_dict, override
 from esper.leyline.events import EpochCompleted
@@ -171,18 +171,18 @@ def _level(config: TrainingConfig) -> TelemetryLevel:
 def loader_probe(config: TrainingConfig) -> list[float]:
     """What the dataset loader is asked for (data_dir and download flow into it)."""
     calls: list[tuple[Any, ...]] = []
-    original = cli_run.load_dataset
+    original = study_run.load_dataset
 
     def spy(name, data_dir=None, **kwargs):
         calls.append((name, data_dir, kwargs["download"]))
         raise FileNotFoundError("spy")
 
-    cli_run.load_dataset = spy
+    study_run.load_dataset = spy
     try:
         with pytest.raises(UserError, match="spy"):
             load_data(config.env)
     finally:
-        cli_run.load_dataset = original
+        study_run.load_dataset = original
     return [float(hash(calls[0]))]
 
 
@@ -218,6 +218,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.weight_decay": (0.5, {}, env_probe),
     "env.threads": (1, {"env": {"threads": 2}}, threads_probe),
     "env.slots": (["mid", "late"], {}, env_probe),
+    "env.width": (8, {}, env_probe),
     "env.shapley": (True, {"env": {"epochs": 8}}, blending_probe),
     "env.data_dir": ("/somewhere/else", {}, loader_probe),
     "env.download": (False, {}, loader_probe),

@@ -165,9 +165,12 @@ def _show(path: Path) -> int:
 
 
 def _query(sql: str, paths: list[Path], fmt: str) -> int:
-    from esper.nissa.views import QueryError, RunStore, collect_runs
+    from esper.nissa.views import QueryError, RunStore, collect_runs, is_study
 
-    store = RunStore(collect_runs(paths), lambda m: print(f"warning: {m}", file=sys.stderr))
+    studies = [p for p in paths if is_study(p)]
+    store = RunStore(
+        collect_runs(paths), lambda m: print(f"warning: {m}", file=sys.stderr), studies
+    )
     try:
         result = store.query(sql)
     except QueryError as err:

@@ -20,6 +20,9 @@ column — with nested values (tuples of snapshots, pairs) as DuckDB ``JSON``:
 * ``anomalies``: ``AnomalyDetected``.
 * ``rewards``: ``RewardComputed`` (epoch, total, components as JSON).
 * ``reward_components``: one row per component per step: epoch, component, value.
+* ``trials``: one row per finished or failed trial of the studies named (``esper study``'s
+  ``trials.csv``): study (its directory), the ``TrialRow`` fields, run. A study directory given
+  to ``--runs`` also loads its trials' runs into the other views.
 
 Missing values are SQL NULL. After a resume, what the interrupted attempt logged beyond its last
 checkpoint is left out (``drop_replaced``): the views show the run as it finally happened, while
@@ -28,10 +31,11 @@ checkpoint is left out (``drop_replaced``): the views show the run as it finally
 
 from __future__ import annotations
 
+import csv
 import json
 import tempfile
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +53,7 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
 from esper.nissa.log import (
     PPO_MODE,
     RunDirectory,
@@ -75,7 +80,14 @@ EVENT_VIEWS: dict[str, type[Any]] = {
 }
 """Views with one row per event of a type, named after what they hold."""
 
-VIEW_NAMES: tuple[str, ...] = ("runs", "events", *EVENT_VIEWS, "slots", "reward_components")
+VIEW_NAMES: tuple[str, ...] = (
+    "runs",
+    "events",
+    *EVENT_VIEWS,
+    "slots",
+    "reward_components",
+    "trials",
+)
 """Every view ``esper runs query`` offers."""
 
 _CONTEXT = (("run", "VARCHAR"), ("mode", "VARCHAR"), ("env", "INTEGER"), ("episode", "INTEGER"))
@@ -112,6 +124,11 @@ VIEW_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("epoch", "BIGINT"),
         ("component", "VARCHAR"),
         ("value", "DOUBLE"),
+    ],
+    "trials": [
+        ("study", "VARCHAR"),
+        *[(n, t) for n, t in _columns(TrialRow) if (n, t) not in (*_CONTEXT, ("t", "DOUBLE"))],
+        ("run", "VARCHAR"),
     ],
 }
 """Column names and DuckDB types of every view."""
@@ -158,19 +175,53 @@ def _rows(run: str, mode: str, log: list[dict[str, Any]]) -> Iterator[tuple[str,
                 yield "reward_components", {**context, **row}
 
 
+def is_study(path: Path) -> bool:
+    """Whether ``path`` is a study directory (``esper study``'s output)."""
+    return (path / STUDY_FILE).is_file()
+
+
 def collect_runs(paths: list[Path]) -> list[RunDirectory]:
-    """The runs named by ``paths``: run directories, or directories holding runs.
+    """The runs named by ``paths``: run directories, directories holding runs, or study
+    directories (their trials' runs).
 
     Raises:
-        RunDirectoryError: for a path that is neither (or holds no run at all).
+        RunDirectoryError: for a path that is none of these (or holds no run at all).
     """
     runs: dict[Path, RunDirectory] = {}
     for path in paths:
+        if is_study(path):
+            path = path / TRIALS_DIR
         found = find_runs(path) if path.is_dir() else [open_run(path)]
         if not found:
             raise RunDirectoryError(f"{str(path)!r} holds no Esper runs")
         runs.update((run.path.resolve(), run) for run in found)
     return list(runs.values())
+
+
+def _trials(study: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a study's ``trials.csv`` typed as the ``trials`` view's columns (empty
+    cells are NULL).
+
+    Raises:
+        RunDirectoryError: the file is unreadable or its header is not the view's columns.
+    """
+    path = study / TRIALS_FILE
+    if not path.exists():
+        return  # a study whose first invocation has not finished yet
+    types = dict(VIEW_COLUMNS["trials"])
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or set(reader.fieldnames) != set(types) - {"study"}:
+                raise RunDirectoryError(f"{path}: not a trials table (header {reader.fieldnames})")
+            for line in reader:
+                row: dict[str, Any] = {"study": str(study)}
+                for name, text in line.items():
+                    cast = {"BIGINT": int, "DOUBLE": float}.get(types[name], str)
+                    row[name] = None if text == "" else cast(text)
+                yield row
+    except (OSError, ValueError, csv.Error) as err:
+        raise RunDirectoryError(f"cannot read {path}: {err}") from None
 
 
 class RunStore:
@@ -179,15 +230,22 @@ class RunStore:
     Args:
         runs: the runs to load.
         warn: called with a message for each run whose event log ends in a truncated line.
+        studies: study directories whose ``trials.csv`` fills the ``trials`` view.
 
     Raises:
         EventLogError: a malformed line inside an event log.
     """
 
-    def __init__(self, runs: list[RunDirectory], warn: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        runs: list[RunDirectory],
+        warn: Callable[[str], None],
+        studies: Sequence[Path] = (),
+    ) -> None:
         import duckdb
 
         self.runs = runs
+        self.studies = list(studies)
         names = [run.name for run in runs]
         # The run column is the directory's name, or its path where two runs share a name.
         self.labels = {
@@ -216,6 +274,9 @@ class RunStore:
                     files["runs"].write(json.dumps({**row, "path": str(run.path)}) + "\n")
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
                         files[view].write(json.dumps(row) + "\n")
+                for study in self.studies:
+                    for row in _trials(study):
+                        files["trials"].write(json.dumps(row) + "\n")
             finally:
                 for f in files.values():
                     f.close()

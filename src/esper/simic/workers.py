@@ -314,10 +314,10 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
     assert workers is not None
     if config.runtime.ray_address is None and not ray.is_initialized():
         threads = threads_per_worker(config.env.threads, workers)  # this machine's cores
-        _init(num_cpus=workers * threads, object_store_memory=OBJECT_STORE_BYTES)
+        init_ray(num_cpus=workers * threads, object_store_memory=OBJECT_STORE_BYTES)
         stop = ray.shutdown
     else:
-        stop = _join(config.runtime.ray_address)
+        stop = join_ray(config.runtime.ray_address)
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         cores = int(resources.get("CPU", 0))  # a cluster without CPUs has no such key
         try:
@@ -329,9 +329,10 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
     return replace(config, env=replace(config.env, threads=threads)), stop
 
 
-def _join(address: str | None) -> Callable[[], None]:
-    """Connect to the cluster at ``address``, or use the session this process already runs
-    (an ``address`` must be reachable either way); returns how to leave it.
+def join_ray(address: str | None, flag: str = "--ray-address") -> Callable[[], None]:
+    """Connect to the cluster at ``address`` (given as ``flag``: ``esper study`` calls it
+    ``--address``), or use the session this process already runs (an ``address`` must be
+    reachable either way); returns how to leave it.
 
     Raises:
         ValueError: one line: nothing answers at ``address``, or Ray cannot join it.
@@ -339,21 +340,21 @@ def _join(address: str | None) -> Callable[[], None]:
     import ray
 
     if address is not None:
-        _check_reachable(address)
+        _check_reachable(address, flag)
     if ray.is_initialized():
         return _leave_running
     assert address is not None
     try:
-        _init(address=address)
+        init_ray(address=address)
     except (ConnectionError, RuntimeError, TimeoutError) as err:
         raise ValueError(
-            f"cannot join the Ray cluster at --ray-address {address}: {_first_line(err)} (a "
+            f"cannot join the Ray cluster at {flag} {address}: {_first_line(err)} (a "
             "cluster with token authentication needs RAY_AUTH_MODE=token and its token here)"
         ) from err
     return ray.shutdown
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(address: str, flag: str) -> None:
     """Something accepts connections at ``address`` (HOST:PORT), within ``CONNECT_TIMEOUT_S``:
     Ray's own connection attempts to a dead address retry for minutes."""
     host, _, port = address.rpartition(":")
@@ -361,8 +362,8 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
         raise ValueError(
-            f"cannot reach a Ray cluster at --ray-address {address} ({err.strerror or err}); "
-            f"start one with `ray start --head --port {port}` or drop --ray-address"
+            f"cannot reach a Ray cluster at {flag} {address} ({err.strerror or err}); "
+            f"start one with `ray start --head --port {port}` or drop {flag}"
         ) from err
 
 
@@ -370,7 +371,7 @@ def _leave_running() -> None:
     """The stop of a Ray session someone else started: nothing."""
 
 
-def _init(**settings: Any) -> None:
+def init_ray(**settings: Any) -> None:
     """``ray.init`` without the dashboard and Ray's INFO lines, keeping this process's SIGTERM
     handler (Ray replaces it with an exit; Esper's stops the run at a checkpoint)."""
     import ray

@@ -37,11 +37,10 @@ Choices rliable leaves open, made here once:
 from __future__ import annotations
 
 import io
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +50,7 @@ from matplotlib.figure import Figure
 from rliable import library, metrics, plot_utils
 
 from esper.leyline.files import atomic_write
-
-COMPLETED = "completed"
-"""The status of a trial that finished; only these trials (with a score) enter the statistics."""
+from esper.leyline.trials import FINISHED, TrialRow
 
 ALL_TASKS = "all tasks"
 """The ``task`` of a summary or improvement taken over all tasks."""
@@ -90,49 +87,6 @@ DPI = 100  # 8-inch-wide figures -> 800 px: readable in a browser or a markdown 
 
 Scores = npt.NDArray[np.float64]
 """A runs × tasks matrix of test accuracies, ``(N, K)``, as rliable takes it."""
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial of a study as the statistics see it.
-
-    Attributes:
-        task: The task's name.
-        arm: The arm's name (``static``, ``static-matched``, ``heuristic``, ``ppo…``, ...).
-        seed: The trial's seed.
-        status: ``"completed"``, ``"failed"``, ...; only completed trials count.
-        score: Test accuracy of the final model, in percent; ``None`` when not measured.
-        best_score: Test accuracy of the best-validation checkpoint, in percent.
-        final_params: Parameters of the final model.
-        peak_params: The most parameters the model had during training.
-        flops: Training FLOPs.
-        seconds: Wall time of the trial.
-        error: What went wrong, for a trial that did not complete.
-    """
-
-    task: str
-    arm: str
-    seed: int
-    status: str
-    score: float | None
-    best_score: float | None
-    final_params: int | None
-    peak_params: int | None
-    flops: float | None
-    seconds: float | None
-    error: str | None
-
-    def __post_init__(self) -> None:
-        if self.score is not None and not math.isfinite(self.score):
-            raise ValueError(
-                f"trial {self.task}/{self.arm}/seed {self.seed}: score {self.score} is not a "
-                "number; a score that was not measured is None"
-            )
-
-    @property
-    def counts(self) -> bool:
-        """Whether the trial enters the statistics: it completed and has a score."""
-        return self.status == COMPLETED and self.score is not None
 
 
 @dataclass(frozen=True)
@@ -346,10 +300,25 @@ def summarize(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> list
     cells = _cells(rows)
     per_task = [_summary(cells, task, arm, [task], reps, seed) for task, arm in sorted(cells)]
     arms = sorted({arm for _, arm in cells})
+    by_cell = {(x.task, x.arm): x for x in per_task}
     overall = [
-        _summary(cells, ALL_TASKS, arm, sorted(_tasks(cells, arm)), reps, seed) for arm in arms
+        _overall(cells, by_cell, arm, sorted(_tasks(cells, arm)), reps, seed) for arm in arms
     ]
     return per_task + overall
+
+
+def _overall(
+    cells: Cells,
+    by_cell: dict[tuple[str, str], ArmSummary],
+    arm: str,
+    tasks: list[str],
+    reps: int,
+    seed: int,
+) -> ArmSummary:
+    """An arm over all its tasks; over one task, that task's summary (the same bootstrap)."""
+    if len(tasks) == 1:
+        return replace(by_cell[(tasks[0], arm)], task=ALL_TASKS)
+    return _summary(cells, ALL_TASKS, arm, tasks, reps, seed)
 
 
 def _improvement(
@@ -394,8 +363,14 @@ def improvements(
             shared = sorted(_tasks(cells, arm) & _tasks(cells, baseline))
             if arm == baseline or not shared:
                 continue
-            found += [_improvement(cells, t, arm, baseline, [t], reps, seed) for t in shared]
-            found.append(_improvement(cells, ALL_TASKS, arm, baseline, shared, reps, seed))
+            each = [_improvement(cells, t, arm, baseline, [t], reps, seed) for t in shared]
+            # Over one task the aggregate is that task's (same scores, same seeded bootstrap).
+            overall = (
+                replace(each[0], task=ALL_TASKS)
+                if len(shared) == 1
+                else _improvement(cells, ALL_TASKS, arm, baseline, shared, reps, seed)
+            )
+            found += [*each, overall]
     return found
 
 
@@ -462,7 +437,7 @@ def _task_label(task: str, tasks: Sequence[str]) -> str:
 def _why_excluded(row: TrialRow) -> str:
     if row.error:
         return row.error.strip().splitlines()[0]
-    return "completed without a score" if row.status == COMPLETED else "no error recorded"
+    return f"{row.status} without a score" if row.status in FINISHED else "no error recorded"
 
 
 def _markdown(results: StudyResults, rows: Sequence[TrialRow], reps: int, seed: int) -> str:

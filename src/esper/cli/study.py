@@ -1,0 +1,141 @@
+"""``esper study FILE``: run a study's trials on Ray and write its results (``esper.study``).
+
+``--dry-run`` lists the trials, what is already done, and the estimated cost, and starts
+nothing. Running the same command again resumes: finished trials are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+from esper.cli.main import EXIT_INTERRUPTED
+from esper.leyline.config import UserError
+from esper.study.execute import StudyDriver, connect_ray, trial_row
+from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
+from esper.study.run import Stop, load_data
+from esper.study.stats import write_results
+
+ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+"""HOST:PORT of a Ray cluster's head (what ``ray start --head`` prints)."""
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def load(path: Path) -> tuple[StudySpec, Path]:
+    """The study file, checked.
+
+    Raises:
+        UserError: one line naming the bad key or value.
+    """
+    if not path.is_file():
+        raise UserError(f"study file {str(path)!r} does not exist or is not a file")
+    try:
+        return read_study(path)
+    except ValueError as err:
+        raise UserError(f"study file {str(path)!r}: {err}") from err
+
+
+def run_study(args: argparse.Namespace) -> int:
+    """``esper study FILE [--address HOST:PORT] [--dry-run]``."""
+    if args.address is not None and not ADDRESS.match(args.address):
+        raise UserError(f"--address must be HOST:PORT of a Ray head, got {args.address!r}")
+    spec, directory = load(args.file)
+    driver = StudyDriver(spec, directory, _say)
+    if args.dry_run:
+        dry_run(driver)
+        return 0
+    try:
+        stop = connect_ray(args.address)  # an unreachable cluster fails before anything is made
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        done = len(driver.done)
+        _say(f"esper study: {len(driver.trials)} trials, {done} already done -> {directory}")
+        outcome = driver.run()
+    except Stop:
+        _say(f"\ninterrupted: continue with: esper study {args.file}")
+        return EXIT_INTERRUPTED
+    finally:
+        stop()
+    rows = [row for _, row in outcome.rows]
+    results = write_results(directory, rows, spec.baseline_arms(), spec.reps)
+    for line in results.verdicts:
+        print(line)
+    print(f"results: {directory / 'results.md'}")
+    if outcome.failed or outcome.pending:
+        _say(
+            f"{len(outcome.failed)} trials failed, {len(outcome.pending)} could not start; "
+            "run the same command again to retry the trials with attempts left"
+        )
+        return 1
+    return 0
+
+
+def dry_run(driver: StudyDriver) -> None:
+    """Print the trials, their state, and the estimated cost of what is left."""
+    spec = driver.spec
+    print(f"{'trial':48} {'kind':7} state")
+    epochs = 0
+    flops = 0.0
+    per_epoch = _epoch_flops(spec)
+    for trial in driver.trials:
+        state = _state(driver, trial)
+        print(f"{trial.name:48} {trial.kind:7} {state}")
+        if trial.name in driver.done or driver.exhausted(trial):
+            continue
+        n = _host_epochs(spec, trial)
+        epochs += n
+        flops += n * per_epoch[trial.task]
+    left = sum(1 for t in driver.trials if t.name not in driver.done)
+    print(
+        f"\n{len(driver.trials)} trials, {left} to run: {epochs} host epochs, at least "
+        f"{flops / 1e12:.3g} TFLOP of training (the task's static host; growth adds more); "
+        f"each trial asks Ray for {spec.resources.cpus:g} CPU and {spec.resources.gpus:g} GPU"
+    )
+
+
+def _state(driver: StudyDriver, trial: Trial) -> str:
+    if trial.name in driver.done:
+        row = trial_row(trial, driver.run_directory(trial))
+        return "done" if row is None or row.score is None else f"done: {row.score:.2f}%"
+    attempts = driver.state.attempts.get(trial.name, 0)
+    if driver.exhausted(trial):
+        return f"failed {attempts} times: {driver.state.errors.get(trial.name, '')}"
+    needs = [t.name for t in driver.needs(trial) if t.name not in driver.done]
+    if needs:
+        return f"waits for {needs[0]}" + (f" and {len(needs) - 1} more" if len(needs) > 1 else "")
+    return "to run" if attempts == 0 else f"to run (attempt {attempts + 1})"
+
+
+def _host_epochs(spec: StudySpec, trial: Trial) -> int:
+    """Host epochs a trial trains: one episode, or a PPO run's rounds × environments."""
+    if trial.kind == "growth":
+        return training(spec, trial.task).episode_length()
+    config = ppo_config(spec, spec.arm(trial.arm), trial.task, trial.seed)
+    return config.ppo.rounds * config.ppo.n_envs * config.env.episode_length()
+
+
+def _epoch_flops(spec: StudySpec) -> dict[str, float]:
+    """Training FLOPs of one epoch of each task's static host at the study's budget."""
+    from esper.kasmina import MorphogeneticModel
+    from esper.tasks import get_task
+    from esper.tolaria.flops import step_flops
+
+    result = {}
+    for task in spec.tasks:
+        host_training = training(spec, task)
+        data = load_data(host_training)
+        host = get_task(task).build_host(data, host_training.width)
+        model = MorphogeneticModel(host, list(host_training.slots))
+        n = host_training.batch_size
+        assert n is not None
+        batches = host_training.batches_per_epoch or math.ceil(len(data.x_train) / n)
+        result[task] = float(step_flops(model, data.x_train[:n], data.y_train[:n])) * batches
+    return result

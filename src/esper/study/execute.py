@@ -1,0 +1,384 @@
+"""Running a study: every trial as a Ray task, resumable, failures isolated (DESIGN §9).
+
+The driver (``run_study``) plans the trials, skips those whose run directory is finished, and
+submits the rest to Ray with the study's per-trial resources, as their dependencies allow: a ppo
+arm's growth trials wait for the policy runs they evaluate, a static-matched arm's for every
+trial of the arm it matches. Each trial writes an ordinary run directory under ``trials/``; a
+task that Ray retries after a lost worker or node, or a trial re-run by the next invocation,
+resumes from that directory's last checkpoint. A failing trial never stops the others: it is
+tried again up to ``retries`` times (attempts are counted in ``study.json`` across
+invocations), then listed with its one-line error. Ctrl-C or SIGTERM cancels the running trials
+(each checkpoints and stops) and leaves the study resumable by running the same command again.
+
+The study directory must be on a file system every node of the cluster sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esper.leyline.config import HostTraining, UserError, config_dict, override
+from esper.leyline.files import atomic_write
+from esper.leyline.trials import FINISHED, STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.nissa import record
+from esper.simic.config import TrainingConfig
+from esper.study.growth import GrowthRun, GrowthRunner
+from esper.study.plan import (
+    MATCHED,
+    StudySpec,
+    Trial,
+    growth_config,
+    plan,
+    policy_trial,
+    ppo_config,
+)
+from esper.study.ppo import PPORunner
+from esper.study.run import Stop
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a Ray worker needs to run one trial (plain data: it crosses process boundaries).
+
+    Attributes:
+        trial: the trial.
+        mode: the run command's mode (static, heuristic, eval, random, periodic or ppo).
+        config: the run's configuration as ``config.json`` holds it.
+        directory: the trial's run directory.
+    """
+
+    trial: Trial
+    mode: str
+    config: dict[str, Any]
+    directory: str
+
+
+def run_job(job: Job) -> TrialRow | None:
+    """Run (or resume) one trial in this process; its result row (None for a policy run).
+
+    In a Ray worker it trains on the GPU Ray assigned it, if any.
+
+    Raises:
+        RuntimeError: the run failed (a PPO run's recorded failure), with its message.
+        UserError: its settings or directory are unusable.
+    """
+    directory = Path(job.directory)
+    resume = directory if record.is_run_directory(directory) else None
+    out = None if resume is not None else directory
+    device = torch.device("cuda") if _ray_gpus() else torch.device("cpu")
+    if job.mode == "ppo":
+        config = override(TrainingConfig(), job.config)
+        if device.type == "cuda":
+            config = override(config, {"runtime": {"devices": ["cuda"]}})
+        runner = PPORunner(config, out, resume)
+        try:
+            status, failure = runner.run()
+        finally:
+            runner.close()
+        if status == "failed":
+            raise RuntimeError(failure)
+        return None
+    growth = override(GrowthRun(HostTraining("")), job.config)
+    GrowthRunner(job.mode, growth, out, resume, device).run()
+    return trial_row(job.trial, directory)
+
+
+def _ray_gpus() -> bool:
+    """Whether Ray gave this task a GPU (False outside Ray)."""
+    import ray
+
+    return ray.is_initialized() and bool(ray.get_gpu_ids())
+
+
+def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
+    """The result of a finished growth trial, from its ``summary.json``; None if unfinished."""
+    summary = record.read_summary(directory) if record.is_run_directory(directory) else None
+    if summary is None or summary.status not in FINISHED or summary.growth is None:
+        return None
+    g = summary.growth
+    test = g.test
+    return TrialRow(
+        task=trial.task,
+        arm=trial.arm,
+        seed=trial.seed,
+        status=summary.status,
+        score=None if test is None else test.final_accuracy,
+        best_score=None if test is None else test.best_accuracy,
+        final_params=g.param_count,
+        peak_params=g.peak_param_count,
+        flops=g.train_flops,
+        seconds=summary.wall_seconds,
+        error=None,
+    )
+
+
+@dataclass
+class StudyState:
+    """``study.json``: the settings the study started with, attempts and errors per trial."""
+
+    settings: dict[str, Any]
+    attempts: dict[str, int]
+    errors: dict[str, str]
+
+    @classmethod
+    def load(cls, directory: Path, settings: dict[str, Any]) -> StudyState:
+        """The study's state, or a fresh one; a directory of another study is refused.
+
+        Raises:
+            UserError: ``study.json`` is unreadable, or holds different settings.
+        """
+        path = directory / STUDY_FILE
+        if not path.exists():
+            return cls(settings, {}, {})
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            state = cls(data["settings"], dict(data["attempts"]), dict(data["errors"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"cannot read {str(path)!r}: {err}") from err
+        changed = sorted(k for k in settings if state.settings.get(k) != settings[k])
+        if changed:
+            raise UserError(
+                f"{str(directory)!r} holds a study run with other settings ({', '.join(changed)} "
+                "differ); use another out, or restore the study file"
+            )
+        return state
+
+    def save(self, directory: Path) -> None:
+        """Write ``study.json`` atomically."""
+        atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
+
+
+def study_settings(spec: StudySpec) -> dict[str, Any]:
+    """What must not change between invocations of one study: everything but ``retries``,
+    ``reps`` and ``baselines``, which change only how failures are retried and results computed
+    (the resources set a trial's threads and device, which a resume must keep)."""
+    data = config_dict(spec)
+    return {k: v for k, v in data.items() if k not in ("retries", "reps", "baselines")}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a study invocation ended with.
+
+    Attributes:
+        rows: (trial name, result) of every finished growth trial and every failed one.
+        failed: trial name → one-line error, for trials out of attempts (policy runs too).
+        pending: trials not run because what they wait for failed.
+    """
+
+    rows: list[tuple[str, TrialRow]]
+    failed: dict[str, str]
+    pending: list[str]
+
+
+class StudyDriver:
+    """Submits a study's trials to Ray as their dependencies finish and collects the results.
+
+    Args:
+        spec: the study.
+        directory: the study directory.
+        say: where progress lines go.
+    """
+
+    def __init__(self, spec: StudySpec, directory: Path, say: Callable[[str], None]) -> None:
+        self.spec, self.directory, self.say = spec, directory, say
+        self.trials = plan(spec)
+        self.state = StudyState.load(directory, study_settings(spec))
+        self.rows: dict[str, TrialRow] = {}
+        self.done: set[str] = set()
+        for trial in self.trials:
+            if self._finished(trial):
+                self.done.add(trial.name)
+                row = trial_row(trial, self.run_directory(trial))
+                if row is not None:
+                    self.rows[trial.name] = row
+
+    def run_directory(self, trial: Trial) -> Path:
+        """Where ``trial`` writes its run."""
+        return self.directory / TRIALS_DIR / trial.name
+
+    def _finished(self, trial: Trial) -> bool:
+        directory = self.run_directory(trial)
+        if not record.is_run_directory(directory):
+            return False
+        return record.run_status(directory) in FINISHED
+
+    def exhausted(self, trial: Trial) -> bool:
+        """The trial failed on every attempt the study allows."""
+        return self.state.attempts.get(trial.name, 0) > self.spec.retries
+
+    def ready(self, trial: Trial) -> bool:
+        """Everything ``trial`` waits for has finished."""
+        return all(d.name in self.done for d in self.needs(trial))
+
+    def needs(self, trial: Trial) -> list[Trial]:
+        """The trials whose results ``trial`` is built from."""
+        arm = self.spec.arm(trial.arm)
+        if trial.kind == "growth" and arm.trains_policy:
+            return [policy_trial(self.spec, trial)]
+        if arm.controller == MATCHED:
+            assert arm.match is not None
+            return [t for t in self.trials if t.task == trial.task and t.arm == arm.match]
+        return []
+
+    def job(self, trial: Trial) -> Job:
+        """The trial's job: its mode and configuration, derived now that its needs are met."""
+        arm = self.spec.arm(trial.arm)
+        directory = str(self.run_directory(trial))
+        if trial.kind == "policy":
+            config = ppo_config(self.spec, arm, trial.task, trial.seed)
+            return Job(trial, "ppo", config_dict(config), directory)
+        width, policy = None, None
+        if arm.controller == MATCHED:
+            width = self.matched_width(trial)
+        elif arm.trains_policy:
+            policy = self.run_directory(policy_trial(self.spec, trial))
+        elif arm.policy is not None:
+            policy = Path(arm.policy)
+        mode, growth = growth_config(self.spec, trial, width, policy)
+        return Job(trial, mode, config_dict(growth), directory)
+
+    def matched_width(self, trial: Trial) -> int:
+        """The width whose host's parameters are nearest the matched arm's median final
+        parameters on the trial's task."""
+        from esper.study.plan import training
+        from esper.study.run import load_data
+        from esper.tasks import matched_width
+
+        arm = self.spec.arm(trial.arm)
+        counts = [
+            r.final_params
+            for r in self.rows.values()
+            if r.task == trial.task and r.arm == arm.match and r.final_params is not None
+        ]
+        target = statistics.median(counts)
+        data = load_data(training(self.spec, trial.task))
+        return matched_width(trial.task, data, round(target))
+
+    def run(self) -> Outcome:
+        """Run every unfinished trial on the Ray session this process joined
+        (``connect_ray``); return the outcome and write ``trials.csv``.
+
+        Raises:
+            Stop: Ctrl-C or SIGTERM, after cancelling the running trials.
+        """
+        import ray
+
+        return self._loop(ray)
+
+    def _loop(self, ray: Any) -> Outcome:
+        resources = self.spec.resources
+        remote = ray.remote(run_job).options(
+            num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=3
+        )
+        running: dict[Any, Trial] = {}
+        waiting = [t for t in self.trials if t.name not in self.done and not self.exhausted(t)]
+        try:
+            while True:
+                for trial in [t for t in waiting if self.ready(t)]:
+                    waiting.remove(trial)
+                    self.state.attempts[trial.name] = self.state.attempts.get(trial.name, 0) + 1
+                    self.state.save(self.directory)
+                    try:
+                        running[remote.remote(self.job(trial))] = trial
+                    except (UserError, ValueError) as err:  # e.g. a policy that vanished
+                        self._failed(trial, str(err), waiting)
+                if not running:
+                    break
+                finished, _ = ray.wait(list(running), num_returns=1)
+                trial = running.pop(finished[0])
+                try:
+                    row = ray.get(finished[0])
+                except ray.exceptions.RayError as err:
+                    self._failed(trial, _one_line(err), waiting)
+                    continue
+                self.done.add(trial.name)
+                self.state.errors.pop(trial.name, None)
+                self.state.save(self.directory)
+                if row is not None:
+                    self.rows[trial.name] = row
+                self.say(f"done {trial.name}" + ("" if row is None else f": {_score(row)}"))
+        except (KeyboardInterrupt, Stop):
+            for ref in running:
+                ray.cancel(ref)  # a KeyboardInterrupt in the trial: it checkpoints and stops
+            ray.wait(list(running), num_returns=len(running), timeout=60)
+            raise Stop from None
+        failed = {t.name: self.state.errors[t.name] for t in self.trials if self.exhausted(t)}
+        rows = []
+        for trial in self.trials:
+            row = self.rows.get(trial.name)
+            if row is None and trial.kind == "growth" and trial.name in failed:
+                row = TrialRow(
+                    trial.task, trial.arm, trial.seed, "failed", None, None, None, None,
+                    None, None, failed[trial.name],
+                )  # fmt: skip
+            if row is not None:
+                rows.append((trial.name, row))
+        outcome = Outcome(rows, failed, [t.name for t in waiting])
+        self.write_trials(outcome)
+        return outcome
+
+    def _failed(self, trial: Trial, error: str, waiting: list[Trial]) -> None:
+        """Record a failed attempt; try again while attempts remain."""
+        self.state.errors[trial.name] = error
+        self.state.save(self.directory)
+        if not self.exhausted(trial):
+            waiting.append(trial)
+            self.say(f"failed {trial.name} (attempt {self.state.attempts[trial.name]}): {error}")
+        else:
+            self.say(f"gave up {trial.name}: {error}")
+
+    def write_trials(self, outcome: Outcome) -> None:
+        """``trials.csv``: a row per finished growth trial and per failed one."""
+        buffer = io.StringIO()
+        names = [f.name for f in fields(TrialRow)] + ["run"]
+        writer = csv.DictWriter(buffer, names, lineterminator="\n")
+        writer.writeheader()
+        for name, row in outcome.rows:
+            writer.writerow({**asdict(row), "run": name})
+        atomic_write(self.directory / TRIALS_FILE, buffer.getvalue())
+
+
+def connect_ray(address: str | None) -> Callable[[], None]:
+    """Join the Ray cluster at ``address``, or start a local instance using every usable core;
+    returns how to stop (or leave) it.
+
+    Raises:
+        ValueError: one line: nothing answers at ``address``, or Ray cannot join it.
+    """
+    import ray
+
+    from esper.simic.workers import init_ray, join_ray
+    from esper.tolaria.threads import usable_cores
+
+    if address is None and not ray.is_initialized():
+        init_ray(num_cpus=usable_cores())
+        return ray.shutdown
+    return join_ray(address, "--address")
+
+
+def _one_line(err: BaseException) -> str:
+    """A Ray task's failure as one line: the trial's own error, not Ray's traceback."""
+    import ray
+
+    inner = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+    text = str(inner).strip().splitlines()
+    message = text[0] if text else type(inner).__name__
+    if type(inner).__name__ not in ("UserError", "RuntimeError"):
+        message = f"{type(inner).__name__}: {message}"
+    return message
+
+
+def _score(row: TrialRow) -> str:
+    score = row.score
+    return "no test score" if score is None or not math.isfinite(score) else f"{score:.2f}%"

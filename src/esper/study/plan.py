@@ -1,0 +1,449 @@
+"""Study files and the trials they plan (DESIGN §9).
+
+A study file is TOML::
+
+    out = "studies/impaired"          # the study directory (trials, results)
+    tasks = ["fashion_mnist_impaired"]
+    seeds = 10                        # evaluation seeds first_seed .. first_seed + seeds - 1
+    [budget]                          # host training of every trial (HostTraining keys)
+    epochs = 20
+    [resources]                       # what one trial asks Ray for
+    cpus = 1
+    [[arms]]
+    name = "heuristic"
+    controller = "heuristic"
+    [[arms]]
+    name = "static-matched"
+    controller = "static-matched"
+    match = "heuristic"
+
+Every table is checked strictly (an unknown key fails naming the accepted ones) before anything
+starts. ``plan`` turns the file into trials: one growth run per task × arm × evaluation seed, and
+for an arm that trains its policy, one PPO run per task × training seed first. A static-matched
+arm's trials wait for the arm it matches: their width is chosen from its median final
+parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from esper.leyline.config import (
+    MAX_COUNT,
+    MAX_SEED,
+    HostTraining,
+    TelemetrySettings,
+    check_float,
+    check_int,
+    config_dict,
+    decode,
+    override,
+    read_config_file,
+    require,
+)
+from esper.nissa import record
+from esper.simic.build import PolicyCheckpointError, policy_training
+from esper.simic.config import PRESETS, TrainingConfig, load_preset
+from esper.study.growth import GrowthRun
+from esper.study.run import ppo_state
+from esper.tamiyo import PeriodicConfig
+from esper.tasks import get_task, resolve_training
+
+Controller = Literal["static", "static-matched", "heuristic", "random", "periodic", "ppo"]
+CONTROLLERS: tuple[str, ...] = Controller.__args__  # type: ignore[attr-defined]
+
+MATCHED = "static-matched"
+"""The arm kind whose host width is matched to another arm's median final parameters."""
+
+DEFAULT_SEEDS = 10
+"""Evaluation seeds per task × arm: the fewest for which rliable's IQM intervals are useful."""
+
+BOOTSTRAP_REPS = 2000
+"""Resamples per interval: rliable's choice, enough for stable 95 % percentile bounds."""
+
+DEFAULT_RETRIES = 2
+"""Extra attempts of a failing trial (across invocations) before it is listed as failed."""
+
+STUDY_TELEMETRY = TelemetrySettings(level="minimal")
+"""Trials log lifecycle and epochs only: a study's hundreds of runs stay small on disk."""
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm: a controller with its settings.
+
+    Attributes:
+        name: the arm's name in results (unique in the study).
+        controller: static, static-matched, heuristic, random, periodic or ppo.
+        width: static only: the host width (None: the task's).
+        match: static-matched only: the arm whose median final parameters the width matches.
+        period: periodic only: germinate every this many epochs.
+        policy: ppo only: evaluate this PPO run's policy (a run directory).
+        preset: ppo training only: the PPO preset (``esper ppo --preset``).
+        reward: ppo training only: the reward mode (shaped, simplified or sparse).
+        training_seeds: ppo training only: one PPO run per seed; evaluation seed k runs the
+            policy of training seed k mod len(training_seeds). Their environment seeds may not
+            overlap the evaluation seeds.
+        ppo: ppo training only: further ``TrainingConfig`` settings (keys as in its config.json).
+    """
+
+    name: str
+    controller: Controller
+    width: int | None = None
+    match: str | None = None
+    period: int | None = None
+    policy: str | None = None
+    preset: str | None = None
+    reward: str | None = None
+    training_seeds: tuple[int, ...] = ()
+    ppo: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(
+            bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
+            f"arm name must be letters, digits, '-' or '_', got {self.name!r}",
+        )
+        given = {
+            "width": self.width is not None,
+            "match": self.match is not None,
+            "period": self.period is not None,
+            "policy": self.policy is not None,
+            "preset": self.preset is not None,
+            "reward": self.reward is not None,
+            "training_seeds": bool(self.training_seeds),
+            "ppo": bool(self.ppo),
+        }
+        takes = {
+            "static": {"width"},
+            MATCHED: {"match"},
+            "periodic": {"period"},
+            "ppo": {"policy", "preset", "reward", "training_seeds", "ppo"},
+        }.get(self.controller, set())
+        extra = sorted(k for k, v in given.items() if v and k not in takes)
+        accepted = ", ".join(sorted(takes)) or "no settings"
+        require(not extra, f"arm {self.name!r} ({self.controller}) takes {accepted}; drop {extra}")
+        where = f"arm {self.name!r}"
+        if self.width is not None:
+            check_int(f"{where}: width", self.width, 1, 4096)
+        if self.period is not None:
+            check_int(f"{where}: period", self.period)
+        for seed in self.training_seeds:
+            check_int(f"{where}: training seed", seed, 0, MAX_SEED)
+        require(
+            self.controller != MATCHED or self.match is not None,
+            f"{where} ({MATCHED}) needs match = the name of the arm whose size it matches",
+        )
+        if self.controller == "ppo":
+            trains = bool(self.training_seeds)
+            require(
+                (self.policy is not None) != trains,
+                f"{where} (ppo) needs exactly one of policy = a PPO run directory to evaluate, "
+                "or training_seeds = seeds of the PPO runs to train first",
+            )
+            refused = sorted({"env", "telemetry"} & set(self.ppo))
+            runtime = self.ppo.get("runtime")
+            refused += ["runtime.seed"] * (isinstance(runtime, dict) and "seed" in runtime)
+            require(
+                not refused,
+                f"{where}: ppo may not set {refused}: host training comes from the study's "
+                "budget, seeds from training_seeds, telemetry from the study",
+            )
+            require(
+                self.preset is None or self.preset in PRESETS,
+                f"{where}: unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}",
+            )
+
+    @property
+    def trains_policy(self) -> bool:
+        """Whether this arm trains its policies in the study (train-then-evaluate)."""
+        return bool(self.training_seeds)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for.
+
+    Attributes:
+        cpus: CPU cores per trial; also its torch thread count (rounded down, at least 1).
+        gpus: GPUs per trial; a fraction (e.g. 0.25) shares one GPU between trials. A trial
+            given a GPU trains on it.
+    """
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_float("resources.cpus", self.cpus, 0.0, 1024.0, strict_low=True)
+        check_float("resources.gpus", self.gpus, 0.0, 64.0)
+
+    @property
+    def threads(self) -> int:
+        """torch threads of one trial."""
+        return max(1, int(self.cpus))
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: tasks × arms × seeds (the TOML file's top-level keys).
+
+    Attributes:
+        out: the study directory, relative to the file's directory unless absolute.
+        tasks: task presets (esper --help lists them).
+        arms: the arms (``[[arms]]`` tables).
+        seeds: evaluation seeds per task × arm.
+        first_seed: the first evaluation seed.
+        budget: host training of every trial: ``HostTraining`` keys but ``task`` (epochs,
+            batch_size, batches_per_epoch, val_samples, lr, ...).
+        resources: what one trial asks Ray for.
+        retries: extra attempts of a failing trial before it is listed as failed.
+        baselines: the arms every arm's probability of improvement is computed against (empty:
+            every arm that is not ppo).
+        reps: bootstrap resamples per confidence interval (rliable's stratified bootstrap);
+            2000 follows rliable, fewer give coarser intervals sooner.
+    """
+
+    out: str
+    tasks: tuple[str, ...]
+    arms: tuple[ArmSpec, ...]
+    seeds: int = DEFAULT_SEEDS
+    first_seed: int = 0
+    budget: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    retries: int = DEFAULT_RETRIES
+    baselines: tuple[str, ...] = ()
+    reps: int = BOOTSTRAP_REPS
+
+    def __post_init__(self) -> None:
+        check_int("reps", self.reps, 10, 100_000)
+        require(bool(self.out), "out must name the study directory")
+        require(bool(self.tasks), "tasks must name at least one task")
+        for task in self.tasks:
+            get_task(task)  # an unknown task names the known ones
+        require(len(set(self.tasks)) == len(self.tasks), f"tasks repeat: {list(self.tasks)}")
+        require(bool(self.arms), "a study needs at least one [[arms]] table")
+        check_int("seeds", self.seeds, 1, MAX_COUNT)
+        check_int("first_seed", self.first_seed, 0, MAX_SEED - self.seeds)
+        check_int("retries", self.retries, 0, 100)
+        names = [a.name for a in self.arms]
+        require(len(set(names)) == len(names), f"arm names repeat: {names}")
+        for arm in self.arms:
+            if arm.match is not None:
+                target = next((a for a in self.arms if a.name == arm.match), None)
+                require(
+                    target is not None and target.controller not in ("static", MATCHED),
+                    f"arm {arm.name!r}: match = {arm.match!r} must name a growing arm of this "
+                    f"study; growing arms: {[a.name for a in self.arms if _grows(a)]}",
+                )
+        unknown = sorted(set(self.baselines) - set(names))
+        require(not unknown, f"unknown baseline arm(s) {unknown}; arms: {names}")
+        require("task" not in self.budget, "budget may not set task: the study's tasks do")
+        override(HostTraining("synthetic"), self.budget)  # unknown keys and bad values fail now
+
+    @property
+    def evaluation_seeds(self) -> tuple[int, ...]:
+        """The seeds every task × arm is evaluated on."""
+        return tuple(range(self.first_seed, self.first_seed + self.seeds))
+
+    def baseline_arms(self) -> tuple[str, ...]:
+        """``baselines``, or every arm that is not ppo."""
+        return self.baselines or tuple(a.name for a in self.arms if a.controller != "ppo")
+
+    def arm(self, name: str) -> ArmSpec:
+        """The arm called ``name``."""
+        return next(a for a in self.arms if a.name == name)
+
+
+def _grows(arm: ArmSpec) -> bool:
+    return arm.controller not in ("static", MATCHED)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of a study.
+
+    Attributes:
+        task: the task.
+        arm: the arm's name.
+        seed: the run seed (an evaluation seed; for a policy run, its training seed).
+        kind: ``growth`` (one episode, evaluated) or ``policy`` (PPO training of an arm's
+            policy, which that arm's growth trials then run).
+    """
+
+    task: str
+    arm: str
+    seed: int
+    kind: Literal["growth", "policy"] = "growth"
+
+    @property
+    def name(self) -> str:
+        """The trial's run directory name under ``trials/``: task, arm and seed."""
+        what = "policy" if self.kind == "policy" else "seed"
+        return f"{self.task}.{self.arm}.{what}{self.seed}"
+
+
+def read_study(path: Path) -> tuple[StudySpec, Path]:
+    """The study in ``path`` and its directory (``out`` resolved against the file's
+    directory), every setting checked — including seeds, policies and presets.
+
+    Raises:
+        UserError-worthy ``ValueError``: one line naming the bad key or value.
+    """
+    table = _defaults(StudySpec, read_config_file(path))
+    arms = table.get("arms")
+    if isinstance(arms, list):
+        table["arms"] = [_defaults(ArmSpec, arm) for arm in arms]
+    spec: StudySpec = decode(StudySpec, table, "", None)
+    out = Path(spec.out)
+    directory = out if out.is_absolute() else path.parent / out
+    for arm in spec.arms:
+        if arm.controller == "ppo":
+            _check_policy_seeds(spec, arm, path.parent)
+    return spec, directory
+
+
+def _defaults(cls: type, table: Any) -> Any:
+    """``table`` with the fields it leaves out that have defaults filled in (a study file
+    states only what it changes; ``decode`` then checks every key)."""
+    if not isinstance(table, dict):
+        return table  # decode says what is wrong with it
+    filled = dict(table)
+    for f in fields(cls):
+        if f.name not in filled and f.default is not MISSING:
+            filled[f.name] = config_dict_value(f.default)
+        elif f.name not in filled and f.default_factory is not MISSING:
+            filled[f.name] = config_dict_value(f.default_factory())
+    return filled
+
+
+def config_dict_value(value: Any) -> Any:
+    """A default as plain data (a dataclass as its table, a tuple as a list)."""
+    return config_dict(value) if is_dataclass(value) else json.loads(json.dumps(value))
+
+
+def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
+    """A PPO arm's training environments never used an evaluation seed (DESIGN §9).
+
+    Raises:
+        ValueError: naming the overlapping seeds, or a policy that cannot be read.
+    """
+    evaluation = set(spec.evaluation_seeds)
+    if arm.policy is not None:
+        directory = _policy_directory(arm, base)
+        try:
+            meta = record.read_meta(directory)
+            ppo_state(directory)  # a run that cannot be evaluated fails now, not in a trial
+        except Exception as err:
+            raise ValueError(f"arm {arm.name!r}: policy {arm.policy!r}: {err}") from None
+        assert meta is not None
+        used = {int(s) for s in meta.seeds.get("environments", [])}
+        origin = f"its PPO run {arm.policy!r} trained on environment seeds"
+    else:
+        config = ppo_config(spec, arm, spec.tasks[0], arm.training_seeds[0])
+        n_envs = config.ppo.n_envs
+        used = {s + i for s in arm.training_seeds for i in range(n_envs)}
+        origin = f"its training seeds {list(arm.training_seeds)} use environment seeds"
+    overlap = sorted(used & evaluation)
+    require(
+        not overlap,
+        f"arm {arm.name!r}: {origin} {sorted(used)[:8]}{'...' if len(used) > 8 else ''}, "
+        f"overlapping the evaluation seeds at {overlap[:8]}; evaluation seeds are "
+        f"{spec.first_seed}..{spec.first_seed + spec.seeds - 1}: move first_seed or the "
+        "training seeds",
+    )
+
+
+def _policy_directory(arm: ArmSpec, base: Path) -> Path:
+    assert arm.policy is not None
+    policy = Path(arm.policy)
+    return policy if policy.is_absolute() else base / policy
+
+
+def training(spec: StudySpec, task: str, width: int | None = None) -> HostTraining:
+    """The resolved host training of a trial on ``task`` (the study's budget, ``width``)."""
+    block = override(HostTraining(task), spec.budget)
+    return resolve_training(replace(block, width=width, threads=spec.resources.threads))
+
+
+def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingConfig:
+    """The ``TrainingConfig`` of an arm's PPO run on ``task`` with training seed ``seed``:
+    preset, then the arm's ``ppo`` table, then the study's task, budget, reward and seed.
+
+    Raises:
+        ValueError: a bad key or value in the arm's ``ppo`` table.
+    """
+    base = load_preset(arm.preset or "default")
+    try:
+        config = override(base, arm.ppo)
+    except ValueError as err:
+        raise ValueError(f"arm {arm.name!r}: ppo: {err}") from None
+    reward = config.reward if arm.reward is None else replace(config.reward, mode=arm.reward)
+    runtime = replace(config.runtime, seed=seed)
+    env = replace(training(spec, task), slots=config.env.slots)
+    return replace(config, env=env, reward=reward, runtime=runtime, telemetry=STUDY_TELEMETRY)
+
+
+def growth_config(
+    spec: StudySpec, trial: Trial, width: int | None = None, policy: Path | None = None
+) -> tuple[str, GrowthRun]:
+    """The mode and ``GrowthRun`` of a growth trial (a static-matched arm passes its matched
+    ``width``, a ppo arm the ``policy`` run it evaluates)."""
+    arm = spec.arm(trial.arm)
+    mode = {"ppo": "eval", MATCHED: "static"}.get(arm.controller, arm.controller)
+    host = training(spec, trial.task, arm.width if arm.controller == "static" else width)
+    periodic = PeriodicConfig(arm.period) if arm.period is not None else PeriodicConfig()
+    if policy is not None:
+        policy_env = policy_training(ppo_state(policy))
+        host = replace(host, slots=policy_env.slots)
+    config = GrowthRun(
+        host,
+        seed=trial.seed,
+        policy=None if policy is None else str(policy.resolve()),
+        periodic=periodic,
+        telemetry=STUDY_TELEMETRY,
+    )
+    return mode, config
+
+
+def plan(spec: StudySpec) -> list[Trial]:
+    """Every trial of the study, policy trainings first, static-matched arms last."""
+    policies = [
+        Trial(task, arm.name, seed, "policy")
+        for task in spec.tasks
+        for arm in spec.arms
+        if arm.trains_policy
+        for seed in arm.training_seeds
+    ]
+    order = sorted(spec.arms, key=lambda a: a.controller == MATCHED)
+    growth = [
+        Trial(task, arm.name, seed)
+        for task in spec.tasks
+        for arm in order
+        for seed in spec.evaluation_seeds
+    ]
+    return policies + growth
+
+
+def policy_trial(spec: StudySpec, trial: Trial) -> Trial:
+    """The policy run a ppo arm's growth trial evaluates (training seeds in rotation)."""
+    seeds = spec.arm(trial.arm).training_seeds
+    index = spec.evaluation_seeds.index(trial.seed) % len(seeds)
+    return Trial(trial.task, trial.arm, seeds[index], "policy")
+
+
+__all__ = [
+    "CONTROLLERS",
+    "ArmSpec",
+    "PolicyCheckpointError",
+    "Resources",
+    "StudySpec",
+    "Trial",
+    "growth_config",
+    "plan",
+    "policy_trial",
+    "ppo_config",
+    "read_study",
+    "training",
+]

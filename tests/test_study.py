@@ -1,0 +1,233 @@
+"""``esper study``: studies on Ray (local), resume, failures, matched widths, PPO arms, the
+``trials`` view, and bad study files.
+
+The Ray tests share one local Ray session (the driver joins a session this process runs), so
+Ray and its workers start once for the module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from esper.cli.main import EXIT_BAD_INPUT, main
+from esper.leyline.config import HostTraining, read_config_file
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
+from esper.nissa import record
+from esper.study.run import load_data
+from esper.tasks import host_param_count, matched_width, resolve_training
+
+BUDGET = "epochs = 6\nbatches_per_epoch = 2\nval_samples = 128\n"
+FAST = "reps = 100\n"  # coarse intervals: this file checks the flow, test_study_stats the numbers
+
+
+def _study(tmp_path: Path, body: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def _trials(directory: Path) -> list[dict[str, str]]:
+    with (directory / TRIALS_FILE).open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray session for the module's studies (2 CPUs: this machine's cores)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_session, capsys):
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 3\n{FAST}[budget]\n{BUDGET}'
+        '[[arms]]\nname = "static"\ncontroller = "static"\n'
+        '[[arms]]\nname = "grow"\ncontroller = "periodic"\nperiod = 1\n',
+    )
+    assert main(["study", str(path)]) == 0
+    out = tmp_path / "out"
+    rows = _trials(out)
+    assert sorted((r["arm"], int(r["seed"])) for r in rows) == [
+        (arm, s) for arm in ("grow", "static") for s in (0, 1, 2)
+    ]
+    for row in rows:  # each row is its run's summary: test accuracy of the final model
+        summary = record.read_summary(out / TRIALS_DIR / row["run"])
+        assert summary is not None and summary.growth is not None and summary.growth.test
+        assert float(row["score"]) == summary.growth.test.final_accuracy
+        assert int(row["final_params"]) == summary.growth.param_count
+        assert summary.seed == int(row["seed"]) and summary.task == "synthetic"
+    grown = [int(r["final_params"]) for r in rows if r["arm"] == "grow"]
+    static = [int(r["final_params"]) for r in rows if r["arm"] == "static"]
+    assert min(grown) > max(static)  # the periodic arm grew
+    results = (out / "results.md").read_text()
+    assert "| synthetic | grow | 3 |" in results and "| synthetic | static | 3 |" in results
+    assert (out / "interval_estimates.png").stat().st_size > 0
+    # Again: everything is done, nothing runs, nothing changes.
+    logs = {p: p.read_bytes() for p in (out / TRIALS_DIR).glob("*/events.jsonl")}
+    capsys.readouterr()
+    assert main(["study", str(path)]) == 0
+    assert "6 trials, 6 already done" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in logs} == logs
+    # The trials view of `esper runs query` reads the study.
+    assert main(["runs", "query", "SELECT arm, count(*) FROM trials GROUP BY arm ORDER BY arm",
+                 "--runs", str(out), "--format", "csv"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[1:] == ["grow,3", "static,3"]
+
+
+def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_session, capsys):
+    body = (
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\nretries = RETRIES\n{FAST}'
+        f"[budget]\n{BUDGET}"
+        '[[arms]]\nname = "static"\ncontroller = "static"\n'
+    )
+    path = _study(tmp_path, body.replace("RETRIES", "1"))
+    blocker = tmp_path / "out" / TRIALS_DIR / "synthetic.static.seed1"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a run directory")  # the trial cannot create its run here
+    assert main(["study", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "gave up synthetic.static.seed1" in err and "is a file" in err
+    state = json.loads((tmp_path / "out" / STUDY_FILE).read_text())
+    assert state["attempts"] == {"synthetic.static.seed0": 1, "synthetic.static.seed1": 2}
+    rows = {r["run"]: r for r in _trials(tmp_path / "out")}
+    assert rows["synthetic.static.seed0"]["status"] == "completed"
+    assert rows["synthetic.static.seed1"]["status"] == "failed"
+    assert "is a file" in rows["synthetic.static.seed1"]["error"]
+    assert "is a file" in (tmp_path / "out" / "results.md").read_text()
+    # Out of attempts: the next invocation does not try again ...
+    blocker.unlink()
+    assert main(["study", str(path)]) == 1
+    assert not blocker.exists()
+    # ... until the cap is raised; then only the failed trial runs.
+    path.write_text(body.replace("RETRIES", "3"))
+    assert main(["study", str(path)]) == 0
+    state = json.loads((tmp_path / "out" / STUDY_FILE).read_text())
+    assert state["attempts"] == {"synthetic.static.seed0": 1, "synthetic.static.seed1": 3}
+    assert {r["status"] for r in _trials(tmp_path / "out")} == {"completed"}
+
+
+def test_static_matched_width_matches_the_grown_arms_median(tmp_path, ray_session):
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 3\n{FAST}[budget]\n'
+        f"{BUDGET.replace('epochs = 6', 'epochs = 8')}"
+        '[[arms]]\nname = "grow"\ncontroller = "periodic"\nperiod = 1\n'
+        '[[arms]]\nname = "matched"\ncontroller = "static-matched"\nmatch = "grow"\n',
+    )
+    assert main(["study", str(path)]) == 0
+    rows = _trials(tmp_path / "out")
+    target = statistics.median(int(r["final_params"]) for r in rows if r["arm"] == "grow")
+    data = load_data(resolve_training(HostTraining("synthetic")))
+    width = matched_width("synthetic", data, round(target))
+    assert width != 4  # not the task's own width: the grown arm's size decides
+    for row in (r for r in rows if r["arm"] == "matched"):
+        config = read_config_file(tmp_path / "out" / TRIALS_DIR / row["run"] / "config.json")
+        assert config["training"]["width"] == width
+        assert int(row["final_params"]) == host_param_count("synthetic", data, width)
+        for other in (width - 1, width + 1):  # no other width is nearer the target
+            assert abs(host_param_count("synthetic", data, other) - target) >= abs(
+                int(row["final_params"]) - target
+            )
+    assert "| synthetic | matched | 3 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_ppo_arm_trains_on_its_own_seeds_then_evaluates(tmp_path, ray_session):
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n{BUDGET}'
+        '[[arms]]\nname = "heuristic"\ncontroller = "heuristic"\n'
+        '[[arms]]\nname = "ppo"\ncontroller = "ppo"\npreset = "tiny"\nreward = "simplified"\n'
+        "training_seeds = [100]\n[arms.ppo.ppo]\nrounds = 1\n",
+    )
+    assert main(["study", str(path)]) == 0
+    trials = tmp_path / "out" / TRIALS_DIR
+    policy = trials / "synthetic.ppo.policy100"
+    meta = record.read_meta(policy)
+    assert meta is not None and meta.mode == "ppo"
+    assert set(meta.seeds["environments"]) == {100, 101}  # never an evaluation seed (0, 1)
+    ppo_config = read_config_file(policy / "config.json")
+    assert ppo_config["reward"]["mode"] == "simplified" and ppo_config["ppo"]["rounds"] == 1
+    for seed in (0, 1):
+        config = read_config_file(trials / f"synthetic.ppo.seed{seed}" / "config.json")
+        assert Path(config["policy"]) == policy.resolve()
+        assert record.read_meta(trials / f"synthetic.ppo.seed{seed}").mode == "eval"
+    results = (tmp_path / "out" / "results.md").read_text()
+    assert "ppo vs heuristic" in results  # the second question's verdict line
+
+
+def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n{BUDGET}'
+        '[[arms]]\nname = "grow"\ncontroller = "heuristic"\n'
+        '[[arms]]\nname = "matched"\ncontroller = "static-matched"\nmatch = "grow"\n',
+    )
+    assert main(["study", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
+    assert "waits for synthetic.grow.seed0 and 1 more" in out
+    assert "4 trials, 4 to run: 24 host epochs" in out
+    assert not (tmp_path / "out").exists()
+
+
+ARMS = '[[arms]]\nname = "static"\ncontroller = "static"\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "a"\ncontroller = "magic"\n',
+         "controller must be one of static, static-matched"),
+        (f'out = "o"\ntasks = ["mnist"]\n{ARMS}', "unknown task 'mnist'; known tasks:"),
+        (f'out = "o"\ntasks = ["synthetic"]\ncolour = 1\n{ARMS}', "unknown key(s) ['colour']"),
+        (f'out = "o"\ntasks = ["synthetic"]\nseeds = 0\n{ARMS}', "seeds must be an integer in [1"),
+        (f'out = "o"\ntasks = ["synthetic"]\n[budget]\nepoch = 3\n{ARMS}',
+         "unknown key(s) ['epoch']"),
+        ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "s"\ncontroller = "static"\n'
+         "period = 2\n", "arm 's' (static) takes width; drop ['period']"),
+        ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "m"\ncontroller = "static-matched"\n'
+         'match = "nobody"\n', "match = 'nobody' must name a growing arm"),
+        ('out = "o"\ntasks = ["synthetic"]\nseeds = 3\n[[arms]]\nname = "p"\n'
+         'controller = "ppo"\npreset = "tiny"\ntraining_seeds = [1]\n',
+         "overlapping the evaluation seeds at [1, 2]"),
+        ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "p"\ncontroller = "ppo"\n'
+         'training_seeds = [50]\n[arms.ppo.env]\nepochs = 3\n', "host training comes from"),
+        ('out = "o"\ntasks = ["synthetic"\n', "cannot read config file"),
+    ],
+)  # fmt: skip
+def test_bad_study_file_is_one_line_exit_2_nothing_made(tmp_path, capsys, body, message):
+    path = _study(tmp_path, body)
+    assert main(["study", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_ray_address_is_one_line_and_starts_nothing(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a free port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = _study(tmp_path, f'out = "o"\ntasks = ["synthetic"]\n{ARMS}')
+    for address, message in (
+        (f"127.0.0.1:{port}", f"cannot reach a Ray cluster at --address 127.0.0.1:{port}"),
+        ("nowhere", "--address must be HOST:PORT"),
+    ):
+        assert main(["study", str(path), "--address", address]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_study_file(tmp_path, capsys):
+    assert main(["study", str(tmp_path / "none.toml")]) == EXIT_BAD_INPUT
+    assert "does not exist" in capsys.readouterr().err
