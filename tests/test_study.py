@@ -231,3 +231,12 @@ def test_unreachable_ray_address_is_one_line_and_starts_nothing(tmp_path, capsys
 def test_missing_study_file(tmp_path, capsys):
     assert main(["study", str(tmp_path / "none.toml")]) == EXIT_BAD_INPUT
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "studies").glob("*.toml")))
+def test_shipped_study_files_are_valid(path):
+    from esper.study.plan import plan, read_study
+
+    spec, directory = read_study(path)
+    assert directory.parent.name == "runs"  # studies write under runs/ (git-ignored)
+    assert len(plan(spec)) == len(spec.tasks) * len(spec.arms) * spec.seeds
