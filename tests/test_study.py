@@ -80,6 +80,9 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert main(["runs", "query", "SELECT arm, count(*) FROM trials GROUP BY arm ORDER BY arm",
                  "--runs", str(out), "--format", "csv"]) == 0  # fmt: skip
     assert capsys.readouterr().out.splitlines()[1:] == ["grow,3", "static,3"]
+    assert main(["runs", "list", str(out)]) == 0  # a study directory lists its trials' runs
+    listed = capsys.readouterr().out
+    assert all(row["run"] in listed for row in rows)
 
 
 def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_session, capsys):

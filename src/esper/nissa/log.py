@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from esper.leyline.events import EVENT_TYPES, RunStarted
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
 
 # Layout names the record defines, also imported from here by the views (explicit re-exports).
 from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
@@ -280,9 +281,14 @@ def open_run(path: Path) -> RunDirectory:
 
 def run_candidates(directory: Path) -> list[Path]:
     """``directory`` itself when it holds an event log, else its children that are run
-    directories (``record.is_run_directory``), by name — without opening them."""
+    directories (``record.is_run_directory``), by name — without opening them. A study
+    directory (``esper study``) stands for its trials' runs."""
     if (directory / EVENTS_FILE).is_file():
         return [directory]
+    if (directory / STUDY_FILE).is_file():
+        directory = directory / TRIALS_DIR
+        if not directory.is_dir():
+            return []
     return [child for child in sorted(directory.iterdir()) if is_run_directory(child)]
 
 

@@ -53,7 +53,7 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
-from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.leyline.trials import STUDY_FILE, TRIALS_FILE, TrialRow
 from esper.nissa.log import (
     PPO_MODE,
     RunDirectory,
@@ -189,8 +189,6 @@ def collect_runs(paths: list[Path]) -> list[RunDirectory]:
     """
     runs: dict[Path, RunDirectory] = {}
     for path in paths:
-        if is_study(path):
-            path = path / TRIALS_DIR
         found = find_runs(path) if path.is_dir() else [open_run(path)]
         if not found:
             raise RunDirectoryError(f"{str(path)!r} holds no Esper runs")
