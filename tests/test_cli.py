@@ -278,8 +278,11 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
     captured = capsys.readouterr()
     assert "Fashion-MNIST is not available" in captured.err and "digits" in captured.err
     table = captured.out
-    assert "run" in table and "final acc" in table and "params" in table
+    assert "run" in table and "final val acc" in table and "params" in table
     assert "static" in table and "heuristic" in table
+    for run in tmp_path.iterdir():  # the test column is each run's test accuracy
+        test = _summary(run).growth.test
+        assert test is not None and f"{test.final_accuracy:.2f}%" in table
     runs = sorted(p.name for p in tmp_path.iterdir())
     assert len(runs) == 2 and all("digits" in r for r in runs)
     for run in tmp_path.iterdir():

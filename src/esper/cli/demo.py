@@ -50,6 +50,7 @@ def _row(name: str, summary: record.RunSummary) -> list[str]:
         name,
         percent(None if g.final is None else g.final.val_accuracy),
         percent(g.best_val_accuracy),
+        percent(None if g.test is None else g.test.final_accuracy),
         str(g.param_count),
         str(g.fossilized),
         str(g.pruned),
@@ -57,7 +58,16 @@ def _row(name: str, summary: record.RunSummary) -> list[str]:
     ]
 
 
-TABLE_HEADER = ["run", "final acc", "best acc", "params", "fossilized", "pruned", "train time"]
+TABLE_HEADER = [
+    "run",
+    "final val acc",
+    "best val acc",
+    "test acc",
+    "params",
+    "fossilized",
+    "pruned",
+    "train time",
+]
 
 
 def run_demo(args: argparse.Namespace) -> int:
