@@ -1,0 +1,76 @@
+"""What a run teaches later runs: one seed's outcome (DESIGN §11).
+
+A growth run records a ``SeedOutcome`` for every seed it grew; the knowledge store
+(``esper.nissa.knowledge``) keeps them across runs, and the heuristic's bandit blueprint
+selectors (``esper.tamiyo.selectors``) start from the outcomes of earlier runs on the same host
+(``HostSignature``) and learn from the seeds of the run itself, each scored by ``outcome_score``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PER_PARAMETERS = 1000
+"""Scores are per thousand seed parameters: a seed's accuracy bought per unit of size, at a
+scale where the blueprints' scores are numbers near 1 rather than near 0.001."""
+
+
+@dataclass(frozen=True)
+class HostSignature:
+    """Which host a seed grew on: outcomes transfer between runs with the same signature.
+
+    Attributes:
+        task: the task preset.
+        topology: ``cnn`` or ``transformer``.
+        width: the host's width (CNN base channels, transformer model dimension).
+        params: the host's own parameters.
+    """
+
+    task: str
+    topology: str
+    width: int
+    params: int
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    """One seed's life in one run.
+
+    Attributes:
+        run_id: the run that grew it.
+        host: the host it grew on.
+        slot: where it grew.
+        blueprint: its blueprint.
+        stage: how far it got: ``FOSSILIZED``, ``PRUNED`` (pruned by the controller or a
+            governor rollback), or the stage it was in when the run ended.
+        contribution: its last measured counterfactual contribution (accuracy points), None if
+            never measured.
+        seed_params: its parameters.
+        accuracy_change: validation accuracy (points) at the end of its life minus at its
+            germination.
+        germinated_epoch: the epoch after which it was germinated.
+        epochs: epochs it lived (germination to fossilization, pruning or the run's end).
+    """
+
+    run_id: str
+    host: HostSignature
+    slot: str
+    blueprint: str
+    stage: str
+    contribution: float | None
+    seed_params: int
+    accuracy_change: float | None
+    germinated_epoch: int
+    epochs: int
+
+
+def outcome_score(outcome: SeedOutcome) -> float | None:
+    """The reward a blueprint selector learns from: a fossilized seed's contribution per
+    thousand of its parameters; 0 for a pruned seed; None while the outcome is undecided (the
+    seed was still alive when the run ended).
+    """
+    if outcome.stage == "PRUNED":
+        return 0.0
+    if outcome.stage != "FOSSILIZED" or outcome.contribution is None:
+        return None
+    return outcome.contribution * PER_PARAMETERS / max(outcome.seed_params, 1)
