@@ -73,6 +73,11 @@ class CNNHostConfig:
         )
         _require_multiple("depth", self.depth, "n_points", self.n_points)
 
+    @property
+    def width(self) -> int:
+        """The host's width: ``base_channels``."""
+        return self.base_channels
+
     def with_width(self, width: int) -> CNNHostConfig:
         """This config with ``base_channels = width``."""
         return replace(self, base_channels=width)
@@ -112,6 +117,11 @@ class TransformerHostConfig:
             isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0,
             f"dropout must be a number in [0, 1), got {self.dropout!r}",
         )
+
+    @property
+    def width(self) -> int:
+        """The host's width: ``n_embd``."""
+        return self.n_embd
 
     def with_width(self, width: int) -> TransformerHostConfig:
         """This config with ``n_embd = width`` (still divisible by ``n_head``)."""

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,10 +28,13 @@ from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
 from esper.leyline.config import MAX_SEED, HostTraining, TelemetrySettings, UserError, check_int
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
+from esper.leyline.files import atomic_write
+from esper.leyline.knowledge import HostSignature
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
 from esper.simic.env import task_episode
+from esper.study.ledger import OUTCOMES_FILE, SeedLedger
 from esper.study.run import Recorder, check_out, check_sinks, load_data, ppo_state, set_threads
 from esper.tamiyo import (
     Controller,
@@ -170,9 +173,16 @@ class GrowthRunner:
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
         self.test: record.TestMetrics | None = None  # read once, when the run ends
+        model = self.episode.initial_model
+        host = HostSignature(
+            training.task, self.episode.topology.value, model.host.config.width,
+            model.host_param_count,
+        )  # fmt: skip
+        self.ledger = SeedLedger("", host)
         self.recorder = Recorder.open(
             mode, self.config, out, resume, EpochRow, self._meta, hub, self._state
         )
+        self.ledger.run_id = self.recorder.run_id
         if self.recorder.checkpoint is not None:
             self._restore(self.recorder.state())
 
@@ -193,6 +203,7 @@ class GrowthRunner:
             self.elapsed = float(state["elapsed"])
             self.flops = float(state["flops"])
             self.best = state["best"]
+            self.ledger.load_state_dict(state["ledger"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise UserError(f"cannot resume {str(self.recorder.directory)!r}: {err}") from err
         self.recorder.check_step(self.epoch, self.config.training.episode_length(), "epoch")
@@ -205,6 +216,7 @@ class GrowthRunner:
             "policy_round": self.policy_round,
             "flops": self.flops,
             "best": self.best,
+            "ledger": self.ledger.state_dict(),
         }
 
     @property
@@ -227,6 +239,8 @@ class GrowthRunner:
         )
         status = "terminated" if self.episode.trainer.terminated else "completed"
         save_model(self.episode.model, recorder.directory / "model.pt")
+        outcomes = [asdict(o) for o in self.ledger.outcomes()]
+        atomic_write(recorder.directory / OUTCOMES_FILE, json.dumps(outcomes, indent=1))
         self.test = self._test()
         self._finish(status)
         return status
@@ -246,6 +260,7 @@ class GrowthRunner:
                 r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, params
             )
             self._count_flops()
+            self.ledger.observe(r.epoch, r.val_accuracy, self.episode.model.reports())
             best = max(self._val_accuracies(), default=-math.inf)
             if math.isfinite(r.val_accuracy) and r.val_accuracy > best:
                 self.best = model_bytes(self.episode.model)

@@ -1,0 +1,102 @@
+"""The seed ledger: scripted slot reports in, the seeds' lives (``SeedOutcome``) out; and a
+real run's ``outcomes.json`` against its own event log."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import seed_report
+from esper.cli.main import main
+from esper.leyline import SeedStage
+from esper.leyline.config import decode
+from esper.leyline.knowledge import HostSignature, SeedOutcome, outcome_score
+from esper.study.ledger import OUTCOMES_FILE, SeedLedger
+
+HOST = HostSignature("synthetic", "cnn", 4, 1672)
+S = SeedStage
+
+
+def _script(ledger: SeedLedger, steps: list[tuple[float, dict[str, tuple]]]) -> None:
+    """Epoch k (from 1) ends with validation accuracy and slot -> (stage, blueprint, kw)."""
+    for epoch, (accuracy, slots) in enumerate(steps, start=1):
+        reports = {
+            slot: seed_report(slot, stage, blueprint, **kw)
+            for slot, (stage, blueprint, kw) in slots.items()
+        }
+        ledger.observe(epoch, accuracy, reports)
+
+
+def test_a_fossilized_a_pruned_and_a_live_seed() -> None:
+    ledger = SeedLedger("run-a", HOST)
+    dormant = (S.DORMANT, None, {})
+    _script(
+        ledger,
+        [
+            (40.0, {"early": dormant, "mid": dormant}),
+            (42.0, {"early": (S.GERMINATED, "conv_light", {"seed_params": 150}), "mid": dormant}),
+            (45.0, {"early": (S.TRAINING, "conv_light", {"seed_params": 150, "contribution": 2.0}),
+                    "mid": (S.GERMINATED, "norm", {"seed_params": 8})}),
+            (47.0, {"early": (S.HOLDING, "conv_light", {"seed_params": 150, "contribution": 3.0}),
+                    "mid": (S.TRAINING, "norm", {"seed_params": 8, "contribution": -1.0})}),
+            (48.0, {"early": (S.FOSSILIZED, "conv_light", {"seed_params": 150}),
+                    "mid": (S.PRUNED, "norm", {})}),
+            (49.0, {"early": (S.FOSSILIZED, "conv_light", {"seed_params": 150}),
+                    "mid": (S.EMBARGOED, "norm", {})}),
+            (50.0, {"early": (S.FOSSILIZED, "conv_light", {"seed_params": 150}),
+                    "mid": (S.GERMINATED, "depthwise", {"seed_params": 60})}),
+        ],
+    )  # fmt: skip
+    fossil, pruned, live = ledger.outcomes()
+    assert fossil == SeedOutcome("run-a", HOST, "early", "conv_light", "FOSSILIZED", 3.0, 150,
+                                 48.0 - 40.0, 1, 4)  # fmt: skip
+    # The pruned seed's life ends with the last epoch it was alive in (47 %): epoch 5 trained
+    # without it.
+    assert pruned == SeedOutcome("run-a", HOST, "mid", "norm", "PRUNED", -1.0, 8, 47.0 - 42.0,
+                                 2, 3)  # fmt: skip
+    assert live == SeedOutcome("run-a", HOST, "mid", "depthwise", "GERMINATED", None, 60,
+                               50.0 - 49.0, 6, 1)  # fmt: skip
+    assert outcome_score(fossil) == 3.0 * 1000 / 150
+    assert outcome_score(pruned) == 0.0 and outcome_score(live) is None
+
+
+def test_state_round_trip_continues_identically() -> None:
+    steps = [
+        (40.0, {"early": (S.GERMINATED, "mlp", {"seed_params": 10})}),
+        (41.0, {"early": (S.TRAINING, "mlp", {"seed_params": 10, "contribution": 0.5})}),
+        (43.0, {"early": (S.PRUNED, "mlp", {})}),
+        (44.0, {"early": (S.EMBARGOED, "mlp", {})}),
+    ]
+    straight = SeedLedger("run-b", HOST)
+    _script(straight, steps)
+    first = SeedLedger("run-b", HOST)
+    _script(first, steps[:2])
+    resumed = SeedLedger("run-b", HOST)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for epoch, (accuracy, slots) in enumerate(steps[2:], start=3):
+        reports = {s: seed_report(s, st, bp, **kw) for s, (st, bp, kw) in slots.items()}
+        resumed.observe(epoch, accuracy, reports)
+    assert resumed.outcomes() == straight.outcomes()
+
+
+def test_a_runs_outcomes_agree_with_its_event_log(tmp_path) -> None:
+    run = tmp_path / "run"
+    args = ["heuristic", "--task", "synthetic", "--epochs", "30", "--batches-per-epoch", "4"]
+    assert main([*args, "--val-samples", "256", "--out", str(run)]) == 0
+    data = json.loads((run / OUTCOMES_FILE).read_text())
+    outcomes = decode(tuple[SeedOutcome, ...], data)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    germinated = [
+        (e["slot"], e["blueprint"], e["epoch"])
+        for e in events
+        if e["event"] == "SeedTransition" and e["to_stage"] == "GERMINATED"
+    ]
+    ends = {
+        (e["slot"], e["blueprint"]): e["to_stage"]
+        for e in events
+        if e["event"] == "SeedTransition" and e["to_stage"] in ("FOSSILIZED", "PRUNED")
+    }
+    assert len(outcomes) == len(germinated) >= 2
+    for outcome in outcomes:
+        assert outcome.run_id == "run" and outcome.host.params == 1672
+        assert outcome.stage == ends.get((outcome.slot, outcome.blueprint), outcome.stage)
+    assert {(o.slot, o.blueprint) for o in outcomes} == {(s, b) for s, b, _ in germinated}
