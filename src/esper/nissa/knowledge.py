@@ -1,0 +1,463 @@
+"""The knowledge store: every run's seed outcomes, kept across runs (DESIGN §11).
+
+A growth run ends by handing its ``SeedOutcome``s to ``record_outcomes``; the bandit blueprint
+selectors read the outcomes of earlier runs on the same host through ``outcomes_for``; ``esper
+knowledge`` shows, exports, imports and resets the store. Both run-side entries never fail a
+run: a store that cannot be reached or read costs one warning line, and the run's outcomes stay
+in its run directory (``outcomes.json``) for ``esper knowledge import``.
+
+Where: a SQLAlchemy URL. ``sqlite:///PATH`` (the default, ``default_url()``: the file
+``knowledge.sqlite`` in the user cache, or ``$ESPER_KNOWLEDGE``) for one machine, or
+``postgresql://USER@HOST/DB`` (driven by psycopg 3) for a cluster.
+
+Schema: the ``schema_version`` table (one row) and the ``outcomes`` table, one column per
+``SeedOutcome`` field with the host's fields flattened to ``host_*`` (``OUTCOME_COLUMNS``), an
+autoincrement ``id`` and a ``recorded_at`` timestamp; a seed is identified by (run_id, slot,
+germinated_epoch), so importing a run twice adds nothing. ``open`` applies the forward
+migrations the database lacks, in order, in one transaction; it refuses a database whose schema
+is newer than this code, or one that holds tables but not ours.
+
+Concurrent writers: every transaction on SQLite starts with ``BEGIN IMMEDIATE`` (it takes the
+write lock up front, so SQLite's busy timeout applies rather than a lock-upgrade deadlock) in WAL
+mode, and a transaction that still finds the database locked is retried with backoff for a
+bounded time. PostgreSQL serialises writers itself; migrations there hold an advisory lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.sql.dml import Insert
+
+from esper.leyline.knowledge import HostSignature, SeedOutcome
+
+T = TypeVar("T")
+
+KNOWLEDGE_ENV = "ESPER_KNOWLEDGE"
+"""Environment variable holding the store's URL; it replaces the default SQLite file."""
+
+KNOWLEDGE_FILE = "knowledge.sqlite"
+"""The default store's file name, in the user cache directory ``esper/``."""
+
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+"""Accepted URL schemes; plain ``postgresql`` is driven by psycopg 3 (SQLAlchemy would pick
+psycopg2, which Esper does not install)."""
+
+ACCEPTED_URLS = (
+    "accepted: sqlite:///PATH, postgresql://USER@HOST[:PORT]/DB, postgresql+psycopg://..."
+)
+
+CONNECT_TIMEOUT_S = 5
+"""Seconds to wait for a PostgreSQL server: an unreachable one delays a run's end by no more."""
+
+BUSY_TIMEOUT_S = 10.0
+"""Seconds one SQLite statement waits for another process's write lock before failing."""
+
+LOCKED_RETRY_S = 30.0
+"""Total seconds a locked SQLite transaction is retried (with backoff) before giving up: long
+enough for dozens of parallel runs finishing at once, bounded so a stuck lock cannot hang one."""
+
+MIGRATION_LOCK_KEY = 0x45535045_4B4E4F57
+"""PostgreSQL advisory lock held while migrating, so concurrent first opens create the tables
+once. The key is "ESPEKNOW" in ASCII: an int64 that other applications are unlikely to lock."""
+
+HOST_PREFIX = "host_"
+"""Column prefix of the ``HostSignature`` fields in the flattened outcome."""
+
+OUTCOME_COLUMNS: tuple[str, ...] = tuple(
+    name
+    for f in fields(SeedOutcome)
+    for name in (
+        [HOST_PREFIX + h.name for h in fields(HostSignature)] if f.name == "host" else [f.name]
+    )
+)
+"""A ``SeedOutcome`` as flat columns (the store's table, ``esper knowledge export --format
+csv``): its fields in order, the host's replaced by ``host_task``, ``host_topology``, ..."""
+
+SEED_KEY = ("run_id", "slot", "germinated_epoch")
+"""What identifies one seed across imports: a run grows at most one seed per slot per epoch."""
+
+
+class KnowledgeURLError(ValueError):
+    """A store URL that is malformed or names an unsupported database."""
+
+
+class KnowledgeStoreError(Exception):
+    """The store cannot be used: unreachable, corrupt, foreign or newer than this code. The
+    message is one line naming the URL (its password hidden)."""
+
+
+def default_url() -> str:
+    """The store's URL: ``$ESPER_KNOWLEDGE`` if set, else an SQLite file in the user cache.
+
+    The cache directory is ``$XDG_CACHE_HOME/esper/`` or ``~/.cache/esper/``, the same place
+    as the datasets' (``esper.data.locate.cache_dir``, which Nissa may not import).
+    """
+    env = os.environ.get(KNOWLEDGE_ENV, "")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return f"sqlite:///{base / 'esper' / KNOWLEDGE_FILE}"
+
+
+def parse_url(url: str) -> URL:
+    """Check a store URL and return it parsed, ready for ``create_engine``.
+
+    ``postgresql`` becomes ``postgresql+psycopg``; ``~`` in an SQLite path is expanded.
+
+    Raises:
+        KnowledgeURLError: a malformed URL, an unsupported scheme or an SQLite URL without a file.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+        raise KnowledgeURLError(f"malformed knowledge store URL {url!r}; {ACCEPTED_URLS}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.drivername not in SCHEMES:
+        raise KnowledgeURLError(
+            f"unsupported knowledge store URL {shown!r} (scheme {parsed.drivername!r}); "
+            + ACCEPTED_URLS
+        )
+    if parsed.drivername == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise KnowledgeURLError(
+                f"knowledge store URL {url!r} names no file (an in-memory store would forget "
+                f"everything); {ACCEPTED_URLS}"
+            )
+        return parsed.set(database=str(Path(str(parsed.database)).expanduser()))
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def flatten(outcome: SeedOutcome) -> dict[str, Any]:
+    """An outcome as one flat row keyed by ``OUTCOME_COLUMNS``."""
+    row = asdict(outcome)
+    host = row.pop("host")
+    row.update({HOST_PREFIX + k: v for k, v in host.items()})
+    return {name: row[name] for name in OUTCOME_COLUMNS}
+
+
+def unflatten(row: Mapping[str, Any]) -> SeedOutcome:
+    """The inverse of ``flatten`` (extra keys, such as the table's ``id``, are ignored)."""
+    host = HostSignature(**{h.name: row[HOST_PREFIX + h.name] for h in fields(HostSignature)})
+    own = {f.name: row[f.name] for f in fields(SeedOutcome) if f.name != "host"}
+    return SeedOutcome(host=host, **own)
+
+
+_METADATA = MetaData()
+
+VERSION_TABLE = Table("schema_version", _METADATA, Column("version", Integer, nullable=False))
+
+OUTCOMES = Table(
+    "outcomes",
+    _METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String, nullable=False),
+    Column("host_task", String, nullable=False),
+    Column("host_topology", String, nullable=False),
+    Column("host_width", Integer, nullable=False),
+    Column("host_params", Integer, nullable=False),
+    Column("slot", String, nullable=False),
+    Column("blueprint", String, nullable=False),
+    Column("stage", String, nullable=False),
+    Column("contribution", Float, nullable=True),
+    Column("seed_params", Integer, nullable=False),
+    Column("accuracy_change", Float, nullable=True),
+    Column("germinated_epoch", Integer, nullable=False),
+    Column("epochs", Integer, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint(*SEED_KEY, name="outcomes_one_row_per_seed"),
+)
+"""The outcomes table as the newest migration leaves it (a test checks the two agree)."""
+
+
+def _v1_outcomes(conn: Connection) -> None:
+    """Version 1: the outcomes table.
+
+    A migration creates what its version had. While version 1 is the newest, that is
+    ``OUTCOMES``; a version 2 that changes the table must first freeze a copy of this
+    definition here, and alter the table in its own migration.
+    """
+    OUTCOMES.create(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_outcomes,)
+"""Forward migrations: ``MIGRATIONS[v]`` takes a version-``v`` database to version ``v + 1``.
+Released ones are never edited; a change to the schema is a new function appended here."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes and reads."""
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy appends the statement and a
+    link, psycopg a hint on further lines)."""
+    cause = err.orig if isinstance(err, DBAPIError) and err.orig is not None else err
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__
+
+
+def _locked(err: OperationalError) -> bool:
+    """Whether SQLite refused for another process's lock (worth retrying), not for a fault."""
+    return isinstance(err.orig, sqlite3.OperationalError) and "locked" in str(err.orig)
+
+
+def _engine(url: URL) -> Engine:
+    """An engine with the store's connection settings (see the module docstring)."""
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (it would defer it past reads and DDL) ...
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # ... and let readers proceed beside a writer. Also reads the file: a file that is not
+        # SQLite fails here ("file is not a database").
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _migrate(conn: Connection, shown: str) -> None:
+    """Bring the database to ``SCHEMA_VERSION``, inside the caller's transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    inspector = inspect(conn)
+    tables = sorted(inspector.get_table_names())
+    if not tables:
+        VERSION_TABLE.create(conn)
+        conn.execute(insert(VERSION_TABLE).values(version=0))
+    version_columns = (
+        [c["name"] for c in inspector.get_columns(VERSION_TABLE.name)]
+        if VERSION_TABLE.name in tables
+        else []
+    )
+    if tables and version_columns != ["version"]:
+        raise KnowledgeStoreError(
+            f"knowledge store {shown}: not Esper's (it holds other tables: {', '.join(tables)});"
+            f" give another URL with --knowledge or ${KNOWLEDGE_ENV}"
+        )
+    versions = conn.execute(select(VERSION_TABLE.c.version)).scalars().all()
+    if len(versions) != 1:
+        raise KnowledgeStoreError(
+            f"knowledge store {shown}: damaged schema_version table ({len(versions)} rows, "
+            "expected 1)"
+        )
+    version = versions[0]
+    if version > SCHEMA_VERSION:
+        raise KnowledgeStoreError(
+            f"knowledge store {shown}: schema version {version} is newer than this Esper's "
+            f"{SCHEMA_VERSION} (a later Esper wrote it); upgrade Esper"
+        )
+    for migration in MIGRATIONS[version:]:
+        migration(conn)
+    if version < SCHEMA_VERSION:
+        conn.execute(update(VERSION_TABLE).values(version=SCHEMA_VERSION))
+
+
+def _insert_new(dialect: str) -> Insert:
+    """An INSERT into the outcomes table that skips a seed already recorded."""
+    if dialect == "postgresql":
+        return postgresql.insert(OUTCOMES).on_conflict_do_nothing(index_elements=SEED_KEY)
+    return sqlite.insert(OUTCOMES).on_conflict_do_nothing(index_elements=SEED_KEY)
+
+
+class KnowledgeStore:
+    """The seed outcomes of all runs, in one database (SQLite or PostgreSQL).
+
+    Open with ``KnowledgeStore.open(url)``; use as a context manager or ``close()`` it. Every
+    method is one transaction. Any database failure is a ``KnowledgeStoreError`` naming the URL.
+    """
+
+    def __init__(self, engine: Engine, shown: str) -> None:
+        """Use ``open``; ``shown`` is the URL with its password hidden, for messages."""
+        self._engine = engine
+        self.url = shown
+        """The store's URL, password hidden."""
+
+    @classmethod
+    def open(cls, url: str) -> KnowledgeStore:
+        """Connect, creating the database (an SQLite file and its directory) and applying
+        missing migrations.
+
+        Args:
+            url: A SQLAlchemy URL (``sqlite:///PATH``, ``postgresql://USER@HOST/DB``).
+
+        Raises:
+            KnowledgeURLError: a malformed or unsupported URL.
+            KnowledgeStoreError: unreachable, not a database, foreign tables, or a schema
+                newer than this code.
+        """
+        parsed = parse_url(url)
+        shown = parsed.render_as_string(hide_password=True)
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+            engine = _engine(parsed)
+        except (OSError, SQLAlchemyError) as err:  # SQLAlchemyError: e.g. a missing driver
+            raise KnowledgeStoreError(f"knowledge store {shown}: {_reason(err)}") from None
+        store = cls(engine, shown)
+        try:
+            store._transaction(lambda conn: _migrate(conn, shown))
+        except KnowledgeStoreError:
+            store.close()
+            raise
+        return store
+
+    def record(self, outcomes: Sequence[SeedOutcome]) -> int:
+        """Add outcomes, in one transaction; a seed already recorded is skipped.
+
+        Returns:
+            The number of rows added.
+        """
+        now = datetime.now(UTC)
+        rows = [{**flatten(o), "recorded_at": now} for o in outcomes]
+        if not rows:
+            return 0
+
+        def work(conn: Connection) -> int:
+            # RETURNING: a skipped seed returns no row (psycopg's rowcount here is -1).
+            statement = _insert_new(conn.dialect.name).returning(OUTCOMES.c.id)
+            return sum(len(conn.execute(statement, row).all()) for row in rows)
+
+        return self._transaction(work)
+
+    def outcomes(self, host: HostSignature | None = None) -> list[SeedOutcome]:
+        """The recorded outcomes, oldest first.
+
+        Args:
+            host: Only outcomes on hosts with this signature's task, topology and width (its
+                parameter count is not compared); None: all.
+        """
+        query = select(OUTCOMES).order_by(OUTCOMES.c.id)
+        if host is not None:
+            query = query.where(
+                OUTCOMES.c.host_task == host.task,
+                OUTCOMES.c.host_topology == host.topology,
+                OUTCOMES.c.host_width == host.width,
+            )
+        return self._transaction(
+            lambda conn: [unflatten(row._asdict()) for row in conn.execute(query)]
+        )
+
+    def reset(self) -> int:
+        """Delete every outcome (the schema stays). Returns the number deleted."""
+        return self._transaction(lambda conn: conn.execute(delete(OUTCOMES)).rowcount)
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> KnowledgeStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction, retrying while SQLite says another process holds
+        the lock (up to ``LOCKED_RETRY_S``); database failures become ``KnowledgeStoreError``."""
+        deadline, delay = time.monotonic() + LOCKED_RETRY_S, 0.01
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    return work(conn)
+            except OperationalError as err:
+                if not _locked(err) or time.monotonic() + delay > deadline:
+                    raise KnowledgeStoreError(
+                        f"knowledge store {self.url}: {_reason(err)}"
+                    ) from err
+            except SQLAlchemyError as err:
+                raise KnowledgeStoreError(f"knowledge store {self.url}: {_reason(err)}") from err
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
+
+def record_outcomes(
+    url: str | None, outcomes: Sequence[SeedOutcome], warn: Callable[[str], None]
+) -> bool:
+    """Record a finished run's outcomes; never raises for a store problem.
+
+    Args:
+        url: The store (None: ``default_url()``).
+        outcomes: The run's seed outcomes (none: nothing is opened).
+        warn: Told one line, naming the URL, when the store cannot be used.
+
+    Returns:
+        Whether the outcomes are in the store.
+    """
+    if not outcomes:
+        return True
+    try:
+        with KnowledgeStore.open(default_url() if url is None else url) as store:
+            store.record(outcomes)
+    except (KnowledgeURLError, KnowledgeStoreError) as err:
+        warn(
+            f"{err}; the run's {len(outcomes)} seed outcome(s) were not "
+            "recorded (they stay in its outcomes.json: `esper knowledge import RUN`)"
+        )
+        return False
+    return True
+
+
+def outcomes_for(
+    url: str | None, host: HostSignature, warn: Callable[[str], None]
+) -> list[SeedOutcome]:
+    """The outcomes of earlier runs on ``host`` (see ``KnowledgeStore.outcomes``); never raises
+    for a store problem.
+
+    Args:
+        url: The store (None: ``default_url()``).
+        host: The host whose task, topology and width must match.
+        warn: Told one line, naming the URL, when the store cannot be used.
+
+    Returns:
+        The outcomes, oldest first; empty when the store cannot be used.
+    """
+    try:
+        with KnowledgeStore.open(default_url() if url is None else url) as store:
+            return store.outcomes(host)
+    except (KnowledgeURLError, KnowledgeStoreError) as err:
+        warn(f"{err}; starting without earlier runs' outcomes")
+        return []
