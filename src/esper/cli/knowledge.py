@@ -1,0 +1,146 @@
+"""``esper knowledge``: show, export, import and reset the knowledge store (DESIGN §11).
+
+The store is ``esper.nissa.knowledge``; it is imported on use, because SQLAlchemy takes about a
+third of a second to import and ``esper --help`` builds this parser. Every failure (a bad URL,
+an unusable store, a run without outcomes, ``reset`` without ``--yes``) is one line and exit
+code 2, through ``UserError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from esper.cli.runs import format_table
+from esper.leyline.config import UserError, decode
+from esper.leyline.knowledge import SeedOutcome, outcome_score
+from esper.nissa.log import display
+
+OUTCOMES_FILE = "outcomes.json"
+"""A finished growth run's seed outcomes, in its run directory (written by the run)."""
+
+URL_HELP = (
+    "the store: a SQLAlchemy URL, sqlite:///PATH or postgresql://USER@HOST/DB (default: "
+    "$ESPER_KNOWLEDGE, else knowledge.sqlite in $XDG_CACHE_HOME/esper or ~/.cache/esper)"
+)
+
+
+def add_knowledge_parser(sub: Any) -> None:
+    """Add ``esper knowledge show|export|import|reset`` to the ``esper`` subparsers ``sub``."""
+    knowledge = sub.add_parser(
+        "knowledge", help="the knowledge store: seed outcomes across runs (show, export, ...)"
+    )
+    verbs = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="VERB")
+    show = verbs.add_parser("show", help="seeds and mean score per task, blueprint and stage")
+    export = verbs.add_parser("export", help="every seed outcome, to stdout")
+    export.add_argument(
+        "--format", choices=("csv", "json"), default="csv", help="output format (default csv)"
+    )
+    importing = verbs.add_parser("import", help="record finished runs' outcomes.json")
+    importing.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    reset = verbs.add_parser("reset", help="delete every seed outcome (needs --yes)")
+    reset.add_argument("--yes", action="store_true", help="confirm the deletion")
+    for verb in (show, export, importing, reset):
+        verb.add_argument("--knowledge", metavar="URL", help=URL_HELP)
+
+
+def run_knowledge(args: argparse.Namespace) -> int:
+    """``esper knowledge show|export|import|reset``.
+
+    Raises:
+        UserError: a bad URL, an unusable store, a run without a readable ``outcomes.json``,
+            or ``reset`` without ``--yes``; nothing is written in any of these cases.
+    """
+    from esper.nissa.knowledge import (
+        KnowledgeStore,
+        KnowledgeStoreError,
+        KnowledgeURLError,
+        default_url,
+        parse_url,
+    )
+
+    url = default_url() if args.knowledge is None else args.knowledge
+    try:
+        shown = parse_url(url).render_as_string(hide_password=True)
+        if args.knowledge_command == "reset" and not args.yes:
+            raise UserError(
+                f"knowledge reset deletes every seed outcome in {shown}; add --yes to confirm"
+            )
+        runs = args.runs if args.knowledge_command == "import" else []
+        imported = [o for run in runs for o in read_run_outcomes(run)]  # all read before any write
+        with KnowledgeStore.open(url) as store:
+            if args.knowledge_command == "show":
+                print(_show(store.outcomes(), store.url))
+            elif args.knowledge_command == "export":
+                _export(store.outcomes(), args.format)
+            elif args.knowledge_command == "import":
+                added = store.record(imported)
+                print(
+                    f"imported {added} seed outcome(s) from {len(runs)} run(s) into {store.url}"
+                    f" ({len(imported) - added} already there)"
+                )
+            else:
+                print(f"deleted {store.reset()} seed outcome(s) from {store.url}")
+    except (KnowledgeURLError, KnowledgeStoreError) as err:
+        raise UserError(str(err)) from None
+    return 0
+
+
+def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
+    """A run directory's seed outcomes (its ``outcomes.json``).
+
+    Raises:
+        UserError: no such file, or one that is not a list of outcomes.
+    """
+    path = run / OUTCOMES_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{run} has no {OUTCOMES_FILE} (not a growth run directory, or a run that did not "
+            "finish); nothing imported"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, OUTCOMES_FILE)
+    except (OSError, ValueError) as err:  # ValueError: bad UTF-8, bad JSON, not outcomes
+        raise UserError(f"{path}: {err}; nothing imported") from None
+    return outcomes
+
+
+def _show(outcomes: list[SeedOutcome], url: str) -> str:
+    """Seeds per task × blueprint × stage with their mean ``outcome_score`` ("—" when none of
+    them is scored: seeds still alive at their run's end)."""
+    if not outcomes:
+        return f"{url}: no seed outcomes"
+    groups: defaultdict[tuple[str, str, str], list[SeedOutcome]] = defaultdict(list)
+    for o in outcomes:
+        groups[o.host.task, o.blueprint, o.stage].append(o)
+    rows = []
+    for (task, blueprint, stage), group in sorted(groups.items()):
+        scores = [s for s in map(outcome_score, group) if s is not None]
+        mean = fmean(scores) if scores else None
+        rows.append([task, blueprint, stage, str(len(group)), display(mean, ".3f")])
+    runs = len({o.run_id for o in outcomes})
+    header = f"{url}: {len(outcomes)} seed outcome(s) from {runs} run(s)"
+    table = format_table(["task", "blueprint", "stage", "seeds", "mean score"], rows)
+    return f"{header}\n{table}"
+
+
+def _export(outcomes: list[SeedOutcome], form: str) -> None:
+    """Every outcome to stdout: JSON as a run's ``outcomes.json``, or CSV with the store's
+    flat columns (a missing value is an empty cell)."""
+    from esper.nissa.knowledge import OUTCOME_COLUMNS, flatten
+
+    if form == "json":
+        print(json.dumps([asdict(o) for o in outcomes], indent=1))
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(OUTCOME_COLUMNS)
+    for o in outcomes:
+        writer.writerow(["" if v is None else v for v in flatten(o).values()])
