@@ -1,0 +1,558 @@
+"""The knowledge store (``esper.nissa.knowledge``, DESIGN §11) on SQLite and on a real PostgreSQL
+server started here, and the ``esper knowledge`` command.
+
+Oracles are independent of the store: the outcomes the test wrote (dataclass equality), the
+database read through its own driver (``sqlite3``, ``psycopg``), scores worked out by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import pwd
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import closing, redirect_stdout
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esper.cli.knowledge import OUTCOMES_FILE, add_knowledge_parser, run_knowledge
+from esper.leyline.config import UserError, decode
+from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.nissa.knowledge import (
+    CONNECT_TIMEOUT_S,
+    KNOWLEDGE_ENV,
+    OUTCOME_COLUMNS,
+    SCHEMA_VERSION,
+    KnowledgeStore,
+    KnowledgeStoreError,
+    KnowledgeURLError,
+    default_url,
+    outcomes_for,
+    record_outcomes,
+)
+
+HOST = HostSignature(task="fashion_mnist", topology="cnn", width=16, params=12_345)
+
+
+def _outcome(run: str = "r1", slot: str = "mid", epoch: int = 0, **changes: Any) -> SeedOutcome:
+    base = SeedOutcome(
+        run_id=run,
+        host=HOST,
+        slot=slot,
+        blueprint="conv_light",
+        stage="FOSSILIZED",
+        contribution=1.5,
+        seed_params=2_000,
+        accuracy_change=-0.25,
+        germinated_epoch=epoch,
+        epochs=4,
+    )
+    return replace(base, **changes)
+
+
+class Warnings(list[str]):
+    """A ``warn`` callable that keeps what it was told."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+
+# --- independent access to the databases -------------------------------------------------------
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _raw(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` through the database's own driver, committed; its rows (none for DDL)."""
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            cursor = conn.execute(sql)
+            rows = cursor.fetchall()
+            conn.commit()
+            return rows
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg, pg.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+# --- a real PostgreSQL server ------------------------------------------------------------------
+
+_SERVER_USER = "nobody"
+"""initdb and postgres refuse to run as root; CI (and this machine) run the tests as root."""
+
+
+def _postgres_bin() -> Path | None:
+    """The directory holding initdb and pg_ctl: PATH first, then Debian's versioned ones."""
+    on_path = [shutil.which("initdb"), shutil.which("pg_ctl")]
+    if all(on_path):
+        return Path(str(on_path[0])).resolve().parent
+    debian = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda d: int(re.sub(r"\D", "", Path(d).parent.name) or 0),
+        reverse=True,
+    )
+    return next((Path(d) for d in debian if os.access(f"{d}/initdb", os.X_OK)), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _server_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL tool, as ``nobody`` when we are root (they refuse root)."""
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", _SERVER_USER, "--", *argv]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pg_port() -> Iterator[int]:
+    """A PostgreSQL server of our own on 127.0.0.1 (user ``esper``, trust auth), for the module."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL not installed: no initdb/pg_ctl on PATH or in /usr/lib/postgresql")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: cannot start PostgreSQL as a plain user")
+    root = Path(tempfile.mkdtemp(prefix="esper-pg-", dir="/tmp"))  # short: holds the socket
+    data, log, port = root / "data", root / "server.log", _free_port()
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(_SERVER_USER)
+        os.chown(root, user.pw_uid, user.pw_gid)
+    pg_ctl = str(bin_dir / "pg_ctl")
+    try:
+        # -N, fsync=off: a throwaway server need not survive a power cut.
+        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "esper", "--auth=trust", "-N"]
+        done = _server_command(initdb, root)
+        assert done.returncode == 0, f"initdb failed: {done.stderr}"
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "start"]
+        done = _server_command(start, root)
+        assert done.returncode == 0, f"pg_ctl start failed: {done.stderr}\n{log.read_text()}"
+        yield port
+    finally:
+        if (data / "postmaster.pid").exists():
+            _server_command([pg_ctl, "-D", str(data), "-m", "immediate", "stop"], root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def pg_url(pg_port: int) -> str:
+    """A fresh, empty database on the module's server."""
+    name = f"knowledge_{next(_databases)}"
+    _raw(f"postgresql://esper@127.0.0.1:{pg_port}/postgres", f"CREATE DATABASE {name}")
+    return f"postgresql://esper@127.0.0.1:{pg_port}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store of each kind (the PostgreSQL one skips without a server)."""
+    if request.param == "sqlite":
+        return _sqlite_url(tmp_path / "knowledge.sqlite")
+    pg: str = request.getfixturevalue("pg_url")
+    return pg
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def test_outcomes_round_trip_and_persist(url: str) -> None:
+    outcomes = [
+        _outcome(epoch=0),
+        _outcome(slot="early", epoch=0, stage="PRUNED", contribution=None),
+        _outcome(epoch=3, stage="TRAINING", contribution=None, accuracy_change=None),
+        _outcome(run="r2", host=replace(HOST, topology="transformer", width=64)),
+    ]
+    with KnowledgeStore.open(url) as store:
+        assert store.record(outcomes) == 4
+        assert store.outcomes() == outcomes
+    with KnowledgeStore.open(url) as store:  # a new connection: the rows were committed
+        assert store.outcomes() == outcomes
+    # Missing stays missing in the table itself, not 0.0.
+    rows = _raw(url, "SELECT contribution, accuracy_change FROM outcomes ORDER BY id")
+    assert rows == [(1.5, -0.25), (None, -0.25), (None, None), (1.5, -0.25)]
+
+
+def test_outcomes_filter_by_task_topology_and_width(url: str) -> None:
+    same = _outcome(run="same")
+    other_params = _outcome(run="bigger", host=replace(HOST, params=99_999))
+    others = [
+        _outcome(run="task", host=replace(HOST, task="cifar10")),
+        _outcome(run="topology", host=replace(HOST, topology="transformer")),
+        _outcome(run="width", host=replace(HOST, width=32)),
+    ]
+    with KnowledgeStore.open(url) as store:
+        store.record([same, *others, other_params])
+        assert store.outcomes(HOST) == [same, other_params]
+        assert store.outcomes(replace(HOST, width=32)) == [others[2]]
+        assert store.outcomes(replace(HOST, task="unseen")) == []
+        assert len(store.outcomes()) == 5
+
+
+def test_recording_a_seed_twice_adds_it_once(url: str) -> None:
+    first = [_outcome(epoch=0), _outcome(epoch=2)]
+    with KnowledgeStore.open(url) as store:
+        assert store.record(first) == 2
+        assert store.record(first) == 0  # the same run imported again
+        # A seed is (run, slot, epoch): a changed value does not make it a new seed.
+        assert store.record([replace(first[0], stage="PRUNED"), _outcome(epoch=5)]) == 1
+        assert store.record([_outcome(run="r9"), _outcome(run="r9")]) == 1
+        assert [o.germinated_epoch for o in store.outcomes() if o.run_id == "r1"] == [0, 2, 5]
+        assert store.outcomes()[0].stage == "FOSSILIZED"
+        assert store.record([]) == 0
+    assert _raw(url, "SELECT count(*) FROM outcomes") == [(4,)]
+
+
+def test_reset_deletes_outcomes_and_keeps_the_schema(url: str) -> None:
+    with KnowledgeStore.open(url) as store:
+        store.record([_outcome(epoch=e) for e in range(3)])
+        assert store.reset() == 3
+        assert store.outcomes() == []
+        assert store.record([_outcome()]) == 1
+    assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_new_database_gets_the_current_schema(url: str) -> None:
+    KnowledgeStore.open(url).close()
+    assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    if url.startswith("sqlite"):
+        columns = [r[1] for r in _raw(url, "PRAGMA table_info(outcomes)")]
+        assert _raw(url, "PRAGMA journal_mode") == [("wal",)]
+    else:
+        columns = [
+            r[0]
+            for r in _raw(
+                url,
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'outcomes' ORDER BY ordinal_position",
+            )
+        ]
+    assert columns == ["id", *OUTCOME_COLUMNS, "recorded_at"]
+    # One column per field of SeedOutcome, the host's flattened.
+    assert len(OUTCOME_COLUMNS) == len(asdict(_outcome())) - 1 + len(asdict(HOST))
+
+
+def test_migrations_run_from_version_zero(url: str) -> None:
+    """A database that stopped at version 0 (the version table only) is brought forward."""
+    _raw(url, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    _raw(url, "INSERT INTO schema_version VALUES (0)")
+    with KnowledgeStore.open(url) as store:
+        assert store.record([_outcome()]) == 1
+    assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_newer_schema_is_refused_untouched(url: str) -> None:
+    KnowledgeStore.open(url).close()
+    newer = SCHEMA_VERSION + 1
+    _raw(url, f"UPDATE schema_version SET version = {newer}")
+    with pytest.raises(KnowledgeStoreError, match=f"schema version {newer} is newer") as err:
+        KnowledgeStore.open(url)
+    assert url.split("://")[1] in str(err.value) and "\n" not in str(err.value)
+    warnings = Warnings()
+    assert record_outcomes(url, [_outcome()], warnings) is False
+    assert len(warnings) == 1 and f"version {newer}" in warnings[0]
+    assert _raw(url, "SELECT count(*) FROM outcomes") == [(0,)]
+    assert _raw(url, "SELECT version FROM schema_version") == [(newer,)]
+
+
+def test_a_foreign_database_is_refused_untouched(url: str) -> None:
+    _raw(url, "CREATE TABLE users (name TEXT)")
+    with pytest.raises(KnowledgeStoreError, match=r"not Esper.s.*users") as err:
+        KnowledgeStore.open(url)
+    assert url.split("://")[1] in str(err.value)
+    warnings = Warnings()
+    assert outcomes_for(url, HOST, warnings) == []
+    assert len(warnings) == 1 and "users" in warnings[0]
+    tables = (
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        if url.startswith("sqlite")
+        else "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    )
+    assert _raw(url, tables) == [("users",)]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"this is not an SQLite database, " * 100, "file is not a database"),
+        (b"SQLite format 3\x00" + b"\xff" * 4000, "not a database|malformed"),
+    ],
+)
+def test_a_file_that_is_not_sqlite_warns_once(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "knowledge.sqlite"
+    path.write_bytes(content)
+    warnings = Warnings()
+    assert record_outcomes(_sqlite_url(path), [_outcome()], warnings) is False
+    assert outcomes_for(_sqlite_url(path), HOST, warnings) == []
+    assert len(warnings) == 2
+    assert all(str(path) in w and re.search(why, w) and "\n" not in w for w in warnings)
+    assert "esper knowledge import" in warnings[0]
+    assert path.read_bytes() == content
+
+
+def test_a_directory_in_the_way_warns_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    warnings = Warnings()
+    url = _sqlite_url(tmp_path / "file" / "knowledge.sqlite")  # its parent is a file
+    assert record_outcomes(url, [_outcome()], warnings) is False
+    assert len(warnings) == 1 and str(tmp_path / "file") in warnings[0]
+
+
+def test_unreachable_postgresql_warns_once_and_quickly() -> None:
+    url = f"postgresql://esper@127.0.0.1:{_free_port()}/knowledge"
+    warnings = Warnings()
+    started = time.monotonic()
+    assert record_outcomes(url, [_outcome()], warnings) is False
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S
+    assert len(warnings) == 1 and "127.0.0.1" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_passwords_stay_out_of_messages() -> None:
+    warnings = Warnings()
+    url = f"postgresql://esper:hunter2@127.0.0.1:{_free_port()}/knowledge"
+    assert record_outcomes(url, [_outcome()], warnings) is False
+    assert "hunter2" not in warnings[0] and "esper:***@127.0.0.1" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("not a url", "malformed"),
+        ("", "malformed"),
+        ("postgresql://host:port/db", "malformed"),
+        ("mysql://x", "unsupported.*'mysql'"),
+        ("postgres://host/db", "unsupported"),
+        ("postgresql+psycopg2://host/db", "unsupported"),
+        ("sqlite://", "names no file"),
+        ("sqlite:///:memory:", "names no file"),
+    ],
+)
+def test_bad_urls_name_the_url_and_the_accepted_ones(bad: str, why: str) -> None:
+    with pytest.raises(KnowledgeURLError, match=why) as err:
+        KnowledgeStore.open(bad)
+    message = str(err.value)
+    assert repr(bad) in message and "sqlite:///PATH" in message and "postgresql://" in message
+    assert isinstance(err.value, ValueError) and "\n" not in message
+    warnings = Warnings()
+    assert record_outcomes(bad, [_outcome()], warnings) is False and len(warnings) == 1
+
+
+def test_no_outcomes_open_nothing(tmp_path: Path) -> None:
+    warnings = Warnings()
+    assert record_outcomes(_sqlite_url(tmp_path / "k.sqlite"), [], warnings) is True
+    assert not (tmp_path / "k.sqlite").exists() and warnings == []
+
+
+def test_default_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(KNOWLEDGE_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_url() == f"sqlite:///{tmp_path}/home/.cache/esper/knowledge.sqlite"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_url() == f"sqlite:///{tmp_path}/cache/esper/knowledge.sqlite"
+    # None means the default: the cache directory is created with the file.
+    assert record_outcomes(None, [_outcome()], Warnings()) is True
+    assert _raw(default_url(), "SELECT run_id FROM outcomes") == [("r1",)]
+    monkeypatch.setenv(KNOWLEDGE_ENV, "postgresql://esper@cluster/knowledge")
+    assert default_url() == "postgresql://esper@cluster/knowledge"
+
+
+# --- several processes writing at once ---------------------------------------------------------
+
+WRITERS, WRITES = 4, 50
+
+
+def _write_one_by_one(url: str, worker: int, start: Any) -> None:
+    """A process that records ``WRITES`` outcomes, one transaction each, once all are ready."""
+    start.wait()
+    with KnowledgeStore.open(url) as store:  # every writer also races to create the schema
+        for epoch in range(WRITES):
+            assert store.record([_outcome(run=f"writer{worker}", epoch=epoch)]) == 1
+
+
+def test_concurrent_writers_lose_nothing(url: str) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Barrier(WRITERS)
+    writers = [
+        spawn.Process(target=_write_one_by_one, args=(url, w, start)) for w in range(WRITERS)
+    ]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join(timeout=120)
+    assert [p.exitcode for p in writers] == [0] * WRITERS
+    rows = _raw(url, "SELECT run_id, germinated_epoch FROM outcomes")
+    expected = {(f"writer{w}", e) for w in range(WRITERS) for e in range(WRITES)}
+    assert len(rows) == WRITERS * WRITES and set(rows) == expected
+    assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+# --- esper knowledge ---------------------------------------------------------------------------
+
+
+def _knowledge(*argv: str) -> str:
+    """Run ``esper knowledge ARGV``; its stdout."""
+    parser = argparse.ArgumentParser(prog="esper")
+    add_knowledge_parser(parser.add_subparsers(dest="command", required=True))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert run_knowledge(parser.parse_args(["knowledge", *argv])) == 0
+    return out.getvalue()
+
+
+def _run_dir(parent: Path, name: str, outcomes: list[SeedOutcome]) -> Path:
+    """A run directory as a finished growth run leaves it (its outcomes.json)."""
+    run = parent / name
+    run.mkdir()
+    (run / OUTCOMES_FILE).write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path, list[SeedOutcome]]:
+    one = [
+        _outcome(run="a", epoch=1, contribution=2.0, seed_params=1000),  # score 2.0
+        _outcome(run="a", epoch=2, contribution=4.0, seed_params=1000),  # score 4.0
+        _outcome(run="a", epoch=3, stage="PRUNED"),  # score 0.0
+    ]
+    two = [
+        _outcome(run="b", stage="TRAINING", contribution=None),  # undecided: no score
+        _outcome(run="b", epoch=1, blueprint="attention", host=replace(HOST, task="tinystories")),
+    ]
+    return _run_dir(tmp_path, "a", one), _run_dir(tmp_path, "b", two), one + two
+
+
+def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any]]) -> None:
+    a, b, outcomes = runs
+    store = _sqlite_url(tmp_path / "k.sqlite")
+    out = _knowledge("import", str(a), str(b), "--knowledge", store)
+    assert out.startswith("imported 5 seed outcome(s) from 2 run(s)")
+    out = _knowledge("import", str(a), "--knowledge", store)
+    assert "imported 0 seed outcome(s)" in out and "(3 already there)" in out
+
+    lines = _knowledge("show", "--knowledge", store).splitlines()
+    assert "5 seed outcome(s) from 2 run(s)" in lines[0]
+    table = [line.split() for line in lines[3:]]
+    assert table == [
+        ["fashion_mnist", "conv_light", "FOSSILIZED", "2", "3.000"],  # mean of 2.0 and 4.0
+        ["fashion_mnist", "conv_light", "PRUNED", "1", "0.000"],
+        ["fashion_mnist", "conv_light", "TRAINING", "1", "—"],  # missing is not zero
+        ["tinystories", "attention", "FOSSILIZED", "1", "0.750"],  # 1.5 * 1000 / 2000
+    ]
+
+    exported = json.loads(_knowledge("export", "--format", "json", "--knowledge", store))
+    assert list(decode(tuple[SeedOutcome, ...], exported)) == outcomes
+
+    rows = list(csv.DictReader(io.StringIO(_knowledge("export", "--knowledge", store))))
+    assert len(rows) == 5
+    assert rows[3] == {
+        "run_id": "b",
+        "host_task": "fashion_mnist",
+        "host_topology": "cnn",
+        "host_width": "16",
+        "host_params": "12345",
+        "slot": "mid",
+        "blueprint": "conv_light",
+        "stage": "TRAINING",
+        "contribution": "",
+        "seed_params": "2000",
+        "accuracy_change": "-0.25",
+        "germinated_epoch": "0",
+        "epochs": "4",
+    }
+
+
+def test_cli_show_an_empty_store(tmp_path: Path) -> None:
+    store = _sqlite_url(tmp_path / "k.sqlite")
+    assert _knowledge("show", "--knowledge", store) == f"{store}: no seed outcomes\n"
+
+
+def test_cli_uses_the_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(KNOWLEDGE_ENV, _sqlite_url(tmp_path / "env.sqlite"))
+    _knowledge("import", str(_run_dir(tmp_path, "r", [_outcome()])))
+    assert _raw(_sqlite_url(tmp_path / "env.sqlite"), "SELECT count(*) FROM outcomes") == [(1,)]
+
+
+def test_cli_import_checks_every_run_before_writing(
+    tmp_path: Path, runs: tuple[Path, Path, list[Any]]
+) -> None:
+    a, b, _ = runs
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    store_file = tmp_path / "k.sqlite"
+    store = _sqlite_url(store_file)
+    with pytest.raises(UserError, match=f"{not_a_run} has no outcomes.json") as err:
+        _knowledge("import", str(a), str(not_a_run), str(b), "--knowledge", store)
+    assert "\n" not in str(err.value) and "nothing imported" in str(err.value)
+    assert not store_file.exists()
+
+    (b / OUTCOMES_FILE).write_text('[{"run_id": "b"}]')
+    with pytest.raises(UserError, match=r"outcomes.json.*missing key") as err:
+        _knowledge("import", str(a), str(b), "--knowledge", store)
+    (b / OUTCOMES_FILE).write_text("[{not json")
+    with pytest.raises(UserError, match=f"{b / OUTCOMES_FILE}: "):
+        _knowledge("import", str(a), str(b), "--knowledge", store)
+    assert not store_file.exists()
+
+
+def test_cli_reset_needs_yes(tmp_path: Path, runs: tuple[Path, Path, list[Any]]) -> None:
+    store = _sqlite_url(tmp_path / "k.sqlite")
+    _knowledge("import", str(runs[0]), "--knowledge", store)
+    with pytest.raises(UserError, match="add --yes") as err:
+        _knowledge("reset", "--knowledge", store)
+    assert store in str(err.value) and "\n" not in str(err.value)
+    assert _raw(store, "SELECT count(*) FROM outcomes") == [(3,)]
+    assert _knowledge("reset", "--yes", "--knowledge", store).startswith("deleted 3 seed outcome")
+    assert _raw(store, "SELECT count(*) FROM outcomes") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("not a url", "malformed"), ("mysql://x", "unsupported"), ("sqlite://", "names no file")],
+)
+def test_cli_bad_urls(url: str, why: str) -> None:
+    for verb in (["show"], ["export"], ["reset", "--yes"]):
+        with pytest.raises(UserError, match=why) as err:
+            _knowledge(*verb, "--knowledge", url)
+        assert repr(url) in str(err.value) and "accepted: sqlite:///PATH" in str(err.value)
+
+
+def test_cli_unusable_store_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "k.sqlite"
+    path.write_bytes(b"garbage " * 200)
+    with pytest.raises(UserError, match="file is not a database") as err:
+        _knowledge("show", "--knowledge", _sqlite_url(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], [], ["import"], ["export", "--format", "xml"]])
+def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        _knowledge(*argv)
+    assert exit_.value.code == 2
+    assert "error:" in capsys.readouterr().err
