@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from esper.cli.knowledge import OUTCOMES_FILE, add_knowledge_parser, run_knowledge
+from esper.cli.knowledge import add_knowledge_parser, run_knowledge
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.nissa.knowledge import (
@@ -46,6 +46,7 @@ from esper.nissa.knowledge import (
     outcomes_for,
     record_outcomes,
 )
+from esper.study.ledger import OUTCOMES_FILE
 
 HOST = HostSignature(task="fashion_mnist", topology="cnn", width=16, params=12_345)
 

@@ -22,9 +22,7 @@ from esper.cli.runs import format_table
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import SeedOutcome, outcome_score
 from esper.nissa.log import display
-
-OUTCOMES_FILE = "outcomes.json"
-"""A finished growth run's seed outcomes, in its run directory (written by the run)."""
+from esper.study.ledger import OUTCOMES_FILE
 
 URL_HELP = (
     "the store: a SQLAlchemy URL, sqlite:///PATH or postgresql://USER@HOST/DB (default: "
