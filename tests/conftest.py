@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ from esper.nissa.record import (
 # One torch thread for the whole session: the test models are tiny, and with the CPU shared by
 # other jobs torch's default threads only spin (an epoch measured 6x slower with 2 threads).
 torch.set_num_threads(1)
+
+# Runs record their seed outcomes in the knowledge store: the tests' go to a store of their own
+# (child processes and Ray workers inherit it), never the user's ~/.cache/esper.
+_KNOWLEDGE_DIR = Path(tempfile.mkdtemp(prefix="esper-test-knowledge-"))
+os.environ["ESPER_KNOWLEDGE"] = f"sqlite:///{_KNOWLEDGE_DIR / 'knowledge.sqlite'}"
 
 VOCAB = 17
 

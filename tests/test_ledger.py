@@ -100,3 +100,38 @@ def test_a_runs_outcomes_agree_with_its_event_log(tmp_path) -> None:
         assert outcome.run_id == "run" and outcome.host.params == 1672
         assert outcome.stage == ends.get((outcome.slot, outcome.blueprint), outcome.stage)
     assert {(o.slot, o.blueprint) for o in outcomes} == {(s, b) for s, b, _ in germinated}
+
+
+def test_a_run_records_its_outcomes_in_the_store_and_survives_a_broken_one(tmp_path, capsys):
+    from esper.nissa.knowledge import KnowledgeStore
+
+    url = f"sqlite:///{tmp_path / 'k.sqlite'}"
+    args = ["periodic", "--task", "synthetic", "--epochs", "8", "--batches-per-epoch", "2"]
+    args += ["--val-samples", "128", "--periodic.period", "1", "--knowledge"]
+    assert main([*args, url, "--out", str(tmp_path / "a")]) == 0
+    with KnowledgeStore.open(url) as store:
+        stored = store.outcomes()
+    written = decode(
+        tuple[SeedOutcome, ...], json.loads((tmp_path / "a" / OUTCOMES_FILE).read_text())
+    )
+    assert stored == list(written) and len(stored) == 3
+    capsys.readouterr()
+    assert main(["knowledge", "show", "--knowledge", url]) == 0  # the command, end to end
+    assert f"{url}: 3 seed outcome(s) from 1 run(s)" in capsys.readouterr().out
+    assert main(["knowledge", "reset", "--knowledge", url]) == 2  # no --yes: nothing deleted
+    assert "--yes" in capsys.readouterr().err
+    broken = tmp_path / "broken.sqlite"
+    broken.write_text("not a database")
+    capsys.readouterr()
+    assert main([*args, f"sqlite:///{broken}", "--out", str(tmp_path / "b")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(broken) in warnings[0]
+    assert (tmp_path / "b" / OUTCOMES_FILE).exists()  # kept for esper knowledge import
+
+
+def test_bad_knowledge_url_is_one_line(tmp_path, capsys):
+    args = ["heuristic", "--task", "synthetic", "--knowledge", "mysql://x/y"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mysql://x/y" in err and "sqlite" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from esper.cli.knowledge import add_knowledge_parser
 from esper.leyline.config import UserError
 from esper.leyline.files import DiskFullError
 from esper.nissa.log import EventLogError
@@ -31,6 +32,7 @@ VIEW_COMMANDS = {
     "tui": ("esper.cli.tui", "run_tui"),
     "dashboard": ("esper.cli.dashboard", "run_dashboard"),
     "study": ("esper.cli.study", "run_study"),
+    "knowledge": ("esper.cli.knowledge", "run_knowledge"),
 }
 """Commands that look at recorded runs: handler module and function, imported on use."""
 
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in RUN_COMMANDS.items():
         sub.add_parser(command, help=help_text, add_help=False)
     _add_view_parsers(sub)
+    add_knowledge_parser(sub)
     study = sub.add_parser(
         "study", help="run a study (tasks x arms x seeds) on Ray; run again to resume"
     )

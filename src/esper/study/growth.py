@@ -61,6 +61,10 @@ class GrowthRun:
             controller's own generator.
         policy: eval only: the PPO run directory whose policy controls growth.
         periodic: periodic only: the growth schedule.
+        knowledge: the knowledge store the run's seed outcomes go to, a SQLAlchemy URL
+            (sqlite:///PATH or postgresql+psycopg://...; None: $ESPER_KNOWLEDGE, else
+            knowledge.sqlite in the user cache). A store that fails costs a warning, never the
+            run: the outcomes stay in outcomes.json for esper knowledge import.
         telemetry: what the run logs.
     """
 
@@ -68,10 +72,15 @@ class GrowthRun:
     seed: int = 0
     policy: str | None = None
     periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
+    knowledge: str | None = None
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, MAX_SEED)
+        if self.knowledge is not None:
+            from esper.nissa.knowledge import parse_url
+
+            parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
 
 
 def check_mode(mode: str, config: GrowthRun) -> None:
@@ -90,6 +99,7 @@ def check_mode(mode: str, config: GrowthRun) -> None:
         t = config.training
         given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
         given += ["seed_lr"] * (t.seed_lr not in (None, t.lr))  # a resolved config has seed_lr=lr
+        given += ["knowledge"] * (config.knowledge is not None)
         if given:
             raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
 
@@ -239,8 +249,13 @@ class GrowthRunner:
         )
         status = "terminated" if self.episode.trainer.terminated else "completed"
         save_model(self.episode.model, recorder.directory / "model.pt")
-        outcomes = [asdict(o) for o in self.ledger.outcomes()]
-        atomic_write(recorder.directory / OUTCOMES_FILE, json.dumps(outcomes, indent=1))
+        outcomes = self.ledger.outcomes()
+        data = json.dumps([asdict(o) for o in outcomes], indent=1)
+        atomic_write(recorder.directory / OUTCOMES_FILE, data)
+        if self.mode != "static":  # a static run grows nothing
+            from esper.nissa.knowledge import record_outcomes  # SQLAlchemy: only when used
+
+            record_outcomes(self.config.knowledge, outcomes, _warn)
         self.test = self._test()
         self._finish(status)
         return status
@@ -351,6 +366,10 @@ class GrowthRunner:
         task, seed = self.config.training.task, self.config.seed
         run_id, seconds = self.recorder.run_id, round(self.elapsed, 3)
         return record.RunSummary(status, self.mode, task, seed, run_id, seconds, None, growth)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _finite(value: float | None) -> float | None:
