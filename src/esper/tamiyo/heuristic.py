@@ -2,33 +2,41 @@
 
 One action per decision, by the first rule that fires, in this priority order:
 
-1. **PRUNE** a seed that hurts (see ``_prune_reason``).
+1. **PRUNE** a seed that hurts (see ``_prune_reason``; the ``ensemble`` strategy also prunes
+   over its budget).
 2. **FOSSILIZE** a HOLDING seed that clears gate G5 (see ``fossilize_reason``).
 3. **ADVANCE** a seed whose next gate (G1, G2, G3) would pass (see ``advance_reason``).
 4. **GERMINATE** once the host has stabilized or plateaued, within cooldown, live-seed and
-   horizon limits.
+   horizon limits (the ``replace`` strategy regrows a slot it pruned without waiting).
 5. Otherwise **WAIT**.
 
 Within a rule, slots are tried in ``ordered_slots`` order (early before mid before late) and the
 first match wins, so a decision never depends on the order of the reports mapping. GERMINATE
 picks, among DORMANT slots, one that has never held a seed before one that has, then the first in
-``ordered_slots`` order, so a run uses every enabled slot over time; the blueprint comes from a
-rotation with a penalty for recently pruned ones (``HeuristicTamiyo._choose_blueprint``). Every
+``ordered_slots`` order, so a run uses every enabled slot over time. The blueprint comes from
+the config's *selector* (``esper.tamiyo.selectors``; by default a rotation with a penalty for
+recently pruned ones), offered the blueprints in ``blueprint_preference`` order, narrowed by the
+*strategy* (``esper.tamiyo.strategies``; by default, ``spread``, not at all). Every
 proposed transition satisfies the *strict* gate thresholds of ``esper.leyline.thresholds`` as far
 as the reports show them, so the engine's gates do not refuse it (parameter finiteness, which
 G1/G2/G5 also check, is not in the reports; a seed with non-finite weights is the governor's).
 
+The selector learns when a seed ends: at the heuristic's FOSSILIZE or PRUNE decision, and when a
+seed is pruned without one (a governor rollback), with the seed's ``outcome_score`` from its
+last report (``selectors.seed_reward``: a pruned seed scores 0).
+
 The heuristic remembers, across decisions: which slots have ever held a seed (so germination
-spreads over every enabled slot), when it last germinated, the last blueprint it grew (for the
-rotation), when each blueprint was last pruned (for the penalty), and the last report stage of
-each slot. That last memory detects prunes it did not order itself (a governor rollback): a seed
-that turns PRUNED/EMBARGOED/RESETTING, or vanishes, without a PRUNE from this controller counts
-as a prune of its blueprint at the current step.
+spreads over every enabled slot), when it last germinated, the last report stage of each slot,
+the selector's state, and what its strategy needs (``replace``: the slots awaiting a different
+blueprint; ``specialize``: the last fossilized seed). The last report stages detect prunes it did
+not order itself (a governor rollback): a seed that turns PRUNED/EMBARGOED/RESETTING, or
+vanishes, without a PRUNE from this controller counts as a prune of its blueprint at the current
+step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +54,16 @@ from esper.leyline import (
 )
 from esper.leyline import thresholds as T
 from esper.leyline.config import check_int, require
+from esper.leyline.knowledge import SeedOutcome
+from esper.tamiyo import strategies
+from esper.tamiyo.selectors import (
+    PRUNE_PENALTY_EPOCHS,
+    SELECTORS,
+    BlueprintSelector,
+    make_selector,
+    seed_reward,
+)
+from esper.tamiyo.strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -59,19 +77,29 @@ class HeuristicConfig:
             is measured on a host that has absorbed the previous one.
         max_live_seeds: at most this many seeds in GERMINATED/TRAINING/BLENDING/HOLDING at once;
             2 lets several slots be used within a short run without stacking every slot at once.
-        prune_contribution: prune a BLENDING/HOLDING seed whose measured contribution is below
-            this (accuracy points); -1.0 tolerates measurement noise but not a real loss.
+            With the ``ensemble`` strategy: the budget of settled blended seeds instead.
+        prune_contribution: prune a BLENDING/HOLDING seed whose measured contribution (with the
+            ``ensemble`` strategy: Shapley value) is below this (accuracy points); -1.0
+            tolerates measurement noise but not a real loss.
         max_training_epochs: prune a TRAINING seed whose probe still does not beat
             G2_MIN_PROBE_IMPROVEMENT after this many epochs; twice the G2 minimum.
         max_holding_epochs: prune a HOLDING seed held this long without clearing
             G5_MIN_CONTRIBUTION; 3 gives the held contribution a few measurements to settle.
         prune_penalty_epochs: a blueprint pruned fewer than this many steps ago is skipped by the
             rotation; 10 is about one seed lifetime, so a failed design is not regrown at once.
+            The rotation selector's only (a bandit learns a pruned seed's reward 0 instead).
         no_germinate_last_epochs: no germination when fewer steps than this remain in the
             episode; the default is ``MIN_LIFECYCLE_EPOCHS``, below which a seed cannot finish.
-        blueprint_preference: the rotation's order; offered blueprints not named here follow in
-            registry order. Capacity first: convolutions and MLPs add new features, while
-            attention (channel gating) and norm only rescale the host's own.
+        blueprint_preference: the order the selector is offered the blueprints in (the
+            rotation's order; a bandit's order for untried arms and ties); offered blueprints
+            not named here follow in registry order. Capacity first: convolutions and MLPs add
+            new features, while attention (channel gating) and norm only rescale the host's own.
+        selector: how the blueprint is chosen (``esper.tamiyo.selectors.SELECTORS``):
+            ``rotation``, the heuristic's original rule, or a bandit learning from the seeds'
+            outcomes (``ucb``, ``thompson``, ``epsilon``).
+        strategy: where and what to grow (``esper.tamiyo.strategies.STRATEGIES``): ``spread``,
+            the heuristic's original behaviour, or ``replace``, ``diversify``, ``specialize``,
+            ``ensemble``.
     """
 
     plateau_patience: int = 3
@@ -80,7 +108,7 @@ class HeuristicConfig:
     prune_contribution: float = -1.0
     max_training_epochs: int = 2 * T.G2_MIN_TRAINING_EPOCHS
     max_holding_epochs: int = 3
-    prune_penalty_epochs: int = 10
+    prune_penalty_epochs: int = PRUNE_PENALTY_EPOCHS
     no_germinate_last_epochs: int = MIN_LIFECYCLE_EPOCHS
     blueprint_preference: tuple[str, ...] = (
         "conv_light",
@@ -92,6 +120,8 @@ class HeuristicConfig:
         "attention",
         "norm",
     )
+    selector: str = "rotation"
+    strategy: str = "spread"
 
     def __post_init__(self) -> None:
         at_least = {
@@ -110,6 +140,24 @@ class HeuristicConfig:
             f"prune_contribution must be below G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION} "
             f"(a seed cannot both hurt and earn fossilization), got {self.prune_contribution}",
         )
+        require(
+            self.selector in SELECTORS,
+            f"unknown selector {self.selector!r}; accepted: {', '.join(SELECTORS)}",
+        )
+        require(
+            self.strategy in STRATEGIES,
+            f"unknown strategy {self.strategy!r}; accepted: {', '.join(STRATEGIES)}",
+        )
+        require(
+            self.selector == "rotation" or self.prune_penalty_epochs == PRUNE_PENALTY_EPOCHS,
+            f"prune_penalty_epochs is the rotation selector's; the {self.selector} selector "
+            "learns a pruned seed's reward 0 instead",
+        )
+
+    @property
+    def needs_shapley(self) -> bool:
+        """Whether the seed reports must carry Shapley values (``HostTraining.shapley``)."""
+        return self.strategy == "ensemble"
 
 
 def _prune_reason(report: SeedStateReport, config: HeuristicConfig) -> str | None:
@@ -120,8 +168,10 @@ def _prune_reason(report: SeedStateReport, config: HeuristicConfig) -> str | Non
     """
     stage, c, epochs = report.stage, report.counterfactual_contribution, report.epochs_in_stage
     blended = stage in BLENDED_STAGES & ALIVE_STAGES  # BLENDING, HOLDING
-    if blended and c is not None and c < config.prune_contribution:
-        return f"contribution {c:.3g} < {config.prune_contribution}"
+    ensemble = config.strategy == "ensemble"
+    judged, what = (report.shapley_value, "Shapley value") if ensemble else (c, "contribution")
+    if blended and judged is not None and judged < config.prune_contribution:
+        return f"{what} {judged:.3g} < {config.prune_contribution}"
     training = stage is SeedStage.TRAINING
     if training and report.gradient_healthy is False and epochs >= T.G2_MIN_TRAINING_EPOCHS:
         return f"unhealthy seed gradients after {epochs} training epochs"
@@ -183,17 +233,47 @@ class HeuristicTamiyo:
     """The rule-based controller; implements ``Controller``.
 
     Args:
-        config: the rules' thresholds.
+        config: the rules' thresholds, selector and strategy.
+        seed: seeds the selector's random state (``thompson``, ``epsilon``).
+        priors: outcomes of earlier runs on this host for a learning selector (none for
+            ``rotation``, which does not learn).
+        sizes: each blueprint's parameter count at each slot of this host
+            (``strategies.blueprint_sizes``); the ``specialize`` strategy's, and only its.
+
+    Attributes:
+        selector: the blueprint selector the config names (``esper.tamiyo.selectors``).
+
+    Raises:
+        ValueError: for a bad seed, priors for ``rotation``, or ``sizes`` missing for
+            ``specialize`` or given to another strategy.
     """
 
-    def __init__(self, config: HeuristicConfig = HeuristicConfig()) -> None:
+    def __init__(
+        self,
+        config: HeuristicConfig = HeuristicConfig(),
+        seed: int = 0,
+        priors: Sequence[SeedOutcome] = (),
+        sizes: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
         self.config = config
+        rotation = {"penalty_epochs": config.prune_penalty_epochs}
+        settings = rotation if config.selector == "rotation" else {}
+        self.selector: BlueprintSelector = make_selector(config.selector, seed, priors, **settings)
+        given = "given" if sizes is not None else "not given"
+        require(
+            (sizes is not None) == (config.strategy == "specialize"),
+            "sizes (strategies.blueprint_sizes) are read by the specialize strategy, which needs "
+            f"them; got strategy {config.strategy!r} with sizes {given}",
+        )
+        self._sizes = {slot: dict(table) for slot, table in (sizes or {}).items()}
         self._used_slots: set[str] = set()
         self._last_germination: int | None = None
-        self._last_blueprint: str | None = None
-        self._prune_epochs: dict[str, int] = {}  # blueprint -> step of its latest prune
         self._seen: dict[str, tuple[SeedStage, str | None]] = {}  # slot -> last (stage, bp)
         self._own_prunes: dict[str, str] = {}  # slot -> blueprint pruned by the last decision
+        self._replacements: dict[str, str] = {}  # replace: slot -> blueprint pruned there
+        self._fossilized: str | None = None  # specialize: the blueprint fossilized last
+        keys = set(self._own_state()) & set(self.selector.state_dict())
+        assert not keys, f"selector state keys {keys} clash with the heuristic's"
 
     def decide(self, observation: Observation) -> Action:
         """Propose one action (see the module docstring for the rules and their order)."""
@@ -203,21 +283,40 @@ class HeuristicTamiyo:
         action = self._first_lifecycle_action(reports)
         if action is None:
             action = self._germinate(observation, reports, now)
+        self._remember(action, observation, now)
+        return action
+
+    def _remember(self, action: Action, observation: Observation, now: int) -> None:
+        """Record a germination; teach the selector the outcome of a seed this action ends."""
         if action.op is Op.GERMINATE:
-            assert action.slot is not None and action.blueprint is not None
+            assert action.slot is not None
             self._used_slots.add(action.slot)
             self._last_germination = now
-            self._last_blueprint = action.blueprint
-        elif action.op is Op.PRUNE:
-            assert action.slot is not None
-            blueprint = observation.reports[action.slot].blueprint
-            assert blueprint is not None  # an alive seed always names its blueprint
-            self._prune_epochs[blueprint] = now
+            self._replacements.pop(action.slot, None)
+            self._fossilized = None  # the specialization, if any, is grown
+            return
+        if action.op not in (Op.PRUNE, Op.FOSSILIZE):
+            return
+        assert action.slot is not None
+        report = observation.reports[action.slot]
+        blueprint = report.blueprint
+        assert blueprint is not None  # an alive seed always names its blueprint
+        stage = SeedStage.PRUNED if action.op is Op.PRUNE else SeedStage.FOSSILIZED
+        reward = seed_reward(stage, report.counterfactual_contribution, report.seed_param_count)
+        assert reward is not None  # fossilize_reason requires a measured contribution
+        self.selector.update(action.slot, blueprint, reward, now)
+        if action.op is Op.PRUNE:
             self._own_prunes[action.slot] = blueprint
-        return action
+            if self.config.strategy == "replace":
+                self._replacements[action.slot] = blueprint
+        elif self.config.strategy == "specialize":
+            self._fossilized = blueprint
 
     def _first_lifecycle_action(self, reports: Sequence[SeedStateReport]) -> Action | None:
         """The highest-priority PRUNE, FOSSILIZE or ADVANCE, first slot first; else ``None``."""
+        ensemble = self.config.strategy == "ensemble"
+        if ensemble:
+            strategies.check_shapley(reports)
         for op, rule in (
             (Op.PRUNE, lambda r: _prune_reason(r, self.config)),
             (Op.FOSSILIZE, fossilize_reason),
@@ -227,6 +326,10 @@ class HeuristicTamiyo:
                 reason = rule(report)
                 if reason is not None:
                     return Action(op, slot=report.slot, reason=reason)
+            if op is Op.PRUNE and ensemble:
+                over = strategies.over_budget(reports, self.config.max_live_seeds)
+                if over is not None:
+                    return over
         return None
 
     def _observe(self, reports: Sequence[SeedStateReport], now: int) -> None:
@@ -236,8 +339,10 @@ class HeuristicTamiyo:
             if report.stage is not SeedStage.DORMANT:
                 self._used_slots.add(report.slot)
             ended = self._ended_blueprint(report)
-            if ended is not None and own.get(report.slot) != ended:
-                self._prune_epochs[ended] = now  # e.g. a governor rollback pruned it
+            if ended is not None and own.get(report.slot) != ended:  # e.g. a governor rollback
+                reward = seed_reward(SeedStage.PRUNED, None, 0)
+                assert reward is not None
+                self.selector.update(report.slot, ended, reward, now)
             self._seen[report.slot] = (report.stage, report.blueprint)
 
     def _ended_blueprint(self, report: SeedStateReport) -> str | None:
@@ -253,10 +358,17 @@ class HeuristicTamiyo:
             return previous[1]  # vanished (e.g. a rollback to before it was grown)
         return None
 
+    def _live_limit(self, reports: Sequence[SeedStateReport]) -> int:
+        """Live seeds allowed at once: ``max_live_seeds``; every enabled slot for ``ensemble``."""
+        return len(reports) if self.config.strategy == "ensemble" else self.config.max_live_seeds
+
     def _germinate(
         self, observation: Observation, reports: Sequence[SeedStateReport], now: int
     ) -> Action:
         """GERMINATE when every condition holds, else WAIT saying which one did not."""
+        replacement = self._replacement(observation, reports, now)
+        if replacement is not None:
+            return replacement
         cfg, signals = self.config, observation.signals
         plateaued = signals.plateau_epochs >= cfg.plateau_patience
         if not (signals.host_stabilized or plateaued):
@@ -266,9 +378,9 @@ class HeuristicTamiyo:
         last = self._last_germination
         if last is not None and now - last < cfg.germinate_cooldown:
             return Action(Op.WAIT, reason=f"germination cooldown (last at step {last})")
-        live = sum(r.stage in ALIVE_STAGES for r in reports)
-        if live >= cfg.max_live_seeds:
-            return Action(Op.WAIT, reason=f"{live} live seeds (max {cfg.max_live_seeds})")
+        live, limit = sum(r.stage in ALIVE_STAGES for r in reports), self._live_limit(reports)
+        if live >= limit:
+            return Action(Op.WAIT, reason=f"{live} live seeds (max {limit})")
         dormant = [r.slot for r in reports if r.stage is SeedStage.DORMANT]
         if not dormant:
             return Action(Op.WAIT, reason="no dormant slot")
@@ -276,47 +388,65 @@ class HeuristicTamiyo:
             return Action(Op.WAIT, reason="no blueprint fits this host")
         fresh = [s for s in dormant if s not in self._used_slots]
         slot = (fresh or dormant)[0]
-        blueprint = self._choose_blueprint(observation.blueprints, now)
+        candidates = self._ordered(observation.blueprints)
+        if cfg.strategy == "diversify":
+            candidates = strategies.diverse(candidates, reports, slot)
+        elif cfg.strategy == "specialize" and self._fossilized is not None:
+            sizes = self._sizes.get(slot, {})
+            candidates = strategies.specialized(candidates, self._fossilized, sizes)
+        blueprint = self.selector.choose(slot, candidates, now)
         why = "host stabilized" if signals.host_stabilized else "host plateaued"
         return Action(Op.GERMINATE, slot=slot, blueprint=blueprint, reason=f"{why}: grow")
 
-    def _choose_blueprint(self, blueprints: Sequence[str], now: int) -> str:
-        """Next blueprint in rotation after the last one grown, skipping penalized ones.
+    def _replacement(
+        self, observation: Observation, reports: Sequence[SeedStateReport], now: int
+    ) -> Action | None:
+        """``replace``: regrow the first DORMANT slot whose seed this controller pruned, with
+        another blueprint, without waiting for a plateau or the cooldown; None when there is
+        none, or the horizon or live-seed limit forbids a seed (the usual rules then say so)."""
+        if not self._replacements:
+            return None
+        if observation.max_epochs - now < self.config.no_germinate_last_epochs:
+            return None
+        if sum(r.stage in ALIVE_STAGES for r in reports) >= self._live_limit(reports):
+            return None
+        for report in reports:
+            pruned = self._replacements.get(report.slot)
+            others = [b for b in self._ordered(observation.blueprints) if b != pruned]
+            if pruned is None or report.stage is not SeedStage.DORMANT or not others:
+                continue
+            blueprint = self.selector.choose(report.slot, others, now)
+            reason = f"replace the pruned {pruned} at once"
+            return Action(Op.GERMINATE, slot=report.slot, blueprint=blueprint, reason=reason)
+        return None
 
-        The rotation runs through the offered blueprints in ``blueprint_preference`` order and
-        starts after the last germinated blueprint (at the first one when there is none, or when
-        it is not offered). A blueprint pruned fewer than ``prune_penalty_epochs``
-        steps ago is skipped; if every blueprint is penalized, the one pruned longest ago is
-        chosen (the earliest in rotation order on a tie).
-        """
+    def _ordered(self, blueprints: Sequence[str]) -> list[str]:
+        """The offered blueprints in ``blueprint_preference`` order, then the unlisted ones in
+        offered (registry) order."""
         preferred = self.config.blueprint_preference
-        ordered = sorted(
+        return sorted(
             blueprints,
             key=lambda b: (
                 preferred.index(b) if b in preferred else len(preferred),
                 blueprints.index(b),
             ),
         )
-        last = self._last_blueprint
-        start = ordered.index(last) + 1 if last in ordered else 0
-        rotation = [*ordered[start:], *ordered[:start]]
-        penalty = self.config.prune_penalty_epochs
-        for blueprint in rotation:
-            pruned = self._prune_epochs.get(blueprint)
-            if pruned is None or now - pruned >= penalty:
-                return blueprint
-        return min(rotation, key=lambda b: self._prune_epochs[b])
 
-    def state_dict(self) -> dict[str, Any]:
-        """The heuristic's memory as JSON data (the config is not included)."""
+    def _own_state(self) -> dict[str, Any]:
         return {
             "used_slots": list(ordered_slots(self._used_slots)),
             "last_germination": self._last_germination,
-            "last_blueprint": self._last_blueprint,
-            "prune_epochs": dict(sorted(self._prune_epochs.items())),
             "seen": {s: [st.value, bp] for s, (st, bp) in self._seen.items()},
             "own_prunes": dict(self._own_prunes),
+            "replacements": dict(sorted(self._replacements.items())),
+            "fossilized": self._fossilized,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The heuristic's memory as JSON data (the config is not included), with the
+        selector's state beside it (so the rotation's ``last_blueprint`` and ``prune_epochs``
+        sit where the heuristic always kept them)."""
+        return {**self._own_state(), **self.selector.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the memory saved by ``state_dict``.
@@ -328,9 +458,12 @@ class HeuristicTamiyo:
         require(
             sorted(state) == keys, f"HeuristicTamiyo state keys {sorted(state)} do not match {keys}"
         )
+        own = self._own_state()
+        self.selector.load_state_dict({k: v for k, v in state.items() if k not in own})
         self._used_slots = set(state["used_slots"])
         self._last_germination = state["last_germination"]
-        self._last_blueprint = state["last_blueprint"]
-        self._prune_epochs = {str(b): int(e) for b, e in state["prune_epochs"].items()}
         self._seen = {s: (SeedStage(st), bp) for s, (st, bp) in state["seen"].items()}
         self._own_prunes = {str(s): str(b) for s, b in state["own_prunes"].items()}
+        self._replacements = {str(s): str(b) for s, b in state["replacements"].items()}
+        fossilized = state["fossilized"]
+        self._fossilized = None if fossilized is None else str(fossilized)
