@@ -64,7 +64,9 @@ def test_heuristic_run_directory(tmp_path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["task"] == "synthetic" and config["training"]["epochs"] == 3
     assert config["seed"] == 0 and config["policy"] is None
-    assert set(config) == {"training", "seed", "policy", "periodic", "telemetry"}
+    assert set(config) == {
+        "training", "seed", "policy", "periodic", "heuristic", "knowledge", "telemetry"
+    }  # fmt: skip
     meta = record.read_meta(run)
     assert meta is not None and meta.mode == "heuristic" and meta.run_id == "run"
     meta_json = json.loads((run / "meta.json").read_text())

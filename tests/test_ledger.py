@@ -135,3 +135,32 @@ def test_bad_knowledge_url_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "mysql://x/y" in err and "sqlite" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def _first_germination(run) -> str:
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    return next(
+        e["blueprint"]
+        for e in events
+        if e["event"] == "SeedTransition" and e["to_stage"] == "GERMINATED"
+    )
+
+
+def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path):
+    from esper.nissa.knowledge import KnowledgeStore
+
+    store_url, empty_url = (f"sqlite:///{tmp_path / n}" for n in ("k.sqlite", "e.sqlite"))
+    host = HostSignature("synthetic", "cnn", 4, 1672)  # the synthetic task's host
+    other = HostSignature("synthetic", "cnn", 8, 6220)  # a wider host: not a prior here
+    with KnowledgeStore.open(store_url) as store:
+        store.record(
+            [SeedOutcome(f"old{i}", h, slot, bp, "FOSSILIZED", 5.0, 100, 3.0, 2, 6)
+             for i in range(20) for slot in ("early", "mid", "late")
+             for h, bp in ((host, "norm"), (other, "attention"))]
+        )  # fmt: skip
+    args = ["heuristic", "--task", "synthetic", "--epochs", "14", "--batches-per-epoch", "2"]
+    args += ["--val-samples", "128", "--selector", "thompson", "--knowledge"]
+    assert main([*args, store_url, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, empty_url, "--out", str(tmp_path / "b")]) == 0
+    assert _first_germination(tmp_path / "a") == "norm"  # the prior-best blueprint on this host
+    assert _first_germination(tmp_path / "b") != "norm"

@@ -29,7 +29,7 @@ from esper.leyline import SeedStage
 from esper.leyline.config import MAX_SEED, HostTraining, TelemetrySettings, UserError, check_int
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import atomic_write
-from esper.leyline.knowledge import HostSignature
+from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
@@ -38,12 +38,14 @@ from esper.study.ledger import OUTCOMES_FILE, SeedLedger
 from esper.study.run import Recorder, check_out, check_sinks, load_data, ppo_state, set_threads
 from esper.tamiyo import (
     Controller,
+    HeuristicConfig,
     HeuristicTamiyo,
     PeriodicConfig,
     PeriodicController,
     RandomController,
     StaticController,
 )
+from esper.tamiyo.strategies import blueprint_sizes
 from esper.tasks import resolve_training
 from esper.tolaria.engine import evaluate
 from esper.tolaria.episode import Episode
@@ -61,6 +63,7 @@ class GrowthRun:
             controller's own generator.
         policy: eval only: the PPO run directory whose policy controls growth.
         periodic: periodic only: the growth schedule.
+        heuristic: heuristic only: its rules, blueprint selector and orchestration strategy.
         knowledge: the knowledge store the run's seed outcomes go to, a SQLAlchemy URL
             (sqlite:///PATH or postgresql+psycopg://...; None: $ESPER_KNOWLEDGE, else
             knowledge.sqlite in the user cache). A store that fails costs a warning, never the
@@ -72,6 +75,9 @@ class GrowthRun:
     seed: int = 0
     policy: str | None = None
     periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
+    heuristic: Annotated[HeuristicConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=HeuristicConfig
+    )
     knowledge: str | None = None
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
@@ -95,6 +101,12 @@ def check_mode(mode: str, config: GrowthRun) -> None:
         raise UserError(need)
     if mode != "periodic" and config.periodic != PeriodicConfig():
         raise UserError(f"{mode} runs take no periodic settings; they are for esper periodic")
+    if mode != "heuristic" and config.heuristic != HeuristicConfig():
+        raise UserError(f"{mode} runs take no heuristic settings; they are for esper heuristic")
+    if config.heuristic.needs_shapley and not config.training.shapley:
+        raise UserError(
+            f"strategy {config.heuristic.strategy!r} prunes by Shapley value: add --shapley"
+        )
     if mode == "static":
         t = config.training
         given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
@@ -122,13 +134,15 @@ def make_controller(
     episode: Episode,
     hub: TelemetryHub,
     policy: dict[str, Any] | None,
+    host: HostSignature,
 ) -> Controller:
     """The controller of ``mode`` (eval: the ``policy`` state of a PPO run's checkpoint, its
-    decisions logged when NORMAL)."""
+    decisions logged when NORMAL; heuristic: a bandit selector starts from the knowledge
+    store's outcomes on this ``host``)."""
     if mode == "static":
         return StaticController()
     if mode == "heuristic":
-        return HeuristicTamiyo()
+        return _heuristic(config, episode, host)
     if mode == "random":
         return RandomController(episode.topology, config.seed)
     if mode == "periodic":
@@ -141,6 +155,21 @@ def make_controller(
     if TelemetryLevel.parse(config.telemetry.level).value >= PolicyDecision.level.value:
         controller.emit = hub.emit
     return controller
+
+
+def _heuristic(config: GrowthRun, episode: Episode, host: HostSignature) -> HeuristicTamiyo:
+    """The heuristic with its selector's priors (a bandit's only) and blueprint sizes (the
+    specialize strategy's only)."""
+    settings = config.heuristic
+    priors: list[SeedOutcome] = []
+    if settings.selector != "rotation":  # the rotation does not learn
+        from esper.nissa.knowledge import outcomes_for  # SQLAlchemy: only when used
+
+        priors = outcomes_for(config.knowledge, host, _warn)
+    sizes = None
+    if settings.strategy == "specialize":
+        sizes = blueprint_sizes(episode.initial_model.host.injection_points)
+    return HeuristicTamiyo(settings, config.seed, priors, sizes)
 
 
 class GrowthRunner:
@@ -176,18 +205,18 @@ class GrowthRunner:
         except ValueError as err:  # e.g. slots the task's host lacks
             raise UserError(str(err)) from err
         policy = None if config.policy is None else ppo_state(Path(config.policy))
-        self.controller = make_controller(mode, self.config, self.episode, hub, policy)
+        model = self.episode.initial_model
+        host = HostSignature(
+            training.task, self.episode.topology.value, model.host.config.width,
+            model.host_param_count,
+        )  # fmt: skip
+        self.controller = make_controller(mode, self.config, self.episode, hub, policy, host)
         # The PPO run may train on after this eval started; a resume must use the same policy.
         self.policy_round = None if policy is None else int(policy["trainer"]["round"])
         self.elapsed = 0.0
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
         self.test: record.TestMetrics | None = None  # read once, when the run ends
-        model = self.episode.initial_model
-        host = HostSignature(
-            training.task, self.episode.topology.value, model.host.config.width,
-            model.host_param_count,
-        )  # fmt: skip
         self.ledger = SeedLedger("", host)
         self.recorder = Recorder.open(
             mode, self.config, out, resume, EpochRow, self._meta, hub, self._state
