@@ -9,18 +9,22 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.study.execute import StudyDriver, connect_ray, trial_row
+from esper.study.execute import StudyDriver, check_fits, connect_ray, trial_row
 from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
-from esper.study.run import Stop, load_data
+from esper.study.run import Stop, interrupt_on_sigterm, load_data
 from esper.study.stats import write_results
 
 ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 """HOST:PORT of a Ray cluster's head (what ``ray start --head`` prints)."""
+
+MAX_PORT = 65535
+"""The largest TCP port."""
 
 
 def _say(line: str) -> None:
@@ -43,8 +47,14 @@ def load(path: Path) -> tuple[StudySpec, Path]:
 
 def run_study(args: argparse.Namespace) -> int:
     """``esper study FILE [--address HOST:PORT] [--dry-run]``."""
-    if args.address is not None and not ADDRESS.match(args.address):
-        raise UserError(f"--address must be HOST:PORT of a Ray head, got {args.address!r}")
+    interrupt_on_sigterm()  # SIGTERM cancels the trials and leaves the study resumable
+    address = args.address
+    if address is not None and not (
+        ADDRESS.match(address) and 1 <= int(address.rpartition(":")[2]) <= MAX_PORT
+    ):
+        raise UserError(
+            f"--address must be HOST:PORT of a Ray head (port 1..{MAX_PORT}), got {address!r}"
+        )
     spec, directory = load(args.file)
     driver = StudyDriver(spec, directory, _say)
     if args.dry_run:
@@ -55,12 +65,18 @@ def run_study(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from err
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if address is None:  # a local instance has what it has; a cluster may add nodes
+            check_fits(spec.resources)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot make the study directory {str(directory)!r}: {err}") from err
         done = len(driver.done)
         _say(f"esper study: {len(driver.trials)} trials, {done} already done -> {directory}")
         outcome = driver.run()
     except Stop:
-        _say(f"\ninterrupted: continue with: esper study {args.file}")
+        again = "" if address is None else f" --address {address}"
+        _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
         return EXIT_INTERRUPTED
     finally:
         stop()
@@ -71,8 +87,9 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"results: {directory / 'results.md'}")
     if outcome.failed or outcome.pending:
         _say(
-            f"{len(outcome.failed)} trials failed, {len(outcome.pending)} could not start; "
-            "run the same command again to retry the trials with attempts left"
+            f"{len(outcome.failed)} trial(s) failed on every attempt, {len(outcome.pending)} "
+            "could not start (what they wait for failed); raise retries in the study file and "
+            "run the same command again to try them again"
         )
         return 1
     return 0
@@ -93,9 +110,11 @@ def dry_run(driver: StudyDriver) -> None:
         n = _host_epochs(spec, trial)
         epochs += n
         flops += n * per_epoch[trial.task]
-    left = sum(1 for t in driver.trials if t.name not in driver.done)
+    failed = sum(1 for t in driver.trials if driver.exhausted(t))
+    left = sum(1 for t in driver.trials if t.name not in driver.done) - failed
+    gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
     print(
-        f"\n{len(driver.trials)} trials, {left} to run: {epochs} host epochs, at least "
+        f"\n{len(driver.trials)} trials, {left} to run{gave_up}: {epochs} host epochs, at least "
         f"{flops / 1e12:.3g} TFLOP of training (the task's static host; growth adds more); "
         f"each trial asks Ray for {spec.resources.cpus:g} CPU and {spec.resources.gpus:g} GPU"
     )

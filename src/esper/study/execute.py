@@ -6,9 +6,14 @@ arm's growth trials wait for the policy runs they evaluate, a static-matched arm
 trial of the arm it matches. Each trial writes an ordinary run directory under ``trials/``; a
 task that Ray retries after a lost worker or node, or a trial re-run by the next invocation,
 resumes from that directory's last checkpoint. A failing trial never stops the others: it is
-tried again up to ``retries`` times (attempts are counted in ``study.json`` across
-invocations), then listed with its one-line error. Ctrl-C or SIGTERM cancels the running trials
-(each checkpoints and stops) and leaves the study resumable by running the same command again.
+tried again up to ``retries`` times (attempts — runs that ended, in success or failure — are
+counted in ``study.json`` across invocations), then listed with its one-line error. Ctrl-C or
+SIGTERM cancels the running trials (each checkpoints and stops; a cancelled or never-started
+trial uses no attempt) and leaves the study resumable by running the same command again.
+
+One driver at a time: ``run`` holds an exclusive lock on the study directory (``LOCK_FILE``;
+the kernel drops it when the driver dies, even by kill -9), so a second invocation of the same
+study is refused instead of running the same trials into the same run directories.
 
 The study directory must be on a file system every node of the cluster sees.
 """
@@ -16,11 +21,14 @@ The study directory must be on a file system every node of the cluster sees.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
+import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from esper.simic.config import TrainingConfig
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.plan import (
     MATCHED,
+    Resources,
     StudySpec,
     Trial,
     growth_config,
@@ -44,6 +53,9 @@ from esper.study.plan import (
 )
 from esper.study.ppo import PPORunner
 from esper.study.run import Stop
+
+LOCK_FILE = ".esper-study.lock"
+"""The study directory's lock file: held (flock) by the driver running the study."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,9 @@ def run_job(job: Job) -> TrialRow | None:
     """
     directory = Path(job.directory)
     resume = directory if record.is_run_directory(directory) else None
+    if resume is not None and record.run_status(resume) in FINISHED:
+        # Finished before its result reached the driver (a Ray retry, a killed driver).
+        return None if job.mode == "ppo" else trial_row(job.trial, directory)
     out = None if resume is not None else directory
     device = torch.device("cuda") if _ray_gpus() else torch.device("cpu")
     if job.mode == "ppo":
@@ -145,11 +160,11 @@ class StudyState:
             state = cls(data["settings"], dict(data["attempts"]), dict(data["errors"]))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"cannot read {str(path)!r}: {err}") from err
-        changed = sorted(k for k in settings if state.settings.get(k) != settings[k])
+        changed = [c for k in settings for c in _changes(state.settings.get(k), settings[k], k)]
         if changed:
             raise UserError(
-                f"{str(directory)!r} holds a study run with other settings ({', '.join(changed)} "
-                "differ); use another out, or restore the study file"
+                f"{str(directory)!r} holds a study run with other settings (study -> file: "
+                f"{'; '.join(changed)}); use another out, or restore the study file"
             )
         return state
 
@@ -158,12 +173,30 @@ class StudyState:
         atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
 
 
+def _changes(old: Any, new: Any, where: str) -> list[str]:
+    """Each setting where ``new`` differs from ``old`` as ``key: old -> new`` (tables and
+    equally long lists compared item by item; a missing key shows as null)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [c for k in keys for c in _changes(old.get(k), new.get(k), f"{where}.{k}")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = enumerate(zip(old, new, strict=True))
+        return [c for i, (o, n) in pairs for c in _changes(o, n, f"{where}[{i}]")]
+    if old == new:
+        return []
+    shown = [json.dumps(v) for v in (old, new)]
+    shown = [t if len(t) <= 40 else t[:37] + "..." for t in shown]
+    return [f"{where}: {shown[0]} -> {shown[1]}"]
+
+
 def study_settings(spec: StudySpec) -> dict[str, Any]:
     """What must not change between invocations of one study: everything but ``retries``,
-    ``reps`` and ``baselines``, which change only how failures are retried and results computed
-    (the resources set a trial's threads and device, which a resume must keep)."""
+    ``reps`` and ``baselines``, which change only how failures are retried and results computed,
+    and ``out``, which only finds the directory (a moved study, or ``out`` written another way,
+    is the same study). The resources set a trial's threads and device, which a resume must
+    keep."""
     data = config_dict(spec)
-    return {k: v for k, v in data.items() if k not in ("retries", "reps", "baselines")}
+    return {k: v for k, v in data.items() if k not in ("out", "retries", "reps", "baselines")}
 
 
 @dataclass(frozen=True)
@@ -193,7 +226,11 @@ class StudyDriver:
     def __init__(self, spec: StudySpec, directory: Path, say: Callable[[str], None]) -> None:
         self.spec, self.directory, self.say = spec, directory, say
         self.trials = plan(spec)
-        self.state = StudyState.load(directory, study_settings(spec))
+        self._scan()
+
+    def _scan(self) -> None:
+        """Read ``study.json`` and find the finished trials."""
+        self.state = StudyState.load(self.directory, study_settings(self.spec))
         self.rows: dict[str, TrialRow] = {}
         self.done: set[str] = set()
         for trial in self.trials:
@@ -214,8 +251,10 @@ class StudyDriver:
         return record.run_status(directory) in FINISHED
 
     def exhausted(self, trial: Trial) -> bool:
-        """The trial failed on every attempt the study allows."""
-        return self.state.attempts.get(trial.name, 0) > self.spec.retries
+        """The trial is unfinished and its last attempt failed, with no attempt left (a
+        finished trial, or one whose run directory was removed after it finished, is not)."""
+        failed = trial.name not in self.done and trial.name in self.state.errors
+        return failed and self.state.attempts.get(trial.name, 0) > self.spec.retries
 
     def ready(self, trial: Trial) -> bool:
         """Everything ``trial`` waits for has finished."""
@@ -271,10 +310,13 @@ class StudyDriver:
 
         Raises:
             Stop: Ctrl-C or SIGTERM, after cancelling the running trials.
+            UserError: another driver is running this study.
         """
         import ray
 
-        return self._loop(ray)
+        with study_lock(self.directory):
+            self._scan()  # what the driver that held the lock before finished
+            return self._loop(ray)
 
     def _loop(self, ray: Any) -> Outcome:
         resources = self.spec.resources
@@ -283,12 +325,11 @@ class StudyDriver:
         )
         running: dict[Any, Trial] = {}
         waiting = [t for t in self.trials if t.name not in self.done and not self.exhausted(t)]
+        self.state.save(self.directory)  # the settings are pinned before any trial starts
         try:
             while True:
                 for trial in [t for t in waiting if self.ready(t)]:
                     waiting.remove(trial)
-                    self.state.attempts[trial.name] = self.state.attempts.get(trial.name, 0) + 1
-                    self.state.save(self.directory)
                     try:
                         running[remote.remote(self.job(trial))] = trial
                     except (UserError, ValueError) as err:  # e.g. a policy that vanished
@@ -302,6 +343,7 @@ class StudyDriver:
                 except ray.exceptions.RayError as err:
                     self._failed(trial, _one_line(err), waiting)
                     continue
+                self._attempted(trial)
                 self.done.add(trial.name)
                 self.state.errors.pop(trial.name, None)
                 self.state.save(self.directory)
@@ -328,8 +370,14 @@ class StudyDriver:
         self.write_trials(outcome)
         return outcome
 
+    def _attempted(self, trial: Trial) -> None:
+        """Count an attempt of ``trial`` that ended (counted only then: a trial cancelled by
+        Ctrl-C, or queued when the driver was killed, keeps its attempts)."""
+        self.state.attempts[trial.name] = self.state.attempts.get(trial.name, 0) + 1
+
     def _failed(self, trial: Trial, error: str, waiting: list[Trial]) -> None:
         """Record a failed attempt; try again while attempts remain."""
+        self._attempted(trial)
         self.state.errors[trial.name] = error
         self.state.save(self.directory)
         if not self.exhausted(trial):
@@ -349,6 +397,28 @@ class StudyDriver:
         atomic_write(self.directory / TRIALS_FILE, buffer.getvalue())
 
 
+@contextmanager
+def study_lock(directory: Path) -> Iterator[None]:
+    """Hold the study directory's lock while the block runs.
+
+    Raises:
+        UserError: another process holds it (an ``esper study`` of this directory running).
+    """
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another esper study is running the study in {str(directory)!r} (it holds "
+                f"{str(path)!r}); wait for it to end, or stop it and run this command again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def connect_ray(address: str | None) -> Callable[[], None]:
     """Join the Ray cluster at ``address``, or start a local instance using every usable core;
     returns how to stop (or leave) it.
@@ -365,6 +435,25 @@ def connect_ray(address: str | None) -> Callable[[], None]:
         init_ray(num_cpus=usable_cores())
         return ray.shutdown
     return join_ray(address, "--address")
+
+
+def check_fits(resources: Resources) -> None:
+    """One trial's resources fit the Ray session this process runs (a request larger than every
+    node waits forever; call it where no autoscaler can add nodes).
+
+    Raises:
+        UserError: naming the setting, its value and what Ray has.
+    """
+    import ray
+
+    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    for name, key, asked in (("cpus", "CPU", resources.cpus), ("gpus", "GPU", resources.gpus)):
+        total = float(have.get(key, 0.0))  # Ray leaves out a resource it has none of
+        if asked > total:
+            raise UserError(
+                f"resources.{name} = {asked:g}, but Ray has {total:g} {key}s here: one trial "
+                f"would wait forever; ask for at most {total:g}"
+            )
 
 
 def _one_line(err: BaseException) -> str:

@@ -44,9 +44,11 @@ from esper.leyline.config import (
     read_config_file,
     require,
 )
+from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
+from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.growth import GrowthRun
 from esper.study.run import ppo_state
 from esper.tamiyo import PeriodicConfig
@@ -84,10 +86,13 @@ class ArmSpec:
         policy: ppo only: evaluate this PPO run's policy (a run directory).
         preset: ppo training only: the PPO preset (``esper ppo --preset``).
         reward: ppo training only: the reward mode (shaped, simplified or sparse).
-        training_seeds: ppo training only: one PPO run per seed; evaluation seed k runs the
-            policy of training seed k mod len(training_seeds). Their environment seeds may not
-            overlap the evaluation seeds.
-        ppo: ppo training only: further ``TrainingConfig`` settings (keys as in its config.json).
+        training_seeds: ppo training only: one PPO run per seed (no seed twice); evaluation
+            seed k runs the policy of training seed k mod len(training_seeds). Their environment
+            seeds may not overlap the evaluation seeds.
+        ppo: ppo training only: further ``TrainingConfig`` settings (keys as in its config.json)
+            but ``env`` (the study's budget), ``telemetry`` (the study's) and ``runtime`` other
+            than ``amp`` (seeds come from training_seeds, the device from resources.gpus, and a
+            trial is one Ray task, so it starts no Ray workers of its own).
     """
 
     name: str
@@ -132,6 +137,8 @@ class ArmSpec:
             check_int(f"{where}: period", self.period)
         for seed in self.training_seeds:
             check_int(f"{where}: training seed", seed, 0, MAX_SEED)
+        repeated = sorted({s for s in self.training_seeds if self.training_seeds.count(s) > 1})
+        require(not repeated, f"{where}: training_seeds repeat {repeated}; give each seed once")
         require(
             self.controller != MATCHED or self.match is not None,
             f"{where} ({MATCHED}) needs match = the name of the arm whose size it matches",
@@ -145,15 +152,22 @@ class ArmSpec:
             )
             refused = sorted({"env", "telemetry"} & set(self.ppo))
             runtime = self.ppo.get("runtime")
-            refused += ["runtime.seed"] * (isinstance(runtime, dict) and "seed" in runtime)
+            if isinstance(runtime, dict):
+                refused += [f"runtime.{key}" for key in sorted(runtime) if key != "amp"]
             require(
                 not refused,
                 f"{where}: ppo may not set {refused}: host training comes from the study's "
-                "budget, seeds from training_seeds, telemetry from the study",
+                "budget, seeds from training_seeds, the device from resources.gpus, telemetry "
+                "from the study, and a trial starts no Ray workers; of runtime only amp",
             )
             require(
                 self.preset is None or self.preset in PRESETS,
                 f"{where}: unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}",
+            )
+            require(
+                self.reward is None or self.reward in CONTRIBUTION_MODES,
+                f"{where}: unknown reward {self.reward!r}; accepted: "
+                f"{', '.join(CONTRIBUTION_MODES)}",
             )
 
     @property
@@ -195,8 +209,11 @@ class StudySpec:
         arms: the arms (``[[arms]]`` tables).
         seeds: evaluation seeds per task × arm.
         first_seed: the first evaluation seed.
-        budget: host training of every trial: ``HostTraining`` keys but ``task`` (epochs,
-            batch_size, batches_per_epoch, val_samples, lr, ...).
+        budget: host training of every trial: ``HostTraining`` keys but ``task`` and
+            ``threads`` (resources.cpus sets them) (epochs, batch_size, batches_per_epoch,
+            val_samples, lr, width, slots, ...). ``width`` is every trial's host width but a
+            static arm's own and a static-matched arm's; an arm evaluating a trained policy
+            uses the policy's slots.
         resources: what one trial asks Ray for.
         retries: extra attempts of a failing trial before it is listed as failed.
         baselines: the arms every arm's probability of improvement is computed against (empty:
@@ -240,6 +257,10 @@ class StudySpec:
         unknown = sorted(set(self.baselines) - set(names))
         require(not unknown, f"unknown baseline arm(s) {unknown}; arms: {names}")
         require("task" not in self.budget, "budget may not set task: the study's tasks do")
+        require(
+            "threads" not in self.budget,
+            "budget may not set threads: resources.cpus sets every trial's threads",
+        )
         override(HostTraining("synthetic"), self.budget)  # unknown keys and bad values fail now
 
     @property
@@ -292,16 +313,55 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
         UserError-worthy ``ValueError``: one line naming the bad key or value.
     """
     table = _defaults(StudySpec, read_config_file(path))
+    table["resources"] = _defaults(Resources, table["resources"])
     arms = table.get("arms")
     if isinstance(arms, list):
         table["arms"] = [_defaults(ArmSpec, arm) for arm in arms]
     spec: StudySpec = decode(StudySpec, table, "", None)
     out = Path(spec.out)
     directory = out if out.is_absolute() else path.parent / out
+    _check_out(directory)
     for arm in spec.arms:
         if arm.controller == "ppo":
             _check_policy_seeds(spec, arm, path.parent)
-    return spec, directory
+    # A policy named relative to the file's directory: the trials run from any directory.
+    arms = [
+        replace(a, policy=str(_policy_directory(a, path.parent).resolve()))
+        if a.policy is not None
+        else a
+        for a in spec.arms
+    ]
+    return replace(spec, arms=tuple(arms)), directory
+
+
+def _check_out(directory: Path) -> None:
+    """The study directory can hold a study: neither it nor a directory above it is a file, a
+    run directory or (above it) another study's directory.
+
+    Raises:
+        ValueError: naming ``out`` and what is in the way.
+    """
+    where = f"out {str(directory)!r}"
+    for place in (directory, *directory.absolute().parents):
+        try:
+            require(
+                not place.exists() or place.is_dir(),
+                f"{where}: {str(place)!r} is a file, not a directory",
+            )
+            what = "is" if place == directory else "lies inside"
+            require(
+                not record.is_run_directory(place),
+                f"{where} {what} the run directory {str(place)!r}; choose a directory outside "
+                "any run",
+            )
+            inside = place != directory and (place / STUDY_FILE).is_file()
+        except OSError as err:
+            raise ValueError(f"{where}: cannot use {str(place)!r}: {err.strerror}") from None
+        require(
+            not inside,
+            f"{where} lies inside the study directory {str(place)!r}; choose a directory "
+            "outside any study",
+        )
 
 
 def _defaults(cls: type, table: Any) -> Any:
@@ -362,8 +422,10 @@ def _policy_directory(arm: ArmSpec, base: Path) -> Path:
 
 
 def training(spec: StudySpec, task: str, width: int | None = None) -> HostTraining:
-    """The resolved host training of a trial on ``task`` (the study's budget, ``width``)."""
+    """The resolved host training of a trial on ``task``: the study's budget, with ``width``
+    (if given) as the host width and the threads of ``resources.cpus``."""
     block = override(HostTraining(task), spec.budget)
+    width = block.width if width is None else width
     return resolve_training(replace(block, width=width, threads=spec.resources.threads))
 
 
@@ -381,7 +443,7 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
         raise ValueError(f"arm {arm.name!r}: ppo: {err}") from None
     reward = config.reward if arm.reward is None else replace(config.reward, mode=arm.reward)
     runtime = replace(config.runtime, seed=seed)
-    env = replace(training(spec, task), slots=config.env.slots)
+    env = training(spec, task)  # the budget's slots too: presets leave slots at the default
     return replace(config, env=env, reward=reward, runtime=runtime, telemetry=STUDY_TELEMETRY)
 
 

@@ -1,0 +1,303 @@
+"""``esper study`` against a new user's mistakes: bad study files and flags (one line, exit 2,
+nothing made), where the study may live, a second driver, relative policies, retry counting
+across interruptions, and SIGTERM.
+
+Only the last test starts Ray (in a child process, as a user would); the driver's loop is
+otherwise driven through a stand-in for the ``ray`` module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
+from esper.leyline.config import UserError
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
+from esper.nissa import record
+from esper.study.execute import Job, StudyDriver, run_job, study_lock, trial_row
+from esper.study.plan import Trial, growth_config, read_study
+from esper.study.run import Stop
+
+HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'
+BUDGET = "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"
+STATIC = '[[arms]]\nname = "s"\ncontroller = "static"\n'
+PPO = '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
+
+
+def _study(directory: Path, body: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "study.toml"
+    path.write_text(body)
+    return path
+
+
+def _bad(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``esper`` expecting exit 2 with one line on stderr; return that line."""
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished static run and a one-round PPO run (tiny budgets), made once."""
+    root = tmp_path_factory.mktemp("runs")
+    tiny = ["--epochs", "2", "--batches-per-epoch", "2", "--val-samples", "128"]
+    static = ["static", "--task", "synthetic", "--seed", "3", *tiny, "--out", str(root / "static")]
+    assert main(static) == 0
+    ppo = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--seed", "500", *tiny]
+    assert main([*ppo, "--out", str(root / "ppo")]) == 0
+    return {"static": root / "static", "ppo": root / "ppo"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # A [resources] table states only what it changes (it used to need both keys).
+        (f"{HEAD}{STATIC}[resources]\ncpus = 0\n", "resources.cpus must be a number in (0.0"),
+        (f"{HEAD}{STATIC}[resources]\ngpus = -1\n", "resources.gpus must be a number in [0.0"),
+        # budget.threads was silently replaced by resources.cpus.
+        (f"{HEAD}{BUDGET}threads = 2\n{STATIC}", "budget may not set threads: resources.cpus"),
+        # A repeated training seed planned one PPO run twice into one directory.
+        (f"{HEAD}{PPO.replace('[100]', '[100, 100]')}", "training_seeds repeat [100]"),
+        # runtime.devices put a trial on a device Ray did not give it; workers nested Ray.
+        (f"{HEAD}{PPO}[arms.ppo.runtime]\ndevices = [\"cuda:7\"]\n",
+         "ppo may not set ['runtime.devices']"),
+        (f"{HEAD}{PPO}[arms.ppo.runtime]\nworkers = 2\n", "ppo may not set ['runtime.workers']"),
+        (f'{HEAD}{PPO}reward = "bogus"\n',
+         "arm 'p': unknown reward 'bogus'; accepted: shaped, simplified, sparse"),
+    ],
+)  # fmt: skip
+def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):
+    path = _study(tmp_path, body)
+    assert message in _bad(capsys, ["study", str(path)])
+    assert not (tmp_path / "o").exists()
+
+
+def test_partial_resources_table_keeps_the_other_default(tmp_path):
+    spec, _ = read_study(_study(tmp_path, f"{HEAD}{STATIC}[resources]\ncpus = 2\n"))
+    assert (spec.resources.cpus, spec.resources.gpus) == (2.0, 0.0)
+
+
+def test_budget_width_is_every_growing_trials_host_width(tmp_path):
+    body = f"{HEAD}{BUDGET}width = 7\n{STATIC}" + '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    spec, _ = read_study(_study(tmp_path, body))
+    for arm in ("s", "h"):  # it used to be dropped: every trial ran at the task's width
+        _, config = growth_config(spec, Trial("synthetic", arm, 0))
+        assert config.training.width == 7
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("file", "is a file, not a directory"),
+        ("below a file", "is a file, not a directory"),
+        ("run", "is the run directory"),
+        ("inside a run", "lies inside the run directory"),
+        ("study", "lies inside the study directory"),
+    ],
+)
+def test_out_that_cannot_hold_a_study_is_refused_before_anything(
+    tmp_path, capsys, runs, where, message
+):
+    """A file used to fail with a traceback after Ray started; a run or another study's
+    directory was written into."""
+    blocker = tmp_path / "taken"
+    if where in ("file", "below a file"):
+        blocker.write_text("mine")
+    elif where == "study":
+        blocker.mkdir()
+        (blocker / STUDY_FILE).write_text("{}")
+    out = {
+        "file": blocker,
+        "below a file": blocker / "sub",
+        "run": runs["static"],
+        "inside a run": runs["static"] / "sub",
+        "study": blocker / "sub",
+    }[where]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    path = _study(tmp_path / "cfg", f'out = "{out}"\ntasks = ["synthetic"]\n{STATIC}')
+    for argv in (["study", str(path)], ["study", str(path), "--dry-run"]):
+        err = _bad(capsys, argv)
+        assert f"out {str(out)!r}" in err and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cfg") == before
+    assert not (runs["static"] / "sub").exists()
+    if where == "file":
+        assert blocker.read_text() == "mine"
+
+
+def test_address_port_out_of_range(tmp_path, capsys):
+    path = _study(tmp_path, f"{HEAD}{STATIC}")
+    err = _bad(capsys, ["study", str(path), "--address", "127.0.0.1:99999"])
+    assert "port 1..65535" in err and "'127.0.0.1:99999'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_relative_policy_is_the_files_not_the_working_directorys(tmp_path, runs, monkeypatch):
+    """It was checked against the file's directory but run from the working directory, so
+    every trial of ``esper study sub/study.toml`` failed."""
+    rel = os.path.relpath(runs["ppo"], tmp_path / "sub")
+    path = _study(tmp_path / "sub", f'{HEAD}[[arms]]\nname = "p"\ncontroller = "ppo"\n'
+                                    f'policy = "{rel}"\n')  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    spec, directory = read_study(path.relative_to(tmp_path))
+    job = StudyDriver(spec, directory, print).job(Trial("synthetic", "p", 0))
+    assert Path(job.config["policy"]) == runs["ppo"].resolve()
+
+
+def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):
+    path = _study(tmp_path, f'{HEAD}[[arms]]\nname = "p"\ncontroller = "ppo"\n'
+                            f'policy = "{runs["static"]}"\n')  # fmt: skip
+    assert "is not an Esper PPO run directory" in _bad(capsys, ["study", str(path)])
+    assert not (tmp_path / "o").exists()
+
+
+def test_changed_budget_names_the_setting_and_both_values(tmp_path, capsys):
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)
+    path.write_text(f"{HEAD}{BUDGET.replace('epochs = 2', 'epochs = 3')}{STATIC}")
+    err = _bad(capsys, ["study", str(path), "--dry-run"])
+    assert "budget.epochs: 2 -> 3" in err
+    # retries, reps and baselines may change; so may how out is written.
+    head = HEAD.replace('out = "o"', f'out = "{directory.resolve()}"\nretries = 5')
+    path.write_text(f"{head}{BUDGET}{STATIC}")
+    assert main(["study", str(path), "--dry-run"]) == 0
+
+
+def test_a_second_driver_of_one_study_is_refused(tmp_path):
+    """Two drivers ran the same trials into the same run directories."""
+    refused = pytest.raises(UserError, match="another esper study is running")
+    with study_lock(tmp_path), refused, study_lock(tmp_path):
+        pass
+    with study_lock(tmp_path):  # released when the first ends (and when its process dies)
+        pass
+
+
+class _FakeRay:
+    """Stands in for ``ray`` in ``StudyDriver._loop``: submits record the trial, and the first
+    ``wait`` is a Ctrl-C."""
+
+    exceptions = SimpleNamespace(RayError=RuntimeError)
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+
+    def remote(self, function: Any) -> Any:
+        fake = self
+
+        class Remote:
+            def options(self, **settings: Any) -> Remote:
+                return self
+
+            def remote(self, job: Job) -> str:
+                fake.submitted.append(job.trial.name)
+                return job.trial.name
+
+        return Remote()
+
+    def wait(self, refs: list[str], num_returns: int = 1, timeout: float | None = None) -> Any:
+        if timeout is None:
+            raise KeyboardInterrupt
+        return refs, []
+
+    def cancel(self, ref: str) -> None:
+        self.cancelled.append(ref)
+
+
+def test_interrupted_and_queued_trials_keep_their_attempts(tmp_path):
+    """Every submitted trial used to count an attempt, so a few Ctrl-Cs (or kill -9s) left
+    trials that never ran out of attempts (and the next run died on a KeyError)."""
+    path = _study(tmp_path, f"{HEAD}seeds = 3\nretries = 0\n{BUDGET}{STATIC}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    for _ in range(2):
+        driver = StudyDriver(spec, directory, print)
+        ray = _FakeRay()
+        with pytest.raises(Stop):
+            driver._loop(ray)
+        assert ray.cancelled == ray.submitted == [f"synthetic.s.seed{s}" for s in range(3)]
+        assert json.loads((directory / STUDY_FILE).read_text())["attempts"] == {}
+
+
+def test_finished_trial_is_not_exhausted_with_no_retries(tmp_path):
+    """retries = 0 made every finished trial "exhausted": a KeyError after every study."""
+    spec, directory = read_study(_study(tmp_path, f"{HEAD}retries = 0\n{STATIC}"))
+    driver = StudyDriver(spec, directory, print)
+    trial = driver.trials[0]
+    driver.state.attempts[trial.name] = 1  # it ran once and finished, or its run was removed
+    assert not driver.exhausted(trial)
+    driver.state.errors[trial.name] = "boom"
+    assert driver.exhausted(trial)
+
+
+def test_a_finished_trial_run_again_returns_its_result(tmp_path, runs):
+    """A Ray retry or a re-run after the driver died failed with "nothing to resume"."""
+    spec, _ = read_study(_study(tmp_path, f"{HEAD}{BUDGET}{STATIC}"))
+    trial = Trial("synthetic", "s", 3)
+    mode, _ = growth_config(spec, trial)
+    before = (runs["static"] / "metrics.csv").read_bytes()
+    row = run_job(Job(trial, mode, {}, str(runs["static"])))
+    assert row is not None and row == trial_row(trial, runs["static"])
+    assert (runs["static"] / "metrics.csv").read_bytes() == before
+
+
+def test_esper_study_turns_sigterm_into_a_stop(tmp_path):
+    """SIGTERM used to kill the driver outright (exit -15, no hint, Ray's agents orphaned);
+    the slow test below shows the whole story."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert main(["study", str(_study(tmp_path, f"{HEAD}{STATIC}")), "--dry-run"]) == 0
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        with pytest.raises(Stop):
+            handler(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.slow
+def test_sigterm_exits_130_with_a_hint_and_the_study_resumes(tmp_path):
+    """SIGTERM mid-study: exit 130 with a one-line hint, no attempt used; the same command then
+    finishes every trial once, no epoch twice (two local Ray starts: about 40 s)."""
+    body = f"{HEAD}seeds = 2\n{BUDGET.replace('epochs = 2', 'epochs = 4')}{STATIC}"
+    path = _study(tmp_path, body)
+    command = [sys.executable, "-m", "esper", "study", path.name]
+    child = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    trials = tmp_path / "o" / TRIALS_DIR
+    deadline = time.monotonic() + 120
+    while not any(trials.glob("synthetic.*")) and child.poll() is None:
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    if child.returncode == 0:
+        pytest.skip("the study finished before the signal arrived")
+    assert child.returncode == EXIT_INTERRUPTED, err
+    hints = [line for line in err.splitlines() if "continue with" in line]
+    assert hints == ["interrupted: continue with: esper study study.toml"], err
+    assert json.loads((tmp_path / "o" / STUDY_FILE).read_text())["attempts"] == {}
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    with (tmp_path / "o" / TRIALS_FILE).open() as f:
+        assert sorted(r["run"] for r in csv.DictReader(f)) == ["synthetic.s.seed0",
+                                                               "synthetic.s.seed1"]  # fmt: skip
+    for run in trials.glob("synthetic.*"):
+        with (run / "metrics.csv").open() as f:
+            assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+        assert record.run_status(run) == "completed"
