@@ -166,6 +166,33 @@ def test_ppo_arm_trains_on_its_own_seeds_then_evaluates(tmp_path, ray_session):
     assert "ppo vs heuristic" in results  # the second question's verdict line
 
 
+def test_heuristic_arms_take_a_selector_and_a_strategy_and_learn_in_the_studys_store(
+    tmp_path, ray_session
+):
+    from esper.nissa.knowledge import KnowledgeStore
+
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n'
+        f"{BUDGET.replace('epochs = 6', 'epochs = 14')}"
+        '[[arms]]\nname = "ens"\ncontroller = "heuristic"\nselector = "thompson"\n'
+        'strategy = "ensemble"\n',
+    )
+    assert main(["study", str(path)]) == 0
+    out = tmp_path / "out"
+    written = []
+    for seed in (0, 1):
+        run = out / TRIALS_DIR / f"synthetic.ens.seed{seed}"
+        config = read_config_file(run / "config.json")
+        assert config["heuristic"]["selector"] == "thompson"
+        assert config["heuristic"]["strategy"] == "ensemble"
+        assert config["training"]["shapley"] is True  # ensemble prunes by Shapley value
+        assert config["knowledge"] == f"sqlite:///{(out / 'knowledge.sqlite').resolve()}"
+        written += json.loads((run / "outcomes.json").read_text())
+    with KnowledgeStore.open(f"sqlite:///{out / 'knowledge.sqlite'}") as store:
+        assert len(store.outcomes()) == len(written) > 0  # every trial's seeds, in the study's
+
+
 def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     path = _study(
         tmp_path,
@@ -204,6 +231,11 @@ ARMS = '[[arms]]\nname = "static"\ncontroller = "static"\n'
         ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "p"\ncontroller = "ppo"\n'
          'training_seeds = [50]\n[arms.ppo.env]\nepochs = 3\n', "host training comes from"),
         ('out = "o"\ntasks = ["synthetic"\n', "cannot read config file"),
+        ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+         'selector = "greedy"\n', "arm 'h': unknown selector 'greedy'; accepted: rotation"),
+        ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "p"\ncontroller = "periodic"\n'
+         'strategy = "replace"\n', "arm 'p' (periodic) takes period; drop ['strategy']"),
+        (f'out = "o"\ntasks = ["synthetic"]\nknowledge = "mysql://x/y"\n{ARMS}', "mysql://x/y"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_exit_2_nothing_made(tmp_path, capsys, body, message):

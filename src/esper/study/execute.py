@@ -54,6 +54,9 @@ from esper.study.plan import (
 from esper.study.ppo import PPORunner
 from esper.study.run import Stop
 
+KNOWLEDGE_FILE = "knowledge.sqlite"
+"""A study's own knowledge store (unless the study names one): its bandits learn from its trials."""
+
 LOCK_FILE = ".esper-study.lock"
 """The study directory's lock file: held (flock) by the driver running the study."""
 
@@ -284,7 +287,9 @@ class StudyDriver:
             policy = self.run_directory(policy_trial(self.spec, trial))
         elif arm.policy is not None:
             policy = Path(arm.policy)
-        mode, growth = growth_config(self.spec, trial, width, policy)
+        own = self.directory.resolve() / KNOWLEDGE_FILE
+        knowledge = self.spec.knowledge or f"sqlite:///{own}"
+        mode, growth = growth_config(self.spec, trial, width, policy, knowledge)
         return Job(trial, mode, config_dict(growth), directory)
 
     def matched_width(self, trial: Trial) -> int:

@@ -51,7 +51,7 @@ from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.growth import GrowthRun
 from esper.study.run import ppo_state
-from esper.tamiyo import PeriodicConfig
+from esper.tamiyo import HeuristicConfig, PeriodicConfig
 from esper.tasks import get_task, resolve_training
 
 Controller = Literal["static", "static-matched", "heuristic", "random", "periodic", "ppo"]
@@ -93,6 +93,9 @@ class ArmSpec:
             but ``env`` (the study's budget), ``telemetry`` (the study's) and ``runtime`` other
             than ``amp`` (seeds come from training_seeds, the device from resources.gpus, and a
             trial is one Ray task, so it starts no Ray workers of its own).
+        selector: heuristic only: the blueprint selector (rotation, ucb, thompson, epsilon).
+        strategy: heuristic only: the orchestration strategy (spread, replace, diversify,
+            specialize, ensemble; ensemble turns the budget's Shapley values on).
     """
 
     name: str
@@ -105,6 +108,8 @@ class ArmSpec:
     reward: str | None = None
     training_seeds: tuple[int, ...] = ()
     ppo: dict[str, Any] = field(default_factory=dict)
+    selector: str | None = None
+    strategy: str | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -120,17 +125,28 @@ class ArmSpec:
             "reward": self.reward is not None,
             "training_seeds": bool(self.training_seeds),
             "ppo": bool(self.ppo),
+            "selector": self.selector is not None,
+            "strategy": self.strategy is not None,
         }
         takes = {
             "static": {"width"},
             MATCHED: {"match"},
             "periodic": {"period"},
+            "heuristic": {"selector", "strategy"},
             "ppo": {"policy", "preset", "reward", "training_seeds", "ppo"},
         }.get(self.controller, set())
         extra = sorted(k for k, v in given.items() if v and k not in takes)
         accepted = ", ".join(sorted(takes)) or "no settings"
         require(not extra, f"arm {self.name!r} ({self.controller}) takes {accepted}; drop {extra}")
         where = f"arm {self.name!r}"
+        if self.controller == "heuristic":
+            try:  # an unknown selector or strategy names the accepted ones
+                HeuristicConfig(
+                    selector=self.selector or HeuristicConfig.selector,
+                    strategy=self.strategy or HeuristicConfig.strategy,
+                )
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
         if self.width is not None:
             check_int(f"{where}: width", self.width, 1, 4096)
         if self.period is not None:
@@ -220,6 +236,9 @@ class StudySpec:
             every arm that is not ppo).
         reps: bootstrap resamples per confidence interval (rliable's stratified bootstrap);
             2000 follows rliable, fewer give coarser intervals sooner.
+        knowledge: the knowledge store every trial records its seed outcomes in and bandit
+            selectors learn from (a SQLAlchemy URL; None: knowledge.sqlite in the study
+            directory, so a study's bandits learn from its own trials only).
     """
 
     out: str
@@ -232,9 +251,14 @@ class StudySpec:
     retries: int = DEFAULT_RETRIES
     baselines: tuple[str, ...] = ()
     reps: int = BOOTSTRAP_REPS
+    knowledge: str | None = None
 
     def __post_init__(self) -> None:
         check_int("reps", self.reps, 10, 100_000)
+        if self.knowledge is not None:
+            from esper.nissa.knowledge import parse_url
+
+            parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
         require(bool(self.out), "out must name the study directory")
         require(bool(self.tasks), "tasks must name at least one task")
         for task in self.tasks:
@@ -448,14 +472,24 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
 
 
 def growth_config(
-    spec: StudySpec, trial: Trial, width: int | None = None, policy: Path | None = None
+    spec: StudySpec,
+    trial: Trial,
+    width: int | None = None,
+    policy: Path | None = None,
+    knowledge: str | None = None,
 ) -> tuple[str, GrowthRun]:
     """The mode and ``GrowthRun`` of a growth trial (a static-matched arm passes its matched
-    ``width``, a ppo arm the ``policy`` run it evaluates)."""
+    ``width``, a ppo arm the ``policy`` run it evaluates; ``knowledge``: the store's URL)."""
     arm = spec.arm(trial.arm)
     mode = {"ppo": "eval", MATCHED: "static"}.get(arm.controller, arm.controller)
     host = training(spec, trial.task, arm.width if arm.controller == "static" else width)
     periodic = PeriodicConfig(arm.period) if arm.period is not None else PeriodicConfig()
+    heuristic = HeuristicConfig(
+        selector=arm.selector or HeuristicConfig.selector,
+        strategy=arm.strategy or HeuristicConfig.strategy,
+    )
+    if heuristic.needs_shapley:  # ensemble prunes by Shapley value: the arm needs them measured
+        host = replace(host, shapley=True)
     if policy is not None:
         policy_env = policy_training(ppo_state(policy))
         host = replace(host, slots=policy_env.slots)
@@ -464,6 +498,8 @@ def growth_config(
         seed=trial.seed,
         policy=None if policy is None else str(policy.resolve()),
         periodic=periodic,
+        heuristic=heuristic,
+        knowledge=None if mode == "static" else knowledge,
         telemetry=STUDY_TELEMETRY,
     )
     return mode, config
