@@ -26,8 +26,10 @@ from esper.kasmina import (
 )
 from esper.leyline import (
     BLENDED_STAGES,
+    Action,
     GateMode,
     Observation,
+    Op,
     SeedStage,
     SeedStateReport,
     Topology,
@@ -347,3 +349,22 @@ def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)  # -l: a run may hold a file
+
+
+def apply_action(model: MorphogeneticModel, action: Action) -> None:
+    """Apply a controller's action through the model's public lifecycle API (a gate or
+    lifecycle refusal raises, failing the test); SET_ALPHA_TARGET is not a scripted op."""
+    if action.op is Op.WAIT:
+        return
+    assert action.slot is not None
+    if action.op is Op.GERMINATE:
+        assert action.blueprint is not None
+        model.germinate(action.slot, action.blueprint)
+    elif action.op is Op.ADVANCE:
+        model.advance(action.slot)
+    elif action.op is Op.PRUNE:
+        model.prune(action.slot, action.reason)
+    elif action.op is Op.FOSSILIZE:
+        model.fossilize(action.slot)
+    else:
+        raise AssertionError(f"controllers under test never propose {action.op}")

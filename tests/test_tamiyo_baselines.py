@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 import torch
 
-from conftest import CNN_BLUEPRINTS, SLOTS, cnn_host, observation
+from conftest import CNN_BLUEPRINTS, SLOTS, apply_action, cnn_host, observation
 from conftest import seed_report as rep
 from esper.data import load_dataset
 from esper.kasmina import MorphogeneticModel
@@ -366,24 +366,6 @@ def _contribution(blueprint: str) -> float:
     return T.G5_MIN_CONTRIBUTION / 2 if blueprint == WEAK else 1.0
 
 
-def _apply(model: MorphogeneticModel, action: Action) -> None:
-    """Through the model's public API: a gate or lifecycle refusal raises and fails the test."""
-    if action.op is Op.WAIT:
-        return
-    assert action.slot is not None
-    if action.op is Op.GERMINATE:
-        assert action.blueprint is not None
-        model.germinate(action.slot, action.blueprint)
-    elif action.op is Op.ADVANCE:
-        model.advance(action.slot)
-    elif action.op is Op.PRUNE:
-        model.prune(action.slot, action.reason)
-    elif action.op is Op.FOSSILIZE:
-        model.fossilize(action.slot)
-    else:
-        raise AssertionError(f"the periodic controller never proposes {action.op}")
-
-
 def _run(
     controller: Controller, epochs: int, contribution: Callable[[str], float]
 ) -> tuple[list[Observation], list[Action]]:
@@ -407,7 +389,7 @@ def _run(
         )
         observations.append(Observation(signals, model.reports(), CNN_BLUEPRINTS, epochs))
         actions.append(controller.decide(observations[-1]))
-        _apply(model, actions[-1])
+        apply_action(model, actions[-1])
     return observations, actions
 
 

@@ -12,6 +12,7 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 
+from conftest import apply_action
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, blueprint_registry
 from esper.leyline import FORWARD_STAGES, Action, Observation, Op, SeedStage, Topology
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
@@ -28,23 +29,6 @@ def _contribution(blueprint: str) -> float:
 
 def _model(slots: Sequence[str] = ("early", "mid", "late")) -> MorphogeneticModel:
     return MorphogeneticModel(CNNHost(CNNHostConfig(base_channels=4, input_size=8)), list(slots))
-
-
-def _apply(model: MorphogeneticModel, action: Action) -> None:
-    if action.op is Op.WAIT:
-        return
-    assert action.slot is not None
-    if action.op is Op.GERMINATE:
-        assert action.blueprint is not None
-        model.germinate(action.slot, action.blueprint)
-    elif action.op is Op.ADVANCE:
-        model.advance(action.slot)
-    elif action.op is Op.PRUNE:
-        model.prune(action.slot, action.reason)
-    elif action.op is Op.FOSSILIZE:
-        model.fossilize(action.slot)
-    else:
-        raise AssertionError(f"the heuristic never proposes {action.op}")
 
 
 def _step(
@@ -71,7 +55,7 @@ def _step(
     )
     names = blueprint_registry.names(Topology.CNN)
     action = controller.decide(Observation(signals, model.reports(), names, max_epochs))
-    _apply(model, action)
+    apply_action(model, action)
     return action
 
 

@@ -27,6 +27,7 @@ parameters.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -343,7 +344,7 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
         table["arms"] = [_defaults(ArmSpec, arm) for arm in arms]
     spec: StudySpec = decode(StudySpec, table, "", None)
     out = Path(spec.out)
-    directory = out if out.is_absolute() else path.parent / out
+    directory = Path(os.path.normpath(out if out.is_absolute() else path.parent / out))
     _check_out(directory)
     for arm in spec.arms:
         if arm.controller == "ppo":
