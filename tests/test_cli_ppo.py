@@ -96,6 +96,7 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
         "meta.json",
         "metrics.csv",
         "model.pt",
+        "outcomes.json",
         "summary.json",
     }
     summary = json.loads((out / "summary.json").read_text())

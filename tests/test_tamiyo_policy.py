@@ -404,10 +404,10 @@ def test_causal_masking_of_irrelevant_heads() -> None:
                 if not ev.relevance[b, t, i]:
                     shuffled[b, t, i] = (actions[b, t, i] + 1) % SPACE.head_sizes[head]
     assert not torch.equal(shuffled, actions)
-    with torch.no_grad():
-        again = net.evaluate(obs, everything, shuffled, net.initial_state(2), starts)
+    # With gradients, as above: torch's no-grad LSTM kernel may round differently on some CPUs.
+    again = net.evaluate(obs, everything, shuffled, net.initial_state(2), starts)
     assert torch.equal(again.log_prob, ev.log_prob.detach())
-    assert torch.equal(again.entropy, ev.entropy.detach())
+    assert torch.equal(again.entropy.detach(), ev.entropy.detach())
     assert (ev.entropy >= 0).all() and (ev.entropy <= 1 + 1e-5).all()
 
 
