@@ -467,3 +467,20 @@ def test_periodic_settings_belong_to_periodic_runs(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "heuristic runs take no periodic settings" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--selector", "greedy"], "unknown selector 'greedy'; accepted: rotation, ucb, thompson"),
+        (["--strategy", "grow"], "unknown strategy 'grow'; accepted: spread, replace, diversify"),
+        (["--knowledge", "mysql://h/db"], "mysql://h/db"),
+        (["--knowledge", "not a url"], "not a url"),
+    ],
+)
+def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, flags, message):
+    args = ["heuristic", "--task", "synthetic", *flags, "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
