@@ -40,7 +40,8 @@ def _trials(directory: Path) -> list[dict[str, str]]:
 def ray_session():
     """One local Ray session for the module's studies (2 CPUs: this machine's cores)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # One logical GPU (this machine has none): trials ask for none unless a test says so.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -191,6 +192,18 @@ def test_heuristic_arms_take_a_selector_and_a_strategy_and_learn_in_the_studys_s
         written += json.loads((run / "outcomes.json").read_text())
     with KnowledgeStore.open(f"sqlite:///{out / 'knowledge.sqlite'}") as store:
         assert len(store.outcomes()) == len(written) > 0  # every trial's seeds, in the study's
+
+
+def test_a_trial_given_a_gpu_or_a_fraction_trains_on_cuda(ray_session):
+    """The placement logic on a CPU machine: Ray's logical GPU, no CUDA needed to decide."""
+    from esper.study.execute import trial_device
+
+    def where(gpus: float) -> str:
+        task = ray_session.remote(trial_device).options(num_cpus=1, num_gpus=gpus)
+        return str(ray_session.get(task.remote()))
+
+    assert [where(1), where(0.5), where(0)] == ["cuda", "cuda", "cpu"]
+    assert str(trial_device()) == "cpu"  # the driver itself holds no GPU
 
 
 def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):

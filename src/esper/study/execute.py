@@ -93,7 +93,7 @@ def run_job(job: Job) -> TrialRow | None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
         return None if job.mode == "ppo" else trial_row(job.trial, directory)
     out = None if resume is not None else directory
-    device = torch.device("cuda") if _ray_gpus() else torch.device("cpu")
+    device = trial_device()
     if job.mode == "ppo":
         config = override(TrainingConfig(), job.config)
         if device.type == "cuda":
@@ -111,11 +111,14 @@ def run_job(job: Job) -> TrialRow | None:
     return trial_row(job.trial, directory)
 
 
-def _ray_gpus() -> bool:
-    """Whether Ray gave this task a GPU (False outside Ray)."""
+def trial_device() -> torch.device:
+    """Where this trial trains: the GPU Ray assigned the task (a whole one or a fraction;
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to it, so it is ``cuda``), else the CPU (also outside
+    Ray)."""
     import ray
 
-    return ray.is_initialized() and bool(ray.get_gpu_ids())
+    gpu = ray.is_initialized() and bool(ray.get_gpu_ids())
+    return torch.device("cuda") if gpu else torch.device("cpu")
 
 
 def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
