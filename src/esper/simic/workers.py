@@ -329,10 +329,13 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
     return replace(config, env=replace(config.env, threads=threads)), stop
 
 
-def join_ray(address: str | None, flag: str = "--ray-address") -> Callable[[], None]:
+def join_ray(
+    address: str | None, flag: str = "--ray-address", log_to_driver: bool = True
+) -> Callable[[], None]:
     """Connect to the cluster at ``address`` (given as ``flag``: ``esper study`` calls it
     ``--address``), or use the session this process already runs (an ``address`` must be
-    reachable either way); returns how to leave it.
+    reachable either way); returns how to leave it. ``log_to_driver``: whether the workers'
+    output is printed by this process (Ray's default) or stays in Ray's logs.
 
     Raises:
         ValueError: one line: nothing answers at ``address``, or Ray cannot join it.
@@ -345,7 +348,7 @@ def join_ray(address: str | None, flag: str = "--ray-address") -> Callable[[], N
         return _leave_running
     assert address is not None
     try:
-        init_ray(address=address)
+        init_ray(address=address, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, TimeoutError) as err:
         raise ValueError(
             f"cannot join the Ray cluster at {flag} {address}: {_first_line(err)} (a "

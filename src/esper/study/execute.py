@@ -429,7 +429,8 @@ def study_lock(directory: Path) -> Iterator[None]:
 
 def connect_ray(address: str | None) -> Callable[[], None]:
     """Join the Ray cluster at ``address``, or start a local instance using every usable core;
-    returns how to stop (or leave) it.
+    returns how to stop (or leave) it. The trials' own console output stays in Ray's worker
+    logs: the driver says one line per trial (hundreds of trials would flood it otherwise).
 
     Raises:
         ValueError: one line: nothing answers at ``address``, or Ray cannot join it.
@@ -440,9 +441,9 @@ def connect_ray(address: str | None) -> Callable[[], None]:
     from esper.tolaria.threads import usable_cores
 
     if address is None and not ray.is_initialized():
-        init_ray(num_cpus=usable_cores())
+        init_ray(num_cpus=usable_cores(), log_to_driver=False)
         return ray.shutdown
-    return join_ray(address, "--address")
+    return join_ray(address, "--address", log_to_driver=False)
 
 
 def check_fits(resources: Resources) -> None:
