@@ -155,10 +155,10 @@ def check_new_run_directory(directory: Path) -> None:
     """
     inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
     if inside is not None:
-        raise UserError(f"--out {str(directory)!r} lies inside the run {str(inside)!r}")
+        raise UserError(f"run directory {str(directory)!r} lies inside the run {str(inside)!r}")
     try:
         if directory.exists() and not directory.is_dir():
-            raise UserError(f"--out {str(directory)!r} is a file, not a directory")
+            raise UserError(f"run directory {str(directory)!r} is a file, not a directory")
         if directory.exists() and any(directory.iterdir()):
             raise UserError(
                 f"run directory {str(directory)!r} already exists and is not empty; "
