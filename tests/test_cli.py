@@ -278,7 +278,8 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
     monkeypatch.setattr(demo, "load_dataset", unavailable)
     assert main(["demo", "--epochs", "2", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "Fashion-MNIST is not available" in captured.err and "digits" in captured.err
+    assert "Fashion-MNIST is not available" in captured.err
+    assert "digits_impaired" in captured.err
     table = captured.out
     assert "run" in table and "final val acc" in table and "params" in table
     assert "static" in table and "heuristic" in table
@@ -286,7 +287,7 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
         test = _summary(run).growth.test
         assert test is not None and f"{test.final_accuracy:.2f}%" in table
     runs = sorted(p.name for p in tmp_path.iterdir())
-    assert len(runs) == 2 and all("digits" in r for r in runs)
+    assert len(runs) == 2 and all("digits_impaired" in r for r in runs)
     for run in tmp_path.iterdir():
         assert _summary(run).status == "completed"
 

@@ -173,3 +173,12 @@ def test_static_run_with_a_width(tmp_path) -> None:
     assert json.loads((run / "config.json").read_text())["training"]["width"] == 8
     summary = json.loads((run / "summary.json").read_text())
     assert summary["growth"]["host_param_count"] == synthetic_params(8)
+
+
+def test_the_impaired_digits_task_has_the_impaired_host() -> None:
+    """The demo's fallback grows the same 390-parameter host as fashion_mnist_impaired."""
+    from esper.data import load_dataset
+
+    digits = load_dataset("digits")
+    assert host_param_count("digits_impaired", digits, None) == 390
+    assert get_task("digits_impaired").host_config == get_task("fashion_mnist_impaired").host_config

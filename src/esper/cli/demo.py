@@ -23,7 +23,7 @@ from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.run import Stop
 from esper.tasks import get_task
 
-PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits"
+PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits_impaired"
 
 
 def _pick_task(data_dir: Path | None) -> str:

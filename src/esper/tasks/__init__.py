@@ -134,6 +134,15 @@ TASKS: dict[str, TaskSpec] = {
             batch_size=64,
         ),
         TaskSpec(
+            "digits_impaired",
+            "scikit-learn 8x8 digits, tiny 1x1-kernel CNN host that growth can rescue",
+            "digits",
+            "cnn",
+            _IMPAIRED,
+            epochs=20,
+            batch_size=64,
+        ),
+        TaskSpec(
             "text_lm",
             "character-level language model, GPT-style transformer host",
             "text",
