@@ -37,6 +37,7 @@ from esper.leyline.config import (
     MAX_SEED,
     HostTraining,
     TelemetrySettings,
+    UserError,
     check_float,
     check_int,
     config_dict,
@@ -47,7 +48,7 @@ from esper.leyline.config import (
 )
 from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
-from esper.simic.build import PolicyCheckpointError, policy_training
+from esper.simic.build import policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.growth import GrowthRun
@@ -418,12 +419,12 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
     if arm.policy is not None:
         directory = _policy_directory(arm, base)
         try:
-            meta = record.read_meta(directory)
             ppo_state(directory)  # a run that cannot be evaluated fails now, not in a trial
-        except Exception as err:
+            meta = record.read_meta(directory)
+        except (UserError, record.RunRecordError) as err:
             raise ValueError(f"arm {arm.name!r}: policy {arm.policy!r}: {err}") from None
-        assert meta is not None
-        used = {int(s) for s in meta.seeds.get("environments", [])}
+        assert meta is not None  # ppo_state read it
+        used = {int(s) for s in meta.seeds["environments"]}
         origin = f"its PPO run {arm.policy!r} trained on environment seeds"
     else:
         config = ppo_config(spec, arm, spec.tasks[0], arm.training_seeds[0])
@@ -535,7 +536,6 @@ def policy_trial(spec: StudySpec, trial: Trial) -> Trial:
 __all__ = [
     "CONTROLLERS",
     "ArmSpec",
-    "PolicyCheckpointError",
     "Resources",
     "StudySpec",
     "Trial",
