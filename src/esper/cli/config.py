@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,13 @@ from typing import Any, TypeVar
 import tyro
 
 from esper.cli.main import RUN_COMMANDS
-from esper.leyline.config import HostTraining, UserError, override, read_config_file
+from esper.leyline.config import (
+    HostTraining,
+    UserError,
+    config_text,
+    override,
+    read_config_file,
+)
 from esper.study.growth import GrowthRun, check_mode
 
 C = TypeVar("C")
@@ -189,3 +196,17 @@ def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
             raise UserError(str(err)) from err
         return Path(policy) if isinstance(policy, str) else None
     return None
+
+
+def announce(mode: str, config: Any, resumed: Path | None) -> None:
+    """Print the effective configuration as readable lines."""
+    head = f"esper {mode}" + (f" (resuming {resumed})" if resumed is not None else "")
+    print(f"{head}: effective configuration\n{config_text(config)}", file=sys.stderr)
+
+
+def interrupted_hint(mode: str, directory: Path, what: str) -> None:
+    """Tell the user how to continue an interrupted run."""
+    print(
+        f"\ninterrupted: {what} checkpointed; continue with: esper {mode} --resume {directory}",
+        file=sys.stderr,
+    )

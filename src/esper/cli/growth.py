@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from esper.cli.config import RunOptions, growth_config, policy_arg
+from esper.cli.config import RunOptions, announce, growth_config, interrupted_hint, policy_arg
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import HostTraining, UserError, override
 from esper.nissa import record
 from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import Stop, announce, check_recorded_mode, interrupted_hint, ppo_state
+from esper.study.run import Stop, check_recorded_mode, ppo_state
 
 
 def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -164,8 +165,24 @@ def run_command(command: str, argv: list[str]) -> int:
     return run_growth(command, rest, options)
 
 
+class _StderrWarnings(logging.Handler):
+    """Shows the library's log records (``esper.*`` loggers; STYLE: library code does not
+    print) on the stderr of the moment as ``warning: message``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_library_warnings() -> None:
+    """Attach ``_StderrWarnings`` to the ``esper`` logger once per process."""
+    logger = logging.getLogger("esper")
+    if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
+        logger.addHandler(_StderrWarnings(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
+    _show_library_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args_list and args_list[0] in RUN_COMMANDS:

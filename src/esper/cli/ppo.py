@@ -7,14 +7,14 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from esper.cli.config import RunOptions, layered, parse_flags
+from esper.cli.config import RunOptions, announce, interrupted_hint, layered, parse_flags
 from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS
 from esper.leyline.config import UserError, override
 from esper.nissa import record
 from esper.nissa.log import display, percent
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.study.ppo import PPORunner, start_workers
-from esper.study.run import EXIT_FAILED, Stop, announce, check_recorded_mode, interrupted_hint
+from esper.study.run import EXIT_FAILED, Stop, check_recorded_mode
 
 
 def _preset(argv: list[str]) -> tuple[str, list[str]]:
@@ -58,6 +58,7 @@ def run_ppo(argv: list[str], options: RunOptions) -> int:
         config = start_workers(parse(argv, options), options.out, options.resume, stack)
         runner = PPORunner(config, options.out, options.resume)
         stack.callback(runner.close)
+        print(runner.describe(), file=sys.stderr)
         announce("ppo", runner.config, options.resume)  # resolved and checked
         directory = runner.recorder.directory
         try:

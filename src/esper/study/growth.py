@@ -11,6 +11,7 @@ state (episode, controller, elapsed time) to a checkpoint; the grown model is sa
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -50,6 +51,8 @@ from esper.tasks import resolve_training
 from esper.tolaria.engine import evaluate
 from esper.tolaria.episode import Episode
 from esper.tolaria.flops import step_flops
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -398,7 +401,8 @@ class GrowthRunner:
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    """A knowledge store that failed: a warning, never the run's failure."""
+    logger.warning("%s", message)
 
 
 def _finite(value: float | None) -> float | None:

@@ -45,17 +45,21 @@ class PPORunner:
         data = load_data(config.env)
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
-            self.trainer, devices = build_trainer(config, self.hub, data)
+            self.trainer, self.devices = build_trainer(config, self.hub, data)
         except (ValueError, KeyError) as err:
             raise UserError(str(err)) from err
-        print(f"device map:\n{describe_device_map(devices)}", file=sys.stderr)
-        if isinstance(self.trainer.vec, RayVectorEnv):
-            print(self.trainer.vec.describe(), file=sys.stderr)
         self.recorder = Recorder.open(
             "ppo", config, out, resume, PPOUpdate, self._meta, self.hub, self._state
         )
         if self.recorder.checkpoint is not None:
             self._restore(self.recorder.state())
+
+    def describe(self) -> str:
+        """Where the environments run: the device map, and the Ray workers if any."""
+        text = f"device map:\n{describe_device_map(self.devices)}"
+        if isinstance(self.trainer.vec, RayVectorEnv):
+            text += "\n" + self.trainer.vec.describe()
+        return text
 
     def _meta(self, run_id: str) -> record.RunMeta:
         seed = self.config.runtime.seed

@@ -13,6 +13,7 @@ directory's files are written only through ``esper.nissa.record``.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 from esper.data import DatasetNotFoundError, load_dataset
-from esper.leyline.config import HostTraining, UserError, config_dict, config_text
+from esper.leyline.config import HostTraining, UserError, config_dict
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
@@ -39,6 +40,8 @@ from esper.nissa.record import RunMeta
 from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink, check_tensorboard
 from esper.tasks import get_task
 from esper.tolaria.threads import threads_per_worker
+
+logger = logging.getLogger(__name__)
 
 Meta = Callable[[str], RunMeta]
 """Makes a new run's ``meta.json`` receipt from its run id."""
@@ -286,10 +289,11 @@ class Recorder:
         sinks: list[Sink] = [TensorBoardSink(self.directory / "tensorboard")] if tensorboard else []
         log = JsonlSink(self.directory / record.EVENTS_FILE)
         if log.cut:
-            print(
-                f"warning: {log.path} ended in a partial line (the run crashed while writing "
-                f"it); cut {len(log.cut)} bytes before continuing",
-                file=sys.stderr,
+            logger.warning(
+                "%s ended in a partial line (the run crashed while writing it); cut %d bytes "
+                "before continuing",
+                log.path,
+                len(log.cut),
             )
         self.hub.sinks.extend([*sinks, log])
         resumed = None if self.checkpoint is None else self.checkpoint.step
@@ -488,17 +492,3 @@ def check_sinks(tensorboard: bool) -> None:
             check_tensorboard()
         except TensorBoardSetupError as err:
             raise UserError(str(err)) from err
-
-
-def announce(mode: str, config: Any, resumed: Path | None) -> None:
-    """Print the effective configuration as readable lines."""
-    head = f"esper {mode}" + (f" (resuming {resumed})" if resumed is not None else "")
-    print(f"{head}: effective configuration\n{config_text(config)}", file=sys.stderr)
-
-
-def interrupted_hint(mode: str, directory: Path, what: str) -> None:
-    """Tell the user how to continue an interrupted run."""
-    print(
-        f"\ninterrupted: {what} checkpointed; continue with: esper {mode} --resume {directory}",
-        file=sys.stderr,
-    )
