@@ -7,7 +7,7 @@ import dataclasses
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from esper.kasmina import (
 )
 from esper.leyline import (
     BLENDED_STAGES,
+    FORWARD_STAGES,
     Action,
     GateMode,
     Observation,
@@ -368,3 +369,31 @@ def apply_action(model: MorphogeneticModel, action: Action) -> None:
         model.fossilize(action.slot)
     else:
         raise AssertionError(f"controllers under test never propose {action.op}")
+
+
+def fabricated_step(
+    model: MorphogeneticModel,
+    tracker: Any,
+    contribution: Callable[[str], float],
+    blueprints: Sequence[str],
+    max_epochs: int,
+) -> Observation:
+    """One engine step in Tolaria's order with fabricated measurements: every running seed
+    (not fossilized) gets ``contribution(blueprint)`` and a healthy gradient ratio, the epoch
+    ends, and the tracker (a ``SignalTracker``) turns fixed metrics into the observation a
+    controller decides on."""
+    for name in model.order:
+        slot = model.slot(name)
+        if slot.stage in FORWARD_STAGES and slot.stage is not SeedStage.FOSSILIZED:
+            assert slot.blueprint is not None
+            slot.contribution = contribution(slot.blueprint)
+            slot.gradient_ratio = 1.0
+    model.step_epoch()
+    signals = tracker.update(
+        train_loss=1.0,
+        train_accuracy=50.0,
+        val_loss=1.0,
+        val_accuracy=50.0,
+        reports=model.reports(),
+    )
+    return Observation(signals, model.reports(), tuple(blueprints), max_epochs)

@@ -14,12 +14,18 @@ from typing import TypeVar
 import pytest
 import torch
 
-from conftest import CNN_BLUEPRINTS, SLOTS, apply_action, cnn_host, observation
+from conftest import (
+    CNN_BLUEPRINTS,
+    SLOTS,
+    apply_action,
+    cnn_host,
+    fabricated_step,
+    observation,
+)
 from conftest import seed_report as rep
 from esper.data import load_dataset
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import (
-    FORWARD_STAGES,
     OP_STAGES,
     Action,
     Observation,
@@ -373,21 +379,7 @@ def _run(
     model = MorphogeneticModel(cnn_host(), list(SLOTS))
     tracker, observations, actions = SignalTracker(), [], []
     for _ in range(epochs):
-        for name in model.order:
-            slot = model.slot(name)
-            if slot.stage in FORWARD_STAGES and slot.stage is not SeedStage.FOSSILIZED:
-                assert slot.blueprint is not None
-                slot.contribution = contribution(slot.blueprint)
-                slot.gradient_ratio = 1.0
-        model.step_epoch()
-        signals = tracker.update(
-            train_loss=1.0,
-            train_accuracy=50.0,
-            val_loss=1.0,
-            val_accuracy=50.0,
-            reports=model.reports(),
-        )
-        observations.append(Observation(signals, model.reports(), CNN_BLUEPRINTS, epochs))
+        observations.append(fabricated_step(model, tracker, contribution, CNN_BLUEPRINTS, epochs))
         actions.append(controller.decide(observations[-1]))
         apply_action(model, actions[-1])
     return observations, actions

@@ -12,9 +12,9 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 
-from conftest import apply_action
+from conftest import apply_action, fabricated_step
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, blueprint_registry
-from esper.leyline import FORWARD_STAGES, Action, Observation, Op, SeedStage, Topology
+from esper.leyline import Action, Op, SeedStage, Topology
 from esper.tamiyo import Controller, HeuristicTamiyo, SignalTracker, StaticController
 
 HURTS = "depthwise"
@@ -39,22 +39,9 @@ def _step(
     contribution: Contribution = _contribution,
 ) -> Action:
     """One engine step in Tolaria's order: measure, end the epoch, then decide and apply."""
-    for name in model.order:
-        slot = model.slot(name)
-        if slot.stage in FORWARD_STAGES and slot.stage is not SeedStage.FOSSILIZED:
-            assert slot.blueprint is not None
-            slot.contribution = contribution(slot.blueprint)
-            slot.gradient_ratio = 1.0
-    model.step_epoch()
-    signals = tracker.update(
-        train_loss=1.0,
-        train_accuracy=50.0,
-        val_loss=1.0,
-        val_accuracy=50.0,
-        reports=model.reports(),
-    )
     names = blueprint_registry.names(Topology.CNN)
-    action = controller.decide(Observation(signals, model.reports(), names, max_epochs))
+    observation = fabricated_step(model, tracker, contribution, names, max_epochs)
+    action = controller.decide(observation)
     apply_action(model, action)
     return action
 
