@@ -238,6 +238,7 @@ class StudyDriver:
         """Read ``study.json`` and find the finished trials."""
         self.state = StudyState.load(self.directory, study_settings(self.spec))
         self.rows: dict[str, TrialRow] = {}
+        self.widths: dict[tuple[str, str], int] = {}  # (task, matched arm) -> matched width
         self.done: set[str] = set()
         for trial in self.trials:
             if self._finished(trial):
@@ -297,12 +298,17 @@ class StudyDriver:
 
     def matched_width(self, trial: Trial) -> int:
         """The width whose host's parameters are nearest the matched arm's median final
-        parameters on the trial's task."""
+        parameters on the trial's task: computed (and the task's data loaded) once per task,
+        since every trial it matches has finished before the first static-matched one runs."""
         from esper.study.plan import training
         from esper.study.run import load_data
         from esper.tasks import matched_width
 
         arm = self.spec.arm(trial.arm)
+        assert arm.match is not None
+        key = (trial.task, arm.match)
+        if key in self.widths:
+            return self.widths[key]
         counts = [
             r.final_params
             for r in self.rows.values()
@@ -310,7 +316,8 @@ class StudyDriver:
         ]
         target = statistics.median(counts)
         data = load_data(training(self.spec, trial.task))
-        return matched_width(trial.task, data, round(target))
+        self.widths[key] = matched_width(trial.task, data, round(target))
+        return self.widths[key]
 
     def run(self) -> Outcome:
         """Run every unfinished trial on the Ray session this process joined
