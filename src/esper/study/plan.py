@@ -162,31 +162,34 @@ class ArmSpec:
             f"{where} ({MATCHED}) needs match = the name of the arm whose size it matches",
         )
         if self.controller == "ppo":
-            trains = bool(self.training_seeds)
-            require(
-                (self.policy is not None) != trains,
-                f"{where} (ppo) needs exactly one of policy = a PPO run directory to evaluate, "
-                "or training_seeds = seeds of the PPO runs to train first",
-            )
-            refused = sorted({"env", "telemetry"} & set(self.ppo))
-            runtime = self.ppo.get("runtime")
-            if isinstance(runtime, dict):
-                refused += [f"runtime.{key}" for key in sorted(runtime) if key != "amp"]
-            require(
-                not refused,
-                f"{where}: ppo may not set {refused}: host training comes from the study's "
-                "budget, seeds from training_seeds, the device from resources.gpus, telemetry "
-                "from the study, and a trial starts no Ray workers; of runtime only amp",
-            )
-            require(
-                self.preset is None or self.preset in PRESETS,
-                f"{where}: unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}",
-            )
-            require(
-                self.reward is None or self.reward in CONTRIBUTION_MODES,
-                f"{where}: unknown reward {self.reward!r}; accepted: "
-                f"{', '.join(CONTRIBUTION_MODES)}",
-            )
+            self._check_ppo(where)
+
+    def _check_ppo(self, where: str) -> None:
+        """A ppo arm: a policy to evaluate or training seeds, and PPO settings it may set."""
+        trains = bool(self.training_seeds)
+        require(
+            (self.policy is not None) != trains,
+            f"{where} (ppo) needs exactly one of policy = a PPO run directory to evaluate, "
+            "or training_seeds = seeds of the PPO runs to train first",
+        )
+        refused = sorted({"env", "telemetry"} & set(self.ppo))
+        runtime = self.ppo.get("runtime")
+        if isinstance(runtime, dict):
+            refused += [f"runtime.{key}" for key in sorted(runtime) if key != "amp"]
+        require(
+            not refused,
+            f"{where}: ppo may not set {refused}: host training comes from the study's "
+            "budget, seeds from training_seeds, the device from resources.gpus, telemetry "
+            "from the study, and a trial starts no Ray workers; of runtime only amp",
+        )
+        require(
+            self.preset is None or self.preset in PRESETS,
+            f"{where}: unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}",
+        )
+        require(
+            self.reward is None or self.reward in CONTRIBUTION_MODES,
+            f"{where}: unknown reward {self.reward!r}; accepted: {', '.join(CONTRIBUTION_MODES)}",
+        )
 
     @property
     def trains_policy(self) -> bool:
