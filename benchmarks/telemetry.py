@@ -63,8 +63,9 @@ from esper.data import load_dataset
 from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
 from esper.nissa import JsonlSink, Sink, TelemetryHub
+from esper.nissa.console import ConsoleSink
 from esper.nissa.log import EventTail, display, read_events
-from esper.nissa.sinks import ConsoleSink, TensorBoardSink
+from esper.nissa.sinks import TensorBoardSink
 from esper.nissa.views import RunStore, collect_runs
 from esper.seeding import seed_everything
 from esper.simic.env import task_episode

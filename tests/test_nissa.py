@@ -28,6 +28,7 @@ from esper.leyline.events import (
     event_record,
 )
 from esper.nissa import JsonlSink, TelemetryHub
+from esper.nissa.console import ConsoleSink
 from esper.nissa.log import (
     EventLogError,
     EventTail,
@@ -38,7 +39,7 @@ from esper.nissa.log import (
     read_events,
 )
 from esper.nissa.record import read_summary
-from esper.nissa.sinks import ConsoleSink, TensorBoardSink
+from esper.nissa.sinks import TensorBoardSink
 
 _SAMPLES = {
     "RunStarted": RunStarted("r", "heuristic", "synthetic", 0, 3, ("mid",), None),

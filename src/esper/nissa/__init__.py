@@ -11,8 +11,8 @@ checkpoints. It imports only Leyline.
 from esper.nissa.hub import JsonlSink, Sink, TelemetryHub, json_safe
 from esper.nissa.record import RunRecordError, RunSummary, read_summary
 
-# Sinks with third-party imports (esper.nissa.sinks: tqdm, TensorBoard) and the DuckDB views
-# (esper.nissa.views) are imported from their modules, keeping `esper --help` fast.
+# Sinks with third-party imports (esper.nissa.console: tqdm; esper.nissa.sinks: TensorBoard) and
+# the DuckDB views (esper.nissa.views) are imported from their modules, keeping `esper --help` fast.
 __all__ = [
     "JsonlSink",
     "RunRecordError",

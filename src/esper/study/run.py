@@ -36,8 +36,9 @@ from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
+from esper.nissa.console import ConsoleSink
 from esper.nissa.record import RunMeta
-from esper.nissa.sinks import ConsoleSink, TensorBoardSetupError, TensorBoardSink, check_tensorboard
+from esper.nissa.sinks import TensorBoardSetupError, TensorBoardSink, check_tensorboard
 from esper.tasks import get_task
 from esper.tolaria.threads import threads_per_worker
 
