@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import math
 import shutil
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,12 @@ from esper.cli.main import main
 from esper.leyline import SeedStage
 from esper.leyline.events import (
     EVENT_TYPES,
+    ActionTaken,
     EpochCompleted,
     PolicyDecision,
     PPOHeadStats,
+    PPORunFinished,
+    PPOUpdate,
     RunFinished,
     RunStarted,
     SlotSnapshot,
@@ -28,10 +33,10 @@ from esper.leyline.events import (
     event_record,
 )
 from esper.nissa import JsonlSink, TelemetryHub
-from esper.nissa.console import ConsoleSink
 from esper.nissa.log import (
     EventLogError,
     EventTail,
+    Logged,
     RunDirectoryError,
     display,
     drop_replaced,
@@ -57,6 +62,11 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _records(run: Path) -> list[dict[str, Any]]:
+    """A run's events as the hub handed them to its sinks (read back through the reader)."""
+    return [item.record() for item in read_events(run / "events.jsonl").records]
+
+
 # ----------------------------------------------------------------------------- the reader
 
 
@@ -64,7 +74,7 @@ def test_truncated_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text(_line() + "\n" + _line("RunFinished") + "\n" + '{"t": 2.0, "run_id": "r", "ev')
     log = read_events(path)
-    assert [r["event"] for r in log.records] == ["RunStarted", "RunFinished"]
+    assert [r.name for r in log.records] == ["RunStarted", "RunFinished"]
     assert log.truncated_line == 3
 
 
@@ -105,31 +115,48 @@ def test_an_empty_log_is_not_a_run_yet(tmp_path: Path) -> None:
         open_run(tmp_path)
 
 
+def _fake(cls: type[Any], **given: Any) -> Any:
+    """An event of type ``cls``: ``given`` fields, every other one a zero of its type."""
+    hints = typing.get_type_hints(cls)
+    zero = {int: 0, float: 0.0, str: "", bool: False}
+    values = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        values[f.name] = given.get(f.name, zero.get(hint, () if hint is not None else None))
+        if f.name not in given and typing.get_origin(hint) is types.UnionType:
+            values[f.name] = None
+    return cls(**values)
+
+
+def _at(event: Any, env: int | None = None, episode: int | None = None) -> Logged:
+    return Logged(event, 1.0, "r", env, episode)
+
+
 def test_drop_replaced_keeps_the_run_as_it_finally_happened() -> None:
-    def started(saved: int | None) -> dict[str, Any]:
-        return {"event": "RunStarted", "resumed_from_epoch": saved}
+    def started(saved: int | None) -> Logged:
+        return _at(_fake(RunStarted, mode="heuristic", resumed_from_epoch=saved))
 
     records = [
         started(None),
-        {"event": "EpochCompleted", "epoch": 1},
-        {"event": "EpochCompleted", "epoch": 2},
-        {"event": "ActionTaken", "epoch": 2},
-        {"event": "EpochCompleted", "epoch": 3},  # after the last checkpoint (epoch 2)
-        {"event": "RunFinished", "epochs": 2},
+        _at(_epoch(1)),
+        _at(_epoch(2)),
+        _at(_fake(ActionTaken, epoch=2)),
+        _at(_epoch(3)),  # after the last checkpoint (epoch 2)
+        _at(_fake(RunFinished, epochs=2)),
         started(2),
-        {"event": "EpochCompleted", "epoch": 3},
+        _at(_epoch(3)),
     ]
     kept = drop_replaced(records, ppo=False)
     assert kept == records[:4] + records[5:]
     ppo = [
         started(None),
-        {"event": "EpochCompleted", "env": 0, "episode": 1, "epoch": 1},
-        {"event": "PPOUpdate", "round": 1},
-        {"event": "PPOHeadStats", "round": 1},
-        {"event": "EpochCompleted", "env": 0, "episode": 2, "epoch": 1},  # round 2, cut short
-        {"event": "PPORunFinished", "rounds": 1},
+        _at(_epoch(1), env=0, episode=1),
+        _at(_fake(PPOUpdate, round=1)),
+        _at(_fake(PPOHeadStats, round=1)),
+        _at(_epoch(1), env=0, episode=2),  # round 2, cut short
+        _at(_fake(PPORunFinished, rounds=1)),
         started(1),
-        {"event": "EpochCompleted", "env": 0, "episode": 2, "epoch": 1},
+        _at(_epoch(1), env=0, episode=2),
     ]
     assert drop_replaced(ppo, ppo=True) == ppo[:4] + ppo[5:]
 
@@ -244,37 +271,11 @@ def _record(event: Any, **context: Any) -> dict[str, Any]:
     return {"t": 0.0, "run_id": "r", **context, **event_record(event)}
 
 
-def test_console_sink_prints_epochs_and_dashes_for_missing() -> None:
-    stream = io.StringIO()
-    sink = ConsoleSink(stream, "demo", total=2)
-    sink.write(_record(_epoch(1)))
-    sink.write(_record(_epoch(2, accuracy=math.nan, loss=math.nan)))
-    sink.write(_record(_epoch(3), env=0, episode=1))  # PPO epochs are per env: not a run step
-    lines = stream.getvalue().splitlines()
-    assert lines[0] == "[demo] 1/2  val 50.00%  loss 1.0000  params 1000  seeds mid:conv_light/blen"
-    assert lines[1].startswith("[demo] 2/2  val —  loss —  params 1000")
-    assert len(lines) == 2
-
-
-def test_console_sink_rounds_average_the_finite_episode_accuracies(recorded_runs) -> None:
-    stream = io.StringIO()
-    sink = ConsoleSink(stream, "ppo", total=2)
-    records = read_events(recorded_runs["ppo"] / "events.jsonl").records
-    for record in records:
-        sink.write(record)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    episodes = [r for r in records if r["event"] == "EpisodeFinished" and r["episode"] == 2]
-    mean = sum(r["final_val_accuracy"] for r in episodes) / len(episodes)
-    assert f"acc {mean:.2f}%" in lines[1] and lines[1].startswith("[ppo] 2/2  return ")
-
-
 def test_tensorboard_sink_writes_the_logged_scalars(tmp_path: Path, recorded_runs) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sink = TensorBoardSink(tmp_path / "tb")
-    records = read_events(recorded_runs["heuristic"] / "events.jsonl").records
-    records += read_events(recorded_runs["ppo"] / "events.jsonl").records
+    records = _records(recorded_runs["heuristic"]) + _records(recorded_runs["ppo"])
     for record in records:
         sink.write(record)
     sink.close()
@@ -367,7 +368,7 @@ def test_shapley_is_measured_for_blended_seeds_only_when_asked(tmp_path: Path) -
 
 
 def test_ppo_decisions_precede_their_actions_and_respect_the_masks(recorded_runs) -> None:
-    records = read_events(recorded_runs["ppo"] / "events.jsonl").records
+    records = _records(recorded_runs["ppo"])
     decisions = [r for r in records if r["event"] == "PolicyDecision"]
     actions = [r for r in records if r["event"] == "ActionTaken"]
     assert len(decisions) == len(actions) > 0
@@ -444,7 +445,7 @@ def test_the_log_sink_cuts_a_partial_last_line_before_appending(tmp_path: Path, 
     assert sink.cut == partial
     sink.write(_record(_epoch(1)))
     sink.close()
-    assert [r["event"] for r in read_events(path).records] == [
+    assert [r.name for r in read_events(path).records] == [
         "RunStarted",
         "RunFinished",
         "EpochCompleted",
@@ -461,4 +462,4 @@ def test_resuming_a_run_that_crashed_mid_line(tmp_path: Path, capsys) -> None:
     assert main(["heuristic", "--resume", str(out)]) == 0
     assert "ended in a partial line" in capsys.readouterr().err
     log = read_events(out / "events.jsonl")
-    assert log.truncated_line is None and log.records[-1]["event"] == "RunFinished"
+    assert log.truncated_line is None and log.records[-1].name == "RunFinished"

@@ -10,12 +10,11 @@ import argparse
 import csv
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from esper.leyline.config import UserError
-from esper.leyline.events import EpochCompleted, PPOUpdate
+from esper.nissa.fold import fold
 from esper.nissa.log import (
     RunDirectory,
     display,
@@ -24,7 +23,7 @@ from esper.nissa.log import (
     read_events,
     scan_runs,
 )
-from esper.nissa.record import EVENTS_FILE, PPO_MODE, RunRecordError, read_meta
+from esper.nissa.record import EVENTS_FILE, RunRecordError, read_meta
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -55,15 +54,18 @@ def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
             "(the run crashed while writing it)",
             file=sys.stderr,
         )
-    ppo = run.mode == PPO_MODE
-    step_event = (PPOUpdate if ppo else EpochCompleted).__name__
-    last = next((r for r in reversed(log.records) if r["event"] == step_event), None)
-    planned = run.config()["ppo"]["rounds"] if ppo else run.config()["training"]["epochs"]
+    state = fold(log.records, recent=0)
+    if state.is_ppo:
+        planned = run.config()["ppo"]["rounds"]
+        if not state.rounds:
+            return None, planned, None, None, None
+        update = state.rounds[-1].update
+        return update.round, planned, update.mean_final_accuracy, None, update.mean_return
+    planned = run.config()["training"]["epochs"]
+    last = state.episode().latest
     if last is None:
         return None, planned, None, None, None
-    if ppo:
-        return last["round"], planned, None, None, last["mean_return"]
-    return last["epoch"], planned, last["val_accuracy"], last["param_count"], None
+    return last.epoch, planned, last.val_accuracy, last.param_count, None
 
 
 def _list(directory: Path) -> int:
@@ -155,9 +157,9 @@ def _show(path: Path) -> int:
     print(f"config    {json.dumps(run.config(), sort_keys=True)}")
     if run.summary is not None:
         print(f"summary   {json.dumps(run.summary.to_json(), sort_keys=True)}")
-    counts = Counter(r["event"] for r in log.records)
-    print(f"events    {len(log.records)} in {EVENTS_FILE}")
-    for name, count in sorted(counts.items()):
+    state = fold(log.records, recent=0)
+    print(f"events    {state.events} in {EVENTS_FILE}")
+    for name, count in sorted(state.counts.items()):
         print(f"  {name:<18}{count}")
     if log.truncated_line is not None:
         print(

@@ -116,7 +116,7 @@ def load_run(path: Path) -> RunData:
     run = open_run(path)
     log = read_events(run.events_path)
     names: list[str] = []
-    for record in log.records:
+    for record in (item.record() for item in log.records):  # TODO(fold): typed events
         if record["event"] == RunStarted.__name__:
             names += [str(item) for item in record.get("slots") or []]
         elif record["event"] == EpochCompleted.__name__:
@@ -126,7 +126,7 @@ def load_run(path: Path) -> RunData:
         slots = ordered_slots(dict.fromkeys(names))
     except ValueError as err:
         raise ReportError(f"{run.events_path}: {err}") from None
-    records = drop_replaced(log.records, run.mode == PPO_MODE)
+    records = [item.record() for item in drop_replaced(log.records, run.mode == PPO_MODE)]
     try:
         meta = read_meta(path)  # None: no meta.json
     except RunRecordError as err:

@@ -10,12 +10,18 @@ the file and line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from esper.leyline.events import EVENT_TYPES, RunStarted
+from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
+from esper.leyline.stages import SeedStage
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
 
 # Layout names the record defines, also imported from here by the views (explicit re-exports).
@@ -70,8 +76,174 @@ def parse_record(text: str, where: str) -> dict[str, Any]:
     return record
 
 
+_STAGE_FIELDS = frozenset({"stage", "from_stage", "to_stage"})
+"""Fields that name a seed stage: decoded only when they are one (``SeedStage`` values)."""
+
+_Convert = Callable[[Any, str], Any]
+_T = typing.TypeVar("_T")
+
+
+def _converter(hint: Any) -> _Convert:
+    """A function checking one JSON value against a field's type hint and returning it as the
+    dataclass holds it (lists as tuples, objects as nested dataclasses); it raises
+    ``EventLogError`` naming the field for a value of another type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in args if a is not type(None)]
+        convert = _converter(inner)
+        return lambda value, where: None if value is None else convert(value, where)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            item = _converter(args[0])
+            return lambda value, where: tuple(
+                item(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where))
+            )
+        items = [_converter(a) for a in args]
+
+        def pair(value: Any, where: str) -> tuple[Any, ...]:
+            found = _list(value, where)
+            if len(found) != len(items):
+                raise EventLogError(f"{where} has {len(found)} items, not {len(items)}")
+            pairs = enumerate(zip(items, found, strict=True))
+            return tuple(c(v, f"{where}[{i}]") for i, (c, v) in pairs)
+
+        return pair
+    if dataclasses.is_dataclass(hint):
+        return _dataclass_converter(hint)
+    if hint is float:
+        return _float
+    if hint in (int, str, bool):
+        return lambda value, where: _scalar(value, hint, where)
+    raise TypeError(f"event field type {hint!r} has no decoder")  # a new Leyline field type
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise EventLogError(f"{where} is {_show(value)}, not a list")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _float(value: Any, where: str) -> float:
+    if value is None:
+        return math.nan  # the writer turns a non-finite float into null (``json_safe``)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise EventLogError(f"{where} is {_show(value)}, not a number")
+
+
+def _scalar(value: Any, kind: type[Any], where: str) -> Any:
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise EventLogError(f"{where} is {_show(value)}, not {kind.__name__}")
+
+
+def _dataclass_converter(cls: Any) -> _Convert:
+    hints = typing.get_type_hints(cls)
+    converters = {f.name: _converter(hints[f.name]) for f in fields(cls)}
+    stages = frozenset(s.value for s in SeedStage)
+
+    def build(value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            raise EventLogError(f"{where} is {_show(value)}, not an object")
+        missing = converters.keys() - value.keys()
+        if missing:
+            raise EventLogError(f"{where} lacks {', '.join(sorted(missing))}")
+        kwargs = {}
+        for name, convert in converters.items():
+            kwargs[name] = convert(value[name], f"{where}.{name}")
+            if name in _STAGE_FIELDS and kwargs[name] not in stages:
+                raise EventLogError(
+                    f"{where}.{name}: unknown seed stage {value[name]!r}; "
+                    f"known: {', '.join(s.value for s in SeedStage)}"
+                )
+        return cls(**kwargs)
+
+    return build
+
+
+_DECODERS = {name: _dataclass_converter(cls) for name, cls in EVENT_TYPES.items()}
+_OPTIONAL_INT = _converter(int | None)
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One event-log line turned back into its Leyline event, with the hub's envelope.
+
+    Attributes:
+        event: the event dataclass.
+        t: when it was emitted (unix seconds).
+        run_id: the run that emitted it.
+        env: the environment (PPO runs), else None.
+        episode: the episode the record belongs to (PPO runs' context), else None.
+    """
+
+    event: Event
+    t: float
+    run_id: str
+    env: int | None = None
+    episode: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The event's name (its class name)."""
+        return type(self.event).__name__
+
+    def record(self) -> dict[str, Any]:
+        """The line as the hub wrote it (a JSON-ready dict; non-finite floats as None)."""
+        head: dict[str, Any] = {"t": self.t, "run_id": self.run_id}
+        if self.env is not None:
+            head["env"] = self.env
+        if self.episode is not None and not hasattr(self.event, "episode"):
+            head["episode"] = self.episode
+        body = event_record(self.event)
+        return {k: _finite(v) for k, v in {**head, **body}.items()}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def decode(record: dict[str, Any], where: str) -> Logged:
+    """A parsed record (``parse_record``) as its Leyline event and envelope.
+
+    Raises:
+        EventLogError: a field (or the envelope's ``t``, ``run_id``, ``env``, ``episode``) has
+            the wrong type, or a stage field names no seed stage; the message names it.
+    """
+    name = record["event"]
+    event = _DECODERS[name](record, f"{where}: {name}")
+    episode = record.get("episode")  # EpisodeFinished's own field doubles as its context
+    return Logged(
+        event,
+        _float(record.get("t"), f"{where}: t"),
+        _scalar(record.get("run_id"), str, f"{where}: run_id"),
+        _OPTIONAL_INT(record.get("env"), f"{where}: env"),
+        _OPTIONAL_INT(episode, f"{where}: episode"),
+    )
+
+
+def read_line(text: str, where: str) -> Logged:
+    """One event-log line (without its newline) as a ``Logged`` event.
+
+    Raises:
+        EventLogError: the line is not a well-formed known event.
+    """
+    return decode(parse_record(text, where), where)
+
+
 class EventTail:
-    """Follows a growing event log: each ``poll`` returns the records completed since the last.
+    """Follows a growing event log: each ``poll`` returns the events completed since the last.
 
     A line is returned only once its newline has been written, so a line being written is never
     half-read. The file may not exist yet (a run that is still starting): ``poll`` returns nothing.
@@ -86,33 +258,47 @@ class EventTail:
         self.lines = 0  # complete lines consumed
         self.partial = b""  # bytes after the last newline (a line still being written)
         self.error: EventLogError | None = None  # a malformed line, raised from then on
+        self.size = 0  # the file's size at the last poll
 
-    def poll(self) -> list[dict[str, Any]]:
-        """Records completed since the last call.
+    def events(self, max_bytes: int | None = None) -> list[Logged]:
+        """Events completed since the last call.
 
-        The records before a malformed line are returned first; that poll and every later one
+        Args:
+            max_bytes: read about this many bytes at most (more only to finish a longer line),
+                so following a huge log holds a bounded part of it; None reads to the end.
+                Call again while ``behind`` to read on.
+
+        The events before a malformed line are returned first; that call and every later one
         then raise.
 
         Raises:
             EventLogError: a complete line is malformed, or the file shrank (it was rewritten).
         """
+        return self._read(read_line, max_bytes)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Records (parsed, not decoded) completed since the last call; see ``events``."""
+        return self._read(parse_record, None)
+
+    def _read(self, parse: Callable[[str, str], _T], max_bytes: int | None) -> list[_T]:
         if self.error is not None:
             raise self.error
         try:
             with self.path.open("rb") as f:
-                f.seek(0, 2)
-                size = f.tell()
-                if size < self.offset + len(self.partial):
+                size = f.seek(0, 2)
+                self.size = size
+                start = self.offset + len(self.partial)
+                if size < start:
                     raise EventLogError(
-                        f"{self.path}: the event log shrank from "
-                        f"{self.offset + len(self.partial)} to {size} bytes (it was rewritten)"
+                        f"{self.path}: the event log shrank from {start} to {size} bytes "
+                        "(it was rewritten)"
                     )
-                f.seek(self.offset + len(self.partial))
-                data = self.partial + f.read()
+                f.seek(start)
+                data = self.partial + _read_lines(f, max_bytes)
         except FileNotFoundError:
             return []
         *complete, self.partial = data.split(b"\n")
-        records = []
+        found = []
         for raw in complete:
             self.lines += 1
             self.offset += len(raw) + 1
@@ -120,16 +306,50 @@ class EventTail:
             if not text.strip():
                 continue
             try:
-                records.append(parse_record(text, f"{self.path}:{self.lines}"))
+                found.append(parse(text, f"{self.path}:{self.lines}"))
             except EventLogError as err:
                 self.error, self.partial = err, b""
-                if not records:
+                if not found:
                     raise
                 break
-        return records
+        return found
+
+    @property
+    def behind(self) -> bool:
+        """Whether the last poll stopped before the end of the file (``max_bytes``)."""
+        return self.error is None and self.offset + len(self.partial) < self.size
 
 
-def drop_replaced(records: list[dict[str, Any]], ppo: bool) -> list[dict[str, Any]]:
+def _read_lines(f: Any, max_bytes: int | None) -> bytes:
+    """From ``f``'s position: everything (``max_bytes`` None), or about ``max_bytes`` and then
+    on to the end of the line it stopped in."""
+    if max_bytes is None:
+        return bytes(f.read())
+    data = bytes(f.read(max_bytes))
+    while data and not data.endswith(b"\n"):
+        more = f.read(max_bytes)
+        if not more:
+            break
+        cut = more.find(b"\n")
+        data += more if cut < 0 else more[: cut + 1]
+        if cut >= 0:
+            break
+    return data
+
+
+def step_of(logged: Logged, ppo: bool) -> int | None:
+    """The epoch a record belongs to (PPO runs: its episode, else its round; None if none):
+    what a resume compares with the checkpoint it resumed from."""
+    if ppo:
+        step = logged.episode
+        if step is None:
+            step = getattr(logged.event, "round", None)
+    else:
+        step = getattr(logged.event, "epoch", None)
+    return step if isinstance(step, int) else None
+
+
+def drop_replaced(records: list[Logged], ppo: bool) -> list[Logged]:
     """The records of a run as it finally happened.
 
     A resumed ``RunStarted`` names the last checkpointed epoch (for PPO runs, round); what the
@@ -141,20 +361,13 @@ def drop_replaced(records: list[dict[str, Any]], ppo: bool) -> list[dict[str, An
         records: a run's records in log order.
         ppo: whether the run is a PPO run (records carry ``episode``/``round``, not one epoch line).
     """
-    kept: list[dict[str, Any]] = []
+    kept: list[Logged] = []
     for record in records:
-        if record["event"] == RunStarted.__name__ and record["resumed_from_epoch"] is not None:
-            saved = record["resumed_from_epoch"]
-            kept = [r for r in kept if not _after(r, saved, ppo)]
+        if isinstance(record.event, RunStarted) and record.event.resumed_from_epoch is not None:
+            saved = record.event.resumed_from_epoch
+            kept = [r for r in kept if (step := step_of(r, ppo)) is None or step <= saved]
         kept.append(record)
     return kept
-
-
-def _after(record: dict[str, Any], saved: int, ppo: bool) -> bool:
-    """Whether ``record`` belongs to an epoch (PPO: episode or round) after ``saved``."""
-    keys = ("episode", "round") if ppo else ("epoch",)
-    step = next((record[k] for k in keys if k in record), None)
-    return isinstance(step, int) and step > saved
 
 
 @dataclass(frozen=True)
@@ -169,7 +382,7 @@ class EventLog:
     """
 
     path: Path
-    records: list[dict[str, Any]]
+    records: list[Logged]
     truncated_line: int | None
 
 
@@ -186,14 +399,14 @@ def read_events(path: Path) -> EventLog:
     if not path.is_file():
         raise FileNotFoundError(f"no event log at {str(path)!r}")
     tail = EventTail(path)
-    records = tail.poll()
+    records = tail.events()
     if tail.error is not None:
         raise tail.error
     truncated = None
     if tail.partial.strip():
         text = tail.partial.decode("utf-8", errors="replace")
         try:
-            records.append(parse_record(text, f"{path}:{tail.lines + 1}"))
+            records.append(read_line(text, f"{path}:{tail.lines + 1}"))
         except EventLogError:
             truncated = tail.lines + 1
     return EventLog(path, records, truncated)

@@ -56,6 +56,7 @@ from esper.leyline.events import (
 from esper.leyline.trials import STUDY_FILE, TRIALS_FILE, TrialRow
 from esper.nissa.log import (
     PPO_MODE,
+    Logged,
     RunDirectory,
     RunDirectoryError,
     drop_replaced,
@@ -146,32 +147,27 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def _rows(run: str, mode: str, log: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _rows(run: str, mode: str, log: list[Logged]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(view, row)`` for every row a run's log gives (the runs view excluded): ``events`` from
     every line, the other views from the run as it finally happened (``drop_replaced``)."""
     by_event = {cls.__name__: name for name, cls in EVENT_VIEWS.items()}
     final = {id(r) for r in drop_replaced(log, mode == PPO_MODE)}
-    for record in log:
-        context = {
-            "run": run,
-            "mode": mode,
-            "env": record.get("env"),  # present only in PPO runs
-            "episode": record.get("episode"),
-            "t": record["t"],
-        }
-        event = record["event"]
-        yield "events", {**context, "event": event, "record": record}
-        if id(record) not in final:
+    for item in log:
+        record = item.record()
+        context = {"run": run, "mode": mode, "env": item.env, "episode": record.get("episode")}
+        context["t"] = item.t
+        yield "events", {**context, "event": item.name, "record": record}
+        if id(item) not in final:
             continue
-        view = by_event.get(event)
+        view = by_event.get(item.name)
         if view is not None:
             yield view, {**context, **{k: record[k] for k, _ in VIEW_COLUMNS[view][5:]}}
-        if event == EpochCompleted.__name__:
+        if isinstance(item.event, EpochCompleted):
             for slot in record["slots"]:
-                yield "slots", {**context, "epoch": record["epoch"], **slot}
-        elif event == RewardComputed.__name__:
+                yield "slots", {**context, "epoch": item.event.epoch, **slot}
+        elif isinstance(item.event, RewardComputed):
             for component, value in record["components"]:
-                row = {"epoch": record["epoch"], "component": component, "value": value}
+                row = {"epoch": item.event.epoch, "component": component, "value": value}
                 yield "reward_components", {**context, **row}
 
 

@@ -1,0 +1,394 @@
+"""One fold of a run's events into the state every view shows (DESIGN §6).
+
+``RunState.apply`` takes the events of one run's log in order (``esper.nissa.log`` turns lines
+back into their Leyline dataclasses) and keeps what the views need: the run's identity and status,
+each environment's episodes (epochs, seed transitions, actions, rewards, panics), PPO rounds with
+what happened in them, anomaly counts and the latest events. The TUI, the run report,
+``esper runs`` and the dashboard server all read this state; none of them folds records itself.
+
+**Resumes are handled here, once.** A resumed ``RunStarted`` names the last checkpointed epoch
+(PPO runs: round); everything the interrupted attempt folded after it is forgotten, because the
+resumed attempt runs it again (``esper.nissa.log.step_of`` says what a record belongs to).
+
+**Bounded.** A PPO environment keeps the epochs of its last ``keep_episodes`` episodes in detail
+and one ``EpisodeFinished`` per episode; a round keeps sums and counts, not its steps; at most
+``recent`` events are kept for the log panels. Following a long log therefore holds its state, not
+its lines.
+
+Single-model runs (heuristic, static, eval) have one environment keyed ``None`` with one episode
+numbered ``None``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from esper.leyline import SeedStage, ordered_slots
+from esper.leyline.events import (
+    ActionTaken,
+    AnomalyDetected,
+    EpisodeFinished,
+    EpochCompleted,
+    GovernorPanic,
+    PPOHeadStats,
+    PPORunFinished,
+    PPOUpdate,
+    RatioExplosion,
+    RewardComputed,
+    RunFinished,
+    RunStarted,
+    SeedTransition,
+)
+from esper.nissa.log import Logged
+from esper.nissa.record import PPO_MODE
+
+RECENT_EVENTS = 5000
+"""Events kept for log panels: a few PPO rounds to scroll back through, while a replay of a long
+log (hundreds of thousands of events) stays cheap."""
+
+KEEP_EPISODES = 4
+"""Episodes per PPO environment kept with their epochs (older ones keep their result only)."""
+
+MARK_KINDS: Mapping[SeedStage, str] = {
+    SeedStage.GERMINATED: "germinate",
+    SeedStage.FOSSILIZED: "fossilize",
+    SeedStage.PRUNED: "prune",
+}
+"""Lifecycle events marked on timelines and curves, by the stage a transition enters."""
+
+
+@dataclass(frozen=True)
+class StageSpan:
+    """A slot held ``stage`` from epoch ``start`` to ``end`` (a transition decided at the end of
+    epoch e takes effect from e)."""
+
+    stage: SeedStage
+    start: float
+    end: float
+    blueprint: str | None
+
+
+@dataclass(frozen=True)
+class LifecycleMark:
+    """A germinate, fossilize or prune transition: ``kind`` is its ``MARK_KINDS`` label."""
+
+    epoch: int
+    slot: str
+    kind: str
+    blueprint: str | None
+
+
+@dataclass
+class Episode:
+    """One environment's episode (a single-model run's whole run), as finally run.
+
+    Attributes:
+        number: the episode (PPO: the round), None for a single-model run.
+        epochs: ``EpochCompleted`` in epoch order (an epoch redone after a rollback replaces
+            the old one).
+        transitions, actions, rewards, panics: those events, in log order.
+        result: the ``EpisodeFinished`` (PPO), once it came.
+    """
+
+    number: int | None
+    epochs: list[EpochCompleted] = field(default_factory=list)
+    transitions: list[SeedTransition] = field(default_factory=list)
+    actions: list[ActionTaken] = field(default_factory=list)
+    rewards: list[RewardComputed] = field(default_factory=list)
+    panics: list[GovernorPanic] = field(default_factory=list)
+    result: EpisodeFinished | None = None
+
+    @property
+    def latest(self) -> EpochCompleted | None:
+        """The last completed epoch."""
+        return self.epochs[-1] if self.epochs else None
+
+    def add_epoch(self, event: EpochCompleted) -> None:
+        while self.epochs and self.epochs[-1].epoch >= event.epoch:
+            self.epochs.pop()  # an epoch run again after a rollback replaces its first run
+        self.epochs.append(event)
+
+    def rewind(self, saved: int) -> None:
+        """Forget the epochs after ``saved`` (a resume runs them again)."""
+        self.epochs = [e for e in self.epochs if e.epoch <= saved]
+        self.transitions = [e for e in self.transitions if e.epoch <= saved]
+        self.actions = [e for e in self.actions if e.epoch <= saved]
+        self.rewards = [e for e in self.rewards if e.epoch <= saved]
+        self.panics = [e for e in self.panics if e.epoch <= saved]
+
+    def timeline(
+        self, slots: Iterable[str], end: float | None = None
+    ) -> dict[str, list[StageSpan]]:
+        """Each slot's stages over the episode, from its seed transitions.
+
+        A slot starts in the ``from_stage`` of its first transition (DORMANT without one) at epoch
+        0; a transition at epoch e ends the current span at e and starts the next. Spans of zero
+        length (two transitions in one epoch) are left out; the last span of every slot ends at
+        ``end`` (default: the last completed epoch).
+        """
+        if end is None:
+            end = float(self.epochs[-1].epoch) if self.epochs else 0.0
+        current: dict[str, tuple[SeedStage, float, str | None] | None] = dict.fromkeys(slots)
+        spans: dict[str, list[StageSpan]] = {slot: [] for slot in current}
+        for event in self.transitions:
+            if event.slot not in spans:
+                continue
+            state = current[event.slot]
+            if state is None:  # the slot's stage before its first transition
+                first = SeedStage(event.from_stage)
+                state = (first, 0.0, None if first is SeedStage.DORMANT else event.blueprint)
+            stage, start, held = state
+            if event.epoch > start:
+                spans[event.slot].append(StageSpan(stage, start, float(event.epoch), held))
+            entered = SeedStage(event.to_stage)
+            kept = None if entered is SeedStage.DORMANT else event.blueprint
+            current[event.slot] = (entered, float(event.epoch), kept)
+        for slot, state in current.items():
+            stage, start, held = state or (SeedStage.DORMANT, 0.0, None)
+            if max(end, start) > start:
+                spans[slot].append(StageSpan(stage, start, max(end, start), held))
+        return spans
+
+    def marks(self) -> list[LifecycleMark]:
+        """Germinate, fossilize and prune transitions (by the stage entered), in log order."""
+        return [
+            LifecycleMark(e.epoch, e.slot, MARK_KINDS[SeedStage(e.to_stage)], e.blueprint)
+            for e in self.transitions
+            if SeedStage(e.to_stage) in MARK_KINDS
+        ]
+
+
+@dataclass
+class EnvState:
+    """One environment: its recent episodes in detail and every episode's result.
+
+    Attributes:
+        env: the environment index, None for a single-model run.
+        episodes: the latest episodes (``KEEP_EPISODES`` for PPO; one otherwise).
+        results: every ``EpisodeFinished`` of the environment (PPO), in order.
+        panics: governor panics over the run as finally run.
+    """
+
+    env: int | None
+    episodes: deque[Episode]
+    results: list[EpisodeFinished] = field(default_factory=list)
+    panics: int = 0
+
+    @property
+    def episode(self) -> Episode | None:
+        """The current (or last) episode."""
+        return self.episodes[-1] if self.episodes else None
+
+    @property
+    def latest(self) -> EpochCompleted | None:
+        """The environment's last completed epoch."""
+        return None if self.episode is None else self.episode.latest
+
+    def at(self, number: int | None) -> Episode:
+        """The episode ``number``, started on its first record."""
+        current = self.episode
+        if current is None or current.number != number:
+            current = Episode(number)
+            self.episodes.append(current)
+        return current
+
+
+@dataclass
+class RoundState:
+    """One PPO round: its update and what the steps before it did.
+
+    Attributes:
+        update: the round's ``PPOUpdate``.
+        mean_reward: mean total reward per step (None: no reward recorded).
+        components: reward component -> mean per step.
+        ops: op -> actions taken.
+        entered: seed stage -> transitions into it (how far seeds got).
+        head_entropy: head -> entropy, when per-head statistics were logged (DEBUG).
+    """
+
+    update: PPOUpdate
+    mean_reward: float | None
+    components: dict[str, float]
+    ops: dict[str, int]
+    entered: dict[str, int]
+    head_entropy: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Bucket:
+    """What a PPO round's steps did so far (sums and counts, not the steps)."""
+
+    rewards: float = 0.0
+    steps: int = 0
+    components: dict[str, tuple[float, int]] = field(default_factory=dict)
+    ops: Counter[str] = field(default_factory=Counter)
+    entered: Counter[str] = field(default_factory=Counter)
+
+    def add_reward(self, event: RewardComputed) -> None:
+        if event.total == event.total:  # NaN (not finite when logged) is not a reward
+            self.rewards += event.total
+            self.steps += 1
+        for name, value in event.components:
+            if value == value:
+                total, count = self.components.get(name, (0.0, 0))
+                self.components[name] = (total + value, count + 1)
+
+    def close(self, update: PPOUpdate) -> RoundState:
+        return RoundState(
+            update,
+            self.rewards / self.steps if self.steps else None,
+            {name: total / count for name, (total, count) in self.components.items()},
+            dict(self.ops),
+            dict(self.entered),
+        )
+
+
+class RunState:
+    """Everything the views show about one run, folded one event at a time.
+
+    Args:
+        recent: how many of the latest events to keep (``recent_events``).
+        keep_episodes: PPO episodes per environment kept with their epochs.
+    """
+
+    def __init__(self, recent: int = RECENT_EVENTS, keep_episodes: int = KEEP_EPISODES) -> None:
+        self.started: RunStarted | None = None  # the latest attempt's start
+        self.attempts = 0
+        self.finish: RunFinished | PPORunFinished | None = None  # the latest attempt's end
+        self.envs: dict[int | None, EnvState] = {}
+        self.rounds: list[RoundState] = []
+        self.anomalies: list[AnomalyDetected] = []
+        self.explosions: list[RatioExplosion] = []
+        self.events = 0
+        self.counts: Counter[str] = Counter()
+        self.recent: deque[Logged] = deque(maxlen=recent)
+        self._keep = keep_episodes
+        self._slot_names: dict[str, None] = {}
+        self._bucket = _Bucket()
+
+    # ---------------------------------------------------------------------------- reading
+
+    @property
+    def mode(self) -> str | None:
+        return None if self.started is None else self.started.mode
+
+    @property
+    def is_ppo(self) -> bool:
+        """Whether this is a PPO training run (several environments, rounds)."""
+        return self.mode == PPO_MODE
+
+    @property
+    def status(self) -> str | None:
+        """The latest attempt's end status; None while it runs (or if it crashed)."""
+        return None if self.finish is None else self.finish.status
+
+    def env_keys(self) -> list[int | None]:
+        """The environments seen so far, in order (None, a single-model run's, first)."""
+        return sorted(self.envs, key=lambda key: -1 if key is None else key)
+
+    def env(self, key: int | None) -> EnvState:
+        """Environment ``key``, created on first use."""
+        if key not in self.envs:
+            self.envs[key] = EnvState(key, deque(maxlen=self._keep if key is not None else 1))
+        return self.envs[key]
+
+    def slots(self) -> tuple[str, ...]:
+        """The run's slots in execution order (from ``RunStarted`` and epoch snapshots).
+
+        Raises:
+            ValueError: the log names a slot that does not exist.
+        """
+        return ordered_slots(self._slot_names)
+
+    def episode(self, env: int | None = None) -> Episode:
+        """Environment ``env``'s current episode (an empty one before any record)."""
+        return self.env(env).episode or Episode(None)
+
+    # ---------------------------------------------------------------------------- folding
+
+    def apply(self, item: Logged) -> None:
+        """Fold one event (in log order) into the state."""
+        self.events += 1
+        self.counts[item.name] += 1
+        self.recent.append(item)
+        event = item.event
+        if isinstance(event, RunStarted):
+            self._start(event)
+        elif isinstance(event, RunFinished | PPORunFinished):
+            self.finish = event
+        elif isinstance(event, PPOUpdate):
+            self.rounds.append(self._bucket.close(event))
+            self._bucket = _Bucket()
+        elif isinstance(event, PPOHeadStats):
+            if self.rounds and self.rounds[-1].update.round == event.round:
+                self.rounds[-1].head_entropy[event.head] = event.entropy
+        elif isinstance(event, AnomalyDetected):
+            self.anomalies.append(event)
+        elif isinstance(event, RatioExplosion):
+            self.explosions.append(event)
+        elif isinstance(event, EpisodeFinished):
+            self.env(item.env).results.append(event)
+            self.env(item.env).at(event.episode).result = event
+        else:
+            self._step(item)
+
+    def apply_all(self, items: Iterable[Logged]) -> RunState:
+        """Fold ``items`` in order; returns the state (for chaining)."""
+        for item in items:
+            self.apply(item)
+        return self
+
+    def _start(self, event: RunStarted) -> None:
+        self.started, self.finish = event, None  # a resumed run is live again
+        self.attempts += 1
+        self._slot_names.update(dict.fromkeys(event.slots))
+        saved = event.resumed_from_epoch
+        if saved is None:
+            return
+        self._bucket = _Bucket()
+        if self.is_ppo:  # rounds (= episodes) after the checkpoint are run again
+            self.rounds = [r for r in self.rounds if r.update.round <= saved]
+            self.anomalies = [a for a in self.anomalies if a.round <= saved]
+            self.explosions = [e for e in self.explosions if e.round <= saved]
+            for env in self.envs.values():
+                env.results = [r for r in env.results if r.episode <= saved]
+                kept = [e for e in env.episodes if e.number is None or e.number <= saved]
+                env.episodes = deque(kept, maxlen=env.episodes.maxlen)
+                env.panics = sum(len(e.panics) for e in kept)
+        else:
+            for env in self.envs.values():
+                for episode in env.episodes:
+                    episode.rewind(saved)
+                env.panics = sum(len(e.panics) for e in env.episodes)
+
+    def _step(self, item: Logged) -> None:
+        """An event of one environment's episode."""
+        event = item.event
+        if not isinstance(
+            event, EpochCompleted | SeedTransition | ActionTaken | RewardComputed | GovernorPanic
+        ):
+            return  # e.g. PolicyDecision: kept among the recent events only
+        env = self.env(item.env)
+        episode = env.at(item.episode)
+        if isinstance(event, EpochCompleted):
+            episode.add_epoch(event)
+            self._slot_names.update(dict.fromkeys(s.slot for s in event.slots))
+        elif isinstance(event, SeedTransition):
+            episode.transitions.append(event)
+            self._bucket.entered[event.to_stage] += 1
+        elif isinstance(event, ActionTaken):
+            episode.actions.append(event)
+            self._bucket.ops[event.op] += 1
+        elif isinstance(event, RewardComputed):
+            episode.rewards.append(event)
+            self._bucket.add_reward(event)
+        else:
+            episode.panics.append(event)
+            env.panics += 1
+
+
+def fold(items: Iterable[Logged], recent: int = RECENT_EVENTS) -> RunState:
+    """A fresh ``RunState`` with ``items`` folded in."""
+    return RunState(recent).apply_all(items)
