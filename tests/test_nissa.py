@@ -313,7 +313,9 @@ def test_minimal_telemetry_drops_epoch_events_but_not_progress(tmp_path: Path, c
     args = ["heuristic", "--task", "synthetic", "--epochs", "2", "--telemetry.level", "minimal"]
     assert main([*args, "--out", str(out)]) == 0
     assert [r["event"] for r in _lines(out / "events.jsonl")] == ["RunStarted", "RunFinished"]
-    progress = [line for line in capsys.readouterr().err.splitlines() if "] 2/2  val " in line]
+    progress = [
+        line for line in capsys.readouterr().err.splitlines() if "] epoch 2/2  val acc " in line
+    ]
     assert len(progress) == 1  # console progress is not filtered by the log's level
 
 

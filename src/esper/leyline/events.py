@@ -1,7 +1,8 @@
 """Typed telemetry events. The class name is the event name in every log line.
 
 Every event is a frozen dataclass; ``event_record`` turns one into the JSON-ready dict written to
-``events.jsonl`` (enums as their values, missing values as null — never 0).
+``events.jsonl`` (enums as their values, missing values as null — never 0). Progress events
+(``Progress``, e.g. batches trained so far) are dataclasses too but are never logged.
 """
 
 from __future__ import annotations
@@ -304,6 +305,26 @@ EVENT_TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in typing.get_arg
 """Event classes by name, the single declaration sinks and views import."""
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """How far the host epoch in training has got (single-model runs: console progress).
+
+    A progress event, not a logged one: see ``Progress``.
+    """
+
+    epoch: int  # the epoch being trained (1 = the first)
+    batches: int  # batches trained so far in this epoch
+    total_batches: int  # batches in the epoch
+    train_loss: float | None  # mean training loss so far (None after a non-finite batch)
+    seconds: float  # since the epoch's training began
+
+
+Progress = BatchProgress
+"""Progress events: how far the work in hand has got. Nothing can be learnt from them once it is
+done, so they are never written to a log at any telemetry level (they are not in ``Event`` and
+readers never see them); the hub hands them only to the sinks that watch them (the console)."""
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -314,7 +335,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def event_record(event: Event) -> dict[str, Any]:
+def event_record(event: Event | Progress) -> dict[str, Any]:
     """The event as a JSON-ready dict with its name under ``"event"``."""
     record: dict[str, Any] = {"event": type(event).__name__}
     record.update(_jsonable(event))

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from esper.leyline.events import Event, TelemetryLevel, event_record
+from esper.leyline.events import Event, Progress, TelemetryLevel, event_record
 
 
 class Sink(Protocol):
@@ -56,7 +56,8 @@ class JsonlSink:
 
 
 class WatchingSink(Sink, Protocol):
-    """A sink that gets the events it names whatever the telemetry level (console progress)."""
+    """A sink that gets the events it names whatever the telemetry level, and the progress
+    events it names (console progress)."""
 
     events: frozenset[str]
 
@@ -92,7 +93,9 @@ class TelemetryHub:
     """Stamps each event with its run and wall-clock time and hands it to every sink.
 
     An event is written when its type's ``level`` is at or below the hub's ``level``, which a
-    PPO trainer raises for a few rounds after an anomaly (``set_level``).
+    PPO trainer raises for a few rounds after an anomaly (``set_level``). Progress events
+    (``progress``) are never written to ``sinks``, at any level: they go only to the
+    ``unfiltered`` sinks that name them.
 
     Args:
         run_id: identifier written into every record.
@@ -126,6 +129,16 @@ class TelemetryHub:
             context: extra keys for the record, e.g. ``{"env": 2, "episode": 7}``.
         """
         sinks: list[Sink] = self.sinks if event.level.value <= self.level.value else []
+        self._write(event, sinks, context)
+
+    def progress(self, event: Progress) -> None:
+        """Hand ``event`` to the ``unfiltered`` sinks that name it; it is never logged."""
+        self._write(event, [], None)
+
+    def _write(
+        self, event: Event | Progress, sinks: list[Sink], context: dict[str, Any] | None
+    ) -> None:
+        """Write ``event`` to ``sinks`` and to the unfiltered sinks that name it."""
         name = type(event).__name__
         sinks = sinks + [s for s in self.unfiltered if name in s.events]
         if not sinks:

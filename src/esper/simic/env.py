@@ -23,6 +23,7 @@ from esper.simic.protocol import EnvStep, EpisodeInfo
 from esper.simic.rewards import RewardFunction, RewardInput
 from esper.tamiyo import SignalTracker
 from esper.tasks import get_task
+from esper.tolaria.engine import ReportProgress
 from esper.tolaria.episode import Episode, Transition, reset_together, step_together
 
 Emit = Callable[[Event, dict[str, Any]], None]
@@ -39,10 +40,11 @@ def task_episode(
     seed: int,
     device: torch.device,
     emit: Callable[[Event], None],
+    progress: ReportProgress | None = None,
 ) -> Episode:
     """An episode of ``training``'s task: its host (at ``training.width``; None: the task's), a
     seeded ``BatchStream``, a fresh ``SignalTracker`` per episode. Every command builds its
-    episodes here."""
+    episodes here; ``progress`` is where progress within an epoch goes (single-model runs)."""
     batch_size = training.batch_size
     if batch_size is None:
         raise ValueError("task_episode needs host training resolved against its task")
@@ -61,7 +63,9 @@ def task_episode(
     def build_host(episode_data: Dataset) -> SegmentedHost:
         return task.build_host(episode_data, training.width)
 
-    episode = Episode(training, data, build_host, stream, SignalTracker, seed, device, emit)
+    episode = Episode(
+        training, data, build_host, stream, SignalTracker, seed, device, emit, progress
+    )
     return episode
 
 

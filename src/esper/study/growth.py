@@ -204,7 +204,7 @@ class GrowthRunner:
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
             device = device or torch.device("cpu")
-            self.episode = task_episode(training, data, config.seed, device, hub.emit)
+            self.episode = task_episode(training, data, config.seed, device, hub.emit, hub.progress)
         except ValueError as err:  # e.g. slots the task's host lacks
             raise UserError(str(err)) from err
         policy = None if config.policy is None else ppo_state(Path(config.policy))

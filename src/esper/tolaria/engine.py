@@ -28,6 +28,7 @@ from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import (
     ActionTaken,
+    BatchProgress,
     EpochCompleted,
     Event,
     GovernorPanic,
@@ -44,7 +45,13 @@ GRADIENT_STATS_EVERY = 4
 """Seed gradient ratios are sampled every 4th batch (always the first): the ratio is a moving
 average, ~117 samples per Fashion-MNIST epoch suffice, and measuring every batch cost ~2%."""
 
+PROGRESS_EVERY_S = 0.5
+"""A trainer that reports progress does so at most twice a second of wall time: often enough for
+a live progress bar, and the check (one clock read per batch) and the report (one read of the
+running loss, a device synchronisation on CUDA) cost nothing measurable."""
+
 Emit = Callable[[Event], None]
+ReportProgress = Callable[[BatchProgress], None]
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,15 @@ class _Tally:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.count = 0
+        self.batches = 0  # optimizer steps taken
         self.norms: list[GradientNorms] = []  # recorded at the end of the epoch, in order
         self.stopped = False  # a non-finite loss ended this trainer's epoch
+
+    def mean_loss(self) -> float | None:
+        """The mean training loss so far (None before the first batch or after a non-finite
+        one)."""
+        loss = self.loss.item() / self.count if self.count else math.nan
+        return None if self.stopped or not math.isfinite(loss) else loss
 
     def result(self, model: MorphogeneticModel, seconds: float) -> Trained:
         for measured in self.norms:
@@ -176,9 +190,12 @@ def _train_batch(
         tally.loss += scored[j][0].detach()
         tally.correct += scored[j][1]
         tally.count += batches[j][1].numel()
+        tally.batches += 1
 
 
-def train_together(trainers: Sequence[Trainer]) -> list[Trained]:
+def train_together(
+    trainers: Sequence[Trainer], clock: Callable[[], float] = time.monotonic
+) -> list[Trained]:
     """Train one epoch of every trainer, in lockstep, batch by batch.
 
     Each trainer draws its own batches and keeps its own optimizer, step counts and gradient
@@ -188,6 +205,9 @@ def train_together(trainers: Sequence[Trainer]) -> list[Trained]:
     batch (no optimizer step; its governor then decides), as it would alone. On CPU that check
     runs every batch; on CUDA, where it would synchronise with the host, once at the end of the
     epoch (a non-finite epoch is rolled back by the governor either way).
+
+    Trainers given a ``progress`` callable get a ``BatchProgress`` at most every
+    ``PROGRESS_EVERY_S`` seconds of ``clock`` (wall time) while the epoch trains.
 
     Returns:
         Each trainer's loss and accuracy (NaN after a non-finite loss) and share of the time.
@@ -199,12 +219,23 @@ def train_together(trainers: Sequence[Trainer]) -> list[Trained]:
     tallies = [_Tally(device) for _ in trainers]
     check = checks_each_batch(device)
     lengths = [t.config.batches_per_epoch or t.stream.batches_per_pass for t in trainers]
+    reporting = [  # (where to, epoch, tally, batches in the epoch) of each reporting trainer
+        (t.progress, t.epoch + 1, tally, n)
+        for t, tally, n in zip(trainers, tallies, lengths, strict=True)
+        if t.progress is not None
+    ]
+    begun = clock()
+    report_at = begun + PROGRESS_EVERY_S
     for i in range(max(lengths)):
         live = [j for j, tally in enumerate(tallies) if not tally.stopped and i < lengths[j]]
         if not live:
             break
         measure = i % GRADIENT_STATS_EVERY == 0
         _train_batch([trainers[j] for j in live], [tallies[j] for j in live], measure, check)
+        if reporting and (now := clock()) >= report_at:
+            report_at = now + PROGRESS_EVERY_S
+            for report, epoch, tally, n in reporting:
+                report(BatchProgress(epoch, tally.batches, n, tally.mean_loss(), now - begun))
     share = (time.perf_counter() - started) / len(trainers)
     return [tally.result(t.model, share) for t, tally in zip(trainers, tallies, strict=True)]
 
@@ -220,6 +251,8 @@ class Trainer:
             (``esper.tasks.resolve_training``).
         emit: where telemetry events go.
         governor: the governor's thresholds.
+        progress: where ``BatchProgress`` goes while an epoch trains (None: nowhere; only
+            single-model runs show it).
     """
 
     def __init__(
@@ -230,6 +263,7 @@ class Trainer:
         config: HostTraining,
         emit: Emit,
         governor: GovernorConfig | None = None,
+        progress: ReportProgress | None = None,
     ) -> None:
         if not config.resolved:
             raise ValueError("Trainer needs host training resolved against its task")
@@ -237,7 +271,7 @@ class Trainer:
         self.model = model
         self.data = data
         self.config = config
-        self.emit = emit
+        self.emit, self.progress = emit, progress
         self.stream = stream
         self.max_epochs = config.episode_length()
         self.optimizer = SlotOptimizer(model, config.lr, config.seed_lr, config.weight_decay)

@@ -35,7 +35,7 @@ from esper.leyline import Action, Observation, SeedStateReport, Topology, Traini
 from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import Event
-from esper.tolaria.engine import StepResult, Trained, Trainer, train_together
+from esper.tolaria.engine import ReportProgress, StepResult, Trained, Trainer, train_together
 
 EPISODE_SEED_STRIDE = 1_000_003
 """A prime stride keeps the seed sequences of nearby run seeds from overlapping."""
@@ -101,6 +101,7 @@ class Episode:
         seed: this episode sequence's seed.
         device: where the host trains.
         emit: where telemetry goes.
+        progress: where progress within an epoch goes (``Trainer``; None: nowhere).
     """
 
     def __init__(
@@ -113,10 +114,12 @@ class Episode:
         seed: int,
         device: torch.device,
         emit: Emit,
+        progress: ReportProgress | None = None,
     ) -> None:
         self.training = training
         self.max_epochs = training.episode_length()
         self.data, self.device, self.emit = dataset_on(data, device), device, emit
+        self.progress = progress
         self._build_host, self._make_stream, self._new_tracker = (
             build_host,
             make_stream,
@@ -196,7 +199,9 @@ class Episode:
         host = self._build_host(self.data).to(self.device)
         model = MorphogeneticModel(host, list(self.slots))
         stream = self._make_stream(episode_seed)
-        self._trainer = Trainer(model, self.data, stream, self.training, self.emit)
+        self._trainer = Trainer(
+            model, self.data, stream, self.training, self.emit, progress=self.progress
+        )
         self._tracker = self._new_tracker()
 
     def reset(self) -> Observation:
