@@ -300,12 +300,60 @@ def test_tensorboard_sink_writes_the_logged_scalars(tmp_path: Path, recorded_run
     )
 
 
+def _tensorboard(log_dir: Path) -> tuple[Any, str, Any]:
+    """A TensorBoard directory read back: its accumulator, its configuration text and the
+    HParams plugin's data (the session-start hyperparameters and the experiment's metrics)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    (text,) = acc.Tensors("config/text_summary")
+    content = acc.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    return acc, text.tensor_proto.string_val[0].decode(), (start.session_start_info, experiment)
+
+
+def test_tensorboard_sink_writes_the_configuration_and_hyperparameters(
+    tmp_path: Path, recorded_runs
+) -> None:
+    run = recorded_runs["heuristic"]
+    config = json.loads((run / "config.json").read_text())
+    sink = TensorBoardSink(tmp_path / "tb", config)
+    for record in _lines(run / "events.jsonl"):
+        sink.write(record)
+    sink.close()
+    acc, text, (start, experiment) = _tensorboard(tmp_path / "tb")
+    assert text.startswith("```json\n") and text.endswith("\n```")
+    assert json.loads(text.removeprefix("```json\n").removesuffix("\n```")) == config
+    hparams = start.hparams
+    assert hparams["training.task"].string_value == "synthetic"
+    assert hparams["training.epochs"].number_value == 40
+    assert hparams["training.slots"].string_value == '["early", "mid", "late"]'
+    assert hparams["telemetry.tensorboard"].string_value == "false"  # a setting, not 0
+    assert "policy" not in hparams  # unset (null): left out, never 0
+    (finished,) = [r for r in _lines(run / "events.jsonl") if r["event"] == "RunFinished"]
+    numbers = {
+        k for k, v in finished.items() if k not in ("t", "run_id") and type(v) in (int, float)
+    }
+    assert {m.name.tag for m in experiment.metric_infos} == {f"run/{k}" for k in numbers}
+    (final,) = acc.Scalars("run/final_val_accuracy")
+    assert (final.step, final.value) == (40, pytest.approx(finished["final_val_accuracy"]))
+
+
 def test_tensorboard_flag_on_a_heuristic_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["heuristic", "--task", "synthetic", "--epochs", "2", "--telemetry.tensorboard"]
     assert main([*args, "--out", str(out)]) == 0
     assert any((out / "tensorboard").iterdir())
-    assert json.loads((out / "config.json").read_text())["telemetry"]["tensorboard"] is True
+    config = json.loads((out / "config.json").read_text())
+    assert config["telemetry"]["tensorboard"] is True
+    acc, text, (start, experiment) = _tensorboard(out / "tensorboard")
+    assert json.loads(text.removeprefix("```json\n").removesuffix("\n```")) == config
+    assert start.hparams["seed"].number_value == config["seed"]
+    assert "run/final_val_accuracy" in {m.name.tag for m in experiment.metric_infos}
+    assert [s.step for s in acc.Scalars("accuracy/val")] == [1, 2]
 
 
 def test_minimal_telemetry_drops_epoch_events_but_not_progress(tmp_path: Path, capsys) -> None:

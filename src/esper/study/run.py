@@ -287,7 +287,10 @@ class Recorder:
             record.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
             self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
             (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
-        sinks: list[Sink] = [TensorBoardSink(self.directory / "tensorboard")] if tensorboard else []
+        sinks: list[Sink] = []
+        if tensorboard:
+            config = record.read_config(self.directory)
+            sinks.append(TensorBoardSink(self.directory / "tensorboard", config))
         log = JsonlSink(self.directory / record.EVENTS_FILE)
         if log.cut:
             logger.warning(
