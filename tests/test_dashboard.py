@@ -1,4 +1,5 @@
-"""The web dashboard's server: run list, event streams, path safety, static files, CLI errors.
+"""The web dashboard's server: run list, event streams, path safety, static files, CLI errors,
+and its defences: Host/Origin checks, links out of the runs directory, Last-Event-ID, memory.
 
 Event streams are read from the real uvicorn server (on a free 127.0.0.1 port, stopped by each
 test) with an HTTP client whose read timeout turns a stalled stream into a failure, not a hang.
@@ -6,6 +7,7 @@ test) with an HTTP client whose read timeout turns a stalled stream into a failu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,15 +31,20 @@ from esper.karn import dashboard
 from esper.karn.colours import STAGE_COLOURS
 from esper.karn.dashboard import (
     STATIC_DIR,
+    BoundedTail,
     DashboardServer,
+    accepted_hosts,
     create_app,
     open_listener,
+    parse_last_event_id,
+    stream_events,
 )
 from esper.leyline.events import EVENT_TYPES, EpochCompleted
 from esper.leyline.stages import SeedStage
-from esper.nissa.log import EVENTS_FILE, open_run
+from esper.nissa.log import EVENTS_FILE, EventLogError, open_run
 
 POLL = 0.05  # a fast poll keeps these tests short
+LOCAL = ("127.0.0.1", 8000)  # the address TestClient apps pretend to listen on
 READ_TIMEOUT = 5.0  # seconds without a byte before a stream read fails the test
 
 
@@ -112,9 +120,15 @@ def serve(runs_dir: Path) -> DashboardServer:
     return DashboardServer(runs_dir, open_listener("127.0.0.1", 0), poll_seconds=POLL)
 
 
+def local_client(runs_dir: Path) -> TestClient:
+    """A test client addressing the app as a browser on this machine would (Host 127.0.0.1:P)."""
+    app = create_app(runs_dir, hosts=accepted_hosts(*LOCAL))
+    return TestClient(app, base_url=f"http://{LOCAL[0]}:{LOCAL[1]}")
+
+
 def test_run_list_matches_the_run_directories(recorded_runs: dict[str, Path]) -> None:
     root = recorded_runs["heuristic"].parent
-    listed = TestClient(create_app(root)).get("/api/runs").json()["runs"]
+    listed = local_client(root).get("/api/runs").json()["runs"]
     expected = []
     for path in sorted(recorded_runs.values()):
         run = open_run(path)
@@ -136,7 +150,7 @@ def test_run_list_matches_the_run_directories(recorded_runs: dict[str, Path]) ->
 def test_runs_that_appear_later_are_listed_and_unreadable_ones_do_not_hide_others(
     tmp_path: Path, recorded_runs: dict[str, Path]
 ) -> None:
-    client = TestClient(create_app(tmp_path))
+    client = local_client(tmp_path)
     assert client.get("/api/runs").json()["runs"] == []
     copy_run(recorded_runs["static"], tmp_path / "b")
     copy_run(recorded_runs["heuristic"], tmp_path / "a", lines=5)  # still running
@@ -150,7 +164,7 @@ def test_runs_that_appear_later_are_listed_and_unreadable_ones_do_not_hide_other
 
 def test_one_run_directory_can_be_served_by_itself(recorded_runs: dict[str, Path]) -> None:
     run = recorded_runs["static"]
-    listed = TestClient(create_app(run)).get("/api/runs").json()["runs"]
+    listed = local_client(run).get("/api/runs").json()["runs"]
     assert [(r["name"], r["mode"]) for r in listed] == [(run.name, "static")]
 
 
@@ -264,7 +278,7 @@ def test_only_runs_directly_in_the_runs_directory_are_served(
     copy_run(recorded_runs["static"], runs / "ok")
     copy_run(recorded_runs["static"], tmp_path / "secret")  # a run beside the runs directory
     copy_run(recorded_runs["static"], runs / "group" / "inner")  # a run two levels down
-    client = TestClient(create_app(runs))
+    client = local_client(runs)
     with client.stream("GET", path) as response:
         assert response.status_code == 404
     with client.stream("GET", "/api/runs/ok/events") as response:
@@ -272,7 +286,7 @@ def test_only_runs_directly_in_the_runs_directory_are_served(
 
 
 def test_page_and_static_files_are_served_locally_with_their_types(tmp_path: Path) -> None:
-    client = TestClient(create_app(tmp_path))
+    client = local_client(tmp_path)
     page = client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -284,7 +298,8 @@ def test_page_and_static_files_are_served_locally_with_their_types(tmp_path: Pat
         assert response.status_code == 200
         assert response.headers["content-type"].startswith(expected)
         assert response.text == (STATIC_DIR / name).read_text(encoding="utf-8")
-    files = sorted(STATIC_DIR.iterdir())
+    # The page's own files; third-party libraries sit unchanged in vendor/ (see its VENDORED.md).
+    files = sorted(f for f in STATIC_DIR.iterdir() if f.is_file())
     assert [f.name for f in files] == ["dashboard.css", "dashboard.js", "index.html"]
     for text in [page.text, *(f.read_text(encoding="utf-8") for f in files)]:
         for remote in ("http://", "https://", "//cdn", "@import", "url("):
@@ -298,7 +313,7 @@ def test_page_reads_only_event_names_and_stages_that_exist(tmp_path: Path) -> No
     assert block is not None
     names = re.findall(r'"(\w+)"', block.group(1))
     assert len(names) >= 5 and all(name in EVENT_TYPES for name in names)
-    meta = TestClient(create_app(tmp_path)).get("/api/meta").json()
+    meta = local_client(tmp_path).get("/api/meta").json()
     assert meta["stages"] == [stage.value for stage in SeedStage]
     assert meta["stage_colours"] == {s.value: STAGE_COLOURS[s] for s in SeedStage}
     assert meta["runs_dir"] == str(tmp_path)
@@ -380,3 +395,292 @@ def test_the_picker_reads_statuses_from_the_record(tmp_path: Path) -> None:
     assert entries["learn"].mode == "ppo"
     error = entries["odd"].error
     assert error is not None and "is not an Esper run summary: missing" in error
+
+
+# ------------------------------------------------------------------ Host and Origin (DNS rebinding)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", 8000, {"127.0.0.1:8000", "localhost:8000"}),
+        ("::1", 8000, {"[::1]:8000", "localhost:8000"}),
+        ("192.168.1.5", 8000, {"192.168.1.5:8000"}),
+        ("0.0.0.0", 8000, {"0.0.0.0:8000", "localhost:8000", "127.0.0.1:8000", "[::1]:8000"}),
+        ("127.0.0.1", 80, {"127.0.0.1:80", "localhost:80", "127.0.0.1", "localhost"}),
+    ],
+)
+def test_accepted_hosts_are_the_listening_address(host: str, port: int, expected: set[str]) -> None:
+    assert accepted_hosts(host, port) == expected
+
+
+FOREIGN_HEADERS = [
+    {"Host": "evil.example:8000"},  # DNS rebinding: the attacker's name for our address
+    {"Host": "evil.example"},
+    {"Host": "127.0.0.1:8001"},  # another port on this machine
+    {"Host": "127.0.0.1"},  # port 80, not ours
+    {"Host": "127.0.0.1:8000.evil.example"},
+    {"Host": ""},
+    {"Origin": "http://evil.example:8000"},
+    {"Origin": "http://evil.example"},
+    {"Origin": "null"},  # sandboxed frames and file:// pages
+    {"Origin": "https://127.0.0.1:8000"},  # another scheme is another origin
+    {"Origin": "http://127.0.0.1:8000.evil.example"},
+    {"Host": "localhost:8000", "Origin": "http://evil.example"},
+]
+EVERY_PATH = ["/", "/api/meta", "/api/runs", "/api/runs/live/events", "/static/dashboard.js", "/x"]
+
+
+@pytest.mark.parametrize("headers", FOREIGN_HEADERS, ids=lambda h: " ".join(h.values()) or "empty")
+def test_requests_with_a_foreign_host_or_origin_are_refused(
+    runs_dir: Path, headers: dict[str, str]
+) -> None:
+    client = local_client(runs_dir)
+    for path in EVERY_PATH:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 403, path
+        assert response.headers["content-type"].startswith("text/plain")
+        line = one_error_line(response.text)
+        assert "127.0.0.1:8000" in line and str(runs_dir) not in line
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Host": "localhost:8000"},
+        {"Host": "LocalHost:8000"},  # host names are case-insensitive
+        {"Origin": "http://127.0.0.1:8000"},
+        {"Host": "localhost:8000", "Origin": "http://localhost:8000"},
+    ],
+    ids=lambda h: " ".join(h.values()) or "default",
+)
+def test_requests_addressed_to_this_server_are_answered(
+    runs_dir: Path, headers: dict[str, str]
+) -> None:
+    client = local_client(runs_dir)
+    for path in ("/", "/api/meta", "/api/runs", "/static/dashboard.js"):
+        assert client.get(path, headers=headers).status_code == 200, path
+    with client.stream("GET", "/api/runs/live/events", headers=headers) as response:
+        assert response.status_code == 200
+
+
+def raw_request(url: str, head: bytes) -> tuple[int, str]:
+    """Status and body of one request sent byte for byte (headers an HTTP client would refuse);
+    the request must ask for ``Connection: close``."""
+    address = httpx.URL(url)
+    assert address.port is not None
+    with socket.create_connection((address.host, address.port), timeout=READ_TIMEOUT) as conn:
+        conn.sendall(head)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode("latin-1")
+
+
+def test_the_server_refuses_foreign_and_garbled_headers_in_one_line(runs_dir: Path) -> None:
+    server = serve(runs_dir)
+    with server.in_background() as url, httpx.Client(timeout=READ_TIMEOUT) as client:
+        port = httpx.URL(url).port
+        assert client.get(f"{url}api/runs").status_code == 200
+        localhost = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}
+        assert client.get(f"{url}api/runs", headers=localhost).status_code == 200
+        ours = f"127.0.0.1:{port}".encode()
+        refused = [
+            (b"Host: evil.example:%d\r\n" % port, 403),
+            (b"Host: " + ours + b"\xff\r\n", 403),  # a byte that is not ASCII
+            (b"Host: " + ours + b"\r\nOrigin: http://\xc3\xa9vil.example\r\n", 403),
+            (b"Host: " + ours + b"\r\nOrigin: http://evil.example\r\n", 403),
+            (b"Host: " + ours + b"\r\nLast-Event-ID: \xb2\r\n", 400),  # latin-1 "²"
+            (b"Host: " + ours + b"\r\nLast-Event-ID: " + b"7" * 5000 + b"\r\n", 400),
+        ]
+        for headers, expected in refused:
+            head = b"GET /api/runs/live/events HTTP/1.1\r\n" + headers
+            status, body = raw_request(url, head + b"Connection: close\r\n\r\n")
+            assert status == expected, headers
+            one_error_line(body)
+            assert str(runs_dir) not in body
+
+
+# ------------------------------------------------------------------ Last-Event-ID
+
+
+def test_last_event_id_is_a_record_number() -> None:
+    assert parse_last_event_id(None) == 0
+    assert parse_last_event_id("0") == 0
+    assert parse_last_event_id("42") == 42
+    assert parse_last_event_id("9" * 18) == 10**18 - 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x", b"-1", b"", b"1.5", b"+3", b"9" * 19, b"9" * 5000, "²".encode("latin-1"), "١".encode()],
+    ids=["letter", "negative", "empty", "fraction", "sign", "19-digits", "5000-digits", "²", "١"],
+)
+def test_a_bad_last_event_id_is_a_one_line_400(runs_dir: Path, value: bytes) -> None:
+    with pytest.raises(ValueError, match="Last-Event-ID"):
+        parse_last_event_id(value.decode("latin-1"))  # as Starlette decodes header bytes
+    client = local_client(runs_dir)
+    response = client.get("/api/runs/live/events", headers={"Last-Event-ID": value})
+    assert response.status_code == 400
+    assert "Last-Event-ID" in one_error_line(response.text)
+
+
+# ------------------------------------------------------------------ links out of the runs directory
+
+MARK = "TOP-SECRET-MARKER"  # in every file outside the runs directory; must reach no response
+
+
+@pytest.fixture
+def outside(tmp_path: Path, recorded_runs: dict[str, Path]) -> Path:
+    """Beside the runs directory: a valid run whose first event names the task ``MARK``, and a
+    ``passwd`` file (an event log that links there would be quoted in ``open_run``'s error)."""
+    run = copy_run(recorded_runs["static"], tmp_path / "outside" / "run")
+    lines = (run / EVENTS_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[0] = json.dumps({**json.loads(lines[0]), "task": MARK}) + "\n"
+    (run / EVENTS_FILE).write_text("".join(lines), encoding="utf-8")
+    (tmp_path / "outside" / "passwd").write_text(f"root:x:0:0:{MARK}:/root:/bin/sh\n")
+    return tmp_path / "outside"
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [
+        ("", "run"),  # the run directory itself
+        (EVENTS_FILE, f"run/{EVENTS_FILE}"),
+        (EVENTS_FILE, "passwd"),
+        ("summary.json", "run/summary.json"),
+        ("config.json", "run/config.json"),
+    ],
+    ids=["run-dir", "events", "events-to-passwd", "summary", "config"],
+)
+def test_links_out_of_the_runs_directory_are_neither_read_nor_served(
+    tmp_path: Path, recorded_runs: dict[str, Path], outside: Path, link: str, target: str
+) -> None:
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "ok")
+    if link:
+        linked = copy_run(recorded_runs["static"], runs / "linked")
+        (linked / link).unlink()
+        (linked / link).symlink_to(outside / target)
+    else:
+        (runs / "linked").symlink_to(outside / target, target_is_directory=True)
+    client = local_client(runs)
+    response = client.get("/api/runs")
+    entries = {entry["name"]: entry for entry in response.json()["runs"]}
+    assert entries["ok"]["status"] == "completed"
+    assert entries["linked"]["status"] == "unreadable"
+    assert entries["linked"]["mode"] is None
+    assert f"{link or 'linked'} links outside the runs directory" in entries["linked"]["error"]
+    assert MARK not in response.text
+    with client.stream("GET", "/api/runs/linked/events") as stream:
+        assert stream.status_code == 404
+        assert MARK not in stream.read().decode()
+
+
+def test_links_that_stay_in_the_runs_directory_are_followed(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "ok")
+    (runs / "alias").symlink_to("ok", target_is_directory=True)
+    entries = local_client(runs).get("/api/runs").json()["runs"]
+    assert [(e["name"], e["status"]) for e in entries] == [
+        ("alias", "completed"),
+        ("ok", "completed"),
+    ]
+    with local_client(runs).stream("GET", "/api/runs/alias/events") as stream:
+        assert stream.status_code == 200
+
+
+def test_a_log_replaced_by_a_link_out_ends_its_stream_without_quoting_it(
+    tmp_path: Path, recorded_runs: dict[str, Path], outside: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run = copy_run(recorded_runs["static"], runs / "r")
+    tail = BoundedTail(run / EVENTS_FILE, runs)
+    assert len(tail.poll()) == line_count(run)
+    (run / EVENTS_FILE).unlink()
+    (run / EVENTS_FILE).symlink_to(outside / "passwd")
+    with pytest.raises(EventLogError, match="links outside the runs directory") as raised:
+        tail.poll()
+    assert MARK not in str(raised.value)
+
+
+# ------------------------------------------------------------------ bounded reading
+
+
+def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
+    tmp_path: Path, recorded_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    run = copy_run(recorded_runs["heuristic"], runs / "r")
+    lines = (run / EVENTS_FILE).read_bytes().splitlines(keepends=True)
+    read_bytes = 2000
+    tail = BoundedTail(run / EVENTS_FILE, runs, read_bytes)
+    records: list[dict[str, Any]] = []
+    while not tail.caught_up:
+        before = tail.offset
+        records += tail.poll()
+        assert tail.offset - before <= read_bytes + max(map(len, lines))  # whole lines only
+    assert records == [json.loads(line) for line in lines]
+    assert len(lines) * 650 // read_bytes < 100  # many polls were needed
+
+    template = first_epoch(run)
+    with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
+        f.write(epoch_line(template, 901, 1.5))  # a line still being written
+    assert tail.poll() == [] and tail.caught_up
+    append(run, "")  # its newline
+    assert [r["epoch"] for r in tail.poll()] == [901]
+
+    monkeypatch.setattr(dashboard, "MAX_LINE_BYTES", 100)
+    with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
+        f.write("x" * 101)
+    with pytest.raises(EventLogError, match=f"{EVENTS_FILE}:{len(lines) + 2}: a line longer"):
+        tail.poll()
+
+
+HUGE_LOG_BYTES = 16_000_000
+"""The synthetic log streamed by the memory test: twice the bound, so a stream that held the
+log's bytes would fail it (the reader before bounded reads held about 8 bytes of parsed records
+per byte of log). Larger logs only make the test slower: tracemalloc costs about 0.5 s/MB here."""
+STREAM_PEAK_BYTES = 8_000_000
+"""What one client may hold while its stream sends the whole log (measured: about 4.5 MB)."""
+
+
+def test_a_huge_log_is_streamed_in_bounded_memory(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    runs = tmp_path / "runs"
+    run = copy_run(recorded_runs["heuristic"], runs / "huge", lines=1)  # its RunStarted
+    template = first_epoch(recorded_runs["heuristic"])
+    count = 1
+    with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
+        while f.tell() < HUGE_LOG_BYTES:
+            f.writelines(epoch_line(template, count + i, 50.0) + "\n" for i in range(1000))
+            count += 1000
+
+    async def stream_all() -> tuple[int, str]:
+        sent, last = 0, ""
+        body = stream_events(
+            run / EVENTS_FILE, root=runs, skip=0, poll_seconds=POLL, stopping=lambda: False
+        )
+        async for text in body:
+            sent += text.count("event: record\n")
+            last = text[-800:]
+            if sent == count:
+                break
+        await body.aclose()  # type: ignore[attr-defined]
+        return sent, last
+
+    tracemalloc.start()
+    try:
+        sent, last = asyncio.run(stream_all())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sent == count
+    assert f"id: {count}\nevent: record\n" in last
+    assert json.loads(last.rsplit("data: ", 1)[1])["epoch"] == count - 1
+    assert peak < STREAM_PEAK_BYTES, f"one stream held {peak / 1e6:.1f} MB"

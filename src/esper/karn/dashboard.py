@@ -16,6 +16,21 @@ Endpoints:
 
 Streams end when the client disconnects and when the server shuts down.
 
+What the server defends against (it serves run data, and the absolute runs path, to any page that
+can reach it):
+
+- **DNS rebinding.** A request is answered only when its ``Host`` header is the listening address
+  (``accepted_hosts``: ``127.0.0.1:P`` or ``localhost:P`` on IPv4 loopback, ``[::1]:P`` or
+  ``localhost:P`` on IPv6 loopback, exactly the bound ``host:port`` otherwise) and its ``Origin``
+  header, when sent, is ``http://`` and one of those; anything else gets a 403 (``HostCheck``).
+- **Links out of the runs directory.** A run directory, or one of its record files, whose path with
+  every link resolved is outside the resolved runs directory is listed as unreadable (naming the
+  link, never what it points to) and not streamed (404); the stream checks again at every read
+  (``confine``). Nothing outside the runs directory is opened, so no error can quote it.
+- **Garbled headers.** ``Last-Event-ID`` is up to 18 ASCII digits or the request gets a 400.
+- **Huge logs.** A stream reads its log ``READ_BYTES`` of whole lines at a time (``BoundedTail``),
+  so following a log of any size holds about 5 MB per client.
+
 The page (``static/dashboard.js``) shows, for the picked run: accuracy and loss curves (validation
 solid, training dashed; a PPO run draws one colour per environment against the host epoch counted
 across that environment's episodes), a seed timeline per slot coloured by stage, the slots' current
@@ -26,29 +41,46 @@ round, and the event count with the last events. Missing values show as "—".
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from esper.karn.colours import STAGE_COLOURS
 from esper.leyline.stages import SeedStage
 from esper.nissa import json_safe
-from esper.nissa.log import EventLogError, EventTail, run_candidates, scan_runs
-from esper.nissa.record import EVENTS_FILE
+from esper.nissa.log import (
+    EventLogError,
+    RunDirectoryError,
+    open_run,
+    parse_record,
+    run_candidates,
+)
+from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, META_FILE, SUMMARY_FILE
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""
@@ -62,6 +94,25 @@ CHUNK_RECORDS = 500
 
 RECONNECT_MS = 2000
 """How long a browser waits before reconnecting a dropped stream (the SSE ``retry`` field)."""
+
+READ_BYTES = 256 << 10
+"""Whole lines a stream reads from its log at a time (256 KiB, some hundreds of events). Parsed
+and sent, they hold about 5 MB, which is what one client costs however long the log is
+(``test_a_huge_log_is_streamed_in_bounded_memory``); 1 MiB reads held about 12 MB."""
+
+MAX_LINE_BYTES = 4 << 20
+"""A longer line ends the stream with an error: events are a few hundred bytes to a few
+kilobytes, so such a line is not an event, and reading on would hold all of it."""
+
+LAST_EVENT_ID_DIGITS = 18
+"""The longest ``Last-Event-ID`` taken: any record count fits in 18 digits (and in a 64-bit int)."""
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+"""Host names that reach a server listening on all interfaces from this machine."""
+
+RECORD_FILES = (CONFIG_FILE, META_FILE, EVENTS_FILE, SUMMARY_FILE)
+"""The files of a run directory the dashboard reads (through ``open_run`` or a stream), which
+must therefore resolve inside the runs directory."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +138,176 @@ class RunEntry:
     error: str | None
 
 
+def confine(path: Path, root: Path) -> Path | None:
+    """``path`` with every link resolved, or None when that is not ``root`` (resolved) or below it.
+
+    A link loop counts as outside: it leads nowhere that can be read.
+    """
+    try:
+        resolved = path.resolve()
+        return resolved if resolved.is_relative_to(root.resolve()) else None
+    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python 3.11)
+        return None
+
+
+def outside_part(run: Path, root: Path) -> str | None:
+    """The name of the part of run directory ``run`` that links outside ``root`` (the directory
+    itself or one of ``RECORD_FILES``), or None when every part the dashboard reads is inside."""
+    for path in (run, *(run / name for name in RECORD_FILES)):
+        if confine(path, root) is None:
+            return path.name
+    return None
+
+
 def list_runs(runs_dir: Path) -> list[RunEntry]:
     """The runs in ``runs_dir`` for the run picker, by name.
 
     A run directory that cannot be read yet is listed with its error instead of failing the whole
-    list (``find_runs`` would raise).
+    list (``find_runs`` would raise). One that links outside ``runs_dir`` is listed as unreadable
+    without being opened, so no error quotes a file from elsewhere.
+
+    Raises:
+        RunDirectoryError: ``runs_dir`` does not exist or is not a directory.
     """
-    found, unreadable = scan_runs(runs_dir)
-    runs = [RunEntry(r.name, r.mode, r.task, r.seed, r.status, None) for r in found]
-    runs += [RunEntry(p.name, None, None, None, "unreadable", why) for p, why in unreadable]
-    return sorted(runs, key=lambda entry: entry.name)
+    if not runs_dir.is_dir():
+        what = "does not exist" if not runs_dir.exists() else "is not a directory"
+        raise RunDirectoryError(f"runs directory {str(runs_dir)!r} {what}")
+    return [_entry(path, runs_dir) for path in run_candidates(runs_dir)]
+
+
+def _entry(path: Path, runs_dir: Path) -> RunEntry:
+    """The picker's entry for one candidate run directory (see ``list_runs``)."""
+    outside = outside_part(path, runs_dir)
+    if outside is not None:
+        why = f"{str(path)!r}: {outside} links outside the runs directory, so it is not read"
+        return RunEntry(path.name, None, None, None, "unreadable", why)
+    try:
+        run = open_run(path)
+    except RunDirectoryError as err:
+        return RunEntry(path.name, None, None, None, "unreadable", str(err))
+    return RunEntry(run.name, run.mode, run.task, run.seed, run.status, None)
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """The records a reconnecting browser already has, from its ``Last-Event-ID`` header.
+
+    Args:
+        value: the header as Starlette decodes it (latin-1, so any bytes arrive), None if absent.
+
+    Returns:
+        0 without the header, else its number.
+
+    Raises:
+        ValueError: the header is not 1 to ``LAST_EVENT_ID_DIGITS`` ASCII digits (``str.isdigit``
+            alone would pass "²", which ``int`` refuses).
+    """
+    if value is None:
+        return 0
+    if value.isascii() and value.isdigit() and len(value) <= LAST_EVENT_ID_DIGITS:
+        return int(value)
+    raise ValueError(
+        f"Last-Event-ID must be a record number (1 to {LAST_EVENT_ID_DIGITS} ASCII digits)"
+    )
+
+
+class BoundedTail:
+    """Follows a growing event log in bounded reads, opening it only inside ``root``.
+
+    As ``esper.nissa.log.EventTail``: a line counts once its newline is written, blank lines are
+    skipped, the records before a malformed line are returned and every later poll raises, and a
+    log that shrank is an error. Unlike it, a poll reads at most ``read_bytes`` of whole lines
+    (``caught_up`` says whether it reached the end), and every poll resolves the log's links and
+    refuses a path outside ``root``.
+
+    Args:
+        path: the ``events.jsonl`` file.
+        root: the runs directory it must stay in.
+        read_bytes: whole lines read per poll (at least one line, however long).
+    """
+
+    def __init__(self, path: Path, root: Path, read_bytes: int = READ_BYTES) -> None:
+        self.path = path
+        self.root = root
+        self.read_bytes = read_bytes
+        self.offset = 0  # bytes consumed: the end of the last complete line read
+        self.lines = 0  # complete lines consumed
+        self.caught_up = False  # whether the last poll read up to the end of the file
+        self.error: EventLogError | None = None  # a malformed line, raised from then on
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Records from the next ``read_bytes`` of complete lines.
+
+        Raises:
+            EventLogError: a complete line is malformed (after the records before it have been
+                returned), the file shrank or cannot be read, a line is longer than
+                ``MAX_LINE_BYTES``, or the path now links outside ``root``.
+        """
+        if self.error is not None:
+            raise self.error
+        records = []
+        for raw in self._read_lines():
+            self.lines += 1
+            self.offset += len(raw)
+            text = raw.decode("utf-8", errors="replace")
+            if not text.strip():
+                continue
+            try:
+                records.append(parse_record(text.removesuffix("\n"), f"{self.path}:{self.lines}"))
+            except EventLogError as err:
+                self.error = err
+                if not records:
+                    raise
+                break
+        return records
+
+    def _read_lines(self) -> list[bytes]:
+        """The complete lines after ``offset``, newline included, up to about ``read_bytes``."""
+        resolved = confine(self.path, self.root)
+        if resolved is None:
+            raise EventLogError(f"{self.path} links outside the runs directory, so it is not read")
+        try:
+            # O_NOFOLLOW: a link put in place since ``confine`` looked is refused, not followed.
+            fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self.caught_up = True  # not written yet (a run still starting)
+            return []
+        except OSError as err:
+            raise EventLogError(f"{self.path}: cannot read ({err.strerror})") from None
+        with open(fd, "rb") as f:
+            size = os.fstat(fd).st_size
+            if size < self.offset:
+                raise EventLogError(
+                    f"{self.path}: the event log shrank from {self.offset} to {size} bytes "
+                    "(it was rewritten)"
+                )
+            f.seek(self.offset)
+            lines: list[bytes] = []
+            taken = 0
+            self.caught_up = False
+            while taken < self.read_bytes:
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                if not raw.endswith(b"\n"):  # the end of the file, or a line being written
+                    if len(raw) > MAX_LINE_BYTES:
+                        line = self.lines + len(lines) + 1
+                        raise EventLogError(
+                            f"{self.path}:{line}: a line longer than {MAX_LINE_BYTES} bytes "
+                            "is not an event"
+                        )
+                    self.caught_up = True
+                    break
+                lines.append(raw)
+                taken += len(raw)
+        return lines
+
+
+def _record_json(record: dict[str, Any]) -> str:
+    """A record as strict JSON (the browser's ``JSON.parse`` has no NaN): the hub writes
+    non-finite floats as null, so only a hand-edited line needs ``json_safe``'s copy, which
+    would otherwise take most of a long backlog's time."""
+    try:
+        return json.dumps(record, allow_nan=False)
+    except ValueError:  # NaN or ±Infinity in the line
+        return json.dumps(json_safe(record), allow_nan=False)
 
 
 def _sse(event: str, data: str, record_id: int | None = None) -> str:
@@ -108,6 +319,7 @@ def _sse(event: str, data: str, record_id: int | None = None) -> str:
 async def stream_events(
     events_path: Path,
     *,
+    root: Path,
     skip: int,
     poll_seconds: float,
     stopping: Callable[[], bool],
@@ -116,15 +328,17 @@ async def stream_events(
 
     Args:
         events_path: the run's ``events.jsonl``.
+        root: the runs directory, which the log must not link out of.
         skip: records the client already has (its ``Last-Event-ID``).
-        poll_seconds: pause between looks at the log.
+        poll_seconds: pause between looks at the log once everything in it has been sent.
         stopping: returns True once the server is shutting down; the stream then ends.
 
     Yields:
         SSE text: a ``retry`` field, one ``record`` message per record (sent in chunks of up to
-        ``CHUNK_RECORDS``), and a final ``stream-error`` message if a malformed line is found.
+        ``CHUNK_RECORDS``; a long backlog is read ``READ_BYTES`` at a time, without pausing),
+        and a final ``stream-error`` message if a malformed line is found.
     """
-    tail = EventTail(events_path)
+    tail = BoundedTail(events_path, root, READ_BYTES)
     position = 0
     yield f"retry: {RECONNECT_MS}\n\n"
     while not stopping():
@@ -137,14 +351,83 @@ async def stream_events(
         for record in records:
             position += 1
             if position > skip:
-                data = json.dumps(json_safe(record), allow_nan=False)
-                chunk.append(_sse("record", data, position))
+                chunk.append(_sse("record", _record_json(record), position))
             if len(chunk) == CHUNK_RECORDS:
                 yield "".join(chunk)
                 chunk = []
         if chunk:
             yield "".join(chunk)
-        await asyncio.sleep(poll_seconds)
+        if tail.caught_up:
+            await asyncio.sleep(poll_seconds)
+
+
+def accepted_hosts(host: str, port: int) -> frozenset[str]:
+    """The ``Host`` header values that address a server listening on ``(host, port)``.
+
+    The bound address itself (an IPv6 one in brackets); for a loopback address also
+    ``localhost``; for an all-interfaces address (0.0.0.0, ::) also the loopback names, which
+    reach it from this machine. Each with ``:port``, and also without it on port 80 (browsers
+    leave the default port out). Any other name, even one that resolves to this machine, is
+    refused: a page whose host name resolves here is what a DNS rebinding attack looks like.
+
+    Args:
+        host: the listening socket's numeric address (``sock.getsockname()[0]``).
+        port: its port.
+    """
+    address = ipaddress.ip_address(host)
+    names = {f"[{address}]" if address.version == 6 else str(address)}
+    if address.is_loopback:
+        names.add("localhost")
+    if address.is_unspecified:
+        names.update(LOOPBACK_NAMES)
+    hosts = {f"{name}:{port}" for name in names}
+    if port == 80:
+        hosts |= names
+    return frozenset(hosts)
+
+
+class HostCheck:
+    """ASGI middleware refusing requests not addressed to this server (DNS rebinding).
+
+    A request is passed on only when it carries exactly one ``Host`` header, that header is one
+    of ``hosts`` (case-insensitive), and any ``Origin`` header is ``http://`` and one of them.
+    Others get a 403 with a one-line plain-text body; header bytes are compared as latin-1, so
+    any byte is refused, never an error.
+
+    Args:
+        app: the application to protect.
+        hosts: the accepted ``Host`` values (``accepted_hosts``).
+    """
+
+    def __init__(self, app: ASGIApp, hosts: Collection[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(host.lower() for host in hosts)
+        self.origins = frozenset(f"http://{host}" for host in self.hosts)
+        names = " or ".join(sorted(self.hosts))
+        self.refusal = f"refused: this dashboard answers only requests addressed to {names}\n"
+
+    def allows(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether raw ASGI headers (lower-case names) address this server."""
+        hosts, origins = [], []
+        for name, value in headers:
+            if name == b"host":
+                hosts.append(value.decode("latin-1").lower())
+            elif name == b"origin":
+                origins.append(value.decode("latin-1").lower())
+        return (
+            len(hosts) == 1
+            and hosts[0] in self.hosts
+            and len(origins) <= 1
+            and all(origin in self.origins for origin in origins)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or self.allows(scope["headers"]):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await PlainTextResponse(self.refusal, status_code=403)(scope, receive, send)
+        else:  # a WebSocket (the dashboard serves none): close it before accepting
+            await send({"type": "websocket.close", "code": 1008})
 
 
 async def _page(request: Request) -> FileResponse:
@@ -158,6 +441,7 @@ async def _no_icon(request: Request) -> Response:
 def create_app(
     runs_dir: Path,
     *,
+    hosts: Collection[str],
     poll_seconds: float = POLL_SECONDS,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Starlette:
@@ -165,6 +449,8 @@ def create_app(
 
     Args:
         runs_dir: a directory of run directories (or one run directory).
+        hosts: the ``Host`` header values it answers (``accepted_hosts`` of the listening
+            address); requests addressed otherwise get a 403 (``HostCheck``).
         poll_seconds: how often open event streams look for new lines.
         stopping: returns True once the server is shutting down, so open streams end and the
             server can stop without waiting for browsers to leave.
@@ -185,17 +471,22 @@ def create_app(
 
     async def events(request: Request) -> StreamingResponse:
         name = request.path_params["name"]
-        # Only a name the listing produced is served: nothing outside runs_dir can be reached.
-        # (``run_candidates`` opens nothing, so one unreadable run does not hide the others.)
+        try:
+            skip = parse_last_event_id(request.headers.get("last-event-id"))
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+        # Only a name the listing produced is served, and only if it does not link out of
+        # runs_dir. (``run_candidates`` opens nothing, so one unreadable run hides no other.)
         candidates = await run_in_threadpool(run_candidates, runs_dir)
         path = {path.name: path for path in candidates}.get(name)
-        if path is None:
+        if path is None or await run_in_threadpool(outside_part, path, runs_dir) is not None:
             raise HTTPException(404, f"no run named {name!r} in {str(runs_dir)!r}")
-        # Untrusted header: a missing or garbled Last-Event-ID means "send everything".
-        last_id = request.headers.get("last-event-id", "0")
-        skip = int(last_id) if last_id.isdigit() else 0
         body = stream_events(
-            path / EVENTS_FILE, skip=skip, poll_seconds=poll_seconds, stopping=stopping
+            path / EVENTS_FILE,
+            root=runs_dir,
+            skip=skip,
+            poll_seconds=poll_seconds,
+            stopping=stopping,
         )
         return StreamingResponse(
             body,
@@ -211,7 +502,8 @@ def create_app(
             Route("/api/runs", runs),
             Route("/api/runs/{name}/events", events),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
-        ]
+        ],
+        middleware=[Middleware(HostCheck, hosts=hosts)],
     )
 
 
@@ -249,7 +541,13 @@ class DashboardServer:
 
     def __init__(self, runs_dir: Path, sock: socket.socket, poll_seconds: float = POLL_SECONDS):
         self.sock = sock
-        self.app = create_app(runs_dir, poll_seconds=poll_seconds, stopping=self._stopping)
+        host, port = sock.getsockname()[:2]
+        self.app = create_app(
+            runs_dir,
+            hosts=accepted_hosts(host, port),
+            poll_seconds=poll_seconds,
+            stopping=self._stopping,
+        )
         config = uvicorn.Config(
             self.app, log_level="warning", http="h11", ws="none", lifespan="off"
         )
