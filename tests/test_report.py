@@ -13,23 +13,19 @@ from dataclasses import replace
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
+from xml.etree import ElementTree
 
+import numpy as np
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.colors import to_hex
 
 from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import main
 from esper.karn.colours import STAGE_COLOURS
-from esper.karn.report import PLOT_FILES, build_report
-from esper.karn.report_data import (
-    LifecycleMark,
-    ReportError,
-    StageInterval,
-    epoch_records,
-    lifecycle_marks,
-    load_run,
-    round_summaries,
-    stage_intervals,
-)
+from esper.karn.report import MARK_STYLES, PLOT_FILES, Plot, Report, build_report
+from esper.karn.report_data import load_run
 from esper.leyline import SeedStage
 from esper.leyline.events import (
     ActionTaken,
@@ -39,8 +35,10 @@ from esper.leyline.events import (
     RewardComputed,
     RunStarted,
     SeedTransition,
+    SlotSnapshot,
     event_record,
 )
+from esper.nissa.fold import LifecycleMark, StageSpan
 from esper.nissa.record import (
     GrowthSummary,
     PPOSummary,
@@ -52,6 +50,7 @@ from esper.nissa.record import (
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DASH = "—"
 GROWTH_PLOTS = {"accuracy.png", "loss.png", "timeline.png", "params.png", "alpha.png"}
+COMPARED_PLOTS = GROWTH_PLOTS | {"difference.png"}  # against a growth baseline
 PPO_PLOTS = {"returns.png", "rewards.png", "actions.png", "timeline.png", "params.png", "alpha.png"}
 
 
@@ -119,6 +118,10 @@ def _embedded(page: str) -> dict[str, bytes]:
     return {name: base64.b64decode(data) for name, data in found}
 
 
+def _svg(png: str) -> str:
+    return png.removesuffix(".png") + ".svg"
+
+
 def _copy(run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / run.name
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "report"))
@@ -174,13 +177,13 @@ def test_html_is_self_contained_and_embeds_every_png(growth_report: tuple[Path, 
     for forbidden in ("http://", "https://", 'src="//', "src='//", "<script", "<link", "url("):
         assert forbidden not in page
     embedded = _embedded(page)
-    assert set(embedded) == GROWTH_PLOTS
-    assert {p.name for p in out.glob("*.png")} == GROWTH_PLOTS
+    assert set(embedded) == COMPARED_PLOTS
+    assert {p.name for p in out.glob("*.png")} == COMPARED_PLOTS
     assert not list(out.glob(".*"))  # no temporary file left behind
     for name, data in embedded.items():
         assert (out / name).read_bytes() == data
         width, height = _png_size(data)
-        assert width == 800 and height == (270 if name == "timeline.png" else 320)
+        assert width == 960 and height == (270 if name == "timeline.png" else 384)
 
 
 def test_final_metrics_table_shows_both_summaries(
@@ -240,60 +243,77 @@ def test_an_unfinished_run_reports_every_final_metric_missing(
     assert values and all(cells == [DASH] for cells in values)
 
 
-def test_stage_intervals_from_hand_written_transitions() -> None:
+def _epoch(n: int, accuracy: float = 50.0, *slots: SlotSnapshot) -> dict:
+    """A complete ``EpochCompleted`` record (with ``slots``' snapshots)."""
+    return event_record(EpochCompleted(n, 1.0, 60.0, 1.0, accuracy, 1000, slots, 0.1))
+
+
+def test_timeline_and_marks_from_hand_written_transitions(tmp_path: Path) -> None:
     records = [
         _started(),
         _transition(3, "early", "DORMANT", "GERMINATED", "conv_light"),
-        {"event": EpochCompleted.__name__, "epoch": 4, "slots": []},  # not a transition
+        _epoch(4),  # not a transition
         _transition(4, "early", "GERMINATED", "TRAINING", "conv_light"),
         _transition(7, "early", "TRAINING", "PRUNED", "conv_light"),
         _transition(8, "early", "PRUNED", "EMBARGOED", "conv_light"),
         _transition(10, "late", "DORMANT", "GERMINATED", "norm"),
-        _transition(10, "late", "GERMINATED", "PRUNED", "norm"),  # same epoch: no interval
+        _transition(10, "late", "GERMINATED", "PRUNED", "norm"),  # same epoch: no span
         _transition(5, "elsewhere", "DORMANT", "GERMINATED"),  # a slot not reported
+        _epoch(12),
     ]
-    intervals = stage_intervals(records, ("early", "mid", "late"), end_epoch=12)
+    data = load_run(_write_run(tmp_path / "hand", records))
+    assert data.episode is not None and data.slots == ("early", "mid", "late")
     s = SeedStage
-    assert intervals == {
+    assert data.episode.timeline(data.slots) == {  # the last span ends at the last epoch
         "early": [
-            StageInterval(s.DORMANT, 0, 3, None),
-            StageInterval(s.GERMINATED, 3, 4, "conv_light"),
-            StageInterval(s.TRAINING, 4, 7, "conv_light"),
-            StageInterval(s.PRUNED, 7, 8, "conv_light"),
-            StageInterval(s.EMBARGOED, 8, 12, "conv_light"),
+            StageSpan(s.DORMANT, 0, 3, None),
+            StageSpan(s.GERMINATED, 3, 4, "conv_light"),
+            StageSpan(s.TRAINING, 4, 7, "conv_light"),
+            StageSpan(s.PRUNED, 7, 8, "conv_light"),
+            StageSpan(s.EMBARGOED, 8, 12, "conv_light"),
         ],
-        "mid": [StageInterval(s.DORMANT, 0, 12, None)],
-        "late": [StageInterval(s.DORMANT, 0, 10, None), StageInterval(s.PRUNED, 10, 12, "norm")],
+        "mid": [StageSpan(s.DORMANT, 0, 12, None)],
+        "late": [StageSpan(s.DORMANT, 0, 10, None), StageSpan(s.PRUNED, 10, 12, "norm")],
     }
-    assert lifecycle_marks(records) == [
+    assert data.episode.marks() == [
         LifecycleMark(3, "early", "germinate", "conv_light"),
         LifecycleMark(7, "early", "prune", "conv_light"),
         LifecycleMark(10, "late", "germinate", "norm"),
         LifecycleMark(10, "late", "prune", "norm"),
         LifecycleMark(5, "elsewhere", "germinate", "norm"),
     ]
-    with pytest.raises(ReportError, match="unknown seed stage 'SPROUTING'"):
-        stage_intervals([_transition(1, "mid", "DORMANT", "SPROUTING")], ("mid",), 2)
+    report = build_report(data.run.path)
+    timeline = next(p for p in report.plots if p.name == "timeline")
+    drawn = _marks_drawn(timeline.figure.axes[0])  # rows count up from the last slot
+    assert drawn == {("germinate", 3, 2), ("prune", 7, 2), ("germinate", 10, 0), ("prune", 10, 0)}
+
+
+def _marks_drawn(ax: Axes) -> set[tuple[str, float, float]]:
+    """Every lifecycle marker on ``ax`` as (kind, x, y), the kind told by its colour."""
+    kinds = {colour: kind for kind, (_, colour) in MARK_STYLES.items()}
+    found = set()
+    for collection in ax.collections:
+        colours = collection.get_facecolor()
+        kind = kinds.get(to_hex(colours[0])) if len(colours) else None
+        if kind is not None and isinstance(collection, PathCollection):
+            found |= {(kind, x, y) for x, y in collection.get_offsets().tolist()}
+    return found
 
 
 def test_timeline_of_a_recorded_run_covers_every_epoch(recorded_runs: dict[str, Path]) -> None:
     data = load_run(recorded_runs["heuristic"])
-    intervals = stage_intervals(data.records, data.slots, 40)
+    assert data.episode is not None and data.episode.epochs[-1].epoch == 40
+    spans = data.episode.timeline(data.slots)
     assert set(STAGE_COLOURS) == set(SeedStage)  # every stage the timeline may draw
-    assert list(intervals) == ["early", "mid", "late"]
-    for spans in intervals.values():
-        assert spans[0].start == 0 and spans[-1].end == 40
-        assert all(a.end == b.start for a, b in pairwise(spans))
-    fossilized = [m for m in lifecycle_marks(data.records) if m.kind == "fossilize"]
+    assert list(spans) == ["early", "mid", "late"]
+    for mine in spans.values():
+        assert mine[0].start == 0 and mine[-1].end == 40
+        assert all(a.end == b.start for a, b in pairwise(mine))
+    fossilized = [m for m in data.episode.marks() if m.kind == "fossilize"]
     assert len(fossilized) == _growth(data.run.path).fossilized
     assert fossilized  # the recorded run grows a permanent seed: its slot ends FOSSILIZED
     for mark in fossilized:
-        assert [i.stage for i in intervals[mark.slot]][-1] is SeedStage.FOSSILIZED
-
-
-def _epoch(n: int, accuracy: float = 50.0) -> dict:
-    """A complete ``EpochCompleted`` record without slots."""
-    return event_record(EpochCompleted(n, 1.0, 60.0, 1.0, accuracy, 1000, (), 0.1))
+        assert [i.stage for i in spans[mark.slot]][-1] is SeedStage.FOSSILIZED
 
 
 def test_a_resumed_run_keeps_each_epoch_once(tmp_path: Path) -> None:
@@ -302,11 +322,10 @@ def test_a_resumed_run_keeps_each_epoch_once(tmp_path: Path) -> None:
     records = [_started(), epoch(1, 10.0), epoch(2, 20.0), epoch(3, 99.0)]
     records += [_started(resumed=2), epoch(3, 30.0)]  # epoch 3 was run again after Ctrl-C
     data = load_run(_write_run(tmp_path / "resumed", records))
-    assert [(r["epoch"], r["val_accuracy"]) for r in epoch_records(data.records)] == [
-        (1, 10.0),
-        (2, 20.0),
-        (3, 30.0),
-    ]
+    assert [(e.epoch, e.val_accuracy) for e in data.epochs] == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    accuracy = next(p for p in build_report(data.run.path).plots if p.name == "accuracy")
+    validation = accuracy.figure.axes[0].lines[0]
+    assert validation.get_xydata().tolist() == [[1, 10.0], [2, 20.0], [3, 30.0]]
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +344,8 @@ def test_ppo_report_has_reward_and_action_plots(ppo_report: tuple[Path, str]) ->
     embedded = _embedded(page)
     assert set(embedded) == PPO_PLOTS
     for name in PPO_PLOTS:
-        assert _png_size((out / name).read_bytes())[0] == 800
-    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+        assert _png_size((out / name).read_bytes())[0] == 960
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert any("Reward components" in c for c in captions)
     assert any("Action distribution" in c for c in captions)
     assert sum("last episode of env 0, episode 2" in c for c in captions) == 3
@@ -336,9 +355,9 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
     run = recorded_runs["ppo"]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     summary = _ppo(run)
-    rounds = round_summaries(load_run(run).records)
+    rounds = load_run(run).state.rounds
     assert (
-        [r.round for r in rounds]
+        [r.update.round for r in rounds]
         == [1, 2]
         == [e["round"] for e in events if e["event"] == PPOUpdate.__name__]
     )
@@ -351,14 +370,14 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
     actions = [e["op"] for e in events if e["event"] == ActionTaken.__name__]
     assert sum(sum(r.ops.values()) for r in rounds) == len(actions)
     assert sum(r.ops.get("WAIT", 0) for r in rounds) == actions.count("WAIT")
-    assert rounds[-1].mean_accuracy == pytest.approx(summary.final_mean_accuracy)
-    assert rounds[-1].mean_return == pytest.approx(summary.final_mean_return, abs=1e-3)
+    assert rounds[-1].update.mean_final_accuracy == pytest.approx(summary.final_mean_accuracy)
+    assert rounds[-1].update.mean_return == pytest.approx(summary.final_mean_return, abs=1e-3)
     finished = [e for e in events[:first_update] if e["event"] == EpisodeFinished.__name__]
     assert len(finished) == 2  # both environments' first episodes belong to round 1
     returns = [e["episode_return"] for e in finished]
-    assert rounds[0].mean_return == pytest.approx(sum(returns) / 2)  # the update's, same mean
+    assert rounds[0].update.mean_return == pytest.approx(sum(returns) / 2)  # the same mean
     accuracies = [e["final_val_accuracy"] for e in finished]
-    assert rounds[0].mean_accuracy == pytest.approx(sum(accuracies) / 2)
+    assert rounds[0].update.mean_final_accuracy == pytest.approx(sum(accuracies) / 2)
 
 
 def test_baseline_of_the_other_kind_is_compared_where_comparable(
@@ -384,14 +403,97 @@ def test_growth_run_with_a_ppo_baseline(
     assert "is a ppo run" in err
     page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert "PPO baseline&#x27;s final mean accuracy" in page
-    assert set(_embedded(page)) == GROWTH_PLOTS
+    assert set(_embedded(page)) == GROWTH_PLOTS  # no difference against a PPO run
 
 
-def test_report_is_deterministic(recorded_runs: dict[str, Path]) -> None:
-    first = build_report(recorded_runs["heuristic"], recorded_runs["static"])
+@pytest.fixture(scope="module")
+def compared(recorded_runs: dict[str, Path]) -> Report:
+    """The heuristic run's report against the static run, built in memory."""
+    return build_report(recorded_runs["heuristic"], recorded_runs["static"])
+
+
+def _plot(report: Report, name: str) -> Plot:
+    return next(p for p in report.plots if p.name == name)
+
+
+def test_report_is_deterministic(compared: Report, recorded_runs: dict[str, Path]) -> None:
     second = build_report(recorded_runs["heuristic"], recorded_runs["static"])
-    assert first.html == second.html
-    assert [p.png for p in first.plots] == [p.png for p in second.plots]
+    assert compared.html == second.html
+    assert [p.png for p in compared.plots] == [p.png for p in second.plots]
+    assert [p.svg for p in compared.plots] == [p.svg for p in second.plots]
+
+
+def test_every_plot_has_a_valid_svg_beside_its_png_linked_from_the_page(
+    growth_report: tuple[Path, str], compared: Report
+) -> None:
+    out, page = growth_report
+    assert {p.name for p in out.glob("*.svg")} == {_svg(name) for name in COMPARED_PLOTS}
+    for plot in compared.plots:
+        svg = (out / plot.svg_filename).read_bytes()
+        assert svg == plot.svg  # the CLI's files are what the builder rendered
+        root = ElementTree.fromstring(svg)  # well-formed XML
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert f"<a href='{plot.svg_filename}'>" in page
+        assert b"Matplotlib v" not in svg and b"<dc:date>" not in svg  # no version, no date
+
+
+def _raw_epochs(run: Path) -> dict[int, dict]:
+    lines = (run / "events.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return {r["epoch"]: r for r in records if r["event"] == EpochCompleted.__name__}
+
+
+def test_difference_panel_plots_run_minus_baseline_per_epoch(
+    compared: Report, recorded_runs: dict[str, Path]
+) -> None:
+    run, base = _raw_epochs(recorded_runs["heuristic"]), _raw_epochs(recorded_runs["static"])
+    assert run.keys() == base.keys() == set(range(1, 41))
+    accuracy_ax, loss_ax = _plot(compared, "difference").figure.axes
+    for ax, key in ((accuracy_ax, "val_accuracy"), (loss_ax, "val_loss")):
+        label = f"{recorded_runs['heuristic'].name} − {recorded_runs['static'].name}"
+        (line,) = [line for line in ax.lines if line.get_label() == label]
+        assert line.get_xdata().tolist() == sorted(run)
+        expected = [run[e][key] - base[e][key] for e in sorted(run)]
+        assert line.get_ydata().tolist() == pytest.approx(expected, abs=1e-12)
+        zero = [line for line in ax.lines if line.get_label().startswith("_")]
+        assert [list(z.get_ydata()) for z in zero] == [[0.0, 0.0]]  # the zero line
+    differences = [run[e]["val_accuracy"] - base[e]["val_accuracy"] for e in run]
+    assert min(differences) < 0 < max(differences)  # the recorded runs cross: a real check
+
+
+def test_seed_events_are_marked_on_the_curves_at_their_epochs(
+    compared: Report, recorded_runs: dict[str, Path]
+) -> None:
+    run = recorded_runs["heuristic"]
+    epochs = _raw_epochs(run)
+    records = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    kinds = {"GERMINATED": "germinate", "FOSSILIZED": "fossilize", "PRUNED": "prune"}
+    entered = [
+        (kinds[r["to_stage"]], r["epoch"])
+        for r in records
+        if r["event"] == SeedTransition.__name__ and r["to_stage"] in kinds
+    ]
+    assert {kind for kind, _ in entered} == set(kinds.values())
+    for name, key in (("accuracy", "val_accuracy"), ("loss", "val_loss")):
+        ax = _plot(compared, name).figure.axes[0]
+        assert _marks_drawn(ax) == {(k, e, epochs[e][key]) for k, e in entered}
+        assert set(ax.get_legend_handles_labels()[1]) >= set(kinds.values())  # in the legend
+
+
+def test_a_one_epoch_run_draws_visible_points(tmp_path: Path) -> None:
+    snapshot = SlotSnapshot("mid", "TRAINING", "norm", 0.0, None, None, 10)
+    records = [
+        _started(),
+        _transition(1, "mid", "DORMANT", "GERMINATED"),
+        _epoch(1, 42.0, snapshot),
+    ]
+    report = build_report(_write_run(tmp_path / "short", records))
+    assert {p.name for p in report.plots} == {n.removesuffix(".png") for n in GROWTH_PLOTS}
+    for name in ("accuracy", "loss", "params", "alpha"):
+        ax = _plot(report, name).figure.axes[0]
+        drawn = [line for line in ax.lines if np.isfinite(line.get_ydata()).any()]
+        assert drawn and all(line.get_marker() not in ("None", "", None) for line in drawn)
+    assert _marks_drawn(_plot(report, "accuracy").figure.axes[0]) == {("germinate", 1, 42.0)}
 
 
 def _assert_one_line_error(code: int, err: str, message: str) -> None:
@@ -448,12 +550,20 @@ def test_unknown_stage_is_an_error_not_a_traceback(
     assert not (run / "report").exists()
 
 
+def test_an_unknown_slot_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_run(tmp_path / "odd", [{**_started(), "slots": ["early", "middle"]}, _epoch(1)])
+    code, _, err = _report([str(run)], capsys)
+    _assert_one_line_error(code, err, "unknown slot name 'middle'")
+    assert "events.jsonl" in err and not (run / "report").exists()
+
+
 def test_a_log_without_epochs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _write_run(tmp_path / "minimal", [_started()])  # --telemetry minimal, or a fast crash
     code, _, err = _report([str(run)], capsys)
     assert code == 0 and "no summary.json" in err
     page = (run / "report" / "report.html").read_text(encoding="utf-8")
-    assert "No plots" in page and not _embedded(page) and not list((run / "report").glob("*.png"))
+    assert "No plots" in page and not _embedded(page)
+    assert not list((run / "report").glob("*.png")) and not list((run / "report").glob("*.svg"))
 
 
 def test_out_is_a_file(
@@ -518,8 +628,10 @@ def test_a_report_replaces_an_earlier_one_of_another_kind(
     for run in ("ppo", "heuristic"):
         code, _, _ = _report([str(recorded_runs[run]), "--out", str(out)], capsys)
         assert code == 0
-        assert {p.name for p in out.glob("*.png")} <= PLOT_FILES  # the list knows every plot
+        images = {p.name for p in out.glob("*.png")} | {p.name for p in out.glob("*.svg")}
+        assert images <= PLOT_FILES  # the list knows every plot
     assert {p.name for p in out.glob("*.png")} == GROWTH_PLOTS
+    assert {p.name for p in out.glob("*.svg")} == {_svg(name) for name in GROWTH_PLOTS}
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "rewards.png").write_text("a user's file, not a report's")

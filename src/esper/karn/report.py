@@ -1,19 +1,27 @@
-"""The static run report: ``report.html`` plus one PNG per plot, written from a run's records.
+"""The static run report: ``report.html`` plus a PNG and an SVG per plot, from a run's events.
 
 The HTML is self-contained (the PNGs are embedded as base64 data URIs, the CSS is inline; no
-scripts, fonts or links), so it can be mailed or archived on its own; the PNGs are also written
-next to it. Everything is built in memory first and then written file by file under temporary
-names that are renamed into place, so a failure never leaves a half-written report.
+scripts, fonts or external links), so it can be mailed or archived on its own; the PNGs and SVGs
+are also written next to it, and each figure links its SVG there. Everything is built in memory
+first and then written file by file under temporary names that are renamed into place, so a
+failure never leaves a half-written report.
+
+The run is read through the one fold of its events (``esper.nissa.fold.RunState``, via
+``report_data.load_run``): stage spans, lifecycle marks and PPO rounds come from there.
 
 Growth runs (heuristic, static, eval) are plotted per epoch: accuracy and loss against the
-baseline, the seed timeline per slot, parameters and α. PPO runs are plotted per round (mean
-episode return and final accuracy, reward components, action counts), and the seed timeline, α
-and parameters of the last episode of environment 0. A baseline of the other kind (PPO vs
-growth) is compared where that is meaningful: the final-metrics table shows both, and its final
-accuracy appears as a horizontal line on the accuracy plot.
+baseline with the run's seed events (germinate, fossilize, prune) marked on its validation
+curve, the run − baseline difference of validation accuracy and loss (a growth baseline), the
+seed timeline per slot, parameters and α. PPO runs are plotted per round (mean episode return
+and final accuracy, reward components, action counts), and the seed timeline, α and parameters
+of the last episode of environment 0. A baseline of the other kind (PPO vs growth) is compared
+where that is meaningful: the final-metrics table shows both, and its final accuracy appears as
+a horizontal line on the accuracy plot. A series with fewer than two points is drawn with
+markers, so a one-epoch run shows its point rather than an empty plot.
 
 Plotting uses matplotlib's object API (``Figure`` + Agg canvas), never ``pyplot``, so no global
-backend or figure state is touched; the same records give byte-identical PNGs.
+backend or figure state is touched; the same records give byte-identical PNGs and SVGs (no
+version or date stamp, SVG element ids from a fixed salt).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -36,43 +45,66 @@ from matplotlib.ticker import MaxNLocator
 
 from esper.karn.colours import STAGE_COLOURS
 from esper.karn.report_data import (
-    MARK_KINDS,
-    RoundSummary,
     RunData,
     alpha_series,
-    epoch_records,
+    difference,
     final_accuracy,
-    last_episode,
-    lifecycle_marks,
     load_run,
-    round_summaries,
-    series,
-    stage_intervals,
 )
 from esper.leyline import Op, SeedStage
+from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write
+from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import display
 
 REPORT_FILE = "report.html"
-DPI = 100  # 8 x 3.2 inch figures -> 800 x 320 px: readable in a browser without zooming
-WIDTH_IN, HEIGHT_IN = 8.0, 3.2
+DPI = 100
+WIDTH_IN, HEIGHT_IN = 9.6, 3.84
+"""Figure size: 9.6 x 3.84 inch at ``DPI`` -> 960 x 384 px, wide enough for the legend beside
+the axes and readable in a browser without zooming (the timeline's height grows with its slots)."""
 
+SVG_SALT = "esper-report"
+"""matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
+same records give the same SVG file."""
+
+FEW_POINTS = 2
+"""A line with fewer finite points than this is drawn with markers (one point draws no line)."""
 
 MARK_STYLES: Mapping[str, tuple[str, str]] = {
     MARK_KINDS[SeedStage.GERMINATED]: ("^", "#2ca02c"),
     MARK_KINDS[SeedStage.FOSSILIZED]: ("*", "#ffbf00"),
     MARK_KINDS[SeedStage.PRUNED]: ("X", "#d62728"),
 }
-"""Timeline marker and colour of each lifecycle mark kind."""
+"""Marker and colour of each lifecycle mark kind, on the timeline and on the curves."""
 
 
 @dataclass(frozen=True)
 class Plot:
-    """One rendered figure: ``filename`` (PNG), its caption and the PNG bytes."""
+    """One rendered figure.
 
-    filename: str
+    Attributes:
+        name: the file name without extension (``accuracy`` -> ``accuracy.png``, ``.svg``).
+        caption: what the figure shows.
+        figure: the matplotlib figure (what the images were rendered from).
+        png: the PNG bytes.
+        svg: the SVG bytes.
+    """
+
+    name: str
     caption: str
+    figure: Figure
     png: bytes
+    svg: bytes
+
+    @property
+    def filename(self) -> str:
+        """The PNG's file name."""
+        return f"{self.name}.png"
+
+    @property
+    def svg_filename(self) -> str:
+        """The SVG's file name."""
+        return f"{self.name}.svg"
 
 
 @dataclass(frozen=True)
@@ -90,14 +122,26 @@ def _figure(ncols: int = 1, height: float = HEIGHT_IN) -> tuple[Figure, list[Axe
     return figure, [figure.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
-    return buffer.getvalue()
+def _plot(name: str, caption: str, figure: Figure) -> Plot:
+    """Render ``figure`` as PNG and SVG, without a version or date stamp."""
+    png, svg = io.BytesIO(), io.BytesIO()
+    figure.savefig(png, format="png", metadata={"Software": None})
+    with matplotlib.rc_context({"svg.hashsalt": SVG_SALT}):
+        figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    return Plot(name, caption, figure, png.getvalue(), svg.getvalue())
+
+
+def _marker(values: Sequence[float], marker: str = "o") -> str | None:
+    """``marker`` for a series with fewer than ``FEW_POINTS`` finite values, else none."""
+    return marker if sum(math.isfinite(v) for v in values) < FEW_POINTS else None
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
     ax.set_xlabel(xlabel)
+    low, high = ax.get_xlim()
+    if high - low < 2:  # one epoch or round: whole-number ticks on either side of it
+        middle = round((low + high) / 2)
+        ax.set_xlim(middle - 1, middle + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -105,31 +149,62 @@ def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
 
 
+def _mark_seed_events(ax: Axes, marks: Sequence[LifecycleMark], at: Mapping[int, float]) -> None:
+    """Each germinate, fossilize and prune on a curve: at the curve's value ``at[epoch]``, or on
+    the bottom edge where the curve has no value there (never at a made-up value)."""
+    for kind, (marker, colour) in MARK_STYLES.items():
+        mine = [m.epoch for m in marks if m.kind == kind]
+        if not mine:
+            continue
+        style: dict[str, Any] = {
+            "marker": marker, "s": 60, "color": colour, "edgecolors": "black", "zorder": 3
+        }  # fmt: skip
+        on = [e for e in mine if e in at and math.isfinite(at[e])]
+        off = [e for e in mine if e not in on]
+        if on:
+            ax.scatter(on, [at[e] for e in on], label=kind, **style)
+        if off:
+            edge = ax.get_xaxis_transform()  # x in epochs, y in axes fractions
+            label = None if on else kind
+            ax.scatter(off, [0.0] * len(off), transform=edge, clip_on=False, label=label, **style)
+
+
+def _values(epochs: Sequence[EpochCompleted], key: str) -> list[float]:
+    """One field of every epoch (NaN where it was not finite when logged)."""
+    return [float(getattr(e, key)) for e in epochs]
+
+
 def plot_curves(data: RunData, baseline: RunData | None, metric: str) -> Plot | None:
-    """Validation (solid) and training (dashed) ``metric`` per epoch, the baseline beside it.
+    """Validation (solid) and training (dashed) ``metric`` per epoch, the baseline beside it,
+    and the run's seed events on its validation curve.
 
     Args:
         metric: ``"accuracy"`` or ``"loss"``.
     """
-    epochs = epoch_records(data.records)
-    if not epochs:
+    if data.episode is None:
         return None
     figure, (ax,) = _figure()
     runs = [(data, "C0")] + ([(baseline, "C1")] if baseline and not baseline.is_ppo else [])
     for run, colour in runs:
-        mine = epoch_records(run.records)
+        epochs = run.epochs
+        x = [e.epoch for e in epochs]
         for split, style, alpha in (("val", "-", None), ("train", "--", 0.6)):
-            values = series(mine, f"{split}_{metric}")
+            values = _values(epochs, f"{split}_{metric}")
             label = f"{run.run.name} {split}"
-            ax.plot(series(mine, "epoch"), values, style, color=colour, alpha=alpha, label=label)
+            marker = _marker(values)
+            ax.plot(x, values, style, color=colour, alpha=alpha, marker=marker, label=label)
+    values = _values(data.epochs, f"val_{metric}")
+    validation = {e.epoch: v for e, v in zip(data.epochs, values, strict=True)}
+    _mark_seed_events(ax, data.episode.marks(), validation)
     caption = f"{metric.capitalize()} per epoch (solid: validation, dashed: training)"
     if baseline is not None and baseline.is_ppo and metric == "accuracy":
         _reference(ax, baseline)
         caption += "; the PPO baseline's final mean accuracy as a horizontal line"
     elif baseline is not None and not baseline.is_ppo:
         caption += f", against the baseline {baseline.run.name}"
+    caption += "; the run's seed events on its validation curve"
     _finish(ax, "epoch", f"{metric} (%)" if metric == "accuracy" else metric)
-    return Plot(f"{metric}.png", caption + ".", _png(figure))
+    return _plot(metric, caption + ".", figure)
 
 
 def _reference(ax: Axes, baseline: RunData) -> None:
@@ -140,19 +215,44 @@ def _reference(ax: Axes, baseline: RunData) -> None:
         ax.axhline(value, color="C1", linestyle=":", label=label)
 
 
-def plot_timeline(data: RunData, records: Sequence[Mapping[str, Any]], caption: str) -> Plot | None:
-    """One row per slot coloured by stage, with germinate/fossilize/prune markers."""
-    if not epoch_records(records):
+def plot_difference(data: RunData, baseline: RunData | None) -> Plot | None:
+    """Run − baseline validation accuracy (left) and loss (right) per epoch both reached, with
+    a zero line and the run's seed events; only against a growth baseline."""
+    if baseline is None or baseline.is_ppo or data.episode is None:
         return None
-    end = max((e for e in series(epoch_records(records), "epoch") if math.isfinite(e)), default=0.0)
+    found = difference(data.epochs, baseline.epochs)
+    if not found.epochs:
+        return None
+    figure, (left, right) = _figure(ncols=2)
+    label = f"{data.run.name} − {baseline.run.name}"
+    marks = data.episode.marks()
+    for ax, values in ((left, found.val_accuracy), (right, found.val_loss)):
+        ax.plot(found.epochs, values, "-", color="C0", marker=_marker(values), label=label)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        _mark_seed_events(ax, marks, dict(zip(found.epochs, values, strict=True)))
+    _finish(left, "epoch", "Δ validation accuracy (points)", legend=False)
+    _finish(right, "epoch", "Δ validation loss")
+    caption = (
+        f"Difference from the baseline per epoch: {label} validation accuracy (left; above 0: "
+        "the run is ahead) and validation loss (right; below 0: the run is ahead), with the "
+        "run's seed events."
+    )
+    return _plot("difference", caption, figure)
+
+
+def plot_timeline(data: RunData, episode: Episode | None, caption: str) -> Plot | None:
+    """One row per slot coloured by stage, with germinate/fossilize/prune markers."""
+    if episode is None:
+        return None
+    end = float(episode.epochs[-1].epoch)
     figure, (ax,) = _figure(height=1.2 + 0.5 * len(data.slots))
     rows = {slot: i for i, slot in enumerate(reversed(data.slots))}  # first slot on top
-    for slot, spans in stage_intervals(records, data.slots, end).items():
+    for slot, spans in episode.timeline(data.slots, end).items():
         for span in spans:
             bar = [(span.start, span.end - span.start)]
             colour = STAGE_COLOURS[span.stage]
             ax.broken_barh(bar, (rows[slot] - 0.35, 0.7), facecolors=colour, edgecolors="white")
-    marks = [m for m in lifecycle_marks(records) if m.slot in rows]
+    marks = [m for m in episode.marks() if m.slot in rows]
     handles: list[Any] = [Patch(color=STAGE_COLOURS[s], label=s.value) for s in SeedStage]
     for kind, (marker, colour) in MARK_STYLES.items():
         mine = [m for m in marks if m.kind == kind]
@@ -167,37 +267,39 @@ def plot_timeline(data: RunData, records: Sequence[Mapping[str, Any]], caption: 
     ax.set_xlim(0, max(end, 1.0))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")
     ax.set_xlabel("epoch")
-    return Plot("timeline.png", caption, _png(figure))
+    return _plot("timeline", caption, figure)
 
 
-def plot_alpha(data: RunData, records: Sequence[Mapping[str, Any]], caption: str) -> Plot | None:
+def plot_alpha(data: RunData, episode: Episode | None, caption: str) -> Plot | None:
     """α per slot per epoch."""
-    epochs = epoch_records(records)
-    if not epochs:
+    if episode is None:
         return None
     figure, (ax,) = _figure()
+    x = [e.epoch for e in episode.epochs]
     for slot in data.slots:
-        ax.plot(series(epochs, "epoch"), alpha_series(epochs, slot), label=slot)
+        values = alpha_series(episode.epochs, slot)
+        ax.plot(x, values, marker=_marker(values), label=slot)
     ax.set_ylim(-0.05, 1.05)
     _finish(ax, "epoch", "α")
-    return Plot("alpha.png", caption, _png(figure))
+    return _plot("alpha", caption, figure)
 
 
 def plot_params(
-    records: Sequence[Mapping[str, Any]], baseline: RunData | None, caption: str, name: str
+    episode: Episode | None, baseline: RunData | None, caption: str, name: str
 ) -> Plot | None:
     """Active parameter count per epoch (the baseline's too when it is a growth run)."""
-    epochs = epoch_records(records)
-    if not epochs:
+    if episode is None:
         return None
     figure, (ax,) = _figure()
-    ax.step(series(epochs, "epoch"), series(epochs, "param_count"), where="post", label=name)
+    lines = [(episode.epochs, "-", "C0", name)]
     if baseline is not None and not baseline.is_ppo:
-        theirs = epoch_records(baseline.records)
-        x, params = series(theirs, "epoch"), series(theirs, "param_count")
-        ax.step(x, params, "--", where="post", color="C1", label=baseline.run.name)
+        lines.append((baseline.epochs, "--", "C1", baseline.run.name))
+    for epochs, style, colour, label in lines:
+        x, params = [e.epoch for e in epochs], _values(epochs, "param_count")
+        marker = _marker(params)
+        ax.step(x, params, style, where="post", color=colour, marker=marker, label=label)
     _finish(ax, "epoch", "parameters")
-    return Plot("params.png", caption, _png(figure))
+    return _plot("params", caption, figure)
 
 
 def _optional(values: Sequence[float | None]) -> list[float]:
@@ -206,33 +308,34 @@ def _optional(values: Sequence[float | None]) -> list[float]:
 
 def plot_returns(data: RunData, baseline: RunData | None) -> Plot | None:
     """Per round: mean episode return (left) and mean final accuracy (right)."""
-    rounds = round_summaries(data.records)
-    if not rounds:
+    if not data.state.rounds:
         return None
     figure, (left, right) = _figure(ncols=2)
-    runs = [(data.run.name, rounds, "C0")]
+    runs = [(data.run.name, data.state.rounds, "C0")]
     if baseline is not None and baseline.is_ppo:
-        runs.append((baseline.run.name, round_summaries(baseline.records), "C1"))
+        runs.append((baseline.run.name, baseline.state.rounds, "C1"))
     for name, mine, colour in runs:
-        x = [r.round for r in mine]
-        left.plot(x, _optional([r.mean_return for r in mine]), "o-", color=colour, label=name)
-        right.plot(x, _optional([r.mean_accuracy for r in mine]), "o-", color=colour, label=name)
+        x = [r.update.round for r in mine]
+        returns = _optional([r.update.mean_return for r in mine])
+        accuracies = _optional([r.update.mean_final_accuracy for r in mine])
+        left.plot(x, returns, "o-", color=colour, label=name)
+        right.plot(x, accuracies, "o-", color=colour, label=name)
     caption = "Per PPO round: mean episode return and mean final validation accuracy"
     if baseline is not None and not baseline.is_ppo:
         _reference(right, baseline)
         caption += "; the growth baseline's final accuracy as a horizontal line"
     _finish(left, "round", "mean episode return", legend=False)
     _finish(right, "round", "mean final accuracy (%)")
-    return Plot("returns.png", caption + ".", _png(figure))
+    return _plot("returns", caption + ".", figure)
 
 
-def plot_rewards(rounds: Sequence[RoundSummary]) -> Plot | None:
+def plot_rewards(rounds: Sequence[RoundState]) -> Plot | None:
     """Each reward component's mean per step, per round."""
     names = list(dict.fromkeys(name for r in rounds for name in r.components))
     if not names:
         return None
     figure, (ax,) = _figure()
-    x = [r.round for r in rounds]
+    x = [r.update.round for r in rounds]
     for name in names:
         ax.plot(x, [r.components.get(name, math.nan) for r in rounds], "o-", label=name)
     total = _optional([r.mean_reward for r in rounds])
@@ -240,10 +343,10 @@ def plot_rewards(rounds: Sequence[RoundSummary]) -> Plot | None:
     ax.axhline(0.0, color="black", linewidth=0.5)
     _finish(ax, "round", "mean reward per step")
     caption = "Reward components and their total: mean per environment step in each PPO round."
-    return Plot("rewards.png", caption, _png(figure))
+    return _plot("rewards", caption, figure)
 
 
-def plot_actions(rounds: Sequence[RoundSummary]) -> Plot | None:
+def plot_actions(rounds: Sequence[RoundState]) -> Plot | None:
     """Actions taken per round by op, stacked."""
     seen = {op for r in rounds for op in r.ops}
     order = [op.value for op in Op] + sorted(seen - {op.value for op in Op})
@@ -251,31 +354,32 @@ def plot_actions(rounds: Sequence[RoundSummary]) -> Plot | None:
     if not ops:
         return None
     figure, (ax,) = _figure()
-    x = [r.round for r in rounds]
+    x = [r.update.round for r in rounds]
     bottom = [0] * len(rounds)
     for op in ops:
-        counts = [r.ops.get(op, 0) for r in rounds]
+        counts = [r.ops.get(op, 0) for r in rounds]  # an op not chosen in a round: 0 times
         colour = f"C{order.index(op) % 10}"  # one colour per op, whichever ops occur
         ax.bar(x, counts, bottom=bottom, label=op, color=colour)
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set_xticks(x)
     _finish(ax, "round", "actions")
-    return Plot("actions.png", "Action distribution: ops chosen per PPO round.", _png(figure))
+    return _plot("actions", "Action distribution: ops chosen per PPO round.", figure)
 
 
 def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
+    episode = data.episode
     if not data.is_ppo:
         return [
             plot_curves(data, baseline, "accuracy"),
             plot_curves(data, baseline, "loss"),
-            plot_timeline(data, data.records, "Seed timeline per slot, coloured by stage."),
-            plot_params(data.records, baseline, "Active parameters per epoch.", data.run.name),
-            plot_alpha(data, data.records, "Blend weight α per slot per epoch."),
+            plot_difference(data, baseline),
+            plot_timeline(data, episode, "Seed timeline per slot, coloured by stage."),
+            plot_params(episode, baseline, "Active parameters per epoch.", data.run.name),
+            plot_alpha(data, episode, "Blend weight α per slot per epoch."),
         ]
-    episode = last_episode(data.records)
-    number = f", episode {episode[0]['episode']}" if episode else "; none recorded"
+    number = "; none recorded" if episode is None else f", episode {episode.number}"
     which = f" (last episode of env 0{number})."
-    rounds = round_summaries(data.records)
+    rounds = data.state.rounds
     return [
         plot_returns(data, baseline),
         plot_rewards(rounds),
@@ -422,7 +526,8 @@ def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequen
         parts.append(
             f"<figure id='{plot.filename}'><img alt='{caption}' "
             f"src='data:image/png;base64,{data}'><figcaption>{caption} "
-            f"({plot.filename})</figcaption></figure>"
+            f"({plot.filename}; <a href='{plot.svg_filename}'>{plot.svg_filename}</a>)"
+            "</figcaption></figure>"
         )
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -433,8 +538,9 @@ def build_report(run: Path, baseline: Path | None = None) -> Report:
 
     Raises:
         RunDirectoryError: a path that is not a run directory.
-        EventLogError: a malformed event line (other than a partial last line).
-        ReportError: records that cannot be drawn (an unknown stage or slot).
+        EventLogError: a malformed event line (other than a partial last line), e.g. one
+            naming an unknown seed stage.
+        ReportError: records that cannot be drawn (an unknown slot, a malformed meta.json).
     """
     runs = [load_run(run)] + ([] if baseline is None else [load_run(baseline)])
     plots = [p for p in _plots(runs[0], runs[1] if baseline else None) if p is not None]
@@ -442,16 +548,19 @@ def build_report(run: Path, baseline: Path | None = None) -> Report:
     return Report(plots, render_html(runs, plots, warnings), warnings)
 
 
-PLOT_FILES = frozenset(
-    f"{name}.png"
-    for name in ("accuracy", "loss", "timeline", "alpha", "params", "returns", "rewards", "actions")
-)
-"""Every PNG a report can hold; one of these left from an earlier report of another kind is
-removed, so the directory holds exactly the report's images."""
+PLOT_NAMES = (
+    "accuracy", "loss", "difference", "timeline", "alpha", "params", "returns", "rewards", "actions"
+)  # fmt: skip
+"""Every plot a report can hold (``Plot.name``)."""
+
+PLOT_FILES = frozenset(f"{name}.{ext}" for name in PLOT_NAMES for ext in ("png", "svg"))
+"""Every image file a report can hold; one of these left from an earlier report of another kind
+is removed, so the directory holds exactly the report's images."""
 
 
 def write_report(report: Report, out: Path) -> Path:
-    """Write the PNGs, then ``report.html``, each atomically (``leyline.files.atomic_write``).
+    """Write the PNGs and SVGs, then ``report.html``, each atomically
+    (``leyline.files.atomic_write``).
 
     Returns:
         The path of ``report.html``.
@@ -460,11 +569,13 @@ def write_report(report: Report, out: Path) -> Path:
         OSError: ``out`` cannot be created or written.
     """
     out.mkdir(parents=True, exist_ok=True)
-    earlier_report = (out / REPORT_FILE).is_file()  # only then are its PNGs ours to replace
+    earlier_report = (out / REPORT_FILE).is_file()  # only then are its images ours to replace
     files = [(p.filename, p.png) for p in report.plots]
+    files += [(p.svg_filename, p.svg) for p in report.plots]
     files.append((REPORT_FILE, report.html.encode("utf-8")))
     for name, data in files:
         atomic_write(out / name, data)
-    for stale in PLOT_FILES - {p.filename for p in report.plots} if earlier_report else ():
+    written = {name for name, _ in files}
+    for stale in PLOT_FILES - written if earlier_report else ():
         (out / stale).unlink(missing_ok=True)
     return out / REPORT_FILE
