@@ -12,7 +12,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -164,6 +164,16 @@ def run_probe(config: TrainingConfig) -> list[float]:
         return [float(hash(tuple(sorted(p.name for p in out.iterdir()))))]
 
 
+def tracking_probe(config: TrainingConfig) -> list[float]:
+    """``run_probe`` with the MLflow store, when one is set, in a temporary directory."""
+    if config.telemetry.mlflow is None:
+        return run_probe(config)
+    pytest.importorskip("mlflow")
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{Path(tmp) / config.telemetry.mlflow.removeprefix('sqlite:///')}"
+        return run_probe(replace(config, telemetry=replace(config.telemetry, mlflow=uri)))
+
+
 def _level(config: TrainingConfig) -> TelemetryLevel:
     return TelemetryLevel.parse(config.telemetry.level)
 
@@ -257,6 +267,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "runtime.ray_address": ("127.0.0.1:1", {"runtime": {"workers": 1}}, workers_probe),
     "telemetry.level": ("debug", {}, build_probe),
     "telemetry.tensorboard": (True, TINY_RUN, run_probe),
+    "telemetry.mlflow": ("sqlite:///mlflow.db", TINY_RUN, tracking_probe),
 }
 
 

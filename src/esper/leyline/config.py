@@ -156,11 +156,17 @@ class TelemetrySettings:
 
     Attributes:
         level: telemetry level of the event log.
-        tensorboard: also write TensorBoard scalars to tensorboard/ in the run directory.
+        tensorboard: also write TensorBoard scalars, hyperparameters and the configuration to
+            tensorboard/ in the run directory.
+        mlflow: also track the run in MLflow at this tracking URI (http://HOST:PORT or
+            https://HOST for a tracking server, sqlite:///PATH or a postgresql:// or mysql://
+            database): the configuration as parameters, metrics per epoch or round, the summary
+            as an artifact, the end status. None: no MLflow.
     """
 
     level: TelemetryName = "normal"
     tensorboard: bool = False
+    mlflow: str | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -168,6 +174,29 @@ class TelemetrySettings:
             f"telemetry level must be one of minimal, normal, debug, got {self.level!r}",
         )
         check_bool("tensorboard", self.tensorboard)
+        if self.mlflow is not None:
+            check_tracking_uri("mlflow", self.mlflow)
+
+
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")
+"""The MLflow tracking URIs a run accepts: a tracking server, or a database MLflow writes to
+directly (a SQLAlchemy URL, optionally naming its driver: ``postgresql+psycopg://``). MLflow 3
+refuses its old ``file:`` store unless told otherwise, so it is not offered."""
+
+
+def check_tracking_uri(name: str, value: object) -> None:
+    """``value`` is an MLflow tracking URI of an accepted form (``TRACKING_SCHEMES``) that names
+    where it points: a host for a server or database, a file for SQLite."""
+    text = value if isinstance(value, str) else ""
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower().partition("+")[0]
+    # sqlite:///PATH (three slashes, a relative path; four, an absolute one): the host is empty
+    where = (rest[1:] if rest.startswith("/") else "") if scheme == "sqlite" else rest.split("/")[0]
+    require(
+        scheme in TRACKING_SCHEMES and bool(where.strip()),
+        f"{name} must be an MLflow tracking URI: http://HOST:PORT, https://HOST, "
+        f"sqlite:///PATH, postgresql://... or mysql://...; got {value!r}",
+    )
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

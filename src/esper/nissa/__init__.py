@@ -1,18 +1,19 @@
 """Nissa: telemetry.
 
 Nissa owns the hub that fans typed events (declared in ``esper.leyline.events``) out to sinks —
-the JSONL event log every run directory keeps, console progress and optional TensorBoard scalars —
-and the readers of what was recorded: run directories, event logs (followed live or read whole)
-and the DuckDB views of ``esper runs query``. ``esper.nissa.record`` owns the run directory
-itself: its layout, ``meta.json``, the typed ``RunSummary``, CSV logs and crash-safe
-checkpoints. It imports only Leyline.
+the JSONL event log every run directory keeps, console progress, and optional TensorBoard and
+MLflow tracking — and the readers of what was recorded: run directories, event logs (followed
+live or read whole) and the DuckDB views of ``esper runs query``. ``esper.nissa.record`` owns
+the run directory itself: its layout, ``meta.json``, the typed ``RunSummary``, CSV logs and
+crash-safe checkpoints. It imports only Leyline.
 """
 
 from esper.nissa.hub import JsonlSink, Sink, TelemetryHub, json_safe
 from esper.nissa.record import RunRecordError, RunSummary, read_summary
 
-# Sinks with third-party imports (esper.nissa.console: tqdm; esper.nissa.sinks: TensorBoard) and
-# the DuckDB views (esper.nissa.views) are imported from their modules, keeping `esper --help` fast.
+# Sinks with third-party imports (esper.nissa.console: tqdm; esper.nissa.sinks: TensorBoard;
+# esper.nissa.tracking: MLflow) and the DuckDB views (esper.nissa.views) are imported from their
+# modules, keeping `esper --help` fast.
 __all__ = [
     "JsonlSink",
     "RunRecordError",

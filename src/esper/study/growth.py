@@ -198,7 +198,7 @@ class GrowthRunner:
         self.mode, self.config = mode, replace(config, training=training)
         self.threads = torch.get_num_threads()
         seed_everything(config.seed)
-        check_sinks(config.telemetry.tensorboard)
+        check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(training)
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
@@ -274,7 +274,7 @@ class GrowthRunner:
             UserError: out of disk space (the previous checkpoint is intact).
         """
         recorder, training = self.recorder, self.config.training
-        recorder.start(self.mode, training, self.config.seed, self.config.telemetry.tensorboard)
+        recorder.start(self.mode, training, self.config.seed, self.config.telemetry)
         recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
         recorder.drive(
             self._step, lambda: self.epoch > 0 and self.episode.done, lambda s, f: self._finish(s)

@@ -40,7 +40,7 @@ class PPORunner:
         self.config = config = replace(config, env=set_threads(config.env))
         self.threads = torch.get_num_threads()
         seed_everything(config.runtime.seed)
-        check_sinks(config.telemetry.tensorboard)
+        check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(config.env)
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
@@ -89,7 +89,7 @@ class PPORunner:
                 abandoned: the last completed round is the checkpoint).
         """
         config, recorder = self.config, self.recorder
-        recorder.start("ppo", config.env, config.runtime.seed, config.telemetry.tensorboard)
+        recorder.start("ppo", config.env, config.runtime.seed, config.telemetry)
         recorder.console("ppo", config.ppo.rounds)
 
         def step(held: Callable[[], AbstractContextManager[None]]) -> None:

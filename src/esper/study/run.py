@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from esper.data import DatasetNotFoundError, load_dataset
-from esper.leyline.config import HostTraining, UserError, config_dict
+from esper.leyline.config import HostTraining, TelemetrySettings, UserError, config_dict
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
@@ -39,6 +39,7 @@ from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSetupError, TensorBoardSink, check_tensorboard
+from esper.nissa.tracking import MLflowSink, TrackingError, TrackingSetupError, check_mlflow
 from esper.tasks import get_task
 from esper.tolaria.threads import threads_per_worker
 
@@ -280,15 +281,27 @@ class Recorder:
         rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
 
-    def start(self, mode: str, training: HostTraining, seed: int, tensorboard: bool) -> None:
-        """Attach the sinks and announce the run (``RunStarted``)."""
+    def start(
+        self, mode: str, training: HostTraining, seed: int, telemetry: TelemetrySettings
+    ) -> None:
+        """Attach the sinks and announce the run (``RunStarted``).
+
+        Raises:
+            UserError: the MLflow tracking store refused or did not answer.
+        """
         self.hub.run_id = self.run_id
         if self.checkpoint is not None:  # a resume, every check passed: the run is live again
             record.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
             self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
             (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
         sinks: list[Sink] = []
-        if tensorboard:
+        if telemetry.mlflow is not None:
+            try:
+                sinks.append(MLflowSink(telemetry.mlflow, self.directory, mode))
+            except TrackingError as err:
+                where = str(self.directory)
+                raise UserError(f"{err}; continue the run with --resume {where!r}") from err
+        if telemetry.tensorboard:
             config = record.read_config(self.directory)
             sinks.append(TensorBoardSink(self.directory / "tensorboard", config))
         log = JsonlSink(self.directory / record.EVENTS_FILE)
@@ -406,10 +419,13 @@ class Recorder:
         return "", None
 
     def finish(self, summary: record.RunSummary, finished: Event) -> None:
-        """Close the telemetry and write ``summary.json``."""
+        """Write ``summary.json`` and close the telemetry (after the summary: a tracker uploads
+        it)."""
         self.hub.emit(finished)
-        self.hub.close()
-        record.write_summary(self.directory, summary)
+        try:
+            record.write_summary(self.directory, summary)
+        finally:
+            self.hub.close()
 
 
 def check_recorded_mode(directory: Path, mode: str) -> None:
@@ -489,10 +505,12 @@ def read_state(directory: Path, run_id: str) -> dict[str, Any]:
     return state
 
 
-def check_sinks(tensorboard: bool) -> None:
-    """TensorBoard was asked for: fail before anything is written if it is missing."""
-    if tensorboard:
-        try:
+def check_sinks(telemetry: TelemetrySettings) -> None:
+    """TensorBoard or MLflow was asked for: fail before anything is written if it is missing."""
+    try:
+        if telemetry.tensorboard:
             check_tensorboard()
-        except TensorBoardSetupError as err:
-            raise UserError(str(err)) from err
+        if telemetry.mlflow is not None:
+            check_mlflow()
+    except (TensorBoardSetupError, TrackingSetupError) as err:
+        raise UserError(str(err)) from err

@@ -1,0 +1,218 @@
+"""Experiment tracking in MLflow (an optional extra: ``pip install 'esper[mlflow]'``).
+
+``MLflowSink`` mirrors one run directory into one MLflow run of the experiment ``esper``, named
+after the run: the resolved configuration (``config.json``, flattened by ``flat_config``) as
+parameters, the ``scalars`` of every record (the tags TensorBoard gets) as metrics against the
+epoch or round, and at the end ``config.json``, ``summary.json`` and the report (when
+``esper report`` has written one) as artifacts, with the run's end as the MLflow status. A
+value that was not measured is not logged: never 0.
+
+The MLflow run's id is kept in the run directory (``mlflow_run_id``), so a resumed run goes on
+in the same MLflow run. The run directory stays the record: an MLflow server that stops
+answering mid-run is reported once and left behind, and training goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from esper.leyline.files import atomic_write
+from esper.nissa import record
+from esper.nissa.sinks import Scalar, flat_config, scalars
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+"""The MLflow run a run directory is tracked in (its id and a newline)."""
+
+EXPERIMENT = "esper"
+"""The MLflow experiment every run goes to; ``esper.mode`` and the parameters tell them apart."""
+
+REPORT = Path("report") / "report.html"
+"""Where ``esper report RUN`` writes the report in the run directory (``esper.cli.report``)."""
+
+STATUS = {
+    "completed": "FINISHED",
+    "terminated": "FINISHED",  # the governor ended training early: the run ended normally
+    "interrupted": "KILLED",
+    "failed": "FAILED",
+}
+"""The MLflow status of each run status; a run that ends without a summary (a crash) FAILED."""
+
+_FINISHED = ("RunFinished", "PPORunFinished")
+_FLUSH = ("EpochCompleted", "PPOUpdate")  # one request per epoch or round, not per number
+_MAX_METRICS = 1000  # MLflow's limits on one log_batch request
+_MAX_PARAMS = 100
+
+
+class TrackingSetupError(RuntimeError):
+    """MLflow tracking was asked for but the ``mlflow`` package is not installed."""
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store refused or did not answer when the run started."""
+
+
+def check_mlflow() -> None:
+    """Fail early, before a run writes anything, when MLflow tracking cannot work.
+
+    Raises:
+        TrackingSetupError: naming the missing package and how to install it.
+    """
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as err:
+        raise TrackingSetupError(
+            "--telemetry.mlflow needs the mlflow package: pip install 'esper[mlflow]'"
+        ) from err
+
+
+def _sqlite_artifacts(uri: str) -> str | None:
+    """Where a SQLite store's artifacts go: ``mlartifacts`` beside the database (MLflow's
+    default is ``./mlruns`` in whatever directory the run was started from). None for others."""
+    if not uri.lower().startswith("sqlite"):
+        return None
+    database = Path(uri.partition(":///")[2].partition("?")[0])
+    return (database.absolute().parent / "mlartifacts").as_uri()
+
+
+class MLflowSink:
+    """One run directory tracked in an MLflow run (see the module docstring).
+
+    Args:
+        uri: the tracking URI (``TelemetrySettings.mlflow``).
+        directory: the run directory; its ``config.json`` gives the parameters.
+        mode: the command that made the run (the ``esper.mode`` tag).
+
+    Raises:
+        TrackingSetupError: the ``mlflow`` package is missing.
+        TrackingError: the store refused or did not answer (after MLflow's own retries).
+    """
+
+    def __init__(self, uri: str, directory: Path, mode: str) -> None:
+        check_mlflow()
+        from mlflow import MlflowClient  # only when enabled (STYLE 15)
+        from mlflow.exceptions import MlflowException
+
+        self.uri, self.directory = uri, directory
+        self._client = MlflowClient(tracking_uri=uri)
+        self._errors: tuple[type[Exception], ...] = (MlflowException, OSError)
+        self._pending: list[tuple[Scalar, int]] = []  # with its record's wall-clock time, ms
+        self._status: str | None = None  # the run's own, from its finished record
+        self._broken = False  # the store failed mid-run: nothing more is sent
+        try:
+            self.run_id = self._open(mode)
+            self._log_params(flat_config(record.read_config(directory)))
+        except self._errors as err:
+            first = str(err).splitlines()[0] if str(err) else repr(err)
+            raise TrackingError(f"cannot track the run in MLflow at {uri}: {first}") from err
+
+    def _open(self, mode: str) -> str:
+        """The MLflow run of a resumed run, running again; else a new one, its id recorded."""
+        from mlflow.exceptions import MlflowException
+
+        path = self.directory / RUN_ID_FILE
+        if path.is_file():
+            run_id = path.read_text(encoding="utf-8").strip()
+            try:
+                self._client.update_run(run_id, status="RUNNING")
+                return run_id
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                logger.warning(
+                    "the MLflow run %s of %s is not at %s; tracking goes on in a new MLflow run",
+                    run_id,
+                    self.directory,
+                    self.uri,
+                )
+        tags = {"esper.mode": mode, "esper.directory": str(self.directory.absolute())}
+        run = self._client.create_run(self._experiment(), run_name=self.directory.name, tags=tags)
+        atomic_write(path, run.info.run_id + "\n")
+        return str(run.info.run_id)
+
+    def _experiment(self) -> str:
+        """The id of the experiment ``EXPERIMENT``, created if need be."""
+        from mlflow.exceptions import MlflowException
+
+        found = self._client.get_experiment_by_name(EXPERIMENT)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self._client.create_experiment(EXPERIMENT, _sqlite_artifacts(self.uri)))
+        except MlflowException as err:  # another run created it meanwhile
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = self._client.get_experiment_by_name(EXPERIMENT)
+            assert found is not None
+            return str(found.experiment_id)
+
+    def _log_params(self, config: dict[str, Any]) -> None:
+        """The configuration as parameters: strings as they are, anything else as JSON
+        (``true``, ``null``: a setting left unset, not 0). A resumed run logs the same again."""
+        from mlflow.entities import Param
+
+        params = [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in config.items()]
+        for start in range(0, len(params), _MAX_PARAMS):
+            self._client.log_batch(self.run_id, params=params[start : start + _MAX_PARAMS])
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Queue the record's ``scalars``; send them after each epoch or round."""
+        t = int(record["t"] * 1000)
+        self._pending += [(s, t) for s in scalars(record)]
+        if record["event"] in _FINISHED:
+            self._status = STATUS[record["status"]]
+        if record["event"] in _FLUSH or len(self._pending) >= _MAX_METRICS:
+            self._flush()
+
+    def _flush(self) -> None:
+        from mlflow.entities import Metric
+
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), _MAX_METRICS):
+            chunk = pending[start : start + _MAX_METRICS]
+            metrics = [Metric(s.tag, s.value, t, s.step) for s, t in chunk]
+            self._safely(partial(self._client.log_batch, self.run_id, metrics))
+
+    def _safely(self, call: Callable[[], object]) -> None:
+        """Make ``call`` unless the store already failed; on failure warn once and stop."""
+        if self._broken:
+            return
+        try:
+            call()
+        except self._errors as err:
+            self._broken = True
+            first = str(err).splitlines()[0] if str(err) else repr(err)
+            logger.warning(
+                "MLflow at %s failed (%s); the run goes on without it (its record is %s)",
+                self.uri,
+                first,
+                self.directory,
+            )
+
+    def close(self) -> None:
+        """Send what is queued, the artifacts and the run's end (FAILED without a finished
+        record: the run crashed)."""
+        self._flush()
+        self._safely(self._end)
+
+    def _end(self) -> None:
+        for name in (record.CONFIG_FILE, record.SUMMARY_FILE):
+            if (self.directory / name).is_file():
+                self._client.log_artifact(self.run_id, str(self.directory / name))
+        report = self.directory / REPORT
+        if report.is_file():  # the page and its plots
+            self._client.log_artifacts(self.run_id, str(report.parent), REPORT.parent.name)
+        # MLflow prints the run's URL on stdout; library code does not print (STYLE 14).
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self._client.set_terminated(self.run_id, self._status or "FAILED")
+        for line in printed.getvalue().splitlines():
+            logger.info("%s", line)

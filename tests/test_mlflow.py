@@ -1,0 +1,373 @@
+"""MLflow tracking (``--telemetry.mlflow URI``, ``esper.nissa.tracking``).
+
+The end-to-end tests run tiny ``esper heuristic`` runs against a real MLflow tracking server that
+the ``server`` fixture starts on a free port of 127.0.0.1 (SQLite backend, artifacts proxied by
+the server into a temporary directory) and stops afterwards; what the runs logged is read back
+from the server with ``MlflowClient``. The sink's mapping of every record (growth and PPO) is
+checked against a SQLite store, which needs no server. Tests that need mlflow skip without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esper.cli.main import main
+from esper.leyline.config import TelemetrySettings
+from esper.nissa import record
+from esper.nissa.tracking import REPORT, RUN_ID_FILE, MLflowSink, TrackingError
+from esper.study.growth import EpochRow
+from esper.study.run import Stop
+
+TINY = ["--task", "digits", "--batches-per-epoch", "4", "--val-samples", "128"]
+SERVER_START_S = 90.0
+"""How long the server may take to answer (about 7 s on 2 busy cores; generous for CI)."""
+
+
+@pytest.fixture
+def mlflow() -> Any:
+    return pytest.importorskip("mlflow")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on 127.0.0.1: its URI. Stopped (its process group) after
+    the module's tests; its log is shown if it does not come up."""
+    pytest.importorskip("mlflow")
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", (root / "artifacts").as_uri(),
+    ]  # fmt: skip
+    # The server's job runner (a pool of Huey consumers) serves GenAI jobs no test needs.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
+                            start_new_session=True)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = (root / "server.log").read_text(errors="replace")[-3000:]
+                pytest.fail(f"the MLflow server did not come up (exit {proc.poll()}):\n{text}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _epochs(run: Path) -> list[dict[str, Any]]:
+    lines = (run / record.EVENTS_FILE).read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == "EpochCompleted"]
+
+
+def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+# ----------------------------------------------------------------------------- a real server
+
+
+def test_a_heuristic_run_is_tracked_on_a_server(mlflow, server: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "3", "--seed", "3", "--telemetry.mlflow", server]
+    assert main([*args, "--out", str(run)]) == 0
+    client = mlflow.MlflowClient(server)
+    run_id = (run / RUN_ID_FILE).read_text().strip()
+    tracked = client.get_run(run_id)
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "run"
+    assert tracked.data.tags["esper.mode"] == "heuristic"
+    params = tracked.data.params
+    assert params["seed"] == "3" and params["training.task"] == "digits"
+    assert params["training.epochs"] == "3" and params["telemetry.mlflow"] == server
+    assert params["training.slots"] == '["early", "mid", "late"]'
+    assert params["policy"] == "null"  # unset, as in config.json: not 0
+    config = json.loads((run / record.CONFIG_FILE).read_text())
+    assert config["training"]["batches_per_epoch"] == 4
+    # Every epoch's validation accuracy, as the event log and metrics.csv hold it.
+    epochs = _epochs(run)
+    assert _history(client, run_id, "accuracy/val") == [
+        (e["epoch"], pytest.approx(e["val_accuracy"])) for e in epochs
+    ]
+    csv = record.read_rows(run / "metrics.csv", EpochRow)
+    assert [v for _, v in _history(client, run_id, "accuracy/val")] == pytest.approx(
+        [r.val_accuracy for r in csv]
+    )
+    assert _history(client, run_id, "params") == [(e["epoch"], e["param_count"]) for e in epochs]
+    assert len(_history(client, run_id, "slot/mid/alpha")) == 3
+    summary = json.loads((run / record.SUMMARY_FILE).read_text())
+    final = tracked.data.metrics
+    assert final["run/final_val_accuracy"] == pytest.approx(
+        summary["growth"]["final"]["val_accuracy"]
+    )
+    # The artifacts went through the server; what comes back is the run's own summary.
+    assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "summary.json"}
+    fetched = client.download_artifacts(run_id, "summary.json", str(tmp_path))
+    assert json.loads(Path(fetched).read_text()) == summary
+
+
+def test_an_interrupted_run_resumes_in_the_same_mlflow_run(
+    mlflow, server: str, tmp_path: Path, monkeypatch
+) -> None:
+    from esper.tolaria.episode import Episode
+
+    def stop(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise Stop
+
+    run = tmp_path / "run"
+    original = Episode.step
+    monkeypatch.setattr(Episode, "step", stop)  # Ctrl-C after the first epoch
+    args = ["heuristic", *TINY, "--epochs", "3", "--telemetry.mlflow", server, "--out", str(run)]
+    assert main(args) == 130
+    client = mlflow.MlflowClient(server)
+    run_id = (run / RUN_ID_FILE).read_text().strip()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert _history(client, run_id, "accuracy/val")[0][0] == 1
+    monkeypatch.setattr(Episode, "step", original)
+    assert main(["heuristic", "--resume", str(run)]) == 0
+    assert (run / RUN_ID_FILE).read_text().strip() == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    epochs = _epochs(run)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert _history(client, run_id, "accuracy/val") == [
+        (e["epoch"], pytest.approx(e["val_accuracy"])) for e in epochs
+    ]
+    experiment = client.get_experiment_by_name("esper")
+    named = client.search_runs(
+        [experiment.experiment_id], f"tags.`esper.directory` = '{run.absolute()}'"
+    )
+    assert [r.info.run_id for r in named] == [run_id]
+
+
+def test_a_report_in_the_run_directory_is_logged(mlflow, server: str, tmp_path: Path) -> None:
+    """``esper report`` on a run stopped at its last epoch; its resumed end logs the report."""
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "2", "--telemetry.mlflow", server, "--out", str(run)]
+    assert main(args) == 0
+    assert main(["report", str(run)]) == 0
+    assert (run / REPORT).is_file()
+    (run / record.SUMMARY_FILE).unlink()  # as if stopped after its last checkpoint
+    assert main(["heuristic", "--resume", str(run)]) == 0
+    client = mlflow.MlflowClient(server)
+    run_id = (run / RUN_ID_FILE).read_text().strip()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    paths = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/report.html", "report/accuracy.png"} <= paths
+
+
+def _finished(status: str) -> dict[str, Any]:
+    return {
+        "status": status, "epochs": 2, "final_val_accuracy": 50.0, "best_val_accuracy": None,
+        "param_count": 10, "fossilized": 0, "pruned": 0, "seconds": 1.0,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- no server
+
+
+def _store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def _run_directory(tmp_path: Path, source: Path) -> Path:
+    """A directory holding ``source``'s config.json (the sink writes into its run directory;
+    the recorded runs are shared and must not change)."""
+    run = tmp_path / source.name
+    run.mkdir(parents=True)
+    (run / record.CONFIG_FILE).write_bytes((source / record.CONFIG_FILE).read_bytes())
+    return run
+
+
+def test_the_sink_logs_every_measured_scalar(mlflow, tmp_path: Path, recorded_runs) -> None:
+    client = mlflow.MlflowClient(_store(tmp_path))
+    for mode in ("heuristic", "ppo"):
+        run = _run_directory(tmp_path, recorded_runs[mode])
+        sink = MLflowSink(_store(tmp_path), run, mode)
+        lines = (recorded_runs[mode] / record.EVENTS_FILE).read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        for r in records:
+            sink.write(r)
+        sink.close()
+        tracked = client.get_run(sink.run_id)
+        assert tracked.info.status == "FINISHED"
+        if mode == "heuristic":
+            epochs = [r for r in records if r["event"] == "EpochCompleted"]
+            measured = [
+                (r["epoch"], s["contribution"])
+                for r in epochs
+                for s in r["slots"]
+                if s["slot"] == "mid" and s["contribution"] is not None
+            ]
+            assert measured and len(measured) < len(epochs)  # some epochs measured none
+            history = _history(client, sink.run_id, "slot/mid/contribution")
+            assert history == [(e, pytest.approx(v)) for e, v in measured]  # missing is not 0
+            assert tracked.data.params["training.task"] == "synthetic"
+        else:
+            updates = [r for r in records if r["event"] == "PPOUpdate"]
+            for name in ("entropy", "mean_return", "env_steps", "seconds_update"):
+                assert _history(client, sink.run_id, f"ppo/{name}") == [
+                    (u["round"], pytest.approx(u[name])) for u in updates
+                ]
+            episodes = [r for r in records if r["event"] == "EpisodeFinished" and r["env"] == 1]
+            assert _history(client, sink.run_id, "episode/return/env1") == [
+                (e["episode"], pytest.approx(e["episode_return"])) for e in episodes
+            ]
+            config = json.loads((run / record.CONFIG_FILE).read_text())
+            assert tracked.data.params["runtime.seed"] == str(config["runtime"]["seed"])
+            assert tracked.data.params["env.task"] == config["env"]["task"]
+
+
+def test_a_run_into_a_sqlite_store(mlflow, tmp_path: Path) -> None:
+    """No server: the database and, beside it, the artifacts (not ./mlruns wherever esper ran)."""
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "2", "--telemetry.mlflow", _store(tmp_path)]
+    assert main([*args, "--out", str(run)]) == 0
+    client = mlflow.MlflowClient(_store(tmp_path))
+    tracked = client.get_run((run / RUN_ID_FILE).read_text().strip())
+    assert tracked.info.status == "FINISHED"
+    assert tracked.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+    assert {a.path for a in client.list_artifacts(tracked.info.run_id)} == {
+        "config.json",
+        "summary.json",
+    }
+    assert not Path("mlruns").exists() and not Path("mlartifacts").exists()
+
+
+def test_statuses_of_an_end_and_of_a_crash(mlflow, tmp_path: Path, recorded_runs) -> None:
+    client = mlflow.MlflowClient(_store(tmp_path))
+    expected = {"completed": "FINISHED", "terminated": "FINISHED", "interrupted": "KILLED"}
+    expected |= {"failed": "FAILED", None: "FAILED"}  # None: closed without an end (a crash)
+    for i, (status, mlflow_status) in enumerate(expected.items()):
+        run = _run_directory(tmp_path / str(i), recorded_runs["heuristic"])
+        sink = MLflowSink(_store(tmp_path), run, "heuristic")
+        if status is not None:
+            sink.write({"event": "RunFinished", "t": time.time(), **_finished(status)})
+        sink.close()
+        tracked = client.get_run(sink.run_id)
+        assert tracked.info.status == mlflow_status, status
+        assert "run/best_val_accuracy" not in tracked.data.metrics  # None: not logged
+
+
+def test_a_store_that_fails_mid_run_is_reported_once(mlflow, tmp_path, recorded_runs, caplog):
+    run = _run_directory(tmp_path, recorded_runs["heuristic"])
+    sink = MLflowSink(_store(tmp_path), run, "heuristic")
+    calls = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        raise mlflow.exceptions.MlflowException("the store went away")
+
+    sink._client.log_batch = refuse  # type: ignore[method-assign]
+    epoch = json.loads(
+        (recorded_runs["heuristic"] / record.EVENTS_FILE).read_text().splitlines()[1]
+    )
+    assert epoch["event"] == "EpochCompleted"
+    sink.write(epoch)
+    sink.write(epoch)
+    sink.close()  # no exception: the run directory is the record
+    assert len(calls) == 1
+    warnings = [r for r in caplog.records if "the run goes on without it" in r.getMessage()]
+    assert len(warnings) == 1 and "the store went away" in warnings[0].getMessage()
+
+
+def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri, "--out", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot track the run in MLflow at {uri}" in err
+    assert f"--resume {str(run)!r}" in err
+
+
+def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, tmp_path, recorded_runs, caplog):
+    run = _run_directory(tmp_path, recorded_runs["heuristic"])
+    (run / RUN_ID_FILE).write_text("0" * 32 + "\n")  # a run of another store
+    sink = MLflowSink(_store(tmp_path), run, "heuristic")
+    sink.close()
+    assert sink.run_id != "0" * 32
+    assert (run / RUN_ID_FILE).read_text().strip() == sink.run_id
+    assert any("tracking goes on in a new MLflow run" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_run_id_file_is_an_error(mlflow, tmp_path, recorded_runs) -> None:
+    run = _run_directory(tmp_path, recorded_runs["heuristic"])
+    (run / RUN_ID_FILE).write_text("not a run id\n")
+    with pytest.raises(TrackingError, match="cannot track the run in MLflow"):
+        MLflowSink(_store(tmp_path), run, "heuristic")
+
+
+# ----------------------------------------------------------------------------- no mlflow needed
+
+
+def test_missing_mlflow_fails_before_anything_is_written(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails
+    for args in (
+        ["heuristic", "--task", "synthetic", "--epochs", "1"],
+        ["ppo", "--preset", "tiny", "--ppo.rounds", "1"],
+    ):
+        out = tmp_path / args[0]
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        assert main([*args, "--telemetry.mlflow", uri, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "pip install 'esper[mlflow]'" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "uri", ["file:///tmp/mlruns", "127.0.0.1:5000", "http://", "sqlite://", "sqlite:///"]
+)
+def test_a_bad_tracking_uri_is_one_line(tmp_path, capsys, uri: str) -> None:
+    out = tmp_path / "run"
+    args = ["heuristic", "--task", "synthetic", "--epochs", "1", "--telemetry.mlflow", uri]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and repr(uri) in err[0]
+    assert "http://HOST:PORT" in err[0] and "sqlite:///PATH" in err[0]
+    assert not out.exists()
+
+
+def test_tracking_uris_accepted() -> None:
+    accepted = ["http://127.0.0.1:5000", "https://mlflow.example", "sqlite:////tmp/m.db"]
+    accepted += ["sqlite:///m.db", "postgresql+psycopg://u@db/mlflow", "mysql://db/mlflow"]
+    for uri in accepted:
+        assert TelemetrySettings(mlflow=uri).mlflow == uri
+
+
+def test_the_report_path_is_where_esper_report_writes() -> None:
+    from esper.cli.report import REPORT_DIR
+    from esper.karn.report import REPORT_FILE
+
+    assert Path(REPORT_DIR) / REPORT_FILE == REPORT
