@@ -1,10 +1,12 @@
-"""The terminal UI: the fold of records into display state, the Textual app driven headless by
-its pilot over recorded runs (replayed and followed live), bad input, and ``--tui`` plumbing."""
+"""The terminal UI: the text it shows of the one fold (``RunState``), the Textual app driven
+headless by its pilot over recorded runs (replayed and followed live, resumed, at 100×30, 80×24
+and 160×50), bad input, and ``--tui`` plumbing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import shutil
 import sys
@@ -16,28 +18,42 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
 from esper.cli import tui as cli_tui
 from esper.cli.config import split_options
 from esper.cli.main import main
-from esper.karn.tui import HelpScreen, RunApp, env_cells
-from esper.karn.tui_state import RunView, log_text, matches
+from esper.karn.tui import SLOT_COLUMNS, HelpScreen, RunApp, catch_up
+from esper.karn.tui_state import (
+    accuracies,
+    env_cells,
+    log_text,
+    matches,
+    mean_returns,
+    ppo_rows,
+    summary_lines,
+)
 from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
     EpochCompleted,
+    Event,
     GovernorPanic,
     PPOUpdate,
     RunFinished,
     RunStarted,
     SeedTransition,
+    SlotSnapshot,
 )
 from esper.leyline.stages import SeedStage
-from esper.nissa.log import EventTail, open_run
+from esper.nissa.fold import RunState
+from esper.nissa.log import EventTail, Logged, open_run, read_events
 
 SIZE = (150, 50)
 EPOCH = EpochCompleted.__name__
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+NAN = math.nan
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -55,17 +71,21 @@ def last(records: list[dict[str, Any]], event: str, env: int | None = None) -> d
     return matching[-1]
 
 
-def make_app(run: Path, poll_seconds: float = 0.05) -> RunApp:
+def make_app(run: Path, poll_seconds: float = 0.05, **kwargs: Any) -> RunApp:
     directory = open_run(run)
     tail = EventTail(directory.events_path)
-    return RunApp(directory, tail, tail.poll(), poll_seconds=poll_seconds)
+    return RunApp(directory, tail, catch_up(tail), poll_seconds=poll_seconds, **kwargs)
 
 
-def drive(app: RunApp, script: Callable[[Pilot[None]], Awaitable[None]]) -> None:
-    """Run ``app`` headless and let ``script`` drive it."""
+def drive(
+    app: RunApp,
+    script: Callable[[Pilot[None]], Awaitable[None]],
+    size: tuple[int, int] = SIZE,
+) -> None:
+    """Run ``app`` headless at ``size`` and let ``script`` drive it."""
 
     async def go() -> None:
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=size) as pilot:
             await pilot.pause()
             await script(pilot)
 
@@ -87,133 +107,126 @@ def table_rows(table: DataTable[Any]) -> list[list[str]]:
     return [row(table, str(r.key.value)) for r in table.ordered_rows]
 
 
-def slot_record(slot: str, stage: str, blueprint: str | None, **extra: Any) -> dict[str, Any]:
-    values = {"alpha": 0.0, "contribution": None, "shapley": None, "seed_params": 0}
-    return {"slot": slot, "stage": stage, "blueprint": blueprint, **values, **extra}
+def logged(event: Event, env: int | None = None, episode: int | None = None) -> Logged:
+    return Logged(event, 1_700_000_000.0, "r", env, episode)
 
 
-def epoch_record(epoch: int, accuracy: float | None, **extra: Any) -> dict[str, Any]:
-    return {
-        "t": 1_700_000_000.0 + epoch,
-        "run_id": "r",
-        **{k: v for k, v in extra.items() if k in ("env", "episode")},
-        "event": EPOCH,
-        "epoch": epoch,
-        "train_loss": 1.0,
-        "train_accuracy": 50.0,
-        "val_loss": 1.5,
-        "val_accuracy": accuracy,
-        "param_count": 100 + epoch,
-        "slots": extra.get("slots", [slot_record("early", "DORMANT", None)]),
-        "seconds": 0.1,
-    }
+def snapshot(slot: str, stage: SeedStage, blueprint: str | None, **extra: Any) -> SlotSnapshot:
+    values: dict[str, Any] = {"alpha": 0.0, "contribution": None, "shapley": None}
+    return SlotSnapshot(slot, stage.value, blueprint, **{**values, **extra}, seed_params=0)
 
 
-def started(mode: str = "heuristic", resumed: int | None = None) -> dict[str, Any]:
-    return {
-        "t": 1_700_000_000.0,
-        "run_id": "r",
-        "event": RunStarted.__name__,
-        "mode": mode,
-        "task": "synthetic",
-        "seed": 0,
-        "max_epochs": 5,
-        "slots": ["early"],
-        "resumed_from_epoch": resumed,
-    }
+def epoch(number: int, accuracy: float, *slots: SlotSnapshot) -> EpochCompleted:
+    dormant = (snapshot("early", SeedStage.DORMANT, None),)
+    return EpochCompleted(number, 1.0, 50.0, 1.5, accuracy, 100 + number, slots or dormant, 0.1)
 
 
-# --- the fold (pure Python) ------------------------------------------------------------------
+def started(mode: str = "heuristic", resumed: int | None = None) -> Logged:
+    return logged(RunStarted("r", mode, "synthetic", 0, 5, ("early",), resumed))
 
 
-def test_fold_single_model_run() -> None:
-    view = RunView()
-    slots = [slot_record("early", "BLENDING", "norm", alpha=0.5, contribution=1.25, shapley=0.5)]
-    view.apply(started())
-    view.apply(epoch_record(1, 40.0))
-    view.apply(epoch_record(2, None, slots=slots))  # accuracy not measured this epoch
-    assert not view.finished
-    view.apply({"event": RunFinished.__name__, "status": "completed", "epochs": 2})
-    env = view.envs[None]
-    assert list(view.envs) == [None] and env.epoch == 2 and env.params == 102
-    assert env.val_accuracy is None and env_cells(env)[3] == "—"  # missing, never 0
-    assert env.history == [(1, 40.0), (2, None)]
-    assert env.slots[0].stage == "BLENDING" and env.slots[0].alpha == 0.5
-    assert env.slots[0].contribution == 1.25 and env.slots[0].shapley == 0.5
-    assert view.finished and view.status == "completed" and view.events == 4
+def update(round_: int, mean_return: float | None, **stats: Any) -> Logged:
+    values: dict[str, Any] = {f.name: None for f in fields(PPOUpdate)}
+    values.update(round=round_, env_steps=4 * round_, passes=1, early_stopped=False)
+    values.update(skipped_steps=0, overflow_steps=0, entropy_coef=0.01)
+    values.update(seconds_rollout=1.0, seconds_update=0.5, mean_return=mean_return, **stats)
+    return logged(PPOUpdate(**values))
 
 
-def test_fold_ppo_environments_episodes_and_updates() -> None:
-    view = RunView()
-    view.apply(started("ppo"))
+def anomaly(round_: int) -> Logged:
+    return logged(AnomalyDetected(round_, ("entropy_collapse",), "low", "DEBUG", 2))
+
+
+def finished(status: str) -> Logged:
+    return logged(RunFinished(status, 2, 40.0, 41.0, 102, 1, 0, 3.0))
+
+
+# --- what the UI shows of the fold (pure Python) ---------------------------------------------
+
+
+def test_a_single_model_run_shows_its_latest_epoch() -> None:
+    state = RunState()
+    blending = snapshot("early", SeedStage.BLENDING, "norm", alpha=0.5, contribution=1.25)
+    state.apply_all([started(), logged(epoch(1, 40.0)), logged(epoch(2, NAN, blending))])
+    env = state.env(None)
+    assert state.env_keys() == [None] and env.latest is not None
+    assert env_cells(env) == ("—", "—", "2", "—", "1.5000", "102")  # not measured: "—", never 0
+    assert accuracies(env.episode) == [40.0]
+    assert env.latest.slots == (blending,)
+    assert summary_lines(state, "following (live)") == [
+        "heuristic synthetic, seed 0 — following (live)",
+        "epoch 2 / 5 · events 3 · panics 0",
+    ]
+    state.apply(finished("completed"))
+    assert state.status == "completed"
+    assert summary_lines(state, "done")[1].endswith(
+        "final 40.00% (best 41.00%) · seeds 1 fossilized, 0 pruned"
+    )
+
+
+def test_ppo_environments_episodes_and_updates() -> None:
+    state = RunState()
+    state.apply(started("ppo"))
     for env in (0, 1):
-        for epoch in (1, 2):
-            view.apply(epoch_record(epoch, 10.0 * epoch + env, env=env, episode=1))
-    view.apply({"event": EpisodeFinished.__name__, "env": 0, "episode": 1, "episode_return": 0.5})
-    view.apply({"event": GovernorPanic.__name__, "env": 1, "episode": 1, "rule": "spike"})
-    view.apply(epoch_record(1, 99.0, env=0, episode=2))  # env 0's next episode starts afresh
-    update = {"event": PPOUpdate.__name__, "round": 1, "env_steps": 4, "policy_loss": -0.01}
-    view.apply({**update, "entropy": "not a number", "approx_kl": None})
-    view.apply({"event": AnomalyDetected.__name__, "round": 1, "kinds": ["entropy_collapse"]})
-    assert view.env_keys() == [0, 1]
-    assert view.envs[0].episode == 2 and view.envs[0].history == [(1, 99.0)]
-    assert view.envs[1].history == [(1, 11.0), (2, 21.0)]
-    assert view.ppo.round == 1 and view.ppo.env_steps == 4
-    assert view.ppo.stats["policy_loss"] == -0.01
-    assert view.ppo.stats["entropy"] is None and view.ppo.stats["approx_kl"] is None
-    assert view.ppo.anomalies == 1 and view.ppo.mean_returns == [None]
-    assert (view.envs[0].panics, view.envs[1].panics) == (0, 1)
+        for number in (1, 2):
+            state.apply(logged(epoch(number, 10.0 * number + env), env, 1))
+    state.apply(logged(EpisodeFinished(1, 2, 0.5, False, 20.0, 102, 100), 0, 1))
+    state.apply(logged(GovernorPanic(2, "spike", "loss spike", 9.0, 1, ()), 1, 1))
+    state.apply(logged(epoch(1, 99.0), 0, 2))  # env 0's next episode starts afresh
+    state.apply(update(1, None, policy_loss=-0.01, entropy=NAN))
+    state.apply(anomaly(1))
+    assert state.env_keys() == [0, 1]
+    assert env_cells(state.env(0))[:3] == ("0", "2", "1")
+    assert accuracies(state.env(0).episode) == [99.0]
+    assert accuracies(state.env(1).episode) == [11.0, 21.0]
+    rows = dict(ppo_rows(state))
+    assert rows["round"] == "1" and rows["env steps"] == "4" and rows["policy loss"] == "-0.01"
+    assert rows["entropy"] == "—" and rows["approx kl"] == "—"  # not measured
+    assert rows["early stopped"] == "no" and rows["anomalies"] == "1"
+    assert mean_returns(state) == []  # a round whose mean return is missing draws no point
+    assert (state.env(0).panics, state.env(1).panics) == (0, 1)
+    assert summary_lines(state, "x")[1] == "round 1 · env steps 4 · envs 2 · events 10 · panics 1"
 
 
-def test_resumed_run_is_live_again_and_redone_epochs_replace_history() -> None:
-    view = RunView()
-    view.apply(started())
-    for epoch in (1, 2, 3):
-        view.apply(epoch_record(epoch, float(epoch)))
-    view.apply({"event": RunFinished.__name__, "status": "interrupted"})
-    assert view.finished
-    view.apply(started(resumed=2))
-    assert not view.finished
-    view.apply(epoch_record(3, 33.0))
-    assert view.envs[None].history == [(1, 1.0), (2, 2.0), (3, 33.0)]
+def test_a_resumed_run_is_live_again_and_redone_epochs_replace_history() -> None:
+    state = RunState()
+    state.apply_all([started(), *(logged(epoch(n, float(n))) for n in (1, 2, 3))])
+    state.apply(finished("interrupted"))
+    assert state.status == "interrupted"
+    state.apply_all([started(resumed=2), logged(epoch(3, 33.0))])
+    assert state.status is None
+    assert accuracies(state.episode()) == [1.0, 2.0, 33.0]
+    assert "2 attempts (resumed)" in summary_lines(state, "following (live)")[0]
 
 
 def test_a_resumed_ppo_run_keeps_one_return_per_round() -> None:
-    view = RunView()
-    view.apply(started("ppo"))
+    state = RunState()
+    state.apply(started("ppo"))
     for round_, value in ((1, 0.1), (2, 0.2), (3, 0.3)):  # round 3 logged, not checkpointed
-        view.apply({"event": PPOUpdate.__name__, "round": round_, "mean_return": value})
-    anomaly = {"event": AnomalyDetected.__name__, "round": 3, "kinds": ["entropy_collapse"]}
-    view.apply(anomaly)
-    view.apply(started("ppo", resumed=2))
-    view.apply({"event": PPOUpdate.__name__, "round": 3, "mean_return": 0.33})
-    view.apply(anomaly)  # the rerun round finds the same anomaly
-    assert view.ppo.mean_returns == [0.1, 0.2, 0.33]
-    assert view.ppo.anomalies == 1
+        state.apply(update(round_, value))
+    state.apply(anomaly(3))
+    state.apply(started("ppo", resumed=2))
+    state.apply_all([update(3, 0.33), anomaly(3)])  # the rerun round finds the same anomaly
+    assert mean_returns(state) == [0.1, 0.2, 0.33]
+    assert dict(ppo_rows(state))["anomalies"] == "1"
 
 
-def test_log_lines_and_filter() -> None:
-    transition = {
-        "t": 1_700_000_000.0,
-        "env": 1,
-        "episode": 3,
-        "event": SeedTransition.__name__,
-        "epoch": 4,
-        "slot": "mid",
-        "blueprint": "norm",
-        "from_stage": "TRAINING",
-        "to_stage": "BLENDING",
-        "reason": "advance (G2)",
-    }
-    text = log_text(transition)
+def test_log_lines_and_filter(recorded_runs: dict[str, Path]) -> None:
+    move = SeedTransition(4, "mid", "norm", "TRAINING", "BLENDING", "advance (G2)")
+    text = log_text(logged(move, env=1, episode=3))
     assert "env 1 ep 3 SeedTransition" in text and "mid norm: TRAINING → BLENDING" in text
-    anomaly = {"event": AnomalyDetected.__name__, "round": 2, "kinds": ["a", "b"], "detail": None}
-    assert "AnomalyDetected: round=2 kinds=a,b detail=—" in log_text(anomaly)
-    view = RunView()
-    line = view.apply(transition)
-    assert matches(line, "seedtrans") and matches(line, " BLENDING ")
-    assert not matches(line, "PPOUpdate")
-    assert log_text({"event": EPOCH}).endswith("val acc — loss —, train acc —, — params")
+    assert "AnomalyDetected: round=2 kinds=entropy_collapse detail=low" in log_text(anomaly(2))
+    assert log_text(logged(epoch(3, NAN))).endswith(
+        "epoch 3: val acc — loss 1.5000, train acc 50.00%, 103 params"
+    )
+    panic = GovernorPanic(2, "spike", "loss spike", NAN, None, ())
+    assert log_text(logged(panic)).endswith("loss=— restored_epoch=— pruned_slots=none")
+    assert log_text(Logged(move, NAN, "r")).startswith("--:--:-- SeedTransition")  # no time
+    assert matches(text, "seedtrans") and matches(text, " BLENDING ")
+    assert not matches(text, "PPOUpdate")
+    for run in recorded_runs.values():  # every recorded event has a line naming it
+        for item in read_events(run / "events.jsonl").records:
+            assert f" {item.name}: " in log_text(item)
 
 
 # --- the app over recorded runs (replay) -----------------------------------------------------
@@ -247,8 +260,8 @@ def test_heuristic_replay_table_slots_and_status(recorded_runs: dict[str, Path])
             assert cells[3] == f"{slot['alpha']:.2f}"
         assert app.sub_title == "finished (completed)"
         panel = str(app.run_panel.content)
-        assert f"epoch    {final['epoch']} / {final['epoch']}" in panel
-        assert not app.query_one("#ppo-box").display  # no PPO panel for a heuristic run
+        assert f"epoch {final['epoch']} / {final['epoch']} · events {len(records)}" in panel
+        assert not app.query_one("#right").display  # no PPO panel for a heuristic run
         assert len(app.log_panel.lines) == len(records)
         accuracies = [r["val_accuracy"] for r in records if r["event"] == EPOCH]
         assert list(app.accuracy.data or []) == accuracies
@@ -285,8 +298,11 @@ def test_ppo_replay_environments_and_update_stats(recorded_runs: dict[str, Path]
         assert f"{'mean return':<20}{update['mean_return']:.4g}" in ppo
         assert f"{'early stopped':<20}{'yes' if update['early_stopped'] else 'no'}" in ppo
         labels = [line[:20].rstrip() for line in ppo.splitlines()]
-        assert labels[:-2] == [f.name.replace("_", " ") for f in fields(PPOUpdate)]  # each one
+        assert labels[:2] == ["anomalies", "ratio explosions"]
+        assert labels[2:] == [f.name.replace("_", " ") for f in fields(PPOUpdate)]  # each one
         assert f"{'anomalies':<20}0" in ppo
+        returns = [r["mean_return"] for r in records if r["event"] == PPOUpdate.__name__]
+        assert list(app.returns.data or []) == returns
         assert app.sub_title == "finished (completed)"
         slots = app.query_one("#slots", DataTable)
         for env in (0, 1):  # the slot panel follows the selected environment
@@ -296,6 +312,9 @@ def test_ppo_replay_environments_and_update_stats(recorded_runs: dict[str, Path]
             stages = [s["stage"] for s in last(records, EPOCH, env)["slots"]]
             assert [r[1] for r in table_rows(slots)] == stages
             assert str(app.slots_title.content) == f"Slots (env {env})"
+            epochs = [r for r in records if r["event"] == EPOCH and r["env"] == env]
+            current = [r["val_accuracy"] for r in epochs if r["episode"] == epochs[-1]["episode"]]
+            assert list(app.accuracy.data or []) == current  # this episode's accuracies
 
     drive(app, script)
 
@@ -325,6 +344,93 @@ def test_event_log_filter_narrows_lines_and_help_opens(recorded_runs: dict[str, 
         await until(pilot, lambda: not app.is_running)
 
     drive(app, script)
+
+
+# --- the layout at 100×30, 80×24 and 160×50 --------------------------------------------------
+
+
+def scrolls(widget: Widget) -> bool:
+    """Whether ``widget`` or a container around it scrolls vertically (shows a scrollbar)."""
+    node: Any = widget
+    while isinstance(node, Widget):
+        if node.allow_vertical_scroll:
+            return True
+        node = node.parent
+    return False
+
+
+def layout_problems(app: RunApp) -> list[str]:
+    """What is cut on screen: a widget reaching past the screen or its container (vertically
+    only where nothing scrolls to it), or a table whose columns are wider than the table."""
+    screen = app.screen
+    problems = []
+    for widget in screen.walk_children():
+        region = widget.region
+        if not widget.display or region.area == 0:
+            continue  # hidden (the PPO column of a growth run, the error line without error)
+        parent = widget.parent
+        box = parent.content_region if isinstance(parent, Widget) else screen.region
+        if not (box.x <= region.x and region.right <= box.right <= screen.region.right):
+            problems.append(f"{widget} is cut horizontally: {region} in {box}")
+        if not scrolls(parent) and not (box.y <= region.y and region.bottom <= box.bottom):
+            problems.append(f"{widget} is cut vertically: {region} in {box}")
+    for table in app.query(DataTable):
+        if table.virtual_size.width > table.scrollable_content_region.width:
+            problems.append(f"#{table.id} columns need {table.virtual_size.width} columns")
+    return problems
+
+
+def save_screenshot(app: RunApp, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = Path(app.save_screenshot(f"{name}.svg", str(ARTIFACTS)))
+    assert path.read_text(encoding="utf-8").startswith("<svg")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["ppo", "heuristic"])
+def test_every_panel_is_readable_at_100_by_30(recorded_runs: dict[str, Path], mode: str) -> None:
+    app = make_app(recorded_runs[mode])
+
+    async def script(pilot: Pilot[None]) -> None:
+        assert layout_problems(app) == []
+        slots = app.query_one("#slots", DataTable)
+        headings = [str(column.label) for column in slots.columns.values()]
+        assert headings == [heading for _, heading, _ in SLOT_COLUMNS]  # all labelled, all shown
+        right = slots.scrollable_content_region.right
+        assert sum(c.get_render_width(slots) for c in slots.columns.values()) <= right
+        stages = {s.value for s in SeedStage}
+        assert all(r[1] in stages for r in table_rows(slots))  # full stage names
+        for panel in ("#left", "#envs", "#slots"):  # nothing to scroll to
+            assert not app.query_one(panel).allow_vertical_scroll, panel
+        assert app.log_panel.scrollable_content_region.height >= 5  # the event log is visible
+        if mode == "ppo":  # the PPO statistics scroll in their column; the rest stays
+            assert app.query_one("#right").allow_vertical_scroll
+        save_screenshot(app, f"tui-{mode}-100x30")
+
+    drive(app, script, size=(100, 30))
+
+
+def test_a_small_terminal_scrolls_and_a_large_one_shows_more(
+    recorded_runs: dict[str, Path],
+) -> None:
+    seen: dict[tuple[int, int], int] = {}
+    for size in ((80, 24), (100, 30), (160, 50)):
+        app = make_app(recorded_runs["ppo"])
+
+        async def script(
+            pilot: Pilot[None], app: RunApp = app, size: tuple[int, int] = size
+        ) -> None:
+            assert len(table_rows(app.query_one("#envs", DataTable))) == 2
+            seen[size] = app.log_panel.scrollable_content_region.height
+            if size == (160, 50):
+                assert layout_problems(app) == []
+                assert not app.query_one("#right").allow_vertical_scroll  # every PPO statistic
+                assert app.accuracy.region.height > 2  # the sparkline takes the free rows
+                save_screenshot(app, "tui-ppo-160x50")
+            await pilot.press("n", "slash", "x")  # still usable when small
+
+        drive(app, script, size=size)
+    assert seen[(80, 24)] >= 2 and seen[(160, 50)] > seen[(100, 30)]
 
 
 # --- following a live run --------------------------------------------------------------------
@@ -369,6 +475,54 @@ def test_follows_a_live_run_and_waits_for_complete_lines(
     drive(app, script)
 
 
+def test_a_long_log_is_read_in_pieces(
+    recorded_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading ``READ_BYTES`` at a time, the app folds the same events as one read would."""
+    run = tmp_path / "long"
+    lines = copy_run(recorded_runs["ppo"], run, 1)
+    monkeypatch.setattr("esper.karn.tui.READ_BYTES", 256)
+    app = make_app(run)
+
+    async def script(pilot: Pilot[None]) -> None:
+        with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write("".join(lines[1:]))
+        await until(pilot, lambda: app.state.events == len(lines))
+        assert app.sub_title == "finished (completed)"
+        assert len(app.log_panel.lines) == len(lines)
+
+    drive(app, script)
+
+
+def test_a_resume_while_following_replaces_the_redone_epochs(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "resumed"
+    raw = records_of(recorded_runs["static"])
+    epochs = [r for r in raw if r["event"] == EPOCH]
+    stopped = {**raw[-1], "status": "interrupted", "epochs": 3}  # stopped after 5, saved at 3
+    copy_run(recorded_runs["static"], run, 0)
+    first = [raw[0], *epochs[:5], stopped]
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    again = [{**e, "val_accuracy": 1.0 + e["epoch"]} for e in epochs[3:6]]  # epochs 4–6 rerun
+    app = make_app(run)
+
+    async def script(pilot: Pilot[None]) -> None:
+        assert app.sub_title == "finished (interrupted)"
+        assert list(app.accuracy.data or []) == [e["val_accuracy"] for e in epochs[:5]]
+        resumed = {**raw[0], "resumed_from_epoch": 3}
+        with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in [resumed, *again]))
+        await until(pilot, lambda: app.state.events == len(first) + 4)
+        assert app.sub_title == "following (live)"  # live again
+        expected = [e["val_accuracy"] for e in epochs[:3]] + [1.0 + e["epoch"] for e in epochs[3:6]]
+        assert list(app.accuracy.data or []) == expected
+        assert row(app.query_one("#envs", DataTable), "run")[2] == str(epochs[5]["epoch"])
+        assert "2 attempts (resumed)" in str(app.run_panel.content)
+
+    drive(app, script)
+
+
 def test_a_partial_last_line_that_stays_is_reported(
     recorded_runs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -376,9 +530,7 @@ def test_a_partial_last_line_that_stays_is_reported(
     lines = copy_run(recorded_runs["static"], run, 20)
     with (run / "events.jsonl").open("a", encoding="utf-8") as f:
         f.write(lines[20][:30])  # the run died while writing this line
-    directory = open_run(run)
-    tail = EventTail(directory.events_path)
-    app = RunApp(directory, tail, tail.poll(), poll_seconds=0.05, stalled_seconds=0.3)
+    app = make_app(run, stalled_seconds=0.3)
 
     async def script(pilot: Pilot[None]) -> None:
         # (Not asserted before: on a loaded machine the 0.3 s may pass while the app starts.)
@@ -390,23 +542,31 @@ def test_a_partial_last_line_that_stays_is_reported(
     drive(app, script)
 
 
-def test_malformed_line_while_following_stops_following(
-    recorded_runs: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize("typed", [False, True])
+def test_a_malformed_line_while_following_stops_following(
+    recorded_runs: dict[str, Path], tmp_path: Path, typed: bool
 ) -> None:
     run = tmp_path / "broken"
     lines = copy_run(recorded_runs["ppo"], run, 10)
+    if typed:  # well-formed JSON, but a field that is not of the event's type
+        epoch = next(json.loads(line) for line in lines if json.loads(line)["event"] == EPOCH)
+        bad = json.dumps({**epoch, "val_accuracy": "high"}) + "\n"
+        message = "EpochCompleted.val_accuracy is 'high', not a number"
+    else:
+        bad, message = "{not json\n", "malformed"
     app = make_app(run)
 
     async def script(pilot: Pilot[None]) -> None:
         with (run / "events.jsonl").open("a", encoding="utf-8") as f:
-            f.write("{not json\n")
+            f.write(lines[10] + bad)
         await until(pilot, lambda: app.error is not None)
-        assert "events.jsonl:11" in str(app.error) and "malformed" in str(app.error)
+        assert "events.jsonl:12" in str(app.error) and message in str(app.error)
         assert app.error_line.has_class("shown") and "stopped following" in app.sub_title
+        assert app.state.events == 11  # the line before the bad one is folded
         with (run / "events.jsonl").open("a", encoding="utf-8") as f:
-            f.write("".join(lines[10:]))
+            f.write("".join(lines[12:]))
         await pilot.pause(0.3)
-        assert app.is_running and app.view.events == 10  # nothing read after the error
+        assert app.is_running and app.state.events == 11  # nothing read after the error
 
     drive(app, script)
 
@@ -421,11 +581,16 @@ def test_bad_input_is_one_line_and_exit_2(
     lines = copy_run(recorded_runs["heuristic"], broken, 3)
     with (broken / "events.jsonl").open("a", encoding="utf-8") as f:
         f.write('{"event": "NoSuchEvent"}\n' + lines[3])
+    mistyped = tmp_path / "mistyped"
+    copy_run(recorded_runs["heuristic"], mistyped, 0)
+    epoch = next(json.loads(line) for line in lines if json.loads(line)["event"] == EPOCH)
+    (mistyped / "events.jsonl").write_text(lines[0] + json.dumps({**epoch, "epoch": "2"}) + "\n")
     (tmp_path / "empty").mkdir()
     cases = {
         tmp_path / "missing": "does not exist",
         tmp_path / "empty": "not an Esper run directory",
         broken: "events.jsonl:4: unknown event 'NoSuchEvent'",
+        mistyped: "events.jsonl:2: EpochCompleted.epoch is '2', not int",
     }
     for path, message in cases.items():
         assert main(["tui", str(path)]) == 2
@@ -486,7 +651,7 @@ def test_tui_child_is_interrupted_on_quit(
     async def script(pilot: Pilot[None]) -> None:
         app = pilot.app
         assert isinstance(app, RunApp)
-        await until(pilot, lambda: None in app.view.envs, timeout=60)  # an epoch is shown
+        await until(pilot, lambda: None in app.state.envs, timeout=60)  # an epoch is shown
         seen["status"] = app.sub_title
         await pilot.press("q")
 
@@ -542,7 +707,7 @@ def test_tui_child_finishing_first_returns_its_code(
     async def script(pilot: Pilot[None]) -> None:
         app = pilot.app
         assert isinstance(app, RunApp)
-        await until(pilot, lambda: app.child_code is not None and app.view.finished)
+        await until(pilot, lambda: app.child_code is not None and app.state.status is not None)
         await pilot.pause(0.2)
         seen["status"] = app.sub_title
         await pilot.press("q")

@@ -1,8 +1,8 @@
 """``esper tui RUN`` and ``--tui`` on the training commands: the terminal UI (Karn).
 
-``esper tui RUN`` validates the run directory and reads its whole event log before the UI
-starts, so a bad directory or a malformed line is a one-line error (exit 2), then follows the
-log until the user quits.
+``esper tui RUN`` validates the run directory and folds its whole event log before the UI
+starts, so a bad directory or a malformed line (bad JSON, an unknown event, a field of the wrong
+type) is a one-line error (exit 2), then follows the log until the user quits.
 
 ``esper heuristic|static|eval|ppo ... --tui`` starts the same command without ``--tui`` as a
 child process (``python -m esper.cli.main``), with an explicit ``--out`` when neither ``--out``
@@ -26,10 +26,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from esper.cli.config import RunOptions
-from esper.karn.tui import RunApp
+from esper.karn.tui import RunApp, catch_up
 from esper.leyline.config import UserError
 from esper.nissa.log import EVENTS_FILE, EventTail, RunDirectory, open_run
 
@@ -57,22 +57,10 @@ def run_tui(args: argparse.Namespace) -> int:
     """
     run = open_run(args.run)
     tail = EventTail(run.events_path)
-    records = read_to_end(tail)  # a malformed line fails here, before the UI starts
+    state = catch_up(tail)  # a malformed line fails here, before the UI
     _require_terminal()
-    _run_app(RunApp(run, tail, records))
+    _run_app(RunApp(run, tail, state))
     return 0
-
-
-def read_to_end(tail: EventTail) -> list[dict[str, Any]]:
-    """Every complete record the log holds now.
-
-    Raises:
-        EventLogError: a malformed line (a poll returns the records before it, the next raises).
-    """
-    records = tail.poll()
-    while batch := tail.poll():
-        records += batch
-    return records
 
 
 def _interactive() -> bool:
@@ -284,7 +272,8 @@ def run_with_tui(command: str, options: RunOptions, argv: list[str]) -> int:
         run = child.wait_for_run()
         if run is not None:
             tail = EventTail(run.events_path)
-            _run_app(RunApp(run, tail, read_to_end(tail), exit_code=child.process.poll))
+            state = catch_up(tail)
+            _run_app(RunApp(run, tail, state, exit_code=child.process.poll))
     except KeyboardInterrupt:
         pass  # Ctrl-C before the UI took the terminal: stop the child as quitting the UI does
     finally:

@@ -1,56 +1,68 @@
 """The live terminal UI (Textual): follow a run as it trains, or replay a finished one.
 
-The app reads a run directory's ``events.jsonl`` through ``esper.nissa.log.EventTail``: it folds
-the records already there (a finished run is replayed whole), then polls for new ones every
-``POLL_SECONDS``. A malformed line found while following stops the following and shows the error
-instead of crashing. The display state lives in ``esper.karn.tui_state`` (pure Python); this
-module only lays it out. ``HELP_TEXT`` (the ``?`` screen) describes each panel; the highlighted
-row of the environment table selects the environment the slot panel and the accuracy sparkline
-show (for PPO, the episode being played: each episode starts a new history).
+The app reads a run directory's ``events.jsonl`` as typed events (``esper.nissa.log.EventTail``)
+and folds them into one ``esper.nissa.fold.RunState`` — the fold every view shares, resumes
+included. It starts from the state of the events already there (a finished run is replayed
+whole), then polls for new ones every ``POLL_SECONDS``. A malformed line found while following
+(bad JSON, an unknown event, a field of the wrong type) stops the following and shows the error
+instead of crashing. ``esper.karn.tui_state`` turns the state into text; this module lays it out.
+``HELP_TEXT`` (the ``?`` screen) describes each panel; the highlighted row of the environment
+table selects the environment the slot panel and the accuracy sparkline show (for PPO, the
+episode being played: each episode starts a new history).
+
+Layout: the run summary across the top; below it the environment table, the slot panel and the
+accuracy sparkline, with the PPO panel (PPO runs) in a scrolling column on the right; the event
+log takes the rest of the height. Panels are sized in ``auto``, ``fr`` and ``vh`` units so the
+whole screen stays readable from 100×30 (the event log keeps its rows; the tables keep every
+column) and a larger terminal gives the extra room to the tables and the log.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from collections import deque
+from collections.abc import Callable
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Label, Log, Sparkline, Static
 
 from esper.karn.tui_state import (
+    ENV_HEADINGS,
     LOG_LINES,
-    EnvView,
-    RunView,
-    SlotRow,
-    integer,
+    PPO_LABEL_WIDTH,
+    accuracies,
+    env_cells,
+    log_text,
     matches,
-    number,
+    mean_returns,
+    ppo_text,
+    summary_lines,
 )
+from esper.leyline.events import SlotSnapshot
 from esper.leyline.stages import SeedStage
-from esper.nissa.log import EventLogError, EventTail, RunDirectory, display, percent
+from esper.nissa.fold import RunState
+from esper.nissa.log import EventLogError, EventTail, Logged, RunDirectory, display, percent
 
 POLL_SECONDS = 0.5
 """How often a followed event log is polled: quick enough to feel live, cheap when idle."""
+
+READ_BYTES = 1 << 20
+"""How much of the log one read takes at most (about 3,000 lines): a long log is folded piece by
+piece, so reading it holds the fold's state and one piece, never the whole log, and the UI draws
+between pieces."""
 
 STALLED_SECONDS = 5.0
 """A last line left without its newline this long is reported: the writer flushes whole lines
 in one write, so a partial line that stays is a run that died while writing it."""
 
-ENV_COLUMNS: tuple[tuple[str, str, Callable[[EnvView], str]], ...] = (
-    ("env", "env", lambda v: display(v.env)),  # "—" for a single-model run's only environment
-    ("episode", "episode", lambda v: display(v.episode)),
-    ("epoch", "epoch", lambda v: display(v.epoch)),
-    ("val_accuracy", "val acc", lambda v: percent(v.val_accuracy)),
-    ("val_loss", "val loss", lambda v: display(v.val_loss, ".4f")),
-    ("params", "params", lambda v: display(v.params)),
-)
-"""Per-environment table: column key, heading and cell."""
+PPO_WIDTH = PPO_LABEL_WIDTH + 14
+"""The PPO column's width: its labels, a value such as "-1.234e-05" and room for the scrollbar."""
 
 STAGE_STYLES = {
     SeedStage.DORMANT: "dim",
@@ -67,24 +79,42 @@ STAGE_STYLES = {
 
 _STYLES = {stage.value: style for stage, style in STAGE_STYLES.items()}
 
+SLOT_COLUMNS: tuple[tuple[str, str, Callable[[SlotSnapshot], str | Text]], ...] = (
+    ("slot", "slot", lambda s: s.slot),
+    ("stage", "stage", lambda s: Text(s.stage, style=_STYLES[s.stage])),  # the full name
+    ("blueprint", "blueprint", lambda s: display(s.blueprint)),
+    ("alpha", "α", lambda s: display(s.alpha, ".2f")),
+    ("contribution", "contrib", lambda s: display(s.contribution, "+.2f")),
+    ("shapley", "shapley", lambda s: display(s.shapley, "+.2f")),
+    ("seed_params", "params", lambda s: display(s.seed_params)),
+)
+"""Slot panel: column key, heading and cell (headings kept short so every column fits beside the
+PPO column at 100 columns; ``HELP_TEXT`` spells them out). The reader only accepts known stage
+names, so every stage has its colour."""
+
 HELP_TEXT = f"""\
 esper tui — keys
 
-  q          quit (a run started with --tui is interrupted: it checkpoints and can be resumed)
-  ?          this help (escape, q or ? closes it)
-  /          filter the event log: lines containing the text (case-insensitive)
-  escape     clear the filter and go back to the environment table
-  n / p      next / previous environment (or ↑ ↓ in the environment table)
+  q         quit (a run started with --tui is interrupted: it checkpoints
+            and can be resumed)
+  ?         this help (escape, q or ? closes it)
+  /         filter the event log: lines containing the text (any case)
+  escape    clear the filter and go back to the environment table
+  n / p     next / previous environment (or ↑ ↓ in the environment table)
 
 Panels
-  environments  latest epoch of each environment: episode, epoch, val accuracy, val loss, params
-  slots         the selected environment's slots: stage, blueprint, α, counterfactual
-                contribution and Shapley value (accuracy points), seed parameters
-  accuracy      val accuracy per epoch of the selected environment's current episode
-  run / PPO     status and result; for PPO runs the latest round's update statistics and the
-                mean return per round
-  events        one line per event (the last {LOG_LINES} are kept); "—" marks a value that
-                was not measured
+  summary   mode, task, seed, status; epoch (PPO: round, env steps) and
+            the result once the run has ended
+  envs      each environment's latest epoch: episode, epoch, val accuracy,
+            val loss, params
+  slots     the selected environment's slots at its latest epoch: stage,
+            blueprint, α, contrib (counterfactual contribution) and
+            shapley (Shapley value), both in accuracy points; seed params
+  accuracy  val accuracy per epoch of the selected environment's episode
+  PPO       mean return per round; anomaly and ratio-explosion counts;
+            every statistic of the latest round's update (scroll it)
+  events    one line per event (the last {LOG_LINES} are kept); "—" marks a
+            value that was not measured
 """
 
 
@@ -93,45 +123,28 @@ def env_row_key(key: int | None) -> str:
     return "run" if key is None else str(key)
 
 
-SLOT_COLUMNS: tuple[tuple[str, str, Callable[[SlotRow], str | Text]], ...] = (
-    ("slot", "slot", lambda r: r.slot),
-    ("stage", "stage", lambda r: Text(display(r.stage), style=_STYLES.get(r.stage or "", ""))),
-    ("blueprint", "blueprint", lambda r: display(r.blueprint)),
-    ("alpha", "α", lambda r: display(r.alpha, ".2f")),
-    ("contribution", "contribution", lambda r: display(r.contribution, "+.2f")),
-    ("shapley", "shapley", lambda r: display(r.shapley, "+.2f")),
-    ("seed_params", "seed params", lambda r: display(r.seed_params)),
-)
-"""Slot panel: column key, heading and cell (the stage coloured by ``STAGE_STYLES``; an unknown
-stage name, which a log may hold, unstyled)."""
-
-
-def env_cells(view: EnvView) -> tuple[str, ...]:
-    """One environment's table row, in ``ENV_COLUMNS`` order."""
-    return tuple(cell(view) for _, _, cell in ENV_COLUMNS)
-
-
-def slot_cells(row: SlotRow) -> tuple[str | Text, ...]:
+def slot_cells(snapshot: SlotSnapshot) -> tuple[str | Text, ...]:
     """One slot's row, in ``SLOT_COLUMNS`` order."""
-    return tuple(cell(row) for _, _, cell in SLOT_COLUMNS)
+    return tuple(cell(snapshot) for _, _, cell in SLOT_COLUMNS)
 
 
-PPO_LABEL_WIDTH = 20
-"""PPO panel: the label column's width (the longest field name, "mean final accuracy", + 1)."""
+def catch_up(tail: EventTail, state: RunState | None = None) -> RunState:
+    """Fold every complete event the log holds now into ``state`` (``READ_BYTES`` at a time).
 
+    Args:
+        tail: the event log's tail.
+        state: the state to fold into; None: a fresh one keeping ``LOG_LINES`` events.
 
-def ppo_text(view: RunView) -> str:
-    """The PPO panel: the latest round's update statistics and the anomaly counts."""
-    ppo = view.ppo
-    rows: list[tuple[str, str]] = [
-        ("round", display(ppo.round)),
-        ("env steps", display(ppo.env_steps)),
-    ]
-    for key, value in ppo.stats.items():  # every PPOUpdate statistic, named by its field
-        shown = ("yes" if value else "no") if isinstance(value, bool) else display(value, ".4g")
-        rows.append((key.replace("_", " "), shown))
-    rows += [("anomalies", str(ppo.anomalies)), ("ratio explosions", str(ppo.ratio_explosions))]
-    return "\n".join(f"{label:<{PPO_LABEL_WIDTH}}{value}" for label, value in rows)
+    Raises:
+        EventLogError: a malformed line (the events before it are folded first).
+    """
+    state = RunState(LOG_LINES) if state is None else state
+    while True:
+        state.apply_all(tail.events(READ_BYTES))
+        if tail.error is not None:
+            raise tail.error
+        if not tail.behind:
+            return state
 
 
 class HelpScreen(ModalScreen[None]):
@@ -144,12 +157,14 @@ class HelpScreen(ModalScreen[None]):
     ]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Static { width: auto; max-width: 100; border: round $accent; padding: 1 2;
-                          background: $surface; }
+    HelpScreen > VerticalScroll { width: auto; max-width: 100%; height: auto; max-height: 100%;
+                                  border: round $accent; background: $surface; }
+    HelpScreen Static { width: auto; padding: 0 1; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Static(HELP_TEXT, id="help", markup=False)
+        with VerticalScroll():
+            yield Static(HELP_TEXT, id="help", markup=False)
 
 
 class RunApp(App[None]):
@@ -157,25 +172,37 @@ class RunApp(App[None]):
 
     Args:
         run: the run directory (already validated with ``open_run``).
-        tail: the event log's tail, positioned after ``records``.
-        records: the records already read (a finished run's whole log).
-        poll_seconds: how often to poll ``tail`` for new records.
+        tail: the event log's tail, positioned after the events ``state`` holds.
+        state: the events already read, folded (``catch_up``); None: a fresh state, and the
+            first poll reads the log.
+        poll_seconds: how often to poll ``tail`` for new events.
         exit_code: for a run this process started (``--tui``): returns the child's exit code
             once it has exited, else None; the status line reports it.
+        stalled_seconds: how long a partial last line may stay before it is reported.
     """
 
     TITLE = "esper"
-    CSS = """
-    #top { height: auto; max-height: 60%; }
-    #left { width: 2fr; height: auto; }
-    #right { width: 1fr; height: auto; padding: 0 1; }
-    .heading { text-style: bold; color: $accent; }
-    #envs { height: auto; max-height: 12; }
-    #slots { height: auto; max-height: 10; }
-    #accuracy, #returns { height: 3; }
-    #error { color: $error; text-style: bold; display: none; }
-    #error.shown { display: block; }
-    #log { height: 1fr; border-top: solid $accent; }
+    CSS = f"""
+    .heading {{ text-style: bold; color: $accent; width: 100%; }}
+    #run {{ height: auto; padding: 0 1; background: $boost; }}
+    /* The panels take at most 55% of the height: at 30 rows the event log keeps 7 lines; at
+       50 rows every PPO statistic fits. A column that is cut scrolls. */
+    #top {{ height: auto; max-height: 55vh; }}
+    #left {{ width: 1fr; height: auto; max-height: 55vh; overflow-y: auto; }}
+    #top.ppo #left {{ height: 100%; }}
+    #right {{ width: {PPO_WIDTH}; height: auto; max-height: 55vh; padding: 0 0 0 1; }}
+    /* A table of many environments (or slots) scrolls instead of pushing the rest away. */
+    #envs {{ height: auto; max-height: 25vh; }}
+    #slots {{ height: auto; max-height: 25vh; }}
+    /* The accuracy sparkline grows with the screen; beside the PPO column it fills the rows
+       the column's height leaves free. */
+    #accuracy {{ height: 10vh; min-height: 2; }}
+    #top.ppo #accuracy {{ height: 1fr; min-height: 2; }}
+    #returns {{ height: 2; }}
+    #error {{ color: $error; text-style: bold; display: none; }}
+    #error.shown {{ display: block; }}
+    #filter {{ padding: 0 1; }}
+    #log {{ height: 1fr; min-height: 3; border-top: solid $accent; }}
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
@@ -190,7 +217,7 @@ class RunApp(App[None]):
         self,
         run: RunDirectory,
         tail: EventTail,
-        records: Iterable[dict[str, Any]] = (),
+        state: RunState | None = None,
         *,
         poll_seconds: float = POLL_SECONDS,
         exit_code: Callable[[], int | None] | None = None,
@@ -199,20 +226,22 @@ class RunApp(App[None]):
         super().__init__()
         self.run_directory = run
         self.tail = tail
-        self.view = RunView()
+        self.state = RunState(LOG_LINES) if state is None else state
+        # The kept events' log lines, formatted once (the filter runs over them per keystroke).
+        self.lines: deque[str] = deque(map(log_text, self.state.recent), maxlen=LOG_LINES)
         self.selected: int | None = None
         self.query_text = ""
         self.error: str | None = None
         self.child_code: int | None = None
-        self._pending = list(records)
         self._poll_seconds = poll_seconds
         self._stalled_seconds = stalled_seconds
         self._partial_since: float | None = None  # when the current partial last line appeared
         self._shown_stalled = False  # whether the status on screen reports a stalled line
         self._exit_code = exit_code
         self._timer: Timer | None = None
-        self.title = f"esper tui — {run.name} ({run.mode} {run.task})"
+        self.title = f"esper tui — {run.name}"
         # The panels, kept by reference: a timer tick must reach them while the help is open.
+        self.run_panel = Static("", id="run", markup=False)
         self.envs_table: DataTable[str] = DataTable(id="envs", cursor_type="row")
         self.slots_title = Label("Slots", id="slots-title", classes="heading")
         self.slots_table: DataTable[str | Text] = DataTable(
@@ -220,17 +249,18 @@ class RunApp(App[None]):
         )
         self.accuracy_title = Label("Val accuracy", id="accuracy-title", classes="heading")
         self.accuracy = Sparkline([], id="accuracy")
-        self.run_panel = Static("", id="run", markup=False)
-        self.ppo_panel = Static("", id="ppo", markup=False)
+        self.ppo_title = Label("PPO: mean return per round", id="ppo-title", classes="heading")
         self.returns = Sparkline([], id="returns")
+        self.ppo_panel = Static("", id="ppo", markup=False)
         self.error_line = Static("", id="error", markup=False)
         self.filter_input = Input(
-            placeholder="filter events (/ to focus, escape to clear)", id="filter"
+            placeholder="/ filter events (escape clears)", id="filter", compact=True
         )
         self.log_panel = Log(id="log", max_lines=LOG_LINES)
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield self.run_panel
         with Horizontal(id="top"):
             with Vertical(id="left"):
                 yield Label("Environments", classes="heading")
@@ -239,27 +269,22 @@ class RunApp(App[None]):
                 yield self.slots_table
                 yield self.accuracy_title
                 yield self.accuracy
-            with Vertical(id="right"):
-                yield Label("Run", classes="heading")
-                yield self.run_panel
-                with Vertical(id="ppo-box"):
-                    yield Label("PPO", classes="heading")
-                    yield self.ppo_panel
-                    yield Label("Mean return per round", classes="heading")
-                    yield self.returns
+            with VerticalScroll(id="right"):
+                yield self.ppo_title
+                yield self.returns
+                yield self.ppo_panel
         yield self.error_line
         yield self.filter_input
         yield self.log_panel
         yield Footer()
 
     def on_mount(self) -> None:
-        for key, heading, _ in ENV_COLUMNS:
+        for key, heading in ENV_HEADINGS:
             self.envs_table.add_column(heading, key=key)
         for key, heading, _ in SLOT_COLUMNS:
             self.slots_table.add_column(heading, key=key)
-        records, self._pending = self._pending, []
-        self.ingest(records)
-        self.query_one("#ppo-box").display = self.view.is_ppo
+        self._refilter()
+        self._refresh()
         self.envs_table.focus()
         self._timer = self.set_interval(self._poll_seconds, self.poll)
 
@@ -272,18 +297,20 @@ class RunApp(App[None]):
         if self._exit_code is not None and self.child_code is None:
             self.child_code = self._exit_code()  # before reading, so its last lines are read
         try:
-            records = self.tail.poll()
+            items = self.tail.events(READ_BYTES)
         except (EventLogError, OSError) as err:
             self.stop_following(str(err))
             return
-        if records or not self.tail.partial:
+        if items or not self.tail.partial:
             self._partial_since = None
         elif self._partial_since is None:
             self._partial_since = time.monotonic()
-        if records or self.child_code is not None:
-            self.ingest(records)
+        if items or self.child_code is not None:
+            self.ingest(items)
         elif self.stalled != self._shown_stalled:
             self._refresh_status()
+        if self.tail.behind or self.tail.error is not None:
+            self.call_later(self.poll)  # read on (or report the error) once this is drawn
 
     @property
     def stalled(self) -> bool:
@@ -291,20 +318,18 @@ class RunApp(App[None]):
         since = self._partial_since
         return since is not None and time.monotonic() - since >= self._stalled_seconds
 
-    def ingest(self, records: list[dict[str, Any]]) -> None:
-        """Fold ``records`` into the view and update every panel once."""
-        lines = [self.view.apply(record) for record in records]
-        shown = [line.text for line in lines if matches(line, self.query_text)]
+    def ingest(self, items: list[Logged]) -> None:
+        """Fold ``items`` into the state and update every panel once."""
+        self.state.apply_all(items)
+        texts = [log_text(item) for item in items[-LOG_LINES:]]
+        self.lines.extend(texts)
+        shown = [text for text in texts if matches(text, self.query_text)]
         if shown:
-            self.log_panel.write_lines(shown[-LOG_LINES:])  # a long replay: only what is kept
-        if records:
-            if self.selected not in self.view.envs:
-                keys = self.view.env_keys()
-                self.selected = keys[0] if keys else None
-            self._refresh_envs()
-            self._refresh_selected()
-            self._refresh_ppo()
-        self._refresh_status()
+            self.log_panel.write_lines(shown)
+        if items:
+            self._refresh()
+        else:
+            self._refresh_status()
 
     def stop_following(self, message: str) -> None:
         """Stop polling and show ``message`` (the UI stays up with what was read)."""
@@ -322,8 +347,8 @@ class RunApp(App[None]):
         """The run's state in words: following, finished (and how), or stopped by an error."""
         if self.error is not None:
             return "stopped following (event log error)"
-        if self.view.finished:
-            state = f"finished ({self.view.status})"
+        if self.state.status is not None:
+            state = f"finished ({self.state.status})"
         elif self.child_code is not None:
             state = "stopped without an end record"
         elif self.stalled:
@@ -334,75 +359,66 @@ class RunApp(App[None]):
             state += f", exit code {self.child_code}"
         return state
 
+    def _refresh(self) -> None:
+        """Every panel, from the state."""
+        if self.selected not in self.state.envs:
+            keys = self.state.env_keys()
+            self.selected = keys[0] if keys else None
+        self.query_one("#top").set_class(self.state.is_ppo, "ppo")
+        self.query_one("#right").display = self.state.is_ppo
+        self._refresh_envs()
+        self._refresh_selected()
+        self._refresh_ppo()
+        self._refresh_status()
+
     def _refresh_status(self) -> None:
         self._shown_stalled = self.stalled
         self.sub_title = self.status_text()
-        view = self.view
-        lines = [
-            f"{'run':<9}{self.run_directory.name}",
-            f"{'mode':<9}{display(view.mode)} {display(view.task)}",
-            f"{'status':<9}{self.status_text()}",
-        ]
-        if view.is_ppo:
-            lines.append(f"{'envs':<9}{len(view.envs)}")
-        else:
-            epoch = view.envs[None].epoch if None in view.envs else None
-            lines.append(f"{'epoch':<9}{display(epoch)} / {display(view.max_epochs)}")
-        lines.append(f"{'events':<9}{view.events}")
-        lines.append(f"{'panics':<9}{sum(env.panics for env in view.envs.values())}")
-        if view.finish is not None and not view.is_ppo:
-            f = view.finish
-            lines.append(
-                f"{'final':<9}{percent(number(f, 'final_val_accuracy'))} "
-                f"(best {percent(number(f, 'best_val_accuracy'))})"
-            )
-            lines.append(
-                f"{'seeds':<9}{display(integer(f, 'fossilized'))} fossilized, "
-                f"{display(integer(f, 'pruned'))} pruned"
-            )
-        self.run_panel.update("\n".join(lines))
+        self.run_panel.update("\n".join(summary_lines(self.state, self.sub_title)))
 
     def _refresh_envs(self) -> None:
-        table = self.envs_table
-        keys = self.view.env_keys()
+        table, state = self.envs_table, self.state
+        keys = state.env_keys()
         if [row.key.value for row in table.ordered_rows] != [env_row_key(k) for k in keys]:
             table.clear()
             for key in keys:
-                table.add_row(*env_cells(self.view.envs[key]), key=env_row_key(key))
+                table.add_row(*env_cells(state.envs[key]), key=env_row_key(key))
             if self.selected in keys:
                 table.move_cursor(row=keys.index(self.selected))
             return
         for key in keys:
-            for (column, _, _), value in zip(
-                ENV_COLUMNS, env_cells(self.view.envs[key]), strict=True
-            ):
+            cells = env_cells(state.envs[key])
+            for (column, _), value in zip(ENV_HEADINGS, cells, strict=True):
                 table.update_cell(env_row_key(key), column, value)
 
     def _refresh_selected(self) -> None:
         """The slot panel and the accuracy sparkline of the selected environment."""
         self.slots_table.clear()
-        if self.selected not in self.view.envs:
+        if self.selected not in self.state.envs:
             self.accuracy.data = []
             return
-        view = self.view.envs[self.selected]
-        where = "" if view.env is None else f" (env {view.env})"
+        env = self.state.envs[self.selected]
+        where = "" if env.env is None else f" (env {env.env})"
         self.slots_title.update(f"Slots{where}")
-        for row in view.slots:
-            self.slots_table.add_row(*slot_cells(row), key=row.slot)
-        measured = [acc for _, acc in view.history if acc is not None]
+        latest = env.latest
+        for snapshot in () if latest is None else latest.slots:
+            self.slots_table.add_row(*slot_cells(snapshot), key=snapshot.slot)
+        measured = accuracies(env.episode)
         self.accuracy.data = measured
-        episode = "" if view.episode is None else f", episode {view.episode}"
+        number = None if env.episode is None else env.episode.number
+        if number is not None:
+            where = f" (env {env.env}, episode {number})"
         self.accuracy_title.update(
-            f"Val accuracy{where}{episode}: {len(measured)} epochs, "
-            f"last {percent(measured[-1] if measured else None)}, "
-            f"best {percent(max(measured) if measured else None)}"
+            f"Val acc{where}: last {percent(measured[-1] if measured else None)}, "
+            f"best {percent(max(measured) if measured else None)}, {len(measured)} epochs"
         )
 
     def _refresh_ppo(self) -> None:
-        if not self.view.is_ppo:
+        if not self.state.is_ppo:
             return
-        self.ppo_panel.update(ppo_text(self.view))
-        self.returns.data = [r for r in self.view.ppo.mean_returns if r is not None]
+        returns = mean_returns(self.state)
+        self.returns.data = returns
+        self.ppo_panel.update(ppo_text(self.state))
 
     # events and actions -------------------------------------------------------------------
 
@@ -417,10 +433,12 @@ class RunApp(App[None]):
     def on_input_changed(self, event: Input.Changed) -> None:
         """Re-filter the event log as the filter text changes."""
         self.query_text = event.value
+        self._refilter()
+
+    def _refilter(self) -> None:
+        """The log panel: the kept lines that pass the filter."""
         self.log_panel.clear()
-        self.log_panel.write_lines(
-            [line.text for line in self.view.log if matches(line, self.query_text)]
-        )
+        self.log_panel.write_lines([text for text in self.lines if matches(text, self.query_text)])
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

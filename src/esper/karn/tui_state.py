@@ -1,414 +1,262 @@
-"""The terminal UI's display state: event records folded into what the screen shows.
+"""What the terminal UI shows of a run's folded state, as text: pure Python, no Textual.
 
-Pure Python (no Textual), so the fold is tested on its own and the UI only renders it. Records
-come from ``esper.nissa.log`` (``EventTail.poll`` or ``read_events``): one dict per event-log
-line. Their fields are read defensively — a field that is missing or of the wrong type shows as
-"—" — because a log is untrusted input and a viewer must not crash on it.
-
-Environments: heuristic, static and eval runs have one, keyed ``None`` (their records carry no
-``env``); PPO runs key each environment by its ``env`` index. The accuracy history kept per
-environment is the validation accuracy per epoch of its current episode (a PPO environment's
-history restarts with each episode; a resumed run drops the epochs it redoes).
+The UI keeps one ``esper.nissa.fold.RunState`` (DESIGN §6: the one fold every view shares, which
+also handles resumes), fed with the typed events ``esper.nissa.log.EventTail.events`` reads. This
+module turns that state into the words on screen: the environment table's cells, the run summary,
+the PPO statistics, the series the sparklines draw, and one event-log line per ``Logged`` event
+with the log filter. ``esper.karn.tui`` only lays them out. A value that was not measured (None
+or NaN) shows as "—", never as 0.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from esper.leyline.events import (
     ActionTaken,
-    AnomalyDetected,
     EpisodeFinished,
     EpochCompleted,
-    GovernorPanic,
+    Event,
     PPORunFinished,
     PPOUpdate,
-    RatioExplosion,
     RewardComputed,
     RunFinished,
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.log import PPO_MODE, display, percent
+from esper.nissa.fold import EnvState, Episode, RunState
+from esper.nissa.log import Logged, display, percent
 
 LOG_LINES = 5000
-"""Event-log lines kept for the log panel: enough to scroll back through a few PPO rounds while
-keeping a replay of a long run's log (hundreds of thousands of events) cheap to filter."""
+"""Event-log lines kept (``RunState.recent``, the log panel): enough to scroll back through a few
+PPO rounds while a replay of a long run's log (hundreds of thousands of events) stays cheap to
+filter."""
 
-_ENVELOPE = ("t", "run_id", "event", "env", "episode")
-"""Keys every record carries besides its event's fields."""
+ENV_HEADINGS: tuple[tuple[str, str], ...] = (
+    ("env", "env"),  # "—" for a single-model run's only environment
+    ("episode", "episode"),
+    ("epoch", "epoch"),
+    ("val_accuracy", "val acc"),
+    ("val_loss", "val loss"),
+    ("params", "params"),
+)
+"""Environment table: column key and heading, in ``env_cells`` order."""
 
-PPO_FIELDS = tuple(f.name for f in fields(PPOUpdate) if f.name not in ("round", "env_steps"))
-"""The ``PPOUpdate`` statistics the PPO panel shows: every field but the round's position."""
+PPO_FIELDS = tuple(f.name for f in fields(PPOUpdate))
+"""The ``PPOUpdate`` fields the PPO panel shows, in declaration order: every one."""
 
-
-def as_number(value: Any) -> float | None:
-    """``value`` as a float when it is a number (not a bool, not NaN), else None."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) if value == value else None  # NaN is missing
-    return None
-
-
-def number(record: Mapping[str, Any], key: str) -> float | None:
-    """``record[key]`` when it is a number, else None (missing, null or malformed)."""
-    return as_number(record.get(key))
-
-
-def integer(record: dict[str, Any], key: str) -> int | None:
-    """``record[key]`` when it is an integer (not a bool), else None."""
-    value = record.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+PPO_LABEL_WIDTH = max(len(name) for name in PPO_FIELDS) + 1
+"""PPO panel: the label column's width (the longest field name, "mean_final_accuracy", + 1)."""
 
 
-def text(record: dict[str, Any], key: str) -> str | None:
-    """``record[key]`` when it is a string, else None."""
-    value = record.get(key)
-    return value if isinstance(value, str) else None
-
-
-@dataclass(frozen=True)
-class SlotRow:
-    """One slot as the last ``EpochCompleted`` of an environment reported it."""
-
-    slot: str
-    stage: str | None
-    blueprint: str | None
-    alpha: float | None
-    contribution: float | None
-    shapley: float | None
-    seed_params: int | None
-
-
-@dataclass
-class EnvView:
-    """One environment's latest numbers.
-
-    Attributes:
-        env: the environment index (None for a single-model run).
-        episode: the episode of its latest record (None outside PPO).
-        epoch: the latest completed epoch.
-        val_accuracy: validation accuracy (percent) of that epoch.
-        val_loss: validation loss of that epoch.
-        params: active parameter count after that epoch.
-        slots: the slots of that epoch, in the order the run reports them.
-        history: ``(epoch, val_accuracy)`` of the current episode, oldest first.
-        panics: governor panics seen.
-    """
-
-    env: int | None
-    episode: int | None = None
-    epoch: int | None = None
-    val_accuracy: float | None = None
-    val_loss: float | None = None
-    params: int | None = None
-    slots: tuple[SlotRow, ...] = ()
-    history: list[tuple[int, float | None]] = field(default_factory=list)
-    panics: int = 0
-
-
-@dataclass
-class PPOView:
-    """The latest PPO update and the run's anomaly counts.
-
-    Attributes:
-        round: the round of the latest ``PPOUpdate``.
-        env_steps: environment steps so far.
-        stats: the latest update's statistics (``PPO_FIELDS``; None when not measured).
-        mean_returns: the mean return of every round so far.
-        anomaly_rounds: the round of every ``AnomalyDetected`` event.
-        explosion_rounds: the round of every ``RatioExplosion`` event.
-    """
-
-    round: int | None = None
-    env_steps: int | None = None
-    stats: dict[str, float | bool | None] = field(default_factory=lambda: dict.fromkeys(PPO_FIELDS))
-    mean_returns: list[float | None] = field(default_factory=list)
-    anomaly_rounds: list[int | None] = field(default_factory=list)
-    explosion_rounds: list[int | None] = field(default_factory=list)
-
-    @property
-    def anomalies(self) -> int:
-        """``AnomalyDetected`` events of the run as it finally happened."""
-        return len(self.anomaly_rounds)
-
-    @property
-    def ratio_explosions(self) -> int:
-        """``RatioExplosion`` events of the run as it finally happened."""
-        return len(self.explosion_rounds)
-
-    def rewind(self, saved: int) -> None:
-        """Forget the rounds after ``saved``: a resume runs them again."""
-        del self.mean_returns[saved:]
-        for rounds in (self.anomaly_rounds, self.explosion_rounds):
-            rounds[:] = [r for r in rounds if r is None or r <= saved]
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One event as a line of the log panel; ``text`` includes the event name."""
-
-    event: str
-    text: str
-
-
-class RunView:
-    """Everything the terminal UI shows about one run, updated one record at a time.
-
-    Args:
-        log_lines: how many event-log lines to keep (the oldest are dropped).
-    """
-
-    def __init__(self, log_lines: int = LOG_LINES) -> None:
-        self.run_id: str | None = None
-        self.mode: str | None = None
-        self.task: str | None = None
-        self.max_epochs: int | None = None
-        self.status: str | None = None  # the end status once the run (this attempt) stopped
-        self.finish: dict[str, Any] | None = None  # the RunFinished / PPORunFinished record
-        self.envs: dict[int | None, EnvView] = {}
-        self.ppo = PPOView()
-        self.log: deque[LogLine] = deque(maxlen=log_lines)
-        self.events = 0
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run's latest attempt has ended (a resume starts a new attempt)."""
-        return self.status is not None
-
-    @property
-    def is_ppo(self) -> bool:
-        """Whether this is a PPO training run (several environments, PPO updates)."""
-        return self.mode == PPO_MODE
-
-    def env_keys(self) -> list[int | None]:
-        """The environments seen so far, in order (None, a single-model run's, first)."""
-        return sorted(self.envs, key=lambda key: -1 if key is None else key)
-
-    def env(self, key: int | None) -> EnvView:
-        """The view of environment ``key``, created on first use."""
-        if key not in self.envs:
-            self.envs[key] = EnvView(key)
-        return self.envs[key]
-
-    def apply(self, record: dict[str, Any]) -> LogLine:
-        """Fold one record into the view and return its log line (also kept in ``log``)."""
-        self.events += 1
-        event = str(record.get("event"))
-        env_key = integer(record, "env")
-        if event == RunStarted.__name__:
-            self._started(record)
-        elif event in (RunFinished.__name__, PPORunFinished.__name__):
-            self.status = text(record, "status") or "unknown"
-            self.finish = record
-        elif event == EpochCompleted.__name__:
-            self._epoch(self.env(env_key), record)
-        elif event == EpisodeFinished.__name__:
-            self.env(env_key).episode = integer(record, "episode")
-        elif event == GovernorPanic.__name__:
-            self.env(env_key).panics += 1
-        elif event == PPOUpdate.__name__:
-            self.ppo.round = integer(record, "round")
-            self.ppo.env_steps = integer(record, "env_steps")
-            self.ppo.stats = {  # a statistic is a number or a bool (e.g. early stopped)
-                key: v if isinstance(v := record.get(key), bool) else as_number(v)
-                for key in PPO_FIELDS
-            }
-            self.ppo.mean_returns.append(number(record, "mean_return"))
-        elif event == AnomalyDetected.__name__:
-            self.ppo.anomaly_rounds.append(integer(record, "round"))
-        elif event == RatioExplosion.__name__:
-            self.ppo.explosion_rounds.append(integer(record, "round"))
-        line = LogLine(event, log_text(record))
-        self.log.append(line)
-        return line
-
-    def _started(self, record: dict[str, Any]) -> None:
-        self.run_id = text(record, "run_id")
-        self.mode = text(record, "mode")
-        self.task = text(record, "task")
-        self.max_epochs = integer(record, "max_epochs")
-        self.status, self.finish = None, None  # a resumed run is live again
-        saved = integer(record, "resumed_from_epoch")  # PPO runs: the last checkpointed round
-        if saved is not None and self.is_ppo:
-            self.ppo.rewind(saved)  # rounds after it are run again
-
-    def _epoch(self, view: EnvView, record: dict[str, Any]) -> None:
-        epoch = integer(record, "epoch")
-        episode = integer(record, "episode")
-        if episode != view.episode:
-            view.history.clear()  # a new episode starts its history afresh
-        view.episode = episode
-        view.epoch = epoch
-        view.val_accuracy = number(record, "val_accuracy")
-        view.val_loss = number(record, "val_loss")
-        view.params = integer(record, "param_count")
-        slots = record.get("slots")
-        view.slots = tuple(
-            _slot_row(s) for s in (slots if isinstance(slots, list) else []) if isinstance(s, dict)
-        )
-        if epoch is not None:
-            while view.history and view.history[-1][0] >= epoch:
-                view.history.pop()  # epochs redone after a resume (or a rollback) replace theirs
-            view.history.append((epoch, view.val_accuracy))
-
-
-def _slot_row(data: dict[str, Any]) -> SlotRow:
-    return SlotRow(
-        slot=text(data, "slot") or "?",
-        stage=text(data, "stage"),
-        blueprint=text(data, "blueprint"),
-        alpha=number(data, "alpha"),
-        contribution=number(data, "contribution"),
-        shapley=number(data, "shapley"),
-        seed_params=integer(data, "seed_params"),
+def env_cells(env: EnvState) -> tuple[str, ...]:
+    """One environment's row: its current episode and latest epoch, in ``ENV_HEADINGS`` order."""
+    episode, latest = env.episode, env.latest
+    return (
+        display(env.env),
+        display(None if episode is None else episode.number),
+        display(None if latest is None else latest.epoch),
+        percent(None if latest is None else latest.val_accuracy),
+        display(None if latest is None else latest.val_loss, ".4f"),
+        display(None if latest is None else latest.param_count),
     )
 
 
-def matches(line: LogLine, query: str) -> bool:
-    """Whether ``line`` passes the log filter: a case-insensitive substring of its text."""
-    return query.strip().lower() in line.text.lower()
+def accuracies(episode: Episode | None) -> list[float]:
+    """The measured validation accuracies of ``episode``'s epochs, in epoch order."""
+    if episode is None:
+        return []
+    return [e.val_accuracy for e in episode.epochs if e.val_accuracy == e.val_accuracy]
 
 
-def _fmt(value: float | None, spec: str = ".4g") -> str:
-    return display(value, spec)
+def mean_returns(state: RunState) -> list[float]:
+    """The measured mean return of each PPO round so far (the run as finally run)."""
+    values = [r.update.mean_return for r in state.rounds]
+    return [v for v in values if v is not None and v == v]
+
+
+def ppo_rows(state: RunState) -> list[tuple[str, str]]:
+    """The PPO panel: the anomaly counts, then every field of the latest round's ``PPOUpdate``."""
+    update = state.rounds[-1].update if state.rounds else None
+    rows = [
+        ("anomalies", str(len(state.anomalies))),
+        ("ratio explosions", str(len(state.explosions))),
+    ]
+    for name in PPO_FIELDS:
+        value = None if update is None else getattr(update, name)
+        shown = ("yes" if value else "no") if isinstance(value, bool) else display(value, ".4g")
+        rows.append((name.replace("_", " "), shown))
+    return rows
+
+
+def ppo_text(state: RunState) -> str:
+    """``ppo_rows`` as aligned lines: label, then value."""
+    return "\n".join(f"{label:<{PPO_LABEL_WIDTH}}{value}" for label, value in ppo_rows(state))
+
+
+def summary_lines(state: RunState, status: str) -> list[str]:
+    """The run in two lines: what it is and its state (``status``), then how far it got."""
+    started = state.started
+    what = "—" if started is None else f"{started.mode} {started.task}, seed {started.seed}"
+    if state.attempts > 1:
+        what += f", {state.attempts} attempts (resumed)"
+    panics = sum(env.panics for env in state.envs.values())
+    if state.is_ppo:
+        update = state.rounds[-1].update if state.rounds else None
+        progress = [
+            f"round {display(None if update is None else update.round)}",
+            f"env steps {display(None if update is None else update.env_steps)}",
+            f"envs {len(state.envs)}",
+        ]
+    else:
+        latest = state.env(None).latest if None in state.envs else None
+        total = None if started is None else started.max_epochs
+        progress = [f"epoch {display(None if latest is None else latest.epoch)} / {display(total)}"]
+    progress += [f"events {state.events}", f"panics {panics}"]
+    finish = state.finish
+    if isinstance(finish, RunFinished):
+        progress.append(
+            f"final {percent(finish.final_val_accuracy)} (best {percent(finish.best_val_accuracy)})"
+        )
+        progress.append(f"seeds {finish.fossilized} fossilized, {finish.pruned} pruned")
+    elif isinstance(finish, PPORunFinished):
+        progress.append(
+            f"final mean return {display(finish.final_mean_return, '.3f')}, "
+            f"mean acc {percent(finish.final_mean_accuracy)}"
+        )
+    return [f"{what} — {status}", " · ".join(progress)]
+
+
+# --- the event log ---------------------------------------------------------------------------
+
+
+def matches(line: str, query: str) -> bool:
+    """Whether ``line`` passes the log filter: a case-insensitive substring of it."""
+    return query.strip().lower() in line.lower()
 
 
 def _value(value: Any) -> str:
     """A field value of any shape, compactly (for events without a dedicated line)."""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return display(value, ".4g")
     if value is None:
         return "—"
-    if isinstance(value, list):
-        if all(isinstance(v, list) and len(v) == 2 for v in value):
+    if isinstance(value, tuple):
+        if not value:
+            return "none"
+        if all(isinstance(v, tuple) and len(v) == 2 for v in value):
             return ",".join(f"{_value(k)}:{_value(v)}" for k, v in value)
-        return ",".join(_value(v) for v in value) or "[]"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))[:60]
+        return ",".join(_value(v) for v in value)
     return str(value)
 
 
-def _generic(record: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_value(v)}" for k, v in record.items() if k not in _ENVELOPE)
+def _generic(event: Event) -> str:
+    return " ".join(f"{f.name}={_value(getattr(event, f.name))}" for f in fields(event))
 
 
-def _epoch_line(r: dict[str, Any]) -> str:
+def _epoch_line(e: EpochCompleted) -> str:
     return (
-        f"epoch {display(integer(r, 'epoch'))}: val acc {percent(number(r, 'val_accuracy'))} "
-        f"loss {_fmt(number(r, 'val_loss'), '.4f')}, "
-        f"train acc {percent(number(r, 'train_accuracy'))}, "
-        f"{display(integer(r, 'param_count'))} params"
+        f"epoch {e.epoch}: val acc {percent(e.val_accuracy)} loss {display(e.val_loss, '.4f')}, "
+        f"train acc {percent(e.train_accuracy)}, {e.param_count} params"
     )
 
 
-def _transition_line(r: dict[str, Any]) -> str:
+def _transition_line(e: SeedTransition) -> str:
     return (
-        f"epoch {display(integer(r, 'epoch'))}: {display(text(r, 'slot'))} "
-        f"{display(text(r, 'blueprint'))}: {display(text(r, 'from_stage'))} → "
-        f"{display(text(r, 'to_stage'))} ({display(text(r, 'reason'))})"
+        f"epoch {e.epoch}: {e.slot} {display(e.blueprint)}: {e.from_stage} → {e.to_stage} "
+        f"({e.reason})"
     )
 
 
-def _action_line(r: dict[str, Any]) -> str:
-    details = [
-        f"{key} {_value(r.get(key))}"
-        for key in ("slot", "blueprint", "tempo", "alpha_target")
-        if r.get(key) is not None
-    ]
-    error = text(r, "error")
-    verdict = "accepted" if r.get("accepted") is True else f"rejected: {display(error)}"
+def _action_line(e: ActionTaken) -> str:
+    given = (("slot", e.slot), ("blueprint", e.blueprint), ("tempo", e.tempo))
+    details = [f"{key} {value}" for key, value in given if value is not None]
+    if e.alpha_target is not None:
+        details.append(f"alpha_target {_value(e.alpha_target)}")
+    verdict = "accepted" if e.accepted else f"rejected: {display(e.error)}"
     return (
-        f"epoch {display(integer(r, 'epoch'))}: {display(text(r, 'op'))}"
-        f"{' ' + ', '.join(details) if details else ''} — {verdict} "
-        f"({display(text(r, 'reason'))})"
+        f"epoch {e.epoch}: {e.op}{' ' + ', '.join(details) if details else ''} — {verdict} "
+        f"({e.reason})"
     )
 
 
-def _reward_line(r: dict[str, Any]) -> str:
-    components = r.get("components")
-    parts = [
-        f"{c[0]} {_fmt(as_number(c[1]), '.3f')}"
-        for c in (components if isinstance(components, list) else [])
-        if isinstance(c, list) and len(c) == 2
-    ]
-    return (
-        f"epoch {display(integer(r, 'epoch'))}: total {_fmt(number(r, 'total'), '.3f')}"
-        f"{' (' + ', '.join(parts) + ')' if parts else ''}"
+def _reward_line(e: RewardComputed) -> str:
+    parts = [f"{name} {display(value, '.3f')}" for name, value in e.components]
+    return f"epoch {e.epoch}: total {display(e.total, '.3f')}" + (
+        f" ({', '.join(parts)})" if parts else ""
     )
 
 
-def _episode_line(r: dict[str, Any]) -> str:
+def _episode_line(e: EpisodeFinished) -> str:
     return (
-        f"episode {display(integer(r, 'episode'))}: {display(integer(r, 'length'))} steps, "
-        f"return {_fmt(number(r, 'episode_return'), '.3f')}, "
-        f"final acc {percent(number(r, 'final_val_accuracy'))}"
-        f"{', terminated' if r.get('terminated') is True else ''}"
+        f"episode {e.episode}: {e.length} steps, return {display(e.episode_return, '.3f')}, "
+        f"final acc {percent(e.final_val_accuracy)}{', terminated' if e.terminated else ''}"
     )
 
 
-def _update_line(r: dict[str, Any]) -> str:
+def _update_line(e: PPOUpdate) -> str:
     return (
-        f"round {display(integer(r, 'round'))}: policy loss {_fmt(number(r, 'policy_loss'))}, "
-        f"value loss {_fmt(number(r, 'value_loss'))}, entropy {_fmt(number(r, 'entropy'))}, "
-        f"kl {_fmt(number(r, 'approx_kl'))}, clip {_fmt(number(r, 'clip_fraction'))}, "
-        f"EV {_fmt(number(r, 'explained_variance'))}, "
-        f"mean return {_fmt(number(r, 'mean_return'))}"
+        f"round {e.round}: policy loss {display(e.policy_loss, '.4g')}, "
+        f"value loss {display(e.value_loss, '.4g')}, entropy {display(e.entropy, '.4g')}, "
+        f"kl {display(e.approx_kl, '.4g')}, clip {display(e.clip_fraction, '.4g')}, "
+        f"EV {display(e.explained_variance, '.4g')}, "
+        f"mean return {display(e.mean_return, '.4g')}"
     )
 
 
-def _started_line(r: dict[str, Any]) -> str:
-    slots = r.get("slots")
-    resumed = integer(r, "resumed_from_epoch")
+def _started_line(e: RunStarted) -> str:
+    resumed = e.resumed_from_epoch
     return (
-        f"{display(text(r, 'mode'))} {display(text(r, 'task'))} seed {display(integer(r, 'seed'))}"
-        f", {display(integer(r, 'max_epochs'))} epochs, slots {_value(slots)}"
+        f"{e.mode} {e.task} seed {e.seed}, {e.max_epochs} epochs, slots {_value(e.slots)}"
         f"{'' if resumed is None else f', resumed from {resumed}'}"
     )
 
 
-def _finished_line(r: dict[str, Any]) -> str:
-    if r.get("event") == PPORunFinished.__name__:
-        return (
-            f"{display(text(r, 'status'))}: {display(integer(r, 'rounds'))} rounds, "
-            f"final mean return {_fmt(number(r, 'final_mean_return'), '.3f')}, "
-            f"final mean acc {percent(number(r, 'final_mean_accuracy'))}"
-        )
+def _finished_line(e: RunFinished) -> str:
     return (
-        f"{display(text(r, 'status'))}: {display(integer(r, 'epochs'))} epochs, "
-        f"final acc {percent(number(r, 'final_val_accuracy'))} "
-        f"(best {percent(number(r, 'best_val_accuracy'))}), "
-        f"{display(integer(r, 'param_count'))} params, "
-        f"{display(integer(r, 'fossilized'))} fossilized, {display(integer(r, 'pruned'))} pruned"
+        f"{e.status}: {e.epochs} epochs, final acc {percent(e.final_val_accuracy)} "
+        f"(best {percent(e.best_val_accuracy)}), {e.param_count} params, "
+        f"{e.fossilized} fossilized, {e.pruned} pruned"
     )
 
 
-_LINES = {
-    RunStarted.__name__: _started_line,
-    EpochCompleted.__name__: _epoch_line,
-    SeedTransition.__name__: _transition_line,
-    ActionTaken.__name__: _action_line,
-    RewardComputed.__name__: _reward_line,
-    EpisodeFinished.__name__: _episode_line,
-    PPOUpdate.__name__: _update_line,
-    RunFinished.__name__: _finished_line,
-    PPORunFinished.__name__: _finished_line,
+def _ppo_finished_line(e: PPORunFinished) -> str:
+    return (
+        f"{e.status}: {e.rounds} rounds, final mean return {display(e.final_mean_return, '.3f')}, "
+        f"final mean acc {percent(e.final_mean_accuracy)}"
+    )
+
+
+_LINES: dict[type[Any], Callable[[Any], str]] = {
+    RunStarted: _started_line,
+    EpochCompleted: _epoch_line,
+    SeedTransition: _transition_line,
+    ActionTaken: _action_line,
+    RewardComputed: _reward_line,
+    EpisodeFinished: _episode_line,
+    PPOUpdate: _update_line,
+    RunFinished: _finished_line,
+    PPORunFinished: _ppo_finished_line,
 }
-"""Events with a dedicated line; every other event lists its fields as ``key=value``."""
+"""Events with a dedicated line, by type; every other event lists its fields as ``key=value``."""
 
 
-def log_text(record: dict[str, Any]) -> str:
-    """One record as a log line: local time, environment and episode (PPO), event, details."""
-    stamp = number(record, "t")
-    clock = "--:--:--" if stamp is None else time.strftime("%H:%M:%S", time.localtime(stamp))
-    env, episode = integer(record, "env"), integer(record, "episode")
-    where = "" if env is None else f" env {env}"
-    if episode is not None and "env" in record:
-        where += f" ep {episode}"
-    event = str(record.get("event"))
-    describe = _LINES.get(event, _generic)
-    return f"{clock}{where} {event}: {describe(record)}"
+def log_text(item: Logged) -> str:
+    """One event as a log line: local time, environment and episode (PPO), event, details."""
+    where = "" if item.env is None else f" env {item.env}"
+    if item.env is not None and item.episode is not None:
+        where += f" ep {item.episode}"
+    describe = _LINES.get(type(item.event), _generic)
+    return f"{_clock(item.t)}{where} {item.name}: {describe(item.event)}"
+
+
+def _clock(stamp: float) -> str:
+    """A unix time as local "HH:MM:SS"; "--:--:--" for one that is no time (NaN, out of range:
+    a log is untrusted input)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(stamp))
+    except (ValueError, OverflowError, OSError):
+        return "--:--:--"
