@@ -196,8 +196,10 @@ def _finished(status: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- no server
 
 
-def _store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite store shared by the module's tests (each new database migrates for seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
 
 
 def _run_directory(tmp_path: Path, source: Path) -> Path:
@@ -209,11 +211,11 @@ def _run_directory(tmp_path: Path, source: Path) -> Path:
     return run
 
 
-def test_the_sink_logs_every_measured_scalar(mlflow, tmp_path: Path, recorded_runs) -> None:
-    client = mlflow.MlflowClient(_store(tmp_path))
+def test_the_sink_logs_every_measured_scalar(mlflow, store, tmp_path: Path, recorded_runs) -> None:
+    client = mlflow.MlflowClient(store)
     for mode in ("heuristic", "ppo"):
         run = _run_directory(tmp_path, recorded_runs[mode])
-        sink = MLflowSink(_store(tmp_path), run, mode)
+        sink = MLflowSink(store, run, mode)
         lines = (recorded_runs[mode] / record.EVENTS_FILE).read_text().splitlines()
         records = [json.loads(line) for line in lines]
         for r in records:
@@ -248,15 +250,16 @@ def test_the_sink_logs_every_measured_scalar(mlflow, tmp_path: Path, recorded_ru
             assert tracked.data.params["env.task"] == config["env"]["task"]
 
 
-def test_a_run_into_a_sqlite_store(mlflow, tmp_path: Path) -> None:
+def test_a_run_into_a_sqlite_store(mlflow, store: str, tmp_path: Path) -> None:
     """No server: the database and, beside it, the artifacts (not ./mlruns wherever esper ran)."""
     run = tmp_path / "run"
-    args = ["heuristic", *TINY, "--epochs", "2", "--telemetry.mlflow", _store(tmp_path)]
+    args = ["heuristic", *TINY, "--epochs", "2", "--telemetry.mlflow", store]
     assert main([*args, "--out", str(run)]) == 0
-    client = mlflow.MlflowClient(_store(tmp_path))
+    client = mlflow.MlflowClient(store)
     tracked = client.get_run((run / RUN_ID_FILE).read_text().strip())
     assert tracked.info.status == "FINISHED"
-    assert tracked.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+    database = Path(store.removeprefix("sqlite:///"))
+    assert tracked.info.artifact_uri.startswith((database.parent / "mlartifacts").as_uri())
     assert {a.path for a in client.list_artifacts(tracked.info.run_id)} == {
         "config.json",
         "summary.json",
@@ -264,13 +267,13 @@ def test_a_run_into_a_sqlite_store(mlflow, tmp_path: Path) -> None:
     assert not Path("mlruns").exists() and not Path("mlartifacts").exists()
 
 
-def test_statuses_of_an_end_and_of_a_crash(mlflow, tmp_path: Path, recorded_runs) -> None:
-    client = mlflow.MlflowClient(_store(tmp_path))
+def test_statuses_of_an_end_and_of_a_crash(mlflow, store, tmp_path, recorded_runs) -> None:
+    client = mlflow.MlflowClient(store)
     expected = {"completed": "FINISHED", "terminated": "FINISHED", "interrupted": "KILLED"}
     expected |= {"failed": "FAILED", None: "FAILED"}  # None: closed without an end (a crash)
     for i, (status, mlflow_status) in enumerate(expected.items()):
         run = _run_directory(tmp_path / str(i), recorded_runs["heuristic"])
-        sink = MLflowSink(_store(tmp_path), run, "heuristic")
+        sink = MLflowSink(store, run, "heuristic")
         if status is not None:
             sink.write({"event": "RunFinished", "t": time.time(), **_finished(status)})
         sink.close()
@@ -279,24 +282,25 @@ def test_statuses_of_an_end_and_of_a_crash(mlflow, tmp_path: Path, recorded_runs
         assert "run/best_val_accuracy" not in tracked.data.metrics  # None: not logged
 
 
-def test_a_store_that_fails_mid_run_is_reported_once(mlflow, tmp_path, recorded_runs, caplog):
+def test_a_store_that_fails_mid_run_is_reported_once(
+    mlflow, store, tmp_path, recorded_runs, caplog, monkeypatch
+):
     run = _run_directory(tmp_path, recorded_runs["heuristic"])
-    sink = MLflowSink(_store(tmp_path), run, "heuristic")
+    sink = MLflowSink(store, run, "heuristic")
     calls = []
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         calls.append(args)
         raise mlflow.exceptions.MlflowException("the store went away")
 
-    sink._client.log_batch = refuse  # type: ignore[method-assign]
-    epoch = json.loads(
-        (recorded_runs["heuristic"] / record.EVENTS_FILE).read_text().splitlines()[1]
-    )
-    assert epoch["event"] == "EpochCompleted"
-    sink.write(epoch)
-    sink.write(epoch)
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", refuse)
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", refuse)
+    lines = (recorded_runs["heuristic"] / record.EVENTS_FILE).read_text().splitlines()
+    epochs = [r for r in map(json.loads, lines) if r["event"] == "EpochCompleted"]
+    for epoch in epochs[:3]:
+        sink.write(epoch)
     sink.close()  # no exception: the run directory is the record
-    assert len(calls) == 1
+    assert len(calls) == 1  # then nothing more is sent, not even the end
     warnings = [r for r in caplog.records if "the run goes on without it" in r.getMessage()]
     assert len(warnings) == 1 and "the store went away" in warnings[0].getMessage()
 
@@ -312,21 +316,21 @@ def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, monkeypatch,
     assert f"--resume {str(run)!r}" in err
 
 
-def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, tmp_path, recorded_runs, caplog):
+def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, store, tmp_path, recorded_runs, caplog):
     run = _run_directory(tmp_path, recorded_runs["heuristic"])
     (run / RUN_ID_FILE).write_text("0" * 32 + "\n")  # a run of another store
-    sink = MLflowSink(_store(tmp_path), run, "heuristic")
+    sink = MLflowSink(store, run, "heuristic")
     sink.close()
     assert sink.run_id != "0" * 32
     assert (run / RUN_ID_FILE).read_text().strip() == sink.run_id
     assert any("tracking goes on in a new MLflow run" in r.getMessage() for r in caplog.records)
 
 
-def test_a_damaged_run_id_file_is_an_error(mlflow, tmp_path, recorded_runs) -> None:
+def test_a_damaged_run_id_file_is_an_error(mlflow, store, tmp_path, recorded_runs) -> None:
     run = _run_directory(tmp_path, recorded_runs["heuristic"])
     (run / RUN_ID_FILE).write_text("not a run id\n")
     with pytest.raises(TrackingError, match="cannot track the run in MLflow"):
-        MLflowSink(_store(tmp_path), run, "heuristic")
+        MLflowSink(store, run, "heuristic")
 
 
 # ----------------------------------------------------------------------------- no mlflow needed
