@@ -20,7 +20,7 @@ Measures, in one run:
 3. **run store**: ``RunStore(collect_runs([dir]), warn)`` load time over 1, 4 and 16 copies of
    each recorded run, against the baseline of only parsing the same logs with ``read_events``
    (ratio = store load / plain parse), events/s, and the time of two typical queries.
-4. **tail following**: ``EventTail.poll()`` when nothing changed, after one appended line, and
+4. **tail following**: ``EventTail.events()`` when nothing changed, after one appended line, and
    per line after a batch of appended lines.
 
 Torch runs one intra-op thread unless ``--threads`` says otherwise: the models are tiny and, on
@@ -248,7 +248,7 @@ Replay = list[tuple[dict[str, Any], dict[str, Any]]]
 def load_replay(events_path: Path) -> Replay:
     """(context, event fields) of every record of a recorded log, as the hub would build them."""
     replay = []
-    for record in read_events(events_path).records:
+    for record in (item.record() for item in read_events(events_path).records):
         context: dict[str, Any] = {k: record[k] for k in ("env", "episode") if k in record}
         fields = {k: v for k, v in record.items() if k not in CONTEXT_KEYS}
         replay.append((context, fields))
@@ -421,7 +421,7 @@ def run_store(work: Workload, logs: dict[str, Path], root: Path) -> None:
 
 
 def tail_costs(work: Workload, source: Path, root: Path) -> None:
-    """``EventTail.poll`` when idle, after one appended line, and per line of a batch."""
+    """``EventTail.events`` when idle, after one appended line, and per line of a batch."""
     lines = source.read_bytes().splitlines(keepends=True)
     path = root / "tail.jsonl"
     idle, one, batch = [], [], []
@@ -436,10 +436,10 @@ def tail_costs(work: Workload, source: Path, root: Path) -> None:
     for _ in range(work.repeats):
         path.write_bytes(b"".join(lines))
         tail = EventTail(path)
-        assert len(tail.poll()) == len(lines)
+        assert len(tail.events()) == len(lines)
         started = time.perf_counter()
         for _ in range(work.tail_polls):
-            tail.poll()
+            tail.events()
         idle.append((time.perf_counter() - started) / work.tail_polls)
         with path.open("ab") as f:
             seconds = 0.0
@@ -447,7 +447,7 @@ def tail_costs(work: Workload, source: Path, root: Path) -> None:
                 f.write(next_line())
                 f.flush()
                 started = time.perf_counter()
-                got = tail.poll()
+                got = tail.events()
                 seconds += time.perf_counter() - started
                 assert len(got) == 1
             one.append(seconds / work.tail_polls)
@@ -455,7 +455,7 @@ def tail_costs(work: Workload, source: Path, root: Path) -> None:
                 f.write(next_line())
             f.flush()
             started = time.perf_counter()
-            got = tail.poll()
+            got = tail.events()
             batch.append((time.perf_counter() - started) / work.tail_batch)
             assert len(got) == work.tail_batch
     mean_bytes = sum(map(len, lines)) / len(lines)
