@@ -164,20 +164,20 @@ def test_drop_replaced_keeps_the_run_as_it_finally_happened() -> None:
 def test_tail_returns_a_line_only_once_its_newline_arrives(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     tail = EventTail(path)
-    assert tail.poll() == []  # no file yet: a run still starting
+    assert tail.events() == []  # no file yet: a run still starting
     first, second = _line(), _line("RunFinished", status="completed")
     path.write_text(first + "\n" + second[:10])
-    assert [r["event"] for r in tail.poll()] == ["RunStarted"]
-    assert tail.poll() == []
+    assert [r.name for r in tail.events()] == ["RunStarted"]
+    assert tail.events() == []
     with path.open("a") as f:
         f.write(second[10:])
-    assert tail.poll() == []  # complete JSON, but no newline yet
+    assert tail.events() == []  # complete JSON, but no newline yet
     with path.open("a") as f:
         f.write("\n")
-    assert [r["status"] for r in tail.poll()] == ["completed"]
+    assert [r.event.status for r in tail.events()] == ["completed"]
     path.write_text(first[:5])
     with pytest.raises(EventLogError, match="shrank"):
-        tail.poll()
+        tail.events()
 
 
 def test_open_run_rejects_what_is_not_a_run(tmp_path: Path, recorded_runs) -> None:
@@ -465,10 +465,10 @@ def test_tail_returns_the_records_before_a_malformed_line_then_raises(tmp_path: 
     path = tmp_path / "events.jsonl"
     path.write_text(_line() + "\n" + _line("RunFinished") + "\n{broken\n" + _line() + "\n")
     tail = EventTail(path)
-    assert [r["event"] for r in tail.poll()] == ["RunStarted", "RunFinished"]
+    assert [r.name for r in tail.events()] == ["RunStarted", "RunFinished"]
     for _ in range(2):
         with pytest.raises(EventLogError, match=r"events\.jsonl:3: malformed"):
-            tail.poll()
+            tail.events()
 
 
 def test_eval_runs_log_their_policy_decisions(tmp_path: Path, recorded_runs) -> None:

@@ -80,7 +80,6 @@ _STAGE_FIELDS = frozenset({"stage", "from_stage", "to_stage"})
 """Fields that name a seed stage: decoded only when they are one (``SeedStage`` values)."""
 
 _Convert = Callable[[Any, str], Any]
-_T = typing.TypeVar("_T")
 
 
 def _converter(hint: Any) -> _Convert:
@@ -274,13 +273,6 @@ class EventTail:
         Raises:
             EventLogError: a complete line is malformed, or the file shrank (it was rewritten).
         """
-        return self._read(read_line, max_bytes)
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Records (parsed, not decoded) completed since the last call; see ``events``."""
-        return self._read(parse_record, None)
-
-    def _read(self, parse: Callable[[str, str], _T], max_bytes: int | None) -> list[_T]:
         if self.error is not None:
             raise self.error
         try:
@@ -306,7 +298,7 @@ class EventTail:
             if not text.strip():
                 continue
             try:
-                found.append(parse(text, f"{self.path}:{self.lines}"))
+                found.append(read_line(text, f"{self.path}:{self.lines}"))
             except EventLogError as err:
                 self.error, self.partial = err, b""
                 if not found:
