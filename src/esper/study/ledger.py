@@ -5,7 +5,7 @@ slot first reports it alive (GERMINATED through HOLDING) and ends when the slot 
 FOSSILIZED, or retired (PRUNED, EMBARGOED, RESETTING — a controller's prune or a governor
 rollback — or DORMANT again); a seed still alive when the run ends keeps the stage it reached.
 Reports, not telemetry events, are the source, so the outcomes do not depend on the telemetry
-level (study trials log at ``minimal``).
+level (a study's policy runs log at ``minimal``).
 """
 
 from __future__ import annotations

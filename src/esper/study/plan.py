@@ -72,7 +72,12 @@ DEFAULT_RETRIES = 2
 """Extra attempts of a failing trial (across invocations) before it is listed as failed."""
 
 STUDY_TELEMETRY = TelemetrySettings(level="minimal")
-"""Trials log lifecycle and epochs only: a study's hundreds of runs stay small on disk."""
+"""Policy runs (PPO training) log rounds and episode results only: at ``normal`` every step of
+every environment would be a line, and a study trains many policies."""
+
+TRIAL_TELEMETRY = TelemetrySettings(level="normal")
+"""Growth trials log every epoch, seed transition and action (a few KB per epoch): the study
+report draws each arm's validation curve from its trials' epochs."""
 
 
 @dataclass(frozen=True)
@@ -505,7 +510,7 @@ def growth_config(
         periodic=periodic,
         heuristic=heuristic,
         knowledge=None if mode == "static" else knowledge,
-        telemetry=STUDY_TELEMETRY,
+        telemetry=TRIAL_TELEMETRY,
     )
     return mode, config
 
