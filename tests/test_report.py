@@ -114,7 +114,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _embedded(page: str) -> dict[str, bytes]:
-    found = re.findall(r"<figure id='([\w.]+)'><img [^>]*src='data:image/png;base64,([^']+)'", page)
+    found = re.findall(
+        r"<figure id='([\w.-]+)'><img [^>]*src='data:image/png;base64,([^']+)'", page
+    )
     return {name: base64.b64decode(data) for name, data in found}
 
 
@@ -666,3 +668,159 @@ def test_a_malformed_meta_file_stops_the_report_with_one_line(
     code, _, err = _report([str(run)], capsys)
     _assert_one_line_error(code, err, "meta.json' is not an Esper run meta file: missing")
     assert not (run / "report").exists()
+
+
+# --- study reports -----------------------------------------------------------------------------
+
+TINY_STUDY = """out = "out"
+tasks = ["synthetic"]
+seeds = 2
+reps = 100
+[budget]
+epochs = 3
+batches_per_epoch = 2
+val_samples = 64
+[[arms]]
+name = "static"
+controller = "static"
+width = 8
+[[arms]]
+name = "grow"
+controller = "periodic"
+period = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real study directory, made in seconds without Ray: 2 arms (static at width 8, periodic
+    at the task's width 4) × 2 seeds
+    of 3 synthetic epochs, each trial run in this process by the study's own planning, job and
+    trial runner, and ``trials.csv``/``study.json`` written by the study driver."""
+    from esper.study.execute import Outcome, StudyDriver, run_job
+    from esper.study.plan import read_study
+
+    root = tmp_path_factory.mktemp("study")
+    (root / "study.toml").write_text(TINY_STUDY)
+    spec, directory = read_study(root / "study.toml")
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, lambda line: None)
+    rows = []
+    for trial in driver.trials:
+        row = run_job(driver.job(trial))
+        assert row is not None
+        rows.append((trial.name, row))
+    driver.write_trials(Outcome(rows, {}, []))
+    driver.state.save(directory)
+    return directory
+
+
+def _table_rows(page: str, name: str) -> list[list[str]]:
+    parser = _Tables()
+    parser.feed(page)
+    return parser.tables[name]
+
+
+def test_study_report_shows_each_arm_with_its_curve_band_and_trials(
+    tiny_study: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esper.study.report import build_study_report
+
+    trials = sorted((tiny_study / "trials").iterdir())
+    assert [t.name for t in trials] == [
+        f"synthetic.{arm}.seed{s}" for arm in ("grow", "static") for s in (0, 1)
+    ]
+    assert _report([str(trials[0])], capsys)[0] == 0  # one trial has its own run report
+    report = build_study_report(tiny_study, reps=100)
+    results = _table_rows(report.html, "results")
+    assert results[0][:3] == ["task", "arm", "n"]
+    by_arm = {(row[0], row[1]): row for row in results[1:]}
+    assert set(by_arm) == {
+        (t, a) for t in ("synthetic", "all tasks (1)") for a in ("grow", "static")
+    }
+    assert all(row[2] == "2" for row in by_arm.values())  # n: both seeds of each arm
+    scores = [float(r["score"]) for r in _csv(tiny_study) if r["arm"] == "static"]
+    iqm = sum(scores) / 2  # with n = 2 the IQM is the mean
+    assert by_arm["synthetic", "static"][3].startswith(f"{iqm:.2f} [")
+    # Each arm's curve: the median over its trials' validation accuracy per epoch, with a band.
+    figure = next(p for p in report.plots if p.name == "curves-synthetic").figure
+    assert figure is not None
+    (ax,) = figure.axes
+    for arm in ("grow", "static"):
+        runs = [_raw_epochs(t) for t in trials if f".{arm}." in t.name]
+        assert all(sorted(run) == [1, 2, 3] for run in runs)
+        median = [float(np.median([run[e]["val_accuracy"] for run in runs])) for e in (1, 2, 3)]
+        (line,) = [line for line in ax.lines if line.get_label() == f"{arm} (median of 2)"]
+        assert line.get_xdata().tolist() == [1, 2, 3]
+        assert line.get_ydata().tolist() == pytest.approx(median)
+        low = [min(run[e]["val_accuracy"] for run in runs) for e in (1, 2, 3)]
+        curve = next(c for c in report.curves if c.arm == arm)
+        assert all(lo <= b <= m for lo, b, m in zip(low, curve.low, median, strict=True))
+    assert len(ax.collections) == 2  # one band per arm
+    grow, static = sorted(report.curves, key=lambda c: c.arm)
+    assert grow.median != static.median  # the arms differ, so swapped curves would be caught
+    assert {"interval_estimates", "performance_profile", "curves-synthetic"} == {
+        p.name for p in report.plots
+    }
+    # Every trial is linked to its run directory, the one with a run report to that too.
+    for trial in trials:
+        assert f"<a href='trials/{trial.name}'>{trial.name}</a>" in report.html
+    assert report.html.count(">report</a>") == 1
+    assert f"<a href='trials/{trials[0].name}/report/report.html'>" in report.html
+    # The command writes it into the study directory, atomically, and says where.
+    code, out, err = _report([str(tiny_study), "--reps", "100"], capsys)
+    assert code == 0 and out.strip() == f"report: {tiny_study / 'report.html'}" and not err
+    page = (tiny_study / "report.html").read_text(encoding="utf-8")
+    assert set(_embedded(page)) == {p.name for p in report.plots}
+    assert not list(tiny_study.glob(".*.tmp*")) and not list(tiny_study.glob("*.png"))
+
+
+def _csv(study: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (study / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_study_without_a_finished_trial_is_one_line(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text((tiny_study / "study.json").read_text())
+    code, _, err = _report([str(study)], capsys)
+    _assert_one_line_error(code, err, "has no trials.csv yet")
+    lines = (tiny_study / "trials.csv").read_text().splitlines()
+    failed = lines[1].split(",")
+    failed[3:11] = ["failed", "", "", "", "", "", "", "boom"]  # status .. error
+    (study / "trials.csv").write_text(lines[0] + "\n" + ",".join(failed) + "\n")
+    code, _, err = _report([str(study)], capsys)
+    _assert_one_line_error(code, err, "none of its 1 trial(s) finished with a score")
+    (study / "trials.csv").write_text(lines[0] + "\n" + lines[1].replace(",0,", ",zero,", 1))
+    code, _, err = _report([str(study)], capsys)
+    _assert_one_line_error(code, err, "trials.csv:2: seed is 'zero', not int")
+    code, _, err = _report([str(tiny_study), "--baseline", str(tiny_study)], capsys)
+    _assert_one_line_error(code, err, "--baseline compares two runs")
+    run = next((tiny_study / "trials").iterdir())
+    code, _, err = _report([str(run), "--reps", "10", "--out", str(tmp_path / "r")], capsys)
+    _assert_one_line_error(code, err, "--reps sets a study report's bootstrap")
+    assert not (study / "report.html").exists()
+
+
+def test_a_trial_without_epochs_is_left_out_of_the_curves_with_a_warning(
+    tiny_study: Path, tmp_path: Path
+) -> None:
+    from esper.study.report import build_study_report
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    log = study / "trials" / "synthetic.grow.seed0" / "events.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("".join(f"{x}\n" for x in lines if '"EpochCompleted"' not in x))  # minimal
+    report = build_study_report(study, reps=20)
+    assert report.warnings == [
+        "1 trial(s) left out of the curves, their logs have no epochs (telemetry level minimal: "
+        "a study run before growth trials logged them), e.g. synthetic.grow.seed0"
+    ]
+    assert {c.arm: c.trials for c in report.curves} == {"grow": 1, "static": 2}
+    assert "Warning: 1 trial(s) left out" in report.html

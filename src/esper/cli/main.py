@@ -93,10 +93,21 @@ def _add_view_parsers(sub: Any) -> None:
     query.add_argument(
         "--format", choices=("table", "csv", "json"), default="table", help="output format"
     )
-    report = sub.add_parser("report", help="write report.html and PNG plots for a run")
-    report.add_argument("run", type=Path, help="run directory")
+    report = sub.add_parser(
+        "report", help="write report.html with plots for a run, or for a study and its arms"
+    )
+    report.add_argument(
+        "run", type=Path, metavar="PATH", help="run directory, or study directory (study.json)"
+    )
     report.add_argument("--baseline", type=Path, metavar="RUN", help="run to compare against")
-    report.add_argument("--out", type=Path, help="output directory (default: RUN/report)")
+    report.add_argument(
+        "--out", type=Path, help="output directory (default: RUN/report, or the study directory)"
+    )
+    report.add_argument(
+        "--reps",
+        type=_positive_int,
+        help="study reports: bootstrap resamples per interval (default 2000; fewer: sooner)",
+    )
     tui = sub.add_parser("tui", help="terminal UI: follow a live run or replay a finished one")
     tui.add_argument("run", type=Path, help="run directory")
     dashboard = sub.add_parser("dashboard", help="live web dashboard of the runs in RUNS_DIR")

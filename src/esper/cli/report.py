@@ -1,7 +1,10 @@
-"""``esper report RUN [--baseline RUN] [--out DIR]``: the static HTML report with PNG plots.
+"""``esper report PATH [--baseline RUN] [--out DIR]``: the static HTML report of a run (with PNG
+and SVG plots, ``esper.karn.report``) or of a study (``esper.study.report``).
 
-Imported only when the command runs (``VIEW_COMMANDS`` in ``esper.cli.main``), so matplotlib
-stays out of every other command.
+A path holding ``study.json`` is a study directory: its report (results table, interval plot,
+performance profile, per-arm curves, links to every trial) goes to ``STUDY/report.html``. Any
+other path is a run directory: its report goes to ``RUN/report/``. Imported only when the command
+runs (``VIEW_COMMANDS`` in ``esper.cli.main``), so matplotlib stays out of every other command.
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ from pathlib import Path
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
+from esper.nissa.views import is_study
 
 REPORT_DIR = "report"
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"esper report: warning: {warning}", file=sys.stderr)
 
 
 def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) -> Path:
@@ -34,16 +43,56 @@ def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) 
         report = build_report(run, baseline)
     except ReportError as err:
         raise UserError(str(err)) from None
-    for warning in report.warnings:
-        print(f"esper report: warning: {warning}", file=sys.stderr)
+    _warn(report.warnings)
     try:
         return write_report(report, target)
     except OSError as err:
         raise UserError(f"cannot write the report to {str(target)!r}: {err}") from None
 
 
+def write_study_report(study: Path, out: Path | None = None, reps: int | None = None) -> Path:
+    """Build the report of the study in ``study`` and write ``report.html`` to ``out`` (default:
+    the study directory) with ``reps`` bootstrap resamples per interval (default
+    ``esper.study.report.REPS``). Nothing is written unless the whole page was built.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        UserError: a study without a finished trial, a malformed ``trials.csv``, or an output
+            directory that cannot be written.
+    """
+    from esper.study.report import (  # rliable and the study code: loaded for studies only
+        REPS,
+        StudyReportError,
+        build_study_report,
+    )
+    from esper.study.report import write_study_report as write
+
+    target = out if out is not None else study
+    try:
+        report = build_study_report(study, target, REPS if reps is None else reps)
+    except StudyReportError as err:
+        raise UserError(str(err)) from None
+    _warn(report.warnings)
+    try:
+        return write(report, target)
+    except OSError as err:
+        raise UserError(f"cannot write the report to {str(target)!r}: {err}") from None
+
+
 def run_report(args: argparse.Namespace) -> int:
-    """Handler of ``esper report``: writes the report and prints where it is."""
-    path = write_run_report(args.run, args.baseline, args.out)
+    """Handler of ``esper report``: writes the run's or study's report and prints where it is."""
+    if is_study(args.run):
+        if args.baseline is not None:
+            raise UserError(
+                f"--baseline compares two runs; {str(args.run)!r} is a study directory, whose "
+                "report compares its arms"
+            )
+        path = write_study_report(args.run, args.out, args.reps)
+    else:
+        if args.reps is not None:
+            raise UserError("--reps sets a study report's bootstrap; a run report has none")
+        path = write_run_report(args.run, args.baseline, args.out)
     print(f"report: {path}")
     return 0

@@ -545,9 +545,10 @@ def _colours(arms: Sequence[str]) -> dict[str, str]:
     return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # matplotlib's default cycle
 
 
-def _interval_plot(overall: Sequence[ArmSummary]) -> bytes:
-    """IQM and mean over all tasks per arm: a bar for the interval, a tick at the estimate
-    (the layout of ``rliable.plot_utils.plot_interval_estimates``, drawn without pyplot)."""
+def interval_plot(overall: Sequence[ArmSummary]) -> bytes:
+    """``interval_estimates.png``: IQM and mean over all tasks per arm (``overall``: the
+    ``ALL_TASKS`` summaries), a bar for the interval, a tick at the estimate (the layout of
+    ``rliable.plot_utils.plot_interval_estimates``, drawn without pyplot)."""
     figure = _figure(1.2 + 0.4 * len(overall))
     if not overall:
         return _empty(figure)
@@ -567,9 +568,11 @@ def _interval_plot(overall: Sequence[ArmSummary]) -> bytes:
     return _png(figure)
 
 
-def _profile_plot(cells: Cells, reps: int, seed: int) -> bytes:
-    """Score distributions (rliable's performance profiles): the fraction of an arm's runs, over
-    all its tasks, whose accuracy is above τ, with 95 % bootstrap bands."""
+def profile_plot(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> bytes:
+    """``performance_profile.png``: score distributions (rliable's performance profiles), the
+    fraction of an arm's runs, over all its tasks, whose accuracy is above τ, with 95 %
+    bootstrap bands."""
+    cells = _cells(rows)
     figure = _figure(4.5)
     arms = sorted({arm for _, arm in cells})
     if not arms:
@@ -618,7 +621,6 @@ def write_results(
     Returns:
         What ``results.md`` shows.
     """
-    cells = _cells(rows)
     summaries = summarize(rows, reps, seed)
     found = improvements(rows, [*baselines, *VERDICT_BASELINES], reps, seed)
     results = StudyResults(
@@ -629,8 +631,8 @@ def write_results(
             (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
         ),
     )
-    intervals = _interval_plot([s for s in summaries if s.task == ALL_TASKS])
-    profile = _profile_plot(cells, reps, seed)
+    intervals = interval_plot([s for s in summaries if s.task == ALL_TASKS])
+    profile = profile_plot(rows, reps, seed)
     text = _markdown(results, rows, reps, seed)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / INTERVALS_FILE, intervals)

@@ -1,0 +1,419 @@
+"""The study report: ``report.html`` in a study directory (``esper report STUDY``).
+
+One page over a study's finished trials (``trials.csv``, written by ``esper.study.execute``):
+
+- the results table: per task × arm (then per arm over all tasks) n, IQM and mean with 95 %
+  stratified bootstrap intervals, median, std, parameters, training FLOPs and wall time
+  (``stats.summarize``, the numbers ``results.md`` shows);
+- rliable's interval estimates and performance profile (``stats.interval_plot``,
+  ``stats.profile_plot``);
+- per task, each arm's validation accuracy per epoch over its trials: the median line with an
+  interquartile band, one colour per arm (the colours of the two plots above). Every trial's run
+  directory is read once and folded with the one fold of a run's events
+  (``esper.nissa.fold.RunState``: a resumed trial counts each epoch once);
+- every trial with its status, score and error, linked to its run directory and, where
+  ``esper report`` wrote one, its run report.
+
+Only trials that count (completed or terminated, with a score: ``TrialRow.counts``) enter the
+statistics and curves. The images are embedded in the page (base64 PNG, inline CSS, no scripts);
+the page is built in memory and written atomically (``leyline.files.atomic_write``), so a failure
+never leaves half a report. The links are relative, so the study directory can be moved whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import os
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from esper.leyline.files import atomic_write
+from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.nissa.fold import RunState
+from esper.nissa.log import EventLogError, RunDirectoryError, display, open_run, read_events
+from esper.study import stats
+
+REPORT_FILE = "report.html"
+"""The study report's file, in the study directory."""
+
+RUN_REPORT = Path("report") / "report.html"
+"""Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
+default; linked from the trials table when present)."""
+
+RUN_COLUMN = "run"
+"""``trials.csv``'s column beyond ``TrialRow``'s fields: the trial's run directory name."""
+
+BAND = (25.0, 75.0)
+"""Percentiles of the band around each arm's median curve: the interquartile range (numpy's
+linear interpolation between trials), the spread the IQM of the table is taken within."""
+
+REPS = 2000
+"""Bootstrap resamples per interval by default: rliable's choice, a study's own default
+(``plan.BOOTSTRAP_REPS``, not imported: the plan loads torch)."""
+
+DPI = 100
+WIDTH_IN, HEIGHT_IN = 9.6, 3.84
+"""Curve figures: 960 x 384 px, the run report's size."""
+
+FEW_POINTS = 2
+"""A curve with fewer finite points than this is drawn with markers (one point draws no line)."""
+
+CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 66em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.75em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.warning { background: #fff3cd; border: 1px solid #e0b040; padding: 0.5em 1em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+class StudyReportError(ValueError):
+    """A study that cannot be reported (the message is one line naming the problem)."""
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One row of ``trials.csv``: the trial's result and its run directory's name."""
+
+    run: str
+    row: TrialRow
+
+
+def read_trials(directory: Path) -> list[TrialRun]:
+    """The trials ``esper study`` recorded in ``directory/trials.csv``, in file order.
+
+    Raises:
+        StudyReportError: no ``trials.csv`` (no invocation of the study has finished), or a
+            header or cell that is not what ``esper.study.execute`` writes (naming file:line).
+    """
+    path = directory / TRIALS_FILE
+    if not path.is_file():
+        raise StudyReportError(
+            f"{str(directory)!r} has no {TRIALS_FILE} yet: no invocation of the study has "
+            "finished (run `esper study FILE` to the end, then report it)"
+        )
+    hints = typing.get_type_hints(TrialRow)
+    names = [f.name for f in fields(TrialRow)]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or set(reader.fieldnames) != {*names, RUN_COLUMN}:
+                raise StudyReportError(f"{path}: not a trials table (header {reader.fieldnames})")
+            trials = []
+            for line in reader:
+                where = f"{path}:{reader.line_num}"
+                cells = {name: _cell(line[name], hints[name], f"{where}: {name}") for name in names}
+                try:
+                    row = TrialRow(**cells)
+                except ValueError as err:  # TrialRow's own check (a score that is not a number)
+                    raise StudyReportError(f"{where}: {err}") from None
+                trials.append(TrialRun(line[RUN_COLUMN], row))
+    except (OSError, csv.Error) as err:
+        raise StudyReportError(f"cannot read {path}: {err}") from None
+    return trials
+
+
+def _cell(text: str | None, hint: typing.Any, where: str) -> typing.Any:
+    """A ``trials.csv`` cell as its ``TrialRow`` field's type; an empty optional cell is None."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    if text is None or text == "":
+        if type(None) in typing.get_args(hint):
+            return None
+        raise StudyReportError(f"{where} is empty")
+    try:
+        return kinds[0](text)
+    except ValueError:
+        raise StudyReportError(f"{where} is {text!r}, not {kinds[0].__name__}") from None
+
+
+@dataclass(frozen=True)
+class ArmCurve:
+    """One arm's validation accuracy per epoch over its trials on one task.
+
+    Attributes:
+        task: the task.
+        arm: the arm.
+        trials: how many trials' runs the curve is drawn from.
+        epochs: every epoch any of them completed, in order.
+        median: the median over the trials with a finite value at that epoch (NaN: none).
+        low: the band's lower percentile (``BAND``) there.
+        high: its upper percentile.
+    """
+
+    task: str
+    arm: str
+    trials: int
+    epochs: list[int]
+    median: list[float]
+    low: list[float]
+    high: list[float]
+
+
+def validation_accuracy(run: Path) -> dict[int, float]:
+    """A run's validation accuracy by epoch, as its one fold holds it (NaN: not finite).
+
+    Raises:
+        RunDirectoryError, EventLogError: not a readable run.
+    """
+    log = read_events(open_run(run).events_path)
+    state = RunState().apply_all(log.records)
+    return {e.epoch: e.val_accuracy for e in state.episode().epochs}
+
+
+def arm_curves(runs: dict[tuple[str, str], list[dict[int, float]]]) -> list[ArmCurve]:
+    """The median and band per epoch of each (task, arm)'s runs (``validation_accuracy``)."""
+    curves = []
+    for (task, arm), mine in sorted(runs.items()):
+        epochs = sorted({epoch for run in mine for epoch in run})
+        found = [_spread([run[e] for run in mine if e in run]) for e in epochs]
+        median, low, high = ([f[i] for f in found] for i in range(3))
+        curves.append(ArmCurve(task, arm, len(mine), epochs, median, low, high))
+    return curves
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """Median and ``BAND`` percentiles of the finite ``values``; NaN without any (a gap in the
+    curve, never a made-up value)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, math.nan
+    lower, upper = np.percentile(finite, BAND)
+    return float(np.median(finite)), float(lower), float(upper)
+
+
+@dataclass(frozen=True)
+class StudyPlot:
+    """One figure of the page: an ``id`` for its ``<figure>``, its caption and PNG bytes."""
+
+    name: str
+    caption: str
+    png: bytes
+    figure: Figure | None = None  # the curves' figure (the rliable plots come as bytes)
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """A study report built in memory: its plots, the page that embeds them, and warnings."""
+
+    plots: list[StudyPlot]
+    html: str
+    warnings: list[str]
+    curves: list[ArmCurve]
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
+    return buffer.getvalue()
+
+
+def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) -> StudyPlot:
+    """Each arm's median validation accuracy per epoch on ``task`` with its band."""
+    figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
+    ax = figure.add_subplot()
+    for curve in curves:
+        colour = colours[curve.arm]
+        few = sum(math.isfinite(v) for v in curve.median) < FEW_POINTS
+        label = f"{curve.arm} (median of {curve.trials})"
+        ax.plot(curve.epochs, curve.median, color=colour, marker="o" if few else None, label=label)
+        ax.fill_between(curve.epochs, curve.low, curve.high, color=colour, alpha=0.2, linewidth=0)
+    ax.set_title(task)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    caption = (
+        f"{task}: validation accuracy per epoch, each arm's median over its trials with the "
+        f"band between their {BAND[0]:g}th and {BAND[1]:g}th percentiles."
+    )
+    return StudyPlot(f"curves-{task}", caption, _png(figure), figure)
+
+
+def build_study_report(
+    directory: Path, out: Path | None = None, reps: int = REPS, seed: int = 0
+) -> StudyReport:
+    """Read a study directory and render its report in memory, writing nothing.
+
+    Args:
+        directory: the study directory (``study.json``, ``trials.csv``, ``trials/``).
+        out: where the page will be written (default ``directory``): links are relative to it.
+        reps: bootstrap resamples per interval (``stats``).
+        seed: seed of every bootstrap.
+
+    Raises:
+        StudyReportError: no ``trials.csv``, a malformed one, or no trial that counts.
+    """
+    out = directory if out is None else out
+    trials = read_trials(directory)
+    counted = [t for t in trials if t.row.counts]
+    if not counted:
+        raise StudyReportError(
+            f"{str(directory)!r}: none of its {len(trials)} trial(s) finished with a score "
+            f"({TRIALS_FILE}); nothing to report"
+        )
+    rows = [t.row for t in trials]
+    try:
+        summaries = stats.summarize(rows, reps, seed)
+    except ValueError as err:  # two finished trials of one task, arm and seed
+        raise StudyReportError(f"{directory / TRIALS_FILE}: {err}") from None
+    overall = [s for s in summaries if s.task == stats.ALL_TASKS]
+    plots = [
+        StudyPlot(
+            "interval_estimates",
+            "IQM and mean test accuracy over all tasks per arm, with 95 % bootstrap intervals.",
+            stats.interval_plot(overall),
+        ),
+        StudyPlot(
+            "performance_profile",
+            "Performance profiles: the fraction of each arm's runs (over all its tasks) with "
+            "test accuracy above τ, with 95 % bootstrap bands.",
+            stats.profile_plot(rows, reps, seed),
+        ),
+    ]
+    runs: dict[tuple[str, str], list[dict[int, float]]] = {}
+    warnings, without_epochs = [], []
+    for trial in counted:
+        try:
+            curve = validation_accuracy(directory / TRIALS_DIR / trial.run)
+        except (RunDirectoryError, EventLogError) as err:
+            warnings.append(f"{trial.run}: left out of the curves: {err}")
+            continue
+        if not curve:
+            without_epochs.append(trial.run)
+            continue
+        runs.setdefault((trial.row.task, trial.row.arm), []).append(curve)
+    if without_epochs:
+        warnings.append(
+            f"{len(without_epochs)} trial(s) left out of the curves, their logs have no epochs "
+            f"(telemetry level minimal: a study run before growth trials logged them), e.g. "
+            f"{without_epochs[0]}"
+        )
+    curves = arm_curves(runs)
+    arms = sorted({s.arm for s in overall})
+    colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
+    for task in sorted({c.task for c in curves}):
+        plots.append(plot_task(task, [c for c in curves if c.task == task], colours))
+    page = _render(directory, out, trials, summaries, plots, warnings, reps, seed)
+    return StudyReport(plots, page, warnings, curves)
+
+
+def write_study_report(report: StudyReport, out: Path) -> Path:
+    """Write ``report.html`` into ``out`` atomically; returns its path.
+
+    Raises:
+        OSError: ``out`` cannot be created or written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / REPORT_FILE, report.html.encode("utf-8"))
+    return out / REPORT_FILE
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+
+def _interval(value: stats.Interval) -> str:
+    return f"{value.point:.2f} [{value.low:.2f}, {value.high:.2f}]"
+
+
+def _row(cells: Sequence[str], numbers_from: int | None = None) -> str:
+    """A table row of HTML cells: the first a header, those from index ``numbers_from`` on
+    right-aligned numbers."""
+    first, *rest = cells
+    tds = [
+        f"<td class='num'>{c}</td>" if numbers_from and i + 1 >= numbers_from else f"<td>{c}</td>"
+        for i, c in enumerate(rest)
+    ]
+    return f"<tr><th>{first}</th>{''.join(tds)}</tr>"
+
+
+def _results_table(summaries: Sequence[stats.ArmSummary]) -> str:
+    head = ["task", "arm", "n", "IQM [95 % CI]", "mean [95 % CI]", "median", "std"]
+    head += ["final params", "peak params", "training FLOPs", "seconds"]
+    lines = ["<table class='results'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for s in summaries:
+        task = f"{stats.ALL_TASKS} ({len(s.tasks)})" if s.task == stats.ALL_TASKS else s.task
+        cells = [task, s.arm, str(s.n), _interval(s.iqm), _interval(s.mean), f"{s.median:.2f}"]
+        cells += [display(s.std, ".2f"), display(s.final_params, ",.0f")]
+        cells += [display(s.peak_params, ",.0f"), display(s.flops, ".3g")]
+        cells.append(display(s.seconds, ".1f"))
+        lines.append(_row([html.escape(c) for c in cells], numbers_from=2))
+    return "\n".join([*lines, "</table>"])
+
+
+def _link(target: Path, out: Path, text: str) -> str:
+    href = quote(Path(os.path.relpath(target, out)).as_posix())
+    return f"<a href='{html.escape(href)}'>{html.escape(text)}</a>"
+
+
+def _trials_table(directory: Path, out: Path, trials: Sequence[TrialRun]) -> str:
+    head = ["run", "task", "arm", "seed", "status", "test accuracy (%)", "report", "error"]
+    lines = ["<table class='trials'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for trial in sorted(trials, key=lambda t: (t.row.task, t.row.arm, t.row.seed)):
+        run = directory / TRIALS_DIR / trial.run
+        report = run / RUN_REPORT
+        row = trial.row
+        cells = [
+            _link(run, out, trial.run) if run.is_dir() else html.escape(trial.run),
+            html.escape(row.task),
+            html.escape(row.arm),
+            str(row.seed),
+            html.escape(row.status),
+            display(row.score, ".2f"),
+            _link(report, out, "report") if report.is_file() else display(None),
+            html.escape(display(row.error)),
+        ]
+        lines.append(_row(cells))
+    return "\n".join([*lines, "</table>"])
+
+
+def _render(
+    directory: Path,
+    out: Path,
+    trials: Sequence[TrialRun],
+    summaries: Sequence[stats.ArmSummary],
+    plots: Sequence[StudyPlot],
+    warnings: Sequence[str],
+    reps: int,
+    seed: int,
+) -> str:
+    name = html.escape(directory.resolve().name)
+    counted = sum(t.row.counts for t in trials)
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Esper study report: {name}</title><style>{CSS}</style></head><body>",
+        f"<h1>Esper study report: {name}</h1>",
+        f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
+        f"and curves), {len(trials) - counted} not. Scores are test accuracy (%) of the final "
+        f"model; intervals are 95 % stratified bootstrap intervals ({reps} resamples, seed "
+        f"{seed}; <code>results.md</code> holds those of the study's own settings).</p>",
+        *(f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings),
+        "<h2>Scores</h2>",
+        _results_table(summaries),
+        "<h2>Plots</h2>",
+    ]
+    for plot in plots:
+        data = base64.b64encode(plot.png).decode("ascii")
+        caption = html.escape(plot.caption)
+        parts.append(
+            f"<figure id='{html.escape(plot.name)}'><img alt='{caption}' "
+            f"src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
+        )
+    parts += ["<h2>Trials</h2>", _trials_table(directory, out, trials), "</body></html>\n"]
+    return "\n".join(parts)
