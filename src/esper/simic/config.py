@@ -58,6 +58,10 @@ class PPOSettings:
         max_grad_norm: gradient clipping norm.
         target_kl: stop the update passes early once the approximate KL exceeds this.
         ratio_explosion: a max ratio above this produces a RatioExplosionDiagnostic.
+        reward_scaling: divide each reward by the running standard deviation of the discounted
+            return (Engstrom et al. 2020, "Implementation Matters in Deep Policy Gradients"), so
+            the value loss keeps one scale whatever the reward's; telemetry and returns stay in
+            reward units.
     """
 
     n_envs: int = 4
@@ -75,8 +79,10 @@ class PPOSettings:
     max_grad_norm: float = 0.5
     target_kl: float = 0.03
     ratio_explosion: float = 5.0
+    reward_scaling: bool = False
 
     def __post_init__(self) -> None:
+        check_bool("ppo.reward_scaling", self.reward_scaling)
         check_int("ppo.n_envs", self.n_envs, 1, MAX_ENVS)
         for name in ("rounds", "ppo_epochs", "minibatches"):
             check_int(f"ppo.{name}", getattr(self, name))

@@ -5,10 +5,13 @@ A **round** is one episode in every environment. ``PPOTrainer.run_round``:
 1. resets every environment and the policy's LSTM state (episodes never share hidden state);
 2. steps all environments together: encode each observation, normalize it with the running
    statistics *frozen for the round*, act for all environments in one batched call (action,
-   log-prob and value from one sampling call), step the environments, record rewards;
+   log-prob and value from one sampling call), step the environments, record rewards (with
+   ``ppo.reward_scaling``, divided by the discounted return's standard deviation so far, also
+   frozen for the round);
 3. at a truncation, bootstraps from V(final observation) with the LSTM state before any reset;
    a termination (governor panic) bootstraps nothing, and that environment sits out the round;
-4. updates the observation normalizer once with the round's raw observations;
+4. updates the observation normalizer once with the round's raw observations (and the return
+   statistics with its discounted returns);
 5. runs the PPO update and the anomaly detector, and emits the round's telemetry: its
    ``PPOUpdate`` is also the round's row of ``rounds.csv``.
 
@@ -22,6 +25,7 @@ counters) is in ``state_dict``; a run resumed from a checkpoint continues exactl
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -49,6 +53,10 @@ from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
 from esper.tamiyo.features import encode_observation, observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
 from esper.tamiyo.policy import ActStep, PolicyConfig, PolicyNetwork
+
+RETURN_VAR_EPSILON = 1e-8
+"""Added to the return variance before its square root: rewards that never vary divide by ~1e-4
+at worst, and only after a round has been seen (before it the scale is 1)."""
 
 POLICY_SEED_OFFSET = 7919
 """The policy's sampling and shuffling generators use ``seed + offset`` so they never share a
@@ -126,6 +134,9 @@ class PPOTrainer:
                 PolicyConfig(config.policy.hidden, config.policy.lstm_hidden),
             ).to(self.device)
         self.normalizer = RunningMeanStd(size)
+        # Discounted returns seen so far (``ppo.reward_scaling``): rewards are divided by their
+        # standard deviation, frozen within a round like the observation statistics.
+        self.return_stats = RunningMeanStd(1) if config.ppo.reward_scaling else None
         self.generator = torch.Generator(device=self.device).manual_seed(policy_seed)
         shuffle = torch.Generator().manual_seed(policy_seed + 1)
         self.learner = PPOLearner(self.network, config.ppo, config.runtime.amp, shuffle)
@@ -156,6 +167,9 @@ class PPOTrainer:
         alive = torch.ones(n, dtype=torch.bool)
         episode_start = torch.ones(n, dtype=torch.bool)
         returns = [0.0] * n
+        scale = self._reward_scale()
+        discounted: list[float] = []  # each step's discounted return so far (reward scaling)
+        running = [0.0] * n
         lengths = [0] * n
         terminated_env = [False] * n
         seen: list[torch.Tensor] = []
@@ -182,8 +196,10 @@ class PPOTrainer:
                 if result is None:
                     continue
                 observations[i] = result.observation
-                rewards[i] = result.reward
+                rewards[i] = result.reward / scale
                 returns[i] += result.reward
+                running[i] = self.config.ppo.gamma * running[i] + result.reward
+                discounted.append(running[i])
                 lengths[i] += 1
                 ended[i], terminated[i] = result.done, result.terminated
                 terminated_env[i] = terminated_env[i] or result.terminated
@@ -197,8 +213,17 @@ class PPOTrainer:
             raise RuntimeError(f"environments {alive.nonzero().flatten().tolist()} did not end")
         batch = buffer.build()
         self.normalizer.update(torch.cat(seen))  # once per rollout batch, never per pass
+        if self.return_stats is not None and discounted:
+            self.return_stats.update(torch.tensor(discounted, dtype=torch.float64)[:, None])
         rollout_seconds = time.perf_counter() - started
         return self._learn(batch, returns, lengths, terminated_env, rollout_seconds)
+
+    def _reward_scale(self) -> float:
+        """What this round's rewards are divided by: 1 without reward scaling (or before the
+        first round's returns are known), else the discounted return's standard deviation."""
+        if self.return_stats is None or self.return_stats.update_count == 0:
+            return 1.0
+        return math.sqrt(float(self.return_stats.var[0]) + RETURN_VAR_EPSILON)
 
     def _learn(
         self,
@@ -328,6 +353,7 @@ class PPOTrainer:
             "policy": self.network.state_dict(),
             "learner": self.learner.state_dict(),
             "normalizer": self.normalizer.state_dict(),
+            "return_stats": None if self.return_stats is None else self.return_stats.state_dict(),
             "generator": self.generator.get_state(),
             "envs": self.vec.state_dicts(),
             "escalated_until": self.escalated_until,
@@ -339,6 +365,8 @@ class PPOTrainer:
         self.network.load_state_dict(state["policy"])
         self.learner.load_state_dict(state["learner"])
         self.normalizer.load_state_dict(state["normalizer"])
+        if self.return_stats is not None:
+            self.return_stats.load_state_dict(state["return_stats"])
         self.generator.set_state(state["generator"])
         self.vec.load_state_dicts(state["envs"])
         self.escalated_until = int(state["escalated_until"])
