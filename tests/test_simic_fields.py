@@ -230,6 +230,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.slots": (["mid", "late"], {}, env_probe),
     "env.width": (8, {}, env_probe),
     "env.shapley": (True, {"env": {"epochs": 8}}, blending_probe),
+    "env.auto_advance": (True, {}, env_probe),  # the germinated seed trains at once
     "env.data_dir": ("/somewhere/else", {}, loader_probe),
     "env.download": (False, {}, loader_probe),
     "policy.hidden": (8, {}, policy_probe),

@@ -88,6 +88,10 @@ class HostTraining:
         slots: slots a controller may grow in.
         width: host width: CNN base channels / transformer model dimension (None: the task's).
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).
+        auto_advance: after each decision, advance every seed whose next gate (G1, G2, G3)
+            passes, as if the controller had chosen ADVANCE; a refusing gate leaves the seed
+            where it is. Germinate, alpha target, prune and fossilize stay the controller's; a
+            policy's or the random controller's ADVANCE is masked out (the op head keeps it).
         data_dir: dataset directory or text file (None: the standard locations).
         download: whether a missing dataset may be downloaded.
     """
@@ -104,6 +108,7 @@ class HostTraining:
     slots: tuple[str, ...] = ("early", "mid", "late")
     width: int | None = None
     shapley: bool = False
+    auto_advance: bool = False
     data_dir: str | None = None
     download: bool = True
 
@@ -128,6 +133,7 @@ class HostTraining:
         if self.width is not None:
             check_int("width", self.width, 1, MAX_WIDTH)
         check_bool("shapley", self.shapley)
+        check_bool("auto_advance", self.auto_advance)
         check_bool("download", self.download)
         require(
             self.data_dir is None or isinstance(self.data_dir, str),

@@ -3,7 +3,8 @@
 ``Trainer.train_step`` trains ``batches_per_epoch`` batches (a full pass when unset), validates,
 measures every running seed's counterfactual contribution with the fused forward, lets the
 governor judge the step (rolling back on panic, snapshotting when healthy) and ticks the seeds'
-epoch timers. The caller then asks its controller for an action and hands it to ``apply``.
+epoch timers. The caller then asks its controller for an action and hands it to ``apply``
+(which, with ``HostTraining.auto_advance``, then advances every seed whose next gate passes).
 Each trainer owns its data order (its own seeded ``BatchStream``), so results do not depend on
 how many trainers run beside it.
 """
@@ -20,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina import LifecycleError, MorphogeneticModel
+from esper.kasmina import GateError, LifecycleError, MorphogeneticModel
 from esper.kasmina.grouped import groupable, grouped_forward
 from esper.kasmina.model import GradientNorms
-from esper.leyline import BLENDED_STAGES, FORWARD_STAGES, Action, Op, SeedStage
+from esper.leyline import ADVANCE_TO, BLENDED_STAGES, FORWARD_STAGES, Action, Op, SeedStage
 from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import (
@@ -379,12 +380,13 @@ class Trainer:
         )
 
     def apply(self, action: Action) -> bool:
-        """Carry out a controller's action through the model's lifecycle API.
+        """Carry out a controller's action through the model's lifecycle API, then (with
+        ``auto_advance`` set) advance every seed whose next gate passes (``advance_ready``).
 
         A refused action (gate, illegal transition, bad value) is recorded, not raised.
 
         Returns:
-            Whether the model accepted it.
+            Whether the model accepted the controller's action.
         """
         model, error = self.model, None
         try:
@@ -421,16 +423,48 @@ class Trainer:
             )
         )
         self._emit_transitions()
+        if self.config.auto_advance:
+            self.advance_ready()
         return error is None
+
+    def advance_ready(self) -> None:
+        """Advance every seed in a stage ADVANCE works from (GERMINATED, TRAINING, BLENDING)
+        whose next gate passes, slots in ``ordered_slots`` order, one stage per seed per call.
+
+        Kasmina's gates decide: each advance is tried, and a ``GateError`` means the gate
+        refused, which leaves the seed exactly as it was (``SeedSlot.advance`` checks the gate
+        before it changes anything, and no check draws random numbers). Each move is logged as
+        a ``SeedTransition`` whose reason is ``auto-advance (G1|G2|G3)``; no ``ActionTaken`` is
+        logged, since no controller chose it.
+        """
+        model = self.model
+        for name in model.order:
+            stage = model.slot(name).stage
+            if stage not in ADVANCE_TO:
+                continue
+            gate = ADVANCE_TO[stage][1]
+            try:
+                model.advance(name)
+            except GateError:
+                continue  # not yet: the seed stays in its stage
+            self._emit_transitions(f"auto-advance ({gate.value})")
+        self.optimizer.sync()  # as after any lifecycle change
 
     # ------------------------------------------------------------------------------ telemetry
 
-    def _emit_transitions(self) -> None:
+    def _emit_transitions(self, reason: str | None = None) -> None:
+        """Log the model's transitions since the last call (``reason``: instead of Kasmina's,
+        for a move no controller chose)."""
         for t in self.model.drain_transitions():
             self.pruned_count += t.to_stage is SeedStage.PRUNED
             self.emit(
                 SeedTransition(
-                    t.epoch, t.slot, t.blueprint, t.from_stage.value, t.to_stage.value, t.reason
+                    t.epoch,
+                    t.slot,
+                    t.blueprint,
+                    t.from_stage.value,
+                    t.to_stage.value,
+                    t.reason if reason is None else reason,
                 )
             )
 

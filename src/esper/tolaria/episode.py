@@ -3,7 +3,8 @@
 Every command runs through this one loop — ``esper static``, ``heuristic`` and ``eval`` drive one
 episode with their controller, and each PPO environment wraps one episode and adds a reward.
 ``reset()`` builds a fresh host and trainer and trains the first epoch; each ``step(action)``
-applies the action through the trainer, trains the next epoch and observes. An episode of
+applies the action through the trainer (with ``auto_advance``, then every advance whose gate
+passes), trains the next epoch and observes. An episode of
 ``epochs`` epochs therefore has ``epochs − 1`` decisions. It ends by **truncation** when the last
 epoch is trained and by **termination** when the governor panics.
 
