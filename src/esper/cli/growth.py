@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from esper.cli.config import RunOptions, announce, growth_config, interrupted_hint, policy_arg
@@ -37,6 +38,14 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     config = growth_config(mode, argv, options, base)
     if policy is None:
         return config
+    assert base is not None
+    if config.training.auto_advance != base.auto_advance:  # the policy never trained like this
+        print(
+            f"esper eval: note: the policy trained with auto_advance = "
+            f"{str(base.auto_advance).lower()}; this eval runs with "
+            f"{str(config.training.auto_advance).lower()}",
+            file=sys.stderr,
+        )
     return replace(config, policy=str(policy.resolve()))  # a resume may start elsewhere
 
 

@@ -124,12 +124,15 @@ def policy_training(state: dict[str, Any]) -> HostTraining:
     return _config_of(state).env
 
 
-def load_policy(state: dict[str, Any], topology: Topology) -> PolicyController:
+def load_policy(state: dict[str, Any], topology: Topology, auto_advance: bool) -> PolicyController:
     """A ``PolicyController`` acting greedily with the policy in a PPO checkpoint state.
 
     Args:
         state: ``trainer_state`` output, read back from a PPO run's checkpoint.
         topology: the topology of the host it will control (must match the training host's).
+        auto_advance: whether the episode it controls advances seeds itself
+            (``HostTraining.auto_advance``; ADVANCE is then masked). An eval takes the PPO
+            run's setting (``policy_training``) unless told otherwise.
 
     Raises:
         PolicyCheckpointError: for a damaged state or a topology mismatch.
@@ -137,7 +140,7 @@ def load_policy(state: dict[str, Any], topology: Topology) -> PolicyController:
     config = _config_of(state)
     try:
         trained_on = Topology(state["topology"])
-        space = ActionSpace(trained_on)
+        space = ActionSpace(trained_on, auto_advance)
         size = observation_size(config.policy.slot_telemetry)
         network = PolicyNetwork(size, space.head_sizes, config.policy)
         network.load_state_dict(state["trainer"]["policy"])

@@ -122,7 +122,7 @@ class PPOTrainer:
         self.vec = vec
         self.device = device
         self.topology = vec.topology
-        self.space = ActionSpace(self.topology)
+        self.space = ActionSpace(self.topology, config.env.auto_advance)
         self.telemetry = config.policy.slot_telemetry
         size = observation_size(self.telemetry)
         policy_seed = config.runtime.seed + POLICY_SEED_OFFSET

@@ -113,6 +113,7 @@ def check_mode(mode: str, config: GrowthRun) -> None:
     if mode == "static":
         t = config.training
         given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
+        given += ["auto_advance"] * t.auto_advance
         given += ["seed_lr"] * (t.seed_lr not in (None, t.lr))  # a resolved config has seed_lr=lr
         given += ["knowledge"] * (config.knowledge is not None)
         if given:
@@ -147,12 +148,12 @@ def make_controller(
     if mode == "heuristic":
         return _heuristic(config, episode, host)
     if mode == "random":
-        return RandomController(episode.topology, config.seed)
+        return RandomController(episode.topology, config.seed, config.training.auto_advance)
     if mode == "periodic":
         return PeriodicController(config.periodic)
     assert policy is not None
     try:
-        controller = load_policy(policy, episode.topology)
+        controller = load_policy(policy, episode.topology, config.training.auto_advance)
     except PolicyCheckpointError as err:
         raise UserError(f"--policy {config.policy!r}: {err}") from err
     if TelemetryLevel.parse(config.telemetry.level).value >= PolicyDecision.level.value:

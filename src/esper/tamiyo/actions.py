@@ -15,7 +15,9 @@ Masks come from the seed reports alone and Leyline's lifecycle tables (DESIGN §
   slot (WAIT, or an op that is itself masked) is all False; the policy never samples the slot head
   from such a row for a relevant head, since the op that would need it cannot be chosen;
 * the blueprint mask allows the blueprints the observation offers; every tempo and α target is
-  always allowed.
+  always allowed;
+* with ``auto_advance`` (``HostTraining.auto_advance``: the engine advances every seed whose
+  gate passes) ADVANCE is always masked: it stays in the op head, so networks keep their shapes.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class ActionSpace:
 
     Args:
         topology: the host kind; it fixes the blueprint head (registry order).
+        auto_advance: the environment advances seeds itself (``HostTraining.auto_advance``):
+            ADVANCE is masked out everywhere.
 
     Attributes:
         ops: every ``Op``, in enum order (the op head).
@@ -137,8 +141,9 @@ class ActionSpace:
         alpha_targets: ``ALPHA_TARGETS``.
     """
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, auto_advance: bool = False) -> None:
         self.topology = topology
+        self.auto_advance = auto_advance
         self.ops: tuple[Op, ...] = tuple(Op)
         self.slots: tuple[str, ...] = FEATURE_SLOTS
         self.blueprints: tuple[str, ...] = blueprint_registry.names(topology)
@@ -173,6 +178,8 @@ class ActionSpace:
         blueprint = torch.tensor([name in observation.blueprints for name in self.blueprints])
         if not observation.blueprints:
             slot[self.ops.index(Op.GERMINATE)] = False  # nothing to germinate
+        if self.auto_advance:
+            slot[self.ops.index(Op.ADVANCE)] = False  # the engine advances on its own
         op_mask = slot.any(dim=-1)  # (n_ops,): an op is valid iff some slot is valid for it
         op_mask[self.ops.index(Op.WAIT)] = True
         return ActionMasks(

@@ -61,14 +61,16 @@ class RandomController:
             Enabled slots need not be given: only they have reports, and the masks allow only
             slots with a report.
         seed: seeds this controller's own ``random.Random`` (never the global random state).
+        auto_advance: the run advances seeds itself (``HostTraining.auto_advance``), so ADVANCE
+            is masked out and never drawn.
 
     Raises:
         ValueError: for a seed outside ``[0, MAX_SEED]``.
     """
 
-    def __init__(self, topology: Topology, seed: int) -> None:
+    def __init__(self, topology: Topology, seed: int, auto_advance: bool = False) -> None:
         check_int("seed", seed, 0, MAX_SEED)
-        self.space = ActionSpace(topology)
+        self.space = ActionSpace(topology, auto_advance)
         self._rng = random.Random(seed)
 
     def decide(self, observation: Observation) -> Action:
