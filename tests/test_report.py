@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 from html.parser import HTMLParser
 from itertools import pairwise
@@ -24,7 +25,7 @@ from matplotlib.colors import to_hex
 from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import main
 from esper.karn.colours import STAGE_COLOURS
-from esper.karn.report import MARK_STYLES, PLOT_FILES, Plot, Report, build_report
+from esper.karn.report import MARK_STYLES, PLOT_FILES, Plot, Report, build_report, plot_progress
 from esper.karn.report_data import load_run
 from esper.leyline import SeedStage
 from esper.leyline.events import (
@@ -51,7 +52,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DASH = "—"
 GROWTH_PLOTS = {"accuracy.png", "loss.png", "timeline.png", "params.png", "alpha.png"}
 COMPARED_PLOTS = GROWTH_PLOTS | {"difference.png"}  # against a growth baseline
-PPO_PLOTS = {"returns.png", "rewards.png", "actions.png", "timeline.png", "params.png", "alpha.png"}
+PPO_PLOTS = {
+    "returns.png", "rewards.png", "actions.png", "progress.png", "timeline.png", "params.png",
+    "alpha.png",
+}  # fmt: skip
 
 
 def _growth(run: Path) -> GrowthSummary:
@@ -363,7 +367,8 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
         == [1, 2]
         == [e["round"] for e in events if e["event"] == PPOUpdate.__name__]
     )
-    first_update = next(i for i, e in enumerate(events) if e["event"] == PPOUpdate.__name__)
+    updates = [i for i, e in enumerate(events) if e["event"] == PPOUpdate.__name__]
+    first_update = updates[0]
     rewards = [e for e in events[:first_update] if e["event"] == RewardComputed.__name__]
     for name in ("pbrs", "rent"):
         values = [v for e in rewards for n, v in e["components"] if n == name]
@@ -372,6 +377,20 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
     actions = [e["op"] for e in events if e["event"] == ActionTaken.__name__]
     assert sum(sum(r.ops.values()) for r in rounds) == len(actions)
     assert sum(r.ops.get("WAIT", 0) for r in rounds) == actions.count("WAIT")
+    # How far seeds got: transitions into each stage, per round, from the log itself.
+    start = 0
+    for folded, end in zip(rounds, updates, strict=True):
+        entered = Counter(
+            e["to_stage"] for e in events[start:end] if e["event"] == SeedTransition.__name__
+        )
+        assert folded.entered == dict(entered)
+        start = end
+    plot = plot_progress(rounds)
+    assert plot is not None
+    lines = {line.get_label(): list(line.get_ydata()) for line in plot.figure.axes[0].lines}
+    for stage in lines:
+        assert lines[stage] == [r.entered.get(stage, 0) for r in rounds]
+    assert set(lines) == {stage for r in rounds for stage in r.entered}
     assert rounds[-1].update.mean_final_accuracy == pytest.approx(summary.final_mean_accuracy)
     assert rounds[-1].update.mean_return == pytest.approx(summary.final_mean_return, abs=1e-3)
     finished = [e for e in events[:first_update] if e["event"] == EpisodeFinished.__name__]

@@ -366,6 +366,42 @@ def plot_actions(rounds: Sequence[RoundState]) -> Plot | None:
     return _plot("actions", "Action distribution: ops chosen per PPO round.", figure)
 
 
+def plot_progress(rounds: Sequence[RoundState]) -> Plot | None:
+    """How far seeds got: transitions into each lifecycle stage per round."""
+    order = [stage.value for stage in SeedStage]
+    stages = [s for s in order if any(r.entered.get(s) for r in rounds)]
+    if not stages:
+        return None
+    figure, (ax,) = _figure()
+    x = [r.update.round for r in rounds]
+    for stage in stages:
+        colour = STAGE_COLOURS[SeedStage(stage)]
+        ax.plot(x, [r.entered.get(stage, 0) for r in rounds], "o-", label=stage, color=colour)
+    _finish(ax, "round", "seeds entering the stage")
+    caption = (
+        "How far seeds get: transitions into each lifecycle stage per PPO round, all "
+        "environments (a policy whose seeds never reach BLENDING never changes the output)."
+    )
+    return _plot("progress", caption, figure)
+
+
+def plot_head_entropy(rounds: Sequence[RoundState]) -> Plot | None:
+    """Per-head policy entropy per round, where it was logged (telemetry level debug)."""
+    heads = list(dict.fromkeys(h for r in rounds for h in r.head_entropy))
+    if not heads:
+        return None
+    figure, (ax,) = _figure()
+    x = [r.update.round for r in rounds]
+    for head in heads:
+        ax.plot(x, _optional([r.head_entropy.get(head) for r in rounds]), "o-", label=head)
+    _finish(ax, "round", "entropy (nats)")
+    caption = (
+        "Policy entropy per action head and round (logged at telemetry level debug, and for a "
+        "few rounds after an anomaly)."
+    )
+    return _plot("head_entropy", caption, figure)
+
+
 def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
     episode = data.episode
     if not data.is_ppo:
@@ -384,6 +420,8 @@ def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
         plot_returns(data, baseline),
         plot_rewards(rounds),
         plot_actions(rounds),
+        plot_progress(rounds),
+        plot_head_entropy(rounds),
         plot_timeline(data, episode, "Seed timeline per slot, coloured by stage" + which),
         plot_params(episode, None, "Active parameters per epoch" + which, data.run.name),
         plot_alpha(data, episode, "Blend weight α per slot per epoch" + which),
@@ -549,7 +587,8 @@ def build_report(run: Path, baseline: Path | None = None) -> Report:
 
 
 PLOT_NAMES = (
-    "accuracy", "loss", "difference", "timeline", "alpha", "params", "returns", "rewards", "actions"
+    "accuracy", "loss", "difference", "timeline", "alpha", "params",
+    "returns", "rewards", "actions", "progress", "head_entropy",
 )  # fmt: skip
 """Every plot a report can hold (``Plot.name``)."""
 
