@@ -1,14 +1,20 @@
-"""The web dashboard's server: run list, event streams, path safety, static files, CLI errors,
-and its defences: Host/Origin checks, links out of the runs directory, Last-Event-ID, memory.
+"""The web dashboard's server: run list, snapshot streams, studies, path safety, static files,
+CLI errors, and its defences: Host/Origin checks, links out of the runs directory,
+Last-Event-ID, memory.
 
-Event streams are read from the real uvicorn server (on a free 127.0.0.1 port, stopped by each
+Snapshot streams are read from the real uvicorn server (on a free 127.0.0.1 port, stopped by each
 test) with an HTTP client whose read timeout turns a stalled stream into a failure, not a hang.
+Every snapshot is checked against ``snapshot(fold(events))`` computed here from the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import itertools
 import json
+import math
+import os
 import re
 import shutil
 import signal
@@ -18,32 +24,39 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from conftest import growth_summary, ppo_summary, write_run
+from esper.cli.dashboard import study_table
 from esper.cli.main import EXIT_BAD_INPUT, main
-from esper.karn import dashboard
-from esper.karn.colours import STAGE_COLOURS
+from esper.karn import dashboard, guard
+from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
 from esper.karn.dashboard import (
     STATIC_DIR,
-    BoundedTail,
     DashboardServer,
-    accepted_hosts,
     create_app,
     open_listener,
-    parse_last_event_id,
-    stream_events,
+    stream_snapshots,
 )
-from esper.leyline.events import EVENT_TYPES, EpochCompleted
+from esper.karn.guard import BoundedTail, accepted_hosts, parse_last_event_id
+from esper.karn.snapshot import RECENT_SHOWN, snapshot
+from esper.karn.studies import StudyRow, band, quantile
+from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunStarted, event_record
 from esper.leyline.stages import SeedStage
-from esper.nissa.log import EVENTS_FILE, EventLogError, open_run
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.nissa.fold import MARK_KINDS, RunState
+from esper.nissa.log import EVENTS_FILE, EventLogError, open_run, read_events
+from esper.study.stats import ALL_TASKS, summarize
 
 POLL = 0.05  # a fast poll keeps these tests short
+SNAPSHOT = 0.05  # likewise, the least time between two snapshots of a stream
 LOCAL = ("127.0.0.1", 8000)  # the address TestClient apps pretend to listen on
 READ_TIMEOUT = 5.0  # seconds without a byte before a stream read fails the test
 
@@ -71,6 +84,13 @@ def line_count(run: Path) -> int:
     return len((run / EVENTS_FILE).read_text(encoding="utf-8").splitlines())
 
 
+def folded(run: Path, name: str) -> dict[str, Any]:
+    """The oracle: the run's log read whole, folded once and snapshotted, as the page gets it."""
+    state = RunState(recent=RECENT_SHOWN).apply_all(read_events(run / EVENTS_FILE).records)
+    data: dict[str, Any] = json.loads(json.dumps(snapshot(state, name), allow_nan=False))
+    return data
+
+
 def sse_messages(response: httpx.Response) -> Iterator[dict[str, str]]:
     """The Server-Sent Events messages of a streaming response (fields of each message)."""
     message: dict[str, str] = {}
@@ -92,6 +112,17 @@ def take(messages: Iterator[dict[str, str]], n: int) -> list[dict[str, str]]:
         if "event" in message:
             taken.append(message)
     return taken
+
+
+def snapshot_with(messages: Iterator[dict[str, str]], events: int) -> dict[str, Any]:
+    """The next snapshot holding ``events`` events (earlier ones are skipped)."""
+    while True:
+        (message,) = take(messages, 1)
+        assert message["event"] == "snapshot", message
+        if int(message["id"]) == events:
+            data: dict[str, Any] = json.loads(message["data"])
+            assert data["events"]["count"] == events
+            return data
 
 
 def epoch_line(template: dict[str, Any], epoch: int, val_accuracy: float) -> str:
@@ -117,18 +148,22 @@ def runs_dir(tmp_path: Path, recorded_runs: dict[str, Path]) -> Path:
 
 
 def serve(runs_dir: Path) -> DashboardServer:
-    return DashboardServer(runs_dir, open_listener("127.0.0.1", 0), poll_seconds=POLL)
+    sock = open_listener("127.0.0.1", 0)
+    return DashboardServer(runs_dir, sock, poll_seconds=POLL, snapshot_seconds=SNAPSHOT)
 
 
-def local_client(runs_dir: Path) -> TestClient:
+def local_client(runs_dir: Path, **kwargs: Any) -> TestClient:
     """A test client addressing the app as a browser on this machine would (Host 127.0.0.1:P)."""
-    app = create_app(runs_dir, hosts=accepted_hosts(*LOCAL))
+    app = create_app(runs_dir, hosts=accepted_hosts(*LOCAL), **kwargs)
     return TestClient(app, base_url=f"http://{LOCAL[0]}:{LOCAL[1]}")
+
+
+# ------------------------------------------------------------------ the run list
 
 
 def test_run_list_matches_the_run_directories(recorded_runs: dict[str, Path]) -> None:
     root = recorded_runs["heuristic"].parent
-    listed = local_client(root).get("/api/runs").json()["runs"]
+    listing = local_client(root).get("/api/runs").json()
     expected = []
     for path in sorted(recorded_runs.values()):
         run = open_run(path)
@@ -140,11 +175,29 @@ def test_run_list_matches_the_run_directories(recorded_runs: dict[str, Path]) ->
                 "seed": run.seed,
                 "status": run.status,
                 "error": None,
+                "study": None,
+                "modified": (path / EVENTS_FILE).stat().st_mtime,
             }
         )
-    assert listed == expected
-    assert {run["mode"] for run in listed} == {"heuristic", "static", "ppo"}
-    assert {run["status"] for run in listed} == {"completed"}
+    assert listing["runs"] == expected
+    assert {run["mode"] for run in listing["runs"]} == {"heuristic", "static", "ppo"}
+    assert {run["status"] for run in listing["runs"]} == {"completed"}
+    assert listing["newest"] == max(expected, key=lambda run: run["modified"])["name"]
+
+
+def test_the_newest_run_is_the_one_whose_log_changed_last(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    for name, age in (("a", 300), ("b", 100), ("c", 200)):
+        run = copy_run(recorded_runs["static"], tmp_path / name)
+        stamp = time.time() - age
+        os.utime(run / EVENTS_FILE, (stamp, stamp))
+    copy_run(recorded_runs["static"], tmp_path / "d", lines=0)  # unreadable: never the newest
+    client = local_client(tmp_path)
+    assert client.get("/api/runs").json()["newest"] == "b"
+    append(tmp_path / "a", "")  # a run that logs again is the newest
+    assert client.get("/api/runs").json()["newest"] == "a"
+    assert local_client(tmp_path / "d").get("/api/runs").json()["newest"] is None
 
 
 def test_runs_that_appear_later_are_listed_and_unreadable_ones_do_not_hide_others(
@@ -160,6 +213,7 @@ def test_runs_that_appear_later_are_listed_and_unreadable_ones_do_not_hide_other
     assert [run["name"] for run in listed] == ["a", "b", "c"]
     assert [run["status"] for run in listed] == ["unfinished", "completed", "unreadable"]
     assert listed[2]["mode"] is None and str(starting) in listed[2]["error"]
+    assert listed[2]["modified"] is None
 
 
 def test_one_run_directory_can_be_served_by_itself(recorded_runs: dict[str, Path]) -> None:
@@ -168,10 +222,10 @@ def test_one_run_directory_can_be_served_by_itself(recorded_runs: dict[str, Path
     assert [(r["name"], r["mode"]) for r in listed] == [(run.name, "static")]
 
 
-def test_stream_sends_every_record_then_the_ones_appended_later(
-    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(dashboard, "CHUNK_RECORDS", 7)  # the backlog goes out in many pieces
+# ------------------------------------------------------------------ snapshot streams
+
+
+def test_a_stream_sends_the_folded_run_then_each_change(runs_dir: Path) -> None:
     run = runs_dir / "live"
     existing = line_count(run)
     template = first_epoch(run)
@@ -184,26 +238,118 @@ def test_stream_sends_every_record_then_the_ones_appended_later(
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         messages = sse_messages(response)
-        first = take(messages, existing)
-        assert {m["event"] for m in first} == {"record"}
-        assert [int(m["id"]) for m in first] == list(range(1, existing + 1))
-        records = [json.loads(m["data"]) for m in first]
-        on_disk = [json.loads(line) for line in (run / EVENTS_FILE).read_text().splitlines()]
-        assert records == on_disk
+        (first,) = take(messages, 1)
+        assert (first["event"], int(first["id"])) == ("snapshot", existing)
+        assert json.loads(first["data"]) == folded(run, "live")
+
         append(run, epoch_line(template, 901, 87.654), epoch_line(template, 902, 12.5))
-        later = [json.loads(m["data"]) for m in take(messages, 2)]
-        assert [(r["epoch"], r["val_accuracy"]) for r in later] == [(901, 87.654), (902, 12.5)]
+        later = snapshot_with(messages, existing + 2)
+        assert later == folded(run, "live")
+        (episode,) = later["envs"][0]["episodes"]
+        assert episode["epochs"]["epoch"][-2:] == [901, 902]
+        assert episode["epochs"]["val_accuracy"][-2:] == [87.654, 12.5]
 
 
-def test_a_reconnecting_browser_gets_only_what_it_missed(runs_dir: Path) -> None:
+def test_a_backlog_is_sent_in_snapshots_no_more_often_than_the_interval(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    runs = tmp_path / "runs"
+    run = copy_run(recorded_runs["ppo"], runs / "ppo")
+    total = line_count(run)
+
+    async def all_snapshots() -> list[tuple[float, int]]:
+        sent = []
+        body = stream_snapshots(
+            run / EVENTS_FILE,
+            "ppo",
+            root=runs,
+            skip=0,
+            poll_seconds=POLL,
+            stopping=lambda: False,
+            interval=0.2,
+            read_bytes=2000,  # many reads, so the backlog takes several intervals
+        )
+        async for text in body:
+            if "event: snapshot" in text:
+                sent.append((time.monotonic(), int(text.split("id: ")[1].split("\n")[0])))
+                if sent[-1][1] == total:
+                    break
+        await body.aclose()  # type: ignore[attr-defined]
+        return sent
+
+    sent = asyncio.run(all_snapshots())
+    counts = [count for _, count in sent]
+    assert counts == sorted(counts) and counts[-1] == total
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(sent)]
+    assert all(gap >= 0.2 - 0.01 for gap in gaps), gaps
+
+
+def test_a_resumed_run_streams_as_it_finally_happened(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """Epochs 1-12, Ctrl-C, resume from the checkpoint after epoch 8: the stream shows epochs
+    9-12 as the resumed attempt ran them, once each, and the run live again."""
+    runs = tmp_path / "runs"
+    source = recorded_runs["heuristic"]
+    lines = (source / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
+    epochs = [json.loads(line) for line in lines if '"EpochCompleted"' in line]
+    run = copy_run(source, runs / "r", lines=1)  # its RunStarted
+    first_try = [epoch_line(e, e["epoch"], 11.0) for e in epochs[:12]]
+    stopped = RunFinished("interrupted", 12, None, None, 0, 0, 0, 1.0)
+    resumed = RunStarted("r", "heuristic", "synthetic", 0, 40, ("early", "mid", "late"), 8)
+    second_try = [epoch_line(e, e["epoch"], 22.0 + e["epoch"]) for e in epochs[8:14]]
+    wrap = [json.dumps({"t": 2.0, "run_id": "r", **event_record(e)}) for e in (stopped, resumed)]
+    append(run, *first_try, wrap[0], wrap[1], *second_try)
+    total = line_count(run)
+    server = serve(runs)
+    with (
+        server.in_background() as url,
+        httpx.Client(timeout=READ_TIMEOUT) as client,
+        client.stream("GET", f"{url}api/runs/r/events") as response,
+    ):
+        data = snapshot_with(sse_messages(response), total)
+    assert data == folded(run, "r")
+    (episode,) = data["envs"][0]["episodes"]
+    assert episode["epochs"]["epoch"] == list(range(1, 15))
+    assert episode["epochs"]["val_accuracy"] == [11.0] * 8 + [22.0 + e for e in range(9, 15)]
+    assert (data["run"]["status"], data["run"]["attempts"]) == ("running", 2)
+
+
+def test_a_reconnecting_browser_gets_the_current_snapshot_unless_it_has_it(
+    runs_dir: Path,
+) -> None:
     run = runs_dir / "live"
     existing = line_count(run)
+    template = first_epoch(run)
     server = serve(runs_dir)
     with server.in_background() as url, httpx.Client(timeout=READ_TIMEOUT) as client:
-        headers = {"Last-Event-ID": str(existing - 2)}
-        with client.stream("GET", f"{url}api/runs/live/events", headers=headers) as response:
-            got = take(sse_messages(response), 2)
-    assert [int(m["id"]) for m in got] == [existing - 1, existing]
+        behind = {"Last-Event-ID": str(existing - 2)}
+        with client.stream("GET", f"{url}api/runs/live/events", headers=behind) as response:
+            (got,) = take(sse_messages(response), 1)
+        assert int(got["id"]) == existing and json.loads(got["data"]) == folded(run, "live")
+
+        current = {"Last-Event-ID": str(existing)}
+        with client.stream("GET", f"{url}api/runs/live/events", headers=current) as response:
+            messages = sse_messages(response)
+            time.sleep(3 * POLL)  # the stream has read the log and found nothing to send
+            append(run, epoch_line(template, 901, 1.5))
+            (got,) = take(messages, 1)  # the first snapshot sent is the one with the new line
+        assert int(got["id"]) == existing + 1
+
+
+def test_the_one_shot_snapshot_is_the_streamed_one(runs_dir: Path) -> None:
+    client = local_client(runs_dir)
+    for name in ("live", "ppo"):
+        response = client.get(f"/api/runs/{name}/snapshot")
+        assert response.status_code == 200
+        assert response.json() == folded(runs_dir / name, name)
+    template = first_epoch(runs_dir / "live")
+    append(runs_dir / "live", epoch_line(template, 901, 1.5))  # read on from where it was
+    assert client.get("/api/runs/live/snapshot").json() == folded(runs_dir / "live", "live")
+    append(runs_dir / "live", "{not an event")
+    response = client.get("/api/runs/live/snapshot")
+    assert response.status_code == 422
+    assert f"{EVENTS_FILE}:{line_count(runs_dir / 'live')}" in one_error_line(response.text)
 
 
 def test_a_malformed_line_ends_that_stream_with_an_error_and_the_server_goes_on(
@@ -211,23 +357,25 @@ def test_a_malformed_line_ends_that_stream_with_an_error_and_the_server_goes_on(
 ) -> None:
     run = runs_dir / "live"
     existing = line_count(run)
+    template = first_epoch(run)
     server = serve(runs_dir)
     with server.in_background() as url, httpx.Client(timeout=READ_TIMEOUT) as client:
         with client.stream("GET", f"{url}api/runs/live/events") as response:
             messages = sse_messages(response)
-            take(messages, existing)
-            append(run, "{this is not json")
-            (error,) = take(messages, 1)
+            take(messages, 1)
+            append(run, epoch_line(template, 901, 1.5), "{this is not json")
+            last, error = take(messages, 2)
+            assert int(last["id"]) == existing + 1  # what came before the bad line is shown
             assert error["event"] == "stream-error"
             assert (
-                f"{EVENTS_FILE}:{existing + 1}: malformed event line"
+                f"{EVENTS_FILE}:{existing + 2}: malformed event line"
                 in json.loads(error["data"])["message"]
             )
             assert list(messages) == []  # the stream ended
         assert client.get(f"{url}api/runs").status_code == 200
         with client.stream("GET", f"{url}api/runs/ppo/events") as response:
-            (record,) = take(sse_messages(response), 1)
-            assert json.loads(record["data"])["mode"] == "ppo"
+            (first,) = take(sse_messages(response), 1)
+            assert json.loads(first["data"])["run"]["mode"] == "ppo"
 
 
 def test_streams_end_on_client_disconnect_and_on_server_shutdown(runs_dir: Path) -> None:
@@ -238,7 +386,8 @@ def test_streams_end_on_client_disconnect_and_on_server_shutdown(runs_dir: Path)
             httpx.Client(timeout=READ_TIMEOUT) as client,
             client.stream("GET", f"{url}api/runs/live/events") as response,
         ):
-            take(sse_messages(response), 1)
+            messages = sse_messages(response)  # held: a dropped generator closes the response
+            take(messages, 1)
             assert len(running) == 1
         deadline = time.monotonic() + 3
         while running and time.monotonic() < deadline:
@@ -256,7 +405,7 @@ def test_streams_end_on_client_disconnect_and_on_server_shutdown(runs_dir: Path)
         rest = list(messages)  # ends (no read timeout) once the server stops
         response.close()
         client.close()
-    assert all(m["event"] == "record" for m in rest if "event" in m)
+    assert all(m["event"] == "snapshot" for m in rest if "event" in m)
     assert time.monotonic() - started < 3
 
 
@@ -267,22 +416,203 @@ def test_streams_end_on_client_disconnect_and_on_server_shutdown(runs_dir: Path)
         "/api/runs/..%2Fsecret/events",
         "/api/runs/%2E%2E%2Fsecret/events",
         "/api/runs/group%2Finner/events",
+        "/api/runs/group/inner/events",
         "/api/runs/group/events",  # a child directory that is not a run
         "/api/runs/nosuchrun/events",
+        "/api/runs/..%2Fsecret/snapshot",
+        "/api/runs/group/inner/snapshot",
+        "/api/runs/nosuchrun/snapshot",
     ],
 )
-def test_only_runs_directly_in_the_runs_directory_are_served(
+def test_only_runs_the_list_names_are_served(
     tmp_path: Path, recorded_runs: dict[str, Path], path: str
 ) -> None:
     runs = tmp_path / "runs"
     copy_run(recorded_runs["static"], runs / "ok")
     copy_run(recorded_runs["static"], tmp_path / "secret")  # a run beside the runs directory
-    copy_run(recorded_runs["static"], runs / "group" / "inner")  # a run two levels down
+    copy_run(recorded_runs["static"], runs / "group" / "inner")  # two levels down, no study
     client = local_client(runs)
     with client.stream("GET", path) as response:
         assert response.status_code == 404
     with client.stream("GET", "/api/runs/ok/events") as response:
         assert response.status_code == 200
+    assert client.get("/api/runs/ok/snapshot").status_code == 200
+
+
+# ------------------------------------------------------------------ studies
+
+
+def test_band_statistics_are_the_median_and_interquartile_range() -> None:
+    nan = math.nan
+    curves = [{1: 10.0, 2: 20.0}, {1: 30.0, 2: None}, {1: 20.0, 2: 40.0, 3: 5.0}, {1: 40.0, 2: nan}]
+    found = band(curves)
+    # Epoch 1: 10 20 30 40 -> positions 0.75, 1.5, 2.25 (n - 1 = 3 times 1/4, 1/2, 3/4).
+    # Epoch 2: 20 40 (None and NaN are missing, not 0) -> 25, 30, 35. Epoch 3: 5 alone.
+    assert found.epoch == [1, 2, 3]
+    assert found.q1 == [17.5, 25.0, 5.0]
+    assert found.median == [25.0, 30.0, 5.0]
+    assert found.q3 == [32.5, 35.0, 5.0]
+    assert found.n == [4, 2, 1]
+    assert band([{1: None}]).median == [None]
+    values = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
+    for p in (0.0, 0.25, 0.5, 0.75, 1.0):  # numpy's default percentile is the same method
+        assert quantile(values, p) == pytest.approx(float(np.percentile(values, 100 * p)))
+
+
+def write_study(directory: Path, recorded_runs: dict[str, Path]) -> Path:
+    """A study directory as ``esper study`` leaves it: ``study.json``, ``trials/`` with a
+    heuristic and a static trial for each of two seeds (copies of the recorded runs with their
+    validation accuracy shifted per seed) and ``trials.csv``."""
+    directory.mkdir(parents=True)
+    (directory / STUDY_FILE).write_text('{"settings": {}, "attempts": {}, "errors": {}}')
+    rows = []
+    for arm in ("heuristic", "static"):
+        for seed in (0, 1):
+            name = f"synthetic.{arm}.seed{seed}"
+            run = copy_run(recorded_runs[arm], directory / TRIALS_DIR / name)
+            lines = []
+            for line in (run / EVENTS_FILE).read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                if record["event"] == EpochCompleted.__name__:
+                    record["val_accuracy"] += 10 * seed
+                lines.append(json.dumps(record))
+            (run / EVENTS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            row = TrialRow(
+                "synthetic",
+                arm,
+                seed,
+                "completed",
+                50.0 + seed + (arm == "static"),
+                None,
+                1000 + seed,
+                1000,
+                1e6,
+                2.0 + seed,
+                None,
+            )
+            rows.append({**asdict(row), "run": name})
+    with (directory / TRIALS_FILE).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, [f.name for f in fields(TrialRow)] + ["run"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return directory
+
+
+def validation(run: Path) -> dict[int, float | None]:
+    epochs = [e for e in read_events(run / EVENTS_FILE).records]
+    return {
+        e.event.epoch: e.event.val_accuracy for e in epochs if isinstance(e.event, EpochCompleted)
+    }
+
+
+def test_the_study_table_is_summarize_over_the_trials(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    study = write_study(tmp_path / "study", recorded_runs)
+    rows = study_table(study)
+    with (study / TRIALS_FILE).open(newline="", encoding="utf-8") as f:
+        trials = [
+            TrialRow(
+                r["task"],
+                r["arm"],
+                int(r["seed"]),
+                r["status"],
+                float(r["score"]),
+                None,
+                int(r["final_params"]),
+                int(r["peak_params"]),
+                float(r["flops"]),
+                float(r["seconds"]),
+                None,
+            )
+            for r in csv.DictReader(f)
+        ]
+    expected = summarize(trials)
+    assert [(r.task, r.arm) for r in rows] == [(s.task, s.arm) for s in expected]
+    for row, summary in zip(rows, expected, strict=True):
+        assert (row.iqm, row.iqm_low, row.iqm_high) == (
+            summary.iqm.point,
+            summary.iqm.low,
+            summary.iqm.high,
+        )
+        assert (row.mean, row.n, row.final_params, row.seconds) == (
+            summary.mean.point,
+            summary.n,
+            summary.final_params,
+            summary.seconds,
+        )
+        seeds = (0, 1) if row.task != ALL_TASKS else ()
+        assert row.runs == tuple(f"synthetic.{row.arm}.seed{seed}" for seed in seeds)
+
+
+def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "solo")
+    study = write_study(runs / "st", recorded_runs)
+    row = StudyRow(
+        "synthetic",
+        "heuristic",
+        2,
+        1.0,
+        0.5,
+        1.5,
+        2.0,
+        1.5,
+        2.5,
+        None,
+        3.0,
+        ("synthetic.heuristic.seed0", "synthetic.heuristic.seed1", "../../solo"),
+    )
+    asked: list[Path] = []
+
+    def table(directory: Path) -> list[StudyRow]:
+        asked.append(directory)
+        return [row]
+
+    client = local_client(runs, study_table=table)
+    listed = client.get("/api/runs").json()["runs"]
+    names = [(r["name"], r["study"]) for r in listed]
+    assert names[0] == ("solo", None)
+    assert ("st/synthetic.static.seed1", "st") in names and len(names) == 5
+    assert client.get("/api/studies").json() == {"studies": ["st"]}
+
+    data = client.get("/api/studies/st").json()
+    assert data["error"] is None
+    links = ["st/synthetic.heuristic.seed0", "st/synthetic.heuristic.seed1"]  # not ../../solo
+    assert data["rows"] == [{**asdict(row), "runs": links}]
+    (got,) = data["bands"]
+    trials = [study / TRIALS_DIR / f"synthetic.heuristic.seed{seed}" for seed in (0, 1)]
+    assert got == {
+        "task": "synthetic",
+        "arm": "heuristic",
+        **asdict(band([validation(t) for t in trials])),
+    }
+    assert got["median"][0] == pytest.approx(validation(trials[0])[1] + 5)  # seeds 10 apart
+    client.get("/api/studies/st")
+    assert asked == [study]  # computed again only when trials.csv changes
+    assert client.get("/api/runs/st/synthetic.static.seed0/snapshot").json() == folded(
+        study / TRIALS_DIR / "synthetic.static.seed0", "st/synthetic.static.seed0"
+    )
+    assert client.get("/api/studies/nosuch").status_code == 404
+
+    broken = local_client(runs, study_table=lambda d: summarize_fails())
+    assert "one trial per task, arm and seed" in broken.get("/api/studies/st").json()["error"]
+    assert local_client(runs).get("/api/studies").json() == {"studies": []}  # no table: none
+    assert local_client(study, study_table=table).get("/api/studies").json() == {
+        "studies": ["st"]
+    }  # a study served by itself
+
+
+def summarize_fails() -> list[StudyRow]:
+    raise ValueError(
+        "synthetic/heuristic: more than one completed trial for one seed; a study "
+        "has one trial per task, arm and seed"
+    )
+
+
+# ------------------------------------------------------------------ the page and the CLI
 
 
 def test_page_and_static_files_are_served_locally_with_their_types(tmp_path: Path) -> None:
@@ -291,13 +621,18 @@ def test_page_and_static_files_are_served_locally_with_their_types(tmp_path: Pat
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     linked = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-    assert sorted(linked) == ["static/dashboard.css", "static/dashboard.js"]
-    types = {"dashboard.css": "text/css", "dashboard.js": ("text/javascript", "application/js")}
-    for name, expected in types.items():
-        response = client.get(f"/static/{name}")
+    assert sorted(linked) == [
+        "static/dashboard.css",
+        "static/dashboard.js",
+        "static/vendor/uplot/uPlot.iife.min.js",
+        "static/vendor/uplot/uPlot.min.css",
+    ]
+    types = {".css": "text/css", ".js": ("text/javascript", "application/js")}
+    for path in linked:
+        response = client.get(f"/{path}")
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith(expected)
-        assert response.text == (STATIC_DIR / name).read_text(encoding="utf-8")
+        assert response.headers["content-type"].startswith(types[Path(path).suffix])
+        assert response.text == (STATIC_DIR / path.removeprefix("static/")).read_text("utf-8")
     # The page's own files; third-party libraries sit unchanged in vendor/ (see its VENDORED.md).
     files = sorted(f for f in STATIC_DIR.iterdir() if f.is_file())
     assert [f.name for f in files] == ["dashboard.css", "dashboard.js", "index.html"]
@@ -307,15 +642,17 @@ def test_page_and_static_files_are_served_locally_with_their_types(tmp_path: Pat
     assert client.get("/static/../dashboard.py").status_code == 404
 
 
-def test_page_reads_only_event_names_and_stages_that_exist(tmp_path: Path) -> None:
+def test_the_page_folds_nothing_and_gets_its_colours_from_the_server(tmp_path: Path) -> None:
     script = (STATIC_DIR / "dashboard.js").read_text(encoding="utf-8")
-    block = re.search(r"const EV = \{(.*?)\};", script, re.S)
-    assert block is not None
-    names = re.findall(r'"(\w+)"', block.group(1))
-    assert len(names) >= 5 and all(name in EVENT_TYPES for name in names)
+    named = [name for name in EVENT_TYPES if name in script]
+    assert named == [], f"the page reads events itself: {named}"
+    for stage in SeedStage:
+        assert f'"{stage.value}"' not in script
     meta = local_client(tmp_path).get("/api/meta").json()
     assert meta["stages"] == [stage.value for stage in SeedStage]
     assert meta["stage_colours"] == {s.value: STAGE_COLOURS[s] for s in SeedStage}
+    assert meta["mark_colours"] == dict(MARK_COLOURS)
+    assert set(meta["mark_shapes"]) == set(MARK_KINDS.values()) == set(MARK_COLOURS)
     assert meta["runs_dir"] == str(tmp_path)
 
 
@@ -428,7 +765,17 @@ FOREIGN_HEADERS = [
     {"Origin": "http://127.0.0.1:8000.evil.example"},
     {"Host": "localhost:8000", "Origin": "http://evil.example"},
 ]
-EVERY_PATH = ["/", "/api/meta", "/api/runs", "/api/runs/live/events", "/static/dashboard.js", "/x"]
+EVERY_PATH = [
+    "/",
+    "/api/meta",
+    "/api/runs",
+    "/api/runs/live/events",
+    "/api/runs/live/snapshot",
+    "/api/studies",
+    "/static/dashboard.js",
+    "/static/vendor/uplot/uPlot.iife.min.js",
+    "/x",
+]
 
 
 @pytest.mark.parametrize("headers", FOREIGN_HEADERS, ids=lambda h: " ".join(h.values()) or "empty")
@@ -459,7 +806,7 @@ def test_requests_addressed_to_this_server_are_answered(
     runs_dir: Path, headers: dict[str, str]
 ) -> None:
     client = local_client(runs_dir)
-    for path in ("/", "/api/meta", "/api/runs", "/static/dashboard.js"):
+    for path in ("/", "/api/meta", "/api/runs", "/api/runs/live/snapshot", "/static/dashboard.js"):
         assert client.get(path, headers=headers).status_code == 200, path
     with client.stream("GET", "/api/runs/live/events", headers=headers) as response:
         assert response.status_code == 200
@@ -506,7 +853,7 @@ def test_the_server_refuses_foreign_and_garbled_headers_in_one_line(runs_dir: Pa
 # ------------------------------------------------------------------ Last-Event-ID
 
 
-def test_last_event_id_is_a_record_number() -> None:
+def test_last_event_id_is_an_event_count() -> None:
     assert parse_last_event_id(None) == 0
     assert parse_last_event_id("0") == 0
     assert parse_last_event_id("42") == 42
@@ -574,9 +921,10 @@ def test_links_out_of_the_runs_directory_are_neither_read_nor_served(
     assert entries["linked"]["mode"] is None
     assert f"{link or 'linked'} links outside the runs directory" in entries["linked"]["error"]
     assert MARK not in response.text
-    with client.stream("GET", "/api/runs/linked/events") as stream:
-        assert stream.status_code == 404
-        assert MARK not in stream.read().decode()
+    for path in ("/api/runs/linked/events", "/api/runs/linked/snapshot"):
+        with client.stream("GET", path) as stream:
+            assert stream.status_code == 404
+            assert MARK not in stream.read().decode()
 
 
 def test_links_that_stay_in_the_runs_directory_are_followed(
@@ -622,7 +970,7 @@ def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
     records: list[dict[str, Any]] = []
     while not tail.caught_up:
         before = tail.offset
-        records += tail.poll()
+        records += [item.record() for item in tail.poll()]  # decoded, as the hub wrote them
         assert tail.offset - before <= read_bytes + max(map(len, lines))  # whole lines only
     assert records == [json.loads(line) for line in lines]
     assert len(lines) * 650 // read_bytes < 100  # many polls were needed
@@ -632,9 +980,9 @@ def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
         f.write(epoch_line(template, 901, 1.5))  # a line still being written
     assert tail.poll() == [] and tail.caught_up
     append(run, "")  # its newline
-    assert [r["epoch"] for r in tail.poll()] == [901]
+    assert [item.event.epoch for item in tail.poll()] == [901]  # type: ignore[union-attr]
 
-    monkeypatch.setattr(dashboard, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(guard, "MAX_LINE_BYTES", 100)
     with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
         f.write("x" * 101)
     with pytest.raises(EventLogError, match=f"{EVENTS_FILE}:{len(lines) + 2}: a line longer"):
@@ -642,45 +990,68 @@ def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
 
 
 HUGE_LOG_BYTES = 16_000_000
-"""The synthetic log streamed by the memory test: twice the bound, so a stream that held the
-log's bytes would fail it (the reader before bounded reads held about 8 bytes of parsed records
-per byte of log). Larger logs only make the test slower: tracemalloc costs about 0.5 s/MB here."""
-STREAM_PEAK_BYTES = 8_000_000
-"""What one client may hold while its stream sends the whole log (measured: about 4.5 MB)."""
+"""The synthetic log streamed by the memory test (about 1000 PPO rounds): more than the bound, so
+a stream that held the log's bytes — or its decoded events, several times more — would fail it.
+Larger logs only make the test slower (tracemalloc)."""
+STREAM_PEAK_BYTES = 12_000_000
+"""What one client may hold while its stream folds that log and sends its snapshots. Measured:
+about 8.3 MB — the fold (about 3.6 MB: a few numbers per round and per finished episode, the
+last 4 episodes per environment in detail), one snapshot being built (about 3.8 MB for 1000
+rounds) and one bounded read of decoded events."""
+
+
+def long_ppo_log(source: Path, run: Path) -> tuple[int, int]:
+    """``run``'s log: ``source``'s PPO run with its rounds repeated, renumbered, until the log is
+    ``HUGE_LOG_BYTES`` long (a long training run). Returns (events, rounds)."""
+    lines = [json.loads(line) for line in (source / EVENTS_FILE).read_text().splitlines()]
+    start, body = lines[0], [r for r in lines[1:] if r["event"] != "PPORunFinished"]
+    rounds = max(r["round"] for r in body if "round" in r)
+    count, repeat = 1, 0
+    with (run / EVENTS_FILE).open("w", encoding="utf-8") as f:
+        f.write(json.dumps(start) + "\n")
+        while f.tell() < HUGE_LOG_BYTES:
+            shift = repeat * rounds
+            for record in body:
+                moved = {**record}
+                for key in ("episode", "round"):
+                    if key in moved:
+                        moved[key] += shift
+                f.write(json.dumps(moved) + "\n")
+            count += len(body)
+            repeat += 1
+    return count, repeat * rounds
 
 
 def test_a_huge_log_is_streamed_in_bounded_memory(
     tmp_path: Path, recorded_runs: dict[str, Path]
 ) -> None:
     runs = tmp_path / "runs"
-    run = copy_run(recorded_runs["heuristic"], runs / "huge", lines=1)  # its RunStarted
-    template = first_epoch(recorded_runs["heuristic"])
-    count = 1
-    with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
-        while f.tell() < HUGE_LOG_BYTES:
-            f.writelines(epoch_line(template, count + i, 50.0) + "\n" for i in range(1000))
-            count += 1000
+    run = copy_run(recorded_runs["ppo"], runs / "huge", lines=0)
+    count, rounds = long_ppo_log(recorded_runs["ppo"], run)
 
-    async def stream_all() -> tuple[int, str]:
-        sent, last = 0, ""
-        body = stream_events(
-            run / EVENTS_FILE, root=runs, skip=0, poll_seconds=POLL, stopping=lambda: False
+    async def stream_all() -> dict[str, Any]:
+        body = stream_snapshots(
+            run / EVENTS_FILE,
+            "huge",
+            root=runs,
+            skip=0,
+            poll_seconds=POLL,
+            stopping=lambda: False,
         )
         async for text in body:
-            sent += text.count("event: record\n")
-            last = text[-800:]
-            if sent == count:
+            if f"id: {count}\n" in text:
                 break
         await body.aclose()  # type: ignore[attr-defined]
-        return sent, last
+        data: dict[str, Any] = json.loads(text.rsplit("data: ", 1)[1])
+        return data
 
     tracemalloc.start()
     try:
-        sent, last = asyncio.run(stream_all())
+        data = asyncio.run(stream_all())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert sent == count
-    assert f"id: {count}\nevent: record\n" in last
-    assert json.loads(last.rsplit("data: ", 1)[1])["epoch"] == count - 1
+    assert data["events"]["count"] == count
+    assert data["rounds"]["round"] == list(range(1, rounds + 1))
+    assert [len(env["episodes"]) for env in data["envs"]] == [4, 4]  # the fold keeps its last 4
     assert peak < STREAM_PEAK_BYTES, f"one stream held {peak / 1e6:.1f} MB"

@@ -7,6 +7,7 @@ import contextlib
 import errno
 from pathlib import Path
 
+from esper.karn.studies import StudyRow
 from esper.leyline.config import UserError
 
 
@@ -23,6 +24,44 @@ def _listen_error(host: str, port: int, err: OSError) -> UserError:
     return UserError(f"cannot listen on {host}:{port}: {reason} (check --host and --port)")
 
 
+def study_table(study: Path) -> list[StudyRow]:
+    """A study's arms × tasks for the dashboard's study page: ``esper.study.stats.summarize``
+    over the trials in its ``trials.csv``, each row with the run directories of the trials that
+    entered it (none for a row over all tasks, whose trials the per-task rows link).
+
+    Karn may not import ``esper.study`` (DESIGN §1), so the CLI hands it this function.
+
+    Raises:
+        ValueError: no readable ``trials.csv`` (``StudyReportError``), or two counted trials
+            with one task, arm and seed.
+    """
+    from esper.study.report import read_trials  # rliable, matplotlib: only for a study page
+    from esper.study.stats import ALL_TASKS, summarize
+
+    trials = read_trials(study)
+    runs: dict[tuple[str, str], list[str]] = {}
+    for trial in trials:
+        if trial.row.counts:
+            runs.setdefault((trial.row.task, trial.row.arm), []).append(trial.run)
+    return [
+        StudyRow(
+            task=s.task,
+            arm=s.arm,
+            n=s.n,
+            iqm=s.iqm.point,
+            iqm_low=s.iqm.low,
+            iqm_high=s.iqm.high,
+            mean=s.mean.point,
+            mean_low=s.mean.low,
+            mean_high=s.mean.high,
+            final_params=s.final_params,
+            seconds=s.seconds,
+            runs=() if s.task == ALL_TASKS else tuple(runs[s.task, s.arm]),
+        )
+        for s in summarize([trial.row for trial in trials])
+    ]
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
     """Serve the runs in ``args.runs_dir`` until Ctrl-C.
 
@@ -32,7 +71,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     Raises:
         UserError: RUNS_DIR is missing or not a directory, or the port cannot be opened.
     """
-    from esper.karn.dashboard import DashboardServer, list_runs, open_listener
+    from esper.karn.dashboard import DashboardServer, list_runs, open_listener, studies
 
     runs_dir: Path = args.runs_dir
     if not runs_dir.is_dir():
@@ -42,11 +81,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
         sock = open_listener(args.host, args.port)
     except OSError as err:
         raise _listen_error(args.host, args.port, err) from None
-    server = DashboardServer(runs_dir, sock)
+    server = DashboardServer(runs_dir, sock, study_table=study_table)
     count = len(list_runs(runs_dir))
+    found = len(studies(runs_dir))
+    in_studies = f", {found} stud{'ies' if found != 1 else 'y'}" if found else ""
     print(
-        f"esper dashboard: {server.url} ({count} run{'s' * (count != 1)} in {runs_dir}; "
-        "new ones appear as they start). Ctrl-C stops.",
+        f"esper dashboard: {server.url} ({count} run{'s' * (count != 1)}{in_studies} in "
+        f"{runs_dir}; new ones appear as they start). Ctrl-C stops.",
         flush=True,
     )
     # uvicorn re-raises Ctrl-C once it has shut down cleanly: a normal way to stop.

@@ -18,3 +18,11 @@ STAGE_COLOURS: Mapping[SeedStage, str] = {
     SeedStage.RESETTING: "#fdbf6f",
 }
 """One fixed colour per seed stage: light for waiting stages, strong for a seed in the output."""
+
+MARK_COLOURS: Mapping[str, str] = {
+    "germinate": "#2ca02c",
+    "fossilize": "#ffbf00",
+    "prune": "#d62728",
+}
+"""One colour per lifecycle mark kind (``esper.nissa.fold.MARK_KINDS``' labels), as the report
+marks them on its timeline and curves."""

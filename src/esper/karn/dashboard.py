@@ -1,57 +1,50 @@
-"""The live web dashboard: a Starlette app that streams run event logs to a browser page.
+"""The live web dashboard: a Starlette app that folds run event logs and sends the folded runs to a
+browser page that only draws them (DESIGN §6).
 
 Endpoints:
 
 - ``GET /``: the page (``static/index.html``); ``GET /static/...``: its hand-written JavaScript
-  and CSS. Nothing is loaded from another host.
+  and CSS and the vendored uPlot (``static/vendor/uplot``). Nothing is loaded from another host.
 - ``GET /api/meta``: the runs directory, the seed stage names (in lifecycle order, from
-  Leyline) and their colours (``karn.colours``, as in the report), so the page keeps no list.
-- ``GET /api/runs``: the run directories directly inside the runs directory (read again on every
-  call, so runs that appear later show up when the page refreshes its picker).
-- ``GET /api/runs/{name}/events``: Server-Sent Events. Every record already in the run's
-  ``events.jsonl`` is sent, then new lines as they are appended (the log is polled). Each record is
-  an ``event: record`` message whose ``id`` is its 1-based position in the log, so a browser that
-  reconnects (``Last-Event-ID``) gets only what it missed. A malformed line ends the stream with an
-  ``event: stream-error`` message naming the file and line; the server and other streams go on.
+  Leyline), their colours and the lifecycle marks' colours and shapes (``karn.colours``, as in
+  the report), so the page keeps no list.
+- ``GET /api/runs``: the runs (``run_paths``: the run directories directly inside the runs
+  directory, and the trials of the studies in it, named ``study/trial``) with their status and
+  the time their log last changed, and ``newest``: the run whose log changed last, which the page
+  opens when no run is named in its address. Read again on every call, so runs that appear later
+  show up when the page refreshes its picker.
+- ``GET /api/runs/{name}/events``: Server-Sent Events, one ``event: snapshot`` message per change
+  of the folded run: the log is read in bounded pieces, decoded (``esper.nissa.log.Logged``),
+  folded (``esper.nissa.fold.RunState``, which also handles resumes) and sent as
+  ``esper.karn.snapshot.snapshot`` — at most every ``SNAPSHOT_SECONDS``. A message's ``id`` is
+  the number of events folded into it, so a browser that reconnects (``Last-Event-ID``) gets the
+  current snapshot unless it already has it. A malformed line ends the stream, after a snapshot
+  of the events before it, with an ``event: stream-error`` message naming the file and line; the
+  server and other streams go on.
+- ``GET /api/runs/{name}/snapshot``: the same snapshot once, as JSON (overlays of other runs).
+- ``GET /api/studies``: the studies in the runs directory (the runs directory itself when it is
+  one); ``GET /api/studies/{name}``: a study's arms × tasks (``karn.studies.StudyRow``, computed
+  by the function ``esper dashboard`` passes in) with links to its trials, and per task and arm
+  the band of its trials' validation accuracy (median and interquartile range per epoch).
 
-Streams end when the client disconnects and when the server shuts down.
-
-What the server defends against (it serves run data, and the absolute runs path, to any page that
-can reach it):
-
-- **DNS rebinding.** A request is answered only when its ``Host`` header is the listening address
-  (``accepted_hosts``: ``127.0.0.1:P`` or ``localhost:P`` on IPv4 loopback, ``[::1]:P`` or
-  ``localhost:P`` on IPv6 loopback, exactly the bound ``host:port`` otherwise) and its ``Origin``
-  header, when sent, is ``http://`` and one of those; anything else gets a 403 (``HostCheck``).
-- **Links out of the runs directory.** A run directory, or one of its record files, whose path with
-  every link resolved is outside the resolved runs directory is listed as unreadable (naming the
-  link, never what it points to) and not streamed (404); the stream checks again at every read
-  (``confine``). Nothing outside the runs directory is opened, so no error can quote it.
-- **Garbled headers.** ``Last-Event-ID`` is up to 18 ASCII digits or the request gets a 400.
-- **Huge logs.** A stream reads its log ``READ_BYTES`` of whole lines at a time (``BoundedTail``),
-  so following a log of any size holds about 5 MB per client.
-
-The page (``static/dashboard.js``) shows, for the picked run: accuracy and loss curves (validation
-solid, training dashed; a PPO run draws one colour per environment against the host epoch counted
-across that environment's episodes), a seed timeline per slot coloured by stage, the slots' current
-stage, blueprint, α, contribution and Shapley value, the latest PPO update and mean return per
-round, and the event count with the last events. Missing values show as "—".
+Streams end when the client disconnects and when the server shuts down. What the server defends
+against — foreign ``Host``/``Origin`` headers, links out of the runs directory, garbled
+``Last-Event-ID`` headers, huge logs — is ``esper.karn.guard``'s to say.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -68,51 +61,51 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from esper.karn.colours import STAGE_COLOURS
-from esper.leyline.stages import SeedStage
-from esper.nissa import json_safe
-from esper.nissa.log import (
-    EventLogError,
-    RunDirectoryError,
-    open_run,
-    parse_record,
-    run_candidates,
+from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
+from esper.karn.guard import (
+    READ_BYTES,
+    BoundedTail,
+    HostCheck,
+    accepted_hosts,
+    confine,
+    outside_part,
+    parse_last_event_id,
 )
-from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, META_FILE, SUMMARY_FILE
+from esper.karn.snapshot import RECENT_SHOWN, snapshot
+from esper.karn.studies import StudyRow, band
+from esper.leyline.stages import SeedStage
+from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
+from esper.nissa.fold import RunState
+from esper.nissa.log import EventLogError, RunDirectoryError, open_run, run_candidates
+from esper.nissa.record import EVENTS_FILE
+from esper.nissa.views import is_study
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""
 
 POLL_SECONDS = 0.3
-"""How often an open stream checks its event log: a few updates a second reads as live, and a
-poll that finds nothing new costs one ``stat``-sized read."""
+"""How often an open stream checks its event log: a few looks a second reads as live, and a look
+that finds nothing new costs one ``stat``-sized read."""
 
-CHUNK_RECORDS = 500
-"""Records sent per write: a long log's backlog goes out in pieces, not as one huge string."""
+SNAPSHOT_SECONDS = 0.5
+"""Least time between two snapshots of one stream: twice a second reads as live, while a run
+logging hundreds of events a second costs one snapshot per half second, not one per event."""
 
 RECONNECT_MS = 2000
 """How long a browser waits before reconnecting a dropped stream (the SSE ``retry`` field)."""
 
-READ_BYTES = 256 << 10
-"""Whole lines a stream reads from its log at a time (256 KiB, some hundreds of events). Parsed
-and sent, they hold about 5 MB, which is what one client costs however long the log is
-(``test_a_huge_log_is_streamed_in_bounded_memory``); 1 MiB reads held about 12 MB."""
+FOLDS_KEPT = 32
+"""Runs kept folded for one-shot snapshots and study bands (``Folds``): an overlay or a study's
+trials are then read again only from where they were left. Each holds its bounded fold."""
 
-MAX_LINE_BYTES = 4 << 20
-"""A longer line ends the stream with an error: events are a few hundred bytes to a few
-kilobytes, so such a line is not an event, and reading on would hold all of it."""
+MARK_SHAPES = {"germinate": "triangle", "fossilize": "star", "prune": "cross"}
+"""How the page draws each lifecycle mark kind (the report's ^, * and X markers)."""
 
-LAST_EVENT_ID_DIGITS = 18
-"""The longest ``Last-Event-ID`` taken: any record count fits in 18 digits (and in a 64-bit int)."""
+StudyTable = Callable[[Path], list[StudyRow]]
+"""Computes a study directory's arms × tasks (``esper dashboard`` passes ``esper.study``'s)."""
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-"""Host names that reach a server listening on all interfaces from this machine."""
-
-RECORD_FILES = (CONFIG_FILE, META_FILE, EVENTS_FILE, SUMMARY_FILE)
-"""The files of a run directory the dashboard reads (through ``open_run`` or a stream), which
-must therefore resolve inside the runs directory."""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -120,7 +113,8 @@ class RunEntry:
     """One run in the picker (``GET /api/runs`` sends these as JSON objects).
 
     Attributes:
-        name: the run directory's name.
+        name: the run's name in the dashboard: its directory's name, ``study/trial`` for a trial
+            of a study inside the runs directory.
         mode: ``heuristic``, ``static``, ``eval`` or ``ppo``; None when unreadable.
         task: the task preset; None when unreadable.
         seed: the run seed; None when unreadable.
@@ -128,6 +122,8 @@ class RunEntry:
             crashed), or ``unreadable``.
         error: why the directory could not be read (e.g. its first line is still being
             written), else None.
+        study: the study the run is a trial of, else None.
+        modified: when its event log last changed (unix seconds); None when unreadable.
     """
 
     name: str
@@ -136,31 +132,45 @@ class RunEntry:
     seed: int | None
     status: str
     error: str | None
+    study: str | None
+    modified: float | None
 
 
-def confine(path: Path, root: Path) -> Path | None:
-    """``path`` with every link resolved, or None when that is not ``root`` (resolved) or below it.
+def studies(runs_dir: Path) -> dict[str, Path]:
+    """The studies the dashboard shows, by name: ``runs_dir`` itself when it is a study, else the
+    study directories directly inside it whose path and trials folder, links resolved, stay
+    inside it."""
+    if is_study(runs_dir):
+        return {runs_dir.name: runs_dir}
+    if not runs_dir.is_dir():
+        return {}
+    return {
+        child.name: child
+        for child in sorted(runs_dir.iterdir())
+        if confine(child, runs_dir) is not None
+        and confine(child / TRIALS_DIR, runs_dir) is not None
+        and is_study(child)
+    }
 
-    A link loop counts as outside: it leads nowhere that can be read.
+
+def run_paths(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
+    """Every run the dashboard serves, by name, with the study it is a trial of (or None).
+
+    The runs of ``run_candidates`` (a study's trials when ``runs_dir`` is one) under their
+    directory's name, then the trials of each study inside ``runs_dir`` as ``study/trial``. Only a
+    name listed here is ever served (``run_candidates`` opens nothing, so one unreadable run
+    hides no other).
     """
-    try:
-        resolved = path.resolve()
-        return resolved if resolved.is_relative_to(root.resolve()) else None
-    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python 3.11)
-        return None
-
-
-def outside_part(run: Path, root: Path) -> str | None:
-    """The name of the part of run directory ``run`` that links outside ``root`` (the directory
-    itself or one of ``RECORD_FILES``), or None when every part the dashboard reads is inside."""
-    for path in (run, *(run / name for name in RECORD_FILES)):
-        if confine(path, root) is None:
-            return path.name
-    return None
+    own = runs_dir.name if is_study(runs_dir) else None
+    found = {path.name: (path, own) for path in run_candidates(runs_dir)}
+    if own is None:
+        for name, study in studies(runs_dir).items():
+            found |= {f"{name}/{path.name}": (path, name) for path in run_candidates(study)}
+    return found
 
 
 def list_runs(runs_dir: Path) -> list[RunEntry]:
-    """The runs in ``runs_dir`` for the run picker, by name.
+    """The runs in ``runs_dir`` for the run picker (see ``run_paths``).
 
     A run directory that cannot be read yet is listed with its error instead of failing the whole
     list (``find_runs`` would raise). One that links outside ``runs_dir`` is listed as unreadable
@@ -172,262 +182,212 @@ def list_runs(runs_dir: Path) -> list[RunEntry]:
     if not runs_dir.is_dir():
         what = "does not exist" if not runs_dir.exists() else "is not a directory"
         raise RunDirectoryError(f"runs directory {str(runs_dir)!r} {what}")
-    return [_entry(path, runs_dir) for path in run_candidates(runs_dir)]
+    return [
+        _entry(name, path, study, runs_dir) for name, (path, study) in run_paths(runs_dir).items()
+    ]
 
 
-def _entry(path: Path, runs_dir: Path) -> RunEntry:
+def _entry(name: str, path: Path, study: str | None, runs_dir: Path) -> RunEntry:
     """The picker's entry for one candidate run directory (see ``list_runs``)."""
     outside = outside_part(path, runs_dir)
     if outside is not None:
         why = f"{str(path)!r}: {outside} links outside the runs directory, so it is not read"
-        return RunEntry(path.name, None, None, None, "unreadable", why)
+        return RunEntry(name, None, None, None, "unreadable", why, study, None)
     try:
         run = open_run(path)
-    except RunDirectoryError as err:
-        return RunEntry(path.name, None, None, None, "unreadable", str(err))
-    return RunEntry(run.name, run.mode, run.task, run.seed, run.status, None)
+        modified = run.events_path.stat().st_mtime
+    except (RunDirectoryError, OSError) as err:  # OSError: the run was removed meanwhile
+        return RunEntry(name, None, None, None, "unreadable", str(err), study, None)
+    return RunEntry(name, run.mode, run.task, run.seed, run.status, None, study, modified)
 
 
-def parse_last_event_id(value: str | None) -> int:
-    """The records a reconnecting browser already has, from its ``Last-Event-ID`` header.
-
-    Args:
-        value: the header as Starlette decodes it (latin-1, so any bytes arrive), None if absent.
-
-    Returns:
-        0 without the header, else its number.
-
-    Raises:
-        ValueError: the header is not 1 to ``LAST_EVENT_ID_DIGITS`` ASCII digits (``str.isdigit``
-            alone would pass "²", which ``int`` refuses).
-    """
-    if value is None:
-        return 0
-    if value.isascii() and value.isdigit() and len(value) <= LAST_EVENT_ID_DIGITS:
-        return int(value)
-    raise ValueError(
-        f"Last-Event-ID must be a record number (1 to {LAST_EVENT_ID_DIGITS} ASCII digits)"
-    )
+def newest(entries: list[RunEntry]) -> str | None:
+    """The readable run whose log changed last (the page opens it), None without one."""
+    readable = [entry for entry in entries if entry.modified is not None]
+    return max(readable, key=lambda entry: entry.modified or 0.0).name if readable else None
 
 
-class BoundedTail:
-    """Follows a growing event log in bounded reads, opening it only inside ``root``.
-
-    As ``esper.nissa.log.EventTail``: a line counts once its newline is written, blank lines are
-    skipped, the records before a malformed line are returned and every later poll raises, and a
-    log that shrank is an error. Unlike it, a poll reads at most ``read_bytes`` of whole lines
-    (``caught_up`` says whether it reached the end), and every poll resolves the log's links and
-    refuses a path outside ``root``.
-
-    Args:
-        path: the ``events.jsonl`` file.
-        root: the runs directory it must stay in.
-        read_bytes: whole lines read per poll (at least one line, however long).
-    """
-
-    def __init__(self, path: Path, root: Path, read_bytes: int = READ_BYTES) -> None:
-        self.path = path
-        self.root = root
-        self.read_bytes = read_bytes
-        self.offset = 0  # bytes consumed: the end of the last complete line read
-        self.lines = 0  # complete lines consumed
-        self.caught_up = False  # whether the last poll read up to the end of the file
-        self.error: EventLogError | None = None  # a malformed line, raised from then on
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Records from the next ``read_bytes`` of complete lines.
-
-        Raises:
-            EventLogError: a complete line is malformed (after the records before it have been
-                returned), the file shrank or cannot be read, a line is longer than
-                ``MAX_LINE_BYTES``, or the path now links outside ``root``.
-        """
-        if self.error is not None:
-            raise self.error
-        records = []
-        for raw in self._read_lines():
-            self.lines += 1
-            self.offset += len(raw)
-            text = raw.decode("utf-8", errors="replace")
-            if not text.strip():
-                continue
-            try:
-                records.append(parse_record(text.removesuffix("\n"), f"{self.path}:{self.lines}"))
-            except EventLogError as err:
-                self.error = err
-                if not records:
-                    raise
-                break
-        return records
-
-    def _read_lines(self) -> list[bytes]:
-        """The complete lines after ``offset``, newline included, up to about ``read_bytes``."""
-        resolved = confine(self.path, self.root)
-        if resolved is None:
-            raise EventLogError(f"{self.path} links outside the runs directory, so it is not read")
-        try:
-            # O_NOFOLLOW: a link put in place since ``confine`` looked is refused, not followed.
-            fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            self.caught_up = True  # not written yet (a run still starting)
-            return []
-        except OSError as err:
-            raise EventLogError(f"{self.path}: cannot read ({err.strerror})") from None
-        with open(fd, "rb") as f:
-            size = os.fstat(fd).st_size
-            if size < self.offset:
-                raise EventLogError(
-                    f"{self.path}: the event log shrank from {self.offset} to {size} bytes "
-                    "(it was rewritten)"
-                )
-            f.seek(self.offset)
-            lines: list[bytes] = []
-            taken = 0
-            self.caught_up = False
-            while taken < self.read_bytes:
-                raw = f.readline(MAX_LINE_BYTES + 1)
-                if not raw.endswith(b"\n"):  # the end of the file, or a line being written
-                    if len(raw) > MAX_LINE_BYTES:
-                        line = self.lines + len(lines) + 1
-                        raise EventLogError(
-                            f"{self.path}:{line}: a line longer than {MAX_LINE_BYTES} bytes "
-                            "is not an event"
-                        )
-                    self.caught_up = True
-                    break
-                lines.append(raw)
-                taken += len(raw)
-        return lines
+def _fold_more(tail: BoundedTail, state: RunState) -> None:
+    """Fold the events of the tail's next bounded read into ``state``."""
+    state.apply_all(tail.poll())
 
 
-def _record_json(record: dict[str, Any]) -> str:
-    """A record as strict JSON (the browser's ``JSON.parse`` has no NaN): the hub writes
-    non-finite floats as null, so only a hand-edited line needs ``json_safe``'s copy, which
-    would otherwise take most of a long backlog's time."""
-    try:
-        return json.dumps(record, allow_nan=False)
-    except ValueError:  # NaN or ±Infinity in the line
-        return json.dumps(json_safe(record), allow_nan=False)
-
-
-def _sse(event: str, data: str, record_id: int | None = None) -> str:
+def _sse(event: str, data: str, event_id: int | None = None) -> str:
     """One Server-Sent Events message (``data`` is one line of JSON)."""
-    head = "" if record_id is None else f"id: {record_id}\n"
+    head = "" if event_id is None else f"id: {event_id}\n"
     return f"{head}event: {event}\ndata: {data}\n\n"
 
 
-async def stream_events(
+def _snapshot_json(state: RunState, name: str) -> str:
+    """The snapshot as strict JSON (the browser's ``JSON.parse`` has no NaN)."""
+    return json.dumps(snapshot(state, name), allow_nan=False, separators=(",", ":"))
+
+
+async def stream_snapshots(
     events_path: Path,
+    name: str,
     *,
     root: Path,
     skip: int,
     poll_seconds: float,
     stopping: Callable[[], bool],
+    interval: float = SNAPSHOT_SECONDS,
+    read_bytes: int = READ_BYTES,
 ) -> AsyncIterator[str]:
-    """Server-Sent Events for one event log: the records in it, then each line appended later.
+    """Server-Sent Events for one run: its folded state whenever it changed.
 
     Args:
         events_path: the run's ``events.jsonl``.
+        name: the run's name in the dashboard.
         root: the runs directory, which the log must not link out of.
-        skip: records the client already has (its ``Last-Event-ID``).
-        poll_seconds: pause between looks at the log once everything in it has been sent.
+        skip: the events the client's snapshot already holds (its ``Last-Event-ID``): that
+            snapshot is not sent again.
+        poll_seconds: pause between looks at the log once all of it has been folded.
         stopping: returns True once the server is shutting down; the stream then ends.
+        interval: least time between two snapshots.
+        read_bytes: whole lines read from the log at a time.
 
     Yields:
-        SSE text: a ``retry`` field, one ``record`` message per record (sent in chunks of up to
-        ``CHUNK_RECORDS``; a long backlog is read ``READ_BYTES`` at a time, without pausing),
-        and a final ``stream-error`` message if a malformed line is found.
+        SSE text: a ``retry`` field, then ``snapshot`` messages (``id``: events folded). A long
+        backlog is folded ``READ_BYTES`` at a time, with a snapshot each ``interval`` while it
+        lasts. A malformed line (or a log naming an unknown slot) ends the stream with a
+        ``stream-error`` message, after a snapshot of what came before it.
     """
-    tail = BoundedTail(events_path, root, READ_BYTES)
-    position = 0
+    tail = BoundedTail(events_path, root, read_bytes)
+    state = RunState(recent=RECENT_SHOWN)
+    sent: int | None = skip or None  # the events in the client's snapshot (None: it has none)
+    last = -float("inf")
     yield f"retry: {RECONNECT_MS}\n\n"
     while not stopping():
+        failure = None
         try:
-            records = await run_in_threadpool(tail.poll)
+            await run_in_threadpool(_fold_more, tail, state)
         except EventLogError as err:
-            yield _sse("stream-error", json.dumps({"message": str(err)}))
+            failure = str(err)
+        ahead = tail.caught_up or failure is not None or state.events > (sent or 0)
+        due = failure is not None or time.monotonic() - last >= interval
+        if state.events != sent and ahead and due:
+            try:
+                text = await run_in_threadpool(_snapshot_json, state, name)
+            except ValueError as err:  # a slot that does not exist
+                failure = str(err)
+            else:
+                yield _sse("snapshot", text, state.events)
+                sent, last = state.events, time.monotonic()
+        if failure is not None:
+            yield _sse("stream-error", json.dumps({"message": failure}))
             return
-        chunk = []
-        for record in records:
-            position += 1
-            if position > skip:
-                chunk.append(_sse("record", _record_json(record), position))
-            if len(chunk) == CHUNK_RECORDS:
-                yield "".join(chunk)
-                chunk = []
-        if chunk:
-            yield "".join(chunk)
         if tail.caught_up:
             await asyncio.sleep(poll_seconds)
 
 
-def accepted_hosts(host: str, port: int) -> frozenset[str]:
-    """The ``Host`` header values that address a server listening on ``(host, port)``.
-
-    The bound address itself (an IPv6 one in brackets); for a loopback address also
-    ``localhost``; for an all-interfaces address (0.0.0.0, ::) also the loopback names, which
-    reach it from this machine. Each with ``:port``, and also without it on port 80 (browsers
-    leave the default port out). Any other name, even one that resolves to this machine, is
-    refused: a page whose host name resolves here is what a DNS rebinding attack looks like.
-
-    Args:
-        host: the listening socket's numeric address (``sock.getsockname()[0]``).
-        port: its port.
-    """
-    address = ipaddress.ip_address(host)
-    names = {f"[{address}]" if address.version == 6 else str(address)}
-    if address.is_loopback:
-        names.add("localhost")
-    if address.is_unspecified:
-        names.update(LOOPBACK_NAMES)
-    hosts = {f"{name}:{port}" for name in names}
-    if port == 80:
-        hosts |= names
-    return frozenset(hosts)
+@dataclass
+class _Followed:
+    tail: BoundedTail
+    state: RunState
+    lock: threading.Lock
 
 
-class HostCheck:
-    """ASGI middleware refusing requests not addressed to this server (DNS rebinding).
+class Folds:
+    """Runs folded so far, each read on from where it was left when it is asked for again.
 
-    A request is passed on only when it carries exactly one ``Host`` header, that header is one
-    of ``hosts`` (case-insensitive), and any ``Origin`` header is ``http://`` and one of them.
-    Others get a 403 with a one-line plain-text body; header bytes are compared as latin-1, so
-    any byte is refused, never an error.
+    One-shot snapshots (an overlay refreshed every few seconds) and study bands (every trial of a
+    study) fold a log once and then only what was appended. The ``kept`` runs used last are kept;
+    a log that turns out malformed or rewritten is forgotten, so it is read anew next time.
 
     Args:
-        app: the application to protect.
-        hosts: the accepted ``Host`` values (``accepted_hosts``).
+        root: the runs directory the logs must stay in.
+        kept: how many runs to keep folded.
     """
 
-    def __init__(self, app: ASGIApp, hosts: Collection[str]) -> None:
-        self.app = app
-        self.hosts = frozenset(host.lower() for host in hosts)
-        self.origins = frozenset(f"http://{host}" for host in self.hosts)
-        names = " or ".join(sorted(self.hosts))
-        self.refusal = f"refused: this dashboard answers only requests addressed to {names}\n"
+    def __init__(self, root: Path, kept: int = FOLDS_KEPT) -> None:
+        self.root = root
+        self.kept = kept
+        self._runs: OrderedDict[Path, _Followed] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def allows(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-        """Whether raw ASGI headers (lower-case names) address this server."""
-        hosts, origins = [], []
-        for name, value in headers:
-            if name == b"host":
-                hosts.append(value.decode("latin-1").lower())
-            elif name == b"origin":
-                origins.append(value.decode("latin-1").lower())
-        return (
-            len(hosts) == 1
-            and hosts[0] in self.hosts
-            and len(origins) <= 1
-            and all(origin in self.origins for origin in origins)
-        )
+    def use(self, events_path: Path, view: Callable[[RunState], _T]) -> _T:
+        """``view`` of the run's state, folded up to the end of its log (call from a thread).
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or self.allows(scope["headers"]):
-            await self.app(scope, receive, send)
-        elif scope["type"] == "http":
-            await PlainTextResponse(self.refusal, status_code=403)(scope, receive, send)
-        else:  # a WebSocket (the dashboard serves none): close it before accepting
-            await send({"type": "websocket.close", "code": 1008})
+        Raises:
+            EventLogError: the log is malformed, rewritten or links out of the runs directory.
+            ValueError: ``view`` raised it (e.g. a slot that does not exist).
+        """
+        with self._lock:
+            followed = self._runs.pop(events_path, None)
+            if followed is None:
+                tail = BoundedTail(events_path, self.root)
+                followed = _Followed(tail, RunState(recent=RECENT_SHOWN), threading.Lock())
+            self._runs[events_path] = followed
+            while len(self._runs) > self.kept:
+                self._runs.popitem(last=False)
+        with followed.lock:
+            try:
+                while True:
+                    _fold_more(followed.tail, followed.state)
+                    if followed.tail.caught_up:
+                        break
+            except EventLogError:
+                with self._lock:
+                    if self._runs.get(events_path) is followed:
+                        del self._runs[events_path]
+                raise
+            return view(followed.state)
+
+
+def _validation_curve(state: RunState) -> dict[int, float | None]:
+    """A single-model run's validation accuracy by epoch."""
+    return {e.epoch: e.val_accuracy for e in state.episode().epochs}
+
+
+class _Tables:
+    """Each study's rows, computed again only when its ``trials.csv`` changed."""
+
+    def __init__(self, compute: StudyTable) -> None:
+        self.compute = compute
+        self._rows: dict[Path, tuple[tuple[int, int], list[StudyRow]]] = {}
+        self._lock = threading.Lock()
+
+    def rows(self, study: Path) -> list[StudyRow]:
+        try:
+            info = (study / TRIALS_FILE).stat()
+            key = (info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            key = (0, 0)  # the study's first invocation has not finished yet
+        with self._lock:
+            cached = self._rows.get(study)
+            if cached is None or cached[0] != key:
+                cached = (key, self.compute(study))
+                self._rows[study] = cached
+            return cached[1]
+
+
+def _study_data(
+    name: str,
+    study: Path,
+    rows: list[StudyRow],
+    runs_dir: Path,
+    folds: Folds,
+) -> dict[str, Any]:
+    """``GET /api/studies/{name}``'s body: the rows with the dashboard names of their trials, and
+    the band of each row's trials (those served: inside the runs directory, readable)."""
+    served = run_paths(runs_dir)
+    prefix = "" if study == runs_dir else f"{name}/"
+    table, bands = [], []
+    for row in rows:
+        names = [f"{prefix}{run}" for run in row.runs if f"{prefix}{run}" in served]
+        table.append({**asdict(row), "runs": names})
+        curves = []
+        for run in names:
+            path = served[run][0]
+            if outside_part(path, runs_dir) is None:
+                try:
+                    curves.append(folds.use(path / EVENTS_FILE, _validation_curve))
+                except EventLogError:
+                    continue  # an unreadable trial has no curve; its run page says why
+        if curves:
+            bands.append({"task": row.task, "arm": row.arm, **asdict(band(curves))})
+    return {"name": name, "rows": table, "bands": bands, "error": None}
 
 
 async def _page(request: Request) -> FileResponse:
@@ -443,18 +403,25 @@ def create_app(
     *,
     hosts: Collection[str],
     poll_seconds: float = POLL_SECONDS,
+    snapshot_seconds: float = SNAPSHOT_SECONDS,
     stopping: Callable[[], bool] = lambda: False,
+    study_table: StudyTable | None = None,
 ) -> Starlette:
     """The dashboard application for the runs in ``runs_dir``.
 
     Args:
-        runs_dir: a directory of run directories (or one run directory).
+        runs_dir: a directory of run directories and studies (or one run directory, or one
+            study).
         hosts: the ``Host`` header values it answers (``accepted_hosts`` of the listening
             address); requests addressed otherwise get a 403 (``HostCheck``).
         poll_seconds: how often open event streams look for new lines.
+        snapshot_seconds: least time between two snapshots of one stream.
         stopping: returns True once the server is shutting down, so open streams end and the
             server can stop without waiting for browsers to leave.
+        study_table: computes a study's arms × tasks; without it no study is listed.
     """
+    folds = Folds(runs_dir)
+    tables = None if study_table is None else _Tables(study_table)
 
     async def meta(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -462,12 +429,22 @@ def create_app(
                 "runs_dir": str(runs_dir),
                 "stages": [stage.value for stage in SeedStage],
                 "stage_colours": {stage.value: STAGE_COLOURS[stage] for stage in SeedStage},
+                "mark_colours": dict(MARK_COLOURS),
+                "mark_shapes": MARK_SHAPES,
             }
         )
 
     async def runs(request: Request) -> JSONResponse:
         listed = await run_in_threadpool(list_runs, runs_dir)
-        return JSONResponse({"runs": [asdict(run) for run in listed]})
+        return JSONResponse({"runs": [asdict(run) for run in listed], "newest": newest(listed)})
+
+    async def locate(name: str) -> Path:
+        """The directory of the run ``name`` (a 404 unless listed and inside ``runs_dir``)."""
+        served = await run_in_threadpool(run_paths, runs_dir)
+        path = served[name][0] if name in served else None
+        if path is None or await run_in_threadpool(outside_part, path, runs_dir) is not None:
+            raise HTTPException(404, f"no run named {name!r} in {str(runs_dir)!r}")
+        return path
 
     async def events(request: Request) -> StreamingResponse:
         name = request.path_params["name"]
@@ -475,18 +452,15 @@ def create_app(
             skip = parse_last_event_id(request.headers.get("last-event-id"))
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
-        # Only a name the listing produced is served, and only if it does not link out of
-        # runs_dir. (``run_candidates`` opens nothing, so one unreadable run hides no other.)
-        candidates = await run_in_threadpool(run_candidates, runs_dir)
-        path = {path.name: path for path in candidates}.get(name)
-        if path is None or await run_in_threadpool(outside_part, path, runs_dir) is not None:
-            raise HTTPException(404, f"no run named {name!r} in {str(runs_dir)!r}")
-        body = stream_events(
+        path = await locate(name)
+        body = stream_snapshots(
             path / EVENTS_FILE,
+            name,
             root=runs_dir,
             skip=skip,
             poll_seconds=poll_seconds,
             stopping=stopping,
+            interval=snapshot_seconds,
         )
         return StreamingResponse(
             body,
@@ -494,13 +468,43 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def run_snapshot(request: Request) -> Response:
+        name = request.path_params["name"]
+        path = await locate(name)
+        try:
+            data = await run_in_threadpool(
+                folds.use, path / EVENTS_FILE, lambda state: snapshot(state, name)
+            )
+        except ValueError as err:  # a malformed log, or a slot that does not exist
+            return PlainTextResponse(f"{err}\n", status_code=422)
+        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
+
+    async def study_list(request: Request) -> JSONResponse:
+        found = {} if tables is None else await run_in_threadpool(studies, runs_dir)
+        return JSONResponse({"studies": sorted(found)})
+
+    async def study(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        found = {} if tables is None else await run_in_threadpool(studies, runs_dir)
+        if tables is None or name not in found:
+            raise HTTPException(404, f"no study named {name!r} in {str(runs_dir)!r}")
+        try:
+            rows = await run_in_threadpool(tables.rows, found[name])
+        except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
+            return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
+        data = await run_in_threadpool(_study_data, name, found[name], rows, runs_dir, folds)
+        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
+
     return Starlette(
         routes=[
             Route("/", _page),
             Route("/favicon.ico", _no_icon),
             Route("/api/meta", meta),
             Route("/api/runs", runs),
-            Route("/api/runs/{name}/events", events),
+            Route("/api/runs/{name:path}/events", events),
+            Route("/api/runs/{name:path}/snapshot", run_snapshot),
+            Route("/api/studies", study_list),
+            Route("/api/studies/{name}", study),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=[Middleware(HostCheck, hosts=hosts)],
@@ -537,16 +541,27 @@ class DashboardServer:
         runs_dir: the runs to show.
         sock: from ``open_listener``; the server owns it from now on.
         poll_seconds: how often open event streams look for new lines.
+        snapshot_seconds: least time between two snapshots of one stream.
+        study_table: computes a study's arms × tasks (``create_app``).
     """
 
-    def __init__(self, runs_dir: Path, sock: socket.socket, poll_seconds: float = POLL_SECONDS):
+    def __init__(
+        self,
+        runs_dir: Path,
+        sock: socket.socket,
+        poll_seconds: float = POLL_SECONDS,
+        snapshot_seconds: float = SNAPSHOT_SECONDS,
+        study_table: StudyTable | None = None,
+    ) -> None:
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.app = create_app(
             runs_dir,
             hosts=accepted_hosts(host, port),
             poll_seconds=poll_seconds,
+            snapshot_seconds=snapshot_seconds,
             stopping=self._stopping,
+            study_table=study_table,
         )
         config = uvicorn.Config(
             self.app, log_level="warning", http="h11", ws="none", lifespan="off"

@@ -1,341 +1,553 @@
-// Esper dashboard: pick a run, follow its event log over Server-Sent Events, draw it.
-// Hand-written, no dependencies. Charts are plain <canvas>; missing values show as "—".
+// Esper dashboard. The server folds each run's events and sends snapshots of the folded run
+// (esper.karn.snapshot); this script only draws them: charts with uPlot (vendored, served by the
+// dashboard), the seed timeline on a canvas, tables. Missing values show as "—".
 "use strict";
 
-// Event names read here (tests/test_dashboard.py checks each one is in esper.leyline.events).
-const EV = { started: "RunStarted", epoch: "EpochCompleted", ppo: "PPOUpdate",
-  finished: "RunFinished", ppoFinished: "PPORunFinished" };
-const SERIES_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-  "#e377c2", "#17becf"];
-const LAST_EVENTS = 15;        // rows in the "last events" list
-const RUNS_REFRESH_MS = 5000;  // how often the run picker re-reads the runs directory
-const RENDER_DELAY_MS = 150;   // records arriving together are drawn once
-const TIMELINE_ROW = 18;       // px per slot row in the seed timeline
-const NOT_SHOWN = new Set(["t", "run_id", "event", "env", "episode", "slots", "components"]);
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#17becf"];                       // one colour per run, environment or arm, in order
+const RUNS_REFRESH_MS = 5000;       // how often the pickers read the runs directory again
+const COMPARE_REFRESH_MS = 5000;    // how often a compared run's snapshot is fetched again
+const STUDY_REFRESH_MS = 15000;     // how often a study's table and bands are fetched again
+const CHART_HEIGHT = 220;           // px: accuracy, loss, parameters, bands
+const SMALL_CHART_HEIGHT = 150;     // px: PPO round statistics and episode results
+const TIMELINE_ROW = 18;            // px per slot row in the seed timeline
+const TIMELINE_LABELS = 130;        // px for the timeline's row labels
+const MARK_PX = 5;                  // half-size of a lifecycle mark, CSS px
+const TRAINING_DASH = [6, 4];       // training curves are dashed, validation solid
+const WHOLE_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000,
+  100000];                          // x ticks: epochs, rounds and episodes are whole numbers
+const TICK_PX = 24;                 // least room per x tick label in the by-episode view
 
 const $ = (id) => document.getElementById(id);
 const finite = (v) => typeof v === "number" && Number.isFinite(v);
 
-let stageColour = {};  // stage name -> colour, from /api/meta
-let runs = new Map();  // run name -> entry of /api/runs
-let source = null;     // the EventSource of the selected run
-let state = null;      // what the selected run's records say so far
-let renderTimer = null;
+const page = {
+  meta: null,          // /api/meta: stage and mark colours and shapes
+  runs: new Map(),     // run name -> entry of /api/runs
+  newest: null,        // the run whose log changed last
+  name: "",            // the run shown
+  source: null,        // its EventSource
+  snap: null,          // its latest snapshot
+  compare: { name: "", snap: null, error: "" },
+  ppoView: "round",    // PPO runs: "round" or "episode"
+  study: { name: "", data: null },
+  charts: new Map(),   // container id -> {u, layout, extras, height, observer}
+  timelineRows: [],
+  drawQueued: false,
+};
+window.esperDashboard = page;  // lets the browser tests read the charts
 
 // A value for people: missing (null, undefined, NaN) is "—", never 0.
 function fmt(value, digits) {
-  if (value === null || value === undefined || Number.isNaN(value)) return "—";
-  if (typeof value === "boolean") return value ? "yes" : "no";
-  if (typeof value !== "number" || Number.isInteger(value) && digits === undefined) {
-    return String(value);
+  if (value === null || value === undefined) return "—";
+  if (typeof value !== "number") return String(value);
+  if (!Number.isFinite(value)) return "—";
+  if (digits !== undefined) return value.toFixed(digits);
+  return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4)));
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  node.append(...children);
+  return node;
+}
+
+function tint(hex, alpha) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
+}
+
+// ---- charts --------------------------------------------------------------------------------
+
+// A lifecycle mark: the report's triangle, star or cross, in its colour with a dark edge.
+function glyph(ctx, shape, x, y, r, colour) {
+  ctx.beginPath();
+  if (shape === "triangle") {
+    ctx.moveTo(x, y - r);
+    ctx.lineTo(x + r, y + 0.8 * r);
+    ctx.lineTo(x - r, y + 0.8 * r);
+  } else if (shape === "star") {
+    for (let i = 0; i < 10; i++) {
+      const radius = i % 2 ? 0.45 * r : 1.2 * r;
+      const angle = -Math.PI / 2 + (i * Math.PI) / 5;
+      ctx.lineTo(x + radius * Math.cos(angle), y + radius * Math.sin(angle));
+    }
+  } else {  // cross: a plus sign turned 45°, arms 2w wide
+    const w = 0.3 * r;
+    const plus = [[-w, -r], [w, -r], [w, -w], [r, -w], [r, w], [w, w], [w, r], [-w, r], [-w, w],
+      [-r, w], [-r, -w], [-w, -w]];
+    const c = Math.SQRT1_2;
+    for (const [px, py] of plus) ctx.lineTo(x + c * (px - py), y + c * (px + py));
   }
-  return digits === undefined ? String(Number(value.toPrecision(4))) : value.toFixed(digits);
+  ctx.closePath();
+  ctx.fillStyle = colour;
+  ctx.fill();
+  ctx.lineWidth = Math.max(1, r / 5);
+  ctx.strokeStyle = "#222";
+  ctx.stroke();
 }
 
-function freshState(name) {
-  return { name, count: 0, types: {}, maxEpochs: null, series: new Map(), slots: new Map(),
-    ppo: null, returns: [], last: [], latest: null, finished: null };
+// Episode boundaries (dashed, labelled) and lifecycle marks, drawn over a chart's series.
+function drawExtras(u) {
+  const extras = u.esper ? u.esper.extras : null;
+  if (!extras || !page.meta) return;
+  const ctx = u.ctx;
+  const px = uPlot.pxRatio;
+  const { left, top, width, height } = u.bbox;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(left, top, width, height);
+  ctx.clip();
+  for (const b of extras.boundaries || []) {
+    const x = Math.round(u.valToPos(b.x, "x", true));
+    if (x >= left) {  // the first episode's start is left of the plot: only its label shows
+      ctx.strokeStyle = "#90a4ae";
+      ctx.lineWidth = px;
+      ctx.setLineDash([4 * px, 3 * px]);
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, top + height);
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    ctx.fillStyle = "#546e7a";
+    ctx.font = `${11 * px}px sans-serif`;
+    ctx.textAlign = "left";
+    ctx.fillText(b.label, Math.max(x, left) + 3 * px, top + 12 * px);
+  }
+  for (const m of extras.marks || []) {
+    if (!finite(m.x) || !finite(m.y)) continue;
+    glyph(ctx, page.meta.mark_shapes[m.kind], u.valToPos(m.x, "x", true),
+      u.valToPos(m.y, "y", true), MARK_PX * px, page.meta.mark_colours[m.kind]);
+  }
+  ctx.restore();
 }
 
-// ---- records -> state -------------------------------------------------------------------
-
-function apply(rec) {
-  state.count += 1;
-  state.types[rec.event] = (state.types[rec.event] || 0) + 1;
-  state.last.push(rec);
-  if (state.last.length > LAST_EVENTS) state.last.shift();
-  if (rec.event === EV.started) {
-    state.maxEpochs = rec.max_epochs;
-    if (finite(rec.resumed_from_epoch)) rewind(rec.mode, rec.resumed_from_epoch);
-  } else if (rec.event === EV.epoch) addEpoch(rec);
-  else if (rec.event === EV.ppo) {
-    state.ppo = rec;
-    state.returns.push([rec.round, rec.mean_return]);
-  } else if (rec.event === EV.finished || rec.event === EV.ppoFinished) state.finished = rec.status;
+function chartOptions(spec, width) {
+  const xValue = spec.xValue || ((v) => fmt(v));
+  return {
+    width,
+    height: spec.height,
+    scales: { x: { time: false } },
+    legend: { live: true },
+    cursor: { drag: { x: true, y: false } },
+    series: [
+      { label: spec.xLabel, value: (u, v) => (v === null || v === undefined ? "—" : xValue(v)) },
+      ...spec.series.map((s) => ({
+        label: s.label,
+        stroke: s.stroke,
+        width: s.width || 1.5,
+        dash: s.dash,
+        spanGaps: false,
+        value: (u, v) => fmt(v, spec.digits),
+      })),
+    ],
+    axes: [
+      { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ccc" }, incrs: WHOLE_STEPS,
+        splits: spec.xSplits, values: spec.xTicks || ((u, splits) => splits.map((v) => fmt(v))) },
+      { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ccc" }, size: 56,
+        values: (u, splits) => splits.map((v) => fmt(v)) },
+    ],
+    bands: spec.bands || [],
+    hooks: { draw: [drawExtras] },
+  };
 }
 
-// A resumed run starts again after its last checkpointed epoch (PPO: round): it is live again,
-// and what the interrupted attempt logged after that point is run anew, so it is dropped.
-function rewind(mode, saved) {
-  state.finished = null;
-  const limit = mode === "ppo" ? saved * state.maxEpochs : saved;
-  for (const series of state.series.values()) {
-    series.points = series.points.filter((p) => p.x <= limit);
-    for (const [slot, segments] of series.timeline) {
-      const kept = segments.filter((seg) => seg.from <= limit);
-      for (const seg of kept) seg.to = Math.min(seg.to, limit);
-      series.timeline.set(slot, kept);
+function fitChart(entry, container) {
+  const width = Math.floor(container.clientWidth);
+  if (width > 0 && width !== entry.width) {
+    entry.width = width;
+    entry.u.setSize({ width, height: entry.height });
+  }
+}
+
+function dropChart(id) {
+  const entry = page.charts.get(id);
+  if (!entry) return;
+  entry.observer.disconnect();
+  entry.u.destroy();
+  page.charts.delete(id);
+}
+
+// Draw `spec` in the element `id`: {series: [{label, stroke, dash, width}], data: [x, ...ys],
+// height, xLabel, digits, xValue, xTicks, bands, marks: [{x, y, kind}], boundaries: [{x, label}],
+// empty}. The uPlot chart is made again only when its series change; new data keeps a zoom.
+function drawChart(id, spec) {
+  const container = $(id);
+  if (!spec.data[0].length) {
+    dropChart(id);
+    container.replaceChildren(el("div", { className: "placeholder",
+      textContent: spec.empty || "no epochs yet" }));
+    return;
+  }
+  const layout = JSON.stringify([spec.series.map((s) => [s.label, s.stroke, s.dash, s.width]),
+    spec.bands || [], spec.xLabel, spec.height]);
+  let entry = page.charts.get(id);
+  if (entry && entry.layout === layout) {
+    entry.extras = spec;
+    const u = entry.u;
+    const xs = u.data[0];
+    const { min, max } = u.scales.x;
+    const zoomed = xs.length > 0 && (min > xs[0] || max < xs[xs.length - 1]);
+    u.setData(spec.data);
+    if (zoomed) u.setScale("x", { min, max });
+    return;
+  }
+  dropChart(id);
+  container.replaceChildren();
+  const width = Math.max(Math.floor(container.clientWidth), 50);
+  entry = { layout, extras: spec, height: spec.height, width };
+  const u = new uPlot(chartOptions(spec, width), spec.data, container);
+  u.esper = entry;
+  entry.u = u;
+  entry.observer = new ResizeObserver(() => fitChart(entry, container));
+  entry.observer.observe(container);
+  page.charts.set(id, entry);
+}
+
+// Columns of several tables on one x: the union of their x values, and each column placed on it
+// (undefined where a table has no row at that x: uPlot draws across it; null stays a gap).
+function align(tables) {
+  const xs = [...new Set(tables.flatMap((t) => t.x))].sort((a, b) => a - b);
+  const place = (t, values) => {
+    const at = new Map(t.x.map((x, i) => [x, values[i]]));
+    return xs.map((x) => (at.has(x) ? at.get(x) : undefined));
+  };
+  return { xs, place };
+}
+
+// ---- the run's snapshot --------------------------------------------------------------------
+
+function stat(label, value) {
+  const node = el("div", { className: "stat" }, el("span", { className: "label",
+    textContent: label }), " ", el("span", { className: "value", textContent: value }));
+  node.dataset.label = label;
+  return node;
+}
+
+function drawSummary(snap) {
+  const box = $("summary");
+  if (!snap) {
+    box.replaceChildren(el("span", { className: "muted",
+      textContent: page.name ? "waiting for the run's first snapshot…" : "no run picked" }));
+    return;
+  }
+  const run = snap.run;
+  const items = [["run", run.name], ["mode", fmt(run.mode)], ["task", fmt(run.task)],
+    ["seed", fmt(run.seed)], ["status", fmt(run.status)], ["attempts", fmt(run.attempts)]];
+  box.replaceChildren(...items.map(([l, v]) => stat(l, v)),
+    ...snap.header.map((row) => stat(row.label, row.value)));
+}
+
+// The single-model run's one episode (env null), if any.
+function onlyEpisode(snap) {
+  const env = snap.envs.find((e) => e.env === null);
+  return env && env.episodes.length ? env.episodes[env.episodes.length - 1] : null;
+}
+
+function marksOn(episode, column, x = (e) => e) {
+  const at = new Map(episode.epochs.epoch.map((e, i) => [e, episode.epochs[column][i]]));
+  return episode.marks.map((m) => ({ x: x(m.epoch), y: at.get(m.epoch), kind: m.kind }));
+}
+
+// A single-model run, and the compared run if there is one: accuracy, loss, parameters.
+function drawEpochs(snap, other) {
+  const runs = [[snap, onlyEpisode(snap)]];
+  if (other && onlyEpisode(other)) runs.push([other, onlyEpisode(other)]);
+  const shown = runs.filter(([, ep]) => ep);
+  const tables = shown.map(([, ep]) => ({ x: ep.epochs.epoch, cols: ep.epochs }));
+  const { xs, place } = align(tables);
+  const ep = onlyEpisode(snap);
+  const lines = (train, val, digits, withTrain = true) => {
+    const series = [];
+    const data = [xs];
+    shown.forEach(([s], i) => {
+      series.push({ label: `${s.run.name} val`, stroke: PALETTE[i] });
+      data.push(place(tables[i], tables[i].cols[val]));
+      if (withTrain) {
+        series.push({ label: `${s.run.name} train`, stroke: PALETTE[i], dash: TRAINING_DASH });
+        data.push(place(tables[i], tables[i].cols[train]));
+      }
+    });
+    return { series, data, digits };
+  };
+  const base = { height: CHART_HEIGHT, xLabel: "epoch" };
+  drawChart("chart-accuracy", { ...base, ...lines("train_accuracy", "val_accuracy", 2),
+    marks: ep ? marksOn(ep, "val_accuracy") : [] });
+  drawChart("chart-loss", { ...base, ...lines("train_loss", "val_loss", 4),
+    marks: ep ? marksOn(ep, "val_loss") : [] });
+  const params = lines(null, "param_count", 0, false);
+  params.series.forEach((s, i) => { s.label = shown[i][0].run.name; });
+  drawChart("chart-params", { ...base, ...params });
+  $("accuracy-title").textContent = "Accuracy (%)";
+  $("loss-title").textContent = "Loss";
+  $("params-title").textContent = "Parameters";
+}
+
+// A PPO run by episode: each environment's kept episodes side by side, x = the host epoch
+// counted from the first kept episode, boundaries between episodes.
+function drawEpisodes(snap) {
+  const envs = snap.envs.filter((e) => e.env !== null && e.episodes.length);
+  const episodes = envs.flatMap((e) => e.episodes.map((ep) => ep.episode));
+  const first = episodes.length ? Math.min(...episodes) : 0;
+  const longest = Math.max(1, ...envs.flatMap((e) => e.episodes.flatMap((ep) => ep.epochs.epoch)));
+  const length = snap.run.max_epochs || longest;
+  const at = (episode) => (epoch) => (episode - first) * length + epoch;
+  const tables = envs.map((e) => {
+    const x = [];
+    const cols = { train_accuracy: [], val_accuracy: [], train_loss: [], val_loss: [],
+      param_count: [] };
+    for (const ep of e.episodes) {
+      x.push(...ep.epochs.epoch.map(at(ep.episode)));
+      for (const key of Object.keys(cols)) cols[key].push(...ep.epochs[key]);
+    }
+    return { x, cols };
+  });
+  const { xs, place } = align(tables);
+  const boundaries = [...new Set(episodes)].sort((a, b) => a - b)
+    .map((n) => ({ x: at(n)(0.5), label: `episode ${n}` }));
+  const epochOf = (v) => ((v - 1) % length + length) % length + 1;
+  const episodeOf = (v) => first + Math.floor((v - 1) / length);
+  const base = {
+    height: CHART_HEIGHT,
+    xLabel: "episode, epoch",
+    boundaries,
+    xValue: (v) => `${episodeOf(v)}, ${epochOf(v)}`,
+    // Ticks at every epoch where there is room, else at each episode's first and last epoch.
+    xSplits: (u, axis, min, max) => {
+      const inside = xs.filter((v) => v >= min && v <= max);
+      const room = u.bbox.width / uPlot.pxRatio / TICK_PX;
+      return inside.length <= room ? inside
+        : inside.filter((v) => epochOf(v) === 1 || epochOf(v) === length);
+    },
+    xTicks: (u, splits) => splits.map((v) => String(epochOf(v))),
+    empty: "no episode yet",
+  };
+  const lines = (train, val, digits) => {
+    const series = [];
+    const data = [xs];
+    envs.forEach((e, i) => {
+      const colour = PALETTE[i % PALETTE.length];
+      series.push({ label: `env ${e.env} val`, stroke: colour });
+      data.push(place(tables[i], tables[i].cols[val]));
+      if (train) {
+        series.push({ label: `env ${e.env} train`, stroke: colour, dash: TRAINING_DASH });
+        data.push(place(tables[i], tables[i].cols[train]));
+      }
+    });
+    return { series, data, digits };
+  };
+  const marks = (column) => envs.flatMap((e) => e.episodes.flatMap((ep) => marksOn(ep, column,
+    at(ep.episode))));
+  drawChart("chart-accuracy", { ...base, ...lines("train_accuracy", "val_accuracy", 2),
+    marks: marks("val_accuracy") });
+  drawChart("chart-loss", { ...base, ...lines("train_loss", "val_loss", 4),
+    marks: marks("val_loss") });
+  const params = lines(null, "param_count", 0);
+  params.series.forEach((s) => { s.label = s.label.replace(/ val$/, ""); });
+  drawChart("chart-params", { ...base, ...params });
+  $("accuracy-title").textContent = "Accuracy (%) by episode";
+  $("loss-title").textContent = "Loss by episode";
+  $("params-title").textContent = "Parameters by episode";
+  drawResults(envs.length ? snap.envs.filter((e) => e.env !== null) : []);
+}
+
+// Every finished episode's return and final validation accuracy, per environment.
+function drawResults(envs) {
+  const tables = envs.map((e) => ({ x: e.results.map((r) => r.episode), rows: e.results }));
+  const { xs, place } = align(tables);
+  const chart = (field, digits) => ({
+    height: SMALL_CHART_HEIGHT,
+    xLabel: "episode",
+    digits,
+    empty: "no finished episode yet",
+    series: envs.map((e, i) => ({ label: `env ${e.env}`, stroke: PALETTE[i % PALETTE.length] })),
+    data: [xs, ...tables.map((t) => place(t, t.rows.map((r) => r[field])))],
+  });
+  drawChart("chart-episode-return", chart("episode_return", 3));
+  drawChart("chart-episode-final", chart("final_val_accuracy", 2));
+}
+
+// A PPO run by round: the update's statistics (snapshot.rounds).
+function drawRounds(snap) {
+  const rounds = snap.rounds;
+  const one = (id, label, column, digits) => drawChart(id, {
+    height: SMALL_CHART_HEIGHT,
+    xLabel: "round",
+    digits,
+    empty: "no PPO update yet",
+    series: [{ label, stroke: PALETTE[0] }],
+    data: [rounds.round, rounds[column]],
+  });
+  one("chart-return", "mean return", "mean_return", 3);
+  one("chart-final", "mean final val accuracy", "mean_final_accuracy", 2);
+  one("chart-entropy", "entropy", "entropy");
+  one("chart-kl", "approx. KL", "approx_kl");
+  one("chart-clip", "clip fraction", "clip_fraction", 3);
+  one("chart-variance", "explained variance", "explained_variance", 3);
+}
+
+// Seed timeline: one row per slot (PPO: per environment and slot, its latest kept episode),
+// coloured by stage, with the lifecycle marks, as the report draws it.
+function timelineRows(snap) {
+  const rows = [];
+  for (const env of snap.envs) {
+    const ep = env.episodes[env.episodes.length - 1];
+    if (!ep) continue;
+    for (const slot of snap.slots) {
+      const where = env.env === null ? "" : `env ${env.env} ep ${ep.episode} · `;
+      rows.push({ label: `${where}${slot}`, spans: ep.timeline[slot] || [],
+        marks: ep.marks.filter((m) => m.slot === slot) });
     }
   }
-  if (mode === "ppo") state.returns = state.returns.filter(([round]) => round <= saved);
+  return rows;
 }
 
-// One series per environment (PPO) or one for the run. A PPO environment's epochs restart every
-// episode, so its x is the host epoch counted across episodes: (episode - 1) * max_epochs + epoch.
-function addEpoch(rec) {
-  const key = rec.env === undefined || rec.env === null ? "run" : `env ${rec.env}`;
-  if (!state.series.has(key)) state.series.set(key, { points: [], timeline: new Map() });
-  const series = state.series.get(key);
-  const x = finite(rec.episode) && finite(state.maxEpochs)
-    ? (rec.episode - 1) * state.maxEpochs + rec.epoch : rec.epoch;
-  series.points.push({ x, trainAcc: rec.train_accuracy, valAcc: rec.val_accuracy,
-    trainLoss: rec.train_loss, valLoss: rec.val_loss });
-  const slots = Array.isArray(rec.slots) ? rec.slots : [];
-  for (const slot of slots) {  // the timeline keeps runs of equal stage: {from, to, stage}
-    if (!series.timeline.has(slot.slot)) series.timeline.set(slot.slot, []);
-    const segments = series.timeline.get(slot.slot);
-    const last = segments[segments.length - 1];
-    if (last && last.stage === slot.stage && last.to === x - 1) last.to = x;
-    else segments.push({ from: x, to: x, stage: slot.stage });
-  }
-  state.slots.set(key, slots);
-  state.latest = rec;
-}
-
-// ---- drawing ----------------------------------------------------------------------------
-
-function canvasContext(canvas) {
+function drawTimeline() {
+  const canvas = $("timeline");
+  const rows = page.timelineRows;
+  const width = Math.floor(canvas.parentElement.clientWidth);
+  const height = Math.max(1, rows.length) * TIMELINE_ROW + 24;
   const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth;
-  const height = canvas.clientHeight;
+  canvas.style.height = `${height}px`;
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
   ctx.font = "11px sans-serif";
-  return { ctx, width, height };
-}
-
-function extent(values) {
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of values) {
-    if (v < lo) lo = v;
-    if (v > hi) hi = v;
-  }
-  return lo === hi ? [lo - 0.5, hi + 0.5] : [lo, hi];
-}
-
-function placeholder(ctx, width, height, text) {
   ctx.fillStyle = "#888";
-  ctx.textAlign = "center";
-  ctx.fillText(text, width / 2, height / 2);
-}
-
-function axes(ctx, box, [x0, x1], [y0, y1], sx, sy) {
-  ctx.strokeStyle = "#999";
-  ctx.fillStyle = "#555";
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.moveTo(box.l, box.t);
-  ctx.lineTo(box.l, box.b);
-  ctx.lineTo(box.r, box.b);
-  ctx.stroke();
-  ctx.textAlign = "right";
-  const step = niceStep((y1 - y0) / 4);
-  for (let y = Math.ceil(y0 / step) * step; y <= y1; y += step) {
-    ctx.fillText(fmt(Number(y.toPrecision(6))), box.l - 4, sy(y) + 4);
+  if (!rows.length || !page.meta) {
+    ctx.textAlign = "center";
+    ctx.fillText("no epochs yet", width / 2, height / 2);
+    return;
   }
-  xTicks(ctx, box, [x0, x1], sx);
-}
-
-function xTicks(ctx, box, [x0, x1], sx) {
-  ctx.fillStyle = "#555";
-  ctx.textAlign = "center";
-  const step = Math.max(1, niceStep((x1 - x0) / 8));
-  for (let x = Math.ceil(x0 / step) * step; x <= x1; x += step) {
-    ctx.fillText(String(x), sx(x), box.b + 14);
-  }
-}
-
-// The tick spacing near `rough` that is 1, 2 or 5 times a power of ten.
-function niceStep(rough) {
-  const power = 10 ** Math.floor(Math.log10(rough));
-  const m = rough / power;
-  return power * (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10);
-}
-
-// lines: [{label, colour, dashed, points: [[x, y], ...]}]; a missing y breaks the line.
-function lineChart(canvas, lines, emptyText) {
-  const { ctx, width, height } = canvasContext(canvas);
-  const shown = lines.flatMap((line) => line.points.filter(([x, y]) => finite(x) && finite(y)));
-  if (!shown.length) return placeholder(ctx, width, height, emptyText);
-  const xr = extent(shown.map((p) => p[0]));
-  const yr = extent(shown.map((p) => p[1]));
-  const box = { l: 48, r: width - 10, t: 8, b: height - 20 };
-  const sx = (x) => box.l + ((x - xr[0]) / (xr[1] - xr[0])) * (box.r - box.l);
-  const sy = (y) => box.b - ((y - yr[0]) / (yr[1] - yr[0])) * (box.b - box.t);
-  axes(ctx, box, xr, yr, sx, sy);
-  for (const line of lines) {
-    ctx.strokeStyle = line.colour;
-    ctx.fillStyle = line.colour;
-    ctx.lineWidth = 1.5;
-    ctx.setLineDash(line.dashed ? [5, 4] : []);
-    ctx.beginPath();
-    let pen = false;
-    let last = null;
-    for (const [x, y] of line.points) {
-      if (!finite(x) || !finite(y)) { pen = false; continue; }
-      if (pen) ctx.lineTo(sx(x), sy(y)); else ctx.moveTo(sx(x), sy(y));
-      pen = true;
-      last = [x, y];
-    }
-    ctx.stroke();
-    if (last) ctx.fillRect(sx(last[0]) - 2, sy(last[1]) - 2, 4, 4);  // marks the latest value
-  }
-  ctx.setLineDash([]);
-  const labels = [...new Map(lines.filter((l) => l.label).map((l) => [l.label, l.colour]))];
-  ctx.textAlign = "left";
-  labels.forEach(([label, colour], i) => {
-    ctx.fillStyle = colour;
-    ctx.fillText(label, box.r - 60, box.t + 10 + 13 * i);
-  });
-}
-
-function metricLines(trainKey, valKey) {
-  const lines = [];
-  let i = 0;
-  for (const [key, series] of state.series) {
-    const colour = SERIES_PALETTE[i++ % SERIES_PALETTE.length];
-    const label = state.series.size > 1 ? key : null;
-    const points = (field) => series.points.map((p) => [p.x, p[field]]);
-    lines.push({ label, colour, dashed: false, points: points(valKey) });
-    lines.push({ label, colour, dashed: true, points: points(trainKey) });
-  }
-  return lines;
-}
-
-function drawTimeline(canvas) {
-  const rows = [];
-  for (const [key, series] of state.series) {
-    for (const [slot, segments] of series.timeline) {
-      rows.push({ label: state.series.size > 1 ? `${key} · ${slot}` : slot, segments });
-    }
-  }
-  canvas.style.height = `${Math.max(1, rows.length) * TIMELINE_ROW + 26}px`;
-  const { ctx, width, height } = canvasContext(canvas);
-  if (!rows.length) return placeholder(ctx, width, height, "no epochs yet");
-  const xs = rows.flatMap((row) => row.segments.flatMap((s) => [s.from - 0.5, s.to + 0.5]));
-  const xr = extent(xs);
-  const box = { l: 90, r: width - 10, t: 4, b: height - 20 };
-  const sx = (x) => box.l + ((x - xr[0]) / (xr[1] - xr[0])) * (box.r - box.l);
+  const ends = rows.flatMap((r) => r.spans.map((s) => s.end));
+  const limit = Math.max(1, page.snap.run.max_epochs || 0, ...ends);
+  const left = Math.min(TIMELINE_LABELS, width / 3);
+  const sx = (x) => left + (x / limit) * (width - left - 8);
   rows.forEach((row, i) => {
-    const y = box.t + i * TIMELINE_ROW;
+    const y = i * TIMELINE_ROW;
     ctx.fillStyle = "#333";
     ctx.textAlign = "right";
-    ctx.fillText(row.label, box.l - 6, y + TIMELINE_ROW - 6);
-    for (const s of row.segments) {
-      ctx.fillStyle = stageColour[s.stage] || "#000";
-      ctx.fillRect(sx(s.from - 0.5), y + 2, sx(s.to + 0.5) - sx(s.from - 0.5), TIMELINE_ROW - 4);
+    ctx.fillText(row.label, left - 6, y + TIMELINE_ROW - 5);
+    for (const span of row.spans) {
+      ctx.fillStyle = page.meta.stage_colours[span.stage];
+      ctx.fillRect(sx(span.start), y + 2, Math.max(1, sx(span.end) - sx(span.start)),
+        TIMELINE_ROW - 4);
+    }
+    for (const mark of row.marks) {
+      const x = sx(mark.epoch);
+      glyph(ctx, page.meta.mark_shapes[mark.kind], x, y + TIMELINE_ROW / 2, MARK_PX,
+        page.meta.mark_colours[mark.kind]);
     }
   });
-  xTicks(ctx, box, xr, sx);
-}
-
-// ---- tables and text --------------------------------------------------------------------
-
-function row(tbody, cells) {
-  const tr = document.createElement("tr");
-  for (const [text, cls] of cells) {
-    const td = document.createElement("td");
-    td.textContent = text;
-    if (cls) td.className = cls;
-    tr.appendChild(td);
+  ctx.fillStyle = "#555";
+  ctx.textAlign = "center";
+  const fits = Math.max(1, Math.floor((width - left) / 50));  // a tick label per 50 px
+  const step = WHOLE_STEPS.find((s) => limit / s <= fits) || WHOLE_STEPS[WHOLE_STEPS.length - 1];
+  for (let x = 0; x <= limit; x += step) {
+    ctx.fillText(String(x), sx(x), rows.length * TIMELINE_ROW + 16);
   }
-  tbody.appendChild(tr);
-  return tr;
 }
 
-function renderSlots() {
+function drawSlots(snap) {
   const tbody = $("slots-table").tBodies[0];
   tbody.replaceChildren();
-  for (const [key, slots] of state.slots) {
-    for (const s of slots) {
-      const tr = row(tbody, [[key], [s.slot], [fmt(s.stage), "stage"], [fmt(s.blueprint)],
-        [fmt(s.alpha, 2)], [fmt(s.contribution, 3)], [fmt(s.shapley, 3)], [fmt(s.seed_params)]]);
-      tr.children[2].style.borderLeft = `10px solid ${stageColour[s.stage] || "#000"}`;
+  for (const env of snap ? snap.envs : []) {
+    for (const s of env.slots_now) {
+      const cells = [fmt(env.env), s.slot, s.stage, fmt(s.blueprint), fmt(s.alpha, 2),
+        fmt(s.contribution, 3), fmt(s.shapley, 3), fmt(s.seed_params)];
+      const tr = el("tr", {}, ...cells.map((text, i) => el("td", { textContent: text,
+        className: i === 2 ? "stage" : i >= 4 ? "num" : "" })));
+      tr.children[2].style.borderLeftColor = page.meta.stage_colours[s.stage];
+      tbody.append(tr);
     }
   }
-  if (!tbody.children.length) row(tbody, [["no epochs yet", "muted"]]);
+  if (!tbody.children.length) {
+    tbody.append(el("tr", {}, el("td", { className: "muted", colSpan: 8,
+      textContent: "no epochs yet" })));
+  }
 }
 
-function renderPPO() {
-  const tbody = $("ppo-table").tBodies[0];
-  tbody.replaceChildren();
-  const run = runs.get(state.name);
-  const ppoRun = run !== undefined && run.mode === "ppo";
-  if (!state.ppo) row(tbody, [[ppoRun ? "no PPO update yet" : "not a PPO run", "muted"]]);
-  else {
-    for (const [key, value] of Object.entries(state.ppo)) {
-      if (!NOT_SHOWN.has(key)) row(tbody, [[key, "label"], [fmt(value)]]);
+function drawEvents(snap) {
+  const counts = snap ? Object.entries(snap.events.counts) : [];
+  $("event-types").replaceChildren(...counts.map(([name, count]) => el("span",
+    { className: "chip", textContent: `${name} ${count}` })));
+  const recent = snap ? [...snap.events.recent].reverse() : [];
+  $("event-list").replaceChildren(...recent.map((e) => {
+    const time = finite(e.t) ? new Date(e.t * 1000).toLocaleTimeString() : "—";
+    const where = e.env === null ? "" : `env ${e.env}  `;
+    return el("li", { textContent: `#${e.n}  ${time}  ${where}${e.event}  ${e.text}` });
+  }));
+}
+
+function comparedSnapshot(snap) {
+  const other = page.compare.snap;
+  if (!other || other.run.name !== page.compare.name || other.run.name === snap.run.name) {
+    return null;
+  }
+  return onlyEpisode(other) ? other : null;
+}
+
+// Why the run picked in "compare with" is not on the charts, if it is not.
+function compareNote(snap) {
+  const compare = page.compare;
+  if (!compare.name || !snap) return "";
+  if (compare.error) return `The compared run cannot be drawn: ${compare.error}`;
+  if (!compare.snap) return "";
+  if (snap.run.mode === "ppo" || !onlyEpisode(compare.snap)) {
+    return `${compare.name} is not drawn: runs are compared on the epoch charts of ` +
+      "single-model runs, not PPO runs.";
+  }
+  return "";
+}
+
+function drawRun() {
+  page.drawQueued = false;
+  const snap = page.snap;
+  drawSummary(snap);
+  const ppo = Boolean(snap && snap.run.mode === "ppo");
+  const byRound = ppo && page.ppoView === "round";
+  $("ppo-tabs").hidden = !ppo;
+  for (const tab of $("ppo-tabs").children) {
+    tab.setAttribute("aria-selected", String(tab.dataset.view === page.ppoView));
+  }
+  $("round-view").hidden = !byRound;
+  $("epoch-view").hidden = byRound;
+  $("chart-note").hidden = byRound;
+  $("results-view").hidden = !ppo || byRound;
+  if (!snap) {
+    for (const id of [...page.charts.keys()]) if (!id.startsWith("band")) dropChart(id);
+    for (const id of ["chart-accuracy", "chart-loss", "chart-params"]) {
+      $(id).replaceChildren(el("div", { className: "placeholder", textContent: "no run picked" }));
     }
+  } else if (byRound) {
+    drawRounds(snap);
+  } else if (ppo) {
+    drawEpisodes(snap);
+  } else {
+    drawEpochs(snap, comparedSnapshot(snap));
   }
-  $("returns").hidden = !ppoRun;
-  if (ppoRun) {
-    lineChart($("return-chart"), [{ colour: SERIES_PALETTE[0], points: state.returns }],
-      "no rounds yet");
+  $("compare-note").textContent = compareNote(snap);
+  $("compare-note").hidden = !$("compare-note").textContent;
+  page.timelineRows = snap ? timelineRows(snap) : [];
+  $("timeline-title").textContent = ppo
+    ? "Seed timeline (each environment's latest episode)" : "Seed timeline";
+  drawTimeline();
+  drawSlots(snap);
+  drawEvents(snap);
+}
+
+function scheduleDraw() {
+  if (!page.drawQueued) {
+    page.drawQueued = true;
+    requestAnimationFrame(drawRun);
   }
 }
 
-function summarize(rec) {
-  const where = [];
-  if (rec.env !== undefined && rec.env !== null) where.push(`env ${rec.env}`);
-  const fields = Object.entries(rec).filter(([k, v]) => !NOT_SHOWN.has(k) && typeof v !== "object");
-  return where.concat(fields.slice(0, 6).map(([k, v]) => `${k}=${fmt(v)}`)).join("  ");
-}
-
-function renderEvents() {
-  const types = $("event-types");
-  types.replaceChildren();
-  for (const [name, count] of Object.entries(state.types)) {
-    const chip = document.createElement("span");
-    chip.className = "chip";
-    chip.textContent = `${name} ${count}`;
-    types.appendChild(chip);
-  }
-  const list = $("event-list");
-  list.replaceChildren();
-  const first = state.count - state.last.length + 1;
-  state.last.forEach((rec, i) => {
-    const li = document.createElement("li");
-    const time = finite(rec.t) ? new Date(rec.t * 1000).toLocaleTimeString() : "—";
-    li.textContent = `#${first + i}  ${time}  ${rec.event}  ${summarize(rec)}`;
-    list.prepend(li);
-  });
-}
-
-function renderSummary() {
-  const run = state ? runs.get(state.name) : undefined;
-  const latest = state ? state.latest : null;
-  $("run-mode").textContent = fmt(run && run.mode);
-  $("run-task").textContent = fmt(run && run.task);
-  $("run-seed").textContent = fmt(run && run.seed);
-  $("run-status").textContent = fmt(state && state.finished ? state.finished : run && run.status);
-  $("latest-epoch").textContent = fmt(latest && latest.epoch);
-  $("latest-val-acc").textContent = fmt(latest && latest.val_accuracy, 2);
-  $("latest-val-loss").textContent = fmt(latest && latest.val_loss, 4);
-  $("latest-params").textContent = fmt(latest && latest.param_count);
-  $("event-count").textContent = state ? String(state.count) : "—";
-}
-
-function render() {
-  renderTimer = null;
-  renderSummary();
-  if (!state) return;
-  lineChart($("accuracy-chart"), metricLines("trainAcc", "valAcc"), "no epochs yet");
-  lineChart($("loss-chart"), metricLines("trainLoss", "valLoss"), "no epochs yet");
-  drawTimeline($("timeline-chart"));
-  renderSlots();
-  renderPPO();
-  renderEvents();
-}
-
-function scheduleRender() {
-  if (renderTimer === null) renderTimer = setTimeout(render, RENDER_DELAY_MS);
-}
-
-// ---- connection and run picker ----------------------------------------------------------
+// ---- connection, pickers, study page -------------------------------------------------------
 
 function setConnection(kind, text) {
   const badge = $("connection");
@@ -350,94 +562,256 @@ function showError(message) {
 }
 
 function connect(name) {
-  if (source) source.close();
-  source = null;
+  if (page.source) page.source.close();
+  page.source = null;
+  page.name = name;
+  page.snap = null;
   showError("");
-  state = name ? freshState(name) : null;
-  render();
-  if (!name) return setConnection("idle", "idle");
+  scheduleDraw();
+  if (!name) {
+    setConnection("idle", "idle");
+    return;
+  }
   const es = new EventSource(`api/runs/${encodeURIComponent(name)}/events`);
-  source = es;
+  page.source = es;
   setConnection("connecting", "connecting…");
-  es.onopen = () => { if (es === source) setConnection("live", "live"); };
+  es.onopen = () => { if (es === page.source) setConnection("live", "live"); };
   es.onerror = () => {  // a browser retries a dropped stream, but not a refused one (e.g. 404)
-    if (es !== source) return;
+    if (es !== page.source) return;
     if (es.readyState === EventSource.CLOSED) setConnection("down", "stream refused");
     else setConnection("down", "disconnected, retrying…");
   };
-  es.addEventListener("record", (e) => {
-    if (es !== source) return;
-    apply(JSON.parse(e.data));
-    scheduleRender();
+  es.addEventListener("snapshot", (e) => {
+    if (es !== page.source) return;
+    page.snap = JSON.parse(e.data);
+    scheduleDraw();
   });
   es.addEventListener("stream-error", (e) => {  // the log has a bad line: stop following it
     es.close();
-    if (es !== source) return;
+    if (es !== page.source) return;
     showError(`This run's event log cannot be followed further: ${JSON.parse(e.data).message}`);
     setConnection("down", "stopped");
-    scheduleRender();
   });
+}
+
+async function fetchCompared() {
+  const name = page.compare.name;
+  if (!name) return;
+  let snap = null;
+  let error = "";
+  try {
+    const response = await fetch(`api/runs/${encodeURIComponent(name)}/snapshot`);
+    if (response.ok) snap = await response.json();
+    else error = (await response.text()).trim();
+  } catch (err) {
+    error = "the server cannot be reached";
+  }
+  if (name !== page.compare.name) return;
+  page.compare.snap = snap;
+  page.compare.error = error;
+  scheduleDraw();
+}
+
+function runOption(run) {
+  const option = el("option", { value: run.name });
+  option.textContent = run.error ? `${run.name} (unreadable)`
+    : `${run.name} — ${run.mode} · ${run.task} · seed ${run.seed} · ${run.status}`;
+  option.disabled = run.error !== null;
+  if (run.error) option.title = run.error;
+  return option;
+}
+
+// The runs as options, a study's trials grouped under it.
+function runOptions(runs) {
+  const groups = new Map();
+  const options = [];
+  for (const run of runs) {
+    if (run.study === null) options.push(runOption(run));
+    else {
+      if (!groups.has(run.study)) groups.set(run.study, el("optgroup", { label: `study ${run.study}` }));
+      groups.get(run.study).append(runOption(run));
+    }
+  }
+  return [...options, ...groups.values()];
 }
 
 async function refreshRuns() {
   let listing;
+  let studies;
   try {
     listing = await (await fetch("api/runs")).json();
+    studies = await (await fetch("api/studies")).json();
   } catch (err) {
     setConnection("down", "server unreachable");
     return;
   }
-  runs = new Map(listing.runs.map((run) => [run.name, run]));
-  const picker = $("run-picker");
-  const chosen = picker.value;
-  const options = [picker.options[0]];
-  for (const run of listing.runs) {
-    const option = document.createElement("option");
-    option.value = run.name;
-    option.textContent = run.error ? `${run.name} (unreadable)`
-      : `${run.name} — ${run.mode} · ${run.task} · seed ${run.seed} · ${run.status}`;
-    option.disabled = run.error !== null;
-    if (run.error) option.title = run.error;
-    options.push(option);
+  page.runs = new Map(listing.runs.map((run) => [run.name, run]));
+  page.newest = listing.newest;
+  for (const [id, chosen] of [["run-picker", page.name], ["compare-picker", page.compare.name]]) {
+    const picker = $(id);
+    picker.replaceChildren(picker.options[0], ...runOptions(listing.runs));
+    picker.value = page.runs.has(chosen) ? chosen : "";
   }
-  picker.replaceChildren(...options);
-  picker.value = runs.has(chosen) ? chosen : "";
-  renderSummary();
+  const studyPicker = $("study-picker");
+  studyPicker.replaceChildren(studyPicker.options[0],
+    ...studies.studies.map((name) => el("option", { value: name, textContent: name })));
+  studyPicker.value = studies.studies.includes(page.study.name) ? page.study.name : "";
+  $("study-choice").hidden = !studies.studies.length;
+}
+
+function bandChart(task, bands, arms) {
+  const mine = bands.filter((b) => b.task === task);
+  const { xs, place } = align(mine.map((b) => ({ x: b.epoch })));
+  const series = [];
+  const data = [xs];
+  const fills = [];
+  for (const b of mine) {
+    const colour = PALETTE[arms.indexOf(b.arm) % PALETTE.length];
+    const table = { x: b.epoch };
+    series.push({ label: `${b.arm} median`, stroke: colour, width: 2 });
+    series.push({ label: `${b.arm} Q3`, stroke: tint(colour, 0.5), width: 1 });
+    series.push({ label: `${b.arm} Q1`, stroke: tint(colour, 0.5), width: 1 });
+    data.push(place(table, b.median), place(table, b.q3), place(table, b.q1));
+    fills.push({ series: [series.length - 1, series.length], fill: tint(colour, 0.15) });
+  }
+  return { height: CHART_HEIGHT, xLabel: "epoch", digits: 2, series, data, bands: fills,
+    empty: "no trial has an epoch yet" };
+}
+
+function drawStudy() {
+  const data = page.study.data;
+  $("study-title").textContent = data ? `Study ${data.name}` : "Study";
+  showError(data && data.error ? `This study's table cannot be computed: ${data.error}` : "");
+  const tbody = $("study-table").tBodies[0];
+  tbody.replaceChildren();
+  const rows = data ? data.rows : [];
+  for (const row of rows) {
+    const trial = `${row.task}.${row.arm}.`;  // esper.study names trials task.arm.seedN
+    const links = el("td", {}, el("span", { className: "links" }, ...row.runs.map((run) => {
+      const name = run.split("/").pop();
+      return el("a", { href: `#run=${encodeURIComponent(run)}`, title: run,
+        textContent: name.startsWith(trial) ? name.slice(trial.length) : name });
+    })));
+    const ci = (point, low, high) => `${fmt(point, 2)} [${fmt(low, 2)}, ${fmt(high, 2)}]`;
+    const cells = [row.task, row.arm, fmt(row.n),
+      ci(row.iqm, row.iqm_low, row.iqm_high), ci(row.mean, row.mean_low, row.mean_high),
+      fmt(row.final_params === null ? null : Math.round(row.final_params)),
+      fmt(row.seconds, 1)];
+    tbody.append(el("tr", {}, ...cells.map((text, i) => el("td", { textContent: text,
+      className: i >= 2 ? "num" : "" })), links));
+    tbody.lastChild.children[3].classList.add("nowrap");
+    tbody.lastChild.children[4].classList.add("nowrap");
+  }
+  if (!rows.length) {
+    tbody.append(el("tr", {}, el("td", { className: "muted", colSpan: 8,
+      textContent: data ? "no finished trial yet" : "loading…" })));
+  }
+  const bands = data ? data.bands : [];
+  const arms = [...new Set(rows.map((r) => r.arm))].sort();
+  const tasks = [...new Set(bands.map((b) => b.task))].sort();
+  const box = $("study-bands");
+  const ids = tasks.map((_, i) => `band-${i}`);
+  for (const id of [...page.charts.keys()]) if (id.startsWith("band") && !ids.includes(id)) dropChart(id);
+  while (box.children.length > tasks.length) box.lastChild.remove();
+  tasks.forEach((task, i) => {
+    if (!box.children[i]) {
+      box.append(el("section", { className: "card" }, el("h2"), el("div",
+        { className: "chart", id: ids[i] }), el("p", { className: "note",
+        textContent: "validation accuracy (%) per epoch: each arm's median over its trials, " +
+          "with the interquartile range shaded" })));
+    }
+    box.children[i].firstChild.textContent = `${task}: validation accuracy by arm`;
+    drawChart(ids[i], bandChart(task, bands, arms));
+  });
+}
+
+async function fetchStudy() {
+  const name = page.study.name;
+  if (!name) return;
+  let data;
+  try {
+    const response = await fetch(`api/studies/${encodeURIComponent(name)}`);
+    data = response.ok ? await response.json()
+      : { name, rows: [], bands: [], error: (await response.text()).trim() };
+  } catch (err) {
+    data = { name, rows: [], bands: [], error: "the server cannot be reached" };
+  }
+  if (name !== page.study.name) return;
+  page.study.data = data;
+  drawStudy();
+}
+
+// The address says what is shown: #run=NAME, #study=NAME, or nothing (the newest run).
+function route() {
+  const hash = location.hash;
+  const study = hash.startsWith("#study=") ? decodeURIComponent(hash.slice(7)) : "";
+  $("study-view").hidden = !study;
+  $("run-view").hidden = Boolean(study);
+  $("study-picker").value = study;
+  if (study) {
+    if (page.source) page.source.close();
+    page.source = null;
+    page.name = "";
+    $("run-picker").value = "";
+    setConnection("idle", "study");
+    if (study !== page.study.name) {
+      page.study = { name: study, data: null };
+      drawStudy();
+    }
+    fetchStudy();
+    return;
+  }
+  page.study = { name: "", data: null };
+  const wanted = hash.startsWith("#run=") ? decodeURIComponent(hash.slice(5)) : "";
+  const name = page.runs.has(wanted) ? wanted : page.newest || "";
+  $("run-picker").value = name;
+  if (name !== page.name || !page.source) connect(name);
+}
+
+function legendChip(kind) {
+  const canvas = el("canvas", { width: 14, height: 14 });
+  glyph(canvas.getContext("2d"), page.meta.mark_shapes[kind], 7, 7.5, 5,
+    page.meta.mark_colours[kind]);
+  return el("span", { className: "chip" }, canvas, ` ${kind}`);
 }
 
 async function start() {
-  const meta = await (await fetch("api/meta")).json();
-  stageColour = meta.stage_colours;  // the report's colours (esper.karn.colours)
-  $("runs-dir").textContent = meta.runs_dir;
-  const legend = $("stage-legend");
-  for (const stage of meta.stages) {
-    const chip = document.createElement("span");
-    chip.className = "chip";
-    chip.style.borderLeft = `10px solid ${stageColour[stage]}`;
-    chip.textContent = stage;
-    legend.appendChild(chip);
+  page.meta = await (await fetch("api/meta")).json();
+  $("runs-dir").textContent = page.meta.runs_dir;
+  $("stage-legend").replaceChildren(...page.meta.stages.map((stage) => {
+    const chip = el("span", { className: "chip stage", textContent: stage });
+    chip.style.borderLeftColor = page.meta.stage_colours[stage];
+    return chip;
+  }), ...Object.keys(page.meta.mark_colours).map(legendChip));
+  for (const box of document.querySelectorAll(".marks-legend")) {
+    box.replaceChildren(...Object.keys(page.meta.mark_colours).map(legendChip));
   }
   await refreshRuns();
-  const picker = $("run-picker");
-  picker.addEventListener("change", () => {
-    history.replaceState(null, "", picker.value ? `#run=${encodeURIComponent(picker.value)}` : "#");
-    connect(picker.value);
+  $("run-picker").addEventListener("change", (e) => {
+    location.hash = e.target.value ? `run=${encodeURIComponent(e.target.value)}` : "";
   });
+  $("study-picker").addEventListener("change", (e) => {
+    location.hash = e.target.value ? `study=${encodeURIComponent(e.target.value)}` : "";
+  });
+  $("compare-picker").addEventListener("change", (e) => {
+    page.compare = { name: e.target.value, snap: null, error: "" };
+    showError("");
+    fetchCompared();
+    scheduleDraw();
+  });
+  for (const tab of $("ppo-tabs").children) {
+    tab.addEventListener("click", () => {
+      page.ppoView = tab.dataset.view;
+      scheduleDraw();
+    });
+  }
   $("refresh").addEventListener("click", refreshRuns);
   setInterval(refreshRuns, RUNS_REFRESH_MS);
-  const fromHash = decodeURIComponent(location.hash.replace(/^#run=/, ""));
-  if (location.hash.startsWith("#run=") && runs.has(fromHash)) {
-    picker.value = fromHash;
-    connect(fromHash);
-  }
-  window.addEventListener("resize", scheduleRender);
-  window.addEventListener("hashchange", () => {
-    const name = decodeURIComponent(location.hash.replace(/^#run=/, ""));
-    if (runs.has(name) && name !== picker.value) {
-      picker.value = name;
-      connect(name);
-    }
-  });
+  setInterval(fetchCompared, COMPARE_REFRESH_MS);
+  setInterval(fetchStudy, STUDY_REFRESH_MS);
+  new ResizeObserver(drawTimeline).observe($("timeline").parentElement);
+  window.addEventListener("hashchange", route);
+  route();
 }
 
 start().catch((err) => showError(`The dashboard could not start: ${err}`));
