@@ -600,6 +600,11 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     broken = local_client(runs, study_table=lambda d: summarize_fails())
     assert "one trial per task, arm and seed" in broken.get("/api/studies/st").json()["error"]
     assert local_client(runs).get("/api/studies").json() == {"studies": []}  # no table: none
+    (study / TRIALS_FILE).rename(tmp_path / TRIALS_FILE)
+    (study / TRIALS_FILE).symlink_to(tmp_path / TRIALS_FILE)  # a link out is not read
+    refused = local_client(runs, study_table=table).get("/api/studies/st").json()
+    assert "links outside the runs directory" in refused["error"] and refused["rows"] == []
+    assert asked == [study]  # never asked to read it
     assert local_client(study, study_table=table).get("/api/studies").json() == {
         "studies": ["st"]
     }  # a study served by itself

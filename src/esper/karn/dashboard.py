@@ -488,6 +488,9 @@ def create_app(
         found = {} if tables is None else await run_in_threadpool(studies, runs_dir)
         if tables is None or name not in found:
             raise HTTPException(404, f"no study named {name!r} in {str(runs_dir)!r}")
+        if await run_in_threadpool(confine, found[name] / TRIALS_FILE, runs_dir) is None:
+            why = f"{TRIALS_FILE} links outside the runs directory, so it is not read"
+            return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
         try:
             rows = await run_in_threadpool(tables.rows, found[name])
         except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
