@@ -47,10 +47,11 @@ from esper.karn.dashboard import (
 )
 from esper.karn.guard import BoundedTail, accepted_hosts, parse_last_event_id
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
-from esper.karn.studies import StudyRow, band, quantile
+from esper.karn.studies import StudyRow
 from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunStarted, event_record
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.nissa.bands import band, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
 from esper.nissa.log import EVENTS_FILE, EventLogError, open_run, read_events
 from esper.study.stats import ALL_TASKS, summarize

@@ -73,9 +73,10 @@ from esper.karn.guard import (
     parse_last_event_id,
 )
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
-from esper.karn.studies import StudyRow, band
+from esper.karn.studies import StudyRow
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
+from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import EventLogError, RunDirectoryError, open_run, run_candidates
 from esper.nissa.record import EVENTS_FILE
@@ -335,11 +336,6 @@ class Folds:
             return view(followed.state)
 
 
-def _validation_curve(state: RunState) -> dict[int, float | None]:
-    """A single-model run's validation accuracy by epoch."""
-    return {e.epoch: e.val_accuracy for e in state.episode().epochs}
-
-
 class _Tables:
     """Each study's rows, computed again only when its ``trials.csv`` changed."""
 
@@ -382,7 +378,7 @@ def _study_data(
             path = served[run][0]
             if outside_part(path, runs_dir) is None:
                 try:
-                    curves.append(folds.use(path / EVENTS_FILE, _validation_curve))
+                    curves.append(folds.use(path / EVENTS_FILE, validation_curve))
                 except EventLogError:
                     continue  # an unreadable trial has no curve; its run page says why
         if curves:

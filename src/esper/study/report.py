@@ -34,13 +34,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from esper.leyline.files import atomic_write
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import EventLogError, RunDirectoryError, display, open_run, read_events
 from esper.study import stats
@@ -54,10 +54,6 @@ default; linked from the trials table when present)."""
 
 RUN_COLUMN = "run"
 """``trials.csv``'s column beyond ``TrialRow``'s fields: the trial's run directory name."""
-
-BAND = (25.0, 75.0)
-"""Percentiles of the band around each arm's median curve: the interquartile range (numpy's
-linear interpolation between trials), the spread the IQM of the table is taken within."""
 
 REPS = 2000
 """Bootstrap resamples per interval by default: rliable's choice, a study's own default
@@ -150,8 +146,8 @@ class ArmCurve:
         trials: how many trials' runs the curve is drawn from.
         epochs: every epoch any of them completed, in order.
         median: the median over the trials with a finite value at that epoch (NaN: none).
-        low: the band's lower percentile (``BAND``) there.
-        high: its upper percentile.
+        low: the first quartile there.
+        high: the third quartile.
     """
 
     task: str
@@ -163,36 +159,27 @@ class ArmCurve:
     high: list[float]
 
 
-def validation_accuracy(run: Path) -> dict[int, float]:
-    """A run's validation accuracy by epoch, as its one fold holds it (NaN: not finite).
+def validation_accuracy(run: Path) -> dict[int, float | None]:
+    """A run's validation accuracy by epoch, as its one fold holds it (None: not finite).
 
     Raises:
         RunDirectoryError, EventLogError: not a readable run.
     """
     log = read_events(open_run(run).events_path)
-    state = RunState().apply_all(log.records)
-    return {e.epoch: e.val_accuracy for e in state.episode().epochs}
+    return validation_curve(RunState().apply_all(log.records))
 
 
-def arm_curves(runs: dict[tuple[str, str], list[dict[int, float]]]) -> list[ArmCurve]:
-    """The median and band per epoch of each (task, arm)'s runs (``validation_accuracy``)."""
+def arm_curves(runs: dict[tuple[str, str], list[dict[int, float | None]]]) -> list[ArmCurve]:
+    """The median and interquartile band per epoch of each (task, arm)'s runs
+    (``esper.nissa.bands.band``, as the dashboard's study page draws them); NaN where no run
+    has a finite value (a gap in the curve, never a made-up value)."""
     curves = []
     for (task, arm), mine in sorted(runs.items()):
-        epochs = sorted({epoch for run in mine for epoch in run})
-        found = [_spread([run[e] for run in mine if e in run]) for e in epochs]
-        median, low, high = ([f[i] for f in found] for i in range(3))
-        curves.append(ArmCurve(task, arm, len(mine), epochs, median, low, high))
+        found = band(mine)
+        median, low, high = ([math.nan if v is None else v for v in vs] for vs in
+                             (found.median, found.q1, found.q3))  # fmt: skip
+        curves.append(ArmCurve(task, arm, len(mine), found.epoch, median, low, high))
     return curves
-
-
-def _spread(values: Sequence[float]) -> tuple[float, float, float]:
-    """Median and ``BAND`` percentiles of the finite ``values``; NaN without any (a gap in the
-    curve, never a made-up value)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, math.nan
-    lower, upper = np.percentile(finite, BAND)
-    return float(np.median(finite)), float(lower), float(upper)
 
 
 @dataclass(frozen=True)
@@ -240,7 +227,7 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     caption = (
         f"{task}: validation accuracy per epoch, each arm's median over its trials with the "
-        f"band between their {BAND[0]:g}th and {BAND[1]:g}th percentiles."
+        "band between their first and third quartiles."
     )
     return StudyPlot(f"curves-{task}", caption, _png(figure), figure)
 
@@ -286,7 +273,7 @@ def build_study_report(
             stats.profile_plot(rows, reps, seed),
         ),
     ]
-    runs: dict[tuple[str, str], list[dict[int, float]]] = {}
+    runs: dict[tuple[str, str], list[dict[int, float | None]]] = {}
     warnings, without_epochs = [], []
     for trial in counted:
         try:
