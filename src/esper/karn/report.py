@@ -43,7 +43,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from esper.karn.colours import STAGE_COLOURS
+from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
 from esper.karn.report_data import (
     RunData,
     alpha_series,
@@ -70,12 +70,14 @@ same records give the same SVG file."""
 FEW_POINTS = 2
 """A line with fewer finite points than this is drawn with markers (one point draws no line)."""
 
+_MARKERS = {SeedStage.GERMINATED: "^", SeedStage.FOSSILIZED: "*", SeedStage.PRUNED: "X"}
+
 MARK_STYLES: Mapping[str, tuple[str, str]] = {
-    MARK_KINDS[SeedStage.GERMINATED]: ("^", "#2ca02c"),
-    MARK_KINDS[SeedStage.FOSSILIZED]: ("*", "#ffbf00"),
-    MARK_KINDS[SeedStage.PRUNED]: ("X", "#d62728"),
+    MARK_KINDS[stage]: (marker, MARK_COLOURS[MARK_KINDS[stage]])
+    for stage, marker in _MARKERS.items()
 }
-"""Marker and colour of each lifecycle mark kind, on the timeline and on the curves."""
+"""Marker and colour (``karn.colours``, as on the dashboard) of each lifecycle mark kind, on the
+timeline and on the curves."""
 
 
 @dataclass(frozen=True)
