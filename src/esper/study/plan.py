@@ -71,9 +71,10 @@ BOOTSTRAP_REPS = 2000
 DEFAULT_RETRIES = 2
 """Extra attempts of a failing trial (across invocations) before it is listed as failed."""
 
-STUDY_TELEMETRY = TelemetrySettings(level="minimal")
-"""Policy runs (PPO training) log rounds and episode results only: at ``normal`` every step of
-every environment would be a line, and a study trains many policies."""
+POLICY_TELEMETRY = TelemetrySettings(level="normal")
+"""Policy runs (PPO training) log every step (about 3 MB per 40-round run of 4 environments):
+their reports' diagnostics — reward components, ops and how far seeds get per round — are
+folded from the steps, and a policy that learned nothing is explained by them (issue #13)."""
 
 TRIAL_TELEMETRY = TelemetrySettings(level="normal")
 """Growth trials log every epoch, seed transition and action (a few KB per epoch): the study
@@ -478,7 +479,7 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
     reward = config.reward if arm.reward is None else replace(config.reward, mode=arm.reward)
     runtime = replace(config.runtime, seed=seed)
     env = training(spec, task)  # the budget's slots too: presets leave slots at the default
-    return replace(config, env=env, reward=reward, runtime=runtime, telemetry=STUDY_TELEMETRY)
+    return replace(config, env=env, reward=reward, runtime=runtime, telemetry=POLICY_TELEMETRY)
 
 
 def growth_config(
