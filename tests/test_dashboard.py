@@ -36,7 +36,7 @@ from starlette.testclient import TestClient
 from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.dashboard import study_table
 from esper.cli.main import EXIT_BAD_INPUT, main
-from esper.karn import dashboard, guard
+from esper.karn import dashboard
 from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
 from esper.karn.dashboard import (
     STATIC_DIR,
@@ -45,15 +45,16 @@ from esper.karn.dashboard import (
     open_listener,
     stream_snapshots,
 )
-from esper.karn.guard import BoundedTail, accepted_hosts, parse_last_event_id
+from esper.karn.guard import READ_BYTES, accepted_hosts, confined_opener, parse_last_event_id
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyRow
 from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunStarted, event_record
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.nissa import log
 from esper.nissa.bands import band, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
-from esper.nissa.log import EVENTS_FILE, EventLogError, open_run, read_events
+from esper.nissa.log import EVENTS_FILE, EventLogError, EventTail, open_run, read_events
 from esper.study.stats import ALL_TASKS, summarize
 
 POLL = 0.05  # a fast poll keeps these tests short
@@ -953,12 +954,12 @@ def test_a_log_replaced_by_a_link_out_ends_its_stream_without_quoting_it(
 ) -> None:
     runs = tmp_path / "runs"
     run = copy_run(recorded_runs["static"], runs / "r")
-    tail = BoundedTail(run / EVENTS_FILE, runs)
-    assert len(tail.poll()) == line_count(run)
+    tail = EventTail(run / EVENTS_FILE, confined_opener(runs))
+    assert len(tail.events(READ_BYTES)) == line_count(run)
     (run / EVENTS_FILE).unlink()
     (run / EVENTS_FILE).symlink_to(outside / "passwd")
     with pytest.raises(EventLogError, match="links outside the runs directory") as raised:
-        tail.poll()
+        tail.events(READ_BYTES)
     assert MARK not in str(raised.value)
 
 
@@ -972,11 +973,11 @@ def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
     run = copy_run(recorded_runs["heuristic"], runs / "r")
     lines = (run / EVENTS_FILE).read_bytes().splitlines(keepends=True)
     read_bytes = 2000
-    tail = BoundedTail(run / EVENTS_FILE, runs, read_bytes)
+    tail = EventTail(run / EVENTS_FILE, confined_opener(runs))
     records: list[dict[str, Any]] = []
     while not tail.caught_up:
         before = tail.offset
-        records += [item.record() for item in tail.poll()]  # decoded, as the hub wrote them
+        records += [item.record() for item in tail.events(read_bytes)]  # as the hub wrote them
         assert tail.offset - before <= read_bytes + max(map(len, lines))  # whole lines only
     assert records == [json.loads(line) for line in lines]
     assert len(lines) * 650 // read_bytes < 100  # many polls were needed
@@ -984,15 +985,15 @@ def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
     template = first_epoch(run)
     with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
         f.write(epoch_line(template, 901, 1.5))  # a line still being written
-    assert tail.poll() == [] and tail.caught_up
+    assert tail.events(read_bytes) == [] and tail.caught_up
     append(run, "")  # its newline
-    assert [item.event.epoch for item in tail.poll()] == [901]  # type: ignore[union-attr]
+    assert [item.event.epoch for item in tail.events(read_bytes)] == [901]  # type: ignore[union-attr]
 
-    monkeypatch.setattr(guard, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(log, "MAX_LINE_BYTES", 100)
     with (run / EVENTS_FILE).open("a", encoding="utf-8") as f:
         f.write("x" * 101)
     with pytest.raises(EventLogError, match=f"{EVENTS_FILE}:{len(lines) + 2}: a line longer"):
-        tail.poll()
+        tail.events(read_bytes)
 
 
 HUGE_LOG_BYTES = 16_000_000

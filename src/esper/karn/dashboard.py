@@ -65,10 +65,10 @@ from starlette.staticfiles import StaticFiles
 from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
 from esper.karn.guard import (
     READ_BYTES,
-    BoundedTail,
     HostCheck,
     accepted_hosts,
     confine,
+    confined_opener,
     outside_part,
     parse_last_event_id,
 )
@@ -78,7 +78,7 @@ from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
 from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
-from esper.nissa.log import EventLogError, RunDirectoryError, open_run, run_candidates
+from esper.nissa.log import EventLogError, EventTail, RunDirectoryError, open_run, run_candidates
 from esper.nissa.record import EVENTS_FILE
 from esper.nissa.views import is_study
 
@@ -208,9 +208,9 @@ def newest(entries: list[RunEntry]) -> str | None:
     return max(readable, key=lambda entry: entry.modified or 0.0).name if readable else None
 
 
-def _fold_more(tail: BoundedTail, state: RunState) -> None:
+def _fold_more(tail: EventTail, state: RunState, read_bytes: int = READ_BYTES) -> None:
     """Fold the events of the tail's next bounded read into ``state``."""
-    state.apply_all(tail.poll())
+    state.apply_all(tail.events(read_bytes))
 
 
 def _sse(event: str, data: str, event_id: int | None = None) -> str:
@@ -254,7 +254,7 @@ async def stream_snapshots(
         lasts. A malformed line (or a log naming an unknown slot) ends the stream with a
         ``stream-error`` message, after a snapshot of what came before it.
     """
-    tail = BoundedTail(events_path, root, read_bytes)
+    tail = EventTail(events_path, confined_opener(root))
     state = RunState(recent=RECENT_SHOWN)
     sent: int | None = skip or None  # the events in the client's snapshot (None: it has none)
     last = -float("inf")
@@ -262,7 +262,7 @@ async def stream_snapshots(
     while not stopping():
         failure = None
         try:
-            await run_in_threadpool(_fold_more, tail, state)
+            await run_in_threadpool(_fold_more, tail, state, read_bytes)
         except EventLogError as err:
             failure = str(err)
         ahead = tail.caught_up or failure is not None or state.events > (sent or 0)
@@ -284,7 +284,7 @@ async def stream_snapshots(
 
 @dataclass
 class _Followed:
-    tail: BoundedTail
+    tail: EventTail
     state: RunState
     lock: threading.Lock
 
@@ -317,7 +317,7 @@ class Folds:
         with self._lock:
             followed = self._runs.pop(events_path, None)
             if followed is None:
-                tail = BoundedTail(events_path, self.root)
+                tail = EventTail(events_path, confined_opener(self.root))
                 followed = _Followed(tail, RunState(recent=RECENT_SHOWN), threading.Lock())
             self._runs[events_path] = followed
             while len(self._runs) > self.kept:

@@ -8,11 +8,11 @@ any page that can reach it.
 - **Links out of the runs directory.** A run directory, or one of its record files, whose path with
   every link resolved is outside the resolved runs directory is listed as unreadable (naming the
   link, never what it points to) and not served (404); a log being followed is checked again at
-  every read, and opened with ``O_NOFOLLOW`` (``confine``, ``outside_part``, ``BoundedTail``).
+  every read, and opened with ``O_NOFOLLOW`` (``confine``, ``outside_part``, ``confined_opener``).
   Nothing outside the runs directory is opened, so no error can quote it.
 - **Garbled headers.** ``Last-Event-ID`` is up to 18 ASCII digits or the request gets a 400
   (``parse_last_event_id``).
-- **Huge logs.** A log is read ``READ_BYTES`` of whole lines at a time (``BoundedTail``) and
+- **Huge logs.** A log is read ``READ_BYTES`` of whole lines at a time (``EventTail.events``) and
   folded as it is read, so following a log of any size holds its fold, not its lines.
 """
 
@@ -22,20 +22,17 @@ import ipaddress
 import os
 from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from esper.nissa.log import EventLogError, Logged, read_line
+from esper.nissa.log import EventLogError, OpenLog
 from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, META_FILE, SUMMARY_FILE
 
 READ_BYTES = 256 << 10
 """Whole lines read from a log at a time (256 KiB, some hundreds of events): decoded, they hold a
 few MB until they are folded (``test_a_huge_log_is_streamed_in_bounded_memory``)."""
-
-MAX_LINE_BYTES = 4 << 20
-"""A longer line is an error: events are a few hundred bytes to a few kilobytes, so such a line is
-not an event, and reading on would hold all of it."""
 
 LAST_EVENT_ID_DIGITS = 18
 """The longest ``Last-Event-ID`` taken: any event count fits in 18 digits (and in a 64-bit int)."""
@@ -91,94 +88,19 @@ def parse_last_event_id(value: str | None) -> int:
     )
 
 
-class BoundedTail:
-    """Follows a growing event log in bounded reads, opening it only inside ``root``.
+def confined_opener(root: Path) -> OpenLog:
+    """An ``EventTail`` opener that reads a log only inside ``root``: every open resolves the
+    log's links and refuses a path outside ``root`` (an ``EventLogError`` that names the link,
+    never its target), then opens it with ``O_NOFOLLOW``, so a link put in place since the check
+    is refused, not followed."""
 
-    As ``esper.nissa.log.EventTail``: a line counts once its newline is written, blank lines are
-    skipped, lines are decoded to ``Logged`` events, the events before a malformed line are
-    returned and every later poll raises, and a log that shrank is an error. Unlike it, every poll
-    resolves the log's links and refuses a path outside ``root``, opens the file without following
-    a link, and refuses a line longer than ``MAX_LINE_BYTES``.
-
-    Args:
-        path: the ``events.jsonl`` file.
-        root: the runs directory it must stay in.
-        read_bytes: whole lines read per poll (at least one line, however long).
-    """
-
-    def __init__(self, path: Path, root: Path, read_bytes: int = READ_BYTES) -> None:
-        self.path = path
-        self.root = root
-        self.read_bytes = read_bytes
-        self.offset = 0  # bytes consumed: the end of the last complete line read
-        self.lines = 0  # complete lines consumed
-        self.caught_up = False  # whether the last poll read up to the end of the file
-        self.error: EventLogError | None = None  # a malformed line, raised from then on
-
-    def poll(self) -> list[Logged]:
-        """Events from the next ``read_bytes`` of complete lines.
-
-        Raises:
-            EventLogError: a complete line is malformed (after the events before it have been
-                returned), the file shrank or cannot be read, a line is longer than
-                ``MAX_LINE_BYTES``, or the path now links outside ``root``.
-        """
-        if self.error is not None:
-            raise self.error
-        events = []
-        for raw in self._read_lines():
-            self.lines += 1
-            self.offset += len(raw)
-            text = raw.decode("utf-8", errors="replace")
-            if not text.strip():
-                continue
-            try:
-                events.append(read_line(text.removesuffix("\n"), f"{self.path}:{self.lines}"))
-            except EventLogError as err:
-                self.error = err
-                if not events:
-                    raise
-                break
-        return events
-
-    def _read_lines(self) -> list[bytes]:
-        """The complete lines after ``offset``, newline included, up to about ``read_bytes``."""
-        resolved = confine(self.path, self.root)
+    def open_log(path: Path) -> BinaryIO:
+        resolved = confine(path, root)
         if resolved is None:
-            raise EventLogError(f"{self.path} links outside the runs directory, so it is not read")
-        try:
-            # O_NOFOLLOW: a link put in place since ``confine`` looked is refused, not followed.
-            fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            self.caught_up = True  # not written yet (a run still starting)
-            return []
-        except OSError as err:
-            raise EventLogError(f"{self.path}: cannot read ({err.strerror})") from None
-        with open(fd, "rb") as f:
-            size = os.fstat(fd).st_size
-            if size < self.offset:
-                raise EventLogError(
-                    f"{self.path}: the event log shrank from {self.offset} to {size} bytes "
-                    "(it was rewritten)"
-                )
-            f.seek(self.offset)
-            lines: list[bytes] = []
-            taken = 0
-            self.caught_up = False
-            while taken < self.read_bytes:
-                raw = f.readline(MAX_LINE_BYTES + 1)
-                if not raw.endswith(b"\n"):  # the end of the file, or a line being written
-                    if len(raw) > MAX_LINE_BYTES:
-                        line = self.lines + len(lines) + 1
-                        raise EventLogError(
-                            f"{self.path}:{line}: a line longer than {MAX_LINE_BYTES} bytes "
-                            "is not an event"
-                        )
-                    self.caught_up = True
-                    break
-                lines.append(raw)
-                taken += len(raw)
-        return lines
+            raise EventLogError(f"{path} links outside the runs directory, so it is not read")
+        return open(os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+    return open_log
 
 
 def accepted_hosts(host: str, port: int) -> frozenset[str]:

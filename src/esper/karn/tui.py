@@ -143,7 +143,7 @@ def catch_up(tail: EventTail, state: RunState | None = None) -> RunState:
         state.apply_all(tail.events(READ_BYTES))
         if tail.error is not None:
             raise tail.error
-        if not tail.behind:
+        if tail.caught_up:
             return state
 
 
@@ -309,7 +309,7 @@ class RunApp(App[None]):
             self.ingest(items)
         elif self.stalled != self._shown_stalled:
             self._refresh_status()
-        if self.tail.behind or self.tail.error is not None:
+        if not self.tail.caught_up or self.tail.error is not None:
             self.call_later(self.poll)  # read on (or report the error) once this is drawn
 
     @property

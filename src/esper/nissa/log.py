@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.stages import SeedStage
@@ -241,44 +242,61 @@ def read_line(text: str, where: str) -> Logged:
     return decode(parse_record(text, where), where)
 
 
+MAX_LINE_BYTES = 4 << 20
+"""A longer line is an error when a log is followed in bounded reads: events are a few hundred
+bytes to a few kilobytes, so such a line is not an event, and reading on would hold all of it."""
+
+OpenLog = Callable[[Path], BinaryIO]
+"""Opens an event log for reading (binary); ``FileNotFoundError`` means not written yet."""
+
+
+def _open_log(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
 class EventTail:
-    """Follows a growing event log: each ``poll`` returns the events completed since the last.
+    """Follows a growing event log: each ``events`` call returns the events completed since the
+    last.
 
     A line is returned only once its newline has been written, so a line being written is never
-    half-read. The file may not exist yet (a run that is still starting): ``poll`` returns nothing.
+    half-read. The file may not exist yet (a run that is still starting): ``events`` returns
+    nothing.
 
     Args:
         path: the ``events.jsonl`` file.
+        open_log: how to open it (the dashboard's opener refuses a log that links outside its
+            runs directory); by default an ordinary open.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, open_log: OpenLog = _open_log) -> None:
         self.path = path
+        self.open_log = open_log
         self.offset = 0  # bytes consumed, up to the end of the last complete line
         self.lines = 0  # complete lines consumed
         self.partial = b""  # bytes after the last newline (a line still being written)
         self.error: EventLogError | None = None  # a malformed line, raised from then on
-        self.size = 0  # the file's size at the last poll
+        self.caught_up = False  # whether the last call read to the end of the file
 
     def events(self, max_bytes: int | None = None) -> list[Logged]:
         """Events completed since the last call.
 
         Args:
-            max_bytes: read about this many bytes at most (more only to finish a longer line),
-                so following a huge log holds a bounded part of it; None reads to the end.
-                Call again while ``behind`` to read on.
+            max_bytes: read about this many bytes of whole lines at most (at least one line, up
+                to ``MAX_LINE_BYTES``), so following a huge log holds a bounded part of it; None
+                reads to the end. Call again until ``caught_up`` to read on.
 
         The events before a malformed line are returned first; that call and every later one
         then raise.
 
         Raises:
-            EventLogError: a complete line is malformed, or the file shrank (it was rewritten).
+            EventLogError: a complete line is malformed, the file shrank (it was rewritten) or
+                cannot be read, or a line is longer than ``MAX_LINE_BYTES`` (bounded reads).
         """
         if self.error is not None:
             raise self.error
         try:
-            with self.path.open("rb") as f:
-                size = f.seek(0, 2)
-                self.size = size
+            with self.open_log(self.path) as f:
+                size = os.fstat(f.fileno()).st_size
                 start = self.offset + len(self.partial)
                 if size < start:
                     raise EventLogError(
@@ -286,10 +304,13 @@ class EventTail:
                         "(it was rewritten)"
                     )
                 f.seek(start)
-                data = self.partial + _read_lines(f, max_bytes)
+                data, self.caught_up = self._take(f, max_bytes)
         except FileNotFoundError:
+            self.caught_up = True
             return []
-        *complete, self.partial = data.split(b"\n")
+        except OSError as err:
+            raise EventLogError(f"{self.path}: cannot read ({err.strerror})") from None
+        *complete, self.partial = (self.partial + data).split(b"\n")
         found = []
         for raw in complete:
             self.lines += 1
@@ -306,27 +327,24 @@ class EventTail:
                 break
         return found
 
-    @property
-    def behind(self) -> bool:
-        """Whether the last poll stopped before the end of the file (``max_bytes``)."""
-        return self.error is None and self.offset + len(self.partial) < self.size
-
-
-def _read_lines(f: Any, max_bytes: int | None) -> bytes:
-    """From ``f``'s position: everything (``max_bytes`` None), or about ``max_bytes`` and then
-    on to the end of the line it stopped in."""
-    if max_bytes is None:
-        return bytes(f.read())
-    data = bytes(f.read(max_bytes))
-    while data and not data.endswith(b"\n"):
-        more = f.read(max_bytes)
-        if not more:
-            break
-        cut = more.find(b"\n")
-        data += more if cut < 0 else more[: cut + 1]
-        if cut >= 0:
-            break
-    return data
+    def _take(self, f: BinaryIO, max_bytes: int | None) -> tuple[bytes, bool]:
+        """The bytes to read from ``f``'s position, and whether they reach the end of the file."""
+        if max_bytes is None:
+            return f.read(), True
+        taken: list[bytes] = []
+        size = 0
+        while size < max_bytes:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if len(raw) + len(self.partial) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise EventLogError(
+                    f"{self.path}:{self.lines + len(taken) + 1}: a line longer than "
+                    f"{MAX_LINE_BYTES} bytes is not an event"
+                )
+            taken.append(raw)
+            size += len(raw)
+            if not raw.endswith(b"\n"):  # the end of the file, or a line being written
+                return b"".join(taken), True
+        return b"".join(taken), False
 
 
 def step_of(logged: Logged, ppo: bool) -> int | None:
