@@ -1,7 +1,8 @@
 """Karn: the operator's views of runs.
 
 Karn owns the live terminal UI (Textual), the live web dashboard (a Starlette app served on
-localhost, with its hand-written JavaScript and CSS in ``static/``) and the static run report
-(``report.html`` with PNG plots). It reads what Nissa records — run directories and their event
-logs — and imports only Leyline and Nissa.
+localhost: the server folds each run and sends snapshots, its JavaScript in ``static/`` only
+draws them with the vendored uPlot) and the static run report (``report.html`` with PNG and SVG
+plots). All three show Nissa's one fold of a run's events (``esper.nissa.fold.RunState``); Karn
+imports only Leyline and Nissa (a study's statistics reach the dashboard from the CLI).
 """

@@ -3,7 +3,9 @@
 Nissa owns the hub that fans typed events (declared in ``esper.leyline.events``) out to sinks —
 the JSONL event log every run directory keeps, console progress, and optional TensorBoard and
 MLflow tracking — and the readers of what was recorded: run directories, event logs (followed
-live or read whole) and the DuckDB views of ``esper runs query``. ``esper.nissa.record`` owns
+live or read whole, every line turned back into its Leyline event), the one fold of a run's
+events into the state every view shows (``esper.nissa.fold.RunState``), curves and bands across
+runs, and the DuckDB views of ``esper runs query``. ``esper.nissa.record`` owns
 the run directory itself: its layout, ``meta.json``, the typed ``RunSummary``, CSV logs and
 crash-safe checkpoints. It imports only Leyline.
 """
