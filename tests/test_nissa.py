@@ -33,13 +33,13 @@ from esper.leyline.events import (
     event_record,
 )
 from esper.nissa import JsonlSink, TelemetryHub
+from esper.nissa.fold import RunState
 from esper.nissa.log import (
     EventLogError,
     EventTail,
     Logged,
     RunDirectoryError,
     display,
-    drop_replaced,
     open_run,
     read_events,
 )
@@ -132,9 +132,16 @@ def _at(event: Any, env: int | None = None, episode: int | None = None) -> Logge
     return Logged(event, 1.0, "r", env, episode)
 
 
-def test_drop_replaced_keeps_the_run_as_it_finally_happened() -> None:
-    def started(saved: int | None) -> Logged:
-        return _at(_fake(RunStarted, mode="heuristic", resumed_from_epoch=saved))
+def _kept(records: list[Logged]) -> list[Logged]:
+    """The records of the run as it finally happened, by the fold's ``lines``."""
+    lines = RunState(keep_lines=True).apply_all(records).lines
+    assert lines is not None
+    return [records[n - 1] for n, _ in lines]
+
+
+def test_the_fold_keeps_the_lines_of_the_run_as_it_finally_happened() -> None:
+    def started(saved: int | None, mode: str = "heuristic") -> Logged:
+        return _at(_fake(RunStarted, mode=mode, resumed_from_epoch=saved))
 
     records = [
         started(None),
@@ -146,19 +153,18 @@ def test_drop_replaced_keeps_the_run_as_it_finally_happened() -> None:
         started(2),
         _at(_epoch(3)),
     ]
-    kept = drop_replaced(records, ppo=False)
-    assert kept == records[:4] + records[5:]
+    assert _kept(records) == records[:4] + records[5:]
     ppo = [
-        started(None),
+        started(None, "ppo"),
         _at(_epoch(1), env=0, episode=1),
         _at(_fake(PPOUpdate, round=1)),
         _at(_fake(PPOHeadStats, round=1)),
         _at(_epoch(1), env=0, episode=2),  # round 2, cut short
         _at(_fake(PPORunFinished, rounds=1)),
-        started(1),
+        started(1, "ppo"),
         _at(_epoch(1), env=0, episode=2),
     ]
-    assert drop_replaced(ppo, ppo=True) == ppo[:4] + ppo[5:]
+    assert _kept(ppo) == ppo[:4] + ppo[5:]
 
 
 def test_tail_returns_a_line_only_once_its_newline_arrives(tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ what happened in them, anomaly counts and the latest events. The TUI, the run re
 
 **Resumes are handled here, once.** A resumed ``RunStarted`` names the last checkpointed epoch
 (PPO runs: round); everything the interrupted attempt folded after it is forgotten, because the
-resumed attempt runs it again (``esper.nissa.log.step_of`` says what a record belongs to).
+resumed attempt runs it again (``step_of`` says what a record belongs to). Asked to
+(``keep_lines``), the fold also lists the log lines of the run as it finally happened, which
+the DuckDB views of ``esper runs query`` select; records not tied to a step (e.g. the
+``RunFinished`` of an interrupted attempt) are kept.
 
 **Bounded.** A PPO environment keeps the epochs of its last ``keep_episodes`` episodes in detail
 and one ``EpisodeFinished`` per episode; a round keeps sums and counts, not its steps; at most
@@ -245,15 +248,33 @@ class _Bucket:
         )
 
 
+def step_of(item: Logged, ppo: bool) -> int | None:
+    """The epoch a record belongs to (PPO runs: its episode, else its round; None if none):
+    what a resume compares with the checkpoint it resumed from."""
+    if ppo:
+        step = item.episode
+        if step is None:
+            step = getattr(item.event, "round", None)
+    else:
+        step = getattr(item.event, "epoch", None)
+    return step if isinstance(step, int) else None
+
+
 class RunState:
     """Everything the views show about one run, folded one event at a time.
 
     Args:
         recent: how many of the latest events to keep (``recent_events``).
         keep_episodes: PPO episodes per environment kept with their epochs.
+        keep_lines: also list the lines of the run as it finally happened (``lines``).
     """
 
-    def __init__(self, recent: int = RECENT_EVENTS, keep_episodes: int = KEEP_EPISODES) -> None:
+    def __init__(
+        self,
+        recent: int = RECENT_EVENTS,
+        keep_episodes: int = KEEP_EPISODES,
+        keep_lines: bool = False,
+    ) -> None:
         self.started: RunStarted | None = None  # the latest attempt's start
         self.attempts = 0
         self.finish: RunFinished | PPORunFinished | None = None  # the latest attempt's end
@@ -265,6 +286,8 @@ class RunState:
         self.counts: Counter[str] = Counter()
         self.recent: deque[Logged] = deque(maxlen=recent)
         self._keep = keep_episodes
+        # (1-based position among the folded events, its step) of every event kept.
+        self.lines: list[tuple[int, int | None]] | None = [] if keep_lines else None
         self._slot_names: dict[str, None] = {}
         self._bucket = _Bucket()
 
@@ -333,6 +356,8 @@ class RunState:
             self.env(item.env).at(event.episode).result = event
         else:
             self._step(item)
+        if self.lines is not None:  # after a resumed start has dropped what it replaces
+            self.lines.append((self.events, step_of(item, self.is_ppo)))
 
     def apply_all(self, items: Iterable[Logged]) -> RunState:
         """Fold ``items`` in order; returns the state (for chaining)."""
@@ -347,6 +372,8 @@ class RunState:
         saved = event.resumed_from_epoch
         if saved is None:
             return
+        if self.lines is not None:
+            self.lines = [(n, step) for n, step in self.lines if step is None or step <= saved]
         self._bucket = _Bucket()
         if self.is_ppo:  # rounds (= episodes) after the checkpoint are run again
             self.rounds = [r for r in self.rounds if r.update.round <= saved]

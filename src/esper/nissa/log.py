@@ -347,39 +347,6 @@ class EventTail:
         return b"".join(taken), False
 
 
-def step_of(logged: Logged, ppo: bool) -> int | None:
-    """The epoch a record belongs to (PPO runs: its episode, else its round; None if none):
-    what a resume compares with the checkpoint it resumed from."""
-    if ppo:
-        step = logged.episode
-        if step is None:
-            step = getattr(logged.event, "round", None)
-    else:
-        step = getattr(logged.event, "epoch", None)
-    return step if isinstance(step, int) else None
-
-
-def drop_replaced(records: list[Logged], ppo: bool) -> list[Logged]:
-    """The records of a run as it finally happened.
-
-    A resumed ``RunStarted`` names the last checkpointed epoch (for PPO runs, round); what the
-    interrupted attempt logged after that point was run again, so it is dropped. Records not
-    tied to an epoch (PPO: an episode or round) are kept, e.g. the ``RunFinished`` that says the
-    attempt was interrupted.
-
-    Args:
-        records: a run's records in log order.
-        ppo: whether the run is a PPO run (records carry ``episode``/``round``, not one epoch line).
-    """
-    kept: list[Logged] = []
-    for record in records:
-        if isinstance(record.event, RunStarted) and record.event.resumed_from_epoch is not None:
-            saved = record.event.resumed_from_epoch
-            kept = [r for r in kept if (step := step_of(r, ppo)) is None or step <= saved]
-        kept.append(record)
-    return kept
-
-
 @dataclass(frozen=True)
 class EventLog:
     """A whole event log as read once.

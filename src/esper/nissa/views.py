@@ -25,8 +25,9 @@ column — with nested values (tuples of snapshots, pairs) as DuckDB ``JSON``:
   to ``--runs`` also loads its trials' runs into the other views.
 
 Missing values are SQL NULL. After a resume, what the interrupted attempt logged beyond its last
-checkpoint is left out (``drop_replaced``): the views show the run as it finally happened, while
-``events`` keeps every line. DuckDB is imported only when a store is opened.
+checkpoint is left out (the fold's ``lines``, ``esper.nissa.fold``): the views show the run as it
+finally happened, while ``events`` keeps every line. DuckDB is imported only when a store is
+opened.
 """
 
 from __future__ import annotations
@@ -54,12 +55,11 @@ from esper.leyline.events import (
     SlotSnapshot,
 )
 from esper.leyline.trials import STUDY_FILE, TRIALS_FILE, TrialRow
+from esper.nissa.fold import RunState
 from esper.nissa.log import (
-    PPO_MODE,
     Logged,
     RunDirectory,
     RunDirectoryError,
-    drop_replaced,
     find_runs,
     open_run,
     read_events,
@@ -149,15 +149,16 @@ class QueryResult:
 
 def _rows(run: str, mode: str, log: list[Logged]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(view, row)`` for every row a run's log gives (the runs view excluded): ``events`` from
-    every line, the other views from the run as it finally happened (``drop_replaced``)."""
+    every line, the other views from the run as it finally happened (the fold's ``lines``)."""
     by_event = {cls.__name__: name for name, cls in EVENT_VIEWS.items()}
-    final = {id(r) for r in drop_replaced(log, mode == PPO_MODE)}
-    for item in log:
+    kept = RunState(recent=0, keep_lines=True).apply_all(log).lines or []
+    final = {n for n, _ in kept}
+    for n, item in enumerate(log, start=1):
         record = item.record()
         context = {"run": run, "mode": mode, "env": item.env, "episode": record.get("episode")}
         context["t"] = item.t
         yield "events", {**context, "event": item.name, "record": record}
-        if id(item) not in final:
+        if n not in final:
             continue
         view = by_event.get(item.name)
         if view is not None:
