@@ -257,6 +257,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "reward.contribution_weight": (1.0, {}, reward_probe),
     "reward.pbrs_weight": (1.0, {}, reward_probe),
     "reward.rent_weight": (3.0, {}, reward_probe),
+    "reward.rent_basis": ("blended", {}, reward_probe),
     "reward.action_cost": (0.5, CONTRIBUTION_SIMPLIFIED, reward_probe),
     "reward.refused_cost": (0.5, CONTRIBUTION_SIMPLIFIED, reward_probe),
     "reward.terminal_weight": (3.0, CONTRIBUTION_SIMPLIFIED, reward_probe),

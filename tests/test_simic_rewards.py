@@ -166,6 +166,25 @@ def test_rent_is_normalized_by_host_size() -> None:
     assert large == pytest.approx(small / 2)
 
 
+def test_blended_rent_charges_each_seed_its_alpha_weighted_share() -> None:
+    after = {
+        "early": seed_report("early", SeedStage.TRAINING, "norm", seed_params=400),
+        "mid": seed_report("mid", SeedStage.BLENDING, "norm", alpha=0.25, seed_params=200),
+        "late": seed_report("late", SeedStage.FOSSILIZED, "norm", alpha=1.0, seed_params=100),
+    }
+    inp = step(after=after, before=after, active_params=1700, host_params=1000)
+    active = component(reward()(inp), "rent")
+    blended = component(reward(RewardConfig(rent_basis="blended"))(inp), "rent")
+    assert active == pytest.approx(-1.0 * 700 / 1000)  # every seed that runs, TRAINING included
+    assert blended == pytest.approx(-1.0 * (0.25 * 200 + 1.0 * 100) / 1000)
+    untouched = {s: seed_report(s, SeedStage.TRAINING, "norm", seed_params=400) for s in SLOTS}
+    quiet = step(after=untouched, before=untouched, active_params=2200, host_params=1000)
+    blended_fn = reward(RewardConfig(rent_basis="blended"))
+    assert component(blended_fn(quiet), "rent") == 0.0  # nothing blended yet
+    with pytest.raises(ValueError, match=r"unknown reward\.rent_basis 'output'; accepted"):
+        RewardConfig(rent_basis="output")
+
+
 def test_contribution_counts_blended_seeds_and_skips_missing_ones() -> None:
     after = {
         "early": rep("early", SeedStage.BLENDING, 2.0),
@@ -331,7 +350,7 @@ def test_every_config_field_changes_the_reward(
 
 
 def test_the_field_table_covers_every_config_field() -> None:
-    tested = {"family", "mode", "contribution_weight", "pbrs_weight", "rent_weight"}
+    tested = {"family", "mode", "contribution_weight", "pbrs_weight", "rent_weight", "rent_basis"}
     tested |= {"action_cost", "refused_cost", "terminal_weight", "panic_penalty", "loss_weight"}
     assert tested == {f.name for f in dataclasses.fields(RewardConfig)}
 

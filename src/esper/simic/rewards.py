@@ -6,14 +6,16 @@ Every reward is a sum of named components (a ``RewardBreakdown``), so telemetry 
 Notation: one step goes from state s (the ``before`` seed reports) to s' (the ``after`` reports);
 γ is the PPO discount; ``c_i`` is slot i's counterfactual contribution in accuracy points; ``N`` is
 the active parameter count (host and seeds) and ``H`` the host's own; ``acc'`` and ``L``/``L'`` are
-validation accuracy (percent) after the step and validation loss before/after it.
+validation accuracy (percent) after the step and validation loss before/after it; ``α_i`` and
+``P_i`` are seed i's blend weight and parameter count.
 
 Terms (each a component of the same name)::
 
     Φ(s)         = pbrs_weight · Σ_slots STAGE_POTENTIALS[stage of the slot in s]
     pbrs         = γ · Φ(s') − Φ(s),   with Φ(s') := 0 when the step terminated
     contribution = contribution_weight · Σ_{i in BLENDING or HOLDING in s', c_i measured} c_i
-    rent         = −rent_weight · (N − H) / H
+    rent         = −rent_weight · (N − H) / H                      (rent_basis "active")
+                   −rent_weight · Σ_{seeds in s'} α_i · P_i / H        (rent_basis "blended")
     action_cost  = 0 for WAIT, −action_cost for an accepted op, −refused_cost for a refused op
     terminal     = terminal_weight · acc' / 100   on the final step (truncated), else 0
     loss_delta   = −loss_weight · (L' − L)
@@ -53,6 +55,11 @@ from types import MappingProxyType
 
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
 from esper.leyline.config import check_float, require
+
+RENT_BASES = ("active", "blended")
+"""``reward.rent_basis`` choices: rent on every parameter that runs (``active``: a seed costs
+from TRAINING on, before it can change the output) or only on the blended part of each seed's
+(``blended``: α-weighted, so a seed costs nothing until it blends and all of it once held)."""
 
 REWARD_FAMILIES = ("contribution", "loss")
 """``--reward-family`` choices."""
@@ -107,6 +114,9 @@ open. A TRAINING contribution is a probe of a seed not yet in the output; a FOSS
 permanent, its worth is paid by the top potential, and paying it every step would only reward
 fossilizing early to collect."""
 
+_WEIGHT_SUFFIXES = ("_weight", "_cost", "_penalty")
+"""``RewardConfig`` fields that are weights (non-negative, finite), by name."""
+
 _PERCENT = 100.0
 """Accuracies are percentages; the terminal bonus uses the fraction so it lies in [0, weight]."""
 
@@ -126,6 +136,8 @@ class RewardConfig:
         rent_weight: cost per step of growing the model by 100% of the host's parameters
             (shaped, loss); 1.0 means a seed adding 10% parameters must contribute 1 point
             (at the default contribution weight) to pay its way.
+        rent_basis: which parameters pay rent (shaped, loss; RENT_BASES): ``active`` every one
+            in the forward pass, ``blended`` each seed's α-weighted share.
         action_cost: cost of an accepted op other than WAIT (simplified); 0.01 discourages
             churn without drowning the terminal bonus.
         refused_cost: cost of a refused op (simplified), instead of action_cost; 0.05,
@@ -147,6 +159,7 @@ class RewardConfig:
     contribution_weight: float = 0.1
     pbrs_weight: float = 0.1
     rent_weight: float = 1.0
+    rent_basis: str = "active"
     action_cost: float = 0.01
     refused_cost: float = 0.05
     terminal_weight: float = 1.0
@@ -167,7 +180,11 @@ class RewardConfig:
             f"reward mode {self.mode!r} applies to the contribution family only; "
             f"the loss family has no modes (leave mode at {_DEFAULT_MODE!r})",
         )
-        for name in [f.name for f in fields(self)][2:]:  # the weights follow family and mode
+        require(
+            self.rent_basis in RENT_BASES,
+            f"unknown reward.rent_basis {self.rent_basis!r}; accepted: {list(RENT_BASES)}",
+        )
+        for name in (f.name for f in fields(self) if f.name.endswith(_WEIGHT_SUFFIXES)):
             check_float(f"reward.{name}", getattr(self, name), 0.0, MAX_WEIGHT)
 
     @property
@@ -331,7 +348,11 @@ class RewardFunction:
         return self.gamma * next_potential - self.potential(inp.before)
 
     def _rent(self, inp: RewardInput) -> float:
-        return -self.config.rent_weight * (inp.active_params - inp.host_params) / inp.host_params
+        if self.config.rent_basis == "blended":
+            grown = sum(r.alpha * r.seed_param_count for r in inp.after.values())
+        else:
+            grown = inp.active_params - inp.host_params
+        return -self.config.rent_weight * grown / inp.host_params
 
     def _action_cost(self, inp: RewardInput) -> float:
         if inp.action.op is Op.WAIT:
