@@ -326,8 +326,10 @@ class RunState:
         return ordered_slots(self._slot_names)
 
     def episode(self, env: int | None = None) -> Episode:
-        """Environment ``env``'s current episode (an empty one before any record)."""
-        return self.env(env).episode or Episode(None)
+        """Environment ``env``'s current episode (an empty one before any record; reading
+        creates nothing)."""
+        found = self.envs.get(env)
+        return found.episode if found is not None and found.episode is not None else Episode(None)
 
     # ---------------------------------------------------------------------------- folding
 
