@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
+from esper.nissa.hub import json_safe
 
 # Layout names the record defines, also imported from here by the views (explicit re-exports).
 from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
@@ -201,17 +202,7 @@ class Logged:
         if self.episode is not None and not hasattr(self.event, "episode"):
             head["episode"] = self.episode
         body = event_record(self.event)
-        return {k: _finite(v) for k, v in {**head, **body}.items()}
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
+        return dict(json_safe({**head, **body}))
 
 
 def decode(record: dict[str, Any], where: str) -> Logged:
