@@ -26,7 +26,7 @@ from esper.leyline.config import UserError
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import record
 from esper.study.execute import Job, StudyDriver, run_job, study_lock, trial_row
-from esper.study.plan import Trial, growth_config, read_study
+from esper.study.plan import Trial, growth_config, ppo_config, read_study
 from esper.study.run import Stop
 
 HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'
@@ -70,12 +70,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (f"{HEAD}{STATIC}[resources]\ngpus = -1\n", "resources.gpus must be a number in [0.0"),
         # budget.threads was silently replaced by resources.cpus.
         (f"{HEAD}{BUDGET}threads = 2\n{STATIC}", "budget may not set threads: resources.cpus"),
+        (f"{HEAD}{STATIC}[task_budgets.synthetic]\nthreads = 2\n",
+         "task_budgets.synthetic may not set threads"),
+        (f"{HEAD}{STATIC}[task_budgets.synthetic]\nepoch = 2\n",
+         "task_budgets.synthetic: unknown key(s) ['epoch']"),
+        (f"{HEAD}{STATIC}[task_budgets.digits]\nepochs = 2\n",
+         "task_budgets name tasks ['digits'] the study lacks; tasks: ['synthetic']"),
         # A repeated training seed planned one PPO run twice into one directory.
         (f"{HEAD}{PPO.replace('[100]', '[100, 100]')}", "training_seeds repeat [100]"),
         # runtime.devices put a trial on a device Ray did not give it; workers nested Ray.
         (f"{HEAD}{PPO}[arms.ppo.runtime]\ndevices = [\"cuda:7\"]\n",
          "ppo may not set ['runtime.devices']"),
         (f"{HEAD}{PPO}[arms.ppo.runtime]\nworkers = 2\n", "ppo may not set ['runtime.workers']"),
+        (f"{HEAD}{STATIC}auto_advance = true\n",
+         "arm 's' (static) takes width; drop ['auto_advance']"),
+        (f'{HEAD}[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "x"\nauto_advance = true\n',
+         "auto_advance comes from the policy's own run"),
         (f'{HEAD}{PPO}reward = "bogus"\n',
          "arm 'p': unknown reward 'bogus'; accepted: shaped, simplified, sparse"),
     ],
@@ -97,6 +107,36 @@ def test_budget_width_is_every_growing_trials_host_width(tmp_path):
     for arm in ("s", "h"):  # it used to be dropped: every trial ran at the task's width
         _, config = growth_config(spec, Trial("synthetic", arm, 0))
         assert config.training.width == 7
+
+
+def test_auto_advance_is_the_arms_then_the_budgets_and_never_a_static_arms(tmp_path):
+    arms = f'{STATIC}{PPO}auto_advance = false\n[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    spec, _ = read_study(_study(tmp_path, f"{HEAD}{BUDGET}auto_advance = true\n{arms}"))
+    advances = {a: growth_config(spec, Trial("synthetic", a, 0))[1].training.auto_advance
+                for a in ("s", "h")}  # fmt: skip
+    assert advances == {"s": False, "h": True}  # static used to fail on the budget's
+    assert not ppo_config(spec, spec.arm("p"), "synthetic", 100).env.auto_advance
+
+
+def test_an_arm_evaluating_a_policy_runs_with_the_policys_auto_advance(tmp_path):
+    policy = tmp_path / "policy"
+    tiny = ["--epochs", "2", "--batches-per-epoch", "2", "--val-samples", "128"]
+    ppo = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--seed", "500", "--auto-advance"]
+    assert main([*ppo, *tiny, "--out", str(policy)]) == 0
+    body = f'{HEAD}{BUDGET}[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "{policy}"\n'
+    spec, _ = read_study(_study(tmp_path, body))
+    _, config = growth_config(spec, Trial("synthetic", "p", 0), policy=policy)
+    assert config.training.auto_advance  # the budget leaves it off; the policy trained with it
+
+
+def test_task_budget_adds_to_the_budget_for_its_task_only(tmp_path):
+    head = HEAD.replace('["synthetic"]', '["synthetic", "digits"]')
+    body = f"{head}{BUDGET}{STATIC}[task_budgets.digits]\nbatches_per_epoch = 5\n"
+    spec, _ = read_study(_study(tmp_path, body))
+    synthetic = growth_config(spec, Trial("synthetic", "s", 0))[1].training
+    digits = growth_config(spec, Trial("digits", "s", 0))[1].training
+    assert (synthetic.batches_per_epoch, digits.batches_per_epoch) == (2, 5)
+    assert synthetic.epochs == digits.epochs == 2  # the shared budget reaches both
 
 
 @pytest.mark.parametrize(

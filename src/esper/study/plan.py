@@ -104,6 +104,10 @@ class ArmSpec:
         selector: heuristic only: the blueprint selector (rotation, ucb, thompson, epsilon).
         strategy: heuristic only: the orchestration strategy (spread, replace, diversify,
             specialize, ensemble; ensemble turns the budget's Shapley values on).
+        auto_advance: heuristic, periodic, random and ppo training only: the arm's runs
+            advance every seed whose gate passes (``HostTraining.auto_advance``; None: the
+            budget's). A ppo arm's policy trains and is evaluated with it; an arm evaluating a
+            given policy runs as that policy trained, and static arms never advance anything.
     """
 
     name: str
@@ -118,6 +122,7 @@ class ArmSpec:
     ppo: dict[str, Any] = field(default_factory=dict)
     selector: str | None = None
     strategy: str | None = None
+    auto_advance: bool | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -135,13 +140,15 @@ class ArmSpec:
             "ppo": bool(self.ppo),
             "selector": self.selector is not None,
             "strategy": self.strategy is not None,
+            "auto_advance": self.auto_advance is not None,
         }
         takes = {
             "static": {"width"},
             MATCHED: {"match"},
-            "periodic": {"period"},
-            "heuristic": {"selector", "strategy"},
-            "ppo": {"policy", "preset", "reward", "training_seeds", "ppo"},
+            "periodic": {"period", "auto_advance"},
+            "random": {"auto_advance"},
+            "heuristic": {"selector", "strategy", "auto_advance"},
+            "ppo": {"policy", "preset", "reward", "training_seeds", "ppo", "auto_advance"},
         }.get(self.controller, set())
         extra = sorted(k for k, v in given.items() if v and k not in takes)
         accepted = ", ".join(sorted(takes)) or "no settings"
@@ -177,6 +184,11 @@ class ArmSpec:
             (self.policy is not None) != trains,
             f"{where} (ppo) needs exactly one of policy = a PPO run directory to evaluate, "
             "or training_seeds = seeds of the PPO runs to train first",
+        )
+        require(
+            self.policy is None or self.auto_advance is None,
+            f"{where}: auto_advance comes from the policy's own run when policy is given; "
+            "drop auto_advance",
         )
         refused = sorted({"env", "telemetry"} & set(self.ppo))
         runtime = self.ppo.get("runtime")
@@ -239,8 +251,12 @@ class StudySpec:
         budget: host training of every trial: ``HostTraining`` keys but ``task`` and
             ``threads`` (resources.cpus sets them) (epochs, batch_size, batches_per_epoch,
             val_samples, lr, width, slots, ...). ``width`` is every trial's host width but a
-            static arm's own and a static-matched arm's; an arm evaluating a trained policy
-            uses the policy's slots.
+            static arm's own and a static-matched arm's; ``auto_advance`` is every growing
+            arm's unless the arm sets its own; an arm evaluating a trained policy uses the
+            policy's slots and auto_advance.
+        task_budgets: per-task additions to ``budget`` (``[task_budgets.TASK]`` tables, the same
+            keys), for what one task needs and another must not get: Fashion-MNIST's 100
+            batches per epoch would be four epochs of the text task's.
         resources: what one trial asks Ray for.
         retries: extra attempts of a failing trial before it is listed as failed.
         baselines: the arms every arm's probability of improvement is computed against (empty:
@@ -258,6 +274,7 @@ class StudySpec:
     seeds: int = DEFAULT_SEEDS
     first_seed: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
+    task_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     retries: int = DEFAULT_RETRIES
     baselines: tuple[str, ...] = ()
@@ -291,12 +308,24 @@ class StudySpec:
                 )
         unknown = sorted(set(self.baselines) - set(names))
         require(not unknown, f"unknown baseline arm(s) {unknown}; arms: {names}")
-        require("task" not in self.budget, "budget may not set task: the study's tasks do")
+        strays = sorted(set(self.task_budgets) - set(self.tasks))
         require(
-            "threads" not in self.budget,
-            "budget may not set threads: resources.cpus sets every trial's threads",
+            not strays,
+            f"task_budgets name tasks {strays} the study lacks; tasks: {list(self.tasks)}",
         )
-        override(HostTraining("synthetic"), self.budget)  # unknown keys and bad values fail now
+        for where, budget in (
+            ("budget", self.budget),
+            *((f"task_budgets.{t}", b) for t, b in self.task_budgets.items()),
+        ):
+            require("task" not in budget, f"{where} may not set task: the study's tasks do")
+            require(
+                "threads" not in budget,
+                f"{where} may not set threads: resources.cpus sets every trial's threads",
+            )
+            try:  # unknown keys and bad values fail now
+                override(HostTraining("synthetic"), budget)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
 
     @property
     def evaluation_seeds(self) -> tuple[int, ...]:
@@ -457,9 +486,10 @@ def _policy_directory(arm: ArmSpec, base: Path) -> Path:
 
 
 def training(spec: StudySpec, task: str, width: int | None = None) -> HostTraining:
-    """The resolved host training of a trial on ``task``: the study's budget, with ``width``
-    (if given) as the host width and the threads of ``resources.cpus``."""
-    block = override(HostTraining(task), spec.budget)
+    """The resolved host training of a trial on ``task``: the study's budget and the task's
+    own additions to it, with ``width`` (if given) as the host width and the threads of
+    ``resources.cpus``."""
+    block = override(HostTraining(task), {**spec.budget, **spec.task_budgets.get(task, {})})
     width = block.width if width is None else width
     return resolve_training(replace(block, width=width, threads=spec.resources.threads))
 
@@ -479,6 +509,8 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
     reward = config.reward if arm.reward is None else replace(config.reward, mode=arm.reward)
     runtime = replace(config.runtime, seed=seed)
     env = training(spec, task)  # the budget's slots too: presets leave slots at the default
+    if arm.auto_advance is not None:
+        env = replace(env, auto_advance=arm.auto_advance)
     return replace(config, env=env, reward=reward, runtime=runtime, telemetry=POLICY_TELEMETRY)
 
 
@@ -494,6 +526,10 @@ def growth_config(
     arm = spec.arm(trial.arm)
     mode = {"ppo": "eval", MATCHED: "static"}.get(arm.controller, arm.controller)
     host = training(spec, trial.task, arm.width if arm.controller == "static" else width)
+    if mode == "static":  # nothing to advance: the budget's auto_advance is for growing arms
+        host = replace(host, auto_advance=False)
+    elif arm.auto_advance is not None:
+        host = replace(host, auto_advance=arm.auto_advance)
     periodic = PeriodicConfig(arm.period) if arm.period is not None else PeriodicConfig()
     heuristic = HeuristicConfig(
         selector=arm.selector or HeuristicConfig.selector,
@@ -503,7 +539,8 @@ def growth_config(
         host = replace(host, shapley=True)
     if policy is not None:
         policy_env = policy_training(ppo_state(policy))
-        host = replace(host, slots=policy_env.slots)
+        # The policy's slots and auto_advance: its action space was trained with them.
+        host = replace(host, slots=policy_env.slots, auto_advance=policy_env.auto_advance)
     config = GrowthRun(
         host,
         seed=trial.seed,
