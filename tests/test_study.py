@@ -287,5 +287,26 @@ def test_shipped_study_files_are_valid(path):
 
     spec, directory = read_study(path)
     assert directory.parent.name == "runs"  # studies write under runs/ (git-ignored)
-    policies = sum(len(arm.training_seeds) for arm in spec.arms)  # PPO runs trained first
+    policies = sum(len(arm.training_seeds) for arm in spec.arms)  # PPO runs trained too
     assert len(plan(spec)) == len(spec.tasks) * (len(spec.arms) * spec.seeds + policies)
+
+
+def test_plan_submits_what_waits_for_nothing_first(tmp_path):
+    """A PPO policy training used to come first: on two cores hours of it ran before any
+    static or heuristic trial, so a study stopped early held no answer at all."""
+    from esper.study.plan import plan, read_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
+        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n'
+        '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
+        '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+        '[[arms]]\nname = "s"\ncontroller = "static"\n'
+    )
+    spec, _ = read_study(path)
+    order = [(t.arm, t.kind) for t in plan(spec)]
+    assert order == [
+        ("h", "growth"), ("h", "growth"), ("s", "growth"), ("s", "growth"),
+        ("p", "policy"), ("p", "growth"), ("p", "growth"), ("m", "growth"), ("m", "growth"),
+    ]  # fmt: skip

@@ -554,7 +554,14 @@ def growth_config(
 
 
 def plan(spec: StudySpec) -> list[Trial]:
-    """Every trial of the study, policy trainings first, static-matched arms last."""
+    """Every trial of the study in the order it is submitted: trials that wait for nothing
+    (every arm but ppo and static-matched), then policy trainings, then the trials that wait
+    for them, static-matched arms last.
+
+    The driver submits every ready trial at once, so the order matters only where trials
+    queue for cores: there the answers that need no training (growth against static) come
+    first, and a study stopped during hours of PPO training already holds them.
+    """
     policies = [
         Trial(task, arm.name, seed, "policy")
         for task in spec.tasks
@@ -569,7 +576,9 @@ def plan(spec: StudySpec) -> list[Trial]:
         for arm in order
         for seed in spec.evaluation_seeds
     ]
-    return policies + growth
+    waits = {"ppo", MATCHED}
+    free = [t for t in growth if spec.arm(t.arm).controller not in waits]
+    return free + policies + [t for t in growth if spec.arm(t.arm).controller in waits]
 
 
 def policy_trial(spec: StudySpec, trial: Trial) -> Trial:
