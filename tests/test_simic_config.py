@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from dataclasses import replace
 
 import pytest
 
@@ -137,3 +138,17 @@ def test_printed_config_is_toml_that_round_trips(preset: str) -> None:
     text = config_text(config)
     assert "null" not in text
     assert override(TrainingConfig(), tomllib.loads(text)) == config
+
+
+def test_digits_preset_is_the_reward_ab_winners_training() -> None:
+    """``--preset digits`` is documented as the A/B's winning arm (docs/results.md §4): the same
+    settings the study trained it with, but the study's telemetry."""
+    from pathlib import Path
+
+    from esper.study.plan import ppo_config, read_study
+
+    study = Path(__file__).parents[1] / "studies" / "reward_ab.toml"
+    spec, _ = read_study(study)
+    arm = ppo_config(spec, spec.arm("ppo-simplified"), "digits_impaired", 0)
+    preset = load_preset("digits").resolved()
+    assert replace(preset, env=replace(preset.env, threads=1), telemetry=arm.telemetry) == arm

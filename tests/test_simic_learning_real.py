@@ -1,32 +1,27 @@
 """PPO learns to grow on a real task (slow lane, about 8 minutes on 2 cores).
 
-The reward A/B's winning arm (``studies/reward_ab.toml``, trained exactly as that study trains
-it, on training seed 100: environments 100-107) must give a greedy policy that beats the static
-host on evaluation seeds it never trained on. The stand-in check of the learner stays in the
-fast lane (``test_simic_learning.py``).
+``esper ppo --preset digits`` (the reward A/B's winning arm, ``studies/reward_ab.toml``;
+``test_simic_config`` checks the two agree), trained on seed 100 (environments 100-107), must give
+a greedy policy that beats the static host on evaluation seeds it never trained on. The
+stand-in check of the learner stays in the fast lane (``test_simic_learning.py``).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 import pytest
 
 from esper.cli.main import main
-from esper.leyline.config import config_dict
 from esper.nissa import record
-from esper.study.plan import ppo_config, read_study
+from esper.simic.config import load_preset
 
-STUDY = Path(__file__).parents[1] / "studies" / "reward_ab.toml"
-ARM = "ppo-simplified"  # the A/B's winner (docs/results.md §4)
-TASK = "digits_impaired"
 TRAINING_SEED = 100
-EVALUATION_SEEDS = range(5)  # the study's evaluation seeds 0-4: no environment trained on them
+EVALUATION_SEEDS = range(5)
 MARGIN = 10.0
 """Test-accuracy points by which the policy's mean must beat static's. At this budget static
-scores about 31 % on these seeds and the heuristic about 53 % (docs/results.md §3b)."""
+scores about 31 % on these seeds and the heuristic about 52 % (docs/results.md §4)."""
 
 
 def _test_accuracy(run: Path) -> float:
@@ -39,13 +34,12 @@ def _test_accuracy(run: Path) -> float:
 
 @pytest.mark.slow
 def test_ppo_policy_beats_static_on_seeds_it_never_trained_on(tmp_path: Path) -> None:
-    spec, _ = read_study(STUDY)
-    config = ppo_config(spec, spec.arm(ARM), TASK, TRAINING_SEED)
-    assert not set(EVALUATION_SEEDS) & set(range(TRAINING_SEED, TRAINING_SEED + config.ppo.n_envs))
-    settings = tmp_path / "ppo.json"
-    settings.write_text(json.dumps(config_dict(config)))
+    preset = load_preset("digits")
+    trained_on = range(TRAINING_SEED, TRAINING_SEED + preset.ppo.n_envs)
+    assert not set(EVALUATION_SEEDS) & set(trained_on)
     policy = tmp_path / "policy"
-    assert main(["ppo", "--config", str(settings), "--out", str(policy)]) == 0
+    argv = ["ppo", "--preset", "digits", "--seed", str(TRAINING_SEED), "--out", str(policy)]
+    assert main(argv) == 0
 
     grown, static = [], []
     for seed in EVALUATION_SEEDS:
@@ -53,8 +47,8 @@ def test_ppo_policy_beats_static_on_seeds_it_never_trained_on(tmp_path: Path) ->
         assert main(["eval", "--policy", str(policy), "--seed", str(seed), "--out", str(run)]) == 0
         grown.append(_test_accuracy(run))
         base = tmp_path / f"static{seed}"
-        epochs = str(config.env.epochs)
-        argv = ["static", "--task", TASK, "--epochs", epochs, "--seed", str(seed)]
+        task, epochs = preset.env.task, str(preset.env.epochs)
+        argv = ["static", "--task", task, "--epochs", epochs, "--seed", str(seed)]
         assert main([*argv, "--out", str(base)]) == 0
         static.append(_test_accuracy(base))
     gain = statistics.fmean(grown) - statistics.fmean(static)

@@ -210,6 +210,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "ppo": {"n_envs": 4, "rounds": 40},
     },
+    # A policy that learns to grow (docs/results.md §4, the reward A/B's winner): the impaired
+    # digits host, 20-epoch episodes, the simplified reward, 40 Adam steps per round; about
+    # 6 min on one core.
+    "digits": {
+        "env": {"task": "digits_impaired", "epochs": 20, "auto_advance": True},
+        "ppo": {
+            "n_envs": 8,
+            "rounds": 40,
+            "lr": 1e-3,
+            "ppo_epochs": 10,
+            "minibatches": 4,
+            "entropy_coef": 0.01,
+            "entropy_coef_final": 0.002,
+        },
+        "reward": {"mode": "simplified"},
+    },
 }
 """Named presets for ``--preset``."""
 
