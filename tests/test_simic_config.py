@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from esper.cli.config import RunOptions
 from esper.cli.ppo import parse
 from esper.leyline.config import UserError, config_dict, config_text, override, read_config_file
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
+from esper.study.plan import ppo_config, read_study
 
 
 def _load(path) -> TrainingConfig:
@@ -143,10 +145,6 @@ def test_printed_config_is_toml_that_round_trips(preset: str) -> None:
 def test_digits_preset_is_the_reward_ab_winners_training() -> None:
     """``--preset digits`` is documented as the A/B's winning arm (docs/results.md §4): the same
     settings the study trained it with, but the study's telemetry."""
-    from pathlib import Path
-
-    from esper.study.plan import ppo_config, read_study
-
     study = Path(__file__).parents[1] / "studies" / "reward_ab.toml"
     spec, _ = read_study(study)
     arm = ppo_config(spec, spec.arm("ppo-simplified"), "digits_impaired", 0)

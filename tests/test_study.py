@@ -247,7 +247,8 @@ ARMS = '[[arms]]\nname = "static"\ncontroller = "static"\n'
         ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
          'selector = "greedy"\n', "arm 'h': unknown selector 'greedy'; accepted: rotation"),
         ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "p"\ncontroller = "periodic"\n'
-         'strategy = "replace"\n', "arm 'p' (periodic) takes period; drop ['strategy']"),
+         'strategy = "replace"\n',
+         "arm 'p' (periodic) takes auto_advance, period; drop ['strategy']"),
         (f'out = "o"\ntasks = ["synthetic"]\nknowledge = "mysql://x/y"\n{ARMS}', "mysql://x/y"),
     ],
 )  # fmt: skip
@@ -296,6 +297,11 @@ def test_plan_submits_what_waits_for_nothing_first(tmp_path):
     static or heuristic trial, so a study stopped early held no answer at all."""
     from esper.study.plan import plan, read_study
 
+    policy = tmp_path / "policy"
+    tiny = ["--epochs", "2", "--batches-per-epoch", "2", "--val-samples", "128"]
+    ppo = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--seed", "500", *tiny]
+    assert main([*ppo, "--out", str(policy)]) == 0
+
     path = tmp_path / "s.toml"
     path.write_text(
         'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
@@ -303,10 +309,12 @@ def test_plan_submits_what_waits_for_nothing_first(tmp_path):
         '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
         '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
         '[[arms]]\nname = "s"\ncontroller = "static"\n'
+        f'[[arms]]\nname = "e"\ncontroller = "ppo"\npolicy = "{policy}"\n'
     )
     spec, _ = read_study(path)
     order = [(t.arm, t.kind) for t in plan(spec)]
     assert order == [
         ("h", "growth"), ("h", "growth"), ("s", "growth"), ("s", "growth"),
+        ("e", "growth"), ("e", "growth"),  # evaluates a policy it need not train
         ("p", "policy"), ("p", "growth"), ("p", "growth"), ("m", "growth"), ("m", "growth"),
     ]  # fmt: skip

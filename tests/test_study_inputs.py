@@ -111,10 +111,12 @@ def test_budget_width_is_every_growing_trials_host_width(tmp_path):
 
 def test_auto_advance_is_the_arms_then_the_budgets_and_never_a_static_arms(tmp_path):
     arms = f'{STATIC}{PPO}auto_advance = false\n[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    arms += '[[arms]]\nname = "r"\ncontroller = "random"\nauto_advance = false\n'
     spec, _ = read_study(_study(tmp_path, f"{HEAD}{BUDGET}auto_advance = true\n{arms}"))
     advances = {a: growth_config(spec, Trial("synthetic", a, 0))[1].training.auto_advance
-                for a in ("s", "h")}  # fmt: skip
-    assert advances == {"s": False, "h": True}  # static used to fail on the budget's
+                for a in ("s", "h", "r")}  # fmt: skip
+    # A static trial recorded the budget's auto_advance, a config esper static refuses.
+    assert advances == {"s": False, "h": True, "r": False}
     assert not ppo_config(spec, spec.arm("p"), "synthetic", 100).env.auto_advance
 
 
@@ -135,7 +137,7 @@ def test_task_budget_adds_to_the_budget_for_its_task_only(tmp_path):
     spec, _ = read_study(_study(tmp_path, body))
     synthetic = growth_config(spec, Trial("synthetic", "s", 0))[1].training
     digits = growth_config(spec, Trial("digits", "s", 0))[1].training
-    assert (synthetic.batches_per_epoch, digits.batches_per_epoch) == (2, 5)
+    assert (synthetic.batches_per_epoch, digits.batches_per_epoch) == (2, 5)  # the task's wins
     assert synthetic.epochs == digits.epochs == 2  # the shared budget reaches both
 
 
@@ -216,6 +218,21 @@ def test_changed_budget_names_the_setting_and_both_values(tmp_path, capsys):
     head = HEAD.replace('out = "o"', f'out = "{directory.resolve()}"\nretries = 5')
     path.write_text(f"{head}{BUDGET}{STATIC}")
     assert main(["study", str(path), "--dry-run"]) == 0
+
+
+def test_a_study_saved_before_a_setting_existed_resumes(tmp_path):
+    """A study.json from before task_budgets existed was refused as "other settings"
+    (task_budgets: null -> {}), and restoring the study file could not help."""
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)
+    saved = json.loads((directory / STUDY_FILE).read_text())
+    del saved["settings"]["task_budgets"]
+    (directory / STUDY_FILE).write_text(json.dumps(saved))
+    assert main(["study", str(path), "--dry-run"]) == 0
+    path.write_text(f"{HEAD}{BUDGET}{STATIC}[task_budgets.synthetic]\nepochs = 3\n")
+    assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT  # a real change still is
 
 
 def test_a_second_driver_of_one_study_is_refused(tmp_path):
@@ -341,3 +358,13 @@ def test_sigterm_exits_130_with_a_hint_and_the_study_resumes(tmp_path):
         with (run / "metrics.csv").open() as f:
             assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
         assert record.run_status(run) == "completed"
+
+
+def test_the_readmes_study_file_is_a_valid_study(tmp_path):
+    """Its example named a task budget for a task it did not list, and failed as written."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    example = next(b for b in blocks if "[[arms]]" in b)
+    spec, directory = read_study(_study(tmp_path / "studies", example))
+    assert directory == tmp_path / "runs" / "study-impaired"
+    assert len(spec.tasks) == 2 and spec.task_budgets

@@ -50,6 +50,7 @@ from esper.study.plan import (
     plan,
     policy_trial,
     ppo_config,
+    with_defaults,
 )
 from esper.study.ppo import PPORunner
 from esper.study.run import Stop
@@ -166,7 +167,9 @@ class StudyState:
             state = cls(data["settings"], dict(data["attempts"]), dict(data["errors"]))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"cannot read {str(path)!r}: {err}") from err
-        changed = [c for k in settings for c in _changes(state.settings.get(k), settings[k], k)]
+        # A setting added to StudySpec since the directory was made is saved as its default.
+        saved = with_defaults(StudySpec, state.settings)
+        changed = [c for k in settings for c in _changes(saved.get(k), settings[k], k)]
         if changed:
             raise UserError(
                 f"{str(directory)!r} holds a study run with other settings (study -> file: "

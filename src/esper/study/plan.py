@@ -19,7 +19,8 @@ A study file is TOML::
 
 Every table is checked strictly (an unknown key fails naming the accepted ones) before anything
 starts. ``plan`` turns the file into trials: one growth run per task × arm × evaluation seed, and
-for an arm that trains its policy, one PPO run per task × training seed first. A static-matched
+for an arm that trains its policy, one PPO run per task × training seed, which that arm's growth
+runs wait for. A static-matched
 arm's trials wait for the arm it matches: their width is chosen from its median final
 parameters.
 """
@@ -376,11 +377,11 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
     Raises:
         UserError-worthy ``ValueError``: one line naming the bad key or value.
     """
-    table = _defaults(StudySpec, read_config_file(path))
-    table["resources"] = _defaults(Resources, table["resources"])
+    table = with_defaults(StudySpec, read_config_file(path))
+    table["resources"] = with_defaults(Resources, table["resources"])
     arms = table.get("arms")
     if isinstance(arms, list):
-        table["arms"] = [_defaults(ArmSpec, arm) for arm in arms]
+        table["arms"] = [with_defaults(ArmSpec, arm) for arm in arms]
     spec: StudySpec = decode(StudySpec, table, "", None)
     out = Path(spec.out)
     directory = Path(os.path.normpath(out if out.is_absolute() else path.parent / out))
@@ -428,9 +429,10 @@ def _check_out(directory: Path) -> None:
         )
 
 
-def _defaults(cls: type, table: Any) -> Any:
+def with_defaults(cls: type, table: Any) -> Any:
     """``table`` with the fields it leaves out that have defaults filled in (a study file
-    states only what it changes; ``decode`` then checks every key)."""
+    states only what it changes; ``decode`` then checks every key; a study directory's saved
+    settings predate fields added since)."""
     if not isinstance(table, dict):
         return table  # decode says what is wrong with it
     filled = dict(table)
@@ -496,7 +498,8 @@ def training(spec: StudySpec, task: str, width: int | None = None) -> HostTraini
 
 def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingConfig:
     """The ``TrainingConfig`` of an arm's PPO run on ``task`` with training seed ``seed``:
-    preset, then the arm's ``ppo`` table, then the study's task, budget, reward and seed.
+    preset, then the arm's ``ppo`` table, then the study's task, budget (with the task's
+    ``task_budgets`` and the arm's ``auto_advance``), reward and seed.
 
     Raises:
         ValueError: a bad key or value in the arm's ``ppo`` table.
@@ -554,13 +557,14 @@ def growth_config(
 
 
 def plan(spec: StudySpec) -> list[Trial]:
-    """Every trial of the study in the order it is submitted: trials that wait for nothing
-    (every arm but ppo and static-matched), then policy trainings, then the trials that wait
-    for them, static-matched arms last.
+    """Every trial of the study in the order it is submitted: growth trials that wait for
+    nothing (every arm but static-matched and the ppo arms that train their policies), then
+    policy trainings, then the trials that wait for them, static-matched arms last.
 
-    The driver submits every ready trial at once, so the order matters only where trials
-    queue for cores: there the answers that need no training (growth against static) come
-    first, and a study stopped during hours of PPO training already holds them.
+    The driver submits every trial as soon as what it waits for has finished, so the order
+    matters only where trials queue for cores: there the growth arms' answers come before hours
+    of PPO training. (A static-matched arm becomes ready when the arm it matches has finished,
+    and then queues behind trials submitted before it.)
     """
     policies = [
         Trial(task, arm.name, seed, "policy")
@@ -576,9 +580,12 @@ def plan(spec: StudySpec) -> list[Trial]:
         for arm in order
         for seed in spec.evaluation_seeds
     ]
-    waits = {"ppo", MATCHED}
-    free = [t for t in growth if spec.arm(t.arm).controller not in waits]
-    return free + policies + [t for t in growth if spec.arm(t.arm).controller in waits]
+
+    def waits(trial: Trial) -> bool:
+        arm = spec.arm(trial.arm)
+        return arm.trains_policy or arm.controller == MATCHED
+
+    return [t for t in growth if not waits(t)] + policies + [t for t in growth if waits(t)]
 
 
 def policy_trial(spec: StudySpec, trial: Trial) -> Trial:
@@ -600,4 +607,5 @@ __all__ = [
     "ppo_config",
     "read_study",
     "training",
+    "with_defaults",
 ]
