@@ -349,8 +349,13 @@ def test_sigterm_exits_130_with_a_hint_and_the_study_resumes(tmp_path):
     hints = [line for line in err.splitlines() if "continue with" in line]
     assert hints == ["interrupted: continue with: esper study study.toml"], err
     assert json.loads((tmp_path / "o" / STUDY_FILE).read_text())["attempts"] == {}
+    # The results so far are written, marked as such (here: no trial had finished).
+    results = (tmp_path / "o" / "results.md").read_text()
+    assert "**Results so far: the study was interrupted with 2 trial(s) not finished**" in results
+    assert "results so far (2 trials not finished)" in err
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
+    assert "Results so far" not in (tmp_path / "o" / "results.md").read_text()
     with (tmp_path / "o" / TRIALS_FILE).open() as f:
         assert sorted(r["run"] for r in csv.DictReader(f)) == ["synthetic.s.seed0",
                                                                "synthetic.s.seed1"]  # fmt: skip

@@ -276,3 +276,15 @@ def test_write_results_without_a_counted_trial_still_writes_every_file(tmp_path:
     assert "| t | a | 0 | failed | out of memory |" in md
     assert "No verdict" in md
     assert (tmp_path / "performance_profile.png").read_bytes().startswith(b"\x89PNG")
+    assert "Results so far" not in md  # a finished study's results are not marked
+
+
+def test_results_of_an_interrupted_study_say_they_are_so_far(tmp_path: Path) -> None:
+    rows = [_row("digits", "heuristic", s, 90.0 + s) for s in range(3)]
+    write_results(tmp_path, rows, baselines=[], reps=REPS, unfinished=7)
+    md = (tmp_path / "results.md").read_text()
+    assert md.splitlines()[2] == (
+        "**Results so far: the study was interrupted with 7 trial(s) not finished** (policy "
+        "trainings included); running it again completes them."
+    )
+    assert "| digits | heuristic | 3 | 91.00 [" in md

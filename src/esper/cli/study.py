@@ -76,6 +76,11 @@ def run_study(args: argparse.Namespace) -> int:
         outcome = driver.run()
     except Stop:
         again = "" if address is None else f" --address {address}"
+        if driver.stopped is not None:  # the results so far, marked as such
+            rows = [row for _, row in driver.stopped.rows]
+            waiting = len(driver.stopped.pending)
+            write_results(directory, rows, spec.baseline_arms(), spec.reps, unfinished=waiting)
+            _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
         _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
         return EXIT_INTERRUPTED
     finally:

@@ -235,6 +235,7 @@ class StudyDriver:
     def __init__(self, spec: StudySpec, directory: Path, say: Callable[[str], None]) -> None:
         self.spec, self.directory, self.say = spec, directory, say
         self.trials = plan(spec)
+        self.stopped: Outcome | None = None  # what an interrupted run had finished
         self._scan()
 
     def _scan(self) -> None:
@@ -372,7 +373,15 @@ class StudyDriver:
             for ref in running:
                 ray.cancel(ref)  # a KeyboardInterrupt in the trial: it checkpoints and stops
             ray.wait(list(running), num_returns=len(running), timeout=60)
+            self.stopped = self._outcome([*waiting, *running.values()])
+            self.write_trials(self.stopped)  # the results so far; a resume completes them
             raise Stop from None
+        outcome = self._outcome(waiting)
+        self.write_trials(outcome)
+        return outcome
+
+    def _outcome(self, waiting: list[Trial]) -> Outcome:
+        """The finished and failed trials' rows, and ``waiting`` as pending."""
         failed = {t.name: self.state.errors[t.name] for t in self.trials if self.exhausted(t)}
         rows = []
         for trial in self.trials:
@@ -384,9 +393,7 @@ class StudyDriver:
                 )  # fmt: skip
             if row is not None:
                 rows.append((trial.name, row))
-        outcome = Outcome(rows, failed, [t.name for t in waiting])
-        self.write_trials(outcome)
-        return outcome
+        return Outcome(rows, failed, [t.name for t in waiting])
 
     def _attempted(self, trial: Trial) -> None:
         """Count an attempt of ``trial`` that ended (counted only then: a trial cancelled by

@@ -440,11 +440,22 @@ def _why_excluded(row: TrialRow) -> str:
     return f"{row.status} without a score" if row.status in FINISHED else "no error recorded"
 
 
-def _markdown(results: StudyResults, rows: Sequence[TrialRow], reps: int, seed: int) -> str:
+def _markdown(
+    results: StudyResults, rows: Sequence[TrialRow], reps: int, seed: int, unfinished: int = 0
+) -> str:
     counted = [row for row in rows if row.counts]
     lines = [
         "# Study results",
         "",
+        *(
+            [
+                f"**Results so far: the study was interrupted with {unfinished} trial(s) not "
+                "finished** (policy trainings included); running it again completes them.",
+                "",
+            ]
+            if unfinished
+            else []
+        ),
         f"{len(rows)} trials: {len(counted)} completed with a score, "
         f"{len(results.excluded)} excluded (listed below). Scores are test accuracy (%) of the "
         "final model.",
@@ -604,6 +615,7 @@ def write_results(
     baselines: Sequence[str],
     reps: int = 2000,
     seed: int = 0,
+    unfinished: int = 0,
 ) -> StudyResults:
     """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
 
@@ -617,6 +629,8 @@ def write_results(
             added so that the verdicts can be given.
         reps: Bootstrap resamples per interval.
         seed: Seed of every bootstrap.
+        unfinished: trials of the study not finished yet (an interrupted study's results so
+            far say so at the top).
 
     Returns:
         What ``results.md`` shows.
@@ -633,7 +647,7 @@ def write_results(
     )
     intervals = interval_plot([s for s in summaries if s.task == ALL_TASKS])
     profile = profile_plot(rows, reps, seed)
-    text = _markdown(results, rows, reps, seed)
+    text = _markdown(results, rows, reps, seed, unfinished)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / INTERVALS_FILE, intervals)
     atomic_write(directory / PROFILE_FILE, profile)
