@@ -11,6 +11,7 @@ import csv
 import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -318,3 +319,74 @@ def test_plan_submits_what_waits_for_nothing_first(tmp_path):
         ("e", "growth"), ("e", "growth"),  # evaluates a policy it need not train
         ("p", "policy"), ("p", "growth"), ("p", "growth"), ("m", "growth"), ("m", "growth"),
     ]  # fmt: skip
+
+
+class _Ray:
+    """The part of Ray the study driver uses, finishing trials in submission order at once;
+    it records what was submitted and how many trials were running then."""
+
+    exceptions = SimpleNamespace(RayError=RuntimeError)
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, int]] = []
+        self.running: list[str] = []
+
+    def remote(self, function):  # ray.remote(run_job).options(...).remote(job)
+        ray = self
+
+        class Handle:
+            def options(self, **_: object) -> Handle:
+                return self
+
+            def remote(self, job):
+                ray.running.append(job.trial.name)
+                ray.submitted.append((job.trial.name, len(ray.running)))
+                return job.trial.name
+
+        return Handle()
+
+    def wait(self, refs, num_returns):
+        first = next(r for r in self.running if r in refs)
+        self.running.remove(first)
+        return [first], []
+
+    def get(self, ref):
+        from esper.leyline.trials import TrialRow
+
+        task, arm, seed = ref.split(".")
+        if not seed.startswith("seed"):
+            return None  # a policy training has no row
+        return TrialRow(task, arm, int(seed.removeprefix("seed")), "completed", 50.0, 50.0,
+                        600, 600, 1.0, 1.0, None)  # fmt: skip
+
+
+@pytest.mark.parametrize("capacity", [1, 2, None])
+def test_a_driver_with_capacity_runs_growth_trials_before_policy_trainings(tmp_path, capacity):
+    """A static-matched arm became ready once the heuristic had finished and queued behind hours
+    of PPO training on two cores; the driver now keeps ``capacity`` trials submitted and picks
+    growth trials first (None: everything ready at once, for a cluster that may grow)."""
+    from esper.study.execute import StudyDriver
+    from esper.study.plan import read_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
+        '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+        '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
+        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n'
+    )
+    spec, directory = read_study(path)
+    directory.mkdir()
+    ray = _Ray()
+    driver = StudyDriver(spec, directory, lambda _: None)
+    driver._loop(ray, capacity)  # the stand-in finishes the policy without a run to evaluate
+    order = [n.split(".")[1] + (".policy" if "policy" in n else "") for n, _ in ray.submitted]
+    most = max(n for _, n in ray.submitted)
+    # The matched arm is ready once both heuristic trials have finished; a free slot before
+    # that takes the policy rather than stay idle.
+    expected = {
+        None: (["h", "h", "p.policy", "m", "m"], 3),
+        1: (["h", "h", "m", "m", "p.policy"], 1),
+        2: (["h", "h", "p.policy", "m", "m"], 2),
+    }
+    assert (order, most) == expected[capacity]

@@ -286,7 +286,7 @@ def test_interrupted_and_queued_trials_keep_their_attempts(tmp_path):
         driver = StudyDriver(spec, directory, print)
         ray = _FakeRay()
         with pytest.raises(Stop):
-            driver._loop(ray)
+            driver._loop(ray, None)
         assert ray.cancelled == ray.submitted == [f"synthetic.s.seed{s}" for s in range(3)]
         assert json.loads((directory / STUDY_FILE).read_text())["attempts"] == {}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.study.execute import StudyDriver, check_fits, connect_ray, trial_row
+from esper.study.execute import StudyDriver, check_fits, connect_ray, trial_row, trial_slots
 from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
 from esper.study.stats import write_results
@@ -64,16 +64,18 @@ def run_study(args: argparse.Namespace) -> int:
         stop = connect_ray(args.address)  # an unreachable cluster fails before anything is made
     except ValueError as err:
         raise UserError(str(err)) from err
+    capacity = None
     try:
         if address is None:  # a local instance has what it has; a cluster may add nodes
             check_fits(spec.resources)
+            capacity = trial_slots(spec.resources)
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot make the study directory {str(directory)!r}: {err}") from err
         done = len(driver.done)
         _say(f"esper study: {len(driver.trials)} trials, {done} already done -> {directory}")
-        outcome = driver.run()
+        outcome = driver.run(capacity)
     except Stop:
         again = "" if address is None else f" --address {address}"
         if driver.stopped is not None:  # the results so far, marked as such

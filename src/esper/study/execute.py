@@ -323,9 +323,17 @@ class StudyDriver:
         self.widths[key] = matched_width(trial.task, data, round(target))
         return self.widths[key]
 
-    def run(self) -> Outcome:
+    def run(self, capacity: int | None = None) -> Outcome:
         """Run every unfinished trial on the Ray session this process joined
         (``connect_ray``); return the outcome and write ``trials.csv``.
+
+        Args:
+            capacity: trials that fit the session at once (``trial_slots``), for a session no
+                autoscaler can grow. The driver then keeps that many submitted and chooses the
+                next itself, growth trials before policy trainings, so a trial that becomes
+                ready late (a static-matched arm, a policy's evaluations) does not queue behind
+                hours of PPO training. None: every ready trial is submitted at once (a cluster
+                may add nodes for them).
 
         Raises:
             Stop: Ctrl-C or SIGTERM, after cancelling the running trials.
@@ -335,9 +343,9 @@ class StudyDriver:
 
         with study_lock(self.directory):
             self._scan()  # what the driver that held the lock before finished
-            return self._loop(ray)
+            return self._loop(ray, capacity)
 
-    def _loop(self, ray: Any) -> Outcome:
+    def _loop(self, ray: Any, capacity: int | None) -> Outcome:
         resources = self.spec.resources
         remote = ray.remote(run_job).options(
             num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=3
@@ -347,7 +355,9 @@ class StudyDriver:
         self.state.save(self.directory)  # the settings are pinned before any trial starts
         try:
             while True:
-                for trial in [t for t in waiting if self.ready(t)]:
+                ready = sorted((t for t in waiting if self.ready(t)), key=_trains)
+                room = len(ready) if capacity is None else max(0, capacity - len(running))
+                for trial in ready[:room]:
                     waiting.remove(trial)
                     try:
                         running[remote.remote(self.job(trial))] = trial
@@ -461,6 +471,19 @@ def connect_ray(address: str | None) -> Callable[[], None]:
         init_ray(num_cpus=usable_cores(), log_to_driver=False)
         return ray.shutdown
     return join_ray(address, "--address", log_to_driver=False)
+
+
+def _trains(trial: Trial) -> bool:
+    return trial.kind == "policy"
+
+
+def trial_slots(resources: Resources) -> int:
+    """How many trials of ``resources`` the Ray session this process runs fits at once."""
+    import ray
+
+    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    asks = (("CPU", resources.cpus), ("GPU", resources.gpus))
+    return max(1, min(int(float(have.get(key, 0.0)) // asked) for key, asked in asks if asked))
 
 
 def check_fits(resources: Resources) -> None:
