@@ -219,6 +219,23 @@ def test_verdicts_from_trials() -> None:
     ]
 
 
+def test_each_growing_arm_is_judged_against_the_static_arm_of_its_own_size() -> None:
+    """A PPO arm 10x the heuristic's size was judged against the heuristic-sized static arm, and
+    the PPO-sized static arm was reported as a growing arm."""
+    found = [
+        _improvement("heuristic", "static-matched", (0.8, 0.6, 0.95)),
+        _improvement("ppo", "static-matched", (1.0, 1.0, 1.0)),  # not its size
+        _improvement("ppo", "static-big", (0.7, 0.55, 0.9)),
+        _improvement("static-big", "static-matched", (0.8, 0.6, 0.95)),  # never grows
+    ]
+    roles = {"matched": {"ppo": "static-big"}, "static": {"static-matched", "static-big"}}
+    lines = [line.split("? ")[1] for line in verdicts(found, **roles)]
+    assert [line.split(":")[0] for line in lines] == [
+        "heuristic vs static-matched",
+        "ppo vs static-big",
+    ]
+
+
 # ------------------------------------------------------------------------------ rows and files
 
 

@@ -12,11 +12,12 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
 from esper.study.execute import StudyDriver, check_fits, connect_ray, trial_row, trial_slots
-from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
+from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
 from esper.study.stats import write_results
 
@@ -81,14 +82,17 @@ def run_study(args: argparse.Namespace) -> int:
         if driver.stopped is not None:  # the results so far, marked as such
             rows = [row for _, row in driver.stopped.rows]
             waiting = len(driver.stopped.pending)
-            write_results(directory, rows, spec.baseline_arms(), spec.reps, unfinished=waiting)
+            roles = _roles(spec)
+            write_results(
+                directory, rows, spec.baseline_arms(), spec.reps, **roles, unfinished=waiting
+            )
             _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
         _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
         return EXIT_INTERRUPTED
     finally:
         stop()
     rows = [row for _, row in outcome.rows]
-    results = write_results(directory, rows, spec.baseline_arms(), spec.reps)
+    results = write_results(directory, rows, spec.baseline_arms(), spec.reps, **_roles(spec))
     for line in results.verdicts:
         print(line)
     print(f"results: {directory / 'results.md'}")
@@ -100,6 +104,14 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _roles(spec: StudySpec) -> dict[str, Any]:
+    """The arms' roles in the verdicts: ``matched`` (growing arm → the static-matched arm of
+    its size) and ``static`` (the arms that never grow), as ``write_results`` takes them."""
+    static = {a.name for a in spec.arms if a.controller in ("static", MATCHED)}
+    matched = {a.match: a.name for a in spec.arms if a.controller == MATCHED and a.match}
+    return {"matched": matched, "static": static}
 
 
 def dry_run(driver: StudyDriver) -> None:

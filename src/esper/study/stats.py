@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -393,18 +393,24 @@ def _verdict(question: str, found: Improvement) -> str:
     )
 
 
-def verdicts(found: Sequence[Improvement]) -> list[str]:
+def verdicts(
+    found: Sequence[Improvement],
+    matched: Mapping[str, str] | None = None,
+    static: Collection[str] = STATIC_ARMS,
+) -> list[str]:
     """One line per comparison that answers one of Esper's two questions, over all tasks.
 
-    Q1 (``Q_GROWTH``) compares every growing arm (not in ``STATIC_ARMS``) with
-    ``static-matched``; Q2 (``Q_LEARNED``) every arm named ``ppo…`` with ``heuristic``. A line
-    appears only when ``found`` holds that comparison over all tasks.
+    Q1 (``Q_GROWTH``) compares every growing arm (not in ``static``) with the static arm
+    matched to its size (``matched``: growing arm → that arm; by default ``static-matched``);
+    Q2 (``Q_LEARNED``) every arm named ``ppo…`` with ``heuristic``. A line appears only when
+    ``found`` holds that comparison over all tasks.
     """
+    matched = {} if matched is None else matched
     overall = sorted((i for i in found if i.task == ALL_TASKS), key=lambda i: (i.arm, i.baseline))
     growth = [
         _verdict(f"Q1 {Q_GROWTH}", i)
         for i in overall
-        if i.baseline == MATCHED_BASELINE and i.arm not in STATIC_ARMS
+        if i.arm not in static and i.baseline == matched.get(i.arm, MATCHED_BASELINE)
     ]
     learned = [
         _verdict(f"Q2 {Q_LEARNED}", i)
@@ -616,6 +622,8 @@ def write_results(
     reps: int = 2000,
     seed: int = 0,
     unfinished: int = 0,
+    matched: Mapping[str, str] | None = None,
+    static: Collection[str] = STATIC_ARMS,
 ) -> StudyResults:
     """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
 
@@ -631,16 +639,19 @@ def write_results(
         seed: Seed of every bootstrap.
         unfinished: trials of the study not finished yet (an interrupted study's results so
             far say so at the top).
+        matched: growing arm → the static arm matched to its size (``verdicts``).
+        static: the arms that never grow.
 
     Returns:
         What ``results.md`` shows.
     """
     summaries = summarize(rows, reps, seed)
-    found = improvements(rows, [*baselines, *VERDICT_BASELINES], reps, seed)
+    matched = {} if matched is None else matched
+    found = improvements(rows, [*baselines, *VERDICT_BASELINES, *matched.values()], reps, seed)
     results = StudyResults(
         summaries=summaries,
         improvements=found,
-        verdicts=verdicts(found),
+        verdicts=verdicts(found, matched, static),
         excluded=sorted(
             (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
         ),
