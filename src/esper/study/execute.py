@@ -215,7 +215,8 @@ class Outcome:
     Attributes:
         rows: (trial name, result) of every finished growth trial and every failed one.
         failed: trial name → one-line error, for trials out of attempts (policy runs too).
-        pending: trials not run because what they wait for failed.
+        pending: trials not run because what they wait for failed (of an interrupted run:
+            every trial not finished).
     """
 
     rows: list[tuple[str, TrialRow]]
