@@ -12,14 +12,13 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.study.execute import StudyDriver, check_fits, connect_ray, trial_row, trial_slots
-from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
+from esper.study.execute import Outcome, StudyDriver, connect_ray, trial_row, trial_slots
+from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
-from esper.study.stats import write_results
+from esper.study.stats import StudyResults, write_results
 
 ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 """HOST:PORT of a Ray cluster's head (what ``ray start --head`` prints)."""
@@ -68,8 +67,7 @@ def run_study(args: argparse.Namespace) -> int:
     capacity = None
     try:
         if address is None:  # a local instance has what it has; a cluster may add nodes
-            check_fits(spec.resources)
-            capacity = trial_slots(spec.resources)
+            capacity = trial_slots(spec.resources)  # or one line: a trial would never fit
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -80,19 +78,14 @@ def run_study(args: argparse.Namespace) -> int:
     except Stop:
         again = "" if address is None else f" --address {address}"
         if driver.stopped is not None:  # the results so far, marked as such
-            rows = [row for _, row in driver.stopped.rows]
             waiting = len(driver.stopped.pending)
-            roles = _roles(spec)
-            write_results(
-                directory, rows, spec.baseline_arms(), spec.reps, **roles, unfinished=waiting
-            )
+            _write_results(spec, directory, driver.stopped, unfinished=waiting)
             _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
         _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
         return EXIT_INTERRUPTED
     finally:
         stop()
-    rows = [row for _, row in outcome.rows]
-    results = write_results(directory, rows, spec.baseline_arms(), spec.reps, **_roles(spec))
+    results = _write_results(spec, directory, outcome)
     for line in results.verdicts:
         print(line)
     print(f"results: {directory / 'results.md'}")
@@ -106,12 +99,15 @@ def run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _roles(spec: StudySpec) -> dict[str, Any]:
-    """The arms' roles in the verdicts: ``matched`` (growing arm → the static-matched arm of
-    its size) and ``static`` (the arms that never grow), as ``write_results`` takes them."""
-    static = {a.name for a in spec.arms if a.controller in ("static", MATCHED)}
-    matched = {a.match: a.name for a in spec.arms if a.controller == MATCHED and a.match}
-    return {"matched": matched, "static": static}
+def _write_results(
+    spec: StudySpec, directory: Path, outcome: Outcome, unfinished: int = 0
+) -> StudyResults:
+    """``results.md`` and its plots for ``outcome``'s trials, judged as ``spec`` says."""
+    rows = [row for _, row in outcome.rows]
+    roles = spec.verdict_roles()
+    return write_results(
+        directory, rows, spec.baseline_arms(), spec.reps, **roles, unfinished=unfinished
+    )
 
 
 def dry_run(driver: StudyDriver) -> None:

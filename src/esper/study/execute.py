@@ -479,24 +479,17 @@ def _trains(trial: Trial) -> bool:
 
 
 def trial_slots(resources: Resources) -> int:
-    """How many trials of ``resources`` the Ray session this process runs fits at once."""
-    import ray
-
-    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    asks = (("CPU", resources.cpus), ("GPU", resources.gpus))
-    return max(1, min(int(float(have.get(key, 0.0)) // asked) for key, asked in asks if asked))
-
-
-def check_fits(resources: Resources) -> None:
-    """One trial's resources fit the Ray session this process runs (a request larger than every
-    node waits forever; call it where no autoscaler can add nodes).
+    """How many trials of ``resources`` the Ray session this process runs fits at once (call it
+    where no autoscaler can add nodes).
 
     Raises:
-        UserError: naming the setting, its value and what Ray has.
+        UserError: one trial does not fit (it would wait forever), naming the setting, its value
+            and what Ray has.
     """
     import ray
 
     have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    slots = []
     for name, key, asked in (("cpus", "CPU", resources.cpus), ("gpus", "GPU", resources.gpus)):
         total = float(have.get(key, 0.0))  # Ray leaves out a resource it has none of
         if asked > total:
@@ -504,6 +497,9 @@ def check_fits(resources: Resources) -> None:
                 f"resources.{name} = {asked:g}, but Ray has {total:g} {key}s here: one trial "
                 f"would wait forever; ask for at most {total:g}"
             )
+        if asked:
+            slots.append(max(1, int(total // asked)))
+    return min(slots)
 
 
 def _one_line(err: BaseException) -> str:

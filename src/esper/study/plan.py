@@ -341,6 +341,15 @@ class StudySpec:
         """The arm called ``name``."""
         return next(a for a in self.arms if a.name == name)
 
+    def verdict_roles(self) -> dict[str, Any]:
+        """The arms' roles in the verdicts, as ``stats.write_results`` takes them: ``matched``
+        (growing arm → the static-matched arm of its size) and ``static`` (arms that never
+        grow)."""
+        return {
+            "matched": {a.match: a.name for a in self.arms if a.match is not None},
+            "static": {a.name for a in self.arms if not _grows(a)},
+        }
+
 
 def _grows(arm: ArmSpec) -> bool:
     return arm.controller not in ("static", MATCHED)
