@@ -252,6 +252,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "ppo.target_kl": (1e-9, {}, learn_probe),
     "ppo.ratio_explosion": (1.0001, {"ppo": {"lr": 1e-2}}, learn_probe),
     "ppo.reward_scaling": (True, {"ppo": {"rounds": 2}}, learn_probe),  # from round 2 on
+    "ppo.normalize_advantages": (False, {}, learn_probe),
     "reward.family": ("loss", {}, reward_probe),
     "reward.mode": ("sparse", {}, reward_probe),
     "reward.contribution_weight": (1.0, {}, reward_probe),

@@ -184,6 +184,27 @@ def test_entropy_weight_anneals_in_environment_steps() -> None:
     assert learner.entropy_coef() == 0.0
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_advantages_are_normalized_only_when_asked(normalize: bool) -> None:
+    trainer = _standin_trainer({"normalize_advantages": normalize, "ppo_epochs": 1})
+    batches = _capture_batches(trainer)
+    seen: list[torch.Tensor] = []
+    loss = trainer.learner._minibatch_loss
+
+    def spy(mb, adv, entropy_coef):
+        seen.append(adv[mb.valid])
+        return loss(mb, adv, entropy_coef)
+
+    trainer.learner._minibatch_loss = spy  # type: ignore[method-assign]
+    trainer.run_round()
+    raw = batches[0].advantages[batches[0].valid].double()
+    expected = (raw - raw.mean()) / raw.std(unbiased=False) if normalize else raw
+    # one minibatch holding every environment, in a shuffled order: compare as multisets
+    got = seen[0].double().sort().values
+    torch.testing.assert_close(got, expected.sort().values, rtol=1e-5, atol=1e-6)
+    assert abs(raw.mean().item()) > 1e-3  # raw advantages are not centred: the two cases differ
+
+
 def test_anomaly_kinds() -> None:
     trainer = _standin_trainer()
     healthy = trainer.run_round().stats

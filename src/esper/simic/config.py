@@ -62,6 +62,8 @@ class PPOSettings:
             return (Engstrom et al. 2020, "Implementation Matters in Deep Policy Gradients"), so
             the value loss keeps one scale whatever the reward's; telemetry and returns stay in
             reward units.
+        normalize_advantages: scale each round's advantages to mean 0, std 1 over its real
+            steps before the update passes (off: the GAE advantages as they are, in reward units).
     """
 
     n_envs: int = 4
@@ -80,9 +82,11 @@ class PPOSettings:
     target_kl: float = 0.03
     ratio_explosion: float = 5.0
     reward_scaling: bool = False
+    normalize_advantages: bool = True
 
     def __post_init__(self) -> None:
         check_bool("ppo.reward_scaling", self.reward_scaling)
+        check_bool("ppo.normalize_advantages", self.normalize_advantages)
         check_int("ppo.n_envs", self.n_envs, 1, MAX_ENVS)
         for name in ("rounds", "ppo_epochs", "minibatches"):
             check_int(f"ppo.{name}", getattr(self, name))

@@ -2,7 +2,7 @@
 
 One call of ``PPOLearner.update`` reads one round's ``RolloutBatch`` top to bottom:
 
-1. normalize advantages over the real (non-padding) steps;
+1. normalize advantages over the real (non-padding) steps (``normalize_advantages``);
 2. for ``ppo_epochs`` passes, split the environments into ``minibatches`` groups (sequences stay
    whole so the LSTM replays them from the round's initial state, resetting at episode starts);
 3. per minibatch: re-evaluate log-probs, per-head entropies and values; clipped policy loss,
@@ -215,7 +215,9 @@ class PPOLearner:
         s, net = self.settings, self.network
         self.env_steps += int(batch.valid.sum())
         entropy_coef = self.entropy_coef()
-        adv = _normalized_advantages(batch.advantages, batch.valid)
+        adv = batch.advantages
+        if s.normalize_advantages:
+            adv = _normalized_advantages(adv, batch.valid)
 
         # Per-head log-probs under the policy that acted (its parameters have not changed since
         # the rollout), to say which heads a ratio explosion came from.
