@@ -222,7 +222,32 @@ def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
     assert "waits for synthetic.grow.seed0 and 1 more" in out
     assert "4 trials, 4 to run: 24 host epochs" in out
+    assert "wall time: at least " in out and "synthetic " in out  # the epoch timed here
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("cores", "wall"), [(1, "8 min"), (2, "5 min"), (4, "5 min")])
+def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
+    tmp_path, capsys, monkeypatch, cores, wall
+):
+    """10 s per static-host epoch: 2 static trials of 6 epochs, a policy training of 2 rounds ×
+    2 environments × 6 epochs, then 2 evaluations of 6 epochs: 480 s in all, 300 s of them in
+    a row (the training, then an evaluation)."""
+    from esper.cli import study
+
+    monkeypatch.setattr(study, "_static_epoch", lambda spec: {"synthetic": study._Epoch(1e9, 10)})
+    monkeypatch.setattr(study, "usable_cores", lambda: cores)
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n[budget]\n{BUDGET}'
+        '[[arms]]\nname = "static"\ncontroller = "static"\n'
+        '[[arms]]\nname = "ppo"\ncontroller = "ppo"\npreset = "tiny"\ntraining_seeds = [100]\n'
+        "[arms.ppo.ppo]\nrounds = 2\nn_envs = 2\nminibatches = 1\n",
+    )
+    assert main(["study", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "48 host epochs" in out
+    assert f"wall time: at least {wall} on this machine's {cores} core(s)" in out
 
 
 ARMS = '[[arms]]\nname = "static"\ncontroller = "static"\n'

@@ -11,7 +11,10 @@ import math
 import re
 import shlex
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
@@ -19,6 +22,7 @@ from esper.study.execute import Outcome, StudyDriver, connect_ray, trial_row, tr
 from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
 from esper.study.stats import StudyResults, write_results
+from esper.tolaria.threads import usable_cores
 
 ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 """HOST:PORT of a Ray cluster's head (what ``ray start --head`` prints)."""
@@ -111,12 +115,14 @@ def _write_results(
 
 
 def dry_run(driver: StudyDriver) -> None:
-    """Print the trials, their state, and the estimated cost of what is left."""
+    """Print the trials, their state, and the estimated cost of what is left: host epochs,
+    FLOPs, and wall time from one epoch of each task's static host timed here and now."""
     spec = driver.spec
     print(f"{'trial':48} {'kind':7} state")
     epochs = 0
     flops = 0.0
-    per_epoch = _epoch_flops(spec)
+    per_epoch = _static_epoch(spec)
+    seconds: dict[str, float] = {}  # each trial left: its static-host training time
     for trial in driver.trials:
         state = _state(driver, trial)
         print(f"{trial.name:48} {trial.kind:7} {state}")
@@ -124,15 +130,45 @@ def dry_run(driver: StudyDriver) -> None:
             continue
         n = _host_epochs(spec, trial)
         epochs += n
-        flops += n * per_epoch[trial.task]
+        flops += n * per_epoch[trial.task].flops
+        seconds[trial.name] = n * per_epoch[trial.task].seconds
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     left = sum(1 for t in driver.trials if t.name not in driver.done) - failed
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
+    slots = max(1, usable_cores() // max(1, math.ceil(spec.resources.cpus)))
+    wall = max(sum(seconds.values()) / slots, _longest_chain(driver, seconds))
+    timed = ", ".join(f"{task} {e.seconds:.3g} s" for task, e in per_epoch.items())
     print(
         f"\n{len(driver.trials)} trials, {left} to run{gave_up}: {epochs} host epochs, at least "
         f"{flops / 1e12:.3g} TFLOP of training (the task's static host; growth adds more); "
         f"each trial asks Ray for {spec.resources.cpus:g} CPU and {spec.resources.gpus:g} GPU"
     )
+    print(
+        f"wall time: at least {_duration(wall)} on this machine's {usable_cores()} core(s) "
+        f"({slots} trial(s) at once; one static-host epoch timed here now: {timed}); growing "
+        "seeds, evaluation and policy updates add to it, other work on the machine too"
+    )
+
+
+def _longest_chain(driver: StudyDriver, seconds: dict[str, float]) -> float:
+    """Seconds of the longest run of trials that must follow one another (a policy training,
+    then its evaluations, then what waits for those), however many run at once."""
+    ends: dict[str, float] = {}
+
+    def end(trial: Trial) -> float:
+        if trial.name not in ends:
+            start = max((end(t) for t in driver.needs(trial)), default=0.0)
+            ends[trial.name] = start + seconds.get(trial.name, 0.0)
+        return ends[trial.name]
+
+    return max((end(t) for t in driver.trials), default=0.0)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{math.ceil(seconds)} s"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _state(driver: StudyDriver, trial: Trial) -> str:
@@ -156,20 +192,42 @@ def _host_epochs(spec: StudySpec, trial: Trial) -> int:
     return config.ppo.rounds * config.ppo.n_envs * config.env.episode_length()
 
 
-def _epoch_flops(spec: StudySpec) -> dict[str, float]:
-    """Training FLOPs of one epoch of each task's static host at the study's budget."""
+class _Epoch(NamedTuple):
+    flops: float
+    seconds: float
+
+
+def _static_epoch(spec: StudySpec) -> dict[str, _Epoch]:
+    """Training FLOPs and measured seconds (validation included, at the trials' threads) of
+    one epoch of each task's static host at the study's budget: the episode's second epoch is
+    timed, after the first warmed it up."""
+    import torch
+
     from esper.kasmina import MorphogeneticModel
+    from esper.simic.env import task_episode
+    from esper.tamiyo import StaticController
     from esper.tasks import get_task
     from esper.tolaria.flops import step_flops
 
     result = {}
-    for task in spec.tasks:
-        host_training = training(spec, task)
-        data = load_data(host_training)
-        host = get_task(task).build_host(data, host_training.width)
-        model = MorphogeneticModel(host, list(host_training.slots))
-        n = host_training.batch_size
-        assert n is not None
-        batches = host_training.batches_per_epoch or math.ceil(len(data.x_train) / n)
-        result[task] = float(step_flops(model, data.x_train[:n], data.y_train[:n])) * batches
+    threads = torch.get_num_threads()
+    try:
+        for task in spec.tasks:
+            host_training = training(spec, task)
+            torch.set_num_threads(host_training.threads or 1)
+            data = load_data(host_training)
+            host = get_task(task).build_host(data, host_training.width)
+            model = MorphogeneticModel(host, list(host_training.slots))
+            n = host_training.batch_size
+            assert n is not None
+            batches = host_training.batches_per_epoch or math.ceil(len(data.x_train) / n)
+            flops = float(step_flops(model, data.x_train[:n], data.y_train[:n])) * batches
+            timed = replace(host_training, epochs=2)
+            episode = task_episode(timed, data, 0, torch.device("cpu"), lambda event: None)
+            first = episode.reset()
+            start = time.perf_counter()
+            episode.step(StaticController().decide(first))
+            result[task] = _Epoch(flops, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return result
