@@ -394,6 +394,104 @@ async def _no_icon(request: Request) -> Response:
     return Response(status_code=204)  # browsers ask for one; there is none
 
 
+class _Api:
+    """The dashboard's request handlers over one runs directory (``create_app`` routes them)."""
+
+    def __init__(
+        self,
+        runs_dir: Path,
+        poll_seconds: float,
+        snapshot_seconds: float,
+        stopping: Callable[[], bool],
+        study_table: StudyTable | None,
+    ) -> None:
+        self.runs_dir = runs_dir
+        self.poll_seconds = poll_seconds
+        self.snapshot_seconds = snapshot_seconds
+        self.stopping = stopping
+        self.folds = Folds(runs_dir)
+        self.tables = None if study_table is None else _Tables(study_table)
+
+    async def meta(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "runs_dir": str(self.runs_dir),
+                "stages": [stage.value for stage in SeedStage],
+                "stage_colours": {stage.value: STAGE_COLOURS[stage] for stage in SeedStage},
+                "mark_colours": dict(MARK_COLOURS),
+                "mark_shapes": MARK_SHAPES,
+            }
+        )
+
+    async def runs(self, request: Request) -> JSONResponse:
+        listed = await run_in_threadpool(list_runs, self.runs_dir)
+        return JSONResponse({"runs": [asdict(run) for run in listed], "newest": newest(listed)})
+
+    async def _locate(self, name: str) -> Path:
+        """The directory of the run ``name`` (a 404 unless listed and inside ``runs_dir``)."""
+        served = await run_in_threadpool(run_paths, self.runs_dir)
+        path = served[name][0] if name in served else None
+        if path is None or await run_in_threadpool(outside_part, path, self.runs_dir) is not None:
+            raise HTTPException(404, f"no run named {name!r} in {str(self.runs_dir)!r}")
+        return path
+
+    async def events(self, request: Request) -> StreamingResponse:
+        name = request.path_params["name"]
+        try:
+            skip = parse_last_event_id(request.headers.get("last-event-id"))
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+        path = await self._locate(name)
+        body = stream_snapshots(
+            path / EVENTS_FILE,
+            name,
+            root=self.runs_dir,
+            skip=skip,
+            poll_seconds=self.poll_seconds,
+            stopping=self.stopping,
+            interval=self.snapshot_seconds,
+        )
+        return StreamingResponse(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def run_snapshot(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        path = await self._locate(name)
+        try:
+            data = await run_in_threadpool(
+                self.folds.use, path / EVENTS_FILE, lambda state: snapshot(state, name)
+            )
+        except ValueError as err:  # a malformed log, or a slot that does not exist
+            return PlainTextResponse(f"{err}\n", status_code=422)
+        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
+
+    async def _studies(self) -> dict[str, Path]:
+        return {} if self.tables is None else await run_in_threadpool(studies, self.runs_dir)
+
+    async def study_list(self, request: Request) -> JSONResponse:
+        return JSONResponse({"studies": sorted(await self._studies())})
+
+    async def study(self, request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        found = await self._studies()
+        if self.tables is None or name not in found:
+            raise HTTPException(404, f"no study named {name!r} in {str(self.runs_dir)!r}")
+        if await run_in_threadpool(confine, found[name] / TRIALS_FILE, self.runs_dir) is None:
+            why = f"{TRIALS_FILE} links outside the runs directory, so it is not read"
+            return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
+        try:
+            rows = await run_in_threadpool(self.tables.rows, found[name])
+        except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
+            return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
+        data = await run_in_threadpool(
+            _study_data, name, found[name], rows, self.runs_dir, self.folds
+        )
+        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
+
+
 def create_app(
     runs_dir: Path,
     *,
@@ -416,94 +514,17 @@ def create_app(
             server can stop without waiting for browsers to leave.
         study_table: computes a study's arms × tasks; without it no study is listed.
     """
-    folds = Folds(runs_dir)
-    tables = None if study_table is None else _Tables(study_table)
-
-    async def meta(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "runs_dir": str(runs_dir),
-                "stages": [stage.value for stage in SeedStage],
-                "stage_colours": {stage.value: STAGE_COLOURS[stage] for stage in SeedStage},
-                "mark_colours": dict(MARK_COLOURS),
-                "mark_shapes": MARK_SHAPES,
-            }
-        )
-
-    async def runs(request: Request) -> JSONResponse:
-        listed = await run_in_threadpool(list_runs, runs_dir)
-        return JSONResponse({"runs": [asdict(run) for run in listed], "newest": newest(listed)})
-
-    async def locate(name: str) -> Path:
-        """The directory of the run ``name`` (a 404 unless listed and inside ``runs_dir``)."""
-        served = await run_in_threadpool(run_paths, runs_dir)
-        path = served[name][0] if name in served else None
-        if path is None or await run_in_threadpool(outside_part, path, runs_dir) is not None:
-            raise HTTPException(404, f"no run named {name!r} in {str(runs_dir)!r}")
-        return path
-
-    async def events(request: Request) -> StreamingResponse:
-        name = request.path_params["name"]
-        try:
-            skip = parse_last_event_id(request.headers.get("last-event-id"))
-        except ValueError as err:
-            raise HTTPException(400, str(err)) from None
-        path = await locate(name)
-        body = stream_snapshots(
-            path / EVENTS_FILE,
-            name,
-            root=runs_dir,
-            skip=skip,
-            poll_seconds=poll_seconds,
-            stopping=stopping,
-            interval=snapshot_seconds,
-        )
-        return StreamingResponse(
-            body,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
-    async def run_snapshot(request: Request) -> Response:
-        name = request.path_params["name"]
-        path = await locate(name)
-        try:
-            data = await run_in_threadpool(
-                folds.use, path / EVENTS_FILE, lambda state: snapshot(state, name)
-            )
-        except ValueError as err:  # a malformed log, or a slot that does not exist
-            return PlainTextResponse(f"{err}\n", status_code=422)
-        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
-
-    async def study_list(request: Request) -> JSONResponse:
-        found = {} if tables is None else await run_in_threadpool(studies, runs_dir)
-        return JSONResponse({"studies": sorted(found)})
-
-    async def study(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        found = {} if tables is None else await run_in_threadpool(studies, runs_dir)
-        if tables is None or name not in found:
-            raise HTTPException(404, f"no study named {name!r} in {str(runs_dir)!r}")
-        if await run_in_threadpool(confine, found[name] / TRIALS_FILE, runs_dir) is None:
-            why = f"{TRIALS_FILE} links outside the runs directory, so it is not read"
-            return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
-        try:
-            rows = await run_in_threadpool(tables.rows, found[name])
-        except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
-            return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
-        data = await run_in_threadpool(_study_data, name, found[name], rows, runs_dir, folds)
-        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
-
+    api = _Api(runs_dir, poll_seconds, snapshot_seconds, stopping, study_table)
     return Starlette(
         routes=[
             Route("/", _page),
             Route("/favicon.ico", _no_icon),
-            Route("/api/meta", meta),
-            Route("/api/runs", runs),
-            Route("/api/runs/{name:path}/events", events),
-            Route("/api/runs/{name:path}/snapshot", run_snapshot),
-            Route("/api/studies", study_list),
-            Route("/api/studies/{name}", study),
+            Route("/api/meta", api.meta),
+            Route("/api/runs", api.runs),
+            Route("/api/runs/{name:path}/events", api.events),
+            Route("/api/runs/{name:path}/snapshot", api.run_snapshot),
+            Route("/api/studies", api.study_list),
+            Route("/api/studies/{name}", api.study),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=[Middleware(HostCheck, hosts=hosts)],
