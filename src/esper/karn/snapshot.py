@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from esper.leyline.events import EpochCompleted, event_record
-from esper.nissa.fold import Episode, RunState
+from esper.nissa.fold import EnvState, Episode, RunState
 from esper.nissa.log import Logged, display, percent
 
 RECENT_SHOWN = 15
@@ -156,9 +156,6 @@ def snapshot(
     """
     started = state.started
     slots = state.slots()
-    first = state.events - len(state.recent) + 1
-    listed = list(state.recent)[-recent:] if recent else []
-    offset = first + len(state.recent) - len(listed)
     return {
         "run": {
             "name": name,
@@ -171,26 +168,7 @@ def snapshot(
         },
         "header": _header(state),
         "slots": list(slots),
-        "envs": [
-            {
-                "env": key,
-                "panics": env.panics,
-                "slots_now": [
-                    {k: _number(v) if isinstance(v, float) else v for k, v in vars(s).items()}
-                    for s in (env.latest.slots if env.latest is not None else ())
-                ],
-                "results": [
-                    {
-                        "episode": r.episode,
-                        "episode_return": _number(r.episode_return),
-                        "final_val_accuracy": _number(r.final_val_accuracy),
-                    }
-                    for r in env.results
-                ],
-                "episodes": [_episode(e, slots) for e in env.episodes],
-            }
-            for key, env in ((k, state.envs[k]) for k in state.env_keys())
-        ],
+        "envs": [_env(key, state.envs[key], slots) for key in state.env_keys()],
         "rounds": {
             "round": [r.update.round for r in state.rounds],
             "mean_return": [_number(r.update.mean_return) for r in state.rounds],
@@ -200,19 +178,48 @@ def snapshot(
             "ops": [r.ops for r in state.rounds],
             "entered": [r.entered for r in state.rounds],
         },
-        "events": {
-            "count": state.events,
-            "counts": dict(state.counts),
-            "recent": [
-                {
-                    "n": offset + i,
-                    "t": item.t,
-                    "env": item.env,
-                    "episode": item.episode,
-                    "event": item.name,
-                    "text": text(item),
-                }
-                for i, item in enumerate(listed)
-            ],
-        },
+        "events": _events(state, recent, text),
+    }
+
+
+def _env(key: int | None, env: EnvState, slots: Sequence[str]) -> dict[str, Any]:
+    """One environment's part of the snapshot: its seeds now, results and episodes."""
+    now = env.latest.slots if env.latest is not None else ()
+    return {
+        "env": key,
+        "panics": env.panics,
+        "slots_now": [
+            {k: _number(v) if isinstance(v, float) else v for k, v in vars(s).items()} for s in now
+        ],
+        "results": [
+            {
+                "episode": r.episode,
+                "episode_return": _number(r.episode_return),
+                "final_val_accuracy": _number(r.final_val_accuracy),
+            }
+            for r in env.results
+        ],
+        "episodes": [_episode(e, slots) for e in env.episodes],
+    }
+
+
+def _events(state: RunState, recent: int, text: Callable[[Logged], str]) -> dict[str, Any]:
+    """The event counts and the latest ``recent`` events, numbered from the log's start."""
+    first = state.events - len(state.recent) + 1
+    listed = list(state.recent)[-recent:] if recent else []
+    offset = first + len(state.recent) - len(listed)
+    return {
+        "count": state.events,
+        "counts": dict(state.counts),
+        "recent": [
+            {
+                "n": offset + i,
+                "t": item.t,
+                "env": item.env,
+                "episode": item.episode,
+                "event": item.name,
+                "text": text(item),
+            }
+            for i, item in enumerate(listed)
+        ],
     }
