@@ -450,22 +450,43 @@ def _markdown(
     results: StudyResults, rows: Sequence[TrialRow], reps: int, seed: int, unfinished: int = 0
 ) -> str:
     counted = [row for row in rows if row.counts]
+    so_far = (
+        f"**Results so far: the study was interrupted with {unfinished} trial(s) not finished** "
+        "(policy trainings included); running it again completes them."
+    )
     lines = [
         "# Study results",
         "",
-        *(
-            [
-                f"**Results so far: the study was interrupted with {unfinished} trial(s) not "
-                "finished** (policy trainings included); running it again completes them.",
-                "",
-            ]
-            if unfinished
-            else []
-        ),
+        *([so_far, ""] if unfinished else []),
         f"{len(rows)} trials: {len(counted)} completed with a score, "
         f"{len(results.excluded)} excluded (listed below). Scores are test accuracy (%) of the "
         "final model.",
         "",
+        *_scores(results),
+        "",
+        *_improvements(results),
+        "",
+        "## Verdicts",
+        "",
+        *([f"- {verdict}" for verdict in results.verdicts] or [
+            f"- No verdict: the study needs {MATCHED_BASELINE} and a growing arm (Q1), or "
+            f"{HANDWRITTEN_BASELINE} and a {LEARNED_PREFIX}… arm (Q2), with counted trials."
+        ]),
+        "",
+        "## Excluded trials",
+        "",
+        *_excluded(results),
+        "",
+        "## How the numbers were computed",
+        "",
+        *_method(results, reps, seed),
+        "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _scores(results: StudyResults) -> list[str]:
+    lines = [
         "## Scores",
         "",
         "| task | arm | n | IQM [95 % CI] | mean [95 % CI] | median | std | final params "
@@ -482,8 +503,11 @@ def _markdown(
         )
     if not results.summaries:
         lines.append("| — | no completed trial with a score | | | | | | | | | |")
-    lines += [
-        "",
+    return lines
+
+
+def _improvements(results: StudyResults) -> list[str]:
+    lines = [
         "## Probability of improvement",
         "",
         "P(arm > baseline) + ½ P(arm = baseline) for a run of each drawn at random, per task;",
@@ -499,23 +523,21 @@ def _markdown(
         )
     if not results.improvements:
         lines.append("| — | no baseline arm with a counted trial | | | | |")
-    lines += ["", "## Verdicts", ""]
-    lines += [f"- {verdict}" for verdict in results.verdicts] or [
-        f"- No verdict: the study needs {MATCHED_BASELINE} and a growing arm (Q1), or "
-        f"{HANDWRITTEN_BASELINE} and a {LEARNED_PREFIX}… arm (Q2), with counted trials."
-    ]
-    lines += ["", "## Excluded trials", ""]
-    if results.excluded:
-        lines += ["| task | arm | seed | status | error |", "|---|---|--:|---|---|"]
-        lines += [
+    return lines
+
+
+def _excluded(results: StudyResults) -> list[str]:
+    if not results.excluded:
+        return ["None."]
+    return [
+        "| task | arm | seed | status | error |",
+        "|---|---|--:|---|---|",
+        *(
             f"| {_cell(r.task)} | {_cell(r.arm)} | {r.seed} | {_cell(r.status)} "
             f"| {_cell(_why_excluded(r))} |"
             for r in results.excluded
-        ]
-    else:
-        lines.append("None.")
-    lines += ["", "## How the numbers were computed", "", *_method(results, reps, seed), ""]
-    return "\n".join(lines)
+        ),
+    ]
 
 
 def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
