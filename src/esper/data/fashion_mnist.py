@@ -176,6 +176,11 @@ def load_fashion_mnist(
                 download_file(prefix + name, target / name, FASHION_MNIST_SHA256[name], progress)
 
     root = find_dataset_dir(files, data_dir, fetch=fetch if download else None)
+    return _read(root)
+
+
+def _read(root: Path) -> Dataset:
+    """The splits from the four files in ``root``, scaled and normalized (see the loader)."""
     x_all_u8, y_all = _load_split(root / TRAIN_IMAGES, root / TRAIN_LABELS)
     x_test_u8, y_test = _load_split(root / TEST_IMAGES, root / TEST_LABELS)
     train_idx, val_idx = hold_out(
