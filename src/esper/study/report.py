@@ -273,6 +273,21 @@ def build_study_report(
             stats.profile_plot(rows, reps, seed),
         ),
     ]
+    runs, warnings = _validation_curves(directory, counted)
+    curves = arm_curves(runs)
+    arms = sorted({s.arm for s in overall})
+    colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
+    for task in sorted({c.task for c in curves}):
+        plots.append(plot_task(task, [c for c in curves if c.task == task], colours))
+    page = _render(directory, out, trials, summaries, plots, warnings, reps, seed)
+    return StudyReport(plots, page, warnings, curves)
+
+
+def _validation_curves(
+    directory: Path, counted: Sequence[TrialRun]
+) -> tuple[dict[tuple[str, str], list[dict[int, float | None]]], list[str]]:
+    """Each counted trial's validation accuracy per epoch, by (task, arm); and a warning for
+    each trial left out (an unreadable log) and one for those whose logs have no epochs."""
     runs: dict[tuple[str, str], list[dict[int, float | None]]] = {}
     warnings, without_epochs = [], []
     for trial in counted:
@@ -291,13 +306,7 @@ def build_study_report(
             f"(telemetry level minimal: a study run before growth trials logged them), e.g. "
             f"{without_epochs[0]}"
         )
-    curves = arm_curves(runs)
-    arms = sorted({s.arm for s in overall})
-    colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
-    for task in sorted({c.task for c in curves}):
-        plots.append(plot_task(task, [c for c in curves if c.task == task], colours))
-    page = _render(directory, out, trials, summaries, plots, warnings, reps, seed)
-    return StudyReport(plots, page, warnings, curves)
+    return runs, warnings
 
 
 def write_study_report(report: StudyReport, out: Path) -> Path:
