@@ -47,7 +47,7 @@ from esper.leyline.events import (
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.config import TrainingConfig
 from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
-from esper.simic.protocol import EnvVector
+from esper.simic.protocol import EnvStep, EnvVector
 from esper.simic.rollout import RolloutBatch, RolloutBuffer
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
 from esper.tamiyo.features import encode_observation, observation_size
@@ -92,6 +92,42 @@ class RoundResult:
     episode_returns: tuple[float, ...]
     diagnostic: RatioExplosionDiagnostic | None
     anomaly: Anomaly | None
+
+
+class _RoundTally:
+    """Per environment over one round: returns (in reward units), the discounted return so far
+    at every step (for reward scaling), episode lengths, and whether the episode terminated."""
+
+    def __init__(self, n: int, gamma: float, scale: float) -> None:
+        self.gamma, self.scale = gamma, scale
+        self.returns = [0.0] * n
+        self.running = [0.0] * n
+        self.discounted: list[float] = []
+        self.lengths = [0] * n
+        self.terminated = [False] * n
+
+    def record(
+        self, results: Sequence[EnvStep | None], observations: list[Observation]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Take one step's results (None: the environment had already ended), put each new
+        observation into ``observations``; the scaled rewards, and which episodes ended and
+        which of those terminated."""
+        n = len(results)
+        rewards = torch.zeros(n)
+        ended = torch.zeros(n, dtype=torch.bool)
+        terminated = torch.zeros(n, dtype=torch.bool)
+        for i, result in enumerate(results):
+            if result is None:
+                continue
+            observations[i] = result.observation
+            rewards[i] = result.reward / self.scale
+            self.returns[i] += result.reward
+            self.running[i] = self.gamma * self.running[i] + result.reward
+            self.discounted.append(self.running[i])
+            self.lengths[i] += 1
+            ended[i], terminated[i] = result.done, result.terminated
+            self.terminated[i] = self.terminated[i] or result.terminated
+        return rewards, ended, terminated
 
 
 class PPOTrainer:
@@ -166,12 +202,7 @@ class PPOTrainer:
         buffer.start(state)
         alive = torch.ones(n, dtype=torch.bool)
         episode_start = torch.ones(n, dtype=torch.bool)
-        returns = [0.0] * n
-        scale = self._reward_scale()
-        discounted: list[float] = []  # each step's discounted return so far (reward scaling)
-        running = [0.0] * n
-        lengths = [0] * n
-        terminated_env = [False] * n
+        tally = _RoundTally(n, self.config.ppo.gamma, self._reward_scale())
         seen: list[torch.Tensor] = []
         for _ in range(self.max_steps):
             if not alive.any():
@@ -188,21 +219,7 @@ class PPOTrainer:
             actions: list[Action | None] = [
                 space.decode(chosen[i]) if alive[i] else None for i in range(n)
             ]
-            results = self.vec.step(actions)
-            rewards = torch.zeros(n)
-            ended = torch.zeros(n, dtype=torch.bool)
-            terminated = torch.zeros(n, dtype=torch.bool)
-            for i, result in enumerate(results):
-                if result is None:
-                    continue
-                observations[i] = result.observation
-                rewards[i] = result.reward / scale
-                returns[i] += result.reward
-                running[i] = self.config.ppo.gamma * running[i] + result.reward
-                discounted.append(running[i])
-                lengths[i] += 1
-                ended[i], terminated[i] = result.done, result.terminated
-                terminated_env[i] = terminated_env[i] or result.terminated
+            rewards, ended, terminated = tally.record(self.vec.step(actions), observations)
             raw = self._encode(observations)
             bootstrap = self._bootstrap(raw, step.state, ended & ~terminated)
             buffer.record_outcome(rewards, ended, terminated, bootstrap.cpu())
@@ -213,10 +230,10 @@ class PPOTrainer:
             raise RuntimeError(f"environments {alive.nonzero().flatten().tolist()} did not end")
         batch = buffer.build()
         self.normalizer.update(torch.cat(seen))  # once per rollout batch, never per pass
-        if self.return_stats is not None and discounted:
-            self.return_stats.update(torch.tensor(discounted, dtype=torch.float64)[:, None])
+        if self.return_stats is not None and tally.discounted:
+            self.return_stats.update(torch.tensor(tally.discounted, dtype=torch.float64)[:, None])
         rollout_seconds = time.perf_counter() - started
-        return self._learn(batch, returns, lengths, terminated_env, rollout_seconds)
+        return self._learn(batch, tally.returns, tally.lengths, tally.terminated, rollout_seconds)
 
     def _reward_scale(self) -> float:
         """What this round's rewards are divided by: 1 without reward scaling (or before the
