@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from esper.cli.main import main
+from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.leyline.config import read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
@@ -116,6 +116,23 @@ def test_config_file_toml_and_flags_override_it(tmp_path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == 4 and config["training"]["epochs"] == 2
     assert _summary(run).growth.epochs_completed == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"seed": 1, "seed": 2}',
+        '{"training": {"task": "synthetic", "epochs": 2, "epochs": 3}}',
+    ],
+)
+def test_a_key_given_twice_in_a_json_config_is_one_line_exit_2(tmp_path, capsys, text) -> None:
+    conf = tmp_path / "c.json"
+    conf.write_text(text)
+    run = tmp_path / "run"
+    assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is given twice" in err and "Traceback" not in err
+    assert not run.exists()
 
 
 def test_static_run_never_grows(tmp_path) -> None:

@@ -295,6 +295,17 @@ def config_dict(obj: Any) -> dict[str, Any]:
     return data
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refusing a key given twice (as TOML does): which of two values
+    would count is easy to get wrong, and the file is usually a typo."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} is given twice")
+        seen[key] = value
+    return seen
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The settings in a TOML (``.toml``) or JSON (any other name) config file.
 
@@ -303,7 +314,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = (
+            tomllib.loads(text)
+            if path.suffix == ".toml"
+            else json.loads(text, object_pairs_hook=_unique_keys)
+        )
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as err:
         raise ValueError(f"cannot read config file {str(path)!r}: {err}") from None
     except RecursionError:
