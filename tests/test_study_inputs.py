@@ -328,6 +328,33 @@ def test_esper_study_turns_sigterm_into_a_stop(tmp_path):
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_second_ctrl_c_while_the_results_so_far_are_computed_still_exits_130_with_the_hint(
+    tmp_path, capsys, monkeypatch
+):
+    """The bootstrap of the results so far takes minutes on a big study; a second Ctrl-C then
+    skips them (no traceback, nothing half-written) and still says how to continue."""
+    from esper.cli import study
+    from esper.study.execute import Outcome
+
+    def interrupted(self, capacity=None):
+        self.stopped = Outcome([], {}, ["synthetic.s.seed0"])
+        raise Stop
+
+    def stopped_again(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "connect_ray", lambda address: lambda: None)
+    monkeypatch.setattr(study, "trial_slots", lambda resources: 1)
+    monkeypatch.setattr(StudyDriver, "run", interrupted)
+    monkeypatch.setattr(study, "_write_results", stopped_again)
+    path = _study(tmp_path, f"{HEAD}{STATIC}")
+    assert main(["study", str(path)]) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "stopped again: results so far not written" in err and "Traceback" not in err
+    assert f"interrupted: continue with: esper study {path}" in err
+    assert not (tmp_path / "o" / "results.md").exists()
+
+
 @pytest.mark.slow
 def test_sigterm_exits_130_with_a_hint_and_the_study_resumes(tmp_path):
     """SIGTERM mid-study: exit 130 with a one-line hint, no attempt used; the same command then

@@ -83,8 +83,11 @@ def run_study(args: argparse.Namespace) -> int:
         again = "" if address is None else f" --address {address}"
         if driver.stopped is not None:  # the results so far, marked as such
             waiting = len(driver.stopped.pending)
-            _write_results(spec, directory, driver.stopped, unfinished=waiting)
-            _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
+            try:  # the bootstrap takes a while: a second Ctrl-C skips it (files are atomic)
+                _write_results(spec, directory, driver.stopped, unfinished=waiting)
+                _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
+            except KeyboardInterrupt:
+                _say("stopped again: results so far not written (trials.csv has every trial)")
         _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
         return EXIT_INTERRUPTED
     finally:
