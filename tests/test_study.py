@@ -222,20 +222,25 @@ def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
     assert "waits for synthetic.grow.seed0 and 1 more" in out
     assert "4 trials, 4 to run: 24 host epochs" in out
-    assert "wall time: at least " in out and "synthetic " in out  # the epoch timed here
+    assert "wall time: about " in out and "timed here now: synthetic " in out
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("cores", "wall"), [(1, "8 min"), (2, "5 min"), (4, "5 min")])
+@pytest.mark.parametrize(
+    ("cores", "grouped", "wall"),
+    [(1, 1, "8 min"), (2, 1, "5 min"), (4, 1, "5 min"), (1, 2, "6 min"), (2, 2, "3 min")],
+)
 def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
-    tmp_path, capsys, monkeypatch, cores, wall
+    tmp_path, capsys, monkeypatch, cores, grouped, wall
 ):
     """10 s per static-host epoch: 2 static trials of 6 epochs, a policy training of 2 rounds ×
     2 environments × 6 epochs, then 2 evaluations of 6 epochs: 480 s in all, 300 s of them in
-    a row (the training, then an evaluation)."""
+    a row (the training, then an evaluation). With the host trained in groups of 2 at 5 s per
+    environment the training takes 120 s: 360 s in all, 180 s in a row."""
     from esper.cli import study
 
-    monkeypatch.setattr(study, "_static_epoch", lambda spec: {"synthetic": study._Epoch(1e9, 10)})
+    epoch = study._Epoch(1e9, 10.0, 10.0 / grouped, grouped)
+    monkeypatch.setattr(study, "_static_epoch", lambda spec, tasks, timed: {"synthetic": epoch})
     monkeypatch.setattr(study, "usable_cores", lambda: cores)
     path = _study(
         tmp_path,
@@ -247,7 +252,17 @@ def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
     assert main(["study", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "48 host epochs" in out
-    assert f"wall time: at least {wall} on this machine's {cores} core(s)" in out
+    assert f"wall time: about {wall} or more on this machine's {cores} core(s)" in out
+
+
+def test_dry_run_does_not_time_cpu_epochs_for_gpu_trials(tmp_path, capsys):
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n[budget]\n{BUDGET}'
+        '[resources]\ngpus = 1\n[[arms]]\nname = "static"\ncontroller = "static"\n',
+    )
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "wall time: not estimated for trials on GPUs" in capsys.readouterr().out
 
 
 ARMS = '[[arms]]\nname = "static"\ncontroller = "static"\n'

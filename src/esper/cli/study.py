@@ -12,9 +12,9 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
@@ -23,6 +23,9 @@ from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
+
+if TYPE_CHECKING:
+    from esper.tolaria.episode import Episode
 
 ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 """HOST:PORT of a Ray cluster's head (what ``ray start --head`` prints)."""
@@ -87,7 +90,7 @@ def run_study(args: argparse.Namespace) -> int:
                 _write_results(spec, directory, driver.stopped, unfinished=waiting)
                 _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
             except KeyboardInterrupt:
-                _say("stopped again: results so far not written (trials.csv has every trial)")
+                _say("stopped again: results so far not written (trials.csv lists every trial)")
         _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
         return EXIT_INTERRUPTED
     finally:
@@ -119,38 +122,56 @@ def _write_results(
 
 def dry_run(driver: StudyDriver) -> None:
     """Print the trials, their state, and the estimated cost of what is left: host epochs,
-    FLOPs, and wall time from one epoch of each task's static host timed here and now."""
+    FLOPs, and (for CPU trials) the wall time from each task's static host timed here now."""
     spec = driver.spec
     print(f"{'trial':48} {'kind':7} state")
-    epochs = 0
-    flops = 0.0
-    per_epoch = _static_epoch(spec)
-    seconds: dict[str, float] = {}  # each trial left: its static-host training time
+    left = []
     for trial in driver.trials:
-        state = _state(driver, trial)
-        print(f"{trial.name:48} {trial.kind:7} {state}")
-        if trial.name in driver.done or driver.exhausted(trial):
-            continue
-        n = _host_epochs(spec, trial)
-        epochs += n
-        flops += n * per_epoch[trial.task].flops
-        seconds[trial.name] = n * per_epoch[trial.task].seconds
+        print(f"{trial.name:48} {trial.kind:7} {_state(driver, trial)}")
+        if trial.name not in driver.done and not driver.exhausted(trial):
+            left.append(trial)
+    cpu = spec.resources.gpus == 0
+    per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
+    epochs = {t.name: _host_epochs(spec, t) for t in left}
+    flops = sum(n * per_epoch[t.task].flops for t, n in zip(left, epochs.values(), strict=True))
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
-    left = sum(1 for t in driver.trials if t.name not in driver.done) - failed
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
-    slots = max(1, usable_cores() // max(1, math.ceil(spec.resources.cpus)))
+    print(
+        f"\n{len(driver.trials)} trials, {len(left)} to run{gave_up}: {sum(epochs.values())} "
+        f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (the task's static host; "
+        f"growth adds more); each trial asks Ray for {spec.resources.cpus:g} CPU and "
+        f"{spec.resources.gpus:g} GPU"
+    )
+    if not left:
+        return
+    if not cpu:
+        print("wall time: not estimated for trials on GPUs (this command times CPU epochs)")
+        return
+    seconds = {t.name: epochs[t.name] * _epoch_seconds(spec, t, per_epoch[t.task]) for t in left}
+    cores = usable_cores()
+    slots = max(1, min(int(cores // spec.resources.cpus), cores // spec.resources.threads))
     wall = max(sum(seconds.values()) / slots, _longest_chain(driver, seconds))
-    timed = ", ".join(f"{task} {e.seconds:.3g} s" for task, e in per_epoch.items())
+    timed = ", ".join(f"{task} {_timing(e)}" for task, e in per_epoch.items())
     print(
-        f"\n{len(driver.trials)} trials, {left} to run{gave_up}: {epochs} host epochs, at least "
-        f"{flops / 1e12:.3g} TFLOP of training (the task's static host; growth adds more); "
-        f"each trial asks Ray for {spec.resources.cpus:g} CPU and {spec.resources.gpus:g} GPU"
+        f"wall time: about {_duration(wall)} or more on this machine's {cores} core(s) ({slots} "
+        f"trial(s) at once; one static-host epoch per environment, timed here now: {timed}); "
+        "growing seeds, evaluation and policy updates add to it, other work on the machine too"
     )
-    print(
-        f"wall time: at least {_duration(wall)} on this machine's {usable_cores()} core(s) "
-        f"({slots} trial(s) at once; one static-host epoch timed here now: {timed}); growing "
-        "seeds, evaluation and policy updates add to it, other work on the machine too"
-    )
+
+
+def _timing(epoch: _Epoch) -> str:
+    grouped = f" ({epoch.grouped:.3g} s in groups of {epoch.chunk})" * (epoch.chunk > 1)
+    return f"{epoch.seconds:.3g} s{grouped}"
+
+
+def _epoch_seconds(spec: StudySpec, trial: Trial, epoch: _Epoch) -> float:
+    """Seconds of one of ``trial``'s host epochs: a policy training's environments train in
+    grouped chunks (``esper.simic.vector.cpu_chunk``) when it has enough of them."""
+    if trial.kind == "policy" and epoch.chunk > 1:
+        config = ppo_config(spec, spec.arm(trial.arm), trial.task, trial.seed)
+        if config.ppo.n_envs >= epoch.chunk:
+            return epoch.grouped
+    return epoch.seconds
 
 
 def _longest_chain(driver: StudyDriver, seconds: dict[str, float]) -> float:
@@ -197,40 +218,58 @@ def _host_epochs(spec: StudySpec, trial: Trial) -> int:
 
 class _Epoch(NamedTuple):
     flops: float
-    seconds: float
+    seconds: float  # one episode's epoch
+    grouped: float  # per episode, of ``chunk`` episodes trained as one grouped computation
+    chunk: int
 
 
-def _static_epoch(spec: StudySpec) -> dict[str, _Epoch]:
-    """Training FLOPs and measured seconds (validation included, at the trials' threads) of
-    one epoch of each task's static host at the study's budget: the episode's second epoch is
-    timed, after the first warmed it up."""
+def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[str, _Epoch]:
+    """Training FLOPs of one epoch of each task's static host at the study's budget and, if
+    ``timed``, its measured seconds at the trials' threads (validation included): a fresh
+    episode's first epoch, after one has warmed up; alone and, for hosts a CPU trains in
+    groups, ``cpu_chunk`` episodes together."""
     import torch
 
     from esper.kasmina import MorphogeneticModel
     from esper.simic.env import task_episode
-    from esper.tamiyo import StaticController
+    from esper.simic.vector import cpu_chunk
     from esper.tasks import get_task
+    from esper.tolaria.episode import reset_together
     from esper.tolaria.flops import step_flops
+
+    def seconds(episodes: list[Episode], chunk: int) -> float:
+        start = time.perf_counter()
+        reset_together(episodes, chunk)
+        return (time.perf_counter() - start) / len(episodes)
 
     result = {}
     threads = torch.get_num_threads()
     try:
-        for task in spec.tasks:
+        for task in tasks:
             host_training = training(spec, task)
-            torch.set_num_threads(host_training.threads or 1)
             data = load_data(host_training)
             host = get_task(task).build_host(data, host_training.width)
             model = MorphogeneticModel(host, list(host_training.slots))
             n = host_training.batch_size
-            assert n is not None
+            assert n is not None and host_training.threads is not None
             batches = host_training.batches_per_epoch or math.ceil(len(data.x_train) / n)
             flops = float(step_flops(model, data.x_train[:n], data.y_train[:n])) * batches
-            timed = replace(host_training, epochs=2)
-            episode = task_episode(timed, data, 0, torch.device("cpu"), lambda event: None)
-            first = episode.reset()
-            start = time.perf_counter()
-            episode.step(StaticController().decide(first))
-            result[task] = _Epoch(flops, time.perf_counter() - start)
+            if not timed:
+                result[task] = _Epoch(flops, math.nan, math.nan, 1)
+                continue
+            torch.set_num_threads(host_training.threads)
+            episodes = [
+                task_episode(host_training, data, 0, torch.device("cpu"), lambda event: None)
+            ]
+            chunk = cpu_chunk(episodes[0])
+            episodes += [
+                task_episode(host_training, data, i, torch.device("cpu"), lambda event: None)
+                for i in range(1, chunk)
+            ]
+            seconds(episodes[:1], 1)  # warm-up
+            alone = seconds(episodes[:1], 1)
+            grouped = seconds(episodes[:chunk], chunk) if chunk > 1 else alone
+            result[task] = _Epoch(flops, alone, grouped, chunk)
     finally:
         torch.set_num_threads(threads)
     return result

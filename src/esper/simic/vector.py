@@ -20,6 +20,7 @@ from esper.leyline import Action, Observation, Topology
 from esper.leyline.config import require
 from esper.simic.env import GrowthEnv, reset_envs, step_envs
 from esper.simic.protocol import Env, EnvStep, EpisodeInfo
+from esper.tolaria.episode import Episode
 
 
 def parse_device(name: str) -> torch.device:
@@ -72,9 +73,12 @@ and grouping them ran 0.7-1.1x: they train one by one."""
 def chunk_size(envs: Sequence[GrowthEnv], device: torch.device) -> int:
     """Environments per grouped chunk: on CUDA all of them, one large grouped batch; on a CPU
     ``CPU_CHUNK`` for small hosts and 1 (no grouping) for hosts too large to gain."""
-    if device.type == "cuda":
-        return len(envs)
-    episode = envs[0].episode
+    return len(envs) if device.type == "cuda" else cpu_chunk(envs[0].episode)
+
+
+def cpu_chunk(episode: Episode) -> int:
+    """Episodes like ``episode`` per grouped chunk on a CPU: ``CPU_CHUNK`` for small CNN
+    hosts, 1 (no grouping) for other hosts and hosts too large to gain."""
     batch = episode.training.batch_size or 1
     model = episode.initial_model
     if not isinstance(model.host, CNNHost) or activation_bytes(model, batch) > CPU_GROUP_MAX_BYTES:
