@@ -142,6 +142,20 @@ def test_printed_config_is_toml_that_round_trips(preset: str) -> None:
     assert override(TrainingConfig(), tomllib.loads(text)) == config
 
 
+def test_the_readmes_fashion_command_is_the_results_studys_fashion_policy_training() -> None:
+    """README and docs/results.md §5 give ``esper ppo --preset digits --task
+    fashion_mnist_impaired --batches-per-epoch 50 --val-samples 2000`` as the Fashion-MNIST
+    policy training of the results study."""
+    from esper.cli.config import RunOptions
+    from esper.cli.ppo import parse
+
+    spec, _ = read_study(Path(__file__).parents[1] / "studies" / "results.toml")
+    arm = ppo_config(spec, spec.arm("ppo"), "fashion_mnist_impaired", 100)
+    argv = "--preset digits --task fashion_mnist_impaired --batches-per-epoch 50 --val-samples 2000"
+    config = parse([*argv.split(), "--seed", "100"], RunOptions())
+    assert replace(config, env=replace(config.env, threads=1), telemetry=arm.telemetry) == arm
+
+
 def test_digits_preset_is_the_reward_ab_winners_training() -> None:
     """``--preset digits`` is documented as the A/B's winning arm (docs/results.md §4): the same
     settings the study trained it with, but the study's telemetry."""
