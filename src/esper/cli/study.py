@@ -133,7 +133,7 @@ def dry_run(driver: StudyDriver) -> None:
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
     epochs = {t.name: _host_epochs(spec, t) for t in left}
-    flops = sum(n * per_epoch[t.task].flops for t, n in zip(left, epochs.values(), strict=True))
+    flops = sum(epochs[t.name] * per_epoch[t.task].flops for t in left)
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
     print(
@@ -230,10 +230,8 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
     groups, ``cpu_chunk`` episodes together."""
     import torch
 
-    from esper.kasmina import MorphogeneticModel
     from esper.simic.env import task_episode
     from esper.simic.vector import cpu_chunk
-    from esper.tasks import get_task
     from esper.tolaria.episode import reset_together
     from esper.tolaria.flops import step_flops
 
@@ -243,27 +241,25 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
         return (time.perf_counter() - start) / len(episodes)
 
     result = {}
+    cpu = torch.device("cpu")
     threads = torch.get_num_threads()
     try:
         for task in tasks:
             host_training = training(spec, task)
             data = load_data(host_training)
-            host = get_task(task).build_host(data, host_training.width)
-            model = MorphogeneticModel(host, list(host_training.slots))
+            first = task_episode(host_training, data, 0, cpu, lambda event: None)
             n = host_training.batch_size
             assert n is not None and host_training.threads is not None
             batches = host_training.batches_per_epoch or math.ceil(len(data.x_train) / n)
-            flops = float(step_flops(model, data.x_train[:n], data.y_train[:n])) * batches
+            step = step_flops(first.initial_model, data.x_train[:n], data.y_train[:n])
+            flops = float(step) * batches
             if not timed:
                 result[task] = _Epoch(flops, math.nan, math.nan, 1)
                 continue
             torch.set_num_threads(host_training.threads)
-            episodes = [
-                task_episode(host_training, data, 0, torch.device("cpu"), lambda event: None)
-            ]
-            chunk = cpu_chunk(episodes[0])
-            episodes += [
-                task_episode(host_training, data, i, torch.device("cpu"), lambda event: None)
+            chunk = cpu_chunk(first)
+            episodes = [first] + [
+                task_episode(host_training, data, i, cpu, lambda event: None)
                 for i in range(1, chunk)
             ]
             seconds(episodes[:1], 1)  # warm-up
