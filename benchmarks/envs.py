@@ -26,7 +26,8 @@ Sections (``--section NAME``; all of them without it):
   one, chunk 1: today's path, the baseline), *batched* in the chunk ``VectorEnv`` chooses for
   the host (``esper.simic.vector.chunk_size``) and batched in a forced chunk of 4 (so the
   table shows what grouping does even for a host the default trains one by one), plus one
-  environment in the *old layout* (NCHW weights, sequential), today's path before issue #11.
+  environment in the *old layout* (NCHW weights, per-tensor AdamW, sequential): the compute
+  path before issue #11.
   One process, one thread: the rates are per core. Target: 8 batched environments >= 2.9x
   the old layout's single-environment rate (2x the reference's, estimated at 1.42x it).
 * **ppo**: PPO env-steps/s of whole rounds (``PPOTrainer.run_round``: rollout + update; a step
@@ -445,8 +446,9 @@ def host_trainers(
     stream are seeded ``SEED + i``, its slots stay dormant, its telemetry goes nowhere.
 
     Args:
-        old_layout: the hosts' 4-D weights put back in NCHW (what Esper ran before
-            channels_last), before their optimizers hold any state.
+        old_layout: the compute path before issue #11: the hosts' 4-D weights put back in
+            NCHW before their optimizers hold any state, and a per-tensor (not fused) AdamW
+            step.
     """
     assert training.batch_size is not None
     trainers = []
@@ -457,8 +459,18 @@ def host_trainers(
             built = built.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         model = MorphogeneticModel(built, list(training.slots))
         stream = BatchStream(data.x_train, data.y_train, training.batch_size, SEED + i)
-        trainers.append(Trainer(model, data, stream, training, _silent))
+        trainer = Trainer(model, data, stream, training, _silent)
+        if old_layout:
+            _before_issue_11(trainer)
+        trainers.append(trainer)
     return trainers
+
+
+def _before_issue_11(trainer: Trainer) -> None:
+    """Put ``trainer``'s optimizer on the pre-#11 per-tensor AdamW step (its weights are
+    already NCHW)."""
+    for group in trainer.optimizer.optimizer.param_groups:
+        group["fused"] = None  # AdamW reads it every step: None is torch's per-tensor default
 
 
 def default_chunk(host: Host, data: Dataset, training: HostTraining) -> int:

@@ -128,7 +128,6 @@ def test_a_fossilized_seed_pays_its_input_gradient() -> None:
 
 
 def test_impaired_hosts_first_layer_counts_as_a_convolution() -> None:
-    # HostConv2d runs the 1-channel 1x1 conv as a broadcast multiply; it still costs its FLOPs
     data = make_synthetic(n_train=B, n_val=2, input_shape=(1, 28, 28), num_classes=10)
     host = get_task("fashion_mnist_impaired").build_host(data)  # 1x1 convs, 4-8-16 channels
     model = MorphogeneticModel(host, ["early", "mid", "late"])

@@ -18,7 +18,6 @@ import esper.kasmina.grouped as grouped
 from esper.data import BatchStream, make_synthetic
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
 from esper.kasmina.grouped import groupable, grouped_forward
-from esper.kasmina.hosts import conv2d
 from esper.leyline import Action, GateMode, Op
 from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
@@ -279,25 +278,3 @@ def test_vector_env_steps_grouped_like_one_by_one() -> None:
         rewards.append([s.reward for s in steps if s is not None])
         rewards[-1] += [s.observation.signals.val_accuracy for s in steps if s is not None]
     assert rewards[0] == pytest.approx(rewards[1], abs=1e-4)
-
-
-@pytest.mark.parametrize(("groups", "per", "bias"), [(1, 4, False), (3, 4, True), (2, 1, False)])
-def test_one_channel_pointwise_conv_equals_torch(
-    float64: None, groups: int, per: int, bias: bool
-) -> None:
-    """The broadcast-multiply path of ``conv2d`` (1×1, one input channel per group) against
-    ``F.conv2d``: outputs and gradients to 1e-12, output in channels_last memory."""
-    x = torch.randn(5, groups, 6, 6).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(groups * per, 1, 1, 1)
-    b = torch.randn(groups * per) if bias else None
-    ours_in = [t.clone().requires_grad_() for t in (x, w)]
-    ref_in = [t.clone().requires_grad_() for t in (x, w)]
-    ours = conv2d(*ours_in, b, (1, 1), (0, 0), (1, 1), groups)
-    ref = torch.nn.functional.conv2d(*ref_in, b, (1, 1), (0, 0), (1, 1), groups)
-    assert ours.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
-    weights = torch.randn_like(ref)
-    (ours * weights).sum().backward()
-    (ref * weights).sum().backward()
-    for a, r in zip(ours_in, ref_in, strict=True):
-        torch.testing.assert_close(a.grad, r.grad, rtol=0, atol=1e-12)

@@ -201,44 +201,6 @@ class SegmentedHost(nn.Module, ABC):
         return self._head(h)
 
 
-def conv2d(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: Any,
-    padding: Any,
-    dilation: Any,
-    groups: int,
-) -> Tensor:
-    """``F.conv2d``, except that a 1×1 convolution whose groups each read one input channel
-    runs as a broadcast multiply (the same arithmetic).
-
-    Why: oneDNN (torch 2.13, CPU) takes 23 ms for the forward and backward of a 1×1 conv from 1
-    to 4 channels on a (128, 1, 28, 28) batch, the broadcast multiply 1.1 ms; that conv is the
-    impaired Fashion-MNIST host's first layer (and, k times over, the grouped hosts'). With more
-    input channels per group oneDNN is the faster of the two, so it keeps them.
-    """
-    one_to_many = weight.shape[1] == 1 and weight.shape[2:] == (1, 1)
-    if not (one_to_many and stride in (1, (1, 1)) and padding in (0, (0, 0))):
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    b, _, h, w = x.shape
-    per = weight.shape[0] // groups  # outputs per group
-    # (B, H, W, g, 1) * (g, per) -> (B, H, W, g, per); a channels_last x makes the permute free
-    y = x.permute(0, 2, 3, 1).unsqueeze(-1) * weight.view(groups, per)
-    if bias is not None:
-        y = y + bias.view(groups, per)
-    return y.reshape(b, h, w, groups * per).permute(0, 3, 1, 2)  # (B, g·per, H, W), NHWC memory
-
-
-class HostConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state dict) computed by ``conv2d``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return conv2d(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
-
-
 class CNNHost(SegmentedHost):
     """A small convolutional classifier: blocks of conv → BatchNorm → ReLU → 2×2 max-pool.
 
@@ -265,7 +227,7 @@ class CNNHost(SegmentedHost):
         channels, size = config.in_channels, config.input_size
         for i in range(config.depth):
             out = config.base_channels * 2**i
-            conv = HostConv2d(channels, out, k, padding=k // 2, bias=False)
+            conv = nn.Conv2d(channels, out, k, padding=k // 2, bias=False)
             layers: list[nn.Module] = [conv, nn.BatchNorm2d(out), nn.ReLU()]
             if size >= 2:  # pool while there is something to pool
                 layers.append(nn.MaxPool2d(2))

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from esper.kasmina.hosts import HostConv2d
 from esper.tolaria.engine import _loss_and_correct
 
 
@@ -46,19 +45,6 @@ transformer's count depend on the device; these entries give the CPU kernel the 
 (arguments arrive as shapes: query, key, value, and the output gradient first in backward)."""
 
 
-def _count_host_convs_as_convs(model: nn.Module) -> None:
-    """Make ``model``'s ``HostConv2d`` layers run as ``nn.Conv2d`` (same parameters).
-
-    ``HostConv2d`` computes a 1x1 convolution from one input channel per group as a broadcast
-    multiply, which the counter does not see: the impaired hosts' first layer would cost nothing.
-    As ``nn.Conv2d`` the same arithmetic is counted as the convolution it is. Only for a copy.
-    """
-    for module in model.modules():
-        if type(module) is HostConv2d:
-            # HostConv2d adds no state to nn.Conv2d: swapping the class changes only forward
-            module.__class__ = nn.Conv2d  # type: ignore[assignment]
-
-
 def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     """FLOPs of one training step of ``model`` as it is: forward, loss and backward.
 
@@ -77,7 +63,6 @@ def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     """
     counted = copy.deepcopy(model)
     counted.zero_grad(set_to_none=True)  # no copied gradient buffers to accumulate into
-    _count_host_convs_as_convs(counted)
     cuda = [x.device] if x.device.type == "cuda" else []
     with (
         torch.random.fork_rng(devices=cuda),
