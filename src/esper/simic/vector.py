@@ -66,7 +66,7 @@ CPU_CHUNK = 4
 CPU_GROUP_MAX_BYTES = 2 * 2**20
 """Largest per-environment activation (``activation_bytes``) grouped on a CPU. Measured
 (``benchmarks/envs.py``, 1 thread): the 390-parameter impaired Fashion-MNIST host (1.6 MiB)
-trains ~2x faster in chunks of 2-8; ``CNNHost(8)`` (3.2 MiB) and wider hosts are memory-bound,
+trains 1.6-2.2x faster in chunks of 2-8; ``CNNHost(8)`` (3.2 MiB) and wider hosts are memory-bound,
 and grouping them ran 0.7-1.1x: they train one by one."""
 
 
