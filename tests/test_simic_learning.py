@@ -83,24 +83,23 @@ def test_ppo_reaches_the_optimum_and_random_does_not() -> None:
     ``CHECK_EVERY`` rounds, as a run picks its best checkpoint — scores near the optimum on
     other episodes (seed 10,000). After the entropy anneal the greedy policy of a single round
     can drift (seed 0 on one CPU: optimal at rounds 50-75, 0.0 at 100, 1.0 at 125), so the test
-    checks what training found, not the last round alone."""
+    checks what training found, not the last round alone. Training stops early once the
+    validation episodes score the optimum (nothing later can be chosen over it); a learner that
+    never gets there runs all ``ROUNDS``."""
     trainer = _trainer()
+    optimal = PlateauEnv(StandInConfig(), seed=0).optimal_return
     best: tuple[float, Any] = (-math.inf, None)  # (validation score, network and normalizer)
-
-    def check(result: object) -> None:
-        nonlocal best
+    while trainer.round < ROUNDS and best[0] < optimal - 1e-9:  # ≤ 30 s; see docs/benchmarks.md
+        trainer.run_round()
         if trainer.round % CHECK_EVERY == 0:
             greedy = PolicyController(trainer.network, trainer.space, trainer.normalizer, True)
             score = _mean_return(greedy.decide, greedy.reset, seed=VALIDATION_SEED)
             if score > best[0]:
                 saved = (trainer.network.state_dict(), trainer.normalizer.state_dict())
                 best = (score, copy.deepcopy(saved))
-
-    trainer.train(check)  # ≈ 30 s; timings live in docs/benchmarks.md
     assert best[1] is not None
     trainer.network.load_state_dict(best[1][0])
     trainer.normalizer.load_state_dict(best[1][1])
-    optimal = PlateauEnv(StandInConfig(), seed=0).optimal_return
     greedy = PolicyController(trainer.network, trainer.space, trainer.normalizer, telemetry=True)
     learned = _mean_return(greedy.decide, greedy.reset, seed=10_000)
     rand = _mean_return(
