@@ -72,7 +72,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
@@ -223,20 +223,33 @@ def format_rows(rows: Sequence[Row], unit: str = "ms", per: str = "step") -> str
 
 
 def plain_cnn(config: CNNHostConfig) -> nn.Sequential:
-    """``config``'s network as plain PyTorch: conv -> BatchNorm -> ReLU -> 2x2 max-pool blocks,
-    a global average pool and a linear head, in channels_last."""
+    """``config``'s network as plain PyTorch: conv -> BatchNorm -> 2x2 max-pool -> ReLU blocks
+    (pooling first, as ``CNNHost`` does: the same function, a quarter of the ReLU's work), a
+    global average pool and a linear head, in channels_last."""
     layers: list[nn.Module] = []
     channels, size, k = config.in_channels, config.input_size, config.kernel_size
     for i in range(config.depth):
         out = config.base_channels * 2**i
         layers += [nn.Conv2d(channels, out, k, padding=k // 2, bias=False), nn.BatchNorm2d(out)]
-        layers.append(nn.ReLU())
         if size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
+        layers.append(nn.ReLU())
         channels = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, config.num_classes)]
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def relu_before_pool(host: SegmentedHost) -> SegmentedHost:
+    """``host`` with every CNN block back in the order it had before issue #11, conv ->
+    BatchNorm -> ReLU -> max-pool (``CNNHost`` now pools first: the same function and
+    gradients, bit for bit). Changes no parameter or state-dict key."""
+    for segment in cast(Iterable[nn.Sequential], host.segments):
+        for i, block in enumerate(cast(Iterable[nn.Sequential], segment)):
+            pools = [m for m in block if isinstance(m, nn.MaxPool2d)]
+            rest = [m for m in block if not isinstance(m, (nn.MaxPool2d, nn.ReLU))]
+            segment[i] = nn.Sequential(*rest, nn.ReLU(), *pools)
+    return host
 
 
 def training_step(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], object]:
@@ -267,7 +280,8 @@ def raw_contestants() -> tuple[list[Contestant], int]:
     )
     torch.manual_seed(SEED)
     host = CNNHost(config)
-    old = CNNHost(config).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    old = relu_before_pool(CNNHost(config))
+    old.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     old.load_state_dict(host.state_dict())
     plain = plain_cnn(config)
     n_params = sum(p.numel() for p in host.parameters())
@@ -446,9 +460,9 @@ def host_trainers(
     stream are seeded ``SEED + i``, its slots stay dormant, its telemetry goes nowhere.
 
     Args:
-        old_layout: the compute path before issue #11: the hosts' 4-D weights put back in
-            NCHW before their optimizers hold any state, and a per-tensor (not fused) AdamW
-            step.
+        old_layout: the compute path before issue #11: the hosts' blocks back in the ReLU ->
+            pool order and their 4-D weights in NCHW before their optimizers hold any state,
+            and a per-tensor (not fused) AdamW step.
     """
     assert training.batch_size is not None
     trainers = []
@@ -456,6 +470,7 @@ def host_trainers(
         torch.manual_seed(SEED + i)
         built = host.build(data)
         if old_layout:
+            built = relu_before_pool(built)
             built = built.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         model = MorphogeneticModel(built, list(training.slots))
         stream = BatchStream(data.x_train, data.y_train, training.batch_size, SEED + i)

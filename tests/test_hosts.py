@@ -78,6 +78,37 @@ def test_reference_cnn_host_size() -> None:
     assert sum(p.numel() for p in host.parameters()) == 6418
 
 
+def _relu_then_pool(host: CNNHost) -> torch.nn.Sequential:
+    """The textbook block order, conv -> norm -> ReLU -> pool, sharing ``host``'s layers."""
+    layers: list[torch.nn.Module] = []
+    for segment in host.segments:
+        for block in segment:
+            conv, norm, *rest = block
+            pools = [m for m in rest if isinstance(m, torch.nn.MaxPool2d)]
+            layers += [conv, norm, torch.nn.ReLU(), *pools]
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("make", [HOSTS["cnn_3pt"], HOSTS["cnn_impaired"]], ids=["cnn", "impaired"])
+def test_cnn_blocks_pool_before_relu_bit_identically(make) -> None:
+    """Pooling before the ReLU (a quarter of the ReLU's work) changes no bit of the output or of
+    any gradient, against the textbook order run on the same layers; inputs are shifted so that
+    some pool windows hold only negatives."""
+    host = make().train()
+    orders = {tuple(type(m).__name__ for m in block) for seg in host.segments for block in seg}
+    assert ("Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU") in orders
+    textbook = _relu_then_pool(host)
+    x = host_input(host, batch=8) - 0.5
+    results = []
+    for forward in (host, lambda x: host._head(textbook(x))):
+        host.zero_grad()
+        out = forward(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in host.parameters()])
+    assert len(results[0]) == len(results[1]) > 1
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
 def _params(host: SegmentedHost) -> int:
     return sum(p.numel() for p in host.parameters())
 
