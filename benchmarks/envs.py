@@ -36,9 +36,13 @@ Sections (``--section NAME``; all of them without it):
   8 environments, built by ``build_trainer``: sequential (its ``VectorEnv`` rewrapped with
   ``chunk=1``), batched (the default chunks) and batched on ``--workers`` Ray actors (default
   2, one torch thread each; Ray started with that many CPUs per such trainer, since actors
-  keep their CPUs and the trainers take turns). Target: 8 environments >= 5x today's.
+  keep their CPUs and the trainers take turns), and *before #11*: the code of the last commit
+  before issue #11 (``--before-rev``, default ``4df359f``), exported from git to a temporary
+  folder and run in a child process of its own (``before_issue_11.py``) at one thread: today's
+  path itself, not a reconstruction. Target: 8 environments >= 5x today's (the before-#11
+  contestant's rate; the sequential one's without it).
 * **fashion**: whole rounds of the ``fashion`` preset itself (4 environments, 15 epochs x 100
-  batches, 2,000 validation samples), the same three contestants, projected to its 40 rounds.
+  batches, 2,000 validation samples), the same four contestants, projected to its 40 rounds.
   Target: under 30 minutes.
 
 Every section fixes torch to one intra-op thread (restored afterwards): on a shared 2-core
@@ -56,6 +60,7 @@ Usage (run times on a shared 2-core machine)::
     .venv/bin/python benchmarks/envs.py --section ppo      # PPO env-steps/s, ~2-3 min
     .venv/bin/python benchmarks/envs.py --section fashion  # the fashion preset, ~3-4 min
     .venv/bin/python benchmarks/envs.py --quick --rounds 1 --warmup 0 --workers 0  # smoke run
+    .venv/bin/python benchmarks/envs.py --section ppo --before-rev none  # without the old code
 """
 
 from __future__ import annotations
@@ -64,17 +69,23 @@ import argparse
 import datetime
 import functools
 import gc
+import io
+import json
 import logging
 import os
 import platform
 import random
 import signal
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple, cast
 
@@ -413,6 +424,8 @@ class Workload:
         fashion_env: overrides of the ``fashion`` preset's ``env`` group in the fashion
             section (none: the preset as it is).
         workers: Ray actors of the ppo and fashion sections' workers contestants (0: none).
+        before_rev: the git revision whose code the ppo and fashion sections' before-#11
+            contestant runs (None: no such contestant).
     """
 
     env_counts: tuple[int, ...]
@@ -422,6 +435,7 @@ class Workload:
     val_samples: int
     fashion_env: dict[str, int]
     workers: int = 0
+    before_rev: str | None = None
 
 
 FULL = Workload((1, 4, 8, 16), 20, (1, 4, 8), 4, 500, {})
@@ -627,7 +641,14 @@ FASHION_ROUNDS = 40
 FASHION_TARGET_MIN = 30.0
 """The ``fashion`` preset's 40 rounds in under 30 minutes here (issue #11; about 2 h before)."""
 
-SEQUENTIAL, BATCHED = "sequential", "batched"
+SEQUENTIAL, BATCHED, BEFORE = "sequential", "batched", "before #11"
+
+BEFORE_REV = "4df359f"
+"""The last commit before issue #11's work (2026-12-02 08:51 UTC): the code whose PPO speed the
+issue calls today's. ``--before-rev`` names another; ``none`` leaves that contestant out."""
+
+DRIVER = Path(__file__).resolve().with_name("before_issue_11.py")
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_WORKERS = 2
 """One Ray actor per core of this 2-core machine."""
@@ -646,6 +667,8 @@ class PPOCase:
     @property
     def label(self) -> str:
         """How the tables name it."""
+        if self.kind == BEFORE:
+            return "before #11 (sequential)"
         if self.kind == SEQUENTIAL:
             return "sequential (chunk 1)"
         return f"batched + {self.workers} workers" if self.workers else "batched"
@@ -662,6 +685,77 @@ class CountedRounds:
         before = self.trainer.learner.env_steps
         self.trainer.run_round()
         self.steps.append(self.trainer.learner.env_steps - before)
+
+
+class OldRevisionRounds:
+    """A contestant's step: one ``run_round`` of the pre-#11 code in its own process
+    (``before_issue_11.py`` with ``PYTHONPATH`` on an export of that revision's ``src``), which
+    answers with the round's env-steps; the rounds are timed here, as every contestant's."""
+
+    def __init__(self, source: Path, n_envs: int, env: dict[str, Any]) -> None:
+        overrides = {"env": env, "ppo": {"n_envs": n_envs}}
+        self.process = subprocess.Popen(
+            [sys.executable, str(DRIVER), PPO_PRESET, json.dumps(overrides)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(source)},
+            cwd=source,
+        )
+        self.steps: list[int] = []
+        imported = Path(json.loads(self._answer())["esper"]).resolve()
+        if not imported.is_relative_to(source.resolve()):
+            self.close()
+            raise RuntimeError(f"the before-#11 process imported esper from {imported}")
+
+    def _answer(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the before-#11 process ended (exit {self.process.wait()})")
+        return line
+
+    def __call__(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        self.steps.append(int(json.loads(self._answer())["steps"]))
+
+    def close(self) -> None:
+        """End the process (it stops at the end of its input)."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+@contextmanager
+def old_source(rev: str | None) -> Iterator[Path | None]:
+    """Revision ``rev``'s ``src`` folder exported (``git archive``) to a temporary folder that
+    is removed afterwards; None without a revision. Nothing in the repository changes.
+
+    Raises:
+        SystemExit: git cannot export ``rev`` (``parse_args`` checked that it is a commit), in
+            one line naming it and ``--before-rev none``.
+    """
+    if rev is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="esper-before-11-") as tmp:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", rev, "src"],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            reason = done.stderr.decode(errors="replace").strip().splitlines()
+            raise SystemExit(
+                f"cannot export revision {rev!r} for the before-#11 contestant "
+                f"({reason[-1] if reason else 'git failed'}); pass --before-rev none to leave "
+                "it out"
+            )
+        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+            archive.extractall(tmp, filter="data")
+        yield Path(tmp) / "src"
 
 
 def ppo_trainer(case: PPOCase, env: dict[str, Any]) -> PPOTrainer:
@@ -683,10 +777,11 @@ def ppo_trainer(case: PPOCase, env: dict[str, Any]) -> PPOTrainer:
     return trainer
 
 
-def _chunk_note(case: PPOCase, trainer: PPOTrainer) -> str:
+def _chunk_note(case: PPOCase, counter: CountedRounds | OldRevisionRounds) -> str:
     """The grouped chunk size each environment trains in (per actor with workers)."""
-    if case.kind == SEQUENTIAL:
+    if case.kind in (SEQUENTIAL, BEFORE) or not isinstance(counter, CountedRounds):
         return "1"
+    trainer = counter.trainer
     if case.workers:
         per_actor = -(-case.n_envs // case.workers)  # the largest actor's share
         return f"<= {per_actor} per actor"
@@ -723,46 +818,63 @@ def ray_for(cases: Sequence[PPOCase]) -> Iterator[None]:
         ray.shutdown()
 
 
+def _counter(
+    case: PPOCase, env: dict[str, Any], source: Path | None
+) -> CountedRounds | OldRevisionRounds:
+    if case.kind == BEFORE:
+        assert source is not None
+        return OldRevisionRounds(source, case.n_envs, env)
+    return CountedRounds(ppo_trainer(case, env))
+
+
+def _close(counter: CountedRounds | OldRevisionRounds) -> None:
+    if isinstance(counter, OldRevisionRounds):
+        counter.close()
+    elif isinstance(counter.trainer.vec, RayVectorEnv):
+        counter.trainer.vec.close()
+
+
 def ppo_rounds(
-    cases: Sequence[PPOCase], env: dict[str, Any], run: Budget
+    cases: Sequence[PPOCase], env: dict[str, Any], run: Budget, source: Path | None = None
 ) -> dict[PPOCase, tuple[list[float], list[float]]]:
     """Time ``run.rounds`` interleaved PPO rounds of every case; print a table with each
-    case's env-steps/s and its paired speed over the sequential case with as many
-    environments (when there is one).
+    case's env-steps/s and its paired speed over the sequential case, and over the before-#11
+    case (run from ``source``), with as many environments (where there is one).
 
     Returns:
         Each case's seconds per round and env-steps/s per round.
     """
     rounds, repeats, warmup = run
     with ray_for(cases):
-        trainers = [ppo_trainer(case, env) for case in cases]
-        counters = [CountedRounds(trainer) for trainer in trainers]
-        contestants = [Contestant(c.label, f) for c, f in zip(cases, counters, strict=True)]
+        counters: list[CountedRounds | OldRevisionRounds] = []
         try:
+            counters += [_counter(case, env, source) for case in cases]
+            contestants = [Contestant(c.label, f) for c, f in zip(cases, counters, strict=True)]
             times = time_interleaved(contestants, rounds, repeats, warmup)
         finally:
-            for trainer in trainers:
-                if isinstance(trainer.vec, RayVectorEnv):
-                    trainer.vec.close()
+            for counter in counters:
+                _close(counter)
     measured: dict[PPOCase, tuple[list[float], list[float]]] = {}
     for case, counter, per_round in zip(cases, counters, times, strict=True):
         timed = counter.steps[warmup:]  # a round's steps vary when a governor ends an episode
         steps = [sum(timed[r * repeats : (r + 1) * repeats]) / repeats for r in range(rounds)]
         measured[case] = (per_round, [s / t for s, t in zip(steps, per_round, strict=True)])
     header = (
-        f"{'envs':>4} {'contestant':<22} {'chunk':>16} {'steps/round':>11} {'s/round':>8} "
-        f"{'env-steps/s':>11} {'speed vs sequential':>20}"
+        f"{'envs':>4} {'contestant':<23} {'chunk':>16} {'steps/round':>11} {'s/round':>8} "
+        f"{'env-steps/s':>11} {'speed vs sequential':>20} {'vs before #11':>20}"
     )
     print(header)
     print("-" * len(header))
     for case, counter in zip(cases, counters, strict=True):
         per_round, rates = measured[case]
-        sequential = measured.get(PPOCase(case.n_envs, SEQUENTIAL))
-        speed = "" if sequential is None else _median_spread(_ratios(rates, sequential[1]))
+        speeds = []
+        for kind in (SEQUENTIAL, BEFORE):
+            base = measured.get(PPOCase(case.n_envs, kind))
+            speeds.append("" if base is None else _median_spread(_ratios(rates, base[1])))
         print(
-            f"{case.n_envs:>4} {case.label:<22} {_chunk_note(case, counter.trainer):>16} "
+            f"{case.n_envs:>4} {case.label:<23} {_chunk_note(case, counter):>16} "
             f"{statistics.median(counter.steps[warmup:]):>11} {statistics.median(per_round):>8.2f} "
-            f"{statistics.median(rates):>11.2f} {speed:>20}"
+            f"{statistics.median(rates):>11.2f} {speeds[0]:>20} {speeds[1]:>20}"
         )
     return measured
 
@@ -771,9 +883,11 @@ def _ratios(rates: Sequence[float], base: Sequence[float]) -> list[float]:
     return [r / b for r, b in zip(rates, base, strict=True)]
 
 
-def _cases(n_envs: int, workers: int) -> list[PPOCase]:
-    """Sequential, batched and (given workers, and enough environments) batched on workers."""
-    cases = [PPOCase(n_envs, SEQUENTIAL), PPOCase(n_envs, BATCHED)]
+def _cases(n_envs: int, workers: int, before: bool) -> list[PPOCase]:
+    """The pre-#11 code (given ``before``), sequential, batched and (given workers, and enough
+    environments) batched on workers."""
+    cases = [PPOCase(n_envs, BEFORE)] if before else []
+    cases += [PPOCase(n_envs, SEQUENTIAL), PPOCase(n_envs, BATCHED)]
     if workers and n_envs >= workers:
         cases.append(PPOCase(n_envs, BATCHED, workers))
     return cases
@@ -794,17 +908,20 @@ def ppo_section(run: Budget, work: Workload) -> None:
         f"worker 1 thread; {run.rounds} interleaved rounds x {run.repeats} after {run.warmup} "
         "warm-up"
     )
-    cases = [case for n in work.ppo_env_counts for case in _cases(n, work.workers)]
-    measured = ppo_rounds(cases, env, run)
-    sequential = measured.get(PPOCase(TARGET_ENVS, SEQUENTIAL))
+    before = work.before_rev is not None
+    cases = [case for n in work.ppo_env_counts for case in _cases(n, work.workers, before)]
+    with old_source(work.before_rev) as source:
+        measured = ppo_rounds(cases, env, run, source)
+    # Today's is the code before #11 where it ran; else this sequential path (faster than it).
+    kind = BEFORE if before else SEQUENTIAL
+    base = measured.get(PPOCase(TARGET_ENVS, kind))
     for case in cases:
-        if case.n_envs != TARGET_ENVS or sequential is None or case.kind == SEQUENTIAL:
+        if case.n_envs != TARGET_ENVS or base is None or case.kind in (BEFORE, kind):
             continue
-        speed = statistics.median(_ratios(measured[case][1], sequential[1]))
+        speed = statistics.median(_ratios(measured[case][1], base[1]))
         print(
-            f"{TARGET_ENVS} envs, {case.label} / sequential: {speed:.2f}x (target >= "
-            f"{PPO_TARGET}x today's, whose host step was slower than this sequential path's) "
-            f"{_verdict(speed >= PPO_TARGET)}"
+            f"{TARGET_ENVS} envs, {case.label} / {kind}: {speed:.2f}x (target >= "
+            f"{PPO_TARGET}x today's) {_verdict(speed >= PPO_TARGET)}"
         )
 
 
@@ -819,7 +936,9 @@ def fashion_section(run: Budget, work: Workload) -> None:
         f"\n   {run.rounds} interleaved round(s) per contestant after {run.warmup} warm-up, "
         f"projected to its {FASHION_ROUNDS} rounds"
     )
-    measured = ppo_rounds(_cases(n_envs, work.workers), work.fashion_env, run)
+    cases = _cases(n_envs, work.workers, work.before_rev is not None)
+    with old_source(work.before_rev) as source:
+        measured = ppo_rounds(cases, work.fashion_env, run, source)
     # Every episode at full length (a governor may end one early, and the contestants'
     # float32 trajectories part ways): the preset's most steps over each measured rate.
     assert env.epochs is not None
@@ -872,6 +991,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"Ray actors of the workers contestants (default {DEFAULT_WORKERS}; 0: none, Ray "
         "is not imported)",
     )
+    parser.add_argument(
+        "--before-rev",
+        default=BEFORE_REV,
+        help=f"git revision of the ppo and fashion sections' before-#11 contestant, run from an "
+        f"export of its src (default {BEFORE_REV}, the last commit before issue #11; none: "
+        "leave it out)",
+    )
     defaults = ", ".join(f"{name} {s.budget.rounds}" for name, s in SECTIONS.items())
     parser.add_argument(
         "--rounds", type=int, help=f"interleaved rounds (default per section: {defaults})"
@@ -894,9 +1020,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be at least 0")
+    if args.before_rev == "none":
+        args.before_rev = None
+    elif not _is_commit(args.before_rev):
+        parser.error(
+            f"--before-rev {args.before_rev!r} is not a commit of this git checkout; give one "
+            f"(default {BEFORE_REV}) or none"
+        )
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must be at least 0")
     return args
+
+
+def _is_commit(rev: str) -> bool:
+    """Whether git resolves ``rev`` to a commit of this repository."""
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
 
 
 def budget(args: argparse.Namespace, default: Budget) -> Budget:
@@ -920,7 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"  load      {_load_average()} (1-minute average) before")
-    work = replace(QUICK if args.quick else FULL, workers=args.workers)
+    work = replace(QUICK if args.quick else FULL, workers=args.workers, before_rev=args.before_rev)
     with one_thread():
         for name in args.section or list(SECTIONS):
             run = budget(args, SECTIONS[name].budget)

@@ -103,7 +103,8 @@ def test_envs_benchmark_envs_ppo_and_fashion_sections_smoke(capsys) -> None:
 
     threads = torch.get_num_threads()
     sections = ["--section", "envs", "--section", "ppo", "--section", "fashion"]
-    assert envs.main([*sections, *QUICK_ENVS, "--workers", "0"]) == 0
+    # HEAD stands in for the pre-#11 revision: any clone has it, even a shallow one.
+    assert envs.main([*sections, *QUICK_ENVS, "--workers", "0", "--before-rev", "HEAD"]) == 0
     out = capsys.readouterr().out
     for line in (
         "2. host epochs/s",
@@ -113,12 +114,27 @@ def test_envs_benchmark_envs_ppo_and_fashion_sections_smoke(capsys) -> None:
         "batched, chunk 4, default",  # the measured default groups the small host ...
         "sequential (chunk 1), default",  # ... and trains the wider one one by one
         "3. PPO env-steps/s",
+        "   2 before #11 (sequential)",  # the pre-#11 code ran in its own process ...
+        "vs before #11",  # ... and is the baseline of the 5x target
         "4. the 'fashion' preset",
         "batched: 40 rounds (160 env steps) ~",
+        "before #11 (sequential): 40 rounds (160 env steps) ~",
     ):
         assert line in out
     assert "batched + " not in out  # --workers 0: no workers contestant (and no Ray)
     assert torch.get_num_threads() == threads
+
+
+def test_envs_benchmark_unknown_before_rev_is_one_line(capsys) -> None:
+    import envs
+
+    with pytest.raises(SystemExit) as exit_info:
+        envs.main(["--section", "ppo", *QUICK_ENVS, "--workers", "0", "--before-rev", "nosuchrev"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "3. PPO" not in captured.out  # refused before any section ran
+    last = captured.err.strip().splitlines()[-1]
+    assert "--before-rev 'nosuchrev' is not a commit" in last and "or none" in last
 
 
 @pytest.mark.slow
