@@ -5,10 +5,10 @@ worktree of an older revision (``--before-rev``), so that ``esper`` here is that
 the baseline "today's PPO env-steps/s" of issue #11, measured on the same machine in the same
 run instead of estimated. Not meant to be run by hand.
 
-Arguments: a preset name and a JSON object of ``TrainingConfig`` overrides. Every line on stdin
-runs one ``run_round`` and is answered by one JSON line on stdout, ``{"steps": N}`` (the round's
-environment steps); end of input ends the process. One torch thread, as in every section of the
-benchmark. The first line written is ``{"esper": PATH}``, where ``esper`` was imported from, so
+Arguments: a preset name, a JSON object of ``TrainingConfig`` overrides and the torch thread
+count. Every line on stdin runs one ``run_round`` and is answered by one JSON line on stdout,
+``{"steps": N}`` (the round's environment steps); end of input ends the process. The first
+line written is ``{"esper": PATH}``, where ``esper`` was imported from, so
 the caller can check that it is the old revision.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 def main() -> int:
     """Serve rounds until stdin ends; returns 0."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[3]))
     # Imported after the thread count is set, from the old revision on PYTHONPATH.
     import esper
     from esper.data import load_dataset

@@ -426,6 +426,8 @@ class Workload:
         workers: Ray actors of the ppo and fashion sections' workers contestants (0: none).
         before_rev: the git revision whose code the ppo and fashion sections' before-#11
             contestant runs (None: no such contestant).
+        before_threads: that contestant's torch threads (that code's own default was torch's,
+            two here; the other contestants run one per process).
     """
 
     env_counts: tuple[int, ...]
@@ -436,6 +438,7 @@ class Workload:
     fashion_env: dict[str, int]
     workers: int = 0
     before_rev: str | None = None
+    before_threads: int = 1
 
 
 FULL = Workload((1, 4, 8, 16), 20, (1, 4, 8), 4, 500, {})
@@ -689,13 +692,14 @@ class CountedRounds:
 
 class OldRevisionRounds:
     """A contestant's step: one ``run_round`` of the pre-#11 code in its own process
-    (``before_issue_11.py`` with ``PYTHONPATH`` on an export of that revision's ``src``), which
-    answers with the round's env-steps; the rounds are timed here, as every contestant's."""
+    (``before_issue_11.py`` with ``PYTHONPATH`` on an export of that revision's ``src``) at
+    ``threads`` torch threads, which answers with the round's env-steps; the rounds are timed
+    here, as every contestant's."""
 
-    def __init__(self, source: Path, n_envs: int, env: dict[str, Any]) -> None:
+    def __init__(self, source: Path, n_envs: int, env: dict[str, Any], threads: int) -> None:
         overrides = {"env": env, "ppo": {"n_envs": n_envs}}
         self.process = subprocess.Popen(
-            [sys.executable, str(DRIVER), PPO_PRESET, json.dumps(overrides)],
+            [sys.executable, str(DRIVER), PPO_PRESET, json.dumps(overrides), str(threads)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -819,11 +823,11 @@ def ray_for(cases: Sequence[PPOCase]) -> Iterator[None]:
 
 
 def _counter(
-    case: PPOCase, env: dict[str, Any], source: Path | None
+    case: PPOCase, env: dict[str, Any], source: Path | None, before_threads: int
 ) -> CountedRounds | OldRevisionRounds:
     if case.kind == BEFORE:
         assert source is not None
-        return OldRevisionRounds(source, case.n_envs, env)
+        return OldRevisionRounds(source, case.n_envs, env, before_threads)
     return CountedRounds(ppo_trainer(case, env))
 
 
@@ -835,11 +839,16 @@ def _close(counter: CountedRounds | OldRevisionRounds) -> None:
 
 
 def ppo_rounds(
-    cases: Sequence[PPOCase], env: dict[str, Any], run: Budget, source: Path | None = None
+    cases: Sequence[PPOCase],
+    env: dict[str, Any],
+    run: Budget,
+    source: Path | None = None,
+    before_threads: int = 1,
 ) -> dict[PPOCase, tuple[list[float], list[float]]]:
     """Time ``run.rounds`` interleaved PPO rounds of every case; print a table with each
     case's env-steps/s and its paired speed over the sequential case, and over the before-#11
-    case (run from ``source``), with as many environments (where there is one).
+    case (run from ``source`` at ``before_threads``), with as many environments (where there
+    is one).
 
     Returns:
         Each case's seconds per round and env-steps/s per round.
@@ -848,7 +857,7 @@ def ppo_rounds(
     with ray_for(cases):
         counters: list[CountedRounds | OldRevisionRounds] = []
         try:
-            counters += [_counter(case, env, source) for case in cases]
+            counters += [_counter(case, env, source, before_threads) for case in cases]
             contestants = [Contestant(c.label, f) for c, f in zip(cases, counters, strict=True)]
             times = time_interleaved(contestants, rounds, repeats, warmup)
         finally:
@@ -905,13 +914,13 @@ def ppo_section(run: Budget, work: Workload) -> None:
         f"\n3. PPO env-steps/s: preset {PPO_PRESET!r} ({task}) with episodes of "
         f"{work.ppo_epochs} epochs x {work.epoch_batches} batches, {work.val_samples} "
         f"validation samples;\n   whole rounds (rollout + PPO update); driver 1 thread, each Ray "
-        f"worker 1 thread; {run.rounds} interleaved rounds x {run.repeats} after {run.warmup} "
-        "warm-up"
+        f"worker 1 thread, the before-#11 process {work.before_threads};\n   {run.rounds} "
+        f"interleaved rounds x {run.repeats} after {run.warmup} warm-up"
     )
     before = work.before_rev is not None
     cases = [case for n in work.ppo_env_counts for case in _cases(n, work.workers, before)]
     with old_source(work.before_rev) as source:
-        measured = ppo_rounds(cases, env, run, source)
+        measured = ppo_rounds(cases, env, run, source, work.before_threads)
     # Today's is the code before #11 where it ran; else this sequential path (faster than it).
     kind = BEFORE if before else SEQUENTIAL
     base = measured.get(PPOCase(TARGET_ENVS, kind))
@@ -934,11 +943,11 @@ def fashion_section(run: Budget, work: Workload) -> None:
         f"\n4. the {PPO_PRESET!r} preset: {n_envs} envs x {env.epochs}-epoch episodes of "
         f"{env.batches_per_epoch} batches, {env.val_samples} validation samples ({env.task}); "
         f"\n   {run.rounds} interleaved round(s) per contestant after {run.warmup} warm-up, "
-        f"projected to its {FASHION_ROUNDS} rounds"
+        f"projected to its {FASHION_ROUNDS} rounds; threads as in section 3"
     )
     cases = _cases(n_envs, work.workers, work.before_rev is not None)
     with old_source(work.before_rev) as source:
-        measured = ppo_rounds(cases, work.fashion_env, run, source)
+        measured = ppo_rounds(cases, work.fashion_env, run, source, work.before_threads)
     # Every episode at full length (a governor may end one early, and the contestants'
     # float32 trajectories part ways): the preset's most steps over each measured rate.
     assert env.epochs is not None
@@ -998,6 +1007,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"export of its src (default {BEFORE_REV}, the last commit before issue #11; none: "
         "leave it out)",
     )
+    parser.add_argument(
+        "--before-threads",
+        type=int,
+        default=1,
+        help="torch threads of the before-#11 contestant (default 1, as every other process; 2 "
+        "is what that code ran by default here, using both cores as the workers contestant does)",
+    )
     defaults = ", ".join(f"{name} {s.budget.rounds}" for name, s in SECTIONS.items())
     parser.add_argument(
         "--rounds", type=int, help=f"interleaved rounds (default per section: {defaults})"
@@ -1020,6 +1036,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be at least 0")
+    if args.before_threads < 1:
+        parser.error(f"--before-threads must be at least 1, not {args.before_threads}")
     if args.before_rev == "none":
         args.before_rev = None
     elif not _is_commit(args.before_rev):
@@ -1063,7 +1081,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"  load      {_load_average()} (1-minute average) before")
-    work = replace(QUICK if args.quick else FULL, workers=args.workers, before_rev=args.before_rev)
+    work = replace(
+        QUICK if args.quick else FULL,
+        workers=args.workers,
+        before_rev=args.before_rev,
+        before_threads=args.before_threads,
+    )
     with one_thread():
         for name in args.section or list(SECTIONS):
             run = budget(args, SECTIONS[name].budget)
