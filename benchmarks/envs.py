@@ -38,9 +38,9 @@ Sections (``--section NAME``; all of them without it):
   2, one torch thread each; Ray started with that many CPUs per such trainer, since actors
   keep their CPUs and the trainers take turns), and *before #11*: the code of the last commit
   before issue #11 (``--before-rev``, default ``4df359f``), exported from git to a temporary
-  folder and run in a child process of its own (``before_issue_11.py``) at one thread: today's
-  path itself, not a reconstruction. Target: 8 environments >= 5x today's (the before-#11
-  contestant's rate; the sequential one's without it).
+  folder and run in a child process of its own (``before_issue_11.py``) at one thread
+  (``--before-threads``): today's path itself, not a reconstruction. Target: 8 environments
+  >= 5x today's (the before-#11 contestant's rate; the sequential one's without it).
 * **fashion**: whole rounds of the ``fashion`` preset itself (4 environments, 15 epochs x 100
   batches, 2,000 validation samples), the same four contestants, projected to its 40 rounds.
   Target: under 30 minutes.
