@@ -442,9 +442,7 @@ class Workload:
 
 
 FULL = Workload((1, 4, 8, 16), 20, (1, 4, 8), 4, 500, {})
-QUICK = Workload(
-    (1, 2), 2, (1, 2), 2, 128, {"epochs": 2, "batches_per_epoch": 2, "val_samples": 128}
-)
+QUICK = Workload((1, 2), 2, (2,), 2, 128, {"epochs": 2, "batches_per_epoch": 2, "val_samples": 128})
 """``--quick``: a smoke run in seconds (numbers meaningless)."""
 
 FORCED_CHUNK = 4
