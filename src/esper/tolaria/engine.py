@@ -243,8 +243,8 @@ def train_together(
         if not live:
             break
         measure = i % GRADIENT_STATS_EVERY == 0
-        trained = [trainers[j] for j in live]
-        _train_batch(trained, [tallies[j] for j in live], measure, check, grouped)
+        batch_trainers = [trainers[j] for j in live]
+        _train_batch(batch_trainers, [tallies[j] for j in live], measure, check, grouped)
         if reporting and (now := clock()) >= report_at:
             report_at = now + PROGRESS_EVERY_S
             for report, epoch, tally, n in reporting:
