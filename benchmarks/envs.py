@@ -424,8 +424,8 @@ class Workload:
         fashion_env: overrides of the ``fashion`` preset's ``env`` group in the fashion
             section (none: the preset as it is).
         workers: Ray actors of the ppo and fashion sections' workers contestants (0: none).
-        before_rev: the git revision whose code the ppo and fashion sections' before-#11
-            contestant runs (None: no such contestant).
+        before_source: the exported ``src`` of the revision whose code the ppo and fashion
+            sections' before-#11 contestant runs (None: no such contestant).
         before_threads: that contestant's torch threads (that code's own default was torch's,
             two here; the other contestants run one per process).
     """
@@ -437,7 +437,7 @@ class Workload:
     val_samples: int
     fashion_env: dict[str, int]
     workers: int = 0
-    before_rev: str | None = None
+    before_source: Path | None = None
     before_threads: int = 1
 
 
@@ -781,7 +781,7 @@ def ppo_trainer(case: PPOCase, env: dict[str, Any]) -> PPOTrainer:
 
 def _chunk_note(case: PPOCase, counter: CountedRounds | OldRevisionRounds) -> str:
     """The grouped chunk size each environment trains in (per actor with workers)."""
-    if case.kind in (SEQUENTIAL, BEFORE) or not isinstance(counter, CountedRounds):
+    if case.kind == SEQUENTIAL or not isinstance(counter, CountedRounds):  # or before #11
         return "1"
     trainer = counter.trainer
     if case.workers:
@@ -915,10 +915,9 @@ def ppo_section(run: Budget, work: Workload) -> None:
         f"worker 1 thread, the before-#11 process {work.before_threads};\n   {run.rounds} "
         f"interleaved rounds x {run.repeats} after {run.warmup} warm-up"
     )
-    before = work.before_rev is not None
+    before = work.before_source is not None
     cases = [case for n in work.ppo_env_counts for case in _cases(n, work.workers, before)]
-    with old_source(work.before_rev) as source:
-        measured = ppo_rounds(cases, env, run, source, work.before_threads)
+    measured = ppo_rounds(cases, env, run, work.before_source, work.before_threads)
     # Today's is the code before #11 where it ran; else this sequential path (faster than it).
     kind = BEFORE if before else SEQUENTIAL
     base = measured.get(PPOCase(TARGET_ENVS, kind))
@@ -943,9 +942,8 @@ def fashion_section(run: Budget, work: Workload) -> None:
         f"\n   {run.rounds} interleaved round(s) per contestant after {run.warmup} warm-up, "
         f"projected to its {FASHION_ROUNDS} rounds; threads as in section 3"
     )
-    cases = _cases(n_envs, work.workers, work.before_rev is not None)
-    with old_source(work.before_rev) as source:
-        measured = ppo_rounds(cases, work.fashion_env, run, source, work.before_threads)
+    cases = _cases(n_envs, work.workers, work.before_source is not None)
+    measured = ppo_rounds(cases, work.fashion_env, run, work.before_source, work.before_threads)
     # Every episode at full length (a governor may end one early, and the contestants'
     # float32 trajectories part ways): the preset's most steps over each measured rate.
     assert env.epochs is not None
@@ -1079,14 +1077,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"  load      {_load_average()} (1-minute average) before")
-    work = replace(
-        QUICK if args.quick else FULL,
-        workers=args.workers,
-        before_rev=args.before_rev,
-        before_threads=args.before_threads,
-    )
-    with one_thread():
-        for name in args.section or list(SECTIONS):
+    sections = args.section or list(SECTIONS)
+    # Exported once for both sections that run it, and only when one of them runs.
+    rev = args.before_rev if {"ppo", "fashion"} & set(sections) else None
+    with old_source(rev) as source, one_thread():
+        work = replace(
+            QUICK if args.quick else FULL,
+            workers=args.workers,
+            before_source=source,
+            before_threads=args.before_threads,
+        )
+        for name in sections:
             run = budget(args, SECTIONS[name].budget)
             print(
                 f"\n[{name}] {run.rounds} interleaved rounds x {run.repeats} steps per "
