@@ -22,9 +22,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src/
 
+# The fast lane runs on TEST_WORKERS pytest-xdist processes (each with one torch thread, see
+# tests/conftest.py), one test file per process at a time so that module fixtures are built once.
 # pytest exits 5 when it collects nothing: a lane that ran no test fails loudly.
+TEST_WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/pytest -q; rc=$$?; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make unit: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The main job: static vs heuristic growth on fashion_mnist_impaired (about 5 minutes on 2 cores).
