@@ -251,12 +251,19 @@ def plain_cnn(config: CNNHostConfig) -> nn.Sequential:
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-def relu_before_pool(host: SegmentedHost) -> SegmentedHost:
-    """``host`` with every CNN block back in the order it had before issue #11, conv ->
-    BatchNorm -> ReLU -> max-pool (``CNNHost`` now pools first: the same function and
-    gradients, bit for bit). Changes no parameter or state-dict key."""
+def before_issue_11_blocks(host: SegmentedHost) -> SegmentedHost:
+    """``host`` with every CNN block as it was before issue #11: conv -> BatchNorm -> ReLU ->
+    max-pool, computed by torch's own ``Conv2d`` and ``MaxPool2d``. (``CNNHost`` now pools
+    first, the same function and gradients bit for bit, computes a 1x1 convolution of one
+    channel as a product, and pools without autograd by strided views.) Changes no parameter
+    or state-dict key."""
     for segment in cast(Iterable[nn.Sequential], host.segments):
         for i, block in enumerate(cast(Iterable[nn.Sequential], segment)):
+            for layer in block:
+                if isinstance(layer, nn.Conv2d):
+                    layer.__class__ = nn.Conv2d
+                elif isinstance(layer, nn.MaxPool2d):
+                    layer.__class__ = nn.MaxPool2d
             pools = [m for m in block if isinstance(m, nn.MaxPool2d)]
             rest = [m for m in block if not isinstance(m, (nn.MaxPool2d, nn.ReLU))]
             segment[i] = nn.Sequential(*rest, nn.ReLU(), *pools)
@@ -291,7 +298,7 @@ def raw_contestants() -> tuple[list[Contestant], int]:
     )
     torch.manual_seed(SEED)
     host = CNNHost(config)
-    old = relu_before_pool(CNNHost(config))
+    old = before_issue_11_blocks(CNNHost(config))
     old.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     old.load_state_dict(host.state_dict())
     plain = plain_cnn(config)
@@ -485,7 +492,7 @@ def host_trainers(
         torch.manual_seed(SEED + i)
         built = host.build(data)
         if old_layout:
-            built = relu_before_pool(built)
+            built = before_issue_11_blocks(built)
             built = built.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         model = MorphogeneticModel(built, list(training.slots))
         stream = BatchStream(data.x_train, data.y_train, training.batch_size, SEED + i)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import cnn_host, expected_output, grow, host_input, transformer_host
 from esper.kasmina import (
@@ -19,6 +21,7 @@ from esper.kasmina import (
     build_host,
     host_config_from_dict,
 )
+from esper.kasmina.hosts import Conv2d, MaxPool2x2, conv2d
 from esper.leyline import BLENDED_STAGES, SeedStage, Topology
 from esper.leyline.data import Dataset
 from esper.tasks import TASKS
@@ -96,7 +99,7 @@ def test_cnn_blocks_pool_before_relu_bit_identically(make) -> None:
     some pool windows hold only negatives."""
     host = make().train()
     orders = {tuple(type(m).__name__ for m in block) for seg in host.segments for block in seg}
-    assert ("Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU") in orders
+    assert ("Conv2d", "BatchNorm2d", "MaxPool2x2", "ReLU") in orders
     textbook = _relu_then_pool(host)
     x = host_input(host, batch=8) - 0.5
     results = []
@@ -107,6 +110,57 @@ def test_cnn_blocks_pool_before_relu_bit_identically(make) -> None:
         results.append([out.detach()] + [p.grad.clone() for p in host.parameters()])
     assert len(results[0]) == len(results[1]) > 1
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_pointwise_conv_over_one_channel_is_the_convolution(bias: bool, layout) -> None:
+    """A 1×1 convolution of a 1-channel input, computed as a product, gives torch's convolution
+    output bit for bit (without a bias: one multiply per element) and its weight gradient up to
+    summation order; other convolutions are torch's own."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 9, 7, dtype=torch.float64).contiguous(memory_format=layout)
+    conv = Conv2d(1, 5, 1, bias=bias).double()
+    out = conv(x)
+    expected = F.conv2d(x, conv.weight, conv.bias)
+    assert out.shape == expected.shape == (6, 5, 9, 7)
+    assert torch.equal(out, expected) if not bias else torch.allclose(out, expected, atol=1e-15)
+    g = torch.randn_like(out)
+    (mine,) = torch.autograd.grad(out, conv.weight, g)
+    (theirs,) = torch.autograd.grad(expected, conv.weight, g)
+    assert torch.allclose(mine, theirs, rtol=1e-12, atol=1e-12)
+    for kernel, channels, groups, pad in [(3, 1, 1, 1), (3, 1, 1, 0), (1, 2, 1, 0), (1, 2, 2, 0)]:
+        other = Conv2d(channels, 4, kernel, padding=pad, groups=groups, bias=bias).double()
+        y = torch.randn(2, channels, 5, 5, dtype=torch.float64)
+        assert torch.equal(other(y), F.conv2d(y, other.weight, other.bias, 1, pad, 1, groups))
+    assert torch.equal(
+        conv2d(x, conv.weight, None, (1, 1), "valid", (1, 1), 1), F.conv2d(x, conv.weight)
+    )
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 5)])
+def test_max_pool_without_gradients_equals_the_kernel_bit_for_bit(size: tuple[int, int]) -> None:
+    """Under no_grad the four-view maximum gives torch's 2×2 max-pool exactly, on ties (values on
+    a coarse grid), NaN and -inf, odd sizes and both layouts; with gradients it is torch's kernel,
+    whose backward sends a tie's gradient to one position."""
+    torch.manual_seed(0)
+    x = torch.randint(-3, 3, (4, 3, *size)).float()
+    x[0, 0, 0, 0], x[1, 2, 3, 1], x[2, 1, 1, 1] = math.nan, -math.inf, math.inf
+    pool = MaxPool2x2()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y = x.contiguous(memory_format=layout)
+        with torch.no_grad():
+            out = pool(y)
+        expected = F.max_pool2d(y, 2)
+        assert out.shape == expected.shape
+        assert torch.equal(out.isnan(), expected.isnan())
+        assert torch.equal(out.nan_to_num(0.0), expected.nan_to_num(0.0))
+    z = torch.randint(0, 2, (2, 3, *size)).float().requires_grad_()
+    g = torch.randn(2, 3, size[0] // 2, size[1] // 2)
+    (mine,) = torch.autograd.grad(pool(z), z, g)
+    (theirs,) = torch.autograd.grad(F.max_pool2d(z, 2), z, g)
+    assert torch.equal(mine, theirs)
+    assert (mine != 0).sum() == g.numel()  # one position per window, ties included
 
 
 def _params(host: SegmentedHost) -> int:

@@ -201,6 +201,67 @@ class SegmentedHost(nn.Module, ABC):
         return self._head(h)
 
 
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...] | str,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> Tensor:
+    """``F.conv2d``, with a 1×1 convolution over one input channel per group computed as the
+    broadcast product it is.
+
+    Such a convolution (an impaired host's first layer on grayscale images; the k of them in a
+    grouped pass) scales each input channel by its group's output weights. oneDNN's kernel for it
+    was 2–7× slower than the product on this CPU (a 500-image batch at 28×28: 13.3 vs 1.8 ms).
+    Outputs are bit-identical (one multiply per element); weight gradients may differ from the
+    kernel's in summation order.
+    """
+    c_out, c_in_per_group, kh, kw = weight.shape
+    pointwise = (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and padding in ((0, 0), "valid")
+    if not (pointwise and c_in_per_group == 1 and groups == 1):
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    n, _, h, w = x.shape
+    scales = weight.view(1, groups, c_out // groups, 1, 1)
+    out = (x.unsqueeze(2) * scales).view(n, c_out, h, w)  # (B, G, 1, H, W) -> (B, G·per, H, W)
+    return out if bias is None else out + bias.view(1, c_out, 1, 1)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` computed by ``conv2d`` (1×1 over one channel per group as a product)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding_mode != "zeros":
+            return super().forward(x)
+        return conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)``; where no gradient is needed (validation, counterfactuals), the
+    maximum of the four strided views of the windows' corners.
+
+    The same values bit for bit (a maximum is exact; NaN propagates either way), 3–4× faster on
+    this CPU for the few channels of an impaired host (torch's pooling kernel vectorises over
+    channels). With autograd the kernel stays: its backward sends a tie's gradient to one
+    position, which the views' ``maximum`` would split.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes drop their last row/col
+        top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+        bottom = torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2])
+        return torch.maximum(top, bottom)
+
+
 class CNNHost(SegmentedHost):
     """A small convolutional classifier: blocks of conv → BatchNorm → ReLU → 2×2 max-pool.
 
@@ -217,6 +278,10 @@ class CNNHost(SegmentedHost):
     batches (as ``esper.data.load_dataset`` provides them), every activation stays NHWC, which
     CPU convolution kernels run ~1.5x faster than NCHW (``benchmarks/envs.py --section raw``).
     Inputs in the default layout give the same results, converted at the first convolution.
+    A one-channel input is the same memory in both layouts; an impaired host's 1×1 first layer
+    on it is computed as a product (``conv2d``), and without autograd the pools take the
+    maximum of strided views (``MaxPool2x2``). In an interleaved A/B on this CPU, 8 impaired
+    hosts trained one by one 1.23× and validated 2.5× faster; grouped training is unchanged.
     """
 
     kind = "cnn"
@@ -232,10 +297,10 @@ class CNNHost(SegmentedHost):
         channels, size = config.in_channels, config.input_size
         for i in range(config.depth):
             out = config.base_channels * 2**i
-            conv = nn.Conv2d(channels, out, k, padding=k // 2, bias=False)
+            conv = Conv2d(channels, out, k, padding=k // 2, bias=False)
             layers: list[nn.Module] = [conv, nn.BatchNorm2d(out)]
             if size >= 2:  # pool while there is something to pool
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
                 size //= 2
             layers.append(nn.ReLU())
             blocks.append(nn.Sequential(*layers))
