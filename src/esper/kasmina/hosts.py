@@ -210,27 +210,26 @@ def conv2d(
     dilation: tuple[int, ...],
     groups: int,
 ) -> Tensor:
-    """``F.conv2d``, with a 1×1 convolution over one input channel per group computed as the
-    broadcast product it is.
+    """``F.conv2d``, with a 1×1 convolution of a one-channel input (``groups = 1``) computed as
+    the broadcast product it is.
 
-    Such a convolution (an impaired host's first layer on grayscale images; the k of them in a
-    grouped pass) scales each input channel by its group's output weights. On this CPU a first
-    block (this convolution, batch norm, pool, ReLU) of one impaired host ran 2.0× faster so in
-    training at batch 128 and 2.3× in validation on 500 images. Outputs are bit-identical (one multiply per element); weight gradients may differ from the
-    kernel's in summation order.
+    Such a convolution (an impaired host's first layer on grayscale images) scales the input
+    channel by each output channel's weight. On this CPU a first block (this convolution, batch
+    norm, pool, ReLU) of one impaired host ran 2.0× faster so in training at batch 128 and 2.3×
+    in validation on 500 images. The k such layers of a grouped pass (``groups = k``) stay
+    oneDNN's, which measured faster there than the product. Outputs are bit-identical (one
+    multiply per element); weight gradients may differ from the kernel's in summation order.
     """
     c_out, c_in_per_group, kh, kw = weight.shape
     pointwise = (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and padding in ((0, 0), "valid")
     if not (pointwise and c_in_per_group == 1 and groups == 1):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    n, _, h, w = x.shape
-    scales = weight.view(1, groups, c_out // groups, 1, 1)
-    out = (x.unsqueeze(2) * scales).view(n, c_out, h, w)  # (B, G, 1, H, W) -> (B, G·per, H, W)
+    out = x * weight.view(1, c_out, 1, 1)  # (B, 1, H, W) -> (B, C_out, H, W)
     return out if bias is None else out + bias.view(1, c_out, 1, 1)
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` computed by ``conv2d`` (1×1 over one channel per group as a product)."""
+    """``nn.Conv2d`` computed by ``conv2d`` (a 1×1 convolution of one channel as a product)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
