@@ -21,7 +21,7 @@ from esper.kasmina import (
     build_host,
     host_config_from_dict,
 )
-from esper.kasmina.hosts import Conv2d, MaxPool2x2, conv2d
+from esper.kasmina.hosts import Conv2d, MaxPool2x2
 from esper.leyline import BLENDED_STAGES, SeedStage, Topology
 from esper.leyline.data import Dataset
 from esper.tasks import TASKS
@@ -112,55 +112,84 @@ def test_cnn_blocks_pool_before_relu_bit_identically(make) -> None:
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
-@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_a_pointwise_conv_over_one_channel_is_the_convolution(bias: bool, layout) -> None:
+def test_a_pointwise_conv_over_one_channel_is_the_convolution(layout) -> None:
     """A 1×1 convolution of a 1-channel input, computed as a product, gives torch's convolution
-    output bit for bit (without a bias: one multiply per element) and its weight gradient up to
-    summation order; other convolutions are torch's own."""
+    output bit for bit (one multiply per element) and its weight gradient up to summation
+    order, in float32 and float64."""
     torch.manual_seed(0)
-    x = torch.randn(6, 1, 9, 7, dtype=torch.float64).contiguous(memory_format=layout)
-    conv = Conv2d(1, 5, 1, bias=bias).double()
-    out = conv(x)
-    expected = F.conv2d(x, conv.weight, conv.bias)
-    assert out.shape == expected.shape == (6, 5, 9, 7)
-    assert torch.equal(out, expected) if not bias else torch.allclose(out, expected, atol=1e-15)
-    g = torch.randn_like(out)
-    (mine,) = torch.autograd.grad(out, conv.weight, g)
-    (theirs,) = torch.autograd.grad(expected, conv.weight, g)
-    assert torch.allclose(mine, theirs, rtol=1e-12, atol=1e-12)
-    for kernel, channels, groups, pad in [(3, 1, 1, 1), (3, 1, 1, 0), (1, 2, 1, 0), (1, 2, 2, 0)]:
-        other = Conv2d(channels, 4, kernel, padding=pad, groups=groups, bias=bias).double()
-        y = torch.randn(2, channels, 5, 5, dtype=torch.float64)
-        assert torch.equal(other(y), F.conv2d(y, other.weight, other.bias, 1, pad, 1, groups))
-    assert torch.equal(
-        conv2d(x, conv.weight, None, (1, 1), "valid", (1, 1), 1), F.conv2d(x, conv.weight)
-    )
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(6, 1, 9, 7, dtype=dtype).contiguous(memory_format=layout)
+        for padding in (0, "valid"):
+            conv = Conv2d(1, 5, 1, padding=padding, bias=False).to(dtype)
+            out = conv(x)
+            expected = F.conv2d(x, conv.weight)
+            assert out.shape == expected.shape == (6, 5, 9, 7)
+            assert torch.equal(out, expected)
+        g = torch.randn_like(out)
+        (mine,) = torch.autograd.grad(out, conv.weight, g)
+        (theirs,) = torch.autograd.grad(expected, conv.weight, g)
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+        assert torch.allclose(mine, theirs, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("size", [(8, 8), (7, 5)])
-def test_max_pool_without_gradients_equals_the_kernel_bit_for_bit(size: tuple[int, int]) -> None:
-    """Under no_grad the four-view maximum gives torch's 2×2 max-pool exactly, on ties (values on
-    a coarse grid), NaN and -inf, odd sizes and both layouts; with gradients it is torch's kernel,
-    whose backward sends a tie's gradient to one position."""
+def test_other_convolutions_and_inputs_are_torchs_own() -> None:
+    """Whatever the product would not compute exactly as torch does — a bias, other kernels,
+    paddings or channel counts, unbatched or mistyped inputs — gives torch's result or error."""
     torch.manual_seed(0)
-    x = torch.randint(-3, 3, (4, 3, *size)).float()
-    x[0, 0, 0, 0], x[1, 2, 3, 1], x[2, 1, 1, 1] = math.nan, -math.inf, math.inf
+    cases = [  # (in, kernel, padding, groups, bias, input shape)
+        (1, 1, 0, 1, True, (2, 1, 5, 5)),
+        (1, 3, 1, 1, False, (2, 1, 5, 5)),
+        (1, 3, 0, 1, False, (2, 1, 5, 5)),
+        (1, 1, 1, 1, False, (2, 1, 5, 5)),
+        (2, 1, 0, 1, False, (2, 2, 5, 5)),
+        (2, 1, 0, 2, False, (2, 2, 5, 5)),
+        (1, 1, 0, 1, False, (1, 1, 5)),  # unbatched (its second dimension is 1 too)
+    ]
+    for c_in, kernel, padding, groups, bias, shape in cases:
+        conv = Conv2d(c_in, 4, kernel, padding=padding, groups=groups, bias=bias)
+        x = torch.randn(shape)
+        expected = F.conv2d(x, conv.weight, conv.bias, 1, padding, 1, groups)
+        assert torch.equal(conv(x), expected)
+    conv = Conv2d(1, 4, 1, bias=False)
+    for wrong in (torch.randn(2, 3, 5, 5), torch.randn(2, 1, 5, 5, dtype=torch.float64)):
+        with pytest.raises(RuntimeError) as mine:
+            conv(wrong)
+        with pytest.raises(RuntimeError) as theirs:
+            F.conv2d(wrong, conv.weight)
+        assert str(mine.value) == str(theirs.value)
+
+
+def test_max_pool_without_gradients_equals_the_kernel() -> None:
+    """Under no_grad the four-view maximum gives torch's 2×2 max-pool values, on ties (values on
+    a coarse grid), NaN and ±inf, odd sizes, unbatched inputs and both layouts; with gradients
+    it is torch's kernel, whose backward sends a tie's gradient to one position; inputs the
+    kernel rejects (nothing to pool, bool) fail as they do there."""
+    torch.manual_seed(0)
     pool = MaxPool2x2()
-    for layout in (torch.contiguous_format, torch.channels_last):
-        y = x.contiguous(memory_format=layout)
-        with torch.no_grad():
-            out = pool(y)
-        expected = F.max_pool2d(y, 2)
-        assert out.shape == expected.shape
-        assert torch.equal(out.isnan(), expected.isnan())
-        assert torch.equal(out.nan_to_num(0.0), expected.nan_to_num(0.0))
-    z = torch.randint(0, 2, (2, 3, *size)).float().requires_grad_()
-    g = torch.randn(2, 3, size[0] // 2, size[1] // 2)
-    (mine,) = torch.autograd.grad(pool(z), z, g)
-    (theirs,) = torch.autograd.grad(F.max_pool2d(z, 2), z, g)
-    assert torch.equal(mine, theirs)
-    assert (mine != 0).sum() == g.numel()  # one position per window, ties included
+    for size in ((8, 8), (7, 5), (2, 3)):
+        x = torch.randint(-3, 3, (4, 3, *size)).float()
+        x[0, 0, 0, 0], x[1, 2, 1, 1], x[2, 1, 1, 0] = math.nan, -math.inf, math.inf
+        for y in (x, x.contiguous(memory_format=torch.channels_last), x[0]):
+            with torch.no_grad():
+                out = pool(y)
+            expected = F.max_pool2d(y, 2)
+            assert out.shape == expected.shape
+            assert torch.equal(out.isnan(), expected.isnan())
+            assert torch.equal(out.nan_to_num(0.0), expected.nan_to_num(0.0))
+        for layout in (torch.contiguous_format, torch.channels_last):
+            z = torch.randint(0, 2, (2, 3, *size)).float().contiguous(memory_format=layout)
+            z.requires_grad_()
+            g = torch.randn(2, 3, size[0] // 2, size[1] // 2)
+            (mine,) = torch.autograd.grad(pool(z), z, g)
+            (theirs,) = torch.autograd.grad(F.max_pool2d(z, 2), z, g)
+            assert torch.equal(mine, theirs)
+            assert (mine != 0).sum() == g.numel()  # one position per window, ties included
+    for bad in (torch.zeros(2, 3, 1, 4), torch.zeros(2, 3, 4, 4, dtype=torch.bool)):
+        with pytest.raises(RuntimeError), torch.no_grad():
+            F.max_pool2d(bad, 2)
+        with pytest.raises(RuntimeError), torch.no_grad():
+            pool(bad)
 
 
 def _params(host: SegmentedHost) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina.hosts import CNNHost, conv2d
+from esper.kasmina.hosts import CNNHost
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline.lifecycle import FORWARD_STAGES
 
@@ -90,7 +90,7 @@ def _conv(layers: Sequence[nn.Conv2d], h: Tensor) -> Tensor:
     c = layers[0]
     weight = torch.cat([layer.weight for layer in layers])  # (k·C_out, C_in / g, kh, kw)
     bias = None if c.bias is None else torch.cat([cast(Tensor, layer.bias) for layer in layers])
-    return conv2d(h, weight, bias, c.stride, c.padding, c.dilation, len(layers) * c.groups)
+    return F.conv2d(h, weight, bias, c.stride, c.padding, c.dilation, len(layers) * c.groups)
 
 
 def _batch_norm(layers: Sequence[nn.BatchNorm2d], h: Tensor) -> Tensor:

@@ -201,59 +201,60 @@ class SegmentedHost(nn.Module, ABC):
         return self._head(h)
 
 
-def conv2d(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: tuple[int, ...],
-    padding: tuple[int, ...] | str,
-    dilation: tuple[int, ...],
-    groups: int,
-) -> Tensor:
-    """``F.conv2d``, with a 1×1 convolution of a one-channel input (``groups = 1``) computed as
-    the broadcast product it is.
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d``; on a CPU, a 1×1 convolution of a one-channel input without a bias is
+    computed as the broadcast product it is.
 
     Such a convolution (an impaired host's first layer on grayscale images) scales the input
-    channel by each output channel's weight. On this CPU a first block (this convolution, batch
-    norm, pool, ReLU) of one impaired host ran 2.0× faster so in training at batch 128 and 2.3×
-    in validation on 500 images. The k such layers of a grouped pass (``groups = k``) stay
-    oneDNN's, which measured faster there than the product. Outputs are bit-identical (one
-    multiply per element); weight gradients may differ from the kernel's in summation order.
+    channel by each output channel's weight. On this CPU a first block of one impaired host
+    (this convolution, batch norm, pool, ReLU) ran 2.0× faster that way in training at batch
+    128, and 2.3× in validation on 500 images. The outputs equal torch's bit for bit (one
+    multiply per element); the weight gradient may differ from the kernel's in summation order.
+    Every other case (a bias, autocast, CUDA, other shapes) is torch's own convolution, and so
+    are the k first layers of a grouped pass (``groups = k``), where oneDNN measured faster.
     """
-    c_out, c_in_per_group, kh, kw = weight.shape
-    pointwise = (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and padding in ((0, 0), "valid")
-    if not (pointwise and c_in_per_group == 1 and groups == 1):
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    out = x * weight.view(1, c_out, 1, 1)  # (B, 1, H, W) -> (B, C_out, H, W)
-    return out if bias is None else out + bias.view(1, c_out, 1, 1)
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` computed by ``conv2d`` (a 1×1 convolution of one channel as a product)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros":
-            return super().forward(x)
-        return conv2d(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1)
+        product = (
+            pointwise
+            and self.in_channels == 1
+            and self.bias is None
+            and self.padding in ((0, 0), "valid")
+            and x.dim() == 4
+            and x.shape[1] == 1
+            and x.device.type == "cpu"
+            and x.dtype == self.weight.dtype
+            and not torch.is_autocast_enabled("cpu")
         )
+        if not product:
+            return super().forward(x)
+        return x * self.weight.view(1, self.out_channels, 1, 1)  # (B, 1, H, W) -> (B, C, H, W)
 
 
 class MaxPool2x2(nn.MaxPool2d):
     """``nn.MaxPool2d(2)``; where no gradient is needed (validation, counterfactuals), the
     maximum of the four strided views of the windows' corners.
 
-    The same values bit for bit (a maximum is exact; NaN propagates either way), 1.2–3.8× faster
-    on this CPU for the 4–16 channels of an impaired host (torch's kernel vectorises over
-    channels). With autograd the kernel stays: its backward sends a tie's gradient to one
-    position, which the views' ``maximum`` would split.
+    The same values as torch's kernel (a maximum is exact, NaN propagates either way; only the
+    sign of a zero maximum and NaN payload bits may differ), 1.2–3.8× faster on this CPU for the
+    4–16 channels of an impaired host (torch's kernel vectorises over channels). With autograd
+    the kernel stays: its backward sends a tie's gradient to one position, where the views'
+    ``maximum`` would split it. Inputs the kernel would reject or that have nothing to pool go
+    to the kernel too.
     """
 
     def __init__(self) -> None:
         super().__init__(2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        views = (
+            not (torch.is_grad_enabled() and x.requires_grad)
+            and x.dim() in (3, 4)
+            and x.is_floating_point()
+            and min(x.shape[-2:]) >= 2
+        )
+        if not views:
             return super().forward(x)
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes drop their last row/col
         top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
@@ -278,7 +279,7 @@ class CNNHost(SegmentedHost):
     CPU convolution kernels run ~1.5x faster than NCHW (``benchmarks/envs.py --section raw``).
     Inputs in the default layout give the same results, converted at the first convolution.
     A one-channel input is the same memory in both layouts; an impaired host's 1×1 first layer
-    on it is computed as a product (``conv2d``), and without autograd the pools take the
+    on it is computed as a product (``Conv2d``), and without autograd the pools take the
     maximum of strided views (``MaxPool2x2``). In an interleaved A/B on this CPU, 8 impaired
     hosts trained one by one 1.23× and validated 2.5× faster; grouped training is unchanged.
     """
