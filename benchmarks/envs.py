@@ -95,6 +95,7 @@ from torch import Tensor, nn
 
 from esper.data import BatchStream, load_dataset
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, SegmentedHost
+from esper.kasmina.hosts import use_torch_layers
 from esper.leyline.config import HostTraining, override
 from esper.leyline.data import Dataset
 from esper.nissa import TelemetryHub
@@ -257,13 +258,9 @@ def before_issue_11_blocks(host: SegmentedHost) -> SegmentedHost:
     first, the same function and gradients bit for bit, computes a 1x1 convolution of one
     channel as a product, and pools without autograd by strided views.) Changes no parameter
     or state-dict key."""
+    use_torch_layers(host)
     for segment in cast(Iterable[nn.Sequential], host.segments):
         for i, block in enumerate(cast(Iterable[nn.Sequential], segment)):
-            for layer in block:
-                if isinstance(layer, nn.Conv2d):
-                    layer.__class__ = nn.Conv2d
-                elif isinstance(layer, nn.MaxPool2d):
-                    layer.__class__ = nn.MaxPool2d
             pools = [m for m in block if isinstance(m, nn.MaxPool2d)]
             rest = [m for m in block if not isinstance(m, (nn.MaxPool2d, nn.ReLU))]
             segment[i] = nn.Sequential(*rest, nn.ReLU(), *pools)

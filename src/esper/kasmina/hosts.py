@@ -262,6 +262,19 @@ class MaxPool2x2(nn.MaxPool2d):
         return torch.maximum(top, bottom)
 
 
+def use_torch_layers(module: nn.Module) -> nn.Module:
+    """``module`` with every ``Conv2d`` and ``MaxPool2x2`` in it computed by torch's own
+    ``nn.Conv2d`` and ``nn.MaxPool2d`` (in place; neither adds state, so parameters and
+    state-dict keys stay): for a FLOP counter, which would see the product as a multiply, and
+    for benchmarks of the path before these layers."""
+    for layer in module.modules():
+        if isinstance(layer, Conv2d):
+            layer.__class__ = nn.Conv2d  # type: ignore[assignment]
+        elif isinstance(layer, MaxPool2x2):
+            layer.__class__ = nn.MaxPool2d  # type: ignore[assignment]
+    return module
+
+
 class CNNHost(SegmentedHost):
     """A small convolutional classifier: blocks of conv → BatchNorm → ReLU → 2×2 max-pool.
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from esper.kasmina.hosts import Conv2d
+from esper.kasmina.hosts import use_torch_layers
 from esper.tolaria.engine import _loss_and_correct
 
 
@@ -62,13 +62,10 @@ def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     Returns:
         The counted FLOPs (see the module docstring for what is counted).
     """
-    counted = copy.deepcopy(model)
-    counted.zero_grad(set_to_none=True)  # no copied gradient buffers to accumulate into
     # Kasmina's Conv2d computes some 1x1 convolutions as a product, which the counter would
     # see as an elementwise multiply: the copy counts them as torch's convolution.
-    for module in counted.modules():
-        if isinstance(module, Conv2d):
-            module.__class__ = nn.Conv2d  # type: ignore[assignment]
+    counted = use_torch_layers(copy.deepcopy(model))
+    counted.zero_grad(set_to_none=True)  # no copied gradient buffers to accumulate into
     cuda = [x.device] if x.device.type == "cuda" else []
     with (
         torch.random.fork_rng(devices=cuda),
