@@ -689,6 +689,32 @@ def test_a_malformed_meta_file_stops_the_report_with_one_line(
     assert not (run / "report").exists()
 
 
+# --- the page format both reports share (esper.leyline.pages) ------------------------------------
+
+
+def test_page_escapes_text_embeds_the_png_and_right_aligns_number_cells() -> None:
+    from esper.leyline import pages
+
+    png = PNG_SIGNATURE + b"not really an image"
+    body = [
+        pages.table("t", ["a<b", "x", "y"], [["r&1", "left", "right"]], numbers_from=2),
+        pages.figure("fig<1>", png, "caption <b>", note=" (<a href='f.svg'>f.svg</a>)"),
+    ]
+    page = pages.page("run <x>", body, warnings=["cut <off>"])
+
+    assert "<title>run &lt;x&gt;</title>" in page and "<h1>run &lt;x&gt;</h1>" in page
+    assert "<p class='warning'>Warning: cut &lt;off&gt;</p>" in page
+    assert "<th>a&lt;b</th>" in page
+    # row cells are HTML the caller escaped or built; from index 2 on they are numbers
+    assert "<tr><th>r&1</th><td>left</td><td class='num'>right</td></tr>" in page
+    assert pages.table("t", ["a", "b"], [["r", "1"]]).count("class='num'") == 0
+    data = re.search(r"src='data:image/png;base64,([^']*)'", page)
+    assert data is not None and base64.b64decode(data.group(1)) == png
+    assert "<figure id='fig&lt;1&gt;'><img alt='caption &lt;b&gt;'" in page
+    assert "<figcaption>caption &lt;b&gt; (<a href='f.svg'>f.svg</a>)</figcaption>" in page
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</body></html>\n")
+
+
 # --- study reports -----------------------------------------------------------------------------
 
 TINY_STUDY = """out = "out"

@@ -26,7 +26,6 @@ version or date stamp, SVG element ids from a fixed salt).
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import math
@@ -51,7 +50,7 @@ from esper.karn.report_data import (
     final_accuracy,
     load_run,
 )
-from esper.leyline import Op, SeedStage
+from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
@@ -458,17 +457,6 @@ PPO_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
 """Final-metrics rows of a PPO run (a row the other kind lacks shows "—" there)."""
 
 
-CSS = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.75em; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.warning { background: #fff3cd; border: 1px solid #e0b040; padding: 0.5em 1em; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; }
-figcaption { color: #555; font-size: 0.9em; }
-"""
-
-
 def summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
     """The value at ``path`` in a summary's JSON object, None where anything is missing."""
     value: Any = summary
@@ -503,16 +491,6 @@ def metric_rows(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def _table(kind: str, head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> str:
-    cell = "<td class='num'>" if kind == "metrics" else "<td>"
-    heads = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    lines = [f"<table class='{kind}'><tr>{heads}</tr>"]
-    for label, cells in rows:
-        values = "".join(f"{cell}{html.escape(c)}</td>" for c in cells)
-        lines.append(f"<tr><th>{html.escape(label)}</th>{values}</tr>")
-    return "\n".join([*lines, "</table>"])
-
-
 HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (
     ("mode", lambda d: d.run.mode),
     ("task", lambda d: d.run.task),
@@ -545,32 +523,26 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
 
 def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:
     """The self-contained page: header, warnings, final metrics, then every plot embedded."""
-    name = html.escape(runs[0].run.name)
     roles = [f"{role}: {d.run.name}" for role, d in zip(("run", "baseline"), runs, strict=False)]
-    parts = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Esper report: {name}</title><style>{CSS}</style></head><body>",
-        f"<h1>Esper report: {name}</h1>",
-        _table("header", ["", *roles], [(k, [get(d) for d in runs]) for k, get in HEADER_FIELDS]),
-        *(f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings),
+    header = [[k, *(get(d) for d in runs)] for k, get in HEADER_FIELDS]
+    metrics = [[label, *cells] for label, cells in metric_rows(runs)]
+    body = [
+        pages.table("header", ["", *roles], _escaped(header)),
         "<h2>Final metrics</h2>",
-        _table("metrics", ["metric", *(run.run.name for run in runs)], metric_rows(runs)),
+        pages.table("metrics", ["metric", *(d.run.name for d in runs)], _escaped(metrics), 1),
         "<h2>Plots</h2>",
     ]
     if not plots:
-        parts.append("<p>No plots: the log holds no per-epoch or per-round records.</p>")
+        body.append("<p>No plots: the log holds no per-epoch or per-round records.</p>")
     for plot in plots:
-        data = base64.b64encode(plot.png).decode("ascii")
-        caption = html.escape(plot.caption)
-        parts.append(
-            f"<figure id='{plot.filename}'><img alt='{caption}' "
-            f"src='data:image/png;base64,{data}'><figcaption>{caption} "
-            f"({plot.filename}; <a href='{plot.svg_filename}'>{plot.svg_filename}</a>)"
-            "</figcaption></figure>"
-        )
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+        svg = plot.svg_filename
+        note = f" ({plot.filename}; <a href='{svg}'>{svg}</a>)"
+        body.append(pages.figure(plot.filename, plot.png, plot.caption, note))
+    return pages.page(f"Esper report: {runs[0].run.name}", body, warnings)
+
+
+def _escaped(rows: Sequence[Sequence[str]]) -> list[list[str]]:
+    return [[html.escape(cell) for cell in row] for row in rows]
 
 
 def build_report(run: Path, baseline: Path | None = None) -> Report:

@@ -2,9 +2,10 @@
 
 Leyline owns the enums (seed stages, gates, blend modes, α curves), the frozen dataclasses that
 cross subsystem boundaries (injection specs, seed reports, lifecycle transitions), the named
-thresholds with their reasons, the one function that orders slots, and the one atomic file
-write (``files.atomic_write``) every writer uses. It imports only the standard library, so every
-other package may import it and it imports none of them.
+thresholds with their reasons, the one function that orders slots, the one atomic file write
+(``files.atomic_write``) every writer uses and the one HTML page format of the run and study
+reports (``pages``). It imports only the standard library, so every other package may import it
+and it imports none of them.
 """
 
 from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport

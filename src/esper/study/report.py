@@ -22,7 +22,6 @@ never leaves half a report. The links are relative, so the study directory can b
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -38,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from esper.leyline import pages
 from esper.leyline.files import atomic_write
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRow
 from esper.nissa.bands import band, validation_curve
@@ -65,16 +65,6 @@ WIDTH_IN, HEIGHT_IN = 9.6, 3.84
 
 FEW_POINTS = 2
 """A curve with fewer finite points than this is drawn with markers (one point draws no line)."""
-
-CSS = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 66em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.75em; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.warning { background: #fff3cd; border: 1px solid #e0b040; padding: 0.5em 1em; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; }
-figcaption { color: #555; font-size: 0.9em; }
-"""
 
 
 class StudyReportError(ValueError):
@@ -327,29 +317,18 @@ def _interval(value: stats.Interval) -> str:
     return f"{value.point:.2f} [{value.low:.2f}, {value.high:.2f}]"
 
 
-def _row(cells: Sequence[str], numbers_from: int | None = None) -> str:
-    """A table row of HTML cells: the first a header, those from index ``numbers_from`` on
-    right-aligned numbers."""
-    first, *rest = cells
-    tds = [
-        f"<td class='num'>{c}</td>" if numbers_from and i + 1 >= numbers_from else f"<td>{c}</td>"
-        for i, c in enumerate(rest)
-    ]
-    return f"<tr><th>{first}</th>{''.join(tds)}</tr>"
-
-
 def _results_table(summaries: Sequence[stats.ArmSummary]) -> str:
     head = ["task", "arm", "n", "IQM [95 % CI]", "mean [95 % CI]", "median", "std"]
     head += ["final params", "peak params", "training FLOPs", "seconds"]
-    lines = ["<table class='results'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    rows = []
     for s in summaries:
         task = f"{stats.ALL_TASKS} ({len(s.tasks)})" if s.task == stats.ALL_TASKS else s.task
         cells = [task, s.arm, str(s.n), _interval(s.iqm), _interval(s.mean), f"{s.median:.2f}"]
         cells += [display(s.std, ".2f"), display(s.final_params, ",.0f")]
         cells += [display(s.peak_params, ",.0f"), display(s.flops, ".3g")]
         cells.append(display(s.seconds, ".1f"))
-        lines.append(_row([html.escape(c) for c in cells], numbers_from=2))
-    return "\n".join([*lines, "</table>"])
+        rows.append([html.escape(c) for c in cells])
+    return pages.table("results", head, rows, numbers_from=2)
 
 
 def _link(target: Path, out: Path, text: str) -> str:
@@ -359,7 +338,7 @@ def _link(target: Path, out: Path, text: str) -> str:
 
 def _trials_table(directory: Path, out: Path, trials: Sequence[TrialRun]) -> str:
     head = ["run", "task", "arm", "seed", "status", "test accuracy (%)", "report", "error"]
-    lines = ["<table class='trials'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    rows = []
     for trial in sorted(trials, key=lambda t: (t.row.task, t.row.arm, t.row.seed)):
         run = directory / TRIALS_DIR / trial.run
         report = run / RUN_REPORT
@@ -374,8 +353,8 @@ def _trials_table(directory: Path, out: Path, trials: Sequence[TrialRun]) -> str
             _link(report, out, "report") if report.is_file() else display(None),
             html.escape(display(row.error)),
         ]
-        lines.append(_row(cells))
-    return "\n".join([*lines, "</table>"])
+        rows.append(cells)
+    return pages.table("trials", head, rows)
 
 
 def _render(
@@ -388,28 +367,17 @@ def _render(
     reps: int,
     seed: int,
 ) -> str:
-    name = html.escape(directory.resolve().name)
     counted = sum(t.row.counts for t in trials)
-    parts = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Esper study report: {name}</title><style>{CSS}</style></head><body>",
-        f"<h1>Esper study report: {name}</h1>",
+    body = [
         f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
         f"and curves), {len(trials) - counted} not. Scores are test accuracy (%) of the final "
         f"model; intervals are 95 % stratified bootstrap intervals ({reps} resamples, seed "
         f"{seed}; <code>results.md</code> holds those of the study's own settings).</p>",
-        *(f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings),
         "<h2>Scores</h2>",
         _results_table(summaries),
         "<h2>Plots</h2>",
+        *(pages.figure(plot.name, plot.png, plot.caption) for plot in plots),
+        "<h2>Trials</h2>",
+        _trials_table(directory, out, trials),
     ]
-    for plot in plots:
-        data = base64.b64encode(plot.png).decode("ascii")
-        caption = html.escape(plot.caption)
-        parts.append(
-            f"<figure id='{html.escape(plot.name)}'><img alt='{caption}' "
-            f"src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
-        )
-    parts += ["<h2>Trials</h2>", _trials_table(directory, out, trials), "</body></html>\n"]
-    return "\n".join(parts)
+    return pages.page(f"Esper study report: {directory.resolve().name}", body, warnings)

@@ -1,0 +1,67 @@
+"""The one page format of Esper's HTML reports: a run's (``esper.karn.report``) and a study's
+(``esper.study.report``), which may not import each other.
+
+A page is self-contained: its style is inline, its images are PNGs embedded as base64 data URIs,
+and it has no scripts, so it opens from a file, a mail attachment or an artifact store alike.
+Callers pass finished HTML fragments (``page``'s ``body``, ``table``'s cells) and plain text
+(titles, captions, warnings, which are escaped here).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Iterable, Sequence
+
+CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 66em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.75em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.warning { background: #fff3cd; border: 1px solid #e0b040; padding: 0.5em 1em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def page(title: str, body: Iterable[str], warnings: Sequence[str] = ()) -> str:
+    """A whole page: ``title`` as its title and heading, then one warning paragraph per entry
+    of ``warnings``, then the ``body`` fragments, one per line."""
+    name = html.escape(title)
+    head = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{name}</title><style>{CSS}</style></head><body>",
+        f"<h1>{name}</h1>",
+    ]
+    notes = [f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings]
+    return "\n".join([*head, *notes, *body, "</body></html>\n"])
+
+
+def figure(anchor: str, png: bytes, caption: str, note: str = "") -> str:
+    """A PNG embedded with its caption (the image's alt text too); ``note`` is HTML appended
+    to the caption."""
+    data = base64.b64encode(png).decode("ascii")
+    text = html.escape(caption)
+    return (
+        f"<figure id='{html.escape(anchor)}'><img alt='{text}' "
+        f"src='data:image/png;base64,{data}'><figcaption>{text}{note}</figcaption></figure>"
+    )
+
+
+def table(
+    kind: str, head: Sequence[str], rows: Iterable[Sequence[str]], numbers_from: int | None = None
+) -> str:
+    """A table of class ``kind``: plain-text ``head`` cells, then ``rows`` of HTML cells, each
+    row's first cell a header and its cells from index ``numbers_from`` on (none: no cell)
+    right-aligned numbers."""
+    heads = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    lines = [f"<table class='{kind}'><tr>{heads}</tr>"]
+    first_number = len(head) if numbers_from is None else numbers_from
+    for first, *rest in rows:
+        cells = "".join(
+            f"<td class='num'>{c}</td>" if i >= first_number else f"<td>{c}</td>"
+            for i, c in enumerate(rest, start=1)
+        )
+        lines.append(f"<tr><th>{first}</th>{cells}</tr>")
+    return "\n".join([*lines, "</table>"])
