@@ -46,7 +46,7 @@ from esper.nissa.knowledge import (
     outcomes_for,
     record_outcomes,
 )
-from esper.study.ledger import OUTCOMES_FILE
+from esper.nissa.record import OUTCOMES_FILE
 
 HOST = HostSignature(task="fashion_mnist", topology="cnn", width=16, params=12_345)
 

@@ -10,7 +10,8 @@ from esper.cli.main import main
 from esper.leyline import SeedStage
 from esper.leyline.config import decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome, outcome_score
-from esper.study.ledger import OUTCOMES_FILE, SeedLedger
+from esper.nissa.record import OUTCOMES_FILE
+from esper.study.ledger import SeedLedger
 
 HOST = HostSignature("synthetic", "cnn", 4, 1672)
 S = SeedStage

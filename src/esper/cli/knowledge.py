@@ -22,7 +22,7 @@ from esper.cli.runs import format_table
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import SeedOutcome, outcome_score
 from esper.nissa.log import display
-from esper.study.ledger import OUTCOMES_FILE
+from esper.nissa.record import OUTCOMES_FILE
 
 URL_HELP = (
     "the store: a SQLAlchemy URL, sqlite:///PATH or postgresql://USER@HOST/DB (default: "

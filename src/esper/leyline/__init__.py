@@ -1,11 +1,14 @@
 """Leyline: the contracts shared by Esper's subsystems.
 
 Leyline owns the enums (seed stages, gates, blend modes, α curves), the frozen dataclasses that
-cross subsystem boundaries (injection specs, seed reports, lifecycle transitions), the named
-thresholds with their reasons, the one function that orders slots, the one atomic file write
-(``files.atomic_write``) every writer uses and the one HTML page format of the run and study
-reports (``pages``). It imports only the standard library, so every other package may import it
-and it imports none of them.
+cross subsystem boundaries (injection specs, seed reports, lifecycle transitions and tables,
+controller signals and actions, the data contracts, knowledge records, study trial rows), every
+telemetry event (``events``), the shared configuration pieces (``config``: ``HostTraining``,
+telemetry settings, strict decoding, ``UserError``), the named thresholds with their reasons, the
+one function that orders slots, the one atomic file write (``files.atomic_write``) every writer
+uses and the one HTML page format of the run and study reports (``pages``). It imports only the
+standard library and torch's types, so every other package may import it and it imports none of
+them.
 """
 
 from esper.leyline.contracts import InjectionSpec, LifecycleTransition, SeedStateReport

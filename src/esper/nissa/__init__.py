@@ -5,7 +5,8 @@ the JSONL event log every run directory keeps, console progress, and optional Te
 MLflow tracking — and the readers of what was recorded: run directories, event logs (followed
 live or read whole, every line turned back into its Leyline event), the one fold of a run's
 events into the state every view shows (``esper.nissa.fold.RunState``), curves and bands across
-runs, and the DuckDB views of ``esper runs query``. ``esper.nissa.record`` owns
+runs, the DuckDB views of ``esper runs query``, and the knowledge store of seed outcomes across
+runs (``esper.nissa.knowledge``: SQLite or PostgreSQL). ``esper.nissa.record`` owns
 the run directory itself: its layout, ``meta.json``, the typed ``RunSummary``, CSV logs and
 crash-safe checkpoints. It imports only Leyline.
 """

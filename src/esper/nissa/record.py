@@ -9,15 +9,17 @@ Layout (every mode)::
     RUN/rounds.csv         one row per round (ppo)                 CsvLog
     RUN/checkpoints/       LATEST + step-NNNNNNNN/ (see below)     commit_checkpoint
     RUN/summary.json       once the run stops: RunSummary          write_summary
+    RUN/model.pt           the grown model (growth modes)          esper.kasmina.save_model
+    RUN/outcomes.json      the seeds' outcomes (growth modes)      esper.study.growth
 
-Every file is replaced through ``esper.leyline.files.atomic_write`` (CSV rows are appended and
-fsynced one by one). A checkpoint is committed as a whole: its files and a ``manifest.json``
-(format, run id, step, each file's size and SHA-256, and the manifest's own SHA-256) are
-written into ``checkpoints/.partial-<step>-<pid>``, fsynced, renamed to
-``checkpoints/step-<step:08d>``, and only then does the pointer file ``checkpoints/LATEST`` (the
-directory's name) switch to it, atomically; older step directories are deleted afterwards. A
-crash at any point leaves LATEST naming a complete checkpoint, and ``clean_stale`` removes what
-the crash left behind. ``load_checkpoint`` verifies pointer, manifest and every byte.
+Every whole file is replaced through ``esper.leyline.files.atomic_write``; the event log's lines are
+appended and flushed, the CSV rows appended and fsynced one by one. A checkpoint is committed as a
+whole: its files and a ``manifest.json`` (format, run id, step, each file's size and SHA-256, and
+the manifest's own SHA-256) are written into ``checkpoints/.partial-<step>-<pid>``, fsynced, renamed
+to ``checkpoints/step-<step:08d>``, and only then does the pointer file ``checkpoints/LATEST`` (the
+directory's name) switch to it, atomically; older step directories are deleted afterwards. A crash
+at any point leaves LATEST naming a complete checkpoint, and ``clean_stale`` removes what the crash
+left behind. ``load_checkpoint`` verifies pointer, manifest and every byte.
 
 Readers load summaries through ``read_summary`` (one ``RunSummary`` schema for every mode,
 mode-specific parts as nested sections). Anything malformed is a ``RunRecordError`` whose
@@ -59,6 +61,8 @@ CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
 EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.pt"
+OUTCOMES_FILE = "outcomes.json"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "LATEST"
 MANIFEST_FILE = "manifest.json"
@@ -172,7 +176,7 @@ class RunMeta:
 
     Attributes:
         run_id: the run's id (its directory name), written into every event and checkpoint.
-        mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
+        mode: one of ``MODES`` (the growth commands' or ``ppo``).
         started: start time, ISO 8601 with time zone.
         command: the command line.
         git_revision: the source revision (``-dirty`` with uncommitted changes), None outside
@@ -317,7 +321,7 @@ class SeedSummary:
 
 @dataclass(frozen=True)
 class GrowthSummary:
-    """The ``growth`` section: what a heuristic, static or eval run ended with.
+    """The ``growth`` section: what a growth run (``GROWTH_MODES``) ended with.
 
     Attributes:
         epochs_completed: epochs trained (and checkpointed).
@@ -376,7 +380,7 @@ class RunSummary:
 
     Attributes:
         status: ``completed``, ``interrupted``, ``terminated`` or ``failed``.
-        mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
+        mode: one of ``MODES`` (the growth commands' or ``ppo``).
         task: the task preset.
         seed: the run seed.
         run_id: the run's id (its directory name).

@@ -35,7 +35,7 @@ from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
 from esper.simic.env import task_episode
-from esper.study.ledger import OUTCOMES_FILE, SeedLedger
+from esper.study.ledger import SeedLedger
 from esper.study.run import Recorder, check_out, check_sinks, load_data, ppo_state, set_threads
 from esper.tamiyo import (
     Controller,
@@ -281,10 +281,10 @@ class GrowthRunner:
             self._step, lambda: self.epoch > 0 and self.episode.done, lambda s, f: self._finish(s)
         )
         status = "terminated" if self.episode.trainer.terminated else "completed"
-        save_model(self.episode.model, recorder.directory / "model.pt")
+        save_model(self.episode.model, recorder.directory / record.MODEL_FILE)
         outcomes = self.ledger.outcomes()
         data = json.dumps([asdict(o) for o in outcomes], indent=1)
-        atomic_write(recorder.directory / OUTCOMES_FILE, data)
+        atomic_write(recorder.directory / record.OUTCOMES_FILE, data)
         if self.mode != "static":  # a static run grows nothing
             from esper.nissa.knowledge import record_outcomes  # SQLAlchemy: only when used
 

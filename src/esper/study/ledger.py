@@ -19,9 +19,6 @@ from esper.leyline import ALIVE_STAGES, SeedStage, SeedStateReport
 from esper.leyline.config import decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 
-OUTCOMES_FILE = "outcomes.json"
-"""A finished growth run's seed outcomes, in its run directory (``esper knowledge import``)."""
-
 
 @dataclass
 class _Life:

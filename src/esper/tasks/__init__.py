@@ -174,7 +174,7 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             "synthetic",
-            "synthetic teacher-labelled images for tests and benchmarks (not real data)",
+            "synthetic class templates plus noise, for tests and benchmarks (not real data)",
             "synthetic",
             "cnn",
             {"base_channels": 4, "depth": 3},
