@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -353,3 +356,28 @@ def test_masks_and_slot_state_machine_agree(op: Op, stage: SeedStage) -> None:
     except LifecycleError:
         accepted = False
     assert allowed == accepted == (stage in OP_STAGES[op])
+
+
+def test_the_readmes_kasmina_example_runs_as_it_says(tmp_path, monkeypatch):
+    """README's "Using Kasmina" block, statement by statement (it once built ``CNNHost`` with a
+    keyword it does not take): every line runs, except that the seed, never trained, is refused
+    at G2 with the failed checks named, as the lifecycle table says."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Using Kasmina\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # it saves grown.pt in the working directory
+    torch.manual_seed(0)
+    scope: dict[str, object] = {"x_val": torch.randn(16, 3, 32, 32), "y_val": torch.arange(16) % 10}
+    refused = []
+    for statement in ast.parse(block).body:
+        code = compile(ast.Module([statement], []), "README.md", "exec")
+        try:
+            exec(code, scope)
+        except GateError as error:
+            refused.append((ast.unparse(statement), str(error)))
+    assert len(refused) == 1, refused
+    source, message = refused[0]
+    assert source == "model.advance('mid')" and "G2" in message and "trained" in message
+    model = scope["model"]
+    assert (tmp_path / "grown.pt").is_file()
+    assert list(model.reports()) == ["early", "mid", "late"]  # type: ignore[attr-defined]
+    assert model.reports()["mid"].stage == SeedStage.TRAINING  # type: ignore[attr-defined]
