@@ -208,6 +208,14 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
         (["runs", "query", "SELECT 1", "--runs", "{tmp}"], "holds no Esper runs"),
         (["runs", "query", "SELEC nothing", "--runs", "{run}"], "query failed: Parser Error"),
         (["runs", "query", "SELECT * FROM nope", "--runs", "{run}"], "query failed: Catalog"),
+        (["runs", "query", "", "--runs", "{run}"], "no SQL statement in ''"),
+        (["runs", "query", "-- a comment ;", "--runs", "{run}"], "no SQL statement in"),
+        # queries read the views only: no file is written, attached, read or installed
+        (["runs", "query", "COPY runs TO '{tmp}/x.csv'", "--runs", "{run}"], "Permission Error"),
+        (["runs", "query", "ATTACH '{tmp}/x.db'", "--runs", "{run}"], "Permission Error"),
+        (["runs", "query", "SELECT * FROM read_csv('{csv}')", "--runs", "{run}"], "Permission"),
+        (["runs", "query", "INSTALL httpfs", "--runs", "{run}"], "Permission Error"),
+        (["runs", "query", "SET enable_external_access = true", "--runs", "{run}"], "locked"),
         (["runs", "show", "{bad}"], "bad/events.jsonl:3: malformed event line"),
     ],
 )
@@ -218,11 +226,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, recorded_runs, capsys, args,
     lines[2] = "{oops"
     (bad / "events.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "empty").mkdir()
+    csv_file = recorded_runs["static"] / "metrics.csv"
     where = {"tmp": str(tmp_path / "empty"), "run": str(recorded_runs["static"]), "bad": str(bad)}
+    where["csv"] = str(csv_file)
     assert main([a.format(**where) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("esper: error: ") and err.count("\n") == 1
     assert message.format(**where) in err
+    assert not any((tmp_path / "empty").iterdir())
 
 
 def test_views_show_a_resumed_run_as_it_finally_happened(tmp_path, recorded_runs, capsys) -> None:
@@ -289,3 +300,15 @@ def test_a_malformed_summary_is_one_line_for_every_runs_command(tmp_path: Path, 
     assert main(["runs", "show", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "meta.json' is not an Esper run meta file" in err and "\n" not in err
+
+
+def test_json_rows_are_strict_json_with_null_for_nan_and_infinity(recorded_runs, capsys) -> None:
+    sql = "SELECT 'nan'::DOUBLE AS a, '-inf'::DOUBLE AS b, 1.5::DOUBLE AS c"
+    args = ["runs", "query", sql, "--runs", str(recorded_runs["static"]), "--format", "json"]
+    assert main(args) == 0
+    [line] = capsys.readouterr().out.splitlines()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(line, parse_constant=refuse) == {"a": None, "b": None, "c": 1.5}

@@ -23,7 +23,7 @@ from esper.nissa.log import (
     read_events,
     scan_runs,
 )
-from esper.nissa.record import EVENTS_FILE, RunRecordError, read_meta
+from esper.nissa.record import EVENTS_FILE, RunRecordError, read_meta, strict_json
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -189,7 +189,8 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
         writer.writerows([["" if v is None else v for v in row] for row in result.rows])
     elif fmt == "json":
         for row in result.rows:
-            print(json.dumps(dict(zip(result.columns, row, strict=True)), default=str))
+            data = strict_json(dict(zip(result.columns, row, strict=True)))  # NaN, inf: null
+            print(json.dumps(data, default=str, allow_nan=False))
     elif result.columns:
         cells = [[display(v) for v in row] for row in result.rows]
         print(format_table(result.columns, cells))

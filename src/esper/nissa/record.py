@@ -103,15 +103,15 @@ class RunRecordError(ValueError):
 # ------------------------------------------------------------------------------- JSON files
 
 
-def _plain(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """``value`` as strict JSON data: dataclasses as objects, tuples as lists, a float that is
     not finite as null (missing, never NaN)."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: strict_json(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [strict_json(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -123,7 +123,8 @@ def write_json(path: Path, data: Any) -> None:
     Raises:
         DiskFullError: the disk is full (``path`` keeps its old content).
     """
-    atomic_write(path, json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    text = json.dumps(strict_json(data), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write(path, text + "\n")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -203,7 +204,7 @@ class RunMeta:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``meta.json``."""
-        return dict(_plain(self))
+        return dict(strict_json(self))
 
 
 def _git_revision() -> str | None:
@@ -414,7 +415,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``summary.json`` (non-finite numbers as null)."""
-        return dict(_plain(self))
+        return dict(strict_json(self))
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> None:

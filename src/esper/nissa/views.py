@@ -246,9 +246,19 @@ class RunStore:
         self.labels = {
             run.path: run.name if names.count(run.name) == 1 else str(run.path) for run in runs
         }
-        self.connection: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
+        no_extensions: dict[str, str | bool | int | float | list[str]] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+        self.connection: duckdb.DuckDBPyConnection = duckdb.connect(
+            ":memory:", config=no_extensions
+        )
         try:
             self._fill(warn)
+            # Queries read the views and nothing else: no file written, attached or read (COPY
+            # TO, ATTACH, INSTALL, read_csv), and no query can switch that back on.
+            self.connection.execute("SET enable_external_access = false")
+            self.connection.execute("SET lock_configuration = true")
         except BaseException:
             self.connection.close()
             raise
@@ -301,6 +311,8 @@ class RunStore:
 
         try:
             cursor = self.connection.execute(sql)
+            if cursor is None:  # DuckDB's answer to a text without a statement
+                raise QueryError(f"no SQL statement in {sql!r}; e.g. SELECT * FROM runs")
             columns = [d[0] for d in cursor.description or []]
             return QueryResult(columns, cursor.fetchall() if columns else [])
         except duckdb.Error as err:
