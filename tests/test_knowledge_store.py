@@ -518,6 +518,24 @@ def test_cli_import_checks_every_run_before_writing(
     (b / OUTCOMES_FILE).write_text("[{not json")
     with pytest.raises(UserError, match=f"{b / OUTCOMES_FILE}: "):
         _knowledge("import", str(a), str(b), "--knowledge", store)
+    (b / OUTCOMES_FILE).write_text("[" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        _knowledge("import", str(a), str(b), "--knowledge", store)
+    good = json.loads((a / OUTCOMES_FILE).read_text())[0]
+    bad_values = [
+        ({"seed_params": 10**30}, "seed_params must be an integer in [0, 9223372036854775807]"),
+        ({"stage": "BOGUS"}, "stage must be one of ['DORMANT'"),
+        ({"epochs": -5}, "epochs must be an integer in [0, "),
+        ({"contribution": float("inf")}, "contribution must be a finite number or null"),
+        ({"accuracy_change": float("nan")}, "accuracy_change must be a finite number or null"),
+        ({"host": {**good["host"], "width": -1}}, "host.width must be an integer in [1, "),
+        ({"host": {**good["host"], "topology": "mlp"}}, "host.topology must be one of"),
+    ]
+    for change, message in bad_values:
+        (b / OUTCOMES_FILE).write_text(json.dumps([{**good, **change}]))
+        with pytest.raises(UserError, match=re.escape(message)) as err:
+            _knowledge("import", str(a), str(b), "--knowledge", store)
+        assert "\n" not in str(err.value) and "nothing imported" in str(err.value)
     assert not store_file.exists()
 
 

@@ -235,6 +235,31 @@ def test_a_study_saved_before_a_setting_existed_resumes(tmp_path):
     assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT  # a real change still is
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"settings": []}, "settings must be a table, got []"),
+        ({"attempts": {"synthetic.s.seed0": "3"}}, "attempts.synthetic.s.seed0 must be"),
+        ({"errors": None}, "errors must be a table"),
+        ({"extra": 1}, "unknown key"),
+    ],
+)
+def test_a_damaged_study_state_file_is_one_line(tmp_path, capsys, change, message):
+    """A study.json of the wrong shape raised AttributeError or TypeError (adversarial sweep)."""
+    path = _study(tmp_path, f"{HEAD}{STATIC}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)
+    saved = json.loads((directory / STUDY_FILE).read_text())
+    (directory / STUDY_FILE).write_text(json.dumps({**saved, **change}))
+    before = (directory / STUDY_FILE).read_bytes()
+    for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
+        err = _bad(capsys, argv)
+        assert STUDY_FILE in err and message in err, err
+    assert (directory / STUDY_FILE).read_bytes() == before
+    assert sorted(p.name for p in directory.iterdir()) == [STUDY_FILE]
+
+
 def test_a_second_driver_of_one_study_is_refused(tmp_path):
     """Two drivers ran the same trials into the same run directories."""
     refused = pytest.raises(UserError, match="another esper study is running")

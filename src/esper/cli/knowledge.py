@@ -22,7 +22,7 @@ from esper.cli.runs import format_table
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import SeedOutcome, outcome_score
 from esper.nissa.log import display
-from esper.nissa.record import OUTCOMES_FILE
+from esper.nissa.record import OUTCOMES_FILE, read_json
 
 URL_HELP = (
     "the store: a SQLAlchemy URL, sqlite:///PATH or postgresql://USER@HOST/DB (default: "
@@ -104,9 +104,9 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
             "finish); nothing imported"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "a list of seed outcomes")  # also: not UTF-8, nested too deep
         outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, OUTCOMES_FILE)
-    except (OSError, ValueError) as err:  # ValueError: bad UTF-8, bad JSON, not outcomes
+    except ValueError as err:  # RunRecordError is one
         raise UserError(f"{path}: {err}; nothing imported") from None
     return outcomes
 

@@ -8,7 +8,11 @@ selectors (``esper.tamiyo.selectors``) start from the outcomes of earlier runs o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from esper.leyline.config import MAX_SEED, check_int, require
+from esper.leyline.stages import SeedStage, Topology
 
 PER_PARAMETERS = 1000
 """Scores are per thousand seed parameters: a seed's accuracy bought per unit of size, at a
@@ -30,6 +34,13 @@ class HostSignature:
     topology: str
     width: int
     params: int
+
+    def __post_init__(self) -> None:
+        kinds = [t.value for t in Topology]
+        topology = self.topology
+        require(topology in kinds, f"host.topology must be one of {kinds}, got {topology!r}")
+        check_int("host.width", self.width, 1, MAX_SEED)  # the store's columns are int64
+        check_int("host.params", self.params, 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -63,14 +74,28 @@ class SeedOutcome:
     germinated_epoch: int
     epochs: int
 
+    def __post_init__(self) -> None:
+        stages = [s.name for s in SeedStage]
+        require(self.stage in stages, f"stage must be one of {stages}, got {self.stage!r}")
+        for name in ("contribution", "accuracy_change"):
+            value = getattr(self, name)
+            ok = value is None or (isinstance(value, int | float) and math.isfinite(value))
+            require(ok, f"{name} must be a finite number or null, got {value!r}")
+        check_int("seed_params", self.seed_params, 0, MAX_SEED)
+        check_int("germinated_epoch", self.germinated_epoch, 0, MAX_SEED)
+        check_int("epochs", self.epochs, 0, MAX_SEED)
+
 
 def outcome_score(outcome: SeedOutcome) -> float | None:
-    """The reward a blueprint selector learns from: a fossilized seed's contribution per
-    thousand of its parameters; 0 for a pruned seed; None while the outcome is undecided (the
-    seed was still alive when the run ended).
-    """
-    if outcome.stage == "PRUNED":
+    """The reward a blueprint selector learns from (``stage_score`` of the outcome)."""
+    return stage_score(outcome.stage, outcome.contribution, outcome.seed_params)
+
+
+def stage_score(stage: str, contribution: float | None, seed_params: int) -> float | None:
+    """A fossilized seed's contribution per thousand of its parameters; 0 for a pruned seed;
+    None while the outcome is undecided (the seed was still alive when the run ended)."""
+    if stage == "PRUNED":
         return 0.0
-    if outcome.stage != "FOSSILIZED" or outcome.contribution is None:
+    if stage != "FOSSILIZED" or contribution is None:
         return None
-    return outcome.contribution * PER_PARAMETERS / max(outcome.seed_params, 1)
+    return contribution * PER_PARAMETERS / max(seed_params, 1)

@@ -134,7 +134,7 @@ def _read_bytes(path: Path) -> bytes:
         raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
     """The JSON in ``path``, None without the file; else a ``RunRecordError`` saying why not."""
     if not path.exists() and not path.is_symlink():
         return None
@@ -159,9 +159,9 @@ def _read_json(path: Path, what: str) -> Any:
 _T = TypeVar("_T")
 
 
-def _read_record(path: Path, cls: type[_T], what: str) -> _T | None:
+def read_record(path: Path, cls: type[_T], what: str) -> _T | None:
     """The dataclass ``cls`` in ``path`` parsed strictly (no missing or unknown keys), or None."""
-    data = _read_json(path, what)
+    data = read_json(path, what)
     try:
         return None if data is None else decode(cls, data)
     except ValueError as err:
@@ -257,7 +257,7 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     Raises:
         RunRecordError: the file is a directory, unreadable, or not a run meta file.
     """
-    return _read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file")
+    return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file")
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -267,7 +267,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         RunRecordError: no such file, or not a JSON object.
     """
     path = run_dir / CONFIG_FILE
-    data = _read_json(path, "an Esper run configuration")
+    data = read_json(path, "an Esper run configuration")
     if data is None:
         raise RunRecordError(f"{str(run_dir)!r} is not an Esper run directory (no {CONFIG_FILE})")
     if not isinstance(data, dict):
@@ -434,7 +434,7 @@ def read_summary(run_dir: Path) -> RunSummary | None:
         RunRecordError: ``summary.json`` is a directory, unreadable, or not a run summary
             (garbage, missing or unknown keys, wrong types).
     """
-    return _read_record(run_dir / SUMMARY_FILE, RunSummary, "an Esper run summary")
+    return read_record(run_dir / SUMMARY_FILE, RunSummary, "an Esper run summary")
 
 
 def is_run_directory(path: Path) -> bool:

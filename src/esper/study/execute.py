@@ -163,10 +163,10 @@ class StudyState:
         if not path.exists():
             return cls(settings, {}, {})
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            state = cls(data["settings"], dict(data["attempts"]), dict(data["errors"]))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"cannot read {str(path)!r}: {err}") from err
+            state = record.read_record(path, cls, "an Esper study state file")
+        except record.RunRecordError as err:  # unreadable, not JSON, or not this dataclass
+            raise UserError(str(err)) from None
+        assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
         saved = with_defaults(StudySpec, state.settings)
         changed = [c for k in settings for c in _changes(saved.get(k), settings[k], k)]

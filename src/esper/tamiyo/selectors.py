@@ -46,7 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from esper.leyline import SeedStage
 from esper.leyline.config import check_float, check_int, require
-from esper.leyline.knowledge import HostSignature, SeedOutcome, outcome_score
+from esper.leyline.knowledge import SeedOutcome, outcome_score, stage_score
 
 SELECTORS = ("rotation", "ucb", "thompson", "epsilon")
 
@@ -76,8 +76,6 @@ unit scale and a pruned seed's 0 sits about one unit below a fossilized one's.""
 EPSILON = 0.1
 """``epsilon``: exploration probability; the textbook value (Sutton & Barto 2018, §2.3)."""
 
-_UNUSED = HostSignature(task="", topology="", width=0, params=0)
-
 
 def seed_reward(stage: SeedStage, contribution: float | None, seed_params: int) -> float | None:
     """``outcome_score`` of a seed of the running episode, from its last report.
@@ -87,20 +85,7 @@ def seed_reward(stage: SeedStage, contribution: float | None, seed_params: int) 
         contribution: its last measured counterfactual contribution (accuracy points).
         seed_params: its parameters.
     """
-    # Only stage, contribution and seed_params enter the score; the rest is not known here.
-    outcome = SeedOutcome(
-        run_id="",
-        host=_UNUSED,
-        slot="",
-        blueprint="",
-        stage=stage.value,
-        contribution=contribution,
-        seed_params=seed_params,
-        accuracy_change=None,
-        germinated_epoch=0,
-        epochs=0,
-    )
-    return outcome_score(outcome)
+    return stage_score(stage.value, contribution, seed_params)
 
 
 @runtime_checkable
