@@ -4,10 +4,10 @@
 ``test_simic_config`` checks the two agree), trained on seeds 100, 101 and 102 (environments
 seed..seed+7), must give greedy policies of which at least two beat the static host on
 evaluation seeds none of them trained on. One training seed is not a test of a learner: the
-policy trained on seed 100 learned to grow until 2026-12-03 and learns to wait since a change
-of the first layer's floating-point summation order (by bisection ``4ca4d87``, the one change of
-numerics between a passing and a failing revision); 101 and 102 learn. The
-stand-in check of the learner stays in the fast lane (``test_simic_learning.py``).
+policy trained on seed 100 was found waiting at ``fa5b748``-``e9cba3c`` and grows at ``d5c11c8``
+(docs/results.md §5 and §6, where five training seeds' policies all grow); 101 and 102 learned
+in every run. The stand-in check of the learner stays in the fast lane
+(``test_simic_learning.py``).
 """
 
 from __future__ import annotations
