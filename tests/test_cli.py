@@ -502,3 +502,30 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["demo", "--seed", str(2**64)], "expected an integer in [0, 9223372036854775807]"),
+        (["demo", "--epochs", "99999999999999"], "expected an integer in [1, 10000000]"),
+        (["demo", "--epochs", "1.5"], "expected an integer in [1, 10000000], got '1.5'"),
+        (["report", "x", "--reps", "9"], "expected an integer in [10, 100000], got 9"),
+        (["report", "x", "--reps", str(10**12)], "expected an integer in [10, 100000]"),
+        (["runs", "query"], "the following arguments are required: sql"),
+        (["dashboard", "--port", "65536"], "expected a TCP port in 1..65535"),
+    ],
+)
+def test_argument_errors_are_one_line_without_the_usage_block(
+    tmp_path, monkeypatch, capsys, argv, message
+) -> None:
+    """argparse printed its usage block above the error (two to four lines); demo's seed and
+    epochs had no upper bound and failed with a traceback later (adversarial sweep)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("esper: error: esper") and err.count("\n") == 1, err
+    assert message in err and "usage:" not in err
+    assert not any(tmp_path.iterdir())

@@ -571,7 +571,9 @@ def test_cli_unusable_store_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["frobnicate"], [], ["import"], ["export", "--format", "xml"]])
 def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        _knowledge(*argv)
-    assert exit_.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    from esper.cli.main import main
+
+    assert main(["knowledge", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("esper: error: esper knowledge") and err.count("\n") == 1, err
+    assert "see esper knowledge" in err and "usage:" not in err

@@ -9,11 +9,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from esper.cli.knowledge import add_knowledge_parser
-from esper.leyline.config import UserError
+from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError
 from esper.leyline.files import DiskFullError
+from esper.leyline.trials import REPS_RANGE
 from esper.nissa.log import EventLogError
 from esper.nissa.record import RunRecordError
 from esper.nissa.views import VIEW_NAMES
@@ -63,8 +64,11 @@ def _number(cast: Callable[[str], N], what: str, ok: Callable[[N], bool]) -> Cal
     return parse
 
 
-_positive_int = _number(int, "a positive integer", lambda v: v >= 1)
-_non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+_epochs = _number(int, f"an integer in [1, {MAX_COUNT}]", lambda v: 1 <= v <= MAX_COUNT)
+_seed = _number(int, f"an integer in [0, {MAX_SEED}]", lambda v: 0 <= v <= MAX_SEED)
+_reps = _number(
+    int, "an integer in [{}, {}]".format(*REPS_RANGE), lambda v: REPS_RANGE[0] <= v <= REPS_RANGE[1]
+)
 _port = _number(int, "a TCP port in 1..65535", lambda v: 1 <= v <= 65535)
 
 
@@ -105,7 +109,7 @@ def _add_view_parsers(sub: Any) -> None:
     )
     report.add_argument(
         "--reps",
-        type=_positive_int,
+        type=_reps,
         help="study reports: bootstrap resamples per interval (default 2000; fewer: sooner)",
     )
     tui = sub.add_parser("tui", help="terminal UI: follow a live run or replay a finished one")
@@ -120,10 +124,18 @@ def _add_view_parsers(sub: Any) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse in Esper's error style: a bad argument is one line and exit 2, without the usage
+    block (``--help`` shows it); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the view commands and ``demo``; the run commands parse their own flags
     (generated from their config dataclasses) and are listed here for ``esper --help``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esper",
         description="Esper: grow neural networks while they train; compare with static ones.",
         epilog="tasks: "
@@ -148,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="static vs heuristic growth on fashion_mnist_impaired, side by side"
     )
-    demo.add_argument("--epochs", type=_positive_int, help="epochs per run (default: the task's)")
-    demo.add_argument("--seed", type=_non_negative_int, default=0, help="run seed (default 0)")
+    demo.add_argument("--epochs", type=_epochs, help="epochs per run (default: the task's)")
+    demo.add_argument("--seed", type=_seed, default=0, help="run seed (default 0)")
     demo.add_argument("--out", type=Path, help="parent directory of the two runs (default: runs/)")
     demo.add_argument("--data-dir", type=Path, help="where Fashion-MNIST lives")
     return parser

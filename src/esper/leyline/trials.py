@@ -19,6 +19,10 @@ TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 """Where a study's run directories go, one level deep (``esper runs list`` lists them)."""
 
+REPS_RANGE = (10, 100_000)
+"""Bootstrap resamples per interval a study (its file, ``esper report STUDY --reps``) accepts:
+fewer than 10 give no interval worth the name; 100,000 already takes minutes per table."""
+
 
 @dataclass(frozen=True)
 class TrialRow:

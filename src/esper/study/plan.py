@@ -47,7 +47,7 @@ from esper.leyline.config import (
     read_config_file,
     require,
 )
-from esper.leyline.trials import STUDY_FILE
+from esper.leyline.trials import REPS_RANGE, STUDY_FILE
 from esper.nissa import record
 from esper.simic.build import policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
@@ -283,7 +283,7 @@ class StudySpec:
     knowledge: str | None = None
 
     def __post_init__(self) -> None:
-        check_int("reps", self.reps, 10, 100_000)
+        check_int("reps", self.reps, *REPS_RANGE)
         if self.knowledge is not None:
             from esper.nissa.knowledge import parse_url
 

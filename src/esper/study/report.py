@@ -110,6 +110,8 @@ def read_trials(directory: Path) -> list[TrialRun]:
                 trials.append(TrialRun(line[RUN_COLUMN], row))
     except (OSError, csv.Error) as err:
         raise StudyReportError(f"cannot read {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise StudyReportError(f"{path}: not a trials table (not UTF-8 text)") from None
     return trials
 
 
