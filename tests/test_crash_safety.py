@@ -279,7 +279,8 @@ def _bad_config(tmp: Path, kind: str) -> Path:
         (["heuristic", *TINY, "--out", "{tmp}/" + "x" * 300], "x" * 20),
         # esper ppo: sizes that cannot fit are refused up front, naming the limit
         (["ppo", "--preset", "tiny", "--ppo.n-envs", "1000000"], "[1, 256]"),
-        (["ppo", "--preset", "tiny", "--policy.hidden", "1000000000"], "[1, 65536]"),
+        (["ppo", "--preset", "tiny", "--policy.hidden", "1000000000"], "[1, 4096]"),
+        (["ppo", "--preset", "tiny", "--policy.lstm-hidden", "65536"], "[1, 4096]"),
         (["ppo", "--preset", "tiny", "--seed", "1e26"], "--seed"),
         (["ppo", "--preset", "tiny", "--seed", str(2**63)], "runtime.seed"),
         (["ppo", "--preset", "nope"], "known presets"),

@@ -180,6 +180,14 @@ def test_out_that_cannot_hold_a_study_is_refused_before_anything(
         assert blocker.read_text() == "mine"
 
 
+def test_an_out_with_a_nul_character_is_refused_before_ray_starts(tmp_path, capsys):
+    """It passed --dry-run and failed with a traceback once Ray had started."""
+    path = _study(tmp_path, 'out = "a\\u0000b"\ntasks = ["synthetic"]\n' + STATIC)
+    for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
+        assert "a path cannot hold a NUL character" in _bad(capsys, argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
 def test_address_port_out_of_range(tmp_path, capsys):
     path = _study(tmp_path, f"{HEAD}{STATIC}")
     err = _bad(capsys, ["study", str(path), "--address", "127.0.0.1:99999"])

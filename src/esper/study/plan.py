@@ -416,6 +416,7 @@ def _check_out(directory: Path) -> None:
         ValueError: naming ``out`` and what is in the way.
     """
     where = f"out {str(directory)!r}"
+    require("\0" not in str(directory), f"{where}: a path cannot hold a NUL character")
     for place in (directory, *directory.absolute().parents):
         try:
             require(

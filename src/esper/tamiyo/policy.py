@@ -48,8 +48,9 @@ VALUE_HEAD_GAIN = 1.0
 """Unit gain keeps early value estimates on the scale of normalized returns."""
 
 
-MAX_WIDTH = 65_536
-"""Widest policy layer accepted: an LSTM this wide already needs ~34 GB of weights."""
+MAX_WIDTH = 4096
+"""Widest policy layer accepted: an LSTM this wide over an encoder this wide has 134 M weights
+(0.5 GB, about 2 GB with AdamW's state); 65,536 was accepted and then asked for 17 GB at once."""
 
 
 @dataclass(frozen=True)
