@@ -279,9 +279,11 @@ def run_with_tui(command: str, options: RunOptions, argv: list[str]) -> int:
     finally:
         code = child.stop()  # also when the UI (or this process) failed: no orphaned run
     if not child.started():
-        print(child.output(), end="", file=sys.stderr)
+        output = child.output()
+        print(output, end="", file=sys.stderr)
         child.discard_log()
-        print(f"esper: error: the run did not start (exit code {code})", file=sys.stderr)
+        if "esper: error: " not in output:  # else the child's own line says why, once
+            print(f"esper: error: the run did not start (exit code {code})", file=sys.stderr)
         return code or 1
     child.keep_log()
     for line in final_lines(child.output()):
