@@ -872,3 +872,32 @@ def test_a_trial_without_epochs_is_left_out_of_the_curves_with_a_warning(
     ]
     assert {c.arm: c.trials for c in report.curves} == {"grow": 1, "static": 2}
     assert "Warning: 1 trial(s) left out" in report.html
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_out_inside_another_run_or_study_is_refused(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out into another run or study wrote images there and replaced its report.html."""
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    first, second = sorted((study / "trials").iterdir())[:2]
+    before = _files(study)
+    cases = [
+        ([str(first), "--out", str(second)], f"is the run directory {str(second)!r}"),
+        ([str(first), "--out", str(second / "report")], "lies inside the run directory"),
+        ([str(first), "--out", str(tiny_study)], f"is the study directory {str(tiny_study)!r}"),
+        ([str(study), "--out", str(first)], f"is the run directory {str(first)!r}"),
+        ([str(tiny_study), "--out", str(study / "x")], "lies inside the study directory"),
+    ]
+    for args, message in cases:
+        code, _, err = _report(args, capsys)
+        _assert_one_line_error(code, err, message)
+    assert _files(study) == before
+    # What is reported on may hold its report: a trial's own report/, the study itself.
+    assert _report([str(first)], capsys)[0] == 0 and (first / "report" / "report.html").is_file()
+    assert _report([str(study), "--reps", "10"], capsys)[0] == 0
+    assert (study / "report.html").is_file()

@@ -16,6 +16,7 @@ from pathlib import Path
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
+from esper.nissa.record import is_run_directory
 from esper.nissa.views import is_study
 
 REPORT_DIR = "report"
@@ -24,6 +25,28 @@ REPORT_DIR = "report"
 def _warn(warnings: list[str]) -> None:
     for warning in warnings:
         print(f"esper report: warning: {warning}", file=sys.stderr)
+
+
+def _refuse_foreign(target: Path, own: Path) -> None:
+    """``target`` is not, and does not lie inside, a run or study directory other than ``own``
+    (the run or study reported on): a report's images and ``report.html`` would replace
+    theirs.
+
+    Raises:
+        UserError: naming ``--out`` and the directory in its way.
+    """
+    mine = own.resolve()
+    for place in (target, *target.absolute().parents):
+        if place.resolve() == mine:
+            return  # inside what is reported on: its own report/ or the study itself
+        study = is_study(place)
+        if study or is_run_directory(place):
+            where = "is" if place == target else "lies inside"
+            kind = "study" if study else "run"
+            raise UserError(
+                f"--out {str(target)!r} {where} the {kind} directory {str(place)!r}, which is "
+                "not the one reported on; choose a directory outside other runs and studies"
+            )
 
 
 def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) -> Path:
@@ -39,6 +62,7 @@ def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) 
         RunDirectoryError, EventLogError: not a run; a malformed event line.
     """
     target = out if out is not None else run / REPORT_DIR
+    _refuse_foreign(target, run)
     try:
         report = build_report(run, baseline)
     except ReportError as err:
@@ -70,6 +94,7 @@ def write_study_report(study: Path, out: Path | None = None, reps: int | None = 
     from esper.study.report import write_study_report as write
 
     target = out if out is not None else study
+    _refuse_foreign(target, study)
     try:
         report = build_study_report(study, target, REPS if reps is None else reps)
     except StudyReportError as err:
