@@ -295,6 +295,12 @@ def test_a_foreign_database_is_refused_untouched(url: str) -> None:
         else "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     )
     assert _raw(url, tables) == [("users",)]
+    if url.startswith("sqlite"):  # not a byte of it changed (WAL was switched on before the check)
+        path = Path(url.split(":///", 1)[1])
+        before = path.read_bytes()
+        with pytest.raises(KnowledgeStoreError, match="not Esper"):
+            KnowledgeStore.open(url)
+        assert path.read_bytes() == before and before[18:20] == b"\x01\x01"  # rollback journal
 
 
 @pytest.mark.parametrize(
@@ -491,6 +497,13 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
 def test_cli_show_an_empty_store(tmp_path: Path) -> None:
     store = _sqlite_url(tmp_path / "k.sqlite")
     assert _knowledge("show", "--knowledge", store) == f"{store}: no seed outcomes\n"
+    # Reading a store that does not exist creates neither it nor its directories.
+    missing = _sqlite_url(tmp_path / "no" / "such" / "k.sqlite")
+    assert _knowledge("show", "--knowledge", missing) == f"{missing}: no seed outcomes\n"
+    assert _knowledge("export", "--knowledge", missing, "--format", "json") == "[]\n"
+    with pytest.raises(UserError, match="does not exist: no run has recorded seed outcomes"):
+        _knowledge("reset", "--yes", "--knowledge", missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_cli_uses_the_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -73,7 +73,14 @@ def run_knowledge(args: argparse.Namespace) -> int:
             )
         runs = args.runs if args.knowledge_command == "import" else []
         imported = [o for run in runs for o in read_run_outcomes(run)]  # all read before any write
-        with KnowledgeStore.open(url) as store:
+        if args.knowledge_command in ("show", "export") and _missing(url):
+            # Nothing recorded there yet: shown as empty, and no file or directory is created.
+            if args.knowledge_command == "show":
+                print(_show([], shown))
+            else:
+                _export([], args.format)
+            return 0
+        with KnowledgeStore.open(url, create=args.knowledge_command == "import") as store:
             if args.knowledge_command == "show":
                 print(_show(store.outcomes(), store.url))
             elif args.knowledge_command == "export":
@@ -89,6 +96,14 @@ def run_knowledge(args: argparse.Namespace) -> int:
     except (KnowledgeURLError, KnowledgeStoreError) as err:
         raise UserError(str(err)) from None
     return 0
+
+
+def _missing(url: str) -> bool:
+    """Whether ``url`` names an SQLite file that does not exist."""
+    from esper.nissa.knowledge import parse_url
+
+    parsed = parse_url(url)
+    return parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists()
 
 
 def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:

@@ -241,10 +241,10 @@ def _engine(url: URL) -> Engine:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Take BEGIN away from the sqlite3 module (it would defer it past reads and DDL) ...
         dbapi_connection.isolation_level = None
+        # Read the file's header, changing nothing: a file that is not SQLite fails here ("file
+        # is not a database"). WAL is switched on only once the schema is known to be ours.
         cursor = dbapi_connection.cursor()
-        # ... and let readers proceed beside a writer. Also reads the file: a file that is not
-        # SQLite fails here ("file is not a database").
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA schema_version")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -312,12 +312,15 @@ class KnowledgeStore:
         """The store's URL, password hidden."""
 
     @classmethod
-    def open(cls, url: str) -> KnowledgeStore:
+    def open(cls, url: str, create: bool = True) -> KnowledgeStore:
         """Connect, creating the database (an SQLite file and its directory) and applying
-        missing migrations.
+        missing migrations; an SQLite store is then put in WAL mode, so readers proceed beside
+        a writer (a foreign file is refused before anything in it changes).
 
         Args:
             url: A SQLAlchemy URL (``sqlite:///PATH``, ``postgresql://USER@HOST/DB``).
+            create: create an SQLite file that does not exist (else: refuse it, as a reader
+                that would find nothing there should).
 
         Raises:
             KnowledgeURLError: a malformed or unsupported URL.
@@ -326,19 +329,38 @@ class KnowledgeStore:
         """
         parsed = parse_url(url)
         shown = parsed.render_as_string(hide_password=True)
+        sqlite_file = Path(str(parsed.database)) if parsed.get_backend_name() == "sqlite" else None
+        if sqlite_file is not None and not create and not sqlite_file.exists():
+            raise KnowledgeStoreError(
+                f"knowledge store {shown} does not exist: no run has recorded seed outcomes there"
+            )
         try:
-            if parsed.get_backend_name() == "sqlite":
-                Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+            if sqlite_file is not None:
+                sqlite_file.parent.mkdir(parents=True, exist_ok=True)
             engine = _engine(parsed)
         except (OSError, SQLAlchemyError) as err:  # SQLAlchemyError: e.g. a missing driver
             raise KnowledgeStoreError(f"knowledge store {shown}: {_reason(err)}") from None
         store = cls(engine, shown)
         try:
             store._transaction(lambda conn: _migrate(conn, shown))
+            if sqlite_file is not None:
+                store._use_wal()
         except KnowledgeStoreError:
             store.close()
             raise
         return store
+
+    def _use_wal(self) -> None:
+        """Switch an SQLite store to WAL (kept in the file; outside any transaction, which
+        SQLite requires for it)."""
+        try:
+            raw = self._engine.raw_connection()
+            try:
+                raw.cursor().execute("PRAGMA journal_mode=WAL")
+            finally:
+                raw.close()
+        except (SQLAlchemyError, sqlite3.Error) as err:
+            raise KnowledgeStoreError(f"knowledge store {self.url}: {_reason(err)}") from None
 
     def record(self, outcomes: Sequence[SeedOutcome]) -> int:
         """Add outcomes, in one transaction; a seed already recorded is skipped.
