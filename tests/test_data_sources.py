@@ -155,7 +155,7 @@ def test_http_404_is_a_clear_error_and_leaves_nothing(
     dest = tmp_path / "dl" / "missing.bin"
     with pytest.raises(DownloadError, match=r"missing\.bin failed: HTTP 404"):
         download_file(url + "missing.bin", dest, "0" * 64, progress=False)
-    assert all_files(tmp_path / "dl") == []
+    assert not (tmp_path / "dl").exists()  # the directory it made for the file is gone too
 
 
 def test_failed_download_in_a_loader_is_dataset_not_found(
@@ -168,7 +168,7 @@ def test_failed_download_in_a_loader_is_dataset_not_found(
     assert "HTTP 404" in message and str(tmp_path / "cache" / "esper" / "fashion-mnist") in message
     assert "\n" not in message  # one line, for the CLI
     assert isinstance(info.value.__cause__, DownloadError)
-    assert all_files(tmp_path / "cache") == []
+    assert not (tmp_path / "cache").exists()  # no empty directories left behind either
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
@@ -331,3 +331,12 @@ def test_incomplete_cifar_folder_is_never_deleted(
     with pytest.raises(DatasetFormatError, match="exists but lacks"):
         load_cifar10(base_url=url, progress=False)
     assert all_files(partial.parent) == ["cifar-10-batches-py/data_batch_1"]  # untouched
+
+
+def test_failed_cifar_download_leaves_no_directories(
+    server: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = server  # serves no archive: a 404
+    with pytest.raises(DatasetNotFoundError, match="HTTP 404"):
+        load_cifar10(base_url=url, progress=False)
+    assert not (tmp_path / "cache").exists()  # its cifar10/ and the parents it made are gone

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from esper.data.dataset import Dataset, DatasetFormatError, hold_out
-from esper.data.download import download_file
+from esper.data.download import created_directory, download_file
 from esper.data.locate import DatasetFiles, find_dataset_dir
 
 logger = logging.getLogger(__name__)
@@ -152,10 +152,10 @@ def _download(target: Path, *, base_url: str, progress: bool) -> None:
             f"{target / BATCH_DIR} exists but lacks some of {', '.join(_FILES.required)}; "
             "complete it, or delete it to download a fresh copy"
         )
-    target.mkdir(parents=True, exist_ok=True)
-    archive = download_file(
-        prefix + CIFAR10_ARCHIVE, target / CIFAR10_ARCHIVE, CIFAR10_SHA256, progress
-    )
+    with created_directory(target):  # removed again if nothing could be fetched
+        archive = download_file(
+            prefix + CIFAR10_ARCHIVE, target / CIFAR10_ARCHIVE, CIFAR10_SHA256, progress
+        )
     _extract_archive(archive, target)
     archive.unlink()
 

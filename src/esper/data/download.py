@@ -9,6 +9,8 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +24,23 @@ DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 20
 
 
+@contextmanager
+def created_directory(directory: Path) -> Iterator[None]:
+    """Create ``directory`` and its missing parents for the block; if the block fails, remove
+    those it created that are still empty, so a failed download leaves no trace."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for made in missing:
+            try:
+                made.rmdir()
+            except OSError:  # no longer empty (or gone): leave it and everything above it
+                break
+        raise
+
+
 def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, verify its SHA-256, and move it into place atomically.
 
@@ -31,7 +50,8 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
 
     Args:
         url: Where to fetch the file from (any scheme urllib understands).
-        dest: Final path of the file; its parent directories are created.
+        dest: Final path of the file; its parent directories are created (and removed again
+            if the download fails).
         sha256: Expected lowercase hex SHA-256 digest of the file.
         progress: Show a tqdm progress bar on stderr.
 
@@ -44,21 +64,21 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
             connection broke off.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _stream(url, out, dest.name, progress)
-        if actual != sha256.lower():
-            raise ChecksumMismatchError(
-                f"checksum mismatch for {url}: expected SHA-256 {sha256.lower()}, got {actual}; "
-                "the file was deleted (corrupt download or a changed upstream file)"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with created_directory(dest.parent):
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                actual = _stream(url, out, dest.name, progress)
+            if actual != sha256.lower():
+                raise ChecksumMismatchError(
+                    f"checksum mismatch for {url}: expected SHA-256 {sha256.lower()}, got "
+                    f"{actual}; the file was deleted (corrupt download or a changed upstream file)"
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     logger.info("downloaded %s to %s (sha256 ok)", url, dest)
     return dest
 
