@@ -383,3 +383,19 @@ def test_custom_preference_and_unlisted_blueprints() -> None:
     assert tamiyo.decide(ready(epoch=5)).blueprint == "depthwise"  # listed first
     nxt = tamiyo.decide(ready(rep("early", SeedStage.TRAINING, "depthwise"), epoch=6))
     assert nxt.blueprint == "norm"  # then the unlisted ones in offered order
+
+
+@pytest.mark.parametrize(
+    ("preference", "message"),
+    [
+        (("conv_light", "bogus"), "unknown blueprint 'bogus'; accepted: attention, bottleneck"),
+        (("conv_light", "norm", "conv_light"), "names a blueprint twice"),
+    ],
+)
+def test_blueprint_preference_names_known_blueprints_once(
+    preference: tuple[str, ...], message: str
+) -> None:
+    """A bad name was saved in config.json and ignored (a knob that did nothing)."""
+    with pytest.raises(ValueError, match=message):
+        HeuristicConfig(blueprint_preference=preference)
+    assert HeuristicConfig(blueprint_preference=()).blueprint_preference == ()  # registry order

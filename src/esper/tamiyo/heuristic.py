@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from esper.kasmina import blueprint_registry
 from esper.leyline import (
     ALIVE_STAGES,
     BLENDED_STAGES,
@@ -50,6 +51,7 @@ from esper.leyline import (
     Op,
     SeedStage,
     SeedStateReport,
+    Topology,
     ordered_slots,
 )
 from esper.leyline import thresholds as T
@@ -139,6 +141,17 @@ class HeuristicConfig:
             self.prune_contribution < T.G5_MIN_CONTRIBUTION,
             f"prune_contribution must be below G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION} "
             f"(a seed cannot both hurt and earn fossilization), got {self.prune_contribution}",
+        )
+        known = sorted({name for t in Topology for name in blueprint_registry.names(t)})
+        for name in self.blueprint_preference:
+            require(
+                name in known,
+                f"blueprint_preference: unknown blueprint {name!r}; accepted: {', '.join(known)}",
+            )
+        preference = self.blueprint_preference
+        require(
+            len(set(preference)) == len(preference),
+            f"blueprint_preference names a blueprint twice: {list(preference)}",
         )
         require(
             self.selector in SELECTORS,
