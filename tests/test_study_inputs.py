@@ -214,6 +214,21 @@ def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):
     assert not (tmp_path / "o").exists()
 
 
+def test_what_a_ppo_arm_cannot_run_is_refused_before_any_trial(tmp_path, capsys, runs):
+    """A policy of another host kind, or amp without a GPU, passed --dry-run and failed in every
+    trial's attempts, after the study directory was made (adversarial sweep)."""
+    text = f'out = "o"\ntasks = ["text_lm_impaired"]\n[[arms]]\nname = "p"\ncontroller = "ppo"\n'
+    path = _study(tmp_path / "a", f'{text}policy = "{runs["ppo"]}"\n')
+    for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
+        err = _bad(capsys, argv)
+        assert "was trained on a cnn host; task 'text_lm_impaired'" in err and "transformer" in err
+    amp = f"{HEAD}{PPO}[arms.ppo.runtime]\namp = true\n"
+    path = _study(tmp_path / "b", amp)
+    for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
+        assert "ppo.runtime.amp needs the policy on a GPU" in _bad(capsys, argv)
+    assert not (tmp_path / "a" / "o").exists() and not (tmp_path / "b" / "o").exists()
+
+
 def test_changed_budget_names_the_setting_and_both_values(tmp_path, capsys):
     path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
     spec, directory = read_study(path)

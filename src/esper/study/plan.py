@@ -469,15 +469,27 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
     if arm.policy is not None:
         directory = _policy_directory(arm, base)
         try:
-            ppo_state(directory)  # a run that cannot be evaluated fails now, not in a trial
+            state = ppo_state(directory)  # a run that cannot be evaluated fails now, not in a trial
             meta = record.read_meta(directory)
         except (UserError, record.RunRecordError) as err:
             raise ValueError(f"arm {arm.name!r}: policy {arm.policy!r}: {err}") from None
         assert meta is not None  # ppo_state read it
+        for task in spec.tasks:  # a policy acts only on hosts of the kind it trained on
+            host = get_task(task).host_kind
+            require(
+                state.get("topology") == host,
+                f"arm {arm.name!r}: policy {arm.policy!r} was trained on a "
+                f"{state.get('topology')} host; task {task!r}'s host is a {host}",
+            )
         used = {int(s) for s in meta.seeds["environments"]}
         origin = f"its PPO run {arm.policy!r} trained on environment seeds"
     else:
         config = ppo_config(spec, arm, spec.tasks[0], arm.training_seeds[0])
+        require(
+            not config.runtime.amp or spec.resources.gpus > 0,
+            f"arm {arm.name!r}: ppo.runtime.amp needs the policy on a GPU; the study's "
+            "resources.gpus is 0",
+        )
         n_envs = config.ppo.n_envs
         used = {s + i for s in arm.training_seeds for i in range(n_envs)}
         origin = f"its training seeds {list(arm.training_seeds)} use environment seeds"
