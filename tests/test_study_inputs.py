@@ -217,7 +217,7 @@ def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):
 def test_what_a_ppo_arm_cannot_run_is_refused_before_any_trial(tmp_path, capsys, runs):
     """A policy of another host kind, or amp without a GPU, passed --dry-run and failed in every
     trial's attempts, after the study directory was made (adversarial sweep)."""
-    text = f'out = "o"\ntasks = ["text_lm_impaired"]\n[[arms]]\nname = "p"\ncontroller = "ppo"\n'
+    text = 'out = "o"\ntasks = ["text_lm_impaired"]\n[[arms]]\nname = "p"\ncontroller = "ppo"\n'
     path = _study(tmp_path / "a", f'{text}policy = "{runs["ppo"]}"\n')
     for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
         err = _bad(capsys, argv)
