@@ -529,3 +529,23 @@ def test_argument_errors_are_one_line_without_the_usage_block(
     assert err.startswith("esper: error: esper") and err.count("\n") == 1, err
     assert message in err and "usage:" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_multi_line_library_message_is_printed_as_one_line(monkeypatch, capsys) -> None:
+    """torch's state-dict mismatch and unpickling messages ran over six lines after
+    'esper: error:' (a resumed run whose config.json policy width differs from its checkpoint)."""
+    import esper.cli.report as cli_report
+    from esper.leyline.config import UserError
+
+    message = "cannot resume 'r': Error(s) in loading state_dict:\n\tsize mismatch a\n\n\tb\n"
+
+    def fail(args: object) -> int:
+        raise UserError(message)
+
+    monkeypatch.setattr(cli_report, "run_report", fail)
+    assert main(["report", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "esper: error: cannot resume 'r': Error(s) in loading state_dict: "
+        "(+2 more line(s) of detail)\n"
+    )

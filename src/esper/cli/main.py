@@ -188,6 +188,16 @@ def run_command(command: str, argv: list[str]) -> int:
     return run_growth(command, rest, options)
 
 
+def one_line(message: str) -> str:
+    """``message`` as the one line an error gets: a library's message that runs over several
+    lines (torch's state-dict mismatches, its unpickling advice) keeps its first line and says
+    how many it left out."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    return f"{lines[0]} (+{len(lines) - 1} more line(s) of detail)"
+
+
 class _StderrWarnings(logging.Handler):
     """Shows the library's log records (``esper.*`` loggers; STYLE: library code does not
     print) on the stderr of the moment as ``warning: message``."""
@@ -221,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args)
     except (UserError, RunRecordError, EventLogError, DiskFullError) as err:
-        print(f"esper: error: {err}", file=sys.stderr)
+        print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # a signal during start-up or loading: nothing was written yet
         print("\nesper: interrupted", file=sys.stderr)
