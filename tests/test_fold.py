@@ -95,6 +95,17 @@ def test_a_timeline_follows_its_transitions() -> None:
         StageSpan(SeedStage.EMBARGOED, 6.0, 9, "conv_light"),
     ]
     assert [(m.epoch, m.kind) for m in episode.marks()] == [(2, "germinate"), (5, "prune")]
+    # A stage entered at the last epoch still ends the timeline (a zero-length last span): the
+    # slot finished DORMANT, not RESETTING (the recorded heuristic run resets at epoch 40).
+    episode.transitions += [
+        moved(8, SeedStage.EMBARGOED, SeedStage.RESETTING),
+        moved(9, SeedStage.RESETTING, SeedStage.DORMANT),
+    ]
+    spans = episode.timeline(["mid"], end=9)["mid"]
+    assert spans[-2:] == [
+        StageSpan(SeedStage.RESETTING, 8.0, 9.0, "conv_light"),
+        StageSpan(SeedStage.DORMANT, 9.0, 9.0, None),
+    ]
 
 
 def test_a_resumed_growth_run_folds_as_it_finally_happened(tmp_path, recorded_runs) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
+import re
 import signal
 import subprocess
 import sys
@@ -452,6 +454,17 @@ def test_meta_records_revision_versions_and_seeds(tmp_path: Path) -> None:
     assert loaded == meta
     assert set(meta.versions) >= {"python", "esper", "torch", "numpy"}
     assert meta.git_revision is None or len(meta.git_revision.removesuffix("-dirty")) == 40
+    # The CPU is part of the receipt: torch's kernels, and so the results, depend on it.
+    assert meta.platform.startswith(platform.platform() + "; CPU ")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        models = re.findall(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        if models:
+            assert f"CPU {models[0].strip()} (" in meta.platform
+        flags = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+        if flags and "avx512f" in flags.group(1).split():
+            assert "avx512f" in meta.platform.rsplit("(", 1)[1]
     (tmp_path / "meta.json").write_text(json.dumps(meta.to_json() | {"mode": "grow"}))
     with pytest.raises(RunRecordError, match="mode 'grow' is not one of"):
         read_meta(tmp_path)

@@ -128,8 +128,9 @@ class Episode:
 
         A slot starts in the ``from_stage`` of its first transition (DORMANT without one) at epoch
         0; a transition at epoch e ends the current span at e and starts the next. Spans of zero
-        length (two transitions in one epoch) are left out; the last span of every slot ends at
-        ``end`` (default: the last completed epoch).
+        length (two transitions in one epoch) are left out, except a slot's last: it ends at
+        ``end`` (default: the last completed epoch) and is kept even when its stage was entered
+        at ``end``, so every timeline ends in the stage the slot finished in.
         """
         if end is None:
             end = float(self.epochs[-1].epoch) if self.epochs else 0.0
@@ -150,7 +151,7 @@ class Episode:
             current[event.slot] = (entered, float(event.epoch), kept)
         for slot, state in current.items():
             stage, start, held = state or (SeedStage.DORMANT, 0.0, None)
-            if max(end, start) > start:
+            if state is not None or end > start:
                 spans[slot].append(StageSpan(stage, start, max(end, start), held))
         return spans
 

@@ -185,7 +185,9 @@ class RunMeta:
         versions: python and package versions (None: not installed).
         seeds: every seed the run derives (run, data order, environments, policy, ...).
         threads: torch's intra-op thread count.
-        platform: the operating system and machine.
+        platform: the operating system, machine and CPU (model and vector extensions: torch's
+            kernels, and so a run's floating-point results, depend on them; the same run on an
+            AVX-512 Xeon and on an AVX2 EPYC can grow differently).
     """
 
     run_id: str
@@ -221,6 +223,29 @@ def _git_revision() -> str | None:
     return rev + ("-dirty" if dirty else "")
 
 
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+"""The vector extensions that choose torch's CPU kernels (oneDNN dispatches on them)."""
+
+
+def _platform() -> str:
+    """``platform.platform()``, the CPU model and which of ``_CPU_FLAGS`` it has (Linux's
+    ``/proc/cpuinfo``; elsewhere ``platform.processor()`` alone)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass  # not Linux
+    extensions = " ".join(flag for flag in _CPU_FLAGS if flag in flags) or "none of avx2/avx512"
+    return f"{platform.platform()}; CPU {model} ({extensions})"
+
+
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _VERSIONED_PACKAGES:
@@ -247,7 +272,7 @@ def run_meta(
         versions=_versions(),
         seeds=dict(seeds),
         threads=threads,
-        platform=platform.platform(),
+        platform=_platform(),
     )
 
 
