@@ -411,6 +411,13 @@ def test_ppo_resume_of_a_growth_run_names_its_command(run_copy, capsys) -> None:
     assert "is a heuristic run; use esper heuristic" in _one_error_line(capsys)
 
 
+def test_growth_resume_of_a_ppo_run_names_its_command(recorded_runs, capsys) -> None:
+    """It said "unknown key(s) ['env', 'ppo', ...]" (the config was read before the mode)."""
+    for command in ("heuristic", "static", "eval"):
+        assert main([command, "--resume", str(recorded_runs["ppo"])]) == 2
+        assert "is a ppo run; use esper ppo" in _one_error_line(capsys)
+
+
 def test_a_moved_run_keeps_its_run_id(run_copy, tmp_path) -> None:
     moved = tmp_path / "moved"
     run_copy.rename(moved)

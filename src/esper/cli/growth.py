@@ -19,12 +19,12 @@ from esper.study.run import Stop, check_recorded_mode, ppo_state
 def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     """The run's configuration: recorded (``--resume``) or from defaults, file and flags."""
     if options.resume is not None:
+        check_recorded_mode(options.resume, mode)  # first: another command's config is no error
         try:
             data = record.read_config(options.resume)
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
-        check_recorded_mode(options.resume, mode)
         return config
     base, policy = None, None
     if mode == "eval" and not {"-h", "--help"} & set(argv):

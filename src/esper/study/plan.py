@@ -532,7 +532,10 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
     except ValueError as err:
         raise ValueError(f"arm {arm.name!r}: ppo: {err}") from None
     reward = config.reward if arm.reward is None else replace(config.reward, mode=arm.reward)
-    runtime = replace(config.runtime, seed=seed)
+    try:
+        runtime = replace(config.runtime, seed=seed)
+    except ValueError as err:  # e.g. a seed whose environments' seeds pass int64
+        raise ValueError(f"arm {arm.name!r}: training seed {seed}: {err}") from None
     env = training(spec, task)  # the budget's slots too: presets leave slots at the default
     if arm.auto_advance is not None:
         env = replace(env, auto_advance=arm.auto_advance)
