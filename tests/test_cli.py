@@ -309,6 +309,23 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
         assert _summary(run).status == "completed"
 
 
+def test_demo_with_an_explicit_data_dir_does_not_fall_back(tmp_path, capsys, monkeypatch) -> None:
+    """A --data-dir without Fashion-MNIST ran the digits demo instead (adversarial sweep)."""
+    import esper.cli.demo as demo
+    from esper.data import DatasetNotFoundError
+
+    def unavailable(name, *args, **kwargs):
+        raise DatasetNotFoundError(f"{name}: looked in {tmp_path / 'data'}")
+
+    monkeypatch.setattr(demo, "load_dataset", unavailable)
+    args = ["demo", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    data = tmp_path / "data"
+    err = capsys.readouterr().err
+    assert err == f"esper: error: --data-dir {str(data)!r}: fashion_mnist: looked in {data}\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_full_demo_finishes(tmp_path, capsys) -> None:
     """The real demo (Fashion-MNIST when present) within its 10-minute budget on 2 cores."""
@@ -516,6 +533,7 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
         (["report", "x", "--reps", str(10**12)], "expected an integer in [10, 100000]"),
         (["runs", "query"], "the following arguments are required: sql"),
         (["dashboard", "--port", "65536"], "expected a TCP port in 1..65535"),
+        (["demo", "--out", ""], "expected a directory name, got ''"),
     ],
 )
 def test_argument_errors_are_one_line_without_the_usage_block(

@@ -34,6 +34,8 @@ def _pick_task(data_dir: Path | None) -> str:
     except DatasetFormatError as err:  # present but damaged: say so, do not quietly switch
         raise UserError(f"Fashion-MNIST is damaged: {str(err).splitlines()[0]}") from err
     except DatasetNotFoundError as err:
+        if data_dir is not None:  # asked for there: a fallback would hide the mistake
+            raise UserError(f"--data-dir {str(data_dir)!r}: {str(err).splitlines()[0]}") from err
         print(
             f"esper demo: Fashion-MNIST is not available ({str(err).splitlines()[0]}); "
             f"running the demo on the {FALLBACK} task instead.",

@@ -69,6 +69,15 @@ _seed = _number(int, f"an integer in [0, {MAX_SEED}]", lambda v: 0 <= v <= MAX_S
 _reps = _number(
     int, "an integer in [{}, {}]".format(*REPS_RANGE), lambda v: REPS_RANGE[0] <= v <= REPS_RANGE[1]
 )
+
+
+def _directory(text: str) -> Path:
+    """An argparse type: a directory name that is not empty (which would mean "here")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory name, got {text!r}")
+    return Path(text)
+
+
 _port = _number(int, "a TCP port in 1..65535", lambda v: 1 <= v <= 65535)
 
 
@@ -162,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--epochs", type=_epochs, help="epochs per run (default: the task's)")
     demo.add_argument("--seed", type=_seed, default=0, help="run seed (default 0)")
-    demo.add_argument("--out", type=Path, help="parent directory of the two runs (default: runs/)")
+    demo.add_argument(
+        "--out", type=_directory, help="parent directory of the two runs (default: runs/)"
+    )
     demo.add_argument("--data-dir", type=Path, help="where Fashion-MNIST lives")
     return parser
 
