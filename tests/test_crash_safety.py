@@ -411,6 +411,20 @@ def test_ppo_resume_of_a_growth_run_names_its_command(run_copy, capsys) -> None:
     assert "is a heuristic run; use esper heuristic" in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize("bad", ["{oops", '{"event": "NoSuchEvent", "t": 1.0}'])
+def test_a_resume_refuses_an_event_log_damaged_before_its_last_line(run_copy, capsys, bad) -> None:
+    """Such a log was resumed (exit 0), after which runs show, report and tui failed on it."""
+    log = run_copy / "events.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2] = bad + "\n"
+    log.write_text("".join(lines))
+    before = _snapshot(run_copy)
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    line = _one_error_line(capsys)
+    assert "cannot resume" in line and "events.jsonl:3" in line, line
+    assert _snapshot(run_copy) == before
+
+
 def test_growth_resume_of_a_ppo_run_names_its_command(recorded_runs, capsys) -> None:
     """It said "unknown key(s) ['env', 'ppo', ...]" (the config was read before the mode)."""
     for command in ("heuristic", "static", "eval"):

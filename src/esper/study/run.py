@@ -37,6 +37,7 @@ from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink
+from esper.nissa.log import EventLogError, read_events
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSetupError, TensorBoardSink, check_tensorboard
 from esper.nissa.tracking import MLflowSink, TrackingError, TrackingSetupError, check_mlflow
@@ -277,6 +278,12 @@ class Recorder:
         if meta is None:
             raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
         checkpoint = record.load_checkpoint(directory, meta.run_id)
+        events = directory / record.EVENTS_FILE
+        if events.is_file():  # a crash cuts only its last line; a bad line before it is damage
+            try:
+                read_events(events)
+            except EventLogError as err:
+                raise UserError(f"cannot resume {str(directory)!r}: {err}") from None
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
