@@ -237,6 +237,14 @@ def test_a_training_seed_too_large_for_its_environments_names_the_arm(tmp_path, 
     assert f"arm 'p': training seed {seed}: runtime.seed must be an integer in [0, " in err
 
 
+def test_a_study_too_large_to_list_is_refused_at_once(tmp_path, capsys):
+    """seeds = 10,000,000 with two arms did not finish --dry-run in a minute."""
+    path = _study(tmp_path, f"{HEAD.replace('reps = 100', 'seeds = 10000000')}{STATIC}"
+                            '[[arms]]\nname = "h"\ncontroller = "heuristic"\n')  # fmt: skip
+    err = _bad(capsys, ["study", str(path), "--dry-run"])
+    assert "1 task(s) x 2 arm(s) x 10000000 seeds = 20,000,000 trials; a study holds" in err
+
+
 def test_changed_budget_names_the_setting_and_both_values(tmp_path, capsys):
     path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
     spec, directory = read_study(path)

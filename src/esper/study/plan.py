@@ -72,6 +72,10 @@ BOOTSTRAP_REPS = 2000
 DEFAULT_RETRIES = 2
 """Extra attempts of a failing trial (across invocations) before it is listed as failed."""
 
+MAX_TRIALS = 100_000
+"""Tasks x arms x seeds a study may hold: listing them stays within about half a minute (80,000
+trials took 26 s to list here; at 20 s a trial they would be 18 days of one core)."""
+
 POLICY_TELEMETRY = TelemetrySettings(level="normal")
 """Policy runs (PPO training) log every step (about 3 MB per 40-round run of 4 environments):
 their reports' diagnostics — reward components, ops and how far seeds get per round — are
@@ -299,6 +303,12 @@ class StudySpec:
         check_int("retries", self.retries, 0, 100)
         names = [a.name for a in self.arms]
         require(len(set(names)) == len(names), f"arm names repeat: {names}")
+        trials = len(self.tasks) * len(self.arms) * self.seeds
+        require(
+            trials <= MAX_TRIALS,
+            f"{len(self.tasks)} task(s) x {len(self.arms)} arm(s) x {self.seeds} seeds = "
+            f"{trials:,} trials; a study holds at most {MAX_TRIALS:,} (fewer seeds, or split it)",
+        )
         for arm in self.arms:
             if arm.match is not None:
                 target = next((a for a in self.arms if a.name == arm.match), None)
