@@ -375,3 +375,16 @@ def test_the_report_path_is_where_esper_report_writes() -> None:
     from esper.karn.report import REPORT_FILE
 
     assert Path(REPORT_DIR) / REPORT_FILE == REPORT
+
+
+def test_a_tracking_uri_with_a_nul_character_is_one_line(tmp_path, capsys) -> None:
+    """From a config file (argv cannot hold one): MLflow retried it with warnings every 25 s."""
+    config = tmp_path / "c.json"
+    uri = "sqlite:///" + str(tmp_path / "a\0b.db")
+    config.write_text(json.dumps({"telemetry": {"mlflow": uri}}))
+    out = tmp_path / "run"
+    args = ["heuristic", "--task", "synthetic", "--epochs", "1", "--config", str(config)]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be an MLflow tracking URI" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]

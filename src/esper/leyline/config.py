@@ -199,7 +199,7 @@ def check_tracking_uri(name: str, value: object) -> None:
     # sqlite:///PATH (three slashes, a relative path; four, an absolute one): the host is empty
     where = (rest[1:] if rest.startswith("/") else "") if scheme == "sqlite" else rest.split("/")[0]
     require(
-        scheme in TRACKING_SCHEMES and bool(where.strip()),
+        scheme in TRACKING_SCHEMES and bool(where.strip()) and "\0" not in text,
         f"{name} must be an MLflow tracking URI: http://HOST:PORT, https://HOST, "
         f"sqlite:///PATH, postgresql://... or mysql://...; got {value!r}",
     )
