@@ -478,3 +478,21 @@ def test_a_start_removes_only_its_own_abandoned_stagings(tmp_path) -> None:
     assert (notes / "keep.txt").read_text() == "mine"  # not ours: untouched
     assert odd.exists() and other_host.exists()  # not provably ours / another machine's
     assert not abandoned.exists()  # ours, its process gone
+
+
+def test_eval_of_a_policy_with_a_damaged_checkpoint_says_what_it_wanted(
+    recorded_runs, tmp_path, capsys
+) -> None:
+    """It said "cannot resume" for a run it was only reading a policy from."""
+    policy = tmp_path / "policy"
+    shutil.copytree(recorded_runs["ppo"], policy)
+    checkpoint = policy / "checkpoints" / (policy / "checkpoints" / "LATEST").read_text().strip()
+    state = checkpoint / "state.pt"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+    out = tmp_path / "eval"
+    assert main(["eval", "--policy", str(policy), "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert f"cannot read the policy in {str(policy)!r}" in line and "SHA-256" in line, line
+    assert not out.exists()

@@ -464,7 +464,7 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
         raise UserError(str(err)) from err
     if meta is None or meta.mode != "ppo":
         raise UserError(f"--policy {str(run_dir)!r} is not an Esper PPO run directory")
-    return read_state(run_dir, meta.run_id)
+    return read_state(run_dir, meta.run_id, "cannot read the policy in")
 
 
 def _state_files(state: dict[str, Any]) -> dict[str, bytes]:
@@ -493,22 +493,27 @@ def _create(
         raise
 
 
-def read_state(directory: Path, run_id: str) -> dict[str, Any]:
+def read_state(directory: Path, run_id: str, purpose: str = "cannot resume") -> dict[str, Any]:
     """The state dict in a run's last committed checkpoint, every byte verified.
+
+    Args:
+        purpose: how an error message begins (``cannot resume``; a policy's reader says what
+            it wanted the state for).
 
     Raises:
         UserError: no checkpoint, a corrupt or foreign one, or one that is not a state dict.
     """
+    where = f"{purpose} {str(directory)!r}"
     try:
         checkpoint = record.load_checkpoint(directory, run_id)
         data = io.BytesIO(checkpoint.files["state.pt"])
         state = torch.load(data, map_location="cpu", weights_only=True)
     except record.RunRecordError as err:
-        raise UserError(f"cannot resume {str(directory)!r}: {err}") from err
+        raise UserError(f"{where}: {err}") from err
     except TORCH_LOAD_ERRORS as err:
-        raise UserError(f"cannot resume {str(directory)!r}: state.pt: {err}") from err
+        raise UserError(f"{where}: state.pt: {err}") from err
     if not isinstance(state, dict):
-        raise UserError(f"cannot resume {str(directory)!r}: state.pt is not a state")
+        raise UserError(f"{where}: state.pt is not a state")
     return state
 
 
