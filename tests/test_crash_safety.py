@@ -3,6 +3,7 @@ flips in checkpoints, a full disk and bad input never lose or corrupt a run."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from esper.cli.main import main
 from esper.nissa import record
@@ -496,3 +498,20 @@ def test_eval_of_a_policy_with_a_damaged_checkpoint_says_what_it_wanted(
     line = _one_error_line(capsys)
     assert f"cannot read the policy in {str(policy)!r}" in line and "SHA-256" in line, line
     assert not out.exists()
+
+
+def test_a_state_without_its_thread_count_is_refused_in_one_line(run_copy, capsys) -> None:
+    """A state.pt re-signed into a valid checkpoint but not written by Esper said "it ran with
+    None torch threads"."""
+    meta = record.read_meta(run_copy)
+    assert meta is not None
+    checkpoint = record.load_checkpoint(run_copy, meta.run_id)
+    state = torch.load(io.BytesIO(checkpoint.files["state.pt"]), weights_only=True)
+    del state["threads"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    record.commit_checkpoint(
+        run_copy, checkpoint.step - 1, {"state.pt": buffer.getvalue()}, meta.run_id
+    )
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    assert "state.pt records no torch thread count" in _one_error_line(capsys)

@@ -368,7 +368,12 @@ class Recorder:
         """
         state = read_state(self.directory, self.run_id)
         threads = torch.get_num_threads()
-        if "threads" not in state or state["threads"] != threads:
+        if not isinstance(state.get("threads"), int):  # written by every checkpoint
+            raise UserError(
+                f"cannot resume {str(self.directory)!r}: state.pt records no torch thread count "
+                "(not a checkpoint Esper wrote)"
+            )
+        if state["threads"] != threads:
             raise UserError(
                 f"cannot resume {str(self.directory)!r}: it ran with "
                 f"{state.get('threads')} torch threads, this process has {threads}; "
