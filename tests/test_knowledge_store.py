@@ -357,6 +357,7 @@ def test_passwords_stay_out_of_messages() -> None:
         ("postgresql+psycopg2://host/db", "unsupported"),
         ("sqlite://", "names no file"),
         ("sqlite:///:memory:", "names no file"),
+        ("sqlite:////tmp/x/a\0b.sqlite", "malformed"),  # sqlite3 raised at connect
     ],
 )
 def test_bad_urls_name_the_url_and_the_accepted_ones(bad: str, why: str) -> None:
@@ -494,6 +495,22 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
     }
 
 
+def test_a_stored_row_that_is_no_valid_outcome_is_a_store_problem(url: str) -> None:
+    """Earlier versions stored unchecked values (an infinite contribution, a made-up stage);
+    reading such a row raised ValueError out of code documented never to raise."""
+    with KnowledgeStore.open(url) as store:
+        store.record([_outcome()])
+    _raw(url, "UPDATE outcomes SET stage = 'BOGUS'")
+    with pytest.raises(KnowledgeStoreError, match=r"row id 1 is not a valid seed outcome") as err:
+        KnowledgeStore.open(url).outcomes()
+    assert "stage must be one of" in str(err.value) and "\n" not in str(err.value)
+    warnings = Warnings()
+    assert outcomes_for(url, HOST, warnings) == []
+    assert len(warnings) == 1 and "row id 1" in warnings[0]
+    with pytest.raises(UserError, match="row id 1 is not a valid seed outcome"):
+        _knowledge("show", "--knowledge", url)
+
+
 def test_cli_show_an_empty_store(tmp_path: Path) -> None:
     store = _sqlite_url(tmp_path / "k.sqlite")
     assert _knowledge("show", "--knowledge", store) == f"{store}: no seed outcomes\n"
@@ -588,5 +605,5 @@ def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture
 
     assert main(["knowledge", *argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("esper: error: esper knowledge") and err.count("\n") == 1, err
+    assert err.startswith("esper: error: ") and err.count("\n") == 1, err
     assert "see esper knowledge" in err and "usage:" not in err

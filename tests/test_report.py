@@ -879,7 +879,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_out_inside_another_run_or_study_is_refused(
-    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     """--out into another run or study wrote images there and replaced its report.html."""
     study = tmp_path / "study"
@@ -901,3 +901,7 @@ def test_out_inside_another_run_or_study_is_refused(
     assert _report([str(first)], capsys)[0] == 0 and (first / "report" / "report.html").is_file()
     assert _report([str(study), "--reps", "10"], capsys)[0] == 0
     assert (study / "report.html").is_file()
+    # A relative --out leaving the study is outside it (".." was not collapsed before).
+    monkeypatch.chdir(study)
+    assert _report([str(first), "--out", "../elsewhere"], capsys)[0] == 0
+    assert (tmp_path / "elsewhere" / "report.html").is_file()

@@ -138,7 +138,7 @@ class _Parser(argparse.ArgumentParser):
     block (``--help`` shows it); its subcommands' parsers are of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,12 +201,10 @@ def run_command(command: str, argv: list[str]) -> int:
 
 def one_line(message: str) -> str:
     """``message`` as the one line an error gets: a library's message that runs over several
-    lines (torch's state-dict mismatches, its unpickling advice) keeps its first line and says
-    how many it left out."""
+    lines (torch's state-dict mismatches, which name the tensors on the lines after the first)
+    has them joined with "; ", so no detail is lost; a one-line message is left as it is."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else message
-    return f"{lines[0]} (+{len(lines) - 1} more line(s) of detail)"
+    return "; ".join(lines) if len(lines) > 1 else message
 
 
 class _StderrWarnings(logging.Handler):

@@ -10,6 +10,7 @@ runs (``VIEW_COMMANDS`` in ``esper.cli.main``), so matplotlib stays out of every
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,13 +36,13 @@ def _refuse_foreign(target: Path, own: Path) -> None:
     Raises:
         UserError: naming ``--out`` and the directory in its way.
     """
-    mine = own.resolve()
-    for place in (target, *target.absolute().parents):
+    mine, full = own.resolve(), Path(os.path.abspath(target))  # abspath: ".." collapsed
+    for place in (full, *full.parents):
         if place.resolve() == mine:
             return  # inside what is reported on: its own report/ or the study itself
         study = is_study(place)
         if study or is_run_directory(place):
-            where = "is" if place == target else "lies inside"
+            where = "is" if place == full else "lies inside"
             kind = "study" if study else "run"
             raise UserError(
                 f"--out {str(target)!r} {where} the {kind} directory {str(place)!r}, which is "

@@ -139,6 +139,8 @@ def parse_url(url: str) -> URL:
         KnowledgeURLError: a malformed URL, an unsupported scheme or an SQLite URL without a file.
     """
     try:
+        if "\0" in url:  # no file or host can be named so (sqlite3 would raise at connect)
+            raise ValueError("NUL character")
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise KnowledgeURLError(f"malformed knowledge store URL {url!r}; {ACCEPTED_URLS}") from None
@@ -226,9 +228,11 @@ def _reason(err: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
-def _locked(err: OperationalError) -> bool:
-    """Whether SQLite refused for another process's lock (worth retrying), not for a fault."""
-    return isinstance(err.orig, sqlite3.OperationalError) and "locked" in str(err.orig)
+def _locked(err: Exception) -> bool:
+    """Whether SQLite refused for another process's lock (worth retrying), not for a fault
+    (``err``: SQLAlchemy's wrapper, or sqlite3's own error from a raw connection)."""
+    orig = getattr(err, "orig", err)
+    return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
 
 
 def _engine(url: URL) -> Engine:
@@ -352,15 +356,16 @@ class KnowledgeStore:
 
     def _use_wal(self) -> None:
         """Switch an SQLite store to WAL (kept in the file; outside any transaction, which
-        SQLite requires for it)."""
-        try:
+        SQLite requires for it), retried while another process holds the lock."""
+
+        def switch() -> None:
             raw = self._engine.raw_connection()
             try:
                 raw.cursor().execute("PRAGMA journal_mode=WAL")
             finally:
                 raw.close()
-        except (SQLAlchemyError, sqlite3.Error) as err:
-            raise KnowledgeStoreError(f"knowledge store {self.url}: {_reason(err)}") from None
+
+        self._retrying(switch)
 
     def record(self, outcomes: Sequence[SeedOutcome]) -> int:
         """Add outcomes, in one transaction; a seed already recorded is skipped.
@@ -395,8 +400,19 @@ class KnowledgeStore:
                 OUTCOMES.c.host_width == host.width,
             )
         return self._transaction(
-            lambda conn: [unflatten(row._asdict()) for row in conn.execute(query)]
+            lambda conn: [self._outcome(row._asdict()) for row in conn.execute(query)]
         )
+
+    def _outcome(self, row: Mapping[str, Any]) -> SeedOutcome:
+        """A stored row as its outcome; a row no Esper of today would write (an earlier
+        version stored unchecked values) is a store problem naming the row."""
+        try:
+            return unflatten(row)
+        except ValueError as err:
+            raise KnowledgeStoreError(
+                f"knowledge store {self.url}: row id {row.get('id')} is not a valid seed "
+                f"outcome ({err}); delete it, or reset the store"
+            ) from None
 
     def reset(self) -> int:
         """Delete every outcome (the schema stays). Returns the number deleted."""
@@ -418,19 +434,27 @@ class KnowledgeStore:
         self.close()
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction, retrying while SQLite says another process holds
-        the lock (up to ``LOCKED_RETRY_S``); database failures become ``KnowledgeStoreError``."""
+        """Run ``work`` in one transaction (``_retrying``)."""
+
+        def attempt() -> T:
+            with self._engine.begin() as conn:
+                return work(conn)
+
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, retried while SQLite says another process holds the lock (up to
+        ``LOCKED_RETRY_S``); database failures become ``KnowledgeStoreError``."""
         deadline, delay = time.monotonic() + LOCKED_RETRY_S, 0.01
         while True:
             try:
-                with self._engine.begin() as conn:
-                    return work(conn)
-            except OperationalError as err:
+                return attempt()
+            except (OperationalError, sqlite3.OperationalError) as err:
                 if not _locked(err) or time.monotonic() + delay > deadline:
                     raise KnowledgeStoreError(
                         f"knowledge store {self.url}: {_reason(err)}"
                     ) from err
-            except SQLAlchemyError as err:
+            except (SQLAlchemyError, sqlite3.Error) as err:
                 raise KnowledgeStoreError(f"knowledge store {self.url}: {_reason(err)}") from err
             time.sleep(delay)
             delay = min(2 * delay, 0.5)

@@ -186,8 +186,7 @@ class RunMeta:
         seeds: every seed the run derives (run, data order, environments, policy, ...).
         threads: torch's intra-op thread count.
         platform: the operating system, machine and CPU (model and vector extensions: torch's
-            kernels, and so a run's floating-point results, depend on them; the same run on an
-            AVX-512 Xeon and on an AVX2 EPYC can grow differently).
+            kernels dispatch on them, so a run's floating-point results can depend on them).
     """
 
     run_id: str

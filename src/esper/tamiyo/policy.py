@@ -48,7 +48,7 @@ VALUE_HEAD_GAIN = 1.0
 """Unit gain keeps early value estimates on the scale of normalized returns."""
 
 
-MAX_WIDTH = 4096
+MAX_POLICY_WIDTH = 4096
 """Widest policy layer accepted: an LSTM this wide over an encoder this wide has 134 M weights
 (0.5 GB, about 2 GB with AdamW's state); 65,536 was accepted and then asked for 17 GB at once."""
 
@@ -68,8 +68,8 @@ class PolicyConfig:
     slot_telemetry: bool = True
 
     def __post_init__(self) -> None:
-        check_int("policy.hidden", self.hidden, 1, MAX_WIDTH)
-        check_int("policy.lstm_hidden", self.lstm_hidden, 1, MAX_WIDTH)
+        check_int("policy.hidden", self.hidden, 1, MAX_POLICY_WIDTH)
+        check_int("policy.lstm_hidden", self.lstm_hidden, 1, MAX_POLICY_WIDTH)
         check_bool("policy.slot_telemetry", self.slot_telemetry)
 
 
