@@ -61,6 +61,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
         KnowledgeStoreError,
         KnowledgeURLError,
         default_url,
+        is_missing,
         parse_url,
     )
 
@@ -73,7 +74,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
             )
         runs = args.runs if args.knowledge_command == "import" else []
         imported = [o for run in runs for o in read_run_outcomes(run)]  # all read before any write
-        if args.knowledge_command in ("show", "export") and _missing(url):
+        if args.knowledge_command in ("show", "export") and is_missing(url):
             # Nothing recorded there yet: shown as empty, and no file or directory is created.
             if args.knowledge_command == "show":
                 print(_show([], shown))
@@ -96,14 +97,6 @@ def run_knowledge(args: argparse.Namespace) -> int:
     except (KnowledgeURLError, KnowledgeStoreError) as err:
         raise UserError(str(err)) from None
     return 0
-
-
-def _missing(url: str) -> bool:
-    """Whether ``url`` names an SQLite file that does not exist."""
-    from esper.nissa.knowledge import parse_url
-
-    parsed = parse_url(url)
-    return parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists()
 
 
 def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:

@@ -160,6 +160,22 @@ def parse_url(url: str) -> URL:
     return parsed.set(drivername="postgresql+psycopg")
 
 
+def _sqlite_file(parsed: URL) -> Path | None:
+    """The file a parsed SQLite store URL names; None for a server's URL."""
+    return Path(str(parsed.database)) if parsed.get_backend_name() == "sqlite" else None
+
+
+def is_missing(url: str) -> bool:
+    """Whether ``url`` names an SQLite store whose file does not exist (nothing was recorded
+    there; ``KnowledgeStore.open(url, create=False)`` refuses it).
+
+    Raises:
+        KnowledgeURLError: a malformed or unsupported URL.
+    """
+    path = _sqlite_file(parse_url(url))
+    return path is not None and not path.exists()
+
+
 def flatten(outcome: SeedOutcome) -> dict[str, Any]:
     """An outcome as one flat row keyed by ``OUTCOME_COLUMNS``."""
     row = asdict(outcome)
@@ -333,7 +349,7 @@ class KnowledgeStore:
         """
         parsed = parse_url(url)
         shown = parsed.render_as_string(hide_password=True)
-        sqlite_file = Path(str(parsed.database)) if parsed.get_backend_name() == "sqlite" else None
+        sqlite_file = _sqlite_file(parsed)
         if sqlite_file is not None and not create and not sqlite_file.exists():
             raise KnowledgeStoreError(
                 f"knowledge store {shown} does not exist: no run has recorded seed outcomes there"

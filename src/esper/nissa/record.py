@@ -228,8 +228,9 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 def _platform() -> str:
     """``platform.platform()``, the CPU model and which of ``_CPU_FLAGS`` it has (Linux's
-    ``/proc/cpuinfo``; elsewhere ``platform.processor()`` alone)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    ``/proc/cpuinfo``; elsewhere ``platform.processor()`` alone, which on Linux would run
+    ``uname``)."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -241,6 +242,7 @@ def _platform() -> str:
                     break
     except OSError:
         pass  # not Linux
+    model = model or platform.processor() or platform.machine()
     extensions = " ".join(flag for flag in _CPU_FLAGS if flag in flags) or "none of avx2/avx512"
     return f"{platform.platform()}; CPU {model} ({extensions})"
 

@@ -376,7 +376,7 @@ class Recorder:
         if state["threads"] != threads:
             raise UserError(
                 f"cannot resume {str(self.directory)!r}: it ran with "
-                f"{state.get('threads')} torch threads, this process has {threads}; "
+                f"{state['threads']} torch threads, this process has {threads}; "
                 "the count changes results"
             )
         return state
