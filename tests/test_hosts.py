@@ -21,7 +21,7 @@ from esper.kasmina import (
     build_host,
     host_config_from_dict,
 )
-from esper.kasmina.hosts import Conv2d, MaxPool2x2
+from esper.kasmina.hosts import Conv2d, MaxPool2x2, closed_form, use_torch_layers
 from esper.leyline import BLENDED_STAGES, SeedStage, Topology
 from esper.leyline.data import Dataset
 from esper.tasks import TASKS
@@ -190,6 +190,86 @@ def test_max_pool_without_gradients_equals_the_kernel() -> None:
             F.max_pool2d(bad, 2)
         with pytest.raises(RuntimeError), torch.no_grad():
             pool(bad)
+
+
+def _impaired_on_grey(dtype: torch.dtype = torch.float32) -> CNNHost:
+    """An impaired host on one-channel 9×11 images (odd sizes: the pools drop a row and a
+    column), its first block's weights of both signs and one exactly zero."""
+    torch.manual_seed(0)
+    config = CNNHostConfig(in_channels=1, input_size=9, base_channels=4, kernel_size=1, depth=3)
+    host = CNNHost(config).to(dtype)
+    with torch.no_grad():
+        weight = host.segments[0][0][0].weight
+        weight[1] *= -1
+        weight[2] = 0.0
+    return host
+
+
+def _pass(host: SegmentedHost, x: torch.Tensor) -> list[torch.Tensor]:
+    """Output, every parameter's gradient and every buffer after one forward and backward."""
+    host.zero_grad()
+    out = host(x)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach()] + [p.grad.clone() for p in host.parameters()] + list(host.buffers())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_one_channel_first_block_in_closed_form_equals_its_layers(dtype, mode) -> None:
+    """An impaired host's first block on one-channel images, computed in closed form, gives its
+    layers' output, parameter gradients and running statistics (training: batch statistics;
+    evaluation: running ones, after a few training batches moved them), up to rounding."""
+    host = _impaired_on_grey(dtype)
+    layers = use_torch_layers(copy.deepcopy(host))
+    for model in (host, layers):  # move the running statistics off their initial values
+        for i in range(3):
+            torch.manual_seed(i)
+            model.train()(torch.randn(16, 1, 9, 11, dtype=dtype) + 0.5)
+    first = host.segments[0][0]
+    x = torch.randn(16, 1, 9, 11, dtype=dtype) * 2 + 0.3
+    host.train(mode == "train")
+    layers.train(mode == "train")
+    assert closed_form([first], x) and not closed_form([layers.segments[0][0]], x)
+    # float32: the conv weight's gradient goes through the norm's cancellations either way
+    rtol, atol = (1e-12, 1e-12) if dtype == torch.float64 else (1e-3, 1e-4)
+    mine, theirs = _pass(host, x), _pass(layers, x)
+    assert len(mine) == len(theirs) > 10
+    for a, b in zip(mine, theirs, strict=True):
+        assert torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)
+
+
+def test_closed_form_only_where_it_is_the_same_function() -> None:
+    """Inputs that need a gradient, other channel counts, an unbatched input, a bias, a larger
+    kernel, a norm without momentum or affine weights, mixed modes and autocast run the
+    layers."""
+    host = _impaired_on_grey()
+    first = host.segments[0][0]
+    x = torch.randn(4, 1, 9, 11)
+    assert closed_form([first], x)
+    assert not closed_form([first], x.clone().requires_grad_())
+    with torch.no_grad():
+        assert closed_form([first], x.clone().requires_grad_())
+    assert not closed_form([first], torch.randn(4, 2, 9, 11))
+    assert not closed_form([first], torch.randn(1, 9, 11))
+    assert not closed_form([first], torch.randn(4, 1, 1, 9))  # nothing to pool
+    assert not closed_form([first], x.double())
+    assert not closed_form([host.segments[1][0]], x)  # four input channels
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not closed_form([first], x)
+    other = _impaired_on_grey()
+    other.eval()
+    assert not closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
+    changes = [
+        lambda b: setattr(b[1], "momentum", None),
+        lambda b: setattr(b[1], "affine", False),
+        lambda b: setattr(b[1], "track_running_stats", False),
+        lambda b: setattr(b[0], "bias", torch.nn.Parameter(torch.zeros(4))),
+        lambda b: setattr(b[0], "kernel_size", (3, 3)),
+    ]
+    for change in changes:
+        block = copy.deepcopy(first)
+        change(block)
+        assert not closed_form([block], x)
 
 
 def _params(host: SegmentedHost) -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -254,24 +254,158 @@ class MaxPool2x2(nn.MaxPool2d):
             and x.is_floating_point()
             and min(x.shape[-2:]) >= 2
         )
-        if not views:
-            return super().forward(x)
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes drop their last row/col
-        top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
-        bottom = torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2])
-        return torch.maximum(top, bottom)
+        return _window_extreme(x, torch.maximum) if views else super().forward(x)
+
+
+def _window_extreme(x: Tensor, pick: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Each 2×2 window's ``pick`` (``torch.maximum`` or ``torch.minimum``) of its four corners,
+    taken over strided views; odd sizes drop their last row and column, as the pool does."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    top = pick(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+    return pick(top, pick(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+
+
+class ConvBlock(nn.Sequential):
+    """One ``CNNHost`` block: ``Conv2d`` → ``BatchNorm2d`` → ``MaxPool2x2`` (while there is
+    something to pool) → ReLU.
+
+    A block whose convolution is a 1×1 of one channel without a bias (an impaired host's first
+    block on grayscale images), given an input that needs no gradient, is computed in closed
+    form by ``one_channel_blocks``; every other block and input runs its layers one by one.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if closed_form([self], x):
+            return one_channel_blocks([self], x)
+        return super().forward(x)  # type: ignore[no-untyped-call]
+
+
+def closed_form(blocks: Sequence[nn.Module], x: Tensor) -> bool:
+    """Whether ``one_channel_blocks(blocks, x)`` computes these blocks.
+
+    Each block must be a ``ConvBlock`` of a bias-free 1×1 ``Conv2d`` of one channel, a batch norm
+    with an affine transform, running statistics and a momentum, a 2×2 pool and a ReLU, all in
+    one mode (training or evaluation); ``x`` must be a CPU batch ``(B, len(blocks), H, W)`` of
+    the weights' dtype, ``H, W >= 2``, that needs no gradient, outside autocast.
+    """
+    if not (
+        x.dim() == 4
+        and x.shape[1] == len(blocks)
+        and min(x.shape[-2:]) >= 2
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return False
+    training = blocks[0].training
+    for block in blocks:
+        if not (isinstance(block, ConvBlock) and len(block) == 4):
+            return False
+        conv, norm, pool, relu = block
+        ok = (
+            type(conv) is Conv2d
+            and conv.in_channels == 1
+            and conv.kernel_size == (1, 1)
+            and conv.stride == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.padding in ((0, 0), "valid")
+            and conv.bias is None
+            and conv.weight.dtype == x.dtype
+            and type(norm) is nn.BatchNorm2d
+            and norm.affine
+            and norm.track_running_stats
+            and norm.momentum is not None
+            and norm.training == training
+            and type(pool) is MaxPool2x2
+            and type(relu) is nn.ReLU
+        )
+        if not ok:
+            return False
+    return True
+
+
+def one_channel_blocks(blocks: Sequence[nn.Sequential], x: Tensor) -> Tensor:
+    """k blocks of a 1×1 convolution of one channel, batch norm, 2×2 max-pool and ReLU, each on
+    its own input channel of ``x`` ``(B, k, H, W)``, in closed form; ``closed_form(blocks, x)``
+    must hold.
+
+    Output channel c of such a convolution is ``w_c · x``: its batch mean and variance are
+    ``w_c·μ`` and ``w_c²·σ²`` of the input's, so the normalised channel is the affine
+    ``a_c·x + b_c`` (training: ``a_c = γ_c·w_c / sqrt(w_c²·σ² + eps)``, ``b_c = β_c − a_c·μ``;
+    evaluation: the running statistics in their place). A max-pool of an affine map is the map of
+    the window's maximum when ``a_c > 0`` and of its minimum otherwise, and the input needs no
+    gradient, so the pools run once on the input channel and the parameters' gradients flow
+    through ``a`` and ``b`` alone. Running statistics are updated in each block's norm as
+    ``nn.BatchNorm2d`` would (the variance unbiased). The same function as the layers, up to
+    floating-point rounding (float64: ~1e-13). On this CPU, one thread, an impaired host's first
+    block on 28×28 images ran 2.9× faster than its layers in training (forward and backward,
+    batch 128: 1.55 vs 4.62 ms) and 1.8× in evaluation (500 images: 2.59 vs 4.41 ms).
+
+    Returns:
+        ``(B, k·C, H // 2, W // 2)`` in channels_last: block i's C channels at ``i·C``.
+    """
+    k = len(blocks)
+    convs = [cast(Conv2d, block[0]) for block in blocks]
+    norms = [cast(nn.BatchNorm2d, block[1]) for block in blocks]
+    w = torch.stack([conv.weight.view(-1) for conv in convs])  # (k, C)
+    gamma = torch.stack([norm.weight for norm in norms])
+    beta = torch.stack([norm.bias for norm in norms])
+    eps = norms[0].eps
+    if norms[0].training:
+        # two passes over each channel plane: torch.var took 7x longer here
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x - mean).square().mean(dim=(0, 2, 3)).view(k, 1)
+        mean = mean.view(k, 1)
+        _update_running_stats(norms, w.detach() * mean, w.detach() ** 2 * var, x.numel() // k)
+        scale = gamma * w * torch.rsqrt(w * w * var + eps)
+        shift = beta - scale * mean
+    else:
+        running_mean = torch.stack([cast(Tensor, norm.running_mean) for norm in norms])
+        inverse = torch.rsqrt(torch.stack([cast(Tensor, norm.running_var) for norm in norms]) + eps)
+        scale = gamma * w * inverse
+        shift = beta - gamma * running_mean * inverse
+    # Each window's maximum and minimum, one row per output position: (B·h·w, 2k)
+    extremes = torch.stack(
+        [_window_extreme(x, torch.maximum), _window_extreme(x, torch.minimum)], dim=-1
+    )
+    b, _, h, w_, _ = extremes.shape
+    extremes = extremes.permute(0, 2, 3, 1, 4).reshape(-1, 2 * k)
+    # Channel c reads its window's maximum where scale > 0, its minimum elsewhere: one product
+    # with a block-diagonal (2k, k·C) matrix writes every channel of every block in NHWC order.
+    positive = scale > 0
+    rows = torch.stack([scale.where(positive, 0.0), scale.where(~positive, 0.0)], dim=1)
+    diagonal = torch.block_diag(*rows)  # type: ignore[no-untyped-call]
+    out = torch.relu(torch.addmm(shift.reshape(-1), extremes, diagonal))
+    return out.view(b, h, w_, -1).permute(0, 3, 1, 2)  # NHWC memory, NCHW shape
+
+
+def _update_running_stats(
+    norms: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int
+) -> None:
+    """``nn.BatchNorm2d``'s running-statistics update from a batch's per-channel ``mean`` and
+    biased ``var`` over ``count`` values per channel, one row per norm."""
+    unbiased = var * (count / (count - 1))
+    with torch.no_grad():
+        for norm, m, v in zip(norms, mean, unbiased, strict=True):
+            momentum = cast(float, norm.momentum)
+            cast(Tensor, norm.running_mean).lerp_(m, momentum)
+            cast(Tensor, norm.running_var).lerp_(v, momentum)
+            cast(Tensor, norm.num_batches_tracked).add_(1)
 
 
 def use_torch_layers(module: nn.Module) -> nn.Module:
-    """``module`` with every ``Conv2d`` and ``MaxPool2x2`` in it computed by torch's own
-    ``nn.Conv2d`` and ``nn.MaxPool2d`` (in place; neither adds state, so parameters and
-    state-dict keys stay): for a FLOP counter, which would see the product as a multiply, and
-    for benchmarks of the path before these layers."""
+    """``module`` with every ``Conv2d``, ``MaxPool2x2`` and ``ConvBlock`` in it computed by
+    torch's own ``nn.Conv2d``, ``nn.MaxPool2d`` and ``nn.Sequential`` (in place; none adds
+    state, so parameters and state-dict keys stay): for a FLOP counter, which would see the
+    product as a multiply and the closed form as a few products, and for benchmarks of the path
+    before these layers."""
     for layer in module.modules():
         if isinstance(layer, Conv2d):
             layer.__class__ = nn.Conv2d  # type: ignore[assignment]
         elif isinstance(layer, MaxPool2x2):
             layer.__class__ = nn.MaxPool2d  # type: ignore[assignment]
+        elif isinstance(layer, ConvBlock):
+            layer.__class__ = nn.Sequential  # type: ignore[assignment]
     return module
 
 
@@ -291,10 +425,10 @@ class CNNHost(SegmentedHost):
     batches (as ``esper.data.load_dataset`` provides them), every activation stays NHWC, which
     CPU convolution kernels run ~1.5x faster than NCHW (``benchmarks/envs.py --section raw``).
     Inputs in the default layout give the same results, converted at the first convolution.
-    A one-channel input is the same memory in both layouts; an impaired host's 1×1 first layer
-    on it is computed as a product (``Conv2d``), and without autograd the pools take the
-    maximum of strided views (``MaxPool2x2``). In an interleaved A/B on this CPU, 8 impaired
-    hosts trained one by one 1.23× and validated 2.5× faster; grouped training is unchanged.
+    A one-channel input is the same memory in both layouts; an impaired host's 1×1 first block
+    on it runs in closed form (``one_channel_blocks``) when the input needs no gradient, and
+    otherwise its 1×1 layer is computed as a product (``Conv2d``); without autograd the pools
+    take the maximum of strided views (``MaxPool2x2``).
     """
 
     kind = "cnn"
@@ -316,7 +450,7 @@ class CNNHost(SegmentedHost):
                 layers.append(MaxPool2x2())
                 size //= 2
             layers.append(nn.ReLU())
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(ConvBlock(*layers))
             channels = out
             if (i + 1) % per == 0:
                 specs.append(InjectionSpec(names[i // per], out, (out, size, size), Topology.CNN))
