@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, cast
 
@@ -254,15 +254,12 @@ class MaxPool2x2(nn.MaxPool2d):
             and x.is_floating_point()
             and min(x.shape[-2:]) >= 2
         )
-        return _window_extreme(x, torch.maximum) if views else super().forward(x)
-
-
-def _window_extreme(x: Tensor, pick: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Each 2×2 window's ``pick`` (``torch.maximum`` or ``torch.minimum``) of its four corners,
-    taken over strided views; odd sizes drop their last row and column, as the pool does."""
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    top = pick(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
-    return pick(top, pick(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+        if not views:
+            return super().forward(x)
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes drop their last row/col
+        top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+        bottom = torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2])
+        return torch.maximum(top, bottom)
 
 
 class ConvBlock(nn.Sequential):
@@ -339,7 +336,8 @@ def one_channel_blocks(blocks: Sequence[nn.Sequential], x: Tensor) -> Tensor:
     ``nn.BatchNorm2d`` would (the variance unbiased). The same function as the layers, up to
     floating-point rounding (float64: ~1e-13). On this CPU, one thread, an impaired host's first
     block on 28×28 images ran 2.9× faster than its layers in training (forward and backward,
-    batch 128: 1.55 vs 4.62 ms) and 1.8× in evaluation (500 images: 2.59 vs 4.41 ms).
+    batch 128: 1.37 vs 4.12 ms) and 2.7× in evaluation (500 images: 2.17 vs 5.82 ms); paired
+    medians of 15 interleaved rounds.
 
     Returns:
         ``(B, k·C, H // 2, W // 2)`` in channels_last: block i's C channels at ``i·C``.
@@ -364,12 +362,15 @@ def one_channel_blocks(blocks: Sequence[nn.Sequential], x: Tensor) -> Tensor:
         inverse = torch.rsqrt(torch.stack([cast(Tensor, norm.running_var) for norm in norms]) + eps)
         scale = gamma * w * inverse
         shift = beta - gamma * running_mean * inverse
-    # Each window's maximum and minimum, one row per output position: (B·h·w, 2k)
-    extremes = torch.stack(
-        [_window_extreme(x, torch.maximum), _window_extreme(x, torch.minimum)], dim=-1
-    )
-    b, _, h, w_, _ = extremes.shape
-    extremes = extremes.permute(0, 2, 3, 1, 4).reshape(-1, 2 * k)
+    # Each window's maximum and minimum, written straight into one row per output position:
+    # (B·h·w, 2k) (stacking and reordering them afterwards took twice as long)
+    b, h, w_ = x.shape[0], x.shape[2] // 2, x.shape[3] // 2
+    extremes = x.new_empty(b, h, w_, k, 2)
+    corners = [x[..., i : 2 * h : 2, j : 2 * w_ : 2] for i in (0, 1) for j in (0, 1)]
+    into = extremes.permute(0, 3, 1, 2, 4)  # (B, k, h, w, 2), the corners' order
+    for pick, column in ((torch.maximum, 0), (torch.minimum, 1)):
+        pick(pick(corners[0], corners[1]), pick(corners[2], corners[3]), out=into[..., column])
+    extremes = extremes.view(-1, 2 * k)
     # Channel c reads its window's maximum where scale > 0, its minimum elsewhere: one product
     # with a block-diagonal (2k, k·C) matrix writes every channel of every block in NHWC order.
     positive = scale > 0
