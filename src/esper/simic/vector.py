@@ -66,9 +66,10 @@ CPU_CHUNK = 4
 CPU_GROUP_MAX_BYTES = 2 * 2**20
 """Largest per-environment activation (``activation_bytes``) grouped on a CPU. Measured
 (``benchmarks/envs.py``, 1 thread): the 390-parameter impaired Fashion-MNIST host (1.6 MiB) trains
-1.3-1.4x faster in chunks of 4 than one by one (1.6-2.2x in chunks of 2-8 before the one-by-one path
-gained the one-channel product, ``kasmina.hosts.Conv2d``); ``CNNHost(8)`` (3.2 MiB) and wider hosts
-are memory-bound, and grouping them ran 0.7-1.1x: they train one by one."""
+1.03-1.10x faster in chunks of 4 than one by one, and its PPO rounds 0.98-1.19x (1.3-1.4x before
+its first block ran in closed form, ``kasmina.hosts.one_channel_blocks``; 1.6-2.2x before the
+one-by-one path gained the one-channel product); ``CNNHost(8)`` (3.2 MiB) and wider hosts are
+memory-bound, and grouping them ran 0.7-1.1x: they train one by one."""
 
 
 def chunk_size(envs: Sequence[GrowthEnv], device: torch.device) -> int:
