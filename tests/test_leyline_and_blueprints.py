@@ -45,6 +45,16 @@ def test_registry_names_are_the_design_set() -> None:
         "attention",
         "mlp",
     }
+    assert blueprint_registry.all_names() == [
+        "attention",
+        "bottleneck",
+        "conv_heavy",
+        "conv_light",
+        "depthwise",
+        "lora",
+        "mlp",
+        "norm",
+    ]
 
 
 def test_duplicate_registration_fails() -> None:

@@ -154,6 +154,11 @@ class BlueprintRegistry:
         """Blueprint names for ``topology`` in registration order (the action-space order)."""
         return tuple(self._by_topology[topology])
 
+    def all_names(self) -> list[str]:
+        """Every blueprint name of any topology, sorted (a name means one kind of module in
+        either)."""
+        return sorted({name for table in self._by_topology.values() for name in table})
+
     def get(self, name: str, topology: Topology) -> Blueprint:
         """Look a blueprint up.
 

@@ -51,7 +51,6 @@ from esper.leyline import (
     Op,
     SeedStage,
     SeedStateReport,
-    Topology,
     ordered_slots,
 )
 from esper.leyline import thresholds as T
@@ -142,7 +141,7 @@ class HeuristicConfig:
             f"prune_contribution must be below G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION} "
             f"(a seed cannot both hurt and earn fossilization), got {self.prune_contribution}",
         )
-        known = sorted({name for t in Topology for name in blueprint_registry.names(t)})
+        known = blueprint_registry.all_names()
         for name in self.blueprint_preference:
             require(
                 name in known,
