@@ -255,9 +255,9 @@ def plain_cnn(config: CNNHostConfig) -> nn.Sequential:
 def before_issue_11_blocks(host: SegmentedHost) -> SegmentedHost:
     """``host`` with every CNN block as it was before issue #11: conv -> BatchNorm -> ReLU ->
     max-pool, computed by torch's own ``Conv2d`` and ``MaxPool2d``. (``CNNHost`` now pools
-    first, the same function and gradients bit for bit, computes a 1x1 convolution of one
-    channel as a product, and pools without autograd by strided views.) Changes no parameter
-    or state-dict key."""
+    first, the same function and gradients bit for bit, runs an impaired host's first block on
+    one channel in closed form, and pools without autograd by strided views.) Changes no
+    parameter or state-dict key."""
     use_torch_layers(host)
     for segment in cast(Iterable[nn.Sequential], host.segments):
         for i, block in enumerate(cast(Iterable[nn.Sequential], segment)):

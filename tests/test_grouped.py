@@ -296,6 +296,21 @@ def test_grouped_closed_form_with_seeds_equals_each_model(
     assert calls == [3, 1, 1, 1]
 
 
+def test_a_non_finite_input_stays_in_its_own_model(float64: None) -> None:
+    """A NaN or inf pixel in one impaired host's batch leaves the other hosts' grouped outputs
+    finite and equal to their own (the closed form's product would mix it in: ``0 · inf``)."""
+    config = CNNHostConfig(in_channels=1, input_size=8, num_classes=4, **IMPAIRED)
+    for bad in (math.nan, math.inf, -math.inf):
+        models = [MorphogeneticModel(CNNHost(config), ["mid"]) for _ in range(3)]
+        alone = copy.deepcopy(models)
+        xs = [torch.randn(8, 1, 8, 8) for _ in models]
+        xs[0][2, 0, 3, 4] = bad
+        outs = grouped_forward(models, xs)
+        for twin, x, out in list(zip(alone, xs, outs, strict=True))[1:]:
+            assert torch.isfinite(out).all()
+            assert torch.allclose(out, twin.train()(x), rtol=1e-12, atol=1e-12)
+
+
 def test_grouped_forward_gradients_reach_each_model(float64: None) -> None:
     config = CNNHostConfig(in_channels=1, input_size=8, base_channels=4)
     models = [MorphogeneticModel(CNNHost(config), ["early", "mid", "late"]) for _ in range(3)]

@@ -21,7 +21,7 @@ from esper.kasmina import (
     build_host,
     host_config_from_dict,
 )
-from esper.kasmina.hosts import Conv2d, MaxPool2x2, closed_form, use_torch_layers
+from esper.kasmina.hosts import MaxPool2x2, closed_form, use_torch_layers
 from esper.leyline import BLENDED_STAGES, SeedStage, Topology
 from esper.leyline.data import Dataset
 from esper.tasks import TASKS
@@ -112,54 +112,6 @@ def test_cnn_blocks_pool_before_relu_bit_identically(make) -> None:
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_a_pointwise_conv_over_one_channel_is_the_convolution(layout) -> None:
-    """A 1×1 convolution of a 1-channel input, computed as a product, gives torch's convolution
-    output bit for bit (one multiply per element) and its weight gradient up to summation
-    order, in float32 and float64."""
-    torch.manual_seed(0)
-    for dtype in (torch.float32, torch.float64):
-        x = torch.randn(6, 1, 9, 7, dtype=dtype).contiguous(memory_format=layout)
-        for padding in (0, "valid"):
-            conv = Conv2d(1, 5, 1, padding=padding, bias=False).to(dtype)
-            out = conv(x)
-            expected = F.conv2d(x, conv.weight)
-            assert out.shape == expected.shape == (6, 5, 9, 7)
-            assert torch.equal(out, expected)
-        g = torch.randn_like(out)
-        (mine,) = torch.autograd.grad(out, conv.weight, g)
-        (theirs,) = torch.autograd.grad(expected, conv.weight, g)
-        tolerance = 1e-12 if dtype == torch.float64 else 1e-5
-        assert torch.allclose(mine, theirs, rtol=tolerance, atol=tolerance)
-
-
-def test_other_convolutions_and_inputs_are_torchs_own() -> None:
-    """Whatever the product would not compute exactly as torch does — a bias, other kernels,
-    paddings or channel counts, unbatched or mistyped inputs — gives torch's result or error."""
-    torch.manual_seed(0)
-    cases = [  # (in, kernel, padding, groups, bias, input shape)
-        (1, 1, 0, 1, True, (2, 1, 5, 5)),
-        (1, 3, 1, 1, False, (2, 1, 5, 5)),
-        (1, 3, 0, 1, False, (2, 1, 5, 5)),
-        (1, 1, 1, 1, False, (2, 1, 5, 5)),
-        (2, 1, 0, 1, False, (2, 2, 5, 5)),
-        (2, 1, 0, 2, False, (2, 2, 5, 5)),
-        (1, 1, 0, 1, False, (1, 1, 5)),  # unbatched (its second dimension is 1 too)
-    ]
-    for c_in, kernel, padding, groups, bias, shape in cases:
-        conv = Conv2d(c_in, 4, kernel, padding=padding, groups=groups, bias=bias)
-        x = torch.randn(shape)
-        expected = F.conv2d(x, conv.weight, conv.bias, 1, padding, 1, groups)
-        assert torch.equal(conv(x), expected)
-    conv = Conv2d(1, 4, 1, bias=False)
-    for wrong in (torch.randn(2, 3, 5, 5), torch.randn(2, 1, 5, 5, dtype=torch.float64)):
-        with pytest.raises(RuntimeError) as mine:
-            conv(wrong)
-        with pytest.raises(RuntimeError) as theirs:
-            F.conv2d(wrong, conv.weight)
-        assert str(mine.value) == str(theirs.value)
-
-
 def test_max_pool_without_gradients_equals_the_kernel() -> None:
     """Under no_grad the four-view maximum gives torch's 2×2 max-pool values, on ties (values on
     a coarse grid), NaN and ±inf, odd sizes, unbatched inputs and both layouts; with gradients
@@ -192,16 +144,20 @@ def test_max_pool_without_gradients_equals_the_kernel() -> None:
             pool(bad)
 
 
-def _impaired_on_grey(dtype: torch.dtype = torch.float32) -> CNNHost:
+def _impaired_on_grey(
+    dtype: torch.dtype = torch.float32, weights=(0.7, -0.5, 0.3, -0.2)
+) -> CNNHost:
     """An impaired host on one-channel 9×11 images (odd sizes: the pools drop a row and a
-    column), its first block's weights of both signs and one exactly zero."""
+    column) whose first block's normalised channels have scales of both signs: conv weights
+    ``weights``, norm weights (γ) of both signs and a nonzero bias (β)."""
     torch.manual_seed(0)
     config = CNNHostConfig(in_channels=1, input_size=9, base_channels=4, kernel_size=1, depth=3)
     host = CNNHost(config).to(dtype)
+    conv, norm = host.segments[0][0][0], host.segments[0][0][1]
     with torch.no_grad():
-        weight = host.segments[0][0][0].weight
-        weight[1] *= -1
-        weight[2] = 0.0
+        conv.weight.copy_(torch.tensor(weights).view(4, 1, 1, 1))
+        norm.weight.copy_(torch.tensor([1.2, 0.8, -0.5, -1.1]))
+        norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.05]))
     return host
 
 
@@ -213,23 +169,32 @@ def _pass(host: SegmentedHost, x: torch.Tensor) -> list[torch.Tensor]:
     return [out.detach()] + [p.grad.clone() for p in host.parameters()] + list(host.buffers())
 
 
+def _with_moved_statistics(host: CNNHost, dtype: torch.dtype) -> tuple[CNNHost, CNNHost]:
+    """``host`` and a copy computed by torch's layers, both after three training batches moved
+    their running statistics off the initial values."""
+    layers = use_torch_layers(copy.deepcopy(host))
+    for model in (host, layers):
+        for i in range(3):
+            torch.manual_seed(i)
+            model.train()(torch.randn(16, 1, 9, 11, dtype=dtype) + 0.5)
+    return host, layers
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_one_channel_first_block_in_closed_form_equals_its_layers(dtype, mode) -> None:
     """An impaired host's first block on one-channel images, computed in closed form, gives its
     layers' output, parameter gradients and running statistics (training: batch statistics;
-    evaluation: running ones, after a few training batches moved them), up to rounding."""
-    host = _impaired_on_grey(dtype)
-    layers = use_torch_layers(copy.deepcopy(host))
-    for model in (host, layers):  # move the running statistics off their initial values
-        for i in range(3):
-            torch.manual_seed(i)
-            model.train()(torch.randn(16, 1, 9, 11, dtype=dtype) + 0.5)
+    evaluation: running ones), up to rounding, for channels whose scale is positive (the
+    window's maximum) and negative (its minimum)."""
+    host, layers = _with_moved_statistics(_impaired_on_grey(dtype), dtype)
     first = host.segments[0][0]
     x = torch.randn(16, 1, 9, 11, dtype=dtype) * 2 + 0.3
     host.train(mode == "train")
     layers.train(mode == "train")
     assert closed_form([first], x) and not closed_form([layers.segments[0][0]], x)
+    scale = first[1].weight * first[0].weight.view(-1)  # the sign of each channel's scale
+    assert (scale > 0).any() and (scale < 0).any()
     # float32: the conv weight's gradient goes through the norm's cancellations either way
     rtol, atol = (1e-12, 1e-12) if dtype == torch.float64 else (1e-3, 1e-4)
     mine, theirs = _pass(host, x), _pass(layers, x)
@@ -238,10 +203,23 @@ def test_one_channel_first_block_in_closed_form_equals_its_layers(dtype, mode) -
         assert torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)
 
 
+def test_a_zero_conv_weight_gives_the_layers_output() -> None:
+    """A channel whose conv weight is exactly 0 is the constant β in both (its weight gradient
+    sits on the pool's kink there, where the two take different subgradients)."""
+    dtype = torch.float64
+    host, layers = _with_moved_statistics(_impaired_on_grey(dtype, (0.7, -0.5, 0.0, 0.3)), dtype)
+    x = torch.randn(16, 1, 9, 11, dtype=dtype)
+    for mode in (True, False):
+        outputs = [model.train(mode)(x) for model in (host, layers)]
+        assert torch.allclose(*outputs, rtol=1e-12, atol=1e-12)
+    for a, b in zip(host.buffers(), layers.buffers(), strict=True):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-12, atol=1e-12)
+
+
 def test_closed_form_only_where_it_is_the_same_function() -> None:
-    """Inputs that need a gradient, other channel counts, an unbatched input, a bias, a larger
-    kernel, a norm without momentum or affine weights, mixed modes and autocast run the
-    layers."""
+    """Inputs that need a gradient, other channel counts, an unbatched, empty, non-finite or
+    half-precision input, a bias, a larger kernel, a norm without momentum or affine weights,
+    norms of another eps, mixed modes, hooks and autocast run the layers."""
     host = _impaired_on_grey()
     first = host.segments[0][0]
     x = torch.randn(4, 1, 9, 11)
@@ -249,15 +227,24 @@ def test_closed_form_only_where_it_is_the_same_function() -> None:
     assert not closed_form([first], x.clone().requires_grad_())
     with torch.no_grad():
         assert closed_form([first], x.clone().requires_grad_())
+    for bad in (math.inf, -math.inf, math.nan):
+        y = x.clone()
+        y[1, 0, 2, 3] = bad
+        assert not closed_form([first], y)
+    assert not closed_form([first], torch.randn(0, 1, 9, 11))
     assert not closed_form([first], torch.randn(4, 2, 9, 11))
     assert not closed_form([first], torch.randn(1, 9, 11))
     assert not closed_form([first], torch.randn(4, 1, 1, 9))  # nothing to pool
     assert not closed_form([first], x.double())
+    assert not closed_form([copy.deepcopy(first).bfloat16()], x.bfloat16())
     assert not closed_form([host.segments[1][0]], x)  # four input channels
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not closed_form([first], x)
     other = _impaired_on_grey()
-    other.eval()
+    assert closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
+    other.segments[0][0][1].eps = 1e-3
+    assert not closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
+    other = _impaired_on_grey().eval()
     assert not closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
     changes = [
         lambda b: setattr(b[1], "momentum", None),
@@ -265,6 +252,9 @@ def test_closed_form_only_where_it_is_the_same_function() -> None:
         lambda b: setattr(b[1], "track_running_stats", False),
         lambda b: setattr(b[0], "bias", torch.nn.Parameter(torch.zeros(4))),
         lambda b: setattr(b[0], "kernel_size", (3, 3)),
+        lambda b: b[0].register_forward_pre_hook(lambda module, args: None),
+        lambda b: b[3].register_forward_hook(lambda module, args, out: None),
+        lambda b: b.register_forward_hook(lambda module, args, out: None),
     ]
     for change in changes:
         block = copy.deepcopy(first)

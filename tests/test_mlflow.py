@@ -305,9 +305,12 @@ def test_a_store_that_fails_mid_run_is_reported_once(
     assert len(warnings) == 1 and "the store went away" in warnings[0].getMessage()
 
 
-def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, capsys) -> None:
+def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, monkeypatch, capsys) -> None:
     """At once, in one line naming the address (MLflow's client alone retried a refused
     connection for about four minutes)."""
+    for proxy in ("http_proxy", "https_proxy", "all_proxy"):  # a proxy leaves it to MLflow
+        monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.upper(), raising=False)
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"  # nothing listens there
     run = tmp_path / "run"
@@ -318,6 +321,17 @@ def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, capsys) -> N
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"cannot track the run in MLflow at {uri}: nothing answers at 127.0.0.1:{port}" in err
     assert f"--resume {str(run)!r}" in err
+
+
+@pytest.mark.parametrize("port", ["99999", "abc"])
+def test_a_url_with_a_bad_port_is_one_line(mlflow, tmp_path, capsys, port) -> None:
+    uri = f"http://127.0.0.1:{port}"
+    args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    expected = f"cannot track the run in MLflow at {uri}: the URL's port is not a port number"
+    assert expected in err.strip().splitlines()[-1]
 
 
 def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, store, tmp_path, recorded_runs, caplog):

@@ -159,7 +159,8 @@ def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) 
     for i, spec in enumerate(models[0].host.injection_points):
         for j in range(len(per_model[0][i])):
             blocks = [segments[i][j] for segments in per_model]
-            if closed_form(blocks, h):  # impaired hosts' first blocks on grayscale images
+            # impaired hosts' first blocks on grayscale images; training mode, like every layer
+            if blocks[0].training and closed_form(blocks, h):
                 h = one_channel_blocks(blocks, h)
                 continue
             # channels_last (a no-op after the first block): an NCHW input here made every layer

@@ -201,37 +201,6 @@ class SegmentedHost(nn.Module, ABC):
         return self._head(h)
 
 
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d``; on a CPU, a 1×1 convolution of a one-channel input without a bias is
-    computed as the broadcast product it is.
-
-    Such a convolution (an impaired host's first layer on grayscale images) scales the input
-    channel by each output channel's weight. On this CPU a first block of one impaired host
-    (this convolution, batch norm, pool, ReLU) ran 2.0× faster that way in training at batch
-    128, and 2.3× in validation on 500 images. The outputs equal torch's bit for bit (one
-    multiply per element); the weight gradient may differ from the kernel's in summation order.
-    Every other case (a bias, autocast, CUDA, other shapes) is torch's own convolution, and so
-    are the k first layers of a grouped pass (``groups = k``), where oneDNN measured faster.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1)
-        product = (
-            pointwise
-            and self.in_channels == 1
-            and self.bias is None
-            and self.padding in ((0, 0), "valid")
-            and x.dim() == 4
-            and x.shape[1] == 1
-            and x.device.type == "cpu"
-            and x.dtype == self.weight.dtype
-            and not torch.is_autocast_enabled("cpu")
-        )
-        if not product:
-            return super().forward(x)
-        return x * self.weight.view(1, self.out_channels, 1, 1)  # (B, 1, H, W) -> (B, C, H, W)
-
-
 class MaxPool2x2(nn.MaxPool2d):
     """``nn.MaxPool2d(2)``; where no gradient is needed (validation, counterfactuals), the
     maximum of the four strided views of the windows' corners.
@@ -280,27 +249,33 @@ class ConvBlock(nn.Sequential):
 def closed_form(blocks: Sequence[nn.Module], x: Tensor) -> bool:
     """Whether ``one_channel_blocks(blocks, x)`` computes these blocks.
 
-    Each block must be a ``ConvBlock`` of a bias-free 1×1 ``Conv2d`` of one channel, a batch norm
-    with an affine transform, running statistics and a momentum, a 2×2 pool and a ReLU, all in
-    one mode (training or evaluation); ``x`` must be a CPU batch ``(B, len(blocks), H, W)`` of
-    the weights' dtype, ``H, W >= 2``, that needs no gradient, outside autocast.
+    Each block must be a ``ConvBlock`` of a bias-free 1×1 ``nn.Conv2d`` of one channel, a batch
+    norm with an affine transform, running statistics and a momentum, a 2×2 pool and a ReLU, all
+    in one mode (training or evaluation), with one ``eps``, and no hooks on these layers (the
+    closed form calls none of them); ``x`` must be a non-empty, finite float32 or float64 CPU
+    batch ``(B, len(blocks), H, W)`` of the layers' dtype, ``H, W >= 2``, that needs no
+    gradient, outside autocast. (A non-finite value would reach other blocks' channels through
+    the product's zero coefficients, ``0 · inf``.) ``torch.func.vmap`` over the closed form is
+    not supported: its extremes are written with ``out=``.
     """
     if not (
         x.dim() == 4
+        and x.shape[0] > 0
         and x.shape[1] == len(blocks)
         and min(x.shape[-2:]) >= 2
         and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
         and not (torch.is_grad_enabled() and x.requires_grad)
         and not torch.is_autocast_enabled("cpu")
     ):
         return False
-    training = blocks[0].training
+    training, epsilons = blocks[0].training, set()
     for block in blocks:
         if not (isinstance(block, ConvBlock) and len(block) == 4):
             return False
         conv, norm, pool, relu = block
         ok = (
-            type(conv) is Conv2d
+            type(conv) is nn.Conv2d
             and conv.in_channels == 1
             and conv.kernel_size == (1, 1)
             and conv.stride == (1, 1)
@@ -312,13 +287,16 @@ def closed_form(blocks: Sequence[nn.Module], x: Tensor) -> bool:
             and norm.affine
             and norm.track_running_stats
             and norm.momentum is not None
+            and norm.weight.dtype == x.dtype
             and norm.training == training
             and type(pool) is MaxPool2x2
             and type(relu) is nn.ReLU
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in (block, *block))
         )
         if not ok:
             return False
-    return True
+        epsilons.add(norm.eps)
+    return len(epsilons) == 1 and bool(torch.isfinite(x).all())
 
 
 def one_channel_blocks(blocks: Sequence[nn.Sequential], x: Tensor) -> Tensor:
@@ -334,16 +312,19 @@ def one_channel_blocks(blocks: Sequence[nn.Sequential], x: Tensor) -> Tensor:
     gradient, so the pools run once on the input channel and the parameters' gradients flow
     through ``a`` and ``b`` alone. Running statistics are updated in each block's norm as
     ``nn.BatchNorm2d`` would (the variance unbiased). The same function as the layers, up to
-    floating-point rounding (float64: ~1e-13). On this CPU, one thread, an impaired host's first
-    block on 28×28 images ran 2.9× faster than its layers in training (forward and backward,
-    batch 128: 1.37 vs 4.12 ms) and 2.7× in evaluation (500 images: 2.17 vs 5.82 ms); paired
-    medians of 15 interleaved rounds.
+    floating-point rounding (float64: ~1e-13); where ``a_c`` is exactly 0 the pool has a kink in
+    ``a_c``, and the gradient takes the window minimum's side where torch's pool takes the
+    first position of the tie (both are subgradients). On this CPU, one thread, an impaired
+    host's first block on 28×28 images ran 2.9× faster than its layers with the convolution
+    computed as the broadcast product it is (their fastest form measured here; torch's own
+    convolution is slower) in training (forward and backward, batch 128: 1.37 vs 4.12 ms) and
+    2.7× in evaluation (500 images: 2.17 vs 5.82 ms); paired medians of 15 interleaved rounds.
 
     Returns:
         ``(B, k·C, H // 2, W // 2)`` in channels_last: block i's C channels at ``i·C``.
     """
     k = len(blocks)
-    convs = [cast(Conv2d, block[0]) for block in blocks]
+    convs = [cast(nn.Conv2d, block[0]) for block in blocks]
     norms = [cast(nn.BatchNorm2d, block[1]) for block in blocks]
     w = torch.stack([conv.weight.view(-1) for conv in convs])  # (k, C)
     gamma = torch.stack([norm.weight for norm in norms])
@@ -395,15 +376,12 @@ def _update_running_stats(
 
 
 def use_torch_layers(module: nn.Module) -> nn.Module:
-    """``module`` with every ``Conv2d``, ``MaxPool2x2`` and ``ConvBlock`` in it computed by
-    torch's own ``nn.Conv2d``, ``nn.MaxPool2d`` and ``nn.Sequential`` (in place; none adds
-    state, so parameters and state-dict keys stay): for a FLOP counter, which would see the
-    product as a multiply and the closed form as a few products, and for benchmarks of the path
-    before these layers."""
+    """``module`` with every ``MaxPool2x2`` and ``ConvBlock`` in it computed by torch's own
+    ``nn.MaxPool2d`` and ``nn.Sequential`` (in place; neither adds state, so parameters and
+    state-dict keys stay): for a FLOP counter, which would see the closed form as a few small
+    products instead of the convolution, and for benchmarks of the path before these layers."""
     for layer in module.modules():
-        if isinstance(layer, Conv2d):
-            layer.__class__ = nn.Conv2d  # type: ignore[assignment]
-        elif isinstance(layer, MaxPool2x2):
+        if isinstance(layer, MaxPool2x2):
             layer.__class__ = nn.MaxPool2d  # type: ignore[assignment]
         elif isinstance(layer, ConvBlock):
             layer.__class__ = nn.Sequential  # type: ignore[assignment]
@@ -427,9 +405,8 @@ class CNNHost(SegmentedHost):
     CPU convolution kernels run ~1.5x faster than NCHW (``benchmarks/envs.py --section raw``).
     Inputs in the default layout give the same results, converted at the first convolution.
     A one-channel input is the same memory in both layouts; an impaired host's 1×1 first block
-    on it runs in closed form (``one_channel_blocks``) when the input needs no gradient, and
-    otherwise its 1×1 layer is computed as a product (``Conv2d``); without autograd the pools
-    take the maximum of strided views (``MaxPool2x2``).
+    on it runs in closed form (``one_channel_blocks``) when the input needs no gradient. Without
+    autograd the pools take the maximum of strided views (``MaxPool2x2``).
     """
 
     kind = "cnn"
@@ -445,7 +422,7 @@ class CNNHost(SegmentedHost):
         channels, size = config.in_channels, config.input_size
         for i in range(config.depth):
             out = config.base_channels * 2**i
-            conv = Conv2d(channels, out, k, padding=k // 2, bias=False)
+            conv = nn.Conv2d(channels, out, k, padding=k // 2, bias=False)
             layers: list[nn.Module] = [conv, nn.BatchNorm2d(out)]
             if size >= 2:  # pool while there is something to pool
                 layers.append(MaxPool2x2())

@@ -100,18 +100,22 @@ def _connect(uri: str) -> None:
             ``CONNECT_TIMEOUT_S``, in words naming host and port.
     """
     parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
         return
-    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(
-        parts.hostname
-    ):
+    proxies = urllib.request.getproxies()
+    if (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:  # a port that is not a number in [0, 65535]
+        raise OSError(f"the URL's port is not a port number ({err})") from err
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
-        raise OSError(f"nothing answers at {parts.hostname}:{port} ({reason})") from err
+        raise OSError(f"nothing answers at {address} ({reason})") from err
 
 
 class MLflowSink:

@@ -62,8 +62,8 @@ def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     Returns:
         The counted FLOPs (see the module docstring for what is counted).
     """
-    # Kasmina's Conv2d computes some 1x1 convolutions as a product, which the counter would
-    # see as an elementwise multiply: the copy counts them as torch's convolution.
+    # Kasmina computes an impaired host's first block in closed form, whose small products the
+    # counter would count instead of the convolution: the copy counts torch's layers.
     counted = use_torch_layers(copy.deepcopy(model))
     counted.zero_grad(set_to_none=True)  # no copied gradient buffers to accumulate into
     cuda = [x.device] if x.device.type == "cuda" else []
