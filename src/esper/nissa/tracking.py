@@ -97,7 +97,8 @@ def _connect(uri: str) -> None:
 
     Raises:
         OSError: the server's port does not accept a TCP connection within
-            ``CONNECT_TIMEOUT_S``, in words naming host and port.
+            ``CONNECT_TIMEOUT_S`` (in words naming host and port), or the URL's port is not a
+            port number.
     """
     parts = urllib.parse.urlsplit(uri)
     host = parts.hostname
