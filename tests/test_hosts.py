@@ -231,6 +231,12 @@ def test_closed_form_only_where_it_is_the_same_function() -> None:
         y = x.clone()
         y[1, 0, 2, 3] = bad
         assert not closed_form([first], y)
+    y = x.clone()
+    y[0, 0, 0, 0], y[2, 0, 1, 1] = math.inf, -math.inf  # a sum of NaN
+    assert not closed_form([first], y)
+    # finite, but the sum overflows float32: the layers compute it (the check is conservative)
+    assert not closed_form([first], torch.full((4, 1, 9, 11), 3e38))
+    assert closed_form([first], torch.full((4, 1, 9, 11), 3e34))
     assert not closed_form([first], torch.randn(0, 1, 9, 11))
     assert not closed_form([first], torch.randn(4, 2, 9, 11))
     assert not closed_form([first], torch.randn(1, 9, 11))
