@@ -30,7 +30,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make unit: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The main job: static vs heuristic growth on fashion_mnist_impaired (about 5 minutes on 2 cores).
+# The main job: static vs heuristic growth on fashion_mnist_impaired (about 2 minutes on 2 cores).
 demo: $(STAMP)
 	$(BIN)/esper demo
 
