@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -13,6 +15,16 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _full_float32() -> Iterator[None]:
+    """cuDNN convolutions round their inputs to TF32 (10-bit mantissas) by default, ~1e-3
+    relative: comparisons with the CPU at 1e-4 need full float32."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_model_on_cuda_matches_cpu(tmp_path) -> None:
@@ -66,3 +78,24 @@ def test_cuda_epoch_loop_does_not_synchronise() -> None:
             engine._Tally.result = original  # type: ignore[method-assign]
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_augmented_batches_across_passes_do_not_synchronise() -> None:
+    """A new pass's order and each batch's crop offsets and flips reach the GPU through pinned
+    memory, without making the host wait."""
+    from esper.data.stream import BatchStream
+
+    x = torch.randn(40, 3, 8, 8, device="cuda")
+    stream = BatchStream(x, torch.arange(40, device="cuda"), 16, seed=0, augment=True)
+    cpu = BatchStream(x.cpu(), torch.arange(40), 16, seed=0, augment=True)
+    expected = [cpu.next_batch() for _ in range(7)]
+    first = stream.next_batch()  # CUDA's lazy set-up happens outside the checked part
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = [first] + [stream.next_batch() for _ in range(6)]  # three passes of 3 batches
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for (xb, yb), (xc, yc) in zip(batches, expected, strict=True):
+        torch.testing.assert_close(xb.cpu(), xc)  # the same batches as on the CPU
+        assert torch.equal(yb.cpu(), yc)

@@ -31,7 +31,7 @@ from esper.simic.vector import CPU_CHUNK, VectorEnv, chunk_size
 from esper.tamiyo import SignalTracker
 from esper.tasks import resolve_training
 from esper.tolaria.engine import train_together
-from esper.tolaria.episode import Episode, StepResult, reset_together, step_together
+from esper.tolaria.episode import Episode, StepResult, dataset_on, reset_together, step_together
 
 W = Action(Op.WAIT)
 SCRIPTS = {
@@ -113,8 +113,10 @@ def _episodes(
         **{"base_channels": 4, **host},
     )
 
+    on_device = dataset_on(data, device)  # what the episodes train on: the streams read it too
+
     def stream(seed: int) -> BatchStream:
-        return BatchStream(data.x_train, data.y_train, 32, seed)
+        return BatchStream(on_device.x_train, on_device.y_train, 32, seed)
 
     return [
         Episode(

@@ -55,7 +55,7 @@ def test_tiny_job_lands_on_every_gpu() -> None:
     result = trainer.run_round()
     assert [str(d) for d in devices] == ["cuda:0", "cuda:1"]
     for env, device in zip(trainer.vec.envs, devices, strict=True):
-        assert next(env.model.parameters()).device == device  # type: ignore[attr-defined]
+        assert next(env.episode.model.parameters()).device == device  # type: ignore[attr-defined]
     assert trainer.vec.streams[0] is not None and trainer.vec.streams[1] is not None
     assert result.stats.policy_loss is not None
 
@@ -68,3 +68,16 @@ def test_tiny_job_on_one_gpu_with_amp() -> None:
     result = trainer.run_round()
     assert trainer.learner.scaler.is_enabled()
     assert result.stats.skipped_steps == 0 or result.anomaly is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_environments_on_one_gpu_share_one_copy_of_the_dataset() -> None:
+    """Each environment moving the dataset itself would hold n_envs copies in GPU memory."""
+    from esper.simic.build import build_envs
+
+    config = _tiny(["cuda:0"])
+    vec = build_envs(config, load_data(config.env), lambda event, context: None, [0, 1])
+    first, second = (env.episode.data for env in vec.envs)  # type: ignore[attr-defined]
+    assert first.x_train.device == torch.device("cuda", 0)
+    assert first.x_train.data_ptr() == second.x_train.data_ptr()

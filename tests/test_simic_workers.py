@@ -131,6 +131,10 @@ def test_workers_and_ray_address_are_settings(tmp_path: Path) -> None:
         (["--workers", "0"], "runtime.workers must be an integer in [1, 256], got 0"),
         (["--ray-address", "127.0.0.1:6379"], "runtime.ray_address needs runtime.workers"),
         (["--workers", "1", "--ray-address", "head"], "runtime.ray_address must be HOST:PORT"),
+        (
+            ["--workers", "1", "--devices", "cuda:0"],
+            "runtime.devices must be ['cpu'] with workers, got ['cuda:0']",
+        ),
     ],
 )
 def test_bad_worker_settings_are_one_line(

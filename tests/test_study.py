@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.leyline.config import HostTraining, read_config_file
@@ -198,16 +199,20 @@ def test_heuristic_arms_take_a_selector_and_a_strategy_and_learn_in_the_studys_s
         assert len(store.outcomes()) == len(written) > 0  # every trial's seeds, in the study's
 
 
-def test_a_trial_given_a_gpu_or_a_fraction_trains_on_cuda(ray_session):
+def test_a_trial_given_a_gpu_or_a_fraction_trains_on_cuda(ray_session, monkeypatch):
     """The placement logic on a CPU machine: Ray's logical GPU, no CUDA needed to decide."""
+    from esper.simic.vector import parse_device
     from esper.study.execute import trial_device
 
     def where(gpus: float) -> str:
         task = ray_session.remote(trial_device).options(num_cpus=1, num_gpus=gpus)
         return str(ray_session.get(task.remote()))
 
-    assert [where(1), where(0.5), where(0)] == ["cuda", "cuda", "cpu"]
+    assert [where(1), where(0.5), where(0)] == ["cuda:0", "cuda:0", "cpu"]
     assert str(trial_device()) == "cpu"  # the driver itself holds no GPU
+    # a PPO trial puts that name in runtime.devices: a name the device parser accepts
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert parse_device(where(1)) == torch.device("cuda", 0)
 
 
 def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):

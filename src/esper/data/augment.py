@@ -11,6 +11,15 @@ DEFAULT_PADDING = 4
 DEFAULT_FLIP_PROB = 0.5
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` (on the CPU) on ``device``; to a GPU through pinned memory, without blocking the
+    host (a copy from ordinary memory makes the host wait for the GPU's queue to drain, which
+    the epoch loop must not do)."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment_crop_flip(
     x: Tensor,
     generator: torch.Generator,
@@ -48,9 +57,11 @@ def augment_crop_flip(
         raise ValueError(f"flip_prob={flip_prob} must lie in [0, 1]")
     b, _, h, w = x.shape
     dev = generator.device
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev).to(x.device)
-    flip = (torch.rand(b, generator=generator, device=dev) < flip_prob).to(x.device)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+    flip = torch.rand(b, generator=generator, device=dev) < flip_prob
+    draws = to_device(torch.stack([dy, dx, flip.long()]), x.device)  # one copy, not three
+    dy, dx, flip = draws[0], draws[1], draws[2].bool()
 
     padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
     padded = padded.permute(0, 2, 3, 1)  # (B, H + 2p, W + 2p, C), a view

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from esper.data.augment import augment_crop_flip
+from esper.data.augment import augment_crop_flip, to_device
 
 
 class BatchStream:
@@ -82,8 +82,8 @@ class BatchStream:
             self._cursor = 0
             self._passes_started += 1
         if self._perm_device is None:
-            # Once per pass, not per batch: on CUDA each copy would synchronise with the host.
-            self._perm_device = self._perm.to(self.x.device)
+            # Once per pass, not per batch, and without blocking the host (pinned memory).
+            self._perm_device = to_device(self._perm, self.x.device)
         start, stop = self._cursor, min(self._cursor + self.batch_size, self.num_samples)
         idx = self._perm_device[start:stop]
         self._cursor = stop

@@ -26,6 +26,7 @@ from esper.tamiyo.actions import ActionSpace
 from esper.tamiyo.features import observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
 from esper.tamiyo.policy import PolicyController, PolicyNetwork
+from esper.tolaria.episode import dataset_on
 
 CHECKPOINT_FORMAT = 2
 """Bumped whenever the checkpoint layout changes, so an old file fails with a clear message."""
@@ -53,10 +54,12 @@ def build_envs(
     devices = assign_devices(config.ppo.n_envs, config.runtime.devices)
     reward = RewardFunction(config.reward, gamma=config.ppo.gamma)
     check_gamma(reward, config.ppo.gamma)
+    # one copy of the dataset per device, shared by its environments (not one per environment)
+    on_device = {devices[i]: dataset_on(data, devices[i]) for i in indices}
     envs = [
         GrowthEnv(
             config.env,
-            data,
+            on_device[devices[i]],
             seed=config.runtime.seed + i,
             device=devices[i],
             reward=reward,

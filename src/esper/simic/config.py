@@ -116,7 +116,8 @@ class RuntimeSettings:
 
     Attributes:
         seed: run seed; environment i uses seed + i for its host and data order.
-        devices: devices environments are mapped to round-robin (cpu, cuda:0, …).
+        devices: devices environments are mapped to round-robin (cpu, cuda:0, …); only
+            ``cpu`` with ``workers``.
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
         workers: run the environments on this many Ray actors, each stepping a contiguous
             chunk of them (None: all in this process, Ray is not used). The policy and the
@@ -142,6 +143,13 @@ class RuntimeSettings:
         )
         if self.workers is not None:
             check_int("runtime.workers", self.workers, 1, MAX_ENVS)
+            # Ray hides the GPUs from actors that reserve none, and the actors reserve CPUs only
+            require(
+                all(d == "cpu" for d in self.devices),
+                f"runtime.workers runs the environments on CPU actors: runtime.devices must be "
+                f"['cpu'] with workers, got {list(self.devices)} (drop --workers to train on "
+                "GPUs in this process)",
+            )
         if self.ray_address is not None:
             address = self.ray_address
             require(

@@ -98,7 +98,7 @@ def run_job(job: Job) -> TrialRow | None:
     if job.mode == "ppo":
         config = override(TrainingConfig(), job.config)
         if device.type == "cuda":
-            config = override(config, {"runtime": {"devices": ["cuda"]}})
+            config = override(config, {"runtime": {"devices": [str(device)]}})
         runner = PPORunner(config, out, resume)
         try:
             status, failure = runner.run()
@@ -114,12 +114,12 @@ def run_job(job: Job) -> TrialRow | None:
 
 def trial_device() -> torch.device:
     """Where this trial trains: the GPU Ray assigned the task (a whole one or a fraction;
-    Ray sets ``CUDA_VISIBLE_DEVICES`` to it, so it is ``cuda``), else the CPU (also outside
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to it, so it is ``cuda:0``), else the CPU (also outside
     Ray)."""
     import ray
 
     gpu = ray.is_initialized() and bool(ray.get_gpu_ids())
-    return torch.device("cuda") if gpu else torch.device("cpu")
+    return torch.device("cuda", 0) if gpu else torch.device("cpu")
 
 
 def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
