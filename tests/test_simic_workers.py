@@ -26,6 +26,7 @@ import torch
 
 from esper.cli.main import main
 from esper.data import DatasetNotFoundError, make_synthetic
+from esper.leyline import Action, Op
 from esper.leyline.config import override, read_config_file
 from esper.leyline.events import PPOUpdate
 from esper.nissa import TelemetryHub, record
@@ -258,6 +259,36 @@ def test_two_workers_are_the_in_process_run_with_the_same_chunks(two_workers: Pa
     assert [_untimed(asdict(s)) for s in stats] == [_untimed(asdict(r)) for r in recorded]
     policy = _policy(two_workers)
     assert all(torch.equal(v, policy[k]) for k, v in trainer.network.state_dict().items())
+
+
+def test_an_environment_state_between_episodes_restarts_the_sequence_exactly() -> None:
+    """``GrowthEnv.state_dict`` (what a revived actor and a resumed run start from) holds no
+    finished episode: loaded into a fresh environment, the next episode equals the original's
+    next one; mid-episode it refuses."""
+    config = override(load_preset("tiny"), {"env": {"threads": 1}}).resolved()
+    original, fresh = (
+        build_envs(config, make_synthetic(), lambda event, context: None, [1]).envs[0]
+        for _ in range(2)
+    )
+    original.reset()
+    with pytest.raises(RuntimeError, match="between episodes"):
+        original.state_dict()
+    while not original.episode.done:
+        original.step(Action(Op.WAIT))
+    state = original.state_dict()
+    assert set(state) == {"episode", "rng", "cuda_rng"} and state["episode"] == 1
+    fresh.load_state_dict(state)
+    first, again = original.reset(), fresh.reset()
+    assert first.signals == again.signals
+    action = Action(Op.GERMINATE, slot="early", blueprint="conv_light")
+    a, b = original.step(action), fresh.step(action)
+    assert (a.observation.signals, a.reward) == (b.observation.signals, b.reward)
+    weights = zip(
+        original.episode.model.state_dict().values(),
+        fresh.episode.model.state_dict().values(),
+        strict=True,
+    )
+    assert all(torch.equal(u, v) for u, v in weights)
 
 
 def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(

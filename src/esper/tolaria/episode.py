@@ -254,15 +254,17 @@ class Episode:
 
     # ------------------------------------------------------------------------------ resume
 
-    def state_dict(self) -> dict[str, Any]:
-        """Episode counter and random state; once an episode started also its model, trainer and
-        tracker, and the last observation's inputs, so that a resume continues exactly."""
+    def start_state(self) -> dict[str, Any]:
+        """What the next ``reset`` depends on: the episode counter and random state, without
+        the current episode (``load_state_dict`` takes it; the next ``reset`` then continues the
+        sequence exactly, as from ``state_dict``)."""
         cuda = None if self._cuda_rng is None else self._cuda_rng.clone()
-        state: dict[str, Any] = {
-            "episode": self.episode,
-            "rng": self._rng.clone(),
-            "cuda_rng": cuda,
-        }
+        return {"episode": self.episode, "rng": self._rng.clone(), "cuda_rng": cuda}
+
+    def state_dict(self) -> dict[str, Any]:
+        """``start_state``; once an episode started also its model, trainer and tracker, and the
+        last observation's inputs, so that a resume continues exactly."""
+        state = self.start_state()
         if self._trainer is not None and self._last is not None:
             model = capture_state(self.model)
             state["model"] = {"manifest": json.dumps(model.manifest), "weights": model.weights}
