@@ -60,15 +60,17 @@ class _GroupNorm(nn.GroupNorm):
     torch 2.13's ``native_group_norm_backward`` on the CPU dies with a segmentation fault for a
     channels_last input when no gradient is wanted for the input itself (only for the affine
     weights): exactly the ``norm`` seed in TRAINING and isolated BLENDING, whose input is the
-    detached host stream. Only that case takes a detour through an NCHW copy (back to NHWC
-    when the input's channels were innermost); every other call is the plain layer. The detour
+    detached host stream. Only that case, on the CPU, takes a detour through an NCHW copy (back
+    to NHWC when the input's channels were innermost); every other call is the plain layer. The
+    detour
     does not test for channels_last: a channel slice of a wider NHWC stream (grouped hosts) is
-    not channels_last-contiguous, and a 1x1 map with NHWC strides counts as contiguous, yet the
-    kernel takes its crashing path for both; so the copy is a ``clone``, not ``contiguous()``.
+    not channels_last-contiguous, and a 1x1 map with NHWC strides counts as contiguous, yet
+    the kernel takes its crashing path for both; so the copy is a ``clone``, not
+    ``contiguous()``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.requires_grad or not torch.is_grad_enabled():
+        if x.requires_grad or not torch.is_grad_enabled() or x.device.type != "cpu":
             return super().forward(x)
         out: Tensor = super().forward(x.clone(memory_format=torch.contiguous_format))
         return out.contiguous(memory_format=torch.channels_last) if x.stride(1) == 1 else out
