@@ -61,12 +61,11 @@ class _GroupNorm(nn.GroupNorm):
     channels_last input when no gradient is wanted for the input itself (only for the affine
     weights): exactly the ``norm`` seed in TRAINING and isolated BLENDING, whose input is the
     detached host stream. Only that case, on the CPU, takes a detour through an NCHW copy (back
-    to NHWC when the input's channels were innermost); every other call is the plain layer. The
-    detour
-    does not test for channels_last: a channel slice of a wider NHWC stream (grouped hosts) is
-    not channels_last-contiguous, and a 1x1 map with NHWC strides counts as contiguous, yet
-    the kernel takes its crashing path for both; so the copy is a ``clone``, not
-    ``contiguous()``.
+    to NHWC when the input's channels were innermost); every other call is the plain layer.
+    The detour does not test for channels_last: a channel slice of a wider NHWC stream (grouped
+    hosts) is not channels_last-contiguous, and a 1x1 map with NHWC strides counts as
+    contiguous, yet the kernel takes its crashing path for both; so the copy is a ``clone``,
+    not ``contiguous()``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
