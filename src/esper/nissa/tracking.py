@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import logging
-import socket
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from esper.leyline.files import atomic_write
+from esper.leyline.net import unreachable
 from esper.nissa import record
 from esper.nissa.sinks import Scalar, flat_config, scalars
 
@@ -111,12 +111,10 @@ def _connect(uri: str) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as err:  # a port that is not a number in [0, 65535]
         raise OSError(f"the URL's port is not a port number ({err})") from err
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        reason = err.strerror or str(err) or type(err).__name__
-        raise OSError(f"nothing answers at {address} ({reason})") from err
+    reason = unreachable(host, port, CONNECT_TIMEOUT_S)
+    if reason is not None:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(f"nothing answers at {address} ({reason})")
 
 
 class MLflowSink:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -35,6 +34,7 @@ from esper.data import load_dataset
 from esper.leyline import Action, Observation, Topology
 from esper.leyline.config import require
 from esper.leyline.events import Event
+from esper.leyline.net import unreachable
 from esper.simic.build import build_envs
 from esper.simic.config import TrainingConfig
 from esper.simic.env import Emit
@@ -361,13 +361,12 @@ def _check_reachable(address: str, flag: str) -> None:
     """Something accepts connections at ``address`` (HOST:PORT), within ``CONNECT_TIMEOUT_S``:
     Ray's own connection attempts to a dead address retry for minutes."""
     host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
+    reason = unreachable(host, int(port), CONNECT_TIMEOUT_S)
+    if reason is not None:
         raise ValueError(
-            f"cannot reach a Ray cluster at {flag} {address} ({err.strerror or err}); "
+            f"cannot reach a Ray cluster at {flag} {address} ({reason}); "
             f"start one with `ray start --head --port {port}` or drop {flag}"
-        ) from err
+        )
 
 
 def _leave_running() -> None:
