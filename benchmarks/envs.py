@@ -779,7 +779,7 @@ def ppo_trainer(case: PPOCase, env: dict[str, Any]) -> PPOTrainer:
     trainer, _ = build_trainer(config, TelemetryHub("", []), fashion_mnist())
     if case.kind == SEQUENTIAL:
         vec = cast(VectorEnv, trainer.vec)
-        trainer.vec = VectorEnv(vec.envs, vec.devices, chunk=1)
+        trainer.vec = VectorEnv(vec.envs, vec.devices, vec.emit, chunk=1)
     return trainer
 
 

@@ -5,16 +5,17 @@ Measures ``esper.simic``'s ``PPOTrainer`` on the ``synthetic`` task, every train
 
 * **scaling**: environment steps per second of whole rounds (``run_round``: rollout, PPO update,
   telemetry) for ``n_envs`` = 1, 2, 4 and 8, as a ratio to ``n_envs`` = 1. The trainers are
-  interleaved round by round so that slow drift of the machine hits all of them alike. On a CPU
-  the environments step one after another in one process (only the policy's forward pass is
-  batched over them), so the expected scaling is about flat: this measures what batching the
-  policy buys, not parallel environments;
-* **share**: the time of policy inference (``network.act`` and the truncation bootstrap's
-  forward pass) plus the PPO update (``PPOUpdate.seconds_update``) over the whole round
-  (rollout + update), target <= 10%. The rest of the rollout (host training in the environments,
-  their resets, observation encoding and masks) is host/env time. The share depends on how much
-  host training one step does, so it is reported for the tiny preset's host budget (4 batches
-  per epoch) and for a more realistic one (50 batches per epoch);
+  interleaved round by round so that slow drift of the machine hits all of them alike. The
+  environments run in one process (their hosts grouped when small enough, ``VectorEnv``) and
+  the policy acts for each environment alone, so on a CPU the expected scaling is about flat:
+  this measures per-round overheads, not parallel environments;
+* **share**: the time of policy inference (``network.act``; the truncation bootstrap's one
+  forward pass per episode is not counted) plus the PPO update (``PPOUpdate.seconds_update``)
+  over the whole round (rollout + update), target <= 10%. The rest of the rollout (host
+  training in the environments, their resets, observation encoding and masks) is host/env
+  time. The share depends on how much host training one step does, so it is reported for the
+  tiny preset's host budget (4 batches per epoch) and for a more realistic one (50 batches
+  per epoch);
 * **wide update**: PPO update seconds per round with a 512-wide observation MLP and LSTM,
   ``n_envs`` = 4, 12-epoch episodes and the default 4 update passes, next to the 32-wide tiny
   policy on rollouts of the same shape in the same run. Issue #4 quotes the reference
@@ -109,15 +110,14 @@ def make_trainer(overrides: dict[str, Any]) -> PPOTrainer:
 class InferenceTimer:
     """Accumulates the seconds a trainer spends in rollout forward passes of its policy.
 
-    Wraps ``trainer.network.act`` (one batched action per step) and ``trainer._bootstrap``
-    (V(final observation) of truncated episodes) on the instance; the update's forward passes
-    are not counted here, they are part of ``PPOUpdate.seconds_update``.
+    Wraps ``trainer.network.act`` (one action per environment and step) on the instance; the
+    bootstrap value of a truncated episode (one forward pass per episode) is not counted, and
+    the update's forward passes are part of ``PPOUpdate.seconds_update``.
     """
 
     def __init__(self, trainer: PPOTrainer) -> None:
         self.seconds = 0.0
         trainer.network.act = self._timed(trainer.network.act)  # type: ignore[method-assign]
-        trainer._bootstrap = self._timed(trainer._bootstrap)  # type: ignore[method-assign]
 
     def _timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:

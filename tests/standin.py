@@ -381,4 +381,6 @@ def standin_trainer(
 ) -> PPOTrainer:
     """A PPO trainer on stand-in environments, policy and environments on the CPU."""
     cpu = torch.device("cpu")
-    return PPOTrainer(VectorEnv(envs, [cpu] * len(envs)), cpu, config, hub.emit, hub.set_level)
+    return PPOTrainer(
+        VectorEnv(envs, [cpu] * len(envs), hub.emit), cpu, config, hub.emit, hub.set_level
+    )

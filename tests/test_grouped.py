@@ -385,7 +385,7 @@ def test_vector_env_steps_grouped_like_one_by_one() -> None:
     rewards = []
     for chunk in (1, None):
         envs = _growth_envs("fashion_mnist_impaired", 3, batches_per_epoch=2, batch_size=32)
-        vec = VectorEnv(envs, [CPU] * 3, chunk=chunk)
+        vec = VectorEnv(envs, [CPU] * 3, lambda event, context: None, chunk=chunk)
         vec.reset()
         germinate = [Action(Op.GERMINATE, slot=envs[0].slots[0], blueprint="norm")] * 3
         steps = vec.step([germinate[0], None, Action(Op.WAIT)])

@@ -13,12 +13,14 @@ from esper.leyline.config import override
 from esper.leyline.events import PPOUpdate, TelemetryLevel, event_record
 from esper.nissa import TelemetryHub
 from esper.simic import training
+from esper.simic.acting import RoundPolicy
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.build import build_trainer, policy_training, trainer_state
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
 from esper.simic.training import PPOTrainer
+from esper.simic.vector import VectorEnv
 from esper.study.run import load_data
 from standin import PlateauEnv, StandInConfig, standin_trainer
 
@@ -80,9 +82,41 @@ def test_buffer_holds_exactly_the_observations_the_policy_acted_on() -> None:
     trainer.network.act = spy  # type: ignore[method-assign]
     batches = _capture_batches(trainer)
     trainer.run_round()
-    acted = torch.stack(seen, dim=1)  # (N, T, D)
+    n, steps = 4, 5  # every stand-in episode lasts 5 steps: no padding
+    assert all(obs.shape[0] == 1 for obs in seen)  # the policy acts for one environment at a time
+    acted = torch.cat(seen).view(steps, n, -1).transpose(0, 1)  # acted step by step: (N, T, D)
     assert torch.equal(batches[0].obs, acted)
     assert trainer.normalizer.update_count == 2  # updated after the round, not during it
+
+
+def test_an_environments_episode_does_not_depend_on_its_neighbours() -> None:
+    """The policy acts for each environment alone, from a generator of its own (seeded by the
+    round and the environment's index): environment 2 run alone, as a Ray actor's chunk or a
+    revived actor would run it, gives the episode it has beside three others, bit for bit."""
+    trainer = _standin_trainer()
+    trainer.run_round()  # a policy and observation statistics past their initial values
+    policy = RoundPolicy(
+        round=2,
+        seed=trainer.policy_seed,
+        network=trainer.network,
+        normalizer=trainer.normalizer,
+        reward_scale=1.0,
+        space=trainer.space,
+        slot_telemetry=trainer.telemetry,
+        decisions=False,
+    )
+
+    def envs(*seeds: int) -> list[PlateauEnv]:
+        return [
+            PlateauEnv(StandInConfig(episode_length=6, plateau_latest=4), seed=i) for i in seeds
+        ]
+
+    cpu, emit = torch.device("cpu"), TelemetryHub("t", []).emit
+    together = VectorEnv(envs(0, 1, 2, 3), [cpu] * 4, emit).collect(policy)[2]
+    alone = VectorEnv(envs(2), [cpu], emit, indices=[2]).collect(policy)[0]
+    for name in ("raw", "obs", "actions", "log_prob", "values", "rewards"):
+        assert torch.equal(getattr(together, name), getattr(alone, name)), name
+    assert (together.bootstrap, together.terminated) == (alone.bootstrap, alone.terminated)
 
 
 def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:

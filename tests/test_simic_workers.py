@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +41,9 @@ from esper.simic.workers import RayVectorEnv, WorkerLostError, chunks, start_ray
 from esper.study.run import ppo_state
 
 TINY = ["ppo", "--preset", "tiny"]
+KILL_AFTER_S = 0.1
+"""When an actor is killed after its round began: its tiny-preset episodes take longer (the
+test checks that they did)."""
 TIMING = {"t", "run_id", "seconds", "seconds_rollout", "seconds_update", "wall_seconds"}
 RELATIVE_TOLERANCE = 1e-4
 """Two workers group the environments' hosts differently from the default in-process run (one
@@ -248,7 +253,7 @@ def test_two_workers_are_the_in_process_run_with_the_same_chunks(two_workers: Pa
     hub = TelemetryHub("t", [])
     envs = build_envs(config, make_synthetic(), hub.emit, range(config.ppo.n_envs))
     trainer = PPOTrainer(
-        VectorEnv(envs.envs, envs.devices, chunk=1),
+        VectorEnv(envs.envs, envs.devices, hub.emit, chunk=1),
         torch.device("cpu"),
         config,
         hub.emit,
@@ -294,27 +299,32 @@ def test_an_environment_state_between_episodes_restarts_the_sequence_exactly() -
 def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
     two_workers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Actor 0 is killed between round 1's first and second step, then Ctrl-C stops the run at
+    """Actor 0's process is killed while round 1's episodes run, then Ctrl-C stops the run at
     round 2; ``--resume`` finishes it (on fresh actors). Rounds, policy and every environment's
     events equal the uninterrupted run's: nothing lost, nothing emitted twice."""
-    step, run_round, pids = RayVectorEnv.step, PPOTrainer.run_round, []
+    collect, run_round, pids = RayVectorEnv.collect, PPOTrainer.run_round, []
 
-    def step_after_a_kill(self: RayVectorEnv, actions: Any) -> Any:
-        pids.append(self.pids())
-        if len(pids) == 2:
-            os.kill(pids[-1][0], signal.SIGKILL)
-        return step(self, actions)
+    def collect_through_a_kill(self: RayVectorEnv, policy: Any) -> Any:
+        before = self.pids()
+        if not pids:  # round 1: the kill lands while the actors run their episodes
+            threading.Timer(KILL_AFTER_S, os.kill, (before[0], signal.SIGKILL)).start()
+        started = time.perf_counter()
+        trajectories = collect(self, policy)
+        pids.append((before, self.pids(), time.perf_counter() - started))
+        return trajectories
 
     def interrupted_in_the_second(self: PPOTrainer) -> Any:
         if self.round == 1:
             signal.raise_signal(signal.SIGINT)
         return run_round(self)
 
-    monkeypatch.setattr(RayVectorEnv, "step", step_after_a_kill)
+    monkeypatch.setattr(RayVectorEnv, "collect", collect_through_a_kill)
     monkeypatch.setattr(PPOTrainer, "run_round", interrupted_in_the_second)
     run = tmp_path / "run"
     assert main([*TINY, "--workers", "2", "--out", str(run)]) == 130
-    assert pids[2][0] != pids[1][0] and pids[2][1] == pids[1][1]  # actor 0 was replaced
+    (before, after, seconds), *_ = pids
+    assert seconds > KILL_AFTER_S  # the kill came before the round's trajectories did
+    assert after[0] != before[0] and after[1] == before[1]  # actor 0 was replaced
     assert _rows(run) == _rows(two_workers)[:1]  # round 1, as if nothing had died
 
     monkeypatch.setattr(PPOTrainer, "run_round", run_round)

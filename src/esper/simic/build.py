@@ -17,8 +17,8 @@ from esper.leyline import Topology
 from esper.leyline.config import HostTraining, config_dict, override
 from esper.leyline.data import Dataset
 from esper.simic.config import TrainingConfig
-from esper.simic.env import Emit, GrowthEnv
-from esper.simic.protocol import EnvVector
+from esper.simic.env import GrowthEnv
+from esper.simic.protocol import Emit, EnvVector
 from esper.simic.rewards import RewardFunction, check_gamma
 from esper.simic.training import PPOTrainer, Telemetry
 from esper.simic.vector import VectorEnv, assign_devices
@@ -68,7 +68,7 @@ def build_envs(
         )
         for i in indices
     ]
-    return VectorEnv(envs, [devices[i] for i in indices])
+    return VectorEnv(envs, [devices[i] for i in indices], emit, indices=indices)
 
 
 def build_trainer(

@@ -19,14 +19,12 @@ from esper.leyline import Action, Observation
 from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RewardComputed
-from esper.simic.protocol import EnvStep, EpisodeInfo
+from esper.simic.protocol import Emit, EnvStep, EpisodeInfo
 from esper.simic.rewards import RewardFunction, RewardInput
 from esper.tamiyo import SignalTracker
 from esper.tasks import get_task
 from esper.tolaria.engine import ReportProgress
 from esper.tolaria.episode import Episode, Transition, reset_together, step_together
-
-Emit = Callable[[Event, dict[str, Any]], None]
 
 
 class EpisodeStartError(RuntimeError):

@@ -6,11 +6,19 @@ in worker processes or on a cluster engine without touching the PPO code (DESIGN
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from esper.leyline import Action, Observation, Topology
+from esper.leyline.events import Event
+
+if TYPE_CHECKING:
+    from esper.simic.acting import RoundPolicy, Trajectory
+
+Emit = Callable[[Event, dict[str, Any]], None]
+"""Where PPO's telemetry goes: an event and its context (``{"env": i, "episode": k}`` or
+empty)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class Env(Protocol):
 
 
 class EnvVector(Protocol):
-    """Environments stepped together (``VectorEnv`` in this process, or on Ray workers).
+    """Environments that run a round together (``VectorEnv`` in this process, or on Ray workers).
 
     Attributes:
         topology: the environments' shared host kind.
@@ -102,16 +110,8 @@ class EnvVector(Protocol):
 
     def __len__(self) -> int: ...
 
-    def reset(self) -> list[Observation]:
-        """Reset every environment: the first observation of each one's next episode."""
-        ...
-
-    def step(self, actions: Sequence[Action | None]) -> list[EnvStep | None]:
-        """Step every environment whose action is not None (None: its episode is over)."""
-        ...
-
-    def episode_infos(self) -> list[EpisodeInfo]:
-        """Each environment's current (or last) episode outcome."""
+    def collect(self, policy: RoundPolicy) -> list[Trajectory]:
+        """One episode in every environment, ``policy`` acting (``esper.simic.acting``)."""
         ...
 
     def state_dicts(self) -> list[dict[str, Any]]:

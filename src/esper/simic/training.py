@@ -2,17 +2,17 @@
 
 A **round** is one episode in every environment. ``PPOTrainer.run_round``:
 
-1. resets every environment and the policy's LSTM state (episodes never share hidden state);
-2. steps all environments together: encode each observation, normalize it with the running
-   statistics *frozen for the round*, act for all environments in one batched call (action,
-   log-prob and value from one sampling call), step the environments, record rewards (with
-   ``ppo.reward_scaling``, divided by the discounted return's standard deviation so far, also
-   frozen for the round);
-3. at a truncation, bootstraps from V(final observation) with the LSTM state before any reset;
-   a termination (governor panic) bootstraps nothing, and that environment sits out the round;
-4. updates the observation normalizer once with the round's raw observations (and the return
+1. hands the environments the round's policy (``acting.RoundPolicy``: the network, the
+   observation statistics *frozen for the round* and, with ``ppo.reward_scaling``, the
+   discounted return's standard deviation so far, also frozen); they run their episodes where
+   they are (in this process, or one call per Ray actor) with a fresh LSTM state each, the
+   policy acting for each environment before every step;
+2. assembles the trajectories into the round's rollout batch (``assemble``): a truncation
+   bootstraps from V(final observation) with the LSTM state before any reset; a termination
+   (governor panic) bootstraps nothing, and that environment sits out the rest of the round;
+3. updates the observation normalizer once with the round's raw observations (and the return
    statistics with its discounted returns);
-5. runs the PPO update and the anomaly detector, and emits the round's telemetry: its
+4. runs the PPO update and the anomaly detector, and emits the round's telemetry: its
    ``PPOUpdate`` is also the round's row of ``rounds.csv``.
 
 Telemetry goes through an ``emit`` callable, as in Tolaria. The trainer owns the telemetry
@@ -29,11 +29,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 import torch
 
-from esper.leyline import Action, Observation
 from esper.leyline.events import (
     AnomalyDetected,
     EpisodeFinished,
@@ -44,26 +44,25 @@ from esper.leyline.events import (
     RatioExplosion,
     TelemetryLevel,
 )
+from esper.simic.acting import RoundPolicy, Trajectory
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.config import TrainingConfig
 from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
-from esper.simic.protocol import EnvStep, EnvVector
+from esper.simic.protocol import Emit, EnvVector
 from esper.simic.rollout import RolloutBatch, RolloutBuffer
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
-from esper.tamiyo.features import encode_observation, observation_size
+from esper.tamiyo.features import observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
-from esper.tamiyo.policy import ActStep, PolicyConfig, PolicyNetwork
+from esper.tamiyo.policy import PolicyConfig, PolicyNetwork
 
 RETURN_VAR_EPSILON = 1e-8
 """Added to the return variance before its square root: rewards that never vary divide by ~1e-4
 at worst, and only after a round has been seen (before it the scale is 1)."""
 
 POLICY_SEED_OFFSET = 7919
-"""The policy's sampling and shuffling generators use ``seed + offset`` so they never share a
-stream with environment 0 (which uses ``seed``)."""
-
-Emit = Callable[[Event, dict[str, Any]], None]
-"""Where telemetry goes: an event and its context (``{"env": i, "episode": k}`` or empty)."""
+"""The policy's initialization and shuffling generators use ``seed + offset`` so they never
+share a stream with environment 0 (which uses ``seed``); its acting generators derive from the
+same seed (``RoundPolicy.generator``)."""
 
 SetLevel = Callable[[TelemetryLevel], None]
 """Sets the telemetry level in force (what the sinks behind ``Emit`` write)."""
@@ -94,40 +93,59 @@ class RoundResult:
     anomaly: Anomaly | None
 
 
-class _RoundTally:
-    """Per environment over one round: returns (in reward units), the discounted return so far
-    at every step (for reward scaling), episode lengths, and whether the episode terminated."""
+def assemble(
+    trajectories: Sequence[Trajectory],
+    state: tuple[torch.Tensor, torch.Tensor],
+    buffer: RolloutBuffer,
+    scale: float,
+) -> tuple[RolloutBatch, torch.Tensor, list[float]]:
+    """The round's rollout batch from one trajectory per environment, step by step.
 
-    def __init__(self, n: int, gamma: float, scale: float) -> None:
-        self.gamma, self.scale = gamma, scale
-        self.returns = [0.0] * n
-        self.running = [0.0] * n
-        self.discounted: list[float] = []
-        self.lengths = [0] * n
-        self.terminated = [False] * n
+    An environment whose episode ended early sits out the rest of the round: its rows repeat
+    its last step as padding (``valid`` False), so every distribution stays well defined.
 
-    def record(
-        self, results: Sequence[EnvStep | None], observations: list[Observation]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Take one step's results (None: the environment had already ended), put each new
-        observation into ``observations``; the scaled rewards, and which episodes ended and
-        which of those terminated."""
-        n = len(results)
-        rewards = torch.zeros(n)
-        ended = torch.zeros(n, dtype=torch.bool)
-        terminated = torch.zeros(n, dtype=torch.bool)
-        for i, result in enumerate(results):
-            if result is None:
-                continue
-            observations[i] = result.observation
-            rewards[i] = result.reward / self.scale
-            self.returns[i] += result.reward
-            self.running[i] = self.gamma * self.running[i] + result.reward
-            self.discounted.append(self.running[i])
-            self.lengths[i] += 1
-            ended[i], terminated[i] = result.done, result.terminated
-            self.terminated[i] = self.terminated[i] or result.terminated
-        return rewards, ended, terminated
+    Args:
+        trajectories: each environment's episode, in environment order.
+        state: the LSTM state every episode started from.
+        buffer: an empty buffer for as many environments.
+        scale: what rewards are divided by this round.
+
+    Returns:
+        The batch; every raw observation acted on, step by step (for the normalizer); and the
+        discounted return so far at every step in the same order (for reward scaling).
+    """
+    buffer.start(state)
+    running = [0.0] * len(trajectories)
+    seen: list[torch.Tensor] = []
+    discounted: list[float] = []
+    for k in range(max(len(t) for t in trajectories)):
+        rows = [(t, min(k, len(t) - 1)) for t in trajectories]  # padding repeats the last step
+        valid = torch.tensor([k < len(t) for t in trajectories])
+        buffer.add(
+            torch.stack([t.obs[r] for t, r in rows]),
+            ActionMasks.stack([t.masks.map(itemgetter(r)) for t, r in rows]),
+            torch.stack([t.actions[r] for t, r in rows]),
+            torch.stack([t.log_prob[r] for t, r in rows]),
+            torch.stack([t.values[r] for t, r in rows]),
+            torch.full((len(rows),), k == 0),
+            valid,
+        )
+        rewards = torch.zeros(len(rows))
+        for i, t in enumerate(trajectories):
+            if k < len(t):
+                reward = float(t.rewards[k])
+                rewards[i] = reward / scale
+                running[i] = buffer.gamma * running[i] + reward
+                discounted.append(running[i])
+        ended = [(k == len(t) - 1, t) for t in trajectories]
+        buffer.record_outcome(
+            rewards,
+            torch.tensor([e for e, _ in ended]),
+            torch.tensor([e and t.terminated for e, t in ended]),
+            torch.tensor([t.bootstrap if e else 0.0 for e, t in ended]),
+        )
+        seen.append(torch.stack([t.raw[r] for t, r in rows])[valid])
+    return buffer.build(), torch.cat(seen), discounted
 
 
 class PPOTrainer:
@@ -173,7 +191,7 @@ class PPOTrainer:
         # Discounted returns seen so far (``ppo.reward_scaling``): rewards are divided by their
         # standard deviation, frozen within a round like the observation statistics.
         self.return_stats = RunningMeanStd(1) if config.ppo.reward_scaling else None
-        self.generator = torch.Generator(device=self.device).manual_seed(policy_seed)
+        self.policy_seed = policy_seed  # each round's acting generators derive from it
         shuffle = torch.Generator().manual_seed(policy_seed + 1)
         self.learner = PPOLearner(self.network, config.ppo, config.runtime.amp, shuffle)
         self.round = 0
@@ -186,54 +204,32 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------ acting
 
-    def _encode(self, observations: Sequence[Any]) -> torch.Tensor:
-        return torch.stack([encode_observation(o, self.telemetry) for o in observations])
-
     def run_round(self) -> RoundResult:
         """Collect one episode per environment, update the normalizer once, run PPO."""
         self.round += 1
         self._telemetry_level(self.round <= self.escalated_until)
         started = time.perf_counter()
-        n, net, space = len(self.vec), self.network, self.space
-        observations = self.vec.reset()
-        raw = self._encode(observations)  # (N, D)
-        state = net.initial_state(n, self.device)
-        buffer = RolloutBuffer(n, self.config.ppo.gamma, self.config.ppo.gae_lambda)
-        buffer.start(state)
-        alive = torch.ones(n, dtype=torch.bool)
-        episode_start = torch.ones(n, dtype=torch.bool)
-        tally = _RoundTally(n, self.config.ppo.gamma, self._reward_scale())
-        seen: list[torch.Tensor] = []
-        for _ in range(self.max_steps):
-            if not alive.any():
-                break
-            env_masks = [space.masks(o) for o in observations]
-            masks = ActionMasks.stack(env_masks).to(self.device)
-            obs = self.normalizer.normalize(raw).to(self.device)  # statistics frozen this round
-            seen.append(raw[alive])
-            with torch.no_grad():
-                step = net.act(obs, masks, state, generator=self.generator)
-            buffer.add(obs, masks, step.actions, step.log_prob, step.value, episode_start, alive)
-            chosen = step.actions.cpu().tolist()
-            self._emit_decisions(env_masks, observations, chosen, step, alive)
-            actions: list[Action | None] = [
-                space.decode(chosen[i]) if alive[i] else None for i in range(n)
-            ]
-            rewards, ended, terminated = tally.record(self.vec.step(actions), observations)
-            raw = self._encode(observations)
-            bootstrap = self._bootstrap(raw, step.state, ended & ~terminated)
-            buffer.record_outcome(rewards, ended, terminated, bootstrap.cpu())
-            alive &= ~ended
-            state = step.state
-            episode_start = torch.zeros(n, dtype=torch.bool)
-        if alive.any():
-            raise RuntimeError(f"environments {alive.nonzero().flatten().tolist()} did not end")
-        batch = buffer.build()
-        self.normalizer.update(torch.cat(seen))  # once per rollout batch, never per pass
-        if self.return_stats is not None and tally.discounted:
-            self.return_stats.update(torch.tensor(tally.discounted, dtype=torch.float64)[:, None])
+        scale = self._reward_scale()
+        policy = RoundPolicy(
+            round=self.round,
+            seed=self.policy_seed,
+            network=self.network,
+            normalizer=self.normalizer,  # frozen for the round
+            reward_scale=scale,
+            space=self.space,
+            slot_telemetry=self.telemetry,
+            decisions=self.level.value >= PolicyDecision.level.value,
+        )
+        trajectories = self.vec.collect(policy)
+        config = self.config.ppo
+        buffer = RolloutBuffer(len(trajectories), config.gamma, config.gae_lambda)
+        state = self.network.initial_state(len(trajectories), torch.device("cpu"))
+        batch, seen, discounted = assemble(trajectories, state, buffer, scale)
+        self.normalizer.update(seen)  # once per rollout batch, never per pass
+        if self.return_stats is not None and discounted:
+            self.return_stats.update(torch.tensor(discounted, dtype=torch.float64)[:, None])
         rollout_seconds = time.perf_counter() - started
-        return self._learn(batch, tally.returns, tally.lengths, tally.terminated, rollout_seconds)
+        return self._learn(batch, trajectories, rollout_seconds)
 
     def _reward_scale(self) -> float:
         """What this round's rewards are divided by: 1 without reward scaling (or before the
@@ -243,19 +239,15 @@ class PPOTrainer:
         return math.sqrt(float(self.return_stats.var[0]) + RETURN_VAR_EPSILON)
 
     def _learn(
-        self,
-        batch: RolloutBatch,
-        returns: list[float],
-        lengths: list[int],
-        terminated: list[bool],
-        rollout_seconds: float,
+        self, batch: RolloutBatch, trajectories: Sequence[Trajectory], rollout_seconds: float
     ) -> RoundResult:
         """Run PPO on the round, check it for anomalies and emit the round's telemetry."""
+        returns = [sum(t.rewards.tolist()) for t in trajectories]  # in step order
         started = time.perf_counter()
         # The round is assembled on the CPU; the update runs on the policy's device.
         learned = self.learner.update(batch if self.device.type == "cpu" else batch.to(self.device))
         update_seconds = time.perf_counter() - started
-        infos = self.vec.episode_infos()
+        infos = [t.info for t in trajectories]
         accuracies = [i.final_val_accuracy for i in infos if i.final_val_accuracy is not None]
         stats = PPOUpdate(
             **asdict(learned.stats),
@@ -271,9 +263,9 @@ class PPOTrainer:
         for i, info in enumerate(infos):
             episode = EpisodeFinished(
                 episode=self.round,
-                length=lengths[i],
+                length=len(trajectories[i]),
                 episode_return=returns[i],
-                terminated=terminated[i],
+                terminated=trajectories[i].terminated,
                 final_val_accuracy=info.final_val_accuracy,
                 param_count=info.param_count,
                 host_param_count=info.host_param_count,
@@ -282,40 +274,7 @@ class PPOTrainer:
         self._emit_update(outcome, learned)
         return outcome
 
-    def _bootstrap(
-        self, raw: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], which: torch.Tensor
-    ) -> torch.Tensor:
-        """V(final observation) for truncated episodes, with the state before any reset."""
-        values = torch.zeros(len(which))
-        if which.any():
-            idx = which.nonzero().flatten()
-            obs = self.normalizer.normalize(raw[idx]).to(self.device).unsqueeze(1)  # (b, 1, D)
-            sub = (state[0][:, idx.to(self.device)], state[1][:, idx.to(self.device)])
-            start = torch.zeros(len(idx), 1, dtype=torch.bool, device=self.device)
-            with torch.no_grad():
-                out = self.network(obs, sub, start)
-            values[idx] = out.value[:, 0].float().cpu()
-        return values
-
     # ------------------------------------------------------------------------------ telemetry
-
-    def _emit_decisions(
-        self,
-        masks: list[ActionMasks],
-        observations: list[Observation],
-        chosen: list[list[int]],
-        step: ActStep,
-        alive: torch.Tensor,
-    ) -> None:
-        """One ``PolicyDecision`` per live environment (skipped below NORMAL telemetry)."""
-        if self.level.value < PolicyDecision.level.value:
-            return  # building the event costs more than the decision; nothing would be written
-        log_probs, values = step.log_prob.cpu().tolist(), step.value.cpu().tolist()
-        for i in range(len(self.vec)):
-            if alive[i]:
-                epoch = observations[i].signals.epoch
-                event = self.space.decision(masks[i], chosen[i], epoch, log_probs[i], values[i])
-                self.emit(event, {"env": i, "episode": self.round})  # a round = one episode
 
     def _telemetry_level(self, debug: bool) -> None:
         """The configured level, or DEBUG (never below the configured one)."""
@@ -371,7 +330,6 @@ class PPOTrainer:
             "learner": self.learner.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "return_stats": None if self.return_stats is None else self.return_stats.state_dict(),
-            "generator": self.generator.get_state(),
             "envs": self.vec.state_dicts(),
             "escalated_until": self.escalated_until,
         }
@@ -384,6 +342,5 @@ class PPOTrainer:
         self.normalizer.load_state_dict(state["normalizer"])
         if self.return_stats is not None:
             self.return_stats.load_state_dict(state["return_stats"])
-        self.generator.set_state(state["generator"])
         self.vec.load_state_dicts(state["envs"])
         self.escalated_until = int(state["escalated_until"])

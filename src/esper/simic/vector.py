@@ -1,9 +1,9 @@
 """Environments stepped in lockstep, and the device map (DESIGN §5).
 
-``VectorEnv`` advances every environment one step per call (a batch-first loop: the policy acts
-for all of them at once, then each environment steps). ``--devices`` maps environments to
-devices round-robin; on CUDA each environment steps inside its own stream so its kernels queue
-independently of the others'.
+``VectorEnv`` advances every environment one step per call, and runs a round of them
+(``collect``: the policy acting for each before every step, ``esper.simic.acting``).
+``--devices`` maps environments to devices round-robin; on CUDA each environment steps inside
+its own stream so its kernels queue independently of the others'.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from esper.kasmina import CNNHost
 from esper.kasmina.grouped import activation_bytes
 from esper.leyline import Action, Observation, Topology
 from esper.leyline.config import require
+from esper.simic.acting import RoundPolicy, Trajectory, collect
 from esper.simic.env import GrowthEnv, reset_envs, step_envs
-from esper.simic.protocol import Env, EnvStep, EpisodeInfo
+from esper.simic.protocol import Emit, Env, EnvStep, EpisodeInfo
 from esper.tolaria.episode import Episode
 
 
@@ -99,17 +100,29 @@ class VectorEnv:
     Args:
         envs: the environments (each already knows its device).
         devices: the device of each environment.
+        emit: where the policy's decisions go when ``collect`` runs a round (the environments
+            emit their own telemetry).
         chunk: environments per grouped chunk instead of the measured default (``chunk_size``);
             1 trains them one by one (the benchmark's sequential baseline).
+        indices: each environment's index in the run (default ``0 … n-1``; a Ray worker holds
+            a chunk of them): its telemetry context and its acting generator's seed.
     """
 
     def __init__(
-        self, envs: Sequence[Env], devices: Sequence[torch.device], chunk: int | None = None
+        self,
+        envs: Sequence[Env],
+        devices: Sequence[torch.device],
+        emit: Emit,
+        chunk: int | None = None,
+        indices: Sequence[int] | None = None,
     ) -> None:
         require(len(envs) == len(devices), f"{len(envs)} environments but {len(devices)} devices")
         require(bool(envs), "VectorEnv needs at least one environment")
         self.envs = list(envs)
         self.devices = tuple(devices)
+        self.emit = emit
+        self.indices = tuple(range(len(envs)) if indices is None else indices)
+        require(len(self.indices) == len(envs), f"{len(self.indices)} indices for {len(envs)}")
         require(chunk is None or chunk >= 1, f"chunk must be at least 1, got {chunk}")
         self.chunk = chunk
         topologies = {env.topology for env in envs}
@@ -185,6 +198,10 @@ class VectorEnv:
                 results.append(env.step(action))
         self._join()
         return results
+
+    def collect(self, policy: RoundPolicy) -> list[Trajectory]:
+        """One episode in every environment, ``policy`` acting for each (``acting.collect``)."""
+        return collect(self, policy, self.emit)
 
     def episode_infos(self) -> list[EpisodeInfo]:
         """Each environment's current (or last) episode outcome."""

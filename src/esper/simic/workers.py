@@ -2,18 +2,21 @@
 
 ``RayVectorEnv`` is an ``EnvVector`` whose environments live in ``N`` Ray actors
 (``EnvWorker``), each holding a contiguous chunk of them in an in-process ``VectorEnv``. The
-policy and the learner stay in the driver: it acts for every environment, sends each actor its
-chunk's actions, and gets back the observations and ``EnvStep``s together with the telemetry
-the chunk's environments emitted, which it re-emits in environment order. An actor builds its
-environments exactly as ``build_trainer`` does (same seeds, same devices), so every
-environment's trajectory, and hence the run, equals the in-process run's.
+learner stays in the driver. Once per round it sends each actor the round's policy
+(``acting.RoundPolicy``: weights, frozen observation statistics, reward scale); the actor runs
+its chunk's episodes, acting for them itself, and returns one ``Trajectory`` per environment
+(tensors) with the telemetry its environments emitted, which the driver re-emits chunk by chunk
+(each environment's events in their order). An actor builds its environments exactly as
+``build_trainer`` does (same seeds, same devices), and each environment acts from its own
+generator, so every environment's trajectory equals the in-process run's where the hosts are
+grouped alike.
 
 Fault tolerance. The driver keeps each chunk's environment states from the start of the round
-and the calls that changed them since (the reset and every step's actions). When an actor dies
-(``RayActorError``), a fresh actor is built, loads those states and replays the calls, its
-replayed telemetry discarded (it was emitted the first time); then the failed call is repeated.
-No transition is lost or duplicated. After ``MAX_DEATHS`` deaths in one round the run fails
-with ``WorkerLostError``.
+and the calls that changed them since. When an actor dies (``RayActorError``), a fresh actor is
+built, loads those states and replays the calls, its replayed telemetry discarded (it was
+emitted the first time); then the failed call is repeated: a round's episodes re-run from
+their start, identically. No transition is lost or duplicated. After ``MAX_DEATHS`` deaths in
+one round the run fails with ``WorkerLostError``.
 
 Ray is imported only inside this module's functions, and this module only when a run has
 ``runtime.workers`` set: runs without workers never import Ray.
@@ -31,14 +34,14 @@ from typing import Any
 import torch
 
 from esper.data import load_dataset
-from esper.leyline import Action, Observation, Topology
+from esper.leyline import Topology
 from esper.leyline.config import require
 from esper.leyline.events import Event
 from esper.leyline.net import unreachable
+from esper.simic.acting import RoundPolicy, Trajectory
 from esper.simic.build import build_envs
 from esper.simic.config import TrainingConfig
-from esper.simic.env import Emit
-from esper.simic.protocol import EnvStep, EpisodeInfo
+from esper.simic.protocol import Emit
 from esper.tasks import get_task
 from esper.tolaria.threads import threads_per_worker
 
@@ -116,17 +119,9 @@ class EnvWorker:
         """This actor's process id."""
         return os.getpid()
 
-    def reset(self) -> tuple[list[Observation], Emitted]:
-        """``VectorEnv.reset`` of the chunk."""
-        return self._out(self.vec.reset())
-
-    def step(self, actions: Sequence[Action | None]) -> tuple[list[EnvStep | None], Emitted]:
-        """``VectorEnv.step`` of the chunk."""
-        return self._out(self.vec.step(actions))
-
-    def episode_infos(self) -> tuple[list[EpisodeInfo], Emitted]:
-        """``VectorEnv.episode_infos`` of the chunk."""
-        return self._out(self.vec.episode_infos())
+    def collect(self, policy: RoundPolicy) -> tuple[list[Trajectory], Emitted]:
+        """``VectorEnv.collect`` of the chunk: a round of its environments."""
+        return self._out(self.vec.collect(policy))
 
     def state_dicts(self) -> tuple[list[dict[str, Any]], Emitted]:
         """``VectorEnv.state_dicts`` of the chunk."""
@@ -252,21 +247,14 @@ class RayVectorEnv:
         """Each actor's process id (a replaced actor has a new one)."""
         return [self._ray.get(w.pid.remote()) for w in self._workers]
 
-    def reset(self) -> list[Observation]:
-        """Reset every environment; their states before it are where a revival starts from."""
+    def collect(self, policy: RoundPolicy) -> list[Trajectory]:
+        """A round: each actor gets ``policy`` once and runs its chunk's episodes. The
+        environments' states before it are where a revival starts from."""
         self._deaths = 0
         states = self._call("state_dicts", [()] * len(self.chunks), log=False)
         self._log = [[("build", ()), ("load_state_dicts", (s,))] for s in states]
-        return [o for chunk in self._call("reset", [()] * len(self.chunks)) for o in chunk]
-
-    def step(self, actions: Sequence[Action | None]) -> list[EnvStep | None]:
-        """Step every environment whose action is not None (None: its episode is over)."""
-        return [s for chunk in self._call("step", self._split(actions)) for s in chunk]
-
-    def episode_infos(self) -> list[EpisodeInfo]:
-        """Each environment's current (or last) episode outcome."""
-        infos = self._call("episode_infos", [()] * len(self.chunks), log=False)
-        return [i for chunk in infos for i in chunk]
+        chunks = self._call("collect", [(policy,)] * len(self.chunks))
+        return [t for chunk in chunks for t in chunk]
 
     def state_dicts(self) -> list[dict[str, Any]]:
         """Each environment's state (taken between rounds)."""
