@@ -15,7 +15,14 @@ from esper.nissa import TelemetryHub
 from esper.simic import training
 from esper.simic.acting import RoundPolicy
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
-from esper.simic.build import build_trainer, policy_training, trainer_state
+from esper.simic.build import (
+    PolicyCheckpointError,
+    build_trainer,
+    check_resumable,
+    load_policy,
+    policy_training,
+    trainer_state,
+)
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
@@ -100,7 +107,6 @@ def test_an_environments_episode_does_not_depend_on_its_neighbours() -> None:
         seed=trainer.policy_seed,
         network=trainer.network,
         normalizer=trainer.normalizer,
-        reward_scale=1.0,
         space=trainer.space,
         slot_telemetry=trainer.telemetry,
         decisions=False,
@@ -117,6 +123,21 @@ def test_an_environments_episode_does_not_depend_on_its_neighbours() -> None:
     for name in ("raw", "obs", "actions", "log_prob", "values", "rewards"):
         assert torch.equal(getattr(together, name), getattr(alone, name)), name
     assert (together.bootstrap, together.terminated) == (alone.bootstrap, alone.terminated)
+
+
+def test_a_format_2_checkpoint_evaluates_but_does_not_resume() -> None:
+    """Format 3 stores no acting generator (each round derives its own): a format-2 run would
+    resume with other draws than it started with, so it is refused; its policy still loads."""
+    trainer = _standin_trainer()
+    trainer.run_round()
+    state = trainer_state(trainer)
+    check_resumable(state)  # this version's own
+    old = {**state, "format": 2}
+    with pytest.raises(PolicyCheckpointError, match=r"format 2, .* resumes format 3 only"):
+        check_resumable(old)
+    controller = load_policy(old, trainer.topology, auto_advance=False)
+    weights = controller.network.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.network.state_dict().items())
 
 
 def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:

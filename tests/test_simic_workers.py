@@ -239,6 +239,28 @@ def test_actors_that_keep_dying_fail_the_run_in_one_line(
     vec.close()
 
 
+def test_an_actor_dead_after_a_round_replays_it_with_that_rounds_policy(
+    ray_session: None,
+) -> None:
+    """An actor found dead after a round (at the checkpoint's ``state_dicts``) is rebuilt by
+    replaying the round with the policy it was run with, not the trainer's network as the
+    update left it: the environments' states equal those before the death even when the
+    network has changed beyond recognition since."""
+    trainer = _worker_trainer()
+    vec = trainer.vec
+    assert isinstance(vec, RayVectorEnv)
+    trainer.run_round()
+    before = vec.state_dicts()
+    with torch.no_grad():
+        for parameter in trainer.network.parameters():
+            parameter.normal_(0.0, 10.0)  # a policy that would act differently
+    os.kill(vec.pids()[0], signal.SIGKILL)
+    after = vec.state_dicts()
+    assert after[0]["episode"] == before[0]["episode"] == 1
+    assert all(torch.equal(a["rng"], b["rng"]) for a, b in zip(before, after, strict=True))
+    vec.close()
+
+
 def test_an_error_in_an_actor_arrives_as_itself(ray_session: None, tmp_path: Path) -> None:
     missing = {"task": "fashion_mnist_impaired", "data_dir": str(tmp_path), "download": False}
     with pytest.raises(DatasetNotFoundError) as err:

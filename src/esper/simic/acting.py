@@ -1,7 +1,7 @@
 """Acting for one round, where the environments are: one episode each, one trajectory each.
 
 The learner hands ``collect`` a ``RoundPolicy``: the policy network with the observation
-statistics and reward scale frozen for the round. In-process it gets the trainer's own objects;
+statistics frozen for the round. In-process it gets the trainer's own objects;
 with Ray workers (``esper.simic.workers``) each actor receives one pickled copy per round and
 runs its chunk of environments without calling back. The environments step in lockstep (their
 hosts train grouped, ``VectorEnv.step``), the policy acts for each before every step, and each
@@ -48,7 +48,6 @@ class RoundPolicy:
             generators.
         network: the policy; it acts on its parameters' device.
         normalizer: the observation statistics, frozen for the round.
-        reward_scale: what rewards are divided by this round (1 without reward scaling).
         space: the action space (masks, decoding, decision events).
         slot_telemetry: whether observations carry per-slot telemetry (``policy.slot_telemetry``).
         decisions: emit a ``PolicyDecision`` per step (the telemetry level includes them).
@@ -58,7 +57,6 @@ class RoundPolicy:
     seed: int
     network: PolicyNetwork
     normalizer: RunningMeanStd
-    reward_scale: float
     space: ActionSpace
     slot_telemetry: bool
     decisions: bool

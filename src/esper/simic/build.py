@@ -28,8 +28,14 @@ from esper.tamiyo.normalizer import RunningMeanStd
 from esper.tamiyo.policy import PolicyController, PolicyNetwork
 from esper.tolaria.episode import dataset_on
 
-CHECKPOINT_FORMAT = 2
-"""Bumped whenever the checkpoint layout changes, so an old file fails with a clear message."""
+CHECKPOINT_FORMAT = 3
+"""Bumped whenever the checkpoint layout changes, so an old file fails with a clear message.
+Format 3: the acting generators are derived each round (``RoundPolicy.generator``), none is
+stored, so a format-2 run cannot resume; its policy still loads (``POLICY_FORMATS``)."""
+
+POLICY_FORMATS = (2, 3)
+"""Checkpoint formats whose trained policy ``load_policy`` reads (the network and normalizer
+are stored alike in both)."""
 
 
 class PolicyCheckpointError(ValueError):
@@ -106,7 +112,7 @@ def trainer_state(trainer: PPOTrainer) -> dict[str, Any]:
 
 
 def _config_of(state: Any) -> TrainingConfig:
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in POLICY_FORMATS:
         raise PolicyCheckpointError(
             f"not an Esper PPO checkpoint (format {CHECKPOINT_FORMAT}); was it written by "
             "another version of Esper?"
@@ -116,6 +122,21 @@ def _config_of(state: Any) -> TrainingConfig:
     except (KeyError, ValueError) as err:
         raise PolicyCheckpointError(f"damaged PPO checkpoint: {err}") from err
     return config
+
+
+def check_resumable(state: dict[str, Any]) -> None:
+    """A PPO checkpoint state this Esper can continue training from.
+
+    Raises:
+        PolicyCheckpointError: written in another checkpoint format (an older one's policy
+            still evaluates with ``esper eval --policy``).
+    """
+    found = state.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise PolicyCheckpointError(
+            f"its checkpoint is format {found!r}, and this Esper resumes format "
+            f"{CHECKPOINT_FORMAT} only (acting changed; the trained policy still evaluates)"
+        )
 
 
 def policy_training(state: dict[str, Any]) -> HostTraining:

@@ -119,11 +119,12 @@ class RuntimeSettings:
         devices: devices environments are mapped to round-robin (cpu, cuda:0, …); only
             ``cpu`` with ``workers``.
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
-        workers: run the environments on this many Ray actors, each stepping a contiguous
-            chunk of them (None: all in this process, Ray is not used). The policy and the
-            learner stay in this process, and every environment follows its in-process
-            trajectory (bit for bit when the chunks match the in-process grouping; else to
-            float32 rounding). A dead actor's environments re-run from the round's start.
+        workers: run the environments on this many Ray actors, each running a contiguous
+            chunk of them (None: all in this process, Ray is not used). The learner stays in
+            this process and sends each actor the policy once per round; the actors act for
+            their environments, and every environment follows its in-process trajectory (bit
+            for bit when the chunks match the in-process grouping; else to float32 rounding).
+            A dead actor's environments re-run from the round's start.
         ray_address: HOST:PORT of a running Ray cluster's head to join (needs workers; None:
             start a local Ray instance for the run and stop it afterwards).
     """

@@ -2,12 +2,13 @@
 
 A **round** is one episode in every environment. ``PPOTrainer.run_round``:
 
-1. hands the environments the round's policy (``acting.RoundPolicy``: the network, the
-   observation statistics *frozen for the round* and, with ``ppo.reward_scaling``, the
-   discounted return's standard deviation so far, also frozen); they run their episodes where
-   they are (in this process, or one call per Ray actor) with a fresh LSTM state each, the
-   policy acting for each environment before every step;
-2. assembles the trajectories into the round's rollout batch (``assemble``): a truncation
+1. hands the environments the round's policy (``acting.RoundPolicy``: the network and the
+   observation statistics *frozen for the round*); they run their episodes where they are (in
+   this process, or one call per Ray actor) with a fresh LSTM state each, the policy acting for
+   each environment before every step;
+2. assembles the trajectories into the round's rollout batch (``assemble``; with
+   ``ppo.reward_scaling`` rewards are divided by the discounted return's standard deviation
+   so far, also frozen for the round): a truncation
    bootstraps from V(final observation) with the LSTM state before any reset; a termination
    (governor panic) bootstraps nothing, and that environment sits out the rest of the round;
 3. updates the observation normalizer once with the round's raw observations (and the return
@@ -195,7 +196,6 @@ class PPOTrainer:
         shuffle = torch.Generator().manual_seed(policy_seed + 1)
         self.learner = PPOLearner(self.network, config.ppo, config.runtime.amp, shuffle)
         self.round = 0
-        self.max_steps = vec.max_steps
 
     def train(self, after_round: Callable[[RoundResult], None]) -> None:
         """Run rounds until ``ppo.rounds`` are done, calling ``after_round`` after each."""
@@ -215,7 +215,6 @@ class PPOTrainer:
             seed=self.policy_seed,
             network=self.network,
             normalizer=self.normalizer,  # frozen for the round
-            reward_scale=scale,
             space=self.space,
             slot_telemetry=self.telemetry,
             decisions=self.level.value >= PolicyDecision.level.value,

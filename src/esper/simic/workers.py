@@ -51,8 +51,9 @@ MAX_DEATHS = 3
 """Actor deaths one round survives; the next one fails the run (something kills them all)."""
 
 OBJECT_STORE_BYTES = 256 * 2**20
-"""A local Ray instance's shared-memory object store: results are a few kB per step, and Ray's
-default (30 % of RAM) would reserve /dev/shm that other jobs on the machine need."""
+"""A local Ray instance's shared-memory object store: a round's policy and trajectories are a
+few MB at most, and Ray's default (30 % of RAM) would reserve /dev/shm that other jobs on the
+machine need."""
 
 CONNECT_TIMEOUT_S = 5.0
 """How long a ``--ray-address`` may take to accept a connection before it counts as down."""
@@ -146,7 +147,8 @@ class RayVectorEnv:
     Args:
         config: the resolved training configuration, with ``runtime.workers`` and ``env.threads``
             set.
-        emit: where the environments' telemetry is re-emitted, in environment order.
+        emit: where the actors' telemetry (their environments' events and the policy's
+            decisions) is re-emitted, actor by actor.
 
     Attributes:
         topology: the environments' shared host kind.
@@ -249,11 +251,14 @@ class RayVectorEnv:
 
     def collect(self, policy: RoundPolicy) -> list[Trajectory]:
         """A round: each actor gets ``policy`` once and runs its chunk's episodes. The
-        environments' states before it are where a revival starts from."""
+        environments' states before it are where a revival starts from, and the policy as it
+        is now (put in Ray's object store: the trainer's network changes in place after the
+        round) is what a revival replays them with."""
         self._deaths = 0
         states = self._call("state_dicts", [()] * len(self.chunks), log=False)
         self._log = [[("build", ()), ("load_state_dicts", (s,))] for s in states]
-        chunks = self._call("collect", [(policy,)] * len(self.chunks))
+        frozen = self._ray.put(policy)  # one copy for every actor, and for any replay
+        chunks = self._call("collect", [(frozen,)] * len(self.chunks))
         return [t for chunk in chunks for t in chunk]
 
     def state_dicts(self) -> list[dict[str, Any]]:

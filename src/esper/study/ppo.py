@@ -22,7 +22,7 @@ from esper.leyline.config import UserError
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
-from esper.simic.build import build_trainer, trainer_state
+from esper.simic.build import PolicyCheckpointError, build_trainer, check_resumable, trainer_state
 from esper.simic.config import TrainingConfig
 from esper.simic.env import EpisodeStartError
 from esper.simic.training import POLICY_SEED_OFFSET
@@ -76,8 +76,9 @@ class PPORunner:
     def _restore(self, state: dict[str, Any]) -> None:
         where = f"cannot resume {str(self.recorder.directory)!r}"
         try:
+            check_resumable(state)
             self.trainer.load_state_dict(state["trainer"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        except (KeyError, ValueError, TypeError, RuntimeError, PolicyCheckpointError) as err:
             raise UserError(f"{where}: {err}") from err
         self.recorder.check_step(self.trainer.round, self.config.ppo.rounds, "round")
 
