@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from esper.leyline.config import override
 from esper.nissa import TelemetryHub
 from esper.simic.config import TrainingConfig
-from esper.simic.rollout import RolloutBuffer
+from esper.simic.rollout import RolloutBatch
 from standin import PlateauEnv, StandInConfig, standin_trainer
 
 GAMMA = 0.9
@@ -45,19 +44,18 @@ def _run(scaling: bool, rounds: int, monkeypatch: pytest.MonkeyPatch) -> tuple[A
         def started(reset: Any = reset, i: int = i) -> Any:
             if i == 0:
                 raw.append([[], []])
-                recorded.append([])
             return reset()
 
         monkeypatch.setattr(env, "step", stepped)
         monkeypatch.setattr(env, "reset", started)
-    original = RolloutBuffer.record_outcome
-
-    def record(self: RolloutBuffer, rewards: torch.Tensor, *args: Any) -> None:
-        recorded[-1].append(rewards.tolist())
-        original(self, rewards, *args)
-
-    monkeypatch.setattr(RolloutBuffer, "record_outcome", record)
     trainer = standin_trainer(config, envs, TelemetryHub("t", []))
+    update = trainer.learner.update
+
+    def learn(batch: RolloutBatch) -> Any:
+        recorded.append(batch.rewards.T.tolist())  # (T, N): per step, both environments
+        return update(batch)
+
+    trainer.learner.update = learn  # type: ignore[method-assign]
     trainer.train(lambda result: None)
     return trainer, raw, recorded
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper.simic.rollout import compute_gae
+from esper.simic.acting import Trajectory
+from esper.simic.protocol import EpisodeInfo
+from esper.simic.rollout import compute_gae, rollout_batch
+from esper.tamiyo.actions import ActionMasks
 
 GAMMA, LAM = 0.5, 0.5
 
@@ -59,3 +62,47 @@ def test_lambda_one_gives_discounted_return_minus_value() -> None:
         1.0,
     )
     assert adv[0].tolist() == pytest.approx([e - v for e, v in zip(expected, values, strict=True)])
+
+
+def _trajectory(rewards: list[float], values: list[float], terminated: bool, boot: float):
+    n = len(rewards)
+    masks = ActionMasks(
+        op=torch.ones(n, 3, dtype=torch.bool),
+        slot=torch.ones(n, 3, 2, dtype=torch.bool),
+        blueprint=torch.ones(n, 2, dtype=torch.bool),
+        tempo=torch.ones(n, 4, dtype=torch.bool),
+        alpha_target=torch.ones(n, 4, dtype=torch.bool),
+    )
+    return Trajectory(
+        raw=torch.arange(n, dtype=torch.float32)[:, None] * 2,
+        obs=torch.arange(n, dtype=torch.float32)[:, None],
+        masks=masks,
+        actions=torch.arange(n)[:, None].expand(n, 5),
+        log_prob=torch.full((n,), -1.0),
+        values=torch.tensor(values),
+        rewards=torch.tensor(rewards, dtype=torch.float64),
+        terminated=terminated,
+        bootstrap=boot,
+        info=EpisodeInfo(None, None, None),
+    )
+
+
+def test_a_round_batch_pads_an_early_end_and_bootstraps_only_truncations() -> None:
+    """Environment 0 is truncated after 3 steps (V' = 4), environment 1 terminated after 1:
+    its last two rows repeat its last step as padding, GAE gives them nothing, and the rewards
+    are divided by the round's scale. Oracle: the hand-computed cases above (scale 2 turns
+    rewards 2, 4, 6 into 1, 2, 3)."""
+    truncated = _trajectory([2.0, 4.0, 6.0], [0.5, 1.0, 1.5], terminated=False, boot=4.0)
+    panicked = _trajectory([-6.0], [0.25], terminated=True, boot=0.0)
+    state = (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8))
+    batch = rollout_batch([truncated, panicked], state, GAMMA, LAM, scale=2.0)
+    assert batch.valid.tolist() == [[True] * 3, [True, False, False]]
+    assert batch.episode_start.tolist() == [[True, False, False]] * 2
+    assert batch.episode_end.tolist() == [[False, False, True], [True] * 3]
+    assert batch.terminated.tolist() == [[False] * 3, [True] * 3]
+    assert batch.rewards.tolist() == [[1.0, 2.0, 3.0], [-3.0, 0.0, 0.0]]
+    assert batch.next_values.tolist() == [[1.0, 1.5, 4.0], [0.0, 0.0, 0.0]]
+    assert batch.advantages[0].tolist() == pytest.approx([1.65625, 2.625, 3.5])
+    assert batch.advantages[1].tolist() == pytest.approx([-3.25, 0.0, 0.0])  # δ = −3 − .25
+    assert batch.obs[1, :, 0].tolist() == [0.0, 0.0, 0.0]  # the padding repeats step 0
+    assert batch.masks.slot.shape == (2, 3, 3, 2) and batch.actions.shape == (2, 3, 5)

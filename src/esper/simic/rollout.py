@@ -1,10 +1,10 @@
-"""The rollout buffer and generalized advantage estimation (Schulman et al. 2016, GAE).
+"""The round's rollout batch and generalized advantage estimation (Schulman et al. 2016, GAE).
 
 One round collects up to ``T`` steps from each of ``N`` environments in lockstep: one episode
-per environment. An environment whose episode ended early (termination) sits out the rest of
-the round; its remaining steps are padding (``valid`` False) that no loss sees. The buffer
-records, per step, whether an episode started there (the policy's LSTM state was reset before
-acting), whether it ended there and how:
+per environment (``esper.simic.acting.Trajectory``). An environment whose episode ended early
+(termination) sits out the rest of the round; its remaining steps are padding (``valid``
+False) that no loss sees. The batch records, per step, whether an episode started there (the
+policy's LSTM state was reset before acting), whether it ended there and how:
 
 * **truncation** (the episode reached its length): the return is bootstrapped from V(s_{t+1}),
   the value of the final observation computed with the LSTM state *before* the reset;
@@ -16,12 +16,13 @@ be replayed through the LSTM during the update.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
+from esper.simic.acting import Trajectory
 from esper.tamiyo.actions import ActionMasks
 
 
@@ -121,98 +122,64 @@ class RolloutBatch:
         return self._apply(lambda t: t.to(device), (h.to(device), c.to(device)))
 
 
-class RolloutBuffer:
-    """Collects one round step by step (lockstep over environments), then builds the batch.
+def rollout_batch(
+    trajectories: Sequence[Trajectory],
+    state: tuple[Tensor, Tensor],
+    gamma: float,
+    lam: float,
+    scale: float,
+) -> RolloutBatch:
+    """The round's batch from one trajectory per environment, with advantages and returns.
+
+    Padding rows repeat an environment's last step (every distribution stays well defined) and
+    are stored as terminated episode ends with zero reward and value, so GAE gives them
+    nothing. Inside an episode the next state's value is the one the policy computed when it
+    next acted; at a truncation it is the trajectory's bootstrap.
 
     Args:
-        n_envs: environments.
+        trajectories: each environment's episode, in environment order.
+        state: the LSTM state (h, c) every episode started from, each (1, N, H).
         gamma: discount for GAE.
         lam: GAE λ.
+        scale: what this round's rewards are divided by (``ppo.reward_scaling``; else 1).
     """
+    steps = max(len(t) for t in trajectories)
 
-    def __init__(self, n_envs: int, gamma: float, lam: float) -> None:
-        self.n_envs, self.gamma, self.lam = n_envs, gamma, lam
-        self._steps: list[dict[str, Tensor]] = []
-        self._masks: list[ActionMasks] = []
-        self._state: tuple[Tensor, Tensor] | None = None
+    def padded(x: Tensor) -> Tensor:  # (len, …) -> (T, …), the last step repeated
+        return torch.cat([x, x[-1:].expand(steps - len(x), *x.shape[1:])])
 
-    def __len__(self) -> int:
-        return len(self._steps)
+    def stacked(name: str) -> Tensor:
+        return torch.stack([padded(getattr(t, name)) for t in trajectories])
 
-    def start(self, state: tuple[Tensor, Tensor]) -> None:
-        """Begin a round from the LSTM state the policy holds now."""
-        self._steps, self._masks = [], []
-        self._state = (state[0].detach().cpu().clone(), state[1].detach().cpu().clone())
-
-    def add(
-        self,
-        obs: Tensor,
-        masks: ActionMasks,
-        actions: Tensor,
-        log_prob: Tensor,
-        values: Tensor,
-        episode_start: Tensor,
-        valid: Tensor,
-    ) -> None:
-        """Record what the policy saw and did at one lockstep step (each (N, …)).
-
-        Rows where ``valid`` is False are padding for environments whose episode is over.
-        """
-        cpu = torch.device("cpu")  # the round is assembled on the CPU, moved once for the update
-        self._masks.append(masks.to(cpu))
-        self._steps.append(
-            {
-                "obs": obs.detach().cpu(),
-                "actions": actions.detach().cpu(),
-                "log_prob": log_prob.detach().float().cpu(),
-                "values": values.detach().float().cpu(),
-                "episode_start": episode_start.cpu().clone(),
-                "valid": valid.cpu().clone(),
-            }
-        )
-
-    def record_outcome(
-        self, rewards: Tensor, episode_end: Tensor, terminated: Tensor, bootstrap: Tensor
-    ) -> None:
-        """Record the outcome of the last added step (each (N,)).
-
-        ``bootstrap`` holds, for an episode truncated at this step, V of its final observation
-        computed with the LSTM state *before* the reset (anything elsewhere). Inside an episode
-        the next state's value is the one the policy computes when it next acts, so the buffer
-        takes it from there. Padding rows are stored as terminated episode ends with zero
-        reward, so GAE gives them nothing.
-        """
-        step = self._steps[-1]
-        pad = ~step["valid"]
-        step["rewards"] = torch.where(pad, 0.0, rewards.detach())
-        step["episode_end"] = episode_end | pad
-        step["terminated"] = terminated | pad
-        step["bootstrap"] = torch.where(pad, 0.0, bootstrap.detach())
-        step["values"] = torch.where(pad, 0.0, step["values"])
-
-    def build(self) -> RolloutBatch:
-        """Stack the round into (N, T, …) tensors and compute advantages and returns."""
-        if not self._steps or self._state is None:
-            raise RuntimeError("the rollout buffer is empty; call start() and add() first")
-        stacked = {k: torch.stack([s[k] for s in self._steps], dim=1) for k in self._steps[0]}
-        ended = stacked["episode_end"]
-        if not bool(ended[:, -1].all()):
-            raise RuntimeError("every episode must end within its round (one episode per round)")
-        following = torch.cat(  # V(s_{t+1}) as computed when acting at t+1
-            [stacked["values"][:, 1:], torch.zeros_like(stacked["values"][:, :1])], dim=1
-        )
-        stacked["next_values"] = torch.where(ended, stacked.pop("bootstrap"), following)
-        # each step's masks are (N, …): stacked (T, N, …), then (N, T, …)
-        masks = ActionMasks.stack(self._masks).map(lambda t: t.transpose(0, 1))
-        advantages, returns = compute_gae(
-            stacked["rewards"],
-            stacked["values"],
-            stacked["next_values"],
-            stacked["episode_end"],
-            stacked["terminated"],
-            self.gamma,
-            self.lam,
-        )
-        return RolloutBatch(
-            **stacked, masks=masks, state=self._state, advantages=advantages, returns=returns
-        )
+    lengths = torch.tensor([len(t) for t in trajectories])[:, None]
+    time = torch.arange(steps)[None]
+    valid, last = time < lengths, time == lengths - 1
+    ended_terminated = torch.tensor([t.terminated for t in trajectories])[:, None]
+    rewards = torch.stack(
+        [torch.cat([t.rewards / scale, t.rewards.new_zeros(steps - len(t))]) for t in trajectories]
+    ).float()
+    values = torch.where(valid, stacked("values"), 0.0)
+    bootstrap = torch.tensor([t.bootstrap for t in trajectories])[:, None]
+    episode_end = last | ~valid
+    following = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
+    next_values = torch.where(episode_end, torch.where(last, bootstrap, 0.0), following)
+    terminated = (last & ended_terminated) | ~valid
+    advantages, returns = compute_gae(
+        rewards, values, next_values, episode_end, terminated, gamma, lam
+    )
+    return RolloutBatch(
+        obs=stacked("obs"),
+        masks=ActionMasks.stack([t.masks.map(padded) for t in trajectories]),
+        actions=stacked("actions"),
+        log_prob=stacked("log_prob"),
+        values=values,
+        rewards=rewards,
+        episode_start=time.expand(len(trajectories), steps) == 0,
+        episode_end=episode_end,
+        terminated=terminated,
+        next_values=next_values,
+        valid=valid,
+        state=state,
+        advantages=advantages,
+        returns=returns,
+    )

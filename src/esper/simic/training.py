@@ -6,7 +6,7 @@ A **round** is one episode in every environment. ``PPOTrainer.run_round``:
    observation statistics *frozen for the round*); they run their episodes where they are (in
    this process, or one call per Ray actor) with a fresh LSTM state each, the policy acting for
    each environment before every step;
-2. assembles the trajectories into the round's rollout batch (``assemble``; with
+2. assembles the trajectories into the round's rollout batch (``rollout_batch``; with
    ``ppo.reward_scaling`` rewards are divided by the discounted return's standard deviation
    so far, also frozen for the round): a truncation
    bootstraps from V(final observation) with the LSTM state before any reset; a termination
@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from operator import itemgetter
 from typing import Any, Protocol
 
 import torch
@@ -50,8 +49,8 @@ from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
 from esper.simic.config import TrainingConfig
 from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
 from esper.simic.protocol import Emit, EnvVector
-from esper.simic.rollout import RolloutBatch, RolloutBuffer
-from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace
+from esper.simic.rollout import RolloutBatch, rollout_batch
+from esper.tamiyo.actions import HEADS, ActionSpace
 from esper.tamiyo.features import observation_size
 from esper.tamiyo.normalizer import RunningMeanStd
 from esper.tamiyo.policy import PolicyConfig, PolicyNetwork
@@ -94,59 +93,21 @@ class RoundResult:
     anomaly: Anomaly | None
 
 
-def assemble(
-    trajectories: Sequence[Trajectory],
-    state: tuple[torch.Tensor, torch.Tensor],
-    buffer: RolloutBuffer,
-    scale: float,
-) -> tuple[RolloutBatch, torch.Tensor, list[float]]:
-    """The round's rollout batch from one trajectory per environment, step by step.
-
-    An environment whose episode ended early sits out the rest of the round: its rows repeat
-    its last step as padding (``valid`` False), so every distribution stays well defined.
-
-    Args:
-        trajectories: each environment's episode, in environment order.
-        state: the LSTM state every episode started from.
-        buffer: an empty buffer for as many environments.
-        scale: what rewards are divided by this round.
-
-    Returns:
-        The batch; every raw observation acted on, step by step (for the normalizer); and the
-        discounted return so far at every step in the same order (for reward scaling).
-    """
-    buffer.start(state)
-    running = [0.0] * len(trajectories)
-    seen: list[torch.Tensor] = []
+def step_order(
+    trajectories: Sequence[Trajectory], gamma: float
+) -> tuple[torch.Tensor, list[float]]:
+    """Every raw observation acted on (for the normalizer) and the discounted return so far
+    after every step (for reward scaling), step by step across the environments."""
+    raw: list[torch.Tensor] = []
     discounted: list[float] = []
+    running = [0.0] * len(trajectories)
     for k in range(max(len(t) for t in trajectories)):
-        rows = [(t, min(k, len(t) - 1)) for t in trajectories]  # padding repeats the last step
-        valid = torch.tensor([k < len(t) for t in trajectories])
-        buffer.add(
-            torch.stack([t.obs[r] for t, r in rows]),
-            ActionMasks.stack([t.masks.map(itemgetter(r)) for t, r in rows]),
-            torch.stack([t.actions[r] for t, r in rows]),
-            torch.stack([t.log_prob[r] for t, r in rows]),
-            torch.stack([t.values[r] for t, r in rows]),
-            torch.full((len(rows),), k == 0),
-            valid,
-        )
-        rewards = torch.zeros(len(rows))
         for i, t in enumerate(trajectories):
             if k < len(t):
-                reward = float(t.rewards[k])
-                rewards[i] = reward / scale
-                running[i] = buffer.gamma * running[i] + reward
+                raw.append(t.raw[k])
+                running[i] = gamma * running[i] + float(t.rewards[k])
                 discounted.append(running[i])
-        ended = [(k == len(t) - 1, t) for t in trajectories]
-        buffer.record_outcome(
-            rewards,
-            torch.tensor([e for e, _ in ended]),
-            torch.tensor([e and t.terminated for e, t in ended]),
-            torch.tensor([t.bootstrap if e else 0.0 for e, t in ended]),
-        )
-        seen.append(torch.stack([t.raw[r] for t, r in rows])[valid])
-    return buffer.build(), torch.cat(seen), discounted
+    return torch.stack(raw), discounted
 
 
 class PPOTrainer:
@@ -221,9 +182,9 @@ class PPOTrainer:
         )
         trajectories = self.vec.collect(policy)
         config = self.config.ppo
-        buffer = RolloutBuffer(len(trajectories), config.gamma, config.gae_lambda)
         state = self.network.initial_state(len(trajectories), torch.device("cpu"))
-        batch, seen, discounted = assemble(trajectories, state, buffer, scale)
+        batch = rollout_batch(trajectories, state, config.gamma, config.gae_lambda, scale)
+        seen, discounted = step_order(trajectories, config.gamma)
         self.normalizer.update(seen)  # once per rollout batch, never per pass
         if self.return_stats is not None and discounted:
             self.return_stats.update(torch.tensor(discounted, dtype=torch.float64)[:, None])
