@@ -114,7 +114,8 @@ class _Episode:
         self.terminated, self.bootstrap, self.alive = False, 0.0, True
 
     def _normalized(self, raw: Tensor) -> Tensor:
-        return self.policy.normalizer.normalize(raw[None]).to(self.device)
+        """``(1, D)``, normalized with the round's statistics, on the CPU."""
+        return self.policy.normalizer.normalize(raw[None])
 
     def act(self, emit: Emit) -> Action:
         """Choose this step's action for the current observation (and emit the decision)."""
@@ -124,12 +125,18 @@ class _Episode:
         mask = policy.space.masks(self.observation)
         with torch.no_grad():
             step = policy.network.act(
-                obs, ActionMasks.stack([mask]).to(self.device), self.state, generator=self.generator
+                obs.to(self.device),
+                ActionMasks.stack([mask]).to(self.device),
+                self.state,
+                generator=self.generator,
             )
         self.state = step.state
-        chosen = step.actions[0].cpu()
-        log_prob, value = step.log_prob[0].float().cpu(), step.value[0].float().cpu()
-        self.steps.append((raw, obs[0].cpu(), mask, chosen, log_prob, value))
+        # one copy to the CPU (one synchronisation on a GPU): the actions are small integers,
+        # exact in float64 as the float32 log-probability and value are
+        parts = (step.actions[0], step.log_prob, step.value)
+        out = torch.cat([part.double() for part in parts]).cpu()
+        chosen, log_prob, value = out[:-2].long(), out[-2].float(), out[-1].float()
+        self.steps.append((raw, obs[0], mask, chosen, log_prob, value))
         indices = chosen.tolist()
         if policy.decisions:
             epoch = self.observation.signals.epoch
@@ -147,8 +154,9 @@ class _Episode:
         if not terminated:
             raw = encode_observation(observation, self.policy.slot_telemetry)
             start = torch.zeros(1, 1, dtype=torch.bool, device=self.device)
+            obs = self._normalized(raw).unsqueeze(1).to(self.device)
             with torch.no_grad():
-                out = self.policy.network(self._normalized(raw).unsqueeze(1), self.state, start)
+                out = self.policy.network(obs, self.state, start)
             self.bootstrap = float(out.value[0, 0])
 
     def trajectory(self, info: EpisodeInfo) -> Trajectory:
