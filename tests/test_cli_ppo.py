@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import signal
 from dataclasses import asdict, fields, replace
@@ -224,6 +225,31 @@ def test_a_damaged_rounds_csv_is_refused_before_training(tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert "rounds.csv" in err and "seconds_rollout" in err and "Traceback" not in err
     assert (run / "events.jsonl").read_text() == events  # nothing was started
+
+
+def test_a_run_with_an_older_checkpoint_format_does_not_resume(tmp_path, capsys) -> None:
+    """Format 2 stored one acting generator (format 3 derives them per round): such a run is
+    refused in one line, nothing written; its policy still evaluates."""
+    run = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "2", "--out", str(run)]) == 0
+    summary = run / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"interrupted"'))
+    state = torch.load(_state_file(run), weights_only=False)
+    buffer = io.BytesIO()
+    torch.save({**state, "format": 2}, buffer)
+    meta = record.read_meta(run)
+    assert meta is not None
+    for step in (1, 2):  # step 2 again, now as a format-2 checkpoint
+        record.commit_checkpoint(run, step, {"state.pt": buffer.getvalue()}, meta.run_id)
+    events = (run / "events.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["ppo", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "checkpoint is format 2, and this Esper resumes format 3 only" in err[0]
+    assert (run / "events.jsonl").read_text() == events
+    args = ["eval", "--task", "synthetic", "--policy", str(run), "--out", str(tmp_path / "e")]
+    assert main(args) == 0
 
 
 def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:

@@ -20,7 +20,7 @@ GAMMA = 0.9
 
 def _run(scaling: bool, rounds: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     """Train ``rounds`` on two stand-ins; each round's raw rewards per environment (in step
-    order) and the rewards the rollout buffer recorded (per step, both environments)."""
+    order) and the rewards the round's batch holds (per step, both environments)."""
     config = override(
         TrainingConfig(),
         {

@@ -133,7 +133,7 @@ class _Episode:
         self.state = step.state
         # one copy to the CPU (one synchronisation on a GPU): the actions are small integers,
         # exact in float64 as the float32 log-probability and value are
-        parts = (step.actions[0], step.log_prob, step.value)
+        parts = (step.actions[0], step.log_prob[:1], step.value[:1])
         out = torch.cat([part.double() for part in parts]).cpu()
         chosen, log_prob, value = out[:-2].long(), out[-2].float(), out[-1].float()
         self.steps.append((raw, obs[0], mask, chosen, log_prob, value))

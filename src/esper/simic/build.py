@@ -113,9 +113,10 @@ def trainer_state(trainer: PPOTrainer) -> dict[str, Any]:
 
 def _config_of(state: Any) -> TrainingConfig:
     if not isinstance(state, dict) or state.get("format") not in POLICY_FORMATS:
+        formats = " or ".join(map(str, POLICY_FORMATS))
         raise PolicyCheckpointError(
-            f"not an Esper PPO checkpoint (format {CHECKPOINT_FORMAT}); was it written by "
-            "another version of Esper?"
+            f"not an Esper PPO checkpoint (format {formats}); was it written by another "
+            "version of Esper?"
         )
     try:
         config: TrainingConfig = override(TrainingConfig(), state["config"])
@@ -133,9 +134,10 @@ def check_resumable(state: dict[str, Any]) -> None:
     """
     found = state.get("format")
     if found != CHECKPOINT_FORMAT:
+        why = " (acting changed; its policy still evaluates)" if found in POLICY_FORMATS else ""
         raise PolicyCheckpointError(
             f"its checkpoint is format {found!r}, and this Esper resumes format "
-            f"{CHECKPOINT_FORMAT} only (acting changed; the trained policy still evaluates)"
+            f"{CHECKPOINT_FORMAT} only{why}"
         )
 
 

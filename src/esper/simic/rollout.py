@@ -39,8 +39,9 @@ def compute_gae(
 
     δ_t = r_t + γ·(1 − term_t)·V'_t − V_t and A_t = δ_t + γλ·(1 − end_t)·A_{t+1}, where V'_t is
     the value of the state after step t (``next_values``): V_{t+1} inside an episode, the value
-    of the final observation at a truncation, the next observation's value at the end of the
-    buffer. The recursion stops at every episode end; only termination drops the bootstrap.
+    of the final observation at a truncation (a round's last step always ends an episode, or
+    pads one that ended). The recursion stops at every episode end; only termination drops the
+    bootstrap.
 
     Args:
         rewards: (N, T) rewards.

@@ -3,13 +3,13 @@
 ``RayVectorEnv`` is an ``EnvVector`` whose environments live in ``N`` Ray actors
 (``EnvWorker``), each holding a contiguous chunk of them in an in-process ``VectorEnv``. The
 learner stays in the driver. Once per round it sends each actor the round's policy
-(``acting.RoundPolicy``: weights, frozen observation statistics, reward scale); the actor runs
-its chunk's episodes, acting for them itself, and returns one ``Trajectory`` per environment
-(tensors) with the telemetry its environments emitted, which the driver re-emits chunk by chunk
-(each environment's events in their order). An actor builds its environments exactly as
-``build_trainer`` does (same seeds, same devices), and each environment acts from its own
-generator, so every environment's trajectory equals the in-process run's where the hosts are
-grouped alike.
+(``acting.RoundPolicy``: weights and the observation statistics frozen for the round); the
+actor runs its chunk's episodes, acting for them itself, and returns one ``Trajectory`` per
+environment (tensors) with the telemetry its environments and decisions emitted, which the
+driver re-emits chunk by chunk (each environment's events in their order). An actor builds
+its environments exactly as ``build_trainer`` does (same seeds, same devices), and each
+environment acts from its own generator, so every environment's trajectory equals the
+in-process run's where the hosts are grouped alike.
 
 Fault tolerance. The driver keeps each chunk's environment states from the start of the round
 and the calls that changed them since. When an actor dies (``RayActorError``), a fresh actor is

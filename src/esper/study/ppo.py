@@ -22,7 +22,7 @@ from esper.leyline.config import UserError
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
-from esper.simic.build import PolicyCheckpointError, build_trainer, check_resumable, trainer_state
+from esper.simic.build import build_trainer, check_resumable, trainer_state
 from esper.simic.config import TrainingConfig
 from esper.simic.env import EpisodeStartError
 from esper.simic.training import POLICY_SEED_OFFSET
@@ -78,7 +78,7 @@ class PPORunner:
         try:
             check_resumable(state)
             self.trainer.load_state_dict(state["trainer"])
-        except (KeyError, ValueError, TypeError, RuntimeError, PolicyCheckpointError) as err:
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:  # ValueError: formats too
             raise UserError(f"{where}: {err}") from err
         self.recorder.check_step(self.trainer.round, self.config.ppo.rounds, "round")
 
