@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 import math
 import pickle
 import tarfile
@@ -24,11 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esper.data.dataset import Dataset, DatasetFormatError, hold_out
+from esper.data.dataset import Dataset, DatasetFormatError, standardized_splits
 from esper.data.download import created_directory, download_file
 from esper.data.locate import DatasetFiles, find_dataset_dir
-
-logger = logging.getLogger(__name__)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -197,25 +194,13 @@ def load_cifar10(
     x_test_u8, y_test = _read_batch(root, TEST_BATCH)
     x_all_u8 = torch.cat([x for x, _ in train])  # (50000, 3, 32, 32)
     y_all = torch.cat([y for _, y in train])
-    train_idx, val_idx = hold_out(
-        x_all_u8.shape[0], CIFAR10_VAL_SIZE, CIFAR10_SPLIT_SEED, f"{root}/data_batch_*"
-    )
-    # Split while still uint8 (a quarter of the memory), then scale to [0, 1].
-    x_train = x_all_u8[train_idx].float().div_(255.0)
-    x_val = x_all_u8[val_idx].float().div_(255.0)
-    x_test = x_test_u8.float().div_(255.0)
-    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
-    std = x_train.std(dim=(0, 2, 3), keepdim=True)
-    logger.info("cifar10 from %s: channel means %s", root, mean.flatten().tolist())
-    return Dataset(
-        name="cifar10",
-        x_train=x_train.sub_(mean).div_(std),
-        y_train=y_all[train_idx],
-        x_val=x_val.sub_(mean).div_(std),
-        y_val=y_all[val_idx],
-        x_test=x_test.sub_(mean).div_(std),
-        y_test=y_test,
-        num_classes=NUM_CLASSES,
-        input_shape=IMAGE_SHAPE,
+    return standardized_splits(
+        "cifar10",
+        (x_all_u8, y_all),
+        (x_test_u8, y_test),
+        (CIFAR10_VAL_SIZE, CIFAR10_SPLIT_SEED),
+        f"{root}/data_batch_*",
+        NUM_CLASSES,
+        per_channel=True,
         augment=True,
     )

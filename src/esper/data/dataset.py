@@ -7,10 +7,14 @@ without importing this package; it is re-exported here for the loaders and their
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
 from esper.leyline.data import Dataset
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ChecksumMismatchError",
@@ -64,3 +68,63 @@ def hold_out(n: int, n_val: int, seed: int, source: str) -> tuple[Tensor, Tensor
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:], perm[:n_val]
+
+
+def standardized_splits(
+    name: str,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    validation: tuple[int, int],
+    source: str,
+    num_classes: int,
+    per_channel: bool,
+    augment: bool = False,
+) -> Dataset:
+    """Training, validation and test splits of uint8 images ``(N, C, H, W)``: the validation
+    images held out of the official training set (``hold_out``), everything scaled to [0, 1]
+    and standardized by the training split's mean and standard deviation (per channel, or
+    over all values).
+
+    Args:
+        name: the dataset's name.
+        train: the official training images and labels.
+        test: the test images and labels.
+        validation: ``(images held out, seed of the split)``.
+        source: where the training images came from (for messages and the log).
+        num_classes: label classes.
+        per_channel: standardize each channel by its own statistics.
+        augment: whether training batches are augmented (``Dataset.augment``).
+
+    Raises:
+        DatasetFormatError: too few training images to hold out the validation split.
+    """
+    (x_all_u8, y_all), (x_test_u8, y_test) = train, test
+    train_idx, val_idx = hold_out(x_all_u8.shape[0], *validation, source)
+    # Split while still uint8 (a quarter of the memory), then scale to [0, 1].
+    x_train = x_all_u8[train_idx].float().div_(255.0)
+    x_val = x_all_u8[val_idx].float().div_(255.0)
+    x_test = x_test_u8.float().div_(255.0)
+    if per_channel:
+        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
+        std = x_train.std(dim=(0, 2, 3), keepdim=True)
+    else:
+        mean, std = x_train.mean(), x_train.std()
+    logger.info(
+        "%s from %s: training mean %s std %s",
+        name,
+        source,
+        [round(m, 4) for m in mean.flatten().tolist()],
+        [round(s, 4) for s in std.flatten().tolist()],
+    )
+    return Dataset(
+        name=name,
+        x_train=x_train.sub_(mean).div_(std),
+        y_train=y_all[train_idx],
+        x_val=x_val.sub_(mean).div_(std),
+        y_val=y_all[val_idx],
+        x_test=x_test.sub_(mean).div_(std),
+        y_test=y_test,
+        num_classes=num_classes,
+        input_shape=tuple(x_train.shape[1:]),
+        augment=augment,
+    )

@@ -9,7 +9,6 @@ big-endian uint32 dimension sizes, then the row-major payload. Images are type 0
 from __future__ import annotations
 
 import gzip
-import logging
 import math
 import struct
 import zlib
@@ -18,11 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from esper.data.dataset import Dataset, DatasetFormatError, hold_out
+from esper.data.dataset import Dataset, DatasetFormatError, standardized_splits
 from esper.data.download import download_file
 from esper.data.locate import DatasetFiles, find_dataset_dir
-
-logger = logging.getLogger(__name__)
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # Debian's `dataset-fashion-mnist` installs the four files here. Module-level so tests can
@@ -183,26 +180,12 @@ def _read(root: Path) -> Dataset:
     """The splits from the four files in ``root``, scaled and normalized (see the loader)."""
     x_all_u8, y_all = _load_split(root / TRAIN_IMAGES, root / TRAIN_LABELS)
     x_test_u8, y_test = _load_split(root / TEST_IMAGES, root / TEST_LABELS)
-    train_idx, val_idx = hold_out(
-        x_all_u8.shape[0],
-        FASHION_MNIST_VAL_SIZE,
-        FASHION_MNIST_SPLIT_SEED,
+    return standardized_splits(
+        "fashion_mnist",
+        (x_all_u8.unsqueeze(1), y_all),  # (N, 1, 28, 28)
+        (x_test_u8.unsqueeze(1), y_test),
+        (FASHION_MNIST_VAL_SIZE, FASHION_MNIST_SPLIT_SEED),
         str(root / TRAIN_IMAGES),
-    )
-    # Split while still uint8 (a quarter of the memory), then scale: (N, 1, 28, 28) in [0, 1].
-    x_train = x_all_u8[train_idx].unsqueeze(1).float().div_(255.0)
-    x_val = x_all_u8[val_idx].unsqueeze(1).float().div_(255.0)
-    x_test = x_test_u8.unsqueeze(1).float().div_(255.0)
-    mean, std = x_train.mean(), x_train.std()
-    logger.info("fashion-mnist from %s: train mean %.4f std %.4f", root, mean, std)
-    return Dataset(
-        name="fashion_mnist",
-        x_train=x_train.sub_(mean).div_(std),
-        y_train=y_all[train_idx],
-        x_val=x_val.sub_(mean).div_(std),
-        y_val=y_all[val_idx],
-        x_test=x_test.sub_(mean).div_(std),
-        y_test=y_test,
-        num_classes=NUM_CLASSES,
-        input_shape=(1, IMAGE_SIZE, IMAGE_SIZE),
+        NUM_CLASSES,
+        per_channel=False,
     )
