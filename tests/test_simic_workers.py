@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +220,55 @@ def test_workers_give_the_in_process_rounds(
         assert all(torch.allclose(a[k], b[k], rtol=RELATIVE_TOLERANCE, atol=1e-6) for k in a)
 
 
+def test_actors_telemetry_streams_in_step_by_step(two_workers: Path) -> None:
+    """The driver re-emits an actor's telemetry at every lockstep step, not once its round is
+    over: in each round of the two-worker run, environment 1 (actor 1) has events logged before
+    environment 0 (actor 0) has its last, step by step in the same order every time."""
+    rounds: dict[int, list[int]] = {}
+    for event in _events(two_workers):
+        if "env" in event:
+            rounds.setdefault(event["episode"], []).append(event["env"])
+    assert len(rounds) == load_preset("tiny").ppo.rounds
+    for envs in rounds.values():
+        last_of_0 = len(envs) - 1 - envs[::-1].index(0)
+        assert envs.index(1) < last_of_0
+        switches = sum(a != b for a, b in pairwise(envs))
+        assert switches > 2  # interleaved step by step, not one actor's round after the other's
+
+
 def _worker_trainer(**env: Any) -> PPOTrainer:
     config = override(load_preset("tiny"), {"runtime": {"workers": 2}, "env": env}).resolved()
     config, _ = start_ray(config)  # the module's session: nothing to stop
     trainer, _ = build_trainer(config, TelemetryHub("t", []), make_synthetic())
     return trainer
+
+
+def test_actors_telemetry_arrives_while_their_round_runs(ray_session: None) -> None:
+    """The first environment events reach the driver early in the round (after the actors'
+    resets), not when the round's trajectories do."""
+    trainer = _worker_trainer(batches_per_epoch=16)  # steps long next to Ray's latency
+    vec = trainer.vec
+    assert isinstance(vec, RayVectorEnv)
+    arrivals: list[float] = []
+    span: list[float] = []
+    emit, collect = vec.emit, vec.collect
+
+    def arrived(event: Any, context: dict[str, Any]) -> None:
+        arrivals.append(time.perf_counter())
+        emit(event, context)
+
+    def timed(policy: Any) -> Any:
+        span.append(time.perf_counter())
+        trajectories = collect(policy)
+        span.append(time.perf_counter())
+        return trajectories
+
+    trainer.run_round()  # a fresh actor's first round also warms torch up
+    vec.emit, vec.collect = arrived, timed  # type: ignore[method-assign]
+    trainer.run_round()
+    started, ended = span
+    assert arrivals and arrivals[0] < started + 0.6 * (ended - started)
+    vec.close()
 
 
 def test_actors_that_keep_dying_fail_the_run_in_one_line(

@@ -19,7 +19,7 @@ in-process run groups them equals it bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -175,8 +175,12 @@ class _Episode:
         )
 
 
-def collect(vec: VectorEnv, policy: RoundPolicy, emit: Emit) -> list[Trajectory]:
-    """Run one episode in every environment of ``vec``, the policy acting for each.
+def lockstep(
+    vec: VectorEnv, policy: RoundPolicy, emit: Emit
+) -> Generator[None, None, list[Trajectory]]:
+    """Run one episode in every environment of ``vec``, the policy acting for each; a
+    generator that pauses after the reset and after every lockstep step (a Ray actor streams
+    the telemetry emitted so far at each pause) and returns the trajectories.
 
     Args:
         vec: the environments (``vec.indices``: their indices in the run).
@@ -191,6 +195,7 @@ def collect(vec: VectorEnv, policy: RoundPolicy, emit: Emit) -> list[Trajectory]
     """
     first = vec.reset()
     episodes = [_Episode(policy, i, o) for i, o in zip(vec.indices, first, strict=True)]
+    yield
     for _ in range(vec.max_steps):
         if not any(e.alive for e in episodes):
             break
@@ -198,8 +203,20 @@ def collect(vec: VectorEnv, policy: RoundPolicy, emit: Emit) -> list[Trajectory]
         for episode, result in zip(episodes, vec.step(actions), strict=True):
             if result is not None:
                 episode.record(result.observation, result.reward, result.terminated, result.done)
+        yield
     late = [e.index for e in episodes if e.alive]
     if late:
         raise RuntimeError(f"environments {late} did not end")
     infos = vec.episode_infos()
     return [e.trajectory(info) for e, info in zip(episodes, infos, strict=True)]
+
+
+def collect(vec: VectorEnv, policy: RoundPolicy, emit: Emit) -> list[Trajectory]:
+    """``lockstep`` run to its end: one trajectory per environment of ``vec``."""
+    steps = lockstep(vec, policy, emit)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            trajectories: list[Trajectory] = done.value
+            return trajectories

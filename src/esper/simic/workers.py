@@ -4,9 +4,10 @@
 (``EnvWorker``), each holding a contiguous chunk of them in an in-process ``VectorEnv``. The
 learner stays in the driver. Once per round it sends each actor the round's policy
 (``acting.RoundPolicy``: weights and the observation statistics frozen for the round); the
-actor runs its chunk's episodes, acting for them itself, and returns one ``Trajectory`` per
-environment (tensors) with the telemetry its environments and decisions emitted, which the
-driver re-emits chunk by chunk (each environment's events in their order). An actor builds
+actor runs its chunk's episodes, acting for them itself, streams the telemetry its
+environments and decisions emit after every lockstep step (a Ray generator; the driver
+re-emits step ``s`` of every actor once all have sent it, actor by actor), and ends with one
+``Trajectory`` per environment (tensors). An actor builds
 its environments exactly as ``build_trainer`` does (same seeds, same devices), and each
 environment acts from its own generator, so every environment's trajectory equals the
 in-process run's where the hosts are grouped alike.
@@ -15,7 +16,8 @@ Fault tolerance. The driver keeps each chunk's environment states from the start
 and the calls that changed them since. When an actor dies (``RayActorError``), a fresh actor is
 built, loads those states and replays the calls, its replayed telemetry discarded (it was
 emitted the first time); then the failed call is repeated: a round's episodes re-run from
-their start, identically. No transition is lost or duplicated. After ``MAX_DEATHS`` deaths in
+their start, identically, and what the actor streamed before it died is not emitted again.
+No transition is lost or duplicated. After ``MAX_DEATHS`` deaths in
 one round the run fails with ``WorkerLostError``.
 
 Ray is imported only inside this module's functions, and this module only when a run has
@@ -27,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +40,7 @@ from esper.leyline import Topology
 from esper.leyline.config import require
 from esper.leyline.events import Event
 from esper.leyline.net import unreachable
-from esper.simic.acting import RoundPolicy, Trajectory
+from esper.simic.acting import RoundPolicy, Trajectory, lockstep
 from esper.simic.build import build_envs
 from esper.simic.config import TrainingConfig
 from esper.simic.protocol import Emit
@@ -120,9 +122,18 @@ class EnvWorker:
         """This actor's process id."""
         return os.getpid()
 
-    def collect(self, policy: RoundPolicy) -> tuple[list[Trajectory], Emitted]:
-        """``VectorEnv.collect`` of the chunk: a round of its environments."""
-        return self._out(self.vec.collect(policy))
+    def collect(self, policy: RoundPolicy) -> Iterator[tuple[list[Trajectory] | None, Emitted]]:
+        """A round of the chunk's environments (``acting.lockstep``), streamed: after the reset
+        and after every step, ``None`` and the telemetry emitted since; last, the trajectories
+        and the rest."""
+        steps = lockstep(self.vec, policy, self._emit)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                yield self._out(done.value)
+                return
+            yield self._out(None)
 
     def state_dicts(self) -> tuple[list[dict[str, Any]], Emitted]:
         """``VectorEnv.state_dicts`` of the chunk."""
@@ -148,7 +159,7 @@ class RayVectorEnv:
         config: the resolved training configuration, with ``runtime.workers`` and ``env.threads``
             set.
         emit: where the actors' telemetry (their environments' events and the policy's
-            decisions) is re-emitted, actor by actor.
+            decisions) is re-emitted, step by step and actor by actor.
 
     Attributes:
         topology: the environments' shared host kind.
@@ -233,7 +244,9 @@ class RayVectorEnv:
             self._workers[k] = self._new_worker(k)
             try:
                 for method, args in self._log[k]:
-                    ray.get(getattr(self._workers[k], method).remote(*args))
+                    call = getattr(self._workers[k], method).remote(*args)
+                    for ref in call if isinstance(call, ray.ObjectRefGenerator) else [call]:
+                        ray.get(ref)
                 return
             except ray.exceptions.RayActorError as again:
                 error = again
@@ -258,8 +271,47 @@ class RayVectorEnv:
         states = self._call("state_dicts", [()] * len(self.chunks), log=False)
         self._log = [[("build", ()), ("load_state_dicts", (s,))] for s in states]
         frozen = self._ray.put(policy)  # one copy for every actor, and for any replay
-        chunks = self._call("collect", [(frozen,)] * len(self.chunks))
+        chunks = self._stream_round(frozen)
+        for log in self._log:
+            log.append(("collect", (frozen,)))
         return [t for chunk in chunks for t in chunk]
+
+    def _stream_round(self, policy: Any) -> list[list[Trajectory]]:
+        """Every actor's ``collect`` at once, its telemetry re-emitted as it streams in: the
+        telemetry of lockstep step ``s`` once every actor has sent its step ``s`` (or finished),
+        actor by actor, so the log's order does not depend on timing. A dead actor is revived
+        and runs its round again from the start; what it sends again is not emitted twice."""
+        ray = self._ray
+        streams = {k: w.collect.remote(policy) for k, w in enumerate(self._workers)}
+        received: list[list[Emitted]] = [[] for _ in self._workers]  # per actor, per pause
+        repeated = [0] * len(self._workers)  # pauses the current attempt has sent
+        done: dict[int, list[Trajectory]] = {}
+        emitted = 0  # pauses whose telemetry went out
+        while streams:
+            [ready], _ = ray.wait(list(streams.values()), num_returns=1)
+            k = next(k for k, stream in streams.items() if stream is ready)
+            try:
+                value, events = ray.get(next(ready))
+            except ray.exceptions.RayTaskError as err:  # the environment's own error,
+                raise err.cause from err  # as itself (the remote traceback as its cause)
+            except ray.exceptions.RayActorError as err:
+                self._revive(k, err)
+                streams[k], repeated[k] = self._workers[k].collect.remote(policy), 0
+                continue
+            repeated[k] += 1
+            if repeated[k] > len(received[k]):  # not sent by an earlier attempt
+                received[k].append(events)
+            if value is not None:
+                done[k] = value
+                del streams[k]
+            while all(len(r) > emitted or j in done for j, r in enumerate(received)):
+                if all(len(r) <= emitted for r in received):
+                    break
+                for r in received:
+                    for event, context in r[emitted] if len(r) > emitted else ():
+                        self.emit(event, context)
+                emitted += 1
+        return [done[k] for k in range(len(self._workers))]
 
     def state_dicts(self) -> list[dict[str, Any]]:
         """Each environment's state (taken between rounds)."""
