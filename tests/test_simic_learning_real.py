@@ -1,4 +1,4 @@
-"""PPO learns to grow on a real task (slow lane, about 25 minutes on 2 cores).
+"""PPO learns to grow on a real task (slow lane, 12-25 minutes on 2 cores).
 
 ``esper ppo --preset digits`` (the reward A/B's winning arm, ``studies/reward_ab.toml``;
 ``test_simic_config`` checks the two agree), trained on seeds 100, 101 and 102 (environments

@@ -170,7 +170,7 @@ class TrainingConfig:
         ppo: the learner.
         reward: the reward and its weights.
         runtime: seed, devices, AMP, Ray workers.
-        telemetry: telemetry level and TensorBoard.
+        telemetry: telemetry level, TensorBoard and MLflow.
     """
 
     # ``env`` and ``runtime`` flags go without their group's prefix (``--task``, ``--seed``).

@@ -114,11 +114,14 @@ class PPOTrainer:
     """Trains a policy on a set of environments with PPO.
 
     Args:
-        vec: the environments, stepped together (``VectorEnv``, or Ray workers); the policy
-            lives on ``device``.
-        device: where the policy acts and learns.
+        vec: the environments, each round run by ``vec.collect`` (``VectorEnv``, or Ray
+            workers).
+        device: where the policy learns, and acts when the environments run in this process
+            (Ray actors act with their own copy).
         config: the training configuration (its ``env`` group is the environments' business).
-        emit: where PPO updates, episode ends, decisions and anomalies go.
+        emit: where PPO updates, episode ends, ratio explosions, anomalies and per-head
+            statistics go (the policy's decisions go out where it acts, through the
+            environments' emit).
         set_level: told the telemetry level at the start of every round and on an anomaly
             (``config.telemetry.level``, DEBUG while an escalation lasts).
     """

@@ -82,8 +82,9 @@ def chunks(n_envs: int, workers: int) -> list[range]:
 
 
 class EnvWorker:
-    """One Ray actor's chunk of environments (run remotely; every method returns its value and
-    the telemetry emitted since the last call).
+    """One Ray actor's chunk of environments (run remotely; every method returns its value with
+    the telemetry emitted since the last call; ``collect`` streams them, one pair per lockstep
+    step, the trajectories last).
 
     Args:
         config: the run's resolved configuration (``env.threads``: this actor's torch threads).
