@@ -61,11 +61,15 @@ class RoundPolicy:
     slot_telemetry: bool
     decisions: bool
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy acts: its parameters' device."""
+        return self.network.value_head.weight.device
+
     def generator(self, env: int) -> torch.Generator:
         """Environment ``env``'s sampling generator for this round, on the policy's device."""
-        device = self.network.value_head.weight.device
         seed = stream_seed("acting", self.seed, self.round, env)
-        return torch.Generator(device=device).manual_seed(seed)
+        return torch.Generator(device=self.device).manual_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class _Episode:
 
     def __init__(self, policy: RoundPolicy, index: int, observation: Observation) -> None:
         self.policy, self.index, self.observation = policy, index, observation
-        self.device = policy.network.value_head.weight.device
+        self.device = policy.device
         self.state: LSTMState = policy.network.initial_state(1, self.device)
         self.generator = policy.generator(index)
         self.steps: list[tuple[Tensor, Tensor, ActionMasks, Tensor, Tensor, Tensor]] = []

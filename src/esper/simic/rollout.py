@@ -156,9 +156,7 @@ def rollout_batch(
     time = torch.arange(steps)[None]
     valid, last = time < lengths, time == lengths - 1
     ended_terminated = torch.tensor([t.terminated for t in trajectories])[:, None]
-    rewards = torch.stack(
-        [torch.cat([t.rewards / scale, t.rewards.new_zeros(steps - len(t))]) for t in trajectories]
-    ).float()
+    rewards = torch.where(valid, stacked("rewards") / scale, 0.0).float()
     values = torch.where(valid, stacked("values"), 0.0)
     bootstrap = torch.tensor([t.bootstrap for t in trajectories])[:, None]
     episode_end = last | ~valid
