@@ -99,3 +99,32 @@ def test_augmented_batches_across_passes_do_not_synchronise() -> None:
     for (xb, yb), (xc, yc) in zip(batches, expected, strict=True):
         torch.testing.assert_close(xb.cpu(), xc)  # the same batches as on the CPU
         assert torch.equal(yb.cpu(), yc)
+
+
+def test_policy_step_on_cuda_synchronises_only_to_copy_its_choice() -> None:
+    """An acting step on the GPU runs under torch's sync-debug "error" mode; its choices are
+    the CPU's (greedy, the same weights) and valid."""
+    import random
+
+    from esper.tamiyo import ActionMasks, encode_observation
+    from test_tamiyo_policy import SPACE, check_valid, random_obs, randomized_network
+
+    rng = random.Random(11)
+    observations = [random_obs(rng) for _ in range(16)]
+    masks = ActionMasks.stack([SPACE.masks(o) for o in observations])
+    x = torch.stack([encode_observation(o, True) for o in observations])
+    net = randomized_network(seed=1)
+    with torch.no_grad():
+        expected = net.act(x, masks, net.initial_state(16), deterministic=True).actions
+        gpu, gpu_masks, gpu_x = net.cuda(), masks.to(torch.device("cuda")), x.cuda()
+        state = gpu.initial_state(16, torch.device("cuda"))
+        gpu.act(gpu_x, gpu_masks, state)  # CUDA's lazy set-up happens outside the checked part
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            greedy = gpu.act(gpu_x, gpu_masks, state, deterministic=True)
+            sampled = gpu.act(gpu_x, gpu_masks, state, generator=None)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(greedy.actions.cpu(), expected)
+    check_valid(sampled.actions.cpu(), masks)

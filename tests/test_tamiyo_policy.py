@@ -149,6 +149,27 @@ def test_all_false_rows_raise() -> None:
         MaskedCategorical(torch.zeros(3, 2), mask.float())
 
 
+def test_an_acting_step_reads_nothing_back_from_its_device() -> None:
+    """On an accelerator every read of a tensor's value makes the host wait for the device.
+    Meta tensors have no values, so any such read (``bool``, ``.item()``, ``.tolist()``,
+    ``nonzero``) raises: a step that runs on them reads nothing back, the mask check included
+    (it asserts on the device there, and on the CPU still raises at once)."""
+    rng = random.Random(11)
+    observations = [random_obs(rng) for _ in range(8)]
+    masks = ActionMasks.stack([SPACE.masks(o) for o in observations])
+    x = torch.stack([encode_observation(o, True) for o in observations])
+    net = randomized_network(seed=1)
+    meta = net.to("meta")
+    with torch.no_grad():
+        for deterministic in (False, True):
+            step = meta.act(x.to("meta"), masks.to("meta"), meta.initial_state(8), deterministic)
+            assert step.actions.shape == (8, 5) and step.value.shape == (8,)
+    empty = torch.zeros(3, 2, dtype=torch.bool)
+    MaskedCategorical(torch.zeros(3, 2, device="meta"), empty.to("meta"))  # checked on-device
+    with pytest.raises(ValueError, match="3 of 3 mask rows"):
+        MaskedCategorical(torch.zeros(3, 2), empty)
+
+
 def test_log_prob_probs_and_entropy_against_numpy() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0, 7.0], [0.0, 0.0, 0.0, 0.0], [4.0, -3.0, 2.0, 1.0]])
     mask = torch.tensor(

@@ -21,6 +21,28 @@ softmax over an all-masked row into NaN and ``torch.finfo(dtype).min`` would ove
 as soon as anything is subtracted from it; exp(-1e4) is 0 in every float format."""
 
 
+def require_choices(empty: Tensor) -> None:
+    """Raise if any row of ``empty`` (``(…)`` bool, True for a mask row with no valid choice)
+    is True.
+
+    On the CPU this is a ValueError that counts the rows and names the first. On an accelerator
+    reading the flag would make the host wait for the device at every head of every step, so the
+    device asserts instead, asynchronously: the error (a RuntimeError) surfaces at the next
+    synchronisation, which in acting is the copy of the step's choice.
+    """
+    if empty.device.type != "cpu":
+        torch._assert_async(
+            ~empty.any(), "a mask row has no valid choice; every row needs at least one True"
+        )
+        return
+    if bool(empty.any()):
+        rows = empty.nonzero().tolist()
+        raise ValueError(
+            f"{len(rows)} of {empty.numel()} mask rows have no valid choice "
+            f"(first at batch index {tuple(rows[0])}); every row needs at least one True"
+        )
+
+
 class MaskedCategorical:
     """Categorical distribution restricted to ``mask``.
 
@@ -35,7 +57,8 @@ class MaskedCategorical:
 
     Raises:
         ValueError: if shapes differ, the mask is not bool, or any row has no valid choice
-            (the message counts those rows and names the first).
+            (the message counts those rows and names the first; on an accelerator that last
+            check is asynchronous, see ``require_choices``).
     """
 
     def __init__(self, logits: Tensor, mask: Tensor) -> None:
@@ -48,13 +71,7 @@ class MaskedCategorical:
         if logits.dim() == 0:
             raise ValueError("logits need at least one dimension (the choices)")
         n_valid = mask.sum(dim=-1)  # (…)
-        empty = n_valid == 0
-        if bool(empty.any()):
-            rows = empty.nonzero().tolist()
-            raise ValueError(
-                f"{len(rows)} of {empty.numel()} mask rows have no valid choice "
-                f"(first at batch index {tuple(rows[0])}); every row needs at least one True"
-            )
+        require_choices(n_valid == 0)
         self.mask = mask
         self.logits = logits.masked_fill(~mask, MASK_VALUE)
         compute = torch.promote_types(logits.dtype, torch.float32)

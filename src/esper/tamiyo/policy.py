@@ -234,9 +234,13 @@ class PolicyNetwork(nn.Module):
             )
         steps = obs.shape[1]
         x = self.encoder(obs)  # (B, T, hidden)
-        # Segments start at t = 0 and at every later step where some sequence restarts.
-        restarts = episode_start[:, 1:].any(dim=0).nonzero().flatten() + 1
-        bounds = [0, *restarts.tolist(), steps]
+        # Segments start at t = 0 and at every later step where some sequence restarts. Finding
+        # them reads the flags back, which would make an accelerator's acting step (T = 1, one
+        # segment) wait for the device: only longer sequences (the update) look.
+        bounds = [0, steps]
+        if steps > 1:
+            restarts = episode_start[:, 1:].any(dim=0).nonzero().flatten() + 1
+            bounds[1:1] = restarts.tolist()
         outputs = []
         for start, stop in pairwise(bounds):
             state = reset_state(state, episode_start[:, start])
