@@ -26,12 +26,26 @@ def test_round_robin_over_two_gpus_and_the_printed_map(monkeypatch) -> None:
 
 def test_unavailable_or_malformed_devices_are_named(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match=r"'cuda:3'; available: cpu, cuda:0"):
+    with pytest.raises(ValueError, match=r"'cuda:3'; available: cpu, cuda, cuda:0"):
         parse_device("cuda:3")
     with pytest.raises(ValueError, match=r"'gpu0'"):
         parse_device("gpu0")
     with pytest.raises(ValueError, match="distinct"):
         assign_devices(2, ["cpu", "cpu"])
+    with pytest.raises(ValueError, match="distinct"):  # the same GPU by two names
+        assign_devices(2, ["cuda", "cuda:0"])
+
+
+def test_cuda_is_the_first_visible_gpu(monkeypatch) -> None:
+    """A Ray actor's GPU is the only one it sees: ``cuda`` names it wherever Ray put it."""
+    assert parse_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"'cuda'; available: cpu$"):
+        parse_device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"'cuda:2'; available: cpu, cuda, cuda:0, cuda:1$"):
+        parse_device("cuda:2")
 
 
 def _tiny(devices: list[str], amp: bool = False) -> TrainingConfig:

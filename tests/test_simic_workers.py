@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,13 @@ from esper.simic.build import build_envs, build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.training import PPOTrainer
 from esper.simic.vector import VectorEnv
-from esper.simic.workers import RayVectorEnv, WorkerLostError, chunks, start_ray
+from esper.simic.workers import (
+    RayVectorEnv,
+    WorkerLostError,
+    actor_resources,
+    chunks,
+    start_ray,
+)
 from esper.study.run import ppo_state
 
 TINY = ["ppo", "--preset", "tiny"]
@@ -140,7 +146,12 @@ def test_workers_and_ray_address_are_settings(tmp_path: Path) -> None:
         (["--workers", "1", "--ray-address", "head"], "runtime.ray_address must be HOST:PORT"),
         (
             ["--workers", "1", "--devices", "cuda:0"],
-            "runtime.devices must be ['cpu'] with workers, got ['cuda:0']",
+            "runtime.devices must be ['cpu'] or ['cuda'] with workers (cuda: each actor gets a "
+            "GPU of its own from Ray), got ['cuda:0']",
+        ),
+        (
+            ["--workers", "1", "--devices", "cpu,cuda"],
+            "runtime.devices must be ['cpu'] or ['cuda'] with workers",
         ),
     ],
 )
@@ -202,7 +213,7 @@ def test_workers_give_the_in_process_rounds(
     if n_workers == 1:
         run = tmp_path / "run"
         assert main([*TINY, "--workers", "1", "--out", str(run)]) == 0
-        printed = "Ray workers (torch threads each: 1):\nworker 0: envs 0, 1\n"
+        printed = "learner: cpu\nRay workers (torch threads each: 1):\nworker 0: envs 0, 1\n"
         assert printed in capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     assert config["runtime"]["workers"] == n_workers and config["env"]["threads"] == 1
@@ -403,6 +414,26 @@ def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
     assert envs == [e for e in _events(two_workers) if "env" in e]
 
 
+def test_an_actor_reserves_a_gpu_only_for_cuda() -> None:
+    config = load_preset("tiny")
+    with pytest.raises(ValueError, match="threads must be set"):
+        actor_resources(config)
+    cpu = replace(config, env=replace(config.env, threads=2))
+    assert actor_resources(cpu) == {"num_cpus": 2, "num_gpus": 0}
+    cuda = replace(cpu, runtime=replace(cpu.runtime, devices=("cuda",), workers=2))
+    assert actor_resources(cuda) == {"num_cpus": 2, "num_gpus": 1}
+
+
+def test_more_gpu_workers_than_gpus_are_refused(ray_session: None, tmp_path, capsys) -> None:
+    """This module's Ray has no GPU: one GPU actor would wait for one forever."""
+    out = tmp_path / "run"
+    assert main([*TINY, "--workers", "2", "--devices", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = "needs 2 GPUs (one per actor), but Ray has 0 here; use --devices cpu"
+    assert len(err) == 1 and expected in err[0]
+    assert not out.exists() and ray.is_initialized()  # the module's session is left running
+
+
 def test_threads_beyond_the_cluster_cpus_are_refused(ray_session: None, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main([*TINY, "--workers", "2", "--threads", "2", "--out", str(out)]) == 2
@@ -456,3 +487,16 @@ def test_a_two_node_cluster_on_loopback(tmp_path: Path) -> None:
         "workers": 2,
         "ray_address": address,
     }
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_worker_gives_the_in_process_gpu_rounds(tmp_path: Path, capsys) -> None:
+    """``--devices cuda`` with a worker: the actor reserves the GPU Ray gives it and its
+    environments run there; the rounds are the in-process GPU run's (to CUDA's rounding: its
+    convolution kernels need not sum in one order)."""
+    alone, worker = tmp_path / "alone", tmp_path / "worker"
+    assert main([*TINY, "--threads", "1", "--devices", "cuda:0", "--out", str(alone)]) == 0
+    assert main([*TINY, "--workers", "1", "--devices", "cuda", "--out", str(worker)]) == 0
+    assert "worker 0: envs 0, 1 on GPU " in capsys.readouterr().err
+    assert _close(_rows(worker), _rows(alone))

@@ -116,8 +116,10 @@ class RuntimeSettings:
 
     Attributes:
         seed: run seed; environment i uses seed + i for its host and data order.
-        devices: devices environments are mapped to round-robin (cpu, cuda:0, …); only
-            ``cpu`` with ``workers``.
+        devices: devices environments are mapped to round-robin (cpu, cuda, cuda:0, …; cuda is
+            cuda:0). With ``workers``: ``cpu``, or ``cuda`` for one GPU per actor (each actor
+            reserves a GPU from Ray, its only visible one; the learner uses this process's
+            cuda:0), so several GPUs step at once.
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
         workers: run the environments on this many Ray actors, each running a contiguous
             chunk of them (None: all in this process, Ray is not used). The learner stays in
@@ -144,12 +146,12 @@ class RuntimeSettings:
         )
         if self.workers is not None:
             check_int("runtime.workers", self.workers, 1, MAX_ENVS)
-            # Ray hides the GPUs from actors that reserve none, and the actors reserve CPUs only
+            # Ray hides the GPUs from an actor that reserves none and picks the one it reserves,
+            # so an actor cannot be sent to a named device: with cuda, each reserves one
             require(
-                all(d == "cpu" for d in self.devices),
-                f"runtime.workers runs the environments on CPU actors: runtime.devices must be "
-                f"['cpu'] with workers, got {list(self.devices)} (drop --workers to train on "
-                "GPUs in this process)",
+                tuple(self.devices) in (("cpu",), ("cuda",)),
+                f"runtime.devices must be ['cpu'] or ['cuda'] with workers (cuda: each actor "
+                f"gets a GPU of its own from Ray), got {list(self.devices)}",
             )
         if self.ray_address is not None:
             address = self.ray_address

@@ -25,15 +25,18 @@ from esper.tolaria.episode import Episode
 
 
 def parse_device(name: str) -> torch.device:
-    """A device name from the command line: ``cpu`` or ``cuda:N``, checked to exist.
+    """A device name from the command line: ``cpu``, ``cuda`` (the first visible GPU, which is
+    a Ray actor's own) or ``cuda:N``, checked to exist.
 
     Raises:
         ValueError: naming the bad device and the available ones.
     """
     n_cuda = torch.cuda.device_count()
-    available = ["cpu", *(f"cuda:{i}" for i in range(n_cuda))]
+    available = ["cpu", *(["cuda"] if n_cuda else []), *(f"cuda:{i}" for i in range(n_cuda))]
     if name == "cpu":
         return torch.device("cpu")
+    if name == "cuda" and n_cuda:
+        return torch.device("cuda", 0)
     prefix = "cuda:"
     if name.startswith(prefix) and name[len(prefix) :].isdigit():
         index = int(name[len(prefix) :])
@@ -48,8 +51,8 @@ def assign_devices(n_envs: int, devices: Sequence[str]) -> tuple[torch.device, .
     Raises:
         ValueError: for an unavailable device or a device named twice.
     """
-    require(len(set(devices)) == len(devices), f"devices must be distinct, got {list(devices)}")
     parsed = [parse_device(d) for d in devices]
+    require(len(set(parsed)) == len(parsed), f"devices must be distinct, got {list(devices)}")
     return tuple(parsed[i % len(parsed)] for i in range(n_envs))
 
 

@@ -102,12 +102,14 @@ class EnvWorker:
         emitted, self.emitted = self.emitted, []
         return value, emitted
 
-    def build(self) -> tuple[tuple[Topology, int], Emitted]:
+    def build(self) -> tuple[tuple[Topology, int, list[str]], Emitted]:
         """Load the task's data and build the chunk's environments, as ``build_trainer`` does.
 
         Returns:
-            (topology, longest episode) and the telemetry.
+            (topology, longest episode, the GPUs Ray gave this actor) and the telemetry.
         """
+        import ray
+
         config, training = self.config, self.config.env
         require(training.threads is not None, "a worker needs env.threads set")
         assert training.threads is not None
@@ -117,7 +119,8 @@ class EnvWorker:
             task.dataset, training.data_dir, download=training.download, progress=False
         )
         self.vec = build_envs(config, data, self._emit, self.indices)
-        return self._out((self.vec.topology, self.vec.max_steps))
+        gpus = [str(g) for g in ray.get_gpu_ids()]
+        return self._out((self.vec.topology, self.vec.max_steps, gpus))
 
     def pid(self) -> int:
         """This actor's process id."""
@@ -154,7 +157,8 @@ class RayVectorEnv:
     """``ppo.n_envs`` environments on ``runtime.workers`` Ray actors (implements ``EnvVector``).
 
     Ray must be running (``start_ray``). Each actor requests ``env.threads`` CPUs from Ray and
-    runs its environments with that many torch threads.
+    runs its environments with that many torch threads; with ``runtime.devices`` ``['cuda']``
+    it also requests one GPU, where its environments run (``actor_resources``).
 
     Args:
         config: the resolved training configuration, with ``runtime.workers`` and ``env.threads``
@@ -180,13 +184,14 @@ class RayVectorEnv:
         assert workers is not None and threads is not None
         self._ray, self.emit, self.config = ray, emit, config
         self.chunks = chunks(config.ppo.n_envs, workers)
-        self._actor = ray.remote(EnvWorker).options(num_cpus=threads, max_restarts=0)
+        self._actor = ray.remote(EnvWorker).options(**actor_resources(config), max_restarts=0)
         self._workers: list[Any] = [self._new_worker(k) for k in range(workers)]
         self._log: list[list[Call]] = [[] for _ in self.chunks]  # replays each actor's state
         self._deaths = 0  # this round's
         described = self._call("build", [()] * workers)
         self.topology: Topology = described[0][0]
-        self.max_steps = max(steps for _, steps in described)
+        self.max_steps = max(steps for _, steps, _ in described)
+        self.gpus: list[list[str]] = [gpus for _, _, gpus in described]
 
     def __len__(self) -> int:
         return self.config.ppo.n_envs
@@ -256,7 +261,10 @@ class RayVectorEnv:
         """Each actor's environments, a line each, under its thread count (``esper ppo`` prints
         it)."""
         threads = self.config.env.threads
-        lines = [f"worker {k}: envs {', '.join(map(str, r))}" for k, r in enumerate(self.chunks)]
+        lines = [
+            f"worker {k}: envs {', '.join(map(str, r))}" + (f" on GPU {', '.join(g)}" if g else "")
+            for k, (r, g) in enumerate(zip(self.chunks, self.gpus, strict=True))
+        ]
         return f"Ray workers (torch threads each: {threads}):\n" + "\n".join(lines)
 
     def pids(self) -> list[int]:
@@ -340,6 +348,15 @@ class RayVectorEnv:
 # ------------------------------------------------------------------------------ Ray itself
 
 
+def actor_resources(config: TrainingConfig) -> dict[str, int]:
+    """What one ``EnvWorker`` reserves from Ray: ``env.threads`` CPUs, and one GPU when the
+    environments run on ``cuda`` (Ray then makes that GPU the only one the actor sees)."""
+    threads = config.env.threads
+    require(threads is not None, "an actor's threads must be set (start_ray sets them)")
+    assert threads is not None
+    return {"num_cpus": threads, "num_gpus": int(tuple(config.runtime.devices) == ("cuda",))}
+
+
 def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None]]:
     """Start a local Ray instance sized for ``runtime.workers`` actors, or join the cluster at
     ``runtime.ray_address``; a Ray session this process already runs is used as it is.
@@ -350,8 +367,8 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
         stops Ray again (it leaves a session this call did not start running).
 
     Raises:
-        ValueError: one line: the cluster cannot be reached or joined, or the workers' threads
-            do not fit the cores.
+        ValueError: one line: the cluster cannot be reached or joined, the workers' threads
+            do not fit the cores, or (with ``--devices cuda``) Ray has fewer GPUs than workers.
     """
     import ray
 
@@ -372,7 +389,17 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
         except ValueError:
             stop()
             raise
-    return replace(config, env=replace(config.env, threads=threads)), stop
+    config = replace(config, env=replace(config.env, threads=threads))
+    gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
+    wanted = actor_resources(config)["num_gpus"] * workers
+    if wanted > gpus:
+        stop()
+        fix = f"use at most {gpus} workers" if gpus else "use --devices cpu"
+        raise ValueError(
+            f"--devices cuda with {workers} workers needs {wanted} GPUs (one per actor), but "
+            f"Ray has {gpus} here; {fix}"
+        )
+    return config, stop
 
 
 def join_ray(

@@ -55,11 +55,11 @@ class PPORunner:
             self._restore(self.recorder.state())
 
     def describe(self) -> str:
-        """Where the environments run: the device map, and the Ray workers if any."""
-        text = f"device map:\n{describe_device_map(self.devices)}"
+        """Where the environments run: the device map, or the learner's device and the Ray
+        workers."""
         if isinstance(self.trainer.vec, RayVectorEnv):
-            text += "\n" + self.trainer.vec.describe()
-        return text
+            return f"learner: {self.devices[0]}\n{self.trainer.vec.describe()}"
+        return f"device map:\n{describe_device_map(self.devices)}"
 
     def _meta(self, run_id: str) -> record.RunMeta:
         seed = self.config.runtime.seed
