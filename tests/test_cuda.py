@@ -102,10 +102,11 @@ def test_augmented_batches_across_passes_do_not_synchronise() -> None:
 
 
 def test_policy_step_on_cuda_synchronises_only_to_copy_its_choice() -> None:
-    """An acting step on the GPU runs under torch's sync-debug "error" mode; its choices are
-    the CPU's (greedy, the same weights) and valid."""
+    """An acting step on the GPU, its inputs' copy included, runs under torch's sync-debug
+    "error" mode; its choices are the CPU's (greedy, the same weights) and valid."""
     import random
 
+    from esper.simic.acting import to_device
     from esper.tamiyo import ActionMasks, encode_observation
     from test_tamiyo_policy import SPACE, check_valid, random_obs, randomized_network
 
@@ -116,14 +117,14 @@ def test_policy_step_on_cuda_synchronises_only_to_copy_its_choice() -> None:
     net = randomized_network(seed=1)
     with torch.no_grad():
         expected = net.act(x, masks, net.initial_state(16), deterministic=True).actions
-        gpu, gpu_masks, gpu_x = net.cuda(), masks.to(torch.device("cuda")), x.cuda()
-        state = gpu.initial_state(16, torch.device("cuda"))
-        gpu.act(gpu_x, gpu_masks, state)  # CUDA's lazy set-up happens outside the checked part
+        gpu, cuda = net.cuda(), torch.device("cuda")
+        state = gpu.initial_state(16, cuda)
+        gpu.act(*to_device(x, masks, cuda), state)  # lazy set-up happens outside the checked part
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            greedy = gpu.act(gpu_x, gpu_masks, state, deterministic=True)
-            sampled = gpu.act(gpu_x, gpu_masks, state, generator=None)
+            greedy = gpu.act(*to_device(x, masks, cuda), state, deterministic=True)
+            sampled = gpu.act(*to_device(x, masks, cuda), state, generator=None)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(greedy.actions.cpu(), expected)

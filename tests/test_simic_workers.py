@@ -424,8 +424,12 @@ def test_an_actor_reserves_a_gpu_only_for_cuda() -> None:
     assert actor_resources(cuda) == {"num_cpus": 2, "num_gpus": 1}
 
 
-def test_more_gpu_workers_than_gpus_are_refused(ray_session: None, tmp_path, capsys) -> None:
-    """This module's Ray has no GPU: one GPU actor would wait for one forever."""
+def test_more_gpu_workers_than_gpus_are_refused(
+    ray_session: None, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray without GPUs (this machine's; on a GPU machine Ray is told it has none): one GPU
+    actor would wait for one forever."""
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     out = tmp_path / "run"
     assert main([*TINY, "--workers", "2", "--devices", "cuda", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

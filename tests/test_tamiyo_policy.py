@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
 from conftest import seed_report
 from esper.kasmina import blueprint_registry
 from esper.leyline import Observation, Op, SeedStage, SeedStateReport, Topology, TrainingSignals
+from esper.simic.acting import pack_inputs, to_device, unpack_inputs
 from esper.tamiyo import (
     HEADS,
     MASK_VALUE,
@@ -149,11 +151,29 @@ def test_all_false_rows_raise() -> None:
         MaskedCategorical(torch.zeros(3, 2), mask.float())
 
 
+class HostToDevice(TorchDispatchMode):
+    """Counts copies from the CPU to another device (each a wait for a GPU unless pinned and
+    non-blocking)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default:
+            self.copies += args[0].device.type == "cpu" and out.device.type != "cpu"
+        elif func is torch.ops.aten.copy_.default:
+            self.copies += args[1].device.type == "cpu" and args[0].device.type != "cpu"
+        return out
+
+
 def test_an_acting_step_reads_nothing_back_from_its_device() -> None:
     """On an accelerator every read of a tensor's value makes the host wait for the device.
     Meta tensors have no values, so any such read (``bool``, ``.item()``, ``.tolist()``,
     ``nonzero``) raises: a step that runs on them reads nothing back, the mask check included
-    (it asserts on the device there, and on the CPU still raises at once)."""
+    (it asserts on the device there, and on the CPU still raises at once). Nor does it copy
+    anything from the host; its inputs go over in one copy."""
     rng = random.Random(11)
     observations = [random_obs(rng) for _ in range(8)]
     masks = ActionMasks.stack([SPACE.masks(o) for o in observations])
@@ -161,13 +181,28 @@ def test_an_acting_step_reads_nothing_back_from_its_device() -> None:
     net = randomized_network(seed=1)
     meta = net.to("meta")
     with torch.no_grad():
+        meta.act(x.to("meta"), masks.to("meta"), meta.initial_state(8))  # once-per-device set-up
         for deterministic in (False, True):
-            step = meta.act(x.to("meta"), masks.to("meta"), meta.initial_state(8), deterministic)
+            with HostToDevice() as transfers:
+                moved_x, moved_masks = to_device(x, masks, torch.device("meta"))
+            assert transfers.copies == 1
+            with HostToDevice() as transfers:
+                step = meta.act(moved_x, moved_masks, meta.initial_state(8), deterministic)
+            assert transfers.copies == 0
             assert step.actions.shape == (8, 5) and step.value.shape == (8,)
-    empty = torch.zeros(3, 2, dtype=torch.bool)
-    MaskedCategorical(torch.zeros(3, 2, device="meta"), empty.to("meta"))  # checked on-device
-    with pytest.raises(ValueError, match="3 of 3 mask rows"):
-        MaskedCategorical(torch.zeros(3, 2), empty)
+
+
+def test_inputs_reach_the_device_as_they_were() -> None:
+    rng = random.Random(3)
+    observations = [random_obs(rng) for _ in range(4)]
+    masks = ActionMasks.stack([SPACE.masks(o) for o in observations])
+    x = torch.stack([encode_observation(o, True) for o in observations]).double()
+    back_x, back = unpack_inputs(pack_inputs(x, masks), x, masks)
+    assert back_x.dtype == torch.float64 and torch.equal(back_x, x)
+    assert all(torch.equal(getattr(back, f.name), getattr(masks, f.name)) for f in fields(masks))
+    moved_x, moved = to_device(x, masks, torch.device("meta"))
+    assert moved_x.shape == x.shape and moved.slot.shape == masks.slot.shape
+    assert to_device(x, masks, torch.device("cpu")) == (x, masks)  # the CPU: nothing moves
 
 
 def test_log_prob_probs_and_entropy_against_numpy() -> None:

@@ -129,7 +129,9 @@ class EnvWorker:
     def collect(self, policy: RoundPolicy) -> Iterator[tuple[list[Trajectory] | None, Emitted]]:
         """A round of the chunk's environments (``acting.lockstep``), streamed: after the reset
         and after every step, ``None`` and the telemetry emitted since; last, the trajectories
-        and the rest."""
+        and the rest. The policy acts on the chunk's device, whichever device the learner's
+        copy came from."""
+        policy.network.to(self.vec.devices[0])  # this call's own unpickled copy
         steps = lockstep(self.vec, policy, self._emit)
         while True:
             try:

@@ -22,6 +22,7 @@ Masks come from the seed reports alone and Leyline's lifecycle tables (DESIGN §
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
@@ -58,7 +59,14 @@ def head_relevance(op_index: Tensor) -> Tensor:
     Returns:
         ``(…, 5)`` bool on ``op_index``'s device, in ``HEADS`` order.
     """
-    return _RELEVANCE.to(op_index.device)[op_index]
+    return _relevance_on(op_index.device)[op_index]
+
+
+@functools.cache
+def _relevance_on(device: torch.device) -> Tensor:
+    """``_RELEVANCE`` on ``device``, copied there once: a copy per acting step would make the
+    host wait for a GPU at every step."""
+    return _RELEVANCE.to(device)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,11 @@ def require_choices(empty: Tensor) -> None:
     On the CPU this is a ValueError that counts the rows and names the first. On an accelerator
     reading the flag would make the host wait for the device at every head of every step, so the
     device asserts instead, asynchronously: the error (a RuntimeError) surfaces at the next
-    synchronisation, which in acting is the copy of the step's choice.
+    synchronisation, which in acting is the copy of the step's choice, and on CUDA it is a
+    device-side assert, after which the process can use the GPU no more. The masks of
+    ``ActionSpace`` never have such a row where it counts (WAIT is always valid, and the rows of
+    the other heads are relaxed where the chosen op does not read them), so this is the check
+    of an invariant, not of input.
     """
     if empty.device.type != "cpu":
         torch._assert_async(
