@@ -41,6 +41,7 @@ from esper.nissa.knowledge import (
     SCHEMA_VERSION,
     KnowledgeStore,
     KnowledgeStoreError,
+    KnowledgeStoreMissing,
     KnowledgeURLError,
     default_url,
     outcomes_for,
@@ -521,6 +522,33 @@ def test_cli_show_an_empty_store(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist: no run has recorded seed outcomes"):
         _knowledge("reset", "--yes", "--knowledge", missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_reading_a_store_that_does_not_exist_creates_nothing(url: str) -> None:
+    """No SQLite file, or a server database without Esper's tables: readers see it empty, a
+    reset refuses it, and neither creates a file or a table; an import then creates it."""
+    if url.startswith("sqlite"):
+
+        def tables() -> list[Any]:
+            path = Path(url.removeprefix("sqlite:///"))
+            return _raw(url, "SELECT name FROM sqlite_master") if path.exists() else ["no file"]
+    else:
+
+        def tables() -> list[Any]:
+            return _raw(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+
+    before = tables()
+    with pytest.raises(KnowledgeStoreMissing, match="does not exist: no run has recorded"):
+        KnowledgeStore.open(url, create=False)
+    assert _knowledge("show", "--knowledge", url).endswith(": no seed outcomes\n")
+    assert _knowledge("export", "--knowledge", url, "--format", "json") == "[]\n"
+    with pytest.raises(UserError, match="does not exist: no run has recorded seed outcomes"):
+        _knowledge("reset", "--yes", "--knowledge", url)
+    assert tables() == before
+    with KnowledgeStore.open(url) as store:
+        assert store.record([_outcome()]) == 1
+    with KnowledgeStore.open(url, create=False) as store:
+        assert store.outcomes() == [_outcome()]
 
 
 def test_cli_uses_the_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

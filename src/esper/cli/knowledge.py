@@ -59,9 +59,9 @@ def run_knowledge(args: argparse.Namespace) -> int:
     from esper.nissa.knowledge import (
         KnowledgeStore,
         KnowledgeStoreError,
+        KnowledgeStoreMissing,
         KnowledgeURLError,
         default_url,
-        is_missing,
         parse_url,
     )
 
@@ -74,14 +74,19 @@ def run_knowledge(args: argparse.Namespace) -> int:
             )
         runs = args.runs if args.knowledge_command == "import" else []
         imported = [o for run in runs for o in read_run_outcomes(run)]  # all read before any write
-        if args.knowledge_command in ("show", "export") and is_missing(url):
-            # Nothing recorded there yet: shown as empty, and no file or directory is created.
+        try:
+            store = KnowledgeStore.open(url, create=args.knowledge_command == "import")
+        except KnowledgeStoreMissing:
+            if args.knowledge_command == "reset":
+                raise
+            # Nothing recorded there yet: shown as empty, and nothing (file, directory, table)
+            # is created.
             if args.knowledge_command == "show":
                 print(_show([], shown))
             else:
                 _export([], args.format)
             return 0
-        with KnowledgeStore.open(url, create=args.knowledge_command == "import") as store:
+        with store:
             if args.knowledge_command == "show":
                 print(_show(store.outcomes(), store.url))
             elif args.knowledge_command == "export":

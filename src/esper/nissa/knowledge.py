@@ -116,6 +116,14 @@ class KnowledgeStoreError(Exception):
     message is one line naming the URL (its password hidden)."""
 
 
+NOTHING_RECORDED = "does not exist: no run has recorded seed outcomes there"
+
+
+class KnowledgeStoreMissing(KnowledgeStoreError):
+    """Opened to read (``create=False``), the store does not exist: no SQLite file, or a
+    server database without Esper's tables. Nothing was created."""
+
+
 def default_url() -> str:
     """The store's URL: ``$ESPER_KNOWLEDGE`` if set, else an SQLite file in the user cache.
 
@@ -163,17 +171,6 @@ def parse_url(url: str) -> URL:
 def _sqlite_file(parsed: URL) -> Path | None:
     """The file a parsed SQLite store URL names; None for a server's URL."""
     return Path(str(parsed.database)) if parsed.get_backend_name() == "sqlite" else None
-
-
-def is_missing(url: str) -> bool:
-    """Whether ``url`` names an SQLite store whose file does not exist (nothing was recorded
-    there; ``KnowledgeStore.open(url, create=False)`` refuses it).
-
-    Raises:
-        KnowledgeURLError: a malformed or unsupported URL.
-    """
-    path = _sqlite_file(parse_url(url))
-    return path is not None and not path.exists()
 
 
 def flatten(outcome: SeedOutcome) -> dict[str, Any]:
@@ -274,12 +271,15 @@ def _engine(url: URL) -> Engine:
     return engine
 
 
-def _migrate(conn: Connection, shown: str) -> None:
-    """Bring the database to ``SCHEMA_VERSION``, inside the caller's transaction."""
+def _migrate(conn: Connection, shown: str, create: bool) -> None:
+    """Bring the database to ``SCHEMA_VERSION``, inside the caller's transaction (an empty one
+    only when ``create``)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     inspector = inspect(conn)
     tables = sorted(inspector.get_table_names())
+    if not tables and not create:
+        raise KnowledgeStoreMissing(f"knowledge store {shown} {NOTHING_RECORDED}")
     if not tables:
         VERSION_TABLE.create(conn)
         conn.execute(insert(VERSION_TABLE).values(version=0))
@@ -339,11 +339,13 @@ class KnowledgeStore:
 
         Args:
             url: A SQLAlchemy URL (``sqlite:///PATH``, ``postgresql://USER@HOST/DB``).
-            create: create an SQLite file that does not exist (else: refuse it, as a reader
-                that would find nothing there should).
+            create: create the store (an SQLite file, or Esper's tables in an empty server
+                database) where it does not exist; False: refuse it, creating nothing, as a
+                reader that would find nothing there should.
 
         Raises:
             KnowledgeURLError: a malformed or unsupported URL.
+            KnowledgeStoreMissing: ``create`` is False and the store does not exist.
             KnowledgeStoreError: unreachable, not a database, foreign tables, or a schema
                 newer than this code.
         """
@@ -351,9 +353,7 @@ class KnowledgeStore:
         shown = parsed.render_as_string(hide_password=True)
         sqlite_file = _sqlite_file(parsed)
         if sqlite_file is not None and not create and not sqlite_file.exists():
-            raise KnowledgeStoreError(
-                f"knowledge store {shown} does not exist: no run has recorded seed outcomes there"
-            )
+            raise KnowledgeStoreMissing(f"knowledge store {shown} {NOTHING_RECORDED}")
         try:
             if sqlite_file is not None:
                 sqlite_file.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ class KnowledgeStore:
             raise KnowledgeStoreError(f"knowledge store {shown}: {_reason(err)}") from None
         store = cls(engine, shown)
         try:
-            store._transaction(lambda conn: _migrate(conn, shown))
+            store._transaction(lambda conn: _migrate(conn, shown, create))
             if sqlite_file is not None:
                 store._use_wal()
         except KnowledgeStoreError:
