@@ -99,9 +99,10 @@ class ArmSpec:
         policy: ppo only: evaluate this PPO run's policy (a run directory).
         preset: ppo training only: the PPO preset (``esper ppo --preset``).
         reward: ppo training only: the reward mode (shaped, simplified or sparse).
-        training_seeds: ppo training only: one PPO run per seed (no seed twice); evaluation
-            seed k runs the policy of training seed k mod len(training_seeds). Their environment
-            seeds may not overlap the evaluation seeds.
+        training_seeds: ppo training only: one PPO run per seed (no seed twice); the i-th
+            evaluation seed (``first_seed + i``) runs the policy of
+            ``training_seeds[i mod len(training_seeds)]``. Their environment seeds may not
+            overlap the evaluation seeds.
         ppo: ppo training only: further ``TrainingConfig`` settings (keys as in its config.json)
             but ``env`` (the study's budget), ``telemetry`` (the study's) and ``runtime`` other
             than ``amp`` (seeds come from training_seeds, the device from resources.gpus, and a
