@@ -379,16 +379,19 @@ def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
 ) -> None:
     """Actor 0's process is killed while round 1's episodes run, then Ctrl-C stops the run at
     round 2; ``--resume`` finishes it (on fresh actors). Rounds, policy and every environment's
-    events equal the uninterrupted run's: nothing lost, nothing emitted twice."""
-    collect, run_round, pids = RayVectorEnv.collect, PPOTrainer.run_round, []
+    events equal the uninterrupted run's: nothing lost, nothing emitted twice. The revived
+    actor's GPUs (none here) replace the dead one's in what ``describe`` prints."""
+    collect, run_round, pids, gpus = RayVectorEnv.collect, PPOTrainer.run_round, [], []
 
     def collect_through_a_kill(self: RayVectorEnv, policy: Any) -> Any:
         before = self.pids()
         if not pids:  # round 1: the kill lands while the actors run their episodes
             threading.Timer(KILL_AFTER_S, os.kill, (before[0], signal.SIGKILL)).start()
+            self.gpus = [["stale"] for _ in self.gpus]  # what describe says comes from each build
         started = time.perf_counter()
         trajectories = collect(self, policy)
         pids.append((before, self.pids(), time.perf_counter() - started))
+        gpus.append([list(g) for g in self.gpus])
         return trajectories
 
     def interrupted_in_the_second(self: PPOTrainer) -> Any:
@@ -403,6 +406,7 @@ def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
     (before, after, seconds), *_ = pids
     assert seconds > KILL_AFTER_S  # the kill came before the round's trajectories did
     assert after[0] != before[0] and after[1] == before[1]  # actor 0 was replaced
+    assert gpus[0] == [[], ["stale"]]  # the new actor's build (no GPU here) replaced actor 0's
     assert _rows(run) == _rows(two_workers)[:1]  # round 1, as if nothing had died
 
     monkeypatch.setattr(PPOTrainer, "run_round", run_round)

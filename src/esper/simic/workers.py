@@ -254,7 +254,9 @@ class RayVectorEnv:
                 for method, args in self._log[k]:
                     call = getattr(self._workers[k], method).remote(*args)
                     for ref in call if isinstance(call, ray.ObjectRefGenerator) else [call]:
-                        ray.get(ref)
+                        value, _ = ray.get(ref)
+                    if method == "build":  # the new actor may have been given another GPU
+                        self.gpus[k] = value[2]
                 return
             except ray.exceptions.RayActorError as again:
                 error = again
@@ -392,6 +394,7 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
             stop()
             raise
     config = replace(config, env=replace(config.env, threads=threads))
+    # all of the cluster's GPUs, not the free ones: actors wait for busy GPUs, never for absent
     gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
     wanted = actor_resources(config)["num_gpus"] * workers
     if wanted > gpus:
