@@ -17,8 +17,8 @@ and the calls that changed them since. When an actor dies (``RayActorError``), a
 built, loads those states and replays the calls, its replayed telemetry discarded (it was
 emitted the first time); then the failed call is repeated: a round's episodes re-run from
 their start, identically, and what the actor streamed before it died is not emitted again.
-No transition is lost or duplicated. After ``MAX_DEATHS`` deaths in
-one round the run fails with ``WorkerLostError``.
+No transition is lost or duplicated. A round survives ``MAX_DEATHS`` deaths; the next one
+fails the run with ``WorkerLostError``.
 
 Ray is imported only inside this module's functions, and this module only when a run has
 ``runtime.workers`` set: runs without workers never import Ray.
