@@ -855,6 +855,50 @@ def test_a_study_without_a_finished_trial_is_one_line(
     assert not (study / "report.html").exists()
 
 
+def _bad_row(cells: list[str], case: str) -> str:
+    """A copy of a ``trials.csv`` row made bad as ``case`` says."""
+    cells = list(cells)
+    if case == "short":
+        return ",".join(cells[:3])
+    if case == "extra":
+        return ",".join([*cells, "extra"])
+    column = {"seed": 2, "score": 4, "final_params": 6}[case.split("=")[0]]
+    cells[column] = case.split("=")[1]
+    return ",".join(cells)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("short", "trials.csv:2: not 12 cells, as the header"),
+        ("extra", "trials.csv:2: not 12 cells, as the header"),
+        ("seed=" + "1" * 30, "seed must be an integer in [0, 9223372036854775807]"),
+        ("score=-50", "score must be a number in [0.0, 100.0]"),
+        ("final_params=" + "9" * 100, "final_params must be an integer in [0, 92233720368547758"),
+    ],
+)
+def test_a_malformed_trials_row_is_one_line_for_the_report_and_the_trials_view(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    """The study report and ``esper runs query``'s ``trials`` view read ``trials.csv`` through
+    one reader: a row with too few or too many cells, or a number its column cannot hold, is
+    one line naming file:line for both (the view raised a TypeError, KeyError or DuckDB cast
+    error before)."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text((tiny_study / "study.json").read_text())
+    header, first, *_ = (tiny_study / "trials.csv").read_text().splitlines()
+    (study / "trials.csv").write_text(f"{header}\n{_bad_row(first.split(','), case)}\n")
+    run = first.split(",")[-1]
+    shutil.copytree(tiny_study / "trials" / run, study / "trials" / run)
+    before = sorted(study.rglob("*"))
+    code, _, err = _report([str(study)], capsys)
+    _assert_one_line_error(code, err, message)
+    code = main(["runs", "query", "SELECT * FROM trials", "--runs", str(study)])
+    _assert_one_line_error(code, capsys.readouterr().err, message)
+    assert sorted(study.rglob("*")) == before
+
+
 def test_a_trial_without_epochs_is_left_out_of_the_curves_with_a_warning(
     tiny_study: Path, tmp_path: Path
 ) -> None:

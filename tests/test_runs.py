@@ -192,6 +192,34 @@ def test_a_truncated_last_line_is_reported_and_skipped(tmp_path, recorded_runs, 
     assert captured.out.splitlines()[2].strip() == str(lines - 1)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("epoch", 2**63, "epoch 9223372036854775808 (the epochs view) does not fit"),
+        ("val_loss", 10**30, None),
+    ],  # an integer in a DOUBLE column loads as a float
+)
+def test_an_event_number_beyond_its_column_is_one_line(
+    tmp_path, recorded_runs, capsys, field: str, value: int, expected: str | None
+) -> None:
+    """A number a view's column cannot hold (DuckDB's cast error and a traceback before)."""
+    run = tmp_path / "altered"
+    shutil.copytree(recorded_runs["static"], run)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if '"EpochCompleted"' in line)
+    record = json.loads(lines[at])
+    record[field] = value
+    lines[at] = json.dumps(record)
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    code = main(["runs", "query", f"SELECT max({field}) AS m FROM epochs", "--runs", str(run)])
+    captured = capsys.readouterr()
+    if expected is None:
+        assert code == 0 and "1e+30" in captured.out.replace("1e30", "1e+30")
+        return
+    assert code == 2 and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert f"{run / 'events.jsonl'}: {expected}" in captured.err
+
+
 def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs, capsys) -> None:
     for parent in ("a", "b"):
         shutil.copytree(recorded_runs["static"], tmp_path / parent / "run")

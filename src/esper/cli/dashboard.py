@@ -9,6 +9,7 @@ from pathlib import Path
 
 from esper.karn.studies import StudyRow
 from esper.leyline.config import UserError
+from esper.leyline.trials import read_trials
 
 
 def _listen_error(host: str, port: int, err: OSError) -> UserError:
@@ -32,11 +33,10 @@ def study_table(study: Path) -> list[StudyRow]:
     Karn may not import ``esper.study`` (DESIGN §1), so the CLI hands it this function.
 
     Raises:
-        ValueError: no readable ``trials.csv`` (``StudyReportError``), or two counted trials
+        ValueError: no readable ``trials.csv`` (``TrialsFileError``), or two counted trials
             with one task, arm and seed.
     """
-    from esper.study.report import read_trials  # rliable, matplotlib: only for a study page
-    from esper.study.stats import ALL_TASKS, summarize
+    from esper.study.stats import ALL_TASKS, summarize  # rliable: only for a study page
 
     trials = read_trials(study)
     runs: dict[tuple[str, str], list[str]] = {}

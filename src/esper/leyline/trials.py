@@ -3,8 +3,13 @@ and the run store, whose DuckDB view ``trials`` reads it (DESIGN §9)."""
 
 from __future__ import annotations
 
+import csv
 import math
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from esper.leyline.config import MAX_SEED, check_float, check_int
 
 COMPLETED = "completed"
 """A run that trained every epoch."""
@@ -16,6 +21,8 @@ STUDY_FILE = "study.json"
 """Marks a study directory: the study's settings and every trial's attempts and last error."""
 TRIALS_FILE = "trials.csv"
 """One ``TrialRow`` (plus its run directory's name, ``run``) per finished or failed trial."""
+RUN_COLUMN = "run"
+"""``trials.csv``'s column beyond ``TrialRow``'s fields: the trial's run directory name."""
 TRIALS_DIR = "trials"
 """Where a study's run directories go, one level deep (``esper runs list`` lists them)."""
 
@@ -61,8 +68,83 @@ class TrialRow:
                 f"trial {self.task}/{self.arm}/seed {self.seed}: score {self.score} is not a "
                 "number; a score that was not measured is None"
             )
+        check_int("seed", self.seed, 0, MAX_SEED)
+        for name in ("score", "best_score"):
+            if (value := getattr(self, name)) is not None:
+                check_float(name, value, 0.0, 100.0)  # an accuracy in percent
+        for name in ("final_params", "peak_params"):
+            if (value := getattr(self, name)) is not None:
+                check_int(name, value, 0, MAX_SEED)  # what an int64 column holds
+        for name in ("flops", "seconds"):
+            if (value := getattr(self, name)) is not None:
+                check_float(name, value, 0.0, math.inf)
 
     @property
     def counts(self) -> bool:
         """Whether the trial enters the statistics: it completed and has a score."""
         return self.status in FINISHED and self.score is not None
+
+
+class TrialsFileError(ValueError):
+    """A ``trials.csv`` that cannot be read (the message is one line naming file, line, cell)."""
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One row of ``trials.csv``: the trial's result and its run directory's name."""
+
+    run: str
+    row: TrialRow
+
+
+def read_trials(directory: Path) -> list[TrialRun]:
+    """The trials ``esper study`` recorded in ``directory/trials.csv``, in file order: the one
+    reader of the file (the study report, the dashboard and the ``trials`` view).
+
+    Raises:
+        TrialsFileError: no ``trials.csv`` (no invocation of the study has finished), or a
+            header, row or cell that is not what ``esper.study.execute`` writes (naming
+            file:line).
+    """
+    path = directory / TRIALS_FILE
+    if not path.is_file():
+        raise TrialsFileError(
+            f"{str(directory)!r} has no {TRIALS_FILE} yet: no invocation of the study has "
+            "finished (run `esper study FILE` to the end, then report it)"
+        )
+    hints = typing.get_type_hints(TrialRow)
+    names = [f.name for f in fields(TrialRow)]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or set(reader.fieldnames) != {*names, RUN_COLUMN}:
+                raise TrialsFileError(f"{path}: not a trials table (header {reader.fieldnames})")
+            trials = []
+            for line in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in line or None in line.values():  # DictReader's extra or missing cells
+                    raise TrialsFileError(f"{where}: not {len(names) + 1} cells, as the header")
+                cells = {name: _cell(line[name], hints[name], f"{where}: {name}") for name in names}
+                try:
+                    row = TrialRow(**cells)
+                except ValueError as err:  # TrialRow's own checks (a score out of [0, 100])
+                    raise TrialsFileError(f"{where}: {err}") from None
+                trials.append(TrialRun(line[RUN_COLUMN], row))
+    except (OSError, csv.Error) as err:
+        raise TrialsFileError(f"cannot read {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise TrialsFileError(f"{path}: not a trials table (not UTF-8 text)") from None
+    return trials
+
+
+def _cell(text: str, hint: typing.Any, where: str) -> typing.Any:
+    """A ``trials.csv`` cell as its ``TrialRow`` field's type; an empty optional cell is None."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    if text == "":
+        if type(None) in typing.get_args(hint):
+            return None
+        raise TrialsFileError(f"{where} is empty")
+    try:
+        return kinds[0](text)
+    except ValueError:
+        raise TrialsFileError(f"{where} is {text!r}, not {kinds[0].__name__}") from None

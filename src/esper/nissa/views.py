@@ -32,12 +32,11 @@ opened.
 
 from __future__ import annotations
 
-import csv
 import json
 import tempfile
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +53,14 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
-from esper.leyline.trials import STUDY_FILE, TRIALS_FILE, TrialRow
+from esper.leyline.trials import (
+    RUN_COLUMN,
+    STUDY_FILE,
+    TRIALS_FILE,
+    TrialRow,
+    TrialsFileError,
+    read_trials,
+)
 from esper.nissa.fold import RunState
 from esper.nissa.log import (
     Logged,
@@ -194,29 +200,46 @@ def collect_runs(paths: list[Path]) -> list[RunDirectory]:
 
 
 def _trials(study: Path) -> Iterator[dict[str, Any]]:
-    """The rows of a study's ``trials.csv`` typed as the ``trials`` view's columns (empty
-    cells are NULL).
+    """The rows of a study's ``trials.csv`` as the ``trials`` view's columns (``read_trials``,
+    whose checks keep every number within its column's type).
 
     Raises:
-        RunDirectoryError: the file is unreadable or its header is not the view's columns.
+        RunDirectoryError: the file is unreadable or malformed (one line, naming file:line).
     """
-    path = study / TRIALS_FILE
-    if not path.exists():
+    if not (study / TRIALS_FILE).exists():
         return  # a study whose first invocation has not finished yet
-    types = dict(VIEW_COLUMNS["trials"])
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or set(reader.fieldnames) != set(types) - {"study"}:
-                raise RunDirectoryError(f"{path}: not a trials table (header {reader.fieldnames})")
-            for line in reader:
-                row: dict[str, Any] = {"study": str(study)}
-                for name, text in line.items():
-                    cast = {"BIGINT": int, "DOUBLE": float}.get(types[name], str)
-                    row[name] = None if text == "" else cast(text)
-                yield row
-    except (OSError, ValueError, csv.Error) as err:
-        raise RunDirectoryError(f"cannot read {path}: {err}") from None
+        trials = read_trials(study)
+    except TrialsFileError as err:
+        raise RunDirectoryError(str(err)) from None
+    for trial in trials:
+        yield {"study": str(study), **asdict(trial.row), RUN_COLUMN: trial.run}
+
+
+_INTEGER_BOUNDS = {"INTEGER": 2**31, "BIGINT": 2**63}
+"""Each integer column type's bound: a value ``v`` fits when ``-bound <= v < bound``."""
+
+
+def _fitted(view: str, row: dict[str, Any], where: Path) -> dict[str, Any]:
+    """``row`` with every value its column's type holds (an integer in a DOUBLE column as a
+    float), so DuckDB's load cannot fail on an event log's numbers.
+
+    Raises:
+        RunDirectoryError: an integer beyond its column's type, naming the log, view and value.
+    """
+    for name, kind in VIEW_COLUMNS[view]:
+        value = row.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        bound = _INTEGER_BOUNDS.get(kind)
+        fits = -bound <= value < bound if bound else kind != "DOUBLE" or abs(value) < 2**1023
+        if not fits:
+            raise RunDirectoryError(
+                f"{where}: {name} {value} (the {view} view) does not fit its column's type ({kind})"
+            )
+        if kind == "DOUBLE":
+            row[name] = float(value)
+    return row
 
 
 class RunStore:
@@ -278,7 +301,7 @@ class RunStore:
                     row |= {"task": run.task, "seed": run.seed, "status": run.status}
                     files["runs"].write(json.dumps({**row, "path": str(run.path)}) + "\n")
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
-                        files[view].write(json.dumps(row) + "\n")
+                        files[view].write(json.dumps(_fitted(view, row, run.events_path)) + "\n")
                 for study in self.studies:
                     for row in _trials(study):
                         files["trials"].write(json.dumps(row) + "\n")

@@ -37,7 +37,14 @@ import torch
 
 from esper.leyline.config import HostTraining, UserError, config_dict, override
 from esper.leyline.files import atomic_write
-from esper.leyline.trials import FINISHED, STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.leyline.trials import (
+    FINISHED,
+    RUN_COLUMN,
+    STUDY_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    TrialRow,
+)
 from esper.nissa import record
 from esper.simic.config import TrainingConfig
 from esper.study.growth import GrowthRun, GrowthRunner
@@ -425,11 +432,11 @@ class StudyDriver:
     def write_trials(self, outcome: Outcome) -> None:
         """``trials.csv``: a row per finished growth trial and per failed one."""
         buffer = io.StringIO()
-        names = [f.name for f in fields(TrialRow)] + ["run"]
+        names = [f.name for f in fields(TrialRow)] + [RUN_COLUMN]
         writer = csv.DictWriter(buffer, names, lineterminator="\n")
         writer.writeheader()
         for name, row in outcome.rows:
-            writer.writerow({**asdict(row), "run": name})
+            writer.writerow({**asdict(row), RUN_COLUMN: name})
         atomic_write(self.directory / TRIALS_FILE, buffer.getvalue())
 
 

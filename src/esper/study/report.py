@@ -22,14 +22,12 @@ never leaves half a report. The links are relative, so the study directory can b
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import math
 import os
-import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,7 +37,7 @@ from matplotlib.ticker import MaxNLocator
 
 from esper.leyline import pages
 from esper.leyline.files import atomic_write
-from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRun, TrialsFileError, read_trials
 from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import EventLogError, RunDirectoryError, display, open_run, read_events
@@ -51,9 +49,6 @@ REPORT_FILE = "report.html"
 RUN_REPORT = Path("report") / "report.html"
 """Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
 default; linked from the trials table when present)."""
-
-RUN_COLUMN = "run"
-"""``trials.csv``'s column beyond ``TrialRow``'s fields: the trial's run directory name."""
 
 REPS = 2000
 """Bootstrap resamples per interval by default: rliable's choice, a study's own default
@@ -69,63 +64,6 @@ FEW_POINTS = 2
 
 class StudyReportError(ValueError):
     """A study that cannot be reported (the message is one line naming the problem)."""
-
-
-@dataclass(frozen=True)
-class TrialRun:
-    """One row of ``trials.csv``: the trial's result and its run directory's name."""
-
-    run: str
-    row: TrialRow
-
-
-def read_trials(directory: Path) -> list[TrialRun]:
-    """The trials ``esper study`` recorded in ``directory/trials.csv``, in file order.
-
-    Raises:
-        StudyReportError: no ``trials.csv`` (no invocation of the study has finished), or a
-            header or cell that is not what ``esper.study.execute`` writes (naming file:line).
-    """
-    path = directory / TRIALS_FILE
-    if not path.is_file():
-        raise StudyReportError(
-            f"{str(directory)!r} has no {TRIALS_FILE} yet: no invocation of the study has "
-            "finished (run `esper study FILE` to the end, then report it)"
-        )
-    hints = typing.get_type_hints(TrialRow)
-    names = [f.name for f in fields(TrialRow)]
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or set(reader.fieldnames) != {*names, RUN_COLUMN}:
-                raise StudyReportError(f"{path}: not a trials table (header {reader.fieldnames})")
-            trials = []
-            for line in reader:
-                where = f"{path}:{reader.line_num}"
-                cells = {name: _cell(line[name], hints[name], f"{where}: {name}") for name in names}
-                try:
-                    row = TrialRow(**cells)
-                except ValueError as err:  # TrialRow's own check (a score that is not a number)
-                    raise StudyReportError(f"{where}: {err}") from None
-                trials.append(TrialRun(line[RUN_COLUMN], row))
-    except (OSError, csv.Error) as err:
-        raise StudyReportError(f"cannot read {path}: {err}") from None
-    except UnicodeDecodeError:
-        raise StudyReportError(f"{path}: not a trials table (not UTF-8 text)") from None
-    return trials
-
-
-def _cell(text: str | None, hint: typing.Any, where: str) -> typing.Any:
-    """A ``trials.csv`` cell as its ``TrialRow`` field's type; an empty optional cell is None."""
-    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
-    if text is None or text == "":
-        if type(None) in typing.get_args(hint):
-            return None
-        raise StudyReportError(f"{where} is empty")
-    try:
-        return kinds[0](text)
-    except ValueError:
-        raise StudyReportError(f"{where} is {text!r}, not {kinds[0].__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -239,7 +177,10 @@ def build_study_report(
         StudyReportError: no ``trials.csv``, a malformed one, or no trial that counts.
     """
     out = directory if out is None else out
-    trials = read_trials(directory)
+    try:
+        trials = read_trials(directory)
+    except TrialsFileError as err:
+        raise StudyReportError(str(err)) from None
     counted = [t for t in trials if t.row.counts]
     if not counted:
         raise StudyReportError(
