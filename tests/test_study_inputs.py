@@ -88,6 +88,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "auto_advance comes from the policy's own run"),
         (f'{HEAD}{PPO}reward = "bogus"\n',
          "arm 'p': unknown reward 'bogus'; accepted: shaped, simplified, sparse"),
+        # A host's slots and widths were found by the trials (or the dry run's timing, with a
+        # traceback), not when the file was read.
+        (f'{HEAD}{BUDGET}slots = ["mid_99"]\n{STATIC}', "arm 's' on synthetic: unknown or no "
+         "slots ['mid_99']; the synthetic host has ['early', 'mid', 'late']"),
+        (f'out = "o"\ntasks = ["text_lm"]\n[budget]\nwidth = 5\n{STATIC}',
+         "arm 's' on text_lm: n_embd (5) must be divisible by n_head (4)"),
+        (f'out = "o"\ntasks = ["text_lm"]\n{STATIC}width = 7\n',
+         "arm 's' on text_lm: n_embd (7) must be divisible by n_head (4)"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):

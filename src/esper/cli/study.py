@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import shlex
 import sys
@@ -256,7 +257,8 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
             if not timed:
                 result[task] = _Epoch(flops, math.nan, math.nan, 1)
                 continue
-            torch.set_num_threads(host_training.threads)
+            # at most this machine's cores: more threads than cores only thrash the timing
+            torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
             chunk = cpu_chunk(first)
             episodes = [first] + [
                 task_episode(host_training, data, i, cpu, lambda event: None)

@@ -63,11 +63,13 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store refused or did not answer when the run started."""
 
 
-def check_mlflow() -> None:
-    """Fail early, before a run writes anything, when MLflow tracking cannot work.
+def check_mlflow(uri: str | None = None) -> None:
+    """Fail early, before a run writes anything, when MLflow tracking cannot work: the package
+    is missing, or (given ``uri``) nothing answers at an ``http(s)`` server's port.
 
     Raises:
         TrackingSetupError: naming the missing package and how to install it.
+        TrackingError: the server cannot be reached (one line naming the URI and the reason).
     """
     try:
         import mlflow  # noqa: F401
@@ -75,6 +77,11 @@ def check_mlflow() -> None:
         raise TrackingSetupError(
             "--telemetry.mlflow needs the mlflow package: pip install 'esper[mlflow]'"
         ) from err
+    if uri is not None:
+        try:
+            _connect(uri)
+        except OSError as err:
+            raise TrackingError(f"cannot track the run in MLflow at {uri}: {err}") from err
 
 
 def _sqlite_artifacts(uri: str) -> str | None:

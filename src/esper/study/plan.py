@@ -338,6 +338,23 @@ class StudySpec:
                 override(HostTraining("synthetic"), budget)
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
+        self._check_hosts()
+
+    def _check_hosts(self) -> None:
+        """Every trial's host width and slots suit its task's host (a transformer's width a
+        multiple of its heads, slots the host has), checked before anything runs. An arm that
+        evaluates a given policy runs with the policy's slots, a static-matched arm at a width
+        the matching chooses among valid ones."""
+        for task in self.tasks:
+            for arm in self.arms:
+                if arm.policy is not None:
+                    continue
+                host = training(self, task, arm.width if arm.controller == "static" else None)
+                width = None if arm.controller == MATCHED else host.width
+                try:
+                    get_task(task).check_host(width, host.slots)
+                except ValueError as err:
+                    raise ValueError(f"arm {arm.name!r} on {task}: {err}") from None
 
     @property
     def evaluation_seeds(self) -> tuple[int, ...]:

@@ -523,11 +523,12 @@ def read_state(directory: Path, run_id: str, purpose: str = "cannot resume") -> 
 
 
 def check_sinks(telemetry: TelemetrySettings) -> None:
-    """TensorBoard or MLflow was asked for: fail before anything is written if it is missing."""
+    """TensorBoard or MLflow was asked for: fail before anything is written if it is missing
+    (or the MLflow server does not answer)."""
     try:
         if telemetry.tensorboard:
             check_tensorboard()
         if telemetry.mlflow is not None:
-            check_mlflow()
-    except (TensorBoardSetupError, TrackingSetupError) as err:
+            check_mlflow(telemetry.mlflow)
+    except (TensorBoardSetupError, TrackingSetupError, TrackingError) as err:
         raise UserError(str(err)) from err

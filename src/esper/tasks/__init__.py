@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from esper.leyline.config import MAX_WIDTH, HostTraining, check_int, require
+from esper.leyline.slots import slot_names
 
 if TYPE_CHECKING:
     from esper.kasmina import HostConfig, SegmentedHost
@@ -74,6 +75,30 @@ class TaskSpec:
                 vocab_size=data.num_classes, block_size=data.input_shape[0], **self.host_config
             )
         return config if width is None else config.with_width(width)
+
+    def check_host(self, width: int | None, slots: Sequence[str]) -> None:
+        """Refuse a ``width`` or ``slots`` this task's host cannot have, before any data is
+        loaded (neither depends on the data: ``vocab_size`` below only fills the field).
+
+        Raises:
+            ValueError: one line naming the bad width or slots and what the host accepts.
+        """
+        from esper.kasmina import CNNHostConfig, TransformerHostConfig
+
+        config: HostConfig = (
+            CNNHostConfig(**self.host_config)
+            if self.host_kind == "cnn"
+            else TransformerHostConfig(vocab_size=2, **self.host_config)
+        )
+        if width is not None:
+            config = config.with_width(width)
+        names = slot_names(config.n_points)
+        unknown = [s for s in slots if s not in names]
+        require(
+            bool(slots) and not unknown,
+            f"unknown or no slots {unknown or list(slots)}; the {self.name} host has "
+            f"{list(names)}",
+        )
 
     def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
         """The task's host for ``data`` (``host_config_for``'s arguments and errors)."""
