@@ -96,8 +96,7 @@ class TaskSpec:
         unknown = [s for s in slots if s not in names]
         require(
             bool(slots) and not unknown,
-            f"unknown or no slots {unknown or list(slots)}; the {self.name} host has "
-            f"{list(names)}",
+            f"unknown or no slots {unknown or list(slots)}; the {self.name} host has {list(names)}",
         )
 
     def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
