@@ -533,7 +533,12 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
         (["report", "x", "--reps", str(10**12)], "expected an integer in [10, 100000]"),
         (["runs", "query"], "the following arguments are required: sql"),
         (["dashboard", "--port", "65536"], "expected a TCP port in 1..65535"),
-        (["demo", "--out", ""], "expected a directory name, got ''"),
+        (["demo", "--out", ""], "expected a path, got ''"),
+        # An empty path is "here": the report went into the working directory.
+        (["report", "r", "--out", ""], "expected a path, got ''"),
+        (["runs", "list", " "], "expected a path, got ' '"),
+        (["runs", "show", ""], "expected a path, got ''"),
+        (["study", ""], "expected a path, got ''"),
     ],
 )
 def test_argument_errors_are_one_line_without_the_usage_block(

@@ -146,6 +146,25 @@ def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
     assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Read before tyro parses the rest: the first --policy won, for --preset tyro failed.
+        (["eval", "--policy", "a", "--policy=b"], "--policy is given 2 times; give it once"),
+        (["ppo", "--preset", "tiny", "--preset", "default"], "--preset is given 2 times"),
+        (["static", "--out", "a", "--out", "b"], "--out is given 2 times; give it once"),
+        (["static", "--task", "synthetic", "--tui=no"], "--tui takes no value, got '--tui=no'"),
+    ],
+)
+def test_a_flag_read_before_parsing_given_twice_or_with_a_value_is_one_line(
+    tmp_path, monkeypatch, capsys, argv, message
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not any(tmp_path.iterdir())
+
+
 def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     straight = tmp_path / "straight"
     argv = ["ppo", "--preset", "tiny", "--ppo.rounds", "3"]

@@ -60,6 +60,7 @@ def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
     Raises:
         UserError: a flag without its value, or ``--resume`` with configuration flags.
     """
+    refuse_repeats(argv, _OPTION_FLAGS)
     values: dict[str, Any] = {}
     rest: list[str] = []
     items = iter(argv)
@@ -68,6 +69,8 @@ def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
         if flag not in _OPTION_FLAGS:
             rest.append(item)
         elif flag in ("--tui", "--no-tui"):
+            if eq:  # "--tui=no" turned the TUI on
+                raise UserError(f"{flag} takes no value, got {item!r}; use --tui or --no-tui")
             values["tui"] = flag == "--tui"
         else:
             if not eq:
@@ -82,6 +85,19 @@ def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
         if given:
             raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
     return options, rest
+
+
+def refuse_repeats(argv: list[str], flags: tuple[str, ...]) -> None:
+    """Refuse any of ``flags`` (those read before the flags are parsed) given twice: which one
+    counts would be the reader's accident (``--policy A --policy B`` ran A).
+
+    Raises:
+        UserError: naming the first repeated flag.
+    """
+    seen = [flag for flag, _, _ in (item.partition("=") for item in argv) if flag in flags]
+    repeated = [flag for flag in seen if seen.count(flag) > 1]
+    if repeated:
+        raise UserError(f"{repeated[0]} is given {seen.count(repeated[0])} times; give it once")
 
 
 def layered(base: C, options: RunOptions) -> C:
@@ -182,6 +198,7 @@ def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
     Raises:
         UserError: ``--policy`` without a value, or an unreadable ``--config``.
     """
+    refuse_repeats(argv, ("--policy",))
     for i, item in enumerate(argv):
         flag, eq, value = item.partition("=")
         if flag == "--policy":

@@ -18,7 +18,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from esper.cli.runs import format_table
+from esper.cli.runs import format_table, path_arg
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import SeedOutcome, outcome_score
 from esper.nissa.log import display
@@ -42,7 +42,7 @@ def add_knowledge_parser(sub: Any) -> None:
         "--format", choices=("csv", "json"), default="csv", help="output format (default csv)"
     )
     importing = verbs.add_parser("import", help="record finished runs' outcomes.json")
-    importing.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    importing.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories")
     reset = verbs.add_parser("reset", help="delete every seed outcome (needs --yes)")
     reset.add_argument("--yes", action="store_true", help="confirm the deletion")
     for verb in (show, export, importing, reset):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from esper.cli.knowledge import add_knowledge_parser
+from esper.cli.runs import path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError
 from esper.leyline.files import DiskFullError
 from esper.leyline.trials import REPS_RANGE
@@ -71,13 +72,6 @@ _reps = _number(
 )
 
 
-def _directory(text: str) -> Path:
-    """An argparse type: a directory name that is not empty (which would mean "here")."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a directory name, got {text!r}")
-    return Path(text)
-
-
 _port = _number(int, "a TCP port in 1..65535", lambda v: 1 <= v <= 65535)
 
 
@@ -86,11 +80,13 @@ def _add_view_parsers(sub: Any) -> None:
     runs = sub.add_parser("runs", help="list, show, compare and query recorded runs")
     verbs = runs.add_subparsers(dest="runs_command", required=True, metavar="VERB")
     listing = verbs.add_parser("list", help="one line per run in DIR")
-    listing.add_argument("dir", nargs="?", type=Path, default=Path("runs"), help="default: runs/")
+    listing.add_argument(
+        "dir", nargs="?", type=path_arg, default=Path("runs"), help="default: runs/"
+    )
     show = verbs.add_parser("show", help="a run's configuration, summary and event counts")
-    show.add_argument("run", type=Path, help="run directory")
+    show.add_argument("run", type=path_arg, help="run directory")
     compare = verbs.add_parser("compare", help="final metrics of several runs side by side")
-    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    compare.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories")
     query = verbs.add_parser(
         "query", help="SQL (DuckDB) over event logs; views: " + ", ".join(VIEW_NAMES)
     )
@@ -98,7 +94,7 @@ def _add_view_parsers(sub: Any) -> None:
     query.add_argument(
         "--runs",
         nargs="+",
-        type=Path,
+        type=path_arg,
         default=[Path("runs")],
         metavar="PATH",
         help="run directories, or directories of runs (default: runs/)",
@@ -110,11 +106,13 @@ def _add_view_parsers(sub: Any) -> None:
         "report", help="write report.html with plots for a run, or for a study and its arms"
     )
     report.add_argument(
-        "run", type=Path, metavar="PATH", help="run directory, or study directory (study.json)"
+        "run", type=path_arg, metavar="PATH", help="run directory, or study directory (study.json)"
     )
-    report.add_argument("--baseline", type=Path, metavar="RUN", help="run to compare against")
+    report.add_argument("--baseline", type=path_arg, metavar="RUN", help="run to compare against")
     report.add_argument(
-        "--out", type=Path, help="output directory (default: RUN/report, or the study directory)"
+        "--out",
+        type=path_arg,
+        help="output directory (default: RUN/report, or the study directory)",
     )
     report.add_argument(
         "--reps",
@@ -122,10 +120,10 @@ def _add_view_parsers(sub: Any) -> None:
         help="study reports: bootstrap resamples per interval (default 2000; fewer: sooner)",
     )
     tui = sub.add_parser("tui", help="terminal UI: follow a live run or replay a finished one")
-    tui.add_argument("run", type=Path, help="run directory")
+    tui.add_argument("run", type=path_arg, help="run directory")
     dashboard = sub.add_parser("dashboard", help="live web dashboard of the runs in RUNS_DIR")
     dashboard.add_argument(
-        "runs_dir", nargs="?", type=Path, default=Path("runs"), help="default: runs/"
+        "runs_dir", nargs="?", type=path_arg, default=Path("runs"), help="default: runs/"
     )
     dashboard.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     dashboard.add_argument(
@@ -159,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser(
         "study", help="run a study (tasks x arms x seeds) on Ray; run again to resume"
     )
-    study.add_argument("file", type=Path, help="the study's TOML file")
+    study.add_argument("file", type=path_arg, help="the study's TOML file")
     study.add_argument(
         "--address", metavar="HOST:PORT", help="an existing Ray cluster (default: local Ray)"
     )
@@ -172,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_epochs, help="epochs per run (default: the task's)")
     demo.add_argument("--seed", type=_seed, default=0, help="run seed (default 0)")
     demo.add_argument(
-        "--out", type=_directory, help="parent directory of the two runs (default: runs/)"
+        "--out", type=path_arg, help="parent directory of the two runs (default: runs/)"
     )
-    demo.add_argument("--data-dir", type=Path, help="where Fashion-MNIST lives")
+    demo.add_argument("--data-dir", type=path_arg, help="where Fashion-MNIST lives")
     return parser
 
 

@@ -7,7 +7,14 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from esper.cli.config import RunOptions, announce, interrupted_hint, layered, parse_flags
+from esper.cli.config import (
+    RunOptions,
+    announce,
+    interrupted_hint,
+    layered,
+    parse_flags,
+    refuse_repeats,
+)
 from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS
 from esper.leyline.config import UserError, override
 from esper.nissa import record
@@ -19,6 +26,7 @@ from esper.study.run import EXIT_FAILED, Stop, check_recorded_mode
 
 def _preset(argv: list[str]) -> tuple[str, list[str]]:
     """``--preset NAME`` taken out of ``argv`` (default ``default``)."""
+    refuse_repeats(argv, ("--preset",))
     for i, item in enumerate(argv):
         flag, eq, value = item.partition("=")
         if flag == "--preset":

@@ -26,6 +26,14 @@ from esper.nissa.log import (
 from esper.nissa.record import EVENTS_FILE, RunRecordError, read_meta, strict_json
 
 
+def path_arg(text: str) -> Path:
+    """An argparse type for every path argument: not empty, which ``Path`` reads as "here"
+    (``esper report RUN --out ""`` wrote the report into the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return Path(text)
+
+
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell, a rule under the header."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
