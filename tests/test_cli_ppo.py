@@ -146,6 +146,17 @@ def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
     assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
 
 
+@pytest.mark.parametrize("value", ["5", '""', '["a"]'])
+def test_an_eval_config_policy_that_is_not_a_path_is_one_line(tmp_path, capsys, value) -> None:
+    """``policy = 5`` said "eval needs --policy RUN", as if none were given."""
+    config = tmp_path / "eval.toml"
+    config.write_text(f"policy = {value}\n")
+    assert main(["eval", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "policy must be a PPO run directory (a string)" in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

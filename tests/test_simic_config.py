@@ -45,8 +45,15 @@ def test_bad_values_and_bad_files_fail(tmp_path) -> None:
         override(TrainingConfig(), {"ppo": 3})
     path = tmp_path / "broken.json"
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read config file"):
+    with pytest.raises(ValueError, match=r"cannot read config file '[^']*broken.json': "):
         _load(path)
+    yaml = tmp_path / "settings.yaml"  # neither: read as JSON, and the message says so
+    yaml.write_text("ppo:\n  gamma: 0.9\n")
+    with pytest.raises(ValueError, match=r"settings.yaml' \(read as JSON: only .toml is TOML\)"):
+        _load(yaml)
+    bom = tmp_path / "bom.toml"  # a byte-order mark, as some editors write: read past
+    bom.write_bytes(b"\xef\xbb\xbf[ppo]\ngamma = 0.9\n")
+    assert read_config_file(bom) == {"ppo": {"gamma": 0.9}}
 
 
 def test_presets_override_only_what_they_name() -> None:

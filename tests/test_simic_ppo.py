@@ -140,6 +140,25 @@ def test_a_format_2_checkpoint_evaluates_but_does_not_resume() -> None:
     assert all(torch.equal(v, weights[k]) for k, v in trainer.network.state_dict().items())
 
 
+@pytest.mark.parametrize("part", ["policy", "normalizer"])
+def test_a_policy_with_non_finite_weights_is_refused(part: str) -> None:
+    """A NaN policy chose WAIT at every step with no probability or value to show (an eval of
+    it finished as if nothing were wrong)."""
+    trainer = _standin_trainer()
+    trainer.run_round()
+    state = trainer_state(trainer)
+    load_policy(state, trainer.topology, auto_advance=False)  # finite: loads
+    if part == "policy":
+        weights = {k: v.clone() for k, v in state["trainer"]["policy"].items()}
+        next(iter(weights.values())).view(-1)[0] = float("nan")
+    else:
+        weights = dict(state["trainer"]["normalizer"])
+        weights["var"] = [math.inf, *weights["var"][1:]]
+    bad = {**state, "trainer": {**state["trainer"], part: weights}}
+    with pytest.raises(PolicyCheckpointError, match="not finite .* training diverged"):
+        load_policy(bad, trainer.topology, auto_advance=False)
+
+
 def test_forced_ratio_explosion_yields_the_diagnostic_and_escalates() -> None:
     sink = ListSink()
     hub = TelemetryHub("t", [sink], TelemetryLevel.NORMAL)

@@ -211,7 +211,12 @@ def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
             policy = read_config_file(options.config).get("policy")
         except ValueError as err:
             raise UserError(str(err)) from err
-        return Path(policy) if isinstance(policy, str) else None
+        if policy is not None and not (isinstance(policy, str) and policy):
+            raise UserError(
+                f"--config {str(options.config)!r}: policy must be a PPO run directory (a "
+                f"string), got {policy!r}"
+            )
+        return None if policy is None else Path(policy)
     return None
 
 

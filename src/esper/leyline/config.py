@@ -312,15 +312,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: for an unreadable file or invalid syntax, naming the file.
     """
+    toml = path.suffix == ".toml"
     try:
-        text = path.read_text(encoding="utf-8")
-        data = (
-            tomllib.loads(text)
-            if path.suffix == ".toml"
-            else json.loads(text, object_pairs_hook=_unique_keys)
-        )
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write
+        data = tomllib.loads(text) if toml else json.loads(text, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as err:
-        raise ValueError(f"cannot read config file {str(path)!r}: {err}") from None
+        hint = "" if toml or path.suffix == ".json" else " (read as JSON: only .toml is TOML)"
+        raise ValueError(f"cannot read config file {str(path)!r}{hint}: {err}") from None
     except RecursionError:
         raise ValueError(f"config file {str(path)!r} is nested too deeply") from None
     if not isinstance(data, dict):

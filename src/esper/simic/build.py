@@ -174,6 +174,14 @@ def load_policy(state: dict[str, Any], topology: Topology, auto_advance: bool) -
         normalizer.load_state_dict(state["trainer"]["normalizer"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise PolicyCheckpointError(f"damaged PPO checkpoint: {err}") from err
+    tensors = [*network.state_dict().values(), normalizer.mean, normalizer.var]
+    if not all(
+        bool(t.isfinite().all()) for t in tensors
+    ):  # NaN weights choose WAIT forever with no value or probability to show for it
+        raise PolicyCheckpointError(
+            "the policy's weights or observation statistics are not finite (NaN or infinity): "
+            "its training diverged, or the checkpoint was altered"
+        )
     if trained_on is not topology:
         raise PolicyCheckpointError(
             f"the policy was trained on a {trained_on.value} host; "
