@@ -155,7 +155,7 @@ def test_a_policy_with_non_finite_weights_is_refused(part: str) -> None:
         weights = dict(state["trainer"]["normalizer"])
         weights["var"] = [math.inf, *weights["var"][1:]]
     bad = {**state, "trainer": {**state["trainer"], part: weights}}
-    with pytest.raises(PolicyCheckpointError, match="not finite .* training diverged"):
+    with pytest.raises(PolicyCheckpointError, match=r"not finite .* training diverged"):
         load_policy(bad, trainer.topology, auto_advance=False)
 
 
