@@ -55,12 +55,12 @@ def _one(summaries: list[ArmSummary], task: str, arm: str) -> ArmSummary:
 
 
 def test_iqm_of_eight_scores_is_the_mean_of_the_middle_four() -> None:
-    # Sorted: -50 1 | 2 3 6 7 | 8 100 -> (2 + 3 + 6 + 7) / 4 = 4.5; mean 77 / 8 = 9.625.
-    scores = [7.0, 1.0, 8.0, 3.0, 100.0, 2.0, 6.0, -50.0]
+    # Sorted: 0 1 | 2 3 6 7 | 8 100 -> (2 + 3 + 6 + 7) / 4 = 4.5; mean 127 / 8 = 15.875.
+    scores = [7.0, 1.0, 8.0, 3.0, 100.0, 2.0, 6.0, 0.0]  # accuracies: TrialRow keeps [0, 100]
     s = _one(summarize(_rows("t", "a", scores), reps=REPS), "t", "a")
     assert s.n == 8
     assert s.iqm.point == pytest.approx(4.5)
-    assert s.mean.point == pytest.approx(9.625)
+    assert s.mean.point == pytest.approx(15.875)
     assert s.median == pytest.approx(4.5)  # (3 + 6) / 2
     assert s.std == pytest.approx(float(np.std(scores, ddof=1)))
     assert s.iqm.low <= s.iqm.point <= s.iqm.high
