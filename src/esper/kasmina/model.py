@@ -30,6 +30,7 @@ from esper.leyline import (
     ordered_slots,
 )
 from esper.leyline import thresholds as T
+from esper.leyline.slots import check_slots
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 """``metric(output (B, ...), target (B, ...)) -> (B,)`` per-sample score; higher is better."""
@@ -91,13 +92,7 @@ class MorphogeneticModel(nn.Module):
     ) -> None:
         super().__init__()
         specs = {spec.slot: spec for spec in host.injection_points}
-        if isinstance(slots, str):
-            raise ValueError(f"slots must be a list of names, got the string {slots!r}")
-        unknown = [s for s in slots if s not in specs]
-        if unknown or not slots:
-            raise ValueError(
-                f"unknown or no slots {unknown or list(slots)}; this host has {list(specs)}"
-            )
+        check_slots(slots, list(specs))
         if not isinstance(embargo_epochs, int) or embargo_epochs < 1:
             raise ValueError(f"embargo_epochs must be a positive integer, got {embargo_epochs!r}")
         self.host = host

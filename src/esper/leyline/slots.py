@@ -6,7 +6,7 @@ that "slot 0" means the same injection point everywhere, whatever order a dict o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 _MID_PREFIX = "mid_"
 
@@ -29,6 +29,20 @@ def slot_names(n_points: int) -> tuple[str, ...]:
     if n_points == 3:
         return ("early", "mid", "late")
     return ("early", *(f"{_MID_PREFIX}{i}" for i in range(1, n_points - 1)), "late")
+
+
+def check_slots(slots: Sequence[str], names: Sequence[str], host: str = "this host") -> None:
+    """``slots`` name at least one slot, each one of ``names`` (the host's), else one line
+    naming the unknown ones and the host's (``host``: how the message names it).
+
+    Raises:
+        ValueError: a string instead of a list, no slots, or a slot the host lacks.
+    """
+    if isinstance(slots, str):
+        raise ValueError(f"slots must be a list of names, got the string {slots!r}")
+    unknown = [s for s in slots if s not in names]
+    if unknown or not slots:
+        raise ValueError(f"unknown or no slots {unknown or list(slots)}; {host} has {list(names)}")
 
 
 def _rank(name: str) -> int:

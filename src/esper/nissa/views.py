@@ -217,7 +217,8 @@ def _trials(study: Path) -> Iterator[dict[str, Any]]:
 
 
 _INTEGER_BOUNDS = {"INTEGER": 2**31, "BIGINT": 2**63}
-"""Each integer column type's bound: a value ``v`` fits when ``-bound <= v < bound``."""
+"""Each integer column type's bound: a value ``v`` fits when ``-bound <= v < bound`` (a DOUBLE
+column takes integers below 2**1023, which ``float`` holds)."""
 
 
 def _fitted(view: str, row: dict[str, Any], where: Path) -> dict[str, Any]:
@@ -231,9 +232,8 @@ def _fitted(view: str, row: dict[str, Any], where: Path) -> dict[str, Any]:
         value = row.get(name)
         if not isinstance(value, int) or isinstance(value, bool):
             continue
-        bound = _INTEGER_BOUNDS.get(kind)
-        fits = -bound <= value < bound if bound else kind != "DOUBLE" or abs(value) < 2**1023
-        if not fits:
+        bound = _INTEGER_BOUNDS.get(kind, 2**1023 if kind == "DOUBLE" else None)
+        if bound is not None and not -bound <= value < bound:
             raise RunDirectoryError(
                 f"{where}: {name} {value} (the {view} view) does not fit its column's type ({kind})"
             )

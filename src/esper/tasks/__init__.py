@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from esper.leyline.config import MAX_WIDTH, HostTraining, check_int, require
-from esper.leyline.slots import slot_names
+from esper.leyline.slots import check_slots, slot_names
 
 if TYPE_CHECKING:
     from esper.kasmina import HostConfig, SegmentedHost
@@ -92,12 +92,7 @@ class TaskSpec:
         )
         if width is not None:
             config = config.with_width(width)
-        names = slot_names(config.n_points)
-        unknown = [s for s in slots if s not in names]
-        require(
-            bool(slots) and not unknown,
-            f"unknown or no slots {unknown or list(slots)}; the {self.name} host has {list(names)}",
-        )
+        check_slots(slots, slot_names(config.n_points), f"the {self.name} host")
 
     def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
         """The task's host for ``data`` (``host_config_for``'s arguments and errors)."""
