@@ -1,7 +1,8 @@
 """Damaged and foreign model files: each kind of damage gives one ``CheckpointError`` line.
 
 ``TORCH_LOAD_ERRORS`` names what ``torch.load`` raises; these tests show every kind of damage
-lands in it (so ``_read`` turns it into a ``CheckpointError``) and nothing else leaks out.
+lands in it (so ``_read`` turns it into a ``CheckpointError``) and nothing else leaks out, not
+even a warning.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import io
 import pickle
 import random
+import warnings
 import zipfile
 from collections.abc import Callable
 
@@ -18,7 +20,7 @@ import torch
 
 from conftest import cnn_host, grow
 from esper.kasmina import CheckpointError, MorphogeneticModel, load_model, save_model
-from esper.leyline import TORCH_LOAD_ERRORS, SeedStage
+from esper.leyline import TORCH_LOAD_ERRORS, SeedStage, load_untrusted
 
 
 def _model_file_bytes(tmp_path) -> bytes:
@@ -40,6 +42,12 @@ def _legacy_torch_file_cut(_: bytes) -> bytes:
     return buffer.getvalue()[:-40]
 
 
+def _torchscript_archive(_: bytes) -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buffer)
+    return buffer.getvalue()
+
+
 DAMAGE: dict[str, Callable[[bytes], bytes]] = {
     "empty": lambda good: b"",
     "cut_to_10_bytes": lambda good: good[:10],
@@ -51,6 +59,7 @@ DAMAGE: dict[str, Callable[[bytes], bytes]] = {
     "plain_pickle": lambda good: pickle.dumps({"manifest": "{}", "state_dict": {}}),
     "legacy_torch_file_cut": _legacy_torch_file_cut,
     "header_overwritten": lambda good: b"\xff" * 64 + good[64:],
+    "torchscript_archive": _torchscript_archive,
 }
 
 
@@ -65,6 +74,18 @@ def test_each_kind_of_damage_is_one_line(tmp_path, kind: str) -> None:
     assert isinstance(info.value.__cause__, TORCH_LOAD_ERRORS)
 
 
+def test_a_torchscript_archive_is_refused_without_torchs_warning(tmp_path) -> None:
+    """torch warns that it dispatches a TorchScript archive to ``torch.jit.load`` before it
+    refuses it under ``weights_only``: the reader keeps the refusal the only thing said."""
+    path = tmp_path / "m.pt"
+    path.write_bytes(_torchscript_archive(b""))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="TorchScript archives"):
+            load_model(path)
+    assert [str(w.message) for w in caught] == []
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_random_cuts_and_overwrites_raise_only_named_errors(tmp_path) -> None:
     """torch.load on damaged bytes raises nothing outside ``TORCH_LOAD_ERRORS``."""
@@ -76,4 +97,4 @@ def test_random_cuts_and_overwrites_raise_only_named_errors(tmp_path) -> None:
             if data:
                 data[rng.randrange(len(data))] = rng.randrange(256)
         with contextlib.suppress(TORCH_LOAD_ERRORS):  # anything else fails the test
-            torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+            load_untrusted(bytes(data))

@@ -104,7 +104,18 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert summary["mode"] == "eval" and summary["status"] == "completed"
     actions = [e for e in _events(out) if e["event"] == "ActionTaken"]
     assert len(actions) == 3 and all(a["reason"] == "policy" for a in actions)  # epochs - 1
-    assert "eval synthetic (completed)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "eval synthetic (completed)" in printed.out and "note:" not in printed.err
+
+    # Fewer slots than it trained with: the policy runs masked to them, and the eval says so.
+    narrow = tmp_path / "narrow"
+    assert main([*args, "--slots", "mid", "--out", str(narrow)]) == 0
+    assert json.loads((narrow / "config.json").read_text())["training"]["slots"] == ["mid"]
+    acted = [e for e in _events(narrow) if e["event"] == "ActionTaken"]
+    assert len(acted) == 3 and {a["slot"] for a in acted if a["accepted"]} <= {None, "mid"}
+    err = capsys.readouterr().err
+    assert "note: the policy trained with slots = early, mid, late; this eval runs with " in err
+    assert err.count("note:") == 1 and "slots = mid\n" in err
 
 
 def test_eval_config_round_trips_and_a_resume_keeps_its_policy(

@@ -287,6 +287,8 @@ def test_a_study_saved_before_a_setting_existed_resumes(tmp_path):
     [
         ({"settings": []}, "settings must be a table, got []"),
         ({"attempts": {"synthetic.s.seed0": "3"}}, "attempts.synthetic.s.seed0 must be"),
+        ({"attempts": {"synthetic.s.seed0": -1}}, "must be an integer in [0, 10000000], got -1"),
+        ({"attempts": {"synthetic.s.seed0": 10**30}}, "must be an integer in [0, 10000000]"),
         ({"errors": None}, "errors must be a table"),
         ({"extra": 1}, "unknown key"),
     ],

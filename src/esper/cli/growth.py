@@ -15,6 +15,17 @@ from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.run import Stop, check_recorded_mode, ppo_state
 
+POLICY_FACING = ("task", "width", "slots", "auto_advance")
+"""Host-training settings that change the host a policy controls or what it may do: an eval
+that overrides one says what the policy trained with."""
+
+
+def _shown(value: object) -> str:
+    """A setting as the note shows it (lists comma-separated, booleans lower-case)."""
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
 
 def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     """The run's configuration: recorded (``--resume``) or from defaults, file and flags."""
@@ -39,11 +50,17 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     if policy is None:
         return config
     assert base is not None
-    if config.training.auto_advance != base.auto_advance:  # the policy never trained like this
+    changed = [
+        (name, _shown(getattr(base, name)), _shown(getattr(config.training, name)))
+        for name in POLICY_FACING
+        if getattr(base, name) != getattr(config.training, name)
+    ]
+    if changed:  # the policy never trained like this
         print(
-            f"esper eval: note: the policy trained with auto_advance = "
-            f"{str(base.auto_advance).lower()}; this eval runs with "
-            f"{str(config.training.auto_advance).lower()}",
+            "esper eval: note: the policy trained with "
+            + ", ".join(f"{name} = {was}" for name, was, _ in changed)
+            + "; this eval runs with "
+            + ", ".join(f"{name} = {now}" for name, _, now in changed),
             file=sys.stderr,
         )
     return replace(config, policy=str(policy.resolve()))  # a resume may start elsewhere

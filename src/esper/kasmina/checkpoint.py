@@ -21,7 +21,7 @@ import torch
 from esper.kasmina.errors import CheckpointError
 from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import TORCH_LOAD_ERRORS
+from esper.leyline import TORCH_LOAD_ERRORS, load_untrusted
 from esper.leyline.files import atomic_write
 
 FORMAT = "esper-model"
@@ -140,7 +140,7 @@ def model_bytes(model: MorphogeneticModel) -> bytes:
 
 def _read(data: bytes, path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        payload = load_untrusted(data)
     except TORCH_LOAD_ERRORS as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a readable Esper model file ({type(err).__name__}: "

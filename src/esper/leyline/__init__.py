@@ -33,7 +33,7 @@ from esper.leyline.lifecycle import (
     SEED_MODULE_STAGES,
     VALID_TRANSITIONS,
 )
-from esper.leyline.loading import TORCH_LOAD_ERRORS
+from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.leyline.slots import ordered_slots, slot_names
 from esper.leyline.stages import (
     AlphaCurve,
@@ -73,6 +73,7 @@ __all__ = [
     "Topology",
     "TrainingSignals",
     "atomic_write",
+    "load_untrusted",
     "ordered_slots",
     "slot_names",
 ]

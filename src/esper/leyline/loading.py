@@ -1,9 +1,13 @@
-"""What reading an untrusted torch file can raise, named once for every loader."""
+"""Reading an untrusted torch file: what it can raise, and the one reader every loader uses."""
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
+import warnings
+
+import torch
 
 TORCH_LOAD_ERRORS: tuple[type[Exception], ...] = (
     pickle.UnpicklingError,  # not a pickle, or one holding more than tensors and containers
@@ -20,3 +24,18 @@ TORCH_LOAD_ERRORS: tuple[type[Exception], ...] = (
 """Exceptions ``torch.load(..., weights_only=True)`` raised on damaged or foreign bytes (empty,
 cut at every length, random, bytes overwritten in zip and legacy files, foreign zips, plain
 pickles) when tried; anything else is a bug and should surface."""
+
+
+def load_untrusted(data: bytes) -> object:
+    """``data`` read by ``torch.load`` onto the CPU with ``weights_only=True`` (tensors and
+    containers only, never arbitrary objects).
+
+    A TorchScript archive makes torch warn that it dispatches to ``torch.jit.load`` before it
+    refuses the file; that warning is silenced so the refusal stays the one line a user sees.
+
+    Raises:
+        One of ``TORCH_LOAD_ERRORS`` for damaged or foreign bytes.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

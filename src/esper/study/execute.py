@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline.config import HostTraining, UserError, config_dict, override
+from esper.leyline.config import HostTraining, UserError, check_int, config_dict, override
 from esper.leyline.files import atomic_write
 from esper.leyline.trials import (
     FINISHED,
@@ -158,6 +158,10 @@ class StudyState:
     settings: dict[str, Any]
     attempts: dict[str, int]
     errors: dict[str, str]
+
+    def __post_init__(self) -> None:
+        for name, count in self.attempts.items():
+            check_int(f"attempts of {name!r}", count, 0)
 
     @classmethod
     def load(cls, directory: Path, settings: dict[str, Any]) -> StudyState:

@@ -34,7 +34,7 @@ from esper.leyline.config import HostTraining, TelemetrySettings, UserError, con
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
-from esper.leyline.loading import TORCH_LOAD_ERRORS
+from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink
 from esper.nissa.log import EventLogError, read_events
@@ -511,8 +511,7 @@ def read_state(directory: Path, run_id: str, purpose: str = "cannot resume") -> 
     where = f"{purpose} {str(directory)!r}"
     try:
         checkpoint = record.load_checkpoint(directory, run_id)
-        data = io.BytesIO(checkpoint.files["state.pt"])
-        state = torch.load(data, map_location="cpu", weights_only=True)
+        state = load_untrusted(checkpoint.files["state.pt"])
     except record.RunRecordError as err:
         raise UserError(f"{where}: {err}") from err
     except TORCH_LOAD_ERRORS as err:
