@@ -27,7 +27,8 @@ Sections (``--section NAME``; all of them without it):
   the host (``esper.simic.vector.chunk_size``) and batched in a forced chunk of 4 (so the
   table shows what grouping does even for a host the default trains one by one), plus one
   environment in the *old layout* (NCHW weights, per-tensor AdamW, sequential): the compute
-  path before issue #11.
+  path before issue #11; and *bfloat16* (``HostTraining.precision``: the training forward
+  under a bfloat16 autocast) in the chunk ``VectorEnv`` chooses for it.
   One process, one thread: the rates are per core. Target: 8 batched environments >= 2.9x
   the old layout's single-environment rate (2x the reference's, estimated at 1.42x it).
 * **ppo**: PPO env-steps/s of whole rounds (``PPOTrainer.run_round``: rollout + update; a step
@@ -41,6 +42,9 @@ Sections (``--section NAME``; all of them without it):
   folder and run in a child process of its own (``before_issue_11.py``) at one thread
   (``--before-threads``): today's path itself, not a reconstruction. Target: 8 environments
   >= 5x today's (the before-#11 contestant's rate; the sequential one's without it).
+* **precision**: one environment's training epoch in float32 and under a bfloat16 autocast
+  (``HostTraining.precision``), for each task host whose data is installed here: which hosts
+  the setting speeds up and which it slows down.
 * **fashion**: whole rounds of the ``fashion`` preset itself (4 environments, 15 epochs x 100
   batches, 2,000 validation samples), the same four contestants, projected to its 40 rounds.
   Target: under 30 minutes.
@@ -59,6 +63,7 @@ Usage (run times on a shared 2-core machine)::
     .venv/bin/python benchmarks/envs.py --section envs     # host epochs/s, ~3 min
     .venv/bin/python benchmarks/envs.py --section ppo      # PPO env-steps/s, ~2-3 min
     .venv/bin/python benchmarks/envs.py --section fashion  # the fashion preset, ~3-4 min
+    .venv/bin/python benchmarks/envs.py --section precision  # float32 vs bfloat16, ~2 min
     .venv/bin/python benchmarks/envs.py --quick --rounds 1 --warmup 0 --workers 0  # smoke run
     .venv/bin/python benchmarks/envs.py --section ppo --before-rev none  # without the old code
 """
@@ -535,22 +540,46 @@ def train_epochs(trainers: Sequence[Trainer], chunk: int) -> Callable[[], object
 
 @dataclass(frozen=True)
 class EnvsCase:
-    """One contestant of the envs section: ``n`` environments trained ``chunk`` at a time."""
+    """One contestant of the envs section: ``n`` environments trained ``chunk`` at a time, in
+    ``precision`` (``HostTraining.precision``)."""
 
     n: int
     chunk: int
     old_layout: bool = False
+    precision: str = "float32"
 
     def label(self, default: int) -> str:
         """How the table names it; the chunk ``VectorEnv`` would choose is marked."""
         if self.old_layout:
             return "old layout (NCHW), sequential"
         name = "sequential (chunk 1)" if self.chunk == 1 else f"batched, chunk {self.chunk}"
+        if self.precision != "float32":
+            return f"{self.precision}, {name}, default"  # only its default chunk is timed
         return f"{name}, default" if self.chunk == default else name
 
 
 def _median_spread(ratios: Sequence[float]) -> str:
     return f"{statistics.median(ratios):>6.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def envs_cases(work: Workload, default: int, bf16_chunk: int, today: EnvsCase) -> list[EnvsCase]:
+    """``today`` and, for every environment count, the float32 chunks (one by one, the default,
+    ``FORCED_CHUNK``) and bfloat16 in its default chunk."""
+    cases = [today]
+    for n in work.env_counts:
+        cases += [EnvsCase(n, c) for c in dict.fromkeys((1, default, FORCED_CHUNK))]
+        cases.append(EnvsCase(n, bf16_chunk, precision="bfloat16"))
+    return cases
+
+
+def envs_contestant(
+    host: Host, data: Dataset, training: HostTraining, case: EnvsCase, default: int
+) -> Contestant:
+    """``case``'s fresh trainers of ``host``, one epoch of each per call."""
+    trainers = host_trainers(
+        host, data, replace(training, precision=case.precision), case.n, case.old_layout
+    )
+    return Contestant(case.label(default), train_epochs(trainers, case.chunk))
 
 
 def envs_host(host: Host, data: Dataset, run: Budget, work: Workload) -> None:
@@ -559,21 +588,17 @@ def envs_host(host: Host, data: Dataset, run: Budget, work: Workload) -> None:
     training = resolve_training(
         HostTraining(host.task, batches_per_epoch=work.epoch_batches, val_samples=BATCH)
     )
-    default = default_chunk(host, data, training)
-    chunk_sizes = list(dict.fromkeys((1, default, FORCED_CHUNK)))
+    default, bf16_chunk = (
+        default_chunk(host, data, replace(training, precision=p)) for p in ("float32", "bfloat16")
+    )
     today = EnvsCase(1, 1, old_layout=True)
-    cases = [today, *(EnvsCase(n, c) for n in work.env_counts for c in chunk_sizes)]
-    contestants = [
-        Contestant(
-            case.label(default),
-            train_epochs(host_trainers(host, data, training, case.n, case.old_layout), case.chunk),
-        )
-        for case in cases
-    ]
+    cases = envs_cases(work, default, bf16_chunk, today)
+    contestants = [envs_contestant(host, data, training, case, default) for case in cases]
     n_params = sum(p.numel() for p in host.build(data).parameters())
     print(
         f"\n   {host.label}: {n_params} params (task {host.task}), epochs of {work.epoch_batches} "
-        f"batches x {training.batch_size}; VectorEnv's default chunk here: {default}"
+        f"batches x {training.batch_size}; VectorEnv's default chunk here: {default} "
+        f"({bf16_chunk} in bfloat16)"
     )
     times = time_interleaved(contestants, *run)
     by_case = dict(zip(cases, times, strict=True))
@@ -595,8 +620,8 @@ def envs_host(host: Host, data: Dataset, run: Budget, work: Workload) -> None:
             f"{statistics.median(own):>9.2f} {_median_spread(vs_seq):>20} "
             f"{_median_spread(vs_today):>18}"
         )
-    for chunk in dict.fromkeys((default, FORCED_CHUNK)):
-        case = EnvsCase(TARGET_ENVS, chunk)
+    targets = [EnvsCase(TARGET_ENVS, c) for c in dict.fromkeys((default, FORCED_CHUNK))]
+    for case in [*targets, EnvsCase(TARGET_ENVS, bf16_chunk, precision="bfloat16")]:
         if case not in rates:
             continue
         speed = statistics.median(r / t for r, t in zip(rates[case], rates[today], strict=True))
@@ -961,6 +986,50 @@ def fashion_section(run: Budget, work: Workload) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# precision section: one environment's epoch in float32 and in bfloat16, task by task
+
+PRECISION_HOSTS = (
+    Host("impaired host", "fashion_mnist_impaired", None),
+    Host(f"CNNHost({BASE_CHANNELS})", "fashion_mnist", BASE_CHANNELS),
+    Host("CNNHost(16), the task's", "fashion_mnist", None),
+    Host("digits host", "digits", None),
+    Host("text_lm_impaired host", "text_lm_impaired", None),
+    Host("text_lm host", "text_lm", None),
+)
+"""The hosts whose data is installed here (CIFAR-10 is downloaded on first use; not timed)."""
+
+PRECISION_BUDGET = Budget(5, 1, 1)
+"""A round trains one short epoch of each host in both precisions (~10 s)."""
+
+
+def precision_section(run: Budget, work: Workload) -> None:
+    """One environment's training epoch (``train_together`` alone) in float32 and under
+    bfloat16 autocast (``HostTraining.precision``), per host, paired round by round."""
+    print(
+        f"\n5. one environment's training epoch ({work.epoch_batches} batches of the task's "
+        f"size), float32 against bfloat16 autocast, each host's own contestants interleaved"
+    )
+    for host in PRECISION_HOSTS:
+        data = load_dataset(get_task(host.task).dataset, None, download=False, progress=False)
+        training = resolve_training(
+            HostTraining(host.task, batches_per_epoch=work.epoch_batches, val_samples=BATCH)
+        )
+        contestants = [
+            Contestant(
+                precision,
+                train_epochs(
+                    host_trainers(host, data, replace(training, precision=precision), 1), 1
+                ),
+            )
+            for precision in ("float32", "bfloat16")
+        ]
+        rows = summarize(contestants, time_interleaved(contestants, *run))
+        params = sum(p.numel() for p in host.build(data).parameters())
+        print(f"\n   {host.label} ({host.task}, {params} params)")
+        print(format_rows(rows, per="epoch"))
+
+
+# --------------------------------------------------------------------------------------------
 # main
 
 
@@ -976,6 +1045,7 @@ SECTIONS = {
     "envs": Section(envs_section, ENVS_BUDGET),
     "ppo": Section(ppo_section, PPO_BUDGET),
     "fashion": Section(fashion_section, FASHION_BUDGET),
+    "precision": Section(precision_section, PRECISION_BUDGET),
 }
 """Every section by name, in the order a full run prints them."""
 

@@ -379,6 +379,11 @@ def test_chunk_size_groups_small_hosts_only() -> None:
     assert chunk_size(small, CPU) == CPU_CHUNK
     assert chunk_size(wide, CPU) == 1
     assert chunk_size(wide, torch.device("cuda")) == 2  # on a GPU: one large grouped batch
+    # bfloat16 activations take half the bytes: width 8 (1.6 MiB) groups, width 16 does not.
+    assert chunk_size(_growth_envs("fashion_mnist", 2, width=8), CPU) == 1  # 3.2 MiB
+    narrow_bf16 = _growth_envs("fashion_mnist", 2, width=8, precision="bfloat16")
+    assert chunk_size(narrow_bf16, CPU) == CPU_CHUNK
+    assert chunk_size(_growth_envs("fashion_mnist", 2, precision="bfloat16"), CPU) == 1
 
 
 def test_vector_env_steps_grouped_like_one_by_one() -> None:

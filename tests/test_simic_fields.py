@@ -227,6 +227,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.seed_lr": (1e-1, {}, env_probe),
     "env.weight_decay": (0.5, {}, env_probe),
     "env.threads": (1, {"env": {"threads": 2}}, threads_probe),
+    "env.precision": ("bfloat16", {}, env_probe),
     "env.slots": (["mid", "late"], {}, env_probe),
     "env.width": (8, {}, env_probe),
     "env.shapley": (True, {"env": {"epochs": 8}}, blending_probe),

@@ -43,15 +43,18 @@ RANDOM_LAYERS = (
 """Layers that draw random numbers in training: a model holding one trains on its own."""
 
 
-def activation_bytes(model: MorphogeneticModel, batch: int) -> int:
+def activation_bytes(
+    model: MorphogeneticModel, batch: int, dtype: torch.dtype | None = None
+) -> int:
     """Bytes of a CNN host's largest activation for one ``batch``: the first block's conv
-    output, before its pool (channels double each block while the area quarters)."""
+    output, before its pool (channels double each block while the area quarters), in ``dtype``
+    (None: the host's parameters' dtype; bfloat16 under a bfloat16 autocast)."""
     config = cast(CNNHost, model.host).config
     size, largest = config.input_size, 0
     for i in range(config.depth):
         largest = max(largest, config.base_channels * 2**i * size * size)
         size = size // 2 if size >= 2 else size
-    element = next(model.host.parameters()).element_size()
+    element = next(model.host.parameters()).element_size() if dtype is None else dtype.itemsize
     return largest * batch * element
 
 

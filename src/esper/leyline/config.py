@@ -34,6 +34,8 @@ MAX_WIDTH = 4096
 millions of parameters per layer, far beyond what Esper's tasks train; larger is a typo."""
 
 TelemetryName = Literal["minimal", "normal", "debug"]
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 C = TypeVar("C")
 
 
@@ -85,6 +87,11 @@ class HostTraining:
         threads: torch intra-op threads per environment worker (None: 1, the thread policy of
             ``esper.tolaria.threads``; workers x threads may not exceed the usable cores). The
             count changes results, so the run records it and a resume must match it.
+        precision: arithmetic of the training forward pass: float32, or bfloat16 under
+            ``torch.autocast`` (convolutions and matrix products in bfloat16; weights, optimizer
+            state, losses and validation in float32). bfloat16 trains CNN hosts of width 8 and
+            more 1.4-2.5x faster on CPUs with AMX (docs/benchmarks.md) and tiny hosts slower;
+            results differ from float32 by rounding, so the run records it.
         slots: slots a controller may grow in.
         width: host width: CNN base channels / transformer model dimension (None: the task's).
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).
@@ -105,6 +112,7 @@ class HostTraining:
     seed_lr: float | None = None
     weight_decay: float = 0.0
     threads: int | None = None
+    precision: Precision = "float32"
     slots: tuple[str, ...] = ("early", "mid", "late")
     width: int | None = None
     shapley: bool = False
@@ -123,6 +131,10 @@ class HostTraining:
         check_float("weight_decay", self.weight_decay, 0.0, 10.0)
         if self.threads is not None:
             check_int("threads", self.threads, 1, 1024)
+        require(
+            self.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
         require(
             isinstance(self.slots, tuple | list)
             and bool(self.slots)

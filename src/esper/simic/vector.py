@@ -73,7 +73,10 @@ CPU_GROUP_MAX_BYTES = 2 * 2**20
 1.03-1.10x faster in chunks of 4 than one by one, and its PPO rounds 0.98-1.19x (1.3-1.4x before
 its first block ran in closed form, ``kasmina.hosts.one_channel_blocks``; 1.6-2.2x before the
 one-by-one path gained the one-channel product); ``CNNHost(8)`` (3.2 MiB) and wider hosts are
-memory-bound, and grouping them ran 0.7-1.1x: they train one by one."""
+memory-bound, and grouping them ran 0.7-1.1x: they train one by one. Under bfloat16
+(``HostTraining.precision``) activations take half the bytes: ``CNNHost(8)`` (1.6 MiB) then
+trains 8 environments 1.4x faster in chunks of 4 than one by one, and ``CNNHost(16)``
+(3.2 MiB) 0.7x, so it still trains one by one (2026-12-04, docs/benchmarks.md)."""
 
 
 def chunk_size(envs: Sequence[GrowthEnv], device: torch.device) -> int:
@@ -87,9 +90,10 @@ def cpu_chunk(episode: Episode) -> int:
     hosts, 1 (no grouping) for other hosts and hosts too large to gain."""
     batch = episode.training.batch_size or 1
     model = episode.initial_model
-    if not isinstance(model.host, CNNHost) or activation_bytes(model, batch) > CPU_GROUP_MAX_BYTES:
+    if not isinstance(model.host, CNNHost):
         return 1
-    return CPU_CHUNK
+    dtype = torch.bfloat16 if episode.training.precision == "bfloat16" else None
+    return 1 if activation_bytes(model, batch, dtype) > CPU_GROUP_MAX_BYTES else CPU_CHUNK
 
 
 class VectorEnv:

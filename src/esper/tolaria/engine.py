@@ -134,6 +134,12 @@ def _forward(
     return [model(x) for model, x in zip(models, xs, strict=True)]
 
 
+def training_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The training forward's ``torch.autocast`` for ``HostTraining.precision`` on ``device``:
+    bfloat16, or disabled (float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def checks_each_batch(device: torch.device) -> bool:
     """Whether the epoch loop checks every batch's loss for finiteness: on a CPU, where it is
     free; not on CUDA, where reading the flag would synchronise with the host every batch."""
@@ -172,13 +178,16 @@ def _train_batch(
     measure: bool,
     check: bool,
     grouped: bool,
+    autocast: torch.autocast,
 ) -> None:
-    """One batch for each trainer: forward together (grouped when ``grouped``), one backward,
-    each optimizer steps."""
+    """One batch for each trainer: forward together (grouped when ``grouped``) under
+    ``autocast``, the losses in float32, one backward, each optimizer steps."""
     batches = [t.stream.next_batch() for t in trainers]
     for t in trainers:
         t.optimizer.zero_grad()
-    outs = _forward([t.model for t in trainers], [x for x, _ in batches], grouped)
+    with autocast:
+        outs = _forward([t.model for t in trainers], [x for x, _ in batches], grouped)
+    outs = [out.float() if out.dtype == torch.bfloat16 else out for out in outs]
     scored = [_loss_and_correct(out, y) for out, (_, y) in zip(outs, batches, strict=True)]
     means = [loss / y.numel() for (loss, _), (_, y) in zip(scored, batches, strict=True)]
     finite = torch.stack(means).isfinite().tolist() if check else [True] * len(means)
@@ -225,6 +234,10 @@ def train_together(
     for t in trainers:
         t.model.train()
     device = trainers[0].model.host_parameters()[0].device
+    precisions = {t.config.precision for t in trainers}
+    if len(precisions) > 1:
+        raise ValueError(f"trainers of one epoch must share a precision, got {sorted(precisions)}")
+    autocast = training_autocast(device, precisions.pop())
     tallies = [_Tally(device) for _ in trainers]
     check = checks_each_batch(device)
     # Models change shape only between epochs, and any two of a groupable set are groupable:
@@ -244,7 +257,8 @@ def train_together(
             break
         measure = i % GRADIENT_STATS_EVERY == 0
         batch_trainers = [trainers[j] for j in live]
-        _train_batch(batch_trainers, [tallies[j] for j in live], measure, check, grouped)
+        live_tallies = [tallies[j] for j in live]
+        _train_batch(batch_trainers, live_tallies, measure, check, grouped, autocast)
         if reporting and (now := clock()) >= report_at:
             report_at = now + PROGRESS_EVERY_S
             for report, epoch, tally, n in reporting:
