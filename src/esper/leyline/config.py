@@ -87,11 +87,11 @@ class HostTraining:
         threads: torch intra-op threads per environment worker (None: 1, the thread policy of
             ``esper.tolaria.threads``; workers x threads may not exceed the usable cores). The
             count changes results, so the run records it and a resume must match it.
-        precision: arithmetic of the training forward pass: float32, or bfloat16 under
-            ``torch.autocast`` (convolutions and matrix products in bfloat16; weights, optimizer
-            state, losses and validation in float32). bfloat16 trains CNN hosts of width 8 and
-            more 1.4-2.5x faster on CPUs with AMX (docs/benchmarks.md) and tiny hosts slower;
-            results differ from float32 by rounding, so the run records it.
+        precision: arithmetic of the training forward pass: float32, or bfloat16 under a
+            torch autocast (convolutions and matrix products in bfloat16; weights, optimizer
+            state, losses and validation in float32). On a CPU with AMX it trained a width-16
+            CNN host 1.6x faster, but tiny CNN and transformer hosts 0.4-0.9x as fast
+            (docs/benchmarks.md). Results differ from float32 by rounding.
         slots: slots a controller may grow in.
         width: host width: CNN base channels / transformer model dimension (None: the task's).
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).

@@ -75,8 +75,9 @@ its first block ran in closed form, ``kasmina.hosts.one_channel_blocks``; 1.6-2.
 one-by-one path gained the one-channel product); ``CNNHost(8)`` (3.2 MiB) and wider hosts are
 memory-bound, and grouping them ran 0.7-1.1x: they train one by one. Under bfloat16
 (``HostTraining.precision``) activations take half the bytes: ``CNNHost(8)`` (1.6 MiB) then
-trains 8 environments 1.4x faster in chunks of 4 than one by one, and ``CNNHost(16)``
-(3.2 MiB) 0.7x, so it still trains one by one (2026-12-04, docs/benchmarks.md)."""
+trains 8 environments 1.2-1.5x faster in chunks of 4 than float32 one by one, while
+``CNNHost(16)`` (3.2 MiB) grouped ran 0.7x its one by one, so it still trains one by one
+(2026-12-04, docs/benchmarks.md)."""
 
 
 def chunk_size(envs: Sequence[GrowthEnv], device: torch.device) -> int:
