@@ -19,6 +19,7 @@ from esper.nissa import record
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
 from esper.study.run import ppo_state
+from esper.tasks import get_task
 
 TIMING = {"seconds_rollout", "seconds_update"}
 ROUND_FIELDS = tuple(f.name for f in fields(PPOUpdate))
@@ -116,6 +117,11 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "note: the policy trained with slots = early, mid, late; this eval runs with " in err
     assert err.count("note:") == 1 and "slots = mid\n" in err
+
+    # The task's own width given explicitly is no override (the policy's run recorded none).
+    width = get_task("synthetic").host_width()
+    assert main([*args, "--width", str(width), "--out", str(tmp_path / "same")]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_eval_config_round_trips_and_a_resume_keeps_its_policy(

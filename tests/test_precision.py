@@ -13,10 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import cnn_host, grow, host_input, transformer_host
 from esper.cli.main import main
 from esper.data import BatchStream, make_synthetic
-from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
+from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, blueprint_registry
 from esper.kasmina.grouped import groupable, grouped_forward
+from esper.leyline import SeedStage, Topology
 from esper.leyline.config import HostTraining
 from esper.leyline.data import Dataset
 from esper.tolaria.engine import Trainer, train_together, training_autocast
@@ -119,6 +121,32 @@ def test_grouped_bfloat16_pass_matches_one_by_one() -> None:
     # against bfloat16 by up to ~28 % (small gradients), so 5 % tells them apart.
     for ga, gb in zip(alone[1], together[1], strict=True):
         assert (ga - gb).norm() <= 0.05 * ga.norm()
+
+
+BLUEPRINTS = [(t, name) for t in Topology for name in blueprint_registry.names(t)]
+
+
+@pytest.mark.parametrize(("topology", "blueprint"), BLUEPRINTS, ids=str)
+@pytest.mark.parametrize("blend_mode", ["add", "gated"])
+@pytest.mark.parametrize("stage", [SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.FOSSILIZED])
+def test_every_seed_trains_under_bfloat16(
+    topology: Topology, blueprint: str, blend_mode: str, stage: SeedStage
+) -> None:
+    """Every blueprint, blend mode and stage runs forward and backward under the bfloat16
+    autocast, near its float32 output (a gated transformer seed raised a dtype error)."""
+    host = cnn_host() if topology is Topology.CNN else transformer_host()
+    model = MorphogeneticModel(host, ["mid"])
+    grow(model, "mid", blueprint, stage, blend_mode=blend_mode, alpha=0.4)
+    x = host_input(model.host, batch=8)
+    model.train()
+    exact = model(x).double()
+    with training_autocast(CPU, "bfloat16"):
+        out = model(x)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert (out.double() - exact).norm() <= 0.05 * exact.norm()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is None or torch.isfinite(g).all() for g in grads)
 
 
 def test_trainers_of_one_epoch_must_share_a_precision() -> None:

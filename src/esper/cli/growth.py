@@ -14,17 +14,23 @@ from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.run import Stop, check_recorded_mode, ppo_state
-
-POLICY_FACING = ("task", "width", "slots", "auto_advance")
-"""Host-training settings that change the host a policy controls or what it may do: an eval
-that overrides one says what the policy trained with."""
+from esper.tasks import TASKS, get_task
 
 
-def _shown(value: object) -> str:
-    """A setting as the note shows it (lists comma-separated, booleans lower-case)."""
-    if isinstance(value, tuple):
-        return ", ".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def _policy_facing(training: HostTraining) -> dict[str, str]:
+    """The host-training settings that change the host a policy controls or what it may do,
+    as an eval's note shows them (an eval that overrides one says what the policy trained
+    with). The width is the one the host gets: unset, the task's own (an unknown task is
+    refused later, by the run)."""
+    width = training.width
+    if width is None and training.task in TASKS:
+        width = get_task(training.task).host_width()
+    return {
+        "task": training.task,
+        "width": str(width),
+        "slots": ", ".join(training.slots),
+        "auto_advance": str(training.auto_advance).lower(),
+    }
 
 
 def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
@@ -50,11 +56,8 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     if policy is None:
         return config
     assert base is not None
-    changed = [
-        (name, _shown(getattr(base, name)), _shown(getattr(config.training, name)))
-        for name in POLICY_FACING
-        if getattr(base, name) != getattr(config.training, name)
-    ]
+    trained, running = _policy_facing(base), _policy_facing(config.training)
+    changed = [(name, trained[name], now) for name, now in running.items() if now != trained[name]]
     if changed:  # the policy never trained like this
         print(
             "esper eval: note: the policy trained with "

@@ -123,7 +123,9 @@ class SeedSlot(nn.Module):
         zero_rows = alpha == 0 if isinstance(alpha, Tensor) else None
         if self.gate is not None:
             alpha = alpha * self.gate(x_in)
-        out = torch.lerp(h, x_in + self.seed(x_in), alpha)
+        if isinstance(alpha, Tensor):  # under a bfloat16 autocast: lerp needs h's dtype
+            alpha = alpha.to(h.dtype)
+        out = torch.lerp(h, (x_in + self.seed(x_in)).to(h.dtype), alpha)
         if zero_rows is not None:
             # α = 0 must return h even when the seed's output is not finite (lerp gives NaN).
             out = torch.where(zero_rows, h, out)

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from esper.leyline.slots import ordered_slots
 
@@ -35,7 +35,7 @@ millions of parameters per layer, far beyond what Esper's tasks train; larger is
 
 TelemetryName = Literal["minimal", "normal", "debug"]
 Precision = Literal["float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 C = TypeVar("C")
 
 

@@ -83,6 +83,16 @@ class TaskSpec:
         Raises:
             ValueError: one line naming the bad width or slots and what the host accepts.
         """
+        config = self._bare_config(width)
+        check_slots(slots, slot_names(config.n_points), f"the {self.name} host")
+
+    def host_width(self, width: int | None = None) -> int:
+        """The width of the host this task builds: ``width``, else the task's own."""
+        return self._bare_config(width).width
+
+    def _bare_config(self, width: int | None) -> HostConfig:
+        """The host's config without data (data-dependent fields at their defaults; width and
+        depth, hence the slots, do not depend on the data)."""
         from esper.kasmina import CNNHostConfig, TransformerHostConfig
 
         config: HostConfig = (
@@ -90,9 +100,7 @@ class TaskSpec:
             if self.host_kind == "cnn"
             else TransformerHostConfig(vocab_size=2, **self.host_config)
         )
-        if width is not None:
-            config = config.with_width(width)
-        check_slots(slots, slot_names(config.n_points), f"the {self.name} host")
+        return config if width is None else config.with_width(width)
 
     def build_host(self, data: Dataset, width: int | None = None) -> SegmentedHost:
         """The task's host for ``data`` (``host_config_for``'s arguments and errors)."""
