@@ -91,7 +91,8 @@ class HostTraining:
             torch autocast (convolutions and matrix products in bfloat16; weights, optimizer
             state, losses and validation in float32). On a CPU with AMX it trained a width-16
             CNN host 1.6x faster, but tiny CNN and transformer hosts 0.4-0.9x as fast
-            (docs/benchmarks.md). Results differ from float32 by rounding.
+            (docs/benchmarks.md). A different computation: results differ from float32's
+            (docs/results.md section 11).
         slots: slots a controller may grow in.
         width: host width: CNN base channels / transformer model dimension (None: the task's).
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).
