@@ -45,6 +45,9 @@ Sections (``--section NAME``; all of them without it):
 * **precision**: one environment's training epoch in float32 and under a bfloat16 autocast
   (``HostTraining.precision``), for each task host whose data is installed here: which hosts
   the setting speeds up and which it slows down.
+* **device**: the ppo section's workload batched on ``--device`` (default ``cuda``; skipped
+  without it) at 8, 32 and 128 environments, float32 and bfloat16, against the 2-core CPU's
+  recorded best (``CPU_BEST_ENV_STEPS``). Target on a GPU: >= 50x.
 * **fashion**: whole rounds of the ``fashion`` preset itself (4 environments, 15 epochs x 100
   batches, 2,000 validation samples), the same four contestants, projected to its 40 rounds.
   Target: under 30 minutes.
@@ -64,6 +67,7 @@ Usage (run times on a shared 2-core machine)::
     .venv/bin/python benchmarks/envs.py --section ppo      # PPO env-steps/s, ~2-3 min
     .venv/bin/python benchmarks/envs.py --section fashion  # the fashion preset, ~3-4 min
     .venv/bin/python benchmarks/envs.py --section precision  # float32 vs bfloat16, ~2 min
+    .venv/bin/python benchmarks/envs.py --section device     # on a GPU (cuda): PPO env-steps/s
     .venv/bin/python benchmarks/envs.py --quick --rounds 1 --warmup 0 --workers 0  # smoke run
     .venv/bin/python benchmarks/envs.py --section ppo --before-rev none  # without the old code
 """
@@ -437,6 +441,8 @@ class Workload:
             sections' before-#11 contestant runs (None: no such contestant).
         before_threads: that contestant's torch threads (that code's own default was torch's,
             two here; the other contestants run one per process).
+        device: the device section's device.
+        device_env_counts: ``n_envs`` of the device section's trainers.
     """
 
     env_counts: tuple[int, ...]
@@ -448,10 +454,20 @@ class Workload:
     workers: int = 0
     before_source: Path | None = None
     before_threads: int = 1
+    device: str = "cuda"
+    device_env_counts: tuple[int, ...] = (8, 32, 128)
 
 
 FULL = Workload((1, 4, 8, 16), 20, (1, 4, 8), 4, 500, {})
-QUICK = Workload((1, 2), 2, (2,), 2, 128, {"epochs": 2, "batches_per_epoch": 2, "val_samples": 128})
+QUICK = Workload(
+    (1, 2),
+    2,
+    (2,),
+    2,
+    128,
+    {"epochs": 2, "batches_per_epoch": 2, "val_samples": 128},
+    device_env_counts=(2,),
+)
 """``--quick``: a smoke run in seconds (numbers meaningless)."""
 
 FORCED_CHUNK = 4
@@ -693,6 +709,8 @@ class PPOCase:
     n_envs: int
     kind: str
     workers: int | None = None
+    device: str = "cpu"
+    precision: str = "float32"
 
     @property
     def label(self) -> str:
@@ -701,6 +719,8 @@ class PPOCase:
             return "before #11 (sequential)"
         if self.kind == SEQUENTIAL:
             return "sequential (chunk 1)"
+        if self.device != "cpu" or self.precision != "float32":
+            return f"batched, {self.device}, {self.precision}"
         return f"batched + {self.workers} workers" if self.workers else "batched"
 
 
@@ -795,9 +815,14 @@ def ppo_trainer(case: PPOCase, env: dict[str, Any]) -> PPOTrainer:
     steps the same environments one by one: ``build_trainer`` takes no chunk size, so its
     ``VectorEnv`` is rewrapped with ``chunk=1`` before the first round. A workers case needs
     Ray running (``start_ray`` joins the session and sets each actor's threads)."""
-    overrides = {"env": env, "ppo": {"n_envs": case.n_envs}}
+    runtime: dict[str, Any] = {"devices": [case.device]}
     if case.workers:
-        overrides["runtime"] = {"workers": case.workers}
+        runtime["workers"] = case.workers
+    overrides = {
+        "env": {**env, "precision": case.precision},
+        "ppo": {"n_envs": case.n_envs},
+        "runtime": runtime,
+    }
     config: TrainingConfig = override(load_preset(PPO_PRESET), overrides)
     if case.workers:
         config, _ = start_ray(config)  # the benchmark's session: nothing to stop per trainer
@@ -1030,6 +1055,51 @@ def precision_section(run: Budget, work: Workload) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# device section: PPO env-steps/s on a GPU against this 2-core CPU's recorded best
+
+DEVICE_BUDGET = Budget(3, 1, 1)
+
+CPU_BEST_ENV_STEPS = 16.35
+"""PPO env-steps/s of the fastest ppo-section contestant on the 2-core CPU machine these
+benchmarks were developed on: 8 environments batched on 2 Ray workers, run O (2026-12-03,
+``922b6af``, docs/benchmarks.md). A GPU machine cannot time that CPU, so the device section
+compares against this recorded figure."""
+
+GPU_TARGET = 50.0
+"""On a GPU, PPO env-steps/s >= 50x this 2-core CPU's (issue #11)."""
+
+
+def device_section(run: Budget, work: Workload) -> None:
+    """PPO env-steps/s of the ppo section's workload on ``work.device``, batched (on CUDA each
+    device's environments are one grouped chunk), in float32 and bfloat16, at each of
+    ``work.device_env_counts`` environments; skipped without the device."""
+    if torch.device(work.device).type == "cuda" and not torch.cuda.is_available():
+        print(f"\n6. device: skipped, {work.device!r} is not available (--device cpu runs it here)")
+        return
+    env = {
+        "epochs": work.ppo_epochs,
+        "batches_per_epoch": work.epoch_batches,
+        "val_samples": work.val_samples,
+    }
+    print(
+        f"\n6. PPO env-steps/s on {work.device}: the ppo section's workload, batched, float32 "
+        f"and bfloat16, against this 2-core CPU's recorded best ({CPU_BEST_ENV_STEPS})"
+    )
+    cases = [
+        PPOCase(n, BATCHED, device=work.device, precision=precision)
+        for n in work.device_env_counts
+        for precision in ("float32", "bfloat16")
+    ]
+    measured = ppo_rounds(cases, env, run)
+    for case in cases:
+        speed = statistics.median(measured[case][1]) / CPU_BEST_ENV_STEPS
+        print(
+            f"{case.n_envs} envs, {case.label}: {speed:.1f}x the 2-core CPU's best (target >= "
+            f"{GPU_TARGET:.0f}x) {_verdict(speed >= GPU_TARGET)}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # main
 
 
@@ -1046,6 +1116,7 @@ SECTIONS = {
     "ppo": Section(ppo_section, PPO_BUDGET),
     "fashion": Section(fashion_section, FASHION_BUDGET),
     "precision": Section(precision_section, PRECISION_BUDGET),
+    "device": Section(device_section, DEVICE_BUDGET),
 }
 """Every section by name, in the order a full run prints them."""
 
@@ -1069,6 +1140,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_WORKERS,
         help=f"Ray actors of the workers contestants (default {DEFAULT_WORKERS}; 0: none, Ray "
         "is not imported)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="the device section's device (default cuda; the section is skipped without it; "
+        "cpu runs its code on this CPU)",
     )
     parser.add_argument(
         "--before-rev",
@@ -1101,6 +1178,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"untimed steps per contestant first (default per section: {defaults})",
     )
     args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range values through ``parser.error`` (one line, exit 2); ``none`` as
+    ``--before-rev`` becomes None."""
     for name in ("rounds", "repeats"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -1117,7 +1201,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must be at least 0")
-    return args
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
 
 
 def _is_commit(rev: str) -> bool:
@@ -1160,6 +1247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             before_source=source,
             before_threads=args.before_threads,
+            device=args.device,
         )
         for name in sections:
             run = budget(args, SECTIONS[name].budget)

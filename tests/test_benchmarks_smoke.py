@@ -125,6 +125,38 @@ def test_envs_benchmark_envs_ppo_and_fashion_sections_smoke(capsys) -> None:
     assert torch.get_num_threads() == threads
 
 
+def test_envs_benchmark_precision_and_device_sections_smoke(capsys) -> None:
+    import torch
+
+    import envs
+
+    sections = ["--section", "precision", "--section", "device", *QUICK_ENVS, "--workers", "0"]
+    assert envs.main([*sections, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        "5. one environment's training epoch",
+        "text_lm host (text_lm, 160768 params)",
+        "6. PPO env-steps/s on cpu",
+        "   2 batched, cpu, bfloat16",
+        "2 envs, batched: ",  # float32 on the CPU is the plain batched contestant
+        "x the 2-core CPU's best (target >= 50x)",
+    ):
+        assert line in out, line
+    if not torch.cuda.is_available():  # the default device: skipped in one line without it
+        assert envs.main(["--section", "device", *QUICK_ENVS, "--workers", "0"]) == 0
+        assert "6. device: skipped, 'cuda' is not available" in capsys.readouterr().out
+
+
+def test_envs_benchmark_unknown_device_is_one_line(capsys) -> None:
+    import envs
+
+    with pytest.raises(SystemExit) as exit_info:
+        envs.main(["--section", "device", *QUICK_ENVS, "--device", "gpu"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--device 'gpu' is not a torch device" in last
+
+
 def test_envs_benchmark_unknown_before_rev_is_one_line(capsys) -> None:
     import envs
 
