@@ -578,6 +578,14 @@ def _median_spread(ratios: Sequence[float]) -> str:
     return f"{statistics.median(ratios):>6.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
+def short_epochs(host: Host, work: Workload) -> HostTraining:
+    """``host``'s task's training, resolved, with ``work.epoch_batches`` batches per epoch
+    and one batch of validation samples (the envs and precision sections time epochs)."""
+    return resolve_training(
+        HostTraining(host.task, batches_per_epoch=work.epoch_batches, val_samples=BATCH)
+    )
+
+
 def envs_cases(work: Workload, default: int, bf16_chunk: int, today: EnvsCase) -> list[EnvsCase]:
     """``today`` and, for every environment count, the float32 chunks (one by one, the default,
     ``FORCED_CHUNK``) and bfloat16 in its default chunk."""
@@ -601,9 +609,7 @@ def envs_contestant(
 def envs_host(host: Host, data: Dataset, run: Budget, work: Workload) -> None:
     """Time every environment count and chunk size of ``host`` in one interleaved run, with
     today's path (old layout, one environment) as a reference; print the table and targets."""
-    training = resolve_training(
-        HostTraining(host.task, batches_per_epoch=work.epoch_batches, val_samples=BATCH)
-    )
+    training = short_epochs(host, work)
     default, bf16_chunk = (
         default_chunk(host, data, replace(training, precision=p)) for p in ("float32", "bfloat16")
     )
@@ -954,13 +960,18 @@ def _cases(n_envs: int, workers: int, before: bool) -> list[PPOCase]:
     return cases
 
 
-def ppo_section(run: Budget, work: Workload) -> None:
-    """PPO env-steps/s per ``n_envs``, sequential vs batched vs workers, in one interleaved run."""
-    env = {
+def ppo_env(work: Workload) -> dict[str, int]:
+    """The ppo and device sections' overrides of the preset's ``env``: short episodes."""
+    return {
         "epochs": work.ppo_epochs,
         "batches_per_epoch": work.epoch_batches,
         "val_samples": work.val_samples,
     }
+
+
+def ppo_section(run: Budget, work: Workload) -> None:
+    """PPO env-steps/s per ``n_envs``, sequential vs batched vs workers, in one interleaved run."""
+    env = ppo_env(work)
     task = load_preset(PPO_PRESET).env.task
     print(
         f"\n3. PPO env-steps/s: preset {PPO_PRESET!r} ({task}) with episodes of "
@@ -1036,9 +1047,7 @@ def precision_section(run: Budget, work: Workload) -> None:
     )
     for host in PRECISION_HOSTS:
         data = load_dataset(get_task(host.task).dataset, None, download=False, progress=False)
-        training = resolve_training(
-            HostTraining(host.task, batches_per_epoch=work.epoch_batches, val_samples=BATCH)
-        )
+        training = short_epochs(host, work)
         contestants = [
             Contestant(
                 precision,
@@ -1076,11 +1085,7 @@ def device_section(run: Budget, work: Workload) -> None:
     if torch.device(work.device).type == "cuda" and not torch.cuda.is_available():
         print(f"\n6. device: skipped, {work.device!r} is not available (--device cpu runs it here)")
         return
-    env = {
-        "epochs": work.ppo_epochs,
-        "batches_per_epoch": work.epoch_batches,
-        "val_samples": work.val_samples,
-    }
+    env = ppo_env(work)
     print(
         f"\n6. PPO env-steps/s on {work.device}: the ppo section's workload, batched, float32 "
         f"and bfloat16, against this 2-core CPU's recorded best ({CPU_BEST_ENV_STEPS})"

@@ -21,6 +21,7 @@ from esper.leyline.config import require
 from esper.simic.acting import RoundPolicy, Trajectory, collect
 from esper.simic.env import GrowthEnv, reset_envs, step_envs
 from esper.simic.protocol import Emit, Env, EnvStep, EpisodeInfo
+from esper.tolaria.engine import autocast_dtype
 from esper.tolaria.episode import Episode
 
 
@@ -93,7 +94,7 @@ def cpu_chunk(episode: Episode) -> int:
     model = episode.initial_model
     if not isinstance(model.host, CNNHost):
         return 1
-    dtype = torch.bfloat16 if episode.training.precision == "bfloat16" else None
+    dtype = autocast_dtype(episode.training.precision)
     return 1 if activation_bytes(model, batch, dtype) > CPU_GROUP_MAX_BYTES else CPU_CHUNK
 
 

@@ -134,10 +134,17 @@ def _forward(
     return [model(x) for model, x in zip(models, xs, strict=True)]
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype ``HostTraining.precision`` runs the training forward in under autocast (None:
+    float32, no autocast)."""
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
 def training_autocast(device: torch.device, precision: str) -> torch.autocast:
     """The training forward's ``torch.autocast`` for ``HostTraining.precision`` on ``device``:
-    bfloat16, or disabled (float32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    ``autocast_dtype``'s, or disabled (float32)."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def checks_each_batch(device: torch.device) -> bool:
