@@ -243,6 +243,23 @@ def test_entropy_gradients_stay_finite_with_one_valid_choice() -> None:
     assert (logits.grad[1:][~mask[1:]] == 0).all(), "masked logits get no gradient"
 
 
+def test_sampling_draws_what_torch_multinomial_draws() -> None:
+    """``sample`` avoids ``torch.multinomial`` (its validity check reads a flag back from a GPU)
+    but draws the same choices from the same generator state, masked rows included, and its
+    frequencies match the probabilities."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(4000, 6, generator=gen)
+    mask = torch.rand(4000, 6, generator=gen) < 0.6
+    mask[:, 3] = True
+    dist = MaskedCategorical(logits, mask)
+    ours = dist.sample(torch.Generator().manual_seed(99))
+    theirs = torch.multinomial(dist.probs, 1, generator=torch.Generator().manual_seed(99))
+    assert torch.equal(ours, theirs.squeeze(-1))
+    one_row = MaskedCategorical(logits[:1].expand(20000, 6), mask[:1].expand(20000, 6))
+    counts = torch.bincount(one_row.sample(gen), minlength=6) / 20000
+    assert torch.allclose(counts, one_row.probs[0], atol=0.015)
+
+
 def test_masked_choices_are_never_sampled_property() -> None:
     """Random shapes, masks, logits (fp32 and fp16, adversarial scales): masked never drawn."""
     gen = torch.Generator().manual_seed(1234)

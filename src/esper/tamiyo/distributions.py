@@ -86,7 +86,7 @@ class MaskedCategorical:
         z = z - excluded.amax(dim=-1, keepdim=True).detach()
         lse = torch.logsumexp(z.masked_fill(~mask, float("-inf")), dim=-1, keepdim=True)
         # Finite everywhere (0 at masked entries) so products and gradients never see -inf.
-        self._log_p = torch.where(mask, z - lse, torch.zeros((), dtype=compute))  # (…, n)
+        self._log_p = torch.where(mask, z - lse, z.new_zeros(()))  # (…, n)
         self._n_valid = n_valid
 
     @property
@@ -95,11 +95,15 @@ class MaskedCategorical:
         return torch.where(self.mask, self._log_p.exp(), torch.zeros_like(self._log_p))
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """``(…)`` long: one draw per row (never a masked choice)."""
+        """``(…)`` long: one draw per row (never a masked choice).
+
+        The choice maximising ``p / E`` with ``E ~ Exp(1)`` per entry is drawn with probability
+        ``p``: the draws ``torch.multinomial(probs, 1)`` makes from the same generator, without
+        its validity check, which reads a flag back and so makes the host wait for a GPU.
+        """
         probs = self.probs.detach()
-        flat = probs.reshape(-1, probs.shape[-1])  # (R, n)
-        draws = torch.multinomial(flat, 1, generator=generator)  # (R, 1)
-        return draws.reshape(probs.shape[:-1])
+        noise = torch.empty_like(probs).exponential_(1, generator=generator)
+        return (probs / noise).argmax(dim=-1)
 
     def mode(self) -> Tensor:
         """``(…)`` long: the most likely valid choice (the first on ties)."""
