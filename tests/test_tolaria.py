@@ -21,6 +21,7 @@ from esper.leyline import Action, Op, SeedStage
 from esper.leyline.config import HostTraining
 from esper.leyline.events import ActionTaken, EpochCompleted, GovernorPanic, SeedTransition
 from esper.tolaria import Governor, GovernorConfig, Trainer
+from esper.tolaria.optim import step_together
 
 CHANCE = math.log(10)
 
@@ -218,6 +219,42 @@ def test_seed_parameters_join_and_leave_the_optimizer() -> None:
     trainer.apply(Action(Op.PRUNE, slot="early"))
     assert opt.group_names() == ["host", "late"]
     assert not any(p in opt.optimizer.state for p in early)
+
+
+def test_optimizers_stepped_together_step_as_each_alone() -> None:
+    """``step_together`` (one fused AdamW call per hyperparameter set, across environments)
+    leaves every parameter and moment bit for bit where each optimizer's own ``step`` does:
+    with other learning rates, a seed group at its own rate, a parameter without a gradient,
+    and optimizers whose parameters have no state yet (a first step, a seed germinated late)."""
+
+    def build() -> list[Trainer]:
+        trainers = [_trainer(0), _trainer(1), _trainer(2, lr=1e-3, seed_lr=5e-4)]
+        for t in trainers[::2]:
+            t.apply(Action(Op.GERMINATE, slot="early", blueprint="conv_light"))
+            t.apply(Action(Op.ADVANCE, slot="early"))
+        return trainers
+
+    alone, together = build(), build()
+    x = alone[0].data.x_train[:16]
+    for step in range(4):
+        for trainers in (alone, together):
+            if step == 2:  # a seed with no AdamW state yet among optimizers with state
+                trainers[1].apply(Action(Op.GERMINATE, slot="late", blueprint="norm"))
+                trainers[1].apply(Action(Op.ADVANCE, slot="late"))
+            for t in trainers:
+                t.optimizer.zero_grad()
+                t.model(x).square().mean().backward()
+            trainers[0].model.host.head.bias.grad = None  # not stepped this time
+        for t in alone:
+            t.optimizer.step()
+        step_together([t.optimizer for t in together])
+    for a, b in zip(alone, together, strict=True):
+        assert all(
+            torch.equal(p, q)
+            for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True)
+        )
+        _assert_same_state(_opt_state(a), _opt_state(b))
+    assert alone[1].optimizer.group_names() == ["host", "late"]
 
 
 def test_pruning_one_of_two_identical_seeds() -> None:

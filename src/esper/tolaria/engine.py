@@ -37,7 +37,7 @@ from esper.leyline.events import (
     SlotSnapshot,
 )
 from esper.tolaria.governor import Governor, GovernorConfig, Panic
-from esper.tolaria.optim import SlotOptimizer
+from esper.tolaria.optim import SlotOptimizer, step_together
 
 EVAL_BATCH = 1024
 """Validation batch size: large batches are fastest for no-grad passes and change no result."""
@@ -188,7 +188,7 @@ def _train_batch(
     autocast: torch.autocast,
 ) -> None:
     """One batch for each trainer: forward together (grouped when ``grouped``) under
-    ``autocast``, the losses in float32, one backward, each optimizer steps."""
+    ``autocast``, the losses in float32, one backward, the optimizers step together."""
     batches = [t.stream.next_batch() for t in trainers]
     for t in trainers:
         t.optimizer.zero_grad()
@@ -211,11 +211,11 @@ def _train_batch(
             measured = t.model.gradient_norms()
             if measured is not None:
                 tally.norms.append(measured)
-        t.optimizer.step()
         tally.loss += scored[j][0].detach()
         tally.correct += scored[j][1]
         tally.count += batches[j][1].numel()
         tally.batches += 1
+    step_together([trainers[j].optimizer for j in kept])
 
 
 def train_together(
