@@ -100,10 +100,11 @@ class MaskedCategorical:
         The choice maximising ``p / E`` with ``E ~ Exp(1)`` per entry is drawn with probability
         ``p``: the draws ``torch.multinomial(probs, 1)`` makes from the same generator, without
         its validity check, which reads a flag back and so makes the host wait for a GPU.
+        Masked entries score -1, below every valid one, even where a draw of ``E`` is 0.
         """
         probs = self.probs.detach()
         noise = torch.empty_like(probs).exponential_(1, generator=generator)
-        return (probs / noise).argmax(dim=-1)
+        return torch.where(self.mask, probs / noise, -1.0).argmax(dim=-1)
 
     def mode(self) -> Tensor:
         """``(…)`` long: the most likely valid choice (the first on ties)."""
