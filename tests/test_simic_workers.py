@@ -118,10 +118,10 @@ def _close(a: Any, b: Any) -> bool:
 def _differences(a: list[dict[str, str]], b: list[dict[str, str]]) -> list[str]:
     """Where two runs' ``rounds.csv`` rows are not ``_close``: round, column and both values."""
     return [
-        f"row {i} {key}: {x[key]} vs {y.get(key)}"
+        f"row {i} {key}: {x.get(key)} vs {y.get(key)}"
         for i, (x, y) in enumerate(zip(a, b, strict=True))
-        for key in x
-        if not _close(x[key], y.get(key))
+        for key in dict.fromkeys([*x, *y])
+        if key not in x or key not in y or not _close(x[key], y[key])
     ]
 
 

@@ -86,13 +86,13 @@ class MaskedCategorical:
         z = z - excluded.amax(dim=-1, keepdim=True).detach()
         lse = torch.logsumexp(z.masked_fill(~mask, float("-inf")), dim=-1, keepdim=True)
         # Finite everywhere (0 at masked entries) so products and gradients never see -inf.
-        self._log_p = torch.where(mask, z - lse, z.new_zeros(()))  # (…, n)
+        self._log_p = torch.where(mask, z - lse, 0.0)  # (…, n)
         self._n_valid = n_valid
 
     @property
     def probs(self) -> Tensor:
         """``(…, n)`` probabilities; exactly 0 at masked entries, summing to 1 over valid ones."""
-        return torch.where(self.mask, self._log_p.exp(), torch.zeros_like(self._log_p))
+        return torch.where(self.mask, self._log_p.exp(), 0.0)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """``(…)`` long: one draw per row (never a masked choice).

@@ -37,7 +37,7 @@ from esper.leyline.events import (
     SlotSnapshot,
 )
 from esper.tolaria.governor import Governor, GovernorConfig, Panic
-from esper.tolaria.optim import SlotOptimizer, step_together
+from esper.tolaria.optim import SlotOptimizer, step_optimizers
 
 EVAL_BATCH = 1024
 """Validation batch size: large batches are fastest for no-grad passes and change no result."""
@@ -215,7 +215,7 @@ def _train_batch(
         tally.correct += scored[j][1]
         tally.count += batches[j][1].numel()
         tally.batches += 1
-    step_together([trainers[j].optimizer for j in kept])
+    step_optimizers([trainers[j].optimizer for j in kept])
 
 
 def train_together(
