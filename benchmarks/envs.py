@@ -48,6 +48,10 @@ Sections (``--section NAME``; all of them without it):
 * **device**: the ppo section's workload batched on ``--device`` (default ``cuda``; skipped
   without it) at 8, 32 and 128 environments, float32 and bfloat16, against the 2-core CPU's
   recorded best (``CPU_BEST_ENV_STEPS``). Target on a GPU: >= 50x.
+* **launches**: one profiled batched PPO round of the ppo section's workload at 4 and 8
+  environments, per environment-batch: aten calls, GPU kernels, time and the GPU's busy share,
+  on the CPU and on ``--device`` where CUDA is available, and the aten calls each extra
+  environment-batch adds: the work a GPU pays per environment (kernel launches).
 * **fashion**: whole rounds of the ``fashion`` preset itself (4 environments, 15 epochs x 100
   batches, 2,000 validation samples), the same four contestants, projected to its 40 rounds.
   Target: under 30 minutes.
@@ -68,6 +72,7 @@ Usage (run times on a shared 2-core machine)::
     .venv/bin/python benchmarks/envs.py --section fashion  # the fashion preset, ~3-4 min
     .venv/bin/python benchmarks/envs.py --section precision  # float32 vs bfloat16, ~2 min
     .venv/bin/python benchmarks/envs.py --section device     # on a GPU (cuda): PPO env-steps/s
+    .venv/bin/python benchmarks/envs.py --section launches   # operations per env-batch, ~1 min
     .venv/bin/python benchmarks/envs.py --quick --rounds 1 --warmup 0 --workers 0  # smoke run
     .venv/bin/python benchmarks/envs.py --section ppo --before-rev none  # without the old code
 """
@@ -105,7 +110,7 @@ from torch import Tensor, nn
 from esper.data import BatchStream, load_dataset
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, SegmentedHost
 from esper.kasmina.hosts import use_torch_layers
-from esper.leyline.config import HostTraining, override
+from esper.leyline.config import HostTraining, Precision, override
 from esper.leyline.data import Dataset
 from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer
@@ -562,7 +567,7 @@ class EnvsCase:
     n: int
     chunk: int
     old_layout: bool = False
-    precision: str = "float32"
+    precision: Precision = "float32"
 
     def label(self, default: int) -> str:
         """How the table names it; the chunk ``VectorEnv`` would choose is marked."""
@@ -716,7 +721,7 @@ class PPOCase:
     kind: str
     workers: int | None = None
     device: str = "cpu"
-    precision: str = "float32"
+    precision: Precision = "float32"
 
     @property
     def label(self) -> str:
@@ -1105,6 +1110,95 @@ def device_section(run: Budget, work: Workload) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# launches section: what each environment adds to a batched round, in operations and kernels
+
+LAUNCHES_BUDGET = Budget(1, 1, 1)
+"""One profiled PPO round per environment count after one warm-up round (a profiled round
+records every operation: ~0.5 s of profiler per 100 environment-batches on this CPU)."""
+
+LAUNCH_ENV_COUNTS = (4, 8)
+"""Two environment counts: the difference is what 4 more environments cost."""
+
+
+class RoundProfile(NamedTuple):
+    """A batched PPO round's work per environment-batch (one batch of one environment)."""
+
+    env_batches: int
+    aten_calls: float  # aten operators called (each a kernel launch or more on a GPU)
+    kernels: float  # GPU kernels launched (0 on the CPU)
+    seconds: float  # unprofiled wall time per environment-batch
+    busy: float  # share of the profiled round the GPU spent running kernels (0 on the CPU)
+
+
+def round_profile(n_envs: int, device: str, env: dict[str, Any], run: Budget) -> RoundProfile:
+    """``run.rounds`` x ``run.repeats`` profiled PPO rounds of ``n_envs`` batched environments on
+    ``device`` after ``run.warmup`` rounds, with the unprofiled time of as many rounds."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    counter = CountedRounds(ppo_trainer(PPOCase(n_envs, BATCHED, device=device), env))
+    for _ in range(run.warmup):
+        counter()
+    rounds = run.rounds * run.repeats
+    started = time.perf_counter()
+    for _ in range(rounds):
+        counter()
+    sync()
+    plain = time.perf_counter() - started
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            counter()
+        sync()
+        profiled = time.perf_counter() - started
+    batches = rounds * n_envs * env["epochs"] * env["batches_per_epoch"]  # reset trains one
+    averages = prof.key_averages()
+    aten = sum(e.count for e in averages if e.key.startswith("aten::"))
+    kernels = sum(e.device_type == DeviceType.CUDA for e in prof.events())
+    busy = sum(e.self_device_time_total for e in averages) / 1e6 / profiled
+    return RoundProfile(batches, aten / batches, kernels / batches, plain / batches, busy)
+
+
+def launches_section(run: Budget, work: Workload) -> None:
+    """Per environment-batch of a batched PPO round: aten calls, GPU kernels, time and the
+    GPU's busy share, at ``LAUNCH_ENV_COUNTS`` environments, on the CPU and on ``--device``
+    where it is a CUDA device that is available. What grows with the environments is what a
+    GPU, which runs each of these small kernels in microseconds, pays per environment."""
+    env = ppo_env(work)
+    print(
+        f"\n7. launches: batched PPO rounds of the ppo section's workload, per environment-batch "
+        f"(episodes of {env['epochs']} epochs x {env['batches_per_epoch']} batches)"
+    )
+    devices = ["cpu"]
+    if torch.device(work.device).type == "cuda" and torch.cuda.is_available():
+        devices.append(work.device)
+    header = (
+        f"{'device':<8} {'envs':>4} {'aten calls':>10} {'kernels':>8} {'ms':>6} {'GPU busy':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for device in devices:
+        profiles = [round_profile(n, device, env, run) for n in LAUNCH_ENV_COUNTS]
+        for n, p in zip(LAUNCH_ENV_COUNTS, profiles, strict=True):
+            print(
+                f"{device:<8} {n:>4} {p.aten_calls:>10.0f} {p.kernels:>8.0f} "
+                f"{1e3 * p.seconds:>6.2f} {100 * p.busy:>7.1f}%"
+            )
+        (small, a), (_, b) = zip(LAUNCH_ENV_COUNTS, profiles, strict=True)
+        extra = b.aten_calls * b.env_batches - a.aten_calls * a.env_batches
+        print(
+            f"{device}: each environment-batch beyond {small} environments adds "
+            f"{extra / (b.env_batches - a.env_batches):.0f} aten calls"
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # main
 
 
@@ -1122,6 +1216,7 @@ SECTIONS = {
     "fashion": Section(fashion_section, FASHION_BUDGET),
     "precision": Section(precision_section, PRECISION_BUDGET),
     "device": Section(device_section, DEVICE_BUDGET),
+    "launches": Section(launches_section, LAUNCHES_BUDGET),
 }
 """Every section by name, in the order a full run prints them."""
 

@@ -147,6 +147,20 @@ def test_envs_benchmark_precision_and_device_sections_smoke(capsys) -> None:
         assert "6. device: skipped, 'cuda' is not available" in capsys.readouterr().out
 
 
+def test_envs_benchmark_launches_section_smoke(capsys) -> None:
+    """The launches section profiles batched rounds on the CPU (and CUDA where available) and
+    prints what each environment-batch costs in operations; the CPU launches no kernels."""
+    import envs
+
+    assert envs.main(["--section", "launches", *QUICK_ENVS, "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "7. launches: batched PPO rounds" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("cpu ")]
+    assert [int(row[1]) for row in rows] == list(envs.LAUNCH_ENV_COUNTS)
+    assert all(float(row[2]) > 0 and row[3] == "0" and row[5] == "0.0%" for row in rows)
+    assert "cpu: each environment-batch beyond 4 environments adds " in out
+
+
 def test_envs_benchmark_unknown_device_is_one_line(capsys) -> None:
     import envs
 
