@@ -1124,7 +1124,7 @@ class RoundProfile(NamedTuple):
     """A batched PPO round's work per environment-batch (one batch of one environment)."""
 
     env_batches: int
-    aten_calls: float  # aten operators called (each a kernel launch or more on a GPU)
+    aten_calls: float  # aten operators called (views included; on a GPU most launch kernels)
     kernels: float  # GPU kernels launched (0 on the CPU)
     seconds: float  # unprofiled wall time per environment-batch
     busy: float  # share of the profiled round the GPU spent running kernels (0 on the CPU)
@@ -1136,27 +1136,23 @@ def round_profile(n_envs: int, device: str, env: dict[str, Any], run: Budget) ->
     from torch.profiler import DeviceType, ProfilerActivity, profile
 
     cuda = torch.device(device).type == "cuda"
+    counter = CountedRounds(ppo_trainer(PPOCase(n_envs, BATCHED, device=device), env))
+    rounds = run.rounds * run.repeats
 
-    def sync() -> None:
+    def seconds(n: int) -> float:
+        """Wall time of ``n`` rounds, the GPU's queue drained."""
+        started = time.perf_counter()
+        for _ in range(n):
+            counter()
         if cuda:
             torch.cuda.synchronize()
+        return time.perf_counter() - started
 
-    counter = CountedRounds(ppo_trainer(PPOCase(n_envs, BATCHED, device=device), env))
-    for _ in range(run.warmup):
-        counter()
-    rounds = run.rounds * run.repeats
-    started = time.perf_counter()
-    for _ in range(rounds):
-        counter()
-    sync()
-    plain = time.perf_counter() - started
+    seconds(run.warmup)
+    plain = seconds(rounds)
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        for _ in range(rounds):
-            counter()
-        sync()
-        profiled = time.perf_counter() - started
+        profiled = seconds(rounds)
     batches = rounds * n_envs * env["epochs"] * env["batches_per_epoch"]  # reset trains one
     averages = prof.key_averages()
     aten = sum(e.count for e in averages if e.key.startswith("aten::"))
