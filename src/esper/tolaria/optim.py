@@ -138,7 +138,7 @@ def step_optimizers(optimizers: Sequence[SlotOptimizer]) -> None:
     """``step`` every optimizer, the groups of all of them that share AdamW's hyperparameters
     in one fused call: what each ``step`` computes, bit for bit (the fused kernel updates each
     tensor on its own), without each optimizer's own overhead: for a chunk of 8 impaired hosts,
-    8 x 240 us per batch (of about 24 ms) against 0.43 ms for one call (torch 2.13, one CPU
+    8 x 240 us per batch (of about 30 ms) against 0.43 ms for one call (torch 2.13, one CPU
     thread). An optimizer holding a parameter without state (torch's ``step`` creates it) or a
     group other than plain fused AdamW steps on its own."""
     buckets: dict[tuple[Any, ...], tuple[list[Tensor], ...]] = {}
