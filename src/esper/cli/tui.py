@@ -239,12 +239,12 @@ class ChildRun:
             self.log_path.unlink(missing_ok=True)
 
 
-def final_lines(output: str, limit: int = FINAL_LINES) -> list[str]:
+def final_lines(output: str) -> list[str]:
     """The child's closing lines: those after its last progress line (``[label] ...``)."""
     lines = [line for line in output.splitlines() if line.strip()]
     tail: list[str] = []
     for line in reversed(lines):
-        if line.startswith("[") or len(tail) == limit:
+        if line.startswith("[") or len(tail) == FINAL_LINES:
             break
         tail.insert(0, line)
     return tail

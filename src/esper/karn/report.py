@@ -132,9 +132,9 @@ def _plot(name: str, caption: str, figure: Figure) -> Plot:
     return Plot(name, caption, figure, png.getvalue(), svg.getvalue())
 
 
-def _marker(values: Sequence[float], marker: str = "o") -> str | None:
-    """``marker`` for a series with fewer than ``FEW_POINTS`` finite values, else none."""
-    return marker if sum(math.isfinite(v) for v in values) < FEW_POINTS else None
+def _marker(values: Sequence[float]) -> str | None:
+    """A dot marker for a series with fewer than ``FEW_POINTS`` finite values, else none."""
+    return "o" if sum(math.isfinite(v) for v in values) < FEW_POINTS else None
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:

@@ -128,17 +128,14 @@ def slot_cells(snapshot: SlotSnapshot) -> tuple[str | Text, ...]:
     return tuple(cell(snapshot) for _, _, cell in SLOT_COLUMNS)
 
 
-def catch_up(tail: EventTail, state: RunState | None = None) -> RunState:
-    """Fold every complete event the log holds now into ``state`` (``READ_BYTES`` at a time).
-
-    Args:
-        tail: the event log's tail.
-        state: the state to fold into; None: a fresh one keeping ``LOG_LINES`` events.
+def catch_up(tail: EventTail) -> RunState:
+    """Fold every complete event the log holds now (``READ_BYTES`` at a time) into a fresh
+    state keeping ``LOG_LINES`` events.
 
     Raises:
         EventLogError: a malformed line (the events before it are folded first).
     """
-    state = RunState(LOG_LINES) if state is None else state
+    state = RunState(LOG_LINES)
     while True:
         state.apply_all(tail.events(READ_BYTES))
         if tail.error is not None:

@@ -58,7 +58,6 @@ from esper.tamiyo import HeuristicConfig, PeriodicConfig
 from esper.tasks import get_task, resolve_training
 
 Controller = Literal["static", "static-matched", "heuristic", "random", "periodic", "ppo"]
-CONTROLLERS: tuple[str, ...] = Controller.__args__  # type: ignore[attr-defined]
 
 MATCHED = "static-matched"
 """The arm kind whose host width is matched to another arm's median final parameters."""
@@ -649,7 +648,6 @@ def policy_trial(spec: StudySpec, trial: Trial) -> Trial:
 
 
 __all__ = [
-    "CONTROLLERS",
     "ArmSpec",
     "Resources",
     "StudySpec",
