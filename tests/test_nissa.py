@@ -90,6 +90,7 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
     [
         ("{not json", "events.jsonl:2: malformed event line"),
         ("[1, 2]", "events.jsonl:2: not an event record"),
+        ("[" * 100_000 + "]" * 100_000, "events.jsonl:2: malformed event line .nested too deeply"),
         (_line("Exploded"), "events.jsonl:2: unknown event 'Exploded'; known: ActionTaken"),
     ],
 )

@@ -27,7 +27,7 @@ from conftest import cnn_host, grow, growth_summary, host_input, ppo_summary
 from esper.kasmina import MorphogeneticModel
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
-from esper.leyline.files import DiskFullError, atomic_write
+from esper.leyline.files import DiskFullError, WriteError, atomic_write
 from esper.nissa.record import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
@@ -94,6 +94,14 @@ def test_a_failed_atomic_write_keeps_the_old_content(
     monkeypatch.undo()
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def test_atomic_write_onto_a_directory_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "trials.csv").mkdir()
+    with pytest.raises(WriteError) as caught:
+        atomic_write(tmp_path / "trials.csv", "a,b\n")
+    assert _one_line(caught.value).endswith("trials.csv': it is a directory, not a file")
+    assert _leftovers(tmp_path) == [] and not any((tmp_path / "trials.csv").iterdir())
 
 
 def test_a_full_disk_is_its_own_one_line_error(

@@ -535,6 +535,17 @@ def test_missing_or_non_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not out.exists() and not (tmp_path / "notarun" / "report").exists()
 
 
+def test_a_report_file_that_is_a_directory_is_one_line_and_writes_nothing(
+    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an adversarial sweep: the images were written, then the page failed."""
+    out = tmp_path / "out"
+    (out / "report.html").mkdir(parents=True)
+    code, _, err = _report([str(recorded_runs["heuristic"]), "--out", str(out)], capsys)
+    _assert_one_line_error(code, err, "report.html': it is a directory, not a file")
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+
+
 def test_bad_baseline_writes_nothing(
     recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError
-from esper.leyline.files import DiskFullError
+from esper.leyline.files import WriteError
 from esper.leyline.trials import REPS_RANGE
 from esper.nissa.log import EventLogError
 from esper.nissa.record import RunRecordError
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from esper.cli.demo import run_demo
 
         return run_demo(args)
-    except (UserError, RunRecordError, EventLogError, DiskFullError) as err:
+    except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # a signal during start-up or loading: nothing was written yet

@@ -52,7 +52,7 @@ from esper.karn.report_data import (
 )
 from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
-from esper.leyline.files import atomic_write
+from esper.leyline.files import WriteError, atomic_write
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import display
 
@@ -586,6 +586,9 @@ def write_report(report: Report, out: Path) -> Path:
     files = [(p.filename, p.png) for p in report.plots]
     files += [(p.svg_filename, p.svg) for p in report.plots]
     files.append((REPORT_FILE, report.html.encode("utf-8")))
+    for name, _ in files:  # checked first: nothing is written when one file cannot be
+        if (out / name).is_dir():
+            raise WriteError(f"cannot write {str(out / name)!r}: it is a directory, not a file")
     for name, data in files:
         atomic_write(out / name, data)
     written = {name for name, _ in files}

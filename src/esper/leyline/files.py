@@ -7,8 +7,9 @@ therefore sees the old content or the new, never a mixture; a crash leaves at mo
 temporary file, which ``esper.nissa.record.clean_stale`` removes on the next start.
 
 Out of disk space (``ENOSPC``, or ``EDQUOT`` for a full quota) is its own error,
-``DiskFullError``, with a one-line message naming the file, so the command line can say so
-instead of printing a traceback.
+``DiskFullError``, and a target that is a directory another, both ``WriteError``s with a
+one-line message naming the file, so the command line can say so instead of printing a
+traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ TEMP_MARKER = ".tmp-"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFullError(OSError):
+class WriteError(OSError):
+    """A file that cannot be written, with a one-line message naming it."""
+
+
+class DiskFullError(WriteError):
     """The disk (or quota) is full; the message names the file that did not fit."""
 
 
@@ -92,9 +97,12 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     Raises:
         DiskFullError: the disk is full; the temporary file is removed and ``path`` keeps its
             old content.
+        WriteError: ``path`` is a directory (left as it is).
         OSError: any other failure, with the same guarantees.
     """
     target = Path(path)
+    if target.is_dir():  # os.replace would fail only after the data was written
+        raise WriteError(f"cannot write {str(target)!r}: it is a directory, not a file")
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent)

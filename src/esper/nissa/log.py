@@ -65,6 +65,8 @@ def parse_record(text: str, where: str) -> dict[str, Any]:
         record = json.loads(text)
     except json.JSONDecodeError as err:
         raise EventLogError(f"{where}: malformed event line ({err.msg}): {text[:80]!r}") from None
+    except RecursionError:
+        raise EventLogError(f"{where}: malformed event line (nested too deeply)") from None
     if not isinstance(record, dict) or not isinstance(record.get("event"), str):
         raise EventLogError(
             f"{where}: not an event record (a JSON object with 'event'): {text[:80]!r}"
