@@ -135,6 +135,24 @@ def test_a_key_given_twice_in_a_json_config_is_one_line_exit_2(tmp_path, capsys,
     assert not run.exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_a_config_that_is_not_a_regular_file_is_one_line_exit_2(tmp_path, capsys, kind) -> None:
+    """Found by an adversarial sweep: a FIFO blocked for ever, /dev/zero was read until memory
+    ran out."""
+    conf = {"directory": tmp_path / "c.json", "fifo": tmp_path / "c.json"}.get(kind)
+    if kind == "directory":
+        conf.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(conf)
+    else:
+        conf = Path("/dev/zero")
+    run = tmp_path / "run"
+    assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"config file {str(conf)!r} is not a regular file" in err
+    assert not run.exists()
+
+
 def test_static_run_never_grows(tmp_path) -> None:
     run = tmp_path / "static"
     assert main(["static", "--task", "synthetic", "--epochs", "8", *TINY, "--out", str(run)]) == 0

@@ -282,6 +282,25 @@ def test_a_newer_schema_is_refused_untouched(url: str) -> None:
     assert _raw(url, "SELECT version FROM schema_version") == [(newer,)]
 
 
+@pytest.mark.parametrize("version", ["'x'", "-1", "0"])
+def test_a_damaged_schema_version_is_one_line_and_costs_a_run_a_warning(
+    url: str, version: str
+) -> None:
+    """Found by an adversarial sweep: a text version raised TypeError (a growth run then died
+    recording its outcomes), 0 or -1 re-ran the first migration ("table already exists")."""
+    if version == "'x'" and not url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's INTEGER column holds no text")
+    KnowledgeStore.open(url).close()
+    _raw(url, f"UPDATE schema_version SET version = {version}")
+    shown = {"'x'": "'x'"}.get(version, version)
+    with pytest.raises(KnowledgeStoreError, match=f"damaged schema_version table .version {shown},"):
+        KnowledgeStore.open(url)
+    warnings = Warnings()
+    assert record_outcomes(url, [_outcome()], warnings) is False
+    assert len(warnings) == 1 and "damaged schema_version" in warnings[0]
+    assert _raw(url, "SELECT count(*) FROM outcomes") == [(0,)]
+
+
 def test_a_foreign_database_is_refused_untouched(url: str) -> None:
     _raw(url, "CREATE TABLE users (name TEXT)")
     with pytest.raises(KnowledgeStoreError, match=r"not Esper.s.*users") as err:
@@ -451,7 +470,7 @@ def runs(tmp_path: Path) -> tuple[Path, Path, list[SeedOutcome]]:
     ]
     two = [
         _outcome(run="b", stage="TRAINING", contribution=None),  # undecided: no score
-        _outcome(run="b", epoch=1, blueprint="attention", host=replace(HOST, task="tinystories")),
+        _outcome(run="b", epoch=1, blueprint="attention", host=replace(HOST, task="text_lm")),
     ]
     return _run_dir(tmp_path, "a", one), _run_dir(tmp_path, "b", two), one + two
 
@@ -471,7 +490,7 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
         ["fashion_mnist", "conv_light", "FOSSILIZED", "2", "3.000"],  # mean of 2.0 and 4.0
         ["fashion_mnist", "conv_light", "PRUNED", "1", "0.000"],
         ["fashion_mnist", "conv_light", "TRAINING", "1", "—"],  # missing is not zero
-        ["tinystories", "attention", "FOSSILIZED", "1", "0.750"],  # 1.5 * 1000 / 2000
+        ["text_lm", "attention", "FOSSILIZED", "1", "0.750"],  # 1.5 * 1000 / 2000
     ]
 
     exported = json.loads(_knowledge("export", "--format", "json", "--knowledge", store))
@@ -588,6 +607,13 @@ def test_cli_import_checks_every_run_before_writing(
         ({"accuracy_change": float("nan")}, "accuracy_change must be a finite number or null"),
         ({"host": {**good["host"], "width": -1}}, "host.width must be an integer in [1, "),
         ({"host": {**good["host"], "topology": "mlp"}}, "host.topology must be one of"),
+        # found by an adversarial sweep: these were imported
+        ({"slot": "nope"}, "unknown slot name 'nope'; accepted: 'early', 'mid'"),
+        ({"blueprint": "zzz"}, "unknown blueprint 'zzz'; known: ['norm', 'attention'"),
+        ({"blueprint": ""}, "blueprint must be a non-empty printable name, got ''"),
+        ({"host": {**good["host"], "task": "imagenet"}}, "unknown task 'imagenet'; known: ["),
+        ({"run_id": ""}, "run_id must be a non-empty printable name, got ''"),
+        ({"run_id": "a\x00b"}, "run_id must be a non-empty printable name, got 'a\\x00b'"),
     ]
     for change, message in bad_values:
         (b / OUTCOMES_FILE).write_text(json.dumps([{**good, **change}]))

@@ -947,6 +947,9 @@ def test_out_inside_another_run_or_study_is_refused(
         ([str(first), "--out", str(tiny_study)], f"is the study directory {str(tiny_study)!r}"),
         ([str(study), "--out", str(first)], f"is the run directory {str(first)!r}"),
         ([str(tiny_study), "--out", str(study / "x")], "lies inside the study directory"),
+        # found by an adversarial sweep: the resume then refused the checkpoint's extra files
+        ([str(first), "--out", str(first / "checkpoints" / "x")], "inside the run's checkpoints"),
+        ([str(first), "--out", str(first / "checkpoints")], "inside the run's checkpoints"),
     ]
     for args, message in cases:
         code, _, err = _report(args, capsys)

@@ -121,6 +121,17 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
         outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, OUTCOMES_FILE)
     except ValueError as err:  # RunRecordError is one
         raise UserError(f"{path}: {err}; nothing imported") from None
+    from esper.kasmina import blueprint_registry  # torch: only for an import
+    from esper.leyline import Topology
+    from esper.tasks import TASKS
+
+    for outcome in outcomes:
+        task, topology = outcome.host.task, Topology(outcome.host.topology)
+        names = blueprint_registry.names(topology)
+        if task not in TASKS or outcome.blueprint not in names:
+            what = f"task {task!r}" if task not in TASKS else f"blueprint {outcome.blueprint!r}"
+            known = sorted(TASKS) if task not in TASKS else list(names)
+            raise UserError(f"{path}: unknown {what}; known: {known}; nothing imported")
     return outcomes
 
 

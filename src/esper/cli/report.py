@@ -17,7 +17,7 @@ from pathlib import Path
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
-from esper.nissa.record import is_run_directory
+from esper.nissa.record import CHECKPOINTS_DIR, is_run_directory
 from esper.nissa.views import is_study
 
 REPORT_DIR = "report"
@@ -31,7 +31,7 @@ def _warn(warnings: list[str]) -> None:
 def _refuse_foreign(target: Path, own: Path) -> None:
     """``target`` is not, and does not lie inside, a run or study directory other than ``own``
     (the run or study reported on): a report's images and ``report.html`` would replace
-    theirs.
+    theirs. Nor may it lie in the run's own checkpoints, whose manifests list their files.
 
     Raises:
         UserError: naming ``--out`` and the directory in its way.
@@ -39,6 +39,11 @@ def _refuse_foreign(target: Path, own: Path) -> None:
     mine, full = own.resolve(), Path(os.path.abspath(target))  # abspath: ".." collapsed
     for place in (full, *full.parents):
         if place.resolve() == mine:
+            if full.relative_to(place).parts[:1] == (CHECKPOINTS_DIR,):
+                raise UserError(
+                    f"--out {str(target)!r} lies inside the run's checkpoints, which a resume "
+                    "verifies file by file; choose a directory outside them"
+                )
             return  # inside what is reported on: its own report/ or the study itself
         study = is_study(place)
         if study or is_run_directory(place):

@@ -300,6 +300,12 @@ def _migrate(conn: Connection, shown: str, create: bool) -> None:
             "expected 1)"
         )
     version = versions[0]
+    lowest = 1 if set(tables) - {VERSION_TABLE.name} else 0  # 0: the version table alone
+    if not isinstance(version, int) or isinstance(version, bool) or version < lowest:
+        raise KnowledgeStoreError(
+            f"knowledge store {shown}: damaged schema_version table (version {version!r}, "
+            f"expected an integer from {lowest} to {SCHEMA_VERSION})"
+        )
     if version > SCHEMA_VERSION:
         raise KnowledgeStoreError(
             f"knowledge store {shown}: schema version {version} is newer than this Esper's "
