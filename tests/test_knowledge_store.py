@@ -292,8 +292,8 @@ def test_a_damaged_schema_version_is_one_line_and_costs_a_run_a_warning(
         pytest.skip("PostgreSQL's INTEGER column holds no text")
     KnowledgeStore.open(url).close()
     _raw(url, f"UPDATE schema_version SET version = {version}")
-    shown = {"'x'": "'x'"}.get(version, version)
-    with pytest.raises(KnowledgeStoreError, match=f"damaged schema_version table .version {shown},"):
+    damaged = f"damaged schema_version table .version {version},"
+    with pytest.raises(KnowledgeStoreError, match=damaged):
         KnowledgeStore.open(url)
     warnings = Warnings()
     assert record_outcomes(url, [_outcome()], warnings) is False
