@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", metavar="HOST:PORT", help="an existing Ray cluster (default: local Ray)"
     )
     study.add_argument(
-        "--dry-run", action="store_true", help="list the trials and the cost; start nothing"
+        "--dry-run",
+        action="store_true",
+        help="list the trials and their cost (a few static-host epochs per task timed here, on a "
+        "CPU); start no trial",
     )
     demo = sub.add_parser(
         "demo", help="static vs heuristic growth on fashion_mnist_impaired, side by side"

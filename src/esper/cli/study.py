@@ -1,7 +1,8 @@
 """``esper study FILE``: run a study's trials on Ray and write its results (``esper.study``).
 
-``--dry-run`` lists the trials, what is already done, and the estimated cost, and starts
-nothing. Running the same command again resumes: finished trials are skipped.
+``--dry-run`` lists the trials, what is already done, and the estimated cost (timing a few
+epochs of each task's static host here, on a CPU), and starts no trial. Running the same
+command again resumes: finished trials are skipped.
 """
 
 from __future__ import annotations
@@ -257,6 +258,8 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
             if not timed:
                 result[task] = _Epoch(flops, math.nan, math.nan, 1)
                 continue
+            # a wide host's epochs take a while: say what is running (stderr, like progress)
+            _say(f"timing epochs of {task}'s static host ({batches} batches each) ...")
             # at most this machine's cores: more threads than cores only thrash the timing
             torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
             chunk = cpu_chunk(first)
