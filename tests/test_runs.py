@@ -238,6 +238,8 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
         (["runs", "query", "SELECT * FROM nope", "--runs", "{run}"], "query failed: Catalog"),
         (["runs", "query", "", "--runs", "{run}"], "no SQL statement in ''"),
         (["runs", "query", "-- a comment ;", "--runs", "{run}"], "no SQL statement in"),
+        # DuckDB ran both and printed the last alone (adversarial sweep)
+        (["runs", "query", "SELECT 1; SELECT 2", "--runs", "{run}"], "one SQL statement at a"),
         # queries read the views only: no file is written, attached, read or installed
         (["runs", "query", "COPY runs TO '{tmp}/x.csv'", "--runs", "{run}"], "Permission Error"),
         (["runs", "query", "ATTACH '{tmp}/x.db'", "--runs", "{run}"], "Permission Error"),

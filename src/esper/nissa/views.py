@@ -333,6 +333,9 @@ class RunStore:
         import duckdb
 
         try:
+            statements = len(self.connection.extract_statements(sql))
+            if statements > 1:  # DuckDB would run them all and answer with the last alone
+                raise QueryError(f"one SQL statement at a time, got {statements} in {sql!r}")
             cursor = self.connection.execute(sql)
             if cursor is None:  # DuckDB's answer to a text without a statement
                 raise QueryError(f"no SQL statement in {sql!r}; e.g. SELECT * FROM runs")
