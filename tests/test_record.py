@@ -452,6 +452,8 @@ def test_a_malformed_summary_is_one_line_naming_the_file(tmp_path: Path, case: s
     with pytest.raises(RunRecordError) as caught:
         read_summary(tmp_path)
     assert str(tmp_path / SUMMARY_FILE) in _one_line(caught.value)
+    if case == "a list":  # it said "the configuration", which a summary is not
+        assert "summary: the top level must be a table of settings, got [1, 2]" in str(caught.value)
 
 
 def test_meta_records_revision_versions_and_seeds(tmp_path: Path) -> None:

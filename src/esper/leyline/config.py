@@ -272,7 +272,7 @@ def decode(kind: Any, value: Any, where: str = "", base: Any = None) -> Any:
 
 
 def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
-    table = where or "the configuration"
+    table = where or "the top level"
     require(isinstance(value, dict), f"{table} must be a table of settings, got {_short(value)}")
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(value) - set(names))
