@@ -135,22 +135,35 @@ def test_a_key_given_twice_in_a_json_config_is_one_line_exit_2(tmp_path, capsys,
     assert not run.exists()
 
 
-@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
-def test_a_config_that_is_not_a_regular_file_is_one_line_exit_2(tmp_path, capsys, kind) -> None:
-    """Found by an adversarial sweep: a FIFO blocked for ever, /dev/zero was read until memory
-    ran out."""
-    conf = {"directory": tmp_path / "c.json", "fifo": tmp_path / "c.json"}.get(kind)
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("directory", "a directory or a device, not a file"),
+        ("device", "a directory or a device, not a file"),  # /dev/zero was read until OOM
+        ("long name", "File name too long"),
+    ],
+)
+def test_a_config_that_cannot_be_a_file_is_one_line_exit_2(tmp_path, capsys, kind, message):
+    conf = {"directory": tmp_path / "c.json", "device": Path("/dev/zero")}.get(kind)
     if kind == "directory":
         conf.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(conf)
-    else:
-        conf = Path("/dev/zero")
+    conf = tmp_path / ("a" * 5000 + ".json") if conf is None else conf
     run = tmp_path / "run"
     assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"config file {str(conf)!r} is not a regular file" in err
-    assert not run.exists()
+    assert err.count("\n") == 1 and f"cannot read config file {str(conf)!r}" in err
+    assert message in err and not run.exists()
+
+
+def test_a_config_from_a_pipe_is_read(tmp_path) -> None:
+    """Process substitution (``--config <(...)``) hands over a FIFO: read like a file."""
+    conf, run = tmp_path / "c.json", tmp_path / "run"
+    os.mkfifo(conf)
+    writer = subprocess.Popen(["sh", "-c", f"echo '{{\"seed\": 3}}' > {conf}"])
+    args = ["static", "--config", str(conf), "--task", "synthetic", "--epochs", "1", *TINY]
+    assert main([*args, "--out", str(run)]) == 0
+    writer.wait(timeout=30)
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
 
 
 def test_static_run_never_grows(tmp_path) -> None:

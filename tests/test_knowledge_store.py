@@ -609,8 +609,8 @@ def test_cli_import_checks_every_run_before_writing(
         ({"host": {**good["host"], "topology": "mlp"}}, "host.topology must be one of"),
         # found by an adversarial sweep: these were imported
         ({"slot": "nope"}, "unknown slot name 'nope'; accepted: 'early', 'mid'"),
-        ({"blueprint": "zzz"}, "unknown blueprint 'zzz'; known: ['norm', 'attention'"),
-        ({"blueprint": ""}, "blueprint must be a non-empty printable name, got ''"),
+        ({"blueprint": "zzz"}, "unknown blueprint 'zzz' for a cnn host; known: ['norm', 'att"),
+        ({"blueprint": "lora"}, "unknown blueprint 'lora' for a cnn host"),
         ({"host": {**good["host"], "task": "imagenet"}}, "unknown task 'imagenet'; known: ["),
         ({"run_id": ""}, "run_id must be a non-empty printable name, got ''"),
         ({"run_id": "a\x00b"}, "run_id must be a non-empty printable name, got 'a\\x00b'"),

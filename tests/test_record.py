@@ -27,7 +27,7 @@ from conftest import cnn_host, grow, growth_summary, host_input, ppo_summary
 from esper.kasmina import MorphogeneticModel
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
-from esper.leyline.files import DiskFullError, WriteError, atomic_write
+from esper.leyline.files import DiskFullError, WriteError, atomic_write, atomic_write_all
 from esper.nissa.record import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
@@ -102,6 +102,17 @@ def test_atomic_write_onto_a_directory_is_one_line_and_writes_nothing(tmp_path: 
         atomic_write(tmp_path / "trials.csv", "a,b\n")
     assert _one_line(caught.value).endswith("trials.csv': it is a directory, not a file")
     assert _leftovers(tmp_path) == [] and not any((tmp_path / "trials.csv").iterdir())
+
+
+def test_atomic_write_all_writes_nothing_when_one_target_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "b.png").mkdir()
+    with pytest.raises(WriteError, match=r"b\.png': it is a directory"):
+        atomic_write_all([(tmp_path / "a.svg", "<svg/>"), (tmp_path / "b.png", b"png")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png"]
+    atomic_write_all([(tmp_path / "a.svg", "<svg/>"), (tmp_path / "c.png", b"png")])
+    assert (tmp_path / "a.svg").read_text() == "<svg/>" and (
+        tmp_path / "c.png"
+    ).read_bytes() == b"png"
 
 
 def test_a_full_disk_is_its_own_one_line_error(

@@ -940,6 +940,7 @@ def test_out_inside_another_run_or_study_is_refused(
     study = tmp_path / "study"
     shutil.copytree(tiny_study, study)
     first, second = sorted((study / "trials").iterdir())[:2]
+    (tmp_path / "link").symlink_to(first / "checkpoints")
     before = _files(study)
     cases = [
         ([str(first), "--out", str(second)], f"is the run directory {str(second)!r}"),
@@ -948,8 +949,9 @@ def test_out_inside_another_run_or_study_is_refused(
         ([str(study), "--out", str(first)], f"is the run directory {str(first)!r}"),
         ([str(tiny_study), "--out", str(study / "x")], "lies inside the study directory"),
         # found by an adversarial sweep: the resume then refused the checkpoint's extra files
-        ([str(first), "--out", str(first / "checkpoints" / "x")], "inside the run's checkpoints"),
-        ([str(first), "--out", str(first / "checkpoints")], "inside the run's checkpoints"),
+        ([str(first), "--out", str(first / "checkpoints" / "x")], "is in the run's checkpoints"),
+        ([str(first), "--out", str(first / "checkpoints")], "is in the run's checkpoints"),
+        ([str(first), "--out", str(tmp_path / "link" / "x")], "is in the run's checkpoints"),
     ]
     for args, message in cases:
         code, _, err = _report(args, capsys)

@@ -108,7 +108,8 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
     """A run directory's seed outcomes (its ``outcomes.json``).
 
     Raises:
-        UserError: no such file, or one that is not a list of outcomes.
+        UserError: no such file, one that is not a list of outcomes, or an outcome no run
+            writes (an unknown task, blueprint or slot name, an empty or unprintable run id).
     """
     path = run / OUTCOMES_FILE
     if not path.is_file():
@@ -121,18 +122,34 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
         outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, OUTCOMES_FILE)
     except ValueError as err:  # RunRecordError is one
         raise UserError(f"{path}: {err}; nothing imported") from None
+    for outcome in outcomes:
+        problem = _unwritable(outcome)
+        if problem is not None:
+            raise UserError(f"{path}: {problem}; nothing imported")
+    return outcomes
+
+
+def _unwritable(outcome: SeedOutcome) -> str | None:
+    """What in ``outcome`` no Esper run writes (a hand-edited or foreign file), else None.
+    Checked on import only: a store's rows and a run's own outcomes are not refused."""
     from esper.kasmina import blueprint_registry  # torch: only for an import
-    from esper.leyline import Topology
+    from esper.leyline import Topology, ordered_slots
     from esper.tasks import TASKS
 
-    for outcome in outcomes:
-        task, topology = outcome.host.task, Topology(outcome.host.topology)
-        names = blueprint_registry.names(topology)
-        if task not in TASKS or outcome.blueprint not in names:
-            what = f"task {task!r}" if task not in TASKS else f"blueprint {outcome.blueprint!r}"
-            known = sorted(TASKS) if task not in TASKS else list(names)
-            raise UserError(f"{path}: unknown {what}; known: {known}; nothing imported")
-    return outcomes
+    if not (outcome.run_id and outcome.run_id.isprintable()):
+        return f"run_id must be a non-empty printable name, got {outcome.run_id!r}"
+    if outcome.host.task not in TASKS:
+        return f"unknown task {outcome.host.task!r}; known: {sorted(TASKS)}"
+    topology = Topology(outcome.host.topology)
+    names = blueprint_registry.names(topology)
+    if outcome.blueprint not in names:
+        host = f"a {topology.value} host"
+        return f"unknown blueprint {outcome.blueprint!r} for {host}; known: {list(names)}"
+    try:
+        ordered_slots((outcome.slot,))
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _show(outcomes: list[SeedOutcome], url: str) -> str:

@@ -37,13 +37,14 @@ def _refuse_foreign(target: Path, own: Path) -> None:
         UserError: naming ``--out`` and the directory in its way.
     """
     mine, full = own.resolve(), Path(os.path.abspath(target))  # abspath: ".." collapsed
+    resolved = full.resolve()  # links followed: where the files would land
+    if is_run_directory(mine) and mine / CHECKPOINTS_DIR in (resolved, *resolved.parents):
+        raise UserError(
+            f"--out {str(target)!r} is in the run's checkpoints, which a resume verifies file "
+            "by file; choose a directory outside them"
+        )
     for place in (full, *full.parents):
         if place.resolve() == mine:
-            if full.relative_to(place).parts[:1] == (CHECKPOINTS_DIR,):
-                raise UserError(
-                    f"--out {str(target)!r} lies inside the run's checkpoints, which a resume "
-                    "verifies file by file; choose a directory outside them"
-                )
             return  # inside what is reported on: its own report/ or the study itself
         study = is_study(place)
         if study or is_run_directory(place):

@@ -52,7 +52,7 @@ from esper.karn.report_data import (
 )
 from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
-from esper.leyline.files import WriteError, atomic_write
+from esper.leyline.files import atomic_write_all
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import display
 
@@ -572,8 +572,8 @@ is removed, so the directory holds exactly the report's images."""
 
 
 def write_report(report: Report, out: Path) -> Path:
-    """Write the PNGs and SVGs, then ``report.html``, each atomically
-    (``leyline.files.atomic_write``).
+    """Write the PNGs and SVGs, then ``report.html``, each atomically, none if one of them
+    could not be (``leyline.files.atomic_write_all``).
 
     Returns:
         The path of ``report.html``.
@@ -581,16 +581,12 @@ def write_report(report: Report, out: Path) -> Path:
     Raises:
         OSError: ``out`` cannot be created or written.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    earlier_report = (out / REPORT_FILE).is_file()  # only then are its images ours to replace
     files = [(p.filename, p.png) for p in report.plots]
     files += [(p.svg_filename, p.svg) for p in report.plots]
     files.append((REPORT_FILE, report.html.encode("utf-8")))
-    for name, _ in files:  # checked first: nothing is written when one file cannot be
-        if (out / name).is_dir():
-            raise WriteError(f"cannot write {str(out / name)!r}: it is a directory, not a file")
-    for name, data in files:
-        atomic_write(out / name, data)
+    earlier_report = (out / REPORT_FILE).is_file()  # only then are its images ours to replace
+    out.mkdir(parents=True, exist_ok=True)  # if a target is a directory, out existed
+    atomic_write_all([(out / name, data) for name, data in files])
     written = {name for name, _ in files}
     for stale in PLOT_FILES - written if earlier_report else ():
         (out / stale).unlink(missing_ok=True)

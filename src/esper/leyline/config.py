@@ -326,9 +326,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         ValueError: for an unreadable file or invalid syntax, naming the file.
     """
     toml = path.suffix == ".toml"
-    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
-        raise ValueError(f"config file {str(path)!r} is not a regular file")
     try:
+        if path.is_dir() or path.is_char_device() or path.is_block_device():  # /dev/zero: endless
+            raise ValueError("a directory or a device, not a file")
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write
         data = tomllib.loads(text) if toml else json.loads(text, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as err:

@@ -7,9 +7,9 @@ therefore sees the old content or the new, never a mixture; a crash leaves at mo
 temporary file, which ``esper.nissa.record.clean_stale`` removes on the next start.
 
 Out of disk space (``ENOSPC``, or ``EDQUOT`` for a full quota) is its own error,
-``DiskFullError``, and a target that is a directory another, both ``WriteError``s with a
-one-line message naming the file, so the command line can say so instead of printing a
-traceback.
+``DiskFullError``; a target that is a directory is refused before anything is written. Both
+are ``WriteError``s with a one-line message naming the file, so the command line can say so
+instead of printing a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 FILE_MODE = 0o644
@@ -91,6 +92,27 @@ def write_new_file(path: str | os.PathLike[str], data: bytes | str) -> None:
     os.close(fd)
 
 
+def _refuse_directory(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():  # os.replace would fail after the write
+        refused = WriteError(f"cannot write {str(target)!r}: it is a directory, not a file")
+        refused.errno = errno.EISDIR  # one line for people, the code for programs
+        raise refused
+
+
+def atomic_write_all(files: Sequence[tuple[Path, bytes | str]]) -> None:
+    """``atomic_write`` each ``(path, data)`` in order, after checking that none of the paths is
+    a directory: a set of files that belong together (a report's page and images) is not left
+    half-replaced by a target that could never be written.
+
+    Raises:
+        WriteError: a path is a directory (nothing written), or the disk is full.
+    """
+    for path, _ in files:
+        _refuse_directory(path)
+    for path, data in files:
+        atomic_write(path, data)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Replace ``path`` with ``data`` atomically and durably (text is written as UTF-8).
 
@@ -101,8 +123,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
         OSError: any other failure, with the same guarantees.
     """
     target = Path(path)
-    if target.is_dir():  # os.replace would fail only after the data was written
-        raise WriteError(f"cannot write {str(target)!r}: it is a directory, not a file")
+    _refuse_directory(target)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent)

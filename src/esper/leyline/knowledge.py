@@ -12,19 +12,11 @@ import math
 from dataclasses import dataclass
 
 from esper.leyline.config import MAX_SEED, check_int, require
-from esper.leyline.slots import ordered_slots
 from esper.leyline.stages import SeedStage, Topology
 
 PER_PARAMETERS = 1000
 """Scores are per thousand seed parameters: a seed's accuracy bought per unit of size, at a
 scale where the blueprints' scores are numbers near 1 rather than near 0.001."""
-
-
-def _check_name(name: str, value: object) -> None:
-    """``value`` is a non-empty printable string without surrounding spaces (a run id, a task
-    or a blueprint: names the store is queried by), else a one-line error."""
-    ok = isinstance(value, str) and value.isprintable() and value == value.strip() != ""
-    require(ok, f"{name} must be a non-empty printable name, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +36,6 @@ class HostSignature:
     params: int
 
     def __post_init__(self) -> None:
-        _check_name("host.task", self.task)
         kinds = [t.value for t in Topology]
         topology = self.topology
         require(topology in kinds, f"host.topology must be one of {kinds}, got {topology!r}")
@@ -84,10 +75,6 @@ class SeedOutcome:
     epochs: int
 
     def __post_init__(self) -> None:
-        _check_name("run_id", self.run_id)
-        _check_name("blueprint", self.blueprint)
-        _check_name("slot", self.slot)
-        ordered_slots((self.slot,))  # a slot name any host can have, else the accepted ones
         stages = [s.name for s in SeedStage]
         require(self.stage in stages, f"stage must be one of {stages}, got {self.stage!r}")
         for name in ("contribution", "accuracy_change"):

@@ -33,7 +33,7 @@ from esper.data import DatasetNotFoundError, load_dataset
 from esper.leyline.config import HostTraining, TelemetrySettings, UserError, config_dict
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
-from esper.leyline.files import DiskFullError, atomic_write, fsync_directory
+from esper.leyline.files import DiskFullError, WriteError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink
@@ -250,7 +250,7 @@ class Recorder:
         if resume is not None:
             try:
                 return cls._reopen(mode, resume, row_type, hub)
-            except (record.RunRecordError, DiskFullError) as err:
+            except (record.RunRecordError, WriteError) as err:
                 raise UserError(str(err)) from err
             except OSError as err:  # e.g. a read-only directory
                 raise UserError(f"cannot resume {str(resume)!r}: {err}") from err
@@ -261,7 +261,7 @@ class Recorder:
         try:
             with stop_signals() as held, held():
                 _create(out, mode, config_dict(config), meta(out.name), row_type, files)
-        except (record.RunRecordError, DiskFullError) as err:
+        except (record.RunRecordError, WriteError) as err:
             raise UserError(str(err)) from err
         except OSError as err:  # e.g. a name too long for the file system, no permission
             raise UserError(f"cannot create run directory {str(out)!r}: {err.strerror}") from err

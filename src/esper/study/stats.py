@@ -49,7 +49,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rliable import library, metrics, plot_utils
 
-from esper.leyline.files import atomic_write
+from esper.leyline.files import atomic_write_all
 from esper.leyline.trials import FINISHED, TrialRow
 
 ALL_TASKS = "all tasks"
@@ -682,7 +682,11 @@ def write_results(
     profile = profile_plot(rows, reps, seed)
     text = _markdown(results, rows, reps, seed, unfinished)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / INTERVALS_FILE, intervals)
-    atomic_write(directory / PROFILE_FILE, profile)
-    atomic_write(directory / RESULTS_FILE, text)
+    atomic_write_all(
+        [
+            (directory / INTERVALS_FILE, intervals),
+            (directory / PROFILE_FILE, profile),
+            (directory / RESULTS_FILE, text),
+        ]
+    )
     return results
