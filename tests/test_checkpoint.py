@@ -227,6 +227,23 @@ def test_manifest_that_is_not_an_object(tmp_path) -> None:
         load_model(path)
 
 
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        ("{not json", "Expecting property name"),
+        ('{"version": ' + "9" * 5000 + "}", "a 5000-digit integer; at most 4300 digits are read"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_manifest_that_cannot_be_read_is_one_line(tmp_path, manifest: str, reason: str) -> None:
+    """The last two raised (ValueError, RecursionError) through every reader of model files."""
+    path = tmp_path / "m.pt"
+    torch.save({"manifest": manifest, "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="has a corrupt manifest: ") as caught:
+        load_model(path)
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_float64_model_round_trips(tmp_path) -> None:
     model = MorphogeneticModel(cnn_host().double(), ["early", "mid", "late"])
     grow(model, "mid", "conv_light", SeedStage.FOSSILIZED, alpha=1.0)

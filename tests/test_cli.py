@@ -155,6 +155,18 @@ def test_a_config_that_cannot_be_a_file_is_one_line_exit_2(tmp_path, capsys, kin
     assert message in err and not run.exists()
 
 
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_config_with_an_integer_too_long_to_read_is_one_line(tmp_path, capsys, suffix) -> None:
+    """Python refuses integers of over 4,300 digits and advises sys.set_int_max_str_digits()."""
+    conf, run = tmp_path / f"c{suffix}", tmp_path / "run"
+    digits = "9" * 5000
+    conf.write_text(f"seed = {digits}\n" if suffix == ".toml" else f'{{"seed": {digits}}}')
+    assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a 5000-digit integer; at most 4300 digits are read" in err
+    assert "sys.set_int_max_str_digits" not in err and not run.exists()
+
+
 def test_a_config_from_a_pipe_is_read(tmp_path) -> None:
     """Process substitution (``--config <(...)``) hands over a FIFO: read like a file."""
     conf, run = tmp_path / "c.json", tmp_path / "run"
@@ -189,6 +201,10 @@ def test_heuristic_grows_in_more_than_one_slot(tmp_path) -> None:
     assert len(germinated) >= 2, germinated
 
 
+LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
+"""A mistyped knowledge store URL longer than tyro's 80-column error box."""
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -205,6 +221,19 @@ def test_heuristic_grows_in_more_than_one_slot(tmp_path) -> None:
         (["static", "--task", "synthetic", "--slots", "early"], "a static run grows nothing"),
         (["eval", "--task", "synthetic"], "eval needs --policy"),
         (["heuristic", "--task", "synthetic", "--policy", "x"], "take no --policy"),
+        # Python's refusal ends "use sys.set_int_max_str_digits()": advice for programmers
+        (
+            ["heuristic", "--task", "synthetic", "--seed", "9" * 5000],
+            "--seed: a 5000-digit integer; at most 4300 digits are read",
+        ),
+        (  # tyro's box wraps at 80 columns: the URL came back as 'postgresq://user@1 27.0.0.1...'
+            ["heuristic", "--task", "synthetic", "--knowledge", LONG_URL],
+            f"unsupported knowledge store URL '{LONG_URL}' (scheme",
+        ),
+        (  # a number it can read but not accept, cut to 40 characters: the line was 4,163 long
+            ["heuristic", "--task", "synthetic", "--seed", "9" * 4000],
+            "seed must be an integer in [0, 9223372036854775807], got 99999",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args: list[str], message: str) -> None:
@@ -214,8 +243,33 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args: list[str], message:
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("esper: error:")]
     assert len(errors) == 1 and message in errors[0], err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and len(err) < 300
     assert not out.exists(), "bad input must leave nothing behind"
+
+
+def test_a_flag_error_reads_the_same_when_stderr_cannot_encode_box_drawing(tmp_path) -> None:
+    """tyro draws its error box in ASCII then (rules of dashes): the line carried 78-dash rules,
+    and a missing flag's report was cut to its title."""
+    lines = {}
+    for encoding in ("utf-8", "ascii"):
+        done = subprocess.run(
+            [sys.executable, "-m", "esper", "static", "--seed", "x", "--task", "synthetic"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONIOENCODING": encoding},
+            timeout=120,
+        )
+        assert done.returncode == EXIT_BAD_INPUT
+        lines[encoding] = done.stderr
+    assert (
+        lines["ascii"]
+        == lines["utf-8"]
+        == (
+            "esper: error: esper static: Error parsing --seed: invalid literal for int() with base "
+            "10: 'x'\n"
+        )
+    )
 
 
 def test_missing_dataset_is_reported(tmp_path, capsys, monkeypatch) -> None:
@@ -564,6 +618,9 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
         (["report", "x", "--reps", str(10**12)], "expected an integer in [10, 100000]"),
         (["runs", "query"], "the following arguments are required: sql"),
         (["dashboard", "--port", "65536"], "expected a TCP port in 1..65535"),
+        # long values are cut: the whole 5,000 characters made a 5,000-character line
+        (["dashboard", "--port", "9" * 5000], "port in 1..65535, got '99999999999999"),
+        (["demo", "--seed", "9" * 4000], "got 9999999999999999999999999999999999999999... (4000"),
         (["demo", "--out", ""], "expected a path, got ''"),
         # An empty path is "here": the report went into the working directory.
         (["report", "r", "--out", ""], "expected a path, got ''"),

@@ -91,6 +91,10 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
         ("{not json", "events.jsonl:2: malformed event line"),
         ("[1, 2]", "events.jsonl:2: not an event record"),
         ("[" * 100_000 + "]" * 100_000, "events.jsonl:2: malformed event line .nested too deeply"),
+        (  # Python refuses integers of over 4,300 digits with a ValueError of its own
+            '{"event": "EpochCompleted", "epoch": ' + "9" * 5000 + "}",
+            r"events.jsonl:2: malformed event line \(a 5000-digit integer; at most 4300 digits",
+        ),
         (_line("Exploded"), "events.jsonl:2: unknown event 'Exploded'; known: ActionTaken"),
     ],
 )

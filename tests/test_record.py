@@ -189,6 +189,15 @@ def test_every_flipped_bit_in_a_checkpoint_file_is_one_line_naming_it(
     assert load_checkpoint(tmp_path, RUN).files == _files(1)
 
 
+def test_a_manifest_with_an_integer_too_long_to_read_is_corrupt(tmp_path: Path) -> None:
+    """Python refuses integers of over 4,300 digits with a plain ValueError (a traceback)."""
+    path = _committed(tmp_path, 1) / MANIFEST_FILE
+    path.write_text(path.read_text().replace("{", '{"n": ' + "9" * 5000 + ", ", 1))
+    with pytest.raises(RunRecordError) as caught:
+        load_checkpoint(tmp_path, RUN)
+    assert _one_line(caught.value) == f"checkpoint file {str(path)!r} is corrupt (not valid JSON)"
+
+
 def test_a_flipped_bit_in_the_pointer_is_one_line_naming_it(tmp_path: Path) -> None:
     _committed(tmp_path, 1)
     pointer = tmp_path / CHECKPOINTS_DIR / LATEST_FILE
@@ -453,6 +462,8 @@ def _broken_summaries() -> dict[str, Callable[[Path], None]]:
         "the wrong section": write(good | {"growth": None}),
         "an unknown status": write(good | {"status": "done"}),
         "deep nesting": write("[" * 100_000 + "]" * 100_000),
+        # Python refuses to read an integer of over 4,300 digits (a ValueError, not JSON's)
+        "a 5000-digit seed": write(json.dumps(good).replace('"seed": 7', '"seed": ' + "9" * 5000)),
         "old schema": write({"status": "completed", "task": "t", "final": None}),
     }
 
@@ -463,6 +474,8 @@ def test_a_malformed_summary_is_one_line_naming_the_file(tmp_path: Path, case: s
     with pytest.raises(RunRecordError) as caught:
         read_summary(tmp_path)
     assert str(tmp_path / SUMMARY_FILE) in _one_line(caught.value)
+    if case == "a 5000-digit seed":  # it was a traceback
+        assert "(a 5000-digit integer; at most 4300 digits are read)" in str(caught.value)
     if case == "a list":  # it said "the configuration", which a summary is not
         assert "summary: the top level must be a table of settings, got [1, 2]" in str(caught.value)
 
@@ -534,6 +547,10 @@ def test_csv_rows_round_trip_and_resume_drops_later_steps(tmp_path: Path) -> Non
         # a missing row: steps must be 1, 2, 3, ... (a resume must not lose an epoch's row)
         ("step,loss,accuracy,note\n1,1,,a\n3,1,,a\n", "rows.csv:3: step 3 where step 2 belongs"),
         ("step,loss,accuracy,note\n2,1,,a\n", "rows.csv:2: step 2 where step 1 belongs"),
+        (  # Python's own advice (sys.set_int_max_str_digits) is not for a user
+            "step,loss,accuracy,note\n" + "9" * 5000 + ",1,,a\n",
+            "rows.csv:2: step '999999999999999999999999999999' a 5000-digit integer; at most 4300",
+        ),
     ],
 )
 def test_a_malformed_csv_is_one_line_naming_file_and_line(

@@ -25,6 +25,7 @@ from esper.leyline.config import (
     HostTraining,
     UserError,
     config_text,
+    error_text,
     override,
     read_config_file,
 )
@@ -116,14 +117,30 @@ def layered(base: C, options: RunOptions) -> C:
 
 
 _BOX = re.compile(r"[│╭╮╰╯─]+")
+_ASCII_RULE = re.compile(r"-{3,}")
+"""A rule between the report's paragraphs where stderr cannot encode box drawing (ASCII)."""
 
 
-def _one_line(report: str) -> str:
-    """tyro's boxed error report as one line: its title and first paragraph."""
+def _refusal(stop: SystemExit) -> BaseException | None:
+    """The ``ValueError`` (or ``TypeError``) a flag's parsing or a dataclass's check raised
+    behind tyro's exit, if any: tyro exits while handling it, so it is in the context chain."""
+    seen = stop.__context__
+    while seen is not None and not isinstance(seen, ValueError | TypeError):
+        seen = seen.__context__
+    return seen
+
+
+def _one_line(report: str, refusal: BaseException | None = None) -> str:
+    """tyro's boxed error report as one line: its title and first paragraph.
+
+    The box wraps at 80 columns and breaks a longer word where the line ends, so a value
+    shown in the report can come back with spaces in it; given the ``refusal`` behind the
+    report, its message is taken whole instead."""
     lines = [_BOX.sub(" ", line).strip() for line in report.splitlines()]
+    lines = ["" if _ASCII_RULE.fullmatch(line) else line for line in lines]
     kept: list[str] = []
     for line in lines:
-        if not line and kept:
+        if not line and len(kept) > 1:  # the title, then the first paragraph
             break
         if line.startswith("For full helptext"):
             break
@@ -131,6 +148,9 @@ def _one_line(report: str) -> str:
             kept.append(line)
     text = " ".join(kept[1:] if len(kept) > 1 else kept)
     text = re.sub(r"\s+", " ", text)
+    parsing = re.match(r"Error parsing (\S+): ", text)
+    if parsing and refusal is not None:
+        text = f"{parsing.group(0)}{error_text(refusal)}"
     found = re.search(
         r"Error parsing (\S+): no type matching (\S+) could be instantiated from \[(.*?)\]", text
     )
@@ -162,7 +182,7 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, defa
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
-        raise UserError(f"{prog}: {_one_line(captured.getvalue())}") from None
+        raise UserError(f"{prog}: {_one_line(captured.getvalue(), _refusal(stop))}") from None
     except ValueError as err:  # a dataclass's own check (__post_init__)
         raise UserError(f"{prog}: {err}") from None
 

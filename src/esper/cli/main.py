@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import path_arg
-from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError
+from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
 from esper.leyline.files import WriteError
 from esper.leyline.trials import REPS_RANGE
 from esper.nissa.log import EventLogError
@@ -57,9 +57,9 @@ def _number(cast: Callable[[str], N], what: str, ok: Callable[[N], bool]) -> Cal
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {quoted(text)}") from None
         if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {quoted(value)}")
         return value
 
     return parse

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -44,6 +45,28 @@ class UserError(Exception):
     command reports it as one line, exit code 2, no traceback."""
 
 
+_TOO_MANY_DIGITS = re.compile(
+    r"Exceeds the limit \((\d+) digits\) for integer string conversion(?:: value has (\d+) digits)?"
+)
+
+
+def error_text(err: BaseException) -> str:
+    """``str(err)`` as a user reads it: Python's refusal to convert an integer of over 4,300
+    digits, whose advice (``sys.set_int_max_str_digits``) is for programmers, says what it is."""
+    found = _TOO_MANY_DIGITS.search(str(err))
+    if found is None:
+        return str(err)
+    limit, digits = found.groups()
+    return f"a {digits or 'over ' + limit}-digit integer; at most {limit} digits are read"
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for an error line, cut to its first ``limit`` characters when longer (a
+    4,000-digit number or a pasted file as a flag's value)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def require(ok: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok`` (the one-line error every setting uses)."""
     if not ok:
@@ -53,7 +76,7 @@ def require(ok: bool, message: str) -> None:
 def check_int(name: str, value: object, low: int = 1, high: int = MAX_COUNT) -> None:
     """``value`` is an integer (not a bool) in ``[low, high]``, else a one-line error."""
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-    require(ok, f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    require(ok, f"{name} must be an integer in [{low}, {high}], got {quoted(value)}")
 
 
 def check_float(
@@ -63,12 +86,12 @@ def check_float(
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if strict_low else value >= low) and value <= high  # type: ignore[operator]
     bound = "(" if strict_low else "["
-    require(ok, f"{name} must be a number in {bound}{low}, {high}], got {value!r}")
+    require(ok, f"{name} must be a number in {bound}{low}, {high}], got {quoted(value)}")
 
 
 def check_bool(name: str, value: object) -> None:
     """``value`` is ``True`` or ``False`` (a JSON 1 is not)."""
-    require(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+    require(isinstance(value, bool), f"{name} must be true or false, got {quoted(value)}")
 
 
 @dataclass(frozen=True)
@@ -333,7 +356,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text) if toml else json.loads(text, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as err:
         hint = "" if toml or path.suffix == ".json" else " (read as JSON: only .toml is TOML)"
-        raise ValueError(f"cannot read config file {str(path)!r}{hint}: {err}") from None
+        raise ValueError(
+            f"cannot read config file {str(path)!r}{hint}: {error_text(err)}"
+        ) from None
     except RecursionError:
         raise ValueError(f"config file {str(path)!r} is nested too deeply") from None
     if not isinstance(data, dict):

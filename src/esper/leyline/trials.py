@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from esper.leyline.config import MAX_SEED, check_float, check_int
+from esper.leyline.config import MAX_SEED, check_float, check_int, quoted
 
 COMPLETED = "completed"
 """A run that trained every epoch."""
@@ -147,4 +147,4 @@ def _cell(text: str, hint: typing.Any, where: str) -> typing.Any:
     try:
         return kinds[0](text)
     except ValueError:
-        raise TrialsFileError(f"{where} is {text!r}, not {kinds[0].__name__}") from None
+        raise TrialsFileError(f"{where} is {quoted(text)}, not {kinds[0].__name__}") from None

@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from esper.leyline.config import decode, optional_type
+from esper.leyline.config import decode, error_text, optional_type
 from esper.leyline.files import (
     TEMP_MARKER,
     DiskFullError,
@@ -154,6 +154,8 @@ def read_json(path: Path, what: str) -> Any:
         ) from None
     except RecursionError:
         raise RunRecordError(f"{str(path)!r} is not {what} (JSON nested too deeply)") from None
+    except ValueError as err:  # an integer too long to read
+        raise RunRecordError(f"{str(path)!r} is not {what} ({error_text(err)})") from None
 
 
 _T = TypeVar("_T")
@@ -577,7 +579,9 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
                 try:
                     values[name] = _parse_cell(cell, kind, optional)
                 except ValueError as err:
-                    raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
+                    raise RunRecordError(
+                        f"{where}: {name} {cell[:30]!r} {error_text(err)}"
+                    ) from None
             if values[step] != len(rows) + 1:  # one row per step, none missing or repeated
                 raise RunRecordError(
                     f"{where}: {step} {values[step]} where {step} {len(rows) + 1} belongs"
@@ -778,7 +782,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, an integer too long to read
         raise _corrupt(path, "not valid JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("manifest_sha256"), str):
         raise _corrupt(path, "no manifest_sha256")
