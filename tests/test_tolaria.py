@@ -426,3 +426,26 @@ def test_seed_grown_after_the_snapshot_is_recorded_when_it_vanishes() -> None:
     gone = [e for e in events if isinstance(e, SeedTransition) and "rollback" in e.reason]
     assert [(e.slot, e.from_stage, e.to_stage) for e in gone] == [("mid", "TRAINING", "DORMANT")]
     assert trainer.optimizer.group_names() == ["host"]
+
+
+def test_a_snapshot_outlives_the_steps_after_it_and_every_rollback_to_it() -> None:
+    """The optimizer steps in place: a snapshot (or a rollback's restored state) that shared a
+    tensor with the optimizer would change with every step after it."""
+    trainer = _trainer()
+    trainer.train_step()
+    model, optimizer = trainer.model, trainer.optimizer
+    governor = Governor(GovernorConfig(), chance_loss=math.log(4))
+    governor.snapshot(model, optimizer)
+    at_snapshot = _opt_state(trainer)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = trainer.data.x_train[:32], trainer.data.y_train[:32]
+    for _ in range(2):  # a rollback, then steps from the restored state, then another
+        for _ in range(3):
+            optimizer.optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            step_optimizers([optimizer])
+        assert not torch.equal(next(model.host.parameters()), weights[next(iter(weights))])
+        governor.rollback(model, optimizer)
+        _assert_same_state(_opt_state(trainer), at_snapshot)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, weights[k]), k
