@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from esper.data import BatchStream, augment_crop_flip
+from esper.data.stream import take_rows
 from esper.leyline.data import BatchSource
 
 
@@ -184,3 +185,32 @@ def test_augment_rejects_bad_arguments() -> None:
         augment_crop_flip(torch.zeros(1, 1, 4, 4), g, padding=-1)
     with pytest.raises(ValueError, match=r"flip_prob=1\.5"):
         augment_crop_flip(torch.zeros(1, 1, 4, 4), g, flip_prob=1.5)
+
+
+def _layouts() -> dict[str, Tensor]:
+    images = torch.randn(50, 3, 6, 5)
+    return {
+        "NCHW images": images,
+        "channels_last images": images.contiguous(memory_format=torch.channels_last),
+        "one-channel channels_last": torch.randn(50, 1, 4, 4).contiguous(
+            memory_format=torch.channels_last
+        ),
+        "token ids": torch.randint(0, 9, (50, 7)),
+        "labels": torch.randint(0, 9, (50,)),
+        "a view past the start": images[10:],
+        "a transposed view": images.transpose(2, 3),  # not dense rows: x[idx]
+        "no samples' elements": torch.randn(50, 0),
+    }
+
+
+@pytest.mark.parametrize("case", list(_layouts()))
+def test_take_rows_is_advanced_indexing_in_the_same_layout(case: str) -> None:
+    x = _layouts()[case]
+    idx = torch.tensor([3, 0, 39, 3, 17])  # repeats allowed, any order
+    taken, indexed = take_rows(x, idx), x[idx]
+    assert taken.shape == indexed.shape and taken.dtype == indexed.dtype
+    assert torch.equal(taken, indexed)
+    assert taken.stride() == indexed.stride(), (taken.stride(), indexed.stride())
+    if x.numel():  # (torch checks no bounds on a tensor without elements, nor do we)
+        with pytest.raises(IndexError):
+            take_rows(x, torch.tensor([len(x)]))
