@@ -50,6 +50,7 @@ from esper.nissa.knowledge import (
 from esper.nissa.record import OUTCOMES_FILE
 
 HOST = HostSignature(task="fashion_mnist", topology="cnn", width=16, params=12_345)
+TEXT_HOST = HostSignature(task="text_lm", topology="transformer", width=64, params=160_768)
 
 
 def _outcome(run: str = "r1", slot: str = "mid", epoch: int = 0, **changes: Any) -> SeedOutcome:
@@ -470,7 +471,7 @@ def runs(tmp_path: Path) -> tuple[Path, Path, list[SeedOutcome]]:
     ]
     two = [
         _outcome(run="b", stage="TRAINING", contribution=None),  # undecided: no score
-        _outcome(run="b", epoch=1, blueprint="attention", host=replace(HOST, task="text_lm")),
+        _outcome(run="b", epoch=1, blueprint="attention", host=TEXT_HOST),
     ]
     return _run_dir(tmp_path, "a", one), _run_dir(tmp_path, "b", two), one + two
 
@@ -612,6 +613,10 @@ def test_cli_import_checks_every_run_before_writing(
         ({"blueprint": "zzz"}, "unknown blueprint 'zzz' for a cnn host; known: ['norm', 'att"),
         ({"blueprint": "lora"}, "unknown blueprint 'lora' for a cnn host"),
         ({"host": {**good["host"], "task": "imagenet"}}, "unknown task 'imagenet'; known: ["),
+        (  # a transformer outcome on a CNN task: a store groups outcomes by task
+            {"host": {**good["host"], "topology": "transformer"}, "blueprint": "lora"},
+            f"task {good['host']['task']!r} has a cnn host, not transformer",
+        ),
         ({"run_id": ""}, "run_id must be a non-empty printable name, got ''"),
         ({"run_id": "a\x00b"}, "run_id must be a non-empty printable name, got 'a\\x00b'"),
     ]
