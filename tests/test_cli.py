@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from esper.cli.main import EXIT_BAD_INPUT, main
+from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, main
 from esper.leyline.config import read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
@@ -151,8 +151,12 @@ def test_a_config_that_cannot_be_a_file_is_one_line_exit_2(tmp_path, capsys, kin
     run = tmp_path / "run"
     assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"cannot read config file {str(conf)!r}" in err
-    assert message in err and not run.exists()
+    assert err.count("\n") == 1 and message in err and not run.exists()
+    if kind == "long name":  # the 5,000-character name is cut, the reason kept
+        assert "cannot read config file '" in err and "characters) [Errno 36]" in err
+        assert len(err) <= len("esper: error: \n") + MAX_ERROR_LINE
+    else:
+        assert f"cannot read config file {str(conf)!r}" in err
 
 
 @pytest.mark.parametrize("suffix", [".json", ".toml"])
@@ -165,6 +169,16 @@ def test_a_config_with_an_integer_too_long_to_read_is_one_line(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a 5000-digit integer; at most 4300 digits are read" in err
     assert "sys.set_int_max_str_digits" not in err and not run.exists()
+
+
+def test_a_hexadecimal_integer_too_long_to_write_out_is_one_line(tmp_path, capsys) -> None:
+    """TOML reads 0x... at any length, and the error then could not show it (Python's advice)."""
+    conf, run = tmp_path / "c.toml", tmp_path / "run"
+    conf.write_text("seed = 0x" + "f" * 4000 + "\n")
+    assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sys.set_int_max_str_digits" not in err
+    assert "seed must be an integer in [0, 9223372036854775807], got an integer of over 4300" in err
 
 
 def test_a_config_from_a_pipe_is_read(tmp_path) -> None:
@@ -230,6 +244,20 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--knowledge", LONG_URL],
             f"unsupported knowledge store URL '{LONG_URL}' (scheme",
         ),
+        (  # a value that only quotes Python's refusal is not taken for it
+            [
+                "heuristic",
+                "--task",
+                "synthetic",
+                "--slots",
+                "Exceeds the limit (4300 digits) for integer string conversion",
+            ],
+            "unknown slot name 'Exceeds the limit (4300 digits) for integer string conversion'",
+        ),
+        (  # a value of thousands of characters is cut; what is accepted is still said
+            ["heuristic", "--task", "x" * 5000],
+            "xxxxx... (5003 characters) known tasks: fashion_mnist",
+        ),
         (  # a number it can read but not accept, cut to 40 characters: the line was 4,163 long
             ["heuristic", "--task", "synthetic", "--seed", "9" * 4000],
             "seed must be an integer in [0, 9223372036854775807], got 99999",
@@ -243,25 +271,29 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args: list[str], message:
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("esper: error:")]
     assert len(errors) == 1 and message in errors[0], err
-    assert "Traceback" not in err and len(err) < 300
+    assert "Traceback" not in err and len(err) <= len("esper: error: \n") + MAX_ERROR_LINE
     assert not out.exists(), "bad input must leave nothing behind"
 
 
+def _stderr_of(args: list[str], encoding: str, cwd: Path) -> str:
+    """``esper ARGS``'s stderr, run with Python's standard streams in ``encoding``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "esper", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONIOENCODING": encoding},
+        timeout=120,
+    )
+    assert done.returncode == EXIT_BAD_INPUT
+    return done.stderr
+
+
 def test_a_flag_error_reads_the_same_when_stderr_cannot_encode_box_drawing(tmp_path) -> None:
-    """tyro draws its error box in ASCII then (rules of dashes): the line carried 78-dash rules,
-    and a missing flag's report was cut to its title."""
-    lines = {}
-    for encoding in ("utf-8", "ascii"):
-        done = subprocess.run(
-            [sys.executable, "-m", "esper", "static", "--seed", "x", "--task", "synthetic"],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONIOENCODING": encoding},
-            timeout=120,
-        )
-        assert done.returncode == EXIT_BAD_INPUT
-        lines[encoding] = done.stderr
+    """tyro draws its error box in ASCII then, with rules of dashes: the line carried two
+    78-dash rules."""
+    args = ["static", "--seed", "x", "--task", "synthetic"]
+    lines = {encoding: _stderr_of(args, encoding, tmp_path) for encoding in ("utf-8", "ascii")}
     assert (
         lines["ascii"]
         == lines["utf-8"]
@@ -270,6 +302,11 @@ def test_a_flag_error_reads_the_same_when_stderr_cannot_encode_box_drawing(tmp_p
             "10: 'x'\n"
         )
     )
+    # In a box drawn in UTF-8 a value of dashes is a value, not a rule: the line ended at it.
+    # (In ASCII a wrapped line of dashes is a rule's twin; such a value ends the paragraph.)
+    dashes = ["heuristic", "--task", "synthetic", "--precision=" + "-" * 200]
+    line = _stderr_of(dashes, "utf-8", tmp_path)
+    assert "for argument '--precision'. Expected one of ('float32', 'bfloat16')" in line
 
 
 def test_missing_dataset_is_reported(tmp_path, capsys, monkeypatch) -> None:
@@ -640,6 +677,20 @@ def test_argument_errors_are_one_line_without_the_usage_block(
     assert err.startswith("esper: error: ") and err.count("\n") == 1, err
     assert message in err and "usage:" not in err and "(see esper" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_an_error_line_too_long_even_with_its_long_words_cut_keeps_its_start_and_end() -> None:
+    """tyro wraps a long value into 76-character pieces, words too short to be cut."""
+    from esper.cli.main import one_line
+
+    message = "invalid choice '" + " ".join(["-" * 76] * 60) + "'. Expected one of ('a', 'b')."
+    line = one_line(message)
+    assert len(line) <= MAX_ERROR_LINE and line.startswith("invalid choice '----")
+    assert line.endswith("'. Expected one of ('a', 'b').") and " characters cut) ... " in line
+    word = "x" * 400
+    assert one_line(f"unknown task '{word}'; known: a, b") == (
+        f"unknown task '{word[:99]}... (403 characters) known: a, b"
+    )
 
 
 def test_a_multi_line_library_message_is_printed_as_one_line(monkeypatch, capsys) -> None:

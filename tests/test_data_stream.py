@@ -211,6 +211,13 @@ def test_take_rows_is_advanced_indexing_in_the_same_layout(case: str) -> None:
     assert taken.shape == indexed.shape and taken.dtype == indexed.dtype
     assert torch.equal(taken, indexed)
     assert taken.stride() == indexed.stride(), (taken.stride(), indexed.stride())
+    for other in (
+        idx.to(torch.int32),
+        torch.tensor(3),
+        idx.view(1, -1),
+        torch.arange(len(x)) % 3 == 0,
+    ):
+        assert torch.equal(take_rows(x, other), x[other])  # int32 selects; the rest: x[idx]
     if x.numel():  # (torch checks no bounds on a tensor without elements, nor do we)
         with pytest.raises(IndexError):
             take_rows(x, torch.tensor([len(x)]))

@@ -549,7 +549,7 @@ def test_csv_rows_round_trip_and_resume_drops_later_steps(tmp_path: Path) -> Non
         ("step,loss,accuracy,note\n2,1,,a\n", "rows.csv:2: step 2 where step 1 belongs"),
         (  # Python's own advice (sys.set_int_max_str_digits) is not for a user
             "step,loss,accuracy,note\n" + "9" * 5000 + ",1,,a\n",
-            "rows.csv:2: step '999999999999999999999999999999' a 5000-digit integer; at most 4300",
+            "rows.csv:2: step '999999999999999999999999999999' is a 5000-digit integer; at most",
         ),
     ],
 )

@@ -858,7 +858,7 @@ def test_a_study_without_a_finished_trial_is_one_line(
     long_seed = lines[1].replace(",0,", "," + "9" * 5000 + ",", 1)  # cut in the message
     (study / "trials.csv").write_text(lines[0] + "\n" + long_seed)
     code, _, err = _report([str(study)], capsys)
-    _assert_one_line_error(code, err, "seed is '999999999999999999999999999999999999999... (5002")
+    _assert_one_line_error(code, err, "seed is '999999999999999999999999999999999999999... (5000")
     assert len(err) < 300
     (study / "trials.csv").write_bytes(lines[0].encode() + b"\n\xff\xfe\n")
     code, _, err = _report([str(study)], capsys)

@@ -137,7 +137,8 @@ def _one_line(report: str, refusal: BaseException | None = None) -> str:
     shown in the report can come back with spaces in it; given the ``refusal`` behind the
     report, its message is taken whole instead."""
     lines = [_BOX.sub(" ", line).strip() for line in report.splitlines()]
-    lines = ["" if _ASCII_RULE.fullmatch(line) else line for line in lines]
+    if not _BOX.search(report):  # drawn in ASCII: its rules are lines of dashes
+        lines = ["" if _ASCII_RULE.fullmatch(line) else line for line in lines]
     kept: list[str] = []
     for line in lines:
         if not line and len(kept) > 1:  # the title, then the first paragraph

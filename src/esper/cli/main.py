@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,12 +201,27 @@ def run_command(command: str, argv: list[str]) -> int:
     return run_growth(command, rest, options)
 
 
+MAX_ERROR_LINE = 1000
+"""The longest error line printed; a longer one is cut in the middle."""
+
+_LONG_WORD = re.compile(r"\S{300,}")
+"""A word of an error line that is cut: longer than any path a user would type."""
+
+
 def one_line(message: str) -> str:
     """``message`` as the one line an error gets: a library's message that runs over several
     lines (torch's state-dict mismatches, which name the tensors on the lines after the first)
     has them joined with "; ", so no detail is lost; a one-line message is left as it is."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return "; ".join(lines) if len(lines) > 1 else message
+    text = "; ".join(lines) if len(lines) > 1 else message
+    # A value of thousands of characters (a pasted file as --task, a 5,000-character name):
+    # each such word keeps its start, and a line still too long keeps its start and its end,
+    # where the accepted values are named.
+    text = _LONG_WORD.sub(lambda m: f"{m[0][:100]}... ({len(m[0])} characters)", text)
+    if len(text) <= MAX_ERROR_LINE:
+        return text
+    head, tail = MAX_ERROR_LINE * 3 // 5, MAX_ERROR_LINE // 3
+    return f"{text[:head]} ... ({len(text) - head - tail} characters cut) ... {text[-tail:]}"
 
 
 class _StderrWarnings(logging.Handler):

@@ -53,18 +53,28 @@ _TOO_MANY_DIGITS = re.compile(
 def error_text(err: BaseException) -> str:
     """``str(err)`` as a user reads it: Python's refusal to convert an integer of over 4,300
     digits, whose advice (``sys.set_int_max_str_digits``) is for programmers, says what it is."""
-    found = _TOO_MANY_DIGITS.search(str(err))
+    found = _TOO_MANY_DIGITS.match(str(err))
     if found is None:
         return str(err)
     limit, digits = found.groups()
-    return f"a {digits or 'over ' + limit}-digit integer; at most {limit} digits are read"
+    if digits is None:  # writing one out: a hexadecimal TOML integer is read at any length
+        return f"an integer of over {limit} digits"
+    return f"a {digits}-digit integer; at most {limit} digits are read"
 
 
-def quoted(value: object, limit: int = 40) -> str:
-    """``repr(value)`` for an error line, cut to its first ``limit`` characters when longer (a
-    4,000-digit number or a pasted file as a flag's value)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+def quoted(value: object, limit: int = 40, as_json: bool = False) -> str:
+    """``repr(value)`` for an error line (with ``as_json``, the value as JSON writes it: a
+    config file's), cut to its first ``limit`` characters when longer (a 4,000-digit number or
+    a pasted file as a flag's value), the length counted in the value's characters (a
+    string's, a number's digits)."""
+    try:
+        text = json.dumps(value, default=repr) if as_json else repr(value)
+    except ValueError as err:  # an integer too long to write out in decimal
+        return error_text(err)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:limit]}... ({size} characters)"
 
 
 def require(ok: bool, message: str) -> None:
@@ -244,10 +254,9 @@ def check_tracking_uri(name: str, value: object) -> None:
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def _short(value: Any) -> str:
-    """A value as it would be written in JSON, cut to 40 characters."""
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _as_written(value: Any) -> str:
+    """A value of a config file or record in an error line, as JSON writes it, cut short."""
+    return quoted(value, as_json=True)
 
 
 def optional_type(kind: Any) -> tuple[Any, bool]:
@@ -279,24 +288,28 @@ def decode(kind: Any, value: Any, where: str = "", base: Any = None) -> Any:
     name, origin, args = where or "the value", typing.get_origin(kind), typing.get_args(kind)
     if origin is Literal:
         accepted = ", ".join(map(str, args))
-        require(value in args, f"{name} must be one of {accepted}, got {_short(value)}")
+        if value not in args:
+            raise ValueError(f"{name} must be one of {accepted}, got {_as_written(value)}")
         return value
     if origin is tuple:
-        require(isinstance(value, list | tuple), f"{name} must be a list, got {_short(value)}")
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, got {_as_written(value)}")
         return tuple(decode(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
     if origin is dict:
-        require(isinstance(value, dict), f"{name} must be a table, got {_short(value)}")
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a table, got {_as_written(value)}")
         return {k: decode(args[1], v, f"{name}.{k}") for k, v in value.items()}
     if kind is float and type(value) is int:
         return float(value)
     ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    require(ok, f"{name} must be {_TYPE_NAMES[kind]}, got {_short(value)}")
+    require(ok, f"{name} must be {_TYPE_NAMES[kind]}, got {_as_written(value)}")
     return value
 
 
 def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
     table = where or "the top level"
-    require(isinstance(value, dict), f"{table} must be a table of settings, got {_short(value)}")
+    if not isinstance(value, dict):
+        raise ValueError(f"{table} must be a table of settings, got {_as_written(value)}")
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(value) - set(names))
     accepted = ", ".join(sorted(names))

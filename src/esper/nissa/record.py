@@ -521,7 +521,10 @@ def _parse_cell(text: str, kind: Any, optional: bool) -> Any:
     if kind is int:
         if not re.fullmatch(r"-?\d+", text):
             raise ValueError("is not an integer")
-        return int(text)
+        try:
+            return int(text)
+        except ValueError as err:  # over 4,300 digits
+            raise ValueError(f"is {error_text(err)}") from None
     if kind is float:
         try:
             return float(text)
@@ -579,9 +582,7 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
                 try:
                     values[name] = _parse_cell(cell, kind, optional)
                 except ValueError as err:
-                    raise RunRecordError(
-                        f"{where}: {name} {cell[:30]!r} {error_text(err)}"
-                    ) from None
+                    raise RunRecordError(f"{where}: {name} {cell[:30]!r} {err}") from None
             if values[step] != len(rows) + 1:  # one row per step, none missing or repeated
                 raise RunRecordError(
                     f"{where}: {step} {values[step]} where {step} {len(rows) + 1} belongs"
