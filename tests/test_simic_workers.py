@@ -288,7 +288,9 @@ def test_actors_telemetry_arrives_while_their_round_runs(ray_session: None) -> N
     vec.emit, vec.collect = arrived, timed  # type: ignore[method-assign]
     trainer.run_round()
     started, ended = span
-    assert arrivals and arrivals[0] < started + 0.6 * (ended - started)
+    # First events at ~24 % of the round here (0.63 once in CI, two test workers starving an
+    # actor on 2 cores); events sent with the trajectories would all arrive at ~100 %.
+    assert arrivals and arrivals[0] < started + 0.8 * (ended - started)
     vec.close()
 
 
