@@ -211,12 +211,12 @@ _LONG_WORD = re.compile(r"\S{300,}")
 def one_line(message: str) -> str:
     """``message`` as the one line an error gets: a library's message that runs over several
     lines (torch's state-dict mismatches, which name the tensors on the lines after the first)
-    has them joined with "; ", so no detail is lost; a one-line message is left as it is."""
+    has them joined with "; ", so no detail is lost. A word of ``_LONG_WORD``'s length is cut,
+    and a line over ``MAX_ERROR_LINE`` characters keeps its start and its end."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     text = "; ".join(lines) if len(lines) > 1 else message
-    # A value of thousands of characters (a pasted file as --task, a 5,000-character name):
-    # each such word keeps its start, and a line still too long keeps its start and its end,
-    # where the accepted values are named.
+    # a value of thousands of characters (a pasted file as --task, a 5,000-character name);
+    # the line's end is where the accepted values are named
     text = _LONG_WORD.sub(lambda m: f"{m[0][:100]}... ({len(m[0])} characters)", text)
     if len(text) <= MAX_ERROR_LINE:
         return text
