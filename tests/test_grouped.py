@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import esper.kasmina.grouped as grouped
 import esper.kasmina.hosts as hosts
@@ -282,7 +284,7 @@ def test_grouped_closed_form_with_seeds_equals_each_model(
     models[2].advance("late")  # BLENDING
     alone = copy.deepcopy(models)
     xs = [torch.randn(16, 1, 8, 8) for _ in models]
-    outs = grouped_forward(models, xs)
+    outs = grouped_forward(models, xs).unbind(1)
     weights = torch.linspace(-1, 1, outs[0].numel()).view_as(outs[0])
     sum((out * weights).sum() for out in outs).backward()
     for model, twin, x, out in zip(models, alone, xs, outs, strict=True):
@@ -307,7 +309,7 @@ def test_a_non_finite_input_stays_in_its_own_model(float64: None) -> None:
         alone = copy.deepcopy(models)
         xs = [torch.randn(8, 1, 8, 8) for _ in models]
         xs[0][2, 0, 3, 4] = bad
-        outs = grouped_forward(models, xs)
+        outs = grouped_forward(models, xs).unbind(1)
         for twin, x, out in list(zip(alone, xs, outs, strict=True))[1:]:
             assert torch.isfinite(out).all()
             assert torch.allclose(out, twin.train()(x), rtol=1e-12, atol=1e-12)
@@ -319,7 +321,7 @@ def test_grouped_forward_gradients_reach_each_model(float64: None) -> None:
     models[1].germinate("mid", "conv_light")
     models[1].advance("mid")
     xs = [torch.randn(5, 1, 8, 8) for _ in models]
-    outs = grouped_forward(models, xs)
+    outs = grouped_forward(models, xs).unbind(1)
     (outs[1] ** 2).sum().backward()
     for i, model in enumerate(models):
         touched = [p.grad is not None and bool(p.grad.abs().sum()) for p in model.parameters()]
@@ -362,6 +364,61 @@ def test_unchecked_epoch_loop_matches_the_checked_one(monkeypatch: pytest.Monkey
     for results in (checked[1], unchecked[1]):
         assert math.isnan(results[1][0]) and math.isnan(results[1][1])
         assert results[0] == checked[0][0] and results[2] == checked[0][2]  # the others unharmed
+
+
+class _OpCounts(TorchDispatchMode):
+    """How many times each aten operation ran (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+ONCE_PER_CHUNK = (
+    "nll_loss2d_forward",  # the (B, classes, k) logits of all k models
+    "nll_loss2d_backward",
+    "_log_softmax",
+    "_log_softmax_backward_data",
+    "argmax",
+    "_foreach_add_",
+    "_foreach_copy_",
+    "_foreach_lerp_",
+    "lerp_",
+)
+"""Operations of a grouped batch that the number of models must not change: the loss and
+accuracy, the epoch's totals and the norms' running statistics (on CUDA, kernel launches)."""
+
+
+def test_a_grouped_batch_scores_and_tallies_its_models_at_once() -> None:
+    """An epoch of 2 or 3 grouped impaired hosts (closed-form first block, grouped norms after
+    it) runs the loss, the totals and the running-statistics updates the same number of times:
+    once per batch, not once per model (counted in a second epoch: an optimizer's first step
+    makes its state on its own)."""
+    data = _data(torch.float32, channels=1)
+    counts = []
+    for k in (2, 3):
+        episodes = _episodes(data, [], **IMPAIRED)[:k]
+        for e in episodes:
+            e._start()
+        trainers = [e.trainer for e in episodes]
+        assert groupable([t.model for t in trainers])
+        train_together(trainers)
+        with _OpCounts() as mode:
+            train_together(trainers)
+        counts.append({name: mode.counts[name] for name in ONCE_PER_CHUNK})
+    batches = math.ceil(192 / 32)
+    assert counts[0] == counts[1]
+    assert counts[0]["nll_loss2d_forward"] == counts[0]["nll_loss2d_backward"] == batches
+    # running means and variances: the closed form's block lerped, the two later blocks copied
+    assert counts[0]["_foreach_lerp_"] == 2 * batches
+    assert counts[0]["_foreach_copy_"] == 2 * 2 * batches
+    assert counts[0]["lerp_"] == 0
+    # the epoch's loss and accuracy totals, the norms' batch counters, AdamW's step counts
+    assert counts[0]["_foreach_add_"] == (2 + 3 + 1) * batches
 
 
 def _growth_envs(task: str, n: int, **training: object) -> list[GrowthEnv]:

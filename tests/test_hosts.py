@@ -219,7 +219,7 @@ def test_a_zero_conv_weight_gives_the_layers_output() -> None:
 def test_closed_form_only_where_it_is_the_same_function() -> None:
     """Inputs that need a gradient, other channel counts, an unbatched, empty, non-finite or
     half-precision input, a bias, a larger kernel, a norm without momentum or affine weights,
-    norms of another eps, mixed modes, hooks and autocast run the layers."""
+    norms of another eps or momentum, mixed modes, hooks and autocast run the layers."""
     host = _impaired_on_grey()
     first = host.segments[0][0]
     x = torch.randn(4, 1, 9, 11)
@@ -249,6 +249,9 @@ def test_closed_form_only_where_it_is_the_same_function() -> None:
     other = _impaired_on_grey()
     assert closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
     other.segments[0][0][1].eps = 1e-3
+    assert not closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
+    other = _impaired_on_grey()
+    other.segments[0][0][1].momentum = 0.2  # one momentum updates every block's statistics
     assert not closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))
     other = _impaired_on_grey().eval()
     assert not closed_form([first, other.segments[0][0]], torch.randn(4, 2, 9, 11))

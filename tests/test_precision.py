@@ -108,7 +108,10 @@ def test_grouped_bfloat16_pass_matches_one_by_one() -> None:
         for m in models:
             m.zero_grad()
         with training_autocast(CPU, "bfloat16"):
-            outs = grouped_forward(models, [x] * 3) if grouped else [m(x) for m in models]
+            if grouped:
+                outs = list(grouped_forward(models, [x] * 3).unbind(1))
+            else:
+                outs = [m(x) for m in models]
         losses = [nn.functional.cross_entropy(o.float(), y) for o in outs]
         torch.stack(losses).sum().backward()  # type: ignore[no-untyped-call]
         grads = [p.grad.clone() for m in models for p in m.parameters() if p.grad is not None]

@@ -106,19 +106,24 @@ def _batch_norm(layers: Sequence[nn.BatchNorm2d], h: Tensor) -> Tensor:
     first = layers[0]
     if first.momentum is None or not first.track_running_stats or not first.affine:
         raise ValueError("grouped batch norm needs affine layers with a momentum and running stats")
-    mean = torch.cat([layer.running_mean for layer in layers])  # type: ignore[misc]
-    var = torch.cat([layer.running_var for layer in layers])  # type: ignore[misc]
+    mean = torch.cat(_buffers(layers, "running_mean"))
+    var = torch.cat(_buffers(layers, "running_var"))
     weight = torch.cat([layer.weight for layer in layers])
     bias = torch.cat([layer.bias for layer in layers])
     out = F.batch_norm(h, mean, var, weight, bias, True, first.momentum, first.eps)
+    # One multi-tensor call per statistic instead of one copy per layer: on CUDA one kernel
+    # launch each, whatever the number of models.
+    k = len(layers)
     with torch.no_grad():
-        for layer, m, v in zip(
-            layers, mean.chunk(len(layers)), var.chunk(len(layers)), strict=True
-        ):
-            layer.running_mean.copy_(m)  # type: ignore[union-attr]
-            layer.running_var.copy_(v)  # type: ignore[union-attr]
-            layer.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        torch._foreach_copy_(_buffers(layers, "running_mean"), list(mean.chunk(k)))
+        torch._foreach_copy_(_buffers(layers, "running_var"), list(var.chunk(k)))
+        torch._foreach_add_(_buffers(layers, "num_batches_tracked"), 1)
     return out
+
+
+def _buffers(norms: Sequence[nn.Module], name: str) -> list[Tensor]:
+    """Each norm's buffer ``name``."""
+    return [cast(Tensor, getattr(norm, name)) for norm in norms]
 
 
 def _layer(layers: list[nn.Module], h: Tensor) -> Tensor:
@@ -141,7 +146,7 @@ def _apply_slots(models: Sequence[MorphogeneticModel], name: str, h: Tensor) -> 
     return torch.cat([slot(part) for slot, part in zip(slots, parts, strict=True)], dim=1)
 
 
-def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) -> list[Tensor]:
+def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) -> Tensor:
     """Each model's ``model(x)``, computed as one grouped pass.
 
     Args:
@@ -152,8 +157,9 @@ def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) 
     training forward.
 
     Returns:
-        ``(B, classes)`` outputs, one per model, as ``models[i](xs[i])`` would give (up to
-        floating-point summation order), with gradients into each model's own parameters.
+        The outputs stacked ``(B, k, classes)``: ``[:, i]`` is what ``models[i](xs[i])`` would
+        give (up to floating-point summation order), with gradients into each model's own
+        parameters. Kept stacked so that the loss of all k models is one computation.
     """
     k = len(models)
     h = torch.cat(list(xs), dim=1)  # (B, k·C_in, H, W)
@@ -177,5 +183,4 @@ def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) 
     heads = [cast(nn.Linear, m.host.head) for m in models]
     weight = torch.stack([head.weight for head in heads])  # (k, classes, C)
     bias = torch.stack([head.bias for head in heads])  # (k, classes)
-    out = torch.einsum("bkc,koc->bko", pooled, weight) + bias  # (B, k, classes)
-    return list(out.unbind(dim=1))
+    return torch.einsum("bkc,koc->bko", pooled, weight) + bias  # (B, k, classes)

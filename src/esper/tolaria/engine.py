@@ -124,14 +124,38 @@ class Trained:
     seconds: float
 
 
-def _forward(
-    models: Sequence[MorphogeneticModel], xs: Sequence[Tensor], grouped: bool
-) -> list[Tensor]:
-    """Each model on its batch: as one grouped computation when ``grouped`` (the models, or a
-    set they belong to, are ``groupable``) and the batches have one shape."""
+def _scored(
+    models: Sequence[MorphogeneticModel],
+    batches: Sequence[tuple[Tensor, Tensor]],
+    grouped: bool,
+    autocast: torch.autocast,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each model's training forward on its batch (under ``autocast``), scored in float32: the
+    ``(k,)`` summed cross-entropies, their means per prediction, and numbers of correct
+    predictions.
+
+    When ``grouped`` (the models, or a set they belong to, are ``groupable``) and the batches
+    have one shape, the forward is one grouped computation and so is the loss of all k models:
+    a fixed number of operations whatever k (on CUDA, kernel launches). Otherwise each model
+    runs and is scored on its own.
+    """
+    xs = [x for x, _ in batches]
     if grouped and len(models) > 1 and len({x.shape for x in xs}) == 1:
-        return grouped_forward(models, xs)
-    return [model(x) for model, x in zip(models, xs, strict=True)]
+        with autocast:
+            out = grouped_forward(models, xs)  # (B, k, classes)
+        logits = out.float() if out.dtype == torch.bfloat16 else out
+        y = torch.stack([y for _, y in batches], dim=1)  # (B, k)
+        losses = F.cross_entropy(logits.movedim(-1, 1), y, reduction="none").sum(dim=0)
+        correct = (logits.argmax(dim=-1) == y).sum(dim=0)
+        return losses, losses / y.shape[0], correct
+    scored = []
+    for model, (x, y) in zip(models, batches, strict=True):
+        with autocast:
+            out = model(x)
+        loss, hits = _loss_and_correct(out.float() if out.dtype == torch.bfloat16 else out, y)
+        scored.append((loss, loss / y.numel(), hits))
+    losses, means, correct = (torch.stack(column) for column in zip(*scored, strict=True))
+    return losses, means, correct
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -188,20 +212,18 @@ def _train_batch(
     autocast: torch.autocast,
 ) -> None:
     """One batch for each trainer: forward together (grouped when ``grouped``) under
-    ``autocast``, the losses in float32, one backward, the optimizers step together."""
+    ``autocast``, the losses in float32, one backward, the optimizers step together, the
+    epoch's totals added."""
     batches = [t.stream.next_batch() for t in trainers]
     for t in trainers:
         t.optimizer.zero_grad()
-    with autocast:
-        outs = _forward([t.model for t in trainers], [x for x, _ in batches], grouped)
-    outs = [out.float() if out.dtype == torch.bfloat16 else out for out in outs]
-    scored = [_loss_and_correct(out, y) for out, (_, y) in zip(outs, batches, strict=True)]
-    means = [loss / y.numel() for (loss, _), (_, y) in zip(scored, batches, strict=True)]
-    finite = torch.stack(means).isfinite().tolist() if check else [True] * len(means)
+    losses, means, correct = _scored([t.model for t in trainers], batches, grouped, autocast)
+    finite = means.isfinite().tolist() if check else [True] * len(trainers)
     kept = [j for j, ok in enumerate(finite) if ok]
+    rows = slice(None) if len(kept) == len(trainers) else kept  # no index op when all are kept
     if kept:
         # Parameters are disjoint: each trainer's gradient is that of its own mean loss.
-        torch.stack([means[j] for j in kept]).sum().backward()  # type: ignore[no-untyped-call]
+        means[rows].sum().backward()  # type: ignore[no-untyped-call]
     for j, (t, tally) in enumerate(zip(trainers, tallies, strict=True)):
         if j not in kept:  # no step on a poisoned batch (and no gradient left from it)
             tally.stopped = True
@@ -211,10 +233,12 @@ def _train_batch(
             measured = t.model.gradient_norms()
             if measured is not None:
                 tally.norms.append(measured)
-        tally.loss += scored[j][0].detach()
-        tally.correct += scored[j][1]
         tally.count += batches[j][1].numel()
         tally.batches += 1
+    if kept:  # one multi-tensor call per total (on CUDA one kernel launch each, whatever k)
+        live = [tallies[j] for j in kept]
+        torch._foreach_add_([tally.loss for tally in live], list(losses.detach()[rows].unbind()))
+        torch._foreach_add_([tally.correct for tally in live], list(correct[rows].unbind()))
     step_optimizers([trainers[j].optimizer for j in kept])
 
 
