@@ -49,9 +49,10 @@ Sections (``--section NAME``; all of them without it):
   without it) at 8, 32 and 128 environments, float32 and bfloat16, against the 2-core CPU's
   recorded best (``CPU_BEST_ENV_STEPS``). Target on a GPU: >= 50x.
 * **launches**: one profiled batched PPO round of the ppo section's workload at 4 and 8
-  environments, per environment-batch: aten calls, GPU kernels, time and the GPU's busy share,
-  on the CPU and on ``--device`` where CUDA is available, and the aten calls each extra
-  environment-batch adds: the work a GPU pays per environment (kernel launches).
+  environments, per environment-batch: operations that reach a kernel (counted on the CPU),
+  the profiler's aten calls, GPU kernels, time and the GPU's busy share, on the CPU and on
+  ``--device`` where CUDA is available, and what each extra environment-batch adds: the work a
+  GPU pays per environment (kernel launches).
 * **fashion**: whole rounds of the ``fashion`` preset itself (4 environments, 15 epochs x 100
   batches, 2,000 validation samples), the same four contestants, projected to its 40 rounds.
   Target: under 30 minutes.
@@ -86,6 +87,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -106,6 +108,7 @@ from typing import Any, NamedTuple, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from esper.data import BatchStream, load_dataset
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel, SegmentedHost
@@ -1124,10 +1127,28 @@ class RoundProfile(NamedTuple):
     """A batched PPO round's work per environment-batch (one batch of one environment)."""
 
     env_batches: int
-    aten_calls: float  # aten operators called (views included; on a GPU most launch kernels)
+    operations: float  # operations that reach a kernel (``Operations``; NaN on a GPU)
+    aten_calls: float  # aten operators the profiler records (views and nested calls included)
     kernels: float  # GPU kernels launched (0 on the CPU)
     seconds: float  # unprofiled wall time per environment-batch
     busy: float  # share of the profiled round the GPU spent running kernels (0 on the CPU)
+
+
+class Operations(TorchDispatchMode):
+    """Counts the operations that reach a kernel, below autograd: views, which launch none, are
+    not counted, and a multi-tensor operation (``torch._foreach_*``) counts once, as on CUDA,
+    where it launches one kernel per chunk of tensors. The profiler's aten count is no proxy for
+    those: on the CPU a multi-tensor operation loops over its tensors, and each iteration is a
+    recorded call. The mode is thread-local, so only a CPU round's backward (which runs on the
+    calling thread; on CUDA it runs on autograd's device thread) is counted with its forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
 
 
 def round_profile(n_envs: int, device: str, env: dict[str, Any], run: Budget) -> RoundProfile:
@@ -1150,6 +1171,11 @@ def round_profile(n_envs: int, device: str, env: dict[str, Any], run: Budget) ->
 
     seconds(run.warmup)
     plain = seconds(rounds)
+    operations = math.nan
+    if not cuda:
+        with Operations() as counted:
+            seconds(rounds)
+        operations = counted.count
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     with profile(activities=activities) as prof:
         profiled = seconds(rounds)
@@ -1158,7 +1184,9 @@ def round_profile(n_envs: int, device: str, env: dict[str, Any], run: Budget) ->
     aten = sum(e.count for e in averages if e.key.startswith("aten::"))
     kernels = sum(e.device_type == DeviceType.CUDA for e in prof.events())
     busy = sum(e.self_device_time_total for e in averages) / 1e6 / profiled
-    return RoundProfile(batches, aten / batches, kernels / batches, plain / batches, busy)
+    return RoundProfile(
+        batches, operations / batches, aten / batches, kernels / batches, plain / batches, busy
+    )
 
 
 def launches_section(run: Budget, work: Workload) -> None:
@@ -1175,7 +1203,8 @@ def launches_section(run: Budget, work: Workload) -> None:
     if torch.device(work.device).type == "cuda" and torch.cuda.is_available():
         devices.append(work.device)
     header = (
-        f"{'device':<8} {'envs':>4} {'aten calls':>10} {'kernels':>8} {'ms':>6} {'GPU busy':>8}"
+        f"{'device':<8} {'envs':>4} {'operations':>10} {'aten calls':>10} {'kernels':>8} "
+        f"{'ms':>6} {'GPU busy':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -1183,14 +1212,16 @@ def launches_section(run: Budget, work: Workload) -> None:
         profiles = [round_profile(n, device, env, run) for n in LAUNCH_ENV_COUNTS]
         for n, p in zip(LAUNCH_ENV_COUNTS, profiles, strict=True):
             print(
-                f"{device:<8} {n:>4} {p.aten_calls:>10.0f} {p.kernels:>8.0f} "
+                f"{device:<8} {n:>4} {p.operations:>10.0f} {p.aten_calls:>10.0f} {p.kernels:>8.0f} "
                 f"{1e3 * p.seconds:>6.2f} {100 * p.busy:>7.1f}%"
             )
         (small, a), (_, b) = zip(LAUNCH_ENV_COUNTS, profiles, strict=True)
-        extra = b.aten_calls * b.env_batches - a.aten_calls * a.env_batches
+        added = b.env_batches - a.env_batches
+        ops = (b.operations * b.env_batches - a.operations * a.env_batches) / added
+        aten = (b.aten_calls * b.env_batches - a.aten_calls * a.env_batches) / added
         print(
-            f"{device}: each environment-batch beyond {small} environments adds "
-            f"{extra / (b.env_batches - a.env_batches):.0f} aten calls"
+            f"{device}: each environment-batch beyond {small} environments adds {ops:.0f} "
+            f"operations, {aten:.0f} aten calls"
         )
 
 
