@@ -1076,11 +1076,11 @@ def precision_section(run: Budget, work: Workload) -> None:
 
 DEVICE_BUDGET = Budget(3, 1, 1)
 
-CPU_BEST_ENV_STEPS = 16.35
+CPU_BEST_ENV_STEPS = 17.06
 """PPO env-steps/s of the fastest ppo-section contestant on the 2-core CPU machine these
-benchmarks were developed on: 8 environments batched on 2 Ray workers, run O (2026-12-03,
-``922b6af``, docs/benchmarks.md). A GPU machine cannot time that CPU, so the device section
-compares against this recorded figure."""
+benchmarks were developed on: 8 environments batched on 2 Ray workers, run Q (2026-12-04,
+``c51e89f``, docs/benchmarks.md; run O's 16.35 before it). A GPU machine cannot time that CPU,
+so the device section compares against this recorded figure."""
 
 GPU_TARGET = 50.0
 """On a GPU, PPO env-steps/s >= 50x this 2-core CPU's (issue #11)."""
