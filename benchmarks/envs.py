@@ -1139,8 +1139,8 @@ class Operations(TorchDispatchMode):
     not counted, and a multi-tensor operation (``torch._foreach_*``) counts once, as on CUDA,
     where it launches one kernel per chunk of tensors. The profiler's aten count is no proxy for
     those: on the CPU a multi-tensor operation loops over its tensors, and each iteration is a
-    recorded call. The mode is thread-local, so only a CPU round's backward (which runs on the
-    calling thread; on CUDA it runs on autograd's device thread) is counted with its forward."""
+    recorded call. Counted on the CPU only: on CUDA the profiler's kernel count is the
+    measurement itself."""
 
     def __init__(self) -> None:
         super().__init__()

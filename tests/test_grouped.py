@@ -340,6 +340,10 @@ def test_groupable_refuses_what_it_cannot_group() -> None:
     b = MorphogeneticModel(CNNHost(config), ["mid"])
     b.slot("mid").seed = torch.nn.Dropout()  # a random layer needs the model's own RNG
     assert not groupable([a, b])
+    for setting, value in (("momentum", 0.2), ("eps", 1e-3)):  # one norm runs with a's
+        c = MorphogeneticModel(CNNHost(config), ["mid"])
+        setattr(c.host.segments[1][0][1], setting, value)
+        assert not groupable([a, c])
 
 
 def test_unchecked_epoch_loop_matches_the_checked_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,21 +69,33 @@ def _layers(model: MorphogeneticModel) -> list[list[nn.Module]]:
     return [[layer for block in segment for layer in block] for segment in _blocks(model)]
 
 
+def _norm_settings(model: MorphogeneticModel) -> list[tuple[object, ...]]:
+    """Each host batch norm's ``eps``, momentum and flags, in order."""
+    return [
+        (layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
+        for segment in _layers(model)
+        for layer in segment
+        if isinstance(layer, nn.BatchNorm2d)
+    ]
+
+
 def groupable(models: Sequence[MorphogeneticModel]) -> bool:
     """Whether ``models`` can run as one grouped computation.
 
     They must be at least two CNN hosts of one config, with the same enabled slots, on one
-    device and dtype, built only of convolutions, batch norms and channel-wise layers, and
-    without dropout anywhere (seeds included): a grouped pass then draws no random numbers, so
-    it needs no per-model random state.
+    device and dtype, built only of convolutions, batch norms and channel-wise layers, with the
+    same norm settings layer by layer (one grouped norm runs with the first model's ``eps`` and
+    momentum), and without dropout anywhere (seeds included): a grouped pass then draws no
+    random numbers, so it needs no per-model random state.
     """
     if len(models) < 2 or not all(isinstance(m.host, CNNHost) for m in models):
         return False
     first = models[0]
-    p = next(first.host.parameters())
+    p, norms = next(first.host.parameters()), _norm_settings(first)
     for m in models:
         q = next(m.host.parameters())
         same = m.host.config == first.host.config and m.order == first.order
+        same = same and _norm_settings(m) == norms
         if not (same and q.device == p.device and q.dtype == p.dtype):
             return False
         if any(isinstance(module, RANDOM_LAYERS) for module in m.modules()):

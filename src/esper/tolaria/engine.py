@@ -130,9 +130,9 @@ def _scored(
     grouped: bool,
     autocast: torch.autocast,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Each model's training forward on its batch (under ``autocast``), scored in float32: the
-    ``(k,)`` summed cross-entropies, their means per prediction, and numbers of correct
-    predictions.
+    """Each model's training forward on its batch (under ``autocast``), scored in its
+    parameters' precision (bfloat16 outputs in float32): the ``(k,)`` summed cross-entropies,
+    their means per prediction, and numbers of correct predictions.
 
     When ``grouped`` (the models, or a set they belong to, are ``groupable``) and the batches
     have one shape, the forward is one grouped computation and so is the loss of all k models:
@@ -212,7 +212,7 @@ def _train_batch(
     autocast: torch.autocast,
 ) -> None:
     """One batch for each trainer: forward together (grouped when ``grouped``) under
-    ``autocast``, the losses in float32, one backward, the optimizers step together, the
+    ``autocast``, the losses at least in float32, one backward, the optimizers step together, the
     epoch's totals added."""
     batches = [t.stream.next_batch() for t in trainers]
     for t in trainers:
