@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from esper.kasmina import blueprint_registry
 from esper.kasmina.blueprints import LORA_RANK
 from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
+from esper.leyline.config import json_reason
 
 
 def test_ordered_slots_is_execution_order() -> None:
@@ -85,3 +88,22 @@ def test_param_counts_are_real(spec: InjectionSpec, name: str, expected: int) ->
     blueprint = blueprint_registry.get(name, spec.topology)
     assert blueprint.param_count(spec) == expected
     assert sum(p.numel() for p in blueprint.build(spec).parameters()) == expected
+
+
+def test_json_reason_says_why_json_could_not_be_read() -> None:
+    """Every JSON reader's one-line reason: the syntax error's place, a nesting too deep for
+    Python, an integer too long to read, and any other error's own words."""
+
+    def reason(text: str) -> str:
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError) as err:
+            return json_reason(err)
+        raise AssertionError(f"{text[:20]!r} was read")
+
+    expecting = "Expecting property name enclosed in double quotes"
+    assert reason('{"a": 1,}') == f"invalid JSON at line 1, column 9: {expecting}"
+    assert reason('{\n"a": }') == "invalid JSON at line 2, column 6: Expecting value"
+    assert reason("[" * 100_000 + "]" * 100_000) == "nested too deeply"
+    assert reason("9" * 5000) == "a 5000-digit integer; at most 4300 digits are read"
+    assert json_reason(TypeError("the JSON object must be str")) == "the JSON object must be str"

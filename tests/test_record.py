@@ -195,7 +195,10 @@ def test_a_manifest_with_an_integer_too_long_to_read_is_corrupt(tmp_path: Path) 
     path.write_text(path.read_text().replace("{", '{"n": ' + "9" * 5000 + ", ", 1))
     with pytest.raises(RunRecordError) as caught:
         load_checkpoint(tmp_path, RUN)
-    assert _one_line(caught.value) == f"checkpoint file {str(path)!r} is corrupt (not valid JSON)"
+    assert _one_line(caught.value) == (
+        f"checkpoint file {str(path)!r} is corrupt (a 5000-digit integer; at most 4300 digits "
+        "are read)"
+    )
 
 
 def test_a_flipped_bit_in_the_pointer_is_one_line_naming_it(tmp_path: Path) -> None:

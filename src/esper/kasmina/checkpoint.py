@@ -22,7 +22,7 @@ from esper.kasmina.errors import CheckpointError
 from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import TORCH_LOAD_ERRORS, load_untrusted
-from esper.leyline.config import error_text
+from esper.leyline.config import json_reason
 from esper.leyline.files import atomic_write
 
 FORMAT = "esper-model"
@@ -153,10 +153,9 @@ def _read(data: bytes, path: str) -> tuple[dict[str, Any], dict[str, torch.Tenso
         )
     try:
         manifest = json.loads(payload["manifest"])
-    except (TypeError, ValueError, RecursionError) as err:  # not JSON, or unreadable JSON
-        reason = "nested too deeply" if isinstance(err, RecursionError) else error_text(err)
+    except (TypeError, ValueError, RecursionError) as err:  # not a string, or unreadable JSON
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has a corrupt manifest: {reason}"
+            f"checkpoint {str(path)!r} has a corrupt manifest: {json_reason(err)}"
         ) from None
     if not isinstance(manifest, dict) or "format" not in manifest or "version" not in manifest:
         raise CheckpointError(f"checkpoint {str(path)!r} has no Esper manifest")

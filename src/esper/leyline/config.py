@@ -62,6 +62,18 @@ def error_text(err: BaseException) -> str:
     return f"a {digits}-digit integer; at most {limit} digits are read"
 
 
+def json_reason(err: BaseException) -> str:
+    """Why reading JSON failed, for an error line: where the syntax breaks, ``nested too
+    deeply`` (Python's recursion limit), else ``error_text``'s wording (an integer of over
+    4,300 digits, bytes that are not UTF-8, a key a hook refused). Every JSON reader says it
+    this way."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return error_text(err)
+
+
 def quoted(value: object, limit: int = 40, as_json: bool = False) -> str:
     """``repr(value)`` for an error line (with ``as_json``, the value as JSON writes it: a
     config file's), cut to its first ``limit`` characters when longer (a 4,000-digit number or
@@ -367,13 +379,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise ValueError("a directory or a device, not a file")
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write
         data = tomllib.loads(text) if toml else json.loads(text, object_pairs_hook=_unique_keys)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # TOML's and JSON's errors: ValueErrors
         hint = "" if toml or path.suffix == ".json" else " (read as JSON: only .toml is TOML)"
         raise ValueError(
-            f"cannot read config file {str(path)!r}{hint}: {error_text(err)}"
+            f"cannot read config file {str(path)!r}{hint}: {json_reason(err)}"
         ) from None
-    except RecursionError:
-        raise ValueError(f"config file {str(path)!r} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a table of settings")
     return data

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from esper.leyline.config import error_text
+from esper.leyline.config import json_reason
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
@@ -64,12 +64,10 @@ def parse_record(text: str, where: str) -> dict[str, Any]:
     """
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise EventLogError(f"{where}: malformed event line ({err.msg}): {text[:80]!r}") from None
-    except RecursionError:
-        raise EventLogError(f"{where}: malformed event line (nested too deeply)") from None
-    except ValueError as err:  # an integer too long to read
-        raise EventLogError(f"{where}: malformed event line ({error_text(err)})") from None
+    except (ValueError, RecursionError) as err:
+        raise EventLogError(
+            f"{where}: malformed event line ({json_reason(err)}): {text[:80]!r}"
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("event"), str):
         raise EventLogError(
             f"{where}: not an event record (a JSON object with 'event'): {text[:80]!r}"

@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from esper.leyline.config import decode, error_text, optional_type
+from esper.leyline.config import decode, error_text, json_reason, optional_type
 from esper.leyline.files import (
     TEMP_MARKER,
     DiskFullError,
@@ -148,14 +148,8 @@ def read_json(path: Path, what: str) -> Any:
         raise RunRecordError(f"{str(path)!r} is not {what} (not UTF-8 text)") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RunRecordError(
-            f"{str(path)!r} is not {what} (invalid JSON at line {err.lineno}: {err.msg})"
-        ) from None
-    except RecursionError:
-        raise RunRecordError(f"{str(path)!r} is not {what} (JSON nested too deeply)") from None
-    except ValueError as err:  # an integer too long to read
-        raise RunRecordError(f"{str(path)!r} is not {what} ({error_text(err)})") from None
+    except (ValueError, RecursionError) as err:
+        raise RunRecordError(f"{str(path)!r} is not {what} ({json_reason(err)})") from None
 
 
 _T = TypeVar("_T")
@@ -783,8 +777,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, an integer too long to read
-        raise _corrupt(path, "not valid JSON") from None
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, an integer too long
+        raise _corrupt(path, json_reason(err)) from None
     if not isinstance(data, dict) or not isinstance(data.get("manifest_sha256"), str):
         raise _corrupt(path, "no manifest_sha256")
     body = {k: v for k, v in data.items() if k != "manifest_sha256"}
