@@ -1076,10 +1076,10 @@ def precision_section(run: Budget, work: Workload) -> None:
 
 DEVICE_BUDGET = Budget(3, 1, 1)
 
-CPU_BEST_ENV_STEPS = 17.06
+CPU_BEST_ENV_STEPS = 17.18
 """PPO env-steps/s of the fastest ppo-section contestant on the 2-core CPU machine these
-benchmarks were developed on: 8 environments batched on 2 Ray workers, run Q (2026-12-04,
-``c51e89f``, docs/benchmarks.md; run O's 16.35 before it). A GPU machine cannot time that CPU,
+benchmarks were developed on: 8 environments batched on 2 Ray workers, run R (2026-12-05,
+``6bff242``, docs/benchmarks.md; runs Q and O: 17.06, 16.35). A GPU machine cannot time that CPU,
 so the device section compares against this recorded figure."""
 
 GPU_TARGET = 50.0
