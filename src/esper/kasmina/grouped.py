@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina.hosts import CNNHost, closed_form, one_channel_blocks
+from esper.kasmina.hosts import CNNHost, closed_form, norm_buffers, one_channel_blocks
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline.lifecycle import FORWARD_STAGES
 
@@ -118,8 +118,8 @@ def _batch_norm(layers: Sequence[nn.BatchNorm2d], h: Tensor) -> Tensor:
     first = layers[0]
     if first.momentum is None or not first.track_running_stats or not first.affine:
         raise ValueError("grouped batch norm needs affine layers with a momentum and running stats")
-    mean = torch.cat(_buffers(layers, "running_mean"))
-    var = torch.cat(_buffers(layers, "running_var"))
+    mean = torch.cat(norm_buffers(layers, "running_mean"))
+    var = torch.cat(norm_buffers(layers, "running_var"))
     weight = torch.cat([layer.weight for layer in layers])
     bias = torch.cat([layer.bias for layer in layers])
     out = F.batch_norm(h, mean, var, weight, bias, True, first.momentum, first.eps)
@@ -127,15 +127,10 @@ def _batch_norm(layers: Sequence[nn.BatchNorm2d], h: Tensor) -> Tensor:
     # launch each, whatever the number of models.
     k = len(layers)
     with torch.no_grad():
-        torch._foreach_copy_(_buffers(layers, "running_mean"), list(mean.chunk(k)))
-        torch._foreach_copy_(_buffers(layers, "running_var"), list(var.chunk(k)))
-        torch._foreach_add_(_buffers(layers, "num_batches_tracked"), 1)
+        torch._foreach_copy_(norm_buffers(layers, "running_mean"), list(mean.chunk(k)))
+        torch._foreach_copy_(norm_buffers(layers, "running_var"), list(var.chunk(k)))
+        torch._foreach_add_(norm_buffers(layers, "num_batches_tracked"), 1)
     return out
-
-
-def _buffers(norms: Sequence[nn.Module], name: str) -> list[Tensor]:
-    """Each norm's buffer ``name``."""
-    return [cast(Tensor, getattr(norm, name)) for norm in norms]
 
 
 def _layer(layers: list[nn.Module], h: Tensor) -> Tensor:

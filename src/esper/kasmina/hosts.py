@@ -342,8 +342,8 @@ def one_channel_blocks(blocks: Sequence[nn.Sequential], x: Tensor) -> Tensor:
         scale = gamma * w * torch.rsqrt(w * w * var + eps)
         shift = beta - scale * mean
     else:
-        running_mean = torch.stack([cast(Tensor, norm.running_mean) for norm in norms])
-        inverse = torch.rsqrt(torch.stack([cast(Tensor, norm.running_var) for norm in norms]) + eps)
+        running_mean = torch.stack(norm_buffers(norms, "running_mean"))
+        inverse = torch.rsqrt(torch.stack(norm_buffers(norms, "running_var")) + eps)
         scale = gamma * w * inverse
         shift = beta - gamma * running_mean * inverse
     # Each window's maximum and minimum, written straight into one row per output position:
@@ -374,11 +374,15 @@ def _update_running_stats(
     unbiased = var * (count / (count - 1))
     momentum = cast(float, norms[0].momentum)
     with torch.no_grad():
-        running = [cast(Tensor, norm.running_mean) for norm in norms]
-        torch._foreach_lerp_(running, list(mean), momentum)
-        running = [cast(Tensor, norm.running_var) for norm in norms]
-        torch._foreach_lerp_(running, list(unbiased), momentum)
-        torch._foreach_add_([cast(Tensor, norm.num_batches_tracked) for norm in norms], 1)
+        torch._foreach_lerp_(norm_buffers(norms, "running_mean"), list(mean), momentum)
+        torch._foreach_lerp_(norm_buffers(norms, "running_var"), list(unbiased), momentum)
+        torch._foreach_add_(norm_buffers(norms, "num_batches_tracked"), 1)
+
+
+def norm_buffers(norms: Sequence[nn.Module], name: str) -> list[Tensor]:
+    """Each batch norm's buffer ``name`` (``running_mean``, ``running_var`` or
+    ``num_batches_tracked``), in order: what a multi-tensor update of k norms takes."""
+    return [cast(Tensor, getattr(norm, name)) for norm in norms]
 
 
 def use_torch_layers(module: nn.Module) -> nn.Module:
