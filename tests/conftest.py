@@ -397,3 +397,18 @@ def fabricated_step(
         reports=model.reports(),
     )
     return Observation(signals, model.reports(), tuple(blueprints), max_epochs)
+
+
+class KeptRecords:
+    """A telemetry sink that keeps every record it is given; ``events`` are the event names it
+    asks for as an unfiltered sink (none by default)."""
+
+    def __init__(self, events: frozenset[str] = frozenset()) -> None:
+        self.events = events
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import KeptRecords
 from esper.cli.main import main
 from esper.data import BatchStream, make_synthetic
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
@@ -220,21 +221,8 @@ def test_trainers_trained_together_report_only_their_own_progress() -> None:
 # ------------------------------------------------------------------- the hub and the log
 
 
-class _Keep:
-    events = frozenset({BatchProgress.__name__})
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 def test_progress_goes_only_to_the_sinks_that_watch_it_at_every_level() -> None:
-    log, watcher = _Keep(), _Keep()
+    log, watcher = KeptRecords(), KeptRecords(frozenset({BatchProgress.__name__}))
     hub = TelemetryHub("r", [log], TelemetryLevel.DEBUG, unfiltered=[watcher])
     hub.progress(_progress(1, 10, 1.0))
     hub.emit(RunStarted("r", "heuristic", "synthetic", 0, 3, ("mid",), None))

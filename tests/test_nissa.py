@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from conftest import KeptRecords, seed_report
 from conftest import observation as make_observation
-from conftest import seed_report
 from esper.cli.main import main
 from esper.leyline import SeedStage
 from esper.leyline.events import (
@@ -224,19 +224,8 @@ def _epoch(epoch: int, accuracy: float = 50.0, loss: float = 1.0) -> EpochComple
     return EpochCompleted(epoch, 1.0, 60.0, loss, accuracy, 1000, (slot,), 0.1)
 
 
-class _Keep:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 def test_levels_decide_what_is_written_and_the_level_can_change() -> None:
-    keep = _Keep()
+    keep = KeptRecords()
     hub = TelemetryHub("r", [keep], TelemetryLevel.MINIMAL)
     head = PPOHeadStats(1, "op", 0.5, 1.1, 1.0)
     hub.emit(_epoch(1))
@@ -250,8 +239,7 @@ def test_levels_decide_what_is_written_and_the_level_can_change() -> None:
 
 
 def test_watching_sinks_get_their_events_whatever_the_level() -> None:
-    keep, watch = _Keep(), _Keep()
-    watch.events = frozenset({"EpochCompleted"})
+    keep, watch = KeptRecords(), KeptRecords(frozenset({"EpochCompleted"}))
     hub = TelemetryHub("r", [keep], TelemetryLevel.MINIMAL, unfiltered=[watch])
     hub.emit(_epoch(1))
     hub.emit(PPOHeadStats(1, "op", 0.5, 1.1, 1.0))
