@@ -46,8 +46,9 @@ Sections (``--section NAME``; all of them without it):
   (``HostTraining.precision``), for each task host whose data is installed here: which hosts
   the setting speeds up and which it slows down.
 * **device**: the ppo section's workload batched on ``--device`` (default ``cuda``; skipped
-  without it) at 8, 32 and 128 environments, float32 and bfloat16, against the 2-core CPU's
-  recorded best (``CPU_BEST_ENV_STEPS``). Target on a GPU: >= 50x.
+  without it) at 8, 32 and 128 environments, float32 and bfloat16, and on ``cuda`` also on
+  ``--gpu-workers`` Ray actors sharing the GPU (``esper ppo --workers N --workers-per-gpu N``),
+  against the 2-core CPU's recorded best (``CPU_BEST_ENV_STEPS``). Target on a GPU: >= 50x.
 * **launches**: one profiled batched PPO round of the ppo section's workload at 4 and 8
   environments, per environment-batch: operations that reach a kernel (counted on the CPU),
   the profiler's aten calls, GPU kernels, time and the GPU's busy share, on the CPU and on
@@ -451,6 +452,8 @@ class Workload:
             two here; the other contestants run one per process).
         device: the device section's device.
         device_env_counts: ``n_envs`` of the device section's trainers.
+        gpu_workers: Ray actors sharing the GPU in the device section's shared contestant
+            (``--devices cuda --workers N --workers-per-gpu N``; 0: none).
     """
 
     env_counts: tuple[int, ...]
@@ -464,6 +467,7 @@ class Workload:
     before_threads: int = 1
     device: str = "cuda"
     device_env_counts: tuple[int, ...] = (8, 32, 128)
+    gpu_workers: int = 0
 
 
 FULL = Workload((1, 4, 8, 16), 20, (1, 4, 8), 4, 500, {})
@@ -713,6 +717,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKERS = 2
 """One Ray actor per core of this 2-core machine."""
 
+DEFAULT_GPU_WORKERS = 8
+"""Ray actors sharing the GPU in the device section: a GPU machine's cores drive it together
+(one actor's environments kept a lent H200 busy 13 % of a round)."""
+
 
 @dataclass(frozen=True)
 class PPOCase:
@@ -734,7 +742,8 @@ class PPOCase:
         if self.kind == SEQUENTIAL:
             return "sequential (chunk 1)"
         if self.device != "cpu" or self.precision != "float32":
-            return f"batched, {self.device}, {self.precision}"
+            on = f"{self.workers} workers on one {self.device}" if self.workers else self.device
+            return f"batched, {on}, {self.precision}"
         return f"batched + {self.workers} workers" if self.workers else "batched"
 
 
@@ -832,6 +841,8 @@ def ppo_trainer(case: PPOCase, env: dict[str, Any]) -> PPOTrainer:
     runtime: dict[str, Any] = {"devices": [case.device]}
     if case.workers:
         runtime["workers"] = case.workers
+        if case.device != "cpu":  # the actors share one GPU
+            runtime["workers_per_gpu"] = case.workers
     overrides = {
         "env": {**env, "precision": case.precision},
         "ppo": {"n_envs": case.n_envs},
@@ -1089,20 +1100,28 @@ GPU_TARGET = 50.0
 def device_section(run: Budget, work: Workload) -> None:
     """PPO env-steps/s of the ppo section's workload on ``work.device``, batched (on CUDA each
     device's environments are one grouped chunk), in float32 and bfloat16, at each of
-    ``work.device_env_counts`` environments; skipped without the device."""
+    ``work.device_env_counts`` environments, and (on ``cuda``) in float32 on
+    ``work.gpu_workers`` Ray actors sharing the GPU; skipped without the device."""
     if torch.device(work.device).type == "cuda" and not torch.cuda.is_available():
         print(f"\n6. device: skipped, {work.device!r} is not available (--device cpu runs it here)")
         return
     env = ppo_env(work)
     print(
         f"\n6. PPO env-steps/s on {work.device}: the ppo section's workload, batched, float32 "
-        f"and bfloat16, against this 2-core CPU's recorded best ({CPU_BEST_ENV_STEPS})"
+        f"and bfloat16 (and float32 on {work.gpu_workers} Ray actors sharing it, on cuda), "
+        f"against this 2-core CPU's recorded best ({CPU_BEST_ENV_STEPS})"
     )
     cases = [
         PPOCase(n, BATCHED, device=work.device, precision=precision)
         for n in work.device_env_counts
         for precision in ("float32", "bfloat16")
     ]
+    if work.gpu_workers and work.device == "cuda":  # actors share a GPU only as "cuda"
+        cases += [
+            PPOCase(n, BATCHED, work.gpu_workers, work.device)
+            for n in work.device_env_counts
+            if n >= work.gpu_workers
+        ]
     measured = ppo_rounds(cases, env, run)
     for case in cases:
         speed = statistics.median(measured[case][1]) / CPU_BEST_ENV_STEPS
@@ -1269,6 +1288,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "is not imported)",
     )
     parser.add_argument(
+        "--gpu-workers",
+        type=int,
+        default=DEFAULT_GPU_WORKERS,
+        help=f"Ray actors sharing the GPU in the device section (default {DEFAULT_GPU_WORKERS}, "
+        "at most the CPUs less one; 0: none; needs --device cuda)",
+    )
+    parser.add_argument(
         "--device",
         default="cuda",
         help="the device section's device (default cuda; the section is skipped without it; "
@@ -1317,6 +1343,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--{name} must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be at least 0")
+    if args.gpu_workers < 0:
+        parser.error(f"--gpu-workers must be at least 0, not {args.gpu_workers}")
     if args.before_threads < 1:
         parser.error(f"--before-threads must be at least 1, not {args.before_threads}")
     if args.before_rev == "none":
@@ -1375,6 +1403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             before_source=source,
             before_threads=args.before_threads,
             device=args.device,
+            gpu_workers=min(args.gpu_workers, max(1, (os.cpu_count() or 1) - 1)),
         )
         for name in sections:
             run = budget(args, SECTIONS[name].budget)

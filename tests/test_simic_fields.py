@@ -214,6 +214,14 @@ def workers_probe(config: TrainingConfig) -> list[float]:
     return [float(len(chunks))]
 
 
+def resources_probe(config: TrainingConfig) -> list[float]:
+    """What each Ray actor reserves, and the GPUs all of them need."""
+    from esper.simic.workers import actor_resources, gpus_needed
+
+    threaded = replace(config, env=replace(config.env, threads=1))
+    return [*actor_resources(threaded).values(), float(gpus_needed(config))]
+
+
 Probe = Callable[[TrainingConfig], list[float]]
 CONTRIBUTION_SIMPLIFIED = {"reward": {"mode": "simplified"}}
 TINY_RUN = {"ppo": {"n_envs": 1}, "env": {"epochs": 3, "batches_per_epoch": 2}}
@@ -270,6 +278,11 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "runtime.amp": (True, {}, build_probe),
     "runtime.workers": (2, {"runtime": {"workers": 1}}, workers_probe),
     "runtime.ray_address": ("127.0.0.1:1", {"runtime": {"workers": 1}}, workers_probe),
+    "runtime.workers_per_gpu": (
+        2,
+        {"runtime": {"workers": 2, "devices": ["cuda"]}},
+        resources_probe,
+    ),
     "telemetry.level": ("debug", {}, build_probe),
     "telemetry.tensorboard": (True, TINY_RUN, run_probe),
     "telemetry.mlflow": ("sqlite:///mlflow.db", TINY_RUN, tracking_probe),

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from esper.simic.workers import (
     WorkerLostError,
     actor_resources,
     chunks,
+    gpus_needed,
     start_ray,
 )
 from esper.study.run import ppo_state
@@ -157,11 +159,23 @@ def test_workers_and_ray_address_are_settings(tmp_path: Path) -> None:
         (
             ["--workers", "1", "--devices", "cuda:0"],
             "runtime.devices must be ['cpu'] or ['cuda'] with workers (cuda: each actor gets a "
-            "GPU of its own from Ray), got ['cuda:0']",
+            "GPU, or a share of one, from Ray), got ['cuda:0']",
         ),
         (
             ["--workers", "1", "--devices", "cpu,cuda"],
             "runtime.devices must be ['cpu'] or ['cuda'] with workers",
+        ),
+        (
+            ["--workers-per-gpu", "2"],
+            "runtime.workers_per_gpu 2 needs runtime.workers and runtime.devices ['cuda']",
+        ),
+        (
+            ["--workers", "2", "--workers-per-gpu", "2"],
+            "runtime.workers_per_gpu 2 needs runtime.workers and runtime.devices ['cuda']",
+        ),
+        (
+            ["--workers", "2", "--workers-per-gpu", "0"],
+            "runtime.workers_per_gpu must be an integer in [1, 64], got 0",
         ),
     ],
 )
@@ -430,14 +444,19 @@ def test_a_killed_actor_is_replayed_and_an_interrupted_run_resumes_exactly(
     assert envs == [e for e in _events(two_workers) if "env" in e]
 
 
-def test_an_actor_reserves_a_gpu_only_for_cuda() -> None:
+def test_an_actor_reserves_a_gpu_or_its_share_only_for_cuda() -> None:
     config = load_preset("tiny")
     with pytest.raises(ValueError, match="threads must be set"):
         actor_resources(config)
-    cpu = replace(config, env=replace(config.env, threads=2))
+    cpu = replace(config, env=replace(config.env, threads=2), ppo=replace(config.ppo, n_envs=5))
     assert actor_resources(cpu) == {"num_cpus": 2, "num_gpus": 0}
-    cuda = replace(cpu, runtime=replace(cpu.runtime, devices=("cuda",), workers=2))
+    assert gpus_needed(replace(cpu, runtime=replace(cpu.runtime, workers=3))) == 0
+    cuda = replace(cpu, runtime=replace(cpu.runtime, devices=("cuda",), workers=5))
     assert actor_resources(cuda) == {"num_cpus": 2, "num_gpus": 1}
+    assert gpus_needed(cuda) == 5
+    shared = replace(cuda, runtime=replace(cuda.runtime, workers_per_gpu=4))
+    assert actor_resources(shared) == {"num_cpus": 2, "num_gpus": 0.25}
+    assert gpus_needed(shared) == 2  # four actors on one GPU, the fifth on another
 
 
 def test_more_gpu_workers_than_gpus_are_refused(
@@ -452,6 +471,53 @@ def test_more_gpu_workers_than_gpus_are_refused(
     expected = "needs 2 GPUs (one per actor), but Ray has 0 here; use --devices cpu"
     assert len(err) == 1 and expected in err[0]
     assert not out.exists() and ray.is_initialized()  # the module's session is left running
+
+
+@pytest.mark.parametrize(
+    ("workers", "share", "gpus", "message"),
+    [
+        (
+            3,
+            1,
+            1,
+            "needs 3 GPUs (one per actor), but Ray has 1 here; use at most 1 workers, "
+            "or --workers-per-gpu 3",
+        ),
+        (
+            5,
+            2,
+            2,
+            "needs 3 GPUs (one per 2 actors), but Ray has 2 here; use at most 4 workers, "
+            "or --workers-per-gpu 3",
+        ),
+        (200, 1, 1, "needs 200 GPUs (one per actor), but Ray has 1 here; use at most 1 workers"),
+        (5, 3, 2, None),  # three actors on one GPU, two on the other
+    ],
+)
+def test_actors_sharing_gpus_must_fit_the_clusters_gpus(
+    ray_session: None,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    share: int,
+    gpus: int,
+    message: str | None,
+) -> None:
+    """``start_ray`` on a Ray said to have ``gpus`` GPUs (this machine has none): it refuses in
+    one line that says what would fit (no share above the limit of 64), or lets them start."""
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 256.0, "GPU": float(gpus)})
+    config = load_preset("tiny")
+    config = replace(
+        config,
+        ppo=replace(config.ppo, n_envs=workers),
+        runtime=replace(config.runtime, devices=("cuda",), workers=workers, workers_per_gpu=share),
+    )
+    if message is None:
+        started, _ = start_ray(config)
+        assert started.env.threads == 1
+        return
+    with pytest.raises(ValueError) as refused:
+        start_ray(config)
+    assert str(refused.value).endswith(message)
 
 
 def test_threads_beyond_the_cluster_cpus_are_refused(ray_session: None, tmp_path, capsys) -> None:
@@ -506,6 +572,7 @@ def test_a_two_node_cluster_on_loopback(tmp_path: Path) -> None:
         "amp": False,
         "workers": 2,
         "ray_address": address,
+        "workers_per_gpu": 1,
     }
 
 
@@ -520,3 +587,17 @@ def test_a_gpu_worker_gives_the_in_process_gpu_rounds(tmp_path: Path, capsys) ->
     assert main([*TINY, "--workers", "1", "--devices", "cuda", "--out", str(worker)]) == 0
     assert "worker 0: envs 0, 1 on GPU " in capsys.readouterr().err
     assert not _differences(_rows(worker), _rows(alone))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_workers_share_one_gpu(tmp_path: Path, capsys) -> None:
+    """``--workers-per-gpu 2``: Ray puts both actors on one GPU (each sees it as its only one)
+    and the run completes its rounds there."""
+    run = tmp_path / "shared"
+    argv = [*TINY, "--workers", "2", "--workers-per-gpu", "2", "--devices", "cuda"]
+    assert main([*argv, "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    gpus = re.findall(r"worker \d: envs [\d, ]+ on GPU (\d+)", err)
+    assert len(gpus) == 2 and gpus[0] == gpus[1], err
+    assert len(_rows(run)) == load_preset("tiny").ppo.rounds

@@ -34,6 +34,8 @@ from esper.tamiyo.policy import PolicyConfig
 from esper.tasks import resolve_training
 
 MAX_ENVS = 256
+MAX_WORKERS_PER_GPU = 64
+"""Most Ray actors that may share one GPU (``runtime.workers_per_gpu``)."""
 """Most environments one run may step: each holds a host, its optimizer and a dataset view."""
 
 
@@ -117,9 +119,9 @@ class RuntimeSettings:
     Attributes:
         seed: run seed; environment i uses seed + i for its host and data order.
         devices: devices environments are mapped to round-robin (cpu, cuda, cuda:0, …; cuda is
-            cuda:0). With ``workers``: ``cpu``, or ``cuda`` for one GPU per actor (each actor
-            reserves a GPU from Ray, its only visible one; the learner uses this process's
-            cuda:0), so several GPUs step at once.
+            cuda:0). With ``workers``: ``cpu``, or ``cuda`` for a GPU per actor (each actor
+            reserves a GPU, or its share of one, from Ray, its only visible one; the learner
+            uses this process's cuda:0), so several GPUs step at once.
         amp: mixed-precision policy updates with a grad scaler (CUDA only).
         workers: run the environments on this many Ray actors, each running a contiguous
             chunk of them (None: all in this process, Ray is not used). The learner stays in
@@ -129,6 +131,12 @@ class RuntimeSettings:
             A dead actor's environments re-run from the round's start.
         ray_address: HOST:PORT of a running Ray cluster's head to join (needs workers; None:
             start a local Ray instance for the run and stop it afterwards).
+        workers_per_gpu: with ``workers`` and ``devices`` ``['cuda']``: how many actors share
+            each GPU (each reserves that fraction of one from Ray, which puts that many on a
+            GPU). One actor's environments keep a GPU busy only part of the time (their
+            per-environment host work is the limit), so several actors, each on a core of its
+            own, can use one GPU at once; each holds its own CUDA context and copy of the
+            data. 1: a GPU per actor.
     """
 
     seed: int = 0
@@ -136,6 +144,7 @@ class RuntimeSettings:
     amp: bool = False
     workers: int | None = None
     ray_address: str | None = None
+    workers_per_gpu: int = 1
 
     def __post_init__(self) -> None:
         check_int("runtime.seed", self.seed, 0, MAX_SEED - MAX_ENVS)
@@ -147,11 +156,11 @@ class RuntimeSettings:
         if self.workers is not None:
             check_int("runtime.workers", self.workers, 1, MAX_ENVS)
             # Ray hides the GPUs from an actor that reserves none and picks the one it reserves,
-            # so an actor cannot be sent to a named device: with cuda, each reserves one
+            # so an actor cannot be sent to a named device: with cuda, each reserves its share
             require(
                 tuple(self.devices) in (("cpu",), ("cuda",)),
                 f"runtime.devices must be ['cpu'] or ['cuda'] with workers (cuda: each actor "
-                f"gets a GPU of its own from Ray), got {list(self.devices)}",
+                f"gets a GPU, or a share of one, from Ray), got {list(self.devices)}",
             )
         if self.ray_address is not None:
             address = self.ray_address
@@ -160,6 +169,13 @@ class RuntimeSettings:
                 f"runtime.ray_address must be HOST:PORT (e.g. 127.0.0.1:6379), got {address!r}",
             )
             require(self.workers is not None, "runtime.ray_address needs runtime.workers")
+        check_int("runtime.workers_per_gpu", self.workers_per_gpu, 1, MAX_WORKERS_PER_GPU)
+        require(
+            self.workers_per_gpu == 1
+            or (self.workers is not None and tuple(self.devices) == ("cuda",)),
+            f"runtime.workers_per_gpu {self.workers_per_gpu} needs runtime.workers and "
+            "runtime.devices ['cuda'] (it is how many Ray actors share a GPU)",
+        )
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from esper.leyline.events import Event
 from esper.leyline.net import unreachable
 from esper.simic.acting import RoundPolicy, Trajectory, lockstep
 from esper.simic.build import build_envs
-from esper.simic.config import TrainingConfig
+from esper.simic.config import MAX_WORKERS_PER_GPU, TrainingConfig
 from esper.simic.protocol import Emit
 from esper.tasks import get_task
 from esper.tolaria.threads import threads_per_worker
@@ -160,7 +160,8 @@ class RayVectorEnv:
 
     Ray must be running (``start_ray``). Each actor requests ``env.threads`` CPUs from Ray and
     runs its environments with that many torch threads; with ``runtime.devices`` ``['cuda']``
-    it also requests one GPU, where its environments run (``actor_resources``).
+    it also requests a GPU, or its share of one, where its environments run
+    (``actor_resources``).
 
     Args:
         config: the resolved training configuration, with ``runtime.workers`` and ``env.threads``
@@ -352,13 +353,24 @@ class RayVectorEnv:
 # ------------------------------------------------------------------------------ Ray itself
 
 
-def actor_resources(config: TrainingConfig) -> dict[str, int]:
-    """What one ``EnvWorker`` reserves from Ray: ``env.threads`` CPUs, and one GPU when the
-    environments run on ``cuda`` (Ray then makes that GPU the only one the actor sees)."""
+def actor_resources(config: TrainingConfig) -> dict[str, float]:
+    """What one ``EnvWorker`` reserves from Ray: ``env.threads`` CPUs, and, when the
+    environments run on ``cuda``, ``1 / runtime.workers_per_gpu`` of a GPU (Ray then makes that
+    GPU the only one the actor sees, and puts ``workers_per_gpu`` such actors on each)."""
     threads = config.env.threads
     require(threads is not None, "an actor's threads must be set (start_ray sets them)")
     assert threads is not None
-    return {"num_cpus": threads, "num_gpus": int(tuple(config.runtime.devices) == ("cuda",))}
+    cuda = tuple(config.runtime.devices) == ("cuda",)
+    return {"num_cpus": threads, "num_gpus": 1 / config.runtime.workers_per_gpu if cuda else 0}
+
+
+def gpus_needed(config: TrainingConfig) -> int:
+    """GPUs the run's actors reserve between them: one per ``runtime.workers_per_gpu`` actors
+    with ``cuda`` (the last GPU may be shared by fewer), none on the CPU."""
+    workers = config.runtime.workers or 0
+    if tuple(config.runtime.devices) != ("cuda",):
+        return 0
+    return -(-workers // config.runtime.workers_per_gpu)
 
 
 def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None]]:
@@ -372,7 +384,8 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
 
     Raises:
         ValueError: one line: the cluster cannot be reached or joined, the workers' threads
-            do not fit the cores, or (with ``--devices cuda``) Ray has fewer GPUs than workers.
+            do not fit the cores, or (with ``--devices cuda``) Ray has fewer GPUs than the
+            workers need (``gpus_needed``).
     """
     import ray
 
@@ -396,15 +409,28 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
     config = replace(config, env=replace(config.env, threads=threads))
     # all of the cluster's GPUs, not the free ones: actors wait for busy GPUs, never for absent
     gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
-    wanted = actor_resources(config)["num_gpus"] * workers
+    wanted = gpus_needed(config)
     if wanted > gpus:
         stop()
-        fix = f"use at most {gpus} workers" if gpus else "use --devices cpu"
-        raise ValueError(
-            f"--devices cuda with {workers} workers needs {wanted} GPUs (one per actor), but "
-            f"Ray has {gpus} here; {fix}"
-        )
+        raise ValueError(_too_few_gpus(config, wanted, gpus))
     return config, stop
+
+
+def _too_few_gpus(config: TrainingConfig, wanted: int, gpus: int) -> str:
+    """The one line that refuses actors Ray has too few GPUs for, with what would fit."""
+    workers, share = config.runtime.workers or 0, config.runtime.workers_per_gpu
+    per = "one per actor" if share == 1 else f"one per {share} actors"
+    shared = -(-workers // gpus) if gpus else 0  # the share that would fit them
+    if not gpus:
+        fix = "use --devices cpu"
+    elif shared <= MAX_WORKERS_PER_GPU:
+        fix = f"use at most {gpus * share} workers, or --workers-per-gpu {shared}"
+    else:
+        fix = f"use at most {gpus * share} workers"
+    return (
+        f"--devices cuda with {workers} workers needs {wanted} GPUs ({per}), but Ray has "
+        f"{gpus} here; {fix}"
+    )
 
 
 def join_ray(
