@@ -294,6 +294,27 @@ def test_clean_stale_removes_what_a_crash_left(tmp_path: Path) -> None:
     assert clean_stale(tmp_path) == []
 
 
+def test_linked_step_directories_lose_only_their_links(tmp_path: Path) -> None:
+    """A step directory that is a symbolic link (a user's copy, a restored backup) is removed as
+    a link, by clean_stale and by the next commit alike: its target is not the run's to delete,
+    and an rmtree of a link would fail after LATEST moved on."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    _committed(run, 1)
+    root = run / CHECKPOINTS_DIR
+    target = elsewhere / "step-00000001"
+    elsewhere.mkdir()
+    os.rename(root / "step-00000001", target)
+    (root / "step-00000001").symlink_to(target)  # the latest checkpoint, linked
+    stray = elsewhere / "stray"
+    stray.mkdir()
+    (root / "step-00000000").symlink_to(stray)  # a stale step, linked
+    assert [p.name for p in clean_stale(run)] == ["step-00000000"]
+    assert stray.is_dir() and load_checkpoint(run, RUN).step == 1
+    _committed(run, 2)
+    assert sorted(p.name for p in root.iterdir()) == [LATEST_FILE, "step-00000002"]
+    assert sorted(p.name for p in target.iterdir()) == sorted([*_files(1), MANIFEST_FILE])
+
+
 def test_clean_stale_keeps_step_directories_behind_a_corrupt_pointer(tmp_path: Path) -> None:
     _committed(tmp_path, 1)
     (tmp_path / CHECKPOINTS_DIR / LATEST_FILE).write_text("garbage")

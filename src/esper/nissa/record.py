@@ -737,15 +737,15 @@ def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_
     renamed = False
     try:
         root.mkdir(exist_ok=True)
-        if partial.exists():
-            shutil.rmtree(partial)
+        if partial.exists() or partial.is_symlink():
+            _remove(partial)
         partial.mkdir()
         for name, data in files.items():
             write_new_file(partial / name, data)
         write_new_file(partial / MANIFEST_FILE, _manifest_bytes(run_id, step, files))
         fsync_directory(partial)
-        if final.exists():  # left by an attempt that crashed before switching LATEST
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():  # an attempt crashed before switching LATEST
+            _remove(final)
         os.rename(partial, final)
         renamed = True
         fsync_directory(root)
@@ -758,9 +758,18 @@ def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_
         raise
     for old in root.iterdir():
         if old != final and _STEP_DIR.fullmatch(old.name) and old.is_dir():
-            shutil.rmtree(old)
+            _remove(old)
     fsync_directory(root)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory, or only the link when it is a symbolic link (its target,
+    wherever it is, is not the run's to delete)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def _corrupt(path: Path, why: str) -> RunRecordError:
@@ -875,7 +884,7 @@ def clean_stale(run_dir: Path) -> list[Path]:
         for path in sorted(root.iterdir()):
             stale_step = _STEP_DIR.fullmatch(path.name) and path.name != latest and not keep_steps
             if path.is_dir() and (path.name.startswith(PARTIAL_PREFIX) or stale_step):
-                shutil.rmtree(path)
+                _remove(path)
                 removed.append(path)
     for directory in {p.parent for p in removed}:
         fsync_directory(directory)
