@@ -12,7 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -371,19 +374,39 @@ def test_out_inside_an_existing_run(run_copy, capsys) -> None:
     assert _snapshot(run_copy.parent) == before
 
 
-def test_resume_of_a_read_only_directory(run_copy, capsys) -> None:
-    for path in [run_copy, *run_copy.rglob("*")]:
-        if path.is_dir():
-            path.chmod(0o555)
+@contextmanager
+def _read_only(path: Path) -> Iterator[None]:
+    """``path`` read-only for the block: a read-only bind mount as root (whom permissions do
+    not stop; so CI tests what a read-only file system does), its directories' modes otherwise."""
+    if os.geteuid() == 0:
+        done = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+        return
+    directories = [p for p in [path, *path.rglob("*")] if p.is_dir()]
+    for directory in directories:
+        directory.chmod(0o555)
     try:
-        if os.access(run_copy, os.W_OK):
-            pytest.skip("this user can write to a read-only directory (root)")
-        line = _resume_bad(run_copy, capsys)
-        assert str(run_copy) in line or "permission" in line.lower(), line
+        yield
     finally:
-        for path in [run_copy, *run_copy.rglob("*")]:
-            if path.is_dir():
-                path.chmod(0o755)
+        for directory in directories:
+            directory.chmod(0o755)
+
+
+@pytest.mark.parametrize("part", [".", record.CHECKPOINTS_DIR])
+def test_resume_of_a_read_only_directory(run_copy, capsys, part: str) -> None:
+    """Refused before anything is written: a read-only file system used to raise from the first
+    CSV rewrite, or (only checkpoints/ read-only) after training an epoch, with summary.json
+    already deleted."""
+    path = run_copy / part
+    with _read_only(path):
+        line = _resume_bad(run_copy, capsys)
+    assert f"{str(path)!r} is not writable" in line, line
 
 
 # ------------------------------------------------------------------------------ review cases
@@ -515,3 +538,26 @@ def test_a_state_without_its_thread_count_is_refused_in_one_line(run_copy, capsy
     )
     assert main(["heuristic", "--resume", str(run_copy)]) == 2
     assert "state.pt records no torch thread count" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ({"threads": 1, "trainer": {}}, "its checkpoint holds no growth run's state"),
+        ([1, 2], "state.pt is not a state"),
+    ],
+    ids=["foreign", "not-a-dict"],
+)
+def test_a_re_signed_foreign_state_is_one_line(run_copy, capsys, state: Any, expected) -> None:
+    """A state.pt that is not a growth run's (e.g. a PPO trainer's), re-signed into a valid
+    checkpoint: a KeyError traceback before."""
+    meta = record.read_meta(run_copy)
+    assert meta is not None
+    checkpoint = record.load_checkpoint(run_copy, meta.run_id)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    record.commit_checkpoint(
+        run_copy, checkpoint.step - 1, {"state.pt": buffer.getvalue()}, meta.run_id
+    )
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    assert expected in _one_error_line(capsys)

@@ -55,6 +55,12 @@ from esper.tolaria.flops import step_flops
 logger = logging.getLogger(__name__)
 
 
+STATE_KEYS = frozenset(
+    {"episode", "controller", "elapsed", "policy_round", "flops", "best", "ledger"}
+)
+"""What a growth run's checkpoint state holds (``GrowthRunner._state``)."""
+
+
 @dataclass(frozen=True)
 class GrowthRun:
     """The configuration of a growth run: static, heuristic, eval, random or periodic (saved as
@@ -233,12 +239,18 @@ class GrowthRunner:
         seeds = {"run": self.config.seed, "data_order": self.config.seed}
         return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv)
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: Any) -> None:
+        where = f"cannot resume {str(self.recorder.directory)!r}"
+        if not isinstance(state, dict) or not state.keys() >= STATE_KEYS:
+            raise UserError(
+                f"{where}: its checkpoint holds no growth run's state (one with "
+                f"{', '.join(sorted(STATE_KEYS))}); was it written by another command?"
+            )
         if state["policy_round"] != self.policy_round:
             raise UserError(
-                f"cannot resume {str(self.recorder.directory)!r}: it ran the policy of round "
-                f"{state['policy_round']} of {self.config.policy!r}, which is now at round "
-                f"{self.policy_round}; start a new eval"
+                f"{where}: it ran the policy of round {state['policy_round']} of "
+                f"{self.config.policy!r}, which is now at round {self.policy_round}; start a "
+                "new eval"
             )
         try:
             self.episode.load_state_dict(state["episode"])
@@ -248,7 +260,7 @@ class GrowthRunner:
             self.best = state["best"]
             self.ledger.load_state_dict(state["ledger"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
-            raise UserError(f"cannot resume {str(self.recorder.directory)!r}: {err}") from err
+            raise UserError(f"{where}: {err}") from err
         self.recorder.check_step(self.epoch, self.config.training.episode_length(), "epoch")
 
     def _state(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -206,6 +206,21 @@ def _staging(out: Path) -> Path:
     return staging
 
 
+def _check_writable(run: Path, paths: Sequence[Path]) -> None:
+    """Refuse a resume that could not write its next checkpoint, rows or events: checked
+    before anything is written (a read-only file system refuses even root).
+
+    Raises:
+        UserError: naming the first path that cannot be written.
+    """
+    for path in paths:
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(
+                f"cannot resume {str(run)!r}: {str(path)!r} is not writable (a read-only file "
+                "system, or no permission); make it writable or copy the run elsewhere"
+            )
+
+
 @dataclass
 class Recorder:
     """One run directory through a run's life: create or resume, steps, summary.
@@ -284,6 +299,7 @@ class Recorder:
                 read_events(events)
             except EventLogError as err:
                 raise UserError(f"cannot resume {str(directory)!r}: {err}") from None
+        _check_writable(directory, [directory, directory / record.CHECKPOINTS_DIR, events])
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
