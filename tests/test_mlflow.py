@@ -399,6 +399,17 @@ def test_the_report_path_is_where_esper_report_writes() -> None:
     assert Path(REPORT_DIR) / REPORT_FILE == REPORT
 
 
+@pytest.mark.parametrize("uri", ["http://[::1", "https://[zz]:80"])
+def test_a_url_with_a_malformed_host_is_one_line(tmp_path, capsys, uri) -> None:
+    """A bracketed host that is no IPv6 address: urllib's ValueError was a traceback."""
+    out = tmp_path / "run"
+    args = ["heuristic", "--task", "synthetic", "--epochs", "1", "--telemetry.mlflow", uri]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be an MLflow tracking URI" in err[0] and uri in err[0], err
+    assert not out.exists()
+
+
 def test_a_tracking_uri_with_a_nul_character_is_one_line(tmp_path, capsys) -> None:
     """From a config file (argv cannot hold one): MLflow retried it with warnings every 25 s."""
     config = tmp_path / "c.json"

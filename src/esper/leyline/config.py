@@ -17,6 +17,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -257,10 +258,20 @@ def check_tracking_uri(name: str, value: object) -> None:
     # sqlite:///PATH (three slashes, a relative path; four, an absolute one): the host is empty
     where = (rest[1:] if rest.startswith("/") else "") if scheme == "sqlite" else rest.split("/")[0]
     require(
-        scheme in TRACKING_SCHEMES and bool(where.strip()) and "\0" not in text,
+        scheme in TRACKING_SCHEMES and bool(where.strip()) and "\0" not in text and _splits(text),
         f"{name} must be an MLflow tracking URI: http://HOST:PORT, https://HOST, "
         f"sqlite:///PATH, postgresql://... or mysql://...; got {value!r}",
     )
+
+
+def _splits(uri: str) -> bool:
+    """Whether ``uri``'s host can be read (``http://[::1`` or ``https://[zz]`` cannot: a
+    bracketed host must be an IPv6 address). A bad port is the tracking sink's to name."""
+    try:
+        urllib.parse.urlsplit(uri).hostname  # noqa: B018 - raises ValueError for a bad URL
+    except ValueError:
+        return False
+    return True
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
