@@ -374,6 +374,28 @@ def test_out_inside_an_existing_run(run_copy, capsys) -> None:
     assert _snapshot(run_copy.parent) == before
 
 
+@pytest.mark.parametrize("command", ["heuristic", "ppo"])
+@pytest.mark.parametrize("where", [".", "trials/new"])
+def test_out_in_a_study_directory_is_refused(tmp_path, capsys, command, where) -> None:
+    """A stray run there was accepted, and views and reports then took it for a trial's."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    out = study / where
+    args = [*TINY, "--epochs", "1"] if command == "heuristic" else ["--preset", "tiny"]
+    assert main([command, *args, "--out", str(out)]) == 2
+    assert f"the study directory {str(study)!r}" in _one_error_line(capsys)
+    assert sorted(p.name for p in study.iterdir()) == ["study.json"]
+
+
+def test_out_that_is_not_utf8_is_refused(tmp_path, capsys) -> None:
+    """Such a name was accepted, and runs query and report then failed on it with tracebacks."""
+    out = tmp_path / os.fsdecode(b"bad\xffname")
+    assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    assert "is not UTF-8 text" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 @contextmanager
 def _read_only(path: Path) -> Iterator[None]:
     """``path`` read-only for the block: a read-only bind mount as root (whom permissions do

@@ -157,6 +157,7 @@ def test_task_budget_adds_to_the_budget_for_its_task_only(tmp_path):
         ("run", "is the run directory"),
         ("inside a run", "lies inside the run directory"),
         ("study", "lies inside the study directory"),
+        ("other files", "already exists and holds no study (no study.json)"),
     ],
 )
 def test_out_that_cannot_hold_a_study_is_refused_before_anything(
@@ -170,12 +171,16 @@ def test_out_that_cannot_hold_a_study_is_refused_before_anything(
     elif where == "study":
         blocker.mkdir()
         (blocker / STUDY_FILE).write_text("{}")
+    elif where == "other files":  # a study wrote study.json, trials/ and results.md among them
+        blocker.mkdir()
+        (blocker / "notes.txt").write_text("mine")
     out = {
         "file": blocker,
         "below a file": blocker / "sub",
         "run": runs["static"],
         "inside a run": runs["static"] / "sub",
         "study": blocker / "sub",
+        "other files": blocker,
     }[where]
     before = sorted(p.name for p in tmp_path.iterdir())
     path = _study(tmp_path / "cfg", f'out = "{out}"\ntasks = ["synthetic"]\n{STATIC}')
@@ -186,6 +191,8 @@ def test_out_that_cannot_hold_a_study_is_refused_before_anything(
     assert not (runs["static"] / "sub").exists()
     if where == "file":
         assert blocker.read_text() == "mine"
+    if where == "other files":
+        assert sorted(p.name for p in blocker.iterdir()) == ["notes.txt"]
 
 
 def test_an_out_with_a_nul_character_is_refused_before_ray_starts(tmp_path, capsys):

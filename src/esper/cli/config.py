@@ -30,6 +30,7 @@ from esper.leyline.config import (
     read_config_file,
 )
 from esper.study.growth import GrowthRun, check_mode
+from esper.study.run import check_outside_studies
 
 C = TypeVar("C")
 
@@ -80,6 +81,8 @@ def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
                 raise UserError(f"{flag} needs a path")
             values[flag[2:]] = Path(value)
     options = RunOptions(**values)
+    if options.out is not None:
+        check_outside_studies(options.out)
     if options.resume is not None:
         given = [a.partition("=")[0] for a in rest if a.startswith("-")]
         given += ["--out"] * (options.out is not None) + ["--config"] * (options.config is not None)

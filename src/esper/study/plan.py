@@ -437,7 +437,7 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
 
 def _check_out(directory: Path) -> None:
     """The study directory can hold a study: neither it nor a directory above it is a file, a
-    run directory or (above it) another study's directory.
+    run directory or (above it) another study's directory, and it is new, empty or a study's.
 
     Raises:
         ValueError: naming ``out`` and what is in the way.
@@ -464,6 +464,19 @@ def _check_out(directory: Path) -> None:
             f"{where} lies inside the study directory {str(place)!r}; choose a directory "
             "outside any study",
         )
+    try:  # a study continues in its own directory, and starts only in a new or empty one
+        foreign = (
+            directory.is_dir()
+            and not (directory / STUDY_FILE).exists()
+            and any(directory.iterdir())
+        )
+    except OSError as err:
+        raise ValueError(f"{where}: cannot use it: {err.strerror}") from None
+    require(
+        not foreign,
+        f"{where} already exists and holds no study (no {STUDY_FILE}); choose a new or empty "
+        "directory",
+    )
 
 
 def with_defaults(cls: type, table: Any) -> Any:

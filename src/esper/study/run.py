@@ -12,6 +12,7 @@ directory's files are written only through ``esper.nissa.record``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -35,6 +36,7 @@ from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, WriteError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
+from esper.leyline.trials import STUDY_FILE
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink
 from esper.nissa.log import EventLogError, read_events
@@ -159,6 +161,13 @@ def check_new_run_directory(directory: Path) -> None:
     Raises:
         UserError: naming what is wrong.
     """
+    try:
+        str(directory.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are no UTF-8 (Python keeps them as surrogates)
+        raise UserError(
+            f"run directory {str(directory)!r} is not UTF-8 text (run views and reports need "
+            "names they can read); choose another --out"
+        ) from None
     inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
     if inside is not None:
         raise UserError(f"run directory {str(directory)!r} lies inside the run {str(inside)!r}")
@@ -172,6 +181,24 @@ def check_new_run_directory(directory: Path) -> None:
             )
     except OSError as err:
         raise UserError(f"cannot use run directory {str(directory)!r}: {err.strerror}") from err
+
+
+def check_outside_studies(directory: Path) -> None:
+    """A run the user starts (``--out``) is neither a study directory nor inside one: a study's
+    trials' runs are its own, and views and reports would take a stray run for one of them.
+
+    Raises:
+        UserError: naming the study directory.
+    """
+    for place in (directory, *directory.absolute().parents):
+        with contextlib.suppress(OSError):  # a place it cannot look into: no study found there
+            if not (place / STUDY_FILE).is_file():
+                continue
+            what = "is" if place == directory else "lies inside"
+            raise UserError(
+                f"run directory {str(directory)!r} {what} the study directory {str(place)!r}; "
+                "choose a directory outside any study"
+            )
 
 
 STAGING_PREFIX = ".esper-partial-"
