@@ -36,7 +36,15 @@ from esper.seeding import seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
 from esper.simic.env import task_episode
 from esper.study.ledger import SeedLedger
-from esper.study.run import Recorder, check_out, check_sinks, load_data, ppo_state, set_threads
+from esper.study.run import (
+    Recorder,
+    check_fits,
+    check_out,
+    check_sinks,
+    load_data,
+    ppo_state,
+    set_threads,
+)
 from esper.tamiyo import (
     Controller,
     HeuristicConfig,
@@ -208,9 +216,11 @@ class GrowthRunner:
         check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(training)
+        device = device or torch.device("cpu")
+        if device.type == "cpu":
+            check_fits(training, data)
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
-            device = device or torch.device("cpu")
             self.episode = task_episode(training, data, config.seed, device, hub.emit, hub.progress)
         except ValueError as err:  # e.g. slots the task's host lacks
             raise UserError(str(err)) from err

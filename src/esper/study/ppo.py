@@ -28,7 +28,14 @@ from esper.simic.env import EpisodeStartError
 from esper.simic.training import POLICY_SEED_OFFSET
 from esper.simic.vector import describe_device_map
 from esper.simic.workers import RayVectorEnv, WorkerLostError, start_ray
-from esper.study.run import Recorder, check_out, check_sinks, load_data, set_threads
+from esper.study.run import (
+    Recorder,
+    check_fits,
+    check_out,
+    check_sinks,
+    load_data,
+    set_threads,
+)
 
 
 class PPORunner:
@@ -43,6 +50,8 @@ class PPORunner:
         check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(config.env)
+        if config.runtime.devices == ("cpu",):
+            check_fits(config.env, data, _envs_here(config))
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
             self.trainer, self.devices = build_trainer(config, self.hub, data)
@@ -155,6 +164,15 @@ class PPORunner:
         return record.RunSummary(
             status, "ppo", c.env.task, c.runtime.seed, run_id, seconds, failure, ppo=ppo
         )
+
+
+def _envs_here(config: TrainingConfig) -> int:
+    """Environments this machine holds: all of them, or on a Ray cluster the largest actor's
+    share."""
+    workers, n_envs = config.runtime.workers, config.ppo.n_envs
+    if workers is None or config.runtime.ray_address is None:
+        return n_envs
+    return -(-n_envs // workers)
 
 
 def start_workers(

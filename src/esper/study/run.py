@@ -12,7 +12,7 @@ directory's files are written only through ``esper.nissa.record``.
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import io
 import logging
 import os
@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,14 @@ from typing import Any
 import torch
 
 from esper.data import DatasetNotFoundError, load_dataset
-from esper.leyline.config import HostTraining, TelemetrySettings, UserError, config_dict
+from esper.kasmina import TransformerHostConfig
+from esper.leyline.config import (
+    MAX_WIDTH,
+    HostTraining,
+    TelemetrySettings,
+    UserError,
+    config_dict,
+)
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, WriteError, atomic_write, fsync_directory
@@ -43,7 +50,7 @@ from esper.nissa.log import EventLogError, read_events
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSetupError, TensorBoardSink, check_tensorboard
 from esper.nissa.tracking import MLflowSink, TrackingError, TrackingSetupError, check_mlflow
-from esper.tasks import get_task
+from esper.tasks import get_task, host_param_count
 from esper.tolaria.threads import threads_per_worker
 
 logger = logging.getLogger(__name__)
@@ -139,6 +146,46 @@ def load_data(training: HostTraining) -> Dataset:
         raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
 
 
+TRAINING_COPIES = 8
+"""Copies of a host's parameters one environment holds while it trains: the weights, their
+gradients, AdamW's two moments, the governor's snapshot of weights and moments (three), and the
+best epoch's model."""
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(training: HostTraining, data: Dataset, envs: int = 1) -> None:
+    """Refuse, before anything is built, a host too wide for ``envs`` environments' training
+    state (``TRAINING_COPIES`` float32 copies of its parameters each) to fit this machine's
+    memory: building it ran out of memory with a traceback, or swapped for minutes. Only the
+    parameters are counted (activations depend on the batch), so a host that passes may still
+    not fit.
+
+    Raises:
+        UserError: naming the width, the bytes it needs and the widest host that fits.
+    """
+
+    def needs(width: int) -> int:
+        return host_param_count(training.task, data, width) * 4 * TRAINING_COPIES * envs
+
+    config = get_task(training.task).host_config_for(data)
+    width, have = training.width or config.width, memory_bytes()
+    if needs(width) <= have:
+        return
+    step = config.n_head if isinstance(config, TransformerHostConfig) else 1  # widths it takes
+    widths = range(step, MAX_WIDTH + 1, step)
+    fitting = bisect.bisect_right(widths, have, key=needs)  # counts rise with the width
+    hint = f"use --width {widths[fitting - 1]} or less" if fitting else "no width of it fits"
+    raise UserError(
+        f"width {width} does not fit: {envs} environment(s) of this host need "
+        f"{needs(width) / 2**30:.1f} GiB for their parameters' training state, and this machine "
+        f"has {have / 2**30:.1f} GiB; {hint}"
+    )
+
+
 def default_out(task: str, mode: str) -> Path:
     """``runs/<task>-<mode>-<time>``: where a run goes without ``--out``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -191,7 +238,7 @@ def check_outside_studies(directory: Path) -> None:
         UserError: naming the study directory.
     """
     for place in (directory, *directory.absolute().parents):
-        with contextlib.suppress(OSError):  # a place it cannot look into: no study found there
+        with suppress(OSError):  # a place it cannot look into: no study found there
             if not (place / STUDY_FILE).is_file():
                 continue
             what = "is" if place == directory else "lies inside"
