@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import torch
 
+import esper.study.run as study_run
 from esper.cli.main import main
 from esper.nissa import record
-from esper.study.growth import EpochRow
+from esper.simic.training import PPOTrainer
+from esper.study.growth import EpochRow, GrowthRunner
 from esper.study.run import Stop
 
 ESPER = [sys.executable, "-m", "esper"]
@@ -340,6 +342,78 @@ def test_sigterm_during_start_up_exits_cleanly(tmp_path) -> None:
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err and b"interrupted" in err
     assert not out.exists() or (out / record.CHECKPOINTS_DIR / record.LATEST_FILE).is_file()
+
+
+def test_ctrl_c_while_the_command_loads_exits_quietly(tmp_path) -> None:
+    """Loading the command's modules (torch among them) takes about a second, before any handler
+    of the command exists: a Ctrl-C then printed a KeyboardInterrupt traceback."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*ESPER, "heuristic", *TINY, "--epochs", "2", "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.3)  # the interpreter is up and importing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"esper: interrupted" in err
+    assert not out.exists()
+
+
+def test_a_signal_while_a_run_completes_waits_for_it(tmp_path, capsys, monkeypatch) -> None:
+    """Between the last epoch and the summary (model, outcomes, test scores) a signal left no
+    summary.json; now the run completes, and the signal, moot, is dropped."""
+    original = GrowthRunner._test
+
+    def signalled(self: GrowthRunner) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(GrowthRunner, "_test", signalled)
+    out = tmp_path / "run"
+    assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    summary = record.read_summary(out)
+    assert summary is not None and summary.status == "completed"
+
+
+def test_a_signal_while_the_run_directory_is_made_says_how_to_continue(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Held until the directory is complete, the signal then stopped the command with "esper:
+    interrupted" alone, though --out now held a run (so the same command failed again)."""
+    original = study_run._create
+
+    def signalled(*args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        original(*args)
+
+    monkeypatch.setattr(study_run, "_create", signalled)
+    out = tmp_path / "run"
+    assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"esper: interrupted; continue with: esper heuristic --resume {out}" in err, err
+    monkeypatch.setattr(study_run, "_create", original)
+    assert main(["heuristic", "--resume", str(out)]) == 0
+
+
+def test_a_plain_keyboard_interrupt_in_a_round_is_a_stop(tmp_path, capsys, monkeypatch) -> None:
+    """Ray turns a signal that arrives inside ray.wait into its own KeyboardInterrupt, not
+    Esper's Stop: the run ended without a summary or the resume command."""
+    original = PPOTrainer.run_round
+
+    def interrupted(self: PPOTrainer) -> Any:
+        if self.round == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(PPOTrainer, "run_round", interrupted)
+    out = tmp_path / "run"
+    assert main(["ppo", "--preset", "tiny", "--out", str(out)]) == 130
+    assert "continue with: esper ppo --resume" in capsys.readouterr().err
+    summary = record.read_summary(out)
+    assert summary is not None and summary.status == "interrupted"
 
 
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:

@@ -1,8 +1,6 @@
 """``python -m esper``: the ``esper`` command (how ``--tui`` starts its child run)."""
 
-import sys
-
-from esper.cli.main import main
+from esper.cli.entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -259,8 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # a signal during start-up or loading: nothing was written yet
-        print("\nesper: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a signal during start-up or loading (a Stop names the
+        # run directory it had just made, with how to continue it; else nothing was written)
+        print(f"\nesper: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `esper ... --help | head`: the reader left; nothing to report
         # Point stdout at /dev/null so the interpreter's final flush cannot fail a second time.

@@ -299,14 +299,22 @@ class GrowthRunner:
         recorder, training = self.recorder, self.config.training
         recorder.start(self.mode, training, self.config.seed, self.config.telemetry)
         recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
-        recorder.drive(
-            self._step, lambda: self.epoch > 0 and self.episode.done, lambda s, f: self._finish(s)
+        status, _ = recorder.drive(
+            self._step,
+            lambda: self.epoch > 0 and self.episode.done,
+            lambda s, f: self._finish(s),
+            self._complete,
         )
+        return status
+
+    def _complete(self) -> str:
+        """The finished run's model, outcomes, test scores and summary; its status."""
+        directory = self.recorder.directory
         status = "terminated" if self.episode.trainer.terminated else "completed"
-        save_model(self.episode.model, recorder.directory / record.MODEL_FILE)
+        save_model(self.episode.model, directory / record.MODEL_FILE)
         outcomes = self.ledger.outcomes()
         data = json.dumps([asdict(o) for o in outcomes], indent=1)
-        atomic_write(recorder.directory / record.OUTCOMES_FILE, data)
+        atomic_write(directory / record.OUTCOMES_FILE, data)
         if self.mode != "static":  # a static run grows nothing
             from esper.nissa.knowledge import record_outcomes  # SQLAlchemy: only when used
 

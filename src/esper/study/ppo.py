@@ -109,16 +109,18 @@ class PPORunner:
 
         # EpisodeStartError: broken settings found only once training started;
         # WorkerLostError: Ray actors kept dying (the run resumes from its last round).
+        def complete() -> str:
+            self._finish("completed", None)
+            return "completed"
+
         status, failure = recorder.drive(
             step,
             lambda: self.trainer.round >= config.ppo.rounds,
             self._finish,
+            complete,
             (EpisodeStartError, WorkerLostError),
         )
-        if status == "failed":
-            return status, failure or ""
-        self._finish("completed", None)
-        return "completed", ""
+        return status, failure or ""
 
     def close(self) -> None:
         """Stop the environments' Ray actors, if any (Ray itself is ``start_workers``')."""

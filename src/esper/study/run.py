@@ -80,9 +80,10 @@ def interrupt_on_sigterm() -> None:
 
 
 @contextmanager
-def stop_signals() -> Iterator[Callable[[], Any]]:
+def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
     """SIGINT and SIGTERM raise ``Stop`` at once, except inside the ``held()`` block they yield,
-    where they are held until it ends (a checkpoint and its CSV row are never half-written)."""
+    where they are held until it ends (a checkpoint and its CSV row are never half-written, and
+    a run's completion is not cut short)."""
     state = {"holding": 0, "pending": False}
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -92,7 +93,9 @@ def stop_signals() -> Iterator[Callable[[], Any]]:
             raise Stop
 
     @contextmanager
-    def held() -> Iterator[None]:
+    def held(final: bool = False) -> Iterator[None]:
+        """``final``: the block completes the run, so a signal held in it is dropped (the
+        process is ending anyway, with the run complete) instead of stopping it afterwards."""
         state["holding"] += 1
         try:
             yield
@@ -100,7 +103,8 @@ def stop_signals() -> Iterator[Callable[[], Any]]:
             state["holding"] -= 1
         if state["pending"] and not state["holding"]:
             state["pending"] = False
-            raise Stop
+            if not final:
+                raise Stop
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -350,6 +354,8 @@ class Recorder:
         try:
             with stop_signals() as held, held():
                 _create(out, mode, config_dict(config), meta(out.name), row_type, files)
+        except Stop:  # held until the directory was complete: it is there, at step 0
+            raise Stop(f"continue with: esper {mode} --resume {out}") from None
         except (record.RunRecordError, WriteError) as err:
             raise UserError(str(err)) from err
         except OSError as err:  # e.g. a name too long for the file system, no permission
@@ -489,10 +495,13 @@ class Recorder:
         step: Callable[[Callable[[], AbstractContextManager[None]]], None],
         done: Callable[[], bool],
         finish: Callable[[str, str | None], None],
+        complete: Callable[[], str],
         failures: tuple[type[Exception], ...] = (),
     ) -> tuple[str, str | None]:
-        """Call ``step(held)`` until ``done()``, then ``finish`` the run; return its status and
-        failure message. Every command's steps run here, under ``stop_signals``.
+        """Call ``step(held)`` until ``done()``, then ``complete()`` the run (its final files
+        and summary; returns the status); return the status and failure message. Every
+        command's steps and completion run here, under ``stop_signals``: a signal during the
+        completion waits for it and is then dropped, since the run is done.
 
         ``failures``: errors that end the run as ``failed`` (recorded, not raised).
 
@@ -505,9 +514,13 @@ class Recorder:
             with stop_signals() as held:
                 while not done():
                     step(held)
-        except Stop:
+                with held(final=True):
+                    return complete(), None
+        except KeyboardInterrupt as err:  # a Stop, or Ray's own for a signal inside ray.wait
             finish("interrupted", None)
-            raise
+            if isinstance(err, Stop):
+                raise
+            raise Stop from err
         except failures as err:
             finish("failed", str(err))
             return "failed", str(err)
@@ -518,7 +531,6 @@ class Recorder:
         except BaseException:
             self.hub.close()  # an unexpected failure: keep what was logged, release the files
             raise
-        return "", None
 
     def finish(self, summary: record.RunSummary, finished: Event) -> None:
         """Write ``summary.json`` and close the telemetry (after the summary: a tracker uploads
