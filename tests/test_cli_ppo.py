@@ -118,6 +118,11 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert "note: the policy trained with slots = early, mid, late; this eval runs with " in err
     assert err.count("note:") == 1 and "slots = mid\n" in err
 
+    # A slot the host lacks: the one error line alone, not the note before it.
+    assert main([*args, "--slots", "mid_3", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "note:" not in err and len(err.strip().splitlines()) == 1, err
+
     # The task's own width given explicitly is no override (the policy's run recorded none).
     width = get_task("synthetic").host_width()
     assert main([*args, "--width", str(width), "--out", str(tmp_path / "same")]) == 0

@@ -157,7 +157,7 @@ def test_task_budget_adds_to_the_budget_for_its_task_only(tmp_path):
         ("run", "is the run directory"),
         ("inside a run", "lies inside the run directory"),
         ("study", "lies inside the study directory"),
-        ("other files", "already exists and holds no study (no study.json)"),
+        ("other files", "already exists and holds no study (no study.json, but 'notes.txt')"),
     ],
 )
 def test_out_that_cannot_hold_a_study_is_refused_before_anything(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from esper.cli.config import RunOptions, announce, growth_config, interrupted_hint, policy_arg
 from esper.cli.main import EXIT_INTERRUPTED
@@ -55,24 +56,34 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     config = growth_config(mode, argv, options, base)
     if policy is None:
         return config
-    assert base is not None
-    trained, running = _policy_facing(base), _policy_facing(config.training)
-    changed = [(name, trained[name], now) for name, now in running.items() if now != trained[name]]
-    if changed:  # the policy never trained like this
-        print(
-            "esper eval: note: the policy trained with "
-            + ", ".join(f"{name} = {was}" for name, was, _ in changed)
-            + "; this eval runs with "
-            + ", ".join(f"{name} = {now}" for name, _, now in changed),
-            file=sys.stderr,
-        )
     return replace(config, policy=str(policy.resolve()))  # a resume may start elsewhere
+
+
+def _policy_note(config: GrowthRun) -> str | None:
+    """What an eval runs differently from how its policy trained (None: nothing), to print
+    once the run's settings passed every check."""
+    if config.policy is None:
+        return None
+    trained = _policy_facing(policy_training(ppo_state(Path(config.policy))))
+    running = _policy_facing(config.training)
+    changed = [(name, trained[name], now) for name, now in running.items() if now != trained[name]]
+    if not changed:
+        return None
+    return (
+        "esper eval: note: the policy trained with "
+        + ", ".join(f"{name} = {was}" for name, was, _ in changed)
+        + "; this eval runs with "
+        + ", ".join(f"{name} = {now}" for name, _, now in changed)
+    )
 
 
 def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     """``esper static|heuristic|eval``."""
     config = parse(mode, argv, options)
     runner = GrowthRunner(mode, config, options.out, options.resume)
+    note = None if options.resume is not None else _policy_note(config)
+    if note is not None:  # the policy never trained like this
+        print(note, file=sys.stderr)
     announce(mode, runner.config, options.resume)  # resolved and checked
     directory = runner.recorder.directory
     try:

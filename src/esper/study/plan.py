@@ -44,10 +44,11 @@ from esper.leyline.config import (
     config_dict,
     decode,
     override,
+    quoted,
     read_config_file,
     require,
 )
-from esper.leyline.trials import REPS_RANGE, STUDY_FILE
+from esper.leyline.trials import REPS_RANGE, STUDY_FILE, TRIALS_DIR
 from esper.nissa import record
 from esper.simic.build import policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
@@ -464,19 +465,19 @@ def _check_out(directory: Path) -> None:
             f"{where} lies inside the study directory {str(place)!r}; choose a directory "
             "outside any study",
         )
-    try:  # a study continues in its own directory, and starts only in a new or empty one
+    try:  # a study continues in its own directory, and starts only where nothing else is
         foreign = (
-            directory.is_dir()
-            and not (directory / STUDY_FILE).exists()
-            and any(directory.iterdir())
+            [p.name for p in directory.iterdir() if p.name != TRIALS_DIR and p.name[0] != "."]
+            if directory.is_dir() and not (directory / STUDY_FILE).exists()
+            else []
         )
     except OSError as err:
         raise ValueError(f"{where}: cannot use it: {err.strerror}") from None
-    require(
-        not foreign,
-        f"{where} already exists and holds no study (no {STUDY_FILE}); choose a new or empty "
-        "directory",
-    )
+    if foreign:
+        raise ValueError(
+            f"{where} already exists and holds no study (no {STUDY_FILE}, but "
+            f"{quoted(min(foreign))}); choose a new or empty directory"
+        )
 
 
 def with_defaults(cls: type, table: Any) -> Any:
