@@ -322,16 +322,21 @@ def _resume_bad(run: Path, capsys, extra: list[str] | None = None) -> str:
     return line
 
 
-def test_sigterm_during_start_up_exits_cleanly(tmp_path) -> None:
-    """A signal once the configuration is printed (data loading, building the run): exit 130
-    with one line, no traceback, and either nothing at --out or a resumable run."""
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
+def _tiny_run(out: Path) -> subprocess.Popen[bytes]:
+    """A two-epoch heuristic run at ``out`` in a child process, its stderr piped."""
+    return subprocess.Popen(
         [*ESPER, "heuristic", *TINY, "--epochs", "2", "--out", str(out)],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def test_sigterm_during_start_up_exits_cleanly(tmp_path) -> None:
+    """A signal once the configuration is printed (data loading, building the run): exit 130
+    with one line, no traceback, and either nothing at --out or a resumable run."""
+    out = tmp_path / "run"
+    proc = _tiny_run(out)
     assert proc.stderr is not None
     first = proc.stderr.readline()  # "esper heuristic: effective configuration"
     assert b"effective configuration" in first, first
@@ -348,12 +353,7 @@ def test_ctrl_c_while_the_command_loads_exits_quietly(tmp_path) -> None:
     """Loading the command's modules (torch among them) takes about a second, before any handler
     of the command exists: a Ctrl-C then printed a KeyboardInterrupt traceback."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [*ESPER, "heuristic", *TINY, "--epochs", "2", "--out", str(out)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _tiny_run(out)
     time.sleep(0.3)  # the interpreter is up and importing
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
