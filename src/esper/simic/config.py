@@ -34,9 +34,9 @@ from esper.tamiyo.policy import PolicyConfig
 from esper.tasks import resolve_training
 
 MAX_ENVS = 256
+"""Most environments one run may step: each holds a host, its optimizer and a dataset view."""
 MAX_WORKERS_PER_GPU = 64
 """Most Ray actors that may share one GPU (``runtime.workers_per_gpu``)."""
-"""Most environments one run may step: each holds a host, its optimizer and a dataset view."""
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class PPORunner:
         check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(config.env)
-        if config.runtime.devices == ("cpu",):
+        if tuple(config.runtime.devices) == ("cpu",):
             check_fits(config.env, data, _envs_here(config))
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
@@ -107,12 +107,12 @@ class PPORunner:
             with held():
                 recorder.commit(self.trainer.round, result.stats, self._state())
 
-        # EpisodeStartError: broken settings found only once training started;
-        # WorkerLostError: Ray actors kept dying (the run resumes from its last round).
         def complete() -> str:
             self._finish("completed", None)
             return "completed"
 
+        # EpisodeStartError: broken settings found only once training started;
+        # WorkerLostError: Ray actors kept dying (the run resumes from its last round).
         status, failure = recorder.drive(
             step,
             lambda: self.trainer.round >= config.ppo.rounds,
