@@ -657,3 +657,41 @@ def test_a_re_signed_foreign_state_is_one_line(run_copy, capsys, state: Any, exp
     )
     assert main(["heuristic", "--resume", str(run_copy)]) == 2
     assert expected in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("group", "key", "value", "refused"),
+    [
+        ("training", "lr", 0.5, "training.lr: "),
+        ("training", "slots", ["early"], "training.slots"),
+        ("telemetry", "level", "debug", None),  # where telemetry goes: free to change
+    ],
+)
+def test_a_resume_refuses_an_edited_config(run_copy, capsys, group, key, value, refused) -> None:
+    """The run continued with whatever config.json said (an lr of 0.5 ended in a governor
+    termination); its checkpoint now records the configuration it ran with."""
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text())
+    config[group][key] = value
+    path.write_text(json.dumps(config))
+    if refused is None:
+        assert main(["heuristic", "--resume", str(run_copy)]) == 0
+        return
+    line = _resume_bad(run_copy, capsys)
+    assert "its config.json differs from the configuration its checkpoint ran with" in line
+    assert refused in line, line
+
+
+def test_a_ppo_resume_refuses_an_edited_config_but_more_rounds(tmp_path, capsys) -> None:
+    run = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()  # as if interrupted after its round
+    config = json.loads((run / "config.json").read_text())
+    edited = {**config, "env": {**config["env"], "epochs": config["env"]["epochs"] + 1}}
+    (run / "config.json").write_text(json.dumps(edited))
+    assert main(["ppo", "--resume", str(run)]) == 2
+    assert "env.epochs: " in _one_error_line(capsys)
+    more = {**config, "ppo": {**config["ppo"], "rounds": 2}}
+    (run / "config.json").write_text(json.dumps(more))
+    assert main(["ppo", "--resume", str(run)]) == 0  # it trains on
+    assert len((run / "rounds.csv").read_text().splitlines()) == 3  # header and two rounds

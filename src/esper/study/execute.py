@@ -60,7 +60,7 @@ from esper.study.plan import (
     with_defaults,
 )
 from esper.study.ppo import PPORunner
-from esper.study.run import Stop
+from esper.study.run import Stop, config_changes
 
 KNOWLEDGE_FILE = "knowledge.sqlite"
 """A study's own knowledge store (unless the study names one): its bandits learn from its trials."""
@@ -180,7 +180,7 @@ class StudyState:
         assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
         saved = with_defaults(StudySpec, state.settings)
-        changed = [c for k in settings for c in _changes(saved.get(k), settings[k], k)]
+        changed = [c for k in settings for c in config_changes(saved.get(k), settings[k], k)]
         if changed:
             raise UserError(
                 f"{str(directory)!r} holds a study run with other settings (study -> file: "
@@ -191,22 +191,6 @@ class StudyState:
     def save(self, directory: Path) -> None:
         """Write ``study.json`` atomically."""
         atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
-
-
-def _changes(old: Any, new: Any, where: str) -> list[str]:
-    """Each setting where ``new`` differs from ``old`` as ``key: old -> new`` (tables and
-    equally long lists compared item by item; a missing key shows as null)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [c for k in keys for c in _changes(old.get(k), new.get(k), f"{where}.{k}")]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        pairs = enumerate(zip(old, new, strict=True))
-        return [c for i, (o, n) in pairs for c in _changes(o, n, f"{where}[{i}]")]
-    if old == new:
-        return []
-    shown = [json.dumps(v) for v in (old, new)]
-    shown = [t if len(t) <= 40 else t[:37] + "..." for t in shown]
-    return [f"{where}: {shown[0]} -> {shown[1]}"]
 
 
 def study_settings(spec: StudySpec) -> dict[str, Any]:

@@ -27,7 +27,15 @@ import tyro
 from esper.kasmina import save_model
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
-from esper.leyline.config import MAX_SEED, HostTraining, TelemetrySettings, UserError, check_int
+from esper.leyline.config import (
+    MAX_SEED,
+    HostTraining,
+    TelemetrySettings,
+    UserError,
+    check_int,
+    config_dict,
+    override,
+)
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import atomic_write
 from esper.leyline.knowledge import HostSignature, SeedOutcome
@@ -40,6 +48,7 @@ from esper.study.run import (
     Recorder,
     check_fits,
     check_out,
+    check_same_config,
     check_sinks,
     load_data,
     ppo_state,
@@ -66,7 +75,8 @@ logger = logging.getLogger(__name__)
 STATE_KEYS = frozenset(
     {"episode", "controller", "elapsed", "policy_round", "flops", "best", "ledger"}
 )
-"""What a growth run's checkpoint state holds (``GrowthRunner._state``)."""
+"""What a growth run's checkpoint state must hold (``GrowthRunner._state``; its ``config``, the
+configuration it ran with, is checked when present: older checkpoints lack it)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +266,12 @@ class GrowthRunner:
                 f"{where}: its checkpoint holds no growth run's state (one with "
                 f"{', '.join(sorted(STATE_KEYS))}); was it written by another command?"
             )
+        if "config" in state:  # (checkpoints from before it was recorded have none)
+            try:
+                ran = config_dict(override(GrowthRun(HostTraining("")), state["config"]))
+            except (ValueError, TypeError) as err:
+                raise UserError(f"{where}: its checkpoint's configuration: {err}") from err
+            check_same_config(self.recorder.directory, ran, config_dict(self.config))
         if state["policy_round"] != self.policy_round:
             raise UserError(
                 f"{where}: it ran the policy of round {state['policy_round']} of "
@@ -275,6 +291,7 @@ class GrowthRunner:
 
     def _state(self) -> dict[str, Any]:
         return {
+            "config": config_dict(self.config),
             "episode": self.episode.state_dict(),
             "controller": json.dumps(self.controller.state_dict()),
             "elapsed": self.elapsed,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline.config import UserError
+from esper.leyline.config import UserError, config_dict, override
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
@@ -32,6 +32,7 @@ from esper.study.run import (
     Recorder,
     check_fits,
     check_out,
+    check_same_config,
     check_sinks,
     load_data,
     set_threads,
@@ -86,8 +87,13 @@ class PPORunner:
         where = f"cannot resume {str(self.recorder.directory)!r}"
         try:
             check_resumable(state)
+            ran = config_dict(override(TrainingConfig(), state["config"]))
+        except (KeyError, ValueError, TypeError) as err:  # ValueError: formats too
+            raise UserError(f"{where}: {err}") from err
+        check_same_config(self.recorder.directory, ran, config_dict(self.trainer.config))
+        try:
             self.trainer.load_state_dict(state["trainer"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as err:  # ValueError: formats too
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise UserError(f"{where}: {err}") from err
         self.recorder.check_step(self.trainer.round, self.config.ppo.rounds, "round")
 

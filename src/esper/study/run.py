@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import json
 import logging
 import os
 import shutil
@@ -188,6 +189,48 @@ def check_fits(training: HostTraining, data: Dataset, envs: int = 1) -> None:
         f"{needs(width) / 2**30:.1f} GiB for their parameters' training state, and this machine "
         f"has {have / 2**30:.1f} GiB; {hint}"
     )
+
+
+def config_changes(old: Any, new: Any, where: str) -> list[str]:
+    """Each setting where ``new`` differs from ``old`` as ``key: old -> new`` (tables and
+    equally long lists compared item by item; a missing key shows as null)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [c for k in keys for c in config_changes(old.get(k), new.get(k), f"{where}.{k}")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = enumerate(zip(old, new, strict=True))
+        return [c for i, (o, n) in pairs for c in config_changes(o, n, f"{where}[{i}]")]
+    if old == new:
+        return []
+    shown = [json.dumps(v) for v in (old, new)]
+    shown = [t if len(t) <= 40 else t[:37] + "..." for t in shown]
+    return [f"{where}: {shown[0]} -> {shown[1]}"]
+
+
+UNCHECKED_SETTINGS = ("telemetry", "runtime.ray_address", "ppo.rounds:")
+"""Settings a resume may find changed in ``config.json``: where telemetry goes and which
+cluster runs the workers change nothing the run computes, and PPO's rounds only say when it
+stops (raised, a finished run trains on)."""
+
+
+def check_same_config(directory: Path, ran: dict[str, Any], now: dict[str, Any]) -> None:
+    """The configuration a checkpoint ran with (``ran``) is the run's ``config.json`` (``now``),
+    but for ``UNCHECKED_SETTINGS``: an edited ``config.json`` would continue the run as another.
+
+    Raises:
+        UserError: naming the first changed settings.
+    """
+    changed = [
+        change
+        for key in sorted(set(ran) | set(now))
+        for change in config_changes(ran.get(key), now.get(key), key)
+        if not change.startswith(UNCHECKED_SETTINGS)
+    ]
+    if changed:
+        raise UserError(
+            f"cannot resume {str(directory)!r}: its config.json differs from the configuration "
+            f"its checkpoint ran with ({'; '.join(changed[:3])}); restore it, or start a new run"
+        )
 
 
 def default_out(task: str, mode: str) -> Path:
