@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from esper.cli.config import RunOptions, announce, growth_config, interrupted_hint, policy_arg
 from esper.cli.main import EXIT_INTERRUPTED
@@ -36,6 +35,12 @@ def _policy_facing(training: HostTraining) -> dict[str, str]:
 
 def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     """The run's configuration: recorded (``--resume``) or from defaults, file and flags."""
+    return _parsed(mode, argv, options)[0]
+
+
+def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun, str | None]:
+    """``parse``'s configuration, and for an eval the note on what it runs differently from how
+    its policy trained (None: nothing), to print once the run's settings passed every check."""
     if options.resume is not None:
         check_recorded_mode(options.resume, mode)  # first: another command's config is no error
         try:
@@ -43,7 +48,7 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
-        return config
+        return config, None
     base, policy = None, None
     if mode == "eval" and not {"-h", "--help"} & set(argv):
         policy = policy_arg(argv, options)
@@ -54,18 +59,14 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
         except PolicyCheckpointError as err:
             raise UserError(f"--policy {str(policy)!r}: {err}") from err
     config = growth_config(mode, argv, options, base)
-    if policy is None:
-        return config
-    return replace(config, policy=str(policy.resolve()))  # a resume may start elsewhere
+    if policy is None or base is None:
+        return config, None
+    note = _policy_note(base, config.training)
+    return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
 
 
-def _policy_note(config: GrowthRun) -> str | None:
-    """What an eval runs differently from how its policy trained (None: nothing), to print
-    once the run's settings passed every check."""
-    if config.policy is None:
-        return None
-    trained = _policy_facing(policy_training(ppo_state(Path(config.policy))))
-    running = _policy_facing(config.training)
+def _policy_note(trained_with: HostTraining, running_with: HostTraining) -> str | None:
+    trained, running = _policy_facing(trained_with), _policy_facing(running_with)
     changed = [(name, trained[name], now) for name, now in running.items() if now != trained[name]]
     if not changed:
         return None
@@ -79,9 +80,8 @@ def _policy_note(config: GrowthRun) -> str | None:
 
 def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     """``esper static|heuristic|eval``."""
-    config = parse(mode, argv, options)
+    config, note = _parsed(mode, argv, options)
     runner = GrowthRunner(mode, config, options.out, options.resume)
-    note = None if options.resume is not None else _policy_note(config)
     if note is not None:  # the policy never trained like this
         print(note, file=sys.stderr)
     announce(mode, runner.config, options.resume)  # resolved and checked

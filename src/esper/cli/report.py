@@ -17,8 +17,7 @@ from pathlib import Path
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
-from esper.nissa.record import CHECKPOINTS_DIR, is_run_directory
-from esper.nissa.views import is_study
+from esper.nissa.record import CHECKPOINTS_DIR, is_run_directory, is_study
 
 REPORT_DIR = "report"
 

@@ -179,7 +179,8 @@ def _show(path: Path) -> int:
 
 
 def _query(sql: str, paths: list[Path], fmt: str) -> int:
-    from esper.nissa.views import QueryError, RunStore, collect_runs, is_study
+    from esper.nissa.record import is_study
+    from esper.nissa.views import QueryError, RunStore, collect_runs
 
     studies = [p for p in paths if is_study(p)]
     store = RunStore(

@@ -79,8 +79,7 @@ from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
 from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import EventLogError, EventTail, RunDirectoryError, open_run, run_candidates
-from esper.nissa.record import EVENTS_FILE
-from esper.nissa.views import is_study
+from esper.nissa.record import EVENTS_FILE, is_study
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""

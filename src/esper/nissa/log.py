@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 from esper.leyline.config import json_reason
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
+from esper.leyline.trials import TRIALS_DIR
 from esper.nissa.hub import json_safe
 
 # Layout names the record defines, also imported from here by the views (explicit re-exports).
@@ -36,6 +36,7 @@ from esper.nissa.record import (
     RunRecordError,
     RunSummary,
     is_run_directory,
+    is_study,
     read_config,
     read_summary,
 )
@@ -469,7 +470,7 @@ def run_candidates(directory: Path) -> list[Path]:
     directory (``esper study``) stands for its trials' runs."""
     if (directory / EVENTS_FILE).is_file():
         return [directory]
-    if (directory / STUDY_FILE).is_file():
+    if is_study(directory):
         directory = directory / TRIALS_DIR
         if not directory.is_dir():
             return []

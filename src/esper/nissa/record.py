@@ -56,6 +56,7 @@ from esper.leyline.files import (
     is_disk_full,
     write_new_file,
 )
+from esper.leyline.trials import STUDY_FILE
 
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
@@ -462,6 +463,11 @@ def read_summary(run_dir: Path) -> RunSummary | None:
 def is_run_directory(path: Path) -> bool:
     """Whether ``path`` is an Esper run directory (it holds every file of ``RUN_FILES``)."""
     return path.is_dir() and all((path / name).is_file() for name in RUN_FILES)
+
+
+def is_study(path: Path) -> bool:
+    """Whether ``path`` is a study directory (``esper study``'s output: it holds ``study.json``)."""
+    return (path / STUDY_FILE).is_file()
 
 
 def run_status(run_dir: Path) -> str:

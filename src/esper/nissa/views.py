@@ -55,7 +55,6 @@ from esper.leyline.events import (
 )
 from esper.leyline.trials import (
     RUN_COLUMN,
-    STUDY_FILE,
     TRIALS_FILE,
     TrialRow,
     TrialsFileError,
@@ -176,11 +175,6 @@ def _rows(run: str, mode: str, log: list[Logged]) -> Iterator[tuple[str, dict[st
             for component, value in record["components"]:
                 row = {"epoch": item.event.epoch, "component": component, "value": value}
                 yield "reward_components", {**context, **row}
-
-
-def is_study(path: Path) -> bool:
-    """Whether ``path`` is a study directory (``esper study``'s output)."""
-    return (path / STUDY_FILE).is_file()
 
 
 def collect_runs(paths: list[Path]) -> list[RunDirectory]:

@@ -457,7 +457,7 @@ def _check_out(directory: Path) -> None:
                 f"{where} {what} the run directory {str(place)!r}; choose a directory outside "
                 "any run",
             )
-            inside = place != directory and (place / STUDY_FILE).is_file()
+            inside = place != directory and record.is_study(place)
         except OSError as err:
             raise ValueError(f"{where}: cannot use {str(place)!r}: {err.strerror}") from None
         require(

@@ -44,7 +44,6 @@ from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, WriteError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
-from esper.leyline.trials import STUDY_FILE
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink
 from esper.nissa.log import EventLogError, read_events
@@ -286,7 +285,7 @@ def check_outside_studies(directory: Path) -> None:
     """
     for place in (directory, *directory.absolute().parents):
         with suppress(OSError):  # a place it cannot look into: no study found there
-            if not (place / STUDY_FILE).is_file():
+            if not record.is_study(place):
                 continue
             what = "is" if place == directory else "lies inside"
             raise UserError(
