@@ -344,19 +344,21 @@ def test_unreadable_checkpoint_on_resume(tmp_path, capsys) -> None:
     assert "not an Esper run directory" in capsys.readouterr().err
 
 
-def _completed_epochs(log: Path) -> list[int]:
-    """Epochs logged so far; only whole lines count (the run may be mid-write)."""
-    if not log.exists():
-        return []
-    lines = log.read_text().split("\n")[:-1]  # the text after the last newline may be partial
-    return [e["epoch"] for e in map(json.loads, lines) if e["event"] == "EpochCompleted"]
+def _checkpointed_epoch(run: Path) -> int:
+    """The epoch of the run's committed checkpoint (0 before the first). An epoch already
+    logged in ``events.jsonl`` may not be committed yet: a signal then resumes before it."""
+    try:
+        name = (run / "checkpoints" / record.LATEST_FILE).read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(name.removeprefix("step-"))
 
 
 def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "run ended before it could be interrupted"
-        if max(_completed_epochs(run / "events.jsonl"), default=0) >= epoch:
+        if _checkpointed_epoch(run) >= epoch:
             return
         time.sleep(0.05)
     raise AssertionError("run did not reach the epoch in time")
