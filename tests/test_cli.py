@@ -478,6 +478,18 @@ def test_resume_with_the_wrong_command_is_refused(tmp_path, capsys) -> None:
     assert "is a static run; use esper static" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["static", "heuristic", "ppo"])
+def test_a_data_dir_for_a_task_without_files_is_refused(tmp_path, capsys, command) -> None:
+    """It was ignored with a log line: a knob that did nothing."""
+    run = tmp_path / "run"
+    argv = [command, "--data-dir", str(tmp_path), "--out", str(run)]
+    argv += ["--preset", "tiny"] if command == "ppo" else ["--task", "digits"]
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reads no files; a data_dir is for fashion_mnist" in err, err
+    assert not run.exists()
+
+
 def test_out_pointing_at_a_file(tmp_path, capsys) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")

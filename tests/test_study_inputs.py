@@ -96,6 +96,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "arm 's' on text_lm: n_embd (5) must be divisible by n_head (4)"),
         (f'out = "o"\ntasks = ["text_lm"]\n{STATIC}width = 7\n',
          "arm 's' on text_lm: n_embd (7) must be divisible by n_head (4)"),
+        # A data_dir for a task that reads no files was ignored with a log line.
+        (f'{HEAD}{BUDGET}data_dir = "/data"\n{STATIC}',
+         "data_dir '/data': dataset 'synthetic' reads no files; a data_dir is for fashion_mnist"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,9 +13,10 @@ from esper.data.fashion_mnist import load_fashion_mnist
 from esper.data.small import load_digits, make_synthetic
 from esper.data.text import load_text
 
-logger = logging.getLogger(__name__)
-
 DATASET_NAMES = ("fashion_mnist", "cifar10", "digits", "text", "synthetic")
+
+FILE_DATASETS = ("fashion_mnist", "cifar10", "text")
+"""The datasets read from files, the only ones a ``data_dir`` means anything to."""
 
 
 def load_dataset(
@@ -34,8 +34,7 @@ def load_dataset(
             ``synthetic``.
         data_dir: For ``fashion_mnist`` and ``cifar10`` the directory holding the files; for
             ``text`` the text file (``None``: Python's bundled pydoc text). ``digits`` and
-            ``synthetic`` need no files; a ``data_dir`` given for them is ignored with a
-            warning.
+            ``synthetic`` read no files and refuse one.
         block_size: Context length for ``text``; ignored by the image datasets.
         download: Allow checksummed downloads (``fashion_mnist``, ``cifar10``).
         progress: Show download progress bars on stderr.
@@ -44,9 +43,10 @@ def load_dataset(
         The loaded ``Dataset``; image inputs in ``torch.channels_last`` (``images_channels_last``).
 
     Raises:
-        ValueError: Unknown ``name``.
+        ValueError: Unknown ``name``, or a ``data_dir`` for a dataset that reads no files.
         DatasetNotFoundError: The files are not found and could not be downloaded.
     """
+    check_data_dir(name, data_dir)
     if name == "fashion_mnist":
         data = load_fashion_mnist(data_dir, download=download, progress=progress)
     elif name == "cifar10":
@@ -54,10 +54,6 @@ def load_dataset(
     elif name == "text":
         data = load_text(data_dir, block_size)
     elif name in ("digits", "synthetic"):
-        if data_dir is not None:
-            # Not an error: a CLI may pass one --data-dir to every task (e.g. a demo falling
-            # back from Fashion-MNIST to digits); say so instead of ignoring it silently.
-            logger.warning("dataset %r needs no files; ignoring data_dir=%s", name, data_dir)
         data = load_digits() if name == "digits" else make_synthetic()
     else:
         raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
@@ -82,3 +78,17 @@ def images_channels_last(data: Dataset) -> Dataset:
         x_val=data.x_val.contiguous(memory_format=torch.channels_last),
         x_test=data.x_test.contiguous(memory_format=torch.channels_last),
     )
+
+
+def check_data_dir(name: str, data_dir: str | Path | None) -> None:
+    """A ``data_dir`` is only given for a dataset read from files (``FILE_DATASETS``): one
+    that would be ignored is a mistake to name, not a setting.
+
+    Raises:
+        ValueError: naming the dataset and the ones a data_dir is for.
+    """
+    if data_dir is not None and name not in FILE_DATASETS:
+        raise ValueError(
+            f"data_dir {str(data_dir)!r}: dataset {name!r} reads no files; a data_dir is "
+            f"for {', '.join(FILE_DATASETS)}"
+        )

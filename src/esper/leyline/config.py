@@ -146,7 +146,8 @@ class HostTraining:
             passes, as if the controller had chosen ADVANCE; a refusing gate leaves the seed
             where it is. Germinate, alpha target, prune and fossilize stay the controller's; a
             policy's or the random controller's ADVANCE is masked out (the op head keeps it).
-        data_dir: dataset directory or text file (None: the standard locations).
+        data_dir: dataset directory or text file (None: the standard locations); only for the
+            tasks whose dataset is read from files (Fashion-MNIST, CIFAR-10, text).
         download: whether a missing dataset may be downloaded.
     """
 

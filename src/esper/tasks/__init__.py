@@ -228,9 +228,13 @@ def resolve_training(training: HostTraining) -> HostTraining:
     """Fill the task's defaults into the unset fields of ``training`` (the one derivation).
 
     Raises:
-        ValueError: for an unknown task, naming the known ones.
+        ValueError: for an unknown task, naming the known ones; a ``data_dir`` for a task whose
+            dataset reads no files (``esper.data.registry.check_data_dir``).
     """
+    from esper.data.registry import check_data_dir  # torch: not at import time
+
     task = get_task(training.task)
+    check_data_dir(task.dataset, training.data_dir)
     lr = task.lr if training.lr is None else training.lr
     return replace(
         training,
