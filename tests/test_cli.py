@@ -490,6 +490,26 @@ def test_a_data_dir_for_a_task_without_files_is_refused(tmp_path, capsys, comman
     assert not run.exists()
 
 
+@pytest.mark.parametrize(
+    ("task", "preference", "message"),
+    [
+        ("text_lm_impaired", ["conv_light", "lora"], "names ['conv_light'], which the "
+         "transformer host of task 'text_lm_impaired' does not offer; it offers: norm, lora,"),
+        ("synthetic", ["mlp"], "names ['mlp'], which the cnn host of task 'synthetic' does not"),
+    ],
+)  # fmt: skip
+def test_a_preference_for_blueprints_the_host_lacks_is_refused(
+    tmp_path, capsys, task, preference, message
+) -> None:
+    """A preference naming only CNN blueprints on a transformer host ordered nothing."""
+    run = tmp_path / "run"
+    argv = ["heuristic", "--task", task, "--blueprint-preference", *preference]
+    assert main([*argv, "--out", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not run.exists()
+
+
 def test_out_pointing_at_a_file(tmp_path, capsys) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -24,9 +24,9 @@ from typing import Annotated, Any
 import torch
 import tyro
 
-from esper.kasmina import save_model
+from esper.kasmina import blueprint_registry, save_model
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
-from esper.leyline import SeedStage
+from esper.leyline import SeedStage, Topology
 from esper.leyline.config import (
     MAX_SEED,
     HostTraining,
@@ -64,7 +64,7 @@ from esper.tamiyo import (
     StaticController,
 )
 from esper.tamiyo.strategies import blueprint_sizes
-from esper.tasks import resolve_training
+from esper.tasks import TASKS, resolve_training
 from esper.tolaria.engine import evaluate
 from esper.tolaria.episode import Episode
 from esper.tolaria.flops import step_flops
@@ -130,6 +130,8 @@ def check_mode(mode: str, config: GrowthRun) -> None:
         raise UserError(f"{mode} runs take no periodic settings; they are for esper periodic")
     if mode != "heuristic" and config.heuristic != HeuristicConfig():
         raise UserError(f"{mode} runs take no heuristic settings; they are for esper heuristic")
+    if mode == "heuristic":
+        _check_preference(config.heuristic, config.training.task)
     if config.heuristic.needs_shapley and not config.training.shapley:
         raise UserError(
             f"strategy {config.heuristic.strategy!r} prunes by Shapley value: add --shapley"
@@ -142,6 +144,27 @@ def check_mode(mode: str, config: GrowthRun) -> None:
         given += ["knowledge"] * (config.knowledge is not None)
         if given:
             raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
+
+
+def _check_preference(heuristic: HeuristicConfig, task: str) -> None:
+    """A ``blueprint_preference`` set by hand names only blueprints the task's host offers: the
+    others would never be offered, so naming them orders nothing. (The default names both
+    topologies' blueprints, and is left alone.)
+
+    Raises:
+        UserError: naming the blueprints the host lacks and the ones it offers.
+    """
+    preference = heuristic.blueprint_preference
+    if preference == HeuristicConfig.blueprint_preference or task not in TASKS:
+        return  # an unknown task is refused where it is resolved
+    kind = TASKS[task].host_kind
+    offered = blueprint_registry.names(Topology(kind))
+    missing = [b for b in preference if b not in offered]
+    if missing:
+        raise UserError(
+            f"blueprint_preference names {missing}, which the {kind} host of task {task!r} "
+            f"does not offer; it offers: {', '.join(offered)}"
+        )
 
 
 @dataclass(frozen=True)
