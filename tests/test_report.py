@@ -224,7 +224,7 @@ def test_missing_values_render_as_a_dash(
     run = _copy(recorded_runs["heuristic"], tmp_path)
     summary = read_summary(run)
     assert summary is not None and summary.growth is not None and summary.growth.final
-    final = replace(summary.growth.final, val_loss=float("nan"))  # not finite: not measured
+    final = replace(summary.growth.final, val_loss=None)  # not finite: not measured
     growth = replace(summary.growth, best_val_accuracy=None, final=final)
     write_summary(run, replace(summary, growth=growth))
     (run / "meta.json").unlink()

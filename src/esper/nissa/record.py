@@ -46,7 +46,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from esper.leyline.config import decode, error_text, json_reason, optional_type
+from esper.leyline.config import (
+    MAX_COUNT,
+    MAX_SEED,
+    check_float,
+    check_int,
+    decode,
+    error_text,
+    json_reason,
+    optional_type,
+)
 from esper.leyline.files import (
     TEMP_MARKER,
     DiskFullError,
@@ -299,6 +308,29 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ summary.json
+# A summary's numbers are checked when it is read, so that a hand-edited or foreign file (a NaN
+# wall time, a negative seed, more epochs done than planned) is refused by every view instead
+# of shown or aggregated.
+
+_BIG = 2**63 - 1  # parameter counts and environment steps: any count an int64 holds
+
+
+def finite(value: float | None) -> float | None:
+    """``value``, or None when it is None or not finite (how a summary holds a NaN)."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _check_counts(record: Any, names: Sequence[str], high: int = _BIG) -> None:
+    for name in names:
+        check_int(name, getattr(record, name), 0, high)
+
+
+def _check_measures(record: Any, percents: Sequence[str], others: Sequence[str] = ()) -> None:
+    """Optional fields: accuracies in [0, 100], other measures finite and not negative."""
+    for name in (*percents, *others):
+        value = getattr(record, name)
+        if value is not None:
+            check_float(name, value, 0.0, 100.0 if name in percents else math.inf)
 
 
 @dataclass(frozen=True)
@@ -309,6 +341,9 @@ class FinalMetrics:
     train_accuracy: float | None
     val_loss: float | None
     val_accuracy: float | None
+
+    def __post_init__(self) -> None:
+        _check_measures(self, ("train_accuracy", "val_accuracy"), ("train_loss", "val_loss"))
 
 
 @dataclass(frozen=True)
@@ -326,6 +361,9 @@ class TestMetrics:
     final_accuracy: float | None
     best_loss: float | None
     best_accuracy: float | None
+
+    def __post_init__(self) -> None:
+        _check_measures(self, ("final_accuracy", "best_accuracy"), ("final_loss", "best_loss"))
 
 
 @dataclass(frozen=True)
@@ -376,6 +414,13 @@ class GrowthSummary:
     seeds: tuple[SeedSummary, ...]
     test: TestMetrics | None
 
+    def __post_init__(self) -> None:
+        _check_counts(self, ("epochs_planned",), MAX_COUNT)
+        _check_counts(self, ("epochs_completed",), self.epochs_planned)
+        _check_counts(self, ("param_count", "host_param_count", "peak_param_count"))
+        _check_counts(self, ("fossilized", "pruned"))
+        _check_measures(self, ("best_val_accuracy",), ("train_flops",))
+
 
 @dataclass(frozen=True)
 class PPOSummary:
@@ -396,6 +441,17 @@ class PPOSummary:
     final_mean_return: float | None
     best_mean_return: float | None
     final_mean_accuracy: float | None
+
+    def __post_init__(self) -> None:
+        _check_counts(self, ("rounds_planned",), MAX_COUNT)
+        _check_counts(self, ("rounds_completed",), self.rounds_planned)
+        if self.env_steps is not None:
+            _check_counts(self, ("env_steps",))
+        _check_measures(self, ("final_mean_accuracy",))
+        for name in ("final_mean_return", "best_mean_return"):  # returns may be negative
+            value = getattr(self, name)
+            if value is not None:
+                check_float(name, value, -math.inf, math.inf)
 
 
 @dataclass(frozen=True)
@@ -431,6 +487,8 @@ class RunSummary:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if (self.status == "failed") != (self.failure is not None):
             raise ValueError("a failure message belongs to exactly the failed runs")
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_float("wall_seconds", self.wall_seconds, 0.0, math.inf)
         ppo = self.mode == PPO_MODE
         if (self.ppo is not None) != ppo or (self.growth is not None) == ppo:
             section = "ppo" if ppo else "growth"

@@ -408,7 +408,10 @@ class GrowthRunner:
             best = model_from_bytes(self.best, "the best-validation model", data.x_test.device)
             best_loss, best_accuracy = evaluate(best, data.x_test, data.y_test)
         return record.TestMetrics(
-            _finite(final_loss), _finite(final_accuracy), _finite(best_loss), _finite(best_accuracy)
+            record.finite(final_loss),
+            record.finite(final_accuracy),
+            record.finite(best_loss),
+            record.finite(best_accuracy),
         )
 
     def _finish(self, status: str) -> None:
@@ -442,10 +445,10 @@ class GrowthRunner:
             None
             if last is None
             else record.FinalMetrics(
-                _finite(last.train_loss),
-                _finite(last.train_accuracy),
-                _finite(last.val_loss),
-                _finite(last.val_accuracy),
+                record.finite(last.train_loss),
+                record.finite(last.train_accuracy),
+                record.finite(last.val_loss),
+                record.finite(last.val_accuracy),
             )
         )
         growth = record.GrowthSummary(
@@ -474,10 +477,6 @@ class GrowthRunner:
 def _warn(message: str) -> None:
     """A knowledge store that failed: a warning, never the run's failure."""
     logger.warning("%s", message)
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None else value if math.isfinite(value) else None
 
 
 def _resolved(training: HostTraining) -> HostTraining:
