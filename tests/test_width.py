@@ -187,10 +187,11 @@ def test_the_impaired_digits_task_has_the_impaired_host() -> None:
 HAVE = 2**20  # a machine with 1 MiB, for the tests below
 
 
-def _widest(envs: int) -> int:
-    """The widest synthetic host whose training state (8 float32 copies of its parameters, per
-    environment) fits ``HAVE``, from the closed form."""
-    return max(w for w in range(1, 200) if synthetic_params(w) * 4 * 8 * envs <= HAVE)
+def _widest(envs: int | None) -> int:
+    """The widest synthetic host whose peak (25 float32 copies of its parameters for a growth
+    run, ``envs`` None; 11 per PPO environment) fits ``HAVE``, from the closed form."""
+    copies = 25 if envs is None else 11 * envs
+    return max(w for w in range(1, 200) if synthetic_params(w) * 4 * copies <= HAVE)
 
 
 @pytest.mark.parametrize("command", ["static", "ppo"])
@@ -200,9 +201,9 @@ def test_a_width_that_cannot_fit_is_refused_up_front(
     """Building such a host ran out of memory with a traceback (or swapped for minutes); the
     refusal names the widest host that fits, and nothing is written."""
     monkeypatch.setattr("esper.study.run.memory_bytes", lambda: HAVE)
-    envs = 1 if command == "static" else 3
+    envs = None if command == "static" else 3
     widest = _widest(envs)
-    assert widest == (18 if envs == 1 else 10)  # 32 (90w^2 + 57w + 4) <= 2^20 (/ 3)
+    assert widest == (10 if envs is None else 9)  # 100 or 132 (90w^2 + 57w + 4) <= 2^20
     args = ["--task", "synthetic"] if command == "static" else ["--preset", "tiny"]
     if command == "ppo":
         args += ["--task", "synthetic", "--ppo.n-envs", "3"]
@@ -210,7 +211,8 @@ def test_a_width_that_cannot_fit_is_refused_up_front(
     assert main([command, *args, "--width", str(widest + 1), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"use --width {widest} or less" in err[0], err
-    assert f"width {widest + 1} does not fit: {envs} environment(s)" in err[0]
+    who = "a run of this host needs" if envs is None else "3 environment(s) of it need"
+    assert f"width {widest + 1} does not fit: {who} " in err[0]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -219,7 +221,7 @@ def test_the_widest_host_that_fits_is_accepted(monkeypatch: pytest.MonkeyPatch) 
     from esper.study.run import check_fits
 
     monkeypatch.setattr("esper.study.run.memory_bytes", lambda: HAVE)
-    training = resolve_training(HostTraining(task="synthetic", width=_widest(1)))
+    training = resolve_training(HostTraining(task="synthetic", width=_widest(None)))
     check_fits(training, SYNTHETIC)
-    with pytest.raises(UserError, match="use --width 18 or less"):
-        check_fits(resolve_training(HostTraining(task="synthetic", width=19)), SYNTHETIC)
+    with pytest.raises(UserError, match="use --width 10 or less"):
+        check_fits(resolve_training(HostTraining(task="synthetic", width=11)), SYNTHETIC)
