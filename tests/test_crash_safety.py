@@ -416,6 +416,28 @@ def test_a_plain_keyboard_interrupt_in_a_round_is_a_stop(tmp_path, capsys, monke
     assert summary is not None and summary.status == "interrupted"
 
 
+def test_sigterm_while_ray_starts_ends_as_a_stop(tmp_path, capsys, monkeypatch) -> None:
+    """``ray.init`` puts its own SIGTERM handler in place while it starts, which exits with
+    status 15 and no word; the signal is sent the moment Ray installs it."""
+    import ray
+    import ray._private.utils as ray_utils
+
+    assert not ray.is_initialized()
+    install = ray_utils.set_sigterm_handler
+
+    def install_then_signal(handler: Any) -> None:
+        install(handler)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ray_utils, "set_sigterm_handler", install_then_signal)
+    out = tmp_path / "run"
+    assert main(["ppo", "--preset", "tiny", "--workers", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "esper: interrupted", err
+    assert not out.exists() and not ray.is_initialized()
+    assert signal.getsignal(signal.SIGTERM).__module__ == "esper.study.run"  # not Ray's
+
+
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -479,9 +479,22 @@ def _leave_running() -> None:
 
 def init_ray(**settings: Any) -> None:
     """``ray.init`` without the dashboard and Ray's INFO lines, keeping this process's SIGTERM
-    handler (Ray replaces it with an exit; Esper's stops the run at a checkpoint)."""
+    handler (Ray replaces it with an exit; Esper's stops the run at a checkpoint).
+
+    Raises:
+        KeyboardInterrupt: SIGTERM arrived while Ray started (its handler, in place until
+            ``ray.init`` returns, exits with status 15 and no word); Ray is shut down again,
+            and the command ends as a Ctrl-C would.
+    """
     import ray
 
     sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(include_dashboard=False, logging_level=logging.ERROR, **settings)
-    signal.signal(signal.SIGTERM, sigterm)
+    try:
+        ray.init(include_dashboard=False, logging_level=logging.ERROR, **settings)
+    except SystemExit as err:
+        if err.code != signal.SIGTERM:
+            raise
+        ray.shutdown()
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
