@@ -171,6 +171,25 @@ def test_a_config_with_an_integer_too_long_to_read_is_one_line(tmp_path, capsys,
     assert "sys.set_int_max_str_digits" not in err and not run.exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # the value was shown as Python's repr: "datetime.datetime(1979, 5, 27, 7, 32, t..."
+        ("epochs = 1979-05-27T07:32:00Z", "got 1979-05-27T07:32:00+00:00 (a TOML date or time)"),
+        ("epochs = 07:32:00", "got 07:32:00 (a TOML date or time)"),
+        # an empty data_dir was taken for the current directory ('.')
+        ('data_dir = ""', "data_dir must be a path or null, got ''"),
+    ],
+)
+def test_a_config_value_is_shown_as_written(tmp_path, capsys, text, message) -> None:
+    conf, run = tmp_path / "c.toml", tmp_path / "run"
+    conf.write_text(f'[training]\ntask = "fashion_mnist"\n{text}\n')
+    assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not run.exists()
+
+
 def test_a_hexadecimal_integer_too_long_to_write_out_is_one_line(tmp_path, capsys) -> None:
     """TOML reads 0x... at any length, and the error then could not show it (Python's advice)."""
     conf, run = tmp_path / "c.toml", tmp_path / "run"

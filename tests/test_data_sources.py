@@ -261,6 +261,16 @@ def test_explicit_data_dir_does_not_fall_back_silently(
     assert str(tmp_path / "env") not in str(info.value)
 
 
+def test_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    """It was "[Errno 20] Not a directory: 'f/fashion-mnist'" (from the download's mkdir)."""
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(afile, download=True)
+    assert str(info.value).startswith(f"fashion-mnist: data_dir {str(afile)!r} is a file; give")
+    assert afile.read_text() == "x"
+
+
 def test_explicit_data_dir_downloads_into_itself(
     server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,7 +73,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (f"{HEAD}{STATIC}[task_budgets.synthetic]\nthreads = 2\n",
          "task_budgets.synthetic may not set threads"),
         (f"{HEAD}{STATIC}[task_budgets.synthetic]\nepoch = 2\n",
-         "task_budgets.synthetic: unknown key(s) ['epoch']"),
+         "task_budgets.synthetic: unknown key(s) ['epoch']; accepted: epochs, batch_size,"),
+        # the accepted keys named task and threads, which a budget may not set
+        (f"{HEAD}{BUDGET}bogus = 1\n{STATIC}", "budget: unknown key(s) ['bogus']; accepted: "
+         "epochs, batch_size, batches_per_epoch, val_samples, lr, seed_lr, weight_decay, "
+         "precision, slots, width, shapley, auto_advance, data_dir, download"),
         (f"{HEAD}{STATIC}[task_budgets.digits]\nepochs = 2\n",
          "task_budgets name tasks ['digits'] the study lacks; tasks: ['synthetic']"),
         # A repeated training seed planned one PPO run twice into one directory.

@@ -86,11 +86,17 @@ def find_dataset_dir(
         The directory holding the required files.
 
     Raises:
-        DatasetNotFoundError: No searched directory holds the files and the download was not
-            allowed or failed (the ``DownloadError`` is then the cause); the message lists
-            every place searched and what to do.
+        DatasetNotFoundError: ``data_dir`` is a file; or no searched directory holds the files
+            and the download was not allowed or failed (the ``DownloadError`` is then the
+            cause); the message lists every place searched and what to do.
     """
     searched: list[Path] = []
+    given = None if data_dir is None else Path(data_dir).expanduser()
+    if given is not None and given.exists() and not given.is_dir():
+        raise DatasetNotFoundError(
+            f"{files.name}: data_dir {str(given)!r} is a file; give the folder holding "
+            f"{', '.join(files.required)} (or its parent)"
+        )
 
     def first_complete(bases: Sequence[Path]) -> Path | None:
         for base in bases:

@@ -11,6 +11,7 @@ a config file and a hand-edited ``config.json`` fail with the same one-line mess
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -80,6 +81,8 @@ def quoted(value: object, limit: int = 40, as_json: bool = False) -> str:
     config file's), cut to its first ``limit`` characters when longer (a 4,000-digit number or
     a pasted file as a flag's value), the length counted in the value's characters (a
     string's, a number's digits)."""
+    if isinstance(value, datetime.date | datetime.time):  # a TOML date, time or date-time
+        return f"{value.isoformat()} (a TOML date or time)"
     try:
         text = json.dumps(value, default=repr) if as_json else repr(value)
     except ValueError as err:  # an integer too long to write out in decimal
@@ -196,8 +199,8 @@ class HostTraining:
         check_bool("auto_advance", self.auto_advance)
         check_bool("download", self.download)
         require(
-            self.data_dir is None or isinstance(self.data_dir, str),
-            f"data_dir must be a path or null, got {self.data_dir!r}",
+            self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""),
+            f"data_dir must be a path or null, got {quoted(self.data_dir)}",
         )
 
     @property

@@ -334,7 +334,10 @@ class StudySpec:
                 "threads" not in budget,
                 f"{where} may not set threads: resources.cpus sets every trial's threads",
             )
-            try:  # unknown keys and bad values fail now
+            keys = [f.name for f in fields(HostTraining) if f.name not in ("task", "threads")]
+            extra = sorted(k for k in budget if k not in keys)
+            require(not extra, f"{where}: unknown key(s) {extra}; accepted: {', '.join(keys)}")
+            try:  # bad values fail now
                 override(HostTraining("synthetic"), budget)
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
