@@ -226,7 +226,9 @@ def test_a_foreign_or_unknown_checkpoint_is_refused(tmp_path: Path) -> None:
     _committed(tmp_path, 4)
     with pytest.raises(RunRecordError) as caught:
         load_checkpoint(tmp_path, "run-b")
-    assert "belongs to run 'run-a', not 'run-b'" in _one_line(caught.value)
+    line = _one_line(caught.value)
+    assert "belongs to run 'run-a', not 'run-b'" in line
+    assert "not 'run-b' (the run meta.json names): the checkpoint or meta.json" in line
     # A checkpoint of another run copied in, pointer and all, is refused the same way.
     other = tmp_path / "other"
     other.mkdir()

@@ -871,7 +871,8 @@ def _check_manifest(body: dict[str, Any], path: Path, run_id: str, step: int) ->
     if body.get("run_id") != run_id:
         raise RunRecordError(
             f"checkpoint {str(path.parent)!r} belongs to run {body.get('run_id')!r}, "
-            f"not {run_id!r}: refusing a foreign checkpoint"
+            f"not {run_id!r} (the run {META_FILE} names): the checkpoint or {META_FILE} comes "
+            "from another run"
         )
     table = body.get("files")
     entries = list(table.values()) if isinstance(table, dict) and table else []
