@@ -151,13 +151,14 @@ def load_data(training: HostTraining) -> Dataset:
 
 
 RUN_COPIES = 25
-"""Float32 copies of a host's parameters a growth run's peak memory holds: the weights, their
-gradients, AdamW's two moments, the governor's snapshot, the best epoch's model, the initial
-model, and the checkpoint's state serialised in memory when it commits. Measured: ``esper
+"""A growth run's peak memory in float32 copies of its host's parameters. Measured: ``esper
 heuristic --task text_lm --epochs 2 --batches-per-epoch 2 --val-samples 64`` peaked at 4.09 GiB
 of resident memory at ``--width 1024`` (145 MiB per copy) and 0.54 GiB at ``--width 64``: 25
-copies (``static``: 24). Counting the training state alone (8) passed ``--width 4096``, which
-then swapped."""
+copies (``static``: 24). Training holds about 10 (the weights, their gradients, AdamW's two
+moments, the governor's snapshot, the best epoch's model); the peak comes after it, when the
+test split is evaluated in one batch, whose activations grow only linearly with the width, so
+the rule refuses some wider transformers that would fit. Counting the training state alone (8)
+passed ``--width 4096``, which then swapped."""
 
 ENV_COPIES = 11
 """The same per PPO environment (no host checkpoint; activations included): ``esper ppo --task
