@@ -240,7 +240,8 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.width": (8, {}, env_probe),
     "env.shapley": (True, {"env": {"epochs": 8}}, blending_probe),
     "env.auto_advance": (True, {}, env_probe),  # the germinated seed trains at once
-    "env.data_dir": ("/somewhere/else", {}, loader_probe),
+    # only a dataset read from files takes a data_dir (synthetic refuses one)
+    "env.data_dir": ("/somewhere/else", {"env": {"task": "fashion_mnist_impaired"}}, loader_probe),
     "env.download": (False, {}, loader_probe),
     "policy.hidden": (8, {}, policy_probe),
     "policy.lstm_hidden": (8, {}, policy_probe),
