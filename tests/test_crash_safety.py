@@ -354,7 +354,12 @@ def test_ctrl_c_while_the_command_loads_exits_quietly(tmp_path) -> None:
     of the command exists: a Ctrl-C then printed a KeyboardInterrupt traceback."""
     out = tmp_path / "run"
     proc = _tiny_run(out)
-    time.sleep(0.3)  # the interpreter is up and importing
+    # torch's library is being mapped: the command's modules are loading (a fixed sleep could
+    # land before the interpreter's own start-up ended, on a loaded machine)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "torch never loaded"
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
