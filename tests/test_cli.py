@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, main
-from esper.leyline.config import read_config_file
+from esper.leyline.config import HostTraining, read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
 from esper.study.growth import EpochRow
@@ -512,21 +512,34 @@ def test_a_data_dir_for_a_task_without_files_is_refused(tmp_path, capsys, comman
 @pytest.mark.parametrize(
     ("task", "preference", "message"),
     [
-        ("text_lm_impaired", ["conv_light", "lora"], "names ['conv_light'], which the "
-         "transformer host of task 'text_lm_impaired' does not offer; it offers: norm, lora,"),
-        ("synthetic", ["mlp"], "names ['mlp'], which the cnn host of task 'synthetic' does not"),
+        ("text_lm_impaired", ["conv_light", "depthwise"], "['conv_light', 'depthwise'] names "
+         "none of the blueprints the transformer host of task 'text_lm_impaired' offers: norm,"),
+        ("synthetic", ["mlp", "lora"], "names none of the blueprints the cnn host of task "
+         "'synthetic' offers: norm, attention, depthwise"),
     ],
 )  # fmt: skip
 def test_a_preference_for_blueprints_the_host_lacks_is_refused(
     tmp_path, capsys, task, preference, message
 ) -> None:
-    """A preference naming only CNN blueprints on a transformer host ordered nothing."""
+    """A preference naming only CNN blueprints on a transformer host ordered nothing. (One
+    naming some of the host's, as the default does for either kind, is kept.)"""
     run = tmp_path / "run"
     argv = ["heuristic", "--task", task, "--blueprint-preference", *preference]
     assert main([*argv, "--out", str(run)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not run.exists()
+
+
+def test_a_preference_naming_other_hosts_blueprints_too_is_kept() -> None:
+    """One list may serve CNN and transformer tasks (the default names both kinds')."""
+    from esper.study.growth import GrowthRun, check_mode
+    from esper.tamiyo import HeuristicConfig
+
+    mixed = HeuristicConfig(blueprint_preference=("lora", "mlp", "norm", "conv_light"))
+    for task in ("synthetic", "text_lm_impaired"):
+        config = GrowthRun(HostTraining(task), heuristic=mixed)
+        check_mode("heuristic", config)  # no UserError
 
 
 def test_out_pointing_at_a_file(tmp_path, capsys) -> None:

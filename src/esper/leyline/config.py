@@ -84,13 +84,18 @@ def quoted(value: object, limit: int = 40, as_json: bool = False) -> str:
     if isinstance(value, datetime.date | datetime.time):  # a TOML date, time or date-time
         return f"{value.isoformat()} (a TOML date or time)"
     try:
-        text = json.dumps(value, default=repr) if as_json else repr(value)
+        text = json.dumps(value, default=_written) if as_json else repr(value)
     except ValueError as err:  # an integer too long to write out in decimal
         return error_text(err)
     if len(text) <= limit:
         return text
     size = len(value) if isinstance(value, str) else len(text)
     return f"{text[:limit]}... ({size} characters)"
+
+
+def _written(value: object) -> str:
+    """A value JSON cannot write, as text: a TOML date or time as ISO 8601, else its repr."""
+    return value.isoformat() if isinstance(value, datetime.date | datetime.time) else repr(value)
 
 
 def require(ok: bool, message: str) -> None:

@@ -492,6 +492,7 @@ def init_ray(**settings: Any) -> None:
     try:
         ray.init(include_dashboard=False, logging_level=logging.ERROR, **settings)
     except SystemExit as err:
+        signal.signal(signal.SIGTERM, sigterm)  # before the shutdown: a second SIGTERM is ours
         if err.code != signal.SIGTERM:
             raise
         ray.shutdown()

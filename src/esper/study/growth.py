@@ -147,23 +147,22 @@ def check_mode(mode: str, config: GrowthRun) -> None:
 
 
 def _check_preference(heuristic: HeuristicConfig, task: str) -> None:
-    """A ``blueprint_preference`` set by hand names only blueprints the task's host offers: the
-    others would never be offered, so naming them orders nothing. (The default names both
-    topologies' blueprints, and is left alone.)
+    """A ``blueprint_preference`` names at least one blueprint the task's host offers: else it
+    orders nothing. (Naming others too is allowed: one list may serve CNN and transformer tasks,
+    as the default does.)
 
     Raises:
-        UserError: naming the blueprints the host lacks and the ones it offers.
+        UserError: naming the host's blueprints.
     """
-    preference = heuristic.blueprint_preference
-    if preference == HeuristicConfig.blueprint_preference or task not in TASKS:
+    if task not in TASKS:
         return  # an unknown task is refused where it is resolved
     kind = TASKS[task].host_kind
     offered = blueprint_registry.names(Topology(kind))
-    missing = [b for b in preference if b not in offered]
-    if missing:
+    preference = heuristic.blueprint_preference
+    if not any(b in offered for b in preference):
         raise UserError(
-            f"blueprint_preference names {missing}, which the {kind} host of task {task!r} "
-            f"does not offer; it offers: {', '.join(offered)}"
+            f"blueprint_preference {list(preference)} names none of the blueprints the {kind} "
+            f"host of task {task!r} offers: {', '.join(offered)}"
         )
 
 

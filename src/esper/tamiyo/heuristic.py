@@ -93,8 +93,8 @@ class HeuristicConfig:
             episode; the default is ``MIN_LIFECYCLE_EPOCHS``, below which a seed cannot finish.
         blueprint_preference: the order the selector is offered the blueprints in (the
             rotation's order; a bandit's order for untried arms and ties); offered blueprints
-            not named here follow in registry order. Set by hand, it may name only the
-            blueprints of the task's host (``esper heuristic`` refuses the others). Capacity
+            not named here follow in registry order. It must name at least one blueprint of
+            the task's host (``esper heuristic`` refuses a list that orders nothing). Capacity
             first: convolutions and MLPs add new features, while attention (channel gating) and
             norm only rescale the host's own.
         selector: how the blueprint is chosen (``esper.tamiyo.selectors.SELECTORS``):
