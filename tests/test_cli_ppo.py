@@ -160,6 +160,28 @@ def test_eval_config_round_trips_and_a_resume_keeps_its_policy(
     assert "now at round 2; start a new eval" in capsys.readouterr().err
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+    reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_an_eval_on_another_dataset_does_not_take_the_policys_data_dir(tmp_path, capsys) -> None:
+    """The policy's Fashion-MNIST folder became a digits eval's data_dir, which is refused
+    (review); an eval on the policy's own dataset keeps it."""
+    run = tmp_path / "ppo"
+    tiny = ["--epochs", "2", "--batches-per-epoch", "2", "--val-samples", "128"]
+    ppo = ["ppo", "--preset", "tiny", "--task", "fashion_mnist_impaired", "--ppo.n-envs", "1"]
+    ppo += ["--ppo.rounds", "1", "--data-dir", str(FASHION), *tiny]
+    assert main([*ppo, "--out", str(run)]) == 0
+    for task, data_dir in (("digits_impaired", None), ("fashion_mnist_impaired", str(FASHION))):
+        out = tmp_path / task
+        args = ["eval", "--policy", str(run), "--task", task, *tiny, "--out", str(out)]
+        assert main(args) == 0, capsys.readouterr().err
+        assert json.loads((out / "config.json").read_text())["training"]["data_dir"] == data_dir
+
+
 def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["eval", "--help"])

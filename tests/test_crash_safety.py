@@ -722,3 +722,39 @@ def test_a_ppo_resume_refuses_an_edited_config_but_more_rounds(tmp_path, capsys)
     (run / "config.json").write_text(json.dumps(more))
     assert main(["ppo", "--resume", str(run)]) == 0  # it trains on
     assert len((run / "rounds.csv").read_text().splitlines()) == 3  # header and two rounds
+
+
+def _recorded_data_dir(run: Path, section: str, in_state: bool) -> None:
+    """Make ``run`` look written by an Esper that ignored a data_dir for a task without files:
+    its config.json (and with ``in_state`` its checkpoint's configuration) records one."""
+    config = json.loads((run / "config.json").read_text())
+    config[section]["data_dir"] = "/old/data"
+    (run / "config.json").write_text(json.dumps(config))
+    if not in_state:
+        return
+    meta = record.read_meta(run)
+    assert meta is not None
+    checkpoint = record.load_checkpoint(run, meta.run_id)
+    state = torch.load(io.BytesIO(checkpoint.files["state.pt"]), weights_only=True)
+    state["config"][section]["data_dir"] = "/old/data"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    files = {**checkpoint.files, "state.pt": buffer.getvalue()}
+    latest = _latest(run)  # re-signed in place: the step stays the state's
+    (latest / "state.pt").write_bytes(files["state.pt"])
+    manifest = record._manifest_bytes(meta.run_id, checkpoint.step, files)
+    (latest / record.MANIFEST_FILE).write_bytes(manifest)
+
+
+def test_a_run_recorded_with_a_stray_data_dir_still_resumes(run_copy, tmp_path) -> None:
+    """Synthetic and digits now refuse a data_dir; one recorded by an Esper that ignored it is
+    dropped on resume instead of making the run unresumable (review)."""
+    _recorded_data_dir(run_copy, "training", in_state=False)
+    assert main(["heuristic", "--resume", str(run_copy)]) == 0
+    ppo = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(ppo)]) == 0
+    (ppo / "summary.json").unlink()
+    _recorded_data_dir(ppo, "env", in_state=True)
+    assert main(["ppo", "--resume", str(ppo)]) == 0
+    summary = record.read_summary(ppo)
+    assert summary is not None and summary.status == "completed"

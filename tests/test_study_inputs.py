@@ -101,14 +101,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (f'out = "o"\ntasks = ["text_lm"]\n{STATIC}width = 7\n',
          "arm 's' on text_lm: n_embd (7) must be divisible by n_head (4)"),
         # A data_dir for a task that reads no files was ignored with a log line.
-        (f'{HEAD}{BUDGET}data_dir = "/data"\n{STATIC}',
-         "data_dir '/data': dataset 'synthetic' reads no files; a data_dir is for fashion_mnist"),
+        (f'{HEAD}{BUDGET}data_dir = "/data"\n{STATIC}', "budget.data_dir reaches task "
+         "'synthetic', whose dataset reads no files; set data_dir in the [task_budgets.TASK]"),
+        (f'{HEAD}{STATIC}[task_budgets.synthetic]\ndata_dir = "/data"\n',
+         "task_budgets.synthetic.data_dir reaches task 'synthetic', whose dataset reads no"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):
     path = _study(tmp_path, body)
     assert message in _bad(capsys, ["study", str(path)])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_data_dir_set_per_task_that_reads_files_is_taken(tmp_path):
+    body = 'out = "o"\ntasks = ["synthetic", "fashion_mnist_impaired"]\n' + STATIC
+    spec, _ = read_study(_study(tmp_path, f'{body}[task_budgets.fashion_mnist_impaired]\n'
+                                          'data_dir = "/data"\n'))  # fmt: skip
+    assert spec.task_budgets == {"fashion_mnist_impaired": {"data_dir": "/data"}}
 
 
 def test_partial_resources_table_keeps_the_other_default(tmp_path):

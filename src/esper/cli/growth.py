@@ -14,7 +14,7 @@ from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.run import Stop, check_recorded_mode, ppo_state
-from esper.tasks import TASKS, get_task
+from esper.tasks import TASKS, get_task, without_stray_data_dir
 
 
 def _policy_facing(training: HostTraining) -> dict[str, str]:
@@ -48,7 +48,7 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
-        return config, None
+        return replace(config, training=without_stray_data_dir(config.training)), None
     base, policy = None, None
     if mode == "eval" and not {"-h", "--help"} & set(argv):
         policy = policy_arg(argv, options)
@@ -61,8 +61,21 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     config = growth_config(mode, argv, options, base)
     if policy is None or base is None:
         return config, None
+    config = replace(config, training=_own_data_dir(base, config.training))
     note = _policy_note(base, config.training)
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
+
+
+def _own_data_dir(trained_with: HostTraining, running_with: HostTraining) -> HostTraining:
+    """An eval on a task of another dataset than its policy's does not take the policy's
+    ``data_dir`` (a Fashion-MNIST folder means nothing to digits or CIFAR-10); one given to the
+    eval itself is kept (and checked)."""
+    task, was = running_with.task, trained_with.task
+    if running_with.data_dir != trained_with.data_dir or task not in TASKS or was not in TASKS:
+        return running_with
+    if TASKS[task].dataset == TASKS[was].dataset:
+        return running_with
+    return replace(running_with, data_dir=None)
 
 
 def _policy_note(trained_with: HostTraining, running_with: HostTraining) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from esper.cli.config import (
@@ -22,6 +23,7 @@ from esper.nissa.log import display, percent
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.study.ppo import PPORunner, start_workers
 from esper.study.run import EXIT_FAILED, Stop, check_recorded_mode
+from esper.tasks import without_stray_data_dir
 
 
 def _preset(argv: list[str]) -> tuple[str, list[str]]:
@@ -51,7 +53,7 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             check_recorded_mode(options.resume, "ppo")
             data = record.read_config(options.resume)
             config: TrainingConfig = override(TrainingConfig(), data)
-            return config.resolved()
+            return replace(config, env=without_stray_data_dir(config.env)).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
         description = f"{RUN_COMMANDS['ppo']}; --preset NAME first: {', '.join(PRESETS)}"

@@ -341,7 +341,24 @@ class StudySpec:
                 override(HostTraining("synthetic"), budget)
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
+        self._check_data_dirs()
         self._check_hosts()
+
+    def _check_data_dirs(self) -> None:
+        """A ``data_dir`` reaches only tasks whose dataset is read from files (the others refuse
+        one): a study of both kinds sets it per task."""
+        from esper.data.registry import FILE_DATASETS  # torch: only when a study is read
+
+        for task in self.tasks:
+            if get_task(task).dataset in FILE_DATASETS:
+                continue
+            own = f"task_budgets.{task}" if "data_dir" in self.task_budgets.get(task, {}) else None
+            where = own or ("budget" if "data_dir" in self.budget else None)
+            require(
+                where is None,
+                f"{where}.data_dir reaches task {task!r}, whose dataset reads no files; set "
+                f"data_dir in the [task_budgets.TASK] table of each task that reads files",
+            )
 
     def _check_hosts(self) -> None:
         """Every trial's host width and slots suit its task's host (a transformer's width a

@@ -37,6 +37,7 @@ from esper.study.run import (
     load_data,
     set_threads,
 )
+from esper.tasks import without_stray_data_dir
 
 
 class PPORunner:
@@ -87,7 +88,8 @@ class PPORunner:
         where = f"cannot resume {str(self.recorder.directory)!r}"
         try:
             check_resumable(state)
-            ran = config_dict(override(TrainingConfig(), state["config"]))
+            ran_with = override(TrainingConfig(), state["config"])
+            ran = config_dict(replace(ran_with, env=without_stray_data_dir(ran_with.env)))
         except (KeyError, ValueError, TypeError) as err:  # ValueError: formats too
             raise UserError(f"{where}: {err}") from err
         check_same_config(self.recorder.directory, ran, config_dict(self.trainer.config))

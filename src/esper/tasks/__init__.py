@@ -247,6 +247,19 @@ def resolve_training(training: HostTraining) -> HostTraining:
     )
 
 
+def without_stray_data_dir(training: HostTraining) -> HostTraining:
+    """``training`` without a ``data_dir`` its task's dataset cannot read, as recorded by an
+    Esper that ignored one (before ``check_data_dir`` refused it): a run it wrote resumes as it
+    ran. A new run's ``data_dir`` is never dropped, but refused by ``resolve_training``."""
+    from esper.data.registry import FILE_DATASETS  # torch: not at import time
+
+    if training.data_dir is None or training.task not in TASKS:
+        return training
+    if TASKS[training.task].dataset in FILE_DATASETS:
+        return training
+    return replace(training, data_dir=None)
+
+
 def host_param_count(task: str, data: Dataset, width: int | None) -> int:
     """Parameters of ``task``'s host for ``data`` at ``width`` (``None``: the task's), no seeds.
 
