@@ -342,3 +342,25 @@ def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     assert main([*args, "--policy", str(run / "rounds.csv")]) == 2
     assert "is not an Esper PPO run directory" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_round_without_finite_returns_leaves_them_out_of_the_summary(
+    tmp_path, monkeypatch
+) -> None:
+    """A summary holds no NaN (its range checks refuse one): a round whose mean return and
+    accuracy were not finite is summarised as not measured, not as a crash at the run's end."""
+    original = PPOTrainer.run_round
+
+    def not_finite(self: PPOTrainer):
+        result = original(self)
+        nan = float("nan")
+        stats = replace(result.stats, mean_return=nan, mean_final_accuracy=nan)
+        return replace(result, stats=stats)
+
+    monkeypatch.setattr(PPOTrainer, "run_round", not_finite)
+    run = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(run)]) == 0
+    summary = record.read_summary(run)
+    assert summary is not None and summary.ppo is not None
+    ppo = summary.ppo
+    assert (ppo.final_mean_return, ppo.best_mean_return, ppo.final_mean_accuracy) == (None,) * 3
