@@ -55,9 +55,18 @@ def cache_dir(name: str) -> Path:
 def _search_bases(
     files: DatasetFiles, data_dir: str | Path | None
 ) -> tuple[list[Path], Path, bool]:
-    """Where to look, in order; where a download goes; whether the directory was given."""
+    """Where to look, in order; where a download goes; whether the directory was given.
+
+    Raises:
+        DatasetNotFoundError: the given ``data_dir`` is a file.
+    """
     if data_dir is not None:
         root = Path(data_dir).expanduser()
+        if root.exists() and not root.is_dir():
+            raise DatasetNotFoundError(
+                f"{files.name}: data_dir {str(root)!r} is a file; give the folder holding "
+                f"{', '.join(files.required)} (or its parent)"
+            )
         return [root / files.name, root], root / files.name, True
     env = os.environ.get(DATA_DIR_ENV, "")
     bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
@@ -91,12 +100,6 @@ def find_dataset_dir(
             cause); the message lists every place searched and what to do.
     """
     searched: list[Path] = []
-    given = None if data_dir is None else Path(data_dir).expanduser()
-    if given is not None and given.exists() and not given.is_dir():
-        raise DatasetNotFoundError(
-            f"{files.name}: data_dir {str(given)!r} is a file; give the folder holding "
-            f"{', '.join(files.required)} (or its parent)"
-        )
 
     def first_complete(bases: Sequence[Path]) -> Path | None:
         for base in bases:

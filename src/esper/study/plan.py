@@ -56,7 +56,7 @@ from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.growth import GrowthRun
 from esper.study.run import ppo_state
 from esper.tamiyo import HeuristicConfig, PeriodicConfig
-from esper.tasks import get_task, resolve_training
+from esper.tasks import get_task, reads_files, resolve_training
 
 Controller = Literal["static", "static-matched", "heuristic", "random", "periodic", "ppo"]
 
@@ -347,10 +347,8 @@ class StudySpec:
     def _check_data_dirs(self) -> None:
         """A ``data_dir`` reaches only tasks whose dataset is read from files (the others refuse
         one): a study of both kinds sets it per task."""
-        from esper.data.registry import FILE_DATASETS  # torch: only when a study is read
-
         for task in self.tasks:
-            if get_task(task).dataset in FILE_DATASETS:
+            if reads_files(task):
                 continue
             own = f"task_budgets.{task}" if "data_dir" in self.task_budgets.get(task, {}) else None
             where = own or ("budget" if "data_dir" in self.budget else None)

@@ -175,8 +175,8 @@ def check_fits(training: HostTraining, data: Dataset, envs: int | None = None) -
     """Refuse, before anything is built, a host too wide for this machine's memory: building it
     ran out of memory with a traceback, or swapped for minutes. A growth run (``envs`` None)
     needs ``RUN_COPIES`` float32 copies of its parameters, ``envs`` PPO environments
-    ``ENV_COPIES`` each (both measured on a wide transformer host, whose activations are small
-    beside its parameters; a host with large activations may still not fit).
+    ``ENV_COPIES`` each (both measured on a wide transformer host, activations included; a host
+    whose activations are larger beside its parameters may still not fit).
 
     Raises:
         UserError: naming the width, the bytes it needs and the widest host that fits.

@@ -247,15 +247,23 @@ def resolve_training(training: HostTraining) -> HostTraining:
     )
 
 
+def reads_files(task: str) -> bool:
+    """Whether ``task``'s dataset is read from files (``esper.data.registry.FILE_DATASETS``),
+    so that a ``data_dir`` means something to it.
+
+    Raises:
+        ValueError: for an unknown task, naming the known ones.
+    """
+    from esper.data.registry import FILE_DATASETS  # torch: not at import time
+
+    return get_task(task).dataset in FILE_DATASETS
+
+
 def without_stray_data_dir(training: HostTraining) -> HostTraining:
     """``training`` without a ``data_dir`` its task's dataset cannot read, as recorded by an
     Esper that ignored one (before ``check_data_dir`` refused it): a run it wrote resumes as it
     ran. A new run's ``data_dir`` is never dropped, but refused by ``resolve_training``."""
-    from esper.data.registry import FILE_DATASETS  # torch: not at import time
-
-    if training.data_dir is None or training.task not in TASKS:
-        return training
-    if TASKS[training.task].dataset in FILE_DATASETS:
+    if training.data_dir is None or training.task not in TASKS or reads_files(training.task):
         return training
     return replace(training, data_dir=None)
 
