@@ -505,7 +505,9 @@ def test_a_data_dir_for_a_task_without_files_is_refused(tmp_path, capsys, comman
     argv += ["--preset", "tiny"] if command == "ppo" else ["--task", "digits"]
     assert main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "reads no files; a data_dir is for fashion_mnist" in err, err
+    task = "synthetic" if command == "ppo" else "digits"
+    assert err.count("\n") == 1 and f"task {task!r} (dataset {task!r}) reads no files" in err, err
+    assert "a data_dir is for the tasks fashion_mnist, fashion_mnist_impaired, cifar10" in err, err
     assert not run.exists()
 
 

@@ -229,12 +229,15 @@ def resolve_training(training: HostTraining) -> HostTraining:
 
     Raises:
         ValueError: for an unknown task, naming the known ones; a ``data_dir`` for a task whose
-            dataset reads no files (``esper.data.registry.check_data_dir``).
+            dataset reads no files (``reads_files``), naming the tasks that read files.
     """
-    from esper.data.registry import check_data_dir  # torch: not at import time
-
     task = get_task(training.task)
-    check_data_dir(task.dataset, training.data_dir)
+    if training.data_dir is not None and not reads_files(training.task):
+        readers = [name for name in TASKS if reads_files(name)]
+        raise ValueError(
+            f"data_dir {str(training.data_dir)!r}: task {training.task!r} (dataset "
+            f"{task.dataset!r}) reads no files; a data_dir is for the tasks {', '.join(readers)}"
+        )
     lr = task.lr if training.lr is None else training.lr
     return replace(
         training,
