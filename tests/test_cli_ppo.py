@@ -252,6 +252,40 @@ def test_interrupted_ppo_resumes_exactly(tmp_path, monkeypatch) -> None:
     assert main(["ppo", "--resume", str(resumed)]) == 2  # completed: nothing to resume
 
 
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_completed_run_trains_on_to_a_larger_ppo_rounds(tmp_path, capsys) -> None:
+    """``--resume RUN --ppo.rounds N``: the one flag a resume takes. A completed run trains on
+    and ends as a run planned for N rounds from the start; config.json records the new plan."""
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "3", "--out", str(straight)]) == 0
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "2", "--out", str(run)]) == 0
+    before = _files(run)
+    capsys.readouterr()
+    for more in ([], ["--ppo.rounds", "2"], ["--ppo.rounds", "1"], ["--ppo.rounds", "0"]):
+        assert main(["ppo", "--resume", str(run), *more]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "already completed round 2" in err or "ppo.rounds must be" in err, err
+    assert main(["ppo", "--resume", str(run), "--ppo.n-envs", "3", "--ppo.rounds", "3"]) == 2
+    assert "(it takes --ppo.rounds only); drop --ppo.n-envs" in capsys.readouterr().err
+    assert main(["heuristic", "--resume", str(run), "--ppo.rounds", "3"]) == 2
+    assert "as configured; drop --ppo.rounds" in capsys.readouterr().err
+    assert _files(run) == before  # every refusal left the run as it was
+
+    assert main(["ppo", "--resume", str(run), "--ppo.rounds", "3"]) == 0
+    assert _rows(run) == _rows(straight)
+    a, b = _policy(straight), _policy(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "config.json").read_text()) == json.loads(
+        (straight / "config.json").read_text()
+    )
+    summary = json.loads((run / "summary.json").read_text())["ppo"]
+    assert (summary["rounds_completed"], summary["rounds_planned"]) == (3, 3)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

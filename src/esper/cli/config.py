@@ -50,17 +50,21 @@ _OPTION_FLAGS = ("--out", "--resume", "--config", "--tui", "--no-tui")
 
 OPTIONS_HELP = """command options (read first; not part of the saved configuration):
   --out DIR       run directory (default: runs/<task>-<mode>-<time>)
-  --resume DIR    continue the interrupted run in DIR as it was configured (no other flag)
+  --resume DIR    continue the interrupted run in DIR as it was configured (no other flag
+                  but esper ppo's --ppo.rounds N, which also trains a completed run on)
   --config FILE   settings from a TOML (.toml) or JSON file, keys as in config.json; unknown
                   keys fail; the flags below override it
   --tui           watch the run in the terminal UI"""
 
 
-def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
+def split_options(argv: list[str], on_resume: tuple[str, ...] = ()) -> tuple[RunOptions, list[str]]:
     """Take the command's own flags (``RunOptions``) out of ``argv``; the rest is the config.
 
+    ``on_resume``: the configuration flags ``--resume`` takes (``esper ppo``'s
+    ``--ppo.rounds``); any other is refused.
+
     Raises:
-        UserError: a flag without its value, or ``--resume`` with configuration flags.
+        UserError: a flag without its value, or ``--resume`` with other configuration flags.
     """
     refuse_repeats(argv, _OPTION_FLAGS)
     values: dict[str, Any] = {}
@@ -85,9 +89,11 @@ def split_options(argv: list[str]) -> tuple[RunOptions, list[str]]:
         check_outside_studies(options.out)
     if options.resume is not None:
         given = [a.partition("=")[0] for a in rest if a.startswith("-")]
+        given = [flag for flag in given if flag not in on_resume]
         given += ["--out"] * (options.out is not None) + ["--config"] * (options.config is not None)
         if given:
-            raise UserError(f"--resume continues a run as configured; drop {', '.join(given)}")
+            but = f" (it takes {', '.join(on_resume)} only)" if on_resume else ""
+            raise UserError(f"--resume continues a run as configured{but}; drop {', '.join(given)}")
     return options, rest
 
 

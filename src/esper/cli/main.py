@@ -187,7 +187,7 @@ def run_command(command: str, argv: list[str]) -> int:
     from esper.study.run import interrupt_on_sigterm
 
     interrupt_on_sigterm()
-    options, rest = split_options(argv)
+    options, rest = split_options(argv, ("--ppo.rounds",) if command == "ppo" else ())
     if options.tui:
         from esper.cli.tui import run_with_tui
 

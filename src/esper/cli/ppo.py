@@ -49,14 +49,15 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
         UserError: for an unknown preset, a bad file, flag or value.
     """
     try:
-        if options.resume is not None:
+        description = f"{RUN_COMMANDS['ppo']}; --preset NAME first: {', '.join(PRESETS)}"
+        if options.resume is not None:  # argv: --ppo.rounds at most (split_options)
             check_recorded_mode(options.resume, "ppo")
             data = record.read_config(options.resume)
             config: TrainingConfig = override(TrainingConfig(), data)
-            return replace(config, env=without_stray_data_dir(config.env)).resolved()
+            config = replace(config, env=without_stray_data_dir(config.env))
+            return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
-        description = f"{RUN_COMMANDS['ppo']}; --preset NAME first: {', '.join(PRESETS)}"
         return parse_flags(TrainingConfig, argv, "esper ppo", description, base).resolved()
     except (record.RunRecordError, ValueError) as err:
         raise UserError(str(err)) from err

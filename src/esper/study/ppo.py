@@ -60,7 +60,15 @@ class PPORunner:
         except (ValueError, KeyError) as err:
             raise UserError(str(err)) from err
         self.recorder = Recorder.open(
-            "ppo", config, out, resume, PPOUpdate, self._meta, self.hub, self._state
+            "ppo",
+            config,
+            out,
+            resume,
+            PPOUpdate,
+            self._meta,
+            self.hub,
+            self._state,
+            config.ppo.rounds,
         )
         if self.recorder.checkpoint is not None:
             self._restore(self.recorder.state())
@@ -107,6 +115,8 @@ class PPORunner:
                 abandoned: the last completed round is the checkpoint).
         """
         config, recorder = self.config, self.recorder
+        if recorder.checkpoint is not None:
+            self._record_rounds()
         recorder.start("ppo", config.env, config.runtime.seed, config.telemetry)
         recorder.console("ppo", config.ppo.rounds)
 
@@ -129,6 +139,15 @@ class PPORunner:
             (EpisodeStartError, WorkerLostError),
         )
         return status, failure or ""
+
+    def _record_rounds(self) -> None:
+        """On a resume given ``--ppo.rounds``, once every check passed: ``config.json`` says the
+        new plan, so that a later plain ``--resume`` and ``esper runs`` see it (nothing else in
+        the file changes)."""
+        data = record.read_config(self.recorder.directory)
+        if data["ppo"]["rounds"] != self.config.ppo.rounds:
+            data["ppo"]["rounds"] = self.config.ppo.rounds
+            record.write_json(self.recorder.directory / record.CONFIG_FILE, data)
 
     def close(self) -> None:
         """Stop the environments' Ray actors, if any (Ray itself is ``start_workers``')."""

@@ -220,7 +220,7 @@ def config_changes(old: Any, new: Any, where: str) -> list[str]:
 UNCHECKED_SETTINGS = ("telemetry", "runtime.ray_address", "ppo.rounds:")
 """Settings a resume may find changed in ``config.json``: where telemetry goes and which
 cluster runs the workers change nothing the run computes, and PPO's rounds only say when it
-stops (raised, a finished run trains on)."""
+stops (``esper ppo --resume RUN --ppo.rounds N`` raises them: a finished run trains on)."""
 
 
 def check_same_config(directory: Path, ran: dict[str, Any], now: dict[str, Any]) -> None:
@@ -385,17 +385,22 @@ class Recorder:
         meta: Meta,
         hub: TelemetryHub,
         first_state: Callable[[], dict[str, Any]],
+        planned: int | None = None,
     ) -> Recorder:
         """Create a new run directory with its step-0 checkpoint (``first_state()``), or check
         and reopen the one ``--resume`` names. Signals wait until the directory is complete.
 
+        ``planned``: on a PPO resume, the rounds this attempt runs to (``--ppo.rounds`` may
+        raise the recorded plan): a completed run whose checkpoint is below it trains on.
+        Without it (growth runs) a completed run is refused.
+
         Raises:
             UserError: the directory cannot be created, is not empty, lies inside another run,
-                or (resume) has an inconsistent record.
+                or (resume) is completed or has an inconsistent record.
         """
         if resume is not None:
             try:
-                return cls._reopen(mode, resume, row_type, hub)
+                return cls._reopen(mode, resume, row_type, hub, planned)
             except (record.RunRecordError, WriteError) as err:
                 raise UserError(str(err)) from err
             except OSError as err:  # e.g. a read-only directory
@@ -417,15 +422,23 @@ class Recorder:
         return cls(out, out.name, csv, [], hub, None)
 
     @classmethod
-    def _reopen(cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub) -> Recorder:
+    def _reopen(
+        cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub, planned: int | None
+    ) -> Recorder:
         if not record.is_run_directory(directory):
             raise UserError(f"{str(directory)!r} is not an Esper run directory")
-        if record.run_status(directory) == "completed":
+        completed = record.run_status(directory) == "completed"
+        if completed and planned is None:
             raise UserError(f"run {str(directory)!r} already completed; nothing to resume")
         meta = record.read_meta(directory)
         if meta is None:
             raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
         checkpoint = record.load_checkpoint(directory, meta.run_id)
+        if completed and planned is not None and checkpoint.step >= planned:
+            raise UserError(
+                f"run {str(directory)!r} already completed round {checkpoint.step}; nothing to "
+                f"resume (--ppo.rounds above {checkpoint.step} trains it on)"
+            )
         events = directory / record.EVENTS_FILE
         if events.is_file():  # a crash cuts only its last line; a bad line before it is damage
             try:
@@ -537,7 +550,12 @@ class Recorder:
             UserError: naming the step the state holds, the manifest's and the plan.
         """
         step = self.step
-        if reached != step or reached > planned:
+        if reached == step and reached > planned:
+            raise UserError(
+                f"cannot resume {str(self.directory)!r}: it has done {reached} {unit}s, more "
+                f"than the {planned} planned"
+            )
+        if reached != step:
             raise UserError(
                 f"cannot resume {str(self.directory)!r}: its checkpoint holds {unit} {reached} "
                 f"(manifest: {step}) of {planned}"
