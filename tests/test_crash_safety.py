@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -454,6 +455,73 @@ def test_resume_with_summary_json_a_directory(run_copy, capsys) -> None:
     (run_copy / "summary.json").unlink()
     (run_copy / "summary.json").mkdir()
     assert "summary.json" in _resume_bad(run_copy, capsys)
+
+
+def _entries(root: Path) -> dict[str, object]:
+    """Every path under ``root`` without opening anything but regular files: a pipe or a link
+    to a device is recorded by its type and target, not read."""
+    found: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = os.readlink(path)
+        elif stat.S_ISREG(info.st_mode):
+            found[rel] = (path.read_bytes(), info.st_mtime_ns)
+        else:
+            found[rel] = stat.S_IFMT(info.st_mode)
+    return found
+
+
+@contextmanager
+def _within(seconds: float) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging: a pipe blocked its reader forever."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device"])
+@pytest.mark.parametrize(
+    "name",
+    ["config.json", "meta.json", "summary.json", "metrics.csv", "events.jsonl", "LATEST",
+     "state.pt", "manifest.json"],
+)  # fmt: skip
+def test_a_record_file_that_is_a_pipe_or_a_device_is_one_line(run_copy, capsys, name, kind):
+    """A named pipe blocked the reader forever; a link to /dev/zero was read until memory ran
+    out (config.json, meta.json, summary.json). Now each is refused without reading it."""
+    if name in ("state.pt", "manifest.json"):
+        path = _latest(run_copy) / name
+    elif name == "LATEST":
+        path = run_copy / record.CHECKPOINTS_DIR / name
+    else:
+        path = run_copy / name
+    path.unlink()
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    before = _entries(run_copy.parent)
+    capsys.readouterr()
+    commands = [["heuristic", "--resume"], ["runs", "show"], ["report"]]
+    for command in (
+        commands
+        if name in ("config.json", "meta.json", "summary.json")
+        else [["heuristic", "--resume"]]
+    ):
+        with _within(20):
+            assert main([*command, str(run_copy)]) == 2, command
+        line = _one_error_line(capsys)
+        assert name in line or ("events.jsonl" in line and name == "events.jsonl"), line
+    assert _entries(run_copy.parent) == before
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\xffgarbage\n1,2,3\n", b"epoch,x\n1,2\n"])

@@ -118,7 +118,8 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
             "finish); nothing imported"
         )
     try:
-        data = read_json(path, "a list of seed outcomes")  # also: not UTF-8, nested too deep
+        # any size (an export of many runs); also: not UTF-8, nested too deep
+        data = read_json(path, "a list of seed outcomes", limit=None)
         outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, OUTCOMES_FILE)
     except ValueError as err:  # RunRecordError is one
         raise UserError(f"{path}: {err}; nothing imported") from None

@@ -19,7 +19,6 @@ any page that can reach it.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +26,7 @@ from typing import BinaryIO
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from esper.leyline.files import open_regular
 from esper.nissa.log import EventLogError, OpenLog
 from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, META_FILE, SUMMARY_FILE
 
@@ -98,7 +98,7 @@ def confined_opener(root: Path) -> OpenLog:
         resolved = confine(path, root)
         if resolved is None:
             raise EventLogError(f"{path} links outside the runs directory, so it is not read")
-        return open(os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        return open_regular(resolved, follow=False)  # a pipe would hold the server's thread
 
     return open_log
 

@@ -23,7 +23,7 @@ from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import TORCH_LOAD_ERRORS, load_untrusted
 from esper.leyline.config import json_reason
-from esper.leyline.files import atomic_write
+from esper.leyline.files import atomic_write, read_regular
 
 FORMAT = "esper-model"
 VERSION = 1
@@ -179,7 +179,7 @@ def load_model(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err.strerror}") from err
     return model_from_bytes(data, str(path), map_location)

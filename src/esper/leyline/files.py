@@ -1,4 +1,4 @@
-"""The one durable, atomic file write every Esper writer uses.
+"""The one durable, atomic file write every Esper writer uses, and the one guarded read.
 
 A file is written to a hidden temporary name in its own directory (``.NAME.tmp-XXXX``),
 flushed and fsynced, made world-readable, renamed over the target (``os.replace`` is atomic on
@@ -10,15 +10,24 @@ Out of disk space (``ENOSPC``, or ``EDQUOT`` for a full quota) is its own error,
 ``DiskFullError``; a target that is a directory is refused before anything is written. Both
 are ``WriteError``s with a one-line message naming the file, so the command line can say so
 instead of printing a traceback.
+
+Every file Esper reads from a run directory (and a model checkpoint) is opened through
+``open_regular`` (or read whole through ``read_regular``): only a regular file is read. A named
+pipe would block the reader forever, a device such as ``/dev/zero`` would never end, so each
+is a ``RefusedFileError`` (an ``OSError`` whose ``strerror`` says what the path is), raised
+without blocking; ``read_regular`` also refuses a file larger than its caller's limit. (A
+``--config`` file may be a pipe: ``--config <(...)`` hands one over.)
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o644
 """Run files are meant to be read by others (``mkstemp`` creates 0600)."""
@@ -35,6 +44,59 @@ class WriteError(OSError):
 
 class DiskFullError(WriteError):
     """The disk (or quota) is full; the message names the file that did not fit."""
+
+
+class RefusedFileError(OSError):
+    """A path Esper does not read: not a regular file, or larger than its kind of file can be.
+    ``strerror`` says which, for a message such as ``cannot read 'PATH': {strerror}``."""
+
+
+_NOT_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def open_regular(path: str | os.PathLike[str], follow: bool = True) -> BinaryIO:
+    """``path`` opened for binary reading, if it is a regular file (links followed, unless not
+    ``follow``). The check is made on the opened file, which is opened without blocking.
+
+    Raises:
+        RefusedFileError: ``path`` is a directory, pipe, device or socket.
+        OSError: it cannot be opened (missing, no permission, a link when not ``follow``).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_FILES if test(mode)), "not a plain file")
+            code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+            raise RefusedFileError(code, f"it is {kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (``open_regular``), at most ``limit`` of them.
+
+    Raises:
+        RefusedFileError: not a regular file, or larger than ``limit`` bytes.
+        OSError: it cannot be read.
+    """
+    with open_regular(path) as f:
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise RefusedFileError(
+            errno.EFBIG, f"it is larger than the {limit:,} bytes such a file can be", str(path)
+        )
+    return data
 
 
 def is_disk_full(err: OSError) -> bool:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 from esper.leyline.config import json_reason
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
+from esper.leyline.files import open_regular
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR
 from esper.nissa.hub import json_safe
@@ -31,12 +32,12 @@ from esper.nissa.hub import json_safe
 from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
 from esper.nissa.record import PPO_MODE as PPO_MODE
 from esper.nissa.record import (
-    RUN_FILES,
     UNFINISHED,
     RunRecordError,
     RunSummary,
     is_run_directory,
     is_study,
+    not_a_run,
     read_config,
     read_summary,
 )
@@ -246,7 +247,7 @@ OpenLog = Callable[[Path], BinaryIO]
 
 
 def _open_log(path: Path) -> BinaryIO:
-    return path.open("rb")
+    return open_regular(path)  # a pipe or device is refused, not read forever
 
 
 class EventTail:
@@ -368,7 +369,7 @@ def read_events(path: Path) -> EventLog:
         FileNotFoundError: no such file.
         EventLogError: a malformed line other than the last.
     """
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no event log at {str(path)!r}")
     tail = EventTail(path)
     records = tail.events()
@@ -431,15 +432,9 @@ def open_run(path: Path) -> RunDirectory:
             no event log, or a log that does not start with ``RunStarted``), or its
             ``summary.json`` is malformed.
     """
-    if not path.exists():
-        raise RunDirectoryError(f"run directory {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise RunDirectoryError(f"{str(path)!r} is a file, not a run directory")
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
-    if missing:
-        raise RunDirectoryError(
-            f"{str(path)!r} is not an Esper run directory (no {' or '.join(missing)})"
-        )
+    problem = not_a_run(path)
+    if problem is not None:
+        raise RunDirectoryError(problem)
     with (path / EVENTS_FILE).open("rb") as f:
         first = f.readline().decode("utf-8", errors="replace")
     if not first.strip():

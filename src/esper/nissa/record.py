@@ -63,6 +63,7 @@ from esper.leyline.files import (
     disk_full,
     fsync_directory,
     is_disk_full,
+    read_regular,
     write_new_file,
 )
 from esper.leyline.trials import STUDY_FILE
@@ -137,23 +138,30 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, text + "\n")
 
 
-def _read_bytes(path: Path) -> bytes:
+MAX_JSON_BYTES = 64 << 20
+"""The largest JSON record read (config, meta, summary, outcomes, manifest: kilobytes each)."""
+
+
+def _read_bytes(path: Path, limit: int | None = None, what: str = "") -> bytes:
+    """``path``'s bytes, if it is a regular file of at most ``limit`` bytes
+    (``esper.leyline.files.read_regular``: a pipe or device is refused, not read)."""
     try:
-        return path.read_bytes()
+        return read_regular(path, limit)
     except OSError as err:
-        raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
+        raise RunRecordError(
+            f"cannot read {what}{' ' * bool(what)}{str(path)!r}: {err.strerror}"
+        ) from None
 
 
-def read_json(path: Path, what: str) -> Any:
-    """The JSON in ``path``, None without the file; else a ``RunRecordError`` saying why not."""
+def read_json(path: Path, what: str, limit: int | None = MAX_JSON_BYTES) -> Any:
+    """The JSON in ``path`` (at most ``limit`` bytes), None without the file; else a
+    ``RunRecordError`` saying why not."""
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_dir():
         raise RunRecordError(f"{str(path)!r} is a directory, not {what}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise RunRecordError(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
+        text = _read_bytes(path, limit, what).decode("utf-8")
     except UnicodeDecodeError:
         raise RunRecordError(f"{str(path)!r} is not {what} (not UTF-8 text)") from None
     try:
@@ -520,7 +528,19 @@ def read_summary(run_dir: Path) -> RunSummary | None:
 
 def is_run_directory(path: Path) -> bool:
     """Whether ``path`` is an Esper run directory (it holds every file of ``RUN_FILES``)."""
-    return path.is_dir() and all((path / name).is_file() for name in RUN_FILES)
+    return not_a_run(path) is None
+
+
+def not_a_run(path: Path) -> str | None:
+    """Why ``path`` is not an Esper run directory, as one line; None when it is one."""
+    if not path.exists():
+        return f"run directory {str(path)!r} does not exist"
+    if not path.is_dir():
+        return f"{str(path)!r} is a file, not a run directory"
+    missing = [name for name in RUN_FILES if not (path / name).is_file()]
+    if missing:  # absent, or not a regular file
+        return f"{str(path)!r} is not an Esper run directory (no {' or '.join(missing)} file)"
+    return None
 
 
 def is_study(path: Path) -> bool:
@@ -760,7 +780,7 @@ _RESERVED = (MANIFEST_FILE, LATEST_FILE)
 def _latest_name(root: Path) -> str | None:
     """The directory LATEST names if it is well-formed, else None (absent or corrupt)."""
     try:
-        text = (root / LATEST_FILE).read_text(encoding="ascii")
+        text = read_regular(root / LATEST_FILE, limit=64).decode("ascii")
     except (OSError, UnicodeDecodeError):
         return None
     name = text.removesuffix("\n")
@@ -843,7 +863,7 @@ def _corrupt(path: Path, why: str) -> RunRecordError:
 def _read_manifest(path: Path) -> dict[str, Any]:
     """The manifest's body, verified against its own SHA-256 and exact bytes."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise RunRecordError(f"checkpoint {str(path.parent)!r} has no {MANIFEST_FILE}") from None
     except OSError as err:
@@ -911,16 +931,23 @@ def load_checkpoint(run_dir: Path, run_id: str) -> Checkpoint:
     if present != set(table):
         odd = sorted(present ^ set(table))
         raise RunRecordError(f"checkpoint {str(directory)!r}: files {odd} differ from its manifest")
-    loaded = {}
-    for file_name, entry in sorted(table.items()):
-        path = directory / file_name
-        data = _read_bytes(path)
-        if len(data) != entry["size"]:
-            raise _corrupt(path, f"{len(data)} bytes, the manifest says {entry['size']}")
-        if _sha256(data) != entry["sha256"]:
-            raise _corrupt(path, "SHA-256 mismatch")
-        loaded[file_name] = data
+    loaded = {name: _verified(directory / name, entry) for name, entry in sorted(table.items())}
     return Checkpoint(step, loaded)
+
+
+def _verified(path: Path, entry: dict[str, Any]) -> bytes:
+    """A checkpoint file's bytes, checked against its manifest ``entry``; its size is checked
+    before it is read (a link to a device has size 0 and is never read)."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    data = _read_bytes(path, size) if size == entry["size"] else b""
+    if size != entry["size"] or len(data) != size:
+        raise _corrupt(path, f"{size} bytes, the manifest says {entry['size']}")
+    if _sha256(data) != entry["sha256"]:
+        raise _corrupt(path, "SHA-256 mismatch")
+    return data
 
 
 def clean_stale(run_dir: Path) -> list[Path]:

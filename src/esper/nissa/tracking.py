@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from esper.leyline.files import atomic_write
+from esper.leyline.files import atomic_write, read_regular
 from esper.leyline.net import unreachable
 from esper.nissa import record
 from esper.nissa.sinks import Scalar, flat_config, scalars
@@ -162,7 +162,7 @@ class MLflowSink:
 
         path = self.directory / RUN_ID_FILE
         if path.is_file():
-            run_id = path.read_text(encoding="utf-8").strip()
+            run_id = read_regular(path, limit=1024).decode("utf-8").strip()
             try:
                 self._client.update_run(run_id, status="RUNNING")
                 return run_id

@@ -425,8 +425,9 @@ class Recorder:
     def _reopen(
         cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub, planned: int | None
     ) -> Recorder:
-        if not record.is_run_directory(directory):
-            raise UserError(f"{str(directory)!r} is not an Esper run directory")
+        problem = record.not_a_run(directory)
+        if problem is not None:
+            raise UserError(problem)
         completed = record.run_status(directory) == "completed"
         if completed and planned is None:
             raise UserError(f"run {str(directory)!r} already completed; nothing to resume")
@@ -440,7 +441,7 @@ class Recorder:
                 f"resume (--ppo.rounds above {checkpoint.step} trains it on)"
             )
         events = directory / record.EVENTS_FILE
-        if events.is_file():  # a crash cuts only its last line; a bad line before it is damage
+        if events.exists():  # a crash cuts only its last line; a bad line before it is damage
             try:
                 read_events(events)
             except EventLogError as err:
