@@ -473,12 +473,17 @@ def _entries(root: Path) -> dict[str, object]:
     return found
 
 
+class _Hung(BaseException):
+    """Raised by ``_within``'s alarm: not an ``OSError`` (as ``TimeoutError`` is), so no reader
+    can turn it into a one-line error."""
+
+
 @contextmanager
 def _within(seconds: float) -> Iterator[None]:
-    """Fail (TimeoutError) instead of hanging: a pipe blocked its reader forever."""
+    """Fail instead of hanging: a pipe blocked its reader forever."""
 
     def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
+        raise _Hung(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
