@@ -200,6 +200,24 @@ def test_a_hexadecimal_integer_too_long_to_write_out_is_one_line(tmp_path, capsy
     assert "seed must be an integer in [0, 9223372036854775807], got an integer of over 4300" in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["runs", "show", "{long}"], ["runs", "list", "{long}"], ["report", "{long}"],
+     ["tui", "{long}"], ["heuristic", "--resume", "{long}"], ["ppo", "--resume", "{long}"],
+     ["static", "--task", "synthetic", "--out", "{long}/run"], ["study", "{long}.toml"],
+     ["eval", "--policy", "{long}", "--task", "synthetic"], ["demo", "--out", "{long}/demo"]],
+)  # fmt: skip
+def test_a_path_with_a_name_too_long_is_one_line(tmp_path, capsys, command) -> None:
+    """A path component over the file system's 255 bytes raised OSError [Errno 36] from the
+    first stat, a traceback, in most commands."""
+    long = str(tmp_path / ("x" * 300))
+    assert main([part.replace("{long}", long) for part in command]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("esper: error: File name too long: '"), err
+    assert "(3" in err and "characters)" in err  # the name, cut
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_config_from_a_pipe_is_read(tmp_path) -> None:
     """Process substitution (``--config <(...)``) hands over a FIFO: read like a file."""
     conf, run = tmp_path / "c.json", tmp_path / "run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -267,6 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush cannot fail a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as err:
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        # A path given anywhere (a run, --out, a study file) with a name the file system
+        # cannot hold fails at the first stat, before anything is written.
+        print(f"esper: error: {one_line(f'{err.strerror}: {err.filename!r}')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
