@@ -946,6 +946,7 @@ def test_out_inside_another_run_or_study_is_refused(
     shutil.copytree(tiny_study, study)
     first, second = sorted((study / "trials").iterdir())[:2]
     (tmp_path / "link").symlink_to(first / "checkpoints")
+    (tmp_path / "other").symlink_to(second / "checkpoints")
     before = _files(study)
     cases = [
         ([str(first), "--out", str(second)], f"is the run directory {str(second)!r}"),
@@ -957,6 +958,9 @@ def test_out_inside_another_run_or_study_is_refused(
         ([str(first), "--out", str(first / "checkpoints" / "x")], "is in the run's checkpoints"),
         ([str(first), "--out", str(first / "checkpoints")], "is in the run's checkpoints"),
         ([str(first), "--out", str(tmp_path / "link" / "x")], "is in the run's checkpoints"),
+        # the same sweep: through a link, into another run's checkpoints (it was written)
+        ([str(first), "--out", str(tmp_path / "other")], "lies inside the run directory"),
+        ([str(first), "--out", str(tmp_path / "other" / "x")], "lies inside the run directory"),
     ]
     for args, message in cases:
         code, _, err = _report(args, capsys)

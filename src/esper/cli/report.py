@@ -42,6 +42,12 @@ def _refuse_foreign(target: Path, own: Path) -> None:
             f"--out {str(target)!r} is in the run's checkpoints, which a resume verifies file "
             "by file; choose a directory outside them"
         )
+    for path in dict.fromkeys((full, resolved)):  # as given, and where its links lead
+        _refuse_in_chain(path, target, mine)
+
+
+def _refuse_in_chain(full: Path, target: Path, mine: Path) -> None:
+    """``_refuse_foreign`` along one path: ``full`` and its parents, up to ``mine``."""
     for place in (full, *full.parents):
         if place.resolve() == mine:
             return  # inside what is reported on: its own report/ or the study itself
