@@ -529,6 +529,15 @@ def test_a_record_file_that_is_a_pipe_or_a_device_is_one_line(run_copy, capsys, 
     assert _entries(run_copy.parent) == before
 
 
+def test_resume_with_an_emptied_event_log(run_copy, capsys) -> None:
+    """Every view refused the emptied log ("its event log is empty"); --resume appended to it,
+    leaving a log without the epochs before the checkpoint."""
+    (run_copy / "events.jsonl").write_bytes(b"")
+    assert "events.jsonl is empty, though its checkpoint is at step 1" in _resume_bad(
+        run_copy, capsys
+    )
+
+
 @pytest.mark.parametrize("content", [b"", b"\x00\xffgarbage\n1,2,3\n", b"epoch,x\n1,2\n"])
 def test_resume_with_a_damaged_metrics_csv(run_copy, capsys, content) -> None:
     (run_copy / "metrics.csv").write_bytes(content)

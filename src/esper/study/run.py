@@ -443,9 +443,14 @@ class Recorder:
         events = directory / record.EVENTS_FILE
         if events.exists():  # a crash cuts only its last line; a bad line before it is damage
             try:
-                read_events(events)
+                logged = read_events(events).records
             except EventLogError as err:
                 raise UserError(f"cannot resume {str(directory)!r}: {err}") from None
+            if checkpoint.step > 0 and not logged:  # what it recorded is gone, not cut
+                raise UserError(
+                    f"cannot resume {str(directory)!r}: its {record.EVENTS_FILE} is empty, "
+                    f"though its checkpoint is at step {checkpoint.step}"
+                )
         _check_writable(directory, [directory, directory / record.CHECKPOINTS_DIR, events])
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
