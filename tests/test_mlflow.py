@@ -338,6 +338,33 @@ def test_a_url_with_a_bad_port_is_one_line(mlflow, tmp_path, capsys, port) -> No
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("garbage", "is not an SQLite database"), ("directory", "is a directory"),
+     ("no directory", "directory '{tmp}/missing' does not exist"),
+     ("pipe", "it is a named pipe, not a regular file")],
+)  # fmt: skip
+def test_a_sqlite_store_that_cannot_be_one_is_one_line(mlflow, tmp_path, capsys, kind, message):
+    """Found by an adversarial sweep: a file that is no database gave two SQLAlchemy
+    tracebacks, a missing directory a FileNotFoundError, a directory minutes of MLflow's
+    retries; each left a half-made run at --out."""
+    database = tmp_path / ("missing/x.db" if kind == "no directory" else "store.db")
+    if kind == "garbage":
+        database.write_text("not a database\n")
+    elif kind == "directory":
+        database.mkdir()
+    elif kind == "pipe":
+        os.mkfifo(database)
+    uri = f"sqlite:///{database}"
+    args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    expected = f"cannot track the run in MLflow at {uri}: "
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert message.replace("{tmp}", str(tmp_path)) in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, store, tmp_path, recorded_runs, caplog):
     run = _run_directory(tmp_path, recorded_runs["heuristic"])
     (run / RUN_ID_FILE).write_text("0" * 32 + "\n")  # a run of another store

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from esper.leyline.files import atomic_write, read_regular
+from esper.leyline.files import atomic_write, open_regular, read_regular
 from esper.leyline.net import unreachable
 from esper.nissa import record
 from esper.nissa.sinks import Scalar, flat_config, scalars
@@ -109,6 +109,8 @@ def _connect(uri: str) -> None:
     """
     parts = urllib.parse.urlsplit(uri)
     host = parts.hostname
+    if parts.scheme.startswith("sqlite"):
+        _check_database(uri)
     if parts.scheme not in ("http", "https") or not host:
         return
     proxies = urllib.request.getproxies()
@@ -122,6 +124,36 @@ def _connect(uri: str) -> None:
     if reason is not None:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise OSError(f"nothing answers at {address} ({reason})")
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_database(uri: str) -> None:
+    """A SQLite store's database must be one, or creatable: MLflow otherwise fails with an
+    engine traceback (a file that is no database, a missing directory) or retries for minutes
+    (a directory).
+
+    Raises:
+        OSError: naming the database file and what is wrong with it.
+    """
+    name = uri.partition(":///")[2].partition("?")[0]
+    if not name or name == ":memory:":
+        return
+    database = Path(name)
+    if database.is_dir():
+        raise OSError(f"the database {name!r} is a directory")
+    if not database.exists():
+        if not database.absolute().parent.is_dir():
+            raise OSError(f"the database's directory {str(database.parent)!r} does not exist")
+        return
+    try:
+        with open_regular(database) as f:  # a pipe or device is refused, not read
+            header = f.read(len(_SQLITE_HEADER))
+    except OSError as err:
+        raise OSError(f"the database {name!r}: {err.strerror}") from None
+    if header and header != _SQLITE_HEADER:
+        raise OSError(f"{name!r} is not an SQLite database")
 
 
 class MLflowSink:
