@@ -96,6 +96,14 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
             r"events.jsonl:2: malformed event line \(a 5000-digit integer; at most 4300 digits",
         ),
         (_line("Exploded"), "events.jsonl:2: unknown event 'Exploded'; known: ActionTaken"),
+        # the writer writes null for them; the terminal UI crashed on an Infinity accuracy
+        *[
+            (
+                f'{{"event": "EpochCompleted", "epoch": 1, "val_accuracy": {c}}}',
+                rf"events.jsonl:2: malformed event line \({c} is not a JSON number",
+            )
+            for c in ("NaN", "Infinity", "-Infinity")
+        ],
     ],
 )
 def test_a_malformed_middle_line_names_file_and_line(tmp_path: Path, bad: str, message) -> None:

@@ -54,6 +54,10 @@ class RunDirectoryError(RunRecordError):
     """A path that does not exist, is not an Esper run directory, or holds a malformed record."""
 
 
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (an unmeasured value is null)")
+
+
 def parse_record(text: str, where: str) -> dict[str, Any]:
     """One event-log line as a record.
 
@@ -64,8 +68,8 @@ def parse_record(text: str, where: str) -> dict[str, Any]:
     Raises:
         EventLogError: the line is not a JSON object naming a known event.
     """
-    try:
-        record = json.loads(text)
+    try:  # the writer turns NaN and infinities into null; a reader takes no other
+        record = json.loads(text, parse_constant=_not_a_number)
     except (ValueError, RecursionError) as err:
         raise EventLogError(
             f"{where}: malformed event line ({json_reason(err)}): {text[:80]!r}"
