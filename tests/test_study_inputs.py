@@ -105,6 +105,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "'synthetic', whose dataset reads no files; set data_dir in the [task_budgets.TASK]"),
         (f'{HEAD}{STATIC}[task_budgets.synthetic]\ndata_dir = "/data"\n',
          "task_budgets.synthetic.data_dir reaches task 'synthetic', whose dataset reads no"),
+        # A dry run passed it, then every trial failed: its directory's name was too long.
+        (f'{HEAD}{STATIC.replace(chr(34) + "s" + chr(34), chr(34) + "a" * 240 + chr(34))}',
+         "arm name must be at most 100 bytes (it names the trials' directories), got 'aaaa"),
+        (f'{HEAD}{STATIC.replace(chr(34) + "s" + chr(34), chr(34) + "é" * 51 + chr(34))}',
+         "(102 bytes)"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):

@@ -86,6 +86,11 @@ TRIAL_TELEMETRY = TelemetrySettings(level="normal")
 report draws each arm's validation curve from its trials' epochs."""
 
 
+MAX_ARM_BYTES = 100
+"""The longest arm name, in UTF-8 bytes: with the longest task name and seed, a trial's
+directory name stays far below the 255 bytes a file system allows."""
+
+
 @dataclass(frozen=True)
 class ArmSpec:
     """One arm: a controller with its settings.
@@ -134,6 +139,12 @@ class ArmSpec:
         require(
             bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
             f"arm name must be letters, digits, '-' or '_', got {self.name!r}",
+        )
+        size = len(self.name.encode("utf-8"))
+        require(  # TASK.ARM.seedN names each trial's directory; a file name holds 255 bytes
+            size <= MAX_ARM_BYTES,
+            f"arm name must be at most {MAX_ARM_BYTES} bytes (it names the trials' "
+            f"directories), got {quoted(self.name)} ({size} bytes)",
         )
         given = {
             "width": self.width is not None,
