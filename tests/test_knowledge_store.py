@@ -379,6 +379,8 @@ def test_passwords_stay_out_of_messages() -> None:
         ("sqlite://", "names no file"),
         ("sqlite:///:memory:", "names no file"),
         ("sqlite:////tmp/x/a\0b.sqlite", "malformed"),  # sqlite3 raised at connect
+        # SQLAlchemy ignored them with two lines of warnings before any result
+        ("sqlite:////tmp/x/k.sqlite?mode=ro", r"takes no query options \(given: mode\)"),
     ],
 )
 def test_bad_urls_name_the_url_and_the_accepted_ones(bad: str, why: str) -> None:

@@ -164,6 +164,11 @@ def parse_url(url: str) -> URL:
                 f"knowledge store URL {url!r} names no file (an in-memory store would forget "
                 f"everything); {ACCEPTED_URLS}"
             )
+        if parsed.query:  # SQLAlchemy's SQLite driver ignores them, with warnings
+            raise KnowledgeURLError(
+                f"knowledge store URL {url!r}: an SQLite store takes no query options "
+                f"(given: {', '.join(sorted(parsed.query))}); {ACCEPTED_URLS}"
+            )
         return parsed.set(database=str(Path(str(parsed.database)).expanduser()))
     return parsed.set(drivername="postgresql+psycopg")
 
