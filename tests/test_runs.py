@@ -326,10 +326,15 @@ def test_a_malformed_summary_is_one_line_for_every_runs_command(tmp_path: Path, 
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "is a directory" in err
     (run / SUMMARY_FILE).rmdir()
+    meta = (run / "meta.json").read_text()
     (run / "meta.json").write_text("[]")
     assert main(["runs", "show", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "meta.json' is not an Esper run meta file" in err and "\n" not in err
+    (run / "meta.json").write_text(meta.replace('"threads": 1,', '"threads": 0,'))  # accepted
+    assert main(["runs", "show", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "meta file: threads must be an integer in [1, " in err and "\n" not in err
 
 
 def test_json_rows_are_strict_json_with_null_for_nan_and_infinity(recorded_runs, capsys) -> None:

@@ -216,6 +216,7 @@ class RunMeta:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        check_int("threads", self.threads, 1, MAX_COUNT)  # torch runs on one thread at least
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``meta.json``."""
