@@ -337,6 +337,18 @@ def test_a_malformed_summary_is_one_line_for_every_runs_command(tmp_path: Path, 
     assert "meta file: threads must be an integer in [1, " in err and "\n" not in err
 
 
+def test_json_rows_need_distinct_column_names(recorded_runs, capsys) -> None:
+    """``SELECT 1 AS a, 2 AS a`` printed {"a": 2}: one of the values was lost."""
+    sql = "SELECT 1 AS a, 2 AS a, 3 AS b"
+    args = ["runs", "query", sql, "--runs", str(recorded_runs["static"]), "--format", "json"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert "--format json needs distinct column names; ['a'] repeat" in captured.err
+    assert main([*args[:-2], "--format", "csv"]) == 0  # a table keeps both
+    assert capsys.readouterr().out.splitlines() == ["a,a,b", "1,2,3"]
+
+
 def test_json_rows_are_strict_json_with_null_for_nan_and_infinity(recorded_runs, capsys) -> None:
     sql = "SELECT 'nan'::DOUBLE AS a, '-inf'::DOUBLE AS b, 1.5::DOUBLE AS c"
     args = ["runs", "query", sql, "--runs", str(recorded_runs["static"]), "--format", "json"]

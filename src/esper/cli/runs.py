@@ -197,6 +197,12 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
         writer.writerow(result.columns)
         writer.writerows([["" if v is None else v for v in row] for row in result.rows])
     elif fmt == "json":
+        repeated = sorted({c for c in result.columns if result.columns.count(c) > 1})
+        if repeated:  # a JSON object keeps one value per name: the others would be lost
+            raise UserError(
+                f"--format json needs distinct column names; {repeated} repeat (rename them "
+                "with AS)"
+            )
         for row in result.rows:
             data = strict_json(dict(zip(result.columns, row, strict=True)))  # NaN, inf: null
             print(json.dumps(data, default=str, allow_nan=False))
