@@ -267,6 +267,20 @@ def test_a_run_into_a_sqlite_store(mlflow, store: str, tmp_path: Path) -> None:
     assert not Path("mlruns").exists() and not Path("mlartifacts").exists()
 
 
+def test_a_ppo_run_raised_to_more_rounds_goes_on_in_its_mlflow_run(mlflow, store, tmp_path):
+    """``--ppo.rounds`` changes config.json's ppo.rounds, a parameter MLflow refuses to change:
+    the resume failed, and every later one too. Now a resumed run logs only missing ones."""
+    run = tmp_path / "ppo"
+    args = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--telemetry.mlflow", store]
+    assert main([*args, "--out", str(run)]) == 0
+    assert main(["ppo", "--resume", str(run), "--ppo.rounds", "2"]) == 0
+    client = mlflow.MlflowClient(store)
+    tracked = client.get_run((run / RUN_ID_FILE).read_text().strip())
+    assert tracked.info.status == "FINISHED" and tracked.data.params["ppo.rounds"] == "1"
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "ppo/mean_return")] \
+        == [1, 2]  # fmt: skip
+
+
 def test_statuses_of_an_end_and_of_a_crash(mlflow, store, tmp_path, recorded_runs) -> None:
     client = mlflow.MlflowClient(store)
     expected = {"completed": "FINISHED", "terminated": "FINISHED", "interrupted": "KILLED"}
@@ -341,14 +355,15 @@ def test_a_url_with_a_bad_port_is_one_line(mlflow, tmp_path, capsys, port) -> No
 @pytest.mark.parametrize(
     ("kind", "message"),
     [("garbage", "is not an SQLite database"), ("directory", "is a directory"),
-     ("no directory", "directory '{tmp}/missing' does not exist"),
+     ("no directory", "cannot make the database's directory '{tmp}/file/sub': Not a directory"),
      ("pipe", "it is a named pipe, not a regular file")],
 )  # fmt: skip
 def test_a_sqlite_store_that_cannot_be_one_is_one_line(mlflow, tmp_path, capsys, kind, message):
     """Found by an adversarial sweep: a file that is no database gave two SQLAlchemy
     tracebacks, a missing directory a FileNotFoundError, a directory minutes of MLflow's
     retries; each left a half-made run at --out."""
-    database = tmp_path / ("missing/x.db" if kind == "no directory" else "store.db")
+    database = tmp_path / ("file/sub/x.db" if kind == "no directory" else "store.db")
+    (tmp_path / "file").write_text("a file where a directory would be made\n")
     if kind == "garbage":
         database.write_text("not a database\n")
     elif kind == "directory":
@@ -363,6 +378,20 @@ def test_a_sqlite_store_that_cannot_be_one_is_one_line(mlflow, tmp_path, capsys,
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
     assert message.replace("{tmp}", str(tmp_path)) in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sqlite_store_in_a_new_directory_or_a_quoted_path_is_taken(mlflow, tmp_path) -> None:
+    """MLflow makes a missing directory itself, and SQLAlchemy reads %20 as a space: the
+    start-up check refused both."""
+    (tmp_path / "my dir").mkdir()
+    for database, uri in [
+        (tmp_path / "new" / "sub" / "m.db", f"sqlite:///{tmp_path}/new/sub/m.db"),
+        (tmp_path / "my dir" / "m.db", f"sqlite:///{tmp_path}/my%20dir/m.db"),
+    ]:
+        run = tmp_path / f"run-{database.parent.name}"
+        args = ["static", *TINY, "--epochs", "1", "--telemetry.mlflow", uri, "--out", str(run)]
+        assert main(args) == 0
+        assert database.is_file() and (run / RUN_ID_FILE).is_file()
 
 
 def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, store, tmp_path, recorded_runs, caplog):

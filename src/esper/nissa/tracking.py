@@ -65,7 +65,8 @@ class TrackingError(RuntimeError):
 
 def check_mlflow(uri: str | None = None) -> None:
     """Fail early, before a run writes anything, when MLflow tracking cannot work: the package
-    is missing, or (given ``uri``) nothing answers at an ``http(s)`` server's port.
+    is missing, or (given ``uri``) nothing answers at an ``http(s)`` server's port, or a SQLite
+    store's database cannot be one (``_check_database``).
 
     Raises:
         TrackingSetupError: naming the missing package and how to install it.
@@ -84,13 +85,26 @@ def check_mlflow(uri: str | None = None) -> None:
             raise TrackingError(f"cannot track the run in MLflow at {uri}: {err}") from err
 
 
+def _sqlite_database(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI, read as SQLAlchemy reads it (``%20`` is a
+    space); None for other stores and an in-memory one."""
+    if not uri.lower().startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url  # mlflow's own dependency
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        name = make_url(uri).database
+    except (ArgumentError, ValueError) as err:
+        raise OSError(f"not a SQLite URL ({err})") from None
+    return Path(name) if name and name != ":memory:" else None
+
+
 def _sqlite_artifacts(uri: str) -> str | None:
     """Where a SQLite store's artifacts go: ``mlartifacts`` beside the database (MLflow's
     default is ``./mlruns`` in whatever directory the run was started from). None for others."""
-    if not uri.lower().startswith("sqlite"):
-        return None
-    database = Path(uri.partition(":///")[2].partition("?")[0])
-    return (database.absolute().parent / "mlartifacts").as_uri()
+    database = _sqlite_database(uri)
+    return None if database is None else (database.absolute().parent / "mlartifacts").as_uri()
 
 
 CONNECT_TIMEOUT_S = 10.0
@@ -100,7 +114,8 @@ CONNECT_TIMEOUT_S = 10.0
 def _connect(uri: str) -> None:
     """Fail fast when an ``http(s)`` tracking server cannot be reached: MLflow's own client
     retries a refused connection for about four minutes before it gives up. Reached through a
-    proxy (``HTTP(S)_PROXY``), the server is left to MLflow's client.
+    proxy (``HTTP(S)_PROXY``), the server is left to MLflow's client. A SQLite store's database
+    is checked by ``_check_database``.
 
     Raises:
         OSError: the server's port does not accept a TCP connection within
@@ -131,21 +146,26 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 def _check_database(uri: str) -> None:
     """A SQLite store's database must be one, or creatable: MLflow otherwise fails with an
-    engine traceback (a file that is no database, a missing directory) or retries for minutes
-    (a directory).
+    engine traceback (a file that is no database, a directory it cannot make) or retries for
+    minutes (a directory). A missing directory is made, as MLflow would.
 
     Raises:
         OSError: naming the database file and what is wrong with it.
     """
-    name = uri.partition(":///")[2].partition("?")[0]
-    if not name or name == ":memory:":
+    database = _sqlite_database(uri)
+    if database is None:
         return
-    database = Path(name)
+    name = str(database)
     if database.is_dir():
         raise OSError(f"the database {name!r} is a directory")
     if not database.exists():
-        if not database.absolute().parent.is_dir():
-            raise OSError(f"the database's directory {str(database.parent)!r} does not exist")
+        try:
+            database.absolute().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            where = str(database.parent)
+            raise OSError(
+                f"cannot make the database's directory {where!r}: {err.strerror}"
+            ) from None
         return
     try:
         with open_regular(database) as f:  # a pipe or device is refused, not read
@@ -230,10 +250,17 @@ class MLflowSink:
 
     def _log_params(self, config: dict[str, Any]) -> None:
         """The configuration as parameters: strings as they are, anything else as JSON
-        (``true``, ``null``: a setting left unset, not 0). A resumed run logs the same again."""
+        (``true``, ``null``: a setting left unset, not 0). A resumed run logs only those its
+        MLflow run lacks: MLflow refuses to change a parameter, and ``esper ppo --resume RUN
+        --ppo.rounds N`` changes one (the MLflow run keeps the rounds it was created with)."""
         from mlflow.entities import Param
 
-        params = [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in config.items()]
+        logged = self._client.get_run(self.run_id).data.params
+        params = [
+            Param(k, v if isinstance(v, str) else json.dumps(v))
+            for k, v in config.items()
+            if k not in logged
+        ]
         for start in range(0, len(params), _MAX_PARAMS):
             self._client.log_batch(self.run_id, params=params[start : start + _MAX_PARAMS])
 
