@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -737,6 +739,33 @@ def test_tui_child_failing_before_its_run_starts(
     assert main(["heuristic", "--task", "synthetic", "--tui"]) == 3
     err = capsys.readouterr().err
     assert err.endswith("\nesper: error: the run did not start (exit code 3)\n")
+
+
+def test_tui_resume_of_a_run_whose_log_is_a_pipe_is_one_line(tmp_path, monkeypatch, capsys):
+    """The child refused the run at once, but the watcher blocked opening the pipe to see
+    whether the child had written its first event, forever."""
+    run = tmp_path / "run"
+    tiny = ["--epochs", "2", "--batches-per-epoch", "2", "--val-samples", "32"]
+    assert main(["heuristic", "--task", "synthetic", *tiny, "--out", str(run)]) == 0
+    (run / "summary.json").unlink()
+    (run / "events.jsonl").unlink()
+    os.mkfifo(run / "events.jsonl")
+    capsys.readouterr()
+    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    monkeypatch.setattr(cli_tui, "_run_app", lambda app: pytest.fail("the UI must not start"))
+
+    def hung(signum, frame):
+        raise KeyboardInterrupt("still waiting after 60 s")  # not an OSError: nothing eats it
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        assert main(["heuristic", "--resume", str(run), "--tui"]) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "events.jsonl" in errors[0], errors
 
 
 def test_tui_child_with_bad_input_is_one_line_and_exit_2(

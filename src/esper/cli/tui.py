@@ -31,6 +31,7 @@ from typing import IO
 from esper.cli.config import RunOptions
 from esper.karn.tui import RunApp, catch_up
 from esper.leyline.config import UserError
+from esper.leyline.files import RefusedFileError, open_regular
 from esper.nissa.log import EVENTS_FILE, EventTail, RunDirectory, open_run
 
 CONSOLE_LOG = "console.log"
@@ -174,11 +175,11 @@ class ChildRun:
     def started(self) -> bool:
         """Whether the child has written its first event (a complete line) to the run."""
         try:
-            with (self.directory / EVENTS_FILE).open("rb") as f:
+            with open_regular(self.directory / EVENTS_FILE) as f:  # a pipe would block
                 f.seek(self.events_size)
                 return b"\n" in f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        except (FileNotFoundError, NotADirectoryError, RefusedFileError):
+            return False  # not yet, or never: the child refuses such a run and exits
 
     def wait_for_run(self) -> RunDirectory | None:
         """Block until the run has its first event; None when the child exited before.

@@ -439,7 +439,7 @@ def open_run(path: Path) -> RunDirectory:
     problem = not_a_run(path)
     if problem is not None:
         raise RunDirectoryError(problem)
-    with (path / EVENTS_FILE).open("rb") as f:
+    with open_regular(path / EVENTS_FILE) as f:
         first = f.readline().decode("utf-8", errors="replace")
     if not first.strip():
         raise RunDirectoryError(
