@@ -446,10 +446,13 @@ class Recorder:
                 logged = read_events(events).records
             except EventLogError as err:
                 raise UserError(f"cannot resume {str(directory)!r}: {err}") from None
-            if checkpoint.step > 0 and not logged:  # what it recorded is gone, not cut
-                raise UserError(
-                    f"cannot resume {str(directory)!r}: its {record.EVENTS_FILE} is empty, "
-                    f"though its checkpoint is at step {checkpoint.step}"
+            if checkpoint.step > 0 and not logged:  # lines are flushed, not fsynced
+                logger.warning(
+                    "%s is empty though the checkpoint is at step %d (lost in a system crash, "
+                    "or emptied): the run continues, and its views lack steps 1 to %d",
+                    events,
+                    checkpoint.step,
+                    checkpoint.step,
                 )
         _check_writable(directory, [directory, directory / record.CHECKPOINTS_DIR, events])
         csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
