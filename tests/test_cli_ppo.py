@@ -264,7 +264,7 @@ def test_a_completed_run_trains_on_to_a_larger_ppo_rounds(tmp_path, capsys) -> N
     assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "2", "--out", str(run)]) == 0
     before = _files(run)
     capsys.readouterr()
-    for more in ([], ["--ppo.rounds", "2"], ["--ppo.rounds", "1"], ["--ppo.rounds", "0"]):
+    for more in ([], ["--ppo.rounds", "2"], ["--ppo.rounds", "1"], ["--ppo.rounds", "-5"]):
         assert main(["ppo", "--resume", str(run), *more]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err

@@ -331,7 +331,7 @@ def test_a_malformed_summary_is_one_line_for_every_runs_command(tmp_path: Path, 
     assert main(["runs", "show", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "meta.json' is not an Esper run meta file" in err and "\n" not in err
-    (run / "meta.json").write_text(meta.replace('"threads": 1,', '"threads": 0,'))  # accepted
+    (run / "meta.json").write_text(meta.replace('"threads": 1,', '"threads": 0,'))  # was taken
     assert main(["runs", "show", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "meta file: threads must be an integer in [1, " in err and "\n" not in err

@@ -88,7 +88,10 @@ def split_options(argv: list[str], on_resume: tuple[str, ...] = ()) -> tuple[Run
     if options.out is not None:
         check_outside_studies(options.out)
     if options.resume is not None:
-        given = [a.partition("=")[0] for a in rest if a.startswith("-")]
+        taken = {i + 1 for i, a in enumerate(rest) if a in on_resume}  # "--ppo.rounds -5"
+        given = [
+            a.partition("=")[0] for i, a in enumerate(rest) if a.startswith("-") and i not in taken
+        ]
         given = [flag for flag in given if flag not in on_resume]
         given += ["--out"] * (options.out is not None) + ["--config"] * (options.config is not None)
         if given:

@@ -164,7 +164,7 @@ def parse_url(url: str) -> URL:
                 f"knowledge store URL {url!r} names no file (an in-memory store would forget "
                 f"everything); {ACCEPTED_URLS}"
             )
-        if parsed.query:  # SQLAlchemy's SQLite driver ignores them, with warnings
+        if parsed.query:  # a store needs none; SQLAlchemy warns about those it does not take
             raise KnowledgeURLError(
                 f"knowledge store URL {url!r}: an SQLite store takes no query options "
                 f"(given: {', '.join(sorted(parsed.query))}); {ACCEPTED_URLS}"
