@@ -91,8 +91,15 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> byte
         OSError: it cannot be read.
     """
     with open_regular(path) as f:
-        data = f.read() if limit is None else f.read(limit + 1)
-    if limit is not None and len(data) > limit:
+        if limit is None:
+            return f.read()
+        size = os.fstat(f.fileno()).st_size
+        # A buffer of the file's size, not the limit's (64 MiB for a JSON record, per read);
+        # a file that grew since the fstat is read on, up to the limit.
+        data = f.read(min(size, limit) + 1)
+        if size < len(data) <= limit:
+            data += f.read(limit + 1 - len(data))
+    if len(data) > limit:
         raise RefusedFileError(
             errno.EFBIG, f"it is larger than the {limit:,} bytes such a file can be", str(path)
         )

@@ -943,9 +943,9 @@ def _verified(path: Path, entry: dict[str, Any]) -> bytes:
         size = path.stat().st_size
     except OSError as err:
         raise RunRecordError(f"cannot read {str(path)!r}: {err.strerror}") from None
-    data = _read_bytes(path, size) if size == entry["size"] else b""
-    if size != entry["size"] or len(data) != size:
+    if size != entry["size"]:
         raise _corrupt(path, f"{size} bytes, the manifest says {entry['size']}")
+    data = _read_bytes(path, size)  # one that changed since is refused: too long, or its digest
     if _sha256(data) != entry["sha256"]:
         raise _corrupt(path, "SHA-256 mismatch")
     return data

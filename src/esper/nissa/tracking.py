@@ -122,10 +122,9 @@ def _connect(uri: str) -> None:
             ``CONNECT_TIMEOUT_S`` (in words naming host and port), or the URL's port is not a
             port number.
     """
+    _check_database(uri)  # nothing for a store that is not SQLite
     parts = urllib.parse.urlsplit(uri)
     host = parts.hostname
-    if parts.scheme.startswith("sqlite"):
-        _check_database(uri)
     if parts.scheme not in ("http", "https") or not host:
         return
     proxies = urllib.request.getproxies()
