@@ -270,6 +270,23 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         (["heuristic", "--task", "synthetic", "--slots", "mid_2"], "unknown or no slots ['mid_2']"),
         (["heuristic", "--task", "synthetic", "--bogus"], "--bogus"),
         (["static", "--task", "synthetic", "--slots", "early"], "a static run grows nothing"),
+        # a knob the mode does not read is refused even at its default value
+        (
+            ["static", "--task", "synthetic", "--plateau-patience=3"],
+            "static runs take no heuristic settings",
+        ),
+        (
+            ["random", "--task", "synthetic", "--germinate_cooldown", "3"],
+            "random runs take no heuristic settings",
+        ),
+        (
+            ["heuristic", "--task", "synthetic", "--periodic.period", "3"],
+            "heuristic runs take no periodic settings",
+        ),
+        (
+            ["static", "--task", "synthetic", "--no-shapley"],
+            "a static run grows nothing; drop shapley",
+        ),
         (["eval", "--task", "synthetic"], "eval needs --policy"),
         (["heuristic", "--task", "synthetic", "--policy", "x"], "take no --policy"),
         # Python's refusal ends "use sys.set_int_max_str_digits()": advice for programmers

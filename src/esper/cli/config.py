@@ -220,8 +220,16 @@ def growth_config(
     config = parse_flags(GrowthRun, argv, f"esper {mode}", RUN_COMMANDS[mode], default)
     if not config.training.task:
         raise UserError(f"esper {mode} needs --task (or training.task in --config)")
-    check_mode(mode, config)
+    check_mode(mode, config, named_fields(argv))
     return config
+
+
+def named_fields(argv: list[str]) -> frozenset[str]:
+    """The fields whose flags ``argv`` gives, as dotted field names: ``--plateau-patience=3`` and
+    ``--plateau_patience 3`` name ``plateau_patience``, ``--no-shapley`` names ``shapley`` (and
+    ``no_shapley``), ``--periodic.period`` names ``periodic.period``."""
+    names = {item.partition("=")[0][2:].replace("-", "_") for item in argv if item.startswith("--")}
+    return frozenset(names | {name[3:] for name in names if name.startswith("no_")})
 
 
 def policy_arg(argv: list[str], options: RunOptions) -> Path | None:

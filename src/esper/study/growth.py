@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,9 +116,18 @@ class GrowthRun:
             parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
 
 
-def check_mode(mode: str, config: GrowthRun) -> None:
+HEURISTIC_FIELDS = frozenset(f.name for f in fields(HeuristicConfig))
+PERIODIC_FIELDS = frozenset(f"periodic.{f.name}" for f in fields(PeriodicConfig))
+GROWTH_FIELDS = ("slots", "shapley", "auto_advance", "seed_lr", "knowledge")
+"""The settings a static run refuses: it grows nothing."""
+
+
+def check_mode(mode: str, config: GrowthRun, named: frozenset[str] = frozenset()) -> None:
     """Settings that only some modes read: a static run grows nothing, only eval has a policy,
-    only periodic a schedule.
+    only periodic a schedule. A setting counts as given when its value differs from the default
+    or when it is ``named`` (the fields whose flags the command line gives, e.g.
+    ``plateau_patience``, ``periodic.period``): ``static --plateau-patience 3`` names a knob
+    that does nothing there even at its default.
 
     Raises:
         UserError: naming the setting the mode does not take.
@@ -126,9 +135,9 @@ def check_mode(mode: str, config: GrowthRun) -> None:
     if (mode == "eval") != (config.policy is not None):
         need = "eval needs --policy RUN" if mode == "eval" else f"{mode} runs take no --policy"
         raise UserError(need)
-    if mode != "periodic" and config.periodic != PeriodicConfig():
+    if mode != "periodic" and (config.periodic != PeriodicConfig() or named & PERIODIC_FIELDS):
         raise UserError(f"{mode} runs take no periodic settings; they are for esper periodic")
-    if mode != "heuristic" and config.heuristic != HeuristicConfig():
+    if mode != "heuristic" and (config.heuristic != HeuristicConfig() or named & HEURISTIC_FIELDS):
         raise UserError(f"{mode} runs take no heuristic settings; they are for esper heuristic")
     if mode == "heuristic":
         _check_preference(config.heuristic, config.training.task)
@@ -138,10 +147,14 @@ def check_mode(mode: str, config: GrowthRun) -> None:
         )
     if mode == "static":
         t = config.training
-        given = ["slots"] * (t.slots != HostTraining(t.task).slots) + ["shapley"] * t.shapley
-        given += ["auto_advance"] * t.auto_advance
-        given += ["seed_lr"] * (t.seed_lr not in (None, t.lr))  # a resolved config has seed_lr=lr
-        given += ["knowledge"] * (config.knowledge is not None)
+        changed = {
+            "slots": t.slots != HostTraining(t.task).slots,
+            "shapley": t.shapley,
+            "auto_advance": t.auto_advance,
+            "seed_lr": t.seed_lr not in (None, t.lr),  # a resolved config has seed_lr=lr
+            "knowledge": config.knowledge is not None,
+        }
+        given = [name for name in GROWTH_FIELDS if changed[name] or name in named]
         if given:
             raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
 
