@@ -60,6 +60,11 @@ _NOT_FILES = (
 )
 
 
+def not_regular(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` that is not a regular file is: "a named pipe", …"""
+    return next((name for test, name in _NOT_FILES if test(mode)), "not a plain file")
+
+
 def open_regular(path: str | os.PathLike[str], follow: bool = True) -> BinaryIO:
     """``path`` opened for binary reading, if it is a regular file (links followed, unless not
     ``follow``). The check is made on the opened file, which is opened without blocking.
@@ -73,9 +78,10 @@ def open_regular(path: str | os.PathLike[str], follow: bool = True) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _NOT_FILES if test(mode)), "not a plain file")
             code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
-            raise RefusedFileError(code, f"it is {kind}, not a regular file", str(path))
+            raise RefusedFileError(
+                code, f"it is {not_regular(mode)}, not a regular file", str(path)
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -63,6 +63,7 @@ from esper.leyline.files import (
     disk_full,
     fsync_directory,
     is_disk_full,
+    not_regular,
     read_regular,
     write_new_file,
 )
@@ -539,9 +540,15 @@ def not_a_run(path: Path) -> str | None:
     if not path.is_dir():
         return f"{str(path)!r} is a file, not a run directory"
     missing = [name for name in RUN_FILES if not (path / name).is_file()]
-    if missing:  # absent, or not a regular file
-        return f"{str(path)!r} is not an Esper run directory (no {' or '.join(missing)} file)"
-    return None
+    if not missing:
+        return None
+    odd = [name for name in missing if (path / name).exists()]  # a directory, a pipe, a device
+    if odd:
+        kind = not_regular((path / odd[0]).stat().st_mode)
+        return (
+            f"{str(path)!r} is not an Esper run directory ({odd[0]} is {kind}, not a regular file)"
+        )
+    return f"{str(path)!r} is not an Esper run directory (no {' or '.join(missing)} file)"
 
 
 def is_study(path: Path) -> bool:
