@@ -66,8 +66,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("body", "message"),
     [
         # A [resources] table states only what it changes (it used to need both keys).
-        (f"{HEAD}{STATIC}[resources]\ncpus = 0\n", "resources.cpus must be a number in (0.0"),
+        (f"{HEAD}{STATIC}[resources]\ncpus = 0\n", "resources.cpus must be a number in [0.0001"),
         (f"{HEAD}{STATIC}[resources]\ngpus = -1\n", "resources.gpus must be a number in [0.0"),
+        # Ray refused an amount below its unit after the study directory was made: a traceback.
+        (f"{HEAD}{STATIC}[resources]\ncpus = 1e-300\n",
+         "resources.cpus must be a number in [0.0001, 1024.0], got 1e-300"),
+        (f"{HEAD}{STATIC}[resources]\ngpus = 0.00001\n",
+         "resources.gpus must be 0 or a number in [0.0001, 64.0], got 1e-05"),
+        # Training settings of an arm that evaluates a given policy were silently ignored.
+        (f'{HEAD}[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "x"\npreset = "tiny"\n'
+         '[arms.ppo.ppo]\nrounds = 3\n',
+         "arm 'p': preset, ppo set how the arm's policies train; with policy = a trained run"),
+        # A third policy was trained that no trial of two evaluation seeds would run.
+        (f"seeds = 2\n{HEAD}{PPO.replace('[100]', '[100, 200, 300]')}",
+         "arm 'p': 3 training_seeds for 2 evaluation seeds: no trial would evaluate the "
+         "policies of [300]; give at most 2"),
         # budget.threads was silently replaced by resources.cpus.
         (f"{HEAD}{BUDGET}threads = 2\n{STATIC}", "budget may not set threads: resources.cpus"),
         (f"{HEAD}{STATIC}[task_budgets.synthetic]\nthreads = 2\n",
@@ -116,6 +129,24 @@ def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, me
     path = _study(tmp_path, body)
     assert message in _bad(capsys, ["study", str(path)])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_out_whose_trials_is_not_a_directory_is_refused(tmp_path, capsys, kind):
+    """Skipped as the study's own name, a file called trials passed the checks; then every
+    trial failed on every attempt, and the study wrote its results beside the file."""
+    out = tmp_path / "o"
+    out.mkdir()
+    if kind == "file":
+        (out / "trials").write_text("precious\n")
+    else:
+        (out / "trials").symlink_to(tmp_path / "gone")
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    line = _bad(capsys, ["study", str(path)])
+    assert f"{str(out / 'trials')!r} is not a directory" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["trials"]
+    if kind == "file":
+        assert (out / "trials").read_text() == "precious\n"
 
 
 def test_a_data_dir_set_per_task_that_reads_files_is_taken(tmp_path):

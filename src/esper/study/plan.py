@@ -207,6 +207,13 @@ class ArmSpec:
             f"{where}: auto_advance comes from the policy's own run when policy is given; "
             "drop auto_advance",
         )
+        training = [k for k in ("preset", "reward") if getattr(self, k) is not None]
+        training += ["ppo"] * bool(self.ppo)
+        require(
+            self.policy is None or not training,
+            f"{where}: {', '.join(training)} set how the arm's policies train; with policy = "
+            "a trained run nothing trains: drop them",
+        )
         refused = sorted({"env", "telemetry"} & set(self.ppo))
         runtime = self.ppo.get("runtime")
         if isinstance(runtime, dict):
@@ -232,6 +239,10 @@ class ArmSpec:
         return bool(self.training_seeds)
 
 
+RAY_RESOURCE_UNIT = 0.0001
+"""The smallest non-zero amount of a resource Ray schedules."""
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one trial asks Ray for.
@@ -246,8 +257,14 @@ class Resources:
     gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        check_float("resources.cpus", self.cpus, 0.0, 1024.0, strict_low=True)
+        # Ray counts resources in units of 1/10,000 and refuses a non-zero amount below one.
+        check_float("resources.cpus", self.cpus, RAY_RESOURCE_UNIT, 1024.0)
         check_float("resources.gpus", self.gpus, 0.0, 64.0)
+        require(
+            self.gpus == 0 or self.gpus >= RAY_RESOURCE_UNIT,
+            f"resources.gpus must be 0 or a number in [{RAY_RESOURCE_UNIT}, 64.0], got "
+            f"{quoted(self.gpus)}",
+        )
 
     @property
     def threads(self) -> int:
@@ -507,6 +524,11 @@ def _check_out(directory: Path) -> None:
             f"{where} already exists and holds no study (no {STUDY_FILE}, but "
             f"{quoted(min(foreign))}); choose a new or empty directory"
         )
+    trials = directory / TRIALS_DIR
+    require(  # every trial would fail to make its run directory
+        not os.path.lexists(trials) or trials.is_dir(),
+        f"{where}: {str(trials)!r} is not a directory; the study keeps its trials' runs there",
+    )
 
 
 def with_defaults(cls: type, table: Any) -> Any:
@@ -554,6 +576,13 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
         used = {int(s) for s in meta.seeds["environments"]}
         origin = f"its PPO run {arm.policy!r} trained on environment seeds"
     else:
+        unused = arm.training_seeds[spec.seeds :]  # evaluation seed i runs policy i mod n
+        require(
+            not unused,
+            f"arm {arm.name!r}: {len(arm.training_seeds)} training_seeds for {spec.seeds} "
+            f"evaluation seeds: no trial would evaluate the policies of {list(unused)[:8]}; "
+            f"give at most {spec.seeds}",
+        )
         config = ppo_config(spec, arm, spec.tasks[0], arm.training_seeds[0])
         require(
             not config.runtime.amp or spec.resources.gpus > 0,
