@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +32,23 @@ def _study(tmp_path: Path, body: str, name: str = "study.toml") -> Path:
     path = tmp_path / name
     path.write_text(body)
     return path
+
+
+def _dry_run_of_a_copy(path: Path, capsys, changes: dict[str, str]) -> tuple[int, str]:
+    """``esper study --dry-run`` of the study's trials copied into a new directory, through
+    a copy of the study file with ``out`` pointing there and ``changes`` applied to its text:
+    (exit code, what it printed). A moved study holds other paths in its trials' config.json
+    (the study's knowledge store, the policies evaluated); a copy lacks ``study.json``."""
+    copy = path.parent / "copy"
+    if not copy.exists():
+        shutil.copytree(path.parent / "out" / TRIALS_DIR, copy / TRIALS_DIR, symlinks=True)
+    text = path.read_text().replace('out = "out"', 'out = "copy"')
+    for old, new in changes.items():
+        assert old in text
+        text = text.replace(old, new)
+    code = main(["study", str(_study(path.parent, text, "copy.toml")), "--dry-run"])
+    out, err = capsys.readouterr()
+    return code, out + err
 
 
 def _trials(directory: Path) -> list[dict[str, str]]:
@@ -86,6 +104,14 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert main(["runs", "list", str(out)]) == 0  # a study directory lists its trials' runs
     listed = capsys.readouterr().out
     assert all(row["run"] in listed for row in rows)
+    # Its trials in a directory without study.json: counted as done for the same settings,
+    # refused for others (they counted as done, and study.json's check was not reached).
+    code, printed = _dry_run_of_a_copy(path, capsys, {})
+    assert code == 0 and "6 trials, 0 to run" in printed, printed
+    code, printed = _dry_run_of_a_copy(path, capsys, {"epochs = 6": "epochs = 7"})
+    assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
+    assert "is a finished run of other settings than the study gives trial" in printed
+    assert "(run -> study: training.epochs: 6 -> 7)" in printed
 
 
 def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_session, capsys):
@@ -120,7 +146,7 @@ def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_sessio
     assert {r["status"] for r in _trials(tmp_path / "out")} == {"completed"}
 
 
-def test_static_matched_width_matches_the_grown_arms_median(tmp_path, ray_session):
+def test_static_matched_width_matches_the_grown_arms_median(tmp_path, ray_session, capsys):
     path = _study(
         tmp_path,
         f'out = "out"\ntasks = ["synthetic"]\nseeds = 3\n{FAST}[budget]\n'
@@ -142,13 +168,15 @@ def test_static_matched_width_matches_the_grown_arms_median(tmp_path, ray_sessio
             assert abs(host_param_count("synthetic", data, other) - target) >= abs(
                 int(row["final_params"]) - target
             )
+    code, printed = _dry_run_of_a_copy(path, capsys, {})  # each run's width is its own
+    assert code == 0 and "6 trials, 0 to run" in printed, printed
     results = (tmp_path / "out" / "results.md").read_text()
     assert "| synthetic | matched | 3 |" in results
     # Q1 compares the grown arm with the static arm of its size, whatever the arm is called.
     assert "Q1 does growing beat a static network per parameter? grow vs matched:" in results
 
 
-def test_ppo_arm_trains_on_its_own_seeds_then_evaluates(tmp_path, ray_session):
+def test_ppo_arm_trains_on_its_own_seeds_then_evaluates(tmp_path, ray_session, capsys):
     path = _study(
         tmp_path,
         f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n{BUDGET}'
@@ -170,6 +198,10 @@ def test_ppo_arm_trains_on_its_own_seeds_then_evaluates(tmp_path, ray_session):
         assert record.read_meta(trials / f"synthetic.ppo.seed{seed}").mode == "eval"
     results = (tmp_path / "out" / "results.md").read_text()
     assert "ppo vs heuristic" in results  # the second question's verdict line
+    code, printed = _dry_run_of_a_copy(path, capsys, {})  # other policy and knowledge paths
+    assert code == 0 and "5 trials, 0 to run" in printed, printed
+    code, printed = _dry_run_of_a_copy(path, capsys, {"rounds = 1": "rounds = 2"})
+    assert code == EXIT_BAD_INPUT and "ppo.rounds: 1 -> 2" in printed, printed
 
 
 def test_heuristic_arms_take_a_selector_and_a_strategy_and_learn_in_the_studys_store(

@@ -35,7 +35,14 @@ from typing import Any
 
 import torch
 
-from esper.leyline.config import HostTraining, UserError, check_int, config_dict, override
+from esper.leyline.config import (
+    HostTraining,
+    UserError,
+    check_int,
+    config_dict,
+    error_text,
+    override,
+)
 from esper.leyline.files import atomic_write
 from esper.leyline.trials import (
     FINISHED,
@@ -219,6 +226,16 @@ class Outcome:
     pending: list[str]
 
 
+DERIVED_SETTINGS = ("policy:", "knowledge:", "telemetry")
+"""Settings of a trial's ``config.json`` that the study does not set alone, left out when a
+finished trial is checked: the paths of the policy it evaluates and of the study's knowledge
+store (a moved study holds other paths) and where telemetry went (it changes nothing the run
+computed)."""
+
+EVAL_DERIVED = ("training.slots:", "training.auto_advance:")
+"""Settings an evaluating trial takes from its policy's run (that run is checked itself)."""
+
+
 class StudyDriver:
     """Submits a study's trials to Ray as their dependencies finish and collects the results.
 
@@ -242,6 +259,7 @@ class StudyDriver:
         self.done: set[str] = set()
         for trial in self.trials:
             if self._finished(trial):
+                self._check_settings(trial)
                 self.done.add(trial.name)
                 row = trial_row(trial, self.run_directory(trial))
                 if row is not None:
@@ -256,6 +274,42 @@ class StudyDriver:
         if not record.is_run_directory(directory):
             return False
         return record.run_status(directory) in FINISHED
+
+    def _check_settings(self, trial: Trial) -> None:
+        """A finished trial's run holds the configuration the study gives the trial now, but
+        for ``DERIVED_SETTINGS``: runs copied in from a study of other settings, or left after
+        ``study.json`` was removed, counted as done.
+
+        Raises:
+            UserError: naming the run and its first differences.
+        """
+        directory = self.run_directory(trial)
+        arm = self.spec.arm(trial.arm)
+        try:
+            saved = record.read_config(directory)
+            if trial.kind == "policy":
+                ran = config_dict(override(TrainingConfig(), saved))
+                expected = config_dict(ppo_config(self.spec, arm, trial.task, trial.seed))
+            else:
+                ran = config_dict(override(GrowthRun(HostTraining("")), saved))
+                # A static-matched width comes from other trials' results: the run's own.
+                width = ran["training"]["width"] if arm.controller == MATCHED else None
+                expected = config_dict(growth_config(self.spec, trial, width)[1])
+        except (record.RunRecordError, ValueError, TypeError, KeyError) as err:
+            raise UserError(f"trial run {str(directory)!r}: {error_text(err)}") from None
+        derived = DERIVED_SETTINGS + (EVAL_DERIVED if arm.controller == "ppo" else ())
+        changed = [
+            change
+            for key in sorted(set(ran) | set(expected))
+            for change in config_changes(ran.get(key), expected.get(key), key)
+            if not change.startswith(derived)
+        ]
+        if changed:
+            raise UserError(
+                f"{str(directory)!r} is a finished run of other settings than the study gives "
+                f"trial {trial.name} (run -> study: {'; '.join(changed[:3])}); move it out of "
+                "the study directory, or restore the study file"
+            )
 
     def exhausted(self, trial: Trial) -> bool:
         """The trial is unfinished and its last attempt failed, with no attempt left (a
