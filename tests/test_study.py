@@ -293,6 +293,34 @@ def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
     assert f"wall time: about {wall} or more on this machine's {cores} core(s)" in out
 
 
+def test_dry_run_times_part_of_a_long_epoch_and_scales_it(tmp_path, capsys, monkeypatch):
+    """batches_per_epoch = 10000000 made the dry run time whole epochs of that: hours. It
+    times MAX_TIMED_BATCHES (here 3) of them and scales the time to the budget."""
+    from esper.cli import study
+
+    monkeypatch.setattr(study, "MAX_TIMED_BATCHES", 3)
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 1\n[budget]\n'
+        f"{BUDGET.replace('batches_per_epoch = 2', 'batches_per_epoch = 300')}"
+        '[[arms]]\nname = "static"\ncontroller = "static"\n',
+    )
+    from esper.tolaria import episode
+
+    timed, real = [], episode.reset_together  # the dry run imports it where it times
+
+    def counting(episodes, chunk):
+        timed.append([e.training.batches_per_epoch for e in episodes])
+        return real(episodes, chunk)
+
+    monkeypatch.setattr(episode, "reset_together", counting)
+    assert main(["study", str(path), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "timing epochs of synthetic's static host (3 of 300 batches each, scaled) ..." in err
+    assert timed and all(set(batches) == {3} for batches in timed), timed
+    assert "1 trials, 1 to run: 6 host epochs" in out
+
+
 def test_dry_run_does_not_time_cpu_epochs_for_gpu_trials(tmp_path, capsys):
     path = _study(
         tmp_path,

@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -225,6 +226,11 @@ class _Epoch(NamedTuple):
     chunk: int
 
 
+MAX_TIMED_BATCHES = 100
+"""The dry run times an epoch of at most this many batches and scales it to the budget's
+(``batches_per_epoch = 10000000`` made the dry run itself take hours)."""
+
+
 def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[str, _Epoch]:
     """Training FLOPs of one epoch of each task's static host at the study's budget and, if
     ``timed``, its measured seconds at the trials' threads (validation included): a fresh
@@ -258,18 +264,22 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
             if not timed:
                 result[task] = _Epoch(flops, math.nan, math.nan, 1)
                 continue
+            # A long epoch is timed in part and scaled (validation, timed once, with it).
+            timed_batches = min(batches, MAX_TIMED_BATCHES)
+            scale = batches / timed_batches
+            part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
             # a wide host's epochs take a while: say what is running (stderr, like progress)
-            _say(f"timing epochs of {task}'s static host ({batches} batches each) ...")
+            _say(f"timing epochs of {task}'s static host ({part or f'{batches} batches each'}) ...")
             # at most this machine's cores: more threads than cores only thrash the timing
             torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
             chunk = cpu_chunk(first)
-            episodes = [first] + [
-                task_episode(host_training, data, i, cpu, lambda event: None)
-                for i in range(1, chunk)
+            timing = replace(host_training, batches_per_epoch=timed_batches)
+            episodes = [
+                task_episode(timing, data, i, cpu, lambda event: None) for i in range(chunk)
             ]
             seconds(episodes[:1], 1)  # warm-up
-            alone = seconds(episodes[:1], 1)
-            grouped = seconds(episodes[:chunk], chunk) if chunk > 1 else alone
+            alone = seconds(episodes[:1], 1) * scale
+            grouped = seconds(episodes[:chunk], chunk) * scale if chunk > 1 else alone
             result[task] = _Epoch(flops, alone, grouped, chunk)
     finally:
         torch.set_num_threads(threads)
