@@ -149,6 +149,35 @@ def test_out_whose_trials_is_not_a_directory_is_refused(tmp_path, capsys, kind):
         assert (out / "trials").read_text() == "precious\n"
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("text", "file is not a database"), ("directory", "unable to open database file")],
+)
+def test_a_knowledge_store_that_cannot_be_used_is_one_line(tmp_path, capsys, kind, reason, dry_run):
+    """The study ran, its trials warning only in Ray's worker logs, and its bandit arm went
+    without the outcomes it was to learn from."""
+    store = tmp_path / "store"
+    if kind == "text":
+        store.write_text("not a database\n")
+    else:
+        store.mkdir()
+    arm = '[[arms]]\nname = "h"\ncontroller = "heuristic"\nselector = "ucb"\n'
+    path = _study(tmp_path, f'knowledge = "sqlite:///{store}"\n{HEAD}{BUDGET}{arm}')
+    line = _bad(capsys, ["study", str(path), *(["--dry-run"] * dry_run)])
+    assert line == f"esper: error: knowledge store sqlite:///{store}: {reason}", line
+    assert not (tmp_path / "o").exists()
+    assert kind != "text" or store.read_text() == "not a database\n"
+
+
+def test_a_knowledge_store_not_made_yet_is_taken(tmp_path, capsys):
+    store = tmp_path / "new" / "knowledge.sqlite"
+    arm = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    path = _study(tmp_path, f'knowledge = "sqlite:///{store}"\n{HEAD}{BUDGET}{arm}')
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert not store.exists() and not store.parent.exists()  # a dry run makes nothing
+
+
 def test_a_data_dir_set_per_task_that_reads_files_is_taken(tmp_path):
     body = 'out = "o"\ntasks = ["synthetic", "fashion_mnist_impaired"]\n' + STATIC
     spec, _ = read_study(_study(tmp_path, f'{body}[task_budgets.fashion_mnist_impaired]\n'

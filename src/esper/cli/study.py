@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
 from esper.study.execute import Outcome, StudyDriver, connect_ray, trial_row, trial_slots
-from esper.study.plan import StudySpec, Trial, ppo_config, read_study, training
+from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
@@ -67,6 +67,7 @@ def run_study(args: argparse.Namespace) -> int:
         )
     spec, directory = load(args.file)
     driver = StudyDriver(spec, directory, _say)
+    check_knowledge(spec)
     if args.dry_run:
         dry_run(driver)
         return 0
@@ -110,6 +111,26 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def check_knowledge(spec: StudySpec) -> None:
+    """The knowledge store a study names opens, when an arm grows: a trial that cannot use it
+    only warns, in a Ray worker's log, and a bandit arm then runs without the outcomes it was
+    to learn from. A store that does not exist yet is fine (the first trial creates it).
+
+    Raises:
+        UserError: the store's one-line error (not a database, unreachable, foreign, newer).
+    """
+    if spec.knowledge is None or all(a.controller in ("static", MATCHED) for a in spec.arms):
+        return
+    from esper.nissa.knowledge import KnowledgeStore, KnowledgeStoreError, KnowledgeStoreMissing
+
+    try:
+        KnowledgeStore.open(spec.knowledge, create=False).close()
+    except KnowledgeStoreMissing:
+        return
+    except KnowledgeStoreError as err:
+        raise UserError(str(err)) from None
 
 
 def _write_results(
