@@ -66,8 +66,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("body", "message"),
     [
         # A [resources] table states only what it changes (it used to need both keys).
-        (f"{HEAD}{STATIC}[resources]\ncpus = 0\n", "resources.cpus must be a number in [0.0001"),
+        # ... not "resources: resources.cpus must be ..."
+        (f"{HEAD}{STATIC}[resources]\ncpus = 0\n", "': resources.cpus must be a number in [0.0001"),
         (f"{HEAD}{STATIC}[resources]\ngpus = -1\n", "resources.gpus must be a number in [0.0"),
+        # The whole list was shown, the repeated name somewhere in it.
+        (f'out = "o"\ntasks = ["synthetic", "digits", "synthetic"]\n{STATIC}',
+         "tasks repeat ['synthetic']; give each task once"),
+        (f"{HEAD}{STATIC}{STATIC}", "arm names repeat ['s']; give each arm its own name"),
         # Ray refused an amount below its unit after the study directory was made: a traceback.
         (f"{HEAD}{STATIC}[resources]\ncpus = 1e-300\n",
          "resources.cpus must be a number in [0.0001, 1024.0], got 1e-300"),
@@ -306,7 +311,9 @@ def test_relative_policy_is_the_files_not_the_working_directorys(tmp_path, runs,
 def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):
     path = _study(tmp_path, f'{HEAD}[[arms]]\nname = "p"\ncontroller = "ppo"\n'
                             f'policy = "{runs["static"]}"\n')  # fmt: skip
-    assert "is not an Esper PPO run directory" in _bad(capsys, ["study", str(path)])
+    line = _bad(capsys, ["study", str(path)])  # it said "--policy", which a study has not
+    policy = str(runs["static"])
+    assert line.endswith(f": arm 'p': policy {policy!r} is not an Esper PPO run directory"), line
     assert not (tmp_path / "o").exists()
 
 

@@ -356,7 +356,9 @@ def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
     try:
         return cls(**decoded) if base is None else replace(base, **decoded)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{where + ': ' if where else ''}{err}") from None
+        text = str(err)  # "resources.cpus must be ..." names its table already
+        named = not where or text.startswith((f"{where}.", f"{where} "))
+        raise ValueError(text if named else f"{where}: {text}") from None
 
 
 def override(obj: C, data: object) -> C:

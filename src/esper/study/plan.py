@@ -325,13 +325,15 @@ class StudySpec:
         require(bool(self.tasks), "tasks must name at least one task")
         for task in self.tasks:
             get_task(task)  # an unknown task names the known ones
-        require(len(set(self.tasks)) == len(self.tasks), f"tasks repeat: {list(self.tasks)}")
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        require(not twice, f"tasks repeat {twice}; give each task once")
         require(bool(self.arms), "a study needs at least one [[arms]] table")
         check_int("seeds", self.seeds, 1, MAX_COUNT)
         check_int("first_seed", self.first_seed, 0, MAX_SEED - self.seeds)
         check_int("retries", self.retries, 0, 100)
         names = [a.name for a in self.arms]
-        require(len(set(names)) == len(names), f"arm names repeat: {names}")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        require(not twice, f"arm names repeat {twice}; give each arm its own name")
         trials = len(self.tasks) * len(self.arms) * self.seeds
         require(
             trials <= MAX_TRIALS,
@@ -564,7 +566,7 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
             state = ppo_state(directory)  # a run that cannot be evaluated fails now, not in a trial
             meta = record.read_meta(directory)
         except (UserError, record.RunRecordError) as err:
-            raise ValueError(f"arm {arm.name!r}: policy {arm.policy!r}: {err}") from None
+            raise ValueError(f"arm {arm.name!r}: {err}") from None  # err names the policy
         assert meta is not None  # ppo_state read it
         for task in spec.tasks:  # a policy acts only on hosts of the kind it trained on
             host = get_task(task).host_kind

@@ -650,7 +650,7 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
     except record.RunRecordError as err:
         raise UserError(str(err)) from err
     if meta is None or meta.mode != "ppo":
-        raise UserError(f"--policy {str(run_dir)!r} is not an Esper PPO run directory")
+        raise UserError(f"policy {str(run_dir)!r} is not an Esper PPO run directory")
     return read_state(run_dir, meta.run_id, "cannot read the policy in")
 
 
