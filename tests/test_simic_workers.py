@@ -7,6 +7,7 @@ already runs, so the CLI runs below join it instead of starting their own.
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import math
@@ -200,6 +201,37 @@ def test_an_unreachable_cluster_is_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith(f"esper: error: cannot reach a Ray cluster at --ray-address {address}")
+    assert not out.exists()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing on stderr: the test reads it."""
+
+
+@pytest.mark.parametrize("server", ["http", "silent"])
+def test_a_port_that_is_no_ray_head_is_one_line(tmp_path, capsys, monkeypatch, server) -> None:
+    """Something else listening there (a web server; a process that never answers) made Ray's
+    client wait for minutes without a word."""
+    monkeypatch.setattr(workers, "CONNECT_TIMEOUT_S", 0.5)
+    if server == "http":
+        listener: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+        threading.Thread(target=listener.serve_forever, daemon=True).start()
+        port, stop = listener.server_address[1], listener.shutdown
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+        port, stop = listener.getsockname()[1], listener.close
+    out, address = tmp_path / "run", f"127.0.0.1:{port}"
+    try:
+        code = main([*TINY, "--workers", "1", "--ray-address", address, "--out", str(out)])
+    finally:
+        stop()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    why = "it does not speak HTTP/2" if server == "http" else "it sent no HTTP/2 reply within 0.5 s"
+    assert err[0].startswith(
+        f"esper: error: --ray-address {address} is not a Ray head's port: {why}"
+    )
     assert not out.exists()
 
 

@@ -1,5 +1,5 @@
-"""Whether a server's port answers: the start-up check before handing an address to a client
-whose own connection attempts retry for minutes (Ray, MLflow)."""
+"""Whether a server's port answers, and whether it speaks HTTP/2: the start-up checks before
+handing an address to a client whose own connection attempts retry for minutes (Ray, MLflow)."""
 
 from __future__ import annotations
 
@@ -13,4 +13,35 @@ def unreachable(host: str, port: int, timeout: float) -> str | None:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
         return err.strerror or str(err) or type(err).__name__
+    return None
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""What an HTTP/2 client sends first (RFC 9113 §3.4), followed by a SETTINGS frame."""
+
+_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # length 0, type SETTINGS, no flags, stream 0
+_FRAME_HEADER = 9
+_SETTINGS = 4
+
+
+def not_http2(host: str, port: int, timeout: float) -> str | None:
+    """None when the server at ``host:port`` answers HTTP/2's client preface with a SETTINGS
+    frame, as every HTTP/2 server, gRPC's included, must first; else what it did instead, in
+    words. A Ray head's GCS is a gRPC server; Ray's client waits minutes on any other."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(HTTP2_PREFACE + _EMPTY_SETTINGS)
+            header = b""
+            while len(header) < _FRAME_HEADER:
+                chunk = sock.recv(_FRAME_HEADER - len(header))
+                if not chunk:
+                    break
+                header += chunk
+    except TimeoutError:
+        return f"it sent no HTTP/2 reply within {timeout:g} s"
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
+    if len(header) < _FRAME_HEADER or header[3] != _SETTINGS:
+        shown = header[:_FRAME_HEADER].decode("ascii", "replace").strip() or "nothing"
+        return f"it does not speak HTTP/2 (it answered {shown!r})"
     return None

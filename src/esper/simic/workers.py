@@ -39,7 +39,7 @@ from esper.data import load_dataset
 from esper.leyline import Topology
 from esper.leyline.config import require
 from esper.leyline.events import Event
-from esper.leyline.net import unreachable
+from esper.leyline.net import not_http2, unreachable
 from esper.simic.acting import RoundPolicy, Trajectory, lockstep
 from esper.simic.build import build_envs
 from esper.simic.config import MAX_WORKERS_PER_GPU, TrainingConfig
@@ -471,6 +471,13 @@ def _check_reachable(address: str, flag: str) -> None:
             f"cannot reach a Ray cluster at {flag} {address} ({reason}); "
             f"start one with `ray start --head --port {port}` or drop {flag}"
         )
+    if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):  # a TLS head takes no plain preface
+        reason = not_http2(host, int(port), CONNECT_TIMEOUT_S)
+        if reason is not None:
+            raise ValueError(
+                f"{flag} {address} is not a Ray head's port: {reason}; a head started with "
+                f"`ray start --head --port P` listens on P"
+            )
 
 
 def _leave_running() -> None:
