@@ -387,6 +387,15 @@ def test_unreachable_ray_address_is_one_line_and_starts_nothing(tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_a_study_file_named_like_the_state_file_is_one_line(tmp_path, capsys):
+    """Its directory looked like a study's: "out ... lies inside the study directory"."""
+    path = _study(tmp_path, '{"out": "out", "tasks": ["synthetic"], "arms": []}', STUDY_FILE)
+    assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("give the study file another name (e.g. study.toml)"), err
+    assert len(err.splitlines()) == 1 and sorted(tmp_path.iterdir()) == [path]
+
+
 def test_missing_study_file(tmp_path, capsys):
     assert main(["study", str(tmp_path / "none.toml")]) == EXIT_BAD_INPUT
     assert "does not exist" in capsys.readouterr().err

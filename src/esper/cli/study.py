@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
+from esper.leyline.trials import STUDY_FILE
 from esper.study.execute import Outcome, StudyDriver, connect_ray, trial_row, trial_slots
 from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_sigterm, load_data
@@ -49,6 +50,11 @@ def load(path: Path) -> tuple[StudySpec, Path]:
     """
     if not path.is_file():
         raise UserError(f"study file {str(path)!r} does not exist or is not a file")
+    if path.name == STUDY_FILE:  # its directory would look like a study directory
+        raise UserError(
+            f"study file {str(path)!r}: {STUDY_FILE} is the name of the state file a study "
+            "keeps in its directory; give the study file another name (e.g. study.toml)"
+        )
     try:
         return read_study(path)
     except ValueError as err:
