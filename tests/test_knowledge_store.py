@@ -269,6 +269,28 @@ def test_migrations_run_from_version_zero(url: str) -> None:
     assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
+def test_check_refuses_what_open_refuses_and_changes_nothing(url: str) -> None:
+    """``check`` (a study's start, its dry run) runs ``open``'s checks and migrations in a
+    transaction it rolls back: a store at version 0 stays there, an empty database stays
+    empty, a newer schema is refused."""
+    KnowledgeStore.check(url)  # nothing there yet: fine, and nothing made
+    tables = (
+        "SELECT name FROM sqlite_master"
+        if url.startswith("sqlite")
+        else ("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+    )
+    assert not url.startswith("sqlite") or not Path(url.removeprefix("sqlite:///")).exists()
+    assert url.startswith("sqlite") or _raw(url, tables) == []
+    _raw(url, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    _raw(url, "INSERT INTO schema_version VALUES (0)")
+    KnowledgeStore.check(url)
+    assert _raw(url, "SELECT version FROM schema_version") == [(0,)]
+    assert [r[0] for r in _raw(url, tables)] == ["schema_version"]
+    _raw(url, f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(KnowledgeStoreError, match=f"version {SCHEMA_VERSION + 1} is newer"):
+        KnowledgeStore.check(url)
+
+
 def test_a_newer_schema_is_refused_untouched(url: str) -> None:
     KnowledgeStore.open(url).close()
     newer = SCHEMA_VERSION + 1

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import UserError
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import record
+from esper.nissa.knowledge import KnowledgeStore
 from esper.study.execute import Job, StudyDriver, run_job, study_lock, trial_row
 from esper.study.plan import Trial, growth_config, ppo_config, read_study
 from esper.study.run import Stop
@@ -173,6 +175,27 @@ def test_a_knowledge_store_that_cannot_be_used_is_one_line(tmp_path, capsys, kin
     assert line == f"esper: error: knowledge store sqlite:///{store}: {reason}", line
     assert not (tmp_path / "o").exists()
     assert kind != "text" or store.read_text() == "not a database\n"
+
+
+@pytest.mark.parametrize("kind", ["in DELETE journal mode", "at schema version 0"])
+def test_checking_a_knowledge_store_changes_nothing_in_it(tmp_path, kind):
+    """The check opened the store as a run does: it switched the file to WAL and applied the
+    migrations, from a dry run too."""
+    store = tmp_path / "store.sqlite"
+    with sqlite3.connect(store) as db:
+        if kind == "at schema version 0":  # what a store's first migration starts from
+            db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            db.execute("INSERT INTO schema_version VALUES (0)")
+    if kind == "in DELETE journal mode":
+        KnowledgeStore.open(f"sqlite:///{store}").close()  # made as a run makes it (WAL) ...
+        with sqlite3.connect(store) as db:
+            db.execute("PRAGMA journal_mode=DELETE")  # ... then put back in the default mode
+    before = store.read_bytes()
+    arm = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    path = _study(tmp_path, f'knowledge = "sqlite:///{store}"\n{HEAD}{BUDGET}{arm}')
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert store.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite", "study.toml"]
 
 
 def test_a_knowledge_store_not_made_yet_is_taken(tmp_path, capsys):

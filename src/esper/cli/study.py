@@ -129,12 +129,10 @@ def check_knowledge(spec: StudySpec) -> None:
     """
     if spec.knowledge is None or all(a.controller in ("static", MATCHED) for a in spec.arms):
         return
-    from esper.nissa.knowledge import KnowledgeStore, KnowledgeStoreError, KnowledgeStoreMissing
+    from esper.nissa.knowledge import KnowledgeStore, KnowledgeStoreError
 
     try:
-        KnowledgeStore.open(spec.knowledge, create=False).close()
-    except KnowledgeStoreMissing:
-        return
+        KnowledgeStore.check(spec.knowledge)  # changes nothing: a dry run makes nothing
     except KnowledgeStoreError as err:
         raise UserError(str(err)) from None
 

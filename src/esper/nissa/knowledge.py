@@ -381,6 +381,43 @@ class KnowledgeStore:
             raise
         return store
 
+    @classmethod
+    def check(cls, url: str) -> None:
+        """That ``url`` names a store Esper can use, changing nothing: ``open``'s checks and
+        migrations run in a transaction that is rolled back, and an SQLite file keeps its
+        journal mode. A store that does not exist yet passes (its first writer creates it).
+
+        Raises:
+            KnowledgeURLError: a malformed or unsupported URL.
+            KnowledgeStoreError: unreachable, not a database, foreign tables, or a schema
+                newer than this code.
+        """
+        parsed = parse_url(url)
+        sqlite_file = _sqlite_file(parsed)
+        if sqlite_file is not None and not sqlite_file.exists():
+            return
+        try:
+            engine = _engine(parsed)
+        except SQLAlchemyError as err:  # e.g. a missing driver
+            shown = parsed.render_as_string(hide_password=True)
+            raise KnowledgeStoreError(f"knowledge store {shown}: {_reason(err)}") from None
+        store = cls(engine, parsed.render_as_string(hide_password=True))
+
+        def attempt() -> None:
+            with engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    _migrate(conn, store.url, create=False)
+                finally:
+                    transaction.rollback()
+
+        try:
+            store._retrying(attempt)
+        except KnowledgeStoreMissing:
+            pass
+        finally:
+            store.close()
+
     def _use_wal(self) -> None:
         """Switch an SQLite store to WAL (kept in the file; outside any transaction, which
         SQLite requires for it), retried while another process holds the lock."""

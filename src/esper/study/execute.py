@@ -67,7 +67,7 @@ from esper.study.plan import (
     with_defaults,
 )
 from esper.study.ppo import PPORunner
-from esper.study.run import Stop, config_changes
+from esper.study.run import Stop, changed_settings, config_changes
 
 KNOWLEDGE_FILE = "knowledge.sqlite"
 """A study's own knowledge store (unless the study names one): its bandits learn from its trials."""
@@ -226,11 +226,11 @@ class Outcome:
     pending: list[str]
 
 
-DERIVED_SETTINGS = ("policy:", "knowledge:", "telemetry")
+DERIVED_SETTINGS = ("policy:", "knowledge:", "telemetry", "runtime.devices")
 """Settings of a trial's ``config.json`` that the study does not set alone, left out when a
 finished trial is checked: the paths of the policy it evaluates and of the study's knowledge
-store (a moved study holds other paths) and where telemetry went (it changes nothing the run
-computed)."""
+store (a moved study holds other paths), where telemetry went (it changes nothing the run
+computed) and the device Ray gave a policy training (``run_job``)."""
 
 EVAL_DERIVED = ("training.slots:", "training.auto_advance:")
 """Settings an evaluating trial takes from its policy's run (that run is checked itself)."""
@@ -298,17 +298,13 @@ class StudyDriver:
         except (record.RunRecordError, ValueError, TypeError, KeyError) as err:
             raise UserError(f"trial run {str(directory)!r}: {error_text(err)}") from None
         derived = DERIVED_SETTINGS + (EVAL_DERIVED if arm.controller == "ppo" else ())
-        changed = [
-            change
-            for key in sorted(set(ran) | set(expected))
-            for change in config_changes(ran.get(key), expected.get(key), key)
-            if not change.startswith(derived)
-        ]
+        changed = changed_settings(ran, expected, derived)
         if changed:
             raise UserError(
                 f"{str(directory)!r} is a finished run of other settings than the study gives "
-                f"trial {trial.name} (run -> study: {'; '.join(changed[:3])}); move it out of "
-                "the study directory, or restore the study file"
+                f"trial {trial.name} (run -> study: {'; '.join(changed[:3])}): another study "
+                "file, or an Esper of other defaults, made it; move it out of the study "
+                "directory, or restore those settings"
             )
 
     def exhausted(self, trial: Trial) -> bool:

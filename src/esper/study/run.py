@@ -217,6 +217,17 @@ def config_changes(old: Any, new: Any, where: str) -> list[str]:
     return [f"{where}: {shown[0]} -> {shown[1]}"]
 
 
+def changed_settings(old: dict[str, Any], new: dict[str, Any], skip: tuple[str, ...]) -> list[str]:
+    """``config_changes`` of two configurations, table by table, but for the settings whose
+    change (``key: old -> new``, ``key.sub: …``) starts with one of ``skip``."""
+    return [
+        change
+        for key in sorted(set(old) | set(new))
+        for change in config_changes(old.get(key), new.get(key), key)
+        if not change.startswith(skip)
+    ]
+
+
 UNCHECKED_SETTINGS = ("telemetry", "runtime.ray_address", "ppo.rounds:")
 """Settings a resume may find changed in ``config.json``: where telemetry goes and which
 cluster runs the workers change nothing the run computes, and PPO's rounds only say when it
@@ -230,12 +241,7 @@ def check_same_config(directory: Path, ran: dict[str, Any], now: dict[str, Any])
     Raises:
         UserError: naming the first changed settings.
     """
-    changed = [
-        change
-        for key in sorted(set(ran) | set(now))
-        for change in config_changes(ran.get(key), now.get(key), key)
-        if not change.startswith(UNCHECKED_SETTINGS)
-    ]
+    changed = changed_settings(ran, now, UNCHECKED_SETTINGS)
     if changed:
         raise UserError(
             f"cannot resume {str(directory)!r}: its config.json differs from the configuration "
