@@ -7,6 +7,7 @@ already runs, so the CLI runs below join it instead of starting their own.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
@@ -209,8 +210,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         """Nothing on stderr: the test reads it."""
 
 
-@pytest.mark.parametrize("server", ["http", "silent"])
-def test_a_port_that_is_no_ray_head_is_one_line(tmp_path, capsys, monkeypatch, server) -> None:
+def _close_each(listener: socket.socket) -> None:
+    """Accept each connection and close it at once, until ``listener`` is closed."""
+    with contextlib.suppress(OSError):
+        while True:
+            listener.accept()[0].close()
+
+
+@pytest.mark.parametrize(
+    ("server", "why"),
+    [
+        ("http", "it does not speak HTTP/2 (it answered "),
+        ("silent", "it sent no HTTP/2 reply within 0.5 s"),
+        ("closing", "it closed the connection without a reply"),
+    ],
+)
+def test_a_port_that_is_no_ray_head_is_one_line(tmp_path, capsys, monkeypatch, server, why):
     """Something else listening there (a web server; a process that never answers) made Ray's
     client wait for minutes without a word."""
     monkeypatch.setattr(workers, "CONNECT_TIMEOUT_S", 0.5)
@@ -219,8 +234,10 @@ def test_a_port_that_is_no_ray_head_is_one_line(tmp_path, capsys, monkeypatch, s
         threading.Thread(target=listener.serve_forever, daemon=True).start()
         port, stop = listener.server_address[1], listener.shutdown
     else:
-        listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+        listener = socket.create_server(("127.0.0.1", 0))  # accepts; answers nothing
         port, stop = listener.getsockname()[1], listener.close
+        if server == "closing":
+            threading.Thread(target=_close_each, args=(listener,), daemon=True).start()
     out, address = tmp_path / "run", f"127.0.0.1:{port}"
     try:
         code = main([*TINY, "--workers", "1", "--ray-address", address, "--out", str(out)])
@@ -228,7 +245,6 @@ def test_a_port_that_is_no_ray_head_is_one_line(tmp_path, capsys, monkeypatch, s
         stop()
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    why = "it does not speak HTTP/2" if server == "http" else "it sent no HTTP/2 reply within 0.5 s"
     assert err[0].startswith(
         f"esper: error: --ray-address {address} is not a Ray head's port: {why}"
     )

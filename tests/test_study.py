@@ -302,30 +302,30 @@ def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
 
 def test_dry_run_times_part_of_a_long_epoch_and_scales_it(tmp_path, capsys, monkeypatch):
     """batches_per_epoch = 10000000 made the dry run time whole epochs of that: hours. It
-    times MAX_TIMED_BATCHES (here 3) of them and scales the time to the budget."""
+    times MAX_TIMED_BATCHES (here 3) of them with that share of the validation samples and
+    scales the time to the budget. On a clock where a batch takes 1 s and a validation
+    sample 0.5 s, 300 batches and 200 samples take 400 s, alone or in a group."""
     from esper.cli import study
-
-    monkeypatch.setattr(study, "MAX_TIMED_BATCHES", 3)
-    path = _study(
-        tmp_path,
-        f'out = "out"\ntasks = ["synthetic"]\nseeds = 1\n[budget]\n'
-        f"{BUDGET.replace('batches_per_epoch = 2', 'batches_per_epoch = 300')}"
-        '[[arms]]\nname = "static"\ncontroller = "static"\n',
-    )
+    from esper.study.plan import read_study
     from esper.tolaria import episode
 
-    timed, real = [], episode.reset_together  # the dry run imports it where it times
+    monkeypatch.setattr(study, "MAX_TIMED_BATCHES", 3)
+    budget = "epochs = 2\nbatches_per_epoch = 300\nval_samples = 200\n"
+    body = f'out = "out"\ntasks = ["synthetic"]\nseeds = 1\n[budget]\n{budget}'
+    path = _study(tmp_path, body + '[[arms]]\nname = "static"\ncontroller = "static"\n')
+    clock, timed = [0.0], []
 
-    def counting(episodes, chunk):
-        timed.append([e.training.batches_per_epoch for e in episodes])
-        return real(episodes, chunk)
+    def epochs(episodes, chunk):  # the dry run imports it where it times
+        timed.append([(e.training.batches_per_epoch, e.training.val_samples) for e in episodes])
+        clock[0] += sum(b * 1.0 + v * 0.5 for b, v in timed[-1])
 
-    monkeypatch.setattr(episode, "reset_together", counting)
-    assert main(["study", str(path), "--dry-run"]) == 0
-    out, err = capsys.readouterr()
-    assert "timing epochs of synthetic's static host (3 of 300 batches each, scaled) ..." in err
-    assert timed and all(set(batches) == {3} for batches in timed), timed
-    assert "1 trials, 1 to run: 6 host epochs" in out
+    monkeypatch.setattr(episode, "reset_together", epochs)
+    monkeypatch.setattr(study, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    spec, _ = read_study(path)
+    epoch = study._static_epoch(spec, ["synthetic"], timed=True)["synthetic"]
+    assert timed and all(set(parts) == {(3, 2)} for parts in timed), timed
+    assert epoch.seconds == pytest.approx(400.0) and epoch.grouped == pytest.approx(400.0)
+    assert "(3 of 300 batches each, scaled) ..." in capsys.readouterr().err
 
 
 def test_dry_run_does_not_time_cpu_epochs_for_gpu_trials(tmp_path, capsys):

@@ -252,8 +252,8 @@ class _Epoch(NamedTuple):
 
 
 MAX_TIMED_BATCHES = 100
-"""The dry run times an epoch of at most this many batches and scales it to the budget's
-(``batches_per_epoch = 10000000`` made the dry run itself take hours)."""
+"""The dry run times an epoch of at most this many batches (and that share of its validation)
+and scales it to the budget's (``batches_per_epoch = 10000000`` made the dry run take hours)."""
 
 
 def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[str, _Epoch]:
@@ -289,16 +289,22 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
             if not timed:
                 result[task] = _Epoch(flops, math.nan, math.nan, 1)
                 continue
-            # A long epoch is timed in part and scaled (validation, timed once, with it).
+            # A long epoch is timed in part, with its validation cut in the same proportion,
+            # and scaled back: both parts take time in proportion to their samples.
             timed_batches = min(batches, MAX_TIMED_BATCHES)
             scale = batches / timed_batches
+            val = min(host_training.val_samples or len(data.x_val), len(data.x_val))
             part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
             # a wide host's epochs take a while: say what is running (stderr, like progress)
             _say(f"timing epochs of {task}'s static host ({part or f'{batches} batches each'}) ...")
             # at most this machine's cores: more threads than cores only thrash the timing
             torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
             chunk = cpu_chunk(first)
-            timing = replace(host_training, batches_per_epoch=timed_batches)
+            timing = replace(
+                host_training,
+                batches_per_epoch=timed_batches,
+                val_samples=max(1, round(val / scale)),
+            )
             episodes = [
                 task_episode(timing, data, i, cpu, lambda event: None) for i in range(chunk)
             ]

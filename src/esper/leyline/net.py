@@ -39,9 +39,13 @@ def not_http2(host: str, port: int, timeout: float) -> str | None:
                 header += chunk
     except TimeoutError:
         return f"it sent no HTTP/2 reply within {timeout:g} s"
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        header = b""  # it hung up on the preface
     except OSError as err:
         return err.strerror or str(err) or type(err).__name__
+    if not header:
+        return "it closed the connection without a reply"
     if len(header) < _FRAME_HEADER or header[3] != _SETTINGS:
-        shown = header[:_FRAME_HEADER].decode("ascii", "replace").strip() or "nothing"
+        shown = header.decode("ascii", "replace").strip()
         return f"it does not speak HTTP/2 (it answered {shown!r})"
     return None

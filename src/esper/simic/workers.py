@@ -476,7 +476,8 @@ def _check_reachable(address: str, flag: str) -> None:
         if reason is not None:
             raise ValueError(
                 f"{flag} {address} is not a Ray head's port: {reason}; a head started with "
-                f"`ray start --head --port P` listens on P"
+                f"`ray start --head --port P` listens on P (a head using TLS needs RAY_USE_TLS=1 "
+                "here too)"
             )
 
 
