@@ -360,6 +360,25 @@ class KnowledgeStore:
             KnowledgeStoreError: unreachable, not a database, foreign tables, or a schema
                 newer than this code.
         """
+        store = cls._connected(url, create)
+        try:
+            store._transaction(lambda conn: _migrate(conn, store.url, create))
+            if store._engine.dialect.name == "sqlite":
+                store._use_wal()
+        except KnowledgeStoreError:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def _connected(cls, url: str, create: bool) -> KnowledgeStore:
+        """A store on ``url``'s engine, its schema not yet read (``open`` and ``check``).
+
+        Raises:
+            KnowledgeURLError: a malformed or unsupported URL.
+            KnowledgeStoreMissing: ``create`` is False and the SQLite file does not exist.
+            KnowledgeStoreError: the engine cannot be made (e.g. a missing driver).
+        """
         parsed = parse_url(url)
         shown = parsed.render_as_string(hide_password=True)
         sqlite_file = _sqlite_file(parsed)
@@ -371,15 +390,7 @@ class KnowledgeStore:
             engine = _engine(parsed)
         except (OSError, SQLAlchemyError) as err:  # SQLAlchemyError: e.g. a missing driver
             raise KnowledgeStoreError(f"knowledge store {shown}: {_reason(err)}") from None
-        store = cls(engine, shown)
-        try:
-            store._transaction(lambda conn: _migrate(conn, shown, create))
-            if sqlite_file is not None:
-                store._use_wal()
-        except KnowledgeStoreError:
-            store.close()
-            raise
-        return store
+        return cls(engine, shown)
 
     @classmethod
     def check(cls, url: str) -> None:
@@ -392,19 +403,13 @@ class KnowledgeStore:
             KnowledgeStoreError: unreachable, not a database, foreign tables, or a schema
                 newer than this code.
         """
-        parsed = parse_url(url)
-        sqlite_file = _sqlite_file(parsed)
-        if sqlite_file is not None and not sqlite_file.exists():
-            return
         try:
-            engine = _engine(parsed)
-        except SQLAlchemyError as err:  # e.g. a missing driver
-            shown = parsed.render_as_string(hide_password=True)
-            raise KnowledgeStoreError(f"knowledge store {shown}: {_reason(err)}") from None
-        store = cls(engine, parsed.render_as_string(hide_password=True))
+            store = cls._connected(url, create=False)
+        except KnowledgeStoreMissing:
+            return
 
         def attempt() -> None:
-            with engine.connect() as conn:
+            with store._engine.connect() as conn:
                 transaction = conn.begin()
                 try:
                     _migrate(conn, store.url, create=False)
