@@ -280,33 +280,33 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
         for task in tasks:
             host_training = training(spec, task)
             data = load_data(host_training)
-            first = task_episode(host_training, data, 0, cpu, lambda event: None)
             n = host_training.batch_size
             assert n is not None and host_training.threads is not None
             batches = host_training.batches_per_epoch or math.ceil(len(data.x_train) / n)
-            step = step_flops(first.initial_model, data.x_train[:n], data.y_train[:n])
-            flops = float(step) * batches
-            if not timed:
-                result[task] = _Epoch(flops, math.nan, math.nan, 1)
-                continue
             # A long epoch is timed in part, with its validation cut in the same proportion,
             # and scaled back: both parts take time in proportion to their samples.
             timed_batches = min(batches, MAX_TIMED_BATCHES)
             scale = batches / timed_batches
             val = min(host_training.val_samples or len(data.x_val), len(data.x_val))
+            timing = replace(
+                host_training,
+                batches_per_epoch=timed_batches,
+                val_samples=max(1, round(val / scale)),
+            )
+            first = task_episode(timing, data, 0, cpu, lambda event: None)  # the task's host
+            step = step_flops(first.initial_model, data.x_train[:n], data.y_train[:n])
+            flops = float(step) * batches
+            if not timed:
+                result[task] = _Epoch(flops, math.nan, math.nan, 1)
+                continue
             part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
             # a wide host's epochs take a while: say what is running (stderr, like progress)
             _say(f"timing epochs of {task}'s static host ({part or f'{batches} batches each'}) ...")
             # at most this machine's cores: more threads than cores only thrash the timing
             torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
             chunk = cpu_chunk(first)
-            timing = replace(
-                host_training,
-                batches_per_epoch=timed_batches,
-                val_samples=max(1, round(val / scale)),
-            )
-            episodes = [
-                task_episode(timing, data, i, cpu, lambda event: None) for i in range(chunk)
+            episodes = [first] + [
+                task_episode(timing, data, i, cpu, lambda event: None) for i in range(1, chunk)
             ]
             seconds(episodes[:1], 1)  # warm-up
             alone = seconds(episodes[:1], 1) * scale
