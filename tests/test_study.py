@@ -515,3 +515,47 @@ def test_a_driver_with_capacity_runs_growth_trials_before_policy_trainings(tmp_p
         2: (["h", "h", "p.policy", "m", "m"], 2),
     }
     assert (order, most) == expected[capacity]
+
+
+def test_pending_follows_the_trials_as_they_finish(tmp_path):
+    """``pending`` (what the driver's readiness and the dry run's "waits for" read) is kept per
+    (task, arm) instead of scanning every trial per static-matched trial: it must still equal
+    the scan, on two tasks, at every finished trial."""
+    from esper.study.execute import StudyDriver
+    from esper.study.plan import read_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'out = "o"\ntasks = ["synthetic", "digits"]\nseeds = 3\n'
+        '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+        '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
+        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n'
+    )
+    spec, directory = read_study(path)
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, lambda _: None)
+    seen = []
+
+    def scan(trial) -> list[str]:
+        if trial.arm == "m":
+            group = [t for t in driver.trials if t.task == trial.task and t.arm == "h"]
+        elif trial.arm == "p" and trial.kind == "growth":
+            group = [t for t in driver.trials if t.task == trial.task and t.kind == "policy"]
+        else:
+            group = []
+        return [t.name for t in group if t.name not in driver.done]
+
+    def check(line: str) -> None:
+        seen.append(line)
+        for trial in driver.trials:
+            assert list(driver.pending(trial)) == scan(trial), (line, trial.name)
+            assert driver.ready(trial) == (not scan(trial))
+
+    check("start")
+    assert list(driver.pending(driver.trials[-1])) == [
+        f"digits.h.seed{s}" for s in range(3)
+    ]  # the last trial: digits's matched arm, waiting for its task's heuristic only
+    driver.say = check
+    driver._loop(_Ray(), 1)  # the stand-in trains no policy: the ppo arm's trials give up
+    assert {t.name for t in driver.trials if t.arm != "p"} <= driver.done
+    assert sum(line.startswith("done ") for line in seen) == len(driver.done)

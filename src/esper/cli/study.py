@@ -160,7 +160,8 @@ def dry_run(driver: StudyDriver) -> None:
             left.append(trial)
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
-    epochs = {t.name: _host_epochs(spec, t) for t in left}
+    episodes = {task: training(spec, task).episode_length() for task in per_epoch}
+    epochs = {t.name: _host_epochs(spec, t, episodes[t.task]) for t in left}
     flops = sum(epochs[t.name] * per_epoch[t.task].flops for t in left)
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
@@ -206,11 +207,14 @@ def _longest_chain(driver: StudyDriver, seconds: dict[str, float]) -> float:
     """Seconds of the longest run of trials that must follow one another (a policy training,
     then its evaluations, then what waits for those), however many run at once."""
     ends: dict[str, float] = {}
+    starts: dict[int, tuple[tuple[Trial, ...], float]] = {}  # id -> (needs, kept alive; start)
 
     def end(trial: Trial) -> float:
         if trial.name not in ends:
-            start = max((end(t) for t in driver.needs(trial)), default=0.0)
-            ends[trial.name] = start + seconds.get(trial.name, 0.0)
+            needs = driver.needs(trial)  # one tuple for all trials matching an arm on a task
+            if id(needs) not in starts:
+                starts[id(needs)] = needs, max(map(end, needs), default=0.0)
+            ends[trial.name] = starts[id(needs)][1] + seconds.get(trial.name, 0.0)
         return ends[trial.name]
 
     return max((end(t) for t in driver.trials), default=0.0)
@@ -230,16 +234,18 @@ def _state(driver: StudyDriver, trial: Trial) -> str:
     attempts = driver.state.attempts.get(trial.name, 0)
     if driver.exhausted(trial):
         return f"failed {attempts} times: {driver.state.errors.get(trial.name, '')}"
-    needs = [t.name for t in driver.needs(trial) if t.name not in driver.done]
+    needs = driver.pending(trial)
     if needs:
-        return f"waits for {needs[0]}" + (f" and {len(needs) - 1} more" if len(needs) > 1 else "")
+        first = next(iter(needs))
+        return f"waits for {first}" + (f" and {len(needs) - 1} more" if len(needs) > 1 else "")
     return "to run" if attempts == 0 else f"to run (attempt {attempts + 1})"
 
 
-def _host_epochs(spec: StudySpec, trial: Trial) -> int:
-    """Host epochs a trial trains: one episode, or a PPO run's rounds × environments."""
+def _host_epochs(spec: StudySpec, trial: Trial, episode: int) -> int:
+    """Host epochs a trial trains: one episode (``episode`` epochs on its task), or a PPO
+    run's rounds × environments."""
     if trial.kind == "growth":
-        return training(spec, trial.task).episode_length()
+        return episode
     config = ppo_config(spec, spec.arm(trial.arm), trial.task, trial.seed)
     return config.ppo.rounds * config.ppo.n_envs * config.env.episode_length()
 

@@ -12,6 +12,7 @@ a config file and a hand-edited ``config.json`` fail with the same one-line mess
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import re
@@ -348,7 +349,7 @@ def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
     require(not unknown, f"unknown key(s) {unknown} in {table}; accepted: {accepted}")
     missing = [n for n in names if n not in value]
     require(base is not None or not missing, f"missing key(s) {missing} in {table}")
-    hints, prefix = typing.get_type_hints(cls), f"{where}." if where else ""
+    hints, prefix = _field_types(cls), f"{where}." if where else ""
     decoded = {
         n: decode(hints[n], value[n], prefix + n, None if base is None else getattr(base, n))
         for n in value
@@ -359,6 +360,12 @@ def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
         text = str(err)  # "resources.cpus must be ..." names its table already
         named = not where or text.startswith((f"{where}.", f"{where} "))
         raise ValueError(text if named else f"{where}: {text}") from None
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """``cls``'s resolved annotations: resolving them costs more than decoding a table."""
+    return typing.get_type_hints(cls)
 
 
 def override(obj: C, data: object) -> C:

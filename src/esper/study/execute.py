@@ -27,7 +27,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -248,6 +248,10 @@ class StudyDriver:
     def __init__(self, spec: StudySpec, directory: Path, say: Callable[[str], None]) -> None:
         self.spec, self.directory, self.say = spec, directory, say
         self.trials = plan(spec)
+        groups: dict[tuple[str, str], list[Trial]] = {}  # (task, arm) -> its trials
+        for trial in self.trials:
+            groups.setdefault((trial.task, trial.arm), []).append(trial)
+        self._groups = {key: tuple(group) for key, group in groups.items()}
         self.stopped: Outcome | None = None  # what an interrupted run had finished
         self._scan()
 
@@ -257,10 +261,13 @@ class StudyDriver:
         self.rows: dict[str, TrialRow] = {}
         self.widths: dict[tuple[str, str], int] = {}  # (task, matched arm) -> matched width
         self.done: set[str] = set()
+        self._unfinished = {  # (task, arm) -> its unfinished trials' names, in plan order
+            key: dict.fromkeys(t.name for t in group) for key, group in self._groups.items()
+        }
         for trial in self.trials:
             if self._finished(trial):
                 self._check_settings(trial)
-                self.done.add(trial.name)
+                self._finish(trial)
                 row = trial_row(trial, self.run_directory(trial))
                 if row is not None:
                     self.rows[trial.name] = row
@@ -315,17 +322,31 @@ class StudyDriver:
 
     def ready(self, trial: Trial) -> bool:
         """Everything ``trial`` waits for has finished."""
-        return all(d.name in self.done for d in self.needs(trial))
+        return not self.pending(trial)
 
-    def needs(self, trial: Trial) -> list[Trial]:
-        """The trials whose results ``trial`` is built from."""
+    def needs(self, trial: Trial) -> tuple[Trial, ...]:
+        """The trials whose results ``trial`` is built from (every static-matched trial of a
+        task gets the same tuple: callers may reuse what they computed from it)."""
         arm = self.spec.arm(trial.arm)
         if trial.kind == "growth" and arm.trains_policy:
-            return [policy_trial(self.spec, trial)]
+            return (policy_trial(self.spec, trial),)
         if arm.controller == MATCHED:
             assert arm.match is not None
-            return [t for t in self.trials if t.task == trial.task and t.arm == arm.match]
-        return []
+            return self._groups[(trial.task, arm.match)]
+        return ()
+
+    def pending(self, trial: Trial) -> Collection[str]:
+        """The names of the unfinished trials of ``needs(trial)``, in plan order: kept per
+        (task, arm), so a study of thousands of static-matched trials is not quadratic."""
+        arm = self.spec.arm(trial.arm)
+        if arm.controller == MATCHED:
+            assert arm.match is not None
+            return self._unfinished[(trial.task, arm.match)].keys()
+        return [t.name for t in self.needs(trial) if t.name not in self.done]
+
+    def _finish(self, trial: Trial) -> None:
+        self.done.add(trial.name)
+        self._unfinished[(trial.task, trial.arm)].pop(trial.name, None)
 
     def job(self, trial: Trial) -> Job:
         """The trial's job: its mode and configuration, derived now that its needs are met."""
@@ -419,7 +440,7 @@ class StudyDriver:
                     self._failed(trial, _one_line(err), waiting)
                     continue
                 self._attempted(trial)
-                self.done.add(trial.name)
+                self._finish(trial)
                 self.state.errors.pop(trial.name, None)
                 self.state.save(self.directory)
                 if row is not None:
