@@ -557,5 +557,28 @@ def test_pending_follows_the_trials_as_they_finish(tmp_path):
     ]  # the last trial: digits's matched arm, waiting for its task's heuristic only
     driver.say = check
     driver._loop(_Ray(), 1)  # the stand-in trains no policy: the ppo arm's trials give up
-    assert {t.name for t in driver.trials if t.arm != "p"} <= driver.done
+    assert driver.done == {t.name for t in driver.trials if t.arm != "p" or t.kind == "policy"}
     assert sum(line.startswith("done ") for line in seen) == len(driver.done)
+
+
+@pytest.mark.parametrize("capacity", [1, None])
+def test_a_trial_whose_job_cannot_be_built_leaves_nothing_unsubmitted(tmp_path, capacity):
+    """With one slot, a trial that failed before it was submitted (its policy run missing) ended
+    the study with ready trials never tried and the failed one's attempts unused."""
+    from esper.study.execute import StudyDriver
+    from esper.study.plan import read_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'out = "o"\ntasks = ["synthetic"]\nseeds = 2\nretries = 1\n'
+        '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
+    )
+    spec, directory = read_study(path)
+    directory.mkdir()
+    lines: list[str] = []
+    driver = StudyDriver(spec, directory, lines.append)
+    outcome = driver._loop(_Ray(), capacity)  # the stand-in makes no policy run to evaluate
+    assert outcome.pending == []
+    assert sorted(outcome.failed) == ["synthetic.p.seed0", "synthetic.p.seed1"]
+    assert driver.state.attempts == {"synthetic.p.policy100": 1, **dict.fromkeys(outcome.failed, 2)}
+    assert sum(line.startswith("gave up synthetic.p.seed") for line in lines) == 2

@@ -422,14 +422,7 @@ class StudyDriver:
         self.state.save(self.directory)  # the settings are pinned before any trial starts
         try:
             while True:
-                ready = sorted((t for t in waiting if self.ready(t)), key=_trains)
-                room = len(ready) if capacity is None else max(0, capacity - len(running))
-                for trial in ready[:room]:
-                    waiting.remove(trial)
-                    try:
-                        running[remote.remote(self.job(trial))] = trial
-                    except (UserError, ValueError) as err:  # e.g. a policy that vanished
-                        self._failed(trial, str(err), waiting)
+                self._submit(remote, running, waiting, capacity)
                 if not running:
                     break
                 finished, _ = ray.wait(list(running), num_returns=1)
@@ -456,6 +449,24 @@ class StudyDriver:
         outcome = self._outcome(waiting)
         self.write_trials(outcome)
         return outcome
+
+    def _submit(
+        self, remote: Any, running: dict[Any, Trial], waiting: list[Trial], capacity: int | None
+    ) -> None:
+        """Submit ready trials while there is room (``run``'s ``capacity``). A trial whose job
+        cannot be built is a failed attempt, and what is ready is looked at again: with one
+        slot, such a failure ended the study with ready trials never submitted."""
+        while True:
+            ready = sorted((t for t in waiting if self.ready(t)), key=_trains)
+            room = len(ready) if capacity is None else capacity - len(running)
+            if not ready or room <= 0:
+                return
+            for trial in ready[:room]:
+                waiting.remove(trial)
+                try:
+                    running[remote.remote(self.job(trial))] = trial
+                except (UserError, ValueError) as err:  # e.g. a policy that vanished
+                    self._failed(trial, str(err), waiting)
 
     def _outcome(self, waiting: list[Trial]) -> Outcome:
         """The finished and failed trials' rows, and ``waiting`` as pending."""
