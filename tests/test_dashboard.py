@@ -1062,3 +1062,226 @@ def test_a_huge_log_is_streamed_in_bounded_memory(
     assert data["rounds"]["round"] == list(range(1, rounds + 1))
     assert [len(env["episodes"]) for env in data["envs"]] == [4, 4]  # the fold keeps its last 4
     assert peak < STREAM_PEAK_BYTES, f"one stream held {peak / 1e6:.1f} MB"
+
+
+# ------------------------------------------------------------------ damaged records (a sweep's)
+
+
+def rewrite_line(run: Path, index: int, change: dict[str, Any]) -> None:
+    """Line ``index`` of the run's log with the keys in ``change`` replaced (raw JSON text)."""
+    lines = (run / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[index])
+    marker = {key: f"@@{key}@@" for key in change}
+    text = json.dumps({**record, **marker})
+    for key, raw in change.items():
+        text = text.replace(json.dumps(marker[key]), raw)
+    lines[index] = text
+    (run / EVENTS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "reason"),
+    [
+        ("seed", '"abc"', "seed is 'abc', not int"),
+        ("seed", "[1]", "seed is [1], not int"),
+        ("seed", "null", "seed is null, not int"),
+        ("seed", "1e400", "not int"),
+        ("mode", '{"a": 1}', 'mode is {"a": 1}, not str'),
+        ("t", "null", "t is null, not a time"),
+    ],
+)
+def test_a_first_line_of_the_wrong_types_is_one_unreadable_run(
+    tmp_path: Path, recorded_runs: dict[str, Path], key: str, raw: str, reason: str
+) -> None:
+    """``RunStarted``'s fields went through ``int()`` and ``str()`` unchecked: a bad seed made
+    ``/api/runs`` a 500 for every run, and a dict mode was listed as its text."""
+    copy_run(recorded_runs["static"], tmp_path / "good")
+    rewrite_line(copy_run(recorded_runs["static"], tmp_path / "bad"), 0, {key: raw})
+    listed = {run["name"]: run for run in local_client(tmp_path).get("/api/runs").json()["runs"]}
+    assert listed["good"]["status"] == "completed"
+    assert listed["bad"]["status"] == "unreadable" and reason in listed["bad"]["error"]
+    assert f"{EVENTS_FILE}:1" in listed["bad"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "reason"),
+    [
+        ("train_loss", "1" + "0" * 400, "beyond a float's range"),
+        ("t", "1" + "0" * 400, "t is 1000"),
+        ("t", "null", "t is null, not a time"),
+    ],
+)
+def test_a_number_no_float_holds_is_a_422_and_a_stream_error(
+    tmp_path: Path, recorded_runs: dict[str, Path], key: str, raw: str, reason: str
+) -> None:
+    """An integer of 400 digits in a float field raised OverflowError (a 500, and a stream cut
+    without a message); a null ``t`` reached the snapshot as NaN (a 500)."""
+    run = copy_run(recorded_runs["heuristic"], tmp_path / "run")
+    lines = (run / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
+    index = next(i for i, line in enumerate(lines) if EpochCompleted.__name__ in line)
+    rewrite_line(run, index, {key: raw})
+    client = local_client(tmp_path, poll_seconds=POLL, snapshot_seconds=SNAPSHOT)
+    response = client.get("/api/runs/run/snapshot")
+    assert response.status_code == 422
+    line = one_error_line(response.text)
+    assert f"{EVENTS_FILE}:{index + 1}" in line and reason in line
+    with client.stream("GET", "/api/runs/run/events") as stream:
+        messages = [m for m in sse_messages(stream) if "event" in m]
+    assert messages[-1]["event"] == "stream-error"
+    assert reason in json.loads(messages[-1]["data"])["message"]
+
+
+def test_a_malformed_log_is_a_422_every_time(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """The fold kept the events before a malformed line and answered 200 with them on every
+    other request."""
+    run = copy_run(recorded_runs["static"], tmp_path / "run", lines=3)
+    append(run, "{not an event")
+    client = local_client(tmp_path)
+    assert [client.get("/api/runs/run/snapshot").status_code for _ in range(4)] == [422] * 4
+
+
+def test_a_huge_first_line_is_not_read_whole(
+    tmp_path: Path, recorded_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run list read a log's first line whole: a 1 GB log of one line held the server for
+    seconds per request and gigabytes of memory."""
+    run = copy_run(recorded_runs["static"], tmp_path / "big")
+    with (run / EVENTS_FILE).open("wb") as f:
+        f.truncate(64 * log.MAX_LINE_BYTES)  # sparse: 256 MiB of zeros, no newline
+    tracemalloc.start()
+    try:
+        (entry,) = dashboard.list_runs(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert entry.status == "unreadable"
+    assert f"a line longer than {log.MAX_LINE_BYTES} bytes is not an event" in (entry.error or "")
+    assert peak < 4 * log.MAX_LINE_BYTES
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    assert "longer than" in capsys.readouterr().err  # the list goes on without it
+
+
+def test_a_run_named_with_a_line_break_is_served(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """Starlette's ``path`` convertor stops at a line break: such a run was listed, then 404."""
+    copy_run(recorded_runs["static"], tmp_path / "new\nline")
+    client = local_client(tmp_path)
+    assert [run["name"] for run in client.get("/api/runs").json()["runs"]] == ["new\nline"]
+    response = client.get("/api/runs/new%0Aline/snapshot")
+    assert response.status_code == 200
+    assert response.json() == folded(tmp_path / "new\nline", "new\nline")
+
+
+def test_a_404_does_not_echo_a_long_name(tmp_path: Path) -> None:
+    client = local_client(tmp_path)
+    for path in ("/api/runs/" + "x" * 20_000 + "/snapshot", "/api/studies/" + "y" * 20_000):
+        response = client.get(path)
+        assert response.status_code == 404 and len(response.text) < 400
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_study_whose_mean_overflows_is_served_with_nulls(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """Seconds of 1.7e308 per trial pass TrialRow's checks; their mean is inf, which
+    JSONResponse refused (a 500)."""
+    study = write_study(tmp_path / "st", recorded_runs)
+    with (study / TRIALS_FILE).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with (study / TRIALS_FILE).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "seconds": "1.7e308"} for row in rows)
+    response = local_client(tmp_path, study_table=study_table).get("/api/studies/st")
+    assert response.status_code == 200
+    data = response.json()
+    assert data["error"] is None and data["rows"]
+    assert all(row["seconds"] is None for row in data["rows"])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_trials_file_that_is_not_a_file_is_named_so(
+    tmp_path: Path, recorded_runs: dict[str, Path], kind: str
+) -> None:
+    """A pipe or a directory named trials.csv was reported as a study that had not finished."""
+    study = write_study(tmp_path / "st", recorded_runs)
+    (study / TRIALS_FILE).unlink()
+    if kind == "fifo":
+        os.mkfifo(study / TRIALS_FILE)
+    else:
+        (study / TRIALS_FILE).mkdir()
+    error = local_client(tmp_path, study_table=study_table).get("/api/studies/st").json()["error"]
+    what = "a named pipe" if kind == "fifo" else "a directory"
+    assert f"cannot read {study / TRIALS_FILE}: it is {what}, not a regular file" == error
+
+
+def test_a_log_removed_after_it_was_read_ends_its_stream(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """A stream of a deleted run went on polling in silence; a log that was never there is
+    still a run that has not started."""
+    run = copy_run(recorded_runs["static"], tmp_path / "run")
+    tail = EventTail(run / EVENTS_FILE)
+    assert tail.events() and tail.caught_up
+    (run / EVENTS_FILE).unlink()
+    for _ in range(2):
+        with pytest.raises(EventLogError, match="the event log was removed"):
+            tail.events()
+    assert EventTail(tmp_path / "none" / EVENTS_FILE).events() == []
+
+
+def _without_file_permission_override() -> list[str]:
+    """A command prefix under which mode bits bind this process's children: as root, the
+    capabilities that ignore them are dropped (``setpriv``, util-linux)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv, so file permissions cannot bind")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one_line(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """A directory without permissions beside the runs made the dashboard's start a traceback
+    and every API route a 500 (``Path.is_file`` raises PermissionError); the runs directory
+    itself, or one below an unreadable one, was a traceback too."""
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "ok")
+    (runs / "locked").mkdir(mode=0)
+    (tmp_path / "shut").mkdir(mode=0)
+    esper = [*_without_file_permission_override(), sys.executable, "-m", "esper"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    try:
+        for bad, why in ((tmp_path / "shut", "cannot be read"), (tmp_path / "shut" / "x", "")):
+            done = subprocess.run(
+                [*esper, "dashboard", str(bad), "--port", port], capture_output=True, text=True
+            )
+            assert done.returncode == EXIT_BAD_INPUT, done.stderr
+            line = one_error_line(done.stderr)
+            assert str(bad) in line and why in line and "Permission denied" in line
+        server = subprocess.Popen(
+            [*esper, "dashboard", str(runs), "--port", port], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert server.stdout is not None
+            banner = server.stdout.readline()
+            assert "(1 run in " in banner, banner
+            url = re.search(r"http://\S+/", banner)
+            assert url is not None
+            with httpx.Client(timeout=READ_TIMEOUT) as client:
+                listed = client.get(f"{url[0]}api/runs").json()["runs"]
+                assert [run["name"] for run in listed] == ["ok"]
+                assert client.get(f"{url[0]}api/runs/ok/snapshot").status_code == 200
+                assert client.get(f"{url[0]}api/studies").json() == {"studies": []}
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=10)
+    finally:
+        (runs / "locked").chmod(0o755)
+        (tmp_path / "shut").chmod(0o755)

@@ -69,20 +69,20 @@ def run_dashboard(args: argparse.Namespace) -> int:
         0 after a clean stop (Ctrl-C included).
 
     Raises:
-        UserError: RUNS_DIR is missing or not a directory, or the port cannot be opened.
+        RunDirectoryError: RUNS_DIR is missing, not a directory, or cannot be read.
+        UserError: the port cannot be opened.
     """
     from esper.karn.dashboard import DashboardServer, list_runs, open_listener, studies
+    from esper.nissa.log import check_runs_dir
 
     runs_dir: Path = args.runs_dir
-    if not runs_dir.is_dir():
-        what = "does not exist" if not runs_dir.exists() else "is not a directory"
-        raise UserError(f"runs directory {str(runs_dir)!r} {what}")
+    check_runs_dir(runs_dir)
+    count = len(list_runs(runs_dir))  # a runs directory that cannot be read fails here, at once
     try:
         sock = open_listener(args.host, args.port)
     except OSError as err:
         raise _listen_error(args.host, args.port, err) from None
     server = DashboardServer(runs_dir, sock, study_table=study_table)
-    count = len(list_runs(runs_dir))
     found = len(studies(runs_dir))
     in_studies = f", {found} stud{'ies' if found != 1 else 'y'}" if found else ""
     print(

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -78,8 +79,15 @@ from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
 from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
-from esper.nissa.log import EventLogError, EventTail, RunDirectoryError, open_run, run_candidates
-from esper.nissa.record import EVENTS_FILE, is_study
+from esper.nissa.log import (
+    EventLogError,
+    EventTail,
+    RunDirectoryError,
+    check_runs_dir,
+    open_run,
+    run_candidates,
+)
+from esper.nissa.record import EVENTS_FILE, is_study, strict_json
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""
@@ -179,9 +187,7 @@ def list_runs(runs_dir: Path) -> list[RunEntry]:
     Raises:
         RunDirectoryError: ``runs_dir`` does not exist or is not a directory.
     """
-    if not runs_dir.is_dir():
-        what = "does not exist" if not runs_dir.exists() else "is not a directory"
-        raise RunDirectoryError(f"runs directory {str(runs_dir)!r} {what}")
+    check_runs_dir(runs_dir)
     return [
         _entry(name, path, study, runs_dir) for name, (path, study) in run_paths(runs_dir).items()
     ]
@@ -325,6 +331,8 @@ class Folds:
             try:
                 while True:
                     _fold_more(followed.tail, followed.state)
+                    if followed.tail.error is not None:  # the events before a malformed line
+                        raise followed.tail.error  # came back without it: a 422 every time
                     if followed.tail.caught_up:
                         break
             except EventLogError:
@@ -431,7 +439,7 @@ class _Api:
         served = await run_in_threadpool(run_paths, self.runs_dir)
         path = served[name][0] if name in served else None
         if path is None or await run_in_threadpool(outside_part, path, self.runs_dir) is not None:
-            raise HTTPException(404, f"no run named {name!r} in {str(self.runs_dir)!r}")
+            raise HTTPException(404, f"no run named {_shown(name)} in {str(self.runs_dir)!r}")
         return path
 
     async def events(self, request: Request) -> StreamingResponse:
@@ -477,7 +485,7 @@ class _Api:
         name = request.path_params["name"]
         found = await self._studies()
         if self.tables is None or name not in found:
-            raise HTTPException(404, f"no study named {name!r} in {str(self.runs_dir)!r}")
+            raise HTTPException(404, f"no study named {_shown(name)} in {str(self.runs_dir)!r}")
         if await run_in_threadpool(confine, found[name] / TRIALS_FILE, self.runs_dir) is None:
             why = f"{TRIALS_FILE} links outside the runs directory, so it is not read"
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
@@ -487,8 +495,23 @@ class _Api:
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
         data = await run_in_threadpool(
             _study_data, name, found[name], rows, self.runs_dir, self.folds
-        )
-        return JSONResponse(data, headers={"Cache-Control": "no-cache"})
+        )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN
+        return JSONResponse(strict_json(data), headers={"Cache-Control": "no-cache"})
+
+
+class _RunName(PathConvertor):
+    """A run's name in a URL path: any characters, a line break too (Starlette's ``path``
+    convertor stops at one, so a run named so was listed but never served)."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("run", _RunName())
+
+
+def _shown(name: str) -> str:
+    """A requested name in a 404, cut short: the body need not echo a 20 KB URL."""
+    return repr(name) if len(name) <= 100 else repr(name[:100]) + "..."
 
 
 def create_app(
@@ -520,8 +543,8 @@ def create_app(
             Route("/favicon.ico", _no_icon),
             Route("/api/meta", api.meta),
             Route("/api/runs", api.runs),
-            Route("/api/runs/{name:path}/events", api.events),
-            Route("/api/runs/{name:path}/snapshot", api.run_snapshot),
+            Route("/api/runs/{name:run}/events", api.events),
+            Route("/api/runs/{name:run}/snapshot", api.run_snapshot),
             Route("/api/studies", api.study_list),
             Route("/api/studies/{name}", api.study),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),

@@ -4,12 +4,14 @@ and the run store, whose DuckDB view ``trials`` reads it (DESIGN §9)."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from esper.leyline.config import MAX_SEED, check_float, check_int, quoted
+from esper.leyline.files import open_regular
 
 COMPLETED = "completed"
 """A run that trained every epoch."""
@@ -107,15 +109,19 @@ def read_trials(directory: Path) -> list[TrialRun]:
             file:line).
     """
     path = directory / TRIALS_FILE
-    if not path.is_file():
+    try:
+        raw = open_regular(path)  # a pipe is refused, not read forever
+    except FileNotFoundError:
         raise TrialsFileError(
             f"{str(directory)!r} has no {TRIALS_FILE} yet: no invocation of the study has "
             "finished (run `esper study FILE` to the end, then report it)"
-        )
+        ) from None
+    except OSError as err:  # a directory, a pipe, no permission
+        raise TrialsFileError(f"cannot read {path}: {err.strerror}") from None
     hints = typing.get_type_hints(TrialRow)
     names = [f.name for f in fields(TrialRow)]
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with io.TextIOWrapper(raw, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or set(reader.fieldnames) != {*names, RUN_COLUMN}:
                 raise TrialsFileError(f"{path}: not a trials table (header {reader.fieldnames})")

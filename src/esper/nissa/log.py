@@ -142,8 +142,19 @@ def _float(value: Any, where: str) -> float:
     if value is None:
         return math.nan  # the writer turns a non-finite float into null (``json_safe``)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise EventLogError(f"{where} is {_show(value)}, beyond a float's range") from None
     raise EventLogError(f"{where} is {_show(value)}, not a number")
+
+
+def _time(value: Any, where: str) -> float:
+    """The envelope's ``t``: a number always (the writer takes it from the clock)."""
+    t = _float(value, where)
+    if not math.isfinite(t):
+        raise EventLogError(f"{where} is {_show(value)}, not a time")
+    return t
 
 
 def _scalar(value: Any, kind: type[Any], where: str) -> Any:
@@ -226,7 +237,7 @@ def decode(record: dict[str, Any], where: str) -> Logged:
     episode = record.get("episode")  # EpisodeFinished's own field doubles as its context
     return Logged(
         event,
-        _float(record.get("t"), f"{where}: t"),
+        _time(record.get("t"), f"{where}: t"),
         _scalar(record.get("run_id"), str, f"{where}: run_id"),
         _OPTIONAL_INT(record.get("env"), f"{where}: env"),
         _OPTIONAL_INT(episode, f"{where}: episode"),
@@ -289,8 +300,9 @@ class EventTail:
         then raise.
 
         Raises:
-            EventLogError: a complete line is malformed, the file shrank (it was rewritten) or
-                cannot be read, or a line is longer than ``MAX_LINE_BYTES`` (bounded reads).
+            EventLogError: a complete line is malformed, the file shrank (it was rewritten),
+                was removed after it was read from, or cannot be read, or a line is longer than
+                ``MAX_LINE_BYTES`` (bounded reads).
         """
         if self.error is not None:
             raise self.error
@@ -306,6 +318,9 @@ class EventTail:
                 f.seek(start)
                 data, self.caught_up = self._take(f, max_bytes)
         except FileNotFoundError:
+            if self.offset or self.partial:  # read before: the run was removed or moved
+                self.error = EventLogError(f"{self.path}: the event log was removed")
+                raise self.error from None
             self.caught_up = True
             return []
         except OSError as err:
@@ -433,47 +448,79 @@ def open_run(path: Path) -> RunDirectory:
 
     Raises:
         RunDirectoryError: ``path`` does not exist, or is not a run directory (no config.json,
-            no event log, or a log that does not start with ``RunStarted``), or its
-            ``summary.json`` is malformed.
+            no event log, or a log that does not start with a well-formed ``RunStarted``), or
+            cannot be read, or its ``summary.json`` is malformed.
     """
     problem = not_a_run(path)
     if problem is not None:
         raise RunDirectoryError(problem)
-    with open_regular(path / EVENTS_FILE) as f:
-        first = f.readline().decode("utf-8", errors="replace")
-    if not first.strip():
+    try:
+        with open_regular(path / EVENTS_FILE) as f:
+            raw = f.readline(MAX_LINE_BYTES + 1)  # a log that is one huge line is not read whole
+    except OSError as err:
+        raise RunDirectoryError(
+            f"{str(path)!r}: cannot read its event log ({err.strerror})"
+        ) from None
+    if not raw.strip():
         raise RunDirectoryError(
             f"{str(path)!r}: its event log is empty (a run still starting, or one that failed "
             "before its first event)"
         )
+    where = f"{path / EVENTS_FILE}:1"
     try:
-        record = parse_record(first.rstrip("\n"), f"{path / EVENTS_FILE}:1")
+        if len(raw) > MAX_LINE_BYTES:
+            raise EventLogError(
+                f"{where}: a line longer than {MAX_LINE_BYTES} bytes is not an event"
+            )
+        first = read_line(raw.decode("utf-8", errors="replace").rstrip("\n"), where)
     except EventLogError as err:
         raise RunDirectoryError(f"{str(path)!r} is not a readable run: {err}") from None
-    if record["event"] != RunStarted.__name__:
+    if not isinstance(first.event, RunStarted):
         raise RunDirectoryError(
-            f"{str(path)!r}: the event log starts with {record['event']}, not RunStarted"
+            f"{str(path)!r}: the event log starts with {first.name}, not RunStarted"
         )
     try:
         summary = read_summary(path)
     except RunRecordError as err:
         raise RunDirectoryError(str(err)) from None
-    return RunDirectory(
-        path, path.name, str(record["mode"]), str(record["task"]), int(record["seed"]), summary
-    )
+    started = first.event
+    return RunDirectory(path, path.name, started.mode, started.task, started.seed, summary)
 
 
 def run_candidates(directory: Path) -> list[Path]:
     """``directory`` itself when it holds an event log, else its children that are run
     directories (``record.is_run_directory``), by name — without opening them. A study
-    directory (``esper study``) stands for its trials' runs."""
-    if (directory / EVENTS_FILE).is_file():
-        return [directory]
-    if is_study(directory):
-        directory = directory / TRIALS_DIR
-        if not directory.is_dir():
-            return []
-    return [child for child in sorted(directory.iterdir()) if is_run_directory(child)]
+    directory (``esper study``) stands for its trials' runs.
+
+    Raises:
+        RunDirectoryError: ``directory`` (or a study's trials folder) cannot be read.
+    """
+    try:
+        if (directory / EVENTS_FILE).is_file():
+            return [directory]
+        if is_study(directory):
+            directory = directory / TRIALS_DIR
+            if not directory.is_dir():
+                return []
+        children = sorted(directory.iterdir())
+    except OSError as err:  # e.g. no read or search permission
+        raise RunDirectoryError(f"{str(directory)!r} cannot be read ({err.strerror})") from None
+    return [child for child in children if is_run_directory(child)]
+
+
+def check_runs_dir(directory: Path) -> None:
+    """That ``directory`` is a directory, for the commands that list the runs in it.
+
+    Raises:
+        RunDirectoryError: it does not exist, is not a directory, or cannot be looked at.
+    """
+    try:
+        if directory.is_dir():
+            return
+        what = "does not exist" if not directory.exists() else "is not a directory"
+    except OSError as err:  # no search permission on a directory above it
+        what = f"cannot be read ({err.strerror})"
+    raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
 
 
 def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str]]]:
@@ -481,11 +528,9 @@ def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str
     read — e.g. a run whose first line is still being written — with the reason.
 
     Raises:
-        RunDirectoryError: ``directory`` does not exist or is not a directory.
+        RunDirectoryError: ``directory`` does not exist, is not a directory or cannot be read.
     """
-    if not directory.is_dir():
-        what = "does not exist" if not directory.exists() else "is not a directory"
-        raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
+    check_runs_dir(directory)
     runs, unreadable = [], []
     for path in run_candidates(directory):
         try:

@@ -535,6 +535,13 @@ def is_run_directory(path: Path) -> bool:
 
 def not_a_run(path: Path) -> str | None:
     """Why ``path`` is not an Esper run directory, as one line; None when it is one."""
+    try:
+        return _not_a_run(path)
+    except OSError as err:  # e.g. a directory without read or search permission
+        return f"{str(path)!r} cannot be read ({err.strerror})"
+
+
+def _not_a_run(path: Path) -> str | None:
     if not path.exists():
         return f"run directory {str(path)!r} does not exist"
     if not path.is_dir():
@@ -552,8 +559,12 @@ def not_a_run(path: Path) -> str | None:
 
 
 def is_study(path: Path) -> bool:
-    """Whether ``path`` is a study directory (``esper study``'s output: it holds ``study.json``)."""
-    return (path / STUDY_FILE).is_file()
+    """Whether ``path`` is a study directory (``esper study``'s output: it holds ``study.json``);
+    False where that cannot be looked at (no search permission)."""
+    try:
+        return (path / STUDY_FILE).is_file()
+    except OSError:
+        return False
 
 
 def run_status(run_dir: Path) -> str:
