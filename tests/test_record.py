@@ -617,3 +617,33 @@ def test_a_row_type_must_start_with_an_integer_step(tmp_path: Path) -> None:
         CsvLog(tmp_path / "x.csv", Bad)
     with pytest.raises(TypeError, match="a row must be a Row"):
         CsvLog(tmp_path / "x.csv", Row).append(Bad(1.0))  # type: ignore[arg-type]
+
+
+def test_strict_json_is_the_one_rule_for_every_json_written() -> None:
+    """One function for the run record and the event lines (the hub had its own, which left
+    tuples and dataclasses alone): non-finite floats become null at any depth."""
+    import math
+    from types import MappingProxyType
+
+    import numpy as np
+
+    from esper.nissa.record import strict_json
+
+    @dataclass(frozen=True)
+    class Point:
+        x: float
+        tags: tuple[str, ...]
+
+    value = {
+        "a": [1, math.nan, (2.5, -math.inf)],
+        3: Point(math.inf, ("BLENDING",)),
+        "n": np.float64("nan"),
+        "m": MappingProxyType({"k": (True, None)}),
+    }
+    out = strict_json(value)
+    assert json.loads(json.dumps(out, allow_nan=False)) == {
+        "a": [1, None, [2.5, None]],
+        "3": {"x": None, "tags": ["BLENDING"]},
+        "n": None,
+        "m": {"k": [True, None]},
+    }

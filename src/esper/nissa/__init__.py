@@ -11,8 +11,8 @@ the run directory itself: its layout, ``meta.json``, the typed ``RunSummary``, C
 crash-safe checkpoints. It imports only Leyline.
 """
 
-from esper.nissa.hub import JsonlSink, Sink, TelemetryHub, json_safe
-from esper.nissa.record import RunRecordError, RunSummary, read_summary
+from esper.nissa.hub import JsonlSink, Sink, TelemetryHub
+from esper.nissa.record import RunRecordError, RunSummary, read_summary, strict_json
 
 # Sinks with third-party imports (esper.nissa.console: tqdm; esper.nissa.sinks: TensorBoard;
 # esper.nissa.tracking: MLflow) and the DuckDB views (esper.nissa.views) are imported from their
@@ -23,6 +23,6 @@ __all__ = [
     "RunSummary",
     "Sink",
     "TelemetryHub",
-    "json_safe",
     "read_summary",
+    "strict_json",
 ]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from esper.leyline.events import Event, Progress, TelemetryLevel, event_record
+from esper.nissa.record import strict_json
 
 
 class Sink(Protocol):
@@ -19,17 +19,6 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release what the sink holds (files, writers, progress bars)."""
-
-
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN/Inf: a value that was not finite is written as null (missing)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    return value
 
 
 class JsonlSink:
@@ -47,7 +36,7 @@ class JsonlSink:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one line and flush it."""
-        self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -26,7 +26,6 @@ from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.files import open_regular
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR
-from esper.nissa.hub import json_safe
 
 # Layout names the record defines, also imported from here by the views (explicit re-exports).
 from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
@@ -40,6 +39,7 @@ from esper.nissa.record import (
     not_a_run,
     read_config,
     read_summary,
+    strict_json,
 )
 
 _FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in EVENT_TYPES.items()}
@@ -140,7 +140,7 @@ def _show(value: Any) -> str:
 
 def _float(value: Any, where: str) -> float:
     if value is None:
-        return math.nan  # the writer turns a non-finite float into null (``json_safe``)
+        return math.nan  # the writer turns a non-finite float into null (``strict_json``)
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             return float(value)
@@ -222,7 +222,7 @@ class Logged:
         if self.episode is not None and not hasattr(self.event, "episode"):
             head["episode"] = self.episode
         body = event_record(self.event)
-        return dict(json_safe({**head, **body}))
+        return dict(strict_json({**head, **body}))
 
 
 def decode(record: dict[str, Any], where: str) -> Logged:

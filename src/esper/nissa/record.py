@@ -115,17 +115,25 @@ class RunRecordError(ValueError):
 # ------------------------------------------------------------------------------- JSON files
 
 
+_PLAIN_JSON = frozenset({str, int, bool, type(None)})
+
+
 def strict_json(value: Any) -> Any:
     """``value`` as strict JSON data: dataclasses as objects, tuples as lists, a float that is
-    not finite as null (missing, never NaN)."""
+    not finite as null (missing, never NaN): the one rule of every JSON Esper writes (the run
+    record's files, event lines, query results, the dashboard's answers)."""
+    if type(value) in _PLAIN_JSON:  # the common cases first: this runs on every event
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k if type(k) is str else str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: strict_json(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
         return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     return value
 
 
