@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -412,3 +413,13 @@ class KeptRecords:
 
     def close(self) -> None:
         pass
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which mode bits bind this process's children: as root, the
+    capabilities that ignore them are dropped (``setpriv``, util-linux)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv, so file permissions cannot bind")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]

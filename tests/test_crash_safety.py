@@ -847,3 +847,78 @@ def test_a_run_recorded_with_a_stray_data_dir_still_resumes(run_copy, tmp_path) 
     assert main(["ppo", "--resume", str(ppo)]) == 0
     summary = record.read_summary(ppo)
     assert summary is not None and summary.status == "completed"
+
+
+# ------------------------------------------------------------------------------ permissions
+
+
+def _unprivileged_esper(*args: str) -> subprocess.CompletedProcess[str]:
+    from conftest import unprivileged
+
+    command = [*unprivileged(), *ESPER, *args]
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def _error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one error line (a resume prints its configuration first), exit 2, no traceback."""
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("esper: error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.rstrip("\n").endswith(errors[0])
+    return errors[0]
+
+
+def test_an_old_checkpoint_that_cannot_be_removed_leaves_the_run_resumable(run_copy) -> None:
+    """Removing the previous step after LATEST had switched failed the commit: the CSV was
+    cut behind the new checkpoint ("the rows end at epoch 5, the checkpoint is at 6") and the
+    run could never resume. The stale step is now left for the next start to clean."""
+    old = _latest(run_copy)
+    old.chmod(0o555)  # its files cannot be unlinked
+    try:
+        done = _unprivileged_esper("heuristic", "--resume", str(run_copy))
+        assert done.returncode == 0, done.stderr
+    finally:
+        old.chmod(0o755)
+    summary = record.read_summary(run_copy)
+    assert summary is not None and summary.status == "completed"
+    assert summary.growth is not None and summary.growth.epochs_completed == 3
+    assert (run_copy / "metrics.csv").read_text().count("\n") == 1 + 3
+    assert old.is_dir() and _latest(run_copy) != old  # stale, left behind
+    assert old in record.clean_stale(run_copy)  # the next start removes it
+
+
+@pytest.mark.parametrize(("mode", "where"), [(0o000, record.META_FILE), (0o333, "")])
+def test_a_run_without_permissions_is_one_line_and_untouched(run_copy, mode, where) -> None:
+    """``--resume`` of a run directory without search (or read) permission was a traceback."""
+    before = _snapshot(run_copy)
+    run_copy.chmod(mode)
+    try:
+        line = _error_line(_unprivileged_esper("heuristic", "--resume", str(run_copy)))
+    finally:
+        run_copy.chmod(0o755)
+    assert "Permission denied" in line and str(run_copy) in line and where in line
+    assert _snapshot(run_copy) == before
+
+
+def test_an_unreadable_checkpoint_pointer_is_not_called_corrupt(run_copy) -> None:
+    pointer = run_copy / record.CHECKPOINTS_DIR / record.LATEST_FILE
+    pointer.chmod(0o000)
+    try:
+        line = _error_line(_unprivileged_esper("heuristic", "--resume", str(run_copy)))
+    finally:
+        pointer.chmod(0o644)
+    assert f"cannot read {str(pointer)!r}: Permission denied" in line and "corrupt" not in line
+
+
+def test_a_new_run_under_a_parent_it_cannot_read_is_not_made(tmp_path) -> None:
+    """With the parent writable but not readable, the run was renamed into place, then the
+    parent's fsync failed: an error said the run was not made, and there it was."""
+    parent = tmp_path / "parent"
+    parent.mkdir(mode=0o333)
+    try:
+        done = _unprivileged_esper("heuristic", *TINY, "--epochs", "2", "--out", str(parent / "r"))
+        line = _error_line(done)
+        assert "Permission denied" in line
+        assert os.listdir(parent) == []  # neither the run nor its staging directory
+    finally:
+        parent.chmod(0o755)

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import growth_summary, ppo_summary, write_run
+from conftest import growth_summary, ppo_summary, unprivileged, write_run
 from esper.cli.dashboard import study_table
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.karn import dashboard
@@ -1233,16 +1233,6 @@ def test_a_log_removed_after_it_was_read_ends_its_stream(
     assert EventTail(tmp_path / "none" / EVENTS_FILE).events() == []
 
 
-def _without_file_permission_override() -> list[str]:
-    """A command prefix under which mode bits bind this process's children: as root, the
-    capabilities that ignore them are dropped (``setpriv``, util-linux)."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv, so file permissions cannot bind")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-
-
 def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one_line(
     tmp_path: Path, recorded_runs: dict[str, Path]
 ) -> None:
@@ -1253,7 +1243,7 @@ def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one
     copy_run(recorded_runs["static"], runs / "ok")
     (runs / "locked").mkdir(mode=0)
     (tmp_path / "shut").mkdir(mode=0)
-    esper = [*_without_file_permission_override(), sys.executable, "-m", "esper"]
+    esper = [*unprivileged(), sys.executable, "-m", "esper"]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
@@ -1271,12 +1261,16 @@ def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one
         try:
             assert server.stdout is not None
             banner = server.stdout.readline()
-            assert "(1 run in " in banner, banner
+            assert "(2 runs in " in banner, banner
             url = re.search(r"http://\S+/", banner)
             assert url is not None
             with httpx.Client(timeout=READ_TIMEOUT) as client:
                 listed = client.get(f"{url[0]}api/runs").json()["runs"]
-                assert [run["name"] for run in listed] == ["ok"]
+                assert [(run["name"], run["status"]) for run in listed] == [
+                    ("locked", "unreadable"),  # it may hold a run: named, not passed over
+                    ("ok", "completed"),
+                ]
+                assert "cannot be read (Permission denied)" in listed[0]["error"]
                 assert client.get(f"{url[0]}api/runs/ok/snapshot").status_code == 200
                 assert client.get(f"{url[0]}api/studies").json() == {"studies": []}
         finally:

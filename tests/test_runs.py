@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import growth_summary, ppo_summary, write_run
+from conftest import growth_summary, ppo_summary, unprivileged, write_run
 from esper.cli.main import main
 from esper.leyline.events import EpochCompleted, PPOUpdate, SlotSnapshot
 from esper.nissa.record import (
@@ -359,3 +361,25 @@ def test_json_rows_are_strict_json_with_null_for_nan_and_infinity(recorded_runs,
         raise AssertionError(f"{constant} is not JSON")
 
     assert json.loads(line, parse_constant=refuse) == {"a": None, "b": None, "c": 1.5}
+
+
+def test_a_run_directory_that_cannot_be_read_is_named_not_passed_over(
+    recorded_runs, tmp_path
+) -> None:
+    """``runs list`` and ``runs query`` left a directory without permissions out in silence
+    (taken for "not a run"); it may hold one, so it is named as not readable."""
+    for name in ("a", "b"):
+        shutil.copytree(recorded_runs["static"], tmp_path / name)
+    (tmp_path / "a").chmod(0o000)
+    esper = [*unprivileged(), sys.executable, "-m", "esper"]
+    try:
+        listed = subprocess.run(
+            [*esper, "runs", "list", str(tmp_path)], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        (tmp_path / "a").chmod(0o755)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[2:]] == ["b"]
+    assert f"a: not readable: {str(tmp_path / 'a')!r} cannot be read (Permission denied)" in (
+        listed.stderr
+    )

@@ -582,3 +582,31 @@ def test_a_trial_whose_job_cannot_be_built_leaves_nothing_unsubmitted(tmp_path, 
     assert sorted(outcome.failed) == ["synthetic.p.seed0", "synthetic.p.seed1"]
     assert driver.state.attempts == {"synthetic.p.policy100": 1, **dict.fromkeys(outcome.failed, 2)}
     assert sum(line.startswith("gave up synthetic.p.seed") for line in lines) == 2
+
+
+def test_trials_that_cannot_be_read_are_not_taken_for_missing(tmp_path) -> None:
+    """With ``trials/`` unreadable, every finished trial was taken for not started: the study
+    ran each again, failed it on every attempt and rewrote its results with failures."""
+    import subprocess
+    import sys
+
+    from conftest import unprivileged
+
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 1\n{FAST}[budget]\n{BUDGET}'
+        '[[arms]]\nname = "s"\ncontroller = "static"\n',
+    )
+    trials = tmp_path / "out" / TRIALS_DIR
+    trials.mkdir(parents=True, mode=0o000)
+    try:
+        done = subprocess.run(
+            [*unprivileged(), sys.executable, "-m", "esper", "study", str(path), "--dry-run"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        trials.chmod(0o755)
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "trial synthetic.s.seed0: " in done.stderr and "cannot be read" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [TRIALS_DIR]

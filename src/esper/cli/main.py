@@ -28,6 +28,12 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a command whose reader closed the pipe."""
 
+PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS})
+"""Errors of a path, not of Esper, shown as one line naming it: a name the file system cannot
+hold (given anywhere: a run, ``--out``, a study file; it fails at the first stat, before anything
+is written), and a file or directory without the permission asked, or on a read-only file
+system (a run stopped by one resumes once the permission is back)."""
+
 
 N = TypeVar("N", int, float)
 
@@ -269,11 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except OSError as err:
-        if err.errno != errno.ENAMETOOLONG:
+        if err.errno not in PATH_ERRNOS:
             raise
-        # A path given anywhere (a run, --out, a study file) with a name the file system
-        # cannot hold fails at the first stat, before anything is written.
-        print(f"esper: error: {one_line(f'{err.strerror}: {err.filename!r}')}", file=sys.stderr)
+        named = f"{err.strerror}: {err.filename!r}" if err.filename else str(err.strerror)
+        print(f"esper: error: {one_line(named)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -34,11 +34,11 @@ from esper.nissa.record import (
     UNFINISHED,
     RunRecordError,
     RunSummary,
-    is_run_directory,
     is_study,
     not_a_run,
     read_config,
     read_summary,
+    run_problem,
     strict_json,
 )
 
@@ -489,8 +489,8 @@ def open_run(path: Path) -> RunDirectory:
 
 def run_candidates(directory: Path) -> list[Path]:
     """``directory`` itself when it holds an event log, else its children that are run
-    directories (``record.is_run_directory``), by name — without opening them. A study
-    directory (``esper study``) stands for its trials' runs.
+    directories (``record.is_run_directory``) or cannot be read, by name — without opening
+    them. A study directory (``esper study``) stands for its trials' runs.
 
     Raises:
         RunDirectoryError: ``directory`` (or a study's trials folder) cannot be read.
@@ -503,9 +503,15 @@ def run_candidates(directory: Path) -> list[Path]:
             if not directory.is_dir():
                 return []
         children = sorted(directory.iterdir())
-    except OSError as err:  # e.g. no read or search permission
+    except PermissionError as err:  # no read or search permission
         raise RunDirectoryError(f"{str(directory)!r} cannot be read ({err.strerror})") from None
-    return [child for child in children if is_run_directory(child)]
+    return [child for child in children if _may_be_run(child)]
+
+
+def _may_be_run(path: Path) -> bool:
+    """A run directory, or a directory that cannot be read (``open_run`` then says why)."""
+    problem, unreadable = run_problem(path)
+    return problem is None or unreadable
 
 
 def check_runs_dir(directory: Path) -> None:
@@ -518,7 +524,7 @@ def check_runs_dir(directory: Path) -> None:
         if directory.is_dir():
             return
         what = "does not exist" if not directory.exists() else "is not a directory"
-    except OSError as err:  # no search permission on a directory above it
+    except PermissionError as err:  # no search permission on a directory above it
         what = f"cannot be read ({err.strerror})"
     raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
 

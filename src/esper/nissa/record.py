@@ -543,10 +543,17 @@ def is_run_directory(path: Path) -> bool:
 
 def not_a_run(path: Path) -> str | None:
     """Why ``path`` is not an Esper run directory, as one line; None when it is one."""
+    return run_problem(path)[0]
+
+
+def run_problem(path: Path) -> tuple[str | None, bool]:
+    """``not_a_run``'s line, and whether it is that ``path`` cannot be looked into (no read or
+    search permission): such a directory may hold a run, so listings name it rather than pass
+    over it, and a study does not take a trial's run for missing."""
     try:
-        return _not_a_run(path)
-    except OSError as err:  # e.g. a directory without read or search permission
-        return f"{str(path)!r} cannot be read ({err.strerror})"
+        return _not_a_run(path), False
+    except PermissionError as err:
+        return f"{str(path)!r} cannot be read ({err.strerror})", True
 
 
 def _not_a_run(path: Path) -> str | None:
@@ -571,7 +578,7 @@ def is_study(path: Path) -> bool:
     False where that cannot be looked at (no search permission)."""
     try:
         return (path / STUDY_FILE).is_file()
-    except OSError:
+    except PermissionError:
         return False
 
 
@@ -867,10 +874,13 @@ def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_
         if isinstance(err, OSError) and not isinstance(err, DiskFullError) and is_disk_full(err):
             raise disk_full(err, partial) from None
         raise
-    for old in root.iterdir():
-        if old != final and _STEP_DIR.fullmatch(old.name) and old.is_dir():
-            _remove(old)
-    fsync_directory(root)
+    try:  # committed: an old step left behind is stale, and ``clean_stale`` retries it
+        for old in root.iterdir():
+            if old != final and _STEP_DIR.fullmatch(old.name) and old.is_dir():
+                _remove(old)
+        fsync_directory(root)
+    except OSError:
+        pass  # failing here made the caller cut its CSV behind a switched LATEST: unresumable
     return final
 
 
@@ -945,6 +955,10 @@ def load_checkpoint(run_dir: Path, run_id: str) -> Checkpoint:
         raise RunRecordError(f"{str(root)!r} holds no committed checkpoint (no {LATEST_FILE})")
     name = _latest_name(root)
     if name is None:
+        try:  # no permission is not corruption
+            read_regular(pointer, limit=64)
+        except OSError as err:
+            raise RunRecordError(f"cannot read {str(pointer)!r}: {err.strerror}") from None
         raise RunRecordError(f"checkpoint pointer {str(pointer)!r} is corrupt")
     directory = root / name
     if not directory.is_dir():

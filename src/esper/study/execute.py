@@ -277,8 +277,17 @@ class StudyDriver:
         return self.directory / TRIALS_DIR / trial.name
 
     def _finished(self, trial: Trial) -> bool:
+        """Whether the trial's run has finished.
+
+        Raises:
+            UserError: its directory (or ``trials/``) cannot be read: taken for missing, the
+                trial was run again, failed on every attempt and was reported as failed.
+        """
         directory = self.run_directory(trial)
-        if not record.is_run_directory(directory):
+        problem, unreadable = record.run_problem(directory)
+        if unreadable:
+            raise UserError(f"trial {trial.name}: {problem}; give it read permission again")
+        if problem is not None:
             return False
         return record.run_status(directory) in FINISHED
 

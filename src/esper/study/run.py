@@ -679,8 +679,11 @@ def _create(
         record.write_json(staging / record.META_FILE, meta.to_json())
         record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
         record.commit_checkpoint(staging, 0, files, out.name)  # a kill in step 1 resumes
+        parent = out.absolute().parent
+        fsync_directory(parent)  # fails before the rename where it would after (no read
+        # permission): the run was made, yet reported as not
         os.rename(staging, out)  # replaces an empty directory the user made
-        fsync_directory(out.absolute().parent)
+        fsync_directory(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
