@@ -22,6 +22,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
+from textual.widgets.data_table import RowKey
 
 from esper.cli import tui as cli_tui
 from esper.cli.config import split_options
@@ -101,12 +102,12 @@ async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float
         await pilot.pause(0.05)
 
 
-def row(table: DataTable[Any], key: str) -> list[str]:
+def row(table: DataTable[Any], key: str | RowKey) -> list[str]:
     return [str(cell) for cell in table.get_row(key)]
 
 
 def table_rows(table: DataTable[Any]) -> list[list[str]]:
-    return [row(table, str(r.key.value)) for r in table.ordered_rows]
+    return [row(table, r.key) for r in table.ordered_rows]  # slot rows have no key of their own
 
 
 def logged(event: Event, env: int | None = None, episode: int | None = None) -> Logged:
@@ -255,9 +256,10 @@ def test_heuristic_replay_table_slots_and_status(recorded_runs: dict[str, Path])
             ]
         ]
         slots = app.query_one("#slots", DataTable)
-        assert [r[0] for r in table_rows(slots)] == [s["slot"] for s in final["slots"]]
+        shown = {cells[0]: cells for cells in table_rows(slots)}
+        assert list(shown) == [s["slot"] for s in final["slots"]]
         for slot in fossilized:
-            cells = row(slots, slot["slot"])
+            cells = shown[slot["slot"]]
             assert cells[1:3] == [SeedStage.FOSSILIZED.value, slot["blueprint"]]
             assert cells[3] == f"{slot['alpha']:.2f}"
         assert app.sub_title == "finished (completed)"
@@ -783,3 +785,127 @@ def test_tui_child_with_bad_input_is_one_line_and_exit_2(
     assert len(errors) == 1 and "already exists and is not empty" in errors[0], err
     assert "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+# --- what a sweep crashed the UI with --------------------------------------------------------
+
+
+def test_moving_in_an_empty_environment_table_does_nothing(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before the first epoch the table has no row: p, up and page-down highlighted "row -1"
+    with no key, the UI crashed, and under --tui that interrupted the run."""
+    copy_run(recorded_runs["heuristic"], tmp_path / "run", 1)  # RunStarted only
+    app = make_app(tmp_path / "run")
+
+    async def script(pilot: Pilot[None]) -> None:
+        for key in ("p", "up", "pagedown", "n", "down", "home", "end", "enter"):
+            await pilot.press(key)
+        await pilot.pause()
+        assert app.return_code is None and app.selected is None  # still up, nothing chosen
+
+    drive(app, script)  # run_test re-raises what the app raised
+
+
+def test_odd_slot_names_repeated_slots_and_extreme_numbers_are_drawn(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A slot named like Rich markup, a slot listed twice, accuracies whose range overflows
+    a float and an infinite one (JSON's 1e400) each crashed the UI as it drew them."""
+    lines = copy_run(recorded_runs["heuristic"], tmp_path / "run", 0)
+    records = [json.loads(line) for line in lines]
+    epoch = last(records, EPOCH)
+    slot = {**epoch["slots"][0], "slot": "[/]", "blueprint": "[/bold]x[link="}
+    infinite = json.dumps({**epoch, "epoch": epoch["epoch"] + 1}).replace(
+        f'"val_accuracy": {epoch["val_accuracy"]}', '"val_accuracy": 1e400'
+    )
+    odd = [
+        {**epoch, "epoch": epoch["epoch"] + 2, "val_accuracy": -1.7e308},
+        {**epoch, "epoch": epoch["epoch"] + 3, "val_accuracy": 1.7e308, "slots": [slot, slot]},
+    ]
+    text = "".join(lines) + infinite + "\n" + "".join(json.dumps(r) + "\n" for r in odd)
+    (tmp_path / "run" / "events.jsonl").write_text(text, encoding="utf-8")
+    app = make_app(tmp_path / "run")
+    shown: dict[str, Any] = {}
+
+    async def script(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: app.state.events == len(records) + 3)
+        app.selected = None
+        app._refresh_selected()
+        await pilot.pause()
+        shown["accuracy"] = list(app.accuracy.data or [])
+        shown["slots"] = table_rows(app.slots_table)
+        await pilot.press("q")
+
+    drive(app, script)
+    assert shown["accuracy"] and all(map(math.isfinite, shown["accuracy"]))
+    assert [cells[:3] for cells in shown["slots"]] == [["[/]", slot["stage"], "[/bold]x[link="]] * 2
+
+
+def test_drawable_keeps_the_shape_of_what_a_sparkline_can_draw() -> None:
+    from esper.karn.tui import drawable
+
+    assert drawable([1.0, NAN, 3.0, math.inf, -math.inf]) == [1.0, 3.0]
+    assert drawable([1.7e308, -1.7e308, 0.0]) == [0.85e308, -0.85e308, 0.0]
+    assert drawable([]) == []
+
+
+def test_a_ppo_round_number_no_float_holds_is_shown(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """``display(int, ".4g")`` converts to float: a 400-digit round crashed the PPO panel."""
+    from esper.nissa.log import display
+
+    assert display(int("9" * 400), ".4g") == "9.999e+399"
+    assert display(-int("12345" + "0" * 300), ".4g") == "-1.234e+304"
+    lines = copy_run(recorded_runs["ppo"], tmp_path / "run", 0)
+    update = last([json.loads(line) for line in lines], PPOUpdate.__name__)
+    big = json.dumps(update).replace(f'"round": {update["round"]}', '"round": ' + "9" * 400)
+    (tmp_path / "run" / "events.jsonl").write_text("".join(lines) + big + "\n", encoding="utf-8")
+    app = make_app(tmp_path / "run")
+
+    async def script(pilot: Pilot[None]) -> None:
+        await pilot.pause()
+        assert "9.999e+399" in str(app.ppo_panel.content)
+        await pilot.press("q")
+
+    drive(app, script)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_quit_the_ui_and_give_back_the_handlers(
+    recorded_runs: dict[str, Path], signum: int
+) -> None:
+    """Killed by SIGTERM or SIGHUP, the UI left the terminal in its screen, and a --tui run
+    went on orphaned; now they quit it as q does."""
+    app = make_app(recorded_runs["static"])
+
+    def before(signum: int, frame: object) -> None:
+        raise AssertionError("the UI's handler should have taken the signal")
+
+    previous = signal.signal(signum, before)
+    try:
+
+        async def script(pilot: Pilot[None]) -> None:
+            os.kill(os.getpid(), signum)
+            await until(pilot, lambda: app.return_code is not None)
+
+        drive(app, script)
+        assert app.return_code == 0
+        assert signal.getsignal(signum) is before  # given back once the UI ended
+    finally:
+        signal.signal(signum, previous)
+
+
+def test_esper_tui_exits_1_when_the_ui_fails(
+    recorded_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UI that failed (Textual prints its traceback) ended ``esper tui`` with exit 0."""
+
+    def broken(self: RunApp) -> None:
+        raise RuntimeError("a panel that cannot be drawn")
+
+    monkeypatch.setattr(RunApp, "_refresh", broken)
+    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    monkeypatch.setattr(cli_tui, "_run_app", lambda app: app.run(headless=True, size=SIZE))
+    assert main(["tui", str(recorded_runs["static"])]) == 1

@@ -60,8 +60,9 @@ def run_tui(args: argparse.Namespace) -> int:
     tail = EventTail(run.events_path)
     state = catch_up(tail)  # a malformed line fails here, before the UI
     _require_terminal()
-    _run_app(RunApp(run, tail, state))
-    return 0
+    app = RunApp(run, tail, state)
+    _run_app(app)
+    return 1 if app.return_code else 0  # 1: the UI failed (Textual printed why)
 
 
 def _interactive() -> bool:

@@ -19,10 +19,13 @@ column) and a larger terminal gives the extra room to the tables and the log.
 
 from __future__ import annotations
 
+import asyncio
+import math
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -95,8 +98,8 @@ names, so every stage has its colour."""
 HELP_TEXT = f"""\
 esper tui — keys
 
-  q         quit (a run started with --tui is interrupted: it checkpoints
-            and can be resumed)
+  q         quit, as Ctrl-C, SIGTERM and SIGHUP do (a run started with
+            --tui is interrupted: it checkpoints and can be resumed)
   ?         this help (escape, q or ? closes it)
   /         filter the event log: lines containing the text (any case)
   escape    clear the filter and go back to the environment table
@@ -123,9 +126,23 @@ def env_row_key(key: int | None) -> str:
     return "run" if key is None else str(key)
 
 
-def slot_cells(snapshot: SlotSnapshot) -> tuple[str | Text, ...]:
-    """One slot's row, in ``SLOT_COLUMNS`` order."""
-    return tuple(cell(snapshot) for _, _, cell in SLOT_COLUMNS)
+def slot_cells(snapshot: SlotSnapshot) -> tuple[Text, ...]:
+    """One slot's row, in ``SLOT_COLUMNS`` order, as text that is never read as markup (a
+    table reads a plain string as Rich markup: a slot named "[/]" crashed the UI)."""
+    return tuple(_text(cell(snapshot)) for _, _, cell in SLOT_COLUMNS)
+
+
+def _text(cell: str | Text) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
+def drawable(values: list[float]) -> list[float]:
+    """``values`` for a sparkline, which draws their shape: the finite ones, halved when their
+    range overflows a float (a sparkline of 1.7e308 and -1.7e308 divided by inf)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and not math.isfinite(max(finite) - min(finite)):
+        return [v / 2 for v in finite]
+    return finite
 
 
 def catch_up(tail: EventTail) -> RunState:
@@ -203,6 +220,7 @@ class RunApp(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("slash", "focus_filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -236,6 +254,7 @@ class RunApp(App[None]):
         self._shown_stalled = False  # whether the status on screen reports a stalled line
         self._exit_code = exit_code
         self._timer: Timer | None = None
+        self._signals: dict[int, Any] = {}  # signal -> the handler before the UI's
         self.title = f"esper tui — {run.name}"
         # The panels, kept by reference: a timer tick must reach them while the help is open.
         self.run_panel = Static("", id="run", markup=False)
@@ -284,6 +303,29 @@ class RunApp(App[None]):
         self._refresh()
         self.envs_table.focus()
         self._timer = self.set_interval(self._poll_seconds, self.poll)
+        self._catch_signals()
+
+    def _catch_signals(self) -> None:
+        """SIGTERM and SIGHUP quit the UI as ``q`` does: they killed it, leaving the terminal
+        in the UI's screen (and a ``--tui`` run orphaned). The handlers before are put back
+        when the UI ends."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous = signal.getsignal(signum)
+            if previous is signal.SIG_IGN:
+                continue  # nohup's: a closed terminal is not a reason to stop
+            try:
+                loop.add_signal_handler(signum, self.exit)
+            except (RuntimeError, ValueError):  # not the main thread: nothing to catch here
+                return
+            self._signals[signum] = previous
+
+    def on_unmount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum, previous in self._signals.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous)
+        self._signals.clear()
 
     # following ----------------------------------------------------------------------------
 
@@ -399,9 +441,9 @@ class RunApp(App[None]):
         self.slots_title.update(f"Slots{where}")
         latest = env.latest
         for snapshot in () if latest is None else latest.slots:
-            self.slots_table.add_row(*slot_cells(snapshot), key=snapshot.slot)
+            self.slots_table.add_row(*slot_cells(snapshot))  # no key: names may repeat
         measured = accuracies(env.episode)
-        self.accuracy.data = measured
+        self.accuracy.data = drawable(measured)
         number = None if env.episode is None else env.episode.number
         if number is not None:
             where = f" (env {env.env}, episode {number})"
@@ -413,15 +455,16 @@ class RunApp(App[None]):
     def _refresh_ppo(self) -> None:
         if not self.state.is_ppo:
             return
-        returns = mean_returns(self.state)
-        self.returns.data = returns
+        self.returns.data = drawable(mean_returns(self.state))
         self.ppo_panel.update(ppo_text(self.state))
 
     # events and actions -------------------------------------------------------------------
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         """Selecting an environment row shows its slots and accuracy."""
-        if event.data_table is not self.envs_table or event.row_key.value is None:
+        if event.data_table is not self.envs_table or event.row_key is None:
+            return  # p, up or page-down before the first epoch: no row to show
+        if event.row_key.value is None:
             return
         value = event.row_key.value
         self.selected = None if value == "run" else int(value)

@@ -563,7 +563,11 @@ def display(value: Any, spec: str = "") -> str:
     """A value for people: a missing one (None, NaN) shows as "—", never as 0."""
     if value is None or (isinstance(value, float) and value != value):
         return "—"
-    return format(value, spec)
+    try:
+        return format(value, spec)
+    except OverflowError:  # an integer of hundreds of digits in a float format
+        digits = str(abs(value))
+        return f"{'-' * (value < 0)}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
 
 
 def percent(value: float | None) -> str:
