@@ -874,14 +874,22 @@ def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_
         if isinstance(err, OSError) and not isinstance(err, DiskFullError) and is_disk_full(err):
             raise disk_full(err, partial) from None
         raise
-    try:  # committed: an old step left behind is stale, and ``clean_stale`` retries it
+    _drop_old_steps(root, final)
+    return final
+
+
+def _drop_old_steps(root: Path, final: Path) -> None:
+    """Remove the steps before ``final``, once LATEST names it: cleanup, not part of the commit.
+    A step that cannot be removed (no permission) is stale, and ``clean_stale`` retries it on
+    the next start; failing the commit here made the caller cut its CSV behind the switched
+    LATEST, and the run could never resume."""
+    try:
         for old in root.iterdir():
             if old != final and _STEP_DIR.fullmatch(old.name) and old.is_dir():
                 _remove(old)
         fsync_directory(root)
     except OSError:
-        pass  # failing here made the caller cut its CSV behind a switched LATEST: unresumable
-    return final
+        pass
 
 
 def _remove(path: Path) -> None:
