@@ -1242,6 +1242,9 @@ def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one
     runs = tmp_path / "runs"
     copy_run(recorded_runs["static"], runs / "ok")
     (runs / "locked").mkdir(mode=0)
+    (runs / "st").mkdir()
+    (runs / "st" / STUDY_FILE).write_text("{}")
+    (runs / "st" / TRIALS_DIR).mkdir(mode=0)  # a study whose trials cannot be read
     (tmp_path / "shut").mkdir(mode=0)
     esper = [*unprivileged(), sys.executable, "-m", "esper"]
     with socket.socket() as probe:
@@ -1261,7 +1264,7 @@ def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one
         try:
             assert server.stdout is not None
             banner = server.stdout.readline()
-            assert "(2 runs in " in banner, banner
+            assert "(3 runs, 1 study in " in banner, banner
             url = re.search(r"http://\S+/", banner)
             assert url is not None
             with httpx.Client(timeout=READ_TIMEOUT) as client:
@@ -1269,13 +1272,15 @@ def test_an_unreadable_directory_hides_nothing_and_an_unreadable_runs_dir_is_one
                 assert [(run["name"], run["status"]) for run in listed] == [
                     ("locked", "unreadable"),  # it may hold a run: named, not passed over
                     ("ok", "completed"),
+                    (f"st/{TRIALS_DIR}", "unreadable"),  # one entry for the study's trials
                 ]
                 assert "cannot be read (Permission denied)" in listed[0]["error"]
+                assert "cannot be read (Permission denied)" in listed[2]["error"]
                 assert client.get(f"{url[0]}api/runs/ok/snapshot").status_code == 200
-                assert client.get(f"{url[0]}api/studies").json() == {"studies": []}
+                assert client.get(f"{url[0]}api/studies").json() == {"studies": ["st"]}
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=10)
     finally:
-        (runs / "locked").chmod(0o755)
-        (tmp_path / "shut").chmod(0o755)
+        for path in (runs / "locked", runs / "st" / TRIALS_DIR, tmp_path / "shut"):
+            path.chmod(0o755)

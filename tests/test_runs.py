@@ -372,12 +372,18 @@ def test_a_run_directory_that_cannot_be_read_is_named_not_passed_over(
         shutil.copytree(recorded_runs["static"], tmp_path / name)
     (tmp_path / "a").chmod(0o000)
     esper = [*unprivileged(), sys.executable, "-m", "esper"]
+    query = ["runs", "query", "SELECT DISTINCT run FROM events", "--runs", str(tmp_path)]
     try:
         listed = subprocess.run(
             [*esper, "runs", "list", str(tmp_path)], capture_output=True, text=True, timeout=120
         )
+        queried = subprocess.run([*esper, *query], capture_output=True, text=True, timeout=120)
     finally:
         (tmp_path / "a").chmod(0o755)
+    assert queried.returncode == 2 and queried.stdout == ""  # no answer from part of the runs
+    assert queried.stderr == f"esper: error: {str(tmp_path / 'a')!r} cannot be read " + (
+        "(Permission denied)\n"
+    )
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()[2:]] == ["b"]
     assert f"a: not readable: {str(tmp_path / 'a')!r} cannot be read (Permission denied)" in (

@@ -856,8 +856,9 @@ def test_a_ppo_round_number_no_float_holds_is_shown(
     """``display(int, ".4g")`` converts to float: a 400-digit round crashed the PPO panel."""
     from esper.nissa.log import display
 
-    assert display(int("9" * 400), ".4g") == "9.999e+399"
+    assert display(int("9" * 400), ".4g") == "1.000e+400"  # rounded, as a float would be
     assert display(-int("12345" + "0" * 300), ".4g") == "-1.234e+304"
+    assert display(10**400, ".2f") == "1" + "0" * 400 + ".00"  # the format is kept
     lines = copy_run(recorded_runs["ppo"], tmp_path / "run", 0)
     update = last([json.loads(line) for line in lines], PPOUpdate.__name__)
     big = json.dumps(update).replace(f'"round": {update["round"]}', '"round": ' + "9" * 400)
@@ -866,7 +867,7 @@ def test_a_ppo_round_number_no_float_holds_is_shown(
 
     async def script(pilot: Pilot[None]) -> None:
         await pilot.pause()
-        assert "9.999e+399" in str(app.ppo_panel.content)
+        assert "1.000e+400" in str(app.ppo_panel.content)
         await pilot.press("q")
 
     drive(app, script)
@@ -909,3 +910,42 @@ def test_esper_tui_exits_1_when_the_ui_fails(
     monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
     monkeypatch.setattr(cli_tui, "_run_app", lambda app: app.run(headless=True, size=SIZE))
     assert main(["tui", str(recorded_runs["static"])]) == 1
+
+
+def test_ctrl_c_quits_the_ui(recorded_runs: dict[str, Path]) -> None:
+    """Textual only showed "press ctrl+q to quit" on Ctrl-C; the UI quits, as with q."""
+    app = make_app(recorded_runs["static"])
+
+    async def script(pilot: Pilot[None]) -> None:
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: app.return_code is not None)
+
+    drive(app, script)
+    assert app.return_code == 0
+
+
+def test_stopping_the_child_signals_it_first_when_the_terminal_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a hangup, writing to the terminal fails (EIO): stop() printed its "stopping" line
+    before it signalled the child, so the child was never stopped."""
+    import errno
+
+    command = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    child = cli_tui.ChildRun.start(command, tmp_path / "run")
+    deadline = time.monotonic() + 30
+    while "up" not in child.output():  # the child has reached its sleep
+        assert time.monotonic() < deadline and child.process.poll() is None
+        time.sleep(0.05)
+
+    class HungUp:
+        def write(self, text: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sys, "stderr", HungUp())
+    started = time.monotonic()
+    assert child.stop() == -signal.SIGINT  # ended by the signal, not by the 60 s sleep
+    assert time.monotonic() - started < 10

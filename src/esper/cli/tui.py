@@ -18,6 +18,7 @@ after echoing the child's last lines (its result, or the hint to resume).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -209,16 +210,16 @@ class ChildRun:
     def stop(self) -> int:
         """Interrupt the child if it still runs (SIGINT, as Ctrl-C), wait, and return its code."""
         if self.process.poll() is None:
-            print("stopping the run: waiting for its checkpoint ...", file=sys.stderr)
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGINT)  # first: after a hangup, printing fails
+            _say("stopping the run: waiting for its checkpoint ...")
             try:
                 self.process.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                print(f"the run did not stop in {STOP_SECONDS:.0f} s; killing it", file=sys.stderr)
                 self.process.kill()
+                _say(f"the run did not stop in {STOP_SECONDS:.0f} s; killed it")
             except KeyboardInterrupt:  # a second Ctrl-C: the user will not wait
-                print("killing the run", file=sys.stderr)
                 self.process.kill()
+                _say("killed the run")
             self.process.wait()
         self.log.close()
         return self.process.returncode
@@ -239,6 +240,12 @@ class ChildRun:
         """After a child that never started its run: remove the hidden console log."""
         if self.log_path != self.final_log:
             self.log_path.unlink(missing_ok=True)
+
+
+def _say(line: str) -> None:
+    """A progress line on stderr, if the terminal is still there (SIGHUP: it is gone)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr)
 
 
 def final_lines(output: str) -> list[str]:

@@ -157,8 +157,17 @@ def studies(runs_dir: Path) -> dict[str, Path]:
         for child in sorted(runs_dir.iterdir())
         if confine(child, runs_dir) is not None
         and confine(child / TRIALS_DIR, runs_dir) is not None
-        and is_study(child)
+        and _readable_study(child)
     }
+
+
+def _readable_study(path: Path) -> bool:
+    """A study that can be looked into (one that cannot is listed by ``run_paths`` as an
+    unreadable run, which says why)."""
+    try:
+        return is_study(path)
+    except PermissionError:
+        return False
 
 
 def run_paths(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
@@ -169,11 +178,17 @@ def run_paths(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
     name listed here is ever served (``run_candidates`` opens nothing, so one unreadable run
     hides no other).
     """
-    own = runs_dir.name if is_study(runs_dir) else None
+    try:
+        own = runs_dir.name if is_study(runs_dir) else None
+    except PermissionError as err:
+        raise RunDirectoryError(f"{str(runs_dir)!r} cannot be read ({err.strerror})") from None
     found = {path.name: (path, own) for path in run_candidates(runs_dir)}
     if own is None:
         for name, study in studies(runs_dir).items():
-            found |= {f"{name}/{path.name}": (path, name) for path in run_candidates(study)}
+            try:
+                found |= {f"{name}/{path.name}": (path, name) for path in run_candidates(study)}
+            except RunDirectoryError:  # its trials cannot be read: one entry says so
+                found[f"{name}/{TRIALS_DIR}"] = (study / TRIALS_DIR, name)
     return found
 
 
@@ -185,7 +200,7 @@ def list_runs(runs_dir: Path) -> list[RunEntry]:
     without being opened, so no error quotes a file from elsewhere.
 
     Raises:
-        RunDirectoryError: ``runs_dir`` does not exist or is not a directory.
+        RunDirectoryError: ``runs_dir`` does not exist, is not a directory or cannot be read.
     """
     check_runs_dir(runs_dir)
     return [
@@ -506,7 +521,7 @@ class _RunName(PathConvertor):
     regex = "[\\s\\S]*"
 
 
-register_url_convertor("run", _RunName())
+register_url_convertor("esper_run", _RunName())
 
 
 def _shown(name: str) -> str:
@@ -543,8 +558,8 @@ def create_app(
             Route("/favicon.ico", _no_icon),
             Route("/api/meta", api.meta),
             Route("/api/runs", api.runs),
-            Route("/api/runs/{name:run}/events", api.events),
-            Route("/api/runs/{name:run}/snapshot", api.run_snapshot),
+            Route("/api/runs/{name:esper_run}/events", api.events),
+            Route("/api/runs/{name:esper_run}/snapshot", api.run_snapshot),
             Route("/api/studies", api.study_list),
             Route("/api/studies/{name}", api.study),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),

@@ -260,7 +260,7 @@ class RunApp(App[None]):
         self.run_panel = Static("", id="run", markup=False)
         self.envs_table: DataTable[str] = DataTable(id="envs", cursor_type="row")
         self.slots_title = Label("Slots", id="slots-title", classes="heading")
-        self.slots_table: DataTable[str | Text] = DataTable(
+        self.slots_table: DataTable[Text] = DataTable(
             id="slots", cursor_type="none", show_cursor=False
         )
         self.accuracy_title = Label("Val accuracy", id="accuracy-title", classes="heading")
@@ -312,8 +312,8 @@ class RunApp(App[None]):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGHUP):
             previous = signal.getsignal(signum)
-            if previous is signal.SIG_IGN:
-                continue  # nohup's: a closed terminal is not a reason to stop
+            if previous is signal.SIG_IGN or previous is None:
+                continue  # nohup's ignore stays; a handler set from C could not be put back
             try:
                 loop.add_signal_handler(signum, self.exit)
             except (RuntimeError, ValueError):  # not the main thread: nothing to catch here

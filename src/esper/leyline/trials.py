@@ -104,9 +104,9 @@ def read_trials(directory: Path) -> list[TrialRun]:
     reader of the file (the study report, the dashboard and the ``trials`` view).
 
     Raises:
-        TrialsFileError: no ``trials.csv`` (no invocation of the study has finished), or a
-            header, row or cell that is not what ``esper.study.execute`` writes (naming
-            file:line).
+        TrialsFileError: no ``trials.csv`` (no invocation of the study has finished), one
+            that is not a regular file or cannot be read, or a header, row or cell that is not
+            what ``esper.study.execute`` writes (naming file:line).
     """
     path = directory / TRIALS_FILE
     try:

@@ -11,9 +11,11 @@ the file and line.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import math
 import os
+import stat
 import types
 import typing
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from esper.nissa.record import (
     UNFINISHED,
     RunRecordError,
     RunSummary,
+    file_mode,
     is_study,
     not_a_run,
     read_config,
@@ -468,7 +471,7 @@ def open_run(path: Path) -> RunDirectory:
         )
     where = f"{path / EVENTS_FILE}:1"
     try:
-        if len(raw) > MAX_LINE_BYTES:
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):  # as ``EventTail`` reads
             raise EventLogError(
                 f"{where}: a line longer than {MAX_LINE_BYTES} bytes is not an event"
             )
@@ -496,11 +499,13 @@ def run_candidates(directory: Path) -> list[Path]:
         RunDirectoryError: ``directory`` (or a study's trials folder) cannot be read.
     """
     try:
-        if (directory / EVENTS_FILE).is_file():
+        log = file_mode(directory / EVENTS_FILE)
+        if log is not None and stat.S_ISREG(log):
             return [directory]
         if is_study(directory):
             directory = directory / TRIALS_DIR
-            if not directory.is_dir():
+            trials = file_mode(directory)
+            if trials is None or not stat.S_ISDIR(trials):
                 return []
         children = sorted(directory.iterdir())
     except PermissionError as err:  # no read or search permission
@@ -521,9 +526,10 @@ def check_runs_dir(directory: Path) -> None:
         RunDirectoryError: it does not exist, is not a directory, or cannot be looked at.
     """
     try:
-        if directory.is_dir():
+        mode = file_mode(directory)
+        if mode is not None and stat.S_ISDIR(mode):
             return
-        what = "does not exist" if not directory.exists() else "is not a directory"
+        what = "does not exist" if mode is None else "is not a directory"
     except PermissionError as err:  # no search permission on a directory above it
         what = f"cannot be read ({err.strerror})"
     raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
@@ -566,8 +572,7 @@ def display(value: Any, spec: str = "") -> str:
     try:
         return format(value, spec)
     except OverflowError:  # an integer of hundreds of digits in a float format
-        digits = str(abs(value))
-        return f"{'-' * (value < 0)}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+        return format(decimal.Decimal(value), spec)
 
 
 def percent(value: float | None) -> str:

@@ -29,14 +29,17 @@ message is one line naming the file.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import typing
 from collections.abc import Mapping, Sequence
@@ -68,6 +71,8 @@ from esper.leyline.files import (
     write_new_file,
 )
 from esper.leyline.trials import STUDY_FILE
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
@@ -116,6 +121,7 @@ class RunRecordError(ValueError):
 
 
 _PLAIN_JSON = frozenset({str, int, bool, type(None)})
+_JSON_KEYS = frozenset({str, int, float, bool, type(None)})  # json.dumps writes these keys itself
 
 
 def strict_json(value: Any) -> Any:
@@ -127,7 +133,7 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k if type(k) is str else str(k): strict_json(v) for k, v in value.items()}
+        return {k if type(k) in _JSON_KEYS else str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [strict_json(v) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
@@ -536,9 +542,31 @@ def read_summary(run_dir: Path) -> RunSummary | None:
     return read_record(run_dir / SUMMARY_FILE, RunSummary, "an Esper run summary")
 
 
+def file_mode(path: Path) -> int | None:
+    """``path``'s ``st_mode`` (links followed), None where nothing is there.
+
+    Raises:
+        PermissionError: it cannot be looked at (a directory above it without search
+            permission). ``Path.exists`` and ``is_file`` raise it on Python 3.11 only; later
+            ones answer False, which took an unreadable run for a missing one.
+    """
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None  # a link loop leads to no file
+        raise
+
+
 def is_run_directory(path: Path) -> bool:
-    """Whether ``path`` is an Esper run directory (it holds every file of ``RUN_FILES``)."""
-    return not_a_run(path) is None
+    """Whether ``path`` is an Esper run directory (it holds every file of ``RUN_FILES``).
+
+    Raises:
+        PermissionError: it cannot be looked into (see ``run_problem``).
+    """
+    return _not_a_run(path) is None
 
 
 def not_a_run(path: Path) -> str | None:
@@ -557,16 +585,18 @@ def run_problem(path: Path) -> tuple[str | None, bool]:
 
 
 def _not_a_run(path: Path) -> str | None:
-    if not path.exists():
+    mode = file_mode(path)
+    if mode is None:
         return f"run directory {str(path)!r} does not exist"
-    if not path.is_dir():
+    if not stat.S_ISDIR(mode):
         return f"{str(path)!r} is a file, not a run directory"
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
+    modes = {name: file_mode(path / name) for name in RUN_FILES}
+    missing = [name for name, m in modes.items() if m is None or not stat.S_ISREG(m)]
     if not missing:
         return None
-    odd = [name for name in missing if (path / name).exists()]  # a directory, a pipe, a device
+    odd = [name for name in missing if modes[name] is not None]  # a directory, a pipe, ...
     if odd:
-        kind = not_regular((path / odd[0]).stat().st_mode)
+        kind = not_regular(modes[odd[0]] or 0)
         return (
             f"{str(path)!r} is not an Esper run directory ({odd[0]} is {kind}, not a regular file)"
         )
@@ -574,12 +604,13 @@ def _not_a_run(path: Path) -> str | None:
 
 
 def is_study(path: Path) -> bool:
-    """Whether ``path`` is a study directory (``esper study``'s output: it holds ``study.json``);
-    False where that cannot be looked at (no search permission)."""
-    try:
-        return (path / STUDY_FILE).is_file()
-    except PermissionError:
-        return False
+    """Whether ``path`` is a study directory (``esper study``'s output: it holds ``study.json``).
+
+    Raises:
+        PermissionError: it cannot be looked into.
+    """
+    mode = file_mode(path / STUDY_FILE)
+    return mode is not None and stat.S_ISREG(mode)
 
 
 def run_status(run_dir: Path) -> str:
@@ -888,8 +919,9 @@ def _drop_old_steps(root: Path, final: Path) -> None:
             if old != final and _STEP_DIR.fullmatch(old.name) and old.is_dir():
                 _remove(old)
         fsync_directory(root)
-    except OSError:
-        pass
+    except OSError as err:
+        logger.warning("checkpoint %s committed; an older step stays until the next start: %s",
+                       final.name, err)  # fmt: skip
 
 
 def _remove(path: Path) -> None:

@@ -346,7 +346,9 @@ class StudyDriver:
 
     def pending(self, trial: Trial) -> Collection[str]:
         """The names of the unfinished trials of ``needs(trial)``, in plan order: kept per
-        (task, arm), so a study of thousands of static-matched trials is not quadratic."""
+        (task, arm), so a study of thousands of static-matched trials is not quadratic. For a
+        static-matched trial it is a live view, which a finishing trial changes: do not hold
+        it across ``_finish``."""
         arm = self.spec.arm(trial.arm)
         if arm.controller == MATCHED:
             assert arm.match is not None
