@@ -949,3 +949,16 @@ def test_stopping_the_child_signals_it_first_when_the_terminal_is_gone(
     started = time.monotonic()
     assert child.stop() == -signal.SIGINT  # ended by the signal, not by the 60 s sleep
     assert time.monotonic() - started < 10
+
+
+def test_a_tui_child_refusing_its_input_leaves_no_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console log's new parent directories were left behind, empty, when the child
+    refused its input (without --tui nothing is made)."""
+    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    monkeypatch.setattr(cli_tui, "_run_app", lambda app: pytest.fail("the UI must not start"))
+    out = tmp_path / "new" / "a" / "b" / "run"
+    assert main(["heuristic", "--tui", "--task", "bogus", "--out", str(out)]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -128,6 +128,7 @@ class ChildRun:
         log: the open console log (the child writes to it through its own descriptors).
         events_size: the size of ``events.jsonl`` before the child started (a resumed run's
             log already has lines; its new ones come after).
+        made: the directories made to hold the console log, deepest first.
     """
 
     process: subprocess.Popen[bytes]
@@ -135,6 +136,7 @@ class ChildRun:
     log_path: Path
     log: IO[bytes]
     events_size: int
+    made: list[Path]
 
     @classmethod
     def start(cls, command: list[str], directory: Path) -> ChildRun:
@@ -147,6 +149,7 @@ class ChildRun:
         events_size = events.stat().st_size if events.is_file() else 0
         log_path = directory.parent / f".{directory.name}.{CONSOLE_LOG}"
         try:
+            made = [p for p in (directory.parent, *directory.parent.parents) if not p.exists()]
             directory.parent.mkdir(parents=True, exist_ok=True)
             log = log_path.open("wb")
         except OSError as err:
@@ -167,7 +170,7 @@ class ChildRun:
             log.close()
             log_path.unlink()
             raise UserError(f"cannot start {command[0]!r}: {err}") from err
-        return cls(process, directory, log_path, log, events_size)
+        return cls(process, directory, log_path, log, events_size, made)
 
     @property
     def final_log(self) -> Path:
@@ -237,9 +240,13 @@ class ChildRun:
             self.log_path = self.final_log
 
     def discard_log(self) -> None:
-        """After a child that never started its run: remove the hidden console log."""
+        """After a child that never started its run: remove the hidden console log and the
+        directories made for it (bad input left ``--out``'s new parents behind, empty)."""
         if self.log_path != self.final_log:
             self.log_path.unlink(missing_ok=True)
+        for directory in self.made:  # deepest first; one the child filled stays
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _say(line: str) -> None:
