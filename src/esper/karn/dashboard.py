@@ -78,7 +78,7 @@ from esper.karn.studies import StudyRow
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
 from esper.nissa.bands import band, validation_curve
-from esper.nissa.fold import RunState
+from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
     EventLogError,
     EventTail,
@@ -178,11 +178,9 @@ def run_paths(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
     name listed here is ever served (``run_candidates`` opens nothing, so one unreadable run
     hides no other).
     """
-    try:
-        own = runs_dir.name if is_study(runs_dir) else None
-    except PermissionError as err:
-        raise RunDirectoryError(f"{str(runs_dir)!r} cannot be read ({err.strerror})") from None
-    found = {path.name: (path, own) for path in run_candidates(runs_dir)}
+    candidates = run_candidates(runs_dir)  # first: it says so when runs_dir cannot be read
+    own = runs_dir.name if is_study(runs_dir) else None
+    found = {path.name: (path, own) for path in candidates}
     if own is None:
         for name, study in studies(runs_dir).items():
             try:
@@ -343,13 +341,8 @@ class Folds:
             while len(self._runs) > self.kept:
                 self._runs.popitem(last=False)
         with followed.lock:
-            try:
-                while True:
-                    _fold_more(followed.tail, followed.state)
-                    if followed.tail.error is not None:  # the events before a malformed line
-                        raise followed.tail.error  # came back without it: a 422 every time
-                    if followed.tail.caught_up:
-                        break
+            try:  # a malformed log raises every time, not only after its good part
+                fold_to_end(followed.state, followed.tail, READ_BYTES)
             except EventLogError:
                 with self._lock:
                     if self._runs.get(events_path) is followed:

@@ -49,7 +49,7 @@ from esper.karn.tui_state import (
 )
 from esper.leyline.events import SlotSnapshot
 from esper.leyline.stages import SeedStage
-from esper.nissa.fold import RunState
+from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import EventLogError, EventTail, Logged, RunDirectory, display, percent
 
 POLL_SECONDS = 0.5
@@ -152,13 +152,7 @@ def catch_up(tail: EventTail) -> RunState:
     Raises:
         EventLogError: a malformed line (the events before it are folded first).
     """
-    state = RunState(LOG_LINES)
-    while True:
-        state.apply_all(tail.events(READ_BYTES))
-        if tail.error is not None:
-            raise tail.error
-        if tail.caught_up:
-            return state
+    return fold_to_end(RunState(LOG_LINES), tail, READ_BYTES)
 
 
 class HelpScreen(ModalScreen[None]):

@@ -44,7 +44,7 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.log import Logged
+from esper.nissa.log import EventTail, Logged
 from esper.nissa.record import PPO_MODE
 
 RECENT_EVENTS = 5000
@@ -422,3 +422,19 @@ class RunState:
 def fold(items: Iterable[Logged], recent: int = RECENT_EVENTS) -> RunState:
     """A fresh ``RunState`` with ``items`` folded in."""
     return RunState(recent).apply_all(items)
+
+
+def fold_to_end(state: RunState, tail: EventTail, read_bytes: int) -> RunState:
+    """Fold every complete event ``tail``'s log holds now into ``state``, ``read_bytes`` of
+    whole lines at a time (a huge log is never held whole); returns the state.
+
+    Raises:
+        EventLogError: a malformed line, once the events before it are folded (``EventTail``
+            returns those first, without the error).
+    """
+    while True:
+        state.apply_all(tail.events(read_bytes))
+        if tail.error is not None:
+            raise tail.error
+        if tail.caught_up:
+            return state
