@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
@@ -13,8 +15,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +136,7 @@ def test_sigterm_interrupts_and_resume_completes(tmp_path) -> None:
     proc = subprocess.Popen(
         [*ESPER, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    latest = run / record.CHECKPOINTS_DIR / record.LATEST_FILE
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before SIGTERM"
-        if latest.exists() and latest.read_text().strip() >= record.step_directory(2):
-            break
-        time.sleep(0.01)
+    _wait_for_step(run, 2, proc.poll)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -154,7 +150,70 @@ def test_sigterm_interrupts_and_resume_completes(tmp_path) -> None:
     assert done.growth is not None and done.growth.epochs_completed == 30
 
 
+def test_a_closed_terminal_interrupts_the_run_and_resume_completes(tmp_path) -> None:
+    """The run's terminal hangs up (an SSH session closed): SIGHUP stops it as SIGTERM does,
+    and the output that can no longer reach the terminal does not cut the stop short."""
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "30", "--threads", "1", "--out", str(run)]
+    pid, terminal = pty.fork()  # the child's controlling terminal is the pty
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, [*ESPER, *args], ENV)
+
+    def ended() -> int | None:
+        _drain(terminal)  # a terminal nobody reads would block the run's output
+        return os.waitpid(pid, os.WNOHANG)[0] or None
+
+    try:
+        _wait_for_step(run, 2, ended)
+    finally:
+        os.close(terminal)  # the hang-up: SIGHUP, and EIO for every later write to it
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130  # neither killed by SIGHUP nor failed
+    summary = record.read_summary(run)
+    assert summary is not None and summary.status == "interrupted"
+    assert summary.growth is not None and 2 <= summary.growth.epochs_completed < 30
+    assert main(["heuristic", "--resume", str(run)]) == 0
+    done = record.read_summary(run)
+    assert done is not None and done.status == "completed" and done.growth is not None
+    assert done.growth.epochs_completed == 30
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_run(tmp_path) -> None:
+    """A run started with SIGHUP ignored (``nohup``) keeps it ignored."""
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "12", "--threads", "1", "--out", str(run)]
+    proc = subprocess.Popen(
+        ["nohup", *ESPER, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for_step(run, 2, proc.poll)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = record.read_summary(run)
+    assert summary is not None and summary.status == "completed"
+
+
 # ------------------------------------------------------------------------------ helpers
+
+
+def _wait_for_step(run: Path, step: int, ended: Callable[[], object]) -> None:
+    """Until ``run`` has committed checkpoint ``step`` (``ended`` returns not None once the
+    run's process has ended, which fails the test)."""
+    latest = run / record.CHECKPOINTS_DIR / record.LATEST_FILE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert ended() is None, f"the run ended before step {step}"
+        if latest.exists() and latest.read_text().strip() >= record.step_directory(step):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no step {step} within 120 s")
+
+
+def _drain(fd: int) -> None:
+    """Read what a pty holds, without waiting."""
+    with suppress(OSError):  # EIO: the child has closed it
+        while select.select([fd], [], [], 0)[0] and os.read(fd, 4096):
+            pass
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:

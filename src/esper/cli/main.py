@@ -191,9 +191,9 @@ def run_command(command: str, argv: list[str]) -> int:
     """``esper <run command> ARGS``: split off the command's own options, then run (in a child
     process watched by the terminal UI with ``--tui``)."""
     from esper.cli.config import split_options
-    from esper.study.run import interrupt_on_sigterm
+    from esper.study.run import interrupt_on_termination
 
-    interrupt_on_sigterm()
+    interrupt_on_termination()
     options, rest = split_options(argv, ("--ppo.rounds",) if command == "ppo" else ())
     if options.tui:
         from esper.cli.tui import run_with_tui

@@ -24,7 +24,7 @@ from esper.leyline.config import UserError
 from esper.leyline.trials import STUDY_FILE
 from esper.study.execute import Outcome, StudyDriver, connect_ray, trial_row, trial_slots
 from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
-from esper.study.run import Stop, interrupt_on_sigterm, load_data
+from esper.study.run import Stop, interrupt_on_termination, load_data
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
 
@@ -63,7 +63,7 @@ def load(path: Path) -> tuple[StudySpec, Path]:
 
 def run_study(args: argparse.Namespace) -> int:
     """``esper study FILE [--address HOST:PORT] [--dry-run]``."""
-    interrupt_on_sigterm()  # SIGTERM cancels the trials and leaves the study resumable
+    interrupt_on_termination()  # SIGTERM or SIGHUP cancels the trials; the study stays resumable
     address = args.address
     if address is not None and not (
         ADDRESS.match(address) and 1 <= int(address.rpartition(":")[2]) <= MAX_PORT

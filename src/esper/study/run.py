@@ -4,7 +4,7 @@ Both kinds share one life cycle (``Recorder``): everything is validated and buil
 directory is touched; a new run writes ``config.json`` (a valid ``--config``), ``meta.json``
 (git revision, versions, seeds, threads, command line) and a first checkpoint; every step (an
 epoch, or a PPO round) appends its CSV row and commits a checkpoint as a whole; the run ends
-with ``summary.json``. Ctrl-C and SIGTERM stop at the next safe point with the last step
+with ``summary.json``. Ctrl-C, SIGTERM and SIGHUP stop at the next safe point with the last step
 checkpointed, an ``interrupted`` summary and the resume command printed. ``--resume`` checks the
 directory against its own configuration before continuing from its checkpoint. The run
 directory's files are written only through ``esper.nissa.record``.
@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -66,27 +67,56 @@ EXIT_FAILED = 1
 
 
 class Stop(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM asked the run to stop (a ``KeyboardInterrupt``, so that one arriving
-    before the run loop ends the command as Ctrl-C does)."""
+    """Ctrl-C, SIGTERM or SIGHUP asked the run to stop (a ``KeyboardInterrupt``, so that one
+    arriving before the run loop ends the command as Ctrl-C does)."""
 
 
-def interrupt_on_sigterm() -> None:
-    """From now on SIGTERM (what schedulers and Ray send) stops the process as Ctrl-C does."""
+def _stopping_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM (what schedulers and Ray send) and SIGHUP (the terminal closed), unless the
+    process started with SIGHUP ignored: ``nohup`` asks for the run to outlive its terminal."""
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        return (signal.SIGTERM,)
+    return (signal.SIGTERM, signal.SIGHUP)
+
+
+def _away_from_a_closed_terminal(signum: int) -> None:
+    """After SIGHUP, point stdout and stderr at ``/dev/null`` where they are a terminal that
+    hung up (a character device that no longer answers as a terminal): writing to it fails
+    (EIO), which would cut the checkpoint, the summary or the resume hint short. A terminal
+    still there (a ``kill -HUP``), pipes and files stay as they are."""
+    if signum != signal.SIGHUP:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            with suppress(OSError):
+                if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
+                    os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def interrupt_on_termination() -> None:
+    """From now on SIGTERM and SIGHUP stop the process as Ctrl-C does (see
+    ``_stopping_signals``)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        _away_from_a_closed_terminal(signum)
         raise Stop
 
-    signal.signal(signal.SIGTERM, handler)
+    for signum in _stopping_signals():
+        signal.signal(signum, handler)
 
 
 @contextmanager
 def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
-    """SIGINT and SIGTERM raise ``Stop`` at once, except inside the ``held()`` block they yield,
-    where they are held until it ends (a checkpoint and its CSV row are never half-written, and
-    a run's completion is not cut short)."""
+    """SIGINT, SIGTERM and SIGHUP raise ``Stop`` at once, except inside the ``held()`` block
+    they yield, where they are held until it ends (a checkpoint and its CSV row are never
+    half-written, and a run's completion is not cut short)."""
     state = {"holding": 0, "pending": False}
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        _away_from_a_closed_terminal(signum)
         if state["holding"]:
             state["pending"] = True
         else:
@@ -106,7 +136,8 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
             if not final:
                 raise Stop
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, *_stopping_signals())
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield held
     finally:
