@@ -13,6 +13,8 @@ import io
 import pickle
 import re
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ import pytest
 
 import esper.data.cifar as cifar_module
 import esper.data.fashion_mnist as fashion_module
+from conftest import unprivileged
 from esper.data import (
     ChecksumMismatchError,
     Dataset,
@@ -269,6 +272,36 @@ def test_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
         load_fashion_mnist(afile, download=True)
     assert str(info.value).startswith(f"fashion-mnist: data_dir {str(afile)!r} is a file; give")
     assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize("below", ["", "a/b"])
+def test_a_data_dir_that_cannot_be_searched_is_named(tmp_path: Path, below: str) -> None:
+    """It was "[Errno 13] Permission denied: 'locked/fashion-mnist/train-images-idx3-ubyte.gz'",
+    a path the search made up. Now the directory that refuses is named: the data_dir itself,
+    or the one above it (permissions bind in a child process, as an unprivileged user's)."""
+    locked = tmp_path / "locked"
+    write_fashion(locked, n_train=4)
+    data_dir = locked / below if below else locked
+    code = (
+        "import sys\nfrom esper.data import DatasetNotFoundError, load_fashion_mnist\n"
+        "try:\n    load_fashion_mnist(sys.argv[1], download=False)\n"
+        "except DatasetNotFoundError as err:\n    print(err)\n"
+    )
+    locked.chmod(0)
+    try:
+        done = subprocess.run(
+            [*unprivileged(), sys.executable, "-c", code, str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout == (
+        f"fashion-mnist: cannot look in {str(locked)!r} (Permission denied); give it read and "
+        "search permission, or point --data-dir (data_dir=...) elsewhere\n"
+    )
 
 
 def test_explicit_data_dir_downloads_into_itself(

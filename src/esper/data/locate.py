@@ -58,11 +58,15 @@ def _search_bases(
     """Where to look, in order; where a download goes; whether the directory was given.
 
     Raises:
-        DatasetNotFoundError: the given ``data_dir`` is a file.
+        DatasetNotFoundError: the given ``data_dir`` is a file, or cannot be reached.
     """
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        if root.exists() and not root.is_dir():
+        try:
+            is_file = root.exists() and not root.is_dir()
+        except PermissionError as err:
+            raise _refused(files, root, err) from None
+        if is_file:
             raise DatasetNotFoundError(
                 f"{files.name}: data_dir {str(root)!r} is a file; give the folder holding "
                 f"{', '.join(files.required)} (or its parent)"
@@ -106,7 +110,7 @@ def find_dataset_dir(
             for sub in files.subdirs:
                 candidate = base / sub if sub else base
                 searched.append(candidate)
-                if all((candidate / f).is_file() for f in files.required):
+                if all(_is_file(files, candidate / f) for f in files.required):
                     return candidate
         return None
 
@@ -131,6 +135,39 @@ def find_dataset_dir(
         raise _not_found(files, searched, explicit=explicit, fetch_allowed=fetch is not None)
     logger.info("using %s from %s", files.name, found)
     return found
+
+
+def _is_file(files: DatasetFiles, path: Path) -> bool:
+    """Whether ``path`` is a file.
+
+    Raises:
+        DatasetNotFoundError: a directory above ``path`` cannot be searched (``_refused``).
+    """
+    try:
+        return path.is_file()
+    except PermissionError as err:
+        raise _refused(files, path, err) from None
+
+
+def _refused(files: DatasetFiles, path: Path, err: OSError) -> DatasetNotFoundError:
+    """The error for ``path`` when a directory above it refuses the search: naming that
+    directory, not ``path``, which may not exist (the search would name a place it made up)."""
+    blocked = next((q.parent for q in (*reversed(path.parents), path) if not _searchable(q)), path)
+    return DatasetNotFoundError(
+        f"{files.name}: cannot look in {str(blocked)!r} ({err.strerror}); give it read and "
+        "search permission, or point --data-dir (data_dir=...) elsewhere"
+    )
+
+
+def _searchable(path: Path) -> bool:
+    """Whether ``os.stat`` reaches ``path`` (false only when a directory above it refuses)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return False
+    except OSError:
+        return True  # missing is not refused
+    return True
 
 
 def _not_found(
