@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conftest import unprivileged
 from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import UserError
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
@@ -154,6 +155,26 @@ def test_out_whose_trials_is_not_a_directory_is_refused(tmp_path, capsys, kind):
     assert sorted(p.name for p in out.iterdir()) == ["trials"]
     if kind == "file":
         assert (out / "trials").read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, dry_run):
+    """A dry run passed, and the real run started Ray before its mkdir failed. Permissions
+    bind in a child process, as an unprivileged user's."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    head = HEAD.replace('out = "o"', 'out = "locked/o"')
+    path = _study(tmp_path, f"{head}{BUDGET}{STATIC}")
+    esper = [*unprivileged(), sys.executable, "-m", "esper", "study", str(path)]
+    done = subprocess.run(
+        [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == EXIT_BAD_INPUT and done.stdout == "", done.stdout
+    assert done.stderr == (
+        f"esper: error: cannot make the study directory {str(locked / 'o')!r}: "
+        f"{str(locked)!r} is not writable\n"
+    )
+    assert list(locked.iterdir()) == []
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -74,6 +74,7 @@ def run_study(args: argparse.Namespace) -> int:
     spec, directory = load(args.file)
     driver = StudyDriver(spec, directory, _say)
     check_knowledge(spec)
+    check_writable(directory)
     if args.dry_run:
         dry_run(driver)
         return 0
@@ -135,6 +136,22 @@ def check_knowledge(spec: StudySpec) -> None:
         KnowledgeStore.check(spec.knowledge)  # changes nothing: a dry run makes nothing
     except KnowledgeStoreError as err:
         raise UserError(str(err)) from None
+
+
+def check_writable(directory: Path) -> None:
+    """The study directory can be made (or, if it exists, written in): else a dry run would
+    pass, and the real run would start Ray before failing.
+
+    Raises:
+        UserError: naming the directory that refuses, and why.
+    """
+    place = next(p for p in (directory, *directory.absolute().parents) if os.path.lexists(p))
+    if os.access(place, os.W_OK | os.X_OK):
+        return
+    read_only = os.statvfs(place).f_flag & os.ST_RDONLY
+    why = "is on a read-only file system" if read_only else "is not writable"
+    made = "write in" if place == directory else "make"
+    raise UserError(f"cannot {made} the study directory {str(directory)!r}: {str(place)!r} {why}")
 
 
 def _write_results(
