@@ -556,6 +556,20 @@ def test_a_stored_row_that_is_no_valid_outcome_is_a_store_problem(url: str) -> N
         _knowledge("show", "--knowledge", url)
 
 
+@pytest.mark.parametrize("when", ["'garbage'", "42"])
+def test_a_malformed_recorded_at_is_not_read(tmp_path: Path, when: str) -> None:
+    """``recorded_at`` is no outcome field, but SQLAlchemy parsed it while fetching: a value
+    another tool wrote there was a ValueError or TypeError out of ``outcomes_for``, ending
+    the run of a bandit selector."""
+    url = _sqlite_url(tmp_path / "k.sqlite")
+    with KnowledgeStore.open(url) as store:
+        store.record([_outcome()])
+    _raw(url, f"UPDATE outcomes SET recorded_at = {when}")
+    warnings = Warnings()
+    assert outcomes_for(url, HOST, warnings) == [_outcome()] and not warnings
+    assert "1 seed" in _knowledge("show", "--knowledge", url)
+
+
 def test_cli_show_an_empty_store(tmp_path: Path) -> None:
     store = _sqlite_url(tmp_path / "k.sqlite")
     assert _knowledge("show", "--knowledge", store) == f"{store}: no seed outcomes\n"

@@ -461,7 +461,9 @@ class KnowledgeStore:
             host: Only outcomes on hosts with this signature's task, topology and width (its
                 parameter count is not compared); None: all.
         """
-        query = select(OUTCOMES).order_by(OUTCOMES.c.id)
+        # Not ``recorded_at``: no outcome field, and SQLAlchemy parses it while fetching, so
+        # a malformed one (written by hand, or another tool) would fail outside ``_outcome``.
+        query = select(*(c for c in OUTCOMES.c if c.name != "recorded_at")).order_by(OUTCOMES.c.id)
         if host is not None:
             query = query.where(
                 OUTCOMES.c.host_task == host.task,
