@@ -669,6 +669,22 @@ def test_a_report_replaces_an_earlier_one_of_another_kind(
     (mine / "rewards.png").write_text("a user's file, not a report's")
     code, _, _ = _report([str(recorded_runs["heuristic"]), "--out", str(mine)], capsys)
     assert code == 0 and (mine / "rewards.png").read_text() == "a user's file, not a report's"
+    # Beside a page of their own, a user's images that share a plot's name stay too (any
+    # report.html was taken as ours, and its neighbours' names as our images).
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "report.html").write_text("<!DOCTYPE html>\n<p>my page</p>\n")
+    for name in ("progress.png", "returns.svg"):
+        (site / name).write_text("mine")
+    code, _, _ = _report([str(recorded_runs["heuristic"]), "--out", str(site)], capsys)
+    assert code == 0 and (site / "progress.png").read_text() == "mine"
+    assert (site / "returns.svg").read_text() == "mine"
+    # An earlier report's own images it no longer draws go, but not one it never showed.
+    code, _, _ = _report([str(recorded_runs["ppo"]), "--out", str(out)], capsys)
+    (out / "difference.png").write_text("mine")  # a name the ppo report does not show
+    code, _, _ = _report([str(recorded_runs["heuristic"]), "--out", str(out)], capsys)
+    assert code == 0 and (out / "difference.png").read_text() == "mine"
+    assert not (out / "returns.png").exists() and not (out / "returns.svg").exists()
 
 
 def test_final_metrics_read_the_record_summary(tmp_path: Path) -> None:

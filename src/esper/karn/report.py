@@ -29,6 +29,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -584,10 +585,28 @@ def write_report(report: Report, out: Path) -> Path:
     files = [(p.filename, p.png) for p in report.plots]
     files += [(p.svg_filename, p.svg) for p in report.plots]
     files.append((REPORT_FILE, report.html.encode("utf-8")))
-    earlier_report = (out / REPORT_FILE).is_file()  # only then are its images ours to replace
+    earlier = _shown_plots(out / REPORT_FILE)  # only these images are ours to replace
     out.mkdir(parents=True, exist_ok=True)  # if a target is a directory, out existed
     atomic_write_all([(out / name, data) for name, data in files])
     written = {name for name, _ in files}
-    for stale in PLOT_FILES - written if earlier_report else ():
-        (out / stale).unlink(missing_ok=True)
+    for stale in PLOT_FILES - written:
+        if Path(stale).with_suffix(".png").name in earlier:
+            (out / stale).unlink(missing_ok=True)
     return out / REPORT_FILE
+
+
+_SHOWN_PLOT = re.compile(rb"<figure id='([a-z_]+\.png)'>")
+"""A plot's figure on a report page (``pages.figure``, its anchor the plot's file name)."""
+
+
+def _shown_plots(page: Path) -> set[str]:
+    """The PNG files whose plots an earlier Esper report at ``page`` showed (none for a page
+    that is not an Esper run report, or no page: a user's own images beside it stay)."""
+    try:
+        with page.open("rb") as f:
+            head = [f.readline() for _ in range(3)]  # doctype, <html><head>, <title>
+            if head[0] != b"<!DOCTYPE html>\n" or not head[2].startswith(b"<title>Esper report: "):
+                return set()
+            return {m[1].decode() for line in f for m in _SHOWN_PLOT.finditer(line)}
+    except OSError:  # none, a directory, unreadable: no earlier report of ours
+        return set()
