@@ -977,7 +977,13 @@ def test_out_inside_another_run_or_study_is_refused(
         # the same sweep: through a link, into another run's checkpoints (it was written)
         ([str(first), "--out", str(tmp_path / "other")], "lies inside the run directory"),
         ([str(first), "--out", str(tmp_path / "other" / "x")], "lies inside the run directory"),
+        # a second sweep: a link loop was a RuntimeError from Path.resolve, exit 1
+        ([str(tmp_path / "loop")], f"{str(tmp_path / 'loop')!r}: its symbolic links loop"),
+        ([str(first), "--out", str(tmp_path / "loop")], f"--out {str(tmp_path / 'loop')!r}: its"),
+        ([str(first), "--out", str(tmp_path / "loop" / "x")], "its symbolic links loop"),
+        ([str(study), "--out", str(tmp_path / "loop"), "--reps", "10"], "links loop"),
     ]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     for args, message in cases:
         code, _, err = _report(args, capsys)
         _assert_one_line_error(code, err, message)

@@ -10,6 +10,7 @@ runs (``VIEW_COMMANDS`` in ``esper.cli.main``), so matplotlib stays out of every
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -35,8 +36,10 @@ def _refuse_foreign(target: Path, own: Path) -> None:
     Raises:
         UserError: naming ``--out`` and the directory in its way.
     """
-    mine, full = own.resolve(), Path(os.path.abspath(target))  # abspath: ".." collapsed
-    resolved = full.resolve()  # links followed: where the files would land
+    _refuse_loop(own, repr(str(own)))
+    _refuse_loop(target, f"--out {str(target)!r}")
+    mine, full = _real(own), Path(os.path.abspath(target))  # abspath: ".." collapsed
+    resolved = _real(full)  # links followed: where the files would land
     if is_run_directory(mine) and mine / CHECKPOINTS_DIR in (resolved, *resolved.parents):
         raise UserError(
             f"--out {str(target)!r} is in the run's checkpoints, which a resume verifies file "
@@ -49,7 +52,7 @@ def _refuse_foreign(target: Path, own: Path) -> None:
 def _refuse_in_chain(full: Path, target: Path, mine: Path) -> None:
     """``_refuse_foreign`` along one path: ``full`` and its parents, up to ``mine``."""
     for place in (full, *full.parents):
-        if place.resolve() == mine:
+        if _real(place) == mine:
             return  # inside what is reported on: its own report/ or the study itself
         study = is_study(place)
         if study or is_run_directory(place):
@@ -59,6 +62,21 @@ def _refuse_in_chain(full: Path, target: Path, mine: Path) -> None:
                 f"--out {str(target)!r} {where} the {kind} directory {str(place)!r}, which is "
                 "not the one reported on; choose a directory outside other runs and studies"
             )
+
+
+def _refuse_loop(path: Path, shown: str) -> None:
+    """Raises UserError (naming ``shown``) where following ``path``'s links never ends."""
+    try:
+        os.path.realpath(path, strict=True)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{shown}: its symbolic links loop") from None
+
+
+def _real(path: Path) -> Path:
+    """``path`` with its links followed as far as they lead (``Path.resolve`` raises
+    RuntimeError at a link loop, which ``_refuse_loop`` has named by then)."""
+    return Path(os.path.realpath(path))
 
 
 def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) -> Path:
