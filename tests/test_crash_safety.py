@@ -645,6 +645,16 @@ def test_out_that_is_not_utf8_is_refused(tmp_path, capsys) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "bell\a"])
+def test_out_with_a_control_character_is_refused(tmp_path, capsys, name) -> None:
+    """Such a run was made, its id then refused by ``esper knowledge import`` (its own
+    outcomes.json could not be imported), and its name split ``runs list``'s table."""
+    out = tmp_path / name
+    assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    assert "its name holds a control character" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 @contextmanager
 def _read_only(path: Path) -> Iterator[None]:
     """``path`` read-only for the block: a read-only bind mount as root (whom permissions do

@@ -309,6 +309,12 @@ def check_new_run_directory(directory: Path) -> None:
             f"run directory {str(directory)!r} is not UTF-8 text (run views and reports need "
             "names they can read); choose another --out"
         ) from None
+    if not directory.absolute().name.isprintable():  # the name is the run's id
+        raise UserError(
+            f"run directory {str(directory)!r}: its name holds a control character (a line "
+            "break or tab would split run tables, and the knowledge store takes only printable "
+            "run ids); choose another --out"
+        )
     inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
     if inside is not None:
         raise UserError(f"run directory {str(directory)!r} lies inside the run {str(inside)!r}")
