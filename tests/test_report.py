@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import struct
@@ -996,3 +997,34 @@ def test_out_inside_another_run_or_study_is_refused(
     monkeypatch.chdir(study)
     assert _report([str(first), "--out", "../elsewhere"], capsys)[0] == 0
     assert (tmp_path / "elsewhere" / "report.html").is_file()
+
+
+def test_names_esper_did_not_give_are_shown(
+    tiny_study: Path,
+    recorded_runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Directories copied under a name that is no UTF-8 were a matplotlib TypeError (run) or a
+    UnicodeEncodeError (study); a run given as ``.`` was titled "Esper report: " (no name)."""
+    run = tmp_path / os.fsdecode(b"run\xff")
+    shutil.copytree(recorded_runs["heuristic"], run)
+    code, _, err = _report([str(run), "--baseline", str(run), "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert (
+        "<title>Esper report: run\N{REPLACEMENT CHARACTER}</title>"
+        in (tmp_path / "a" / "report.html").read_text()
+    )
+    study = tmp_path / os.fsdecode(b"study\xff")
+    shutil.copytree(tiny_study, study)
+    code, _, err = _report([str(study), "--reps", "10", "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert "<title>Esper study report: study\N{REPLACEMENT CHARACTER}</title>" in page
+    assert "href='../study%FF/trials/" in page  # the link leads to the directory as named
+    monkeypatch.chdir(recorded_runs["static"])
+    code, _, err = _report([".", "--out", str(tmp_path / "dot")], capsys)
+    assert code == 0, err
+    name = recorded_runs["static"].name
+    assert f"<title>Esper report: {name}</title>" in (tmp_path / "dot" / "report.html").read_text()

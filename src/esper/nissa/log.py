@@ -413,7 +413,7 @@ class RunDirectory:
 
     Attributes:
         path: the directory.
-        name: its name (the run id written into every event).
+        name: its name (the run id written into every event), as ``shown_name`` shows it.
         mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
         task: the task preset.
         seed: the run seed.
@@ -487,7 +487,15 @@ def open_run(path: Path) -> RunDirectory:
     except RunRecordError as err:
         raise RunDirectoryError(str(err)) from None
     started = first.event
-    return RunDirectory(path, path.name, started.mode, started.task, started.seed, summary)
+    return RunDirectory(path, shown_name(path), started.mode, started.task, started.seed, summary)
+
+
+def shown_name(path: Path) -> str:
+    """``path``'s own name as text that tables, pages and plots can show: the last part of its
+    absolute path (so ``.`` is named), bytes that are no UTF-8 as U+FFFD (a directory that
+    Esper did not name; matplotlib and HTML cannot take the surrogates Python keeps them as)."""
+    name = Path(os.path.abspath(path)).name or str(path)  # "/" has no name
+    return os.fsencode(name).decode("utf-8", errors="replace")
 
 
 def run_candidates(directory: Path) -> list[Path]:

@@ -40,7 +40,14 @@ from esper.leyline.files import atomic_write
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRun, TrialsFileError, read_trials
 from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
-from esper.nissa.log import EventLogError, RunDirectoryError, display, open_run, read_events
+from esper.nissa.log import (
+    EventLogError,
+    RunDirectoryError,
+    display,
+    open_run,
+    read_events,
+    shown_name,
+)
 from esper.study import stats
 
 REPORT_FILE = "report.html"
@@ -275,7 +282,7 @@ def _results_table(summaries: Sequence[stats.ArmSummary]) -> str:
 
 
 def _link(target: Path, out: Path, text: str) -> str:
-    href = quote(Path(os.path.relpath(target, out)).as_posix())
+    href = quote(os.fsencode(Path(os.path.relpath(target, out)).as_posix()))  # bytes: as named
     return f"<a href='{html.escape(href)}'>{html.escape(text)}</a>"
 
 
@@ -323,4 +330,4 @@ def _render(
         "<h2>Trials</h2>",
         _trials_table(directory, out, trials),
     ]
-    return pages.page(f"Esper study report: {directory.resolve().name}", body, warnings)
+    return pages.page(f"Esper study report: {shown_name(directory.resolve())}", body, warnings)
