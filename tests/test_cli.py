@@ -504,6 +504,21 @@ def test_demo_with_an_explicit_data_dir_does_not_fall_back(tmp_path, capsys, mon
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["", "sub"])
+def test_demo_into_a_study_directory_is_refused(tmp_path, capsys, where) -> None:
+    """``esper demo --out STUDY`` made its runs among the study's trials (adversarial sweep),
+    where ``esper heuristic --out`` is refused."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    out = study / where if where else study
+    assert main(["demo", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("esper: error: run directory ")
+    assert f"lies inside the study directory {str(study)!r}" in err
+    assert sorted(p.name for p in study.iterdir()) == ["study.json"]
+
+
 @pytest.mark.slow
 def test_full_demo_finishes(tmp_path, capsys) -> None:
     """The real demo (Fashion-MNIST when present) within its 10-minute budget on 2 cores."""

@@ -20,7 +20,7 @@ from esper.leyline.config import HostTraining, UserError
 from esper.nissa import record
 from esper.nissa.log import percent
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import Stop
+from esper.study.run import Stop, check_outside_studies
 from esper.tasks import get_task
 
 PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits_impaired"
@@ -82,7 +82,10 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir = None if args.data_dir is None else str(args.data_dir)
     training = HostTraining(task, epochs=args.epochs, data_dir=data_dir)
     summaries = {}
-    for mode in ("static", "heuristic"):
+    modes = ("static", "heuristic")
+    for mode in modes:  # a study's directory holds its trials' runs alone
+        check_outside_studies(parent / f"demo-{stamp}-{task}-{mode}")
+    for mode in modes:
         out = parent / f"demo-{stamp}-{task}-{mode}"
         runner = GrowthRunner(mode, GrowthRun(training, seed=args.seed), out)
         try:
