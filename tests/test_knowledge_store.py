@@ -21,6 +21,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from conftest import unprivileged
 from esper.cli.knowledge import add_knowledge_parser, run_knowledge
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome
@@ -507,6 +509,12 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
     assert out.startswith("imported 5 seed outcome(s) from 2 run(s)")
     out = _knowledge("import", str(a), "--knowledge", store)
     assert "imported 0 seed outcome(s)" in out and "(3 already there)" in out
+    # A run named twice, or two copies of it, in one import: its seeds count once (they were
+    # reported as "already there", from the command's own first copy).
+    copy = shutil.copytree(a, tmp_path / "copy")
+    fresh = _sqlite_url(tmp_path / "fresh.sqlite")
+    out = _knowledge("import", str(a), str(a), str(copy), "--knowledge", fresh)
+    assert out.startswith("imported 3 seed outcome(s) from 2 run(s)") and "(0 already" in out
 
     lines = _knowledge("show", "--knowledge", store).splitlines()
     assert "5 seed outcome(s) from 2 run(s)" in lines[0]
@@ -694,6 +702,62 @@ def test_cli_unusable_store_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="file is not a database") as err:
         _knowledge("show", "--knowledge", _sqlite_url(path))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_device_or_pipe_is_refused_as_a_store(tmp_path: Path) -> None:
+    """``sqlite:////dev/null`` was "disk I/O error" after SQLite had made /dev/null-journal;
+    a named pipe could block the opener."""
+    pipe = tmp_path / "pipe.sqlite"
+    os.mkfifo(pipe)
+    run = _run_dir(tmp_path, "run", [_outcome()])
+    journal = Path(os.devnull + "-journal")
+    journal_before = journal.exists()  # left by an Esper before this check, or another program
+    for path, what in ((Path(os.devnull), "a character device"), (pipe, "a named pipe")):
+        with pytest.raises(UserError) as err:
+            _knowledge("import", str(run), "--knowledge", _sqlite_url(path))
+        assert str(err.value).endswith(f"{str(path)!r} is {what}, not a database file")
+        warnings = Warnings()
+        assert outcomes_for(_sqlite_url(path), HOST, warnings) == [] and len(warnings) == 1
+    assert journal.exists() == journal_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.sqlite", "run"]
+
+
+def test_a_store_url_from_the_environment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KNOWLEDGE_ENV, "garbage")
+    with pytest.raises(UserError) as err:
+        _knowledge("show")
+    assert str(err.value).startswith("malformed knowledge store URL 'garbage'")
+    assert str(err.value).endswith(f"(the URL is ${KNOWLEDGE_ENV})")
+    with pytest.raises(UserError) as err:  # given on the command line: no word of it
+        _knowledge("show", "--knowledge", "garbage")
+    assert KNOWLEDGE_ENV not in str(err.value)
+
+
+def test_a_store_in_a_directory_it_cannot_write_in_says_what_sqlite_needs(tmp_path: Path) -> None:
+    """Even ``show`` opens the store for writing (migrations, WAL); SQLite's own words were
+    "attempt to write a readonly database". Permissions bind in a child, as a user's."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    url = _sqlite_url(folder / "k.sqlite")
+    KnowledgeStore.open(url).close()
+    folder.chmod(0o555)
+    show = [sys.executable, "-m", "esper", "knowledge", "show", "--knowledge", url]
+    try:
+        done = subprocess.run(
+            [*unprivileged(), *show],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"esper: error: knowledge store {url}: attempt to write a readonly database (Esper opens "
+        "its store for writing, readers too: the file and its directory must be writable, as "
+        "SQLite keeps its -wal and -shm files there)\n"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["k.sqlite"]
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], [], ["import"], ["export", "--format", "xml"]])

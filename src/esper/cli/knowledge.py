@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections import defaultdict
 from dataclasses import asdict
@@ -57,6 +58,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
             or ``reset`` without ``--yes``; nothing is written in any of these cases.
     """
     from esper.nissa.knowledge import (
+        SEED_KEY,
         KnowledgeStore,
         KnowledgeStoreError,
         KnowledgeStoreMissing,
@@ -72,8 +74,10 @@ def run_knowledge(args: argparse.Namespace) -> int:
             raise UserError(
                 f"knowledge reset deletes every seed outcome in {shown}; add --yes to confirm"
             )
-        runs = args.runs if args.knowledge_command == "import" else []
-        imported = [o for run in runs for o in read_run_outcomes(run)]  # all read before any write
+        runs = list(dict.fromkeys(args.runs)) if args.knowledge_command == "import" else []
+        # All read before any write; a seed given twice (two copies of a run) counts once.
+        outcomes = (o for run in runs for o in read_run_outcomes(run))
+        imported = list({tuple(getattr(o, k) for k in SEED_KEY): o for o in outcomes}.values())
         try:
             store = KnowledgeStore.open(url, create=args.knowledge_command == "import")
         except KnowledgeStoreMissing:
@@ -100,8 +104,16 @@ def run_knowledge(args: argparse.Namespace) -> int:
             else:
                 print(f"deleted {store.reset()} seed outcome(s) from {store.url}")
     except (KnowledgeURLError, KnowledgeStoreError) as err:
-        raise UserError(str(err)) from None
+        raise UserError(f"{err}{_origin(args)}") from None
     return 0
+
+
+def _origin(args: argparse.Namespace) -> str:
+    """Where the store's URL came from, when it was not given: `` (the URL is $VAR)``."""
+    from esper.nissa.knowledge import KNOWLEDGE_ENV
+
+    from_env = args.knowledge is None and os.environ.get(KNOWLEDGE_ENV)
+    return f" (the URL is ${KNOWLEDGE_ENV})" if from_env else ""
 
 
 def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
@@ -58,6 +59,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
+from esper.leyline.files import not_regular
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 
 T = TypeVar("T")
@@ -171,6 +173,24 @@ def parse_url(url: str) -> URL:
             )
         return parsed.set(database=str(Path(str(parsed.database)).expanduser()))
     return parsed.set(drivername="postgresql+psycopg")
+
+
+def _refuse_special_file(path: Path, shown: str) -> None:
+    """An SQLite store's path is a regular file, a directory (SQLite names that itself) or
+    nothing yet: a device took a journal file beside it (``/dev/null-journal``), a named pipe
+    would block.
+
+    Raises:
+        KnowledgeStoreError: naming what the path is.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (created on open), or unreachable: SQLite says which
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise KnowledgeStoreError(
+            f"knowledge store {shown}: {str(path)!r} is {not_regular(mode)}, not a database file"
+        )
 
 
 def _sqlite_file(parsed: URL) -> Path | None:
@@ -365,8 +385,13 @@ class KnowledgeStore:
             store._transaction(lambda conn: _migrate(conn, store.url, create))
             if store._engine.dialect.name == "sqlite":
                 store._use_wal()
-        except KnowledgeStoreError:
+        except KnowledgeStoreError as err:
             store.close()
+            if "readonly database" in str(err):  # SQLite's words for a file or folder it
+                raise KnowledgeStoreError(  # cannot write in (its journal lives beside it)
+                    f"{err} (Esper opens its store for writing, readers too: the file and its "
+                    "directory must be writable, as SQLite keeps its -wal and -shm files there)"
+                ) from None
             raise
         return store
 
@@ -384,6 +409,8 @@ class KnowledgeStore:
         sqlite_file = _sqlite_file(parsed)
         if sqlite_file is not None and not create and not sqlite_file.exists():
             raise KnowledgeStoreMissing(f"knowledge store {shown} {NOTHING_RECORDED}")
+        if sqlite_file is not None:
+            _refuse_special_file(sqlite_file, shown)
         try:
             if sqlite_file is not None:
                 sqlite_file.parent.mkdir(parents=True, exist_ok=True)
