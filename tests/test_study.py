@@ -91,12 +91,15 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     results = (out / "results.md").read_text()
     assert "| synthetic | grow | 3 |" in results and "| synthetic | static | 3 |" in results
     assert (out / "interval_estimates.png").stat().st_size > 0
-    # Again: everything is done, nothing runs, nothing changes.
+    # Again: everything is done, nothing runs, nothing changes; what a driver killed while
+    # writing its results left (a hidden temporary file) goes.
     logs = {p: p.read_bytes() for p in (out / TRIALS_DIR).glob("*/events.jsonl")}
+    (out / ".results.md.tmp-k9").write_text("| half")
     capsys.readouterr()
     assert main(["study", str(path)]) == 0
     assert "6 trials, 6 already done" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in logs} == logs
+    assert not (out / ".results.md.tmp-k9").exists()
     # The trials view of `esper runs query` reads the study.
     assert main(["runs", "query", "SELECT arm, count(*) FROM trials GROUP BY arm ORDER BY arm",
                  "--runs", str(out), "--format", "csv"]) == 0  # fmt: skip

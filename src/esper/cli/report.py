@@ -18,9 +18,7 @@ from pathlib import Path
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
-from esper.nissa.record import CHECKPOINTS_DIR, is_run_directory, is_study
-
-REPORT_DIR = "report"
+from esper.nissa.record import CHECKPOINTS_DIR, REPORT_DIR, is_run_directory, is_study
 
 
 def _warn(warnings: list[str]) -> None:

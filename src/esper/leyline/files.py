@@ -167,6 +167,23 @@ def write_new_file(path: str | os.PathLike[str], data: bytes | str) -> None:
     os.close(fd)
 
 
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.tmp-*``) that writers killed mid-write left in
+    ``directory`` (none: nothing to do). Call it only where no writer of that directory can be
+    running. Returns the paths removed."""
+    try:
+        entries = sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = [p for p in entries if p.name.startswith(".") and TEMP_MARKER in p.name]
+    removed = [p for p in removed if not p.is_dir()]
+    for path in removed:
+        path.unlink()
+    if removed:
+        fsync_directory(directory)
+    return removed
+
+
 def _refuse_directory(target: Path) -> None:
     if target.is_dir() and not target.is_symlink():  # os.replace would fail after the write
         refused = WriteError(f"cannot write {str(target)!r}: it is a directory, not a file")

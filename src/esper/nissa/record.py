@@ -60,7 +60,6 @@ from esper.leyline.config import (
     optional_type,
 )
 from esper.leyline.files import (
-    TEMP_MARKER,
     DiskFullError,
     atomic_write,
     disk_full,
@@ -68,6 +67,7 @@ from esper.leyline.files import (
     is_disk_full,
     not_regular,
     read_regular,
+    remove_temporaries,
     write_new_file,
 )
 from esper.leyline.trials import STUDY_FILE
@@ -81,6 +81,8 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.pt"
 OUTCOMES_FILE = "outcomes.json"
 CHECKPOINTS_DIR = "checkpoints"
+REPORT_DIR = "report"
+"""Where ``esper report RUN`` writes the run's report by default."""
 LATEST_FILE = "LATEST"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
@@ -1032,9 +1034,9 @@ def _verified(path: Path, entry: dict[str, Any]) -> bytes:
 
 
 def clean_stale(run_dir: Path) -> list[Path]:
-    """Remove what a crashed writer left: hidden temporary files (``.NAME.tmp-*``) in the run
-    and checkpoint directories, partial checkpoints, and step directories LATEST does not
-    name. Call it on every start and resume, before anything is written.
+    """Remove what a crashed writer left: hidden temporary files (``.NAME.tmp-*``) in the run,
+    checkpoint and report directories, partial checkpoints, and step directories LATEST does
+    not name. Call it on every start and resume, before anything is written.
 
     With a LATEST that is present but corrupt, step directories are kept (``load_checkpoint``
     reports the problem).
@@ -1042,15 +1044,8 @@ def clean_stale(run_dir: Path) -> list[Path]:
     Returns:
         The paths removed.
     """
-    removed: list[Path] = []
     root = run_dir / CHECKPOINTS_DIR
-    for directory in (run_dir, root):
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.iterdir()):
-            if path.name.startswith(".") and TEMP_MARKER in path.name and not path.is_dir():
-                path.unlink()
-                removed.append(path)
+    removed = [p for d in (run_dir, root, run_dir / REPORT_DIR) for p in remove_temporaries(d)]
     if root.is_dir():
         latest = _latest_name(root)
         keep_steps = latest is None and (root / LATEST_FILE).exists()

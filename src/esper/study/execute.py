@@ -43,7 +43,7 @@ from esper.leyline.config import (
     error_text,
     override,
 )
-from esper.leyline.files import atomic_write
+from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import (
     FINISHED,
     RUN_COLUMN,
@@ -420,6 +420,7 @@ class StudyDriver:
         import ray
 
         with study_lock(self.directory):
+            remove_temporaries(self.directory)  # a killed driver's half-written results
             self._scan()  # what the driver that held the lock before finished
             return self._loop(ray, capacity)
 

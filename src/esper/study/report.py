@@ -48,12 +48,13 @@ from esper.nissa.log import (
     read_events,
     shown_name,
 )
+from esper.nissa.record import REPORT_DIR
 from esper.study import stats
 
 REPORT_FILE = "report.html"
 """The study report's file, in the study directory."""
 
-RUN_REPORT = Path("report") / "report.html"
+RUN_REPORT = Path(REPORT_DIR) / REPORT_FILE
 """Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
 default; linked from the trials table when present)."""
 
