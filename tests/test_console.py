@@ -7,6 +7,8 @@ import io
 import itertools
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,3 +253,37 @@ def test_a_real_run_shows_progress_but_never_logs_it(
     ]
     events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert "EpochCompleted" in events and "BatchProgress" not in events
+
+
+# ------------------------------------------------------------------- a terminal that hangs up
+
+_HANG_UP = """
+import os, sys
+from esper.cli.main import main
+from esper.nissa.console import detach_from_hung_up_terminal
+
+master, terminal = os.openpty()
+os.dup2(terminal, 1)
+os.dup2(terminal, 2)
+assert not detach_from_hung_up_terminal()  # a terminal still there stays
+os.close(master)  # the hang-up: every later write to the terminal fails with EIO
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as done:  # where the code is kept: stdout is gone
+    done.write(str(code))
+"""
+
+
+def test_output_to_a_terminal_that_hung_up_ends_the_command_quietly(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A command still printing after its SSH session ended (a run's resume hint, when its
+    SIGHUP came first; here a listing) failed with EIO: a traceback to nowhere and exit 1 (or
+    120 at exit). Its output now goes to /dev/null and it ends as interrupted (130)."""
+    done = tmp_path / "code"
+    command = [str(done), "runs", "list", str(recorded_runs["static"].parent)]
+    run = subprocess.run(
+        [sys.executable, "-c", _HANG_UP, *command], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and run.stdout == run.stderr == "", run.stderr
+    assert done.read_text() == "130"
+    assert not console.detach_from_hung_up_terminal()  # pytest's own pipes and files stay

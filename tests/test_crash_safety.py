@@ -157,7 +157,10 @@ def test_a_closed_terminal_interrupts_the_run_and_resume_completes(tmp_path) -> 
     args = ["heuristic", *TINY, "--epochs", "30", "--threads", "1", "--out", str(run)]
     pid, terminal = pty.fork()  # the child's controlling terminal is the pty
     if pid == 0:  # pragma: no cover - the child
-        os.execve(sys.executable, [*ESPER, *args], ENV)
+        try:
+            os.execve(sys.executable, [*ESPER, *args], ENV)
+        finally:
+            os._exit(127)  # never run the rest of pytest in the child
 
     def ended() -> int | None:
         _drain(terminal)  # a terminal nobody reads would block the run's output
@@ -165,6 +168,11 @@ def test_a_closed_terminal_interrupts_the_run_and_resume_completes(tmp_path) -> 
 
     try:
         _wait_for_step(run, 2, ended)
+    except BaseException:
+        with suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
     finally:
         os.close(terminal)  # the hang-up: SIGHUP, and EIO for every later write to it
     _, status = os.waitpid(pid, 0)

@@ -27,6 +27,7 @@ from textual.widgets.data_table import RowKey
 from esper.cli import tui as cli_tui
 from esper.cli.config import split_options
 from esper.cli.main import main
+from esper.karn import tui as karn_tui
 from esper.karn.tui import SLOT_COLUMNS, HelpScreen, RunApp, catch_up
 from esper.karn.tui_state import (
     accuracies,
@@ -875,11 +876,14 @@ def test_a_ppo_round_number_no_float_holds_is_shown(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_quit_the_ui_and_give_back_the_handlers(
-    recorded_runs: dict[str, Path], signum: int
+    recorded_runs: dict[str, Path], signum: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed by SIGTERM or SIGHUP, the UI left the terminal in its screen, and a --tui run
-    went on orphaned; now they quit it as q does."""
+    went on orphaned; now they quit it as q does. SIGHUP first sends what would be written to
+    a terminal that hung up to /dev/null (the --tui parent's closing lines failed with EIO)."""
     app = make_app(recorded_runs["static"])
+    detached: list[bool] = []
+    monkeypatch.setattr(karn_tui, "detach_from_hung_up_terminal", lambda: detached.append(True))
 
     def before(signum: int, frame: object) -> None:
         raise AssertionError("the UI's handler should have taken the signal")
@@ -894,6 +898,7 @@ def test_sigterm_and_sighup_quit_the_ui_and_give_back_the_handlers(
         drive(app, script)
         assert app.return_code == 0
         assert signal.getsignal(signum) is before  # given back once the UI ended
+        assert detached == ([True] if signum == signal.SIGHUP else [])
     finally:
         signal.signal(signum, previous)
 

@@ -246,6 +246,13 @@ def _show_library_warnings() -> None:
         logger.addHandler(_StderrWarnings(logging.WARNING))
 
 
+def _terminal_hung_up() -> bool:
+    """Whether stdout or stderr was a terminal that hung up (now pointed at ``/dev/null``)."""
+    from esper.nissa.console import detach_from_hung_up_terminal
+
+    return detach_from_hung_up_terminal()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
     _show_library_warnings()
@@ -275,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except OSError as err:
+        if err.errno == errno.EIO and _terminal_hung_up():  # the SSH session ended: a run
+            return EXIT_INTERRUPTED  # was stopped by its SIGHUP; nobody is there to tell
         if err.errno not in PATH_ERRNOS:
             raise
         named = f"{err.strerror}: {err.filename!r}" if err.filename else str(err.strerror)

@@ -49,6 +49,7 @@ from esper.karn.tui_state import (
 )
 from esper.leyline.events import SlotSnapshot
 from esper.leyline.stages import SeedStage
+from esper.nissa.console import detach_from_hung_up_terminal
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import EventLogError, EventTail, Logged, RunDirectory, display, percent
 
@@ -309,10 +310,15 @@ class RunApp(App[None]):
             if previous is signal.SIG_IGN or previous is None:
                 continue  # nohup's ignore stays; a handler set from C could not be put back
             try:
-                loop.add_signal_handler(signum, self.exit)
+                loop.add_signal_handler(signum, self._quit_on_signal, signum)
             except (RuntimeError, ValueError):  # not the main thread: nothing to catch here
                 return
             self._signals[signum] = previous
+
+    def _quit_on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:  # the terminal may be gone: what follows must not fail
+            detach_from_hung_up_terminal()
+        self.exit()
 
     def on_unmount(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,9 @@ measured (None, NaN) is printed as "—": never 0.
 from __future__ import annotations
 
 import math
+import os
+import stat
+from contextlib import suppress
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -28,6 +31,26 @@ only once it has trained this long (a Fashion-MNIST epoch on a CPU takes minutes
 PROGRESS_LINE_EVERY_S = 10.0
 """Off a terminal, at most one progress line per this many seconds of an epoch (CI logs stay
 short); a terminal's bar shows every progress event."""
+
+
+def detach_from_hung_up_terminal() -> bool:
+    """Point stdout and stderr at ``/dev/null`` where they are a terminal that hung up (its
+    SSH session ended: a character device that no longer answers as a terminal, every write
+    to it failing with EIO), so that what a stopping run still says cannot fail it. A terminal
+    still there, ``/dev/null``, pipes and files stay as they are. Returns whether one was."""
+    detached = False
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            with suppress(OSError):  # a closed descriptor: nothing to write to anyway
+                status = os.fstat(fd)
+                hung_up = stat.S_ISCHR(status.st_mode) and not os.isatty(fd)
+                if hung_up and status.st_rdev != os.fstat(null).st_rdev:
+                    os.dup2(null, fd)
+                    detached = True
+    finally:
+        os.close(null)
+    return detached
 
 
 def _measured(value: Any) -> bool:

@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -46,7 +45,7 @@ from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import DiskFullError, WriteError, atomic_write, fsync_directory
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
-from esper.nissa.console import ConsoleSink
+from esper.nissa.console import ConsoleSink, detach_from_hung_up_terminal
 from esper.nissa.log import EventLogError, read_events
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSetupError, TensorBoardSink, check_tensorboard
@@ -79,29 +78,13 @@ def _stopping_signals() -> tuple[signal.Signals, ...]:
     return (signal.SIGTERM, signal.SIGHUP)
 
 
-def _away_from_a_closed_terminal(signum: int) -> None:
-    """After SIGHUP, point stdout and stderr at ``/dev/null`` where they are a terminal that
-    hung up (a character device that no longer answers as a terminal): writing to it fails
-    (EIO), which would cut the checkpoint, the summary or the resume hint short. A terminal
-    still there (a ``kill -HUP``), pipes and files stay as they are."""
-    if signum != signal.SIGHUP:
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            with suppress(OSError):
-                if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
-                    os.dup2(null, fd)
-    finally:
-        os.close(null)
-
-
 def interrupt_on_termination() -> None:
     """From now on SIGTERM and SIGHUP stop the process as Ctrl-C does (see
     ``_stopping_signals``)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        _away_from_a_closed_terminal(signum)
+        if signum == signal.SIGHUP:
+            detach_from_hung_up_terminal()  # the resume hint and summary must not fail on it
         raise Stop
 
     for signum in _stopping_signals():
@@ -116,7 +99,8 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
     state = {"holding": 0, "pending": False}
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        _away_from_a_closed_terminal(signum)
+        if signum == signal.SIGHUP:
+            detach_from_hung_up_terminal()
         if state["holding"]:
             state["pending"] = True
         else:
