@@ -172,9 +172,20 @@ def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, 
     assert done.returncode == EXIT_BAD_INPUT and done.stdout == "", done.stdout
     assert done.stderr == (
         f"esper: error: cannot make the study directory {str(locked / 'o')!r}: "
-        f"{str(locked)!r} is not writable\n"
+        f"{str(locked)!r} is not writable (write and search)\n"
     )
     assert list(locked.iterdir()) == []
+    # A dangling link as the study directory (the check followed it into nothing: a
+    # traceback from os.statvfs)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    path.write_text(path.read_text().replace('out = "locked/o"', 'out = "dangling"'))
+    done = subprocess.run(
+        [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == EXIT_BAD_INPUT and done.stderr == (
+        f"esper: error: cannot make the study directory {str(tmp_path / 'dangling')!r}: it is "
+        "a symbolic link that leads nowhere (or in a loop)\n"
+    )
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

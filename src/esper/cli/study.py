@@ -145,11 +145,19 @@ def check_writable(directory: Path) -> None:
     Raises:
         UserError: naming the directory that refuses, and why.
     """
-    place = next(p for p in (directory, *directory.absolute().parents) if os.path.lexists(p))
-    if os.access(place, os.W_OK | os.X_OK):
+    if os.path.islink(directory) and not os.path.exists(directory):
+        raise UserError(
+            f"cannot make the study directory {str(directory)!r}: it is a symbolic link that "
+            "leads nowhere (or in a loop)"
+        )
+    place = next(p for p in (directory, *directory.absolute().parents) if os.path.exists(p))
+    if os.access(place, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return
-    read_only = os.statvfs(place).f_flag & os.ST_RDONLY
-    why = "is on a read-only file system" if read_only else "is not writable"
+    try:
+        read_only = os.statvfs(place).f_flag & os.ST_RDONLY
+    except OSError:
+        read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable (write and search)"
     made = "write in" if place == directory else "make"
     raise UserError(f"cannot {made} the study directory {str(directory)!r}: {str(place)!r} {why}")
 
