@@ -32,7 +32,6 @@ from esper.nissa.record import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
     MANIFEST_FILE,
-    REPORT_DIR,
     SUMMARY_FILE,
     UNFINISHED,
     CsvLog,
@@ -284,18 +283,13 @@ def test_clean_stale_removes_what_a_crash_left(tmp_path: Path) -> None:
     (root / ".LATEST.tmp-abc").write_text("step-00000002\n")
     (tmp_path / ".summary.json.tmp-xyz").write_text("{")
     (tmp_path / "notes.txt").write_text("kept")
-    (tmp_path / REPORT_DIR).mkdir()  # esper report killed while writing the run's report
-    (tmp_path / REPORT_DIR / ".loss.png.tmp-q1").write_bytes(b"\x89PNG")
-    (tmp_path / REPORT_DIR / "loss.png").write_bytes(b"\x89PNG")
     removed = clean_stale(tmp_path)
     assert sorted(p.name for p in removed) == [
         ".LATEST.tmp-abc",
-        ".loss.png.tmp-q1",
         ".partial-2-999",
         ".summary.json.tmp-xyz",
         "step-00000002",
     ]
-    assert [p.name for p in (tmp_path / REPORT_DIR).iterdir()] == ["loss.png"]
     assert sorted(p.name for p in root.iterdir()) == [LATEST_FILE, "step-00000001"]
     assert (tmp_path / "notes.txt").exists() and _leftovers(tmp_path) == []
     assert load_checkpoint(tmp_path, RUN).step == 1

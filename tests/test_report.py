@@ -654,6 +654,24 @@ def test_demo_links_its_report(
     assert header[""] == [f"run: {heuristic.name}", f"baseline: {static.name}"]
 
 
+def test_a_report_sweeps_up_what_a_killed_report_left(
+    tmp_path: Path, recorded_runs: dict[str, Path], tiny_study: Path, capsys
+) -> None:
+    """esper report killed while writing left hidden ``.NAME.tmp-*`` files that nothing
+    removed. The next report removes those of its own files, and only those."""
+    out, study = tmp_path / "report", tmp_path / "study"
+    out.mkdir()
+    shutil.copytree(tiny_study, study)
+    for name in (".loss.png.tmp-a1", ".report.html.tmp-b2", ".notes.txt.tmp-c3"):
+        (out / name).write_text("half")
+    (study / ".report.html.tmp-d4").write_text("half")
+    (study / ".results.md.tmp-e5").write_text("half")  # the driver's: its next run sweeps it
+    assert _report([str(recorded_runs["heuristic"]), "--out", str(out)], capsys)[0] == 0
+    assert _report([str(study), "--reps", "10"], capsys)[0] == 0
+    assert sorted(p.name for p in out.glob(".*")) == [".notes.txt.tmp-c3"]
+    assert sorted(p.name for p in study.glob(".*")) == [".results.md.tmp-e5"]
+
+
 def test_a_report_replaces_an_earlier_one_of_another_kind(
     tmp_path: Path, recorded_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

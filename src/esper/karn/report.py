@@ -53,7 +53,7 @@ from esper.karn.report_data import (
 )
 from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
-from esper.leyline.files import atomic_write_all
+from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import display
 
@@ -587,6 +587,7 @@ def write_report(report: Report, out: Path) -> Path:
     files.append((REPORT_FILE, report.html.encode("utf-8")))
     earlier = _shown_plots(out / REPORT_FILE)  # only these images are ours to replace
     out.mkdir(parents=True, exist_ok=True)  # if a target is a directory, out existed
+    remove_temporaries(out, PLOT_FILES | {REPORT_FILE})  # what a killed report left
     atomic_write_all([(out / name, data) for name, data in files])
     written = {name for name, _ in files}
     for stale in PLOT_FILES - written:

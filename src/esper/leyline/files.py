@@ -25,7 +25,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -167,18 +167,24 @@ def write_new_file(path: str | os.PathLike[str], data: bytes | str) -> None:
     os.close(fd)
 
 
-def remove_temporaries(directory: Path) -> list[Path]:
+def remove_temporaries(directory: Path, names: Iterable[str] | None = None) -> list[Path]:
     """Remove the temporary files (``.NAME.tmp-*``) that writers killed mid-write left in
-    ``directory`` (none: nothing to do). Call it only where no writer of that directory can be
-    running. Returns the paths removed."""
+    ``directory``: of every NAME, or only of ``names`` (a writer sweeping up after itself
+    before writing them again). A missing directory has none. Call it only where no other
+    writer of those files can be running. Returns the paths removed."""
     try:
         entries = sorted(directory.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
-    removed = [p for p in entries if p.name.startswith(".") and TEMP_MARKER in p.name]
-    removed = [p for p in removed if not p.is_dir()]
+    prefixes = None if names is None else tuple(f".{name}{TEMP_MARKER}" for name in names)
+    removed = [
+        p
+        for p in entries
+        if p.name.startswith(".") and TEMP_MARKER in p.name and not p.is_dir()
+        if prefixes is None or p.name.startswith(prefixes)
+    ]
     for path in removed:
-        path.unlink()
+        path.unlink(missing_ok=True)
     if removed:
         fsync_directory(directory)
     return removed

@@ -1034,9 +1034,9 @@ def _verified(path: Path, entry: dict[str, Any]) -> bytes:
 
 
 def clean_stale(run_dir: Path) -> list[Path]:
-    """Remove what a crashed writer left: hidden temporary files (``.NAME.tmp-*``) in the run,
-    checkpoint and report directories, partial checkpoints, and step directories LATEST does
-    not name. Call it on every start and resume, before anything is written.
+    """Remove what a crashed writer left: hidden temporary files (``.NAME.tmp-*``) in the run
+    and checkpoint directories, partial checkpoints, and step directories LATEST does not
+    name. Call it on every start and resume, before anything is written.
 
     With a LATEST that is present but corrupt, step directories are kept (``load_checkpoint``
     reports the problem).
@@ -1045,7 +1045,7 @@ def clean_stale(run_dir: Path) -> list[Path]:
         The paths removed.
     """
     root = run_dir / CHECKPOINTS_DIR
-    removed = [p for d in (run_dir, root, run_dir / REPORT_DIR) for p in remove_temporaries(d)]
+    removed = [p for d in (run_dir, root) for p in remove_temporaries(d)]
     if root.is_dir():
         latest = _latest_name(root)
         keep_steps = latest is None and (root / LATEST_FILE).exists()

@@ -420,7 +420,8 @@ class StudyDriver:
         import ray
 
         with study_lock(self.directory):
-            remove_temporaries(self.directory)  # a killed driver's half-written results
+            # what a driver killed mid-write left; only a lock holder writes these two
+            remove_temporaries(self.directory, [STUDY_FILE, TRIALS_FILE])
             self._scan()  # what the driver that held the lock before finished
             return self._loop(ray, capacity)
 

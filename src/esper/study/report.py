@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from esper.leyline import pages
-from esper.leyline.files import atomic_write
+from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRun, TrialsFileError, read_trials
 from esper.nissa.bands import band, validation_curve
 from esper.nissa.fold import RunState
@@ -257,6 +257,7 @@ def write_study_report(report: StudyReport, out: Path) -> Path:
         OSError: ``out`` cannot be created or written.
     """
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, [REPORT_FILE])  # what a killed report left
     atomic_write(out / REPORT_FILE, report.html.encode("utf-8"))
     return out / REPORT_FILE
 

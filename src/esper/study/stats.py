@@ -49,7 +49,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rliable import library, metrics, plot_utils
 
-from esper.leyline.files import atomic_write_all
+from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.leyline.trials import FINISHED, TrialRow
 
 ALL_TASKS = "all tasks"
@@ -682,6 +682,8 @@ def write_results(
     profile = profile_plot(rows, reps, seed)
     text = _markdown(results, rows, reps, seed, unfinished)
     directory.mkdir(parents=True, exist_ok=True)
+    # what a writer killed before left (hidden .NAME.tmp-* files)
+    remove_temporaries(directory, [INTERVALS_FILE, PROFILE_FILE, RESULTS_FILE])
     atomic_write_all(
         [
             (directory / INTERVALS_FILE, intervals),
