@@ -659,7 +659,7 @@ def test_out_with_a_control_character_is_refused(tmp_path, capsys, name) -> None
     outcomes.json could not be imported), and its name split ``runs list``'s table."""
     out = tmp_path / name
     assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(out)]) == 2
-    assert "its name holds a control character" in _one_error_line(capsys)
+    assert "its name holds a character that is not printable" in _one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
 
 

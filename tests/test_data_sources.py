@@ -299,8 +299,8 @@ def test_a_data_dir_that_cannot_be_searched_is_named(tmp_path: Path, below: str)
         locked.chmod(0o755)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout == (
-        f"fashion-mnist: cannot look in {str(locked)!r} (Permission denied); give it read and "
-        "search permission, or point --data-dir (data_dir=...) elsewhere\n"
+        f"fashion-mnist: cannot look in {str(locked)!r} (Permission denied); give it search "
+        "permission, or point --data-dir (data_dir=...) elsewhere\n"
     )
 
 

@@ -82,9 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir = None if args.data_dir is None else str(args.data_dir)
     training = HostTraining(task, epochs=args.epochs, data_dir=data_dir)
     summaries = {}
-    modes = ("static", "heuristic")
-    for mode in modes:  # a study's directory holds its trials' runs alone
-        check_outside_studies(parent / f"demo-{stamp}-{task}-{mode}")
+    modes = ("static", "heuristic")  # side by side: a study's directory holds its trials alone
+    check_outside_studies(parent / f"demo-{stamp}-{task}-{modes[0]}")
     for mode in modes:
         out = parent / f"demo-{stamp}-{task}-{mode}"
         runner = GrowthRunner(mode, GrowthRun(training, seed=args.seed), out)

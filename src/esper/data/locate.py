@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,8 @@ def _search_bases(
     """
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        try:
-            is_file = root.exists() and not root.is_dir()
-        except PermissionError as err:
-            raise _refused(files, root, err) from None
-        if is_file:
+        mode = _mode(files, root)
+        if mode is not None and not stat.S_ISDIR(mode):
             raise DatasetNotFoundError(
                 f"{files.name}: data_dir {str(root)!r} is a file; give the folder holding "
                 f"{', '.join(files.required)} (or its parent)"
@@ -143,10 +141,23 @@ def _is_file(files: DatasetFiles, path: Path) -> bool:
     Raises:
         DatasetNotFoundError: a directory above ``path`` cannot be searched (``_refused``).
     """
+    mode = _mode(files, path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def _mode(files: DatasetFiles, path: Path) -> int | None:
+    """``path``'s ``st_mode`` (links followed), None where nothing is there (``os.stat``: how
+    ``Path.exists`` treats a refusal differs between Python versions).
+
+    Raises:
+        DatasetNotFoundError: a directory above ``path`` cannot be searched (``_refused``).
+    """
     try:
-        return path.is_file()
+        return os.stat(path).st_mode
     except PermissionError as err:
         raise _refused(files, path, err) from None
+    except OSError:  # missing, a file in the way, a link loop: not there
+        return None
 
 
 def _refused(files: DatasetFiles, path: Path, err: OSError) -> DatasetNotFoundError:
@@ -154,8 +165,8 @@ def _refused(files: DatasetFiles, path: Path, err: OSError) -> DatasetNotFoundEr
     directory, not ``path``, which may not exist (the search would name a place it made up)."""
     blocked = next((q.parent for q in (*reversed(path.parents), path) if not _searchable(q)), path)
     return DatasetNotFoundError(
-        f"{files.name}: cannot look in {str(blocked)!r} ({err.strerror}); give it read and "
-        "search permission, or point --data-dir (data_dir=...) elsewhere"
+        f"{files.name}: cannot look in {str(blocked)!r} ({err.strerror}); give it search "
+        "permission, or point --data-dir (data_dir=...) elsewhere"
     )
 
 

@@ -295,9 +295,9 @@ def check_new_run_directory(directory: Path) -> None:
         ) from None
     if not directory.absolute().name.isprintable():  # the name is the run's id
         raise UserError(
-            f"run directory {str(directory)!r}: its name holds a control character (a line "
-            "break or tab would split run tables, and the knowledge store takes only printable "
-            "run ids); choose another --out"
+            f"run directory {str(directory)!r}: its name holds a character that is not "
+            "printable (a line break or tab would split run tables, and the knowledge store "
+            "takes only printable run ids); choose another --out"
         )
     inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
     if inside is not None:
