@@ -157,7 +157,8 @@ def test_a_closed_terminal_interrupts_the_run_and_resume_completes(tmp_path) -> 
     args = ["heuristic", *TINY, "--epochs", "30", "--threads", "1", "--out", str(run)]
     pid, terminal = pty.fork()  # the child's controlling terminal is the pty
     if pid == 0:  # pragma: no cover - the child
-        try:
+        try:  # as a login shell starts it: SIGHUP not ignored, even if pytest's (nohup) is
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             os.execve(sys.executable, [*ESPER, *args], ENV)
         finally:
             os._exit(127)  # never run the rest of pytest in the child
