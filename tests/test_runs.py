@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,23 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
     assert [r["run"] for r in rows] == [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
 
 
+def test_names_and_strings_that_are_no_utf8_are_queried(tmp_path, recorded_runs, capsys) -> None:
+    """A run copied under a name that is no UTF-8, or a logged string holding such bytes
+    (escaped as a lone surrogate), made DuckDB refuse the views' own JSON: a traceback."""
+    run = tmp_path / os.fsdecode(b"run\xff")
+    shutil.copytree(recorded_runs["static"], run)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps({**first, "task": first["task"]}).replace(
+        '"run_id": "', '"run_id": "\\udcff'
+    )
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    rows = _query(capsys, "SELECT run, path FROM runs", run)
+    assert rows == [{"run": "run\N{REPLACEMENT CHARACTER}", "path": f"{tmp_path}/run?"}]
+    rows = _query(capsys, "SELECT count(*) AS n FROM epochs", run)
+    assert rows == [{"n": sum('"EpochCompleted"' in line for line in lines)}]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -249,6 +267,8 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
         (["runs", "query", "INSTALL httpfs", "--runs", "{run}"], "Permission Error"),
         (["runs", "query", "SET enable_external_access = true", "--runs", "{run}"], "locked"),
         (["runs", "show", "{bad}"], "bad/events.jsonl:3: malformed event line"),
+        # a second sweep: TypeError out of DuckDB's parser, exit 1
+        (["runs", "query", "SELECT '\udcff'", "--runs", "{run}"], "the SQL is not UTF-8 text"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, recorded_runs, capsys, args, message) -> None:

@@ -183,9 +183,12 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
     from esper.nissa.views import QueryError, RunStore, collect_runs
 
     studies = [p for p in paths if is_study(p)]
-    store = RunStore(
-        collect_runs(paths), lambda m: print(f"warning: {m}", file=sys.stderr), studies
-    )
+    try:
+        store = RunStore(
+            collect_runs(paths), lambda m: print(f"warning: {m}", file=sys.stderr), studies
+        )
+    except QueryError as err:
+        raise UserError(f"query failed: {err}") from None
     try:
         result = store.query(sql)
     except QueryError as err:

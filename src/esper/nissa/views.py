@@ -282,7 +282,13 @@ class RunStore:
 
     def _fill(self, warn: Callable[[str], None]) -> None:
         with tempfile.TemporaryDirectory(prefix="esper-views-") as tmp:
-            files = {name: (Path(tmp) / f"{name}.jsonl").open("w") for name in VIEW_NAMES}
+            # ensure_ascii=False with errors="replace": a lone surrogate (a path or a logged
+            # string holding bytes that are no UTF-8) is written as "?", where its \\u escape
+            # would be JSON that DuckDB refuses to read.
+            files = {
+                name: (Path(tmp) / f"{name}.jsonl").open("w", encoding="utf-8", errors="replace")
+                for name in VIEW_NAMES
+            }
             try:
                 for run in self.runs:
                     log = read_events(run.events_path)
@@ -293,12 +299,12 @@ class RunStore:
                         )
                     row: dict[str, Any] = {"run": self.labels[run.path], "mode": run.mode}
                     row |= {"task": run.task, "seed": run.seed, "status": run.status}
-                    files["runs"].write(json.dumps({**row, "path": str(run.path)}) + "\n")
+                    files["runs"].write(_line({**row, "path": str(run.path)}))
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
-                        files[view].write(json.dumps(_fitted(view, row, run.events_path)) + "\n")
+                        files[view].write(_line(_fitted(view, row, run.events_path)))
                 for study in self.studies:
                     for row in _trials(study):
-                        files["trials"].write(json.dumps(row) + "\n")
+                        files["trials"].write(_line(row))
             finally:
                 for f in files.values():
                     f.close()
@@ -306,6 +312,15 @@ class RunStore:
                 self._load(name, Path(tmp) / f"{name}.jsonl")
 
     def _load(self, name: str, path: Path) -> None:
+        """Raises QueryError: DuckDB refused the rows (one line)."""
+        import duckdb
+
+        try:
+            self._insert(name, path)
+        except duckdb.Error as err:
+            raise QueryError(f"cannot load the {name} view: {_first_line(err)}") from None
+
+    def _insert(self, name: str, path: Path) -> None:
         columns = VIEW_COLUMNS[name]
         spec = ", ".join(f"'{c}': '{t}'" for c, t in columns)
         names = ", ".join(f'"{c}"' for c, _ in columns)
@@ -327,6 +342,10 @@ class RunStore:
         import duckdb
 
         try:
+            sql.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are no UTF-8, kept as surrogates by Python
+            raise QueryError(f"the SQL is not UTF-8 text: {sql!r}") from None
+        try:
             statements = len(self.connection.extract_statements(sql))
             if statements > 1:  # DuckDB would run them all and answer with the last alone
                 raise QueryError(f"one SQL statement at a time, got {statements} in {sql!r}")
@@ -336,8 +355,18 @@ class RunStore:
             columns = [d[0] for d in cursor.description or []]
             return QueryResult(columns, cursor.fetchall() if columns else [])
         except duckdb.Error as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise QueryError(first) from None
+            raise QueryError(_first_line(err)) from None
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _line(row: dict[str, Any]) -> str:
+    """One JSON line of a view's file (see ``RunStore._fill`` for the encoding)."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _first_line(err: Exception) -> str:
+    """DuckDB's message, first line (the others point into the SQL)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
