@@ -230,21 +230,39 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
     assert [r["run"] for r in rows] == [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
 
 
+def test_a_summary_copied_from_another_run_is_not_taken_for_the_runs(
+    tmp_path, recorded_runs, capsys
+) -> None:
+    """A PPO run's summary.json copied into a heuristic run was listed as its result (PPO
+    figures in a growth row), and the other way round."""
+    parent = tmp_path / "runs"
+    for run, other in (("heuristic", "ppo"), ("ppo", "heuristic")):
+        shutil.copytree(recorded_runs[run], parent / run)
+        shutil.copy(recorded_runs[other] / "summary.json", parent / run / "summary.json")
+    assert main(["runs", "list", str(parent)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    for run, other in (("heuristic", "ppo"), ("ppo", "heuristic")):
+        summary = parent / run / "summary.json"
+        assert f"{str(summary)!r} is the summary of another run ({other} run {other!r}; the " \
+            f"event log is of the {run} run {run!r})" in "\n".join(err)  # fmt: skip
+    assert main(["runs", "show", str(parent / "ppo")]) == 2
+    assert "is the summary of another run" in capsys.readouterr().err
+
+
 def test_names_and_strings_that_are_no_utf8_are_queried(tmp_path, recorded_runs, capsys) -> None:
     """A run copied under a name that is no UTF-8, or a logged string holding such bytes
     (escaped as a lone surrogate), made DuckDB refuse the views' own JSON: a traceback."""
     run = tmp_path / os.fsdecode(b"run\xff")
-    shutil.copytree(recorded_runs["static"], run)
+    shutil.copytree(recorded_runs["heuristic"], run)
     lines = (run / "events.jsonl").read_text().splitlines()
-    first = json.loads(lines[0])
-    lines[0] = json.dumps({**first, "task": first["task"]}).replace(
-        '"run_id": "', '"run_id": "\\udcff'
-    )
+    at = next(i for i, line in enumerate(lines) if '"ActionTaken"' in line)
+    lines[at] = lines[at].replace('"reason": "', '"reason": "\\udcff', 1)
     (run / "events.jsonl").write_text("\n".join(lines) + "\n")
     rows = _query(capsys, "SELECT run, path FROM runs", run)
     assert rows == [{"run": "run\N{REPLACEMENT CHARACTER}", "path": f"{tmp_path}/run?"}]
-    rows = _query(capsys, "SELECT count(*) AS n FROM epochs", run)
-    assert rows == [{"n": sum('"EpochCompleted"' in line for line in lines)}]
+    rows = _query(capsys, "SELECT reason FROM actions", run)
+    assert len(rows) == sum('"ActionTaken"' in line for line in lines)
+    assert rows[0]["reason"].startswith("?") and not rows[1]["reason"].startswith("?")
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from esper.leyline.trials import TRIALS_DIR
 from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
 from esper.nissa.record import PPO_MODE as PPO_MODE
 from esper.nissa.record import (
+    SUMMARY_FILE,
     UNFINISHED,
     RunRecordError,
     RunSummary,
@@ -487,6 +488,11 @@ def open_run(path: Path) -> RunDirectory:
     except RunRecordError as err:
         raise RunDirectoryError(str(err)) from None
     started = first.event
+    if summary is not None and (summary.run_id, summary.mode) != (started.run_id, started.mode):
+        raise RunDirectoryError(  # copied in from elsewhere: its figures are not this run's
+            f"{str(path / SUMMARY_FILE)!r} is the summary of another run ({summary.mode} run "
+            f"{summary.run_id!r}; the event log is of the {started.mode} run {started.run_id!r})"
+        )
     return RunDirectory(path, shown_name(path), started.mode, started.task, started.seed, summary)
 
 
