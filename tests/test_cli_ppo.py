@@ -209,6 +209,25 @@ def test_an_eval_config_policy_that_is_not_a_path_is_one_line(tmp_path, capsys, 
         (["ppo", "--preset", "tiny", "--preset", "default"], "--preset is given 2 times"),
         (["static", "--out", "a", "--out", "b"], "--out is given 2 times; give it once"),
         (["static", "--task", "synthetic", "--tui=no"], "--tui takes no value, got '--tui=no'"),
+        # Parsed by tyro, which took the last silently (a second sweep)
+        (["static", "--task", "synthetic", "--epochs", "1", "--epochs=2"], "--epochs is given 2"),
+        (
+            ["periodic", "--task", "synthetic", "--periodic.period=2", "--periodic.period", "3"],
+            "--periodic.period is given 2 times; give it once",
+        ),
+        (["ppo", "--ppo.rounds", "1", "--ppo.rounds", "2"], "--ppo.rounds is given 2 times"),
+        (
+            [
+                "heuristic",
+                "--task",
+                "synthetic",
+                "--training.batch_size",
+                "8",
+                "--training.batch-size",
+                "16",
+            ],
+            "--training.batch-size is given 2 times",
+        ),
     ],
 )
 def test_a_flag_read_before_parsing_given_twice_or_with_a_value_is_one_line(

@@ -182,6 +182,8 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, defa
     Raises:
         UserError: for an unknown flag, a value of the wrong type, or one the dataclass refuses.
     """
+    flags = [i.partition("=")[0].replace("_", "-") for i in argv if i.startswith("--")]
+    refuse_repeats(flags, tuple(dict.fromkeys(flags)))  # tyro would take the last silently
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
