@@ -180,6 +180,15 @@ def test_query_formats(recorded_runs, capsys) -> None:
     assert main(["runs", "query", sql, "--runs", str(recorded_runs["static"])]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["epoch", "val_accuracy"] and table[-1] == "(2 rows)"
+    # JSON columns are nested in --format json as what they hold (they were strings of JSON
+    # text, to be decoded twice), and compare equal to the log's own lines
+    sql = (
+        "SELECT epoch, slots, record FROM epochs JOIN events USING (run, t) WHERE event = "
+        "'EpochCompleted' AND CAST(record->>'epoch' AS INTEGER) = epoch ORDER BY epoch"
+    )
+    rows = _query(capsys, f"{sql} LIMIT 1", recorded_runs["heuristic"])
+    logged = next(r for r in _records(recorded_runs["heuristic"]) if r["event"] == "EpochCompleted")
+    assert rows[0]["slots"] == logged["slots"] and rows[0]["record"] == logged
 
 
 def test_a_truncated_last_line_is_reported_and_skipped(tmp_path, recorded_runs, capsys) -> None:

@@ -207,7 +207,11 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
                 "with AS)"
             )
         for row in result.rows:
-            data = strict_json(dict(zip(result.columns, row, strict=True)))  # NaN, inf: null
+            values = [  # a JSON column's text is nested as what it holds, not as a string
+                json.loads(v) if typed and isinstance(v, str) else v
+                for v, typed in zip(row, result.json or [False] * len(row), strict=True)
+            ]
+            data = strict_json(dict(zip(result.columns, values, strict=True)))  # NaN, inf: null
             print(json.dumps(data, default=str, allow_nan=False))
     elif result.columns:
         cells = [[display(v) for v in row] for row in result.rows]

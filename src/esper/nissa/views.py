@@ -146,10 +146,12 @@ class QueryError(ValueError):
 
 @dataclass(frozen=True)
 class QueryResult:
-    """Column names and rows of a query."""
+    """Column names and rows of a query; ``json``: which columns are of DuckDB's ``JSON`` type
+    (their values are JSON text)."""
 
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    json: tuple[bool, ...] = ()
 
 
 def _rows(run: str, mode: str, log: list[Logged]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -352,8 +354,10 @@ class RunStore:
             cursor = self.connection.execute(sql)
             if cursor is None:  # DuckDB's answer to a text without a statement
                 raise QueryError(f"no SQL statement in {sql!r}; e.g. SELECT * FROM runs")
-            columns = [d[0] for d in cursor.description or []]
-            return QueryResult(columns, cursor.fetchall() if columns else [])
+            described = cursor.description or []
+            columns = [d[0] for d in described]
+            json_typed = tuple(str(d[1]) == "JSON" for d in described)
+            return QueryResult(columns, cursor.fetchall() if columns else [], json_typed)
         except duckdb.Error as err:
             raise QueryError(_first_line(err)) from None
 
