@@ -448,13 +448,6 @@ def test_tracking_uris_accepted() -> None:
         assert TelemetrySettings(mlflow=uri).mlflow == uri
 
 
-def test_the_report_path_is_where_esper_report_writes() -> None:
-    from esper.cli.report import REPORT_DIR
-    from esper.karn.report import REPORT_FILE
-
-    assert Path(REPORT_DIR) / REPORT_FILE == REPORT
-
-
 @pytest.mark.parametrize("uri", ["http://[::1", "https://[zz]:80"])
 def test_a_url_with_a_malformed_host_is_one_line(tmp_path, capsys, uri) -> None:
     """A bracketed host that is no IPv6 address: urllib's ValueError was a traceback."""

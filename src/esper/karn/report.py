@@ -56,8 +56,8 @@ from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import display
+from esper.nissa.record import REPORT_FILE
 
-REPORT_FILE = "report.html"
 DPI = 100
 WIDTH_IN, HEIGHT_IN = 9.6, 3.84
 """Figure size: 9.6 x 3.84 inch at ``DPI`` -> 960 x 384 px, wide enough for the legend beside

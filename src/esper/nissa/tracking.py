@@ -38,7 +38,7 @@ RUN_ID_FILE = "mlflow_run_id"
 EXPERIMENT = "esper"
 """The MLflow experiment every run goes to; ``esper.mode`` and the parameters tell them apart."""
 
-REPORT = Path("report") / "report.html"
+REPORT = Path(record.REPORT_DIR) / record.REPORT_FILE
 """Where ``esper report RUN`` writes the report in the run directory (``esper.cli.report``)."""
 
 STATUS = {

@@ -48,11 +48,8 @@ from esper.nissa.log import (
     read_events,
     shown_name,
 )
-from esper.nissa.record import REPORT_DIR
+from esper.nissa.record import REPORT_DIR, REPORT_FILE
 from esper.study import stats
-
-REPORT_FILE = "report.html"
-"""The study report's file, in the study directory."""
 
 RUN_REPORT = Path(REPORT_DIR) / REPORT_FILE
 """Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
