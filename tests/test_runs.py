@@ -189,6 +189,11 @@ def test_query_formats(recorded_runs, capsys) -> None:
     rows = _query(capsys, f"{sql} LIMIT 1", recorded_runs["heuristic"])
     logged = next(r for r in _records(recorded_runs["heuristic"]) if r["event"] == "EpochCompleted")
     assert rows[0]["slots"] == logged["slots"] and rows[0]["record"] == logged
+    # JSON that DuckDB takes and Python cannot parse stays its text (it was a traceback)
+    big = "('[' || repeat('9', 5000) || ']')::JSON AS big"
+    deep = "(repeat('[', 3000) || repeat(']', 3000))::JSON AS deep"
+    rows = _query(capsys, f"SELECT {big}, {deep}", recorded_runs["static"])
+    assert rows == [{"big": f"[{'9' * 5000}]", "deep": "[" * 3000 + "]" * 3000}]
 
 
 def test_a_truncated_last_line_is_reported_and_skipped(tmp_path, recorded_runs, capsys) -> None:
@@ -268,7 +273,13 @@ def test_names_and_strings_that_are_no_utf8_are_queried(tmp_path, recorded_runs,
     lines[at] = lines[at].replace('"reason": "', '"reason": "\\udcff', 1)
     (run / "events.jsonl").write_text("\n".join(lines) + "\n")
     rows = _query(capsys, "SELECT run, path FROM runs", run)
-    assert rows == [{"run": "run\N{REPLACEMENT CHARACTER}", "path": f"{tmp_path}/run?"}]
+    assert rows == [{"run": "run\\xff", "path": f"{tmp_path}/run\\xff"}]
+    # two such names stay two runs (shown alike as U+FFFD, they were taken for one)
+    shutil.copytree(run, tmp_path / os.fsdecode(b"run\xfe"))
+    sql = "SELECT run, count(*) AS n FROM epochs GROUP BY run ORDER BY run"
+    epochs = sum('"EpochCompleted"' in line for line in lines)
+    rows = _query(capsys, sql, tmp_path)
+    assert rows == [{"run": "run\\xfe", "n": epochs}, {"run": "run\\xff", "n": epochs}]
     rows = _query(capsys, "SELECT reason FROM actions", run)
     assert len(rows) == sum('"ActionTaken"' in line for line in lines)
     assert rows[0]["reason"].startswith("?") and not rows[1]["reason"].startswith("?")

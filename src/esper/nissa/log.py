@@ -498,10 +498,15 @@ def open_run(path: Path) -> RunDirectory:
 
 def shown_name(path: Path) -> str:
     """``path``'s own name as text that tables, pages and plots can show: the last part of its
-    absolute path (so ``.`` is named), bytes that are no UTF-8 as U+FFFD (a directory that
-    Esper did not name; matplotlib and HTML cannot take the surrogates Python keeps them as)."""
-    name = Path(os.path.abspath(path)).name or str(path)  # "/" has no name
-    return os.fsencode(name).decode("utf-8", errors="replace")
+    absolute path (so ``.`` is named), bytes that are no UTF-8 as ``\\xff`` (a directory that
+    Esper did not name; matplotlib and HTML cannot take the surrogates Python keeps them as,
+    and two such names stay apart)."""
+    return shown_path(Path(Path(os.path.abspath(path)).name or str(path)))  # "/" has no name
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as text, bytes that are no UTF-8 as ``\\xff`` (see ``shown_name``)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def run_candidates(directory: Path) -> list[Path]:

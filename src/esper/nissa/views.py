@@ -68,6 +68,7 @@ from esper.nissa.log import (
     find_runs,
     open_run,
     read_events,
+    shown_path,
 )
 
 if TYPE_CHECKING:
@@ -263,7 +264,8 @@ class RunStore:
         names = [run.name for run in runs]
         # The run column is the directory's name, or its path where two runs share a name.
         self.labels = {
-            run.path: run.name if names.count(run.name) == 1 else str(run.path) for run in runs
+            run.path: run.name if names.count(run.name) == 1 else shown_path(run.path)
+            for run in runs
         }
         no_extensions: dict[str, str | bool | int | float | list[str]] = {
             "autoinstall_known_extensions": False,
@@ -284,9 +286,9 @@ class RunStore:
 
     def _fill(self, warn: Callable[[str], None]) -> None:
         with tempfile.TemporaryDirectory(prefix="esper-views-") as tmp:
-            # ensure_ascii=False with errors="replace": a lone surrogate (a path or a logged
-            # string holding bytes that are no UTF-8) is written as "?", where its \\u escape
-            # would be JSON that DuckDB refuses to read.
+            # ensure_ascii=False with errors="replace": a lone surrogate (a logged string
+            # holding bytes that are no UTF-8) is written as "?", where its \\u escape would be
+            # JSON that DuckDB refuses to read. Paths and labels are shown_path's already.
             files = {
                 name: (Path(tmp) / f"{name}.jsonl").open("w", encoding="utf-8", errors="replace")
                 for name in VIEW_NAMES
@@ -301,7 +303,7 @@ class RunStore:
                         )
                     row: dict[str, Any] = {"run": self.labels[run.path], "mode": run.mode}
                     row |= {"task": run.task, "seed": run.seed, "status": run.status}
-                    files["runs"].write(_line({**row, "path": str(run.path)}))
+                    files["runs"].write(_line({**row, "path": shown_path(run.path)}))
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
                         files[view].write(_line(_fitted(view, row, run.events_path)))
                 for study in self.studies:
