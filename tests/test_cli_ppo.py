@@ -217,16 +217,12 @@ def test_an_eval_config_policy_that_is_not_a_path_is_one_line(tmp_path, capsys, 
         ),
         (["ppo", "--ppo.rounds", "1", "--ppo.rounds", "2"], "--ppo.rounds is given 2 times"),
         (
-            [
-                "heuristic",
-                "--task",
-                "synthetic",
-                "--training.batch_size",
-                "8",
-                "--training.batch-size",
-                "16",
-            ],
-            "--training.batch-size is given 2 times",
+            ["heuristic", "--task", "synthetic", "--batch_size", "8", "--batch-size", "16"],
+            "--batch_size and --batch-size are both given; give one",
+        ),
+        (
+            ["heuristic", "--task", "synthetic", "--shapley", "--no-shapley"],
+            "--shapley and --no-shapley are both given; give one",
         ),
     ],
 )

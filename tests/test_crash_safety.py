@@ -398,6 +398,9 @@ def _tiny_run(out: Path) -> subprocess.Popen[bytes]:
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python
+        # keeps it so: the Ctrl-C test needs the child as a terminal would start it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

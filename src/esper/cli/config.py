@@ -113,6 +113,28 @@ def refuse_repeats(argv: list[str], flags: tuple[str, ...]) -> None:
         raise UserError(f"{repeated[0]} is given {seen.count(repeated[0])} times; give it once")
 
 
+def _refuse_repeated_flags(argv: list[str]) -> None:
+    """Refuse a flag given twice, spelt with ``-`` or ``_``, or as ``--x`` and ``--no-x``:
+    tyro would take the last silently (``--epochs 1 --epochs 2`` ran 2 epochs).
+
+    Raises:
+        UserError: naming the flag, or the two spellings that contradict each other.
+    """
+    spelt: dict[str, list[str]] = {}
+    for item in argv:
+        given = item.partition("=")[0]
+        if not given.startswith("--") or given == "--":
+            continue
+        head, dot, last = given[2:].replace("_", "-").rpartition(".")
+        spelt.setdefault(f"{head}{dot}{last.removeprefix('no-')}", []).append(given)
+    repeated = next((g for g in spelt.values() if len(g) > 1), None)
+    if repeated is None:
+        return
+    if len(set(repeated)) == 1:
+        raise UserError(f"{repeated[0]} is given {len(repeated)} times; give it once")
+    raise UserError(f"{' and '.join(dict.fromkeys(repeated))} are both given; give one")
+
+
 def layered(base: C, options: RunOptions) -> C:
     """``base`` with ``--config FILE`` applied.
 
@@ -182,8 +204,7 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, defa
     Raises:
         UserError: for an unknown flag, a value of the wrong type, or one the dataclass refuses.
     """
-    flags = [i.partition("=")[0].replace("_", "-") for i in argv if i.startswith("--")]
-    refuse_repeats(flags, tuple(dict.fromkeys(flags)))  # tyro would take the last silently
+    _refuse_repeated_flags(argv)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
