@@ -20,7 +20,8 @@ import torch
 
 from conftest import cnn_host, grow
 from esper.kasmina import CheckpointError, MorphogeneticModel, load_model, save_model
-from esper.leyline import TORCH_LOAD_ERRORS, SeedStage, load_untrusted
+from esper.leyline import SeedStage
+from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 
 
 def _model_file_bytes(tmp_path) -> bytes:

@@ -21,9 +21,9 @@ import torch
 from esper.kasmina.errors import CheckpointError
 from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import TORCH_LOAD_ERRORS, load_untrusted
 from esper.leyline.config import json_reason
 from esper.leyline.files import atomic_write, read_regular
+from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 
 FORMAT = "esper-model"
 VERSION = 1

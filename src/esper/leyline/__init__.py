@@ -33,7 +33,6 @@ from esper.leyline.lifecycle import (
     SEED_MODULE_STAGES,
     VALID_TRANSITIONS,
 )
-from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.leyline.slots import ordered_slots, slot_names
 from esper.leyline.stages import (
     AlphaCurve,
@@ -54,7 +53,6 @@ __all__ = [
     "OP_STAGES",
     "RETIRED_STAGES",
     "SEED_MODULE_STAGES",
-    "TORCH_LOAD_ERRORS",
     "VALID_TRANSITIONS",
     "Action",
     "AlphaCurve",
@@ -73,7 +71,6 @@ __all__ = [
     "Topology",
     "TrainingSignals",
     "atomic_write",
-    "load_untrusted",
     "ordered_slots",
     "slot_names",
 ]
