@@ -678,19 +678,24 @@ def test_json_files_never_hold_nan(tmp_path) -> None:
 
 def test_help_and_the_run_views_do_not_load_torch(recorded_runs) -> None:
     """torch takes about 1.7 s to import; the run record pulled it in through the Leyline
-    package (its checkpoint loader), so ``esper --help`` and ``esper runs list`` took ~1.9 s.
-    They run without it now (and in ~0.2 s)."""
+    package (its checkpoint loader), so ``esper --help`` and ``esper runs list`` took ~1.9 s,
+    and ``esper tui`` loaded the run code for ``--tui``'s sake. They run without it now."""
     code = (
         "import sys\n"
         "from esper.cli.main import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert main(['runs', 'list', sys.argv[1]]) == 0\n"
         "assert main(['runs', 'show', sys.argv[2]]) == 0\n"
+        "assert main(['tui', sys.argv[2]]) == 2  # it reads the run, then finds no terminal\n"
         "print('LOADED' if 'torch' in sys.modules else 'CLEAN')\n"
     )
     runs = [str(recorded_runs["static"].parent), str(recorded_runs["static"])]
     result = subprocess.run(
-        [sys.executable, "-c", code, *runs], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, *runs],
+        capture_output=True,
+        text=True,
+        check=True,
+        stdin=subprocess.DEVNULL,
     )
     assert result.stdout.strip().endswith("CLEAN")
 

@@ -27,13 +27,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from esper.cli.config import RunOptions
 from esper.karn.tui import RunApp, catch_up
 from esper.leyline.config import UserError
 from esper.leyline.files import RefusedFileError, open_regular
 from esper.nissa.log import EVENTS_FILE, EventTail, RunDirectory, open_run
+
+if TYPE_CHECKING:
+    from esper.cli.config import RunOptions  # loads the run code (torch): for --tui only
 
 CONSOLE_LOG = "console.log"
 """The child's stdout and stderr, in its run directory."""
