@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esper.data.dataset import DatasetNotFoundError, DownloadError
+from esper.leyline.files import file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -146,17 +147,16 @@ def _is_file(files: DatasetFiles, path: Path) -> bool:
 
 
 def _mode(files: DatasetFiles, path: Path) -> int | None:
-    """``path``'s ``st_mode`` (links followed), None where nothing is there (``os.stat``: how
-    ``Path.exists`` treats a refusal differs between Python versions).
+    """``path``'s ``st_mode`` (``leyline.files.file_mode``), None where nothing is there.
 
     Raises:
         DatasetNotFoundError: a directory above ``path`` cannot be searched (``_refused``).
     """
     try:
-        return os.stat(path).st_mode
+        return file_mode(path)
     except PermissionError as err:
         raise _refused(files, path, err) from None
-    except OSError:  # missing, a file in the way, a link loop: not there
+    except OSError:  # e.g. a name too long for the file system: nothing there either
         return None
 
 
@@ -171,13 +171,13 @@ def _refused(files: DatasetFiles, path: Path, err: OSError) -> DatasetNotFoundEr
 
 
 def _searchable(path: Path) -> bool:
-    """Whether ``os.stat`` reaches ``path`` (false only when a directory above it refuses)."""
+    """Whether a directory above ``path`` lets it be looked at (it need not exist)."""
     try:
-        os.stat(path)
+        file_mode(path)
     except PermissionError:
         return False
     except OSError:
-        return True  # missing is not refused
+        pass  # not refused
     return True
 
 

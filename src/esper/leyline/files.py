@@ -167,6 +167,24 @@ def write_new_file(path: str | os.PathLike[str], data: bytes | str) -> None:
     os.close(fd)
 
 
+def file_mode(path: Path) -> int | None:
+    """``path``'s ``st_mode`` (links followed), None where nothing is there.
+
+    Raises:
+        PermissionError: it cannot be looked at (a directory above it without search
+            permission). ``Path.exists`` and ``is_file`` raise it on Python 3.11 only; later
+            ones answer False, which took an unreadable run for a missing one.
+    """
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None  # a link loop leads to no file
+        raise
+
+
 def remove_temporaries(directory: Path, names: Iterable[str] | None = None) -> list[Path]:
     """Remove the temporary files (``.NAME.tmp-*``) that writers killed mid-write left in
     ``directory``: of every NAME, or only of ``names`` (a writer sweeping up after itself

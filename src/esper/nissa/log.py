@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from esper.leyline.config import json_reason
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
-from esper.leyline.files import open_regular
+from esper.leyline.files import file_mode, open_regular
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR
 
@@ -37,7 +37,6 @@ from esper.nissa.record import (
     UNFINISHED,
     RunRecordError,
     RunSummary,
-    file_mode,
     is_study,
     not_a_run,
     read_config,

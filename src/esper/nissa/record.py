@@ -29,7 +29,6 @@ message is one line naming the file.
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import json
@@ -63,6 +62,7 @@ from esper.leyline.files import (
     DiskFullError,
     atomic_write,
     disk_full,
+    file_mode,
     fsync_directory,
     is_disk_full,
     not_regular,
@@ -544,24 +544,6 @@ def read_summary(run_dir: Path) -> RunSummary | None:
             (garbage, missing or unknown keys, wrong types).
     """
     return read_record(run_dir / SUMMARY_FILE, RunSummary, "an Esper run summary")
-
-
-def file_mode(path: Path) -> int | None:
-    """``path``'s ``st_mode`` (links followed), None where nothing is there.
-
-    Raises:
-        PermissionError: it cannot be looked at (a directory above it without search
-            permission). ``Path.exists`` and ``is_file`` raise it on Python 3.11 only; later
-            ones answer False, which took an unreadable run for a missing one.
-    """
-    try:
-        return path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return None  # a link loop leads to no file
-        raise
 
 
 def is_run_directory(path: Path) -> bool:
