@@ -115,6 +115,16 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
     assert "is a finished run of other settings than the study gives trial" in printed
     assert "(run -> study: training.epochs: 6 -> 7)" in printed
+    # A trial's summary.json copied from another trial (its score was taken for the trial's).
+    copied = tmp_path / "copy" / TRIALS_DIR
+    own = copied / "synthetic.grow.seed0" / "summary.json"
+    shutil.copyfile(copied / "synthetic.grow.seed1" / "summary.json", own)
+    before = own.read_bytes()
+    code, printed = _dry_run_of_a_copy(path, capsys, {})
+    assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
+    assert f"trial run {str(copied / 'synthetic.grow.seed0')!r}: " in printed
+    assert "is the summary of another run (periodic run 'synthetic.grow.seed1'" in printed
+    assert own.read_bytes() == before
 
 
 def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_session, capsys):

@@ -53,6 +53,7 @@ from esper.leyline.trials import (
     TrialRow,
 )
 from esper.nissa import record
+from esper.nissa.log import open_run
 from esper.simic.config import TrainingConfig
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.plan import (
@@ -104,7 +105,7 @@ def run_job(job: Job) -> TrialRow | None:
     """
     directory = Path(job.directory)
     resume = directory if record.is_run_directory(directory) else None
-    if resume is not None and record.run_status(resume) in FINISHED:
+    if finished_summary(directory) is not None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
         return None if job.mode == "ppo" else trial_row(job.trial, directory)
     out = None if resume is not None else directory
@@ -136,10 +137,34 @@ def trial_device() -> torch.device:
     return torch.device("cuda", 0) if gpu else torch.device("cpu")
 
 
+def finished_summary(directory: Path) -> record.RunSummary | None:
+    """The summary of the run in ``directory`` if it has finished; None when there is no run
+    there or it has not finished.
+
+    Raises:
+        UserError: its ``summary.json`` is malformed, or is another run's (copied in: its
+            figures would be taken for the trial's).
+    """
+    if not record.is_run_directory(directory):
+        return None
+    try:
+        summary = record.read_summary(directory)
+        if summary is None or summary.status not in FINISHED:
+            return None
+        open_run(directory)  # checks the summary against the run's own first event
+    except record.RunRecordError as err:  # RunDirectoryError included
+        raise UserError(f"trial run {str(directory)!r}: {err}") from None
+    return summary
+
+
 def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
-    """The result of a finished growth trial, from its ``summary.json``; None if unfinished."""
-    summary = record.read_summary(directory) if record.is_run_directory(directory) else None
-    if summary is None or summary.status not in FINISHED or summary.growth is None:
+    """The result of a finished growth trial, from its ``summary.json``; None if unfinished.
+
+    Raises:
+        UserError: see ``finished_summary``.
+    """
+    summary = finished_summary(directory)
+    if summary is None or summary.growth is None:
         return None
     g = summary.growth
     test = g.test
@@ -289,7 +314,7 @@ class StudyDriver:
             raise UserError(f"trial {trial.name}: {problem}; give it read permission again")
         if problem is not None:
             return False
-        return record.run_status(directory) in FINISHED
+        return finished_summary(directory) is not None
 
     def _check_settings(self, trial: Trial) -> None:
         """A finished trial's run holds the configuration the study gives the trial now, but
