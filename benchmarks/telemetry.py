@@ -387,11 +387,11 @@ def run_store(work: Workload, logs: dict[str, Path], root: Path) -> None:
         store = RunStore(runs, warnings.append)
         query_ms = []
         for sql in QUERIES:
-            store.query(sql)  # warm-up
+            list(store.query(sql).rows)  # warm-up
             times = []
             for _ in range(max(work.repeats, 5)):
                 started = time.perf_counter()
-                rows = store.query(sql).rows
+                rows = list(store.query(sql).rows)
                 times.append(time.perf_counter() - started)
             assert rows, f"{sql} returned no rows"
             query_ms.append(1e3 * statistics.median(times))

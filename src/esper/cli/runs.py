@@ -11,7 +11,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esper.leyline.config import UserError
 from esper.nissa.fold import fold
@@ -24,6 +24,9 @@ from esper.nissa.log import (
     scan_runs,
 )
 from esper.nissa.record import EVENTS_FILE, RunRecordError, read_meta, strict_json
+
+if TYPE_CHECKING:
+    from esper.nissa.views import QueryResult
 
 
 def path_arg(text: str) -> Path:
@@ -191,14 +194,25 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
         raise UserError(f"query failed: {err}") from None
     try:
         result = store.query(sql)
+        _print_result(result, fmt)  # rows are fetched as they are written: the store stays open
     except QueryError as err:
         raise UserError(f"query failed: {err}") from err
     finally:
         store.close()
+    return 0
+
+
+def _print_result(result: QueryResult, fmt: str) -> None:
+    """Write ``result`` to stdout as ``fmt`` (csv, json: a row per line as it comes; table:
+    aligned columns, so whole).
+
+    Raises:
+        QueryError: DuckDB failed on a later row (what was written before it stays written).
+    """
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(result.columns)
-        writer.writerows([["" if v is None else v for v in row] for row in result.rows])
+        writer.writerows(["" if v is None else v for v in row] for row in result.rows)
     elif fmt == "json":
         repeated = sorted({c for c in result.columns if result.columns.count(c) > 1})
         if repeated:  # a JSON object keeps one value per name: the others would be lost
@@ -216,8 +230,7 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
     elif result.columns:
         cells = [[display(v) for v in row] for row in result.rows]
         print(format_table(result.columns, cells))
-        print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
-    return 0
+        print(f"({len(cells)} row{'s' if len(cells) != 1 else ''})")
 
 
 def _nested(text: str) -> Any:

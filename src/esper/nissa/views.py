@@ -145,13 +145,22 @@ class QueryError(ValueError):
     """DuckDB rejected a query (the message is DuckDB's, on one line)."""
 
 
+FETCH_ROWS = 10_000
+"""Rows a query's answer is fetched in at a time (``QueryResult.rows``): a huge answer is
+written out as it comes rather than held whole (2M rows as Python tuples took 0.7 GB)."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     """Column names and rows of a query; ``json``: which columns are of DuckDB's ``JSON`` type
-    (their values are JSON text)."""
+    (their values are JSON text).
+
+    ``rows`` are fetched as they are read, ``FETCH_ROWS`` at a time, so the store must stay open
+    until they have been; reading them raises ``QueryError`` where DuckDB fails on a later row
+    (a cast of a value that does not fit, say)."""
 
     columns: list[str]
-    rows: list[tuple[Any, ...]]
+    rows: Iterator[tuple[Any, ...]]
     json: tuple[bool, ...] = ()
 
 
@@ -357,14 +366,32 @@ class RunStore:
             if cursor is None:  # DuckDB's answer to a text without a statement
                 raise QueryError(f"no SQL statement in {sql!r}; e.g. SELECT * FROM runs")
             described = cursor.description or []
-            columns = [d[0] for d in described]
-            json_typed = tuple(str(d[1]) == "JSON" for d in described)
-            return QueryResult(columns, cursor.fetchall() if columns else [], json_typed)
         except duckdb.Error as err:
             raise QueryError(_first_line(err)) from None
+        columns = [d[0] for d in described]
+        json_typed = tuple(str(d[1]) == "JSON" for d in described)
+        return QueryResult(columns, _fetched(cursor) if columns else iter(()), json_typed)
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _fetched(cursor: Any) -> Iterator[tuple[Any, ...]]:
+    """A cursor's rows, ``FETCH_ROWS`` at a time.
+
+    Raises:
+        QueryError: DuckDB failed while producing them (one line).
+    """
+    import duckdb
+
+    while True:
+        try:
+            rows = cursor.fetchmany(FETCH_ROWS)
+        except duckdb.Error as err:
+            raise QueryError(_first_line(err)) from None
+        if not rows:
+            return
+        yield from rows
 
 
 def _line(row: dict[str, Any]) -> str:
