@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from esper.cli.knowledge import add_knowledge_parser
-from esper.cli.runs import path_arg
+from esper.cli.runs import TABLE_ROWS, path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
 from esper.leyline.files import WriteError
 from esper.leyline.trials import REPS_RANGE
@@ -108,7 +108,11 @@ def _add_view_parsers(sub: Any) -> None:
         help="run directories, or directories of runs (default: runs/)",
     )
     query.add_argument(
-        "--format", choices=("table", "csv", "json"), default="table", help="output format"
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help=f"output format (table: at most the first {TABLE_ROWS} rows, and the count; csv "
+        "and json: every row)",
     )
     report = sub.add_parser(
         "report", help="write report.html with plots for a run, or for a study and its arms"
