@@ -1175,6 +1175,30 @@ def test_a_run_named_with_a_line_break_is_served(
     assert response.json() == folded(tmp_path / "new\nline", "new\nline")
 
 
+def test_names_that_are_no_utf8_are_listed_and_served(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """A run, a study or the runs directory named with bytes that are no UTF-8 made
+    ``/api/runs``, ``/api/studies`` or ``/api/meta`` a 500 (JSON cannot carry the surrogates
+    Python keeps them as), and the page showed nothing. They are named as ``runs list`` names
+    them, and served under that name."""
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/dir\xfe"))
+    copy_run(recorded_runs["static"], root / os.fsdecode(b"bad\xff"))
+    write_study(root / os.fsdecode(b"st\xfd"), recorded_runs)
+    client = local_client(root, study_table=lambda directory: [])
+    assert client.get("/api/meta").json()["runs_dir"] == f"{tmp_path}/dir\\xfe"
+    names = {run["name"] for run in client.get("/api/runs").json()["runs"]}
+    assert "bad\\xff" in names and "st\\xfd/synthetic.static.seed0" in names and len(names) == 5
+    assert client.get("/api/studies").json() == {"studies": ["st\\xfd"]}
+    assert client.get("/api/studies/st%5Cxfd").json()["error"] is None
+    response = client.get("/api/runs/bad%5Cxff/snapshot")
+    assert response.status_code == 200
+    assert response.json() == folded(root / os.fsdecode(b"bad\xff"), "bad\\xff")
+    # A study served by itself is named too.
+    study = local_client(root / os.fsdecode(b"st\xfd"), study_table=lambda directory: [])
+    assert study.get("/api/studies").json() == {"studies": ["st\\xfd"]}
+
+
 def test_a_404_does_not_echo_a_long_name(tmp_path: Path) -> None:
     client = local_client(tmp_path)
     for path in ("/api/runs/" + "x" * 20_000 + "/snapshot", "/api/studies/" + "y" * 20_000):

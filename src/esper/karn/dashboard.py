@@ -86,6 +86,8 @@ from esper.nissa.log import (
     check_runs_dir,
     open_run,
     run_candidates,
+    shown_name,
+    shown_path,
 )
 from esper.nissa.record import EVENTS_FILE, is_study, strict_json
 
@@ -149,11 +151,11 @@ def studies(runs_dir: Path) -> dict[str, Path]:
     study directories directly inside it whose path and trials folder, links resolved, stay
     inside it."""
     if is_study(runs_dir):
-        return {runs_dir.name: runs_dir}
+        return {shown_name(runs_dir): runs_dir}
     if not runs_dir.is_dir():
         return {}
     return {
-        child.name: child
+        shown_name(child): child
         for child in sorted(runs_dir.iterdir())
         if confine(child, runs_dir) is not None
         and confine(child / TRIALS_DIR, runs_dir) is not None
@@ -174,17 +176,19 @@ def run_paths(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
     """Every run the dashboard serves, by name, with the study it is a trial of (or None).
 
     The runs of ``run_candidates`` (a study's trials when ``runs_dir`` is one) under their
-    directory's name, then the trials of each study inside ``runs_dir`` as ``study/trial``. Only a
-    name listed here is ever served (``run_candidates`` opens nothing, so one unreadable run
-    hides no other).
+    directory's name (``shown_name``: JSON and URLs carry it even when the bytes are no UTF-8),
+    then the trials of each study inside ``runs_dir`` as ``study/trial``. Only a name listed
+    here is ever served (``run_candidates`` opens nothing, so one unreadable run hides no
+    other).
     """
     candidates = run_candidates(runs_dir)  # first: it says so when runs_dir cannot be read
-    own = runs_dir.name if is_study(runs_dir) else None
-    found = {path.name: (path, own) for path in candidates}
+    own = shown_name(runs_dir) if is_study(runs_dir) else None
+    found = {shown_name(path): (path, own) for path in candidates}
     if own is None:
         for name, study in studies(runs_dir).items():
             try:
-                found |= {f"{name}/{path.name}": (path, name) for path in run_candidates(study)}
+                trials = run_candidates(study)
+                found |= {f"{name}/{shown_name(path)}": (path, name) for path in trials}
             except RunDirectoryError:  # its trials cannot be read: one entry says so
                 found[f"{name}/{TRIALS_DIR}"] = (study / TRIALS_DIR, name)
     return found
@@ -430,7 +434,7 @@ class _Api:
     async def meta(self, request: Request) -> JSONResponse:
         return JSONResponse(
             {
-                "runs_dir": str(self.runs_dir),
+                "runs_dir": shown_path(self.runs_dir),
                 "stages": [stage.value for stage in SeedStage],
                 "stage_colours": {stage.value: STAGE_COLOURS[stage] for stage in SeedStage},
                 "mark_colours": dict(MARK_COLOURS),
