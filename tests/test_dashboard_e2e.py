@@ -215,6 +215,23 @@ def test_a_compared_run_is_drawn_with_the_picked_one(site: str, open_page: Any) 
     fits(page, "heuristic-vs-static-1400")
 
 
+def test_an_address_that_is_no_percent_encoding_opens_the_newest_run(
+    site: str, open_page: Any
+) -> None:
+    """``#run=%`` threw a URIError: "The dashboard could not start"; on a loaded page the
+    change of address threw and nothing happened. (The page's script errors fail the test.)"""
+    page = open_page(site)
+    newest = page.request.get(f"{site}api/runs").json()["newest"]
+    for address in ("#run=%", "#study=%E0%A4%A"):
+        page.goto(f"{site}{address}")
+        expect(page.locator("#run-picker")).to_have_value(newest)
+        expect(page.locator("#run-view")).to_be_visible()
+    page.goto(f"{site}#run=heuristic")
+    expect(page.locator("#run-picker")).to_have_value("heuristic")
+    page.evaluate("location.hash = '#run=%zz'")
+    expect(page.locator("#run-picker")).to_have_value(newest)
+
+
 def test_a_foreign_host_gets_a_403(site: str, open_page: Any) -> None:
     page = open_page(site)
     page.goto(site)

@@ -741,10 +741,21 @@ async function fetchStudy() {
   drawStudy();
 }
 
+// The NAME of an address #KEY=NAME, "" for another key or a NAME that is no percent-encoded
+// text (#run=% threw a URIError and the page never started).
+function addressed(key) {
+  const prefix = `#${key}=`;
+  if (!location.hash.startsWith(prefix)) return "";
+  try {
+    return decodeURIComponent(location.hash.slice(prefix.length));
+  } catch (err) {
+    return "";
+  }
+}
+
 // The address says what is shown: #run=NAME, #study=NAME, or nothing (the newest run).
 function route() {
-  const hash = location.hash;
-  const study = hash.startsWith("#study=") ? decodeURIComponent(hash.slice(7)) : "";
+  const study = addressed("study");
   $("study-view").hidden = !study;
   $("run-view").hidden = Boolean(study);
   $("study-picker").value = study;
@@ -762,7 +773,7 @@ function route() {
     return;
   }
   page.study = { name: "", data: null };
-  const wanted = hash.startsWith("#run=") ? decodeURIComponent(hash.slice(5)) : "";
+  const wanted = addressed("run");
   const name = page.runs.has(wanted) ? wanted : page.newest || "";
   $("run-picker").value = name;
   if (name !== page.name || !page.source) connect(name);
