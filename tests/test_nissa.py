@@ -509,6 +509,29 @@ def test_the_log_sink_cuts_a_partial_last_line_before_appending(tmp_path: Path, 
     ]
 
 
+@pytest.mark.parametrize("written", [0, 1, 3])
+def test_a_tail_reads_on_over_a_partial_line_a_resume_cut_off(tmp_path: Path, written) -> None:
+    """A run crashed mid-line; its resume cut the partial line off and appended ``written``
+    lines. A tail that had read up to the partial line skipped as many bytes of them (the
+    dashboard's stream then failed on a line glued from two), or called a log that shrank
+    rewritten."""
+    path = tmp_path / "events.jsonl"
+    path.write_text(_line() + "\n" + _line("RunFinished") + "\n" + '{"t": 3.0, "event": "Ep')
+    tail = EventTail(path)
+    assert [r.name for r in tail.events()] == ["RunStarted", "RunFinished"]
+    sink = JsonlSink(path)  # the resumed run's log
+    assert sink.cut == b'{"t": 3.0, "event": "Ep'
+    for epoch in range(1, written + 1):
+        sink.write(_record(_epoch(epoch)))
+    sink.close()
+    read = tail.events()
+    assert [r.name for r in read] == ["EpochCompleted"] * written
+    assert [r.event.epoch for r in read] == list(range(1, written + 1))
+    path.write_text(_line()[:5])  # below the complete lines read: rewritten
+    with pytest.raises(EventLogError, match="shrank"):
+        tail.events()
+
+
 def test_resuming_a_run_that_crashed_mid_line(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["heuristic", "--task", "synthetic", "--epochs", "2", "--out", str(out)]) == 0

@@ -273,8 +273,9 @@ class EventTail:
     last.
 
     A line is returned only once its newline has been written, so a line being written is never
-    half-read. The file may not exist yet (a run that is still starting): ``events`` returns
-    nothing.
+    half-read; each call reads again from the end of the last complete line, so a partial line
+    that a resumed run cut off (``JsonlSink``) and wrote over is read as what replaced it. The
+    file may not exist yet (a run that is still starting): ``events`` returns nothing.
 
     Args:
         path: the ``events.jsonl`` file.
@@ -287,7 +288,7 @@ class EventTail:
         self.open_log = open_log
         self.offset = 0  # bytes consumed, up to the end of the last complete line
         self.lines = 0  # complete lines consumed
-        self.partial = b""  # bytes after the last newline (a line still being written)
+        self.partial = b""  # bytes after the last newline (a line still being written), as read
         self.error: EventLogError | None = None  # a malformed line, raised from then on
         self.caught_up = False  # whether the last call read to the end of the file
 
@@ -312,13 +313,12 @@ class EventTail:
         try:
             with self.open_log(self.path) as f:
                 size = os.fstat(f.fileno()).st_size
-                start = self.offset + len(self.partial)
-                if size < start:
+                if size < self.offset:  # below complete lines: not a partial line cut off
                     raise EventLogError(
-                        f"{self.path}: the event log shrank from {start} to {size} bytes "
+                        f"{self.path}: the event log shrank from {self.offset} to {size} bytes "
                         "(it was rewritten)"
                     )
-                f.seek(start)
+                f.seek(self.offset)
                 data, self.caught_up = self._take(f, max_bytes)
         except FileNotFoundError:
             if self.offset or self.partial:  # read before: the run was removed or moved
@@ -328,7 +328,7 @@ class EventTail:
             return []
         except OSError as err:
             raise EventLogError(f"{self.path}: cannot read ({err.strerror})") from None
-        *complete, self.partial = (self.partial + data).split(b"\n")
+        *complete, self.partial = data.split(b"\n")
         found = []
         for raw in complete:
             self.lines += 1
@@ -353,7 +353,7 @@ class EventTail:
         size = 0
         while size < max_bytes:
             raw = f.readline(MAX_LINE_BYTES + 1)
-            if len(raw) + len(self.partial) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 raise EventLogError(
                     f"{self.path}:{self.lines + len(taken) + 1}: a line longer than "
                     f"{MAX_LINE_BYTES} bytes is not an event"
