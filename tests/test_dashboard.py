@@ -696,6 +696,25 @@ def test_bad_runs_dir_is_one_line_naming_it(
     assert ("does not exist" if kind == "missing" else "is not a directory") in line
 
 
+def test_a_runs_directory_moved_away_while_served_is_a_one_line_503(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """It was a 500 on every request, with a traceback in the server's log, and the page said
+    the server was unreachable."""
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "r1")
+    app = create_app(runs, hosts=accepted_hosts(*LOCAL))
+    client = TestClient(app, f"http://{LOCAL[0]}:{LOCAL[1]}", raise_server_exceptions=False)
+    assert client.get("/api/runs").status_code == 200
+    runs.rename(tmp_path / "moved")
+    for path in ("/api/runs", "/api/runs/r1/snapshot", "/api/runs/r1/events"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert response.text == f"runs directory {str(runs)!r} does not exist", path
+    (tmp_path / "moved").rename(runs)
+    assert [r["name"] for r in client.get("/api/runs").json()["runs"]] == ["r1"]
+
+
 def test_ctrl_c_stops_the_dashboard_cleanly(runs_dir: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

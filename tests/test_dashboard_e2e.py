@@ -245,6 +245,32 @@ def test_a_foreign_host_gets_a_403(site: str, open_page: Any) -> None:
         assert ours.status == 200, path
 
 
+def test_a_runs_directory_moved_away_is_said_and_its_return_followed(
+    tmp_path: Path, recorded_runs: dict[str, Path], open_page: Any
+) -> None:
+    """The page said "server unreachable" while the server was up (its listing was a 500)."""
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "r")
+    server = DashboardServer(
+        runs, open_listener("127.0.0.1", 0), poll_seconds=0.1, snapshot_seconds=0.1
+    )
+    with server.in_background() as url:
+        page = open_page(url)
+        page.goto(url)
+        expect(stat(page, "run")).to_have_text("r")
+        expect(page.locator("#connection")).to_have_text("live")
+        runs.rename(tmp_path / "moved")
+        expect(page.locator("#connection")).to_have_text("stopped")  # its log went with it
+        page.evaluate("refreshRuns()")  # what the page does every few seconds
+        expect(page.locator("#error")).to_have_text(f"runs directory {str(runs)!r} does not exist")
+        expect(page.locator("#connection")).to_have_text("runs directory unavailable")
+        (tmp_path / "moved").rename(runs)
+        page.evaluate("refreshRuns()")
+        expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator("#connection")).to_have_text("live")
+        expect(stat(page, "run")).to_have_text("r")
+
+
 def test_page_follows_a_live_run(
     tmp_path: Path, recorded_runs: dict[str, Path], open_page: Any
 ) -> None:

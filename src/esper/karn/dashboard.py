@@ -194,6 +194,12 @@ def run_paths(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
     return found
 
 
+def _served_runs(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
+    """``run_paths`` of a runs directory that is checked first (``check_runs_dir``)."""
+    check_runs_dir(runs_dir)
+    return run_paths(runs_dir)
+
+
 def list_runs(runs_dir: Path) -> list[RunEntry]:
     """The runs in ``runs_dir`` for the run picker (see ``run_paths``).
 
@@ -443,12 +449,29 @@ class _Api:
         )
 
     async def runs(self, request: Request) -> JSONResponse:
-        listed = await run_in_threadpool(list_runs, self.runs_dir)
+        listed = await self._in_runs_dir(list_runs)
         return JSONResponse({"runs": [asdict(run) for run in listed], "newest": newest(listed)})
 
+    async def _in_runs_dir(self, read: Callable[[Path], _T]) -> _T:
+        """``read(runs_dir)`` in a worker thread.
+
+        Raises:
+            HTTPException: 503 with one line when the runs directory is gone or cannot be read
+                (moved, removed or locked while the server runs: it was a 500 and a traceback).
+        """
+        try:
+            return await run_in_threadpool(read, self.runs_dir)
+        except RunDirectoryError as err:
+            raise HTTPException(503, str(err)) from None
+        except OSError as err:  # it went between the check and the listing
+            where = str(self.runs_dir)
+            why = f"runs directory {where!r} cannot be read ({err.strerror})"
+            raise HTTPException(503, why) from None
+
     async def _locate(self, name: str) -> Path:
-        """The directory of the run ``name`` (a 404 unless listed and inside ``runs_dir``)."""
-        served = await run_in_threadpool(run_paths, self.runs_dir)
+        """The directory of the run ``name`` (a 404 unless listed and inside ``runs_dir``; a
+        503 when the runs directory cannot be read)."""
+        served = await self._in_runs_dir(_served_runs)
         path = served[name][0] if name in served else None
         if path is None or await run_in_threadpool(outside_part, path, self.runs_dir) is not None:
             raise HTTPException(404, f"no run named {_shown(name)} in {str(self.runs_dir)!r}")

@@ -34,6 +34,7 @@ const page = {
   charts: new Map(),   // container id -> {u, layout, extras, height, observer}
   timelineRows: [],
   drawQueued: false,
+  listError: "",       // why /api/runs failed (a 503: the runs directory is gone), shown
 };
 window.esperDashboard = page;  // lets the browser tests read the charts
 
@@ -639,7 +640,14 @@ async function refreshRuns() {
   let listing;
   let studies;
   try {
-    listing = await (await fetch("api/runs")).json();
+    const response = await fetch("api/runs");
+    if (!response.ok) {  // 503: the runs directory was moved, removed or locked
+      page.listError = (await response.text()).trim();
+      showError(page.listError);
+      setConnection("down", "runs directory unavailable");
+      return;
+    }
+    listing = await response.json();
     studies = await (await fetch("api/studies")).json();
   } catch (err) {
     setConnection("down", "server unreachable");
@@ -657,6 +665,13 @@ async function refreshRuns() {
     ...studies.studies.map((name) => el("option", { value: name, textContent: name })));
   studyPicker.value = studies.studies.includes(page.study.name) ? page.study.name : "";
   $("study-choice").hidden = !studies.studies.length;
+  if (page.listError) {  // the runs directory is back: follow what the address names again
+    if ($("error").textContent === page.listError) showError("");
+    page.listError = "";
+    if (page.source) page.source.close();
+    page.source = null;
+    route();
+  }
 }
 
 function bandChart(task, bands, arms) {
