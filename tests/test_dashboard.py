@@ -411,6 +411,19 @@ def test_streams_end_on_client_disconnect_and_on_server_shutdown(runs_dir: Path)
     assert time.monotonic() - started < 3
 
 
+def test_head_of_a_stream_is_its_headers_and_the_connection_goes_on(runs_dir: Path) -> None:
+    """A HEAD of the event stream was answered with a chunked body that never ended: the
+    server polled the log for a client that wanted none, and the connection took no other
+    request."""
+    server = serve(runs_dir)
+    with server.in_background() as url, httpx.Client(timeout=READ_TIMEOUT) as client:
+        head = client.head(f"{url}api/runs/live/events")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"].startswith("text/event-stream")
+        assert client.get(f"{url}api/runs").status_code == 200  # the same connection
+        assert client.head(f"{url}api/runs/nosuchrun/events").status_code == 404
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -477,13 +477,16 @@ class _Api:
             raise HTTPException(404, f"no run named {_shown(name)} in {str(self.runs_dir)!r}")
         return path
 
-    async def events(self, request: Request) -> StreamingResponse:
+    async def events(self, request: Request) -> Response:
         name = request.path_params["name"]
         try:
             skip = parse_last_event_id(request.headers.get("last-event-id"))
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         path = await self._locate(name)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the headers alone: a stream's body would never end
+            return Response(media_type="text/event-stream", headers=headers)
         body = stream_snapshots(
             path / EVENTS_FILE,
             name,
@@ -493,11 +496,7 @@ class _Api:
             stopping=self.stopping,
             interval=self.snapshot_seconds,
         )
-        return StreamingResponse(
-            body,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     async def run_snapshot(self, request: Request) -> Response:
         name = request.path_params["name"]
