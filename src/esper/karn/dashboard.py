@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -383,31 +384,71 @@ class _Tables:
             return cached[1]
 
 
+Curve = dict[int, float | None]
+"""A run's validation accuracy by epoch (``validation_curve``)."""
+
+
+class Curves:
+    """Trials' validation curves (``validation_curve``), folded again only when a trial's log
+    changed (its inode, size or modification time): a finished study's bands read no log on a
+    refresh, however many trials it has (``Folds`` keeps ``FOLDS_KEPT`` runs, and the logs of a
+    study of more trials were all read whole every time).
+
+    Args:
+        folds: where a changed log is folded on from where it was left.
+    """
+
+    def __init__(self, folds: Folds) -> None:
+        self.folds = folds
+        self._known: dict[Path, dict[Path, tuple[tuple[int, int, int], Curve]]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, study: Path, runs: list[Path]) -> dict[Path, Curve]:
+        """The curves of those of ``runs`` (a study's trials) that can be read, by run (call
+        from a thread); the study's cache then holds these runs alone."""
+        with self._lock:
+            before = self._known.get(study, {})
+        known: dict[Path, tuple[tuple[int, int, int], Curve]] = {}
+        for run in runs:
+            try:
+                st = os.stat(run / EVENTS_FILE)
+            except OSError:  # removed, or not there yet: no curve, as an unreadable log
+                continue
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = before.get(run)
+            if cached is not None and cached[0] == signature:
+                known[run] = cached
+                continue
+            try:
+                known[run] = (signature, self.folds.use(run / EVENTS_FILE, validation_curve))
+            except EventLogError:
+                continue  # an unreadable trial has no curve; its run page says why
+        with self._lock:
+            self._known[study] = known
+        return {run: curve for run, (_, curve) in known.items()}
+
+
 def _study_data(
     name: str,
     study: Path,
     rows: list[StudyRow],
     runs_dir: Path,
-    folds: Folds,
+    curves: Curves,
 ) -> dict[str, Any]:
     """``GET /api/studies/{name}``'s body: the rows with the dashboard names of their trials, and
     the band of each row's trials (those served: inside the runs directory, readable)."""
     served = run_paths(runs_dir)
     prefix = "" if study == runs_dir else f"{name}/"
+    names = [[f"{prefix}{run}" for run in row.runs if f"{prefix}{run}" in served] for row in rows]
+    paths = [[served[n][0] for n in row] for row in names]
+    inside = [p for row in paths for p in row if outside_part(p, runs_dir) is None]
+    read = curves.of(study, inside)
     table, bands = [], []
-    for row in rows:
-        names = [f"{prefix}{run}" for run in row.runs if f"{prefix}{run}" in served]
-        table.append({**asdict(row), "runs": names})
-        curves = []
-        for run in names:
-            path = served[run][0]
-            if outside_part(path, runs_dir) is None:
-                try:
-                    curves.append(folds.use(path / EVENTS_FILE, validation_curve))
-                except EventLogError:
-                    continue  # an unreadable trial has no curve; its run page says why
-        if curves:
-            bands.append({"task": row.task, "arm": row.arm, **asdict(band(curves))})
+    for row, row_names, row_paths in zip(rows, names, paths, strict=True):
+        table.append({**asdict(row), "runs": row_names})
+        drawn = [read[p] for p in row_paths if p in read]
+        if drawn:
+            bands.append({"task": row.task, "arm": row.arm, **asdict(band(drawn))})
     return {"name": name, "rows": table, "bands": bands, "error": None}
 
 
@@ -435,6 +476,7 @@ class _Api:
         self.snapshot_seconds = snapshot_seconds
         self.stopping = stopping
         self.folds = Folds(runs_dir)
+        self.curves = Curves(self.folds)
         self.tables = None if study_table is None else _Tables(study_table)
 
     async def meta(self, request: Request) -> JSONResponse:
@@ -528,7 +570,7 @@ class _Api:
         except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
         data = await run_in_threadpool(
-            _study_data, name, found[name], rows, self.runs_dir, self.folds
+            _study_data, name, found[name], rows, self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN
         return JSONResponse(strict_json(data), headers={"Cache-Control": "no-cache"})
 
