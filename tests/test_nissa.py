@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import types
@@ -530,6 +531,21 @@ def test_a_tail_reads_on_over_a_partial_line_a_resume_cut_off(tmp_path: Path, wr
     path.write_text(_line()[:5])  # below the complete lines read: rewritten
     with pytest.raises(EventLogError, match="shrank"):
         tail.events()
+
+
+def test_a_tail_refuses_a_log_replaced_by_another_file(tmp_path: Path) -> None:
+    """Another run's log copied over the one followed was read on from the old offset: a line
+    glued from two, or, where the offset fell on a line boundary, two runs' events mixed."""
+    path = tmp_path / "events.jsonl"
+    path.write_text(_line() + "\n")
+    tail = EventTail(path)
+    assert [r.name for r in tail.events()] == ["RunStarted"]
+    other = tmp_path / "other.jsonl"
+    other.write_text(_line() + "\n" + _line("RunFinished") + "\n")  # longer, line-aligned
+    os.replace(other, path)
+    for _ in range(2):
+        with pytest.raises(EventLogError, match="replaced by another file"):
+            tail.events()
 
 
 def test_resuming_a_run_that_crashed_mid_line(tmp_path: Path, capsys) -> None:

@@ -291,6 +291,7 @@ class EventTail:
         self.partial = b""  # bytes after the last newline (a line still being written), as read
         self.error: EventLogError | None = None  # a malformed line, raised from then on
         self.caught_up = False  # whether the last call read to the end of the file
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file read from
 
     def events(self, max_bytes: int | None = None) -> list[Logged]:
         """Events completed since the last call.
@@ -305,14 +306,16 @@ class EventTail:
 
         Raises:
             EventLogError: a complete line is malformed, the file shrank (it was rewritten),
-                was removed after it was read from, or cannot be read, or a line is longer than
-                ``MAX_LINE_BYTES`` (bounded reads).
+                was replaced by another file or removed after it was read from, or cannot be
+                read, or a line is longer than ``MAX_LINE_BYTES`` (bounded reads).
         """
         if self.error is not None:
             raise self.error
         try:
             with self.open_log(self.path) as f:
-                size = os.fstat(f.fileno()).st_size
+                st = os.fstat(f.fileno())
+                self._check_same_file((st.st_dev, st.st_ino))
+                size = st.st_size
                 if size < self.offset:  # below complete lines: not a partial line cut off
                     raise EventLogError(
                         f"{self.path}: the event log shrank from {self.offset} to {size} bytes "
@@ -344,6 +347,18 @@ class EventTail:
                     raise
                 break
         return found
+
+    def _check_same_file(self, identity: tuple[int, int]) -> None:
+        """Raises EventLogError: the log is another file than the one read from before (copied
+        or moved over it): its bytes from the old offset on would be taken for new lines."""
+        if self.identity is None:
+            self.identity = identity
+        elif identity != self.identity:
+            self.error = EventLogError(
+                f"{self.path}: the event log was replaced by another file (copied or moved over "
+                "it); it is not followed further"
+            )
+            raise self.error
 
     def _take(self, f: BinaryIO, max_bytes: int | None) -> tuple[bytes, bool]:
         """The bytes to read from ``f``'s position, and whether they reach the end of the file."""
