@@ -55,6 +55,7 @@ from esper.nissa import log
 from esper.nissa.bands import band, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
 from esper.nissa.log import EVENTS_FILE, EventLogError, EventTail, open_run, read_events
+from esper.nissa.record import write_summary
 from esper.study.stats import ALL_TASKS, summarize
 
 POLL = 0.05  # a fast poll keeps these tests short
@@ -799,6 +800,31 @@ def test_the_picker_reads_statuses_from_the_record(tmp_path: Path) -> None:
     assert entries["learn"].mode == "ppo"
     error = entries["odd"].error
     assert error is not None and "is not an Esper run summary: missing" in error
+
+
+def test_a_listing_opens_again_only_the_runs_whose_record_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every refresh of the picker opened every run (1 s for 2,000 runs, every 5 s)."""
+    for name in ("a", "b", "c"):
+        write_run(tmp_path / name, None)
+    opened_runs: list[str] = []
+    open_run = dashboard.open_run
+
+    def counted(path: Path) -> Any:
+        opened_runs.append(path.name)
+        return open_run(path)
+
+    monkeypatch.setattr(dashboard, "open_run", counted)
+    client = local_client(tmp_path)
+    first = client.get("/api/runs").json()
+    assert sorted(opened_runs) == ["a", "b", "c"]
+    assert client.get("/api/runs").json() == first and len(opened_runs) == 3
+    write_run(tmp_path / "d", None)  # a new run, and a summary written for another
+    write_summary(tmp_path / "b", growth_summary("b"))
+    statuses = {r["name"]: r["status"] for r in client.get("/api/runs").json()["runs"]}
+    assert sorted(opened_runs[3:]) == ["b", "d"]
+    assert statuses == {"a": "unfinished", "b": "interrupted", "c": "unfinished", "d": "unfinished"}
 
 
 # ------------------------------------------------------------------ Host and Origin (DNS rebinding)

@@ -43,7 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,7 +90,7 @@ from esper.nissa.log import (
     shown_name,
     shown_path,
 )
-from esper.nissa.record import EVENTS_FILE, is_study, strict_json
+from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE, is_study, strict_json
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""
@@ -158,9 +158,9 @@ def studies(runs_dir: Path) -> dict[str, Path]:
     return {
         shown_name(child): child
         for child in sorted(runs_dir.iterdir())
-        if confine(child, runs_dir) is not None
+        if _readable_study(child)  # first: one stat; resolving every run's links took 0.5 s
+        and confine(child, runs_dir) is not None  # for 2,000 runs
         and confine(child / TRIALS_DIR, runs_dir) is not None
-        and _readable_study(child)
     }
 
 
@@ -201,34 +201,83 @@ def _served_runs(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
     return run_paths(runs_dir)
 
 
-def list_runs(runs_dir: Path) -> list[RunEntry]:
+Signature = tuple[tuple[int, int, int, int] | None, ...]
+"""A run's record files as ``os.stat`` sees them: (inode, size, modification and change time in
+ns) of each of ``OPENED_FILES``, None for one that is missing."""
+
+OPENED_FILES = (CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE)
+"""The files ``open_run`` reads or checks for a run's picker entry."""
+
+
+def list_runs(
+    runs_dir: Path, opened: dict[Path, tuple[Signature, RunEntry]] | None = None
+) -> list[RunEntry]:
     """The runs in ``runs_dir`` for the run picker (see ``run_paths``).
 
     A run directory that cannot be read yet is listed with its error instead of failing the whole
     list (``find_runs`` would raise). One that links outside ``runs_dir`` is listed as unreadable
     without being opened, so no error quotes a file from elsewhere.
 
+    Args:
+        opened: the entries of an earlier listing by run directory, each reused while its
+            record files are unchanged (``Signature``), then replaced by this listing's: a
+            refresh opens only the runs that changed (opening 2,000 took 1 s every 5 s).
+
     Raises:
         RunDirectoryError: ``runs_dir`` does not exist, is not a directory or cannot be read.
     """
     check_runs_dir(runs_dir)
-    return [
-        _entry(name, path, study, runs_dir) for name, (path, study) in run_paths(runs_dir).items()
-    ]
+    earlier = dict(opened or {})
+    entries, now = [], {}
+    for name, (path, study) in run_paths(runs_dir).items():
+        entry, signature = _entry(name, path, study, runs_dir, earlier.get(path))
+        entries.append(entry)
+        if signature is not None:
+            now[path] = (signature, entry)
+    if opened is not None:
+        opened.clear()
+        opened.update(now)
+    return entries
 
 
-def _entry(name: str, path: Path, study: str | None, runs_dir: Path) -> RunEntry:
-    """The picker's entry for one candidate run directory (see ``list_runs``)."""
+def _signature(run: Path) -> Signature | None:
+    """``run``'s ``Signature``, None when a file cannot be looked at (no permission)."""
+    parts: list[tuple[int, int, int, int] | None] = []
+    for name in OPENED_FILES:
+        try:
+            st = os.stat(run / name)
+        except FileNotFoundError:
+            parts.append(None)
+            continue
+        except OSError:
+            return None
+        parts.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(parts)
+
+
+def _entry(
+    name: str,
+    path: Path,
+    study: str | None,
+    runs_dir: Path,
+    earlier: tuple[Signature, RunEntry] | None,
+) -> tuple[RunEntry, Signature | None]:
+    """The picker's entry for one candidate run directory (see ``list_runs``), and the
+    signature it was read at (None: not to be reused)."""
     outside = outside_part(path, runs_dir)
     if outside is not None:
         why = f"{str(path)!r}: {outside} links outside the runs directory, so it is not read"
-        return RunEntry(name, None, None, None, "unreadable", why, study, None)
+        return RunEntry(name, None, None, None, "unreadable", why, study, None), None
+    signature = _signature(path)
+    if signature is not None and earlier is not None and earlier[0] == signature:
+        return replace(earlier[1], name=name, study=study), signature
     try:
         run = open_run(path)
         modified = run.events_path.stat().st_mtime
     except (RunDirectoryError, OSError) as err:  # OSError: the run was removed meanwhile
-        return RunEntry(name, None, None, None, "unreadable", str(err), study, None)
-    return RunEntry(name, run.mode, run.task, run.seed, run.status, None, study, modified)
+        return RunEntry(name, None, None, None, "unreadable", str(err), study, None), signature
+    entry = RunEntry(name, run.mode, run.task, run.seed, run.status, None, study, modified)
+    return entry, signature
 
 
 def newest(entries: list[RunEntry]) -> str | None:
@@ -477,6 +526,7 @@ class _Api:
         self.stopping = stopping
         self.folds = Folds(runs_dir)
         self.curves = Curves(self.folds)
+        self.opened: dict[Path, tuple[Signature, RunEntry]] = {}  # see ``list_runs``
         self.tables = None if study_table is None else _Tables(study_table)
 
     async def meta(self, request: Request) -> JSONResponse:
@@ -491,7 +541,7 @@ class _Api:
         )
 
     async def runs(self, request: Request) -> JSONResponse:
-        listed = await self._in_runs_dir(list_runs)
+        listed = await self._in_runs_dir(lambda runs_dir: list_runs(runs_dir, self.opened))
         return JSONResponse({"runs": [asdict(run) for run in listed], "newest": newest(listed)})
 
     async def _in_runs_dir(self, read: Callable[[Path], _T]) -> _T:

@@ -19,6 +19,8 @@ any page that can reach it.
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -59,10 +61,24 @@ def confine(path: Path, root: Path) -> Path | None:
 
 def outside_part(run: Path, root: Path) -> str | None:
     """The name of the part of run directory ``run`` that links outside ``root`` (the directory
-    itself or one of ``RECORD_FILES``), or None when every part the dashboard reads is inside."""
-    for path in (run, *(run / name for name in RECORD_FILES)):
-        if confine(path, root) is None:
-            return path.name
+    itself or one of ``RECORD_FILES``), or None when every part the dashboard reads is inside.
+
+    A file that is no link lies where its directory does, so only links are resolved (listing
+    thousands of runs resolved five paths each, every component of them, twice: 1.4 s of a 2 s
+    listing of 2,000 runs).
+    """
+    if confine(run, root) is None:
+        return run.name
+    for name in RECORD_FILES:
+        try:
+            if not stat.S_ISLNK(os.lstat(run / name).st_mode):
+                continue
+        except FileNotFoundError:  # resolves to where it would be: inside, as the directory
+            continue
+        except OSError:  # cannot be looked at: ask the slow way
+            pass
+        if confine(run / name, root) is None:
+            return name
     return None
 
 
