@@ -310,18 +310,20 @@ def ppo_summary(run_id: str = "run-a") -> RunSummary:
 def write_run(directory: Path, summary: RunSummary | None, mode: str = "heuristic") -> Path:
     """A run directory written through the run record's writers: ``config.json``,
     ``meta.json``, an event log that starts with ``RunStarted`` and, when given, ``summary``
-    (whose mode wins over ``mode``)."""
+    (whose mode, task, seed and planned epochs the log then starts with)."""
     from esper.leyline.events import RunStarted
     from esper.nissa import JsonlSink, TelemetryHub
     from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, META_FILE, run_meta, write_json
 
     mode = mode if summary is None else summary.mode
+    task, seed = ("synthetic", 7) if summary is None else (summary.task, summary.seed)
+    epochs = 5 if summary is None or summary.growth is None else summary.growth.epochs_planned
     directory.mkdir(parents=True)
-    write_json(directory / CONFIG_FILE, {"mode": mode, "task": "synthetic"})
-    meta = run_meta(directory.name, mode, {"run": 7}, 1, ["esper", mode])
+    write_json(directory / CONFIG_FILE, {"mode": mode, "task": task})
+    meta = run_meta(directory.name, mode, {"run": seed}, 1, ["esper", mode])
     write_json(directory / META_FILE, meta)
     hub = TelemetryHub(directory.name, [JsonlSink(directory / EVENTS_FILE)])
-    hub.emit(RunStarted(directory.name, mode, "synthetic", 7, 5, ("mid",), None))
+    hub.emit(RunStarted(directory.name, mode, task, seed, epochs, ("mid",), None))
     hub.close()
     if summary is not None:
         write_summary(directory, summary)

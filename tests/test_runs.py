@@ -306,6 +306,18 @@ def test_a_summary_copied_from_another_run_is_not_taken_for_the_runs(
             f"event log is of the {run} run {run!r})" in "\n".join(err)  # fmt: skip
     assert main(["runs", "show", str(parent / "ppo")]) == 2
     assert "is the summary of another run" in capsys.readouterr().err
+    # The run of the same name and mode in another place (another study's trial, say): its
+    # seed, task or length differ from what this run's log started with.
+    for field, value in (("seed", 99), ("task", "digits"), ("epochs_planned", 41)):
+        copy = parent / f"same-{field}"
+        shutil.copytree(recorded_runs["heuristic"], copy)
+        summary = json.loads((copy / "summary.json").read_text())
+        (summary["growth"] if field == "epochs_planned" else summary)[field] = value
+        (copy / "summary.json").write_text(json.dumps(summary))
+        assert main(["runs", "show", str(copy)]) == 2
+        line = capsys.readouterr().err
+        assert line.count("\n") == 1 and "is the summary of another run of the name" in line
+        assert f"{field.split('_')[0]} {value!r} (the log: " in line, line
 
 
 def test_names_and_strings_that_are_no_utf8_are_queried(tmp_path, recorded_runs, capsys) -> None:

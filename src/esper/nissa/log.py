@@ -502,12 +502,34 @@ def open_run(path: Path) -> RunDirectory:
     except RunRecordError as err:
         raise RunDirectoryError(str(err)) from None
     started = first.event
-    if summary is not None and (summary.run_id, summary.mode) != (started.run_id, started.mode):
-        raise RunDirectoryError(  # copied in from elsewhere: its figures are not this run's
-            f"{str(path / SUMMARY_FILE)!r} is the summary of another run ({summary.mode} run "
+    if summary is not None:
+        _check_own_summary(path / SUMMARY_FILE, summary, started)
+    return RunDirectory(path, shown_name(path), started.mode, started.task, started.seed, summary)
+
+
+def _check_own_summary(path: Path, summary: RunSummary, started: RunStarted) -> None:
+    """The summary at ``path`` is of the run whose log starts with ``started``: copied in from
+    elsewhere (another run, or the run of the same name in another study), its figures would
+    be shown as this run's.
+
+    Raises:
+        RunDirectoryError: naming what differs.
+    """
+    if (summary.run_id, summary.mode) != (started.run_id, started.mode):
+        raise RunDirectoryError(
+            f"{str(path)!r} is the summary of another run ({summary.mode} run "
             f"{summary.run_id!r}; the event log is of the {started.mode} run {started.run_id!r})"
         )
-    return RunDirectory(path, shown_name(path), started.mode, started.task, started.seed, summary)
+    ran = {"task": started.task, "seed": started.seed}
+    says = {"task": summary.task, "seed": summary.seed}
+    if summary.growth is not None:  # a growth run's length is fixed (a PPO resume may add rounds)
+        ran["epochs"], says["epochs"] = started.max_epochs, summary.growth.epochs_planned
+    differ = [f"{k} {says[k]!r} (the log: {ran[k]!r})" for k in ran if ran[k] != says[k]]
+    if differ:
+        raise RunDirectoryError(
+            f"{str(path)!r} is the summary of another run of the name {summary.run_id!r}: "
+            f"{', '.join(differ)}"
+        )
 
 
 def shown_name(path: Path) -> str:
