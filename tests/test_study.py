@@ -113,7 +113,7 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert code == 0 and "6 trials, 0 to run" in printed, printed
     code, printed = _dry_run_of_a_copy(path, capsys, {"epochs = 6": "epochs = 7"})
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
-    assert "is a finished run of other settings than the study gives trial" in printed
+    assert "is a run of other settings than the study gives trial" in printed
     assert "(run -> study: training.epochs: 6 -> 7)" in printed
     # A trial's summary.json copied from another trial (its score was taken for the trial's).
     copied = tmp_path / "copy" / TRIALS_DIR
@@ -125,6 +125,24 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert f"trial run {str(copied / 'synthetic.grow.seed0')!r}: " in printed
     assert "is the summary of another run (periodic run 'synthetic.grow.seed1'" in printed
     assert own.read_bytes() == before
+    # Another arm's run in a trial's directory: a static run and a heuristic one differ in
+    # no setting the check compares, and it was counted as the grown arm's.
+    shutil.rmtree(own.parent)
+    shutil.copytree(copied / "synthetic.static.seed0", own.parent)
+    code, printed = _dry_run_of_a_copy(path, capsys, {})
+    assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
+    assert (
+        f"{str(own.parent)!r} holds the static run 'synthetic.static.seed0', not trial "
+        "synthetic.grow.seed0's periodic run: a run copied or linked in" in printed
+    )
+    # An unfinished run of other settings was resumed as it was, unchecked.
+    for trial in copied.iterdir():
+        if trial.name != "synthetic.static.seed1":
+            shutil.rmtree(trial)
+    (copied / "synthetic.static.seed1" / "summary.json").unlink()
+    code, printed = _dry_run_of_a_copy(path, capsys, {"epochs = 6": "epochs = 7"})
+    assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
+    assert "is a run of other settings than the study gives trial synthetic.static.seed1" in printed
 
 
 def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_session, capsys):

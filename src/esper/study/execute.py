@@ -65,6 +65,7 @@ from esper.study.plan import (
     plan,
     policy_trial,
     ppo_config,
+    trial_mode,
     with_defaults,
 )
 from esper.study.ppo import PPORunner
@@ -290,8 +291,11 @@ class StudyDriver:
             key: dict.fromkeys(t.name for t in group) for key, group in self._groups.items()
         }
         for trial in self.trials:
-            if self._finished(trial):
-                self._check_settings(trial)
+            if not self._started(trial):
+                continue
+            self._check_run(trial)  # a run copied or linked in would be resumed or counted
+            self._check_settings(trial)
+            if finished_summary(self.run_directory(trial)) is not None:
                 self._finish(trial)
                 row = trial_row(trial, self.run_directory(trial))
                 if row is not None:
@@ -301,25 +305,43 @@ class StudyDriver:
         """Where ``trial`` writes its run."""
         return self.directory / TRIALS_DIR / trial.name
 
-    def _finished(self, trial: Trial) -> bool:
-        """Whether the trial's run has finished.
+    def _started(self, trial: Trial) -> bool:
+        """Whether the trial's run directory is there (finished or not).
 
         Raises:
             UserError: its directory (or ``trials/``) cannot be read: taken for missing, the
                 trial was run again, failed on every attempt and was reported as failed.
         """
-        directory = self.run_directory(trial)
-        problem, unreadable = record.run_problem(directory)
+        problem, unreadable = record.run_problem(self.run_directory(trial))
         if unreadable:
             raise UserError(f"trial {trial.name}: {problem}; give it read permission again")
-        if problem is not None:
-            return False
-        return finished_summary(directory) is not None
+        return problem is None
+
+    def _check_run(self, trial: Trial) -> None:
+        """The run in the trial's directory is the trial's own (its ``meta.json`` names the
+        trial and its mode): another arm's run, or any run, copied or linked in was counted as
+        the trial's when the settings the check compares happened to agree.
+
+        Raises:
+            UserError: naming the directory and the run it holds.
+        """
+        directory = self.run_directory(trial)
+        try:
+            meta = record.read_meta(directory)
+        except record.RunRecordError as err:
+            raise UserError(f"trial run {str(directory)!r}: {err}") from None
+        mode = trial_mode(self.spec, trial)
+        held = "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
+        if meta is None or (meta.run_id, meta.mode) != (trial.name, mode):
+            raise UserError(
+                f"{str(directory)!r} holds {held}, not trial {trial.name}'s {mode} run: a run "
+                "copied or linked in; move it out of the study directory"
+            )
 
     def _check_settings(self, trial: Trial) -> None:
-        """A finished trial's run holds the configuration the study gives the trial now, but
-        for ``DERIVED_SETTINGS``: runs copied in from a study of other settings, or left after
-        ``study.json`` was removed, counted as done.
+        """A trial's run (finished or not) holds the configuration the study gives the trial
+        now, but for ``DERIVED_SETTINGS``: runs copied in from a study of other settings, or
+        left after ``study.json`` was removed, counted as done (or were resumed as they were).
 
         Raises:
             UserError: naming the run and its first differences.
@@ -342,7 +364,7 @@ class StudyDriver:
         changed = changed_settings(ran, expected, derived)
         if changed:
             raise UserError(
-                f"{str(directory)!r} is a finished run of other settings than the study gives "
+                f"{str(directory)!r} is a run of other settings than the study gives "
                 f"trial {trial.name} (run -> study: {'; '.join(changed[:3])}): another study "
                 "file, or an Esper of other defaults, made it; move it out of the study "
                 "directory, or restore those settings"

@@ -643,6 +643,15 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
     return replace(config, env=env, reward=reward, runtime=runtime, telemetry=POLICY_TELEMETRY)
 
 
+def trial_mode(spec: StudySpec, trial: Trial) -> str:
+    """The mode of ``trial``'s run (``RunMeta.mode``): ``ppo`` for a policy's training, else the
+    growth command its arm runs (a ppo arm's trials evaluate: ``eval``)."""
+    if trial.kind == "policy":
+        return "ppo"
+    controller = spec.arm(trial.arm).controller
+    return {"ppo": "eval", MATCHED: "static"}.get(controller, controller)
+
+
 def growth_config(
     spec: StudySpec,
     trial: Trial,
@@ -653,7 +662,7 @@ def growth_config(
     """The mode and ``GrowthRun`` of a growth trial (a static-matched arm passes its matched
     ``width``, a ppo arm the ``policy`` run it evaluates; ``knowledge``: the store's URL)."""
     arm = spec.arm(trial.arm)
-    mode = {"ppo": "eval", MATCHED: "static"}.get(arm.controller, arm.controller)
+    mode = trial_mode(spec, trial)
     host = training(spec, trial.task, arm.width if arm.controller == "static" else width)
     if mode == "static":  # nothing to advance: the budget's auto_advance is for growing arms
         host = replace(host, auto_advance=False)
