@@ -28,7 +28,15 @@ from esper.leyline.config import UserError
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import record
 from esper.nissa.knowledge import KnowledgeStore
-from esper.study.execute import Job, StudyDriver, run_job, study_lock, trial_row
+from esper.study.execute import (
+    Job,
+    StudyDriver,
+    StudyState,
+    run_job,
+    study_lock,
+    study_settings,
+    trial_row,
+)
 from esper.study.plan import Trial, growth_config, ppo_config, read_study
 from esper.study.run import Stop
 
@@ -155,6 +163,41 @@ def test_out_whose_trials_is_not_a_directory_is_refused(tmp_path, capsys, kind):
     assert sorted(p.name for p in out.iterdir()) == ["trials"]
     if kind == "file":
         assert (out / "trials").read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("results.md", "directory"),
+        (TRIALS_FILE, "directory"),
+        ("interval_estimates.png", "directory"),
+        (".esper-study.lock", "directory"),
+        ("results.md", "dangling link"),
+    ],
+)
+def test_a_study_file_that_cannot_be_written_is_one_line_before_ray(
+    tmp_path, capsys, name, kind, dry_run
+):
+    """The dry run passed; the real run trained every trial left, then failed on its results
+    (a traceback for the lock file, after Ray started)."""
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyState(study_settings(spec), {}, {}).save(directory)  # a study run before
+    blocker = directory / name
+    if kind == "directory":
+        blocker.mkdir()
+    else:
+        blocker.symlink_to(tmp_path / "nowhere")
+    assert main(["study", str(path), *(["--dry-run"] * dry_run)]) == EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    if kind == "dangling link":
+        assert f"{str(blocker)!r} is a symbolic link that leads nowhere" in err
+    else:
+        assert f"the study writes {str(blocker)!r}, and it is a directory, not a file" in err
+    assert sorted(p.name for p in directory.iterdir()) == sorted([name, STUDY_FILE])
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -21,11 +22,25 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.leyline.trials import STUDY_FILE
-from esper.study.execute import Outcome, StudyDriver, connect_ray, trial_row, trial_slots
+from esper.leyline.files import file_mode, not_regular
+from esper.leyline.trials import STUDY_FILE, TRIALS_FILE
+from esper.study.execute import (
+    LOCK_FILE,
+    Outcome,
+    StudyDriver,
+    connect_ray,
+    trial_row,
+    trial_slots,
+)
 from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
 from esper.study.run import Stop, interrupt_on_termination, load_data
-from esper.study.stats import StudyResults, write_results
+from esper.study.stats import (
+    INTERVALS_FILE,
+    PROFILE_FILE,
+    RESULTS_FILE,
+    StudyResults,
+    write_results,
+)
 from esper.tolaria.threads import usable_cores
 
 if TYPE_CHECKING:
@@ -152,6 +167,8 @@ def check_writable(directory: Path) -> None:
         )
     place = next(p for p in (directory, *directory.absolute().parents) if os.path.exists(p))
     if os.access(place, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        if place == directory:
+            _check_study_files(directory)
         return
     try:
         read_only = os.statvfs(place).f_flag & os.ST_RDONLY
@@ -160,6 +177,29 @@ def check_writable(directory: Path) -> None:
     why = "is on a read-only file system" if read_only else "is not writable (write and search)"
     made = "write in" if place == directory else "make"
     raise UserError(f"cannot {made} the study directory {str(directory)!r}: {str(place)!r} {why}")
+
+
+def _check_study_files(directory: Path) -> None:
+    """The files an existing study directory's run writes are files, or not there yet: else
+    the dry run passed, and the real run trained every trial left before it failed on its
+    results (a traceback for the lock file). (``trials/`` is checked with the study file.)
+
+    Raises:
+        UserError: naming the file and what it is.
+    """
+    for name in (STUDY_FILE, TRIALS_FILE, RESULTS_FILE, INTERVALS_FILE, PROFILE_FILE, LOCK_FILE):
+        path = directory / name
+        try:
+            mode = file_mode(path)
+        except PermissionError as err:
+            raise UserError(f"cannot look at {str(path)!r} ({err.strerror})") from None
+        if mode is None and os.path.islink(path):
+            raise UserError(f"{str(path)!r} is a symbolic link that leads nowhere (or in a loop)")
+        if mode is not None and not stat.S_ISREG(mode):
+            raise UserError(
+                f"the study writes {str(path)!r}, and it is {not_regular(mode)}, not a file; "
+                "move it away"
+            )
 
 
 def _write_results(
