@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -163,6 +164,22 @@ def test_out_whose_trials_is_not_a_directory_is_refused(tmp_path, capsys, kind):
     assert sorted(p.name for p in out.iterdir()) == ["trials"]
     if kind == "file":
         assert (out / "trials").read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+@pytest.mark.parametrize("where", ["budget", "arm"])
+def test_a_width_that_does_not_fit_is_one_line_before_anything(tmp_path, capsys, where, dry_run):
+    """The dry run built the 1.5-billion-parameter host to time it (a traceback where memory
+    ran out); the real run failed every attempt after Ray started, naming a flag."""
+    budget = f"{BUDGET}width = 4096\n" if where == "budget" else BUDGET
+    arm = STATIC + "width = 4096\n" * (where == "arm")
+    path = _study(tmp_path, f"{HEAD}{budget}{arm}")
+    assert main(["study", str(path), *(["--dry-run"] * dry_run)]) == EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert f"study file {str(path)!r}: arm 's' on synthetic: width 4096 does not fit: " in err
+    assert re.search(r"; use width = \d+ or less$", err.strip()), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

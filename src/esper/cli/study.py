@@ -33,7 +33,7 @@ from esper.study.execute import (
     trial_slots,
 )
 from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
-from esper.study.run import Stop, interrupt_on_termination, load_data
+from esper.study.run import Stop, check_fits, interrupt_on_termination, load_data
 from esper.study.stats import (
     INTERVALS_FILE,
     PROFILE_FILE,
@@ -87,6 +87,7 @@ def run_study(args: argparse.Namespace) -> int:
             f"--address must be HOST:PORT of a Ray head (port 1..{MAX_PORT}), got {address!r}"
         )
     spec, directory = load(args.file)
+    check_widths(spec, args.file)
     driver = StudyDriver(spec, directory, _say)
     check_knowledge(spec)
     check_writable(directory)
@@ -133,6 +134,30 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def check_widths(spec: StudySpec, path: Path) -> None:
+    """Each growth arm's host of a width the study file gives fits this machine's memory
+    (``check_fits``): the dry run built a host of ``width = 4096`` (1.5 billion parameters) to
+    time it, and the real run failed every attempt after Ray started. (A static-matched width
+    comes from results, a policy's environments are checked where they run.)
+
+    Raises:
+        UserError: naming the arm, the task and the widest host that fits.
+    """
+    for task in spec.tasks:
+        data = None
+        for arm in spec.arms:
+            host = training(spec, task, arm.width if arm.controller == "static" else None)
+            if arm.controller in (MATCHED, "ppo") or host.width is None:
+                continue
+            if data is None:
+                data = load_data(host)
+            try:
+                check_fits(host, data, setting="width =")
+            except UserError as err:
+                where = f"study file {str(path)!r}: arm {arm.name!r} on {task}"
+                raise UserError(f"{where}: {err}") from None
 
 
 def check_knowledge(spec: StudySpec) -> None:

@@ -186,12 +186,16 @@ def memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(training: HostTraining, data: Dataset, envs: int | None = None) -> None:
+def check_fits(
+    training: HostTraining, data: Dataset, envs: int | None = None, setting: str = "--width"
+) -> None:
     """Refuse, before anything is built, a host too wide for this machine's memory: building it
     ran out of memory with a traceback, or swapped for minutes. A growth run (``envs`` None)
     needs ``RUN_COPIES`` float32 copies of its parameters, ``envs`` PPO environments
     ``ENV_COPIES`` each (both measured on a wide transformer host, activations included; a host
     whose activations are larger beside its parameters may still not fit).
+
+    ``setting``: how the user sets the width, for the hint (a flag, or a study file's key).
 
     Raises:
         UserError: naming the width, the bytes it needs and the widest host that fits.
@@ -209,7 +213,7 @@ def check_fits(training: HostTraining, data: Dataset, envs: int | None = None) -
     step = config.n_head if isinstance(config, TransformerHostConfig) else 1  # widths it takes
     widths = range(step, MAX_WIDTH + 1, step)
     fitting = bisect.bisect_right(widths, have, key=needs)  # counts rise with the width
-    hint = f"use --width {widths[fitting - 1]} or less" if fitting else "no width of it fits"
+    hint = f"use {setting} {widths[fitting - 1]} or less" if fitting else "no width of it fits"
     raise UserError(
         f"width {width} does not fit: {who} {needs(width) / 2**30:.1f} GiB at the peak, and "
         f"this machine has {have / 2**30:.1f} GiB; {hint}"
