@@ -116,6 +116,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (f"{HEAD}{PPO}[arms.ppo.runtime]\ndevices = [\"cuda:7\"]\n",
          "ppo may not set ['runtime.devices']"),
         (f"{HEAD}{PPO}[arms.ppo.runtime]\nworkers = 2\n", "ppo may not set ['runtime.workers']"),
+        # the accepted keys named env and telemetry, which an arm's ppo table may not set
+        (f"{HEAD}{PPO}[arms.ppo]\nbogus = 1\n", "arm 'p': ppo: unknown key(s) ['bogus']; "
+         "accepted: policy, ppo, reward, runtime (of runtime only amp)"),
         (f"{HEAD}{STATIC}auto_advance = true\n",
          "arm 's' (static) takes width; drop ['auto_advance']"),
         (f'{HEAD}[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "x"\nauto_advance = true\n',

@@ -214,6 +214,13 @@ class ArmSpec:
             f"{where}: {', '.join(training)} set how the arm's policies train; with policy = "
             "a trained run nothing trains: drop them",
         )
+        settable = [f.name for f in fields(TrainingConfig) if f.name not in ("env", "telemetry")]
+        unknown = sorted(set(self.ppo) - set(settable) - {"env", "telemetry"})
+        require(  # TrainingConfig's own message offered env and telemetry, refused below
+            not unknown,
+            f"{where}: ppo: unknown key(s) {unknown}; accepted: {', '.join(settable)} (of "
+            "runtime only amp)",
+        )
         refused = sorted({"env", "telemetry"} & set(self.ppo))
         runtime = self.ppo.get("runtime")
         if isinstance(runtime, dict):
