@@ -170,6 +170,24 @@ def test_out_whose_trials_is_not_a_directory_is_refused(tmp_path, capsys, kind):
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
+def test_a_trial_bigger_than_this_machine_is_one_line_before_ray(
+    tmp_path, capsys, monkeypatch, dry_run
+):
+    """The dry run planned "1 trial(s) at once"; the real run refused after Ray's start-up."""
+    import esper.cli.study
+
+    monkeypatch.setattr(esper.cli.study, "usable_cores", lambda: 1)
+    path = _study(tmp_path, f"{HEAD}[resources]\ncpus = 2\n{BUDGET}{STATIC}")
+    assert main(["study", str(path), *(["--dry-run"] * dry_run)]) == EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "esper: error: resources.cpus = 2, but this machine has 1 usable core(s): one trial "
+        "would wait forever; ask for at most 1 (or join a cluster with --address)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
 @pytest.mark.parametrize("where", ["budget", "arm"])
 def test_a_width_that_does_not_fit_is_one_line_before_anything(tmp_path, capsys, where, dry_run):
     """The dry run built the 1.5-billion-parameter host to time it (a traceback where memory

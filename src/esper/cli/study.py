@@ -88,6 +88,14 @@ def run_study(args: argparse.Namespace) -> int:
         )
     spec, directory = load(args.file)
     check_widths(spec, args.file)
+    if address is None:  # a local instance gets this machine's cores: a trial must fit them
+        cores = usable_cores()
+        if spec.resources.cpus > cores:
+            raise UserError(
+                f"resources.cpus = {spec.resources.cpus:g}, but this machine has {cores} usable "
+                f"core(s): one trial would wait forever; ask for at most {cores} (or join a "
+                "cluster with --address)"
+            )
     driver = StudyDriver(spec, directory, _say)
     check_knowledge(spec)
     check_writable(directory)
