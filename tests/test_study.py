@@ -158,6 +158,8 @@ def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_sessio
     assert main(["study", str(path)]) == 1
     err = capsys.readouterr().err
     assert "gave up synthetic.static.seed1" in err and "is a file" in err
+    assert "move it out of the study directory and run the study again" in err
+    assert "--out" not in err and "--resume" not in err  # a run command's advice
     state = json.loads((tmp_path / "out" / STUDY_FILE).read_text())
     assert state["attempts"] == {"synthetic.static.seed0": 1, "synthetic.static.seed1": 2}
     rows = {r["run"]: r for r in _trials(tmp_path / "out")}

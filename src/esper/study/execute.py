@@ -109,6 +109,8 @@ def run_job(job: Job) -> TrialRow | None:
     if finished_summary(directory) is not None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
         return None if job.mode == "ppo" else trial_row(job.trial, directory)
+    if resume is None:
+        _check_free(job.trial, directory)
     out = None if resume is not None else directory
     device = trial_device()
     if job.mode == "ppo":
@@ -126,6 +128,30 @@ def run_job(job: Job) -> TrialRow | None:
     growth = override(GrowthRun(HostTraining("")), job.config)
     GrowthRunner(job.mode, growth, out, resume, device).run()
     return trial_row(job.trial, directory)
+
+
+def _check_free(trial: Trial, directory: Path) -> None:
+    """Nothing but an empty directory is where ``trial``'s new run goes.
+
+    Raises:
+        UserError: naming what is there (a run command's advice, --out or --resume, is no
+            use to a study).
+    """
+    if not os.path.lexists(directory):
+        return
+    try:
+        if os.path.islink(directory) and not os.path.exists(directory):
+            what = "is a symbolic link that leads nowhere (or in a loop)"
+        elif directory.is_dir() and not any(directory.iterdir()):
+            return
+        else:
+            what = f"holds no run ({record.not_a_run(directory)})"
+    except OSError as err:
+        what = f"cannot be read ({err.strerror})"
+    raise UserError(
+        f"trial {trial.name}: {str(directory)!r} {what}; move it out of the study directory "
+        "and run the study again"
+    )
 
 
 def trial_device() -> torch.device:
