@@ -89,13 +89,7 @@ def run_study(args: argparse.Namespace) -> int:
     spec, directory = load(args.file)
     check_widths(spec, args.file)
     if address is None:  # a local instance gets this machine's cores: a trial must fit them
-        cores = usable_cores()
-        if spec.resources.cpus > cores:
-            raise UserError(
-                f"resources.cpus = {spec.resources.cpus:g}, but this machine has {cores} usable "
-                f"core(s): one trial would wait forever; ask for at most {cores} (or join a "
-                "cluster with --address)"
-            )
+        check_local_cores(spec)
     driver = StudyDriver(spec, directory, _say)
     check_knowledge(spec)
     check_writable(directory)
@@ -142,6 +136,22 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def check_local_cores(spec: StudySpec) -> None:
+    """One trial fits the cores of this machine, which a local Ray instance gets: the dry run
+    planned "1 trial(s) at once", the real run refused after Ray's start-up.
+
+    Raises:
+        UserError: naming ``resources.cpus`` and the usable cores.
+    """
+    cores = usable_cores()
+    if spec.resources.cpus > cores:
+        raise UserError(
+            f"resources.cpus = {spec.resources.cpus:g}, but this machine has {cores} usable "
+            f"core(s): one trial would wait forever; ask for at most {cores} (or join a "
+            "cluster with --address)"
+        )
 
 
 def check_widths(spec: StudySpec, path: Path) -> None:
