@@ -608,6 +608,21 @@ def test_rows_that_do_not_reach_the_checkpoint_are_refused(tmp_path: Path) -> No
         log.read()
 
 
+def test_a_resume_drops_a_partial_row_after_its_checkpoint(tmp_path: Path) -> None:
+    """A short write (a full disk) of the step after the checkpoint left a row without its
+    newline, and the run could never resume (every study attempt failed on it)."""
+    path = tmp_path / "rows.csv"
+    path.write_text("step,loss,accuracy,note\n1,0.5,,a\n2,0.")
+    assert CsvLog(path, Row).read(1) == [Row(1, 0.5, None, "a")]
+    with pytest.raises(RunRecordError, match=r"rows\.csv:3: truncated last line"):
+        read_rows(path, Row)  # a reader of the whole log still says so
+    with pytest.raises(RunRecordError, match="the rows end at step 1, the checkpoint is at 2"):
+        CsvLog(path, Row).read(2)  # the partial row was the checkpoint's own: damage
+    path.write_text("step,loss,acc")  # no whole header
+    with pytest.raises(RunRecordError, match=r"rows\.csv:1: truncated last line"):
+        CsvLog(path, Row).read(0)
+
+
 def test_a_row_type_must_start_with_an_integer_step(tmp_path: Path) -> None:
     @dataclass(frozen=True)
     class Bad:

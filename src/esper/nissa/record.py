@@ -662,8 +662,9 @@ def _parse_cell(text: str, kind: Any, optional: bool) -> Any:
     return text
 
 
-def _csv_text(path: Path) -> str:
-    """The text of a CSV log, checked to be UTF-8, to hold a header and to end in a newline."""
+def _csv_text(path: Path, cut: bool = False) -> str:
+    """The text of a CSV log, checked to be UTF-8, to hold a header and to end in a newline
+    (``cut``: a last line without one is dropped, if the header is whole)."""
     try:
         text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
@@ -671,6 +672,8 @@ def _csv_text(path: Path) -> str:
     if not text:
         raise RunRecordError(f"{path}:1: empty file (no header)")
     if not text.endswith("\n"):
+        if cut and "\n" in text:
+            return text[: text.rindex("\n") + 1]
         line = text.count("\n") + 1
         raise RunRecordError(f"{path}:{line}: truncated last line (no newline)")
     return text
@@ -686,14 +689,17 @@ def read_rows(path: Path, row_type: type[_R], last: int | None = None) -> list[_
             rows): the checkpoint a resume continues from. None: every row.
 
     Raises:
-        RunRecordError: naming ``file:line`` for an empty or truncated file, a wrong header,
+        RunRecordError: naming ``file:line`` for an empty or truncated file (a partial last
+            row is dropped when ``last`` is given), a wrong header,
             a value that is not a number, or steps that are not 1, 2, 3, ... in order (a row
             missing or repeated); naming the file when the rows do not reach step ``last``.
     """
     columns = _columns(row_type)
     names = [c[0] for c in columns]
     step = names[0]
-    reader = csv.reader(io.StringIO(_csv_text(path), newline=""))
+    # A resume drops a partial last row: a short write (a full disk) of the step after the
+    # checkpoint, whose row is rewritten; the rows must still reach ``last`` (checked below).
+    reader = csv.reader(io.StringIO(_csv_text(path, cut=last is not None), newline=""))
     try:
         header = next(reader)
     except csv.Error as err:
