@@ -269,26 +269,6 @@ def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, 
     )
 
 
-def test_a_relative_sqlite_store_is_beside_the_study_file(tmp_path, monkeypatch) -> None:
-    """It was taken relative to wherever the command ran: a study run from another directory
-    used (and made) another store, and its bandits learned from nothing."""
-    here = tmp_path / "elsewhere"
-    here.mkdir()
-    monkeypatch.chdir(here)
-    grow = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
-    for written, expected in (
-        ("sqlite:///k.sqlite", f"sqlite:///{tmp_path / 'k.sqlite'}"),
-        ("sqlite:///stores/../k.sqlite", f"sqlite:///{tmp_path / 'k.sqlite'}"),
-        (f"sqlite:///{tmp_path / 'abs.sqlite'}", f"sqlite:///{tmp_path / 'abs.sqlite'}"),
-        ("sqlite:///~/k.sqlite", "sqlite:///~/k.sqlite"),  # the store expands ~ itself
-        ("postgresql://esper@localhost/db", "postgresql://esper@localhost/db"),
-    ):
-        path = _study(tmp_path, f'{HEAD}knowledge = "{written}"\n{BUDGET}{grow}')
-        spec, _ = read_study(path)
-        assert spec.knowledge == expected, written
-    assert list(here.iterdir()) == []
-
-
 @pytest.mark.parametrize("dry_run", [True, False])
 @pytest.mark.parametrize(
     ("kind", "reason"),

@@ -305,9 +305,8 @@ class StudySpec:
         reps: bootstrap resamples per confidence interval (rliable's stratified bootstrap);
             2000 follows rliable, fewer give coarser intervals sooner.
         knowledge: the knowledge store every trial records its seed outcomes in and bandit
-            selectors learn from (a SQLAlchemy URL, an SQLite path relative to the study
-            file's directory; None: knowledge.sqlite in the study directory, so a study's
-            bandits learn from its own trials only).
+            selectors learn from (a SQLAlchemy URL; None: knowledge.sqlite in the study
+            directory, so a study's bandits learn from its own trials only).
     """
 
     out: str
@@ -489,24 +488,7 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
         else a
         for a in spec.arms
     ]
-    knowledge = _store_beside(spec.knowledge, path.parent)
-    return replace(spec, arms=tuple(arms), knowledge=knowledge), directory
-
-
-def _store_beside(url: str | None, base: Path) -> str | None:
-    """``url`` with an SQLite file named by a relative path made absolute against ``base`` (the
-    study file's directory, as ``out`` and ``policy`` are): it was taken relative to wherever
-    the command ran, so a study run from another directory used another store, unnoticed."""
-    if url is None:
-        return None
-    from sqlalchemy.engine import make_url  # what parse_url (checked above) reads it with
-
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.drivername != "sqlite" or not database or database.startswith(("~", "/")):
-        return url
-    absolute = os.path.normpath(base.absolute() / database)
-    return parsed.set(database=absolute).render_as_string(hide_password=False)
+    return replace(spec, arms=tuple(arms)), directory
 
 
 def _check_out(directory: Path) -> None:
