@@ -189,9 +189,14 @@ def test_a_trial_bigger_than_this_machine_is_one_line_before_ray(
 
 @pytest.mark.parametrize("dry_run", [True, False])
 @pytest.mark.parametrize("where", ["budget", "arm"])
-def test_a_width_that_does_not_fit_is_one_line_before_anything(tmp_path, capsys, where, dry_run):
+def test_a_width_that_does_not_fit_is_one_line_before_anything(
+    tmp_path, capsys, monkeypatch, where, dry_run
+):
     """The dry run built the 1.5-billion-parameter host to time it (a traceback where memory
     ran out); the real run failed every attempt after Ray started, naming a flag."""
+    import esper.study.run
+
+    monkeypatch.setattr(esper.study.run, "memory_bytes", lambda: 24 * 2**30)  # this machine's
     budget = f"{BUDGET}width = 4096\n" if where == "budget" else BUDGET
     arm = STATIC + "width = 4096\n" * (where == "arm")
     path = _study(tmp_path, f"{HEAD}{budget}{arm}")

@@ -87,9 +87,9 @@ def run_study(args: argparse.Namespace) -> int:
             f"--address must be HOST:PORT of a Ray head (port 1..{MAX_PORT}), got {address!r}"
         )
     spec, directory = load(args.file)
-    check_widths(spec, args.file)
-    if address is None:  # a local instance gets this machine's cores: a trial must fit them
+    if address is None:  # a local instance has this machine's cores and memory: a trial must fit
         check_local_cores(spec)
+        check_widths(spec, args.file)
     driver = StudyDriver(spec, directory, _say)
     check_knowledge(spec)
     check_writable(directory)
@@ -156,9 +156,10 @@ def check_local_cores(spec: StudySpec) -> None:
 
 def check_widths(spec: StudySpec, path: Path) -> None:
     """Each growth arm's host of a width the study file gives fits this machine's memory
-    (``check_fits``): the dry run built a host of ``width = 4096`` (1.5 billion parameters) to
-    time it, and the real run failed every attempt after Ray started. (A static-matched width
-    comes from results, a policy's environments are checked where they run.)
+    (``check_fits``; for a local Ray: a cluster's nodes may have more): the dry run built a
+    host of ``width = 4096`` (1.5 billion parameters) to time it, and the real run failed every
+    attempt after Ray started. (A static-matched width comes from results, a policy's
+    environments are checked where they run.)
 
     Raises:
         UserError: naming the arm, the task and the widest host that fits.
