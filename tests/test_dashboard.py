@@ -757,6 +757,27 @@ def test_a_runs_directory_moved_away_while_served_is_a_one_line_503(
     assert [r["name"] for r in client.get("/api/runs").json()["runs"]] == ["r1"]
 
 
+def test_a_runs_directory_that_cannot_be_looked_into_is_a_503_for_studies_too(
+    tmp_path: Path, recorded_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study list looked for studies outside the check: a locked runs directory was a 500
+    and a traceback there. (As root, mode bits do not bind in this process: the refusal is
+    what ``is_study`` raises on a directory without search permission.)"""
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "r1")
+
+    def locked(path: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(dashboard, "is_study", locked)
+    app = create_app(runs, hosts=accepted_hosts(*LOCAL), study_table=lambda directory: [])
+    client = TestClient(app, f"http://{LOCAL[0]}:{LOCAL[1]}", raise_server_exceptions=False)
+    for path in ("/api/studies", "/api/studies/st"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert response.text == f"runs directory {str(runs)!r} cannot be read (Permission denied)"
+
+
 def test_ctrl_c_stops_the_dashboard_cleanly(runs_dir: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -602,7 +602,7 @@ class _Api:
         return JSONResponse(data, headers={"Cache-Control": "no-cache"})
 
     async def _studies(self) -> dict[str, Path]:
-        return {} if self.tables is None else await run_in_threadpool(studies, self.runs_dir)
+        return {} if self.tables is None else await self._in_runs_dir(studies)
 
     async def study_list(self, request: Request) -> JSONResponse:
         return JSONResponse({"studies": sorted(await self._studies())})
