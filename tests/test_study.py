@@ -115,8 +115,24 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
     assert "is a run of other settings than the study gives trial" in printed
     assert "(run -> study: training.epochs: 6 -> 7)" in printed
-    # A trial's summary.json copied from another trial (its score was taken for the trial's).
     copied = tmp_path / "copy" / TRIALS_DIR
+    # A finished trial whose log a system crash emptied (lines are flushed, not fsynced) is
+    # still done: checking its summary against the log refused the whole study.
+    log = copied / "synthetic.grow.seed1" / "events.jsonl"
+    log.write_bytes(b"")
+    code, printed = _dry_run_of_a_copy(path, capsys, {})
+    assert code == 0 and "6 trials, 0 to run" in printed, printed
+    summary = log.parent / "summary.json"  # ... but its summary must still be its own
+    shutil.copyfile(copied / "synthetic.grow.seed0" / "summary.json", summary)
+    code, printed = _dry_run_of_a_copy(path, capsys, {})
+    assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
+    assert (
+        "its summary.json is of the periodic run 'synthetic.grow.seed0', its directory holds "
+        "the periodic run 'synthetic.grow.seed1'" in printed
+    )
+    for name in ("events.jsonl", "summary.json"):
+        shutil.copyfile(out / TRIALS_DIR / "synthetic.grow.seed1" / name, log.parent / name)
+    # A trial's summary.json copied from another trial (its score was taken for the trial's).
     own = copied / "synthetic.grow.seed0" / "summary.json"
     shutil.copyfile(copied / "synthetic.grow.seed1" / "summary.json", own)
     before = own.read_bytes()

@@ -178,10 +178,30 @@ def finished_summary(directory: Path) -> record.RunSummary | None:
         summary = record.read_summary(directory)
         if summary is None or summary.status not in FINISHED:
             return None
-        open_run(directory)  # checks the summary against the run's own first event
+        if (directory / record.EVENTS_FILE).stat().st_size:
+            open_run(directory)  # checks the summary against the run's own first event
+        else:  # lines are flushed, not fsynced: a system crash can empty a finished run's log
+            _check_summary_of(directory, summary)
     except record.RunRecordError as err:  # RunDirectoryError included
         raise UserError(f"trial run {str(directory)!r}: {err}") from None
+    except OSError as err:
+        raise UserError(f"trial run {str(directory)!r}: {err.strerror}") from None
     return summary
+
+
+def _check_summary_of(directory: Path, summary: record.RunSummary) -> None:
+    """``summary`` is of the run ``meta.json`` names (for a run whose log is empty).
+
+    Raises:
+        RunRecordError: it is another run's, or ``meta.json`` is malformed or missing.
+    """
+    meta = record.read_meta(directory)
+    if meta is None or (meta.run_id, meta.mode) != (summary.run_id, summary.mode):
+        held = "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
+        raise record.RunRecordError(
+            f"its summary.json is of the {summary.mode} run {summary.run_id!r}, its directory "
+            f"holds {held}"
+        )
 
 
 def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
