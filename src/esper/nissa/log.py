@@ -349,14 +349,15 @@ class EventTail:
         return found
 
     def _check_same_file(self, identity: tuple[int, int]) -> None:
-        """Raises EventLogError: the log is another file than the one read from before (copied
-        or moved over it): its bytes from the old offset on would be taken for new lines."""
+        """Raises EventLogError: the log is another file than the one read from before (moved
+        over it; a copy written into the same file is caught only when it is shorter): its
+        bytes from the old offset on would be taken for new lines."""
         if self.identity is None:
             self.identity = identity
         elif identity != self.identity:
             self.error = EventLogError(
-                f"{self.path}: the event log was replaced by another file (copied or moved over "
-                "it); it is not followed further"
+                f"{self.path}: the event log was replaced by another file (moved over it); it "
+                "is not followed further"
             )
             raise self.error
 
