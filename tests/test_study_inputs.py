@@ -38,7 +38,7 @@ from esper.study.execute import (
     study_settings,
     trial_row,
 )
-from esper.study.plan import Trial, growth_config, ppo_config, read_study
+from esper.study.plan import Trial, growth_config, ppo_config, read_study, store_url
 from esper.study.run import Stop
 
 HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'
@@ -447,6 +447,34 @@ def test_relative_policy_is_the_files_not_the_working_directorys(tmp_path, runs,
     spec, directory = read_study(path.relative_to(tmp_path))
     job = StudyDriver(spec, directory, print).job(Trial("synthetic", "p", 0))
     assert Path(job.config["policy"]) == runs["ppo"].resolve()
+
+
+def test_a_relative_sqlite_store_is_beside_the_study_file(tmp_path, capsys, monkeypatch):
+    """It was taken relative to wherever the command ran: a study run from another directory
+    checked, used and made another store, and its bandits learned from nothing. The URL as
+    written stays the study's setting, so a study moved with its file carries on."""
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    grow = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    for written, expected in (
+        ("sqlite:///k.sqlite", f"sqlite:///{tmp_path / 'sub' / 'k.sqlite'}"),
+        ("sqlite:///stores/../k.sqlite", f"sqlite:///{tmp_path / 'sub' / 'k.sqlite'}"),
+        (f"sqlite:///{tmp_path / 'abs.sqlite'}", f"sqlite:///{tmp_path / 'abs.sqlite'}"),
+        ("sqlite:///~/k.sqlite", "sqlite:///~/k.sqlite"),  # the store expands ~ itself
+        ("postgresql://esper@localhost/db", "postgresql://esper@localhost/db"),
+    ):
+        path = _study(tmp_path / "sub", f'{HEAD}knowledge = "{written}"\n{BUDGET}{grow}')
+        spec, directory = read_study(path)
+        assert spec.knowledge == written and store_url(spec, path) == expected
+        driver = StudyDriver(spec, directory, print, store_url(spec, path))
+        assert driver.job(Trial("synthetic", "h", 0)).config["knowledge"] == expected
+    # The command checks the store beside the file: one that is no database is refused.
+    (tmp_path / "sub" / "k.sqlite").write_text("not a database\n")
+    path = _study(tmp_path / "sub", f'{HEAD}knowledge = "sqlite:///k.sqlite"\n{BUDGET}{grow}')
+    assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
+    assert "file is not a database" in capsys.readouterr().err
+    assert list(here.iterdir()) == []
 
 
 def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):

@@ -32,7 +32,15 @@ from esper.study.execute import (
     trial_row,
     trial_slots,
 )
-from esper.study.plan import MATCHED, StudySpec, Trial, ppo_config, read_study, training
+from esper.study.plan import (
+    MATCHED,
+    StudySpec,
+    Trial,
+    ppo_config,
+    read_study,
+    store_url,
+    training,
+)
 from esper.study.run import Stop, check_fits, interrupt_on_termination, load_data
 from esper.study.stats import (
     INTERVALS_FILE,
@@ -90,8 +98,9 @@ def run_study(args: argparse.Namespace) -> int:
     if address is None:  # a local instance has this machine's cores and memory: a trial must fit
         check_local_cores(spec)
         check_widths(spec, args.file)
-    driver = StudyDriver(spec, directory, _say)
-    check_knowledge(spec)
+    knowledge = store_url(spec, args.file)
+    driver = StudyDriver(spec, directory, _say, knowledge)
+    check_knowledge(spec, knowledge)
     check_writable(directory)
     if args.dry_run:
         dry_run(driver)
@@ -179,20 +188,21 @@ def check_widths(spec: StudySpec, path: Path) -> None:
                 raise UserError(f"{where}: {err}") from None
 
 
-def check_knowledge(spec: StudySpec) -> None:
+def check_knowledge(spec: StudySpec, url: str | None) -> None:
     """The knowledge store a study names opens, when an arm grows: a trial that cannot use it
     only warns, in a Ray worker's log, and a bandit arm then runs without the outcomes it was
     to learn from. A store that does not exist yet is fine (the first trial creates it).
+    ``url``: the study's store as the trials use it (``store_url``).
 
     Raises:
         UserError: the store's one-line error (not a database, unreachable, foreign, newer).
     """
-    if spec.knowledge is None or all(a.controller in ("static", MATCHED) for a in spec.arms):
+    if url is None or all(a.controller in ("static", MATCHED) for a in spec.arms):
         return
     from esper.nissa.knowledge import KnowledgeStore, KnowledgeStoreError
 
     try:
-        KnowledgeStore.check(spec.knowledge)  # changes nothing: a dry run makes nothing
+        KnowledgeStore.check(url)  # changes nothing: a dry run makes nothing
     except KnowledgeStoreError as err:
         raise UserError(str(err)) from None
 

@@ -315,10 +315,19 @@ class StudyDriver:
         spec: the study.
         directory: the study directory.
         say: where progress lines go.
+        knowledge: the store the trials use (``plan.store_url``: the study's URL with a
+            relative SQLite path resolved); None: ``spec.knowledge`` as written.
     """
 
-    def __init__(self, spec: StudySpec, directory: Path, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        directory: Path,
+        say: Callable[[str], None],
+        knowledge: str | None = None,
+    ) -> None:
         self.spec, self.directory, self.say = spec, directory, say
+        self.knowledge = knowledge or spec.knowledge
         self.trials = plan(spec)
         groups: dict[tuple[str, str], list[Trial]] = {}  # (task, arm) -> its trials
         for trial in self.trials:
@@ -467,7 +476,7 @@ class StudyDriver:
         elif arm.policy is not None:
             policy = Path(arm.policy)
         own = self.directory.resolve() / KNOWLEDGE_FILE
-        knowledge = self.spec.knowledge or f"sqlite:///{own}"
+        knowledge = self.knowledge or f"sqlite:///{own}"
         mode, growth = growth_config(self.spec, trial, width, policy, knowledge)
         return Job(trial, mode, config_dict(growth), directory)
 

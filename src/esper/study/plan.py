@@ -305,8 +305,9 @@ class StudySpec:
         reps: bootstrap resamples per confidence interval (rliable's stratified bootstrap);
             2000 follows rliable, fewer give coarser intervals sooner.
         knowledge: the knowledge store every trial records its seed outcomes in and bandit
-            selectors learn from (a SQLAlchemy URL; None: knowledge.sqlite in the study
-            directory, so a study's bandits learn from its own trials only).
+            selectors learn from (a SQLAlchemy URL, an SQLite path relative to the study
+            file's directory: ``store_url``; None: knowledge.sqlite in the study directory, so
+            a study's bandits learn from its own trials only).
     """
 
     out: str
@@ -489,6 +490,25 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
         for a in spec.arms
     ]
     return replace(spec, arms=tuple(arms)), directory
+
+
+def store_url(spec: StudySpec, study_file: Path) -> str | None:
+    """The knowledge store the study names, with an SQLite file named by a relative path made
+    absolute against the study file's directory, as ``out`` and ``policy`` are (it was taken
+    relative to wherever the command ran: a study run from another directory used, and made,
+    another store, unnoticed). ``spec.knowledge`` keeps the URL as written, which is what a
+    study directory compares, so a study moved with its file carries on."""
+    url = spec.knowledge
+    if url is None:
+        return None
+    from sqlalchemy.engine import make_url  # what parse_url (checked when read) reads it with
+
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.drivername != "sqlite" or not database or database.startswith(("~", "/")):
+        return url
+    absolute = os.path.normpath(study_file.parent.absolute() / database)
+    return parsed.set(database=absolute).render_as_string(hide_password=False)
 
 
 def _check_out(directory: Path) -> None:
