@@ -87,13 +87,7 @@ def load(path: Path) -> tuple[StudySpec, Path]:
 def run_study(args: argparse.Namespace) -> int:
     """``esper study FILE [--address HOST:PORT] [--dry-run]``."""
     interrupt_on_termination()  # SIGTERM or SIGHUP cancels the trials; the study stays resumable
-    address = args.address
-    if address is not None and not (
-        ADDRESS.match(address) and 1 <= int(address.rpartition(":")[2]) <= MAX_PORT
-    ):
-        raise UserError(
-            f"--address must be HOST:PORT of a Ray head (port 1..{MAX_PORT}), got {address!r}"
-        )
+    address = check_address(args.address)
     spec, directory = load(args.file)
     if address is None:  # a local instance has this machine's cores and memory: a trial must fit
         check_local_cores(spec)
@@ -145,6 +139,21 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def check_address(address: str | None) -> str | None:
+    """``address`` (``--address``), if it is HOST:PORT.
+
+    Raises:
+        UserError: naming it and the form accepted.
+    """
+    if address is not None and not (
+        ADDRESS.match(address) and 1 <= int(address.rpartition(":")[2]) <= MAX_PORT
+    ):
+        raise UserError(
+            f"--address must be HOST:PORT of a Ray head (port 1..{MAX_PORT}), got {address!r}"
+        )
+    return address
 
 
 def check_local_cores(spec: StudySpec) -> None:
