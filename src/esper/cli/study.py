@@ -29,7 +29,6 @@ from esper.study.execute import (
     Outcome,
     StudyDriver,
     connect_ray,
-    trial_row,
     trial_slots,
 )
 from esper.study.plan import (
@@ -357,7 +356,7 @@ def _duration(seconds: float) -> str:
 
 def _state(driver: StudyDriver, trial: Trial) -> str:
     if trial.name in driver.done:
-        row = trial_row(trial, driver.run_directory(trial))
+        row = driver.rows.get(trial.name)  # read when the driver found the trial finished
         return "done" if row is None or row.score is None else f"done: {row.score:.2f}%"
     attempts = driver.state.attempts.get(trial.name, 0)
     if driver.exhausted(trial):

@@ -106,9 +106,10 @@ def run_job(job: Job) -> TrialRow | None:
     """
     directory = Path(job.directory)
     resume = directory if record.is_run_directory(directory) else None
-    if finished_summary(directory) is not None:
+    finished = finished_summary(directory)
+    if finished is not None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
-        return None if job.mode == "ppo" else trial_row(job.trial, directory)
+        return None if job.mode == "ppo" else summary_row(job.trial, finished)
     if resume is None:
         _check_free(job.trial, directory)
     out = None if resume is not None else directory
@@ -211,7 +212,12 @@ def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
         UserError: see ``finished_summary``.
     """
     summary = finished_summary(directory)
-    if summary is None or summary.growth is None:
+    return None if summary is None else summary_row(trial, summary)
+
+
+def summary_row(trial: Trial, summary: record.RunSummary) -> TrialRow | None:
+    """The result of a growth trial from its finished run's summary (None for a PPO run's)."""
+    if summary.growth is None:
         return None
     g = summary.growth
     test = g.test
@@ -350,9 +356,10 @@ class StudyDriver:
                 continue
             self._check_run(trial)  # a run copied or linked in would be resumed or counted
             self._check_settings(trial)
-            if finished_summary(self.run_directory(trial)) is not None:
+            summary = finished_summary(self.run_directory(trial))
+            if summary is not None:
                 self._finish(trial)
-                row = trial_row(trial, self.run_directory(trial))
+                row = summary_row(trial, summary)
                 if row is not None:
                     self.rows[trial.name] = row
 
