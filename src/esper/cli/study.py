@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.leyline.files import file_mode, not_regular
+from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular
 from esper.leyline.trials import STUDY_FILE, TRIALS_FILE
 from esper.study.execute import (
     LOCK_FILE,
@@ -222,10 +222,9 @@ def check_writable(directory: Path) -> None:
     Raises:
         UserError: naming the directory that refuses, and why.
     """
-    if os.path.islink(directory) and not os.path.exists(directory):
+    if is_dangling(directory):
         raise UserError(
-            f"cannot make the study directory {str(directory)!r}: it is a symbolic link that "
-            "leads nowhere (or in a loop)"
+            f"cannot make the study directory {str(directory)!r}: it is {DANGLING_LINK}"
         )
     place = next(p for p in (directory, *directory.absolute().parents) if os.path.exists(p))
     if os.access(place, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
@@ -255,8 +254,8 @@ def _check_study_files(directory: Path) -> None:
             mode = file_mode(path)
         except PermissionError as err:
             raise UserError(f"cannot look at {str(path)!r} ({err.strerror})") from None
-        if mode is None and os.path.islink(path):
-            raise UserError(f"{str(path)!r} is a symbolic link that leads nowhere (or in a loop)")
+        if mode is None and os.path.islink(path):  # file_mode followed it into nothing
+            raise UserError(f"{str(path)!r} is {DANGLING_LINK}")
         if mode is not None and not stat.S_ISREG(mode):
             raise UserError(
                 f"the study writes {str(path)!r}, and it is {not_regular(mode)}, not a file; "

@@ -167,6 +167,15 @@ def write_new_file(path: str | os.PathLike[str], data: bytes | str) -> None:
     os.close(fd)
 
 
+DANGLING_LINK = "a symbolic link that leads nowhere (or in a loop)"
+"""What a path is that ``is_dangling``: said in one line when such a path is to be used."""
+
+
+def is_dangling(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist (or is a loop)."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
 def file_mode(path: Path) -> int | None:
     """``path``'s ``st_mode`` (links followed), None where nothing is there.
 

@@ -43,7 +43,7 @@ from esper.leyline.config import (
     error_text,
     override,
 )
-from esper.leyline.files import atomic_write, remove_temporaries
+from esper.leyline.files import DANGLING_LINK, atomic_write, is_dangling, remove_temporaries
 from esper.leyline.trials import (
     FINISHED,
     RUN_COLUMN,
@@ -141,8 +141,8 @@ def _check_free(trial: Trial, directory: Path) -> None:
     if not os.path.lexists(directory):
         return
     try:
-        if os.path.islink(directory) and not os.path.exists(directory):
-            what = "is a symbolic link that leads nowhere (or in a loop)"
+        if is_dangling(directory):
+            what = f"is {DANGLING_LINK}"
         elif directory.is_dir() and not any(directory.iterdir()):
             return
         else:
