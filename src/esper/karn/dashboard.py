@@ -201,9 +201,23 @@ def _served_runs(runs_dir: Path) -> dict[str, tuple[Path, str | None]]:
     return run_paths(runs_dir)
 
 
-Signature = tuple[tuple[int, int, int, int] | None, ...]
-"""A run's record files as ``os.stat`` sees them: (inode, size, modification and change time in
-ns) of each of ``OPENED_FILES``, None for one that is missing."""
+FileKey = tuple[int, int, int, int]
+"""A file as ``os.stat`` sees it: inode, size, modification and change time (ns). Equal keys:
+the file is as it was when read (the caches below reuse what they read from it)."""
+
+Signature = tuple[FileKey | None, ...]
+"""A run's record files' ``FileKey``, each of ``OPENED_FILES`` (None: missing)."""
+
+
+def file_key(path: Path) -> FileKey:
+    """``path``'s ``FileKey`` (links followed).
+
+    Raises:
+        OSError: it cannot be looked at (missing, no permission).
+    """
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
 
 OPENED_FILES = (CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE)
 """The files ``open_run`` reads or checks for a run's picker entry."""
@@ -242,16 +256,14 @@ def list_runs(
 
 def _signature(run: Path) -> Signature | None:
     """``run``'s ``Signature``, None when a file cannot be looked at (no permission)."""
-    parts: list[tuple[int, int, int, int] | None] = []
+    parts: list[FileKey | None] = []
     for name in OPENED_FILES:
         try:
-            st = os.stat(run / name)
+            parts.append(file_key(run / name))
         except FileNotFoundError:
             parts.append(None)
-            continue
         except OSError:
             return None
-        parts.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(parts)
 
 
@@ -439,7 +451,7 @@ Curve = dict[int, float | None]
 
 class Curves:
     """Trials' validation curves (``validation_curve``), folded again only when a trial's log
-    changed (its inode, size or modification time): a finished study's bands read no log on a
+    changed (its ``FileKey``): a finished study's bands read no log on a
     refresh, however many trials it has (``Folds`` keeps ``FOLDS_KEPT`` runs, and the logs of a
     study of more trials were all read whole every time).
 
@@ -449,7 +461,7 @@ class Curves:
 
     def __init__(self, folds: Folds) -> None:
         self.folds = folds
-        self._known: dict[Path, dict[Path, tuple[tuple[int, int, int], Curve]]] = {}
+        self._known: dict[Path, dict[Path, tuple[FileKey, Curve]]] = {}
         self._lock = threading.Lock()
 
     def of(self, study: Path, runs: list[Path]) -> dict[Path, Curve]:
@@ -457,13 +469,12 @@ class Curves:
         from a thread); the study's cache then holds these runs alone."""
         with self._lock:
             before = self._known.get(study, {})
-        known: dict[Path, tuple[tuple[int, int, int], Curve]] = {}
+        known: dict[Path, tuple[FileKey, Curve]] = {}
         for run in runs:
             try:
-                st = os.stat(run / EVENTS_FILE)
+                signature = file_key(run / EVENTS_FILE)
             except OSError:  # removed, or not there yet: no curve, as an unreadable log
                 continue
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
             cached = before.get(run)
             if cached is not None and cached[0] == signature:
                 known[run] = cached
