@@ -737,3 +737,23 @@ def test_the_readmes_study_file_is_a_valid_study(tmp_path):
     spec, directory = read_study(_study(tmp_path / "studies", example))
     assert directory == tmp_path / "runs" / "study-impaired"
     assert len(spec.tasks) == 2 and spec.task_budgets
+
+
+def test_a_dry_run_and_bad_input_do_not_load_the_statistics_libraries(tmp_path) -> None:
+    """rliable (arch, scipy, pandas, seaborn: ~2 s) and matplotlib (~0.7 s) were imported with
+    the study command, so a missing study file took ~5 s to report and every --dry-run paid
+    for statistics it never computes. They load when results are written."""
+    path = _study(tmp_path, f"{HEAD}seeds = 1\n{BUDGET}{STATIC}")
+    code = (
+        "import sys\n"
+        "from esper.cli.main import main\n"
+        "assert main(['study', sys.argv[1] + '.missing']) == 2\n"
+        "assert main(['study', sys.argv[1], '--dry-run']) == 0\n"
+        "print(sorted(m for m in ('rliable', 'matplotlib', 'scipy') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -42,15 +42,20 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from rliable import library, metrics, plot_utils
 
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.leyline.trials import FINISHED, TrialRow
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# rliable (with arch, scipy, pandas and seaborn behind it, ~2 s) and matplotlib (~0.7 s) are
+# imported where they are used: a study's --dry-run or bad input, and the dashboard's lists of
+# studies, never need them.
 
 ALL_TASKS = "all tasks"
 """The ``task`` of a summary or improvement taken over all tasks."""
@@ -195,6 +200,8 @@ def _estimate(
     ``scores`` is one runs × tasks matrix, or a list of them that are resampled independently
     (for a function of two arms).
     """
+    from rliable import library
+
     with _seeded(seed):
         points, intervals = library.get_interval_estimates(
             {"scores": scores},
@@ -207,6 +214,8 @@ def _estimate(
 
 
 def _iqm_and_mean(scores: Scores) -> npt.NDArray[np.float64]:
+    from rliable import metrics
+
     return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
 
 
@@ -256,6 +265,8 @@ def _mean(values: Sequence[float | int | None]) -> float | None:
 def _summary(
     cells: Cells, task: str, arm: str, tasks: Sequence[str], reps: int, seed: int
 ) -> ArmSummary:
+    from rliable import metrics
+
     matrix, used = _matrix(cells, arm, tasks)
     point, bounds = _estimate(matrix, _iqm_and_mean, reps, seed)
     n_runs, n_tasks = matrix.shape
@@ -324,6 +335,8 @@ def _overall(
 def _improvement(
     cells: Cells, task: str, arm: str, baseline: str, tasks: Sequence[str], reps: int, seed: int
 ) -> Improvement:
+    from rliable import metrics
+
     x, _ = _matrix(cells, arm, tasks)
     y, _ = _matrix(cells, baseline, tasks)
     point, bounds = _estimate([x, y], metrics.probability_of_improvement, reps, seed)
@@ -564,6 +577,9 @@ def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
 
 
 def _figure(height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8.0, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
     return figure
@@ -611,6 +627,8 @@ def profile_plot(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> b
     """``performance_profile.png``: score distributions (rliable's performance profiles), the
     fraction of an arm's runs, over all its tasks, whose accuracy is above τ, with 95 %
     bootstrap bands."""
+    from rliable import library, plot_utils
+
     cells = _cells(rows)
     figure = _figure(4.5)
     arms = sorted({arm for _, arm in cells})
