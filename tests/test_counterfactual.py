@@ -13,7 +13,8 @@ from torch import Tensor
 
 from conftest import cnn_host, expected_output, grow, host_input, host_target, transformer_host
 from esper.kasmina import MorphogeneticModel, per_sample_accuracy, shapley_from_coalitions
-from esper.leyline import SeedStage
+from esper.kasmina.errors import GateError
+from esper.leyline import GateMode, SeedStage
 
 
 def neg_loss(output: Tensor, target: Tensor) -> Tensor:
@@ -214,6 +215,69 @@ def test_accuracy_metric() -> None:
     seq[..., 1] = 1.0  # always predicts token 1
     target = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     assert per_sample_accuracy(seq, target).tolist() == [50.0, 100.0]
+
+
+def test_accuracy_refuses_targets_of_another_shape_and_scores_non_finite_logits_nan() -> None:
+    """A ``(B, 1)`` target broadcast against ``(B,)`` predictions into a ``(B, B)`` table: every
+    sample of a perfectly predicted batch scored 50. NaN logits scored ``argmax``'s pick (class
+    0), so a seed that overflowed the output could be credited with accuracy."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"shaped like the logits .* \(4,\); got \(4, 1\)"):
+        per_sample_accuracy(logits, y[:, None])
+    logits[1, 0] = float("nan")
+    logits[2, 1] = float("inf")
+    scores = per_sample_accuracy(logits, y)
+    assert scores[0] == 100.0 and scores[3] == 100.0
+    assert scores[1].isnan() and scores[2].isnan()
+    seq = torch.zeros(2, 4, 3)
+    seq[0, 2, 0] = float("nan")  # one token of the first sequence
+    assert per_sample_accuracy(seq, torch.zeros(2, 4, dtype=torch.long)).isnan().tolist() == [
+        True,
+        False,
+    ]
+
+
+def test_a_seed_that_overflows_the_output_is_not_credited_and_g5_refuses_it() -> None:
+    """Finite weights of 1e20 made the output NaN; the contribution read 100 and the strict G5
+    gate fossilized the seed."""
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    grow(model, "mid", "conv_heavy", SeedStage.HOLDING, alpha=1.0)
+    with torch.no_grad():
+        for p in model.seed_parameters("mid"):
+            p.fill_(1e20)
+    x, y = host_input(model.host, 16), host_target(model.host, 16)
+    assert math.isnan(model.measure_contributions([(x, y)])["mid"])
+    model.gate_mode = GateMode.STRICT
+    with pytest.raises(GateError, match="G5"):
+        model.fossilize("mid")
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("column", r"shaped like the logits"),
+        ("short", r"one target row per input .* inputs \(8, .*targets \(3,\)"),
+        ("empty", r"at least one sample"),
+        ("scalar metric", r"one score per sample, shape \(16,\) .* got \(\)"),
+    ],
+)
+def test_measuring_on_bad_batches_or_with_a_bad_metric_names_the_shapes(case, match) -> None:
+    """These ended in torch's view/broadcast errors (or a NaN contribution for an empty batch)."""
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    grow(model, "mid", "conv_light", SeedStage.BLENDING)
+    x, y = host_input(model.host, 8), host_target(model.host, 8)
+    metric = per_sample_accuracy
+    if case == "column":
+        y = y[:, None]
+    elif case == "short":
+        y = y[:3]
+    elif case == "empty":
+        x, y = x[:0], y[:0]
+    else:
+        metric = lambda out, target: -F.cross_entropy(out, target)  # noqa: E731
+    with pytest.raises(ValueError, match=match):
+        model.measure_contributions([(x, y)], metric=metric)
 
 
 def test_reports_are_none_until_measured_then_populated() -> None:

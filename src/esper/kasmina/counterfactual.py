@@ -15,9 +15,21 @@ from torch import Tensor
 def per_sample_accuracy(output: Tensor, target: Tensor) -> Tensor:
     """Accuracy in percent per sample: ``(B, classes)`` or ``(B, T, vocab)`` logits -> ``(B,)``.
 
-    For sequences it is the share of correctly predicted tokens in each sequence.
+    For sequences it is the share of correctly predicted tokens in each sequence. A prediction
+    whose logits are not all finite scores NaN, not the class ``argmax`` happens to return for
+    them: a seed that overflows the output must not be credited with an accuracy.
+
+    Raises:
+        ValueError: ``target`` is not shaped ``output.shape[:-1]`` (a ``(B, 1)`` target would
+            broadcast against ``(B,)`` predictions into a ``(B, B)`` table of wrong scores).
     """
+    if target.shape != output.shape[:-1]:
+        raise ValueError(
+            f"targets must be shaped like the logits without their last dimension, "
+            f"{tuple(output.shape[:-1])}; got {tuple(target.shape)}"
+        )
     correct = (output.argmax(dim=-1) == target).float()  # (B,) or (B, T)
+    correct = correct.masked_fill(~output.isfinite().all(dim=-1), math.nan)
     if correct.dim() > 1:
         correct = correct.flatten(1).mean(dim=1)
     return correct * 100.0

@@ -69,6 +69,15 @@ def _parse_enum(enum: type[E], value: E | str) -> E:
         ) from None
 
 
+def _check_batch(x: Tensor, y: Tensor) -> None:
+    """A measured batch has samples, and one target row per input."""
+    if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(
+            "each batch needs one target row per input and at least one sample; got inputs "
+            f"{tuple(x.shape)} and targets {tuple(y.shape)}"
+        )
+
+
 class MorphogeneticModel(nn.Module):
     """A host network that can grow seeds in named slots.
 
@@ -247,12 +256,19 @@ class MorphogeneticModel(nn.Module):
         try:
             with torch.no_grad():
                 for x, y in batches:
+                    _check_batch(x, y)
                     out = self.fused_forward(x, configs)  # (K, B, ...)
                     if observe is not None:
                         observe(out[0], y)
                     k, b = out.shape[:2]
                     y_k = y.repeat(k, *([1] * (y.dim() - 1)))  # (K·B, ...), config-major
-                    scores = metric(out.flatten(0, 1), y_k).view(k, b)
+                    scores = metric(out.flatten(0, 1), y_k)
+                    if scores.shape != (k * b,):
+                        raise ValueError(
+                            f"the metric must return one score per sample, shape ({k * b},) "
+                            f"for {k} configurations of {b} samples; got {tuple(scores.shape)}"
+                        )
+                    scores = scores.view(k, b)
                     total = scores.sum(dim=1) if total is None else total + scores.sum(dim=1)
                     count += b
         finally:
