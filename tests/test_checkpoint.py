@@ -14,12 +14,14 @@ from conftest import cnn_host, grow, host_input, host_target, transformer_host
 from esper.kasmina import (
     CheckpointError,
     MorphogeneticModel,
+    build_host,
     capture_state,
     load_model,
     restore_state,
     save_model,
 )
 from esper.leyline import SeedStage
+from esper.leyline.files import WriteError
 
 
 def _train_a_little(model: MorphogeneticModel, steps: int = 3) -> None:
@@ -174,6 +176,80 @@ def test_inconsistent_manifest(tmp_path, edit, message: str) -> None:
     _rewrite_manifest(path, edit)
     with pytest.raises(CheckpointError, match=message):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(embargo_epochs=True), "embargo_epochs must be a positive integer"),
+        (lambda m: m.update(isolate_blending="no"), "isolate_blending must be True, False or None"),
+        (
+            lambda m: m["host"]["config"].update(depth=21, n_points=3),
+            r"base_channels \* 2\*\*\(depth - 1\) = 4 \* 2\*\*20, must be at most 65536",
+        ),
+    ],
+)
+def test_manifest_values_the_constructors_refuse(tmp_path, edit, message: str) -> None:
+    """Stored and then obeyed: a string taken for True, True for one epoch; a host whose last
+    block doubles its channels 20 times."""
+    path = save_model(_grown_cnn(), tmp_path / "m.pt")
+    _rewrite_manifest(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+def test_a_manifest_edited_to_a_huge_host_is_refused_before_it_is_built(
+    tmp_path, monkeypatch
+) -> None:
+    """A few bytes of JSON (16 blocks from 1 channel: 6e9 parameters, 24 GB) made load_model
+    fill memory building the host before its weights were compared (the process was killed).
+    The host is now built on the meta device (nothing allocated) until the weights match; a
+    small edited host shows that, without filling this machine's memory if it regresses."""
+    import esper.kasmina.checkpoint as checkpoint
+
+    devices: list[str] = []
+
+    def build(config):
+        devices.append(torch.get_default_device().type)
+        return build_host(config)
+
+    monkeypatch.setattr(checkpoint, "build_host", build)
+    path = save_model(MorphogeneticModel(cnn_host(), ["mid"]), tmp_path / "m.pt")
+    load_model(path)
+    assert devices == ["meta", "cpu"]
+    devices.clear()
+    _rewrite_manifest(path, lambda m: m["host"]["config"].update(base_channels=9))
+    with pytest.raises(CheckpointError, match=r"architecture: host\.segments\.0\.0\.0\.weight"):
+        load_model(path)
+    assert devices == ["meta"]
+
+
+@pytest.mark.parametrize("weights", [[1, 2], {"host.head.weight": 0}, {1: torch.zeros(1)}])
+def test_weights_that_are_not_named_tensors_are_refused(tmp_path, weights) -> None:
+    path = save_model(_grown_cnn(), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    torch.save({"manifest": payload["manifest"], "state_dict": weights}, path)
+    with pytest.raises(CheckpointError, match="its state_dict is not a dict of named tensors"):
+        load_model(path)
+
+
+def test_save_model_refuses_what_it_could_not_read_back_or_write(tmp_path) -> None:
+    model = _grown_cnn()
+    with pytest.raises(TypeError, match="saves a MorphogeneticModel, got CNNHost"):
+        save_model(model.host, tmp_path / "m.pt")
+
+    class OwnHost(type(model.host)):  # type: ignore[misc]
+        kind = "mine"
+
+    own = MorphogeneticModel(OwnHost(model.host.config), ["mid"])
+    with pytest.raises(ValueError, match="a model of a OwnHost could be written but not read"):
+        save_model(own, tmp_path / "own.pt")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WriteError, match="a parent of it is a file, not a directory"):
+        save_model(model, tmp_path / "afile" / "m.pt")
+    with pytest.raises(WriteError, match="a parent of it is a file"):
+        save_model(model, tmp_path / "afile" / "deeper" / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_in_memory_state_restores_in_place() -> None:

@@ -464,3 +464,40 @@ def test_unknown_slots_rejected() -> None:
 def test_transformer_tied_head() -> None:
     host = transformer_host()
     assert host.lm_head.weight is host.tok_emb.weight
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: MorphogeneticModel(torch.nn.Linear(2, 2), ["mid"]), TypeError, "got Linear"),
+        (lambda: build_host("cnn"), TypeError, "takes a CNNHostConfig or a Transformer.*got str"),
+        (
+            lambda: MorphogeneticModel(cnn_host(), ["mid"], embargo_epochs=True),
+            ValueError,
+            "embargo_epochs must be a positive integer, got True",
+        ),
+        (
+            lambda: MorphogeneticModel(cnn_host(), ["mid"], isolate_blending="no"),
+            ValueError,
+            "isolate_blending must be True, False or None, got 'no'",
+        ),
+        (
+            lambda: CNNHostConfig(base_channels=1, depth=18, n_points=3),
+            ValueError,
+            r"1 \* 2\*\*17, must be at most 65536",
+        ),
+    ],
+)
+def test_what_the_model_and_host_constructors_refuse(build, error, message) -> None:
+    """A Linear layer or a string ended in AttributeErrors ("no attribute 'injection_points'",
+    "'str' object has no attribute 'block_size'"); "no" was stored and taken for True, True for
+    one epoch; 17 doublings of one channel built 131,072-channel blocks (the process was
+    killed)."""
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_slots_may_be_any_iterable() -> None:
+    """A generator was used up by the slot check, leaving a model with no slots."""
+    model = MorphogeneticModel(cnn_host(), (s for s in ["late", "mid"]))
+    assert model.order == ("mid", "late")

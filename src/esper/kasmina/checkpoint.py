@@ -19,10 +19,16 @@ from typing import Any
 import torch
 
 from esper.kasmina.errors import CheckpointError
-from esper.kasmina.hosts import SegmentedHost, build_host, host_config_from_dict
+from esper.kasmina.hosts import (
+    CNNHost,
+    SegmentedHost,
+    TransformerHost,
+    build_host,
+    host_config_from_dict,
+)
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline.config import json_reason
-from esper.leyline.files import atomic_write, read_regular
+from esper.leyline.files import WriteError, atomic_write, read_regular
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 
 FORMAT = "esper-model"
@@ -99,7 +105,20 @@ class WeightsMismatchError(ValueError):
 
 def _check_weights(model: MorphogeneticModel, weights: dict[str, torch.Tensor]) -> None:
     """Name the keys and shapes that differ (``load_state_dict`` only summarizes them)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _compare({k: tuple(v.shape) for k, v in model.state_dict().items()}, weights)
+
+
+def _check_host_weights(config: Any, weights: dict[str, torch.Tensor]) -> None:
+    """The file's host weights have the shapes ``config``'s host has, compared before that host
+    is built: built on the meta device, which allocates nothing. A manifest edited to a huge
+    host (a few bytes of JSON) otherwise filled memory before any comparison."""
+    with torch.device("meta"):
+        host = build_host(config)
+    host_weights = {k: v for k, v in weights.items() if k.startswith("host.")}
+    _compare({f"host.{k}": tuple(v.shape) for k, v in host.state_dict().items()}, host_weights)
+
+
+def _compare(expected: dict[str, tuple[int, ...]], weights: dict[str, torch.Tensor]) -> None:
     given = {k: tuple(v.shape) for k, v in weights.items()}
     problems = [f"missing {k}" for k in expected if k not in given]
     problems += [f"unexpected {k}" for k in given if k not in expected]
@@ -120,9 +139,28 @@ def save_model(model: MorphogeneticModel, path: str | os.PathLike[str]) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        TypeError: ``model`` is not a ``MorphogeneticModel``.
+        ValueError: its host is not one ``load_model`` can rebuild (a ``SegmentedHost`` of
+            one's own: the file would be written, then refused).
+        WriteError: ``path`` or a parent of it cannot be what it needs to be (a directory, a
+            file).
     """
+    if not isinstance(model, MorphogeneticModel):
+        raise TypeError(f"save_model saves a MorphogeneticModel, got {type(model).__name__}")
+    if type(model.host) not in (CNNHost, TransformerHost):
+        raise ValueError(
+            f"load_model rebuilds CNNHost and TransformerHost models only; a model of a "
+            f"{type(model.host).__name__} could be written but not read back"
+        )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise WriteError(
+            f"cannot write {str(path)!r}: a parent of it is a file, not a directory"
+        ) from None
     atomic_write(path, model_bytes(model))
     return path
 
@@ -164,7 +202,15 @@ def _read(data: bytes, path: str) -> tuple[dict[str, Any], dict[str, torch.Tenso
             f"checkpoint {str(path)!r} has format {manifest['format']!r} version "
             f"{manifest['version']!r}; this Esper reads {FORMAT!r} version {VERSION}"
         )
-    return manifest, payload["state_dict"]
+    weights = payload["state_dict"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not an Esper model file (its state_dict is not a "
+            "dict of named tensors)"
+        )
+    return manifest, weights
 
 
 def load_model(
@@ -199,6 +245,7 @@ def model_from_bytes(
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {manifest['dtype']!r}")
         config = host_config_from_dict(manifest["host"]["kind"], manifest["host"]["config"])
+        _check_host_weights(config, weights)
         host = build_host(config).to(dtype)
         model = MorphogeneticModel(
             host,

@@ -21,8 +21,10 @@ from esper.leyline import InjectionSpec, Topology, slot_names
 from esper.leyline.config import check_int, decode, require
 
 MAX_HOST_SIZE = 65_536
-"""Largest channel count, dimension, depth or vocabulary a host accepts: beyond it a host no
-longer fits in memory, and checking up front names the limit instead of failing in torch."""
+"""Largest channel count (a CNN's last block's included), dimension, depth or vocabulary a host
+accepts: beyond it no host fits in memory, and checking up front names the limit instead of
+failing in torch. It bounds each size, not their product: a host within it can still need more
+memory than a machine has (the run commands check that, ``esper.study.run.check_fits``)."""
 
 
 def _check_sizes(config: Any, *names: str) -> None:
@@ -72,6 +74,12 @@ class CNNHostConfig:
             f"kernel_size must be odd so padding keeps the size, got {self.kernel_size}",
         )
         _require_multiple("depth", self.depth, "n_points", self.n_points)
+        widest = self.base_channels << (self.depth - 1)  # channels double every block
+        require(
+            widest <= MAX_HOST_SIZE,
+            f"the last block's channels, base_channels * 2**(depth - 1) = "
+            f"{self.base_channels} * 2**{self.depth - 1}, must be at most {MAX_HOST_SIZE}",
+        )
 
     @property
     def width(self) -> int:
@@ -573,4 +581,8 @@ def build_host(config: HostConfig) -> SegmentedHost:
     """The host ``config`` describes: a ``CNNHost`` or a ``TransformerHost``."""
     if isinstance(config, CNNHostConfig):
         return CNNHost(config)
-    return TransformerHost(config)
+    if isinstance(config, TransformerHostConfig):
+        return TransformerHost(config)
+    raise TypeError(
+        f"build_host takes a CNNHostConfig or a TransformerHostConfig, got {type(config).__name__}"
+    )

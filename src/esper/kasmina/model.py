@@ -100,10 +100,25 @@ class MorphogeneticModel(nn.Module):
         isolate_blending: bool | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(host, SegmentedHost):
+            raise TypeError(
+                "host must be a SegmentedHost (CNNHost, TransformerHost), got "
+                f"{type(host).__name__}"
+            )
         specs = {spec.slot: spec for spec in host.injection_points}
+        if not isinstance(slots, str):
+            slots = list(slots)  # a generator would be used up by the check below
         check_slots(slots, list(specs))
-        if not isinstance(embargo_epochs, int) or embargo_epochs < 1:
+        if (
+            isinstance(embargo_epochs, bool)
+            or not isinstance(embargo_epochs, int)
+            or embargo_epochs < 1
+        ):
             raise ValueError(f"embargo_epochs must be a positive integer, got {embargo_epochs!r}")
+        if isolate_blending is not None and not isinstance(isolate_blending, bool):
+            raise ValueError(
+                f"isolate_blending must be True, False or None, got {isolate_blending!r}"
+            )
         self.host = host
         self.gate_mode = _parse_enum(GateMode, gate_mode)
         self.embargo_epochs = embargo_epochs
