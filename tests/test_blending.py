@@ -11,7 +11,7 @@ import torch
 from conftest import cnn_host, grow, host_input, transformer_host
 from esper.kasmina import MorphogeneticModel, blueprint_registry
 from esper.kasmina.blending import AlphaSchedule, curve_value
-from esper.leyline import AlphaCurve, SeedStage, Topology
+from esper.leyline import AlphaCurve, GateMode, SeedStage, Topology
 
 ALL_BLUEPRINTS = [(Topology.CNN, name) for name in blueprint_registry.names(Topology.CNN)] + [
     (Topology.TRANSFORMER, name) for name in blueprint_registry.names(Topology.TRANSFORMER)
@@ -104,12 +104,43 @@ def test_retargeting_during_blending_starts_from_current_alpha() -> None:
     assert model.reports()["mid"].alpha == 0.1
 
 
+def test_numpy_scalars_are_numbers() -> None:
+    """They were refused with messages blaming the range: "must be in (0, 1], got
+    np.float32(0.5)"."""
+    np = pytest.importorskip("numpy")
+    model = MorphogeneticModel(cnn_host(), ["mid"])
+    model.germinate("mid", "norm")
+    model.set_alpha_target("mid", np.float32(0.5), tempo=np.int64(3))
+    plan = model.slot("mid").plan
+    assert plan is not None and (plan.target, plan.tempo) == (0.5, 3)
+    assert type(plan.target) is float and type(plan.tempo) is int  # JSON-ready for the manifest
+
+
+def test_a_schedule_replanned_to_the_current_alpha_passes_g3_as_the_heuristic_says() -> None:
+    """Re-planned to the α a seed already had, the flat schedule's epochs left kept G3 shut
+    ("alpha 1 has not reached its target 1.0") while the heuristic proposed to hold."""
+    from esper.tamiyo.heuristic import advance_reason
+
+    model = MorphogeneticModel(cnn_host(), ["mid"], gate_mode="permissive")
+    grow(model, "mid", "norm", SeedStage.BLENDING, alpha=0.5)  # α = 0.5 heading to 1.0
+    model.step_epoch()
+    model.step_epoch()
+    model.set_alpha_target("mid", 1.0, tempo=2)
+    model.gate_mode = GateMode.STRICT
+    report = model.reports()["mid"]
+    assert report.alpha == 1.0 and "hold (G3)" in (advance_reason(report) or "")
+    model.advance("mid")
+    assert model.slot("mid").stage is SeedStage.HOLDING
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"target": 0.0}, r"alpha target must be in \(0, 1\], got 0.0"),
-        ({"target": 1.5}, r"alpha target must be in \(0, 1\], got 1.5"),
+        ({"target": 0.0}, r"alpha target must be a number in \(0, 1\], got 0.0"),
+        ({"target": 1.5}, r"alpha target must be a number in \(0, 1\], got 1.5"),
         ({"target": 0.5, "tempo": 0}, "tempo must be a positive number of epochs, got 0"),
+        ({"target": True}, r"alpha target must be a number in \(0, 1\], got True"),  # was 1.0
+        ({"target": 0.5, "tempo": True}, "tempo must be a positive number of epochs, got True"),
         (
             {"target": 0.5, "curve": "cubic"},
             r"unknown AlphaCurve 'cubic'; accepted: \['linear', 'cosine', 'sigmoid'\]",

@@ -122,8 +122,16 @@ def test_fused_forward_rejects_bad_requests() -> None:
     model.eval()
     with pytest.raises(ValueError, match=r"unknown slot 'middle'"):
         model.fused_forward(x, [{"middle": 0.5}])
-    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"must be a number in \[0, 1\], got 1.5"):
         model.fused_forward(x, [{"mid": 1.5}])
+    # These were taken as 1.0, or ended in AttributeErrors and comparison TypeErrors.
+    for alpha in (True, "0.5", None):
+        with pytest.raises(ValueError, match=rf"must be a number in \[0, 1\], got {alpha!r}"):
+            model.fused_forward(x, [{"mid": alpha}])
+    with pytest.raises(TypeError, match=r"a sequence of \{slot: α\} mappings.*got \{'mid': 0.5\}"):
+        model.fused_forward(x, {"mid": 0.5})
+    with pytest.raises(TypeError, match="a sequence of"):
+        model.fused_forward(x, ["mid"])
     model.prune("early")
     with pytest.raises(ValueError, match="slot 'early' is PRUNED"):
         model.fused_forward(x, [{"early": 0.5}])

@@ -79,8 +79,10 @@ def _alpha_positive(slot: SeedSlot) -> str | None:
 
 
 def _alpha_at_target(slot: SeedSlot) -> str | None:
+    # α itself, not the schedule's clock: a schedule re-planned to the α a seed already has is
+    # flat, and its epochs left change nothing (the heuristic, reading α from the report, agrees).
     schedule = slot.schedule
-    if schedule is None or not schedule.done or abs(slot.alpha - schedule.target) > T.ALPHA_EPSILON:
+    if schedule is None or abs(slot.alpha - schedule.target) > T.ALPHA_EPSILON:
         target = None if schedule is None else schedule.target
         return f"alpha {slot.alpha:.4g} has not reached its target {target}"
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import TypeVar, cast
 
 import torch
@@ -188,6 +189,13 @@ class MorphogeneticModel(nn.Module):
                 "fused_forward measures counterfactuals and needs model.eval(): in train mode "
                 "batch statistics would mix the configurations"
             )
+        if isinstance(alpha_overrides, Mapping) or not all(
+            isinstance(o, Mapping) for o in alpha_overrides
+        ):
+            raise TypeError(
+                "alpha_overrides is a sequence of {slot: α} mappings, one per configuration; "
+                f"got {alpha_overrides!r}"
+            )
         if not alpha_overrides:
             raise ValueError("alpha_overrides must hold at least one configuration")
         configs = [self._resolve(o) for o in alpha_overrides]
@@ -249,8 +257,10 @@ class MorphogeneticModel(nn.Module):
                     f"slot {name!r} is {slot.stage.value}: only seeds in "
                     f"{sorted(s.value for s in FORWARD_STAGES)} can be given an α override"
                 )
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"α override for slot {name!r} must be in [0, 1], got {value}")
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"α override for slot {name!r} must be a number in [0, 1], got {value!r}"
+                )
             config[name] = float(value)
         return config
 

@@ -20,6 +20,7 @@ FOSSILIZED    same, ``x_in = h``: trains with the host             full
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -232,10 +233,12 @@ class SeedSlot(nn.Module):
 
     def set_alpha_target(self, target: float, tempo: int, curve: AlphaCurve) -> None:
         """Plan (GERMINATED, TRAINING) or re-plan from the current α (BLENDING) the α ramp."""
-        if not (isinstance(target, float | int) and 0.0 < target <= 1.0):
-            raise ValueError(f"alpha target must be in (0, 1], got {target!r}")
-        if not isinstance(tempo, int) or isinstance(tempo, bool) or tempo < 1:
+        # numbers.Real and Integral take numpy's scalars too; bool is refused (True is no α).
+        if isinstance(target, bool) or not isinstance(target, Real) or not 0.0 < target <= 1.0:
+            raise ValueError(f"alpha target must be a number in (0, 1], got {target!r}")
+        if isinstance(tempo, bool) or not isinstance(tempo, Integral) or tempo < 1:
             raise ValueError(f"tempo must be a positive number of epochs, got {tempo!r}")
+        tempo = int(tempo)
         allowed = OP_STAGES[Op.SET_ALPHA_TARGET]
         if self.stage not in allowed:
             raise LifecycleError(
