@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from typing import TypeVar, cast
 
 import torch
@@ -31,6 +30,7 @@ from esper.leyline import (
     ordered_slots,
 )
 from esper.leyline import thresholds as T
+from esper.leyline.config import is_number
 from esper.leyline.slots import check_slots
 
 Metric = Callable[[Tensor, Tensor], Tensor]
@@ -257,7 +257,7 @@ class MorphogeneticModel(nn.Module):
                     f"slot {name!r} is {slot.stage.value}: only seeds in "
                     f"{sorted(s.value for s in FORWARD_STAGES)} can be given an α override"
                 )
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
+            if not (is_number(value) and 0.0 <= value <= 1.0):
                 raise ValueError(
                     f"α override for slot {name!r} must be a number in [0, 1], got {value!r}"
                 )

@@ -20,7 +20,6 @@ FOSSILIZED    same, ``x_in = h``: trains with the host             full
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -42,6 +41,7 @@ from esper.leyline import (
     SeedStateReport,
 )
 from esper.leyline import thresholds as T
+from esper.leyline.config import is_number
 from esper.leyline.lifecycle import (
     ADVANCE_TO,
     FORWARD_STAGES,
@@ -233,10 +233,9 @@ class SeedSlot(nn.Module):
 
     def set_alpha_target(self, target: float, tempo: int, curve: AlphaCurve) -> None:
         """Plan (GERMINATED, TRAINING) or re-plan from the current α (BLENDING) the α ramp."""
-        # numbers.Real and Integral take numpy's scalars too; bool is refused (True is no α).
-        if isinstance(target, bool) or not isinstance(target, Real) or not 0.0 < target <= 1.0:
+        if not (is_number(target) and 0.0 < target <= 1.0):  # numpy's scalars too, not True
             raise ValueError(f"alpha target must be a number in (0, 1], got {target!r}")
-        if isinstance(tempo, bool) or not isinstance(tempo, Integral) or tempo < 1:
+        if not (is_number(tempo, integral=True) and tempo >= 1):
             raise ValueError(f"tempo must be a positive number of epochs, got {tempo!r}")
         tempo = int(tempo)
         allowed = OP_STAGES[Op.SET_ALPHA_TARGET]

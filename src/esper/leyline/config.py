@@ -15,6 +15,7 @@ import datetime
 import functools
 import json
 import math
+import numbers
 import re
 import tomllib
 import types
@@ -109,6 +110,13 @@ def check_int(name: str, value: object, low: int = 1, high: int = MAX_COUNT) -> 
     """``value`` is an integer (not a bool) in ``[low, high]``, else a one-line error."""
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     require(ok, f"{name} must be an integer in [{low}, {high}], got {quoted(value)}")
+
+
+def is_number(value: object, integral: bool = False) -> bool:
+    """``value`` is a real number (an integer with ``integral``), Python's or numpy's, and not a
+    bool."""
+    kind = numbers.Integral if integral else numbers.Real
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def check_float(
