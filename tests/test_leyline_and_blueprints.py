@@ -60,6 +60,17 @@ def test_registry_names_are_the_design_set() -> None:
     ]
 
 
+def test_a_topology_may_be_named_by_its_value_and_bad_lookups_name_what_is_accepted() -> None:
+    """``names(host.kind)`` (a string) was a bare KeyError 'cnn'; a list for a name a TypeError
+    (unhashable) that germinate did not turn into its G0 refusal."""
+    assert blueprint_registry.names("cnn") == blueprint_registry.names(Topology.CNN)
+    assert blueprint_registry.get("lora", "transformer").topology is Topology.TRANSFORMER
+    with pytest.raises(ValueError, match=r"unknown topology 'rnn'; accepted: \['cnn', 'trans"):
+        blueprint_registry.names("rnn")
+    with pytest.raises(ValueError, match=r"unknown blueprint \['norm'\] for a cnn host; acc"):
+        blueprint_registry.get(["norm"], Topology.CNN)  # type: ignore[arg-type]
+
+
 def test_duplicate_registration_fails() -> None:
     with pytest.raises(ValueError, match="already registered"):
         blueprint_registry.register("norm", Topology.CNN, "again")(lambda spec: torch.nn.Identity())

@@ -458,6 +458,7 @@ def test_summaries_round_trip(tmp_path: Path) -> None:
     for summary in (growth_summary(RUN), ppo_summary(RUN)):
         write_summary(tmp_path, summary)
         assert read_summary(tmp_path) == summary
+        assert read_summary(str(tmp_path)) == summary  # public: a str path was a TypeError
         assert run_status(tmp_path) == summary.status
     text = (tmp_path / SUMMARY_FILE).read_text()
     assert json.loads(text)["ppo"]["env_steps"] == 640 and json.loads(text)["growth"] is None

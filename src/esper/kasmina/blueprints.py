@@ -151,25 +151,39 @@ class BlueprintRegistry:
 
         return add
 
-    def names(self, topology: Topology) -> tuple[str, ...]:
+    def _table(self, topology: Topology | str) -> dict[str, Blueprint]:
+        """The blueprints of ``topology``, given as a ``Topology`` or its value (a host's
+        ``kind``, ``"cnn"``).
+
+        Raises:
+            ValueError: naming the unknown topology and the accepted ones.
+        """
+        try:
+            return self._by_topology[Topology(topology)]
+        except ValueError:
+            accepted = [t.value for t in Topology]
+            raise ValueError(f"unknown topology {topology!r}; accepted: {accepted}") from None
+
+    def names(self, topology: Topology | str) -> tuple[str, ...]:
         """Blueprint names for ``topology`` in registration order (the action-space order)."""
-        return tuple(self._by_topology[topology])
+        return tuple(self._table(topology))
 
     def all_names(self) -> list[str]:
         """Every blueprint name of any topology, sorted (a name means one kind of module in
         either)."""
         return sorted({name for table in self._by_topology.values() for name in table})
 
-    def get(self, name: str, topology: Topology) -> Blueprint:
+    def get(self, name: str, topology: Topology | str) -> Blueprint:
         """Look a blueprint up.
 
         Raises:
-            ValueError: naming the unknown blueprint and the accepted ones.
+            ValueError: naming the unknown blueprint (or topology) and the accepted ones.
         """
-        table = self._by_topology[topology]
-        if name not in table:
+        table = self._table(topology)
+        if not isinstance(name, str) or name not in table:
             raise ValueError(
-                f"unknown blueprint {name!r} for a {topology.value} host; accepted: {list(table)}"
+                f"unknown blueprint {name!r} for a {Topology(topology).value} host; "
+                f"accepted: {list(table)}"
             )
         return table[name]
 

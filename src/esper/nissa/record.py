@@ -536,14 +536,15 @@ def write_summary(run_dir: Path, summary: RunSummary) -> None:
     write_json(run_dir / SUMMARY_FILE, summary)
 
 
-def read_summary(run_dir: Path) -> RunSummary | None:
-    """The run's summary, or None when it has none (still running, or killed).
+def read_summary(run_dir: str | os.PathLike[str]) -> RunSummary | None:
+    """The summary of the run in ``run_dir``, or None when it has none (still running, or
+    killed).
 
     Raises:
         RunRecordError: ``summary.json`` is a directory, unreadable, or not a run summary
             (garbage, missing or unknown keys, wrong types).
     """
-    return read_record(run_dir / SUMMARY_FILE, RunSummary, "an Esper run summary")
+    return read_record(Path(run_dir) / SUMMARY_FILE, RunSummary, "an Esper run summary")
 
 
 def is_run_directory(path: Path) -> bool:
