@@ -278,6 +278,40 @@ def test_in_memory_state_restores_in_place() -> None:
         assert torch.equal(model(x), before)
 
 
+@pytest.mark.parametrize("damage", ["weights", "stage"])
+def test_a_state_that_cannot_be_restored_leaves_the_model_as_it_was(damage: str) -> None:
+    """The slots restored before the failure stayed restored: a DORMANT model caught the error
+    and went on as BLENDING at α 0.4 and epoch 1 with a freshly initialised seed."""
+    grown = _grown_cnn()
+    state = capture_state(grown)
+    if damage == "weights":
+        weights = {k: v for k, v in state.weights.items() if not k.startswith("slots.late")}
+        bad = dataclasses.replace(state, weights=weights)
+    else:
+        manifest = json.loads(json.dumps(state.manifest))
+        manifest["seeds"]["late"]["stage"] = "NOPE"
+        bad = dataclasses.replace(state, manifest=manifest)
+    model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"], embargo_epochs=3).eval()
+    x = host_input(model.host)
+    with torch.no_grad():
+        before = model(x)
+    reports, epoch = model.reports(), model.epoch
+    with pytest.raises(ValueError):
+        restore_state(model, bad)
+    assert model.reports() == reports and model.epoch == epoch
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+def test_a_state_of_other_construction_options_is_refused() -> None:
+    """Restored into a model of other options, the state's were silently not applied."""
+    state = capture_state(_grown_cnn())  # embargo_epochs=3, blending isolated (a CNN's default)
+    for options in ({"embargo_epochs": 5}, {"embargo_epochs": 3, "isolate_blending": False}):
+        other = MorphogeneticModel(cnn_host(), ["early", "mid", "late"], **options)
+        with pytest.raises(ValueError, match="state was captured from a model with"):
+            restore_state(other, state)
+
+
 def test_state_for_another_host_is_refused() -> None:
     state = capture_state(_grown_cnn())
     other = MorphogeneticModel(cnn_host(base_channels=8), ["early", "mid", "late"])

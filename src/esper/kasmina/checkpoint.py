@@ -73,13 +73,18 @@ def capture_state(model: MorphogeneticModel) -> ModelState:
 
 
 def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
-    """Put ``model`` back exactly as ``state`` recorded it, in place.
+    """Put ``model`` back as ``state`` recorded it, in place: its epoch, every slot's seed and
+    lifecycle, and the weights. All or nothing: a state that cannot be restored leaves the
+    model as it was (in value; its seeds are rebuilt, as by every restore). The gate mode stays the model's (how its caller wants transitions checked
+    from now on, not a state of the model).
 
     Seeds are rebuilt from the manifest (new parameter objects; optimizers must re-register
     them) and the weights are loaded strictly. The host must be the one the state came from.
 
     Raises:
-        ValueError: if the state describes another host or other slots.
+        ValueError: if the state describes another host, other slots, other options fixed at
+            construction (embargo epochs, blending isolation) or another dtype, or holds a
+            lifecycle or weights that cannot be restored.
     """
     manifest = state.manifest
     host = _host_entry(model.host)
@@ -91,6 +96,20 @@ def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
             f"state is for host {manifest['host']} with slots {manifest['slots']}, "
             f"not {host} with slots {list(model.order)}"
         )
+    options = {"embargo_epochs": model.embargo_epochs, "isolate_blending": model.isolate_blending}
+    recorded = {key: manifest[key] for key in options}
+    if recorded != options:
+        raise ValueError(f"state was captured from a model with {recorded}, not {options}")
+    before = capture_state(model)
+    try:
+        _restore(model, state)
+    except BaseException:
+        _restore(model, before)
+        raise
+
+
+def _restore(model: MorphogeneticModel, state: ModelState) -> None:
+    manifest = state.manifest
     model.epoch = int(manifest["epoch"])
     device, dtype = model._device_dtype()
     for name in model.order:
