@@ -181,6 +181,22 @@ def test_inconsistent_manifest(tmp_path, edit, message: str) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
+        (lambda m: m.update(epoch="7"), "epoch must be an integer >= 0, got '7'"),
+        (lambda m: m.update(epoch=2.9), "epoch must be an integer >= 0, got 2.9"),
+        (lambda m: m.update(epoch=-5), "epoch must be an integer >= 0, got -5"),
+        (lambda m: m["seeds"]["mid"]["plan"].update(tempo=True), "α schedule needs ints"),
+        (
+            lambda m: m["seeds"]["early"].update(stage="TRAINING"),  # FOSSILIZED at α 1 in file
+            r"slot 'early': alpha 1.0 in TRAINING; only BLENDING, HOLDING and FOSSILIZED",
+        ),
+        (
+            lambda m: m["seeds"]["late"].update(alpha=0.0),
+            r"slot 'late': alpha 0.0 in FOSSILIZED; .* and the last two always are",
+        ),
+        (
+            lambda m: m["seeds"]["mid"].update(colour="red"),
+            r"slot 'mid': unknown key\(s\) \['colour'\] in its manifest entry",
+        ),
         (lambda m: m.update(embargo_epochs=True), "embargo_epochs must be a positive integer"),
         (lambda m: m.update(isolate_blending="no"), "isolate_blending must be True, False or None"),
         (

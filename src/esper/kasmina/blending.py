@@ -84,7 +84,10 @@ class AlphaSchedule:
             raise ValueError(
                 f"α schedule start/target must be in [0, 1], got {start!r}, {target!r}"
             )
-        if not (isinstance(tempo, int) and isinstance(tick, int) and 0 <= tick <= tempo):
+        counts = (tempo, tick)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in counts) or not (
+            0 <= tick <= tempo
+        ):
             raise ValueError(f"α schedule needs ints 0 <= tick <= tempo, got {tick!r}, {tempo!r}")
         return cls(float(start), float(target), tempo, AlphaCurve(data["curve"]), tick)
 

@@ -75,8 +75,9 @@ def capture_state(model: MorphogeneticModel) -> ModelState:
 def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
     """Put ``model`` back as ``state`` recorded it, in place: its epoch, every slot's seed and
     lifecycle, and the weights. All or nothing: a state that cannot be restored leaves the
-    model as it was (in value; its seeds are rebuilt, as by every restore). The gate mode stays the model's (how its caller wants transitions checked
-    from now on, not a state of the model).
+    model as it was (in value; its seeds are rebuilt, as by every restore). The gate mode
+    stays the model's (how its caller wants transitions checked from now on, not a state of
+    the model).
 
     Seeds are rebuilt from the manifest (new parameter objects; optimizers must re-register
     them) and the weights are loaded strictly. The host must be the one the state came from.
@@ -110,7 +111,10 @@ def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
 
 def _restore(model: MorphogeneticModel, state: ModelState) -> None:
     manifest = state.manifest
-    model.epoch = int(manifest["epoch"])
+    epoch = manifest["epoch"]
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+    model.epoch = epoch
     device, dtype = model._device_dtype()
     for name in model.order:
         model.slot(name).restore(manifest["seeds"][name], device, dtype)

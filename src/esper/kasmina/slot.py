@@ -44,6 +44,7 @@ from esper.leyline import thresholds as T
 from esper.leyline.config import is_number
 from esper.leyline.lifecycle import (
     ADVANCE_TO,
+    BLENDED_STAGES,
     FORWARD_STAGES,
     OP_STAGES,
     SEED_MODULE_STAGES,
@@ -331,6 +332,9 @@ class SeedSlot(nn.Module):
         Raises:
             ValueError: for a value of the wrong type or out of range.
         """
+        unknown = sorted(set(data) - set(self.manifest()))
+        if unknown:
+            raise ValueError(f"slot {self.name!r}: unknown key(s) {unknown} in its manifest entry")
         stage = SeedStage(data["stage"])
         self._detach()
         self._clear_state()
@@ -348,6 +352,12 @@ class SeedSlot(nn.Module):
         alpha = _optional_float(data, "alpha")
         if alpha is None or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0.0, 1.0], got {data['alpha']!r}")
+        held = stage in (SeedStage.HOLDING, SeedStage.FOSSILIZED)
+        if (alpha > 0.0 and stage not in BLENDED_STAGES) or (alpha == 0.0 and held):
+            raise ValueError(
+                f"slot {self.name!r}: alpha {alpha} in {stage.value}; only BLENDING, HOLDING "
+                "and FOSSILIZED seeds are blended in (α > 0), and the last two always are"
+            )
         self.alpha = alpha
         self.schedule = (
             None if data["schedule"] is None else AlphaSchedule.from_dict(data["schedule"])
