@@ -3,6 +3,7 @@ flips in checkpoints, a full disk and bad input never lose or corrupt a run."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -513,6 +514,71 @@ def test_sigterm_while_ray_starts_ends_as_a_stop(tmp_path, capsys, monkeypatch) 
     assert err.strip().splitlines()[-1] == "esper: interrupted", err
     assert not out.exists() and not ray.is_initialized()
     assert signal.getsignal(signal.SIGTERM).__module__ == "esper.study.run"  # not Ray's
+
+
+# ------------------------------------------------------------------------------ one process per run
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """``directory`` locked as the process running a run locks it (flock: another open file
+    conflicts with it, in this process too)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_a_run_another_process_holds_is_refused_and_resumes_once_released(run_copy, capsys) -> None:
+    """Two resumes of one run at once interleaved their rows, checkpoints and events (a round
+    lost from rounds.csv, two RunStarted, a traceback for one of them). The process running a
+    run locks its directory; a second is one line, exit 2, nothing changed."""
+    with _locked(run_copy):
+        line = _resume_bad(run_copy, capsys)
+    assert f"another process is running the run in {str(run_copy)!r}" in line, line
+    assert main(["heuristic", "--resume", str(run_copy)]) == 0
+
+
+def test_a_live_run_cannot_be_resumed_beside_itself_and_kill_9_frees_it(tmp_path, capsys):
+    """A resume of a run still training was not refused: it trained beside the original."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*ESPER, "heuristic", *TINY, "--epochs", "500", "--out", str(out)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for_step(out, 1, proc.poll)
+        assert main(["heuristic", "--resume", str(out)]) == 2
+        line = _one_error_line(capsys)
+        assert "another process is running the run" in line, line
+    finally:
+        proc.kill()  # SIGKILL: no code of the run's runs after it
+        proc.wait(timeout=60)
+    with _locked(out):  # the kernel released the killed holder's lock
+        pass
+
+
+def test_a_ppo_resume_with_workers_is_refused_before_ray_starts(
+    recorded_runs, tmp_path, capsys, monkeypatch
+) -> None:
+    """Refused only after Ray's start (26 s) when the other process happened to finish first."""
+    import esper.study.ppo as ppo
+
+    run = tmp_path / "ppo"
+    shutil.copytree(recorded_runs["ppo"], run)
+    config = json.loads((run / record.CONFIG_FILE).read_text())
+    config["runtime"]["workers"] = 1
+    (run / record.CONFIG_FILE).write_text(json.dumps(config))
+
+    def start_ray(config):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ppo, "start_ray", start_ray)
+    with _locked(run):
+        assert main(["ppo", "--resume", str(run), "--ppo.rounds", "3"]) == 2
+    assert "another process is running the run" in _one_error_line(capsys)
 
 
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:

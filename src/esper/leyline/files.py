@@ -22,6 +22,7 @@ without blocking; ``read_regular`` also refuses a file larger than its caller's 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -267,3 +268,27 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
             raise disk_full(err, target) from None
         raise
     fsync_directory(target.parent)
+
+
+def try_lock(path: Path, directory: bool = False) -> int | None:
+    """An exclusive lock on ``path`` for this process: the descriptor whose closing releases
+    it, or None while another holder has it. The kernel drops a lock when its holder exits,
+    kill -9 included. ``path`` is a file, made empty if missing, or with ``directory`` the
+    directory itself (nothing is written in it).
+
+    Raises:
+        OSError: ``path`` cannot be opened.
+    """
+    if directory:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -68,6 +68,7 @@ from esper.leyline.files import (
     not_regular,
     read_regular,
     remove_temporaries,
+    try_lock,
     write_new_file,
 )
 from esper.leyline.trials import STUDY_FILE
@@ -119,6 +120,29 @@ _VERSIONED_PACKAGES = ("esper", "torch", "numpy", "tqdm", "scikit-learn")
 
 class RunRecordError(ValueError):
     """A run-directory file that is missing, malformed, corrupt or foreign (one-line message)."""
+
+
+class RunLockedError(RunRecordError):
+    """Another process is running the run (it holds the run directory's lock)."""
+
+
+def lock_run(directory: Path) -> int:
+    """Lock the run in ``directory`` for this process (the directory itself is locked: nothing
+    is written, and the lock goes where the directory is moved): the descriptor whose closing
+    releases it; the kernel releases it when the process ends, kill -9 included. Two resumes of
+    one run at once interleaved their rows, checkpoints and events.
+
+    Raises:
+        RunLockedError: another process is running the run.
+        OSError: the directory cannot be opened.
+    """
+    fd = try_lock(directory, directory=True)
+    if fd is None:
+        raise RunLockedError(
+            f"another process is running the run in {str(directory)!r}; wait for that run to "
+            "end, or stop it, and resume then"
+        )
+    return fd
 
 
 # ------------------------------------------------------------------------------- JSON files

@@ -21,7 +21,6 @@ The study directory must be on a file system every node of the cluster sees.
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import math
@@ -43,7 +42,13 @@ from esper.leyline.config import (
     error_text,
     override,
 )
-from esper.leyline.files import DANGLING_LINK, atomic_write, is_dangling, remove_temporaries
+from esper.leyline.files import (
+    DANGLING_LINK,
+    atomic_write,
+    is_dangling,
+    remove_temporaries,
+    try_lock,
+)
 from esper.leyline.trials import (
     FINISHED,
     RUN_COLUMN,
@@ -640,15 +645,13 @@ def study_lock(directory: Path) -> Iterator[None]:
         UserError: another process holds it (an ``esper study`` of this directory running).
     """
     path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = try_lock(path)
+    if fd is None:
+        raise UserError(
+            f"another esper study is running the study in {str(directory)!r} (it holds "
+            f"{str(path)!r}); wait for it to end, or stop it and run this command again"
+        )
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"another esper study is running the study in {str(directory)!r} (it holds "
-                f"{str(path)!r}); wait for it to end, or stop it and run this command again"
-            ) from None
         yield
     finally:
         os.close(fd)  # closing drops the lock

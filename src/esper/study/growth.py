@@ -288,7 +288,11 @@ class GrowthRunner:
         )
         self.ledger.run_id = self.recorder.run_id
         if self.recorder.checkpoint is not None:
-            self._restore(self.recorder.state())
+            try:
+                self._restore(self.recorder.state())
+            except BaseException:
+                self.recorder.release()
+                raise
 
     def _meta(self, run_id: str) -> record.RunMeta:
         seeds = {"run": self.config.seed, "data_order": self.config.seed}

@@ -9,6 +9,7 @@ round), ``checkpoints/`` (after every round: everything needed to resume, and th
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -71,7 +72,11 @@ class PPORunner:
             config.ppo.rounds,
         )
         if self.recorder.checkpoint is not None:
-            self._restore(self.recorder.state())
+            try:
+                self._restore(self.recorder.state())
+            except BaseException:
+                self.recorder.release()
+                raise
 
     def describe(self) -> str:
         """Where the environments run: the device map, or the learner's device and the Ray
@@ -212,11 +217,19 @@ def start_workers(
     is not imported (``esper.simic.workers`` imports it only inside its functions).
 
     Raises:
-        UserError: the cluster cannot be reached, or the workers' threads exceed the cores.
+        UserError: the cluster cannot be reached, the workers' threads exceed the cores, or
+            another process is running the run to resume.
     """
     if config.runtime.workers is None:
         return config
     check_out(out, resume)  # a bad --out fails before Ray starts
+    if resume is not None:  # a run another process is running, too (its own lock comes later)
+        try:
+            os.close(record.lock_run(resume))
+        except record.RunRecordError as err:
+            raise UserError(str(err)) from err
+        except OSError as err:
+            raise UserError(f"cannot resume {str(resume)!r}: {err.strerror}") from err
     try:
         config, stop = start_ray(config)
     except ValueError as err:

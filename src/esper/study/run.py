@@ -21,9 +21,10 @@ import shutil
 import signal
 import socket
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -404,6 +405,18 @@ class Recorder:
     hub: TelemetryHub
     checkpoint: record.Checkpoint | None
     step: int = 0
+    _lock: weakref.finalize[[int], Recorder] | None = field(default=None, repr=False)
+
+    def _hold(self, fd: int) -> Recorder:
+        """Keep the run's lock (``record.lock_run``'s ``fd``) until ``release``, or until this
+        recorder is gone."""
+        self._lock = weakref.finalize(self, os.close, fd)
+        return self
+
+    def release(self) -> None:
+        """Unlock the run: this process is done with it."""
+        if self._lock is not None:
+            self._lock()
 
     @classmethod
     def open(
@@ -450,15 +463,31 @@ class Recorder:
         except OSError as err:  # e.g. a name too long for the file system, no permission
             raise UserError(f"cannot create run directory {str(out)!r}: {err.strerror}") from err
         csv: record.CsvLog[Any] = record.CsvLog(out / record.CSV_FILES[mode], row_type)
-        return cls(out, out.name, csv, [], hub, None)
+        try:  # a --resume of it started the moment it appeared runs it, and this one stops
+            fd = record.lock_run(out)
+        except (record.RunRecordError, OSError) as err:
+            raise UserError(f"{out}: {err}") from err
+        return cls(out, out.name, csv, [], hub, None)._hold(fd)
 
     @classmethod
     def _reopen(
         cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub, planned: int | None
     ) -> Recorder:
+        """The run in ``directory``, locked for this process before anything in it is read."""
         problem = record.not_a_run(directory)
         if problem is not None:
             raise UserError(problem)
+        fd = record.lock_run(directory)
+        try:
+            return cls._reopen_locked(mode, directory, row_type, hub, planned)._hold(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def _reopen_locked(
+        cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub, planned: int | None
+    ) -> Recorder:
         completed = record.run_status(directory) == "completed"
         if completed and planned is None:
             raise UserError(f"run {str(directory)!r} already completed; nothing to resume")
@@ -508,6 +537,7 @@ class Recorder:
             try:
                 sinks.append(MLflowSink(telemetry.mlflow, self.directory, mode))
             except TrackingError as err:
+                self.release()
                 where = str(self.directory)
                 raise UserError(f"{err}; continue the run with --resume {where!r}") from err
         if telemetry.tensorboard:
@@ -641,6 +671,7 @@ class Recorder:
             raise UserError(f"{err}; {hint}") from err
         except BaseException:
             self.hub.close()  # an unexpected failure: keep what was logged, release the files
+            self.release()
             raise
 
     def finish(self, summary: record.RunSummary, finished: Event) -> None:
@@ -651,6 +682,7 @@ class Recorder:
             record.write_summary(self.directory, summary)
         finally:
             self.hub.close()
+            self.release()
 
 
 def check_recorded_mode(directory: Path, mode: str) -> None:
