@@ -581,6 +581,23 @@ def test_a_ppo_resume_with_workers_is_refused_before_ray_starts(
     assert "another process is running the run" in _one_error_line(capsys)
 
 
+def test_a_cluster_named_in_the_environment_is_not_joined(monkeypatch) -> None:
+    """Without --ray-address a run or study starts Ray of its own: Ray's default joined the
+    cluster RAY_ADDRESS (or a `ray start` on this machine) named, and refused the run's CPU
+    count ("When connecting to an existing cluster, num_cpus ... must not be provided")."""
+    import ray
+
+    from esper.simic.workers import init_ray
+
+    assert not ray.is_initialized()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
+    init_ray(num_cpus=1)
+    try:
+        assert ray.cluster_resources()["CPU"] == 1
+    finally:
+        ray.shutdown()
+
+
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -486,8 +486,12 @@ def _leave_running() -> None:
 
 
 def init_ray(**settings: Any) -> None:
-    """``ray.init`` without the dashboard and Ray's INFO lines, keeping this process's SIGTERM
-    handler (Ray replaces it with an exit; Esper's stops the run at a checkpoint).
+    """Start a local Ray instance of this process's own (``ray.init`` without the dashboard and
+    Ray's INFO lines), keeping this process's SIGTERM handler (Ray replaces it with an exit;
+    Esper's stops the run at a checkpoint). Never a cluster: a plain ``ray.init`` joined the
+    cluster ``RAY_ADDRESS`` or a ``ray start`` on this machine named, and refused the CPU count
+    ("When connecting to an existing cluster, num_cpus ... must not be provided"); a cluster
+    is joined only when ``--ray-address``/``--address`` names it (``join_ray``).
 
     Raises:
         KeyboardInterrupt: SIGTERM arrived while Ray started (its handler, in place until
@@ -498,7 +502,7 @@ def init_ray(**settings: Any) -> None:
 
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(include_dashboard=False, logging_level=logging.ERROR, **settings)
+        ray.init("local", include_dashboard=False, logging_level=logging.ERROR, **settings)
     except SystemExit as err:
         signal.signal(signal.SIGTERM, sigterm)  # before the shutdown: a second SIGTERM is ours
         if err.code != signal.SIGTERM:
