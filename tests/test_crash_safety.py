@@ -581,6 +581,33 @@ def test_a_ppo_resume_with_workers_is_refused_before_ray_starts(
     assert "another process is running the run" in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--amp"], "--amp needs the policy on a CUDA device, not cpu"),
+        (["--devices", "cuda"], "unknown or unavailable device 'cuda'"),
+    ],
+)
+def test_a_learner_device_this_process_lacks_is_refused_before_ray(
+    tmp_path, capsys, monkeypatch, flags, message
+) -> None:
+    """With --workers these were refused only after Ray's start (10-24 s here): the learner
+    runs in this process, on ``--devices``' first entry, whatever the cluster has."""
+    import esper.study.ppo as ppo
+
+    if torch.cuda.is_available():
+        pytest.skip("this process has a GPU")
+
+    def start_ray(config):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ppo, "start_ray", start_ray)
+    out = tmp_path / "run"
+    assert main(["ppo", "--preset", "tiny", "--workers", "2", *flags, "--out", str(out)]) == 2
+    assert message in _one_error_line(capsys)
+    assert not out.exists()
+
+
 def test_a_cluster_named_in_the_environment_is_not_joined(monkeypatch) -> None:
     """Without --ray-address a run or study starts Ray of its own: Ray's default joined the
     cluster RAY_ADDRESS (or a `ray start` on this machine) named, and refused the run's CPU

@@ -511,7 +511,11 @@ def test_more_gpu_workers_than_gpus_are_refused(
     ray_session: None, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Ray without GPUs (this machine's; on a GPU machine Ray is told it has none): one GPU
-    actor would wait for one forever."""
+    actor would wait for one forever. The learner's GPU, checked before Ray starts, is
+    pretended here (this machine has none)."""
+    import esper.study.ppo as study_ppo
+
+    monkeypatch.setattr(study_ppo, "parse_device", lambda name: torch.device("cuda", 0))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     out = tmp_path / "run"
     assert main([*TINY, "--workers", "2", "--devices", "cuda", "--out", str(out)]) == 2

@@ -176,6 +176,16 @@ class _Tally:
     early_stopped: bool = False
 
 
+def check_amp(amp: bool, device: torch.device) -> None:
+    """Mixed precision (``--amp``) needs the policy on a CUDA device.
+
+    Raises:
+        ValueError: naming the device it would be on.
+    """
+    if amp and device.type != "cuda":
+        raise ValueError(f"--amp needs the policy on a CUDA device, not {device}")
+
+
 class PPOLearner:
     """Owns the policy's optimizer, grad scaler and the environment-step counter.
 
@@ -192,9 +202,7 @@ class PPOLearner:
     def __init__(
         self, network: PolicyNetwork, settings: PPOSettings, amp: bool, generator: torch.Generator
     ) -> None:
-        device = next(network.parameters()).device
-        if amp and device.type != "cuda":
-            raise ValueError(f"--amp needs the policy on a CUDA device, not {device}")
+        check_amp(amp, next(network.parameters()).device)
         self.network, self.settings, self.amp = network, settings, amp
         self.optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr, eps=1e-5)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)

@@ -26,8 +26,9 @@ from esper.seeding import seed_everything
 from esper.simic.build import build_trainer, check_resumable, trainer_state
 from esper.simic.config import TrainingConfig
 from esper.simic.env import EpisodeStartError
+from esper.simic.ppo import check_amp
 from esper.simic.training import POLICY_SEED_OFFSET
-from esper.simic.vector import describe_device_map
+from esper.simic.vector import describe_device_map, parse_device
 from esper.simic.workers import RayVectorEnv, WorkerLostError, start_ray
 from esper.study.run import (
     Recorder,
@@ -223,6 +224,10 @@ def start_workers(
     if config.runtime.workers is None:
         return config
     check_out(out, resume)  # a bad --out fails before Ray starts
+    try:  # so does the learner's device, which is this process's whatever the cluster has
+        check_amp(config.runtime.amp, parse_device(config.runtime.devices[0]))
+    except ValueError as err:
+        raise UserError(str(err)) from err
     if resume is not None:  # a run another process is running, too (its own lock comes later)
         try:
             os.close(record.lock_run(resume))
