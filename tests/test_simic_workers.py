@@ -158,6 +158,13 @@ def test_workers_and_ray_address_are_settings(tmp_path: Path) -> None:
         (["--workers", "0"], "runtime.workers must be an integer in [1, 256], got 0"),
         (["--ray-address", "127.0.0.1:6379"], "runtime.ray_address needs runtime.workers"),
         (["--workers", "1", "--ray-address", "head"], "runtime.ray_address must be HOST:PORT"),
+        # These passed the form check and failed later: an idna UnicodeError for a label
+        # longer than 63 characters or a non-ASCII host, "Connection refused; start one with
+        # ray start --head --port 99999" for a port no TCP has.
+        (["--workers", "1", "--ray-address", f"{'a' * 64}.x:6390"], "port 1..65535"),
+        (["--workers", "1", "--ray-address", "hé.x:6390"], "must be HOST:PORT of a Ray head"),
+        (["--workers", "1", "--ray-address", "127.0.0.1:99999"], "got '127.0.0.1:99999'"),
+        (["--workers", "1", "--ray-address", "127.0.0.1:0"], "must be HOST:PORT of a Ray head"),
         (
             ["--workers", "1", "--devices", "cuda:0"],
             "runtime.devices must be ['cpu'] or ['cuda'] with workers (cuda: each actor gets a "

@@ -436,6 +436,8 @@ def test_unreachable_ray_address_is_one_line_and_starts_nothing(tmp_path, capsys
     for address, message in (
         (f"127.0.0.1:{port}", f"cannot reach a Ray cluster at --address 127.0.0.1:{port}"),
         ("nowhere", "--address must be HOST:PORT"),
+        (f"{'a' * 64}.x:6390", "--address must be HOST:PORT"),  # idna's UnicodeError got out
+        ("hé.x:6390", "--address must be HOST:PORT"),
     ):
         assert main(["study", str(path), "--address", address]) == EXIT_BAD_INPUT
         err = capsys.readouterr().err.strip()

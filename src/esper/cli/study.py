@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shlex
 import stat
 import sys
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
 from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular
+from esper.leyline.net import MAX_PORT, is_host_port
 from esper.leyline.trials import STUDY_FILE, TRIALS_FILE
 from esper.study.execute import (
     LOCK_FILE,
@@ -52,12 +52,6 @@ from esper.tolaria.threads import usable_cores
 
 if TYPE_CHECKING:
     from esper.tolaria.episode import Episode
-
-ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-"""HOST:PORT of a Ray cluster's head (what ``ray start --head`` prints)."""
-
-MAX_PORT = 65535
-"""The largest TCP port."""
 
 
 def _say(line: str) -> None:
@@ -146,9 +140,7 @@ def check_address(address: str | None) -> str | None:
     Raises:
         UserError: naming it and the form accepted.
     """
-    if address is not None and not (
-        ADDRESS.match(address) and 1 <= int(address.rpartition(":")[2]) <= MAX_PORT
-    ):
+    if address is not None and not is_host_port(address):
         raise UserError(
             f"--address must be HOST:PORT of a Ray head (port 1..{MAX_PORT}), got {address!r}"
         )

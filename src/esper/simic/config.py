@@ -13,7 +13,6 @@ devices, AMP, Ray workers) and ``telemetry``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
@@ -29,6 +28,7 @@ from esper.leyline.config import (
     override,
     require,
 )
+from esper.leyline.net import MAX_PORT, is_host_port
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo.policy import PolicyConfig
 from esper.tasks import resolve_training
@@ -108,10 +108,6 @@ class PPOSettings:
         check_float("ppo.ratio_explosion", self.ratio_explosion, 1.0, 1e6, strict_low=True)
 
 
-_ADDRESS = re.compile(r"[^\s:]+:\d{1,5}")
-"""``HOST:PORT`` of a Ray cluster's head (what ``ray start --head`` prints)."""
-
-
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Seeds, devices and where the environments run.
@@ -165,8 +161,9 @@ class RuntimeSettings:
         if self.ray_address is not None:
             address = self.ray_address
             require(
-                isinstance(address, str) and _ADDRESS.fullmatch(address) is not None,
-                f"runtime.ray_address must be HOST:PORT (e.g. 127.0.0.1:6379), got {address!r}",
+                is_host_port(address),
+                f"runtime.ray_address must be HOST:PORT of a Ray head, port 1..{MAX_PORT} (e.g. "
+                f"127.0.0.1:6379), got {address!r}",
             )
             require(self.workers is not None, "runtime.ray_address needs runtime.workers")
         check_int("runtime.workers_per_gpu", self.workers_per_gpu, 1, MAX_WORKERS_PER_GPU)
