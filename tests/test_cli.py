@@ -269,6 +269,11 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         (["heuristic"], "--task"),
         (["heuristic", "--task", "synthetic", "--slots", "mid_2"], "unknown or no slots ['mid_2']"),
         (["heuristic", "--task", "synthetic", "--bogus"], "--bogus"),
+        # tyro listed a flag's value as an option: "Unrecognized options: --sed, 3"
+        (
+            ["heuristic", "--task", "synthetic", "--sed", "3", "--bogus"],
+            "unknown flags --sed, --bogus (similar: --seed); --help lists every flag",
+        ),
         (["static", "--task", "synthetic", "--slots", "early"], "a static run grows nothing"),
         # a knob the mode does not read is refused even at its default value
         (

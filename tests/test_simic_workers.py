@@ -539,7 +539,7 @@ def test_more_gpu_workers_than_gpus_are_refused(
             3,
             1,
             1,
-            "needs 3 GPUs (one per actor), but Ray has 1 here; use at most 1 workers, "
+            "needs 3 GPUs (one per actor), but Ray has 1 here; use at most 1 worker, "
             "or --workers-per-gpu 3",
         ),
         (
@@ -549,7 +549,13 @@ def test_more_gpu_workers_than_gpus_are_refused(
             "needs 3 GPUs (one per 2 actors), but Ray has 2 here; use at most 4 workers, "
             "or --workers-per-gpu 3",
         ),
-        (200, 1, 1, "needs 200 GPUs (one per actor), but Ray has 1 here; use at most 1 workers"),
+        (200, 1, 1, "needs 200 GPUs (one per actor), but Ray has 1 here; use at most 1 worker"),
+        (
+            1,
+            1,
+            0,
+            "with 1 worker needs 1 GPU (one per actor), but Ray has 0 here; use --devices cpu",
+        ),
         (5, 3, 2, None),  # three actors on one GPU, two on the other
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -164,6 +165,28 @@ def _refusal(stop: SystemExit) -> BaseException | None:
     return seen
 
 
+_SIMILAR = re.compile(r"Arguments similar to (\S+):")
+
+
+def _unknown_flags(lines: list[str]) -> str | None:
+    """tyro's report of unrecognized arguments as one line naming the unknown flags (not the
+    values after them, which tyro lists alike: "Unrecognized options: --workers, 2") and the
+    flags it found similar; None for another report."""
+    given = next((line for line in lines if line.startswith("Unrecognized options:")), None)
+    if given is None:
+        return None
+    words = given.removeprefix("Unrecognized options:").replace(",", " ").split()
+    flags = [word for word in words if word.startswith("-")] or words
+    similar: list[str] = []
+    for i, line in enumerate(lines):
+        if _SIMILAR.match(line):
+            names = (n.split()[0] for n in lines[i + 1 :] if n.startswith("-"))
+            similar.extend(n for n in itertools.islice(names, 3) if n not in similar)
+    plural = "s" if len(flags) > 1 else ""
+    hint = f" (similar: {', '.join(similar)})" if similar else ""
+    return f"unknown flag{plural} {', '.join(flags)}{hint}; --help lists every flag"
+
+
 def _one_line(report: str, refusal: BaseException | None = None) -> str:
     """tyro's boxed error report as one line: its title and first paragraph.
 
@@ -181,6 +204,9 @@ def _one_line(report: str, refusal: BaseException | None = None) -> str:
             break
         if line:
             kept.append(line)
+    unknown = _unknown_flags(lines)
+    if unknown is not None:
+        return unknown
     text = " ".join(kept[1:] if len(kept) > 1 else kept)
     text = re.sub(r"\s+", " ", text)
     parsing = re.match(r"Error parsing (\S+): ", text)

@@ -421,15 +421,16 @@ def _too_few_gpus(config: TrainingConfig, wanted: int, gpus: int) -> str:
     workers, share = config.runtime.workers or 0, config.runtime.workers_per_gpu
     per = "one per actor" if share == 1 else f"one per {share} actors"
     shared = -(-workers // gpus) if gpus else 0  # the share that would fit them
+    fitting = f"{gpus * share} worker{'s' if gpus * share != 1 else ''}"
     if not gpus:
         fix = "use --devices cpu"
     elif shared <= MAX_WORKERS_PER_GPU:
-        fix = f"use at most {gpus * share} workers, or --workers-per-gpu {shared}"
+        fix = f"use at most {fitting}, or --workers-per-gpu {shared}"
     else:
-        fix = f"use at most {gpus * share} workers"
+        fix = f"use at most {fitting}"
     return (
-        f"--devices cuda with {workers} workers needs {wanted} GPUs ({per}), but Ray has "
-        f"{gpus} here; {fix}"
+        f"--devices cuda with {workers} worker{'s' if workers != 1 else ''} needs {wanted} "
+        f"GPU{'s' if wanted != 1 else ''} ({per}), but Ray has {gpus} here; {fix}"
     )
 
 
