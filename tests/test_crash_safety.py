@@ -608,21 +608,40 @@ def test_a_learner_device_this_process_lacks_is_refused_before_ray(
     assert not out.exists()
 
 
-def test_a_cluster_named_in_the_environment_is_not_joined(monkeypatch) -> None:
-    """Without --ray-address a run or study starts Ray of its own: Ray's default joined the
-    cluster RAY_ADDRESS (or a `ray start` on this machine) named, and refused the run's CPU
-    count ("When connecting to an existing cluster, num_cpus ... must not be provided")."""
-    import ray
+def test_sigterm_once_rays_core_worker_runs_prints_no_native_stack(tmp_path) -> None:
+    """Ray's failure signal handler (Abseil's) dumped a native stack for a SIGTERM that came
+    once the driver's core worker was up, before ``ray.init`` returned, and aborted the process
+    (status 134) when it came inside a blocking call. Not installed in the driver: the run's
+    own handler takes the signal. The signal is sent the moment the core worker is up.
 
-    from esper.simic.workers import init_ray
-
-    assert not ray.is_initialized()
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
-    init_ray(num_cpus=1)
-    try:
-        assert ray.cluster_resources()["CPU"] == 1
-    finally:
-        ray.shutdown()
+    RAY_ADDRESS names a cluster (where nothing listens): without --ray-address a run starts a
+    Ray of its own. Ray's default joined it and refused the run's CPU count ("When connecting
+    to an existing cluster, num_cpus and num_gpus must not be provided")."""
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import os, signal\n"
+        "import ray._private.worker as worker\n"
+        "from esper.simic.workers import init_ray\n"
+        "connect = worker.connect\n"
+        "def connect_then_signal(*args, **kwargs):\n"
+        "    connected = connect(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return connected\n"
+        "worker.connect = connect_then_signal\n"
+        "def stop(signum, frame):\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "try:\n"
+        "    init_ray(num_cpus=1)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    env = {**ENV, "RAY_ADDRESS": "127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "interrupted", done.stderr
+    assert "SIGTERM received" not in done.stderr, done.stderr
 
 
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:

@@ -486,13 +486,17 @@ def _leave_running() -> None:
     """The stop of a Ray session someone else started: nothing."""
 
 
-def init_ray(**settings: Any) -> None:
-    """Start a local Ray instance of this process's own (``ray.init`` without the dashboard and
-    Ray's INFO lines), keeping this process's SIGTERM handler (Ray replaces it with an exit;
-    Esper's stops the run at a checkpoint). Never a cluster: a plain ``ray.init`` joined the
-    cluster ``RAY_ADDRESS`` or a ``ray start`` on this machine named, and refused the CPU count
-    ("When connecting to an existing cluster, num_cpus ... must not be provided"); a cluster
-    is joined only when ``--ray-address``/``--address`` names it (``join_ray``).
+def init_ray(address: str = "local", **settings: Any) -> None:
+    """``ray.init`` without the dashboard and Ray's INFO lines: a local Ray instance of this
+    process's own, or the cluster at ``address`` (``join_ray``; only ``--ray-address`` or
+    ``--address`` names one: a plain ``ray.init`` joined the cluster ``RAY_ADDRESS`` or a ``ray
+    start`` on this machine named, and refused the CPU count, "When connecting to an existing
+    cluster, num_cpus ... must not be provided").
+
+    This process's SIGTERM handler stays (Ray replaces it with an exit; Esper's stops the run
+    at a checkpoint), and so does its C-level one: Ray's failure signal handler (Abseil's,
+    which dumps a native stack for SIGTERM too, then aborted the process when the signal came
+    inside a blocking call) is not installed in this driver; its workers keep theirs.
 
     Raises:
         KeyboardInterrupt: SIGTERM arrived while Ray started (its handler, in place until
@@ -500,10 +504,14 @@ def init_ray(**settings: Any) -> None:
             and the command ends as a Ctrl-C would.
     """
     import ray
+    from ray._private import ray_constants
 
+    # Read when this process's core worker starts, from the environment at Ray's import: set
+    # here, it holds for this process only (a variable in os.environ would reach the workers).
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init("local", include_dashboard=False, logging_level=logging.ERROR, **settings)
+        ray.init(address, include_dashboard=False, logging_level=logging.ERROR, **settings)
     except SystemExit as err:
         signal.signal(signal.SIGTERM, sigterm)  # before the shutdown: a second SIGTERM is ours
         if err.code != signal.SIGTERM:
