@@ -465,8 +465,10 @@ class Recorder:
         csv: record.CsvLog[Any] = record.CsvLog(out / record.CSV_FILES[mode], row_type)
         try:  # a --resume of it started the moment it appeared runs it, and this one stops
             fd = record.lock_run(out)
-        except (record.RunRecordError, OSError) as err:
-            raise UserError(f"{out}: {err}") from err
+        except record.RunRecordError as err:
+            raise UserError(str(err)) from err
+        except OSError as err:
+            raise UserError(f"cannot lock the new run {str(out)!r}: {err.strerror}") from err
         return cls(out, out.name, csv, [], hub, None)._hold(fd)
 
     @classmethod
