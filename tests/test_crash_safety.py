@@ -541,6 +541,31 @@ def test_a_run_another_process_holds_is_refused_and_resumes_once_released(run_co
     assert main(["heuristic", "--resume", str(run_copy)]) == 0
 
 
+def test_an_attempt_that_fails_before_training_unlocks_the_run(run_copy, capsys, monkeypatch):
+    """Failures between the lock and the first step (here the event log's sink) left the run
+    locked while their runner lived (a traceback, a test's excinfo, a Ray worker's frame):
+    the next resume in this process was refused as "another process is running the run"."""
+    from esper.leyline.config import UserError
+
+    kept: list[GrowthRunner] = []
+    init = GrowthRunner.__init__
+
+    def keep(self: GrowthRunner, *args: Any, **kwargs: Any) -> None:
+        kept.append(self)
+        init(self, *args, **kwargs)
+
+    def refuse(path: Path) -> None:
+        raise UserError("the event log cannot be opened")
+
+    monkeypatch.setattr(GrowthRunner, "__init__", keep)
+    monkeypatch.setattr(study_run, "JsonlSink", refuse)
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    assert "the event log cannot be opened" in _one_error_line(capsys)
+    assert kept  # the runner is still referenced ...
+    with _locked(run_copy):  # ... and the run is free
+        pass
+
+
 def test_a_live_run_cannot_be_resumed_beside_itself_and_kill_9_frees_it(tmp_path, capsys):
     """A resume of a run still training was not refused: it trained beside the original."""
     out = tmp_path / "run"

@@ -288,11 +288,8 @@ class GrowthRunner:
         )
         self.ledger.run_id = self.recorder.run_id
         if self.recorder.checkpoint is not None:
-            try:
+            with self.recorder.releasing():
                 self._restore(self.recorder.state())
-            except BaseException:
-                self.recorder.release()
-                raise
 
     def _meta(self, run_id: str) -> record.RunMeta:
         seeds = {"run": self.config.seed, "data_order": self.config.seed}
@@ -353,8 +350,9 @@ class GrowthRunner:
             UserError: out of disk space (the previous checkpoint is intact).
         """
         recorder, training = self.recorder, self.config.training
-        recorder.start(self.mode, training, self.config.seed, self.config.telemetry)
-        recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
+        with recorder.releasing():
+            recorder.start(self.mode, training, self.config.seed, self.config.telemetry)
+            recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
         status, _ = recorder.drive(
             self._step,
             lambda: self.epoch > 0 and self.episode.done,

@@ -73,11 +73,8 @@ class PPORunner:
             config.ppo.rounds,
         )
         if self.recorder.checkpoint is not None:
-            try:
+            with self.recorder.releasing():
                 self._restore(self.recorder.state())
-            except BaseException:
-                self.recorder.release()
-                raise
 
     def describe(self) -> str:
         """Where the environments run: the device map, or the learner's device and the Ray
@@ -121,10 +118,11 @@ class PPORunner:
                 abandoned: the last completed round is the checkpoint).
         """
         config, recorder = self.config, self.recorder
-        if recorder.checkpoint is not None:
-            self._record_rounds()
-        recorder.start("ppo", config.env, config.runtime.seed, config.telemetry)
-        recorder.console("ppo", config.ppo.rounds)
+        with recorder.releasing():
+            if recorder.checkpoint is not None:
+                self._record_rounds()
+            recorder.start("ppo", config.env, config.runtime.seed, config.telemetry)
+            recorder.console("ppo", config.ppo.rounds)
 
         def step(held: Callable[[], AbstractContextManager[None]]) -> None:
             result = self.trainer.run_round()  # a round cut short by a stop leaves no trace

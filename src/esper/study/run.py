@@ -418,6 +418,18 @@ class Recorder:
         if self._lock is not None:
             self._lock()
 
+    @contextmanager
+    def releasing(self) -> Iterator[None]:
+        """Unlock the run if the block fails: for what runs between ``open`` and ``drive``
+        (which unlocks on every way out), so that a failed attempt leaves the run to the next
+        in this process too (a lock conflicts with another open file, not only another
+        process), whether or not the recorder is still referenced."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
+
     @classmethod
     def open(
         cls,
@@ -539,7 +551,6 @@ class Recorder:
             try:
                 sinks.append(MLflowSink(telemetry.mlflow, self.directory, mode))
             except TrackingError as err:
-                self.release()
                 where = str(self.directory)
                 raise UserError(f"{err}; continue the run with --resume {where!r}") from err
         if telemetry.tensorboard:
