@@ -541,6 +541,24 @@ def test_a_run_another_process_holds_is_refused_and_resumes_once_released(run_co
     assert main(["heuristic", "--resume", str(run_copy)]) == 0
 
 
+def test_a_file_system_without_directory_locks_runs_unguarded(tmp_path, monkeypatch, caplog):
+    """NFS emulates flock with a byte-range lock, which needs a file open for writing: a
+    directory's lock fails with EBADF there, and every run and resume on a shared file system
+    (a study's cluster set-up) failed. The run goes on with a warning."""
+    import errno
+
+    import esper.leyline.files as files
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        assert main(["static", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert "its file system cannot lock it (Bad file descriptor)" in caplog.text
+
+
 def test_an_attempt_that_fails_before_training_unlocks_the_run(run_copy, capsys, monkeypatch):
     """Failures between the lock and the first step (here the event log's sink) left the run
     locked while their runner lived (a traceback, a test's excinfo, a Ray worker's frame):

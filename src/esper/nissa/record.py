@@ -29,6 +29,7 @@ message is one line naming the file.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -126,17 +127,35 @@ class RunLockedError(RunRecordError):
     """Another process is running the run (it holds the run directory's lock)."""
 
 
-def lock_run(directory: Path) -> int:
+_NO_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+"""How a file system without directory locks refuses one: NFS emulates ``flock`` with a
+byte-range lock, which needs a file open for writing (EBADF); no lock manager (ENOLCK); some
+FUSE and parallel file systems (EOPNOTSUPP, EINVAL)."""
+
+
+def lock_run(directory: Path) -> int | None:
     """Lock the run in ``directory`` for this process (the directory itself is locked: nothing
     is written, and the lock goes where the directory is moved): the descriptor whose closing
     releases it; the kernel releases it when the process ends, kill -9 included. Two resumes of
-    one run at once interleaved their rows, checkpoints and events.
+    one run at once interleaved their rows, checkpoints and events. None, with a warning, where
+    the file system cannot lock a directory: the run goes on unguarded.
 
     Raises:
         RunLockedError: another process is running the run.
         OSError: the directory cannot be opened.
     """
-    fd = try_lock(directory, directory=True)
+    try:
+        fd = try_lock(directory, directory=True)
+    except OSError as err:
+        if err.errno not in _NO_LOCKS:
+            raise
+        logger.warning(
+            "%s: its file system cannot lock it (%s): nothing stops a second process from "
+            "running this run at the same time",
+            directory,
+            err.strerror,
+        )
+        return None
     if fd is None:
         raise RunLockedError(
             f"another process is running the run in {str(directory)!r}; wait for that run to "

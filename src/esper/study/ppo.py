@@ -228,7 +228,9 @@ def start_workers(
         raise UserError(str(err)) from err
     if resume is not None:  # a run another process is running, too (its own lock comes later)
         try:
-            os.close(record.lock_run(resume))
+            fd = record.lock_run(resume)
+            if fd is not None:
+                os.close(fd)
         except record.RunRecordError as err:
             raise UserError(str(err)) from err
         except OSError as err:

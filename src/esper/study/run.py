@@ -407,10 +407,11 @@ class Recorder:
     step: int = 0
     _lock: weakref.finalize[[int], Recorder] | None = field(default=None, repr=False)
 
-    def _hold(self, fd: int) -> Recorder:
-        """Keep the run's lock (``record.lock_run``'s ``fd``) until ``release``, or until this
-        recorder is gone."""
-        self._lock = weakref.finalize(self, os.close, fd)
+    def _hold(self, fd: int | None) -> Recorder:
+        """Keep the run's lock (``record.lock_run``'s ``fd``; None: the file system has none)
+        until ``release``, or until this recorder is gone."""
+        if fd is not None:
+            self._lock = weakref.finalize(self, os.close, fd)
         return self
 
     def release(self) -> None:
@@ -495,7 +496,8 @@ class Recorder:
         try:
             return cls._reopen_locked(mode, directory, row_type, hub, planned)._hold(fd)
         except BaseException:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             raise
 
     @classmethod
