@@ -274,6 +274,14 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--sed", "3", "--bogus"],
             "unknown flags --sed, --bogus (similar: --seed); --help lists every flag",
         ),
+        # a negative value is no flag; tyro's "Perhaps you meant" is a suggestion too
+        (["ppo", "--ppo.lrr", "-0.5"], "unknown flag --ppo.lrr (similar: --ppo.lr); --help"),
+        # the list wraps at 80 columns, breaking a long flag: all of it, whole
+        (
+            ["heuristic", "--task", "synthetic", *(f"--a{i}" for i in range(12)), "--" + "b" * 90],
+            f"unknown flags --a0, --a1, --a2, --a3, --a4, --a5, --a6, --a7, --a8, --a9, --a10, "
+            f"--a11, --{'b' * 90}; --help",
+        ),
         (["static", "--task", "synthetic", "--slots", "early"], "a static run grows nothing"),
         # a knob the mode does not read is refused even at its default value
         (

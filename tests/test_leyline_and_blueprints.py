@@ -11,6 +11,7 @@ from esper.kasmina import blueprint_registry
 from esper.kasmina.blueprints import LORA_RANK
 from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
 from esper.leyline.config import json_reason
+from esper.leyline.net import is_host_port
 
 
 def test_ordered_slots_is_execution_order() -> None:
@@ -118,3 +119,24 @@ def test_json_reason_says_why_json_could_not_be_read() -> None:
     assert reason("[" * 100_000 + "]" * 100_000) == "nested too deeply"
     assert reason("9" * 5000) == "a 5000-digit integer; at most 4300 digits are read"
     assert json_reason(TypeError("the JSON object must be str")) == "the JSON object must be str"
+
+
+@pytest.mark.parametrize(
+    ("address", "taken"),
+    [
+        ("127.0.0.1:6379", True),
+        ("localhost:6379", True),
+        ("ray_head:6379", True),  # a container's name
+        ("head.example.com.:6379", True),  # a final dot
+        (f"{'a' * 64}.x:6390", False),  # no resolver takes a label this long (idna raised)
+        ("hé.x:6390", False),  # idna's UnicodeError got out
+        ("host:١٢", False),  # digits, but not ASCII ones
+        ("host:0", False),
+        ("host:65536", False),
+        ("[::1]:6379", False),  # no later step could use it
+        ("head", False),
+        (6379, False),
+    ],
+)
+def test_a_ray_heads_address_is_host_port(address: object, taken: bool) -> None:
+    assert is_host_port(address) is taken

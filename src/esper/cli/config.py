@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -165,23 +164,36 @@ def _refusal(stop: SystemExit) -> BaseException | None:
     return seen
 
 
-_SIMILAR = re.compile(r"Arguments similar to (\S+):")
+_SIMILAR = re.compile(r"Arguments similar to \S+:|Perhaps you meant:")
+"""The heading of a block of flags tyro found close to an unknown one."""
+
+
+def _paragraph(lines: list[str], start: int) -> list[str]:
+    """``lines[start]`` and the lines after it up to the next empty one (a rule of the box)."""
+    end = next((i for i in range(start, len(lines)) if not lines[i]), len(lines))
+    return lines[start:end]
 
 
 def _unknown_flags(lines: list[str]) -> str | None:
-    """tyro's report of unrecognized arguments as one line naming the unknown flags (not the
-    values after them, which tyro lists alike: "Unrecognized options: --workers, 2") and the
-    flags it found similar; None for another report."""
-    given = next((line for line in lines if line.startswith("Unrecognized options:")), None)
-    if given is None:
+    """tyro's report of unrecognized arguments as one line naming the unknown flags and the
+    flags it found close to them; None for another report. tyro lists a flag's value as
+    another option ("Unrecognized options: --workers, 2") and wraps the list at 80 columns,
+    breaking long words: the list is read with its line breaks removed, split at its commas,
+    and only ``--`` words are flags (a value may be ``-0.5``)."""
+    start = next(
+        (i for i, line in enumerate(lines) if line.startswith("Unrecognized options:")), None
+    )
+    if start is None:
         return None
-    words = given.removeprefix("Unrecognized options:").replace(",", " ").split()
-    flags = [word for word in words if word.startswith("-")] or words
+    listed = "".join(
+        "".join(_paragraph(lines, start)).removeprefix("Unrecognized options:").split()
+    )
+    flags = [word for word in listed.split(",") if word.startswith("--")] or [listed]
     similar: list[str] = []
     for i, line in enumerate(lines):
-        if _SIMILAR.match(line):
-            names = (n.split()[0] for n in lines[i + 1 :] if n.startswith("-"))
-            similar.extend(n for n in itertools.islice(names, 3) if n not in similar)
+        if _SIMILAR.fullmatch(line):
+            names = [n.split()[0] for n in _paragraph(lines, i + 1) if n.startswith("--")]
+            similar.extend(n for n in names[:3] if n not in similar)
     plural = "s" if len(flags) > 1 else ""
     hint = f" (similar: {', '.join(similar)})" if similar else ""
     return f"unknown flag{plural} {', '.join(flags)}{hint}; --help lists every flag"

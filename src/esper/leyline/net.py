@@ -9,17 +9,18 @@ import socket
 MAX_PORT = 65535
 """The largest TCP port."""
 
-_HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9.\-]{1,253}):(?P<port>\d{1,5})")
+_HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9_.\-]{1,254}):(?P<port>[0-9]{1,5})")
 
 
 def is_host_port(value: object) -> bool:
     """Whether ``value`` is ``HOST:PORT`` as a Ray head's address is written (``ray start
-    --head`` prints it): an ASCII host name or IPv4 address, of dot-separated labels of 1 to 63
-    characters (no resolver takes longer ones), and a port in 1..65535."""
+    --head`` prints it): an ASCII host name (underscores too, as container names have; a final
+    dot allowed) or IPv4 address, of dot-separated labels of 1 to 63 characters (no resolver
+    takes longer ones), and a port in 1..65535. IPv6 addresses are not taken."""
     match = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
     if match is None or not 1 <= int(match["port"]) <= MAX_PORT:
         return False
-    return all(1 <= len(label) <= 63 for label in match["host"].split("."))
+    return all(1 <= len(label) <= 63 for label in match["host"].removesuffix(".").split("."))
 
 
 def unreachable(host: str, port: int, timeout: float) -> str | None:
