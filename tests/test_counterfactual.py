@@ -132,6 +132,8 @@ def test_fused_forward_rejects_bad_requests() -> None:
         model.fused_forward(x, {"mid": 0.5})
     with pytest.raises(TypeError, match="a sequence of"):
         model.fused_forward(x, ["mid"])
+    generated = model.fused_forward(x, ({"mid": a} for a in (0.0, 1.0)))  # was used up: none
+    torch.testing.assert_close(generated, model.fused_forward(x, [{"mid": 0.0}, {"mid": 1.0}]))
     model.prune("early")
     with pytest.raises(ValueError, match="slot 'early' is PRUNED"):
         model.fused_forward(x, [{"early": 0.5}])

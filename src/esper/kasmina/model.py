@@ -189,6 +189,8 @@ class MorphogeneticModel(nn.Module):
                 "fused_forward measures counterfactuals and needs model.eval(): in train mode "
                 "batch statistics would mix the configurations"
             )
+        if not isinstance(alpha_overrides, Mapping):
+            alpha_overrides = list(alpha_overrides)  # a generator would be used up by the check
         if isinstance(alpha_overrides, Mapping) or not all(
             isinstance(o, Mapping) for o in alpha_overrides
         ):
