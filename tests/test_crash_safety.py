@@ -629,13 +629,19 @@ def test_a_ppo_resume_with_workers_is_refused_before_ray_starts(
     [
         (["--amp"], "--amp needs the policy on a CUDA device, not cpu"),
         (["--devices", "cuda"], "unknown or unavailable device 'cuda'"),
+        (
+            ["--task", "fashion_mnist", "--no-download", "--data-dir", "."],
+            "fashion-mnist not found",
+        ),
+        (["--task", "text_lm", "--width", "4096"], "width 4096 does not fit"),
     ],
 )
-def test_a_learner_device_this_process_lacks_is_refused_before_ray(
+def test_what_this_process_can_check_is_refused_before_ray(
     tmp_path, capsys, monkeypatch, flags, message
 ) -> None:
     """With --workers these were refused only after Ray's start (10-24 s here): the learner
-    runs in this process, on ``--devices``' first entry, whatever the cluster has."""
+    runs in this process, on ``--devices``' first entry, whatever the cluster has; the data
+    and the memory the environments need here are checked as in a run without workers."""
     import esper.study.ppo as ppo
 
     if torch.cuda.is_available():
@@ -646,6 +652,8 @@ def test_a_learner_device_this_process_lacks_is_refused_before_ray(
 
     monkeypatch.setattr(ppo, "start_ray", start_ray)
     out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # the data directory "." holds no dataset
+    monkeypatch.setattr(study_run, "memory_bytes", lambda: 16 * 2**30)  # any machine's
     assert main(["ppo", "--preset", "tiny", "--workers", "2", *flags, "--out", str(out)]) == 2
     assert message in _one_error_line(capsys)
     assert not out.exists()

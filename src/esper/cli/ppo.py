@@ -21,7 +21,7 @@ from esper.leyline.config import UserError, override
 from esper.nissa import record
 from esper.nissa.log import display, percent
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
-from esper.study.ppo import PPORunner, start_workers
+from esper.study.ppo import PPORunner, checked_data, start_workers
 from esper.study.run import EXIT_FAILED, Stop, check_recorded_mode
 from esper.tasks import without_stray_data_dir
 
@@ -66,8 +66,15 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
 def run_ppo(argv: list[str], options: RunOptions) -> int:
     """``esper ppo``."""
     with ExitStack() as stack:  # Ray, if started, stops on every way out
-        config = start_workers(parse(argv, options), options.out, options.resume, stack)
-        runner = PPORunner(config, options.out, options.resume)
+        config = parse(argv, options)
+        # With --workers the data, --out and memory are checked before Ray starts (the
+        # driver's data serves these checks only: each actor loads its own).
+        if config.runtime.workers is None:
+            data = None
+        else:
+            data = checked_data(config, options.out, options.resume)
+        config = start_workers(config, options.out, options.resume, stack)
+        runner = PPORunner(config, options.out, options.resume, data)
         stack.callback(runner.close)
         print(runner.describe(), file=sys.stderr)
         announce("ppo", runner.config, options.resume)  # resolved and checked

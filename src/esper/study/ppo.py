@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from esper.leyline.config import UserError, config_dict, override
+from esper.leyline.data import Dataset
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
@@ -42,20 +43,40 @@ from esper.study.run import (
 from esper.tasks import without_stray_data_dir
 
 
+def checked_data(config: TrainingConfig, out: Path | None, resume: Path | None) -> Dataset:
+    """The run's data, once what a PPO run can check before it starts has passed: its
+    telemetry sinks, ``--out``, the data itself and the memory its environments need here.
+
+    Raises:
+        UserError: naming what failed.
+    """
+    check_sinks(config.telemetry)
+    check_out(out, resume)  # before the data loads: bad input fails at once
+    data = load_data(config.env)
+    if tuple(config.runtime.devices) == ("cpu",):
+        check_fits(config.env, data, _envs_here(config))
+    return data
+
+
 class PPORunner:
-    """A prepared PPO run: data, environments and trainer, built before any file is written."""
+    """A prepared PPO run: data, environments and trainer, built before any file is written.
+
+    ``data``: what ``checked_data`` returned for this run (the command checks it before Ray
+    starts); None: checked and loaded here.
+    """
 
     def __init__(
-        self, config: TrainingConfig, out: Path | None = None, resume: Path | None = None
+        self,
+        config: TrainingConfig,
+        out: Path | None = None,
+        resume: Path | None = None,
+        data: Dataset | None = None,
     ) -> None:
         self.config = config = replace(config, env=set_threads(config.env))
         self.threads = torch.get_num_threads()
         seed_everything(config.runtime.seed)
-        check_sinks(config.telemetry)
-        check_out(out, resume)  # before the data loads: bad input fails at once
-        data = load_data(config.env)
-        if tuple(config.runtime.devices) == ("cpu",):
-            check_fits(config.env, data, _envs_here(config))
+        if data is None:
+            data = checked_data(config, out, resume)
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
             self.trainer, self.devices = build_trainer(config, self.hub, data)
