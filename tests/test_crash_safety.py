@@ -695,6 +695,32 @@ def test_sigterm_once_rays_core_worker_runs_prints_no_native_stack(tmp_path) -> 
     assert "SIGTERM received" not in done.stderr, done.stderr
 
 
+def test_a_resume_that_needs_more_cores_names_no_flag_to_change(
+    run_copy, recorded_runs, tmp_path, capsys, monkeypatch
+) -> None:
+    """A resume takes no --workers or --threads, yet the refusal said "use --threads 1" (in
+    process) or "use --workers 1 or fewer" (Ray), flags the user never typed."""
+    import esper.tolaria.threads as threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    config = json.loads((run_copy / record.CONFIG_FILE).read_text())
+    config["training"]["threads"] = 2  # as if it ran on a machine of two cores
+    (run_copy / record.CONFIG_FILE).write_text(json.dumps(config))
+    line = _resume_bad(run_copy, capsys)
+    assert f"cannot resume {str(run_copy)!r} here: it runs 1 worker(s) of 2 torch thread(s)" in line
+    assert "this process may use 1" in line and "--threads" not in line, line
+
+    run = tmp_path / "ppo"
+    shutil.copytree(recorded_runs["ppo"], run)
+    config = json.loads((run / record.CONFIG_FILE).read_text())
+    config["runtime"]["workers"] = 2
+    (run / record.CONFIG_FILE).write_text(json.dumps(config))
+    assert main(["ppo", "--resume", str(run), "--ppo.rounds", "3"]) == 2
+    line = _one_error_line(capsys)
+    assert "it runs 2 worker(s) of 1 torch thread(s), 2 cores" in line
+    assert "--workers" not in line, line
+
+
 def test_resume_of_a_directory_that_is_no_run(tmp_path, capsys) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -254,7 +254,7 @@ class GrowthRunner:
         resume: Path | None = None,
         device: torch.device | None = None,
     ) -> None:
-        training = set_threads(_resolved(config.training))
+        training = set_threads(_resolved(config.training), resume)
         self.mode, self.config = mode, replace(config, training=training)
         self.threads = torch.get_num_threads()
         seed_everything(config.seed)

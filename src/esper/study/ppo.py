@@ -41,6 +41,7 @@ from esper.study.run import (
     set_threads,
 )
 from esper.tasks import without_stray_data_dir
+from esper.tolaria.threads import TooFewCores
 
 
 def checked_data(config: TrainingConfig, out: Path | None, resume: Path | None) -> Dataset:
@@ -72,7 +73,7 @@ class PPORunner:
         resume: Path | None = None,
         data: Dataset | None = None,
     ) -> None:
-        self.config = config = replace(config, env=set_threads(config.env))
+        self.config = config = replace(config, env=set_threads(config.env, resume))
         self.threads = torch.get_num_threads()
         seed_everything(config.runtime.seed)
         if data is None:
@@ -258,6 +259,8 @@ def start_workers(
             raise UserError(f"cannot resume {str(resume)!r}: {err.strerror}") from err
     try:
         config, stop = start_ray(config)
+    except TooFewCores as err:
+        raise UserError(str(err) if resume is None else err.on_resume(resume)) from err
     except ValueError as err:
         raise UserError(str(err)) from err
     stack.callback(stop)

@@ -52,7 +52,7 @@ from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSetupError, TensorBoardSink, check_tensorboard
 from esper.nissa.tracking import MLflowSink, TrackingError, TrackingSetupError, check_mlflow
 from esper.tasks import get_task, host_param_count
-from esper.tolaria.threads import threads_per_worker
+from esper.tolaria.threads import TooFewCores, threads_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +133,19 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
 # ------------------------------------------------------------------------------ building
 
 
-def set_threads(training: HostTraining) -> HostTraining:
+def set_threads(training: HostTraining, resume: Path | None = None) -> HostTraining:
     """Set torch's intra-op threads by the thread policy (``esper.tolaria.threads``) for this
     in-process run, one worker: 1 unless ``training.threads`` says otherwise. Returns the block
     with the count filled in, so it is recorded and a resume runs with the same.
 
     Raises:
-        UserError: more threads than this process may use cores.
+        UserError: more threads than this process may use cores (for a ``resume``, without
+            advice to change a flag it takes no more).
     """
     try:
         threads = threads_per_worker(training.threads, workers=1)
+    except TooFewCores as err:
+        raise UserError(str(err) if resume is None else err.on_resume(resume)) from err
     except ValueError as err:
         raise UserError(str(err)) from err
     torch.set_num_threads(threads)

@@ -33,6 +33,28 @@ def _positive(name: str, value: object) -> int:
     return value
 
 
+class TooFewCores(ValueError):
+    """``workers × threads`` exceeds the cores (the message says which flag to change).
+
+    Attributes:
+        workers, threads: what was asked for; cores: what there is, as ``where`` says it.
+    """
+
+    def __init__(self, message: str, workers: int, threads: int, cores: int, where: str) -> None:
+        super().__init__(message)
+        self.workers, self.threads, self.cores, self.where = workers, threads, cores, where
+
+    def on_resume(self, directory: object) -> str:
+        """The refusal of a resume, which takes no ``--workers`` or ``--threads`` to change:
+        the run's thread count is part of its results."""
+        return (
+            f"cannot resume {str(directory)!r} here: it runs {self.workers} worker(s) of "
+            f"{self.threads} torch thread(s), {self.workers * self.threads} cores, and "
+            f"{self.where} {self.cores}; a resume keeps the threads it ran with (its results "
+            "depend on them): resume it where that many cores are free"
+        )
+
+
 def threads_per_worker(
     requested: int | None,
     workers: int,
@@ -53,8 +75,9 @@ def threads_per_worker(
         The thread count each worker sets with ``torch.set_num_threads``.
 
     Raises:
-        ValueError: ``workers * threads`` exceeds ``cores`` (one line naming the values, the
-            limit and what to change), or an argument is not a positive integer.
+        TooFewCores: ``workers * threads`` exceeds ``cores`` (one line naming the values, the
+            limit and what to change).
+        ValueError: an argument is not a positive integer.
     """
     workers = _positive("workers", workers)
     threads = _positive("threads", DEFAULT_THREADS_PER_WORKER if requested is None else requested)
@@ -62,13 +85,15 @@ def threads_per_worker(
     if workers * threads <= cores:
         return threads
     if workers > cores:
-        raise ValueError(
+        message = (
             f"--workers {workers} needs {workers} cores at one thread each; {where} {cores}: "
             f"use --workers {cores} or fewer"
         )
-    asked = f"--threads {threads}" + (f" with --workers {workers}" if workers > 1 else "")
-    more = " or fewer workers" if workers > 1 else ""
-    raise ValueError(
-        f"{asked} needs {workers * threads} cores; {where} {cores}: "
-        f"use --threads {cores // workers}{more}"
-    )
+    else:
+        asked = f"--threads {threads}" + (f" with --workers {workers}" if workers > 1 else "")
+        more = " or fewer workers" if workers > 1 else ""
+        message = (
+            f"{asked} needs {workers * threads} cores; {where} {cores}: "
+            f"use --threads {cores // workers}{more}"
+        )
+    raise TooFewCores(message, workers, threads, cores, where)
