@@ -73,7 +73,7 @@ def run_ppo(argv: list[str], options: RunOptions) -> int:
             data = None
         else:
             data = checked_data(config, options.out, options.resume)
-        config = start_workers(config, options.out, options.resume, stack)
+        config = start_workers(config, options.resume, stack)
         runner = PPORunner(config, options.out, options.resume, data)
         stack.callback(runner.close)
         print(runner.describe(), file=sys.stderr)

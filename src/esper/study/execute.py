@@ -201,13 +201,20 @@ def _check_summary_of(directory: Path, summary: record.RunSummary) -> None:
     Raises:
         RunRecordError: it is another run's, or ``meta.json`` is malformed or missing.
     """
-    meta = record.read_meta(directory)
-    if meta is None or (meta.run_id, meta.mode) != (summary.run_id, summary.mode):
-        held = "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
+    held = _other_run(record.read_meta(directory), summary.run_id, summary.mode)
+    if held is not None:
         raise record.RunRecordError(
             f"its summary.json is of the {summary.mode} run {summary.run_id!r}, its directory "
             f"holds {held}"
         )
+
+
+def _other_run(meta: record.RunMeta | None, run_id: str, mode: str) -> str | None:
+    """What a directory of ``meta.json`` ``meta`` holds, when that is not the ``mode`` run
+    ``run_id`` (``no meta.json``, ``the static run 'x'``); None when it is."""
+    if meta is not None and (meta.run_id, meta.mode) == (run_id, mode):
+        return None
+    return "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
 
 
 def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
@@ -398,8 +405,8 @@ class StudyDriver:
         except record.RunRecordError as err:
             raise UserError(f"trial run {str(directory)!r}: {err}") from None
         mode = trial_mode(self.spec, trial)
-        held = "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
-        if meta is None or (meta.run_id, meta.mode) != (trial.name, mode):
+        held = _other_run(meta, trial.name, mode)
+        if held is not None:
             raise UserError(
                 f"{str(directory)!r} holds {held}, not trial {trial.name}'s {mode} run: a run "
                 "copied or linked in; move it out of the study directory"

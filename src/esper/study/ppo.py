@@ -230,12 +230,11 @@ def _envs_here(config: TrainingConfig) -> int:
     return -(-n_envs // workers)
 
 
-def start_workers(
-    config: TrainingConfig, out: Path | None, resume: Path | None, stack: ExitStack
-) -> TrainingConfig:
+def start_workers(config: TrainingConfig, resume: Path | None, stack: ExitStack) -> TrainingConfig:
     """With ``--workers``: Ray started (or joined) for the run and stopped when ``stack``
     closes; returns ``config`` with the per-worker thread count. Without: ``config``, and Ray
-    is not imported (``esper.simic.workers`` imports it only inside its functions).
+    is not imported (``esper.simic.workers`` imports it only inside its functions). Called
+    after ``checked_data``, which checks ``--out``, the data and the memory before Ray starts.
 
     Raises:
         UserError: the cluster cannot be reached, the workers' threads exceed the cores, or
@@ -243,8 +242,7 @@ def start_workers(
     """
     if config.runtime.workers is None:
         return config
-    check_out(out, resume)  # a bad --out fails before Ray starts
-    try:  # so does the learner's device, which is this process's whatever the cluster has
+    try:  # the learner's device is this process's, whatever the cluster has
         check_amp(config.runtime.amp, parse_device(config.runtime.devices[0]))
     except ValueError as err:
         raise UserError(str(err)) from err
@@ -260,7 +258,7 @@ def start_workers(
     try:
         config, stop = start_ray(config)
     except TooFewCores as err:
-        raise UserError(str(err) if resume is None else err.on_resume(resume)) from err
+        raise UserError(err.refusal(resume)) from err
     except ValueError as err:
         raise UserError(str(err)) from err
     stack.callback(stop)

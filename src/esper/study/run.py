@@ -145,7 +145,7 @@ def set_threads(training: HostTraining, resume: Path | None = None) -> HostTrain
     try:
         threads = threads_per_worker(training.threads, workers=1)
     except TooFewCores as err:
-        raise UserError(str(err) if resume is None else err.on_resume(resume)) from err
+        raise UserError(err.refusal(resume)) from err
     except ValueError as err:
         raise UserError(str(err)) from err
     torch.set_num_threads(threads)

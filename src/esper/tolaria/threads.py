@@ -44,11 +44,14 @@ class TooFewCores(ValueError):
         super().__init__(message)
         self.workers, self.threads, self.cores, self.where = workers, threads, cores, where
 
-    def on_resume(self, directory: object) -> str:
-        """The refusal of a resume, which takes no ``--workers`` or ``--threads`` to change:
-        the run's thread count is part of its results."""
+    def refusal(self, resume: object | None) -> str:
+        """The one line that refuses the run: this message, or for the ``resume`` of a run,
+        which takes no ``--workers`` or ``--threads`` to change (the run's thread count is part
+        of its results), what it needs instead."""
+        if resume is None:
+            return str(self)
         return (
-            f"cannot resume {str(directory)!r} here: it runs {self.workers} worker(s) of "
+            f"cannot resume {str(resume)!r} here: it runs {self.workers} worker(s) of "
             f"{self.threads} torch thread(s), {self.workers * self.threads} cores, and "
             f"{self.where} {self.cores}; a resume keeps the threads it ran with (its results "
             "depend on them): resume it where that many cores are free"
