@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -106,3 +108,54 @@ def test_a_round_batch_pads_an_early_end_and_bootstraps_only_truncations() -> No
     assert batch.advantages[1].tolist() == pytest.approx([-3.25, 0.0, 0.0])  # δ = −3 − .25
     assert batch.obs[1, :, 0].tolist() == [0.0, 0.0, 0.0]  # the padding repeats step 0
     assert batch.masks.slot.shape == (2, 3, 3, 2) and batch.actions.shape == (2, 3, 5)
+
+
+def _inputs(**change: object) -> dict[str, object]:
+    """The truncation case's inputs (A = 1.65625, 2.625, 3.5) with some replaced."""
+    t = lambda v: torch.tensor([v], dtype=torch.float32)  # noqa: E731
+    b = lambda v: torch.tensor([v], dtype=torch.bool)  # noqa: E731
+    given = {
+        "rewards": t([1, 2, 3]),
+        "values": t([0.5, 1.0, 1.5]),
+        "next_values": t([1.0, 1.5, 4.0]),
+        "episode_end": b([0, 0, 1]),
+        "terminated": b([0, 0, 0]),
+        "gamma": GAMMA,
+        "lam": LAM,
+    }
+    return {**given, **change}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # whole-number rewards gave whole-number advantages ([[0, 0, 0]] here)
+        ({"rewards": torch.tensor([[1, 2, 3]])}, r"rewards must be floating point .*int64"),
+        # 0/1 integer flags were inverted bitwise: ~0 = -1, ~1 = -2
+        ({"episode_end": torch.tensor([[0, 0, 1]])}, r"episode_end must be a bool tensor"),
+        ({"terminated": torch.tensor([[0.0, 0.0, 0.0]])}, r"terminated must be a bool tensor"),
+        # a (N,) bootstrap broadcast along time
+        ({"next_values": torch.tensor([4.0])}, r"next_values must have the rewards' shape"),
+        ({"values": torch.tensor([[0.5, 1.0, 1.5]], dtype=torch.float64)}, r"one dtype"),
+        ({"rewards": torch.tensor([1.0, 2.0, 3.0])}, r"rewards must be \(N, T\)"),
+        ({"gamma": 1.5}, r"gamma must be a number in \[0, 1\], got 1.5"),
+        ({"gamma": math.nan}, r"gamma must be a number in \[0, 1\], got nan"),
+        ({"lam": -2}, r"lam must be a number in \[0, 1\], got -2"),
+        ({"lam": True}, r"lam must be a number in \[0, 1\], got True"),
+    ],
+)
+def test_gae_refuses_inputs_it_would_compute_wrongly(change: dict, message: str) -> None:
+    assert compute_gae(**_inputs())[0][0].tolist() == pytest.approx([1.65625, 2.625, 3.5])
+    with pytest.raises(ValueError, match=message):
+        compute_gae(**_inputs(**change))
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, math.inf, math.nan])
+def test_a_round_batch_refuses_a_scale_that_is_not_positive_and_finite(scale: float) -> None:
+    """Scale 0 made every reward infinite and a negative one flipped their signs."""
+    state = (torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))
+    trajectory = _trajectory([2.0], [0.5], terminated=True, boot=0.0)
+    with pytest.raises(ValueError, match=r"scale must be a finite number > 0"):
+        rollout_batch([trajectory], state, GAMMA, LAM, scale=scale)
+    with pytest.raises(ValueError, match=r"at least one trajectory"):
+        rollout_batch([], state, GAMMA, LAM, scale=1.0)

@@ -16,12 +16,14 @@ be replayed through the LSTM during the update.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
+from esper.leyline.config import is_number, quoted, require
 from esper.simic.acting import Trajectory
 from esper.tamiyo.actions import ActionMasks
 
@@ -53,8 +55,14 @@ def compute_gae(
         lam: GAE λ.
 
     Returns:
-        ``(advantages, returns)``, each (N, T); returns = advantages + values.
+        ``(advantages, returns)``, each (N, T) in the inputs' dtype; returns = advantages +
+        values.
+
+    Raises:
+        ValueError: the tensors are not all (N, T) (rewards and values of one floating dtype,
+            the flags bool), or γ or λ is not a number in [0, 1].
     """
+    _check_gae_inputs(rewards, values, next_values, episode_end, terminated, gamma, lam)
     not_term = (~terminated).to(rewards.dtype)
     not_end = (~episode_end).to(rewards.dtype)
     deltas = rewards + gamma * not_term * next_values - values
@@ -64,6 +72,40 @@ def compute_gae(
         running = deltas[:, t] + gamma * lam * not_end[:, t] * running
         advantages[:, t] = running
     return advantages, advantages + values
+
+
+def _check_gae_inputs(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    episode_end: Tensor,
+    terminated: Tensor,
+    gamma: float,
+    lam: float,
+) -> None:
+    """``compute_gae``'s inputs are what it computes with: integer rewards made whole-number
+    advantages, 0/1 integer flags were inverted bitwise (``~1`` is -2), and a ``(N,)`` bootstrap
+    broadcast along time."""
+    for name, coefficient in (("gamma", gamma), ("lam", lam)):
+        ok = is_number(coefficient) and 0.0 <= coefficient <= 1.0
+        require(ok, f"{name} must be a number in [0, 1], got {quoted(coefficient)}")
+    named = {"rewards": rewards, "values": values, "next_values": next_values}
+    flags = {"episode_end": episode_end, "terminated": terminated}
+    shape = tuple(rewards.shape)
+    require(len(shape) == 2, f"rewards must be (N, T), got shape {shape}")
+    for name, tensor in {**named, **flags}.items():
+        require(
+            tuple(tensor.shape) == shape,
+            f"{name} must have the rewards' shape {shape}, got {tuple(tensor.shape)}",
+        )
+    for name, tensor in named.items():
+        require(
+            tensor.dtype == rewards.dtype and tensor.is_floating_point(),
+            f"{name} must be floating point and of one dtype with the others, got "
+            + ", ".join(f"{n} {t.dtype}" for n, t in named.items()),
+        )
+    for name, tensor in flags.items():
+        require(tensor.dtype is torch.bool, f"{name} must be a bool tensor, got {tensor.dtype}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +185,14 @@ def rollout_batch(
         gamma: discount for GAE.
         lam: GAE λ.
         scale: what this round's rewards are divided by (``ppo.reward_scaling``; else 1).
+
+    Raises:
+        ValueError: no trajectories, or ``scale`` is not a finite positive number (0 made
+            every reward infinite, a negative one flipped their sign); see ``compute_gae``.
     """
+    require(len(trajectories) > 0, "rollout_batch needs at least one trajectory")
+    ok = is_number(scale) and math.isfinite(scale) and scale > 0
+    require(ok, f"scale must be a finite number > 0, got {quoted(scale)}")
     steps = max(len(t) for t in trajectories)
 
     def padded(x: Tensor) -> Tensor:  # (len, …) -> (T, …), the last step repeated
