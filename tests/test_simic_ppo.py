@@ -155,7 +155,8 @@ def test_a_policy_with_non_finite_weights_is_refused(part: str) -> None:
         weights = dict(state["trainer"]["normalizer"])
         weights["var"] = [math.inf, *weights["var"][1:]]
     bad = {**state, "trainer": {**state["trainer"], part: weights}}
-    with pytest.raises(PolicyCheckpointError, match=r"not finite .* training diverged"):
+    why = r"not finite .* training diverged" if part == "policy" else r"damaged .* must be finite"
+    with pytest.raises(PolicyCheckpointError, match=why):
         load_policy(bad, trainer.topology, auto_advance=False)
 
 
@@ -293,6 +294,37 @@ def test_anomaly_kinds() -> None:
     for kind, change in cases.items():
         anomaly = detect_anomalies(replace(healthy, **change), 5.0)
         assert anomaly is not None and anomaly.kinds == (kind,), kind
+    for name in ("ratio_max", "ratio_min", "entropy", "value_std"):  # NaN failed every test
+        anomaly = detect_anomalies(replace(healthy, **{name: math.nan}), 5.0)
+        assert anomaly is not None and anomaly.kinds == ("non_finite",), name
+        assert anomaly.detail == f"{name} NaN"
+    for threshold in (0.0, 1.0, math.nan, -1.0):  # 0 divided by zero, -1 always fired
+        with pytest.raises(ValueError, match="ratio_explosion must be a finite number > 1"):
+            detect_anomalies(healthy, threshold)
+
+
+def test_an_update_refuses_fewer_environments_than_minibatches() -> None:
+    """An empty minibatch's NaN loss was counted as a skipped non-finite step."""
+    trainer = _standin_trainer({"minibatches": 4})
+    batches = _capture_batches(trainer)
+    trainer.run_round()
+    three = batches[0].select(torch.arange(3))
+    with pytest.raises(ValueError, match=r"batch of 3 environments .* ppo.minibatches = 4"):
+        trainer.learner.update(three)
+
+
+def test_a_loaded_learner_shares_no_optimizer_state_with_its_source() -> None:
+    """torch's optimizer kept the given moment tensors: two learners updated each other's."""
+    trainer = _standin_trainer()
+    batches = _capture_batches(trainer)
+    trainer.run_round()
+    source = trainer.learner.state_dict()
+    twin = _standin_trainer()
+    twin.learner.load_state_dict(source)
+    kept = {k: v.clone() for k, v in twin.learner.optimizer.state_dict()["state"][0].items()}
+    trainer.learner.update(batches[0])  # moves the source's moments
+    after = twin.learner.optimizer.state_dict()["state"][0]
+    assert all(torch.equal(kept[k], after[k]) for k in kept)
 
 
 def _tiny_trainer(hub: TelemetryHub) -> PPOTrainer:

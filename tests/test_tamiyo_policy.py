@@ -582,3 +582,116 @@ def test_controller_rejects_mismatches() -> None:
         controller.load_state_dict({"steps": 0})
     with pytest.raises(ValueError, match="deterministic=True"):
         controller.load_state_dict({"steps": 0, "lstm": None, "rng": [1, 2]})
+
+
+# ------------------------------------------------------------------ inputs computed wrongly before
+
+
+def test_log_prob_takes_one_index_per_row_only() -> None:
+    """``gather`` read a shorter value as the first rows' (shape (1,) for a batch of 4)."""
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    dist = MaskedCategorical(logits, torch.ones(4, 3, dtype=torch.bool))
+    value = torch.tensor([1, 0, 2, 1])
+    oracle = torch.distributions.Categorical(logits=logits).log_prob(value)
+    assert torch.allclose(dist.log_prob(value), oracle)
+    for short in (torch.tensor([1]), torch.tensor([0, 1])):
+        with pytest.raises(ValueError, match=r"value must have the batch's shape \(4,\)"):
+            dist.log_prob(short)
+    with pytest.raises(ValueError, match=r"integer indices, got torch.float32"):
+        dist.log_prob(torch.tensor([0.7, 0.0, 0.0, 0.0]))
+    for outside in (3, -1):
+        with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+            dist.log_prob(torch.tensor([0, outside, 0, 0]))
+
+
+def test_a_minus_infinite_logit_has_probability_zero_and_a_finite_entropy() -> None:
+    logits = torch.tensor([0.0, -math.inf, 1.0], requires_grad=True)
+    dist = MaskedCategorical(logits, torch.ones(3, dtype=torch.bool))
+    oracle = torch.distributions.Categorical(logits=logits.detach()).entropy() / math.log(3)
+    entropy = dist.entropy()
+    assert entropy.item() == pytest.approx(oracle.item())  # was NaN: 0 * -inf
+    entropy.backward()
+    assert logits.grad is not None and bool(logits.grad.isfinite().all())
+
+
+def test_nan_logits_are_refused_where_they_count() -> None:
+    """NaN was sampled as index 0 with a NaN probability; a NaN behind the mask is harmless."""
+    mask = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="NaN at a valid choice"):
+        MaskedCategorical(torch.tensor([[0.0, math.nan, 1.0]]), mask)
+    dist = MaskedCategorical(torch.tensor([[0.0, 1.0, math.nan]]), mask)
+    assert dist.probs[0, 2] == 0 and bool(dist.entropy().isfinite().all())
+
+
+def test_normalize_gives_floats_for_integer_input_and_refuses_nan() -> None:
+    norm = RunningMeanStd(2)
+    norm.update(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))  # mean 5, std 5
+    z = norm.normalize(torch.tensor([[7, 2]]))
+    assert z.dtype == torch.float32  # was int64 [[0, 0]]
+    assert z[0].tolist() == pytest.approx([0.4, -0.6], abs=1e-6)
+    with pytest.raises(ValueError, match="NaN"):
+        norm.normalize(torch.tensor([[math.nan, 0.0]]))
+    assert norm.normalize(torch.tensor([[math.inf, 0.0]]))[0, 0] == 10.0  # clipped
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"clip": -1.0}, "clip must be a finite number > 0"),
+        ({"clip": math.nan}, "clip must be a finite number > 0"),
+        ({"var": [-1.0, 1.0]}, "must be finite, var >= 0"),
+        ({"mean": [math.nan, 0.0]}, "must be finite"),
+        ({"count": -5}, r"count must be an integer in \[0, "),
+        ({"count": 2.7}, r"count must be an integer in \[0, "),
+        ({"update_count": True}, r"update_count must be an integer"),
+    ],
+)
+def test_normalizer_state_no_update_could_make_is_refused(change: dict, message: str) -> None:
+    norm = RunningMeanStd(2)
+    norm.update(torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
+    before = norm.state_dict()
+    with pytest.raises(ValueError, match=message):
+        norm.load_state_dict({**before, **change})
+    assert norm.state_dict() == before
+
+
+def test_reset_state_takes_one_bool_flag_per_row() -> None:
+    """0/1 integers were inverted bitwise (rows scaled by -1 and -2), one flag reset all rows."""
+    state = (torch.ones(1, 2, 3), torch.ones(1, 2, 3))
+    h, _ = reset_state(state, torch.tensor([False, True]))
+    assert h[0, :, 0].tolist() == [1.0, 0.0]
+    for flags in (torch.tensor([0, 1]), torch.tensor([1.0, 0.0]), torch.tensor([True])):
+        with pytest.raises(ValueError, match=r"episode_start must be a bool \(2,\) tensor"):
+            reset_state(state, flags)
+
+
+def test_network_inputs_and_sizes_are_checked_up_front() -> None:
+    net = PolicyNetwork(80, SPACE.head_sizes, SMALL)
+    start = torch.zeros(2, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"obs must be torch.float32 like the network's weights"):
+        net(torch.zeros(2, 1, 80, dtype=torch.float64), net.initial_state(2), start)
+    with pytest.raises(ValueError, match=r"state must be \(h, c\), each \(1, 2, 8\)"):
+        net(torch.zeros(2, 1, 80), net.initial_state(3), start)
+    masks = ActionMasks.stack([SPACE.masks(random_obs(random.Random(0)))])
+    with pytest.raises(ValueError, match="obs holds NaN"):  # it chose WAIT with a NaN log-prob
+        net.act(torch.full((1, 80), math.nan), masks, net.initial_state(1))
+    big = dict(SPACE.head_sizes, op=10**9)
+    for obs_size, heads in ((10**9, SPACE.head_sizes), (True, SPACE.head_sizes), (80, big)):
+        with pytest.raises(ValueError, match=r"must be an integer in \[1, 4096\]"):
+            PolicyNetwork(obs_size, heads, SMALL)  # 10**9 asked for gigabytes first
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": -3}, r"steps must be an integer in \[0, "),
+        ({"lstm": [[[[math.nan] * 8]], [[[0.0] * 8]]]}, "LSTM state is not finite"),
+    ],
+)
+def test_controller_refuses_a_state_no_episode_could_make(change: dict, message: str) -> None:
+    controller = _controller(randomized_network(seed=5))
+    controller.decide(random_obs(random.Random(1)))
+    before = controller.state_dict()
+    with pytest.raises(ValueError, match=message):
+        controller.load_state_dict({**before, **change})
+    assert controller.state_dict() == before

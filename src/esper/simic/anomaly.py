@@ -7,8 +7,10 @@ rounds (per-head statistics are then logged) and records an ``AnomalyDetected`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from esper.leyline.config import is_number, quoted, require
 from esper.leyline.events import PPOStats
 
 ESCALATION_ROUNDS = 3
@@ -42,10 +44,21 @@ def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
             below its reciprocal a collapse.
 
     Returns:
-        The anomaly, or None when the update looks healthy.
+        The anomaly, or None when the update looks healthy. A NaN statistic is ``non_finite``
+        (no comparison with NaN is true, so it hid every other check).
+
+    Raises:
+        ValueError: ``ratio_explosion`` is not a finite number > 1.
     """
+    ok = is_number(ratio_explosion) and math.isfinite(ratio_explosion) and ratio_explosion > 1
+    require(ok, f"ratio_explosion must be a finite number > 1, got {quoted(ratio_explosion)}")
     kinds: list[str] = []
     details: list[str] = []
+    nan = [
+        name
+        for name in ("ratio_max", "ratio_min", "entropy", "value_std", "return_std")
+        if (value := getattr(stats, name)) is not None and math.isnan(value)
+    ]
     if stats.ratio_max is not None and stats.ratio_max > ratio_explosion:
         kinds.append("ratio_explosion")
         details.append(f"max ratio {stats.ratio_max:.3g} > {ratio_explosion:g}")
@@ -64,9 +77,12 @@ def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
     ):
         kinds.append("value_collapse")
         details.append(f"value std {value_std:.3g} vs return std {return_std:.3g}")
-    if stats.skipped_steps:
+    if stats.skipped_steps or nan:
         kinds.append("non_finite")
+    if stats.skipped_steps:
         details.append(f"{stats.skipped_steps} optimizer step(s) skipped: non-finite loss/grads")
+    if nan:
+        details.append(f"{', '.join(nan)} NaN")
     if not kinds:
         return None
     return Anomaly(tuple(kinds), "; ".join(details))

@@ -174,12 +174,12 @@ def load_policy(state: dict[str, Any], topology: Topology, auto_advance: bool) -
         normalizer.load_state_dict(state["trainer"]["normalizer"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise PolicyCheckpointError(f"damaged PPO checkpoint: {err}") from err
-    # NaN weights choose WAIT forever, with no probability or value to show for it
-    tensors = [*network.state_dict().values(), normalizer.mean, normalizer.var]
-    if not all(bool(t.isfinite().all()) for t in tensors):
+    # NaN weights choose WAIT forever, with no probability or value to show for it (the
+    # normalizer refuses non-finite statistics itself)
+    if not all(bool(t.isfinite().all()) for t in network.state_dict().values()):
         raise PolicyCheckpointError(
-            "the policy's weights or observation statistics are not finite (NaN or infinity): "
-            "its training diverged, or the checkpoint was altered"
+            "the policy's weights are not finite (NaN or infinity): its training diverged, or "
+            "the checkpoint was altered"
         )
     if trained_on is not topology:
         raise PolicyCheckpointError(

@@ -19,6 +19,7 @@ returns a ``RatioExplosionDiagnostic`` naming the heads whose own ratio exploded
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from esper.leyline.config import require
 from esper.leyline.events import PPOStats
 from esper.simic.config import PPOSettings
 from esper.simic.rollout import RolloutBatch
@@ -219,8 +221,18 @@ class PPOLearner:
         return s.entropy_coef + frac * (s.entropy_coef_final - s.entropy_coef)
 
     def update(self, batch: RolloutBatch) -> UpdateResult:
-        """Run the PPO passes on one round's batch (see the module docstring)."""
+        """Run the PPO passes on one round's batch (see the module docstring).
+
+        Raises:
+            ValueError: the batch has fewer environments than ``minibatches`` (an empty
+                minibatch's NaN loss was counted as a non-finite step).
+        """
         s, net = self.settings, self.network
+        require(
+            batch.n_envs >= s.minibatches,
+            f"a batch of {batch.n_envs} environments cannot be split into "
+            f"ppo.minibatches = {s.minibatches}",
+        )
         self.env_steps += int(batch.valid.sum())
         entropy_coef = self.entropy_coef()
         adv = batch.advantages
@@ -348,8 +360,9 @@ class PPOLearner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict`` output."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore ``state_dict`` output (a copy: torch's optimizer would otherwise share the
+        given moment tensors with the learner they came from)."""
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self.env_steps = int(state["env_steps"])

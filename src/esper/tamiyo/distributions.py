@@ -53,6 +53,10 @@ class MaskedCategorical:
     Args:
         logits: ``(…, n)`` unnormalized log-probabilities (any float dtype).
         mask: ``(…, n)`` bool, True where a choice is valid.
+        validate_args: check the values on the CPU (as torch's distributions do): NaN logits
+            at valid choices, indices given to ``log_prob`` outside ``[0, n)``. Each check is a
+            few operations; the policy's acting step, whose logits come from finite inputs and
+            whose indices it samples itself, skips them.
 
     Attributes:
         logits: ``(…, n)`` the given logits with masked entries replaced by ``MASK_VALUE``
@@ -61,11 +65,12 @@ class MaskedCategorical:
 
     Raises:
         ValueError: if shapes differ, the mask is not bool, or any row has no valid choice
-            (the message counts those rows and names the first; on an accelerator that last
-            check is asynchronous, see ``require_choices``).
+            (the message counts those rows and names the first; on an accelerator that check
+            is asynchronous, see ``require_choices``); with ``validate_args``, on the CPU, a
+            NaN logit at a valid choice.
     """
 
-    def __init__(self, logits: Tensor, mask: Tensor) -> None:
+    def __init__(self, logits: Tensor, mask: Tensor, validate_args: bool = True) -> None:
         if mask.dtype is not torch.bool:
             raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
         if logits.shape != mask.shape:
@@ -76,6 +81,12 @@ class MaskedCategorical:
             raise ValueError("logits need at least one dimension (the choices)")
         n_valid = mask.sum(dim=-1)  # (…)
         require_choices(n_valid == 0)
+        # NaN would be sampled as index 0 with a NaN probability. Only the CPU looks: on an
+        # accelerator reading a flag makes the host wait, and a mixed-precision update's
+        # overflow is the grad scaler's to skip, not an assert's.
+        self._validate = validate_args and logits.device.type == "cpu"
+        if self._validate and bool((logits.isnan() & mask).any()):
+            raise ValueError("logits are NaN at a valid choice")
         self.mask = mask
         self.logits = logits.masked_fill(~mask, MASK_VALUE)
         compute = torch.promote_types(logits.dtype, torch.float32)
@@ -111,7 +122,21 @@ class MaskedCategorical:
         return self._log_p.masked_fill(~self.mask, float("-inf")).argmax(dim=-1)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``(…)`` log-probability of ``value`` (``(…)`` long); ``-inf`` for a masked choice."""
+        """``(…)`` log-probability of ``value`` (``(…)`` integer indices); ``-inf`` for a masked
+        choice.
+
+        Raises:
+            ValueError: ``value`` is not of integer dtype and the batch's shape (``gather``
+                read a shorter one as its first rows), or (with ``validate_args``, on the CPU)
+                an index is outside ``[0, n)``.
+        """
+        batch, n = tuple(self.mask.shape[:-1]), self.mask.shape[-1]
+        if value.is_floating_point() or value.is_complex() or value.dtype is torch.bool:
+            raise ValueError(f"value must hold integer indices, got {value.dtype}")
+        if tuple(value.shape) != batch:
+            raise ValueError(f"value must have the batch's shape {batch}, got {tuple(value.shape)}")
+        if self._validate and bool(((value < 0) | (value >= n)).any()):
+            raise ValueError(f"value holds an index outside [0, {n})")
         index = value.long().unsqueeze(-1)  # (…, 1)
         log_p = self._log_p.gather(-1, index).squeeze(-1)
         valid = self.mask.gather(-1, index).squeeze(-1)
@@ -124,7 +149,9 @@ class MaskedCategorical:
         choices.
         """
         p = self.probs
-        h = -(p * self._log_p).sum(dim=-1)  # masked entries: 0 * 0
+        # masked entries: 0 * 0; a valid logit of -inf: 0 * (the lowest finite), not 0 * -inf
+        log_p = self._log_p.clamp(min=torch.finfo(self._log_p.dtype).min)
+        h = -(p * log_p).sum(dim=-1)
         n = self._n_valid.to(h.dtype)
         # log(1) = 0 would divide 0 by 0 (NaN gradient even under where); divide by 1 instead.
         scale = torch.where(self._n_valid > 1, n.log(), torch.ones_like(n))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esper.leyline.config import require
+from esper.leyline.config import check_int, is_number, quoted, require
 
 VAR_EPSILON = 1e-8
 """Added to the variance before the square root, so a constant feature (variance 0, e.g. a
@@ -41,7 +41,7 @@ class RunningMeanStd:
     def __init__(self, size: int, clip: float = 10.0) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive integer, got {size!r}")
-        if not (math.isfinite(clip) and clip > 0):
+        if not (is_number(clip) and math.isfinite(clip) and clip > 0):
             raise ValueError(f"clip must be a positive finite number, got {clip!r}")
         self.size = size
         self.clip = float(clip)
@@ -79,17 +79,23 @@ class RunningMeanStd:
     def normalize(self, x: Tensor) -> Tensor:
         """``(…, size)`` -> ``(…, size)``: ``(x - mean) / sqrt(var + VAR_EPSILON)``, clipped.
 
-        The result has ``x``'s dtype and device.
+        The result has ``x``'s device, and its dtype when floating point (integers give
+        float32: cast back, 7 normalized to 0.4 read 0).
 
         Raises:
-            ValueError: if the last dimension is not ``size``.
+            ValueError: if the last dimension is not ``size``, or (on the CPU) ``x`` holds NaN,
+                which would reach the policy as a decision with no probability (±inf is
+                clipped like any outlier).
         """
         if x.shape[-1] != self.size:
             raise ValueError(f"normalize needs (..., {self.size}), got {tuple(x.shape)}")
+        if x.device.type == "cpu" and bool(torch.isnan(x).any()):
+            raise ValueError("normalize got NaN; observations must not be NaN")
         mean = self.mean.to(x.device)
         std = (self.var + VAR_EPSILON).sqrt().to(x.device)
         z = (x.to(torch.float64) - mean) / std
-        return z.clamp(-self.clip, self.clip).to(x.dtype)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        return z.clamp(-self.clip, self.clip).to(dtype)
 
     def state_dict(self) -> dict[str, Any]:
         """The statistics as JSON-serializable data (float64 values as Python floats)."""
@@ -106,7 +112,9 @@ class RunningMeanStd:
         """Restore statistics saved by ``state_dict``.
 
         Raises:
-            ValueError: for missing or unknown keys, or a different ``size``.
+            ValueError: for missing or unknown keys, a different ``size``, or statistics no
+                update could have made (non-finite or negative variances, a count that is not a
+                whole number ≥ 0, a clip that is not finite and > 0); nothing is changed then.
         """
         keys = sorted(self.state_dict())
         require(
@@ -121,7 +129,13 @@ class RunningMeanStd:
             f"state mean/var have shapes {tuple(mean.shape)}/{tuple(var.shape)}, "
             f"expected ({self.size},)",
         )
-        self.clip = float(state["clip"])
+        finite = bool(torch.isfinite(mean).all() and torch.isfinite(var).all())
+        require(finite and bool((var >= 0).all()), "state mean/var must be finite, var >= 0")
+        clip, count, updates = state["clip"], state["count"], state["update_count"]
+        ok = is_number(clip) and math.isfinite(clip) and clip > 0
+        require(ok, f"state clip must be a finite number > 0, got {quoted(clip)}")
+        for name, value in (("count", count), ("update_count", updates)):
+            check_int(f"state {name}", value, 0, 2**63 - 1)
+        self.clip = float(clip)
         self.mean, self.var = mean, var
-        self.count = int(state["count"])
-        self.update_count = int(state["update_count"])
+        self.count, self.update_count = count, updates

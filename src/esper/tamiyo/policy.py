@@ -134,7 +134,17 @@ def reset_state(state: LSTMState, episode_start: Tensor) -> LSTMState:
 
     Returns:
         The state with rows where ``episode_start`` is True set to 0.
+
+    Raises:
+        ValueError: ``episode_start`` is not a bool ``(B,)`` tensor (0/1 integers were
+            inverted bitwise, ``~1`` being -2, and one flag reset every row).
     """
+    batch = state[0].shape[1]
+    require(
+        episode_start.dtype is torch.bool and tuple(episode_start.shape) == (batch,),
+        f"episode_start must be a bool ({batch},) tensor, one flag per state row, got "
+        f"{episode_start.dtype} {tuple(episode_start.shape)}",
+    )
     keep = (~episode_start).to(state[0].dtype).view(1, -1, 1)  # (1, B, 1)
     return state[0] * keep, state[1] * keep
 
@@ -145,7 +155,9 @@ def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
     return layer
 
 
-def _distribution(head: str, logits: Tensor, mask: Tensor, relevant: Tensor) -> MaskedCategorical:
+def _distribution(
+    head: str, logits: Tensor, mask: Tensor, relevant: Tensor, validate: bool = True
+) -> MaskedCategorical:
     """The head's distribution; rows of irrelevant heads with no valid choice allow every choice.
 
     Such a row (the slot row of WAIT, say) never affects an action or a loss, but it still needs
@@ -154,7 +166,7 @@ def _distribution(head: str, logits: Tensor, mask: Tensor, relevant: Tensor) -> 
     keep = relevant.unsqueeze(-1) | mask.any(dim=-1, keepdim=True)  # (…, 1)
     safe = torch.where(keep, mask, torch.ones_like(mask))
     try:
-        return MaskedCategorical(logits, safe)
+        return MaskedCategorical(logits, safe, validate)
     except ValueError as error:
         raise ValueError(f"head {head!r}: {error}") from error
 
@@ -168,18 +180,19 @@ class PolicyNetwork(nn.Module):
         config: layer sizes.
 
     Raises:
-        ValueError: for a non-positive size or head keys other than ``HEADS``.
+        ValueError: a size that is not an integer in [1, ``MAX_POLICY_WIDTH``], or head keys
+            other than ``HEADS``.
     """
 
     def __init__(self, obs_size: int, head_sizes: Mapping[str, int], config: PolicyConfig) -> None:
         super().__init__()
-        require(obs_size >= 1, f"obs_size must be >= 1, got {obs_size}")
+        check_int("obs_size", obs_size, 1, MAX_POLICY_WIDTH)
         require(
             set(head_sizes) == set(HEADS),
             f"head_sizes keys {sorted(head_sizes)} must be exactly {HEADS}",
         )
         for head, n in head_sizes.items():
-            require(n >= 1, f"head {head!r} needs at least one choice, got {n}")
+            check_int(f"head {head!r}'s number of choices", n, 1, MAX_POLICY_WIDTH)
         self.obs_size = obs_size
         self.head_sizes = {head: int(head_sizes[head]) for head in HEADS}
         self.config = config
@@ -223,10 +236,17 @@ class PolicyNetwork(nn.Module):
             Per-head logits ``(B, T, n)``, values ``(B, T)`` and the final state.
 
         Raises:
-            ValueError: for mismatched shapes.
+            ValueError: for mismatched shapes, or ``obs`` of another dtype than the weights.
         """
         if obs.dim() != 3 or obs.shape[-1] != self.obs_size:
             raise ValueError(f"obs must be (B, T, {self.obs_size}), got {tuple(obs.shape)}")
+        dtype = self.value_head.weight.dtype
+        if obs.dtype != dtype:
+            raise ValueError(f"obs must be {dtype} like the network's weights, got {obs.dtype}")
+        want = (1, obs.shape[0], self.config.lstm_hidden)
+        if any(tuple(part.shape) != want for part in state):
+            got = [tuple(part.shape) for part in state]
+            raise ValueError(f"state must be (h, c), each {want} for this batch, got {got}")
         if episode_start.shape != obs.shape[:2] or episode_start.dtype is not torch.bool:
             raise ValueError(
                 f"episode_start must be a bool (B, T) = {tuple(obs.shape[:2])} tensor, "
@@ -276,7 +296,13 @@ class PolicyNetwork(nn.Module):
 
         Returns:
             Actions ``(B, 5)``, log-probabilities ``(B,)``, values ``(B,)`` and the next state.
+
+        Raises:
+            ValueError: ``obs`` holds NaN (on the CPU; the step chose WAIT with a NaN
+                probability), or see ``forward``.
         """
+        if obs.device.type == "cpu" and bool(obs.isnan().any()):  # the one check of the step
+            raise ValueError("obs holds NaN; observations must not be NaN")
         batch = obs.shape[0]
         no_start = torch.zeros(batch, 1, dtype=torch.bool, device=obs.device)
         out = self.forward(obs.unsqueeze(1), state, no_start)
@@ -285,7 +311,7 @@ class PolicyNetwork(nn.Module):
         def choose(dist: MaskedCategorical) -> Tensor:
             return dist.mode() if deterministic else dist.sample(generator)
 
-        op_dist = MaskedCategorical(logits["op"], masks.op)
+        op_dist = MaskedCategorical(logits["op"], masks.op, validate_args=False)
         op = choose(op_dist)  # (B,)
         relevance = head_relevance(op)  # (B, 5)
         rows = torch.arange(batch, device=op.device)
@@ -293,7 +319,7 @@ class PolicyNetwork(nn.Module):
         head_masks["slot"] = masks.slot[rows, op]  # (B, n_slots): the chosen op's row
         actions, log_prob = [op], op_dist.log_prob(op)
         for i, head in enumerate(HEADS[1:], start=1):
-            dist = _distribution(head, logits[head], head_masks[head], relevance[:, i])
+            dist = _distribution(head, logits[head], head_masks[head], relevance[:, i], False)
             choice = choose(dist)
             actions.append(choice)
             log_prob = log_prob + torch.where(
@@ -440,8 +466,9 @@ class PolicyController:
         """Restore the memory saved by ``state_dict``.
 
         Raises:
-            ValueError: for wrong keys, an LSTM state of the wrong shape, or a generator state
-                that does not fit this controller's ``deterministic`` setting.
+            ValueError: for wrong keys, an LSTM state of the wrong shape or not finite, a step
+                count that is not an integer >= 0, or a generator state that does not fit this
+                controller's ``deterministic`` setting.
         """
         keys = sorted(self.state_dict())
         require(
@@ -458,7 +485,10 @@ class PolicyController:
                 h.shape == c.shape == expected,
                 f"LSTM state shapes {tuple(h.shape)}/{tuple(c.shape)}, expected {expected}",
             )
+            finite = bool(h.isfinite().all() and c.isfinite().all())
+            require(finite, "the LSTM state is not finite (NaN or infinity)")
             lstm = (h, c)
+        check_int("steps", state["steps"], 0, 2**63 - 1)
         require(
             (state["rng"] is None) == (self._generator is None),
             f"generator state {'missing' if state['rng'] is None else 'present'} but this "
@@ -467,4 +497,4 @@ class PolicyController:
         if self._generator is not None:
             self._generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
         self._state = lstm
-        self._steps = int(state["steps"])
+        self._steps = state["steps"]
