@@ -122,6 +122,18 @@ def test_respects_the_germination_cooldown() -> None:
     assert eager.decide(ready(*growing, epoch=6)).op is Op.GERMINATE
 
 
+def test_a_second_episode_needs_a_new_heuristic() -> None:
+    """Given a second episode, the heuristic read the first one's germination as a cooldown
+    (it waited at epoch 5) and a seed alive at the first one's end as pruned."""
+    tamiyo = HeuristicTamiyo(OFFERED_ORDER)
+    assert tamiyo.decide(ready(epoch=5)).op is Op.GERMINATE
+    tamiyo.decide(ready(training("early"), epoch=6))
+    tamiyo.decide(ready(training("early"), epoch=6))  # the same epoch again is not a new episode
+    with pytest.raises(ValueError, match=r"epoch 5 comes after epoch 6: .* build a new one"):
+        tamiyo.decide(ready(epoch=5))
+    assert HeuristicTamiyo(OFFERED_ORDER).decide(ready(epoch=5)).op is Op.GERMINATE
+
+
 def test_blueprints_rotate_in_order() -> None:
     tamiyo = HeuristicTamiyo(HeuristicConfig(blueprint_preference=(), germinate_cooldown=0))
     grown = [tamiyo.decide(ready(epoch=e)).blueprint for e in range(5, 9)]

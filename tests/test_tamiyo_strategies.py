@@ -252,12 +252,20 @@ def test_replace_grows_a_different_blueprint_even_when_the_selector_prefers_the_
 
 
 def test_replace_respects_the_horizon_and_the_live_seed_limit() -> None:
-    tamiyo = heuristic("replace")
-    tamiyo.decide(ready(training("early", "conv_light", epochs=6, healthy=True, contribution=0.0)))
+    def pruned_at_5() -> HeuristicTamiyo:
+        tamiyo = heuristic("replace")
+        probe = training("early", "conv_light", epochs=6, healthy=True, contribution=0.0)
+        assert tamiyo.decide(ready(probe)).op is Op.PRUNE
+        return tamiyo
+
+    control = pruned_at_5().decide(ready(epoch=6, stabilized=False))
+    assert control.op is Op.GERMINATE  # replaced at once, host still improving or not
+    tamiyo = pruned_at_5()
+    both = (training("mid", "norm"), training("late", "norm"))
+    full = tamiyo.decide(ready(*both, epoch=6, stabilized=False))
+    assert full.op is Op.WAIT
     late = tamiyo.decide(ready(epoch=38, stabilized=False, max_epochs=40))
     assert late.op is Op.WAIT
-    full = tamiyo.decide(ready(training("mid", "norm"), training("late", "norm"), stabilized=False))
-    assert full.op is Op.WAIT
 
 
 # ------------------------------------------------------------------ diversify

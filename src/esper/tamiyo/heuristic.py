@@ -244,7 +244,9 @@ def advance_reason(report: SeedStateReport) -> str | None:
 
 
 class HeuristicTamiyo:
-    """The rule-based controller; implements ``Controller``.
+    """The rule-based controller; implements ``Controller``. One instance drives one episode:
+    its memory (cooldown, the stages it saw) is of that episode's epochs, so a new episode
+    needs a new instance (``priors`` carry what a learning selector learned).
 
     Args:
         config: the rules' thresholds, selector and strategy.
@@ -286,12 +288,25 @@ class HeuristicTamiyo:
         self._own_prunes: dict[str, str] = {}  # slot -> blueprint pruned by the last decision
         self._replacements: dict[str, str] = {}  # replace: slot -> blueprint pruned there
         self._fossilized: str | None = None  # specialize: the blueprint fossilized last
+        self._last_epoch = -1  # the last decision's epoch (not state: a guard, see decide)
         keys = set(self._own_state()) & set(self.selector.state_dict())
         assert not keys, f"selector state keys {keys} clash with the heuristic's"
 
     def decide(self, observation: Observation) -> Action:
-        """Propose one action (see the module docstring for the rules and their order)."""
+        """Propose one action (see the module docstring for the rules and their order).
+
+        Raises:
+            ValueError: the epoch went back: a second episode given to this instance (it
+                read the last episode's germination as a cooldown, and a seed alive at its
+                end as pruned).
+        """
         now = observation.signals.epoch
+        require(
+            now >= self._last_epoch,
+            f"epoch {now} comes after epoch {self._last_epoch}: a HeuristicTamiyo drives one "
+            "episode; build a new one for the next",
+        )
+        self._last_epoch = now
         reports = [observation.reports[s] for s in ordered_slots(observation.reports)]
         self._observe(reports, now)
         action = self._first_lifecycle_action(reports)
