@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from esper.cli.config import RunOptions
@@ -171,3 +172,32 @@ def test_digits_preset_is_the_reward_ab_winners_training() -> None:
     arm = ppo_config(spec, spec.arm("ppo-simplified"), "digits_impaired", 0)
     preset = load_preset("digits").resolved()
     assert replace(preset, env=replace(preset.env, threads=1), telemetry=arm.telemetry) == arm
+
+
+def test_a_section_built_in_python_must_be_its_dataclass() -> None:
+    """A dict, None or the class itself was accepted and failed far away (or never)."""
+    from esper.leyline.config import HostTraining
+    from esper.simic.config import PPOSettings, RuntimeSettings
+    from esper.study.growth import GrowthRun
+    from esper.tamiyo.policy import PolicyConfig
+
+    cases = [
+        ({"ppo": {"n_envs": 2}}, r"ppo must be a PPOSettings instance, got \{'n_envs': 2\}"),
+        ({"reward": None}, "reward must be a RewardConfig instance, got None"),
+        ({"policy": PolicyConfig}, "policy must be a PolicyConfig instance, got the class"),
+    ]
+    for given, message in cases:
+        with pytest.raises(ValueError, match=message):
+            TrainingConfig(**given)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="training must be a HostTraining instance, got None"):
+        GrowthRun(None)  # type: ignore[arg-type]
+    assert GrowthRun(HostTraining("digits")).training.task == "digits"
+    # a string is a sequence of one-letter device names ('c', 'u', ...)
+    with pytest.raises(ValueError, match=r"runtime.devices must be a non-empty list .* 'cuda:0'"):
+        RuntimeSettings(devices="cuda:0")  # type: ignore[arg-type]
+    # numpy's numbers read as out of range ("an integer in [1, 256], got np.int64(4)")
+    with pytest.raises(ValueError, match=r"ppo.n_envs must be a Python int, got numpy's int64 4"):
+        PPOSettings(n_envs=np.int64(4))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"ppo.lr must be a Python float, got numpy's float32"):
+        PPOSettings(lr=np.float32(1e-3))  # type: ignore[arg-type]
+    assert PPOSettings(lr=np.float64(1e-3)).lr == 1e-3  # a float subclass: JSON writes it

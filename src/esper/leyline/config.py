@@ -109,7 +109,19 @@ def require(ok: bool, message: str) -> None:
 def check_int(name: str, value: object, low: int = 1, high: int = MAX_COUNT) -> None:
     """``value`` is an integer (not a bool) in ``[low, high]``, else a one-line error."""
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    _require_builtin(name, value, ok, "int")
     require(ok, f"{name} must be an integer in [{low}, {high}], got {quoted(value)}")
+
+
+def _require_builtin(name: str, value: object, ok: bool, kind: str) -> None:
+    """A numpy number refused by a check for Python's ``kind`` is named as one (its repr,
+    ``np.int64(4)``, read as a value out of range); settings hold Python numbers, which JSON
+    and TOML write."""
+    if not ok and is_number(value) and type(value).__module__ == "numpy":
+        raise ValueError(
+            f"{name} must be a Python {kind}, got numpy's {type(value).__name__} {value} "
+            f"(convert it with {kind}())"
+        )
 
 
 def is_number(value: object, integral: bool = False) -> bool:
@@ -125,6 +137,7 @@ def check_float(
     """``value`` is a finite number in ``(low, high]`` (``strict_low``) or ``[low, high]``."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if strict_low else value >= low) and value <= high  # type: ignore[operator]
+    _require_builtin(name, value, ok, "float")
     bound = "(" if strict_low else "["
     require(ok, f"{name} must be a number in {bound}{low}, {high}], got {quoted(value)}")
 
@@ -374,6 +387,22 @@ def _decode_dataclass(cls: type, value: Any, where: str, base: Any) -> Any:
 def _field_types(cls: type) -> dict[str, Any]:
     """``cls``'s resolved annotations: resolving them costs more than decoding a table."""
     return typing.get_type_hints(cls)
+
+
+def check_sections(obj: Any) -> None:
+    """Each field of the config dataclass ``obj`` declared as a dataclass holds one: a table
+    given as a dict, ``None`` or the class itself was accepted and failed far from here.
+
+    Raises:
+        ValueError: naming the field, the value and the class it needs.
+    """
+    cls: type = type(obj)
+    hints = _field_types(cls)
+    for f in fields(obj):
+        kind, value = hints[f.name], getattr(obj, f.name)
+        if isinstance(kind, type) and is_dataclass(kind) and not isinstance(value, kind):
+            got = f"the class {value.__name__}" if isinstance(value, type) else quoted(value)
+            raise ValueError(f"{f.name} must be a {kind.__name__} instance, got {got}")
 
 
 def override(obj: C, data: object) -> C:

@@ -25,6 +25,7 @@ from esper.leyline.config import (
     check_bool,
     check_float,
     check_int,
+    check_sections,
     override,
     require,
 )
@@ -146,7 +147,9 @@ class RuntimeSettings:
         check_int("runtime.seed", self.seed, 0, MAX_SEED - MAX_ENVS)
         check_bool("runtime.amp", self.amp)
         require(
-            bool(self.devices) and all(isinstance(d, str) for d in self.devices),
+            isinstance(self.devices, tuple | list)
+            and bool(self.devices)
+            and all(isinstance(d, str) for d in self.devices),
             f"runtime.devices must be a non-empty list of device names, got {self.devices!r}",
         )
         if self.workers is not None:
@@ -201,6 +204,7 @@ class TrainingConfig:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __post_init__(self) -> None:
+        check_sections(self)
         if self.runtime.workers is not None:  # each worker steps at least one environment
             check_int("runtime.workers", self.runtime.workers, 1, self.ppo.n_envs)
 

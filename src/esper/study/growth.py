@@ -33,6 +33,7 @@ from esper.leyline.config import (
     TelemetrySettings,
     UserError,
     check_int,
+    check_sections,
     config_dict,
     override,
 )
@@ -109,6 +110,7 @@ class GrowthRun:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __post_init__(self) -> None:
+        check_sections(self)
         check_int("seed", self.seed, 0, MAX_SEED)
         if self.knowledge is not None:
             from esper.nissa.knowledge import parse_url
