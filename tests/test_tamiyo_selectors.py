@@ -188,6 +188,28 @@ def test_load_rejects_foreign_state(name: str) -> None:
         selector.load_state_dict(foreign)
 
 
+@pytest.mark.parametrize("name", ["ucb", "thompson", "epsilon"])
+@pytest.mark.parametrize("pair", [[math.nan, 1.0], [-2.0, 1.0], [1.0, math.inf], ["1", 0.0]])
+def test_load_refuses_statistics_no_outcome_could_make(name: str, pair: list[Any]) -> None:
+    """A negative count made Thompson's precision negative (a complex sample); NaN poisoned
+    every choice."""
+    selector = make_selector(name, 0)
+    selector.update("early", "norm", 0.5, 3)
+    state = selector.state_dict()
+    bad = {**state, "outcomes": {"early": {"norm": pair}}}
+    with pytest.raises(ValueError, match=r"finite numbers with count >= 0"):
+        selector.load_state_dict(bad)
+    assert selector.state_dict() == state
+
+
+def test_rotation_refuses_a_prune_epoch_that_is_not_a_step() -> None:
+    selector = make_selector("rotation", 0)
+    for epoch in (2.7, -1, "3"):
+        bad = {**selector.state_dict(), "prune_epochs": {"norm": epoch}}
+        with pytest.raises(ValueError, match=r"a prune's epoch must be an integer in \[0, "):
+            selector.load_state_dict(bad)
+
+
 def test_thompson_state_does_not_load_into_epsilon() -> None:
     with pytest.raises(ValueError, match="'thompson' selector state cannot be loaded"):
         make_selector("epsilon", 0).load_state_dict(make_selector("thompson", 0).state_dict())

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from esper.leyline import SeedStage
-from esper.leyline.config import check_float, check_int, require
+from esper.leyline.config import check_float, check_int, is_number, require
 from esper.leyline.knowledge import SeedOutcome, outcome_score, stage_score
 
 SELECTORS = ("rotation", "ucb", "thompson", "epsilon")
@@ -188,12 +188,15 @@ class RotationSelector:
         """Restore ``state_dict`` output.
 
         Raises:
-            ValueError: for keys or a selector name that do not match.
+            ValueError: for keys or a selector name that do not match, or a prune's epoch that
+                is not an integer >= 0.
         """
         _check_keys(self.name, state, self.state_dict())
         last = state["last_blueprint"]
         self._last = None if last is None else str(last)
-        self._prune_epochs = {str(b): int(e) for b, e in state["prune_epochs"].items()}
+        for epoch in state["prune_epochs"].values():
+            check_int("a prune's epoch", epoch, 0, 2**63 - 1)
+        self._prune_epochs = dict(state["prune_epochs"])
 
 
 class _Bandit:
@@ -242,7 +245,13 @@ class _Bandit:
         for slot, table in state["outcomes"].items():
             for blueprint, pair in table.items():
                 ok = isinstance(pair, list) and len(pair) == 2
-                require(ok, f"outcome statistics must be [count, total], got {pair!r}")
+                ok = ok and all(is_number(v) and math.isfinite(v) for v in pair)
+                ok = ok and pair[0] >= 0  # a negative count made Thompson's precision < 0
+                require(
+                    ok,
+                    "outcome statistics must be [count, total], finite numbers with count >= 0, "
+                    f"got {pair!r:.60}",
+                )
                 outcomes.setdefault(str(slot), {})[str(blueprint)] = [float(v) for v in pair]
         self._outcomes = outcomes
 
