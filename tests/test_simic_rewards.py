@@ -149,10 +149,25 @@ def test_check_gamma() -> None:
         check_gamma(reward(gamma=0.99), 0.95)
 
 
-@pytest.mark.parametrize("gamma", [0.0, -0.5, 1.5, math.nan])
+@pytest.mark.parametrize("gamma", [0.0, -0.5, 1.5, math.nan, True])
 def test_gamma_out_of_range_is_rejected(gamma: float) -> None:
     with pytest.raises(ValueError, match="gamma"):
         reward(gamma=gamma)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"terminated": "no"}, "terminated must be true or false, got 'no'"),
+        ({"accepted": 1}, "accepted must be true or false, got 1"),
+        ({"active_params": 1000.5}, r"active_params must be an integer in \[0, "),
+        ({"host_params": True}, r"host_params must be an integer in \[0, "),
+    ],
+)
+def test_a_step_of_the_wrong_types_is_refused(change: dict[str, Any], message: str) -> None:
+    """``terminated="no"`` is truthy: the step was paid the panic penalty."""
+    with pytest.raises(ValueError, match=message):
+        step(**change)
 
 
 # --------------------------------------------------------------------------------- shaped

@@ -64,6 +64,14 @@ def test_feature_index_errors_name_the_accepted() -> None:
         feature_index("mid.contribution", telemetry=False)
 
 
+def test_telemetry_must_be_a_bool() -> None:
+    """``"no"`` is true: the encoding had the 80 features of telemetry on."""
+    assert encode_observation(observation([]), False).shape == (observation_size(False),)
+    for telemetry in ("no", 0, None):
+        with pytest.raises(ValueError, match="telemetry must be true or false"):
+            encode_observation(observation([]), telemetry)  # type: ignore[arg-type]
+
+
 def test_values_land_where_the_names_say() -> None:
     mid = seed_report(
         "mid",

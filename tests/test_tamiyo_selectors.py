@@ -231,6 +231,9 @@ def test_unknown_names_and_settings_fail_loudly() -> None:
         make_selector("rotation", 0, [_outcome("a0", "FOSSILIZED", 1.0)])
     with pytest.raises(ValueError, match="non-empty list without repeats"):
         make_selector("ucb", 0).choose("mid", ["a0", "a0"], 0)
+    for name in SELECTORS:  # a string's letters were offered: "conv_light" chose "c"
+        with pytest.raises(ValueError, match="a list of names, got the string 'conv_light'"):
+            make_selector(name, 0).choose("mid", "conv_light", 0)
     with pytest.raises(ValueError, match="finite number"):
         make_selector("ucb", 0).update("mid", "a0", math.nan, 0)
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
-from esper.leyline.config import check_float, require
+from esper.leyline.config import check_bool, check_float, check_int, require
 
 RENT_BASES = ("active", "blended")
 """``reward.rent_basis`` choices: rent on every parameter that runs (``active``: a seed costs
@@ -221,7 +221,8 @@ class RewardInput:
         max_epochs: the episode length; truncation happens at ``epoch == max_epochs``.
 
     Raises:
-        ValueError: if ``before`` and ``after`` cover different slots, ``host_params`` < 1,
+        ValueError: a flag that is not a bool or a count that is not an integer, or if
+            ``before`` and ``after`` cover different slots, ``host_params`` < 1,
             ``active_params`` < ``host_params``, ``epoch`` is outside [0, ``max_epochs``], or
             ``truncated`` is set before ``epoch == max_epochs``.
     """
@@ -242,6 +243,10 @@ class RewardInput:
     max_epochs: int
 
     def __post_init__(self) -> None:
+        for flag in ("accepted", "terminated", "truncated"):  # "no" paid the panic penalty
+            check_bool(flag, getattr(self, flag))
+        for count in ("active_params", "host_params", "epoch", "max_epochs"):
+            check_int(count, getattr(self, count), 0, 2**63 - 1)
         require(
             set(self.before) == set(self.after),
             f"before and after must report the same slots, got {sorted(self.before)} "
@@ -309,7 +314,7 @@ class RewardFunction:
     """
 
     def __init__(self, config: RewardConfig, gamma: float) -> None:
-        require(0.0 < gamma <= 1.0, f"gamma must be in (0, 1], got {gamma}")
+        check_float("gamma", gamma, 0.0, 1.0, strict_low=True)
         self.config = config
         self.gamma = gamma
         self.component_names = config.component_names

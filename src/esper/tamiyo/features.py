@@ -51,6 +51,7 @@ from esper.leyline import (
     slot_names,
 )
 from esper.leyline import thresholds as T
+from esper.leyline.config import check_bool
 
 FEATURE_SLOTS: tuple[str, ...] = slot_names(3)
 """The slots the schema has room for, in ``ordered_slots`` order: early, mid, late."""
@@ -314,8 +315,10 @@ def encode_observation(observation: Observation, telemetry: bool) -> torch.Tenso
 
     Raises:
         ValueError: for a report of a slot outside ``FEATURE_SLOTS``, a report filed under the
-            wrong slot, ``max_epochs`` < 1 or a report with no host parameters.
+            wrong slot, ``max_epochs`` < 1, a report with no host parameters, or a
+            ``telemetry`` that is not a bool (``"no"`` is true: 80 features, not 50).
     """
+    check_bool("telemetry", telemetry)
     reports = aligned_reports(observation.reports)
     values = _global_features(observation)
     for report in reports:

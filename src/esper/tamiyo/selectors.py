@@ -115,6 +115,10 @@ class BlueprintSelector(Protocol):
 
 def _check_offered(offered: Sequence[str]) -> None:
     require(
+        not isinstance(offered, str),  # its letters were offered: "conv_light" chose "c"
+        f"offered blueprints must be a list of names, got the string {offered!r}",
+    )
+    require(
         len(offered) > 0 and len(set(offered)) == len(offered),
         f"offered blueprints must be a non-empty list without repeats, got {list(offered)}",
     )
