@@ -57,7 +57,9 @@ class PPOSettings:
         entropy_coef: entropy bonus weight at the start.
         entropy_coef_final: entropy bonus weight after annealing.
         entropy_anneal_steps: environment steps (summed over envs) over which the entropy weight
-            goes linearly from entropy_coef to entropy_coef_final.
+            goes linearly from entropy_coef to entropy_coef_final. An update is weighted at the
+            steps collected up to and including its round, so the first update is already one
+            round along (with fewer steps than one round, it uses entropy_coef_final).
         max_grad_norm: gradient clipping norm.
         target_kl: stop the update passes early once the approximate KL exceeds this.
         ratio_explosion: a max ratio above this produces a RatioExplosionDiagnostic.
