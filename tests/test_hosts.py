@@ -501,3 +501,22 @@ def test_slots_may_be_any_iterable() -> None:
     """A generator was used up by the slot check, leaving a model with no slots."""
     model = MorphogeneticModel(cnn_host(), (s for s in ["late", "mid"]))
     assert model.order == ("mid", "late")
+
+
+def test_inputs_a_host_cannot_take_are_one_clear_error() -> None:
+    """A CNN image too small for its pools failed deep in torch ("Output size is too small");
+    token ids outside the vocabulary gave "index out of range in self"."""
+    cnn = CNNHost(CNNHostConfig(in_channels=1, input_size=9, base_channels=4, depth=3))
+    assert cnn(torch.randn(2, 1, 9, 11)).shape == (2, 10)  # other sizes run, as globally pooled
+    for shape in ((2, 1, 4, 9), (2, 3, 9, 9), (1, 9, 9)):
+        with pytest.raises(
+            ValueError, match=r"expects images of shape \(B, 1, H, W\) with H, W >= 8"
+        ):
+            cnn(torch.randn(*shape))
+    gpt = TransformerHost(TransformerHostConfig(vocab_size=11, block_size=8, n_embd=8, n_head=2))
+    assert gpt(torch.tensor([[0, 10, 3]])).shape == (1, 3, 11)
+    for ids in ([[0, 11]], [[-1, 2]]):
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 11\) \(vocab_size\)"):
+            gpt(torch.tensor(ids))
+    with pytest.raises(ValueError, match=r"integer token ids, got torch\.float32"):
+        gpt(torch.tensor([[0.0, 1.0]]))

@@ -451,11 +451,21 @@ class CNNHost(SegmentedHost):
             if (i + 1) % per == 0:
                 specs.append(InjectionSpec(names[i // per], out, (out, size, size), Topology.CNN))
         self._init_segments(blocks, tuple(specs))
+        self._least_size = 2 ** sum(isinstance(m, MaxPool2x2) for m in self.modules())
         self.head = nn.Linear(channels, config.num_classes)
         # 4-D (conv) weights only; torch's type stubs omit the documented memory_format.
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _stem(self, x: Tensor) -> Tensor:
+        c, least = self.config.in_channels, self._least_size
+        # Other sizes run, as with any globally pooled CNN; one too small for the pools failed
+        # deep in torch ("Output size is too small") or on the way.
+        if x.dim() != 4 or x.shape[1] != c or min(x.shape[-2:]) < least:
+            raise ValueError(
+                f"CNNHost expects images of shape (B, {c}, H, W) with H, W >= {least} (it pools "
+                f"{least.bit_length() - 1} times; input_size {self.config.input_size}), got "
+                f"{tuple(x.shape)}"
+            )
         return x
 
     def _head(self, h: Tensor) -> Tensor:
@@ -545,9 +555,17 @@ class TransformerHost(SegmentedHost):
             raise ValueError(
                 f"TransformerHost expects token ids of shape (B, T), got {tuple(idx.shape)}"
             )
-        t = idx.shape[1]
+        t, vocab = idx.shape[1], self.config.vocab_size
         if t > self.config.block_size:
             raise ValueError(f"sequence length {t} exceeds block_size {self.config.block_size}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype is torch.bool:
+            raise ValueError(f"TransformerHost expects integer token ids, got {idx.dtype}")
+        # on an accelerator reading the range back would make the host wait every batch
+        if idx.device.type == "cpu" and idx.numel() and not 0 <= idx.min() <= idx.max() < vocab:
+            raise ValueError(
+                f"token ids must be in [0, {vocab}) (vocab_size), got ids from {int(idx.min())} "
+                f"to {int(idx.max())}"
+            )
         pos = torch.arange(t, device=idx.device)
         return self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
 
