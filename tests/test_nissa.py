@@ -23,18 +23,20 @@ from esper.leyline.events import (
     EVENT_TYPES,
     ActionTaken,
     EpochCompleted,
+    GovernorPanic,
     PolicyDecision,
     PPOHeadStats,
     PPORunFinished,
     PPOUpdate,
     RunFinished,
     RunStarted,
+    SeedTransition,
     SlotSnapshot,
     TelemetryLevel,
     event_record,
 )
 from esper.nissa import JsonlSink, TelemetryHub
-from esper.nissa.fold import RunState
+from esper.nissa.fold import RunState, fold
 from esper.nissa.log import (
     EventLogError,
     EventTail,
@@ -161,13 +163,15 @@ def test_the_fold_keeps_the_lines_of_the_run_as_it_finally_happened() -> None:
         started(None),
         _at(_epoch(1)),
         _at(_epoch(2)),
+        # the decision after epoch 2 comes after its checkpoint: the resumed run takes it again
         _at(_fake(ActionTaken, epoch=2)),
         _at(_epoch(3)),  # after the last checkpoint (epoch 2)
         _at(_fake(RunFinished, epochs=2)),
         started(2),
+        _at(_fake(ActionTaken, epoch=2)),
         _at(_epoch(3)),
     ]
-    assert _kept(records) == records[:4] + records[5:]
+    assert _kept(records) == records[:3] + records[5:]
     ppo = [
         started(None, "ppo"),
         _at(_epoch(1), env=0, episode=1),
@@ -179,6 +183,42 @@ def test_the_fold_keeps_the_lines_of_the_run_as_it_finally_happened() -> None:
         _at(_epoch(1), env=0, episode=2),
     ]
     assert _kept(ppo) == ppo[:4] + ppo[5:]
+
+
+def test_a_resume_folds_the_decision_after_its_checkpoint_once() -> None:
+    """``esper heuristic`` interrupted while training epoch 3 logged the decision after epoch 2
+    (``ActionTaken`` at epoch 2, after epoch 2's checkpoint) and its transition; the resumed
+    run takes it again. The fold held both: two germinations of one seed."""
+    germinate = _fake(ActionTaken, epoch=2, op="GERMINATE", slot="mid", accepted=True)
+    grown = _fake(SeedTransition, epoch=2, slot="mid", from_stage="DORMANT", to_stage="GERMINATED")
+    before = _fake(SeedTransition, epoch=2, slot="early", from_stage="TRAINING", to_stage="PRUNED")
+    start = _fake(RunStarted, mode="heuristic", resumed_from_epoch=None)
+    records = [_at(start), _at(_epoch(1)), _at(before), _at(_epoch(2)), _at(germinate)]
+    records += [_at(grown), _at(_fake(RunStarted, mode="heuristic", resumed_from_epoch=2))]
+    records += [_at(germinate), _at(grown), _at(_epoch(3))]
+    episode = fold(records).episode()
+    assert episode is not None
+    assert [(a.epoch, a.op) for a in episode.actions] == [(2, "GERMINATE")]
+    # the transition within epoch 2, before its checkpoint, stays
+    assert [(t.slot, t.to_stage) for t in episode.transitions] == [
+        ("early", "PRUNED"),
+        ("mid", "GERMINATED"),
+    ]
+    assert [e.epoch for e in episode.epochs] == [1, 2, 3]
+
+
+def test_a_ppo_resume_keeps_the_panics_of_episodes_no_longer_shown() -> None:
+    """The count was redone from the last ``KEEP_EPISODES`` episodes kept in detail."""
+    panic = _fake(GovernorPanic, epoch=1, rule="spike")
+    records = [_at(_fake(RunStarted, mode="ppo", resumed_from_epoch=None))]
+    for round_ in range(1, 8):
+        records += [_at(_epoch(1), env=0, episode=round_), _at(panic, env=0, episode=round_)]
+    state = fold(records)
+    assert state.envs[0].panics == 7
+    state.apply(_at(_fake(RunStarted, mode="ppo", resumed_from_epoch=6)))  # round 7 again
+    assert state.envs[0].panics == 6
+    state.apply_all([_at(_epoch(1), env=0, episode=7), _at(panic, env=0, episode=7)])
+    assert state.envs[0].panics == 7
 
 
 def test_tail_returns_a_line_only_once_its_newline_arrives(tmp_path: Path) -> None:

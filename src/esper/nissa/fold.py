@@ -102,6 +102,11 @@ class Episode:
     rewards: list[RewardComputed] = field(default_factory=list)
     panics: list[GovernorPanic] = field(default_factory=list)
     result: EpisodeFinished | None = None
+    # epoch -> how many transitions, actions, rewards and panics came before its
+    # EpochCompleted, the last record before the epoch's checkpoint
+    _ends: dict[int, tuple[int, int, int, int]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def latest(self) -> EpochCompleted | None:
@@ -112,9 +117,20 @@ class Episode:
         while self.epochs and self.epochs[-1].epoch >= event.epoch:
             self.epochs.pop()  # an epoch run again after a rollback replaces its first run
         self.epochs.append(event)
+        counts = (len(self.transitions), len(self.actions), len(self.rewards), len(self.panics))
+        self._ends[event.epoch] = counts
 
     def rewind(self, saved: int) -> None:
-        """Forget the epochs after ``saved`` (a resume runs them again)."""
+        """Forget what came after the checkpoint of epoch ``saved`` (a resume runs it again):
+        the later epochs, and the decision taken after epoch ``saved`` itself (logged at epoch
+        ``saved``, after its checkpoint, and taken again by the resumed run)."""
+        ends = self._ends.get(saved)
+        if ends is not None:
+            self.transitions = self.transitions[: ends[0]]
+            self.actions = self.actions[: ends[1]]
+            self.rewards = self.rewards[: ends[2]]
+            self.panics = self.panics[: ends[3]]
+        self._ends = {epoch: at for epoch, at in self._ends.items() if epoch <= saved}
         self.epochs = [e for e in self.epochs if e.epoch <= saved]
         self.transitions = [e for e in self.transitions if e.epoch <= saved]
         self.actions = [e for e in self.actions if e.epoch <= saved]
@@ -179,6 +195,11 @@ class EnvState:
     episodes: deque[Episode]
     results: list[EpisodeFinished] = field(default_factory=list)
     panics: int = 0
+    # episode -> its panics: a resume recounts from these (the kept episodes are only the last
+    # few, so recounting from them lost older ones)
+    panics_by_episode: dict[int | None, int] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def episode(self) -> Episode | None:
@@ -291,6 +312,8 @@ class RunState:
         self.lines: list[tuple[int, int | None]] | None = [] if keep_lines else None
         self._slot_names: dict[str, None] = {}
         self._bucket = _Bucket()
+        # a single-model run's epoch -> the position of its EpochCompleted (its checkpoint's)
+        self._epoch_ends: dict[int, int] = {}
 
     # ---------------------------------------------------------------------------- reading
 
@@ -375,8 +398,14 @@ class RunState:
         saved = event.resumed_from_epoch
         if saved is None:
             return
+        cut = self._epoch_ends.get(saved)  # None for PPO: a round's records are its own
+        self._epoch_ends = {epoch: n for epoch, n in self._epoch_ends.items() if epoch <= saved}
         if self.lines is not None:
-            self.lines = [(n, step) for n, step in self.lines if step is None or step <= saved]
+            self.lines = [
+                (n, step)
+                for n, step in self.lines
+                if step is None or (step <= saved and (cut is None or n <= cut))
+            ]
         self._bucket = _Bucket()
         if self.is_ppo:  # rounds (= episodes) after the checkpoint are run again
             self.rounds = [r for r in self.rounds if r.update.round <= saved]
@@ -386,12 +415,15 @@ class RunState:
                 env.results = [r for r in env.results if r.episode <= saved]
                 kept = [e for e in env.episodes if e.number is None or e.number <= saved]
                 env.episodes = deque(kept, maxlen=env.episodes.maxlen)
-                env.panics = sum(len(e.panics) for e in kept)
+                counts = env.panics_by_episode
+                env.panics_by_episode = {n: k for n, k in counts.items() if n is None or n <= saved}
+                env.panics = sum(env.panics_by_episode.values())
         else:
             for env in self.envs.values():
                 for episode in env.episodes:
                     episode.rewind(saved)
                 env.panics = sum(len(e.panics) for e in env.episodes)
+                env.panics_by_episode = {None: env.panics}
 
     def _step(self, item: Logged) -> None:
         """An event of one environment's episode."""
@@ -404,6 +436,8 @@ class RunState:
         episode = env.at(item.episode)
         if isinstance(event, EpochCompleted):
             episode.add_epoch(event)
+            if not self.is_ppo:
+                self._epoch_ends[event.epoch] = self.events
             self._slot_names.update(dict.fromkeys(s.slot for s in event.slots))
         elif isinstance(event, SeedTransition):
             episode.transitions.append(event)
@@ -417,6 +451,8 @@ class RunState:
         else:
             episode.panics.append(event)
             env.panics += 1
+            counts = env.panics_by_episode
+            counts[item.episode] = counts.get(item.episode, 0) + 1
 
 
 def fold(items: Iterable[Logged], recent: int = RECENT_EVENTS) -> RunState:
