@@ -428,6 +428,37 @@ def test_seed_grown_after_the_snapshot_is_recorded_when_it_vanishes() -> None:
     assert trainer.optimizer.group_names() == ["host"]
 
 
+def test_a_prune_the_rollback_undoes_is_logged_back_and_counted_once() -> None:
+    """A seed live in the snapshot and pruned after it: the restore brings it back and the
+    governor prunes it again. It was counted as two prunes, logged TRAINING -> PRUNED twice
+    with no way back between, and the governor's prune sat at the epoch before the panic."""
+    events: list = []
+    trainer = _trainer(events=events)
+    trainer.train_step()
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))  # -> TRAINING
+    trainer.train_step()  # snapshot at the end of epoch 2: mid TRAINING
+    assert trainer.apply(Action(Op.PRUNE, slot="mid"))
+    assert trainer.pruned_count == 1
+    with torch.no_grad():
+        next(trainer.model.host.parameters()).fill_(float("nan"))
+    assert trainer.train_step().panic is not None
+    assert trainer.pruned_count == 1  # one seed, pruned (twice over, the first undone)
+    moves = [
+        (e.epoch, e.from_stage, e.to_stage)
+        for e in events
+        if isinstance(e, SeedTransition) and e.slot == "mid"
+    ]
+    assert moves[-4:] == [
+        (2, "TRAINING", "PRUNED"),  # the controller's, after epoch 2
+        (3, "PRUNED", "TRAINING"),  # the restore, at the panic's epoch
+        (3, "TRAINING", "PRUNED"),  # the governor's
+        (3, "PRUNED", "EMBARGOED"),  # the epoch's end
+    ]
+    panic = next(e for e in events if isinstance(e, GovernorPanic))
+    assert panic.epoch == 3 and panic.pruned_slots == ("mid",)
+
+
 def test_a_snapshot_outlives_the_steps_after_it_and_every_rollback_to_it() -> None:
     """The optimizer steps in place: a snapshot (or a rollback's restored state) that shared a
     tensor with the optimizer would change with every step after it."""

@@ -414,20 +414,23 @@ class Trainer:
         return result
 
     def _roll_back(self, panic: Panic, val_loss: float) -> None:
+        """Restore the governor's snapshot and log every change it made, all at the epoch of
+        the panic: seeds it gave back (a prune after the snapshot undone, so not counted),
+        seeds it removed, and the governor's prunes."""
         rollback = self.governor.rollback(self.model, self.optimizer)
         self.terminated = True
-        for name, before in rollback.vanished:
+        at = self.epoch + 1
+        for name, was, back in rollback.restored:
+            self.pruned_count -= was.stage is SeedStage.PRUNED
+            why = "restored by the governor's rollback"
+            stages = (was.stage.value, back.stage.value)
+            self.emit(SeedTransition(at, name, back.blueprint, *stages, why))
+        for name, was in rollback.vanished:
             self.pruned_count += 1
-            self.emit(
-                SeedTransition(
-                    self.epoch + 1,
-                    name,
-                    before.blueprint,
-                    before.stage.value,
-                    self.model.slot(name).stage.value,
-                    "grown after the last snapshot: removed by the governor's rollback",
-                )
-            )
+            why = "grown after the last snapshot: removed by the governor's rollback"
+            stages = (was.stage.value, self.model.slot(name).stage.value)
+            self.emit(SeedTransition(at, name, was.blueprint, *stages, why))
+        self._emit_transitions(epoch=at)  # the governor's prunes
         slots = rollback.pruned + tuple(name for name, _ in rollback.vanished)
         loss = val_loss if math.isfinite(val_loss) else None
         self.emit(
@@ -509,14 +512,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ telemetry
 
-    def _emit_transitions(self, reason: str | None = None) -> None:
+    def _emit_transitions(self, reason: str | None = None, epoch: int | None = None) -> None:
         """Log the model's transitions since the last call (``reason``: instead of Kasmina's,
-        for a move no controller chose)."""
+        for a move no controller chose; ``epoch``: instead of the model's, for the prunes of a
+        rollback, made before the model's epoch moved on to the one that panicked)."""
         for t in self.model.drain_transitions():
             self.pruned_count += t.to_stage is SeedStage.PRUNED
             self.emit(
                 SeedTransition(
-                    t.epoch,
+                    t.epoch if epoch is None else epoch,
                     t.slot,
                     t.blueprint,
                     t.from_stage.value,

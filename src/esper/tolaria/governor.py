@@ -82,11 +82,16 @@ class Rollback:
         pruned: slots whose seed was live in the snapshot and is now pruned.
         vanished: seeds grown (or fossilized) after the snapshot, gone with the restore, with
             their report from just before it.
+        restored: slots the restore gave back a live seed in another stage or of another
+            blueprint than just before it (a seed pruned or fossilized after the snapshot),
+            with their reports from just before and just after the restore; their seeds are
+            then in ``pruned``.
     """
 
     restored_epoch: int
     pruned: tuple[str, ...]
     vanished: tuple[tuple[str, SeedStateReport], ...]
+    restored: tuple[tuple[str, SeedStateReport, SeedStateReport], ...] = ()
 
 
 def _copied(state: Any) -> Any:
@@ -195,11 +200,18 @@ class Governor:
             if report.stage in SEED_MODULE_STAGES
             and model.slot(name).stage not in SEED_MODULE_STAGES
         )
-        pruned = tuple(n for n, r in model.reports().items() if r.stage in ALIVE_STAGES)
+        after = model.reports()
+        restored = tuple(
+            (name, report, after[name])
+            for name, report in before.items()
+            if after[name].stage in SEED_MODULE_STAGES
+            and (after[name].stage, after[name].blueprint) != (report.stage, report.blueprint)
+        )
+        pruned = tuple(n for n, r in after.items() if r.stage in ALIVE_STAGES)
         for name in pruned:
             model.prune(name, reason="governor rollback")
         optimizer.sync()
-        return Rollback(self._snapshot.epoch, pruned, vanished)
+        return Rollback(self._snapshot.epoch, pruned, vanished, restored)
 
     def state_dict(self) -> dict[str, Any]:
         snap = self._snapshot
