@@ -368,6 +368,22 @@ def test_trainer_resume_continues_exactly() -> None:
         assert torch.equal(a, b), k
 
 
+def test_a_trainer_state_is_a_copy_taken_and_given() -> None:
+    """``state_dict`` held the optimizer's live moment tensors (the next step changed the
+    "saved" state), and two trainers loaded from one state shared them."""
+    source = _trainer(seed=4)
+    source.train_step()
+    state = source.state_dict()
+    saved = copy.deepcopy(state["optimizer"]["state"])
+    twin = _trainer(seed=4)
+    twin.load_state_dict(state)
+    source.train_step()
+    for key, moments in saved.items():
+        for name, value in moments.items():
+            assert torch.equal(state["optimizer"]["state"][key][name], value), (key, name)
+            assert torch.equal(_opt_state(twin)["state"][key][name], value), (key, name)
+
+
 def test_validation_from_the_counterfactual_pass_matches_a_plain_forward() -> None:
     trainer = _trainer()
     for slot in ("early", "late"):

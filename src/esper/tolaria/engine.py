@@ -36,7 +36,7 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
-from esper.tolaria.governor import Governor, GovernorConfig, Panic
+from esper.tolaria.governor import Governor, GovernorConfig, Panic, copied_state
 from esper.tolaria.optim import SlotOptimizer, step_optimizers
 
 EVAL_BATCH = 1024
@@ -556,24 +556,27 @@ class Trainer:
     # ------------------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the model needed to continue exactly (optimizer, data order, RNG)."""
+        """Everything but the model needed to continue exactly (optimizer, data order, RNG), as
+        it is now: the optimizer's state is copied (torch's shares its moment tensors, which
+        the next steps change in place)."""
         return {
             "epoch": self.epoch,
             "pruned_count": self.pruned_count,
             "terminated": self.terminated,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copied_state(self.optimizer.state_dict()),
             "stream": self.stream.state_dict(),
             "governor": self.governor.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state_dict()`` output; the model must already be restored."""
+        """Continue from ``state_dict()`` output (copied: two trainers loaded from one state
+        share nothing); the model must already be restored."""
         self.epoch = int(state["epoch"])
         self.pruned_count = int(state["pruned_count"])
         self.terminated = bool(state["terminated"])
         self.optimizer.sync()
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copied_state(state["optimizer"]))
         self.stream.load_state_dict(state["stream"])
         self.governor.load_state_dict(state["governor"])
         torch.set_rng_state(state["torch_rng"])

@@ -94,7 +94,7 @@ class Rollback:
     restored: tuple[tuple[str, SeedStateReport, SeedStateReport], ...] = ()
 
 
-def _copied(state: Any) -> Any:
+def copied_state(state: Any) -> Any:
     """An optimizer state dict that later steps cannot change: its tensors cloned, its
     containers rebuilt. ``copy.deepcopy`` did the same at 1.6 ms for the 48 state tensors of an
     impaired host and a seed, 2.5 % of a PPO round (a snapshot a healthy epoch); this takes
@@ -102,9 +102,9 @@ def _copied(state: Any) -> Any:
     if isinstance(state, Tensor):
         return state.detach().clone()
     if isinstance(state, dict):
-        return {key: _copied(value) for key, value in state.items()}
+        return {key: copied_state(value) for key, value in state.items()}
     if isinstance(state, list | tuple):
-        return type(state)(_copied(value) for value in state)
+        return type(state)(copied_state(value) for value in state)
     return copy.deepcopy(state)  # numbers, strings, None: returned as they are
 
 
@@ -173,7 +173,7 @@ class Governor:
     def snapshot(self, model: MorphogeneticModel, optimizer: SlotOptimizer) -> None:
         """Remember the model and optimizer as they are now (call only after a clean check)."""
         self._snapshot = _Snapshot(
-            model.epoch, capture_state(model), _copied(optimizer.state_dict())
+            model.epoch, capture_state(model), copied_state(optimizer.state_dict())
         )
 
     def rollback(self, model: MorphogeneticModel, optimizer: SlotOptimizer) -> Rollback:
@@ -193,7 +193,7 @@ class Governor:
         model.epoch = epoch  # time moves on; only the weights and seeds go back
         optimizer.sync()
         # A copy: loading keeps the given tensors, which the next steps then change in place.
-        optimizer.load_state_dict(_copied(self._snapshot.optimizer))
+        optimizer.load_state_dict(copied_state(self._snapshot.optimizer))
         vanished = tuple(
             (name, report)
             for name, report in before.items()
