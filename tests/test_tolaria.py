@@ -21,6 +21,7 @@ from esper.leyline import Action, Op, SeedStage
 from esper.leyline.config import HostTraining
 from esper.leyline.events import ActionTaken, EpochCompleted, GovernorPanic, SeedTransition
 from esper.tolaria import Governor, GovernorConfig, Trainer
+from esper.tolaria.engine import evaluate
 from esper.tolaria.optim import step_optimizers
 
 CHANCE = math.log(10)
@@ -496,3 +497,18 @@ def test_a_snapshot_outlives_the_steps_after_it_and_every_rollback_to_it() -> No
         _assert_same_state(_opt_state(trainer), at_snapshot)
         for k, v in model.state_dict().items():
             assert torch.equal(v, weights[k]), k
+
+
+def test_evaluate_refuses_labels_cross_entropy_would_skip() -> None:
+    """-100 (cross-entropy's ignore_index) was skipped by the loss but counted in the mean: half
+    the labels at -100 halved the loss."""
+    trainer = _trainer()
+    data = trainer.data
+    loss, _ = evaluate(trainer.model, data.x_val, data.y_val)
+    with torch.no_grad():  # evaluate left the model in eval mode
+        oracle = torch.nn.functional.cross_entropy(trainer.model(data.x_val), data.y_val)
+    assert loss == pytest.approx(float(oracle), rel=1e-5)
+    y = data.y_val.clone()
+    y[::2] = -100
+    with pytest.raises(ValueError, match="labels must be class indices >= 0, got -100"):
+        evaluate(trainer.model, data.x_val, y)

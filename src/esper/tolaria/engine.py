@@ -91,12 +91,16 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
         ``(mean loss, accuracy in percent)`` over all ``N`` samples (``N * T`` tokens).
 
     Raises:
-        ValueError: ``x`` and ``y`` hold different numbers of samples, or none.
+        ValueError: ``x`` and ``y`` hold different numbers of samples, or none, or (on the
+            CPU) a negative label: cross-entropy skips -100 (its ``ignore_index``) while the
+            mean counted it, so ignored labels halved a loss.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(
             f"evaluate needs equal, non-zero sample counts; x has {len(x)}, y {len(y)}"
         )
+    if y.device.type == "cpu" and int(y.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
