@@ -22,7 +22,7 @@ from esper.leyline.config import HostTraining
 from esper.leyline.events import ActionTaken, EpochCompleted, GovernorPanic, SeedTransition
 from esper.tolaria import Governor, GovernorConfig, Trainer
 from esper.tolaria.engine import evaluate
-from esper.tolaria.optim import step_optimizers
+from esper.tolaria.optim import SlotOptimizer, step_optimizers
 
 CHANCE = math.log(10)
 
@@ -105,6 +105,22 @@ def test_governor_config_validated() -> None:
         GovernorConfig(window=2, min_history=3)
     with pytest.raises(ValueError, match="well_below_fraction < collapse_fraction"):
         GovernorConfig(well_below_fraction=0.99)
+    # each was accepted: NaN never fired, sigma -1 and factor 0 fired on a healthy plateau,
+    # a fraction of 5 or a string compared with losses
+    for name, value in [
+        ("spike_sigma", math.nan),
+        ("spike_sigma", -1.0),
+        ("spike_sigma", "3"),
+        ("spike_factor", 0.0),
+        ("collapse_fraction", 5.0),
+        ("collapse_fraction", math.inf),
+        ("well_below_fraction", True),
+    ]:
+        with pytest.raises(ValueError, match=f"governor.{name} must be a number in"):
+            GovernorConfig(**{name: value})
+    for chance in (math.nan, 0.0, -1.0, "2.3", None):  # the collapse rule was off, or a TypeError
+        with pytest.raises(ValueError, match="chance_loss must be a number in"):
+            Governor(GovernorConfig(), chance)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------- trainer helpers
@@ -512,3 +528,13 @@ def test_evaluate_refuses_labels_cross_entropy_would_skip() -> None:
     y[::2] = -100
     with pytest.raises(ValueError, match="labels must be class indices >= 0, got -100"):
         evaluate(trainer.model, data.x_val, y)
+
+
+def test_the_optimizer_refuses_rates_a_run_could_not_be_given() -> None:
+    """A NaN seed rate made the seeds NaN while the run went on; -1 was gradient ascent."""
+    model = _trainer().model
+    for host_lr, seed_lr, decay in [(1e-3, math.nan, 0.0), (1e-3, -1.0, 0.0), (True, 1e-3, 0.0)]:
+        with pytest.raises(ValueError, match=r"_lr must be a number in \(0.0, 10.0\]"):
+            SlotOptimizer(model, host_lr, seed_lr, decay)
+    with pytest.raises(ValueError, match=r"weight_decay must be a number in \[0.0, 10.0\]"):
+        SlotOptimizer(model, 1e-3, 1e-3, -0.1)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from esper.kasmina import ModelState, MorphogeneticModel, capture_state, restore_state
 from esper.leyline import ALIVE_STAGES, SEED_MODULE_STAGES, SeedStateReport
-from esper.leyline.config import check_int, require
+from esper.leyline.config import check_float, check_int, require
 from esper.tolaria.optim import SlotOptimizer
 
 
@@ -58,6 +58,11 @@ class GovernorConfig:
         check_int("governor.window", self.window, 2)
         check_int("governor.min_history", self.min_history, 2, self.window)
         check_int("governor.spike_patience", self.spike_patience)
+        # NaN never fired; sigma -1 or factor 0 fired on a healthy plateau
+        check_float("governor.spike_sigma", self.spike_sigma, 0.0, 1e6, strict_low=True)
+        check_float("governor.spike_factor", self.spike_factor, 0.0, 1e6, strict_low=True)
+        check_float("governor.collapse_fraction", self.collapse_fraction, 0.0, 1.0)
+        check_float("governor.well_below_fraction", self.well_below_fraction, 0.0, 1.0)
         require(
             0 < self.well_below_fraction < self.collapse_fraction,
             "governor needs 0 < well_below_fraction < collapse_fraction, got "
@@ -124,6 +129,8 @@ class Governor:
     """
 
     def __init__(self, config: GovernorConfig, chance_loss: float) -> None:
+        # NaN, 0 or below silently turned the collapse rule off
+        check_float("chance_loss", chance_loss, 0.0, 1e6, strict_low=True)
         self.config = config
         self.chance_loss = chance_loss
         self.history: list[float] = []

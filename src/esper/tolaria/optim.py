@@ -17,6 +17,7 @@ from torch.optim.adamw import adamw
 
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import ALIVE_STAGES, SeedStage
+from esper.leyline.config import check_float
 
 HOST_GROUP = "host"
 
@@ -29,11 +30,19 @@ class SlotOptimizer:
         host_lr: learning rate of the host (and of fossilized seeds).
         seed_lr: learning rate of live seeds.
         weight_decay: AdamW decoupled weight decay for every group.
+
+    Raises:
+        ValueError: a rate outside (0, 10] or a weight decay outside [0, 10], as
+            ``HostTraining`` (a NaN seed rate made the seeds NaN with the run going on; -1 was
+            gradient ascent).
     """
 
     def __init__(
         self, model: MorphogeneticModel, host_lr: float, seed_lr: float, weight_decay: float
     ) -> None:
+        check_float("host_lr", host_lr, 0.0, 10.0, strict_low=True)
+        check_float("seed_lr", seed_lr, 0.0, 10.0, strict_low=True)
+        check_float("weight_decay", weight_decay, 0.0, 10.0)
         self.model = model
         self.host_lr = host_lr
         self.seed_lr = seed_lr
