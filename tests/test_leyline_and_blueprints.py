@@ -140,3 +140,29 @@ def test_json_reason_says_why_json_could_not_be_read() -> None:
 )
 def test_a_ray_heads_address_is_host_port(address: object, taken: bool) -> None:
     assert is_host_port(address) is taken
+
+
+def test_an_action_holds_what_the_event_log_can_hold() -> None:
+    """A tempo of 2.0 or numpy's int64 and a reason of None were logged as lines the log's
+    reader refuses (numpy's after the model had changed); "germinate" was a KeyError."""
+    import numpy as np
+
+    from esper.leyline import Action, Op
+
+    alpha = Action(Op.SET_ALPHA_TARGET, slot="early", alpha_target=0.5, tempo=2)
+    assert (alpha.tempo, alpha.alpha_target) == (2, 0.5)
+    cases = [
+        ({"tempo": 2.0}, r"Action.tempo must be an integer"),
+        ({"tempo": np.int64(2)}, r"Action.tempo must be a Python int, got numpy's int64 2"),
+        ({"tempo": True}, r"Action.tempo must be an integer"),
+        ({"alpha_target": float("nan")}, r"Action.alpha_target must be a number"),
+        ({"alpha_target": "0.5"}, r"Action.alpha_target must be a number"),
+        ({"slot": 3}, r"Action.slot must be a str, got 3"),
+        ({"reason": None}, r"Action.reason must be a str, got None"),
+    ]
+    base = {"slot": "early", "alpha_target": 0.5, "tempo": 2}
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Action(Op.SET_ALPHA_TARGET, **{**base, **change})
+    with pytest.raises(ValueError, match=r"op must be one of Op.WAIT, .* got 'germinate'"):
+        Action("germinate", slot="early", blueprint="norm")  # type: ignore[arg-type]

@@ -599,3 +599,23 @@ def test_resuming_a_run_that_crashed_mid_line(tmp_path: Path, capsys) -> None:
     assert "ended in a partial line" in capsys.readouterr().err
     log = read_events(out / "events.jsonl")
     assert log.truncated_line is None and log.records[-1].name == "RunFinished"
+
+
+def test_a_record_context_cannot_replace_the_envelope(tmp_path: Path) -> None:
+    """``{"t": "yesterday"}`` replaced the record's time: the reader then refused the line,
+    and every view of the run with it."""
+    path = tmp_path / "events.jsonl"
+    hub = TelemetryHub("r", [JsonlSink(path)])
+    event = _epoch(1)
+    for context, message in [
+        ({"t": "yesterday"}, "context key 't' is not one of env, episode"),
+        ({"run_id": "other"}, "context key 'run_id' is not one of env, episode"),
+        ({"env": "0"}, "context env must be an integer, got '0'"),
+        ({"episode": True}, "context episode must be an integer, got True"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            hub.emit(event, context)
+    hub.emit(event, {"env": 1, "episode": 2})
+    hub.close()
+    (logged,) = read_events(path).records
+    assert (logged.run_id, logged.env, logged.episode) == ("r", 1, 2)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
+from esper.leyline.config import check_float, check_int
 from esper.leyline.contracts import SeedStateReport
 from esper.leyline.stages import SeedStage
 
@@ -56,12 +57,27 @@ class Action:
     reason: str = ""
 
     def __post_init__(self) -> None:
+        """The arguments the op needs, of the types the event log can hold: a tempo of 2.0 or
+        numpy's int64 was logged as a line the log's reader refuses (and numpy's after the
+        model had changed), a reason of None likewise."""
+        op: object = self.op  # typed Op; a caller's "germinate" was a KeyError below
+        if not isinstance(op, Op):
+            accepted = ", ".join(f"Op.{each.name}" for each in Op)
+            raise ValueError(f"op must be one of {accepted}, got {op!r}")
         needed = OP_ARGUMENTS[self.op]
         for name in ("slot", "blueprint", "tempo", "alpha_target"):
             present = getattr(self, name) is not None
             if present != (name in needed):
                 want = "needs" if name in needed else "takes no"
                 raise ValueError(f"{self.op.value} {want} {name} (got {getattr(self, name)!r})")
+        for name in ("slot", "blueprint", "reason"):
+            value = getattr(self, name)
+            if (value is not None or name == "reason") and not isinstance(value, str):
+                raise ValueError(f"Action.{name} must be a str, got {value!r}")
+        if self.tempo is not None:
+            check_int("Action.tempo", self.tempo, 0, 2**63 - 1)
+        if self.alpha_target is not None:
+            check_float("Action.alpha_target", self.alpha_target, -1e6, 1e6)
 
 
 @dataclass(frozen=True)

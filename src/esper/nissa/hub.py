@@ -78,6 +78,15 @@ _BLOCK = 1 << 16
 """Bytes read at a time when looking back for a log's last newline."""
 
 
+def _check_context(context: dict[str, Any]) -> None:
+    """``context`` names only ``env`` and ``episode``, each an integer (see ``emit``)."""
+    for key, value in context.items():
+        if key not in ("env", "episode"):
+            raise ValueError(f"context key {key!r} is not one of env, episode")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"context {key} must be an integer, got {value!r}")
+
+
 class TelemetryHub:
     """Stamps each event with its run and wall-clock time and hands it to every sink.
 
@@ -115,8 +124,16 @@ class TelemetryHub:
 
         Args:
             event: the event.
-            context: extra keys for the record, e.g. ``{"env": 2, "episode": 7}``.
+            context: the record's ``env`` and ``episode`` (integers), e.g.
+                ``{"env": 2, "episode": 7}``.
+
+        Raises:
+            ValueError: another key (``t`` or ``run_id`` replaced the envelope's, and the log's
+                reader refused the line, and every view of the run with it) or a value that
+                is not an integer.
         """
+        if context:
+            _check_context(context)
         sinks: list[Sink] = self.sinks if event.level.value <= self.level.value else []
         self._write(event, sinks, context)
 
