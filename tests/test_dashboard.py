@@ -473,6 +473,13 @@ def test_band_statistics_are_the_median_and_interquartile_range() -> None:
     values = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
     for p in (0.0, 0.25, 0.5, 0.75, 1.0):  # numpy's default percentile is the same method
         assert quantile(values, p) == pytest.approx(float(np.percentile(values, 100 * p)))
+    # p = -0.5 gave the largest value, 1.5 an IndexError; NaN sorted where it stood, so the
+    # median of [nan, 3, 1, 2, 5] was 2.0 (the others' is 2.5)
+    for p in (-0.5, 1.5, math.nan):
+        with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
+            quantile(values, p)
+    with pytest.raises(ValueError, match="holding NaN"):
+        quantile([math.nan, 3.0, 1.0, 2.0, 5.0], 0.5)
 
 
 def write_study(directory: Path, recorded_runs: dict[str, Path]) -> Path:

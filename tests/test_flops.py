@@ -42,6 +42,15 @@ def test_an_inner_layer_also_pays_its_input_gradient() -> None:
     assert step_flops(model, torch.randn(B, i), _labels(o)) == forward + backward
 
 
+def test_counting_under_no_grad_counts_the_backward_too() -> None:
+    """Called inside ``torch.no_grad()`` (an evaluation loop) the backward raised "element 0
+    of tensors does not require grad"."""
+    i, o = 7, 5
+    model = nn.Linear(i, o, bias=False)
+    with torch.no_grad():
+        assert step_flops(model, torch.randn(B, i), _labels(o)) == 4 * B * i * o
+
+
 def test_convolutions_by_formula() -> None:
     c_in, c_mid, c_out, k, size = 3, 4, 5, 3, 6
     model = nn.Sequential(

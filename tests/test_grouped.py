@@ -459,3 +459,16 @@ def test_vector_env_steps_grouped_like_one_by_one() -> None:
         rewards.append([s.reward for s in steps if s is not None])
         rewards[-1] += [s.observation.signals.val_accuracy for s in steps if s is not None]
     assert rewards[0] == pytest.approx(rewards[1], abs=1e-4)
+
+
+def test_a_chunk_that_is_not_a_positive_count_is_refused_before_any_reset() -> None:
+    """chunk=0 raised "range() arg 3 must not be zero" after every episode had been reset and
+    counted; chunk=-1 was taken."""
+    events: list[Event] = []
+    episodes = _episodes(_data(torch.float32), events)
+    for chunk in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, "):
+            reset_together(episodes, chunk)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, "):
+            step_together(episodes, [], chunk)  # type: ignore[arg-type]
+    assert events == []

@@ -71,6 +71,18 @@ def _outcome(run: str = "r1", slot: str = "mid", epoch: int = 0, **changes: Any)
     return replace(base, **changes)
 
 
+def test_an_outcome_holds_the_types_its_store_reads_back() -> None:
+    """slot 5 was stored and read back as '5'; a contribution of True counted as 1."""
+    for change, message in [
+        ({"slot": 5}, "slot must be a str, got 5"),
+        ({"run_id": None}, "run_id must be a str, got None"),
+        ({"host": "cnn"}, "host must be a HostSignature"),
+        ({"contribution": True}, "contribution must be a finite number or null, got True"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _outcome(**change)
+
+
 class Warnings(list[str]):
     """A ``warn`` callable that keeps what it was told."""
 

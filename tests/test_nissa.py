@@ -619,3 +619,14 @@ def test_a_record_context_cannot_replace_the_envelope(tmp_path: Path) -> None:
     hub.close()
     (logged,) = read_events(path).records
     assert (logged.run_id, logged.env, logged.episode) == ("r", 1, 2)
+
+
+def test_a_hub_takes_a_level_and_a_sink_a_str_path(tmp_path: Path) -> None:
+    """``level="debug"`` failed with an AttributeError at the first emit; a str path did too."""
+    with pytest.raises(ValueError, match=r"level must be one of TelemetryLevel\.MINIMAL, .*debug"):
+        TelemetryHub("r", [], "debug")  # type: ignore[arg-type]
+    sink = JsonlSink(str(tmp_path / "events.jsonl"))
+    hub = TelemetryHub("r", [sink], TelemetryLevel.DEBUG)
+    hub.emit(_epoch(1))
+    hub.close()
+    assert [item.event for item in read_events(tmp_path / "events.jsonl").records] == [_epoch(1)]

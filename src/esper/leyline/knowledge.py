@@ -75,11 +75,19 @@ class SeedOutcome:
     epochs: int
 
     def __post_init__(self) -> None:
+        for name in ("run_id", "slot", "blueprint"):  # slot 5 was stored and read back as '5'
+            value = getattr(self, name)
+            require(isinstance(value, str), f"{name} must be a str, got {value!r}")
+        require(
+            isinstance(self.host, HostSignature),
+            f"host must be a HostSignature, got {self.host!r:.60}",
+        )
         stages = [s.name for s in SeedStage]
         require(self.stage in stages, f"stage must be one of {stages}, got {self.stage!r}")
         for name in ("contribution", "accuracy_change"):
             value = getattr(self, name)
-            ok = value is None or (isinstance(value, int | float) and math.isfinite(value))
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = value is None or (number and math.isfinite(value))
             require(ok, f"{name} must be a finite number or null, got {value!r}")
         check_int("seed_params", self.seed_params, 0, MAX_SEED)
         check_int("germinated_epoch", self.germinated_epoch, 0, MAX_SEED)

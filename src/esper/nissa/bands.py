@@ -35,10 +35,16 @@ def quantile(values: Sequence[float], p: float) -> float:
     (Hyndman & Fan type 7, numpy's default): position ``(n - 1) p`` in the sorted values.
 
     Raises:
-        ValueError: ``values`` is empty.
+        ValueError: ``values`` is empty or holds NaN (``sorted`` leaves NaN where it finds it,
+            so the answer depended on the order), or ``p`` is not a number in [0, 1].
     """
     if not values:
         raise ValueError("the quantile of no values")
+    ok = isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p <= 1
+    if not ok:
+        raise ValueError(f"a quantile's p must be a number in [0, 1], got {p!r}")
+    if any(math.isnan(v) for v in values):
+        raise ValueError("the quantile of values holding NaN (leave them out)")
     ordered = sorted(values)
     position = (len(ordered) - 1) * p
     low = math.floor(position)

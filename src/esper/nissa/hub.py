@@ -29,7 +29,8 @@ class JsonlSink:
     the bytes removed (empty when the log ended cleanly).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
         self.path = path
         self.cut = _cut_partial_line(path)
         self._file: IO[str] = path.open("a", encoding="utf-8")
@@ -110,6 +111,10 @@ class TelemetryHub:
         level: TelemetryLevel = TelemetryLevel.NORMAL,
         unfiltered: list[WatchingSink] | None = None,
     ) -> None:
+        given: object = level  # typed; "debug" failed at the first emit
+        if not isinstance(given, TelemetryLevel):
+            names = ", ".join(f"TelemetryLevel.{each.name}" for each in TelemetryLevel)
+            raise ValueError(f"level must be one of {names}, got {given!r}")
         self.run_id = run_id
         self.sinks = sinks
         self.unfiltered = unfiltered or []

@@ -33,7 +33,7 @@ from esper.kasmina.checkpoint import ModelState
 from esper.kasmina.grouped import groupable
 from esper.kasmina.hosts import SegmentedHost
 from esper.leyline import Action, Observation, SeedStateReport, Topology, TrainingSignals
-from esper.leyline.config import HostTraining
+from esper.leyline.config import HostTraining, check_int
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import Event
 from esper.tolaria.engine import ReportProgress, StepResult, Trained, Trainer, train_together
@@ -315,7 +315,11 @@ def reset_together(episodes: Sequence[Episode], chunk: int = 1) -> list[Observat
 
     Each episode's results are those of its own ``reset`` (up to floating-point summation
     order in a grouped chunk): episodes keep their own random state, data and optimizer.
+
+    Raises:
+        ValueError: ``chunk`` is not an integer >= 1 (checked before any episode resets).
     """
+    check_int("chunk", chunk, 1, 2**31)
     for episode in episodes:
         episode._start()
     results = _train_chunks(episodes, chunk)
@@ -327,6 +331,7 @@ def step_together(
 ) -> list[Transition]:
     """``step`` every episode with its action, training the epochs together in chunks of
     ``chunk`` (see ``reset_together``)."""
+    check_int("chunk", chunk, 1, 2**31)
     befores = [e._last for e in episodes]
     accepted = [e._apply(a) for e, a in zip(episodes, actions, strict=True)]
     results = _train_chunks(episodes, chunk)

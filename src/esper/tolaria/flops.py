@@ -10,7 +10,9 @@ What is counted: the matrix products and convolutions (``aten.mm``, ``addmm``, `
 multiply-add; elementwise work (activations, normalisation, blending, the loss itself, the
 optimizer step) is not. A backward pass costs the weight gradient and, where autograd needs it,
 the input gradient: a layer whose input does not require a gradient (the first layer on data, a
-seed fed the host's detached stream) costs 2x its forward in backward, every other layer 4x.
+seed fed the host's detached stream) costs as much in backward as in its forward (the weight
+gradient), every other layer twice as much (the input gradient too): 2x and 3x its forward for
+the whole step.
 Attention counts torch's formula for every device: 4·B·T²·C forward (QKᵀ and the weighted sum,
 the causal mask not discounted) and 10·B·T²·C backward (the scores recomputed, four gradient
 products).
@@ -69,6 +71,7 @@ def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     cuda = [x.device] if x.device.type == "cuda" else []
     with (
         torch.random.fork_rng(devices=cuda),
+        torch.enable_grad(),  # a caller's no_grad left the backward nothing to run
         FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter,
     ):
         loss, _ = _loss_and_correct(counted(x), y)
