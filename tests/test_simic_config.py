@@ -201,3 +201,8 @@ def test_a_section_built_in_python_must_be_its_dataclass() -> None:
     with pytest.raises(ValueError, match=r"ppo.lr must be a Python float, got numpy's float32"):
         PPOSettings(lr=np.float32(1e-3))  # type: ignore[arg-type]
     assert PPOSettings(lr=np.float64(1e-3)).lr == 1e-3  # a float subclass: JSON writes it
+    # out of range either way: the range is what to fix, not the type
+    with pytest.raises(ValueError, match=r"ppo.n_envs must be an integer in \[1, "):
+        PPOSettings(n_envs=np.int64(-4))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"ppo.lr must be a number in "):
+        PPOSettings(lr=np.float64(50.0))

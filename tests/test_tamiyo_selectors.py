@@ -204,10 +204,12 @@ def test_load_refuses_statistics_no_outcome_could_make(name: str, pair: list[Any
 
 def test_rotation_refuses_a_prune_epoch_that_is_not_a_step() -> None:
     selector = make_selector("rotation", 0)
+    before = selector.state_dict()
     for epoch in (2.7, -1, "3"):
-        bad = {**selector.state_dict(), "prune_epochs": {"norm": epoch}}
+        bad = {**before, "last_blueprint": "conv_heavy", "prune_epochs": {"norm": epoch}}
         with pytest.raises(ValueError, match=r"a prune's epoch must be an integer in \[0, "):
             selector.load_state_dict(bad)
+        assert selector.state_dict() == before  # a refused load changes nothing
 
 
 def test_thompson_state_does_not_load_into_epsilon() -> None:

@@ -106,20 +106,20 @@ def test_governor_config_validated() -> None:
     with pytest.raises(ValueError, match="well_below_fraction < collapse_fraction"):
         GovernorConfig(well_below_fraction=0.99)
     # each was accepted: NaN never fired, sigma -1 and factor 0 fired on a healthy plateau,
-    # a fraction of 5 or a string compared with losses
+    # a negative or infinite fraction, or a string compared with losses
     for name, value in [
         ("spike_sigma", math.nan),
         ("spike_sigma", -1.0),
         ("spike_sigma", "3"),
         ("spike_factor", 0.0),
-        ("collapse_fraction", 5.0),
+        ("collapse_fraction", -0.5),
         ("collapse_fraction", math.inf),
         ("well_below_fraction", True),
     ]:
         with pytest.raises(ValueError, match=f"governor.{name} must be a number in"):
             GovernorConfig(**{name: value})
     for chance in (math.nan, 0.0, -1.0, "2.3", None):  # the collapse rule was off, or a TypeError
-        with pytest.raises(ValueError, match="chance_loss must be a number in"):
+        with pytest.raises(ValueError, match=r"chance_loss \(.*\) must be a finite number > 0"):
             Governor(GovernorConfig(), chance)  # type: ignore[arg-type]
 
 
@@ -490,6 +490,58 @@ def test_a_prune_the_rollback_undoes_is_logged_back_and_counted_once() -> None:
     ]
     panic = next(e for e in events if isinstance(e, GovernorPanic))
     assert panic.epoch == 3 and panic.pruned_slots == ("mid",)
+
+
+def test_a_prune_undone_a_spike_later_is_counted_once_and_logged_back(monkeypatch) -> None:
+    """The governor skips the snapshot of a suspicious epoch, so a panic can restore a seed
+    pruned two epochs before, by then EMBARGOED: it was counted twice, and a retired slot set
+    back in its embargo was not logged at all."""
+    events: list = []
+    trainer = _trainer(events=events, epochs=8)
+    trainer.train_step()
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainer.apply(Action(Op.ADVANCE, slot="mid"))
+    trainer.train_step()  # snapshot at the end of epoch 2: mid TRAINING
+    assert trainer.apply(Action(Op.PRUNE, slot="mid"))
+    governor = trainer.governor
+    monkeypatch.setattr(governor, "spikes", 1, raising=False)  # a first spike: no snapshot
+    monkeypatch.setattr(governor, "check", lambda *_: None)
+    trainer.train_step()  # epoch 3: mid PRUNED -> EMBARGOED, not snapshotted
+    assert trainer.model.reports()["mid"].stage is SeedStage.EMBARGOED
+    monkeypatch.undo()
+    with torch.no_grad():
+        next(trainer.model.host.parameters()).fill_(float("nan"))
+    assert trainer.train_step().panic is not None  # epoch 4
+    assert trainer.pruned_count == 1
+    moves = [
+        (e.epoch, e.from_stage, e.to_stage)
+        for e in events
+        if isinstance(e, SeedTransition) and e.slot == "mid"
+    ]
+    assert moves[-3:-1] == [(4, "EMBARGOED", "TRAINING"), (4, "TRAINING", "PRUNED")]
+
+
+def test_a_retired_slot_set_back_by_the_rollback_is_logged(monkeypatch) -> None:
+    """A slot EMBARGOED in the snapshot and RESETTING since went back to EMBARGOED unlogged:
+    the log then showed EMBARGOED -> RESETTING twice."""
+    events: list = []
+    trainer = _trainer(events=events, epochs=20)
+    trainer.train_step()
+    trainer.apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
+    trainer.apply(Action(Op.PRUNE, slot="mid"))
+    trainer.train_step()  # snapshot with mid EMBARGOED
+    assert trainer.model.reports()["mid"].stage is SeedStage.EMBARGOED
+    monkeypatch.setattr(trainer.governor, "snapshot", lambda *_: None)  # suspicious epochs
+    while trainer.model.reports()["mid"].stage is SeedStage.EMBARGOED:
+        trainer.train_step()
+    assert trainer.model.reports()["mid"].stage is SeedStage.RESETTING
+    monkeypatch.undo()
+    with torch.no_grad():
+        next(trainer.model.host.parameters()).fill_(float("nan"))
+    assert trainer.train_step().panic is not None
+    moves = [(e.from_stage, e.to_stage) for e in events if isinstance(e, SeedTransition)]
+    assert ("RESETTING", "EMBARGOED") in moves
+    assert trainer.pruned_count == 1
 
 
 def test_a_snapshot_outlives_the_steps_after_it_and_every_rollback_to_it() -> None:

@@ -27,7 +27,11 @@ from typing import Any, Literal, TypeVar, get_args
 
 from esper.leyline.slots import ordered_slots
 
-MAX_SEED = 2**63 - 1
+MAX_INT64 = 2**63 - 1
+"""The largest count an int64 holds (parameter counts, steps, statistics): what torch and JSON
+readers store, so the bound of any count that has no smaller natural one."""
+
+MAX_SEED = MAX_INT64
 """Seeds are stored in int64 (torch generators, JSON readers): larger ones cannot be recorded."""
 
 MAX_COUNT = 10**7
@@ -109,19 +113,25 @@ def require(ok: bool, message: str) -> None:
 def check_int(name: str, value: object, low: int = 1, high: int = MAX_COUNT) -> None:
     """``value`` is an integer (not a bool) in ``[low, high]``, else a one-line error."""
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-    _require_builtin(name, value, ok, "int")
+    if not ok and _numpy_number(value, integral=True) and low <= int(value) <= high:  # type: ignore[call-overload]
+        _refuse_numpy(name, value, "int")
     require(ok, f"{name} must be an integer in [{low}, {high}], got {quoted(value)}")
 
 
-def _require_builtin(name: str, value: object, ok: bool, kind: str) -> None:
-    """A numpy number refused by a check for Python's ``kind`` is named as one (its repr,
+def _numpy_number(value: object, integral: bool = False) -> bool:
+    """``value`` is one of numpy's numbers (not a subclass of Python's, as float64 is)."""
+    builtin = isinstance(value, int | float)
+    return not builtin and is_number(value, integral) and type(value).__module__ == "numpy"
+
+
+def _refuse_numpy(name: str, value: object, kind: str) -> None:
+    """A numpy number that would pass as Python's ``kind`` is named as one (its repr,
     ``np.int64(4)``, read as a value out of range); settings hold Python numbers, which JSON
     and TOML write."""
-    if not ok and is_number(value) and type(value).__module__ == "numpy":
-        raise ValueError(
-            f"{name} must be a Python {kind}, got numpy's {type(value).__name__} {value} "
-            f"(convert it with {kind}())"
-        )
+    raise ValueError(
+        f"{name} must be a Python {kind}, got numpy's {type(value).__name__} {value} "
+        f"(convert it with {kind}())"
+    )
 
 
 def is_number(value: object, integral: bool = False) -> bool:
@@ -137,7 +147,11 @@ def check_float(
     """``value`` is a finite number in ``(low, high]`` (``strict_low``) or ``[low, high]``."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if strict_low else value >= low) and value <= high  # type: ignore[operator]
-    _require_builtin(name, value, ok, "float")
+    if not ok and _numpy_number(value):
+        converted = float(value)  # type: ignore[arg-type]
+        fits = (converted > low if strict_low else converted >= low) and converted <= high
+        if math.isfinite(converted) and fits:
+            _refuse_numpy(name, value, "float")
     bound = "(" if strict_low else "["
     require(ok, f"{name} must be a number in {bound}{low}, {high}], got {quoted(value)}")
 

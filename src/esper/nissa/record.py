@@ -51,6 +51,7 @@ from typing import Any, Generic, TypeVar
 
 from esper.leyline.config import (
     MAX_COUNT,
+    MAX_INT64,
     MAX_SEED,
     check_float,
     check_int,
@@ -383,15 +384,13 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 # wall time, a negative seed, more epochs done than planned) is refused by every view instead
 # of shown or aggregated.
 
-_BIG = 2**63 - 1  # parameter counts and environment steps: any count an int64 holds
-
 
 def finite(value: float | None) -> float | None:
     """``value``, or None when it is None or not finite (how a summary holds a NaN)."""
     return None if value is None or not math.isfinite(value) else value
 
 
-def _check_counts(record: Any, names: Sequence[str], high: int = _BIG) -> None:
+def _check_counts(record: Any, names: Sequence[str], high: int = MAX_INT64) -> None:
     for name in names:
         check_int(name, getattr(record, name), 0, high)
 

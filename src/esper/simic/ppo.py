@@ -19,7 +19,6 @@ returns a ``RatioExplosionDiagnostic`` naming the heads whose own ratio exploded
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -33,6 +32,7 @@ from esper.simic.config import PPOSettings
 from esper.simic.rollout import RolloutBatch
 from esper.tamiyo.actions import HEADS
 from esper.tamiyo.policy import Evaluation, PolicyNetwork
+from esper.tolaria.governor import copied_state
 
 ADVANTAGE_EPS = 1e-8
 """Keeps advantage normalization finite when every advantage in a batch is equal."""
@@ -362,7 +362,7 @@ class PPOLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output (a copy: torch's optimizer would otherwise share the
         given moment tensors with the learner they came from)."""
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.optimizer.load_state_dict(copied_state(state["optimizer"]))
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self.env_steps = int(state["env_steps"])

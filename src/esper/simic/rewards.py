@@ -54,7 +54,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 
 from esper.leyline import Action, Op, SeedStage, SeedStateReport
-from esper.leyline.config import check_bool, check_float, check_int, require
+from esper.leyline.config import MAX_INT64, check_bool, check_float, check_int, require
 
 RENT_BASES = ("active", "blended")
 """``reward.rent_basis`` choices: rent on every parameter that runs (``active``: a seed costs
@@ -246,7 +246,7 @@ class RewardInput:
         for flag in ("accepted", "terminated", "truncated"):  # "no" paid the panic penalty
             check_bool(flag, getattr(self, flag))
         for count in ("active_params", "host_params", "epoch", "max_epochs"):
-            check_int(count, getattr(self, count), 0, 2**63 - 1)
+            check_int(count, getattr(self, count), 0, MAX_INT64)
         require(
             set(self.before) == set(self.after),
             f"before and after must report the same slots, got {sorted(self.before)} "

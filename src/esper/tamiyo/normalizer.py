@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esper.leyline.config import check_int, is_number, quoted, require
+from esper.leyline.config import MAX_INT64, check_int, is_number, quoted, require
 
 VAR_EPSILON = 1e-8
 """Added to the variance before the square root, so a constant feature (variance 0, e.g. a
@@ -80,7 +80,7 @@ class RunningMeanStd:
         """``(…, size)`` -> ``(…, size)``: ``(x - mean) / sqrt(var + VAR_EPSILON)``, clipped.
 
         The result has ``x``'s device, and its dtype when floating point (integers give
-        float32: cast back, 7 normalized to 0.4 read 0).
+        torch's default dtype, float32 unless changed: cast back, 7 normalized to 0.4 read 0).
 
         Raises:
             ValueError: if the last dimension is not ``size``, or (on the CPU) ``x`` holds NaN,
@@ -135,7 +135,7 @@ class RunningMeanStd:
         ok = is_number(clip) and math.isfinite(clip) and clip > 0
         require(ok, f"state clip must be a finite number > 0, got {quoted(clip)}")
         for name, value in (("count", count), ("update_count", updates)):
-            check_int(f"state {name}", value, 0, 2**63 - 1)
+            check_int(f"state {name}", value, 0, MAX_INT64)
         self.clip = float(clip)
         self.mean, self.var = mean, var
         self.count, self.update_count = count, updates

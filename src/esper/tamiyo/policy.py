@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from esper.leyline import Action, Observation
-from esper.leyline.config import check_bool, check_int, require
+from esper.leyline.config import MAX_INT64, check_bool, check_int, require
 from esper.leyline.events import PolicyDecision
 from esper.tamiyo.actions import HEADS, ActionMasks, ActionSpace, head_relevance
 from esper.tamiyo.distributions import MaskedCategorical
@@ -488,7 +488,7 @@ class PolicyController:
             finite = bool(h.isfinite().all() and c.isfinite().all())
             require(finite, "the LSTM state is not finite (NaN or infinity)")
             lstm = (h, c)
-        check_int("steps", state["steps"], 0, 2**63 - 1)
+        check_int("steps", state["steps"], 0, MAX_INT64)
         require(
             (state["rng"] is None) == (self._generator is None),
             f"generator state {'missing' if state['rng'] is None else 'present'} but this "

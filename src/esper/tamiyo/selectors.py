@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from esper.leyline import SeedStage
-from esper.leyline.config import check_float, check_int, is_number, require
+from esper.leyline.config import MAX_INT64, check_float, check_int, is_number, require
 from esper.leyline.knowledge import SeedOutcome, outcome_score, stage_score
 
 SELECTORS = ("rotation", "ucb", "thompson", "epsilon")
@@ -196,10 +196,10 @@ class RotationSelector:
                 is not an integer >= 0.
         """
         _check_keys(self.name, state, self.state_dict())
+        for epoch in state["prune_epochs"].values():
+            check_int("a prune's epoch", epoch, 0, MAX_INT64)
         last = state["last_blueprint"]
         self._last = None if last is None else str(last)
-        for epoch in state["prune_epochs"].values():
-            check_int("a prune's epoch", epoch, 0, 2**63 - 1)
         self._prune_epochs = dict(state["prune_epochs"])
 
 
@@ -265,7 +265,7 @@ class _RandomBandit(_Bandit):
 
     def __init__(self, seed: int, priors: Sequence[SeedOutcome]) -> None:
         super().__init__(priors)
-        check_int("seed", seed, 0, 2**63 - 1)
+        check_int("seed", seed, 0, MAX_INT64)
         self._rng = random.Random(seed)
 
     def state_dict(self) -> dict[str, Any]:
@@ -433,7 +433,7 @@ def make_selector(
         ValueError: for an unknown name or setting, priors for ``rotation``, or bad values.
     """
     require(name in SELECTORS, f"unknown selector {name!r}; accepted: {', '.join(SELECTORS)}")
-    check_int("seed", seed, 0, 2**63 - 1)
+    check_int("seed", seed, 0, MAX_INT64)
     unknown = sorted(set(settings) - set(_SETTINGS[name]))
     accepted = ", ".join(_SETTINGS[name])
     require(not unknown, f"unknown {name} selector setting(s) {unknown}; accepted: {accepted}")

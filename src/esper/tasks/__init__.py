@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from esper.leyline.config import MAX_WIDTH, HostTraining, check_int, require
+from esper.leyline.config import MAX_INT64, MAX_WIDTH, HostTraining, check_int, require
 from esper.leyline.slots import check_slots, slot_names
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def matched_width(
     """
     from esper.kasmina import CNNHostConfig
 
-    check_int("target", target, 1, 2**63 - 1)  # any count an int64 holds
+    check_int("target", target, 1, MAX_INT64)
     config = get_task(task).host_config_for(data)
     if widths is None:
         if isinstance(config, CNNHostConfig):

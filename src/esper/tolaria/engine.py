@@ -24,7 +24,15 @@ from torch import Tensor, nn
 from esper.kasmina import GateError, LifecycleError, MorphogeneticModel
 from esper.kasmina.grouped import groupable, grouped_forward
 from esper.kasmina.model import GradientNorms
-from esper.leyline import ADVANCE_TO, BLENDED_STAGES, FORWARD_STAGES, Action, Op, SeedStage
+from esper.leyline import (
+    ADVANCE_TO,
+    BLENDED_STAGES,
+    FORWARD_STAGES,
+    SEED_MODULE_STAGES,
+    Action,
+    Op,
+    SeedStage,
+)
 from esper.leyline.config import HostTraining
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import (
@@ -419,13 +427,16 @@ class Trainer:
 
     def _roll_back(self, panic: Panic, val_loss: float) -> None:
         """Restore the governor's snapshot and log every change it made, all at the epoch of
-        the panic: seeds it gave back (a prune after the snapshot undone, so not counted),
-        seeds it removed, and the governor's prunes."""
+        the panic: slots it set back (a seed pruned after the snapshot given back: that prune
+        undone, so no longer counted), seeds it removed, and the governor's prunes."""
         rollback = self.governor.rollback(self.model, self.optimizer)
         self.terminated = True
         at = self.epoch + 1
         for name, was, back in rollback.restored:
-            self.pruned_count -= was.stage is SeedStage.PRUNED
+            # no seed before, one after: it was pruned after the snapshot (and counted then)
+            self.pruned_count -= (
+                was.stage not in SEED_MODULE_STAGES and back.stage in SEED_MODULE_STAGES
+            )
             why = "restored by the governor's rollback"
             stages = (was.stage.value, back.stage.value)
             self.emit(SeedTransition(at, name, back.blueprint, *stages, why))
@@ -574,8 +585,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state_dict()`` output (copied: two trainers loaded from one state
-        share nothing); the model must already be restored."""
+        """Continue from ``state_dict()`` output; the model must already be restored. The
+        optimizer's state is copied in (the governor's snapshot is copied at every rollback),
+        so two trainers loaded from one state do not change each other."""
         self.epoch = int(state["epoch"])
         self.pruned_count = int(state["pruned_count"])
         self.terminated = bool(state["terminated"])

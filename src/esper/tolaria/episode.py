@@ -319,7 +319,7 @@ def reset_together(episodes: Sequence[Episode], chunk: int = 1) -> list[Observat
     Raises:
         ValueError: ``chunk`` is not an integer >= 1 (checked before any episode resets).
     """
-    check_int("chunk", chunk, 1, 2**31)
+    check_int("chunk", chunk)
     for episode in episodes:
         episode._start()
     results = _train_chunks(episodes, chunk)
@@ -331,7 +331,7 @@ def step_together(
 ) -> list[Transition]:
     """``step`` every episode with its action, training the epochs together in chunks of
     ``chunk`` (see ``reset_together``)."""
-    check_int("chunk", chunk, 1, 2**31)
+    check_int("chunk", chunk)
     befores = [e._last for e in episodes]
     accepted = [e._apply(a) for e, a in zip(episodes, actions, strict=True)]
     results = _train_chunks(episodes, chunk)

@@ -61,8 +61,8 @@ class GovernorConfig:
         # NaN never fired; sigma -1 or factor 0 fired on a healthy plateau
         check_float("governor.spike_sigma", self.spike_sigma, 0.0, 1e6, strict_low=True)
         check_float("governor.spike_factor", self.spike_factor, 0.0, 1e6, strict_low=True)
-        check_float("governor.collapse_fraction", self.collapse_fraction, 0.0, 1.0)
-        check_float("governor.well_below_fraction", self.well_below_fraction, 0.0, 1.0)
+        check_float("governor.collapse_fraction", self.collapse_fraction, 0.0, 1e6)
+        check_float("governor.well_below_fraction", self.well_below_fraction, 0.0, 1e6)
         require(
             0 < self.well_below_fraction < self.collapse_fraction,
             "governor needs 0 < well_below_fraction < collapse_fraction, got "
@@ -87,10 +87,10 @@ class Rollback:
         pruned: slots whose seed was live in the snapshot and is now pruned.
         vanished: seeds grown (or fossilized) after the snapshot, gone with the restore, with
             their report from just before it.
-        restored: slots the restore gave back a live seed in another stage or of another
-            blueprint than just before it (a seed pruned or fossilized after the snapshot),
-            with their reports from just before and just after the restore; their seeds are
-            then in ``pruned``.
+        restored: every other slot the restore put in another stage or gave another seed
+            than just before it (a seed pruned or fossilized after the snapshot given back, a
+            retired slot set back in its embargo), with its reports from just before and just
+            after the restore; a live seed given back is then in ``pruned``.
     """
 
     restored_epoch: int
@@ -130,7 +130,12 @@ class Governor:
 
     def __init__(self, config: GovernorConfig, chance_loss: float) -> None:
         # NaN, 0 or below silently turned the collapse rule off
-        check_float("chance_loss", chance_loss, 0.0, 1e6, strict_low=True)
+        ok = isinstance(chance_loss, int | float) and not isinstance(chance_loss, bool)
+        require(
+            ok and math.isfinite(chance_loss) and chance_loss > 0,
+            "chance_loss (the loss of a uniform prediction, ln of the number of classes: two "
+            f"or more) must be a finite number > 0, got {chance_loss!r}",
+        )
         self.config = config
         self.chance_loss = chance_loss
         self.history: list[float] = []
@@ -208,10 +213,11 @@ class Governor:
             and model.slot(name).stage not in SEED_MODULE_STAGES
         )
         after = model.reports()
+        gone = {name for name, _ in vanished}
         restored = tuple(
             (name, report, after[name])
             for name, report in before.items()
-            if after[name].stage in SEED_MODULE_STAGES
+            if name not in gone
             and (after[name].stage, after[name].blueprint) != (report.stage, report.blueprint)
         )
         pruned = tuple(n for n, r in after.items() if r.stage in ALIVE_STAGES)
