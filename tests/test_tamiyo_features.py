@@ -384,3 +384,5 @@ def test_encode_decode_errors() -> None:
         SPACE.decode((0, 3, 0, 0, 0))
     with pytest.raises(ValueError, match="expected 5"):
         SPACE.decode((0, 0))
+    with pytest.raises(ValueError, match=r"slot index must be an integer, got 1\.9"):
+        SPACE.decode((1, 1.9, 0, 0, 0))  # read as slot 1

@@ -339,6 +339,13 @@ def test_blueprint_sizes_match_the_parameter_formulas() -> None:
         assert sizes["depthwise"] == 9 * c + 2 * c + c * c + c  # dw 3x3 + norm + 1x1 with bias
 
 
+def test_blueprint_sizes_refuses_two_points_of_one_slot() -> None:
+    """The last one's sizes were kept."""
+    points = cnn_host().injection_points
+    with pytest.raises(ValueError, match=r"distinct slots; repeated: \['mid'\]"):
+        blueprint_sizes([points[1], points[1]])
+
+
 def test_specialize_grows_a_larger_member_of_the_fossilized_family() -> None:
     held = rep("early", SeedStage.HOLDING, "conv_light", alpha=1.0, epochs=1, contribution=0.5)
     fossil = rep("early", SeedStage.FOSSILIZED, "conv_light", alpha=1.0)

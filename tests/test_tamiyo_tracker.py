@@ -137,6 +137,34 @@ def _step(tracker: SignalTracker, *reports: SeedStateReport) -> TrainingSignals:
     )
 
 
+def test_a_step_of_the_wrong_types_records_nothing() -> None:
+    """A 0-d tensor metric was kept (its state then held ``"tensor(nan)"``), and a report
+    filed under another slot's name was read as that slot's."""
+    import torch
+
+    tracker = SignalTracker()
+    before = tracker.state_dict()
+    with pytest.raises(ValueError, match=r"val_loss must be a Python float \(NaN allowed\)"):
+        tracker.update(
+            train_loss=1.0,
+            train_accuracy=50.0,
+            val_loss=torch.tensor(1.0),  # type: ignore[arg-type]
+            val_accuracy=50.0,
+            reports={},
+        )
+    report = _report("mid", SeedStage.TRAINING, 1.0)
+    with pytest.raises(ValueError, match="the report of slot 'mid' is filed under 'late'"):
+        tracker.update(
+            train_loss=1.0,
+            train_accuracy=50.0,
+            val_loss=1.0,
+            val_accuracy=50.0,
+            reports={"late": report},
+        )
+    assert tracker.state_dict() == before
+    assert _step(tracker, report).epoch == 1
+
+
 def test_every_enabled_slot_is_tracked_in_slot_order() -> None:
     tracker = SignalTracker()
     T, D = SeedStage.TRAINING, SeedStage.DORMANT

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from esper.kasmina import blueprint_registry
 from esper.leyline import OP_ARGUMENTS, OP_STAGES, Action, Observation, Op, Topology
+from esper.leyline.config import is_number
 from esper.leyline.events import PolicyDecision
 from esper.tamiyo.features import FEATURE_SLOTS, aligned_reports
 
@@ -202,10 +203,14 @@ class ActionSpace:
         """The ``Action`` for one index per head; indices of irrelevant heads are ignored.
 
         Raises:
-            ValueError: for a wrong number of indices or an index out of its head's range.
+            ValueError: for a wrong number of indices, an index that is not an integer (1.9 was
+                read as 1) or one out of its head's range.
         """
         if len(indices) != len(HEADS):
             raise ValueError(f"expected {len(HEADS)} indices ({HEADS}), got {list(indices)}")
+        for head, i in zip(HEADS, indices, strict=True):
+            if not is_number(i, integral=True):
+                raise ValueError(f"{head} index must be an integer, got {i!r}")
         op_i, slot_i, blueprint_i, tempo_i, alpha_i = (
             self._checked(head, int(i)) for head, i in zip(HEADS, indices, strict=True)
         )

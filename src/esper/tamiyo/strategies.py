@@ -90,7 +90,14 @@ def blueprint_sizes(specs: Sequence[InjectionSpec]) -> dict[str, dict[str, int]]
 
     Returns:
         ``{slot: {blueprint: parameters}}`` for every blueprint that fits the host.
+
+    Raises:
+        ValueError: two specs name one slot (the last one's sizes were kept).
     """
+    slots = [spec.slot for spec in specs]
+    repeated = sorted({slot for slot in slots if slots.count(slot) > 1})
+    if repeated:
+        raise ValueError(f"injection points must name distinct slots; repeated: {repeated}")
     return {
         spec.slot: {
             name: blueprint_registry.get(name, spec.topology).param_count(spec)

@@ -110,7 +110,23 @@ class SignalTracker:
 
         Returns:
             The signals for this step (``epoch`` is 1 after the first call).
+
+        Raises:
+            ValueError: a metric that is not a Python number (NaN is one: a panicked step's), or
+                a report filed under another slot's name; nothing is recorded then.
         """
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
+        for name, value in metrics.items():  # a 0-d tensor was kept and then not JSON
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a Python float (NaN allowed), got {value!r}")
+        for key, report in reports.items():
+            if report.slot != key:
+                raise ValueError(f"the report of slot {report.slot!r} is filed under {key!r}")
         self._epoch += 1
         prev_loss, prev_acc = self._previous if self._previous is not None else (None, None)
         loss_delta = _delta(val_loss, prev_loss)
