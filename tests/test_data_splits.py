@@ -280,7 +280,7 @@ def test_synthetic_test_split_comes_from_the_same_task() -> None:
     small = make_synthetic(seed=0, n_test=7)
     assert len(small.x_test) == 7
     assert torch.equal(small.x_train, ds.x_train) and torch.equal(small.x_val, ds.x_val)
-    with pytest.raises(ValueError, match="n_test=0"):
+    with pytest.raises(ValueError, match=r"n_test must be an integer in \[1, \d+\], got 0"):
         make_synthetic(n_test=0)
 
     # A linear model fitted on train scores well above chance (25%) on test: same templates.
@@ -394,3 +394,23 @@ def test_fashion_oracle_reads_the_files_the_loader_requires() -> None:
         fashion.TEST_IMAGES,
         fashion.TEST_LABELS,
     }
+
+
+def test_a_constant_channel_is_centred_not_divided_by_zero() -> None:
+    """A channel with one value over the training split gave NaN (and ±inf on the test split);
+    ``hold_out`` with -3 swapped the two sizes."""
+    from esper.data.dataset import hold_out, standardized_splits
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8, generator=generator)
+    x[:, 2] = 128
+    x_test = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8, generator=generator)
+    labels = torch.zeros(20, dtype=torch.int64), torch.zeros(5, dtype=torch.int64)
+    data = standardized_splits("c", (x, labels[0]), (x_test, labels[1]), (5, 0), "s", 10, True)
+    for split in (data.x_train, data.x_val, data.x_test):
+        assert bool(split.isfinite().all())
+    assert bool((data.x_train[:, 2] == 0).all())  # centred, scale 1
+    assert data.x_train[:, 0].std().item() == pytest.approx(1.0, rel=1e-5)  # others as before
+    for n_val in (-3, 0, True, 2.5):
+        with pytest.raises(ValueError, match=r"n_val must be an integer in \[1, "):
+            hold_out(10, n_val, 0, "s")  # type: ignore[arg-type]

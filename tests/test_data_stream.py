@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -122,10 +123,43 @@ def test_stream_rejects_bad_input() -> None:
     x, y = labelled(4)
     with pytest.raises(ValueError, match="4 samples but y has 3"):
         BatchStream(x, y[:3], 2, seed=0)
-    with pytest.raises(ValueError, match="batch_size=0"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, \d+\], got 0"):
         BatchStream(x, y, 0, seed=0)
     with pytest.raises(ValueError, match="augment=True needs images"):
         BatchStream(x, y, 2, seed=0, augment=True)
+    # inf gave 0 batches a pass, 2.5 failed slicing, "False" is true (it shuffled, augmented)
+    for size in (math.inf, 2.5, True, "8"):
+        with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, "):
+            BatchStream(x, y, size, seed=0)  # type: ignore[arg-type]
+    for flag in ("shuffle", "augment"):
+        with pytest.raises(ValueError, match=f"{flag} must be true or false, got 'False'"):
+            BatchStream(x, y, 2, seed=0, **{flag: "False"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, "):
+        BatchStream(x, y, 2, seed=1.5)  # type: ignore[arg-type]
+
+
+def test_a_state_no_stream_makes_is_refused() -> None:
+    """Zeros for a permutation repeated sample 0 for the rest of the pass; -1 passes ran empty
+    batches; a float permutation was truncated."""
+    x, y = labelled(50)
+    a = BatchStream(x, y, 13, seed=7)
+    a.next_batch()
+    state = a.state_dict()
+    bad_permutations = [
+        torch.zeros(50, dtype=torch.int64),
+        torch.randperm(50).float() + 0.7,
+        torch.arange(1, 51),
+    ]
+    for permutation in bad_permutations:
+        b = BatchStream(x, y, 13, seed=7)
+        with pytest.raises(ValueError, match=r"not an int64 permutation of 0\.\.49"):
+            b.load_state_dict({**state, "permutation": permutation})
+    for key, value in (("passes_started", -1), ("cursor", True)):
+        with pytest.raises(ValueError, match="cursor and passes_started must be ints >= 0"):
+            BatchStream(x, y, 13, seed=7).load_state_dict({**state, key: value})
+    b = BatchStream(x, y, 13, seed=7)
+    b.load_state_dict(state)
+    assert torch.equal(b.next_batch()[1], a.next_batch()[1])
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -181,9 +215,9 @@ def test_augment_rejects_bad_arguments() -> None:
     g = torch.Generator()
     with pytest.raises(ValueError, match=r"expects \(B, C, H, W\) images, got shape \(3, 4, 4\)"):
         augment_crop_flip(torch.zeros(3, 4, 4), g)
-    with pytest.raises(ValueError, match="padding=-1"):
+    with pytest.raises(ValueError, match=r"padding must be an integer in \[0, \d+\], got -1"):
         augment_crop_flip(torch.zeros(1, 1, 4, 4), g, padding=-1)
-    with pytest.raises(ValueError, match=r"flip_prob=1\.5"):
+    with pytest.raises(ValueError, match=r"flip_prob must be a number in \[0\.0, 1\.0\], got 1\.5"):
         augment_crop_flip(torch.zeros(1, 1, 4, 4), g, flip_prob=1.5)
 
 

@@ -84,7 +84,7 @@ def test_text_rejects_non_utf8_with_file_and_offset(tmp_path: Path) -> None:
 def test_text_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match=r"nope\.txt"):
         load_text(tmp_path / "nope.txt", block_size=8)
-    with pytest.raises(ValueError, match="block_size=0"):
+    with pytest.raises(ValueError, match=r"block_size must be an integer in \[1, \d+\], got 0"):
         load_text(None, block_size=0)
 
 
@@ -172,10 +172,19 @@ def test_synthetic_task_is_learnable_by_a_linear_model() -> None:
 
 
 def test_synthetic_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="num_classes=1"):
+    with pytest.raises(ValueError, match=r"num_classes must be an integer in \[2, \d+\], got 1"):
         make_synthetic(num_classes=1)
-    with pytest.raises(ValueError, match="n_train=0"):
+    with pytest.raises(ValueError, match=r"n_train must be an integer in \[1, \d+\], got 0"):
         make_synthetic(n_train=0)
+    # each failed deep in torch (TypeError from randint or randn) or was taken as 1
+    for given in ({"n_train": 2.5}, {"n_val": True}, {"seed": 1.5}):
+        with pytest.raises(ValueError, match=r"must be an integer in \["):
+            make_synthetic(**given)  # type: ignore[arg-type]
+    for shape in ((3, 2.5, 8), (3, True, 8), 5, ()):
+        with pytest.raises(ValueError, match=r"input_shape=.* must be a non-empty tuple"):
+            make_synthetic(input_shape=shape)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"block_size must be an integer in \[1, \d+\], got 2.5"):
+        load_text(None, block_size=2.5)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- registry

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from esper.leyline.config import check_float, check_int
+
 # He et al. 2016 (ResNet on CIFAR): pad 4 pixels, take a random 32x32 crop, flip half the time.
 DEFAULT_PADDING = 4
 DEFAULT_FLIP_PROB = 0.5
@@ -30,8 +32,9 @@ def augment_crop_flip(
 
     Each sample gets its own offset ``(dy, dx)`` in ``[0, 2 * padding]``: the output is the
     zero-padded image sliced at ``[dy : dy + H, dx : dx + W]``, then mirrored left-right with
-    probability ``flip_prob``. All randomness comes from ``generator`` (two draws per call:
-    offsets, then flips), so a seeded generator reproduces the batch exactly. The work is one
+    probability ``flip_prob``. All randomness comes from ``generator`` (three draws per call:
+    row offsets, column offsets, then flips), so a seeded generator reproduces the batch
+    exactly. The work is one
     gather, with no loop over samples.
 
     Args:
@@ -45,16 +48,17 @@ def augment_crop_flip(
         (the layout CNN hosts train in; the gather runs in that order, which is also faster).
 
     Raises:
-        ValueError: ``x`` is not 4-D, ``padding`` is negative or ``flip_prob`` is outside [0, 1].
+        ValueError: ``x`` is not 4-D, ``padding`` is not an integer >= 0, ``flip_prob`` is not
+            a number in [0, 1], or ``generator`` is not a ``torch.Generator``.
     """
     if x.dim() != 4:
         raise ValueError(
             f"augment_crop_flip expects (B, C, H, W) images, got shape {tuple(x.shape)}"
         )
-    if padding < 0:
-        raise ValueError(f"padding={padding} must be >= 0")
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"flip_prob={flip_prob} must lie in [0, 1]")
+    check_int("padding", padding, 0)
+    check_float("flip_prob", flip_prob, 0.0, 1.0)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
     b, _, h, w = x.shape
     dev = generator.device
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)

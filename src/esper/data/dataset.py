@@ -12,6 +12,7 @@ import logging
 import torch
 from torch import Tensor
 
+from esper.leyline.config import MAX_SEED, check_int
 from esper.leyline.data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,11 @@ def hold_out(n: int, n_val: int, seed: int, source: str) -> tuple[Tensor, Tensor
 
     Raises:
         DatasetFormatError: ``n <= n_val``, which would leave nothing to train on.
+        ValueError: ``n_val`` or ``seed`` is not an integer >= 1 (>= 0 for the seed); -3 swapped
+            the two sizes.
     """
+    check_int("n_val", n_val, 1)
+    check_int("seed", seed, 0, MAX_SEED)
     if n <= n_val:
         raise DatasetFormatError(
             f"{source}: {n} training samples, need more than {n_val} to hold out {n_val} for "
@@ -92,7 +97,8 @@ def standardized_splits(
         validation: ``(images held out, seed of the split)``.
         source: where the training images came from (for messages and the log).
         num_classes: label classes.
-        per_channel: standardize each channel by its own statistics.
+        per_channel: standardize each channel by its own statistics (a channel constant
+            over the training split is only centred).
         augment: whether training batches are augmented (``Dataset.augment``).
 
     Raises:
@@ -109,6 +115,8 @@ def standardized_splits(
         std = x_train.std(dim=(0, 2, 3), keepdim=True)
     else:
         mean, std = x_train.mean(), x_train.std()
+    # a constant channel (std 0) is only centred: dividing by 0 gave NaN and infinities
+    std = torch.where(std > 0, std, torch.ones_like(std))
     logger.info(
         "%s from %s: training mean %s std %s",
         name,

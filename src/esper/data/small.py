@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from esper.data.dataset import Dataset
+from esper.leyline.config import MAX_SEED, check_int
 
 # Seed of the fixed permutation that splits digits 60/20/20; changing it changes every digits run.
 DIGITS_SPLIT_SEED = 0
@@ -94,16 +95,17 @@ def make_synthetic(
         A ``Dataset`` with ``x`` float32 ``(N, *input_shape)`` and ``y`` int64 ``(N,)``.
 
     Raises:
-        ValueError: A size is not positive or ``num_classes < 2``.
+        ValueError: A size that is not an integer >= 1 (True and 2.5 are not), ``num_classes``
+            < 2, or a seed outside [0, 2**63).
     """
-    if min(n_train, n_val, n_test) < 1:
-        raise ValueError(
-            f"n_train={n_train}, n_val={n_val} and n_test={n_test} must all be at least 1"
-        )
-    if num_classes < 2:
-        raise ValueError(f"num_classes={num_classes}; a classification task needs at least 2")
-    if not input_shape or any(d < 1 for d in input_shape):
-        raise ValueError(f"input_shape={input_shape} must be non-empty with positive sizes")
+    for name, count in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        check_int(name, count)
+    check_int("num_classes", num_classes, 2)
+    check_int("seed", seed, 0, MAX_SEED)
+    ok = isinstance(input_shape, tuple | list) and len(input_shape) > 0
+    if not ok or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in input_shape):
+        raise ValueError(f"input_shape={input_shape!r} must be a non-empty tuple of sizes >= 1")
+    input_shape = tuple(input_shape)
     generator = torch.Generator().manual_seed(seed)
     templates = torch.randn(num_classes, *input_shape, generator=generator)  # (K, *shape)
 

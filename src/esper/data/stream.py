@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from esper.data.augment import augment_crop_flip, to_device
+from esper.leyline.config import MAX_SEED, check_bool, check_int
 
 
 def take_rows(x: Tensor, idx: Tensor) -> Tensor:
@@ -43,6 +44,11 @@ class BatchStream:
         shuffle: Draw a fresh permutation for each pass (otherwise index order).
         augment: Apply ``augment_crop_flip`` (with the stream's generator) to every batch;
             ``x`` must then be images ``(N, C, H, W)``.
+
+    Raises:
+        ValueError: mismatched or empty ``x`` and ``y``, a batch size that is not an integer
+            >= 1, a seed outside [0, 2**63), ``shuffle`` or ``augment`` not a bool, or
+            ``augment`` without images.
     """
 
     def __init__(
@@ -59,8 +65,10 @@ class BatchStream:
             raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
         if x.shape[0] == 0:
             raise ValueError("x and y are empty; need at least one sample")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be at least 1")
+        check_int("batch_size", batch_size)  # inf ran 0 batches a pass, 2.5 failed in slicing
+        check_int("seed", seed, 0, MAX_SEED)
+        check_bool("shuffle", shuffle)  # "False" is true: it shuffled
+        check_bool("augment", augment)
         if augment and x.dim() != 4:
             raise ValueError(
                 f"augment=True needs images (N, C, H, W), got x of shape {tuple(x.shape)}"
@@ -129,8 +137,9 @@ class BatchStream:
         """Restore a ``state_dict``; the following batches equal those the saved stream gave.
 
         Raises:
-            ValueError: Keys are missing or unknown, or the state belongs to a stream over a
-                different number of samples, batch size, shuffle or augment setting.
+            ValueError: Keys are missing or unknown, the state belongs to a stream over a
+                different number of samples, batch size, shuffle or augment setting, or it is
+                one no stream makes (a permutation that is not one, negative counts).
         """
         mine = self.state_dict()
         if set(state) != set(mine):
@@ -145,11 +154,20 @@ class BatchStream:
         if not isinstance(generator_state, Tensor) or not isinstance(perm, Tensor):
             raise ValueError("BatchStream state: generator_state and permutation must be tensors")
         if not isinstance(cursor, int) or not isinstance(passes, int):
-            raise ValueError("BatchStream state: cursor and passes_started must be ints")
+            raise ValueError("BatchStream state: cursor and passes_started must be ints >= 0")
+        if isinstance(cursor, bool) or isinstance(passes, bool) or min(cursor, passes) < 0:
+            raise ValueError("BatchStream state: cursor and passes_started must be ints >= 0")
         if passes > 0 and (perm.shape != (self.num_samples,) or not 0 <= cursor <= perm.shape[0]):
             raise ValueError(
                 f"BatchStream state: permutation of shape {tuple(perm.shape)} and cursor "
                 f"{cursor} do not fit {self.num_samples} samples"
+            )
+        # zeros repeated sample 0 for the rest of the pass; floats were truncated
+        order = torch.arange(self.num_samples)
+        if passes > 0 and (perm.dtype != torch.int64 or not torch.equal(perm.sort().values, order)):
+            raise ValueError(
+                f"BatchStream state: permutation is not an int64 permutation of "
+                f"0..{self.num_samples - 1}"
             )
         self._generator.set_state(generator_state)
         self._perm = perm.clone().to(torch.int64)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from esper.data.dataset import Dataset, DatasetFormatError, DatasetNotFoundError
+from esper.leyline.config import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,9 @@ def load_text(path: str | Path | None, block_size: int) -> Dataset:
     Raises:
         DatasetNotFoundError: ``path`` does not exist or is not a file.
         DatasetFormatError: The file is not UTF-8, or too short for one window per split.
-        ValueError: ``block_size`` is not positive.
+        ValueError: ``block_size`` is not an integer >= 1.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size={block_size} must be at least 1")
+    check_int("block_size", block_size)
     text, source = _read_text(path)
     needed = min_text_length(block_size)
     if len(text) < needed:
