@@ -305,3 +305,18 @@ def test_results_of_an_interrupted_study_say_they_are_so_far(tmp_path: Path) -> 
         "trainings included); running it again completes them."
     )
     assert "| digits | heuristic | 3 | 91.00 [" in md
+
+
+def test_bootstrap_settings_and_baselines_are_checked() -> None:
+    """reps=1 gave an "interval" that missed its own point; seed -1 failed 13 frames deep in
+    numpy; the string "base" was read as the arms b, a, s, e: no table at all."""
+    rows = _rows("t", "a", [50.0, 52.0, 55.0]) + _rows("t", "base", [49.0, 50.0, 51.0])
+    assert improvements(rows, ["base"], reps=REPS)
+    for reps in (1, 0, True, 2.5):
+        with pytest.raises(ValueError, match=r"reps must be an integer in \[10, 100000\]"):
+            summarize(rows, reps=reps)  # type: ignore[arg-type]
+    for seed in (-1, 2**33, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 4294967295\]"):
+            improvements(rows, ["base"], reps=REPS, seed=seed)
+    with pytest.raises(ValueError, match="a list of arms, got the string 'base'"):
+        improvements(rows, "base", reps=REPS)

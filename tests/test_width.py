@@ -225,3 +225,18 @@ def test_the_widest_host_that_fits_is_accepted(monkeypatch: pytest.MonkeyPatch) 
     check_fits(training, SYNTHETIC)
     with pytest.raises(UserError, match="use --width 10 or less"):
         check_fits(resolve_training(HostTraining(task="synthetic", width=11)), SYNTHETIC)
+
+
+def test_a_task_refuses_data_of_the_other_kind() -> None:
+    """Text data for a CNN task failed to unpack its shape; images for a transformer task
+    gave a one-token block silently (and a matched width of 4)."""
+    images = make_synthetic(input_shape=(1, 8, 8))
+    text = Dataset(
+        "text", *(torch.zeros(4, 8, dtype=torch.int64),) * 6, num_classes=5, input_shape=(8,)
+    )
+    with pytest.raises(ValueError, match=r"task 'digits' \(cnn host\) needs images"):
+        get_task("digits").host_config_for(text)
+    with pytest.raises(ValueError, match=r"task 'text_lm' \(transformer host\) needs token seq"):
+        get_task("text_lm").host_config_for(images)
+    with pytest.raises(ValueError, match="needs token sequences"):
+        matched_width("text_lm", images, 1000)

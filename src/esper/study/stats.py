@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from esper.leyline.config import check_int
 from esper.leyline.files import atomic_write_all, remove_temporaries
-from esper.leyline.trials import FINISHED, TrialRow
+from esper.leyline.trials import FINISHED, REPS_RANGE, TrialRow
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -293,6 +294,13 @@ def _summary(
     )
 
 
+def _check_bootstrap(reps: int, seed: int) -> None:
+    """``reps`` in ``REPS_RANGE`` (1 gave an "interval" without its own point) and ``seed`` one
+    numpy's legacy generator takes (others failed 13 frames deep)."""
+    check_int("reps", reps, *REPS_RANGE)
+    check_int("seed", seed, 0, 2**32 - 1)
+
+
 def summarize(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> list[ArmSummary]:
     """Per task × arm, then per arm over all tasks: IQM and mean with 95 % intervals and more.
 
@@ -306,8 +314,10 @@ def summarize(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> list
         (``task == ALL_TASKS``; with a single task it repeats that task's row).
 
     Raises:
-        ValueError: two completed trials share a task, arm and seed.
+        ValueError: two completed trials share a task, arm and seed, or ``reps`` or ``seed``
+            is out of range (see ``_check_bootstrap``).
     """
+    _check_bootstrap(reps, seed)
     cells = _cells(rows)
     per_task = [_summary(cells, task, arm, [task], reps, seed) for task, arm in sorted(cells)]
     arms = sorted({arm for _, arm in cells})
@@ -365,7 +375,14 @@ def improvements(
     Returns:
         Per baseline (in the given order) and arm (sorted): one improvement per task both have,
         then one over all those tasks (``task == ALL_TASKS``).
+
+    Raises:
+        ValueError: ``baselines`` is a string (its letters were taken for arms: no table at
+            all), or see ``summarize``.
     """
+    if isinstance(baselines, str):
+        raise ValueError(f"baselines must be a list of arms, got the string {baselines!r}")
+    _check_bootstrap(reps, seed)
     cells = _cells(rows)
     arms = sorted({arm for _, arm in cells})
     found: list[Improvement] = []

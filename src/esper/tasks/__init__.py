@@ -57,10 +57,19 @@ class TaskSpec:
 
         Raises:
             ValueError: a width the host rejects (out of range, or a transformer width not a
-                multiple of ``n_head``), in one line naming the value and the rule.
+                multiple of ``n_head``), in one line naming the value and the rule; or data of
+                the other kind (text for a CNN failed to unpack its shape, images for a
+                transformer gave a one-token block silently).
         """
         from esper.kasmina import CNNHostConfig, TransformerHostConfig
 
+        rank = 3 if self.host_kind == "cnn" else 1
+        if len(data.input_shape) != rank:
+            what = "images (C, H, W)" if rank == 3 else "token sequences (T,)"
+            raise ValueError(
+                f"task {self.name!r} ({self.host_kind} host) needs {what}; the dataset "
+                f"{data.name!r} holds samples of shape {data.input_shape}"
+            )
         config: HostConfig
         if self.host_kind == "cnn":
             channels, size, _ = data.input_shape
