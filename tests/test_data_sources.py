@@ -383,3 +383,14 @@ def test_failed_cifar_download_leaves_no_directories(
     with pytest.raises(DatasetNotFoundError, match="HTTP 404"):
         load_cifar10(base_url=url, progress=False)
     assert not (tmp_path / "cache").exists()  # its cifar10/ and the parents it made are gone
+
+
+def test_a_download_checks_its_digest_and_destination_first(tmp_path: Path) -> None:
+    """A digest of "abc" downloaded the whole file before calling it a mismatch; a directory
+    as the destination was an IsADirectoryError."""
+    for digest in ("abc", "g" * 64, None):
+        with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits"):
+            download_file("http://127.0.0.1:9/x", tmp_path / "x", digest, progress=False)  # type: ignore[arg-type]
+    with pytest.raises(DownloadError, match="it is a directory"):
+        download_file("http://127.0.0.1:9/x", tmp_path, "0" * 64, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -198,10 +198,21 @@ def test_load_dataset_names_and_errors() -> None:
     for name in ("synthetic", "digits"):  # it was ignored with a log line
         with pytest.raises(ValueError, match=rf"data_dir '/some/dir': dataset '{name}' reads no"):
             load_dataset(name, "/some/dir")
+    with pytest.raises(ValueError, match="unknown dataset 'bogus'"):  # said: "reads no files"
+        load_dataset("bogus", "/some/dir")
+    with pytest.raises(ValueError, match="download must be true or false, got 'no'"):
+        load_dataset("synthetic", download="no")  # type: ignore[arg-type]
 
 
 def test_dataset_rejects_inconsistent_tensors() -> None:
     x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64)
+    labels = torch.tensor([0, 5, -1, 1])  # -1 (or -100) skipped by cross-entropy, 5 past 2
+    with pytest.raises(ValueError, match=r"y_train holds labels from -1 to 5, need \[0, 2\)"):
+        Dataset("d", x, labels, x, y, x, y, num_classes=2, input_shape=(2,))
+    with pytest.raises(ValueError, match=r"num_classes=2\.5, need an int >= 2"):
+        Dataset("d", x, y, x, y, x, y, num_classes=2.5, input_shape=(2,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"augment needs images \(C, H, W\)"):
+        Dataset("d", x, y, x, y, x, y, num_classes=2, input_shape=(2,), augment=True)
     with pytest.raises(ValueError, match=r"per-sample shape \(2,\), expected input_shape \(3,\)"):
         Dataset("d", x, y, x, y, x, y, num_classes=2, input_shape=(3,))
     with pytest.raises(ValueError, match="4 samples and y_val has 3"):

@@ -41,6 +41,10 @@ def created_directory(directory: Path) -> Iterator[None]:
         raise
 
 
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, verify its SHA-256, and move it into place atomically.
 
@@ -59,11 +63,16 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
         ``dest``.
 
     Raises:
+        ValueError: ``sha256`` is not 64 hexadecimal digits (before anything is downloaded).
         ChecksumMismatchError: The downloaded bytes have a different digest.
         DownloadError: The server could not be reached, answered with an error, or the
-            connection broke off.
+            connection broke off; or ``dest`` is a directory.
     """
+    if not (isinstance(sha256, str) and len(sha256) == 64 and _is_hex(sha256)):
+        raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r:.80}")
     dest = Path(dest)
+    if dest.is_dir():
+        raise DownloadError(f"cannot download {url} to {str(dest)!r}: it is a directory")
     with created_directory(dest.parent):
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         tmp = Path(tmp_name)

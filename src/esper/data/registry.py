@@ -46,6 +46,10 @@ def load_dataset(
         ValueError: Unknown ``name``, or a ``data_dir`` for a dataset that reads no files.
         DatasetNotFoundError: The files are not found and could not be downloaded.
     """
+    if name not in DATASET_NAMES:  # before the data_dir check, which assumed a known name
+        raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
+    if not isinstance(download, bool):  # "no" is true
+        raise ValueError(f"download must be true or false, got {download!r}")
     check_data_dir(name, data_dir)
     if name == "fashion_mnist":
         data = load_fashion_mnist(data_dir, download=download, progress=progress)
@@ -53,10 +57,8 @@ def load_dataset(
         data = load_cifar10(data_dir, download=download, progress=progress)
     elif name == "text":
         data = load_text(data_dir, block_size)
-    elif name in ("digits", "synthetic"):
-        data = load_digits() if name == "digits" else make_synthetic()
     else:
-        raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
+        data = load_digits() if name == "digits" else make_synthetic()
     return images_channels_last(data)
 
 

@@ -70,8 +70,16 @@ class Dataset:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
-            raise ValueError(f"dataset {self.name!r}: num_classes={self.num_classes}, need >= 2")
+        classes = self.num_classes
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
+            raise ValueError(f"dataset {self.name!r}: num_classes={classes!r}, need an int >= 2")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"dataset {self.name!r}: augment={self.augment!r}, need a bool")
+        if self.augment and len(self.input_shape) != 3:
+            raise ValueError(
+                f"dataset {self.name!r}: augment needs images (C, H, W), got input_shape "
+                f"{self.input_shape}"
+            )
         if self.vocab is not None and len(self.vocab) != self.num_classes:
             raise ValueError(
                 f"dataset {self.name!r}: vocab has {len(self.vocab)} entries but "
@@ -99,4 +107,12 @@ class Dataset:
                 raise ValueError(
                     f"dataset {self.name!r}: x_{split} dtype {x.dtype}, "
                     "need float32 (images) or int64 (tokens)"
+                )
+            # labels -1 (or -100, which cross-entropy skips) or past the classes; read on the
+            # CPU only (the data moved to a device was checked before it moved)
+            cpu = y.device.type == "cpu"
+            if cpu and y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+                raise ValueError(
+                    f"dataset {self.name!r}: y_{split} holds labels from {int(y.min())} to "
+                    f"{int(y.max())}, need [0, {classes})"
                 )
