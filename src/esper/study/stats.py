@@ -28,7 +28,8 @@ Choices rliable leaves open, made here once:
   of runs. With unequal n an arm's aggregate uses the common n: the n lowest seeds of each task,
   where n is the smallest count among its tasks (``ArmSummary.unused`` counts the scores left
   out; ``results.md`` says so). Scores are raw test accuracy in percent, not normalised per task.
-  A probability of improvement over all tasks uses the tasks both arms have.
+  A probability of improvement over all tasks uses the tasks both arms have, each arm at its
+  common n on those tasks, so it need not equal the mean of the per-task probabilities.
 - **Intervals** are percentile intervals (rliable's default) of the stratified bootstrap: runs
   are resampled with replacement within each task; the two arms of a probability of improvement
   are resampled independently.
@@ -145,7 +146,8 @@ class Improvement:
     """The probability that ``arm`` scores above ``baseline``: P(X > Y) + ½ P(X = Y).
 
     Attributes:
-        task: The task, or ``ALL_TASKS`` (the per-task probabilities averaged over ``tasks``).
+        task: The task, or ``ALL_TASKS`` (the per-task probabilities averaged over ``tasks``,
+            each arm at its common n on them: its ``n_arm`` lowest seeds of every task).
         arm: The arm X.
         baseline: The baseline arm Y.
         tasks: The tasks compared (those both arms have scores on).
@@ -541,7 +543,8 @@ def _improvements(results: StudyResults) -> list[str]:
         "## Probability of improvement",
         "",
         "P(arm > baseline) + ½ P(arm = baseline) for a run of each drawn at random, per task;",
-        "over all tasks, averaged over the tasks both arms have.",
+        "over all tasks, averaged over the tasks both arms have, each arm at its common n on",
+        "those tasks (its lowest seeds; see Method), so it can differ from the mean of the rows.",
         "",
         "| task | arm | baseline | n arm | n baseline | P(improvement) [95 % CI] |",
         "|---|---|---|--:|--:|--:|",
