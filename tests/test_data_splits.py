@@ -411,6 +411,15 @@ def test_a_constant_channel_is_centred_not_divided_by_zero() -> None:
         assert bool(split.isfinite().all())
     assert bool((data.x_train[:, 2] == 0).all())  # centred, scale 1
     assert data.x_train[:, 0].std().item() == pytest.approx(1.0, rel=1e-5)  # others as before
+    # One channel of 1,000 28x28 images: float32's std of the constant is a few ulp, not 0
+    # (it scaled the training images to ~1 and the test split to 8e6).
+    grey = torch.full((1000, 1, 28, 28), 128, dtype=torch.uint8)
+    test = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    y = torch.zeros(1000, dtype=torch.int64)
+    for per_channel in (True, False):
+        data = standardized_splits("g", (grey, y), (test, y[:5]), (100, 0), "s", 10, per_channel)
+        assert bool((data.x_train == 0).all())
+        assert data.x_test.abs().max().item() <= 1.0  # |v - 128| / 255
     for n_val in (-3, 0, True, 2.5):
         with pytest.raises(ValueError, match=r"n_val must be an integer in \[1, "):
             hold_out(10, n_val, 0, "s")  # type: ignore[arg-type]

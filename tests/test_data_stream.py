@@ -155,8 +155,11 @@ def test_a_state_no_stream_makes_is_refused() -> None:
         with pytest.raises(ValueError, match=r"not an int64 permutation of 0\.\.49"):
             b.load_state_dict({**state, "permutation": permutation})
     for key, value in (("passes_started", -1), ("cursor", True)):
-        with pytest.raises(ValueError, match="cursor and passes_started must be ints >= 0"):
+        with pytest.raises(ValueError, match=rf"must be ints >= 0, got .*{key}={value}"):
             BatchStream(x, y, 13, seed=7).load_state_dict({**state, key: value})
+    with pytest.raises(ValueError, match="the permutation is on meta, not the CPU"):
+        moved = {**state, "permutation": state["permutation"].to("meta")}
+        BatchStream(x, y, 13, seed=7).load_state_dict(moved)
     b = BatchStream(x, y, 13, seed=7)
     b.load_state_dict(state)
     assert torch.equal(b.next_batch()[1], a.next_batch()[1])

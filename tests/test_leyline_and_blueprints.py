@@ -155,8 +155,8 @@ def test_an_action_holds_what_the_event_log_can_hold() -> None:
         ({"tempo": 2.0}, r"Action.tempo must be an integer"),
         ({"tempo": np.int64(2)}, r"Action.tempo must be a Python int, got numpy's int64 2"),
         ({"tempo": True}, r"Action.tempo must be an integer"),
-        ({"alpha_target": float("nan")}, r"Action.alpha_target must be a finite Python int"),
-        ({"alpha_target": "0.5"}, r"Action.alpha_target must be a finite Python int"),
+        ({"alpha_target": float("nan")}, r"Action.alpha_target must be a finite number"),
+        ({"alpha_target": "0.5"}, r"Action.alpha_target must be a finite number"),
         ({"slot": 3}, r"Action.slot must be a str, got 3"),
         ({"reason": None}, r"Action.reason must be a str, got None"),
     ]

@@ -144,7 +144,7 @@ def test_a_step_of_the_wrong_types_records_nothing() -> None:
 
     tracker = SignalTracker()
     before = tracker.state_dict()
-    with pytest.raises(ValueError, match=r"val_loss must be a Python float \(NaN allowed\)"):
+    with pytest.raises(ValueError, match=r"val_loss must be a Python number \(NaN allowed\)"):
         tracker.update(
             train_loss=1.0,
             train_accuracy=50.0,

@@ -107,16 +107,22 @@ def standardized_splits(
     (x_all_u8, y_all), (x_test_u8, y_test) = train, test
     train_idx, val_idx = hold_out(x_all_u8.shape[0], *validation, source)
     # Split while still uint8 (a quarter of the memory), then scale to [0, 1].
-    x_train = x_all_u8[train_idx].float().div_(255.0)
+    train_u8 = x_all_u8[train_idx]
+    x_train = train_u8.float().div_(255.0)
     x_val = x_all_u8[val_idx].float().div_(255.0)
     x_test = x_test_u8.float().div_(255.0)
+    dims = (0, 2, 3) if per_channel else (0, 1, 2, 3)
     if per_channel:
         mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
         std = x_train.std(dim=(0, 2, 3), keepdim=True)
     else:
         mean, std = x_train.mean(), x_train.std()
-    # a constant channel (std 0) is only centred: dividing by 0 gave NaN and infinities
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    # A channel constant over the training split is only centred, on its exact value: its
+    # float std (0, or a few ulp of rounding) divided by zero or blew the test split up.
+    low, high = train_u8.amin(dim=dims, keepdim=True), train_u8.amax(dim=dims, keepdim=True)
+    constant = (low == high).reshape(mean.shape)
+    mean = torch.where(constant, low.float().div_(255.0).reshape(mean.shape), mean)
+    std = torch.where(constant, torch.ones_like(std), std)
     logger.info(
         "%s from %s: training mean %s std %s",
         name,

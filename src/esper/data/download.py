@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import string
 import sys
 import tempfile
 import urllib.error
@@ -41,10 +42,6 @@ def created_directory(directory: Path) -> Iterator[None]:
         raise
 
 
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdefABCDEF" for c in text)
-
-
 def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, verify its SHA-256, and move it into place atomically.
 
@@ -68,7 +65,7 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
         DownloadError: The server could not be reached, answered with an error, or the
             connection broke off; or ``dest`` is a directory.
     """
-    if not (isinstance(sha256, str) and len(sha256) == 64 and _is_hex(sha256)):
+    if not (isinstance(sha256, str) and len(sha256) == 64 and set(sha256) <= set(string.hexdigits)):
         raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r:.80}")
     dest = Path(dest)
     if dest.is_dir():

@@ -43,7 +43,8 @@ def load_dataset(
         The loaded ``Dataset``; image inputs in ``torch.channels_last`` (``images_channels_last``).
 
     Raises:
-        ValueError: Unknown ``name``, or a ``data_dir`` for a dataset that reads no files.
+        ValueError: Unknown ``name``, a ``data_dir`` for a dataset that reads no files, or a
+            ``download`` that is not a bool.
         DatasetNotFoundError: The files are not found and could not be downloaded.
     """
     if name not in DATASET_NAMES:  # before the data_dir check, which assumed a known name

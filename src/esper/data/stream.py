@@ -153,10 +153,19 @@ class BatchStream:
         cursor, passes = state["cursor"], state["passes_started"]
         if not isinstance(generator_state, Tensor) or not isinstance(perm, Tensor):
             raise ValueError("BatchStream state: generator_state and permutation must be tensors")
-        if not isinstance(cursor, int) or not isinstance(passes, int):
-            raise ValueError("BatchStream state: cursor and passes_started must be ints >= 0")
-        if isinstance(cursor, bool) or isinstance(passes, bool) or min(cursor, passes) < 0:
-            raise ValueError("BatchStream state: cursor and passes_started must be ints >= 0")
+        if (
+            not isinstance(cursor, int)
+            or not isinstance(passes, int)
+            or isinstance(cursor, bool)
+            or isinstance(passes, bool)
+            or min(cursor, passes) < 0
+        ):
+            raise ValueError(
+                "BatchStream state: cursor and passes_started must be ints >= 0, got "
+                f"cursor={cursor!r}, passes_started={passes!r}"
+            )
+        if perm.device.type != "cpu":
+            raise ValueError(f"BatchStream state: the permutation is on {perm.device}, not the CPU")
         if passes > 0 and (perm.shape != (self.num_samples,) or not 0 <= cursor <= perm.shape[0]):
             raise ValueError(
                 f"BatchStream state: permutation of shape {tuple(perm.shape)} and cursor "

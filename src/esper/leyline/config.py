@@ -23,7 +23,7 @@ import typing
 import urllib.parse
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, NoReturn, TypeVar, get_args
 
 from esper.leyline.slots import ordered_slots
 
@@ -124,7 +124,7 @@ def _numpy_number(value: object, integral: bool = False) -> bool:
     return not builtin and is_number(value, integral) and type(value).__module__ == "numpy"
 
 
-def _refuse_numpy(name: str, value: object, kind: str) -> None:
+def _refuse_numpy(name: str, value: object, kind: str) -> NoReturn:
     """A numpy number that would pass as Python's ``kind`` is named as one (its repr,
     ``np.int64(4)``, read as a value out of range); settings hold Python numbers, which JSON
     and TOML write."""
@@ -132,6 +132,23 @@ def _refuse_numpy(name: str, value: object, kind: str) -> None:
         f"{name} must be a Python {kind}, got numpy's {type(value).__name__} {value} "
         f"(convert it with {kind}())"
     )
+
+
+def is_plain_number(value: object) -> bool:
+    """``value`` is a Python int or float (or a subclass, as numpy's float64), not a bool: a
+    number JSON writes and reads back as it was."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """``value`` is a plain number (``is_plain_number``) and finite: a measured value."""
+    return is_plain_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def check_finite(name: str, value: object) -> None:
+    """``value`` is a finite plain number (``is_finite_number``), else a one-line error."""
+    ok = is_finite_number(value)
+    require(ok, f"{name} must be a finite number (a Python int or float), got {quoted(value)}")
 
 
 def is_number(value: object, integral: bool = False) -> bool:
@@ -145,8 +162,7 @@ def check_float(
     name: str, value: object, low: float, high: float, strict_low: bool = False
 ) -> None:
     """``value`` is a finite number in ``(low, high]`` (``strict_low``) or ``[low, high]``."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if strict_low else value >= low) and value <= high  # type: ignore[operator]
+    ok = is_finite_number(value) and (value > low if strict_low else value >= low) and value <= high  # type: ignore[operator]
     if not ok and _numpy_number(value):
         converted = float(value)  # type: ignore[arg-type]
         fits = (converted > low if strict_low else converted >= low) and converted <= high

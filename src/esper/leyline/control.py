@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from esper.leyline.config import check_int
+from esper.leyline.config import check_finite, check_int
 from esper.leyline.contracts import SeedStateReport
 from esper.leyline.stages import SeedStage
 
@@ -77,13 +76,8 @@ class Action:
                 raise ValueError(f"Action.{name} must be a str, got {value!r}")
         if self.tempo is not None:
             check_int("Action.tempo", self.tempo, 0)
-        alpha = self.alpha_target
-        if alpha is not None:  # its range is Kasmina's to refuse (a refused action is recorded)
-            ok = isinstance(alpha, int | float) and not isinstance(alpha, bool)
-            if not (ok and math.isfinite(alpha)):
-                raise ValueError(
-                    f"Action.alpha_target must be a finite Python int or float, got {alpha!r}"
-                )
+        if self.alpha_target is not None:  # its range is Kasmina's to refuse (and record)
+            check_finite("Action.alpha_target", self.alpha_target)
 
 
 @dataclass(frozen=True)

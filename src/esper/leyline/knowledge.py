@@ -8,10 +8,9 @@ selectors (``esper.tamiyo.selectors``) start from the outcomes of earlier runs o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from esper.leyline.config import MAX_SEED, check_int, require
+from esper.leyline.config import MAX_SEED, check_int, is_finite_number, require
 from esper.leyline.stages import SeedStage, Topology
 
 PER_PARAMETERS = 1000
@@ -86,8 +85,7 @@ class SeedOutcome:
         require(self.stage in stages, f"stage must be one of {stages}, got {self.stage!r}")
         for name in ("contribution", "accuracy_change"):
             value = getattr(self, name)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            ok = value is None or (number and math.isfinite(value))
+            ok = value is None or is_finite_number(value)
             require(ok, f"{name} must be a finite number or null, got {value!r}")
         check_int("seed_params", self.seed_params, 0, MAX_SEED)
         check_int("germinated_epoch", self.germinated_epoch, 0, MAX_SEED)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from esper.leyline.config import is_plain_number
 from esper.nissa.fold import RunState
 
 
@@ -40,7 +41,7 @@ def quantile(values: Sequence[float], p: float) -> float:
     """
     if not values:
         raise ValueError("the quantile of no values")
-    ok = isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p <= 1
+    ok = is_plain_number(p) and 0 <= p <= 1
     if not ok:
         raise ValueError(f"a quantile's p must be a number in [0, 1], got {p!r}")
     if any(math.isnan(v) for v in values):

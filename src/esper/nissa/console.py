@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from esper.leyline.config import is_finite_number
 from esper.leyline.events import BatchProgress, EpisodeFinished, EpochCompleted, PPOUpdate
 from esper.nissa.log import display, percent
 
@@ -53,12 +54,8 @@ def detach_from_hung_up_terminal() -> bool:
     return detached
 
 
-def _measured(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _number(value: Any, spec: str) -> str:
-    return display(value if _measured(value) else None, spec)
+    return display(value if is_finite_number(value) else None, spec)
 
 
 class ConsoleSink:

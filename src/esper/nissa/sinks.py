@@ -11,12 +11,12 @@ one mapping from a record to tagged numbers and ``flat_config`` the one flatteni
 from __future__ import annotations
 
 import json
-import math
 import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from esper.leyline.config import is_finite_number
 from esper.leyline.events import (
     EpisodeFinished,
     EpochCompleted,
@@ -31,10 +31,6 @@ _EPOCH = EpochCompleted.__name__
 _EPISODE = EpisodeFinished.__name__
 _UPDATE = PPOUpdate.__name__
 _PANIC = GovernorPanic.__name__
-
-
-def _measured(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _numeric(cls: type) -> tuple[str, ...]:
@@ -88,7 +84,8 @@ def scalars(record: dict[str, Any]) -> list[Scalar]:
     elif event in _FINISHED_SCALARS:
         step = record[_FINISHED_STEP[event]]
         found += [(f"run/{n}", record[n], step) for n in _FINISHED_SCALARS[event]]
-    return [Scalar(tag, float(value), step) for tag, value, step in found if _measured(value)]
+    measured = [(tag, value, step) for tag, value, step in found if is_finite_number(value)]
+    return [Scalar(tag, float(value), step) for tag, value, step in measured]
 
 
 def flat_config(

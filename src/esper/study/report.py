@@ -193,6 +193,7 @@ def build_study_report(
             f"({TRIALS_FILE}); nothing to report"
         )
     rows = [t.row for t in trials]
+    stats.check_bootstrap(reps, seed)  # not the trials file's fault, unlike the error below
     try:
         summaries = stats.summarize(rows, reps, seed)
     except ValueError as err:  # two finished trials of one task, arm and seed

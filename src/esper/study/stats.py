@@ -296,7 +296,7 @@ def _summary(
     )
 
 
-def _check_bootstrap(reps: int, seed: int) -> None:
+def check_bootstrap(reps: int, seed: int) -> None:
     """``reps`` in ``REPS_RANGE`` (1 gave an "interval" without its own point) and ``seed`` one
     numpy's legacy generator takes (others failed 13 frames deep)."""
     check_int("reps", reps, *REPS_RANGE)
@@ -317,9 +317,9 @@ def summarize(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> list
 
     Raises:
         ValueError: two completed trials share a task, arm and seed, or ``reps`` or ``seed``
-            is out of range (see ``_check_bootstrap``).
+            is out of range (see ``check_bootstrap``).
     """
-    _check_bootstrap(reps, seed)
+    check_bootstrap(reps, seed)
     cells = _cells(rows)
     per_task = [_summary(cells, task, arm, [task], reps, seed) for task, arm in sorted(cells)]
     arms = sorted({arm for _, arm in cells})
@@ -384,7 +384,7 @@ def improvements(
     """
     if isinstance(baselines, str):
         raise ValueError(f"baselines must be a list of arms, got the string {baselines!r}")
-    _check_bootstrap(reps, seed)
+    check_bootstrap(reps, seed)
     cells = _cells(rows)
     arms = sorted({arm for _, arm in cells})
     found: list[Improvement] = []

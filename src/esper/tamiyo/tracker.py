@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esper.leyline import SeedStage, SeedStateReport, SlotSignals, TrainingSignals, ordered_slots
-from esper.leyline.config import check_float, check_int, require
+from esper.leyline.config import check_float, check_int, is_plain_number, require
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ class SignalTracker:
             "val_accuracy": val_accuracy,
         }
         for name, value in metrics.items():  # a 0-d tensor was kept and then not JSON
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"{name} must be a Python float (NaN allowed), got {value!r}")
+            if not is_plain_number(value):
+                raise ValueError(f"{name} must be a Python number (NaN allowed), got {value!r}")
         for key, report in reports.items():
             if report.slot != key:
                 raise ValueError(f"the report of slot {report.slot!r} is filed under {key!r}")

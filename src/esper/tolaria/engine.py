@@ -588,11 +588,11 @@ class Trainer:
         """Continue from ``state_dict()`` output; the model must already be restored. The
         optimizer's state is copied in (the governor's snapshot is copied at every rollback),
         so two trainers loaded from one state do not change each other."""
+        self.stream.load_state_dict(state["stream"])  # first: it refuses a state no stream makes
         self.epoch = int(state["epoch"])
         self.pruned_count = int(state["pruned_count"])
         self.terminated = bool(state["terminated"])
         self.optimizer.sync()
         self.optimizer.load_state_dict(copied_state(state["optimizer"]))
-        self.stream.load_state_dict(state["stream"])
         self.governor.load_state_dict(state["governor"])
         torch.set_rng_state(state["torch_rng"])

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from esper.kasmina import ModelState, MorphogeneticModel, capture_state, restore_state
 from esper.leyline import ALIVE_STAGES, SEED_MODULE_STAGES, SeedStateReport
-from esper.leyline.config import check_float, check_int, require
+from esper.leyline.config import check_float, check_int, is_finite_number, require
 from esper.tolaria.optim import SlotOptimizer
 
 
@@ -87,10 +87,10 @@ class Rollback:
         pruned: slots whose seed was live in the snapshot and is now pruned.
         vanished: seeds grown (or fossilized) after the snapshot, gone with the restore, with
             their report from just before it.
-        restored: every other slot the restore put in another stage or gave another seed
-            than just before it (a seed pruned or fossilized after the snapshot given back, a
-            retired slot set back in its embargo), with its reports from just before and just
-            after the restore; a live seed given back is then in ``pruned``.
+        restored: every other slot the restore put in another stage, or whose blueprint it
+            changed (a seed pruned or fossilized after the snapshot given back, a retired slot
+            set back in its embargo), with its reports from just before and just after the
+            restore; a live seed given back is then in ``pruned``.
     """
 
     restored_epoch: int
@@ -130,9 +130,8 @@ class Governor:
 
     def __init__(self, config: GovernorConfig, chance_loss: float) -> None:
         # NaN, 0 or below silently turned the collapse rule off
-        ok = isinstance(chance_loss, int | float) and not isinstance(chance_loss, bool)
         require(
-            ok and math.isfinite(chance_loss) and chance_loss > 0,
+            is_finite_number(chance_loss) and chance_loss > 0,
             "chance_loss (the loss of a uniform prediction, ln of the number of classes: two "
             f"or more) must be a finite number > 0, got {chance_loss!r}",
         )
