@@ -62,7 +62,8 @@ def compute_gae(
         ValueError: the tensors are not all (N, T) (rewards and values of one floating dtype,
             the flags bool), or γ or λ is not a number in [0, 1].
     """
-    _check_gae_inputs(rewards, values, next_values, episode_end, terminated, gamma, lam)
+    named = {"rewards": rewards, "values": values, "next_values": next_values}
+    _check_gae_inputs(named, {"episode_end": episode_end, "terminated": terminated}, gamma, lam)
     not_term = (~terminated).to(rewards.dtype)
     not_end = (~episode_end).to(rewards.dtype)
     deltas = rewards + gamma * not_term * next_values - values
@@ -75,22 +76,16 @@ def compute_gae(
 
 
 def _check_gae_inputs(
-    rewards: Tensor,
-    values: Tensor,
-    next_values: Tensor,
-    episode_end: Tensor,
-    terminated: Tensor,
-    gamma: float,
-    lam: float,
+    named: dict[str, Tensor], flags: dict[str, Tensor], gamma: float, lam: float
 ) -> None:
-    """``compute_gae``'s inputs are what it computes with: integer rewards made whole-number
-    advantages, 0/1 integer flags were inverted bitwise (``~1`` is -2), and a ``(N,)`` bootstrap
-    broadcast along time."""
+    """``compute_gae``'s inputs (its float tensors ``named``, rewards first, and its bool
+    ``flags``) are what it computes with: integer rewards made whole-number advantages, 0/1
+    integer flags were inverted bitwise (``~1`` is -2), and a ``(N,)`` bootstrap broadcast
+    along time."""
     for name, coefficient in (("gamma", gamma), ("lam", lam)):
         ok = is_number(coefficient) and 0.0 <= coefficient <= 1.0
         require(ok, f"{name} must be a number in [0, 1], got {quoted(coefficient)}")
-    named = {"rewards": rewards, "values": values, "next_values": next_values}
-    flags = {"episode_end": episode_end, "terminated": terminated}
+    rewards = named["rewards"]
     shape = tuple(rewards.shape)
     require(len(shape) == 2, f"rewards must be (N, T), got shape {shape}")
     for name, tensor in {**named, **flags}.items():
