@@ -75,6 +75,23 @@ def hold_out(n: int, n_val: int, seed: int, source: str) -> tuple[Tensor, Tensor
     return perm[n_val:], perm[:n_val]
 
 
+def _statistics(train_u8: Tensor, x_train: Tensor, per_channel: bool) -> tuple[Tensor, Tensor]:
+    """The training split's mean and standard deviation (``(1, C, 1, 1)`` per channel, else
+    scalars), from its images in [0, 1] and as uint8. A channel constant over the split is
+    only centred, on its exact value: its float std (0, or a few ulp of rounding) divided by
+    zero or blew the test split up."""
+    if per_channel:
+        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
+        std = x_train.std(dim=(0, 2, 3), keepdim=True)
+    else:
+        mean, std = x_train.mean(), x_train.std()
+    dims = (0, 2, 3) if per_channel else (0, 1, 2, 3)
+    low, high = train_u8.amin(dim=dims, keepdim=True), train_u8.amax(dim=dims, keepdim=True)
+    constant = (low == high).reshape(mean.shape)
+    mean = torch.where(constant, low.float().div_(255.0).reshape(mean.shape), mean)
+    return mean, torch.where(constant, torch.ones_like(std), std)
+
+
 def standardized_splits(
     name: str,
     train: tuple[Tensor, Tensor],
@@ -111,18 +128,7 @@ def standardized_splits(
     x_train = train_u8.float().div_(255.0)
     x_val = x_all_u8[val_idx].float().div_(255.0)
     x_test = x_test_u8.float().div_(255.0)
-    dims = (0, 2, 3) if per_channel else (0, 1, 2, 3)
-    if per_channel:
-        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
-        std = x_train.std(dim=(0, 2, 3), keepdim=True)
-    else:
-        mean, std = x_train.mean(), x_train.std()
-    # A channel constant over the training split is only centred, on its exact value: its
-    # float std (0, or a few ulp of rounding) divided by zero or blew the test split up.
-    low, high = train_u8.amin(dim=dims, keepdim=True), train_u8.amax(dim=dims, keepdim=True)
-    constant = (low == high).reshape(mean.shape)
-    mean = torch.where(constant, low.float().div_(255.0).reshape(mean.shape), mean)
-    std = torch.where(constant, torch.ones_like(std), std)
+    mean, std = _statistics(train_u8, x_train, per_channel)
     logger.info(
         "%s from %s: training mean %s std %s",
         name,

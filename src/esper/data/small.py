@@ -66,6 +66,14 @@ SYNTHETIC_SIGNAL = 0.3
 """Template scale against unit noise: small hosts learn it to well above chance, not to 100%."""
 
 
+def _checked_shape(shape: object) -> tuple[int, ...]:
+    """``shape`` as a tuple of sizes >= 1 (2.5 and True failed deep in torch's ``randn``)."""
+    sizes = tuple(shape) if isinstance(shape, tuple | list) else ()
+    if not sizes or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in sizes):
+        raise ValueError(f"input_shape={shape!r} must be a non-empty tuple of sizes >= 1")
+    return sizes
+
+
 def make_synthetic(
     n_train: int = 512,
     n_val: int = 256,
@@ -102,10 +110,7 @@ def make_synthetic(
         check_int(name, count)
     check_int("num_classes", num_classes, 2)
     check_int("seed", seed, 0, MAX_SEED)
-    ok = isinstance(input_shape, tuple | list) and len(input_shape) > 0
-    if not ok or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in input_shape):
-        raise ValueError(f"input_shape={input_shape!r} must be a non-empty tuple of sizes >= 1")
-    input_shape = tuple(input_shape)
+    input_shape = _checked_shape(input_shape)
     generator = torch.Generator().manual_seed(seed)
     templates = torch.randn(num_classes, *input_shape, generator=generator)  # (K, *shape)
 

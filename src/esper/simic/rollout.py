@@ -103,6 +103,16 @@ def _check_gae_inputs(
         require(tensor.dtype is torch.bool, f"{name} must be a bool tensor, got {tensor.dtype}")
 
 
+def _round_length(trajectories: Sequence[Trajectory], scale: float) -> int:
+    """The round's steps (its longest trajectory's), once there is at least one trajectory and
+    the reward scale is finite and positive (0 made every reward infinite, a negative one
+    flipped their sign); else a ValueError."""
+    require(len(trajectories) > 0, "rollout_batch needs at least one trajectory")
+    ok = is_number(scale) and math.isfinite(scale) and scale > 0
+    require(ok, f"scale must be a finite number > 0, got {quoted(scale)}")
+    return max(len(t) for t in trajectories)
+
+
 @dataclass(frozen=True)
 class RolloutBatch:
     """One round's experience, ready for the PPO update (all (N, T, …)).
@@ -177,18 +187,13 @@ def rollout_batch(
     Args:
         trajectories: each environment's episode, in environment order.
         state: the LSTM state (h, c) every episode started from, each (1, N, H).
-        gamma: discount for GAE.
-        lam: GAE λ.
+        gamma, lam: GAE's discount and λ.
         scale: what this round's rewards are divided by (``ppo.reward_scaling``; else 1).
 
     Raises:
-        ValueError: no trajectories, or ``scale`` is not a finite positive number (0 made
-            every reward infinite, a negative one flipped their sign); see ``compute_gae``.
+        ValueError: see ``_round_length`` and ``compute_gae``.
     """
-    require(len(trajectories) > 0, "rollout_batch needs at least one trajectory")
-    ok = is_number(scale) and math.isfinite(scale) and scale > 0
-    require(ok, f"scale must be a finite number > 0, got {quoted(scale)}")
-    steps = max(len(t) for t in trajectories)
+    steps = _round_length(trajectories, scale)
 
     def padded(x: Tensor) -> Tensor:  # (len, …) -> (T, …), the last step repeated
         return torch.cat([x, x[-1:].expand(steps - len(x), *x.shape[1:])])
@@ -196,8 +201,7 @@ def rollout_batch(
     def stacked(name: str) -> Tensor:
         return torch.stack([padded(getattr(t, name)) for t in trajectories])
 
-    lengths = torch.tensor([len(t) for t in trajectories])[:, None]
-    time = torch.arange(steps)[None]
+    lengths, time = torch.tensor([len(t) for t in trajectories])[:, None], torch.arange(steps)[None]
     valid, last = time < lengths, time == lengths - 1
     ended_terminated = torch.tensor([t.terminated for t in trajectories])[:, None]
     rewards = torch.where(valid, stacked("rewards") / scale, 0.0).float()

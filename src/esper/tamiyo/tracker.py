@@ -69,6 +69,20 @@ def _encode(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def _check_step(metrics: Mapping[str, object], reports: Mapping[str, SeedStateReport]) -> None:
+    """Raise a ValueError if a metric is not a Python number (NaN is one: a panicked step's; a
+    0-d tensor was kept and then not JSON) or a report is filed under another slot's name."""
+    for name, value in metrics.items():
+        if not is_plain_number(value):
+            raise ValueError(f"{name} must be a Python number (NaN allowed), got {value!r}")
+    for key, report in reports.items():
+        if report.slot != key:
+            raise ValueError(f"the report of slot {report.slot!r} is filed under {key!r}")
+
+
 class SignalTracker:
     """Accumulates per-step metrics into ``TrainingSignals``.
 
@@ -112,21 +126,10 @@ class SignalTracker:
             The signals for this step (``epoch`` is 1 after the first call).
 
         Raises:
-            ValueError: a metric that is not a Python number (NaN is one: a panicked step's), or
-                a report filed under another slot's name; nothing is recorded then.
+            ValueError: see ``_check_step``; nothing is recorded then.
         """
-        metrics = {
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-        }
-        for name, value in metrics.items():  # a 0-d tensor was kept and then not JSON
-            if not is_plain_number(value):
-                raise ValueError(f"{name} must be a Python number (NaN allowed), got {value!r}")
-        for key, report in reports.items():
-            if report.slot != key:
-                raise ValueError(f"the report of slot {report.slot!r} is filed under {key!r}")
+        metrics = (train_loss, train_accuracy, val_loss, val_accuracy)
+        _check_step(dict(zip(_METRICS, metrics, strict=True)), reports)
         self._epoch += 1
         prev_loss, prev_acc = self._previous if self._previous is not None else (None, None)
         loss_delta = _delta(val_loss, prev_loss)
