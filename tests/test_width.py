@@ -240,3 +240,10 @@ def test_a_task_refuses_data_of_the_other_kind() -> None:
         get_task("text_lm").host_config_for(images)
     with pytest.raises(ValueError, match="needs token sequences"):
         matched_width("text_lm", images, 1000)
+
+
+def test_a_task_name_that_is_not_a_string_is_an_unknown_task() -> None:
+    """``get_task(["digits"])`` was a TypeError (unhashable list)."""
+    for name in (["digits"], None, 3):
+        with pytest.raises(ValueError, match=r"unknown task .*; known tasks: .*digits"):
+            get_task(name)  # type: ignore[arg-type]

@@ -228,7 +228,7 @@ def get_task(name: str) -> TaskSpec:
     Raises:
         ValueError: naming the unknown task and the known ones.
     """
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:  # a list was a TypeError (unhashable)
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name]
 
