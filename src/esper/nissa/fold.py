@@ -188,18 +188,19 @@ class EnvState:
         env: the environment index, None for a single-model run.
         episodes: the latest episodes (``KEEP_EPISODES`` for PPO; one otherwise).
         results: every ``EpisodeFinished`` of the environment (PPO), in order.
-        panics: governor panics over the run as finally run.
+        panics_by_episode: each episode's governor panics (all episodes: the kept ones are
+            only the last few, and a resume drops the episodes it runs again).
     """
 
     env: int | None
     episodes: deque[Episode]
     results: list[EpisodeFinished] = field(default_factory=list)
-    panics: int = 0
-    # episode -> its panics: a resume recounts from these (the kept episodes are only the last
-    # few, so recounting from them lost older ones)
-    panics_by_episode: dict[int | None, int] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    panics_by_episode: dict[int | None, int] = field(default_factory=dict)
+
+    @property
+    def panics(self) -> int:
+        """Governor panics over the run as finally run."""
+        return sum(self.panics_by_episode.values())
 
     @property
     def episode(self) -> Episode | None:
@@ -417,13 +418,11 @@ class RunState:
                 env.episodes = deque(kept, maxlen=env.episodes.maxlen)
                 counts = env.panics_by_episode
                 env.panics_by_episode = {n: k for n, k in counts.items() if n is None or n <= saved}
-                env.panics = sum(env.panics_by_episode.values())
         else:
             for env in self.envs.values():
                 for episode in env.episodes:
                     episode.rewind(saved)
-                env.panics = sum(len(e.panics) for e in env.episodes)
-                env.panics_by_episode = {None: env.panics}
+                env.panics_by_episode = {None: sum(len(e.panics) for e in env.episodes)}
 
     def _step(self, item: Logged) -> None:
         """An event of one environment's episode."""
@@ -450,7 +449,6 @@ class RunState:
             self._bucket.add_reward(event)
         else:
             episode.panics.append(event)
-            env.panics += 1
             counts = env.panics_by_episode
             counts[item.episode] = counts.get(item.episode, 0) + 1
 
