@@ -637,8 +637,8 @@ def test_normalize_gives_floats_for_integer_input_and_refuses_nan() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"clip": -1.0}, "clip must be a finite number > 0"),
-        ({"clip": math.nan}, "clip must be a finite number > 0"),
+        ({"clip": -1.0}, r"clip must be a number in \(0.0, inf\]"),
+        ({"clip": math.nan}, r"clip must be a number in \(0.0, inf\]"),
         ({"var": [-1.0, 1.0]}, "must be finite, var >= 0"),
         ({"mean": [math.nan, 0.0]}, "must be finite"),
         ({"count": -5}, r"count must be an integer in \[0, "),

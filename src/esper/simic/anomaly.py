@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from esper.leyline.config import is_number, quoted, require
+from esper.leyline.config import check_float
 from esper.leyline.events import PPOStats
 
 ESCALATION_ROUNDS = 3
@@ -50,8 +50,7 @@ def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
     Raises:
         ValueError: ``ratio_explosion`` is not a finite number > 1.
     """
-    ok = is_number(ratio_explosion) and math.isfinite(ratio_explosion) and ratio_explosion > 1
-    require(ok, f"ratio_explosion must be a finite number > 1, got {quoted(ratio_explosion)}")
+    check_float("ratio_explosion", ratio_explosion, 1.0, 1e6, strict_low=True)  # as PPOSettings
     kinds: list[str] = []
     details: list[str] = []
     nan = [

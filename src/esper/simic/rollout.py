@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from esper.leyline.config import is_number, quoted, require
+from esper.leyline.config import check_float, require
 from esper.simic.acting import Trajectory
 from esper.tamiyo.actions import ActionMasks
 
@@ -82,9 +82,8 @@ def _check_gae_inputs(
     ``flags``) are what it computes with: integer rewards made whole-number advantages, 0/1
     integer flags were inverted bitwise (``~1`` is -2), and a ``(N,)`` bootstrap broadcast
     along time."""
-    for name, coefficient in (("gamma", gamma), ("lam", lam)):
-        ok = is_number(coefficient) and 0.0 <= coefficient <= 1.0
-        require(ok, f"{name} must be a number in [0, 1], got {quoted(coefficient)}")
+    check_float("gamma", gamma, 0.0, 1.0)
+    check_float("lam", lam, 0.0, 1.0)
     rewards = named["rewards"]
     shape = tuple(rewards.shape)
     require(len(shape) == 2, f"rewards must be (N, T), got shape {shape}")
@@ -108,8 +107,7 @@ def _round_length(trajectories: Sequence[Trajectory], scale: float) -> int:
     the reward scale is finite and positive (0 made every reward infinite, a negative one
     flipped their sign); else a ValueError."""
     require(len(trajectories) > 0, "rollout_batch needs at least one trajectory")
-    ok = is_number(scale) and math.isfinite(scale) and scale > 0
-    require(ok, f"scale must be a finite number > 0, got {quoted(scale)}")
+    check_float("scale", scale, 0.0, math.inf, strict_low=True)
     return max(len(t) for t in trajectories)
 
 

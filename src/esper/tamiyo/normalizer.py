@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esper.leyline.config import MAX_INT64, check_int, is_number, quoted, require
+from esper.leyline.config import MAX_INT64, check_float, check_int, require
 
 VAR_EPSILON = 1e-8
 """Added to the variance before the square root, so a constant feature (variance 0, e.g. a
@@ -41,8 +41,7 @@ class RunningMeanStd:
     def __init__(self, size: int, clip: float = 10.0) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive integer, got {size!r}")
-        if not (is_number(clip) and math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip must be a positive finite number, got {clip!r}")
+        check_float("clip", clip, 0.0, math.inf, strict_low=True)
         self.size = size
         self.clip = float(clip)
         self.mean = torch.zeros(size, dtype=torch.float64)
@@ -132,8 +131,7 @@ class RunningMeanStd:
         finite = bool(torch.isfinite(mean).all() and torch.isfinite(var).all())
         require(finite and bool((var >= 0).all()), "state mean/var must be finite, var >= 0")
         clip, count, updates = state["clip"], state["count"], state["update_count"]
-        ok = is_number(clip) and math.isfinite(clip) and clip > 0
-        require(ok, f"state clip must be a finite number > 0, got {quoted(clip)}")
+        check_float("state clip", clip, 0.0, math.inf, strict_low=True)
         for name, value in (("count", count), ("update_count", updates)):
             check_int(f"state {name}", value, 0, MAX_INT64)
         self.clip = float(clip)
