@@ -3,6 +3,7 @@ training signals and observations (Tamiyo, Simic)."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import shutil
@@ -51,8 +52,10 @@ from esper.nissa.record import (
 torch.set_num_threads(1)
 
 # Runs record their seed outcomes in the knowledge store: the tests' go to a store of their own
-# (child processes and Ray workers inherit it), never the user's ~/.cache/esper.
+# (child processes and Ray workers inherit it), never the user's ~/.cache/esper. Each pytest
+# process (the controller and every xdist worker) makes one and removes it when it exits.
 _KNOWLEDGE_DIR = Path(tempfile.mkdtemp(prefix="esper-test-knowledge-"))
+atexit.register(shutil.rmtree, _KNOWLEDGE_DIR, ignore_errors=True)
 os.environ["ESPER_KNOWLEDGE"] = f"sqlite:///{_KNOWLEDGE_DIR / 'knowledge.sqlite'}"
 
 VOCAB = 17
