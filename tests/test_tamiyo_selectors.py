@@ -236,8 +236,10 @@ def test_unknown_names_and_settings_fail_loudly() -> None:
     for name in SELECTORS:  # a string's letters were offered: "conv_light" chose "c"
         with pytest.raises(ValueError, match="a list of names, got the string 'conv_light'"):
             make_selector(name, 0).choose("mid", "conv_light", 0)
-    with pytest.raises(ValueError, match="finite number"):
-        make_selector("ucb", 0).update("mid", "a0", math.nan, 0)
+    for reward in (math.nan, True):  # a bool was read as a reward of 1
+        for name in SELECTORS:
+            with pytest.raises(ValueError, match="a reward must be a finite number"):
+                make_selector(name, 0).update("mid", "a0", reward, 0)
 
 
 def test_settings_change_behaviour() -> None:

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from esper.leyline import SeedStage
-from esper.leyline.config import MAX_INT64, check_float, check_int, is_number, require
+from esper.leyline.config import MAX_INT64, check_finite, check_float, check_int, is_number, require
 from esper.leyline.knowledge import SeedOutcome, outcome_score, stage_score
 
 SELECTORS = ("rotation", "ucb", "thompson", "epsilon")
@@ -124,11 +124,6 @@ def _check_offered(offered: Sequence[str]) -> None:
     )
 
 
-def _check_reward(reward: float) -> None:
-    ok = isinstance(reward, int | float) and math.isfinite(reward)
-    require(ok, f"a reward must be a finite number, got {reward!r}")
-
-
 def _check_keys(selector: str, state: dict[str, Any], expected: dict[str, Any]) -> None:
     require(
         sorted(state) == sorted(expected),
@@ -176,7 +171,7 @@ class RotationSelector:
 
     def update(self, slot: str, blueprint: str, reward: float, now: int) -> None:
         """A seed that ended without reward (a prune) starts its blueprint's penalty."""
-        _check_reward(reward)
+        check_finite("a reward", reward)
         if reward <= 0.0:
             self._prune_epochs[blueprint] = now
 
@@ -224,7 +219,7 @@ class _Bandit:
 
     def update(self, slot: str, blueprint: str, reward: float, now: int) -> None:
         """Add ``reward`` to the arm's statistics."""
-        _check_reward(reward)
+        check_finite("a reward", reward)
         self._add(slot, blueprint, float(reward))
 
     def stats(self, slot: str, blueprint: str) -> tuple[float, float]:
