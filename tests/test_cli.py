@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def test_heuristic_run_directory(tmp_path) -> None:
         "training", "seed", "policy", "periodic", "heuristic", "knowledge", "telemetry"
     }  # fmt: skip
     meta = record.read_meta(run)
-    assert meta is not None and meta.mode == "heuristic" and meta.run_id == "run"
+    assert meta is not None and meta.mode == "heuristic"
+    assert re.fullmatch(r"run-[0-9a-f]{8}", meta.run_id)  # the directory's name, made unique
     meta_json = json.loads((run / "meta.json").read_text())
     assert meta_json["seeds"]["run"] == 0
     assert meta_json["versions"]["torch"] and meta_json["versions"]["python"]
@@ -83,7 +85,8 @@ def test_heuristic_run_directory(tmp_path) -> None:
     summary = _summary(run)
     g = summary.growth
     assert summary.status == "completed" and summary.mode == "heuristic"
-    assert summary.task == "synthetic" and summary.run_id == "run"
+    assert summary.task == "synthetic" and summary.run_id == meta.run_id
+    assert {e["run_id"] for e in events} == {meta.run_id}
     assert g.epochs_completed == 3 == g.epochs_planned
     assert g.final is not None and g.final.val_accuracy == float(rows[-1]["val_accuracy"])
     assert (run / "model.pt").is_file()
@@ -650,7 +653,8 @@ def test_garbage_trainer_state(tmp_path, capsys) -> None:
     latest = run / "checkpoints" / record.step_directory(1)
     garbage = b"\x80\x04garbage"
     (latest / "state.pt").write_bytes(garbage)
-    manifest = record._manifest_bytes("run", 1, {"state.pt": garbage})
+    run_id = json.loads((run / "meta.json").read_text())["run_id"]
+    manifest = record._manifest_bytes(run_id, 1, {"state.pt": garbage})
     (latest / "manifest.json").write_bytes(manifest)
     assert main(["static", "--resume", str(run)]) == 2
     err = capsys.readouterr().err

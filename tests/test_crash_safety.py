@@ -957,11 +957,13 @@ def test_growth_resume_of_a_ppo_run_names_its_command(recorded_runs, capsys) -> 
 
 
 def test_a_moved_run_keeps_its_run_id(run_copy, tmp_path) -> None:
+    meta = record.read_meta(run_copy)
+    assert meta is not None and meta.run_id.startswith("run-")
     moved = tmp_path / "moved"
     run_copy.rename(moved)
     assert main(["heuristic", "--resume", str(moved)]) == 0
     ids = {json.loads(line)["run_id"] for line in (moved / "events.jsonl").read_text().splitlines()}
-    assert ids == {"run"}  # the id recorded in meta.json, not the directory's new name
+    assert ids == {meta.run_id}  # the id recorded in meta.json, not the directory's new name
 
 
 def test_a_failed_commit_leaves_the_csv_and_summary_at_the_last_checkpoint(

@@ -97,8 +97,9 @@ def test_a_runs_outcomes_agree_with_its_event_log(tmp_path) -> None:
         if e["event"] == "SeedTransition" and e["to_stage"] in ("FOSSILIZED", "PRUNED")
     }
     assert len(outcomes) == len(germinated) >= 2
+    run_id = events[0]["run_id"]
     for outcome in outcomes:
-        assert outcome.run_id == "run" and outcome.host.params == 1672
+        assert outcome.run_id == run_id and outcome.host.params == 1672
         assert outcome.stage == ends.get((outcome.slot, outcome.blueprint), outcome.stage)
     assert {(o.slot, o.blueprint) for o in outcomes} == {(s, b) for s, b, _ in germinated}
 
@@ -116,9 +117,14 @@ def test_a_run_records_its_outcomes_in_the_store_and_survives_a_broken_one(tmp_p
         tuple[SeedOutcome, ...], json.loads((tmp_path / "a" / OUTCOMES_FILE).read_text())
     )
     assert stored == list(written) and len(stored) == 3
+    # Another run of the same directory name (another study's trial, a run made again) is
+    # another run: its seeds are kept beside the first one's, not taken for them.
+    assert main([*args, url, "--out", str(tmp_path / "again" / "a")]) == 0
+    with KnowledgeStore.open(url) as store:
+        assert len(store.outcomes()) == 6 and len({o.run_id for o in store.outcomes()}) == 2
     capsys.readouterr()
     assert main(["knowledge", "show", "--knowledge", url]) == 0  # the command, end to end
-    assert f"{url}: 3 seed outcome(s) from 1 run(s)" in capsys.readouterr().out
+    assert f"{url}: 6 seed outcome(s) from 2 run(s)" in capsys.readouterr().out
     assert main(["knowledge", "reset", "--knowledge", url]) == 2  # no --yes: nothing deleted
     assert "--yes" in capsys.readouterr().err
     broken = tmp_path / "broken.sqlite"

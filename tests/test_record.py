@@ -39,6 +39,8 @@ from esper.nissa.record import (
     clean_stale,
     commit_checkpoint,
     load_checkpoint,
+    named,
+    new_run_id,
     read_meta,
     read_rows,
     read_summary,
@@ -64,6 +66,16 @@ def _leftovers(directory: Path) -> list[str]:
         for p in directory.rglob("*")
         if ".tmp-" in p.name or p.name.startswith(".partial-")
     )
+
+
+def test_run_ids_are_the_name_made_unique() -> None:
+    ids = {new_run_id(Path("out") / "grow") for _ in range(100)}
+    assert len(ids) == 100 and all(named(i, "grow") for i in ids)
+    assert named("grow", "grow")  # a run made before ids had digits
+    for run_id, name in [("grow-1a2b3c4d", "gro"), ("grow-1a2b3c4d", "grow-1"), ("grow", "gro"),
+                         ("grow-1a2b3c4", "grow"), ("grow-1a2b3c4d-1a2b3c4d", "grow"),
+                         ("grow-1A2B3C4D", "grow"), ("growx", "grow")]:  # fmt: skip
+        assert not named(run_id, name), (run_id, name)
 
 
 # ------------------------------------------------------------------------------ atomic write

@@ -302,10 +302,12 @@ def test_a_summary_copied_from_another_run_is_not_taken_for_the_runs(
         shutil.copy(recorded_runs[other] / "summary.json", parent / run / "summary.json")
     assert main(["runs", "list", str(parent)]) == 0
     err = capsys.readouterr().err.splitlines()
+    ids = {run: json.loads((recorded_runs[run] / "meta.json").read_text())["run_id"]
+           for run in ("heuristic", "ppo")}  # fmt: skip
     for run, other in (("heuristic", "ppo"), ("ppo", "heuristic")):
         summary = parent / run / "summary.json"
-        assert f"{str(summary)!r} is the summary of another run ({other} run {other!r}; the " \
-            f"event log is of the {run} run {run!r})" in "\n".join(err)  # fmt: skip
+        assert f"{str(summary)!r} is the summary of another run ({other} run {ids[other]!r}; " \
+            f"the event log is of the {run} run {ids[run]!r})" in "\n".join(err)  # fmt: skip
     assert main(["runs", "show", str(parent / "ppo")]) == 2
     assert "is the summary of another run" in capsys.readouterr().err
     # The run of the same name and mode in another place (another study's trial, say): its

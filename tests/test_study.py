@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -126,9 +127,10 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     shutil.copyfile(copied / "synthetic.grow.seed0" / "summary.json", summary)
     code, printed = _dry_run_of_a_copy(path, capsys, {})
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
-    assert (
-        "its summary.json is of the periodic run 'synthetic.grow.seed0', its directory holds "
-        "the periodic run 'synthetic.grow.seed1'" in printed
+    assert re.search(
+        r"its summary.json is of the periodic run 'synthetic.grow.seed0-[0-9a-f]{8}', its "
+        r"directory holds the periodic run 'synthetic.grow.seed1-[0-9a-f]{8}'",
+        printed,
     )
     for name in ("events.jsonl", "summary.json"):
         shutil.copyfile(out / TRIALS_DIR / "synthetic.grow.seed1" / name, log.parent / name)
@@ -139,7 +141,7 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     code, printed = _dry_run_of_a_copy(path, capsys, {})
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
     assert f"trial run {str(copied / 'synthetic.grow.seed0')!r}: " in printed
-    assert "is the summary of another run (periodic run 'synthetic.grow.seed1'" in printed
+    assert "is the summary of another run (periodic run 'synthetic.grow.seed1-" in printed
     assert own.read_bytes() == before
     # Another arm's run in a trial's directory: a static run and a heuristic one differ in
     # no setting the check compares, and it was counted as the grown arm's.
@@ -147,9 +149,10 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     shutil.copytree(copied / "synthetic.static.seed0", own.parent)
     code, printed = _dry_run_of_a_copy(path, capsys, {})
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
-    assert (
-        f"{str(own.parent)!r} holds the static run 'synthetic.static.seed0', not trial "
-        "synthetic.grow.seed0's periodic run: a run copied or linked in" in printed
+    assert re.search(
+        f"{re.escape(repr(str(own.parent)))} holds the static run 'synthetic.static.seed0-"
+        r"[0-9a-f]{8}', not trial synthetic.grow.seed0's periodic run: a run copied or linked in",
+        printed,
     )
     # An unfinished run of other settings was resumed as it was, unchecked.
     for trial in copied.iterdir():

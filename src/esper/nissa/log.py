@@ -429,7 +429,7 @@ class RunDirectory:
 
     Attributes:
         path: the directory.
-        name: its name (the run id written into every event), as ``shown_name`` shows it.
+        name: its directory's name, as ``shown_name`` shows it.
         mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
         task: the task preset.
         seed: the run seed.

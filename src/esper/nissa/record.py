@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -253,7 +254,7 @@ class RunMeta:
     """The reproducibility receipt of a run (``meta.json``), written once when it starts.
 
     Attributes:
-        run_id: the run's id (its directory name), written into every event and checkpoint.
+        run_id: the run's id (``new_run_id``), written into every event and checkpoint.
         mode: one of ``MODES`` (the growth commands' or ``ppo``).
         started: start time, ISO 8601 with time zone.
         command: the command line.
@@ -333,6 +334,27 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def new_run_id(directory: Path) -> str:
+    """A new run's id: its directory's name and eight random hex digits.
+
+    The name keeps it readable; the digits tell runs of the same name apart (two studies'
+    ``TASK.ARM.seedN`` trials, ``a/grow`` and ``b/grow``, a run made again after its directory
+    was deleted), which the knowledge store, keyed by run id, slot and epoch, would take for one
+    run and keep only the first one's seeds. A moved or resumed run keeps its id (``meta.json``).
+    """
+    return f"{directory.name}-{secrets.token_hex(4)}"
+
+
+_ID_DIGITS = re.compile(r"-[0-9a-f]{8}")
+
+
+def named(run_id: str, name: str) -> bool:
+    """``run_id`` is the id ``new_run_id`` gives a run made in a directory called ``name`` (or
+    ``name`` itself, the id of a run made before ids had digits)."""
+    rest = run_id[len(name) :] if run_id.startswith(name) else None
+    return rest == "" or (rest is not None and _ID_DIGITS.fullmatch(rest) is not None)
 
 
 def run_meta(
@@ -533,7 +555,7 @@ class RunSummary:
         mode: one of ``MODES`` (the growth commands' or ``ppo``).
         task: the task preset.
         seed: the run seed.
-        run_id: the run's id (its directory name).
+        run_id: the run's id (``new_run_id``).
         wall_seconds: training time summed over the recorded steps of every attempt.
         failure: what stopped a ``failed`` run, else None.
         growth: the growth modes' section (None for ``ppo``).

@@ -29,6 +29,7 @@ import statistics
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,7 @@ def _check_summary_of(directory: Path, summary: record.RunSummary) -> None:
     Raises:
         RunRecordError: it is another run's, or ``meta.json`` is malformed or missing.
     """
-    held = _other_run(record.read_meta(directory), summary.run_id, summary.mode)
+    held = _other_run(record.read_meta(directory), summary.mode, summary.run_id.__eq__)
     if held is not None:
         raise record.RunRecordError(
             f"its summary.json is of the {summary.mode} run {summary.run_id!r}, its directory "
@@ -209,10 +210,10 @@ def _check_summary_of(directory: Path, summary: record.RunSummary) -> None:
         )
 
 
-def _other_run(meta: record.RunMeta | None, run_id: str, mode: str) -> str | None:
-    """What a directory of ``meta.json`` ``meta`` holds, when that is not the ``mode`` run
-    ``run_id`` (``no meta.json``, ``the static run 'x'``); None when it is."""
-    if meta is not None and (meta.run_id, meta.mode) == (run_id, mode):
+def _other_run(meta: record.RunMeta | None, mode: str, ours: Callable[[str], bool]) -> str | None:
+    """What a directory of ``meta.json`` ``meta`` holds, when that is not a ``mode`` run whose
+    id is ``ours`` (``no meta.json``, ``the static run 'x'``); None when it is."""
+    if meta is not None and meta.mode == mode and ours(meta.run_id):
         return None
     return "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
 
@@ -405,7 +406,7 @@ class StudyDriver:
         except record.RunRecordError as err:
             raise UserError(f"trial run {str(directory)!r}: {err}") from None
         mode = trial_mode(self.spec, trial)
-        held = _other_run(meta, trial.name, mode)
+        held = _other_run(meta, mode, partial(record.named, name=trial.name))
         if held is not None:
             raise UserError(
                 f"{str(directory)!r} holds {held}, not trial {trial.name}'s {mode} run: a run "

@@ -301,7 +301,7 @@ def check_new_run_directory(directory: Path) -> None:
             f"run directory {str(directory)!r} is not UTF-8 text (run views and reports need "
             "names they can read); choose another --out"
         ) from None
-    if not directory.absolute().name.isprintable():  # the name is the run's id
+    if not directory.absolute().name.isprintable():  # the name begins the run's id
         raise UserError(
             f"run directory {str(directory)!r}: its name holds a character that is not "
             "printable (a line break or tab would split run tables, and the knowledge store "
@@ -469,9 +469,10 @@ class Recorder:
         out = out or default_out(task, mode)
         check_new_run_directory(out)
         files = _state_files(first_state())
+        run_id = record.new_run_id(out)
         try:
             with stop_signals() as held, held():
-                _create(out, mode, config_dict(config), meta(out.name), row_type, files)
+                _create(out, mode, config_dict(config), meta(run_id), row_type, files)
         except Stop:  # held until the directory was complete: it is there, at step 0
             raise Stop(f"continue with: esper {mode} --resume {out}") from None
         except (record.RunRecordError, WriteError) as err:
@@ -485,7 +486,7 @@ class Recorder:
             raise UserError(str(err)) from err
         except OSError as err:
             raise UserError(f"cannot lock the new run {str(out)!r}: {err.strerror}") from err
-        return cls(out, out.name, csv, [], hub, None)._hold(fd)
+        return cls(out, run_id, csv, [], hub, None)._hold(fd)
 
     @classmethod
     def _reopen(
@@ -753,7 +754,7 @@ def _create(
         atomic_write(staging / record.EVENTS_FILE, "")
         record.write_json(staging / record.META_FILE, meta.to_json())
         record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
-        record.commit_checkpoint(staging, 0, files, out.name)  # a kill in step 1 resumes
+        record.commit_checkpoint(staging, 0, files, meta.run_id)  # a kill in step 1 resumes
         parent = out.absolute().parent
         fsync_directory(parent)  # fails before the rename where it would after (no read
         # permission): the run was made, yet reported as not
