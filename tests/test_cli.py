@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, main
-from esper.leyline.config import HostTraining, read_config_file
+from esper.leyline.config import MAX_SEED, HostTraining, read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
 from esper.study.growth import EpochRow
@@ -193,6 +194,20 @@ def test_a_config_value_is_shown_as_written(tmp_path, capsys, text, message) -> 
     assert not run.exists()
 
 
+def test_the_largest_seed_runs_and_the_next_would_repeat_seed_0(tmp_path) -> None:
+    """Seeds up to int64 were taken, but torch's generator keeps a seed's low 32 bits: seed
+    2**32 drew what seed 0 draws (a study's "other" seed was the same run again)."""
+    draws = [
+        torch.randint(0, 2**31, (8,), generator=torch.Generator().manual_seed(seed)).tolist()
+        for seed in (0, MAX_SEED + 1, MAX_SEED)
+    ]
+    assert draws[0] == draws[1] != draws[2]
+    run = tmp_path / "run"  # the episode's own seed (seed x stride + episode) is reduced too
+    args = ["static", "--task", "synthetic", "--epochs", "1", *TINY, "--seed", str(MAX_SEED)]
+    assert main([*args, "--out", str(run)]) == 0
+    assert _summary(run).seed == MAX_SEED
+
+
 def test_a_hexadecimal_integer_too_long_to_write_out_is_one_line(tmp_path, capsys) -> None:
     """TOML reads 0x... at any length, and the error then could not show it (Python's advice)."""
     conf, run = tmp_path / "c.toml", tmp_path / "run"
@@ -200,7 +215,7 @@ def test_a_hexadecimal_integer_too_long_to_write_out_is_one_line(tmp_path, capsy
     assert main(["static", "--config", str(conf), "--out", str(run)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sys.set_int_max_str_digits" not in err
-    assert "seed must be an integer in [0, 9223372036854775807], got an integer of over 4300" in err
+    assert "seed must be an integer in [0, 4294967295], got an integer of over 4300" in err
 
 
 @pytest.mark.parametrize(
@@ -330,7 +345,7 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         ),
         (  # a number it can read but not accept, cut to 40 characters: the line was 4,163 long
             ["heuristic", "--task", "synthetic", "--seed", "9" * 4000],
-            "seed must be an integer in [0, 9223372036854775807], got 99999",
+            "seed must be an integer in [0, 4294967295], got 99999",
         ),
     ],
 )
@@ -807,7 +822,9 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
     [
         ([], "the following arguments are required: COMMAND"),
         (["bogus"], "invalid choice: 'bogus'"),
-        (["demo", "--seed", str(2**64)], "expected an integer in [0, 9223372036854775807]"),
+        (["demo", "--seed", str(2**64)], "expected an integer in [0, 4294967295]"),
+        # torch's generator keeps a seed's low 32 bits: 2**32 would rerun seed 0
+        (["demo", "--seed", str(2**32)], "expected an integer in [0, 4294967295], got 4294967296"),
         (["demo", "--epochs", "99999999999999"], "expected an integer in [1, 10000000]"),
         (["demo", "--epochs", "1.5"], "expected an integer in [1, 10000000], got '1.5'"),
         (["report", "x", "--reps", "9"], "expected an integer in [10, 100000], got 9"),

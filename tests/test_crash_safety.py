@@ -360,6 +360,7 @@ def _bad_config(tmp: Path, kind: str) -> Path:
         (["ppo", "--preset", "tiny", "--policy.lstm-hidden", "65536"], "[1, 4096]"),
         (["ppo", "--preset", "tiny", "--seed", "1e26"], "--seed"),
         (["ppo", "--preset", "tiny", "--seed", str(2**63)], "runtime.seed"),
+        (["ppo", "--preset", "tiny", "--seed", str(2**32 - 7920)], "runtime.seed"),  # policy
         (["ppo", "--preset", "nope"], "known presets"),
         (["ppo", "--config", "{hidden}"], "policy.hidden"),
     ],

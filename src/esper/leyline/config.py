@@ -31,8 +31,9 @@ MAX_INT64 = 2**63 - 1
 """The largest count an int64 holds (parameter counts, steps, statistics): what torch and JSON
 readers store, so the bound of any count that has no smaller natural one."""
 
-MAX_SEED = MAX_INT64
-"""Seeds are stored in int64 (torch generators, JSON readers): larger ones cannot be recorded."""
+MAX_SEED = 2**32 - 1
+"""The largest seed: torch's CPU generator keeps a seed's low 32 bits, so seeds 0 and 2**32
+draw the same numbers (two "different" seeds of a study would be one run counted twice)."""
 
 MAX_COUNT = 10**7
 """Upper bound of epochs, batch sizes, sample counts: far above any run this machine can hold,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esper.leyline.config import MAX_SEED, check_int, is_finite_number, require
+from esper.leyline.config import MAX_INT64, check_int, is_finite_number, require
 from esper.leyline.stages import SeedStage, Topology
 
 PER_PARAMETERS = 1000
@@ -38,8 +38,8 @@ class HostSignature:
         kinds = [t.value for t in Topology]
         topology = self.topology
         require(topology in kinds, f"host.topology must be one of {kinds}, got {topology!r}")
-        check_int("host.width", self.width, 1, MAX_SEED)  # the store's columns are int64
-        check_int("host.params", self.params, 0, MAX_SEED)
+        check_int("host.width", self.width, 1, MAX_INT64)  # the store's columns are int64
+        check_int("host.params", self.params, 0, MAX_INT64)
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,9 @@ class SeedOutcome:
             value = getattr(self, name)
             ok = value is None or is_finite_number(value)
             require(ok, f"{name} must be a finite number or null, got {value!r}")
-        check_int("seed_params", self.seed_params, 0, MAX_SEED)
-        check_int("germinated_epoch", self.germinated_epoch, 0, MAX_SEED)
-        check_int("epochs", self.epochs, 0, MAX_SEED)
+        check_int("seed_params", self.seed_params, 0, MAX_INT64)
+        check_int("germinated_epoch", self.germinated_epoch, 0, MAX_INT64)
+        check_int("epochs", self.epochs, 0, MAX_INT64)
 
 
 def outcome_score(outcome: SeedOutcome) -> float | None:

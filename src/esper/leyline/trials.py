@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from esper.leyline.config import MAX_SEED, check_float, check_int, quoted
+from esper.leyline.config import MAX_INT64, MAX_SEED, check_float, check_int, quoted
 from esper.leyline.files import open_regular
 
 COMPLETED = "completed"
@@ -76,7 +76,7 @@ class TrialRow:
                 check_float(name, value, 0.0, 100.0)  # an accuracy in percent
         for name in ("final_params", "peak_params"):
             if (value := getattr(self, name)) is not None:
-                check_int(name, value, 0, MAX_SEED)  # what an int64 column holds
+                check_int(name, value, 0, MAX_INT64)  # what an int64 column holds
         for name in ("flops", "seconds"):
             if (value := getattr(self, name)) is not None:
                 check_float(name, value, 0.0, math.inf)

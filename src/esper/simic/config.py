@@ -36,6 +36,13 @@ from esper.tasks import resolve_training
 
 MAX_ENVS = 256
 """Most environments one run may step: each holds a host, its optimizer and a dataset view."""
+POLICY_SEED_OFFSET = 7919
+"""The policy's initialization and shuffling generators use ``seed + offset`` and ``+ 1`` so
+they never share a stream with environment 0 (which uses ``seed``); its acting generators
+derive from the same seed (``RoundPolicy.generator``)."""
+MAX_RUN_SEED = MAX_SEED - POLICY_SEED_OFFSET - 1
+"""The largest PPO run seed: the seeds it derives (environments ``seed + i`` below
+``MAX_ENVS``, the policy's ``seed + POLICY_SEED_OFFSET + 1`` above them) stay seeds."""
 MAX_WORKERS_PER_GPU = 64
 """Most Ray actors that may share one GPU (``runtime.workers_per_gpu``)."""
 
@@ -146,7 +153,7 @@ class RuntimeSettings:
     workers_per_gpu: int = 1
 
     def __post_init__(self) -> None:
-        check_int("runtime.seed", self.seed, 0, MAX_SEED - MAX_ENVS)
+        check_int("runtime.seed", self.seed, 0, MAX_RUN_SEED)
         check_bool("runtime.amp", self.amp)
         require(
             isinstance(self.devices, tuple | list)

@@ -46,7 +46,7 @@ from esper.leyline.events import (
 )
 from esper.simic.acting import RoundPolicy, Trajectory
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
-from esper.simic.config import TrainingConfig
+from esper.simic.config import POLICY_SEED_OFFSET, TrainingConfig
 from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
 from esper.simic.protocol import Emit, EnvVector
 from esper.simic.rollout import RolloutBatch, rollout_batch
@@ -59,10 +59,6 @@ RETURN_VAR_EPSILON = 1e-8
 """Added to the return variance before its square root: rewards that never vary divide by ~1e-4
 at worst, and only after a round has been seen (before it the scale is 1)."""
 
-POLICY_SEED_OFFSET = 7919
-"""The policy's initialization and shuffling generators use ``seed + offset`` so they never
-share a stream with environment 0 (which uses ``seed``); its acting generators derive from the
-same seed (``RoundPolicy.generator``)."""
 
 SetLevel = Callable[[TelemetryLevel], None]
 """Sets the telemetry level in force (what the sinks behind ``Emit`` write)."""

@@ -25,10 +25,9 @@ from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
 from esper.simic.build import build_trainer, check_resumable, trainer_state
-from esper.simic.config import TrainingConfig
+from esper.simic.config import POLICY_SEED_OFFSET, TrainingConfig
 from esper.simic.env import EpisodeStartError
 from esper.simic.ppo import check_amp
-from esper.simic.training import POLICY_SEED_OFFSET
 from esper.simic.vector import describe_device_map, parse_device
 from esper.simic.workers import RayVectorEnv, WorkerLostError, start_ray
 from esper.study.run import (

@@ -33,7 +33,7 @@ from esper.kasmina.checkpoint import ModelState
 from esper.kasmina.grouped import groupable
 from esper.kasmina.hosts import SegmentedHost
 from esper.leyline import Action, Observation, SeedStateReport, Topology, TrainingSignals
-from esper.leyline.config import HostTraining, check_int
+from esper.leyline.config import MAX_SEED, HostTraining, check_int
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import Event
 from esper.tolaria.engine import ReportProgress, StepResult, Trained, Trainer, train_together
@@ -193,7 +193,8 @@ class Episode:
 
     def _build(self) -> None:
         """A fresh host, trainer and tracker for episode ``self.episode`` (on its own RNG)."""
-        episode_seed = (self.seed * EPISODE_SEED_STRIDE + self.episode) % 2**63
+        # Reduced to a seed (torch's generators keep its low 32 bits: the same numbers as before).
+        episode_seed = (self.seed * EPISODE_SEED_STRIDE + self.episode) % (MAX_SEED + 1)
         torch.default_generator.manual_seed(episode_seed)
         if self.device.type == "cuda":  # only this episode's device, not every GPU
             torch.cuda.default_generators[self.device.index or 0].manual_seed(episode_seed)
