@@ -39,6 +39,7 @@ from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.nissa.knowledge import (
     CONNECT_TIMEOUT_S,
     KNOWLEDGE_ENV,
+    KNOWLEDGE_FILE,
     OUTCOME_COLUMNS,
     SCHEMA_VERSION,
     KnowledgeStore,
@@ -47,7 +48,9 @@ from esper.nissa.knowledge import (
     KnowledgeURLError,
     default_url,
     outcomes_for,
+    parse_url,
     record_outcomes,
+    sqlite_url,
 )
 from esper.nissa.record import OUTCOMES_FILE
 
@@ -417,6 +420,9 @@ def test_passwords_stay_out_of_messages() -> None:
         ("sqlite:////tmp/x/a\0b.sqlite", "malformed"),  # sqlite3 raised at connect
         # SQLAlchemy ignored them with two lines of warnings before any result
         ("sqlite:////tmp/x/k.sqlite?mode=ro", r"takes no query options \(given: mode\)"),
+        # both were tracebacks, and a store named in $ESPER_KNOWLEDGE so failed a finished run
+        ("sqlite:///~esper-no-such-user/k.sqlite", "cannot expand '~esper-no-such-user'"),
+        ("sqlite:////tmp/x\udcff/k.sqlite", "malformed"),  # bytes that are no UTF-8
     ],
 )
 def test_bad_urls_name_the_url_and_the_accepted_ones(bad: str, why: str) -> None:
@@ -427,6 +433,17 @@ def test_bad_urls_name_the_url_and_the_accepted_ones(bad: str, why: str) -> None
     assert isinstance(err.value, ValueError) and "\n" not in message
     warnings = Warnings()
     assert record_outcomes(bad, [_outcome()], warnings) is False and len(warnings) == 1
+
+
+@pytest.mark.parametrize("name", ["res%41x", "q?1", "a#b", "a b", "x+y", "é"])
+def test_a_store_url_made_from_a_path_names_that_path(tmp_path: Path, name: str) -> None:
+    """The default store's and a study's own store's URL were the path pasted in: a directory
+    named res%41x put the store in resAx, one named q?1 in q."""
+    path = tmp_path / name / KNOWLEDGE_FILE
+    assert parse_url(sqlite_url(path)).database == str(path)
+    path.parent.mkdir()
+    assert record_outcomes(sqlite_url(path), [_outcome()], Warnings()) is True
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_no_outcomes_open_nothing(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import UserError
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import record
-from esper.nissa.knowledge import KnowledgeStore
+from esper.nissa.knowledge import KNOWLEDGE_FILE, KnowledgeStore, parse_url
 from esper.study.execute import (
     Job,
     StudyDriver,
@@ -430,6 +430,15 @@ def test_an_out_with_a_nul_character_is_refused_before_ray_starts(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
 
 
+def test_an_out_that_is_no_utf8_is_refused_before_ray_starts(tmp_path, capsys):
+    """It passed --dry-run; then every growing trial failed on its store's URL."""
+    parent = Path(os.fsdecode(os.fsencode(tmp_path) + b"/st-\xff"))
+    path = _study(parent, f"{HEAD}{BUDGET}" + '[[arms]]\nname = "h"\ncontroller = "heuristic"\n')
+    for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
+        assert "/o' is not UTF-8 text" in _bad(capsys, argv)
+    assert sorted(p.name for p in parent.iterdir()) == ["study.toml"]
+
+
 def test_address_port_out_of_range(tmp_path, capsys):
     path = _study(tmp_path, f"{HEAD}{STATIC}")
     err = _bad(capsys, ["study", str(path), "--address", "127.0.0.1:99999"])
@@ -475,6 +484,16 @@ def test_a_relative_sqlite_store_is_beside_the_study_file(tmp_path, capsys, monk
     assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
     assert "file is not a database" in capsys.readouterr().err
     assert list(here.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["res%41x", "q?1"])
+def test_the_studys_own_store_is_in_its_directory(tmp_path, name):
+    """Its URL was the path pasted in: a study in res%41x kept its store in resAx, one in q?1
+    in a file q beside it (shared by a study in q?2)."""
+    grow = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    spec, directory = read_study(_study(tmp_path / name, f"{HEAD}{BUDGET}{grow}"))
+    url = StudyDriver(spec, directory, print).job(Trial("synthetic", "h", 0)).config["knowledge"]
+    assert parse_url(url).database == str(tmp_path / name / "o" / KNOWLEDGE_FILE)
 
 
 def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):

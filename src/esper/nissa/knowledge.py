@@ -137,7 +137,14 @@ def default_url() -> str:
         return env
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg else Path.home() / ".cache"
-    return f"sqlite:///{base / 'esper' / KNOWLEDGE_FILE}"
+    return sqlite_url(base / "esper" / KNOWLEDGE_FILE)
+
+
+def sqlite_url(path: Path) -> str:
+    """The URL of an SQLite store at ``path``, quoted so that ``parse_url`` reads ``path`` back
+    (pasted in, a ``%41`` in a directory name was read as ``A``, a ``?`` as the start of
+    options: the store went to another file)."""
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
 def parse_url(url: str) -> URL:
@@ -151,6 +158,7 @@ def parse_url(url: str) -> URL:
     try:
         if "\0" in url:  # no file or host can be named so (sqlite3 would raise at connect)
             raise ValueError("NUL character")
+        url.encode("utf-8")  # a path of bytes that are no UTF-8 (surrogates) cannot be sent
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise KnowledgeURLError(f"malformed knowledge store URL {url!r}; {ACCEPTED_URLS}") from None
@@ -171,7 +179,14 @@ def parse_url(url: str) -> URL:
                 f"knowledge store URL {url!r}: an SQLite store takes no query options "
                 f"(given: {', '.join(sorted(parsed.query))}); {ACCEPTED_URLS}"
             )
-        return parsed.set(database=str(Path(str(parsed.database)).expanduser()))
+        try:
+            path = Path(str(parsed.database)).expanduser()
+        except RuntimeError:  # ~name of no user
+            raise KnowledgeURLError(
+                f"knowledge store URL {url!r}: cannot expand {str(parsed.database).split('/')[0]!r}"
+                f" (no such user); {ACCEPTED_URLS}"
+            ) from None
+        return parsed.set(database=str(path))
     return parsed.set(drivername="postgresql+psycopg")
 
 

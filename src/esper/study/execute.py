@@ -376,6 +376,13 @@ class StudyDriver:
                 if row is not None:
                     self.rows[trial.name] = row
 
+    @property
+    def own_store(self) -> str:
+        """The URL of the study's own knowledge store, ``KNOWLEDGE_FILE`` in its directory."""
+        from esper.nissa.knowledge import sqlite_url  # SQLAlchemy: loaded once a trial is sent
+
+        return sqlite_url(self.directory.resolve() / KNOWLEDGE_FILE)
+
     def run_directory(self, trial: Trial) -> Path:
         """Where ``trial`` writes its run."""
         return self.directory / TRIALS_DIR / trial.name
@@ -495,8 +502,7 @@ class StudyDriver:
             policy = self.run_directory(policy_trial(self.spec, trial))
         elif arm.policy is not None:
             policy = Path(arm.policy)
-        own = self.directory.resolve() / KNOWLEDGE_FILE
-        knowledge = self.knowledge or f"sqlite:///{own}"
+        knowledge = self.knowledge or self.own_store
         mode, growth = growth_config(self.spec, trial, width, policy, knowledge)
         return Job(trial, mode, config_dict(growth), directory)
 

@@ -520,6 +520,13 @@ def _check_out(directory: Path) -> None:
     """
     where = f"out {str(directory)!r}"
     require("\0" not in str(directory), f"{where}: a path cannot hold a NUL character")
+    try:
+        str(directory.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are no UTF-8: every trial's run would refuse it
+        raise ValueError(
+            f"{where} is not UTF-8 text (run views, reports and the knowledge store's URL need "
+            "names they can read); choose another out"
+        ) from None
     for place in (directory, *directory.absolute().parents):
         try:
             require(
