@@ -30,6 +30,7 @@ from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import record
 from esper.nissa.knowledge import KNOWLEDGE_FILE, KnowledgeStore, parse_url
 from esper.study.execute import (
+    EVAL_DERIVED,
     Job,
     StudyDriver,
     StudyState,
@@ -39,7 +40,7 @@ from esper.study.execute import (
     trial_row,
 )
 from esper.study.plan import Trial, growth_config, ppo_config, read_study, store_url
-from esper.study.run import Stop
+from esper.study.run import Stop, changed_settings
 
 HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'
 BUDGET = "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"
@@ -494,6 +495,24 @@ def test_the_studys_own_store_is_in_its_directory(tmp_path, name):
     spec, directory = read_study(_study(tmp_path / name, f"{HEAD}{BUDGET}{grow}"))
     url = StudyDriver(spec, directory, print).job(Trial("synthetic", "h", 0)).config["knowledge"]
     assert parse_url(url).database == str(tmp_path / name / "o" / KNOWLEDGE_FILE)
+
+
+def test_a_list_setting_left_out_is_left_out_item_by_item():
+    """An evaluating trial's slots come from its policy: its ["early", "mid"] against the
+    budget's ["mid", "late"] was compared item by item (training.slots[0]: ...), past the
+    skipped "training.slots:", and the study refused its own finished trials."""
+    ran = {"training": {"slots": ["early", "mid"], "epochs": 2}, "seed": 0}
+    study = {"training": {"slots": ["mid", "late"], "epochs": 3}, "seed": 0}
+    every = [
+        "training.epochs: 2 -> 3",
+        'training.slots[0]: "early" -> "mid"',
+        'training.slots[1]: "mid" -> "late"',
+    ]
+    assert changed_settings(ran, study, ()) == every
+    assert changed_settings(ran, study, ("training.slot:",)) == every  # another setting
+    assert changed_settings(ran, study, EVAL_DERIVED) == every[:1]
+    shorter = {"training": {"slots": ["early"], "epochs": 2}, "seed": 0}
+    assert changed_settings(shorter, study, EVAL_DERIVED) == every[:1]
 
 
 def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):

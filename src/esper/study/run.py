@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -242,13 +243,20 @@ def config_changes(old: Any, new: Any, where: str) -> list[str]:
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any], skip: tuple[str, ...]) -> list[str]:
     """``config_changes`` of two configurations, table by table, but for the settings whose
-    change (``key: old -> new``, ``key.sub: …``) starts with one of ``skip``."""
-    return [
-        change
-        for key in sorted(set(old) | set(new))
-        for change in config_changes(old.get(key), new.get(key), key)
-        if not change.startswith(skip)
-    ]
+    change (``key: old -> new``, ``key.sub: …``; a list's item ``key[0]: …`` read as ``key: …``)
+    starts with one of ``skip``."""
+    keys = sorted(set(old) | set(new))
+    changes = [c for key in keys for c in config_changes(old.get(key), new.get(key), key)]
+    return [change for change in changes if not _setting(change).startswith(skip)]
+
+
+_LIST_ITEM = re.compile(r"\[\d+\]")
+
+
+def _setting(change: str) -> str:
+    """The setting ``change`` (``key[0].sub: old -> new``) is of, as ``key.sub: ``: a changed
+    item of a list is a change of the list."""
+    return _LIST_ITEM.sub("", change.partition(": ")[0]) + ": "
 
 
 UNCHECKED_SETTINGS = ("telemetry", "runtime.ray_address", "ppo.rounds:")
