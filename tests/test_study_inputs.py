@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -567,6 +568,37 @@ def test_changed_budget_names_the_setting_and_both_values(tmp_path, capsys):
     head = HEAD.replace('out = "o"', f'out = "{directory.resolve()}"\nretries = 5')
     path.write_text(f"{head}{BUDGET}{STATIC}")
     assert main(["study", str(path), "--dry-run"]) == 0
+
+
+def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
+    tmp_path, capsys, runs
+):
+    """The policy's absolute path was the setting: a study moved with its file and policy was
+    refused as "other settings"; the policy's run id is what is compared now."""
+    first = tmp_path / "first"
+    shutil.copytree(runs["ppo"], first / "pol")
+    eval_arm = '[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "pol"\n'
+    spec, directory = read_study(_study(first, f"{HEAD}{BUDGET}{eval_arm}"))
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert main(["study", str(moved / "study.toml"), "--dry-run"]) == 0
+    capsys.readouterr()
+    # Another run at the policy's path (here the same one under another id, re-signed).
+    meta = json.loads((moved / "pol" / "meta.json").read_text())
+    (moved / "pol" / "meta.json").write_text(json.dumps({**meta, "run_id": "pol-0123abcd"}))
+    step = (
+        moved
+        / "pol"
+        / "checkpoints"
+        / (moved / "pol" / "checkpoints" / "LATEST").read_text().strip()
+    )
+    files = {p.name: p.read_bytes() for p in step.iterdir() if p.name != "manifest.json"}
+    manifest = record._manifest_bytes("pol-0123abcd", int(step.name[5:]), files)
+    (step / "manifest.json").write_bytes(manifest)
+    err = _bad(capsys, ["study", str(moved / "study.toml"), "--dry-run"])
+    assert f'arms[0].policy: "{meta["run_id"]}" -> "pol-0123abcd"' in err
 
 
 def test_a_study_saved_before_a_setting_existed_resumes(tmp_path):

@@ -296,8 +296,13 @@ def study_settings(spec: StudySpec) -> dict[str, Any]:
     ``reps`` and ``baselines``, which change only how failures are retried and results computed,
     and ``out``, which only finds the directory (a moved study, or ``out`` written another way,
     is the same study). The resources set a trial's threads and device, which a resume must
-    keep."""
+    keep. An arm's given policy is its run's id (``meta.json``), not its path: a study moved
+    with its policy carries on, and another run put at the policy's path is another policy."""
     data = config_dict(spec)
+    for arm, table in zip(spec.arms, data["arms"], strict=True):
+        meta = None if arm.policy is None else record.read_meta(Path(arm.policy))
+        if meta is not None:  # read_study read it (a policy without one was refused)
+            table["policy"] = meta.run_id
     return {k: v for k, v in data.items() if k not in ("out", "retries", "reps", "baselines")}
 
 
