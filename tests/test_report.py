@@ -1017,6 +1017,21 @@ def test_out_inside_another_run_or_study_is_refused(
     assert (tmp_path / "elsewhere" / "report.html").is_file()
 
 
+def test_names_matplotlib_would_read_as_mathematics_or_hide_are_drawn_as_written(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A run named run_$1_$2 (Esper accepts it) failed its report with a mathtext traceback;
+    a baseline named _ctrl had no legend entry (matplotlib hides labels starting with _)."""
+    run, baseline = tmp_path / "run_$1_$2", tmp_path / "_ctrl"
+    shutil.copytree(recorded_runs["heuristic"], run)
+    shutil.copytree(recorded_runs["static"], baseline)
+    report = build_report(run, baseline)
+    accuracy = next(p for p in report.plots if p.name == "accuracy")
+    legend = accuracy.figure.axes[0].get_legend()
+    shown = [t.get_text() for t in legend.get_texts()]
+    assert "run_\\$1_\\$2 val" in shown and "\u200b_ctrl val" in shown, shown
+
+
 def test_names_esper_did_not_give_are_shown(
     tiny_study: Path,
     recorded_runs: dict[str, Path],

@@ -192,7 +192,7 @@ def plot_curves(data: RunData, baseline: RunData | None, metric: str) -> Plot | 
         x = [e.epoch for e in epochs]
         for split, style, alpha in (("val", "-", None), ("train", "--", 0.6)):
             values = _values(epochs, f"{split}_{metric}")
-            label = f"{run.run.name} {split}"
+            label = f"{pages.plot_label(run.run.name)} {split}"
             marker = _marker(values)
             ax.plot(x, values, style, color=colour, alpha=alpha, marker=marker, label=label)
     values = _values(data.epochs, f"val_{metric}")
@@ -213,7 +213,7 @@ def _reference(ax: Axes, baseline: RunData) -> None:
     """The baseline's final accuracy as a horizontal line (a baseline of the other kind)."""
     value = final_accuracy(baseline)
     if value is not None:
-        label = f"{baseline.run.name} final ({baseline.run.mode})"
+        label = f"{pages.plot_label(baseline.run.name)} final ({baseline.run.mode})"
         ax.axhline(value, color="C1", linestyle=":", label=label)
 
 
@@ -226,7 +226,7 @@ def plot_difference(data: RunData, baseline: RunData | None) -> Plot | None:
     if not found.epochs:
         return None
     figure, (left, right) = _figure(ncols=2)
-    label = f"{data.run.name} − {baseline.run.name}"
+    label = f"{pages.plot_label(data.run.name)} − {pages.plot_label(baseline.run.name)}"
     marks = data.episode.marks()
     for ax, values in ((left, found.val_accuracy), (right, found.val_loss)):
         ax.plot(found.epochs, values, "-", color="C0", marker=_marker(values), label=label)
@@ -293,9 +293,9 @@ def plot_params(
     if episode is None:
         return None
     figure, (ax,) = _figure()
-    lines = [(episode.epochs, "-", "C0", name)]
+    lines = [(episode.epochs, "-", "C0", pages.plot_label(name))]
     if baseline is not None and not baseline.is_ppo:
-        lines.append((baseline.epochs, "--", "C1", baseline.run.name))
+        lines.append((baseline.epochs, "--", "C1", pages.plot_label(baseline.run.name)))
     for epochs, style, colour, label in lines:
         x, params = [e.epoch for e in epochs], _values(epochs, "param_count")
         marker = _marker(params)
@@ -313,9 +313,9 @@ def plot_returns(data: RunData, baseline: RunData | None) -> Plot | None:
     if not data.state.rounds:
         return None
     figure, (left, right) = _figure(ncols=2)
-    runs = [(data.run.name, data.state.rounds, "C0")]
+    runs = [(pages.plot_label(data.run.name), data.state.rounds, "C0")]
     if baseline is not None and baseline.is_ppo:
-        runs.append((baseline.run.name, baseline.state.rounds, "C1"))
+        runs.append((pages.plot_label(baseline.run.name), baseline.state.rounds, "C1"))
     for name, mine, colour in runs:
         x = [r.update.round for r in mine]
         returns = _optional([r.update.mean_return for r in mine])

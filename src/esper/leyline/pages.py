@@ -13,6 +13,16 @@ import base64
 import html
 from collections.abc import Iterable, Sequence
 
+
+def plot_label(name: str) -> str:
+    """``name`` (a run's or an arm's) as a plot label that matplotlib shows as written: ``$``
+    escaped (a run named ``run_$1_$2`` was read as mathematics, and its report failed with a
+    traceback) and a leading ``_`` behind a zero-width space (matplotlib leaves such labels out
+    of the legend)."""
+    text = name.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
 CSS = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 66em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }

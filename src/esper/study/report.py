@@ -151,7 +151,7 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
     for curve in curves:
         colour = colours[curve.arm]
         few = sum(math.isfinite(v) for v in curve.median) < FEW_POINTS
-        label = f"{curve.arm} (median of {curve.trials})"
+        label = f"{pages.plot_label(curve.arm)} (median of {curve.trials})"
         ax.plot(curve.epochs, curve.median, color=colour, marker="o" if few else None, label=label)
         ax.fill_between(curve.epochs, curve.low, curve.high, color=colour, alpha=0.2, linewidth=0)
     ax.set_title(task)

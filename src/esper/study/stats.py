@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from esper.leyline import pages
 from esper.leyline.config import check_int
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.leyline.trials import FINISHED, REPS_RANGE, TrialRow
@@ -654,7 +655,8 @@ def profile_plot(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> b
     arms = sorted({arm for _, arm in cells})
     if not arms:
         return _empty(figure)
-    matrices = {arm: _matrix(cells, arm, sorted(_tasks(cells, arm)))[0] for arm in arms}
+    labels = {arm: pages.plot_label(arm) for arm in arms}  # an arm "_x" had no legend entry
+    matrices = {labels[a]: _matrix(cells, a, sorted(_tasks(cells, a)))[0] for a in arms}
     every = np.concatenate([m.ravel() for m in matrices.values()])
     taus = np.linspace(every.min(), every.max(), PROFILE_POINTS)
     with _seeded(seed):
@@ -664,7 +666,7 @@ def profile_plot(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> b
         taus,
         performance_profile_cis=bands,
         ax=figure.add_subplot(),
-        colors=_colours(arms),
+        colors={labels[arm]: colour for arm, colour in _colours(arms).items()},
         xlabel="test accuracy τ (%)",
         ylabel="fraction of runs above τ",
         labelsize="medium",
