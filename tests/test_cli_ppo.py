@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import signal
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -188,6 +189,38 @@ def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
     assert stop.value.code == 0 and "--policy" in capsys.readouterr().out
     assert main(["eval", "--policy"]) == 2
     assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
+
+
+def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
+    tmp_path, capsys, recorded_runs
+) -> None:
+    """A PPO run stopped in its first round (only its step-0 checkpoint) was evaluated as a
+    policy without a word; one stopped part-way said nothing either."""
+    partial = tmp_path / "partial"
+    shutil.copytree(recorded_runs["ppo"], partial)
+    config = json.loads((partial / "config.json").read_text())
+    config["ppo"]["rounds"] = 5  # planned 5, stopped after its 2nd
+    (partial / "config.json").write_text(json.dumps(config))
+    args = ["eval", "--policy", str(partial), "--task", "synthetic", "--epochs", "1"]
+    args += ["--batches-per-epoch", "2", "--val-samples", "64"]
+    assert main([*args, "--out", str(tmp_path / "e1")]) == 0
+    note = "esper eval: note: the policy finished 2 of its run's 5 PPO rounds (the run stopped "
+    assert note in capsys.readouterr().err
+    assert main(["eval", "--policy", str(recorded_runs["ppo"]), *args[3:], "--out",
+                 str(tmp_path / "e2")]) == 0  # fmt: skip
+    assert "PPO rounds" not in capsys.readouterr().err
+    untrained = tmp_path / "untrained"  # as a run stopped in round 1 leaves it: round 0
+    shutil.copytree(recorded_runs["ppo"], untrained)
+    run_id = json.loads((untrained / "meta.json").read_text())["run_id"]
+    state = ppo_state(untrained)
+    state["trainer"]["round"] = 0
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    record.commit_checkpoint(untrained, 3, {"state.pt": buffer.getvalue()}, run_id)
+    assert main(["eval", "--policy", str(untrained), *args[3:], "--out", str(tmp_path / "e3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has finished no PPO round" in err, err
+    assert f"esper ppo --resume {untrained}" in err and not (tmp_path / "e3").exists()
 
 
 @pytest.mark.parametrize("value", ["5", '""', '["a"]'])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from esper.cli.config import RunOptions, announce, growth_config, interrupted_hint, policy_arg
 from esper.cli.main import EXIT_INTERRUPTED
@@ -13,7 +14,7 @@ from esper.nissa import record
 from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import Stop, check_recorded_mode, ppo_state
+from esper.study.run import Stop, check_recorded_mode, policy_rounds, ppo_state
 from esper.tasks import TASKS, get_task, without_stray_data_dir
 
 
@@ -54,16 +55,33 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
         policy = policy_arg(argv, options)
         if policy is None:
             raise UserError("eval needs --policy RUN (a PPO run directory)")
+        state = ppo_state(policy)
         try:
-            base = policy_training(ppo_state(policy))
+            base = policy_training(state)
         except PolicyCheckpointError as err:
             raise UserError(f"--policy {str(policy)!r}: {err}") from err
     config = growth_config(mode, argv, options, base)
     if policy is None or base is None:
         return config, None
     config = replace(config, training=_own_data_dir(base, config.training))
-    note = _policy_note(base, config.training)
+    notes = [_policy_note(base, config.training), _partial_note(policy, policy_rounds(state))]
+    note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
+
+
+def _partial_note(policy: Path, rounds: int | None) -> str | None:
+    """What an eval of a policy whose run stopped before its planned rounds says (None: the
+    run finished them)."""
+    try:
+        planned = record.read_config(policy).get("ppo", {}).get("rounds")
+    except record.RunRecordError as err:
+        raise UserError(f"--policy {str(policy)!r}: {err}") from err
+    if not (isinstance(planned, int) and rounds is not None and rounds < planned):
+        return None
+    return (
+        f"esper eval: note: the policy finished {rounds} of its run's {planned} PPO rounds "
+        f"(the run stopped early; esper ppo --resume {policy} trains it on)"
+    )
 
 
 def _own_data_dir(trained_with: HostTraining, running_with: HostTraining) -> HostTraining:

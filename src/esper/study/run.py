@@ -732,7 +732,8 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
     """The state in a PPO run's last checkpoint (its policy, for ``esper eval --policy``).
 
     Raises:
-        UserError: ``run_dir`` is not a PPO run directory or its checkpoint is damaged.
+        UserError: ``run_dir`` is not a PPO run directory, its checkpoint is damaged, or it has
+            finished no round (its policy is the untrained initialization).
     """
     meta = None
     try:
@@ -741,7 +742,20 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
         raise UserError(str(err)) from err
     if meta is None or meta.mode != "ppo":
         raise UserError(f"policy {str(run_dir)!r} is not an Esper PPO run directory")
-    return read_state(run_dir, meta.run_id, "cannot read the policy in")
+    state = read_state(run_dir, meta.run_id, "cannot read the policy in")
+    if policy_rounds(state) == 0:
+        raise UserError(
+            f"policy {str(run_dir)!r} has finished no PPO round (it was stopped in its first): "
+            f"its policy is untrained; train it with: esper ppo --resume {run_dir}"
+        )
+    return state
+
+
+def policy_rounds(state: dict[str, Any]) -> int | None:
+    """The PPO rounds a policy's state (``ppo_state``) finished; None when it does not say."""
+    trainer = state.get("trainer")
+    rounds = trainer.get("round") if isinstance(trainer, dict) else None
+    return rounds if isinstance(rounds, int) else None
 
 
 def _state_files(state: dict[str, Any]) -> dict[str, bytes]:
