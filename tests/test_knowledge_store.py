@@ -80,9 +80,12 @@ def test_an_outcome_holds_the_types_its_store_reads_back() -> None:
         ({"slot": 5}, "slot must be a str, got 5"),
         ({"run_id": None}, "run_id must be a str, got None"),
         ({"host": "cnn"}, "host must be a HostSignature"),
-        ({"contribution": True}, "contribution must be a finite number or null, got True"),
+        (
+            {"contribution": True},
+            "contribution must be a number in [-100, 100] (accuracy points) or null, got True",
+        ),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=re.escape(message)):
             _outcome(**change)
 
 
@@ -677,10 +680,13 @@ def test_cli_import_checks_every_run_before_writing(
     good = json.loads((a / OUTCOMES_FILE).read_text())[0]
     bad_values = [
         ({"seed_params": 10**30}, "seed_params must be an integer in [0, 9223372036854775807]"),
-        ({"stage": "BOGUS"}, "stage must be one of ['DORMANT'"),
+        ({"stage": "BOGUS"}, "stage must be one of ['GERMINATED'"),
+        ({"stage": "DORMANT"}, "stage must be one of ['GERMINATED'"),  # no seed has this end
+        ({"contribution": 1e308}, "contribution must be a number in [-100, 100]"),  # score inf
+        ({"accuracy_change": -100.5}, "accuracy_change must be a number in [-100, 100]"),
         ({"epochs": -5}, "epochs must be an integer in [0, "),
-        ({"contribution": float("inf")}, "contribution must be a finite number or null"),
-        ({"accuracy_change": float("nan")}, "accuracy_change must be a finite number or null"),
+        ({"contribution": float("inf")}, "contribution must be a number in [-100, 100]"),
+        ({"accuracy_change": float("nan")}, "accuracy_change must be a number in [-100, 100]"),
         ({"host": {**good["host"], "width": -1}}, "host.width must be an integer in [1, "),
         ({"host": {**good["host"], "topology": "mlp"}}, "host.topology must be one of"),
         # found by an adversarial sweep: these were imported

@@ -42,6 +42,12 @@ class HostSignature:
         check_int("host.params", self.params, 0, MAX_INT64)
 
 
+_LIVE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
+OUTCOME_STAGES = tuple(s.name for s in (*_LIVE, SeedStage.FOSSILIZED, SeedStage.PRUNED))
+"""The stages an outcome can end in: fossilized, pruned (any retirement), or the live stage a
+seed was in when its run ended."""
+
+
 @dataclass(frozen=True)
 class SeedOutcome:
     """One seed's life in one run.
@@ -81,12 +87,13 @@ class SeedOutcome:
             isinstance(self.host, HostSignature),
             f"host must be a HostSignature, got {self.host!r:.60}",
         )
-        stages = [s.name for s in SeedStage]
+        stages = list(OUTCOME_STAGES)
         require(self.stage in stages, f"stage must be one of {stages}, got {self.stage!r}")
-        for name in ("contribution", "accuracy_change"):
-            value = getattr(self, name)
-            ok = value is None or is_finite_number(value)
-            require(ok, f"{name} must be a finite number or null, got {value!r}")
+        for name in ("contribution", "accuracy_change"):  # accuracy points: a difference of two
+            value = getattr(self, name)  # percentages (1e308 made scores inf, bandits NaN)
+            ok = value is None or (is_finite_number(value) and -100.0 <= value <= 100.0)
+            why = f"{name} must be a number in [-100, 100] (accuracy points) or null"
+            require(ok, f"{why}, got {value!r}")
         check_int("seed_params", self.seed_params, 0, MAX_INT64)
         check_int("germinated_epoch", self.germinated_epoch, 0, MAX_INT64)
         check_int("epochs", self.epochs, 0, MAX_INT64)
