@@ -866,6 +866,19 @@ def test_study_report_shows_each_arm_with_its_curve_band_and_trials(
     assert not list(tiny_study.glob(".*.tmp*")) and not list(tiny_study.glob("*.png"))
 
 
+def test_a_curve_says_from_which_epoch_fewer_trials_are_in_its_median() -> None:
+    """A trial a governor ended at epoch 2 left the later median to the survivors, under a
+    legend that said "median of 3"."""
+    from esper.study.report import arm_curves
+
+    runs = [{1: 10.0, 2: 20.0, 3: 30.0}, {1: 12.0, 2: 22.0, 3: 40.0}, {1: 5.0, 2: 6.0}]
+    both = [{1: 10.0, 2: 20.0}, {1: 12.0, 2: 22.0}]
+    short, full = arm_curves({("t", "grow"): runs, ("t", "static"): both})
+    assert short.n == [3, 3, 2] and short.median == [10.0, 20.0, 35.0]
+    assert short.label == "grow (median of 3; from epoch 3 of fewer, down to 2)"
+    assert full.label == "static (median of 2)"
+
+
 def _csv(study: Path) -> list[dict[str, str]]:
     import csv
 

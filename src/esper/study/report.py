@@ -83,6 +83,8 @@ class ArmCurve:
         median: the median over the trials with a finite value at that epoch (NaN: none).
         low: the first quartile there.
         high: the third quartile.
+        n: how many trials had a finite value at each epoch (fewer than ``trials`` where some
+            stopped early, a governor ending them, or diverged).
     """
 
     task: str
@@ -92,6 +94,19 @@ class ArmCurve:
     median: list[float]
     low: list[float]
     high: list[float]
+    n: list[int]
+
+    @property
+    def label(self) -> str:
+        """The legend's words: the arm, its trials, and from which epoch fewer of them are in
+        the median (the survivors', which a reader would otherwise take for all of them)."""
+        name = f"{pages.plot_label(self.arm)} (median of {self.trials}"
+        short = [
+            (epoch, n) for epoch, n in zip(self.epochs, self.n, strict=True) if n < self.trials
+        ]
+        if not short:
+            return name + ")"
+        return f"{name}; from epoch {short[0][0]} of fewer, down to {min(n for _, n in short)})"
 
 
 def validation_accuracy(run: Path) -> dict[int, float | None]:
@@ -113,7 +128,7 @@ def arm_curves(runs: dict[tuple[str, str], list[dict[int, float | None]]]) -> li
         found = band(mine)
         median, low, high = ([math.nan if v is None else v for v in vs] for vs in
                              (found.median, found.q1, found.q3))  # fmt: skip
-        curves.append(ArmCurve(task, arm, len(mine), found.epoch, median, low, high))
+        curves.append(ArmCurve(task, arm, len(mine), found.epoch, median, low, high, found.n))
     return curves
 
 
@@ -151,8 +166,8 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
     for curve in curves:
         colour = colours[curve.arm]
         few = sum(math.isfinite(v) for v in curve.median) < FEW_POINTS
-        label = f"{pages.plot_label(curve.arm)} (median of {curve.trials})"
-        ax.plot(curve.epochs, curve.median, color=colour, marker="o" if few else None, label=label)
+        marker = "o" if few else None
+        ax.plot(curve.epochs, curve.median, color=colour, marker=marker, label=curve.label)
         ax.fill_between(curve.epochs, curve.low, curve.high, color=colour, alpha=0.2, linewidth=0)
     ax.set_title(task)
     ax.set_xlabel("epoch")
@@ -162,7 +177,8 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     caption = (
         f"{task}: validation accuracy per epoch, each arm's median over its trials with the "
-        "band between their first and third quartiles."
+        "band between their first and third quartiles; where some trials stopped early (a "
+        "governor ended them), the legend says from which epoch fewer are in the median."
     )
     return StudyPlot(f"curves-{task}", caption, _png(figure), figure)
 
