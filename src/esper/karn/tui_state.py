@@ -87,7 +87,10 @@ def ppo_rows(state: RunState) -> list[tuple[str, str]]:
     ]
     for name in PPO_FIELDS:
         value = None if update is None else getattr(update, name)
-        shown = ("yes" if value else "no") if isinstance(value, bool) else display(value, ".4g")
+        if isinstance(value, bool):
+            shown = "yes" if value else "no"
+        else:  # counts in full (round 12345 read 1.234e+04), measures to 4 significant digits
+            shown = display(value, "d" if isinstance(value, int) else ".4g")
         rows.append((name.replace("_", " "), shown))
     return rows
 
