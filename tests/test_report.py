@@ -295,6 +295,26 @@ def test_timeline_and_marks_from_hand_written_transitions(tmp_path: Path) -> Non
     assert drawn == {("germinate", 3, 2), ("prune", 7, 2), ("germinate", 10, 0), ("prune", 10, 0)}
 
 
+def test_a_stage_entered_at_the_last_epoch_is_drawn(tmp_path: Path) -> None:
+    """A slot pruned at epoch 11 and EMBARGOED at 12, the last: its final span (12, 12) was a
+    bar of width 0, and the timeline seemed to end PRUNED."""
+    records = [_started(), _transition(3, "early", "DORMANT", "GERMINATED", "conv_light")]
+    records += [_transition(11, "early", "GERMINATED", "PRUNED", "conv_light")]
+    records += [_epoch(12), _transition(12, "early", "PRUNED", "EMBARGOED", "conv_light")]
+    report = build_report(_write_run(tmp_path / "end", records))
+    (ax,) = next(p for p in report.plots if p.name == "timeline").figure.axes
+    bars = []  # (colour, x, width) of the first slot's bars (its row is 2, from the bottom)
+    for collection in ax.collections:
+        colours = collection.get_facecolor()
+        for i, path in enumerate(collection.get_paths()):
+            box = path.get_extents()
+            if not isinstance(collection, PathCollection) and box.y0 == pytest.approx(2 - 0.35):
+                bars.append((to_hex(colours[i % len(colours)]), box.x0, box.width))
+    last = max(bars, key=lambda bar: bar[1])
+    assert last[0] == to_hex(STAGE_COLOURS[SeedStage.EMBARGOED]) and last[1] == 12
+    assert last[2] > 0 and ax.get_xlim()[1] > 12
+
+
 def _marks_drawn(ax: Axes) -> set[tuple[str, float, float]]:
     """Every lifecycle marker on ``ax`` as (kind, x, y), the kind told by its colour."""
     kinds = {colour: kind for kind, (_, colour) in MARK_STYLES.items()}

@@ -118,6 +118,12 @@ class Report:
     warnings: list[str]
 
 
+END_STUB = 0.4
+"""Epochs drawn for a slot's last stage when it was entered at the last epoch (a prune's
+EMBARGOED, say): a bar of width 0 was invisible, and the timeline seemed to end in the stage
+before."""
+
+
 def _figure(ncols: int = 1, height: float = HEIGHT_IN) -> tuple[Figure, list[Axes]]:
     figure = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
@@ -249,9 +255,10 @@ def plot_timeline(data: RunData, episode: Episode | None, caption: str) -> Plot 
     end = float(episode.epochs[-1].epoch)
     figure, (ax,) = _figure(height=1.2 + 0.5 * len(data.slots))
     rows = {slot: i for i, slot in enumerate(reversed(data.slots))}  # first slot on top
-    for slot, spans in episode.timeline(data.slots, end).items():
-        for span in spans:
-            bar = [(span.start, span.end - span.start)]
+    timeline = episode.timeline(data.slots, end)
+    for slot, spans in timeline.items():
+        for span in spans:  # a stage entered at the last epoch (only a last span) gets a stub
+            bar = [(span.start, span.end - span.start or END_STUB)]
             colour = STAGE_COLOURS[span.stage]
             ax.broken_barh(bar, (rows[slot] - 0.35, 0.7), facecolors=colour, edgecolors="white")
     marks = [m for m in episode.marks() if m.slot in rows]
@@ -266,7 +273,8 @@ def plot_timeline(data: RunData, episode: Episode | None, caption: str) -> Plot 
             ax.annotate(mark.blueprint, (mark.epoch, rows[mark.slot] + 0.38), fontsize=7)
     ax.set_yticks(list(rows.values()), list(rows))
     ax.set_ylim(-0.6, len(rows) - 0.3)
-    ax.set_xlim(0, max(end, 1.0))
+    stub = any(s.end == s.start for spans in timeline.values() for s in spans)
+    ax.set_xlim(0, max(end + (END_STUB if stub else 0.0), 1.0))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")
     ax.set_xlabel("epoch")
     return _plot("timeline", caption, figure)
