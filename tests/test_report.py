@@ -203,6 +203,13 @@ def test_final_metrics_table_shows_both_summaries(
     finals = [s.final for s in summaries if s.final is not None]
     assert metrics["metric"] == [recorded_runs["heuristic"].name, recorded_runs["static"].name]
     assert metrics["final validation accuracy (%)"] == [f"{f.val_accuracy:.2f}" for f in finals]
+    tests = [s.test for s in summaries if s.test is not None]  # what a study ranks runs by
+    assert len(tests) == 2 and metrics["test accuracy (%)"] == [
+        f"{t.final_accuracy:.2f}" for t in tests
+    ]
+    assert metrics["test accuracy, best validation epoch (%)"] == [
+        f"{t.best_accuracy:.2f}" for t in tests
+    ]
     assert metrics["best validation accuracy (%)"] == [
         f"{s.best_val_accuracy:.2f}" for s in summaries
     ]

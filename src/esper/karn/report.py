@@ -441,6 +441,8 @@ def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
 # --- HTML ----------------------------------------------------------------------------------
 
 GROWTH_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "test accuracy (%)": (("growth", "test", "final_accuracy"), ".2f"),  # a study's score
+    "test accuracy, best validation epoch (%)": (("growth", "test", "best_accuracy"), ".2f"),
     "final validation accuracy (%)": (("growth", "final", "val_accuracy"), ".2f"),
     "best validation accuracy (%)": (("growth", "best_val_accuracy"), ".2f"),
     "final validation loss": (("growth", "final", "val_loss"), ".4f"),
