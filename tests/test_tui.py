@@ -192,7 +192,7 @@ def test_ppo_environments_episodes_and_updates() -> None:
     assert summary_lines(state, "x")[1] == "round 1 · env steps 4 · envs 2 · events 10 · panics 1"
     state.apply(update(12345, 1.0, policy_loss=-0.0123456))  # counts were 1.234e+04
     rows = dict(ppo_rows(state))
-    assert rows["round"] == "12345" and rows["env steps"] == "49380"
+    assert rows["round"] == "12345" and rows["env steps"] == "49380"  # a huge one: 4 digits
     assert rows["policy loss"] == "-0.01235"
 
 

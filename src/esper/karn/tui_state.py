@@ -78,6 +78,11 @@ def mean_returns(state: RunState) -> list[float]:
     return [v for v in values if v is not None and v == v]
 
 
+FULL_COUNT = 10**12
+"""Counts below this show in full in the PPO panel; larger ones (a damaged log's 400-digit
+round) to four significant digits, as measures."""
+
+
 def ppo_rows(state: RunState) -> list[tuple[str, str]]:
     """The PPO panel: the anomaly counts, then every field of the latest round's ``PPOUpdate``."""
     update = state.rounds[-1].update if state.rounds else None
@@ -89,8 +94,9 @@ def ppo_rows(state: RunState) -> list[tuple[str, str]]:
         value = None if update is None else getattr(update, name)
         if isinstance(value, bool):
             shown = "yes" if value else "no"
-        else:  # counts in full (round 12345 read 1.234e+04), measures to 4 significant digits
-            shown = display(value, "d" if isinstance(value, int) else ".4g")
+        else:  # counts in full (round 12345 read 1.234e+04) up to a width the panel holds,
+            whole = isinstance(value, int) and abs(value) < FULL_COUNT  # else 4 digits
+            shown = display(value, "d" if whole else ".4g")
         rows.append((name.replace("_", " "), shown))
     return rows
 
