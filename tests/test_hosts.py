@@ -409,6 +409,7 @@ def test_dormant_model_is_the_host() -> None:
         ({"block_size": True}, r"block_size must be an integer in \[1, 65536\], got True"),
         ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
         ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\), got '0.1'"),
+        ({"dropout": False}, r"dropout must be a number in \[0, 1\), got False"),  # not loaded
     ],
 )
 def test_transformer_validates_construction(kwargs, message: str) -> None:
@@ -518,5 +519,10 @@ def test_inputs_a_host_cannot_take_are_one_clear_error() -> None:
     for ids in ([[0, 11]], [[-1, 2]]):
         with pytest.raises(ValueError, match=r"token ids must be in \[0, 11\) \(vocab_size\)"):
             gpt(torch.tensor(ids))
-    with pytest.raises(ValueError, match=r"integer token ids, got torch\.float32"):
-        gpt(torch.tensor([[0.0, 1.0]]))
+    for dtype in (torch.float32, torch.uint8, torch.int16, torch.bool):  # embeddings: int32/64
+        with pytest.raises(ValueError, match=rf"ids of dtype int64 or int32, got {dtype}"):
+            gpt(torch.tensor([[0, 1]], dtype=dtype))
+    assert gpt(torch.tensor([[0, 10]], dtype=torch.int32)).shape == (1, 2, 11)
+    for dtype in (torch.int64, torch.uint8, torch.bool):  # a torch error inside the first conv
+        with pytest.raises(ValueError, match=rf"expects floating-point images, got {dtype}"):
+            cnn(torch.ones(2, 1, 9, 9, dtype=dtype))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.leyline import InjectionSpec, Topology, slot_names
-from esper.leyline.config import check_int, decode, require
+from esper.leyline.config import check_int, decode, is_number, require
 
 MAX_HOST_SIZE = 65_536
 """Largest channel count (a CNN's last block's included), dimension, depth or vocabulary a host
@@ -122,7 +122,7 @@ class TransformerHostConfig:
         )
         _require_multiple("n_layer", self.n_layer, "n_points", self.n_points)
         require(
-            isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0,
+            is_number(self.dropout) and 0.0 <= self.dropout < 1.0,  # False was taken, not loaded
             f"dropout must be a number in [0, 1), got {self.dropout!r}",
         )
 
@@ -466,6 +466,8 @@ class CNNHost(SegmentedHost):
                 f"{least.bit_length() - 1} times; input_size {self.config.input_size}), got "
                 f"{tuple(x.shape)}"
             )
+        if not x.is_floating_point():  # a torch error from inside the first convolution
+            raise ValueError(f"CNNHost expects floating-point images, got {x.dtype}")
         return x
 
     def _head(self, h: Tensor) -> Tensor:
@@ -558,8 +560,10 @@ class TransformerHost(SegmentedHost):
         t, vocab = idx.shape[1], self.config.vocab_size
         if t > self.config.block_size:
             raise ValueError(f"sequence length {t} exceeds block_size {self.config.block_size}")
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype is torch.bool:
-            raise ValueError(f"TransformerHost expects integer token ids, got {idx.dtype}")
+        if idx.dtype not in (torch.int64, torch.int32):  # what an embedding takes
+            raise ValueError(
+                f"TransformerHost expects token ids of dtype int64 or int32, got {idx.dtype}"
+            )
         # on an accelerator reading the range back would make the host wait every batch
         if idx.device.type == "cpu" and idx.numel() and not 0 <= idx.min() <= idx.max() < vocab:
             raise ValueError(
