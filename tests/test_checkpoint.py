@@ -294,18 +294,26 @@ def test_in_memory_state_restores_in_place() -> None:
         assert torch.equal(model(x), before)
 
 
-@pytest.mark.parametrize("damage", ["weights", "stage"])
+@pytest.mark.parametrize("damage", ["weights", "stage", "dtype", "missing entry"])
 def test_a_state_that_cannot_be_restored_leaves_the_model_as_it_was(damage: str) -> None:
     """The slots restored before the failure stayed restored: a DORMANT model caught the error
-    and went on as BLENDING at α 0.4 and epoch 1 with a freshly initialised seed."""
+    and went on as BLENDING at α 0.4 and epoch 1 with a freshly initialised seed. Integer
+    weights were cast into the float32 model (truncated), and a manifest without a slot's
+    entry was a KeyError, not the ValueError promised."""
     grown = _grown_cnn()
     state = capture_state(grown)
+    manifest = json.loads(json.dumps(state.manifest))
     if damage == "weights":
         weights = {k: v for k, v in state.weights.items() if not k.startswith("slots.late")}
         bad = dataclasses.replace(state, weights=weights)
-    else:
-        manifest = json.loads(json.dumps(state.manifest))
+    elif damage == "dtype":
+        weights = {k: v.long() if v.is_floating_point() else v for k, v in state.weights.items()}
+        bad = dataclasses.replace(state, weights=weights)
+    elif damage == "stage":
         manifest["seeds"]["late"]["stage"] = "NOPE"
+        bad = dataclasses.replace(state, manifest=manifest)
+    else:
+        del manifest["seeds"]["late"]
         bad = dataclasses.replace(state, manifest=manifest)
     model = MorphogeneticModel(cnn_host(), ["early", "mid", "late"], embargo_epochs=3).eval()
     x = host_input(model.host)

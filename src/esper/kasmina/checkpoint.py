@@ -104,6 +104,9 @@ def restore_state(model: MorphogeneticModel, state: ModelState) -> None:
     before = capture_state(model)
     try:
         _restore(model, state)
+    except (KeyError, TypeError) as err:  # a manifest entry missing or of another type
+        _restore(model, before)
+        raise ValueError(f"state has an inconsistent manifest: {err!r}") from err
     except BaseException:
         _restore(model, before)
         raise
@@ -127,8 +130,12 @@ class WeightsMismatchError(ValueError):
 
 
 def _check_weights(model: MorphogeneticModel, weights: dict[str, torch.Tensor]) -> None:
-    """Name the keys and shapes that differ (``load_state_dict`` only summarizes them)."""
-    _compare({k: tuple(v.shape) for k, v in model.state_dict().items()}, weights)
+    """Name the keys, shapes and dtypes that differ (``load_state_dict`` only summarizes the
+    first two, and casts the third: int64 weights in a float32 model were truncated)."""
+    own = model.state_dict()
+    _compare({k: tuple(v.shape) for k, v in own.items()}, weights)
+    _mismatch([f"{k}: dtype {weights[k].dtype} != {v.dtype}" for k, v in own.items()
+               if weights[k].dtype != v.dtype])  # fmt: skip
 
 
 def _check_host_weights(config: Any, weights: dict[str, torch.Tensor]) -> None:
@@ -150,6 +157,11 @@ def _compare(expected: dict[str, tuple[int, ...]], weights: dict[str, torch.Tens
         for k in expected
         if k in given and given[k] != expected[k]
     ]
+    _mismatch(problems)
+
+
+def _mismatch(problems: list[str]) -> None:
+    """Raise ``WeightsMismatchError`` naming the first five ``problems``, if any."""
     if problems:
         more = len(problems) - 5
         raise WeightsMismatchError(
