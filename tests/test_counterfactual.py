@@ -235,6 +235,15 @@ def test_accuracy_refuses_targets_of_another_shape_and_scores_non_finite_logits_
     y = torch.tensor([0, 1, 0, 1])
     with pytest.raises(ValueError, match=r"shaped like the logits .* \(4,\); got \(4, 1\)"):
         per_sample_accuracy(logits, y[:, None])
+    # Labels no class can have scored 0 for every model, so a contribution came out 0.
+    for bad, message in [
+        (torch.tensor([0, 1, 2, 1]), r"class indices in \[0, 2\), got 0 to 2"),
+        (torch.tensor([0, -1, 0, 1]), r"class indices in \[0, 2\), got -1 to 1"),
+        (y.float(), "class indices \\(an integer tensor\\), got torch.float32"),
+        (y.bool(), "class indices \\(an integer tensor\\), got torch.bool"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            per_sample_accuracy(logits, bad)
     logits[1, 0] = float("nan")
     logits[2, 1] = float("inf")
     scores = per_sample_accuracy(logits, y)

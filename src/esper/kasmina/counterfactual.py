@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 
@@ -21,12 +22,24 @@ def per_sample_accuracy(output: Tensor, target: Tensor) -> Tensor:
 
     Raises:
         ValueError: ``target`` is not shaped ``output.shape[:-1]`` (a ``(B, 1)`` target would
-            broadcast against ``(B,)`` predictions into a ``(B, B)`` table of wrong scores).
+            broadcast against ``(B,)`` predictions into a ``(B, B)`` table of wrong scores), is
+            not an integer tensor, or (on the CPU; an accelerator would wait to read it) holds
+            a class index outside ``[0, classes)``: such a sample scored 0 for every model, so
+            a contribution came out 0.
     """
     if target.shape != output.shape[:-1]:
         raise ValueError(
             f"targets must be shaped like the logits without their last dimension, "
             f"{tuple(output.shape[:-1])}; got {tuple(target.shape)}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype is torch.bool:
+        raise ValueError(f"targets must be class indices (an integer tensor), got {target.dtype}")
+    classes = output.shape[-1]
+    cpu = target.device.type == "cpu" and target.numel() > 0
+    if cpu and not 0 <= target.min() <= target.max() < classes:
+        raise ValueError(
+            f"targets must be class indices in [0, {classes}), got {int(target.min())} to "
+            f"{int(target.max())}"
         )
     correct = (output.argmax(dim=-1) == target).float()  # (B,) or (B, T)
     correct = correct.masked_fill(~output.isfinite().all(dim=-1), math.nan)
