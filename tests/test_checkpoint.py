@@ -94,6 +94,18 @@ def test_missing_file(tmp_path) -> None:
         load_model(tmp_path / "nope.pt")
 
 
+def test_a_device_this_machine_lacks_is_refused_before_the_file_is_read(tmp_path) -> None:
+    """A bogus name or CUDA on a machine without it failed after the whole load, with torch's
+    own error (a RuntimeError listing every device type, or an AssertionError)."""
+    path = save_model(_grown_cnn(), tmp_path / "m.pt")
+    cases = [("bogus", "is no torch device"), (None, "is no torch device")]
+    cases.append(("cuda:99", rf"this machine has {torch.cuda.device_count()} CUDA device"))
+    for where, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_model(path, map_location=where)  # type: ignore[arg-type]
+    assert load_model(path, map_location=torch.device("cpu")).epoch == load_model(path).epoch
+
+
 def test_corrupt_file(tmp_path) -> None:
     path = save_model(_grown_cnn(), tmp_path / "m.pt")
     data = path.read_bytes()

@@ -255,7 +255,9 @@ def load_model(
 
     Raises:
         CheckpointError: for a missing, corrupt, foreign or inconsistent file, naming what is wrong.
+        ValueError: ``map_location`` is no device this machine has (checked before reading).
     """
+    _check_device(map_location)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
@@ -264,6 +266,20 @@ def load_model(
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err.strerror}") from err
     return model_from_bytes(data, str(path), map_location)
+
+
+def _check_device(where: str | torch.device) -> None:
+    """``where`` names a device torch knows and this machine has: a bogus name or CUDA on a
+    machine without it failed after the whole file was read, with torch's own error."""
+    try:
+        device = torch.device(where)
+    except (RuntimeError, TypeError):  # torch's message lists every device type it knows
+        raise ValueError(
+            f"map_location {where!r} is no torch device (e.g. 'cpu', 'cuda:0')"
+        ) from None
+    count = torch.cuda.device_count() if device.type == "cuda" else 1
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"map_location {where!r}: this machine has {count} CUDA device(s)")
 
 
 def model_from_bytes(
