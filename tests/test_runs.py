@@ -291,6 +291,21 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
     assert [r["run"] for r in rows] == [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
 
 
+def test_names_that_showed_alike_are_two_runs(tmp_path, recorded_runs, capsys) -> None:
+    """A directory named with the byte 0xff and one named with the four characters \\xff
+    both showed as r\\xff: the runs views pooled their epochs into one group, and the
+    dashboard served only one of them."""
+    from esper.karn.dashboard import run_paths
+
+    byte, text = tmp_path / os.fsdecode(b"r\xff"), tmp_path / "r\\xff"
+    shutil.copytree(recorded_runs["heuristic"], byte)
+    shutil.copytree(recorded_runs["static"], text)
+    rows = _query(capsys, "SELECT run, count(*) AS n FROM epochs GROUP BY run ORDER BY run",
+                  tmp_path)  # fmt: skip
+    assert rows == [{"run": "r\\\\xff", "n": 40}, {"run": "r\\xff", "n": 40}]  # "\\" < "x"
+    assert sorted(run_paths(tmp_path)) == ["r\\\\xff", "r\\xff"]
+
+
 def test_a_summary_copied_from_another_run_is_not_taken_for_the_runs(
     tmp_path, recorded_runs, capsys
 ) -> None:

@@ -542,8 +542,10 @@ def shown_name(path: Path) -> str:
 
 
 def shown_path(path: Path) -> str:
-    """``path`` as text, bytes that are no UTF-8 as ``\\xff`` (see ``shown_name``)."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    """``path`` as text, bytes that are no UTF-8 as ``\\xff`` (see ``shown_name``) and a
+    backslash doubled, so that two paths never show alike: a byte 0xff and the four characters
+    ``\\xff`` showed as one name, and the runs views pooled the two runs into one."""
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
 
 
 def run_candidates(directory: Path) -> list[Path]:
