@@ -181,6 +181,17 @@ def test_mismatched_architecture(tmp_path) -> None:
         (lambda m: m["seeds"]["mid"].update(contribution="lots"), "contribution must be a number"),
         (lambda m: m["seeds"]["mid"].update(stage="DORMANT"), "stage DORMANT with blueprint"),
         (lambda m: m.update(dtype="float7"), "unknown dtype 'float7'"),
+        # what the lifecycle keeps true (an adversarial sweep: these were restored, and the
+        # seed then held α forever or never passed G3)
+        (lambda m: m["seeds"]["mid"].update(schedule=None), "a BLENDING seed has an α schedule"),
+        (
+            lambda m: m["seeds"]["late"].update(schedule=m["seeds"]["mid"]["schedule"]),
+            "got FOSSILIZED with schedule",
+        ),
+        (lambda m: m["seeds"]["mid"].update(alpha=0.9), r"alpha 0.9 is not where its schedule"),
+        (lambda m: m["seeds"]["mid"]["plan"].update(target=0.0), "plan's target must be in"),
+        (lambda m: m["seeds"]["mid"].update(epochs_in_stage=True), "epochs_in_stage must be"),
+        (lambda m: m["seeds"]["mid"].update(gradient_ratio=-1.0), "gradient_ratio must be >= 0"),
     ],
 )
 def test_inconsistent_manifest(tmp_path, edit, message: str) -> None:

@@ -364,7 +364,7 @@ class SeedSlot(nn.Module):
         )
         self.plan = AlphaSchedule.from_dict(data["plan"])
         epochs = data["epochs_in_stage"]
-        if not isinstance(epochs, int) or epochs < 0:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(
                 f"slot {self.name!r}: epochs_in_stage must be an int >= 0, got {epochs!r}"
             )
@@ -372,6 +372,33 @@ class SeedSlot(nn.Module):
         self.contribution = _optional_float(data, "contribution")
         self.shapley = _optional_float(data, "shapley")
         self.gradient_ratio = _optional_float(data, "gradient_ratio")
+        self._check_restored()
+
+    def _check_restored(self) -> None:
+        """What the lifecycle keeps true holds for the restored slot: a BLENDING seed, and it
+        alone, has an α schedule, at its α; a plan aims above 0; a gradient ratio is not
+        negative. An edited manifest otherwise held α at 0.25 forever, or past G3 never.
+
+        Raises:
+            ValueError: naming what is inconsistent.
+        """
+        where, blending = f"slot {self.name!r}", self.stage is SeedStage.BLENDING
+        if (self.schedule is not None) != blending:
+            raise ValueError(
+                f"{where}: a BLENDING seed has an α schedule and no other stage has one; got "
+                f"{self.stage.value} with schedule {self.schedule}"
+            )
+        if self.schedule is not None and not math.isclose(
+            self.alpha, self.schedule.value(), rel_tol=0.0, abs_tol=1e-9
+        ):
+            raise ValueError(
+                f"{where}: alpha {self.alpha} is not where its schedule is "
+                f"({self.schedule.value()})"
+            )
+        if not self.plan.target > 0.0:
+            raise ValueError(f"{where}: its α plan's target must be in (0, 1], got 0")
+        if self.gradient_ratio is not None and self.gradient_ratio < 0:
+            raise ValueError(f"{where}: gradient_ratio must be >= 0, got {self.gradient_ratio}")
 
 
 def _optional_float(data: dict[str, Any], key: str) -> float | None:
