@@ -460,6 +460,8 @@ def test_unknown_slots_rejected() -> None:
     model = MorphogeneticModel(cnn_host(), ["early"])
     with pytest.raises(ValueError, match=r"unknown slot 'late'; enabled slots: \['early'\]"):
         model.germinate("late", "norm")
+    with pytest.raises(ValueError, match=r"unknown slot \['early'\]; enabled"):  # unhashable
+        model.slot(["early"])  # type: ignore[arg-type]
 
 
 def test_transformer_tied_head() -> None:

@@ -34,6 +34,10 @@ def test_unavailable_or_malformed_devices_are_named(monkeypatch) -> None:
         assign_devices(2, ["cpu", "cpu"])
     with pytest.raises(ValueError, match="distinct"):  # the same GPU by two names
         assign_devices(2, ["cuda", "cuda:0"])
+    with pytest.raises(ValueError, match="at least one device"):  # a ZeroDivisionError
+        assign_devices(2, [])
+    with pytest.raises(ValueError, match=r"n_envs must be an integer in \[0, "):  # was ()
+        assign_devices(-1, ["cpu"])
 
 
 def test_cuda_is_the_first_visible_gpu(monkeypatch) -> None:

@@ -150,7 +150,7 @@ class MorphogeneticModel(nn.Module):
         Raises:
             ValueError: naming the slot and the enabled ones.
         """
-        if name not in self.slots:
+        if not isinstance(name, str) or name not in self.slots:  # ["mid"]: unhashable
             raise ValueError(f"unknown slot {name!r}; enabled slots: {list(self.order)}")
         return cast(SeedSlot, self.slots[name])
 

@@ -17,7 +17,7 @@ import torch
 from esper.kasmina import CNNHost
 from esper.kasmina.grouped import activation_bytes
 from esper.leyline import Action, Observation, Topology
-from esper.leyline.config import require
+from esper.leyline.config import MAX_INT64, check_int, require
 from esper.simic.acting import RoundPolicy, Trajectory, collect
 from esper.simic.env import GrowthEnv, reset_envs, step_envs
 from esper.simic.protocol import Emit, Env, EnvStep, EpisodeInfo
@@ -50,8 +50,11 @@ def assign_devices(n_envs: int, devices: Sequence[str]) -> tuple[torch.device, .
     """Environment ``i`` goes to ``devices[i % len(devices)]``.
 
     Raises:
-        ValueError: for an unavailable device or a device named twice.
+        ValueError: for an unavailable device, a device named twice, no device, or a
+            negative count.
     """
+    check_int("n_envs", n_envs, 0, MAX_INT64)
+    require(len(devices) > 0, "devices must name at least one device, got none")
     parsed = [parse_device(d) for d in devices]
     require(len(set(parsed)) == len(parsed), f"devices must be distinct, got {list(devices)}")
     return tuple(parsed[i % len(parsed)] for i in range(n_envs))
