@@ -284,6 +284,8 @@ def test_grouped_closed_form_with_seeds_equals_each_model(
     models[2].advance("late")  # BLENDING
     alone = copy.deepcopy(models)
     xs = [torch.randn(16, 1, 8, 8) for _ in models]
+    with pytest.raises(ValueError, match=r"one batch per model: 3 models, 2 batches"):
+        grouped_forward(models, xs[:2])  # a torch error from inside the first convolution
     outs = grouped_forward(models, xs).unbind(1)
     weights = torch.linspace(-1, 1, outs[0].numel()).view_as(outs[0])
     sum((out * weights).sum() for out in outs).backward()
@@ -472,3 +474,7 @@ def test_a_chunk_that_is_not_a_positive_count_is_refused_before_any_reset() -> N
         with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, "):
             step_together(episodes, [], chunk)  # type: ignore[arg-type]
     assert events == []
+    envs = _growth_envs("fashion_mnist_impaired", 2)
+    for chunk in (True, 2.5, 0):  # True and 2.5 were taken and refused only at reset
+        with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, "):
+            VectorEnv(envs, [CPU] * 2, lambda event, context: None, chunk=chunk)  # type: ignore[arg-type]

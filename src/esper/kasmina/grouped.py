@@ -167,8 +167,15 @@ def grouped_forward(models: Sequence[MorphogeneticModel], xs: Sequence[Tensor]) 
         The outputs stacked ``(B, k, classes)``: ``[:, i]`` is what ``models[i](xs[i])`` would
         give (up to floating-point summation order), with gradients into each model's own
         parameters. Kept stacked so that the loss of all k models is one computation.
+
+    Raises:
+        ValueError: not one batch per model (a torch error from inside a convolution).
     """
     k = len(models)
+    if len(xs) != k:
+        raise ValueError(
+            f"grouped_forward needs one batch per model: {k} models, {len(xs)} batches"
+        )
     h = torch.cat(list(xs), dim=1)  # (B, k·C_in, H, W)
     per_model = [_blocks(m) for m in models]
     enabled = set(models[0].order)

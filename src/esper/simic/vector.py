@@ -135,7 +135,8 @@ class VectorEnv:
         self.emit = emit
         self.indices = tuple(range(len(envs)) if indices is None else indices)
         require(len(self.indices) == len(envs), f"{len(self.indices)} indices for {len(envs)}")
-        require(chunk is None or chunk >= 1, f"chunk must be at least 1, got {chunk}")
+        if chunk is not None:  # True or 2.5 were taken here and refused only at reset
+            check_int("chunk", chunk, 1, MAX_INT64)
         self.chunk = chunk
         topologies = {env.topology for env in envs}
         require(len(topologies) == 1, f"environments must share one topology, got {topologies}")
