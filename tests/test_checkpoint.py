@@ -177,6 +177,7 @@ def test_mismatched_architecture(tmp_path) -> None:
             "'SLEEPING' is not a valid SeedStage",
         ),
         (lambda m: m.pop("slots"), "inconsistent manifest: KeyError"),
+        (lambda m: m["seeds"].pop("late"), r"inconsistent manifest: KeyError\('late'\)$"),
         (lambda m: m["seeds"]["mid"].update(alpha=7.0), r"alpha must be in \[0.0, 1.0\], got 7.0"),
         (lambda m: m["seeds"]["mid"].update(contribution="lots"), "contribution must be a number"),
         (lambda m: m["seeds"]["mid"].update(stage="DORMANT"), "stage DORMANT with blueprint"),

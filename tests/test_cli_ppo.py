@@ -204,7 +204,7 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     args = ["eval", "--policy", str(partial), "--task", "synthetic", "--epochs", "1"]
     args += ["--batches-per-epoch", "2", "--val-samples", "64"]
     assert main([*args, "--out", str(tmp_path / "e1")]) == 0
-    note = "esper eval: note: the policy finished 2 of its run's 5 PPO rounds (the run stopped "
+    note = "esper eval: note: the policy finished 2 of its run's 5 PPO rounds (stopped early, or "
     assert note in capsys.readouterr().err
     assert main(["eval", "--policy", str(recorded_runs["ppo"]), *args[3:], "--out",
                  str(tmp_path / "e2")]) == 0  # fmt: skip

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -410,6 +411,7 @@ def test_dormant_model_is_the_host() -> None:
         ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
         ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\), got '0.1'"),
         ({"dropout": False}, r"dropout must be a number in \[0, 1\), got False"),  # not loaded
+        ({"dropout": np.float32(0.1)}, r"dropout must be a number in \[0, 1\)"),  # not saved
     ],
 )
 def test_transformer_validates_construction(kwargs, message: str) -> None:

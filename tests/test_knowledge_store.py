@@ -465,6 +465,14 @@ def test_default_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # None means the default: the cache directory is created with the file.
     assert record_outcomes(None, [_outcome()], Warnings()) is True
     assert _raw(default_url(), "SELECT run_id FROM outcomes") == [("r1",)]
+    # A cache directory that is no UTF-8: a run's end warns (it raised UnicodeEncodeError
+    # from record_outcomes, which never raises), the command says one line.
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fsdecode(os.fsencode(tmp_path) + b"/c\xff"))
+    warnings = Warnings()
+    assert record_outcomes(None, [_outcome()], warnings) is False
+    assert len(warnings) == 1 and "is not UTF-8 text" in warnings[0]
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        _knowledge("show")
     monkeypatch.setenv(KNOWLEDGE_ENV, "postgresql://esper@cluster/knowledge")
     assert default_url() == "postgresql://esper@cluster/knowledge"
 

@@ -963,7 +963,7 @@ def _bad_row(cells: list[str], case: str) -> str:
     [
         ("short", "trials.csv:2: not 12 cells, as the header"),
         ("extra", "trials.csv:2: not 12 cells, as the header"),
-        ("seed=" + "1" * 30, "seed must be an integer in [0, 4294967295]"),
+        ("seed=" + "1" * 30, "seed must be an integer in [0, 9223372036854775807]"),
         ("score=-50", "score must be a number in [0.0, 100.0]"),
         ("final_params=" + "9" * 100, "final_params must be an integer in [0, 92233720368547758"),
     ],

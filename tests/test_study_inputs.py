@@ -581,6 +581,12 @@ def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
     spec, directory = read_study(_study(first, f"{HEAD}{BUDGET}{eval_arm}"))
     directory.mkdir()
     StudyDriver(spec, directory, print).state.save(directory)
+    # A study.json of before (the policy's absolute path) resumes where the policy is.
+    saved = json.loads((directory / STUDY_FILE).read_text())
+    saved["settings"]["arms"][0]["policy"] = str((first / "pol").resolve())
+    (directory / STUDY_FILE).write_text(json.dumps(saved))
+    assert main(["study", str(first / "study.toml"), "--dry-run"]) == 0
+    StudyDriver(spec, directory, print).state.save(directory)  # as a run saves it again
     moved = tmp_path / "moved"
     first.rename(moved)
     assert main(["study", str(moved / "study.toml"), "--dry-run"]) == 0

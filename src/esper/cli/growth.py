@@ -80,7 +80,7 @@ def _partial_note(policy: Path, rounds: int | None) -> str | None:
         return None
     return (
         f"esper eval: note: the policy finished {rounds} of its run's {planned} PPO rounds "
-        f"(the run stopped early; esper ppo --resume {policy} trains it on)"
+        f"(stopped early, or still training; esper ppo --resume {policy} trains a stopped run on)"
     )
 
 

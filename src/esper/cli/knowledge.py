@@ -67,8 +67,8 @@ def run_knowledge(args: argparse.Namespace) -> int:
         parse_url,
     )
 
-    url = default_url() if args.knowledge is None else args.knowledge
     try:
+        url = default_url() if args.knowledge is None else args.knowledge
         shown = parse_url(url).render_as_string(hide_password=True)
         if args.knowledge_command == "reset" and not args.yes:
             raise UserError(

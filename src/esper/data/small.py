@@ -104,7 +104,7 @@ def make_synthetic(
 
     Raises:
         ValueError: A size that is not an integer >= 1 (True and 2.5 are not), ``num_classes``
-            < 2, or a seed outside [0, 2**63).
+            < 2, or a seed outside [0, 2**32).
     """
     for name, count in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         check_int(name, count)

@@ -47,7 +47,7 @@ class BatchStream:
 
     Raises:
         ValueError: mismatched or empty ``x`` and ``y``, a batch size that is not an integer
-            >= 1, a seed outside [0, 2**63), ``shuffle`` or ``augment`` not a bool, or
+            >= 1, a seed outside [0, 2**32), ``shuffle`` or ``augment`` not a bool, or
             ``augment`` without images.
     """
 

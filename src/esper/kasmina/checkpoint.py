@@ -269,8 +269,9 @@ def load_model(
 
 
 def _check_device(where: str | torch.device) -> None:
-    """``where`` names a device torch knows and this machine has: a bogus name or CUDA on a
-    machine without it failed after the whole file was read, with torch's own error."""
+    """``where`` names a device torch knows, and a CUDA device this machine has: a bogus name
+    or CUDA on a machine without it failed after the whole file was read, with torch's own
+    error (other accelerators are left to torch)."""
     try:
         device = torch.device(where)
     except (RuntimeError, TypeError):  # torch's message lists every device type it knows
@@ -311,7 +312,8 @@ def model_from_bytes(
             f"checkpoint {str(path)!r}: weights do not match the manifest's architecture: {err}"
         ) from err
     except (KeyError, TypeError, ValueError) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, KeyError | TypeError) else err
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has an inconsistent manifest: {err!r}"
+            f"checkpoint {str(path)!r} has an inconsistent manifest: {cause!r}"
         ) from err
     return model.to(map_location)

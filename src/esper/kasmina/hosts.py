@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.leyline import InjectionSpec, Topology, slot_names
-from esper.leyline.config import check_int, decode, is_number, require
+from esper.leyline.config import check_int, decode, is_plain_number, require
 
 MAX_HOST_SIZE = 65_536
 """Largest channel count (a CNN's last block's included), dimension, depth or vocabulary a host
@@ -122,7 +122,7 @@ class TransformerHostConfig:
         )
         _require_multiple("n_layer", self.n_layer, "n_points", self.n_points)
         require(
-            is_number(self.dropout) and 0.0 <= self.dropout < 1.0,  # False was taken, not loaded
+            is_plain_number(self.dropout) and 0.0 <= self.dropout < 1.0,  # False, numpy: unsaved
             f"dropout must be a number in [0, 1), got {self.dropout!r}",
         )
 

@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from esper.leyline.config import MAX_INT64, MAX_SEED, check_float, check_int, quoted
+from esper.leyline.config import MAX_INT64, check_float, check_int, quoted
 from esper.leyline.files import open_regular
 
 COMPLETED = "completed"
@@ -70,7 +70,7 @@ class TrialRow:
                 f"trial {self.task}/{self.arm}/seed {self.seed}: score {self.score} is not a "
                 "number; a score that was not measured is None"
             )
-        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("seed", self.seed, 0, MAX_INT64)  # trials before seeds stopped at MAX_SEED
         for name in ("score", "best_score"):
             if (value := getattr(self, name)) is not None:
                 check_float(name, value, 0.0, 100.0)  # an accuracy in percent

@@ -143,7 +143,19 @@ def default_url() -> str:
 def sqlite_url(path: Path) -> str:
     """The URL of an SQLite store at ``path``, quoted so that ``parse_url`` reads ``path`` back
     (pasted in, a ``%41`` in a directory name was read as ``A``, a ``?`` as the start of
-    options: the store went to another file)."""
+    options: the store went to another file).
+
+    Raises:
+        KnowledgeURLError: ``path`` holds bytes that are no UTF-8 (a URL cannot carry them).
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        raise KnowledgeURLError(
+            f"knowledge store path {shown!r} is not UTF-8 text, which a store URL needs; "
+            f"name the store with --knowledge or ${KNOWLEDGE_ENV} ({ACCEPTED_URLS})"
+        ) from None
     return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
@@ -588,7 +600,7 @@ def record_outcomes(
     """
     if not outcomes:
         return True
-    try:
+    try:  # the default URL too: its cache directory may not be UTF-8 text
         with KnowledgeStore.open(default_url() if url is None else url) as store:
             store.record(outcomes)
     except (KnowledgeURLError, KnowledgeStoreError) as err:

@@ -53,7 +53,6 @@ from typing import Any, Generic, TypeVar
 from esper.leyline.config import (
     MAX_COUNT,
     MAX_INT64,
-    MAX_SEED,
     check_float,
     check_int,
     decode,
@@ -579,7 +578,7 @@ class RunSummary:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if (self.status == "failed") != (self.failure is not None):
             raise ValueError("a failure message belongs to exactly the failed runs")
-        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("seed", self.seed, 0, MAX_INT64)  # runs before seeds stopped at MAX_SEED
         check_float("wall_seconds", self.wall_seconds, 0.0, math.inf)
         ppo = self.mode == PPO_MODE
         if (self.ppo is not None) != ppo or (self.growth is not None) == ppo:

@@ -28,7 +28,7 @@ import os
 import statistics
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -277,18 +277,36 @@ class StudyState:
             raise UserError(str(err)) from None
         assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
-        saved = with_defaults(StudySpec, state.settings)
+        saved = _policies_by_id(with_defaults(StudySpec, state.settings))
         changed = [c for k in settings for c in config_changes(saved.get(k), settings[k], k)]
         if changed:
             raise UserError(
                 f"{str(directory)!r} holds a study run with other settings (study -> file: "
                 f"{'; '.join(changed)}); use another out, or restore the study file"
             )
-        return state
+        return replace(state, settings=settings)  # saved again as this Esper writes them
 
     def save(self, directory: Path) -> None:
         """Write ``study.json`` atomically."""
         atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
+
+
+def _policies_by_id(settings: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings with an arm's policy as its run's id, as ``study_settings`` has it: a
+    study saved before policies were compared so kept the policy's absolute path, and resumed
+    it would be refused as another study."""
+    arms = []
+    for arm in settings.get("arms") or []:
+        policy = arm.get("policy") if isinstance(arm, dict) else None
+        if isinstance(policy, str) and os.path.isabs(policy):
+            try:
+                meta = record.read_meta(Path(policy))
+            except record.RunRecordError:
+                meta = None  # compared as it is: refused, naming the path
+            if meta is not None:
+                arm = {**arm, "policy": meta.run_id}
+        arms.append(arm)
+    return {**settings, "arms": arms} if "arms" in settings else settings
 
 
 def study_settings(spec: StudySpec) -> dict[str, Any]:

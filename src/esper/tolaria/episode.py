@@ -10,7 +10,9 @@ epoch is trained and by **termination** when the governor panics.
 
 An episode owns its data order (its own ``BatchStream``) and its own torch random state (host and
 seed initialization), so its results do not depend on how many episodes run beside it or in
-which order they step. Episode ``k`` of seed ``s`` uses ``(s · stride + k) mod 2**63``.
+which order they step. Episode ``k`` of seed ``s`` uses ``(s · stride + k) mod 2**63`` on a CUDA
+device and that reduced mod ``2**32`` (a seed, ``MAX_SEED``) on the CPU, whose generator keeps a
+seed's low 32 bits anyway.
 
 Several episodes can also step together (``reset_together``, ``step_together``): each applies
 its action on its own random state, then their epochs train as one grouped computation
@@ -193,11 +195,13 @@ class Episode:
 
     def _build(self) -> None:
         """A fresh host, trainer and tracker for episode ``self.episode`` (on its own RNG)."""
-        # Reduced to a seed (torch's generators keep its low 32 bits: the same numbers as before).
-        episode_seed = (self.seed * EPISODE_SEED_STRIDE + self.episode) % (MAX_SEED + 1)
+        whole = (self.seed * EPISODE_SEED_STRIDE + self.episode) % 2**63
+        # The CPU generator keeps a seed's low 32 bits: reduced to a seed, it draws as before
+        # (and the data stream takes seeds only); CUDA's keeps all 64, so it gets the whole one.
+        episode_seed = whole % (MAX_SEED + 1)
         torch.default_generator.manual_seed(episode_seed)
         if self.device.type == "cuda":  # only this episode's device, not every GPU
-            torch.cuda.default_generators[self.device.index or 0].manual_seed(episode_seed)
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(whole)
         host = self._build_host(self.data).to(self.device)
         model = MorphogeneticModel(host, list(self.slots))
         stream = self._make_stream(episode_seed)
