@@ -172,6 +172,16 @@ DANGLING_LINK = "a symbolic link that leads nowhere (or in a loop)"
 """What a path is that ``is_dangling``: said in one line when such a path is to be used."""
 
 
+def is_utf8_path(path: Path) -> bool:
+    """``path``, made absolute, is UTF-8 text: no bytes that are no UTF-8 (Python keeps those
+    as surrogates, which run views, reports and URLs cannot carry)."""
+    try:
+        str(path.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_dangling(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a symbolic link whose target does not exist (or is a loop)."""
     return os.path.islink(path) and not os.path.exists(path)

@@ -59,8 +59,9 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
-from esper.leyline.files import not_regular
+from esper.leyline.files import is_utf8_path, not_regular
 from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.nissa.log import shown_path
 
 T = TypeVar("T")
 
@@ -148,14 +149,11 @@ def sqlite_url(path: Path) -> str:
     Raises:
         KnowledgeURLError: ``path`` holds bytes that are no UTF-8 (a URL cannot carry them).
     """
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    if not is_utf8_path(path):
         raise KnowledgeURLError(
-            f"knowledge store path {shown!r} is not UTF-8 text, which a store URL needs; "
-            f"name the store with --knowledge or ${KNOWLEDGE_ENV} ({ACCEPTED_URLS})"
-        ) from None
+            f"knowledge store path {shown_path(path)!r} is not UTF-8 text, which a store URL "
+            f"needs; name the store with --knowledge or ${KNOWLEDGE_ENV} ({ACCEPTED_URLS})"
+        )
     return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 

@@ -48,6 +48,7 @@ from esper.leyline.config import (
     read_config_file,
     require,
 )
+from esper.leyline.files import is_utf8_path
 from esper.leyline.trials import REPS_RANGE, STUDY_FILE, TRIALS_DIR
 from esper.nissa import record
 from esper.simic.build import policy_training
@@ -520,13 +521,11 @@ def _check_out(directory: Path) -> None:
     """
     where = f"out {str(directory)!r}"
     require("\0" not in str(directory), f"{where}: a path cannot hold a NUL character")
-    try:
-        str(directory.absolute()).encode("utf-8")
-    except UnicodeEncodeError:  # bytes that are no UTF-8: every trial's run would refuse it
-        raise ValueError(
-            f"{where} is not UTF-8 text (run views, reports and the knowledge store's URL need "
-            "names they can read); choose another out"
-        ) from None
+    require(  # every trial's run directory would refuse it
+        is_utf8_path(directory),
+        f"{where} is not UTF-8 text (run views, reports and the knowledge store's URL need "
+        "names they can read); choose another out",
+    )
     for place in (directory, *directory.absolute().parents):
         try:
             require(

@@ -44,7 +44,13 @@ from esper.leyline.config import (
 )
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
-from esper.leyline.files import DiskFullError, WriteError, atomic_write, fsync_directory
+from esper.leyline.files import (
+    DiskFullError,
+    WriteError,
+    atomic_write,
+    fsync_directory,
+    is_utf8_path,
+)
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, record
 from esper.nissa.console import ConsoleSink, detach_from_hung_up_terminal
@@ -302,13 +308,11 @@ def check_new_run_directory(directory: Path) -> None:
     Raises:
         UserError: naming what is wrong.
     """
-    try:
-        str(directory.absolute()).encode("utf-8")
-    except UnicodeEncodeError:  # bytes that are no UTF-8 (Python keeps them as surrogates)
+    if not is_utf8_path(directory):
         raise UserError(
             f"run directory {str(directory)!r} is not UTF-8 text (run views and reports need "
             "names they can read); choose another --out"
-        ) from None
+        )
     if not directory.absolute().name.isprintable():  # the name begins the run's id
         raise UserError(
             f"run directory {str(directory)!r}: its name holds a character that is not "
