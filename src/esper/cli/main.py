@@ -51,7 +51,7 @@ RUN_COMMANDS = {
     "heuristic": "grow a network with the heuristic controller",
     "static": "train the same host without growth (the control)",
     "eval": "grow a network with a PPO-trained policy (same outputs as heuristic)",
-    "random": "grow a network by uniformly random valid actions (a baseline arm)",
+    "random": "grow a network by random valid actions (a baseline arm)",
     "periodic": "germinate every --periodic.period epochs, keep seeds that clear G5 (a baseline)",
     "ppo": "train a growth policy with PPO (Simic)",
 }
