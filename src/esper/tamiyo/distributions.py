@@ -59,8 +59,6 @@ class MaskedCategorical:
             whose indices it samples itself, skips them.
 
     Attributes:
-        logits: ``(…, n)`` the given logits with masked entries replaced by ``MASK_VALUE``
-            (in the logits' dtype).
         mask: ``(…, n)`` the mask.
 
     Raises:
@@ -87,18 +85,23 @@ class MaskedCategorical:
         self._validate = validate_args and logits.device.type == "cpu"
         if self._validate and bool((logits.isnan() & mask).any()):
             raise ValueError("logits are NaN at a valid choice")
-        self.mask = mask
-        self.logits = logits.masked_fill(~mask, MASK_VALUE)
+        self.mask, self._given = mask, logits
         compute = torch.promote_types(logits.dtype, torch.float32)
-        z = logits.to(compute)
+        # masked entries -inf: weight 0 in the log-sum-exp
+        excluded = logits.to(compute).masked_fill(~mask, float("-inf"))
         # Shift by the largest valid logit first: z - logsumexp(z) computed on logits of size
         # 1e4 would lose ~1e-3 to rounding. The shift is a constant, so it changes no gradient.
-        excluded = z.masked_fill(~mask, float("-inf"))  # masked entries get weight 0
-        z = z - excluded.amax(dim=-1, keepdim=True).detach()
-        lse = torch.logsumexp(z.masked_fill(~mask, float("-inf")), dim=-1, keepdim=True)
+        z = excluded - excluded.amax(dim=-1, keepdim=True).detach()
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
         # Finite everywhere (0 at masked entries) so products and gradients never see -inf.
         self._log_p = torch.where(mask, z - lse, 0.0)  # (…, n)
         self._n_valid = n_valid
+
+    @property
+    def logits(self) -> Tensor:
+        """``(…, n)`` the given logits with masked entries replaced by ``MASK_VALUE`` (in the
+        logits' dtype); made when read (acting never reads them)."""
+        return self._given.masked_fill(~self.mask, MASK_VALUE)
 
     @property
     def probs(self) -> Tensor:
@@ -140,7 +143,7 @@ class MaskedCategorical:
         index = value.long().unsqueeze(-1)  # (…, 1)
         log_p = self._log_p.gather(-1, index).squeeze(-1)
         valid = self.mask.gather(-1, index).squeeze(-1)
-        return torch.where(valid, log_p, torch.full_like(log_p, float("-inf")))
+        return torch.where(valid, log_p, float("-inf"))
 
     def entropy(self) -> Tensor:
         """``(…)`` entropy over the valid choices divided by ``log(n_valid)``, in [0, 1].

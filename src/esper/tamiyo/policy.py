@@ -163,8 +163,8 @@ def _distribution(
     Such a row (the slot row of WAIT, say) never affects an action or a loss, but it still needs
     an index; a relevant row with no valid choice is a bug upstream and raises.
     """
-    keep = relevant.unsqueeze(-1) | mask.any(dim=-1, keepdim=True)  # (…, 1)
-    safe = torch.where(keep, mask, torch.ones_like(mask))
+    drop = ~(relevant.unsqueeze(-1) | mask.any(dim=-1, keepdim=True))  # (…, 1)
+    safe = mask | drop
     try:
         return MaskedCategorical(logits, safe, validate)
     except ValueError as error:
@@ -322,9 +322,7 @@ class PolicyNetwork(nn.Module):
             dist = _distribution(head, logits[head], head_masks[head], relevance[:, i], False)
             choice = choose(dist)
             actions.append(choice)
-            log_prob = log_prob + torch.where(
-                relevance[:, i], dist.log_prob(choice), torch.zeros_like(log_prob)
-            )
+            log_prob = log_prob + torch.where(relevance[:, i], dist.log_prob(choice), 0.0)
         return ActStep(
             actions=torch.stack(actions, dim=-1),
             log_prob=log_prob,
