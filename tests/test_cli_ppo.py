@@ -446,3 +446,13 @@ def test_a_round_without_finite_returns_leaves_them_out_of_the_summary(
     assert summary is not None and summary.ppo is not None
     ppo = summary.ppo
     assert (ppo.final_mean_return, ppo.best_mean_return, ppo.final_mean_accuracy) == (None,) * 3
+
+
+def test_an_unknown_horizon_is_one_line(tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    argv = ["ppo", "--preset", "tiny", "--ppo.horizon", "episode", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "unknown ppo.horizon 'episode'; accepted: ['truncation', 'termination']"
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

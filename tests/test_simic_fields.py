@@ -25,7 +25,7 @@ from esper.leyline import Action, Op, SeedStage, SeedStateReport, TelemetryLevel
 from esper.leyline.config import UserError, config_dict, override
 from esper.leyline.events import EpochCompleted
 from esper.nissa import TelemetryHub
-from esper.simic.build import build_trainer
+from esper.simic.build import build_envs, build_trainer
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
@@ -111,6 +111,15 @@ def _report(slot: str, stage: SeedStage, contribution: float | None = None) -> S
         slot, stage, "norm" if live else None, None, 0.5 if live else 0.0, 1.0, 1,
         contribution, None, None, None, 40 if live else 0, 400,
     )  # fmt: skip
+
+
+def horizon_probe(config: TrainingConfig) -> list[float]:
+    """The learner's GAE at the episode's length (``learn_probe``) and the reward the real
+    environments are built with (Φ of the final state counted or not)."""
+    vec = build_envs(config, load_data(config.env), lambda event, context: None, [0])
+    env = vec.envs[0]
+    assert isinstance(env, GrowthEnv)
+    return [float(env.reward.final_potential), *learn_probe(config)]
 
 
 def reward_probe(config: TrainingConfig) -> list[float]:
@@ -263,6 +272,7 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "ppo.ratio_explosion": (1.0001, {"ppo": {"lr": 1e-2}}, learn_probe),
     "ppo.reward_scaling": (True, {"ppo": {"rounds": 2}}, learn_probe),  # from round 2 on
     "ppo.normalize_advantages": (False, {}, learn_probe),
+    "ppo.horizon": ("termination", {}, horizon_probe),
     "reward.family": ("loss", {}, reward_probe),
     "reward.mode": ("sparse", {}, reward_probe),
     "reward.contribution_weight": (1.0, {}, reward_probe),

@@ -159,3 +159,22 @@ def test_a_round_batch_refuses_a_scale_that_is_not_positive_and_finite(scale: fl
         rollout_batch([trajectory], state, GAMMA, LAM, scale=scale)
     with pytest.raises(ValueError, match=r"at least one trajectory"):
         rollout_batch([], state, GAMMA, LAM, scale=1.0)
+
+
+def test_with_horizon_termination_a_full_length_end_is_not_bootstrapped() -> None:
+    """``ppo.horizon = "termination"``: the episode that reached its length ends there (its
+    V' = 4 is dropped, the step is terminated); the panicked one is as before. Oracle: GAE by
+    hand on rewards 1, 2, 3 (scale 2) and values 0.5, 1, 1.5 with V' = 0 at the end."""
+    truncated = _trajectory([2.0, 4.0, 6.0], [0.5, 1.0, 1.5], terminated=False, boot=4.0)
+    panicked = _trajectory([-6.0], [0.25], terminated=True, boot=0.0)
+    state = (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8))
+    batch = rollout_batch([truncated, panicked], state, GAMMA, LAM, 2.0, truncation=False)
+    assert batch.next_values.tolist() == [[1.0, 1.5, 0.0], [0.0, 0.0, 0.0]]
+    assert batch.terminated.tolist() == [[False, False, True], [True] * 3]
+    d2 = 3.0 - 1.5
+    d1 = 2.0 + GAMMA * 1.5 - 1.0
+    d0 = 1.0 + GAMMA * 1.0 - 0.5
+    a1 = d1 + GAMMA * LAM * d2
+    expected = [d0 + GAMMA * LAM * a1, a1, d2]
+    assert batch.advantages[0].tolist() == pytest.approx(expected)
+    assert batch.advantages[1].tolist() == pytest.approx([-3.25, 0.0, 0.0])

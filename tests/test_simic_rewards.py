@@ -138,6 +138,19 @@ def test_pbrs_terminal_potential_is_zero_on_termination_and_real_on_truncation()
     assert component(finished, "pbrs") == pytest.approx(0.9 * 0.4 - 0.4)
 
 
+def test_with_horizon_termination_the_final_potential_is_zero_at_the_length_too() -> None:
+    """``ppo.horizon = "termination"`` (``final_potential=False``): the episode's length ends it
+    as a panic would, so the last step's shaping is −Φ(s) and the shaping of any episode sums
+    to −Φ(s_0); the terminal bonus is still paid, a step inside the episode is unchanged."""
+    fn = RewardFunction(RewardConfig(mode="simplified"), gamma=0.9, final_potential=False)
+    holding = reports(mid=SeedStage.HOLDING)  # Phi = 0.4
+    finished = fn(step(before=holding, after=holding, truncated=True, epoch=10))
+    assert component(finished, "pbrs") == pytest.approx(-0.4)
+    assert component(finished, "terminal") > 0
+    inside = fn(step(before=reports(), after=holding))
+    assert component(inside, "pbrs") == pytest.approx(0.9 * 0.4)
+
+
 def test_potential_is_weighted_sum_of_stage_potentials() -> None:
     fn = reward(RewardConfig(pbrs_weight=0.5))
     assert fn.potential(reports(early=SeedStage.TRAINING, late=SeedStage.FOSSILIZED)) == 3.5

@@ -45,6 +45,8 @@ MAX_RUN_SEED = MAX_SEED - POLICY_SEED_OFFSET - 1
 ``MAX_ENVS``, the policy's ``seed + POLICY_SEED_OFFSET + 1`` above them) stay seeds."""
 MAX_WORKERS_PER_GPU = 64
 """Most Ray actors that may share one GPU (``runtime.workers_per_gpu``)."""
+HORIZONS = ("truncation", "termination")
+"""``ppo.horizon`` choices: what the end of a full-length episode is to the learner."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,15 @@ class PPOSettings:
             reward units.
         normalize_advantages: scale each round's advantages to mean 0, std 1 over its real
             steps before the update passes (off: the GAE advantages as they are, in reward units).
+        horizon: what the end of a full-length episode is to the learner (HORIZONS).
+            ``truncation`` (DESIGN §4's contract): GAE bootstraps from V(final observation) and
+            the PBRS term counts the final state's potential, as if the episode went on.
+            ``termination``: nothing follows the last epoch, so both are 0 there. The final
+            observation is never acted on, so under ``truncation`` V there has no target of its
+            own: on the stand-in with a reward of 1 on the last step alone, V(last decision)
+            climbed to 19 by round 50 (true value 1) and the final potential became a bonus
+            for ending with fossilized seeds; under ``termination`` it stayed near 1
+            (``tests/test_simic_learning.py``).
     """
 
     n_envs: int = 4
@@ -95,8 +106,13 @@ class PPOSettings:
     ratio_explosion: float = 5.0
     reward_scaling: bool = False
     normalize_advantages: bool = True
+    horizon: str = "truncation"
 
     def __post_init__(self) -> None:
+        require(
+            self.horizon in HORIZONS,
+            f"unknown ppo.horizon {self.horizon!r}; accepted: {list(HORIZONS)}",
+        )
         check_bool("ppo.reward_scaling", self.reward_scaling)
         check_bool("ppo.normalize_advantages", self.normalize_advantages)
         check_int("ppo.n_envs", self.n_envs, 1, MAX_ENVS)

@@ -30,7 +30,8 @@ class EnvStep:
         reward: the scalar reward of the step (the sum of ``components``).
         components: every reward term by name, in a fixed order, for telemetry.
         terminated: the episode ended by failure (a governor panic): no bootstrap.
-        truncated: the episode reached its length: bootstrap from V(observation).
+        truncated: the episode reached its length: the learner bootstraps from V(observation)
+            (``ppo.horizon`` ``truncation``) or ends the episode there (``termination``).
         accepted: whether the environment accepted the action (a refused action is a no-op).
     """
 

@@ -12,7 +12,8 @@ validation accuracy (percent) after the step and validation loss before/after it
 Terms (each a component of the same name)::
 
     Φ(s)         = pbrs_weight · Σ_slots STAGE_POTENTIALS[stage of the slot in s]
-    pbrs         = γ · Φ(s') − Φ(s),   with Φ(s') := 0 when the step terminated
+    pbrs         = γ · Φ(s') − Φ(s),   with Φ(s') := 0 when the step terminated (and at the
+                   episode's length with ``ppo.horizon`` ``termination``)
     contribution = contribution_weight · Σ_{i in BLENDING or HOLDING in s', c_i measured} c_i
     rent         = −rent_weight · (N − H) / H                      (rent_basis "active")
                    −rent_weight · Σ_{seeds in s'} α_i · P_i / H        (rent_basis "blended")
@@ -35,7 +36,8 @@ The end of an episode:
   (contribution, terminal, loss_delta) is 0 and the panic penalty is the whole verdict. A step
   that is both terminated and truncated counts as terminated.
 * **Truncation** (episode length reached): Φ(s') is the real potential, because PPO bootstraps
-  from V(s') there as if the episode went on; the terminal bonus is paid.
+  from V(s') there as if the episode went on; the terminal bonus is paid. With ``ppo.horizon``
+  ``termination`` the length is the episode's end: no bootstrap, Φ(s') = 0, the bonus paid.
 
 Over an episode s_0 … s_T the shaping terms telescope (Ng, Harada & Russell, 1999, "Policy
 invariance under reward transformations"): Σ_t γ^t F_t = γ^T Φ(s_T) − Φ(s_0). This holds only if
@@ -308,15 +310,19 @@ class RewardFunction:
     Args:
         config: family, mode and weights.
         gamma: the PPO discount, used by the PBRS term (see ``check_gamma``).
+        final_potential: whether Φ of the state a full-length episode ends in counts
+            (``ppo.horizon`` ``truncation``, where PPO bootstraps there); else it is 0 there,
+            as at a termination, and the shaping telescopes to −Φ(s_0) over any episode.
 
     Raises:
         ValueError: if ``gamma`` is not in (0, 1].
     """
 
-    def __init__(self, config: RewardConfig, gamma: float) -> None:
+    def __init__(self, config: RewardConfig, gamma: float, final_potential: bool = True) -> None:
         check_float("gamma", gamma, 0.0, 1.0, strict_low=True)
         self.config = config
         self.gamma = gamma
+        self.final_potential = final_potential
         self.component_names = config.component_names
 
     def potential(self, reports: Mapping[str, SeedStateReport]) -> float:
@@ -349,7 +355,8 @@ class RewardFunction:
         return self.config.contribution_weight * sum(measured)
 
     def _shaping(self, inp: RewardInput) -> float:
-        next_potential = 0.0 if inp.terminated else self.potential(inp.after)
+        ended = inp.terminated or (inp.truncated and not self.final_potential)
+        next_potential = 0.0 if ended else self.potential(inp.after)
         return self.gamma * next_potential - self.potential(inp.before)
 
     def _rent(self, inp: RewardInput) -> float:

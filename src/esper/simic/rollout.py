@@ -174,6 +174,7 @@ def rollout_batch(
     gamma: float,
     lam: float,
     scale: float,
+    truncation: bool = True,
 ) -> RolloutBatch:
     """The round's batch from one trajectory per environment, with advantages and returns.
 
@@ -187,6 +188,8 @@ def rollout_batch(
         state: the LSTM state (h, c) every episode started from, each (1, N, H).
         gamma, lam: GAE's discount and λ.
         scale: what this round's rewards are divided by (``ppo.reward_scaling``; else 1).
+        truncation: an episode that reached its length is truncated (``ppo.horizon``
+            ``truncation``: bootstrapped); False: it ended there like a termination (value 0).
 
     Raises:
         ValueError: see ``_round_length`` and ``compute_gae``.
@@ -201,10 +204,10 @@ def rollout_batch(
 
     lengths, time = torch.tensor([len(t) for t in trajectories])[:, None], torch.arange(steps)[None]
     valid, last = time < lengths, time == lengths - 1
-    ended_terminated = torch.tensor([t.terminated for t in trajectories])[:, None]
+    ended_terminated = torch.tensor([t.terminated or not truncation for t in trajectories])[:, None]
     rewards = torch.where(valid, stacked("rewards") / scale, 0.0).float()
     values = torch.where(valid, stacked("values"), 0.0)
-    bootstrap = torch.tensor([t.bootstrap for t in trajectories])[:, None]
+    bootstrap = torch.tensor([t.bootstrap if truncation else 0.0 for t in trajectories])[:, None]
     episode_end = last | ~valid
     following = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
     next_values = torch.where(episode_end, torch.where(last, bootstrap, 0.0), following)

@@ -182,7 +182,10 @@ class PPOTrainer:
         trajectories = self.vec.collect(policy)
         config = self.config.ppo
         state = self.network.initial_state(len(trajectories), torch.device("cpu"))
-        batch = rollout_batch(trajectories, state, config.gamma, config.gae_lambda, scale)
+        truncation = config.horizon == "truncation"
+        batch = rollout_batch(
+            trajectories, state, config.gamma, config.gae_lambda, scale, truncation
+        )
         seen, discounted = step_order(trajectories, config.gamma)
         self.normalizer.update(seen)  # once per rollout batch, never per pass
         if self.return_stats is not None and discounted:
