@@ -886,3 +886,20 @@ def test_a_multi_line_library_message_is_printed_as_one_line(monkeypatch, capsys
     assert err == (
         "esper: error: cannot resume 'r': Error(s) in loading state_dict:; size mismatch a; b\n"
     )
+
+
+def test_a_new_runs_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch) -> None:
+    """A run recorded ``data_dir: "good"`` as typed; resumed from another directory it trained
+    on that directory's ``good/``, other images of the same shape, without a word (a sweep's
+    run went from 57 % to 10 %). Links and ``..`` stay as given."""
+    from esper.cli import growth, ppo
+    from esper.cli.config import split_options
+
+    monkeypatch.chdir(tmp_path)
+    flags = ["--task", "fashion_mnist_impaired", "--data-dir", "data/../fm"]
+    options, rest = split_options([*flags, "--out", "r"])
+    assert growth.parse("static", rest, options).training.data_dir == f"{tmp_path}/data/../fm"
+    options, rest = split_options([*flags, "--out", "p"])
+    assert ppo.parse(rest, options).env.data_dir == f"{tmp_path}/data/../fm"
+    options, rest = split_options(["--task", "fashion_mnist_impaired", "--data-dir", "/x/fm"])
+    assert growth.parse("heuristic", rest, options).training.data_dir == "/x/fm"

@@ -14,7 +14,7 @@ import contextlib
 import io
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -283,6 +283,15 @@ def growth_config(
         raise UserError(f"esper {mode} needs --task (or training.task in --config)")
     check_mode(mode, config, named_fields(argv))
     return config
+
+
+def absolute_data_dir(training: HostTraining) -> HostTraining:
+    """A new run's ``data_dir`` made absolute (not resolved: links and ``..`` stay as given) for
+    its ``config.json``: a resume may start in another directory, where the relative path
+    named other files of the same shape, which trained on without a word."""
+    if training.data_dir is None or Path(training.data_dir).is_absolute():
+        return training
+    return replace(training, data_dir=str(Path(training.data_dir).absolute()))
 
 
 def named_fields(argv: list[str]) -> frozenset[str]:

@@ -7,7 +7,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from esper.cli.config import RunOptions, announce, growth_config, interrupted_hint, policy_arg
+from esper.cli.config import (
+    RunOptions,
+    absolute_data_dir,
+    announce,
+    growth_config,
+    interrupted_hint,
+    policy_arg,
+)
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import HostTraining, UserError, override
 from esper.nissa import record
@@ -62,8 +69,8 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
             raise UserError(f"--policy {str(policy)!r}: {err}") from err
     config = growth_config(mode, argv, options, base)
     if policy is None or base is None:
-        return config, None
-    config = replace(config, training=_own_data_dir(base, config.training))
+        return replace(config, training=absolute_data_dir(config.training)), None
+    config = replace(config, training=absolute_data_dir(_own_data_dir(base, config.training)))
     notes = [_policy_note(base, config.training), _partial_note(policy, policy_rounds(state))]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere

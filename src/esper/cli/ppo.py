@@ -10,6 +10,7 @@ from pathlib import Path
 
 from esper.cli.config import (
     RunOptions,
+    absolute_data_dir,
     announce,
     interrupted_hint,
     layered,
@@ -58,7 +59,8 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
-        return parse_flags(TrainingConfig, argv, "esper ppo", description, base).resolved()
+        config = parse_flags(TrainingConfig, argv, "esper ppo", description, base)
+        return replace(config, env=absolute_data_dir(config.env)).resolved()
     except (record.RunRecordError, ValueError) as err:
         raise UserError(str(err)) from err
 
