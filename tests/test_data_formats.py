@@ -10,6 +10,7 @@ import gzip
 import os
 import pickle
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +102,36 @@ def test_read_idx_recovers_the_written_array(tmp_path: Path, shape: tuple[int, .
         (b"\x00\x00\x08\x01" + struct.pack(">I", 5) + b"\x01\x02", "needs 5"),
         (b"\x00\x00\x08\x01" + struct.pack(">I", 1) + b"\x01\x02", "needs 1"),
         (b"\x00\x00", "too short"),
+        # torch.frombuffer's "both buffer length (0) and count (-1) must not be 0", no file named
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 0), "declares 0 items; a split needs at least 1"),
     ],
-    ids=["bad-magic", "wrong-type", "short-header", "truncated", "trailing", "tiny"],
+    ids=["bad-magic", "wrong-type", "short-header", "truncated", "trailing", "tiny", "empty"],
 )
 def test_read_idx_rejects_malformed_payloads(tmp_path: Path, payload: bytes, message: str) -> None:
     path = write_gz(tmp_path / "bad.gz", payload)
     with pytest.raises(DatasetFormatError, match=message) as info:
         read_idx(path)
     assert str(path) in str(info.value)
+
+
+def test_a_file_inflating_far_past_its_header_is_refused_without_reading_it_all(
+    tmp_path: Path,
+) -> None:
+    """The whole file was inflated before the header was read: 8.7 MB of gzip that inflates to
+    2 GB took 4.2 GB to refuse. Now it reads what the header declares and one byte more."""
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 4))
+        for _ in range(64):
+            f.write(bytes(1 << 20))  # 64 MiB of zeros after a 4-byte payload
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetFormatError, match=r"has 5 or more bytes .* needs 4"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"refusing it held {peak / 2**20:.1f} MiB"
 
 
 def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
@@ -275,6 +298,15 @@ def test_cifar_parser_refuses_code_in_pickles(tmp_path: Path) -> None:
     with pytest.raises(DatasetFormatError, match="refusing to unpickle"):
         load_cifar10(tmp_path, download=False)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_pickle_whose_allowed_calls_fail_is_a_format_error(tmp_path: Path) -> None:
+    """``_codecs.encode`` (allowed: numpy's arrays use it) asked for a codec that does not exist
+    raised LookupError, a traceback."""
+    write_cifar_dir(tmp_path)
+    (tmp_path / "test_batch").write_bytes(b"c_codecs\nencode\n(Vabc\nVno-such-codec\ntR.")
+    with pytest.raises(DatasetFormatError, match=r"not a readable CIFAR pickle.*LookupError"):
+        load_cifar10(tmp_path, download=False)
 
 
 def test_cifar_parser_refuses_files_outside_the_dataset_dir(tmp_path: Path) -> None:

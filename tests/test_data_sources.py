@@ -12,6 +12,7 @@ import hashlib
 import io
 import pickle
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -179,6 +180,36 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
         port = closed.server_address[1]  # bound then closed: nothing listens there
     with pytest.raises(DownloadError, match=f"127.0.0.1:{port}/x failed"):
         download_file(f"http://127.0.0.1:{port}/x", tmp_path / "x", "0" * 64, progress=False)
+    assert all_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"HELLO THERE\r\n\r\n", "BadStatusLine"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "IncompleteRead"),
+    ],
+    ids=["status-line", "chunk"],
+)
+def test_a_server_that_breaks_http_is_a_clear_error(tmp_path: Path, reply: bytes, error: str):
+    """http.client's own errors (a proxy's garbage, a cut chunked body) were tracebacks."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(reply)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+    try:
+        with pytest.raises(DownloadError, match=f"{re.escape(url)} failed: {error}"):
+            download_file(url, tmp_path / "dl" / "x", "0" * 64, progress=False)
+    finally:
+        thread.join(timeout=10)
+        listener.close()
     assert all_files(tmp_path) == []
 
 
@@ -394,3 +425,35 @@ def test_a_download_checks_its_digest_and_destination_first(tmp_path: Path) -> N
     with pytest.raises(DownloadError, match="it is a directory"):
         download_file("http://127.0.0.1:9/x", tmp_path, "0" * 64, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_given_data_dir_holding_part_of_the_dataset_is_not_downloaded_over(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three of the user's files with the fourth missing: a download went to mine/fashion-mnist
+    and trained on that, without a word (and took precedence after the file came back)."""
+    www, url = server
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=3))
+    mine = tmp_path / "mine"
+    write_fashion(mine, n_train=4)
+    (mine / FASHION_FILES[3]).unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(mine, base_url=url, progress=False)
+    assert str(info.value) == (
+        f"fashion-mnist: {str(mine)!r} holds part of the dataset ({', '.join(FASHION_FILES[:3])}) "
+        f"but not {FASHION_FILES[3]} as files; complete it (a download does not write over it), "
+        "or remove what is there"
+    )
+    assert all_files(mine) == sorted(FASHION_FILES[:3])
+
+
+def test_a_given_data_dir_holding_the_dataset_twice_is_refused(tmp_path: Path) -> None:
+    """Files in the folder and in its fashion-mnist/ child: the child was taken silently."""
+    mine = tmp_path / "mine"
+    write_fashion(mine, n_train=4)
+    write_fashion(mine / "fashion-mnist", n_train=5)
+    with pytest.raises(DatasetNotFoundError, match="holds the dataset twice"):
+        load_fashion_mnist(mine, download=False)
+    (mine / "fashion-mnist").rename(tmp_path / "away")
+    (mine / "fashion-mnist").symlink_to(mine)  # the same folder twice is one dataset
+    assert training_file_size(load_fashion_mnist(mine, download=False)) == 4

@@ -57,6 +57,20 @@ _ALLOWED_GLOBALS = frozenset(
     }
 )
 
+_UNPICKLING_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    LookupError,
+    SystemError,
+    OverflowError,
+)
+"""What unpickling a damaged or crafted batch raises: the unpickler's own errors (a missing memo
+entry is a KeyError), and those of the allowed globals given bad arguments (``_codecs.encode``
+with an unknown codec: LookupError; a ``numpy.dtype`` built from a bad state: SystemError)."""
+
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals needed to rebuild numpy arrays."""
@@ -91,8 +105,8 @@ def _read_batch(root: Path, name: str) -> tuple[Tensor, Tensor]:
     with path.open("rb") as f:
         try:
             batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-            raise DatasetFormatError(f"{path}: not a readable CIFAR pickle ({exc})") from exc
+        except (*_UNPICKLING_ERRORS, MemoryError) as exc:
+            raise DatasetFormatError(f"{path}: not a readable CIFAR pickle ({exc!r})") from exc
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DatasetFormatError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import string
@@ -124,6 +125,7 @@ def _stream(url: str, out: BinaryIO, label: str, progress: bool) -> str:
         raise DownloadError(
             f"download of {url} failed: {exc.reason} (check the network or the URL)"
         ) from exc
-    except (TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        # HTTPException: a server or proxy that breaks HTTP (a bad status line, a cut chunk)
         raise DownloadError(f"download of {url} failed: {exc!r}") from exc
     return digest.hexdigest()

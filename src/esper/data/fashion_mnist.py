@@ -73,9 +73,20 @@ def read_idx(path: str | Path, magic: int | None = None) -> Tensor:
     path = Path(path)
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            shape, payload = _read_idx_parts(path, f, magic)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DatasetFormatError(f"{path}: not a valid gzip file ({exc})") from exc
+    # bytearray: torch.frombuffer needs a writable buffer to avoid a warning.
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    return data.reshape(shape)
+
+
+def _read_idx_parts(
+    path: Path, f: gzip.GzipFile, magic: int | None
+) -> tuple[tuple[int, ...], bytes]:
+    """The header's shape and the payload, read as far as the header says and one byte more
+    (a file that inflates to gigabytes is refused without holding them)."""
+    raw = f.read(4)
     if len(raw) < 4:
         raise DatasetFormatError(f"{path}: {len(raw)} bytes, too short for an IDX header")
     zero0, zero1, dtype, ndim = raw[0], raw[1], raw[2], raw[3]
@@ -94,19 +105,23 @@ def read_idx(path: str | Path, magic: int | None = None) -> Tensor:
         )
     if ndim == 0:
         raise DatasetFormatError(f"{path}: IDX header declares 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetFormatError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = math.prod(shape)
-    if len(raw) - header != expected:
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DatasetFormatError(
-            f"{path}: IDX payload has {len(raw) - header} bytes but the header shape {shape} "
+            f"{path}: truncated IDX header ({4 + len(dims)} of {4 + 4 * ndim} bytes)"
+        )
+    shape = struct.unpack(f">{ndim}I", dims)
+    if shape[0] == 0:
+        raise DatasetFormatError(f"{path}: IDX header declares 0 items; a split needs at least 1")
+    expected = math.prod(shape)
+    payload = f.read(expected + 1)
+    if len(payload) != expected:
+        more = " or more" if len(payload) > expected else ""
+        raise DatasetFormatError(
+            f"{path}: IDX payload has {len(payload)}{more} bytes but the header shape {shape} "
             f"needs {expected} (truncated or corrupt file)"
         )
-    # bytearray: torch.frombuffer needs a writable buffer to avoid a warning.
-    data = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
-    return data.reshape(shape)
+    return shape, payload
 
 
 def _load_split(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:

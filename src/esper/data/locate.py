@@ -114,6 +114,8 @@ def find_dataset_dir(
         return None
 
     bases, target, explicit = _search_bases(files, data_dir)
+    if explicit:
+        _check_given(files, bases, target)
     found = first_complete(bases)
     if found is None and fetch is not None:
         logger.info("%s not found locally; downloading into %s", files.name, target)
@@ -134,6 +136,38 @@ def find_dataset_dir(
         raise _not_found(files, searched, explicit=explicit, fetch_allowed=fetch is not None)
     logger.info("using %s from %s", files.name, found)
     return found
+
+
+def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> None:
+    """A given ``data_dir`` is used as it is: the dataset found in two of its places, or part of
+    it outside the download's folder, is refused rather than one place or a download chosen
+    silently (three of the user's files with the fourth missing were replaced by a download,
+    which then took precedence for good).
+
+    Raises:
+        DatasetNotFoundError: naming the places, or the files present and those missing.
+    """
+    candidates = [base / sub if sub else base for base in bases for sub in files.subdirs]
+    present = {
+        c: [f for f in files.required if _mode(files, c / f) is not None] for c in candidates
+    }
+    complete = [c for c in candidates if all(_is_file(files, c / f) for f in files.required)]
+    if len(complete) > 1 and not os.path.samefile(complete[0], complete[1]):
+        raise DatasetNotFoundError(
+            f"{files.name}: the data_dir holds the dataset twice, in {str(complete[0])!r} and "
+            f"{str(complete[1])!r}; remove one, or give the one to use as --data-dir"
+        )
+    if complete:
+        return
+    for candidate in candidates:
+        if present[candidate] and not candidate.is_relative_to(target):
+            have = present[candidate]
+            lacking = [f for f in files.required if not _is_file(files, candidate / f)]
+            raise DatasetNotFoundError(
+                f"{files.name}: {str(candidate)!r} holds part of the dataset "
+                f"({', '.join(have)}) but not {', '.join(lacking)} as files; complete it (a "
+                "download does not write over it), or remove what is there"
+            )
 
 
 def _is_file(files: DatasetFiles, path: Path) -> bool:
