@@ -264,6 +264,7 @@ def test_env_dir_itself_and_data_dir_parent_are_searched(
 def test_nothing_found_lists_every_place_and_the_fixes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "env").mkdir()  # one that does not exist is refused as such (below)
     monkeypatch.setenv("ESPER_DATA_DIR", str(tmp_path / "env"))
     with pytest.raises(DatasetNotFoundError) as info:
         load_fashion_mnist(download=False)
@@ -457,3 +458,27 @@ def test_a_given_data_dir_holding_the_dataset_twice_is_refused(tmp_path: Path) -
     (mine / "fashion-mnist").rename(tmp_path / "away")
     (mine / "fashion-mnist").symlink_to(mine)  # the same folder twice is one dataset
     assert training_file_size(load_fashion_mnist(mine, download=False)) == 4
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "part"])
+def test_an_esper_data_dir_that_cannot_be_used_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A set $ESPER_DATA_DIR that named nothing, a file, or part of the dataset fell through
+    to the system's copy without a word, and the run recorded no data_dir."""
+    write_fashion(tmp_path / "system", n_train=5)
+    env = tmp_path / "env"
+    if kind == "file":
+        env.write_text("x")
+    elif kind == "part":
+        write_fashion(env, n_train=4)
+        (env / FASHION_FILES[0]).unlink()
+    monkeypatch.setenv("ESPER_DATA_DIR", str(env))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(download=False)
+    expected = {
+        "missing": f"$ESPER_DATA_DIR {str(env)!r} does not exist; point it at",
+        "file": f"$ESPER_DATA_DIR {str(env)!r} is not a directory; point it at",
+        "part": f"{str(env)!r} holds part of the dataset",
+    }[kind]
+    assert expected in str(info.value)

@@ -73,6 +73,15 @@ def _search_bases(
         return [root / files.name, root], root / files.name, True
     env = os.environ.get(DATA_DIR_ENV, "")
     bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
+    if env:
+        mode = _mode(files, bases[1])
+        if mode is None or not stat.S_ISDIR(mode):
+            what = "does not exist" if mode is None else "is not a directory"
+            raise DatasetNotFoundError(
+                f"{files.name}: ${DATA_DIR_ENV} {str(bases[1])!r} {what}; point it at the "
+                "folder holding the datasets, or unset it to search the standard places"
+            )
+        _check_given(files, bases, cache_dir(files.name))
     if files.system_dir is not None:
         bases.append(files.system_dir)
     target = cache_dir(files.name)
