@@ -79,7 +79,7 @@ class PPOSettings:
         normalize_advantages: scale each round's advantages to mean 0, std 1 over its real
             steps before the update passes (off: the GAE advantages as they are, in reward units).
         horizon: what the end of a full-length episode is to the learner (HORIZONS).
-            ``truncation`` (DESIGN §4's contract): GAE bootstraps from V(final observation) and
+            ``truncation`` (DESIGN §5's contract): GAE bootstraps from V(final observation) and
             the PBRS term counts the final state's potential, as if the episode went on.
             ``termination``: nothing follows the last epoch, so both are 0 there. The final
             observation is never acted on, so under ``truncation`` V there has no target of its
