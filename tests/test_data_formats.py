@@ -134,6 +134,13 @@ def test_a_file_inflating_far_past_its_header_is_refused_without_reading_it_all(
     assert peak < 4 << 20, f"refusing it held {peak / 2**20:.1f} MiB"
 
 
+def test_read_idx_refuses_a_pipe_instead_of_waiting_on_it(tmp_path: Path) -> None:
+    pipe = tmp_path / "labels.gz"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="not a regular file"):
+        read_idx(pipe)
+
+
 def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
     whole = gzip.compress(idx_bytes(np.zeros((50, 28, 28), dtype=np.uint8)))
     cut = tmp_path / "cut.gz"

@@ -48,6 +48,17 @@ def test_text_vocab_windows_and_shift_by_one(tmp_path: Path) -> None:
     assert "".join(ds.vocab[i] for i in ds.x_train[0].tolist()) == "the"
 
 
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path: Path) -> None:
+    """Editors on Windows start UTF-8 files with U+FEFF; it became a token of its own."""
+    text = "αβγ δ€😀 " * 10
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    one, other = load_text(plain, block_size=4), load_text(marked, block_size=4)
+    assert one.vocab == other.vocab and torch.equal(one.x_train, other.x_train)
+
+
 def test_text_handles_multibyte_characters(tmp_path: Path) -> None:
     text = "αβγ δ€😀 " * 10
     path = tmp_path / "u.txt"

@@ -20,6 +20,7 @@ from torch import Tensor
 from esper.data.dataset import Dataset, DatasetFormatError, standardized_splits
 from esper.data.download import download_file
 from esper.data.locate import DatasetFiles, find_dataset_dir
+from esper.leyline.files import open_regular
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # Debian's `dataset-fashion-mnist` installs the four files here. Module-level so tests can
@@ -69,10 +70,12 @@ def read_idx(path: str | Path, magic: int | None = None) -> Tensor:
         DatasetFormatError: The file is not gzip, the magic is wrong, the data type is not
             unsigned byte (the only type the Fashion-MNIST files use), or the payload size does
             not match the header (truncated file or trailing bytes).
+        OSError: it cannot be opened, or is not a regular file (``RefusedFileError``: a pipe
+            was read from forever).
     """
     path = Path(path)
     try:
-        with gzip.open(path, "rb") as f:
+        with open_regular(path) as file, gzip.open(file, "rb") as f:  # a pipe would block
             shape, payload = _read_idx_parts(path, f, magic)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DatasetFormatError(f"{path}: not a valid gzip file ({exc})") from exc

@@ -69,7 +69,7 @@ def _read_text(path: str | Path | None) -> tuple[str, str]:
         )
     raw = file.read_bytes()
     try:
-        return raw.decode("utf-8"), file.name
+        return raw.decode("utf-8-sig"), file.name  # a leading BOM is no character of the text
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(
             f"{file} is not UTF-8 text: invalid byte 0x{raw[exc.start]:02x} at byte offset "
