@@ -178,18 +178,15 @@ def rollout_batch(
 ) -> RolloutBatch:
     """The round's batch from one trajectory per environment, with advantages and returns.
 
-    Padding rows repeat an environment's last step (every distribution stays well defined) and
-    are stored as terminated episode ends with zero reward and value, so GAE gives them
-    nothing. Inside an episode the next state's value is the one the policy computed when it
-    next acted; at a truncation it is the trajectory's bootstrap.
+    Padding rows repeat an environment's last step as terminated ends of zero reward and value.
+    The next value is the one the policy computed when it next acted; at an episode's length
+    the trajectory's bootstrap, or 0 if not ``truncation`` (``ppo.horizon`` ``termination``).
 
     Args:
         trajectories: each environment's episode, in environment order.
         state: the LSTM state (h, c) every episode started from, each (1, N, H).
         gamma, lam: GAE's discount and λ.
         scale: what this round's rewards are divided by (``ppo.reward_scaling``; else 1).
-        truncation: an episode that reached its length is truncated (``ppo.horizon``
-            ``truncation``: bootstrapped); False: it ended there like a termination (value 0).
 
     Raises:
         ValueError: see ``_round_length`` and ``compute_gae``.
