@@ -307,6 +307,23 @@ def test_cifar_parser_refuses_code_in_pickles(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_batch_saved_with_pickle_protocol_5_reads_as_the_same_arrays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy writes protocol-5 arrays through numpy._core.numeric._frombuffer, which the
+    unpickler refused as a "corrupt or malicious file"."""
+    monkeypatch.setattr(cifar_module, "CIFAR10_VAL_SIZE", 5)
+    arrays = write_cifar_dir(tmp_path)
+    before = load_cifar10(tmp_path, download=False)
+    for name in ("data_batch_2", "test_batch"):
+        with (tmp_path / name).open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=5))
+    after = load_cifar10(tmp_path, download=False)
+    assert arrays and torch.equal(before.x_train, after.x_train)
+    assert torch.equal(before.x_test, after.x_test) and torch.equal(before.y_val, after.y_val)
+
+
 def test_a_pickle_whose_allowed_calls_fail_is_a_format_error(tmp_path: Path) -> None:
     """``_codecs.encode`` (allowed: numpy's arrays use it) asked for a codec that does not exist
     raised LookupError, a traceback."""
