@@ -903,3 +903,7 @@ def test_a_new_runs_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch
     assert ppo.parse(rest, options).env.data_dir == f"{tmp_path}/data/../fm"
     options, rest = split_options(["--task", "fashion_mnist_impaired", "--data-dir", "/x/fm"])
     assert growth.parse("heuristic", rest, options).training.data_dir == "/x/fm"
+    # "~" the shell left (--data-dir=~/fm, a config file) is the home's, not ./~ (a review's)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    options, rest = split_options(["--task", "fashion_mnist_impaired", "--data-dir=~/fm"])
+    assert growth.parse("static", rest, options).training.data_dir == f"{tmp_path}/home/fm"

@@ -103,9 +103,22 @@ def test_read_idx_recovers_the_written_array(tmp_path: Path, shape: tuple[int, .
         (b"\x00\x00\x08\x01" + struct.pack(">I", 1) + b"\x01\x02", "needs 1"),
         (b"\x00\x00", "too short"),
         # torch.frombuffer's "both buffer length (0) and count (-1) must not be 0", no file named
-        (b"\x00\x00\x08\x01" + struct.pack(">I", 0), "declares 0 items; a split needs at least 1"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 0), r"shape \(0,\) holds nothing"),
+        (b"\x00\x00\x08\x03" + struct.pack(">3I", 5, 0, 28), r"shape \(5, 0, 28\) holds"),
+        # a header claiming 2**96 bytes: OverflowError from read(), a traceback
+        (b"\x00\x00\x08\x03" + struct.pack(">3I", *[2**32 - 1] * 3) + b"\x01", "needs 7922"),
     ],
-    ids=["bad-magic", "wrong-type", "short-header", "truncated", "trailing", "tiny", "empty"],
+    ids=[
+        "bad-magic",
+        "wrong-type",
+        "short-header",
+        "truncated",
+        "trailing",
+        "tiny",
+        "empty",
+        "empty-row",
+        "huge",
+    ],
 )
 def test_read_idx_rejects_malformed_payloads(tmp_path: Path, payload: bytes, message: str) -> None:
     path = write_gz(tmp_path / "bad.gz", payload)
@@ -124,14 +137,18 @@ def test_a_file_inflating_far_past_its_header_is_refused_without_reading_it_all(
         f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 4))
         for _ in range(64):
             f.write(bytes(1 << 20))  # 64 MiB of zeros after a 4-byte payload
+    claims = tmp_path / "claims.gz"  # a header claiming 600,000 images over 100 bytes
+    claims.write_bytes(gzip.compress(idx_bytes(np.zeros((600_000, 28, 28), np.uint8))[:116]))
     tracemalloc.start()
     try:
         with pytest.raises(DatasetFormatError, match=r"has 5 or more bytes .* needs 4"):
             read_idx(path)
+        with pytest.raises(DatasetFormatError, match=r"has 100 bytes .* needs 470400000"):
+            read_idx(claims)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 4 << 20, f"refusing it held {peak / 2**20:.1f} MiB"
+    assert peak < 8 << 20, f"refusing them held {peak / 2**20:.1f} MiB"
 
 
 def test_read_idx_refuses_a_pipe_instead_of_waiting_on_it(tmp_path: Path) -> None:

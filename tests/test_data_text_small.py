@@ -90,6 +90,9 @@ def test_text_rejects_non_utf8_with_file_and_offset(tmp_path: Path) -> None:
         load_text(path, block_size=4)
     message = str(info.value)
     assert str(path) in message and "byte offset 7" in message and "0xf6" in message
+    path.write_bytes(b"\xef\xbb\xbfhello w\xf6rld")  # offsets count the byte-order mark too
+    with pytest.raises(DatasetFormatError, match="invalid byte 0xf6 at byte offset 10 "):
+        load_text(path, block_size=4)
 
 
 def test_text_missing_file_is_not_found(tmp_path: Path) -> None:

@@ -286,12 +286,12 @@ def growth_config(
 
 
 def absolute_data_dir(training: HostTraining) -> HostTraining:
-    """A new run's ``data_dir`` made absolute (not resolved: links and ``..`` stay as given) for
-    its ``config.json``: a resume may start in another directory, where the relative path
-    named other files of the same shape, which trained on without a word."""
-    if training.data_dir is None or Path(training.data_dir).is_absolute():
+    """A new run's ``data_dir`` made absolute with ``~`` expanded (links and ``..`` stay as
+    given) for its ``config.json``: a resume may start in another directory, where the
+    relative path named other files of the same shape, which trained on without a word."""
+    if training.data_dir is None:
         return training
-    return replace(training, data_dir=str(Path(training.data_dir).absolute()))
+    return replace(training, data_dir=str(Path(training.data_dir).expanduser().absolute()))
 
 
 def named_fields(argv: list[str]) -> frozenset[str]:

@@ -13,6 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from esper.cli.config import absolute_data_dir
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.cli.runs import format_table
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
@@ -80,7 +81,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     directories = {}
     data_dir = None if args.data_dir is None else str(args.data_dir)
-    training = HostTraining(task, epochs=args.epochs, data_dir=data_dir)
+    training = absolute_data_dir(HostTraining(task, epochs=args.epochs, data_dir=data_dir))
     summaries = {}
     modes = ("static", "heuristic")  # side by side: a study's directory holds its trials alone
     check_outside_studies(parent / f"demo-{stamp}-{task}-{modes[0]}")

@@ -84,6 +84,10 @@ def read_idx(path: str | Path, magic: int | None = None) -> Tensor:
     return data.reshape(shape)
 
 
+_READ_BYTES = 1 << 20
+"""How much of an IDX payload is read at once (``_read_idx_parts``)."""
+
+
 def _read_idx_parts(
     path: Path, f: gzip.GzipFile, magic: int | None
 ) -> tuple[tuple[int, ...], bytes]:
@@ -114,10 +118,14 @@ def _read_idx_parts(
             f"{path}: truncated IDX header ({4 + len(dims)} of {4 + 4 * ndim} bytes)"
         )
     shape = struct.unpack(f">{ndim}I", dims)
-    if shape[0] == 0:
-        raise DatasetFormatError(f"{path}: IDX header declares 0 items; a split needs at least 1")
+    if 0 in shape:
+        raise DatasetFormatError(f"{path}: IDX header shape {shape} holds nothing; need sizes >= 1")
     expected = math.prod(shape)
-    payload = f.read(expected + 1)
+    chunks, size = [], 0  # read by pieces: a header may claim more than there is, or fits
+    while size <= expected and (chunk := f.read(min(_READ_BYTES, expected + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    payload = b"".join(chunks)
     if len(payload) != expected:
         more = " or more" if len(payload) > expected else ""
         raise DatasetFormatError(

@@ -6,7 +6,9 @@ Order: an explicit ``data_dir``; ``$ESPER_DATA_DIR``; a system directory (Debian
 
 An explicit ``data_dir`` is a request, not a hint: when it does not hold the dataset the search
 does not silently continue elsewhere; it downloads into ``data_dir/<name>`` when downloads are
-allowed and otherwise fails, naming what it looked for.
+allowed and otherwise fails, naming what it looked for. A ``data_dir`` or ``$ESPER_DATA_DIR``
+holding the dataset twice (in itself and in ``<name>/``), or part of it outside the download's
+folder, is refused (``_check_given``), as is a ``$ESPER_DATA_DIR`` that is no directory.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def _search_bases(
     """Where to look, in order; where a download goes; whether the directory was given.
 
     Raises:
-        DatasetNotFoundError: the given ``data_dir`` is a file, or cannot be reached.
+        DatasetNotFoundError: the given ``data_dir`` is a file, or cannot be reached; a set
+            ``$ESPER_DATA_DIR`` is no directory; either holds the dataset twice or in part.
     """
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -107,9 +110,10 @@ def find_dataset_dir(
         The directory holding the required files.
 
     Raises:
-        DatasetNotFoundError: ``data_dir`` is a file; or no searched directory holds the files
-            and the download was not allowed or failed (the ``DownloadError`` is then the
-            cause); the message lists every place searched and what to do.
+        DatasetNotFoundError: ``data_dir`` is a file, or see ``_search_bases``; or no searched
+            directory holds the files and the download was not allowed or failed (the
+            ``DownloadError`` is then the cause); the message lists every place searched and
+            what to do.
     """
     searched: list[Path] = []
 
@@ -161,10 +165,12 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
         c: [f for f in files.required if _mode(files, c / f) is not None] for c in candidates
     }
     complete = [c for c in candidates if all(_is_file(files, c / f) for f in files.required)]
-    if len(complete) > 1 and not os.path.samefile(complete[0], complete[1]):
+    twice = [c for c in complete[1:] if not os.path.samefile(complete[0], c)]
+    if twice:
         raise DatasetNotFoundError(
-            f"{files.name}: the data_dir holds the dataset twice, in {str(complete[0])!r} and "
-            f"{str(complete[1])!r}; remove one, or give the one to use as --data-dir"
+            f"{files.name}: {str(bases[1])!r} holds the dataset twice, in {str(complete[0])!r} "
+            f"and {str(twice[0])!r}; remove one, or point --data-dir (or $ESPER_DATA_DIR) at "
+            "the one to use"
         )
     if complete:
         return

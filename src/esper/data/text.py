@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 from pathlib import Path
 
@@ -68,12 +69,14 @@ def _read_text(path: str | Path | None) -> tuple[str, str]:
             "UTF-8 text file, or none to use Python's bundled pydoc_data text"
         )
     raw = file.read_bytes()
+    body = raw.removeprefix(codecs.BOM_UTF8)  # a leading BOM is no character of the text
     try:
-        return raw.decode("utf-8-sig"), file.name  # a leading BOM is no character of the text
+        return body.decode("utf-8"), file.name
     except UnicodeDecodeError as exc:
+        at = exc.start + len(raw) - len(body)
         raise DatasetFormatError(
-            f"{file} is not UTF-8 text: invalid byte 0x{raw[exc.start]:02x} at byte offset "
-            f"{exc.start} ({exc.reason})"
+            f"{file} is not UTF-8 text: invalid byte 0x{raw[at]:02x} at byte offset {at} "
+            f"({exc.reason})"
         ) from exc
 
 

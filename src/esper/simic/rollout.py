@@ -7,7 +7,8 @@ False) that no loss sees. The batch records, per step, whether an episode starte
 policy's LSTM state was reset before acting), whether it ended there and how:
 
 * **truncation** (the episode reached its length): the return is bootstrapped from V(s_{t+1}),
-  the value of the final observation computed with the LSTM state *before* the reset;
+  the value of the final observation computed with the LSTM state *before* the reset (with
+  ``ppo.horizon`` ``termination``, the length ends the episode: no bootstrap);
 * **termination** (a governor panic): nothing comes after, the bootstrap is 0.
 
 All tensors are (N, T, …): environment first, time second, so one environment's sequence can

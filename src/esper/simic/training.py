@@ -9,7 +9,8 @@ A **round** is one episode in every environment. ``PPOTrainer.run_round``:
 2. assembles the trajectories into the round's rollout batch (``rollout_batch``; with
    ``ppo.reward_scaling`` rewards are divided by the discounted return's standard deviation
    so far, also frozen for the round): a truncation
-   bootstraps from V(final observation) with the LSTM state before any reset; a termination
+   bootstraps from V(final observation) with the LSTM state before any reset (unless
+   ``ppo.horizon`` is ``termination``: the length ends the episode); a termination
    (governor panic) bootstraps nothing, and that environment sits out the rest of the round;
 3. updates the observation normalizer once with the round's raw observations (and the return
    statistics with its discounted returns);
