@@ -610,6 +610,7 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     assert got == {
         "task": "synthetic",
         "arm": "heuristic",
+        "trials": 2,
         **asdict(band([validation(t) for t in trials])),
     }
     assert got["median"][0] == pytest.approx(validation(trials[0])[1] + 5)  # seeds 10 apart
@@ -659,6 +660,7 @@ def test_a_study_refresh_folds_only_the_trials_whose_logs_changed(
     (got,) = client.get("/api/studies/st").json()["bands"]
     assert folded_logs[2:] == [log]
     assert got["epoch"][-1] == last + 1 and got["median"][-1] == 99.0 and got["n"][-1] == 1
+    assert got["trials"] == 2  # the page's legend: "heuristic median of 2; from epoch … of fewer"
 
 
 def summarize_fails() -> list[StudyRow]:

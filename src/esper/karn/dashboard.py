@@ -508,7 +508,9 @@ def _study_data(
         table.append({**asdict(row), "runs": row_names})
         drawn = [read[p] for p in row_paths if p in read]
         if drawn:
-            bands.append({"task": row.task, "arm": row.arm, **asdict(band(drawn))})
+            # trials: the legend says from which epoch fewer of them are in the median
+            drawn_band = {"trials": len(drawn), **asdict(band(drawn))}
+            bands.append({"task": row.task, "arm": row.arm, **drawn_band})
     return {"name": name, "rows": table, "bands": bands, "error": None}
 
 
