@@ -52,7 +52,7 @@ from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunSt
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
 from esper.nissa import log
-from esper.nissa.bands import band, quantile
+from esper.nissa.bands import band, fewer_note, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
 from esper.nissa.log import EVENTS_FILE, EventLogError, EventTail, open_run, read_events
 from esper.nissa.record import write_summary
@@ -458,6 +458,12 @@ def test_only_runs_the_list_names_are_served(
 # ------------------------------------------------------------------ studies
 
 
+def test_a_bands_legend_says_from_which_epoch_fewer_runs_are_in_its_median() -> None:
+    """A governor ended one of three trials after epoch 4, another after epoch 6."""
+    assert fewer_note([1, 4, 6, 7], [3, 3, 2, 1], 3) == "; from epoch 6 of fewer, down to 1"
+    assert fewer_note([1, 4], [3, 3], 3) == ""
+
+
 def test_band_statistics_are_the_median_and_interquartile_range() -> None:
     nan = math.nan
     curves = [{1: 10.0, 2: 20.0}, {1: 30.0, 2: None}, {1: 20.0, 2: 40.0, 3: 5.0}, {1: 40.0, 2: nan}]
@@ -611,6 +617,7 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
         "task": "synthetic",
         "arm": "heuristic",
         "trials": 2,
+        "label": "heuristic median of 2",
         **asdict(band([validation(t) for t in trials])),
     }
     assert got["median"][0] == pytest.approx(validation(trials[0])[1] + 5)  # seeds 10 apart
@@ -660,7 +667,8 @@ def test_a_study_refresh_folds_only_the_trials_whose_logs_changed(
     (got,) = client.get("/api/studies/st").json()["bands"]
     assert folded_logs[2:] == [log]
     assert got["epoch"][-1] == last + 1 and got["median"][-1] == 99.0 and got["n"][-1] == 1
-    assert got["trials"] == 2  # the page's legend: "heuristic median of 2; from epoch … of fewer"
+    assert got["trials"] == 2  # the page's legend says where fewer are in the median
+    assert got["label"] == f"heuristic median of 2; from epoch {last + 1} of fewer, down to 1"
 
 
 def summarize_fails() -> list[StudyRow]:

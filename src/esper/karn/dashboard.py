@@ -78,7 +78,7 @@ from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyRow
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
-from esper.nissa.bands import band, validation_curve
+from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
     EventLogError,
@@ -508,8 +508,9 @@ def _study_data(
         table.append({**asdict(row), "runs": row_names})
         drawn = [read[p] for p in row_paths if p in read]
         if drawn:
-            # trials: the legend says from which epoch fewer of them are in the median
-            drawn_band = {"trials": len(drawn), **asdict(band(drawn))}
+            found, trials = band(drawn), len(drawn)
+            label = f"{row.arm} median of {trials}{fewer_note(found.epoch, found.n, trials)}"
+            drawn_band = {"trials": trials, "label": label, **asdict(found)}
             bands.append({"task": row.task, "arm": row.arm, **drawn_band})
     return {"name": name, "rows": table, "bands": bands, "error": None}
 

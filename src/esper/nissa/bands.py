@@ -31,6 +31,18 @@ class Band:
     n: list[int]
 
 
+def fewer_note(epochs: Sequence[int], n: Sequence[int], trials: int) -> str:
+    """What a band's legend adds when fewer than its ``trials`` runs are in some epoch's median
+    (a governor ended some, or they diverged): "; from epoch E of fewer, down to M", from the
+    first such epoch and the fewest there are; "" when every epoch holds them all. The median is
+    then the survivors', which a reader would otherwise take for all of them."""
+    short = [count for count in n if count < trials]
+    if not short:
+        return ""
+    first = next(epoch for epoch, count in zip(epochs, n, strict=True) if count < trials)
+    return f"; from epoch {first} of fewer, down to {min(short)}"
+
+
 def quantile(values: Sequence[float], p: float) -> float:
     """The ``p`` quantile of ``values`` by linear interpolation between order statistics
     (Hyndman & Fan type 7, numpy's default): position ``(n - 1) p`` in the sorted values.

@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator
 from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRun, TrialsFileError, read_trials
-from esper.nissa.bands import band, validation_curve
+from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import (
     EventLogError,
@@ -99,14 +99,9 @@ class ArmCurve:
     @property
     def label(self) -> str:
         """The legend's words: the arm, its trials, and from which epoch fewer of them are in
-        the median (the survivors', which a reader would otherwise take for all of them)."""
-        name = f"{pages.plot_label(self.arm)} (median of {self.trials}"
-        short = [
-            (epoch, n) for epoch, n in zip(self.epochs, self.n, strict=True) if n < self.trials
-        ]
-        if not short:
-            return name + ")"
-        return f"{name}; from epoch {short[0][0]} of fewer, down to {min(n for _, n in short)})"
+        the median (``fewer_note``)."""
+        fewer = fewer_note(self.epochs, self.n, self.trials)
+        return f"{pages.plot_label(self.arm)} (median of {self.trials}{fewer})"
 
 
 def validation_accuracy(run: Path) -> dict[int, float | None]:

@@ -674,15 +674,6 @@ async function refreshRuns() {
   }
 }
 
-// The legend's words for an arm's median: its trials, and from which epoch fewer of them are in
-// it (a governor ended some, or they diverged), as the study report's legend says.
-function bandLabel(b) {
-  const name = `${b.arm} median of ${b.trials}`;
-  const first = b.n.findIndex((n) => n < b.trials);
-  if (first < 0) return name;
-  return `${name}; from epoch ${b.epoch[first]} of fewer, down to ${Math.min(...b.n.slice(first))}`;
-}
-
 function bandChart(task, bands, arms) {
   const mine = bands.filter((b) => b.task === task);
   const { xs, place } = align(mine.map((b) => ({ x: b.epoch })));
@@ -692,7 +683,7 @@ function bandChart(task, bands, arms) {
   for (const b of mine) {
     const colour = PALETTE[arms.indexOf(b.arm) % PALETTE.length];
     const table = { x: b.epoch };
-    series.push({ label: bandLabel(b), stroke: colour, width: 2 });
+    series.push({ label: b.label, stroke: colour, width: 2 });  // the server's (fewer_note)
     series.push({ label: `${b.arm} Q3`, stroke: tint(colour, 0.5), width: 1 });
     series.push({ label: `${b.arm} Q1`, stroke: tint(colour, 0.5), width: 1 });
     data.push(place(table, b.median), place(table, b.q3), place(table, b.q1));
