@@ -58,8 +58,7 @@ def build_envs(
         ValueError: for bad devices, slots, or a reward γ that differs from PPO's.
     """
     devices = assign_devices(config.ppo.n_envs, config.runtime.devices)
-    final_potential = config.ppo.horizon == "truncation"
-    reward = RewardFunction(config.reward, config.ppo.gamma, final_potential)
+    reward = RewardFunction(config.reward, config.ppo.gamma, config.ppo.truncation)
     check_gamma(reward, config.ppo.gamma)
     # one copy of the dataset per device, shared by its environments (not one per environment)
     on_device = {devices[i]: dataset_on(data, devices[i]) for i in indices}

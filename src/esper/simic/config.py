@@ -108,6 +108,12 @@ class PPOSettings:
     normalize_advantages: bool = True
     horizon: str = "truncation"
 
+    @property
+    def truncation(self) -> bool:
+        """Whether a full-length episode's end is a truncation (``horizon`` ``truncation``):
+        GAE bootstraps there and the reward counts the final potential."""
+        return self.horizon == "truncation"
+
     def __post_init__(self) -> None:
         require(
             self.horizon in HORIZONS,

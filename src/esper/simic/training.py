@@ -183,9 +183,8 @@ class PPOTrainer:
         trajectories = self.vec.collect(policy)
         config = self.config.ppo
         state = self.network.initial_state(len(trajectories), torch.device("cpu"))
-        truncation = config.horizon == "truncation"
         batch = rollout_batch(
-            trajectories, state, config.gamma, config.gae_lambda, scale, truncation
+            trajectories, state, config.gamma, config.gae_lambda, scale, config.truncation
         )
         seen, discounted = step_order(trajectories, config.gamma)
         self.normalizer.update(seen)  # once per rollout batch, never per pass
