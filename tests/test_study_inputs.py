@@ -488,6 +488,81 @@ def test_a_relative_sqlite_store_is_beside_the_study_file(tmp_path, capsys, monk
     assert list(here.iterdir()) == []
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_a_relative_data_dir_is_the_files_not_the_working_directorys(tmp_path, monkeypatch):
+    """It was taken relative to wherever a trial's process ran (the command's directory, or a
+    Ray node's): a study run from another directory read, or downloaded into, another folder.
+    The path only finds the data, as ``out`` finds the study: a study moved with its data, or
+    one saved when the path was kept as written, is the same study."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    body = ('out = "o"\ntasks = ["fashion_mnist_impaired"]\nreps = 100\n[budget]\n'
+            'epochs = 1\nbatches_per_epoch = 1\nval_samples = 64\ndata_dir = "{}"\n'
+            f"{STATIC}[[arms]]\nname = \"p\"\ncontroller = \"ppo\"\ntraining_seeds = [100]\n"
+            '[task_budgets.fashion_mnist_impaired]\nlr = 0.01\n{}')  # fmt: skip
+    sub = tmp_path / "sub"
+    base = here / ".." / "sub"  # the file's directory as given: links and .. as the system's
+    for written, own, expected in (
+        ("data", "", base / "data"),
+        ("../data/./fm", "", base / "../data/fm"),  # links and .. as given, as a run's
+        ("~/fm", "", home / "fm"),
+        ("/abs/fm", "", Path("/abs/fm")),
+        ("data", 'data_dir = "own"\n', base / "own"),  # a task's own
+    ):
+        path = _study(sub, body.format(written, own))
+        spec, directory = read_study(Path("../sub/study.toml"))
+        driver = StudyDriver(spec, directory, print)
+        growth = driver.job(Trial("fashion_mnist_impaired", "s", 0)).config["training"]
+        policy = driver.job(Trial("fashion_mnist_impaired", "p", 100, "policy")).config["env"]
+        assert growth["data_dir"] == policy["data_dir"] == str(expected)
+        assert "data_dir" not in study_settings(spec)["budget"]
+    # The study started with the path as written carries on, from anywhere.
+    spec, directory = read_study(_study(sub, body.format("data", "")))
+    directory.mkdir()
+    saved = study_settings(spec)
+    saved["budget"] = {**saved["budget"], "data_dir": "data"}
+    (directory / STUDY_FILE).write_text(
+        json.dumps({"settings": saved, "attempts": {}, "errors": {}})
+    )
+    assert StudyDriver(spec, directory, print).state.settings == study_settings(spec)
+    # Another setting beside it is still refused.
+    saved["budget"]["epochs"] = 2
+    (directory / STUDY_FILE).write_text(
+        json.dumps({"settings": saved, "attempts": {}, "errors": {}})
+    )
+    with pytest.raises(UserError, match=re.escape("budget.epochs: 2 -> 1")):
+        StudyDriver(spec, directory, print)
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+                    reason="real Fashion-MNIST not installed at /usr/share/datasets/fashion-mnist "
+                    "(apt-get install dataset-fashion-mnist)")  # fmt: skip
+def test_a_trial_reads_the_data_dir_beside_its_study_file(tmp_path, monkeypatch):
+    """A trial run from another directory, with a data_dir written relative to the study file,
+    trains on the data there (it failed, finding nothing, or would have downloaded anew)."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "data").symlink_to(FASHION)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ESPER_DATA_DIR", raising=False)
+    path = _study(sub, 'out = "o"\ntasks = ["fashion_mnist_impaired"]\n[budget]\nepochs = 1\n'
+                       'batches_per_epoch = 1\nval_samples = 64\ndata_dir = "data"\n'
+                       'download = false\n' + STATIC)  # fmt: skip
+    spec, directory = read_study(path)
+    driver = StudyDriver(spec, directory, print)
+    trial = Trial("fashion_mnist_impaired", "s", 0)
+    row = run_job(driver.job(trial))
+    assert row is not None and row.status == "completed"
+    assert record.read_config(driver.run_directory(trial))["training"]["data_dir"] == str(
+        sub / "data"
+    )
+
+
 @pytest.mark.parametrize("name", ["res%41x", "q?1"])
 def test_the_studys_own_store_is_in_its_directory(tmp_path, name):
     """Its URL was the path pasted in: a study in res%41x kept its store in resAx, one in q?1

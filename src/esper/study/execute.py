@@ -277,7 +277,7 @@ class StudyState:
             raise UserError(str(err)) from None
         assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
-        saved = _policies_by_id(with_defaults(StudySpec, state.settings))
+        saved = _without_data_dirs(_policies_by_id(with_defaults(StudySpec, state.settings)))
         changed = [c for k in settings for c in config_changes(saved.get(k), settings[k], k)]
         if changed:
             raise UserError(
@@ -309,19 +309,39 @@ def _policies_by_id(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "arms": arms} if "arms" in settings else settings
 
 
+def _without_data_dirs(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings without the budgets' ``data_dir``: like ``out``, it only finds files (a study
+    moved with its data, or one saved before ``read_study`` made the path absolute, is the same
+    study); each trial's run records the path it read."""
+
+    def without(budget: Any) -> Any:
+        return (
+            {k: v for k, v in budget.items() if k != "data_dir"}
+            if isinstance(budget, dict)
+            else budget
+        )
+
+    tasks = settings.get("task_budgets")
+    if isinstance(tasks, dict):
+        settings = {**settings, "task_budgets": {k: without(v) for k, v in tasks.items()}}
+    return {**settings, "budget": without(settings["budget"])} if "budget" in settings else settings
+
+
 def study_settings(spec: StudySpec) -> dict[str, Any]:
     """What must not change between invocations of one study: everything but ``retries``,
     ``reps`` and ``baselines``, which change only how failures are retried and results computed,
-    and ``out``, which only finds the directory (a moved study, or ``out`` written another way,
-    is the same study). The resources set a trial's threads and device, which a resume must
-    keep. An arm's given policy is its run's id (``meta.json``), not its path: a study moved
-    with its policy carries on, and another run put at the policy's path is another policy."""
+    and ``out`` and the budgets' ``data_dir``, which only find files (a moved study, or ``out``
+    written another way, is the same study). The resources set a trial's threads and device,
+    which a resume must keep. An arm's given policy is its run's id (``meta.json``), not its
+    path: a study moved with its policy carries on, and another run put at the policy's path
+    is another policy."""
     data = config_dict(spec)
     for arm, table in zip(spec.arms, data["arms"], strict=True):
         meta = None if arm.policy is None else record.read_meta(Path(arm.policy))
         if meta is not None:  # read_study read it (a policy without one was refused)
             table["policy"] = meta.run_id
-    return {k: v for k, v in data.items() if k not in ("out", "retries", "reps", "baselines")}
+    kept = {k: v for k, v in data.items() if k not in ("out", "retries", "reps", "baselines")}
+    return _without_data_dirs(kept)
 
 
 @dataclass(frozen=True)
@@ -340,11 +360,18 @@ class Outcome:
     pending: list[str]
 
 
-DERIVED_SETTINGS = ("policy:", "knowledge:", "telemetry", "runtime.devices")
+DERIVED_SETTINGS = (
+    "policy:",
+    "knowledge:",
+    "telemetry",
+    "runtime.devices",
+    "training.data_dir:",
+    "env.data_dir:",
+)
 """Settings of a trial's ``config.json`` that the study does not set alone, left out when a
-finished trial is checked: the paths of the policy it evaluates and of the study's knowledge
-store (a moved study holds other paths), where telemetry went (it changes nothing the run
-computed) and the device Ray gave a policy training (``run_job``)."""
+finished trial is checked: the paths of the policy it evaluates, of the study's knowledge
+store and of the data (a moved study holds other paths), where telemetry went (it changes
+nothing the run computed) and the device Ray gave a policy training (``run_job``)."""
 
 EVAL_DERIVED = ("training.slots:", "training.auto_advance:")
 """Settings an evaluating trial takes from its policy's run (that run is checked itself)."""

@@ -295,7 +295,8 @@ class StudySpec:
             val_samples, lr, width, slots, ...). ``width`` is every trial's host width but a
             static arm's own and a static-matched arm's; ``auto_advance`` is every growing
             arm's unless the arm sets its own; an arm evaluating a trained policy uses the
-            policy's slots and auto_advance.
+            policy's slots and auto_advance. A relative ``data_dir`` is taken against the
+            file's directory.
         task_budgets: per-task additions to ``budget`` (``[task_budgets.TASK]`` tables, the same
             keys), for what one task needs and another must not get: Fashion-MNIST's 100
             batches per epoch would be four epochs of the text task's.
@@ -490,7 +491,24 @@ def read_study(path: Path) -> tuple[StudySpec, Path]:
         else a
         for a in spec.arms
     ]
-    return replace(spec, arms=tuple(arms)), directory
+    return replace(_absolute_data_dirs(spec, path.parent), arms=tuple(arms)), directory
+
+
+def _absolute_data_dirs(spec: StudySpec, base: Path) -> StudySpec:
+    """``spec`` with each ``data_dir`` of its budgets absolute, ``~`` expanded and a relative
+    one taken against ``base`` (the study file's directory), as ``out`` and ``policy`` are: it
+    was taken relative to wherever a trial's process ran (the command's directory, or a Ray
+    node's), so a study run from another directory read, or downloaded into, another folder."""
+
+    def absolute(budget: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(budget.get("data_dir"), str):
+            return budget
+        given = Path(budget["data_dir"]).expanduser()
+        where = given if given.is_absolute() else base.absolute() / given
+        return {**budget, "data_dir": str(where)}  # links and ``..`` as given (a run's too)
+
+    tasks = {task: absolute(budget) for task, budget in spec.task_budgets.items()}
+    return replace(spec, budget=absolute(spec.budget), task_budgets=tasks)
 
 
 def store_url(spec: StudySpec, study_file: Path) -> str | None:
