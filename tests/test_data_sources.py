@@ -150,6 +150,14 @@ def test_checksum_mismatch_is_rejected_and_removed(
     cache = tmp_path / "cache" / "esper" / "fashion-mnist"
     assert FASHION_FILES[2] not in all_files(cache)
     assert not [f for f in all_files(cache) if f.endswith(".part")]
+    # The files it finished are kept: the next download fetches only the others.
+    kept = all_files(cache)
+    assert kept == sorted(FASHION_FILES[:2])
+    for name in kept:
+        (www / name).unlink()  # would be a 404 if fetched again
+    write_fashion(tmp_path / "fixed", n_train=3)
+    corrupt.write_bytes((tmp_path / "fixed" / FASHION_FILES[2]).read_bytes())
+    assert training_file_size(load_fashion_mnist(base_url=url, progress=False)) == 3
 
 
 def test_http_404_is_a_clear_error_and_leaves_nothing(

@@ -172,7 +172,9 @@ def load_fashion_mnist(
         data_dir: Directory holding the four ``.gz`` files (or a parent holding
             ``fashion-mnist/``); ``None`` to search ``$ESPER_DATA_DIR``, the Debian path and
             the cache.
-        download: Download the files (checksummed) when no local copy is found.
+        download: Download the files (checksummed) when no local copy is found. A download
+            that fails keeps the files it finished (each checksummed; every file is written
+            atomically), and the next one fetches only the others.
         base_url: URL prefix the four file names are appended to for the download.
         progress: Show a download progress bar on stderr.
 
