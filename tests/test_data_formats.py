@@ -300,8 +300,9 @@ def _dump(path: Path, obj: object) -> None:
         ({b"data": np.zeros((1, 100), np.uint8), b"labels": [1]}, "expected 3072"),
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}, "2 images but 1 labels"),
         ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, "0..9"),
+        ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [True]}, "list of ints"),
     ],
-    ids=["no-data", "not-dict", "dtype", "row-length", "count", "label-range"],
+    ids=["no-data", "not-dict", "dtype", "row-length", "count", "label-range", "bool-label"],
 )
 def test_cifar_parser_rejects_malformed_batches(
     tmp_path: Path, batch: object, message: str

@@ -124,7 +124,7 @@ def _read_batch(root: Path, name: str) -> tuple[Tensor, Tensor]:
         raise DatasetFormatError(
             f"{path}: b'data' rows have {data.shape[1]} values, expected {pixels} (3x32x32)"
         )
-    if not isinstance(labels, list) or not all(isinstance(v, int) for v in labels):
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):  # not bool
         raise DatasetFormatError(f"{path}: b'labels' must be a list of ints")
     if len(labels) != data.shape[0]:
         raise DatasetFormatError(f"{path}: {data.shape[0]} images but {len(labels)} labels")
