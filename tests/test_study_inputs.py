@@ -514,7 +514,7 @@ def test_a_relative_data_dir_is_the_files_not_the_working_directorys(tmp_path, m
         ("/abs/fm", "", Path("/abs/fm")),
         ("data", 'data_dir = "own"\n', base / "own"),  # a task's own
     ):
-        path = _study(sub, body.format(written, own))
+        _study(sub, body.format(written, own))
         spec, directory = read_study(Path("../sub/study.toml"))
         driver = StudyDriver(spec, directory, print)
         growth = driver.job(Trial("fashion_mnist_impaired", "s", 0)).config["training"]
