@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from esper.leyline.trials import VerdictRoles
+from esper.study.plan import read_study
 from esper.study.stats import (
     ALL_TASKS,
     ArmSummary,
@@ -178,6 +180,13 @@ def _improvement(
     return Improvement(task, arm, baseline, ("t",), 5, 5, Interval(*p))
 
 
+ROLES = VerdictRoles(
+    matched=frozenset({("heuristic", "static-matched"), ("random", "static-matched")}),
+    learned=frozenset({"ppo", "ppo-shaped"}),
+    handwritten=frozenset({"heuristic"}),
+)
+
+
 def test_verdicts_answer_the_two_questions() -> None:
     lines = verdicts(
         [
@@ -188,7 +197,8 @@ def test_verdicts_answer_the_two_questions() -> None:
             _improvement("ppo", "heuristic", (0.6, 0.5, 0.7)),  # low = ½ is not above ½
             _improvement("random", "heuristic", (0.9, 0.8, 1.0)),  # not learned
             _improvement("ppo", "static-matched", (0.9, 0.8, 1.0), task="t"),  # one task only
-        ]
+        ],
+        ROLES,
     )
     assert lines == [
         "Q1 does growing beat a static network per parameter? heuristic vs static-matched: "
@@ -210,7 +220,12 @@ def test_verdicts_from_trials() -> None:
         *_rows("t", "heuristic", [90.0, 91.0, 92.0]),  # beats static-matched in every pair
         *_rows("t", "ppo", [70.0, 71.0, 72.0]),  # loses to heuristic in every pair
     ]
-    lines = verdicts(improvements(rows, ["static-matched", "heuristic"], reps=REPS))
+    roles = VerdictRoles(
+        matched=frozenset({("heuristic", "static-matched"), ("ppo", "static-matched")}),
+        learned=frozenset({"ppo"}),
+        handwritten=frozenset({"heuristic"}),
+    )
+    lines = verdicts(improvements(rows, ["static-matched", "heuristic"], reps=REPS), roles)
     assert [line.rsplit(": ", 1)[1] for line in lines] == ["yes", "no", "no"]
     assert [line.split("? ")[1].split(":")[0] for line in lines] == [
         "heuristic vs static-matched",
@@ -228,11 +243,44 @@ def test_each_growing_arm_is_judged_against_the_static_arm_of_its_own_size() -> 
         _improvement("ppo", "static-big", (0.7, 0.55, 0.9)),
         _improvement("static-big", "static-matched", (0.8, 0.6, 0.95)),  # never grows
     ]
-    roles = {"matched": {"ppo": "static-big"}, "static": {"static-matched", "static-big"}}
-    lines = [line.split("? ")[1] for line in verdicts(found, **roles)]
+    roles = VerdictRoles(
+        matched=frozenset({("heuristic", "static-matched"), ("ppo", "static-big")})
+    )
+    lines = [line.split("? ")[1] for line in verdicts(found, roles)]
     assert [line.split(":")[0] for line in lines] == [
         "heuristic vs static-matched",
         "ppo vs static-big",
+    ]
+
+
+def test_verdicts_go_by_what_an_arm_runs_not_by_its_name(tmp_path: Path) -> None:
+    """Q2 took arms named ppo… as learned and the arm named heuristic as hand-written, and Q1
+    judged every growing arm without a matched arm of its own against the arm named
+    static-matched (another arm's size): a ppo arm called "learned" got no verdict, a random
+    arm called "ppo-random" got one, and a second heuristic arm was judged per parameter
+    against the first one's size."""
+    arms = [
+        ("hand", 'controller = "heuristic"'),
+        ("hand-2", 'controller = "heuristic"'),  # no matched arm of its own size
+        ("learned", 'controller = "ppo"\ntraining_seeds = [100]'),
+        ("ppo-random", 'controller = "random"'),
+        ("static-matched", 'controller = "static-matched"\nmatch = "hand"'),
+        ("heuristic", 'controller = "static"'),  # a name is only a name
+    ]
+    body = 'out = "o"\ntasks = ["synthetic"]\n' + "".join(
+        f'[[arms]]\nname = "{name}"\n{table}\n' for name, table in arms
+    )
+    (tmp_path / "s.toml").write_text(body)
+    spec, _ = read_study(tmp_path / "s.toml")
+    roles = spec.verdict_roles()
+    assert roles.baselines == ("hand", "hand-2", "static-matched")
+    names = [name for name, _ in arms]
+    found = [_improvement(a, b, (0.9, 0.8, 1.0)) for a in names for b in names if a != b]
+    lines = [line.split("? ")[1].split(":")[0] for line in verdicts(found, roles)]
+    assert lines == [
+        "hand vs static-matched",
+        "learned vs hand",
+        "learned vs hand-2",
     ]
 
 
@@ -255,7 +303,8 @@ def test_write_results_writes_three_files_and_lists_failed_trials(tmp_path: Path
         _row("digits", "static-matched", 4, None, error=None),
     ]
     out = tmp_path / "study"
-    results = write_results(out, rows, baselines=["static-matched"], reps=REPS)
+    roles = VerdictRoles(matched=frozenset({("heuristic", "static-matched")}))
+    results = write_results(out, rows, baselines=["static-matched"], reps=REPS, roles=roles)
 
     assert sorted(p.name for p in out.iterdir()) == [
         "interval_estimates.png",

@@ -17,7 +17,7 @@ from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import TABLE_ROWS, path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
 from esper.leyline.files import WriteError
-from esper.leyline.trials import REPS_RANGE
+from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE
 from esper.nissa.log import EventLogError
 from esper.nissa.record import RunRecordError
 from esper.nissa.views import VIEW_NAMES
@@ -129,7 +129,8 @@ def _add_view_parsers(sub: Any) -> None:
     report.add_argument(
         "--reps",
         type=_reps,
-        help="study reports: bootstrap resamples per interval (default 2000; fewer: sooner)",
+        help=f"study reports: bootstrap resamples per interval (default {DEFAULT_REPS}; fewer: "
+        "sooner)",
     )
     tui = sub.add_parser("tui", help="terminal UI: follow a live run or replay a finished one")
     tui.add_argument("run", type=path_arg, help="run directory")

@@ -260,9 +260,8 @@ def _write_results(
 ) -> StudyResults:
     """``results.md`` and its plots for ``outcome``'s trials, judged as ``spec`` says."""
     rows = [row for _, row in outcome.rows]
-    roles = spec.verdict_roles()
     return write_results(
-        directory, rows, spec.baseline_arms(), spec.reps, **roles, unfinished=unfinished
+        directory, rows, spec.baseline_arms(), spec.reps, 0, unfinished, spec.verdict_roles()
     )
 
 

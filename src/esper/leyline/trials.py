@@ -7,7 +7,8 @@ import csv
 import io
 import math
 import typing
-from dataclasses import dataclass, fields
+from collections.abc import Set
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from esper.leyline.config import MAX_INT64, check_float, check_int, quoted
@@ -28,9 +29,35 @@ RUN_COLUMN = "run"
 TRIALS_DIR = "trials"
 """Where a study's run directories go, one level deep (``esper runs list`` lists them)."""
 
+DEFAULT_REPS = 2000
+"""Bootstrap resamples per interval unless a study (``reps``) or ``esper report --reps`` says
+otherwise: rliable's choice, enough for stable 95 % percentile bounds."""
+
 REPS_RANGE = (10, 100_000)
 """Bootstrap resamples per interval a study (its file, ``esper report STUDY --reps``) accepts:
 fewer than 10 give no interval worth the name; 100,000 already takes minutes per table."""
+
+
+@dataclass(frozen=True)
+class VerdictRoles:
+    """Which arms answer which of Esper's two questions, from the arms' controllers (arm names
+    are the user's: an arm is judged by what it runs, not by what it is called).
+
+    Attributes:
+        matched: (growing arm, the static-matched arm of its size) pairs: Q1 (growth per
+            parameter) compares each growing arm with its own matched arm only.
+        learned: the arms running a trained PPO policy: Q2's contenders.
+        handwritten: the arms running the heuristic controller: Q2's baselines.
+    """
+
+    matched: Set[tuple[str, str]] = field(default_factory=frozenset)
+    learned: Set[str] = field(default_factory=frozenset)
+    handwritten: Set[str] = field(default_factory=frozenset)
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The arms the verdicts compare against, sorted."""
+        return tuple(sorted({s for _, s in self.matched} | set(self.handwritten)))
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from esper.leyline.config import (
     require,
 )
 from esper.leyline.files import is_utf8_path
-from esper.leyline.trials import REPS_RANGE, STUDY_FILE, TRIALS_DIR
+from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE, STUDY_FILE, TRIALS_DIR, VerdictRoles
 from esper.nissa import record
 from esper.simic.build import policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
@@ -66,9 +66,6 @@ MATCHED = "static-matched"
 
 DEFAULT_SEEDS = 10
 """Evaluation seeds per task × arm: the fewest for which rliable's IQM intervals are useful."""
-
-BOOTSTRAP_REPS = 2000
-"""Resamples per interval: rliable's choice, enough for stable 95 % percentile bounds."""
 
 DEFAULT_RETRIES = 2
 """Extra attempts of a failing trial (across invocations) before it is listed as failed."""
@@ -305,7 +302,7 @@ class StudySpec:
         baselines: the arms every arm's probability of improvement is computed against (empty:
             every arm that is not ppo).
         reps: bootstrap resamples per confidence interval (rliable's stratified bootstrap);
-            2000 follows rliable, fewer give coarser intervals sooner.
+            ``DEFAULT_REPS`` follows rliable, fewer give coarser intervals sooner.
         knowledge: the knowledge store every trial records its seed outcomes in and bandit
             selectors learn from (a SQLAlchemy URL, an SQLite path relative to the study
             file's directory: ``store_url``; None: knowledge.sqlite in the study directory, so
@@ -322,7 +319,7 @@ class StudySpec:
     resources: Resources = field(default_factory=Resources)
     retries: int = DEFAULT_RETRIES
     baselines: tuple[str, ...] = ()
-    reps: int = BOOTSTRAP_REPS
+    reps: int = DEFAULT_REPS
     knowledge: str | None = None
 
     def __post_init__(self) -> None:
@@ -427,14 +424,13 @@ class StudySpec:
         """The arm called ``name``."""
         return next(a for a in self.arms if a.name == name)
 
-    def verdict_roles(self) -> dict[str, Any]:
-        """The arms' roles in the verdicts, as ``stats.write_results`` takes them: ``matched``
-        (growing arm → the static-matched arm of its size) and ``static`` (arms that never
-        grow)."""
-        return {
-            "matched": {a.match: a.name for a in self.arms if a.match is not None},
-            "static": {a.name for a in self.arms if not _grows(a)},
-        }
+    def verdict_roles(self) -> VerdictRoles:
+        """The arms' roles in the verdicts, from their controllers (``stats.verdicts``)."""
+        return VerdictRoles(
+            matched=frozenset((a.match, a.name) for a in self.arms if a.match is not None),
+            learned=frozenset(a.name for a in self.arms if a.controller == "ppo"),
+            handwritten=frozenset(a.name for a in self.arms if a.controller == "heuristic"),
+        )
 
 
 def _grows(arm: ArmSpec) -> bool:

@@ -37,7 +37,14 @@ from matplotlib.ticker import MaxNLocator
 
 from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
-from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, TrialRun, TrialsFileError, read_trials
+from esper.leyline.trials import (
+    DEFAULT_REPS,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    TrialRun,
+    TrialsFileError,
+    read_trials,
+)
 from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import (
@@ -54,10 +61,6 @@ from esper.study import stats
 RUN_REPORT = Path(REPORT_DIR) / REPORT_FILE
 """Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
 default; linked from the trials table when present)."""
-
-REPS = 2000
-"""Bootstrap resamples per interval by default: rliable's choice, a study's own default
-(``plan.BOOTSTRAP_REPS``, not imported: the plan loads torch)."""
 
 DPI = 100
 WIDTH_IN, HEIGHT_IN = 9.6, 3.84
@@ -179,7 +182,7 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
 
 
 def build_study_report(
-    directory: Path, out: Path | None = None, reps: int = REPS, seed: int = 0
+    directory: Path, out: Path | None = None, reps: int = DEFAULT_REPS, seed: int = 0
 ) -> StudyReport:
     """Read a study directory and render its report in memory, writing nothing.
 

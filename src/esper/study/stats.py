@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +51,7 @@ import numpy.typing as npt
 from esper.leyline import pages
 from esper.leyline.config import check_int
 from esper.leyline.files import atomic_write_all, remove_temporaries
-from esper.leyline.trials import FINISHED, REPS_RANGE, TrialRow
+from esper.leyline.trials import DEFAULT_REPS, FINISHED, REPS_RANGE, TrialRow, VerdictRoles
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,21 +65,6 @@ ALL_TASKS = "all tasks"
 
 CONFIDENCE = 0.95
 """Coverage of every interval (DESIGN §9: 95 % stratified bootstrap intervals)."""
-
-STATIC_ARMS = frozenset({"static", "static-matched"})
-"""Arms that never grow; every other arm is a growing one."""
-
-MATCHED_BASELINE = "static-matched"
-"""The static arm whose width matches a grown arm's parameters: the per-parameter baseline."""
-
-HANDWRITTEN_BASELINE = "heuristic"
-"""The hand-written controller a learned one must beat."""
-
-LEARNED_PREFIX = "ppo"
-"""Arms whose name starts with this are learned (PPO) controllers."""
-
-VERDICT_BASELINES = (MATCHED_BASELINE, HANDWRITTEN_BASELINE)
-"""The baselines the verdicts compare against; ``write_results`` always includes them."""
 
 Q_GROWTH = "does growing beat a static network per parameter?"
 Q_LEARNED = "can a learned controller grow better than a hand-written one?"
@@ -304,7 +289,9 @@ def check_bootstrap(reps: int, seed: int) -> None:
     check_int("seed", seed, 0, 2**32 - 1)
 
 
-def summarize(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> list[ArmSummary]:
+def summarize(
+    rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int = 0
+) -> list[ArmSummary]:
     """Per task × arm, then per arm over all tasks: IQM and mean with 95 % intervals and more.
 
     Args:
@@ -365,7 +352,7 @@ def _improvement(
 
 
 def improvements(
-    rows: Sequence[TrialRow], baselines: Sequence[str], reps: int = 2000, seed: int = 0
+    rows: Sequence[TrialRow], baselines: Sequence[str], reps: int = DEFAULT_REPS, seed: int = 0
 ) -> list[Improvement]:
     """The probability of improvement of every arm over every baseline arm in the study.
 
@@ -426,29 +413,21 @@ def _verdict(question: str, found: Improvement) -> str:
     )
 
 
-def verdicts(
-    found: Sequence[Improvement],
-    matched: Mapping[str, str] | None = None,
-    static: Collection[str] = STATIC_ARMS,
-) -> list[str]:
+def verdicts(found: Sequence[Improvement], roles: VerdictRoles) -> list[str]:
     """One line per comparison that answers one of Esper's two questions, over all tasks.
 
-    Q1 (``Q_GROWTH``) compares every growing arm (not in ``static``) with the static arm
-    matched to its size (``matched``: growing arm → that arm; by default ``static-matched``);
-    Q2 (``Q_LEARNED``) every arm named ``ppo…`` with ``heuristic``. A line appears only when
-    ``found`` holds that comparison over all tasks.
+    Q1 (``Q_GROWTH``) compares every growing arm with the static-matched arm of its own size
+    (``roles.matched``); Q2 (``Q_LEARNED``) every learned arm with every hand-written one. A
+    line appears only when ``found`` holds that comparison over all tasks.
     """
-    matched = {} if matched is None else matched
     overall = sorted((i for i in found if i.task == ALL_TASKS), key=lambda i: (i.arm, i.baseline))
     growth = [
-        _verdict(f"Q1 {Q_GROWTH}", i)
-        for i in overall
-        if i.arm not in static and i.baseline == matched.get(i.arm, MATCHED_BASELINE)
+        _verdict(f"Q1 {Q_GROWTH}", i) for i in overall if (i.arm, i.baseline) in roles.matched
     ]
     learned = [
         _verdict(f"Q2 {Q_LEARNED}", i)
         for i in overall
-        if i.baseline == HANDWRITTEN_BASELINE and i.arm.startswith(LEARNED_PREFIX)
+        if i.arm in roles.learned and i.baseline in roles.handwritten
     ]
     return growth + learned
 
@@ -502,8 +481,8 @@ def _markdown(
         "## Verdicts",
         "",
         *([f"- {verdict}" for verdict in results.verdicts] or [
-            f"- No verdict: the study needs {MATCHED_BASELINE} and a growing arm (Q1), or "
-            f"{HANDWRITTEN_BASELINE} and a {LEARNED_PREFIX}… arm (Q2), with counted trials."
+            "- No verdict: the study needs a growing arm and a static-matched arm matching it "
+            "(Q1), or a heuristic arm and a ppo arm (Q2), with counted trials."
         ]),
         "",
         "## Excluded trials",
@@ -644,7 +623,7 @@ def interval_plot(overall: Sequence[ArmSummary]) -> bytes:
     return _png(figure)
 
 
-def profile_plot(rows: Sequence[TrialRow], reps: int = 2000, seed: int = 0) -> bytes:
+def profile_plot(rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int = 0) -> bytes:
     """``performance_profile.png``: score distributions (rliable's performance profiles), the
     fraction of an arm's runs, over all its tasks, whose accuracy is above τ, with 95 %
     bootstrap bands."""
@@ -681,11 +660,10 @@ def write_results(
     directory: Path,
     rows: Sequence[TrialRow],
     baselines: Sequence[str],
-    reps: int = 2000,
+    reps: int = DEFAULT_REPS,
     seed: int = 0,
     unfinished: int = 0,
-    matched: Mapping[str, str] | None = None,
-    static: Collection[str] = STATIC_ARMS,
+    roles: VerdictRoles | None = None,
 ) -> StudyResults:
     """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
 
@@ -695,25 +673,24 @@ def write_results(
     Args:
         directory: Where the files go (created if missing).
         rows: The study's trials.
-        baselines: Baseline arms for the probability of improvement; ``VERDICT_BASELINES`` are
-            added so that the verdicts can be given.
+        baselines: Baseline arms for the probability of improvement; the verdicts' own
+            (``roles.baselines``) are added so that the verdicts can be given.
         reps: Bootstrap resamples per interval.
         seed: Seed of every bootstrap.
         unfinished: trials of the study not finished yet (an interrupted study's results so
             far say so at the top).
-        matched: growing arm → the static arm matched to its size (``verdicts``).
-        static: the arms that never grow.
+        roles: which arms answer which question (``verdicts``); None: no verdicts.
 
     Returns:
         What ``results.md`` shows.
     """
     summaries = summarize(rows, reps, seed)
-    matched = {} if matched is None else matched
-    found = improvements(rows, [*baselines, *VERDICT_BASELINES, *matched.values()], reps, seed)
+    roles = VerdictRoles() if roles is None else roles
+    found = improvements(rows, [*baselines, *roles.baselines], reps, seed)
     results = StudyResults(
         summaries=summaries,
         improvements=found,
-        verdicts=verdicts(found, matched, static),
+        verdicts=verdicts(found, roles),
         excluded=sorted(
             (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
         ),
