@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from esper.leyline.config import json_reason
+from esper.leyline.config import json_reason, quoted
 from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.files import file_mode, open_regular
 from esper.leyline.stages import SeedStage
@@ -137,8 +137,7 @@ def _list(value: Any, where: str) -> list[Any]:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return quoted(value, as_json=not isinstance(value, str))
 
 
 def _float(value: Any, where: str) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import io
-import json
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from esper.leyline.config import (
     TelemetrySettings,
     UserError,
     config_dict,
+    quoted,
 )
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RunStarted
@@ -242,9 +242,7 @@ def config_changes(old: Any, new: Any, where: str) -> list[str]:
         return [c for i, (o, n) in pairs for c in config_changes(o, n, f"{where}[{i}]")]
     if old == new:
         return []
-    shown = [json.dumps(v) for v in (old, new)]
-    shown = [t if len(t) <= 40 else t[:37] + "..." for t in shown]
-    return [f"{where}: {shown[0]} -> {shown[1]}"]
+    return [f"{where}: {quoted(old, as_json=True)} -> {quoted(new, as_json=True)}"]
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any], skip: tuple[str, ...]) -> list[str]:
