@@ -81,13 +81,15 @@ def test_epoch_line_without_seeds_shows_a_dash() -> None:
     )
 
 
-def _update(round_: int, entropy: float | None = 1.2345) -> PPOUpdate:
+def _update(
+    round_: int, entropy: float | None = 1.2345, accuracy: float | None = None
+) -> PPOUpdate:
     return PPOUpdate(
         round=round_, env_steps=8 * round_, passes=4, early_stopped=False, skipped_steps=0,
         overflow_steps=0, policy_loss=0.1, value_loss=0.2, entropy=entropy, approx_kl=0.01234,
         clip_fraction=0.1, ratio_max=1.2, ratio_min=0.8, explained_variance=0.5, value_std=1.0,
         return_std=1.0, grad_norm=0.5, entropy_coef=0.01, mean_return=0.4123,
-        mean_final_accuracy=None, seconds_rollout=3.21, seconds_update=0.414,
+        mean_final_accuracy=accuracy, seconds_rollout=3.21, seconds_update=0.414,
     )  # fmt: skip
 
 
@@ -95,12 +97,15 @@ def _episode_end(accuracy: float | None) -> EpisodeFinished:
     return EpisodeFinished(1, 5, 0.4, False, accuracy, 590, 500)
 
 
-def test_round_line_labels_every_number_and_averages_the_finite_accuracies() -> None:
+def test_round_line_labels_every_number_and_shows_the_rounds_own_accuracy() -> None:
+    """The line shows the update's mean final accuracy (the learner's, over the round's
+    trajectories); the sink averaged the EpisodeFinished events it had seen instead, a second
+    definition of the same figure."""
     stream = io.StringIO()
     sink = ConsoleSink(stream, "ppo", total=2)
-    for accuracy in (60.0, 62.5, None):
+    for accuracy in (10.0, 20.0):  # not the round's figure: the sink no longer listens
         sink.write(_record(_episode_end(accuracy), env=0, episode=1))
-    sink.write(_record(_update(1)))
+    sink.write(_record(_update(1, accuracy=61.25)))
     sink.write(_record(_update(2, entropy=None)))  # no episode ended: the accuracy is missing
     assert stream.getvalue().splitlines() == [
         "[ppo] round 1/2  mean return 0.412  final acc 61.25%  entropy 1.234  kl 0.0123  "

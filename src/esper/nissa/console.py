@@ -8,7 +8,6 @@ measured (None, NaN) is printed as "—": never 0.
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 from contextlib import suppress
@@ -17,11 +16,10 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from esper.leyline.config import is_finite_number
-from esper.leyline.events import BatchProgress, EpisodeFinished, EpochCompleted, PPOUpdate
+from esper.leyline.events import BatchProgress, EpochCompleted, PPOUpdate
 from esper.nissa.log import display, percent
 
 _EPOCH = EpochCompleted.__name__
-_EPISODE = EpisodeFinished.__name__
 _UPDATE = PPOUpdate.__name__
 _PROGRESS = BatchProgress.__name__
 
@@ -75,7 +73,7 @@ class ConsoleSink:
         bar: a live tqdm bar instead of lines (the CLI turns it on for terminals).
     """
 
-    events = frozenset({_EPOCH, _EPISODE, _UPDATE, _PROGRESS})
+    events = frozenset({_EPOCH, _UPDATE, _PROGRESS})
     """What progress is made of; the hub hands these over whatever the telemetry level."""
 
     def __init__(
@@ -83,24 +81,17 @@ class ConsoleSink:
     ) -> None:
         self.stream, self.label, self.total = stream, label, total
         self._bar = tqdm(total=total, initial=start, desc=label, file=stream) if bar else None
-        self._accuracies: list[float | None] = []  # final accuracies of this round's episodes
         self._progress_shown: tuple[int, float] | None = None  # (epoch, seconds) of the last line
 
     def write(self, record: dict[str, Any]) -> None:
-        """Advance on a single-model epoch or a PPO update; show progress within an epoch;
-        remember episode accuracies."""
+        """Advance on a single-model epoch or a PPO update; show progress within an epoch."""
         event = record["event"]
         if event == _EPOCH and "env" not in record:
             self._show("epoch", record["epoch"], _epoch_text(record))
         elif event == _PROGRESS:
             self._show_progress(record)
-        elif event == _EPISODE:
-            self._accuracies.append(record["final_val_accuracy"])
         elif event == _UPDATE:
-            finite = [a for a in self._accuracies if a is not None and math.isfinite(a)]
-            accuracy = sum(finite) / len(finite) if finite else None
-            self._accuracies = []
-            self._show("round", record["round"], _round_text(record, accuracy))
+            self._show("round", record["round"], _round_text(record))
 
     def _show(self, unit: str, step: int, text: str) -> None:
         if self._bar is not None:
@@ -150,9 +141,10 @@ def _progress_text(record: dict[str, Any]) -> str:
     )
 
 
-def _round_text(record: dict[str, Any], accuracy: float | None) -> str:
+def _round_text(record: dict[str, Any]) -> str:
+    accuracy = percent(record["mean_final_accuracy"])
     return (
-        f"mean return {_number(record['mean_return'], '.3f')}  final acc {percent(accuracy)}  "
+        f"mean return {_number(record['mean_return'], '.3f')}  final acc {accuracy}  "
         f"entropy {_number(record['entropy'], '.3f')}  kl {_number(record['approx_kl'], '.4f')}  "
         f"rollout {record['seconds_rollout']:.1f} s  update {record['seconds_update']:.2f} s"
     )
