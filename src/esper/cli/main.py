@@ -17,6 +17,7 @@ from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import TABLE_ROWS, path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
 from esper.leyline.files import WriteError
+from esper.leyline.net import MAX_PORT
 from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE
 from esper.nissa.log import EventLogError
 from esper.nissa.record import RunRecordError
@@ -80,7 +81,7 @@ _reps = _number(
 )
 
 
-_port = _number(int, "a TCP port in 1..65535", lambda v: 1 <= v <= 65535)
+_port = _number(int, f"a TCP port in 1..{MAX_PORT}", lambda v: 1 <= v <= MAX_PORT)
 
 
 def _add_view_parsers(sub: Any) -> None:

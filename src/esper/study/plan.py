@@ -36,6 +36,7 @@ from typing import Any, Literal
 from esper.leyline.config import (
     MAX_COUNT,
     MAX_SEED,
+    MAX_WIDTH,
     HostTraining,
     TelemetrySettings,
     UserError,
@@ -178,7 +179,7 @@ class ArmSpec:
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
         if self.width is not None:
-            check_int(f"{where}: width", self.width, 1, 4096)
+            check_int(f"{where}: width", self.width, 1, MAX_WIDTH)
         if self.period is not None:
             check_int(f"{where}: period", self.period)
         for seed in self.training_seeds:

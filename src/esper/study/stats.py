@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from esper.leyline import pages
-from esper.leyline.config import check_int
+from esper.leyline.config import MAX_SEED, check_int
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.leyline.trials import DEFAULT_REPS, FINISHED, REPS_RANGE, TrialRow, VerdictRoles
 
@@ -286,7 +286,7 @@ def check_bootstrap(reps: int, seed: int) -> None:
     """``reps`` in ``REPS_RANGE`` (1 gave an "interval" without its own point) and ``seed`` one
     numpy's legacy generator takes (others failed 13 frames deep)."""
     check_int("reps", reps, *REPS_RANGE)
-    check_int("seed", seed, 0, 2**32 - 1)
+    check_int("seed", seed, 0, MAX_SEED)
 
 
 def summarize(
