@@ -10,7 +10,8 @@ import torch
 from esper.kasmina import blueprint_registry
 from esper.kasmina.blueprints import LORA_RANK
 from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
-from esper.leyline.config import json_reason
+from esper.leyline.config import TELEMETRY_LEVELS, TelemetrySettings, json_reason
+from esper.leyline.events import TelemetryLevel
 from esper.leyline.net import is_host_port
 
 
@@ -100,6 +101,12 @@ def test_param_counts_are_real(spec: InjectionSpec, name: str, expected: int) ->
     blueprint = blueprint_registry.get(name, spec.topology)
     assert blueprint.param_count(spec) == expected
     assert sum(p.numel() for p in blueprint.build(spec).parameters()) == expected
+
+
+def test_the_telemetry_setting_names_the_event_levels() -> None:
+    assert tuple(level.name.lower() for level in TelemetryLevel) == TELEMETRY_LEVELS
+    with pytest.raises(ValueError, match="one of minimal, normal, debug, got 'loud'"):
+        TelemetrySettings(level="loud")  # type: ignore[arg-type]
 
 
 def test_json_reason_says_why_json_could_not_be_read() -> None:

@@ -27,13 +27,11 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.fold import EnvState, Episode, RunState
+from esper.nissa.fold import RECENT_EVENTS, EnvState, Episode, RunState
 from esper.nissa.log import Logged, display, percent
 
-LOG_LINES = 5000
-"""Event-log lines kept (``RunState.recent``, the log panel): enough to scroll back through a few
-PPO rounds while a replay of a long run's log (hundreds of thousands of events) stays cheap to
-filter."""
+LOG_LINES = RECENT_EVENTS
+"""Event-log lines kept (``RunState.recent``, the log panel)."""
 
 ENV_HEADINGS: tuple[tuple[str, str], ...] = (
     ("env", "env"),  # "—" for a single-model run's only environment

@@ -44,6 +44,8 @@ MAX_WIDTH = 4096
 millions of parameters per layer, far beyond what Esper's tasks train; larger is a typo."""
 
 TelemetryName = Literal["minimal", "normal", "debug"]
+TELEMETRY_LEVELS: tuple[str, ...] = get_args(TelemetryName)
+"""``TelemetrySettings.level`` choices, ``TelemetryLevel``'s names (a test keeps them equal)."""
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 C = TypeVar("C")
@@ -297,8 +299,8 @@ class TelemetrySettings:
 
     def __post_init__(self) -> None:
         require(
-            self.level in ("minimal", "normal", "debug"),
-            f"telemetry level must be one of minimal, normal, debug, got {self.level!r}",
+            self.level in TELEMETRY_LEVELS,
+            f"telemetry level must be one of {', '.join(TELEMETRY_LEVELS)}, got {self.level!r}",
         )
         check_bool("tensorboard", self.tensorboard)
         if self.mlflow is not None:
