@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from esper.cli.config import absolute_data_dir
@@ -77,8 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """Static vs heuristic growth, side by side."""
     task = _pick_task(args.data_dir)
     spec = get_task(task)  # its description heads the table
-    parent = args.out if args.out is not None else Path("runs")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent = args.out if args.out is not None else record.RUNS_DIR
+    stamp = record.stamp()
     directories = {}
     data_dir = None if args.data_dir is None else str(args.data_dir)
     training = absolute_data_dir(HostTraining(task, epochs=args.epochs, data_dir=data_dir))

@@ -10,7 +10,6 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from esper.cli.knowledge import add_knowledge_parser
@@ -20,7 +19,7 @@ from esper.leyline.files import WriteError
 from esper.leyline.net import MAX_PORT
 from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE
 from esper.nissa.log import EventLogError
-from esper.nissa.record import RunRecordError
+from esper.nissa.record import RUNS_DIR, RunRecordError
 from esper.nissa.views import VIEW_NAMES
 from esper.tasks import TASKS
 
@@ -89,9 +88,7 @@ def _add_view_parsers(sub: Any) -> None:
     runs = sub.add_parser("runs", help="list, show, compare and query recorded runs")
     verbs = runs.add_subparsers(dest="runs_command", required=True, metavar="VERB")
     listing = verbs.add_parser("list", help="one line per run in DIR")
-    listing.add_argument(
-        "dir", nargs="?", type=path_arg, default=Path("runs"), help="default: runs/"
-    )
+    listing.add_argument("dir", nargs="?", type=path_arg, default=RUNS_DIR, help="default: runs/")
     show = verbs.add_parser("show", help="a run's configuration, summary and event counts")
     show.add_argument("run", type=path_arg, help="run directory")
     compare = verbs.add_parser("compare", help="final metrics of several runs side by side")
@@ -104,7 +101,7 @@ def _add_view_parsers(sub: Any) -> None:
         "--runs",
         nargs="+",
         type=path_arg,
-        default=[Path("runs")],
+        default=[RUNS_DIR],
         metavar="PATH",
         help="run directories, or directories of runs (default: runs/)",
     )
@@ -137,7 +134,7 @@ def _add_view_parsers(sub: Any) -> None:
     tui.add_argument("run", type=path_arg, help="run directory")
     dashboard = sub.add_parser("dashboard", help="live web dashboard of the runs in RUNS_DIR")
     dashboard.add_argument(
-        "runs_dir", nargs="?", type=path_arg, default=Path("runs"), help="default: runs/"
+        "runs_dir", nargs="?", type=path_arg, default=RUNS_DIR, help="default: runs/"
     )
     dashboard.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     dashboard.add_argument(

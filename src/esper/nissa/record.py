@@ -83,6 +83,10 @@ EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.pt"
 OUTCOMES_FILE = "outcomes.json"
+RUNS_DIR = Path("runs")
+"""Where a run goes without ``--out`` (``runs/<name>-<stamp()>``), and the directory the views
+(``esper runs``, ``dashboard``) look in by default."""
+
 CHECKPOINTS_DIR = "checkpoints"
 REPORT_DIR = "report"
 """Where ``esper report RUN`` writes the run's report by default."""
@@ -333,6 +337,11 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def stamp() -> str:
+    """The local time as a new default run directory's names carry it: ``20261206-101530``."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def new_run_id(directory: Path) -> str:

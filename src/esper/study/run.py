@@ -25,7 +25,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -286,8 +285,7 @@ def check_same_config(directory: Path, ran: dict[str, Any], now: dict[str, Any])
 
 def default_out(task: str, mode: str) -> Path:
     """``runs/<task>-<mode>-<time>``: where a run goes without ``--out``."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{task}-{mode}-{stamp}"
+    return record.RUNS_DIR / f"{task}-{mode}-{record.stamp()}"
 
 
 # ------------------------------------------------------------------------------ recorder
