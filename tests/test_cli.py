@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, main
+from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, RUN_COMMANDS, main
 from esper.leyline.config import MAX_SEED, HostTraining, read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
@@ -48,6 +48,11 @@ def test_help_lists_commands_and_tasks(capsys) -> None:
     out = capsys.readouterr().out
     for word in ("heuristic", "static", "demo", "fashion_mnist_impaired", "synthetic"):
         assert word in out
+
+
+def test_every_run_mode_is_a_command_and_every_run_command_a_mode() -> None:
+    """The run commands' names are the modes a run directory records (``meta.json``)."""
+    assert set(RUN_COMMANDS) == set(record.MODES)
 
 
 def test_run_command_help_exits_0(capsys) -> None:
