@@ -277,22 +277,9 @@ def write_study_report(report: StudyReport, out: Path) -> Path:
 # --- HTML ----------------------------------------------------------------------------------
 
 
-def _interval(value: stats.Interval) -> str:
-    return f"{value.point:.2f} [{value.low:.2f}, {value.high:.2f}]"
-
-
 def _results_table(summaries: Sequence[stats.ArmSummary]) -> str:
-    head = ["task", "arm", "n", "IQM [95 % CI]", "mean [95 % CI]", "median", "std"]
-    head += ["final params", "peak params", "training FLOPs", "seconds"]
-    rows = []
-    for s in summaries:
-        task = f"{stats.ALL_TASKS} ({len(s.tasks)})" if s.task == stats.ALL_TASKS else s.task
-        cells = [task, s.arm, str(s.n), _interval(s.iqm), _interval(s.mean), f"{s.median:.2f}"]
-        cells += [display(s.std, ".2f"), display(s.final_params, ",.0f")]
-        cells += [display(s.peak_params, ",.0f"), display(s.flops, ".3g")]
-        cells.append(display(s.seconds, ".1f"))
-        rows.append([html.escape(c) for c in cells])
-    return pages.table("results", head, rows, numbers_from=2)
+    rows = [[html.escape(c) for c in stats.score_cells(s)] for s in summaries]
+    return pages.table("results", list(stats.SCORE_COLUMNS), rows, numbers_from=2)
 
 
 def _link(target: Path, out: Path, text: str) -> str:

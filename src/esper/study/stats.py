@@ -52,6 +52,7 @@ from esper.leyline import pages
 from esper.leyline.config import MAX_SEED, check_int
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.leyline.trials import DEFAULT_REPS, FINISHED, REPS_RANGE, TrialRow, VerdictRoles
+from esper.nissa.log import display
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,6 +66,22 @@ ALL_TASKS = "all tasks"
 
 CONFIDENCE = 0.95
 """Coverage of every interval (DESIGN §9: 95 % stratified bootstrap intervals)."""
+
+_CI = f"{round(CONFIDENCE * 100)} % CI"
+SCORE_COLUMNS = (
+    "task",
+    "arm",
+    "n",
+    f"IQM [{_CI}]",
+    f"mean [{_CI}]",
+    "median",
+    "std",
+    "final params",
+    "peak params",
+    "training FLOPs",
+    "seconds",
+)
+"""The scores table's columns (``score_cells``), in ``results.md`` and a study's report."""
 
 Q_GROWTH = "does growing beat a static network per parameter?"
 Q_LEARNED = "can a learned controller grow better than a hand-written one?"
@@ -444,8 +461,22 @@ def _interval(value: Interval) -> str:
     return f"{value.point:.2f} [{value.low:.2f}, {value.high:.2f}]"
 
 
-def _number(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)  # missing is not zero (STYLE 12)
+def score_cells(s: ArmSummary) -> list[str]:
+    """One row of the scores table (``SCORE_COLUMNS``) as text; a missing value is "—", not 0
+    (STYLE 12)."""
+    return [
+        _task_label(s.task, s.tasks),
+        s.arm,
+        str(s.n),
+        _interval(s.iqm),
+        _interval(s.mean),
+        f"{s.median:.2f}",
+        display(s.std, ".2f"),
+        display(s.final_params, ",.0f"),
+        display(s.peak_params, ",.0f"),
+        display(s.flops, ".3g"),
+        display(s.seconds, ".1f"),
+    ]
 
 
 def _task_label(task: str, tasks: Sequence[str]) -> str:
@@ -501,18 +532,11 @@ def _scores(results: StudyResults) -> list[str]:
     lines = [
         "## Scores",
         "",
-        "| task | arm | n | IQM [95 % CI] | mean [95 % CI] | median | std | final params "
-        "| peak params | training FLOPs | seconds |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"| {' | '.join(SCORE_COLUMNS)} |",
+        "|---|---|" + "--:|" * (len(SCORE_COLUMNS) - 2),
     ]
     for s in results.summaries:
-        lines.append(
-            f"| {_cell(_task_label(s.task, s.tasks))} | {_cell(s.arm)} | {s.n} "
-            f"| {_interval(s.iqm)} | {_interval(s.mean)} | {s.median:.2f} "
-            f"| {_number(s.std, '.2f')} | {_number(s.final_params, ',.0f')} "
-            f"| {_number(s.peak_params, ',.0f')} | {_number(s.flops, '.3g')} "
-            f"| {_number(s.seconds, '.1f')} |"
-        )
+        lines.append(f"| {' | '.join(_cell(c) for c in score_cells(s))} |")
     if not results.summaries:
         lines.append("| — | no completed trial with a score | | | | | | | | | |")
     return lines
