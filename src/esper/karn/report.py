@@ -37,7 +37,6 @@ from typing import Any
 
 import matplotlib
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -58,17 +57,9 @@ from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import display
 from esper.nissa.record import REPORT_FILE
 
-DPI = 100
-WIDTH_IN, HEIGHT_IN = 9.6, 3.84
-"""Figure size: 9.6 x 3.84 inch at ``DPI`` -> 960 x 384 px, wide enough for the legend beside
-the axes and readable in a browser without zooming (the timeline's height grows with its slots)."""
-
 SVG_SALT = "esper-report"
 """matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
 same records give the same SVG file."""
-
-FEW_POINTS = 2
-"""A line with fewer finite points than this is drawn with markers (one point draws no line)."""
 
 _MARKERS = {SeedStage.GERMINATED: "^", SeedStage.FOSSILIZED: "*", SeedStage.PRUNED: "X"}
 
@@ -124,24 +115,17 @@ EMBARGOED, say): a bar of width 0 was invisible, and the timeline seemed to end 
 before."""
 
 
-def _figure(ncols: int = 1, height: float = HEIGHT_IN) -> tuple[Figure, list[Axes]]:
-    figure = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
+def _figure(ncols: int = 1, height: float = pages.HEIGHT_IN) -> tuple[Figure, list[Axes]]:
+    figure = pages.new_figure(height=height)
     return figure, [figure.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
 def _plot(name: str, caption: str, figure: Figure) -> Plot:
     """Render ``figure`` as PNG and SVG, without a version or date stamp."""
-    png, svg = io.BytesIO(), io.BytesIO()
-    figure.savefig(png, format="png", metadata={"Software": None})
+    svg = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": SVG_SALT}):
         figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
-    return Plot(name, caption, figure, png.getvalue(), svg.getvalue())
-
-
-def _marker(values: Sequence[float]) -> str | None:
-    """A dot marker for a series with fewer than ``FEW_POINTS`` finite values, else none."""
-    return "o" if sum(math.isfinite(v) for v in values) < FEW_POINTS else None
+    return Plot(name, caption, figure, pages.png(figure), svg.getvalue())
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
@@ -199,7 +183,7 @@ def plot_curves(data: RunData, baseline: RunData | None, metric: str) -> Plot | 
         for split, style, alpha in (("val", "-", None), ("train", "--", 0.6)):
             values = _values(epochs, f"{split}_{metric}")
             label = f"{pages.plot_label(run.run.name)} {split}"
-            marker = _marker(values)
+            marker = pages.marker(values)
             ax.plot(x, values, style, color=colour, alpha=alpha, marker=marker, label=label)
     values = _values(data.epochs, f"val_{metric}")
     validation = {e.epoch: v for e, v in zip(data.epochs, values, strict=True)}
@@ -235,7 +219,7 @@ def plot_difference(data: RunData, baseline: RunData | None) -> Plot | None:
     label = f"{pages.plot_label(data.run.name)} − {pages.plot_label(baseline.run.name)}"
     marks = data.episode.marks()
     for ax, values in ((left, found.val_accuracy), (right, found.val_loss)):
-        ax.plot(found.epochs, values, "-", color="C0", marker=_marker(values), label=label)
+        ax.plot(found.epochs, values, "-", color="C0", marker=pages.marker(values), label=label)
         ax.axhline(0.0, color="black", linewidth=0.8)
         _mark_seed_events(ax, marks, dict(zip(found.epochs, values, strict=True)))
     _finish(left, "epoch", "Δ validation accuracy (points)", legend=False)
@@ -288,7 +272,7 @@ def plot_alpha(data: RunData, episode: Episode | None, caption: str) -> Plot | N
     x = [e.epoch for e in episode.epochs]
     for slot in data.slots:
         values = alpha_series(episode.epochs, slot)
-        ax.plot(x, values, marker=_marker(values), label=slot)
+        ax.plot(x, values, marker=pages.marker(values), label=slot)
     ax.set_ylim(-0.05, 1.05)
     _finish(ax, "epoch", "α")
     return _plot("alpha", caption, figure)
@@ -306,7 +290,7 @@ def plot_params(
         lines.append((baseline.epochs, "--", "C1", pages.plot_label(baseline.run.name)))
     for epochs, style, colour, label in lines:
         x, params = [e.epoch for e in epochs], _values(epochs, "param_count")
-        marker = _marker(params)
+        marker = pages.marker(params)
         ax.step(x, params, style, where="post", color=colour, marker=marker, label=label)
     _finish(ax, "epoch", "parameters")
     return _plot("params", caption, figure)

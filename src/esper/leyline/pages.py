@@ -11,7 +11,45 @@ from __future__ import annotations
 
 import base64
 import html
+import io
+import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 100
+WIDTH_IN, HEIGHT_IN = 9.6, 3.84
+"""Figure size: 9.6 x 3.84 inch at ``DPI`` -> 960 x 384 px, wide enough for the legend beside
+the axes and readable in a browser without zooming (callers give taller ones for more rows)."""
+
+FEW_POINTS = 2
+"""A line with fewer finite points than this is drawn with markers (one point draws no line)."""
+
+
+def new_figure(width: float = WIDTH_IN, height: float = HEIGHT_IN) -> Figure:
+    """A figure of the pages' resolution drawn by Agg for itself alone: pyplot's global state
+    is untouched (matplotlib is imported here, when the first plot is made)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def png(figure: Figure) -> bytes:
+    """``figure`` as PNG bytes without matplotlib's version stamp (the same plot, the same
+    bytes)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def marker(values: Iterable[float]) -> str | None:
+    """A dot marker for a line with fewer than ``FEW_POINTS`` finite values, else none."""
+    return "o" if sum(math.isfinite(v) for v in values) < FEW_POINTS else None
 
 
 def plot_label(name: str) -> str:

@@ -23,7 +23,6 @@ never leaves half a report. The links are relative, so the study directory can b
 from __future__ import annotations
 
 import html
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -61,13 +59,6 @@ from esper.study import stats
 RUN_REPORT = Path(REPORT_DIR) / REPORT_FILE
 """Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
 default; linked from the trials table when present)."""
-
-DPI = 100
-WIDTH_IN, HEIGHT_IN = 9.6, 3.84
-"""Curve figures: 960 x 384 px, the run report's size."""
-
-FEW_POINTS = 2
-"""A curve with fewer finite points than this is drawn with markers (one point draws no line)."""
 
 
 class StudyReportError(ValueError):
@@ -150,21 +141,13 @@ class StudyReport:
     curves: list[ArmCurve]
 
 
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
-    return buffer.getvalue()
-
-
 def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) -> StudyPlot:
     """Each arm's median validation accuracy per epoch on ``task`` with its band."""
-    figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
+    figure = pages.new_figure()
     ax = figure.add_subplot()
     for curve in curves:
         colour = colours[curve.arm]
-        few = sum(math.isfinite(v) for v in curve.median) < FEW_POINTS
-        marker = "o" if few else None
+        marker = pages.marker(curve.median)
         ax.plot(curve.epochs, curve.median, color=colour, marker=marker, label=curve.label)
         ax.fill_between(curve.epochs, curve.low, curve.high, color=colour, alpha=0.2, linewidth=0)
     ax.set_title(task)
@@ -178,7 +161,7 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
         "band between their first and third quartiles; where some trials stopped early (a "
         "governor ended them), the legend says from which epoch fewer are in the median."
     )
-    return StudyPlot(f"curves-{task}", caption, _png(figure), figure)
+    return StudyPlot(f"curves-{task}", caption, pages.png(figure), figure)
 
 
 def build_study_report(

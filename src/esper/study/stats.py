@@ -37,7 +37,6 @@ Choices rliable leaves open, made here once:
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -93,7 +92,8 @@ PROFILE_FILE = "performance_profile.png"
 PROFILE_POINTS = 101
 """Thresholds τ of the performance profile: a smooth curve from the lowest score to the highest."""
 
-DPI = 100  # 8-inch-wide figures -> 800 px: readable in a browser or a markdown viewer
+FIGURE_WIDTH_IN = 8.0
+"""``results.md``'s figures: 800 px wide, readable in a browser or a markdown viewer."""
 
 Scores = npt.NDArray[np.float64]
 """A runs × tasks matrix of test accuracies, ``(N, K)``, as rliable takes it."""
@@ -601,23 +601,12 @@ def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
 
 
 def _figure(height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8.0, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)  # Agg for this figure only; pyplot's global state is untouched
-    return figure
-
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
-    return buffer.getvalue()
+    return pages.new_figure(FIGURE_WIDTH_IN, height)
 
 
 def _empty(figure: Figure) -> bytes:
     figure.text(0.5, 0.5, "no completed trial with a score", ha="center", va="center")
-    return _png(figure)
+    return pages.png(figure)
 
 
 def _colours(arms: Sequence[str]) -> dict[str, str]:
@@ -644,7 +633,7 @@ def interval_plot(overall: Sequence[ArmSummary]) -> bytes:
         ax.grid(True, axis="x", alpha=0.25)
     axes[0].set_yticks(range(len(overall)), [s.arm for s in overall])
     axes[0].invert_yaxis()  # the first arm on top, as in the table
-    return _png(figure)
+    return pages.png(figure)
 
 
 def profile_plot(rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int = 0) -> bytes:
@@ -677,7 +666,7 @@ def profile_plot(rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int =
         legend=True,
         legendsize="small",
     )
-    return _png(figure)
+    return pages.png(figure)
 
 
 def write_results(
