@@ -37,7 +37,7 @@ from conftest import growth_summary, ppo_summary, unprivileged, write_run
 from esper.cli.dashboard import study_table
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.karn import dashboard
-from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
+from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
 from esper.karn.dashboard import (
     STATIC_DIR,
     DashboardServer,
@@ -717,8 +717,8 @@ def test_the_page_folds_nothing_and_gets_its_colours_from_the_server(tmp_path: P
     meta = local_client(tmp_path).get("/api/meta").json()
     assert meta["stages"] == [stage.value for stage in SeedStage]
     assert meta["stage_colours"] == {s.value: STAGE_COLOURS[s] for s in SeedStage}
-    assert meta["mark_colours"] == dict(MARK_COLOURS)
-    assert set(meta["mark_shapes"]) == set(MARK_KINDS.values()) == set(MARK_COLOURS)
+    assert meta["mark_colours"] == {kind: s.colour for kind, s in MARK_STYLES.items()}
+    assert set(meta["mark_shapes"]) == set(MARK_KINDS.values()) == set(MARK_STYLES)
     assert meta["runs_dir"] == str(tmp_path)
 
 

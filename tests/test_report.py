@@ -25,8 +25,8 @@ from matplotlib.colors import to_hex
 
 from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import main
-from esper.karn.colours import STAGE_COLOURS
-from esper.karn.report import MARK_STYLES, PLOT_FILES, Plot, Report, build_report, plot_progress
+from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
+from esper.karn.report import PLOT_FILES, Plot, Report, build_report, plot_progress
 from esper.karn.report_data import load_run
 from esper.leyline import SeedStage
 from esper.leyline.events import (
@@ -324,7 +324,7 @@ def test_a_stage_entered_at_the_last_epoch_is_drawn(tmp_path: Path) -> None:
 
 def _marks_drawn(ax: Axes) -> set[tuple[str, float, float]]:
     """Every lifecycle marker on ``ax`` as (kind, x, y), the kind told by its colour."""
-    kinds = {colour: kind for kind, (_, colour) in MARK_STYLES.items()}
+    kinds = {style.colour: kind for kind, style in MARK_STYLES.items()}
     found = set()
     for collection in ax.collections:
         colours = collection.get_facecolor()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from esper.leyline.stages import SeedStage
+from esper.nissa.fold import MARK_KINDS
 
 STAGE_COLOURS: Mapping[SeedStage, str] = {
     SeedStage.DORMANT: "#f0f0f0",
@@ -19,10 +21,21 @@ STAGE_COLOURS: Mapping[SeedStage, str] = {
 }
 """One fixed colour per seed stage: light for waiting stages, strong for a seed in the output."""
 
-MARK_COLOURS: Mapping[str, str] = {
-    "germinate": "#2ca02c",
-    "fossilize": "#ffbf00",
-    "prune": "#d62728",
+
+@dataclass(frozen=True)
+class MarkStyle:
+    """How a lifecycle mark is drawn: ``colour`` everywhere, ``marker`` in the report's
+    matplotlib plots, ``shape`` on the dashboard's canvas (the same figure)."""
+
+    colour: str
+    marker: str
+    shape: str
+
+
+MARK_STYLES: Mapping[str, MarkStyle] = {
+    MARK_KINDS[SeedStage.GERMINATED]: MarkStyle("#2ca02c", "^", "triangle"),
+    MARK_KINDS[SeedStage.FOSSILIZED]: MarkStyle("#ffbf00", "*", "star"),
+    MARK_KINDS[SeedStage.PRUNED]: MarkStyle("#d62728", "X", "cross"),
 }
-"""One colour per lifecycle mark kind (``esper.nissa.fold.MARK_KINDS``' labels), as the report
-marks them on its timeline and curves."""
+"""The style of each lifecycle mark kind (``esper.nissa.fold.MARK_KINDS``' labels), on the
+report's timeline and curves and on the dashboard's."""

@@ -64,7 +64,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
+from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
 from esper.karn.guard import (
     READ_BYTES,
     HostCheck,
@@ -109,9 +109,6 @@ RECONNECT_MS = 2000
 FOLDS_KEPT = 32
 """Runs kept folded for one-shot snapshots and study bands (``Folds``): an overlay or a study's
 trials are then read again only from where they were left. Each holds its bounded fold."""
-
-MARK_SHAPES = {"germinate": "triangle", "fossilize": "star", "prune": "cross"}
-"""How the page draws each lifecycle mark kind (the report's ^, * and X markers)."""
 
 StudyTable = Callable[[Path], list[StudyRow]]
 """Computes a study directory's arms × tasks (``esper dashboard`` passes ``esper.study``'s)."""
@@ -549,8 +546,8 @@ class _Api:
                 "runs_dir": shown_path(self.runs_dir),
                 "stages": [stage.value for stage in SeedStage],
                 "stage_colours": {stage.value: STAGE_COLOURS[stage] for stage in SeedStage},
-                "mark_colours": dict(MARK_COLOURS),
-                "mark_shapes": MARK_SHAPES,
+                "mark_colours": {kind: s.colour for kind, s in MARK_STYLES.items()},
+                "mark_shapes": {kind: s.shape for kind, s in MARK_STYLES.items()},
             }
         )
 

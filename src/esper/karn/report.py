@@ -42,7 +42,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from esper.karn.colours import MARK_COLOURS, STAGE_COLOURS
+from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
 from esper.karn.report_data import (
     RunData,
     alpha_series,
@@ -60,15 +60,6 @@ from esper.nissa.record import REPORT_FILE
 SVG_SALT = "esper-report"
 """matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
 same records give the same SVG file."""
-
-_MARKERS = {SeedStage.GERMINATED: "^", SeedStage.FOSSILIZED: "*", SeedStage.PRUNED: "X"}
-
-MARK_STYLES: Mapping[str, tuple[str, str]] = {
-    MARK_KINDS[stage]: (marker, MARK_COLOURS[MARK_KINDS[stage]])
-    for stage, marker in _MARKERS.items()
-}
-"""Marker and colour (``karn.colours``, as on the dashboard) of each lifecycle mark kind, on the
-timeline and on the curves."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +135,8 @@ def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
 def _mark_seed_events(ax: Axes, marks: Sequence[LifecycleMark], at: Mapping[int, float]) -> None:
     """Each germinate, fossilize and prune on a curve: at the curve's value ``at[epoch]``, or on
     the bottom edge where the curve has no value there (never at a made-up value)."""
-    for kind, (marker, colour) in MARK_STYLES.items():
+    for kind, mark_style in MARK_STYLES.items():
+        marker, colour = mark_style.marker, mark_style.colour
         mine = [m.epoch for m in marks if m.kind == kind]
         if not mine:
             continue
@@ -247,7 +239,8 @@ def plot_timeline(data: RunData, episode: Episode | None, caption: str) -> Plot 
             ax.broken_barh(bar, (rows[slot] - 0.35, 0.7), facecolors=colour, edgecolors="white")
     marks = [m for m in episode.marks() if m.slot in rows]
     handles: list[Any] = [Patch(color=STAGE_COLOURS[s], label=s.value) for s in SeedStage]
-    for kind, (marker, colour) in MARK_STYLES.items():
+    for kind, mark_style in MARK_STYLES.items():
+        marker, colour = mark_style.marker, mark_style.colour
         mine = [m for m in marks if m.kind == kind]
         xy = ([m.epoch for m in mine], [rows[m.slot] for m in mine])
         ax.scatter(*xy, marker=marker, s=70, color=colour, edgecolors="black", zorder=3)
