@@ -274,6 +274,19 @@ def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, 
         f"esper: error: cannot make the study directory {str(tmp_path / 'dangling')!r}: it is "
         "a symbolic link that leads nowhere (or in a loop)\n"
     )
+    # A study directory whose trials/ takes no new run directory: the run failed every attempt
+    # of every trial left.
+    trials = tmp_path / "o2" / TRIALS_DIR
+    trials.mkdir(parents=True, mode=0o555)
+    path.write_text(path.read_text().replace('out = "dangling"', 'out = "o2"'))
+    done = subprocess.run(
+        [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == EXIT_BAD_INPUT and done.stderr == (
+        f"esper: error: cannot make the trials' run directories: {str(trials)!r} is not "
+        "writable (write and search)\n"
+    )
+    assert list(trials.iterdir()) == [] and sorted(trials.parent.iterdir()) == [trials]
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

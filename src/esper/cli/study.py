@@ -23,7 +23,7 @@ from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
 from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular
 from esper.leyline.net import MAX_PORT, is_host_port
-from esper.leyline.trials import STUDY_FILE, TRIALS_FILE
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.study.execute import (
     LOCK_FILE,
     Outcome,
@@ -208,8 +208,9 @@ def check_knowledge(spec: StudySpec, url: str | None) -> None:
 
 
 def check_writable(directory: Path) -> None:
-    """The study directory can be made (or, if it exists, written in): else a dry run would
-    pass, and the real run would start Ray before failing.
+    """The study directory can be made (or, if it exists, written in, ``trials/`` too): else
+    a dry run would pass, and the real run would start Ray before failing (every attempt of
+    every trial left, for a ``trials/`` that refuses new run directories).
 
     Raises:
         UserError: naming the directory that refuses, and why.
@@ -219,17 +220,28 @@ def check_writable(directory: Path) -> None:
             f"cannot make the study directory {str(directory)!r}: it is {DANGLING_LINK}"
         )
     place = next(p for p in (directory, *directory.absolute().parents) if os.path.exists(p))
+    made = "write in" if place == directory else "make"
+    _check_access(place, f"cannot {made} the study directory {str(directory)!r}")
+    if place == directory:
+        _check_study_files(directory)
+        if (directory / TRIALS_DIR).is_dir():
+            _check_access(directory / TRIALS_DIR, "cannot make the trials' run directories")
+
+
+def _check_access(place: Path, refusal: str) -> None:
+    """``place`` can be written and searched.
+
+    Raises:
+        UserError: ``refusal``, then why not.
+    """
     if os.access(place, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
-        if place == directory:
-            _check_study_files(directory)
         return
     try:
         read_only = os.statvfs(place).f_flag & os.ST_RDONLY
     except OSError:
         read_only = False
     why = "is on a read-only file system" if read_only else "is not writable (write and search)"
-    made = "write in" if place == directory else "make"
-    raise UserError(f"cannot {made} the study directory {str(directory)!r}: {str(place)!r} {why}")
+    raise UserError(f"{refusal}: {str(place)!r} {why}")
 
 
 def _check_study_files(directory: Path) -> None:
