@@ -171,25 +171,31 @@ def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_sessio
         '[[arms]]\nname = "static"\ncontroller = "static"\n'
     )
     path = _study(tmp_path, body.replace("RETRIES", "1"))
-    blocker = tmp_path / "out" / TRIALS_DIR / "synthetic.static.seed1"
-    blocker.parent.mkdir(parents=True)
-    blocker.write_text("not a run directory")  # the trial cannot create its run here
+    assert main(["study", str(path)]) == 0
+    # Trial 1 unfinished, its last checkpoint damaged: every attempt to resume it fails. (A
+    # place no attempt could use, such as a file, is refused before Ray starts: test_study_inputs.)
+    run = tmp_path / "out" / TRIALS_DIR / "synthetic.static.seed1"
+    (run / record.SUMMARY_FILE).unlink()
+    checkpoints = run / record.CHECKPOINTS_DIR
+    state_file = checkpoints / (checkpoints / record.LATEST_FILE).read_text().strip() / "state.pt"
+    good = state_file.read_bytes()
+    state_file.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    capsys.readouterr()
     assert main(["study", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "gave up synthetic.static.seed1" in err and "is a file" in err
-    assert "move it out of the study directory and run the study again" in err
+    assert "gave up synthetic.static.seed1" in err and "SHA-256 mismatch" in err
     assert "--out" not in err and "--resume" not in err  # a run command's advice
     state = json.loads((tmp_path / "out" / STUDY_FILE).read_text())
     assert state["attempts"] == {"synthetic.static.seed0": 1, "synthetic.static.seed1": 2}
     rows = {r["run"]: r for r in _trials(tmp_path / "out")}
     assert rows["synthetic.static.seed0"]["status"] == "completed"
     assert rows["synthetic.static.seed1"]["status"] == "failed"
-    assert "is a file" in rows["synthetic.static.seed1"]["error"]
-    assert "is a file" in (tmp_path / "out" / "results.md").read_text()
+    assert "SHA-256 mismatch" in rows["synthetic.static.seed1"]["error"]
+    assert "SHA-256 mismatch" in (tmp_path / "out" / "results.md").read_text()
     # Out of attempts: the next invocation does not try again ...
-    blocker.unlink()
+    state_file.write_bytes(good)
     assert main(["study", str(path)]) == 1
-    assert not blocker.exists()
+    assert not (run / record.SUMMARY_FILE).exists()
     # ... until the cap is raised; then only the failed trial runs.
     path.write_text(body.replace("RETRIES", "3"))
     assert main(["study", str(path)]) == 0

@@ -793,6 +793,31 @@ def test_interrupted_and_queued_trials_keep_their_attempts(tmp_path):
         assert json.loads((directory / STUDY_FILE).read_text())["attempts"] == {}
 
 
+@pytest.mark.parametrize("damage", ["config.json removed", "a file"])
+def test_a_trial_place_no_attempt_could_use_is_refused_before_ray(tmp_path, capsys, runs, damage):
+    """A finished trial whose config.json was lost was listed as "to run" by the dry run; the
+    real run then started Ray, failed every attempt ("holds no run") and rewrote results.md
+    with the trial as failed."""
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    place = tmp_path / "o" / TRIALS_DIR / "synthetic.s.seed1"
+    place.parent.mkdir(parents=True)
+    if damage == "a file":
+        place.write_text("not a run\n")
+        why = "holds no run (" + f"{str(place)!r} is a file, not a run directory)"
+    else:
+        shutil.copytree(runs["static"], place)
+        (place / record.CONFIG_FILE).unlink()
+        why = f"holds no run ({str(place)!r} is not an Esper run directory (no config.json file))"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for argv in (["study", str(path), "--dry-run"], ["study", str(path)]):
+        err = _bad(capsys, argv)
+        assert err == (
+            f"esper: error: trial synthetic.s.seed1: {str(place)!r} {why}; move it out of the "
+            "study directory and run the study again"
+        )
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_finished_trial_is_not_exhausted_with_no_retries(tmp_path):
     """retries = 0 made every finished trial "exhausted": a KeyError after every study."""
     spec, directory = read_study(_study(tmp_path, f"{HEAD}retries = 0\n{STATIC}"))

@@ -416,6 +416,9 @@ class StudyDriver:
         }
         for trial in self.trials:
             if not self._started(trial):
+                # what no attempt could use (a run missing config.json, a file): refused now,
+                # not after Ray started and every attempt failed
+                _check_free(trial, self.run_directory(trial))
                 continue
             self._check_run(trial)  # a run copied or linked in would be resumed or counted
             self._check_settings(trial)
