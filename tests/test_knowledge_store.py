@@ -36,10 +36,10 @@ from conftest import unprivileged
 from esper.cli.knowledge import add_knowledge_parser, run_knowledge
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.leyline.trials import KNOWLEDGE_FILE
 from esper.nissa.knowledge import (
     CONNECT_TIMEOUT_S,
     KNOWLEDGE_ENV,
-    KNOWLEDGE_FILE,
     OUTCOME_COLUMNS,
     SCHEMA_VERSION,
     KnowledgeStore,

@@ -108,6 +108,13 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     assert main(["runs", "list", str(out)]) == 0  # a study directory lists its trials' runs
     listed = capsys.readouterr().out
     assert all(row["run"] in listed for row in rows)
+    # A study directory that lost its study.json holds only what the study wrote: it carries
+    # on (it was refused as "no study, but 'interval_estimates.png'", advice to start anew).
+    saved = (out / STUDY_FILE).read_bytes()
+    (out / STUDY_FILE).unlink()
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "6 trials, 0 to run" in capsys.readouterr().out
+    (out / STUDY_FILE).write_bytes(saved)
     # Its trials in a directory without study.json: counted as done for the same settings,
     # refused for others (they counted as done, and study.json's check was not reached).
     code, printed = _dry_run_of_a_copy(path, capsys, {})

@@ -27,9 +27,9 @@ import pytest
 from conftest import unprivileged
 from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import UserError
-from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
+from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import record
-from esper.nissa.knowledge import KNOWLEDGE_FILE, KnowledgeStore, parse_url
+from esper.nissa.knowledge import KnowledgeStore, parse_url
 from esper.study.execute import (
     EVAL_DERIVED,
     Job,

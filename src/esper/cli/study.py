@@ -23,9 +23,16 @@ from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
 from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular
 from esper.leyline.net import MAX_PORT, is_host_port
-from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
-from esper.study.execute import (
+from esper.leyline.trials import (
+    INTERVALS_FILE,
     LOCK_FILE,
+    PROFILE_FILE,
+    RESULTS_FILE,
+    STUDY_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+)
+from esper.study.execute import (
     Outcome,
     StudyDriver,
     connect_ray,
@@ -41,13 +48,7 @@ from esper.study.plan import (
     training,
 )
 from esper.study.run import Stop, check_fits, interrupt_on_termination, load_data
-from esper.study.stats import (
-    INTERVALS_FILE,
-    PROFILE_FILE,
-    RESULTS_FILE,
-    StudyResults,
-    write_results,
-)
+from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
 
 if TYPE_CHECKING:

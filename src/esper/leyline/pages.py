@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+REPORT_FILE = "report.html"
+"""A report's page: a run's in its ``report/`` directory, a study's in the study directory."""
+
 DPI = 100
 WIDTH_IN, HEIGHT_IN = 9.6, 3.84
 """Figure size: 9.6 x 3.84 inch at ``DPI`` -> 960 x 384 px, wide enough for the legend beside

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from esper.leyline.config import MAX_INT64, check_float, check_int, quoted
 from esper.leyline.files import open_regular
+from esper.leyline.pages import REPORT_FILE
 
 COMPLETED = "completed"
 """A run that trained every epoch."""
@@ -28,6 +29,27 @@ RUN_COLUMN = "run"
 """``trials.csv``'s column beyond ``TrialRow``'s fields: the trial's run directory name."""
 TRIALS_DIR = "trials"
 """Where a study's run directories go, one level deep (``esper runs list`` lists them)."""
+RESULTS_FILE = "results.md"
+"""The study's tables and verdicts (``esper.study.stats.write_results``), with its two plots:"""
+INTERVALS_FILE = "interval_estimates.png"
+PROFILE_FILE = "performance_profile.png"
+KNOWLEDGE_FILE = "knowledge.sqlite"
+"""A study's own knowledge store (unless the study names one): its bandits learn from its trials;
+also the user's default store's name, in the cache directory ``esper/``."""
+LOCK_FILE = ".esper-study.lock"
+"""The study directory's lock file: held (flock) by the driver running the study."""
+STUDY_OUTPUTS = (
+    STUDY_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    RESULTS_FILE,
+    INTERVALS_FILE,
+    PROFILE_FILE,
+    KNOWLEDGE_FILE,
+    REPORT_FILE,  # ``esper report STUDY``'s page
+)
+"""Everything a study and its report write in the study directory, but hidden files (its lock,
+an SQLite journal, temporaries)."""
 
 DEFAULT_REPS = 2000
 """Bootstrap resamples per interval unless a study (``reps``) or ``esper report --reps`` says

@@ -61,15 +61,13 @@ from sqlalchemy.sql.dml import Insert
 
 from esper.leyline.files import is_utf8_path, not_regular
 from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.leyline.trials import KNOWLEDGE_FILE
 from esper.nissa.log import shown_path
 
 T = TypeVar("T")
 
 KNOWLEDGE_ENV = "ESPER_KNOWLEDGE"
 """Environment variable holding the store's URL; it replaces the default SQLite file."""
-
-KNOWLEDGE_FILE = "knowledge.sqlite"
-"""The default store's file name, in the user cache directory ``esper/``."""
 
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 """Accepted URL schemes; plain ``postgresql`` is driven by psycopg 3 (SQLAlchemy would pick

@@ -73,6 +73,7 @@ from esper.leyline.files import (
     try_lock,
     write_new_file,
 )
+from esper.leyline.pages import REPORT_FILE as REPORT_FILE
 from esper.leyline.trials import STUDY_FILE
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,6 @@ RUNS_DIR = Path("runs")
 CHECKPOINTS_DIR = "checkpoints"
 REPORT_DIR = "report"
 """Where ``esper report RUN`` writes the run's report by default."""
-REPORT_FILE = "report.html"
-"""A report's page: a run's in ``REPORT_DIR``, a study's in the study directory."""
 LATEST_FILE = "LATEST"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"

@@ -52,6 +52,8 @@ from esper.leyline.files import (
 )
 from esper.leyline.trials import (
     FINISHED,
+    KNOWLEDGE_FILE,
+    LOCK_FILE,
     RUN_COLUMN,
     STUDY_FILE,
     TRIALS_DIR,
@@ -76,12 +78,6 @@ from esper.study.plan import (
 )
 from esper.study.ppo import PPORunner
 from esper.study.run import Stop, changed_settings, config_changes
-
-KNOWLEDGE_FILE = "knowledge.sqlite"
-"""A study's own knowledge store (unless the study names one): its bandits learn from its trials."""
-
-LOCK_FILE = ".esper-study.lock"
-"""The study directory's lock file: held (flock) by the driver running the study."""
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,14 @@ from esper.leyline.config import (
     require,
 )
 from esper.leyline.files import is_utf8_path
-from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE, STUDY_FILE, TRIALS_DIR, VerdictRoles
+from esper.leyline.trials import (
+    DEFAULT_REPS,
+    REPS_RANGE,
+    STUDY_FILE,
+    STUDY_OUTPUTS,
+    TRIALS_DIR,
+    VerdictRoles,
+)
 from esper.nissa import record
 from esper.simic.build import policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
@@ -561,9 +568,16 @@ def _check_out(directory: Path) -> None:
             f"{where} lies inside the study directory {str(place)!r}; choose a directory "
             "outside any study",
         )
-    try:  # a study continues in its own directory, and starts only where nothing else is
+    # A study continues in its own directory, and starts only where nothing else is. One that
+    # lost its study.json holds only what a study writes, and continues (each trial's run is
+    # checked against the settings the study gives it; the attempts counted are lost).
+    try:
         foreign = (
-            [p.name for p in directory.iterdir() if p.name != TRIALS_DIR and p.name[0] != "."]
+            [
+                p.name
+                for p in directory.iterdir()
+                if p.name not in STUDY_OUTPUTS and p.name[0] != "."
+            ]
             if directory.is_dir() and not (directory / STUDY_FILE).exists()
             else []
         )

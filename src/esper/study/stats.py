@@ -50,7 +50,16 @@ import numpy.typing as npt
 from esper.leyline import pages
 from esper.leyline.config import MAX_SEED, check_int
 from esper.leyline.files import atomic_write_all, remove_temporaries
-from esper.leyline.trials import DEFAULT_REPS, FINISHED, REPS_RANGE, TrialRow, VerdictRoles
+from esper.leyline.trials import (
+    DEFAULT_REPS,
+    FINISHED,
+    INTERVALS_FILE,
+    PROFILE_FILE,
+    REPS_RANGE,
+    RESULTS_FILE,
+    TrialRow,
+    VerdictRoles,
+)
 from esper.nissa.log import display
 
 if TYPE_CHECKING:
@@ -85,9 +94,6 @@ SCORE_COLUMNS = (
 Q_GROWTH = "does growing beat a static network per parameter?"
 Q_LEARNED = "can a learned controller grow better than a hand-written one?"
 
-RESULTS_FILE = "results.md"
-INTERVALS_FILE = "interval_estimates.png"
-PROFILE_FILE = "performance_profile.png"
 
 PROFILE_POINTS = 101
 """Thresholds τ of the performance profile: a smooth curve from the lowest score to the highest."""
