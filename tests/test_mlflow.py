@@ -26,7 +26,8 @@ import pytest
 from esper.cli.main import main
 from esper.leyline.config import TelemetrySettings
 from esper.nissa import record
-from esper.nissa.tracking import REPORT, RUN_ID_FILE, MLflowSink, TrackingError
+from esper.nissa.record import RUN_REPORT
+from esper.nissa.tracking import RUN_ID_FILE, MLflowSink, TrackingError
 from esper.study.growth import EpochRow
 from esper.study.run import Stop
 
@@ -176,7 +177,7 @@ def test_a_report_in_the_run_directory_is_logged(mlflow, server: str, tmp_path: 
     args = ["heuristic", *TINY, "--epochs", "2", "--telemetry.mlflow", server, "--out", str(run)]
     assert main(args) == 0
     assert main(["report", str(run)]) == 0
-    assert (run / REPORT).is_file()
+    assert (run / RUN_REPORT).is_file()
     (run / record.SUMMARY_FILE).unlink()  # as if stopped after its last checkpoint
     assert main(["heuristic", "--resume", str(run)]) == 0
     client = mlflow.MlflowClient(server)

@@ -86,6 +86,11 @@ class CNNHostConfig:
         """The host's width: ``base_channels``."""
         return self.base_channels
 
+    @property
+    def width_step(self) -> int:
+        """The widths this host takes are the multiples of this: every width."""
+        return 1
+
     def with_width(self, width: int) -> CNNHostConfig:
         """This config with ``base_channels = width``."""
         return replace(self, base_channels=width)
@@ -130,6 +135,11 @@ class TransformerHostConfig:
     def width(self) -> int:
         """The host's width: ``n_embd``."""
         return self.n_embd
+
+    @property
+    def width_step(self) -> int:
+        """The widths this host takes are the multiples of this: ``n_head``."""
+        return self.n_head
 
     def with_width(self, width: int) -> TransformerHostConfig:
         """This config with ``n_embd = width`` (still divisible by ``n_head``)."""

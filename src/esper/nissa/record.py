@@ -91,6 +91,8 @@ RUNS_DIR = Path("runs")
 CHECKPOINTS_DIR = "checkpoints"
 REPORT_DIR = "report"
 """Where ``esper report RUN`` writes the run's report by default."""
+RUN_REPORT = Path(REPORT_DIR) / REPORT_FILE
+"""That report's page, relative to the run directory."""
 LATEST_FILE = "LATEST"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"

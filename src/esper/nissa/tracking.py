@@ -38,8 +38,6 @@ RUN_ID_FILE = "mlflow_run_id"
 EXPERIMENT = "esper"
 """The MLflow experiment every run goes to; ``esper.mode`` and the parameters tell them apart."""
 
-REPORT = Path(record.REPORT_DIR) / record.REPORT_FILE
-"""Where ``esper report RUN`` writes the report in the run directory (``esper.cli.report``)."""
 
 STATUS = {
     "completed": "FINISHED",
@@ -307,9 +305,9 @@ class MLflowSink:
         for name in (record.CONFIG_FILE, record.SUMMARY_FILE):
             if (self.directory / name).is_file():
                 self._client.log_artifact(self.run_id, str(self.directory / name))
-        report = self.directory / REPORT
+        report = self.directory / record.RUN_REPORT
         if report.is_file():  # the page and its plots
-            self._client.log_artifacts(self.run_id, str(report.parent), REPORT.parent.name)
+            self._client.log_artifacts(self.run_id, str(report.parent), record.REPORT_DIR)
         # MLflow prints the run's URL on stdout; library code does not print (STYLE 14).
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):

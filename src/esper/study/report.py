@@ -53,12 +53,8 @@ from esper.nissa.log import (
     read_events,
     shown_name,
 )
-from esper.nissa.record import REPORT_DIR, REPORT_FILE
+from esper.nissa.record import REPORT_FILE, RUN_REPORT
 from esper.study import stats
-
-RUN_REPORT = Path(REPORT_DIR) / REPORT_FILE
-"""Where ``esper report RUN`` writes a run's report inside its run directory (the CLI's
-default; linked from the trials table when present)."""
 
 
 class StudyReportError(ValueError):

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 
 from esper.data import DatasetNotFoundError, load_dataset
-from esper.kasmina import TransformerHostConfig
 from esper.leyline.config import (
     MAX_WIDTH,
     HostTraining,
@@ -220,8 +219,7 @@ def check_fits(
     width, have = training.width or config.width, memory_bytes()
     if needs(width) <= have:
         return
-    step = config.n_head if isinstance(config, TransformerHostConfig) else 1  # widths it takes
-    widths = range(step, MAX_WIDTH + 1, step)
+    widths = range(config.width_step, MAX_WIDTH + 1, config.width_step)
     fitting = bisect.bisect_right(widths, have, key=needs)  # counts rise with the width
     hint = f"use {setting} {widths[fitting - 1]} or less" if fitting else "no width of it fits"
     raise UserError(

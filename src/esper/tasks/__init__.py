@@ -324,7 +324,8 @@ def matched_width(
         if isinstance(config, CNNHostConfig):
             widths = MATCHED_CNN_WIDTHS
         else:
-            widths = range(config.n_head, MATCHED_TRANSFORMER_MAX_WIDTH + 1, config.n_head)
+            step = config.width_step
+            widths = range(step, MATCHED_TRANSFORMER_MAX_WIDTH + 1, step)
     candidates = sorted(set(widths))
     require(bool(candidates), "matched_width needs at least one candidate width")
     for width in candidates:  # all up front: bisection builds only some of them
