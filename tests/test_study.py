@@ -393,12 +393,21 @@ def test_dry_run_times_part_of_a_long_epoch_and_scales_it(tmp_path, capsys, monk
     assert "(3 of 300 batches each, scaled) ..." in capsys.readouterr().err
 
 
-def test_dry_run_does_not_time_cpu_epochs_for_gpu_trials(tmp_path, capsys):
+def test_dry_run_does_not_time_cpu_epochs_for_gpu_trials(tmp_path, capsys, monkeypatch):
     path = _study(
         tmp_path,
         f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\n[budget]\n{BUDGET}'
         '[resources]\ngpus = 1\n[[arms]]\nname = "static"\ncontroller = "static"\n',
     )
+    # Without a GPU a local study refuses up front (it passed, and the real run refused once
+    # Ray had started); a cluster (--address) may have GPUs this machine lacks.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == (
+        "esper: error: resources.gpus = 1, but this machine has 0 CUDA GPU(s): one trial would "
+        "wait forever; ask for at most 0 (or join a cluster with --address)\n"
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "wall time: not estimated for trials on GPUs" in capsys.readouterr().out
 

@@ -149,19 +149,23 @@ def check_address(address: str | None) -> str | None:
 
 
 def check_local_cores(spec: StudySpec) -> None:
-    """One trial fits the cores of this machine, which a local Ray instance gets: the dry run
-    planned "1 trial(s) at once", the real run refused after Ray's start-up.
+    """One trial fits the cores and GPUs of this machine, which a local Ray instance gets: the
+    dry run passed (planning "1 trial(s) at once"), the real run refused after Ray's start-up.
 
     Raises:
-        UserError: naming ``resources.cpus`` and the usable cores.
+        UserError: naming ``resources.cpus`` or ``resources.gpus`` and what this machine has.
     """
-    cores = usable_cores()
-    if spec.resources.cpus > cores:
-        raise UserError(
-            f"resources.cpus = {spec.resources.cpus:g}, but this machine has {cores} usable "
-            f"core(s): one trial would wait forever; ask for at most {cores} (or join a "
-            "cluster with --address)"
-        )
+    import torch  # loaded with the study code already
+
+    for name, asked, have, what in (
+        ("cpus", spec.resources.cpus, usable_cores(), "usable core(s)"),
+        ("gpus", spec.resources.gpus, torch.cuda.device_count(), "CUDA GPU(s)"),
+    ):
+        if asked > have:
+            raise UserError(
+                f"resources.{name} = {asked:g}, but this machine has {have} {what}: one trial "
+                f"would wait forever; ask for at most {have} (or join a cluster with --address)"
+            )
 
 
 def check_widths(spec: StudySpec, path: Path) -> None:
