@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, RUN_COMMANDS, main
-from esper.leyline.config import MAX_SEED, HostTraining, read_config_file
+from esper.leyline.config import MAX_SEED, HostTraining, UserError, read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import record
 from esper.study.growth import EpochRow
@@ -912,3 +912,7 @@ def test_a_new_runs_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     options, rest = split_options(["--task", "fashion_mnist_impaired", "--data-dir=~/fm"])
     assert growth.parse("static", rest, options).training.data_dir == f"{tmp_path}/home/fm"
+    # a user that does not exist: Path.expanduser's RuntimeError was a traceback
+    options, rest = split_options(["--task", "fashion_mnist_impaired", "--data-dir=~nouser7/x"])
+    with pytest.raises(UserError, match=r"^--data-dir '~nouser7/x': no such user's home"):
+        growth.parse("static", rest, options)

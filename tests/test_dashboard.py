@@ -719,6 +719,11 @@ def test_the_page_folds_nothing_and_gets_its_colours_from_the_server(tmp_path: P
     assert meta["stage_colours"] == {s.value: STAGE_COLOURS[s] for s in SeedStage}
     assert meta["mark_colours"] == {kind: s.colour for kind, s in MARK_STYLES.items()}
     assert set(meta["mark_shapes"]) == set(MARK_KINDS.values()) == set(MARK_STYLES)
+    # the page draws each kind as the report marks it, with a shape its glyph() knows
+    drawn = {"^": "triangle", "*": "star", "X": "cross"}  # matplotlib marker -> page shape
+    for kind, style in MARK_STYLES.items():
+        assert meta["mark_shapes"][kind] == drawn[style.marker]
+    assert 'shape === "triangle"' in script and 'shape === "star"' in script  # else: cross
     assert meta["runs_dir"] == str(tmp_path)
 
 

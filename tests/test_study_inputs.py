@@ -140,6 +140,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "'synthetic', whose dataset reads no files; set data_dir in the [task_budgets.TASK]"),
         (f'{HEAD}{STATIC}[task_budgets.synthetic]\ndata_dir = "/data"\n',
          "task_budgets.synthetic.data_dir reaches task 'synthetic', whose dataset reads no"),
+        # Path.expanduser's RuntimeError: a traceback
+        ('out = "o"\ntasks = ["fashion_mnist_impaired"]\n[budget]\n'
+         f'data_dir = "~nosuchuser7/fm"\n{STATIC}',
+         "data_dir '~nosuchuser7/fm': no such user's home directory"),
         # A dry run passed it, then every trial failed: its directory's name was too long.
         (f'{HEAD}{STATIC.replace(chr(34) + "s" + chr(34), chr(34) + "a" * 240 + chr(34))}',
          "arm name must be at most 100 bytes (it names the trials' directories), got 'aaaa"),
@@ -151,6 +155,32 @@ def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, me
     path = _study(tmp_path, body)
     assert message in _bad(capsys, ["study", str(path)])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("names", "foreign"),
+    [
+        # study.json lost: its trials and its outputs, the store's SQLite files, hidden files
+        ((TRIALS_DIR, "results.md", "knowledge.sqlite", "knowledge.sqlite-wal", ".x"), None),
+        ((TRIALS_FILE, "interval_estimates.png", "report.html"), None),
+        ((TRIALS_DIR, "results.md", "notes.txt"), "notes.txt"),
+        (("results.md",), "results.md"),  # a results.md alone is anyone's
+        (("report.html", "knowledge.sqlite"), "knowledge.sqlite"),
+    ],
+)
+def test_a_study_directory_that_lost_its_study_json_carries_on(tmp_path, names, foreign):
+    """It was refused as "no study.json, but 'interval_estimates.png'", with advice to start
+    anew; each trial's run is still checked against the settings the study gives it."""
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in names:
+        (out / name).mkdir() if name == TRIALS_DIR else (out / name).write_text("")
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    if foreign is None:
+        assert read_study(path)[1] == out
+    else:
+        with pytest.raises(ValueError, match=f"holds no study \\(no study.json, but '{foreign}'"):
+            read_study(path)
 
 
 @pytest.mark.parametrize("kind", ["file", "dangling link"])
@@ -574,6 +604,14 @@ def test_a_trial_reads_the_data_dir_beside_its_study_file(tmp_path, monkeypatch)
     assert record.read_config(driver.run_directory(trial))["training"]["data_dir"] == str(
         sub / "data"
     )
+    # Moved with its data, the study's unfinished trial resumes reading the data's new place
+    # (the resume refused the changed path: "training.data_dir: .../sub/data -> .../moved/data").
+    (driver.run_directory(trial) / record.SUMMARY_FILE).unlink()
+    sub.rename(tmp_path / "moved")
+    spec, directory = read_study(tmp_path / "moved" / "study.toml")
+    driver = StudyDriver(spec, directory, print)
+    row = run_job(driver.job(trial))
+    assert row is not None and row.status == "completed"
 
 
 @pytest.mark.parametrize("name", ["res%41x", "q?1"])
@@ -793,7 +831,7 @@ def test_interrupted_and_queued_trials_keep_their_attempts(tmp_path):
         assert json.loads((directory / STUDY_FILE).read_text())["attempts"] == {}
 
 
-@pytest.mark.parametrize("damage", ["config.json removed", "a file"])
+@pytest.mark.parametrize("damage", ["config.json removed", "a file", "a link"])
 def test_a_trial_place_no_attempt_could_use_is_refused_before_ray(tmp_path, capsys, runs, damage):
     """A finished trial whose config.json was lost was listed as "to run" by the dry run; the
     real run then started Ray, failed every attempt ("holds no run") and rewrote results.md
@@ -804,6 +842,10 @@ def test_a_trial_place_no_attempt_could_use_is_refused_before_ray(tmp_path, caps
     if damage == "a file":
         place.write_text("not a run\n")
         why = "holds no run (" + f"{str(place)!r} is a file, not a run directory)"
+    elif damage == "a link":  # to an empty directory: renaming the made run onto it fails
+        (tmp_path / "empty").mkdir()
+        place.symlink_to(tmp_path / "empty")
+        why = "is a symbolic link, where the trial's run directory is to be made"
     else:
         shutil.copytree(runs["static"], place)
         (place / record.CONFIG_FILE).unlink()
@@ -814,7 +856,7 @@ def test_a_trial_place_no_attempt_could_use_is_refused_before_ray(tmp_path, caps
         assert err == (
             f"esper: error: trial synthetic.s.seed1: {str(place)!r} {why}; move it out of the "
             "study directory and run the study again"
-        )
+        ), err
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 

@@ -29,6 +29,7 @@ from esper.leyline.config import (
     override,
     read_config_file,
 )
+from esper.leyline.files import absolute_path
 from esper.study.growth import GrowthRun, check_mode
 from esper.study.run import check_outside_studies
 
@@ -286,12 +287,19 @@ def growth_config(
 
 
 def absolute_data_dir(training: HostTraining) -> HostTraining:
-    """A new run's ``data_dir`` made absolute with ``~`` expanded (links and ``..`` stay as
-    given) for its ``config.json``: a resume may start in another directory, where the
-    relative path named other files of the same shape, which trained on without a word."""
+    """A new run's ``data_dir`` made absolute with ``~`` expanded (``absolute_path``) for its
+    ``config.json``: a resume may start in another directory, where the relative path named
+    other files of the same shape, which trained on without a word.
+
+    Raises:
+        UserError: ``~user`` names no user.
+    """
     if training.data_dir is None:
         return training
-    return replace(training, data_dir=str(Path(training.data_dir).expanduser().absolute()))
+    try:
+        return replace(training, data_dir=absolute_path(training.data_dir))
+    except ValueError as err:
+        raise UserError(f"--data-dir {err}") from None
 
 
 def named_fields(argv: list[str]) -> frozenset[str]:

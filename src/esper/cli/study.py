@@ -114,7 +114,7 @@ def run_study(args: argparse.Namespace) -> int:
             waiting = len(driver.stopped.pending)
             try:  # the bootstrap takes a while: a second Ctrl-C skips it (files are atomic)
                 _write_results(spec, directory, driver.stopped, unfinished=waiting)
-                _say(f"results so far ({waiting} trials not finished): {directory / 'results.md'}")
+                _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
             except KeyboardInterrupt:
                 _say("stopped again: results so far not written (trials.csv lists every trial)")
         _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
@@ -124,7 +124,7 @@ def run_study(args: argparse.Namespace) -> int:
     results = _write_results(spec, directory, outcome)
     for line in results.verdicts:
         print(line)
-    print(f"results: {directory / 'results.md'}")
+    print(f"results: {directory / RESULTS_FILE}")
     if outcome.failed or outcome.pending:
         _say(
             f"{len(outcome.failed)} trial(s) failed on every attempt, {len(outcome.pending)} "

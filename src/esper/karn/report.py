@@ -113,10 +113,10 @@ def _figure(ncols: int = 1, height: float = pages.HEIGHT_IN) -> tuple[Figure, li
 
 def _plot(name: str, caption: str, figure: Figure) -> Plot:
     """Render ``figure`` as PNG and SVG, without a version or date stamp."""
-    svg = io.BytesIO()
+    png, svg = pages.png(figure), io.BytesIO()  # PNG first: the layout settles on the first
     with matplotlib.rc_context({"svg.hashsalt": SVG_SALT}):
         figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
-    return Plot(name, caption, figure, pages.png(figure), svg.getvalue())
+    return Plot(name, caption, figure, png, svg.getvalue())
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:

@@ -182,6 +182,20 @@ def is_utf8_path(path: Path) -> bool:
     return True
 
 
+def absolute_path(path: str, base: Path | None = None) -> str:
+    """``path`` with ``~`` expanded, made absolute against ``base`` (default: the working
+    directory); links and ``..`` stay as given (the system resolves them, not the text).
+
+    Raises:
+        ValueError: ``~user`` names no user.
+    """
+    try:
+        given = Path(path).expanduser()
+    except RuntimeError:  # Path.expanduser of ~nosuchuser
+        raise ValueError(f"{path!r}: no such user's home directory") from None
+    return str(given if given.is_absolute() else (base or Path()).absolute() / given)
+
+
 def is_dangling(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a symbolic link whose target does not exist (or is a loop)."""
     return os.path.islink(path) and not os.path.exists(path)

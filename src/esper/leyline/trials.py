@@ -49,7 +49,7 @@ STUDY_OUTPUTS = (
     REPORT_FILE,  # ``esper report STUDY``'s page
 )
 """Everything a study and its report write in the study directory, but hidden files (its lock,
-an SQLite journal, temporaries)."""
+temporaries) and the SQLite store's own files beside it (``knowledge.sqlite-wal``, ...)."""
 
 DEFAULT_REPS = 2000
 """Bootstrap resamples per interval unless a study (``reps``) or ``esper report --reps`` says

@@ -145,6 +145,8 @@ def _check_free(trial: Trial, directory: Path) -> None:
     try:
         if is_dangling(directory):
             what = f"is {DANGLING_LINK}"
+        elif os.path.islink(directory):  # a run is made by renaming onto its place
+            what = "is a symbolic link, where the trial's run directory is to be made"
         elif directory.is_dir() and not any(directory.iterdir()):
             return
         else:

@@ -49,13 +49,15 @@ from esper.leyline.config import (
     read_config_file,
     require,
 )
-from esper.leyline.files import is_utf8_path
+from esper.leyline.files import absolute_path, is_utf8_path
 from esper.leyline.trials import (
     DEFAULT_REPS,
+    KNOWLEDGE_FILE,
     REPS_RANGE,
     STUDY_FILE,
     STUDY_OUTPUTS,
     TRIALS_DIR,
+    TRIALS_FILE,
     VerdictRoles,
 )
 from esper.nissa import record
@@ -507,9 +509,10 @@ def _absolute_data_dirs(spec: StudySpec, base: Path) -> StudySpec:
     def absolute(budget: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(budget.get("data_dir"), str):
             return budget
-        given = Path(budget["data_dir"]).expanduser()
-        where = given if given.is_absolute() else base.absolute() / given
-        return {**budget, "data_dir": str(where)}  # links and ``..`` as given (a run's too)
+        try:
+            return {**budget, "data_dir": absolute_path(budget["data_dir"], base)}
+        except ValueError as err:
+            raise ValueError(f"data_dir {err}") from None
 
     tasks = {task: absolute(budget) for task, budget in spec.task_budgets.items()}
     return replace(spec, budget=absolute(spec.budget), task_budgets=tasks)
@@ -568,19 +571,8 @@ def _check_out(directory: Path) -> None:
             f"{where} lies inside the study directory {str(place)!r}; choose a directory "
             "outside any study",
         )
-    # A study continues in its own directory, and starts only where nothing else is. One that
-    # lost its study.json holds only what a study writes, and continues (each trial's run is
-    # checked against the settings the study gives it; the attempts counted are lost).
     try:
-        foreign = (
-            [
-                p.name
-                for p in directory.iterdir()
-                if p.name not in STUDY_OUTPUTS and p.name[0] != "."
-            ]
-            if directory.is_dir() and not (directory / STUDY_FILE).exists()
-            else []
-        )
+        foreign = _foreign(directory)
     except OSError as err:
         raise ValueError(f"{where}: cannot use it: {err.strerror}") from None
     if foreign:
@@ -593,6 +585,21 @@ def _check_out(directory: Path) -> None:
         not os.path.lexists(trials) or trials.is_dir(),
         f"{where}: {str(trials)!r} is not a directory; the study keeps its trials' runs there",
     )
+
+
+def _foreign(directory: Path) -> list[str]:
+    """What in ``directory`` no study wrote, where a study is to go. A study continues in its
+    own directory and starts only where nothing else is; one that lost its ``study.json`` but
+    holds its trials (``trials/`` or ``trials.csv``) and otherwise only what a study writes
+    continues (each trial's run is still checked against the settings the study gives it;
+    the attempts counted are lost). Hidden files do not count."""
+    if not directory.is_dir() or (directory / STUDY_FILE).exists():
+        return []
+    names = [p.name for p in directory.iterdir() if not p.name.startswith(".")]
+    if not {TRIALS_DIR, TRIALS_FILE} & set(names):  # a results.md alone is anyone's
+        return names
+    store = tuple(f"{KNOWLEDGE_FILE}-{part}" for part in ("journal", "wal", "shm"))  # SQLite's
+    return [name for name in names if name not in STUDY_OUTPUTS and name not in store]
 
 
 def with_defaults(cls: type, table: Any) -> Any:

@@ -260,10 +260,18 @@ def _setting(change: str) -> str:
     return _LIST_ITEM.sub("", change.partition(": ")[0]) + ": "
 
 
-UNCHECKED_SETTINGS = ("telemetry", "runtime.ray_address", "ppo.rounds:")
-"""Settings a resume may find changed in ``config.json``: where telemetry goes and which
-cluster runs the workers change nothing the run computes, and PPO's rounds only say when it
-stops (``esper ppo --resume RUN --ppo.rounds N`` raises them: a finished run trains on)."""
+UNCHECKED_SETTINGS = (
+    "telemetry",
+    "runtime.ray_address",
+    "ppo.rounds:",
+    "training.data_dir:",
+    "env.data_dir:",
+)
+"""Settings a resume may find changed in ``config.json``: where telemetry goes, which cluster
+runs the workers and where the dataset's files are (a study moved with its data gives its
+unfinished trials the new place) change nothing the run computes, and PPO's rounds only say
+when it stops (``esper ppo --resume RUN --ppo.rounds N`` raises them: a finished run trains
+on)."""
 
 
 def check_same_config(directory: Path, ran: dict[str, Any], now: dict[str, Any]) -> None:
