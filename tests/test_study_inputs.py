@@ -279,16 +279,21 @@ def test_a_study_file_that_cannot_be_written_is_one_line_before_ray(
 def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, dry_run):
     """A dry run passed, and the real run started Ray before its mkdir failed. Permissions
     bind in a child process, as an unprivileged user's."""
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    esper = [*unprivileged(), sys.executable, "-m", "esper", "study", str(path)]
+
+    def refusal(out: str) -> str:
+        """What ``esper study`` says with ``out = OUT`` (exit 2, nothing on stdout)."""
+        path.write_text(re.sub(r'^out = ".*"$', f'out = "{out}"', path.read_text(), flags=re.M))
+        done = subprocess.run(
+            [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == EXIT_BAD_INPUT and done.stdout == "", done.stdout
+        return done.stderr
+
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    head = HEAD.replace('out = "o"', 'out = "locked/o"')
-    path = _study(tmp_path, f"{head}{BUDGET}{STATIC}")
-    esper = [*unprivileged(), sys.executable, "-m", "esper", "study", str(path)]
-    done = subprocess.run(
-        [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == EXIT_BAD_INPUT and done.stdout == "", done.stdout
-    assert done.stderr == (
+    assert refusal("locked/o") == (
         f"esper: error: cannot make the study directory {str(locked / 'o')!r}: "
         f"{str(locked)!r} is not writable (write and search)\n"
     )
@@ -296,11 +301,7 @@ def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, 
     # A dangling link as the study directory (the check followed it into nothing: a
     # traceback from os.statvfs)
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    path.write_text(path.read_text().replace('out = "locked/o"', 'out = "dangling"'))
-    done = subprocess.run(
-        [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == EXIT_BAD_INPUT and done.stderr == (
+    assert refusal("dangling") == (
         f"esper: error: cannot make the study directory {str(tmp_path / 'dangling')!r}: it is "
         "a symbolic link that leads nowhere (or in a loop)\n"
     )
@@ -308,11 +309,7 @@ def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, 
     # of every trial left.
     trials = tmp_path / "o2" / TRIALS_DIR
     trials.mkdir(parents=True, mode=0o555)
-    path.write_text(path.read_text().replace('out = "dangling"', 'out = "o2"'))
-    done = subprocess.run(
-        [*esper, *(["--dry-run"] * dry_run)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == EXIT_BAD_INPUT and done.stderr == (
+    assert refusal("o2") == (
         f"esper: error: cannot make the trials' run directories: {str(trials)!r} is not "
         "writable (write and search)\n"
     )
