@@ -113,7 +113,7 @@ def _figure(ncols: int = 1, height: float = pages.HEIGHT_IN) -> tuple[Figure, li
 
 def _plot(name: str, caption: str, figure: Figure) -> Plot:
     """Render ``figure`` as PNG and SVG, without a version or date stamp."""
-    png, svg = pages.png(figure), io.BytesIO()  # PNG first: the layout settles on the first
+    png, svg = pages.png(figure), io.BytesIO()  # PNG first: the first draw settles the layout
     with matplotlib.rc_context({"svg.hashsalt": SVG_SALT}):
         figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
     return Plot(name, caption, figure, png, svg.getvalue())
