@@ -32,7 +32,7 @@ def text() -> Dataset:
 def test_preset_is_a_small_transformer_on_the_text_data() -> None:
     task, full = get_task(TASK), get_task("text_lm")
     assert (task.dataset, task.host_kind) == (full.dataset, full.host_kind)
-    assert (task.dataset, task.host_kind) == ("text", "transformer")
+    assert (task.dataset, task.host_kind) == ("text", Topology.TRANSFORMER)
     assert dict(task.host_config) == {"n_embd": 16, "n_head": 1, "n_layer": 3, "n_points": 3}
     # the same training steps as text_lm (1000 batches of 32 windows), in shorter epochs
     assert task.batch_size == full.batch_size

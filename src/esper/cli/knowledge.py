@@ -154,9 +154,9 @@ def _unwritable(outcome: SeedOutcome) -> str | None:
     if outcome.host.task not in TASKS:
         return f"unknown task {outcome.host.task!r}; known: {sorted(TASKS)}"
     topology = Topology(outcome.host.topology)
-    if TASKS[outcome.host.task].host_kind != topology.value:
-        kind = TASKS[outcome.host.task].host_kind
-        return f"task {outcome.host.task!r} has a {kind} host, not {topology.value}"
+    kind = TASKS[outcome.host.task].host_kind
+    if kind is not topology:
+        return f"task {outcome.host.task!r} has a {kind.value} host, not {topology.value}"
     names = blueprint_registry.names(topology)
     if outcome.blueprint not in names:
         host = f"a {topology.value} host"

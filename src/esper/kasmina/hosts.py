@@ -437,7 +437,7 @@ class CNNHost(SegmentedHost):
     autograd the pools take the maximum of strided views (``MaxPool2x2``).
     """
 
-    kind = "cnn"
+    kind = Topology.CNN.value
     config: CNNHostConfig
 
     def __init__(self, config: CNNHostConfig) -> None:
@@ -528,7 +528,7 @@ class TransformerHost(SegmentedHost):
     Injection points sit at the ends of every ``n_layer // n_points`` blocks.
     """
 
-    kind = "transformer"
+    kind = Topology.TRANSFORMER.value
     config: TransformerHostConfig
 
     def __init__(self, config: TransformerHostConfig) -> None:

@@ -26,7 +26,7 @@ import tyro
 
 from esper.kasmina import blueprint_registry, save_model
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
-from esper.leyline import SeedStage, Topology
+from esper.leyline import SeedStage
 from esper.leyline.config import (
     MAX_SEED,
     HostTraining,
@@ -172,12 +172,12 @@ def _check_preference(heuristic: HeuristicConfig, task: str) -> None:
     if task not in TASKS:
         return  # an unknown task is refused where it is resolved
     kind = TASKS[task].host_kind
-    offered = blueprint_registry.names(Topology(kind))
+    offered = blueprint_registry.names(kind)
     preference = heuristic.blueprint_preference
     if not any(b in offered for b in preference):
         raise UserError(
-            f"blueprint_preference {list(preference)} names none of the blueprints the {kind} "
-            f"host of task {task!r} offers: {', '.join(offered)}"
+            f"blueprint_preference {list(preference)} names none of the blueprints the "
+            f"{kind.value} host of task {task!r} offers: {', '.join(offered)}"
         )
 
 

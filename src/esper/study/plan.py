@@ -638,7 +638,7 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
             raise ValueError(f"arm {arm.name!r}: {err}") from None  # err names the policy
         assert meta is not None  # ppo_state read it
         for task in spec.tasks:  # a policy acts only on hosts of the kind it trained on
-            host = get_task(task).host_kind
+            host = get_task(task).host_kind.value
             require(
                 state.get("topology") == host,
                 f"arm {arm.name!r}: policy {arm.policy!r} was trained on a "

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from esper.leyline import Topology
 from esper.leyline.config import MAX_INT64, MAX_WIDTH, HostTraining, check_int, require
 from esper.leyline.slots import check_slots, slot_names
 
@@ -27,7 +28,7 @@ class TaskSpec:
         name: task name on the command line.
         description: one line for ``esper --help`` and reports.
         dataset: the ``esper.data.load_dataset`` name.
-        host_kind: ``"cnn"`` or ``"transformer"``.
+        host_kind: the host's ``Topology`` (CNN or transformer).
         host_config: the task's own fields of the host config (``CNNHostConfig`` or
             ``TransformerHostConfig``); ``build_host`` adds the data-dependent ones.
         epochs: default episode length.
@@ -40,7 +41,7 @@ class TaskSpec:
     name: str
     description: str
     dataset: str
-    host_kind: str
+    host_kind: Topology
     host_config: Mapping[str, int] = field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 128
@@ -63,15 +64,15 @@ class TaskSpec:
         """
         from esper.kasmina import CNNHostConfig, TransformerHostConfig
 
-        rank = 3 if self.host_kind == "cnn" else 1
+        rank = 3 if self.host_kind is Topology.CNN else 1
         if len(data.input_shape) != rank:
             what = "images (C, H, W)" if rank == 3 else "token sequences (T,)"
             raise ValueError(
-                f"task {self.name!r} ({self.host_kind} host) needs {what}; the dataset "
+                f"task {self.name!r} ({self.host_kind.value} host) needs {what}; the dataset "
                 f"{data.name!r} holds samples of shape {data.input_shape}"
             )
         config: HostConfig
-        if self.host_kind == "cnn":
+        if self.host_kind is Topology.CNN:
             channels, size, _ = data.input_shape
             config = CNNHostConfig(
                 in_channels=channels,
@@ -106,7 +107,7 @@ class TaskSpec:
 
         config: HostConfig = (
             CNNHostConfig(**self.host_config)
-            if self.host_kind == "cnn"
+            if self.host_kind is Topology.CNN
             else TransformerHostConfig(vocab_size=2, **self.host_config)
         )
         return config if width is None else config.with_width(width)
@@ -145,7 +146,7 @@ TASKS: dict[str, TaskSpec] = {
             "fashion_mnist",
             "Fashion-MNIST, 16-channel CNN host",
             "fashion_mnist",
-            "cnn",
+            Topology.CNN,
             {"base_channels": 16, "depth": 3},
             epochs=15,
         ),
@@ -153,25 +154,29 @@ TASKS: dict[str, TaskSpec] = {
             "fashion_mnist_impaired",
             "Fashion-MNIST, tiny 1x1-kernel CNN host that growth can rescue",
             "fashion_mnist",
-            "cnn",
+            Topology.CNN,
             _IMPAIRED,
             epochs=20,
         ),
         TaskSpec(
-            "cifar10", "CIFAR-10, 32-channel CNN host", "cifar10", "cnn", {"base_channels": 32}
+            "cifar10",
+            "CIFAR-10, 32-channel CNN host",
+            "cifar10",
+            Topology.CNN,
+            {"base_channels": 32},
         ),
         TaskSpec(
             "cifar10_impaired",
             "CIFAR-10, tiny 1x1-kernel CNN host",
             "cifar10",
-            "cnn",
+            Topology.CNN,
             _IMPAIRED,
         ),
         TaskSpec(
             "digits",
             "scikit-learn 8x8 digits, small CNN host",
             "digits",
-            "cnn",
+            Topology.CNN,
             {"base_channels": 8, "depth": 3},
             epochs=20,
             batch_size=64,
@@ -180,7 +185,7 @@ TASKS: dict[str, TaskSpec] = {
             "digits_impaired",
             "scikit-learn 8x8 digits, tiny 1x1-kernel CNN host that growth can rescue",
             "digits",
-            "cnn",
+            Topology.CNN,
             _IMPAIRED,
             epochs=20,
             batch_size=64,
@@ -189,7 +194,7 @@ TASKS: dict[str, TaskSpec] = {
             "text_lm",
             "character-level language model, GPT-style transformer host",
             "text",
-            "transformer",
+            Topology.TRANSFORMER,
             {"n_embd": 64, "n_head": 4, "n_layer": 3, "n_points": 3},
             epochs=10,
             batch_size=32,
@@ -199,7 +204,7 @@ TASKS: dict[str, TaskSpec] = {
             "text_lm_impaired",
             "character-level language model, small one-head transformer host that underfits",
             "text",
-            "transformer",
+            Topology.TRANSFORMER,
             _IMPAIRED_TRANSFORMER,
             # text_lm's 1000 training batches in 40 short epochs: a seed needs at least
             # MIN_LIFECYCLE_EPOCHS (10) from germination to fossilization, which in 20 epochs of
@@ -212,7 +217,7 @@ TASKS: dict[str, TaskSpec] = {
             "synthetic",
             "synthetic class templates plus noise, for tests and benchmarks (not real data)",
             "synthetic",
-            "cnn",
+            Topology.CNN,
             {"base_channels": 4, "depth": 3},
             epochs=6,
             batch_size=64,
