@@ -202,21 +202,16 @@ def test_final_metrics_table_shows_both_summaries(
     summaries = [_growth(recorded_runs[m]) for m in ("heuristic", "static")]
     finals = [s.final for s in summaries if s.final is not None]
     assert metrics["metric"] == [recorded_runs["heuristic"].name, recorded_runs["static"].name]
-    assert metrics["final validation accuracy (%)"] == [f"{f.val_accuracy:.2f}" for f in finals]
+    assert metrics["final val acc"] == [f"{f.val_accuracy:.2f}%" for f in finals]
     tests = [s.test for s in summaries if s.test is not None]  # what a study ranks runs by
-    assert len(tests) == 2 and metrics["test accuracy (%)"] == [
-        f"{t.final_accuracy:.2f}" for t in tests
-    ]
-    assert metrics["test accuracy, best validation epoch (%)"] == [
-        f"{t.best_accuracy:.2f}" for t in tests
-    ]
-    assert metrics["best validation accuracy (%)"] == [
-        f"{s.best_val_accuracy:.2f}" for s in summaries
-    ]
-    assert metrics["final validation loss"] == [f"{f.val_loss:.4f}" for f in finals]
-    assert metrics["parameters"] == [f"{s.param_count:,d}" for s in summaries]
-    assert metrics["seeds fossilized"] == [str(s.fossilized) for s in summaries]
-    assert metrics["seeds pruned"] == [str(s.pruned) for s in summaries]
+    assert len(tests) == 2 and metrics["test acc"] == [f"{t.final_accuracy:.2f}%" for t in tests]
+    assert metrics["test acc, best val epoch"] == [f"{t.best_accuracy:.2f}%" for t in tests]
+    assert metrics["best val acc"] == [f"{s.best_val_accuracy:.2f}%" for s in summaries]
+    assert metrics["final val loss"] == [f"{f.val_loss:.4f}" for f in finals]
+    assert metrics["params"] == [f"{s.param_count:,d}" for s in summaries]
+    assert metrics["peak params"] == [f"{s.peak_param_count:,d}" for s in summaries]
+    assert metrics["fossilized"] == [str(s.fossilized) for s in summaries]
+    assert metrics["pruned"] == [str(s.pruned) for s in summaries]
     assert (
         summaries[0].fossilized > 0 and summaries[1].param_count < summaries[0].param_count
     )  # the recorded runs really differ, so a swapped column would be caught
@@ -238,9 +233,9 @@ def test_missing_values_render_as_a_dash(
     (run / "meta.json").unlink()
     assert _report([str(run)], capsys)[0] == 0
     tables = _tables((run / "report" / "report.html").read_text(encoding="utf-8"))
-    assert tables["metrics"]["best validation accuracy (%)"] == [DASH]
-    assert tables["metrics"]["final validation loss"] == [DASH]
-    assert tables["metrics"]["seeds pruned"] == [str(growth.pruned)]
+    assert tables["metrics"]["best val acc"] == [DASH]
+    assert tables["metrics"]["final val loss"] == [DASH]
+    assert tables["metrics"]["pruned"] == [str(growth.pruned)]
     assert tables["header"]["git revision"] == [DASH]
 
 
@@ -436,8 +431,8 @@ def test_baseline_of_the_other_kind_is_compared_where_comparable(
     metrics = _tables(page)["metrics"]
     ppo, growth = _ppo(recorded_runs["ppo"]), _growth(recorded_runs["heuristic"])
     assert growth.final is not None
-    assert metrics["final mean accuracy (%)"] == [f"{ppo.final_mean_accuracy:.2f}", DASH]
-    assert metrics["final validation accuracy (%)"] == [DASH, f"{growth.final.val_accuracy:.2f}"]
+    assert metrics["final mean acc"] == [f"{ppo.final_mean_accuracy:.2f}%", DASH]
+    assert metrics["final val acc"] == [DASH, f"{growth.final.val_accuracy:.2f}%"]
     seconds = [read_summary(recorded_runs[m]) for m in ("ppo", "heuristic")]
     assert metrics["wall time (s)"] == [f"{s.wall_seconds:.1f}" for s in seconds if s]
     assert "is a heuristic run" in page and "final accuracy as a horizontal line" in page
@@ -740,12 +735,14 @@ def test_final_metrics_read_the_record_summary(tmp_path: Path) -> None:
     growth = load_run(write_run(tmp_path / "grow", growth_summary("grow")))
     ppo = load_run(write_run(tmp_path / "learn", ppo_summary("learn")))
     rows = dict(metric_rows([growth, ppo]))
-    assert rows["best validation accuracy (%)"] == ["77.50", DASH]
-    assert rows["final validation accuracy (%)"] == [DASH, DASH]  # NaN was written as null
-    assert rows["final training accuracy (%)"] == ["81.00", DASH]
-    assert rows["host parameters"] == ["1,000", DASH]
+    assert rows["best val acc"] == ["77.50%", DASH]
+    assert rows["final val acc"] == [DASH, DASH]  # NaN was written as null
+    assert rows["final train acc"] == ["81.00%", DASH]
+    assert rows["host params"] == ["1,000", DASH]
     assert rows["final mean return"] == [DASH, "1.250"]
-    assert rows["environment steps"] == [DASH, "640"]
+    assert rows["env steps"] == [DASH, "640"]
+    labels = list(rows)  # the growth run's metrics first, then those only the PPO run has
+    assert labels.index("epochs") < labels.index("final mean acc") < labels.index("env steps")
     assert rows["wall time (s)"] == ["12.5", "3.0"]
     assert final_accuracy(growth) is None and final_accuracy(ppo) is None
     meta = read_meta(growth.run.path)

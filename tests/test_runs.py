@@ -433,11 +433,14 @@ def test_list_and_compare_read_the_record_summary(tmp_path: Path, capsys) -> Non
     assert rows["grow"][6:] == ["—", "1200", "—"]
     assert rows["learn"][4:] == ["failed", "2/4", "—", "—", "1.250"]
     assert main(["runs", "compare", str(growth), str(ppo)]) == 0
-    table = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
+    lines = capsys.readouterr().out.splitlines()
+    width = lines[0].index("grow")  # the label column's
+    table = {line[:width].strip(): line[width:].split() for line in lines}
     assert table["best val acc"] == ["77.50%", "—"] and table["fossilized"] == ["1", "—"]
     assert table["final train acc"] == ["81.00%", "—"]
     assert table["env steps"] == ["—", "640"] and table["best mean return"] == ["—", "1.500"]
-    assert table["train seconds"] == ["12.5", "3.0"]
+    assert table["wall time (s)"] == ["12.5", "3.0"]
+    assert table["host params"] == ["1,000", "—"]  # the run report's format too
 
 
 def test_show_prints_the_summary_and_meta(tmp_path: Path, capsys) -> None:

@@ -18,7 +18,7 @@ from esper.cli.runs import format_table
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
 from esper.leyline.config import HostTraining, UserError
 from esper.nissa import record
-from esper.nissa.log import percent
+from esper.nissa.log import SUMMARY_METRICS
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.run import Stop, check_outside_studies
 from esper.tasks import get_task
@@ -45,31 +45,19 @@ def _pick_task(data_dir: Path | None) -> str:
     return PRIMARY
 
 
+DEMO_METRICS = tuple(
+    next(m for m in SUMMARY_METRICS if m.label == label)
+    for label in ("final val acc", "best val acc", "test acc", "params", "fossilized", "pruned",
+                  "wall time (s)")
+)  # fmt: skip
+"""The demo table's columns after the run's name."""
+
+TABLE_HEADER = ["run", *(m.label for m in DEMO_METRICS)]
+
+
 def _row(name: str, summary: record.RunSummary) -> list[str]:
-    g = summary.growth
-    assert g is not None
-    return [
-        name,
-        percent(None if g.final is None else g.final.val_accuracy),
-        percent(g.best_val_accuracy),
-        percent(None if g.test is None else g.test.final_accuracy),
-        str(g.param_count),
-        str(g.fossilized),
-        str(g.pruned),
-        f"{summary.wall_seconds:.0f} s",
-    ]
-
-
-TABLE_HEADER = [
-    "run",
-    "final val acc",
-    "best val acc",
-    "test acc",
-    "params",
-    "fossilized",
-    "pruned",
-    "train time",
-]
+    data = summary.to_json()
+    return [name, *(m.text(m.value(data)[1]) for m in DEMO_METRICS)]
 
 
 def run_demo(args: argparse.Namespace) -> int:

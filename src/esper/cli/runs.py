@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from esper.leyline.config import UserError
 from esper.nissa.fold import fold
 from esper.nissa.log import (
+    SUMMARY_METRICS,
     RunDirectory,
     display,
     open_run,
@@ -108,42 +109,6 @@ def _list(directory: Path) -> int:
     return 0
 
 
-_COMPARE_ROWS: tuple[tuple[str, str, str], ...] = (
-    # (label, path into RunSummary.to_json(), format) — "growth.final.val_accuracy" reads
-    # summary["growth"]["final"]["val_accuracy"]
-    ("epochs", "growth.epochs_completed", ""),
-    ("final val acc", "growth.final.val_accuracy", "%"),
-    ("best val acc", "growth.best_val_accuracy", "%"),
-    ("final train acc", "growth.final.train_accuracy", "%"),
-    ("final val loss", "growth.final.val_loss", ".4f"),
-    ("test acc", "growth.test.final_accuracy", "%"),
-    ("test acc, best val epoch", "growth.test.best_accuracy", "%"),
-    ("params", "growth.param_count", ""),
-    ("peak params", "growth.peak_param_count", ""),
-    ("host params", "growth.host_param_count", ""),
-    ("training FLOPs", "growth.train_flops", ".3g"),
-    ("fossilized", "growth.fossilized", ""),
-    ("pruned", "growth.pruned", ""),
-    ("rounds", "ppo.rounds_completed", ""),
-    ("env steps", "ppo.env_steps", ""),
-    ("final mean return", "ppo.final_mean_return", ".3f"),
-    ("best mean return", "ppo.best_mean_return", ".3f"),
-    ("final mean acc", "ppo.final_mean_accuracy", "%"),
-    ("train seconds", "wall_seconds", ".1f"),
-)
-"""Final metrics ``esper runs compare`` shows; a row no run has is left out."""
-
-
-def _lookup(run: RunDirectory, path: str) -> tuple[bool, Any]:
-    """(whether the run's summary has the value — its section included, its value)."""
-    value: Any = None if run.summary is None else run.summary.to_json()
-    for key in path.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return False, None
-        value = value[key]
-    return True, value
-
-
 def _compare(paths: list[Path]) -> int:
     runs = [open_run(path) for path in paths]
     header = ["", *[run.name for run in runs]]
@@ -153,12 +118,11 @@ def _compare(paths: list[Path]) -> int:
         ["seed", *[str(run.seed) for run in runs]],
         ["status", *[run.status for run in runs]],
     ]
-    for label, path, spec in _COMPARE_ROWS:
-        found = [_lookup(run, path) for run in runs]
-        if not any(has for has, _ in found):
-            continue
-        cells = [percent(v) if spec == "%" else display(v, spec) for _, v in found]
-        rows.append([label, *cells])
+    summaries = [None if run.summary is None else run.summary.to_json() for run in runs]
+    for metric in SUMMARY_METRICS:  # a metric no run has is left out
+        found = [metric.value(summary) for summary in summaries]
+        if any(has for has, _ in found):
+            rows.append([metric.label, *(metric.text(value) for _, value in found)])
     print(format_table(header, rows))
     return 0
 

@@ -54,8 +54,8 @@ from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
-from esper.nissa.log import display
-from esper.nissa.record import REPORT_FILE
+from esper.nissa.log import SUMMARY_METRICS, SummaryMetric, display
+from esper.nissa.record import PPO_MODE, REPORT_FILE
 
 SVG_SALT = "esper-report"
 """matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
@@ -417,66 +417,20 @@ def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
 
 # --- HTML ----------------------------------------------------------------------------------
 
-GROWTH_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "test accuracy (%)": (("growth", "test", "final_accuracy"), ".2f"),  # a study's score
-    "test accuracy, best validation epoch (%)": (("growth", "test", "best_accuracy"), ".2f"),
-    "final validation accuracy (%)": (("growth", "final", "val_accuracy"), ".2f"),
-    "best validation accuracy (%)": (("growth", "best_val_accuracy"), ".2f"),
-    "final validation loss": (("growth", "final", "val_loss"), ".4f"),
-    "final training accuracy (%)": (("growth", "final", "train_accuracy"), ".2f"),
-    "final training loss": (("growth", "final", "train_loss"), ".4f"),
-    "parameters": (("growth", "param_count"), ",d"),
-    "host parameters": (("growth", "host_param_count"), ",d"),
-    "seeds fossilized": (("growth", "fossilized"), "d"),
-    "seeds pruned": (("growth", "pruned"), "d"),
-    "epochs completed": (("growth", "epochs_completed"), "d"),
-    "wall time (s)": (("wall_seconds",), ".1f"),
-}
-"""Final-metrics rows of a growth run: label -> (path into ``RunSummary.to_json()``, format)."""
-
-PPO_METRICS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "final mean accuracy (%)": (("ppo", "final_mean_accuracy"), ".2f"),
-    "final mean return": (("ppo", "final_mean_return"), ".3f"),
-    "best mean return": (("ppo", "best_mean_return"), ".3f"),
-    "rounds completed": (("ppo", "rounds_completed"), "d"),
-    "environment steps": (("ppo", "env_steps"), ",d"),
-    "wall time (s)": (("wall_seconds",), ".1f"),
-}
-"""Final-metrics rows of a PPO run (a row the other kind lacks shows "—" there)."""
-
-
-def summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
-    """The value at ``path`` in a summary's JSON object, None where anything is missing."""
-    value: Any = summary
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
-def format_metric(value: Any, spec: str) -> str:
-    """A summary value for the table: "—" when missing, the raw text when not a number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return display(value) if value is None else str(value)
-    if spec.endswith("d") and isinstance(value, float):  # a count written as 3.0
-        spec = spec[:-1] + ".0f"
-    return display(value, spec)
-
 
 def metric_rows(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
-    """The final-metrics table: label and one formatted cell per run ("—" where missing).
-
-    Rows are the first run's metrics, then those only the baseline's kind has.
-    """
-    tables = [PPO_METRICS if run.is_ppo else GROWTH_METRICS for run in runs]
+    """The final-metrics table (``SUMMARY_METRICS``): label and one formatted cell per run ("—"
+    where missing). Rows are the first run's kind's metrics, then those only the baseline's
+    kind has."""
     summaries = [None if run.run.summary is None else run.run.summary.to_json() for run in runs]
-    rows = []
-    for label in dict.fromkeys(label for table in tables for label in table):
-        cells = []
-        for summary, table in zip(summaries, tables, strict=True):
-            path, spec = table.get(label, ((), ""))  # no path: a metric of the other kind of run
-            cells.append(format_metric(summary_value(summary, path) if path else None, spec))
-        rows.append((label, cells))
-    return rows
+
+    def of_kind(metric: SummaryMetric, run: RunData) -> bool:
+        section = metric.path[0] if len(metric.path) > 1 else None  # None: every run's
+        return section in (None, PPO_MODE if run.is_ppo else "growth")
+
+    first = [m for m in SUMMARY_METRICS if of_kind(m, runs[0])]
+    others = [m for m in SUMMARY_METRICS if m not in first and any(of_kind(m, r) for r in runs)]
+    return [(m.label, [m.text(m.value(s)[1]) for s in summaries]) for m in [*first, *others]]
 
 
 HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (

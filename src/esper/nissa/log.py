@@ -636,3 +636,67 @@ def percent(value: float | None) -> str:
     """An accuracy in percent for people: "12.34%", or "—" when missing (None, NaN)."""
     text = display(value, ".2f")
     return text if text == "—" else text + "%"
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """One final metric of a run's ``summary.json`` as every view shows it (``runs compare``,
+    the run report, the demo's table).
+
+    Attributes:
+        label: its name in a table.
+        path: where it is in ``RunSummary.to_json()``: ``("growth", "test", "final_accuracy")``.
+        spec: its format: ``"%"`` for an accuracy in percent (``percent``), else a format spec
+            (a count written as ``3.0`` takes ``d`` too).
+    """
+
+    label: str
+    path: tuple[str, ...]
+    spec: str
+
+    def value(self, summary: Any) -> tuple[bool, Any]:
+        """(whether ``summary``'s JSON object has this metric's place, its value there)."""
+        for key in self.path:
+            if not isinstance(summary, dict) or key not in summary:
+                return False, None
+            summary = summary[key]
+        return True, summary
+
+    def text(self, value: Any) -> str:
+        """``value`` formatted: "—" when missing, the raw text when not a number."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return display(value) if value is None else str(value)
+        if self.spec == "%":
+            return percent(value)
+        spec = self.spec
+        if spec.endswith("d") and isinstance(value, float):  # a count written as 3.0
+            spec = spec[:-1] + ".0f"
+        return display(value, spec)
+
+
+SUMMARY_METRICS = tuple(
+    SummaryMetric(label, tuple(path.split(".")), spec)
+    for label, path, spec in (
+        ("test acc", "growth.test.final_accuracy", "%"),  # a study's score
+        ("test acc, best val epoch", "growth.test.best_accuracy", "%"),
+        ("final val acc", "growth.final.val_accuracy", "%"),
+        ("best val acc", "growth.best_val_accuracy", "%"),
+        ("final val loss", "growth.final.val_loss", ".4f"),
+        ("final train acc", "growth.final.train_accuracy", "%"),
+        ("final train loss", "growth.final.train_loss", ".4f"),
+        ("params", "growth.param_count", ",d"),
+        ("peak params", "growth.peak_param_count", ",d"),
+        ("host params", "growth.host_param_count", ",d"),
+        ("training FLOPs", "growth.train_flops", ".3g"),
+        ("fossilized", "growth.fossilized", "d"),
+        ("pruned", "growth.pruned", "d"),
+        ("epochs", "growth.epochs_completed", "d"),
+        ("final mean acc", "ppo.final_mean_accuracy", "%"),
+        ("final mean return", "ppo.final_mean_return", ".3f"),
+        ("best mean return", "ppo.best_mean_return", ".3f"),
+        ("rounds", "ppo.rounds_completed", "d"),
+        ("env steps", "ppo.env_steps", ",d"),
+        ("wall time (s)", "wall_seconds", ".1f"),
+    )
+)
+"""Every final metric the views show, in their order (a growth run's, then a PPO run's)."""
