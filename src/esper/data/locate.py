@@ -73,7 +73,9 @@ def _search_bases(
                 f"{files.name}: data_dir {str(root)!r} is a file; give the folder holding "
                 f"{', '.join(files.required)} (or its parent)"
             )
-        return [root / files.name, root], root / files.name, True
+        bases, target = [root / files.name, root], root / files.name
+        _check_given(files, bases, target)
+        return bases, target, True
     env = os.environ.get(DATA_DIR_ENV, "")
     bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
     if env:
@@ -118,17 +120,13 @@ def find_dataset_dir(
     searched: list[Path] = []
 
     def first_complete(bases: Sequence[Path]) -> Path | None:
-        for base in bases:
-            for sub in files.subdirs:
-                candidate = base / sub if sub else base
-                searched.append(candidate)
-                if all(_is_file(files, candidate / f) for f in files.required):
-                    return candidate
+        for candidate in _candidates(files, bases):
+            searched.append(candidate)
+            if _complete(files, candidate):
+                return candidate
         return None
 
     bases, target, explicit = _search_bases(files, data_dir)
-    if explicit:
-        _check_given(files, bases, target)
     found = first_complete(bases)
     if found is None and fetch is not None:
         logger.info("%s not found locally; downloading into %s", files.name, target)
@@ -160,11 +158,11 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
     Raises:
         DatasetNotFoundError: naming the places, or the files present and those missing.
     """
-    candidates = [base / sub if sub else base for base in bases for sub in files.subdirs]
+    candidates = _candidates(files, bases)
     present = {
         c: [f for f in files.required if _mode(files, c / f) is not None] for c in candidates
     }
-    complete = [c for c in candidates if all(_is_file(files, c / f) for f in files.required)]
+    complete = [c for c in candidates if _complete(files, c)]
     twice = [c for c in complete[1:] if not os.path.samefile(complete[0], c)]
     if twice:
         raise DatasetNotFoundError(
@@ -183,6 +181,16 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
                 f"({', '.join(have)}) but not {', '.join(lacking)} as files; complete it (a "
                 "download does not write over it), or remove what is there"
             )
+
+
+def _candidates(files: DatasetFiles, bases: Sequence[Path]) -> list[Path]:
+    """The directories searched below ``bases``, in order: each base's ``files.subdirs``."""
+    return [base / sub if sub else base for base in bases for sub in files.subdirs]
+
+
+def _complete(files: DatasetFiles, directory: Path) -> bool:
+    """Whether ``directory`` holds every file of ``files.required`` as a file."""
+    return all(_is_file(files, directory / f) for f in files.required)
 
 
 def _is_file(files: DatasetFiles, path: Path) -> bool:
