@@ -77,7 +77,7 @@ from esper.study.plan import (
     with_defaults,
 )
 from esper.study.ppo import PPORunner
-from esper.study.run import Stop, changed_settings, config_changes
+from esper.study.run import DATA_DIR_SETTINGS, Stop, changed_settings, config_changes
 
 
 @dataclass(frozen=True)
@@ -358,14 +358,7 @@ class Outcome:
     pending: list[str]
 
 
-DERIVED_SETTINGS = (
-    "policy:",
-    "knowledge:",
-    "telemetry",
-    "runtime.devices",
-    "training.data_dir:",
-    "env.data_dir:",
-)
+DERIVED_SETTINGS = ("policy:", "knowledge:", "telemetry", "runtime.devices", *DATA_DIR_SETTINGS)
 """Settings of a trial's ``config.json`` that the study does not set alone, left out when a
 finished trial is checked: the paths of the policy it evaluates, of the study's knowledge
 store and of the data (a moved study holds other paths), where telemetry went (it changes

@@ -260,13 +260,11 @@ def _setting(change: str) -> str:
     return _LIST_ITEM.sub("", change.partition(": ")[0]) + ": "
 
 
-UNCHECKED_SETTINGS = (
-    "telemetry",
-    "runtime.ray_address",
-    "ppo.rounds:",
-    "training.data_dir:",
-    "env.data_dir:",
-)
+DATA_DIR_SETTINGS = ("training.data_dir:", "env.data_dir:")
+"""A growth run's and a PPO run's ``data_dir`` in ``changed_settings``' terms: where the dataset's
+files are, which a moved study changes."""
+
+UNCHECKED_SETTINGS = ("telemetry", "runtime.ray_address", "ppo.rounds:", *DATA_DIR_SETTINGS)
 """Settings a resume may find changed in ``config.json``: where telemetry goes, which cluster
 runs the workers and where the dataset's files are (a study moved with its data gives its
 unfinished trials the new place) change nothing the run computes, and PPO's rounds only say
