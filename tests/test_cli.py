@@ -18,7 +18,7 @@ import torch
 from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, RUN_COMMANDS, main
 from esper.leyline.config import MAX_SEED, HostTraining, UserError, read_config_file
 from esper.leyline.events import EVENT_TYPES
-from esper.nissa import record
+from esper.nissa import checkpoints, record
 from esper.study.growth import EpochRow
 from esper.study.run import Stop
 
@@ -97,7 +97,7 @@ def test_heuristic_run_directory(tmp_path) -> None:
     assert g.final is not None and g.final.val_accuracy == float(rows[-1]["val_accuracy"])
     assert (run / "model.pt").is_file()
     latest = (run / "checkpoints" / "LATEST").read_text().strip()
-    assert latest == record.step_directory(3)
+    assert latest == checkpoints.step_directory(3)
     assert (run / "checkpoints" / latest / "state.pt").is_file()
     assert (run / "checkpoints" / latest / "manifest.json").is_file()
 
@@ -438,7 +438,7 @@ def _checkpointed_epoch(run: Path) -> int:
     """The epoch of the run's committed checkpoint (0 before the first). An epoch already
     logged in ``events.jsonl`` may not be committed yet: a signal then resumes before it."""
     try:
-        name = (run / "checkpoints" / record.LATEST_FILE).read_text().strip()
+        name = (run / "checkpoints" / checkpoints.LATEST_FILE).read_text().strip()
     except FileNotFoundError:
         return 0
     return int(name.removeprefix("step-"))
@@ -479,9 +479,9 @@ def test_ctrl_c_then_resume_matches_uninterrupted_run(tmp_path) -> None:
     rows = _rows(interrupted)
     # the record matches the checkpoint
     assert int(rows[-1]["epoch"]) == summary.growth.epochs_completed
-    assert (interrupted / "checkpoints" / "LATEST").read_text().strip() == record.step_directory(
-        summary.growth.epochs_completed
-    )
+    assert (
+        interrupted / "checkpoints" / "LATEST"
+    ).read_text().strip() == checkpoints.step_directory(summary.growth.epochs_completed)
 
     assert main(["heuristic", "--resume", str(interrupted)]) == 0
     a, b = _summary(straight), _summary(interrupted)
@@ -670,11 +670,11 @@ def test_garbage_trainer_state(tmp_path, capsys) -> None:
     args = ["static", "--task", "synthetic", "--epochs", "1", *TINY, "--out", str(run)]
     assert main(args) == 0
     (run / "summary.json").unlink()
-    latest = run / "checkpoints" / record.step_directory(1)
+    latest = run / "checkpoints" / checkpoints.step_directory(1)
     garbage = b"\x80\x04garbage"
     (latest / "state.pt").write_bytes(garbage)
     run_id = json.loads((run / "meta.json").read_text())["run_id"]
-    manifest = record._manifest_bytes(run_id, 1, {"state.pt": garbage})
+    manifest = checkpoints._manifest_bytes(run_id, 1, {"state.pt": garbage})
     (latest / "manifest.json").write_bytes(manifest)
     assert main(["static", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
@@ -701,7 +701,7 @@ def test_ctrl_c_in_the_first_epoch_can_be_resumed(tmp_path, monkeypatch) -> None
     summary = _summary(run)
     assert summary.status == "interrupted" and summary.growth.epochs_completed == 0
     assert summary.growth.final is None and summary.growth.best_val_accuracy is None
-    assert (run / "checkpoints" / "LATEST").read_text().strip() == record.step_directory(0)
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == checkpoints.step_directory(0)
     monkeypatch.setattr(Episode, "reset", original)
     assert main(["static", "--resume", str(run)]) == 0
     assert _summary(run).growth.epochs_completed == 2

@@ -16,7 +16,7 @@ import torch
 from esper.cli.main import main
 from esper.leyline.config import config_dict
 from esper.leyline.events import PPOUpdate
-from esper.nissa import record
+from esper.nissa import checkpoints, record
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
 from esper.study.run import ppo_state
@@ -71,7 +71,7 @@ def test_tiny_preset_run_directory(tmp_path, capsys) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["ppo"]["rounds_completed"] == 2
     assert summary["ppo"]["rounds_planned"] == 2 and summary["growth"] is None
-    assert (run / "checkpoints" / "LATEST").read_text().strip() == record.step_directory(2)
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == checkpoints.step_directory(2)
 
 
 def test_rounds_csv_is_the_ppo_update_of_each_round(tmp_path) -> None:
@@ -216,7 +216,7 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     state["trainer"]["round"] = 0
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    record.commit_checkpoint(untrained, 3, {"state.pt": buffer.getvalue()}, run_id)
+    checkpoints.commit_checkpoint(untrained, 3, {"state.pt": buffer.getvalue()}, run_id)
     assert main(["eval", "--policy", str(untrained), *args[3:], "--out", str(tmp_path / "e3")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has finished no PPO round" in err, err
@@ -396,7 +396,7 @@ def test_a_run_with_an_older_checkpoint_format_does_not_resume(tmp_path, capsys)
     meta = record.read_meta(run)
     assert meta is not None
     for step in (1, 2):  # step 2 again, now as a format-2 checkpoint
-        record.commit_checkpoint(run, step, {"state.pt": buffer.getvalue()}, meta.run_id)
+        checkpoints.commit_checkpoint(run, step, {"state.pt": buffer.getvalue()}, meta.run_id)
     events = (run / "events.jsonl").read_text()
     capsys.readouterr()
     assert main(["ppo", "--resume", str(run)]) == 2

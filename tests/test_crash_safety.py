@@ -26,7 +26,8 @@ import torch
 
 import esper.study.run as study_run
 from esper.cli.main import main
-from esper.nissa import record
+from esper.leyline.files import DiskFullError
+from esper.nissa import checkpoints, record
 from esper.simic.training import PPOTrainer
 from esper.study.growth import EpochRow, GrowthRunner
 from esper.study.run import Stop
@@ -90,7 +91,7 @@ def _kill_chain(run: Path, ks: list[int]) -> int:
             continue
         if record.run_status(run) == "completed":  # killed after its summary: nothing to do
             return kills
-        assert (run / record.CHECKPOINTS_DIR / record.LATEST_FILE).is_file()  # resumable
+        assert (run / record.CHECKPOINTS_DIR / checkpoints.LATEST_FILE).is_file()  # resumable
         args = [KILL_ARGS[0], "--resume", str(run)]
     raise AssertionError(f"still running after kills at {ks}")
 
@@ -209,11 +210,11 @@ def test_under_nohup_a_hangup_does_not_stop_the_run(tmp_path) -> None:
 def _wait_for_step(run: Path, step: int, ended: Callable[[], object]) -> None:
     """Until ``run`` has committed checkpoint ``step`` (``ended`` returns not None once the
     run's process has ended, which fails the test)."""
-    latest = run / record.CHECKPOINTS_DIR / record.LATEST_FILE
+    latest = run / record.CHECKPOINTS_DIR / checkpoints.LATEST_FILE
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert ended() is None, f"the run ended before step {step}"
-        if latest.exists() and latest.read_text().strip() >= record.step_directory(step):
+        if latest.exists() and latest.read_text().strip() >= checkpoints.step_directory(step):
             return
         time.sleep(0.01)
     raise AssertionError(f"no step {step} within 120 s")
@@ -277,8 +278,8 @@ def run_copy(interrupted_run, tmp_path) -> Path:
 
 
 def _latest(run: Path) -> Path:
-    checkpoints = run / record.CHECKPOINTS_DIR
-    return checkpoints / (checkpoints / record.LATEST_FILE).read_text().strip()
+    root = run / record.CHECKPOINTS_DIR
+    return root / (root / checkpoints.LATEST_FILE).read_text().strip()
 
 
 @pytest.mark.parametrize("where", [0.0, 0.5, 1.0])
@@ -420,7 +421,7 @@ def test_sigterm_during_start_up_exits_cleanly(tmp_path) -> None:
         pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err and b"interrupted" in err
-    assert not out.exists() or (out / record.CHECKPOINTS_DIR / record.LATEST_FILE).is_file()
+    assert not out.exists() or (out / record.CHECKPOINTS_DIR / checkpoints.LATEST_FILE).is_file()
 
 
 def test_ctrl_c_while_the_command_loads_exits_quietly(tmp_path) -> None:
@@ -970,15 +971,15 @@ def test_a_moved_run_keeps_its_run_id(run_copy, tmp_path) -> None:
 def test_a_failed_commit_leaves_the_csv_and_summary_at_the_last_checkpoint(
     tmp_path, capsys, monkeypatch
 ) -> None:
-    real, calls = record.commit_checkpoint, []
+    real, calls = checkpoints.commit_checkpoint, []
 
     def full_at_step_3(run_dir, step, files, run_id):
         calls.append(step)
         if step == 3:
-            raise record.DiskFullError(28, "out of disk space writing 'state.pt'")
+            raise DiskFullError(28, "out of disk space writing 'state.pt'")
         return real(run_dir, step, files, run_id)
 
-    monkeypatch.setattr(record, "commit_checkpoint", full_at_step_3)
+    monkeypatch.setattr(checkpoints, "commit_checkpoint", full_at_step_3)
     out = tmp_path / "run"
     assert main(["heuristic", *TINY, "--epochs", "5", "--out", str(out)]) == 2
     assert "out of disk space" in _one_error_line(capsys)
@@ -1030,12 +1031,12 @@ def test_a_state_without_its_thread_count_is_refused_in_one_line(run_copy, capsy
     None torch threads"."""
     meta = record.read_meta(run_copy)
     assert meta is not None
-    checkpoint = record.load_checkpoint(run_copy, meta.run_id)
+    checkpoint = checkpoints.load_checkpoint(run_copy, meta.run_id)
     state = torch.load(io.BytesIO(checkpoint.files["state.pt"]), weights_only=True)
     del state["threads"]
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    record.commit_checkpoint(
+    checkpoints.commit_checkpoint(
         run_copy, checkpoint.step - 1, {"state.pt": buffer.getvalue()}, meta.run_id
     )
     assert main(["heuristic", "--resume", str(run_copy)]) == 2
@@ -1055,10 +1056,10 @@ def test_a_re_signed_foreign_state_is_one_line(run_copy, capsys, state: Any, exp
     checkpoint: a KeyError traceback before."""
     meta = record.read_meta(run_copy)
     assert meta is not None
-    checkpoint = record.load_checkpoint(run_copy, meta.run_id)
+    checkpoint = checkpoints.load_checkpoint(run_copy, meta.run_id)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    record.commit_checkpoint(
+    checkpoints.commit_checkpoint(
         run_copy, checkpoint.step - 1, {"state.pt": buffer.getvalue()}, meta.run_id
     )
     assert main(["heuristic", "--resume", str(run_copy)]) == 2
@@ -1113,7 +1114,7 @@ def _recorded_data_dir(run: Path, section: str, in_state: bool) -> None:
         return
     meta = record.read_meta(run)
     assert meta is not None
-    checkpoint = record.load_checkpoint(run, meta.run_id)
+    checkpoint = checkpoints.load_checkpoint(run, meta.run_id)
     state = torch.load(io.BytesIO(checkpoint.files["state.pt"]), weights_only=True)
     state["config"][section]["data_dir"] = "/old/data"
     buffer = io.BytesIO()
@@ -1121,8 +1122,8 @@ def _recorded_data_dir(run: Path, section: str, in_state: bool) -> None:
     files = {**checkpoint.files, "state.pt": buffer.getvalue()}
     latest = _latest(run)  # re-signed in place: the step stays the state's
     (latest / "state.pt").write_bytes(files["state.pt"])
-    manifest = record._manifest_bytes(meta.run_id, checkpoint.step, files)
-    (latest / record.MANIFEST_FILE).write_bytes(manifest)
+    manifest = checkpoints._manifest_bytes(meta.run_id, checkpoint.step, files)
+    (latest / checkpoints.MANIFEST_FILE).write_bytes(manifest)
 
 
 def test_a_run_recorded_with_a_stray_data_dir_still_resumes(run_copy, tmp_path) -> None:
@@ -1174,7 +1175,7 @@ def test_an_old_checkpoint_that_cannot_be_removed_leaves_the_run_resumable(run_c
     assert summary.growth is not None and summary.growth.epochs_completed == 3
     assert (run_copy / "metrics.csv").read_text().count("\n") == 1 + 3
     assert old.is_dir() and _latest(run_copy) != old  # stale, left behind
-    assert old in record.clean_stale(run_copy)  # the next start removes it
+    assert old in checkpoints.clean_stale(run_copy)  # the next start removes it
 
 
 @pytest.mark.parametrize(("mode", "where"), [(0o000, record.META_FILE), (0o333, "")])
@@ -1191,7 +1192,7 @@ def test_a_run_without_permissions_is_one_line_and_untouched(run_copy, mode, whe
 
 
 def test_an_unreadable_checkpoint_pointer_is_not_called_corrupt(run_copy) -> None:
-    pointer = run_copy / record.CHECKPOINTS_DIR / record.LATEST_FILE
+    pointer = run_copy / record.CHECKPOINTS_DIR / checkpoints.LATEST_FILE
     pointer.chmod(0o000)
     try:
         line = _error_line(_unprivileged_esper("heuristic", "--resume", str(run_copy)))

@@ -28,17 +28,19 @@ from esper.kasmina import MorphogeneticModel
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
 from esper.leyline.files import DiskFullError, WriteError, atomic_write, atomic_write_all
-from esper.nissa.record import (
-    CHECKPOINTS_DIR,
+from esper.nissa.checkpoints import (
     LATEST_FILE,
     MANIFEST_FILE,
+    clean_stale,
+    commit_checkpoint,
+    load_checkpoint,
+)
+from esper.nissa.record import (
+    CHECKPOINTS_DIR,
     SUMMARY_FILE,
     UNFINISHED,
     CsvLog,
     RunRecordError,
-    clean_stale,
-    commit_checkpoint,
-    load_checkpoint,
     named,
     new_run_id,
     read_meta,
@@ -250,14 +252,15 @@ def test_a_foreign_or_unknown_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_unknown_format_version_is_refused(tmp_path: Path) -> None:
-    from esper.nissa import record
+    from esper.nissa import checkpoints
 
     directory = _committed(tmp_path, 1)
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     body["version"] = 99
-    digest = record._sha256(record._canonical(body))  # a well-formed manifest of a newer Esper
-    (directory / MANIFEST_FILE).write_bytes(record._canonical({**body, "manifest_sha256": digest}))
+    canonical = checkpoints._canonical
+    digest = checkpoints._sha256(canonical(body))  # a well-formed manifest of a newer Esper
+    (directory / MANIFEST_FILE).write_bytes(canonical({**body, "manifest_sha256": digest}))
     with pytest.raises(RunRecordError) as caught:
         load_checkpoint(tmp_path, RUN)
     assert "version 99; this Esper reads 'esper-checkpoint' version 1" in _one_line(caught.value)
@@ -392,7 +395,7 @@ def test_a_crash_at_every_file_system_call_leaves_the_old_or_the_new_checkpoint(
 _COMMITTER = """
 import sys
 from pathlib import Path
-from esper.nissa.record import clean_stale, commit_checkpoint, load_checkpoint
+from esper.nissa.checkpoints import clean_stale, commit_checkpoint, load_checkpoint
 run_dir = Path(sys.argv[1])
 clean_stale(run_dir)
 step = load_checkpoint(run_dir, "run-a").step + 1

@@ -21,7 +21,7 @@ import torch
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.leyline.config import HostTraining, read_config_file
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
-from esper.nissa import record
+from esper.nissa import checkpoints, record
 from esper.study.run import load_data
 from esper.tasks import host_param_count, matched_width, resolve_training
 
@@ -183,8 +183,8 @@ def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_sessio
     # place no attempt could use, such as a file, is refused before Ray starts: test_study_inputs.)
     run = tmp_path / "out" / TRIALS_DIR / "synthetic.static.seed1"
     (run / record.SUMMARY_FILE).unlink()
-    checkpoints = run / record.CHECKPOINTS_DIR
-    state_file = checkpoints / (checkpoints / record.LATEST_FILE).read_text().strip() / "state.pt"
+    root = run / record.CHECKPOINTS_DIR
+    state_file = root / (root / checkpoints.LATEST_FILE).read_text().strip() / "state.pt"
     good = state_file.read_bytes()
     state_file.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
     capsys.readouterr()

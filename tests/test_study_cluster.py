@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
-from esper.nissa import record
+from esper.nissa import checkpoints, record
 
 pytestmark = [
     pytest.mark.slow,
@@ -267,7 +267,7 @@ def _cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], int, int, li
 def _checkpoint_step(run: Path) -> int | None:
     """The epoch of ``run``'s last committed checkpoint (None: none yet)."""
     try:
-        latest = (run / record.CHECKPOINTS_DIR / record.LATEST_FILE).read_text().strip()
+        latest = (run / record.CHECKPOINTS_DIR / checkpoints.LATEST_FILE).read_text().strip()
     except OSError:
         return None
     return int(latest.removeprefix("step-")) if latest.startswith("step-") else None

@@ -28,7 +28,7 @@ from conftest import unprivileged
 from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import UserError
 from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
-from esper.nissa import record
+from esper.nissa import checkpoints, record
 from esper.nissa.knowledge import KnowledgeStore, parse_url
 from esper.study.execute import (
     EVAL_DERIVED,
@@ -724,7 +724,7 @@ def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
         / (moved / "pol" / "checkpoints" / "LATEST").read_text().strip()
     )
     files = {p.name: p.read_bytes() for p in step.iterdir() if p.name != "manifest.json"}
-    manifest = record._manifest_bytes("pol-0123abcd", int(step.name[5:]), files)
+    manifest = checkpoints._manifest_bytes("pol-0123abcd", int(step.name[5:]), files)
     (step / "manifest.json").write_bytes(manifest)
     err = _bad(capsys, ["study", str(moved / "study.toml"), "--dry-run"])
     assert f'arms[0].policy: "{meta["run_id"]}" -> "pol-0123abcd"' in err

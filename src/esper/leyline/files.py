@@ -4,7 +4,7 @@ A file is written to a hidden temporary name in its own directory (``.NAME.tmp-X
 flushed and fsynced, made world-readable, renamed over the target (``os.replace`` is atomic on
 POSIX) and the directory is fsynced so the rename itself survives a power loss. A reader
 therefore sees the old content or the new, never a mixture; a crash leaves at most a hidden
-temporary file, which ``esper.nissa.record.clean_stale`` removes on the next start.
+temporary file, which ``esper.nissa.checkpoints.clean_stale`` removes on the next start.
 
 Out of disk space (``ENOSPC``, or ``EDQUOT`` for a full quota) is its own error,
 ``DiskFullError``; a target that is a directory is refused before anything is written. Both

@@ -7,8 +7,9 @@ live or read whole, every line turned back into its Leyline event), the one fold
 events into the state every view shows (``esper.nissa.fold.RunState``), curves and bands across
 runs, the DuckDB views of ``esper runs query``, and the knowledge store of seed outcomes across
 runs (``esper.nissa.knowledge``: SQLite or PostgreSQL). ``esper.nissa.record`` owns
-the run directory itself: its layout, ``meta.json``, the typed ``RunSummary``, CSV logs and
-crash-safe checkpoints. It imports only Leyline.
+the run directory itself: its layout, ``meta.json``, the typed ``RunSummary`` and CSV logs;
+``esper.nissa.checkpoints`` its crash-safe checkpoints. Both import only Leyline (and each
+other's errors).
 """
 
 from esper.nissa.hub import JsonlSink, Sink, TelemetryHub

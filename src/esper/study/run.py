@@ -50,7 +50,7 @@ from esper.leyline.files import (
     is_utf8_path,
 )
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
-from esper.nissa import JsonlSink, Sink, TelemetryHub, record
+from esper.nissa import JsonlSink, Sink, TelemetryHub, checkpoints, record
 from esper.nissa.console import ConsoleSink, detach_from_hung_up_terminal
 from esper.nissa.log import EventLogError, read_events
 from esper.nissa.record import RunMeta
@@ -418,7 +418,7 @@ class Recorder:
     csv: record.CsvLog[Any]
     rows: list[Any]
     hub: TelemetryHub
-    checkpoint: record.Checkpoint | None
+    checkpoint: checkpoints.Checkpoint | None
     step: int = 0
     _lock: weakref.finalize[[int], Recorder] | None = field(default=None, repr=False)
 
@@ -526,7 +526,7 @@ class Recorder:
         meta = record.read_meta(directory)
         if meta is None:
             raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
-        checkpoint = record.load_checkpoint(directory, meta.run_id)
+        checkpoint = checkpoints.load_checkpoint(directory, meta.run_id)
         if completed and planned is not None and checkpoint.step >= planned:
             raise UserError(
                 f"run {str(directory)!r} already completed round {checkpoint.step}; nothing to "
@@ -561,7 +561,7 @@ class Recorder:
         """
         self.hub.run_id = self.run_id
         if self.checkpoint is not None:  # a resume, every check passed: the run is live again
-            record.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
+            checkpoints.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
             self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
             (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
         sinks: list[Sink] = []
@@ -613,7 +613,7 @@ class Recorder:
         if row is not None:
             self.csv.append(row)
         try:
-            record.commit_checkpoint(self.directory, step, files, self.run_id)
+            checkpoints.commit_checkpoint(self.directory, step, files, self.run_id)
         except BaseException:
             if row is not None:  # the CSV describes checkpointed steps only
                 self.csv.rewrite(self.rows)
@@ -780,7 +780,7 @@ def _create(
         atomic_write(staging / record.EVENTS_FILE, "")
         record.write_json(staging / record.META_FILE, meta.to_json())
         record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
-        record.commit_checkpoint(staging, 0, files, meta.run_id)  # a kill in step 1 resumes
+        checkpoints.commit_checkpoint(staging, 0, files, meta.run_id)  # a kill in step 1 resumes
         parent = out.absolute().parent
         fsync_directory(parent)  # fails before the rename where it would after (no read
         # permission): the run was made, yet reported as not
@@ -803,7 +803,7 @@ def read_state(directory: Path, run_id: str, purpose: str = "cannot resume") -> 
     """
     where = f"{purpose} {str(directory)!r}"
     try:
-        checkpoint = record.load_checkpoint(directory, run_id)
+        checkpoint = checkpoints.load_checkpoint(directory, run_id)
         state = load_untrusted(checkpoint.files["state.pt"])
     except record.RunRecordError as err:
         raise UserError(f"{where}: {err}") from err
