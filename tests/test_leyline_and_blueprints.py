@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from esper.kasmina import blueprint_registry
 from esper.kasmina.blueprints import LORA_RANK
 from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
-from esper.leyline.config import TELEMETRY_LEVELS, TelemetrySettings, json_reason
+from esper.leyline.config import TELEMETRY_LEVELS, TelemetrySettings, json_reason, measured
 from esper.leyline.events import TelemetryLevel
 from esper.leyline.net import is_host_port
 
@@ -173,3 +174,12 @@ def test_an_action_holds_what_the_event_log_can_hold() -> None:
             Action(Op.SET_ALPHA_TARGET, **{**base, **change})
     with pytest.raises(ValueError, match=r"op must be one of Op.WAIT, .* got 'germinate'"):
         Action("germinate", slot="early", blueprint="norm")  # type: ignore[arg-type]
+
+
+def test_a_measured_value_is_a_finite_number_or_none() -> None:
+    """What summaries, snapshots and progress lines hold: a missing, NaN or infinite value is
+    None (shown as "—", written as null), a bool is no measure; numbers pass unchanged."""
+    for value in (0, 3, -2.5, 1e308):
+        assert measured(value) == value and type(measured(value)) is type(value)
+    for value in (None, math.nan, math.inf, -math.inf, True, "1.0"):
+        assert measured(value) is None

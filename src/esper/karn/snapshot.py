@@ -22,10 +22,10 @@ Layout::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from esper.leyline.config import measured
 from esper.leyline.events import EpochCompleted, event_record
 from esper.nissa.fold import EnvState, Episode, RunState
 from esper.nissa.log import Logged, display, percent
@@ -49,17 +49,10 @@ ROUND_FIELDS = (
 _ENVELOPE = frozenset({"event", "t", "run_id", "env", "episode", "slots", "components"})
 
 
-def _number(value: float | int | None) -> float | int | None:
-    """A JSON number, or None for a value that is missing or not finite."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    return value
-
-
 def _columns(epochs: Sequence[EpochCompleted]) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {"epoch": [e.epoch for e in epochs]}
     for name in EPOCH_FIELDS:
-        columns[name] = [_number(getattr(e, name)) for e in epochs]
+        columns[name] = [measured(getattr(e, name)) for e in epochs]
     return columns
 
 
@@ -88,7 +81,7 @@ def describe(item: Logged) -> str:
         if key in _ENVELOPE or isinstance(value, list | dict):
             continue
         if isinstance(value, float):
-            value = display(_number(value), ".4g")
+            value = display(measured(value), ".4g")
         parts.append(f"{key}={display(value)}")
     return " ".join(parts)
 
@@ -107,7 +100,7 @@ def _header(state: RunState) -> list[dict[str, str]]:
             (f"mean return{where}", display(None if last is None else last.mean_return, ".3f")),
             (
                 f"mean final val accuracy over environments{where}",
-                percent(None if last is None else _number(last.mean_final_accuracy)),
+                percent(None if last is None else measured(last.mean_final_accuracy)),
             ),
             ("anomalies", str(len(state.anomalies))),
             ("ratio explosions", str(len(state.explosions))),
@@ -116,14 +109,16 @@ def _header(state: RunState) -> list[dict[str, str]]:
         episode = state.episode()
         latest = episode.latest
         planned = None if started is None else started.max_epochs
-        accuracies = [e.val_accuracy for e in episode.epochs if _number(e.val_accuracy) is not None]
+        accuracies = [
+            e.val_accuracy for e in episode.epochs if measured(e.val_accuracy) is not None
+        ]
         where = "" if latest is None else f" (epoch {latest.epoch})"
-        loss = None if latest is None else _number(latest.val_loss)
+        loss = None if latest is None else measured(latest.val_loss)
         rows += [
             ("epoch", f"{display(None if latest is None else latest.epoch)} / {display(planned)}"),
             (
                 f"val accuracy{where}",
-                percent(None if latest is None else _number(latest.val_accuracy)),
+                percent(None if latest is None else measured(latest.val_accuracy)),
             ),
             (
                 f"val loss{where}",
@@ -171,10 +166,10 @@ def snapshot(
         "envs": [_env(key, state.envs[key], slots) for key in state.env_keys()],
         "rounds": {
             "round": [r.update.round for r in state.rounds],
-            "mean_return": [_number(r.update.mean_return) for r in state.rounds],
-            "mean_final_accuracy": [_number(r.update.mean_final_accuracy) for r in state.rounds],
-            "mean_reward": [_number(r.mean_reward) for r in state.rounds],
-            **{f: [_number(getattr(r.update, f)) for r in state.rounds] for f in ROUND_FIELDS},
+            "mean_return": [measured(r.update.mean_return) for r in state.rounds],
+            "mean_final_accuracy": [measured(r.update.mean_final_accuracy) for r in state.rounds],
+            "mean_reward": [measured(r.mean_reward) for r in state.rounds],
+            **{f: [measured(getattr(r.update, f)) for r in state.rounds] for f in ROUND_FIELDS},
             "ops": [r.ops for r in state.rounds],
             "entered": [r.entered for r in state.rounds],
         },
@@ -189,13 +184,13 @@ def _env(key: int | None, env: EnvState, slots: Sequence[str]) -> dict[str, Any]
         "env": key,
         "panics": env.panics,
         "slots_now": [
-            {k: _number(v) if isinstance(v, float) else v for k, v in vars(s).items()} for s in now
+            {k: measured(v) if isinstance(v, float) else v for k, v in vars(s).items()} for s in now
         ],
         "results": [
             {
                 "episode": r.episode,
-                "episode_return": _number(r.episode_return),
-                "final_val_accuracy": _number(r.final_val_accuracy),
+                "episode_return": measured(r.episode_return),
+                "final_val_accuracy": measured(r.final_val_accuracy),
             }
             for r in env.results
         ],

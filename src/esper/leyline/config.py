@@ -49,6 +49,7 @@ TELEMETRY_LEVELS: tuple[str, ...] = get_args(TelemetryName)
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 C = TypeVar("C")
+N = TypeVar("N", int, float)
 
 
 class UserError(Exception):
@@ -146,6 +147,12 @@ def is_plain_number(value: object) -> bool:
 def is_finite_number(value: object) -> bool:
     """``value`` is a plain number (``is_plain_number``) and finite: a measured value."""
     return is_plain_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def measured(value: N | None) -> N | None:
+    """``value`` when it is a measured value (``is_finite_number``), else None: how a summary,
+    a snapshot or a progress line holds a missing, NaN or infinite one."""
+    return value if is_finite_number(value) else None
 
 
 def check_finite(name: str, value: object) -> None:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from esper.leyline.config import is_plain_number
+from esper.leyline.config import is_plain_number, measured
 from esper.nissa.fold import RunState
 
 
@@ -84,7 +84,4 @@ def band(curves: Sequence[Mapping[int, float | None]]) -> Band:
 
 def validation_curve(state: RunState) -> dict[int, float | None]:
     """A single-model run's validation accuracy by epoch (None: not finite)."""
-    return {
-        e.epoch: e.val_accuracy if math.isfinite(e.val_accuracy) else None
-        for e in state.episode().epochs
-    }
+    return {e.epoch: measured(e.val_accuracy) for e in state.episode().epochs}

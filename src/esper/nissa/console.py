@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from esper.leyline.config import is_finite_number
+from esper.leyline.config import measured
 from esper.leyline.events import BatchProgress, EpochCompleted, PPOUpdate
 from esper.nissa.log import display, percent
 
@@ -53,7 +53,7 @@ def detach_from_hung_up_terminal() -> bool:
 
 
 def _number(value: Any, spec: str) -> str:
-    return display(value if is_finite_number(value) else None, spec)
+    return display(measured(value), spec)
 
 
 class ConsoleSink:

@@ -398,11 +398,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 # of shown or aggregated.
 
 
-def finite(value: float | None) -> float | None:
-    """``value``, or None when it is None or not finite (how a summary holds a NaN)."""
-    return None if value is None or not math.isfinite(value) else value
-
-
 def _check_counts(record: Any, names: Sequence[str], high: int = MAX_INT64) -> None:
     for name in names:
         check_int(name, getattr(record, name), 0, high)

@@ -7,7 +7,6 @@ reward function and reports it, and builds episodes from a task.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from esper.data import BatchStream
 from esper.kasmina import SegmentedHost
 from esper.leyline import Action, Observation
-from esper.leyline.config import HostTraining
+from esper.leyline.config import HostTraining, measured
 from esper.leyline.data import Dataset
 from esper.leyline.events import Event, RewardComputed
 from esper.simic.protocol import Emit, EnvStep, EpisodeInfo
@@ -152,7 +151,7 @@ class GrowthEnv:
         """Final validation accuracy (None when not finite) and parameter counts."""
         accuracy = self.episode.last.val_accuracy
         return EpisodeInfo(
-            accuracy if math.isfinite(accuracy) else None,
+            measured(accuracy),
             self.episode.model.active_param_count(),
             self.episode.model.host_param_count,
         )

@@ -35,6 +35,7 @@ from esper.leyline.config import (
     check_int,
     check_sections,
     config_dict,
+    measured,
     override,
 )
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
@@ -424,10 +425,10 @@ class GrowthRunner:
             best = model_from_bytes(self.best, "the best-validation model", data.x_test.device)
             best_loss, best_accuracy = evaluate(best, data.x_test, data.y_test)
         return record.TestMetrics(
-            record.finite(final_loss),
-            record.finite(final_accuracy),
-            record.finite(best_loss),
-            record.finite(best_accuracy),
+            measured(final_loss),
+            measured(final_accuracy),
+            measured(best_loss),
+            measured(best_accuracy),
         )
 
     def _finish(self, status: str) -> None:
@@ -461,10 +462,10 @@ class GrowthRunner:
             None
             if last is None
             else record.FinalMetrics(
-                record.finite(last.train_loss),
-                record.finite(last.train_accuracy),
-                record.finite(last.val_loss),
-                record.finite(last.val_accuracy),
+                measured(last.train_loss),
+                measured(last.train_accuracy),
+                measured(last.val_loss),
+                measured(last.val_accuracy),
             )
         )
         growth = record.GrowthSummary(

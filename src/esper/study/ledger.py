@@ -10,13 +10,12 @@ level (a study's policy runs log at ``minimal``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from esper.leyline import ALIVE_STAGES, SeedStage, SeedStateReport
-from esper.leyline.config import decode
+from esper.leyline.config import decode, measured
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 
 
@@ -52,7 +51,7 @@ class SeedLedger:
         self, epoch: int, val_accuracy: float, reports: Mapping[str, SeedStateReport]
     ) -> None:
         """The reports and validation accuracy at the end of ``epoch``."""
-        accuracy = val_accuracy if math.isfinite(val_accuracy) else None
+        accuracy = measured(val_accuracy)
         self.epoch = epoch
         for slot, report in reports.items():
             life = self.alive.get(slot)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline.config import UserError, config_dict, override
+from esper.leyline.config import UserError, config_dict, measured, override
 from esper.leyline.data import Dataset
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
@@ -203,14 +203,14 @@ class PPORunner:
         """
         rows: list[PPOUpdate] = self.recorder.rows
         final = rows[-1] if rows else None
-        returns = [r for r in (record.finite(r.mean_return) for r in rows) if r is not None]
+        returns = [r for r in (measured(r.mean_return) for r in rows) if r is not None]
         ppo = record.PPOSummary(
             rounds_completed=len(rows),
             rounds_planned=self.config.ppo.rounds,
             env_steps=None if final is None else final.env_steps,
-            final_mean_return=None if final is None else record.finite(final.mean_return),
+            final_mean_return=None if final is None else measured(final.mean_return),
             best_mean_return=max(returns) if returns else None,
-            final_mean_accuracy=None if final is None else record.finite(final.mean_final_accuracy),
+            final_mean_accuracy=None if final is None else measured(final.mean_final_accuracy),
         )
         seconds = round(sum(r.seconds_rollout + r.seconds_update for r in rows), 3)
         c = self.config

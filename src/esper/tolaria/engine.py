@@ -33,7 +33,7 @@ from esper.leyline import (
     Op,
     SeedStage,
 )
-from esper.leyline.config import HostTraining
+from esper.leyline.config import HostTraining, measured
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import (
     ActionTaken,
@@ -207,8 +207,8 @@ class _Tally:
         return None if self.stopped or not math.isfinite(loss) else loss
 
     def result(self, model: MorphogeneticModel, seconds: float) -> Trained:
-        for measured in self.norms:
-            model.record_gradient_norms(measured)
+        for norms in self.norms:
+            model.record_gradient_norms(norms)
         loss = self.loss.item() / max(self.count, 1)
         if self.stopped or not math.isfinite(loss):
             return Trained(math.nan, math.nan, seconds)
@@ -447,7 +447,7 @@ class Trainer:
             self.emit(SeedTransition(at, name, was.blueprint, *stages, why))
         self._emit_transitions(epoch=at)  # the governor's prunes
         slots = rollback.pruned + tuple(name for name, _ in rollback.vanished)
-        loss = val_loss if math.isfinite(val_loss) else None
+        loss = measured(val_loss)
         self.emit(
             GovernorPanic(
                 self.epoch + 1, panic.rule, panic.detail, loss, rollback.restored_epoch, slots
