@@ -220,6 +220,28 @@ def test_thompson_state_does_not_load_into_epsilon() -> None:
 # ------------------------------------------------------------------ construction
 
 
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("rotation", {"penalty_epochs": 3}),
+        ("ucb", {"c": 0.25}),
+        ("thompson", {"prior_mean": 0.1, "prior_sd": 2.0, "noise_sd": 0.3}),
+        ("epsilon", {"epsilon": 0.05}),
+    ],
+)
+def test_each_setting_reaches_the_selector_and_no_other_is_accepted(
+    name: str, settings: dict[str, float]
+) -> None:
+    """Every constant a selector's constructor takes can be set by name, reaches the selector,
+    and is the whole list the error names."""
+    selector = make_selector(name, 3, **settings)
+    assert {k: getattr(selector, k) for k in settings} == settings
+    with pytest.raises(
+        ValueError, match=rf"setting\(s\) \['nope'\]; accepted: {', '.join(settings)}$"
+    ):
+        make_selector(name, 3, nope=1)
+
+
 def test_unknown_names_and_settings_fail_loudly() -> None:
     with pytest.raises(ValueError, match="unknown selector 'greedy'; accepted: rotation, ucb"):
         make_selector("greedy", 0)
@@ -229,7 +251,7 @@ def test_unknown_names_and_settings_fail_loudly() -> None:
         make_selector("epsilon", 0, epsilon=1.5)
     with pytest.raises(ValueError, match="seed must be an integer"):
         make_selector("thompson", -1)
-    with pytest.raises(ValueError, match="rotation selector does not learn"):
+    with pytest.raises(ValueError, match="does not learn; priors need one of ucb, thompson, ep"):
         make_selector("rotation", 0, [_outcome("a0", "FOSSILIZED", 1.0)])
     with pytest.raises(ValueError, match="non-empty list without repeats"):
         make_selector("ucb", 0).choose("mid", ["a0", "a0"], 0)

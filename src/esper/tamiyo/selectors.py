@@ -39,6 +39,7 @@ statistics carry over to another process as JSON.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Sequence
@@ -47,8 +48,6 @@ from typing import Any, Protocol, runtime_checkable
 from esper.leyline import SeedStage
 from esper.leyline.config import MAX_INT64, check_finite, check_float, check_int, is_number, require
 from esper.leyline.knowledge import SeedOutcome, outcome_score, stage_score
-
-SELECTORS = ("rotation", "ucb", "thompson", "epsilon")
 
 OTHER_SLOT_WEIGHT = 0.5
 """An outcome's weight in the same blueprint's arms of other slots: half an observation, a
@@ -404,12 +403,18 @@ class EpsilonGreedySelector(_RandomBandit):
         return offered[means.index(max(means))]
 
 
-_SETTINGS = {
-    "rotation": ("penalty_epochs",),
-    "ucb": ("c",),
-    "thompson": ("prior_mean", "prior_sd", "noise_sd"),
-    "epsilon": ("epsilon",),
+_CLASSES: dict[str, type[BlueprintSelector]] = {
+    "rotation": RotationSelector,
+    "ucb": UCBSelector,
+    "thompson": ThompsonSelector,
+    "epsilon": EpsilonGreedySelector,
 }
+SELECTORS = tuple(_CLASSES)
+
+
+def _settings(selector: type[BlueprintSelector]) -> tuple[str, ...]:
+    """A selector's constants: its constructor's parameters but ``seed`` and ``priors``."""
+    return tuple(p for p in inspect.signature(selector).parameters if p not in ("seed", "priors"))
 
 
 def make_selector(
@@ -429,16 +434,15 @@ def make_selector(
     """
     require(name in SELECTORS, f"unknown selector {name!r}; accepted: {', '.join(SELECTORS)}")
     check_int("seed", seed, 0, MAX_INT64)
-    unknown = sorted(set(settings) - set(_SETTINGS[name]))
-    accepted = ", ".join(_SETTINGS[name])
+    selector = _CLASSES[name]
+    unknown = sorted(set(settings) - set(_settings(selector)))
+    accepted = ", ".join(_settings(selector))
     require(not unknown, f"unknown {name} selector setting(s) {unknown}; accepted: {accepted}")
-    if name == "rotation":
-        require(
-            not priors, "the rotation selector does not learn; priors need ucb, thompson or epsilon"
-        )
-        return RotationSelector(**settings)
-    if name == "ucb":
-        return UCBSelector(priors, **settings)
-    if name == "thompson":
-        return ThompsonSelector(seed, priors, **settings)
-    return EpsilonGreedySelector(seed, priors, **settings)
+    takes = inspect.signature(selector).parameters
+    learners = [n for n, c in _CLASSES.items() if "priors" in inspect.signature(c).parameters]
+    require(
+        "priors" in takes or not priors,
+        f"the {name} selector does not learn; priors need one of {', '.join(learners)}",
+    )
+    given = {"seed": seed, "priors": priors}
+    return selector(**{k: v for k, v in given.items() if k in takes}, **settings)
