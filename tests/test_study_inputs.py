@@ -693,6 +693,26 @@ def test_changed_budget_names_the_setting_and_both_values(tmp_path, capsys):
     assert main(["study", str(path), "--dry-run"]) == 0
 
 
+def test_arms_are_compared_by_name_and_an_added_or_removed_one_is_named(tmp_path, capsys):
+    """Reordering the arms in the study file (which only orders the results) was refused as
+    changing every arm, and an added arm showed as the whole arms list, cut short."""
+    heuristic = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}{heuristic}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)
+    path.write_text(f"{HEAD}{BUDGET}{heuristic}{STATIC}")
+    assert main(["study", str(path), "--dry-run"]) == 0
+    capsys.readouterr()
+    random_arm = '[[arms]]\nname = "r"\ncontroller = "random"\n'
+    path.write_text(f"{HEAD}{BUDGET}{heuristic}{random_arm}")
+    err = _bad(capsys, ["study", str(path), "--dry-run"])
+    assert "(study -> file: arms.r: added; arms.s: removed); use another out" in err
+    path.write_text(f"{HEAD}{BUDGET}{heuristic.replace('heuristic', 'periodic')}{STATIC}")
+    err = _bad(capsys, ["study", str(path), "--dry-run"])
+    assert '(study -> file: arms.h.controller: "heuristic" -> "periodic"); use another' in err
+
+
 def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
     tmp_path, capsys, runs
 ):
@@ -727,7 +747,7 @@ def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
     manifest = checkpoints._manifest_bytes("pol-0123abcd", int(step.name[5:]), files)
     (step / "manifest.json").write_bytes(manifest)
     err = _bad(capsys, ["study", str(moved / "study.toml"), "--dry-run"])
-    assert f'arms[0].policy: "{meta["run_id"]}" -> "pol-0123abcd"' in err
+    assert f'arms.p.policy: "{meta["run_id"]}" -> "pol-0123abcd"' in err
 
 
 def test_a_study_saved_before_a_setting_existed_resumes(tmp_path):

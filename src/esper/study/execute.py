@@ -276,7 +276,7 @@ class StudyState:
         assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
         saved = _without_data_dirs(_policies_by_id(with_defaults(StudySpec, state.settings)))
-        changed = [c for k in settings for c in config_changes(saved.get(k), settings[k], k)]
+        changed = _study_changes(saved, settings)
         if changed:
             raise UserError(
                 f"{str(directory)!r} holds a study run with other settings (study -> file: "
@@ -287,6 +287,33 @@ class StudyState:
     def save(self, directory: Path) -> None:
         """Write ``study.json`` atomically."""
         atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
+
+
+def _study_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``config_changes`` of a study's saved settings and ``now``'s, setting by setting, with
+    the arms compared by name: a trial is found by its arm's name, so the arms' order in the
+    study file only orders the results, and an arm added or removed is named as such."""
+    old_arms, new_arms = _arms_by_name(saved.get("arms")), _arms_by_name(now.get("arms"))
+    if old_arms is None or new_arms is None:  # a damaged saved list: compared as it is
+        return [c for k in now for c in config_changes(saved.get(k), now[k], k)]
+    changed = [c for k in now if k != "arms" for c in config_changes(saved.get(k), now[k], k)]
+    for name in sorted(old_arms.keys() | new_arms.keys()):
+        if name not in old_arms or name not in new_arms:
+            changed.append(f"arms.{name}: {'added' if name in new_arms else 'removed'}")
+        else:
+            changed.extend(config_changes(old_arms[name], new_arms[name], f"arms.{name}"))
+    return changed
+
+
+def _arms_by_name(arms: Any) -> dict[str, Any] | None:
+    """Saved or current arms as a table by name, or None when they are not arm tables with
+    distinct names."""
+    if not isinstance(arms, list) or not all(
+        isinstance(arm, dict) and isinstance(arm.get("name"), str) for arm in arms
+    ):
+        return None
+    by_name = {arm["name"]: {k: v for k, v in arm.items() if k != "name"} for arm in arms}
+    return by_name if len(by_name) == len(arms) else None
 
 
 def _policies_by_id(settings: dict[str, Any]) -> dict[str, Any]:
