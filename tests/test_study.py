@@ -14,10 +14,12 @@ import shutil
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NoReturn
 
 import pytest
 import torch
 
+from esper.cli import study as cli_study
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.leyline.config import HostTraining, read_config_file
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
@@ -67,6 +69,10 @@ def ray_session():
     ray.shutdown()
 
 
+def _refused(*args: object) -> NoReturn:
+    raise AssertionError(f"called with {args}")
+
+
 def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_session, capsys):
     path = _study(
         tmp_path,
@@ -97,7 +103,10 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     logs = {p: p.read_bytes() for p in (out / TRIALS_DIR).glob("*/events.jsonl")}
     (out / ".results.md.tmp-k9").write_text("| half")
     capsys.readouterr()
-    assert main(["study", str(path)]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # nothing to run: Ray is not joined
+        patch.setattr(cli_study, "connect_ray", _refused)
+        patch.setattr(cli_study, "trial_slots", _refused)
+        assert main(["study", str(path)]) == 0
     assert "6 trials, 6 already done" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in logs} == logs
     assert not (out / ".results.md.tmp-k9").exists()

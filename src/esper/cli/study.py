@@ -93,13 +93,14 @@ def run_study(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(driver)
         return 0
-    try:
-        stop = connect_ray(args.address)  # an unreachable cluster fails before anything is made
+    runs = bool(driver.runnable())  # else the results are written again, without Ray
+    try:  # an unreachable cluster fails before anything is made
+        stop = connect_ray(args.address) if runs else lambda: None
     except ValueError as err:
         raise UserError(str(err)) from err
     capacity = None
     try:
-        if address is None:  # a local instance has what it has; a cluster may add nodes
+        if address is None and runs:  # a local instance has what it has; a cluster may grow
             capacity = trial_slots(spec.resources)  # or one line: a trial would never fit
         try:
             directory.mkdir(parents=True, exist_ok=True)

@@ -523,6 +523,10 @@ class StudyDriver:
                 "directory, or restore those settings"
             )
 
+    def runnable(self) -> list[Trial]:
+        """The trials a run would start or wait for: unfinished, with an attempt left."""
+        return [t for t in self.trials if t.name not in self.done and not self.exhausted(t)]
+
     def exhausted(self, trial: Trial) -> bool:
         """The trial is unfinished and its last attempt failed, with no attempt left (a
         finished trial, or one whose run directory was removed after it finished, is not)."""
@@ -630,7 +634,7 @@ class StudyDriver:
             num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=3
         )
         running: dict[Any, Trial] = {}
-        waiting = [t for t in self.trials if t.name not in self.done and not self.exhausted(t)]
+        waiting = self.runnable()
         self.state.save(self.directory)  # the settings are pinned before any trial starts
         try:
             while True:
