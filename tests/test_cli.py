@@ -540,6 +540,19 @@ def test_demo_with_an_explicit_data_dir_does_not_fall_back(tmp_path, capsys, mon
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_with_a_data_dir_variable_lacking_the_data_does_not_fall_back(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """A $ESPER_DATA_DIR that does not exist (or lacks Fashion-MNIST) ran the digits demo
+    instead, where every other command refuses it (a README check)."""
+    missing = tmp_path / "nonexist"
+    monkeypatch.setenv("ESPER_DATA_DIR", str(missing))
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"esper: error: fashion-mnist: $ESPER_DATA_DIR {str(missing)!r} does")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("where", ["", "sub"])
 def test_demo_into_a_study_directory_is_refused(tmp_path, capsys, where) -> None:
     """``esper demo --out STUDY`` made its runs among the study's trials (adversarial sweep),

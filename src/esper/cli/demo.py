@@ -3,12 +3,14 @@
 Trains the impaired Fashion-MNIST host twice from the same seed — once static, once grown by the
 heuristic controller — prints a side-by-side table, and writes the heuristic run's report with
 the static run as its baseline (``<heuristic run>/report/report.html``). If Fashion-MNIST cannot
-be found (and not downloaded), it says so and runs on scikit-learn's digits instead.
+be found (and not downloaded), it says so and runs on scikit-learn's digits instead, unless it
+was asked for in a place (``--data-dir``, ``$ESPER_DATA_DIR``): then it stops with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from esper.cli.config import absolute_data_dir
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.cli.runs import format_table
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
+from esper.data.locate import DATA_DIR_ENV
 from esper.leyline.config import HostTraining, UserError
 from esper.nissa import record
 from esper.nissa.log import SUMMARY_METRICS
@@ -36,6 +39,8 @@ def _pick_task(data_dir: Path | None) -> str:
     except DatasetNotFoundError as err:
         if data_dir is not None:  # asked for there: a fallback would hide the mistake
             raise UserError(f"--data-dir {str(data_dir)!r}: {str(err).splitlines()[0]}") from err
+        if os.environ.get(DATA_DIR_ENV):  # so was this (the error names it)
+            raise UserError(str(err).splitlines()[0]) from err
         print(
             f"esper demo: Fashion-MNIST is not available ({str(err).splitlines()[0]}); "
             f"running the demo on the {FALLBACK} task instead.",
