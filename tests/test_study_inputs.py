@@ -86,7 +86,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # The whole list was shown, the repeated name somewhere in it.
         (f'out = "o"\ntasks = ["synthetic", "digits", "synthetic"]\n{STATIC}',
          "tasks repeat ['synthetic']; give each task once"),
-        (f"{HEAD}{STATIC}{STATIC}", "arm names repeat ['s']; give each arm its own name"),
+        (f"{HEAD}{STATIC}{STATIC}", "arm names repeat ['s'] (case aside: trial directories"),
+        (HEAD + STATIC + STATIC.replace('"s"', '"S"'), "arm names repeat ['S', 's'] (case"),
         # Ray refused an amount below its unit after the study directory was made: a traceback.
         (f"{HEAD}{STATIC}[resources]\ncpus = 1e-300\n",
          "resources.cpus must be a number in [0.0001, 1024.0], got 1e-300"),

@@ -348,9 +348,15 @@ class StudySpec:
         check_int("seeds", self.seeds, 1, MAX_COUNT)
         check_int("first_seed", self.first_seed, 0, MAX_SEED - self.seeds)
         check_int("retries", self.retries, 0, 100)
-        names = [a.name for a in self.arms]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        require(not twice, f"arm names repeat {twice}; give each arm its own name")
+        # Trial directories are named after their arms: on a file system that ignores case
+        # (macOS, Windows) "Grow" and "grow" would share them.
+        names = [a.name.casefold() for a in self.arms]
+        twice = sorted({a.name for a in self.arms if names.count(a.name.casefold()) > 1})
+        require(
+            not twice,
+            f"arm names repeat {twice} (case aside: trial directories are named after arms); "
+            "give each arm its own name",
+        )
         trials = len(self.tasks) * len(self.arms) * self.seeds
         require(
             trials <= MAX_TRIALS,
