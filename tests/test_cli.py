@@ -64,10 +64,14 @@ def test_run_command_help_exits_0(capsys) -> None:
         assert flag in out
 
 
-def test_heuristic_run_directory(tmp_path) -> None:
+def test_heuristic_run_directory(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     args = ["heuristic", "--task", "synthetic", "--epochs", "3", *TINY, "--out", str(run)]
     assert main(args) == 0
+    # A run too short for the rules to ever germinate says so (it is a static run).
+    assert "esper heuristic: note: a 3-epoch run never germinates a seed: " in (
+        capsys.readouterr().err
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["task"] == "synthetic" and config["training"]["epochs"] == 3
     assert config["seed"] == 0 and config["policy"] is None
@@ -260,13 +264,14 @@ def test_static_run_never_grows(tmp_path) -> None:
     assert not any(e["event"] == "SeedTransition" for e in _events(run))
 
 
-def test_heuristic_grows_in_more_than_one_slot(tmp_path) -> None:
+def test_heuristic_grows_in_more_than_one_slot(tmp_path, capsys) -> None:
     run = tmp_path / "grow"
     # Long enough for several lifecycles: the heuristic stops germinating 10 epochs before the
     # end, so that every seed it grows can finish.
     slots = ["--slots", "early", "mid", "late"]
     code = main(["heuristic", "--task", "synthetic", "--epochs", "40", *slots, "--out", str(run)])
     assert code == 0
+    assert "never germinates" not in capsys.readouterr().err
     germinated = {
         e["slot"]
         for e in _events(run)
@@ -511,6 +516,7 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
     captured = capsys.readouterr()
     assert "Fashion-MNIST is not available" in captured.err
     assert "digits_impaired" in captured.err
+    assert "esper demo: note: a 2-epoch run never germinates a seed" in captured.err
     table = captured.out
     assert "run" in table and "final val acc" in table and "params" in table
     assert "static" in table and "heuristic" in table

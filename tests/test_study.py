@@ -338,6 +338,8 @@ def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     assert main(["study", str(path), "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert "timing epochs of synthetic's static host (2 batches each) ...\n" in err
+    # 6 epochs: the heuristic arm never grows, and the matched one matches a static host
+    assert "esper study: note: arm 'grow' on synthetic: a 6-epoch run never germinates" in err
     assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
     assert "waits for synthetic.grow.seed0 and 1 more" in out
     assert "4 trials, 4 to run: 24 host epochs" in out

@@ -12,7 +12,13 @@ from conftest import observation
 from conftest import seed_report as rep
 from esper.leyline import Action, Observation, Op, SeedStage, SeedStateReport
 from esper.leyline import thresholds as T
-from esper.tamiyo import Controller, HeuristicConfig, HeuristicTamiyo, StaticController
+from esper.tamiyo import (
+    Controller,
+    HeuristicConfig,
+    HeuristicTamiyo,
+    SignalTracker,
+    StaticController,
+)
 
 SLOTS = ("early", "mid", "late")
 BLUEPRINTS = ("norm", "attention", "depthwise")
@@ -411,3 +417,47 @@ def test_blueprint_preference_names_known_blueprints_once(
     with pytest.raises(ValueError, match=message):
         HeuristicConfig(blueprint_preference=preference)
     assert HeuristicConfig(blueprint_preference=()).blueprint_preference == ()  # registry order
+
+
+def _first_germination(config: HeuristicConfig, epochs: int, losses: Sequence[float]) -> int | None:
+    """The step of the first GERMINATE when a real ``SignalTracker`` feeds the heuristic an
+    episode of ``epochs`` steps at constant accuracy and the given validation losses (the
+    last repeated): the quickest plateau and, with flat losses, the quickest stabilization."""
+    tracker, heuristic = SignalTracker(), HeuristicTamiyo(config)
+    for step in range(epochs):
+        reports = {s: rep(s) for s in SLOTS}
+        loss = losses[min(step, len(losses) - 1)]
+        signals = tracker.update(
+            train_loss=loss, train_accuracy=50.0, val_loss=loss, val_accuracy=50.0,
+            reports=reports,
+        )  # fmt: skip
+        action = heuristic.decide(Observation(signals, reports, BLUEPRINTS, epochs))
+        if action.op is Op.GERMINATE:
+            return signals.epoch
+    return None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        HeuristicConfig(),
+        HeuristicConfig(plateau_patience=1),
+        HeuristicConfig(plateau_patience=6, no_germinate_last_epochs=4),
+        HeuristicConfig(no_germinate_last_epochs=0),
+    ],
+)
+def test_never_grows_says_so_exactly_when_the_rules_never_germinate(
+    config: HeuristicConfig,
+) -> None:
+    """Oracle: the rules themselves, driven by the real tracker on the episodes that reach a
+    plateau (constant accuracy, falling loss) or a stabilized host (flat loss) soonest. An
+    8-epoch study arm's heuristic never grew, and nothing said so (a workflow check)."""
+    for epochs in range(1, 25):
+        soonest = [
+            _first_germination(config, epochs, losses)
+            for losses in ([1.0], [2.0 - 0.1 * k for k in range(30)])
+        ]
+        grows = any(step is not None for step in soonest)
+        assert (config.never_grows(epochs) is None) == grows, (epochs, soonest)
+    note = HeuristicConfig().never_grows(8)
+    assert note is not None and "give it at least 14 epochs" in note

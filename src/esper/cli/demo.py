@@ -80,6 +80,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for mode in modes:
         out = parent / f"demo-{stamp}-{task}-{mode}"
         runner = GrowthRunner(mode, GrowthRun(training, seed=args.seed), out)
+        never = runner.never_grows()
+        if never is not None:  # --epochs too few: the heuristic run is a static one
+            print(f"esper demo: note: {never}", file=sys.stderr)
         try:
             runner.run(label=f"{mode:>9}")
         except Stop:

@@ -42,6 +42,7 @@ from esper.study.plan import (
     MATCHED,
     StudySpec,
     Trial,
+    never_growing,
     ppo_config,
     read_study,
     store_url,
@@ -90,6 +91,8 @@ def run_study(args: argparse.Namespace) -> int:
     driver = StudyDriver(spec, directory, _say, knowledge)
     check_knowledge(spec, knowledge)
     check_writable(directory)
+    for line in never_growing(spec):  # after the checks: bad input stays one line
+        _say(f"esper study: {line}")
     if args.dry_run:
         dry_run(driver)
         return 0

@@ -294,6 +294,13 @@ class GrowthRunner:
             with self.recorder.releasing():
                 self._restore(self.recorder.state())
 
+    def never_grows(self) -> str | None:
+        """Why this run can never germinate a seed (a heuristic run too short for its rules:
+        ``HeuristicConfig.never_grows``), or None."""
+        if self.mode != "heuristic":
+            return None
+        return self.config.heuristic.never_grows(self.episode.max_epochs)
+
     def _meta(self, run_id: str) -> record.RunMeta:
         seeds = {"run": self.config.seed, "data_order": self.config.seed}
         return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv)

@@ -766,6 +766,19 @@ def growth_config(
     return mode, config
 
 
+def never_growing(spec: StudySpec) -> list[str]:
+    """A line for each heuristic arm and task whose runs can never germinate a seed
+    (``HeuristicConfig.never_grows``): such an arm is a static one under another name."""
+    lines = []
+    for arm in (a for a in spec.arms if a.controller == "heuristic"):
+        for task in spec.tasks:
+            _, config = growth_config(spec, Trial(task, arm.name, spec.first_seed))
+            never = config.heuristic.never_grows(config.training.episode_length())
+            if never is not None:
+                lines.append(f"note: arm {arm.name!r} on {task}: {never}")
+    return lines
+
+
 def plan(spec: StudySpec) -> list[Trial]:
     """Every trial of the study in the order it is submitted: growth trials that wait for
     nothing (every arm but static-matched and the ppo arms that train their policies), then

@@ -65,6 +65,7 @@ from esper.tamiyo.selectors import (
     seed_reward,
 )
 from esper.tamiyo.strategies import STRATEGIES
+from esper.tamiyo.tracker import TrackerConfig
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,24 @@ class HeuristicConfig:
     def needs_shapley(self) -> bool:
         """Whether the seed reports must carry Shapley values (``HostTraining.shapley``)."""
         return self.strategy == "ensemble"
+
+    def never_grows(self, epochs: int) -> str | None:
+        """Why a run of ``epochs`` epochs under these rules can never germinate a seed, or None
+        when it can. The first germination waits for a plateau of ``plateau_patience`` steps
+        after the first or for a stabilized host (a loss window of the tracker's
+        ``stabilization_window`` steps after the first; runs use ``TrackerConfig()``), and none
+        comes in the last ``no_germinate_last_epochs``: a shorter run is a static one."""
+        window = TrackerConfig().stabilization_window
+        earliest = 1 + min(self.plateau_patience, window)
+        if epochs - earliest >= self.no_germinate_last_epochs:
+            return None
+        return (
+            f"a {epochs}-epoch run never germinates a seed: the heuristic waits {earliest} "
+            f"epochs for a plateau or a stabilized host and germinates none in the last "
+            f"no_germinate_last_epochs = {self.no_germinate_last_epochs}; give it at least "
+            f"{earliest + self.no_germinate_last_epochs} epochs (or lower "
+            "no_germinate_last_epochs)"
+        )
 
 
 def _prune_reason(report: SeedStateReport, config: HeuristicConfig) -> str | None:
