@@ -246,6 +246,9 @@ def test_static_matched_width_matches_the_grown_arms_median(tmp_path, ray_sessio
     assert code == 0 and "6 trials, 0 to run" in printed, printed
     results = (tmp_path / "out" / "results.md").read_text()
     assert "| synthetic | matched | 3 |" in results
+    # What the matched arm was sized to, and what it got (results.md showed neither).
+    params = host_param_count("synthetic", data, width)
+    assert f"| synthetic | matched | grow | {round(target):,} | {params:,} |" in results
     # Q1 compares the grown arm with the static arm of its size, whatever the arm is called.
     assert "Q1 does growing beat a static network per parameter? grow vs matched:" in results
 

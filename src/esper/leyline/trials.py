@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 import typing
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -134,6 +135,14 @@ class TrialRow:
     def counts(self) -> bool:
         """Whether the trial enters the statistics: it completed and has a score."""
         return self.status in FINISHED and self.score is not None
+
+
+def matched_target(rows: Iterable[TrialRow], task: str, arm: str) -> int | None:
+    """The parameter count a static-matched arm matching ``arm`` is sized to on ``task``: the
+    median final parameters of ``arm``'s finished trials there (None: none has finished)."""
+    counts = [r.final_params for r in rows if (r.task, r.arm) == (task, arm)]
+    known = [count for count in counts if count is not None]
+    return round(statistics.median(known)) if known else None
 
 
 class TrialsFileError(ValueError):

@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import statistics
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -59,6 +58,7 @@ from esper.leyline.trials import (
     TRIALS_DIR,
     TRIALS_FILE,
     TrialRow,
+    matched_target,
 )
 from esper.nissa import record
 from esper.nissa.log import open_run
@@ -594,14 +594,10 @@ class StudyDriver:
         key = (trial.task, arm.match)
         if key in self.widths:
             return self.widths[key]
-        counts = [
-            r.final_params
-            for r in self.rows.values()
-            if r.task == trial.task and r.arm == arm.match and r.final_params is not None
-        ]
-        target = statistics.median(counts)
+        target = matched_target(self.rows.values(), trial.task, arm.match)
+        assert target is not None  # the trial waited for the arm it matches
         data = load_data(training(self.spec, trial.task))
-        self.widths[key] = matched_width(trial.task, data, round(target))
+        self.widths[key] = matched_width(trial.task, data, target)
         return self.widths[key]
 
     def run(self, capacity: int | None = None) -> Outcome:

@@ -59,6 +59,7 @@ from esper.leyline.trials import (
     RESULTS_FILE,
     TrialRow,
     VerdictRoles,
+    matched_target,
 )
 from esper.nissa.log import display
 
@@ -175,6 +176,26 @@ class Improvement:
 
 
 @dataclass(frozen=True)
+class MatchedSize:
+    """How a static-matched arm was sized on one task.
+
+    Attributes:
+        task: the task.
+        arm: the static-matched arm.
+        matches: the arm whose size it matches.
+        target: that arm's median final parameters there (``matched_target``; None: none
+            finished).
+        params: the static-matched trials' parameter counts (one host width: one count).
+    """
+
+    task: str
+    arm: str
+    matches: str
+    target: int | None
+    params: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class StudyResults:
     """Everything ``results.md`` shows, as ``write_results`` computed it."""
 
@@ -182,6 +203,18 @@ class StudyResults:
     improvements: list[Improvement]
     verdicts: list[str]
     excluded: list[TrialRow]
+    matched: list[MatchedSize]
+
+
+def matched_sizes(rows: Sequence[TrialRow], roles: VerdictRoles) -> list[MatchedSize]:
+    """Each static-matched arm's size on each task it has trials on, beside its target."""
+    sizes = []
+    for grown, arm in sorted(roles.matched, key=lambda pair: pair[1]):
+        for task in sorted({r.task for r in rows if r.arm == arm}):
+            counts = {r.final_params for r in rows if (r.task, r.arm) == (task, arm)}
+            params = tuple(sorted(c for c in counts if c is not None))
+            sizes.append(MatchedSize(task, arm, grown, matched_target(rows, task, grown), params))
+    return sizes
 
 
 # ------------------------------------------------------------------------------ bootstrap
@@ -513,6 +546,7 @@ def _markdown(
         "",
         *_scores(results),
         "",
+        *_matched(results),
         *_improvements(results),
         "",
         "## Verdicts",
@@ -546,6 +580,28 @@ def _scores(results: StudyResults) -> list[str]:
     if not results.summaries:
         lines.append("| — | no completed trial with a score | | | | | | | | | |")
     return lines
+
+
+def _matched(results: StudyResults) -> list[str]:
+    """The static-matched arms' sizes (nothing without such an arm)."""
+    if not results.matched:
+        return []
+    lines = [
+        "## Matched sizes",
+        "",
+        "A static-matched arm's host is the width whose parameter count is nearest the median",
+        "final parameters of the arm it matches (the widths step: the nearest can be far).",
+        "",
+        "| task | arm | matches | median final params of that arm | host params |",
+        "|---|---|---|--:|--:|",
+    ]
+    for m in results.matched:
+        target = "—" if m.target is None else f"{m.target:,}"
+        params = ", ".join(f"{p:,}" for p in m.params) or "—"
+        lines.append(
+            f"| {_cell(m.task)} | {_cell(m.arm)} | {_cell(m.matches)} | {target} | {params} |"
+        )
+    return [*lines, ""]
 
 
 def _improvements(results: StudyResults) -> list[str]:
@@ -713,6 +769,7 @@ def write_results(
         excluded=sorted(
             (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
         ),
+        matched=matched_sizes(rows, roles),
     )
     intervals = interval_plot([s for s in summaries if s.task == ALL_TASKS])
     profile = profile_plot(rows, reps, seed)
