@@ -558,7 +558,8 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
 
     lines = _knowledge("show", "--knowledge", store).splitlines()
     assert "5 seed outcome(s) from 2 run(s)" in lines[0]
-    table = [line.split() for line in lines[3:]]
+    table = [line.split() for line in lines[3:-1]]
+    assert lines[-1].startswith("score: a fossilized seed's contribution (accuracy points) per 1,")
     assert table == [
         ["fashion_mnist", "conv_light", "FOSSILIZED", "2", "3.000"],  # mean of 2.0 and 4.0
         ["fashion_mnist", "conv_light", "PRUNED", "1", "0.000"],

@@ -21,7 +21,7 @@ from typing import Any
 
 from esper.cli.runs import format_table, path_arg
 from esper.leyline.config import UserError, decode
-from esper.leyline.knowledge import SeedOutcome, outcome_score
+from esper.leyline.knowledge import PER_PARAMETERS, SeedOutcome, outcome_score
 from esper.nissa.log import display
 from esper.nissa.record import OUTCOMES_FILE, read_json
 
@@ -184,7 +184,14 @@ def _show(outcomes: list[SeedOutcome], url: str) -> str:
     runs = len({o.run_id for o in outcomes})
     header = f"{url}: {len(outcomes)} seed outcome(s) from {runs} run(s)"
     table = format_table(["task", "blueprint", "stage", "seeds", "mean score"], rows)
-    return f"{header}\n{table}"
+    return f"{header}\n{table}\n{SCORE_NOTE}"
+
+
+SCORE_NOTE = (
+    f"score: a fossilized seed's contribution (accuracy points) per {PER_PARAMETERS:,} of its "
+    "parameters, 0 for a pruned seed, — for one still alive when its run ended (the reward "
+    "the bandit selectors learn from)"
+)
 
 
 def _export(outcomes: list[SeedOutcome], form: str) -> None:
