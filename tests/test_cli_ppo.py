@@ -129,6 +129,22 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert main([*args, "--width", str(width), "--out", str(tmp_path / "same")]) == 0
     assert "note:" not in capsys.readouterr().err
 
+    # Another task keeps the policy's run's budget but what is given; the eval says which
+    # (the note named the task alone, and a 4-batch digits eval read as the task's own).
+    other = ["eval", "--policy", str(run), "--task", "digits_impaired", "--epochs", "2"]
+    assert main([*other, "--out", str(tmp_path / "digits")]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "esper eval: note: batches_per_epoch = 4, val_samples = 256 come from the policy's run "
+        "on synthetic, not digits_impaired's own batches_per_epoch = all, val_samples = all"
+    ) in err
+    training = json.loads((tmp_path / "digits" / "config.json").read_text())["training"]
+    assert (training["epochs"], training["batches_per_epoch"], training["val_samples"]) == (
+        2,
+        4,
+        256,
+    )
+
 
 def test_eval_config_round_trips_and_a_resume_keeps_its_policy(
     tmp_path, capsys, monkeypatch

@@ -13,6 +13,7 @@ from esper.cli.config import (
     announce,
     growth_config,
     interrupted_hint,
+    named_fields,
     policy_arg,
 )
 from esper.cli.main import EXIT_INTERRUPTED
@@ -22,7 +23,7 @@ from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.run import Stop, check_recorded_mode, policy_rounds, ppo_state
-from esper.tasks import TASKS, get_task, without_stray_data_dir
+from esper.tasks import TASKS, get_task, resolve_training, without_stray_data_dir
 
 
 def _policy_facing(training: HostTraining) -> dict[str, str]:
@@ -71,9 +72,47 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     if policy is None or base is None:
         return replace(config, training=absolute_data_dir(config.training)), None
     config = replace(config, training=absolute_data_dir(_own_data_dir(base, config.training)))
-    notes = [_policy_note(base, config.training), _partial_note(policy, policy_rounds(state))]
+    notes = [
+        _policy_note(base, config.training),
+        _budget_note(base, config.training, named_fields(argv)),
+        _partial_note(policy, policy_rounds(state)),
+    ]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
+
+
+BUDGET = ("epochs", "batches_per_epoch", "val_samples")
+"""The settings of how long an episode trains and how it is measured."""
+
+
+def _budget_note(
+    trained_with: HostTraining, running_with: HostTraining, named: frozenset[str]
+) -> str | None:
+    """An eval on another task than its policy's keeps the policy's run's budget unless told
+    otherwise: where that differs from the task's own, say so (None: nothing to say)."""
+    task = running_with.task
+    if task == trained_with.task or task not in TASKS:
+        return None
+    own = resolve_training(HostTraining(task))
+    kept = [
+        name
+        for name in BUDGET
+        if name not in named
+        and getattr(running_with, name) == getattr(trained_with, name)
+        and getattr(running_with, name) != getattr(own, name)
+    ]
+    if not kept:
+        return None
+
+    def shown(training: HostTraining) -> str:
+        values = {name: getattr(training, name) for name in kept}
+        return ", ".join(f"{k} = {'all' if v is None else v}" for k, v in values.items())
+
+    return (
+        f"esper eval: note: {shown(running_with)} come from the policy's run on "
+        f"{trained_with.task}, not {task}'s own {shown(own)} (give them as flags to change "
+        "them; a comparison with other runs on the task needs the same budget)"
+    )
 
 
 def _partial_note(policy: Path, rounds: int | None) -> str | None:
