@@ -322,7 +322,8 @@ def dry_run(driver: StudyDriver) -> None:
     print(
         f"wall time: about {_duration(wall)} or more on this machine's {cores} core(s) ({slots} "
         f"trial(s) at once; one static-host epoch per environment, timed here now: {timed}); "
-        "growing seeds, evaluation and policy updates add to it, other work on the machine too"
+        "growing seeds, evaluation and policy updates add to it, other work on the machine too, "
+        "and Ray's start and each trial's own (seconds each: most of a small study's time)"
     )
 
 
