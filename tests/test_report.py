@@ -1095,3 +1095,33 @@ def test_names_esper_did_not_give_are_shown(
     assert code == 0, err
     name = recorded_runs["static"].name
     assert f"<title>Esper report: {name}</title>" in (tmp_path / "dot" / "report.html").read_text()
+
+
+def test_a_baseline_of_another_task_or_budget_is_named_in_a_warning(tmp_path: Path) -> None:
+    """A 5-epoch eval on one task against a 20-epoch run on another was compared without a
+    word (a workflow check); runs of one task and budget get no such line."""
+    from dataclasses import replace
+
+    from esper.karn.report import warnings_for
+
+    base = growth_summary("a")
+    assert base.growth is not None
+    longer = replace(base, run_id="b", growth=replace(base.growth, epochs_planned=20))
+    other = replace(base, run_id="c", task="digits_impaired")
+    runs = {
+        name: load_run(write_run(tmp_path / name, summary))
+        for name, summary in (
+            ("a", base),
+            ("b", longer),
+            ("c", other),
+            ("d", replace(base, run_id="d")),
+        )
+    }
+    [line] = warnings_for([runs["a"], runs["b"]])
+    assert line == (
+        "a ran synthetic for 5 epochs and the baseline b synthetic for 20 epochs: their "
+        "accuracies are not like for like."
+    )
+    [line] = warnings_for([runs["c"], runs["a"]])
+    assert line.startswith("c ran digits_impaired for 5 epochs and the baseline a synthetic for")
+    assert not [w for w in warnings_for([runs["a"], runs["d"]]) if "like for like" in w]

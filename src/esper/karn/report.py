@@ -460,7 +460,23 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
             f"the baseline {runs[1].run.name} is a {runs[1].run.mode} run and "
             f"{runs[0].run.name} a {runs[0].run.mode} run: the plots compare final accuracy only."
         )
+    elif len(runs) == 2 and not runs[0].is_ppo:
+        budgets = [_budget(data) for data in runs]
+        if None not in budgets and budgets[0] != budgets[1]:
+            notes.append(
+                f"{runs[0].run.name} ran {budgets[0]} and the baseline {runs[1].run.name} "
+                f"{budgets[1]}: their accuracies are not like for like."
+            )
     return notes
+
+
+def _budget(data: RunData) -> str | None:
+    """A single-model run's task and planned epochs, as a warning names them (None: no
+    summary to read them from)."""
+    summary = data.run.summary
+    if summary is None or summary.growth is None:
+        return None
+    return f"{summary.task} for {summary.growth.epochs_planned} epochs"
 
 
 def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:
