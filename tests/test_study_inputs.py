@@ -1006,3 +1006,13 @@ def test_a_dry_run_and_bad_input_do_not_load_the_statistics_libraries(tmp_path) 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_arm_names_keep_their_case_where_they_are_named(tmp_path) -> None:
+    """Arms are told apart case aside, but named as written: a baseline naming "S" is that
+    arm (the case-aside check must not fold the names the rest of the file uses)."""
+    arm = STATIC.replace('"s"', '"S"')
+    spec, _ = read_study(_study(tmp_path, f'{HEAD}baselines = ["S"]\n{BUDGET}{arm}'))
+    assert spec.baselines == ("S",) and [a.name for a in spec.arms] == ["S"]
+    with pytest.raises(ValueError, match=r"unknown baseline arm\(s\) \['s'\]; arms: \['S'\]"):
+        read_study(_study(tmp_path / "b", f'{HEAD}baselines = ["s"]\n{BUDGET}{arm}'))

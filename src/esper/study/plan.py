@@ -348,15 +348,8 @@ class StudySpec:
         check_int("seeds", self.seeds, 1, MAX_COUNT)
         check_int("first_seed", self.first_seed, 0, MAX_SEED - self.seeds)
         check_int("retries", self.retries, 0, 100)
-        # Trial directories are named after their arms: on a file system that ignores case
-        # (macOS, Windows) "Grow" and "grow" would share them.
-        names = [a.name.casefold() for a in self.arms]
-        twice = sorted({a.name for a in self.arms if names.count(a.name.casefold()) > 1})
-        require(
-            not twice,
-            f"arm names repeat {twice} (case aside: trial directories are named after arms); "
-            "give each arm its own name",
-        )
+        self._check_arm_names()
+        names = [a.name for a in self.arms]
         trials = len(self.tasks) * len(self.arms) * self.seeds
         require(
             trials <= MAX_TRIALS,
@@ -396,6 +389,18 @@ class StudySpec:
                 raise ValueError(f"{where}: {err}") from None
         self._check_data_dirs()
         self._check_hosts()
+
+    def _check_arm_names(self) -> None:
+        """No two arms share a name, case aside: trial directories are named after their arms,
+        and on a file system that ignores case (macOS, Windows) "Grow" and "grow" would share
+        them."""
+        folded = [a.name.casefold() for a in self.arms]
+        twice = sorted({a.name for a in self.arms if folded.count(a.name.casefold()) > 1})
+        require(
+            not twice,
+            f"arm names repeat {twice} (case aside: trial directories are named after arms); "
+            "give each arm its own name",
+        )
 
     def _check_data_dirs(self) -> None:
         """A ``data_dir`` reaches only tasks whose dataset is read from files (the others refuse
