@@ -116,7 +116,7 @@ def test_list_shows_each_run_from_its_summary(tmp_path: Path, recorded_runs, cap
     s = _growth(recorded_runs["heuristic"])
     assert heuristic[:6] == ["heuristic", "heuristic", "synthetic", "0", "completed", "40/40"]
     assert s.final is not None and heuristic[6] == f"{s.final.val_accuracy:.2f}%"
-    assert heuristic[7] == str(s.param_count) and heuristic[8] == "—"  # no return: not PPO
+    assert heuristic[7] == f"{s.param_count:,}" and heuristic[8] == "—"  # no return: not PPO
     ppo = next(line.split() for line in lines if line.startswith("ppo "))
     p = _ppo(recorded_runs["ppo"])
     assert ppo[5] == "2/2" and ppo[6] == f"{p.final_mean_accuracy:.2f}%"
@@ -430,7 +430,7 @@ def test_list_and_compare_read_the_record_summary(tmp_path: Path, capsys) -> Non
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
     assert rows["grow"][1:6] == ["heuristic", "synthetic", "7", "interrupted", "3/5"]
     # the final val accuracy was NaN: written as null, shown as missing
-    assert rows["grow"][6:] == ["—", "1200", "—"]
+    assert rows["grow"][6:] == ["—", "1,200", "—"]
     assert rows["learn"][4:] == ["failed", "2/4", "—", "—", "1.250"]
     assert main(["runs", "compare", str(growth), str(ppo)]) == 0
     lines = capsys.readouterr().out.splitlines()

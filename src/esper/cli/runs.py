@@ -97,7 +97,13 @@ def _list(directory: Path) -> int:
             broken.append(f"{run.name}: not readable: {err}")
             continue
         steps = f"{display(done)}/{display(planned)}"
-        cells = [run.status, steps, percent(accuracy), display(params), display(mean_return, ".3f")]
+        cells = [
+            run.status,
+            steps,
+            percent(accuracy),
+            display(params, ",d"),
+            display(mean_return, ".3f"),
+        ]
         rows.append([run.name, run.mode, run.task, str(run.seed), *cells])
     if not rows and not broken:
         print(f"no runs in {directory}")
