@@ -276,14 +276,14 @@ def test_ppo_arm_trains_on_its_own_seeds_then_evaluates(tmp_path, ray_session, c
     results = (tmp_path / "out" / "results.md").read_text()
     assert "ppo vs heuristic" in results  # the second question's verdict line
     code, printed = _dry_run_of_a_copy(path, capsys, {})  # other policy and knowledge paths
-    assert code == 0 and "5 trials, 0 to run" in printed, printed
+    assert code == 0 and "5 trials (1 PPO policy training among them), 0 to run" in printed, printed
     # A policy training that Ray gave a GPU records that device (run_job): still this study's.
     copied = tmp_path / "copy" / TRIALS_DIR / "synthetic.ppo.policy100" / "config.json"
     config = json.loads(copied.read_text())
     config["runtime"]["devices"] = ["cuda:0"]
     copied.write_text(json.dumps(config))
     code, printed = _dry_run_of_a_copy(path, capsys, {})
-    assert code == 0 and "5 trials, 0 to run" in printed, printed
+    assert code == 0 and "5 trials (1 PPO policy training among them), 0 to run" in printed, printed
     code, printed = _dry_run_of_a_copy(path, capsys, {"rounds = 1": "rounds = 2"})
     assert code == EXIT_BAD_INPUT and "ppo.rounds: 1 -> 2" in printed, printed
 

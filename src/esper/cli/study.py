@@ -110,7 +110,7 @@ def run_study(args: argparse.Namespace) -> int:
         except OSError as err:
             raise UserError(f"cannot make the study directory {str(directory)!r}: {err}") from err
         done = len(driver.done)
-        _say(f"esper study: {len(driver.trials)} trials, {done} already done -> {directory}")
+        _say(f"esper study: {_trials(driver.trials)}, {done} already done -> {directory}")
         outcome = driver.run(capacity)
     except Stop:
         again = "" if address is None else f" --address {address}"
@@ -304,7 +304,7 @@ def dry_run(driver: StudyDriver) -> None:
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
     print(
-        f"\n{len(driver.trials)} trials, {len(left)} to run{gave_up}: {sum(epochs.values())} "
+        f"\n{_trials(driver.trials)}, {len(left)} to run{gave_up}: {sum(epochs.values())} "
         f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (the task's static host; "
         f"growth adds more); each trial asks Ray for {spec.resources.cpus:g} CPU and "
         f"{spec.resources.gpus:g} GPU"
@@ -325,6 +325,14 @@ def dry_run(driver: StudyDriver) -> None:
         "growing seeds, evaluation and policy updates add to it, other work on the machine too, "
         "and Ray's start and each trial's own (seconds each: most of a small study's time)"
     )
+
+
+def _trials(trials: Sequence[Trial]) -> str:
+    """How many trials, with the PPO trainings among them named (results.md counts the arms'
+    trials only)."""
+    policies = sum(t.kind == "policy" for t in trials)
+    trainings = f" ({policies} PPO policy training{'s' * (policies > 1)} among them)"
+    return f"{len(trials)} trials" + trainings * bool(policies)
 
 
 def _timing(epoch: _Epoch) -> str:
