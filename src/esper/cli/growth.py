@@ -161,10 +161,10 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     runner = GrowthRunner(mode, config, options.out, options.resume)
     if note is not None:  # the policy never trained like this
         print(note, file=sys.stderr)
-    never = runner.never_grows()
-    if never is not None:  # a static run by another name
-        print(f"esper {mode}: note: {never}", file=sys.stderr)
     announce(mode, runner.config, options.resume)  # resolved and checked
+    never = runner.never_grows()
+    if never is not None:  # a static run by another name, below the settings that make it so
+        print(f"esper {mode}: note: {never}", file=sys.stderr)
     directory = runner.recorder.directory
     try:
         runner.run()
