@@ -89,6 +89,7 @@ def test_rounds_csv_is_the_ppo_update_of_each_round(tmp_path) -> None:
 def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     run = tmp_path / "ppo"
     assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(run)]) == 0
+    assert "ppo synthetic: 1 round, mean return " in capsys.readouterr().out  # not "1 rounds"
     out = tmp_path / "eval"
     args = ["eval", "--policy", str(run), "--task", "synthetic", "--epochs", "4"]
     assert main([*args, "--out", str(out)]) == 0

@@ -97,7 +97,8 @@ def _farewell(runner: PPORunner, directory: Path) -> int:
     ppo = summary.ppo
     assert ppo is not None
     print(
-        f"ppo {summary.task}: {ppo.rounds_completed} rounds, mean return "
+        f"ppo {summary.task}: {ppo.rounds_completed} round{'s' * (ppo.rounds_completed != 1)}, "
+        "mean return "
         f"{display(ppo.final_mean_return, '.3f')}, final accuracy "
         f"{percent(ppo.final_mean_accuracy)} -> {directory}\n"
         f"run the policy with: esper eval --policy {directory}"

@@ -232,7 +232,8 @@ def _finished_line(e: RunFinished) -> str:
 
 def _ppo_finished_line(e: PPORunFinished) -> str:
     return (
-        f"{e.status}: {e.rounds} rounds, final mean return {display(e.final_mean_return, '.3f')}, "
+        f"{e.status}: {e.rounds} round{'s' * (e.rounds != 1)}, final mean return "
+        f"{display(e.final_mean_return, '.3f')}, "
         f"final mean acc {percent(e.final_mean_accuracy)}"
     )
 
