@@ -69,7 +69,7 @@ def test_heuristic_run_directory(tmp_path, capsys) -> None:
     args = ["heuristic", "--task", "synthetic", "--epochs", "3", *TINY, "--out", str(run)]
     assert main(args) == 0
     # A run too short for the rules to ever germinate says so (it is a static run).
-    assert "esper heuristic: note: a 3-epoch run never germinates a seed: " in (
+    assert "esper heuristic: note: a run of 3 epochs never germinates a seed: " in (
         capsys.readouterr().err
     )
     config = json.loads((run / "config.json").read_text())
@@ -516,7 +516,7 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
     captured = capsys.readouterr()
     assert "Fashion-MNIST is not available" in captured.err
     assert "digits_impaired" in captured.err
-    assert "esper demo: note: a 2-epoch run never germinates a seed" in captured.err
+    assert "esper demo: note: a run of 2 epochs never germinates a seed" in captured.err
     table = captured.out
     assert "run" in table and "final val acc" in table and "params" in table
     assert "static" in table and "heuristic" in table

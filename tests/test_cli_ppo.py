@@ -473,3 +473,24 @@ def test_an_unknown_horizon_is_one_line(tmp_path, capsys) -> None:
     expected = "unknown ppo.horizon 'episode'; accepted: ['truncation', 'termination']"
     assert expected in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_an_unset_budget_is_the_tasks_own_not_the_policys() -> None:
+    """An unset setting resolves to the new task's default: the eval note named it as kept
+    from the policy ("batches_per_epoch = all") where the task trains 25 batches."""
+    from esper.cli.growth import _budget_note
+    from esper.leyline.config import HostTraining
+    from esper.tasks import resolve_training
+
+    trained = resolve_training(HostTraining("digits_impaired"))
+    assert trained.batches_per_epoch is None and trained.val_samples is None
+    running = replace(trained, task="text_lm_impaired")
+    assert resolve_training(running).batches_per_epoch != trained.batches_per_epoch
+    note = _budget_note(trained, running, frozenset())
+    assert note is None or "batches_per_epoch" not in note
+    kept = _budget_note(replace(trained, epochs=5), replace(running, epochs=5), frozenset())
+    assert kept is not None and kept.startswith("esper eval: note: epochs = 5 come from")
+    assert (
+        _budget_note(replace(trained, epochs=5), replace(running, epochs=5), frozenset({"epochs"}))
+        is None
+    )

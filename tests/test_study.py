@@ -342,7 +342,7 @@ def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "timing epochs of synthetic's static host (2 batches each) ...\n" in err
     # 6 epochs: the heuristic arm never grows, and the matched one matches a static host
-    assert "esper study: note: arm 'grow' on synthetic: a 6-epoch run never germinates" in err
+    assert "esper study: note: arm 'grow' on synthetic: a run of 6 epochs never germinates" in err
     assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
     assert "waits for synthetic.grow.seed0 and 1 more" in out
     assert "4 trials, 4 to run: 24 host epochs" in out
@@ -471,7 +471,10 @@ def test_unreachable_ray_address_is_one_line_and_starts_nothing(tmp_path, capsys
     with socket.socket() as s:  # a free port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    path = _study(tmp_path, f'out = "o"\ntasks = ["synthetic"]\n{ARMS}')
+    # a heuristic arm too short to grow: its note comes once the study starts, not before
+    # this one-line error
+    short = '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+    path = _study(tmp_path, f'out = "o"\ntasks = ["synthetic"]\n{ARMS}{short}')
     for address, message in (
         (f"127.0.0.1:{port}", f"cannot reach a Ray cluster at --address 127.0.0.1:{port}"),
         ("nowhere", "--address must be HOST:PORT"),

@@ -422,9 +422,10 @@ def test_blueprint_preference_names_known_blueprints_once(
 def _first_germination(config: HeuristicConfig, epochs: int, losses: Sequence[float]) -> int | None:
     """The step of the first GERMINATE when a real ``SignalTracker`` feeds the heuristic an
     episode of ``epochs`` steps at constant accuracy and the given validation losses (the
-    last repeated): the quickest plateau and, with flat losses, the quickest stabilization."""
+    last repeated): the quickest plateau and, with flat losses, the quickest stabilization.
+    As in a run, the heuristic decides after every epoch but the last."""
     tracker, heuristic = SignalTracker(), HeuristicTamiyo(config)
-    for step in range(epochs):
+    for step in range(epochs - 1):
         reports = {s: rep(s) for s in SLOTS}
         loss = losses[min(step, len(losses) - 1)]
         signals = tracker.update(
@@ -460,4 +461,5 @@ def test_never_grows_says_so_exactly_when_the_rules_never_germinate(
         grows = any(step is not None for step in soonest)
         assert (config.never_grows(epochs) is None) == grows, (epochs, soonest)
     note = HeuristicConfig().never_grows(8)
-    assert note is not None and "give it at least 14 epochs" in note
+    assert note is not None and note.startswith("a run of 8 epochs never germinates a seed")
+    assert "give it at least 14 epochs" in note

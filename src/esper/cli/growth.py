@@ -94,10 +94,11 @@ def _budget_note(
     if task == trained_with.task or task not in TASKS:
         return None
     own = resolve_training(HostTraining(task))
-    kept = [
+    kept = [  # unset (None) is the task's own, not the policy's
         name
         for name in BUDGET
         if name not in named
+        and getattr(running_with, name) is not None
         and getattr(running_with, name) == getattr(trained_with, name)
         and getattr(running_with, name) != getattr(own, name)
     ]

@@ -91,10 +91,11 @@ def run_study(args: argparse.Namespace) -> int:
     driver = StudyDriver(spec, directory, _say, knowledge)
     check_knowledge(spec, knowledge)
     check_writable(directory)
-    for line in never_growing(spec):  # after the checks: bad input stays one line
-        _say(f"esper study: {line}")
+    notes = [f"esper study: {line}" for line in never_growing(spec)]  # said after the checks
     if args.dry_run:
         dry_run(driver)
+        for note in notes:
+            _say(note)
         return 0
     runs = bool(driver.runnable())  # else the results are written again, without Ray
     try:  # an unreachable cluster fails before anything is made
@@ -111,6 +112,8 @@ def run_study(args: argparse.Namespace) -> int:
             raise UserError(f"cannot make the study directory {str(directory)!r}: {err}") from err
         done = len(driver.done)
         _say(f"esper study: {_trials(driver.trials)}, {done} already done -> {directory}")
+        for note in notes:
+            _say(note)
         outcome = driver.run(capacity)
     except Stop:
         again = "" if address is None else f" --address {address}"
@@ -291,11 +294,9 @@ def dry_run(driver: StudyDriver) -> None:
     FLOPs, and (for CPU trials) the wall time from each task's static host timed here now."""
     spec = driver.spec
     print(f"{'trial':48} {'kind':7} state")
-    left = []
     for trial in driver.trials:
         print(f"{trial.name:48} {trial.kind:7} {_state(driver, trial)}")
-        if trial.name not in driver.done and not driver.exhausted(trial):
-            left.append(trial)
+    left = driver.runnable()
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
     episodes = {task: training(spec, task).episode_length() for task in per_epoch}

@@ -445,7 +445,7 @@ HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (
 
 def warnings_for(runs: Sequence[RunData]) -> list[str]:
     """One line per thing a reader of the report must know: truncated logs, unfinished runs,
-    a baseline of the other kind."""
+    a baseline of the other kind, a growth baseline of another task or planned epochs."""
     notes = []
     for data in runs:
         if data.truncated_line is not None:

@@ -178,18 +178,19 @@ class HeuristicConfig:
         """Why a run of ``epochs`` epochs under these rules can never germinate a seed, or None
         when it can. The first germination waits for a plateau of ``plateau_patience`` steps
         after the first or for a stabilized host (a loss window of the tracker's
-        ``stabilization_window`` steps after the first; runs use ``TrackerConfig()``), and none
-        comes in the last ``no_germinate_last_epochs``: a shorter run is a static one."""
+        ``stabilization_window`` steps after the first; runs use ``TrackerConfig()``), none
+        comes in the last ``no_germinate_last_epochs``, and a run decides nothing after its last
+        epoch: a shorter run is a static one."""
         window = TrackerConfig().stabilization_window
         earliest = 1 + min(self.plateau_patience, window)
-        if epochs - earliest >= self.no_germinate_last_epochs:
+        closed = max(self.no_germinate_last_epochs, 1)  # no decision after the last epoch
+        if epochs - earliest >= closed:
             return None
         return (
-            f"a {epochs}-epoch run never germinates a seed: the heuristic waits {earliest} "
+            f"a run of {epochs} epochs never germinates a seed: the heuristic waits {earliest} "
             f"epochs for a plateau or a stabilized host and germinates none in the last "
             f"no_germinate_last_epochs = {self.no_germinate_last_epochs}; give it at least "
-            f"{earliest + self.no_germinate_last_epochs} epochs (or lower "
-            "no_germinate_last_epochs)"
+            f"{earliest + closed} epochs (or lower no_germinate_last_epochs)"
         )
 
 
