@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1016,3 +1017,32 @@ def test_arm_names_keep_their_case_where_they_are_named(tmp_path) -> None:
     assert spec.baselines == ("S",) and [a.name for a in spec.arms] == ["S"]
     with pytest.raises(ValueError, match=r"unknown baseline arm\(s\) \['s'\]; arms: \['S'\]"):
         read_study(_study(tmp_path / "b", f'{HEAD}baselines = ["s"]\n{BUDGET}{arm}'))
+
+
+def test_trials_that_can_only_wait_on_a_failed_one_start_no_ray(tmp_path, capsys, monkeypatch):
+    """A grown trial out of attempts leaves its static-matched trial nothing to wait for: a
+    rerun (say with other reps) wrote the same results after starting Ray for nothing."""
+    from esper.cli import study as cli_study
+
+    grow = '[[arms]]\nname = "g"\ncontroller = "periodic"\nperiod = 1\n'
+    matched = '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "g"\n'
+    path = _study(tmp_path, f"{HEAD}seeds = 1\nretries = 0\n{BUDGET}{grow}{matched}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, print)
+    assert driver.will_run()  # nothing failed yet: both will run
+    failed = "synthetic.g.seed0"
+    state = replace(driver.state, attempts={failed: 1}, errors={failed: "it broke"})
+    state.save(directory)
+    driver = StudyDriver(spec, directory, print)
+    assert [t.name for t in driver.runnable()] == ["synthetic.m.seed0"] and not driver.will_run()
+
+    def refused(*args: object) -> None:
+        raise AssertionError(f"Ray was needed for {args}")
+
+    monkeypatch.setattr(cli_study, "connect_ray", refused)
+    monkeypatch.setattr(cli_study, "trial_slots", refused)
+    assert main(["study", str(path)]) == 1  # one trial failed, one could not start
+    err = capsys.readouterr().err
+    assert "1 trial(s) failed on every attempt, 1 could not start" in err
+    assert "it broke" in (directory / "results.md").read_text()  # written, without Ray

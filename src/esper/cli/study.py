@@ -97,7 +97,7 @@ def run_study(args: argparse.Namespace) -> int:
         for note in notes:
             _say(note)
         return 0
-    runs = bool(driver.runnable())  # else the results are written again, without Ray
+    runs = driver.will_run()  # else the results are written again, without Ray
     try:  # an unreachable cluster fails before anything is made
         stop = connect_ray(args.address) if runs else lambda: None
     except ValueError as err:

@@ -527,6 +527,11 @@ class StudyDriver:
         """The trials a run would start or wait for: unfinished, with an attempt left."""
         return [t for t in self.trials if t.name not in self.done and not self.exhausted(t)]
 
+    def will_run(self) -> bool:
+        """Some runnable trial can start, now or once what it waits for finishes: not every
+        one waits on a trial out of attempts (a run would then only report them pending)."""
+        return any(not any(self.exhausted(need) for need in self.needs(t)) for t in self.runnable())
+
     def exhausted(self, trial: Trial) -> bool:
         """The trial is unfinished and its last attempt failed, with no attempt left (a
         finished trial, or one whose run directory was removed after it finished, is not)."""
