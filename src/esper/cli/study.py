@@ -116,15 +116,7 @@ def run_study(args: argparse.Namespace) -> int:
             _say(note)
         outcome = driver.run(capacity)
     except Stop:
-        again = "" if address is None else f" --address {address}"
-        if driver.stopped is not None:  # the results so far, marked as such
-            waiting = len(driver.stopped.pending)
-            try:  # the bootstrap takes a while: a second Ctrl-C skips it (files are atomic)
-                _write_results(spec, directory, driver.stopped, unfinished=waiting)
-                _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
-            except KeyboardInterrupt:
-                _say("stopped again: results so far not written (trials.csv lists every trial)")
-        _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(args.file))}{again}")
+        _interrupted(driver, directory, args.file, address)
         return EXIT_INTERRUPTED
     finally:
         stop()
@@ -140,6 +132,19 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _interrupted(driver: StudyDriver, directory: Path, file: Path, address: str | None) -> None:
+    """After Ctrl-C or SIGTERM: the results so far, and how to continue."""
+    again = "" if address is None else f" --address {address}"
+    if driver.stopped is not None:  # the results so far, marked as such
+        waiting = len(driver.stopped.pending)
+        try:  # the bootstrap takes a while: a second Ctrl-C skips it (files are atomic)
+            _write_results(driver.spec, directory, driver.stopped, unfinished=waiting)
+            _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
+        except KeyboardInterrupt:
+            _say("stopped again: results so far not written (trials.csv lists every trial)")
+    _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(file))}{again}")
 
 
 def check_address(address: str | None) -> str | None:
