@@ -529,8 +529,17 @@ class StudyDriver:
 
     def will_run(self) -> bool:
         """Some runnable trial can start, now or once what it waits for finishes: not every
-        one waits on a trial out of attempts (a run would then only report them pending)."""
-        return any(not any(self.exhausted(need) for need in self.needs(t)) for t in self.runnable())
+        one waits on a trial out of attempts (a run would then only report them pending).
+        A group of static-matched trials shares one ``needs`` tuple, looked at once: with one
+        failed trial among thousands, checking each matched trial's group was quadratic."""
+        blocked: dict[int, bool] = {}  # id of a needs tuple -> it holds a trial out of attempts
+        for trial in self.runnable():
+            needs = self.needs(trial)
+            if id(needs) not in blocked:
+                blocked[id(needs)] = any(self.exhausted(need) for need in needs)
+            if not blocked[id(needs)]:
+                return True
+        return False
 
     def exhausted(self, trial: Trial) -> bool:
         """The trial is unfinished and its last attempt failed, with no attempt left (a
