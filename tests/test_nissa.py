@@ -42,6 +42,7 @@ from esper.nissa.log import (
     EventTail,
     Logged,
     RunDirectoryError,
+    counted,
     display,
     open_run,
     read_events,
@@ -263,6 +264,19 @@ def test_open_run_rejects_what_is_not_a_run(tmp_path: Path, recorded_runs) -> No
 def test_missing_values_display_as_a_dash() -> None:
     assert display(None) == "—" and display(math.nan, ".2f") == "—"
     assert display(0.0, ".2f") == "0.00" and display(3) == "3"
+
+
+def test_counts_read_as_english() -> None:
+    assert [counted(n, "round") for n in (0, 1, 2, 1200)] == [
+        "0 rounds",
+        "1 round",
+        "2 rounds",
+        "1,200 rounds",
+    ]
+    assert (
+        counted(1, "study", "studies") == "1 study"
+        and counted(3, "study", "studies") == "3 studies"
+    )
 
 
 # ----------------------------------------------------------------------------- the hub

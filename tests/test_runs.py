@@ -97,7 +97,7 @@ def test_a_huge_answer_is_written_in_bounded_memory(recorded_runs, monkeypatch, 
     last = n - 1
     if fmt == "table":  # a header, a rule, the rows shown, the count
         assert out.lines == 2 + TABLE_ROWS + 1
-        assert out.last == f"({n} rows, the first {TABLE_ROWS} shown; --format csv writes them all)"
+        assert out.last == f"({n:,} rows, the first {TABLE_ROWS} shown; --format csv writes them all)"
     else:
         assert out.lines == n + (fmt == "csv")  # csv's header line
         row = json.dumps({"i": last, "j": 2 * last, "s": f"row {last}"})

@@ -10,6 +10,7 @@ from pathlib import Path
 from esper.karn.studies import StudyRow
 from esper.leyline.config import UserError
 from esper.leyline.trials import read_trials
+from esper.nissa.log import counted
 
 
 def _listen_error(host: str, port: int, err: OSError) -> UserError:
@@ -82,9 +83,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
         raise _listen_error(args.host, args.port, err) from None
     server = DashboardServer(runs_dir, sock, study_table=study_table)
     found = len(studies(runs_dir))
-    in_studies = f", {found} stud{'ies' if found != 1 else 'y'}" if found else ""
+    in_studies = f", {counted(found, 'study', 'studies')}" if found else ""
     print(
-        f"esper dashboard: {server.url} ({count} run{'s' * (count != 1)}{in_studies} in "
+        f"esper dashboard: {server.url} ({counted(count, 'run')}{in_studies} in "
         f"{runs_dir}; new ones appear as they start). Ctrl-C stops.",
         flush=True,
     )

@@ -20,7 +20,7 @@ from esper.cli.config import (
 from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS
 from esper.leyline.config import UserError, override
 from esper.nissa import record
-from esper.nissa.log import display, percent
+from esper.nissa.log import counted, display, percent
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.study.ppo import PPORunner, checked_data, start_workers
 from esper.study.run import EXIT_FAILED, Stop, check_recorded_mode
@@ -97,7 +97,7 @@ def _farewell(runner: PPORunner, directory: Path) -> int:
     ppo = summary.ppo
     assert ppo is not None
     print(
-        f"ppo {summary.task}: {ppo.rounds_completed} round{'s' * (ppo.rounds_completed != 1)}, "
+        f"ppo {summary.task}: {counted(ppo.rounds_completed, 'round')}, "
         "mean return "
         f"{display(ppo.final_mean_return, '.3f')}, final accuracy "
         f"{percent(ppo.final_mean_accuracy)} -> {directory}\n"

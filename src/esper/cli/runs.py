@@ -19,6 +19,7 @@ from esper.nissa.fold import fold
 from esper.nissa.log import (
     SUMMARY_METRICS,
     RunDirectory,
+    counted,
     display,
     open_run,
     percent,
@@ -210,7 +211,7 @@ def _print_result(result: QueryResult, fmt: str) -> None:
         shown = f", the first {len(cells)} shown; --format csv writes them all" * (
             total > len(cells)
         )
-        print(f"({total} row{'s' if total != 1 else ''}{shown})")
+        print(f"({counted(total, 'row')}{shown})")
 
 
 def _nested(text: str) -> Any:

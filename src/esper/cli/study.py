@@ -32,6 +32,7 @@ from esper.leyline.trials import (
     TRIALS_DIR,
     TRIALS_FILE,
 )
+from esper.nissa.log import counted
 from esper.study.execute import (
     Outcome,
     StudyDriver,
@@ -337,7 +338,7 @@ def _trials(trials: Sequence[Trial]) -> str:
     """How many trials, with the PPO trainings among them named (results.md counts the arms'
     trials only)."""
     policies = sum(t.kind == "policy" for t in trials)
-    trainings = f" ({policies} PPO policy training{'s' * (policies > 1)} among them)"
+    trainings = f" ({counted(policies, 'PPO policy training')} among them)"
     return f"{len(trials)} trials" + trainings * bool(policies)
 
 

@@ -28,7 +28,7 @@ from esper.leyline.events import (
     SeedTransition,
 )
 from esper.nissa.fold import RECENT_EVENTS, EnvState, Episode, RunState
-from esper.nissa.log import Logged, display, percent
+from esper.nissa.log import Logged, counted, display, percent
 
 LOG_LINES = RECENT_EVENTS
 """Event-log lines kept (``RunState.recent``, the log panel)."""
@@ -232,7 +232,7 @@ def _finished_line(e: RunFinished) -> str:
 
 def _ppo_finished_line(e: PPORunFinished) -> str:
     return (
-        f"{e.status}: {e.rounds} round{'s' * (e.rounds != 1)}, final mean return "
+        f"{e.status}: {counted(e.rounds, 'round')}, final mean return "
         f"{display(e.final_mean_return, '.3f')}, "
         f"final mean acc {percent(e.final_mean_accuracy)}"
     )

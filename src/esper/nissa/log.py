@@ -632,6 +632,12 @@ def display(value: Any, spec: str = "") -> str:
         return format(decimal.Decimal(value), spec)
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """A count with its noun for people: "1 round", "1,200 rounds", "2 studies" (given the
+    irregular ``plural``)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def percent(value: float | None) -> str:
     """An accuracy in percent for people: "12.34%", or "—" when missing (None, NaN)."""
     text = display(value, ".2f")
