@@ -21,6 +21,7 @@ from conftest import growth_summary, ppo_summary, unprivileged, write_run
 from esper.cli.main import main
 from esper.cli.runs import TABLE_ROWS
 from esper.leyline.events import EpochCompleted, PPOUpdate, SlotSnapshot
+from esper.leyline.trials import TRIALS_DIR
 from esper.nissa import views
 from esper.nissa.record import (
     SUMMARY_FILE,
@@ -30,6 +31,7 @@ from esper.nissa.record import (
     read_summary,
 )
 from esper.nissa.views import VIEW_COLUMNS, VIEW_NAMES
+from test_dashboard import copy_run, write_study
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -97,7 +99,8 @@ def test_a_huge_answer_is_written_in_bounded_memory(recorded_runs, monkeypatch, 
     last = n - 1
     if fmt == "table":  # a header, a rule, the rows shown, the count
         assert out.lines == 2 + TABLE_ROWS + 1
-        assert out.last == f"({n:,} rows, the first {TABLE_ROWS} shown; --format csv writes them all)"
+        shown = f"the first {TABLE_ROWS} shown; --format csv writes them all"
+        assert out.last == f"({n:,} rows, {shown})"
     else:
         assert out.lines == n + (fmt == "csv")  # csv's header line
         row = json.dumps({"i": last, "j": 2 * last, "s": f"row {last}"})
@@ -289,6 +292,42 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
         shutil.copytree(recorded_runs["static"], tmp_path / parent / "run")
     rows = _query(capsys, "SELECT run FROM runs ORDER BY run", tmp_path / "a", tmp_path / "b")
     assert [r["run"] for r in rows] == [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
+
+
+def test_the_runs_directory_of_a_study_lists_and_queries_its_trials(
+    tmp_path, recorded_runs, capsys
+) -> None:
+    """After ``esper study`` writes ``runs/STUDY``, ``esper runs`` on ``runs/`` shows its trials
+    as runs named ``STUDY/trial``, as the dashboard does (it said "no runs in runs"), and the
+    ``trials`` view holds its trials.csv, naming each trial's run as the other views do (so
+    trials join epochs). A study's trials folder given alone fills the ``trials`` view too (it
+    was silently empty)."""
+    runs = tmp_path / "runs"
+    copy_run(recorded_runs["static"], runs / "solo")
+    study = write_study(runs / "st", recorded_runs)
+    trials = [f"synthetic.{arm}.seed{seed}" for arm in ("heuristic", "static") for seed in (0, 1)]
+    assert main(["runs", "list", str(runs)]) == 0
+    listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[2:]]
+    names = ["solo", *(f"st/{t}" for t in trials)]
+    modes = ["static", *(name.split(".")[1] for name in trials)]
+    assert listed == [[n, m] for n, m in zip(names, modes, strict=True)]
+
+    sql = "SELECT run, arm, seed, count(e.epoch) AS epochs FROM trials LEFT JOIN epochs e USING "
+    sql += "(run) GROUP BY ALL ORDER BY run"
+    epochs = {
+        t: sum(r["event"] == "EpochCompleted" for r in _records(study / TRIALS_DIR / t))
+        for t in trials
+    }
+    expected = [
+        {"run": f"st/{t}", "arm": t.split(".")[1], "seed": int(t[-1]), "epochs": epochs[t]}
+        for t in trials
+    ]
+    assert all(epochs.values()) and _query(capsys, sql, runs) == expected
+    given_alone = [{**row, "run": row["run"].removeprefix("st/")} for row in expected]
+    assert _query(capsys, sql, study / TRIALS_DIR) == given_alone
+    assert _query(capsys, sql, study) == given_alone
+    both = _query(capsys, "SELECT count(*) AS n FROM trials", runs, study, study / TRIALS_DIR)
+    assert both == [{"n": len(trials)}]  # one study, however it is named
 
 
 def test_names_that_showed_alike_are_two_runs(tmp_path, recorded_runs, capsys) -> None:

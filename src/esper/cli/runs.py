@@ -159,14 +159,11 @@ def _show(path: Path) -> int:
 
 
 def _query(sql: str, paths: list[Path], fmt: str) -> int:
-    from esper.nissa.record import is_study
-    from esper.nissa.views import QueryError, RunStore, collect_runs
+    from esper.nissa.views import QueryError, RunStore, collect_runs, studies_of
 
-    studies = [p for p in paths if is_study(p)]
-    try:
-        store = RunStore(
-            collect_runs(paths), lambda m: print(f"warning: {m}", file=sys.stderr), studies
-        )
+    try:  # the runs first: a path that cannot be read fails there, naming it
+        runs = collect_runs(paths)
+        store = RunStore(runs, lambda m: print(f"warning: {m}", file=sys.stderr), studies_of(paths))
     except QueryError as err:
         raise UserError(f"query failed: {err}") from None
     try:

@@ -428,7 +428,8 @@ class RunDirectory:
 
     Attributes:
         path: the directory.
-        name: its directory's name, as ``shown_name`` shows it.
+        name: its directory's name, as ``shown_name`` shows it; ``study/trial`` for the trial
+            of a study inside the directory ``scan_runs`` lists (``named_runs``).
         mode: ``heuristic``, ``static``, ``eval`` or ``ppo``.
         task: the task preset.
         seed: the run seed.
@@ -570,6 +571,57 @@ def run_candidates(directory: Path) -> list[Path]:
     return [child for child in children if _may_be_run(child)]
 
 
+def studies_within(directory: Path) -> list[Path]:
+    """The study directories directly inside ``directory``, by name, when it is neither a run
+    nor a study (each of those stands for itself). A child that cannot be looked into is none:
+    ``run_candidates`` lists it as a run that cannot be read, which says why."""
+    try:
+        if file_mode(directory / EVENTS_FILE) is not None or is_study(directory):
+            return []
+        children = sorted(directory.iterdir())
+    except (PermissionError, NotADirectoryError, FileNotFoundError):
+        return []
+    return [child for child in children if is_readable_study(child)]
+
+
+def is_readable_study(path: Path) -> bool:
+    """Whether ``path`` is a study (``is_study``) that can be looked into."""
+    try:
+        return is_study(path)
+    except PermissionError:
+        return False
+
+
+def named_runs(
+    directory: Path, keep: Callable[[Path], bool] | None = None
+) -> dict[str, tuple[Path, str | None]]:
+    """Every run ``directory`` stands for, by the name the views show it under, with the name of
+    the study it is a trial of (or None). Nothing is opened.
+
+    The runs of ``run_candidates`` under their directory's name (``shown_name``), then the
+    trials of each study inside ``directory`` (``studies_within``; those ``keep`` keeps) as
+    ``study/trial``; a study whose trials folder cannot be read is one entry, ``study/trials``,
+    which says why when opened. So ``runs/`` after ``esper study`` lists the study's trials in
+    ``esper runs`` as on the dashboard.
+
+    Raises:
+        RunDirectoryError: ``directory`` (or a study's trials folder, when ``directory`` is that
+            study) cannot be read.
+    """
+    candidates = run_candidates(directory)  # first: it says so when directory cannot be read
+    own = shown_name(directory) if is_study(directory) else None
+    found = {shown_name(path): (path, own) for path in candidates}
+    for study in studies_within(directory):
+        if keep is not None and not keep(study):
+            continue
+        name = shown_name(study)
+        try:
+            found |= {f"{name}/{shown_name(p)}": (p, name) for p in run_candidates(study)}
+        except RunDirectoryError:  # its trials cannot be read: one entry says so
+            found[f"{name}/{TRIALS_DIR}"] = (study / TRIALS_DIR, name)
+    return found
+
+
 def _may_be_run(path: Path) -> bool:
     """A run directory, or a directory that cannot be read (``open_run`` then says why)."""
     problem, unreadable = run_problem(path)
@@ -593,17 +645,17 @@ def check_runs_dir(directory: Path) -> None:
 
 
 def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str]]]:
-    """The runs in ``directory`` (see ``run_candidates``), and the candidates that could not be
-    read — e.g. a run whose first line is still being written — with the reason.
+    """The runs in ``directory`` under their names (``named_runs``), and the candidates that
+    could not be read — e.g. a run whose first line is still being written — with the reason.
 
     Raises:
         RunDirectoryError: ``directory`` does not exist, is not a directory or cannot be read.
     """
     check_runs_dir(directory)
     runs, unreadable = [], []
-    for path in run_candidates(directory):
+    for name, (path, _) in named_runs(directory).items():
         try:
-            runs.append(open_run(path))
+            runs.append(dataclasses.replace(open_run(path), name=name))
         except RunDirectoryError as err:
             unreadable.append((path, str(err)))
     return runs, unreadable

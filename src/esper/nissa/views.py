@@ -55,6 +55,7 @@ from esper.leyline.events import (
 )
 from esper.leyline.trials import (
     RUN_COLUMN,
+    TRIALS_DIR,
     TRIALS_FILE,
     TrialRow,
     TrialsFileError,
@@ -66,9 +67,11 @@ from esper.nissa.log import (
     RunDirectory,
     RunDirectoryError,
     find_runs,
+    is_readable_study,
     open_run,
     read_events,
     shown_path,
+    studies_within,
 )
 
 if TYPE_CHECKING:
@@ -205,6 +208,22 @@ def collect_runs(paths: list[Path]) -> list[RunDirectory]:
     return list(runs.values())
 
 
+def studies_of(paths: list[Path]) -> list[Path]:
+    """The studies whose ``trials.csv`` fills the ``trials`` view for the runs of ``paths``: a
+    study given, the study of a trials folder given, and the studies inside a directory of runs
+    (``studies_within``), each once."""
+    found: dict[Path, Path] = {}
+    for path in paths:
+        parent = path.parent if path.name == TRIALS_DIR else None
+        if is_readable_study(path):
+            found.setdefault(path.resolve(), path)
+        elif parent is not None and is_readable_study(parent):
+            found.setdefault(parent.resolve(), parent)
+        else:
+            found |= {s.resolve(): s for s in studies_within(path) if s.resolve() not in found}
+    return list(found.values())
+
+
 def _trials(study: Path) -> Iterator[dict[str, Any]]:
     """The rows of a study's ``trials.csv`` as the ``trials`` view's columns (``read_trials``,
     whose checks keep every number within its column's type).
@@ -316,7 +335,9 @@ class RunStore:
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
                         files[view].write(_line(_fitted(view, row, run.events_path)))
                 for study in self.studies:
-                    for row in _trials(study):
+                    for row in _trials(study):  # run: as the other views name the trial's run
+                        run = study / TRIALS_DIR / row[RUN_COLUMN]
+                        row[RUN_COLUMN] = self.labels.get(run, row[RUN_COLUMN])
                         files["trials"].write(_line(row))
             finally:
                 for f in files.values():
