@@ -48,12 +48,14 @@ def test_a_fossilized_a_pruned_and_a_live_seed() -> None:
         ],
     )  # fmt: skip
     fossil, pruned, live = ledger.outcomes()
+    # Germinated after epoch 1, fossilized after epoch 4: a seed in epochs 2-4.
     assert fossil == SeedOutcome("run-a", HOST, "early", "conv_light", "FOSSILIZED", 3.0, 150,
-                                 48.0 - 40.0, 1, 4)  # fmt: skip
+                                 48.0 - 40.0, 1, 3)  # fmt: skip
     # The pruned seed's life ends with the last epoch it was alive in (47 %): epoch 5 trained
-    # without it.
+    # without it. It lived in epochs 3 and 4 (it was counted 3, to the epoch that showed it
+    # gone).
     assert pruned == SeedOutcome("run-a", HOST, "mid", "norm", "PRUNED", -1.0, 8, 47.0 - 42.0,
-                                 2, 3)  # fmt: skip
+                                 2, 2)  # fmt: skip
     assert live == SeedOutcome("run-a", HOST, "mid", "depthwise", "GERMINATED", None, 60,
                                50.0 - 49.0, 6, 1)  # fmt: skip
     assert outcome_score(fossil) == 3.0 * 1000 / 150
@@ -101,6 +103,19 @@ def test_a_runs_outcomes_agree_with_its_event_log(tmp_path) -> None:
     for outcome in outcomes:
         assert outcome.run_id == run_id and outcome.host.params == 1672
         assert outcome.stage == ends.get((outcome.slot, outcome.blueprint), outcome.stage)
+        # Epochs lived: from the epoch after which it was germinated to the one after which it
+        # was fossilized or pruned, or to the run's last (30).
+        end = next(
+            (
+                e["epoch"]
+                for e in events
+                if e["event"] == "SeedTransition" and e["slot"] == outcome.slot
+                and e["epoch"] >= outcome.germinated_epoch
+                and e["to_stage"] in ("FOSSILIZED", "PRUNED")
+            ),
+            30,
+        )  # fmt: skip
+        assert outcome.epochs == end - outcome.germinated_epoch > 0
     assert {(o.slot, o.blueprint) for o in outcomes} == {(s, b) for s, b, _ in germinated}
 
 

@@ -65,7 +65,8 @@ class SeedOutcome:
         accuracy_change: validation accuracy (points) at the end of its life minus at its
             germination.
         germinated_epoch: the epoch after which it was germinated.
-        epochs: epochs it lived (germination to fossilization, pruning or the run's end).
+        epochs: epochs it lived as a seed: those after ``germinated_epoch`` up to the one after
+            which it was fossilized or pruned, or the run's last.
     """
 
     run_id: str

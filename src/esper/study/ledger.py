@@ -77,10 +77,15 @@ class SeedLedger:
         fossilized = stage is SeedStage.FOSSILIZED
         if fossilized:
             life.accuracy_now = accuracy
-        self.closed.append(self._outcome(slot, life, "FOSSILIZED" if fossilized else "PRUNED"))
+        # It was last alive in the epoch before this one: a prune or fossilization decided after
+        # epoch e shows in epoch e + 1's reports, and epoch e + 1 trained without the seed.
+        ended = self.epoch - 1
+        self.closed.append(
+            self._outcome(slot, life, "FOSSILIZED" if fossilized else "PRUNED", ended)
+        )
         del self.alive[slot]
 
-    def _outcome(self, slot: str, life: _Life, stage: str) -> SeedOutcome:
+    def _outcome(self, slot: str, life: _Life, stage: str, last_epoch: int) -> SeedOutcome:
         change = None
         if life.accuracy_now is not None and life.accuracy_before is not None:
             change = life.accuracy_now - life.accuracy_before
@@ -94,12 +99,14 @@ class SeedLedger:
             seed_params=life.seed_params,
             accuracy_change=change,
             germinated_epoch=life.germinated_epoch,
-            epochs=self.epoch - life.germinated_epoch,
+            epochs=last_epoch - life.germinated_epoch,
         )
 
     def outcomes(self) -> list[SeedOutcome]:
         """Every seed's life so far: the ended ones, then those still alive (in slot order)."""
-        open_lives = [self._outcome(s, life, life.stage) for s, life in self.alive.items()]
+        open_lives = [
+            self._outcome(s, life, life.stage, self.epoch) for s, life in self.alive.items()
+        ]
         return [*self.closed, *open_lives]
 
     def state_dict(self) -> dict[str, Any]:
