@@ -540,6 +540,43 @@ def test_a_one_epoch_run_draws_visible_points(tmp_path: Path) -> None:
     assert _marks_drawn(_plot(report, "accuracy").figure.axes[0]) == {("germinate", 1, 42.0)}
 
 
+def test_the_difference_marks_only_seed_events_in_the_epochs_both_runs_reached(
+    tmp_path: Path,
+) -> None:
+    """A fossilization after the baseline's last epoch was drawn past the panel's edge (into
+    the loss panel and off the figure): a mark is drawn only where there is a difference."""
+    records = [_started(), _transition(1, "mid", "DORMANT", "GERMINATED")]
+    records += [_epoch(n, 40.0 + n) for n in range(1, 6)]
+    records.insert(5, _transition(4, "mid", "HOLDING", "FOSSILIZED"))  # after epoch 4
+    run = _write_run(tmp_path / "run", records)
+    baseline = _write_run(tmp_path / "base", [_started(), *(_epoch(n, 40.0) for n in (1, 2, 3))])
+    accuracy_ax, loss_ax = _plot(build_report(run, baseline), "difference").figure.axes
+    assert _marks_drawn(accuracy_ax) == {("germinate", 1, 1.0)}
+    assert _marks_drawn(loss_ax) == {("germinate", 1, 0.0)}
+    long_baseline = _write_run(tmp_path / "long", [_started(), *(_epoch(n) for n in range(1, 6))])
+    accuracy_ax, _ = _plot(build_report(run, long_baseline), "difference").figure.axes
+    assert _marks_drawn(accuracy_ax) == {("germinate", 1, -9.0), ("fossilize", 4, -6.0)}
+
+
+def test_a_baseline_of_the_other_kind_is_named_with_its_article(tmp_path: Path) -> None:
+    from esper.karn.report import warnings_for
+
+    ppo = load_run(_write_run(tmp_path / "p", [_started("ppo")]))
+    evaluated = load_run(_write_run(tmp_path / "e", [_started("eval"), _epoch(1)]))
+    first = "the baseline p is a ppo run and e an eval run"
+    assert warnings_for([evaluated, ppo])[-1].startswith(first)
+    assert warnings_for([ppo, evaluated])[-1].startswith("the baseline e is an eval run and p a")
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_short_runs_axis_spans_its_epochs_and_no_more(tmp_path: Path, epochs: int) -> None:
+    """Two epochs (or rounds) were drawn on an axis running to a third that does not exist."""
+    run = _write_run(tmp_path / "r", [_started(), *(_epoch(n) for n in range(1, epochs + 1))])
+    ax = _plot(build_report(run), "accuracy").figure.axes[0]
+    assert ax.get_xlim() == (0.5, epochs + 0.5)
+    assert [t for t in ax.get_xticks() if 0.5 <= t <= epochs + 0.5] == list(range(1, epochs + 1))
+
+
 def _assert_one_line_error(code: int, err: str, message: str) -> None:
     assert code == 2
     lines = err.strip().splitlines()

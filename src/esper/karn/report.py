@@ -119,13 +119,17 @@ def _plot(name: str, caption: str, figure: Figure) -> Plot:
     return Plot(name, caption, figure, png, svg.getvalue())
 
 
+def _a(mode: str) -> str:
+    """The mode with its article: "a ppo", "an eval"."""
+    return f"{'an' if mode[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {mode}"
+
+
 def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
     ax.set_xlabel(xlabel)
     low, high = ax.get_xlim()
-    if high - low < 2:  # one epoch or round: whole-number ticks on either side of it
-        middle = round((low + high) / 2)
-        ax.set_xlim(middle - 1, middle + 1)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole
+    if high - low < 2:  # one or two epochs or rounds: half a step beyond them, no step more
+        ax.set_xlim(math.ceil(low) - 0.5, math.floor(high) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs, rounds: whole
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
@@ -201,7 +205,7 @@ def _reference(ax: Axes, baseline: RunData) -> None:
 
 def plot_difference(data: RunData, baseline: RunData | None) -> Plot | None:
     """Run − baseline validation accuracy (left) and loss (right) per epoch both reached, with
-    a zero line and the run's seed events; only against a growth baseline."""
+    a zero line and the run's seed events in those epochs; only against a growth baseline."""
     if baseline is None or baseline.is_ppo or data.episode is None:
         return None
     found = difference(data.epochs, baseline.epochs)
@@ -209,7 +213,8 @@ def plot_difference(data: RunData, baseline: RunData | None) -> Plot | None:
         return None
     figure, (left, right) = _figure(ncols=2)
     label = f"{pages.plot_label(data.run.name)} − {pages.plot_label(baseline.run.name)}"
-    marks = data.episode.marks()
+    first, last = found.epochs[0], found.epochs[-1]  # a mark beyond them has no difference
+    marks = [m for m in data.episode.marks() if first <= m.epoch <= last]
     for ax, values in ((left, found.val_accuracy), (right, found.val_loss)):
         ax.plot(found.epochs, values, "-", color="C0", marker=pages.marker(values), label=label)
         ax.axhline(0.0, color="black", linewidth=0.8)
@@ -219,7 +224,7 @@ def plot_difference(data: RunData, baseline: RunData | None) -> Plot | None:
     caption = (
         f"Difference from the baseline per epoch: {label} validation accuracy (left; above 0: "
         "the run is ahead) and validation loss (right; below 0: the run is ahead), with the "
-        "run's seed events."
+        "run's seed events in the epochs both runs reached."
     )
     return _plot("difference", caption, figure)
 
@@ -457,8 +462,9 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
             notes.append(f"{data.run.name}: no summary.json (still running or crashed).")
     if len(runs) == 2 and runs[0].is_ppo != runs[1].is_ppo:
         notes.append(
-            f"the baseline {runs[1].run.name} is a {runs[1].run.mode} run and "
-            f"{runs[0].run.name} a {runs[0].run.mode} run: the plots compare final accuracy only."
+            f"the baseline {runs[1].run.name} is {_a(runs[1].run.mode)} run and "
+            f"{runs[0].run.name} {_a(runs[0].run.mode)} run: the plots compare final accuracy "
+            "only."
         )
     elif len(runs) == 2 and not runs[0].is_ppo:
         budgets = [_budget(data) for data in runs]
