@@ -52,7 +52,12 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class SlotSnapshot:
-    """One slot's state at the end of an epoch (a flattened ``SeedStateReport``)."""
+    """One slot's state at the end of an epoch (a flattened ``SeedStateReport``): after the
+    epoch's own clock (a blending seed's α step; PRUNED → EMBARGOED → RESETTING → DORMANT) and
+    before the controller decides, so the stage and α the next epoch trains with unless the
+    controller changes them. The epoch's accuracies and ``contribution`` were measured before
+    that clock: with the α of the epoch before (a seed's first BLENDING epoch shows α of one
+    blend step and a contribution measured at α = 0)."""
 
     slot: str
     stage: str
@@ -81,7 +86,10 @@ class EpochCompleted:
 
 @dataclass(frozen=True)
 class SeedTransition:
-    """A seed changed stage."""
+    """A seed changed stage after ``epoch``: a controller's move (germinate, advance, prune,
+    fossilize; a gate's auto-advance) was decided after that epoch and first shows in the next
+    epoch's ``SlotSnapshot`` (the console's line of epoch ``epoch + 1``); a change of the
+    epoch's own clock (an embargo, its end, a reset) already shows in that epoch's."""
 
     level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
 
@@ -161,7 +169,9 @@ class RunFinished:
 
 @dataclass(frozen=True)
 class RewardComputed:
-    """The reward of one environment step, every component by name."""
+    """The reward of one environment step, every component by name: ``epoch`` is the epoch
+    whose outcome it scores, the one after the action (``ActionTaken``) decided at
+    ``epoch - 1``."""
 
     level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
 
