@@ -73,11 +73,11 @@ def test_epoch_line_labels_every_number_and_names_stages_in_full() -> None:
 
 def test_epoch_line_without_seeds_shows_a_dash() -> None:
     stream = io.StringIO()
-    empty = EpochCompleted(1, 0.9, 60.0, 1.0, 50.0, 590, (), 0.1)
+    empty = EpochCompleted(1, 0.9, 60.0, 1.0, 50.0, 6418, (), 0.1)
     ConsoleSink(stream, "demo", total=1).write(_record(empty))
-    assert (
+    assert (  # params as runs list, compare, the report and the demo's table write them
         stream.getvalue()
-        == "[demo] epoch 1/1  val acc 50.00%  val loss 1.0000  params 590  seeds —\n"
+        == "[demo] epoch 1/1  val acc 50.00%  val loss 1.0000  params 6,418  seeds —\n"
     )
 
 

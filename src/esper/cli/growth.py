@@ -178,7 +178,7 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     final = None if g.final is None else g.final.val_accuracy
     print(
         f"{mode} {summary.task} ({summary.status}): val accuracy {percent(final)} "
-        f"(best {percent(g.best_val_accuracy)}), {g.param_count} params, {g.fossilized} "
+        f"(best {percent(g.best_val_accuracy)}), {g.param_count:,} params, {g.fossilized} "
         f"fossilized, {g.pruned} pruned -> {directory}"
     )
     return 0

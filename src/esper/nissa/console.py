@@ -130,7 +130,7 @@ def _epoch_text(record: dict[str, Any]) -> str:
     return (
         f"val acc {percent(record['val_accuracy'])}  "
         f"val loss {_number(record['val_loss'], '.4f')}  "
-        f"params {record['param_count']}  seeds {', '.join(live) or '—'}"
+        f"params {record['param_count']:,}  seeds {', '.join(live) or '—'}"
     )
 
 
