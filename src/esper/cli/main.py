@@ -94,7 +94,10 @@ def _add_view_parsers(sub: Any) -> None:
     compare = verbs.add_parser("compare", help="final metrics of several runs side by side")
     compare.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories")
     query = verbs.add_parser(
-        "query", help="SQL (DuckDB) over event logs; views: " + ", ".join(VIEW_NAMES)
+        "query",
+        help="SQL (DuckDB) over event logs; views: " + ", ".join(VIEW_NAMES),
+        usage="esper runs query SQL [--runs PATH [PATH ...]] [--format {table,csv,json}]",
+        missing="--runs takes every word after it: give the SQL first, or end the paths with --",
     )
     query.add_argument("sql", help='e.g. "SELECT run, max(val_accuracy) FROM epochs GROUP BY run"')
     query.add_argument(
@@ -146,8 +149,13 @@ class _Parser(argparse.ArgumentParser):
     """argparse in Esper's error style: a bad argument is one line and exit 2, without the usage
     block (``--help`` shows it); its subcommands' parsers are of this class too."""
 
+    def __init__(self, *args: Any, missing: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.missing = missing  # said when a required argument is missing
+
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see {self.prog} --help)")
+        missing = f"; {self.missing}" * (bool(self.missing) and "are required" in message)
+        raise UserError(f"{message}{missing} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
