@@ -192,6 +192,8 @@ def test_rent_is_normalized_by_host_size() -> None:
     large = component(fn(step(active_params=2500, host_params=2000)), "rent")
     assert small == pytest.approx(-1.0 * 500 / 1000)
     assert large == pytest.approx(small / 2)
+    unrented = component(fn(step(active_params=1000, host_params=1000)), "rent")
+    assert math.copysign(1.0, unrented) == 1.0  # 0.0: the log showed ["rent", -0.0]
 
 
 def test_blended_rent_charges_each_seed_its_alpha_weighted_share() -> None:

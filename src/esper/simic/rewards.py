@@ -364,7 +364,7 @@ class RewardFunction:
             grown = sum(r.alpha * r.seed_param_count for r in inp.after.values())
         else:
             grown = inp.active_params - inp.host_params
-        return -self.config.rent_weight * grown / inp.host_params
+        return 0.0 - self.config.rent_weight * grown / inp.host_params  # no rent: 0.0, not -0.0
 
     def _action_cost(self, inp: RewardInput) -> float:
         if inp.action.op is Op.WAIT:
