@@ -434,7 +434,7 @@ def test_baseline_of_the_other_kind_is_compared_where_comparable(
     assert metrics["final mean acc"] == [f"{ppo.final_mean_accuracy:.2f}%", DASH]
     assert metrics["final val acc"] == [DASH, f"{growth.final.val_accuracy:.2f}%"]
     seconds = [read_summary(recorded_runs[m]) for m in ("ppo", "heuristic")]
-    assert metrics["wall time (s)"] == [f"{s.wall_seconds:.1f}" for s in seconds if s]
+    assert metrics["training time (s)"] == [f"{s.wall_seconds:.1f}" for s in seconds if s]
     assert "is a heuristic run" in page and "final accuracy as a horizontal line" in page
 
 
@@ -780,7 +780,7 @@ def test_final_metrics_read_the_record_summary(tmp_path: Path) -> None:
     assert rows["env steps"] == [DASH, "640"]
     labels = list(rows)  # the growth run's metrics first, then those only the PPO run has
     assert labels.index("epochs") < labels.index("final mean acc") < labels.index("env steps")
-    assert rows["wall time (s)"] == ["12.5", "3.0"]
+    assert rows["training time (s)"] == ["12.5", "3.0"]
     assert final_accuracy(growth) is None and final_accuracy(ppo) is None
     meta = read_meta(growth.run.path)
     assert meta is not None and growth.git_revision == meta.git_revision

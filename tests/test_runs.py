@@ -480,7 +480,7 @@ def test_list_and_compare_read_the_record_summary(tmp_path: Path, capsys) -> Non
     assert table["best val acc"] == ["77.50%", "—"] and table["fossilized"] == ["1", "—"]
     assert table["final train acc"] == ["81.00%", "—"]
     assert table["env steps"] == ["—", "640"] and table["best mean return"] == ["—", "1.500"]
-    assert table["wall time (s)"] == ["12.5", "3.0"]
+    assert table["training time (s)"] == ["12.5", "3.0"]
     assert table["host params"] == ["1,000", "—"]  # the run report's format too
 
 

@@ -24,7 +24,8 @@ class StudyRow:
         iqm, iqm_low, iqm_high: interquartile mean of the test accuracy (%) and its 95 % interval.
         mean, mean_low, mean_high: mean test accuracy (%) and its 95 % interval.
         final_params: mean final parameters; None when no trial recorded them.
-        seconds: mean wall time per trial; None when no trial recorded it.
+        seconds: mean training time per trial (``RunSummary.wall_seconds``); None when no
+            trial recorded it.
         runs: the trials' run directory names (under the study's ``trials/``) that entered.
     """
 

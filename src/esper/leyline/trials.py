@@ -98,7 +98,7 @@ class TrialRow:
         final_params: Parameters of the final model.
         peak_params: The most parameters the model had during training.
         flops: Training FLOPs.
-        seconds: Wall time of the trial.
+        seconds: Training time of the trial (its run summary's ``wall_seconds``).
         error: What went wrong, for a trial that did not complete.
     """
 

@@ -754,7 +754,7 @@ SUMMARY_METRICS = tuple(
         ("best mean return", "ppo.best_mean_return", ".3f"),
         ("rounds", "ppo.rounds_completed", "d"),
         ("env steps", "ppo.env_steps", ",d"),
-        ("wall time (s)", "wall_seconds", ".1f"),
+        ("training time (s)", "wall_seconds", ".1f"),
     )
 )
 """Every final metric the views show, in their order (a growth run's, then a PPO run's)."""

@@ -542,7 +542,9 @@ class RunSummary:
         task: the task preset.
         seed: the run seed.
         run_id: the run's id (``new_run_id``).
-        wall_seconds: training time summed over the recorded steps of every attempt.
+        wall_seconds: training time: the wall time of the recorded steps (training,
+            validation, the controller's decisions; PPO: rollouts and updates) summed over
+            every attempt, without start-up, data loading, checkpoints or the test evaluation.
         failure: what stopped a ``failed`` run, else None.
         growth: the growth modes' section (None for ``ppo``).
         ppo: the ``ppo`` section (None for the growth modes).

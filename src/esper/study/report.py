@@ -3,7 +3,7 @@
 One page over a study's finished trials (``trials.csv``, written by ``esper.study.execute``):
 
 - the results table: per task × arm (then per arm over all tasks) n, IQM and mean with 95 %
-  stratified bootstrap intervals, median, std, parameters, training FLOPs and wall time
+  stratified bootstrap intervals, median, std, parameters, training FLOPs and training time
   (``stats.summarize``, the numbers ``results.md`` shows);
 - rliable's interval estimates and performance profile (``stats.interval_plot``,
   ``stats.profile_plot``);

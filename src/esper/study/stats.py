@@ -7,7 +7,7 @@ Precipice" (NeurIPS 2021), through their library rliable:
 
 - ``summarize``: per task × arm the interquartile mean (IQM) and the mean with 95 % stratified
   bootstrap confidence intervals, the median, the sample standard deviation and n, plus the mean
-  final and peak parameters, training FLOPs and wall time; and per arm the same over all tasks.
+  final and peak parameters, training FLOPs and training time; and per arm the same over all tasks.
 - ``improvements``: the probability of improvement P(X > Y) + ½ P(X = Y) of every arm over every
   baseline arm, per task and over all tasks, with its 95 % interval.
 - ``verdicts``: the two questions Esper asks, answered from those probabilities.
@@ -133,7 +133,7 @@ class ArmSummary:
         final_params: Mean final parameters of the trials used; ``None`` if none recorded it.
         peak_params: Mean peak parameters, likewise.
         flops: Mean training FLOPs, likewise.
-        seconds: Mean wall time, likewise.
+        seconds: Mean training time, likewise.
     """
 
     task: str
