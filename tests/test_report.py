@@ -849,7 +849,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     at the task's width 4) × 2 seeds
     of 3 synthetic epochs, each trial run in this process by the study's own planning, job and
     trial runner, and ``trials.csv``/``study.json`` written by the study driver."""
-    from esper.study.execute import Outcome, StudyDriver, run_job
+    from esper.study.execute import Outcome, StudyDriver
+    from esper.study.job import run_job
     from esper.study.plan import read_study
 
     root = tmp_path_factory.mktemp("study")

@@ -318,7 +318,7 @@ def test_heuristic_arms_take_a_selector_and_a_strategy_and_learn_in_the_studys_s
 def test_a_trial_given_a_gpu_or_a_fraction_trains_on_cuda(ray_session, monkeypatch):
     """The placement logic on a CPU machine: Ray's logical GPU, no CUDA needed to decide."""
     from esper.simic.vector import parse_device
-    from esper.study.execute import trial_device
+    from esper.study.job import trial_device
 
     def where(gpus: float) -> str:
         task = ray_session.remote(trial_device).options(num_cpus=1, num_gpus=gpus)

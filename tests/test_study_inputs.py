@@ -31,18 +31,11 @@ from esper.leyline.config import UserError
 from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import checkpoints, record
 from esper.nissa.knowledge import KnowledgeStore, parse_url
-from esper.study.execute import (
-    EVAL_DERIVED,
-    Job,
-    StudyDriver,
-    StudyState,
-    run_job,
-    study_lock,
-    study_settings,
-    trial_row,
-)
+from esper.study.execute import EVAL_DERIVED, StudyDriver, study_lock
+from esper.study.job import Job, run_job, trial_row
 from esper.study.plan import Trial, growth_config, ppo_config, read_study, store_url
 from esper.study.run import Stop, changed_settings
+from esper.study.state import StudyState, study_settings
 
 HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'
 BUDGET = "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"

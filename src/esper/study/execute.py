@@ -22,35 +22,28 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from esper.leyline.config import (
     HostTraining,
     UserError,
-    check_int,
     config_dict,
     error_text,
     override,
 )
 from esper.leyline.files import (
-    DANGLING_LINK,
     atomic_write,
-    is_dangling,
     remove_temporaries,
     try_lock,
 )
 from esper.leyline.trials import (
-    FINISHED,
     KNOWLEDGE_FILE,
     LOCK_FILE,
     RUN_COLUMN,
@@ -61,9 +54,9 @@ from esper.leyline.trials import (
     matched_target,
 )
 from esper.nissa import record
-from esper.nissa.log import open_run
 from esper.simic.config import TrainingConfig
-from esper.study.growth import GrowthRun, GrowthRunner
+from esper.study.growth import GrowthRun
+from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
 from esper.study.plan import (
     MATCHED,
     Resources,
@@ -74,299 +67,9 @@ from esper.study.plan import (
     policy_trial,
     ppo_config,
     trial_mode,
-    with_defaults,
 )
-from esper.study.ppo import PPORunner
-from esper.study.run import DATA_DIR_SETTINGS, Stop, changed_settings, config_changes
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a Ray worker needs to run one trial (plain data: it crosses process boundaries).
-
-    Attributes:
-        trial: the trial.
-        mode: the run command's mode (static, heuristic, eval, random, periodic or ppo).
-        config: the run's configuration as ``config.json`` holds it.
-        directory: the trial's run directory.
-    """
-
-    trial: Trial
-    mode: str
-    config: dict[str, Any]
-    directory: str
-
-
-def run_job(job: Job) -> TrialRow | None:
-    """Run (or resume) one trial in this process; its result row (None for a policy run).
-
-    In a Ray worker it trains on the GPU Ray assigned it, if any.
-
-    Raises:
-        RuntimeError: the run failed (a PPO run's recorded failure), with its message.
-        UserError: its settings or directory are unusable.
-    """
-    directory = Path(job.directory)
-    resume = directory if record.is_run_directory(directory) else None
-    finished = finished_summary(directory)
-    if finished is not None:
-        # Finished before its result reached the driver (a Ray retry, a killed driver).
-        return None if job.mode == "ppo" else summary_row(job.trial, finished)
-    if resume is None:
-        _check_free(job.trial, directory)
-    out = None if resume is not None else directory
-    device = trial_device()
-    if job.mode == "ppo":
-        config = override(TrainingConfig(), job.config)
-        if device.type == "cuda":
-            config = override(config, {"runtime": {"devices": [str(device)]}})
-        runner = PPORunner(config, out, resume)
-        try:
-            status, failure = runner.run()
-        finally:
-            runner.close()
-        if status == "failed":
-            raise RuntimeError(failure)
-        return None
-    growth = override(GrowthRun(HostTraining("")), job.config)
-    GrowthRunner(job.mode, growth, out, resume, device).run()
-    return trial_row(job.trial, directory)
-
-
-def _check_free(trial: Trial, directory: Path) -> None:
-    """Nothing but an empty directory is where ``trial``'s new run goes.
-
-    Raises:
-        UserError: naming what is there (a run command's advice, --out or --resume, is no
-            use to a study).
-    """
-    if not os.path.lexists(directory):
-        return
-    try:
-        if is_dangling(directory):
-            what = f"is {DANGLING_LINK}"
-        elif os.path.islink(directory):  # a run is made by renaming onto its place
-            what = "is a symbolic link, where the trial's run directory is to be made"
-        elif directory.is_dir() and not any(directory.iterdir()):
-            return
-        else:
-            what = f"holds no run ({record.not_a_run(directory)})"
-    except OSError as err:
-        what = f"cannot be read ({err.strerror})"
-    raise UserError(
-        f"trial {trial.name}: {str(directory)!r} {what}; move it out of the study directory "
-        "and run the study again"
-    )
-
-
-def trial_device() -> torch.device:
-    """Where this trial trains: the GPU Ray assigned the task (a whole one or a fraction;
-    Ray sets ``CUDA_VISIBLE_DEVICES`` to it, so it is ``cuda:0``), else the CPU (also outside
-    Ray)."""
-    import ray
-
-    gpu = ray.is_initialized() and bool(ray.get_gpu_ids())
-    return torch.device("cuda", 0) if gpu else torch.device("cpu")
-
-
-def finished_summary(directory: Path) -> record.RunSummary | None:
-    """The summary of the run in ``directory`` if it has finished; None when there is no run
-    there or it has not finished.
-
-    Raises:
-        UserError: its ``summary.json`` is malformed, or is another run's (copied in: its
-            figures would be taken for the trial's).
-    """
-    if not record.is_run_directory(directory):
-        return None
-    try:
-        summary = record.read_summary(directory)
-        if summary is None or summary.status not in FINISHED:
-            return None
-        if (directory / record.EVENTS_FILE).stat().st_size:
-            open_run(directory)  # checks the summary against the run's own first event
-        else:  # lines are flushed, not fsynced: a system crash can empty a finished run's log
-            _check_summary_of(directory, summary)
-    except record.RunRecordError as err:  # RunDirectoryError included
-        raise UserError(f"trial run {str(directory)!r}: {err}") from None
-    except OSError as err:
-        raise UserError(f"trial run {str(directory)!r}: {err.strerror}") from None
-    return summary
-
-
-def _check_summary_of(directory: Path, summary: record.RunSummary) -> None:
-    """``summary`` is of the run ``meta.json`` names (for a run whose log is empty).
-
-    Raises:
-        RunRecordError: it is another run's, or ``meta.json`` is malformed or missing.
-    """
-    held = _other_run(record.read_meta(directory), summary.mode, summary.run_id.__eq__)
-    if held is not None:
-        raise record.RunRecordError(
-            f"its summary.json is of the {summary.mode} run {summary.run_id!r}, its directory "
-            f"holds {held}"
-        )
-
-
-def _other_run(meta: record.RunMeta | None, mode: str, ours: Callable[[str], bool]) -> str | None:
-    """What a directory of ``meta.json`` ``meta`` holds, when that is not a ``mode`` run whose
-    id is ``ours`` (``no meta.json``, ``the static run 'x'``); None when it is."""
-    if meta is not None and meta.mode == mode and ours(meta.run_id):
-        return None
-    return "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
-
-
-def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
-    """The result of a finished growth trial, from its ``summary.json``; None if unfinished.
-
-    Raises:
-        UserError: see ``finished_summary``.
-    """
-    summary = finished_summary(directory)
-    return None if summary is None else summary_row(trial, summary)
-
-
-def summary_row(trial: Trial, summary: record.RunSummary) -> TrialRow | None:
-    """The result of a growth trial from its finished run's summary (None for a PPO run's)."""
-    if summary.growth is None:
-        return None
-    g = summary.growth
-    test = g.test
-    return TrialRow(
-        task=trial.task,
-        arm=trial.arm,
-        seed=trial.seed,
-        status=summary.status,
-        score=None if test is None else test.final_accuracy,
-        best_score=None if test is None else test.best_accuracy,
-        final_params=g.param_count,
-        peak_params=g.peak_param_count,
-        flops=g.train_flops,
-        seconds=summary.wall_seconds,
-        error=None,
-    )
-
-
-@dataclass
-class StudyState:
-    """``study.json``: the settings the study started with, attempts and errors per trial."""
-
-    settings: dict[str, Any]
-    attempts: dict[str, int]
-    errors: dict[str, str]
-
-    def __post_init__(self) -> None:
-        for name, count in self.attempts.items():
-            check_int(f"attempts of {name!r}", count, 0)
-
-    @classmethod
-    def load(cls, directory: Path, settings: dict[str, Any]) -> StudyState:
-        """The study's state, or a fresh one; a directory of another study is refused.
-
-        Raises:
-            UserError: ``study.json`` is unreadable, or holds different settings.
-        """
-        path = directory / STUDY_FILE
-        if not path.exists():
-            return cls(settings, {}, {})
-        try:
-            state = record.read_record(path, cls, "an Esper study state file")
-        except record.RunRecordError as err:  # unreadable, not JSON, or not this dataclass
-            raise UserError(str(err)) from None
-        assert state is not None  # the file exists
-        # A setting added to StudySpec since the directory was made is saved as its default.
-        saved = _without_data_dirs(_policies_by_id(with_defaults(StudySpec, state.settings)))
-        changed = _study_changes(saved, settings)
-        if changed:
-            raise UserError(
-                f"{str(directory)!r} holds a study run with other settings (study -> file: "
-                f"{'; '.join(changed)}); use another out, or restore the study file"
-            )
-        return replace(state, settings=settings)  # saved again as this Esper writes them
-
-    def save(self, directory: Path) -> None:
-        """Write ``study.json`` atomically."""
-        atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
-
-
-def _study_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``config_changes`` of a study's saved settings and ``now``'s, setting by setting, with
-    the arms compared by name: a trial is found by its arm's name, so the arms' order in the
-    study file only orders the results, and an arm added or removed is named as such."""
-    old_arms, new_arms = _arms_by_name(saved.get("arms")), _arms_by_name(now.get("arms"))
-    if old_arms is None or new_arms is None:  # a damaged saved list: compared as it is
-        return [c for k in now for c in config_changes(saved.get(k), now[k], k)]
-    changed = [c for k in now if k != "arms" for c in config_changes(saved.get(k), now[k], k)]
-    for name in sorted(old_arms.keys() | new_arms.keys()):
-        if name not in old_arms or name not in new_arms:
-            changed.append(f"arms.{name}: {'added' if name in new_arms else 'removed'}")
-        else:
-            changed.extend(config_changes(old_arms[name], new_arms[name], f"arms.{name}"))
-    return changed
-
-
-def _arms_by_name(arms: Any) -> dict[str, Any] | None:
-    """Saved or current arms as a table by name, or None when they are not arm tables with
-    distinct names."""
-    if not isinstance(arms, list) or not all(
-        isinstance(arm, dict) and isinstance(arm.get("name"), str) for arm in arms
-    ):
-        return None
-    by_name = {arm["name"]: {k: v for k, v in arm.items() if k != "name"} for arm in arms}
-    return by_name if len(by_name) == len(arms) else None
-
-
-def _policies_by_id(settings: dict[str, Any]) -> dict[str, Any]:
-    """Saved settings with an arm's policy as its run's id, as ``study_settings`` has it: a
-    study saved before policies were compared so kept the policy's absolute path, and resumed
-    it would be refused as another study."""
-    arms = []
-    for arm in settings.get("arms") or []:
-        policy = arm.get("policy") if isinstance(arm, dict) else None
-        if isinstance(policy, str) and os.path.isabs(policy):
-            try:
-                meta = record.read_meta(Path(policy))
-            except record.RunRecordError:
-                meta = None  # compared as it is: refused, naming the path
-            if meta is not None:
-                arm = {**arm, "policy": meta.run_id}
-        arms.append(arm)
-    return {**settings, "arms": arms} if "arms" in settings else settings
-
-
-def _without_data_dirs(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings without the budgets' ``data_dir``: like ``out``, it only finds files (a study
-    moved with its data, or one saved before ``read_study`` made the path absolute, is the same
-    study); each trial's run records the path it read."""
-
-    def without(budget: Any) -> Any:
-        return (
-            {k: v for k, v in budget.items() if k != "data_dir"}
-            if isinstance(budget, dict)
-            else budget
-        )
-
-    tasks = settings.get("task_budgets")
-    if isinstance(tasks, dict):
-        settings = {**settings, "task_budgets": {k: without(v) for k, v in tasks.items()}}
-    return {**settings, "budget": without(settings["budget"])} if "budget" in settings else settings
-
-
-def study_settings(spec: StudySpec) -> dict[str, Any]:
-    """What must not change between invocations of one study: everything but ``retries``,
-    ``reps`` and ``baselines``, which change only how failures are retried and results computed,
-    and ``out`` and the budgets' ``data_dir``, which only find files (a moved study, or ``out``
-    written another way, is the same study). The resources set a trial's threads and device,
-    which a resume must keep. An arm's given policy is its run's id (``meta.json``), not its
-    path: a study moved with its policy carries on, and another run put at the policy's path
-    is another policy."""
-    data = config_dict(spec)
-    for arm, table in zip(spec.arms, data["arms"], strict=True):
-        meta = None if arm.policy is None else record.read_meta(Path(arm.policy))
-        if meta is not None:  # read_study read it (a policy without one was refused)
-            table["policy"] = meta.run_id
-    kept = {k: v for k, v in data.items() if k not in ("out", "retries", "reps", "baselines")}
-    return _without_data_dirs(kept)
+from esper.study.run import DATA_DIR_SETTINGS, Stop, changed_settings
+from esper.study.state import StudyState, study_settings
 
 
 @dataclass(frozen=True)
@@ -436,7 +139,7 @@ class StudyDriver:
             if not self._started(trial):
                 # what no attempt could use (a run missing config.json, a file): refused now,
                 # not after Ray started and every attempt failed
-                _check_free(trial, self.run_directory(trial))
+                check_free(trial, self.run_directory(trial))
                 continue
             self._check_run(trial)  # a run copied or linked in would be resumed or counted
             self._check_settings(trial)
@@ -484,7 +187,7 @@ class StudyDriver:
         except record.RunRecordError as err:
             raise UserError(f"trial run {str(directory)!r}: {err}") from None
         mode = trial_mode(self.spec, trial)
-        held = _other_run(meta, mode, partial(record.named, name=trial.name))
+        held = other_run(meta, mode, partial(record.named, name=trial.name))
         if held is not None:
             raise UserError(
                 f"{str(directory)!r} holds {held}, not trial {trial.name}'s {mode} run: a run "
