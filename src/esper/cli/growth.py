@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from esper.cli.config import (
     RunOptions,
@@ -22,7 +21,13 @@ from esper.nissa import record
 from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import Stop, check_recorded_mode, policy_rounds, ppo_state
+from esper.study.run import (
+    Stop,
+    check_recorded_mode,
+    partial_policy,
+    policy_rounds,
+    ppo_state,
+)
 from esper.tasks import TASKS, get_task, resolve_training, without_stray_data_dir
 
 
@@ -75,7 +80,7 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     notes = [
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
-        _partial_note(policy, policy_rounds(state)),
+        _prefixed(partial_policy(policy, policy_rounds(state))),
     ]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
@@ -116,19 +121,8 @@ def _budget_note(
     )
 
 
-def _partial_note(policy: Path, rounds: int | None) -> str | None:
-    """What an eval of a policy whose run stopped before its planned rounds says (None: the
-    run finished them)."""
-    try:
-        planned = record.read_config(policy).get("ppo", {}).get("rounds")
-    except record.RunRecordError as err:
-        raise UserError(f"--policy {str(policy)!r}: {err}") from err
-    if not (isinstance(planned, int) and rounds is not None and rounds < planned):
-        return None
-    return (
-        f"esper eval: note: the policy finished {rounds} of its run's {planned} PPO rounds "
-        f"(stopped early, or still training; esper ppo --resume {policy} trains a stopped run on)"
-    )
+def _prefixed(note: str | None) -> str | None:
+    return None if note is None else f"esper eval: note: {note}"
 
 
 def _own_data_dir(trained_with: HostTraining, running_with: HostTraining) -> HostTraining:

@@ -44,6 +44,7 @@ from esper.study.plan import (
     StudySpec,
     Trial,
     never_growing,
+    partial_policies,
     ppo_config,
     read_study,
     store_url,
@@ -92,7 +93,8 @@ def run_study(args: argparse.Namespace) -> int:
     driver = StudyDriver(spec, directory, _say, knowledge)
     check_knowledge(spec, knowledge)
     check_writable(directory)
-    notes = [f"esper study: {line}" for line in never_growing(spec)]  # said after the checks
+    lines = [*never_growing(spec), *partial_policies(spec)]
+    notes = [f"esper study: {line}" for line in lines]  # said after the checks
     if args.dry_run:
         dry_run(driver)
         for note in notes:

@@ -296,7 +296,7 @@ class StudyDriver:
             policy = Path(arm.policy)
         knowledge = self.knowledge or self.own_store
         mode, growth = growth_config(self.spec, trial, width, policy, knowledge)
-        return Job(trial, mode, config_dict(growth), directory)
+        return Job(trial, mode, config_dict(growth), directory, self.state.policy_round(arm.name))
 
     def matched_width(self, trial: Trial) -> int:
         """The width whose host's parameters are nearest the matched arm's median final

@@ -20,6 +20,7 @@ from esper.simic.config import TrainingConfig
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.plan import Trial
 from esper.study.ppo import PPORunner
+from esper.study.run import policy_rounds, ppo_state
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,14 @@ class Job:
         mode: the run command's mode (static, heuristic, eval, random, periodic or ppo).
         config: the run's configuration as ``config.json`` holds it.
         directory: the trial's run directory.
+        policy_round: for an arm given a policy, the round of it the study evaluates.
     """
 
     trial: Trial
     mode: str
     config: dict[str, Any]
     directory: str
+    policy_round: int | None = None
 
 
 def run_job(job: Job) -> TrialRow | None:
@@ -54,6 +57,8 @@ def run_job(job: Job) -> TrialRow | None:
     if finished is not None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
         return None if job.mode == "ppo" else summary_row(job.trial, finished)
+    if job.policy_round is not None:
+        _check_policy_round(job)
     if resume is None:
         check_free(job.trial, directory)
     out = None if resume is not None else directory
@@ -73,6 +78,23 @@ def run_job(job: Job) -> TrialRow | None:
     growth = override(GrowthRun(HostTraining("")), job.config)
     GrowthRunner(job.mode, growth, out, resume, device).run()
     return trial_row(job.trial, directory)
+
+
+def _check_policy_round(job: Job) -> None:
+    """The given policy is still at the round the study evaluates.
+
+    Raises:
+        UserError: its run trained on while the study ran (the arm would mix two policies).
+    """
+    policy = job.config["policy"]
+    now = policy_rounds(ppo_state(Path(policy)))
+    if now != job.policy_round:
+        raise UserError(
+            f"trial {job.trial.name}: its policy {policy!r} is at round {now}, but the study "
+            f"evaluates round {job.policy_round} (the policy run trained on while the study "
+            "ran, and the arm would mix two policies); evaluate it in a study of another out, "
+            "or restore the policy run"
+        )
 
 
 def check_free(trial: Trial, directory: Path) -> None:

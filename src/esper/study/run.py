@@ -762,6 +762,25 @@ def policy_rounds(state: dict[str, Any]) -> int | None:
     return rounds if isinstance(rounds, int) else None
 
 
+def partial_policy(policy: Path, rounds: int | None) -> str | None:
+    """What an evaluation of the policy in ``policy``, at ``rounds`` (``policy_rounds``), should
+    know when its run stopped before its planned rounds (None: it finished them).
+
+    Raises:
+        UserError: the run's ``config.json`` cannot be read.
+    """
+    try:
+        planned = record.read_config(policy).get("ppo", {}).get("rounds")
+    except record.RunRecordError as err:
+        raise UserError(f"policy {str(policy)!r}: {err}") from err
+    if not (isinstance(planned, int) and rounds is not None and rounds < planned):
+        return None
+    return (
+        f"the policy finished {rounds} of its run's {planned} PPO rounds (stopped early, or "
+        f"still training; esper ppo --resume {policy} trains a stopped run on)"
+    )
+
+
 def _state_files(state: dict[str, Any]) -> dict[str, bytes]:
     """A checkpoint's files: the state with the torch thread count it ran with."""
     buffer = io.BytesIO()
