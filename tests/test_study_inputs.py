@@ -332,6 +332,23 @@ def test_a_knowledge_store_that_cannot_be_used_is_one_line(tmp_path, capsys, kin
     assert kind != "text" or store.read_text() == "not a database\n"
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_the_studys_own_store_is_checked_too(tmp_path, capsys, dry_run):
+    """A study without ``knowledge`` uses its own store (``OUT/knowledge.sqlite``); it was
+    never checked, and a store there that could not be opened cost the outcomes silently, the
+    warning only in Ray's worker logs (adversarial sweep)."""
+    arm = '[[arms]]\nname = "h"\ncontroller = "heuristic"\nselector = "ucb"\n'
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{arm}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)  # a study begun before
+    own = directory / KNOWLEDGE_FILE
+    own.mkdir()
+    line = _bad(capsys, ["study", str(path), *(["--dry-run"] * dry_run)])
+    assert line == f"esper: error: knowledge store sqlite:///{own}: unable to open database file"
+    assert sorted(p.name for p in directory.iterdir()) == [KNOWLEDGE_FILE, STUDY_FILE]
+
+
 @pytest.mark.parametrize("kind", ["in DELETE journal mode", "at schema version 0"])
 def test_checking_a_knowledge_store_changes_nothing_in_it(tmp_path, kind):
     """The check opened the store as a run does: it switched the file to WAL and applied the

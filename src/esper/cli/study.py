@@ -91,7 +91,7 @@ def run_study(args: argparse.Namespace) -> int:
         check_widths(spec, args.file)
     knowledge = store_url(spec, args.file)
     driver = StudyDriver(spec, directory, _say, knowledge)
-    check_knowledge(spec, knowledge)
+    check_knowledge(spec, knowledge or driver.own_store)
     check_writable(directory)
     lines = [*never_growing(spec), *partial_policies(spec)]
     notes = [f"esper study: {line}" for line in lines]  # said after the checks
@@ -208,16 +208,17 @@ def check_widths(spec: StudySpec, path: Path) -> None:
                 raise UserError(f"{where}: {err}") from None
 
 
-def check_knowledge(spec: StudySpec, url: str | None) -> None:
+def check_knowledge(spec: StudySpec, url: str) -> None:
     """The knowledge store a study names opens, when an arm grows: a trial that cannot use it
     only warns, in a Ray worker's log, and a bandit arm then runs without the outcomes it was
     to learn from. A store that does not exist yet is fine (the first trial creates it).
-    ``url``: the study's store as the trials use it (``store_url``).
+    ``url``: the study's store as the trials use it (``store_url``, else the study's own,
+    ``StudyDriver.own_store``).
 
     Raises:
         UserError: the store's one-line error (not a database, unreachable, foreign, newer).
     """
-    if url is None or all(a.controller in ("static", MATCHED) for a in spec.arms):
+    if all(a.controller in ("static", MATCHED) for a in spec.arms):
         return
     from esper.nissa.knowledge import KnowledgeStore, KnowledgeStoreError
 
