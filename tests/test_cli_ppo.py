@@ -489,8 +489,14 @@ def test_an_unset_budget_is_the_tasks_own_not_the_policys() -> None:
     note = _budget_note(trained, running, frozenset())
     assert note is None or "batches_per_epoch" not in note
     kept = _budget_note(replace(trained, epochs=5), replace(running, epochs=5), frozenset())
-    assert kept is not None and kept.startswith("esper eval: note: epochs = 5 come from")
-    assert (
-        _budget_note(replace(trained, epochs=5), replace(running, epochs=5), frozenset({"epochs"}))
-        is None
+    assert kept is not None and kept.startswith(
+        "esper eval: note: epochs = 5, batch_size = 64 come from"  # text's own: 32
     )
+    named = frozenset({"epochs", "batch_size"})
+    assert _budget_note(replace(trained, epochs=5), replace(running, epochs=5), named) is None
+    # The batch size is the policy's too (64 on digits; fashion_mnist_impaired's own is 128),
+    # and the note named only the other budget settings (adversarial sweep).
+    fashion = replace(trained, task="fashion_mnist_impaired")
+    note = _budget_note(trained, fashion, frozenset())
+    assert note is not None and note.startswith("esper eval: note: batch_size = 64 come from")
+    assert "fashion_mnist_impaired's own batch_size = 128 (" in note

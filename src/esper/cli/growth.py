@@ -28,7 +28,13 @@ from esper.study.run import (
     policy_rounds,
     ppo_state,
 )
-from esper.tasks import TASKS, get_task, resolve_training, without_stray_data_dir
+from esper.tasks import (
+    TASK_SETTINGS,
+    TASKS,
+    get_task,
+    resolve_training,
+    without_stray_data_dir,
+)
 
 
 def _policy_facing(training: HostTraining) -> dict[str, str]:
@@ -86,22 +92,19 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
 
 
-BUDGET = ("epochs", "batches_per_epoch", "val_samples")
-"""The settings of how long an episode trains and how it is measured."""
-
-
 def _budget_note(
     trained_with: HostTraining, running_with: HostTraining, named: frozenset[str]
 ) -> str | None:
-    """An eval on another task than its policy's keeps the policy's run's budget unless told
-    otherwise: where that differs from the task's own, say so (None: nothing to say)."""
+    """An eval on another task than its policy's keeps the policy's run's budget and learning
+    rates (``TASK_SETTINGS``) unless told otherwise: where they differ from the task's own, say
+    so (None: nothing to say)."""
     task = running_with.task
     if task == trained_with.task or task not in TASKS:
         return None
     own = resolve_training(HostTraining(task))
     kept = [  # unset (None) is the task's own, not the policy's
         name
-        for name in BUDGET
+        for name in TASK_SETTINGS
         if name not in named
         and getattr(running_with, name) is not None
         and getattr(running_with, name) == getattr(trained_with, name)
@@ -117,7 +120,7 @@ def _budget_note(
     return (
         f"esper eval: note: {shown(running_with)} come from the policy's run on "
         f"{trained_with.task}, not {task}'s own {shown(own)} (give them as flags to change "
-        "them; a comparison with other runs on the task needs the same budget)"
+        "them; a comparison with other runs on the task needs the same settings)"
     )
 
 

@@ -238,6 +238,10 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+TASK_SETTINGS = ("epochs", "batch_size", "batches_per_epoch", "val_samples", "lr", "seed_lr")
+"""The host-training settings whose unset value is the task's own (``resolve_training``)."""
+
+
 def resolve_training(training: HostTraining) -> HostTraining:
     """Fill the task's defaults into the unset fields of ``training`` (the one derivation).
 
