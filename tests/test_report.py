@@ -1163,3 +1163,11 @@ def test_a_baseline_of_another_task_or_budget_is_named_in_a_warning(tmp_path: Pa
     [line] = warnings_for([runs["c"], runs["a"]])
     assert line.startswith("c ran digits_impaired for 5 epochs and the baseline a synthetic for")
     assert not [w for w in warnings_for([runs["a"], runs["d"]]) if "like for like" in w]
+    # A run without a summary (crashed, or still running) is read from its start: it was
+    # only said to have no summary (adversarial sweep).
+    started = {**_started(), "task": "digits_impaired"}  # planned 3 epochs
+    unfinished = load_run(_write_run(tmp_path / "u", [started, _epoch(1)]))
+    assert warnings_for([unfinished, runs["a"]])[-1] == (
+        "u ran digits_impaired for 3 epochs and the baseline a synthetic for 5 epochs: their "
+        "accuracies are not like for like."
+    )

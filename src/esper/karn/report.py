@@ -477,12 +477,16 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
 
 
 def _budget(data: RunData) -> str | None:
-    """A single-model run's task and planned epochs, as a warning names them (None: no
-    summary to read them from)."""
-    summary = data.run.summary
-    if summary is None or summary.growth is None:
+    """A single-model run's task and planned epochs, as a warning names them: from its summary,
+    or for an unfinished run from its start (None: neither says)."""
+    summary, started = data.run.summary, data.state.started
+    if summary is not None and summary.growth is not None:
+        planned = summary.growth.epochs_planned
+    elif summary is None and started is not None:
+        planned = started.max_epochs
+    else:
         return None
-    return f"{summary.task} for {summary.growth.epochs_planned} epochs"
+    return f"{data.run.task} for {planned} epochs"
 
 
 def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:
