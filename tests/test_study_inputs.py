@@ -27,13 +27,21 @@ import pytest
 
 from conftest import unprivileged
 from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
-from esper.leyline.config import UserError
+from esper.leyline.config import MAX_SEED, UserError
 from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import checkpoints, record
 from esper.nissa.knowledge import KnowledgeStore, parse_url
 from esper.study.execute import EVAL_DERIVED, StudyDriver, study_lock
 from esper.study.job import Job, run_job, trial_row
-from esper.study.plan import Trial, growth_config, ppo_config, read_study, store_url
+from esper.study.plan import (
+    ArmSpec,
+    StudySpec,
+    Trial,
+    growth_config,
+    ppo_config,
+    read_study,
+    store_url,
+)
 from esper.study.run import Stop, changed_settings
 from esper.study.state import StudyState, study_settings
 
@@ -144,12 +152,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "arm name must be at most 100 bytes (it names the trials' directories), got 'aaaa"),
         (f'{HEAD}{STATIC.replace(chr(34) + "s" + chr(34), chr(34) + "é" * 51 + chr(34))}',
          "(102 bytes)"),
+        # The last seed may be MAX_SEED (one seed from 2**32 - 1 was refused), not beyond.
+        (f"first_seed = {2**32 - 2}\nseeds = 3\n{HEAD}{STATIC}",
+         "first_seed must be an integer in [0, 4294967293], got 4294967294"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):
     path = _study(tmp_path, body)
     assert message in _bad(capsys, ["study", str(path)])
     assert not (tmp_path / "o").exists()
+
+
+def test_the_last_seed_may_be_the_largest() -> None:
+    spec = StudySpec(out="o", tasks=("synthetic",), arms=(ArmSpec("s", "static"),))
+    last = replace(spec, first_seed=2**32 - 3, seeds=3)
+    assert last.evaluation_seeds[-1] == 2**32 - 1 == MAX_SEED  # adversarial sweep: refused
 
 
 @pytest.mark.parametrize(

@@ -346,7 +346,7 @@ class StudySpec:
         require(not twice, f"tasks repeat {twice}; give each task once")
         require(bool(self.arms), "a study needs at least one [[arms]] table")
         check_int("seeds", self.seeds, 1, MAX_COUNT)
-        check_int("first_seed", self.first_seed, 0, MAX_SEED - self.seeds)
+        check_int("first_seed", self.first_seed, 0, MAX_SEED - self.seeds + 1)  # last: MAX_SEED
         check_int("retries", self.retries, 0, 100)
         self._check_arm_names()
         names = [a.name for a in self.arms]
