@@ -288,6 +288,25 @@ def test_a_study_file_that_cannot_be_written_is_one_line_before_ray(
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
+def test_a_study_directory_below_a_dangling_link_is_refused_before_ray(tmp_path, capsys, dry_run):
+    """The check looked past a dangling link (or a link loop) above the study directory to
+    the folder that held it: the dry run passed, and the real run started Ray before its mkdir
+    failed with "File exists" (adversarial sweep)."""
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for above in ("dangling", "loop"):
+        path.write_text(path.read_text().replace('out = "o"', f'out = "{above}/o"', 1))
+        line = _bad(capsys, ["study", str(path), *(["--dry-run"] * dry_run)])
+        assert line == (
+            f"esper: error: cannot make the study directory {str(tmp_path / above / 'o')!r}: "
+            f"{str(tmp_path / above)!r} is a symbolic link that leads nowhere (or in a loop)"
+        )
+        path.write_text(path.read_text().replace(f'out = "{above}/o"', 'out = "o"', 1))
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
 def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, dry_run):
     """A dry run passed, and the real run started Ray before its mkdir failed. Permissions
     bind in a child process, as an unprivileged user's."""

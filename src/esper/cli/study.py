@@ -91,8 +91,8 @@ def run_study(args: argparse.Namespace) -> int:
         check_widths(spec, args.file)
     knowledge = store_url(spec, args.file)
     driver = StudyDriver(spec, directory, _say, knowledge)
+    check_writable(directory)  # first: the study's own store is named inside it
     check_knowledge(spec, knowledge or driver.own_store)
-    check_writable(directory)
     lines = [*never_growing(spec), *partial_policies(spec)]
     notes = [f"esper study: {line}" for line in lines]  # said after the checks
     if args.dry_run:
@@ -236,11 +236,14 @@ def check_writable(directory: Path) -> None:
     Raises:
         UserError: naming the directory that refuses, and why.
     """
-    if is_dangling(directory):
+    # The nearest path that is there, a link included: a dangling link above the directory
+    # passed, and the real run failed after Ray's start-up ("File exists").
+    place = next(p for p in (directory, *directory.absolute().parents) if os.path.lexists(p))
+    if is_dangling(place):
+        what = "it" if place == directory else repr(str(place))
         raise UserError(
-            f"cannot make the study directory {str(directory)!r}: it is {DANGLING_LINK}"
+            f"cannot make the study directory {str(directory)!r}: {what} is {DANGLING_LINK}"
         )
-    place = next(p for p in (directory, *directory.absolute().parents) if os.path.exists(p))
     made = "write in" if place == directory else "make"
     _check_access(place, f"cannot {made} the study directory {str(directory)!r}")
     if place == directory:
