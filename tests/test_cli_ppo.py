@@ -440,6 +440,8 @@ def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     assert "state.pt" in capsys.readouterr().err
     assert main([*args, "--policy", str(run / "rounds.csv")]) == 2
     assert "is not an Esper PPO run directory" in capsys.readouterr().err
+    assert main([*args, "--policy", str(run / "nothing")]) == 2  # as report and runs say it
+    assert f"{str(run / 'nothing')!r} does not exist (a PPO run" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
 

@@ -664,8 +664,18 @@ def test_out_is_a_file(
     afile = tmp_path / "afile"
     afile.write_text("x")
     code, _, err = _report([str(recorded_runs["static"]), "--out", str(afile)], capsys)
-    _assert_one_line_error(code, err, "cannot write the report")
+    # it ended "[Errno 17] File exists: 'afile'" (adversarial sweep)
+    _assert_one_line_error(code, err, f"cannot write the report to {str(afile)!r}: it is not a")
     assert afile.read_text() == "x"
+
+
+def test_a_run_given_as_its_own_baseline_is_said_to_be(recorded_runs: dict[str, Path]) -> None:
+    from esper.karn.report import warnings_for
+
+    run = load_run(recorded_runs["static"])
+    itself = f"the baseline is {run.run.name} itself: every difference is 0."
+    assert warnings_for([run, run]) == [itself]
+    assert warnings_for([run]) == []
 
 
 def test_truncated_last_line_still_reports_with_a_warning(

@@ -97,6 +97,8 @@ def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) 
     except ReportError as err:
         raise UserError(str(err)) from None
     _warn(report.warnings)
+    if os.path.lexists(target) and not target.is_dir():
+        raise UserError(f"cannot write the report to {str(target)!r}: it is not a directory")
     try:
         return write_report(report, target)
     except OSError as err:

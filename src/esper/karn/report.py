@@ -450,8 +450,11 @@ HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (
 
 def warnings_for(runs: Sequence[RunData]) -> list[str]:
     """One line per thing a reader of the report must know: truncated logs, unfinished runs,
-    a baseline of the other kind, a growth baseline of another task or planned epochs."""
+    a baseline that is the run itself, of the other kind, or of another task or planned
+    epochs."""
     notes = []
+    if len(runs) == 2 and runs[0].run.path.resolve() == runs[1].run.path.resolve():
+        notes.append(f"the baseline is {runs[0].run.name} itself: every difference is 0.")
     for data in runs:
         if data.truncated_line is not None:
             notes.append(

@@ -744,6 +744,8 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
         meta = record.read_meta(run_dir) if record.is_run_directory(run_dir) else None
     except record.RunRecordError as err:
         raise UserError(str(err)) from err
+    if meta is None and not os.path.lexists(run_dir):
+        raise UserError(f"policy {str(run_dir)!r} does not exist (a PPO run directory)")
     if meta is None or meta.mode != "ppo":
         raise UserError(f"policy {str(run_dir)!r} is not an Esper PPO run directory")
     state = read_state(run_dir, meta.run_id, "cannot read the policy in")
