@@ -38,6 +38,8 @@ def test_a_growth_snapshot_carries_its_epochs_timeline_and_labelled_header(recor
     assert header[f"val accuracy (epoch {last['epoch']})"] == f"{last['val_accuracy']:.2f}%"
     best = max(r["val_accuracy"] for r in epochs)
     assert header["best val accuracy"] == f"{best:.2f}%"
+    assert last["param_count"] >= 1000  # written as the other views write it: 1,672
+    assert header["parameters"] == f"{last['param_count']:,}" and "," in header["parameters"]
     # The timeline comes from the transitions: a pruned seed shows its PRUNED span.
     pruned = [r for r in raw if r["event"] == "SeedTransition" and r["to_stage"] == "PRUNED"]
     assert pruned

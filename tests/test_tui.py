@@ -257,7 +257,7 @@ def test_heuristic_replay_table_slots_and_status(recorded_runs: dict[str, Path])
                 str(final["epoch"]),
                 f"{final['val_accuracy']:.2f}%",
                 f"{final['val_loss']:.4f}",
-                str(final["param_count"]),
+                f"{final['param_count']:,}",
             ]
         ]
         slots = app.query_one("#slots", DataTable)
@@ -296,7 +296,7 @@ def test_ppo_replay_environments_and_update_stats(recorded_runs: dict[str, Path]
                     str(epoch["epoch"]),
                     f"{epoch['val_accuracy']:.2f}%",
                     f"{epoch['val_loss']:.4f}",
-                    str(epoch["param_count"]),
+                    f"{epoch['param_count']:,}",
                 ]
             )
         assert table_rows(envs) == expected

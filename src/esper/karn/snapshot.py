@@ -125,7 +125,7 @@ def _header(state: RunState) -> list[dict[str, str]]:
                 display(loss, ".4f"),
             ),
             ("best val accuracy", percent(max(accuracies) if accuracies else None)),
-            ("parameters", display(None if latest is None else latest.param_count)),
+            ("parameters", display(None if latest is None else latest.param_count, ",d")),
             ("governor panics", str(sum(env.panics for env in state.envs.values()))),
         ]
     rows.append(("events", str(state.events)))

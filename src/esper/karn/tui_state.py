@@ -59,7 +59,7 @@ def env_cells(env: EnvState) -> tuple[str, ...]:
         display(None if latest is None else latest.epoch),
         percent(None if latest is None else latest.val_accuracy),
         display(None if latest is None else latest.val_loss, ".4f"),
-        display(None if latest is None else latest.param_count),
+        display(None if latest is None else latest.param_count, ",d"),
     )
 
 
@@ -167,7 +167,7 @@ def _generic(event: Event) -> str:
 def _epoch_line(e: EpochCompleted) -> str:
     return (
         f"epoch {e.epoch}: val acc {percent(e.val_accuracy)} loss {display(e.val_loss, '.4f')}, "
-        f"train acc {percent(e.train_accuracy)}, {e.param_count} params"
+        f"train acc {percent(e.train_accuracy)}, {e.param_count:,} params"
     )
 
 
@@ -225,7 +225,7 @@ def _started_line(e: RunStarted) -> str:
 def _finished_line(e: RunFinished) -> str:
     return (
         f"{e.status}: {e.epochs} epochs, final acc {percent(e.final_val_accuracy)} "
-        f"(best {percent(e.best_val_accuracy)}), {e.param_count} params, "
+        f"(best {percent(e.best_val_accuracy)}), {e.param_count:,} params, "
         f"{e.fossilized} fossilized, {e.pruned} pruned"
     )
 
