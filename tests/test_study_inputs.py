@@ -801,34 +801,46 @@ def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
 def test_a_policy_that_trained_on_is_another_policy_to_the_study(tmp_path, capsys, runs):
     """An arm given a policy evaluated whatever round its PPO run had reached when each trial
     started: after ``esper ppo --resume`` trained it on, the resumed study mixed two rounds in
-    one arm without a word, or failed a resumed trial on every attempt (adversarial sweep). The
-    round is now a setting of the study, checked at each invocation and by each trial; a
-    policy whose run stopped before its planned rounds is noted."""
+    one arm without a word, or failed a resumed trial on every attempt (adversarial sweep).
+    Now a study whose trials evaluated another round than the policy's is refused while it has
+    trials left, and noted once they are all done; each trial checks the round it was sent
+    with; a policy whose run stopped before its planned rounds is noted."""
     shutil.copytree(runs["ppo"], tmp_path / "pol")
     eval_arm = '[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "pol"\n'
-    path = _study(tmp_path, f"{HEAD}{BUDGET}{eval_arm}")
+    path = _study(tmp_path, f"seeds = 2\n{HEAD}{BUDGET}{eval_arm}")
     spec, directory = read_study(path)
     directory.mkdir()
     driver = StudyDriver(spec, directory, print)
     driver.state.save(directory)
-    job = driver.job(driver.trials[0])
-    assert job.policy_round == 1
+    first, second = (driver.job(trial) for trial in driver.trials)
+    assert first.policy_round == second.policy_round == 1
     config = json.loads((tmp_path / "pol" / "config.json").read_text())
     config["ppo"]["rounds"] = 5  # as if planned for 5 and stopped after the first
     (tmp_path / "pol" / "config.json").write_text(json.dumps(config))
     assert main(["study", str(path), "--dry-run"]) == 0
     note = "esper study: note: arm 'p': the policy finished 1 of its run's 5 PPO rounds"
-    assert note in capsys.readouterr().err
+    assert f"{note} (stopped early, or still training); the study evaluates it as is" in (
+        capsys.readouterr().err
+    )
+    assert run_job(first) is not None  # the first trial evaluates round 1
     assert main(["ppo", "--resume", str(tmp_path / "pol"), "--ppo.rounds", "2"]) == 0
     capsys.readouterr()
     err = _bad(capsys, ["study", str(path), "--dry-run"])
-    assert (
-        "holds a study that evaluated other rounds of its arms' policies (study -> policy run "
-        "now: arms.p.policy_round: 1 -> 2): a policy run trained on since"
-    ) in err
+    assert err.endswith(
+        "arm 'p': its trials evaluated round 1: synthetic.p.seed0 of the policy "
+        f"{str(tmp_path / 'pol')!r}, which is at round 2 now (its run trained on); the trials "
+        "left would evaluate another policy: evaluate it in a study of another out"
+    )
     with pytest.raises(UserError, match="is at round 2, but the study evaluates round 1"):
-        run_job(job)  # a trial sent before the policy trained on
-    assert not Path(job.directory).exists()
+        run_job(second)  # a trial sent before the policy trained on
+    assert not Path(second.directory).exists()
+    # Every trial done: the results stand, with a note.
+    assert run_job(replace(second, policy_round=2)) is not None
+    finished = StudyDriver(spec, directory, print)
+    assert finished.notes == [
+        "note: arm 'p': its trials evaluated round 1: synthetic.p.seed0; round 2: "
+        f"synthetic.p.seed1 of the policy {str(tmp_path / 'pol')!r}, which is at round 2 now"
+    ]
 
 
 def test_a_study_saved_before_a_setting_existed_resumes(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from esper.cli.config import (
     RunOptions,
@@ -86,7 +87,7 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     notes = [
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
-        _prefixed(partial_policy(policy, policy_rounds(state))),
+        _prefixed(partial_policy(policy, policy_rounds(state)), policy),
     ]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
@@ -124,8 +125,11 @@ def _budget_note(
     )
 
 
-def _prefixed(note: str | None) -> str | None:
-    return None if note is None else f"esper eval: note: {note}"
+def _prefixed(partial: str | None, policy: Path) -> str | None:
+    """The eval's note of a policy stopped before its planned rounds (``partial_policy``)."""
+    if partial is None:
+        return None
+    return f"esper eval: note: {partial}; esper ppo --resume {policy} trains a stopped run on"
 
 
 def _own_data_dir(trained_with: HostTraining, running_with: HostTraining) -> HostTraining:

@@ -59,6 +59,7 @@ from esper.study.growth import GrowthRun
 from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
 from esper.study.plan import (
     MATCHED,
+    ArmSpec,
     Resources,
     StudySpec,
     Trial,
@@ -68,7 +69,14 @@ from esper.study.plan import (
     ppo_config,
     trial_mode,
 )
-from esper.study.run import DATA_DIR_SETTINGS, Stop, changed_settings
+from esper.study.run import (
+    DATA_DIR_SETTINGS,
+    Stop,
+    changed_settings,
+    policy_rounds,
+    ppo_state,
+    read_state,
+)
 from esper.study.state import StudyState, study_settings
 
 
@@ -149,6 +157,46 @@ class StudyDriver:
                 row = summary_row(trial, summary)
                 if row is not None:
                     self.rows[trial.name] = row
+        self.notes: list[str] = []  # what the study's reader should know, as notes
+        self.policy_rounds = {
+            arm.name: self._check_policy_round(arm) for arm in self.spec.arms if arm.policy
+        }
+
+    def _check_policy_round(self, arm: ArmSpec) -> int:
+        """The round the given policy of ``arm`` is at, which its trials evaluate (each checks
+        it before it runs: ``Job.policy_round``); a note (``notes``) when its finished trials
+        evaluated other rounds.
+
+        Raises:
+            UserError: its started trials evaluated another round, and it has trials left: its
+                run trained on since (``esper ppo --resume``), and the arm would mix two
+                policies.
+        """
+        assert arm.policy is not None
+        now = policy_rounds(ppo_state(Path(arm.policy)))
+        assert now is not None  # ppo_state refuses a checkpoint without one
+        trials = [t for t in self.trials if t.arm == arm.name]
+        ran: dict[int, list[str]] = {}
+        for trial in (t for t in trials if self._started(t)):
+            directory = self.run_directory(trial)
+            meta = record.read_meta(directory)
+            assert meta is not None  # _check_run read it
+            state = read_state(directory, meta.run_id, "cannot read the trial run in")
+            evaluated = state.get("policy_round")
+            if not isinstance(evaluated, int):
+                raise UserError(f"trial run {str(directory)!r}: its checkpoint holds no round")
+            ran.setdefault(evaluated, []).append(trial.name)
+        if set(ran) <= {now}:
+            return now
+        rounds = "; ".join(f"round {r}: {', '.join(names)}" for r, names in sorted(ran.items()))
+        what = f"arm {arm.name!r}: its trials evaluated {rounds} of the policy {arm.policy!r}"
+        if any(t.name not in self.done for t in trials):
+            raise UserError(
+                f"{what}, which is at round {now} now (its run trained on); the trials left "
+                "would evaluate another policy: evaluate it in a study of another out"
+            )
+        self.notes.append(f"note: {what}, which is at round {now} now")
+        return now
 
     @property
     def own_store(self) -> str:
@@ -296,7 +344,7 @@ class StudyDriver:
             policy = Path(arm.policy)
         knowledge = self.knowledge or self.own_store
         mode, growth = growth_config(self.spec, trial, width, policy, knowledge)
-        return Job(trial, mode, config_dict(growth), directory, self.state.policy_round(arm.name))
+        return Job(trial, mode, config_dict(growth), directory, self.policy_rounds.get(arm.name))
 
     def matched_width(self, trial: Trial) -> int:
         """The width whose host's parameters are nearest the matched arm's median final

@@ -32,7 +32,8 @@ class Job:
         mode: the run command's mode (static, heuristic, eval, random, periodic or ppo).
         config: the run's configuration as ``config.json`` holds it.
         directory: the trial's run directory.
-        policy_round: for an arm given a policy, the round of it the study evaluates.
+        policy_round: for an arm given a policy, the round of it the study evaluates
+            (``StudyDriver.policy_rounds``).
     """
 
     trial: Trial
@@ -92,8 +93,7 @@ def _check_policy_round(job: Job) -> None:
         raise UserError(
             f"trial {job.trial.name}: its policy {policy!r} is at round {now}, but the study "
             f"evaluates round {job.policy_round} (the policy run trained on while the study "
-            "ran, and the arm would mix two policies); evaluate it in a study of another out, "
-            "or restore the policy run"
+            "ran, and the arm would mix two policies); evaluate it in a study of another out"
         )
 
 

@@ -792,8 +792,8 @@ def partial_policies(spec: StudySpec) -> list[str]:
         if arm.policy is not None:
             policy = Path(arm.policy)
             partial = partial_policy(policy, policy_rounds(ppo_state(policy)))
-            if partial is not None:
-                lines.append(f"note: arm {arm.name!r}: {partial}")
+            if partial is not None:  # trained on, the study would refuse to go on
+                lines.append(f"note: arm {arm.name!r}: {partial}; the study evaluates it as is")
     return lines
 
 

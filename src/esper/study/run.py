@@ -779,7 +779,7 @@ def partial_policy(policy: Path, rounds: int | None) -> str | None:
         return None
     return (
         f"the policy finished {rounds} of its run's {planned} PPO rounds (stopped early, or "
-        f"still training; esper ppo --resume {policy} trains a stopped run on)"
+        "still training)"
     )
 
 

@@ -14,7 +14,7 @@ from esper.leyline.files import atomic_write
 from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
 from esper.study.plan import StudySpec, with_defaults
-from esper.study.run import config_changes, policy_rounds, ppo_state
+from esper.study.run import config_changes
 
 
 @dataclass
@@ -46,15 +46,7 @@ class StudyState:
         assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
         saved = _without_data_dirs(_policies_by_id(with_defaults(StudySpec, state.settings)))
-        changed = _study_changes(_with_rounds_of(saved, settings), settings)
-        rounds = [c for c in changed if c.partition(": ")[0].endswith(f".{POLICY_ROUND}")]
-        if rounds and len(rounds) == len(changed):
-            raise UserError(
-                f"{str(directory)!r} holds a study that evaluated other rounds of its arms' "
-                f"policies (study -> policy run now: {'; '.join(rounds)}): a policy run trained "
-                "on since, and an arm would mix two policies; evaluate it in a study of another "
-                "out, or restore the policy run"
-            )
+        changed = _study_changes(saved, settings)
         if changed:
             raise UserError(
                 f"{str(directory)!r} holds a study run with other settings (study -> file: "
@@ -62,34 +54,9 @@ class StudyState:
             )
         return replace(state, settings=settings)  # saved again as this Esper writes them
 
-    def policy_round(self, arm: str) -> int | None:
-        """The round of the policy given to ``arm`` the study evaluates (None: none given)."""
-        table = (_arms_by_name(self.settings.get("arms")) or {}).get(arm, {})
-        rounds = table.get(POLICY_ROUND)
-        return rounds if isinstance(rounds, int) else None
-
     def save(self, directory: Path) -> None:
         """Write ``study.json`` atomically."""
         atomic_write(directory / STUDY_FILE, json.dumps(asdict(self), indent=1))
-
-
-POLICY_ROUND = "policy_round"
-"""The key of a given policy's round in an arm's saved settings (``study_settings``)."""
-
-
-def _with_rounds_of(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-    """Saved settings whose arms given a policy lack its round (a study saved before rounds
-    were kept) taking ``now``'s: such a study resumes as before."""
-    arms, current = saved.get("arms"), _arms_by_name(now.get("arms")) or {}
-    if not isinstance(arms, list):
-        return saved
-    filled = []
-    for arm in arms:
-        name = arm.get("name") if isinstance(arm, dict) else None
-        if isinstance(arm, dict) and POLICY_ROUND not in arm and name in current:
-            arm = {**arm, POLICY_ROUND: current[name].get(POLICY_ROUND)}
-        filled.append(arm)
-    return {**saved, "arms": filled}
 
 
 def _study_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -161,15 +128,12 @@ def study_settings(spec: StudySpec) -> dict[str, Any]:
     and ``out`` and the budgets' ``data_dir``, which only find files (a moved study, or ``out``
     written another way, is the same study). The resources set a trial's threads and device,
     which a resume must keep. An arm's given policy is its run's id (``meta.json``), not its
-    path, with the PPO round its checkpoint is at (``POLICY_ROUND``): a study moved with its
-    policy carries on, another run put at the policy's path is another policy, and so is the
-    policy of a run that trained on (the arm's trials would evaluate two policies)."""
+    path: a study moved with its policy carries on, and another run put at the policy's path
+    is another policy."""
     data = config_dict(spec)
     for arm, table in zip(spec.arms, data["arms"], strict=True):
-        policy = None if arm.policy is None else Path(arm.policy)
-        meta = None if policy is None else record.read_meta(policy)
-        if policy is not None and meta is not None:  # read_study read it (or refused it)
+        meta = None if arm.policy is None else record.read_meta(Path(arm.policy))
+        if meta is not None:  # read_study read it (a policy without one was refused)
             table["policy"] = meta.run_id
-            table[POLICY_ROUND] = policy_rounds(ppo_state(policy))
     kept = {k: v for k, v in data.items() if k not in ("out", "retries", "reps", "baselines")}
     return _without_data_dirs(kept)
