@@ -21,7 +21,7 @@ from conftest import growth_summary, ppo_summary, unprivileged, write_run
 from esper.cli.main import main
 from esper.cli.runs import TABLE_ROWS
 from esper.leyline.events import EpochCompleted, PPOUpdate, SlotSnapshot
-from esper.leyline.trials import TRIALS_DIR
+from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
 from esper.nissa import views
 from esper.nissa.record import (
     SUMMARY_FILE,
@@ -295,7 +295,7 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
 
 
 def test_the_runs_directory_of_a_study_lists_and_queries_its_trials(
-    tmp_path, recorded_runs, capsys
+    tmp_path, recorded_runs, capsys, monkeypatch
 ) -> None:
     """After ``esper study`` writes ``runs/STUDY``, ``esper runs`` on ``runs/`` shows its trials
     as runs named ``STUDY/trial``, as the dashboard does (it said "no runs in runs"), and the
@@ -328,6 +328,18 @@ def test_the_runs_directory_of_a_study_lists_and_queries_its_trials(
     assert _query(capsys, sql, study) == given_alone
     both = _query(capsys, "SELECT count(*) AS n FROM trials", runs, study, study / TRIALS_DIR)
     assert both == [{"n": len(trials)}]  # one study, however it is named
+    # ... and its trials' runs named alike in every view, however it is spelt (review)
+    monkeypatch.chdir(tmp_path)
+    assert _query(capsys, sql, study, Path("runs")) == expected
+
+    # A run holding a stray study.json is one run (it was listed twice: solo and solo/solo),
+    # and a trial that cannot be read is named with its study.
+    (runs / "solo" / STUDY_FILE).write_text("{}")
+    (study / TRIALS_DIR / trials[-1] / "events.jsonl").write_text("")
+    assert main(["runs", "list", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[2:]] == names[:-1]
+    assert err.startswith(f"st/{trials[-1]}: not readable: ")
 
 
 def test_names_that_showed_alike_are_two_runs(tmp_path, recorded_runs, capsys) -> None:

@@ -89,7 +89,7 @@ def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
 
 def _list(directory: Path) -> int:
     found, unreadable = scan_runs(directory)
-    broken = [f"{path.name}: not readable: {why}" for path, why in unreadable]
+    broken = [f"{name}: not readable: {why}" for name, why in unreadable]
     rows = []
     for run in found:
         try:

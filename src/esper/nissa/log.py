@@ -573,15 +573,25 @@ def run_candidates(directory: Path) -> list[Path]:
 
 def studies_within(directory: Path) -> list[Path]:
     """The study directories directly inside ``directory``, by name, when it is neither a run
-    nor a study (each of those stands for itself). A child that cannot be looked into is none:
-    ``run_candidates`` lists it as a run that cannot be read, which says why."""
+    nor a study (each of those stands for itself); a run directory holding a stray
+    ``study.json`` is a run. A child that cannot be looked into is none: ``run_candidates``
+    lists it as a run that cannot be read, which says why.
+
+    Raises:
+        PermissionError: ``directory`` cannot be looked into.
+    """
     try:
         if file_mode(directory / EVENTS_FILE) is not None or is_study(directory):
             return []
         children = sorted(directory.iterdir())
-    except (PermissionError, NotADirectoryError, FileNotFoundError):
+    except (NotADirectoryError, FileNotFoundError):
         return []
-    return [child for child in children if is_readable_study(child)]
+    return [child for child in children if is_readable_study(child) and not _has_log(child)]
+
+
+def _has_log(path: Path) -> bool:
+    mode = file_mode(path / EVENTS_FILE)
+    return mode is not None and stat.S_ISREG(mode)
 
 
 def is_readable_study(path: Path) -> bool:
@@ -644,9 +654,10 @@ def check_runs_dir(directory: Path) -> None:
     raise RunDirectoryError(f"runs directory {str(directory)!r} {what}")
 
 
-def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str]]]:
-    """The runs in ``directory`` under their names (``named_runs``), and the candidates that
-    could not be read — e.g. a run whose first line is still being written — with the reason.
+def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[str, str]]]:
+    """The runs in ``directory`` under their names (``named_runs``), and the names of those
+    that could not be read — e.g. a run whose first line is still being written — with the
+    reason.
 
     Raises:
         RunDirectoryError: ``directory`` does not exist, is not a directory or cannot be read.
@@ -657,7 +668,7 @@ def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[Path, str
         try:
             runs.append(dataclasses.replace(open_run(path), name=name))
         except RunDirectoryError as err:
-            unreadable.append((path, str(err)))
+            unreadable.append((name, str(err)))
     return runs, unreadable
 
 

@@ -334,10 +334,12 @@ class RunStore:
                     files["runs"].write(_line({**row, "path": shown_path(run.path)}))
                     for view, row in _rows(self.labels[run.path], run.mode, log.records):
                         files[view].write(_line(_fitted(view, row, run.events_path)))
+                # A trial's run as the other views name it, however its study's path is spelt.
+                resolved = {path.resolve(): label for path, label in self.labels.items()}
                 for study in self.studies:
-                    for row in _trials(study):  # run: as the other views name the trial's run
-                        run = study / TRIALS_DIR / row[RUN_COLUMN]
-                        row[RUN_COLUMN] = self.labels.get(run, row[RUN_COLUMN])
+                    for row in _trials(study):
+                        run = (study / TRIALS_DIR / row[RUN_COLUMN]).resolve()
+                        row[RUN_COLUMN] = resolved.get(run, row[RUN_COLUMN])
                         files["trials"].write(_line(row))
             finally:
                 for f in files.values():
