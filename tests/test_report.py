@@ -659,14 +659,22 @@ def test_a_log_without_epochs_says_so(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_out_is_a_file(
-    recorded_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    recorded_runs: dict[str, Path],
+    tiny_study: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """It ended "[Errno 17] File exists: 'afile'", after the report was built and its
+    warnings printed (adversarial sweep, review): a run's or a study's report alike."""
     afile = tmp_path / "afile"
     afile.write_text("x")
-    code, _, err = _report([str(recorded_runs["static"]), "--out", str(afile)], capsys)
-    # it ended "[Errno 17] File exists: 'afile'" (adversarial sweep)
-    _assert_one_line_error(code, err, f"cannot write the report to {str(afile)!r}: it is not a")
-    assert afile.read_text() == "x"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for reported in (recorded_runs["static"], tiny_study):
+        for out, what in (("afile", "not a directory"), ("dangling", "a symbolic link that")):
+            code, _, err = _report([str(reported), "--out", str(tmp_path / out)], capsys)
+            message = f"cannot write the report to {str(tmp_path / out)!r}: it is {what}"
+            _assert_one_line_error(code, err, message)
+    assert afile.read_text() == "x" and not (tmp_path / "nowhere").exists()
 
 
 def test_a_run_given_as_its_own_baseline_is_said_to_be(recorded_runs: dict[str, Path]) -> None:

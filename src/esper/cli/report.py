@@ -18,6 +18,7 @@ from pathlib import Path
 from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
+from esper.leyline.files import DANGLING_LINK, is_dangling
 from esper.leyline.trials import DEFAULT_REPS
 from esper.nissa.record import CHECKPOINTS_DIR, REPORT_DIR, is_run_directory, is_study
 
@@ -30,13 +31,17 @@ def _warn(warnings: list[str]) -> None:
 def _refuse_foreign(target: Path, own: Path) -> None:
     """``target`` is not, and does not lie inside, a run or study directory other than ``own``
     (the run or study reported on): a report's images and ``report.html`` would replace
-    theirs. Nor may it lie in the run's own checkpoints, whose manifests list their files.
+    theirs. Nor may it lie in the run's own checkpoints, whose manifests list their files, nor
+    be a file or a link that leads nowhere (checked before the report is built).
 
     Raises:
         UserError: naming ``--out`` and the directory in its way.
     """
     _refuse_loop(own, repr(str(own)))
     _refuse_loop(target, f"--out {str(target)!r}")
+    if os.path.lexists(target) and not os.path.isdir(target):
+        what = DANGLING_LINK if is_dangling(target) else "not a directory"
+        raise UserError(f"cannot write the report to {str(target)!r}: it is {what}")
     mine, full = _real(own), Path(os.path.abspath(target))  # abspath: ".." collapsed
     resolved = _real(full)  # links followed: where the files would land
     if is_run_directory(mine) and mine / CHECKPOINTS_DIR in (resolved, *resolved.parents):
@@ -97,8 +102,6 @@ def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) 
     except ReportError as err:
         raise UserError(str(err)) from None
     _warn(report.warnings)
-    if os.path.lexists(target) and not target.is_dir():
-        raise UserError(f"cannot write the report to {str(target)!r}: it is not a directory")
     try:
         return write_report(report, target)
     except OSError as err:
