@@ -502,3 +502,8 @@ def test_an_unset_budget_is_the_tasks_own_not_the_policys() -> None:
     note = _budget_note(trained, fashion, frozenset())
     assert note is not None and note.startswith("esper eval: note: batch_size = 64 come from")
     assert "fashion_mnist_impaired's own batch_size = 128 (" in note
+    # With --lr given, the task's own seed_lr is that lr, and the policy's is kept (review).
+    faster = replace(fashion, lr=0.02, batch_size=128)
+    note = _budget_note(trained, faster, frozenset({"lr", "batch_size"}))
+    assert note is not None and note.startswith("esper eval: note: seed_lr = 0.003 come from")
+    assert "fashion_mnist_impaired's own seed_lr = 0.02 (" in note

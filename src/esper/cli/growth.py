@@ -102,7 +102,8 @@ def _budget_note(
     task = running_with.task
     if task == trained_with.task or task not in TASKS:
         return None
-    own = resolve_training(HostTraining(task))
+    given = {name: getattr(running_with, name) for name in TASK_SETTINGS if name in named}
+    own = resolve_training(replace(HostTraining(task), **given))  # seed_lr follows a given lr
     kept = [  # unset (None) is the task's own, not the policy's
         name
         for name in TASK_SETTINGS
