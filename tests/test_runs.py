@@ -435,7 +435,7 @@ def test_names_and_strings_that_are_no_utf8_are_queried(tmp_path, recorded_runs,
         # a second sweep: TypeError out of DuckDB's parser, exit 1
         (["runs", "query", "SELECT '\udcff'", "--runs", "{run}"], "the SQL is not UTF-8 text"),
         # --runs took the SQL for a path, and the message did not say so (views walk-through)
-        (["runs", "query", "--runs", "{run}", "SELECT 1"], "sql; --runs takes every word after"),
+        (["runs", "query", "--runs", "{run}", "SELECT 1"], "sql; a --runs before it takes every"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, recorded_runs, capsys, args, message) -> None:

@@ -97,7 +97,8 @@ def _add_view_parsers(sub: Any) -> None:
         "query",
         help="SQL (DuckDB) over event logs; views: " + ", ".join(VIEW_NAMES),
         usage="esper runs query SQL [--runs PATH [PATH ...]] [--format {table,csv,json}]",
-        missing="--runs takes every word after it: give the SQL first, or end the paths with --",
+        missing="a --runs before it takes every word after it: give the SQL first, or end the "
+        "paths with --",
     )
     query.add_argument("sql", help='e.g. "SELECT run, max(val_accuracy) FROM epochs GROUP BY run"')
     query.add_argument(

@@ -66,7 +66,8 @@ class SeedOutcome:
             germination.
         germinated_epoch: the epoch after which it was germinated.
         epochs: epochs it lived as a seed: those after ``germinated_epoch`` up to the one after
-            which it was fossilized or pruned, or the run's last.
+            which it was fossilized or pruned, or the run's last (a seed the governor's
+            rollback removed: up to the epoch before the panic's).
     """
 
     run_id: str
