@@ -83,16 +83,8 @@ _reps = _number(
 _port = _number(int, f"a TCP port in 1..{MAX_PORT}", lambda v: 1 <= v <= MAX_PORT)
 
 
-def _add_view_parsers(sub: Any) -> None:
-    """``esper runs``, ``report``, ``tui`` and ``dashboard``: looking at runs (Nissa, Karn)."""
-    runs = sub.add_parser("runs", help="list, show, compare and query recorded runs")
-    verbs = runs.add_subparsers(dest="runs_command", required=True, metavar="VERB")
-    listing = verbs.add_parser("list", help="one line per run in DIR")
-    listing.add_argument("dir", nargs="?", type=path_arg, default=RUNS_DIR, help="default: runs/")
-    show = verbs.add_parser("show", help="a run's configuration, summary and event counts")
-    show.add_argument("run", type=path_arg, help="run directory")
-    compare = verbs.add_parser("compare", help="final metrics of several runs side by side")
-    compare.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories")
+def _add_query_parser(verbs: Any) -> None:
+    """``esper runs query``."""
     query = verbs.add_parser(
         "query",
         help="SQL (DuckDB) over event logs; views: " + ", ".join(VIEW_NAMES),
@@ -116,6 +108,19 @@ def _add_view_parsers(sub: Any) -> None:
         help=f"output format (table: at most the first {TABLE_ROWS} rows, and the count; csv "
         "and json: every row)",
     )
+
+
+def _add_view_parsers(sub: Any) -> None:
+    """``esper runs``, ``report``, ``tui`` and ``dashboard``: looking at runs (Nissa, Karn)."""
+    runs = sub.add_parser("runs", help="list, show, compare and query recorded runs")
+    verbs = runs.add_subparsers(dest="runs_command", required=True, metavar="VERB")
+    listing = verbs.add_parser("list", help="one line per run in DIR")
+    listing.add_argument("dir", nargs="?", type=path_arg, default=RUNS_DIR, help="default: runs/")
+    show = verbs.add_parser("show", help="a run's configuration, summary and event counts")
+    show.add_argument("run", type=path_arg, help="run directory")
+    compare = verbs.add_parser("compare", help="final metrics of several runs side by side")
+    compare.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories")
+    _add_query_parser(verbs)
     report = sub.add_parser(
         "report", help="write report.html with plots for a run, or for a study and its arms"
     )
