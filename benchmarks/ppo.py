@@ -53,7 +53,7 @@ from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.training import PPOTrainer, RoundResult
-from esper.study.run import load_data
+from esper.study.checks import load_data
 
 PRESET = "tiny"
 TASK = "synthetic"

@@ -28,8 +28,9 @@ from esper.leyline.config import HostTraining
 from esper.leyline.events import ActionTaken, EpochCompleted, Event, SeedTransition
 from esper.simic.build import load_policy, policy_training
 from esper.simic.env import task_episode
+from esper.study.checks import load_data
 from esper.study.plan import growth_config, plan, ppo_config, read_study
-from esper.study.run import load_data, ppo_state
+from esper.study.run import ppo_state
 from esper.tamiyo import ActionSpace, RandomController
 from esper.tasks import resolve_training
 from esper.tolaria.engine import Trainer

@@ -10,7 +10,7 @@ from esper.nissa import TelemetryHub
 from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.vector import assign_devices, describe_device_map, parse_device
-from esper.study.run import load_data
+from esper.study.checks import load_data
 
 
 def test_round_robin_over_cpu() -> None:

@@ -20,7 +20,7 @@ from unittest import mock
 import pytest
 import torch
 
-import esper.study.run as study_run
+import esper.study.checks as study_checks
 from esper.leyline import Action, Op, SeedStage, SeedStateReport, TelemetryLevel, thresholds
 from esper.leyline.config import UserError, config_dict, override
 from esper.leyline.events import EpochCompleted
@@ -29,7 +29,7 @@ from esper.simic.build import build_envs, build_trainer
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.rewards import RewardFunction, RewardInput
-from esper.study.run import load_data, set_threads
+from esper.study.checks import load_data, set_threads
 from esper.tamiyo.features import encode_observation
 from standin import PlateauEnv, StandInConfig, standin_trainer
 
@@ -190,18 +190,18 @@ def _level(config: TrainingConfig) -> TelemetryLevel:
 def loader_probe(config: TrainingConfig) -> list[float]:
     """What the dataset loader is asked for (data_dir and download flow into it)."""
     calls: list[tuple[Any, ...]] = []
-    original = study_run.load_dataset
+    original = study_checks.load_dataset
 
     def spy(name, data_dir=None, **kwargs):
         calls.append((name, data_dir, kwargs["download"]))
         raise FileNotFoundError("spy")
 
-    study_run.load_dataset = spy
+    study_checks.load_dataset = spy
     try:
         with pytest.raises(UserError, match="spy"):
             load_data(config.env)
     finally:
-        study_run.load_dataset = original
+        study_checks.load_dataset = original
     return [float(hash(calls[0]))]
 
 

@@ -28,7 +28,7 @@ from esper.simic.ppo import PPOLearner, UpdateResult
 from esper.simic.rollout import RolloutBatch
 from esper.simic.training import PPOTrainer
 from esper.simic.vector import VectorEnv
-from esper.study.run import load_data
+from esper.study.checks import load_data
 from standin import PlateauEnv, StandInConfig, standin_trainer
 
 

@@ -24,7 +24,7 @@ from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.leyline.config import HostTraining, read_config_file
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import checkpoints, record
-from esper.study.run import load_data
+from esper.study.checks import load_data
 from esper.tasks import host_param_count, matched_width, resolve_training
 
 BUDGET = "epochs = 6\nbatches_per_epoch = 2\nval_samples = 128\n"

@@ -31,6 +31,7 @@ from esper.leyline.config import MAX_SEED, UserError
 from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import checkpoints, record
 from esper.nissa.knowledge import KnowledgeStore, parse_url
+from esper.study.checks import changed_settings
 from esper.study.execute import EVAL_DERIVED, StudyDriver, study_lock
 from esper.study.job import Job, run_job, trial_row
 from esper.study.plan import (
@@ -42,7 +43,7 @@ from esper.study.plan import (
     read_study,
     store_url,
 )
-from esper.study.run import Stop, changed_settings
+from esper.study.run import Stop
 from esper.study.state import StudyState, study_settings
 
 HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'
@@ -238,9 +239,9 @@ def test_a_width_that_does_not_fit_is_one_line_before_anything(
 ):
     """The dry run built the 1.5-billion-parameter host to time it (a traceback where memory
     ran out); the real run failed every attempt after Ray started, naming a flag."""
-    import esper.study.run
+    import esper.study.checks
 
-    monkeypatch.setattr(esper.study.run, "memory_bytes", lambda: 24 * 2**30)  # this machine's
+    monkeypatch.setattr(esper.study.checks, "memory_bytes", lambda: 24 * 2**30)  # this machine's
     budget = f"{BUDGET}width = 4096\n" if where == "budget" else BUDGET
     arm = STATIC + "width = 4096\n" * (where == "arm")
     path = _study(tmp_path, f"{HEAD}{budget}{arm}")

@@ -13,7 +13,7 @@ import torch
 
 from esper.cli.main import main
 from esper.leyline.config import HostTraining, UserError
-from esper.study.run import set_threads
+from esper.study.checks import set_threads
 from esper.tolaria import threads as policy
 from esper.tolaria.threads import threads_per_worker, usable_cores
 

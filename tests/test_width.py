@@ -200,7 +200,7 @@ def test_a_width_that_cannot_fit_is_refused_up_front(
 ) -> None:
     """Building such a host ran out of memory with a traceback (or swapped for minutes); the
     refusal names the widest host that fits, and nothing is written."""
-    monkeypatch.setattr("esper.study.run.memory_bytes", lambda: HAVE)
+    monkeypatch.setattr("esper.study.checks.memory_bytes", lambda: HAVE)
     envs = None if command == "static" else 3
     widest = _widest(envs)
     assert widest == (10 if envs is None else 9)  # 100 or 132 (90w^2 + 57w + 4) <= 2^20
@@ -218,9 +218,9 @@ def test_a_width_that_cannot_fit_is_refused_up_front(
 
 def test_the_widest_host_that_fits_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     from esper.leyline.config import UserError
-    from esper.study.run import check_fits
+    from esper.study.checks import check_fits
 
-    monkeypatch.setattr("esper.study.run.memory_bytes", lambda: HAVE)
+    monkeypatch.setattr("esper.study.checks.memory_bytes", lambda: HAVE)
     training = resolve_training(HostTraining(task="synthetic", width=_widest(None)))
     check_fits(training, SYNTHETIC)
     with pytest.raises(UserError, match="use --width 10 or less"):

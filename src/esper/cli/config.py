@@ -30,8 +30,8 @@ from esper.leyline.config import (
     read_config_file,
 )
 from esper.leyline.files import absolute_path
+from esper.study.checks import check_outside_studies
 from esper.study.growth import GrowthRun, check_mode
-from esper.study.run import check_outside_studies
 
 C = TypeVar("C")
 

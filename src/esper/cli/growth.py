@@ -21,14 +21,9 @@ from esper.leyline.config import HostTraining, UserError, override
 from esper.nissa import record
 from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
+from esper.study.checks import check_recorded_mode
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import (
-    Stop,
-    check_recorded_mode,
-    partial_policy,
-    policy_rounds,
-    ppo_state,
-)
+from esper.study.run import Stop, partial_policy, policy_rounds, ppo_state
 from esper.tasks import (
     TASK_SETTINGS,
     TASKS,

@@ -22,8 +22,9 @@ from esper.leyline.config import UserError, override
 from esper.nissa import record
 from esper.nissa.log import counted, display, percent
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
+from esper.study.checks import check_recorded_mode
 from esper.study.ppo import PPORunner, checked_data, start_workers
-from esper.study.run import EXIT_FAILED, Stop, check_recorded_mode
+from esper.study.run import EXIT_FAILED, Stop
 from esper.tasks import without_stray_data_dir
 
 

@@ -33,6 +33,7 @@ from esper.leyline.trials import (
     TRIALS_FILE,
 )
 from esper.nissa.log import counted
+from esper.study.checks import check_fits, load_data
 from esper.study.execute import (
     Outcome,
     StudyDriver,
@@ -50,7 +51,7 @@ from esper.study.plan import (
     store_url,
     training,
 )
-from esper.study.run import Stop, check_fits, interrupt_on_termination, load_data
+from esper.study.run import Stop, interrupt_on_termination
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
 

@@ -92,7 +92,7 @@ def default_directory(command: str, argv: list[str], options: RunOptions) -> Pat
     Raises:
         UserError: the configuration is invalid (e.g. no ``--task``).
     """
-    from esper.study.run import default_out
+    from esper.study.checks import default_out
 
     if command == "ppo":
         from esper.cli import ppo

@@ -24,7 +24,7 @@ MAX_HOST_SIZE = 65_536
 """Largest channel count (a CNN's last block's included), dimension, depth or vocabulary a host
 accepts: beyond it no host fits in memory, and checking up front names the limit instead of
 failing in torch. It bounds each size, not their product: a host within it can still need more
-memory than a machine has (the run commands check that, ``esper.study.run.check_fits``)."""
+memory than a machine has (the run commands check that, ``esper.study.checks.check_fits``)."""
 
 
 def _check_sizes(config: Any, *names: str) -> None:

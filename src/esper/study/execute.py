@@ -55,6 +55,7 @@ from esper.leyline.trials import (
 )
 from esper.nissa import record
 from esper.simic.config import TrainingConfig
+from esper.study.checks import DATA_DIR_SETTINGS, changed_settings
 from esper.study.growth import GrowthRun
 from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
 from esper.study.plan import (
@@ -69,14 +70,7 @@ from esper.study.plan import (
     ppo_config,
     trial_mode,
 )
-from esper.study.run import (
-    DATA_DIR_SETTINGS,
-    Stop,
-    changed_settings,
-    policy_rounds,
-    ppo_state,
-    read_state,
-)
+from esper.study.run import Stop, policy_rounds, ppo_state, read_state
 from esper.study.state import StudyState, study_settings
 
 
@@ -350,8 +344,8 @@ class StudyDriver:
         """The width whose host's parameters are nearest the matched arm's median final
         parameters on the trial's task: computed (and the task's data loaded) once per task,
         since every trial it matches has finished before the first static-matched one runs."""
+        from esper.study.checks import load_data
         from esper.study.plan import training
-        from esper.study.run import load_data
         from esper.tasks import matched_width
 
         arm = self.spec.arm(trial.arm)

@@ -45,17 +45,16 @@ from esper.nissa import TelemetryHub, record
 from esper.seeding import seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
 from esper.simic.env import task_episode
-from esper.study.ledger import SeedLedger
-from esper.study.run import (
-    Recorder,
+from esper.study.checks import (
     check_fits,
     check_out,
     check_same_config,
     check_sinks,
     load_data,
-    ppo_state,
     set_threads,
 )
+from esper.study.ledger import SeedLedger
+from esper.study.run import Recorder, ppo_state
 from esper.tamiyo import (
     Controller,
     HeuristicConfig,

@@ -30,8 +30,7 @@ from esper.simic.env import EpisodeStartError
 from esper.simic.ppo import check_amp
 from esper.simic.vector import describe_device_map, parse_device
 from esper.simic.workers import RayVectorEnv, WorkerLostError, start_ray
-from esper.study.run import (
-    Recorder,
+from esper.study.checks import (
     check_fits,
     check_out,
     check_same_config,
@@ -39,6 +38,7 @@ from esper.study.run import (
     load_data,
     set_threads,
 )
+from esper.study.run import Recorder
 from esper.tasks import without_stray_data_dir
 from esper.tolaria.threads import TooFewCores
 

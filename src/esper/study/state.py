@@ -13,8 +13,8 @@ from esper.leyline.config import UserError, check_int, config_dict
 from esper.leyline.files import atomic_write
 from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
+from esper.study.checks import config_changes
 from esper.study.plan import StudySpec, with_defaults
-from esper.study.run import config_changes
 
 
 @dataclass
