@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 
+import esper.study.checks as study_checks
 import esper.study.run as study_run
 from esper.cli.main import main
 from esper.leyline.files import DiskFullError
@@ -655,7 +656,7 @@ def test_what_this_process_can_check_is_refused_before_ray(
     monkeypatch.setattr(ppo, "start_ray", start_ray)
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)  # the data directory "." holds no dataset
-    monkeypatch.setattr(study_run, "memory_bytes", lambda: 16 * 2**30)  # any machine's
+    monkeypatch.setattr(study_checks, "memory_bytes", lambda: 16 * 2**30)  # any machine's
     assert main(["ppo", "--preset", "tiny", "--workers", "2", *flags, "--out", str(out)]) == 2
     assert message in _one_error_line(capsys)
     assert not out.exists()
