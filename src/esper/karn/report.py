@@ -119,7 +119,7 @@ def _plot(name: str, caption: str, figure: Figure) -> Plot:
     return Plot(name, caption, figure, png, svg.getvalue())
 
 
-def _a(mode: str) -> str:
+def _with_article(mode: str) -> str:
     """The mode with its article: "a ppo", "an eval"."""
     return f"{'an' if mode[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {mode}"
 
@@ -465,9 +465,9 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
             notes.append(f"{data.run.name}: no summary.json (still running or crashed).")
     if len(runs) == 2 and runs[0].is_ppo != runs[1].is_ppo:
         notes.append(
-            f"the baseline {runs[1].run.name} is {_a(runs[1].run.mode)} run and "
-            f"{runs[0].run.name} {_a(runs[0].run.mode)} run: the plots compare final accuracy "
-            "only."
+            f"the baseline {runs[1].run.name} is {_with_article(runs[1].run.mode)} run and "
+            f"{runs[0].run.name} {_with_article(runs[0].run.mode)} run: the plots compare final "
+            "accuracy only."
         )
     elif len(runs) == 2 and not runs[0].is_ppo:
         budgets = [_budget(data) for data in runs]
