@@ -17,6 +17,7 @@ from esper.cli.main import main
 from esper.leyline.config import config_dict
 from esper.leyline.events import PPOUpdate
 from esper.nissa import checkpoints, record
+from esper.nissa.csvlog import read_rows
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
 from esper.study.run import ppo_state
@@ -79,7 +80,7 @@ def test_rounds_csv_is_the_ppo_update_of_each_round(tmp_path) -> None:
     assert main(["ppo", "--preset", "tiny", "--out", str(run)]) == 0
     with (run / "rounds.csv").open(newline="") as f:
         assert csv.DictReader(f).fieldnames == list(ROUND_FIELDS)
-    recorded = [asdict(r) for r in record.read_rows(run / "rounds.csv", PPOUpdate)]
+    recorded = [asdict(r) for r in read_rows(run / "rounds.csv", PPOUpdate)]
     logged = [e for e in _events(run) if e["event"] == "PPOUpdate"]
     assert recorded == [{k: e[k] for k in ROUND_FIELDS} for e in logged]
     assert [r["round"] for r in recorded] == [1, 2]

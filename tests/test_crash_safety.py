@@ -29,6 +29,7 @@ import esper.study.run as study_run
 from esper.cli.main import main
 from esper.leyline.files import DiskFullError
 from esper.nissa import checkpoints, record
+from esper.nissa.csvlog import read_rows
 from esper.simic.training import PPOTrainer
 from esper.study.growth import EpochRow, GrowthRunner
 from esper.study.run import Stop
@@ -984,7 +985,7 @@ def test_a_failed_commit_leaves_the_csv_and_summary_at_the_last_checkpoint(
     out = tmp_path / "run"
     assert main(["heuristic", *TINY, "--epochs", "5", "--out", str(out)]) == 2
     assert "out of disk space" in _one_error_line(capsys)
-    rows = record.read_rows(out / "metrics.csv", EpochRow)
+    rows = read_rows(out / "metrics.csv", EpochRow)
     summary = record.read_summary(out)
     assert [r.epoch for r in rows] == [1, 2] and summary is not None and summary.growth
     assert summary.growth.epochs_completed == 2

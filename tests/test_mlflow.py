@@ -26,6 +26,7 @@ import pytest
 from esper.cli.main import main
 from esper.leyline.config import TelemetrySettings
 from esper.nissa import record
+from esper.nissa.csvlog import read_rows
 from esper.nissa.record import RUN_REPORT
 from esper.nissa.tracking import RUN_ID_FILE, MLflowSink, TrackingError
 from esper.study.growth import EpochRow
@@ -121,7 +122,7 @@ def test_a_heuristic_run_is_tracked_on_a_server(mlflow, server: str, tmp_path: P
     assert _history(client, run_id, "accuracy/val") == [
         (e["epoch"], pytest.approx(e["val_accuracy"])) for e in epochs
     ]
-    csv = record.read_rows(run / "metrics.csv", EpochRow)
+    csv = read_rows(run / "metrics.csv", EpochRow)
     assert [v for _, v in _history(client, run_id, "accuracy/val")] == pytest.approx(
         [r.val_accuracy for r in csv]
     )

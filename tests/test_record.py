@@ -35,16 +35,15 @@ from esper.nissa.checkpoints import (
     commit_checkpoint,
     load_checkpoint,
 )
+from esper.nissa.csvlog import CsvLog, read_rows
 from esper.nissa.record import (
     CHECKPOINTS_DIR,
     SUMMARY_FILE,
     UNFINISHED,
-    CsvLog,
     RunRecordError,
     named,
     new_run_id,
     read_meta,
-    read_rows,
     read_summary,
     run_meta,
     run_status,

@@ -35,7 +35,8 @@ from esper.data import DatasetNotFoundError, make_synthetic
 from esper.leyline import Action, Op
 from esper.leyline.config import override, read_config_file
 from esper.leyline.events import PPOUpdate
-from esper.nissa import TelemetryHub, record
+from esper.nissa import TelemetryHub
+from esper.nissa.csvlog import read_rows
 from esper.simic import workers
 from esper.simic.build import build_envs, build_trainer
 from esper.simic.config import TrainingConfig, load_preset
@@ -419,7 +420,7 @@ def test_two_workers_are_the_in_process_run_with_the_same_chunks(two_workers: Pa
         hub.set_level,
     )
     stats = [trainer.run_round().stats for _ in range(config.ppo.rounds)]
-    recorded = record.read_rows(two_workers / "rounds.csv", PPOUpdate)
+    recorded = read_rows(two_workers / "rounds.csv", PPOUpdate)
     assert [_untimed(asdict(s)) for s in stats] == [_untimed(asdict(r)) for r in recorded]
     policy = _policy(two_workers)
     assert all(torch.equal(v, policy[k]) for k, v in trainer.network.state_dict().items())

@@ -45,6 +45,7 @@ from esper.leyline.files import (
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, checkpoints, record
 from esper.nissa.console import ConsoleSink, detach_from_hung_up_terminal
+from esper.nissa.csvlog import CsvLog
 from esper.nissa.log import EventLogError, read_events
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSink
@@ -199,7 +200,7 @@ class Recorder:
 
     directory: Path
     run_id: str
-    csv: record.CsvLog[Any]
+    csv: CsvLog[Any]
     rows: list[Any]
     hub: TelemetryHub
     checkpoint: checkpoints.Checkpoint | None
@@ -275,7 +276,7 @@ class Recorder:
             raise UserError(str(err)) from err
         except OSError as err:  # e.g. a name too long for the file system, no permission
             raise UserError(f"cannot create run directory {str(out)!r}: {err.strerror}") from err
-        csv: record.CsvLog[Any] = record.CsvLog(out / record.CSV_FILES[mode], row_type)
+        csv: CsvLog[Any] = CsvLog(out / record.CSV_FILES[mode], row_type)
         try:  # a --resume of it started the moment it appeared runs it, and this one stops
             fd = record.lock_run(out)
         except record.RunRecordError as err:
@@ -331,7 +332,7 @@ class Recorder:
                     checkpoint.step,
                 )
         _check_writable(directory, [directory, directory / record.CHECKPOINTS_DIR, events])
-        csv: record.CsvLog[Any] = record.CsvLog(directory / record.CSV_FILES[mode], row_type)
+        csv: CsvLog[Any] = CsvLog(directory / record.CSV_FILES[mode], row_type)
         rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
 
@@ -568,7 +569,7 @@ def _create(
         record.write_json(staging / record.CONFIG_FILE, config)
         atomic_write(staging / record.EVENTS_FILE, "")
         record.write_json(staging / record.META_FILE, meta.to_json())
-        record.CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
+        CsvLog(staging / record.CSV_FILES[mode], row_type).rewrite([])
         checkpoints.commit_checkpoint(staging, 0, files, meta.run_id)  # a kill in step 1 resumes
         parent = out.absolute().parent
         fsync_directory(parent)  # fails before the rename where it would after (no read
