@@ -82,7 +82,7 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     notes = [
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
-        _prefixed(partial_policy(policy, policy_rounds(state)), policy),
+        _partial_note(partial_policy(policy, policy_rounds(state)), policy),
     ]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
@@ -121,7 +121,7 @@ def _budget_note(
     )
 
 
-def _prefixed(partial: str | None, policy: Path) -> str | None:
+def _partial_note(partial: str | None, policy: Path) -> str | None:
     """The eval's note of a policy stopped before its planned rounds (``partial_policy``)."""
     if partial is None:
         return None

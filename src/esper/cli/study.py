@@ -45,7 +45,6 @@ from esper.study.plan import (
     StudySpec,
     Trial,
     never_growing,
-    partial_policies,
     ppo_config,
     read_study,
     store_url,
@@ -94,7 +93,7 @@ def run_study(args: argparse.Namespace) -> int:
     driver = StudyDriver(spec, directory, _say, knowledge)
     check_writable(directory)  # first: the study's own store is named inside it
     check_knowledge(spec, knowledge or driver.own_store)
-    lines = [*never_growing(spec), *partial_policies(spec), *driver.notes]
+    lines = [*never_growing(spec), *driver.notes]
     notes = [f"esper study: {line}" for line in lines]  # said after the checks
     if args.dry_run:
         dry_run(driver)

@@ -70,7 +70,7 @@ from esper.study.plan import (
     ppo_config,
     trial_mode,
 )
-from esper.study.run import Stop, policy_rounds, ppo_state, read_state
+from esper.study.run import Stop, partial_policy, policy_rounds, ppo_state, read_state
 from esper.study.state import StudyState, study_settings
 
 
@@ -158,8 +158,9 @@ class StudyDriver:
 
     def _check_policy_round(self, arm: ArmSpec) -> int:
         """The round the given policy of ``arm`` is at, which its trials evaluate (each checks
-        it before it runs: ``Job.policy_round``); a note (``notes``) when its finished trials
-        evaluated other rounds.
+        it before it runs: ``Job.policy_round``); a note (``notes``) when its run stopped before
+        its planned rounds (``partial_policy``), and when its finished trials evaluated other
+        rounds.
 
         Raises:
             UserError: its started trials evaluated another round, and it has trials left: its
@@ -169,6 +170,9 @@ class StudyDriver:
         assert arm.policy is not None
         now = policy_rounds(ppo_state(Path(arm.policy)))
         assert now is not None  # ppo_state refuses a checkpoint without one
+        partial = partial_policy(Path(arm.policy), now)
+        if partial is not None:  # trained on, the study would refuse to go on
+            self.notes.append(f"note: arm {arm.name!r}: {partial}; the study evaluates it as is")
         trials = [t for t in self.trials if t.arm == arm.name]
         ran: dict[int, list[str]] = {}
         for trial in (t for t in trials if self._started(t)):

@@ -65,7 +65,7 @@ from esper.simic.build import policy_training
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.growth import GrowthRun
-from esper.study.run import partial_policy, policy_rounds, ppo_state
+from esper.study.run import ppo_state
 from esper.tamiyo import HeuristicConfig, PeriodicConfig
 from esper.tasks import get_task, reads_files, resolve_training
 
@@ -781,19 +781,6 @@ def never_growing(spec: StudySpec) -> list[str]:
             never = config.heuristic.never_grows(config.training.episode_length())
             if never is not None:
                 lines.append(f"note: arm {arm.name!r} on {task}: {never}")
-    return lines
-
-
-def partial_policies(spec: StudySpec) -> list[str]:
-    """A line for each arm given a policy whose run stopped before its planned rounds
-    (``partial_policy``)."""
-    lines = []
-    for arm in spec.arms:
-        if arm.policy is not None:
-            policy = Path(arm.policy)
-            partial = partial_policy(policy, policy_rounds(ppo_state(policy)))
-            if partial is not None:  # trained on, the study would refuse to go on
-                lines.append(f"note: arm {arm.name!r}: {partial}; the study evaluates it as is")
     return lines
 
 
