@@ -1138,3 +1138,13 @@ def test_trials_that_can_only_wait_on_a_failed_one_start_no_ray(tmp_path, capsys
     err = capsys.readouterr().err
     assert "1 trial(s) failed on every attempt, 1 could not start" in err
     assert "it broke" in (directory / "results.md").read_text()  # written, without Ray
+
+
+def test_the_trial_count_reads_as_english() -> None:
+    """A one-trial study said "1 trials"."""
+    from esper.cli.study import _trials
+
+    grow, policy = Trial("synthetic", "p", 0), Trial("synthetic", "p", 100, "policy")
+    assert _trials([grow]) == "1 trial"
+    assert _trials([grow, policy]) == "2 trials (1 PPO policy training among them)"
+    assert _trials([grow] * 1200) == "1,200 trials"

@@ -345,7 +345,7 @@ def _trials(trials: Sequence[Trial]) -> str:
     trials only)."""
     policies = sum(t.kind == "policy" for t in trials)
     trainings = f" ({counted(policies, 'PPO policy training')} among them)"
-    return f"{len(trials)} trials" + trainings * bool(policies)
+    return counted(len(trials), "trial") + trainings * bool(policies)
 
 
 def _timing(epoch: _Epoch) -> str:
