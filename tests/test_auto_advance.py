@@ -29,8 +29,9 @@ from esper.leyline.events import ActionTaken, EpochCompleted, Event, SeedTransit
 from esper.simic.build import load_policy, policy_training
 from esper.simic.env import task_episode
 from esper.study.checks import load_data
-from esper.study.plan import growth_config, plan, ppo_config, read_study
+from esper.study.plan import growth_config, plan
 from esper.study.run import ppo_state
+from esper.study.spec import ppo_config, read_study
 from esper.tamiyo import ActionSpace, RandomController
 from esper.tasks import resolve_training
 from esper.tolaria.engine import Trainer

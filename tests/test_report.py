@@ -869,7 +869,7 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trial runner, and ``trials.csv``/``study.json`` written by the study driver."""
     from esper.study.execute import Outcome, StudyDriver
     from esper.study.job import run_job
-    from esper.study.plan import read_study
+    from esper.study.spec import read_study
 
     root = tmp_path_factory.mktemp("study")
     (root / "study.toml").write_text(TINY_STUDY)

@@ -14,7 +14,7 @@ from esper.cli.config import RunOptions
 from esper.cli.ppo import parse
 from esper.leyline.config import UserError, config_dict, config_text, override, read_config_file
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
-from esper.study.plan import ppo_config, read_study
+from esper.study.spec import ppo_config, read_study
 
 
 def _load(path) -> TrainingConfig:

@@ -385,7 +385,7 @@ def test_dry_run_times_part_of_a_long_epoch_and_scales_it(tmp_path, capsys, monk
     scales the time to the budget. On a clock where a batch takes 1 s and a validation
     sample 0.5 s, 300 batches and 200 samples take 400 s, alone or in a group."""
     from esper.cli import study
-    from esper.study.plan import read_study
+    from esper.study.spec import read_study
     from esper.tolaria import episode
 
     monkeypatch.setattr(study, "MAX_TIMED_BATCHES", 3)
@@ -503,7 +503,8 @@ def test_missing_study_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "studies").glob("*.toml")))
 def test_shipped_study_files_are_valid(path):
-    from esper.study.plan import plan, read_study
+    from esper.study.plan import plan
+    from esper.study.spec import read_study
 
     spec, directory = read_study(path)
     assert directory.parent.name == "runs"  # studies write under runs/ (git-ignored)
@@ -514,7 +515,8 @@ def test_shipped_study_files_are_valid(path):
 def test_plan_submits_what_waits_for_nothing_first(tmp_path):
     """A PPO policy training used to come first: on two cores hours of it ran before any
     static or heuristic trial, so a study stopped early held no answer at all."""
-    from esper.study.plan import plan, read_study
+    from esper.study.plan import plan
+    from esper.study.spec import read_study
 
     policy = tmp_path / "policy"
     tiny = ["--epochs", "2", "--batches-per-epoch", "2", "--val-samples", "128"]
@@ -584,7 +586,7 @@ def test_a_driver_with_capacity_runs_growth_trials_before_policy_trainings(tmp_p
     of PPO training on two cores; the driver now keeps ``capacity`` trials submitted and picks
     growth trials first (None: everything ready at once, for a cluster that may grow)."""
     from esper.study.execute import StudyDriver
-    from esper.study.plan import read_study
+    from esper.study.spec import read_study
 
     path = tmp_path / "s.toml"
     path.write_text(
@@ -615,7 +617,7 @@ def test_pending_follows_the_trials_as_they_finish(tmp_path):
     (task, arm) instead of scanning every trial per static-matched trial: it must still equal
     the scan, on two tasks, at every finished trial."""
     from esper.study.execute import StudyDriver
-    from esper.study.plan import read_study
+    from esper.study.spec import read_study
 
     path = tmp_path / "s.toml"
     path.write_text(
@@ -659,7 +661,7 @@ def test_a_trial_whose_job_cannot_be_built_leaves_nothing_unsubmitted(tmp_path, 
     """With one slot, a trial that failed before it was submitted (its policy run missing) ended
     the study with ready trials never tried and the failed one's attempts unused."""
     from esper.study.execute import StudyDriver
-    from esper.study.plan import read_study
+    from esper.study.spec import read_study
 
     path = tmp_path / "s.toml"
     path.write_text(

@@ -34,16 +34,9 @@ from esper.nissa.knowledge import KnowledgeStore, parse_url
 from esper.study.checks import changed_settings
 from esper.study.execute import EVAL_DERIVED, StudyDriver, study_lock
 from esper.study.job import Job, run_job, trial_row
-from esper.study.plan import (
-    ArmSpec,
-    StudySpec,
-    Trial,
-    growth_config,
-    ppo_config,
-    read_study,
-    store_url,
-)
+from esper.study.plan import Trial, growth_config
 from esper.study.run import Stop
+from esper.study.spec import ArmSpec, StudySpec, ppo_config, read_study, store_url
 from esper.study.state import StudyState, study_settings
 
 HEAD = 'out = "o"\ntasks = ["synthetic"]\nreps = 100\n'

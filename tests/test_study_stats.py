@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 from esper.leyline.trials import VerdictRoles
-from esper.study.plan import read_study
+from esper.study.spec import read_study
 from esper.study.stats import (
     ALL_TASKS,
     ArmSummary,

@@ -40,17 +40,9 @@ from esper.study.execute import (
     connect_ray,
     trial_slots,
 )
-from esper.study.plan import (
-    MATCHED,
-    StudySpec,
-    Trial,
-    never_growing,
-    ppo_config,
-    read_study,
-    store_url,
-    training,
-)
+from esper.study.plan import Trial, never_growing
 from esper.study.run import Stop, interrupt_on_termination
+from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_url, training
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
 

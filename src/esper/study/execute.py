@@ -58,19 +58,9 @@ from esper.simic.config import TrainingConfig
 from esper.study.checks import DATA_DIR_SETTINGS, changed_settings
 from esper.study.growth import GrowthRun
 from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
-from esper.study.plan import (
-    MATCHED,
-    ArmSpec,
-    Resources,
-    StudySpec,
-    Trial,
-    growth_config,
-    plan,
-    policy_trial,
-    ppo_config,
-    trial_mode,
-)
+from esper.study.plan import Trial, growth_config, plan, policy_trial, trial_mode
 from esper.study.run import Stop, partial_policy, policy_rounds, ppo_state, read_state
+from esper.study.spec import MATCHED, ArmSpec, Resources, StudySpec, ppo_config
 from esper.study.state import StudyState, study_settings
 
 
@@ -107,7 +97,7 @@ class StudyDriver:
         spec: the study.
         directory: the study directory.
         say: where progress lines go.
-        knowledge: the store the trials use (``plan.store_url``: the study's URL with a
+        knowledge: the store the trials use (``spec.store_url``: the study's URL with a
             relative SQLite path resolved); None: ``spec.knowledge`` as written.
     """
 
@@ -349,7 +339,7 @@ class StudyDriver:
         parameters on the trial's task: computed (and the task's data loaded) once per task,
         since every trial it matches has finished before the first static-matched one runs."""
         from esper.study.checks import load_data
-        from esper.study.plan import training
+        from esper.study.spec import training
         from esper.tasks import matched_width
 
         arm = self.spec.arm(trial.arm)

@@ -14,7 +14,7 @@ from esper.leyline.files import atomic_write
 from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
 from esper.study.checks import config_changes
-from esper.study.plan import StudySpec, with_defaults
+from esper.study.spec import StudySpec, with_defaults
 
 
 @dataclass
