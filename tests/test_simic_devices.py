@@ -22,6 +22,8 @@ def test_round_robin_over_two_gpus_and_the_printed_map(monkeypatch) -> None:
     assigned = assign_devices(5, ["cuda:0", "cuda:1"])
     assert [str(d) for d in assigned] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
     assert describe_device_map(assigned) == "cuda:0: envs 0, 2, 4\ncuda:1: envs 1, 3"
+    # One environment is "env 0": "envs 0" read as none.
+    assert describe_device_map(assigned[:2]) == "cuda:0: env 0\ncuda:1: env 1"
 
 
 def test_unavailable_or_malformed_devices_are_named(monkeypatch) -> None:

@@ -664,6 +664,6 @@ def test_two_workers_share_one_gpu(tmp_path: Path, capsys) -> None:
     argv = [*TINY, "--workers", "2", "--workers-per-gpu", "2", "--devices", "cuda"]
     assert main([*argv, "--out", str(run)]) == 0
     err = capsys.readouterr().err
-    gpus = re.findall(r"worker \d: envs [\d, ]+ on GPU (\d+)", err)
+    gpus = re.findall(r"worker \d: envs? [\d, ]+ on GPU (\d+)", err)
     assert len(gpus) == 2 and gpus[0] == gpus[1], err
     assert len(_rows(run)) == load_preset("tiny").ppo.rounds

@@ -65,7 +65,13 @@ def describe_device_map(assigned: Sequence[torch.device]) -> str:
     groups: dict[str, list[int]] = {}
     for i, device in enumerate(assigned):
         groups.setdefault(str(device), []).append(i)
-    return "\n".join(f"{d}: envs {', '.join(map(str, ids))}" for d, ids in groups.items())
+    return "\n".join(f"{d}: {envs_named(ids)}" for d, ids in groups.items())
+
+
+def envs_named(ids: Sequence[int]) -> str:
+    """``env 0`` or ``envs 0, 2, 4``: environments by index, as the device map and the Ray
+    workers' lines name them (``envs 0`` read as none)."""
+    return f"env {ids[0]}" if len(ids) == 1 else f"envs {', '.join(map(str, ids))}"
 
 
 CPU_CHUNK = 4

@@ -44,6 +44,7 @@ from esper.simic.acting import RoundPolicy, Trajectory, lockstep
 from esper.simic.build import build_envs
 from esper.simic.config import MAX_WORKERS_PER_GPU, TrainingConfig
 from esper.simic.protocol import Emit
+from esper.simic.vector import envs_named
 from esper.tasks import get_task
 from esper.tolaria.threads import threads_per_worker
 
@@ -267,7 +268,7 @@ class RayVectorEnv:
         it)."""
         threads = self.config.env.threads
         lines = [
-            f"worker {k}: envs {', '.join(map(str, r))}" + (f" on GPU {', '.join(g)}" if g else "")
+            f"worker {k}: {envs_named(r)}" + (f" on GPU {', '.join(g)}" if g else "")
             for k, (r, g) in enumerate(zip(self.chunks, self.gpus, strict=True))
         ]
         return f"Ray workers (torch threads each: {threads}):\n" + "\n".join(lines)
