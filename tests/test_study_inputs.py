@@ -129,9 +129,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (f'{HEAD}{BUDGET}slots = ["mid_99"]\n{STATIC}', "arm 's' on synthetic: unknown or no "
          "slots ['mid_99']; the synthetic host has ['early', 'mid', 'late']"),
         (f'out = "o"\ntasks = ["text_lm"]\n[budget]\nwidth = 5\n{STATIC}',
-         "arm 's' on text_lm: n_embd (5) must be divisible by n_head (4)"),
+         "arm 's' on text_lm: width 5: the text_lm host takes widths that are multiples of its 4 "
+         "attention heads (4, 8, ..., 4096); nearest: 4 or 8"),
         (f'out = "o"\ntasks = ["text_lm"]\n{STATIC}width = 7\n',
-         "arm 's' on text_lm: n_embd (7) must be divisible by n_head (4)"),
+         "arm 's' on text_lm: width 7: the text_lm host takes widths that are multiples of its 4 "
+         "attention heads (4, 8, ..., 4096); nearest: 4 or 8"),
         # A data_dir for a task that reads no files was ignored with a log line.
         (f'{HEAD}{BUDGET}data_dir = "/data"\n{STATIC}', "budget.data_dir reaches task "
          "'synthetic', whose dataset reads no files; set data_dir in the [task_budgets.TASK]"),

@@ -147,8 +147,8 @@ def test_bad_widths_fail_in_one_line(width: object) -> None:
 
 
 def test_transformer_width_must_divide_by_n_head() -> None:
-    training = HostTraining("text_lm", width=30)  # the task (n_head) is known only at build
-    with pytest.raises(ValueError, match=r"n_embd \(30\) must be divisible by n_head \(4\)") as err:
+    training = HostTraining("text_lm", width=30)  # the task (n_head) is known when resolved
+    with pytest.raises(ValueError, match=r"width 30: the text_lm .* 4 attention heads") as err:
         _episode(training, TEXT)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"n_embd \(30\) must be divisible by n_head \(4\)"):
@@ -192,6 +192,42 @@ def _widest(envs: int | None) -> int:
     run, ``envs`` None; 11 per PPO environment) fits ``HAVE``, from the closed form."""
     copies = 25 if envs is None else 11 * envs
     return max(w for w in range(1, 200) if synthetic_params(w) * 4 * copies <= HAVE)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["static", "--task", "text_lm", "--width", "6"],
+        ["heuristic", "--task", "text_lm", "--width", "6"],
+        ["ppo", "--preset", "tiny", "--task", "text_lm", "--width", "6"],
+        ["static", "--config", "CONFIG"],
+    ],
+)
+def test_a_transformer_width_off_its_heads_is_one_line_naming_the_nearest(
+    tmp_path, capsys, args: list[str]
+) -> None:
+    """A text_lm width that is no multiple of its 4 heads crashed with a traceback naming
+    n_head values, which no flag sets (the memory check built the host outside the checks)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[training]\ntask = "text_lm"\nwidth = 6\n')
+    out = tmp_path / "run"
+    args = [str(config) if a == "CONFIG" else a for a in args]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "esper: error: width 6: the text_lm host takes widths that are multiples of its 4 "
+        "attention heads (4, 8, ..., 4096); nearest: 4 or 8"
+    ]
+    assert not out.exists()
+
+
+def test_the_nearest_widths_stay_within_the_limit() -> None:
+    with pytest.raises(ValueError, match=r"width 4095: .* nearest: 4092 or 4096$"):
+        get_task("text_lm").check_width(4095)
+    with pytest.raises(ValueError, match=r"width 2: .* nearest: 4$"):
+        get_task("text_lm").check_width(2)
+    get_task("text_lm").check_width(4096)
+    get_task("synthetic").check_width(7)  # a CNN takes every width
 
 
 @pytest.mark.parametrize("command", ["static", "ppo"])

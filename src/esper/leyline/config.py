@@ -210,7 +210,8 @@ class HostTraining:
             (docs/benchmarks.md). A different computation: results differ from float32's
             (docs/results.md section 11).
         slots: slots a controller may grow in.
-        width: host width: CNN base channels / transformer model dimension (None: the task's).
+        width: host width: CNN base channels / transformer model dimension, a multiple of its
+            attention heads (None: the task's).
         shapley: also measure exact Shapley values of blended seeds every epoch (2^n forwards).
         auto_advance: after each decision, advance every seed whose next gate (G1, G2, G3)
             passes, as if the controller had chosen ADVANCE; a refusing gate leaves the seed

@@ -416,9 +416,9 @@ class StudySpec:
             for arm in self.arms:
                 if arm.policy is not None:
                     continue
-                host = training(self, task, arm.width if arm.controller == "static" else None)
-                width = None if arm.controller == MATCHED else host.width
-                try:
+                try:  # the width too: training() refuses one the task's host cannot take
+                    host = training(self, task, arm.width if arm.controller == "static" else None)
+                    width = None if arm.controller == MATCHED else host.width
                     get_task(task).check_host(width, host.slots)
                 except ValueError as err:
                     raise ValueError(f"arm {arm.name!r} on {task}: {err}") from None

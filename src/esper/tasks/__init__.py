@@ -93,8 +93,29 @@ class TaskSpec:
         Raises:
             ValueError: one line naming the bad width or slots and what the host accepts.
         """
+        if width is not None:
+            self.check_width(width)
         config = self._bare_config(width)
         check_slots(slots, slot_names(config.n_points), f"the {self.name} host")
+
+    def check_width(self, width: int) -> None:
+        """Refuse a ``width`` this task's host cannot take: a transformer's is a multiple of its
+        attention heads (``width_step``); the message names the nearest that are.
+
+        Raises:
+            ValueError: one line naming the width and the widths the host takes.
+        """
+        step = self._bare_config(None).width_step
+        if width % step == 0:
+            return
+        below = max(step, width - width % step)
+        above = min(MAX_WIDTH - MAX_WIDTH % step, width - width % step + step)
+        nearest = " or ".join(str(w) for w in sorted({below, above}))
+        raise ValueError(
+            f"width {width}: the {self.name} host takes widths that are multiples of its "
+            f"{step} attention heads ({step}, {2 * step}, ..., {MAX_WIDTH - MAX_WIDTH % step}); "
+            f"nearest: {nearest}"
+        )
 
     def host_width(self, width: int | None = None) -> int:
         """The width of the host this task builds: ``width``, else the task's own."""
@@ -247,7 +268,8 @@ def resolve_training(training: HostTraining) -> HostTraining:
 
     Raises:
         ValueError: for an unknown task, naming the known ones; a ``data_dir`` for a task whose
-            dataset reads no files (``reads_files``), naming the tasks that read files.
+            dataset reads no files (``reads_files``), naming the tasks that read files; a width
+            the task's host cannot take (``TaskSpec.check_width``).
     """
     task = get_task(training.task)
     if training.data_dir is not None and not reads_files(training.task):
@@ -256,6 +278,8 @@ def resolve_training(training: HostTraining) -> HostTraining:
             f"data_dir {str(training.data_dir)!r}: task {training.task!r} (dataset "
             f"{task.dataset!r}) reads no files; a data_dir is for the tasks {', '.join(readers)}"
         )
+    if training.width is not None:
+        task.check_width(training.width)
     lr = task.lr if training.lr is None else training.lr
     return replace(
         training,
