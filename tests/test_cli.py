@@ -295,6 +295,16 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             "unknown slot name 'middle'; accepted",
         ),
         (["heuristic"], "--task"),
+        # Batches and validation subsets were cut to their split silently, recorded as given.
+        (
+            ["static", "--task", "digits", "--val-samples", "10000000"],
+            "val_samples 10,000,000: the validation split of digits holds 359 samples; "
+            "accepted: 1..359 or unset (all of them)",
+        ),
+        (
+            ["ppo", "--preset", "tiny", "--task", "synthetic", "--batch-size", "513"],
+            "batch_size 513: the training split of synthetic holds 512 samples; accepted: 1..512",
+        ),
         (["heuristic", "--task", "synthetic", "--slots", "mid_2"], "unknown or no slots ['mid_2']"),
         (["heuristic", "--task", "synthetic", "--bogus"], "--bogus"),
         # tyro listed a flag's value as an option: "Unrecognized options: --sed, 3"

@@ -46,13 +46,15 @@ def set_threads(training: HostTraining, resume: Path | None = None) -> HostTrain
 
 
 def load_data(training: HostTraining) -> Dataset:
-    """The task's dataset.
+    """The task's dataset, whose splits hold the training's batch and validation samples.
 
     Raises:
-        UserError: the dataset is missing or unreadable (the first line of what to do).
+        UserError: the dataset is missing or unreadable (the first line of what to do); a
+            batch or validation subset larger than its split (it was cut to the split silently,
+            and recorded as given).
     """
     try:
-        return load_dataset(
+        data = load_dataset(
             get_task(training.task).dataset,
             training.data_dir,
             download=training.download,
@@ -60,6 +62,18 @@ def load_data(training: HostTraining) -> Dataset:
         )
     except (DatasetNotFoundError, ValueError, OSError) as err:
         raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
+    for name, split, given in (
+        ("batch_size", "training", training.batch_size),
+        ("val_samples", "validation", training.val_samples),
+    ):
+        held = len(data.x_train if split == "training" else data.x_val)
+        if given is not None and given > held:
+            raise UserError(
+                f"{name} {given:,}: the {split} split of {training.task} holds {held:,} "
+                f"samples; accepted: 1..{held}"
+                + (" or unset (all of them)" if name == "val_samples" else "")
+            )
+    return data
 
 
 RUN_COPIES = 25
