@@ -289,7 +289,7 @@ def test_nothing_found_lists_every_place_and_the_fixes(
         "--data-dir",
         "ESPER_DATA_DIR",
         "apt-get install dataset-fashion-mnist",
-        "download",
+        "allow the download (--download",  # the flag, not the function's keyword
     ):
         assert fix in message
 

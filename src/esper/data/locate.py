@@ -255,7 +255,7 @@ def _not_found(
     if files.install_hint is not None:
         fixes.append(files.install_hint)
     if not fetch_allowed:
-        fixes.append("allow the download (download=True)")
+        fixes.append("allow the download (--download; download = true in a config file)")
     failed = ""
     if download_error is not None:
         failed = f" The download failed: {str(download_error).rstrip('.')}."
