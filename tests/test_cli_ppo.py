@@ -152,7 +152,8 @@ def test_eval_config_round_trips_and_a_resume_keeps_its_policy(
     tmp_path, capsys, monkeypatch
 ) -> None:
     """An eval's config.json (policy included, stored absolute) runs again through --config;
-    a resume refuses once the PPO run it evaluates has trained on."""
+    a resume refuses once the PPO run it evaluates has trained on, or another run is in its
+    place."""
     ppo = tmp_path / "ppo"
     assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(ppo)]) == 0
     monkeypatch.chdir(tmp_path)
@@ -177,6 +178,23 @@ def test_eval_config_round_trips_and_a_resume_keeps_its_policy(
     capsys.readouterr()
     assert main(["eval", "--resume", str(first)]) == 2
     assert "now at round 2; start a new eval" in capsys.readouterr().err
+
+    # Another PPO run of as many rounds put at the policy's path: the resume took it silently
+    # (half the eval one policy, half another).
+    original_id = json.loads((ppo / "meta.json").read_text())["run_id"]
+    ppo.rename(tmp_path / "ppo-moved")
+    other = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--seed", "1", "--out", str(ppo)]
+    assert main(other) == 0
+    other_id = json.loads((ppo / "meta.json").read_text())["run_id"]
+    capsys.readouterr()
+    assert main(["eval", "--resume", str(first)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert (
+        f"it ran the policy of PPO run {original_id}; {str(ppo.resolve())!r} now holds run"
+        in err[0]
+    )
+    assert other_id in err[0] and not (first / "summary.json").exists()
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -280,8 +280,10 @@ class GrowthRunner:
             model.host_param_count,
         )  # fmt: skip
         self.controller = make_controller(mode, self.config, self.episode, hub, policy, host)
-        # The PPO run may train on after this eval started; a resume must use the same policy.
+        # The PPO run may train on after this eval started, or another run take its place; a
+        # resume must use the same policy: the same run (its id) at the same round.
         self.policy_round = None if policy is None else int(policy["trainer"]["round"])
+        self.policy_run = None if policy is None else _run_id(Path(str(config.policy)))
         self.elapsed = 0.0
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
@@ -319,6 +321,12 @@ class GrowthRunner:
             except (ValueError, TypeError) as err:
                 raise UserError(f"{where}: its checkpoint's configuration: {err}") from err
             check_same_config(self.recorder.directory, ran, config_dict(self.config))
+        if state.get("policy_run", self.policy_run) != self.policy_run:  # older: unrecorded
+            raise UserError(
+                f"{where}: it ran the policy of PPO run {state['policy_run']}; "
+                f"{self.config.policy!r} now holds run {self.policy_run}; put that run back "
+                "there, or start a new eval"
+            )
         if state["policy_round"] != self.policy_round:
             raise UserError(
                 f"{where}: it ran the policy of round {state['policy_round']} of "
@@ -343,6 +351,7 @@ class GrowthRunner:
             "controller": json.dumps(self.controller.state_dict()),
             "elapsed": self.elapsed,
             "policy_round": self.policy_round,
+            "policy_run": self.policy_run,
             "flops": self.flops,
             "best": self.best,
             "ledger": self.ledger.state_dict(),
@@ -502,6 +511,13 @@ class GrowthRunner:
 def _warn(message: str) -> None:
     """A knowledge store that failed: a warning, never the run's failure."""
     logger.warning("%s", message)
+
+
+def _run_id(policy: Path) -> str:
+    """The id of the PPO run in ``policy`` (``ppo_state`` has read its ``meta.json``)."""
+    meta = record.read_meta(policy)
+    assert meta is not None
+    return meta.run_id
 
 
 def _resolved(training: HostTraining) -> HostTraining:
