@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -697,6 +698,66 @@ def test_sigterm_once_rays_core_worker_runs_prints_no_native_stack(tmp_path) -> 
     )
     assert done.returncode == 0 and done.stdout.strip() == "interrupted", done.stderr
     assert "SIGTERM received" not in done.stderr, done.stderr
+
+
+def _processes_naming(text: str) -> list[int]:
+    """The live processes whose command line or open files name ``text`` (Ray's agents rename
+    themselves, ``ray::RuntimeEnvAgent``, but keep their logs open)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError):
+            if not entry.name.isdigit():
+                continue
+            named = [(entry / "cmdline").read_text(errors="replace")]
+            named += [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+            if any(text in name for name in named):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_signal_while_ray_starts_its_processes_leaves_none_running(tmp_path) -> None:
+    """SIGTERM once Ray's node processes were started, before ``ray.init`` returned: the run's
+    handler stopped the command at once and Ray's agents outlived it, reparented to init (and
+    at times the interpreter's exit crashed with status 139). Now the signal waits until Ray
+    has started, Ray is shut down, and the command's handler takes it."""
+    ray_dir = Path(tempfile.mkdtemp(prefix="esr", dir="/tmp"))  # its sockets' paths are short
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import ray\n"
+        "from ray._private.node import Node\n"
+        "from esper.simic.workers import init_ray\n"
+        "start = Node.start_ray_processes\n"
+        "def start_then_signal(self):\n"
+        "    start(self)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "Node.start_ray_processes = start_then_signal\n"
+        "def stop(signum, frame):\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "try:\n"
+        "    init_ray(num_cpus=1, _temp_dir=sys.argv[1])\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', ray.is_initialized())\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(ray_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=ENV,
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "interrupted False", done.stderr
+        deadline = time.monotonic() + 20  # Ray's processes exit as they notice the shutdown
+        while _processes_naming(str(ray_dir)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_naming(str(ray_dir)), "Ray processes outlived the command"
+    finally:
+        for pid in _processes_naming(str(ray_dir)):
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def test_a_resume_that_needs_more_cores_names_no_flag_to_change(
