@@ -700,6 +700,35 @@ def test_sigterm_once_rays_core_worker_runs_prints_no_native_stack(tmp_path) -> 
     assert "SIGTERM received" not in done.stderr, done.stderr
 
 
+def test_signals_after_the_command_returned_leave_its_exit_quiet(tmp_path) -> None:
+    """A burst of SIGTERMs (or a held-down Ctrl-C) outlasting the interrupted run: the ones
+    that came while the interpreter ran its exit handlers (Ray's, torch's) printed a traceback
+    after "continue with: ...", or killed the process by the signal instead of its status."""
+    script = tmp_path / "burst.py"
+    script.write_text(
+        "import atexit, os, signal, time\n"
+        "import esper.cli.main\n"
+        "from esper.cli.entry import run\n"
+        "from esper.study.run import interrupt_on_termination\n"
+        "def exit_handler():\n"
+        "    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+        "        os.kill(os.getpid(), signum)\n"
+        "    time.sleep(0.2)\n"
+        "    print('exit handler done', flush=True)\n"
+        "def main():\n"
+        "    interrupt_on_termination()  # as every run command has its handlers\n"
+        "    atexit.register(exit_handler)\n"
+        "    return 130\n"
+        "esper.cli.main.main = main\n"
+        "run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=ENV
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stdout == "exit handler done\n" and done.stderr == "", done.stderr
+
+
 def _processes_naming(text: str) -> list[int]:
     """The live processes whose command line or open files name ``text`` (Ray's agents rename
     themselves, ``ray::RuntimeEnvAgent``, but keep their logs open)."""

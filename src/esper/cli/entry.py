@@ -17,9 +17,17 @@ def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
 
 
 def run() -> None:
-    """Load the command, then run it (``esper.cli.main.main``) with Python's own Ctrl-C."""
+    """Load the command, then run it (``esper.cli.main.main``) with Python's own Ctrl-C.
+
+    Once it returned, what it wrote is complete and what is left is the interpreter's exit
+    (Ray's and torch's exit handlers): a Ctrl-C, SIGTERM or SIGHUP then is ignored. Repeated
+    signals (a scheduler's, a held-down Ctrl-C) printed a traceback from an exit handler after
+    the run had said it was interrupted, or killed the process by the signal."""
     signal.signal(signal.SIGINT, _interrupted_while_loading)
     from esper.cli.main import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.exit(main())
+    code = main()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
