@@ -526,3 +526,17 @@ def test_an_unset_budget_is_the_tasks_own_not_the_policys() -> None:
     note = _budget_note(trained, faster, frozenset({"lr", "batch_size"}))
     assert note is not None and note.startswith("esper eval: note: seed_lr = 0.003 come from")
     assert "fashion_mnist_impaired's own seed_lr = 0.02 (" in note
+
+
+def test_the_commands_printed_to_run_next_are_quoted_for_the_shell(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """``esper ppo --out "runs/a b"`` printed ``esper eval --policy runs/a b``, and ``--out -x``
+    ``esper eval --policy -x``, which read as a flag."""
+    monkeypatch.chdir(tmp_path)
+    for out, printed in (("a b", "'a b'"), ("-x", "./-x")):
+        argv = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", f"--out={out}"]
+        assert main(argv) == 0
+        assert f"run the policy with: esper eval --policy {printed}\n" in capsys.readouterr().out
+        assert main(["eval", "--policy", printed.strip("'"), "--epochs", "2", "--out", "e"]) == 0
+        shutil.rmtree("e")

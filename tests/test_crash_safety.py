@@ -473,10 +473,10 @@ def test_a_signal_while_the_run_directory_is_made_says_how_to_continue(
         original(*args)
 
     monkeypatch.setattr(study_run, "_create", signalled)
-    out = tmp_path / "run"
+    out = tmp_path / "a run"  # quoted in the command to copy: it said --resume .../a run
     assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
     err = capsys.readouterr().err
-    assert f"esper: interrupted; continue with: esper heuristic --resume {out}" in err, err
+    assert f"esper: interrupted; continue with: esper heuristic --resume '{out}'" in err, err
     monkeypatch.setattr(study_run, "_create", original)
     assert main(["heuristic", "--resume", str(out)]) == 0
 

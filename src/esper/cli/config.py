@@ -29,7 +29,7 @@ from esper.leyline.config import (
     override,
     read_config_file,
 )
-from esper.leyline.files import absolute_path
+from esper.leyline.files import absolute_path, shell_path
 from esper.study.checks import check_outside_studies
 from esper.study.growth import GrowthRun, check_mode
 
@@ -348,6 +348,7 @@ def announce(mode: str, config: Any, resumed: Path | None) -> None:
 def interrupted_hint(mode: str, directory: Path, what: str) -> None:
     """Tell the user how to continue an interrupted run."""
     print(
-        f"\ninterrupted: {what} checkpointed; continue with: esper {mode} --resume {directory}",
+        f"\ninterrupted: {what} checkpointed; continue with: esper {mode} --resume "
+        f"{shell_path(directory)}",
         file=sys.stderr,
     )

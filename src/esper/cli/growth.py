@@ -18,6 +18,7 @@ from esper.cli.config import (
 )
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import HostTraining, UserError, override
+from esper.leyline.files import shell_path
 from esper.nissa import record
 from esper.nissa.log import percent
 from esper.simic.build import PolicyCheckpointError, policy_training
@@ -125,7 +126,8 @@ def _partial_note(partial: str | None, policy: Path) -> str | None:
     """The eval's note of a policy stopped before its planned rounds (``partial_policy``)."""
     if partial is None:
         return None
-    return f"esper eval: note: {partial}; esper ppo --resume {policy} trains a stopped run on"
+    resume = f"esper ppo --resume {shell_path(policy)}"
+    return f"esper eval: note: {partial}; {resume} trains a stopped run on"
 
 
 def _own_data_dir(trained_with: HostTraining, running_with: HostTraining) -> HostTraining:

@@ -19,6 +19,7 @@ from esper.cli.config import (
 )
 from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS
 from esper.leyline.config import UserError, override
+from esper.leyline.files import shell_path
 from esper.nissa import record
 from esper.nissa.log import counted, display, percent
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
@@ -102,6 +103,6 @@ def _farewell(runner: PPORunner, directory: Path) -> int:
         "mean return "
         f"{display(ppo.final_mean_return, '.3f')}, final accuracy "
         f"{percent(ppo.final_mean_accuracy)} -> {directory}\n"
-        f"run the policy with: esper eval --policy {directory}"
+        f"run the policy with: esper eval --policy {shell_path(directory)}"
     )
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shlex
 import stat
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -180,6 +181,14 @@ def is_utf8_path(path: Path) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def shell_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a shell command's argument, for the commands Esper prints to run next:
+    quoted where the shell would split or expand it (``runs/a b``), and a relative path that
+    starts with ``-`` as ``./-x`` (it read as a flag)."""
+    text = os.fspath(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def absolute_path(path: str, base: Path | None = None) -> str:

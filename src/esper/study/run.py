@@ -41,6 +41,7 @@ from esper.leyline.files import (
     WriteError,
     atomic_write,
     fsync_directory,
+    shell_path,
 )
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, checkpoints, record
@@ -271,7 +272,7 @@ class Recorder:
             with stop_signals() as held, held():
                 _create(out, mode, config_dict(config), meta(run_id), row_type, files)
         except Stop:  # held until the directory was complete: it is there, at step 0
-            raise Stop(f"continue with: esper {mode} --resume {out}") from None
+            raise Stop(f"continue with: esper {mode} --resume {shell_path(out)}") from None
         except (record.RunRecordError, WriteError) as err:
             raise UserError(str(err)) from err
         except OSError as err:  # e.g. a name too long for the file system, no permission
@@ -354,8 +355,8 @@ class Recorder:
             try:
                 sinks.append(MLflowSink(telemetry.mlflow, self.directory, mode))
             except TrackingError as err:
-                where = str(self.directory)
-                raise UserError(f"{err}; continue the run with --resume {where!r}") from err
+                where = shell_path(self.directory)
+                raise UserError(f"{err}; continue the run with --resume {where}") from err
         if telemetry.tensorboard:
             config = record.read_config(self.directory)
             sinks.append(TensorBoardSink(self.directory / "tensorboard", config))
@@ -521,7 +522,7 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
     if policy_rounds(state) == 0:
         raise UserError(
             f"policy {str(run_dir)!r} has finished no PPO round (it was stopped in its first): "
-            f"its policy is untrained; train it with: esper ppo --resume {run_dir}"
+            f"its policy is untrained; train it with: esper ppo --resume {shell_path(run_dir)}"
         )
     return state
 
