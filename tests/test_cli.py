@@ -610,6 +610,14 @@ def test_resume_with_the_wrong_command_is_refused(tmp_path, capsys) -> None:
     (run / "summary.json").unlink()
     assert main(["heuristic", "--resume", str(run)]) == 2
     assert "is a static run; use esper static" in capsys.readouterr().err
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "mode": "eval"}))
+    assert main(["ppo", "--resume", str(run)]) == 2
+    assert "is an eval run; use esper eval" in capsys.readouterr().err  # not "a eval"
+    # A path that does not exist is not "not an Esper run directory (no meta.json)".
+    assert main(["ppo", "--resume", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"esper: error: cannot resume {str(tmp_path / 'missing')!r}: it does not exist\n"
 
 
 @pytest.mark.parametrize("command", ["static", "heuristic", "ppo"])

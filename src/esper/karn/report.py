@@ -54,7 +54,7 @@ from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
-from esper.nissa.log import SUMMARY_METRICS, SummaryMetric, display
+from esper.nissa.log import SUMMARY_METRICS, SummaryMetric, display, with_article
 from esper.nissa.record import PPO_MODE, REPORT_FILE
 
 SVG_SALT = "esper-report"
@@ -117,11 +117,6 @@ def _plot(name: str, caption: str, figure: Figure) -> Plot:
     with matplotlib.rc_context({"svg.hashsalt": SVG_SALT}):
         figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
     return Plot(name, caption, figure, png, svg.getvalue())
-
-
-def _with_article(mode: str) -> str:
-    """The mode with its article: "a ppo", "an eval"."""
-    return f"{'an' if mode[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {mode}"
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, legend: bool = True) -> None:
@@ -465,8 +460,8 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
             notes.append(f"{data.run.name}: no summary.json (still running or crashed).")
     if len(runs) == 2 and runs[0].is_ppo != runs[1].is_ppo:
         notes.append(
-            f"the baseline {runs[1].run.name} is {_with_article(runs[1].run.mode)} run and "
-            f"{runs[0].run.name} {_with_article(runs[0].run.mode)} run: the plots compare final "
+            f"the baseline {runs[1].run.name} is {with_article(runs[1].run.mode)} run and "
+            f"{runs[0].run.name} {with_article(runs[0].run.mode)} run: the plots compare final "
             "accuracy only."
         )
     elif len(runs) == 2 and not runs[0].is_ppo:

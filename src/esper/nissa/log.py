@@ -701,6 +701,11 @@ def counted(n: int, noun: str, plural: str = "") -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def with_article(noun: str) -> str:
+    """The noun with its article for people: "a ppo", "an eval"."""
+    return f"{'an' if noun[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {noun}"
+
+
 def percent(value: float | None) -> str:
     """An accuracy in percent for people: "12.34%", or "—" when missing (None, NaN)."""
     text = display(value, ".2f")

@@ -20,6 +20,7 @@ from esper.leyline.config import MAX_WIDTH, HostTraining, TelemetrySettings, Use
 from esper.leyline.data import Dataset
 from esper.leyline.files import is_utf8_path
 from esper.nissa import record
+from esper.nissa.log import with_article
 from esper.nissa.sinks import TensorBoardSetupError, check_tensorboard
 from esper.nissa.tracking import TrackingError, TrackingSetupError, check_mlflow
 from esper.tasks import get_task, host_param_count
@@ -261,10 +262,14 @@ def check_recorded_mode(directory: Path, mode: str) -> None:
         meta = record.read_meta(directory)
     except record.RunRecordError as err:
         raise UserError(f"cannot resume {str(directory)!r}: {err}") from err
+    if meta is None and not os.path.lexists(directory):
+        raise UserError(f"cannot resume {str(directory)!r}: it does not exist")
     if meta is None:
         raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
     if meta.mode != mode:
-        raise UserError(f"{str(directory)!r} is a {meta.mode} run; use esper {meta.mode}")
+        raise UserError(
+            f"{str(directory)!r} is {with_article(meta.mode)} run; use esper {meta.mode}"
+        )
 
 
 def check_sinks(telemetry: TelemetrySettings) -> None:
