@@ -138,7 +138,7 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert (
         "esper eval: note: batches_per_epoch = 4, val_samples = 256 come from the policy's run "
-        "on synthetic, not digits_impaired's own batches_per_epoch = all, val_samples = all"
+        "on synthetic; the task digits_impaired has batches_per_epoch = all, val_samples = all"
     ) in err
     training = json.loads((tmp_path / "digits" / "config.json").read_text())["training"]
     assert (training["epochs"], training["batches_per_epoch"], training["val_samples"]) == (
@@ -520,12 +520,12 @@ def test_an_unset_budget_is_the_tasks_own_not_the_policys() -> None:
     fashion = replace(trained, task="fashion_mnist_impaired")
     note = _budget_note(trained, fashion, frozenset())
     assert note is not None and note.startswith("esper eval: note: batch_size = 64 come from")
-    assert "fashion_mnist_impaired's own batch_size = 128 (" in note
+    assert "the task fashion_mnist_impaired has batch_size = 128 (" in note
     # With --lr given, the task's own seed_lr is that lr, and the policy's is kept (review).
     faster = replace(fashion, lr=0.02, batch_size=128)
     note = _budget_note(trained, faster, frozenset({"lr", "batch_size"}))
     assert note is not None and note.startswith("esper eval: note: seed_lr = 0.003 come from")
-    assert "fashion_mnist_impaired's own seed_lr = 0.02 (" in note
+    assert "the task fashion_mnist_impaired has seed_lr = 0.02 (" in note
 
 
 def test_the_commands_printed_to_run_next_are_quoted_for_the_shell(

@@ -298,6 +298,12 @@ def test_anomaly_kinds() -> None:
         anomaly = detect_anomalies(replace(healthy, **{name: math.nan}), 5.0)
         assert anomaly is not None and anomaly.kinds == ("non_finite",), name
         assert anomaly.detail == f"{name} NaN"
+    # The numbers in the detail tell the ratio from its threshold ("max ratio 1 > 1.0001").
+    close = detect_anomalies(replace(healthy, ratio_max=1.0002, ratio_min=1.0), 1.0001)
+    assert close is not None and close.kinds == ("ratio_explosion",)
+    assert close.detail.startswith("max ratio 1.0002 > 1.0001")
+    low = detect_anomalies(replace(healthy, ratio_max=1.0, ratio_min=0.5), 1.5)
+    assert low is not None and low.detail.startswith("min ratio 0.5 < 0.667")
     for threshold in (0.0, 1.0, math.nan, -1.0):  # 0 divided by zero, -1 always fired
         with pytest.raises(ValueError, match=r"ratio_explosion must be a number in \(1\.0, "):
             detect_anomalies(healthy, threshold)

@@ -117,7 +117,7 @@ def _budget_note(
 
     return (
         f"esper eval: note: {shown(running_with)} come from the policy's run on "
-        f"{trained_with.task}, not {task}'s own {shown(own)} (give them as flags to change "
+        f"{trained_with.task}; the task {task} has {shown(own)} (give them as flags to change "
         "them; a comparison with other runs on the task needs the same settings)"
     )
 

@@ -35,6 +35,16 @@ class Anomaly:
     detail: str
 
 
+def _told_apart(value: float, limit: float) -> tuple[str, str]:
+    """``value`` and the ``limit`` it passed, with the digits (3 or more) that show them apart:
+    "max ratio 1 > 1.0001" read as a false alarm."""
+    for digits in range(3, 18):
+        shown = f"{value:.{digits}g}", f"{limit:.{digits}g}"
+        if shown[0] != shown[1]:
+            return shown
+    return repr(value), repr(limit)
+
+
 def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
     """Check one update for ratio explosion/collapse, entropy/value collapse and non-finite steps.
 
@@ -60,10 +70,11 @@ def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
     ]
     if stats.ratio_max is not None and stats.ratio_max > ratio_explosion:
         kinds.append("ratio_explosion")
-        details.append(f"max ratio {stats.ratio_max:.3g} > {ratio_explosion:g}")
+        details.append("max ratio {} > {}".format(*_told_apart(stats.ratio_max, ratio_explosion)))
     if stats.ratio_min is not None and stats.ratio_min < 1.0 / ratio_explosion:
         kinds.append("ratio_collapse")
-        details.append(f"min ratio {stats.ratio_min:.3g} < {1.0 / ratio_explosion:.3g}")
+        low = 1.0 / ratio_explosion
+        details.append("min ratio {} < {}".format(*_told_apart(stats.ratio_min, low)))
     if stats.entropy is not None and stats.entropy < ENTROPY_COLLAPSE:
         kinds.append("entropy_collapse")
         details.append(f"entropy {stats.entropy:.3g} < {ENTROPY_COLLAPSE:g}")

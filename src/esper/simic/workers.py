@@ -247,9 +247,9 @@ class RayVectorEnv:
             if self._deaths > MAX_DEATHS:
                 raise WorkerLostError(
                     f"Ray workers died {self._deaths} times this round (the last ran "
-                    f"environments {r.start}-{r.stop - 1}): {_first_line(error)}"
+                    f"{envs_named(r)}): {_first_line(error)}"
                 ) from error
-            logger.warning("Ray worker of environments %d-%d died; replaying", r.start, r.stop - 1)
+            logger.warning("Ray worker of %s died; replaying", envs_named(r))
             ray.kill(self._workers[k], no_restart=True)
             self._workers[k] = self._new_worker(k)
             try:
