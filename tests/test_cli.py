@@ -295,6 +295,14 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             "unknown slot name 'middle'; accepted",
         ),
         (["heuristic"], "--task"),
+        # Python's refusals were passed on: "invalid literal for int() with base 10: 'abc'"
+        (["ppo", "--ppo.rounds", "abc"], "esper ppo: --ppo.rounds: expected INT, got 'abc'"),
+        (["ppo", "--ppo.lr", "abc"], "esper ppo: --ppo.lr: expected FLOAT, got 'abc'"),
+        # A switch's value read as an unknown flag: "unknown flag yes"
+        (
+            ["heuristic", "--task", "synthetic", "--shapley", "yes"],
+            "--shapley takes no value, got 'yes' (a switch: --shapley or --no-shapley)",
+        ),
         # Batches and validation subsets were cut to their split silently, recorded as given.
         (
             ["static", "--task", "digits", "--val-samples", "10000000"],
@@ -402,10 +410,7 @@ def test_a_flag_error_reads_the_same_when_stderr_cannot_encode_box_drawing(tmp_p
     assert (
         lines["ascii"]
         == lines["utf-8"]
-        == (
-            "esper: error: esper static: Error parsing --seed: invalid literal for int() with base "
-            "10: 'x'\n"
-        )
+        == "esper: error: esper static: --seed: expected INT, got 'x'\n"
     )
     # In a box drawn in UTF-8 a value of dashes is a value, not a rule: the line ended at it.
     # (In ASCII a wrapped line of dashes is a rule's twin; such a value ends the paragraph.)

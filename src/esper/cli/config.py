@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +29,7 @@ from esper.leyline.config import (
     config_text,
     error_text,
     override,
+    quoted,
     read_config_file,
 )
 from esper.leyline.files import absolute_path, shell_path
@@ -166,6 +169,10 @@ def _refusal(stop: SystemExit) -> BaseException | None:
 
 
 _SIMILAR = re.compile(r"Arguments similar to \S+:|Perhaps you meant:")
+_CONVERSION = re.compile(
+    r"(?:invalid literal for (int)\(\) with base 10|could not convert string to (float)): (.*)"
+)
+"""Python's refusal to read a flag's value as a number: the flag's type and the value."""
 """The heading of a block of flags tyro found close to an unknown one."""
 
 
@@ -175,7 +182,7 @@ def _paragraph(lines: list[str], start: int) -> list[str]:
     return lines[start:end]
 
 
-def _unknown_flags(lines: list[str]) -> str | None:
+def _unknown_flags(lines: list[str], argv: Sequence[str]) -> str | None:
     """tyro's report of unrecognized arguments as one line naming the unknown flags and the
     flags it found close to them; None for another report. tyro lists a flag's value as
     another option ("Unrecognized options: --workers, 2") and wraps the list at 80 columns,
@@ -189,7 +196,14 @@ def _unknown_flags(lines: list[str]) -> str | None:
     listed = "".join(
         "".join(_paragraph(lines, start)).removeprefix("Unrecognized options:").split()
     )
-    flags = [word for word in listed.split(",") if word.startswith("--")] or [listed]
+    flags = [word for word in listed.split(",") if word.startswith("--")]
+    if not flags:  # a value after a switch, which takes none: "--shapley yes"
+        switch = next((a for a, b in itertools.pairwise(argv) if b == listed), "")
+        if switch.startswith("--") and "=" not in switch:
+            name = switch.removeprefix("--no-").removeprefix("--")
+            either = f"a switch: --{name} or --no-{name}"
+            return f"{switch} takes no value, got {quoted(listed)} ({either})"
+        flags = [listed]
     similar: list[str] = []
     for i, line in enumerate(lines):
         if _SIMILAR.fullmatch(line):
@@ -200,7 +214,7 @@ def _unknown_flags(lines: list[str]) -> str | None:
     return f"unknown flag{plural} {', '.join(flags)}{hint}; --help lists every flag"
 
 
-def _one_line(report: str, refusal: BaseException | None = None) -> str:
+def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[str] = ()) -> str:
     """tyro's boxed error report as one line: its title and first paragraph.
 
     The box wraps at 80 columns and breaks a longer word where the line ends, so a value
@@ -217,12 +231,16 @@ def _one_line(report: str, refusal: BaseException | None = None) -> str:
             break
         if line:
             kept.append(line)
-    unknown = _unknown_flags(lines)
+    unknown = _unknown_flags(lines, argv)
     if unknown is not None:
         return unknown
     text = " ".join(kept[1:] if len(kept) > 1 else kept)
     text = re.sub(r"\s+", " ", text)
     parsing = re.match(r"Error parsing (\S+): ", text)
+    number = None if refusal is None else _CONVERSION.fullmatch(str(refusal))
+    if parsing and number is not None:  # "invalid literal for int() with base 10: 'abc'"
+        kind = "INT" if number.group(1) else "FLOAT"
+        return f"{parsing.group(1)}: expected {kind}, got {number.group(3)}"
     if parsing and refusal is not None:
         text = f"{parsing.group(0)}{error_text(refusal)}"
     found = re.search(
@@ -257,7 +275,8 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, defa
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
-        raise UserError(f"{prog}: {_one_line(captured.getvalue(), _refusal(stop))}") from None
+        report = _one_line(captured.getvalue(), _refusal(stop), argv)
+        raise UserError(f"{prog}: {report}") from None
     except ValueError as err:  # a dataclass's own check (__post_init__)
         raise UserError(f"{prog}: {err}") from None
 
