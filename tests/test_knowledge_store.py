@@ -569,6 +569,14 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
 
     exported = json.loads(_knowledge("export", "--format", "json", "--knowledge", store))
     assert list(decode(tuple[SeedOutcome, ...], exported)) == outcomes
+    # An export moves to another store as it is, and a run's outcomes.json given itself too
+    # ("RUN/outcomes.json has no outcomes.json").
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(exported))
+    moved = _sqlite_url(tmp_path / "moved.sqlite")
+    out = _knowledge("import", str(export), str(a / OUTCOMES_FILE), "--knowledge", moved)
+    assert out.startswith("imported 5 seed outcome(s) from 2 run(s)")
+    assert json.loads(_knowledge("export", "--format", "json", "--knowledge", moved)) == exported
 
     rows = list(csv.DictReader(io.StringIO(_knowledge("export", "--knowledge", store))))
     assert len(rows) == 5

@@ -42,8 +42,12 @@ def add_knowledge_parser(sub: Any) -> None:
     export.add_argument(
         "--format", choices=("csv", "json"), default="csv", help="output format (default csv)"
     )
-    importing = verbs.add_parser("import", help="record finished runs' outcomes.json")
-    importing.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories")
+    importing = verbs.add_parser(
+        "import", help="record finished runs' outcomes.json, or outcomes files (an export's too)"
+    )
+    importing.add_argument(
+        "runs", nargs="+", type=path_arg, metavar="RUN", help="run directories or outcomes files"
+    )
     reset = verbs.add_parser("reset", help="delete every seed outcome (needs --yes)")
     reset.add_argument("--yes", action="store_true", help="confirm the deletion")
     for verb in (show, export, importing, reset):
@@ -117,17 +121,18 @@ def _origin(args: argparse.Namespace) -> str:
 
 
 def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
-    """A run directory's seed outcomes (its ``outcomes.json``).
+    """A run directory's seed outcomes (its ``outcomes.json``), or those of such a file given
+    itself (a run's, or what ``esper knowledge export --format json`` wrote).
 
     Raises:
         UserError: no such file, one that is not a list of outcomes, or an outcome no run
             writes (an unknown task, blueprint or slot name, an empty or unprintable run id).
     """
-    path = run / OUTCOMES_FILE
+    path = run if run.is_file() else run / OUTCOMES_FILE
     if not path.is_file():
         raise UserError(
             f"{run} has no {OUTCOMES_FILE} (not a growth run directory, or a run that did not "
-            "finish); nothing imported"
+            "finish) and is no outcomes file; nothing imported"
         )
     try:
         # any size (an export of many runs); also: not UTF-8, nested too deep
