@@ -540,3 +540,21 @@ def test_the_commands_printed_to_run_next_are_quoted_for_the_shell(
         assert f"run the policy with: esper eval --policy {printed}\n" in capsys.readouterr().out
         assert main(["eval", "--policy", printed.strip("'"), "--epochs", "2", "--out", "e"]) == 0
         shutil.rmtree("e")
+
+
+def test_an_esper_ppo_config_given_to_eval_names_the_keys_it_does_not_take(
+    tmp_path, capsys
+) -> None:
+    """A PPO run's config.json has a policy table (the network), which eval read as its policy
+    run: "policy must be a PPO run directory (a string), got {'hidden': 32, ...}"."""
+    ppo = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(ppo)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "e"
+    assert main(["eval", "--config", str(ppo / "config.json"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"esper: error: --config {str(ppo / 'config.json')!r}: unknown key(s) ['env', 'ppo', "
+        "'reward', 'runtime'] in the top level; accepted: heuristic, knowledge, periodic, "
+        "policy, seed, telemetry, training\n"
+    )
+    assert not out.exists()

@@ -16,7 +16,7 @@ import itertools
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -346,9 +346,14 @@ def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
             return Path(value)
     if options.config is not None:
         try:
-            policy = read_config_file(options.config).get("policy")
+            table = read_config_file(options.config)
         except ValueError as err:
             raise UserError(str(err)) from err
+        if table.keys() - {f.name for f in fields(GrowthRun)}:
+            # Keys of another command's (esper ppo's policy is a table): named, as layered()
+            # names them, before this file's policy is taken for a run directory.
+            layered(GrowthRun(HostTraining("")), options)
+        policy = table.get("policy")
         if policy is not None and not (isinstance(policy, str) and policy):
             raise UserError(
                 f"--config {str(options.config)!r}: policy must be a PPO run directory (a "
