@@ -1190,6 +1190,16 @@ def test_a_ppo_resume_refuses_an_edited_config_but_more_rounds(tmp_path, capsys)
     (run / "config.json").write_text(json.dumps(edited))
     assert main(["ppo", "--resume", str(run)]) == 2
     assert "env.epochs: " in _one_error_line(capsys)
+    # A value its config cannot hold is named with the run, as esper static's resume does
+    # (it said "runtime.ray_address needs runtime.workers" alone).
+    odd = {**config, "runtime": {**config["runtime"], "ray_address": "127.0.0.1:1"}}
+    (run / "config.json").write_text(json.dumps(odd))
+    assert main(["ppo", "--resume", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert (
+        line
+        == f"esper: error: cannot resume {str(run)!r}: runtime.ray_address needs runtime.workers"
+    )
     more = {**config, "ppo": {**config["ppo"], "rounds": 2}}
     (run / "config.json").write_text(json.dumps(more))
     assert main(["ppo", "--resume", str(run)]) == 0  # it trains on

@@ -55,8 +55,11 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
         description = f"{RUN_COMMANDS['ppo']}; --preset NAME first: {', '.join(PRESETS)}"
         if options.resume is not None:  # argv: --ppo.rounds at most (split_options)
             check_recorded_mode(options.resume, "ppo")
-            data = record.read_config(options.resume)
-            config: TrainingConfig = override(TrainingConfig(), data)
+            try:
+                data = record.read_config(options.resume)
+                config: TrainingConfig = override(TrainingConfig(), data)
+            except (record.RunRecordError, ValueError) as err:  # as esper static's resume says
+                raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
             config = replace(config, env=without_stray_data_dir(config.env))
             return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
         name, argv = _preset(argv)
