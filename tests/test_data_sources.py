@@ -253,6 +253,9 @@ def test_search_order_data_dir_then_env_then_system_then_cache(
 
     assert used(tmp_path / "explicit") == 3
     assert used() == 4
+    # The data names the folder it was read from (a run records it in meta.json).
+    source = load_fashion_mnist(download=False).source
+    assert source == str(tmp_path / "env" / "fashion-mnist")
     monkeypatch.delenv("ESPER_DATA_DIR")
     assert used() == 5
     (tmp_path / "system" / FASHION_FILES[3]).unlink()  # incomplete folders do not count

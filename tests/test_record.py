@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from conftest import cnn_host, grow, growth_summary, host_input, ppo_summary
+from esper.data import make_synthetic
 from esper.kasmina import MorphogeneticModel
 from esper.kasmina.checkpoint import model_bytes, model_from_bytes
 from esper.leyline import SeedStage
@@ -549,6 +550,23 @@ def test_meta_records_revision_versions_and_seeds(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text(json.dumps(meta.to_json() | {"mode": "grow"}))
     with pytest.raises(RunRecordError, match="mode 'grow' is not one of"):
         read_meta(tmp_path)
+    # A meta.json from before the data was recorded reads as one without it.
+    older = {k: v for k, v in meta.to_json().items() if k != "data"}
+    (tmp_path / "meta.json").write_text(json.dumps(older))
+    assert read_meta(tmp_path) == meta and meta.data is None
+
+
+def test_a_runs_meta_records_its_data_where_it_came_from_and_its_splits(recorded_runs) -> None:
+    """Nothing recorded which of the places searched held the data, nor the splits' sizes (a
+    walk-through found them in an unshown log line only)."""
+    data = make_synthetic()
+    for mode in ("heuristic", "ppo"):
+        meta = read_meta(recorded_runs[mode])
+        assert meta is not None and meta.data == {
+            "dataset": "synthetic",
+            "source": "generated (make_synthetic, seed 0)",
+            "samples": {"train": len(data.x_train), "val": len(data.x_val), "test": 256},
+        }
 
 
 # ------------------------------------------------------------------------------------- CSV

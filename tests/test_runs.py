@@ -505,6 +505,15 @@ def test_show_prints_the_summary_and_meta(tmp_path: Path, capsys) -> None:
     assert any(line.startswith("git       ") and "started 20" in line for line in out)
 
 
+def test_show_names_the_runs_data(recorded_runs, capsys) -> None:
+    assert main(["runs", "show", str(recorded_runs["static"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "data      synthetic from generated (make_synthetic, seed 0): 512 train / 256 val / "
+        "256 test"
+    ) in out
+
+
 def test_a_malformed_summary_is_one_line_for_every_runs_command(tmp_path: Path, capsys) -> None:
     run = write_run(tmp_path / "grow", None)
     (run / SUMMARY_FILE).mkdir()

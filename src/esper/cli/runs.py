@@ -134,6 +134,17 @@ def _compare(paths: list[Path]) -> int:
     return 0
 
 
+def _data_line(data: dict[str, Any]) -> str:
+    """A run's data receipt (``meta.json``'s ``data``) for people: "digits from scikit-learn
+    1.9.1 (load_digits): 1,079 train / 359 val / 359 test"; as JSON when it is not one."""
+    try:
+        samples = data["samples"]
+        splits = " / ".join(f"{int(samples[k]):,} {k}" for k in ("train", "val", "test"))
+        return f"{data['dataset']} from {data['source'] or 'an unsaid source'}: {splits}"
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(data, sort_keys=True)
+
+
 def _show(path: Path) -> int:
     run = open_run(path)
     log = read_events(run.events_path)
@@ -142,6 +153,8 @@ def _show(path: Path) -> int:
     print(f"mode      {run.mode}   task {run.task}   seed {run.seed}   status {run.status}")
     if meta is not None:
         print(f"git       {display(meta.git_revision)}   started {meta.started}")
+    if meta is not None and meta.data is not None:
+        print(f"data      {_data_line(meta.data)}")
     print(f"config    {json.dumps(run.config(), sort_keys=True)}")
     if run.summary is not None:
         print(f"summary   {json.dumps(run.summary.to_json(), sort_keys=True)}")

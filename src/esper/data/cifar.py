@@ -17,6 +17,7 @@ import math
 import pickle
 import tarfile
 import tempfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -212,7 +213,7 @@ def load_cifar10(
     x_test_u8, y_test = _read_batch(root, TEST_BATCH)
     x_all_u8 = torch.cat([x for x, _ in train])  # (50000, 3, 32, 32)
     y_all = torch.cat([y for _, y in train])
-    return standardized_splits(
+    data = standardized_splits(
         "cifar10",
         (x_all_u8, y_all),
         (x_test_u8, y_test),
@@ -222,3 +223,4 @@ def load_cifar10(
         per_channel=True,
         augment=True,
     )
+    return replace(data, source=str(root.absolute()))

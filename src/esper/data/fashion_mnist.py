@@ -12,6 +12,7 @@ import gzip
 import math
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -201,7 +202,7 @@ def load_fashion_mnist(
                 download_file(prefix + name, target / name, FASHION_MNIST_SHA256[name], progress)
 
     root = find_dataset_dir(files, data_dir, fetch=fetch if download else None)
-    return _read(root)
+    return replace(_read(root), source=str(root.absolute()))
 
 
 def _read(root: Path) -> Dataset:

@@ -40,6 +40,8 @@ def load_digits() -> Dataset:
             "the 'digits' dataset comes bundled with scikit-learn, which is not installed; "
             "install it with `pip install scikit-learn`"
         ) from exc
+    from sklearn import __version__ as sklearn_version
+
     bunch = sklearn_load_digits()
     x = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / DIGITS_MAX_PIXEL
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
@@ -50,6 +52,7 @@ def load_digits() -> Dataset:
     x_train = x[train_idx]
     mean, std = x_train.mean(), x_train.std()
     return Dataset(
+        source=f"scikit-learn {sklearn_version} (load_digits)",
         name="digits",
         x_train=(x_train - mean) / std,
         y_train=y[train_idx],
@@ -122,6 +125,7 @@ def make_synthetic(
     x, y = draw(n_train + n_val)
     x_test, y_test = draw(n_test)
     return Dataset(
+        source=f"generated (make_synthetic, seed {seed})",
         name="synthetic",
         x_train=x[:n_train],
         y_train=y[:n_train],

@@ -140,6 +140,7 @@ def load_text(path: str | Path | None, block_size: int) -> Dataset:
         x_test.shape[0],
     )
     return Dataset(
+        source=str(Path(path).expanduser().absolute()) if path else "Python's pydoc_data",
         name=f"text:{source}",
         x_train=x_train,
         y_train=y_train,

@@ -55,6 +55,8 @@ class Dataset:
         input_shape: Per-sample shape of ``x``, e.g. ``(1, 28, 28)`` or ``(T,)``.
         vocab: For text datasets the characters, indexed by token id; ``None`` otherwise.
         augment: Whether training batches should get ``augment_crop_flip`` (CIFAR only).
+        source: Where the samples came from: the directory or file read, or what bundles or
+            generates them ("" when unsaid); a run records it (``receipt``).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Dataset:
     input_shape: tuple[int, ...]
     vocab: tuple[str, ...] | None = None
     augment: bool = False
+    source: str = ""
 
     def __post_init__(self) -> None:
         classes = self.num_classes
@@ -116,3 +119,16 @@ class Dataset:
                     f"dataset {self.name!r}: y_{split} holds labels from {int(y.min())} to "
                     f"{int(y.max())}, need [0, {classes})"
                 )
+
+    def receipt(self) -> dict[str, Any]:
+        """What a run records of its data (``meta.json``'s ``data``): the dataset, where it
+        came from (which of the places searched held it) and the samples in each split."""
+        return {
+            "dataset": self.name,
+            "source": self.source,
+            "samples": {
+                "train": len(self.x_train),
+                "val": len(self.x_val),
+                "test": len(self.x_test),
+            },
+        }

@@ -216,9 +216,15 @@ def read_json(path: Path, what: str, limit: int | None = MAX_JSON_BYTES) -> Any:
 _T = TypeVar("_T")
 
 
-def read_record(path: Path, cls: type[_T], what: str) -> _T | None:
-    """The dataclass ``cls`` in ``path`` parsed strictly (no missing or unknown keys), or None."""
+def read_record(
+    path: Path, cls: type[_T], what: str, added: Mapping[str, Any] | None = None
+) -> _T | None:
+    """The dataclass ``cls`` in ``path`` parsed strictly (no missing or unknown keys), or None.
+    ``added``: keys of fields added since earlier versions wrote the file, with the value
+    missing one stands for."""
     data = read_json(path, what)
+    if isinstance(data, dict) and added:
+        data = {**added, **data}
     try:
         return None if data is None else decode(cls, data)
     except ValueError as err:
@@ -244,6 +250,8 @@ class RunMeta:
         threads: torch's intra-op thread count.
         platform: the operating system, machine and CPU (model and vector extensions: torch's
             kernels dispatch on them, so a run's floating-point results can depend on them).
+        data: the dataset, where it was read from and its splits' samples
+            (``Dataset.receipt``); None in runs from before it was recorded.
     """
 
     run_id: str
@@ -255,6 +263,7 @@ class RunMeta:
     seeds: dict[str, Any]
     threads: int
     platform: str
+    data: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -342,9 +351,15 @@ def named(run_id: str, name: str) -> bool:
 
 
 def run_meta(
-    run_id: str, mode: str, seeds: Mapping[str, Any], threads: int, command: Sequence[str]
+    run_id: str,
+    mode: str,
+    seeds: Mapping[str, Any],
+    threads: int,
+    command: Sequence[str],
+    data: Mapping[str, Any] | None = None,
 ) -> RunMeta:
-    """The receipt of a run starting now: git revision, package versions, platform, time.
+    """The receipt of a run starting now: git revision, package versions, platform, time, and
+    its ``data`` (``Dataset.receipt``).
 
     Write it with ``write_json(run_dir / META_FILE, meta)``.
     """
@@ -358,6 +373,7 @@ def run_meta(
         seeds=dict(seeds),
         threads=threads,
         platform=_platform(),
+        data=None if data is None else dict(data),
     )
 
 
@@ -367,7 +383,7 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     Raises:
         RunRecordError: the file is a directory, unreadable, or not a run meta file.
     """
-    return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file")
+    return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file", {"data": None})
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

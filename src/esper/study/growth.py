@@ -264,6 +264,7 @@ class GrowthRunner:
         check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(training)
+        self.data = data.receipt()  # what meta.json records
         device = device or torch.device("cpu")
         if device.type == "cpu":
             check_fits(training, data)
@@ -306,7 +307,7 @@ class GrowthRunner:
 
     def _meta(self, run_id: str) -> record.RunMeta:
         seeds = {"run": self.config.seed, "data_order": self.config.seed}
-        return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv)
+        return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv, self.data)
 
     def _restore(self, state: Any) -> None:
         where = f"cannot resume {str(self.recorder.directory)!r}"

@@ -77,6 +77,7 @@ class PPORunner:
         seed_everything(config.runtime.seed)
         if data is None:
             data = checked_data(config, out, resume)
+        self.data = data.receipt()  # what meta.json records (each Ray worker loads the same)
         self.hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
         try:
             self.trainer, self.devices = build_trainer(config, self.hub, data)
@@ -111,7 +112,7 @@ class PPORunner:
             "environments": [seed + i for i in range(self.config.ppo.n_envs)],
             "policy": seed + POLICY_SEED_OFFSET,
         }
-        return record.run_meta(run_id, "ppo", seeds, self.threads, sys.argv)
+        return record.run_meta(run_id, "ppo", seeds, self.threads, sys.argv, self.data)
 
     def _state(self) -> dict[str, Any]:
         return trainer_state(self.trainer)
