@@ -5,12 +5,14 @@ and 160×50), bad input, and ``--tui`` plumbing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -971,3 +973,43 @@ def test_a_tui_child_refusing_its_input_leaves_no_directories(
     assert main(["heuristic", "--tui", "--task", "bogus", "--out", str(out)]) == 2
     assert "bogus" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_the_child_stops_when_the_ui_is_killed(tmp_path: Path) -> None:
+    """A SIGKILLed UI left its child training on, orphaned, its console output in the hidden
+    log: the child now gets SIGINT when the UI's process dies (and checkpoints)."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from esper.cli.tui import ChildRun\n"
+        "command = [sys.executable, '-c', 'import time; time.sleep(120)']\n"
+        "child = ChildRun.start(command, Path(sys.argv[1]))\n"
+        "print(child.process.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    ui = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True
+    )
+    assert ui.stdout is not None
+    child = int(ui.stdout.readline())
+    try:
+        assert _alive(child)
+        ui.kill()
+        ui.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child outlived its UI"
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)

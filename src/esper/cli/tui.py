@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -119,6 +121,28 @@ def child_command(command: str, options: RunOptions, argv: list[str]) -> tuple[l
     return [sys.executable, "-m", "esper", *rest], directory
 
 
+PR_SET_PDEATHSIG = 1
+"""Linux's ``prctl`` option: the signal a process gets when its parent dies."""
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    """What the child does before it runs the command (``preexec_fn``): a shell may start
+    background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored, so SIGINT
+    is reset (the child must get its KeyboardInterrupt: a checkpoint); and on Linux, the child
+    is sent SIGINT if this process dies (a SIGKILLed UI left it training on, unwatched, its
+    console output in the hidden log). libc is loaded here, before the fork."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if prctl is not None:  # (sent when the thread that forked ends: ChildRun.start runs
+            prctl(PR_SET_PDEATHSIG, signal.SIGINT)  # on the main thread, which ends last)
+            if os.getppid() != parent:  # it died before the call: nothing will send it
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return setup
+
+
 @dataclass
 class ChildRun:
     """A training command running as a child process, and where its console output goes.
@@ -164,9 +188,7 @@ class ChildRun:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},  # console lines in written order
                 process_group=0,  # the terminal's Ctrl-C reaches this process, which forwards it
-                # A shell may start background jobs with SIGINT ignored, and Python keeps an
-                # ignored SIGINT ignored: the child must get its KeyboardInterrupt (checkpoint).
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                preexec_fn=_child_setup(os.getpid()),
             )
         except OSError as err:
             log.close()
