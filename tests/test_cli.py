@@ -451,7 +451,7 @@ def test_unreadable_checkpoint_on_resume(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "state.pt" in err and "Traceback" not in err
     assert main(["static", "--resume", str(tmp_path / "nowhere")]) == 2
-    assert "not an Esper run directory" in capsys.readouterr().err
+    assert "nowhere': it does not exist" in capsys.readouterr().err
 
 
 def _checkpointed_epoch(run: Path) -> int:

@@ -500,19 +500,20 @@ def test_a_plain_keyboard_interrupt_in_a_round_is_a_stop(tmp_path, capsys, monke
 
 
 def test_sigterm_while_ray_starts_ends_as_a_stop(tmp_path, capsys, monkeypatch) -> None:
-    """``ray.init`` puts its own SIGTERM handler in place while it starts, which exits with
-    status 15 and no word; the signal is sent the moment Ray installs it."""
+    """``ray.init`` put its own SIGTERM handler in place while it started, which exited with
+    status 15 and no word (and left Ray's agents running); the signal is sent once Ray has
+    started its processes, before ``ray.init`` returns."""
     import ray
-    import ray._private.utils as ray_utils
+    from ray._private.node import Node
 
     assert not ray.is_initialized()
-    install = ray_utils.set_sigterm_handler
+    start = Node.start_ray_processes
 
-    def install_then_signal(handler: Any) -> None:
-        install(handler)
+    def start_then_signal(self: Node) -> None:
+        start(self)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(ray_utils, "set_sigterm_handler", install_then_signal)
+    monkeypatch.setattr(Node, "start_ray_processes", start_then_signal)
     out = tmp_path / "run"
     assert main(["ppo", "--preset", "tiny", "--workers", "2", "--out", str(out)]) == 130
     err = capsys.readouterr().err
