@@ -303,16 +303,6 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--shapley", "yes"],
             "--shapley takes no value, got 'yes' (a switch: --shapley or --no-shapley)",
         ),
-        # Batches and validation subsets were cut to their split silently, recorded as given.
-        (
-            ["static", "--task", "digits", "--val-samples", "10000000"],
-            "val_samples 10,000,000: the validation split of digits holds 359 samples; "
-            "accepted: 1..359 or unset (all of them)",
-        ),
-        (
-            ["ppo", "--preset", "tiny", "--task", "synthetic", "--batch-size", "513"],
-            "batch_size 513: the training split of synthetic holds 512 samples; accepted: 1..512",
-        ),
         (["heuristic", "--task", "synthetic", "--slots", "mid_2"], "unknown or no slots ['mid_2']"),
         (["heuristic", "--task", "synthetic", "--bogus"], "--bogus"),
         # tyro listed a flag's value as an option: "Unrecognized options: --sed, 3"
@@ -986,3 +976,25 @@ def test_the_first_timed_epoch_imports_nothing(tmp_path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert result.stdout.strip().splitlines()[-1] == "[True, True]"
+
+
+@pytest.mark.parametrize("command", ["static", "ppo"])
+def test_a_batch_or_validation_subset_beyond_its_split_is_noted(tmp_path, capsys, command) -> None:
+    """A run cut them to the split without a word, and recorded them as given. Not refused: a
+    study's budget serves tasks of several sizes, an eval keeps its policy's settings on another
+    task, and earlier runs so configured must resume."""
+    out = tmp_path / "run"
+    args = ["--task", "synthetic", "--batch-size", "513", "--val-samples", "1000"]
+    if command == "ppo":
+        args += ["--preset", "tiny", "--ppo.rounds", "1"]
+    else:
+        args += ["--epochs", "2"]
+    assert main([command, *args, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "note: batch_size 513 is more than the training split of synthetic holds: all its 512 "
+        "samples are used\nnote: val_samples 1,000 is more than the validation split of "
+        "synthetic holds: all its 256 samples are used\n"
+    ) in err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["data"]["samples"] == {"train": 512, "val": 256, "test": 256}

@@ -47,15 +47,13 @@ def set_threads(training: HostTraining, resume: Path | None = None) -> HostTrain
 
 
 def load_data(training: HostTraining) -> Dataset:
-    """The task's dataset, whose splits hold the training's batch and validation samples.
+    """The task's dataset.
 
     Raises:
-        UserError: the dataset is missing or unreadable (the first line of what to do); a
-            batch or validation subset larger than its split (it was cut to the split silently,
-            and recorded as given).
+        UserError: the dataset is missing or unreadable (the first line of what to do).
     """
     try:
-        data = load_dataset(
+        return load_dataset(
             get_task(training.task).dataset,
             training.data_dir,
             download=training.download,
@@ -63,18 +61,26 @@ def load_data(training: HostTraining) -> Dataset:
         )
     except (DatasetNotFoundError, ValueError, OSError) as err:
         raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
+
+
+def whole_split_notes(training: HostTraining, data: Dataset) -> list[str]:
+    """A ``note:`` line for a batch size or validation subset larger than its split, which
+    takes the whole split (a run cut them so without a word, recorded as given; meta.json's
+    ``data`` records the splits' samples). Not refused: a study's budget serves tasks of
+    several sizes, an eval keeps its policy's settings on another task, and earlier runs so
+    configured must resume."""
+    notes = []
     for name, split, given in (
         ("batch_size", "training", training.batch_size),
         ("val_samples", "validation", training.val_samples),
     ):
         held = len(data.x_train if split == "training" else data.x_val)
         if given is not None and given > held:
-            raise UserError(
-                f"{name} {given:,}: the {split} split of {training.task} holds {held:,} "
-                f"samples; accepted: 1..{held}"
-                + (" or unset (all of them)" if name == "val_samples" else "")
+            notes.append(
+                f"note: {name} {given:,} is more than the {split} split of {training.task} "
+                f"holds: all its {held:,} samples are used"
             )
-    return data
+    return notes
 
 
 RUN_COPIES = 25
