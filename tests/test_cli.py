@@ -303,6 +303,16 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--shapley", "yes"],
             "--shapley takes no value, got 'yes' (a switch: --shapley or --no-shapley)",
         ),
+        (  # the switch before the value's last place, not --epochs before its first
+            ["heuristic", "--task", "synthetic", "--epochs", "2", "--shapley", "2"],
+            "--shapley takes no value, got '2' (a switch: --shapley or --no-shapley)",
+        ),
+        (["heuristic", "--task", "synthetic", "--epochs", "2", "2"], "unknown flag 2;"),
+        (  # a nested switch's other form is tyro's
+            ["ppo", "--ppo.no-normalize-advantages", "yes"],
+            "--ppo.no-normalize-advantages takes no value, got 'yes' (a switch: "
+            "--ppo.normalize-advantages or --ppo.no-normalize-advantages)",
+        ),
         (["heuristic", "--task", "synthetic", "--slots", "mid_2"], "unknown or no slots ['mid_2']"),
         (["heuristic", "--task", "synthetic", "--bogus"], "--bogus"),
         # tyro listed a flag's value as an option: "Unrecognized options: --sed, 3"

@@ -198,11 +198,15 @@ def _unknown_flags(lines: list[str], argv: Sequence[str]) -> str | None:
     )
     flags = [word for word in listed.split(",") if word.startswith("--")]
     if not flags:  # a value after a switch, which takes none: "--shapley yes"
-        switch = next((a for a, b in itertools.pairwise(argv) if b == listed), "")
+        # The argument before the value's last place: a flag there took no value, so it is a
+        # switch (a flag that takes one, or a list, would have taken it).
+        before = [a for a, b in itertools.pairwise(argv) if b == listed]
+        switch = before[-1] if before else ""
         if switch.startswith("--") and "=" not in switch:
-            name = switch.removeprefix("--no-").removeprefix("--")
-            either = f"a switch: --{name} or --no-{name}"
-            return f"{switch} takes no value, got {quoted(listed)} ({either})"
+            head, dot, name = switch[2:].rpartition(".")
+            on = f"--{head}{dot}{name.removeprefix('no-')}"
+            off = f"--{head}{dot}no-{name.removeprefix('no-')}"
+            return f"{switch} takes no value, got {quoted(listed)} (a switch: {on} or {off})"
         flags = [listed]
     similar: list[str] = []
     for i, line in enumerate(lines):
