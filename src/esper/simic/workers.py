@@ -499,15 +499,16 @@ def init_ray(address: str = "local", **settings: Any) -> None:
     which dumps a native stack for SIGTERM too, then aborted the process when the signal came
     inside a blocking call) is not installed in this driver; its workers keep theirs.
 
-    A Ctrl-C, SIGTERM or SIGHUP while Ray starts its processes waits until they have started,
+    Ray's own SIGTERM handlers (an exit with status 15 and no word, from which a half-started
+    node was never shut down) are not installed: this process's stay. A Ctrl-C, SIGTERM or
+    SIGHUP while Ray starts its processes here waits until they have started (or failed to),
     then Ray is shut down and the signal is raised again for this process's handler: raised at
     once, it left a half-started Ray (its agents outlived the command, reparented to init) and
-    at times a segmentation fault as the interpreter exited. Ray's own SIGTERM handlers (an
-    exit with status 15 and no word) are not installed meanwhile.
+    at times a segmentation fault as the interpreter exited. Joining a cluster starts no
+    process here: a signal then stops the join at once. Ray is shut down after any failure.
 
     Raises:
-        KeyboardInterrupt: a SIGTERM exit of Ray's all the same (Ray is shut down again, and
-            the command ends as a Ctrl-C would); else whatever the held signal's handler raises.
+        whatever ``ray.init`` raises, or a held signal's handler (a Stop or KeyboardInterrupt).
     """
     import ray
     from ray._private import ray_constants
@@ -521,29 +522,21 @@ def init_ray(address: str = "local", **settings: Any) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         if signal.getsignal(signum) not in (signal.SIG_IGN, None)  # nohup's SIGHUP stays so
     }
-    held: list[int] = []  # the signals that came while Ray started
-    for signum in handlers:
-        signal.signal(signum, lambda signum, frame: held.append(signum))
-    # Ray sets SIGTERM handlers of its own as it starts (an exit, from which a half-started
-    # node was never shut down): not while this holds the signal.
+    held: list[int] = []  # the signals that came while Ray started its processes
+    if address == "local":
+        for signum in handlers:
+            signal.signal(signum, lambda signum, frame: held.append(signum))
     install = ray_utils.set_sigterm_handler
     ray_utils.set_sigterm_handler = lambda handler: None
     try:
         ray.init(address, include_dashboard=False, logging_level=logging.ERROR, **settings)
-    except SystemExit as err:
-        _restore(handlers)  # before the shutdown: a second SIGTERM is ours
-        if err.code != signal.SIGTERM:
-            raise
-        ray.shutdown()
-        raise KeyboardInterrupt from None
+    except BaseException:
+        ray.shutdown()  # what started or joined, half
+        raise
     finally:
         ray_utils.set_sigterm_handler = install
-        _restore(handlers)
-    if held:
-        ray.shutdown()
-        signal.raise_signal(held[0])
-
-
-def _restore(handlers: dict[signal.Signals, Any]) -> None:
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if held:  # raised over a failure too: the command was asked to stop
+            ray.shutdown()
+            signal.raise_signal(held[0])
