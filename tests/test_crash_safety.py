@@ -730,6 +730,34 @@ def test_signals_after_the_command_returned_leave_its_exit_quiet(tmp_path) -> No
     assert done.stdout == "exit handler done\n" and done.stderr == "", done.stderr
 
 
+def test_a_signal_well_after_the_command_returned_ends_a_stuck_exit(tmp_path) -> None:
+    """The signals a burst sends are ignored while the interpreter exits; one that comes after
+    EXIT_GRACE_SECONDS ends an exit handler that hangs (nothing but SIGKILL did), with the
+    command's own status."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import atexit, os, signal, time\n"
+        "import esper.cli.main\n"
+        "from esper.cli.entry import EXIT_GRACE_SECONDS, run\n"
+        "def hanging():\n"
+        "    time.sleep(EXIT_GRACE_SECONDS + 0.5)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(60)\n"
+        "    print('waited it out', flush=True)\n"
+        "def main():\n"
+        "    atexit.register(hanging)\n"
+        "    return 3\n"
+        "esper.cli.main.main = main\n"
+        "run()\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=ENV
+    )
+    assert done.returncode == 3 and done.stdout == "" and done.stderr == "", done.stderr
+    assert time.monotonic() - started < 30
+
+
 def _processes_naming(text: str) -> list[int]:
     """The live processes whose command line or open files name ``text`` (Ray's agents rename
     themselves, ``ray::RuntimeEnvAgent``, but keep their logs open)."""

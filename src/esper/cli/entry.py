@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from types import FrameType
+
+EXIT_GRACE_SECONDS = 2.0
+"""How long after the command returned a signal is taken for one of a burst and ignored."""
 
 
 def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
@@ -20,14 +24,23 @@ def run() -> None:
     """Load the command, then run it (``esper.cli.main.main``) with Python's own Ctrl-C.
 
     Once it returned, what it wrote is complete and what is left is the interpreter's exit
-    (Ray's and torch's exit handlers): a Ctrl-C, SIGTERM or SIGHUP then is ignored. Repeated
-    signals (a scheduler's, a held-down Ctrl-C) printed a traceback from an exit handler after
-    the run had said it was interrupted, or killed the process by the signal."""
+    (Ray's and torch's exit handlers): a Ctrl-C, SIGTERM or SIGHUP then is ignored for
+    ``EXIT_GRACE_SECONDS``, after which one ends the process at once with the command's status
+    (an exit handler that hangs). Repeated signals (a scheduler's, a held-down Ctrl-C) printed
+    a traceback from an exit handler after the run had said it was interrupted, or killed the
+    process by the signal."""
     signal.signal(signal.SIGINT, _interrupted_while_loading)
     from esper.cli.main import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = main()
+    returned = time.monotonic()
+
+    def exiting(signum: int, frame: FrameType | None) -> None:
+        if time.monotonic() - returned > EXIT_GRACE_SECONDS:
+            os._exit(code)
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            signal.signal(signum, exiting)
     sys.exit(code)
