@@ -550,11 +550,11 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
     out = _knowledge("import", str(a), "--knowledge", store)
     assert "imported 0 seed outcome(s)" in out and "(3 already there)" in out
     # A run named twice, or two copies of it, in one import: its seeds count once (they were
-    # reported as "already there", from the command's own first copy).
+    # reported as "already there", from the command's own first copy), and so does the run.
     copy = shutil.copytree(a, tmp_path / "copy")
     fresh = _sqlite_url(tmp_path / "fresh.sqlite")
     out = _knowledge("import", str(a), str(a), str(copy), "--knowledge", fresh)
-    assert out.startswith("imported 3 seed outcome(s) from 2 run(s)") and "(0 already" in out
+    assert out.startswith("imported 3 seed outcome(s) from 1 run(s)") and "(0 already" in out
 
     lines = _knowledge("show", "--knowledge", store).splitlines()
     assert "5 seed outcome(s) from 2 run(s)" in lines[0]

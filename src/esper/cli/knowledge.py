@@ -102,7 +102,8 @@ def run_knowledge(args: argparse.Namespace) -> int:
             elif args.knowledge_command == "import":
                 added = store.record(imported)
                 print(
-                    f"imported {added} seed outcome(s) from {len(runs)} run(s) into {store.url}"
+                    f"imported {added} seed outcome(s) from {len({o.run_id for o in imported})} "
+                    f"run(s) into {store.url}"
                     f" ({len(imported) - added} already there)"
                 )
             else:

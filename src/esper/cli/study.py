@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import stat
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular
+from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular, shell_path
 from esper.leyline.net import MAX_PORT, is_host_port
 from esper.leyline.trials import (
     INTERVALS_FILE,
@@ -139,7 +138,7 @@ def _interrupted(driver: StudyDriver, directory: Path, file: Path, address: str 
             _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
         except KeyboardInterrupt:
             _say("stopped again: results so far not written (trials.csv lists every trial)")
-    _say(f"\ninterrupted: continue with: esper study {shlex.quote(str(file))}{again}")
+    _say(f"\ninterrupted: continue with: esper study {shell_path(file)}{again}")
 
 
 def check_address(address: str | None) -> str | None:
