@@ -960,34 +960,6 @@ def test_a_new_runs_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch
         growth.parse("static", rest, options)
 
 
-def test_the_first_timed_epoch_imports_nothing(tmp_path) -> None:
-    """The first optimizer a process makes imports ``torch._dynamo`` (1-2 s), which counted in
-    a run's training time: a one-epoch run reported 1.3 s for 0.07 s of training, and the first
-    of ``esper demo``'s two runs paid it, the second not. A fresh process, so nothing is loaded
-    yet: what the run's timed steps find imported already."""
-    code = (
-        "import sys\n"
-        "from esper.cli.main import main\n"
-        "from esper.study.growth import GrowthRunner\n"
-        "step, found = GrowthRunner._step, []\n"
-        "def watched(self, held):\n"
-        "    found.append('torch._dynamo' in sys.modules)\n"
-        "    return step(self, held)\n"
-        "GrowthRunner._step = watched\n"
-        "argv = ['static', '--task', 'synthetic', '--epochs', '2', '--out', sys.argv[1]]\n"
-        "assert main(argv) == 0\n"
-        "print(found)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.stdout.strip().splitlines()[-1] == "[True, True]"
-
-
 @pytest.mark.parametrize("command", ["static", "ppo"])
 def test_a_batch_or_validation_subset_beyond_its_split_is_noted(tmp_path, capsys, command) -> None:
     """A run cut them to the split without a word, and recorded them as given. Not refused: a

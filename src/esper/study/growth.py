@@ -70,7 +70,6 @@ from esper.tasks import TASKS, resolve_training
 from esper.tolaria.engine import evaluate
 from esper.tolaria.episode import Episode
 from esper.tolaria.flops import step_flops
-from esper.tolaria.optim import load_optimizer_code
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +271,6 @@ class GrowthRunner:
         if device.type == "cpu":
             check_fits(training, data)
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))
-        load_optimizer_code()  # not in the first epoch's training time
         try:
             self.episode = task_episode(training, data, config.seed, device, hub.emit, hub.progress)
         except ValueError as err:  # e.g. slots the task's host lacks

@@ -22,14 +22,6 @@ from esper.leyline.config import check_float
 HOST_GROUP = "host"
 
 
-def load_optimizer_code() -> None:
-    """Import what torch imports when a process makes its first optimizer: ``torch._dynamo``,
-    1-2 s here. A run calls this while it starts, so its first timed epoch (which builds the
-    optimizer) does not pay it: a one-epoch run's training time was 1.3 s for 0.07 s of
-    training, and the first of ``esper demo``'s two runs was charged it, the second not."""
-    import torch._dynamo  # noqa: F401
-
-
 class SlotOptimizer:
     """AdamW over a growing model.
 
