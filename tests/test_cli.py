@@ -974,8 +974,8 @@ def test_a_batch_or_validation_subset_beyond_its_split_is_noted(tmp_path, capsys
     assert main([command, *args, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert (
-        "note: batch_size 513 is more than the training split of synthetic holds: all its 512 "
-        "samples are used\nnote: val_samples 1,000 is more than the validation split of "
+        "warning: batch_size 513 is more than the training split of synthetic holds: all its 512 "
+        "samples are used\nwarning: val_samples 1,000 is more than the validation split of "
         "synthetic holds: all its 256 samples are used\n"
     ) in err
     meta = json.loads((out / "meta.json").read_text())

@@ -5,6 +5,7 @@ run's mode and whether its ``config.json`` is the configuration its checkpoint r
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import re
 import sys
@@ -25,6 +26,8 @@ from esper.nissa.sinks import TensorBoardSetupError, check_tensorboard
 from esper.nissa.tracking import TrackingError, TrackingSetupError, check_mlflow
 from esper.tasks import get_task, host_param_count
 from esper.tolaria.threads import TooFewCores, threads_per_worker
+
+logger = logging.getLogger(__name__)
 
 
 def set_threads(training: HostTraining, resume: Path | None = None) -> HostTraining:
@@ -63,24 +66,21 @@ def load_data(training: HostTraining) -> Dataset:
         raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
 
 
-def whole_split_notes(training: HostTraining, data: Dataset) -> list[str]:
-    """A ``note:`` line for a batch size or validation subset larger than its split, which
-    takes the whole split (a run cut them so without a word, recorded as given; meta.json's
-    ``data`` records the splits' samples). Not refused: a study's budget serves tasks of
-    several sizes, an eval keeps its policy's settings on another task, and earlier runs so
-    configured must resume."""
-    notes = []
+def warn_whole_splits(training: HostTraining, data: Dataset) -> None:
+    """Warn of a batch size or validation subset larger than its split, which takes the whole
+    split (a run cut them so without a word, recorded as given; meta.json's ``data`` records
+    the splits' samples). Not refused: a study's budget serves tasks of several sizes, an eval
+    keeps its policy's settings on another task, and earlier runs so configured must resume."""
     for name, split, given in (
         ("batch_size", "training", training.batch_size),
         ("val_samples", "validation", training.val_samples),
     ):
         held = len(data.x_train if split == "training" else data.x_val)
         if given is not None and given > held:
-            notes.append(
-                f"note: {name} {given:,} is more than the {split} split of {training.task} "
-                f"holds: all its {held:,} samples are used"
-            )
-    return notes
+            logger.warning(
+                "%s %s is more than the %s split of %s holds: all its %s samples are used",
+                name, f"{given:,}", split, training.task, f"{held:,}",
+            )  # fmt: skip
 
 
 RUN_COPIES = 25

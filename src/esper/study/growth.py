@@ -52,7 +52,7 @@ from esper.study.checks import (
     check_sinks,
     load_data,
     set_threads,
-    whole_split_notes,
+    warn_whole_splits,
 )
 from esper.study.ledger import SeedLedger
 from esper.study.run import Recorder, ppo_state
@@ -264,8 +264,7 @@ class GrowthRunner:
         check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
         data = load_data(training)
-        for note in whole_split_notes(training, data):
-            print(note, file=sys.stderr)
+        warn_whole_splits(training, data)
         self.data = data.receipt()  # what meta.json records
         device = device or torch.device("cpu")
         if device.type == "cpu":

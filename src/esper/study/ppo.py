@@ -37,7 +37,7 @@ from esper.study.checks import (
     check_sinks,
     load_data,
     set_threads,
-    whole_split_notes,
+    warn_whole_splits,
 )
 from esper.study.run import Recorder
 from esper.tasks import without_stray_data_dir
@@ -54,8 +54,7 @@ def checked_data(config: TrainingConfig, out: Path | None, resume: Path | None) 
     check_sinks(config.telemetry)
     check_out(out, resume)  # before the data loads: bad input fails at once
     data = load_data(config.env)
-    for note in whole_split_notes(config.env, data):
-        print(note, file=sys.stderr)
+    warn_whole_splits(config.env, data)
     if tuple(config.runtime.devices) == ("cpu",):
         check_fits(config.env, data, _envs_here(config))
     return data
