@@ -1125,15 +1125,15 @@ def test_the_tail_reads_whole_lines_a_bounded_amount_at_a_time(
         tail.events(read_bytes)
 
 
-HUGE_LOG_BYTES = 16_000_000
-"""The synthetic log streamed by the memory test (about 1000 PPO rounds): more than the bound, so
+HUGE_LOG_BYTES = 8_000_000
+"""The synthetic log streamed by the memory test (about 500 PPO rounds): more than the bound, so
 a stream that held the log's bytes — or its decoded events, several times more — would fail it.
-Larger logs only make the test slower (tracemalloc)."""
-STREAM_PEAK_BYTES = 12_000_000
+Larger logs only make the test slower (tracemalloc: 16 MB took 17 s)."""
+STREAM_PEAK_BYTES = 6_000_000
 """What one client may hold while its stream folds that log and sends its snapshots. Measured:
-about 8.3 MB — the fold (about 3.6 MB: a few numbers per round and per finished episode, the
-last 4 episodes per environment in detail), one snapshot being built (about 3.8 MB for 1000
-rounds) and one bounded read of decoded events."""
+about 4.3 MB — the fold (a few numbers per round and per finished episode, the last 4 episodes
+per environment in detail), one snapshot being built (both grow with the rounds: 8.3 MB in all
+for a 16 MB log of 1000 rounds) and one bounded read of decoded events."""
 
 
 def long_ppo_log(source: Path, run: Path) -> tuple[int, int]:
