@@ -304,7 +304,7 @@ def test_page_follows_a_live_run(
         page.goto(url)
         expect(stat(page, "run")).to_have_text("live")  # the newest log
         expect(stat(page, "events")).to_have_text(str(FIRST_LINES))
-        expect(stat(page, "status")).to_have_text("running")
+        expect(stat(page, "status")).to_have_text("unfinished")
 
         with (run / EVENTS_FILE).open("a", encoding="utf-8") as log:
             log.write("\n".join(appended) + "\n")
@@ -315,10 +315,10 @@ def test_page_follows_a_live_run(
         expect(page.locator("#connection")).to_have_text("live")
         fits(page, "live-1400")
 
-        # Ctrl-C, then --resume: the page shows the run as live again, not interrupted.
+        # Ctrl-C, then --resume: the page shows the run as unfinished again, not interrupted.
         stopped = RunFinished("interrupted", marked["epoch"], None, None, 0, 0, 0, 1.0)
         resumed = RunStarted("live", "heuristic", "synthetic", 0, 40, (), marked["epoch"])
-        for event, status in ((stopped, "interrupted"), (resumed, "running")):
+        for event, status in ((stopped, "interrupted"), (resumed, "unfinished")):
             with (run / EVENTS_FILE).open("a", encoding="utf-8") as log:
                 log.write(json.dumps({"t": 2.0, "run_id": "live", **event_record(event)}))
                 log.write("\n")

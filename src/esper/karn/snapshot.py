@@ -6,7 +6,8 @@ list per field, as chart libraries take them); a value that was not measured is 
 
 Layout::
 
-    run       name, mode, task, seed, status ("running" while an attempt is live), attempts,
+    run       name, mode, task, seed, status (``unfinished`` while the latest attempt has no
+              end record: running, or crashed, as ``esper runs list`` says), attempts,
               max_epochs (episode length)
     header    [{label, value}]: the run-level numbers, labelled, formatted for people
     slots     slot names in execution order
@@ -29,6 +30,7 @@ from esper.leyline.config import measured
 from esper.leyline.events import EpochCompleted, event_record
 from esper.nissa.fold import EnvState, Episode, RunState
 from esper.nissa.log import Logged, display, percent
+from esper.nissa.record import UNFINISHED
 
 RECENT_SHOWN = 15
 """Events listed on the page (the newest first)."""
@@ -94,16 +96,16 @@ def _header(state: RunState) -> list[dict[str, str]]:
         envs = len([k for k in state.envs if k is not None])
         where = "" if last is None else f" (round {last.round})"
         rows += [
-            ("rounds", display(None if last is None else last.round)),
+            ("rounds", display(None if last is None else last.round, ",d")),
             ("environments", display(envs or None)),
-            ("env steps", display(None if last is None else last.env_steps)),
+            ("env steps", display(None if last is None else last.env_steps, ",d")),
             (f"mean return{where}", display(None if last is None else last.mean_return, ".3f")),
             (
                 f"mean final val accuracy over environments{where}",
                 percent(None if last is None else measured(last.mean_final_accuracy)),
             ),
-            ("anomalies", str(len(state.anomalies))),
-            ("ratio explosions", str(len(state.explosions))),
+            ("anomalies", f"{len(state.anomalies):,}"),
+            ("ratio explosions", f"{len(state.explosions):,}"),
         ]
     else:
         episode = state.episode()
@@ -126,9 +128,9 @@ def _header(state: RunState) -> list[dict[str, str]]:
             ),
             ("best val accuracy", percent(max(accuracies) if accuracies else None)),
             ("parameters", display(None if latest is None else latest.param_count, ",d")),
-            ("governor panics", str(sum(env.panics for env in state.envs.values()))),
+            ("governor panics", f"{sum(env.panics for env in state.envs.values()):,}"),
         ]
-    rows.append(("events", str(state.events)))
+    rows.append(("events", f"{state.events:,}"))
     return [{"label": label, "value": value} for label, value in rows]
 
 
@@ -157,7 +159,7 @@ def snapshot(
             "mode": state.mode,
             "task": None if started is None else started.task,
             "seed": None if started is None else started.seed,
-            "status": state.status or ("running" if started is not None else None),
+            "status": state.status or (UNFINISHED if started is not None else None),
             "attempts": state.attempts,
             "max_epochs": None if started is None else started.max_epochs,
         },

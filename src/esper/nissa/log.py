@@ -300,8 +300,8 @@ class EventTail:
                 to ``MAX_LINE_BYTES``), so following a huge log holds a bounded part of it; None
                 reads to the end. Call again until ``caught_up`` to read on.
 
-        The events before a malformed line are returned first; that call and every later one
-        then raise.
+        The events before a malformed or too long line are returned first; the calls after
+        that raise.
 
         Raises:
             EventLogError: a complete line is malformed, the file shrank (it was rewritten),
@@ -369,6 +369,8 @@ class EventTail:
         while size < max_bytes:
             raw = f.readline(MAX_LINE_BYTES + 1)
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                if taken:  # the lines before it first: the next read starts at it, and fails
+                    return b"".join(taken), False
                 raise EventLogError(
                     f"{self.path}:{self.lines + len(taken) + 1}: a line longer than "
                     f"{MAX_LINE_BYTES} bytes is not an event"
