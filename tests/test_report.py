@@ -27,7 +27,7 @@ from conftest import growth_summary, ppo_summary, write_run
 from esper.cli.main import main
 from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
 from esper.karn.report import PLOT_FILES, Plot, Report, build_report, plot_progress
-from esper.karn.report_data import load_run
+from esper.karn.report_data import RunData, load_run
 from esper.leyline import SeedStage
 from esper.leyline.events import (
     ActionTaken,
@@ -563,9 +563,29 @@ def test_a_baseline_of_the_other_kind_is_named_with_its_article(tmp_path: Path) 
 
     ppo = load_run(_write_run(tmp_path / "p", [_started("ppo")]))
     evaluated = load_run(_write_run(tmp_path / "e", [_started("eval"), _epoch(1)]))
+
+    def baseline_lines(runs: list[RunData]) -> list[str]:
+        return [line for line in warnings_for(runs) if "summary.json" not in line]
+
     first = "the baseline p is a ppo run and e an eval run"
-    assert warnings_for([evaluated, ppo])[-1].startswith(first)
-    assert warnings_for([ppo, evaluated])[-1].startswith("the baseline e is an eval run and p a")
+    assert [line[:45] for line in baseline_lines([evaluated, ppo])] == [first]
+    assert [line[:45] for line in baseline_lines([ppo, evaluated])] == [
+        "the baseline e is an eval run and p a ppo run"
+    ]
+    # Their final accuracies are compared, so another task is named too (it was not: the
+    # kinds' line stood alone; a review).
+    started = {**_started("eval"), "task": "digits"}
+    other = load_run(_write_run(tmp_path / "d", [started, _epoch(1)]))
+    assert baseline_lines([other, ppo])[1:] == [
+        "d ran digits and the baseline p ran synthetic: their accuracies are not like for like."
+    ]
+    assert baseline_lines([ppo, other])[1:] == [
+        "p ran synthetic and the baseline d ran digits: their accuracies are not like for like."
+    ]
+    other_ppo = load_run(_write_run(tmp_path / "q", [{**_started("ppo"), "task": "digits"}]))
+    assert baseline_lines([ppo, other_ppo]) == [
+        "p ran synthetic and the baseline q ran digits: their accuracies are not like for like."
+    ]
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
@@ -1175,17 +1195,17 @@ def test_a_baseline_of_another_task_or_budget_is_named_in_a_warning(tmp_path: Pa
     }
     [line] = warnings_for([runs["a"], runs["b"]])
     assert line == (
-        "a ran synthetic for 5 epochs and the baseline b synthetic for 20 epochs: their "
+        "a ran synthetic for 5 epochs and the baseline b ran synthetic for 20 epochs: their "
         "accuracies are not like for like."
     )
     [line] = warnings_for([runs["c"], runs["a"]])
-    assert line.startswith("c ran digits_impaired for 5 epochs and the baseline a synthetic for")
+    assert line.startswith("c ran digits_impaired for 5 epochs and the baseline a ran synthetic")
     assert not [w for w in warnings_for([runs["a"], runs["d"]]) if "like for like" in w]
     # A run without a summary (crashed, or still running) is read from its start: it was
     # only said to have no summary (adversarial sweep).
     started = {**_started(), "task": "digits_impaired"}  # planned 3 epochs
     unfinished = load_run(_write_run(tmp_path / "u", [started, _epoch(1)]))
     assert warnings_for([unfinished, runs["a"]])[-1] == (
-        "u ran digits_impaired for 3 epochs and the baseline a synthetic for 5 epochs: their "
+        "u ran digits_impaired for 3 epochs and the baseline a ran synthetic for 5 epochs: their "
         "accuracies are not like for like."
     )

@@ -458,19 +458,30 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
             )
         if data.run.summary is None:
             notes.append(f"{data.run.name}: no summary.json (still running or crashed).")
-    if len(runs) == 2 and runs[0].is_ppo != runs[1].is_ppo:
+    if len(runs) == 2:
+        notes += _baseline_warnings(*runs)
+    return notes
+
+
+def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
+    """A baseline of the other kind (only final accuracies compare), and one of another task
+    or, between single-model runs, of other planned epochs."""
+    notes = []
+    if run.is_ppo != baseline.is_ppo:
         notes.append(
-            f"the baseline {runs[1].run.name} is {with_article(runs[1].run.mode)} run and "
-            f"{runs[0].run.name} {with_article(runs[0].run.mode)} run: the plots compare final "
+            f"the baseline {baseline.run.name} is {with_article(baseline.run.mode)} run and "
+            f"{run.run.name} {with_article(run.run.mode)} run: the plots compare final "
             "accuracy only."
         )
-    elif len(runs) == 2 and not runs[0].is_ppo:
-        budgets = [_budget(data) for data in runs]
-        if None not in budgets and budgets[0] != budgets[1]:
-            notes.append(
-                f"{runs[0].run.name} ran {budgets[0]} and the baseline {runs[1].run.name} "
-                f"{budgets[1]}: their accuracies are not like for like."
-            )
+    if run.is_ppo or baseline.is_ppo:  # episodes, not one planned run: the task alone
+        budgets: list[str | None] = [run.run.task, baseline.run.task]
+    else:
+        budgets = [_budget(data) for data in (run, baseline)]
+    if None not in budgets and budgets[0] != budgets[1]:
+        notes.append(
+            f"{run.run.name} ran {budgets[0]} and the baseline {baseline.run.name} ran "
+            f"{budgets[1]}: their accuracies are not like for like."
+        )
     return notes
 
 
