@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,7 +210,7 @@ def _print_result(result: QueryResult, fmt: str) -> None:
             )
         for row in result.rows:
             values = [  # a JSON column's text is nested as what it holds, not as a string
-                _nested(v) if typed and isinstance(v, str) else v
+                _nested(v) if typed and isinstance(v, str) else _number(v)
                 for v, typed in zip(row, result.json or [False] * len(row), strict=True)
             ]
             data = strict_json(dict(zip(result.columns, values, strict=True)))  # NaN, inf: null
@@ -218,10 +219,19 @@ def _print_result(result: QueryResult, fmt: str) -> None:
         cells = [[display(v) for v in row] for row in islice(result.rows, TABLE_ROWS)]
         print(format_table(result.columns, cells))
         total = len(cells) + sum(1 for _ in result.rows)  # the rest, counted as they come
-        shown = f", the first {len(cells)} shown; --format csv writes them all" * (
+        shown = f", the first {len(cells):,} shown; --format csv writes them all" * (
             total > len(cells)
         )
         print(f"({counted(total, 'row')}{shown})")
+
+
+def _number(value: Any) -> Any:
+    """A DECIMAL value (DuckDB's type of ``0.1 + 0.2`` and of ``x::DECIMAL(6,2)``) as a JSON
+    number: an integer when it has no decimal places (``DECIMAL(18, 0)``), else the nearest
+    float; anything else as it is."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return int(value) if int(value.as_tuple().exponent) >= 0 else float(value)
+    return value
 
 
 def _nested(text: str) -> Any:
