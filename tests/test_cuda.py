@@ -59,7 +59,7 @@ def test_cuda_epoch_loop_does_not_synchronise() -> None:
 
     episodes = _episodes(_data(torch.float32), [], torch.device("cuda"))
     for e in episodes:
-        e._start()
+        e.build()
     trainers = [e.trainer for e in episodes]
     trainers[0].apply(Action(Op.GERMINATE, slot="mid", blueprint="conv_light"))
     trainers[0].apply(Action(Op.ADVANCE, slot="mid"))  # a TRAINING seed in the grouped pass

@@ -356,7 +356,7 @@ def test_unchecked_epoch_loop_matches_the_checked_one(monkeypatch: pytest.Monkey
     def first_epochs(poison: bool) -> list[list[float]]:
         episodes = _episodes(data, [])
         for e in episodes:
-            e._start()
+            e.build()
         if poison:
             with torch.no_grad():
                 next(episodes[1].model.host.parameters()).fill_(float("inf"))
@@ -409,7 +409,7 @@ def test_a_grouped_batch_scores_and_tallies_its_models_at_once() -> None:
     for k in (2, 3):
         episodes = _episodes(data, [], **IMPAIRED)[:k]
         for e in episodes:
-            e._start()
+            e.build()
         trainers = [e.trainer for e in episodes]
         assert groupable([t.model for t in trainers])
         train_together(trainers)

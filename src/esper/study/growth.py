@@ -399,10 +399,13 @@ class GrowthRunner:
         return status
 
     def _step(self, held: Callable[[], AbstractContextManager[None]]) -> None:
-        """Train one epoch (the first, or after the controller's decision), then commit it."""
+        """Train one epoch (the first, or after the controller's decision), then commit it.
+        Training time counts the epoch, not the host's building (start-up)."""
+        if self.epoch == 0:
+            self.episode.build()
         started = time.perf_counter()
         if self.epoch == 0:
-            self.episode.reset()
+            self.episode.reset(built=True)
         else:
             self.episode.step(self.controller.decide(self.episode.observation))
         with held():

@@ -210,13 +210,16 @@ class Episode:
         )
         self._tracker = self._new_tracker()
 
-    def reset(self) -> Observation:
-        """Build a fresh host and trainer, train the first epoch, return the first observation
-        (the episode is already ``done`` if the governor ended it in that epoch)."""
-        return reset_together([self])[0]
+    def reset(self, built: bool = False) -> Observation:
+        """Build a fresh host and trainer (unless ``built`` just before), train the first
+        epoch, return the first observation (the episode is already ``done`` if the governor
+        ended it in that epoch)."""
+        return reset_together([self], built=built)[0]
 
-    def _start(self) -> None:
-        """The first half of ``reset``: the next episode's fresh host, trainer and tracker."""
+    def build(self) -> None:
+        """The first half of ``reset``: the next episode's fresh host, trainer and tracker.
+        Called apart (then ``reset(built=True)``) where building is start-up, not training
+        time: a process's first optimizer imports ``torch._dynamo`` (1-3 s)."""
         self.episode += 1
         with self._own_rng():
             self._build()
@@ -315,8 +318,11 @@ def _train_chunks(episodes: Sequence[Episode], chunk: int) -> list[StepResult]:
     return [e._finish(t) for e, t in zip(episodes, trained, strict=True)]
 
 
-def reset_together(episodes: Sequence[Episode], chunk: int = 1) -> list[Observation]:
-    """``reset`` every episode, training their first epochs together in chunks of ``chunk``.
+def reset_together(
+    episodes: Sequence[Episode], chunk: int = 1, built: bool = False
+) -> list[Observation]:
+    """``reset`` every episode, training their first epochs together in chunks of ``chunk``
+    (``built``: each was ``build``-ed just before).
 
     Each episode's results are those of its own ``reset`` (up to floating-point summation
     order in a grouped chunk): episodes keep their own random state, data and optimizer.
@@ -325,8 +331,9 @@ def reset_together(episodes: Sequence[Episode], chunk: int = 1) -> list[Observat
         ValueError: ``chunk`` is not an integer >= 1 (checked before any episode resets).
     """
     check_int("chunk", chunk)
-    for episode in episodes:
-        episode._start()
+    if not built:
+        for episode in episodes:
+            episode.build()
     results = _train_chunks(episodes, chunk)
     return [e._observe(r) for e, r in zip(episodes, results, strict=True)]
 
