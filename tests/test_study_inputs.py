@@ -159,6 +159,28 @@ def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, me
     assert not (tmp_path / "o").exists()
 
 
+def test_training_seeds_closer_than_the_environments_are_warned_of(tmp_path, capsys) -> None:
+    """Environment i of training seed s is seeded s + i: seeds 100 and 101 with 8 environments
+    train on the same hosts and data in 7 of them, which a study read as independent
+    replicates without a word (a walk-through)."""
+    tiny = 'preset = "tiny"\n'  # 2 environments
+    for seeds, line in (
+        (
+            "[100, 101, 102]",
+            "warning: arm 'p': training seeds 100 and 101 share 1 of their 2 "
+            "environment seeds (environment i of training seed s is seeded s + i), as do 1 more "
+            "pair(s): their policies train on mostly the same hosts and data; space training "
+            "seeds 2 or more apart",
+        ),
+        ("[100, 102, 104]", None),
+    ):
+        body = f"seeds = 4\n{HEAD}{BUDGET}{PPO.replace('[100]', seeds)}{tiny}"
+        path = _study(tmp_path / seeds, body)
+        assert main(["study", str(path), "--dry-run"]) == 0
+        warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")]
+        assert warnings == ([] if line is None else [line])
+
+
 def test_the_last_seed_may_be_the_largest() -> None:
     spec = StudySpec(out="o", tasks=("synthetic",), arms=(ArmSpec("s", "static"),))
     last = replace(spec, first_seed=2**32 - 3, seeds=3)

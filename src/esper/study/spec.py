@@ -25,7 +25,9 @@ turns the study into its trials.
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -64,6 +66,8 @@ from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.run import ppo_state
 from esper.tamiyo import HeuristicConfig
 from esper.tasks import get_task, reads_files, resolve_training
+
+logger = logging.getLogger(__name__)
 
 Controller = Literal["static", "static-matched", "heuristic", "random", "periodic", "ppo"]
 
@@ -639,6 +643,7 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
             "resources.gpus is 0",
         )
         n_envs = config.ppo.n_envs
+        _warn_shared_environments(arm, n_envs)
         used = {s + i for s in arm.training_seeds for i in range(n_envs)}
         origin = f"its training seeds {list(arm.training_seeds)} use environment seeds"
     overlap = sorted(used & evaluation)
@@ -649,6 +654,25 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
         f"{spec.first_seed}..{spec.first_seed + spec.seeds - 1}: move first_seed or the "
         "training seeds",
     )
+
+
+def _warn_shared_environments(arm: ArmSpec, n_envs: int) -> None:
+    """Warn of training seeds closer than ``n_envs``: environment i of training seed s is
+    seeded s + i, so the trainings of seeds 100 and 101 with 8 environments build the same
+    hosts and draw the same data in 7 of them, episode for episode (only the policies'
+    initializations and draws differ) — not independent replicates. Not refused: studies so
+    written (``studies/results_digits_seeds.toml``) must still run as recorded."""
+    seeds = sorted(arm.training_seeds)
+    close = [(a, b) for a, b in itertools.combinations(seeds, 2) if b - a < n_envs]
+    if close:
+        a, b = close[0]
+        logger.warning(
+            "arm %r: training seeds %d and %d share %d of their %d environment seeds "
+            "(environment i of training seed s is seeded s + i)%s: their policies train on "
+            "mostly the same hosts and data; space training seeds %d or more apart",
+            arm.name, a, b, n_envs - (b - a), n_envs,
+            f", as do {len(close) - 1} more pair(s)" if len(close) > 1 else "", n_envs,
+        )  # fmt: skip
 
 
 def _policy_directory(arm: ArmSpec, base: Path) -> Path:
