@@ -14,7 +14,7 @@ import shutil
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -578,6 +578,67 @@ class _Ray:
             return None  # a policy training has no row
         return TrialRow(task, arm, int(seed.removeprefix("seed")), "completed", 50.0, 50.0,
                         600, 600, 1.0, 1.0, None)  # fmt: skip
+
+
+class _RayStopped:
+    """Ray with two trials running when Ctrl-C arrives; the first runs to its end before its
+    cancel takes (in the driver's wait for the cancelled trials)."""
+
+    exceptions = SimpleNamespace(RayError=RuntimeError)
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
+
+    def remote(self, function):  # ray.remote(run_job).options(...).remote(job)
+        ray = self
+
+        class Handle:
+            def options(self, **_: object) -> Handle:
+                return self
+
+            def remote(self, job):
+                ray.jobs[job.trial.name] = job
+                return job.trial.name
+
+        return Handle()
+
+    def wait(self, refs, num_returns, timeout=None):
+        if timeout is None:
+            raise KeyboardInterrupt  # the study's Ctrl-C, while it waits for a trial
+        from esper.study.job import run_job
+
+        run_job(self.jobs[refs[0]])  # it finished; the other stopped at its checkpoint
+        return refs[:1], refs[1:]
+
+    def cancel(self, ref) -> None:
+        pass
+
+
+def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_path):
+    """The interrupted study's results said "2 trial(s) not finished" and left out the one that
+    finished during the wait for the cancelled trials; its resume then found it done (a
+    walk-through)."""
+    from esper.study.execute import StudyDriver
+    from esper.study.run import Stop
+    from esper.study.spec import read_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
+        "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"
+        '[[arms]]\nname = "s"\ncontroller = "static"\n'
+    )
+    spec, directory = read_study(path)
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, lambda _: None)
+    with pytest.raises(Stop):
+        driver._loop(_RayStopped(), 2)
+    assert driver.stopped is not None
+    assert driver.stopped.pending == ["synthetic.s.seed1"]
+    [(name, row)] = driver.stopped.rows
+    assert (name, row.status) == ("synthetic.s.seed0", "completed") and row.score is not None
+    trials_csv = list(csv.DictReader((directory / TRIALS_FILE).open()))
+    assert [(r["arm"], r["seed"], r["status"]) for r in trials_csv] == [("s", "0", "completed")]
 
 
 @pytest.mark.parametrize("capacity", [1, 2, None])

@@ -135,16 +135,23 @@ class StudyDriver:
                 continue
             self._check_run(trial)  # a run copied or linked in would be resumed or counted
             self._check_settings(trial)
-            summary = finished_summary(self.run_directory(trial))
-            if summary is not None:
-                self._finish(trial)
-                row = summary_row(trial, summary)
-                if row is not None:
-                    self.rows[trial.name] = row
+            self._count_if_finished(trial)
         self.notes: list[str] = []  # what the study's reader should know, as notes
         self.policy_rounds = {
             arm.name: self._check_policy_round(arm) for arm in self.spec.arms if arm.policy
         }
+
+    def _count_if_finished(self, trial: Trial) -> bool:
+        """Count ``trial`` as finished, with its result, if its run directory holds a finished
+        run; whether it does."""
+        summary = finished_summary(self.run_directory(trial))
+        if summary is None:
+            return False
+        self._finish(trial)
+        row = summary_row(trial, summary)
+        if row is not None:
+            self.rows[trial.name] = row
+        return True
 
     def _check_policy_round(self, arm: ArmSpec) -> int:
         """The round the given policy of ``arm`` is at, which its trials evaluate (each checks
@@ -408,7 +415,10 @@ class StudyDriver:
             for ref in running:
                 ray.cancel(ref)  # a KeyboardInterrupt in the trial: it checkpoints and stops
             ray.wait(list(running), num_returns=len(running), timeout=60)
-            self.stopped = self._outcome([*waiting, *running.values()])
+            # A trial may finish before its cancel takes: the results so far count it, as a
+            # resume does (they said it was not finished).
+            unfinished = [t for t in running.values() if not self._count_if_finished(t)]
+            self.stopped = self._outcome([*waiting, *unfinished])
             self.write_trials(self.stopped)  # the results so far; a resume completes them
             raise Stop from None
         outcome = self._outcome(waiting)
