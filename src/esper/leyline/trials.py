@@ -54,7 +54,9 @@ temporaries) and the SQLite store's own files beside it (``knowledge.sqlite-wal`
 
 DEFAULT_REPS = 2000
 """Bootstrap resamples per interval unless a study (``reps``) or ``esper report --reps`` says
-otherwise: rliable's choice, enough for stable 95 % percentile bounds."""
+otherwise. rliable's interval estimates default to 50,000 (2,000 is its performance
+profiles' default); in the case a walk-through checked, an IQM interval at 2,000 equalled an
+independent 20,000-resample bootstrap's to two decimals, where 500 moved a bound by 0.9."""
 
 REPS_RANGE = (10, 100_000)
 """Bootstrap resamples per interval a study (its file, ``esper report STUDY --reps``) accepts:

@@ -540,7 +540,8 @@ def _markdown(
         "# Study results",
         "",
         *([so_far, ""] if unfinished else []),
-        f"{len(rows)} trials: {len(counted)} completed with a score, "
+        f"{len(rows)} trials: {len(counted)} finished with a score (completed, or ended by "
+        "the governor: an outcome of its arm), "
         f"{len(results.excluded)} excluded (listed below). Scores are test accuracy (%) of the "
         "final model.",
         "",
