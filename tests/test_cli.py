@@ -578,6 +578,34 @@ def test_demo_with_an_explicit_data_dir_does_not_fall_back(tmp_path, capsys, mon
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_with_a_file_where_the_download_folder_goes_is_one_line(tmp_path, capsys) -> None:
+    """``DIR/fashion-mnist`` a file: the download's mkdir raised FileExistsError, which the demo
+    did not catch (a 36-line traceback, exit 1; a walk-through)."""
+    (tmp_path / "fashion-mnist").write_text("x")
+    args = ["demo", "--epochs", "1", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    folder = str(tmp_path / "fashion-mnist")
+    assert f"cannot download into {folder!r}: {folder!r} is a file, not a folder" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_with_a_dataset_it_cannot_read_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """Any other OSError of the loader (the study's load_data takes them all) was a traceback."""
+    import esper.cli.demo as demo
+
+    def unreadable(name, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.gz"))
+
+    monkeypatch.setattr(demo, "load_dataset", unreadable)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    path = str(tmp_path / "x.gz")
+    assert err == f"esper: error: Fashion-MNIST: [Errno 13] Permission denied: {path!r}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_with_a_data_dir_variable_lacking_the_data_does_not_fall_back(
     tmp_path, capsys, monkeypatch
 ) -> None:

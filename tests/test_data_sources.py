@@ -123,6 +123,8 @@ def test_fashion_download_verifies_and_parses(
     assert ds.x_train.shape == (5, 1, 28, 28) and ds.x_val.shape == (1, 1, 28, 28)
     cache = tmp_path / "cache" / "esper" / "fashion-mnist"
     assert all_files(cache) == sorted(FASHION_FILES)
+    # readable by all, as a shared data directory needs (they were mkstemp's 0600)
+    assert {oct((cache / name).stat().st_mode & 0o777) for name in FASHION_FILES} == {"0o644"}
     for name in FASHION_FILES:
         assert (cache / name).read_bytes() == (www / name).read_bytes()
     # A second load uses the cache, even with the server gone.
@@ -457,6 +459,15 @@ def test_a_given_data_dir_holding_part_of_the_dataset_is_not_downloaded_over(
         "or remove what is there"
     )
     assert all_files(mine) == sorted(FASHION_FILES[:3])
+    # A folder in a file's place was listed as held and as missing at once (a walk-through).
+    (mine / FASHION_FILES[3]).mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"\(([^,()]+, ){2}[^,()]+\) but not "):
+        load_fashion_mnist(mine, base_url=url, progress=False)
+    for name in FASHION_FILES[:3]:
+        (mine / name).unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(mine, base_url=url, progress=False)
+    assert f"{str(mine)!r} holds the dataset's names but not {FASHION_FILES[0]}" in str(info.value)
 
 
 def test_a_given_data_dir_holding_the_dataset_twice_is_refused(tmp_path: Path) -> None:

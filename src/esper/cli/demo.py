@@ -48,6 +48,8 @@ def _pick_task(data_dir: Path | None) -> str:
             file=sys.stderr,
         )
         return FALLBACK
+    except OSError as err:  # e.g. unreadable (as load_data has it), not missing
+        raise UserError(f"Fashion-MNIST: {str(err).splitlines()[0] or repr(err)}") from err
     return PRIMARY
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from esper.data.dataset import ChecksumMismatchError, DownloadError
+from esper.leyline.files import FILE_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ def created_directory(directory: Path) -> Iterator[None]:
     """Create ``directory`` and its missing parents for the block; if the block fails, remove
     those it created that are still empty, so a failed download leaves no trace."""
     missing = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder must be
+        file = next(p for p in (directory, *directory.parents) if p.exists())
+        raise DownloadError(
+            f"cannot download into {str(directory)!r}: {str(file)!r} is a file, not a folder"
+        ) from None
     try:
         yield
     except BaseException:
@@ -77,6 +84,7 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
         try:
             with os.fdopen(fd, "wb") as out:
                 actual = _stream(url, out, dest.name, progress)
+                os.fchmod(out.fileno(), FILE_MODE)  # mkstemp's 0600 kept others from reading it
             if actual != sha256.lower():
                 raise ChecksumMismatchError(
                     f"checksum mismatch for {url}: expected SHA-256 {sha256.lower()}, got "

@@ -174,12 +174,13 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
         return
     for candidate in candidates:
         if present[candidate] and not candidate.is_relative_to(target):
-            have = present[candidate]
             lacking = [f for f in files.required if not _is_file(files, candidate / f)]
+            have = [f for f in present[candidate] if f not in lacking]
+            held = f"part of the dataset ({', '.join(have)})" if have else "the dataset's names"
             raise DatasetNotFoundError(
-                f"{files.name}: {str(candidate)!r} holds part of the dataset "
-                f"({', '.join(have)}) but not {', '.join(lacking)} as files; complete it (a "
-                "download does not write over it), or remove what is there"
+                f"{files.name}: {str(candidate)!r} holds {held} but not {', '.join(lacking)} "
+                "as files; complete it (a download does not write over it), or remove what is "
+                "there"
             )
 
 
