@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -541,6 +542,19 @@ def test_plan_submits_what_waits_for_nothing_first(tmp_path):
     ]  # fmt: skip
 
 
+def _driver(tmp_path: Path, body: str, say: Callable[[str], None] = lambda _: None) -> Any:
+    """The ``StudyDriver`` of the study ``body`` (written to ``tmp_path/s.toml``), its
+    directory made."""
+    from esper.study.execute import StudyDriver
+    from esper.study.spec import read_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(body)
+    spec, directory = read_study(path)
+    directory.mkdir()
+    return StudyDriver(spec, directory, say)
+
+
 class _Ray:
     """The part of Ray the study driver uses, finishing trials in submission order at once;
     it records what was submitted and how many trials were running then."""
@@ -550,6 +564,7 @@ class _Ray:
     def __init__(self) -> None:
         self.submitted: list[tuple[str, int]] = []
         self.running: list[str] = []
+        self.jobs: dict[str, Any] = {}  # trial name -> its job
 
     def remote(self, function):  # ray.remote(run_job).options(...).remote(job)
         ray = self
@@ -561,6 +576,7 @@ class _Ray:
             def remote(self, job):
                 ray.running.append(job.trial.name)
                 ray.submitted.append((job.trial.name, len(ray.running)))
+                ray.jobs[job.trial.name] = job
                 return job.trial.name
 
         return Handle()
@@ -580,27 +596,9 @@ class _Ray:
                         600, 600, 1.0, 1.0, None)  # fmt: skip
 
 
-class _RayStopped:
+class _RayStopped(_Ray):
     """Ray with two trials running when Ctrl-C arrives; the first runs to its end before its
     cancel takes (in the driver's wait for the cancelled trials)."""
-
-    exceptions = SimpleNamespace(RayError=RuntimeError)
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, Any] = {}
-
-    def remote(self, function):  # ray.remote(run_job).options(...).remote(job)
-        ray = self
-
-        class Handle:
-            def options(self, **_: object) -> Handle:
-                return self
-
-            def remote(self, job):
-                ray.jobs[job.trial.name] = job
-                return job.trial.name
-
-        return Handle()
 
     def wait(self, refs, num_returns, timeout=None):
         if timeout is None:
@@ -618,26 +616,21 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     """The interrupted study's results said "2 trial(s) not finished" and left out the one that
     finished during the wait for the cancelled trials; its resume then found it done (a
     walk-through)."""
-    from esper.study.execute import StudyDriver
     from esper.study.run import Stop
-    from esper.study.spec import read_study
 
-    path = tmp_path / "s.toml"
-    path.write_text(
+    driver = _driver(
+        tmp_path,
         'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
         "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"
-        '[[arms]]\nname = "s"\ncontroller = "static"\n'
+        '[[arms]]\nname = "s"\ncontroller = "static"\n',
     )
-    spec, directory = read_study(path)
-    directory.mkdir()
-    driver = StudyDriver(spec, directory, lambda _: None)
     with pytest.raises(Stop):
         driver._loop(_RayStopped(), 2)
     assert driver.stopped is not None
     assert driver.stopped.pending == ["synthetic.s.seed1"]
     [(name, row)] = driver.stopped.rows
     assert (name, row.status) == ("synthetic.s.seed0", "completed") and row.score is not None
-    trials_csv = list(csv.DictReader((directory / TRIALS_FILE).open()))
+    trials_csv = list(csv.DictReader((driver.directory / TRIALS_FILE).open()))
     assert [(r["arm"], r["seed"], r["status"]) for r in trials_csv] == [("s", "0", "completed")]
 
 
@@ -646,20 +639,15 @@ def test_a_driver_with_capacity_runs_growth_trials_before_policy_trainings(tmp_p
     """A static-matched arm became ready once the heuristic had finished and queued behind hours
     of PPO training on two cores; the driver now keeps ``capacity`` trials submitted and picks
     growth trials first (None: everything ready at once, for a cluster that may grow)."""
-    from esper.study.execute import StudyDriver
-    from esper.study.spec import read_study
 
-    path = tmp_path / "s.toml"
-    path.write_text(
+    ray = _Ray()
+    driver = _driver(
+        tmp_path,
         'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
         '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
         '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
-        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n'
+        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n',
     )
-    spec, directory = read_study(path)
-    directory.mkdir()
-    ray = _Ray()
-    driver = StudyDriver(spec, directory, lambda _: None)
     driver._loop(ray, capacity)  # the stand-in finishes the policy without a run to evaluate
     order = [n.split(".")[1] + (".policy" if "policy" in n else "") for n, _ in ray.submitted]
     most = max(n for _, n in ray.submitted)
@@ -677,19 +665,14 @@ def test_pending_follows_the_trials_as_they_finish(tmp_path):
     """``pending`` (what the driver's readiness and the dry run's "waits for" read) is kept per
     (task, arm) instead of scanning every trial per static-matched trial: it must still equal
     the scan, on two tasks, at every finished trial."""
-    from esper.study.execute import StudyDriver
-    from esper.study.spec import read_study
 
-    path = tmp_path / "s.toml"
-    path.write_text(
+    driver = _driver(
+        tmp_path,
         'out = "o"\ntasks = ["synthetic", "digits"]\nseeds = 3\n'
         '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
         '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
-        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n'
+        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n',
     )
-    spec, directory = read_study(path)
-    directory.mkdir()
-    driver = StudyDriver(spec, directory, lambda _: None)
     seen = []
 
     def scan(trial) -> list[str]:
@@ -721,18 +704,14 @@ def test_pending_follows_the_trials_as_they_finish(tmp_path):
 def test_a_trial_whose_job_cannot_be_built_leaves_nothing_unsubmitted(tmp_path, capacity):
     """With one slot, a trial that failed before it was submitted (its policy run missing) ended
     the study with ready trials never tried and the failed one's attempts unused."""
-    from esper.study.execute import StudyDriver
-    from esper.study.spec import read_study
 
-    path = tmp_path / "s.toml"
-    path.write_text(
-        'out = "o"\ntasks = ["synthetic"]\nseeds = 2\nretries = 1\n'
-        '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n'
-    )
-    spec, directory = read_study(path)
-    directory.mkdir()
     lines: list[str] = []
-    driver = StudyDriver(spec, directory, lines.append)
+    driver = _driver(
+        tmp_path,
+        'out = "o"\ntasks = ["synthetic"]\nseeds = 2\nretries = 1\n'
+        '[[arms]]\nname = "p"\ncontroller = "ppo"\ntraining_seeds = [100]\n',
+        lines.append,
+    )
     outcome = driver._loop(_Ray(), capacity)  # the stand-in makes no policy run to evaluate
     assert outcome.pending == []
     assert sorted(outcome.failed) == ["synthetic.p.seed0", "synthetic.p.seed1"]
