@@ -239,10 +239,30 @@ def test_non_finite_update_is_skipped_not_applied() -> None:
 
 
 def test_target_kl_stops_the_passes_early() -> None:
+    """The first minibatch measures KL 0 (nothing stepped yet) and steps; the next measures
+    more than 1e-12 and stops: one pass took a step (a pass stopped before stepping counted)."""
     trainer = _standin_trainer({"ppo_epochs": 6, "target_kl": 1e-12, "lr": 1e-2})
     trainer.run_round()
     stats = trainer.run_round().stats
-    assert stats.early_stopped and stats.passes < 6
+    assert stats.early_stopped and stats.passes == 1
+
+
+def test_approx_kl_and_clip_fraction_are_the_updated_policys() -> None:
+    """Both are recomputed here from the updated network on the whole batch (Schulman's k3
+    estimator; the clip range): the logged means of the minibatches, each measured before its
+    own step from the first (always 0) on, understated the update about 4x (an audit)."""
+    trainer = _standin_trainer({"ppo_epochs": 4, "minibatches": 2, "lr": 3e-3})
+    batches = _capture_batches(trainer)
+    trainer.run_round()
+    stats = trainer.run_round().stats
+    batch, net = batches[-1], trainer.network
+    with torch.no_grad():
+        ev = net.evaluate(batch.obs, batch.masks, batch.actions, batch.state, batch.episode_start)
+    r = (ev.log_prob - batch.log_prob)[batch.valid].double().exp()
+    kl = float(((r - 1) - r.log()).mean())
+    clipped = float(((r - 1).abs() > trainer.config.ppo.clip_ratio).double().mean())
+    assert stats.approx_kl == pytest.approx(kl, rel=1e-4) and kl > 0
+    assert stats.clip_fraction == pytest.approx(clipped, abs=1e-6) and clipped > 0
 
 
 def test_entropy_weight_anneals_in_environment_steps() -> None:
@@ -374,4 +394,5 @@ def test_every_minibatch_count_is_honoured() -> None:
 
     trainer.network.evaluate = spy  # type: ignore[method-assign]
     trainer.run_round()
-    assert sorted(calls[1:]) == [1, 1, 1, 2]  # after the pre-update pass: 5 envs in 4 groups
+    # between the passes over all 5 before and after the update: 5 envs in 4 groups
+    assert calls[0] == calls[-1] == 5 and sorted(calls[1:-1]) == [1, 1, 1, 2]

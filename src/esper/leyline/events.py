@@ -197,10 +197,13 @@ class EpisodeFinished:
 
 @dataclass(frozen=True, kw_only=True)
 class PPOStats:
-    """What one PPO update measured (DESIGN §5): means over the passes that ran; ``None`` means
-    not measured (e.g. every optimizer step was skipped)."""
+    """What one PPO update measured (DESIGN §5): losses, entropy and gradient norm are means
+    over the minibatches that stepped, ``approx_kl`` (Schulman's k3 estimate of KL(acting ||
+    updated)) and ``clip_fraction`` (the share of steps whose ratio left the clip range) are of
+    the updated policy over the round's steps; ``None`` means not measured (e.g. every
+    optimizer step was skipped)."""
 
-    passes: int
+    passes: int  # passes over the batch that took a step
     early_stopped: bool  # the target KL stopped the passes
     skipped_steps: int  # optimizer steps refused by the finiteness gate
     overflow_steps: int  # AMP grad-scaler overflow skips (normal while the scale calibrates)
