@@ -589,6 +589,12 @@ def test_demo_with_a_file_where_the_download_folder_goes_is_one_line(tmp_path, c
     folder = str(tmp_path / "fashion-mnist")
     assert f"cannot download into {folder!r}: {folder!r} is a file, not a folder" in err
     assert not (tmp_path / "o").exists()
+    # a link to nothing in its place was blamed on the folder above it (a review)
+    (tmp_path / "fashion-mnist").unlink()
+    (tmp_path / "fashion-mnist").symlink_to(tmp_path / "gone")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{folder!r}: {folder!r} is a link to nothing, not a folder" in err
 
 
 def test_demo_with_a_dataset_it_cannot_read_is_one_line(tmp_path, capsys, monkeypatch) -> None:
@@ -603,6 +609,13 @@ def test_demo_with_a_dataset_it_cannot_read_is_one_line(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     path = str(tmp_path / "x.gz")
     assert err == f"esper: error: Fashion-MNIST: [Errno 13] Permission denied: {path!r}\n"
+
+    def silent(name, *args, **kwargs):
+        raise OSError  # no message: its repr is the line (an IndexError was; a review)
+
+    monkeypatch.setattr(demo, "load_dataset", silent)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == "esper: error: Fashion-MNIST: OSError()\n"
     assert not (tmp_path / "out").exists()
 
 

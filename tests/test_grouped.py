@@ -348,6 +348,25 @@ def test_groupable_refuses_what_it_cannot_group() -> None:
         assert not groupable([a, c])
 
 
+def test_a_reset_after_build_trains_the_host_built_and_builds_no_other() -> None:
+    """``build`` then ``reset`` (a growth run builds apart, out of its training time) is one
+    ``reset``: the same episode count and first epoch, bit for bit. A ``step`` between them
+    is refused, as before any ``reset``: it trained the new host as the old episode's."""
+    data = _data(torch.float32)
+    plain, split = _episodes(data, [])[0], _episodes(data, [])[0]
+    first = plain.reset()
+    split.build()
+    assert split.reset() == first and split.episode == plain.episode == 1
+    assert [p.tolist() for p in split.model.parameters()] == [
+        p.tolist() for p in plain.model.parameters()
+    ]
+    assert plain.reset() == split.reset() and split.episode == 2  # a later reset builds anew
+    split.build()  # the next episode's host; the last one's epoch is no step of it
+    with pytest.raises(RuntimeError, match="call reset"):
+        split.step(W)
+    assert split.reset() == plain.reset() and split.episode == 3
+
+
 def test_unchecked_epoch_loop_matches_the_checked_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA epoch loop skips the per-batch finiteness check (it would synchronise); run on
     a CPU it gives the same results, and a poisoned model still reports NaN for the epoch."""

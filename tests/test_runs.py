@@ -571,6 +571,10 @@ def test_json_rows_write_decimals_as_numbers(recorded_runs, capsys) -> None:
     assert main(args) == 0
     [line] = capsys.readouterr().out.splitlines()
     assert line == '{"x": 0.3, "y": 50.0, "z": 54.44, "w": 12}'
+    sql = "SELECT [0.1, 0.25] AS l, {'a': 0.5, 'b': [1.5]} AS s"  # in lists and structs too
+    assert main([*args[:2], sql, *args[3:]]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line == '{"l": [0.1, 0.25], "s": {"a": 0.5, "b": [1.5]}}'
 
 
 def test_a_run_directory_that_cannot_be_read_is_named_not_passed_over(

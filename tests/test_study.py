@@ -600,12 +600,19 @@ class _RayStopped(_Ray):
     """Ray with two trials running when Ctrl-C arrives; the first runs to its end before its
     cancel takes (in the driver's wait for the cancelled trials)."""
 
+    def __init__(self, damage: bool = False) -> None:
+        super().__init__()
+        self.damage = damage  # leave the finished trial's summary.json unreadable
+
     def wait(self, refs, num_returns, timeout=None):
         if timeout is None:
             raise KeyboardInterrupt  # the study's Ctrl-C, while it waits for a trial
         from esper.study.job import run_job
 
-        run_job(self.jobs[refs[0]])  # it finished; the other stopped at its checkpoint
+        job = self.jobs[refs[0]]
+        run_job(job)  # it finished; the other stopped at its checkpoint
+        if self.damage:
+            (Path(job.directory) / "summary.json").write_text("{")
         return refs[:1], refs[1:]
 
     def cancel(self, ref) -> None:
@@ -632,6 +639,14 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     assert (name, row.status) == ("synthetic.s.seed0", "completed") and row.score is not None
     trials_csv = list(csv.DictReader((driver.directory / TRIALS_FILE).open()))
     assert [(r["arm"], r["seed"], r["status"]) for r in trials_csv] == [("s", "0", "completed")]
+    # A run it cannot read is not finished (the resume will say why); the results are written.
+    (tmp_path / "damaged").mkdir()
+    driver = _driver(tmp_path / "damaged", (tmp_path / "s.toml").read_text())
+    with pytest.raises(Stop):
+        driver._loop(_RayStopped(damage=True), 2)
+    assert driver.stopped is not None and driver.stopped.rows == []
+    assert driver.stopped.pending == ["synthetic.s.seed0", "synthetic.s.seed1"]
+    assert (driver.directory / TRIALS_FILE).exists()
 
 
 @pytest.mark.parametrize("capacity", [1, 2, None])

@@ -169,7 +169,7 @@ def test_training_seeds_closer_than_the_environments_are_warned_of(tmp_path, cap
             "[100, 101, 102]",
             "warning: arm 'p': training seeds 100 and 101 share 1 of their 2 "
             "environment seeds (environment i of training seed s is seeded s + i), as do 1 more "
-            "pair(s): their policies train on mostly the same hosts and data; space training "
+            "pair(s): their policies train partly on the same hosts and data; space training "
             "seeds 2 or more apart",
         ),
         ("[100, 102, 104]", None),

@@ -49,7 +49,7 @@ def _pick_task(data_dir: Path | None) -> str:
         )
         return FALLBACK
     except OSError as err:  # e.g. unreadable (as load_data has it), not missing
-        raise UserError(f"Fashion-MNIST: {str(err).splitlines()[0] or repr(err)}") from err
+        raise UserError(f"Fashion-MNIST: {(str(err).splitlines() or [repr(err)])[0]}") from err
     return PRIMARY
 
 

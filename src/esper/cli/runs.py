@@ -226,11 +226,15 @@ def _print_result(result: QueryResult, fmt: str) -> None:
 
 
 def _number(value: Any) -> Any:
-    """A DECIMAL value (DuckDB's type of ``0.1 + 0.2`` and of ``x::DECIMAL(6,2)``) as a JSON
-    number: an integer when it has no decimal places (``DECIMAL(18, 0)``), else the nearest
-    float; anything else as it is."""
+    """DECIMAL values (DuckDB's type of ``0.1 + 0.2`` and of ``x::DECIMAL(6,2)``), also in
+    lists and structs, as JSON numbers: an integer when it has no decimal places
+    (``DECIMAL(18, 0)``), else the nearest float; anything else as it is."""
     if isinstance(value, Decimal) and value.is_finite():
         return int(value) if int(value.as_tuple().exponent) >= 0 else float(value)
+    if isinstance(value, list | tuple):
+        return [_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _number(v) for k, v in value.items()}
     return value
 
 

@@ -34,10 +34,12 @@ def created_directory(directory: Path) -> Iterator[None]:
     missing = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
     try:
         directory.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # a file where a folder must be
-        file = next(p for p in (directory, *directory.parents) if p.exists())
+    except (FileExistsError, NotADirectoryError):  # a file (or a broken link) in the way
+        found = [p for p in (directory, *directory.parents) if os.path.lexists(p)]
+        what = "a link to nothing" if found and not found[0].exists() else "a file"
         raise DownloadError(
-            f"cannot download into {str(directory)!r}: {str(file)!r} is a file, not a folder"
+            f"cannot download into {str(directory)!r}: {str(found[0] if found else directory)!r} "
+            f"is {what}, not a folder"
         ) from None
     try:
         yield

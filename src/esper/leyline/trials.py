@@ -135,7 +135,8 @@ class TrialRow:
 
     @property
     def counts(self) -> bool:
-        """Whether the trial enters the statistics: it completed and has a score."""
+        """Whether the trial enters the statistics: it finished (completed, or ended by the
+        governor) and has a score."""
         return self.status in FINISHED and self.score is not None
 
 

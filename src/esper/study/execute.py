@@ -153,6 +153,14 @@ class StudyDriver:
             self.rows[trial.name] = row
         return True
 
+    def _finished_as_stopped(self, trial: Trial) -> bool:
+        """``_count_if_finished`` as the study stops: a run it cannot read counts as not
+        finished (the resume checks it), so the results so far are still written."""
+        try:
+            return self._count_if_finished(trial)
+        except UserError:
+            return False
+
     def _check_policy_round(self, arm: ArmSpec) -> int:
         """The round the given policy of ``arm`` is at, which its trials evaluate (each checks
         it before it runs: ``Job.policy_round``); a note (``notes``) when its run stopped before
@@ -417,7 +425,7 @@ class StudyDriver:
             ray.wait(list(running), num_returns=len(running), timeout=60)
             # A trial may finish before its cancel takes: the results so far count it, as a
             # resume does (they said it was not finished).
-            unfinished = [t for t in running.values() if not self._count_if_finished(t)]
+            unfinished = [t for t in running.values() if not self._finished_as_stopped(t)]
             self.stopped = self._outcome([*waiting, *unfinished])
             self.write_trials(self.stopped)  # the results so far; a resume completes them
             raise Stop from None

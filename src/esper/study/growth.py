@@ -405,7 +405,7 @@ class GrowthRunner:
             self.episode.build()
         started = time.perf_counter()
         if self.epoch == 0:
-            self.episode.reset(built=True)
+            self.episode.reset()  # trains the host just built
         else:
             self.episode.step(self.controller.decide(self.episode.observation))
         with held():

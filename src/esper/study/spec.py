@@ -668,8 +668,8 @@ def _warn_shared_environments(arm: ArmSpec, n_envs: int) -> None:
         a, b = close[0]
         logger.warning(
             "arm %r: training seeds %d and %d share %d of their %d environment seeds "
-            "(environment i of training seed s is seeded s + i)%s: their policies train on "
-            "mostly the same hosts and data; space training seeds %d or more apart",
+            "(environment i of training seed s is seeded s + i)%s: their policies train "
+            "partly on the same hosts and data; space training seeds %d or more apart",
             arm.name, a, b, n_envs - (b - a), n_envs,
             f", as do {len(close) - 1} more pair(s)" if len(close) > 1 else "", n_envs,
         )  # fmt: skip

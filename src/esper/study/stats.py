@@ -1,9 +1,9 @@
 """A study's statistics: rliable interval estimates over its trials, and its results files.
 
-A study is tasks × arms × seeds (DESIGN §9); each trial ends as one ``TrialRow``. Only completed
-trials with a score count; every other trial is listed in ``results.md`` with its error. The
-statistics follow Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical
-Precipice" (NeurIPS 2021), through their library rliable:
+A study is tasks × arms × seeds (DESIGN §9); each trial ends as one ``TrialRow``. Only finished
+trials (completed, or ended by the governor) with a score count; every other trial is listed in
+``results.md`` with its error. The statistics follow Agarwal et al., "Deep Reinforcement Learning
+at the Edge of the Statistical Precipice" (NeurIPS 2021), through their library rliable:
 
 - ``summarize``: per task × arm the interquartile mean (IQM) and the mean with 95 % stratified
   bootstrap confidence intervals, the median, the sample standard deviation and n, plus the mean
@@ -280,7 +280,7 @@ def _cells(rows: Sequence[TrialRow]) -> Cells:
         seeds = [row.seed for row in trials]
         if len(set(seeds)) != len(seeds):
             raise ValueError(
-                f"{task}/{arm}: more than one completed trial for one seed (seeds {seeds}); "
+                f"{task}/{arm}: more than one finished trial for one seed (seeds {seeds}); "
                 "a study has one trial per task, arm and seed"
             )
     return cells
@@ -351,7 +351,7 @@ def summarize(
     """Per task × arm, then per arm over all tasks: IQM and mean with 95 % intervals and more.
 
     Args:
-        rows: The study's trials; only completed trials with a score count.
+        rows: The study's trials; only finished trials (completed or terminated) with a score count.
         reps: Bootstrap resamples per interval.
         seed: Seed of every bootstrap (see the module docstring).
 
@@ -360,7 +360,7 @@ def summarize(
         (``task == ALL_TASKS``; with a single task it repeats that task's row).
 
     Raises:
-        ValueError: two completed trials share a task, arm and seed, or ``reps`` or ``seed``
+        ValueError: two finished trials share a task, arm and seed, or ``reps`` or ``seed``
             is out of range (see ``check_bootstrap``).
     """
     check_bootstrap(reps, seed)
@@ -413,7 +413,7 @@ def improvements(
     """The probability of improvement of every arm over every baseline arm in the study.
 
     Args:
-        rows: The study's trials; only completed trials with a score count.
+        rows: The study's trials; only finished trials (completed or terminated) with a score count.
         baselines: Baseline arms; those without a counted trial are skipped.
         reps: Bootstrap resamples per interval.
         seed: Seed of every bootstrap.
@@ -579,7 +579,7 @@ def _scores(results: StudyResults) -> list[str]:
     for s in results.summaries:
         lines.append(f"| {' | '.join(_cell(c) for c in score_cells(s))} |")
     if not results.summaries:
-        lines.append("| — | no completed trial with a score | | | | | | | | | |")
+        lines.append("| — | no finished trial with a score | | | | | | | | | |")
     return lines
 
 
@@ -643,7 +643,7 @@ def _excluded(results: StudyResults) -> list[str]:
 def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
     shortened = [
         f"- {s.arm}: over all tasks uses the {s.n} lowest seeds of each task "
-        f"({s.unused} completed score(s) left out)."
+        f"({s.unused} finished score(s) left out)."
         for s in results.summaries
         if s.unused
     ]
@@ -670,7 +670,7 @@ def _figure(height: float) -> Figure:
 
 
 def _empty(figure: Figure) -> bytes:
-    figure.text(0.5, 0.5, "no completed trial with a score", ha="center", va="center")
+    figure.text(0.5, 0.5, "no finished trial with a score", ha="center", va="center")
     return pages.png(figure)
 
 

@@ -143,6 +143,7 @@ class Episode:
         self._last: tuple[StepResult, dict[str, SeedStateReport]] | None = None
         self._observation: Observation | None = None
         self._tracker_before = ""  # the tracker's state before the last epoch was observed
+        self._built = False  # built by ``build`` and not trained since: ``reset`` trains it
 
     # ------------------------------------------------------------------------------ RNG
 
@@ -210,19 +211,20 @@ class Episode:
         )
         self._tracker = self._new_tracker()
 
-    def reset(self, built: bool = False) -> Observation:
-        """Build a fresh host and trainer (unless ``built`` just before), train the first
-        epoch, return the first observation (the episode is already ``done`` if the governor
-        ended it in that epoch)."""
-        return reset_together([self], built=built)[0]
+    def reset(self) -> Observation:
+        """Build a fresh host and trainer (unless ``build`` just did), train the first epoch,
+        return the first observation (the episode is already ``done`` if the governor ended it
+        in that epoch)."""
+        return reset_together([self])[0]
 
     def build(self) -> None:
         """The first half of ``reset``: the next episode's fresh host, trainer and tracker.
-        Called apart (then ``reset(built=True)``) where building is start-up, not training
-        time: a process's first optimizer imports ``torch._dynamo`` (1-3 s)."""
+        Called apart, before ``reset``, where building is start-up, not training time: a
+        process's first optimizer imports ``torch._dynamo`` (1-3 s)."""
         self.episode += 1
         with self._own_rng():
             self._build()
+        self._built, self._last = True, None  # no epoch of it yet: ``step`` needs ``reset``
 
     def _apply(self, action: Action) -> bool:
         """The first half of ``step``: apply ``action``; whether the model accepted it."""
@@ -289,6 +291,7 @@ class Episode:
         """
         self.episode = int(state["episode"])
         self._trainer, self._last, self._observation = None, None, None
+        self._built = False
         if "model" in state:
             with self._own_rng():
                 self._build()  # the architecture; weights and random state come from ``state``
@@ -318,11 +321,8 @@ def _train_chunks(episodes: Sequence[Episode], chunk: int) -> list[StepResult]:
     return [e._finish(t) for e, t in zip(episodes, trained, strict=True)]
 
 
-def reset_together(
-    episodes: Sequence[Episode], chunk: int = 1, built: bool = False
-) -> list[Observation]:
-    """``reset`` every episode, training their first epochs together in chunks of ``chunk``
-    (``built``: each was ``build``-ed just before).
+def reset_together(episodes: Sequence[Episode], chunk: int = 1) -> list[Observation]:
+    """``reset`` every episode, training their first epochs together in chunks of ``chunk``.
 
     Each episode's results are those of its own ``reset`` (up to floating-point summation
     order in a grouped chunk): episodes keep their own random state, data and optimizer.
@@ -331,9 +331,10 @@ def reset_together(
         ValueError: ``chunk`` is not an integer >= 1 (checked before any episode resets).
     """
     check_int("chunk", chunk)
-    if not built:
-        for episode in episodes:
+    for episode in episodes:
+        if not episode._built:
             episode.build()
+        episode._built = False
     results = _train_chunks(episodes, chunk)
     return [e._observe(r) for e, r in zip(episodes, results, strict=True)]
 
