@@ -203,7 +203,7 @@ class PPOStats:
     the updated policy over the round's steps; ``None`` means not measured (e.g. every
     optimizer step was skipped)."""
 
-    passes: int  # passes over the batch that took a step
+    passes: int  # passes over the batch that reached an optimizer step (the target KL allowed)
     early_stopped: bool  # the target KL stopped the passes
     skipped_steps: int  # optimizer steps refused by the finiteness gate
     overflow_steps: int  # AMP grad-scaler overflow skips (normal while the scale calibrates)

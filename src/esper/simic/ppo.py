@@ -259,7 +259,7 @@ class PPOLearner:
                 if m.approx_kl > s.target_kl:  # the policy moved far enough: take no more steps
                     tally.early_stopped = True
                     break
-                tally.passes += i == 0  # a pass counts once it steps
+                tally.passes += i == 0  # a pass counts once it reaches a step (the KL allowed)
                 grad_norm = self._step(m.loss)
                 if grad_norm is None:
                     tally.skipped += 1
@@ -277,7 +277,7 @@ class PPOLearner:
         """How far the update moved the policy from the one that acted, over the round's real
         steps: Schulman's k3 estimate of KL(acting || updated), and the share of steps whose
         ratio left [1 - clip, 1 + clip]. The minibatches' own measurements, taken before each
-        step from the first (always 0) on, understated it about 4x (an audit)."""
+        step from the first (always 0) on, understated it 2-4x (an audit)."""
         with torch.no_grad(), torch.autocast("cuda", enabled=self.amp):
             ev = self.network.evaluate(
                 batch.obs, batch.masks, batch.actions, batch.state, batch.episode_start
