@@ -19,7 +19,7 @@ from esper.cli.main import EXIT_INTERRUPTED
 from esper.cli.runs import format_table
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
 from esper.data.locate import DATA_DIR_ENV
-from esper.leyline.config import HostTraining, UserError
+from esper.leyline.config import HostTraining, UserError, first_line
 from esper.nissa import record
 from esper.nissa.log import SUMMARY_METRICS
 from esper.study.checks import check_outside_studies
@@ -36,20 +36,20 @@ def _pick_task(data_dir: Path | None) -> str:
             get_task(PRIMARY).dataset, data_dir, download=True, progress=sys.stderr.isatty()
         )
     except DatasetFormatError as err:  # present but damaged: say so, do not quietly switch
-        raise UserError(f"Fashion-MNIST is damaged: {str(err).splitlines()[0]}") from err
+        raise UserError(f"Fashion-MNIST is damaged: {first_line(err)}") from err
     except DatasetNotFoundError as err:
         if data_dir is not None:  # asked for there: a fallback would hide the mistake
-            raise UserError(f"--data-dir {str(data_dir)!r}: {str(err).splitlines()[0]}") from err
+            raise UserError(f"--data-dir {str(data_dir)!r}: {first_line(err)}") from err
         if os.environ.get(DATA_DIR_ENV):  # so was this (the error names it)
-            raise UserError(str(err).splitlines()[0]) from err
+            raise UserError(first_line(err)) from err
         print(
-            f"esper demo: Fashion-MNIST is not available ({str(err).splitlines()[0]}); "
+            f"esper demo: Fashion-MNIST is not available ({first_line(err)}); "
             f"running the demo on the {FALLBACK} task instead.",
             file=sys.stderr,
         )
         return FALLBACK
     except OSError as err:  # e.g. unreadable (as load_data has it), not missing
-        raise UserError(f"Fashion-MNIST: {(str(err).splitlines() or [repr(err)])[0]}") from err
+        raise UserError(f"Fashion-MNIST: {first_line(err)}") from err
     return PRIMARY
 
 

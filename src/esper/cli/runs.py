@@ -210,11 +210,11 @@ def _print_result(result: QueryResult, fmt: str) -> None:
             )
         for row in result.rows:
             values = [  # a JSON column's text is nested as what it holds, not as a string
-                _nested(v) if typed and isinstance(v, str) else _number(v)
+                _nested(v) if typed and isinstance(v, str) else v
                 for v, typed in zip(row, result.json or [False] * len(row), strict=True)
             ]
             data = strict_json(dict(zip(result.columns, values, strict=True)))  # NaN, inf: null
-            print(json.dumps(data, default=str, allow_nan=False))
+            print(json.dumps(data, default=_json_value, allow_nan=False))
     elif result.columns:
         cells = [[display(v) for v in row] for row in islice(result.rows, TABLE_ROWS)]
         print(format_table(result.columns, cells))
@@ -225,17 +225,14 @@ def _print_result(result: QueryResult, fmt: str) -> None:
         print(f"({counted(total, 'row')}{shown})")
 
 
-def _number(value: Any) -> Any:
-    """DECIMAL values (DuckDB's type of ``0.1 + 0.2`` and of ``x::DECIMAL(6,2)``), also in
-    lists and structs, as JSON numbers: an integer when it has no decimal places
-    (``DECIMAL(18, 0)``), else the nearest float; anything else as it is."""
+def _json_value(value: Any) -> Any:
+    """What JSON writes for a value it has no type for, wherever it sits (in a list or a struct
+    too): a DECIMAL (DuckDB's type of ``0.1 + 0.2`` and of ``x::DECIMAL(6,2)``) as a number, an
+    integer when it has no decimal places (``DECIMAL(18, 0)``), else the nearest float; any
+    other (a date, a UUID) as its text."""
     if isinstance(value, Decimal) and value.is_finite():
         return int(value) if int(value.as_tuple().exponent) >= 0 else float(value)
-    if isinstance(value, list | tuple):
-        return [_number(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _number(v) for k, v in value.items()}
-    return value
+    return str(value)
 
 
 def _nested(text: str) -> Any:

@@ -62,6 +62,12 @@ _TOO_MANY_DIGITS = re.compile(
 )
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line for a one-line message (a library's may run on with detail), or
+    its repr when it has no message."""
+    return (str(err).splitlines() or [repr(err)])[0]
+
+
 def error_text(err: BaseException) -> str:
     """``str(err)`` as a user reads it: Python's refusal to convert an integer of over 4,300
     digits, whose advice (``sys.set_int_max_str_digits``) is for programmers, says what it is."""

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from esper.leyline.config import first_line
 from esper.leyline.files import atomic_write, open_regular, read_regular
 from esper.leyline.net import unreachable
 from esper.nissa import record
@@ -202,7 +203,7 @@ class MLflowSink:
             self.run_id = self._open(mode)
             self._log_params(flat_config(record.read_config(directory)))
         except self._errors as err:
-            first = str(err).splitlines()[0] if str(err) else repr(err)
+            first = first_line(err)
             raise TrackingError(f"cannot track the run in MLflow at {uri}: {first}") from err
 
     def _open(self, mode: str) -> str:
@@ -287,7 +288,7 @@ class MLflowSink:
             call()
         except self._errors as err:
             self._broken = True
-            first = str(err).splitlines()[0] if str(err) else repr(err)
+            first = first_line(err)
             logger.warning(
                 "MLflow at %s failed (%s); the run goes on without it (its record is %s)",
                 self.uri,

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from esper.data import DatasetNotFoundError, load_dataset
-from esper.leyline.config import MAX_WIDTH, HostTraining, TelemetrySettings, UserError, quoted
+from esper.leyline.config import (
+    MAX_WIDTH,
+    HostTraining,
+    TelemetrySettings,
+    UserError,
+    first_line,
+    quoted,
+)
 from esper.leyline.data import Dataset
 from esper.leyline.files import is_utf8_path
 from esper.nissa import record
@@ -63,7 +70,7 @@ def load_data(training: HostTraining) -> Dataset:
             progress=sys.stderr.isatty(),
         )
     except (DatasetNotFoundError, ValueError, OSError) as err:
-        raise UserError(str(err).splitlines()[0] if str(err) else repr(err)) from err
+        raise UserError(first_line(err)) from err
 
 
 def warn_whole_splits(training: HostTraining, data: Dataset) -> None:
