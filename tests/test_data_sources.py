@@ -6,10 +6,12 @@ the cache is redirected into tmp_path and the Debian path is pointed at an empty
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import re
 import socket
@@ -17,10 +19,12 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,6 +42,7 @@ from esper.data import (
     load_cifar10,
     load_fashion_mnist,
 )
+from esper.data.download import claimed_temp
 
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 FASHION_FILES = (
@@ -421,6 +426,60 @@ def test_incomplete_cifar_folder_is_never_deleted(
     assert all_files(partial.parent) == ["cifar-10-batches-py/data_batch_1"]  # untouched
 
 
+def test_a_temporary_file_removed_before_it_was_locked_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remover that opened a new ``.part`` before its writer locked it takes it for a dead
+    writer's and removes it; the writer must not stream into the removed file."""
+    made = tempfile.mkstemp
+    calls = []
+
+    def raced(**kwargs: Any) -> tuple[int, str]:
+        fd, name = made(**kwargs)
+        calls.append(name)
+        if len(calls) == 1:
+            os.unlink(name)  # the remover's work, between mkstemp and the lock
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", raced)
+    fd, path = claimed_temp(tmp_path, ".x.", ".part")
+    os.close(fd)
+    assert len(calls) == 2 and str(path) == calls[1] and path.is_file()
+
+
+def test_an_interrupted_cifar_extraction_is_finished_without_downloading_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 while extracting left the verified archive and an ``.extract-*`` folder: the
+    next load downloaded the archive again (no server here: it would fail) and kept the folder.
+    A live extraction's folder (locked) is left alone."""
+    target = tmp_path / "cache" / "esper" / "cifar10"
+    target.mkdir(parents=True)
+    monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", cifar_archive(target / CIFAR_ARCHIVE))
+    (target / ".extract-k1ll3d00" / "cifar-10-batches-py").mkdir(parents=True)
+    (target / ".extract-k1ll3d00" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"hal")
+    (target / ".extract-w0rk1ng0").mkdir()
+    fd = locked(target / ".extract-w0rk1ng0")
+    try:
+        ds = load_cifar10(base_url="http://127.0.0.1:9/", progress=False)
+    finally:
+        os.close(fd)
+    assert ds.y_test.tolist() == [0, 9]
+    assert sorted(p.name for p in target.iterdir()) == [".extract-w0rk1ng0", "cifar-10-batches-py"]
+
+
+def test_a_cifar_archive_with_another_digest_is_downloaded_over(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, url = server
+    monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", cifar_archive(www / CIFAR_ARCHIVE))
+    target = tmp_path / "cache" / "esper" / "cifar10"
+    target.mkdir(parents=True)
+    (target / CIFAR_ARCHIVE).write_bytes(b"not the archive")
+    assert load_cifar10(base_url=url, progress=False).y_test.tolist() == [0, 9]
+    assert sorted(p.name for p in target.iterdir()) == ["cifar-10-batches-py"]
+
+
 def test_failed_cifar_download_leaves_no_directories(
     server: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -428,6 +487,36 @@ def test_failed_cifar_download_leaves_no_directories(
     with pytest.raises(DatasetNotFoundError, match="HTTP 404"):
         load_cifar10(base_url=url, progress=False)
     assert not (tmp_path / "cache").exists()  # its cifar10/ and the parents it made are gone
+
+
+def locked(path: Path) -> int:
+    """Hold ``path`` locked as a live download does (another open file description, so it
+    conflicts with the loader's lock as another process's would); close the result to let go."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_killed_downloads_part_file_is_removed_by_the_next_download(
+    server: tuple[Path, str], tmp_path: Path
+) -> None:
+    """kill -9 mid-download left ``.blob.XXXXXXXX.part`` (up to a whole dataset file) for good;
+    the next download of the same file removes it, and leaves a live download's part alone."""
+    www, url = server
+    (www / "blob").write_bytes(b"payload" * 1000)
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    dead = folder / ".blob.k1ll3d00.part"
+    live = folder / ".blob.w0rk1ng0.part"
+    other = folder / ".other.k1ll3d00.part"
+    for part in (dead, live, other):
+        part.write_bytes(b"half a file")
+    fd = locked(live)
+    try:
+        download_file(url + "blob", folder / "blob", sha256(www / "blob"), progress=False)
+    finally:
+        os.close(fd)
+    assert all_files(folder) == [live.name, other.name, "blob"]
 
 
 def test_a_download_checks_its_digest_and_destination_first(tmp_path: Path) -> None:

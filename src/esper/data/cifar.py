@@ -12,11 +12,14 @@ resolves the handful of numpy names an array needs, refusing every other global.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import logging
 import math
+import os
 import pickle
+import shutil
 import tarfile
-import tempfile
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,8 +28,15 @@ import torch
 from torch import Tensor
 
 from esper.data.dataset import Dataset, DatasetFormatError, standardized_splits
-from esper.data.download import created_directory, download_file
+from esper.data.download import (
+    claimed_temp,
+    created_directory,
+    download_file,
+    remove_abandoned,
+)
 from esper.data.locate import DatasetFiles, find_dataset_dir
+
+logger = logging.getLogger(__name__)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -151,12 +161,25 @@ def _extract_archive(archive: Path, target: Path) -> None:
                     f"{archive}: unsafe member path {m.name!r} (absolute or with '..'); "
                     "refusing to extract"
                 )
-        with tempfile.TemporaryDirectory(dir=target, prefix=".extract-") as tmp:
+        remove_abandoned(target, ".extract-")  # an extraction killed before it cleaned up
+        fd, tmp = claimed_temp(target, ".extract-", directory=True)
+        try:
             tar.extractall(tmp, members=members, filter="data")
-            extracted = Path(tmp) / BATCH_DIR
+            extracted = tmp / BATCH_DIR
             if not extracted.is_dir():
                 raise DatasetFormatError(f"{archive}: no {BATCH_DIR}/ folder inside")
             extracted.rename(target / BATCH_DIR)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(fd)
+
+
+def _holds_archive(path: Path) -> bool:
+    """Whether ``path`` is the official archive (its SHA-256 checked)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest() == CIFAR10_SHA256
 
 
 def _download(target: Path, *, base_url: str, progress: bool) -> None:
@@ -168,10 +191,12 @@ def _download(target: Path, *, base_url: str, progress: bool) -> None:
             f"{target / BATCH_DIR} exists but lacks some of {', '.join(_FILES.required)}; "
             "complete it, or delete it to download a fresh copy"
         )
-    with created_directory(target):  # removed again if nothing could be fetched
-        archive = download_file(
-            prefix + CIFAR10_ARCHIVE, target / CIFAR10_ARCHIVE, CIFAR10_SHA256, progress
-        )
+    archive = target / CIFAR10_ARCHIVE
+    if _holds_archive(archive):  # an extraction that failed or was killed: not downloaded again
+        logger.info("extracting %s, downloaded before", archive)
+    else:
+        with created_directory(target):  # removed again if nothing could be fetched
+            download_file(prefix + CIFAR10_ARCHIVE, archive, CIFAR10_SHA256, progress)
     _extract_archive(archive, target)
     archive.unlink()
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import http.client
 import logging
 import os
+import shutil
 import string
 import sys
 import tempfile
@@ -52,6 +55,50 @@ def created_directory(directory: Path) -> Iterator[None]:
         raise
 
 
+def claimed_temp(
+    folder: Path, prefix: str, suffix: str = "", *, directory: bool = False
+) -> tuple[int, Path]:
+    """Make a temporary file (or, with ``directory``, folder) in ``folder`` named ``prefix``,
+    random letters, ``suffix``, and lock it for this process (``flock``): a descriptor on it
+    whose closing releases the lock, and its path. The kernel drops the lock when the process
+    dies, kill -9 included, so ``remove_abandoned`` can tell a dead writer's leftovers from a
+    live writer's work."""
+    while True:
+        if directory:
+            name = tempfile.mkdtemp(dir=folder, prefix=prefix, suffix=suffix)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+        # Blocks only while a remover that opened it first holds it, and then removes it.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, Path(name)
+        os.close(fd)  # taken for a dead writer's and removed before this lock: make another
+
+
+def remove_abandoned(folder: Path, prefix: str, suffix: str = "") -> None:
+    """Remove what ``claimed_temp`` made in ``folder`` with ``prefix`` and ``suffix`` and no
+    process holds locked any more: a download or extraction killed before it could clean up."""
+    for path in folder.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # gone meanwhile, or not ours to open: leave it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer's
+            os.close(fd)
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            logger.info("removed %s, left by a download that was killed", path)
+        finally:
+            os.close(fd)
+
+
 def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, verify its SHA-256, and move it into place atomically.
 
@@ -81,10 +128,10 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
     if dest.is_dir():
         raise DownloadError(f"cannot download {url} to {str(dest)!r}: it is a directory")
     with created_directory(dest.parent):
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
+        remove_abandoned(dest.parent, f".{dest.name}.", ".part")
+        fd, tmp = claimed_temp(dest.parent, f".{dest.name}.", ".part")
         try:
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(os.dup(fd), "wb") as out:  # ``fd`` keeps the lock till the end
                 actual = _stream(url, out, dest.name, progress)
                 os.fchmod(out.fileno(), FILE_MODE)  # mkstemp's 0600 kept others from reading it
             if actual != sha256.lower():
@@ -96,6 +143,8 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
     logger.info("downloaded %s to %s (sha256 ok)", url, dest)
     return dest
 
