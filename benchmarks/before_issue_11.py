@@ -1,7 +1,7 @@
 """PPO rounds of Esper as it was before issue #11, in a process of their own.
 
-``benchmarks/envs.py`` starts this script with ``PYTHONPATH`` set to the ``src`` folder of a git
-worktree of an older revision (``--before-rev``), so that ``esper`` here is that revision's code:
+``benchmarks/envs.py`` starts this script with ``PYTHONPATH`` set to an older revision's ``src``
+folder (``--before-rev``, exported with ``git archive``), so that ``esper`` here is its code:
 the baseline "today's PPO env-steps/s" of issue #11, measured on the same machine in the same
 run instead of estimated. Not meant to be run by hand.
 

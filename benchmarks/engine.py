@@ -10,7 +10,13 @@ Measures, in one run on the same model and data:
   carried out, so both sides keep training the same two seeds;
 * ``esper --help`` wall time (target < 1 s);
 * launch to first training batch of ``esper heuristic`` (target < 3 s): the wall time from
-  process start to its ``RunStarted`` event, which is emitted right before the first batch.
+  process start to the start of its first epoch's training, read from the log as the first
+  ``EpochCompleted`` event's time less its ``seconds`` (the epoch's own training and
+  validation): start-up, data loading, and building the host and its optimizer (the first
+  optimizer imports ``torch._dynamo``), which all come after the ``RunStarted`` event.
+
+The throughput rounds run with ``--threads`` torch threads (default 1); the two commands set
+their own by Esper's thread policy (one).
 
 Usage::
 
@@ -42,6 +48,7 @@ from esper.leyline import Action, Observation, Op
 from esper.leyline.config import HostTraining
 from esper.nissa import JsonlSink, TelemetryHub
 from esper.tamiyo import HeuristicTamiyo, SignalTracker
+from esper.tasks import TASKS
 from esper.tolaria import Trainer
 
 BATCH = 128
@@ -80,7 +87,8 @@ def throughput(n_train: int, n_val: int, rounds: int, log: Path) -> tuple[float,
     """
     data = make_synthetic(n_train=n_train, n_val=n_val, input_shape=SHAPE, num_classes=CLASSES)
     raw_model = _model(0)
-    raw_opt = torch.optim.AdamW(raw_model.parameters(), lr=3e-3)
+    # fused, like the trainer's optimizer (``SlotOptimizer``): the same AdamW on both sides
+    raw_opt = torch.optim.AdamW(raw_model.parameters(), lr=3e-3, fused=True)
     raw_stream = BatchStream(data.x_train, data.y_train, BATCH, seed=0)
 
     def raw_pass() -> None:
@@ -127,31 +135,36 @@ def throughput(n_train: int, n_val: int, rounds: int, log: Path) -> tuple[float,
     return n_train / statistics.median(raw_times), n_train / statistics.median(full_times), paired
 
 
+def _run(command: Sequence[str]) -> None:
+    """Run ``command``, its output captured; a failure ends the benchmark with its last line."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
+        raise SystemExit(f"{' '.join(command[2:])} failed (exit {done.returncode}): {lines[-1]}")
+
+
 def _median_wall(command: Sequence[str], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        _run(command)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
 def launch_to_first_batch(task: str, repeats: int) -> float:
-    """Process start to the run's RunStarted event (emitted just before the first batch)."""
+    """Process start to the start of the run's first epoch (its first batch): the first
+    ``EpochCompleted`` event's wall time less the epoch's own seconds."""
     esper = [sys.executable, "-m", "esper.cli.main"]
     times = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
             started = time.time()
-            subprocess.run(
-                [*esper, "heuristic", "--task", task, "--epochs", "1", "--out", str(out)],
-                check=True,
-                capture_output=True,
-            )
-            first = json.loads((out / "events.jsonl").read_text().splitlines()[0])
-            assert first["event"] == "RunStarted"
-            times.append(first["t"] - started)
+            _run([*esper, "heuristic", "--task", task, "--epochs", "1", "--out", str(out)])
+            records = map(json.loads, (out / "events.jsonl").read_text().splitlines())
+            first = next(r for r in records if r["event"] == "EpochCompleted")
+            times.append(first["t"] - first["seconds"] - started)
     return statistics.median(times)
 
 
@@ -159,12 +172,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Esper engine overhead and start-up times.")
     parser.add_argument("--quick", action="store_true", help="smoke run (numbers meaningless)")
     parser.add_argument("--launch-task", default="fashion_mnist_impaired", help="task to launch")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the throughput rounds (1)"
+    )
     args = parser.parse_args(argv)
+    if args.launch_task not in TASKS:
+        parser.error(
+            f"--launch-task {args.launch_task!r} is not a task; choose from {', '.join(TASKS)}"
+        )
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     n_train, n_val, rounds, repeats = (512, 128, 1, 1) if args.quick else (8192, 1024, 10, 5)
 
     print("esper engine benchmark")
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"  threads   {torch.get_num_threads()} torch thread(s) in the throughput rounds")
     print(f"  workload  CNNHost(base_channels=8) + 2 conv_light seeds, batch {BATCH}, input")
     print(f"            {SHAPE}, {n_train} train samples per step, {n_val} validation samples,")
     print(f"            {rounds} interleaved rounds of one raw pass and one full step")

@@ -121,7 +121,7 @@ from esper.simic.build import build_trainer
 from esper.simic.config import TrainingConfig, load_preset
 from esper.simic.env import GrowthEnv
 from esper.simic.training import PPOTrainer
-from esper.simic.vector import VectorEnv, chunk_size
+from esper.simic.vector import VectorEnv, chunk_size, parse_device
 from esper.simic.workers import OBJECT_STORE_BYTES, RayVectorEnv, start_ray
 from esper.tamiyo import SignalTracker
 from esper.tasks import get_task, resolve_training
@@ -377,11 +377,11 @@ def raw_section(run: Budget, work: Workload) -> None:
     speedup = 1 / new.paired
     fast_way = statistics.median(n / p for n, p in zip(times[1], times[3], strict=True))
     print(
-        f"new layout speed / old layout   {speedup:6.2f}x  paired (target >= {LAYOUT_TARGET}x) "
+        f"new layout speed / old layout   {speedup:6.3f}x paired (target >= {LAYOUT_TARGET}x) "
         f"{_verdict(speedup >= LAYOUT_TARGET)}"
     )
     print(
-        f"new layout time / plain network {fast_way:6.2f}x  paired (target <= {FAST_WAY_TARGET}x) "
+        f"new layout time / plain network {fast_way:6.3f}x paired (target <= {FAST_WAY_TARGET}x) "
         f"{_verdict(fast_way <= FAST_WAY_TARGET)}"
     )
 
@@ -1347,8 +1347,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--gpu-workers must be at least 0, not {args.gpu_workers}")
     if args.before_threads < 1:
         parser.error(f"--before-threads must be at least 1, not {args.before_threads}")
-    if args.before_rev == "none":
-        args.before_rev = None
+    if args.before_rev == "none" or not {"ppo", "fashion"} & set(args.section or SECTIONS):
+        args.before_rev = None  # none, or no section that runs it (a shallow clone may lack it)
     elif not _is_commit(args.before_rev):
         parser.error(
             f"--before-rev {args.before_rev!r} is not a commit of this git checkout; give one "
@@ -1357,9 +1357,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must be at least 0")
     try:
-        torch.device(args.device)
+        device = torch.device(args.device)
     except RuntimeError:
         parser.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: the device section runs on cpu, cuda or cuda:N")
+    if device.type == "cuda" and torch.cuda.is_available():  # without CUDA: the section skips
+        try:
+            parse_device(args.device)
+        except ValueError as err:
+            parser.error(f"--device: {err}")
 
 
 def _is_commit(rev: str) -> bool:
@@ -1394,9 +1401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"  load      {_load_average()} (1-minute average) before")
     sections = args.section or list(SECTIONS)
-    # Exported once for both sections that run it, and only when one of them runs.
-    rev = args.before_rev if {"ppo", "fashion"} & set(sections) else None
-    with old_source(rev) as source, one_thread():
+    # Exported once for both sections that run it; None unless one of them runs.
+    with old_source(args.before_rev) as source, one_thread():
         work = replace(
             QUICK if args.quick else FULL,
             workers=args.workers,

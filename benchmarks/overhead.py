@@ -370,7 +370,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
+    if args.json is not None and not _can_write(args.json):
+        # checked before the minutes of timing it would otherwise throw away
+        parser.error(f"--json {str(args.json)!r}: cannot write a file there")
     return args
+
+
+def _can_write(path: Path) -> bool:
+    """Whether ``path`` can be written as a file, its missing folders made."""
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    nearest = next(p for p in path.absolute().parents if p.exists())
+    return nearest.is_dir() and os.access(nearest, os.W_OK)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -523,10 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--threads must be at least 0")
     if (args.heuristic_run is None) != (args.ppo_run is None):
         parser.error("give both --heuristic-run and --ppo-run, or neither")
+    for option, run in (("--heuristic-run", args.heuristic_run), ("--ppo-run", args.ppo_run)):
+        if run is not None and not (run / "events.jsonl").is_file():
+            parser.error(f"{option} {str(run)!r}: no events.jsonl there (not a run directory)")
     work = QUICK if args.quick else FULL
     default_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or default_threads
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     print("esper telemetry benchmark")
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
@@ -547,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = Path(tmp)
             if args.heuristic_run is None:
                 heuristic, ppo = record_runs(root / "recorded", args.quick)
+                torch.set_num_threads(threads)  # the esper commands set their own
             else:
                 heuristic, ppo = args.heuristic_run, args.ppo_run
             logs = {"heuristic": heuristic / "events.jsonl", "ppo": ppo / "events.jsonl"}

@@ -33,6 +33,56 @@ def test_engine_benchmark_smoke(capsys) -> None:
         assert line in out
 
 
+def test_benchmark_bad_options_are_one_line_before_any_timing(tmp_path, capsys) -> None:
+    """Each ran its minutes of timing first and then ended in a traceback."""
+    import engine
+    import telemetry
+
+    (tmp_path / "file").write_text("")
+    for main, argv, says in (
+        (overhead.main, ["--quick", "--json", str(tmp_path)], "cannot write a file there"),
+        (overhead.main, ["--json", str(tmp_path / "file" / "x.json")], "cannot write a file"),
+        (engine.main, ["--launch-task", "nosuchtask"], "'nosuchtask' is not a task; choose"),
+        (engine.main, ["--threads", "0"], "--threads must be at least 1, got 0"),
+        (
+            telemetry.main,
+            ["--heuristic-run", str(tmp_path), "--ppo-run", str(tmp_path)],
+            "no events.jsonl there",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and captured.out == ""
+        assert says in captured.err.strip().splitlines()[-1]
+
+
+def test_telemetry_benchmark_keeps_its_threads_after_recording_runs(
+    recorded_runs, monkeypatch
+) -> None:
+    """The esper commands that record its runs set torch's threads by Esper's policy (1): the
+    benchmark then ran at 1 thread while its header said ``--threads``."""
+    import torch
+
+    import telemetry
+
+    class Measured(Exception):
+        pass
+
+    def record_runs(root: Path, quick: bool) -> tuple[Path, Path]:
+        torch.set_num_threads(1)  # as ``esper heuristic`` and ``esper ppo`` do
+        return recorded_runs["heuristic"], recorded_runs["ppo"]
+
+    def epoch_overhead(*args: object) -> None:
+        raise Measured(torch.get_num_threads())
+
+    monkeypatch.setattr(telemetry, "record_runs", record_runs)
+    monkeypatch.setattr(telemetry, "epoch_overhead", epoch_overhead)
+    with pytest.raises(Measured) as measured:
+        telemetry.main(["--quick", "--threads", "2"])
+    assert measured.value.args == (2,)
+
+
 def test_ppo_benchmark_smoke(capsys) -> None:
     import torch
 
@@ -184,14 +234,34 @@ def test_operations_counts_what_reaches_a_kernel() -> None:
     assert both.count > forward_only.count
 
 
-def test_envs_benchmark_unknown_device_is_one_line(capsys) -> None:
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [
+        ("gpu", "--device 'gpu' is not a torch device"),
+        # torch knows these, and the section crashed on them with a traceback
+        ("meta", "--device 'meta': the device section runs on cpu, cuda or cuda:N"),
+        ("mps", "--device 'mps': the device section runs on cpu, cuda or cuda:N"),
+    ],
+)
+def test_envs_benchmark_unknown_device_is_one_line(capsys, device: str, says: str) -> None:
     import envs
 
     with pytest.raises(SystemExit) as exit_info:
-        envs.main(["--section", "device", *QUICK_ENVS, "--device", "gpu"])
+        envs.main(["--section", "device", *QUICK_ENVS, "--device", device])
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--device 'gpu' is not a torch device" in last
+    assert says in last
+
+
+def test_envs_benchmark_checks_before_rev_only_for_the_sections_that_run_it() -> None:
+    """A shallow clone lacks the before-#11 commit: the raw section, which never runs it, was
+    refused for it (and ``make bench`` with it)."""
+    import envs
+
+    args = envs.parse_args(["--section", "raw", "--before-rev", "nosuchrev"])
+    assert args.before_rev is None
+    with pytest.raises(SystemExit):
+        envs.parse_args(["--section", "raw", "--section", "fashion", "--before-rev", "nosuchrev"])
 
 
 def test_envs_benchmark_unknown_before_rev_is_one_line(capsys) -> None:
