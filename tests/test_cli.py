@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from esper.leyline.events import EVENT_TYPES
 from esper.nissa import checkpoints, record
 from esper.study.growth import EpochRow
 from esper.study.run import Stop
+from esper.tolaria import Trainer
 
 ESPER = [sys.executable, "-m", "esper"]
 TINY = ["--batches-per-epoch", "2", "--val-samples", "128"]
@@ -262,6 +264,20 @@ def test_static_run_never_grows(tmp_path) -> None:
     g = _summary(run).growth
     assert g.seeds == () and g.param_count == g.host_param_count
     assert not any(e["event"] == "SeedTransition" for e in _events(run))
+
+
+@pytest.mark.parametrize(("period", "germinates"), [(3, True), (4, False)])
+def test_a_periodic_run_shorter_than_its_period_says_it_never_grows(
+    tmp_path, capsys, period: int, germinates: bool
+) -> None:
+    """Oracle: the run's own seed transitions. A 4-epoch run decides after epochs 1-3, so a
+    period of 4 never germinates; it ran as a static host without a word."""
+    run = tmp_path / "periodic"
+    args = ["periodic", "--task", "synthetic", "--epochs", "4", *TINY, "--out", str(run)]
+    assert main([*args, "--periodic.period", str(period)]) == 0
+    grew = any(e["event"] == "SeedTransition" for e in _events(run))
+    note = "esper periodic: note: a run of 4 epochs never germinates a seed"
+    assert grew == germinates and (note in capsys.readouterr().err) == (not germinates)
 
 
 def test_training_time_leaves_out_building_the_host(tmp_path, monkeypatch) -> None:
@@ -664,6 +680,28 @@ def test_resuming_a_completed_run_is_refused(tmp_path, capsys) -> None:
     assert main(["static", "--resume", str(run)]) == 2
     assert "already completed; nothing to resume" in capsys.readouterr().err
     assert (run / "summary.json").read_text() == before
+
+
+def test_resuming_a_terminated_run_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    """A run the governor terminated resumed with exit 0 as often as asked, appending another
+    RunStarted and RunFinished each time. A non-finite validation loss in epoch 3 panics."""
+    validate = Trainer._validate
+
+    def nan_in_epoch_3(self: Trainer) -> tuple[float, float]:
+        loss, accuracy = validate(self)
+        return (math.nan if self.epoch == 2 else loss), accuracy
+
+    monkeypatch.setattr(Trainer, "_validate", nan_in_epoch_3)
+    run = tmp_path / "run"
+    args = ["static", "--task", "synthetic", "--epochs", "6", *TINY, "--out", str(run)]
+    assert main(args) == 0
+    assert _summary(run).status == "terminated" and len(_rows(run)) == 3
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["static", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already finished: the governor terminated it" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
 
 def test_resume_with_the_wrong_command_is_refused(tmp_path, capsys) -> None:

@@ -92,7 +92,7 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(run)]) == 0
     assert "ppo synthetic: 1 round, mean return " in capsys.readouterr().out  # not "1 rounds"
     out = tmp_path / "eval"
-    args = ["eval", "--policy", str(run), "--task", "synthetic", "--epochs", "4"]
+    args = ["eval", "--policy", str(run), "--task", "synthetic", "--epochs", "4", "--seed", "2"]
     assert main([*args, "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {
         "checkpoints",
@@ -110,6 +110,15 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert len(actions) == 3 and all(a["reason"] == "policy" for a in actions)  # epochs - 1
     printed = capsys.readouterr()
     assert "eval synthetic (completed)" in printed.out and "note:" not in printed.err
+    # which policy ran, beyond its path (a PPO run may train on, or another take its place)
+    meta = json.loads((out / "meta.json").read_text())
+    ppo_meta = json.loads((run / "meta.json").read_text())
+    policy = {"path": str(run.resolve()), "run_id": ppo_meta["run_id"], "round": 1}
+    assert meta["policy"] == policy
+    assert main(["runs", "show", str(out)]) == 0
+    assert f"policy    {run.resolve()} (run {ppo_meta['run_id']}, after PPO round 1)" in (
+        capsys.readouterr().out
+    )
 
     # Fewer slots than it trained with: the policy runs masked to them, and the eval says so.
     narrow = tmp_path / "narrow"
@@ -222,7 +231,10 @@ def test_an_eval_on_another_dataset_does_not_take_the_policys_data_dir(tmp_path,
 def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["eval", "--help"])
-    assert stop.value.code == 0 and "--policy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--policy" in out
+    # its task shows as "(required)" and its epochs as the task's: it takes the policy's run's
+    assert "the training options (task, epochs," in " ".join(out.split())
     assert main(["eval", "--policy"]) == 2
     assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
 
@@ -257,6 +269,58 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has finished no PPO round" in err, err
     assert f"esper ppo --resume {untrained}" in err and not (tmp_path / "e3").exists()
+
+
+def test_an_eval_on_a_training_seed_of_its_policy_says_it_reruns_a_training_episode(
+    tmp_path, capsys, recorded_runs
+) -> None:
+    """``esper ppo`` and ``esper eval`` both default to seed 0, and environment i of a PPO run
+    of seed s is seeded s + i: the README's own example evaluated on a training episode, and
+    nothing said so. Oracle: the eval's first epoch is that environment's first epoch."""
+    policy = recorded_runs["ppo"]
+    trained = [e for e in _events(policy) if e["event"] == "EpochCompleted" and e["epoch"] == 1]
+    for seed in (1, 2):
+        out = tmp_path / f"e{seed}"
+        args = ["eval", "--policy", str(policy), "--epochs", "1", "--seed", str(seed)]
+        assert main([*args, "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        with (out / "metrics.csv").open() as f:
+            first = next(csv.DictReader(f))
+        if seed == 1:  # the policy's environments were seeded 0 and 1
+            assert (
+                "esper eval: note: --seed 1 is one of the policy's training environment "
+                "seeds (0-1): this eval re-runs a training episode" in err
+            )
+            env1 = next(e for e in trained if e["env"] == 1 and e["episode"] == 1)
+            assert float(first["val_loss"]) == env1["val_loss"]
+            assert float(first["train_loss"]) == pytest.approx(env1["train_loss"], rel=1e-5)
+        else:
+            assert "note:" not in err
+            assert all(float(first["val_loss"]) != e["val_loss"] for e in trained)
+
+
+@pytest.mark.parametrize("rounds", ["missing", "2", True, -1, 1.5])
+def test_a_policy_without_a_whole_round_count_is_one_line(
+    tmp_path, capsys, recorded_runs, rounds
+) -> None:
+    """A checkpoint (checksums intact) whose trainer state lacks its round count was a KeyError
+    traceback; "2" ran as if 2, and -1 ran and said it finished -1 of 2 rounds."""
+    policy = tmp_path / "policy"
+    shutil.copytree(recorded_runs["ppo"], policy)
+    run_id = json.loads((policy / "meta.json").read_text())["run_id"]
+    state = ppo_state(policy)
+    if rounds == "missing":
+        del state["trainer"]["round"]
+    else:
+        state["trainer"]["round"] = rounds
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    checkpoints.commit_checkpoint(policy, 3, {"state.pt": buffer.getvalue()}, run_id)
+    out = tmp_path / "e"
+    assert main(["eval", "--policy", str(policy), "--task", "synthetic", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gives no count of finished PPO rounds" in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("value", ["5", '""', '["a"]'])

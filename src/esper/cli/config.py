@@ -285,6 +285,13 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, defa
         raise UserError(f"{prog}: {err}") from None
 
 
+EVAL_HELP = (
+    ". Needs --policy RUN. Unless given, the training options (task, epochs, budget, learning "
+    "rates, slots, width, threads, ...) are the policy's PPO run's, not the defaults shown."
+)
+"""Added to ``esper eval --help``: the defaults the flags show are the other run commands'."""
+
+
 def growth_config(
     mode: str, argv: list[str], options: RunOptions, eval_base: HostTraining | None
 ) -> GrowthRun:
@@ -302,7 +309,8 @@ def growth_config(
     default: GrowthRun | None = None
     if eval_base is not None or options.config is not None:
         default = layered(GrowthRun(eval_base or HostTraining("")), options)
-    config = parse_flags(GrowthRun, argv, f"esper {mode}", RUN_COMMANDS[mode], default)
+    described = RUN_COMMANDS[mode] + (EVAL_HELP if mode == "eval" else "")
+    config = parse_flags(GrowthRun, argv, f"esper {mode}", described, default)
     if not config.training.task:
         raise UserError(f"esper {mode} needs --task (or training.task in --config)")
     check_mode(mode, config, named_fields(argv))

@@ -84,6 +84,7 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
         _partial_note(partial_policy(policy, policy_rounds(state)), policy),
+        _training_seed_note(policy, config.seed),
     ]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
@@ -128,6 +129,29 @@ def _partial_note(partial: str | None, policy: Path) -> str | None:
         return None
     resume = f"esper ppo --resume {shell_path(policy)}"
     return f"esper eval: note: {partial}; {resume} trains a stopped run on"
+
+
+def _training_seed_note(policy: Path, seed: int) -> str | None:
+    """An eval whose seed is one of its policy's training environments' re-runs the host and
+    data order that environment trained on in round 1 (episode k of seed s is seeded alike in
+    both): say so, as that is no held-out evaluation (None: it is not one of them)."""
+    meta = record.read_meta(policy)  # read before, by ``ppo_state``
+    seeds = None if meta is None else meta.seeds.get("environments")
+    used = [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []
+    if seed not in used:
+        return None
+    return (
+        f"esper eval: note: --seed {seed} is one of the policy's training environment seeds "
+        f"({_seed_range(used)}): this eval re-runs a training episode, not a held-out one; "
+        f"give --seed outside them to evaluate on seeds the policy never trained on"
+    )
+
+
+def _seed_range(seeds: list[int]) -> str:
+    """``0-7`` for consecutive seeds, else the list."""
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(map(str, seeds))
 
 
 def _own_data_dir(trained_with: HostTraining, running_with: HostTraining) -> HostTraining:

@@ -52,7 +52,8 @@ RUN_COMMANDS = {
     "static": "train the same host without growth (the control)",
     "eval": "grow a network with a PPO-trained policy (same outputs as heuristic)",
     "random": "grow a network by random valid actions (a baseline arm)",
-    "periodic": "germinate every --periodic.period epochs, keep seeds that clear G5 (a baseline)",
+    "periodic": "germinate every --periodic.period epochs, fossilize the seeds that pass G5 and "
+    "prune those that fail it (a baseline)",
     "ppo": "train a growth policy with PPO (Simic)",
 }
 """Commands that train and write a run directory; each parses its own flags."""

@@ -252,6 +252,8 @@ class RunMeta:
             kernels dispatch on them, so a run's floating-point results can depend on them).
         data: the dataset, where it was read from and its splits' samples
             (``Dataset.receipt``); None in runs from before it was recorded.
+        policy: an eval's policy: its PPO run's ``path``, ``run_id`` and the PPO ``round`` it
+            finished; None for other modes (and evals from before it was recorded).
     """
 
     run_id: str
@@ -264,6 +266,7 @@ class RunMeta:
     threads: int
     platform: str
     data: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -357,9 +360,10 @@ def run_meta(
     threads: int,
     command: Sequence[str],
     data: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> RunMeta:
-    """The receipt of a run starting now: git revision, package versions, platform, time, and
-    its ``data`` (``Dataset.receipt``).
+    """The receipt of a run starting now: git revision, package versions, platform, time, its
+    ``data`` (``Dataset.receipt``) and an eval's ``policy`` (``RunMeta.policy``).
 
     Write it with ``write_json(run_dir / META_FILE, meta)``.
     """
@@ -374,6 +378,7 @@ def run_meta(
         threads=threads,
         platform=_platform(),
         data=None if data is None else dict(data),
+        policy=None if policy is None else dict(policy),
     )
 
 
@@ -383,7 +388,8 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     Raises:
         RunRecordError: the file is a directory, unreadable, or not a run meta file.
     """
-    return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file", {"data": None})
+    added = {"data": None, "policy": None}
+    return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file", added)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -118,6 +118,15 @@ class GrowthRun:
 
             parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
 
+    def never_grows(self, mode: str, epochs: int) -> str | None:
+        """Why a ``mode`` run of ``epochs`` epochs can never germinate a seed (a heuristic run
+        too short for its rules, a periodic one shorter than its period), or None."""
+        if mode == "heuristic":
+            return self.heuristic.never_grows(epochs)
+        if mode == "periodic":
+            return self.periodic.never_grows(epochs)
+        return None
+
 
 HEURISTIC_FIELDS = frozenset(f.name for f in fields(HeuristicConfig))
 PERIODIC_FIELDS = frozenset(f"periodic.{f.name}" for f in fields(PeriodicConfig))
@@ -299,15 +308,17 @@ class GrowthRunner:
                 self._restore(self.recorder.state())
 
     def never_grows(self) -> str | None:
-        """Why this run can never germinate a seed (a heuristic run too short for its rules:
-        ``HeuristicConfig.never_grows``), or None."""
-        if self.mode != "heuristic":
-            return None
-        return self.config.heuristic.never_grows(self.episode.max_epochs)
+        """Why this run can never germinate a seed (``GrowthRun.never_grows``), or None."""
+        return self.config.never_grows(self.mode, self.episode.max_epochs)
 
     def _meta(self, run_id: str) -> record.RunMeta:
         seeds = {"run": self.config.seed, "data_order": self.config.seed}
-        return record.run_meta(run_id, self.mode, seeds, self.threads, sys.argv, self.data)
+        policy = None
+        if self.policy_run is not None:
+            path, run, at = self.config.policy, self.policy_run, self.policy_round
+            policy = {"path": path, "run_id": run, "round": at}
+        threads, data = self.threads, self.data
+        return record.run_meta(run_id, self.mode, seeds, threads, sys.argv, data, policy)
 
     def _restore(self, state: Any) -> None:
         where = f"cannot resume {str(self.recorder.directory)!r}"

@@ -98,13 +98,13 @@ def growth_config(
 
 
 def never_growing(spec: StudySpec) -> list[str]:
-    """A line for each heuristic arm and task whose runs can never germinate a seed
-    (``HeuristicConfig.never_grows``): such an arm is a static one under another name."""
+    """A line for each heuristic or periodic arm and task whose runs can never germinate a
+    seed (``GrowthRun.never_grows``): such an arm is a static one under another name."""
     lines = []
-    for arm in (a for a in spec.arms if a.controller == "heuristic"):
+    for arm in (a for a in spec.arms if a.controller in ("heuristic", "periodic")):
         for task in spec.tasks:
-            _, config = growth_config(spec, Trial(task, arm.name, spec.first_seed))
-            never = config.heuristic.never_grows(config.training.episode_length())
+            mode, config = growth_config(spec, Trial(task, arm.name, spec.first_seed))
+            never = config.never_grows(mode, config.training.episode_length())
             if never is not None:
                 lines.append(f"note: arm {arm.name!r} on {task}: {never}")
     return lines

@@ -306,9 +306,15 @@ class Recorder:
     def _reopen_locked(
         cls, mode: str, directory: Path, row_type: type, hub: TelemetryHub, planned: int | None
     ) -> Recorder:
-        completed = record.run_status(directory) == "completed"
+        status = record.run_status(directory)
+        completed = status == "completed"
         if completed and planned is None:
             raise UserError(f"run {str(directory)!r} already completed; nothing to resume")
+        if status == "terminated":  # resumed, it appended another start and end every time
+            raise UserError(
+                f"run {str(directory)!r} already finished: the governor terminated it (a "
+                "training panic; it ends on the restored, healthy model); nothing to resume"
+            )
         meta = record.read_meta(directory)
         if meta is None:
             raise UserError(f"{str(directory)!r} is not an Esper run directory (no meta.json)")
@@ -519,7 +525,13 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
     if meta is None or meta.mode != "ppo":
         raise UserError(f"policy {str(run_dir)!r} is not an Esper PPO run directory")
     state = read_state(run_dir, meta.run_id, "cannot read the policy in")
-    if policy_rounds(state) == 0:
+    rounds = policy_rounds(state)
+    if rounds is None or rounds < 0:
+        raise UserError(
+            f"policy {str(run_dir)!r}: its checkpoint gives no count of finished PPO rounds "
+            "(a whole number in its trainer state); damaged, or not written by esper ppo"
+        )
+    if rounds == 0:
         raise UserError(
             f"policy {str(run_dir)!r} has finished no PPO round (it was stopped in its first): "
             f"its policy is untrained; train it with: esper ppo --resume {shell_path(run_dir)}"
@@ -531,7 +543,7 @@ def policy_rounds(state: dict[str, Any]) -> int | None:
     """The PPO rounds a policy's state (``ppo_state``) finished; None when it does not say."""
     trainer = state.get("trainer")
     rounds = trainer.get("round") if isinstance(trainer, dict) else None
-    return rounds if isinstance(rounds, int) else None
+    return rounds if type(rounds) is int else None  # not a bool
 
 
 def partial_policy(policy: Path, rounds: int | None) -> str | None:

@@ -119,13 +119,26 @@ class PeriodicConfig:
 
     Attributes:
         period: germinate at epochs ``period``, ``2·period``, … (epochs completed, as the
-            observation counts them); 3 gives a 30-epoch run up to ten seeds, several per slot.
+            observation counts them); 3 gives a 30-epoch run up to nine seeds (after epochs 3,
+            6, …, 27: nothing is decided after the last), several per slot.
     """
 
     period: int = 3
 
     def __post_init__(self) -> None:
         check_int("period", self.period, 1)
+
+    def never_grows(self, epochs: int) -> str | None:
+        """Why a run of ``epochs`` epochs on this schedule never germinates a seed (its first
+        germination would come after its last decision, made after epoch ``epochs - 1``), or
+        None when it does."""
+        if self.period < epochs:
+            return None
+        return (
+            f"a run of {epochs} epochs never germinates a seed: the first comes after epoch "
+            f"period = {self.period}, and nothing is decided after the last epoch; give it at "
+            f"least {self.period + 1} epochs (or a shorter period)"
+        )
 
 
 class PeriodicController:
