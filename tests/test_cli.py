@@ -682,6 +682,31 @@ def test_resuming_a_completed_run_is_refused(tmp_path, capsys) -> None:
     assert (run / "summary.json").read_text() == before
 
 
+def test_a_saved_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(tmp_path) -> None:
+    """config.json holds resolved values, seed_lr = lr among them: ``--config it --lr X`` kept
+    the old lr for the seeds of a heuristic run (a run from flags gives them X), and a static
+    run of its own config.json was refused: "a static run grows nothing; drop seed_lr"."""
+    first = tmp_path / "first"
+    assert main(["static", "--task", "synthetic", "--epochs", "1", *TINY, "--out", str(first)]) == 0
+    saved = str(first / "config.json")
+
+    def lrs(run: Path) -> tuple[float, float]:
+        training = json.loads((run / "config.json").read_text())["training"]
+        return training["lr"], training["seed_lr"]
+
+    for mode, extra, expected in (
+        ("static", [], (0.01, 0.01)),
+        ("heuristic", [], (0.01, 0.01)),
+        ("heuristic", ["--seed-lr", "0.02"], (0.01, 0.02)),  # given: kept
+    ):
+        out = tmp_path / f"{mode}{len(extra)}"
+        assert main([mode, "--config", saved, "--lr", "0.01", *extra, "--out", str(out)]) == 0
+        assert lrs(out) == expected
+    out = tmp_path / "same"  # without --lr: the file's, both
+    assert main(["heuristic", "--config", saved, "--out", str(out)]) == 0
+    assert lrs(out) == lrs(first)
+
+
 def test_resuming_a_terminated_run_is_refused(tmp_path, capsys, monkeypatch) -> None:
     """A run the governor terminated resumed with exit 0 as often as asked, appending another
     RunStarted and RunFinished each time. A non-finite validation loss in epoch 3 panics."""

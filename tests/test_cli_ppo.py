@@ -271,6 +271,19 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     assert f"esper ppo --resume {untrained}" in err and not (tmp_path / "e3").exists()
 
 
+def test_a_saved_ppo_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(
+    recorded_runs,
+) -> None:
+    from esper.cli.config import RunOptions
+    from esper.cli.ppo import parse
+
+    options = RunOptions(config=recorded_runs["ppo"] / "config.json")
+    env = parse(["--lr", "0.01"], options).env
+    assert (env.lr, env.seed_lr) == (0.01, 0.01)  # was (0.01, the file's lr)
+    env = parse(["--lr", "0.01", "--seed-lr", "0.02"], options).env
+    assert (env.lr, env.seed_lr) == (0.01, 0.02)
+
+
 def test_an_eval_on_a_training_seed_of_its_policy_says_it_reruns_a_training_episode(
     tmp_path, capsys, recorded_runs
 ) -> None:

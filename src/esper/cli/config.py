@@ -309,12 +309,25 @@ def growth_config(
     default: GrowthRun | None = None
     if eval_base is not None or options.config is not None:
         default = layered(GrowthRun(eval_base or HostTraining("")), options)
+        training = seed_lr_following(default.training, named_fields(argv))
+        default = replace(default, training=training)
     described = RUN_COMMANDS[mode] + (EVAL_HELP if mode == "eval" else "")
     config = parse_flags(GrowthRun, argv, f"esper {mode}", described, default)
     if not config.training.task:
         raise UserError(f"esper {mode} needs --task (or training.task in --config)")
     check_mode(mode, config, named_fields(argv))
     return config
+
+
+def seed_lr_following(training: HostTraining, named: frozenset[str]) -> HostTraining:
+    """``training`` of a defaults layer (a ``--config`` file, an eval's policy's run) whose
+    seed_lr followed its lr (resolved, they are equal): unset again when the flags give lr but
+    not seed_lr, so that it follows the new lr (``seed_lr``: "None: lr"). A run's config.json
+    with ``--lr`` kept the old lr for its seeds, and a static run's was refused ("drop
+    seed_lr")."""
+    if "lr" in named and "seed_lr" not in named and training.seed_lr == training.lr:
+        return replace(training, seed_lr=None)
+    return training
 
 
 def absolute_data_dir(training: HostTraining) -> HostTraining:

@@ -14,8 +14,10 @@ from esper.cli.config import (
     announce,
     interrupted_hint,
     layered,
+    named_fields,
     parse_flags,
     refuse_repeats,
+    seed_lr_following,
 )
 from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS
 from esper.leyline.config import UserError, override
@@ -64,6 +66,7 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
+        base = replace(base, env=seed_lr_following(base.env, named_fields(argv)))
         config = parse_flags(TrainingConfig, argv, "esper ppo", description, base)
         return replace(config, env=absolute_data_dir(config.env)).resolved()
     except (record.RunRecordError, ValueError) as err:
