@@ -323,6 +323,16 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         (["heuristic", "--task", "mnist"], "unknown task 'mnist'"),
         (["heuristic", "--task", "synthetic", "--epochs", "0"], "epochs must be an integer"),
         (["heuristic", "--task", "synthetic", "--lr", "-1"], "lr must be a number in"),
+        # tyro's "Error parsing GrowthRun: " named the command's class; a section reads as a
+        # --config file's refusal does ("training: lr must be ...")
+        (
+            ["heuristic", "--task", "synthetic", "--seed", "-1"],
+            "esper heuristic: seed must be an integer in [0, 4294967295], got -1",
+        ),
+        (
+            ["heuristic", "--task", "synthetic", "--lr", "0"],
+            "esper heuristic: training: lr must be a number in (0.0, 10.0], got 0.0",
+        ),
         (
             ["heuristic", "--task", "synthetic", "--slots", "middle"],
             "unknown slot name 'middle'; accepted",

@@ -1189,6 +1189,57 @@ def test_a_re_signed_foreign_state_is_one_line(run_copy, capsys, state: Any, exp
     assert expected in _one_error_line(capsys)
 
 
+def test_a_resume_refuses_other_data_than_its_run_trained_on(tmp_path, capsys, monkeypatch):
+    """config.json's data_dir may change (a study moved with its data carries on), so a
+    data_dir edited to other files of the same kind trained on them without a word, under a
+    meta.json that named the first. The dataset and its splits' samples must match."""
+    from pydoc_data.topics import topics
+
+    from esper.tolaria.episode import Episode
+
+    text = "\n".join(topics.values())
+    first, other = tmp_path / "a" / "corpus.txt", tmp_path / "b.txt"
+    first.parent.mkdir()
+    first.write_text(text[:60_000])
+    other.write_text(text[60_000:120_000])
+    run = tmp_path / "run"
+    args = ["static", "--task", "text_lm_impaired", "--data-dir", str(first), *TINY[2:]]
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Episode, "step", interrupted)
+        assert main([*args, "--epochs", "2", "--out", str(run)]) == 130
+    config = json.loads((run / "config.json").read_text())
+    config["training"]["data_dir"] = str(other)
+    (run / "config.json").write_text(json.dumps(config))
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["static", "--resume", str(run)]) == 2
+    err = _one_error_line(capsys)
+    assert "it trained on 'text:corpus.txt' (" in err and " train / " in err, err
+    assert "its data_dir now gives 'text:b.txt' (" in err and "put back the data" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    moved = tmp_path / "moved" / "corpus.txt"  # the same data elsewhere: carries on
+    moved.parent.mkdir()
+    first.rename(moved)
+    config["training"]["data_dir"] = str(moved)
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["static", "--resume", str(run)]) == 0
+
+
+def test_a_re_signed_empty_state_names_its_error(run_copy, capsys) -> None:
+    """An empty state.pt behind a re-signed manifest said "state.pt: " and nothing more (an
+    EOFError without a message)."""
+    meta = record.read_meta(run_copy)
+    assert meta is not None
+    step = checkpoints.load_checkpoint(run_copy, meta.run_id).step
+    checkpoints.commit_checkpoint(run_copy, step - 1, {"state.pt": b""}, meta.run_id)
+    assert main(["heuristic", "--resume", str(run_copy)]) == 2
+    assert _one_error_line(capsys).endswith("state.pt: EOFError()")
+
+
 @pytest.mark.parametrize(
     ("group", "key", "value", "refused"),
     [

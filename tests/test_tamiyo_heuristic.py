@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -376,6 +377,10 @@ def test_load_rejects_foreign_state() -> None:
         {"plateau_patience": 0},
         {"max_holding_epochs": T.G5_MIN_HOLDING_EPOCHS - 1},
         {"prune_contribution": T.G5_MIN_CONTRIBUTION},
+        # -inf passed, and config.json recorded it as null: unresumable (a walk-through)
+        {"prune_contribution": -math.inf},
+        {"prune_contribution": math.nan},
+        {"prune_contribution": "-1"},
         {"germinate_cooldown": 1.5},
     ],
 )

@@ -253,6 +253,9 @@ def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[
     if found:
         flag, accepted, value = found.groups()
         return f"{flag}: expected {accepted}, got {value}"
+    if parsing:  # "training: lr must be ...", as a --config file's refusal reads
+        where = parsing.group(1)  # a section, or the command's own class (not for the user)
+        text = ("" if where[:1].isupper() else f"{where}: ") + text[parsing.end() :]
     return text or "bad command line"
 
 

@@ -27,7 +27,13 @@ from esper.nissa.log import (
     read_events,
     scan_runs,
 )
-from esper.nissa.record import EVENTS_FILE, RunRecordError, read_meta, strict_json
+from esper.nissa.record import (
+    EVENTS_FILE,
+    RunRecordError,
+    read_meta,
+    samples_text,
+    strict_json,
+)
 
 if TYPE_CHECKING:
     from esper.nissa.views import QueryResult
@@ -138,12 +144,10 @@ def _compare(paths: list[Path]) -> int:
 def _data_line(data: dict[str, Any]) -> str:
     """A run's data receipt (``meta.json``'s ``data``) for people: "digits from scikit-learn
     1.9.1 (load_digits): 1,079 train / 359 val / 359 test"; as JSON when it is not one."""
-    try:
-        samples = data["samples"]
-        splits = " / ".join(f"{int(samples[k]):,} {k}" for k in ("train", "val", "test"))
-        return f"{data['dataset']} from {data['source'] or 'an unsaid source'}: {splits}"
-    except (KeyError, TypeError, ValueError):
+    splits = samples_text(data.get("samples"))
+    if splits is None or "dataset" not in data or "source" not in data:
         return json.dumps(data, sort_keys=True)
+    return f"{data['dataset']} from {data['source'] or 'an unsaid source'}: {splits}"
 
 
 def _policy_line(policy: dict[str, Any]) -> str:

@@ -382,6 +382,15 @@ def run_meta(
     )
 
 
+def samples_text(samples: object) -> str | None:
+    """A data receipt's samples per split for people, ``1,079 train / 359 val / 359 test``;
+    None when they are not a receipt's."""
+    try:
+        return " / ".join(f"{int(samples[k]):,} {k}" for k in ("train", "val", "test"))  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def read_meta(run_dir: Path) -> RunMeta | None:
     """The run's ``meta.json``, or None when it has none.
 

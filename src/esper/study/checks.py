@@ -56,14 +56,15 @@ def set_threads(training: HostTraining, resume: Path | None = None) -> HostTrain
     return replace(training, threads=threads)
 
 
-def load_data(training: HostTraining) -> Dataset:
-    """The task's dataset.
+def load_data(training: HostTraining, resume: Path | None = None) -> Dataset:
+    """The task's dataset; for a ``resume``, the one its run trained on (``check_same_data``).
 
     Raises:
-        UserError: the dataset is missing or unreadable (the first line of what to do).
+        UserError: the dataset is missing or unreadable (the first line of what to do), or
+            not the resumed run's.
     """
     try:
-        return load_dataset(
+        data = load_dataset(
             get_task(training.task).dataset,
             training.data_dir,
             download=training.download,
@@ -71,6 +72,37 @@ def load_data(training: HostTraining) -> Dataset:
         )
     except (DatasetNotFoundError, ValueError, OSError) as err:
         raise UserError(first_line(err)) from err
+    if resume is not None:
+        check_same_data(resume, data)
+    return data
+
+
+def check_same_data(directory: Path, data: Dataset) -> None:
+    """The data a resume of the run in ``directory`` found is the dataset its ``meta.json``
+    says it trained on: the same name and samples per split (where it is read from may change:
+    a study moved with its data carries on). A ``data_dir`` edited in config.json to other
+    files of the same kind continued the run on them without a word.
+
+    Raises:
+        UserError: naming both.
+    """
+    try:
+        meta = record.read_meta(directory)
+    except record.RunRecordError:
+        return  # refused, naming the file, where the run is reopened
+    if meta is None or meta.data is None:  # recorded since 2026-12 only
+        return
+
+    def shown(receipt: dict[str, Any]) -> str:
+        samples = receipt.get("samples")
+        return f"{receipt.get('dataset')!r} ({record.samples_text(samples) or samples})"
+
+    now = data.receipt()
+    if (meta.data.get("dataset"), meta.data.get("samples")) != (now["dataset"], now["samples"]):
+        raise UserError(
+            f"cannot resume {str(directory)!r}: it trained on {shown(meta.data)}, and its "
+            f"data_dir now gives {shown(now)}; put back the data it trained on"
+        )
 
 
 def warn_whole_splits(training: HostTraining, data: Dataset) -> None:

@@ -272,7 +272,7 @@ class GrowthRunner:
         seed_everything(config.seed)
         check_sinks(config.telemetry)
         check_out(out, resume)  # before the data loads: bad input fails at once
-        data = load_data(training)
+        data = load_data(training, resume)
         warn_whole_splits(training, data)
         self.data = data.receipt()  # what meta.json records
         device = device or torch.device("cpu")

@@ -53,7 +53,7 @@ def checked_data(config: TrainingConfig, out: Path | None, resume: Path | None) 
     """
     check_sinks(config.telemetry)
     check_out(out, resume)  # before the data loads: bad input fails at once
-    data = load_data(config.env)
+    data = load_data(config.env, resume)
     warn_whole_splits(config.env, data)
     if tuple(config.runtime.devices) == ("cpu",):
         check_fits(config.env, data, _envs_here(config))

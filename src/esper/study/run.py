@@ -34,6 +34,7 @@ from esper.leyline.config import (
     TelemetrySettings,
     UserError,
     config_dict,
+    first_line,
 )
 from esper.leyline.events import Event, RunStarted
 from esper.leyline.files import (
@@ -610,8 +611,8 @@ def read_state(directory: Path, run_id: str, purpose: str = "cannot resume") -> 
         state = load_untrusted(checkpoint.files["state.pt"])
     except record.RunRecordError as err:
         raise UserError(f"{where}: {err}") from err
-    except TORCH_LOAD_ERRORS as err:
-        raise UserError(f"{where}: state.pt: {err}") from err
+    except TORCH_LOAD_ERRORS as err:  # an empty file's EOFError has no message
+        raise UserError(f"{where}: state.pt: {first_line(err)}") from err
     if not isinstance(state, dict):
         raise UserError(f"{where}: state.pt is not a state")
     return state

@@ -54,7 +54,7 @@ from esper.leyline import (
     ordered_slots,
 )
 from esper.leyline import thresholds as T
-from esper.leyline.config import check_int, require
+from esper.leyline.config import check_int, is_finite_number, quoted, require
 from esper.leyline.knowledge import SeedOutcome
 from esper.tamiyo import strategies
 from esper.tamiyo.selectors import (
@@ -139,10 +139,14 @@ class HeuristicConfig:
         }
         for name, low in at_least.items():
             check_int(name, getattr(self, name), low)
+        # finite: -inf passed, and config.json (strict JSON) recorded it as null, which no
+        # resume or --config could read back
         require(
-            self.prune_contribution < T.G5_MIN_CONTRIBUTION,
-            f"prune_contribution must be below G5_MIN_CONTRIBUTION={T.G5_MIN_CONTRIBUTION} "
-            f"(a seed cannot both hurt and earn fossilization), got {self.prune_contribution}",
+            is_finite_number(self.prune_contribution)
+            and self.prune_contribution < T.G5_MIN_CONTRIBUTION,
+            f"prune_contribution must be a finite number below G5_MIN_CONTRIBUTION="
+            f"{T.G5_MIN_CONTRIBUTION} (a seed cannot both hurt and earn fossilization), got "
+            f"{quoted(self.prune_contribution)}",
         )
         known = blueprint_registry.all_names()
         for name in self.blueprint_preference:
