@@ -90,7 +90,7 @@ def check_same_data(directory: Path, data: Dataset) -> None:
         meta = record.read_meta(directory)
     except record.RunRecordError:
         return  # refused, naming the file, where the run is reopened
-    if meta is None or meta.data is None:  # recorded since 2026-12 only
+    if meta is None or meta.data is None:  # a run from before meta.json recorded its data
         return
 
     def shown(receipt: dict[str, Any]) -> str:
