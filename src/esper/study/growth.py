@@ -429,7 +429,9 @@ class GrowthRunner:
             self._count_flops()
             self.ledger.observe(r.epoch, r.val_accuracy, self.episode.model.reports())
             best = max(self._val_accuracies(), default=-math.inf)
-            if math.isfinite(r.val_accuracy) and r.val_accuracy > best:
+            # a panicked epoch measured the model the governor then discarded: the model now
+            # is an earlier epoch's (a spike's accuracy saved it as the best under its figure)
+            if r.panic is None and math.isfinite(r.val_accuracy) and r.val_accuracy > best:
                 self.best = model_bytes(self.episode.model)
             self.recorder.commit(self.epoch, row, self._state())
 
@@ -486,7 +488,9 @@ class GrowthRunner:
     def summary(self, status: str) -> record.RunSummary:
         """The run's summary, from the recorded (checkpointed) epochs only."""
         rows: list[EpochRow] = self.recorder.rows
-        finite = [r.val_accuracy for r in rows if math.isfinite(r.val_accuracy)]
+        # a terminated run's last epoch panicked: it measured a model the governor discarded
+        scored = rows[:-1] if status == "terminated" else rows
+        finite = [r.val_accuracy for r in scored if math.isfinite(r.val_accuracy)]
         model = self.episode.model if self.epoch > 0 else self.episode.initial_model
         reports = model.reports()
         last = rows[-1] if rows else None
