@@ -391,6 +391,7 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         ),
         (["eval", "--task", "synthetic"], "eval needs --policy"),
         (["heuristic", "--task", "synthetic", "--policy", "x"], "take no --policy"),
+        (["random", "--task", "synthetic", "--policy", "None"], "take no --policy"),
         # Python's refusal ends "use sys.set_int_max_str_digits()": advice for programmers
         (
             ["heuristic", "--task", "synthetic", "--seed", "9" * 5000],
