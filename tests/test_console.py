@@ -82,11 +82,11 @@ def test_epoch_line_without_seeds_shows_a_dash() -> None:
 
 
 def _update(
-    round_: int, entropy: float | None = 1.2345, accuracy: float | None = None
+    round_: int, entropy: float | None = 1.2345, accuracy: float | None = None, kl: float = 0.01234
 ) -> PPOUpdate:
     return PPOUpdate(
         round=round_, env_steps=8 * round_, passes=4, early_stopped=False, skipped_steps=0,
-        overflow_steps=0, policy_loss=0.1, value_loss=0.2, entropy=entropy, approx_kl=0.01234,
+        overflow_steps=0, policy_loss=0.1, value_loss=0.2, entropy=entropy, approx_kl=kl,
         clip_fraction=0.1, ratio_max=1.2, ratio_min=0.8, explained_variance=0.5, value_std=1.0,
         return_std=1.0, grad_norm=0.5, entropy_coef=0.01, mean_return=0.4123,
         mean_final_accuracy=accuracy, seconds_rollout=3.21, seconds_update=0.414,
@@ -102,15 +102,18 @@ def test_round_line_labels_every_number_and_shows_the_rounds_own_accuracy() -> N
     trajectories); the sink averaged the EpisodeFinished events it had seen instead, a second
     definition of the same figure."""
     stream = io.StringIO()
-    sink = ConsoleSink(stream, "ppo", total=2)
+    sink = ConsoleSink(stream, "ppo", total=3)
     for accuracy in (10.0, 20.0):  # not the round's figure: the sink no longer listens
         sink.write(_record(_episode_end(accuracy), env=0, episode=1))
     sink.write(_record(_update(1, accuracy=61.25)))
     sink.write(_record(_update(2, entropy=None)))  # no episode ended: the accuracy is missing
+    sink.write(_record(_update(3, kl=1.234e-6)))  # read "kl 0.0000" (the default learner's)
     assert stream.getvalue().splitlines() == [
-        "[ppo] round 1/2  mean return 0.412  final acc 61.25%  entropy 1.234  kl 0.0123  "
+        "[ppo] round 1/3  mean return 0.412  final acc 61.25%  entropy 1.234  kl 0.0123  "
         "rollout 3.2 s  update 0.41 s",
-        "[ppo] round 2/2  mean return 0.412  final acc —  entropy —  kl 0.0123  "
+        "[ppo] round 2/3  mean return 0.412  final acc —  entropy —  kl 0.0123  "
+        "rollout 3.2 s  update 0.41 s",
+        "[ppo] round 3/3  mean return 0.412  final acc —  entropy 1.234  kl 1.23e-06  "
         "rollout 3.2 s  update 0.41 s",
     ]
 

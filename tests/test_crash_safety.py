@@ -463,6 +463,51 @@ def test_a_signal_while_a_run_completes_waits_for_it(tmp_path, capsys, monkeypat
     assert summary is not None and summary.status == "completed"
 
 
+def test_a_signal_while_the_last_step_is_committed_completes_the_run(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Held while the last epoch's checkpoint was written, the signal then stopped the run: a
+    finished run recorded as "interrupted" (exit 130). It is one after the last step, which
+    waits for the run to complete and is dropped, as during the completion."""
+    original = study_run.Recorder.commit
+
+    def signalled(self: study_run.Recorder, step: int, *args: Any) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(self, step, *args)
+
+    monkeypatch.setattr(study_run.Recorder, "commit", signalled)
+    out = tmp_path / "run"
+    assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    summary = record.read_summary(out)
+    assert summary is not None and summary.status == "completed"
+    assert (out / "model.pt").is_file()
+    # one step earlier it still stops the run, after that step's checkpoint
+    out = tmp_path / "early"
+    assert main(["heuristic", *TINY, "--epochs", "3", "--out", str(out)]) == 130
+    summary = record.read_summary(out)
+    assert summary is not None and summary.status == "interrupted"
+    assert summary.growth is not None and summary.growth.epochs_completed == 2
+
+
+def test_a_signal_before_the_run_loop_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """Between the run directory's creation and the loop that holds signals (the lock, the
+    printed configuration, the start event) a signal said only "esper: interrupted"."""
+    original = study_run.Recorder.start
+
+    def signalled(self: study_run.Recorder, *args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        original(self, *args)
+
+    monkeypatch.setattr(study_run.Recorder, "start", signalled)
+    out = tmp_path / "run"
+    assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with: esper heuristic --resume {out}" in err, err
+    monkeypatch.setattr(study_run.Recorder, "start", original)
+    assert main(["heuristic", "--resume", str(out)]) == 0
+
+
 def test_a_signal_while_the_run_directory_is_made_says_how_to_continue(
     tmp_path, capsys, monkeypatch
 ) -> None:

@@ -183,16 +183,16 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     """``esper static|heuristic|eval``."""
     config, note = _parsed(mode, argv, options)
     runner = GrowthRunner(mode, config, options.out, options.resume)
-    if note is not None:  # the policy never trained like this
-        print(note, file=sys.stderr)
-    announce(mode, runner.config, options.resume)  # resolved and checked
-    never = runner.never_grows()
-    if never is not None:  # a static run by another name, below the settings that make it so
-        print(f"esper {mode}: note: {never}", file=sys.stderr)
     directory = runner.recorder.directory
-    try:
+    try:  # from here on there is a run to continue, even before its loop holds signals
+        if note is not None:  # the policy never trained like this
+            print(note, file=sys.stderr)
+        announce(mode, runner.config, options.resume)  # resolved and checked
+        never = runner.never_grows()
+        if never is not None:  # a static run by another name, below the settings for growth
+            print(f"esper {mode}: note: {never}", file=sys.stderr)
         runner.run()
-    except Stop:
+    except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before the run's loop
         interrupted_hint(mode, directory, f"epoch {runner.epoch}")
         return EXIT_INTERRUPTED
     summary = record.read_summary(directory)

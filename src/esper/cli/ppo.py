@@ -86,12 +86,12 @@ def run_ppo(argv: list[str], options: RunOptions) -> int:
         config = start_workers(config, options.resume, stack)
         runner = PPORunner(config, options.out, options.resume, data)
         stack.callback(runner.close)
-        print(runner.describe(), file=sys.stderr)
-        announce("ppo", runner.config, options.resume)  # resolved and checked
         directory = runner.recorder.directory
-        try:
+        try:  # from here on there is a run to continue, even before its loop holds signals
+            print(runner.describe(), file=sys.stderr)
+            announce("ppo", runner.config, options.resume)  # resolved and checked
             status, failure = runner.run()
-        except Stop:
+        except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before the loop
             interrupted_hint("ppo", directory, f"round {len(runner.recorder.rows)}")
             return EXIT_INTERRUPTED
         if status == "failed":

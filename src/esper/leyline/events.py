@@ -209,6 +209,8 @@ class PPOStats:
     overflow_steps: int  # AMP grad-scaler overflow skips (normal while the scale calibrates)
     policy_loss: float | None
     value_loss: float | None
+    # per step, the sum over the heads that step's op reads of each head's entropy divided by
+    # the log of its allowed choices (each in [0, 1]): about 1-3 while exploring, 0 decided
     entropy: float | None
     approx_kl: float | None
     clip_fraction: float | None

@@ -145,6 +145,6 @@ def _round_text(record: dict[str, Any]) -> str:
     accuracy = percent(record["mean_final_accuracy"])
     return (
         f"mean return {_number(record['mean_return'], '.3f')}  final acc {accuracy}  "
-        f"entropy {_number(record['entropy'], '.3f')}  kl {_number(record['approx_kl'], '.4f')}  "
+        f"entropy {_number(record['entropy'], '.3f')}  kl {_number(record['approx_kl'], '.3g')}  "
         f"rollout {record['seconds_rollout']:.1f} s  update {record['seconds_update']:.2f} s"
     )

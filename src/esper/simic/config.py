@@ -154,8 +154,9 @@ class RuntimeSettings:
         workers: run the environments on this many Ray actors, each running a contiguous
             chunk of them (None: all in this process, Ray is not used). The learner stays in
             this process and sends each actor the policy once per round; the actors act for
-            their environments, and every environment follows its in-process trajectory (bit
-            for bit when the chunks match the in-process grouping; else to float32 rounding).
+            their environments, and every environment follows its in-process trajectory bit
+            for bit when the chunks match the in-process grouping; else float32 rounding
+            starts them apart and the gap grows: another draw of the same experiment.
             A dead actor's environments re-run from the round's start.
         ray_address: HOST:PORT of a running Ray cluster's head to join (needs workers; None:
             start a local Ray instance for the run and stop it afterwards).

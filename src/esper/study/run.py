@@ -111,9 +111,10 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
             raise Stop
 
     @contextmanager
-    def held(final: bool = False) -> Iterator[None]:
-        """``final``: the block completes the run, so a signal held in it is dropped (the
-        process is ending anyway, with the run complete) instead of stopping it afterwards."""
+    def held(final: bool | Callable[[], bool] = False) -> Iterator[None]:
+        """``final``: the block completes the run (or, a callable, says so once the block has
+        run), so a signal held in it is dropped (the process is ending anyway, with the run
+        complete) instead of stopping it afterwards."""
         state["holding"] += 1
         try:
             yield
@@ -121,7 +122,7 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
             state["holding"] -= 1
         if state["pending"] and not state["holding"]:
             state["pending"] = False
-            if not final:
+            if not (final() if callable(final) else final):
                 raise Stop
 
     signals = (signal.SIGINT, *_stopping_signals())
@@ -478,7 +479,9 @@ class Recorder:
         try:
             with stop_signals() as held:
                 while not done():
-                    step(held)
+                    # A signal held while the last step was committed is one after the last
+                    # step, as in the completion: dropped (it made a finished run "interrupted")
+                    step(lambda: held(final=done))
                 with held(final=True):
                     return complete(), None
         except KeyboardInterrupt as err:  # a Stop, or Ray's own for a signal inside ray.wait
