@@ -333,6 +333,10 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--lr", "0"],
             "esper heuristic: training: lr must be a number in (0.0, 10.0], got 0.0",
         ),
+        (  # a message that names its section is not prefixed with it again ("ppo: ppo.n_envs")
+            ["ppo", "--ppo.n-envs", "0"],
+            "esper ppo: ppo.n_envs must be an integer in [1, 256], got 0",
+        ),
         (
             ["heuristic", "--task", "synthetic", "--slots", "middle"],
             "unknown slot name 'middle'; accepted",

@@ -155,7 +155,11 @@ def test_workers_and_ray_address_are_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workers", "3"], "runtime.workers must be an integer in [1, 2], got 3"),
+        (  # it said "[1, 2]" without saying why
+            ["--workers", "3"],
+            "runtime.workers 3 is more than ppo.n_envs 2: each worker steps at least one "
+            "environment; give at most 2 workers or more environments",
+        ),
         (["--workers", "0"], "runtime.workers must be an integer in [1, 256], got 0"),
         (["--ray-address", "127.0.0.1:6379"], "runtime.ray_address needs runtime.workers"),
         (["--workers", "1", "--ray-address", "head"], "runtime.ray_address must be HOST:PORT"),

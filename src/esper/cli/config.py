@@ -254,8 +254,10 @@ def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[
         flag, accepted, value = found.groups()
         return f"{flag}: expected {accepted}, got {value}"
     if parsing:  # "training: lr must be ...", as a --config file's refusal reads
-        where = parsing.group(1)  # a section, or the command's own class (not for the user)
-        text = ("" if where[:1].isupper() else f"{where}: ") + text[parsing.end() :]
+        where, said = parsing.group(1), text[parsing.end() :]
+        # a section, unless the command's own class (not for the user) or the message names it
+        named = where[:1].isupper() or said.startswith((f"{where}.", f"{where}:"))
+        text = ("" if named else f"{where}: ") + said
     return text or "bad command line"
 
 
