@@ -1089,7 +1089,8 @@ def test_a_refused_resume_keeps_the_summary(run_copy, capsys) -> None:
     (run_copy / "config.json").write_text(json.dumps(config))
     before = _snapshot(run_copy)
     assert main(["heuristic", "--resume", str(run_copy)]) == 2
-    assert "torch threads" in _one_error_line(capsys)
+    # (it read "1 torch threads")
+    assert "it ran with 1 torch thread, this process has 2;" in _one_error_line(capsys)
     assert (run_copy / "summary.json").read_bytes() == summary
     assert _snapshot(run_copy) == before  # no stale cleaning, no CSV rewrite either
 

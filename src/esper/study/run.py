@@ -48,7 +48,7 @@ from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
 from esper.nissa import JsonlSink, Sink, TelemetryHub, checkpoints, record
 from esper.nissa.console import ConsoleSink, detach_from_hung_up_terminal
 from esper.nissa.csvlog import CsvLog
-from esper.nissa.log import EventLogError, read_events
+from esper.nissa.log import EventLogError, counted, read_events
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSink
 from esper.nissa.tracking import MLflowSink, TrackingError
@@ -433,7 +433,7 @@ class Recorder:
         if state["threads"] != threads:
             raise UserError(
                 f"cannot resume {str(self.directory)!r}: it ran with "
-                f"{state['threads']} torch threads, this process has {threads}; "
+                f"{counted(state['threads'], 'torch thread')}, this process has {threads}; "
                 "the count changes results"
             )
         return state
