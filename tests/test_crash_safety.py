@@ -501,7 +501,12 @@ def test_a_signal_before_the_run_loop_says_how_to_continue(tmp_path, capsys, mon
 
     monkeypatch.setattr(study_run.Recorder, "start", signalled)
     out = tmp_path / "run"
-    assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
+    # Python's Ctrl-C, as the esper command has it (a pytest-xdist worker ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert f"continue with: esper heuristic --resume {out}" in err, err
     monkeypatch.setattr(study_run.Recorder, "start", original)
