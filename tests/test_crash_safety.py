@@ -1274,10 +1274,29 @@ def test_a_resume_refuses_other_data_than_its_run_trained_on(tmp_path, capsys, m
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
     moved = tmp_path / "moved" / "corpus.txt"  # the same data elsewhere: carries on
     moved.parent.mkdir()
-    first.rename(moved)
+    moved.write_text(text[:60_000][::-1])  # but first the same name and length, other text
     config["training"]["data_dir"] = str(moved)
     (run / "config.json").write_text(json.dumps(config))
+    assert main(["static", "--resume", str(run)]) == 2
+    err = _one_error_line(capsys)
+    assert "its data 'text:corpus.txt'" in err and "is not what it trained on (SHA-256" in err
+    first.rename(moved)
     assert main(["static", "--resume", str(run)]) == 0
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("std::bad_alloc")])
+def test_data_too_big_for_memory_is_one_line(tmp_path, capsys, monkeypatch, error) -> None:
+    """A corpus too big for memory (under a ulimit) ended in torch's bad_alloc traceback."""
+    import esper.study.checks as checks
+
+    def too_big(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(checks, "load_dataset", too_big)
+    out = tmp_path / "run"
+    assert main(["static", *TINY, "--out", str(out)]) == 2
+    assert "not enough memory to load the data of task synthetic" in _one_error_line(capsys)
+    assert not out.exists()
 
 
 def test_a_re_signed_empty_state_names_its_error(run_copy, capsys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def test_text_vocab_windows_and_shift_by_one(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     ds = load_text(path, block_size=3)
     assert ds.source == str(path) and ds.receipt()["samples"] == {"train": 10, "val": 1, "test": 1}
+    assert ds.receipt()["sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     vocab = sorted(set(text))
     assert ds.vocab == tuple(vocab) and ds.num_classes == len(vocab)

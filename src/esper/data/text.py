@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
 from pathlib import Path
 
@@ -90,7 +91,10 @@ def _tokenize(text: str, source: str) -> tuple[Tensor, tuple[str, ...]]:
     codepoints = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
     unique = torch.unique(codepoints)  # sorted
     if unique.numel() < 2:
-        raise DatasetFormatError(f"text from {source} uses {unique.numel()} distinct character(s)")
+        raise DatasetFormatError(
+            f"text from {source} uses {unique.numel()} distinct character; a language model "
+            "needs at least 2"
+        )
     vocab = tuple(chr(c) for c in unique.tolist())
     return torch.searchsorted(unique, codepoints).to(torch.int64), vocab
 
@@ -151,4 +155,5 @@ def load_text(path: str | Path | None, block_size: int) -> Dataset:
         num_classes=len(vocab),
         input_shape=(block_size,),
         vocab=vocab,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )

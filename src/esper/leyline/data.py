@@ -57,6 +57,8 @@ class Dataset:
         augment: Whether training batches should get ``augment_crop_flip`` (CIFAR only).
         source: Where the samples came from: the directory or file read, or what bundles or
             generates them ("" when unsaid); a run records it (``receipt``).
+        sha256: A digest of what was read, where the loader takes one (a text task's decoded
+            text: a user's corpus may change under the same name and length); None otherwise.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Dataset:
     vocab: tuple[str, ...] | None = None
     augment: bool = False
     source: str = ""
+    sha256: str | None = None
 
     def __post_init__(self) -> None:
         classes = self.num_classes
@@ -122,13 +125,8 @@ class Dataset:
 
     def receipt(self) -> dict[str, Any]:
         """What a run records of its data (``meta.json``'s ``data``): the dataset, where it
-        came from (which of the places searched held it) and the samples in each split."""
-        return {
-            "dataset": self.name,
-            "source": self.source,
-            "samples": {
-                "train": len(self.x_train),
-                "val": len(self.x_val),
-                "test": len(self.x_test),
-            },
-        }
+        came from (which of the places searched held it), the samples in each split and, where
+        taken, its ``sha256``."""
+        samples = {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
+        digest = {} if self.sha256 is None else {"sha256": self.sha256}
+        return {"dataset": self.name, "source": self.source, "samples": samples, **digest}

@@ -72,6 +72,13 @@ def load_data(training: HostTraining, resume: Path | None = None) -> Dataset:
         )
     except (DatasetNotFoundError, ValueError, OSError) as err:
         raise UserError(first_line(err)) from err
+    except (MemoryError, RuntimeError) as err:  # torch's allocator: "std::bad_alloc"
+        if isinstance(err, RuntimeError) and "bad_alloc" not in str(err):
+            raise
+        raise UserError(
+            f"not enough memory to load the data of task {training.task} "
+            f"({first_line(err)}); a smaller corpus, or a machine with more memory"
+        ) from err
     if resume is not None:
         check_same_data(resume, data)
     return data
@@ -102,6 +109,13 @@ def check_same_data(directory: Path, data: Dataset) -> None:
         raise UserError(
             f"cannot resume {str(directory)!r}: it trained on {shown(meta.data)}, and its "
             f"data_dir now gives {shown(now)}; put back the data it trained on"
+        )
+    was = meta.data.get("sha256")  # a text's (runs from before it was taken have none)
+    if was is not None and was != now.get("sha256"):
+        raise UserError(
+            f"cannot resume {str(directory)!r}: its data {now['dataset']!r} ({now['source']}) "
+            f"is not what it trained on (SHA-256 {str(was)[:12]}..., now "
+            f"{str(now.get('sha256'))[:12]}...); put back the data it trained on"
         )
 
 
