@@ -311,6 +311,18 @@ def test_check_refuses_what_open_refuses_and_changes_nothing(url: str) -> None:
         KnowledgeStore.check(url)
 
 
+def test_check_refuses_a_store_that_cannot_be_created(tmp_path: Path) -> None:
+    """ "Does not exist yet" passed even under a regular file: a study's check let it through,
+    and every trial then only warned in a Ray worker's log and recorded nothing."""
+    (tmp_path / "afile").write_text("")
+    for under in ("afile", "afile/deeper"):
+        url = f"sqlite:///{tmp_path / under / 'k.sqlite'}"
+        with pytest.raises(KnowledgeStoreError, match=r"cannot be created: .*afile' is a file"):
+            KnowledgeStore.check(url)
+    KnowledgeStore.check(f"sqlite:///{tmp_path / 'new' / 'folders' / 'k.sqlite'}")  # can be
+    assert not (tmp_path / "new").exists()  # and a check makes nothing
+
+
 def test_a_newer_schema_is_refused_untouched(url: str) -> None:
     KnowledgeStore.open(url).close()
     newer = SCHEMA_VERSION + 1

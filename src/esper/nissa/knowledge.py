@@ -198,6 +198,25 @@ def parse_url(url: str) -> URL:
     return parsed.set(drivername="postgresql+psycopg")
 
 
+def _refuse_uncreatable(path: Path, shown: str) -> None:
+    """A missing SQLite store's file can be made: its nearest existing ancestor is a folder
+    this process may write in. A study's check passed a store under a regular file, and each
+    trial then only warned (in a Ray worker's log) and recorded nothing.
+
+    Raises:
+        KnowledgeStoreError: naming the ancestor in the way.
+    """
+    nearest = next(p for p in path.absolute().parents if os.path.lexists(p))
+    if not nearest.is_dir():
+        what = "a file" if nearest.exists() else "a link to nothing"
+        problem = f"{str(nearest)!r} is {what}, not a folder"
+    elif not os.access(nearest, os.W_OK | os.X_OK):
+        problem = f"{str(nearest)!r} is not writable"
+    else:
+        return
+    raise KnowledgeStoreError(f"knowledge store {shown}: cannot be created: {problem}")
+
+
 def _refuse_special_file(path: Path, shown: str) -> None:
     """An SQLite store's path is a regular file, a directory (SQLite names that itself) or
     nothing yet: a device took a journal file beside it (``/dev/null-journal``), a named pipe
@@ -431,6 +450,7 @@ class KnowledgeStore:
         shown = parsed.render_as_string(hide_password=True)
         sqlite_file = _sqlite_file(parsed)
         if sqlite_file is not None and not create and not sqlite_file.exists():
+            _refuse_uncreatable(sqlite_file, shown)  # "does not exist yet" must mean "can"
             raise KnowledgeStoreMissing(f"knowledge store {shown} {NOTHING_RECORDED}")
         if sqlite_file is not None:
             _refuse_special_file(sqlite_file, shown)
