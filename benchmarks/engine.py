@@ -182,18 +182,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
     n_train, n_val, rounds, repeats = (512, 128, 1, 1) if args.quick else (8192, 1024, 10, 5)
 
     print("esper engine benchmark")
     print(f"  date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"  machine   {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"  threads   {torch.get_num_threads()} torch thread(s) in the throughput rounds")
+    print(f"  threads   {args.threads} torch thread(s) in the throughput rounds")
     print(f"  workload  CNNHost(base_channels=8) + 2 conv_light seeds, batch {BATCH}, input")
     print(f"            {SHAPE}, {n_train} train samples per step, {n_val} validation samples,")
     print(f"            {rounds} interleaved rounds of one raw pass and one full step")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, full, paired = throughput(n_train, n_val, rounds, Path(tmp) / "events.jsonl")
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # restored: a caller's process keeps its own
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw, full, paired = throughput(n_train, n_val, rounds, Path(tmp) / "events.jsonl")
+    finally:
+        torch.set_num_threads(before)
     verdict = "ok" if paired >= FULL_STEP_TARGET else "MISS"
     print(f"\nraw training            {raw:10.0f} samples/s (median)")
     print(f"full heuristic step     {full:10.0f} samples/s (median)")

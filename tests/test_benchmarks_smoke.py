@@ -25,9 +25,14 @@ def test_overhead_benchmark_smoke(tmp_path, capsys) -> None:
 
 
 def test_engine_benchmark_smoke(capsys) -> None:
+    import torch
+
     import engine
 
-    assert engine.main(["--quick", "--launch-task", "synthetic"]) == 0
+    threads = torch.get_num_threads()
+    other = "2" if threads == 1 else "1"
+    assert engine.main(["--quick", "--launch-task", "synthetic", "--threads", other]) == 0
+    assert torch.get_num_threads() == threads  # its own count for its rounds only
     out = capsys.readouterr().out
     for line in ("raw training", "full heuristic step", "esper --help", "launch to first batch"):
         assert line in out
