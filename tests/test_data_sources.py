@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,7 +43,7 @@ from esper.data import (
     load_cifar10,
     load_fashion_mnist,
 )
-from esper.data.download import claimed_temp
+from esper.data.download import ABANDONED_AFTER_S, claimed_temp
 
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 FASHION_FILES = (
@@ -445,6 +446,20 @@ def test_a_temporary_file_removed_before_it_was_locked_is_made_again(
     fd, path = claimed_temp(tmp_path, ".x.", ".part")
     os.close(fd)
     assert len(calls) == 2 and str(path) == calls[1] and path.is_file()
+    # a folder is opened by name after it is made: removed in between, it was a crash
+    made_dir, folders = tempfile.mkdtemp, []
+
+    def raced_dir(**kwargs: Any) -> str:
+        name = made_dir(**kwargs)
+        folders.append(name)
+        if len(folders) == 1:
+            os.rmdir(name)
+        return name
+
+    monkeypatch.setattr(tempfile, "mkdtemp", raced_dir)
+    fd, path = claimed_temp(tmp_path, ".extract-", directory=True)
+    os.close(fd)
+    assert len(folders) == 2 and str(path) == folders[1] and path.is_dir()
 
 
 def test_an_interrupted_cifar_extraction_is_finished_without_downloading_again(
@@ -459,6 +474,7 @@ def test_an_interrupted_cifar_extraction_is_finished_without_downloading_again(
     (target / ".extract-k1ll3d00" / "cifar-10-batches-py").mkdir(parents=True)
     (target / ".extract-k1ll3d00" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"hal")
     (target / ".extract-w0rk1ng0").mkdir()
+    aged(*target.glob(".extract-*"))
     fd = locked(target / ".extract-w0rk1ng0")
     try:
         ds = load_cifar10(base_url="http://127.0.0.1:9/", progress=False)
@@ -489,6 +505,13 @@ def test_failed_cifar_download_leaves_no_directories(
     assert not (tmp_path / "cache").exists()  # its cifar10/ and the parents it made are gone
 
 
+def aged(*paths: Path) -> None:
+    """Make ``paths`` look untouched for longer than ``ABANDONED_AFTER_S``."""
+    old = time.time() - 2 * ABANDONED_AFTER_S
+    for path in paths:
+        os.utime(path, (old, old))
+
+
 def locked(path: Path) -> int:
     """Hold ``path`` locked as a live download does (another open file description, so it
     conflicts with the loader's lock as another process's would); close the result to let go."""
@@ -501,22 +524,29 @@ def test_a_killed_downloads_part_file_is_removed_by_the_next_download(
     server: tuple[Path, str], tmp_path: Path
 ) -> None:
     """kill -9 mid-download left ``.blob.XXXXXXXX.part`` (up to a whole dataset file) for good;
-    the next download of the same file removes it, and leaves a live download's part alone."""
+    the next download of the same file removes it, and leaves alone a live download's part
+    (locked), one written lately (a file system whose locks other machines do not see), another
+    file's, and anything but a file or folder of the name (a pipe hung the open)."""
     www, url = server
     (www / "blob").write_bytes(b"payload" * 1000)
     folder = tmp_path / "dl"
     folder.mkdir()
     dead = folder / ".blob.k1ll3d00.part"
     live = folder / ".blob.w0rk1ng0.part"
+    recent = folder / ".blob.r3c3nt00.part"
     other = folder / ".other.k1ll3d00.part"
-    for part in (dead, live, other):
+    for part in (dead, live, recent, other):
         part.write_bytes(b"half a file")
+    pipe = folder / ".blob.p1p30000.part"
+    os.mkfifo(pipe)
+    aged(dead, live, other, pipe)
     fd = locked(live)
     try:
         download_file(url + "blob", folder / "blob", sha256(www / "blob"), progress=False)
     finally:
         os.close(fd)
-    assert all_files(folder) == [live.name, other.name, "blob"]
+    assert all_files(folder) == sorted([live.name, recent.name, other.name, "blob"])
+    assert pipe.exists()
 
 
 def test_a_download_checks_its_digest_and_destination_first(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ import http.client
 import logging
 import os
 import shutil
+import stat
 import string
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -55,6 +57,12 @@ def created_directory(directory: Path) -> Iterator[None]:
         raise
 
 
+ABANDONED_AFTER_S = 600.0
+"""A leftover untouched this long, and locked by no process, is a killed writer's. The age guards
+file systems whose locks other machines do not see (NFS with local locks): a live download
+writes its file every read, an extraction its folder every member."""
+
+
 def claimed_temp(
     folder: Path, prefix: str, suffix: str = "", *, directory: bool = False
 ) -> tuple[int, Path]:
@@ -62,35 +70,50 @@ def claimed_temp(
     random letters, ``suffix``, and lock it for this process (``flock``): a descriptor on it
     whose closing releases the lock, and its path. The kernel drops the lock when the process
     dies, kill -9 included, so ``remove_abandoned`` can tell a dead writer's leftovers from a
-    live writer's work."""
+    live writer's work. Where the file system refuses the lock (NFSv4 locks only files open
+    for writing) it goes on without one: ``remove_abandoned`` then leaves it alone."""
     while True:
         if directory:
             name = tempfile.mkdtemp(dir=folder, prefix=prefix, suffix=suffix)
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:  # taken for a dead writer's and removed: make another
+                continue
         else:
             fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
-        # Blocks only while a remover that opened it first holds it, and then removes it.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # blocks only while a remover that opened it first holds it, and removes it
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no such locks here
+            return fd, Path(name)
         if os.fstat(fd).st_nlink > 0:
             return fd, Path(name)
         os.close(fd)  # taken for a dead writer's and removed before this lock: make another
 
 
 def remove_abandoned(folder: Path, prefix: str, suffix: str = "") -> None:
-    """Remove what ``claimed_temp`` made in ``folder`` with ``prefix`` and ``suffix`` and no
-    process holds locked any more: a download or extraction killed before it could clean up."""
+    """Remove what ``claimed_temp`` made in ``folder`` with ``prefix`` and ``suffix``, no
+    process holds locked any more and nothing touched for ``ABANDONED_AFTER_S``: a download or
+    extraction killed before it could clean up. Anything else of the name (a link, a pipe, what
+    cannot be opened or locked here) is left alone."""
     for path in folder.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:  # gone meanwhile, or not ours to open: leave it
+            info = os.lstat(path)
+        except OSError:  # gone meanwhile
+            continue
+        recent = time.time() - info.st_mtime < ABANDONED_AFTER_S
+        if recent or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # gone meanwhile, or not ours to open
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live writer's
+        except OSError:  # a live writer's (BlockingIOError), or no such locks here
             os.close(fd)
             continue
         try:
-            if path.is_dir() and not path.is_symlink():
+            if stat.S_ISDIR(info.st_mode):
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)

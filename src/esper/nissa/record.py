@@ -491,7 +491,8 @@ class GrowthSummary:
         epochs_completed: epochs trained (and checkpointed).
         epochs_planned: the configured episode length.
         final: the last recorded epoch's metrics, None before the first epoch.
-        best_val_accuracy: best validation accuracy (percent) of any epoch.
+        best_val_accuracy: best validation accuracy (percent) of any epoch but a terminated
+            run's last, which panicked (it measured the model the governor discarded).
         param_count: active parameters at the end (host + fossilized/live seeds).
         host_param_count: the host's own parameters.
         peak_param_count: the most active parameters at the end of any recorded epoch.
