@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import UserError
-from esper.leyline.files import DANGLING_LINK, file_mode, is_dangling, not_regular, shell_path
+from esper.leyline.files import (
+    DANGLING_LINK,
+    file_mode,
+    is_dangling,
+    nearest_existing,
+    not_regular,
+    shell_path,
+)
 from esper.leyline.net import MAX_PORT, is_host_port
 from esper.leyline.trials import (
     INTERVALS_FILE,
@@ -229,7 +236,7 @@ def check_writable(directory: Path) -> None:
     """
     # The nearest path that is there, a link included: a dangling link above the directory
     # passed, and the real run failed after Ray's start-up ("File exists").
-    place = next(p for p in (directory, *directory.absolute().parents) if os.path.lexists(p))
+    place = nearest_existing(directory)
     if is_dangling(place):
         what = "it" if place == directory else repr(str(place))
         raise UserError(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from esper.data.dataset import ChecksumMismatchError, DownloadError
-from esper.leyline.files import FILE_MODE
+from esper.leyline.files import FILE_MODE, nearest_existing, not_a_folder
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,10 @@ def created_directory(directory: Path) -> Iterator[None]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file (or a broken link) in the way
-        found = [p for p in (directory, *directory.parents) if os.path.lexists(p)]
-        what = "a link to nothing" if found and not found[0].exists() else "a file"
+        found = nearest_existing(directory)
         raise DownloadError(
-            f"cannot download into {str(directory)!r}: {str(found[0] if found else directory)!r} "
-            f"is {what}, not a folder"
+            f"cannot download into {str(directory)!r}: {str(found)!r} is "
+            f"{not_a_folder(found)}, not a folder"
         ) from None
     try:
         yield

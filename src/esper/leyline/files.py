@@ -210,6 +210,17 @@ def is_dangling(path: str | os.PathLike[str]) -> bool:
     return os.path.islink(path) and not os.path.exists(path)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or the deepest of its ancestors that is there (a link to nothing counts):
+    where making ``path`` would start, or what stands in its way."""
+    return next(p for p in (path, *path.absolute().parents) if os.path.lexists(p))
+
+
+def not_a_folder(place: Path) -> str:
+    """What ``place``, there but no folder, is for a message: a link to nothing, or a file."""
+    return "a link to nothing" if is_dangling(place) else "a file"
+
+
 def file_mode(path: Path) -> int | None:
     """``path``'s ``st_mode`` (links followed), None where nothing is there.
 

@@ -59,7 +59,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
-from esper.leyline.files import is_utf8_path, not_regular
+from esper.leyline.files import is_utf8_path, nearest_existing, not_a_folder, not_regular
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.leyline.trials import KNOWLEDGE_FILE
 from esper.nissa.log import shown_path
@@ -206,10 +206,9 @@ def _refuse_uncreatable(path: Path, shown: str) -> None:
     Raises:
         KnowledgeStoreError: naming the ancestor in the way.
     """
-    nearest = next(p for p in path.absolute().parents if os.path.lexists(p))
+    nearest = nearest_existing(path.parent)
     if not nearest.is_dir():
-        what = "a file" if nearest.exists() else "a link to nothing"
-        problem = f"{str(nearest)!r} is {what}, not a folder"
+        problem = f"{str(nearest)!r} is {not_a_folder(nearest)}, not a folder"
     elif not os.access(nearest, os.W_OK | os.X_OK):
         problem = f"{str(nearest)!r} is not writable"
     else:
