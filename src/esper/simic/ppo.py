@@ -145,6 +145,12 @@ class _RatioWatch:
         )
 
 
+def _approx_kl(ratio: Tensor, logratio: Tensor) -> float:
+    """Schulman's k3 estimate of KL(acting || current) over the steps of ``logratio``
+    (``ratio`` its exp): the mean of (r - 1) - log r, never negative."""
+    return ((ratio - 1) - logratio).mean().item()
+
+
 def _normalized_advantages(adv: Tensor, valid: Tensor) -> Tensor:
     """Advantages scaled to mean 0, std 1 over the real steps; padding steps are 0."""
     real = adv[valid]
@@ -286,7 +292,7 @@ class PPOLearner:
         if not logratio.numel():
             return None, None
         ratio = logratio.exp()
-        kl = ((ratio - 1) - logratio).mean().item()
+        kl = _approx_kl(ratio, logratio)
         return kl, ((ratio - 1).abs() > self.settings.clip_ratio).float().mean().item()
 
     def _minibatch_loss(self, mb: RolloutBatch, adv: Tensor, entropy_coef: float) -> _Loss:
@@ -303,7 +309,7 @@ class PPOLearner:
         entropy = ev.entropy.float().sum(-1)[mb.valid].mean()  # irrelevant heads are 0
         loss = policy_loss + s.value_coef * value_loss - entropy_coef * entropy
         with torch.no_grad():
-            approx_kl = ((ratio - 1) - logratio).mean().item()  # Schulman's k3 estimator
+            approx_kl = _approx_kl(ratio, logratio)
         return _Loss(loss, policy_loss, value_loss, entropy, approx_kl, ev)
 
     def _result(
