@@ -753,6 +753,64 @@ def test_sigterm_once_rays_core_worker_runs_prints_no_native_stack(tmp_path) -> 
     assert "SIGTERM received" not in done.stderr, done.stderr
 
 
+_SIGNAL_WHILE_IMPORTING = (
+    "import os, signal, sys, time\n"
+    "module, signum = sys.argv[1], getattr(signal, sys.argv[2])\n"
+    "class SignalOnImport:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == module:\n"
+    "            os.kill(os.getpid(), signum)\n"
+    "            time.sleep(0.5)  # the handler runs here\n"
+    "        return None\n"
+    "if sys.argv[3] == 'ignored':\n"
+    "    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a run\n"
+    "sys.meta_path.insert(0, SignalOnImport())\n"
+    "sys.argv = ['esper', *sys.argv[4:]]\n"
+    "from esper.cli.entry import run\n"
+    "run()\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("module", "signum", "command"),
+    [
+        ("esper.cli.main", "SIGINT", "heuristic"),
+        ("esper.cli.main", "SIGTERM", "heuristic"),
+        ("esper.study.run", "SIGINT", "heuristic"),
+        ("esper.study.run", "SIGTERM", "heuristic"),
+        ("esper.study.run", "SIGHUP", "ppo"),
+        ("esper.cli.report", "SIGTERM", "report"),
+    ],
+)
+def test_a_signal_while_the_command_loads_ends_it_in_one_line(
+    tmp_path, module, signum, command
+) -> None:
+    """SIGTERM or SIGHUP while a command imported its modules (torch: about two seconds of a
+    run's start) killed the process by the signal with no word; Ctrl-C and later signals end
+    it with "esper: interrupted" and status 130. The signal is sent as ``module`` is imported."""
+    script = tmp_path / "load.py"
+    script.write_text(_SIGNAL_WHILE_IMPORTING)
+    out = tmp_path / "run"
+    argv = [command, str(out)] if command == "report" else [command, *TINY, "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(script), module, signum, "kept", *argv],
+        capture_output=True, text=True, timeout=120, env=ENV,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "\nesper: interrupted\n")
+    assert not out.exists()
+
+
+def test_a_sighup_ignored_by_nohup_stays_ignored_while_the_command_loads(tmp_path) -> None:
+    script = tmp_path / "load.py"
+    script.write_text(_SIGNAL_WHILE_IMPORTING)
+    done = subprocess.run(
+        [sys.executable, str(script), "esper.study.run", "SIGHUP", "ignored", "heuristic",
+         "--task", "no_such_task"],
+        capture_output=True, text=True, timeout=120, env=ENV,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no_such_task" in done.stderr, done.stderr
+
+
 def test_signals_after_the_command_returned_leave_its_exit_quiet(tmp_path) -> None:
     """A burst of SIGTERMs (or a held-down Ctrl-C) outlasting the interrupted run: the ones
     that came while the interpreter ran its exit handlers (Ray's, torch's) printed a traceback

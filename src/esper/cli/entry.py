@@ -1,5 +1,6 @@
-"""The ``esper`` console script: a Ctrl-C while the command's modules load (torch among them,
-about a second) ends it as quietly as one arriving later does, instead of with a traceback."""
+"""The ``esper`` console script: a Ctrl-C, SIGTERM or SIGHUP while the command's modules load
+(torch among them, about two seconds) ends it as quietly as one arriving later does, instead of
+with a traceback (Ctrl-C) or killed by the signal with no word (SIGTERM, SIGHUP)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 EXIT_GRACE_SECONDS = 2.0
@@ -20,6 +23,24 @@ def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
     os._exit(130)
 
 
+@contextmanager
+def loading() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP end the process at once with "esper: interrupted" (status
+    130) while the block imports modules, and have their earlier handlers back after it. A
+    signal ignored (``nohup``'s SIGHUP) stays ignored."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {
+        signum: signal.signal(signum, _interrupted_while_loading)
+        for signum in signals
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run() -> None:
     """Load the command, then run it (``esper.cli.main.main``) with Python's own Ctrl-C.
 
@@ -29,8 +50,8 @@ def run() -> None:
     (an exit handler that hangs). Repeated signals (a scheduler's, a held-down Ctrl-C) printed
     a traceback from an exit handler after the run had said it was interrupted, or killed the
     process by the signal."""
-    signal.signal(signal.SIGINT, _interrupted_while_loading)
-    from esper.cli.main import main
+    with loading():
+        from esper.cli.main import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = main()

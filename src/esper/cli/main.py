@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
+from esper.cli.entry import loading
 from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import TABLE_ROWS, path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
@@ -208,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run_command(command: str, argv: list[str]) -> int:
     """``esper <run command> ARGS``: split off the command's own options, then run (in a child
     process watched by the terminal UI with ``--tui``)."""
-    from esper.cli.config import split_options
-    from esper.study.run import interrupt_on_termination
+    with loading():  # torch
+        from esper.cli.config import split_options
+        from esper.study.run import interrupt_on_termination
 
     interrupt_on_termination()
     options, rest = split_options(argv, ("--ppo.rounds",) if command == "ppo" else ())
@@ -281,11 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(args_list)
         if args.command in VIEW_COMMANDS:
             module, function = VIEW_COMMANDS[args.command]
-            handler: Callable[[argparse.Namespace], int] = getattr(
-                importlib.import_module(module), function
-            )
+            with loading():
+                imported = importlib.import_module(module)
+            handler: Callable[[argparse.Namespace], int] = getattr(imported, function)
             return handler(args)
-        from esper.cli.demo import run_demo
+        with loading():
+            from esper.cli.demo import run_demo
 
         return run_demo(args)
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
