@@ -762,8 +762,12 @@ _SIGNAL_WHILE_IMPORTING = (
     "            os.kill(os.getpid(), signum)\n"
     "            time.sleep(0.5)  # the handler runs here\n"
     "        return None\n"
-    "if sys.argv[3] == 'ignored':\n"
-    "    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a run\n"
+    "for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # pytest-xdist, nohup\n"
+    "    signal.signal(each, signal.SIG_DFL)  # a terminal's defaults\n"
+    "if sys.argv[3] == 'nohup':\n"
+    "    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    "if sys.argv[3] == 'background':  # a shell's `esper ... &`\n"
+    "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
     "sys.meta_path.insert(0, SignalOnImport())\n"
     "sys.argv = ['esper', *sys.argv[4:]]\n"
     "from esper.cli.entry import run\n"
@@ -772,28 +776,30 @@ _SIGNAL_WHILE_IMPORTING = (
 
 
 @pytest.mark.parametrize(
-    ("module", "signum", "command"),
+    ("module", "signum", "command", "started"),
     [
-        ("esper.cli.main", "SIGINT", "heuristic"),
-        ("esper.cli.main", "SIGTERM", "heuristic"),
-        ("esper.study.run", "SIGINT", "heuristic"),
-        ("esper.study.run", "SIGTERM", "heuristic"),
-        ("esper.study.run", "SIGHUP", "ppo"),
-        ("esper.cli.report", "SIGTERM", "report"),
+        ("esper.cli.main", "SIGINT", "heuristic", "terminal"),
+        ("esper.cli.main", "SIGTERM", "heuristic", "terminal"),
+        ("esper.study.run", "SIGINT", "heuristic", "terminal"),
+        ("esper.study.run", "SIGINT", "heuristic", "background"),
+        ("esper.study.run", "SIGTERM", "heuristic", "terminal"),
+        ("esper.study.run", "SIGHUP", "ppo", "terminal"),
+        ("esper.cli.report", "SIGTERM", "report", "terminal"),
     ],
 )
 def test_a_signal_while_the_command_loads_ends_it_in_one_line(
-    tmp_path, module, signum, command
+    tmp_path, module, signum, command, started
 ) -> None:
     """SIGTERM or SIGHUP while a command imported its modules (torch: about two seconds of a
     run's start) killed the process by the signal with no word; Ctrl-C and later signals end
-    it with "esper: interrupted" and status 130. The signal is sent as ``module`` is imported."""
+    it with "esper: interrupted" and status 130. The signal is sent as ``module`` is imported.
+    A background job's ignored Ctrl-C is taken, as the command takes it once loaded."""
     script = tmp_path / "load.py"
     script.write_text(_SIGNAL_WHILE_IMPORTING)
     out = tmp_path / "run"
     argv = [command, str(out)] if command == "report" else [command, *TINY, "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, str(script), module, signum, "kept", *argv],
+        [sys.executable, str(script), module, signum, started, *argv],
         capture_output=True, text=True, timeout=120, env=ENV,
     )  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "\nesper: interrupted\n")
@@ -804,7 +810,7 @@ def test_a_sighup_ignored_by_nohup_stays_ignored_while_the_command_loads(tmp_pat
     script = tmp_path / "load.py"
     script.write_text(_SIGNAL_WHILE_IMPORTING)
     done = subprocess.run(
-        [sys.executable, str(script), "esper.study.run", "SIGHUP", "ignored", "heuristic",
+        [sys.executable, str(script), "esper.study.run", "SIGHUP", "nohup", "heuristic",
          "--task", "no_such_task"],
         capture_output=True, text=True, timeout=120, env=ENV,
     )  # fmt: skip

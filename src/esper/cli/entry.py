@@ -26,14 +26,12 @@ def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def loading() -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP end the process at once with "esper: interrupted" (status
-    130) while the block imports modules, and have their earlier handlers back after it. A
-    signal ignored (``nohup``'s SIGHUP) stays ignored."""
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {
-        signum: signal.signal(signum, _interrupted_while_loading)
-        for signum in signals
-        if signal.getsignal(signum) is not signal.SIG_IGN
-    }
+    130) while the block imports modules, and have their earlier handlers back after it. An
+    ignored SIGTERM or SIGHUP (``nohup``'s) stays ignored; Ctrl-C is taken even where ignored
+    (a background job's), as the command takes it once loaded."""
+    stopping = (signal.SIGTERM, signal.SIGHUP)
+    signals = [signal.SIGINT, *(s for s in stopping if signal.getsignal(s) is not signal.SIG_IGN)]
+    previous = {signum: signal.signal(signum, _interrupted_while_loading) for signum in signals}
     try:
         yield
     finally:
