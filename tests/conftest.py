@@ -191,6 +191,30 @@ def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return runs
 
 
+@pytest.fixture
+def spiked_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A static synthetic run the governor terminated after 7 epochs: validation losses spike
+    from epoch 6 on (the second spiking epoch panics, ``spike_patience`` 2), and the panicked
+    epoch 7 measured a made-up 99 % (the model the governor then discarded)."""
+    from esper.cli.main import main
+    from esper.tolaria import Trainer
+
+    validate = Trainer._validate
+
+    def spiking(self: Trainer) -> tuple[float, float]:
+        loss, accuracy = validate(self)
+        if self.epoch >= 5:
+            return loss * 1e3, (99.0 if self.epoch == 6 else accuracy)
+        return loss, accuracy
+
+    run = tmp_path / "spiked"
+    args = ["static", "--task", "synthetic", "--epochs", "10", "--batches-per-epoch", "2"]
+    with monkeypatch.context() as patched:
+        patched.setattr(Trainer, "_validate", spiking)
+        assert main([*args, "--val-samples", "128", "--out", str(run)]) == 0
+    return run
+
+
 # ------------------------------------------------------------------ reports and observations
 
 SLOTS = ("early", "mid", "late")

@@ -744,23 +744,11 @@ def test_resuming_a_terminated_run_is_refused(tmp_path, capsys, monkeypatch) -> 
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
 
-def test_a_panicked_epochs_accuracy_is_not_the_best(tmp_path, monkeypatch) -> None:
+def test_a_panicked_epochs_accuracy_is_not_the_best(spiked_run) -> None:
     """A spike panic's epoch measured a model the governor then discarded: its accuracy (here
     a made-up 99 %) became the run's best validation accuracy, and the restored model was saved
     as the best under it. Oracle: the recorded rows before the panic."""
-    validate = Trainer._validate
-
-    def spiking(self: Trainer) -> tuple[float, float]:
-        loss, accuracy = validate(self)
-        if self.epoch >= 5:  # epochs 6 and 7 spike; the second panics (spike_patience 2)
-            return loss * 1e3, (99.0 if self.epoch == 6 else accuracy)
-        return loss, accuracy
-
-    monkeypatch.setattr(Trainer, "_validate", spiking)
-    run = tmp_path / "run"
-    args = ["static", "--task", "synthetic", "--epochs", "10", *TINY, "--out", str(run)]
-    assert main(args) == 0
-    summary, rows = _summary(run), _rows(run)
+    summary, rows = _summary(spiked_run), _rows(spiked_run)
     assert summary.status == "terminated" and len(rows) == 7
     assert float(rows[-1]["val_accuracy"]) == 99.0  # the panicked epoch, as measured
     before = max(float(r["val_accuracy"]) for r in rows[:-1])

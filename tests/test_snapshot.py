@@ -80,3 +80,16 @@ def test_recent_events_are_numbered_by_their_line(recorded_runs) -> None:
     assert [e["event"] for e in recent] == [r["event"] for r in raw[-4:]]
     assert recent[-1]["text"].startswith("status=completed")
     assert data["events"]["count"] == len(raw)
+
+
+def test_a_terminated_runs_best_leaves_out_its_panicked_epoch(spiked_run) -> None:
+    """The header's best validation accuracy took the panicked epoch's (a made-up 99 %, the
+    model the governor discarded); the run's summary leaves it out. Oracle: the raw epochs
+    before the GovernorPanic's."""
+    raw = _raw(spiked_run)
+    (panic,) = [r for r in raw if r["event"] == "GovernorPanic"]
+    epochs = [r for r in raw if r["event"] == "EpochCompleted"]
+    assert panic["epoch"] == epochs[-1]["epoch"] and epochs[-1]["val_accuracy"] == 99.0
+    best = max(r["val_accuracy"] for r in epochs if r["epoch"] != panic["epoch"])
+    header = {row["label"]: row["value"] for row in _snapshot(spiked_run)["header"]}
+    assert header["best val accuracy"] == f"{best:.2f}%" != "99.00%"

@@ -280,6 +280,24 @@ def test_heuristic_replay_table_slots_and_status(recorded_runs: dict[str, Path])
     drive(app, script)
 
 
+def test_replay_of_a_terminated_run_leaves_its_panicked_epoch_out_of_the_best(
+    spiked_run: Path,
+) -> None:
+    """The accuracy plot's title said "best 99.00%", the panicked epoch's (the model the
+    governor discarded); the run's summary leaves that epoch out. The plot keeps every epoch."""
+    records = records_of(spiked_run)
+    accuracies = [r["val_accuracy"] for r in records if r["event"] == EPOCH]
+    assert accuracies[-1] == 99.0
+    app = make_app(spiked_run)
+
+    async def script(pilot: Pilot[None]) -> None:
+        assert list(app.accuracy.data or []) == accuracies
+        title = str(app.accuracy_title.content)
+        assert f"last 99.00%, best {max(accuracies[:-1]):.2f}%, 7 epochs" in title, title
+
+    drive(app, script)
+
+
 def test_ppo_replay_environments_and_update_stats(recorded_runs: dict[str, Path]) -> None:
     run = recorded_runs["ppo"]
     records = records_of(run)

@@ -111,9 +111,6 @@ def _header(state: RunState) -> list[dict[str, str]]:
         episode = state.episode()
         latest = episode.latest
         planned = None if started is None else started.max_epochs
-        accuracies = [
-            e.val_accuracy for e in episode.epochs if measured(e.val_accuracy) is not None
-        ]
         where = "" if latest is None else f" (epoch {latest.epoch})"
         loss = None if latest is None else measured(latest.val_loss)
         rows += [
@@ -126,7 +123,7 @@ def _header(state: RunState) -> list[dict[str, str]]:
                 f"val loss{where}",
                 display(loss, ".4f"),
             ),
-            ("best val accuracy", percent(max(accuracies) if accuracies else None)),
+            ("best val accuracy", percent(episode.best_val_accuracy())),
             ("parameters", display(None if latest is None else latest.param_count, ",d")),
             ("governor panics", f"{sum(env.panics for env in state.envs.values()):,}"),
         ]

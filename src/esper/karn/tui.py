@@ -449,7 +449,8 @@ class RunApp(App[None]):
             where = f" (env {env.env}, episode {number})"
         self.accuracy_title.update(
             f"Val acc{where}: last {percent(measured[-1] if measured else None)}, "
-            f"best {percent(max(measured) if measured else None)}, {len(measured)} epochs"
+            f"best {percent(None if env.episode is None else env.episode.best_val_accuracy())}, "
+            f"{len(measured)} epochs"
         )
 
     def _refresh_ppo(self) -> None:

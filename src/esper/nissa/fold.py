@@ -24,6 +24,7 @@ numbered ``None``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -112,6 +113,14 @@ class Episode:
     def latest(self) -> EpochCompleted | None:
         """The last completed epoch."""
         return self.epochs[-1] if self.epochs else None
+
+    def best_val_accuracy(self) -> float | None:
+        """The best finite validation accuracy of the episode's epochs but one that panicked:
+        it measured the model the governor then discarded (the run's summary leaves it out
+        alike). None before a measured epoch."""
+        panicked = {p.epoch for p in self.panics}
+        scored = [e.val_accuracy for e in self.epochs if e.epoch not in panicked]
+        return max((a for a in scored if math.isfinite(a)), default=None)
 
     def add_epoch(self, event: EpochCompleted) -> None:
         while self.epochs and self.epochs[-1].epoch >= event.epoch:
