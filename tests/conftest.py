@@ -191,12 +191,10 @@ def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return runs
 
 
-@pytest.fixture
-def spiked_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A static synthetic run the governor terminated after 7 epochs: validation losses spike
-    from epoch 6 on (the second spiking epoch panics, ``spike_patience`` 2), and the panicked
-    epoch 7 measured a made-up 99 % (the model the governor then discarded)."""
-    from esper.cli.main import main
+def spike_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation losses spike from epoch 6 on, so the governor panics in epoch 7 (the second
+    spiking epoch, ``spike_patience`` 2), which measures a made-up 99 % (the model the governor
+    then discards)."""
     from esper.tolaria import Trainer
 
     validate = Trainer._validate
@@ -207,10 +205,18 @@ def spiked_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             return loss * 1e3, (99.0 if self.epoch == 6 else accuracy)
         return loss, accuracy
 
+    monkeypatch.setattr(Trainer, "_validate", spiking)
+
+
+@pytest.fixture
+def spiked_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A static synthetic run the governor terminated in epoch 7 (``spike_validation``)."""
+    from esper.cli.main import main
+
     run = tmp_path / "spiked"
     args = ["static", "--task", "synthetic", "--epochs", "10", "--batches-per-epoch", "2"]
     with monkeypatch.context() as patched:
-        patched.setattr(Trainer, "_validate", spiking)
+        spike_validation(patched)
         assert main([*args, "--val-samples", "128", "--out", str(run)]) == 0
     return run
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import seed_report
+from conftest import seed_report, spike_validation
 from esper.cli.main import main
 from esper.leyline import SeedStage
 from esper.leyline.config import decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome, outcome_score
-from esper.nissa.record import OUTCOMES_FILE
+from esper.nissa.record import OUTCOMES_FILE, RunSummary
 from esper.study.ledger import SeedLedger
 
 HOST = HostSignature("synthetic", "cnn", 4, 1672)
@@ -60,6 +60,55 @@ def test_a_fossilized_a_pruned_and_a_live_seed() -> None:
                                50.0 - 49.0, 6, 1)  # fmt: skip
     assert outcome_score(fossil) == 3.0 * 1000 / 150
     assert outcome_score(pruned) == 0.0 and outcome_score(live) is None
+
+
+def test_a_seed_a_rollback_removed_before_any_report_showed_it_is_pruned() -> None:
+    """Germinated after epoch 3, whose successor panicked: the rollback removed it before the
+    ledger saw it alive, so it had no outcome while the run counted it pruned. A seed seen
+    alive before the panic is retired by the reports alone."""
+    ledger = SeedLedger("run-c", HOST)
+    dormant = (S.DORMANT, None, {})
+    _script(
+        ledger,
+        [
+            (40.0, {"early": dormant, "mid": dormant}),
+            (41.0, {"early": dormant, "mid": (S.GERMINATED, "mlp", {"seed_params": 10})}),
+            (42.0, {"early": dormant, "mid": (S.TRAINING, "mlp", {"seed_params": 10})}),
+        ],
+    )
+    vanished = {
+        "early": seed_report("early", S.GERMINATED, "depthwise", seed_params=60),
+        "mid": seed_report("mid", S.TRAINING, "mlp", seed_params=10, contribution=0.5),
+    }
+    ledger.observe(4, 99.0, {s: seed_report(s) for s in ("early", "mid")}, vanished)
+    early, mid = sorted(ledger.outcomes(), key=lambda o: o.slot)
+    assert early == SeedOutcome("run-c", HOST, "early", "depthwise", "PRUNED", None, 60, None,
+                                3, 0)  # fmt: skip
+    assert mid == SeedOutcome("run-c", HOST, "mid", "mlp", "PRUNED", None, 10, 42.0 - 40.0,
+                              1, 2)  # fmt: skip
+
+
+def test_a_terminated_runs_outcomes_count_its_rolled_back_seeds(tmp_path, monkeypatch) -> None:
+    """A periodic run germinating after every third epoch, terminated in epoch 7: the seed
+    grown after epoch 6 was counted pruned (``pruned`` in summary.json) but had no outcome.
+    Oracles: the event log's germinations and the trainer's count of prunes."""
+    spike_validation(monkeypatch)
+    run = tmp_path / "run"
+    args = ["periodic", "--task", "synthetic", "--epochs", "10", "--batches-per-epoch", "2"]
+    assert main([*args, "--val-samples", "128", "--periodic.period", "3", "--out", str(run)]) == 0
+    summary = decode(RunSummary, json.loads((run / "summary.json").read_text()))
+    outcomes = decode(tuple[SeedOutcome, ...], json.loads((run / OUTCOMES_FILE).read_text()))
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    germinated = [
+        (e["slot"], e["blueprint"], e["epoch"])
+        for e in events
+        if e["event"] == "SeedTransition" and e["to_stage"] == "GERMINATED"
+    ]
+    assert summary.status == "terminated" and summary.growth is not None
+    assert (germinated[-1][2], outcomes[-1].epochs) == (6, 0)  # the one grown after epoch 6
+    assert [(o.slot, o.blueprint, o.germinated_epoch) for o in outcomes] == germinated
+    assert sum(o.stage == "PRUNED" for o in outcomes) == summary.growth.pruned
+    assert sum(o.stage == "FOSSILIZED" for o in outcomes) == summary.growth.fossilized
 
 
 def test_state_round_trip_continues_identically() -> None:

@@ -428,7 +428,9 @@ class GrowthRunner:
                 r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, params
             )
             self._count_flops()
-            self.ledger.observe(r.epoch, r.val_accuracy, self.episode.model.reports())
+            rollback = self.episode.trainer.rollback
+            vanished = None if rollback is None else dict(rollback.vanished)
+            self.ledger.observe(r.epoch, r.val_accuracy, self.episode.model.reports(), vanished)
             best = max(self._val_accuracies(), default=-math.inf)
             # a panicked epoch measured the model the governor then discarded: the model now
             # is an earlier epoch's (a spike's accuracy saved it as the best under its figure)

@@ -48,11 +48,25 @@ class SeedLedger:
         self.epoch = 0
 
     def observe(
-        self, epoch: int, val_accuracy: float, reports: Mapping[str, SeedStateReport]
+        self,
+        epoch: int,
+        val_accuracy: float,
+        reports: Mapping[str, SeedStateReport],
+        vanished: Mapping[str, SeedStateReport] | None = None,
     ) -> None:
-        """The reports and validation accuracy at the end of ``epoch``."""
+        """The reports and validation accuracy at the end of ``epoch``; ``vanished``: the seeds
+        a governor rollback in ``epoch`` removed, with their reports from before it
+        (``Rollback.vanished``). One germinated after the epoch before, which no report showed
+        alive, is followed from its report and then retired with the others."""
         accuracy = measured(val_accuracy)
         self.epoch = epoch
+        for slot, report in (vanished or {}).items():
+            if slot not in self.alive and report.stage in ALIVE_STAGES and report.blueprint:
+                self.alive[slot] = _Life(
+                    report.blueprint, epoch - 1, self.accuracy, None,
+                    report.counterfactual_contribution, report.seed_param_count,
+                    report.stage.name,
+                )  # fmt: skip
         for slot, report in reports.items():
             life = self.alive.get(slot)
             if life is not None and (

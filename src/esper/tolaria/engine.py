@@ -44,7 +44,7 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
-from esper.tolaria.governor import Governor, GovernorConfig, Panic, copied_state
+from esper.tolaria.governor import Governor, GovernorConfig, Panic, Rollback, copied_state
 from esper.tolaria.optim import SlotOptimizer, step_optimizers
 
 EVAL_BATCH = 1024
@@ -353,6 +353,7 @@ class Trainer:
         self.epoch = model.epoch  # a model may arrive already trained for some epochs
         self.pruned_count = 0  # seeds pruned so far, by the controller or by a rollback
         self.terminated = False  # a governor panic ends the episode
+        self.rollback: Rollback | None = None  # the panic's rollback, which ended the episode
         self.governor.snapshot(model, self.optimizer)  # the untrained model is a safe fallback
 
     @property
@@ -429,7 +430,7 @@ class Trainer:
         """Restore the governor's snapshot and log every change it made, all at the epoch of
         the panic: slots it set back (a seed pruned after the snapshot given back: that prune
         undone, so no longer counted), seeds it removed, and the governor's prunes."""
-        rollback = self.governor.rollback(self.model, self.optimizer)
+        rollback = self.rollback = self.governor.rollback(self.model, self.optimizer)
         self.terminated = True
         at = self.epoch + 1
         for name, was, back in rollback.restored:
