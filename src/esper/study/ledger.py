@@ -4,6 +4,8 @@ The runner shows the ledger the model's reports after every epoch. A seed's life
 slot first reports it alive (GERMINATED through HOLDING) and ends when the slot reports it
 FOSSILIZED, or retired (PRUNED, EMBARGOED, RESETTING — a controller's prune or a governor
 rollback — or DORMANT again); a seed still alive when the run ends keeps the stage it reached.
+A seed grown in the epoch a governor rollback ended, which no report showed alive, is followed
+from the rollback's report of it.
 Reports, not telemetry events, are the source, so the outcomes do not depend on the telemetry
 level (a study's policy runs log at ``minimal``).
 """
