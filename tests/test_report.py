@@ -588,6 +588,45 @@ def test_a_baseline_of_the_other_kind_is_named_with_its_article(tmp_path: Path) 
     ]
 
 
+def test_a_baseline_trained_with_other_settings_is_named(tmp_path: Path) -> None:
+    """An eval keeps its policy's tiny preset (4 batches per epoch, 256 validation samples):
+    against a static run of the task's own settings, its lower accuracy read as the policy's
+    doing, without a word. Threads and the data's folder do not change what is measured."""
+    from esper.karn.report import warnings_for
+
+    def run(name: str, mode: str, **training: object) -> RunData:
+        path = _write_run(tmp_path / name, [_started(mode), _epoch(1)])
+        given = {
+            "batch_size": 64,
+            "batches_per_epoch": None,
+            "val_samples": None,
+            "lr": 0.003,
+            "weight_decay": 0.0,
+            "width": None,
+            "precision": "float32",
+            "threads": 1,
+        }
+        (path / "config.json").write_text(json.dumps({"training": {**given, **training}}))
+        return load_run(path)
+
+    def lines(runs: list[RunData]) -> list[str]:
+        return [line for line in warnings_for(runs) if "summary.json" not in line]
+
+    evaluated = run("e", "eval", batches_per_epoch=4, val_samples=256)
+    static = run("s", "static", threads=2, data_dir="/elsewhere")
+    assert lines([evaluated, static]) == [
+        "e trained with batches_per_epoch 4, val_samples 256 and the baseline s with "
+        "batches_per_epoch all, val_samples all: their accuracies are not like for like."
+    ]
+    assert lines([run("w", "heuristic", width=8, lr=0.01), static]) == [
+        "w trained with lr 0.01, width 8 and the baseline s with lr 0.003, width the task's: "
+        "their accuracies are not like for like."
+    ]
+    assert lines([run("h", "heuristic"), static]) == []
+    (tmp_path / "s" / "config.json").write_text("{}")  # unreadable settings: no guess
+    assert lines([evaluated, load_run(tmp_path / "s")]) == []
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_a_short_runs_axis_spans_its_epochs_and_no_more(tmp_path: Path, epochs: int) -> None:
     """Two epochs (or rounds) were drawn on an axis running to a third that does not exist."""

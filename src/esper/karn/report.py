@@ -55,7 +55,7 @@ from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
 from esper.nissa.log import SUMMARY_METRICS, SummaryMetric, display, with_article
-from esper.nissa.record import PPO_MODE, REPORT_FILE
+from esper.nissa.record import PPO_MODE, REPORT_FILE, RunRecordError
 
 SVG_SALT = "esper-report"
 """matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
@@ -445,8 +445,8 @@ HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (
 
 def warnings_for(runs: Sequence[RunData]) -> list[str]:
     """One line per thing a reader of the report must know: truncated logs, unfinished runs,
-    a baseline that is the run itself, of the other kind, or of another task or planned
-    epochs."""
+    a baseline that is the run itself, of the other kind, or of another task, planned epochs
+    or host-training settings."""
     notes = []
     if len(runs) == 2 and runs[0].run.path.resolve() == runs[1].run.path.resolve():
         notes.append(f"the baseline is {runs[0].run.name} itself: every difference is 0.")
@@ -465,7 +465,7 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
 
 def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
     """A baseline of the other kind (only final accuracies compare), and one of another task
-    or, between single-model runs, of other planned epochs."""
+    or, between single-model runs, of other planned epochs or host-training settings."""
     notes = []
     if run.is_ppo != baseline.is_ppo:
         notes.append(
@@ -482,7 +482,44 @@ def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
             f"{run.run.name} ran {budgets[0]} and the baseline {baseline.run.name} ran "
             f"{budgets[1]}: their accuracies are not like for like."
         )
+    elif not (run.is_ppo or baseline.is_ppo):
+        notes += _settings_warning(run, baseline)
     return notes
+
+
+COMPARED_SETTINGS = (
+    "batch_size", "batches_per_epoch", "val_samples", "lr", "weight_decay", "width", "precision"
+)  # fmt: skip
+"""The host-training settings (``config.json``'s ``training``) two single-model runs of one task
+and length must share for their accuracies to compare like for like (an eval keeps its policy's,
+a tiny preset's 4 batches per epoch, unless told otherwise)."""
+
+
+_UNSET = {"batches_per_epoch": "all", "val_samples": "all", "width": "the task's"}
+"""What a resolved setting of None means (``resolve_training``)."""
+
+
+def _settings_warning(run: RunData, baseline: RunData) -> list[str]:
+    """The line naming the ``COMPARED_SETTINGS`` in which the two runs differ, if any (none when
+    either's configuration cannot be read: the page is drawn from the event logs)."""
+    try:
+        ours, theirs = (data.run.config().get("training") for data in (run, baseline))
+    except RunRecordError:
+        return []
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        return []
+    names = [name for name in COMPARED_SETTINGS if ours.get(name) != theirs.get(name)]
+    if not names:
+        return []
+
+    def shown(training: dict[str, Any]) -> str:
+        values = {name: training.get(name) for name in names}
+        return ", ".join(f"{k} {_UNSET.get(k) if v is None else v}" for k, v in values.items())
+
+    return [
+        f"{run.run.name} trained with {shown(ours)} and the baseline {baseline.run.name} with "
+        f"{shown(theirs)}: their accuracies are not like for like."
+    ]
 
 
 def _budget(data: RunData) -> str | None:
