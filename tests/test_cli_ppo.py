@@ -116,9 +116,12 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     policy = {"path": str(run.resolve()), "run_id": ppo_meta["run_id"], "round": 1}
     assert meta["policy"] == policy
     assert main(["runs", "show", str(out)]) == 0
-    assert f"policy    {run.resolve()} (run {ppo_meta['run_id']}, after PPO round 1)" in (
-        capsys.readouterr().out
-    )
+    named = f"{run.resolve()} (run {ppo_meta['run_id']}, after PPO round 1)"
+    assert f"policy    {named}" in capsys.readouterr().out
+    # ... and its report (it named none: what was evaluated was not on the page)
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f"<tr><th>policy</th><td>{named}</td></tr>" in page
 
     # Fewer slots than it trained with: the policy runs masked to them, and the eval says so.
     narrow = tmp_path / "narrow"

@@ -219,6 +219,7 @@ def test_final_metrics_table_shows_both_summaries(
     assert header["status"] == ["completed", "completed"]
     meta = read_meta(recorded_runs["heuristic"])
     assert meta is not None and header["git revision"][0] == (meta.git_revision or DASH)
+    assert "policy" not in header  # no eval on the page
 
 
 def test_missing_values_render_as_a_dash(

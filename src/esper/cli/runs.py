@@ -24,6 +24,7 @@ from esper.nissa.log import (
     display,
     open_run,
     percent,
+    policy_line,
     read_events,
     scan_runs,
 )
@@ -150,15 +151,6 @@ def _data_line(data: dict[str, Any]) -> str:
     return f"{data['dataset']} from {data['source'] or 'an unsaid source'}: {splits}"
 
 
-def _policy_line(policy: dict[str, Any]) -> str:
-    """An eval's policy as ``runs show`` prints it: "PATH (run ID, after round N)"; as JSON
-    when it is not one."""
-    try:
-        return f"{policy['path']} (run {policy['run_id']}, after PPO round {int(policy['round'])})"
-    except (KeyError, TypeError, ValueError):
-        return json.dumps(policy, sort_keys=True)
-
-
 def _show(path: Path) -> int:
     run = open_run(path)
     log = read_events(run.events_path)
@@ -170,7 +162,7 @@ def _show(path: Path) -> int:
     if meta is not None and meta.data is not None:
         print(f"data      {_data_line(meta.data)}")
     if meta is not None and meta.policy is not None:
-        print(f"policy    {_policy_line(meta.policy)}")
+        print(f"policy    {policy_line(meta.policy)}")
     print(f"config    {json.dumps(run.config(), sort_keys=True)}")
     if run.summary is not None:
         print(f"summary   {json.dumps(run.summary.to_json(), sort_keys=True)}")

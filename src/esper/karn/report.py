@@ -54,7 +54,13 @@ from esper.leyline import Op, SeedStage, pages
 from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
-from esper.nissa.log import SUMMARY_METRICS, SummaryMetric, display, with_article
+from esper.nissa.log import (
+    SUMMARY_METRICS,
+    SummaryMetric,
+    display,
+    policy_line,
+    with_article,
+)
 from esper.nissa.record import PPO_MODE, REPORT_FILE, RunRecordError
 
 SVG_SALT = "esper-report"
@@ -442,6 +448,12 @@ HEADER_FIELDS: Sequence[tuple[str, Callable[[RunData], str]]] = (
 )
 """The header table's rows: label and how to read it from a ``RunData``."""
 
+POLICY_FIELD: tuple[str, Callable[[RunData], str]] = (
+    "policy",
+    lambda d: "—" if d.policy is None else policy_line(d.policy),
+)
+"""The header's row naming an eval's policy, shown when a run of the page has one."""
+
 
 def warnings_for(runs: Sequence[RunData]) -> list[str]:
     """One line per thing a reader of the report must know: truncated logs, unfinished runs,
@@ -538,7 +550,8 @@ def _budget(data: RunData) -> str | None:
 def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:
     """The self-contained page: header, warnings, final metrics, then every plot embedded."""
     roles = [f"{role}: {d.run.name}" for role, d in zip(("run", "baseline"), runs, strict=False)]
-    header = [[k, *(get(d) for d in runs)] for k, get in HEADER_FIELDS]
+    fields = [*HEADER_FIELDS, *([POLICY_FIELD] if any(d.policy for d in runs) else [])]
+    header = [[k, *(get(d) for d in runs)] for k, get in fields]
     metrics = [[label, *cells] for label, cells in metric_rows(runs)]
     body = [
         pages.table("header", ["", *roles], _escaped(header)),

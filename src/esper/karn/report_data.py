@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from esper.leyline.events import EpochCompleted
 from esper.nissa.fold import Episode, RunState
@@ -35,6 +36,8 @@ class RunData:
     Attributes:
         run: the run directory.
         git_revision: from ``meta.json``, None when it was not recorded.
+        policy: an eval's policy, from ``meta.json`` (``RunMeta.policy``); None for another
+            run, or an eval recorded before meta.json named it.
         state: the run's events folded once (``RunState``).
         slots: the run's slots in execution order.
         truncated_line: a partial last line that was skipped (a crashed run), else None.
@@ -42,6 +45,7 @@ class RunData:
 
     run: RunDirectory
     git_revision: str | None
+    policy: dict[str, Any] | None
     state: RunState
     slots: tuple[str, ...]
     truncated_line: int | None
@@ -84,8 +88,8 @@ def load_run(path: Path) -> RunData:
         meta = read_meta(path)  # None: no meta.json
     except RunRecordError as err:
         raise ReportError(str(err)) from None
-    revision = None if meta is None else meta.git_revision
-    return RunData(run, revision, state, slots, log.truncated_line)
+    revision, policy = (None, None) if meta is None else (meta.git_revision, meta.policy)
+    return RunData(run, revision, policy, state, slots, log.truncated_line)
 
 
 def alpha_series(epochs: Sequence[EpochCompleted], slot: str) -> list[float]:

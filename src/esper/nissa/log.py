@@ -697,6 +697,15 @@ def display(value: Any, spec: str = "") -> str:
         return format(decimal.Decimal(value), spec)
 
 
+def policy_line(policy: dict[str, Any]) -> str:
+    """An eval's policy (``meta.json``'s ``policy``) for people: "PATH (run ID, after PPO round
+    N)"; as JSON when it is not one."""
+    try:
+        return f"{policy['path']} (run {policy['run_id']}, after PPO round {int(policy['round'])})"
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(policy, sort_keys=True)
+
+
 def counted(n: int, noun: str, plural: str = "") -> str:
     """A count with its noun for people: "1 round", "1,200 rounds", "2 studies" (given the
     irregular ``plural``)."""
