@@ -696,6 +696,13 @@ def test_cli_import_checks_every_run_before_writing(
         _knowledge("import", str(a), str(not_a_run), str(b), "--knowledge", store)
     assert "\n" not in str(err.value) and "nothing imported" in str(err.value)
     assert not store_file.exists()
+    missing = tmp_path / "missing"  # "has no outcomes.json ... and is no outcomes file"
+    with pytest.raises(UserError) as err:
+        _knowledge("import", str(a), str(missing), "--knowledge", store)
+    assert str(err.value) == (
+        f"{str(missing)!r} does not exist (a run directory or an outcomes file); nothing imported"
+    )
+    assert not store_file.exists()
 
     (b / OUTCOMES_FILE).write_text('[{"run_id": "b"}]')
     with pytest.raises(UserError, match=r"outcomes.json.*missing key") as err:

@@ -129,6 +129,10 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
         UserError: no such file, one that is not a list of outcomes, or an outcome no run
             writes (an unknown task, blueprint or slot name, an empty or unprintable run id).
     """
+    if not os.path.lexists(run):
+        raise UserError(
+            f"{str(run)!r} does not exist (a run directory or an outcomes file); nothing imported"
+        )
     path = run if run.is_file() else run / OUTCOMES_FILE
     if not path.is_file():
         raise UserError(
