@@ -1034,6 +1034,11 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
         (["runs", "list", " "], "expected a path, got ' '"),
         (["runs", "show", ""], "expected a path, got ''"),
         (["study", ""], "expected a path, got ''"),
+        # a subcommand's unknown argument names its help, not esper's
+        (["runs", "show", "r", "--bogus"], "arguments: --bogus (see esper runs show --help)"),
+        (["knowledge", "show", "--bogus"], "arguments: --bogus (see esper knowledge show --help)"),
+        (["report", "a", "b"], "unrecognized arguments: b (see esper report --help)"),
+        (["dashboard", "--bogus"], "unrecognized arguments: --bogus (see esper dashboard --help)"),
     ],
 )
 def test_argument_errors_are_one_line_without_the_usage_block(

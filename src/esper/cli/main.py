@@ -153,6 +153,10 @@ def _add_view_parsers(sub: Any) -> None:
     )
 
 
+ROOT_PROG = "esper"
+"""The top-level parser's name; every other ``_Parser`` is a subcommand's."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse in Esper's error style: a bad argument is one line and exit 2, without the usage
     block (``--help`` shows it); its subcommands' parsers are of this class too."""
@@ -165,12 +169,22 @@ class _Parser(argparse.ArgumentParser):
         missing = f"; {self.missing}" * (bool(self.missing) and "are required" in message)
         raise UserError(f"{message}{missing} (see {self.prog} --help)")
 
+    def parse_known_args(  # type: ignore[override]  # typeshed: overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """A subcommand's parser refuses what it does not know itself, naming its own help
+        (argparse left it to ``esper``'s, which said "see esper --help")."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != ROOT_PROG:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the view commands and ``demo``; the run commands parse their own flags
     (generated from their config dataclasses) and are listed here for ``esper --help``."""
     parser = _Parser(
-        prog="esper",
+        prog=ROOT_PROG,
         description="Esper: grow neural networks while they train; compare with static ones.",
         epilog="tasks: "
         + "; ".join(f"{t.name} ({t.description})" for t in TASKS.values())
