@@ -124,6 +124,9 @@ def test_json_reason_says_why_json_could_not_be_read() -> None:
     expecting = "Expecting property name enclosed in double quotes"
     assert reason('{"a": 1,}') == f"invalid JSON at line 1, column 9: {expecting}"
     assert reason('{\n"a": }') == "invalid JSON at line 2, column 6: Expecting value"
+    # json's messages that end in "at" name where after it ("... control character at)")
+    assert reason('{"s": "a\n') == "invalid JSON: Invalid control character at line 1, column 9"
+    assert reason('{"s": "a') == "invalid JSON: Unterminated string starting at line 1, column 7"
     assert reason("[" * 100_000 + "]" * 100_000) == "nested too deeply"
     assert reason("9" * 5000) == "a 5000-digit integer; at most 4300 digits are read"
     assert json_reason(TypeError("the JSON object must be str")) == "the JSON object must be str"

@@ -86,7 +86,10 @@ def json_reason(err: BaseException) -> str:
     4,300 digits, bytes that are not UTF-8, a key a hook refused). Every JSON reader says it
     this way."""
     if isinstance(err, json.JSONDecodeError):
-        return f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        where = f"line {err.lineno}, column {err.colno}"
+        if err.msg.endswith(" at"):  # "Unterminated string starting at" is followed by where
+            return f"invalid JSON: {err.msg} {where}"
+        return f"invalid JSON at {where}: {err.msg}"
     if isinstance(err, RecursionError):
         return "nested too deeply"
     return error_text(err)
