@@ -381,6 +381,28 @@ def test_ppo_report_has_reward_and_action_plots(ppo_report: tuple[Path, str]) ->
     assert sum("last episode of env 0, episode 2" in c for c in captions) == 3
 
 
+def test_a_stopped_ppo_runs_plots_draw_its_last_finished_episode(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A PPO run stopped in round 3 drew env 0's unfinished third episode (2 of its 6 epochs)
+    as "last episode of env 0, episode 3", beside tables of 2 rounds. Its last finished one
+    (episode 2, with an EpisodeFinished) is drawn."""
+    run = _copy(recorded_runs["ppo"], tmp_path)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    last = [r for r in records if r["event"] == EpochCompleted.__name__ and r["env"] == 0][-1]
+    started = [json.dumps({**last, "episode": 3, "epoch": n}) for n in (1, 2)]
+    (run / "events.jsonl").write_text("\n".join([*lines, *started]) + "\n")
+    drawn = load_run(run)
+    assert drawn.episode is not None and drawn.episode.number == 2
+    ended = [r for r in records if r["event"] == EpisodeFinished.__name__ and r["env"] == 0]
+    assert ended[-1]["episode"] == 2
+    epochs = [r for r in records if r["event"] == last["event"] and r["env"] == 0]
+    assert [e.epoch for e in drawn.epochs] == [r["epoch"] for r in epochs if r["episode"] == 2]
+    captions = [p.caption for p in build_report(run).plots]
+    assert sum("last episode of env 0, episode 2" in c for c in captions) == 3
+
+
 def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str, Path]) -> None:
     run = recorded_runs["ppo"]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]

@@ -14,9 +14,9 @@ baseline with the run's seed events (germinate, fossilize, prune) marked on its 
 curve, the run − baseline difference of validation accuracy and loss (a growth baseline), the
 seed timeline per slot, parameters and α. PPO runs are plotted per round (mean episode return
 and final accuracy, reward components, action counts), and the seed timeline, α and parameters
-of the last episode of environment 0. A baseline of the other kind (PPO vs growth) is compared
-where that is meaningful: the final-metrics table shows both, and its final accuracy appears as
-a horizontal line on the accuracy plot. A series with fewer than two points is drawn with
+of the last finished episode of environment 0. A baseline of the other kind (PPO vs growth) is
+compared where that is meaningful: the final-metrics table shows both, and its final accuracy
+appears as a horizontal line on the accuracy plot. A series with fewer than two points is drawn with
 markers, so a one-epoch run shows its point rather than an empty plot.
 
 Plotting uses matplotlib's object API (``Figure`` + Agg canvas), never ``pyplot``, so no global
@@ -407,7 +407,8 @@ def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
             plot_alpha(data, episode, "Blend weight α per slot per epoch."),
         ]
     number = "; none recorded" if episode is None else f", episode {episode.number}"
-    which = f" (last episode of env 0{number})."
+    kind = "unfinished" if episode is not None and episode.result is None else "last"
+    which = f" ({kind} episode of env 0{number})."
     rounds = data.state.rounds
     return [
         plot_returns(data, baseline),

@@ -57,10 +57,13 @@ class RunData:
     @property
     def episode(self) -> Episode | None:
         """The episode the per-epoch plots draw: a growth run's whole run, a PPO run's last
-        episode of ``REPORTED_ENV`` that has epochs; None when no epoch was recorded."""
+        finished episode of ``REPORTED_ENV`` (one stopped or still running is drawn only before
+        any finished: the page would show a part of an episode as if it were one), or its last
+        episode with epochs; None when no epoch was recorded."""
         env = self.state.envs.get(REPORTED_ENV if self.is_ppo else None)
         episodes = [] if env is None else [e for e in env.episodes if e.epochs]
-        return episodes[-1] if episodes else None
+        finished = [e for e in episodes if e.result is not None]
+        return (finished or episodes)[-1] if episodes else None
 
     @property
     def epochs(self) -> list[EpochCompleted]:
