@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from esper.kasmina import CNNHost, CNNHostConfig, MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.leyline.files import nearest_existing
 
 BATCH = 128
 INPUT_SHAPE = (3, 32, 32)
@@ -378,10 +379,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _can_write(path: Path) -> bool:
     """Whether ``path`` can be written as a file, its missing folders made."""
-    if path.exists():
-        return path.is_file() and os.access(path, os.W_OK)
-    nearest = next(p for p in path.absolute().parents if p.exists())
-    return nearest.is_dir() and os.access(nearest, os.W_OK)
+    nearest = nearest_existing(path)  # a link to nothing stands in the way
+    wanted = nearest.is_file() if nearest == path else nearest.is_dir()
+    return wanted and os.access(nearest, os.W_OK)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,9 +44,11 @@ def test_benchmark_bad_options_are_one_line_before_any_timing(tmp_path, capsys) 
     import telemetry
 
     (tmp_path / "file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone" / "x.json")  # would write to "gone"
     for main, argv, says in (
         (overhead.main, ["--quick", "--json", str(tmp_path)], "cannot write a file there"),
         (overhead.main, ["--json", str(tmp_path / "file" / "x.json")], "cannot write a file"),
+        (overhead.main, ["--json", str(tmp_path / "dangling")], "cannot write a file"),
         (engine.main, ["--launch-task", "nosuchtask"], "'nosuchtask' is not a task; choose"),
         (engine.main, ["--threads", "0"], "--threads must be at least 1, got 0"),
         (
