@@ -918,10 +918,6 @@ class _FakeRay:
 
     exceptions = SimpleNamespace(RayError=RuntimeError)
 
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-        self.cancelled: list[str] = []
-
     def remote(self, function: Any) -> Any:
         fake = self
 
@@ -935,13 +931,36 @@ class _FakeRay:
 
         return Remote()
 
+    def __init__(self, again: bool = False) -> None:
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+        self.again = again  # a second Ctrl-C while the cancelled trials are waited for
+
     def wait(self, refs: list[str], num_returns: int = 1, timeout: float | None = None) -> Any:
-        if timeout is None:
+        if timeout is None or self.again:
             raise KeyboardInterrupt
         return refs, []
 
     def cancel(self, ref: str) -> None:
         self.cancelled.append(ref)
+
+
+def test_a_second_signal_while_the_cancelled_trials_are_waited_for_still_writes_trials_csv(
+    tmp_path,
+):
+    """SIGHUP then Ctrl-C (a closed terminal, a scheduler's burst): the second signal left the
+    driver's stop before it wrote trials.csv and said Stop, so the command printed neither the
+    results so far nor how to continue. It now skips only the wait."""
+    spec, directory = read_study(_study(tmp_path, f"{HEAD}seeds = 2\n{BUDGET}{STATIC}"))
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, print)
+    ray = _FakeRay(again=True)
+    with pytest.raises(Stop):
+        driver._loop(ray, None)
+    assert ray.cancelled == ray.submitted == ["synthetic.s.seed0", "synthetic.s.seed1"]
+    assert driver.stopped is not None
+    assert driver.stopped.pending == ["synthetic.s.seed0", "synthetic.s.seed1"]
+    assert (directory / TRIALS_FILE).exists()
 
 
 def test_interrupted_and_queued_trials_keep_their_attempts(tmp_path):
@@ -1049,6 +1068,53 @@ def test_a_second_ctrl_c_while_the_results_so_far_are_computed_still_exits_130_w
     err = capsys.readouterr().err
     assert "stopped again: results so far not written" in err and "Traceback" not in err
     assert f"interrupted: continue with: esper study {path}" in err
+
+
+def test_a_signal_while_ray_shuts_down_after_a_stop_is_dropped(tmp_path, capsys, monkeypatch):
+    """Ctrl-C, SIGTERM or SIGHUP while Ray shut down after a stop cut the shutdown short (Ray's
+    agents outlived the command) and printed a second "esper: interrupted" after the hint."""
+    from esper.cli import study
+    from esper.study.execute import Outcome
+
+    def interrupted(self, capacity=None):
+        self.stopped = Outcome([], {}, ["synthetic.s.seed0"])
+        raise Stop
+
+    shut_down = []
+
+    def stop() -> None:
+        signal.raise_signal(signal.SIGTERM)
+        shut_down.append(True)  # the shutdown went on
+
+    monkeypatch.setattr(study, "connect_ray", lambda address: stop)
+    monkeypatch.setattr(study, "trial_slots", lambda resources: 1)
+    monkeypatch.setattr(StudyDriver, "run", interrupted)
+    path = _study(tmp_path, f"{HEAD}{STATIC}")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["study", str(path)]) == EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert shut_down == [True] and "Traceback" not in err
+    assert err.rstrip().endswith(f"interrupted: continue with: esper study {path}"), err
+    assert err.count("interrupted") == 1, err
+
+
+def test_a_study_another_driver_runs_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """The second driver started a local Ray on every core (10 s or more) and printed its start
+    line before the refusal."""
+    from esper.cli import study
+
+    def connect_ray(address):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(study, "connect_ray", connect_ray)
+    path = _study(tmp_path, f"{HEAD}{BUDGET}{STATIC}")
+    (tmp_path / "o").mkdir()
+    with study_lock(tmp_path / "o"):
+        err = _bad(capsys, ["study", str(path)])
+    assert "another esper study is running the study in" in err, err
 
 
 @pytest.mark.slow

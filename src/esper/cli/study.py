@@ -44,10 +44,11 @@ from esper.study.execute import (
     Outcome,
     StudyDriver,
     connect_ray,
+    study_lock,
     trial_slots,
 )
 from esper.study.plan import Trial, never_growing
-from esper.study.run import Stop, interrupt_on_termination
+from esper.study.run import Stop, interrupt_on_termination, stop_signals
 from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_url, training
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores
@@ -99,11 +100,14 @@ def run_study(args: argparse.Namespace) -> int:
             _say(note)
         return 0
     runs = driver.will_run()  # else the results are written again, without Ray
+    if runs and directory.is_dir():
+        with study_lock(directory):  # another driver's: refused before Ray starts (10 s or more)
+            pass
     try:  # an unreachable cluster fails before anything is made
         stop = connect_ray(args.address) if runs else lambda: None
     except ValueError as err:
         raise UserError(str(err)) from err
-    capacity = None
+    capacity, stopped = None, False
     try:
         if address is None and runs:  # a local instance has what it has; a cluster may grow
             capacity = trial_slots(spec.resources)  # or one line: a trial would never fit
@@ -117,10 +121,14 @@ def run_study(args: argparse.Namespace) -> int:
             _say(note)
         outcome = driver.run(capacity)
     except Stop:
+        stopped = True
         _interrupted(driver, directory, args.file, address)
         return EXIT_INTERRUPTED
     finally:
-        stop()
+        # A signal that cut Ray's shutdown short left its processes running; one that comes
+        # while the command stops anyway is dropped (it printed a second "interrupted").
+        with stop_signals() as held, held(final=stopped):
+            stop()
     results = _write_results(spec, directory, outcome)
     for line in results.verdicts:
         print(line)

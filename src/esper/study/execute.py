@@ -25,7 +25,7 @@ import io
 import math
 import os
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -422,7 +422,10 @@ class StudyDriver:
         except (KeyboardInterrupt, Stop):
             for ref in running:
                 ray.cancel(ref)  # a KeyboardInterrupt in the trial: it checkpoints and stops
-            ray.wait(list(running), num_returns=len(running), timeout=60)
+            # stopped again: no waiting (each trial's last checkpoint stays resumable), but the
+            # results so far are written all the same
+            with suppress(KeyboardInterrupt):
+                ray.wait(list(running), num_returns=len(running), timeout=60)
             # A trial may finish before its cancel takes: the results so far count it, as a
             # resume does (they said it was not finished).
             unfinished = [t for t in running.values() if not self._finished_as_stopped(t)]
