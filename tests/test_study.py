@@ -649,6 +649,26 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     assert (driver.directory / TRIALS_FILE).exists()
 
 
+def test_dry_run_counts_what_an_interrupted_trial_has_left(tmp_path, capsys):
+    """A trial stopped after epoch 2 of 6 was listed "to run" and counted at its 6 epochs."""
+    from esper.nissa.checkpoints import LATEST_FILE
+    from esper.study.run import Stop
+
+    body = f'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n{BUDGET}'
+    body += '[[arms]]\nname = "s"\ncontroller = "static"\n'
+    driver = _driver(tmp_path, body)
+    with pytest.raises(Stop):
+        driver._loop(_RayStopped(), 2)  # seed 0 ran to its end; make it stopped at epoch 2
+    run = driver.directory / "trials" / "synthetic.s.seed0"
+    (run / "summary.json").unlink()
+    (run / "checkpoints" / LATEST_FILE).write_text("step-00000002\n")
+    assert main(["study", str(tmp_path / "s.toml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"synthetic\.s\.seed0 +growth +to resume after epoch 2 of 6\n", out), out
+    assert re.search(r"synthetic\.s\.seed1 +growth +to run\n", out), out
+    assert "2 trials, 2 to run: 10 host epochs" in out
+
+
 @pytest.mark.parametrize("capacity", [1, 2, None])
 def test_a_driver_with_capacity_runs_growth_trials_before_policy_trainings(tmp_path, capacity):
     """A static-matched arm became ready once the heuristic had finished and queued behind hours

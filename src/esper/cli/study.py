@@ -38,6 +38,7 @@ from esper.leyline.trials import (
     TRIALS_DIR,
     TRIALS_FILE,
 )
+from esper.nissa.checkpoints import latest_step
 from esper.nissa.log import counted
 from esper.study.checks import check_fits, load_data
 from esper.study.execute import (
@@ -317,8 +318,7 @@ def dry_run(driver: StudyDriver) -> None:
     left = driver.runnable()
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
-    episodes = {task: training(spec, task).episode_length() for task in per_epoch}
-    epochs = {t.name: _host_epochs(spec, t, episodes[t.task]) for t in left}
+    epochs = {t.name: _host_epochs(driver, t) for t in left}
     flops = sum(epochs[t.name] * per_epoch[t.task].flops for t in left)
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
@@ -399,21 +399,41 @@ def _state(driver: StudyDriver, trial: Trial) -> str:
         return "done" if row is None or row.score is None else f"done: {row.score:.2f}%"
     attempts = driver.state.attempts.get(trial.name, 0)
     if driver.exhausted(trial):
-        return f"failed {attempts} times: {driver.state.errors.get(trial.name, '')}"
+        tried = counted(attempts, "time")
+        return f"failed {tried}: {driver.state.errors.get(trial.name, '')}"
     needs = driver.pending(trial)
     if needs:
         first = next(iter(needs))
         return f"waits for {first}" + (f" and {len(needs) - 1} more" if len(needs) > 1 else "")
-    return "to run" if attempts == 0 else f"to run (attempt {attempts + 1})"
+    attempt = "" if attempts == 0 else f" (attempt {attempts + 1})"
+    done = _steps_done(driver, trial)
+    if done:
+        unit = "epoch" if trial.kind == "growth" else "round"
+        return f"to resume after {unit} {done} of {_steps(driver.spec, trial)}{attempt}"
+    return f"to run{attempt}"
 
 
-def _host_epochs(spec: StudySpec, trial: Trial, episode: int) -> int:
-    """Host epochs a trial trains: one episode (``episode`` epochs on its task), or a PPO
-    run's rounds × environments."""
+def _steps(spec: StudySpec, trial: Trial) -> int:
+    """A trial's planned steps: its episode's epochs, or its PPO training's rounds."""
     if trial.kind == "growth":
-        return episode
-    config = ppo_config(spec, spec.arm(trial.arm), trial.task, trial.seed)
-    return config.ppo.rounds * config.ppo.n_envs * config.env.episode_length()
+        return training(spec, trial.task).episode_length()
+    return ppo_config(spec, spec.arm(trial.arm), trial.task, trial.seed).ppo.rounds
+
+
+def _steps_done(driver: StudyDriver, trial: Trial) -> int:
+    """The steps (epochs, PPO rounds) an unfinished trial's run has checkpointed, which its
+    next attempt resumes after; 0 for one not started."""
+    return latest_step(driver.run_directory(trial)) or 0
+
+
+def _host_epochs(driver: StudyDriver, trial: Trial) -> int:
+    """Host epochs a trial has left to train: what its episode or its PPO run's rounds ×
+    environments × episode epochs has not checkpointed yet."""
+    left = max(0, _steps(driver.spec, trial) - _steps_done(driver, trial))
+    if trial.kind == "growth":
+        return left
+    config = ppo_config(driver.spec, driver.spec.arm(trial.arm), trial.task, trial.seed)
+    return left * config.ppo.n_envs * config.env.episode_length()
 
 
 class _Epoch(NamedTuple):

@@ -100,6 +100,14 @@ def _latest_name(root: Path) -> str | None:
     return name if text.endswith("\n") and _STEP_DIR.fullmatch(name) else None
 
 
+def latest_step(run_dir: Path) -> int | None:
+    """The step of the run's last committed checkpoint (a growth run's epochs, a PPO run's
+    rounds) as ``LATEST`` names it, unverified (a resume verifies it); None without one."""
+    name = _latest_name(run_dir / CHECKPOINTS_DIR)
+    found = None if name is None else _STEP_DIR.fullmatch(name)
+    return None if found is None else int(found[1])
+
+
 def commit_checkpoint(run_dir: Path, step: int, files: Mapping[str, bytes], run_id: str) -> Path:
     """Commit ``files`` as the run's checkpoint of ``step``, as a whole (the steps are in the
     module docstring); until LATEST switches, the previous checkpoint is the one that loads.
