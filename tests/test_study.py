@@ -625,11 +625,13 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     walk-through)."""
     from esper.study.run import Stop
 
+    said: list[str] = []
     driver = _driver(
         tmp_path,
         'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n'
         "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"
         '[[arms]]\nname = "s"\ncontroller = "static"\n',
+        said.append,
     )
     with pytest.raises(Stop):
         driver._loop(_RayStopped(), 2)
@@ -637,6 +639,7 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     assert driver.stopped.pending == ["synthetic.s.seed1"]
     [(name, row)] = driver.stopped.rows
     assert (name, row.status) == ("synthetic.s.seed0", "completed") and row.score is not None
+    assert said == [f"done synthetic.s.seed0: {row.score:.2f}%"]  # it was counted silently
     trials_csv = list(csv.DictReader((driver.directory / TRIALS_FILE).open()))
     assert [(r["arm"], r["seed"], r["status"]) for r in trials_csv] == [("s", "0", "completed")]
     # A run it cannot read is not finished (the resume will say why); the results are written.

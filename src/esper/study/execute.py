@@ -154,12 +154,20 @@ class StudyDriver:
         return True
 
     def _finished_as_stopped(self, trial: Trial) -> bool:
-        """``_count_if_finished`` as the study stops: a run it cannot read counts as not
-        finished (the resume checks it), so the results so far are still written."""
+        """``_count_if_finished`` as the study stops, saying ``done`` for one that finished as
+        its cancel came: a run it cannot read counts as not finished (the resume checks it), so
+        the results so far are still written."""
         try:
-            return self._count_if_finished(trial)
+            finished = self._count_if_finished(trial)
         except UserError:
             return False
+        if finished:
+            self._say_done(trial)
+        return finished
+
+    def _say_done(self, trial: Trial) -> None:
+        row = self.rows.get(trial.name)
+        self.say(f"done {trial.name}" + ("" if row is None else f": {_score(row)}"))
 
     def _check_policy_round(self, arm: ArmSpec) -> int:
         """The round the given policy of ``arm`` is at, which its trials evaluate (each checks
@@ -418,7 +426,7 @@ class StudyDriver:
                 self.state.save(self.directory)
                 if row is not None:
                     self.rows[trial.name] = row
-                self.say(f"done {trial.name}" + ("" if row is None else f": {_score(row)}"))
+                self._say_done(trial)
         except (KeyboardInterrupt, Stop):
             for ref in running:
                 ray.cancel(ref)  # a KeyboardInterrupt in the trial: it checkpoints and stops
