@@ -86,6 +86,7 @@ def test_heuristic_run_directory(tmp_path, capsys) -> None:
     meta_json = json.loads((run / "meta.json").read_text())
     assert meta_json["seeds"]["run"] == 0
     assert meta_json["versions"]["torch"] and meta_json["versions"]["python"]
+    assert meta_json["versions"]["ray"]  # --workers runs and studies depend on it
     assert "git_revision" in meta_json  # a revision string, or null outside a git checkout
     events = _events(run)
     assert all(e["event"] in EVENT_TYPES for e in events)

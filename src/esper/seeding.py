@@ -1,20 +1,47 @@
-"""The one seeding function every Esper entry point calls."""
+"""Every seed a run uses, derived here from the run's ``--seed``, and the one seeding function
+every entry point calls.
+
+Esper's random streams each own a generator (so that one stream's draws never shift
+another's); their seeds come from the functions below:
+
+* an environment's episode ``k`` (``episode_seed``): its host's initialization, its seeds'
+  initialization at germination and dropout (torch's generator of the episode's device) and,
+  reduced to 32 bits (``low_seed``), its data order. A growth run is environment ``--seed``'s
+  episode 1; environment ``i`` of a PPO run is ``--seed + i`` (``environment_seeds``), its
+  round ``k``'s episode ``k``.
+* a PPO run's policy (``policy_seed``): its initialization; its minibatch shuffling
+  (``shuffle_seed``); each environment's sampling in each round (``acting_seed``).
+* streams of their own (``stream_seed``): the random and bandit controllers and the like.
+
+``seed_everything`` seeds the global generators besides, for code outside these streams.
+``run_seeds`` is what ``meta.json`` records of them.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
+from typing import Any
 
 import torch
+
+EPISODE_SEED_STRIDE = 1_000_003
+"""Episodes ``k`` of environments ``s`` and ``s + 1`` are seeded ``stride`` apart: far enough
+that no run has that many episodes, prime so that runs' seeds interleave rather than meet."""
+
+POLICY_SEED_OFFSET = 7919
+"""The policy's initialization and shuffling generators use ``seed + offset`` and ``+ 1`` so
+they never share a stream with environment 0 (which uses ``seed``)."""
+
+_LOW = 2**32
+"""Torch's CPU generator keeps a seed's low 32 bits (and a data stream takes 32-bit seeds)."""
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random`` and torch's global generators (CPU and every CUDA device).
 
-    Data order does not depend on these: each environment's ``BatchStream`` owns a generator
-    seeded from the run seed. What does depend on them: host initialization, seed (blueprint)
-    initialization at germination, and dropout.
-    """
+    No stream of Esper's own draws from them (see the module's list, each seeded by its own
+    function): this covers what other code draws from the global generators."""
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
@@ -25,3 +52,51 @@ def stream_seed(name: str, *parts: int) -> int:
     offsets can (environment ``i`` of one run and environment ``i - 1`` of the next seed)."""
     text = ":".join([name, *map(str, parts)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def episode_seed(environment: int, episode: int) -> int:
+    """The 63-bit seed of episode ``episode`` (1, 2, …) of the environment seeded
+    ``environment``: CUDA's generator takes all of it, the CPU's its ``low_seed``."""
+    return (environment * EPISODE_SEED_STRIDE + episode) % 2**63
+
+
+def low_seed(seed: int) -> int:
+    """``seed`` as torch's CPU generator keeps it (its low 32 bits): the data order's seed."""
+    return seed % _LOW
+
+
+def environment_seeds(seed: int, n_envs: int) -> list[int]:
+    """The seeds of a PPO run's environments: ``seed``, ``seed + 1``, …"""
+    return [seed + i for i in range(n_envs)]
+
+
+def policy_seed(seed: int) -> int:
+    """A PPO run's policy initialization seed."""
+    return seed + POLICY_SEED_OFFSET
+
+
+def shuffle_seed(seed: int) -> int:
+    """A PPO run's minibatch shuffling seed."""
+    return policy_seed(seed) + 1
+
+
+def acting_seed(policy: int, round_: int, env: int) -> int:
+    """Environment ``env``'s sampling seed in PPO round ``round_`` (``policy``: the run's
+    ``policy_seed``)."""
+    return stream_seed("acting", policy, round_, env)
+
+
+def run_seeds(seed: int, n_envs: int | None = None) -> dict[str, Any]:
+    """What ``meta.json`` records of a run's seeds: a growth run's (``n_envs`` None), or a PPO
+    run's of ``n_envs`` environments, with how the per-round ones derive."""
+    if n_envs is None:
+        episode = episode_seed(seed, 1)
+        return {"run": seed, "episode": episode, "data_order": low_seed(episode)}
+    return {
+        "run": seed,
+        "environments": environment_seeds(seed, n_envs),
+        "episodes": "esper.seeding.episode_seed(environment, round)",
+        "policy": policy_seed(seed),
+        "shuffle": shuffle_seed(seed),
+        "acting": "esper.seeding.acting_seed(policy, round, environment index)",
+    }

@@ -97,7 +97,7 @@ STATUSES = ("completed", "interrupted", "terminated", "failed")
 UNFINISHED = "unfinished"
 """The status of a run without a summary: still running, or killed."""
 
-_VERSIONED_PACKAGES = ("esper", "torch", "numpy", "tqdm", "scikit-learn")
+_VERSIONED_PACKAGES = ("esper", "torch", "numpy", "tqdm", "scikit-learn", "ray", "rliable")
 
 
 class RunRecordError(ValueError):

@@ -12,7 +12,7 @@ An environment's actions do not depend on where it ran. The policy acts for each
 alone, a batch of one (a batched matrix product rounds differently with the batch size, so
 acting for a chunk at once would tie an environment's log-probabilities to its neighbours), and
 samples from a generator of its own, seeded by the policy seed, the round and the environment's
-index (``esper.seeding.stream_seed``). A dead actor's environments therefore re-run their
+index (``esper.seeding.acting_seed``). A dead actor's environments therefore re-run their
 episodes identically from their start, and a run on workers whose hosts are grouped as the
 in-process run groups them equals it bit for bit.
 """
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from esper.leyline import Action, Observation
-from esper.seeding import stream_seed
+from esper.seeding import acting_seed
 from esper.simic.protocol import Emit, EpisodeInfo
 from esper.tamiyo.actions import ActionMasks, ActionSpace
 from esper.tamiyo.features import encode_observation
@@ -44,7 +44,7 @@ class RoundPolicy:
 
     Attributes:
         round: the round (1-based); also each decision's ``episode`` in telemetry.
-        seed: the policy seed (``runtime.seed + POLICY_SEED_OFFSET``), root of the acting
+        seed: the policy seed (``esper.seeding.policy_seed``), root of the acting
             generators.
         network: the policy; it acts on its parameters' device.
         normalizer: the observation statistics, frozen for the round.
@@ -68,7 +68,7 @@ class RoundPolicy:
 
     def generator(self, env: int) -> torch.Generator:
         """Environment ``env``'s sampling generator for this round, on the policy's device."""
-        seed = stream_seed("acting", self.seed, self.round, env)
+        seed = acting_seed(self.seed, self.round, env)
         return torch.Generator(device=self.device).manual_seed(seed)
 
 

@@ -16,6 +16,7 @@ import torch
 from esper.leyline import Topology
 from esper.leyline.config import HostTraining, config_dict, override
 from esper.leyline.data import Dataset
+from esper.seeding import environment_seeds
 from esper.simic.config import TrainingConfig
 from esper.simic.env import GrowthEnv
 from esper.simic.protocol import Emit, EnvVector
@@ -62,11 +63,12 @@ def build_envs(
     check_gamma(reward, config.ppo.gamma)
     # one copy of the dataset per device, shared by its environments (not one per environment)
     on_device = {devices[i]: dataset_on(data, devices[i]) for i in indices}
+    seeds = environment_seeds(config.runtime.seed, config.ppo.n_envs)
     envs = [
         GrowthEnv(
             config.env,
             on_device[devices[i]],
-            seed=config.runtime.seed + i,
+            seed=seeds[i],
             device=devices[i],
             reward=reward,
             emit=emit,

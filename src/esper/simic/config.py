@@ -30,16 +30,13 @@ from esper.leyline.config import (
     require,
 )
 from esper.leyline.net import MAX_PORT, is_host_port
+from esper.seeding import POLICY_SEED_OFFSET
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo.policy import PolicyConfig
 from esper.tasks import resolve_training
 
 MAX_ENVS = 256
 """Most environments one run may step: each holds a host, its optimizer and a dataset view."""
-POLICY_SEED_OFFSET = 7919
-"""The policy's initialization and shuffling generators use ``seed + offset`` and ``+ 1`` so
-they never share a stream with environment 0 (which uses ``seed``); its acting generators
-derive from the same seed (``RoundPolicy.generator``)."""
 MAX_RUN_SEED = MAX_SEED - POLICY_SEED_OFFSET - 1
 """The largest PPO run seed: the seeds it derives (environments ``seed + i`` below
 ``MAX_ENVS``, the policy's ``seed + POLICY_SEED_OFFSET + 1`` above them) stay seeds."""

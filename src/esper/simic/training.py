@@ -45,9 +45,10 @@ from esper.leyline.events import (
     RatioExplosion,
     TelemetryLevel,
 )
+from esper.seeding import policy_seed, shuffle_seed
 from esper.simic.acting import RoundPolicy, Trajectory
 from esper.simic.anomaly import ESCALATION_ROUNDS, Anomaly, detect_anomalies
-from esper.simic.config import POLICY_SEED_OFFSET, TrainingConfig
+from esper.simic.config import TrainingConfig
 from esper.simic.ppo import PPOLearner, RatioExplosionDiagnostic, UpdateResult
 from esper.simic.protocol import Emit, EnvVector
 from esper.simic.rollout import RolloutBatch, rollout_batch
@@ -141,9 +142,9 @@ class PPOTrainer:
         self.space = ActionSpace(self.topology, config.env.auto_advance)
         self.telemetry = config.policy.slot_telemetry
         size = observation_size(self.telemetry)
-        policy_seed = config.runtime.seed + POLICY_SEED_OFFSET
+        seed = config.runtime.seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(policy_seed)
+            torch.manual_seed(policy_seed(seed))
             self.network = PolicyNetwork(
                 size,
                 self.space.head_sizes,
@@ -153,8 +154,8 @@ class PPOTrainer:
         # Discounted returns seen so far (``ppo.reward_scaling``): rewards are divided by their
         # standard deviation, frozen within a round like the observation statistics.
         self.return_stats = RunningMeanStd(1) if config.ppo.reward_scaling else None
-        self.policy_seed = policy_seed  # each round's acting generators derive from it
-        shuffle = torch.Generator().manual_seed(policy_seed + 1)
+        self.policy_seed = policy_seed(seed)  # each round's acting generators derive from it
+        shuffle = torch.Generator().manual_seed(shuffle_seed(seed))
         self.learner = PPOLearner(self.network, config.ppo, config.runtime.amp, shuffle)
         self.round = 0
 

@@ -42,7 +42,7 @@ from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import atomic_write
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.nissa import TelemetryHub, record
-from esper.seeding import seed_everything
+from esper.seeding import run_seeds, seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
 from esper.simic.env import task_episode
 from esper.study.checks import (
@@ -313,7 +313,7 @@ class GrowthRunner:
         return self.config.never_grows(self.mode, self.episode.max_epochs)
 
     def _meta(self, run_id: str) -> record.RunMeta:
-        seeds = {"run": self.config.seed, "data_order": self.config.seed}
+        seeds = run_seeds(self.config.seed)
         policy = None
         if self.policy_run is not None:
             path, run, at = self.config.policy, self.policy_run, self.policy_round

@@ -23,9 +23,9 @@ from esper.leyline.config import UserError, config_dict, measured, override
 from esper.leyline.data import Dataset
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
-from esper.seeding import seed_everything
+from esper.seeding import run_seeds, seed_everything
 from esper.simic.build import build_trainer, check_resumable, trainer_state
-from esper.simic.config import POLICY_SEED_OFFSET, TrainingConfig
+from esper.simic.config import TrainingConfig
 from esper.simic.env import EpisodeStartError
 from esper.simic.ppo import check_amp
 from esper.simic.vector import describe_device_map, parse_device
@@ -108,12 +108,7 @@ class PPORunner:
         return f"device map:\n{describe_device_map(self.devices)}"
 
     def _meta(self, run_id: str) -> record.RunMeta:
-        seed = self.config.runtime.seed
-        seeds = {
-            "run": seed,
-            "environments": [seed + i for i in range(self.config.ppo.n_envs)],
-            "policy": seed + POLICY_SEED_OFFSET,
-        }
+        seeds = run_seeds(self.config.runtime.seed, self.config.ppo.n_envs)
         return record.run_meta(run_id, "ppo", seeds, self.threads, sys.argv, self.data)
 
     def _state(self) -> dict[str, Any]:

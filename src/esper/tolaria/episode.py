@@ -10,9 +10,8 @@ epoch is trained and by **termination** when the governor panics.
 
 An episode owns its data order (its own ``BatchStream``) and its own torch random state (host and
 seed initialization), so its results do not depend on how many episodes run beside it or in
-which order they step. Episode ``k`` of seed ``s`` uses ``(s · stride + k) mod 2**63`` on a CUDA
-device and that reduced mod ``2**32`` (a seed, ``MAX_SEED``) on the CPU, whose generator keeps a
-seed's low 32 bits anyway.
+which order they step. Episode ``k`` of seed ``s`` uses ``esper.seeding.episode_seed(s, k)`` on a
+CUDA device and its ``low_seed`` on the CPU, whose generator keeps a seed's low 32 bits anyway.
 
 Several episodes can also step together (``reset_together``, ``step_together``): each applies
 its action on its own random state, then their epochs train as one grouped computation
@@ -35,13 +34,11 @@ from esper.kasmina.checkpoint import ModelState
 from esper.kasmina.grouped import groupable
 from esper.kasmina.hosts import SegmentedHost
 from esper.leyline import Action, Observation, SeedStateReport, Topology, TrainingSignals
-from esper.leyline.config import MAX_SEED, HostTraining, check_int
+from esper.leyline.config import HostTraining, check_int
 from esper.leyline.data import BatchSource, Dataset
 from esper.leyline.events import Event
+from esper.seeding import episode_seed, low_seed
 from esper.tolaria.engine import ReportProgress, StepResult, Trained, Trainer, train_together
-
-EPISODE_SEED_STRIDE = 1_000_003
-"""A prime stride keeps the seed sequences of nearby run seeds from overlapping."""
 
 Emit = Callable[[Event], None]
 
@@ -196,16 +193,16 @@ class Episode:
 
     def _build(self) -> None:
         """A fresh host, trainer and tracker for episode ``self.episode`` (on its own RNG)."""
-        whole = (self.seed * EPISODE_SEED_STRIDE + self.episode) % 2**63
+        whole = episode_seed(self.seed, self.episode)
         # The CPU generator keeps a seed's low 32 bits: reduced to a seed, it draws as before
         # (and the data stream takes seeds only); CUDA's keeps all 64, so it gets the whole one.
-        episode_seed = whole % (MAX_SEED + 1)
-        torch.default_generator.manual_seed(episode_seed)
+        low = low_seed(whole)
+        torch.default_generator.manual_seed(low)
         if self.device.type == "cuda":  # only this episode's device, not every GPU
             torch.cuda.default_generators[self.device.index or 0].manual_seed(whole)
         host = self._build_host(self.data).to(self.device)
         model = MorphogeneticModel(host, list(self.slots))
-        stream = self._make_stream(episode_seed)
+        stream = self._make_stream(low)
         self._trainer = Trainer(
             model, self.data, stream, self.training, self.emit, progress=self.progress
         )

@@ -5,8 +5,8 @@ per core). Host training is many small operations; on a machine shared with othe
 thread mostly waits for a descheduled partner: a ``fashion_mnist_impaired`` epoch of 100 batches
 took 29-39 s with torch's default of 2 threads on 2 cores and 5.0-5.6 s with one (issue #11).
 So each environment worker runs one thread unless told otherwise, and the workers together never
-run more threads than the cores this process may use. The count also changes results (from
-about epoch 4 on), so runs record it and a resume must use the same.
+run more threads than the cores this process may use. The count also changes results (a
+reduction's rounding, from the first epoch on), so runs record it and a resume must use the same.
 
 Every command (``esper.cli``) and every worker process (the Ray workers, a study runner) asks
 ``threads_per_worker``; an in-process run is one worker. This module imports no torch.
