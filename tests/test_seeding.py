@@ -40,7 +40,8 @@ def test_a_growth_runs_recorded_seeds_are_its_episodes(tmp_path, stream_seeds) -
     assert main(["heuristic", "--task", "synthetic", "--epochs", "2", *TINY, "--seed", "4",
                  "--out", str(run)]) == 0  # fmt: skip
     episode = 4 * 1_000_003 + 1
-    assert _seeds(run) == {"run": 4, "episode": episode, "data_order": episode % 2**32}
+    low = episode % 2**32
+    assert _seeds(run) == {"run": 4, "episode": episode, "data_order": low, "controller": 4}
     assert stream_seeds == [episode % 2**32]
 
 

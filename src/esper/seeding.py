@@ -11,7 +11,8 @@ another's); their seeds come from the functions below:
   round ``k``'s episode ``k``.
 * a PPO run's policy (``policy_seed``): its initialization; its minibatch shuffling
   (``shuffle_seed``); each environment's sampling in each round (``acting_seed``).
-* streams of their own (``stream_seed``): the random and bandit controllers and the like.
+* a growth run's random controller and bandit blueprint selector: a ``random.Random`` of their
+  own, seeded with the run's ``--seed`` (``controller``).
 
 ``seed_everything`` seeds the global generators besides, for code outside these streams.
 ``run_seeds`` is what ``meta.json`` records of them.
@@ -91,7 +92,12 @@ def run_seeds(seed: int, n_envs: int | None = None) -> dict[str, Any]:
     run's of ``n_envs`` environments, with how the per-round ones derive."""
     if n_envs is None:
         episode = episode_seed(seed, 1)
-        return {"run": seed, "episode": episode, "data_order": low_seed(episode)}
+        return {
+            "run": seed,
+            "episode": episode,
+            "data_order": low_seed(episode),
+            "controller": seed,
+        }
     return {
         "run": seed,
         "environments": environment_seeds(seed, n_envs),
