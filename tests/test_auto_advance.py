@@ -211,7 +211,7 @@ def test_eval_of_an_auto_advance_policy_runs_with_it(tmp_path, capsys, monkeypat
 
     capsys.readouterr()
     out = tmp_path / "eval"
-    held_out = ["--seed", "5"]  # not a training environment's seed (a note would say so)
+    held_out = ["--seed", "5"]  # not a training environment's seed (refused)
     assert (
         main(["eval", "--policy", str(ppo), "--epochs", "3", *TINY, *held_out, "--out", str(out)])
         == 0
@@ -227,7 +227,7 @@ def test_eval_of_an_auto_advance_policy_runs_with_it(tmp_path, capsys, monkeypat
 
     # Overridden: it runs as told, and says the policy trained otherwise.
     out = tmp_path / "manual"
-    args = ["eval", "--policy", str(ppo), "--no-auto-advance", "--epochs", "2", *TINY]
+    args = ["eval", "--policy", str(ppo), "--no-auto-advance", "--epochs", "2", *TINY, *held_out]
     assert main([*args, "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["training"]["auto_advance"] is False
     err = capsys.readouterr().err

@@ -146,6 +146,7 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     # Another task keeps the policy's run's budget but what is given; the eval says which
     # (the note named the task alone, and a 4-batch digits eval read as the task's own).
     other = ["eval", "--policy", str(run), "--task", "digits_impaired", "--epochs", "2"]
+    other += ["--seed", "2"]
     assert main([*other, "--out", str(tmp_path / "digits")]) == 0
     err = capsys.readouterr().err
     assert (
@@ -170,7 +171,8 @@ def test_eval_config_round_trips_and_a_resume_keeps_its_policy(
     assert main(["ppo", "--preset", "tiny", "--ppo.rounds", "1", "--out", str(ppo)]) == 0
     monkeypatch.chdir(tmp_path)
     first = tmp_path / "e1"
-    assert main(["eval", "--policy", "ppo", "--epochs", "3", "--out", str(first)]) == 0
+    args = ["eval", "--policy", "ppo", "--epochs", "3", "--seed", "100"]
+    assert main([*args, "--out", str(first)]) == 0
     config = json.loads((first / "config.json").read_text())
     assert config["policy"] == str(ppo.resolve())
     again = tmp_path / "e2"
@@ -226,7 +228,8 @@ def test_an_eval_on_another_dataset_does_not_take_the_policys_data_dir(tmp_path,
     assert main([*ppo, "--out", str(run)]) == 0
     for task, data_dir in (("digits_impaired", None), ("fashion_mnist_impaired", str(FASHION))):
         out = tmp_path / task
-        args = ["eval", "--policy", str(run), "--task", task, *tiny, "--out", str(out)]
+        args = ["eval", "--policy", str(run), "--task", task, *tiny, "--seed", "100"]
+        args += ["--out", str(out)]
         assert main(args) == 0, capsys.readouterr().err
         assert json.loads((out / "config.json").read_text())["training"]["data_dir"] == data_dir
 
@@ -252,7 +255,7 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     config = json.loads((partial / "config.json").read_text())
     config["ppo"]["rounds"] = 5  # planned 5, stopped after its 2nd
     (partial / "config.json").write_text(json.dumps(config))
-    args = ["eval", "--policy", str(partial), "--task", "synthetic", "--epochs", "1"]
+    args = ["eval", "--policy", str(partial), "--task", "synthetic", "--epochs", "1", "--seed", "9"]
     args += ["--batches-per-epoch", "2", "--val-samples", "64"]
     assert main([*args, "--out", str(tmp_path / "e1")]) == 0
     note = "esper eval: note: the policy finished 2 of its run's 5 PPO rounds (stopped early, or "
@@ -287,32 +290,39 @@ def test_a_saved_ppo_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(
     assert (env.lr, env.seed_lr) == (0.01, 0.02)
 
 
-def test_an_eval_on_a_training_seed_of_its_policy_says_it_reruns_a_training_episode(
+def test_an_eval_on_a_training_seed_of_its_policy_is_refused(
     tmp_path, capsys, recorded_runs
 ) -> None:
     """``esper ppo`` and ``esper eval`` both default to seed 0, and environment i of a PPO run
-    of seed s is seeded s + i: the README's own example evaluated on a training episode, and
-    nothing said so. Oracle: the eval's first epoch is that environment's first epoch."""
+    of seed s is seeded s + i: the README's own example evaluated on a training episode (then
+    only a note said so). Evaluation seeds are never training ones. Oracle for "re-runs a
+    training episode": the first epoch of an eval on the seed is that environment's, as the
+    run of its episode shows."""
     policy = recorded_runs["ppo"]
     trained = [e for e in _events(policy) if e["event"] == "EpochCompleted" and e["epoch"] == 1]
-    for seed in (1, 2):
+    for seed in (0, 1):  # the policy's environments were seeded 0 and 1
         out = tmp_path / f"e{seed}"
         args = ["eval", "--policy", str(policy), "--epochs", "1", "--seed", str(seed)]
-        assert main([*args, "--out", str(out)]) == 0
-        err = capsys.readouterr().err
-        with (out / "metrics.csv").open() as f:
-            first = next(csv.DictReader(f))
-        if seed == 1:  # the policy's environments were seeded 0 and 1
-            assert (
-                "esper eval: note: --seed 1 is one of the policy's training environment "
-                "seeds (0-1): this eval re-runs a training episode" in err
-            )
-            env1 = next(e for e in trained if e["env"] == 1 and e["episode"] == 1)
-            assert float(first["val_loss"]) == env1["val_loss"]
-            assert float(first["train_loss"]) == pytest.approx(env1["train_loss"], rel=1e-5)
-        else:
-            assert "note:" not in err
-            assert all(float(first["val_loss"]) != e["val_loss"] for e in trained)
+        assert main([*args, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"esper: error: --seed {seed} is one of the policy's training environment seeds "
+            "(0-1): an eval on it re-runs a training episode, not a held-out one; give --seed "
+            "outside them (e.g. --seed 2)\n"
+        )
+        assert not out.exists()
+    static = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "4"]
+    static += ["--val-samples", "256", "--seed", "1"]
+    assert main([*static, "--out", str(tmp_path / "s1")]) == 0
+    env1 = next(e for e in trained if e["env"] == 1 and e["episode"] == 1)
+    with (tmp_path / "s1" / "metrics.csv").open() as f:
+        first = next(csv.DictReader(f))
+    assert float(first["train_loss"]) == pytest.approx(env1["train_loss"], rel=1e-5)
+    out = tmp_path / "e2"
+    args = ["eval", "--policy", str(policy), "--epochs", "1", "--seed", "2", "--out", str(out)]
+    assert main(args) == 0
+    with (out / "metrics.csv").open() as f:
+        first = next(csv.DictReader(f))
+    assert all(float(first["val_loss"]) != e["val_loss"] for e in trained)
 
 
 @pytest.mark.parametrize("rounds", ["missing", "2", True, -1, 1.5])
@@ -520,8 +530,8 @@ def test_a_run_with_an_older_checkpoint_format_does_not_resume(tmp_path, capsys)
     assert len(err) == 1 and "Traceback" not in err[0]
     assert "checkpoint is format 2, and this Esper resumes format 3 only" in err[0]
     assert (run / "events.jsonl").read_text() == events
-    args = ["eval", "--task", "synthetic", "--policy", str(run), "--out", str(tmp_path / "e")]
-    assert main(args) == 0
+    args = ["eval", "--task", "synthetic", "--policy", str(run), "--seed", "100"]
+    assert main([*args, "--out", str(tmp_path / "e")]) == 0
 
 
 def test_garbage_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
@@ -618,7 +628,8 @@ def test_the_commands_printed_to_run_next_are_quoted_for_the_shell(
         argv = ["ppo", "--preset", "tiny", "--ppo.rounds", "1", f"--out={out}"]
         assert main(argv) == 0
         assert f"run the policy with: esper eval --policy {printed}\n" in capsys.readouterr().out
-        assert main(["eval", "--policy", printed.strip("'"), "--epochs", "2", "--out", "e"]) == 0
+        held_out = ["--epochs", "2", "--seed", "100", "--out", "e"]
+        assert main(["eval", "--policy", printed.strip("'"), *held_out]) == 0
         shutil.rmtree("e")
 
 

@@ -80,11 +80,11 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     if policy is None or base is None:
         return replace(config, training=absolute_data_dir(config.training)), None
     config = replace(config, training=absolute_data_dir(_own_data_dir(base, config.training)))
+    _check_held_out(policy, config.seed)
     notes = [
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
         _partial_note(partial_policy(policy, policy_rounds(state)), policy),
-        _training_seed_note(policy, config.seed),
     ]
     note = "\n".join(n for n in notes if n is not None) or None
     return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
@@ -131,20 +131,23 @@ def _partial_note(partial: str | None, policy: Path) -> str | None:
     return f"esper eval: note: {partial}; {resume} trains a stopped run on"
 
 
-def _training_seed_note(policy: Path, seed: int) -> str | None:
-    """An eval whose seed is one of its policy's training environments' re-runs the host and
-    data order that environment trained on in round 1 (episode k of seed s is seeded alike in
-    both): say so, as that is no held-out evaluation (None: it is not one of them)."""
+def _check_held_out(policy: Path, seed: int) -> None:
+    """Refuse an eval whose seed is one of its policy's training environments': it re-runs
+    the host and data order that environment trained on in round 1 (episode k of seed s is
+    seeded alike in both), which is no evaluation (evaluation seeds are never training ones).
+
+    Raises:
+        UserError: naming the seed, the training seeds and the first seed after them.
+    """
     meta = record.read_meta(policy)  # read before, by ``ppo_state``
     seeds = None if meta is None else meta.seeds.get("environments")
     used = [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []
-    if seed not in used:
-        return None
-    return (
-        f"esper eval: note: --seed {seed} is one of the policy's training environment seeds "
-        f"({_seed_range(used)}): this eval re-runs a training episode, not a held-out one; "
-        f"give --seed outside them to evaluate on seeds the policy never trained on"
-    )
+    if seed in used:
+        raise UserError(
+            f"--seed {seed} is one of the policy's training environment seeds "
+            f"({_seed_range(used)}): an eval on it re-runs a training episode, not a held-out "
+            f"one; give --seed outside them (e.g. --seed {max(used) + 1})"
+        )
 
 
 def _seed_range(seeds: list[int]) -> str:
