@@ -1206,6 +1206,34 @@ def test_a_moved_run_keeps_its_run_id(run_copy, tmp_path) -> None:
     assert ids == {meta.run_id}  # the id recorded in meta.json, not the directory's new name
 
 
+def test_a_resume_records_its_code_and_warns_when_it_changed(
+    run_copy, tmp_path, capsys, monkeypatch
+) -> None:
+    """A resume at another git revision (or torch) trained on without a word, and meta.json
+    kept naming only the start's revision: the record misstated how later epochs were made."""
+    meta = record.read_meta(run_copy)
+    assert meta is not None and meta.resumes == ()
+    same = tmp_path / "same"
+    shutil.copytree(run_copy, same)
+    assert main(["heuristic", "--resume", str(same)]) == 0  # the same code: recorded, no word
+    assert "other code" not in capsys.readouterr().err
+    resumed = record.read_meta(same)
+    assert resumed is not None and [r["step"] for r in resumed.resumes] == [1]
+    assert resumed.resumes[0]["git_revision"] == meta.git_revision
+    monkeypatch.setattr(record, "_git_revision", lambda: "feedface-dirty")
+    assert main(["heuristic", "--resume", str(run_copy)]) == 0
+    err = capsys.readouterr().err
+    assert f"revision {meta.git_revision} -> feedface-dirty" in err, err
+    assert "its steps after 1 ran on it" in err, err
+    resumed = record.read_meta(run_copy)
+    assert resumed is not None and resumed.git_revision == meta.git_revision  # the start's
+    (resume,) = resumed.resumes
+    assert (resume["step"], resume["git_revision"]) == (1, "feedface-dirty")
+    assert resume["versions"] == meta.versions
+    assert main(["runs", "show", str(run_copy)]) == 0
+    assert "resumed   after step 1   git feedface-dirty   started " in capsys.readouterr().out
+
+
 def test_a_failed_commit_leaves_the_csv_and_summary_at_the_last_checkpoint(
     tmp_path, capsys, monkeypatch
 ) -> None:

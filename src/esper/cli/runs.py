@@ -163,6 +163,9 @@ def _show(path: Path) -> int:
         print(f"data      {_data_line(meta.data)}")
     if meta is not None and meta.policy is not None:
         print(f"policy    {policy_line(meta.policy)}")
+    for resume in () if meta is None else meta.resumes:
+        step, revision = resume.get("step"), display(resume.get("git_revision"))
+        print(f"resumed   after step {step}   git {revision}   started {resume.get('started')}")
     print(f"config    {json.dumps(run.config(), sort_keys=True)}")
     if run.summary is not None:
         print(f"summary   {json.dumps(run.summary.to_json(), sort_keys=True)}")

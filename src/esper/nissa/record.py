@@ -254,6 +254,8 @@ class RunMeta:
             (``Dataset.receipt``); None in runs from before it was recorded.
         policy: an eval's policy: its PPO run's ``path``, ``run_id`` and the PPO ``round`` it
             finished; None for other modes (and evals from before it was recorded).
+        resumes: each resume of the run (``resume_record``): the step it continued after, when,
+            its command, git revision and package versions, which may differ from the start's.
     """
 
     run_id: str
@@ -267,6 +269,7 @@ class RunMeta:
     platform: str
     data: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
+    resumes: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -382,6 +385,33 @@ def run_meta(
     )
 
 
+def resume_record(step: int, command: Sequence[str]) -> dict[str, Any]:
+    """What ``RunMeta.resumes`` records of a resume starting now after checkpoint ``step``."""
+    return {
+        "step": step,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": list(command),
+        "git_revision": _git_revision(),
+        "versions": _versions(),
+    }
+
+
+def code_change(meta: RunMeta, resume: Mapping[str, Any]) -> str | None:
+    """How the code of a resume (``resume_record``) differs from the code the run last ran
+    (its start's, or its last resume's): "revision A -> B, torch X -> Y"; None: the same."""
+    last: Mapping[str, Any] = meta.resumes[-1] if meta.resumes else {
+        "git_revision": meta.git_revision, "versions": meta.versions
+    }  # fmt: skip
+    changes = []
+    if resume["git_revision"] != last.get("git_revision"):
+        changes.append(f"revision {last.get('git_revision')} -> {resume['git_revision']}")
+    was = last.get("versions") or {}
+    for name, version in resume["versions"].items():
+        if was.get(name) != version:
+            changes.append(f"{name} {was.get(name)} -> {version}")
+    return ", ".join(changes) or None
+
+
 def samples_text(samples: object) -> str | None:
     """A data receipt's samples per split for people, ``1,079 train / 359 val / 359 test``;
     None when they are not a receipt's."""
@@ -397,7 +427,7 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     Raises:
         RunRecordError: the file is a directory, unreadable, or not a run meta file.
     """
-    added = {"data": None, "policy": None}
+    added: dict[str, Any] = {"data": None, "policy": None, "resumes": []}
     return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file", added)
 
 

@@ -22,7 +22,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -345,6 +345,24 @@ class Recorder:
         rows = csv.read(checkpoint.step)  # nothing is written until ``start``: checks come first
         return cls(directory, meta.run_id, csv, rows, hub, checkpoint, checkpoint.step)
 
+    def _record_resume(self, step: int) -> None:
+        """Append this resume to ``meta.json`` (``RunMeta.resumes``), warning when it runs
+        other code or packages than the run last did: its steps after ``step`` then do."""
+        meta = record.read_meta(self.directory)
+        assert meta is not None  # ``reopen`` read it
+        resume = record.resume_record(step, sys.argv)
+        change = record.code_change(meta, resume)
+        if change is not None:
+            logger.warning(
+                "%s: this resume runs other code than the run did (%s): its steps after %d "
+                "ran on it, as meta.json records",
+                self.directory,
+                change,
+                step,
+            )
+        resumed = replace(meta, resumes=(*meta.resumes, resume))
+        record.write_json(self.directory / record.META_FILE, resumed.to_json())
+
     def start(
         self, mode: str, training: HostTraining, seed: int, telemetry: TelemetrySettings
     ) -> None:
@@ -358,6 +376,7 @@ class Recorder:
             checkpoints.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
             self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
             (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
+            self._record_resume(self.checkpoint.step)
         sinks: list[Sink] = []
         if telemetry.mlflow is not None:
             try:
