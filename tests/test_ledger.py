@@ -217,7 +217,7 @@ def _first_germination(run) -> str:
     )
 
 
-def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path):
+def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path, capsys):
     from esper.nissa.knowledge import KnowledgeStore
 
     store_url, empty_url = (f"sqlite:///{tmp_path / n}" for n in ("k.sqlite", "e.sqlite"))
@@ -235,3 +235,14 @@ def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path
     assert main([*args, empty_url, "--out", str(tmp_path / "b")]) == 0
     assert _first_germination(tmp_path / "a") == "norm"  # the prior-best blueprint on this host
     assert _first_germination(tmp_path / "b") != "norm"
+    # The store grows with every run, so the same command later starts from other outcomes:
+    # meta.json records which (it named only the URL, null by default), and a note says so.
+    first, empty = (json.loads((tmp_path / n / "meta.json").read_text()) for n in "ab")
+    assert empty["priors"] is None  # started from nothing
+    assert first["priors"]["outcomes"] == 60 and first["priors"]["store"] == store_url
+    err = capsys.readouterr().err
+    assert "note: the thompson selector starts from 60 seed outcomes of the knowledge store " in err
+    assert main([*args, store_url, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "meta.json").read_text())["priors"]
+    grown = 60 + len(json.loads((tmp_path / "a" / OUTCOMES_FILE).read_text()))
+    assert again["outcomes"] == grown > 60 and again["sha256"] != first["priors"]["sha256"]

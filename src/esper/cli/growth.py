@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from esper.cli.config import (
     RunOptions,
@@ -20,7 +21,7 @@ from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import HostTraining, UserError, override
 from esper.leyline.files import shell_path
 from esper.nissa import record
-from esper.nissa.log import percent
+from esper.nissa.log import counted, percent
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.checks import check_recorded_mode
 from esper.study.growth import GrowthRun, GrowthRunner
@@ -131,6 +132,18 @@ def _partial_note(partial: str | None, policy: Path) -> str | None:
     return f"esper eval: note: {partial}; {resume} trains a stopped run on"
 
 
+def _priors_note(config: GrowthRun, priors: dict[str, Any]) -> str:
+    """What a run whose bandit selector starts from the knowledge store's outcomes must know:
+    the store grows with every run, so the same command starts from other outcomes later."""
+    outcomes = counted(priors["outcomes"], "seed outcome")
+    return (
+        f"the {config.heuristic.selector} selector starts from {outcomes} "
+        f"of the knowledge store {priors['store']} (SHA-256 {priors['sha256'][:12]}..., in "
+        "meta.json): the same command repeats this run only from the same outcomes (a store "
+        "of its own, --knowledge URL, keeps them)"
+    )
+
+
 def _check_held_out(policy: Path, seed: int) -> None:
     """Refuse an eval whose seed is one of its policy's training environments': it re-runs
     the host and data order that environment trained on in round 1 (episode k of seed s is
@@ -194,6 +207,9 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
         never = runner.never_grows()
         if never is not None:  # a static run by another name, below the settings for growth
             print(f"esper {mode}: note: {never}", file=sys.stderr)
+        if runner.priors is not None and options.resume is None:
+            note = _priors_note(runner.config, runner.priors)
+            print(f"esper {mode}: note: {note}", file=sys.stderr)
         runner.run()
     except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before the run's loop
         interrupted_hint(mode, directory, f"epoch {runner.epoch}")

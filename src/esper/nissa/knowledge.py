@@ -25,6 +25,8 @@ bounded time. PostgreSQL serialises writers itself; migrations there hold an adv
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import stat
@@ -625,6 +627,20 @@ def record_outcomes(
         )
         return False
     return True
+
+
+def priors_receipt(url: str | None, outcomes: Sequence[SeedOutcome]) -> dict[str, Any]:
+    """What ``meta.json`` records of a bandit selector's priors (``outcomes_for``): how many,
+    their SHA-256 (of their JSON, in order) and the store they came from (password hidden):
+    the store grows with every run, so the same command starts from other outcomes later."""
+    url = default_url() if url is None else url
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        shown = url  # refused on opening: ``outcomes_for`` read nothing from it
+    text = json.dumps([asdict(o) for o in outcomes], sort_keys=True, allow_nan=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return {"outcomes": len(outcomes), "sha256": digest, "store": shown}
 
 
 def outcomes_for(

@@ -254,6 +254,9 @@ class RunMeta:
             (``Dataset.receipt``); None in runs from before it was recorded.
         policy: an eval's policy: its PPO run's ``path``, ``run_id`` and the PPO ``round`` it
             finished; None for other modes (and evals from before it was recorded).
+        priors: a bandit selector's priors from the knowledge store (``priors_receipt``:
+            how many outcomes, their SHA-256, the store), which other runs add to; None when
+            it started from none, or for another controller.
         resumes: each resume of the run (``resume_record``): the step it continued after, when,
             its command, git revision and package versions, which may differ from the start's.
     """
@@ -269,6 +272,7 @@ class RunMeta:
     platform: str
     data: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
+    priors: dict[str, Any] | None = None
     resumes: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -364,6 +368,7 @@ def run_meta(
     command: Sequence[str],
     data: Mapping[str, Any] | None = None,
     policy: Mapping[str, Any] | None = None,
+    priors: Mapping[str, Any] | None = None,
 ) -> RunMeta:
     """The receipt of a run starting now: git revision, package versions, platform, time, its
     ``data`` (``Dataset.receipt``) and an eval's ``policy`` (``RunMeta.policy``).
@@ -382,6 +387,7 @@ def run_meta(
         platform=_platform(),
         data=None if data is None else dict(data),
         policy=None if policy is None else dict(policy),
+        priors=None if priors is None else dict(priors),
     )
 
 
@@ -427,7 +433,7 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     Raises:
         RunRecordError: the file is a directory, unreadable, or not a run meta file.
     """
-    added: dict[str, Any] = {"data": None, "policy": None, "resumes": []}
+    added: dict[str, Any] = {"data": None, "policy": None, "priors": None, "resumes": []}
     return read_record(run_dir / META_FILE, RunMeta, "an Esper run meta file", added)
 
 

@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -210,15 +210,15 @@ def make_controller(
     episode: Episode,
     hub: TelemetryHub,
     policy: dict[str, Any] | None,
-    host: HostSignature,
+    priors: Sequence[SeedOutcome] = (),
 ) -> Controller:
     """The controller of ``mode`` (eval: the ``policy`` state of a PPO run's checkpoint, its
-    decisions logged when NORMAL; heuristic: a bandit selector starts from the knowledge
-    store's outcomes on this ``host``)."""
+    decisions logged when NORMAL; heuristic: a bandit selector starts from ``priors``,
+    ``selector_priors``)."""
     if mode == "static":
         return StaticController()
     if mode == "heuristic":
-        return _heuristic(config, episode, host)
+        return _heuristic(config, episode, priors)
     if mode == "random":
         return RandomController(episode.topology, config.seed, config.training.auto_advance)
     if mode == "periodic":
@@ -233,19 +233,26 @@ def make_controller(
     return controller
 
 
-def _heuristic(config: GrowthRun, episode: Episode, host: HostSignature) -> HeuristicTamiyo:
+def selector_priors(mode: str, config: GrowthRun, host: HostSignature) -> list[SeedOutcome]:
+    """A heuristic's bandit selector's priors: the knowledge store's outcomes on ``host``
+    (none for another mode, or the rotation, which does not learn)."""
+    if mode != "heuristic" or config.heuristic.selector == "rotation":
+        return []
+    from esper.nissa.knowledge import outcomes_for  # SQLAlchemy: only when used
+
+    return outcomes_for(config.knowledge, host, _warn)
+
+
+def _heuristic(
+    config: GrowthRun, episode: Episode, priors: Sequence[SeedOutcome]
+) -> HeuristicTamiyo:
     """The heuristic with its selector's priors (a bandit's only) and blueprint sizes (the
     specialize strategy's only)."""
     settings = config.heuristic
-    priors: list[SeedOutcome] = []
-    if settings.selector != "rotation":  # the rotation does not learn
-        from esper.nissa.knowledge import outcomes_for  # SQLAlchemy: only when used
-
-        priors = outcomes_for(config.knowledge, host, _warn)
     sizes = None
     if settings.strategy == "specialize":
         sizes = blueprint_sizes(episode.initial_model.host.injection_points)
-    return HeuristicTamiyo(settings, config.seed, priors, sizes)
+    return HeuristicTamiyo(settings, config.seed, list(priors), sizes)
 
 
 class GrowthRunner:
@@ -290,7 +297,9 @@ class GrowthRunner:
             training.task, self.episode.topology.value, model.host.config.width,
             model.host_param_count,
         )  # fmt: skip
-        self.controller = make_controller(mode, self.config, self.episode, hub, policy, host)
+        priors = selector_priors(mode, self.config, host)
+        self.priors = _priors_receipt(self.config, priors)  # what meta.json records
+        self.controller = make_controller(mode, self.config, self.episode, hub, policy, priors)
         # The PPO run may train on after this eval started, or another run take its place; a
         # resume must use the same policy: the same run (its id) at the same round.
         self.policy_round = None if policy is None else int(policy["trainer"]["round"])
@@ -319,7 +328,9 @@ class GrowthRunner:
             path, run, at = self.config.policy, self.policy_run, self.policy_round
             policy = {"path": path, "run_id": run, "round": at}
         threads, data = self.threads, self.data
-        return record.run_meta(run_id, self.mode, seeds, threads, sys.argv, data, policy)
+        return record.run_meta(
+            run_id, self.mode, seeds, threads, sys.argv, data, policy, self.priors
+        )
 
     def _restore(self, state: Any) -> None:
         where = f"cannot resume {str(self.recorder.directory)!r}"
@@ -528,6 +539,15 @@ class GrowthRunner:
         task, seed = self.config.training.task, self.config.seed
         run_id, seconds = self.recorder.run_id, round(self.elapsed, 3)
         return record.RunSummary(status, self.mode, task, seed, run_id, seconds, None, growth)
+
+
+def _priors_receipt(config: GrowthRun, priors: Sequence[SeedOutcome]) -> dict[str, Any] | None:
+    """``meta.json``'s record of a bandit selector's priors (None: no outcome to start from)."""
+    if not priors:
+        return None
+    from esper.nissa.knowledge import priors_receipt
+
+    return priors_receipt(config.knowledge, priors)
 
 
 def _warn(message: str) -> None:
