@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -101,13 +101,7 @@ def run_study(args: argparse.Namespace) -> int:
             _say(note)
         return 0
     runs = driver.will_run()  # else the results are written again, without Ray
-    if runs and directory.is_dir():
-        with study_lock(directory):  # another driver's: refused before Ray starts (10 s or more)
-            pass
-    try:  # an unreachable cluster fails before anything is made
-        stop = connect_ray(args.address) if runs else lambda: None
-    except ValueError as err:
-        raise UserError(str(err)) from err
+    stop = _join_ray(args.address, directory) if runs else lambda: None
     capacity, stopped = None, False
     try:
         if address is None and runs:  # a local instance has what it has; a cluster may grow
@@ -142,6 +136,18 @@ def run_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _join_ray(address: str | None, directory: Path) -> Callable[[], None]:
+    """``connect_ray``, once no other driver runs the study (it started a local Ray, 10 s or
+    more, before being refused); an unreachable cluster fails before anything is made."""
+    if directory.is_dir():
+        with study_lock(directory):
+            pass
+    try:
+        return connect_ray(address)
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
 
 def _interrupted(driver: StudyDriver, directory: Path, file: Path, address: str | None) -> None:
