@@ -81,7 +81,7 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
     if policy is None or base is None:
         return replace(config, training=absolute_data_dir(config.training)), None
     config = replace(config, training=absolute_data_dir(_own_data_dir(base, config.training)))
-    _check_held_out(policy, config.seed)
+    _check_held_out(policy, base, config.training, config.seed)
     notes = [
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
@@ -144,14 +144,19 @@ def _priors_note(config: GrowthRun, priors: dict[str, Any]) -> str:
     )
 
 
-def _check_held_out(policy: Path, seed: int) -> None:
-    """Refuse an eval whose seed is one of its policy's training environments': it re-runs
-    the host and data order that environment trained on in round 1 (episode k of seed s is
-    seeded alike in both), which is no evaluation (evaluation seeds are never training ones).
+def _check_held_out(
+    policy: Path, trained_with: HostTraining, running_with: HostTraining, seed: int
+) -> None:
+    """Refuse an eval on its policy's task whose seed is one of its training environments':
+    it re-runs the host and data order that environment trained on in round 1 (episode k of
+    seed s is seeded alike in both), which is no evaluation (evaluation seeds are never
+    training ones). On another task the seed builds another host on other data.
 
     Raises:
         UserError: naming the seed, the training seeds and the first seed after them.
     """
+    if running_with.task != trained_with.task:
+        return
     meta = record.read_meta(policy)  # read before, by ``ppo_state``
     seeds = None if meta is None else meta.seeds.get("environments")
     used = [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []

@@ -24,6 +24,7 @@ from esper.leyline.config import UserError, override
 from esper.leyline.files import shell_path
 from esper.nissa import record
 from esper.nissa.log import counted, display, percent
+from esper.seeding import environment_seeds
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.study.checks import check_recorded_mode
 from esper.study.ppo import PPORunner, checked_data, start_workers
@@ -104,11 +105,13 @@ def _farewell(runner: PPORunner, directory: Path) -> int:
     summary = runner.summary("completed", None)
     ppo = summary.ppo
     assert ppo is not None
+    # the first seed after the training environments': an eval on theirs is refused
+    held_out = max(environment_seeds(runner.config.runtime.seed, runner.config.ppo.n_envs)) + 1
     print(
         f"ppo {summary.task}: {counted(ppo.rounds_completed, 'round')}, "
         "mean return "
         f"{display(ppo.final_mean_return, '.3f')}, final accuracy "
         f"{percent(ppo.final_mean_accuracy)} -> {directory}\n"
-        f"run the policy with: esper eval --policy {shell_path(directory)}"
+        f"run the policy with: esper eval --policy {shell_path(directory)} --seed {held_out}"
     )
     return 0
