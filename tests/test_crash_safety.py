@@ -806,6 +806,18 @@ def test_a_signal_while_the_command_loads_ends_it_in_one_line(
     assert not out.exists()
 
 
+def test_a_view_command_runs_in_a_thread_of_its_own(tmp_path) -> None:
+    """``main`` run in a program's thread: setting the loading window's signal handlers
+    raised "signal only works in main thread" for every view command."""
+    import threading
+
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(main(["runs", "list", str(tmp_path)])))
+    thread.start()
+    thread.join(timeout=60)
+    assert codes == [0]
+
+
 def test_a_sighup_ignored_by_nohup_stays_ignored_while_the_command_loads(tmp_path) -> None:
     script = tmp_path / "load.py"
     script.write_text(_SIGNAL_WHILE_IMPORTING)
@@ -1215,6 +1227,9 @@ def test_a_resume_records_its_code_and_warns_when_it_changed(
     assert meta is not None and meta.resumes == ()
     same = tmp_path / "same"
     shutil.copytree(run_copy, same)
+    older = json.loads((same / "meta.json").read_text())
+    del older["versions"]["ray"]  # a run from before ray's version was recorded
+    (same / "meta.json").write_text(json.dumps(older))
     assert main(["heuristic", "--resume", str(same)]) == 0  # the same code: recorded, no word
     assert "other code" not in capsys.readouterr().err
     resumed = record.read_meta(same)

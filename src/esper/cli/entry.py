@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,12 @@ def loading() -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP end the process at once with "esper: interrupted" (status
     130) while the block imports modules, and have their earlier handlers back after it. An
     ignored SIGTERM or SIGHUP (``nohup``'s) stays ignored; Ctrl-C is taken even where ignored
-    (a background job's), as the command takes it once loaded."""
+    (a background job's), as the command takes it once loaded. Outside the main thread (a
+    program running ``main`` in a thread of its own), where handlers cannot be set, it does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     stopping = (signal.SIGTERM, signal.SIGHUP)
     signals = [signal.SIGINT, *(s for s in stopping if signal.getsignal(s) is not signal.SIG_IGN)]
     previous = {signum: signal.signal(signum, _interrupted_while_loading) for signum in signals}

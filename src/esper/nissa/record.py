@@ -236,7 +236,8 @@ def read_record(
 
 @dataclass(frozen=True)
 class RunMeta:
-    """The reproducibility receipt of a run (``meta.json``), written once when it starts.
+    """The reproducibility receipt of a run (``meta.json``), written when it starts; each
+    resume adds itself to ``resumes``.
 
     Attributes:
         run_id: the run's id (``new_run_id``), written into every event and checkpoint.
@@ -413,8 +414,8 @@ def code_change(meta: RunMeta, resume: Mapping[str, Any]) -> str | None:
         changes.append(f"revision {last.get('git_revision')} -> {resume['git_revision']}")
     was = last.get("versions") or {}
     for name, version in resume["versions"].items():
-        if was.get(name) != version:
-            changes.append(f"{name} {was.get(name)} -> {version}")
+        if name in was and was[name] != version:  # one recorded only since is no change
+            changes.append(f"{name} {was[name]} -> {version}")
     return ", ".join(changes) or None
 
 

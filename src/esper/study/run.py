@@ -376,7 +376,6 @@ class Recorder:
             checkpoints.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
             self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
             (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
-            self._record_resume(self.checkpoint.step)
         sinks: list[Sink] = []
         if telemetry.mlflow is not None:
             try:
@@ -397,6 +396,8 @@ class Recorder:
             )
         self.hub.sinks.extend([*sinks, log])
         resumed = None if self.checkpoint is None else self.checkpoint.step
+        if resumed is not None:  # every sink is up: this resume runs
+            self._record_resume(resumed)
         self.hub.emit(
             RunStarted(
                 self.run_id,
