@@ -963,6 +963,31 @@ def test_a_second_signal_while_the_cancelled_trials_are_waited_for_still_writes_
     assert (directory / TRIALS_FILE).exists()
 
 
+def test_a_signal_while_the_results_so_far_are_written_is_dropped(tmp_path, monkeypatch):
+    """A third signal (or a second one after the wait) while the stopped driver wrote
+    trials.csv left it unwritten."""
+    spec, directory = read_study(_study(tmp_path, f"{HEAD}seeds = 2\n{BUDGET}{STATIC}"))
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, print)
+    write = driver.write_trials
+
+    def signalled(outcome):
+        signal.raise_signal(signal.SIGTERM)
+        write(outcome)
+
+    def stop(signum, frame):  # as ``esper study`` takes SIGTERM (interrupt_on_termination)
+        raise Stop
+
+    monkeypatch.setattr(driver, "write_trials", signalled)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stop):
+            driver._loop(_FakeRay(), None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (directory / TRIALS_FILE).exists()
+
+
 def test_interrupted_and_queued_trials_keep_their_attempts(tmp_path):
     """Every submitted trial used to count an attempt, so a few Ctrl-Cs (or kill -9s) left
     trials that never ran out of attempts (and the next run died on a KeyError)."""

@@ -102,7 +102,7 @@ def run_study(args: argparse.Namespace) -> int:
         return 0
     runs = driver.will_run()  # else the results are written again, without Ray
     stop = _join_ray(args.address, directory) if runs else lambda: None
-    capacity, stopped = None, False
+    capacity = None
     try:
         if address is None and runs:  # a local instance has what it has; a cluster may grow
             capacity = trial_slots(spec.resources)  # or one line: a trial would never fit
@@ -116,13 +116,13 @@ def run_study(args: argparse.Namespace) -> int:
             _say(note)
         outcome = driver.run(capacity)
     except Stop:
-        stopped = True
         _interrupted(driver, directory, args.file, address)
         return EXIT_INTERRUPTED
     finally:
-        # A signal that cut Ray's shutdown short left its processes running; one that comes
-        # while the command stops anyway is dropped (it printed a second "interrupted").
-        with stop_signals() as held, held(final=stopped):
+        # A signal that cut Ray's shutdown short left its processes running, and printed a
+        # second "interrupted" after a stop: one that comes during it is dropped (after a
+        # completed study, the results are written next; a signal then stops that).
+        with stop_signals() as held, held(final=True):
             stop()
     results = _write_results(spec, directory, outcome)
     for line in results.verdicts:

@@ -59,7 +59,14 @@ from esper.study.checks import DATA_DIR_SETTINGS, changed_settings
 from esper.study.growth import GrowthRun
 from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
 from esper.study.plan import Trial, growth_config, plan, policy_trial, trial_mode
-from esper.study.run import Stop, partial_policy, policy_rounds, ppo_state, read_state
+from esper.study.run import (
+    Stop,
+    partial_policy,
+    policy_rounds,
+    ppo_state,
+    read_state,
+    stop_signals,
+)
 from esper.study.spec import MATCHED, ArmSpec, Resources, StudySpec, ppo_config
 from esper.study.state import StudyState, study_settings
 
@@ -431,14 +438,15 @@ class StudyDriver:
             for ref in running:
                 ray.cancel(ref)  # a KeyboardInterrupt in the trial: it checkpoints and stops
             # stopped again: no waiting (each trial's last checkpoint stays resumable), but the
-            # results so far are written all the same
+            # results so far are written all the same, any further signal dropped meanwhile
             with suppress(KeyboardInterrupt):
                 ray.wait(list(running), num_returns=len(running), timeout=60)
-            # A trial may finish before its cancel takes: the results so far count it, as a
-            # resume does (they said it was not finished).
-            unfinished = [t for t in running.values() if not self._finished_as_stopped(t)]
-            self.stopped = self._outcome([*waiting, *unfinished])
-            self.write_trials(self.stopped)  # the results so far; a resume completes them
+            with stop_signals() as held, held(final=True):
+                # A trial may finish before its cancel takes: the results so far count it, as
+                # a resume does (they said it was not finished).
+                unfinished = [t for t in running.values() if not self._finished_as_stopped(t)]
+                self.stopped = self._outcome([*waiting, *unfinished])
+                self.write_trials(self.stopped)  # the results so far; a resume completes them
             raise Stop from None
         outcome = self._outcome(waiting)
         self.write_trials(outcome)
