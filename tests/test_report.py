@@ -641,11 +641,18 @@ def test_a_baseline_trained_with_other_settings_is_named(tmp_path: Path) -> None
         "e trained with batches_per_epoch 4, val_samples 256 and the baseline s with "
         "batches_per_epoch all, val_samples all: their accuracies are not like for like."
     ]
-    assert lines([run("w", "heuristic", width=8, lr=0.01), static]) == [
-        "w trained with lr 0.01, width 8 and the baseline s with lr 0.003, width the task's: "
-        "their accuracies are not like for like."
+    assert lines([run("w", "heuristic", lr=0.01, precision="bfloat16"), static]) == [
+        "w trained with lr 0.01, precision bfloat16 and the baseline s with lr 0.003, precision "
+        "float32: their accuracies are not like for like."
     ]
     assert lines([run("h", "heuristic"), static]) == []
+    # a host widened to the grown one's size is the baseline "per parameter" asks for
+    assert lines([run("h2", "heuristic"), run("m", "static", width=8)]) == []
+    run("o", "static")  # a run that did not record a setting: not compared
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    del config["training"]["precision"]
+    (tmp_path / "o" / "config.json").write_text(json.dumps(config))
+    assert lines([run("p", "heuristic", precision="bfloat16"), load_run(tmp_path / "o")]) == []
     (tmp_path / "s" / "config.json").write_text("{}")  # unreadable settings: no guess
     assert lines([evaluated, load_run(tmp_path / "s")]) == []
 

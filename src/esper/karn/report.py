@@ -501,14 +501,15 @@ def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
 
 
 COMPARED_SETTINGS = (
-    "batch_size", "batches_per_epoch", "val_samples", "lr", "weight_decay", "width", "precision"
+    "batch_size", "batches_per_epoch", "val_samples", "lr", "weight_decay", "precision"
 )  # fmt: skip
 """The host-training settings (``config.json``'s ``training``) two single-model runs of one task
 and length must share for their accuracies to compare like for like (an eval keeps its policy's,
-a tiny preset's 4 batches per epoch, unless told otherwise)."""
+a tiny preset's 4 batches per epoch, unless told otherwise). Not the width: a static host
+widened to a grown one's size is the baseline that asks "per parameter"."""
 
 
-_UNSET = {"batches_per_epoch": "all", "val_samples": "all", "width": "the task's"}
+_UNSET = {"batches_per_epoch": "all", "val_samples": "all"}
 """What a resolved setting of None means (``resolve_training``)."""
 
 
@@ -521,12 +522,15 @@ def _settings_warning(run: RunData, baseline: RunData) -> list[str]:
         return []
     if not isinstance(ours, dict) or not isinstance(theirs, dict):
         return []
-    names = [name for name in COMPARED_SETTINGS if ours.get(name) != theirs.get(name)]
+    names = [  # a setting one of them does not record (an older run's) is not compared
+        name for name in COMPARED_SETTINGS
+        if name in ours and name in theirs and ours[name] != theirs[name]
+    ]  # fmt: skip
     if not names:
         return []
 
     def shown(training: dict[str, Any]) -> str:
-        values = {name: training.get(name) for name in names}
+        values = {name: training[name] for name in names}
         return ", ".join(f"{k} {_UNSET.get(k) if v is None else v}" for k, v in values.items())
 
     return [
