@@ -41,8 +41,12 @@ def test_a_growth_runs_recorded_seeds_are_its_episodes(tmp_path, stream_seeds) -
                  "--out", str(run)]) == 0  # fmt: skip
     episode = 4 * 1_000_003 + 1
     low = episode % 2**32
-    assert _seeds(run) == {"run": 4, "episode": episode, "data_order": low, "controller": 4}
+    assert _seeds(run) == {"run": 4, "episode": episode, "data_order": low}  # rotation: no draws
     assert stream_seeds == [episode % 2**32]
+    drawn = tmp_path / "random"  # a controller that draws records its seed too
+    assert main(["random", "--task", "synthetic", "--epochs", "2", *TINY, "--seed", "4",
+                 "--out", str(drawn)]) == 0  # fmt: skip
+    assert _seeds(drawn) == {"run": 4, "episode": episode, "data_order": low, "controller": 4}
 
 
 def test_a_ppo_runs_recorded_seeds_derive_its_episodes(tmp_path, stream_seeds) -> None:

@@ -87,17 +87,14 @@ def acting_seed(policy: int, round_: int, env: int) -> int:
     return stream_seed("acting", policy, round_, env)
 
 
-def run_seeds(seed: int, n_envs: int | None = None) -> dict[str, Any]:
-    """What ``meta.json`` records of a run's seeds: a growth run's (``n_envs`` None), or a PPO
-    run's of ``n_envs`` environments, with how the per-round ones derive."""
+def run_seeds(seed: int, n_envs: int | None = None, *, drawing: bool = False) -> dict[str, Any]:
+    """What ``meta.json`` records of a run's seeds: a growth run's (``n_envs`` None; with
+    ``drawing``, its controller draws at random: the random controller, a bandit selector),
+    or a PPO run's of ``n_envs`` environments, with how the per-round ones derive."""
     if n_envs is None:
         episode = episode_seed(seed, 1)
-        return {
-            "run": seed,
-            "episode": episode,
-            "data_order": low_seed(episode),
-            "controller": seed,
-        }
+        seeds = {"run": seed, "episode": episode, "data_order": low_seed(episode)}
+        return {**seeds, "controller": seed} if drawing else seeds
     return {
         "run": seed,
         "environments": environment_seeds(seed, n_envs),

@@ -322,7 +322,8 @@ class GrowthRunner:
         return self.config.never_grows(self.mode, self.episode.max_epochs)
 
     def _meta(self, run_id: str) -> record.RunMeta:
-        seeds = run_seeds(self.config.seed)
+        bandit = self.mode == "heuristic" and self.config.heuristic.selector != "rotation"
+        seeds = run_seeds(self.config.seed, drawing=self.mode == "random" or bandit)
         policy = None
         if self.policy_run is not None:
             path, run, at = self.config.policy, self.policy_run, self.policy_round

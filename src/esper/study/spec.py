@@ -61,6 +61,7 @@ from esper.leyline.trials import (
     VerdictRoles,
 )
 from esper.nissa import record
+from esper.seeding import environment_seeds
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.run import ppo_state
@@ -644,7 +645,7 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
         )
         n_envs = config.ppo.n_envs
         _warn_shared_environments(arm, n_envs)
-        used = {s + i for s in arm.training_seeds for i in range(n_envs)}
+        used = {e for s in arm.training_seeds for e in environment_seeds(s, n_envs)}
         origin = f"its training seeds {list(arm.training_seeds)} use environment seeds"
     overlap = sorted(used & evaluation)
     require(
