@@ -1239,7 +1239,7 @@ def test_a_resume_records_its_code_and_warns_when_it_changed(
     assert main(["heuristic", "--resume", str(run_copy)]) == 0
     err = capsys.readouterr().err
     assert f"revision {meta.git_revision} -> feedface-dirty" in err, err
-    assert "its steps after 1 ran on it" in err, err
+    assert "its steps after 1 run on it" in err, err
     resumed = record.read_meta(run_copy)
     assert resumed is not None and resumed.git_revision == meta.git_revision  # the start's
     (resume,) = resumed.resumes

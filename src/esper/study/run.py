@@ -355,7 +355,7 @@ class Recorder:
         if change is not None:
             logger.warning(
                 "%s: this resume runs other code than the run did (%s): its steps after %d "
-                "ran on it, as meta.json records",
+                "run on it (meta.json records each resume)",
                 self.directory,
                 change,
                 step,
