@@ -233,10 +233,16 @@ def make_controller(
     return controller
 
 
+def _bandit(mode: str, config: GrowthRun) -> bool:
+    """Whether the run's controller is the heuristic with a bandit selector (the rotation
+    neither learns nor draws)."""
+    return mode == "heuristic" and config.heuristic.selector != "rotation"
+
+
 def selector_priors(mode: str, config: GrowthRun, host: HostSignature) -> list[SeedOutcome]:
     """A heuristic's bandit selector's priors: the knowledge store's outcomes on ``host``
-    (none for another mode, or the rotation, which does not learn)."""
-    if mode != "heuristic" or config.heuristic.selector == "rotation":
+    (none for another controller)."""
+    if not _bandit(mode, config):
         return []
     from esper.nissa.knowledge import outcomes_for  # SQLAlchemy: only when used
 
@@ -322,8 +328,8 @@ class GrowthRunner:
         return self.config.never_grows(self.mode, self.episode.max_epochs)
 
     def _meta(self, run_id: str) -> record.RunMeta:
-        bandit = self.mode == "heuristic" and self.config.heuristic.selector != "rotation"
-        seeds = run_seeds(self.config.seed, drawing=self.mode == "random" or bandit)
+        drawing = self.mode == "random" or _bandit(self.mode, self.config)
+        seeds = run_seeds(self.config.seed, drawing=drawing)
         policy = None
         if self.policy_run is not None:
             path, run, at = self.config.policy, self.policy_run, self.policy_round
