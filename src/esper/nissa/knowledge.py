@@ -632,12 +632,10 @@ def record_outcomes(
 def priors_receipt(url: str | None, outcomes: Sequence[SeedOutcome]) -> dict[str, Any]:
     """What ``meta.json`` records of a bandit selector's priors (``outcomes_for``): how many,
     their SHA-256 (of their JSON, in order) and the store they came from (password hidden):
-    the store grows with every run, so the same command starts from other outcomes later."""
+    the store grows with every run, so the same command starts from other outcomes later.
+    ``url`` opened (the outcomes came from it), so it parses."""
     url = default_url() if url is None else url
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        shown = url  # refused on opening: ``outcomes_for`` read nothing from it
+    shown = make_url(url).render_as_string(hide_password=True)
     text = json.dumps([asdict(o) for o in outcomes], sort_keys=True, allow_nan=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return {"outcomes": len(outcomes), "sha256": digest, "store": shown}
