@@ -320,6 +320,7 @@ def growth_summary(run_id: str = "run-a", **overrides: Any) -> RunSummary:
         pruned=2,
         seeds=(SeedSummary("mid", "FOSSILIZED", "conv_light"),),
         test=None,
+        final_model_val_accuracy=None,
     )
     values: dict[str, Any] = {
         "status": "interrupted",

@@ -756,6 +756,24 @@ def test_a_panicked_epochs_accuracy_is_not_the_best(spiked_run) -> None:
     assert summary.growth.best_val_accuracy == before < 99.0
 
 
+def test_a_terminated_runs_final_model_is_validated_as_restored(spiked_run) -> None:
+    """The summary's validation accuracy of the final model (a ``score = "validation"`` study's
+    score): a terminated run's model is the one the governor restored, the model of epoch 5
+    (the last healthy epoch), not the panicked epoch 7 the last row measured. Oracles:
+    ``model.pt`` evaluated here, and epoch 5's row (a static host: nothing else changed)."""
+    from esper.data import load_dataset
+    from esper.kasmina import load_model
+    from esper.tolaria import evaluate
+
+    g, rows = _summary(spiked_run).growth, _rows(spiked_run)
+    assert g is not None and g.final is not None and g.final.val_accuracy == 99.0
+    data = load_dataset("synthetic")
+    model = load_model(spiked_run / "model.pt")
+    accuracy = evaluate(model, data.x_val[:128], data.y_val[:128])[1]
+    assert g.final_model_val_accuracy == accuracy
+    assert accuracy == pytest.approx(float(rows[4]["val_accuracy"]), abs=1e-9)
+
+
 def test_resume_with_the_wrong_command_is_refused(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     args = ["static", "--task", "synthetic", "--epochs", "1", *TINY, "--out", str(run)]
@@ -957,6 +975,7 @@ def test_test_split_is_read_once_for_the_final_and_the_best_validation_model(tmp
     data = load_dataset("synthetic")
     model = load_model(run / "model.pt")
     assert g.test.final_accuracy == evaluate(model, data.x_test, data.y_test)[1]
+    assert g.final_model_val_accuracy == evaluate(model, data.x_val[:128], data.y_val[:128])[1]
     rows = _rows(run)
     accuracies = [float(r["val_accuracy"]) for r in rows]
     best = accuracies.index(max(accuracies)) + 1  # the first epoch reaching the best
@@ -985,6 +1004,15 @@ def test_baseline_controllers_run_as_commands(tmp_path, mode, flags) -> None:
     if mode == "periodic":  # germinates at every epoch while a slot is free
         germinated = [a["slot"] for a in actions if a["op"] == "GERMINATE" and a["accepted"]]
         assert germinated == ["early", "mid", "late"]
+    # The grown model's validation accuracy as saved (its seeds' lifecycle moved on after the
+    # last epoch validated): model.pt evaluated here.
+    from esper.data import load_dataset
+    from esper.kasmina import load_model
+    from esper.tolaria import evaluate
+
+    data, model = load_dataset("synthetic"), load_model(run / "model.pt")
+    accuracy = evaluate(model, data.x_val[:128], data.y_val[:128])[1]
+    assert summary.growth.final_model_val_accuracy == accuracy
 
 
 def test_periodic_settings_belong_to_periodic_runs(tmp_path, capsys) -> None:

@@ -610,7 +610,7 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     assert client.get("/api/studies").json() == {"studies": ["st"]}
 
     data = client.get("/api/studies/st").json()
-    assert data["error"] is None
+    assert data["error"] is None and data["score"] == "test accuracy"  # study.json says none
     links = ["st/synthetic.heuristic.seed0", "st/synthetic.heuristic.seed1"]  # not ../../solo
     assert data["rows"] == [{**asdict(row), "runs": links}]
     (got,) = data["bands"]
@@ -623,7 +623,16 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
         **asdict(band([validation(t) for t in trials])),
     }
     assert got["median"][0] == pytest.approx(validation(trials[0])[1] + 5)  # seeds 10 apart
-    client.get("/api/studies/st")
+    saved = (study / STUDY_FILE).read_text()
+    (study / STUDY_FILE).write_text(
+        saved.replace('"settings": {}', '"settings": {"score": "validation"}')
+    )
+    assert client.get("/api/studies/st").json()["score"] == "validation accuracy"
+    (study / STUDY_FILE).write_text(saved.replace('"settings": {}', '"settings": {"score": "val"}'))
+    damaged = client.get("/api/studies/st").json()
+    assert 'its score "val" is not one of test, validation' in damaged["error"]
+    assert damaged["rows"] == []
+    (study / STUDY_FILE).write_text(saved)
     assert asked == [study]  # computed again only when trials.csv changes
     assert client.get("/api/runs/st/synthetic.static.seed0/snapshot").json() == folded(
         study / TRIALS_DIR / "synthetic.static.seed0", "st/synthetic.static.seed0"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from esper.nissa.record import (
     read_summary,
     run_meta,
     run_status,
+    study_score,
     write_json,
     write_summary,
 )
@@ -478,6 +479,39 @@ def test_summaries_round_trip(tmp_path: Path) -> None:
         assert run_status(tmp_path) == summary.status
     text = (tmp_path / SUMMARY_FILE).read_text()
     assert json.loads(text)["ppo"]["env_steps"] == 640 and json.loads(text)["growth"] is None
+    # A growth summary written before the final model's validation accuracy was recorded
+    # reads without it (a score = "validation" study does not count such a trial).
+    measured = replace(growth_summary(RUN), status="completed")
+    measured = replace(measured, growth=replace(measured.growth, final_model_val_accuracy=80.5))
+    old = measured.to_json()
+    del old["growth"]["final_model_val_accuracy"]
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps(old))
+    assert read_summary(tmp_path) == replace(
+        measured, growth=replace(measured.growth, final_model_val_accuracy=None)
+    )
+
+
+@pytest.mark.parametrize(
+    ("saved", "expected"),
+    [
+        ({"settings": {"out": "o"}}, "test"),  # a study saved before the setting existed
+        ({"settings": {"score": "validation"}}, "validation"),
+        ({"settings": {"score": "validation "}}, 'its score "validation " is not one of test, '),
+        ({"settings": {"score": 3}}, "its score 3 is not one of test, validation"),
+        ({"attempts": {}}, "its score null is not one of"),
+        ([], "its score null is not one of"),
+        (None, "holds no study (no study.json)"),
+    ],
+)
+def test_a_studys_score_is_read_from_its_saved_settings(tmp_path, saved, expected) -> None:
+    if saved is not None:
+        (tmp_path / "study.json").write_text(json.dumps(saved))
+    if expected in ("test", "validation"):
+        assert study_score(tmp_path) == expected
+        return
+    with pytest.raises(RunRecordError) as caught:
+        study_score(tmp_path)
+    assert expected in _one_line(caught.value)
 
 
 def _broken_summaries() -> dict[str, Callable[[Path], None]]:
@@ -510,6 +544,7 @@ def _broken_summaries() -> dict[str, Callable[[Path], None]]:
         "more epochs done than planned": write(good | {"growth": g | {"epochs_completed": 6}}),
         "1e23 epochs planned": write(good | {"growth": g | {"epochs_planned": 10**23}}),
         "an accuracy of 150%": write(good | {"growth": g | {"best_val_accuracy": 150.0}}),
+        "a final model at -1%": write(good | {"growth": g | {"final_model_val_accuracy": -1}}),
         "a negative parameter count": write(good | {"growth": g | {"param_count": -1}}),
         "a negative loss": write(good | {"growth": g | {"final": g["final"] | {"val_loss": -1}}}),
         "more rounds than planned": write(ppo | {"ppo": ppo["ppo"] | {"rounds_completed": 99}}),

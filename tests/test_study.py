@@ -74,6 +74,40 @@ def _refused(*args: object) -> NoReturn:
     raise AssertionError(f"called with {args}")
 
 
+def test_a_validation_study_scores_and_names_the_final_models_validation_accuracy(
+    tmp_path, ray_session, capsys
+):
+    """``score = "validation"``: a study that chooses a setting ranks by the final model's
+    validation accuracy (each run's summary: the oracle), and its results, report and start
+    line say so; no test accuracy appears in what it writes. The score is part of the study:
+    changing it later is refused."""
+    body = (
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 2\nscore = "validation"\n{FAST}'
+        f'[budget]\n{BUDGET}[[arms]]\nname = "static"\ncontroller = "static"\n'
+    )
+    path = _study(tmp_path, body)
+    assert main(["study", str(path)]) == 0
+    assert "2 trials, 0 already done, scored by validation accuracy ->" in capsys.readouterr().err
+    out = tmp_path / "out"
+    rows, tests = _trials(out), []
+    for row in rows:
+        g = record.read_summary(out / TRIALS_DIR / row["run"]).growth
+        assert g is not None and g.test is not None and g.final_model_val_accuracy is not None
+        assert float(row["score"]) == g.final_model_val_accuracy
+        assert float(row["best_score"]) == g.best_val_accuracy
+        tests.append(g.test.final_accuracy)
+    assert [float(r["score"]) for r in rows] != tests  # not the test split's
+    results = (out / "results.md").read_text()
+    assert "Scores are validation accuracy (%) of the final model" in results
+    assert "test accuracy" not in results
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "<th>validation accuracy (%)</th>" in page and "test accuracy" not in page
+    path.write_text(body.replace('"validation"', '"test"'))
+    assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
+    assert 'score: "validation" -> "test"' in capsys.readouterr().err
+
+
 def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_session, capsys):
     path = _study(
         tmp_path,
@@ -639,7 +673,8 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     assert driver.stopped.pending == ["synthetic.s.seed1"]
     [(name, row)] = driver.stopped.rows
     assert (name, row.status) == ("synthetic.s.seed0", "completed") and row.score is not None
-    assert said == [f"done synthetic.s.seed0: {row.score:.2f}%"]  # it was counted silently
+    # it was counted silently
+    assert said == [f"done synthetic.s.seed0: {row.score:.2f}% test accuracy"]
     trials_csv = list(csv.DictReader((driver.directory / TRIALS_FILE).open()))
     assert [(r["arm"], r["seed"], r["status"]) for r in trials_csv] == [("s", "0", "completed")]
     # A run it cannot read is not finished (the resume will say why); the results are written.

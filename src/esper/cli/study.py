@@ -34,6 +34,7 @@ from esper.leyline.trials import (
     LOCK_FILE,
     PROFILE_FILE,
     RESULTS_FILE,
+    SCORES,
     STUDY_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
@@ -111,7 +112,8 @@ def run_study(args: argparse.Namespace) -> int:
         except OSError as err:
             raise UserError(f"cannot make the study directory {str(directory)!r}: {err}") from err
         done = len(driver.done)
-        _say(f"esper study: {_trials(driver.trials)}, {done} already done -> {directory}")
+        scored = f"scored by {SCORES[spec.score]}"
+        _say(f"esper study: {_trials(driver.trials)}, {done} already done, {scored} -> {directory}")
         for note in notes:
             _say(note)
         outcome = driver.run(capacity)
@@ -309,8 +311,9 @@ def _write_results(
 ) -> StudyResults:
     """``results.md`` and its plots for ``outcome``'s trials, judged as ``spec`` says."""
     rows = [row for _, row in outcome.rows]
+    roles = spec.verdict_roles()
     return write_results(
-        directory, rows, spec.baseline_arms(), spec.reps, 0, unfinished, spec.verdict_roles()
+        directory, rows, spec.baseline_arms(), spec.reps, 0, unfinished, roles, spec.score
     )
 
 

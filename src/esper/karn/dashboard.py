@@ -77,7 +77,7 @@ from esper.karn.guard import (
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyRow
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE
+from esper.leyline.trials import SCORES, TRIALS_DIR, TRIALS_FILE, Score
 from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
@@ -91,7 +91,14 @@ from esper.nissa.log import (
     shown_path,
     studies_within,
 )
-from esper.nissa.record import CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE, is_study, strict_json
+from esper.nissa.record import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    SUMMARY_FILE,
+    is_study,
+    strict_json,
+    study_score,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page, its script and its stylesheet (shipped as package data)."""
@@ -462,28 +469,30 @@ class Curves:
 def _study_data(
     name: str,
     study: Path,
-    rows: list[StudyRow],
+    table: tuple[Score, list[StudyRow]],
     runs_dir: Path,
     curves: Curves,
 ) -> dict[str, Any]:
-    """``GET /api/studies/{name}``'s body: the rows with the dashboard names of their trials, and
-    the band of each row's trials (those served: inside the runs directory, readable)."""
+    """``GET /api/studies/{name}``'s body: what the study scores by (``SCORES``' words), the rows
+    with the dashboard names of their trials, and the band of each row's trials (those served:
+    inside the runs directory, readable)."""
+    score, rows = table
     served = run_paths(runs_dir)
     prefix = "" if study == runs_dir else f"{name}/"
     names = [[f"{prefix}{run}" for run in row.runs if f"{prefix}{run}" in served] for row in rows]
     paths = [[served[n][0] for n in row] for row in names]
     inside = [p for row in paths for p in row if outside_part(p, runs_dir) is None]
     read = curves.of(study, inside)
-    table, bands = [], []
+    shown, bands = [], []
     for row, row_names, row_paths in zip(rows, names, paths, strict=True):
-        table.append({**asdict(row), "runs": row_names})
+        shown.append({**asdict(row), "runs": row_names})
         drawn = [read[p] for p in row_paths if p in read]
         if drawn:
             found, trials = band(drawn), len(drawn)
             label = f"{row.arm} median of {trials}{fewer_note(found.epoch, found.n, trials)}"
             drawn_band = {"trials": trials, "label": label, **asdict(found)}
             bands.append({"task": row.task, "arm": row.arm, **drawn_band})
-    return {"name": name, "rows": table, "bands": bands, "error": None}
+    return {"name": name, "score": SCORES[score], "rows": shown, "bands": bands, "error": None}
 
 
 async def _page(request: Request) -> FileResponse:
@@ -602,10 +611,11 @@ class _Api:
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
         try:
             rows = await run_in_threadpool(self.tables.rows, found[name])
-        except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
+            score = await run_in_threadpool(study_score, found[name])
+        except ValueError as err:  # an unreadable trials.csv or study.json, two trials for one seed
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
         data = await run_in_threadpool(
-            _study_data, name, found[name], rows, self.runs_dir, self.curves
+            _study_data, name, found[name], (score, rows), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN
         return JSONResponse(strict_json(data), headers={"Cache-Control": "no-cache"})
 

@@ -21,8 +21,9 @@ class StudyRow:
         task: the task, or ``all tasks``.
         arm: the arm.
         n: scores per task that entered the statistics.
-        iqm, iqm_low, iqm_high: interquartile mean of the test accuracy (%) and its 95 % interval.
-        mean, mean_low, mean_high: mean test accuracy (%) and its 95 % interval.
+        iqm, iqm_low, iqm_high: interquartile mean of the study's score (test accuracy, or
+            validation accuracy: ``SCORES``; %) and its 95 % interval.
+        mean, mean_low, mean_high: the mean score (%) and its 95 % interval.
         final_params: mean final parameters; None when no trial recorded them.
         seconds: mean training time per trial (``RunSummary.wall_seconds``); None when no
             trial recorded it.

@@ -58,6 +58,14 @@ otherwise. rliable's interval estimates default to 50,000 (2,000 is its performa
 profiles' default); in the case a walk-through checked, an IQM interval at 2,000 equalled an
 independent 20,000-resample bootstrap's to two decimals, where 500 moved a bound by 0.9."""
 
+Score = typing.Literal["test", "validation"]
+SCORES: dict[Score, str] = {"test": "test accuracy", "validation": "validation accuracy"}
+"""What a study scores its trials by (the study file's ``score``), and what its results call
+it. ``test``: the final model's accuracy on the test split, for a study that reports (the
+results table). ``validation``: the same model's accuracy on the validation samples its run
+validated on, for a study that chooses something (a reward, a preset, a setting): such a choice
+made on test accuracy leaks the test images into every later result on them."""
+
 REPS_RANGE = (10, 100_000)
 """Bootstrap resamples per interval a study (its file, ``esper report STUDY --reps``) accepts:
 fewer than 10 give no interval worth the name; 100,000 already takes minutes per table."""
@@ -95,8 +103,11 @@ class TrialRow:
         seed: The trial's seed.
         status: the run's status (``completed``, ``terminated`` by the governor), or
             ``failed``; finished trials with a score count.
-        score: Test accuracy of the final model, in percent; ``None`` when not measured.
-        best_score: Test accuracy of the best-validation checkpoint, in percent.
+        score: The study's score (``SCORES``) of the final model, in percent: its test accuracy,
+            or in a ``score = "validation"`` study its validation accuracy; ``None`` when not
+            measured.
+        best_score: The test accuracy of the best validation epoch's model, or in a
+            ``score = "validation"`` study that epoch's validation accuracy, in percent.
         final_params: Parameters of the final model.
         peak_params: The most parameters the model had during training.
         flops: Training FLOPs.

@@ -764,6 +764,7 @@ SUMMARY_METRICS = tuple(
     for label, path, spec in (
         ("test acc", "growth.test.final_accuracy", "%"),  # a study's score
         ("test acc, best val epoch", "growth.test.best_accuracy", "%"),
+        ("final model val acc", "growth.final_model_val_accuracy", "%"),  # score = "validation"
         ("final val acc", "growth.final.val_accuracy", "%"),
         ("best val acc", "growth.best_val_accuracy", "%"),
         ("final val loss", "growth.final.val_loss", ".4f"),

@@ -48,6 +48,7 @@ from esper.leyline.config import (
     check_int,
     decode,
     json_reason,
+    quoted,
 )
 from esper.leyline.files import (
     atomic_write,
@@ -57,7 +58,7 @@ from esper.leyline.files import (
     try_lock,
 )
 from esper.leyline.pages import REPORT_FILE as REPORT_FILE
-from esper.leyline.trials import STUDY_FILE
+from esper.leyline.trials import SCORES, STUDY_FILE, Score
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +225,22 @@ def read_record(
     missing one stands for."""
     data = read_json(path, what)
     if isinstance(data, dict) and added:
-        data = {**added, **data}
+        data = _with_added(data, added)
     try:
         return None if data is None else decode(cls, data)
     except ValueError as err:
         raise RunRecordError(f"{str(path)!r} is not {what}: {err}") from None
+
+
+def _with_added(data: dict[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``read_record``'s ``added`` keys it lacks; ``section.key`` adds ``key`` to
+    the table ``section`` when the file has that table."""
+    merged = {**{k: v for k, v in added.items() if "." not in k}, **data}
+    for key, value in added.items():
+        section, dot, name = key.partition(".")
+        if dot and isinstance(inner := merged.get(section), dict):
+            merged[section] = {name: value, **inner}
+    return merged
 
 
 # --------------------------------------------------------------------------------- meta.json
@@ -539,6 +551,13 @@ class GrowthSummary:
         pruned: seeds pruned.
         seeds: the slots holding a seed at the end.
         test: the test split's metrics; None unless the run finished (completed or terminated).
+        final_model_val_accuracy: the validation accuracy (percent) of the model ``test``'s
+            ``final_accuracy`` scores (``model.pt``), measured when the episode ended on the
+            samples every epoch validated on: ``final.val_accuracy`` measured the last epoch's
+            model before the epoch's end moved its seeds' lifecycle on, and a terminated run's
+            model is the one the governor restored. What a ``score = "validation"`` study
+            scores a trial by. None unless the run finished, and in summaries from before it
+            was recorded.
     """
 
     epochs_completed: int
@@ -553,13 +572,14 @@ class GrowthSummary:
     pruned: int
     seeds: tuple[SeedSummary, ...]
     test: TestMetrics | None
+    final_model_val_accuracy: float | None
 
     def __post_init__(self) -> None:
         _check_counts(self, ("epochs_planned",), MAX_COUNT)
         _check_counts(self, ("epochs_completed",), self.epochs_planned)
         _check_counts(self, ("param_count", "host_param_count", "peak_param_count"))
         _check_counts(self, ("fossilized", "pruned"))
-        _check_measures(self, ("best_val_accuracy",), ("train_flops",))
+        _check_measures(self, ("best_val_accuracy", "final_model_val_accuracy"), ("train_flops",))
 
 
 @dataclass(frozen=True)
@@ -658,7 +678,8 @@ def read_summary(run_dir: str | os.PathLike[str]) -> RunSummary | None:
         RunRecordError: ``summary.json`` is a directory, unreadable, or not a run summary
             (garbage, missing or unknown keys, wrong types).
     """
-    return read_record(Path(run_dir) / SUMMARY_FILE, RunSummary, "an Esper run summary")
+    added = {"growth.final_model_val_accuracy": None}
+    return read_record(Path(run_dir) / SUMMARY_FILE, RunSummary, "an Esper run summary", added)
 
 
 def is_run_directory(path: Path) -> bool:
@@ -712,6 +733,28 @@ def is_study(path: Path) -> bool:
     """
     mode = file_mode(path / STUDY_FILE)
     return mode is not None and stat.S_ISREG(mode)
+
+
+def study_score(directory: Path) -> Score:
+    """What the study in ``directory`` scores its trials by (``SCORES``), from the settings its
+    ``study.json`` saved: ``test`` for a study saved before the setting existed.
+
+    Raises:
+        RunRecordError: no ``study.json``, or one that is unreadable or names no known score.
+    """
+    path, what = directory / STUDY_FILE, "an Esper study state file"
+    data = read_json(path, what)
+    if data is None:
+        raise RunRecordError(f"{str(directory)!r} holds no study (no {STUDY_FILE})")
+    settings = data.get("settings") if isinstance(data, dict) else None
+    score = settings.get("score", "test") if isinstance(settings, dict) else None
+    for kind in SCORES:
+        if score == kind:
+            return kind
+    raise RunRecordError(
+        f"{str(path)!r} is not {what} (its score {quoted(score, as_json=True)} is not one of "
+        f"{', '.join(SCORES)})"
+    )
 
 
 def run_status(run_dir: Path) -> str:

@@ -47,9 +47,11 @@ from esper.leyline.trials import (
     KNOWLEDGE_FILE,
     LOCK_FILE,
     RUN_COLUMN,
+    SCORES,
     STUDY_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
+    Score,
     TrialRow,
     matched_target,
 )
@@ -155,7 +157,7 @@ class StudyDriver:
         if summary is None:
             return False
         self._finish(trial)
-        row = summary_row(trial, summary)
+        row = summary_row(trial, summary, self.spec.score)
         if row is not None:
             self.rows[trial.name] = row
         return True
@@ -174,7 +176,8 @@ class StudyDriver:
 
     def _say_done(self, trial: Trial) -> None:
         row = self.rows.get(trial.name)
-        self.say(f"done {trial.name}" + ("" if row is None else f": {_score(row)}"))
+        score = "" if row is None else f": {_score(row, self.spec.score)}"
+        self.say(f"done {trial.name}{score}")
 
     def _check_policy_round(self, arm: ArmSpec) -> int:
         """The round the given policy of ``arm`` is at, which its trials evaluate (each checks
@@ -362,7 +365,8 @@ class StudyDriver:
             policy = Path(arm.policy)
         knowledge = self.knowledge or self.own_store
         mode, growth = growth_config(self.spec, trial, width, policy, knowledge)
-        return Job(trial, mode, config_dict(growth), directory, self.policy_rounds.get(arm.name))
+        rounds = self.policy_rounds.get(arm.name)
+        return Job(trial, mode, config_dict(growth), directory, rounds, self.spec.score)
 
     def matched_width(self, trial: Trial) -> int:
         """The width whose host's parameters are nearest the matched arm's median final
@@ -591,6 +595,8 @@ def _one_line(err: BaseException) -> str:
     return message
 
 
-def _score(row: TrialRow) -> str:
-    score = row.score
-    return "no test score" if score is None or not math.isfinite(score) else f"{score:.2f}%"
+def _score(row: TrialRow, kind: Score) -> str:
+    """A finished trial's score for its ``done`` line (``81.25% validation accuracy``)."""
+    if row.score is None or not math.isfinite(row.score):
+        return f"no {SCORES[kind]}"
+    return f"{row.score:.2f}% {SCORES[kind]}"

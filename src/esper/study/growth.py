@@ -41,6 +41,7 @@ from esper.leyline.config import (
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import atomic_write
 from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.leyline.trials import FINISHED
 from esper.nissa import TelemetryHub, record
 from esper.seeding import run_seeds, seed_everything
 from esper.simic.build import PolicyCheckpointError, load_policy
@@ -314,6 +315,7 @@ class GrowthRunner:
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
         self.test: record.TestMetrics | None = None  # read once, when the run ends
+        self.final_val: float | None = None  # the final model's validation accuracy, then too
         self.ledger = SeedLedger("", host)
         self.recorder = Recorder.open(
             mode, self.config, out, resume, EpochRow, self._meta, hub, self._state
@@ -425,6 +427,7 @@ class GrowthRunner:
 
             record_outcomes(self.config.knowledge, outcomes, _warn)
         self.test = self._test()
+        self.final_val = measured(self.episode.trainer.evaluate_validation()[1])
         self._finish(status)
         return status
 
@@ -541,7 +544,8 @@ class GrowthRunner:
                 for r in reports.values()
                 if r.blueprint is not None
             ),
-            test=self.test if status in ("completed", "terminated") else None,
+            test=self.test if status in FINISHED else None,
+            final_model_val_accuracy=self.final_val if status in FINISHED else None,
         )
         task, seed = self.config.training.task, self.config.seed
         run_id, seconds = self.recorder.run_id, round(self.elapsed, 3)

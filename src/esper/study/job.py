@@ -13,7 +13,7 @@ import torch
 
 from esper.leyline.config import HostTraining, UserError, override
 from esper.leyline.files import DANGLING_LINK, is_dangling
-from esper.leyline.trials import FINISHED, TrialRow
+from esper.leyline.trials import FINISHED, Score, TrialRow
 from esper.nissa import record
 from esper.nissa.log import open_run
 from esper.simic.config import TrainingConfig
@@ -34,6 +34,7 @@ class Job:
         directory: the trial's run directory.
         policy_round: for an arm given a policy, the round of it the study evaluates
             (``StudyDriver.policy_rounds``).
+        score: what the study scores the trial by (``SCORES``).
     """
 
     trial: Trial
@@ -41,6 +42,7 @@ class Job:
     config: dict[str, Any]
     directory: str
     policy_round: int | None = None
+    score: Score = "test"
 
 
 def run_job(job: Job) -> TrialRow | None:
@@ -57,7 +59,7 @@ def run_job(job: Job) -> TrialRow | None:
     finished = finished_summary(directory)
     if finished is not None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
-        return None if job.mode == "ppo" else summary_row(job.trial, finished)
+        return None if job.mode == "ppo" else summary_row(job.trial, finished, job.score)
     if job.policy_round is not None:
         _check_policy_round(job)
     if resume is None:
@@ -78,7 +80,7 @@ def run_job(job: Job) -> TrialRow | None:
         return None
     growth = override(GrowthRun(HostTraining("")), job.config)
     GrowthRunner(job.mode, growth, out, resume, device).run()
-    return trial_row(job.trial, directory)
+    return trial_row(job.trial, directory, job.score)
 
 
 def _check_policy_round(job: Job) -> None:
@@ -180,29 +182,34 @@ def other_run(meta: record.RunMeta | None, mode: str, ours: Callable[[str], bool
     return "no meta.json" if meta is None else f"the {meta.mode} run {meta.run_id!r}"
 
 
-def trial_row(trial: Trial, directory: Path) -> TrialRow | None:
+def trial_row(trial: Trial, directory: Path, score: Score = "test") -> TrialRow | None:
     """The result of a finished growth trial, from its ``summary.json``; None if unfinished.
 
     Raises:
         UserError: see ``finished_summary``.
     """
     summary = finished_summary(directory)
-    return None if summary is None else summary_row(trial, summary)
+    return None if summary is None else summary_row(trial, summary, score)
 
 
-def summary_row(trial: Trial, summary: record.RunSummary) -> TrialRow | None:
-    """The result of a growth trial from its finished run's summary (None for a PPO run's)."""
+def summary_row(trial: Trial, summary: record.RunSummary, score: Score = "test") -> TrialRow | None:
+    """The result of a growth trial from its finished run's summary (None for a PPO run's),
+    scored by ``score`` (``TrialRow.score``)."""
     if summary.growth is None:
         return None
     g = summary.growth
-    test = g.test
+    if score == "validation":
+        final, best = g.final_model_val_accuracy, g.best_val_accuracy
+    else:
+        final = None if g.test is None else g.test.final_accuracy
+        best = None if g.test is None else g.test.best_accuracy
     return TrialRow(
         task=trial.task,
         arm=trial.arm,
         seed=trial.seed,
         status=summary.status,
-        score=None if test is None else test.final_accuracy,
-        best_score=None if test is None else test.best_accuracy,
+        score=final,
+        best_score=best,
         final_params=g.param_count,
         peak_params=g.peak_param_count,
         flops=g.train_flops,

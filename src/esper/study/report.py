@@ -37,12 +37,15 @@ from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import (
     DEFAULT_REPS,
+    SCORES,
     TRIALS_DIR,
     TRIALS_FILE,
+    Score,
     TrialRun,
     TrialsFileError,
     read_trials,
 )
+from esper.nissa import record
 from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState
 from esper.nissa.log import (
@@ -185,6 +188,11 @@ def build_study_report(
             f"{str(directory)!r}: none of its {len(trials)} trial(s) finished with a score "
             f"({TRIALS_FILE}); nothing to report"
         )
+    try:
+        score = record.study_score(directory)
+    except record.RunRecordError as err:
+        raise StudyReportError(str(err)) from None
+    label = SCORES[score]
     rows = [t.row for t in trials]
     stats.check_bootstrap(reps, seed)  # not the trials file's fault, unlike the error below
     try:
@@ -195,14 +203,14 @@ def build_study_report(
     plots = [
         StudyPlot(
             "interval_estimates",
-            "IQM and mean test accuracy over all tasks per arm, with 95 % bootstrap intervals.",
-            stats.interval_plot(overall),
+            f"IQM and mean {label} over all tasks per arm, with 95 % bootstrap intervals.",
+            stats.interval_plot(overall, score),
         ),
         StudyPlot(
             "performance_profile",
             "Performance profiles: the fraction of each arm's runs (over all its tasks) with "
-            "test accuracy above τ, with 95 % bootstrap bands.",
-            stats.profile_plot(rows, reps, seed),
+            f"{label} above τ, with 95 % bootstrap bands.",
+            stats.profile_plot(rows, reps, seed, score),
         ),
     ]
     runs, warnings = _validation_curves(directory, counted)
@@ -211,7 +219,7 @@ def build_study_report(
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
     for task in sorted({c.task for c in curves}):
         plots.append(plot_task(task, [c for c in curves if c.task == task], colours))
-    page = _render(directory, out, trials, summaries, plots, warnings, reps, seed)
+    page = _render(directory, out, trials, summaries, plots, warnings, (reps, seed), score)
     return StudyReport(plots, page, warnings, curves)
 
 
@@ -266,8 +274,8 @@ def _link(target: Path, out: Path, text: str) -> str:
     return f"<a href='{html.escape(href)}'>{html.escape(text)}</a>"
 
 
-def _trials_table(directory: Path, out: Path, trials: Sequence[TrialRun]) -> str:
-    head = ["run", "task", "arm", "seed", "status", "test accuracy (%)", "report", "error"]
+def _trials_table(directory: Path, out: Path, trials: Sequence[TrialRun], score: Score) -> str:
+    head = ["run", "task", "arm", "seed", "status", f"{SCORES[score]} (%)", "report", "error"]
     rows = []
     for trial in sorted(trials, key=lambda t: (t.row.task, t.row.arm, t.row.seed)):
         run = directory / TRIALS_DIR / trial.run
@@ -294,20 +302,21 @@ def _render(
     summaries: Sequence[stats.ArmSummary],
     plots: Sequence[StudyPlot],
     warnings: Sequence[str],
-    reps: int,
-    seed: int,
+    bootstrap: tuple[int, int],
+    score: Score,
 ) -> str:
     counted = sum(t.row.counts for t in trials)
+    reps, seed = bootstrap
     body = [
         f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
-        f"and curves), {len(trials) - counted} not. Scores are test accuracy (%) of the final "
-        f"model; intervals are 95 % stratified bootstrap intervals ({reps} resamples, seed "
+        f"and curves), {len(trials) - counted} not. {html.escape(stats.score_sentence(score))} "
+        f"Intervals are 95 % stratified bootstrap intervals ({reps} resamples, seed "
         f"{seed}; <code>results.md</code> holds those of the study's own settings).</p>",
         "<h2>Scores</h2>",
         _results_table(summaries),
         "<h2>Plots</h2>",
         *(pages.figure(plot.name, plot.png, plot.caption) for plot in plots),
         "<h2>Trials</h2>",
-        _trials_table(directory, out, trials),
+        _trials_table(directory, out, trials, score),
     ]
     return pages.page(f"Esper study report: {shown_name(directory.resolve())}", body, warnings)

@@ -5,6 +5,7 @@ A study file is TOML::
     out = "studies/impaired"          # the study directory (trials, results)
     tasks = ["fashion_mnist_impaired"]
     seeds = 10                        # evaluation seeds first_seed .. first_seed + seeds - 1
+    score = "test"                    # or "validation", for a study that chooses a setting
     [budget]                          # host training of every trial (HostTraining keys)
     epochs = 20
     [resources]                       # what one trial asks Ray for
@@ -58,6 +59,7 @@ from esper.leyline.trials import (
     STUDY_OUTPUTS,
     TRIALS_DIR,
     TRIALS_FILE,
+    Score,
     VerdictRoles,
 )
 from esper.nissa import record
@@ -313,6 +315,10 @@ class StudySpec:
             selectors learn from (a SQLAlchemy URL, an SQLite path relative to the study
             file's directory: ``store_url``; None: knowledge.sqlite in the study directory, so
             a study's bandits learn from its own trials only).
+        score: what the trials are scored by (``SCORES``): ``test``, the final model's test
+            accuracy (a study that reports results), or ``validation``, that model's
+            validation accuracy (a study that chooses a setting, which must not see the test
+            split). Its tables, plots and verdicts then rank by it.
     """
 
     out: str
@@ -327,6 +333,7 @@ class StudySpec:
     baselines: tuple[str, ...] = ()
     reps: int = DEFAULT_REPS
     knowledge: str | None = None
+    score: Score = "test"
 
     def __post_init__(self) -> None:
         check_int("reps", self.reps, *REPS_RANGE)

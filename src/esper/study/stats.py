@@ -27,7 +27,8 @@ Choices rliable leaves open, made here once:
 - **Over all tasks** rliable wants a runs × tasks matrix, so every task must give the same number
   of runs. With unequal n an arm's aggregate uses the common n: the n lowest seeds of each task,
   where n is the smallest count among its tasks (``ArmSummary.unused`` counts the scores left
-  out; ``results.md`` says so). Scores are raw test accuracy in percent, not normalised per task.
+  out; ``results.md`` says so). Scores are raw accuracy in percent (test accuracy, or validation
+  accuracy in a ``score = "validation"`` study: ``SCORES``), not normalised per task.
   A probability of improvement over all tasks uses the tasks both arms have, each arm at its
   common n on those tasks, so it need not equal the mean of the per-task probabilities.
 - **Intervals** are percentile intervals (rliable's default) of the stratified bootstrap: runs
@@ -57,6 +58,8 @@ from esper.leyline.trials import (
     PROFILE_FILE,
     REPS_RANGE,
     RESULTS_FILE,
+    SCORES,
+    Score,
     TrialRow,
     VerdictRoles,
     matched_target,
@@ -103,7 +106,7 @@ FIGURE_WIDTH_IN = 8.0
 """``results.md``'s figures: 800 px wide, readable in a browser or a markdown viewer."""
 
 Scores = npt.NDArray[np.float64]
-"""A runs × tasks matrix of test accuracies, ``(N, K)``, as rliable takes it."""
+"""A runs × tasks matrix of scores (accuracies), ``(N, K)``, as rliable takes it."""
 
 
 @dataclass(frozen=True)
@@ -528,8 +531,23 @@ def _why_excluded(row: TrialRow) -> str:
     return f"{row.status} without a score" if row.status in FINISHED else "no error recorded"
 
 
+def score_sentence(score: Score) -> str:
+    """What a study's scores are, as its ``results.md`` and report say."""
+    if score == "validation":
+        return (
+            'Scores are validation accuracy (%) of the final model (score = "validation"): '
+            "this study chooses; the test split is left to a study that reports what it chose."
+        )
+    return "Scores are test accuracy (%) of the final model."
+
+
 def _markdown(
-    results: StudyResults, rows: Sequence[TrialRow], reps: int, seed: int, unfinished: int = 0
+    results: StudyResults,
+    rows: Sequence[TrialRow],
+    reps: int,
+    seed: int,
+    unfinished: int = 0,
+    score: Score = "test",
 ) -> str:
     counted = [row for row in rows if row.counts]
     so_far = (
@@ -542,8 +560,7 @@ def _markdown(
         *([so_far, ""] if unfinished else []),
         f"{len(rows)} trials: {len(counted)} finished with a score (completed, or ended by "
         "the governor: an outcome of its arm), "
-        f"{len(results.excluded)} excluded (listed below). Scores are test accuracy (%) of the "
-        "final model.",
+        f"{len(results.excluded)} excluded (listed below). {score_sentence(score)}",
         "",
         *_scores(results),
         "",
@@ -678,7 +695,7 @@ def _colours(arms: Sequence[str]) -> dict[str, str]:
     return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # matplotlib's default cycle
 
 
-def interval_plot(overall: Sequence[ArmSummary]) -> bytes:
+def interval_plot(overall: Sequence[ArmSummary], score: Score = "test") -> bytes:
     """``interval_estimates.png``: IQM and mean over all tasks per arm (``overall``: the
     ``ALL_TASKS`` summaries), a bar for the interval, a tick at the estimate (the layout of
     ``rliable.plot_utils.plot_interval_estimates``, drawn without pyplot)."""
@@ -694,14 +711,16 @@ def interval_plot(overall: Sequence[ArmSummary]) -> bytes:
             ax.barh(row, width, left=value.low, height=0.6, color=colours[s.arm], alpha=0.75)
             ax.vlines(value.point, row - 0.3, row + 0.3, color="k", alpha=0.6)
         ax.set_title(f"{name} over all tasks, 95 % CI")
-        ax.set_xlabel("test accuracy (%)")
+        ax.set_xlabel(f"{SCORES[score]} (%)")
         ax.grid(True, axis="x", alpha=0.25)
     axes[0].set_yticks(range(len(overall)), [s.arm for s in overall])
     axes[0].invert_yaxis()  # the first arm on top, as in the table
     return pages.png(figure)
 
 
-def profile_plot(rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int = 0) -> bytes:
+def profile_plot(
+    rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int = 0, score: Score = "test"
+) -> bytes:
     """``performance_profile.png``: score distributions (rliable's performance profiles), the
     fraction of an arm's runs, over all its tasks, whose accuracy is above τ, with 95 %
     bootstrap bands."""
@@ -724,7 +743,7 @@ def profile_plot(rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int =
         performance_profile_cis=bands,
         ax=figure.add_subplot(),
         colors={labels[arm]: colour for arm, colour in _colours(arms).items()},
-        xlabel="test accuracy τ (%)",
+        xlabel=f"{SCORES[score]} τ (%)",
         ylabel="fraction of runs above τ",
         labelsize="medium",
         ticklabelsize="medium",
@@ -742,6 +761,7 @@ def write_results(
     seed: int = 0,
     unfinished: int = 0,
     roles: VerdictRoles | None = None,
+    score: Score = "test",
 ) -> StudyResults:
     """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
 
@@ -758,6 +778,7 @@ def write_results(
         unfinished: trials of the study not finished yet (an interrupted study's results so
             far say so at the top).
         roles: which arms answer which question (``verdicts``); None: no verdicts.
+        score: what the rows' scores are (``SCORES``), as the text and plots name them.
 
     Returns:
         What ``results.md`` shows.
@@ -774,9 +795,9 @@ def write_results(
         ),
         matched=matched_sizes(rows, roles),
     )
-    intervals = interval_plot([s for s in summaries if s.task == ALL_TASKS])
-    profile = profile_plot(rows, reps, seed)
-    text = _markdown(results, rows, reps, seed, unfinished)
+    intervals = interval_plot([s for s in summaries if s.task == ALL_TASKS], score)
+    profile = profile_plot(rows, reps, seed, score)
+    text = _markdown(results, rows, reps, seed, unfinished, score)
     directory.mkdir(parents=True, exist_ok=True)
     # what a writer killed before left (hidden .NAME.tmp-* files)
     remove_temporaries(directory, [INTERVALS_FILE, PROFILE_FILE, RESULTS_FILE])

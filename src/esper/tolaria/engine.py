@@ -370,12 +370,17 @@ class Trainer:
             for i in range(0, n, EVAL_BATCH)
         ]
 
+    def evaluate_validation(self) -> tuple[float, float]:
+        """The model's validation loss and accuracy as it stands, on the samples every epoch
+        validates on (``evaluate``; no counterfactuals)."""
+        return evaluate(self.model, self._x_val, self._y_val)
+
     def _validate(self) -> tuple[float, float]:
         """Validation loss and accuracy; with running seeds, from the counterfactual pass itself
         (its first configuration is the model as it is), which also stores each contribution."""
         stages = [r.stage for r in self.model.reports().values()]
         if not any(stage in FORWARD_STAGES for stage in stages):
-            return evaluate(self.model, self._x_val, self._y_val)
+            return self.evaluate_validation()
         totals = {"loss": 0.0, "correct": 0, "count": 0}
 
         def observe(out: Tensor, y: Tensor) -> None:

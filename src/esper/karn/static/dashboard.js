@@ -697,6 +697,9 @@ function drawStudy() {
   const data = page.study.data;
   $("study-title").textContent = data ? `Study ${data.name}` : "Study";
   showError(data && data.error ? `This study's table cannot be computed: ${data.error}` : "");
+  for (const node of document.querySelectorAll(".study-score")) {  // its file's score setting
+    node.textContent = data && data.score ? data.score : "score";
+  }
   const tbody = $("study-table").tBodies[0];
   tbody.replaceChildren();
   const rows = data ? data.rows : [];
