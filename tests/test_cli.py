@@ -774,6 +774,35 @@ def test_a_terminated_runs_final_model_is_validated_as_restored(spiked_run) -> N
     assert accuracy == pytest.approx(float(rows[4]["val_accuracy"]), abs=1e-9)
 
 
+def test_the_best_validation_model_is_the_model_that_was_validated(tmp_path) -> None:
+    """The model kept as the best validation epoch's (scored on the test split) was taken after
+    the epoch's end moved its blending seed's α on (0.6 -> 0.8 here): it scored 35.10 % on the
+    validation split whose 35.65 % made it the best. Oracles: the kept model and model.pt
+    evaluated here."""
+    import io
+
+    from esper.data import load_dataset
+    from esper.kasmina import load_model
+    from esper.kasmina.checkpoint import model_from_bytes
+    from esper.tolaria import evaluate
+
+    run = tmp_path / "run"
+    args = ["--task", "digits_impaired", "--epochs", "14", "--no-germinate-last-epochs", "3"]
+    assert main(["heuristic", *args, "--out", str(run)]) == 0
+    summary = _summary(run)
+    g, data = summary.growth, load_dataset("digits")
+    assert g is not None and g.final is not None and g.test is not None
+    final = load_model(run / "model.pt")
+    # The run ends mid-blend: its final model is not the one the last epoch validated.
+    assert g.final_model_val_accuracy == evaluate(final, data.x_val, data.y_val)[1]
+    assert g.final_model_val_accuracy != g.final.val_accuracy
+    checkpoint = checkpoints.load_checkpoint(run, summary.run_id)
+    state = torch.load(io.BytesIO(checkpoint.files["state.pt"]), weights_only=True)
+    best = model_from_bytes(state["best"], "the best model", torch.device("cpu"))
+    assert evaluate(best, data.x_val, data.y_val)[1] == g.best_val_accuracy
+    assert evaluate(best, data.x_test, data.y_test)[1] == g.test.best_accuracy
+
+
 def test_resume_with_the_wrong_command_is_refused(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     args = ["static", "--task", "synthetic", "--epochs", "1", *TINY, "--out", str(run)]

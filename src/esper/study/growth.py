@@ -314,6 +314,7 @@ class GrowthRunner:
         self.elapsed = 0.0
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
+        self.episode.on_validated = self._keep_if_best
         self.test: record.TestMetrics | None = None  # read once, when the run ends
         self.final_val: float | None = None  # the final model's validation accuracy, then too
         self.ledger = SeedLedger("", host)
@@ -452,12 +453,14 @@ class GrowthRunner:
             rollback = self.episode.trainer.rollback
             vanished = None if rollback is None else dict(rollback.vanished)
             self.ledger.observe(r.epoch, r.val_accuracy, self.episode.model.reports(), vanished)
-            best = max(self._val_accuracies(), default=-math.inf)
-            # a panicked epoch measured the model the governor then discarded: the model now
-            # is an earlier epoch's (a spike's accuracy saved it as the best under its figure)
-            if r.panic is None and math.isfinite(r.val_accuracy) and r.val_accuracy > best:
-                self.best = model_bytes(self.episode.model)
             self.recorder.commit(self.epoch, row, self._state())
+
+    def _keep_if_best(self, accuracy: float) -> None:
+        """Keep the model as validated (``Trainer.on_validated``: before the epoch's end moves
+        its seeds' α on) when its accuracy is the best so far; a panicked epoch (never given)
+        measured the model the governor then discarded."""
+        if math.isfinite(accuracy) and accuracy > max(self._val_accuracies(), default=-math.inf):
+            self.best = model_bytes(self.episode.model)
 
     def _val_accuracies(self) -> list[float]:
         """The finite validation accuracies of the recorded epochs."""

@@ -354,6 +354,10 @@ class Trainer:
         self.pruned_count = 0  # seeds pruned so far, by the controller or by a rollback
         self.terminated = False  # a governor panic ends the episode
         self.rollback: Rollback | None = None  # the panic's rollback, which ended the episode
+        self.on_validated: Callable[[float], None] | None = None
+        """Called with a healthy epoch's validation accuracy (no panic) while the model is as
+        validated: before the epoch's end moves its seeds' lifecycle on (α, timers), after
+        which the model differs from the one the accuracy measured (``Episode.on_validated``)."""
         self.governor.snapshot(model, self.optimizer)  # the untrained model is a safe fallback
 
     @property
@@ -414,6 +418,8 @@ class Trainer:
             self._roll_back(panic, val_loss)
             if panic.rule == "non_finite":  # accuracies of a NaN model are not measurements
                 train_acc = val_acc = math.nan
+        elif self.on_validated is not None:
+            self.on_validated(val_acc)
         self.model.step_epoch()
         self.epoch = self.model.epoch
         if panic is None and not self.governor.suspicious:

@@ -141,6 +141,8 @@ class Episode:
         self._observation: Observation | None = None
         self._tracker_before = ""  # the tracker's state before the last epoch was observed
         self._built = False  # built by ``build`` and not trained since: ``reset`` trains it
+        self.on_validated: Callable[[float], None] | None = None
+        """Given to every trainer this episode builds (``Trainer.on_validated``)."""
 
     # ------------------------------------------------------------------------------ RNG
 
@@ -206,6 +208,7 @@ class Episode:
         self._trainer = Trainer(
             model, self.data, stream, self.training, self.emit, progress=self.progress
         )
+        self._trainer.on_validated = self.on_validated
         self._tracker = self._new_tracker()
 
     def reset(self) -> Observation:
