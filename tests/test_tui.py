@@ -504,6 +504,43 @@ def test_follows_a_live_run_and_waits_for_complete_lines(
     drive(app, script)
 
 
+def test_the_event_log_keeps_to_its_newest_line_until_scrolled_back(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """At 80×20 the log panel shrank as the tables above it filled in and stopped following
+    (Textual's Log follows only from the end it is at): it showed RunStarted for good. A reader
+    who scrolls back keeps their place, and follows again from the end."""
+    run = tmp_path / "live"
+    lines = copy_run(recorded_runs["heuristic"], run, 1)
+    app = make_app(run)
+    log = app.log_panel
+
+    def append(upto: int) -> None:
+        with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write("".join(lines[len(log.lines) : upto]))
+
+    async def script(pilot: Pilot[None]) -> None:
+        for upto in (4, 12, 30):  # the tables fill in: the log gets shorter
+            append(upto)
+            await until(pilot, lambda upto=upto: len(log.lines) == upto)
+            await pilot.pause(0.1)
+            assert log.max_scroll_y > 0 and log.is_vertical_scroll_end, (upto, log.scroll_y)
+        log.scroll_home(animate=False)  # the reader scrolls back
+        await pilot.pause(0.1)
+        append(40)
+        await until(pilot, lambda: len(log.lines) == 40)
+        await pilot.pause(0.1)
+        assert log.scroll_y == 0
+        log.scroll_end(animate=False)  # and returns to the end
+        await pilot.pause(0.1)
+        append(len(lines))
+        await until(pilot, lambda: len(log.lines) == len(lines))
+        await pilot.pause(0.1)
+        assert log.is_vertical_scroll_end
+
+    drive(app, script, size=(80, 20))
+
+
 def test_a_long_log_is_read_in_pieces(
     recorded_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

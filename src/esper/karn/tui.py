@@ -24,10 +24,11 @@ import math
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Self
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -156,6 +157,30 @@ def catch_up(tail: EventTail) -> RunState:
     return fold_to_end(RunState(LOG_LINES), tail, READ_BYTES)
 
 
+class FollowingLog(Log):
+    """Textual's ``Log``, kept at its newest line until the reader scrolls back from it, and
+    again once they are back at the end. ``Log`` follows only from the end it is at, and a log
+    that got shorter (the tables above it filled in, the terminal shrank) was no longer at its
+    end: it stayed on an old line for good (at 80×20, on ``RunStarted``)."""
+
+    following = True
+    """Whether the reader is at the newest line (has not scrolled back from it)."""
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self.following = self.is_vertical_scroll_end  # a log getting shorter moves nothing
+
+    def write_lines(self, lines: Iterable[str], scroll_end: bool | None = None) -> Self:
+        super().write_lines(lines, scroll_end=False)
+        if scroll_end or (scroll_end is None and self.following):
+            self.scroll_end(animate=False, x_axis=False)
+        return self
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.following:
+            self.scroll_end(animate=False, x_axis=False)
+
+
 class HelpScreen(ModalScreen[None]):
     """The keyboard help, over the main screen."""
 
@@ -267,7 +292,7 @@ class RunApp(App[None]):
         self.filter_input = Input(
             placeholder="/ filter events (escape clears)", id="filter", compact=True
         )
-        self.log_panel = Log(id="log", max_lines=LOG_LINES)
+        self.log_panel = FollowingLog(id="log", max_lines=LOG_LINES)
 
     def compose(self) -> ComposeResult:
         yield Header()
