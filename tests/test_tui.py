@@ -786,6 +786,52 @@ def test_tui_child_finishing_first_returns_its_code(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py", "run"]
 
 
+def test_quitting_as_a_finished_child_exits_waits_for_it(
+    recorded_runs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Quitting while a finished run's process was still exiting (torch's shutdown takes 2 s)
+    sent it SIGINT: "stopping the run: waiting for its checkpoint ...", and exit 254 (the
+    signal's -2, as Python's handler was gone). The finished child is waited for; a child
+    killed by a signal gives 128 + N."""
+    out = tmp_path / "run"
+    script_path = tmp_path / "child.py"
+    exiting = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\ntime.sleep(1.5)\n"
+    script_path.write_text(FAKE_CHILD + exiting)
+    command = [sys.executable, str(script_path), str(recorded_runs["ppo"]), str(out)]
+    monkeypatch.setattr(cli_tui, "child_command", lambda name, options, argv: (command, out))
+    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+
+    async def script(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, RunApp)
+        await until(pilot, lambda: app.state.status is not None)
+        assert app.child_code is None  # still exiting
+        await pilot.press("q")
+
+    monkeypatch.setattr(cli_tui, "_run_app", headless(script))
+    assert main(["ppo", "--preset", "tiny", "--tui"]) == 0
+    assert "stopping the run" not in capsys.readouterr().err
+    # A child a signal killed: the code a shell gives (it was -9, and exit 247).
+    suicide = [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]
+    killed = cli_tui.ChildRun.start(suicide, tmp_path / "killed")
+    killed.process.wait()
+    assert killed.stop() == 128 + signal.SIGKILL
+    killed.discard_log()
+
+
+def test_the_closing_lines_follow_the_last_progress_line() -> None:
+    """A run stopped before its first epoch printed its configuration's last lines as closing
+    lines: ``[telemetry]`` counted as a progress line."""
+    config = "esper static: effective configuration\n[training]\ntask = 'x'\n[telemetry]\n"
+    output = f"{config}tensorboard = false\n\ninterrupted: epoch 0 checkpointed\nresume: x\n"
+    assert cli_tui.final_lines(output) == ["interrupted: epoch 0 checkpointed", "resume: x"]
+    progress = "[synthetic static] epoch 2/5  val acc 50.00%\n"
+    assert cli_tui.final_lines(f"{config}{progress}static (completed)\n") == ["static (completed)"]
+
+
 def test_tui_child_failing_before_its_run_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1013,7 +1059,7 @@ def test_stopping_the_child_signals_it_first_when_the_terminal_is_gone(
 
     monkeypatch.setattr(sys, "stderr", HungUp())
     started = time.monotonic()
-    assert child.stop() == -signal.SIGINT  # ended by the signal, not by the 60 s sleep
+    assert child.stop() == 128 + signal.SIGINT  # ended by the signal, not by the 60 s sleep
     assert time.monotonic() - started < 10
 
 

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -234,8 +235,18 @@ class ChildRun:
             return  # e.g. the run directory is a mount point: appended when the child stops
         self.log_path = self.final_log
 
-    def stop(self) -> int:
-        """Interrupt the child if it still runs (SIGINT, as Ctrl-C), wait, and return its code."""
+    def stop(self, finished: bool = False) -> int:
+        """Interrupt the child if it still runs (SIGINT, as Ctrl-C), wait, and return its code
+        (128 + N for a child killed by signal N, as a shell gives it).
+
+        Args:
+            finished: the run's log holds its end record: the child is only exiting (torch's
+                shutdown takes seconds), so it is waited for; a SIGINT then killed it (exit 254)
+                after saying it was stopping the completed run.
+        """
+        if finished:
+            with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+                self.process.wait(timeout=STOP_SECONDS)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # first: after a hangup, printing fails
             _say("stopping the run: waiting for its checkpoint ...")
@@ -249,7 +260,8 @@ class ChildRun:
                 _say("killed the run")
             self.process.wait()
         self.log.close()
-        return self.process.returncode
+        code = self.process.returncode
+        return 128 - code if code < 0 else code
 
     def output(self) -> str:
         """Everything the child has written to its console."""
@@ -279,15 +291,24 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+_CONFIG_LINE = re.compile(r"\[[\w.]+\]|[\w.]+ = .*|# [\w.]+: .*")
+"""A line of the effective configuration a run prints first (``config_text``'s TOML)."""
+
+
 def final_lines(output: str) -> list[str]:
-    """The child's closing lines: those after its last progress line (``[label] ...``)."""
+    """The child's closing lines: its last ``FINAL_LINES`` after its last progress line
+    (``[label] ...``) and after its effective configuration (a run stopped before its first
+    epoch echoed the configuration's last lines)."""
     lines = [line for line in output.splitlines() if line.strip()]
-    tail: list[str] = []
-    for line in reversed(lines):
-        if line.startswith("[") or len(tail) == FINAL_LINES:
-            break
-        tail.insert(0, line)
-    return tail
+    start = 0
+    for i, line in enumerate(lines):
+        if line.endswith(": effective configuration"):
+            start = i + 1
+            while start < len(lines) and _CONFIG_LINE.fullmatch(lines[start]):
+                start += 1
+        elif line.startswith("[") and "] " in line:
+            start = i + 1
+    return lines[start:][-FINAL_LINES:]
 
 
 def run_with_tui(command: str, options: RunOptions, argv: list[str]) -> int:
@@ -308,16 +329,18 @@ def run_with_tui(command: str, options: RunOptions, argv: list[str]) -> int:
     child_argv, directory = child_command(command, options, argv)
     child = ChildRun.start(child_argv, directory)
     print(f"starting the run in {directory}; the UI opens at its first event", file=sys.stderr)
+    app = None
     try:
         run = child.wait_for_run()
         if run is not None:
             tail = EventTail(run.events_path)
-            state = catch_up(tail)
-            _run_app(RunApp(run, tail, state, exit_code=child.process.poll))
+            app = RunApp(run, tail, catch_up(tail), exit_code=child.process.poll)
+            _run_app(app)
     except KeyboardInterrupt:
         pass  # Ctrl-C before the UI took the terminal: stop the child as quitting the UI does
     finally:
-        code = child.stop()  # also when the UI (or this process) failed: no orphaned run
+        # also when the UI (or this process) failed: no orphaned run
+        code = child.stop(finished=app is not None and app.state.status is not None)
     if not child.started():
         output = child.output()
         print(output, end="", file=sys.stderr)
