@@ -541,6 +541,37 @@ def test_the_event_log_keeps_to_its_newest_line_until_scrolled_back(
     drive(app, script, size=(80, 20))
 
 
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_a_quiet_run_no_process_holds_is_not_called_live(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """``esper tui`` of a killed run (no end record) said "following (live)" for good. Once the
+    log is quiet, the UI looks whether a process here holds the run's lock (as a running run
+    does); the lock taken again (a resume) is live again."""
+    from esper.leyline.files import try_lock
+
+    run = tmp_path / "killed"
+    lines = copy_run(recorded_runs["heuristic"], run, 30)
+    app = make_app(run, quiet_seconds=0.2)
+
+    async def script(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: app.sub_title.startswith("following — quiet"))
+        assert (
+            app.sub_title == "following — quiet, and no process on this machine runs it (killed?)"
+        )
+        held = try_lock(run, directory=True)  # what a resume's lock_run takes
+        assert held is not None
+        try:
+            await until(pilot, lambda: app.sub_title == "following (live)")
+            with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+                f.write("".join(lines[30:]))
+            await until(pilot, lambda: app.sub_title == "finished (completed)")
+        finally:
+            os.close(held)
+
+    drive(app, script)
+
+
 def test_a_long_log_is_read_in_pieces(
     recorded_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

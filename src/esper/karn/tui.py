@@ -53,6 +53,7 @@ from esper.leyline.stages import SeedStage
 from esper.nissa.console import detach_from_hung_up_terminal
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import EventLogError, EventTail, Logged, RunDirectory, display, percent
+from esper.nissa.record import held_here
 
 POLL_SECONDS = 0.5
 """How often a followed event log is polled: quick enough to feel live, cheap when idle."""
@@ -61,6 +62,11 @@ READ_BYTES = 1 << 20
 """How much of the log one read takes at most (about 3,000 lines): a long log is folded piece by
 piece, so reading it holds the fold's state and one piece, never the whole log, and the UI draws
 between pieces."""
+
+QUIET_SECONDS = 10.0
+"""How long a followed run may log nothing before the UI looks (at most this often) whether a
+process on this machine still runs it (``held_here``): a killed run said "following (live)"
+for good."""
 
 STALLED_SECONDS = 5.0
 """A last line left without its newline this long is reported: the writer flushes whole lines
@@ -213,6 +219,7 @@ class RunApp(App[None]):
         exit_code: for a run this process started (``--tui``): returns the child's exit code
             once it has exited, else None; the status line reports it.
         stalled_seconds: how long a partial last line may stay before it is reported.
+        quiet_seconds: ``QUIET_SECONDS``.
     """
 
     TITLE = "esper"
@@ -257,6 +264,7 @@ class RunApp(App[None]):
         poll_seconds: float = POLL_SECONDS,
         exit_code: Callable[[], int | None] | None = None,
         stalled_seconds: float = STALLED_SECONDS,
+        quiet_seconds: float = QUIET_SECONDS,
     ) -> None:
         super().__init__()
         self.run_directory = run
@@ -272,6 +280,9 @@ class RunApp(App[None]):
         self._stalled_seconds = stalled_seconds
         self._partial_since: float | None = None  # when the current partial last line appeared
         self._shown_stalled = False  # whether the status on screen reports a stalled line
+        self._quiet_seconds = quiet_seconds
+        self._read_at = self._looked_at = time.monotonic()  # last events read; last look
+        self.unheld = False  # quiet, and no process on this machine holds the run
         self._exit_code = exit_code
         self._timer: Timer | None = None
         self._signals: dict[int, Any] = {}  # signal -> the handler before the UI's
@@ -369,12 +380,30 @@ class RunApp(App[None]):
             self._partial_since = None
         elif self._partial_since is None:
             self._partial_since = time.monotonic()
+        if items:
+            self._read_at, self.unheld = time.monotonic(), False
+        else:
+            self._look_for_holder()
         if items or self.child_code is not None:
             self.ingest(items)
         elif self.stalled != self._shown_stalled:
             self._refresh_status()
         if not self.tail.caught_up or self.tail.error is not None:
             self.call_later(self.poll)  # read on (or report the error) once this is drawn
+
+    def _look_for_holder(self) -> None:
+        """After ``quiet_seconds`` without an event, whether a process here still runs the run
+        (``esper tui`` only: ``--tui`` knows its child, and a finished run runs no more)."""
+        now = time.monotonic()
+        if self._exit_code is not None or self.state.status is not None:
+            return
+        if min(now - self._read_at, now - self._looked_at) < self._quiet_seconds:
+            return
+        self._looked_at = now
+        unheld = held_here(self.run_directory.path) is False
+        if unheld != self.unheld:
+            self.unheld = unheld
+            self._refresh_status()
 
     @property
     def stalled(self) -> bool:
@@ -417,6 +446,8 @@ class RunApp(App[None]):
             state = "stopped without an end record"
         elif self.stalled:
             state = "following — the last line is incomplete (did the run crash while writing?)"
+        elif self.unheld:
+            state = "following — quiet, and no process on this machine runs it (killed?)"
         else:
             state = "following (live)"
         if self.child_code is not None:

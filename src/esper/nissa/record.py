@@ -735,6 +735,22 @@ def is_study(path: Path) -> bool:
     return mode is not None and stat.S_ISREG(mode)
 
 
+def held_here(directory: Path) -> bool | None:
+    """Whether a process on this machine holds the run's lock (``lock_run``: it is running
+    there), read from Linux's ``/proc/locks``, which lists every lock without taking any (a
+    probe that took the lock could make a resume starting that instant refuse to run). None
+    where it cannot be told: no ``/proc/locks``, or the directory cannot be looked at. A run on
+    another machine sharing the file system is not seen.
+    """
+    try:
+        info = os.stat(directory)
+        locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return any(key in line.split() for line in locks.splitlines())
+
+
 def study_score(directory: Path) -> Score:
     """What the study in ``directory`` scores its trials by (``SCORES``), from the settings its
     ``study.json`` saved: ``test`` for a study saved before the setting existed.
