@@ -246,6 +246,17 @@ def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
     assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
 
 
+def test_ppo_help_lists_its_preset_option(capsys) -> None:
+    """--preset was named only in the description ("--preset NAME first"), with no line of its
+    own, and the preset's episode length read as the task's default under --epochs."""
+    with pytest.raises(SystemExit) as stop:
+        main(["ppo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0
+    assert "--preset NAME base settings that --config and flags override: default, tiny" in out
+    assert "(default: default; its episodes are 12 epochs on any task)" in out
+
+
 def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     tmp_path, capsys, recorded_runs
 ) -> None:

@@ -261,11 +261,18 @@ def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[
     return text or "bad command line"
 
 
-def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, default: C | None) -> C:
+def parse_flags(
+    cls: type[C],
+    argv: list[str],
+    prog: str,
+    description: str,
+    default: C | None,
+    more_options: str = "",
+) -> C:
     """``cls`` from the flags in ``argv`` over ``default`` (required fields when None).
 
-    ``--help`` prints ``description``, the command options and every flag, and exits 0; a bad
-    flag or value raises one line.
+    ``--help`` prints ``description``, the command options (and ``more_options``' lines, the
+    command's own) and every flag, and exits 0; a bad flag or value raises one line.
 
     Raises:
         UserError: for an unknown flag, a value of the wrong type, or one the dataclass refuses.
@@ -278,7 +285,8 @@ def parse_flags(cls: type[C], argv: list[str], prog: str, description: str, defa
                 cls,
                 args=argv,
                 prog=prog,
-                description=f"{description}\n\n{OPTIONS_HELP}",
+                description=f"{description}\n\n{OPTIONS_HELP}"
+                + f"\n{more_options}" * bool(more_options),
                 default=tyro.MISSING_NONPROP if default is None else default,
             )
     except SystemExit as stop:

@@ -55,7 +55,13 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
         UserError: for an unknown preset, a bad file, flag or value.
     """
     try:
-        description = f"{RUN_COMMANDS['ppo']}; --preset NAME first: {', '.join(PRESETS)}"
+        presets = ", ".join(PRESETS)
+        description = RUN_COMMANDS["ppo"]
+        preset = (
+            f"  --preset NAME   base settings that --config and flags override: {presets}\n"
+            f"                  (default: default; its episodes are "
+            f"{load_preset('default').env.epochs} epochs on any task)"
+        )
         if options.resume is not None:  # argv: --ppo.rounds at most (split_options)
             check_recorded_mode(options.resume, "ppo")
             try:
@@ -64,11 +70,13 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             except (record.RunRecordError, ValueError) as err:  # as esper static's resume says
                 raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
             config = replace(config, env=without_stray_data_dir(config.env))
-            return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
+            return parse_flags(
+                TrainingConfig, argv, "esper ppo", description, config, preset
+            ).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
         base = replace(base, env=seed_lr_following(base.env, named_fields(argv)))
-        config = parse_flags(TrainingConfig, argv, "esper ppo", description, base)
+        config = parse_flags(TrainingConfig, argv, "esper ppo", description, base, preset)
         return replace(config, env=absolute_data_dir(config.env)).resolved()
     except (record.RunRecordError, ValueError) as err:
         raise UserError(str(err)) from err
