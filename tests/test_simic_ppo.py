@@ -323,7 +323,10 @@ def test_anomaly_kinds() -> None:
     assert close is not None and close.kinds == ("ratio_explosion",)
     assert close.detail.startswith("max ratio 1.0002 > 1.0001")
     low = detect_anomalies(replace(healthy, ratio_max=1.0, ratio_min=0.5), 1.5)
-    assert low is not None and low.detail.startswith("min ratio 0.5 < 0.667")
+    assert low is not None and low.detail.startswith("min ratio 0.5 < 0.666667")
+    # The limit as set: "max ratio 1.001 > 1" named a limit of 1.0001 as 1.
+    far = detect_anomalies(replace(healthy, ratio_max=1.001, ratio_min=0.997), 1.0001)
+    assert far is not None and far.detail == "max ratio 1.001 > 1.0001; min ratio 0.997 < 0.9999"
     for threshold in (0.0, 1.0, math.nan, -1.0):  # 0 divided by zero, -1 always fired
         with pytest.raises(ValueError, match=r"ratio_explosion must be a number in \(1\.0, "):
             detect_anomalies(healthy, threshold)
