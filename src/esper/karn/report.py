@@ -470,7 +470,10 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
                 f"{data.truncated_line}, skipped): the run was cut off while writing it."
             )
         if data.run.summary is None:
-            notes.append(f"{data.run.name}: no summary.json (still running or crashed).")
+            notes.append(
+                f"{data.run.name}: no summary.json (still running or crashed): its final "
+                "metrics are blank; the plots show what its event log holds."
+            )
     if len(runs) == 2:
         notes += _baseline_warnings(*runs)
     return notes
