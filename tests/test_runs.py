@@ -171,6 +171,21 @@ def test_compare_puts_final_metrics_side_by_side(recorded_runs, capsys) -> None:
     assert rows["final mean return"] == ["—", "—", f"{ppo.final_mean_return:.3f}"]
 
 
+def test_compare_shows_the_host_settings_the_runs_do_not_share(tmp_path, capsys) -> None:
+    """Runs validated on 32 and 64 samples stood side by side under "final val acc" with no
+    word of it. A row per setting they do not share; none for those they do."""
+    common = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "1"]
+    for name, samples in (("a", "32"), ("b", "64"), ("c", "64")):
+        assert main([*common, "--val-samples", samples, "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["runs", "compare", *(str(tmp_path / n) for n in "abc")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    settings = [line.split() for line in lines if line.startswith("setting ")]
+    assert settings == [["setting", "val_samples", "32", "64", "64"]]
+    assert main(["runs", "compare", str(tmp_path / "b"), str(tmp_path / "c")]) == 0
+    assert "setting " not in capsys.readouterr().out
+
+
 def test_every_view_exists_with_its_declared_columns(recorded_runs, capsys) -> None:
     for view in VIEW_NAMES:
         rows = _query(capsys, f"DESCRIBE {view}", recorded_runs["heuristic"])

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esper.leyline.config import UserError
+from esper.leyline.config import COMPARED_SETTINGS, UserError, setting_text
 from esper.nissa.fold import fold
 from esper.nissa.log import (
     SUMMARY_METRICS,
@@ -30,6 +30,7 @@ from esper.nissa.log import (
 )
 from esper.nissa.record import (
     EVENTS_FILE,
+    PPO_MODE,
     RunRecordError,
     read_meta,
     samples_text,
@@ -133,6 +134,7 @@ def _compare(paths: list[Path]) -> int:
         ["seed", *[str(run.seed) for run in runs]],
         ["status", *[run.status for run in runs]],
     ]
+    rows += _setting_rows(runs)
     summaries = [None if run.summary is None else run.summary.to_json() for run in runs]
     for metric in SUMMARY_METRICS:  # a metric no run has is left out
         found = [metric.value(summary) for summary in summaries]
@@ -140,6 +142,30 @@ def _compare(paths: list[Path]) -> int:
             rows.append([metric.label, *(metric.text(value) for _, value in found)])
     print(format_table(header, rows))
     return 0
+
+
+def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
+    """A row per host-training setting (the epochs, the width, ``COMPARED_SETTINGS``) the runs
+    do not share (their accuracies then do not compare like for like: validation on 64 samples
+    against all of them); a run whose configuration does not record it shows "—"."""
+    trainings = [_host_training(run) for run in runs]
+    rows = []
+    for name in ("epochs", "width", *COMPARED_SETTINGS):
+        cells = [
+            "—" if t is None or name not in t else setting_text(name, t[name]) for t in trainings
+        ]
+        if len({cell for cell in cells if cell != "—"}) > 1:
+            rows.append([f"setting {name}", *cells])  # as config.json names it
+    return rows
+
+
+def _host_training(run: RunDirectory) -> dict[str, Any] | None:
+    """The run's host training in ``config.json`` (a PPO run's environments'), or None."""
+    try:
+        section = run.config().get("env" if run.mode == PPO_MODE else "training")
+    except RunRecordError:
+        return None
+    return section if isinstance(section, dict) else None
 
 
 def _data_line(data: dict[str, Any]) -> str:

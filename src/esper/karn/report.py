@@ -51,6 +51,7 @@ from esper.karn.report_data import (
     load_run,
 )
 from esper.leyline import Op, SeedStage, pages
+from esper.leyline.config import COMPARED_SETTINGS, setting_text
 from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
@@ -503,19 +504,6 @@ def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
     return notes
 
 
-COMPARED_SETTINGS = (
-    "batch_size", "batches_per_epoch", "val_samples", "lr", "weight_decay", "precision"
-)  # fmt: skip
-"""The host-training settings (``config.json``'s ``training``) two single-model runs of one task
-and length must share for their accuracies to compare like for like (an eval keeps its policy's,
-a tiny preset's 4 batches per epoch, unless told otherwise). Not the width: a static host
-widened to a grown one's size is the baseline that asks "per parameter"."""
-
-
-_UNSET = {"batches_per_epoch": "all", "val_samples": "all"}
-"""What a resolved setting of None means (``resolve_training``)."""
-
-
 def _settings_warning(run: RunData, baseline: RunData) -> list[str]:
     """The line naming the ``COMPARED_SETTINGS`` in which the two runs differ, if any (none when
     either's configuration cannot be read: the page is drawn from the event logs)."""
@@ -534,7 +522,7 @@ def _settings_warning(run: RunData, baseline: RunData) -> list[str]:
 
     def shown(training: dict[str, Any]) -> str:
         values = {name: training[name] for name in names}
-        return ", ".join(f"{k} {_UNSET.get(k) if v is None else v}" for k, v in values.items())
+        return ", ".join(f"{k} {setting_text(k, v)}" for k, v in values.items())
 
     return [
         f"{run.run.name} trained with {shown(ours)} and the baseline {baseline.run.name} with "

@@ -296,6 +296,23 @@ class HostTraining:
         return self.epochs
 
 
+COMPARED_SETTINGS = (
+    "batch_size", "batches_per_epoch", "val_samples", "lr", "weight_decay", "precision"
+)  # fmt: skip
+"""The ``HostTraining`` settings two runs of one task and length must share for their accuracies
+to compare like for like (an eval keeps its policy's, a tiny preset's 4 batches per epoch,
+unless told otherwise; ``esper report``'s baseline warning, ``esper runs compare``). Not the
+width: a static host widened to a grown one's size is the baseline that asks "per parameter"."""
+
+
+def setting_text(name: str, value: Any) -> str:
+    """A resolved ``HostTraining`` setting's value for people: None is what it means ("all"
+    batches per epoch, "all" validation samples)."""
+    if value is None:
+        return "all" if name in ("batches_per_epoch", "val_samples") else "none"
+    return str(value)
+
+
 @dataclass(frozen=True)
 class TelemetrySettings:
     """What a run logs beyond its event log.
