@@ -240,8 +240,9 @@ def test_eval_help_and_a_policy_flag_without_a_value(capsys) -> None:
         main(["eval", "--help"])
     out = capsys.readouterr().out
     assert stop.value.code == 0 and "--policy" in out
-    # its task shows as "(required)" and its epochs as the task's: it takes the policy's run's
+    # its task showed as "(required)" and its epochs as the task's: it takes the policy's run's
     assert "the training options (task, epochs," in " ".join(out.split())
+    assert "(required)" not in out
     assert main(["eval", "--policy"]) == 2
     assert capsys.readouterr().err.strip() == "esper: error: --policy needs a PPO run directory"
 

@@ -320,6 +320,8 @@ def growth_config(
         UserError: for a bad file, flag or value, or a setting the mode does not take.
     """
     default: GrowthRun | None = None
+    if mode == "eval" and eval_base is None:  # --help without --policy: the task is the policy's
+        eval_base = HostTraining("")
     if eval_base is not None or options.config is not None:
         default = layered(GrowthRun(eval_base or HostTraining("")), options)
         training = seed_lr_following(default.training, named_fields(argv))
