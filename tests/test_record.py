@@ -498,8 +498,8 @@ def test_summaries_round_trip(tmp_path: Path) -> None:
         ({"settings": {"score": "validation"}}, "validation"),
         ({"settings": {"score": "validation "}}, 'its score "validation " is not one of test, '),
         ({"settings": {"score": 3}}, "its score 3 is not one of test, validation"),
-        ({"attempts": {}}, "its score null is not one of"),
-        ([], "its score null is not one of"),
+        ({"attempts": {}}, "(it holds no settings table)"),
+        ([], "(it holds no settings table)"),
         (None, "holds no study (no study.json)"),
     ],
 )

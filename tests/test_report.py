@@ -1036,6 +1036,35 @@ def test_study_report_shows_each_arm_with_its_curve_band_and_trials(
     assert not list(tiny_study.glob(".*.tmp*")) and not list(tiny_study.glob("*.png"))
 
 
+def test_a_study_whose_study_json_is_damaged_is_still_reported_with_unnamed_scores(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """study.json says what the scores are (test or validation accuracy); a damaged one
+    refused the report that trials.csv alone made before. The report stands, calls them
+    scores and says why; the trials view's scored_by is null."""
+    from esper.study.report import build_study_report
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    assert _query_one(capsys, "SELECT DISTINCT scored_by FROM trials", study) == "test"
+    (study / "study.json").write_text("garbage{")
+    report = build_study_report(study, reps=100)
+    assert report.warnings[0].startswith("test or validation accuracy? ")
+    assert "is not an Esper study state file (" in report.warnings[0]
+    assert _table_rows(report.html, "trials")[0][5] == "score (%)"
+    assert "Scores are test or validation accuracy (%): the study.json that says" in report.html
+    assert _query_one(capsys, "SELECT DISTINCT scored_by FROM trials", study) is None
+
+
+def _query_one(capsys: pytest.CaptureFixture[str], sql: str, study: Path) -> object:
+    """The one value ``sql`` answers over ``study`` (the json format: one object per line)."""
+    capsys.readouterr()
+    assert main(["runs", "query", sql, "--runs", str(study), "--format", "json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    (value,) = json.loads(line).values()
+    return value
+
+
 def test_a_curve_says_from_which_epoch_fewer_trials_are_in_its_median() -> None:
     """A trial a governor ended at epoch 2 left the later median to the survivors, under a
     legend that said "median of 3"."""

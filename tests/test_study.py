@@ -99,10 +99,13 @@ def test_a_validation_study_scores_and_names_the_final_models_validation_accurac
     assert [float(r["score"]) for r in rows] != tests  # not the test split's
     results = (out / "results.md").read_text()
     assert "Scores are validation accuracy (%) of the final model" in results
-    assert "test accuracy" not in results
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert "<th>validation accuracy (%)</th>" in page and "test accuracy" not in page
+    assert "<th>validation accuracy (%)</th>" in page and "Scores are validation accuracy" in page
+    capsys.readouterr()
+    sql = "SELECT DISTINCT scored_by FROM trials"
+    assert main(["runs", "query", sql, "--runs", str(out), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["scored_by", "validation"]
     path.write_text(body.replace('"validation"', '"test"'))
     assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
     assert 'score: "validation" -> "test"' in capsys.readouterr().err

@@ -77,7 +77,7 @@ from esper.karn.guard import (
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyRow
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import SCORES, TRIALS_DIR, TRIALS_FILE, Score
+from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, Score, score_label
 from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
@@ -95,6 +95,7 @@ from esper.nissa.record import (
     CONFIG_FILE,
     EVENTS_FILE,
     SUMMARY_FILE,
+    RunRecordError,
     is_study,
     strict_json,
     study_score,
@@ -469,11 +470,11 @@ class Curves:
 def _study_data(
     name: str,
     study: Path,
-    table: tuple[Score, list[StudyRow]],
+    table: tuple[Score | None, list[StudyRow]],
     runs_dir: Path,
     curves: Curves,
 ) -> dict[str, Any]:
-    """``GET /api/studies/{name}``'s body: what the study scores by (``SCORES``' words), the rows
+    """``GET /api/studies/{name}``'s body: what the study scores by (``score_label``), the rows
     with the dashboard names of their trials, and the band of each row's trials (those served:
     inside the runs directory, readable)."""
     score, rows = table
@@ -492,7 +493,7 @@ def _study_data(
             label = f"{row.arm} median of {trials}{fewer_note(found.epoch, found.n, trials)}"
             drawn_band = {"trials": trials, "label": label, **asdict(found)}
             bands.append({"task": row.task, "arm": row.arm, **drawn_band})
-    return {"name": name, "score": SCORES[score], "rows": shown, "bands": bands, "error": None}
+    return {"name": name, "score": score_label(score), "rows": shown, "bands": bands, "error": None}
 
 
 async def _page(request: Request) -> FileResponse:
@@ -611,9 +612,12 @@ class _Api:
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
         try:
             rows = await run_in_threadpool(self.tables.rows, found[name])
-            score = await run_in_threadpool(study_score, found[name])
-        except ValueError as err:  # an unreadable trials.csv or study.json, two trials for one seed
+        except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
+        try:
+            score: Score | None = await run_in_threadpool(study_score, found[name])
+        except RunRecordError:  # study.json says which; the table stands on trials.csv
+            score = None
         data = await run_in_threadpool(
             _study_data, name, found[name], (score, rows), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN

@@ -66,6 +66,13 @@ results table). ``validation``: the same model's accuracy on the validation samp
 validated on, for a study that chooses something (a reward, a preset, a setting): such a choice
 made on test accuracy leaks the test images into every later result on them."""
 
+
+def score_label(score: Score | None) -> str:
+    """What a study's scores are called (``SCORES``); "score" when its ``study.json``, which
+    says, cannot be read."""
+    return "score" if score is None else SCORES[score]
+
+
 REPS_RANGE = (10, 100_000)
 """Bootstrap resamples per interval a study (its file, ``esper report STUDY --reps``) accepts:
 fewer than 10 give no interval worth the name; 100,000 already takes minutes per table."""

@@ -763,7 +763,9 @@ def study_score(directory: Path) -> Score:
     if data is None:
         raise RunRecordError(f"{str(directory)!r} holds no study (no {STUDY_FILE})")
     settings = data.get("settings") if isinstance(data, dict) else None
-    score = settings.get("score", "test") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        raise RunRecordError(f"{str(path)!r} is not {what} (it holds no settings table)")
+    score = settings.get("score", "test")
     for kind in SCORES:
         if score == kind:
             return kind

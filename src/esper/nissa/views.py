@@ -21,7 +21,9 @@ column — with nested values (tuples of snapshots, pairs) as DuckDB ``JSON``:
 * ``rewards``: ``RewardComputed`` (epoch, total, components as JSON).
 * ``reward_components``: one row per component per step: epoch, component, value.
 * ``trials``: one row per finished or failed trial of the studies named (``esper study``'s
-  ``trials.csv``): study (its directory), the ``TrialRow`` fields, run. A study directory given
+  ``trials.csv``): study (its directory), scored_by (``test`` or ``validation``: what its
+  ``score`` and ``best_score`` are, from ``study.json``; null when that cannot be read), the
+  ``TrialRow`` fields, run. A study directory given
   to ``--runs`` also loads its trials' runs into the other views.
 
 Missing values are SQL NULL. After a resume, what the interrupted attempt logged beyond its last
@@ -73,6 +75,7 @@ from esper.nissa.log import (
     shown_path,
     studies_within,
 )
+from esper.nissa.record import RunRecordError, study_score
 
 if TYPE_CHECKING:
     import duckdb
@@ -137,6 +140,7 @@ VIEW_COLUMNS: dict[str, list[tuple[str, str]]] = {
     ],
     "trials": [
         ("study", "VARCHAR"),
+        ("scored_by", "VARCHAR"),
         *[(n, t) for n, t in _columns(TrialRow) if (n, t) not in (*_CONTEXT, ("t", "DOUBLE"))],
         ("run", "VARCHAR"),
     ],
@@ -237,8 +241,13 @@ def _trials(study: Path) -> Iterator[dict[str, Any]]:
         trials = read_trials(study)
     except TrialsFileError as err:
         raise RunDirectoryError(str(err)) from None
+    try:
+        scored_by: str | None = study_score(study)
+    except RunRecordError:
+        scored_by = None  # study.json, which says, cannot be read: the rows still stand
     for trial in trials:
-        yield {"study": str(study), **asdict(trial.row), RUN_COLUMN: trial.run}
+        row = {"study": str(study), "scored_by": scored_by, **asdict(trial.row)}
+        yield {**row, RUN_COLUMN: trial.run}
 
 
 _INTEGER_BOUNDS = {"INTEGER": 2**31, "BIGINT": 2**63}

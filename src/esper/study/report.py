@@ -37,13 +37,13 @@ from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import (
     DEFAULT_REPS,
-    SCORES,
     TRIALS_DIR,
     TRIALS_FILE,
     Score,
     TrialRun,
     TrialsFileError,
     read_trials,
+    score_label,
 )
 from esper.nissa import record
 from esper.nissa.bands import band, fewer_note, validation_curve
@@ -188,11 +188,13 @@ def build_study_report(
             f"{str(directory)!r}: none of its {len(trials)} trial(s) finished with a score "
             f"({TRIALS_FILE}); nothing to report"
         )
+    score: Score | None = None
+    unknown = []
     try:
         score = record.study_score(directory)
-    except record.RunRecordError as err:
-        raise StudyReportError(str(err)) from None
-    label = SCORES[score]
+    except record.RunRecordError as err:  # the report still stands on trials.csv
+        unknown.append(f"test or validation accuracy? {err}")
+    label = score_label(score)
     rows = [t.row for t in trials]
     stats.check_bootstrap(reps, seed)  # not the trials file's fault, unlike the error below
     try:
@@ -214,6 +216,7 @@ def build_study_report(
         ),
     ]
     runs, warnings = _validation_curves(directory, counted)
+    warnings = unknown + warnings
     curves = arm_curves(runs)
     arms = sorted({s.arm for s in overall})
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
@@ -274,8 +277,10 @@ def _link(target: Path, out: Path, text: str) -> str:
     return f"<a href='{html.escape(href)}'>{html.escape(text)}</a>"
 
 
-def _trials_table(directory: Path, out: Path, trials: Sequence[TrialRun], score: Score) -> str:
-    head = ["run", "task", "arm", "seed", "status", f"{SCORES[score]} (%)", "report", "error"]
+def _trials_table(
+    directory: Path, out: Path, trials: Sequence[TrialRun], score: Score | None
+) -> str:
+    head = ["run", "task", "arm", "seed", "status", f"{score_label(score)} (%)", "report", "error"]
     rows = []
     for trial in sorted(trials, key=lambda t: (t.row.task, t.row.arm, t.row.seed)):
         run = directory / TRIALS_DIR / trial.run
@@ -303,7 +308,7 @@ def _render(
     plots: Sequence[StudyPlot],
     warnings: Sequence[str],
     bootstrap: tuple[int, int],
-    score: Score,
+    score: Score | None,
 ) -> str:
     counted = sum(t.row.counts for t in trials)
     reps, seed = bootstrap

@@ -58,11 +58,11 @@ from esper.leyline.trials import (
     PROFILE_FILE,
     REPS_RANGE,
     RESULTS_FILE,
-    SCORES,
     Score,
     TrialRow,
     VerdictRoles,
     matched_target,
+    score_label,
 )
 from esper.nissa.log import display
 
@@ -531,12 +531,18 @@ def _why_excluded(row: TrialRow) -> str:
     return f"{row.status} without a score" if row.status in FINISHED else "no error recorded"
 
 
-def score_sentence(score: Score) -> str:
-    """What a study's scores are, as its ``results.md`` and report say."""
+def score_sentence(score: Score | None) -> str:
+    """What a study's scores are, as its ``results.md`` and report say (None: its
+    ``study.json``, which says, cannot be read)."""
+    if score is None:
+        return (
+            "Scores are test or validation accuracy (%): the study.json that says cannot be read."
+        )
     if score == "validation":
         return (
-            'Scores are validation accuracy (%) of the final model (score = "validation"): '
-            "this study chooses; the test split is left to a study that reports what it chose."
+            'Scores are validation accuracy (%) of the final model (score = "validation"), '
+            "to choose by: every trial's test accuracy is still in its summary, but a choice "
+            "made on it would leak the test split into the results that report the choice."
         )
     return "Scores are test accuracy (%) of the final model."
 
@@ -695,7 +701,7 @@ def _colours(arms: Sequence[str]) -> dict[str, str]:
     return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # matplotlib's default cycle
 
 
-def interval_plot(overall: Sequence[ArmSummary], score: Score = "test") -> bytes:
+def interval_plot(overall: Sequence[ArmSummary], score: Score | None = "test") -> bytes:
     """``interval_estimates.png``: IQM and mean over all tasks per arm (``overall``: the
     ``ALL_TASKS`` summaries), a bar for the interval, a tick at the estimate (the layout of
     ``rliable.plot_utils.plot_interval_estimates``, drawn without pyplot)."""
@@ -711,7 +717,7 @@ def interval_plot(overall: Sequence[ArmSummary], score: Score = "test") -> bytes
             ax.barh(row, width, left=value.low, height=0.6, color=colours[s.arm], alpha=0.75)
             ax.vlines(value.point, row - 0.3, row + 0.3, color="k", alpha=0.6)
         ax.set_title(f"{name} over all tasks, 95 % CI")
-        ax.set_xlabel(f"{SCORES[score]} (%)")
+        ax.set_xlabel(f"{score_label(score)} (%)")
         ax.grid(True, axis="x", alpha=0.25)
     axes[0].set_yticks(range(len(overall)), [s.arm for s in overall])
     axes[0].invert_yaxis()  # the first arm on top, as in the table
@@ -719,7 +725,10 @@ def interval_plot(overall: Sequence[ArmSummary], score: Score = "test") -> bytes
 
 
 def profile_plot(
-    rows: Sequence[TrialRow], reps: int = DEFAULT_REPS, seed: int = 0, score: Score = "test"
+    rows: Sequence[TrialRow],
+    reps: int = DEFAULT_REPS,
+    seed: int = 0,
+    score: Score | None = "test",
 ) -> bytes:
     """``performance_profile.png``: score distributions (rliable's performance profiles), the
     fraction of an arm's runs, over all its tasks, whose accuracy is above τ, with 95 %
@@ -743,7 +752,7 @@ def profile_plot(
         performance_profile_cis=bands,
         ax=figure.add_subplot(),
         colors={labels[arm]: colour for arm, colour in _colours(arms).items()},
-        xlabel=f"{SCORES[score]} τ (%)",
+        xlabel=f"{score_label(score)} τ (%)",
         ylabel="fraction of runs above τ",
         labelsize="medium",
         ticklabelsize="medium",
