@@ -599,6 +599,26 @@ def test_a_run_another_process_holds_is_refused_and_resumes_once_released(run_co
     assert main(["heuristic", "--resume", str(run_copy)]) == 0
 
 
+def test_a_lock_held_for_an_instant_does_not_refuse_a_resume(run_copy) -> None:
+    """``esper tui`` probes a quiet run's lock (``run_is_held``: a shared lock taken and dropped
+    at once); a resume starting at that instant was refused as another process's run. The
+    probe sees a held lock as held and a free one as free, leaving it free."""
+    import threading
+
+    from esper.nissa.record import lock_run, run_is_held
+
+    assert run_is_held(run_copy) is False
+    with _locked(run_copy):
+        assert run_is_held(run_copy) is True
+    fd = os.open(run_copy, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe's lock, dropped a moment later
+    threading.Timer(0.08, os.close, (fd,)).start()
+    held = lock_run(run_copy)
+    assert held is not None
+    os.close(held)
+    assert run_is_held(run_copy) is False and run_is_held(run_copy / "missing") is None
+
+
 def test_a_file_system_without_directory_locks_runs_unguarded(tmp_path, monkeypatch, caplog):
     """NFS emulates flock with a byte-range lock, which needs a file open for writing: a
     directory's lock fails with EBADF there, and every run and resume on a shared file system

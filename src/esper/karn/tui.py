@@ -53,7 +53,7 @@ from esper.leyline.stages import SeedStage
 from esper.nissa.console import detach_from_hung_up_terminal
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import EventLogError, EventTail, Logged, RunDirectory, display, percent
-from esper.nissa.record import held_here
+from esper.nissa.record import run_is_held
 
 POLL_SECONDS = 0.5
 """How often a followed event log is polled: quick enough to feel live, cheap when idle."""
@@ -65,8 +65,8 @@ between pieces."""
 
 QUIET_SECONDS = 10.0
 """How long a followed run may log nothing before the UI looks (at most this often) whether a
-process on this machine still runs it (``held_here``): a killed run said "following (live)"
-for good."""
+process still holds its lock (``run_is_held``): a killed run said "following (live)" for
+good."""
 
 STALLED_SECONDS = 5.0
 """A last line left without its newline this long is reported: the writer flushes whole lines
@@ -282,7 +282,7 @@ class RunApp(App[None]):
         self._shown_stalled = False  # whether the status on screen reports a stalled line
         self._quiet_seconds = quiet_seconds
         self._read_at = self._looked_at = time.monotonic()  # last events read; last look
-        self.unheld = False  # quiet, and no process on this machine holds the run
+        self.unheld = False  # quiet, and no process holds the run's lock
         self._exit_code = exit_code
         self._timer: Timer | None = None
         self._signals: dict[int, Any] = {}  # signal -> the handler before the UI's
@@ -392,15 +392,15 @@ class RunApp(App[None]):
             self.call_later(self.poll)  # read on (or report the error) once this is drawn
 
     def _look_for_holder(self) -> None:
-        """After ``quiet_seconds`` without an event, whether a process here still runs the run
-        (``esper tui`` only: ``--tui`` knows its child, and a finished run runs no more)."""
+        """After ``quiet_seconds`` without an event, whether a process still runs the run (holds
+        its lock; ``esper tui`` only: ``--tui`` knows its child, a finished run runs no more)."""
         now = time.monotonic()
         if self._exit_code is not None or self.state.status is not None:
             return
         if min(now - self._read_at, now - self._looked_at) < self._quiet_seconds:
             return
         self._looked_at = now
-        unheld = held_here(self.run_directory.path) is False
+        unheld = run_is_held(self.run_directory.path) is False
         if unheld != self.unheld:
             self.unheld = unheld
             self._refresh_status()
@@ -447,7 +447,7 @@ class RunApp(App[None]):
         elif self.stalled:
             state = "following — the last line is incomplete (did the run crash while writing?)"
         elif self.unheld:
-            state = "following — quiet, and no process on this machine runs it (killed?)"
+            state = "following — quiet, and no process holds the run (killed?)"
         else:
             state = "following (live)"
         if self.child_code is not None:

@@ -25,6 +25,7 @@ message is one line naming the file.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import re
 import secrets
 import stat
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
@@ -115,6 +117,11 @@ byte-range lock, which needs a file open for writing (EBADF); no lock manager (E
 FUSE and parallel file systems (EOPNOTSUPP, EINVAL)."""
 
 
+LOCK_TRIES, LOCK_PAUSE_SECONDS = 5, 0.05
+"""How often ``lock_run`` tries a lock held by another (and the pause between): a probe holds it
+for an instant, a running run for good."""
+
+
 def lock_run(directory: Path) -> int | None:
     """Lock the run in ``directory`` for this process (the directory itself is locked: nothing
     is written, and the lock goes where the directory is moved): the descriptor whose closing
@@ -128,6 +135,11 @@ def lock_run(directory: Path) -> int | None:
     """
     try:
         fd = try_lock(directory, directory=True)
+        for _ in range(LOCK_TRIES - 1):  # a holder for an instant (``run_is_held``'s probe)
+            if fd is not None:
+                break
+            time.sleep(LOCK_PAUSE_SECONDS)
+            fd = try_lock(directory, directory=True)
     except OSError as err:
         if err.errno not in _NO_LOCKS:
             raise
@@ -735,20 +747,27 @@ def is_study(path: Path) -> bool:
     return mode is not None and stat.S_ISREG(mode)
 
 
-def held_here(directory: Path) -> bool | None:
-    """Whether a process on this machine holds the run's lock (``lock_run``: it is running
-    there), read from Linux's ``/proc/locks``, which lists every lock without taking any (a
-    probe that took the lock could make a resume starting that instant refuse to run). None
-    where it cannot be told: no ``/proc/locks``, or the directory cannot be looked at. A run on
-    another machine sharing the file system is not seen.
+def run_is_held(directory: Path) -> bool | None:
+    """Whether a process holds the run's lock (``lock_run``: it is running), probed with a
+    shared lock taken and dropped at once: seen across PID namespaces, and on a file system that
+    shares locks between machines, where ``/proc/locks`` saw neither (``lock_run`` tries again
+    for a moment, so the probe never refuses a run that starts that instant). None where it
+    cannot be told: the directory cannot be opened, or its file system cannot lock it (a run
+    there runs without its lock).
     """
     try:
-        info = os.stat(directory)
-        locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    return any(key in line.split() for line in locks.splitlines())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # drops the probe's lock
+    return False
 
 
 def study_score(directory: Path) -> Score:
