@@ -327,6 +327,9 @@ def test_anomaly_kinds() -> None:
     # The limit as set: "max ratio 1.001 > 1" named a limit of 1.0001 as 1.
     far = detect_anomalies(replace(healthy, ratio_max=1.001, ratio_min=0.997), 1.0001)
     assert far is not None and far.detail == "max ratio 1.001 > 1.0001; min ratio 0.997 < 0.9999"
+    # A value between the limit and its 6-digit form: the limit gets the digits to tell them.
+    near = detect_anomalies(replace(healthy, ratio_max=1.0, ratio_min=0.999900005), 1.0001)
+    assert near is not None and near.detail == "min ratio 0.9999 < 0.99990001"
     for threshold in (0.0, 1.0, math.nan, -1.0):  # 0 divided by zero, -1 always fired
         with pytest.raises(ValueError, match=r"ratio_explosion must be a number in \(1\.0, "):
             detect_anomalies(healthy, threshold)

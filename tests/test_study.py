@@ -106,6 +106,8 @@ def test_a_validation_study_scores_and_names_the_final_models_validation_accurac
     sql = "SELECT DISTINCT scored_by FROM trials"
     assert main(["runs", "query", sql, "--runs", str(out), "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["scored_by", "validation"]
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "; scored by validation accuracy" in capsys.readouterr().out
     path.write_text(body.replace('"validation"', '"test"'))
     assert main(["study", str(path), "--dry-run"]) == EXIT_BAD_INPUT
     assert 'score: "validation" -> "test"' in capsys.readouterr().err

@@ -840,8 +840,11 @@ def test_quitting_as_a_finished_child_exits_waits_for_it(
         await pilot.press("q")
 
     monkeypatch.setattr(cli_tui, "_run_app", headless(script))
+    monkeypatch.setattr(cli_tui, "EXIT_NOTICE_SECONDS", 0.2)  # a long wait says what it waits for
     assert main(["ppo", "--preset", "tiny", "--tui"]) == 0
-    assert "stopping the run" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the run has finished; waiting for its process to exit" in err
+    assert "stopping the run" not in err
     # A child a signal killed: the code a shell gives (it was -9, and exit 247).
     suicide = [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]
     killed = cli_tui.ChildRun.start(suicide, tmp_path / "killed")

@@ -145,12 +145,13 @@ def _compare(paths: list[Path]) -> int:
 
 
 def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
-    """A row per host-training setting (the epochs, the width, ``COMPARED_SETTINGS``) the runs
-    do not share (their accuracies then do not compare like for like: validation on 64 samples
-    against all of them); a run whose configuration does not record it shows "—"."""
+    """A row per host-training setting (the epochs, ``COMPARED_SETTINGS``) the runs do not share
+    (their accuracies then do not compare like for like: validation on 64 samples against all
+    of them); a run whose configuration does not record it shows "—". Not the width: its
+    default is the task's (recorded as null), and the params rows show each host's size."""
     trainings = [_host_training(run) for run in runs]
     rows = []
-    for name in ("epochs", "width", *COMPARED_SETTINGS):
+    for name in ("epochs", *COMPARED_SETTINGS):
         cells = [
             "—" if t is None or name not in t else setting_text(name, t[name]) for t in trainings
         ]

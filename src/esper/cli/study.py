@@ -335,7 +335,7 @@ def dry_run(driver: StudyDriver) -> None:
         f"\n{_trials(driver.trials)}, {len(left)} to run{gave_up}: {sum(epochs.values())} "
         f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (the task's static host; "
         f"growth adds more); each trial asks Ray for {spec.resources.cpus:g} CPU and "
-        f"{spec.resources.gpus:g} GPU"
+        f"{spec.resources.gpus:g} GPU; scored by {SCORES[spec.score]}"
     )
     if not left:
         return

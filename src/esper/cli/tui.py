@@ -46,6 +46,10 @@ CONSOLE_LOG = "console.log"
 START_POLL_SECONDS = 0.1
 """How often to look for the child's first event while it starts."""
 
+EXIT_NOTICE_SECONDS = 3.0
+"""How long a finished run's process may take to exit before the wait says so (torch's shutdown
+takes about 2 s)."""
+
 STOP_SECONDS = 300.0
 """How long an interrupted child may take to checkpoint and exit before it is killed (a PPO
 round in progress is abandoned at once, so this is only reached by a hung child)."""
@@ -246,7 +250,11 @@ class ChildRun:
         """
         if finished:
             with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
-                self.process.wait(timeout=STOP_SECONDS)
+                try:
+                    self.process.wait(timeout=EXIT_NOTICE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    _say("the run has finished; waiting for its process to exit ...")
+                    self.process.wait(timeout=STOP_SECONDS)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # first: after a hangup, printing fails
             _say("stopping the run: waiting for its checkpoint ...")

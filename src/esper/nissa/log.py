@@ -762,7 +762,7 @@ class SummaryMetric:
 SUMMARY_METRICS = tuple(
     SummaryMetric(label, tuple(path.split(".")), spec)
     for label, path, spec in (
-        ("test acc", "growth.test.final_accuracy", "%"),  # a study's score
+        ("test acc", "growth.test.final_accuracy", "%"),  # a study's score (score = "test")
         ("test acc, best val epoch", "growth.test.best_accuracy", "%"),
         ("final model val acc", "growth.final_model_val_accuracy", "%"),  # score = "validation"
         ("final val acc", "growth.final.val_accuracy", "%"),

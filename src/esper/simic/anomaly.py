@@ -36,20 +36,21 @@ class Anomaly:
 
 
 def _told_apart(value: float, limit: float) -> tuple[str, str]:
-    """``value`` and the ``limit`` it passed as text: the limit as set (its shortest exact form,
-    at most 6 significant digits: 1/1.5 as 0.666667), the value with the fewest digits (3 or
-    more) that keep it on its side of the shown limit. "max ratio 1 > 1.0001" read as a false
-    alarm, and "1.001 > 1" named a limit of 1.0001 as 1."""
-    shown_limit = next(
-        (text for d in range(3, 7) if float(text := f"{limit:.{d}g}") == limit),
-        f"{limit:.6g}",
-    )
-    above, bound = value > limit, float(shown_limit)
-    for digits in range(3, 18):
-        shown = f"{value:.{digits}g}"
-        if (float(shown) > bound) == above and float(shown) != bound:
-            return shown, shown_limit
-    return repr(value), shown_limit
+    """``value`` and the ``limit`` it passed as text: the limit as set (its shortest exact form
+    up to 6 significant digits, 1/1.5 as 0.666667; more where the value lies between the limit
+    and that), the value with the fewest digits (3 or more) that keep it on its side of the
+    shown limit. "max ratio 1 > 1.0001" read as a false alarm, and "1.001 > 1" named a limit of
+    1.0001 as 1."""
+    above = value > limit
+    exact = next((d for d in range(3, 7) if float(f"{limit:.{d}g}") == limit), 6)
+    for limit_digits in range(exact, 18):
+        shown_limit = f"{limit:.{limit_digits}g}"
+        bound = float(shown_limit)
+        for digits in range(3, 18):
+            shown = f"{value:.{digits}g}"
+            if (float(shown) > bound) == above and float(shown) != bound:
+                return shown, shown_limit
+    return repr(value), repr(limit)
 
 
 def detect_anomalies(stats: PPOStats, ratio_explosion: float) -> Anomaly | None:
