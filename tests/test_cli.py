@@ -772,6 +772,10 @@ def test_a_terminated_runs_final_model_is_validated_as_restored(spiked_run) -> N
     accuracy = evaluate(model, data.x_val[:128], data.y_val[:128])[1]
     assert g.final_model_val_accuracy == accuracy
     assert accuracy == pytest.approx(float(rows[4]["val_accuracy"]), abs=1e-9)
+    # The run's "final" accuracy (its end event, closing line, runs list) is this model's, not
+    # the panicked epoch's made-up 99 %.
+    (finished,) = [e for e in _events(spiked_run) if e["event"] == "RunFinished"]
+    assert finished["final_val_accuracy"] == accuracy == g.final_val_accuracy
 
 
 def test_the_best_validation_model_is_the_model_that_was_validated(tmp_path) -> None:

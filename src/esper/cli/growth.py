@@ -222,9 +222,8 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     summary = record.read_summary(directory)
     assert summary is not None and summary.growth is not None
     g = summary.growth
-    final = None if g.final is None else g.final.val_accuracy
     print(
-        f"{mode} {summary.task} ({summary.status}): val accuracy {percent(final)} "
+        f"{mode} {summary.task} ({summary.status}): val accuracy {percent(g.final_val_accuracy)} "
         f"(best {percent(g.best_val_accuracy)}), {g.param_count:,} params, {g.fossilized} "
         f"fossilized, {g.pruned} pruned -> {directory}"
     )

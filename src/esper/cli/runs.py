@@ -73,8 +73,7 @@ def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
         return p.rounds_completed, p.rounds_planned, accuracy, None, mean_return
     if s is not None and s.growth is not None:
         g = s.growth
-        accuracy = None if g.final is None else g.final.val_accuracy
-        return g.epochs_completed, g.epochs_planned, accuracy, g.param_count, None
+        return g.epochs_completed, g.epochs_planned, g.final_val_accuracy, g.param_count, None
     log = read_events(run.events_path)
     if log.truncated_line is not None:  # an unfinished run whose last line was cut: a crash
         print(

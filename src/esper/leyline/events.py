@@ -153,7 +153,9 @@ class GovernorPanic:
 
 @dataclass(frozen=True)
 class RunFinished:
-    """A run ended; ``status`` is "completed" or "interrupted"."""
+    """A run ended; ``status`` is "completed" or "interrupted". ``final_val_accuracy``: the
+    final model's validation accuracy, measured when the episode ended (the last epoch's for an
+    interrupted run: ``GrowthSummary.final_val_accuracy``)."""
 
     level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
 

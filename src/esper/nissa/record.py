@@ -593,6 +593,15 @@ class GrowthSummary:
         _check_counts(self, ("fossilized", "pruned"))
         _check_measures(self, ("best_val_accuracy", "final_model_val_accuracy"), ("train_flops",))
 
+    @property
+    def final_val_accuracy(self) -> float | None:
+        """The run's final validation accuracy as its closing line, ``RunFinished`` and
+        ``esper runs list`` give it: the final model's (``final_model_val_accuracy``) where
+        measured, else the last epoch's (an interrupted run, or a summary from before)."""
+        if self.final_model_val_accuracy is not None:
+            return self.final_model_val_accuracy
+        return None if self.final is None else self.final.val_accuracy
+
 
 @dataclass(frozen=True)
 class PPOSummary:

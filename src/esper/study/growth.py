@@ -499,11 +499,10 @@ class GrowthRunner:
         summary = self.summary(status)
         g = summary.growth
         assert g is not None
-        final = None if g.final is None else g.final.val_accuracy
         finished = RunFinished(
             status,
             g.epochs_completed,
-            final,
+            g.final_val_accuracy,
             g.best_val_accuracy,
             g.param_count,
             g.fossilized,
