@@ -758,11 +758,10 @@ def is_study(path: Path) -> bool:
 
 def run_is_held(directory: Path) -> bool | None:
     """Whether a process holds the run's lock (``lock_run``: it is running), probed with a
-    shared lock taken and dropped at once: seen across PID namespaces, and on a file system that
-    shares locks between machines, where ``/proc/locks`` saw neither (``lock_run`` tries again
-    for a moment, so the probe never refuses a run that starts that instant). None where it
-    cannot be told: the directory cannot be opened, or its file system cannot lock it (a run
-    there runs without its lock).
+    shared lock taken and dropped at once (``lock_run`` tries again for a moment, so the probe
+    never refuses a run that starts that instant): seen across PID namespaces (containers), and
+    from another machine where the file system shares locks. None where it cannot be told: the
+    directory cannot be opened, or its file system cannot lock it (a run there runs unlocked).
     """
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
