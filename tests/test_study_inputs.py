@@ -1256,3 +1256,26 @@ def test_the_trial_count_reads_as_english() -> None:
     assert _trials([grow]) == "1 trial"
     assert _trials([grow, policy]) == "2 trials (1 PPO policy training among them)"
     assert _trials([grow] * 1200) == "1,200 trials"
+
+
+def test_a_validation_studys_trial_without_the_measure_is_excluded_saying_why() -> None:
+    """A finished trial whose summary records no validation accuracy of its final model (one
+    from before it was measured) was excluded as "completed without a score", though its
+    summary holds test scores and a best validation accuracy."""
+    from dataclasses import replace as replaced
+
+    from conftest import growth_summary
+    from esper.leyline.trials import TrialRow
+    from esper.study.job import summary_row
+    from esper.study.stats import _why_excluded
+
+    old = growth_summary(status="completed")
+    trial = Trial("synthetic", "s", 7)
+    row = summary_row(trial, old, "validation")
+    assert isinstance(row, TrialRow) and not row.counts and row.best_score == 77.5
+    reason = "its summary records no validation accuracy of the final model"
+    assert row.error == reason and _why_excluded(row) == reason
+    measured = replaced(old, growth=replaced(old.growth, final_model_val_accuracy=70.0))
+    row = summary_row(trial, measured, "validation")
+    assert row is not None and row.counts and row.score == 70.0 and row.error is None
+    assert summary_row(trial, old, "test") == replaced(row, score=None, best_score=None)

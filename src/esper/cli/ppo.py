@@ -70,9 +70,7 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             except (record.RunRecordError, ValueError) as err:  # as esper static's resume says
                 raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
             config = replace(config, env=without_stray_data_dir(config.env))
-            return parse_flags(
-                TrainingConfig, argv, "esper ppo", description, config, preset
-            ).resolved()
+            return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)
         base = replace(base, env=seed_lr_following(base.env, named_fields(argv)))

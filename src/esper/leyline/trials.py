@@ -119,7 +119,8 @@ class TrialRow:
         peak_params: The most parameters the model had during training.
         flops: Training FLOPs.
         seconds: Training time of the trial (its run summary's ``wall_seconds``).
-        error: What went wrong, for a trial that did not complete.
+        error: What went wrong, for a trial that did not complete (or finished without the
+            score its study asks for).
     """
 
     task: str

@@ -198,8 +198,12 @@ def summary_row(trial: Trial, summary: record.RunSummary, score: Score = "test")
     if summary.growth is None:
         return None
     g = summary.growth
+    error = None
     if score == "validation":
         final, best = g.final_model_val_accuracy, g.best_val_accuracy
+        if final is None and summary.status in FINISHED:
+            # a summary from before it was measured, or a model whose accuracy is not finite
+            error = "its summary records no validation accuracy of the final model"
     else:
         final = None if g.test is None else g.test.final_accuracy
         best = None if g.test is None else g.test.best_accuracy
@@ -214,5 +218,5 @@ def summary_row(trial: Trial, summary: record.RunSummary, score: Score = "test")
         peak_params=g.peak_param_count,
         flops=g.train_flops,
         seconds=summary.wall_seconds,
-        error=None,
+        error=error,
     )
