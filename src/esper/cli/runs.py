@@ -30,7 +30,6 @@ from esper.nissa.log import (
 )
 from esper.nissa.record import (
     EVENTS_FILE,
-    PPO_MODE,
     RunRecordError,
     read_meta,
     samples_text,
@@ -148,7 +147,7 @@ def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
     (their accuracies then do not compare like for like: validation on 64 samples against all
     of them); a run whose configuration does not record it shows "—". Not the width: its
     default is the task's (recorded as null), and the params rows show each host's size."""
-    trainings = [_host_training(run) for run in runs]
+    trainings = [run.host_training() for run in runs]
     rows = []
     for name in ("epochs", *COMPARED_SETTINGS):
         cells = [
@@ -157,15 +156,6 @@ def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
         if len({cell for cell in cells if cell != "—"}) > 1:
             rows.append([f"setting {name}", *cells])  # as config.json names it
     return rows
-
-
-def _host_training(run: RunDirectory) -> dict[str, Any] | None:
-    """The run's host training in ``config.json`` (a PPO run's environments'), or None."""
-    try:
-        section = run.config().get("env" if run.mode == PPO_MODE else "training")
-    except RunRecordError:
-        return None
-    return section if isinstance(section, dict) else None
 
 
 def _data_line(data: dict[str, Any]) -> str:

@@ -95,10 +95,9 @@ from esper.nissa.record import (
     CONFIG_FILE,
     EVENTS_FILE,
     SUMMARY_FILE,
-    RunRecordError,
     is_study,
+    known_study_score,
     strict_json,
-    study_score,
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -614,10 +613,7 @@ class _Api:
             rows = await run_in_threadpool(self.tables.rows, found[name])
         except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
-        try:
-            score: Score | None = await run_in_threadpool(study_score, found[name])
-        except RunRecordError:  # study.json says which; the table stands on trials.csv
-            score = None
+        score, _ = await run_in_threadpool(known_study_score, found[name])
         data = await run_in_threadpool(
             _study_data, name, found[name], (score, rows), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN

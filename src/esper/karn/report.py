@@ -62,7 +62,7 @@ from esper.nissa.log import (
     policy_line,
     with_article,
 )
-from esper.nissa.record import PPO_MODE, REPORT_FILE, RunRecordError
+from esper.nissa.record import PPO_MODE, REPORT_FILE
 
 SVG_SALT = "esper-report"
 """matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
@@ -507,11 +507,8 @@ def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
 def _settings_warning(run: RunData, baseline: RunData) -> list[str]:
     """The line naming the ``COMPARED_SETTINGS`` in which the two runs differ, if any (none when
     either's configuration cannot be read: the page is drawn from the event logs)."""
-    try:
-        ours, theirs = (data.run.config().get("training") for data in (run, baseline))
-    except RunRecordError:
-        return []
-    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+    ours, theirs = run.run.host_training(), baseline.run.host_training()  # single-model runs
+    if ours is None or theirs is None:
         return []
     names = [  # a setting one of them does not record (an older run's) is not compared
         name for name in COMPARED_SETTINGS

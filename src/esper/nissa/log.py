@@ -463,6 +463,15 @@ class RunDirectory:
         """
         return read_config(self.path)
 
+    def host_training(self) -> dict[str, Any] | None:
+        """The host training ``config.json`` holds (a PPO run's environments'), or None where
+        it cannot be read (the views then compare nothing of it)."""
+        try:
+            section = self.config().get("env" if self.mode == PPO_MODE else "training")
+        except RunRecordError:
+            return None
+        return section if isinstance(section, dict) else None
+
 
 def open_run(path: Path) -> RunDirectory:
     """The run in ``path``.

@@ -802,6 +802,15 @@ def study_score(directory: Path) -> Score:
     )
 
 
+def known_study_score(directory: Path) -> tuple[Score | None, str | None]:
+    """``study_score``, or None and why it cannot be told: a study's results, report and
+    dashboard table stand on its ``trials.csv``, and only name their scores from it."""
+    try:
+        return study_score(directory), None
+    except RunRecordError as err:
+        return None, str(err)
+
+
 def run_status(run_dir: Path) -> str:
     """The run's recorded status, or ``UNFINISHED`` without a summary.
 

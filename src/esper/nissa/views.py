@@ -75,7 +75,7 @@ from esper.nissa.log import (
     shown_path,
     studies_within,
 )
-from esper.nissa.record import RunRecordError, study_score
+from esper.nissa.record import known_study_score
 
 if TYPE_CHECKING:
     import duckdb
@@ -241,10 +241,7 @@ def _trials(study: Path) -> Iterator[dict[str, Any]]:
         trials = read_trials(study)
     except TrialsFileError as err:
         raise RunDirectoryError(str(err)) from None
-    try:
-        scored_by: str | None = study_score(study)
-    except RunRecordError:
-        scored_by = None  # study.json, which says, cannot be read: the rows still stand
+    scored_by, _ = known_study_score(study)  # None: study.json cannot be read; rows stand
     for trial in trials:
         row = {"study": str(study), "scored_by": scored_by, **asdict(trial.row)}
         yield {**row, RUN_COLUMN: trial.run}

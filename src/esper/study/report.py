@@ -188,12 +188,7 @@ def build_study_report(
             f"{str(directory)!r}: none of its {len(trials)} trial(s) finished with a score "
             f"({TRIALS_FILE}); nothing to report"
         )
-    score: Score | None = None
-    unknown = []
-    try:
-        score = record.study_score(directory)
-    except record.RunRecordError as err:  # the report still stands on trials.csv
-        unknown.append(f"test or validation accuracy? {err}")
+    score, why = record.known_study_score(directory)
     label = score_label(score)
     rows = [t.row for t in trials]
     stats.check_bootstrap(reps, seed)  # not the trials file's fault, unlike the error below
@@ -216,7 +211,7 @@ def build_study_report(
         ),
     ]
     runs, warnings = _validation_curves(directory, counted)
-    warnings = unknown + warnings
+    warnings = [f"test or validation accuracy? {why}"] * (why is not None) + warnings
     curves = arm_curves(runs)
     arms = sorted({s.arm for s in overall})
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
