@@ -783,6 +783,20 @@ print("fake result line")
 """
 
 
+def _fake_child(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str = ""
+) -> Path:
+    """``--tui`` runs ``FAKE_CHILD`` (replaying ``source``'s run into ``tmp_path/run``, then
+    the code ``then``) in a terminal it takes for interactive; the run directory."""
+    out = tmp_path / "run"
+    script_path = tmp_path / "child.py"
+    script_path.write_text(FAKE_CHILD + then)
+    command = [sys.executable, str(script_path), str(source), str(out)]
+    monkeypatch.setattr(cli_tui, "child_command", lambda name, options, argv: (command, out))
+    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    return out
+
+
 def test_tui_child_finishing_first_returns_its_code(
     recorded_runs: dict[str, Path],
     tmp_path: Path,
@@ -790,12 +804,7 @@ def test_tui_child_finishing_first_returns_its_code(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A child that finishes first: the UI shows it finished; quitting returns its code."""
-    out = tmp_path / "run"
-    script_path = tmp_path / "child.py"
-    script_path.write_text(FAKE_CHILD)
-    command = [sys.executable, str(script_path), str(recorded_runs["ppo"]), str(out)]
-    monkeypatch.setattr(cli_tui, "child_command", lambda name, options, argv: (command, out))
-    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    out = _fake_child(recorded_runs["ppo"], tmp_path, monkeypatch)
     seen: dict[str, Any] = {}
 
     async def script(pilot: Pilot[None]) -> None:
@@ -824,13 +833,8 @@ def test_quitting_as_a_finished_child_exits_waits_for_it(
     sent it SIGINT: "stopping the run: waiting for its checkpoint ...", and exit 254 (the
     signal's -2, as Python's handler was gone). The finished child is waited for; a child
     killed by a signal gives 128 + N."""
-    out = tmp_path / "run"
-    script_path = tmp_path / "child.py"
     exiting = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\ntime.sleep(1.5)\n"
-    script_path.write_text(FAKE_CHILD + exiting)
-    command = [sys.executable, str(script_path), str(recorded_runs["ppo"]), str(out)]
-    monkeypatch.setattr(cli_tui, "child_command", lambda name, options, argv: (command, out))
-    monkeypatch.setattr(cli_tui, "_interactive", lambda: True)
+    _fake_child(recorded_runs["ppo"], tmp_path, monkeypatch, exiting)
 
     async def script(pilot: Pilot[None]) -> None:
         app = pilot.app
