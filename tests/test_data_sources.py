@@ -11,6 +11,7 @@ import functools
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import re
@@ -31,6 +32,7 @@ import numpy as np
 import pytest
 
 import esper.data.cifar as cifar_module
+import esper.data.download as download_module
 import esper.data.fashion_mnist as fashion_module
 from conftest import unprivileged
 from esper.data import (
@@ -601,6 +603,107 @@ def test_a_given_data_dir_holding_the_dataset_twice_is_refused(tmp_path: Path) -
     assert training_file_size(load_fashion_mnist(mine, download=False)) == 4
 
 
+def test_part_of_the_dataset_beside_a_whole_copy_is_refused(tmp_path: Path) -> None:
+    """Three files (one of them other data) in the folder, the whole dataset in its
+    fashion-mnist/ child: the child was used without a word (a walk-through)."""
+    mine = tmp_path / "mine"
+    write_fashion(mine / "fashion-mnist", n_train=4)
+    write_fashion(mine, n_train=5)
+    (mine / FASHION_FILES[2]).unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(mine, download=False)
+    assert str(info.value) == (
+        f"fashion-mnist: {str(mine)!r} holds part of the dataset "
+        f"({', '.join(FASHION_FILES[:2])}, {FASHION_FILES[3]}) but not {FASHION_FILES[2]} as "
+        f"files; beside the whole of it in {str(mine / 'fashion-mnist')!r}; remove one, or "
+        "point --data-dir (or $ESPER_DATA_DIR) at the one to use"
+    )
+
+
+def test_part_of_cifar_in_its_download_folder_is_the_users(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches in DIR/cifar10 itself, where a download never puts them (it extracts into
+    DIR/cifar10/cifar-10-batches-py), were downloaded past without a word (a walk-through)."""
+    www, url = server
+    monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", cifar_archive(www / CIFAR_ARCHIVE))
+    mine = tmp_path / "mine" / "cifar10"
+    mine.mkdir(parents=True)
+    for i in (1, 2, 3):
+        (mine / f"data_batch_{i}").write_bytes(b"the user's")
+    with pytest.raises(DatasetNotFoundError, match=r"holds part of the dataset \(data_batch_1, "):
+        load_cifar10(mine.parent, base_url=url, progress=False)
+    assert all_files(mine) == [f"data_batch_{i}" for i in (1, 2, 3)]  # no download beside
+    # a download's own folder begun and left (an extraction killed) is still finished
+    (mine / "data_batch_1").rename(tmp_path / "away")
+    for i in (2, 3):
+        (mine / f"data_batch_{i}").unlink()
+    assert load_cifar10(mine.parent, base_url=url, progress=False).y_test.tolist() == [0, 9]
+
+
+def test_uncompressed_idx_files_are_named_not_downloaded_past(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The four files gunzipped (as mirrors and other libraries' raw/ folders hold them):
+    the download went past them into DIR/fashion-mnist and never named them."""
+    www, url = server
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=3))
+    mine = tmp_path / "mine"
+    write_fashion(mine, n_train=4)
+    for name in FASHION_FILES:
+        (mine / name.removesuffix(".gz")).write_bytes(gzip.decompress((mine / name).read_bytes()))
+        (mine / name).unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(mine, base_url=url, progress=False)
+    plain = ", ".join(name.removesuffix(".gz") for name in FASHION_FILES)
+    assert str(info.value) == (
+        f"fashion-mnist: {str(mine)!r} holds {plain} uncompressed; Esper reads the "
+        f"gzip-compressed files ({', '.join(FASHION_FILES)}): compress them with gzip, or "
+        "remove them"
+    )
+    assert all_files(mine) == sorted(name.removesuffix(".gz") for name in FASHION_FILES)
+
+
+@pytest.mark.parametrize("where", ["data_dir", "$ESPER_DATA_DIR"])
+def test_a_home_of_no_user_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """``~nosuchuser/x``: Path.expanduser's RuntimeError was a traceback (a walk-through)."""
+    given = "~esper-no-such-user/x"
+    if where == "data_dir":
+        call = functools.partial(load_fashion_mnist, given, download=False)
+    else:
+        monkeypatch.setenv("ESPER_DATA_DIR", given)
+        call = functools.partial(load_fashion_mnist, download=False)
+    with pytest.raises(DatasetNotFoundError) as info:
+        call()
+    assert str(info.value) == f"fashion-mnist: {where} {given!r}: no such user's home directory"
+
+
+def test_a_download_that_cannot_write_its_folder_names_it(
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or read-only cache: the bare OSError ("[Errno 28] No space left on device",
+    no path) was the run's error line, and the demo stopped where README says it falls back."""
+    www, url = server
+    monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=3))
+
+    def full(stream: Any, out: Any, *args: Any) -> str:
+        out.write(b"x")
+        raise OSError(28, "No space left on device")  # what a write raises: no file name
+
+    monkeypatch.setattr(download_module, "_stream", full)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(base_url=url, progress=False)
+    cache = tmp_path / "cache" / "esper" / "fashion-mnist"
+    assert str(info.value) == (
+        f"fashion-mnist not found, and the download could not be written into {str(cache)!r}: "
+        "No space left on device; free space there or make it writable, or point --data-dir "
+        "(data_dir=...) at a folder that is"
+    )
+    assert not (tmp_path / "cache").exists()  # the folders it made are gone again
+
+
 @pytest.mark.parametrize("kind", ["missing", "file", "part"])
 def test_an_esper_data_dir_that_cannot_be_used_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
@@ -623,3 +726,51 @@ def test_an_esper_data_dir_that_cannot_be_used_is_refused(
         "part": f"{str(env)!r} holds part of the dataset",
     }[kind]
     assert expected in str(info.value)
+
+
+def test_a_resume_refuses_other_images_of_the_same_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another copy of Fashion-MNIST with its pixels changed (same names and sizes) resumed a
+    run without a word (a walk-through): only text was checked by its SHA-256. The same images
+    compressed otherwise are the same data."""
+    from esper.cli.main import main
+    from esper.study.run import Stop
+    from esper.tolaria.episode import Episode
+
+    first, other, moved = tmp_path / "first", tmp_path / "other", tmp_path / "moved"
+    write_fashion(first, n_train=6)
+    write_fashion(other, n_train=6)
+    images = gzip.decompress((other / FASHION_FILES[0]).read_bytes())
+    (other / FASHION_FILES[0]).write_bytes(gzip.compress(images[:-1] + bytes([~images[-1] & 255])))
+    for name in FASHION_FILES:  # the first's data, compressed harder
+        data = gzip.decompress((first / name).read_bytes())
+        (moved / name).parent.mkdir(exist_ok=True)
+        (moved / name).write_bytes(gzip.compress(data, compresslevel=1))
+    assert sha256(moved / FASHION_FILES[0]) != sha256(first / FASHION_FILES[0])
+    run = tmp_path / "run"
+    args = ["static", "--task", "fashion_mnist_impaired", "--batches-per-epoch", "1"]
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Episode, "step", interrupted)
+        assert main([*args, "--data-dir", str(first), "--epochs", "2", "--out", str(run)]) == 130
+    meta = json.loads((run / "meta.json").read_text())
+    assert re.fullmatch("[0-9a-f]{64}", meta["data"]["sha256"])
+    config = json.loads((run / "config.json").read_text())
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for data_dir, code in ((other, 2), (moved, 0)):
+        config["training"]["data_dir"] = str(data_dir)
+        (run / "config.json").write_text(json.dumps(config))
+        capsys.readouterr()
+        assert main(["static", "--resume", str(run)]) == code
+        if code == 2:
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is not what it trained on (SHA-256 " in err, err
+            assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == {
+                **files,
+                run / "config.json": (run / "config.json").read_bytes(),
+            }
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

@@ -53,7 +53,10 @@ Module-level so tests with tiny fixture batches can lower it."""
 CIFAR10_SPLIT_SEED = 0
 """Seed of the fixed permutation that picks the held-out images; changing it changes every run."""
 _FILES = DatasetFiles(
-    name="cifar10", required=(*TRAIN_BATCHES, TEST_BATCH), subdirs=("", BATCH_DIR)
+    name="cifar10",
+    required=(*TRAIN_BATCHES, TEST_BATCH),
+    subdirs=("", BATCH_DIR),
+    download_dir=BATCH_DIR,  # the archive's folder, extracted into cifar10/
 )
 
 # The only globals a pickled numpy uint8 array (and a py3-pickled bytes key) needs. numpy 2

@@ -7,8 +7,10 @@ Order: an explicit ``data_dir``; ``$ESPER_DATA_DIR``; a system directory (Debian
 An explicit ``data_dir`` is a request, not a hint: when it does not hold the dataset the search
 does not silently continue elsewhere; it downloads into ``data_dir/<name>`` when downloads are
 allowed and otherwise fails, naming what it looked for. A ``data_dir`` or ``$ESPER_DATA_DIR``
-holding the dataset twice (in itself and in ``<name>/``), or part of it outside the download's
-folder, is refused (``_check_given``), as is a ``$ESPER_DATA_DIR`` that is no directory.
+holding the dataset twice (in itself and in ``<name>/``), part of it outside the download's
+folder (beside a whole copy too), or its ``.gz`` files uncompressed, is refused
+(``_check_given``), as is a ``$ESPER_DATA_DIR`` that is no directory. A download that cannot
+write its folder (read-only, full) is a ``DatasetNotFoundError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class DatasetFiles:
             directory (``""`` is the candidate itself), e.g. ``("", "cifar-10-batches-py")``.
         system_dir: Directory where an OS package installs the dataset, or ``None``.
         install_hint: Extra advice for the not-found message, e.g. an ``apt-get`` command.
+        download_dir: The folder below the download's own (one of ``subdirs``) where a
+            download puts the files: part of the dataset there is a download's begun; anywhere
+            else in a given data_dir it is the user's (``_check_given``).
     """
 
     name: str
@@ -47,6 +52,7 @@ class DatasetFiles:
     subdirs: tuple[str, ...] = ("",)
     system_dir: Path | None = None
     install_hint: str | None = None
+    download_dir: str = ""
 
 
 def cache_dir(name: str) -> Path:
@@ -66,7 +72,7 @@ def _search_bases(
             ``$ESPER_DATA_DIR`` is no directory; either holds the dataset twice or in part.
     """
     if data_dir is not None:
-        root = Path(data_dir).expanduser()
+        root = _expanded(files, "data_dir", data_dir)
         mode = _mode(files, root)
         if mode is not None and not stat.S_ISDIR(mode):
             raise DatasetNotFoundError(
@@ -77,8 +83,10 @@ def _search_bases(
         _check_given(files, bases, target)
         return bases, target, True
     env = os.environ.get(DATA_DIR_ENV, "")
-    bases = [Path(env).expanduser() / files.name, Path(env).expanduser()] if env else []
+    bases = []
     if env:
+        given = _expanded(files, f"${DATA_DIR_ENV}", env)
+        bases = [given / files.name, given]
         mode = _mode(files, bases[1])
         if mode is None or not stat.S_ISDIR(mode):
             what = "does not exist" if mode is None else "is not a directory"
@@ -91,6 +99,20 @@ def _search_bases(
         bases.append(files.system_dir)
     target = cache_dir(files.name)
     return [*bases, target], target, False
+
+
+def _expanded(files: DatasetFiles, what: str, path: str | Path) -> Path:
+    """``path`` with ``~`` expanded.
+
+    Raises:
+        DatasetNotFoundError: ``~user`` names no user.
+    """
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # Path.expanduser of ~nosuchuser
+        raise DatasetNotFoundError(
+            f"{files.name}: {what} {str(path)!r}: no such user's home directory"
+        ) from None
 
 
 def find_dataset_dir(
@@ -137,6 +159,10 @@ def find_dataset_dir(
             raise _not_found(
                 files, searched, explicit=explicit, fetch_allowed=True, download_error=exc
             ) from exc
+        except DatasetNotFoundError:
+            raise
+        except OSError as exc:  # writing the download's folder: read-only, full, ...
+            raise _not_written(files, target, exc) from exc
         found = first_complete([target])
         if found is None:
             raise DatasetNotFoundError(
@@ -150,10 +176,11 @@ def find_dataset_dir(
 
 
 def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> None:
-    """A given ``data_dir`` is used as it is: the dataset found in two of its places, or part of
-    it outside the download's folder, is refused rather than one place or a download chosen
-    silently (three of the user's files with the fourth missing were replaced by a download,
-    which then took precedence for good).
+    """A given ``data_dir`` is used as it is: the dataset found in two of its places, part of
+    it outside the download's folder (``files.download_dir``; beside a whole copy too), or its
+    files uncompressed, is refused rather than one place or a download chosen silently (three
+    of the user's files with the fourth missing were replaced by a download, which then took
+    precedence for good).
 
     Raises:
         DatasetNotFoundError: naming the places, or the files present and those missing.
@@ -170,18 +197,46 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
             f"and {str(twice[0])!r}; remove one, or point --data-dir (or $ESPER_DATA_DIR) at "
             "the one to use"
         )
-    if complete:
-        return
+    downloads = target / files.download_dir
     for candidate in candidates:
-        if present[candidate] and not candidate.is_relative_to(target):
+        if candidate in complete or candidate.is_relative_to(downloads):
+            continue
+        if present[candidate]:
             lacking = [f for f in files.required if not _is_file(files, candidate / f)]
             have = [f for f in present[candidate] if f not in lacking]
             held = f"part of the dataset ({', '.join(have)})" if have else "the dataset's names"
+            fix = (
+                f"beside the whole of it in {str(complete[0])!r}; remove one, or point "
+                "--data-dir (or $ESPER_DATA_DIR) at the one to use"
+                if complete
+                else "complete it (a download does not write over it), or remove what is there"
+            )
             raise DatasetNotFoundError(
                 f"{files.name}: {str(candidate)!r} holds {held} but not {', '.join(lacking)} "
-                "as files; complete it (a download does not write over it), or remove what is "
-                "there"
+                f"as files; {fix}"
             )
+        if not complete:
+            _check_compressed(files, candidate)
+
+
+def _check_compressed(files: DatasetFiles, directory: Path) -> None:
+    """Refuse ``directory`` holding required ``.gz`` files uncompressed (as some mirrors and
+    other libraries' ``raw/`` folders keep them): a download went past them without a word.
+
+    Raises:
+        DatasetNotFoundError: naming them and how to compress them.
+    """
+    plain = [
+        f.removesuffix(".gz")
+        for f in files.required
+        if f.endswith(".gz") and _is_file(files, directory / f.removesuffix(".gz"))
+    ]
+    if plain:
+        raise DatasetNotFoundError(
+            f"{files.name}: {str(directory)!r} holds {', '.join(plain)} uncompressed; Esper "
+            f"reads the gzip-compressed files ({', '.join(files.required)}): compress them "
+            "with gzip, or remove them"
+        )
 
 
 def _candidates(files: DatasetFiles, bases: Sequence[Path]) -> list[Path]:
@@ -237,6 +292,17 @@ def _searchable(path: Path) -> bool:
     except OSError:
         pass  # not refused
     return True
+
+
+def _not_written(files: DatasetFiles, target: Path, err: OSError) -> DatasetNotFoundError:
+    """The error for a download that could not write into its folder ``target``."""
+    reason = err.strerror or str(err)
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(target) else ""
+    return DatasetNotFoundError(
+        f"{files.name} not found, and the download could not be written into {str(target)!r}: "
+        f"{reason}{where}; free space there or make it writable, or point --data-dir "
+        "(data_dir=...) at a folder that is"
+    )
 
 
 def _not_found(

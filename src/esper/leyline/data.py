@@ -57,8 +57,10 @@ class Dataset:
         augment: Whether training batches should get ``augment_crop_flip`` (CIFAR only).
         source: Where the samples came from: the directory or file read, or what bundles or
             generates them ("" when unsaid); a run records it (``receipt``).
-        sha256: A digest of what was read, where the loader takes one (a text task's decoded
-            text: a user's corpus may change under the same name and length); None otherwise.
+        sha256: A digest of what was read, where the loader takes one: a text task's decoded
+            text, an image dataset's samples and labels (``samples_sha256``); a copy edited
+            under the same name and sizes gives another. None for the bundled and generated
+            ones.
     """
 
     name: str

@@ -110,7 +110,7 @@ def check_same_data(directory: Path, data: Dataset) -> None:
             f"cannot resume {str(directory)!r}: it trained on {shown(meta.data)}, and its "
             f"data_dir now gives {shown(now)}; put back the data it trained on"
         )
-    was = meta.data.get("sha256")  # a text's (runs from before it was taken have none)
+    was = meta.data.get("sha256")  # runs from before it was taken have none
     if was is not None and was != now.get("sha256"):
         raise UserError(
             f"cannot resume {str(directory)!r}: its data {now['dataset']!r} ({now['source']}) "
