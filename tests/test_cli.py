@@ -664,6 +664,64 @@ def test_demo_with_a_data_dir_variable_lacking_the_data_does_not_fall_back(
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+def test_demo_falls_back_when_the_download_cannot_be_written(tmp_path, capsys, monkeypatch) -> None:
+    """A full or read-only cache stopped the demo ("Fashion-MNIST: [Errno 28] No space left
+    on device"), where README says it cannot download and so runs on digits (a walk-through)."""
+    import esper.data.download as download
+    import esper.data.fashion_mnist as fashion
+
+    def full(*args: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download, "_stream", full)
+    monkeypatch.setattr(fashion, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("ESPER_DATA_DIR", raising=False)
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    cache = str(tmp_path / "cache" / "esper" / "fashion-mnist")
+    assert f"the download could not be written into {cache!r}: No space left on device" in err
+    assert "running the demo on the digits_impaired task instead" in err
+    assert "a run of 1 epoch never germinates" in err
+    assert all("digits_impaired" in run.name for run in (tmp_path / "out").iterdir())
+
+
+def test_demo_with_a_home_of_no_user_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """``--data-dir ~nosuchuser/x`` reached Path.expanduser in the data search before the
+    check every run command makes: a traceback, exit 1 (a walk-through)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--epochs", "1", "--data-dir", "~esper-no-such-user/x"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "esper: error: --data-dir '~esper-no-such-user/x': no such user's home directory\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_stopped_by_sigterm_is_clean_at_any_point(tmp_path, capsys, monkeypatch) -> None:
+    """SIGTERM while the demo looked for (or downloaded) its data killed it with no message
+    and left the download's part files; in a run it named no way to continue (a walk-through)."""
+    import esper.cli.demo as demo
+    from esper.tolaria.episode import Episode
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "load_dataset", terminated)
+        assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == "\nesper: interrupted\n"
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(demo, "_pick_task", lambda data_dir: "digits_impaired")
+    monkeypatch.setattr(Episode, "step", terminated)
+    assert main(["demo", "--epochs", "2", "--out", str(tmp_path / "out")]) == 130
+    (run,) = (tmp_path / "out").iterdir()
+    assert run.name.endswith("-static")
+    assert capsys.readouterr().err.endswith(
+        f"interrupted: epoch 1 checkpointed; continue with: esper static --resume {run}\n"
+    )
+
+
 @pytest.mark.parametrize("where", ["", "sub"])
 def test_demo_into_a_study_directory_is_refused(tmp_path, capsys, where) -> None:
     """``esper demo --out STUDY`` made its runs among the study's trials (adversarial sweep),

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from esper.cli.config import absolute_data_dir
+from esper.cli.config import absolute_data_dir, interrupted_hint
 from esper.cli.main import EXIT_INTERRUPTED
 from esper.cli.runs import format_table
 from esper.data import DatasetFormatError, DatasetNotFoundError, load_dataset
@@ -70,13 +70,14 @@ def _row(name: str, summary: record.RunSummary) -> list[str]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Static vs heuristic growth, side by side."""
-    task = _pick_task(args.data_dir)
+    given = None if args.data_dir is None else str(args.data_dir)
+    data_dir = absolute_data_dir(HostTraining(PRIMARY, data_dir=given)).data_dir  # ~ checked
+    task = _pick_task(None if data_dir is None else Path(data_dir))
     spec = get_task(task)  # its description heads the table
     parent = args.out if args.out is not None else record.RUNS_DIR
     stamp = record.stamp()
     directories = {}
-    data_dir = None if args.data_dir is None else str(args.data_dir)
-    training = absolute_data_dir(HostTraining(task, epochs=args.epochs, data_dir=data_dir))
+    training = HostTraining(task, epochs=args.epochs, data_dir=data_dir)
     summaries = {}
     modes = ("static", "heuristic")  # side by side: a study's directory holds its trials alone
     check_outside_studies(parent / f"demo-{stamp}-{task}-{modes[0]}")
@@ -88,8 +89,8 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"esper demo: note: {never}", file=sys.stderr)
         try:
             runner.run(label=f"{mode:>9}")
-        except Stop:
-            print(f"\ninterrupted; partial run in {out}", file=sys.stderr)
+        except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before its loop
+            interrupted_hint(mode, out, f"epoch {runner.epoch}")
             return EXIT_INTERRUPTED
         directories[mode] = out
         summary = record.read_summary(out)

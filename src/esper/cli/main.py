@@ -303,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return handler(args)
         with loading():
             from esper.cli.demo import run_demo
+            from esper.study.run import interrupt_on_termination
 
+        interrupt_on_termination()  # SIGTERM, SIGHUP: as Ctrl-C, from the data search on
         return run_demo(args)
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)

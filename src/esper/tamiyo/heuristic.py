@@ -191,7 +191,8 @@ class HeuristicConfig:
         if epochs - earliest >= closed:
             return None
         return (
-            f"a run of {epochs} epochs never germinates a seed: the heuristic waits {earliest} "
+            f"a run of {epochs} epoch{'s' * (epochs != 1)} never germinates a seed: the "
+            f"heuristic waits {earliest} "
             f"epochs for a plateau or a stabilized host and germinates none in the last "
             f"no_germinate_last_epochs = {self.no_germinate_last_epochs}; give it at least "
             f"{earliest + closed} epochs (or lower no_germinate_last_epochs)"
