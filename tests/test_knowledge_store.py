@@ -50,6 +50,7 @@ from esper.nissa.knowledge import (
     outcomes_for,
     parse_url,
     record_outcomes,
+    recorded_url,
     sqlite_url,
 )
 from esper.nissa.record import OUTCOMES_FILE
@@ -72,6 +73,14 @@ def _outcome(run: str = "r1", slot: str = "mid", epoch: int = 0, **changes: Any)
         epochs=4,
     )
     return replace(base, **changes)
+
+
+def test_an_outcome_has_parameters() -> None:
+    """``esper knowledge import`` took a fossilized seed of 0 parameters, which scored its
+    contribution × 1000 and outweighed every other prior a thousandfold (a walk-through)."""
+    with pytest.raises(ValueError, match="seed_params"):
+        _outcome(seed_params=0)
+    assert _outcome(seed_params=1).seed_params == 1
 
 
 def test_an_outcome_holds_the_types_its_store_reads_back() -> None:
@@ -311,6 +320,59 @@ def test_check_refuses_what_open_refuses_and_changes_nothing(url: str) -> None:
         KnowledgeStore.check(url)
 
 
+def test_check_reads_every_outcome(url: str) -> None:
+    """A study's check passed a store with an invalid row (or a damaged page), and each of its
+    bandit trials then warned into Ray's worker logs and started without priors."""
+    with KnowledgeStore.open(url) as store:
+        store.record([_outcome(), _outcome(run="r2")])
+    KnowledgeStore.check(url)
+    _raw(url, "UPDATE outcomes SET stage = 'BOGUS' WHERE run_id = 'r2'")
+    with pytest.raises(KnowledgeStoreError, match=r"row id 2 is not a valid seed outcome"):
+        KnowledgeStore.check(url)
+
+
+def test_check_refuses_a_damaged_sqlite_file(tmp_path: Path) -> None:
+    url = _sqlite_url(tmp_path / "k.sqlite")
+    with KnowledgeStore.open(url) as store:
+        store.record([_outcome(run=f"r{i}") for i in range(200)])  # pages beyond the schema's
+    with closing(sqlite3.connect(tmp_path / "k.sqlite")) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        query = "SELECT rootpage FROM sqlite_master WHERE name = 'outcomes'"
+        (root,) = conn.execute(query).fetchone()
+    with (tmp_path / "k.sqlite").open("r+b") as file:  # the table's root page, not the schema
+        file.seek((root - 1) * page)
+        file.write(b"\xff" * page)
+    with pytest.raises(KnowledgeStoreError, match="malformed"):
+        KnowledgeStore.check(url)
+
+
+def test_a_new_runs_store_is_recorded_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative SQLite path followed the working directory of a resume, and a resume without
+    $ESPER_KNOWLEDGE wrote to the default store (a walk-through); a password of the variable
+    stays out of the run's files."""
+    monkeypatch.chdir(tmp_path)
+    assert recorded_url("sqlite:///k.sqlite") == f"sqlite:///{tmp_path}/k.sqlite"
+    given = "postgresql://esper:pw@host/db"
+    assert recorded_url(given) == given  # given so on the command line
+    monkeypatch.delenv(KNOWLEDGE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    assert recorded_url(None) == f"sqlite:///{tmp_path}/cache/esper/knowledge.sqlite"
+    for env, recorded in (
+        ("sqlite:///e.sqlite", f"sqlite:///{tmp_path}/e.sqlite"),
+        ("postgresql://esper@host/db", "postgresql://esper@host/db"),
+        ("postgresql://esper:pw@host/db", None),
+        ("postgresql://esper@host/db?password=pw", None),
+        ("not a url", None),  # the run warns where it opens it, as before
+    ):
+        monkeypatch.setenv(KNOWLEDGE_ENV, env)
+        assert recorded_url(None) == recorded, env
+    with pytest.raises(KnowledgeURLError, match="malformed"):
+        recorded_url("not a url")
+
+
 def test_check_refuses_a_store_that_cannot_be_created(tmp_path: Path) -> None:
     """ "Does not exist yet" passed even under a regular file: a study's check let it through,
     and every trial then only warned in a Ray worker's log and recorded nothing."""
@@ -419,6 +481,13 @@ def test_passwords_stay_out_of_messages() -> None:
     url = f"postgresql://esper:hunter2@127.0.0.1:{_free_port()}/knowledge"
     assert record_outcomes(url, [_outcome()], warnings) is False
     assert "hunter2" not in warnings[0] and "esper:***@127.0.0.1" in warnings[0]
+    # libpq takes a password as a query option too; it was shown (a walk-through)
+    url = f"postgresql://esper@127.0.0.1:{_free_port()}/knowledge?password=hunter2"
+    assert record_outcomes(url, [_outcome()], warnings) is False
+    assert "hunter2" not in warnings[1] and "?password=***" in warnings[1]
+    with pytest.raises(KnowledgeURLError) as err:
+        parse_url("mysql://esper@host/db?password=hunter2")
+    assert "hunter2" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -715,7 +784,7 @@ def test_cli_import_checks_every_run_before_writing(
         _knowledge("import", str(a), str(b), "--knowledge", store)
     good = json.loads((a / OUTCOMES_FILE).read_text())[0]
     bad_values = [
-        ({"seed_params": 10**30}, "seed_params must be an integer in [0, 9223372036854775807]"),
+        ({"seed_params": 10**30}, "seed_params must be an integer in [1, 9223372036854775807]"),
         ({"stage": "BOGUS"}, "stage must be one of ['GERMINATED'"),
         ({"stage": "DORMANT"}, "stage must be one of ['GERMINATED'"),  # no seed has this end
         ({"contribution": 1e308}, "contribution must be a number in [-100, 100]"),  # score inf

@@ -200,6 +200,53 @@ def test_a_run_records_its_outcomes_in_the_store_and_survives_a_broken_one(tmp_p
     assert (tmp_path / "b" / OUTCOMES_FILE).exists()  # kept for esper knowledge import
 
 
+def test_a_resume_records_in_the_store_its_run_began_with(tmp_path, monkeypatch):
+    """``--knowledge sqlite:///k.sqlite`` was kept relative, so a resume from another
+    directory made and filled another store; a bandit run begun with $ESPER_KNOWLEDGE and
+    resumed without it took its priors from one store and gave its outcomes to another (a
+    walk-through)."""
+    from esper.nissa.knowledge import KNOWLEDGE_ENV, KnowledgeStore
+    from esper.study.run import Stop
+    from esper.tolaria.episode import Episode
+
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(KNOWLEDGE_ENV, raising=False)
+    args = ["--task", "synthetic", "--batches-per-epoch", "2", "--val-samples", "128"]
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    runs = {
+        "relative": (
+            ["periodic", *args, "--epochs", "8", "--periodic.period", "1"],
+            "sqlite:///k.sqlite",
+        ),
+        "variable": (["heuristic", *args, "--epochs", "14", "--selector", "thompson"], None),
+    }
+    env = f"sqlite:///{tmp_path / 'env.sqlite'}"
+    for name, (command, knowledge) in runs.items():
+        monkeypatch.chdir(first)
+        flags = [] if knowledge is None else ["--knowledge", knowledge]
+        with monkeypatch.context() as patch:
+            patch.setattr(Episode, "step", interrupted)
+            if knowledge is None:
+                patch.setenv(KNOWLEDGE_ENV, env)
+            assert main([*command, *flags, "--out", str(tmp_path / name)]) == 130
+        monkeypatch.chdir(elsewhere)
+        assert main([command[0], "--resume", str(tmp_path / name)]) == 0
+    recorded = [json.loads((tmp_path / n / "config.json").read_text())["knowledge"] for n in runs]
+    assert recorded == [f"sqlite:///{first / 'k.sqlite'}", env]
+    for store, run in ((first / "k.sqlite", "relative"), (tmp_path / "env.sqlite", "variable")):
+        with KnowledgeStore.open(f"sqlite:///{store}") as opened:
+            held = {o.run_id for o in opened.outcomes()}
+        written = json.loads((tmp_path / run / OUTCOMES_FILE).read_text())
+        assert written and held == {o["run_id"] for o in written}, run
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "cache").exists()
+
+
 def test_bad_knowledge_url_is_one_line(tmp_path, capsys):
     args = ["heuristic", "--task", "synthetic", "--knowledge", "mysql://x/y"]
     assert main([*args, "--out", str(tmp_path / "r")]) == 2

@@ -59,6 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Insert
 
 from esper.leyline.files import is_utf8_path, nearest_existing, not_a_folder, not_regular
@@ -157,6 +158,42 @@ def sqlite_url(path: Path) -> str:
     return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
+def shown_url(parsed: URL) -> str:
+    """``parsed`` for messages and records: its password hidden, in the user part or as a
+    ``password=`` query option (which libpq takes too)."""
+    if "password" not in parsed.query:
+        return parsed.render_as_string(hide_password=True)
+    shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+    return f"{shown}{'&' if '?' in shown else '?'}password=***"  # rendered, *** is %2A%2A%2A
+
+
+def recorded_url(url: str | None) -> str | None:
+    """The store URL a new run records in its ``config.json``, so that a resume started in
+    another directory or without ``$ESPER_KNOWLEDGE`` uses the store the run began with:
+    ``url`` (None: ``default_url()``) with an SQLite path made absolute.
+
+    Returns:
+        That URL; None where ``url`` is None and the default cannot be used (the run warns
+        when it opens it) or carries a password (kept out of the run's files: a resume reads
+        ``$ESPER_KNOWLEDGE`` again).
+
+    Raises:
+        KnowledgeURLError: ``url`` is malformed, or names an SQLite file whose absolute path
+            is no UTF-8 text.
+    """
+    try:
+        parsed = parse_url(default_url() if url is None else url)
+        if parsed.drivername == "sqlite":
+            return sqlite_url(Path(str(parsed.database)).absolute())
+    except KnowledgeURLError:
+        if url is not None:
+            raise
+        return None
+    if url is None and (parsed.password is not None or "password" in parsed.query):
+        return None
+    return default_url() if url is None else url
+
+
 def parse_url(url: str) -> URL:
     """Check a store URL and return it parsed, ready for ``create_engine``.
 
@@ -172,7 +209,7 @@ def parse_url(url: str) -> URL:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise KnowledgeURLError(f"malformed knowledge store URL {url!r}; {ACCEPTED_URLS}") from None
-    shown = parsed.render_as_string(hide_password=True)
+    shown = shown_url(parsed)
     if parsed.drivername not in SCHEMES:
         raise KnowledgeURLError(
             f"unsupported knowledge store URL {shown!r} (scheme {parsed.drivername!r}); "
@@ -385,6 +422,20 @@ def _migrate(conn: Connection, shown: str, create: bool) -> None:
         conn.execute(update(VERSION_TABLE).values(version=SCHEMA_VERSION))
 
 
+def _outcomes_query(host: HostSignature | None = None) -> Select[Any]:
+    """The outcomes on ``host``'s task, topology and width (None: all), oldest first."""
+    # Not ``recorded_at``: no outcome field, and SQLAlchemy parses it while fetching, so
+    # a malformed one (written by hand, or another tool) would fail outside ``_outcome``.
+    query = select(*(c for c in OUTCOMES.c if c.name != "recorded_at")).order_by(OUTCOMES.c.id)
+    if host is None:
+        return query
+    return query.where(
+        OUTCOMES.c.host_task == host.task,
+        OUTCOMES.c.host_topology == host.topology,
+        OUTCOMES.c.host_width == host.width,
+    )
+
+
 def _insert_new(dialect: str) -> Insert:
     """An INSERT into the outcomes table that skips a seed already recorded."""
     if dialect == "postgresql":
@@ -448,7 +499,7 @@ class KnowledgeStore:
             KnowledgeStoreError: the engine cannot be made (e.g. a missing driver).
         """
         parsed = parse_url(url)
-        shown = parsed.render_as_string(hide_password=True)
+        shown = shown_url(parsed)
         sqlite_file = _sqlite_file(parsed)
         if sqlite_file is not None and not create and not sqlite_file.exists():
             _refuse_uncreatable(sqlite_file, shown)  # "does not exist yet" must mean "can"
@@ -467,12 +518,15 @@ class KnowledgeStore:
     def check(cls, url: str) -> None:
         """That ``url`` names a store Esper can use, changing nothing: ``open``'s checks and
         migrations run in a transaction that is rolled back, and an SQLite file keeps its
-        journal mode. A store that does not exist yet passes (its first writer creates it).
+        journal mode; every outcome is read, as a bandit selector reads its host's (a damaged
+        page or an invalid row passed, and each trial then warned into Ray's worker logs and
+        started without priors). A store that does not exist yet passes (its first writer
+        creates it).
 
         Raises:
             KnowledgeURLError: a malformed or unsupported URL.
-            KnowledgeStoreError: unreachable, not a database, foreign tables, or a schema
-                newer than this code.
+            KnowledgeStoreError: unreachable, not a database, foreign tables, a schema newer
+                than this code, a damaged file, or a row that is no valid outcome.
         """
         try:
             store = cls._connected(url, create=False)
@@ -484,6 +538,8 @@ class KnowledgeStore:
                 transaction = conn.begin()
                 try:
                     _migrate(conn, store.url, create=False)
+                    for row in conn.execute(_outcomes_query()):  # damaged pages, bad rows
+                        store._outcome(row._asdict())
                 finally:
                     transaction.rollback()
 
@@ -532,15 +588,7 @@ class KnowledgeStore:
             host: Only outcomes on hosts with this signature's task, topology and width (its
                 parameter count is not compared); None: all.
         """
-        # Not ``recorded_at``: no outcome field, and SQLAlchemy parses it while fetching, so
-        # a malformed one (written by hand, or another tool) would fail outside ``_outcome``.
-        query = select(*(c for c in OUTCOMES.c if c.name != "recorded_at")).order_by(OUTCOMES.c.id)
-        if host is not None:
-            query = query.where(
-                OUTCOMES.c.host_task == host.task,
-                OUTCOMES.c.host_topology == host.topology,
-                OUTCOMES.c.host_width == host.width,
-            )
+        query = _outcomes_query(host)
         return self._transaction(
             lambda conn: [self._outcome(row._asdict()) for row in conn.execute(query)]
         )
@@ -635,7 +683,7 @@ def priors_receipt(url: str | None, outcomes: Sequence[SeedOutcome]) -> dict[str
     the store grows with every run, so the same command starts from other outcomes later.
     ``url`` opened (the outcomes came from it), so it parses."""
     url = default_url() if url is None else url
-    shown = make_url(url).render_as_string(hide_password=True)
+    shown = shown_url(make_url(url))
     text = json.dumps([asdict(o) for o in outcomes], sort_keys=True, allow_nan=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return {"outcomes": len(outcomes), "sha256": digest, "store": shown}

@@ -240,6 +240,22 @@ def _bandit(mode: str, config: GrowthRun) -> bool:
     return mode == "heuristic" and config.heuristic.selector != "rotation"
 
 
+def _recorded_store(url: str | None) -> str | None:
+    """The store a new run names in its ``config.json`` (``knowledge.recorded_url``): a
+    relative SQLite path followed the working directory of a resume, and a resume without
+    ``$ESPER_KNOWLEDGE`` recorded its outcomes in another store than its priors came from.
+
+    Raises:
+        UserError: the URL cannot be made absolute.
+    """
+    from esper.nissa.knowledge import KnowledgeURLError, recorded_url  # SQLAlchemy: loaded
+
+    try:
+        return recorded_url(url)
+    except KnowledgeURLError as err:
+        raise UserError(str(err)) from err
+
+
 def selector_priors(mode: str, config: GrowthRun, host: HostSignature) -> list[SeedOutcome]:
     """A heuristic's bandit selector's priors: the knowledge store's outcomes on ``host``
     (none for another controller)."""
@@ -283,6 +299,8 @@ class GrowthRunner:
     ) -> None:
         training = set_threads(_resolved(config.training), resume)
         self.mode, self.config = mode, replace(config, training=training)
+        if resume is None and (config.knowledge is not None or _bandit(mode, config)):
+            self.config = replace(self.config, knowledge=_recorded_store(config.knowledge))
         self.threads = torch.get_num_threads()
         seed_everything(config.seed)
         check_sinks(config.telemetry)
