@@ -1049,6 +1049,22 @@ def test_help_into_a_closed_pipe_is_quiet() -> None:
     assert "Traceback" not in err and "BrokenPipe" not in err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_output_into_a_full_disk_is_one_line(tmp_path) -> None:
+    """`esper runs list > /dev/full` (and `knowledge export`, `runs show`, ...): a traceback
+    ending in "No space left on device", exit 1 (a walk-through)."""
+    esper = Path(sys.executable).with_name("esper")
+    run = tmp_path / "r"
+    assert main(["static", "--task", "synthetic", "--epochs", "1", *TINY, "--out", str(run)]) == 0
+    for command in (["runs", "list", str(tmp_path)], ["runs", "show", str(run)]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [str(esper), *command], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60
+            )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == "esper: error: cannot write the output: No space left on device\n"
+
+
 def test_test_split_is_read_once_for_the_final_and_the_best_validation_model(tmp_path) -> None:
     """The summary's test metrics: the final model's (checked against model.pt) and the best
     validation epoch's, checked against a run that stops at that epoch (same seed: the same

@@ -35,6 +35,8 @@ hold (given anywhere: a run, ``--out``, a study file; it fails at the first stat
 is written), and a file or directory without the permission asked, or on a read-only file
 system (a run stopped by one resumes once the permission is back)."""
 
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""A write that found no room: a full disk or quota, a file at its size limit, ``/dev/full``."""
 
 N = TypeVar("N", int, float)
 
@@ -287,26 +289,33 @@ def _terminal_hung_up() -> bool:
     return detach_from_hung_up_terminal()
 
 
+def _command(args_list: list[str]) -> int:
+    """Run the command ``args_list`` names; its exit status."""
+    if args_list and args_list[0] in RUN_COMMANDS:
+        return run_command(args_list[0], args_list[1:])
+    args = build_parser().parse_args(args_list)
+    if args.command in VIEW_COMMANDS:
+        module, function = VIEW_COMMANDS[args.command]
+        with loading():
+            imported = importlib.import_module(module)
+        handler: Callable[[argparse.Namespace], int] = getattr(imported, function)
+        return handler(args)
+    with loading():
+        from esper.cli.demo import run_demo
+        from esper.study.run import interrupt_on_termination
+
+    interrupt_on_termination()  # SIGTERM, SIGHUP: as Ctrl-C, from the data search on
+    return run_demo(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
     _show_library_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args_list and args_list[0] in RUN_COMMANDS:
-            return run_command(args_list[0], args_list[1:])
-        args = build_parser().parse_args(args_list)
-        if args.command in VIEW_COMMANDS:
-            module, function = VIEW_COMMANDS[args.command]
-            with loading():
-                imported = importlib.import_module(module)
-            handler: Callable[[argparse.Namespace], int] = getattr(imported, function)
-            return handler(args)
-        with loading():
-            from esper.cli.demo import run_demo
-            from esper.study.run import interrupt_on_termination
-
-        interrupt_on_termination()  # SIGTERM, SIGHUP: as Ctrl-C, from the data search on
-        return run_demo(args)
+        status = _command(args_list)
+        sys.stdout.flush()  # the output's last lines: a failure to write them is told here
+        return status
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -321,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         if err.errno == errno.EIO and _terminal_hung_up():  # the SSH session ended: a run
             return EXIT_INTERRUPTED  # was stopped by its SIGHUP; nobody is there to tell
+        if err.errno in FULL_ERRNOS and err.filename is None:  # a write to no named file:
+            # the output (`esper knowledge export > /dev/full` was a traceback, exit 1); the
+            # run's own files name themselves (``WriteError``)
+            print(f"esper: error: cannot write the output: {err.strerror}", file=sys.stderr)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit
+            return EXIT_BAD_INPUT
         if err.errno not in PATH_ERRNOS:
             raise
         named = f"{err.strerror}: {err.filename!r}" if err.filename else str(err.strerror)
