@@ -653,6 +653,29 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     }  # a study served by itself
 
 
+def test_a_study_before_its_first_end_is_pending_not_an_error(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """A running study has no trials.csv until its invocation ends: the page showed a red
+    "cannot be computed ... run `esper study FILE` to the end" for the whole run (a browser
+    walk-through)."""
+    runs = tmp_path / "runs"
+    study = write_study(runs / "st", recorded_runs)
+    (study / TRIALS_FILE).unlink()
+    asked: list[Path] = []
+    client = local_client(runs, study_table=lambda d: asked.append(d) or [])
+    data = client.get("/api/studies/st").json()
+    assert data == {
+        "name": "st",
+        "score": "test accuracy",
+        "rows": [],
+        "bands": [],
+        "error": None,
+        "pending": True,
+    }
+    assert asked == []  # nothing to compute yet
+
+
 def test_a_study_refresh_folds_only_the_trials_whose_logs_changed(
     tmp_path: Path, recorded_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -277,6 +277,45 @@ def test_a_runs_directory_moved_away_is_said_and_its_return_followed(
         expect(stat(page, "run")).to_have_text("r")
 
 
+def test_runs_that_appear_or_come_back_after_the_page_loaded_are_followed(
+    tmp_path: Path, recorded_runs: dict[str, Path], open_page: Any
+) -> None:
+    """A page opened before the training started stayed idle for good, one whose address named
+    a run made later showed another, and a run removed and made again stayed stopped (a
+    browser walk-through)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    server = DashboardServer(
+        runs, open_listener("127.0.0.1", 0), poll_seconds=0.1, snapshot_seconds=0.1
+    )
+    with server.in_background() as url:
+        page = open_page(url)
+        page.goto(url)
+        expect(page.locator("#connection")).to_have_text("idle")
+        copy_run(recorded_runs["static"], runs / "first")
+        page.evaluate("refreshRuns()")  # what the page does every few seconds
+        expect(stat(page, "run")).to_have_text("first")
+        expect(page.locator("#connection")).to_have_text("live")
+
+        named = open_page(url)
+        named.goto(f"{url}#run=later")
+        expect(stat(named, "run")).to_have_text("first")  # not there yet: the newest
+        copy_run(recorded_runs["heuristic"], runs / "later")
+        named.evaluate("refreshRuns()")
+        expect(stat(named, "run")).to_have_text("later")
+        expect(named.locator("#run-picker")).to_have_value("later")
+
+        shutil.rmtree(runs / "later")
+        expect(named.locator("#connection")).to_have_text("stopped")
+        named.evaluate("refreshRuns()")
+        copy_run(recorded_runs["static"], runs / "later")
+        named.evaluate("refreshRuns()")
+        expect(named.locator("#connection")).to_have_text("live")
+        expect(named.locator("#error")).to_be_hidden()
+        expect(stat(named, "mode")).to_have_text("static")  # what is there now
+        expect(stat(page, "run")).to_have_text("first")  # a newer run does not take over
+
+
 def test_page_follows_a_live_run(
     tmp_path: Path, recorded_runs: dict[str, Path], open_page: Any
 ) -> None:

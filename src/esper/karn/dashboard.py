@@ -409,12 +409,14 @@ class _Tables:
         self._rows: dict[Path, tuple[tuple[int, int], list[StudyRow]]] = {}
         self._lock = threading.Lock()
 
-    def rows(self, study: Path) -> list[StudyRow]:
+    def rows(self, study: Path) -> list[StudyRow] | None:
+        """The study's rows; None before its first invocation has ended (no ``trials.csv``:
+        one running writes it when it ends)."""
         try:
             info = (study / TRIALS_FILE).stat()
             key = (info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
-            key = (0, 0)  # the study's first invocation has not finished yet
+            return None
         with self._lock:
             cached = self._rows.get(study)
             if cached is None or cached[0] != key:
@@ -614,6 +616,9 @@ class _Api:
         except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
         score, _ = await run_in_threadpool(known_study_score, found[name])
+        if rows is None:  # running (or stopped) before its first end: not an error to alarm
+            pending: dict[str, Any] = {"rows": [], "bands": [], "error": None, "pending": True}
+            return JSONResponse({"name": name, "score": score_label(score), **pending})
         data = await run_in_threadpool(
             _study_data, name, found[name], (score, rows), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN

@@ -35,6 +35,8 @@ const page = {
   timelineRows: [],
   drawQueued: false,
   listError: "",       // why /api/runs failed (a 503: the runs directory is gone), shown
+  stopped: null,       // {name, gone}: the run shown, whose stream stopped, and whether the
+                       // listing has lacked it since (removed: followed again once it is back)
 };
 window.esperDashboard = page;  // lets the browser tests read the charts
 
@@ -567,6 +569,7 @@ function connect(name) {
   page.source = null;
   page.name = name;
   page.snap = null;
+  page.stopped = null;
   showError("");
   scheduleDraw();
   if (!name) {
@@ -592,6 +595,7 @@ function connect(name) {
     if (es !== page.source) return;
     showError(`This run's event log cannot be followed further: ${JSON.parse(e.data).message}`);
     setConnection("down", "stopped");
+    page.stopped = { name: page.name, gone: false };
   });
 }
 
@@ -665,13 +669,30 @@ async function refreshRuns() {
     ...studies.studies.map((name) => el("option", { value: name, textContent: name })));
   studyPicker.value = studies.studies.includes(page.study.name) ? page.study.name : "";
   $("study-choice").hidden = !studies.studies.length;
-  if (page.listError) {  // the runs directory is back: follow what the address names again
-    if ($("error").textContent === page.listError) showError("");
-    page.listError = "";
+  const back = Boolean(page.listError);  // the runs directory is back
+  if (back && $("error").textContent === page.listError) showError("");
+  page.listError = "";
+  if (back || arrived()) {  // follow what the address names again
     if (page.source) page.source.close();
     page.source = null;
     route();
   }
+}
+
+// Whether the listing now holds a run the page should show and does not: the run the address
+// names, or with none named the newest where the page shows none, having appeared after the
+// page loaded (a dashboard started before the training stayed idle); or the run shown, its
+// log removed (its stream stopped), back in the listing after it had left it.
+function arrived() {
+  if (addressed("study")) return false;
+  const wanted = addressed("run");
+  if (wanted ? wanted !== page.name && page.runs.has(wanted) : !page.name && page.newest) {
+    return true;
+  }
+  const stopped = page.stopped;
+  if (!stopped || stopped.name !== page.name) return false;
+  if (!page.runs.has(stopped.name)) stopped.gone = true;
+  return stopped.gone && page.runs.has(stopped.name);
 }
 
 function bandChart(task, bands, arms) {
@@ -722,7 +743,9 @@ function drawStudy() {
   }
   if (!rows.length) {
     tbody.append(el("tr", {}, el("td", { className: "muted", colSpan: 8,
-      textContent: data ? "no finished trial yet" : "loading…" })));
+      textContent: !data ? "loading…" : data.pending ? "no invocation of this study has " +
+        "ended yet: its table is written when one ends (its trials so far are in the run " +
+        "picker)" : "no finished trial yet" })));
   }
   const bands = data ? data.bands : [];
   const arms = [...new Set(rows.map((r) => r.arm))].sort();
