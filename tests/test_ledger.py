@@ -247,6 +247,46 @@ def test_a_resume_records_in_the_store_its_run_began_with(tmp_path, monkeypatch)
     assert list(elsewhere.iterdir()) == [] and not (tmp_path / "cache").exists()
 
 
+def test_a_bandit_resumes_from_its_checkpoint_not_from_the_store(tmp_path, monkeypatch, capsys):
+    """A resume read the store again and, finding it unusable, warned "starting without
+    earlier runs' outcomes", though the checkpoint restores the selector's statistics."""
+    from esper.nissa.knowledge import KnowledgeStore
+    from esper.study.run import Stop
+    from esper.tolaria.episode import Episode
+
+    host = HostSignature("synthetic", "cnn", 4, 1672)  # the synthetic task's host
+    url = f"sqlite:///{tmp_path / 'k.sqlite'}"
+    with KnowledgeStore.open(url) as store:
+        store.record(
+            [SeedOutcome(f"old{i}", host, "mid", "norm", "FOSSILIZED", 5.0, 100, 3.0, 2, 6)
+             for i in range(10)]
+        )  # fmt: skip
+    args = ["heuristic", "--task", "synthetic", "--epochs", "14", "--batches-per-epoch", "2"]
+    args += ["--val-samples", "128", "--selector", "thompson", "--knowledge", url]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    step = Episode.step
+    calls = []
+
+    def stopping(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            raise Stop
+        return step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Episode, "step", stopping)
+        assert main([*args, "--out", str(tmp_path / "stopped")]) == 130
+    (tmp_path / "k.sqlite").write_text("not a database any more")
+    capsys.readouterr()
+    assert main(["heuristic", "--resume", str(tmp_path / "stopped")]) == 0
+    err = capsys.readouterr().err
+    assert "starting without" not in err
+    straight, stopped = (
+        (tmp_path / n / "metrics.csv").read_text() for n in ("straight", "stopped")
+    )
+    assert stopped == straight and "norm" in (tmp_path / "straight" / OUTCOMES_FILE).read_text()
+
+
 def test_bad_knowledge_url_is_one_line(tmp_path, capsys):
     args = ["heuristic", "--task", "synthetic", "--knowledge", "mysql://x/y"]
     assert main([*args, "--out", str(tmp_path / "r")]) == 2

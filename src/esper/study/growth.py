@@ -322,7 +322,9 @@ class GrowthRunner:
             training.task, self.episode.topology.value, model.host.config.width,
             model.host_param_count,
         )  # fmt: skip
-        priors = selector_priors(mode, self.config, host)
+        # a resume's selector statistics come from its checkpoint, priors included: the store
+        # is not read (a store unusable by then warned "starting without" them, untrue)
+        priors = [] if resume is not None else selector_priors(mode, self.config, host)
         self.priors = _priors_receipt(self.config, priors)  # what meta.json records
         self.controller = make_controller(mode, self.config, self.episode, hub, policy, priors)
         # The PPO run may train on after this eval started, or another run take its place; a
