@@ -373,6 +373,30 @@ def test_a_new_runs_store_is_recorded_absolute(
         recorded_url("not a url")
 
 
+def test_readers_read_beside_a_writer_holding_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every transaction began IMMEDIATE, reads too: `esper knowledge show` and a bandit
+    run's priors waited out a writer's lock and then failed "database is locked" (a
+    walk-through), though WAL lets readers read beside a writer."""
+    import esper.nissa.knowledge as knowledge
+
+    monkeypatch.setattr(knowledge, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(knowledge, "LOCKED_RETRY_S", 0.5)
+    url = _sqlite_url(tmp_path / "k.sqlite")
+    with KnowledgeStore.open(url) as store:
+        store.record([_outcome()])
+    with closing(sqlite3.connect(tmp_path / "k.sqlite", isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM outcomes")  # not committed: readers see the outcome
+        with KnowledgeStore.open(url, create=False) as store:
+            assert store.outcomes() == [_outcome()]
+        assert outcomes_for(url, HOST, Warnings()) == [_outcome()]
+        with pytest.raises(KnowledgeStoreError, match="locked"):  # writers still queue
+            KnowledgeStore.open(url).record([_outcome(run="r2")])
+        writer.execute("ROLLBACK")
+
+
 def test_check_refuses_a_store_that_cannot_be_created(tmp_path: Path) -> None:
     """ "Does not exist yet" passed even under a regular file: a study's check let it through,
     and every trial then only warned in a Ray worker's log and recorded nothing."""

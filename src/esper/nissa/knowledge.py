@@ -17,10 +17,12 @@ germinated_epoch), so importing a run twice adds nothing. ``open`` applies the f
 migrations the database lacks, in order, in one transaction; it refuses a database whose schema
 is newer than this code, or one that holds tables but not ours.
 
-Concurrent writers: every transaction on SQLite starts with ``BEGIN IMMEDIATE`` (it takes the
-write lock up front, so SQLite's busy timeout applies rather than a lock-upgrade deadlock) in WAL
-mode, and a transaction that still finds the database locked is retried with backoff for a
-bounded time. PostgreSQL serialises writers itself; migrations there hold an advisory lock.
+Concurrent writers: every writing transaction on SQLite starts with ``BEGIN IMMEDIATE`` (it takes
+the write lock up front, so SQLite's busy timeout applies rather than a lock-upgrade deadlock) in
+WAL mode, and a transaction that still finds the database locked is retried with backoff for a
+bounded time. Readers (``outcomes``, and ``open`` of a store whose schema is current) begin
+deferred, so in WAL mode they read beside a writer instead of waiting for its lock. PostgreSQL
+serialises writers itself; migrations there hold an advisory lock.
 """
 
 from __future__ import annotations
@@ -371,20 +373,31 @@ def _engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = conn.get_execution_options().get(_READING, False)
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def _migrate(conn: Connection, shown: str, create: bool) -> None:
+_READING = "esper_reading"
+"""The execution option of a connection whose transaction only reads (``_transaction``)."""
+
+
+class _WriteNeeded(Exception):
+    """``_migrate`` told to only read found the store to create or migrate."""
+
+
+def _migrate(conn: Connection, shown: str, create: bool, write: bool = True) -> None:
     """Bring the database to ``SCHEMA_VERSION``, inside the caller's transaction (an empty one
-    only when ``create``)."""
+    only when ``create``); without ``write``, raise ``_WriteNeeded`` where that changes it."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     inspector = inspect(conn)
     tables = sorted(inspector.get_table_names())
     if not tables and not create:
         raise KnowledgeStoreMissing(f"knowledge store {shown} {NOTHING_RECORDED}")
+    if not tables and not write:
+        raise _WriteNeeded
     if not tables:
         VERSION_TABLE.create(conn)
         conn.execute(insert(VERSION_TABLE).values(version=0))
@@ -416,6 +429,8 @@ def _migrate(conn: Connection, shown: str, create: bool) -> None:
             f"knowledge store {shown}: schema version {version} is newer than this Esper's "
             f"{SCHEMA_VERSION} (a later Esper wrote it); upgrade Esper"
         )
+    if version < SCHEMA_VERSION and not write:
+        raise _WriteNeeded
     for migration in MIGRATIONS[version:]:
         migration(conn)
     if version < SCHEMA_VERSION:
@@ -476,7 +491,10 @@ class KnowledgeStore:
         """
         store = cls._connected(url, create)
         try:
-            store._transaction(lambda conn: _migrate(conn, store.url, create))
+            try:  # the schema is current: read it beside a writer, not after its lock
+                store._transaction(lambda conn: _migrate(conn, store.url, create, False), True)
+            except _WriteNeeded:
+                store._transaction(lambda conn: _migrate(conn, store.url, create))
             if store._engine.dialect.name == "sqlite":
                 store._use_wal()
         except KnowledgeStoreError as err:
@@ -557,7 +575,9 @@ class KnowledgeStore:
         def switch() -> None:
             raw = self._engine.raw_connection()
             try:
-                raw.cursor().execute("PRAGMA journal_mode=WAL")
+                cursor = raw.cursor()
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # a read
+                    cursor.execute("PRAGMA journal_mode=WAL")
             finally:
                 raw.close()
 
@@ -590,7 +610,7 @@ class KnowledgeStore:
         """
         query = _outcomes_query(host)
         return self._transaction(
-            lambda conn: [self._outcome(row._asdict()) for row in conn.execute(query)]
+            lambda conn: [self._outcome(row._asdict()) for row in conn.execute(query)], True
         )
 
     def _outcome(self, row: Mapping[str, Any]) -> SeedOutcome:
@@ -623,12 +643,15 @@ class KnowledgeStore:
     ) -> None:
         self.close()
 
-    def _transaction(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction (``_retrying``)."""
+    def _transaction(self, work: Callable[[Connection], T], reading: bool = False) -> T:
+        """Run ``work`` in one transaction (``_retrying``), deferred where it only ``reading``
+        (see the module docstring)."""
 
         def attempt() -> T:
-            with self._engine.begin() as conn:
-                return work(conn)
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_READING: reading})  # set on ``conn`` itself
+                with conn.begin():
+                    return work(conn)
 
         return self._retrying(attempt)
 
