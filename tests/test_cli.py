@@ -593,6 +593,28 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
         assert _summary(run).status == "completed"
 
 
+def test_two_demos_in_one_second_get_their_own_runs(tmp_path, capsys, monkeypatch) -> None:
+    """The second was refused: its runs' names were the first's, and the advice was to
+    continue with a --resume the demo does not take (a walk-through)."""
+    import esper.cli.demo as demo
+    from esper.data import DatasetNotFoundError
+    from esper.nissa import record
+
+    def unavailable(name, *args, **kwargs):
+        raise DatasetNotFoundError(f"{name}: looked in /nowhere")
+
+    monkeypatch.setattr(demo, "load_dataset", unavailable)
+    monkeypatch.setattr(record, "stamp", lambda: "20261207-060000")
+    for _ in range(2):
+        assert main(["demo", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        f"demo-20261207-060000{n}-digits_impaired-{mode}"
+        for n in ("-2", "")
+        for mode in ("heuristic", "static")
+    ]
+
+
 def test_demo_with_an_explicit_data_dir_does_not_fall_back(tmp_path, capsys, monkeypatch) -> None:
     """A --data-dir without Fashion-MNIST ran the digits demo instead (adversarial sweep)."""
     import esper.cli.demo as demo
@@ -620,6 +642,7 @@ def test_demo_with_a_file_where_the_download_folder_goes_is_one_line(tmp_path, c
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     folder = str(tmp_path / "fashion-mnist")
     assert f"cannot download into {folder!r}: {folder!r} is a file, not a folder" in err
+    assert "move what is in the download's way" in err and "retry" not in err  # not the network
     assert not (tmp_path / "o").exists()
     # a link to nothing in its place was blamed on the folder above it (a review)
     (tmp_path / "fashion-mnist").unlink()

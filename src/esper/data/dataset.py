@@ -24,6 +24,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "DownloadError",
+    "DownloadPlaceError",
     "hold_out",
 ]
 
@@ -38,6 +39,11 @@ class DatasetFormatError(ValueError):
 
 class DownloadError(RuntimeError):
     """A download failed; nothing was left behind at the destination."""
+
+
+class DownloadPlaceError(DownloadError):
+    """A download's place is taken on this machine (a file where its folder goes, a folder
+    where its file goes): no retry of the transfer helps."""
 
 
 class ChecksumMismatchError(DownloadError):

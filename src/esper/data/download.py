@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from esper.data.dataset import ChecksumMismatchError, DownloadError
+from esper.data.dataset import ChecksumMismatchError, DownloadError, DownloadPlaceError
 from esper.leyline.files import FILE_MODE, nearest_existing, not_a_folder
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def created_directory(directory: Path) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file (or a broken link) in the way
         found = nearest_existing(directory)
-        raise DownloadError(
+        raise DownloadPlaceError(
             f"cannot download into {str(directory)!r}: {str(found)!r} is "
             f"{not_a_folder(found)}, not a folder"
         ) from None
@@ -148,7 +148,7 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
         raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r:.80}")
     dest = Path(dest)
     if dest.is_dir():
-        raise DownloadError(f"cannot download {url} to {str(dest)!r}: it is a directory")
+        raise DownloadPlaceError(f"cannot download {url} to {str(dest)!r}: it is a directory")
     with created_directory(dest.parent):
         remove_abandoned(dest.parent, f".{dest.name}.", ".part")
         fd, tmp = claimed_temp(dest.parent, f".{dest.name}.", ".part")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from esper.data.dataset import DatasetNotFoundError, DownloadError
+from esper.data.dataset import DatasetNotFoundError, DownloadError, DownloadPlaceError
 from esper.leyline.files import file_mode
 
 logger = logging.getLogger(__name__)
@@ -326,7 +326,10 @@ def _not_found(
     failed = ""
     if download_error is not None:
         failed = f" The download failed: {str(download_error).rstrip('.')}."
-        fixes.append("retry the download once the network or server is fine")
+        if isinstance(download_error, DownloadPlaceError):
+            fixes.append("move what is in the download's way")
+        else:
+            fixes.append("retry the download once the network or server is fine")
     return DatasetNotFoundError(
         f"{files.name} not found: no directory holds all of {', '.join(files.required)}. "
         f"Looked in: {places}.{failed} To fix: {', or '.join(fixes)}."
