@@ -376,6 +376,7 @@ def test_a_malformed_line_ends_that_stream_with_an_error_and_the_server_goes_on(
                 f"{EVENTS_FILE}:{existing + 2}: malformed event line"
                 in json.loads(error["data"])["message"]
             )
+            assert json.loads(error["data"])["gone"] is False  # the page does not follow again
             assert list(messages) == []  # the stream ended
         assert client.get(f"{url}api/runs").status_code == 200
         with client.stream("GET", f"{url}api/runs/ppo/events") as response:

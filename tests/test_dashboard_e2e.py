@@ -307,8 +307,7 @@ def test_runs_that_appear_or_come_back_after_the_page_loaded_are_followed(
 
         shutil.rmtree(runs / "later")
         expect(named.locator("#connection")).to_have_text("stopped")
-        named.evaluate("refreshRuns()")
-        copy_run(recorded_runs["static"], runs / "later")
+        copy_run(recorded_runs["static"], runs / "later")  # made again before any refresh
         named.evaluate("refreshRuns()")
         expect(named.locator("#connection")).to_have_text("live")
         expect(named.locator("#error")).to_be_hidden()

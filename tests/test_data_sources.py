@@ -634,34 +634,51 @@ def test_part_of_cifar_in_its_download_folder_is_the_users(
     with pytest.raises(DatasetNotFoundError, match=r"holds part of the dataset \(data_batch_1, "):
         load_cifar10(mine.parent, base_url=url, progress=False)
     assert all_files(mine) == [f"data_batch_{i}" for i in (1, 2, 3)]  # no download beside
-    # a download's own folder begun and left (an extraction killed) is still finished
-    (mine / "data_batch_1").rename(tmp_path / "away")
-    for i in (2, 3):
+    # the batches gone, DIR/cifar10 is the download's own folder again
+    for i in (1, 2, 3):
         (mine / f"data_batch_{i}").unlink()
     assert load_cifar10(mine.parent, base_url=url, progress=False).y_test.tolist() == [0, 9]
 
 
+@pytest.mark.parametrize("below", ["", "fashion-mnist"])
 def test_uncompressed_idx_files_are_named_not_downloaded_past(
-    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below: str
 ) -> None:
     """The four files gunzipped (as mirrors and other libraries' raw/ folders hold them):
-    the download went past them into DIR/fashion-mnist and never named them."""
+    the download went past them into DIR/fashion-mnist (or beside them there: a review) and
+    never named them."""
     www, url = server
     monkeypatch.setattr(fashion_module, "FASHION_MNIST_SHA256", write_fashion(www, n_train=3))
-    mine = tmp_path / "mine"
+    given = tmp_path / "mine"
+    mine = given / below
     write_fashion(mine, n_train=4)
     for name in FASHION_FILES:
         (mine / name.removesuffix(".gz")).write_bytes(gzip.decompress((mine / name).read_bytes()))
         (mine / name).unlink()
     with pytest.raises(DatasetNotFoundError) as info:
-        load_fashion_mnist(mine, base_url=url, progress=False)
+        load_fashion_mnist(given, base_url=url, progress=False)
     plain = ", ".join(name.removesuffix(".gz") for name in FASHION_FILES)
     assert str(info.value) == (
         f"fashion-mnist: {str(mine)!r} holds {plain} uncompressed; Esper reads the "
         f"gzip-compressed files ({', '.join(FASHION_FILES)}): compress them with gzip, or "
         "remove them"
     )
-    assert all_files(mine) == sorted(name.removesuffix(".gz") for name in FASHION_FILES)
+    assert all_files(given) == sorted(
+        str(Path(below, name.removesuffix(".gz"))) for name in FASHION_FILES
+    )
+
+
+def test_a_connection_failing_mid_body_is_a_download_error() -> None:
+    """An ``ssl.SSLError`` reading the body is an OSError of no narrower kind: it was taken for
+    the download's folder failing ("could not be written ...: free space there", a review)."""
+    import ssl
+
+    class Failing:
+        def read(self, size: int) -> bytes:
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+
+    with pytest.raises(DownloadError, match="download of https://x/f failed: SSLEOFError"):
+        download_module._read(Failing(), "https://x/f")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("where", ["data_dir", "$ESPER_DATA_DIR"])

@@ -255,15 +255,18 @@ def test_a_bandit_resumes_from_its_checkpoint_not_from_the_store(tmp_path, monke
     from esper.tolaria.episode import Episode
 
     host = HostSignature("synthetic", "cnn", 4, 1672)  # the synthetic task's host
-    url = f"sqlite:///{tmp_path / 'k.sqlite'}"
-    with KnowledgeStore.open(url) as store:
-        store.record(
-            [SeedOutcome(f"old{i}", host, "mid", "norm", "FOSSILIZED", 5.0, 100, 3.0, 2, 6)
-             for i in range(10)]
-        )  # fmt: skip
+    stores = {name: tmp_path / f"{name}.sqlite" for name in ("straight", "stopped")}
+    for path in stores.values():  # one each: a run adds its outcomes to the next's priors
+        with KnowledgeStore.open(f"sqlite:///{path}") as store:
+            store.record(
+                [SeedOutcome(f"old{i}", host, "mid", "norm", "FOSSILIZED", 5.0, 100, 3.0, 2, 6)
+                 for i in range(10)]
+            )  # fmt: skip
     args = ["heuristic", "--task", "synthetic", "--epochs", "14", "--batches-per-epoch", "2"]
-    args += ["--val-samples", "128", "--selector", "thompson", "--knowledge", url]
-    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    args += ["--val-samples", "128", "--selector", "thompson", "--knowledge"]
+    assert (
+        main([*args, f"sqlite:///{stores['straight']}", "--out", str(tmp_path / "straight")]) == 0
+    )
     step = Episode.step
     calls = []
 
@@ -275,8 +278,11 @@ def test_a_bandit_resumes_from_its_checkpoint_not_from_the_store(tmp_path, monke
 
     with monkeypatch.context() as patch:
         patch.setattr(Episode, "step", stopping)
-        assert main([*args, "--out", str(tmp_path / "stopped")]) == 130
-    (tmp_path / "k.sqlite").write_text("not a database any more")
+        assert (
+            main([*args, f"sqlite:///{stores['stopped']}", "--out", str(tmp_path / "stopped")])
+            == 130
+        )
+    stores["stopped"].write_text("not a database any more")
     capsys.readouterr()
     assert main(["heuristic", "--resume", str(tmp_path / "stopped")]) == 0
     err = capsys.readouterr().err

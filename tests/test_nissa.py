@@ -321,6 +321,17 @@ def test_jsonl_lines_are_on_disk_before_close(tmp_path: Path) -> None:
     hub.close()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_an_event_log_on_a_full_disk_names_itself() -> None:
+    """The bare OSError named no file: the run's error line could not say what did not fit (a
+    review)."""
+    from esper.leyline.files import DiskFullError
+
+    hub = TelemetryHub("r", [JsonlSink(Path("/dev/full"))])
+    with pytest.raises(DiskFullError, match="out of disk space writing '/dev/full'"):
+        hub.emit(_epoch(1))
+
+
 def test_every_event_type_is_declared_once() -> None:
     assert "PolicyDecision" in EVENT_TYPES and EVENT_TYPES["PolicyDecision"] is PolicyDecision
     assert all(name == cls.__name__ for name, cls in EVENT_TYPES.items())

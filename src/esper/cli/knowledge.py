@@ -127,7 +127,8 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
 
     Raises:
         UserError: no such file, one that is not a list of outcomes, or an outcome no run
-            writes (an unknown task, blueprint or slot name, an empty or unprintable run id).
+            writes (an unknown task, blueprint or slot name, an empty or unprintable run id,
+            a seed without parameters).
     """
     if not os.path.lexists(run):
         raise UserError(
@@ -161,6 +162,8 @@ def _unwritable(outcome: SeedOutcome) -> str | None:
 
     if not (outcome.run_id and outcome.run_id.isprintable()):
         return f"run_id must be a non-empty printable name, got {outcome.run_id!r}"
+    if outcome.seed_params < 1:  # every blueprint has some; 0 scored its contribution x 1000
+        return "seed_params must be at least 1 (every seed has parameters), got 0"
     if outcome.host.task not in TASKS:
         return f"unknown task {outcome.host.task!r}; known: {sorted(TASKS)}"
     topology = Topology(outcome.host.topology)

@@ -38,6 +38,10 @@ system (a run stopped by one resumes once the permission is back)."""
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """A write that found no room: a full disk or quota, a file at its size limit, ``/dev/full``."""
 
+PRINTING_COMMANDS = frozenset({"runs", "knowledge"})
+"""Commands whose product is what they print: a write that found no room and names no file
+is their output's."""
+
 N = TypeVar("N", int, float)
 
 VIEW_COMMANDS = {
@@ -314,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         status = _command(args_list)
-        sys.stdout.flush()  # the output's last lines: a failure to write them is told here
+        if sys.stdout is not None:  # None: started with its stdout closed
+            sys.stdout.flush()  # the output's last lines: a failure to write them is told here
         return status
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
@@ -330,9 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         if err.errno == errno.EIO and _terminal_hung_up():  # the SSH session ended: a run
             return EXIT_INTERRUPTED  # was stopped by its SIGHUP; nobody is there to tell
-        if err.errno in FULL_ERRNOS and err.filename is None:  # a write to no named file:
-            # the output (`esper knowledge export > /dev/full` was a traceback, exit 1); the
-            # run's own files name themselves (``WriteError``)
+        printing = bool(args_list) and args_list[0] in PRINTING_COMMANDS
+        if printing and err.errno in FULL_ERRNOS and not err.filename and sys.stdout is not None:
+            # the output (`esper knowledge export > /dev/full` was a traceback, exit 1): what
+            # these commands write to no named file (their own files name themselves)
             print(f"esper: error: cannot write the output: {err.strerror}", file=sys.stderr)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit
             return EXIT_BAD_INPUT

@@ -166,5 +166,6 @@ def samples_sha256(*tensors: Tensor) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
         digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
-        digest.update(tensor.contiguous().numpy().data)
+        array = tensor.contiguous().numpy()  # little-endian bytes: a resume on another machine
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).data)
     return digest.hexdigest()

@@ -171,6 +171,16 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
     return dest
 
 
+def _read(response: http.client.HTTPResponse, url: str) -> bytes:
+    """The next chunk of ``response``'s body. A connection failing meanwhile (reset, timed out,
+    a TLS error, a cut chunk) is a ``DownloadError``: an ``ssl.SSLError`` is an ``OSError``
+    of no narrower kind, and was taken for the download's folder failing."""
+    try:
+        return response.read(CHUNK_BYTES)
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(f"download of {url} failed: {exc!r}") from exc
+
+
 def _stream(url: str, out: BinaryIO, label: str, progress: bool) -> str:
     """Copy the response body of ``url`` into the binary file ``out``; return its SHA-256."""
     # tqdm ships no type information; it is imported here because only downloads need it.
@@ -191,7 +201,7 @@ def _stream(url: str, out: BinaryIO, label: str, progress: bool) -> str:
                 file=sys.stderr,
                 disable=not progress,
             ) as bar:
-                while chunk := response.read(CHUNK_BYTES):
+                while chunk := _read(response, url):
                     digest.update(chunk)
                     out.write(chunk)
                     received += len(chunk)

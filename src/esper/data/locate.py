@@ -199,7 +199,11 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
         )
     downloads = target / files.download_dir
     for candidate in candidates:
-        if candidate in complete or candidate.is_relative_to(downloads):
+        if candidate in complete:
+            continue
+        if not complete:
+            _check_compressed(files, candidate)  # the download's folder too: it went beside
+        if candidate.is_relative_to(downloads):
             continue
         if present[candidate]:
             lacking = [f for f in files.required if not _is_file(files, candidate / f)]
@@ -215,8 +219,6 @@ def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> No
                 f"{files.name}: {str(candidate)!r} holds {held} but not {', '.join(lacking)} "
                 f"as files; {fix}"
             )
-        if not complete:
-            _check_compressed(files, candidate)
 
 
 def _check_compressed(files: DatasetFiles, directory: Path) -> None:

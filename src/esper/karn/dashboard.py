@@ -82,6 +82,7 @@ from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
     EventLogError,
+    EventLogGone,
     EventTail,
     RunDirectoryError,
     check_runs_dir,
@@ -328,11 +329,11 @@ async def stream_snapshots(
     last = -float("inf")
     yield f"retry: {RECONNECT_MS}\n\n"
     while not stopping():
-        failure = None
+        failure, gone = None, False
         try:
             await run_in_threadpool(_fold_more, tail, state, read_bytes)
         except EventLogError as err:
-            failure = str(err)
+            failure, gone = str(err), isinstance(err, EventLogGone)
         ahead = tail.caught_up or failure is not None or state.events > (sent or 0)
         due = failure is not None or time.monotonic() - last >= interval
         if state.events != sent and ahead and due:
@@ -344,7 +345,7 @@ async def stream_snapshots(
                 yield _sse("snapshot", text, state.events)
                 sent, last = state.events, time.monotonic()
         if failure is not None:
-            yield _sse("stream-error", json.dumps({"message": failure}))
+            yield _sse("stream-error", json.dumps({"message": failure, "gone": gone}))
             return
         if tail.caught_up:
             await asyncio.sleep(poll_seconds)

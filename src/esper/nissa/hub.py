@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from esper.leyline.events import Event, Progress, TelemetryLevel, event_record
+from esper.leyline.files import disk_full, is_disk_full
 from esper.nissa.record import strict_json
 
 
@@ -36,9 +37,16 @@ class JsonlSink:
         self._file: IO[str] = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as one line and flush it."""
-        self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
-        self._file.flush()
+        """Append ``record`` as one line and flush it.
+
+        Raises:
+            DiskFullError: the disk is full (naming the log; the bare error named no file).
+        """
+        try:
+            self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise disk_full(err, self.path) if is_disk_full(err) else err from None
 
     def close(self) -> None:
         """Close the file."""

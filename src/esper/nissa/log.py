@@ -53,6 +53,11 @@ class EventLogError(ValueError):
     """An event log line that is complete but not a known event (the message names file:line)."""
 
 
+class EventLogGone(EventLogError):
+    """The log followed was removed, or rewritten shorter: a log that appears there now is
+    another one, to be read from its start."""
+
+
 class RunDirectoryError(RunRecordError):
     """A path that does not exist, is not an Esper run directory, or holds a malformed record."""
 
@@ -316,7 +321,7 @@ class EventTail:
                 self._check_same_file((st.st_dev, st.st_ino))
                 size = st.st_size
                 if size < self.offset:  # below complete lines: not a partial line cut off
-                    raise EventLogError(
+                    raise EventLogGone(
                         f"{self.path}: the event log shrank from {self.offset} to {size} bytes "
                         "(it was rewritten)"
                     )
@@ -324,7 +329,7 @@ class EventTail:
                 data, self.caught_up = self._take(f, max_bytes)
         except FileNotFoundError:
             if self.offset or self.partial:  # read before: the run was removed or moved
-                self.error = EventLogError(f"{self.path}: the event log was removed")
+                self.error = EventLogGone(f"{self.path}: the event log was removed")
                 raise self.error from None
             self.caught_up = True
             return []

@@ -55,6 +55,7 @@ from esper.leyline.events import (
     SeedTransition,
     SlotSnapshot,
 )
+from esper.leyline.files import disk_full, is_disk_full
 from esper.leyline.trials import (
     RUN_COLUMN,
     TRIALS_DIR,
@@ -347,6 +348,10 @@ class RunStore:
                         run = (study / TRIALS_DIR / row[RUN_COLUMN]).resolve()
                         row[RUN_COLUMN] = resolved.get(run, row[RUN_COLUMN])
                         files["trials"].write(_line(row))
+                for f in files.values():
+                    f.flush()
+            except OSError as err:  # the temporary files' disk: the error names no file
+                raise disk_full(err, Path(tmp)) if is_disk_full(err) else err from None
             finally:
                 for f in files.values():
                     f.close()

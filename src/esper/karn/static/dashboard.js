@@ -35,8 +35,8 @@ const page = {
   timelineRows: [],
   drawQueued: false,
   listError: "",       // why /api/runs failed (a 503: the runs directory is gone), shown
-  stopped: null,       // {name, gone}: the run shown, whose stream stopped, and whether the
-                       // listing has lacked it since (removed: followed again once it is back)
+  stopped: null,       // the run shown, whose log was removed or rewritten: followed again
+                       // from its start once the listing holds it (readable) again
 };
 window.esperDashboard = page;  // lets the browser tests read the charts
 
@@ -593,9 +593,10 @@ function connect(name) {
   es.addEventListener("stream-error", (e) => {  // the log has a bad line: stop following it
     es.close();
     if (es !== page.source) return;
-    showError(`This run's event log cannot be followed further: ${JSON.parse(e.data).message}`);
+    const failure = JSON.parse(e.data);
+    showError(`This run's event log cannot be followed further: ${failure.message}`);
     setConnection("down", "stopped");
-    page.stopped = { name: page.name, gone: false };
+    if (failure.gone) page.stopped = name;  // removed or rewritten: another log may come
   });
 }
 
@@ -681,18 +682,16 @@ async function refreshRuns() {
 
 // Whether the listing now holds a run the page should show and does not: the run the address
 // names, or with none named the newest where the page shows none, having appeared after the
-// page loaded (a dashboard started before the training stayed idle); or the run shown, its
-// log removed (its stream stopped), back in the listing after it had left it.
+// page loaded (a dashboard started before the training stayed idle); or the run shown, its log
+// removed or rewritten (its stream stopped), listed readable again.
 function arrived() {
   if (addressed("study")) return false;
   const wanted = addressed("run");
   if (wanted ? wanted !== page.name && page.runs.has(wanted) : !page.name && page.newest) {
     return true;
   }
-  const stopped = page.stopped;
-  if (!stopped || stopped.name !== page.name) return false;
-  if (!page.runs.has(stopped.name)) stopped.gone = true;
-  return stopped.gone && page.runs.has(stopped.name);
+  const back = page.runs.get(page.stopped);
+  return page.stopped === page.name && back !== undefined && back.error === null;
 }
 
 function bandChart(task, bands, arms) {
