@@ -582,7 +582,7 @@ def test_demo_falls_back_to_digits_and_prints_a_table(tmp_path, capsys, monkeypa
     assert "digits_impaired" in captured.err
     assert "esper demo: note: a run of 2 epochs never germinates a seed" in captured.err
     table = captured.out
-    assert "run" in table and "final val acc" in table and "params" in table
+    assert "run" in table and "final model val acc" in table and "params" in table
     assert "static" in table and "heuristic" in table
     for run in tmp_path.iterdir():  # the test column is each run's test accuracy
         test = _summary(run).growth.test

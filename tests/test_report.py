@@ -202,12 +202,12 @@ def test_final_metrics_table_shows_both_summaries(
     summaries = [_growth(recorded_runs[m]) for m in ("heuristic", "static")]
     finals = [s.final for s in summaries if s.final is not None]
     assert metrics["metric"] == [recorded_runs["heuristic"].name, recorded_runs["static"].name]
-    assert metrics["final val acc"] == [f"{f.val_accuracy:.2f}%" for f in finals]
+    assert metrics["last epoch val acc"] == [f"{f.val_accuracy:.2f}%" for f in finals]
     tests = [s.test for s in summaries if s.test is not None]  # what a study ranks runs by
     assert len(tests) == 2 and metrics["test acc"] == [f"{t.final_accuracy:.2f}%" for t in tests]
     assert metrics["test acc, best val epoch"] == [f"{t.best_accuracy:.2f}%" for t in tests]
-    assert metrics["best val acc"] == [f"{s.best_val_accuracy:.2f}%" for s in summaries]
-    assert metrics["final val loss"] == [f"{f.val_loss:.4f}" for f in finals]
+    assert metrics["best epoch val acc"] == [f"{s.best_val_accuracy:.2f}%" for s in summaries]
+    assert metrics["last epoch val loss"] == [f"{f.val_loss:.4f}" for f in finals]
     assert metrics["params"] == [f"{s.param_count:,d}" for s in summaries]
     assert metrics["peak params"] == [f"{s.peak_param_count:,d}" for s in summaries]
     assert metrics["fossilized"] == [str(s.fossilized) for s in summaries]
@@ -234,8 +234,8 @@ def test_missing_values_render_as_a_dash(
     (run / "meta.json").unlink()
     assert _report([str(run)], capsys)[0] == 0
     tables = _tables((run / "report" / "report.html").read_text(encoding="utf-8"))
-    assert tables["metrics"]["best val acc"] == [DASH]
-    assert tables["metrics"]["final val loss"] == [DASH]
+    assert tables["metrics"]["best epoch val acc"] == [DASH]
+    assert tables["metrics"]["last epoch val loss"] == [DASH]
     assert tables["metrics"]["pruned"] == [str(growth.pruned)]
     assert tables["header"]["git revision"] == [DASH]
 
@@ -456,7 +456,7 @@ def test_baseline_of_the_other_kind_is_compared_where_comparable(
     ppo, growth = _ppo(recorded_runs["ppo"]), _growth(recorded_runs["heuristic"])
     assert growth.final is not None
     assert metrics["final mean acc"] == [f"{ppo.final_mean_accuracy:.2f}%", DASH]
-    assert metrics["final val acc"] == [DASH, f"{growth.final.val_accuracy:.2f}%"]
+    assert metrics["last epoch val acc"] == [DASH, f"{growth.final.val_accuracy:.2f}%"]
     seconds = [read_summary(recorded_runs[m]) for m in ("ppo", "heuristic")]
     assert metrics["training time (s)"] == [f"{s.wall_seconds:.1f}" for s in seconds if s]
     assert "is a heuristic run" in page and "final accuracy as a horizontal line" in page
@@ -880,9 +880,9 @@ def test_final_metrics_read_the_record_summary(tmp_path: Path) -> None:
     growth = load_run(write_run(tmp_path / "grow", growth_summary("grow")))
     ppo = load_run(write_run(tmp_path / "learn", ppo_summary("learn")))
     rows = dict(metric_rows([growth, ppo]))
-    assert rows["best val acc"] == ["77.50%", DASH]
-    assert rows["final val acc"] == [DASH, DASH]  # NaN was written as null
-    assert rows["final train acc"] == ["81.00%", DASH]
+    assert rows["best epoch val acc"] == ["77.50%", DASH]
+    assert rows["last epoch val acc"] == [DASH, DASH]  # NaN was written as null
+    assert rows["last epoch train acc"] == ["81.00%", DASH]
     assert rows["host params"] == ["1,000", DASH]
     assert rows["final mean return"] == [DASH, "1.250"]
     assert rows["env steps"] == [DASH, "640"]

@@ -162,7 +162,7 @@ def test_compare_puts_final_metrics_side_by_side(recorded_runs, capsys) -> None:
     rows = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
     static, heuristic, ppo = _growth(runs[0]), _growth(runs[1]), _ppo(runs[2])
     assert static.final is not None and heuristic.final is not None
-    assert rows["final val acc"] == [
+    assert rows["last epoch val acc"] == [
         f"{static.final.val_accuracy:.2f}%",
         f"{heuristic.final.val_accuracy:.2f}%",
         "—",
@@ -504,8 +504,8 @@ def test_list_and_compare_read_the_record_summary(tmp_path: Path, capsys) -> Non
     lines = capsys.readouterr().out.splitlines()
     width = lines[0].index("grow")  # the label column's
     table = {line[:width].strip(): line[width:].split() for line in lines}
-    assert table["best val acc"] == ["77.50%", "—"] and table["fossilized"] == ["1", "—"]
-    assert table["final train acc"] == ["81.00%", "—"]
+    assert table["best epoch val acc"] == ["77.50%", "—"] and table["fossilized"] == ["1", "—"]
+    assert table["last epoch train acc"] == ["81.00%", "—"]
     assert table["env steps"] == ["—", "640"] and table["best mean return"] == ["—", "1.500"]
     assert table["training time (s)"] == ["12.5", "3.0"]
     assert table["host params"] == ["1,000", "—"]  # the run report's format too

@@ -166,7 +166,7 @@ def test_a_single_model_run_shows_its_latest_epoch() -> None:
     state.apply(finished("completed"))
     assert state.status == "completed"
     assert summary_lines(state, "done")[1].endswith(
-        "final 40.00% (best 41.00%) · seeds 1 fossilized, 0 pruned"
+        "final model 40.00% (best epoch 41.00%) · seeds 1 fossilized, 0 pruned"
     )
 
 

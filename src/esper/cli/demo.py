@@ -55,8 +55,8 @@ def _pick_task(data_dir: Path | None) -> str:
 
 DEMO_METRICS = tuple(
     next(m for m in SUMMARY_METRICS if m.label == label)
-    for label in ("final val acc", "best val acc", "test acc", "params", "fossilized", "pruned",
-                  "training time (s)")
+    for label in ("final model val acc", "best epoch val acc", "test acc", "params", "fossilized",
+                  "pruned", "training time (s)")
 )  # fmt: skip
 """The demo table's columns after the run's name."""
 

@@ -223,8 +223,9 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     assert summary is not None and summary.growth is not None
     g = summary.growth
     print(
-        f"{mode} {summary.task} ({summary.status}): val accuracy {percent(g.final_val_accuracy)} "
-        f"(best {percent(g.best_val_accuracy)}), {g.param_count:,} params, {g.fossilized} "
+        f"{mode} {summary.task} ({summary.status}): final model val accuracy "
+        f"{percent(g.final_val_accuracy)} (best epoch {percent(g.best_val_accuracy)}), "
+        f"{g.param_count:,} params, {g.fossilized} "
         f"fossilized, {g.pruned} pruned -> {directory}"
     )
     return 0

@@ -126,7 +126,8 @@ def summary_lines(state: RunState, status: str) -> list[str]:
     finish = state.finish
     if isinstance(finish, RunFinished):
         progress.append(
-            f"final {percent(finish.final_val_accuracy)} (best {percent(finish.best_val_accuracy)})"
+            f"final model {percent(finish.final_val_accuracy)} "
+            f"(best epoch {percent(finish.best_val_accuracy)})"
         )
         progress.append(f"seeds {finish.fossilized} fossilized, {finish.pruned} pruned")
     elif isinstance(finish, PPORunFinished):
@@ -224,8 +225,8 @@ def _started_line(e: RunStarted) -> str:
 
 def _finished_line(e: RunFinished) -> str:
     return (
-        f"{e.status}: {e.epochs} epochs, final acc {percent(e.final_val_accuracy)} "
-        f"(best {percent(e.best_val_accuracy)}), {e.param_count:,} params, "
+        f"{e.status}: {e.epochs} epochs, final model acc {percent(e.final_val_accuracy)} "
+        f"(best epoch {percent(e.best_val_accuracy)}), {e.param_count:,} params, "
         f"{e.fossilized} fossilized, {e.pruned} pruned"
     )
 

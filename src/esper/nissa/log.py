@@ -779,11 +779,11 @@ SUMMARY_METRICS = tuple(
         ("test acc", "growth.test.final_accuracy", "%"),  # a study's score (score = "test")
         ("test acc, best val epoch", "growth.test.best_accuracy", "%"),
         ("final model val acc", "growth.final_model_val_accuracy", "%"),  # score = "validation"
-        ("final val acc", "growth.final.val_accuracy", "%"),
-        ("best val acc", "growth.best_val_accuracy", "%"),
-        ("final val loss", "growth.final.val_loss", ".4f"),
-        ("final train acc", "growth.final.train_accuracy", "%"),
-        ("final train loss", "growth.final.train_loss", ".4f"),
+        ("last epoch val acc", "growth.final.val_accuracy", "%"),
+        ("best epoch val acc", "growth.best_val_accuracy", "%"),
+        ("last epoch val loss", "growth.final.val_loss", ".4f"),
+        ("last epoch train acc", "growth.final.train_accuracy", "%"),
+        ("last epoch train loss", "growth.final.train_loss", ".4f"),
         ("params", "growth.param_count", ",d"),
         ("peak params", "growth.peak_param_count", ",d"),
         ("host params", "growth.host_param_count", ",d"),
