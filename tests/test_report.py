@@ -618,8 +618,8 @@ def test_a_baseline_trained_with_other_settings_is_named(tmp_path: Path) -> None
     doing, without a word. Threads and the data's folder do not change what is measured."""
     from esper.karn.report import warnings_for
 
-    def run(name: str, mode: str, **training: object) -> RunData:
-        path = _write_run(tmp_path / name, [_started(mode), _epoch(1)])
+    def run(name: str, mode: str, epochs: int = 3, **training: object) -> RunData:
+        path = _write_run(tmp_path / name, [{**_started(mode), "max_epochs": epochs}, _epoch(1)])
         given = {
             "batch_size": 64,
             "batches_per_epoch": None,
@@ -647,6 +647,13 @@ def test_a_baseline_trained_with_other_settings_is_named(tmp_path: Path) -> None
         "float32: their accuracies are not like for like."
     ]
     assert lines([run("h", "heuristic"), static]) == []
+    # other epochs too: the settings went unnamed behind the epochs' line (a walk-through)
+    assert lines([run("x", "heuristic", epochs=9, lr=10.0), static]) == [
+        "x ran synthetic for 9 epochs and the baseline s ran synthetic for 3 epochs: their "
+        "accuracies are not like for like.",
+        "x trained with lr 10.0 and the baseline s with lr 0.003: their accuracies are not like "
+        "for like.",
+    ]
     # a host widened to the grown one's size is the baseline "per parameter" asks for
     assert lines([run("h2", "heuristic"), run("m", "static", width=8)]) == []
     run("o", "static")  # a run that did not record a setting: not compared

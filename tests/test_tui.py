@@ -196,6 +196,9 @@ def test_ppo_environments_episodes_and_updates() -> None:
     rows = dict(ppo_rows(state))
     assert rows["round"] == "12345" and rows["env steps"] == "49380"  # a huge one: 4 digits
     assert rows["policy loss"] == "-0.01235"
+    assert rows["mean final accuracy"] == "—"
+    state.apply(update(12346, 1.0, mean_final_accuracy=39.654))
+    assert dict(ppo_rows(state))["mean final accuracy"] == "39.65%"  # it had no "%"
 
 
 def test_a_resumed_run_is_live_again_and_redone_epochs_replace_history() -> None:

@@ -499,7 +499,7 @@ def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
             f"{run.run.name} ran {budgets[0]} and the baseline {baseline.run.name} ran "
             f"{budgets[1]}: their accuracies are not like for like."
         )
-    elif not (run.is_ppo or baseline.is_ppo):
+    if not (run.is_ppo or baseline.is_ppo):  # other epochs hid them (a walk-through)
         notes += _settings_warning(run, baseline)
     return notes
 

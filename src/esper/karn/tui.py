@@ -97,7 +97,7 @@ SLOT_COLUMNS: tuple[tuple[str, str, Callable[[SlotSnapshot], str | Text]], ...] 
     ("alpha", "α", lambda s: display(s.alpha, ".2f")),
     ("contribution", "contrib", lambda s: display(s.contribution, "+.2f")),
     ("shapley", "shapley", lambda s: display(s.shapley, "+.2f")),
-    ("seed_params", "params", lambda s: display(s.seed_params)),
+    ("seed_params", "params", lambda s: display(s.seed_params, ",d")),  # as the env table
 )
 """Slot panel: column key, heading and cell (headings kept short so every column fits beside the
 PPO column at 100 columns; ``HELP_TEXT`` spells them out). The reader only accepts known stage

@@ -92,6 +92,8 @@ def ppo_rows(state: RunState) -> list[tuple[str, str]]:
         value = None if update is None else getattr(update, name)
         if isinstance(value, bool):
             shown = "yes" if value else "no"
+        elif name == "mean_final_accuracy":  # a percentage, as every other view writes it
+            shown = percent(value)
         else:  # counts in full (round 12345 read 1.234e+04) up to a width the panel holds,
             whole = isinstance(value, int) and abs(value) < FULL_COUNT  # else 4 digits
             shown = display(value, "d" if whole else ".4g")

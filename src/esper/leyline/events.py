@@ -153,7 +153,8 @@ class GovernorPanic:
 
 @dataclass(frozen=True)
 class RunFinished:
-    """A run ended; ``status`` is "completed" or "interrupted". ``final_val_accuracy``: the
+    """A run ended; ``status`` is one of ``STATUSES`` (completed, interrupted, terminated by
+    the governor, failed). ``final_val_accuracy``: the
     final model's validation accuracy, measured when the episode ended (the last epoch's for an
     interrupted run: ``GrowthSummary.final_val_accuracy``)."""
 
