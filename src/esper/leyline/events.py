@@ -153,10 +153,10 @@ class GovernorPanic:
 
 @dataclass(frozen=True)
 class RunFinished:
-    """A run ended; ``status`` is one of ``STATUSES`` (completed, interrupted, terminated by
-    the governor, failed). ``final_val_accuracy``: the
-    final model's validation accuracy, measured when the episode ended (the last epoch's for an
-    interrupted run: ``GrowthSummary.final_val_accuracy``)."""
+    """A run ended; ``status`` is one of ``nissa.record.STATUSES`` (completed, interrupted,
+    terminated by the governor, failed). ``final_val_accuracy``: the final model's validation
+    accuracy, measured when the episode ended (the last epoch's for an interrupted run:
+    ``GrowthSummary.final_val_accuracy``)."""
 
     level: ClassVar[TelemetryLevel] = TelemetryLevel.MINIMAL
 
