@@ -1367,6 +1367,32 @@ def test_a_re_signed_foreign_state_is_one_line(run_copy, capsys, state: Any, exp
     assert expected in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize("command", ["static", "ppo"])
+def test_a_signal_while_the_run_starts_leaves_an_interrupted_summary(
+    tmp_path, capsys, monkeypatch, command
+) -> None:
+    """SIGTERM just after the step-0 checkpoint, while the run attached its sinks: the console
+    said "interrupted ... continue with --resume", but no summary was written, so every view
+    showed the run as unfinished (the TUI: "killed?"; a views walk-through)."""
+    run = tmp_path / "run"
+    args = ["--preset", "tiny", "--ppo.rounds", "2"] if command == "ppo" else TINY
+    console = study_run.Recorder.console
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(study_run.Recorder, "console", stopped)
+        assert main([command, *args, "--epochs", "2", "--out", str(run)]) == 130
+    assert "continue with: esper " in capsys.readouterr().err
+    summary = record.read_summary(run)
+    assert summary is not None and summary.status == "interrupted"
+    assert study_run.Recorder.console is console
+    assert main([command, "--resume", str(run)]) == 0
+    finished = record.read_summary(run)
+    assert finished is not None and finished.status == "completed"
+
+
 def test_a_resume_refuses_other_data_than_its_run_trained_on(tmp_path, capsys, monkeypatch):
     """config.json's data_dir may change (a study moved with its data carries on), so a
     data_dir edited to other files of the same kind trained on them without a word, under a

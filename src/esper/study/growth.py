@@ -424,14 +424,17 @@ class GrowthRunner:
             UserError: out of disk space (the previous checkpoint is intact).
         """
         recorder, training = self.recorder, self.config.training
-        with recorder.releasing():
+
+        def begin() -> None:
             recorder.start(self.mode, training, self.config.seed, self.config.telemetry)
             recorder.console(label or f"{training.task} {self.mode}", training.episode_length())
+
         status, _ = recorder.drive(
             self._step,
             lambda: self.epoch > 0 and self.episode.done,
             lambda s, f: self._finish(s),
             self._complete,
+            begin=begin,
         )
         return status
 

@@ -137,7 +137,8 @@ class PPORunner:
                 abandoned: the last completed round is the checkpoint).
         """
         config, recorder = self.config, self.recorder
-        with recorder.releasing():
+
+        def begin() -> None:
             if recorder.checkpoint is not None:
                 self._record_rounds()
             recorder.start("ppo", config.env, config.runtime.seed, config.telemetry)
@@ -160,6 +161,7 @@ class PPORunner:
             self._finish,
             complete,
             (EpisodeStartError, WorkerLostError),
+            begin,
         )
         return status, failure or ""
 

@@ -483,11 +483,14 @@ class Recorder:
         finish: Callable[[str, str | None], None],
         complete: Callable[[], str],
         failures: tuple[type[Exception], ...] = (),
+        begin: Callable[[], None] | None = None,
     ) -> tuple[str, str | None]:
-        """Call ``step(held)`` until ``done()``, then ``complete()`` the run (its final files
-        and summary; returns the status); return the status and failure message. Every
-        command's steps and completion run here, under ``stop_signals``: a signal during the
-        completion waits for it and is then dropped, since the run is done.
+        """``begin()``, call ``step(held)`` until ``done()``, then ``complete()`` the run (its
+        final files and summary; returns the status); return the status and failure message.
+        Every command's start (``begin``: ``start`` the recorder; a signal there left no
+        summary, though the console said "interrupted"), steps and completion run here, under
+        ``stop_signals``: a signal during the completion waits for it and is then dropped,
+        since the run is done.
 
         ``failures``: errors that end the run as ``failed`` (recorded, not raised).
 
@@ -498,6 +501,8 @@ class Recorder:
         """
         try:
             with stop_signals() as held:
+                if begin is not None:
+                    begin()
                 while not done():
                     # A signal held while the last step was committed is one after the last
                     # step, as in the completion: dropped (it made a finished run "interrupted")
