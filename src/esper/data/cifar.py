@@ -186,7 +186,9 @@ def _holds_archive(path: Path) -> bool:
 
 
 def _download(target: Path, *, base_url: str, progress: bool) -> None:
-    """Download the checksummed archive into ``target`` and extract its batch directory."""
+    """Download the checksummed archive into ``target`` and extract its batch directory; the
+    official archive in ``target``'s parent (the data folder: a copy fetched by hand) is
+    extracted instead, and left there."""
     prefix = base_url if base_url.endswith("/") else base_url + "/"
     if (target / BATCH_DIR).exists():
         # Found incomplete by the search; never delete what may be the user's files.
@@ -194,7 +196,12 @@ def _download(target: Path, *, base_url: str, progress: bool) -> None:
             f"{target / BATCH_DIR} exists but lacks some of {', '.join(_FILES.required)}; "
             "complete it, or delete it to download a fresh copy"
         )
-    archive = target / CIFAR10_ARCHIVE
+    archive, beside = target / CIFAR10_ARCHIVE, target.parent / CIFAR10_ARCHIVE
+    if _holds_archive(beside):  # put in the data folder by hand: it was downloaded past
+        logger.info("extracting %s into %s", beside, target)
+        with created_directory(target):
+            _extract_archive(beside, target)
+        return
     if _holds_archive(archive):  # an extraction that failed or was killed: not downloaded again
         logger.info("extracting %s, downloaded before", archive)
     else:
