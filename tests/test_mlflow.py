@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -340,6 +341,64 @@ def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, monkeypatch,
     # Before anything is written: a run directory made first could never be resumed, since
     # --resume takes no other flag and its saved URI still answers nothing.
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "why"),
+    [
+        ("postgresql", "nothing answers at 127.0.0.1:{port} (Connection refused)"),
+        ("mysql", "its database driver is not installed (No module named 'MySQLdb')"),
+    ],
+)
+def test_a_database_store_is_checked_before_anything_is_written(
+    mlflow, tmp_path, capsys, scheme, why
+) -> None:
+    """postgresql:// and mysql:// are accepted store URIs, but only http(s) and SQLite were
+    checked first: a traceback (an SQLAlchemy connection error, a missing driver module) and
+    a half-made run directory that could not be resumed (a walk-through). The password is
+    not shown."""
+    port = _free_port()
+    uri = f"{scheme}://esper:hunter2@127.0.0.1:{port}/db"
+    run = tmp_path / "run"
+    args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri, "--out", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    shown = f"{scheme}://esper:***@127.0.0.1:{port}/db"
+    expected = f"cannot track the run in MLflow at {shown}: {why.format(port=port)}"
+    assert err.count("\n") == 1 and expected in err and "hunter2" not in err, err
+    assert not run.exists()
+
+
+def test_a_tensorboard_folder_that_cannot_be_written_is_one_line_and_keeps_the_run(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """A file in the tensorboard folder's place: a traceback, exit 1, and the resume had
+    already deleted the run's interrupted summary (it did so before making its sinks)."""
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
+    from esper.study.run import Stop
+    from esper.tolaria.episode import Episode
+
+    run = tmp_path / "run"
+    args = ["static", *TINY, "--epochs", "3", "--telemetry.tensorboard", "--out", str(run)]
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Episode, "step", interrupted)
+        assert main(args) == 130
+    shutil.rmtree(run / "tensorboard")
+    (run / "tensorboard").write_text("in the way")
+    summary = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["static", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err  # the resumed configuration, then the error
+    errors = [line for line in err.splitlines() if line.startswith("esper: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"cannot write TensorBoard's events into {str(run / 'tensorboard')!r}" in errors[0]
+    assert (run / "summary.json").read_text() == summary  # still the interrupted run's
+    (run / "tensorboard").unlink()
+    assert main(["static", "--resume", str(run)]) == 0
 
 
 @pytest.mark.parametrize("port", ["99999", "abc"])

@@ -332,6 +332,15 @@ def test_an_event_log_on_a_full_disk_names_itself() -> None:
         hub.emit(_epoch(1))
 
 
+def test_missing_tensorboard_names_the_flag_that_asked_for_it(monkeypatch) -> None:
+    """It named ``--tensorboard``, which no command takes (a walk-through)."""
+    from esper.nissa.sinks import TensorBoardSetupError, check_tensorboard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(TensorBoardSetupError, match=r"^--telemetry\.tensorboard needs the "):
+        check_tensorboard()
+
+
 def test_every_event_type_is_declared_once() -> None:
     assert "PolicyDecision" in EVENT_TYPES and EVENT_TYPES["PolicyDecision"] is PolicyDecision
     assert all(name == cls.__name__ for name, cls in EVENT_TYPES.items())

@@ -122,7 +122,8 @@ def check_tensorboard() -> None:
         import torch.utils.tensorboard  # noqa: F401  (the writer needs the tensorboard package)
     except ImportError as err:
         raise TensorBoardSetupError(
-            "--tensorboard needs the tensorboard package: pip install 'esper[tensorboard]'"
+            "--telemetry.tensorboard needs the tensorboard package: "
+            "pip install 'esper[tensorboard]'"
         ) from err
 
 

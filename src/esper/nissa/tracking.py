@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -81,7 +82,18 @@ def check_mlflow(uri: str | None = None) -> None:
         try:
             _connect(uri)
         except OSError as err:
-            raise TrackingError(f"cannot track the run in MLflow at {uri}: {err}") from err
+            raise TrackingError(
+                f"cannot track the run in MLflow at {shown_uri(uri)}: {err}"
+            ) from err
+
+
+_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` for messages: a database store's password (``postgresql://USER:PASSWORD@``)
+    replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", uri, count=1)
 
 
 def _sqlite_database(uri: str) -> Path | None:
@@ -123,20 +135,47 @@ def _connect(uri: str) -> None:
     """
     _check_database(uri)  # nothing for a store that is not SQLite
     parts = urllib.parse.urlsplit(uri)
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        return
-    proxies = urllib.request.getproxies()
-    if (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
+    host, backend = parts.hostname, parts.scheme.partition("+")[0]
+    if backend in _DATABASE_PORTS and host:
+        _check_driver(uri)
+        default = _DATABASE_PORTS[backend]
+    elif parts.scheme in ("http", "https") and host:
+        proxies = urllib.request.getproxies()
+        if (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
+            return
+        default = 443 if parts.scheme == "https" else 80
+    else:
         return
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or default
     except ValueError as err:  # a port that is not a number in [0, 65535]
         raise OSError(f"the URL's port is not a port number ({err})") from err
     reason = unreachable(host, port, CONNECT_TIMEOUT_S)
     if reason is not None:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise OSError(f"nothing answers at {address} ({reason})")
+
+
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306}
+"""The database servers a tracking URI may name (``TRACKING_SCHEMES``), with their ports."""
+
+
+def _check_driver(uri: str) -> None:
+    """The database driver SQLAlchemy would load for ``uri`` is installed (a missing one was
+    a ``ModuleNotFoundError`` traceback once the run directory was written).
+
+    Raises:
+        OSError: naming the missing driver.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise OSError(f"SQLAlchemy cannot read the URL ({first_line(err)})") from None
+    except ImportError as err:
+        raise OSError(f"its database driver is not installed ({err})") from None
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -194,7 +233,9 @@ class MLflowSink:
 
         self.uri, self.directory = uri, directory
         self._client = MlflowClient(tracking_uri=uri)
-        self._errors: tuple[type[Exception], ...] = (MlflowException, OSError)
+        from sqlalchemy.exc import SQLAlchemyError  # a database store's, raised through
+
+        self._errors: tuple[type[Exception], ...] = (MlflowException, OSError, SQLAlchemyError)
         self._pending: list[tuple[Scalar, int]] = []  # with its record's wall-clock time, ms
         self._status: str | None = None  # the run's own, from its finished record
         self._broken = False  # the store failed mid-run: nothing more is sent
@@ -204,7 +245,8 @@ class MLflowSink:
             self._log_params(flat_config(record.read_config(directory)))
         except self._errors as err:
             first = first_line(err)
-            raise TrackingError(f"cannot track the run in MLflow at {uri}: {first}") from err
+            shown = shown_uri(uri)
+            raise TrackingError(f"cannot track the run in MLflow at {shown}: {first}") from err
 
     def _open(self, mode: str) -> str:
         """The MLflow run of a resumed run, running again; else a new one, its id recorded."""
@@ -223,7 +265,7 @@ class MLflowSink:
                     "the MLflow run %s of %s is not at %s; tracking goes on in a new MLflow run",
                     run_id,
                     self.directory,
-                    self.uri,
+                    shown_uri(self.uri),
                 )
         tags = {"esper.mode": mode, "esper.directory": str(self.directory.absolute())}
         run = self._client.create_run(self._experiment(), run_name=self.directory.name, tags=tags)
@@ -291,10 +333,16 @@ class MLflowSink:
             first = first_line(err)
             logger.warning(
                 "MLflow at %s failed (%s); the run goes on without it (its record is %s)",
-                self.uri,
+                shown_uri(self.uri),
                 first,
                 self.directory,
             )
+
+    def abandon(self) -> None:
+        """End the MLflow run as interrupted (KILLED): the run did not start, since a sink
+        after this one failed; its resume opens the MLflow run again."""
+        self._status = STATUS["interrupted"]
+        self.close()
 
     def close(self) -> None:
         """Send what is queued, the artifacts and the run's end (FAILED without a finished

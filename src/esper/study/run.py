@@ -372,20 +372,11 @@ class Recorder:
             UserError: the MLflow tracking store refused or did not answer.
         """
         self.hub.run_id = self.run_id
+        sinks = self._sinks(mode, telemetry)  # first: one that fails leaves the run as it was
         if self.checkpoint is not None:  # a resume, every check passed: the run is live again
             checkpoints.clean_stale(self.directory)  # after the load: a bad LATEST deletes nothing
             self.csv.rewrite(self.rows)  # drop the rows of steps after the checkpoint
             (self.directory / record.SUMMARY_FILE).unlink(missing_ok=True)
-        sinks: list[Sink] = []
-        if telemetry.mlflow is not None:
-            try:
-                sinks.append(MLflowSink(telemetry.mlflow, self.directory, mode))
-            except TrackingError as err:
-                where = shell_path(self.directory)
-                raise UserError(f"{err}; continue the run with --resume {where}") from err
-        if telemetry.tensorboard:
-            config = record.read_config(self.directory)
-            sinks.append(TensorBoardSink(self.directory / "tensorboard", config))
         log = JsonlSink(self.directory / record.EVENTS_FILE)
         if log.cut:
             logger.warning(
@@ -409,6 +400,35 @@ class Recorder:
                 resumed,
             )
         )
+
+    def _sinks(self, mode: str, telemetry: TelemetrySettings) -> list[Sink]:
+        """The MLflow and TensorBoard sinks asked for (a resume's summary was deleted before
+        they were made, so one that failed left an interrupted run "unfinished").
+
+        Raises:
+            UserError: the MLflow store refused or did not answer, or TensorBoard's folder
+                cannot be written (an MLflow run already opened is ended as interrupted).
+        """
+        sinks: list[Sink] = []
+        where = shell_path(self.directory)
+        tensorboard = self.directory / "tensorboard"
+        try:
+            if telemetry.mlflow is not None:
+                sinks.append(MLflowSink(telemetry.mlflow, self.directory, mode))
+            if telemetry.tensorboard:
+                config = record.read_config(self.directory)
+                sinks.append(TensorBoardSink(tensorboard, config))
+        except TrackingError as err:
+            raise UserError(f"{err}; continue the run with --resume {where}") from err
+        except OSError as err:  # a file in its place, a folder it may not write in
+            for sink in sinks:
+                if isinstance(sink, MLflowSink):
+                    sink.abandon()
+            raise UserError(
+                f"cannot write TensorBoard's events into {str(tensorboard)!r} "
+                f"({err.strerror or err}); continue the run with --resume {where}"
+            ) from err
+        return sinks
 
     def console(self, label: str, total: int) -> None:
         """Show progress on the console (every step, whatever the telemetry level)."""
