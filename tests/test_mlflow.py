@@ -465,6 +465,20 @@ def test_a_foreign_run_id_starts_a_new_mlflow_run(mlflow, store, tmp_path, recor
     assert any("tracking goes on in a new MLflow run" in r.getMessage() for r in caplog.records)
 
 
+def test_a_deleted_mlflow_run_starts_a_new_one(mlflow, store, tmp_path, recorded_runs, caplog):
+    """A run deleted in MLflow refused to run again, and the resume's advice, "continue the
+    run with --resume", failed the same way for ever (a walk-through)."""
+    run = _run_directory(tmp_path, recorded_runs["heuristic"])
+    first = MLflowSink(store, run, "heuristic")
+    first.close()
+    mlflow.MlflowClient(tracking_uri=store).delete_run(first.run_id)
+    again = MLflowSink(store, run, "heuristic")
+    again.close()
+    assert again.run_id != first.run_id
+    assert (run / RUN_ID_FILE).read_text().strip() == again.run_id
+    assert any("(or was deleted there)" in r.getMessage() for r in caplog.records)
+
+
 def test_a_damaged_run_id_file_is_an_error(mlflow, store, tmp_path, recorded_runs) -> None:
     run = _run_directory(tmp_path, recorded_runs["heuristic"])
     (run / RUN_ID_FILE).write_text("not a run id\n")

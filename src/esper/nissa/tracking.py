@@ -255,18 +255,20 @@ class MLflowSink:
         path = self.directory / RUN_ID_FILE
         if path.is_file():
             run_id = read_regular(path, limit=1024).decode("utf-8").strip()
-            try:
-                self._client.update_run(run_id, status="RUNNING")
-                return run_id
+            try:  # a deleted one refuses to run again, and --resume was told to try again
+                if self._client.get_run(run_id).info.lifecycle_stage != "deleted":
+                    self._client.update_run(run_id, status="RUNNING")
+                    return run_id
             except MlflowException as err:
                 if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                logger.warning(
-                    "the MLflow run %s of %s is not at %s; tracking goes on in a new MLflow run",
-                    run_id,
-                    self.directory,
-                    shown_uri(self.uri),
-                )
+            logger.warning(
+                "the MLflow run %s of %s is not at %s (or was deleted there); tracking goes on "
+                "in a new MLflow run",
+                run_id,
+                self.directory,
+                shown_uri(self.uri),
+            )
         tags = {"esper.mode": mode, "esper.directory": str(self.directory.absolute())}
         run = self._client.create_run(self._experiment(), run_name=self.directory.name, tags=tags)
         atomic_write(path, run.info.run_id + "\n")
