@@ -16,7 +16,7 @@ from esper.cli.entry import loading
 from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import TABLE_ROWS, path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
-from esper.leyline.files import WriteError
+from esper.leyline.files import WriteError, is_disk_full
 from esper.leyline.net import MAX_PORT
 from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE
 from esper.nissa.log import EventLogError
@@ -34,9 +34,6 @@ PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ER
 hold (given anywhere: a run, ``--out``, a study file; it fails at the first stat, before anything
 is written), and a file or directory without the permission asked, or on a read-only file
 system (a run stopped by one resumes once the permission is back)."""
-
-FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-"""A write that found no room: a full disk or quota, a file at its size limit, ``/dev/full``."""
 
 PRINTING_COMMANDS = frozenset({"runs", "knowledge"})
 """Commands whose product is what they print: a write that found no room and names no file
@@ -336,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.errno == errno.EIO and _terminal_hung_up():  # the SSH session ended: a run
             return EXIT_INTERRUPTED  # was stopped by its SIGHUP; nobody is there to tell
         printing = bool(args_list) and args_list[0] in PRINTING_COMMANDS
-        if printing and err.errno in FULL_ERRNOS and not err.filename and sys.stdout is not None:
+        no_room = is_disk_full(err) or err.errno == errno.EFBIG  # EFBIG: at its size limit
+        if printing and no_room and not err.filename and sys.stdout is not None:
             # the output (`esper knowledge export > /dev/full` was a traceback, exit 1): what
             # these commands write to no named file (their own files name themselves)
             print(f"esper: error: cannot write the output: {err.strerror}", file=sys.stderr)

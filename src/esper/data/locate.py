@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esper.data.dataset import DatasetNotFoundError, DownloadError, DownloadPlaceError
-from esper.leyline.files import file_mode
+from esper.leyline.files import expanded, file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,9 @@ def _expanded(files: DatasetFiles, what: str, path: str | Path) -> Path:
         DatasetNotFoundError: ``~user`` names no user.
     """
     try:
-        return Path(path).expanduser()
-    except RuntimeError:  # Path.expanduser of ~nosuchuser
-        raise DatasetNotFoundError(
-            f"{files.name}: {what} {str(path)!r}: no such user's home directory"
-        ) from None
+        return expanded(path)
+    except ValueError as err:
+        raise DatasetNotFoundError(f"{files.name}: {what} {err}") from None
 
 
 def find_dataset_dir(

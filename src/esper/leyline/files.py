@@ -191,17 +191,27 @@ def shell_path(path: str | os.PathLike[str]) -> str:
     return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
-def absolute_path(path: str, base: Path | None = None) -> str:
-    """``path`` with ``~`` expanded, made absolute against ``base`` (default: the working
-    directory); links and ``..`` stay as given (the system resolves them, not the text).
+def expanded(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``~`` and ``~user`` expanded.
 
     Raises:
         ValueError: ``~user`` names no user.
     """
     try:
-        given = Path(path).expanduser()
+        return Path(path).expanduser()
     except RuntimeError:  # Path.expanduser of ~nosuchuser
-        raise ValueError(f"{path!r}: no such user's home directory") from None
+        raise ValueError(f"{os.fspath(path)!r}: no such user's home directory") from None
+
+
+def absolute_path(path: str, base: Path | None = None) -> str:
+    """``path`` with ``~`` expanded (``expanded``), made absolute against ``base`` (default:
+    the working directory); links and ``..`` stay as given (the system resolves them, not the
+    text).
+
+    Raises:
+        ValueError: ``~user`` names no user.
+    """
+    given = expanded(path)
     return str(given if given.is_absolute() else (base or Path()).absolute() / given)
 
 
