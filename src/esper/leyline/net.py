@@ -1,5 +1,6 @@
 """Whether a server's port answers, and whether it speaks HTTP/2: the start-up checks before
-handing an address to a client whose own connection attempts retry for minutes (Ray, MLflow)."""
+handing an address to a client whose own connection attempts retry for minutes (Ray, MLflow);
+and a server's URL as messages show it (``hidden_password``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ MAX_PORT = 65535
 """The largest TCP port."""
 
 _HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9_.\-]{1,254}):(?P<port>[0-9]{1,5})")
+
+
+_USER_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
+def hidden_password(url: str) -> str:
+    """``url`` for messages and records: a password, in its user part
+    (``postgresql://USER:PASSWORD@``) or as a ``password=`` query option (which libpq takes
+    too), replaced by ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", url, count=1))
 
 
 def is_host_port(value: object) -> bool:

@@ -66,6 +66,7 @@ from sqlalchemy.sql.dml import Insert
 
 from esper.leyline.files import is_utf8_path, nearest_existing, not_a_folder, not_regular
 from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.leyline.net import hidden_password
 from esper.leyline.trials import KNOWLEDGE_FILE
 from esper.nissa.log import shown_path
 
@@ -161,12 +162,8 @@ def sqlite_url(path: Path) -> str:
 
 
 def shown_url(parsed: URL) -> str:
-    """``parsed`` for messages and records: its password hidden, in the user part or as a
-    ``password=`` query option (which libpq takes too)."""
-    if "password" not in parsed.query:
-        return parsed.render_as_string(hide_password=True)
-    shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
-    return f"{shown}{'&' if '?' in shown else '?'}password=***"  # rendered, *** is %2A%2A%2A
+    """``parsed`` for messages and records, its password hidden (``hidden_password``)."""
+    return hidden_password(parsed.render_as_string(hide_password=False))
 
 
 def recorded_url(url: str | None) -> str | None:

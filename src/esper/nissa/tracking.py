@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import logging
-import re
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 from esper.leyline.config import first_line
 from esper.leyline.files import atomic_write, open_regular, read_regular
-from esper.leyline.net import unreachable
+from esper.leyline.net import hidden_password, unreachable
 from esper.nissa import record
 from esper.nissa.sinks import Scalar, flat_config, scalars
 
@@ -83,17 +82,8 @@ def check_mlflow(uri: str | None = None) -> None:
             _connect(uri)
         except OSError as err:
             raise TrackingError(
-                f"cannot track the run in MLflow at {shown_uri(uri)}: {err}"
+                f"cannot track the run in MLflow at {hidden_password(uri)}: {err}"
             ) from err
-
-
-_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
-
-
-def shown_uri(uri: str) -> str:
-    """``uri`` for messages: a database store's password (``postgresql://USER:PASSWORD@``)
-    replaced by ``***``."""
-    return _PASSWORD.sub(r"\1***@", uri, count=1)
 
 
 def _sqlite_database(uri: str) -> Path | None:
@@ -245,7 +235,7 @@ class MLflowSink:
             self._log_params(flat_config(record.read_config(directory)))
         except self._errors as err:
             first = first_line(err)
-            shown = shown_uri(uri)
+            shown = hidden_password(uri)
             raise TrackingError(f"cannot track the run in MLflow at {shown}: {first}") from err
 
     def _open(self, mode: str) -> str:
@@ -267,7 +257,7 @@ class MLflowSink:
                 "in a new MLflow run",
                 run_id,
                 self.directory,
-                shown_uri(self.uri),
+                hidden_password(self.uri),
             )
         tags = {"esper.mode": mode, "esper.directory": str(self.directory.absolute())}
         run = self._client.create_run(self._experiment(), run_name=self.directory.name, tags=tags)
@@ -335,7 +325,7 @@ class MLflowSink:
             first = first_line(err)
             logger.warning(
                 "MLflow at %s failed (%s); the run goes on without it (its record is %s)",
-                shown_uri(self.uri),
+                hidden_password(self.uri),
                 first,
                 self.directory,
             )
