@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import threading
+from functools import partial
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from esper.kasmina.blueprints import LORA_RANK
 from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
 from esper.leyline.config import TELEMETRY_LEVELS, TelemetrySettings, json_reason, measured
 from esper.leyline.events import TelemetryLevel
-from esper.leyline.net import is_host_port
+from esper.leyline.net import is_host_port, not_http, not_http2
 
 
 def test_ordered_slots_is_execution_order() -> None:
@@ -151,6 +154,63 @@ def test_json_reason_says_why_json_could_not_be_read() -> None:
 )
 def test_a_ray_heads_address_is_host_port(address: object, taken: bool) -> None:
     assert is_host_port(address) is taken
+
+
+def _one_reply(reply: bytes | None) -> tuple[int, threading.Thread]:
+    """A server on 127.0.0.1 for one connection: it reads the request, then sends ``reply``
+    and hangs up (None: it hangs up at once, reading nothing). Its port and thread."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            if reply is not None:
+                conn.recv(4096)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+@pytest.mark.parametrize(
+    ("reply", "http", "http2"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\n\r\n", None, "it does not speak HTTP/2 (it answered"),
+        (b"HTTP/1.0 200 OK\r\n\r\nOK", None, "it does not speak HTTP/2"),
+        (
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            "it does not speak HTTP (it answered 'SSH-2.0'",
+            "it does not",
+        ),
+        (None, "it closed the connection without a reply", "it closed the connection"),
+        (bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), "it does not speak HTTP", None),  # HTTP/2 SETTINGS
+    ],
+)
+def test_what_a_server_answers_is_named(reply: bytes | None, http: str, http2: str) -> None:
+    """The start-up checks before a client that waits minutes (MLflow's over HTTP, Ray's over
+    gRPC): any HTTP status is an answer (an MLflow server behind a proxy may refuse
+    ``/health``); anything else is named."""
+    for check, expected in ((partial(not_http, tls=False), http), (not_http2, http2)):
+        port, thread = _one_reply(reply)
+        reason = check("127.0.0.1", port, 5.0)
+        thread.join(5)
+        if expected is None:
+            assert reason is None
+        else:
+            assert reason is not None and reason.startswith(expected), reason
+
+
+def test_a_silent_or_absent_server_is_named() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (the kernel), says nothing
+        port = listener.getsockname()[1]
+        silent = "it accepts connections but sent no answer within 0.5 s"
+        assert not_http("127.0.0.1", port, 0.5, tls=False) == silent
+        assert not_http2("127.0.0.1", port, 0.5) == "it sent no HTTP/2 reply within 0.5 s"
+    assert not_http("127.0.0.1", port, 0.5, tls=False) == "Connection refused"
+    port, thread = _one_reply(b"HTTP/1.1 200 OK\r\n\r\n")  # https asked of a plain server
+    reason = not_http("127.0.0.1", port, 5.0, tls=True)
+    thread.join(5)
+    assert reason is not None and "SSL" in reason.upper(), reason
 
 
 def test_an_action_holds_what_the_event_log_can_hold() -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from esper.cli.main import main
 from esper.leyline.config import TelemetrySettings
-from esper.nissa import record
+from esper.nissa import record, tracking
 from esper.nissa.csvlog import read_rows
 from esper.nissa.record import RUN_REPORT
 from esper.nissa.tracking import RUN_ID_FILE, MLflowSink, TrackingError
@@ -341,6 +341,97 @@ def test_an_unreachable_server_fails_at_the_start(mlflow, tmp_path, monkeypatch,
     # Before anything is written: a run directory made first could never be resumed, since
     # --resume takes no other flag and its saved URI still answers nothing.
     assert not run.exists()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch) -> None:
+    """No proxy in the environment: a proxied server is left to MLflow's client."""
+    for proxy in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.upper(), raising=False)
+
+
+@pytest.fixture
+def stalling_server() -> Iterator[str]:
+    """A web server on 127.0.0.1 that answers ``/health`` and nothing else: every other
+    request waits (until the test ends), as a stopped or wedged MLflow server does."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/health":
+                release.wait()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_accepts_but_never_answers_fails_at_the_start(
+    mlflow, tmp_path, capsys, monkeypatch, no_proxy
+) -> None:
+    """Its port accepts connections (the kernel completes them), but no answer comes: the start
+    waited for MLflow's client, 120 s a request, eight times (a walk-through: SIGSTOP on the
+    server). The start-up check asks it for ``/health`` and gives up in one line, before
+    anything is written."""
+    monkeypatch.setattr("esper.nissa.tracking.CONNECT_TIMEOUT_S", 1.0)
+    with socket.socket() as listener:  # listening, never accepting
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        uri = f"http://127.0.0.1:{port}"
+        run = tmp_path / "run"
+        args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri, "--out", str(run)]
+        started = time.monotonic()
+        assert main(args) == 2
+        assert time.monotonic() - started < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (
+        f"cannot track the run in MLflow at {uri}: the server at 127.0.0.1:{port} does not "
+        "answer: it accepts connections but sent no answer within 1 s"
+    )
+    assert err == [f"esper: error: {expected}"]
+    assert not run.exists()
+
+
+def test_a_server_that_stalls_is_given_up_within_a_minute(
+    mlflow, stalling_server, tmp_path, recorded_runs, monkeypatch, no_proxy
+) -> None:
+    """MLflow's client retried a request to a server that stopped answering seven times after
+    waiting 120 s for each (about 20 minutes of a stalled run, and of a Ctrl-C held while the
+    epoch is committed). The sink gives its requests ``HTTP_LIMITS`` (two retries) unless the
+    environment sets them: here the timeout is the environment's (1 s, kept), the retries the
+    sink's (MLflow's seven, with its backoff, took minutes)."""
+    for name in tracking.HTTP_LIMITS:  # unset here, and unset again after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    run = _run_directory(tmp_path, recorded_runs["heuristic"])
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="Read timed out"):
+        MLflowSink(stalling_server, run, "heuristic")
+    assert time.monotonic() - started < 30
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Whether a server's port answers, and whether it speaks HTTP/2: the start-up checks before
+"""Whether a server's port answers, and whether it speaks HTTP/2 or HTTP: the start-up checks before
 handing an address to a client whose own connection attempts retry for minutes (Ray, MLflow);
 and a server's URL as messages show it (``hidden_password``)."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 
 MAX_PORT = 65535
 """The largest TCP port."""
@@ -35,13 +36,17 @@ def is_host_port(value: object) -> bool:
     return all(1 <= len(label) <= 63 for label in match["host"].removesuffix(".").split("."))
 
 
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err) or type(err).__name__
+
+
 def unreachable(host: str, port: int, timeout: float) -> str | None:
     """None when ``host:port`` accepts a TCP connection within ``timeout`` seconds; else why
     not, in words (``Connection refused``, ``timed out``, a resolver's message …)."""
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
-        return err.strerror or str(err) or type(err).__name__
+        return _reason(err)
     return None
 
 
@@ -53,28 +58,66 @@ _FRAME_HEADER = 9
 _SETTINGS = 4
 
 
+def _reply(host: str, port: int, timeout: float, request: bytes, size: int, tls: bool) -> bytes:
+    """The first ``size`` bytes the server at ``host:port`` sends back for ``request`` (fewer
+    when it hangs up first; none when it hangs up on the request). With ``tls`` the connection
+    is TLS, its certificate not checked: only whether the server answers is asked.
+
+    Raises:
+        TimeoutError: no connection, or not ``size`` bytes, within ``timeout`` seconds each.
+        OSError: the connection failed (refused, unresolvable host, a TLS handshake error).
+    """
+    reply = b""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with context.wrap_socket(raw, server_hostname=host) if tls else raw as sock:
+            try:
+                sock.sendall(request)
+                while len(reply) < size and (chunk := sock.recv(size - len(reply))):
+                    reply += chunk
+            except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+                pass  # it hung up on the request: what came before is its reply
+    return reply
+
+
 def not_http2(host: str, port: int, timeout: float) -> str | None:
     """None when the server at ``host:port`` answers HTTP/2's client preface with a SETTINGS
     frame, as every HTTP/2 server, gRPC's included, must first; else what it did instead, in
     words. A Ray head's GCS is a gRPC server; Ray's client waits minutes on any other."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(HTTP2_PREFACE + _EMPTY_SETTINGS)
-            header = b""
-            while len(header) < _FRAME_HEADER:
-                chunk = sock.recv(_FRAME_HEADER - len(header))
-                if not chunk:
-                    break
-                header += chunk
+        request = HTTP2_PREFACE + _EMPTY_SETTINGS
+        header = _reply(host, port, timeout, request, _FRAME_HEADER, tls=False)
     except TimeoutError:
         return f"it sent no HTTP/2 reply within {timeout:g} s"
-    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
-        header = b""  # it hung up on the preface
     except OSError as err:
-        return err.strerror or str(err) or type(err).__name__
+        return _reason(err)
     if not header:
         return "it closed the connection without a reply"
     if len(header) < _FRAME_HEADER or header[3] != _SETTINGS:
         shown = header.decode("ascii", "replace").strip()
         return f"it does not speak HTTP/2 (it answered {shown!r})"
+    return None
+
+
+_STATUS_LINE = b"HTTP/1."
+
+
+def not_http(host: str, port: int, timeout: float, tls: bool) -> str | None:
+    """None when the web server at ``host:port`` (``https`` with ``tls``) answers a request
+    for ``/health`` with an HTTP status line, whatever the status; else what it did instead, in
+    words. A port that accepts connections but never answers (a stopped server) held MLflow's
+    client for two minutes a request."""
+    request = f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        status = _reply(host, port, timeout, request, len(_STATUS_LINE), tls)
+    except TimeoutError:
+        return f"it accepts connections but sent no answer within {timeout:g} s"
+    except OSError as err:
+        return _reason(err)
+    if not status:
+        return "it closed the connection without a reply"
+    if status != _STATUS_LINE:
+        shown = status.decode("ascii", "replace").strip()
+        return f"it does not speak HTTP (it answered {shown!r}…)"
     return None

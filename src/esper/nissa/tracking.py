@@ -9,7 +9,10 @@ value that was not measured is not logged: never 0.
 
 The MLflow run's id is kept in the run directory (``mlflow_run_id``), so a resumed run goes on
 in the same MLflow run. The run directory stays the record: an MLflow server that stops
-answering mid-run is reported once and left behind, and training goes on.
+answering mid-run is reported once and left behind, and training goes on. MLflow's client waits
+120 s for each answer and retries seven times (minutes of a stalled run, and a server that
+accepts connections but never answers held the start for about 20 minutes), so the
+sink gives its requests ``HTTP_LIMITS`` unless the environment sets those variables itself.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -27,7 +31,7 @@ from typing import Any
 
 from esper.leyline.config import first_line
 from esper.leyline.files import atomic_write, open_regular, read_regular
-from esper.leyline.net import hidden_password, unreachable
+from esper.leyline.net import hidden_password, not_http, unreachable
 from esper.nissa import record
 from esper.nissa.sinks import Scalar, flat_config, scalars
 
@@ -52,6 +56,15 @@ _FINISHED = ("RunFinished", "PPORunFinished")
 _FLUSH = ("EpochCompleted", "PPOUpdate")  # one request per epoch or round, not per number
 _MAX_METRICS = 1000  # MLflow's limits on one log_batch request
 _MAX_PARAMS = 100
+
+
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",  # seconds without an answer (MLflow's default: 120)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",  # (7)
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # seconds before the first retry, doubling (2)
+}
+"""MLflow's environment variables for its HTTP requests, as the sink sets them where unset: a
+server that does not answer costs the run under a minute, once, not minutes per request."""
 
 
 class TrackingSetupError(RuntimeError):
@@ -109,19 +122,21 @@ def _sqlite_artifacts(uri: str) -> str | None:
 
 
 CONNECT_TIMEOUT_S = 10.0
-"""How long the start-up check waits for an MLflow server's port to accept a connection."""
+"""How long the start-up check waits for an MLflow server's port to accept a connection, and
+for an ``http(s)`` server's answer."""
 
 
 def _connect(uri: str) -> None:
-    """Fail fast when an ``http(s)`` tracking server cannot be reached: MLflow's own client
-    retries a refused connection for about four minutes before it gives up. Reached through a
+    """Fail fast when an ``http(s)`` tracking server cannot be reached, or reached does not
+    answer: MLflow's own client retries a refused connection for about four minutes before it
+    gives up, and waits out a silent server (``HTTP_LIMITS``) for about a minute. Reached through a
     proxy (``HTTP(S)_PROXY``), the server is left to MLflow's client. A SQLite store's database
     is checked by ``_check_database``.
 
     Raises:
         OSError: the server's port does not accept a TCP connection within
-            ``CONNECT_TIMEOUT_S`` (in words naming host and port), or the URL's port is not a
-            port number.
+            ``CONNECT_TIMEOUT_S``, or an ``http(s)`` server sends no HTTP answer within it (in
+            words naming host and port), or the URL's port is not a port number.
     """
     _check_database(uri)  # nothing for a store that is not SQLite
     parts = urllib.parse.urlsplit(uri)
@@ -140,10 +155,14 @@ def _connect(uri: str) -> None:
         port = parts.port or default
     except ValueError as err:  # a port that is not a number in [0, 65535]
         raise OSError(f"the URL's port is not a port number ({err})") from err
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     reason = unreachable(host, port, CONNECT_TIMEOUT_S)
     if reason is not None:
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise OSError(f"nothing answers at {address} ({reason})")
+    if backend not in _DATABASE_PORTS:
+        reason = not_http(host, port, CONNECT_TIMEOUT_S, tls=parts.scheme == "https")
+        if reason is not None:
+            raise OSError(f"the server at {address} does not answer: {reason}")
 
 
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306}
@@ -229,6 +248,8 @@ class MLflowSink:
         self._pending: list[tuple[Scalar, int]] = []  # with its record's wall-clock time, ms
         self._status: str | None = None  # the run's own, from its finished record
         self._broken = False  # the store failed mid-run: nothing more is sent
+        for name, value in HTTP_LIMITS.items():  # read by MLflow's client at each request
+            os.environ.setdefault(name, value)
         try:
             _connect(uri)
             self.run_id = self._open(mode)
