@@ -536,7 +536,7 @@ def host_trainers(
 def _before_issue_11(trainer: Trainer) -> None:
     """Put ``trainer``'s optimizer on the pre-#11 per-tensor AdamW step (its weights are
     already NCHW)."""
-    for group in trainer.optimizer.optimizer.param_groups:
+    for group in trainer.optimizer.param_groups:
         group["fused"] = None  # AdamW reads it every step: None is torch's per-tensor default
 
 

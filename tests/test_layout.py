@@ -257,6 +257,6 @@ def test_governor_rollback_keeps_the_layout_of_weights_and_optimizer_state() -> 
         next(model.host.parameters()).fill_(float("nan"))
     assert trainer.train_step().panic is not None  # rolled back
     _assert_nhwc(model)
-    state = trainer.optimizer.optimizer.state
+    state = trainer.optimizer.state
     moments = [s["exp_avg"] for p, s in state.items() if p.dim() == 4]
     assert moments and all(_is_nhwc(m) for m in moments)

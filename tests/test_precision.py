@@ -70,7 +70,7 @@ def test_bfloat16_trains_in_bfloat16_and_keeps_float32_state(precision: str) -> 
     trained = torch.bfloat16 if precision == "bfloat16" else torch.float32
     assert seen == {(True, trained), (False, torch.float32)}  # training, then validation
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
-    moments = [s["exp_avg"] for s in trainer.optimizer.optimizer.state.values()]
+    moments = [s["exp_avg"] for s in trainer.optimizer.state.values()]
     assert moments and {m.dtype for m in moments} == {torch.float32}
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from esper.kasmina.shapes import shapes_only
 from esper.leyline import InjectionSpec, Topology
 
 Builder = Callable[[InjectionSpec], nn.Module]
@@ -122,8 +123,8 @@ class Blueprint:
         return module
 
     def param_count(self, spec: InjectionSpec) -> int:
-        """Real parameter count of this blueprint at ``spec`` (built on the meta device)."""
-        with torch.device("meta"):
+        """Real parameter count of this blueprint at ``spec`` (built by ``shapes_only``)."""
+        with shapes_only():
             module = self.builder(spec)
         return sum(p.numel() for p in module.parameters())
 

@@ -27,6 +27,7 @@ from esper.kasmina.hosts import (
     host_config_from_dict,
 )
 from esper.kasmina.model import MorphogeneticModel
+from esper.kasmina.shapes import shapes_only
 from esper.leyline.config import json_reason
 from esper.leyline.files import WriteError, atomic_write, read_regular
 from esper.leyline.loading import TORCH_LOAD_ERRORS, load_untrusted
@@ -142,7 +143,7 @@ def _check_host_weights(config: Any, weights: dict[str, torch.Tensor]) -> None:
     """The file's host weights have the shapes ``config``'s host has, compared before that host
     is built: built on the meta device, which allocates nothing. A manifest edited to a huge
     host (a few bytes of JSON) otherwise filled memory before any comparison."""
-    with torch.device("meta"):
+    with shapes_only():
         host = build_host(config)
     host_weights = {k: v for k, v in weights.items() if k.startswith("host.")}
     _compare({f"host.{k}": tuple(v.shape) for k, v in host.state_dict().items()}, host_weights)

@@ -46,7 +46,6 @@ from esper.simic.config import MAX_WORKERS_PER_GPU, TrainingConfig
 from esper.simic.protocol import Emit
 from esper.simic.vector import envs_named
 from esper.tasks import get_task
-from esper.tolaria.optim import preload
 from esper.tolaria.threads import threads_per_worker
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,6 @@ class EnvWorker:
             task.dataset, training.data_dir, download=training.download, progress=False
         )
         self.vec = build_envs(config, data, self._emit, self.indices)
-        preload()  # start-up, not the first round's training time
         gpus = [str(g) for g in ray.get_gpu_ids()]
         return self._out((self.vec.topology, self.vec.max_steps, gpus))
 

@@ -316,17 +316,17 @@ def without_stray_data_dir(training: HostTraining) -> HostTraining:
 def host_param_count(task: str, data: Dataset, width: int | None) -> int:
     """Parameters of ``task``'s host for ``data`` at ``width`` (``None``: the task's), no seeds.
 
-    The host is built on torch's meta device: shapes without storage, so counting a wide host
+    The host is built for its shapes (``shapes_only``: the meta device), so counting a wide host
     allocates nothing. Tied weights (the transformer's embedding and head) count once.
 
     Raises:
         ValueError: an unknown task or a width the host rejects (``TaskSpec.host_config_for``).
     """
-    import torch
+    from esper.kasmina.shapes import shapes_only  # torch: not at import time
 
     if width is not None:
         check_int("width", width, 1, MAX_WIDTH)
-    with torch.device("meta"):
+    with shapes_only():
         host = get_task(task).build_host(data, width)
     return sum(p.numel() for p in host.parameters())
 

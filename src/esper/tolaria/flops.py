@@ -1,9 +1,9 @@
 """Training FLOPs: what one training step of a model costs, counted by torch.
 
-``step_flops`` runs one forward, the engine's cross-entropy loss and one backward pass under
-``torch.utils.flop_counter.FlopCounterMode`` on a copy of the model, so counting leaves the model
-itself (weights, gradients, BatchNorm statistics, seed state) and the global random state exactly
-as they were.
+``step_flops`` runs one forward, the engine's cross-entropy loss and one backward pass under a
+counting dispatch mode (``_Counter``: torch's FLOP formulas) on a copy of the model, so counting
+leaves the model itself (weights, gradients, BatchNorm statistics, seed state) and the global
+random state exactly as they were.
 
 What is counted: the matrix products and convolutions (``aten.mm``, ``addmm``, ``bmm``,
 ``convolution`` and their backward passes, scaled dot-product attention), at 2 FLOPs per
@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import (
+    flop_registry,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+    shape_wrapper,
+)
 
 from esper.kasmina.hosts import use_torch_layers
 from esper.tolaria.engine import _loss_and_correct
@@ -46,6 +52,44 @@ _CPU_ATTENTION = {
 """torch (2.13) counts the CUDA attention kernels but not the CPU one, which would make a
 transformer's count depend on the device; these entries give the CPU kernel the CUDA formulas
 (arguments arrive as shapes: query, key, value, and the output gradient first in backward)."""
+
+_FORMULAS = {
+    **flop_registry,
+    **{op: shape_wrapper(f) for op, f in _CPU_ATTENTION.items()},  # type: ignore[no-untyped-call]
+}
+"""FLOPs by operator: torch's formulas (``torch.utils.flop_counter``), which take the tensors
+(``out_val`` the output) and read their shapes, and ``_CPU_ATTENTION``."""
+
+
+class _Counter(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """The FLOPs of the operators run under it, by ``_FORMULAS``; an operator without a formula
+    is counted as what it decomposes into, if it does. Not ``torch.utils.flop_counter``'s
+    ``FlopCounterMode``, which counts the same with the same formulas: its dispatch is wrapped to
+    keep ``torch.compile`` out, and that wrapper imports ``torch._dynamo`` on first use (1.1 s
+    of a run, for a compiler Esper does not use); this mode is not compiled into."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.total = 0
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:  # torch's hook: no wrapper, no import
+        return False
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: Any = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        formula = _FORMULAS.get(func._overloadpacket)
+        if formula is None and func is not torch.ops.prim.device.default:
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        out = func(*args, **kwargs)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
 
 
 def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
@@ -72,8 +116,8 @@ def step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
     with (
         torch.random.fork_rng(devices=cuda),
         torch.enable_grad(),  # a caller's no_grad left the backward nothing to run
-        FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter,
+        _Counter() as counter,
     ):
         loss, _ = _loss_and_correct(counted(x), y)
         (loss / y.numel()).backward()  # type: ignore[no-untyped-call]
-    return int(counter.get_total_flops())
+    return counter.total

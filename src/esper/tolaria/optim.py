@@ -4,17 +4,23 @@ Seed parameters join the optimizer when a seed germinates and leave it (with the
 is pruned; a fossilized seed trains at the host's learning rate. Groups are kept in a canonical
 order — host first, then slots in ``ordered_slots`` order — so ``state_dict`` indices mean the same
 thing whenever the same seeds are present, which is what rollback and resume rely on.
+
+The update is torch's fused AdamW kernel (``torch._fused_adamw_``, what ``torch.optim.AdamW(...,
+fused=True)`` calls), called here with the state kept as torch keeps it: ``state_dict`` is
+``torch.optim.AdamW``'s, so checkpoints of either load into the other. Not ``torch.optim``
+itself: its optimizers import ``torch._dynamo`` on first use (their methods are wrapped to
+disable it), 1.1 s of a run's 3.3 s from launch to its first batch on this project's 2-core
+machine, for a compiler Esper does not use.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.adamw import adamw
 
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import ALIVE_STAGES, SeedStage
@@ -22,17 +28,28 @@ from esper.leyline.config import check_float
 
 HOST_GROUP = "host"
 
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+"""AdamW's moment decay rates and denominator term: torch's defaults, which Esper always used."""
 
-def preload() -> None:
-    """Import what a process's first torch optimizer imports (``torch._dynamo``, 1-3 s: torch
-    wraps ``Optimizer.add_param_group`` to disable it): for start-up in a process that makes no
-    optimizer before its first training step, which then paid it (a Ray worker's first PPO
-    round: 1.7 s against 0.3 s for the next)."""
-    importlib.import_module("torch._dynamo")
+_FLAGS = {
+    "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+    "differentiable": False, "fused": True, "decoupled_weight_decay": True,
+}  # fmt: skip
+"""The rest of a parameter group as ``torch.optim.AdamW(..., fused=True)`` writes it: the only
+variant of AdamW this optimizer runs, and the only one whose state it loads."""
+
+Moments = dict[str, Tensor]
+"""One parameter's state: ``step`` (a float32 scalar on its device), ``exp_avg``,
+``exp_avg_sq``."""
 
 
 class SlotOptimizer:
     """AdamW over a growing model.
+
+    ``param_groups`` (dicts: ``name``, ``params``, ``lr``, ``betas``, ``eps``,
+    ``weight_decay`` and ``_FLAGS``) and ``state`` (``Moments`` by parameter, made at a
+    parameter's first step) are laid out as ``torch.optim.AdamW`` lays them out.
 
     Args:
         model: the model whose host and seeds are optimized.
@@ -55,15 +72,9 @@ class SlotOptimizer:
         self.model = model
         self.host_lr = host_lr
         self.seed_lr = seed_lr
-        # fused: one kernel per step instead of ~10 per tensor. For the impaired Fashion-MNIST
-        # host's 11 tensors a step took 131 us against 610 us (torch 2.13, CPU, one thread),
-        # ~7% of its grouped training epoch; the update rule is AdamW's, to float rounding.
-        self.optimizer = torch.optim.AdamW(
-            [{"params": model.host_parameters(), "lr": host_lr, "name": HOST_GROUP}],
-            lr=host_lr,
-            weight_decay=weight_decay,
-            fused=True,
-        )
+        self.weight_decay = weight_decay
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[Tensor, Moments] = {}
         self.sync()
 
     def _wanted(self) -> dict[str, tuple[list[nn.Parameter], float]]:
@@ -75,104 +86,131 @@ class SlotOptimizer:
         return wanted
 
     def sync(self) -> None:
-        """Make the groups match the model's seeds: add new ones, drop pruned ones, set rates."""
+        """Make the groups match the model's seeds: add new ones, drop pruned ones (and their
+        parameters' state), set rates."""
         wanted = self._wanted()
         keep = []
-        for group in self.optimizer.param_groups:
+        for group in self.param_groups:
             name = group["name"]
-            current = name in wanted and [id(p) for p in group["params"]] == [
-                id(p) for p in wanted[name][0]
-            ]
-            if current:
+            if name in wanted and list(map(id, group["params"])) == list(map(id, wanted[name][0])):
                 keep.append(group)
             else:
                 for p in group["params"]:
-                    self.optimizer.state.pop(p, None)
-        # Filter by identity: list.remove would compare groups by value, tensors included.
-        self.optimizer.param_groups[:] = keep
-        present = {g["name"] for g in self.optimizer.param_groups}
+                    self.state.pop(p, None)
+        present = {g["name"] for g in keep}
         for name, (params, lr) in wanted.items():
             if name not in present:
-                self.optimizer.add_param_group({"params": params, "lr": lr, "name": name})
-        for group in self.optimizer.param_groups:
+                keep.append(
+                    {"name": name, "params": list(params), "lr": lr, "betas": BETAS, "eps": EPS,
+                     "weight_decay": self.weight_decay, **_FLAGS}
+                )  # fmt: skip
+        for group in keep:
             group["lr"] = wanted[group["name"]][1]
         order = list(wanted)  # host, then slots in ordered_slots order
-        self.optimizer.param_groups.sort(key=lambda g: order.index(g["name"]))
+        self.param_groups = sorted(keep, key=lambda g: order.index(g["name"]))
 
     def group_names(self) -> list[str]:
-        return [g["name"] for g in self.optimizer.param_groups]
+        return [g["name"] for g in self.param_groups]
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def step(self) -> None:
-        self.optimizer.step()
+        step_optimizers([self])
 
-    def fused_inputs(self) -> list[tuple[tuple[Any, ...], tuple[list[Tensor], ...]]] | None:
+    def fused_inputs(self) -> list[tuple[tuple[Any, ...], tuple[list[Tensor], ...]]]:
         """Each group's AdamW hyperparameters and the tensors its step updates: parameters with
-        gradients, their gradients, moments and step counts (None: some such parameter has no
-        state yet, which only torch's own first ``step`` creates, or a group is not plain fused
-        AdamW)."""
+        gradients, their gradients, moments and step counts (a parameter's state made at its
+        first step, as torch's ``step`` makes it)."""
         inputs = []
-        for group in self.optimizer.param_groups:
-            plain = not (group["amsgrad"] or group["maximize"] or group["differentiable"])
-            if not (group["fused"] and plain):  # e.g. flags a loaded state brought along
-                return None
+        for group in self.param_groups:
             key = (group["lr"], group["weight_decay"], *group["betas"], group["eps"])
             lists: tuple[list[Tensor], ...] = ([], [], [], [], [])
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.optimizer.state.get(p)
-                if not state:
-                    return None
-                for part, value in zip(
-                    lists,
-                    (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"]),
-                    strict=True,
-                ):
+                state = self.state.get(p) or self.state.setdefault(p, _fresh(p))
+                values = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+                for part, value in zip(lists, values, strict=True):
                     part.append(value)
             inputs.append((key, lists))
         return inputs
 
     def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
+        """``torch.optim.Optimizer.state_dict``'s layout: the groups with their parameters as
+        indices (numbered through the groups in order) and the state of those that have one,
+        by index. Its tensors are the live ones (``copied_state`` copies them)."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            groups.append({**group, "params": [index[id(p)] for p in group["params"]]})
+        state = {index[id(p)]: dict(moments) for p, moments in self.state.items()}
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load a state saved when the model had the same seeds (call ``sync`` first).
+        """Load a state saved when the model had the same seeds (call ``sync`` first): the
+        groups' hyperparameters and each parameter's moments, as ``torch.optim`` loads them
+        (moments in the parameter's dtype and device, the step a float32 scalar beside it).
 
         Raises:
-            ValueError: if the saved groups are not the current ones.
+            ValueError: if the saved groups are not the current ones, or are not this AdamW's.
         """
         saved = [g["name"] for g in state["param_groups"]]
         if saved != self.group_names():
             raise ValueError(
                 f"optimizer state has groups {saved}, the model has {self.group_names()}"
             )
-        self.optimizer.load_state_dict(state)
+        by_index: dict[int, Tensor] = {}
+        groups = []
+        for group, loaded in zip(self.param_groups, state["param_groups"], strict=True):
+            variant = {k: loaded.get(k) for k in _FLAGS}
+            if variant != _FLAGS or len(loaded["params"]) != len(group["params"]):
+                raise ValueError(f"optimizer group {group['name']!r} is not this AdamW's")
+            by_index.update(zip(loaded["params"], group["params"], strict=True))
+            groups.append({**loaded, "params": group["params"]})
+        moments = {}
+        for i, values in state["state"].items():
+            p = by_index[i]
+            moments[p] = {
+                k: v.to(dtype=torch.float32 if k == "step" else p.dtype, device=p.device)
+                for k, v in values.items()
+            }
+        self.param_groups, self.state = groups, moments
+
+
+def _fresh(p: Tensor) -> Moments:
+    """A parameter's state before its first step, as torch's fused AdamW makes it."""
+    return {
+        "step": torch.zeros((), dtype=torch.float32, device=p.device),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
 
 
 def step_optimizers(optimizers: Sequence[SlotOptimizer]) -> None:
     """``step`` every optimizer, the groups of all of them that share AdamW's hyperparameters
-    in one fused call: what each ``step`` computes, bit for bit (the fused kernel updates each
-    tensor on its own), without each optimizer's own overhead: for a chunk of 8 impaired hosts,
-    8 x 240 us per batch (of about 30 ms) against 0.43 ms for one call (torch 2.13, one CPU
-    thread). An optimizer holding a parameter without state (torch's ``step`` creates it) or a
-    group other than plain fused AdamW steps on its own."""
-    buckets: dict[tuple[Any, ...], tuple[list[Tensor], ...]] = {}
+    (and a device and dtype) in one fused call: what each ``step`` computes, bit for bit (the
+    fused kernel updates each tensor on its own), without each optimizer's own overhead: for a
+    chunk of 8 impaired hosts, 8 x 240 us per batch (of about 30 ms) against 0.43 ms for one
+    call (torch 2.13, one CPU thread)."""
+    buckets: dict[tuple[Any, ...], tuple[list[Tensor], ...]] = defaultdict(
+        lambda: ([], [], [], [], [])
+    )
     for optimizer in optimizers:
-        inputs = optimizer.fused_inputs()
-        if inputs is None:
-            optimizer.step()
-            continue
-        for key, lists in inputs:
-            bucket = buckets.setdefault(key, ([], [], [], [], []))
-            for into, part in zip(bucket, lists, strict=True):
-                into += part
+        for key, lists in optimizer.fused_inputs():
+            for params, grads, avgs, sqs, steps in zip(*lists, strict=True):
+                bucket = buckets[(*key, params.device, params.dtype)]
+                for into, value in zip(bucket, (params, grads, avgs, sqs, steps), strict=True):
+                    into.append(value)
     with torch.no_grad():
-        for (lr, weight_decay, beta1, beta2, eps), tensors in buckets.items():
+        for (lr, weight_decay, beta1, beta2, eps, _, _), tensors in buckets.items():
             params, grads, avgs, sqs, steps = tensors
-            adamw(
-                params, grads, avgs, sqs, [], steps, fused=True, amsgrad=False, beta1=beta1,
-                beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps, maximize=False,
+            torch._foreach_add_(steps, 1)
+            torch._fused_adamw_(
+                params, grads, avgs, sqs, [], steps, amsgrad=False, lr=lr, beta1=beta1,
+                beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=False,
             )  # fmt: skip
