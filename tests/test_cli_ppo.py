@@ -338,6 +338,36 @@ def test_an_eval_on_a_training_seed_of_its_policy_is_refused(
     assert all(float(first["val_loss"]) != e["val_loss"] for e in trained)
 
 
+def test_an_eval_seed_that_replays_a_later_training_episode_is_refused(
+    tmp_path, capsys, recorded_runs
+) -> None:
+    """Episode k of environment s is seeded s·1000003 + k, of which torch's CPU generator
+    keeps 32 bits: --seed 2021759595 (1000003⁻¹ mod 2³²) met round 2's episode of environment
+    0 there and was accepted (a walk-through). Oracle: a static run on that seed trains its
+    first epoch exactly as that training episode did."""
+    seed = pow(1_000_003, -1, 2**32)
+    policy = recorded_runs["ppo"]
+    replayed = next(
+        e for e in _events(policy)
+        if e["event"] == "EpochCompleted" and (e["env"], e["episode"], e["epoch"]) == (0, 2, 1)
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    args = ["eval", "--policy", str(policy), "--epochs", "1", "--seed", str(seed)]
+    assert main([*args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"esper: error: --seed {seed} replays episode 2 of the policy's training environment 0 "
+        "(the same host and data order: episode seeds meet in the 32 bits torch's CPU generator "
+        "keeps), not a held-out one; give another --seed (e.g. --seed 2)\n"
+    )
+    assert not out.exists()
+    static = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "4"]
+    static += ["--val-samples", "256", "--seed", str(seed)]
+    assert main([*static, "--out", str(tmp_path / "s")]) == 0
+    with (tmp_path / "s" / "metrics.csv").open() as f:
+        first = next(csv.DictReader(f))
+    assert float(first["train_loss"]) == pytest.approx(replayed["train_loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("rounds", ["missing", "2", True, -1, 1.5])
 def test_a_policy_without_a_whole_round_count_is_one_line(
     tmp_path, capsys, recorded_runs, rounds

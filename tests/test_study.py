@@ -486,6 +486,11 @@ ARMS = '[[arms]]\nname = "static"\ncontroller = "static"\n'
         ('out = "o"\ntasks = ["synthetic"]\nseeds = 3\n[[arms]]\nname = "p"\n'
          'controller = "ppo"\npreset = "tiny"\ntraining_seeds = [1]\n',
          "overlapping the evaluation seeds at [1, 2]"),
+        # 2273207702 = 1 - 1000003⁻¹ mod 2³²: evaluation seed 1's episode has the CPU seed of
+        # round 2's episode of environment 2273207702 (seeding.replayed_episode; a walk-through)
+        ('out = "o"\ntasks = ["synthetic"]\nseeds = 3\n[[arms]]\nname = "p"\n'
+         'controller = "ppo"\npreset = "tiny"\ntraining_seeds = [2273207702]\n',
+         "arm 'p': evaluation seed 1 replays episode 2 of training environment 2273207702"),
         ('out = "o"\ntasks = ["synthetic"]\n[[arms]]\nname = "p"\ncontroller = "ppo"\n'
          'training_seeds = [50]\n[arms.ppo.env]\nepochs = 3\n', "host training comes from"),
         ('out = "o"\ntasks = ["synthetic"\n', "cannot read config file"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -64,6 +65,24 @@ def episode_seed(environment: int, episode: int) -> int:
 def low_seed(seed: int) -> int:
     """``seed`` as torch's CPU generator keeps it (its low 32 bits): the data order's seed."""
     return seed % _LOW
+
+
+def replayed_episode(seed: int, environments: Iterable[int]) -> tuple[int, int] | None:
+    """A training episode a growth run of ``seed`` (its episode 1) would replay on the CPU:
+    ``(environment, episode)`` among episodes 1 .. ``EPISODE_SEED_STRIDE`` of ``environments``
+    whose ``low_seed`` is the run's (the same host and data order), or None. Beside the run's
+    own seeds (episode 1) it finds seeds that meet a later episode only in the 32 bits torch's
+    CPU generator keeps: ``--seed 2021759595`` replays episode 2 of environment 0.
+
+    Every episode any run would reach is covered, whatever the rounds a PPO run has trained or
+    will train when resumed; a random seed is refused with odds of about one in 4,300 per
+    environment."""
+    target = low_seed(episode_seed(seed, 1))
+    for environment in environments:
+        episode = (target - episode_seed(environment, 0)) % _LOW  # all but the top bits cancel
+        if 1 <= episode <= EPISODE_SEED_STRIDE:
+            return environment, episode
+    return None
 
 
 def environment_seeds(seed: int, n_envs: int) -> list[int]:

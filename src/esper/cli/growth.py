@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from esper.leyline.config import HostTraining, UserError, override
 from esper.leyline.files import shell_path
 from esper.nissa import record
 from esper.nissa.log import counted, percent
+from esper.seeding import replayed_episode
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.checks import check_recorded_mode
 from esper.study.growth import GrowthRun, GrowthRunner
@@ -147,25 +149,36 @@ def _priors_note(config: GrowthRun, priors: dict[str, Any]) -> str:
 def _check_held_out(
     policy: Path, trained_with: HostTraining, running_with: HostTraining, seed: int
 ) -> None:
-    """Refuse an eval on its policy's task whose seed is one of its training environments':
-    it re-runs the host and data order that environment trained on in round 1 (episode k of
-    seed s is seeded alike in both), which is no evaluation (evaluation seeds are never
-    training ones). On another task the seed builds another host on other data.
+    """Refuse an eval on its policy's task that would replay a training episode: its seed is
+    one of the training environments' (their round 1), or meets a later episode of one in the
+    32 bits torch's CPU generator keeps (``seeding.replayed_episode``): the same host and data
+    order, no evaluation (evaluation seeds are never training ones). On another task the seed
+    builds another host on other data.
 
     Raises:
-        UserError: naming the seed, the training seeds and the first seed after them.
+        UserError: naming the seed, the episode it replays and a seed that replays none.
     """
     if running_with.task != trained_with.task:
         return
     meta = record.read_meta(policy)  # read before, by ``ppo_state``
     seeds = None if meta is None else meta.seeds.get("environments")
     used = [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []
-    if seed in used:
+    replayed = replayed_episode(seed, used)
+    if replayed is None:
+        return
+    free = next(s for s in itertools.count(max(used) + 1) if replayed_episode(s, used) is None)
+    environment, episode = replayed
+    if episode == 1:
         raise UserError(
             f"--seed {seed} is one of the policy's training environment seeds "
             f"({_seed_range(used)}): an eval on it re-runs a training episode, not a held-out "
-            f"one; give --seed outside them (e.g. --seed {max(used) + 1})"
+            f"one; give --seed outside them (e.g. --seed {free})"
         )
+    raise UserError(
+        f"--seed {seed} replays episode {episode} of the policy's training environment "
+        f"{environment} (the same host and data order: episode seeds meet in the 32 bits torch's "
+        f"CPU generator keeps), not a held-out one; give another --seed (e.g. --seed {free})"
+    )
 
 
 def _seed_range(seeds: list[int]) -> str:

@@ -63,7 +63,7 @@ from esper.leyline.trials import (
     VerdictRoles,
 )
 from esper.nissa import record
-from esper.seeding import environment_seeds
+from esper.seeding import environment_seeds, replayed_episode
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.rewards import CONTRIBUTION_MODES
 from esper.study.run import ppo_state
@@ -613,7 +613,8 @@ def config_dict_value(value: Any) -> Any:
 
 
 def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
-    """A PPO arm's training environments never used an evaluation seed (DESIGN §9).
+    """A PPO arm's training environments never used an evaluation seed (DESIGN §9), nor run
+    an episode an evaluation seed would replay (``seeding.replayed_episode``).
 
     Raises:
         ValueError: naming the overlapping seeds, or a policy that cannot be read.
@@ -662,6 +663,14 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
         f"{spec.first_seed}..{spec.first_seed + spec.seeds - 1}: move first_seed or the "
         "training seeds",
     )
+    replays = [(t, r) for t in sorted(evaluation) if (r := replayed_episode(t, used)) is not None]
+    if replays:
+        seed, (environment, episode) = replays[0]
+        raise ValueError(
+            f"arm {arm.name!r}: evaluation seed {seed} replays episode {episode} of training "
+            f"environment {environment} (the same host and data order: episode seeds meet in "
+            "the 32 bits torch's CPU generator keeps); move first_seed or the training seeds"
+        )
 
 
 def _warn_shared_environments(arm: ArmSpec, n_envs: int) -> None:
