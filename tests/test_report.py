@@ -582,6 +582,44 @@ def test_the_difference_marks_only_seed_events_in_the_epochs_both_runs_reached(
     assert _marks_drawn(accuracy_ax) == {("germinate", 1, -9.0), ("fossilize", 4, -6.0)}
 
 
+@pytest.mark.parametrize(("mode", "step_event"), [("heuristic", '"EpochCompleted"'),
+                                                  ("ppo", '"PPOUpdate"')])  # fmt: skip
+def test_steps_the_event_log_lost_are_named(
+    recorded_runs: dict[str, Path], tmp_path: Path, mode: str, step_event: str
+) -> None:
+    """A system crash can lose the log's unsynced lines while the checkpoints, CSV and summary
+    keep them: the plots showed the epochs (rounds) that were left as if they were the run, and
+    only ``--resume`` said so (a walk-through)."""
+    from esper.karn.report import warnings_for
+
+    run = _copy(recorded_runs[mode], tmp_path)
+    assert not [w for w in warnings_for([load_run(run)]) if "lacks" in w]  # intact
+    summary = read_summary(run)
+    assert summary is not None
+    planned = summary.growth.epochs_completed if summary.growth else summary.ppo.rounds_completed
+    lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    steps = [i for i, line in enumerate(lines) if f'"event": {step_event}' in line]
+    (run / "events.jsonl").write_text("".join(lines[: steps[len(steps) // 2]]))  # a half lost
+    data = load_run(run)
+    logged = [e.epoch for e in data.epochs] if summary.growth else [
+        r.update.round for r in data.state.rounds
+    ]  # fmt: skip
+    lost = [n for n in range(1, planned + 1) if n not in logged]
+    unit = "epoch" if summary.growth else "round"
+    spans = f"{lost[0]}-{lost[-1]}" if len(lost) > 1 else str(lost[0])
+    assert lost == list(range(lost[0], planned + 1))  # the log's tail is what is lost
+    assert [w for w in warnings_for([data]) if "lacks" in w] == [
+        f"{run.name}: the event log lacks {len(lost)} of its {planned} {unit}s ({spans}; lost "
+        "in a system crash, or removed): the plots lack them; the table's final numbers are "
+        "summary.json's."
+    ]
+    if summary.growth:  # --telemetry.level minimal logs no epochs: nothing was lost
+        config = json.loads((run / "config.json").read_text())
+        config["telemetry"]["level"] = "minimal"
+        (run / "config.json").write_text(json.dumps(config))
+        assert not [w for w in warnings_for([load_run(run)]) if "lacks" in w]
+
+
 def test_a_baseline_of_the_other_kind_is_named_with_its_article(tmp_path: Path) -> None:
     from esper.karn.report import warnings_for
 
@@ -1299,12 +1337,16 @@ def test_a_baseline_of_another_task_or_budget_is_named_in_a_warning(tmp_path: Pa
             ("d", replace(base, run_id="d")),
         )
     }
-    [line] = warnings_for([runs["a"], runs["b"]])
+
+    def budget_lines(pair: list[RunData]) -> list[str]:  # these summaries come without epochs
+        return [w for w in warnings_for(pair) if "the event log lacks" not in w]
+
+    [line] = budget_lines([runs["a"], runs["b"]])
     assert line == (
         "a ran synthetic for 5 epochs and the baseline b ran synthetic for 20 epochs: their "
         "accuracies are not like for like."
     )
-    [line] = warnings_for([runs["c"], runs["a"]])
+    [line] = budget_lines([runs["c"], runs["a"]])
     assert line.startswith("c ran digits_impaired for 5 epochs and the baseline a ran synthetic")
     assert not [w for w in warnings_for([runs["a"], runs["d"]]) if "like for like" in w]
     # A run without a summary (crashed, or still running) is read from its start: it was

@@ -62,7 +62,7 @@ from esper.nissa.log import (
     policy_line,
     with_article,
 )
-from esper.nissa.record import PPO_MODE, REPORT_FILE
+from esper.nissa.record import PPO_MODE, REPORT_FILE, RunRecordError
 
 SVG_SALT = "esper-report"
 """matplotlib's ``svg.hashsalt``: SVG element ids derived from it, not from random UUIDs, so the
@@ -475,9 +475,56 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
                 f"{data.run.name}: no summary.json (still running or crashed): its final "
                 "metrics are blank; the plots show what its event log holds."
             )
+        notes += _missing_steps(data)
     if len(runs) == 2:
         notes += _baseline_warnings(*runs)
     return notes
+
+
+def _missing_steps(data: RunData) -> list[str]:
+    """Steps ``summary.json`` counts that the event log lacks: its lines are flushed, not
+    synced, so a system crash can lose them (or the log was emptied) while the checkpoints
+    and CSV keep them; the plots, drawn from the log, show only the rest (they did without a
+    word: a walk-through)."""
+    summary = data.run.summary
+    if summary is None:
+        return []
+    if summary.ppo is not None:
+        unit, recorded = "round", summary.ppo.rounds_completed
+        logged = {r.update.round for r in data.state.rounds}
+    elif summary.growth is not None and not _minimal(data):  # a minimal log has no epochs
+        unit, recorded = "epoch", summary.growth.epochs_completed
+        logged = {e.epoch for e in data.epochs}
+    else:
+        return []
+    missing = [step for step in range(1, recorded + 1) if step not in logged]
+    if not missing:
+        return []
+    return [
+        f"{data.run.name}: the event log lacks {len(missing)} of its {recorded} {unit}s "
+        f"({_spans(missing)}; lost in a system crash, or removed): the plots lack them; the "
+        "table's final numbers are summary.json's."
+    ]
+
+
+def _minimal(data: RunData) -> bool:
+    """Whether the run logged at ``--telemetry.level minimal`` (per its ``config.json``)."""
+    try:
+        telemetry = data.run.config().get("telemetry")
+    except RunRecordError:
+        return False
+    return isinstance(telemetry, dict) and telemetry.get("level") == "minimal"
+
+
+def _spans(steps: Sequence[int]) -> str:
+    """Sorted steps as spans: ``1-34, 40``."""
+    spans: list[list[int]] = []
+    for step in steps:
+        if spans and step == spans[-1][1] + 1:
+            spans[-1][1] = step
+        else:
+            spans.append([step, step])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
 def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
