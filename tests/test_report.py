@@ -712,6 +712,17 @@ def test_a_short_runs_axis_spans_its_epochs_and_no_more(tmp_path: Path, epochs: 
     assert [t for t in ax.get_xticks() if 0.5 <= t <= epochs + 0.5] == list(range(1, epochs + 1))
 
 
+def test_epochs_rounds_and_counts_are_ticked_in_whole_numbers(
+    compared: Report, recorded_runs: dict[str, Path]
+) -> None:
+    """The timeline read 0.0, 2.5, 5.0 … and the PPO progress plot's seed counts 0.5, 2.5 (a
+    walk-through), beside whole epochs on every other plot."""
+    timeline = _plot(compared, "timeline").figure.axes[0]
+    progress = _plot(build_report(recorded_runs["ppo"]), "progress").figure.axes[0]
+    for ticks in (timeline.get_xticks(), progress.get_xticks(), progress.get_yticks()):
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def _assert_one_line_error(code: int, err: str, message: str) -> None:
     assert code == 2
     lines = err.strip().splitlines()
@@ -834,6 +845,10 @@ def test_truncated_last_line_still_reports_with_a_warning(
     page = (run / "report" / "report.html").read_text(encoding="utf-8")
     assert f"partial line (line {complete + 1}, skipped)" in page
     assert set(_embedded(page)) == GROWTH_PLOTS
+    assert "cut off while writing it." in err
+    (run / "summary.json").unlink()  # running (or crashed): its writer may be mid-line now
+    code, out, err = _report([str(run)], capsys)
+    assert code == 0 and "cut off while writing it, or is writing it now." in err
 
 
 def test_help_does_not_import_matplotlib() -> None:
@@ -1160,6 +1175,9 @@ def test_a_study_without_a_finished_trial_is_one_line(
     run = next((tiny_study / "trials").iterdir())
     code, _, err = _report([str(run), "--reps", "10", "--out", str(tmp_path / "r")], capsys)
     _assert_one_line_error(code, err, "--reps sets a study report's bootstrap")
+    # neither a run nor a study (the trials' folder) was told it was a run (a walk-through)
+    code, _, err = _report([str(tiny_study / "trials"), "--reps", "10"], capsys)
+    _assert_one_line_error(code, err, "is not an Esper run directory (no config.json")
     assert not (study / "report.html").exists()
 
 

@@ -149,7 +149,7 @@ def run_report(args: argparse.Namespace) -> int:
             )
         path = write_study_report(args.run, args.out, args.reps)
     else:
-        if args.reps is not None:
+        if args.reps is not None and is_run_directory(args.run):  # else: not a run, said next
             raise UserError("--reps sets a study report's bootstrap; a run report has none")
         path = write_run_report(args.run, args.baseline, args.out)
     print(f"report: {path}")

@@ -261,6 +261,7 @@ def plot_timeline(data: RunData, episode: Episode | None, caption: str) -> Plot 
     ax.set_xlim(0, max(end + (END_STUB if stub else 0.0), 1.0))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # as every epoch axis
     return _plot("timeline", caption, figure)
 
 
@@ -372,6 +373,7 @@ def plot_progress(rounds: Sequence[RoundState]) -> Plot | None:
         colour = STAGE_COLOURS[SeedStage(stage)]
         ax.plot(x, [r.entered.get(stage, 0) for r in rounds], "o-", label=stage, color=colour)
     _finish(ax, "round", "seeds entering the stage")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # counts
     caption = (
         "How far seeds get: transitions into each lifecycle stage per PPO round, all "
         "environments (a policy whose seeds never reach BLENDING never changes the output)."
@@ -468,7 +470,8 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
         if data.truncated_line is not None:
             notes.append(
                 f"{data.run.name}: the event log ends in a partial line (line "
-                f"{data.truncated_line}, skipped): the run was cut off while writing it."
+                f"{data.truncated_line}, skipped): the run was cut off while writing it"
+                + ("." if data.run.summary is not None else ", or is writing it now.")
             )
         if data.run.summary is None:
             notes.append(
