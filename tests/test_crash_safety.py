@@ -490,6 +490,38 @@ def test_a_signal_while_the_last_step_is_committed_completes_the_run(
     assert summary.growth is not None and summary.growth.epochs_completed == 2
 
 
+def test_a_burst_of_signals_keeps_the_interrupted_summary(tmp_path, capsys, monkeypatch):
+    """Ctrl-C pressed twice, or SIGTERM from two nested ``timeout`` commands, a few ms apart:
+    the second cut the first's interrupted summary short, so no summary.json was written and
+    every view showed the run unfinished (a walk-through). Signals after the first are dropped
+    while it stops."""
+    count_flops, write_summary = GrowthRunner._count_flops, record.write_summary
+
+    def first(self: GrowthRunner) -> None:  # the burst's first signal, during an epoch
+        os.kill(os.getpid(), signal.SIGINT)
+        count_flops(self)
+
+    def second(*args: Any) -> None:  # and its next ones, as the summary is written
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        write_summary(*args)
+
+    monkeypatch.setattr(GrowthRunner, "_count_flops", first)
+    monkeypatch.setattr(record, "write_summary", second)
+    out = tmp_path / "run"
+    # Python's Ctrl-C, as the esper command has it (a pytest-xdist worker ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["heuristic", *TINY, "--epochs", "3", "--out", str(out)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "continue with: esper heuristic --resume" in capsys.readouterr().err
+    summary = record.read_summary(out)
+    assert summary is not None and summary.status == "interrupted"
+    monkeypatch.undo()
+    assert main(["heuristic", "--resume", str(out)]) == 0
+
+
 def test_a_signal_before_the_run_loop_says_how_to_continue(tmp_path, capsys, monkeypatch):
     """Between the run directory's creation and the loop that holds signals (the lock, the
     printed configuration, the start event) a signal said only "esper: interrupted"."""

@@ -99,15 +99,18 @@ def interrupt_on_termination() -> None:
 def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
     """SIGINT, SIGTERM and SIGHUP raise ``Stop`` at once, except inside the ``held()`` block
     they yield, where they are held until it ends (a checkpoint and its CSV row are never
-    half-written, and a run's completion is not cut short)."""
-    state = {"holding": 0, "pending": False}
+    half-written, and a run's completion is not cut short), and after a first ``Stop``: the
+    process is stopping, and a burst of signals (Ctrl-C pressed twice, SIGTERM from two nested
+    ``timeout`` commands) cut its interrupted summary short, leaving none."""
+    state = {"holding": 0, "pending": False, "stopping": False}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             detach_from_hung_up_terminal()
-        if state["holding"]:
+        if state["holding"] or state["stopping"]:
             state["pending"] = True
         else:
+            state["stopping"] = True
             raise Stop
 
     @contextmanager
@@ -510,7 +513,8 @@ class Recorder:
         Every command's start (``begin``: ``start`` the recorder; a signal there left no
         summary, though the console said "interrupted"), steps and completion run here, under
         ``stop_signals``: a signal during the completion waits for it and is then dropped,
-        since the run is done.
+        since the run is done; so are signals while an interrupted or failed run's summary is
+        written.
 
         ``failures``: errors that end the run as ``failed`` (recorded, not raised).
 
@@ -519,8 +523,8 @@ class Recorder:
             UserError: out of disk space, after ``finish("interrupted", None)``; the last
                 checkpoint is intact.
         """
-        try:
-            with stop_signals() as held:
+        with stop_signals() as held:
+            try:
                 if begin is not None:
                     begin()
                 while not done():
@@ -529,22 +533,25 @@ class Recorder:
                     step(lambda: held(final=done))
                 with held(final=True):
                     return complete(), None
-        except KeyboardInterrupt as err:  # a Stop, or Ray's own for a signal inside ray.wait
-            finish("interrupted", None)
-            if isinstance(err, Stop):
+            except KeyboardInterrupt as err:  # a Stop, or Ray's own for a signal inside ray.wait
+                with held(final=True):  # the summary is written whatever signals follow
+                    finish("interrupted", None)
+                if isinstance(err, Stop):
+                    raise
+                raise Stop from err
+            except failures as err:
+                with held(final=True):
+                    finish("failed", str(err))
+                return "failed", str(err)
+            except DiskFullError as err:
+                with held(final=True):
+                    finish("interrupted", None)
+                hint = "the last checkpoint is intact: resume when there is room"
+                raise UserError(f"{err}; {hint}") from err
+            except BaseException:
+                self.hub.close()  # an unexpected failure: keep what was logged, release files
+                self.release()
                 raise
-            raise Stop from err
-        except failures as err:
-            finish("failed", str(err))
-            return "failed", str(err)
-        except DiskFullError as err:
-            finish("interrupted", None)
-            hint = "the last checkpoint is intact: resume when there is room"
-            raise UserError(f"{err}; {hint}") from err
-        except BaseException:
-            self.hub.close()  # an unexpected failure: keep what was logged, release the files
-            self.release()
-            raise
 
     def finish(self, summary: record.RunSummary, finished: Event) -> None:
         """Write ``summary.json`` and close the telemetry (after the summary: a tracker uploads
