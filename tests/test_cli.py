@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -316,6 +317,37 @@ def test_a_growth_run_does_not_import_torchs_compiler(tmp_path, task, epochs) ->
     assert done.stdout.splitlines()[-1] == "0 False", done.stderr[-2000:]
     trained = [e for e in _events(run) if e["event"] == "SeedTransition"]
     assert any(e["to_stage"] == "TRAINING" for e in trained)
+
+
+def test_runs_started_in_the_same_second_without_out_get_their_own_names(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """The default name is the task, mode and second: a shell loop's runs started together
+    collided, the second refused with advice to --resume the first's (a walk-through). The
+    next free ``-2``, ``-3`` is taken, also when another run takes the chosen name before this
+    one's directory is renamed into place."""
+    import esper.study.run as study_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(record, "stamp", lambda: "20261207-080631")
+    args = ["static", "--task", "synthetic", "--epochs", "1", *TINY]
+    assert main(args) == 0 and main(args) == 0
+    create = study_run._create
+
+    def raced(out: Path, *rest: Any) -> None:  # another run appears at the chosen name first
+        monkeypatch.setattr(study_run, "_create", create)
+        (out / "other").mkdir(parents=True)
+        create(out, *rest)
+
+    monkeypatch.setattr(study_run, "_create", raced)
+    assert main(args) == 0
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    stem = "synthetic-static-20261207-080631"
+    assert names == [stem, f"{stem}-2", f"{stem}-3", f"{stem}-4"]
+    assert [(tmp_path / "runs" / n / "summary.json").is_file() for n in names] == [
+        True, True, False, True
+    ]  # fmt: skip
+    assert capsys.readouterr().err.count("esper: error") == 0
 
 
 def test_heuristic_grows_in_more_than_one_slot(tmp_path, capsys) -> None:

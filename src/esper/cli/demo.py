@@ -68,22 +68,6 @@ def _row(name: str, summary: record.RunSummary) -> list[str]:
     return [name, *(m.text(m.value(data)[1]) for m in DEMO_METRICS)]
 
 
-def _free_stamp(parent: Path, task: str, modes: tuple[str, ...]) -> str:
-    """The time stamp of the demo's run directories, ``-2``, ``-3``, ... added while a demo
-    started in the same second holds those names (the second demo was refused, told to
-    continue with a --resume the demo does not take)."""
-    stamp = record.stamp()
-    taken = [stamp, *(f"{stamp}-{n}" for n in range(2, 1000))]
-    return next(
-        (
-            s
-            for s in taken
-            if not any(os.path.lexists(parent / f"demo-{s}-{task}-{m}") for m in modes)
-        ),
-        stamp,  # a thousand in one second: the run's own check refuses the name
-    )
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """Static vs heuristic growth, side by side."""
     given = None if args.data_dir is None else str(args.data_dir)
@@ -92,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     spec = get_task(task)  # its description heads the table
     parent = args.out if args.out is not None else record.RUNS_DIR
     modes = ("static", "heuristic")  # side by side: a study's directory holds its trials alone
-    stamp = _free_stamp(parent, task, modes)
+    stamp = record.free_stamp(lambda s: [parent / f"demo-{s}-{task}-{m}" for m in modes])
     directories = {}
     training = HostTraining(task, epochs=args.epochs, data_dir=data_dir)
     summaries = {}

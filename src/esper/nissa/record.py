@@ -36,7 +36,7 @@ import secrets
 import stat
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -362,6 +362,16 @@ def _versions() -> dict[str, str | None]:
 def stamp() -> str:
     """The local time as a new default run directory's names carry it: ``20261206-101530``."""
     return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def free_stamp(paths: Callable[[str], Sequence[Path]]) -> str:
+    """``stamp()``, or with ``-2``, ``-3`` … added while one of the ``paths`` named with it
+    exists: runs started in the same second (a shell loop's, two demos) get their own names (the
+    second was refused, told to continue the first with ``--resume``). A thousand in one second
+    get the last name, which the run's own check then refuses."""
+    now = stamp()
+    names = [now, *(f"{now}-{n}" for n in range(2, 1000))]
+    return next((s for s in names if not any(os.path.lexists(p) for p in paths(s))), names[-1])
 
 
 def new_run_id(directory: Path) -> str:

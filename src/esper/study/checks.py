@@ -250,8 +250,13 @@ def check_same_config(directory: Path, ran: dict[str, Any], now: dict[str, Any])
 
 
 def default_out(task: str, mode: str) -> Path:
-    """``runs/<task>-<mode>-<time>``: where a run goes without ``--out``."""
-    return record.RUNS_DIR / f"{task}-{mode}-{record.stamp()}"
+    """``runs/<task>-<mode>-<time>``: where a run goes without ``--out`` (``-2``, ``-3`` …
+    after the time while a run started in the same second has it: ``record.free_stamp``)."""
+
+    def named(stamp: str) -> Path:
+        return record.RUNS_DIR / f"{task}-{mode}-{stamp}"
+
+    return named(record.free_stamp(lambda stamp: [named(stamp)]))
 
 
 def check_out(out: Path | None, resume: Path | None) -> None:

@@ -12,6 +12,7 @@ directory's files are written only through ``esper.nissa.record``.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -268,20 +269,19 @@ class Recorder:
                 raise UserError(str(err)) from err
             except OSError as err:  # e.g. a read-only directory
                 raise UserError(f"cannot resume {str(resume)!r}: {err}") from err
-        task = config.env.task if mode == "ppo" else config.training.task
-        out = out or default_out(task, mode)
-        check_new_run_directory(out)
+        if out is not None:
+            check_new_run_directory(out)  # before the first state is built
         files = _state_files(first_state())
-        run_id = record.new_run_id(out)
-        try:
-            with stop_signals() as held, held():
-                _create(out, mode, config_dict(config), meta(run_id), row_type, files)
-        except Stop:  # held until the directory was complete: it is there, at step 0
-            raise Stop(f"continue with: esper {mode} --resume {shell_path(out)}") from None
-        except (record.RunRecordError, WriteError) as err:
-            raise UserError(str(err)) from err
-        except OSError as err:  # e.g. a name too long for the file system, no permission
-            raise UserError(f"cannot create run directory {str(out)!r}: {err.strerror}") from err
+        task = config.env.task if mode == "ppo" else config.training.task
+        for _ in range(_NAME_TRIES):  # another run may take a default name between
+            named = out or default_out(task, mode)  # its choice and the rename into place
+            check_new_run_directory(named)
+            run_id = record.new_run_id(named)
+            if _created(named, mode, meta, row_type, files, config_dict(config), run_id, out):
+                break
+        else:
+            raise UserError(f"cannot create run directory {str(named)!r}: other runs took it")
+        out = named
         csv: CsvLog[Any] = CsvLog(out / record.CSV_FILES[mode], row_type)
         try:  # a --resume of it started the moment it appeared runs it, and this one stops
             fd = record.lock_run(out)
@@ -626,6 +626,41 @@ def _state_files(state: dict[str, Any]) -> dict[str, bytes]:
     buffer = io.BytesIO()
     torch.save({**state, "threads": torch.get_num_threads()}, buffer)
     return {"state.pt": buffer.getvalue()}
+
+
+_NAME_TRIES = 10
+"""Default names tried for a new run whose name another run took meanwhile."""
+
+
+def _created(
+    out: Path,
+    mode: str,
+    meta: Meta,
+    row_type: type,
+    files: dict[str, bytes],
+    config: Any,
+    run_id: str,
+    given: Path | None,
+) -> bool:
+    """Create the run directory ``out`` (``_create``) with signals held; False when ``out``,
+    a default name (``given`` None), was taken by another run in the meantime.
+
+    Raises:
+        Stop: a signal came while it was made (it is there, at step 0: how to continue).
+        UserError: it cannot be created (the name was given, or the failure is another).
+    """
+    try:
+        with stop_signals() as held, held():
+            _create(out, mode, config, meta(run_id), row_type, files)
+    except Stop:  # held until the directory was complete: it is there, at step 0
+        raise Stop(f"continue with: esper {mode} --resume {shell_path(out)}") from None
+    except (record.RunRecordError, WriteError) as err:
+        raise UserError(str(err)) from err
+    except OSError as err:  # e.g. a name too long for the file system, no permission
+        if given is None and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise UserError(f"cannot create run directory {str(out)!r}: {err.strerror}") from err
+    return True
 
 
 def _create(
