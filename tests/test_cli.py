@@ -408,6 +408,19 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             "--shapley takes no value, got '2' (a switch: --shapley or --no-shapley)",
         ),
         (["heuristic", "--task", "synthetic", "--epochs", "2", "2"], "unknown flag 2;"),
+        (  # --switch=value blamed the flag before the value's first place (a walk-through)
+            ["ppo", "--preset", "tiny", "--ppo.n-envs", "2", "--amp=2"],
+            "--amp takes no value, got '2' (a switch: --amp or --no-amp)",
+        ),
+        (
+            ["heuristic", "--task", "synthetic", "--seed", "0", "--telemetry.tensorboard=0"],
+            "--telemetry.tensorboard takes no value, got '0' (a switch: --telemetry.tensorboard "
+            "or --telemetry.no-tensorboard)",
+        ),
+        (  # beside a missing --task, tyro lists them one per line: they were glued together
+            ["heuristic", "--tas", "synthetic", "--foo", "3"],
+            "unknown flags --tas, --foo (similar: --task); --task is required; --help lists",
+        ),
         (  # a nested switch's other form is tyro's
             ["ppo", "--ppo.no-normalize-advantages", "yes"],
             "--ppo.no-normalize-advantages takes no value, got 'yes' (a switch: "

@@ -11,6 +11,7 @@ read before the rest. A bad value is one line naming it and what is accepted, ex
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import itertools
 import re
@@ -193,15 +194,17 @@ def _unknown_flags(lines: list[str], argv: Sequence[str]) -> str | None:
     )
     if start is None:
         return None
-    listed = "".join(
-        "".join(_paragraph(lines, start)).removeprefix("Unrecognized options:").split()
-    )
-    flags = [word for word in listed.split(",") if word.startswith("--")]
+    paragraph = _paragraph(lines, start)
+    if paragraph[0] == "Unrecognized options:":  # beside a missing option: one per line
+        items = [item for line in paragraph[1:] for item in line.split()]
+    else:  # a wrapped list, split at its commas
+        items = "".join("".join(paragraph).removeprefix("Unrecognized options:").split()).split(",")
+    listed = ",".join(items)
+    flags = [word for word in items if word.startswith("--")]
     if not flags:  # a value after a switch, which takes none: "--shapley yes"
-        # The argument before the value's last place: a flag there took no value, so it is a
-        # switch (a flag that takes one, or a list, would have taken it).
-        before = [a for a, b in itertools.pairwise(argv) if b == listed]
-        switch = before[-1] if before else ""
+        # The flag at the value's last place (``--amp=2``) or before it: it took no value,
+        # so it is a switch (a flag that takes one, or a list, would have taken it).
+        switch = _given_to(argv, listed)
         if switch.startswith("--") and "=" not in switch:
             head, dot, name = switch[2:].rpartition(".")
             on = f"--{head}{dot}{name.removeprefix('no-')}"
@@ -213,9 +216,34 @@ def _unknown_flags(lines: list[str], argv: Sequence[str]) -> str | None:
         if _SIMILAR.fullmatch(line):
             names = [n.split()[0] for n in _paragraph(lines, i + 1) if n.startswith("--")]
             similar.extend(n for n in names[:3] if n not in similar)
+    missing = _missing_flags(lines)
+    similar += [m for m in missing if any(difflib.get_close_matches(f, [m]) for f in flags)]
     plural = "s" if len(flags) > 1 else ""
     hint = f" (similar: {', '.join(similar)})" if similar else ""
-    return f"unknown flag{plural} {', '.join(flags)}{hint}; --help lists every flag"
+    needs = f"; {', '.join(missing)} is required" if missing else ""
+    return f"unknown flag{plural} {', '.join(flags)}{hint}{needs}; --help lists every flag"
+
+
+def _missing_flags(lines: list[str]) -> list[str]:
+    """The required flags tyro's report says are missing (``Missing from …:`` and its
+    ``--flag TYPE`` lines)."""
+    start = next((i for i, line in enumerate(lines) if line.startswith("Missing from")), None)
+    if start is None:
+        return []
+    return [line.split()[0] for line in _paragraph(lines, start + 1) if line.startswith("--")]
+
+
+def _given_to(argv: Sequence[str], value: str) -> str:
+    """The flag the last ``value`` in ``argv`` was given to, as ``--flag=value`` or as the
+    argument before it ("" if none)."""
+    flags = [""]
+    for before, arg in itertools.pairwise(["", *argv]):
+        name, eq, given = arg.partition("=")
+        if eq and given == value and name.startswith("--"):
+            flags.append(name)
+        elif arg == value and "=" not in before:
+            flags.append(before)
+    return flags[-1]
 
 
 def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[str] = ()) -> str:
