@@ -150,6 +150,15 @@ def test_printed_config_is_toml_that_round_trips(preset: str) -> None:
     assert override(TrainingConfig(), tomllib.loads(text)) == config
 
 
+@pytest.mark.parametrize("data_dir", ["/d/😀 faces", "/d/a\x7fb", '/d/tab\tq"uote\\'])
+def test_printed_config_round_trips_any_path(data_dir: str) -> None:
+    """JSON's escapes are not all TOML's: a path with a character outside the BMP was printed
+    as a surrogate pair (``\\ud83d\\ude00``), which TOML refuses, and DEL stood bare."""
+    config = load_preset("tiny").resolved()
+    config = replace(config, env=replace(config.env, data_dir=data_dir))
+    assert tomllib.loads(config_text(config))["env"]["data_dir"] == data_dir
+
+
 def test_the_readmes_fashion_command_is_the_results_studys_fashion_policy_training() -> None:
     """README and docs/results.md §5 give ``esper ppo --preset digits --task
     fashion_mnist_impaired --batches-per-epoch 50 --val-samples 2000`` as the Fashion-MNIST

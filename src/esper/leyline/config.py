@@ -522,10 +522,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+_TOML_ESCAPED = re.compile("[\x7f\ud800-\udfff]")
+"""What JSON leaves unescaped (``ensure_ascii=False``) that TOML's strings must escape: DEL,
+and lone surrogates (which no TOML file can hold)."""
+
+
 def _toml_line(key: str, value: Any) -> str:
     # JSON's strings, numbers, booleans and arrays are TOML's; TOML has no null, so an unset
     # value is a comment (reading the text back leaves it at its default, which is unset).
-    return f"# {key}: not set" if value is None else f"{key} = {json.dumps(value)}"
+    # Characters as they are: JSON's \ud83d\ude00 for one outside the BMP is no TOML escape.
+    text = json.dumps(value, ensure_ascii=False)
+    text = _TOML_ESCAPED.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    return f"# {key}: not set" if value is None else f"{key} = {text}"
 
 
 def config_text(obj: Any) -> str:
