@@ -1344,6 +1344,24 @@ def test_a_new_runs_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch
         growth.parse("static", rest, options)
 
 
+def test_the_run_options_paths_expand_a_home(tmp_path, monkeypatch) -> None:
+    """``--out=~/x`` (the shell expands only a word beginning with ~) made a directory named
+    ``~`` in the working directory, which ``rm -rf ~`` would then remove the home for; --data-dir
+    and --knowledge expanded it (a walk-through)."""
+    from esper.cli.config import split_options
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    options, _ = split_options(["--out=~/x", "--config", "~/c.toml"])
+    assert (options.out, options.config) == (tmp_path / "home/x", tmp_path / "home/c.toml")
+    options, _ = split_options(["--resume=~/r"])
+    assert options.resume == tmp_path / "home/r"
+    with pytest.raises(UserError, match=r"^--out '~nouser7/x': no such user's home directory$"):
+        split_options(["--out", "~nouser7/x"])
+    from esper.cli.runs import path_arg  # every other command's paths (report --out=~/r)
+
+    assert path_arg("~/r") == tmp_path / "home/r"
+
+
 @pytest.mark.parametrize("command", ["static", "ppo"])
 def test_a_batch_or_validation_subset_beyond_its_split_is_noted(tmp_path, capsys, command) -> None:
     """A run cut them to the split without a word, and recorded them as given. Not refused: a

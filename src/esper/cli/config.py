@@ -33,7 +33,7 @@ from esper.leyline.config import (
     quoted,
     read_config_file,
 )
-from esper.leyline.files import absolute_path, shell_path
+from esper.leyline.files import absolute_path, expanded, shell_path
 from esper.study.checks import check_outside_studies
 from esper.study.growth import GrowthRun, check_mode
 
@@ -88,7 +88,10 @@ def split_options(argv: list[str], on_resume: tuple[str, ...] = ()) -> tuple[Run
                 value = next(items, "")
             if not value or value.startswith("--"):
                 raise UserError(f"{flag} needs a path")
-            values[flag[2:]] = Path(value)
+            try:  # "--out=~/x" (the shell expands only a word that begins with ~) made ./~/x
+                values[flag[2:]] = expanded(value)
+            except ValueError as err:
+                raise UserError(f"{flag} {err}") from None
     options = RunOptions(**values)
     if options.out is not None:
         check_outside_studies(options.out)

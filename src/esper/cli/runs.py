@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esper.leyline.config import COMPARED_SETTINGS, UserError, setting_text
+from esper.leyline.files import expanded
 from esper.nissa.fold import fold
 from esper.nissa.log import (
     SUMMARY_METRICS,
@@ -47,10 +48,14 @@ read by no one, and aligning it held every row's text: 0.9 GB for 2M rows)."""
 
 def path_arg(text: str) -> Path:
     """An argparse type for every path argument: not empty, which ``Path`` reads as "here"
-    (``esper report RUN --out ""`` wrote the report into the working directory)."""
+    (``esper report RUN --out ""`` wrote the report into the working directory), ``~``
+    expanded (``--out=~/r``, which no shell expands, made a directory named ``~``)."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
-    return Path(text)
+    try:
+        return expanded(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
