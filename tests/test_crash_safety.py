@@ -1134,6 +1134,8 @@ def test_resume_with_a_damaged_metrics_csv(run_copy, capsys, content) -> None:
 def test_resume_with_extra_flags(run_copy, capsys) -> None:
     assert "drop --epochs" in _resume_bad(run_copy, capsys, ["--epochs", "5"])
     assert "drop --out" in _resume_bad(run_copy, capsys, ["--out", str(run_copy.parent / "o")])
+    # a word no flag takes resumed the run without a word (a walk-through); ppo refused it
+    assert _resume_bad(run_copy, capsys, ["garbage"]).endswith("as configured; drop garbage")
 
 
 def test_out_inside_an_existing_run(run_copy, capsys) -> None:

@@ -100,6 +100,11 @@ def split_options(argv: list[str], on_resume: tuple[str, ...] = ()) -> tuple[Run
         given = [
             a.partition("=")[0] for i, a in enumerate(rest) if a.startswith("-") and i not in taken
         ]
+        given += [  # a word no flag takes ("--resume RUN garbage" resumed without a word)
+            a
+            for i, a in enumerate(rest)
+            if not a.startswith("-") and i not in taken and (i == 0 or rest[i - 1][:1] != "-")
+        ]
         given = [flag for flag in given if flag not in on_resume]
         given += ["--out"] * (options.out is not None) + ["--config"] * (options.config is not None)
         if given:
