@@ -394,7 +394,10 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--slots", "middle"],
             "unknown slot name 'middle'; accepted",
         ),
-        (["heuristic"], "--task"),
+        (  # tyro's "Missing from esper heuristic: --task STR ... (required)"
+            ["heuristic"],
+            "esper heuristic: --task is required: task preset (host + data + defaults); esper",
+        ),
         # Python's refusals were passed on: "invalid literal for int() with base 10: 'abc'"
         (["ppo", "--ppo.rounds", "abc"], "esper ppo: --ppo.rounds: expected INT, got 'abc'"),
         (["ppo", "--ppo.lr", "abc"], "esper ppo: --ppo.lr: expected FLOAT, got 'abc'"),

@@ -274,6 +274,13 @@ def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[
     unknown = _unknown_flags(lines, argv)
     if unknown is not None:
         return unknown
+    missing = _missing_flags(lines)
+    if missing:  # "Missing from esper static: --task STR task preset ... (required)"
+        start = next(i for i, line in enumerate(lines) if line.startswith("Missing from"))
+        described = [line for line in _paragraph(lines, start + 1) if not line.startswith("--")]
+        about = " ".join(line for line in described if line != "(required)")
+        verb = "is" if len(missing) == 1 else "are"
+        return f"{', '.join(missing)} {verb} required" + (f": {about}" if about else "")
     text = " ".join(kept[1:] if len(kept) > 1 else kept)
     text = re.sub(r"\s+", " ", text)
     parsing = re.match(r"Error parsing (\S+): ", text)
