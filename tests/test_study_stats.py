@@ -13,10 +13,12 @@ from esper.leyline.trials import VerdictRoles
 from esper.study.spec import read_study
 from esper.study.stats import (
     ALL_TASKS,
+    MIN_VERDICT_SEEDS,
     ArmSummary,
     Improvement,
     Interval,
     TrialRow,
+    conclusion,
     improvements,
     summarize,
     verdicts,
@@ -216,9 +218,9 @@ def test_verdicts_answer_the_two_questions() -> None:
 
 def test_verdicts_from_trials() -> None:
     rows = [
-        *_rows("t", "static-matched", [80.0, 81.0, 82.0]),
-        *_rows("t", "heuristic", [90.0, 91.0, 92.0]),  # beats static-matched in every pair
-        *_rows("t", "ppo", [70.0, 71.0, 72.0]),  # loses to heuristic in every pair
+        *_rows("t", "static-matched", [80.0, 81.0, 82.0, 83.0]),
+        *_rows("t", "heuristic", [90.0, 91.0, 92.0, 93.0]),  # beats static-matched in every pair
+        *_rows("t", "ppo", [70.0, 71.0, 72.0, 73.0]),  # loses to heuristic in every pair
     ]
     roles = VerdictRoles(
         matched=frozenset({("heuristic", "static-matched"), ("ppo", "static-matched")}),
@@ -232,6 +234,35 @@ def test_verdicts_from_trials() -> None:
         "ppo vs static-matched",
         "ppo vs heuristic",
     ]
+
+
+def test_too_few_seeds_give_no_verdict() -> None:
+    """One seed gave "P(improvement) = 1.00 (95 % CI 1.00–1.00) ... yes" (a walk-through): the
+    percentile bootstrap's intervals are too narrow below ``MIN_VERDICT_SEEDS`` scores per arm.
+    Oracle for the minimum: identical arms simulated with numpy (normal scores, 2,000 studies
+    each, the probability of improvement resampled as ``improvements`` does, arms apart, 500
+    times), whose false "yes" rate a 95 % interval should keep near 2.5 %."""
+    rng = np.random.default_rng(3)
+
+    def false_yes(n: int, studies: int = 2000, reps: int = 500) -> float:
+        x, y = rng.normal(size=(2, studies, n))
+        picks = rng.integers(0, n, size=(2, studies, reps, n))
+        bx = np.take_along_axis(x[:, None, :], picks[0], axis=2)
+        by = np.take_along_axis(y[:, None, :], picks[1], axis=2)
+        pairs = bx[..., :, None] - by[..., None, :]
+        p = (pairs > 0).mean(axis=(-1, -2)) + 0.5 * (pairs == 0).mean(axis=(-1, -2))
+        return float((np.percentile(p, 2.5, axis=1) > 0.5).mean())
+
+    assert false_yes(MIN_VERDICT_SEEDS - 1) > 0.07  # what the minimum keeps out
+    assert false_yes(MIN_VERDICT_SEEDS) < 0.05
+    roles = VerdictRoles(matched=frozenset({("grow", "static-matched")}))
+    rows = [*_rows("t", "grow", [90.0, 91.0, 92.0]), *_rows("t", "static-matched", [80.0] * 3)]
+    [line] = verdicts(improvements(rows, ["static-matched"], reps=REPS), roles)
+    assert line.endswith(
+        "(95 % CI 1.00–1.00) over 1 task(s), n = 3 vs 3 per task: too few seeds to tell (n = 3, "
+        "a verdict needs 4)"
+    )
+    assert conclusion(Interval(1.0, 1.0, 1.0), MIN_VERDICT_SEEDS) == "yes"
 
 
 def test_each_growing_arm_is_judged_against_the_static_arm_of_its_own_size() -> None:
@@ -328,7 +359,7 @@ def test_write_results_writes_three_files_and_lists_failed_trials(tmp_path: Path
     assert "| all tasks (1) | heuristic | 3 |" in md
     assert "| digits | heuristic | static-matched | 3 | 3 | 1.00 [1.00, 1.00] |" in md
     assert "- " + results.verdicts[0] in md
-    assert results.verdicts[0].endswith(": yes")
+    assert results.verdicts[0].endswith(": too few seeds to tell (n = 3, a verdict needs 4)")
     assert "| digits | heuristic | 3 | failed | RuntimeError: diverged |" in md
     assert "| digits | static-matched | 4 | completed | completed without a score |" in md
     assert "50 resamples" in md

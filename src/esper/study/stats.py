@@ -453,8 +453,18 @@ def improvements(
     return found
 
 
-def conclusion(probability: Interval) -> str:
-    """``yes`` if the interval lies above ½, ``no`` if below, else ``not established``."""
+MIN_VERDICT_SEEDS = 4
+"""The fewest scores per arm and task a verdict is drawn from. Below it the percentile
+bootstrap's intervals are too narrow: simulated identical arms (normal scores, 1,000 resamples)
+came out "yes" in 46 %, 17 % and 10 % of studies at 1, 2 and 3 seeds, 2.8–4.9 % at 4 to 10
+(2.5 % is what a 95 % interval promises)."""
+
+
+def conclusion(probability: Interval, n: int = MIN_VERDICT_SEEDS) -> str:
+    """``yes`` if the interval lies above ½, ``no`` if below, else ``not established``; with
+    fewer than ``MIN_VERDICT_SEEDS`` scores per arm and task (``n``, the smaller arm's), none."""
+    if n < MIN_VERDICT_SEEDS:
+        return f"too few seeds to tell (n = {n}, a verdict needs {MIN_VERDICT_SEEDS})"
     if probability.low > 0.5:
         return "yes"
     if probability.high < 0.5:
@@ -468,7 +478,7 @@ def _verdict(question: str, found: Improvement) -> str:
         f"{question} {found.arm} vs {found.baseline}: "
         f"P(improvement) = {p.point:.2f} (95 % CI {p.low:.2f}–{p.high:.2f}) over "
         f"{len(found.tasks)} task(s), n = {found.n_arm} vs {found.n_baseline} per task: "
-        f"{conclusion(p)}"
+        f"{conclusion(p, min(found.n_arm, found.n_baseline))}"
     )
 
 
