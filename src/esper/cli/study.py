@@ -160,9 +160,23 @@ def _interrupted(driver: StudyDriver, directory: Path, file: Path, address: str 
         try:  # the bootstrap takes a while: a second Ctrl-C skips it (files are atomic)
             _write_results(driver.spec, directory, driver.stopped, unfinished=waiting)
             _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ImportError) as err:
+            if not _interrupting(err):  # an ImportError of its own
+                raise
             _say("stopped again: results so far not written (trials.csv lists every trial)")
     _say(f"\ninterrupted: continue with: esper study {shell_path(file)}{again}")
+
+
+def _interrupting(err: BaseException) -> bool:
+    """Whether ``err`` is a Ctrl-C, or what one became: landing in the import of a compiled
+    module (scipy's, which the statistics import when first used) it surfaces as an
+    ``ImportError`` ("initialization failed"), which was a traceback and exit 1."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def check_address(address: str | None) -> str | None:

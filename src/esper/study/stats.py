@@ -456,7 +456,7 @@ def improvements(
 MIN_VERDICT_SEEDS = 4
 """The fewest scores per arm and task a verdict is drawn from. Below it the percentile
 bootstrap's intervals are too narrow: simulated identical arms (normal scores, 1,000 resamples)
-came out "yes" in 46 %, 17 % and 10 % of studies at 1, 2 and 3 seeds, 2.8–4.9 % at 4 to 10
+came out "yes" in 46 %, 17 % and 10 % of studies at 1, 2 and 3 seeds, 2–5 % at 4 to 10
 (2.5 % is what a 95 % interval promises)."""
 
 
