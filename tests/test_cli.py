@@ -783,8 +783,9 @@ def test_demo_with_a_home_of_no_user_is_one_line(tmp_path, capsys, monkeypatch) 
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--epochs", "1", "--data-dir", "~esper-no-such-user/x"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == "esper: error: --data-dir '~esper-no-such-user/x': no such user's home directory\n"
+    assert err == (  # argparse's path type expands ~ (every path option does)
+        "esper: error: argument --data-dir: '~esper-no-such-user/x': no such user's home "
+        "directory (see esper demo --help)\n"
     )
     assert list(tmp_path.iterdir()) == []
 
