@@ -420,6 +420,10 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             "--telemetry.tensorboard takes no value, got '0' (a switch: --telemetry.tensorboard "
             "or --telemetry.no-tensorboard)",
         ),
+        (  # of two flags given the value, the switch (a flag taking a value took its own)
+            ["heuristic", "--task", "synthetic", "--shapley", "2", "--epochs=2"],
+            "--shapley takes no value, got '2' (a switch: --shapley or --no-shapley)",
+        ),
         (  # beside a missing --task, tyro lists them one per line: they were glued together
             ["heuristic", "--tas", "synthetic", "--foo", "3"],
             "unknown flags --tas, --foo (similar: --task); --task is required; --help lists",

@@ -522,6 +522,17 @@ def test_a_burst_of_signals_keeps_the_interrupted_summary(tmp_path, capsys, monk
     assert main(["heuristic", "--resume", str(out)]) == 0
 
 
+def test_after_a_stop_from_a_held_block_further_signals_wait() -> None:
+    """A signal held in a block stops the run when the block ends; one more while that Stop
+    unwound to the summary raised a second Stop that skipped the summary (a review)."""
+    with study_run.stop_signals() as held:
+        with pytest.raises(Stop), held():
+            os.kill(os.getpid(), signal.SIGINT)  # held until the block ends, then Stop
+        os.kill(os.getpid(), signal.SIGINT)  # the burst's next: waits, the run is stopping
+        with held(final=True):  # the interrupted summary, then the end: dropped
+            pass
+
+
 def test_a_signal_before_the_run_loop_says_how_to_continue(tmp_path, capsys, monkeypatch):
     """Between the run directory's creation and the loop that holds signals (the lock, the
     printed configuration, the start event) a signal said only "esper: interrupted"."""

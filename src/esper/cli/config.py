@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import io
 import itertools
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,7 +192,9 @@ def _paragraph(lines: list[str], start: int) -> list[str]:
     return lines[start:end]
 
 
-def _unknown_flags(lines: list[str], argv: Sequence[str]) -> str | None:
+def _unknown_flags(
+    lines: list[str], argv: Sequence[str], switches: Callable[[], frozenset[str]]
+) -> str | None:
     """tyro's report of unrecognized arguments as one line naming the unknown flags and the
     flags it found close to them; None for another report. tyro lists a flag's value as
     another option ("Unrecognized options: --workers, 2") and wraps the list at 80 columns,
@@ -212,7 +215,7 @@ def _unknown_flags(lines: list[str], argv: Sequence[str]) -> str | None:
     if not flags:  # a value after a switch, which takes none: "--shapley yes"
         # The flag at the value's last place (``--amp=2``) or before it: it took no value,
         # so it is a switch (a flag that takes one, or a list, would have taken it).
-        switch = _given_to(argv, listed)
+        switch = _given_to(argv, listed, switches)
         if switch.startswith("--") and "=" not in switch:
             head, dot, name = switch[2:].rpartition(".")
             on = f"--{head}{dot}{name.removeprefix('no-')}"
@@ -241,20 +244,39 @@ def _missing_flags(lines: list[str]) -> list[str]:
     return [line.split()[0] for line in _paragraph(lines, start + 1) if line.startswith("--")]
 
 
-def _given_to(argv: Sequence[str], value: str) -> str:
-    """The flag the last ``value`` in ``argv`` was given to, as ``--flag=value`` or as the
-    argument before it ("" if none)."""
-    flags = [""]
+def _given_to(argv: Sequence[str], value: str, switches: Callable[[], frozenset[str]]) -> str:
+    """The flag the unrecognized ``value`` in ``argv`` was given to, as ``--flag=value`` or as
+    the argument before it: of several, the last that is a switch (``switches()``: a flag that
+    takes a value took it), else the last ("" if none)."""
+    given = []
     for before, arg in itertools.pairwise(["", *argv]):
-        name, eq, given = arg.partition("=")
-        if eq and given == value and name.startswith("--"):
-            flags.append(name)
+        name, eq, text = arg.partition("=")
+        if eq and text == value and name.startswith("--"):
+            given.append(name)
         elif arg == value and "=" not in before:
-            flags.append(before)
-    return flags[-1]
+            given.append(before)
+    if len(given) > 1:
+        known = switches()
+        return next((flag for flag in reversed(given) if flag in known), given[-1])
+    return given[-1] if given else ""
 
 
-def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[str] = ()) -> str:
+def _switches(cls: type, prog: str, default: Any) -> frozenset[str]:
+    """The switches of ``cls``'s flags (both forms: ``--shapley``, ``--no-shapley``), read from
+    its ``--help`` (for an error message only: it takes about 0.1 s)."""
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
+        tyro.cli(cls, args=["--help"], prog=prog, default=default)
+    pairs = re.findall(r"(--[\w.-]+), (--[\w.-]+)", _BOX.sub(" ", shown.getvalue()))
+    return frozenset(flag for pair in pairs for flag in pair)
+
+
+def _one_line(
+    report: str,
+    refusal: BaseException | None = None,
+    argv: Sequence[str] = (),
+    switches: Callable[[], frozenset[str]] = frozenset,
+) -> str:
     """tyro's boxed error report as one line: its title and first paragraph.
 
     The box wraps at 80 columns and breaks a longer word where the line ends, so a value
@@ -271,7 +293,7 @@ def _one_line(report: str, refusal: BaseException | None = None, argv: Sequence[
             break
         if line:
             kept.append(line)
-    unknown = _unknown_flags(lines, argv)
+    unknown = _unknown_flags(lines, argv, switches)
     if unknown is not None:
         return unknown
     missing = _missing_flags(lines)
@@ -335,7 +357,9 @@ def parse_flags(
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
-        report = _one_line(captured.getvalue(), _refusal(stop), argv)
+        given = tyro.MISSING_NONPROP if default is None else default
+        switches = functools.partial(_switches, cls, prog, given)
+        report = _one_line(captured.getvalue(), _refusal(stop), argv, switches)
         raise UserError(f"{prog}: {report}") from None
     except ValueError as err:  # a dataclass's own check (__post_init__)
         raise UserError(f"{prog}: {err}") from None

@@ -127,6 +127,7 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
         if state["pending"] and not state["holding"]:
             state["pending"] = False
             if not (final() if callable(final) else final):
+                state["stopping"] = True  # as the handler's own Stop: later signals wait
                 raise Stop
 
     signals = (signal.SIGINT, *_stopping_signals())
