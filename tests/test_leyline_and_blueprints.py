@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -210,7 +211,52 @@ def test_a_silent_or_absent_server_is_named() -> None:
     port, thread = _one_reply(b"HTTP/1.1 200 OK\r\n\r\n")  # https asked of a plain server
     reason = not_http("127.0.0.1", port, 5.0, tls=True)
     thread.join(5)
-    assert reason is not None and "SSL" in reason.upper(), reason
+    assert reason == "it does not speak TLS (an http:// server?)"
+
+
+def test_a_tls_server_that_wants_a_client_certificate_is_left_to_the_client(tmp_path) -> None:
+    """The check sends no certificate, so such a server ends the handshake: that is an answer
+    (MLflow's client sends MLFLOW_TRACKING_CLIENT_CERT_PATH's); it was refused (a review)."""
+    import datetime
+    import ssl
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    context.load_verify_locations(pem)
+    context.verify_mode = ssl.CERT_REQUIRED  # a client certificate, or no handshake
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        # ssl.SSLError is an OSError: the handshake it refuses
+        with listener, listener.accept()[0] as conn, contextlib.suppress(OSError):
+            context.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert not_http("127.0.0.1", listener.getsockname()[1], 5.0, tls=True) is None
+    thread.join(5)
 
 
 def test_an_action_holds_what_the_event_log_can_hold() -> None:

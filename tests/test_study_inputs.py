@@ -1069,7 +1069,7 @@ def test_esper_study_turns_sigterm_into_a_stop(tmp_path):
         signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.mark.parametrize("landing", ["computing", "importing"])
+@pytest.mark.parametrize("landing", ["computing", "importing", "broken"])
 def test_a_second_ctrl_c_while_the_results_so_far_are_computed_still_exits_130_with_the_hint(
     tmp_path, capsys, monkeypatch, landing
 ):
@@ -1087,6 +1087,8 @@ def test_a_second_ctrl_c_while_the_results_so_far_are_computed_still_exits_130_w
     def stopped_again(*args, **kwargs):
         if landing == "computing":
             raise KeyboardInterrupt
+        if landing == "broken":  # an ImportError of its own: its context is the first Stop
+            raise ImportError("No module named 'scipy'")
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -1097,6 +1099,10 @@ def test_a_second_ctrl_c_while_the_results_so_far_are_computed_still_exits_130_w
     monkeypatch.setattr(StudyDriver, "run", interrupted)
     monkeypatch.setattr(study, "_write_results", stopped_again)
     path = _study(tmp_path, f"{HEAD}{STATIC}")
+    if landing == "broken":  # not taken for a second Ctrl-C (a review)
+        with pytest.raises(ImportError, match="scipy"):
+            main(["study", str(path)])
+        return
     assert main(["study", str(path)]) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert "stopped again: results so far not written" in err and "Traceback" not in err

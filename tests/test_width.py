@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from dataclasses import fields
 
 import pytest
@@ -88,6 +90,27 @@ def test_host_param_count_equals_a_built_hosts() -> None:
 def _episode(training: HostTraining, data: Dataset):
     resolved = resolve_training(training)
     return task_episode(resolved, data, 0, torch.device("cpu"), lambda event: None)
+
+
+def test_shapes_only_skips_every_draw_without_loading_torchs_compiler() -> None:
+    """Hosts are sized on the meta device (``shapes_only``), where torch ran ``nn.init``'s
+    random draws in Python and imported ``torch._dynamo`` (1.1 s of a run's start) on the
+    first. Every initialiser, in a fresh process: the same shapes, nothing drawn, no import."""
+    code = """
+import sys
+import torch
+from torch import nn
+from esper.kasmina.shapes import shapes_only
+inits = [nn.init.normal_, nn.init.uniform_, nn.init.kaiming_uniform_, nn.init.kaiming_normal_,
+         nn.init.xavier_uniform_, nn.init.xavier_normal_, nn.init.trunc_normal_,
+         nn.init.orthogonal_, nn.init.zeros_, nn.init.ones_]
+with shapes_only():
+    shapes = [init(nn.Linear(8, 4).weight).shape for init in inits]
+    embedding = nn.Embedding(30, 16).weight
+print(set(shapes) == {torch.Size([4, 8])}, embedding.is_meta, "torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "True", "False"], done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("width", [2, 8])

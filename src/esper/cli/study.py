@@ -117,8 +117,8 @@ def run_study(args: argparse.Namespace) -> int:
         for note in notes:
             _say(note)
         outcome = driver.run(capacity)
-    except Stop:
-        _interrupted(driver, directory, args.file, address)
+    except Stop as signalled:
+        _interrupted(driver, directory, args.file, address, signalled)
         return EXIT_INTERRUPTED
     finally:
         # A signal that cut Ray's shutdown short left its processes running, and printed a
@@ -152,8 +152,10 @@ def _join_ray(address: str | None, directory: Path) -> Callable[[], None]:
         raise UserError(str(err)) from err
 
 
-def _interrupted(driver: StudyDriver, directory: Path, file: Path, address: str | None) -> None:
-    """After Ctrl-C or SIGTERM: the results so far, and how to continue."""
+def _interrupted(
+    driver: StudyDriver, directory: Path, file: Path, address: str | None, stop: Stop
+) -> None:
+    """After Ctrl-C or SIGTERM (``stop``): the results so far, and how to continue."""
     again = "" if address is None else f" --address {address}"
     if driver.stopped is not None:  # the results so far, marked as such
         waiting = len(driver.stopped.pending)
@@ -161,18 +163,19 @@ def _interrupted(driver: StudyDriver, directory: Path, file: Path, address: str 
             _write_results(driver.spec, directory, driver.stopped, unfinished=waiting)
             _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
         except (KeyboardInterrupt, ImportError) as err:
-            if not _interrupting(err):  # an ImportError of its own
+            if not _interrupting(err, stop):  # an ImportError of its own
                 raise
             _say("stopped again: results so far not written (trials.csv lists every trial)")
     _say(f"\ninterrupted: continue with: esper study {shell_path(file)}{again}")
 
 
-def _interrupting(err: BaseException) -> bool:
-    """Whether ``err`` is a Ctrl-C, or what one became: landing in the import of a compiled
-    module (scipy's, which the statistics import when first used) it surfaces as an
-    ``ImportError`` ("initialization failed"), which was a traceback and exit 1."""
+def _interrupting(err: BaseException, first: Stop) -> bool:
+    """Whether ``err`` is a Ctrl-C after the ``first`` one, or what it became: landing in the
+    import of a compiled module (scipy's, which the statistics import when first used) it
+    surfaces as an ``ImportError`` ("initialization failed"), which was a traceback and exit 1.
+    The chain ends at ``first``, every error's context here."""
     seen: BaseException | None = err
-    while seen is not None:
+    while seen is not None and seen is not first:
         if isinstance(seen, KeyboardInterrupt):
             return True
         seen = seen.__cause__ or seen.__context__

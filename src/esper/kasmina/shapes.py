@@ -11,12 +11,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 _RANDOM_INITS = frozenset(
-    {nn.init.normal_, nn.init.trunc_normal_, nn.init.uniform_, nn.init.kaiming_uniform_,
-     nn.init.kaiming_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_}
+    {nn.init.normal_, nn.init.uniform_, nn.init.kaiming_uniform_, torch.Tensor.normal_,
+     torch.Tensor.uniform_, torch.Tensor.erfinv_}
 )  # fmt: skip
-"""``torch.nn.init``'s draws: on meta tensors torch runs them in Python (``torch._refs``), and
-their first use imports ``torch._dynamo`` (1.1 s of a run's start, for a compiler Esper does
-not use)."""
+"""Random draws as a torch function mode sees them: ``torch.nn.init``'s functions that dispatch
+to one, and the tensor methods the others call (``kaiming_normal_``, ``xavier_*``,
+``trunc_normal_``). On meta tensors torch runs them in Python (``torch._refs``), whose first use
+imports ``torch._dynamo`` (1.1 s of a run's start, for a compiler Esper does not use)."""
 
 
 class _NoDraws(TorchFunctionMode):

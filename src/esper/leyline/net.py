@@ -105,14 +105,21 @@ _STATUS_LINE = b"HTTP/1."
 
 def not_http(host: str, port: int, timeout: float, tls: bool) -> str | None:
     """None when the web server at ``host:port`` (``https`` with ``tls``) answers a request
-    for ``/health`` with an HTTP status line, whatever the status; else what it did instead, in
-    words. A port that accepts connections but never answers (a stopped server) held MLflow's
-    client for two minutes a request."""
+    for ``/health`` with an HTTP status line, whatever the status, or (``tls``) ends the TLS
+    handshake with an error (a server that requires a client certificate); else what it did
+    instead, in words. A port that accepts connections but never answers (a stopped server)
+    held MLflow's client for two minutes a request."""
     request = f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     try:
         status = _reply(host, port, timeout, request, len(_STATUS_LINE), tls)
     except TimeoutError:
         return f"it accepts connections but sent no answer within {timeout:g} s"
+    except ssl.SSLError as err:
+        if err.reason == "WRONG_VERSION_NUMBER":  # a plain server's answer to TLS's hello
+            return "it does not speak TLS (an http:// server?)"
+        # It speaks TLS but wants what only the client has (a certificate, as MLflow's
+        # MLFLOW_TRACKING_CLIENT_CERT_PATH names): the client's own to find out.
+        return None
     except OSError as err:
         return _reason(err)
     if not status:
