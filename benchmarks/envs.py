@@ -109,6 +109,7 @@ from typing import Any, NamedTuple, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.adamw import adamw
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from esper.data import BatchStream, load_dataset
@@ -127,6 +128,7 @@ from esper.tamiyo import SignalTracker
 from esper.tasks import get_task, resolve_training
 from esper.tolaria.engine import Trainer, train_together
 from esper.tolaria.episode import Episode
+from esper.tolaria.optim import SlotOptimizer
 
 BATCH = 128
 INPUT_SHAPE = (1, 28, 28)  # Fashion-MNIST
@@ -533,11 +535,26 @@ def host_trainers(
     return trainers
 
 
+class _PerTensorAdamW(SlotOptimizer):
+    """The pre-#11 optimizer step: torch's per-tensor AdamW (``torch.optim.AdamW``'s default
+    before issue #11 fused it) over the same groups and state. ``step_optimizers`` asks each
+    optimizer for the tensors of its fused call; this one steps them itself and asks for none."""
+
+    def fused_inputs(self) -> list[tuple[tuple[Any, ...], tuple[list[Tensor], ...]]]:
+        with torch.no_grad():
+            for (lr, decay, beta1, beta2, eps), tensors in super().fused_inputs():
+                adamw(
+                    *tensors[:4], [], tensors[4], foreach=False, fused=False, amsgrad=False,
+                    beta1=beta1, beta2=beta2, lr=lr, weight_decay=decay, eps=eps, maximize=False,
+                )  # fmt: skip
+        return []
+
+
 def _before_issue_11(trainer: Trainer) -> None:
     """Put ``trainer``'s optimizer on the pre-#11 per-tensor AdamW step (its weights are
-    already NCHW)."""
-    for group in trainer.optimizer.param_groups:
-        group["fused"] = None  # AdamW reads it every step: None is torch's per-tensor default
+    already NCHW; it holds no state yet)."""
+    now = trainer.optimizer
+    trainer.optimizer = _PerTensorAdamW(now.model, now.host_lr, now.seed_lr, now.weight_decay)
 
 
 def default_chunk(host: Host, data: Dataset, training: HostTraining) -> int:

@@ -219,6 +219,39 @@ def test_envs_benchmark_launches_section_smoke(capsys) -> None:
     assert "cpu: each environment-batch beyond 4 environments adds " in out
 
 
+def test_the_pre_issue_11_contestant_steps_per_tensor() -> None:
+    """The old-layout trainers stand for the code before issue #11, whose AdamW stepped each
+    tensor on its own: once the trainer's optimizer left torch.optim, the flag that put them
+    there did nothing and they ran the fused kernel too (a review). Oracle: torch's per-tensor
+    AdamW on a twin of the model, bit for bit."""
+    import copy
+
+    import torch
+
+    import envs
+    from esper.data.small import make_synthetic
+    from esper.leyline.config import HostTraining
+    from esper.tasks import resolve_training
+    from esper.tolaria.optim import step_optimizers
+
+    data = make_synthetic(n_train=64, n_val=8, input_shape=(1, 28, 28), num_classes=10)
+    training = resolve_training(HostTraining("fashion_mnist_impaired", lr=0.01, seed_lr=0.01))
+    [trainer] = envs.host_trainers(envs.HOSTS[0], data, training, 1, old_layout=True)
+    model = trainer.model
+    twin = copy.deepcopy(model)
+    decay = trainer.optimizer.weight_decay
+    torch_adamw = torch.optim.AdamW(twin.host_parameters(), 0.01, weight_decay=decay, foreach=False)
+    x, y = data.x_train[:16], data.y_train[:16]
+    for _ in range(3):
+        for m, step in ((model, lambda: step_optimizers([trainer.optimizer])),
+                        (twin, torch_adamw.step)):  # fmt: skip
+            m.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            step()
+    for ours, theirs in zip(model.host_parameters(), twin.host_parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_operations_counts_what_reaches_a_kernel() -> None:
     """Views launch nothing; a multi-tensor operation is one; autograd's backward on the CPU
     runs on the calling thread and is counted."""

@@ -280,6 +280,45 @@ def test_the_optimizer_is_torchs_fused_adamw_bit_for_bit() -> None:
     steps(2)
     ours.load_state_dict(copy.deepcopy(reference.state_dict()))
     steps(2)
+    saved = copy.deepcopy(reference.state_dict())
+    saved["state"][0] = {}  # a defaultdict's look-up: no state, made afresh at the next step
+    ours.load_state_dict(copy.deepcopy(saved))
+    reference.load_state_dict(saved)
+    steps(1)
+
+
+def test_optimizers_stepped_together_are_torchs_adamw_each() -> None:
+    """What ``step_optimizers`` does across environments, against torch's fused AdamW per
+    model: two optimizers at other rates in one call, a parameter whose gradient is missing every
+    other step, and a seed group joining after the first steps (bit for bit, a review)."""
+    pairs = []
+    for seed, lr in ((0, 3e-3), (1, 1e-2)):
+        trainer = _trainer(seed=seed, lr=lr, seed_lr=lr, weight_decay=0.01)
+        twin = copy.deepcopy(trainer.model)
+        reference = torch.optim.AdamW(twin.host_parameters(), lr, weight_decay=0.01, fused=True)
+        pairs.append((trainer, twin, reference))
+    x, y = pairs[0][0].data.x_train[:32], pairs[0][0].data.y_train[:32]
+    for step in range(6):
+        if step == 2:  # a seed joins the first model's optimizer (``sync``), and its twin's
+            trainer, twin, reference = pairs[0]
+            trainer.apply(Action(Op.GERMINATE, slot="late", blueprint="conv_light"))
+            trainer.apply(Action(Op.ADVANCE, slot="late"))
+            twin.load_state_dict(trainer.model.state_dict(), strict=False)
+            twin.germinate("late", "conv_light")
+            twin.advance("late")
+            twin.load_state_dict(trainer.model.state_dict())
+            reference.add_param_group({"params": twin.seed_parameters("late")})
+        for trainer, twin, reference in pairs:
+            for m in (trainer.model, twin):
+                m.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(m(x), y).backward()
+                if step % 2:
+                    next(m.host.parameters()).grad = None  # sat this step out
+            reference.step()
+        step_optimizers([trainer.optimizer for trainer, _, _ in pairs])
+        for trainer, twin, _ in pairs:
+            for p, q in zip(trainer.model.parameters(), twin.parameters(), strict=True):
+                assert torch.equal(p, q), step
 
 
 def test_optimizers_stepped_together_step_as_each_alone() -> None:

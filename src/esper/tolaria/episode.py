@@ -219,8 +219,9 @@ class Episode:
 
     def build(self) -> None:
         """The first half of ``reset``: the next episode's fresh host, trainer and tracker.
-        Called apart, before ``reset``, where building is start-up, not training time: a
-        process's first optimizer imports ``torch._dynamo`` (1-3 s)."""
+        Called apart, before ``reset``, where building is start-up, not training time (a
+        host's first build pays first calls: torch's optimizers imported ``torch._dynamo``,
+        1-3 s, before Esper stopped using them)."""
         self.episode += 1
         with self._own_rng():
             self._build()

@@ -175,6 +175,8 @@ class SlotOptimizer:
             groups.append({**loaded, "params": group["params"]})
         moments = {}
         for i, values in state["state"].items():
+            if not values:  # torch's state is a defaultdict: a look-up leaves an empty entry
+                continue
             p = by_index[i]
             moments[p] = {
                 k: v.to(dtype=torch.float32 if k == "step" else p.dtype, device=p.device)
