@@ -285,6 +285,18 @@ def test_the_optimizer_is_torchs_fused_adamw_bit_for_bit() -> None:
     ours.load_state_dict(copy.deepcopy(saved))
     reference.load_state_dict(saved)
     steps(1)
+    # A run saved before Esper fused AdamW (fused: null, per-tensor kernel, same rule) goes
+    # on, fused; a state of another rule (AMSGrad) is refused.
+    older = copy.deepcopy(reference.state_dict())
+    for group in older["param_groups"]:
+        group["fused"] = None
+        del group["decoupled_weight_decay"]  # an older torch wrote none
+    ours.load_state_dict(older)
+    assert all(g["fused"] is True for g in ours.param_groups)
+    steps(1)
+    older["param_groups"][0]["amsgrad"] = True
+    with pytest.raises(ValueError, match="optimizer group 'host' is not this AdamW's"):
+        ours.load_state_dict(older)
 
 
 def test_optimizers_stepped_together_are_torchs_adamw_each() -> None:

@@ -38,7 +38,12 @@ _FLAGS = {
     "differentiable": False, "fused": True, "decoupled_weight_decay": True,
 }  # fmt: skip
 """The rest of a parameter group as ``torch.optim.AdamW(..., fused=True)`` writes it: the only
-variant of AdamW this optimizer runs, and the only one whose state it loads."""
+variant of AdamW this optimizer runs."""
+
+_SAME_RULE = {"amsgrad": False, "maximize": False, "differentiable": False}
+"""The flags of a saved group that change AdamW's rule (the others, ``fused``, ``foreach`` and
+``capturable``, pick a kernel for the same rule): a state saved with other values is refused.
+A group without one (an older torch's) has torch's default."""
 
 Moments = dict[str, Tensor]
 """One parameter's state: ``step`` (a float32 scalar on its device), ``exp_avg``,
@@ -158,7 +163,8 @@ class SlotOptimizer:
         (moments in the parameter's dtype and device, the step a float32 scalar beside it).
 
         Raises:
-            ValueError: if the saved groups are not the current ones, or are not this AdamW's.
+            ValueError: if the saved groups are not the current ones, or follow another rule
+                (``_SAME_RULE``: AMSGrad, maximizing, coupled weight decay).
         """
         saved = [g["name"] for g in state["param_groups"]]
         if saved != self.group_names():
@@ -168,11 +174,13 @@ class SlotOptimizer:
         by_index: dict[int, Tensor] = {}
         groups = []
         for group, loaded in zip(self.param_groups, state["param_groups"], strict=True):
-            variant = {k: loaded.get(k) for k in _FLAGS}
-            if variant != _FLAGS or len(loaded["params"]) != len(group["params"]):
+            rule = {k: loaded.get(k, v) for k, v in _SAME_RULE.items()}
+            decoupled = loaded.get("decoupled_weight_decay", True)  # an older torch's AdamW
+            if rule != _SAME_RULE or not decoupled or len(loaded["params"]) != len(group["params"]):
                 raise ValueError(f"optimizer group {group['name']!r} is not this AdamW's")
             by_index.update(zip(loaded["params"], group["params"], strict=True))
-            groups.append({**loaded, "params": group["params"]})
+            # A run saved before Esper fused AdamW (its groups say fused: null) goes on fused.
+            groups.append({**loaded, **_FLAGS, "params": group["params"]})
         moments = {}
         for i, values in state["state"].items():
             if not values:  # torch's state is a defaultdict: a look-up leaves an empty entry
