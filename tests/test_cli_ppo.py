@@ -303,6 +303,15 @@ def test_a_saved_ppo_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(
     assert (env.lr, env.seed_lr) == (0.01, 0.02)
 
 
+def _static_first_epoch(out: Path, seed: int) -> dict[str, str]:
+    """The first ``metrics.csv`` row of a static run of ``seed`` with the tiny preset's budget
+    (the recorded PPO run's environments trained so)."""
+    static = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "4"]
+    assert main([*static, "--val-samples", "256", "--seed", str(seed), "--out", str(out)]) == 0
+    with (out / "metrics.csv").open() as f:
+        return next(csv.DictReader(f))
+
+
 def test_an_eval_on_a_training_seed_of_its_policy_is_refused(
     tmp_path, capsys, recorded_runs
 ) -> None:
@@ -323,12 +332,8 @@ def test_an_eval_on_a_training_seed_of_its_policy_is_refused(
             "outside them (e.g. --seed 2)\n"
         )
         assert not out.exists()
-    static = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "4"]
-    static += ["--val-samples", "256", "--seed", "1"]
-    assert main([*static, "--out", str(tmp_path / "s1")]) == 0
     env1 = next(e for e in trained if e["env"] == 1 and e["episode"] == 1)
-    with (tmp_path / "s1" / "metrics.csv").open() as f:
-        first = next(csv.DictReader(f))
+    first = _static_first_epoch(tmp_path / "s1", 1)
     assert float(first["train_loss"]) == pytest.approx(env1["train_loss"], rel=1e-5)
     out = tmp_path / "e2"
     args = ["eval", "--policy", str(policy), "--epochs", "1", "--seed", "2", "--out", str(out)]
@@ -360,11 +365,7 @@ def test_an_eval_seed_that_replays_a_later_training_episode_is_refused(
         "keeps), not a held-out one; give another --seed (e.g. --seed 2)\n"
     )
     assert not out.exists()
-    static = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "4"]
-    static += ["--val-samples", "256", "--seed", str(seed)]
-    assert main([*static, "--out", str(tmp_path / "s")]) == 0
-    with (tmp_path / "s" / "metrics.csv").open() as f:
-        first = next(csv.DictReader(f))
+    first = _static_first_epoch(tmp_path / "s", seed)
     assert float(first["train_loss"]) == pytest.approx(replayed["train_loss"], rel=1e-5)
 
 

@@ -490,6 +490,16 @@ def test_a_signal_while_the_last_step_is_committed_completes_the_run(
     assert summary.growth is not None and summary.growth.epochs_completed == 2
 
 
+def _main_with_ctrl_c(argv: list[str]) -> int:
+    """``main(argv)`` with Python's Ctrl-C, as the esper command has it (a pytest-xdist worker
+    ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return main(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_burst_of_signals_keeps_the_interrupted_summary(tmp_path, capsys, monkeypatch):
     """Ctrl-C pressed twice, or SIGTERM from two nested ``timeout`` commands, a few ms apart:
     the second cut the first's interrupted summary short, so no summary.json was written and
@@ -509,12 +519,7 @@ def test_a_burst_of_signals_keeps_the_interrupted_summary(tmp_path, capsys, monk
     monkeypatch.setattr(GrowthRunner, "_count_flops", first)
     monkeypatch.setattr(record, "write_summary", second)
     out = tmp_path / "run"
-    # Python's Ctrl-C, as the esper command has it (a pytest-xdist worker ignores SIGINT)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(["heuristic", *TINY, "--epochs", "3", "--out", str(out)]) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert _main_with_ctrl_c(["heuristic", *TINY, "--epochs", "3", "--out", str(out)]) == 130
     assert "continue with: esper heuristic --resume" in capsys.readouterr().err
     summary = record.read_summary(out)
     assert summary is not None and summary.status == "interrupted"
@@ -544,12 +549,7 @@ def test_a_signal_before_the_run_loop_says_how_to_continue(tmp_path, capsys, mon
 
     monkeypatch.setattr(study_run.Recorder, "start", signalled)
     out = tmp_path / "run"
-    # Python's Ctrl-C, as the esper command has it (a pytest-xdist worker ignores SIGINT)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert _main_with_ctrl_c(["heuristic", *TINY, "--epochs", "2", "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert f"continue with: esper heuristic --resume {out}" in err, err
     monkeypatch.setattr(study_run.Recorder, "start", original)
