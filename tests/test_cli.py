@@ -21,8 +21,8 @@ from esper.cli.main import EXIT_BAD_INPUT, MAX_ERROR_LINE, RUN_COMMANDS, main
 from esper.leyline.config import MAX_SEED, HostTraining, UserError, read_config_file
 from esper.leyline.events import EVENT_TYPES
 from esper.nissa import checkpoints, record
+from esper.nissa.stopping import Stop
 from esper.study.growth import EpochRow
-from esper.study.run import Stop
 from esper.tolaria import Trainer
 from esper.tolaria.optim import SlotOptimizer
 

@@ -31,9 +31,9 @@ from esper.cli.main import main
 from esper.leyline.files import DiskFullError
 from esper.nissa import checkpoints, record
 from esper.nissa.csvlog import read_rows
+from esper.nissa.stopping import Stop
 from esper.simic.training import PPOTrainer
 from esper.study.growth import EpochRow, GrowthRunner
-from esper.study.run import Stop
 
 ESPER = [sys.executable, "-m", "esper"]
 KILL_ARGS = [
@@ -901,7 +901,7 @@ def test_signals_after_the_command_returned_leave_its_exit_quiet(tmp_path) -> No
         "import atexit, os, signal, time\n"
         "import esper.cli.main\n"
         "from esper.cli.entry import run\n"
-        "from esper.study.run import interrupt_on_termination\n"
+        "from esper.nissa.stopping import interrupt_on_termination\n"
         "def exit_handler():\n"
         "    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
         "        os.kill(os.getpid(), signum)\n"

@@ -766,7 +766,7 @@ def test_a_resume_refuses_other_images_of_the_same_sizes(
     run without a word (a walk-through): only text was checked by its SHA-256. The same images
     compressed otherwise are the same data."""
     from esper.cli.main import main
-    from esper.study.run import Stop
+    from esper.nissa.stopping import Stop
     from esper.tolaria.episode import Episode
 
     first, other, moved = tmp_path / "first", tmp_path / "other", tmp_path / "moved"

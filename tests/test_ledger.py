@@ -206,7 +206,7 @@ def test_a_resume_records_in_the_store_its_run_began_with(tmp_path, monkeypatch)
     resumed without it took its priors from one store and gave its outcomes to another (a
     walk-through)."""
     from esper.nissa.knowledge import KNOWLEDGE_ENV, KnowledgeStore
-    from esper.study.run import Stop
+    from esper.nissa.stopping import Stop
     from esper.tolaria.episode import Episode
 
     first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
@@ -251,7 +251,7 @@ def test_a_bandit_resumes_from_its_checkpoint_not_from_the_store(tmp_path, monke
     """A resume read the store again and, finding it unusable, warned "starting without
     earlier runs' outcomes", though the checkpoint restores the selector's statistics."""
     from esper.nissa.knowledge import KnowledgeStore
-    from esper.study.run import Stop
+    from esper.nissa.stopping import Stop
     from esper.tolaria.episode import Episode
 
     host = HostSignature("synthetic", "cnn", 4, 1672)  # the synthetic task's host

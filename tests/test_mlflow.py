@@ -29,9 +29,9 @@ from esper.leyline.config import TelemetrySettings
 from esper.nissa import record, tracking
 from esper.nissa.csvlog import read_rows
 from esper.nissa.record import RUN_REPORT
+from esper.nissa.stopping import Stop
 from esper.nissa.tracking import RUN_ID_FILE, MLflowSink, TrackingError
 from esper.study.growth import EpochRow
-from esper.study.run import Stop
 
 TINY = ["--task", "digits", "--batches-per-epoch", "4", "--val-samples", "128"]
 SERVER_START_S = 90.0
@@ -466,7 +466,7 @@ def test_a_tensorboard_folder_that_cannot_be_written_is_one_line_and_keeps_the_r
     """A file in the tensorboard folder's place: a traceback, exit 1, and the resume had
     already deleted the run's interrupted summary (it did so before making its sinks)."""
     pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
-    from esper.study.run import Stop
+    from esper.nissa.stopping import Stop
     from esper.tolaria.episode import Episode
 
     run = tmp_path / "run"

@@ -145,6 +145,13 @@ def test_list_reads_an_unfinished_run_from_its_log(tmp_path: Path, recorded_runs
     assert row[6] == f"{last['val_accuracy']:.2f}%"
     assert "broken: not readable" in captured.err
     assert f"live: events.jsonl line {len(keep) + 1} is truncated" in captured.err
+    # an unfinished run's config.json with a section that is no table was a TypeError
+    # traceback that hid every other run (a walk-through)
+    for config in ('{"training": 5}', '{"training": {"epochs": "many"}}', "{}"):
+        (run / "config.json").write_text(config)
+        assert main(["runs", "list", str(tmp_path)]) == 0
+        err = capsys.readouterr().err
+        assert f"live: not readable: {run / 'config.json'}: training.epochs is not a whole" in err
 
 
 def test_show_counts_every_event(recorded_runs, capsys) -> None:
@@ -468,6 +475,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, recorded_runs, capsys, args,
     assert err.startswith("esper: error: ") and err.count("\n") == 1
     assert message.format(**where) in err
     assert not any((tmp_path / "empty").iterdir())
+
+
+def test_a_query_writes_nothing_beside_itself(tmp_path, recorded_runs, capsys, monkeypatch):
+    """Two ways a query left files (a walk-through): DuckDB spilled a big sort or join to
+    ./.tmp in the working directory, and SIGTERM (``timeout``, a scheduler) killed it with its
+    temporary copy of every log left in $TMPDIR (2 GB for 3,000 runs). Spilling is off (a query
+    past memory fails in one line), and SIGTERM stops a query as Ctrl-C does, cleaning up."""
+    import signal
+    import tempfile
+
+    [row] = _query(capsys, "SELECT current_setting('temp_directory') AS t", recorded_runs["static"])
+    assert row == {"t": ""}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    read = views.read_events
+
+    def terminated(path: Path) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # as the logs are copied
+        return read(path)
+
+    monkeypatch.setattr(views, "read_events", terminated)
+    assert main(["runs", "query", "SELECT 1", "--runs", str(recorded_runs["static"])]) == 130
+    assert "esper: interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_views_show_a_resumed_run_as_it_finally_happened(tmp_path, recorded_runs, capsys) -> None:

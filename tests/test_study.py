@@ -667,7 +667,7 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
     """The interrupted study's results said "2 trial(s) not finished" and left out the one that
     finished during the wait for the cancelled trials; its resume then found it done (a
     walk-through)."""
-    from esper.study.run import Stop
+    from esper.nissa.stopping import Stop
 
     said: list[str] = []
     driver = _driver(
@@ -700,7 +700,7 @@ def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_pat
 def test_dry_run_counts_what_an_interrupted_trial_has_left(tmp_path, capsys):
     """A trial stopped after epoch 2 of 6 was listed "to run" and counted at its 6 epochs."""
     from esper.nissa.checkpoints import LATEST_FILE
-    from esper.study.run import Stop
+    from esper.nissa.stopping import Stop
 
     body = f'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n{BUDGET}'
     body += '[[arms]]\nname = "s"\ncontroller = "static"\n'

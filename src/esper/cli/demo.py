@@ -22,9 +22,9 @@ from esper.data.locate import DATA_DIR_ENV
 from esper.leyline.config import HostTraining, UserError, first_line
 from esper.nissa import record
 from esper.nissa.log import SUMMARY_METRICS
+from esper.nissa.stopping import Stop
 from esper.study.checks import check_outside_studies
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import Stop
 from esper.tasks import get_task
 
 PRIMARY, FALLBACK = "fashion_mnist_impaired", "digits_impaired"

@@ -23,11 +23,12 @@ from esper.leyline.config import HostTraining, UserError, override
 from esper.leyline.files import shell_path
 from esper.nissa import record
 from esper.nissa.log import counted, percent
+from esper.nissa.stopping import Stop
 from esper.seeding import replayed_episode
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.checks import check_recorded_mode
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import Stop, partial_policy, policy_rounds, ppo_state
+from esper.study.run import partial_policy, policy_rounds, ppo_state
 from esper.tasks import (
     TASK_SETTINGS,
     TASKS,

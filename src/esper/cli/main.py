@@ -51,6 +51,9 @@ VIEW_COMMANDS = {
 }
 """Commands that look at recorded runs: handler module and function, imported on use."""
 
+OWN_LOOPS = frozenset({"tui", "dashboard"})
+"""View commands whose event loop (Textual's, the HTTP server's) keeps the signals' defaults."""
+
 RUN_COMMANDS = {
     "heuristic": "grow a network with the heuristic controller",
     "static": "train the same host without growth (the control)",
@@ -228,7 +231,7 @@ def run_command(command: str, argv: list[str]) -> int:
     process watched by the terminal UI with ``--tui``)."""
     with loading():  # torch
         from esper.cli.config import split_options
-        from esper.study.run import interrupt_on_termination
+        from esper.nissa.stopping import interrupt_on_termination
 
     interrupt_on_termination()
     options, rest = split_options(argv, ("--ppo.rounds",) if command == "ppo" else ())
@@ -299,11 +302,14 @@ def _command(args_list: list[str]) -> int:
         module, function = VIEW_COMMANDS[args.command]
         with loading():
             imported = importlib.import_module(module)
+            from esper.nissa.stopping import interrupt_on_termination
+        if args.command not in OWN_LOOPS:
+            interrupt_on_termination()  # a query's copy of the logs is removed on SIGTERM too
         handler: Callable[[argparse.Namespace], int] = getattr(imported, function)
         return handler(args)
     with loading():
         from esper.cli.demo import run_demo
-        from esper.study.run import interrupt_on_termination
+        from esper.nissa.stopping import interrupt_on_termination
 
     interrupt_on_termination()  # SIGTERM, SIGHUP: as Ctrl-C, from the data search on
     return run_demo(args)

@@ -24,11 +24,12 @@ from esper.leyline.config import UserError, override
 from esper.leyline.files import shell_path
 from esper.nissa import record
 from esper.nissa.log import counted, display, percent
+from esper.nissa.stopping import Stop
 from esper.seeding import environment_seeds
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.study.checks import check_recorded_mode
 from esper.study.ppo import PPORunner, checked_data, start_workers
-from esper.study.run import EXIT_FAILED, Stop
+from esper.study.run import EXIT_FAILED
 from esper.tasks import without_stray_data_dir
 
 

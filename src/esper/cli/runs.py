@@ -30,6 +30,7 @@ from esper.nissa.log import (
     scan_runs,
 )
 from esper.nissa.record import (
+    CONFIG_FILE,
     EVENTS_FILE,
     RunRecordError,
     read_meta,
@@ -87,16 +88,30 @@ def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
         )
     state = fold(log.records, recent=0)
     if state.is_ppo:
-        planned = run.config()["ppo"]["rounds"]
+        planned = _planned(run, "ppo", "rounds")
         if not state.rounds:
             return None, planned, None, None, None
         update = state.rounds[-1].update
         return update.round, planned, update.mean_final_accuracy, None, update.mean_return
-    planned = run.config()["training"]["epochs"]
+    planned = _planned(run, "training", "epochs")
     last = state.episode().latest
     if last is None:
         return None, planned, None, None, None
     return last.epoch, planned, last.val_accuracy, last.param_count, None
+
+
+def _planned(run: RunDirectory, section: str, key: str) -> int:
+    """An unfinished run's planned epochs or rounds, from its ``config.json``.
+
+    Raises:
+        ValueError: naming the file and the setting that is not a whole number (a section that
+            was no table was a TypeError traceback).
+    """
+    table = run.config().get(section)
+    value = table.get(key) if isinstance(table, dict) else None
+    if type(value) is not int:
+        raise ValueError(f"{run.path / CONFIG_FILE}: {section}.{key} is not a whole number")
+    return value
 
 
 def _list(directory: Path) -> int:

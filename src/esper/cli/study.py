@@ -41,6 +41,7 @@ from esper.leyline.trials import (
 )
 from esper.nissa.checkpoints import latest_step
 from esper.nissa.log import counted
+from esper.nissa.stopping import Stop, interrupt_on_termination
 from esper.study.checks import check_fits, load_data
 from esper.study.execute import (
     Outcome,
@@ -50,7 +51,7 @@ from esper.study.execute import (
     trial_slots,
 )
 from esper.study.plan import Trial, never_growing
-from esper.study.run import Stop, interrupt_on_termination, stop_signals
+from esper.study.run import stop_signals
 from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_url, training
 from esper.study.stats import StudyResults, write_results
 from esper.tolaria.threads import usable_cores

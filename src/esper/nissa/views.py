@@ -305,6 +305,9 @@ class RunStore:
         no_extensions: dict[str, str | bool | int | float | list[str]] = {
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            # No spilling to disk: DuckDB's default is ./.tmp in the working directory, which a
+            # big sort or join filled (and a kill left); past memory a query fails in one line.
+            "temp_directory": "",
         }
         self.connection: duckdb.DuckDBPyConnection = duckdb.connect(
             ":memory:", config=no_extensions

@@ -56,13 +56,13 @@ from esper.leyline.trials import (
     matched_target,
 )
 from esper.nissa import record
+from esper.nissa.stopping import Stop
 from esper.simic.config import TrainingConfig
 from esper.study.checks import DATA_DIR_SETTINGS, changed_settings
 from esper.study.growth import GrowthRun
 from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
 from esper.study.plan import Trial, growth_config, plan, policy_trial, trial_mode
 from esper.study.run import (
-    Stop,
     partial_policy,
     policy_rounds,
     ppo_state,

@@ -52,6 +52,7 @@ from esper.nissa.csvlog import CsvLog
 from esper.nissa.log import EventLogError, counted, read_events
 from esper.nissa.record import RunMeta
 from esper.nissa.sinks import TensorBoardSink
+from esper.nissa.stopping import Stop, stopping_signals
 from esper.nissa.tracking import MLflowSink, TrackingError
 from esper.study.checks import (
     check_new_run_directory,
@@ -68,32 +69,6 @@ EXIT_FAILED = 1
 
 
 # ------------------------------------------------------------------------------ signals
-
-
-class Stop(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP asked the run to stop (a ``KeyboardInterrupt``, so that one
-    arriving before the run loop ends the command as Ctrl-C does)."""
-
-
-def _stopping_signals() -> tuple[signal.Signals, ...]:
-    """SIGTERM (what schedulers and Ray send) and SIGHUP (the terminal closed), unless the
-    process started with SIGHUP ignored: ``nohup`` asks for the run to outlive its terminal."""
-    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
-        return (signal.SIGTERM,)
-    return (signal.SIGTERM, signal.SIGHUP)
-
-
-def interrupt_on_termination() -> None:
-    """From now on SIGTERM and SIGHUP stop the process as Ctrl-C does (see
-    ``_stopping_signals``)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            detach_from_hung_up_terminal()  # the resume hint and summary must not fail on it
-        raise Stop
-
-    for signum in _stopping_signals():
-        signal.signal(signum, handler)
 
 
 @contextmanager
@@ -130,7 +105,7 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
                 state["stopping"] = True  # as the handler's own Stop: later signals wait
                 raise Stop
 
-    signals = (signal.SIGINT, *_stopping_signals())
+    signals = (signal.SIGINT, *stopping_signals())
     previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield held
