@@ -614,7 +614,7 @@ def test_sigterm_while_ray_starts_ends_as_a_stop(tmp_path, capsys, monkeypatch) 
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "esper: interrupted", err
     assert not out.exists() and not ray.is_initialized()
-    assert signal.getsignal(signal.SIGTERM).__module__ == "esper.study.run"  # not Ray's
+    assert signal.getsignal(signal.SIGTERM).__module__ == "esper.nissa.stopping"  # not Ray's
 
 
 # ------------------------------------------------------------------------------ one process per run

@@ -8,6 +8,7 @@ up to gigabytes, by ``timeout`` or a scheduler's SIGTERM).
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 from esper.nissa.console import detach_from_hung_up_terminal
@@ -28,7 +29,11 @@ def stopping_signals() -> tuple[signal.Signals, ...]:
 
 def interrupt_on_termination() -> None:
     """From now on SIGTERM and SIGHUP stop the process as Ctrl-C does (see
-    ``stopping_signals``)."""
+    ``stopping_signals``). Python runs handlers in the main thread only, and sets them only
+    there: called in another (a program that runs ``main`` in a thread of its own), it does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
