@@ -304,7 +304,7 @@ def _command(args_list: list[str]) -> int:
             imported = importlib.import_module(module)
             from esper.nissa.stopping import interrupt_on_termination
         if args.command not in OWN_LOOPS:
-            interrupt_on_termination()  # a query's copy of the logs is removed on SIGTERM too
+            interrupt_on_termination()  # a query's log copy is removed, a study's trials cancelled
         handler: Callable[[argparse.Namespace], int] = getattr(imported, function)
         return handler(args)
     with loading():

@@ -41,7 +41,7 @@ from esper.leyline.trials import (
 )
 from esper.nissa.checkpoints import latest_step
 from esper.nissa.log import counted
-from esper.nissa.stopping import Stop, interrupt_on_termination
+from esper.nissa.stopping import Stop
 from esper.study.checks import check_fits, load_data
 from esper.study.execute import (
     Outcome,
@@ -85,7 +85,6 @@ def load(path: Path) -> tuple[StudySpec, Path]:
 
 def run_study(args: argparse.Namespace) -> int:
     """``esper study FILE [--address HOST:PORT] [--dry-run]``."""
-    interrupt_on_termination()  # SIGTERM or SIGHUP cancels the trials; the study stays resumable
     address = check_address(args.address)
     spec, directory = load(args.file)
     if address is None:  # a local instance has this machine's cores and memory: a trial must fit
