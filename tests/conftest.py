@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -459,3 +460,29 @@ def unprivileged() -> list[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv, so file permissions cannot bind")
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def trains_on_after_its_first_read(monkeypatch: pytest.MonkeyPatch, policy: Path) -> list[int]:
+    """Make ``policy``'s PPO run commit its next round's checkpoint the moment anything has
+    read its last one (as a run training beside an eval's start does); the rounds each read
+    got."""
+    from esper.nissa import checkpoints
+    from esper.study import run as study_run
+
+    read = study_run.read_state
+    got: list[int] = []
+
+    def reading(directory: Path, run_id: str, purpose: str = "cannot resume") -> dict[str, Any]:
+        state = read(directory, run_id, purpose)
+        if directory.resolve() == policy.resolve():
+            got.append(state["trainer"]["round"])
+            if len(got) == 1:
+                trained = {**state, "trainer": {**state["trainer"], "round": got[0] + 1}}
+                buffer = io.BytesIO()
+                torch.save(trained, buffer)
+                step = got[0] + 1
+                checkpoints.commit_checkpoint(policy, step, {"state.pt": buffer.getvalue()}, run_id)
+        return state
+
+    monkeypatch.setattr(study_run, "read_state", reading)
+    return got

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import trains_on_after_its_first_read
 from esper.cli.main import main
 from esper.leyline.config import config_dict
 from esper.leyline.events import PPOUpdate
@@ -288,6 +289,27 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has finished no PPO round" in err, err
     assert f"esper ppo --resume {untrained}" in err and not (tmp_path / "e3").exists()
+
+
+def test_an_eval_runs_and_records_the_policy_round_it_read_once(
+    tmp_path, capsys, monkeypatch, recorded_runs
+) -> None:
+    """``esper eval`` read the policy's checkpoint twice: to check and note it, then to run
+    it; a PPO run training on between the two made the eval run (and record) another round
+    than the one its note named. Now the one read is what runs and is recorded."""
+    policy = tmp_path / "policy"
+    shutil.copytree(recorded_runs["ppo"], policy)
+    config = json.loads((policy / "config.json").read_text())
+    config["ppo"]["rounds"] = 5  # still training: its note names the round read
+    (policy / "config.json").write_text(json.dumps(config))
+    got = trains_on_after_its_first_read(monkeypatch, policy)
+    out = tmp_path / "eval"
+    args = ["eval", "--policy", str(policy), "--task", "synthetic", "--epochs", "1", "--seed", "9"]
+    assert main([*args, "--batches-per-epoch", "2", "--out", str(out)]) == 0
+    assert "the policy finished 2 of its run's 5 PPO rounds" in capsys.readouterr().err
+    assert json.loads((out / "meta.json").read_text())["policy"]["round"] == 2
+    assert got == [2]
+    assert ppo_state(policy)["trainer"]["round"] == 3  # it did train on
 
 
 def test_a_saved_ppo_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import unprivileged
+from conftest import trains_on_after_its_first_read, unprivileged
 from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import MAX_SEED, UserError
 from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
@@ -814,6 +814,23 @@ def test_a_study_moved_with_its_policy_carries_on_and_another_policy_is_refused(
     (step / "manifest.json").write_bytes(manifest)
     err = _bad(capsys, ["study", str(moved / "study.toml"), "--dry-run"])
     assert f'arms.p.policy: "{meta["run_id"]}" -> "pol-0123abcd"' in err
+
+
+def test_a_trial_runs_the_policy_round_it_checked(tmp_path, monkeypatch, runs):
+    """A study's trial checked its policy's round, then its run read the policy again: a PPO
+    run training on between the two made the trial evaluate (and record) the next round, the
+    arm mixing two policies without a word. Now the trial runs the read it checked."""
+    shutil.copytree(runs["ppo"], tmp_path / "pol")
+    eval_arm = '[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "pol"\n'
+    spec, directory = read_study(_study(tmp_path, f"seeds = 1\n{HEAD}{BUDGET}{eval_arm}"))
+    directory.mkdir()
+    driver = StudyDriver(spec, directory, print)
+    job = driver.job(driver.trials[0])
+    assert job.policy_round == 1
+    got = trains_on_after_its_first_read(monkeypatch, tmp_path / "pol")
+    assert run_job(job) is not None
+    meta = json.loads((Path(job.directory) / "meta.json").read_text())
+    assert meta["policy"]["round"] == 1 and got == [1]
 
 
 def test_a_policy_that_trained_on_is_another_policy_to_the_study(tmp_path, capsys, runs):

@@ -28,7 +28,7 @@ from esper.seeding import replayed_episode
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.checks import check_recorded_mode
 from esper.study.growth import GrowthRun, GrowthRunner
-from esper.study.run import partial_policy, policy_rounds, ppo_state
+from esper.study.run import Policy, partial_policy, read_policy
 from esper.tasks import (
     TASK_SETTINGS,
     TASKS,
@@ -59,9 +59,12 @@ def parse(mode: str, argv: list[str], options: RunOptions) -> GrowthRun:
     return _parsed(mode, argv, options)[0]
 
 
-def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun, str | None]:
-    """``parse``'s configuration, and for an eval the note on what it runs differently from how
-    its policy trained (None: nothing), to print once the run's settings passed every check."""
+def _parsed(
+    mode: str, argv: list[str], options: RunOptions
+) -> tuple[GrowthRun, str | None, Policy | None]:
+    """``parse``'s configuration; for an eval the note on what it runs differently from how
+    its policy trained (None: nothing), to print once the run's settings passed every check,
+    and the policy as read for its checks (the run takes this read, not a later round)."""
     if options.resume is not None:
         check_recorded_mode(options.resume, mode)  # first: another command's config is no error
         try:
@@ -69,29 +72,30 @@ def _parsed(mode: str, argv: list[str], options: RunOptions) -> tuple[GrowthRun,
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
-        return replace(config, training=without_stray_data_dir(config.training)), None
+        return replace(config, training=without_stray_data_dir(config.training)), None, None
     base, policy = None, None
     if mode == "eval" and not {"-h", "--help"} & set(argv):
-        policy = policy_arg(argv, options)
-        if policy is None:
+        path = policy_arg(argv, options)
+        if path is None:
             raise UserError("eval needs --policy RUN (a PPO run directory)")
-        state = ppo_state(policy)
+        policy = read_policy(path)
         try:
-            base = policy_training(state)
+            base = policy_training(policy.state)
         except PolicyCheckpointError as err:
-            raise UserError(f"--policy {str(policy)!r}: {err}") from err
+            raise UserError(f"--policy {str(path)!r}: {err}") from err
     config = growth_config(mode, argv, options, base)
     if policy is None or base is None:
-        return replace(config, training=absolute_data_dir(config.training)), None
+        return replace(config, training=absolute_data_dir(config.training)), None, None
     config = replace(config, training=absolute_data_dir(_own_data_dir(base, config.training)))
     _check_held_out(policy, base, config.training, config.seed)
     notes = [
         _policy_note(base, config.training),
         _budget_note(base, config.training, named_fields(argv)),
-        _partial_note(partial_policy(policy, policy_rounds(state)), policy),
+        _partial_note(partial_policy(policy.path, policy.rounds), policy.path),
     ]
     note = "\n".join(n for n in notes if n is not None) or None
-    return replace(config, policy=str(policy.resolve())), note  # a resume may start elsewhere
+    config = replace(config, policy=str(policy.path.resolve()))  # a resume may start elsewhere
+    return config, note, policy
 
 
 def _budget_note(
@@ -148,7 +152,7 @@ def _priors_note(config: GrowthRun, priors: dict[str, Any]) -> str:
 
 
 def _check_held_out(
-    policy: Path, trained_with: HostTraining, running_with: HostTraining, seed: int
+    policy: Policy, trained_with: HostTraining, running_with: HostTraining, seed: int
 ) -> None:
     """Refuse an eval on its policy's task that would replay a training episode: its seed is
     one of the training environments' (their round 1), or meets a later episode of one in the
@@ -161,8 +165,7 @@ def _check_held_out(
     """
     if running_with.task != trained_with.task:
         return
-    meta = record.read_meta(policy)  # read before, by ``ppo_state``
-    seeds = None if meta is None else meta.seeds.get("environments")
+    seeds = policy.meta.seeds.get("environments")
     used = [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []
     replayed = replayed_episode(seed, used)
     if replayed is None:
@@ -216,8 +219,8 @@ def _policy_note(trained_with: HostTraining, running_with: HostTraining) -> str 
 
 def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     """``esper static|heuristic|eval``."""
-    config, note = _parsed(mode, argv, options)
-    runner = GrowthRunner(mode, config, options.out, options.resume)
+    config, note, policy = _parsed(mode, argv, options)
+    runner = GrowthRunner(mode, config, options.out, options.resume, policy=policy)
     directory = runner.recorder.directory
     try:  # from here on there is a run to continue, even before its loop holds signals
         if note is not None:  # the policy never trained like this

@@ -64,8 +64,7 @@ from esper.study.job import Job, check_free, finished_summary, other_run, run_jo
 from esper.study.plan import Trial, growth_config, plan, policy_trial, trial_mode
 from esper.study.run import (
     partial_policy,
-    policy_rounds,
-    ppo_state,
+    read_policy,
     read_state,
     stop_signals,
 )
@@ -191,8 +190,7 @@ class StudyDriver:
                 policies.
         """
         assert arm.policy is not None
-        now = policy_rounds(ppo_state(Path(arm.policy)))
-        assert now is not None  # ppo_state refuses a checkpoint without one
+        now = read_policy(Path(arm.policy)).rounds
         partial = partial_policy(Path(arm.policy), now)
         if partial is not None:  # trained on, the study would refuse to go on
             self.notes.append(f"note: arm {arm.name!r}: {partial}; the study evaluates it as is")

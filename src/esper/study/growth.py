@@ -56,7 +56,7 @@ from esper.study.checks import (
     warn_whole_splits,
 )
 from esper.study.ledger import SeedLedger
-from esper.study.run import Recorder, ppo_state
+from esper.study.run import Policy, Recorder, read_policy
 from esper.tamiyo import (
     Controller,
     HeuristicConfig,
@@ -287,6 +287,8 @@ class GrowthRunner:
         out: a new run's directory (None: ``runs/<task>-<mode>-<time>``).
         resume: the directory of an interrupted run to continue instead.
         device: where the host trains (None: the CPU; a study trial given a GPU uses it).
+        policy: an eval's policy as its caller read it to check it (None: ``config.policy``
+            read now); the run records and runs this read.
     """
 
     def __init__(
@@ -296,6 +298,7 @@ class GrowthRunner:
         out: Path | None = None,
         resume: Path | None = None,
         device: torch.device | None = None,
+        policy: Policy | None = None,
     ) -> None:
         training = set_threads(_resolved(config.training), resume)
         self.mode, self.config = mode, replace(config, training=training)
@@ -316,7 +319,8 @@ class GrowthRunner:
             self.episode = task_episode(training, data, config.seed, device, hub.emit, hub.progress)
         except ValueError as err:  # e.g. slots the task's host lacks
             raise UserError(str(err)) from err
-        policy = None if config.policy is None else ppo_state(Path(config.policy))
+        if policy is None and config.policy is not None:
+            policy = read_policy(Path(config.policy))
         model = self.episode.initial_model
         host = HostSignature(
             training.task, self.episode.topology.value, model.host.config.width,
@@ -326,11 +330,12 @@ class GrowthRunner:
         # is not read (a store unusable by then warned "starting without" them, untrue)
         priors = [] if resume is not None else selector_priors(mode, self.config, host)
         self.priors = _priors_receipt(self.config, priors)  # what meta.json records
-        self.controller = make_controller(mode, self.config, self.episode, hub, policy, priors)
+        state = None if policy is None else policy.state
+        self.controller = make_controller(mode, self.config, self.episode, hub, state, priors)
         # The PPO run may train on after this eval started, or another run take its place; a
         # resume must use the same policy: the same run (its id) at the same round.
-        self.policy_round = None if policy is None else int(policy["trainer"]["round"])
-        self.policy_run = None if policy is None else _run_id(Path(str(config.policy)))
+        self.policy_round = None if policy is None else policy.rounds
+        self.policy_run = None if policy is None else policy.meta.run_id
         self.elapsed = 0.0
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
@@ -589,13 +594,6 @@ def _priors_receipt(config: GrowthRun, priors: Sequence[SeedOutcome]) -> dict[st
 def _warn(message: str) -> None:
     """A knowledge store that failed: a warning, never the run's failure."""
     logger.warning("%s", message)
-
-
-def _run_id(policy: Path) -> str:
-    """The id of the PPO run in ``policy`` (``ppo_state`` has read its ``meta.json``)."""
-    meta = record.read_meta(policy)
-    assert meta is not None
-    return meta.run_id
 
 
 def _resolved(training: HostTraining) -> HostTraining:

@@ -20,7 +20,7 @@ from esper.simic.config import TrainingConfig
 from esper.study.growth import GrowthRun, GrowthRunner
 from esper.study.plan import Trial
 from esper.study.ppo import PPORunner
-from esper.study.run import policy_rounds, ppo_state
+from esper.study.run import Policy, read_policy
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,7 @@ def run_job(job: Job) -> TrialRow | None:
     if finished is not None:
         # Finished before its result reached the driver (a Ray retry, a killed driver).
         return None if job.mode == "ppo" else summary_row(job.trial, finished, job.score)
-    if job.policy_round is not None:
-        _check_policy_round(job)
+    policy = None if job.policy_round is None else _policy_at_round(job)
     if resume is None:
         check_free(job.trial, directory)
     out = None if resume is not None else directory
@@ -79,24 +78,26 @@ def run_job(job: Job) -> TrialRow | None:
             raise RuntimeError(failure)
         return None
     growth = override(GrowthRun(HostTraining("")), job.config)
-    GrowthRunner(job.mode, growth, out, resume, device).run()
+    GrowthRunner(job.mode, growth, out, resume, device, policy).run()
     return trial_row(job.trial, directory, job.score)
 
 
-def _check_policy_round(job: Job) -> None:
-    """The given policy is still at the round the study evaluates.
+def _policy_at_round(job: Job) -> Policy:
+    """The given policy, read once: still at the round the study evaluates.
 
     Raises:
         UserError: its run trained on while the study ran (the arm would mix two policies).
     """
     policy = job.config["policy"]
-    now = policy_rounds(ppo_state(Path(policy)))
-    if now != job.policy_round:
+    read = read_policy(Path(policy))
+    if read.rounds != job.policy_round:
         raise UserError(
-            f"trial {job.trial.name}: its policy {policy!r} is at round {now}, but the study "
-            f"evaluates round {job.policy_round} (the policy run trained on while the study "
-            "ran, and the arm would mix two policies); evaluate it in a study of another out"
+            f"trial {job.trial.name}: its policy {policy!r} is at round {read.rounds}, but the "
+            f"study evaluates round {job.policy_round} (the policy run trained on while the "
+            "study ran, and the arm would mix two policies); evaluate it in a study of another "
+            "out"
         )
+    return read
 
 
 def check_free(trial: Trial, directory: Path) -> None:

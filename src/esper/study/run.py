@@ -540,8 +540,36 @@ class Recorder:
             self.release()
 
 
+@dataclass(frozen=True)
+class Policy:
+    """A PPO run's policy as read once (``read_policy``): an eval runs, checks and records
+    this one read, never a later round its run trained on to meanwhile.
+
+    Attributes:
+        path: the PPO run's directory.
+        meta: its ``meta.json`` (its id, its environments' seeds).
+        state: the state in its last checkpoint (``policy_rounds`` says its round).
+    """
+
+    path: Path
+    meta: RunMeta
+    state: dict[str, Any]
+
+    @property
+    def rounds(self) -> int:
+        """The PPO rounds it finished (``read_policy`` refused a state without the count)."""
+        rounds = policy_rounds(self.state)
+        assert rounds is not None
+        return rounds
+
+
 def ppo_state(run_dir: Path) -> dict[str, Any]:
-    """The state in a PPO run's last checkpoint (its policy, for ``esper eval --policy``).
+    """The state in a PPO run's last checkpoint (``read_policy``'s)."""
+    return read_policy(run_dir).state
+
+
+def read_policy(run_dir: Path) -> Policy:
+    """A PPO run's policy: its last checkpoint's state (for ``esper eval --policy``).
 
     Raises:
         UserError: ``run_dir`` is not a PPO run directory, its checkpoint is damaged, or it has
@@ -568,7 +596,7 @@ def ppo_state(run_dir: Path) -> dict[str, Any]:
             f"policy {str(run_dir)!r} has finished no PPO round (it was stopped in its first): "
             f"its policy is untrained; train it with: esper ppo --resume {shell_path(run_dir)}"
         )
-    return state
+    return Policy(run_dir, meta, state)
 
 
 def policy_rounds(state: dict[str, Any]) -> int | None:

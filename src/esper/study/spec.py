@@ -66,7 +66,7 @@ from esper.nissa import record
 from esper.seeding import environment_seeds, replayed_episode
 from esper.simic.config import PRESETS, TrainingConfig, load_preset
 from esper.simic.rewards import CONTRIBUTION_MODES
-from esper.study.run import ppo_state
+from esper.study.run import read_policy
 from esper.tamiyo import HeuristicConfig
 from esper.tasks import get_task, reads_files, resolve_training
 
@@ -623,11 +623,10 @@ def _check_policy_seeds(spec: StudySpec, arm: ArmSpec, base: Path) -> None:
     if arm.policy is not None:
         directory = _policy_directory(arm, base)
         try:
-            state = ppo_state(directory)  # a run that cannot be evaluated fails now, not in a trial
-            meta = record.read_meta(directory)
-        except (UserError, record.RunRecordError) as err:
+            policy = read_policy(directory)  # one that cannot be evaluated fails now
+        except UserError as err:
             raise ValueError(f"arm {arm.name!r}: {err}") from None  # err names the policy
-        assert meta is not None  # ppo_state read it
+        state, meta = policy.state, policy.meta
         for task in spec.tasks:  # a policy acts only on hosts of the kind it trained on
             host = get_task(task).host_kind.value
             require(
