@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,36 @@ def test_config_json_is_a_valid_config_file(tmp_path) -> None:
         (second / "config.json").read_text()
     )
     assert _rows(first) == _rows(second)
+
+
+@pytest.mark.parametrize(
+    ("mode", "sections"),
+    [
+        ("static", {"seed", "training", "telemetry"}),
+        ("random", {"seed", "training", "telemetry"}),  # knowledge: unset, a comment
+        ("periodic", {"seed", "training", "periodic", "telemetry"}),
+        ("heuristic", {"seed", "training", "heuristic", "telemetry"}),
+    ],
+)
+def test_the_printed_configuration_is_what_the_mode_reads(tmp_path, capsys, mode, sections):
+    """Every growth run printed ``[periodic]`` and ``[heuristic]`` with their defaults, as if an
+    eval or static run followed a schedule or rules (it refuses either given). The printed
+    text holds what the mode reads, and given back as ``--config`` runs the same
+    configuration."""
+    args = ["--task", "synthetic", "--epochs", "1", *TINY, "--seed", "3"]
+    assert main([mode, *args, "--out", str(tmp_path / "first")]) == 0
+    err = capsys.readouterr().err
+    lines = err.split("effective configuration\n", 1)[1].splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith(("esper ", "[synthetic")))
+    printed = "\n".join(lines[:end])  # before a note or the first epoch
+    assert set(tomllib.loads(printed)) == sections
+    assert ("# knowledge: not set" in printed) is (mode != "static")
+    (tmp_path / "printed.toml").write_text(printed)
+    again = [mode, "--config", str(tmp_path / "printed.toml"), "--out", str(tmp_path / "again")]
+    assert main(again) == 0
+    assert (tmp_path / "first" / "config.json").read_text() == (
+        tmp_path / "again" / "config.json"
+    ).read_text()
 
 
 def test_config_file_toml_and_flags_override_it(tmp_path) -> None:

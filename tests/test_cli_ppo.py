@@ -112,6 +112,7 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     assert len(actions) == 3 and all(a["reason"] == "policy" for a in actions)  # epochs - 1
     printed = capsys.readouterr()
     assert "eval synthetic (completed)" in printed.out and "note:" not in printed.err
+    assert "[heuristic]" not in printed.err and "[periodic]" not in printed.err  # unread
     # which policy ran, beyond its path (a PPO run may train on, or another take its place)
     meta = json.loads((out / "meta.json").read_text())
     ppo_meta = json.loads((run / "meta.json").read_text())

@@ -17,7 +17,7 @@ import io
 import itertools
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -470,10 +470,11 @@ def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
     return None
 
 
-def announce(mode: str, config: Any, resumed: Path | None) -> None:
-    """Print the effective configuration as readable lines."""
+def announce(mode: str, config: Any, resumed: Path | None, unread: Collection[str] = ()) -> None:
+    """Print the effective configuration as readable lines, but the top-level settings
+    ``unread`` by the run."""
     head = f"esper {mode}" + (f" (resuming {resumed})" if resumed is not None else "")
-    print(f"{head}: effective configuration\n{config_text(config)}", file=sys.stderr)
+    print(f"{head}: effective configuration\n{config_text(config, unread)}", file=sys.stderr)
 
 
 def interrupted_hint(mode: str, directory: Path, what: str) -> None:

@@ -27,7 +27,7 @@ from esper.nissa.stopping import Stop
 from esper.seeding import replayed_episode
 from esper.simic.build import PolicyCheckpointError, policy_training
 from esper.study.checks import check_recorded_mode
-from esper.study.growth import GrowthRun, GrowthRunner
+from esper.study.growth import GrowthRun, GrowthRunner, unread_settings
 from esper.study.run import Policy, partial_policy, read_policy
 from esper.tasks import (
     TASK_SETTINGS,
@@ -225,7 +225,7 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
     try:  # from here on there is a run to continue, even before its loop holds signals
         if note is not None:  # the policy never trained like this
             print(note, file=sys.stderr)
-        announce(mode, runner.config, options.resume)  # resolved and checked
+        announce(mode, runner.config, options.resume, unread_settings(mode))  # resolved, checked
         never = runner.never_grows()
         if never is not None:  # a static run by another name, below the settings for growth
             print(f"esper {mode}: note: {never}", file=sys.stderr)

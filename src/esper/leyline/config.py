@@ -21,6 +21,7 @@ import tomllib
 import types
 import typing
 import urllib.parse
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, get_args
@@ -536,12 +537,16 @@ def _toml_line(key: str, value: Any) -> str:
     return f"# {key}: not set" if value is None else f"{key} = {text}"
 
 
-def config_text(obj: Any) -> str:
+def config_text(obj: Any, unread: Collection[str] = ()) -> str:
     """The effective configuration as TOML (``key = value`` lines under ``[group]`` headers),
-    printed at the start of every run; saved to a file it is a valid ``--config``."""
+    printed at the start of every run; saved to a file it is a valid ``--config``. ``unread``:
+    top-level settings the run does not read (left out: their defaults would read as the
+    run's)."""
     top: list[str] = []
     groups: list[str] = []
     for name, value in config_dict(obj).items():
+        if name in unread:
+            continue
         if isinstance(value, dict):
             groups.append(f"[{name}]")
             groups += [_toml_line(k, v) for k, v in value.items()]

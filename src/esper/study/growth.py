@@ -135,6 +135,18 @@ GROWTH_FIELDS = ("slots", "shapley", "auto_advance", "seed_lr", "knowledge")
 """The settings a static run refuses: it grows nothing."""
 
 
+def unread_settings(mode: str) -> tuple[str, ...]:
+    """The top-level settings of ``GrowthRun`` a ``mode`` run does not read (``check_mode``
+    refuses them given)."""
+    unread = {
+        "policy": mode != "eval",
+        "periodic": mode != "periodic",
+        "heuristic": mode != "heuristic",
+        "knowledge": mode == "static",
+    }
+    return tuple(name for name, skipped in unread.items() if skipped)
+
+
 def check_mode(mode: str, config: GrowthRun, named: frozenset[str] = frozenset()) -> None:
     """Settings that only some modes read: a static run grows nothing, only eval has a policy,
     only periodic a schedule. A setting counts as given when its value differs from the default
