@@ -316,6 +316,27 @@ def test_runs_with_the_same_name_are_told_apart_by_path(tmp_path, recorded_runs,
     assert [r["run"] for r in rows] == [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
 
 
+def test_a_run_linked_beside_itself_is_one_run(tmp_path, recorded_runs, capsys) -> None:
+    """``runs/latest -> runs/x`` made ``runs list`` show the run twice, and a query counted it
+    once under the link's name (the later name won). Both now have it once, under its
+    directory's name, whichever sorts first; given twice, it keeps the name given last."""
+    parent = tmp_path / "runs"
+    shutil.copytree(recorded_runs["static"], parent / "x")
+    shutil.copytree(recorded_runs["heuristic"], parent / "y")
+    (parent / "a-latest").symlink_to("x")  # sorts before its target
+    (parent / "z-latest").symlink_to(parent / "y")  # after it, and absolute
+    assert main(["runs", "list", str(parent)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert listed == ["x", "y"]
+    rows = _query(capsys, "SELECT run, count(*) AS n FROM runs GROUP BY run ORDER BY run", parent)
+    assert rows == [{"run": "x", "n": 1}, {"run": "y", "n": 1}]
+    given = (parent, parent / "a-latest")
+    assert [r["run"] for r in _query(capsys, "SELECT run FROM runs ORDER BY run", *given)] == [
+        "a-latest",
+        "y",
+    ]
+
+
 def test_the_runs_directory_of_a_study_lists_and_queries_its_trials(
     tmp_path, recorded_runs, capsys, monkeypatch
 ) -> None:

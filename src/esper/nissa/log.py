@@ -648,6 +648,24 @@ def named_runs(
     return found
 
 
+def _each_once(found: dict[str, tuple[Path, str | None]]) -> dict[str, tuple[Path, str | None]]:
+    """``found`` with a run reached under two names (a symbolic link beside its directory,
+    ``runs/latest -> runs/x``) once, under its own directory's name where that is one of them
+    (else the first): two rows of one run read as two runs, and count twice in a query. (The
+    dashboard keeps both names: a bookmarked ``runs/latest`` follows the link.)"""
+    chosen: dict[Path, str] = {}
+    for name, (path, _) in found.items():
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a loop of links: opening it says so
+            target = path
+        kept = chosen.setdefault(target, name)
+        if found[kept][0].is_symlink() and not path.is_symlink():
+            chosen[target] = name
+    names = set(chosen.values())
+    return {name: entry for name, entry in found.items() if name in names}
+
+
 def _may_be_run(path: Path) -> bool:
     """A run directory, or a directory that cannot be read (``open_run`` then says why)."""
     problem, unreadable = run_problem(path)
@@ -671,7 +689,8 @@ def check_runs_dir(directory: Path) -> None:
 
 
 def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[str, str]]]:
-    """The runs in ``directory`` under their names (``named_runs``), and the names of those
+    """The runs in ``directory`` under their names (``named_runs``; a run a link names too,
+    once: ``_each_once``), and the names of those
     that could not be read — e.g. a run whose first line is still being written — with the
     reason.
 
@@ -680,7 +699,7 @@ def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[str, str]
     """
     check_runs_dir(directory)
     runs, unreadable = [], []
-    for name, (path, _) in named_runs(directory).items():
+    for name, (path, _) in _each_once(named_runs(directory)).items():
         try:
             runs.append(dataclasses.replace(open_run(path), name=name))
         except RunDirectoryError as err:
