@@ -168,6 +168,9 @@ def test_a_single_model_run_shows_its_latest_epoch() -> None:
     assert summary_lines(state, "done")[1].endswith(
         "final model 40.00% (best epoch 41.00%) · seeds 1 fossilized, 0 pruned"
     )
+    stopped = RunState()  # Ctrl-C: its last checkpoint's model, which a resume trains on
+    stopped.apply_all([started(), logged(epoch(1, 40.0)), finished("interrupted")])
+    assert "· model so far 40.00% (best epoch 41.00%) ·" in summary_lines(stopped, "done")[1]
 
 
 def test_ppo_environments_episodes_and_updates() -> None:

@@ -128,7 +128,7 @@ def summary_lines(state: RunState, status: str) -> list[str]:
     finish = state.finish
     if isinstance(finish, RunFinished):
         progress.append(
-            f"final model {percent(finish.final_val_accuracy)} "
+            f"{_model(finish.status)} {percent(finish.final_val_accuracy)} "
             f"(best epoch {percent(finish.best_val_accuracy)})"
         )
         progress.append(f"seeds {finish.fossilized} fossilized, {finish.pruned} pruned")
@@ -225,9 +225,15 @@ def _started_line(e: RunStarted) -> str:
     )
 
 
+def _model(status: str) -> str:
+    """What the summary's model is: the final one of a run that ended, the last checkpointed
+    one of a run stopped (Ctrl-C, SIGTERM) or failed, which may go on (``--resume``)."""
+    return "final model" if status in ("completed", "terminated") else "model so far"
+
+
 def _finished_line(e: RunFinished) -> str:
     return (
-        f"{e.status}: {e.epochs} epochs, final model acc {percent(e.final_val_accuracy)} "
+        f"{e.status}: {e.epochs} epochs, {_model(e.status)} acc {percent(e.final_val_accuracy)} "
         f"(best epoch {percent(e.best_val_accuracy)}), {e.param_count:,} params, "
         f"{e.fossilized} fossilized, {e.pruned} pruned"
     )
