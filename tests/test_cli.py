@@ -1190,6 +1190,19 @@ def test_output_into_a_full_disk_is_one_line(tmp_path) -> None:
             )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr == "esper: error: cannot write the output: No space left on device\n"
+    # --help: a traceback (tyro's commands), or exit 0 with nothing written (argparse's drops
+    # the error) where stdout is unbuffered
+    helps = ((["runs", "--help"], "1"), (["--help"], ""), (["static", "-h"], ""))
+    for command, unbuffered in helps:
+        env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [str(esper), *command], stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                timeout=60,
+            )  # fmt: skip
+        assert (command, proc.returncode, proc.stderr) == (
+            command, 2, "esper: error: cannot write the output: No space left on device\n"
+        )  # fmt: skip
     closed = subprocess.run(  # started without a stdout: sys.stdout is None (a review)
         [str(esper), "runs", "list", str(tmp_path)],
         stderr=subprocess.PIPE,

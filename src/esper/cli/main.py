@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from esper.cli.entry import loading
 from esper.cli.knowledge import add_knowledge_parser
@@ -23,6 +23,9 @@ from esper.nissa.log import EventLogError
 from esper.nissa.record import RUNS_DIR, RunRecordError
 from esper.nissa.views import VIEW_NAMES
 from esper.tasks import TASKS
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -185,6 +188,13 @@ class _Parser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
 
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        """The help, its write failures raised (argparse drops them: ``--help > /dev/full``
+        exited 0 with nothing written); nothing without a stdout (started with it closed)."""
+        file = file or sys.stdout
+        if file is not None:
+            file.write(self.format_help())
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the view commands and ``demo``; the run commands parse their own flags
@@ -315,14 +325,22 @@ def _command(args_list: list[str]) -> int:
     return run_demo(args)
 
 
+def _flush() -> None:
+    if sys.stdout is not None:  # None: started with its stdout closed
+        sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
     _show_library_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        status = _command(args_list)
-        if sys.stdout is not None:  # None: started with its stdout closed
-            sys.stdout.flush()  # the output's last lines: a failure to write them is told here
+        try:
+            status = _command(args_list)
+        except SystemExit:  # --help's (argparse's): its text is flushed, and a failure told, here
+            _flush()
+            raise
+        _flush()  # the output's last lines: a failure to write them is told here
         return status
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
@@ -339,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.errno == errno.EIO and _terminal_hung_up():  # the SSH session ended: a run
             return EXIT_INTERRUPTED  # was stopped by its SIGHUP; nobody is there to tell
         printing = bool(args_list) and args_list[0] in PRINTING_COMMANDS
+        printing = printing or bool({"-h", "--help"} & set(args_list))  # its text is the output
         no_room = is_disk_full(err) or err.errno == errno.EFBIG  # EFBIG: at its size limit
         if printing and no_room and not err.filename and sys.stdout is not None:
             # the output (`esper knowledge export > /dev/full` was a traceback, exit 1): what
