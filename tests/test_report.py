@@ -1020,6 +1020,7 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from esper.study.execute import Outcome, StudyDriver
     from esper.study.job import run_job
     from esper.study.spec import read_study
+    from esper.study.stats import write_results
 
     root = tmp_path_factory.mktemp("study")
     (root / "study.toml").write_text(TINY_STUDY)
@@ -1033,6 +1034,9 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows.append((trial.name, row))
     driver.write_trials(Outcome(rows, {}, []))
     driver.state.save(directory)
+    scores = [row for _, row in rows]
+    roles = spec.verdict_roles()
+    write_results(directory, scores, spec.baseline_arms(), spec.reps, 0, 0, roles, spec.score)
     return directory
 
 
@@ -1089,11 +1093,59 @@ def test_study_report_shows_each_arm_with_its_curve_band_and_trials(
     assert report.html.count(">report</a>") == 1
     assert f"<a href='trials/{trials[0].name}/report/report.html'>" in report.html
     # The command writes it into the study directory, atomically, and says where.
+    before = set(tiny_study.iterdir())
     code, out, err = _report([str(tiny_study), "--reps", "100"], capsys)
     assert code == 0 and out.strip() == f"report: {tiny_study / 'report.html'}" and not err
     page = (tiny_study / "report.html").read_text(encoding="utf-8")
     assert set(_embedded(page)) == {p.name for p in report.plots}
-    assert not list(tiny_study.glob(".*.tmp*")) and not list(tiny_study.glob("*.png"))
+    assert set(tiny_study.iterdir()) - before <= {tiny_study / "report.html"}  # no .png, .tmp
+
+
+def test_a_study_report_shows_results_md_numbers_and_verdicts(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report recomputed the scores at 2000 resamples whatever the study's ``reps``, and
+    had no probabilities of improvement or verdicts, nor said an interrupted study's results
+    were results so far. Now it shows results.md's numbers (from results.json), names another
+    ``--reps``, and warns where results.json is missing or damaged."""
+    from esper.study.report import build_study_report
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    markdown = (study / "results.md").read_text()
+
+    def md_rows(title: str) -> list[list[str]]:
+        section = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+        table = [line for line in section.splitlines() if line.startswith("| ")]
+        return [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+
+    report = build_study_report(study)
+    assert _table_rows(report.html, "results") == md_rows("Scores")  # reps 100, as results.md
+    improvements = md_rows("Probability of improvement")
+    assert len(improvements) == 5  # header; each arm over the other, per task and over all
+    assert _table_rows(report.html, "improvements") == improvements
+    assert "<h2>Verdicts</h2>" in report.html and "No verdict: the study needs" in report.html
+    assert "(100 resamples, seed 0; as in <code>results.md</code>)" in report.html
+    assert not report.warnings and "Results so far" not in report.html
+    other = build_study_report(study, reps=20)
+    assert "(20 resamples, seed 0; <code>results.md</code> uses 100)" in other.html
+    # An interrupted study's results so far.
+    judging = json.loads((study / "results.json").read_text())
+    (study / "results.json").write_text(json.dumps({**judging, "unfinished": 3}))
+    so_far = "Results so far: the study was interrupted with 3 trial(s) not finished"
+    assert so_far in build_study_report(study).html
+    # Results an older Esper wrote, or a damaged results.json: the scores, and a warning.
+    for damage in ("", "{}"):
+        if damage:
+            (study / "results.json").write_text(damage)
+        else:
+            (study / "results.json").unlink()
+        report = build_study_report(study)
+        (warning,) = report.warnings
+        assert warning.startswith("no probabilities of improvement or verdicts: they need ")
+        assert ("there is none" in warning) is (not damage), warning
+        assert "<h2>Verdicts</h2>" not in report.html and "2000 resamples" in report.html
+        assert _table_rows(report.html, "results")[0] == md_rows("Scores")[0]
 
 
 def test_a_study_whose_study_json_is_damaged_is_still_reported_with_unnamed_scores(

@@ -17,9 +17,12 @@ from esper.study.stats import (
     ArmSummary,
     Improvement,
     Interval,
+    Judging,
     TrialRow,
     conclusion,
     improvements,
+    read_judging,
+    study_results,
     summarize,
     verdicts,
     write_results,
@@ -325,7 +328,7 @@ def test_a_duplicate_completed_trial_or_a_nan_score_fails_loudly() -> None:
         _row("t", "a", 0, float("nan"))
 
 
-def test_write_results_writes_three_files_and_lists_failed_trials(tmp_path: Path) -> None:
+def test_write_results_writes_four_files_and_lists_failed_trials(tmp_path: Path) -> None:
     rows = [
         *[_row("digits", "static-matched", s, 80.0 + s, final_params=1000) for s in range(3)],
         *[_row("digits", "heuristic", s, 90.0 + s, peak_params=1500) for s in range(3)],
@@ -340,8 +343,16 @@ def test_write_results_writes_three_files_and_lists_failed_trials(tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == [
         "interval_estimates.png",
         "performance_profile.png",
+        "results.json",
         "results.md",
     ]
+    judging = read_judging(out)  # how they were computed, to compute them again alike
+    assert judging == Judging(
+        ("static-matched",), (("heuristic", "static-matched"),), (), (), REPS, 0, 0
+    )
+    assert study_results(rows, judging) == results
+    with pytest.raises(ValueError, match="is not an"):
+        Judging((), (("heuristic",),), (), (), REPS, 0, 0)
     for png in ("interval_estimates.png", "performance_profile.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     heuristic = _one(results.summaries, "digits", "heuristic")

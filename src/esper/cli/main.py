@@ -147,8 +147,8 @@ def _add_view_parsers(sub: Any) -> None:
     report.add_argument(
         "--reps",
         type=_reps,
-        help=f"study reports: bootstrap resamples per interval (default {DEFAULT_REPS}; fewer: "
-        "sooner)",
+        help="study reports: bootstrap resamples per interval (default: the study's, as in its "
+        f"results.md; {DEFAULT_REPS} for results an older Esper wrote; fewer: sooner)",
     )
     tui = sub.add_parser("tui", help="terminal UI: follow a live run or replay a finished one")
     tui.add_argument("run", type=path_arg, help="run directory")

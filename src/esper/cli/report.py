@@ -19,7 +19,6 @@ from esper.karn.report import build_report, write_report
 from esper.karn.report_data import ReportError
 from esper.leyline.config import UserError
 from esper.leyline.files import DANGLING_LINK, is_dangling
-from esper.leyline.trials import DEFAULT_REPS
 from esper.nissa.record import CHECKPOINTS_DIR, REPORT_DIR, is_run_directory, is_study
 
 
@@ -110,8 +109,8 @@ def write_run_report(run: Path, baseline: Path | None, out: Path | None = None) 
 
 def write_study_report(study: Path, out: Path | None = None, reps: int | None = None) -> Path:
     """Build the report of the study in ``study`` and write ``report.html`` to ``out`` (default:
-    the study directory) with ``reps`` bootstrap resamples per interval (default
-    ``DEFAULT_REPS``). Nothing is written unless the whole page was built.
+    the study directory) with ``reps`` bootstrap resamples per interval (default: those of the
+    study's ``results.md``). Nothing is written unless the whole page was built.
 
     Returns:
         The path of ``report.html``.
@@ -129,7 +128,7 @@ def write_study_report(study: Path, out: Path | None = None, reps: int | None = 
     target = out if out is not None else study
     _refuse_foreign(target, study)
     try:
-        report = build_study_report(study, target, DEFAULT_REPS if reps is None else reps)
+        report = build_study_report(study, target, reps)
     except StudyReportError as err:
         raise UserError(str(err)) from None
     _warn(report.warnings)

@@ -31,6 +31,7 @@ from esper.leyline.files import (
 from esper.leyline.net import MAX_PORT, is_host_port
 from esper.leyline.trials import (
     INTERVALS_FILE,
+    JUDGING_FILE,
     LOCK_FILE,
     PROFILE_FILE,
     RESULTS_FILE,
@@ -308,7 +309,8 @@ def _check_study_files(directory: Path) -> None:
     Raises:
         UserError: naming the file and what it is.
     """
-    for name in (STUDY_FILE, TRIALS_FILE, RESULTS_FILE, INTERVALS_FILE, PROFILE_FILE, LOCK_FILE):
+    written = (RESULTS_FILE, INTERVALS_FILE, PROFILE_FILE, JUDGING_FILE)
+    for name in (STUDY_FILE, TRIALS_FILE, *written, LOCK_FILE):
         path = directory / name
         try:
             mode = file_mode(path)

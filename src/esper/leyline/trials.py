@@ -34,6 +34,9 @@ RESULTS_FILE = "results.md"
 """The study's tables and verdicts (``esper.study.stats.write_results``), with its two plots:"""
 INTERVALS_FILE = "interval_estimates.png"
 PROFILE_FILE = "performance_profile.png"
+JUDGING_FILE = "results.json"
+"""How ``results.md`` was computed (``esper.study.stats.Judging``: baselines, verdict roles,
+bootstrap, trials not finished), written with it: the study report shows the same numbers."""
 KNOWLEDGE_FILE = "knowledge.sqlite"
 """A study's own knowledge store (unless the study names one): its bandits learn from its trials;
 also the user's default store's name, in the cache directory ``esper/``."""
@@ -46,6 +49,7 @@ STUDY_OUTPUTS = (
     RESULTS_FILE,
     INTERVALS_FILE,
     PROFILE_FILE,
+    JUDGING_FILE,
     KNOWLEDGE_FILE,
     REPORT_FILE,  # ``esper report STUDY``'s page
 )

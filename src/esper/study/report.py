@@ -3,8 +3,10 @@
 One page over a study's finished trials (``trials.csv``, written by ``esper.study.execute``):
 
 - the results table: per task × arm (then per arm over all tasks) n, IQM and mean with 95 %
-  stratified bootstrap intervals, median, std, parameters, training FLOPs and training time
-  (``stats.summarize``, the numbers ``results.md`` shows);
+  stratified bootstrap intervals, median, std, parameters, training FLOPs and training time,
+  the probabilities of improvement and the verdicts: the numbers ``results.md`` shows
+  (``stats.study_results``, judged as its ``results.json`` says), marked as results so far
+  when the study has trials not finished;
 - rliable's interval estimates and performance profile (``stats.interval_plot``,
   ``stats.profile_plot``);
 - per task, each arm's validation accuracy per epoch over its trials: the median line with an
@@ -26,7 +28,7 @@ import html
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -37,6 +39,7 @@ from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import (
     DEFAULT_REPS,
+    JUDGING_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
     Score,
@@ -164,15 +167,16 @@ def plot_task(task: str, curves: Sequence[ArmCurve], colours: dict[str, str]) ->
 
 
 def build_study_report(
-    directory: Path, out: Path | None = None, reps: int = DEFAULT_REPS, seed: int = 0
+    directory: Path, out: Path | None = None, reps: int | None = None
 ) -> StudyReport:
     """Read a study directory and render its report in memory, writing nothing.
 
     Args:
-        directory: the study directory (``study.json``, ``trials.csv``, ``trials/``).
+        directory: the study directory (``study.json``, ``trials.csv``, ``results.json``,
+            ``trials/``).
         out: where the page will be written (default ``directory``): links are relative to it.
-        reps: bootstrap resamples per interval (``stats``).
-        seed: seed of every bootstrap.
+        reps: bootstrap resamples per interval (default: ``results.md``'s, from
+            ``results.json``; ``DEFAULT_REPS`` without one).
 
     Raises:
         StudyReportError: no ``trials.csv``, a malformed one, or no trial that counts.
@@ -191,12 +195,14 @@ def build_study_report(
     score, why = record.known_study_score(directory)
     label = score_label(score)
     rows = [t.row for t in trials]
-    stats.check_bootstrap(reps, seed)  # not the trials file's fault, unlike the error below
+    judging, missing = _judging(directory)
+    given = judging if reps is None else replace(judging, reps=reps)
+    stats.check_bootstrap(given.reps, given.seed)  # not the trials file's fault, unlike below
     try:
-        summaries = stats.summarize(rows, reps, seed)
+        results = stats.study_results(rows, given)
     except ValueError as err:  # two finished trials of one task, arm and seed
         raise StudyReportError(f"{directory / TRIALS_FILE}: {err}") from None
-    overall = [s for s in summaries if s.task == stats.ALL_TASKS]
+    overall = [s for s in results.summaries if s.task == stats.ALL_TASKS]
     plots = [
         StudyPlot(
             "interval_estimates",
@@ -207,18 +213,37 @@ def build_study_report(
             "performance_profile",
             "Performance profiles: the fraction of each arm's runs (over all its tasks) with "
             f"{label} above τ, with 95 % bootstrap bands.",
-            stats.profile_plot(rows, reps, seed, score),
+            stats.profile_plot(rows, given.reps, given.seed, score),
         ),
     ]
     runs, warnings = _validation_curves(directory, counted)
     warnings = [f"test or validation accuracy? {why}"] * (why is not None) + warnings
+    warnings = ([] if missing is None else [missing]) + warnings
     curves = arm_curves(runs)
     arms = sorted({s.arm for s in overall})
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
     for task in sorted({c.task for c in curves}):
         plots.append(plot_task(task, [c for c in curves if c.task == task], colours))
-    page = _render(directory, out, trials, summaries, plots, warnings, (reps, seed), score)
+    judged = (given, judging.reps if missing is None else None)
+    page = _render(directory, out, trials, results, plots, warnings, judged, score)
     return StudyReport(plots, page, warnings, curves)
+
+
+def _judging(directory: Path) -> tuple[stats.Judging, str | None]:
+    """How the study's ``results.md`` was computed (``results.json``), and None; or, without a
+    readable one, no baselines or verdict roles and ``DEFAULT_REPS``, with a warning saying
+    so."""
+    try:
+        judging = stats.read_judging(directory)
+        why = "there is none (an Esper before it wrote the study's results)"
+    except record.RunRecordError as err:
+        judging, why = None, str(err)
+    if judging is not None:
+        return judging, None
+    return stats.Judging((), (), (), (), DEFAULT_REPS, 0, 0), (
+        f"no probabilities of improvement or verdicts: they need {JUDGING_FILE}, and {why}; "
+        "`esper study` on the study file writes it (finished trials are not run again)"
+    )
 
 
 def _validation_curves(
@@ -295,25 +320,64 @@ def _trials_table(
     return pages.table("trials", head, rows)
 
 
+def _improvements(results: stats.StudyResults) -> list[str]:
+    """The probabilities of improvement and the verdicts, as ``results.md`` has them."""
+    rows = [[html.escape(c) for c in stats.improvement_cells(i)] for i in results.improvements]
+    verdicts = results.verdicts or [
+        "No verdict: the study needs a growing arm and a static-matched arm matching it (Q1), "
+        "or a heuristic arm and a ppo arm (Q2), with counted trials."
+    ]
+    return [
+        "<h2>Probability of improvement</h2>",
+        f"<p>{html.escape(stats.IMPROVEMENT_SENTENCE)}</p>",
+        pages.table("improvements", list(stats.IMPROVEMENT_COLUMNS), rows, numbers_from=3)
+        if rows
+        else "<p>No baseline arm with a counted trial.</p>",
+        "<h2>Verdicts</h2>",
+        "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>",
+    ]
+
+
+def _bootstrap(judging: stats.Judging, studys_reps: int | None) -> str:
+    """How the intervals were computed, and whether ``results.md``'s are the same."""
+    same = (
+        "as in <code>results.md</code>"
+        if studys_reps == judging.reps
+        else f"<code>results.md</code> uses {studys_reps}"
+        if studys_reps is not None
+        else "<code>results.md</code> holds those of the study's own settings"
+    )
+    return (
+        f"Intervals are 95 % stratified bootstrap intervals ({judging.reps} resamples, seed "
+        f"{judging.seed}; {same})."
+    )
+
+
 def _render(
     directory: Path,
     out: Path,
     trials: Sequence[TrialRun],
-    summaries: Sequence[stats.ArmSummary],
+    results: stats.StudyResults,
     plots: Sequence[StudyPlot],
     warnings: Sequence[str],
-    bootstrap: tuple[int, int],
+    judged: tuple[stats.Judging, int | None],
     score: Score | None,
 ) -> str:
     counted = sum(t.row.counts for t in trials)
-    reps, seed = bootstrap
+    judging, studys_reps = judged
+    so_far = (
+        f"<p><strong>Results so far: the study was interrupted with {judging.unfinished} "
+        "trial(s) not finished</strong> (policy trainings included); running it again "
+        "completes them.</p>"
+    )
     body = [
+        *([so_far] if judging.unfinished else []),
         f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
         f"and curves), {len(trials) - counted} not. {html.escape(stats.score_sentence(score))} "
-        f"Intervals are 95 % stratified bootstrap intervals ({reps} resamples, seed "
-        f"{seed}; <code>results.md</code> holds those of the study's own settings).</p>",
+        f"{_bootstrap(judging, studys_reps)}</p>",
         "<h2>Scores</h2>",
-        _results_table(summaries),
+        _results_table(results.summaries),
+        *(_improvements(results) if studys_reps is not None else []),
         "<h2>Plots</h2>",
         *(pages.figure(plot.name, plot.png, plot.caption) for plot in plots),
         "<h2>Trials</h2>",

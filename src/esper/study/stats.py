@@ -38,10 +38,11 @@ Choices rliable leaves open, made here once:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,12 +50,13 @@ import numpy as np
 import numpy.typing as npt
 
 from esper.leyline import pages
-from esper.leyline.config import MAX_SEED, check_int
+from esper.leyline.config import MAX_SEED, check_int, require
 from esper.leyline.files import atomic_write_all, remove_temporaries
 from esper.leyline.trials import (
     DEFAULT_REPS,
     FINISHED,
     INTERVALS_FILE,
+    JUDGING_FILE,
     PROFILE_FILE,
     REPS_RANGE,
     RESULTS_FILE,
@@ -64,6 +66,7 @@ from esper.leyline.trials import (
     matched_target,
     score_label,
 )
+from esper.nissa import record
 from esper.nissa.log import display
 
 if TYPE_CHECKING:
@@ -94,6 +97,17 @@ SCORE_COLUMNS = (
     "seconds",
 )
 """The scores table's columns (``score_cells``), in ``results.md`` and a study's report."""
+
+IMPROVEMENT_COLUMNS = ("task", "arm", "baseline", "n arm", "n baseline", f"P(improvement) [{_CI}]")
+"""The probability-of-improvement table's columns (``improvement_cells``), in ``results.md``
+and a study's report."""
+
+IMPROVEMENT_SENTENCE = (
+    "P(arm > baseline) + ½ P(arm = baseline) for a run of each drawn at random, per task; over "
+    "all tasks, averaged over the tasks both arms have, each arm at its common n on those tasks "
+    "(its lowest seeds), so it can differ from the mean of the rows."
+)
+"""What the probability-of-improvement table holds."""
 
 Q_GROWTH = "does growing beat a static network per parameter?"
 Q_LEARNED = "can a learned controller grow better than a hand-written one?"
@@ -207,6 +221,52 @@ class StudyResults:
     verdicts: list[str]
     excluded: list[TrialRow]
     matched: list[MatchedSize]
+
+
+@dataclass(frozen=True)
+class Judging:
+    """How a study's results were computed (``results.json``, written with ``results.md``):
+    what its report needs to show the same numbers and verdicts, and that they are results so
+    far.
+
+    Attributes:
+        baselines: the study's ``baselines`` (the verdicts' own are added: ``roles``).
+        matched, learned, handwritten: the study's ``VerdictRoles``.
+        reps, seed: the bootstrap's resamples per interval and seed.
+        unfinished: the study's trials not finished when it was written (0: none).
+
+    Raises:
+        ValueError: a matched pair that is not two arms, or a count out of range.
+    """
+
+    baselines: tuple[str, ...]
+    matched: tuple[tuple[str, str], ...]
+    learned: tuple[str, ...]
+    handwritten: tuple[str, ...]
+    reps: int
+    seed: int
+    unfinished: int
+
+    def __post_init__(self) -> None:
+        for pair in self.matched:
+            require(len(pair) == 2, f"matched {list(pair)} is not an (arm, matched arm) pair")
+        check_bootstrap(self.reps, self.seed)
+        check_int("unfinished", self.unfinished, 0)
+
+    @property
+    def roles(self) -> VerdictRoles:
+        return VerdictRoles(frozenset(self.matched), frozenset(self.learned),
+                            frozenset(self.handwritten))  # fmt: skip
+
+
+def read_judging(directory: Path) -> Judging | None:
+    """The ``results.json`` in ``directory`` (None: there is none, as in a study whose results
+    an Esper before it wrote).
+
+    Raises:
+        RunRecordError: it cannot be read, or is not a ``Judging``.
+    """
+    return record.read_record(directory / JUDGING_FILE, Judging, "an Esper study's judging")
 
 
 def matched_sizes(rows: Sequence[TrialRow], roles: VerdictRoles) -> list[MatchedSize]:
@@ -531,6 +591,12 @@ def score_cells(s: ArmSummary) -> list[str]:
     ]
 
 
+def improvement_cells(i: Improvement) -> list[str]:
+    """One row of the probability-of-improvement table (``IMPROVEMENT_COLUMNS``) as text."""
+    label = _task_label(i.task, i.tasks)
+    return [label, i.arm, i.baseline, str(i.n_arm), str(i.n_baseline), _interval(i.probability)]
+
+
 def _task_label(task: str, tasks: Sequence[str]) -> str:
     return f"{ALL_TASKS} ({len(tasks)})" if task == ALL_TASKS else task
 
@@ -642,18 +708,13 @@ def _improvements(results: StudyResults) -> list[str]:
     lines = [
         "## Probability of improvement",
         "",
-        "P(arm > baseline) + ½ P(arm = baseline) for a run of each drawn at random, per task;",
-        "over all tasks, averaged over the tasks both arms have, each arm at its common n on",
-        "those tasks (its lowest seeds; see Method), so it can differ from the mean of the rows.",
+        IMPROVEMENT_SENTENCE,
         "",
-        "| task | arm | baseline | n arm | n baseline | P(improvement) [95 % CI] |",
+        f"| {' | '.join(IMPROVEMENT_COLUMNS)} |",
         "|---|---|---|--:|--:|--:|",
     ]
     for i in results.improvements:
-        lines.append(
-            f"| {_cell(_task_label(i.task, i.tasks))} | {_cell(i.arm)} | {_cell(i.baseline)} "
-            f"| {i.n_arm} | {i.n_baseline} | {_interval(i.probability)} |"
-        )
+        lines.append(f"| {' | '.join(_cell(c) for c in improvement_cells(i))} |")
     if not results.improvements:
         lines.append("| — | no baseline arm with a counted trial | | | | |")
     return lines
@@ -802,11 +863,31 @@ def write_results(
     Returns:
         What ``results.md`` shows.
     """
-    summaries = summarize(rows, reps, seed)
     roles = VerdictRoles() if roles is None else roles
-    found = improvements(rows, [*baselines, *roles.baselines], reps, seed)
-    results = StudyResults(
-        summaries=summaries,
+    judging = Judging(
+        tuple(baselines), tuple(sorted(roles.matched)), tuple(sorted(roles.learned)),
+        tuple(sorted(roles.handwritten)), reps, seed, unfinished,
+    )  # fmt: skip
+    results = study_results(rows, judging)
+    intervals = interval_plot([s for s in results.summaries if s.task == ALL_TASKS], score)
+    profile = profile_plot(rows, reps, seed, score)
+    text = _markdown(results, rows, reps, seed, unfinished, score)
+    directory.mkdir(parents=True, exist_ok=True)
+    # what a writer killed before left (hidden .NAME.tmp-* files)
+    written = [INTERVALS_FILE, PROFILE_FILE, RESULTS_FILE, JUDGING_FILE]
+    remove_temporaries(directory, written)
+    contents: list[bytes | str] = [intervals, profile, text, json.dumps(asdict(judging)) + "\n"]
+    atomic_write_all([(directory / n, data) for n, data in zip(written, contents, strict=True)])
+    return results
+
+
+def study_results(rows: Sequence[TrialRow], judging: Judging) -> StudyResults:
+    """What ``results.md`` shows of ``rows``, judged as ``judging`` says (``write_results``;
+    the study report computes the same from ``results.json``)."""
+    reps, seed, roles = judging.reps, judging.seed, judging.roles
+    found = improvements(rows, [*judging.baselines, *roles.baselines], reps, seed)
+    return StudyResults(
+        summaries=summarize(rows, reps, seed),
         improvements=found,
         verdicts=verdicts(found, roles),
         excluded=sorted(
@@ -814,17 +895,3 @@ def write_results(
         ),
         matched=matched_sizes(rows, roles),
     )
-    intervals = interval_plot([s for s in summaries if s.task == ALL_TASKS], score)
-    profile = profile_plot(rows, reps, seed, score)
-    text = _markdown(results, rows, reps, seed, unfinished, score)
-    directory.mkdir(parents=True, exist_ok=True)
-    # what a writer killed before left (hidden .NAME.tmp-* files)
-    remove_temporaries(directory, [INTERVALS_FILE, PROFILE_FILE, RESULTS_FILE])
-    atomic_write_all(
-        [
-            (directory / INTERVALS_FILE, intervals),
-            (directory / PROFILE_FILE, profile),
-            (directory / RESULTS_FILE, text),
-        ]
-    )
-    return results
