@@ -50,7 +50,7 @@ from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyRow
 from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunStarted, event_record
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.leyline.trials import JUDGING_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
 from esper.nissa import log
 from esper.nissa.bands import band, fewer_note, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
@@ -575,6 +575,35 @@ def test_the_study_table_is_summarize_over_the_trials(
         )
         seeds = (0, 1) if row.task != ALL_TASKS else ()
         assert row.runs == tuple(f"synthetic.{row.arm}.seed{seed}" for seed in seeds)
+
+
+def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
+    tmp_path: Path, recorded_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study page's intervals came from 2000 resamples whatever the study's ``reps``
+    (results.md's differed); they now take results.json's, and are computed again when it
+    changes (as esper study writes it after trials.csv); a damaged one is the page's error."""
+    from esper.study import stats
+
+    runs = tmp_path / "runs"
+    study = write_study(runs / "st", recorded_runs)
+    asked: list[tuple[int, int]] = []
+    summarize = stats.summarize
+
+    def recorded(rows: Any, reps: int = 0, seed: int = 0) -> Any:
+        asked.append((reps, seed))
+        return summarize(rows, reps, seed)
+
+    monkeypatch.setattr(stats, "summarize", recorded)
+    client = local_client(runs, study_table=study_table)
+    assert client.get("/api/studies/st").json()["rows"] and asked == [(stats.DEFAULT_REPS, 0)]
+    judging = stats.Judging((), (), (), (), 40, 7, 0)
+    (study / JUDGING_FILE).write_text(json.dumps(asdict(judging)))
+    assert client.get("/api/studies/st").json()["rows"] and asked[1:] == [(40, 7)]
+    assert client.get("/api/studies/st").json()["rows"] and len(asked) == 2  # cached
+    (study / JUDGING_FILE).write_text("{")
+    data = client.get("/api/studies/st").json()
+    assert data["rows"] == [] and "results.json" in data["error"], data
 
 
 def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(

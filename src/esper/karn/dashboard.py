@@ -77,7 +77,7 @@ from esper.karn.guard import (
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyRow
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import TRIALS_DIR, TRIALS_FILE, Score, score_label
+from esper.leyline.trials import JUDGING_FILE, TRIALS_DIR, TRIALS_FILE, Score, score_label
 from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
@@ -403,11 +403,12 @@ class Folds:
 
 
 class _Tables:
-    """Each study's rows, computed again only when its ``trials.csv`` changed."""
+    """Each study's rows, computed again only when its ``trials.csv`` or ``results.json`` (how
+    its results were computed) changed."""
 
     def __init__(self, compute: StudyTable) -> None:
         self.compute = compute
-        self._rows: dict[Path, tuple[tuple[int, int], list[StudyRow]]] = {}
+        self._rows: dict[Path, tuple[tuple[object, ...], list[StudyRow]]] = {}
         self._lock = threading.Lock()
 
     def rows(self, study: Path) -> list[StudyRow] | None:
@@ -415,9 +416,14 @@ class _Tables:
         one running writes it when it ends)."""
         try:
             info = (study / TRIALS_FILE).stat()
-            key = (info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
             return None
+        try:
+            judged = (study / JUDGING_FILE).stat()
+            judging: tuple[int, int] | None = (judged.st_mtime_ns, judged.st_size)
+        except FileNotFoundError:
+            judging = None
+        key = (info.st_mtime_ns, info.st_size, judging)
         with self._lock:
             cached = self._rows.get(study)
             if cached is None or cached[0] != key:
