@@ -511,7 +511,9 @@ def test_a_completed_run_trains_on_to_a_larger_ppo_rounds(tmp_path, capsys) -> N
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert "already completed round 2" in err or "ppo.rounds must be" in err, err
     assert main(["ppo", "--resume", str(run), "--ppo.n-envs", "3", "--ppo.rounds", "3"]) == 2
-    assert "(it takes --ppo.rounds only); drop --ppo.n-envs" in capsys.readouterr().err
+    assert "(it takes --ppo.rounds, --ray-address only); drop --ppo.n-envs" in (
+        capsys.readouterr().err
+    )
     assert main(["heuristic", "--resume", str(run), "--ppo.rounds", "3"]) == 2
     assert "as configured; drop --ppo.rounds" in capsys.readouterr().err
     assert _files(run) == before  # every refusal left the run as it was

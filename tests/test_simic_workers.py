@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -261,6 +262,70 @@ def test_a_port_that_is_no_ray_head_is_one_line(tmp_path, capsys, monkeypatch, s
         f"esper: error: --ray-address {address} is not a Ray head's port: {why}"
     )
     assert not out.exists()
+
+
+def _answer_as_a_head(listener: socket.socket) -> None:
+    """Answer each connection's client preface with an empty HTTP/2 SETTINGS frame, as a Ray
+    head's gRPC does first, until ``listener`` is closed."""
+    with contextlib.suppress(OSError):
+        while True:
+            connection = listener.accept()[0]
+            connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+
+
+def test_a_loopback_address_is_checked_where_ray_connects_for_it(tmp_path, capsys, monkeypatch):
+    """Ray connects to ``127.0.0.1:P`` at this machine's own address: a head's port forwarded
+    to the loopback interface alone (``ssh -L``) passed the check, then Ray's client retried
+    the other address for 14 minutes and blamed token authentication (a walk-through)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    monkeypatch.setattr(workers, "CONNECT_TIMEOUT_S", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0))  # loopback only
+    port = listener.getsockname()[1]
+    dialled = canonicalize_bootstrap_address(f"127.0.0.1:{port}")
+    if dialled is None or dialled.startswith("127."):
+        listener.close()
+        pytest.skip("Ray finds no address of this machine but the loopback one")
+    threading.Thread(target=_answer_as_a_head, args=(listener,), daemon=True).start()
+    out, address = tmp_path / "run", f"127.0.0.1:{port}"
+    try:
+        code = main([*TINY, "--workers", "1", "--ray-address", address, "--out", str(out)])
+    finally:
+        listener.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"esper: error: cannot reach a Ray cluster at {dialled}, which Ray connects to for "
+        f"--ray-address {address} ("
+    )
+    assert err[0].endswith(
+        f"start one with `ray start --head --port {port}` or give --ray-address the address the "
+        "head listens on (Ray replaces a loopback address with this machine's own)"
+    )
+    assert not out.exists()
+
+
+def test_a_resume_takes_another_clusters_address(
+    ray_session: None, two_workers: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run on a cluster whose head is gone said "start one ... or drop --ray-address", which
+    ``--resume`` refused ("it takes --ppo.rounds only"): it could not go on elsewhere. A
+    resume now takes ``--ray-address`` (the cluster changes no result), and the advice says
+    so; config.json is unchanged by a refusal."""
+    run = tmp_path / "run"
+    shutil.copytree(two_workers, run)
+    config = (run / "config.json").read_text()
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    resume = ["ppo", "--resume", str(run), "--ppo.rounds", "3"]
+    assert main([*resume, "--ray-address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        f"start one with `ray start --head --port {port}` or resume with --ray-address "
+        "HOST:PORT of a running cluster"
+    ), err
+    assert (run / "config.json").read_text() == config
 
 
 def test_without_workers_ray_is_not_imported(tmp_path: Path) -> None:
@@ -629,7 +694,15 @@ def test_a_two_node_cluster_on_loopback(tmp_path: Path) -> None:
     try:
         nodes.append(_ray_start(f"--address={address}", "--num-cpus=1", env=env))
         run = tmp_path / "run"
-        argv = [*TINY, "--workers", "2", "--ray-address", address, "--out", str(run)]
+        argv = [*TINY, "--workers", "2", "--ray-address", address, "--ppo.rounds", "1"]
+        done = subprocess.run(
+            [sys.executable, "-m", "esper", *argv, "--out", str(run)],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        # A resume may name the cluster another way (a new head's address): recorded.
+        address = f"localhost:{port}"
+        argv = ["ppo", "--resume", str(run), "--ppo.rounds", "2", "--ray-address", address]
         done = subprocess.run(
             [sys.executable, "-m", "esper", *argv], env=env, capture_output=True, text=True
         )

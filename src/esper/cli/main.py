@@ -27,6 +27,10 @@ from esper.tasks import TASKS
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
+PPO_ON_RESUME = ("--ppo.rounds", "--ray-address")
+"""The flags ``esper ppo --resume RUN`` takes: more rounds (a finished run trains on), and the
+cluster its workers join (another head's address changes no result)."""
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -244,7 +248,7 @@ def run_command(command: str, argv: list[str]) -> int:
         from esper.nissa.stopping import interrupt_on_termination
 
     interrupt_on_termination()
-    options, rest = split_options(argv, ("--ppo.rounds",) if command == "ppo" else ())
+    options, rest = split_options(argv, PPO_ON_RESUME if command == "ppo" else ())
     if options.tui:
         from esper.cli.tui import run_with_tui
 

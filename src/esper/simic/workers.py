@@ -69,7 +69,7 @@ class WorkerLostError(RuntimeError):
     """Ray actors kept dying: more than ``MAX_DEATHS`` in one round."""
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
@@ -374,9 +374,13 @@ def gpus_needed(config: TrainingConfig) -> int:
     return -(-workers // config.runtime.workers_per_gpu)
 
 
-def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None]]:
+def start_ray(
+    config: TrainingConfig, otherwise: str | None = None
+) -> tuple[TrainingConfig, Callable[[], None]]:
     """Start a local Ray instance sized for ``runtime.workers`` actors, or join the cluster at
     ``runtime.ray_address``; a Ray session this process already runs is used as it is.
+    ``otherwise``: what a user may do instead of starting a head at an address that does not
+    answer (``join_ray``'s).
 
     Returns:
         ``config`` with ``env.threads`` set to each actor's torch thread count (the thread
@@ -398,7 +402,7 @@ def start_ray(config: TrainingConfig) -> tuple[TrainingConfig, Callable[[], None
         init_ray(num_cpus=workers * threads, object_store_memory=OBJECT_STORE_BYTES)
         stop = ray.shutdown
     else:
-        stop = join_ray(config.runtime.ray_address)
+        stop = join_ray(config.runtime.ray_address, otherwise=otherwise)
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         cores = int(resources.get("CPU", 0))  # a cluster without CPUs has no such key
         try:
@@ -436,48 +440,80 @@ def _too_few_gpus(config: TrainingConfig, wanted: int, gpus: int) -> str:
 
 
 def join_ray(
-    address: str | None, flag: str = "--ray-address", log_to_driver: bool = True
+    address: str | None,
+    flag: str = "--ray-address",
+    log_to_driver: bool = True,
+    otherwise: str | None = None,
 ) -> Callable[[], None]:
     """Connect to the cluster at ``address`` (given as ``flag``: ``esper study`` calls it
     ``--address``), or use the session this process already runs (an ``address`` must be
     reachable either way); returns how to leave it. ``log_to_driver``: whether the workers'
-    output is printed by this process (Ray's default) or stays in Ray's logs.
+    output is printed by this process (Ray's default) or stays in Ray's logs. ``otherwise``:
+    what the user may do instead of starting a head there (default: drop ``flag``).
 
     Raises:
-        ValueError: one line: nothing answers at ``address``, or Ray cannot join it.
+        ValueError: one line: nothing answers at ``address`` (or where Ray will connect for
+            it), or Ray cannot join it.
     """
     import ray
 
     if address is not None:
-        _check_reachable(address, flag)
+        _check_reachable(address, flag, otherwise or f"drop {flag}")
     if ray.is_initialized():
         return _leave_running
     assert address is not None
     try:
         init_ray(address=address, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, TimeoutError) as err:
+        cause = "" if err.__cause__ is None else f": {_first_line(err.__cause__)}"
+        token = os.environ.get("RAY_AUTH_MODE") != "token"  # else the hint is no use
         raise ValueError(
-            f"cannot join the Ray cluster at {flag} {address}: {_first_line(err)} (a "
-            "cluster with token authentication needs RAY_AUTH_MODE=token and its token here)"
+            f"cannot join the Ray cluster at {flag} {address}: {_first_line(err)}{cause}"
+            + " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+            "here)" * token
         ) from err
     return ray.shutdown
 
 
-def _check_reachable(address: str, flag: str) -> None:
-    """Something accepts connections at ``address`` (HOST:PORT), within ``CONNECT_TIMEOUT_S``:
-    Ray's own connection attempts to a dead address retry for minutes."""
+def _check_reachable(address: str, flag: str, otherwise: str) -> None:
+    """A Ray head answers at ``address`` (HOST:PORT), and at the address Ray connects to for
+    it, each within ``CONNECT_TIMEOUT_S``: Ray's own connection attempts to a dead address
+    retry for about 14 minutes. Ray connects to ``localhost``, ``127.0.0.1`` and ``::1`` at
+    this machine's own address instead, where a forwarded port (``ssh -L``) or a server bound
+    to the loopback interface alone does not answer."""
+    from ray._private.services import canonicalize_bootstrap_address
+
     host, _, port = address.rpartition(":")
-    reason = unreachable(host, int(port), CONNECT_TIMEOUT_S)
+    _check_head(host, int(port), f"{flag} {address}", otherwise)
+    dialled = canonicalize_bootstrap_address(address)  # host:port; the node's IP for loopback
+    dialled_host = None if dialled is None else dialled.rpartition(":")[0]
+    if dialled_host not in (None, host):
+        assert dialled_host is not None
+        where = f"{dialled}, which Ray connects to for {flag} {address}"
+        otherwise = (
+            f"give {flag} the address the head listens on (Ray replaces a loopback address with "
+            "this machine's own)"
+        )
+        _check_head(dialled_host, int(port), where, otherwise)
+
+
+def _check_head(host: str, port: int, where: str, otherwise: str) -> None:
+    """Something speaking HTTP/2 (a Ray head's gRPC) answers at ``host:port``.
+
+    Raises:
+        ValueError: naming ``where`` and what to do (start a head, or ``otherwise``).
+    """
+    reason = unreachable(host, port, CONNECT_TIMEOUT_S)
     if reason is not None:
         raise ValueError(
-            f"cannot reach a Ray cluster at {flag} {address} ({reason}); "
-            f"start one with `ray start --head --port {port}` or drop {flag}"
+            f"cannot reach a Ray cluster at {where} ({reason}); start one with "
+            f"`ray start --head --port {port}` or {otherwise}"
         )
     if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):  # a TLS head takes no plain preface
-        reason = not_http2(host, int(port), CONNECT_TIMEOUT_S)
+        reason = not_http2(host, port, CONNECT_TIMEOUT_S)
         if reason is not None:
             raise ValueError(
-                f"{flag} {address} is not a Ray head's port: {reason}; a head started with "
+                f"{where} is not a Ray head's port: {reason}; a head started with "
                 f"`ray start --head --port P` listens on P (a head using TLS needs RAY_USE_TLS=1 "
                 "here too)"
             )
@@ -505,7 +541,9 @@ def init_ray(address: str = "local", **settings: Any) -> None:
     then Ray is shut down and the signal is raised again for this process's handler: raised at
     once, it left a half-started Ray (its agents outlived the command, reparented to init) and
     at times a segmentation fault as the interpreter exited. Joining a cluster starts no
-    process here: a signal then stops the join at once. Ray is shut down after any failure.
+    process here: a signal then stops the join once Ray's client returns from its connection
+    attempt (up to about 40 s where the head does not answer; the checks before it make that
+    rare). Ray is shut down after any failure.
 
     Raises:
         whatever ``ray.init`` raises, or a held signal's handler (a Stop or KeyboardInterrupt).

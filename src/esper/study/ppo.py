@@ -140,7 +140,7 @@ class PPORunner:
 
         def begin() -> None:
             if recorder.checkpoint is not None:
-                self._record_rounds()
+                self._record_resume_flags()
             recorder.start("ppo", config.env, config.runtime.seed, config.telemetry)
             recorder.console("ppo", config.ppo.rounds)
 
@@ -165,13 +165,20 @@ class PPORunner:
         )
         return status, failure or ""
 
-    def _record_rounds(self) -> None:
-        """On a resume given ``--ppo.rounds``, once every check passed: ``config.json`` says the
-        new plan, so that a later plain ``--resume`` and ``esper runs`` see it (nothing else in
-        the file changes)."""
+    def _record_resume_flags(self) -> None:
+        """On a resume given ``--ppo.rounds`` or ``--ray-address``, once every check passed:
+        ``config.json`` says the new plan and cluster, so that a later plain ``--resume`` and
+        ``esper runs`` see them (nothing else in the file changes)."""
         data = record.read_config(self.recorder.directory)
-        if data["ppo"]["rounds"] != self.config.ppo.rounds:
-            data["ppo"]["rounds"] = self.config.ppo.rounds
+        now: list[tuple[str, str, object]] = [
+            ("ppo", "rounds", self.config.ppo.rounds),
+            ("runtime", "ray_address", self.config.runtime.ray_address),
+        ]
+        changed = False
+        for section, key, value in now:
+            if data[section].get(key) != value:
+                data[section][key], changed = value, True
+        if changed:
             record.write_json(self.recorder.directory / record.CONFIG_FILE, data)
 
     def close(self) -> None:
@@ -254,8 +261,10 @@ def start_workers(config: TrainingConfig, resume: Path | None, stack: ExitStack)
             raise UserError(str(err)) from err
         except OSError as err:
             raise UserError(f"cannot resume {str(resume)!r}: {err.strerror}") from err
+    # a resume keeps its workers: another cluster's address (unchecked: it changes no result)
+    otherwise = "resume with --ray-address HOST:PORT of a running cluster" if resume else None
     try:
-        config, stop = start_ray(config)
+        config, stop = start_ray(config, otherwise)
     except TooFewCores as err:
         raise UserError(err.refusal(resume)) from err
     except ValueError as err:
