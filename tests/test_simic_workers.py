@@ -328,6 +328,33 @@ def test_a_resume_takes_another_clusters_address(
     assert (run / "config.json").read_text() == config
 
 
+@pytest.mark.parametrize("auth", ["", "token"])
+def test_a_failed_join_names_ray_s_cause(monkeypatch: pytest.MonkeyPatch, auth: str) -> None:
+    """A head whose raylet was killed: Ray said "Failed to connect to Ray cluster" and kept
+    the cause (no node to connect to) in ``__cause__``, which the one line dropped, blaming
+    token authentication even where RAY_AUTH_MODE=token was set (a walk-through)."""
+    import ray
+
+    def failing(**settings: Any) -> None:
+        try:
+            raise RuntimeError("No node info found matching attributes: ''\nmore")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.9:6379") from cause
+
+    monkeypatch.setattr(workers, "_check_reachable", lambda *args: None)
+    monkeypatch.setattr(workers, "init_ray", failing)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_AUTH_MODE", auth)
+    with pytest.raises(ValueError) as raised:
+        workers.join_ray("127.0.0.1:6379")
+    message = str(raised.value)
+    assert message.startswith(
+        "cannot join the Ray cluster at --ray-address 127.0.0.1:6379: Failed to connect to Ray "
+        "cluster at 192.0.2.9:6379: No node info found matching attributes: ''"
+    )
+    assert ("RAY_AUTH_MODE=token" in message) is (auth != "token")
+
+
 def test_without_workers_ray_is_not_imported(tmp_path: Path) -> None:
     code = (
         "import sys\n"
