@@ -177,3 +177,42 @@ def test_the_cli_records_bfloat16_and_refuses_other_precisions(tmp_path, capsys)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert "float32" in err and "bfloat16" in err and ("fp16" in err or "half" in err)
         assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize(
+    ("precision", "cpu", "warned"),
+    [
+        ("bfloat16", ("AMD EPYC", {"avx2"}), True),
+        ("bfloat16", ("Xeon", {"avx2", "avx512f", "amx_tile"}), False),
+        ("bfloat16", ("Xeon", {"avx512f", "avx512_bf16"}), False),
+        ("bfloat16", None, False),  # not Linux: cannot tell
+        ("float32", ("AMD EPYC", {"avx2"}), False),
+    ],
+)
+def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_of(
+    tmp_path, capsys, monkeypatch, precision, cpu, warned
+) -> None:
+    """The README advised bfloat16 for CNN hosts of width 16 from an AMX machine's 1.6x; on an
+    AVX2 CPU it ran fashion_mnist's host 11x slower than float32, without a word (a README
+    check). A run on such a CPU now says so; where bfloat16 has units, or the CPU is unknown,
+    nothing is said."""
+    from esper.nissa import record
+
+    monkeypatch.setattr(record, "cpu_info", lambda: cpu)
+    args = [
+        "--task",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--batches-per-epoch",
+        "2",
+        "--val-samples",
+        "64",
+    ]
+    assert main(["static", *args, "--precision", precision, "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    line = (
+        "warning: precision bfloat16 on a CPU without AMX or AVX-512 BF16 (AMD EPYC: avx2) is "
+        "emulated: about 10x slower than float32 on fashion_mnist's host (docs/benchmarks.md)\n"
+    )
+    assert (line in err) is warned and ("bfloat16 on a CPU" in err) is warned, err

@@ -217,8 +217,9 @@ class HostTraining:
             torch autocast (convolutions and matrix products in bfloat16; weights, optimizer
             state, losses and validation in float32). On a CPU with AMX it trained a width-16
             CNN host 1.6x faster, but tiny CNN and transformer hosts 0.4-0.9x as fast
-            (docs/benchmarks.md). A different computation: results differ from float32's
-            (docs/results.md section 11).
+            (docs/benchmarks.md); on a CPU without AMX or AVX-512 BF16 it is emulated, 10x
+            slower (a run there warns). A different computation: results differ from
+            float32's (docs/results.md section 11).
         slots: slots a controller may grow in.
         width: host width: CNN base channels / transformer model dimension, a multiple of its
             attention heads (None: the task's).

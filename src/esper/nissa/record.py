@@ -328,10 +328,9 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 """The vector extensions that choose torch's CPU kernels (oneDNN dispatches on them)."""
 
 
-def _platform() -> str:
-    """``platform.platform()``, the CPU model and which of ``_CPU_FLAGS`` it has (Linux's
-    ``/proc/cpuinfo``; elsewhere ``platform.processor()`` alone, which on Linux would run
-    ``uname``)."""
+def cpu_info() -> tuple[str, set[str]] | None:
+    """The CPU's model and which of ``_CPU_FLAGS`` it has, from Linux's ``/proc/cpuinfo``
+    (None elsewhere)."""
     model, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -343,7 +342,15 @@ def _platform() -> str:
                     flags = set(value.split())
                     break
     except OSError:
-        pass  # not Linux
+        return None  # not Linux
+    return model, flags & set(_CPU_FLAGS)
+
+
+def _platform() -> str:
+    """``platform.platform()``, the CPU model and which of ``_CPU_FLAGS`` it has
+    (``cpu_info``; elsewhere ``platform.processor()`` alone, which on Linux would run
+    ``uname``)."""
+    model, flags = cpu_info() or ("", set())
     model = model or platform.processor() or platform.machine()
     extensions = " ".join(flag for flag in _CPU_FLAGS if flag in flags) or "none of avx2/avx512"
     return f"{platform.platform()}; CPU {model} ({extensions})"

@@ -136,6 +136,28 @@ def warn_whole_splits(training: HostTraining, data: Dataset) -> None:
             )  # fmt: skip
 
 
+BF16_UNITS = ("amx_tile", "avx512_bf16")
+"""CPU extensions that compute in bfloat16 (oneDNN's kernels); without them it is emulated."""
+
+
+def warn_slow_precision(training: HostTraining, on_cpu: bool) -> None:
+    """Warn of ``--precision bfloat16`` on a CPU without ``BF16_UNITS``: emulated there, it ran
+    ``fashion_mnist``'s width-16 epoch 10x slower than float32 (an AMD EPYC with AVX2; 1.6x
+    faster with AMX, docs/benchmarks.md). Not refused: it computes the same, and a run so
+    configured must resume on another machine."""
+    found = record.cpu_info()
+    if training.precision != "bfloat16" or not on_cpu or found is None:
+        return
+    model, flags = found
+    if not flags & set(BF16_UNITS):
+        logger.warning(
+            "precision bfloat16 on a CPU without AMX or AVX-512 BF16 (%s: %s) is emulated: "
+            "about 10x slower than float32 on fashion_mnist's host (docs/benchmarks.md)",
+            model or "this CPU",
+            " ".join(sorted(flags)) or "no AVX2/AVX-512",
+        )
+
+
 RUN_COPIES = 25
 """A growth run's peak memory in float32 copies of its host's parameters. Measured: ``esper
 heuristic --task text_lm --epochs 2 --batches-per-epoch 2 --val-samples 64`` peaked at 4.09 GiB

@@ -53,6 +53,7 @@ from esper.study.checks import (
     check_sinks,
     load_data,
     set_threads,
+    warn_slow_precision,
     warn_whole_splits,
 )
 from esper.study.ledger import SeedLedger
@@ -324,6 +325,7 @@ class GrowthRunner:
         warn_whole_splits(training, data)
         self.data = data.receipt()  # what meta.json records
         device = device or torch.device("cpu")
+        warn_slow_precision(training, device.type == "cpu")
         if device.type == "cpu":
             check_fits(training, data)
         hub = TelemetryHub("", [], TelemetryLevel.parse(config.telemetry.level))

@@ -37,6 +37,7 @@ from esper.study.checks import (
     check_sinks,
     load_data,
     set_threads,
+    warn_slow_precision,
     warn_whole_splits,
 )
 from esper.study.run import Recorder
@@ -55,6 +56,7 @@ def checked_data(config: TrainingConfig, out: Path | None, resume: Path | None) 
     check_out(out, resume)  # before the data loads: bad input fails at once
     data = load_data(config.env, resume)
     warn_whole_splits(config.env, data)
+    warn_slow_precision(config.env, tuple(config.runtime.devices) == ("cpu",))
     if tuple(config.runtime.devices) == ("cpu",):
         check_fits(config.env, data, _envs_here(config))
     return data
