@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import statistics
@@ -715,6 +716,19 @@ def test_dry_run_counts_what_an_interrupted_trial_has_left(tmp_path, capsys):
     assert re.search(r"synthetic\.s\.seed0 +growth +to resume after epoch 2 of 6\n", out), out
     assert re.search(r"synthetic\.s\.seed1 +growth +to run\n", out), out
     assert "2 trials, 2 to run: 10 host epochs" in out
+    # While a study (or a resume) runs it: "running now", not "to resume" (a walk-through's
+    # --dry-run beside a live study listed the trials it was running as waiting to resume).
+    from esper.nissa.record import lock_run
+
+    held = lock_run(run)
+    assert held is not None
+    try:
+        assert main(["study", str(tmp_path / "s.toml"), "--dry-run"]) == 0
+    finally:
+        os.close(held)
+    out = capsys.readouterr().out
+    assert re.search(r"synthetic\.s\.seed0 +growth +running now: epoch 2 of 6 checkpointed\n", out)
+    assert "2 trials, 2 to run (1 running now: another process runs them): 10 host epochs" in out
 
 
 @pytest.mark.parametrize("capacity", [1, 2, None])

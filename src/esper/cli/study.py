@@ -40,6 +40,7 @@ from esper.leyline.trials import (
     TRIALS_DIR,
     TRIALS_FILE,
 )
+from esper.nissa import record
 from esper.nissa.checkpoints import latest_step
 from esper.nissa.log import counted
 from esper.nissa.stopping import Stop
@@ -350,8 +351,10 @@ def dry_run(driver: StudyDriver) -> None:
     flops = sum(epochs[t.name] * per_epoch[t.task].flops for t in left)
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
+    running = sum(1 for t in left if record.run_is_held(driver.run_directory(t)))
+    live = f" ({running} running now: another process runs them)" * bool(running)
     print(
-        f"\n{_trials(driver.trials)}, {len(left)} to run{gave_up}: {sum(epochs.values())} "
+        f"\n{_trials(driver.trials)}, {len(left)} to run{live}{gave_up}: {sum(epochs.values())} "
         f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (the task's static host; "
         f"growth adds more); each trial asks Ray for {spec.resources.cpus:g} CPU and "
         f"{spec.resources.gpus:g} GPU; scored by {SCORES[spec.score]}"
@@ -435,8 +438,10 @@ def _state(driver: StudyDriver, trial: Trial) -> str:
         return f"waits for {first}" + (f" and {len(needs) - 1} more" if len(needs) > 1 else "")
     attempt = "" if attempts == 0 else f" (attempt {attempts + 1})"
     done = _steps_done(driver, trial)
+    unit = "epoch" if trial.kind == "growth" else "round"
+    if record.run_is_held(driver.run_directory(trial)):  # a live study's trial, or a resume
+        return f"running now: {unit} {done} of {_steps(driver.spec, trial)} checkpointed"
     if done:
-        unit = "epoch" if trial.kind == "growth" else "round"
         return f"to resume after {unit} {done} of {_steps(driver.spec, trial)}{attempt}"
     return f"to run{attempt}"
 
