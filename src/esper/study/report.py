@@ -43,6 +43,7 @@ from esper.leyline.trials import (
     TRIALS_DIR,
     TRIALS_FILE,
     Score,
+    TrialRow,
     TrialRun,
     TrialsFileError,
     read_trials,
@@ -193,7 +194,6 @@ def build_study_report(
             f"({TRIALS_FILE}); nothing to report"
         )
     score, why = record.known_study_score(directory)
-    label = score_label(score)
     rows = [t.row for t in trials]
     judging, missing = _judging(directory)
     given = judging if reps is None else replace(judging, reps=reps)
@@ -203,19 +203,7 @@ def build_study_report(
     except ValueError as err:  # two finished trials of one task, arm and seed
         raise StudyReportError(f"{directory / TRIALS_FILE}: {err}") from None
     overall = [s for s in results.summaries if s.task == stats.ALL_TASKS]
-    plots = [
-        StudyPlot(
-            "interval_estimates",
-            f"IQM and mean {label} over all tasks per arm, with 95 % bootstrap intervals.",
-            stats.interval_plot(overall, score),
-        ),
-        StudyPlot(
-            "performance_profile",
-            "Performance profiles: the fraction of each arm's runs (over all its tasks) with "
-            f"{label} above τ, with 95 % bootstrap bands.",
-            stats.profile_plot(rows, given.reps, given.seed, score),
-        ),
-    ]
+    plots = _rliable_plots(overall, rows, given, score)
     runs, warnings = _validation_curves(directory, counted)
     warnings = [f"test or validation accuracy? {why}"] * (why is not None) + warnings
     warnings = ([] if missing is None else [missing]) + warnings
@@ -227,6 +215,29 @@ def build_study_report(
     judged = (given, judging.reps if missing is None else None)
     page = _render(directory, out, trials, results, plots, warnings, judged, score)
     return StudyReport(plots, page, warnings, curves)
+
+
+def _rliable_plots(
+    overall: Sequence[stats.ArmSummary],
+    rows: Sequence[TrialRow],
+    judging: stats.Judging,
+    score: Score | None,
+) -> list[StudyPlot]:
+    """rliable's interval estimates and performance profiles of the study's arms."""
+    label = score_label(score)
+    return [
+        StudyPlot(
+            "interval_estimates",
+            f"IQM and mean {label} over all tasks per arm, with 95 % bootstrap intervals.",
+            stats.interval_plot(overall, score),
+        ),
+        StudyPlot(
+            "performance_profile",
+            "Performance profiles: the fraction of each arm's runs (over all its tasks) with "
+            f"{label} above τ, with 95 % bootstrap bands.",
+            stats.profile_plot(rows, judging.reps, judging.seed, score),
+        ),
+    ]
 
 
 def _judging(directory: Path) -> tuple[stats.Judging, str | None]:
