@@ -604,6 +604,14 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     (study / JUDGING_FILE).write_text("{")
     data = client.get("/api/studies/st").json()
     assert data["rows"] == [] and "results.json" in data["error"], data
+    # One linked out of the runs directory is not read (a review: its keys reached the page).
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"api_token": "hunter2"}')
+    (study / JUDGING_FILE).unlink()
+    (study / JUDGING_FILE).symlink_to(outside)
+    data = client.get("/api/studies/st").json()
+    assert data["error"] == "results.json links outside the runs directory, so it is not read"
+    assert "hunter2" not in json.dumps(data) and "api_token" not in json.dumps(data)
 
 
 def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(

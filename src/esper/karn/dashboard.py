@@ -615,8 +615,9 @@ class _Api:
         found = await self._studies()
         if self.tables is None or name not in found:
             raise HTTPException(404, f"no study named {_shown(name)} in {str(self.runs_dir)!r}")
-        if await run_in_threadpool(confine, found[name] / TRIALS_FILE, self.runs_dir) is None:
-            why = f"{TRIALS_FILE} links outside the runs directory, so it is not read"
+        outside = await run_in_threadpool(_links_outside, found[name], self.runs_dir)
+        if outside is not None:
+            why = f"{outside} links outside the runs directory, so it is not read"
             return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
         try:
             rows = await run_in_threadpool(self.tables.rows, found[name])
@@ -630,6 +631,16 @@ class _Api:
             _study_data, name, found[name], (score, rows), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN
         return JSONResponse(strict_json(data), headers={"Cache-Control": "no-cache"})
+
+
+def _links_outside(study: Path, runs_dir: Path) -> str | None:
+    """The study file the page reads (``trials.csv``, and ``results.json`` where there is one)
+    that links outside ``runs_dir``, or None."""
+    for name in (TRIALS_FILE, JUDGING_FILE):
+        path = study / name
+        if (name == TRIALS_FILE or os.path.lexists(path)) and confine(path, runs_dir) is None:
+            return name
+    return None
 
 
 class _RunName(PathConvertor):
