@@ -597,7 +597,7 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     monkeypatch.setattr(stats, "summarize", recorded)
     client = local_client(runs, study_table=study_table)
     assert client.get("/api/studies/st").json()["rows"] and asked == [(stats.DEFAULT_REPS, 0)]
-    judging = stats.Judging((), (), (), (), 40, 7, 0)
+    judging = stats.Judging((), (), (), (), 40, 7, 0, "")
     (study / JUDGING_FILE).write_text(json.dumps(asdict(judging)))
     assert client.get("/api/studies/st").json()["rows"] and asked[1:] == [(40, 7)]
     assert client.get("/api/studies/st").json()["rows"] and len(asked) == 2  # cached

@@ -1134,6 +1134,19 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     (study / "results.json").write_text(json.dumps({**judging, "unfinished": 3}))
     so_far = "Results so far: the study was interrupted with 3 trial(s) not finished"
     assert so_far in build_study_report(study).html
+    # trials.csv written again, but not the results (a study killed between the two): the
+    # page is of trials.csv, says results.md is not, and claims no "so far" (a review).
+    header, *lines = (study / "trials.csv").read_text().splitlines()
+    (study / "trials.csv").write_text("\n".join([header, *lines[:3]]) + "\n")
+    report = build_study_report(study)
+    (warning,) = report.warnings
+    assert warning.startswith("results.md and results.json are of other trials than trials.csv")
+    assert (
+        "Results so far" not in report.html and "as in <code>results.md</code>" not in report.html
+    )
+    assert "(100 resamples, seed 0)" in report.html  # the study's bootstrap still
+    assert len(_table_rows(report.html, "improvements")) == 5  # its baselines still
+    (study / "trials.csv").write_text("\n".join([header, *lines]) + "\n")
     # Results an older Esper wrote, or a damaged results.json: the scores, and a warning.
     for damage in ("", "{}"):
         if damage:

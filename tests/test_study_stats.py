@@ -22,6 +22,7 @@ from esper.study.stats import (
     conclusion,
     improvements,
     read_judging,
+    rows_digest,
     study_results,
     summarize,
     verdicts,
@@ -348,11 +349,12 @@ def test_write_results_writes_four_files_and_lists_failed_trials(tmp_path: Path)
     ]
     judging = read_judging(out)  # how they were computed, to compute them again alike
     assert judging == Judging(
-        ("static-matched",), (("heuristic", "static-matched"),), (), (), REPS, 0, 0
-    )
+        ("static-matched",), (("heuristic", "static-matched"),), (), (), REPS, 0, 0,
+        rows_digest(rows),
+    )  # fmt: skip
     assert study_results(rows, judging) == results
     with pytest.raises(ValueError, match="is not an"):
-        Judging((), (("heuristic",),), (), (), REPS, 0, 0)
+        Judging((), (("heuristic",),), (), (), REPS, 0, 0, "")
     for png in ("interval_estimates.png", "performance_profile.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     heuristic = _one(results.summaries, "digits", "heuristic")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from esper.karn.studies import StudyRow
 from esper.leyline.config import UserError
-from esper.leyline.trials import DEFAULT_REPS, read_trials
+from esper.leyline.trials import read_trials
 from esper.nissa.log import counted
 
 
@@ -29,7 +29,7 @@ def _listen_error(host: str, port: int, err: OSError) -> UserError:
 def study_table(study: Path) -> list[StudyRow]:
     """A study's arms × tasks for the dashboard's study page: ``esper.study.stats.summarize``
     over the trials in its ``trials.csv`` with the bootstrap of its ``results.md`` (as its
-    ``results.json`` says; ``DEFAULT_REPS`` without a readable one), each row with the run
+    ``results.json`` says; ``stats.UNJUDGED``'s without one), each row with the run
     directories of the trials that entered it (none for a row over all tasks, whose trials the
     per-task rows link).
 
@@ -40,11 +40,9 @@ def study_table(study: Path) -> list[StudyRow]:
             ``results.json`` (``RunRecordError``), or two counted trials with one task, arm
             and seed.
     """
-    from esper.study.stats import ALL_TASKS, read_judging, summarize  # rliable: a study page's
+    from esper.study.stats import ALL_TASKS, UNJUDGED, read_judging, summarize  # rliable
 
-    judging = read_judging(study)  # a damaged one: a RunRecordError, a ValueError
-    reps, seed = (DEFAULT_REPS, 0) if judging is None else (judging.reps, judging.seed)
-
+    judging = read_judging(study) or UNJUDGED  # a damaged one: a RunRecordError, a ValueError
     trials = read_trials(study)
     runs: dict[tuple[str, str], list[str]] = {}
     for trial in trials:
@@ -65,7 +63,7 @@ def study_table(study: Path) -> list[StudyRow]:
             seconds=s.seconds,
             runs=() if s.task == ALL_TASKS else tuple(runs[s.task, s.arm]),
         )
-        for s in summarize([trial.row for trial in trials], reps, seed)
+        for s in summarize([trial.row for trial in trials], judging.reps, judging.seed)
     ]
 
 

@@ -38,8 +38,8 @@ from matplotlib.ticker import MaxNLocator
 from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import (
-    DEFAULT_REPS,
     JUDGING_FILE,
+    RESULTS_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
     Score,
@@ -195,7 +195,7 @@ def build_study_report(
         )
     score, why = record.known_study_score(directory)
     rows = [t.row for t in trials]
-    judging, missing = _judging(directory)
+    judging, problem, same = _judging(directory, rows)
     given = judging if reps is None else replace(judging, reps=reps)
     stats.check_bootstrap(given.reps, given.seed)  # not the trials file's fault, unlike below
     try:
@@ -206,13 +206,13 @@ def build_study_report(
     plots = _rliable_plots(overall, rows, given, score)
     runs, warnings = _validation_curves(directory, counted)
     warnings = [f"test or validation accuracy? {why}"] * (why is not None) + warnings
-    warnings = ([] if missing is None else [missing]) + warnings
+    warnings = ([] if problem is None else [problem]) + warnings
     curves = arm_curves(runs)
     arms = sorted({s.arm for s in overall})
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # as stats colours its plots
     for task in sorted({c.task for c in curves}):
         plots.append(plot_task(task, [c for c in curves if c.task == task], colours))
-    judged = (given, judging.reps if missing is None else None)
+    judged = (given, judging.reps if same else None)
     page = _render(directory, out, trials, results, plots, warnings, judged, score)
     return StudyReport(plots, page, warnings, curves)
 
@@ -240,21 +240,33 @@ def _rliable_plots(
     ]
 
 
-def _judging(directory: Path) -> tuple[stats.Judging, str | None]:
-    """How the study's ``results.md`` was computed (``results.json``), and None; or, without a
-    readable one, no baselines or verdict roles and ``DEFAULT_REPS``, with a warning saying
-    so."""
+def _judging(directory: Path, rows: Sequence[TrialRow]) -> tuple[stats.Judging, str | None, bool]:
+    """How the study's ``results.md`` was computed (``results.json``), a warning where the
+    page cannot show the same, and whether ``results.md`` judged the trials of ``rows``.
+
+    Without a readable ``results.json``: ``stats.UNJUDGED`` (no verdicts). One that judged
+    other trials (a study stopped between writing ``trials.csv`` and its results): its
+    settings, but not its count of trials not finished, which was another invocation's."""
     try:
         judging = stats.read_judging(directory)
-        why = "there is none (an Esper before it wrote the study's results)"
+        why = "there is none (results an older Esper wrote, or a study stopped before them)"
     except record.RunRecordError as err:
         judging, why = None, str(err)
-    if judging is not None:
-        return judging, None
-    return stats.Judging((), (), (), (), DEFAULT_REPS, 0, 0), (
-        f"no probabilities of improvement or verdicts: they need {JUDGING_FILE}, and {why}; "
-        "`esper study` on the study file writes it (finished trials are not run again)"
-    )
+    if judging is None:
+        missing = (
+            f"no probabilities of improvement or verdicts: they need {JUDGING_FILE}, and "
+            f"{why}; `esper study` on the study file writes it (running only what is not "
+            "finished)"
+        )
+        return stats.UNJUDGED, missing, False
+    if judging.trials != stats.rows_digest(rows):
+        stale = (
+            f"{RESULTS_FILE} and {JUDGING_FILE} are of other trials than {TRIALS_FILE} holds "
+            "(the study stopped between writing them): this page is of trials.csv; `esper "
+            "study` on the study file writes them again"
+        )
+        return replace(judging, unfinished=0), stale, False
+    return judging, None, True
 
 
 def _validation_curves(
@@ -350,17 +362,15 @@ def _improvements(results: stats.StudyResults) -> list[str]:
 
 
 def _bootstrap(judging: stats.Judging, studys_reps: int | None) -> str:
-    """How the intervals were computed, and whether ``results.md``'s are the same."""
-    same = (
-        "as in <code>results.md</code>"
-        if studys_reps == judging.reps
-        else f"<code>results.md</code> uses {studys_reps}"
-        if studys_reps is not None
-        else "<code>results.md</code> holds those of the study's own settings"
-    )
+    """How the intervals were computed, and whether ``results.md``'s are the same (None: it
+    judged other trials, or cannot be told)."""
+    same = {
+        studys_reps is None: "",
+        studys_reps == judging.reps: "; as in <code>results.md</code>",
+    }.get(True, f"; <code>results.md</code> uses {studys_reps}")
     return (
         f"Intervals are 95 % stratified bootstrap intervals ({judging.reps} resamples, seed "
-        f"{judging.seed}; {same})."
+        f"{judging.seed}{same})."
     )
 
 
@@ -388,7 +398,7 @@ def _render(
         f"{_bootstrap(judging, studys_reps)}</p>",
         "<h2>Scores</h2>",
         _results_table(results.summaries),
-        *(_improvements(results) if studys_reps is not None else []),
+        *(_improvements(results) if judging.trials else []),
         "<h2>Plots</h2>",
         *(pages.figure(plot.name, plot.png, plot.caption) for plot in plots),
         "<h2>Trials</h2>",

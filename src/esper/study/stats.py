@@ -38,6 +38,7 @@ Choices rliable leaves open, made here once:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -234,6 +235,8 @@ class Judging:
         matched, learned, handwritten: the study's ``VerdictRoles``.
         reps, seed: the bootstrap's resamples per interval and seed.
         unfinished: the study's trials not finished when it was written (0: none).
+        trials: the SHA-256 of the trials it judged (``rows_digest``): a ``trials.csv``
+            written after it (a study stopped between the two) holds others.
 
     Raises:
         ValueError: a matched pair that is not two arms, or a count out of range.
@@ -246,6 +249,7 @@ class Judging:
     reps: int
     seed: int
     unfinished: int
+    trials: str
 
     def __post_init__(self) -> None:
         for pair in self.matched:
@@ -257,6 +261,13 @@ class Judging:
     def roles(self) -> VerdictRoles:
         return VerdictRoles(frozenset(self.matched), frozenset(self.learned),
                             frozenset(self.handwritten))  # fmt: skip
+
+
+def rows_digest(rows: Sequence[TrialRow]) -> str:
+    """The SHA-256 of ``rows`` in order (``Judging.trials``), equal for the rows ``trials.csv``
+    reads back."""
+    text = json.dumps([asdict(row) for row in rows], sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def read_judging(directory: Path) -> Judging | None:
@@ -406,6 +417,11 @@ def check_bootstrap(reps: int, seed: int) -> None:
     numpy's legacy generator takes (others failed 13 frames deep)."""
     check_int("reps", reps, *REPS_RANGE)
     check_int("seed", seed, 0, MAX_SEED)
+
+
+UNJUDGED = Judging((), (), (), (), DEFAULT_REPS, 0, 0, "")
+"""The judging of a study without a readable ``results.json``: no baselines or verdict roles,
+the default bootstrap."""
 
 
 def summarize(
@@ -866,7 +882,7 @@ def write_results(
     roles = VerdictRoles() if roles is None else roles
     judging = Judging(
         tuple(baselines), tuple(sorted(roles.matched)), tuple(sorted(roles.learned)),
-        tuple(sorted(roles.handwritten)), reps, seed, unfinished,
+        tuple(sorted(roles.handwritten)), reps, seed, unfinished, rows_digest(rows),
     )  # fmt: skip
     results = study_results(rows, judging)
     intervals = interval_plot([s for s in results.summaries if s.task == ALL_TASKS], score)
