@@ -216,3 +216,31 @@ def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_of(
         "emulated: about 10x slower than float32 on fashion_mnist's host (docs/benchmarks.md)\n"
     )
     assert (line in err) is warned and ("bfloat16 on a CPU" in err) is warned, err
+
+
+def test_the_cpus_extensions_are_read_on_x86_alone(tmp_path) -> None:
+    """An ARM CPU lists its extensions as ``Features`` (``bf16`` among them on Neoverse):
+    read as x86's ``flags``, it had none, and every bfloat16 run warned (a review)."""
+    from esper.nissa.record import cpu_info
+
+    x86 = tmp_path / "x86"
+    x86.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f amx_tile\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU part\t: 0xd40\n")
+    assert cpu_info(str(x86)) == ("AMD EPYC", {"avx2", "avx512f", "amx_tile"})
+    assert cpu_info(str(arm)) is None and cpu_info(str(tmp_path / "none")) is None
+
+
+def test_a_bfloat16_study_is_warned_of_once(tmp_path, capsys, monkeypatch) -> None:
+    """A study's trials warn in Ray's worker logs, which its driver does not print: the study
+    itself now warns, once for all its trials (a review)."""
+    from esper.nissa import record
+
+    monkeypatch.setattr(record, "cpu_info", lambda: ("AMD EPYC", {"avx2"}))
+    (tmp_path / "s.toml").write_text(
+        'out = "o"\ntasks = ["synthetic", "digits_impaired"]\nseeds = 2\n'
+        '[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 64\nprecision = "bfloat16"\n'
+        '[[arms]]\nname = "s"\ncontroller = "static"\n'
+    )
+    assert main(["study", str(tmp_path / "s.toml"), "--dry-run"]) == 0
+    assert capsys.readouterr().err.count("warning: precision bfloat16 on a CPU without AMX") == 1

@@ -44,7 +44,7 @@ from esper.nissa import record
 from esper.nissa.checkpoints import latest_step
 from esper.nissa.log import counted
 from esper.nissa.stopping import Stop
-from esper.study.checks import check_fits, load_data
+from esper.study.checks import check_fits, load_data, warn_slow_precision
 from esper.study.execute import (
     Outcome,
     StudyDriver,
@@ -92,6 +92,7 @@ def run_study(args: argparse.Namespace) -> int:
     if address is None:  # a local instance has this machine's cores and memory: a trial must fit
         check_local_cores(spec)
         check_widths(spec, args.file)
+        _warn_slow_precision(spec)  # once here: the trials' own warnings stay in Ray's logs
     knowledge = store_url(spec, args.file)
     driver = StudyDriver(spec, directory, _say, knowledge)
     check_writable(directory)  # first: the study's own store is named inside it
@@ -444,6 +445,16 @@ def _state(driver: StudyDriver, trial: Trial) -> str:
     if done:
         return f"to resume after {unit} {done} of {_steps(driver.spec, trial)}{attempt}"
     return f"to run{attempt}"
+
+
+def _warn_slow_precision(spec: StudySpec) -> None:
+    """``warn_slow_precision`` for a study whose trials train in bfloat16 on this CPU."""
+    if spec.resources.gpus:
+        return
+    slow = [training(spec, task) for task in spec.tasks]
+    slow = [budget for budget in slow if budget.precision == "bfloat16"]
+    if slow:
+        warn_slow_precision(slow[0], True)
 
 
 def _steps(spec: StudySpec, trial: Trial) -> int:

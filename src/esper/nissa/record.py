@@ -328,12 +328,13 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 """The vector extensions that choose torch's CPU kernels (oneDNN dispatches on them)."""
 
 
-def cpu_info() -> tuple[str, set[str]] | None:
-    """The CPU's model and which of ``_CPU_FLAGS`` it has, from Linux's ``/proc/cpuinfo``
-    (None elsewhere)."""
-    model, flags = "", set()
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]] | None:
+    """The x86 CPU's model and which of ``_CPU_FLAGS`` it has, from Linux's ``/proc/cpuinfo``
+    (None elsewhere: another system, or another architecture, whose extensions it lists
+    otherwise, as ARM's ``Features``)."""
+    model, flags = "", None
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
@@ -343,7 +344,7 @@ def cpu_info() -> tuple[str, set[str]] | None:
                     break
     except OSError:
         return None  # not Linux
-    return model, flags & set(_CPU_FLAGS)
+    return None if flags is None else (model, flags & set(_CPU_FLAGS))
 
 
 def _platform() -> str:
