@@ -325,11 +325,18 @@ def test_a_run_linked_beside_itself_is_one_run(tmp_path, recorded_runs, capsys) 
     shutil.copytree(recorded_runs["heuristic"], parent / "y")
     (parent / "a-latest").symlink_to("x")  # sorts before its target
     (parent / "z-latest").symlink_to(parent / "y")  # after it, and absolute
+    write_study(parent / "st", recorded_runs)
+    (parent / "a-st").symlink_to("st")  # a link to a study: its trials are no links (a review)
+    trials = [
+        f"st/synthetic.{arm}.seed{seed}" for arm in ("heuristic", "static") for seed in (0, 1)
+    ]
     assert main(["runs", "list", str(parent)]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
-    assert listed == ["x", "y"]
+    assert listed == ["x", "y", *trials]
     rows = _query(capsys, "SELECT run, count(*) AS n FROM runs GROUP BY run ORDER BY run", parent)
-    assert rows == [{"run": "x", "n": 1}, {"run": "y", "n": 1}]
+    assert rows == [{"run": run, "n": 1} for run in sorted([*trials, "x", "y"])]
+    for name in ("a-st", "st"):
+        (parent / name).rename(tmp_path / name)  # the rest of the test: runs alone
     given = (parent, parent / "a-latest")
     assert [r["run"] for r in _query(capsys, "SELECT run FROM runs ORDER BY run", *given)] == [
         "a-latest",

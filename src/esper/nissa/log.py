@@ -648,11 +648,22 @@ def named_runs(
     return found
 
 
-def _each_once(found: dict[str, tuple[Path, str | None]]) -> dict[str, tuple[Path, str | None]]:
-    """``found`` with a run reached under two names (a symbolic link beside its directory,
-    ``runs/latest -> runs/x``) once, under its own directory's name where that is one of them
-    (else the first): two rows of one run read as two runs, and count twice in a query. (The
-    dashboard keeps both names: a bookmarked ``runs/latest`` follows the link.)"""
+def _each_once(
+    directory: Path, found: dict[str, tuple[Path, str | None]]
+) -> dict[str, tuple[Path, str | None]]:
+    """``found`` (``named_runs(directory)``) with a run reached under two names (a symbolic
+    link beside its directory, ``runs/latest -> runs/x``, or to a study, ``runs/s -> runs/st``)
+    once, under the name that follows no link where one does (else the first): two rows of
+    one run read as two runs, and count twice in a query. (The dashboard keeps both names: a
+    bookmarked ``runs/latest`` follows the link.)"""
+    base = directory.resolve()
+
+    def own(path: Path) -> bool:  # reached from ``directory`` through no link
+        try:
+            return path.resolve() == base / path.relative_to(directory)
+        except (OSError, RuntimeError, ValueError):  # RuntimeError: a loop of links
+            return False
+
     chosen: dict[Path, str] = {}
     for name, (path, _) in found.items():
         try:
@@ -660,7 +671,7 @@ def _each_once(found: dict[str, tuple[Path, str | None]]) -> dict[str, tuple[Pat
         except (OSError, RuntimeError):  # a loop of links: opening it says so
             target = path
         kept = chosen.setdefault(target, name)
-        if found[kept][0].is_symlink() and not path.is_symlink():
+        if not own(found[kept][0]) and own(path):
             chosen[target] = name
     names = set(chosen.values())
     return {name: entry for name, entry in found.items() if name in names}
@@ -699,7 +710,7 @@ def scan_runs(directory: Path) -> tuple[list[RunDirectory], list[tuple[str, str]
     """
     check_runs_dir(directory)
     runs, unreadable = [], []
-    for name, (path, _) in _each_once(named_runs(directory)).items():
+    for name, (path, _) in _each_once(directory, named_runs(directory)).items():
         try:
             runs.append(dataclasses.replace(open_run(path), name=name))
         except RunDirectoryError as err:
