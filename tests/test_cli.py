@@ -1203,14 +1203,15 @@ def test_output_into_a_full_disk_is_one_line(tmp_path) -> None:
         assert (command, proc.returncode, proc.stderr) == (
             command, 2, "esper: error: cannot write the output: No space left on device\n"
         )  # fmt: skip
-    closed = subprocess.run(  # started without a stdout: sys.stdout is None (a review)
-        [str(esper), "runs", "list", str(tmp_path)],
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: os.close(1),
-    )
-    assert (closed.returncode, closed.stderr) == (0, "")
+    for command in (["runs", "list", str(tmp_path)], ["static", "--help"], ["--help"]):
+        closed = subprocess.run(  # started without a stdout: sys.stdout is None (a review; tyro's
+            [str(esper), *command],  # --help was a traceback)
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: os.close(1),
+        )
+        assert (command, closed.returncode, closed.stderr) == (command, 0, "")
 
 
 def test_test_split_is_read_once_for_the_final_and_the_best_validation_model(tmp_path) -> None:

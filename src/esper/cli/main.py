@@ -194,10 +194,8 @@ class _Parser(argparse.ArgumentParser):
 
     def print_help(self, file: SupportsWrite[str] | None = None) -> None:
         """The help, its write failures raised (argparse drops them: ``--help > /dev/full``
-        exited 0 with nothing written); nothing without a stdout (started with it closed)."""
-        file = file or sys.stdout
-        if file is not None:
-            file.write(self.format_help())
+        exited 0 with nothing written)."""
+        (file or sys.stdout).write(self.format_help())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,22 +327,19 @@ def _command(args_list: list[str]) -> int:
     return run_demo(args)
 
 
-def _flush() -> None:
-    if sys.stdout is not None:  # None: started with its stdout closed
-        sys.stdout.flush()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
+    if sys.stdout is None:  # started with its stdout closed: what it prints goes nowhere
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (tyro reads .isatty)
     _show_library_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         try:
             status = _command(args_list)
         except SystemExit:  # --help's (argparse's): its text is flushed, and a failure told, here
-            _flush()
+            sys.stdout.flush()
             raise
-        _flush()  # the output's last lines: a failure to write them is told here
+        sys.stdout.flush()  # the output's last lines: a failure to write them is told here
         return status
     except (UserError, RunRecordError, EventLogError, WriteError) as err:
         print(f"esper: error: {one_line(str(err))}", file=sys.stderr)
@@ -363,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         printing = bool(args_list) and args_list[0] in PRINTING_COMMANDS
         printing = printing or bool({"-h", "--help"} & set(args_list))  # its text is the output
         no_room = is_disk_full(err) or err.errno == errno.EFBIG  # EFBIG: at its size limit
-        if printing and no_room and not err.filename and sys.stdout is not None:
+        if printing and no_room and not err.filename:
             # the output (`esper knowledge export > /dev/full` was a traceback, exit 1): what
             # these commands write to no named file (their own files name themselves)
             print(f"esper: error: cannot write the output: {err.strerror}", file=sys.stderr)
