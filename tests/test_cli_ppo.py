@@ -514,6 +514,11 @@ def test_a_completed_run_trains_on_to_a_larger_ppo_rounds(tmp_path, capsys) -> N
     assert "(it takes --ppo.rounds, --ray-address only); drop --ppo.n-envs" in (
         capsys.readouterr().err
     )
+    assert main(["ppo", "--resume", str(run), "--ray-address=127.0.0.1:6379"]) == 2
+    assert capsys.readouterr().err == (
+        f"esper: error: {str(run)!r} ran without --workers, and a resume keeps how it ran: "
+        "drop --ray-address\n"
+    )
     assert main(["heuristic", "--resume", str(run), "--ppo.rounds", "3"]) == 2
     assert "as configured; drop --ppo.rounds" in capsys.readouterr().err
     assert _files(run) == before  # every refusal left the run as it was

@@ -68,7 +68,7 @@ def split_options(argv: list[str], on_resume: tuple[str, ...] = ()) -> tuple[Run
     """Take the command's own flags (``RunOptions``) out of ``argv``; the rest is the config.
 
     ``on_resume``: the configuration flags ``--resume`` takes (``esper ppo``'s
-    ``--ppo.rounds``); any other is refused.
+    ``PPO_ON_RESUME``); any other is refused.
 
     Raises:
         UserError: a flag without its value, or ``--resume`` with other configuration flags.

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 PPO_ON_RESUME = ("--ppo.rounds", "--ray-address")
 """The flags ``esper ppo --resume RUN`` takes: more rounds (a finished run trains on), and the
-cluster its workers join (another head's address changes no result)."""
+cluster its workers join (where they run is not one of the run's settings: another head's
+address, or the same head's under another name)."""
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

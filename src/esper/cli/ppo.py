@@ -63,7 +63,7 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             f"                  (default: default; its episodes are "
             f"{load_preset('default').env.epochs} epochs on any task)"
         )
-        if options.resume is not None:  # argv: --ppo.rounds at most (split_options)
+        if options.resume is not None:  # argv: PPO_ON_RESUME's flags at most (split_options)
             check_recorded_mode(options.resume, "ppo")
             try:
                 data = record.read_config(options.resume)
@@ -71,6 +71,11 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
             except (record.RunRecordError, ValueError) as err:  # as esper static's resume says
                 raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
             config = replace(config, env=without_stray_data_dir(config.env))
+            if config.runtime.workers is None and "ray_address" in named_fields(argv):
+                raise UserError(
+                    f"{str(options.resume)!r} ran without --workers, and a resume keeps how it "
+                    "ran: drop --ray-address"
+                )
             return parse_flags(TrainingConfig, argv, "esper ppo", description, config).resolved()
         name, argv = _preset(argv)
         base = layered(load_preset(name), options)

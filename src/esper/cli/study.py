@@ -30,11 +30,9 @@ from esper.leyline.files import (
 )
 from esper.leyline.net import MAX_PORT, is_host_port
 from esper.leyline.trials import (
-    INTERVALS_FILE,
-    JUDGING_FILE,
     LOCK_FILE,
-    PROFILE_FILE,
     RESULTS_FILE,
+    RESULTS_FILES,
     SCORES,
     STUDY_FILE,
     TRIALS_DIR,
@@ -311,8 +309,7 @@ def _check_study_files(directory: Path) -> None:
     Raises:
         UserError: naming the file and what it is.
     """
-    written = (RESULTS_FILE, INTERVALS_FILE, PROFILE_FILE, JUDGING_FILE)
-    for name in (STUDY_FILE, TRIALS_FILE, *written, LOCK_FILE):
+    for name in (STUDY_FILE, TRIALS_FILE, *RESULTS_FILES, LOCK_FILE):
         path = directory / name
         try:
             mode = file_mode(path)

@@ -37,6 +37,8 @@ PROFILE_FILE = "performance_profile.png"
 JUDGING_FILE = "results.json"
 """How ``results.md`` was computed (``esper.study.stats.Judging``: baselines, verdict roles,
 bootstrap, trials not finished), written with it: the study report shows the same numbers."""
+RESULTS_FILES = (RESULTS_FILE, INTERVALS_FILE, PROFILE_FILE, JUDGING_FILE)
+"""What ``esper.study.stats.write_results`` writes, all replaced together."""
 KNOWLEDGE_FILE = "knowledge.sqlite"
 """A study's own knowledge store (unless the study names one): its bandits learn from its trials;
 also the user's default store's name, in the cache directory ``esper/``."""
@@ -46,10 +48,7 @@ STUDY_OUTPUTS = (
     STUDY_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
-    RESULTS_FILE,
-    INTERVALS_FILE,
-    PROFILE_FILE,
-    JUDGING_FILE,
+    *RESULTS_FILES,
     KNOWLEDGE_FILE,
     REPORT_FILE,  # ``esper report STUDY``'s page
 )

@@ -264,7 +264,7 @@ def start_workers(config: TrainingConfig, resume: Path | None, stack: ExitStack)
             raise UserError(str(err)) from err
         except OSError as err:
             raise UserError(f"cannot resume {str(resume)!r}: {err.strerror}") from err
-    # a resume keeps its workers: another cluster's address (unchecked: it changes no result)
+    # a resume keeps its workers; another cluster's address is allowed (not a setting checked)
     otherwise = "resume with --ray-address HOST:PORT of a running cluster" if resume else None
     try:
         config, stop = start_ray(config, otherwise)

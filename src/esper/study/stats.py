@@ -61,6 +61,7 @@ from esper.leyline.trials import (
     PROFILE_FILE,
     REPS_RANGE,
     RESULTS_FILE,
+    RESULTS_FILES,
     Score,
     TrialRow,
     VerdictRoles,
@@ -724,7 +725,7 @@ def _improvements(results: StudyResults) -> list[str]:
     lines = [
         "## Probability of improvement",
         "",
-        IMPROVEMENT_SENTENCE,
+        f"{IMPROVEMENT_SENTENCE} (Method says which seeds.)",
         "",
         f"| {' | '.join(IMPROVEMENT_COLUMNS)} |",
         "|---|---|---|--:|--:|--:|",
@@ -890,10 +891,14 @@ def write_results(
     text = _markdown(results, rows, reps, seed, unfinished, score)
     directory.mkdir(parents=True, exist_ok=True)
     # what a writer killed before left (hidden .NAME.tmp-* files)
-    written = [INTERVALS_FILE, PROFILE_FILE, RESULTS_FILE, JUDGING_FILE]
-    remove_temporaries(directory, written)
-    contents: list[bytes | str] = [intervals, profile, text, json.dumps(asdict(judging)) + "\n"]
-    atomic_write_all([(directory / n, data) for n, data in zip(written, contents, strict=True)])
+    remove_temporaries(directory, list(RESULTS_FILES))
+    contents: dict[str, bytes | str] = {
+        RESULTS_FILE: text,
+        INTERVALS_FILE: intervals,
+        PROFILE_FILE: profile,
+        JUDGING_FILE: json.dumps(asdict(judging)) + "\n",
+    }
+    atomic_write_all([(directory / name, contents[name]) for name in RESULTS_FILES])
     return results
 
 
