@@ -364,10 +364,12 @@ def _improvements(results: stats.StudyResults) -> list[str]:
 def _bootstrap(judging: stats.Judging, studys_reps: int | None) -> str:
     """How the intervals were computed, and whether ``results.md``'s are the same (None: it
     judged other trials, or cannot be told)."""
-    same = {
-        studys_reps is None: "",
-        studys_reps == judging.reps: "; as in <code>results.md</code>",
-    }.get(True, f"; <code>results.md</code> uses {studys_reps}")
+    if studys_reps is None:
+        same = ""
+    elif studys_reps == judging.reps:
+        same = "; as in <code>results.md</code>"
+    else:
+        same = f"; <code>results.md</code> uses {studys_reps}"
     return (
         f"Intervals are 95 % stratified bootstrap intervals ({judging.reps} resamples, seed "
         f"{judging.seed}{same})."

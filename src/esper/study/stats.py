@@ -273,7 +273,7 @@ def rows_digest(rows: Sequence[TrialRow]) -> str:
 
 def read_judging(directory: Path) -> Judging | None:
     """The ``results.json`` in ``directory`` (None: there is none, as in a study whose results
-    an Esper before it wrote).
+    an Esper before it wrote, or one stopped before it wrote its results).
 
     Raises:
         RunRecordError: it cannot be read, or is not a ``Judging``.
