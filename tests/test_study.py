@@ -664,6 +664,44 @@ class _RayStopped(_Ray):
         pass
 
 
+class _RayCancelled(_Ray):
+    """Ray that takes cancels, and has nothing left to wait for once they are sent."""
+
+    def wait(self, refs, num_returns, timeout=None):
+        return ([], list(refs)) if timeout is not None else super().wait(refs, num_returns)
+
+    def cancel(self, ref) -> None:
+        pass
+
+
+def test_a_trial_whose_job_a_signal_caught_being_built_is_not_finished(tmp_path, monkeypatch):
+    """Ctrl-C while a static-matched trial's job was built (its data loading) took it out of
+    the trials waiting before it was running: the results so far said one trial fewer was not
+    finished, or 0 and no "so far" at all (a walk-through)."""
+    from esper.nissa.stopping import Stop
+
+    driver = _driver(
+        tmp_path,
+        'out = "o"\ntasks = ["synthetic"]\nseeds = 1\n'
+        "[budget]\nepochs = 2\nbatches_per_epoch = 2\nval_samples = 128\n"
+        '[[arms]]\nname = "h"\ncontroller = "heuristic"\n'
+        '[[arms]]\nname = "m"\ncontroller = "static-matched"\nmatch = "h"\n',
+    )
+    job = driver.job
+
+    def interrupted(trial):  # the heuristic's is built; the matched one's meets a Ctrl-C
+        if trial.arm == "m":
+            raise KeyboardInterrupt
+        return job(trial)
+
+    monkeypatch.setattr(driver, "job", interrupted)
+    with pytest.raises(Stop):
+        driver._loop(_RayCancelled(), 2)
+    assert driver.stopped is not None
+    assert driver.stopped.pending == ["synthetic.m.seed0"]
+    assert [name for name, _ in driver.stopped.rows] == ["synthetic.h.seed0"]
+
+
 def test_results_so_far_count_a_trial_that_finished_as_the_study_stopped(tmp_path):
     """The interrupted study's results said "2 trial(s) not finished" and left out the one that
     finished during the wait for the cancelled trials; its resume then found it done (a

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from esper.cli.main import EXIT_INTERRUPTED
-from esper.leyline.config import UserError
+from esper.leyline.config import UserError, first_line
 from esper.leyline.files import (
     DANGLING_LINK,
     file_mode,
@@ -53,7 +53,7 @@ from esper.study.execute import (
 from esper.study.plan import Trial, never_growing
 from esper.study.run import stop_signals
 from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_url, training
-from esper.study.stats import StudyResults, write_results
+from esper.study.stats import StudyResults, import_libraries, write_results
 from esper.tolaria.threads import usable_cores
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ def run_study(args: argparse.Namespace) -> int:
         _say(f"esper study: {_trials(driver.trials)}, {done} already done, {scored} -> {directory}")
         for note in notes:
             _say(note)
+        if runs:
+            import_libraries()  # before any trial: what a Ctrl-C there would leave half-imported
         outcome = driver.run(capacity)
     except Stop as signalled:
         _interrupted(driver, directory, args.file, address, signalled)
@@ -166,7 +168,12 @@ def _interrupted(
         except (KeyboardInterrupt, ImportError) as err:
             if not _interrupting(err, stop):  # an ImportError of its own
                 raise
-            _say("stopped again: results so far not written (trials.csv lists every trial)")
+            _say("stopped again: results so far not written (trials.csv lists the finished)")
+        except Exception as err:  # the first signal left a module half-imported (scipy's)
+            _say(
+                f"results so far not written ({type(err).__name__}: {first_line(err)}); "
+                "running the study again writes them"
+            )
     _say(f"\ninterrupted: continue with: esper study {shell_path(file)}{again}")
 
 

@@ -444,10 +444,14 @@ class StudyDriver:
             with suppress(KeyboardInterrupt):
                 ray.wait(list(running), num_returns=len(running), timeout=60)
             with stop_signals() as held, held(final=True):
-                # A trial may finish before its cancel takes: the results so far count it, as
-                # a resume does (they said it was not finished).
-                unfinished = [t for t in running.values() if not self._finished_as_stopped(t)]
-                self.stopped = self._outcome([*waiting, *unfinished])
+                # A trial may finish before its cancel takes, or the signal come as its result
+                # is taken in: the results so far count it, as a resume does (they said it was
+                # not finished). What is not finished comes from the trials themselves: one the
+                # signal caught between ``waiting`` and ``running`` (its job being built) was
+                # in neither list, and left out of the count.
+                for trial in self.runnable():
+                    self._finished_as_stopped(trial)
+                self.stopped = self._outcome(self.runnable())
                 self.write_trials(self.stopped)  # the results so far; a resume completes them
             raise Stop from None
         outcome = self._outcome(waiting)

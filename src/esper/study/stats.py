@@ -75,8 +75,19 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # rliable (with arch, scipy, pandas and seaborn behind it, ~2 s) and matplotlib (~0.7 s) are
-# imported where they are used: a study's --dry-run or bad input, and the dashboard's lists of
-# studies, never need them.
+# imported where they are used (or, by a study about to run trials, ``import_libraries``): a
+# study's --dry-run or bad input, and the dashboard's lists of studies, never need them.
+
+
+def import_libraries() -> None:
+    """Import rliable and matplotlib now, before a study's trials start: a Ctrl-C landing in
+    their import as the results so far are written left scipy half-imported (an
+    ``AttributeError`` from rliable, and no results), and so did one landing in a trial's data
+    loading (scikit-learn imports scipy) in the driver."""
+    import matplotlib.backends.backend_agg
+    import matplotlib.figure  # noqa: F401
+    from rliable import library, metrics, plot_utils  # noqa: F401
+
 
 ALL_TASKS = "all tasks"
 """The ``task`` of a summary or improvement taken over all tasks."""
