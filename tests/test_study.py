@@ -384,6 +384,9 @@ def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     assert "timing epochs of synthetic's static host (2 batches each) ...\n" in err
     # 6 epochs: the heuristic arm never grows, and the matched one matches a static host
     assert "esper study: note: arm 'grow' on synthetic: a run of 6 epochs never germinates" in err
+    # ... and says what a study can change: its epochs, not no_germinate_last_epochs (a
+    # walk-through: a study file has no such key)
+    assert "give it at least 14 epochs\n" in err and "no_germinate_last_epochs)" not in err
     assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
     assert "waits for synthetic.grow.seed0 and 1 more" in out
     assert "4 trials, 4 to run: 24 host epochs" in out

@@ -467,4 +467,7 @@ def test_never_grows_says_so_exactly_when_the_rules_never_germinate(
         assert (config.never_grows(epochs) is None) == grows, (epochs, soonest)
     note = HeuristicConfig().never_grows(8)
     assert note is not None and note.startswith("a run of 8 epochs never germinates a seed")
-    assert "give it at least 14 epochs" in note
+    assert note.endswith("give it at least 14 epochs (or lower no_germinate_last_epochs)")
+    assert HeuristicConfig().never_grows(8, settable=False) == note.removesuffix(
+        " (or lower no_germinate_last_epochs)"
+    )

@@ -120,11 +120,12 @@ class GrowthRun:
 
             parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
 
-    def never_grows(self, mode: str, epochs: int) -> str | None:
+    def never_grows(self, mode: str, epochs: int, settable: bool = True) -> str | None:
         """Why a ``mode`` run of ``epochs`` epochs can never germinate a seed (a heuristic run
-        too short for its rules, a periodic one shorter than its period), or None."""
+        too short for its rules, a periodic one shorter than its period), or None.
+        ``settable``: whether the heuristic's rules can be changed (not in a study)."""
         if mode == "heuristic":
-            return self.heuristic.never_grows(epochs)
+            return self.heuristic.never_grows(epochs, settable)
         if mode == "periodic":
             return self.periodic.never_grows(epochs)
         return None

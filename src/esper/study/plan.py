@@ -104,7 +104,7 @@ def never_growing(spec: StudySpec) -> list[str]:
     for arm in (a for a in spec.arms if a.controller in ("heuristic", "periodic")):
         for task in spec.tasks:
             mode, config = growth_config(spec, Trial(task, arm.name, spec.first_seed))
-            never = config.never_grows(mode, config.training.episode_length())
+            never = config.never_grows(mode, config.training.episode_length(), settable=False)
             if never is not None:
                 lines.append(f"note: arm {arm.name!r} on {task}: {never}")
     return lines

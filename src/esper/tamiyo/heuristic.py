@@ -178,13 +178,14 @@ class HeuristicConfig:
         """Whether the seed reports must carry Shapley values (``HostTraining.shapley``)."""
         return self.strategy == "ensemble"
 
-    def never_grows(self, epochs: int) -> str | None:
+    def never_grows(self, epochs: int, settable: bool = True) -> str | None:
         """Why a run of ``epochs`` epochs under these rules can never germinate a seed, or None
-        when it can. The first germination waits for a plateau of ``plateau_patience`` steps
-        after the first or for a stabilized host (a loss window of the tracker's
-        ``stabilization_window`` steps after the first; runs use ``TrackerConfig()``), none
-        comes in the last ``no_germinate_last_epochs``, and a run decides nothing after its last
-        epoch: a shorter run is a static one."""
+        when it can (``settable``: whether its reader can change ``no_germinate_last_epochs``;
+        a study's arms cannot, so it is not suggested to them). The first germination waits
+        for a plateau of ``plateau_patience`` steps after the first or for a stabilized host (a
+        loss window of the tracker's ``stabilization_window`` steps after the first; runs use
+        ``TrackerConfig()``), none comes in the last ``no_germinate_last_epochs``, and a run
+        decides nothing after its last epoch: a shorter run is a static one."""
         window = TrackerConfig().stabilization_window
         earliest = 1 + min(self.plateau_patience, window)
         closed = max(self.no_germinate_last_epochs, 1)  # no decision after the last epoch
@@ -195,7 +196,7 @@ class HeuristicConfig:
             f"heuristic waits {earliest} "
             f"epochs for a plateau or a stabilized host and germinates none in the last "
             f"no_germinate_last_epochs = {self.no_germinate_last_epochs}; give it at least "
-            f"{earliest + closed} epochs (or lower no_germinate_last_epochs)"
+            f"{earliest + closed} epochs" + " (or lower no_germinate_last_epochs)" * settable
         )
 
 
