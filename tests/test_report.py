@@ -1161,6 +1161,28 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
         assert _table_rows(report.html, "results")[0] == md_rows("Scores")[0]
 
 
+def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) -> None:
+    """results.md's "Matched sizes" (each static-matched arm's host against the median final
+    parameters of the arm it matches) was missing from the report page (a walk-through)."""
+    from esper.leyline.trials import TrialRow, VerdictRoles
+    from esper.study import report, stats
+
+    def row(arm: str, seed: int, params: int) -> TrialRow:
+        return TrialRow("digits", arm, seed, "completed", 50.0 + seed, None, params, params,
+                        1e6, 1.0, None)  # fmt: skip
+
+    rows = [row("heuristic", s, p) for s, p in enumerate((1200, 1500, 1800))]
+    rows += [row("static-matched", s, 1490) for s in range(3)]
+    roles = VerdictRoles(matched=frozenset({("heuristic", "static-matched")}))
+    results = stats.write_results(tmp_path, rows, ["static-matched"], reps=20, roles=roles)
+    markdown = (tmp_path / "results.md").read_text().split("## Matched sizes\n", 1)[1]
+    table = [line for line in markdown.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    expected = [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+    del expected[1]  # the alignment row
+    assert expected[1] == ["digits", "static-matched", "heuristic", "1,500", "1,490"]
+    assert _table_rows("".join(report._matched(results)), "matched") == expected
+
+
 def test_a_study_whose_study_json_is_damaged_is_still_reported_with_unnamed_scores(
     tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -343,6 +343,18 @@ def _trials_table(
     return pages.table("trials", head, rows)
 
 
+def _matched(results: stats.StudyResults) -> list[str]:
+    """The static-matched arms' sizes, as ``results.md`` has them (nothing without one)."""
+    if not results.matched:
+        return []
+    rows = [[html.escape(c) for c in stats.matched_cells(m)] for m in results.matched]
+    return [
+        "<h2>Matched sizes</h2>",
+        f"<p>{html.escape(stats.MATCHED_SENTENCE)}</p>",
+        pages.table("matched", list(stats.MATCHED_COLUMNS), rows, numbers_from=3),
+    ]
+
+
 def _improvements(results: stats.StudyResults) -> list[str]:
     """The probabilities of improvement and the verdicts, as ``results.md`` has them."""
     rows = [[html.escape(c) for c in stats.improvement_cells(i)] for i in results.improvements]
@@ -400,6 +412,7 @@ def _render(
         f"{_bootstrap(judging, studys_reps)}</p>",
         "<h2>Scores</h2>",
         _results_table(results.summaries),
+        *(_matched(results) if judging.trials else []),
         *(_improvements(results) if judging.trials else []),
         "<h2>Plots</h2>",
         *(pages.figure(plot.name, plot.png, plot.caption) for plot in plots),

@@ -122,6 +122,15 @@ IMPROVEMENT_SENTENCE = (
 )
 """What the probability-of-improvement table holds."""
 
+MATCHED_COLUMNS = ("task", "arm", "matches", "median final params of that arm", "host params")
+"""The matched-sizes table's columns (``matched_cells``), in ``results.md`` and a study's
+report."""
+
+MATCHED_SENTENCE = (
+    "A static-matched arm's host is the width whose parameter count is nearest the median final "
+    "parameters of the arm it matches (the widths step: the nearest can be far)."
+)
+
 Q_GROWTH = "does growing beat a static network per parameter?"
 Q_LEARNED = "can a learned controller grow better than a hand-written one?"
 
@@ -717,19 +726,20 @@ def _matched(results: StudyResults) -> list[str]:
     lines = [
         "## Matched sizes",
         "",
-        "A static-matched arm's host is the width whose parameter count is nearest the median",
-        "final parameters of the arm it matches (the widths step: the nearest can be far).",
+        MATCHED_SENTENCE,
         "",
-        "| task | arm | matches | median final params of that arm | host params |",
+        f"| {' | '.join(MATCHED_COLUMNS)} |",
         "|---|---|---|--:|--:|",
     ]
     for m in results.matched:
-        target = "—" if m.target is None else f"{m.target:,}"
-        params = ", ".join(f"{p:,}" for p in m.params) or "—"
-        lines.append(
-            f"| {_cell(m.task)} | {_cell(m.arm)} | {_cell(m.matches)} | {target} | {params} |"
-        )
+        lines.append(f"| {' | '.join(_cell(c) for c in matched_cells(m))} |")
     return [*lines, ""]
+
+
+def matched_cells(m: MatchedSize) -> list[str]:
+    """One row of the matched-sizes table (``MATCHED_COLUMNS``) as text."""
+    target = "—" if m.target is None else f"{m.target:,}"
+    return [m.task, m.arm, m.matches, target, ", ".join(f"{p:,}" for p in m.params) or "—"]
 
 
 def _improvements(results: StudyResults) -> list[str]:
