@@ -657,21 +657,16 @@ def _each_once(
     one run read as two runs, and count twice in a query. (The dashboard keeps both names: a
     bookmarked ``runs/latest`` follows the link.)"""
     base = directory.resolve()
-
-    def own(path: Path) -> bool:  # reached from ``directory`` through no link
-        try:
-            return path.resolve() == base / path.relative_to(directory)
-        except (OSError, RuntimeError, ValueError):  # RuntimeError: a loop of links
-            return False
-
-    chosen: dict[Path, str] = {}
+    chosen: dict[Path, str] = {}  # a run's resolved path -> the name it keeps
+    own: dict[str, bool] = {}  # name -> whether it follows no link below ``directory``
     for name, (path, _) in found.items():
         try:
             target = path.resolve()
         except (OSError, RuntimeError):  # a loop of links: opening it says so
             target = path
+        own[name] = path.is_relative_to(directory) and target == base / path.relative_to(directory)
         kept = chosen.setdefault(target, name)
-        if not own(found[kept][0]) and own(path):
+        if not own[kept] and own[name]:
             chosen[target] = name
     names = set(chosen.values())
     return {name: entry for name, entry in found.items() if name in names}
