@@ -1108,7 +1108,9 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     had no probabilities of improvement or verdicts, nor said an interrupted study's results
     were results so far. Now it shows results.md's numbers (from results.json), names another
     ``--reps``, and warns where results.json is missing or damaged."""
-    from esper.study.report import build_study_report
+    from esper.leyline.trials import read_trials
+    from esper.study import stats
+    from esper.study.report import _judging, build_study_report
 
     study = tmp_path / "study"
     shutil.copytree(tiny_study, study)
@@ -1127,13 +1129,13 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     assert "<h2>Verdicts</h2>" in report.html and "No verdict: the study needs" in report.html
     assert "(100 resamples, seed 0; as in <code>results.md</code>)" in report.html
     assert not report.warnings and "Results so far" not in report.html
-    other = build_study_report(study, reps=20)
-    assert "(20 resamples, seed 0; <code>results.md</code> uses 100)" in other.html
-    # An interrupted study's results so far.
+    # An interrupted study's results so far, reported with other resamples.
     judging = json.loads((study / "results.json").read_text())
     (study / "results.json").write_text(json.dumps({**judging, "unfinished": 3}))
+    other = build_study_report(study, reps=20)
+    assert "(20 resamples, seed 0; <code>results.md</code> uses 100)" in other.html
     so_far = "Results so far: the study was interrupted with 3 trial(s) not finished"
-    assert so_far in build_study_report(study).html
+    assert so_far in other.html
     # trials.csv written again, but not the results (a study killed between the two): the
     # page is of trials.csv, says results.md is not, and claims no "so far" (a review).
     header, *lines = (study / "trials.csv").read_text().splitlines()
@@ -1148,17 +1150,17 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     assert len(_table_rows(report.html, "improvements")) == 5  # its baselines still
     (study / "trials.csv").write_text("\n".join([header, *lines]) + "\n")
     # Results an older Esper wrote, or a damaged results.json: the scores, and a warning.
-    for damage in ("", "{}"):
-        if damage:
-            (study / "results.json").write_text(damage)
-        else:
-            (study / "results.json").unlink()
-        report = build_study_report(study)
-        (warning,) = report.warnings
-        assert warning.startswith("no probabilities of improvement or verdicts: they need ")
-        assert ("there is none" in warning) is (not damage), warning
-        assert "<h2>Verdicts</h2>" not in report.html and "2000 resamples" in report.html
-        assert _table_rows(report.html, "results")[0] == md_rows("Scores")[0]
+    rows = [t.row for t in read_trials(study)]
+    (study / "results.json").write_text("{}")
+    judged, damaged, same = _judging(study, rows)
+    assert (judged, same) == (stats.UNJUDGED, False) and "there is none" not in str(damaged)
+    (study / "results.json").unlink()
+    report = build_study_report(study)
+    (warning,) = report.warnings
+    assert warning.startswith("no probabilities of improvement or verdicts: they need ")
+    assert "there is none" in warning and warning.replace("there is none", "") != damaged
+    assert "<h2>Verdicts</h2>" not in report.html and "2000 resamples" in report.html
+    assert _table_rows(report.html, "results")[0] == md_rows("Scores")[0]
 
 
 def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) -> None:
