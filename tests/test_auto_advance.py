@@ -30,7 +30,7 @@ from esper.simic.build import load_policy, policy_training
 from esper.simic.env import task_episode
 from esper.study.checks import load_data
 from esper.study.plan import growth_config, plan
-from esper.study.run import ppo_state
+from esper.study.run import read_policy
 from esper.study.spec import ppo_config, read_study
 from esper.tamiyo import ActionSpace, RandomController
 from esper.tasks import resolve_training
@@ -219,7 +219,7 @@ def test_eval_of_an_auto_advance_policy_runs_with_it(tmp_path, capsys, monkeypat
     assert json.loads((out / "config.json").read_text())["training"]["auto_advance"] is True
     err = capsys.readouterr().err
     assert "auto_advance = true" in err and "note:" not in err
-    state = ppo_state(ppo)
+    state = read_policy(ppo).state
     assert policy_training(state).auto_advance is True
     controller = load_policy(state, Topology.CNN, auto_advance=True)
     live = observation([rep("mid", SeedStage.TRAINING, epochs=4)])

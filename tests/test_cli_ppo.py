@@ -22,7 +22,7 @@ from esper.nissa import checkpoints, record
 from esper.nissa.csvlog import read_rows
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
-from esper.study.run import ppo_state
+from esper.study.run import read_policy
 from esper.tasks import get_task
 
 TIMING = {"seconds_rollout", "seconds_update"}
@@ -39,7 +39,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _policy(run: Path) -> dict[str, torch.Tensor]:
-    policy: dict[str, torch.Tensor] = ppo_state(run)["trainer"]["policy"]
+    policy: dict[str, torch.Tensor] = read_policy(run).state["trainer"]["policy"]
     return policy
 
 
@@ -281,7 +281,7 @@ def test_an_untrained_policy_is_refused_and_a_partial_one_is_noted(
     untrained = tmp_path / "untrained"  # as a run stopped in round 1 leaves it: round 0
     shutil.copytree(recorded_runs["ppo"], untrained)
     run_id = json.loads((untrained / "meta.json").read_text())["run_id"]
-    state = ppo_state(untrained)
+    state = read_policy(untrained).state
     state["trainer"]["round"] = 0
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -310,7 +310,7 @@ def test_an_eval_runs_and_records_the_policy_round_it_read_once(
     assert "the policy finished 2 of its run's 5 PPO rounds" in capsys.readouterr().err
     assert json.loads((out / "meta.json").read_text())["policy"]["round"] == 2
     assert got == [2]
-    assert ppo_state(policy)["trainer"]["round"] == 3  # it did train on
+    assert read_policy(policy).state["trainer"]["round"] == 3  # it did train on
 
 
 def test_a_saved_ppo_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(
@@ -401,7 +401,7 @@ def test_a_policy_without_a_whole_round_count_is_one_line(
     policy = tmp_path / "policy"
     shutil.copytree(recorded_runs["ppo"], policy)
     run_id = json.loads((policy / "meta.json").read_text())["run_id"]
-    state = ppo_state(policy)
+    state = read_policy(policy).state
     if rounds == "missing":
         del state["trainer"]["round"]
     else:

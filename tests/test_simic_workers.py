@@ -51,7 +51,7 @@ from esper.simic.workers import (
     gpus_needed,
     start_ray,
 )
-from esper.study.run import ppo_state
+from esper.study.run import read_policy
 
 TINY = ["ppo", "--preset", "tiny"]
 KILL_AFTER_S = 0.1
@@ -101,7 +101,7 @@ def _by_env(events: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
 
 
 def _policy(run: Path) -> dict[str, torch.Tensor]:
-    policy: dict[str, torch.Tensor] = ppo_state(run)["trainer"]["policy"]
+    policy: dict[str, torch.Tensor] = read_policy(run).state["trainer"]["policy"]
     return policy
 
 

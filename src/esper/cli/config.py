@@ -236,13 +236,16 @@ def _unknown_flags(
     return f"unknown flag{plural} {', '.join(flags)}{hint}{needs}; --help lists every flag"
 
 
-def _missing_flags(lines: list[str]) -> list[str]:
-    """The required flags tyro's report says are missing (``Missing from …:`` and its
-    ``--flag TYPE`` lines)."""
+def _missing(lines: list[str]) -> list[str]:
+    """The paragraph of tyro's report under ``Missing from …:``: each missing flag's ``--flag
+    TYPE`` line and its description ([] when none is missing)."""
     start = next((i for i, line in enumerate(lines) if line.startswith("Missing from")), None)
-    if start is None:
-        return []
-    return [line.split()[0] for line in _paragraph(lines, start + 1) if line.startswith("--")]
+    return [] if start is None else _paragraph(lines, start + 1)
+
+
+def _missing_flags(lines: list[str]) -> list[str]:
+    """The required flags tyro's report says are missing (``_missing``'s ``--flag`` lines)."""
+    return [line.split()[0] for line in _missing(lines) if line.startswith("--")]
 
 
 def _given_to(argv: Sequence[str], value: str, switches: Callable[[], frozenset[str]]) -> str:
@@ -299,8 +302,7 @@ def _one_line(
         return unknown
     missing = _missing_flags(lines)
     if missing:  # "Missing from esper static: --task STR task preset ... (required)"
-        start = next(i for i, line in enumerate(lines) if line.startswith("Missing from"))
-        described = [line for line in _paragraph(lines, start + 1) if not line.startswith("--")]
+        described = [line for line in _missing(lines) if not line.startswith("--")]
         about = " ".join(line for line in described if line != "(required)")
         verb = "is" if len(missing) == 1 else "are"
         return f"{', '.join(missing)} {verb} required" + (f": {about}" if about else "")

@@ -346,18 +346,19 @@ def dry_run(driver: StudyDriver) -> None:
     """Print the trials, their state, and the estimated cost of what is left: host epochs,
     FLOPs, and (for CPU trials) the wall time from each task's static host timed here now."""
     spec = driver.spec
+    left = driver.runnable()
+    # trials whose run another process holds (a live study's, a resume's): probed once each
+    running = {t.name for t in left if record.run_is_held(driver.run_directory(t))}
     print(f"{'trial':48} {'kind':7} state")
     for trial in driver.trials:
-        print(f"{trial.name:48} {trial.kind:7} {_state(driver, trial)}")
-    left = driver.runnable()
+        print(f"{trial.name:48} {trial.kind:7} {_state(driver, trial, trial.name in running)}")
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
     epochs = {t.name: _host_epochs(driver, t) for t in left}
     flops = sum(epochs[t.name] * per_epoch[t.task].flops for t in left)
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
-    running = sum(1 for t in left if record.run_is_held(driver.run_directory(t)))
-    live = f" ({running} running now: another process runs them)" * bool(running)
+    live = f" ({len(running)} running now: another process runs them)" * bool(running)
     print(
         f"\n{_trials(driver.trials)}, {len(left)} to run{live}{gave_up}: {sum(epochs.values())} "
         f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (the task's static host; "
@@ -429,7 +430,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _state(driver: StudyDriver, trial: Trial) -> str:
+def _state(driver: StudyDriver, trial: Trial, running: bool) -> str:
     if trial.name in driver.done:
         row = driver.rows.get(trial.name)  # read when the driver found the trial finished
         return "done" if row is None or row.score is None else f"done: {row.score:.2f}%"
@@ -444,7 +445,7 @@ def _state(driver: StudyDriver, trial: Trial) -> str:
     attempt = "" if attempts == 0 else f" (attempt {attempts + 1})"
     done = _steps_done(driver, trial)
     unit = "epoch" if trial.kind == "growth" else "round"
-    if record.run_is_held(driver.run_directory(trial)):  # a live study's trial, or a resume
+    if running:  # a live study's trial, or a resume
         return f"running now: {unit} {done} of {_steps(driver.spec, trial)} checkpointed"
     if done:
         return f"to resume after {unit} {done} of {_steps(driver.spec, trial)}{attempt}"

@@ -16,7 +16,7 @@ from typing import Literal
 from esper.leyline.config import TelemetrySettings
 from esper.simic.build import policy_training
 from esper.study.growth import GrowthRun
-from esper.study.run import ppo_state
+from esper.study.run import read_policy
 from esper.study.spec import MATCHED, StudySpec, training
 from esper.tamiyo import HeuristicConfig, PeriodicConfig
 
@@ -82,7 +82,7 @@ def growth_config(
     if heuristic.needs_shapley:  # ensemble prunes by Shapley value: the arm needs them measured
         host = replace(host, shapley=True)
     if policy is not None:
-        policy_env = policy_training(ppo_state(policy))
+        policy_env = policy_training(read_policy(policy).state)
         # The policy's slots and auto_advance: its action space was trained with them.
         host = replace(host, slots=policy_env.slots, auto_advance=policy_env.auto_advance)
     config = GrowthRun(

@@ -563,11 +563,6 @@ class Policy:
         return rounds
 
 
-def ppo_state(run_dir: Path) -> dict[str, Any]:
-    """The state in a PPO run's last checkpoint (``read_policy``'s)."""
-    return read_policy(run_dir).state
-
-
 def read_policy(run_dir: Path) -> Policy:
     """A PPO run's policy: its last checkpoint's state (for ``esper eval --policy``).
 
@@ -600,7 +595,7 @@ def read_policy(run_dir: Path) -> Policy:
 
 
 def policy_rounds(state: dict[str, Any]) -> int | None:
-    """The PPO rounds a policy's state (``ppo_state``) finished; None when it does not say."""
+    """The PPO rounds a policy's state (``Policy.state``) finished; None when it does not say."""
     trainer = state.get("trainer")
     rounds = trainer.get("round") if isinstance(trainer, dict) else None
     return rounds if type(rounds) is int else None  # not a bool
