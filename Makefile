@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ppo.py
 	$(BIN)/python benchmarks/telemetry.py
 	$(BIN)/python benchmarks/envs.py
+	$(BIN)/python benchmarks/stats.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,14 @@ def test_overhead_benchmark_smoke(tmp_path, capsys) -> None:
     assert "threads = 1" in capsys.readouterr().out
 
 
+def test_stats_benchmark_smoke(capsys) -> None:
+    import stats
+
+    assert stats.main(["--reps", "20", "--rounds", "2", "--tasks", "2", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(same results)") == 2 and "median ratio rliable / Esper" in out
+
+
 def test_engine_benchmark_smoke(capsys) -> None:
     import torch
 
@@ -41,6 +49,7 @@ def test_engine_benchmark_smoke(capsys) -> None:
 def test_benchmark_bad_options_are_one_line_before_any_timing(tmp_path, capsys) -> None:
     """Each ran its minutes of timing first and then ended in a traceback."""
     import engine
+    import stats
     import telemetry
 
     (tmp_path / "file").write_text("")
@@ -51,6 +60,8 @@ def test_benchmark_bad_options_are_one_line_before_any_timing(tmp_path, capsys) 
         (overhead.main, ["--json", str(tmp_path / "dangling")], "cannot write a file"),
         (engine.main, ["--launch-task", "nosuchtask"], "'nosuchtask' is not a task; choose"),
         (engine.main, ["--threads", "0"], "--threads must be at least 1, got 0"),
+        (stats.main, ["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (stats.main, ["--reps", "1"], "--reps: reps must be"),
         (
             telemetry.main,
             ["--heuristic-run", str(tmp_path), "--ppo-run", str(tmp_path)],

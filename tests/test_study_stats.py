@@ -177,6 +177,77 @@ def test_baselines_without_trials_are_skipped() -> None:
     assert improvements(rows, ["b", "missing"], reps=REPS) == []
 
 
+def _random_scores(rng: np.random.Generator, n: int, k: int, ties: bool) -> np.ndarray:
+    if ties:  # a few accuracy levels, so many scores tie
+        return rng.integers(70, 75, (n, k)).astype(np.float64)
+    return rng.normal(80.0, 3.0, (n, k))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_statistics_equal_rliables_to_the_bit(ties: bool) -> None:
+    # The IQM and the probability of improvement run once per resample; Esper computes them
+    # itself (rliable's call scipy, whose checks cost minutes per study). Oracle: rliable.
+    from rliable import metrics
+
+    from esper.study import stats
+
+    rng = np.random.default_rng(int(ties))
+    for _ in range(300):
+        n, m, k = (int(v) for v in rng.integers(1, 10, 3))
+        x, y = _random_scores(rng, n, k, ties), _random_scores(rng, m, k, ties)
+        for a, b in ((x, y), (x, x.copy()), (y, x)):
+            assert stats._probability_of_improvement(a, b) == (
+                metrics.probability_of_improvement(a, b)
+            )
+        assert stats._iqm(x) == metrics.aggregate_iqm(x)
+        assert stats._iqm_and_mean(x)[1] == metrics.aggregate_mean(x)
+
+
+def test_performance_profiles_equal_rliables_to_the_bit() -> None:
+    from rliable import library
+
+    from esper.study import stats
+
+    rng = np.random.default_rng(5)
+    matrices = {
+        "a": rng.integers(60, 70, (4, 3)).astype(np.float64),
+        "b": rng.normal(65.0, 3.0, (5, 3)),
+    }
+    taus = np.linspace(55.0, 75.0, 21)
+    with stats._seeded(9):
+        expected = library.create_performance_profile(matrices, taus, reps=REPS)
+    profiles, bands = stats._profiles(matrices, taus, REPS, 9)
+    for arm in matrices:
+        assert np.array_equal(profiles[arm], expected[0][arm])
+        assert np.array_equal(bands[arm], expected[1][arm])
+    assert not np.array_equal(bands["a"][0], bands["a"][1])  # a band, not a line
+
+
+def test_judging_equals_rliables_own_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same study judged with rliable's metric functions in the bootstrap: every point and
+    # every interval bound the same to the bit.
+    from rliable import metrics
+
+    from esper.study import stats
+
+    rng = np.random.default_rng(3)
+    rows = [
+        _row(task, arm, seed, float(rng.integers(60, 66)))
+        for task in ("t", "u")
+        for arm in ("a", "b", "c")
+        for seed in range(4 + (arm == "c"))
+    ]
+    ours = (summarize(rows, reps=REPS), improvements(rows, ["a", "b"], reps=REPS))
+    monkeypatch.setattr(
+        stats,
+        "_iqm_and_mean",
+        lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_mean(s)]),
+    )
+    monkeypatch.setattr(stats, "_probability_of_improvement", metrics.probability_of_improvement)
+    assert ours == (summarize(rows, reps=REPS), improvements(rows, ["a", "b"], reps=REPS))
+    assert len(ours[1]) == 2 * 2 * 3  # two baselines × two other arms × (two tasks + overall)
+
+
 # ------------------------------------------------------------------------------ verdicts
 
 
