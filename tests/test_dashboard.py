@@ -47,7 +47,7 @@ from esper.karn.dashboard import (
 )
 from esper.karn.guard import READ_BYTES, accepted_hosts, confined_opener, parse_last_event_id
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
-from esper.karn.studies import StudyRow
+from esper.karn.studies import StudyFindings, StudyRow
 from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunStarted, event_record
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import JUDGING_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
@@ -541,7 +541,7 @@ def test_the_study_table_is_summarize_over_the_trials(
     tmp_path: Path, recorded_runs: dict[str, Path]
 ) -> None:
     study = write_study(tmp_path / "study", recorded_runs)
-    rows = study_table(study)
+    rows = study_table(study).rows
     with (study / TRIALS_FILE).open(newline="", encoding="utf-8") as f:
         trials = [
             TrialRow(
@@ -582,7 +582,8 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
 ) -> None:
     """The study page's intervals came from 2000 resamples whatever the study's ``reps``
     (results.md's differed); they now take results.json's, and are computed again when it
-    changes (as esper study writes it after trials.csv); a damaged one is the page's error."""
+    changes (as esper study writes it after trials.csv); a damaged one gives the default
+    bootstrap and a note why, as the study report does."""
     from esper.study import stats
 
     runs = tmp_path / "runs"
@@ -601,9 +602,10 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     (study / JUDGING_FILE).write_text(json.dumps(asdict(judging)))
     assert client.get("/api/studies/st").json()["rows"] and asked[1:] == [(40, 7)]
     assert client.get("/api/studies/st").json()["rows"] and len(asked) == 2  # cached
-    (study / JUDGING_FILE).write_text("{")
+    (study / JUDGING_FILE).write_text("{")  # damaged: the default bootstrap, and a note why
     data = client.get("/api/studies/st").json()
-    assert data["rows"] == [] and "results.json" in data["error"], data
+    assert data["rows"] and data["error"] is None and asked[2:] == [(stats.DEFAULT_REPS, 0)]
+    assert data["verdicts"] == data["tables"] == [] and "results.json" in data["notes"][0]
     # One linked out of the runs directory is not read (a review: its keys reached the page).
     outside = tmp_path / "secret.json"
     outside.write_text('{"api_token": "hunter2"}')
@@ -612,6 +614,52 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     data = client.get("/api/studies/st").json()
     assert data["error"] == "results.json links outside the runs directory, so it is not read"
     assert "hunter2" not in json.dumps(data) and "api_token" not in json.dumps(data)
+
+
+def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """The study page showed only the scores: no matched sizes, probabilities of improvement or
+    verdicts, nor that an interrupted study's results were results so far, nor that results.md
+    was of other trials. It now shows them with results.md's very cells (oracle: its text)."""
+    from esper.leyline.trials import VerdictRoles, read_trials
+    from esper.study import stats
+
+    runs = tmp_path / "runs"
+    study = write_study(runs / "st", recorded_runs)
+    rows = [trial.row for trial in read_trials(study)]
+    roles = VerdictRoles(matched=frozenset({("heuristic", "static")}))
+    stats.write_results(study, rows, ["static"], reps=30, seed=4, unfinished=3, roles=roles)
+    markdown = (study / "results.md").read_text(encoding="utf-8")
+
+    def md_section(title: str) -> str:
+        return markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+    def md_rows(title: str) -> list[list[str]]:
+        table = [line for line in md_section(title).splitlines() if line.startswith("| ")]
+        return [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+
+    client = local_client(runs, study_table=study_table)
+    data = client.get("/api/studies/st").json()
+    assert data["error"] is None and len(data["rows"]) == 4
+    assert [t["title"] for t in data["tables"]] == ["Matched sizes", "Probability of improvement"]
+    for table in data["tables"]:
+        assert [table["columns"], *table["rows"]] == md_rows(table["title"])
+    assert len(data["tables"][1]["rows"]) == 2  # heuristic over static: the task and over all
+    bullets = [line[2:] for line in md_section("Verdicts").splitlines() if line.startswith("- ")]
+    assert data["verdicts"] == bullets and len(bullets) == 1
+    assert data["notes"] == [
+        "Results so far: the study was interrupted with 3 trial(s) not finished (policy "
+        "trainings included); running it again completes them."
+    ]
+    assert "**Results so far: the study was interrupted with 3 trial(s)" in markdown
+    # trials.csv written again after results.md (a study stopped between the two): a note,
+    # the "so far" of another invocation no more
+    text = (study / TRIALS_FILE).read_text(encoding="utf-8")
+    (study / TRIALS_FILE).write_text(text.replace(",50.0,", ",49.0,", 1), encoding="utf-8")
+    stale = client.get("/api/studies/st").json()
+    assert stale["notes"] and "are of other trials than trials.csv holds" in stale["notes"][0]
+    assert len(stale["notes"]) == 1 and stale["verdicts"]
 
 
 def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
@@ -636,9 +684,9 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     )
     asked: list[Path] = []
 
-    def table(directory: Path) -> list[StudyRow]:
+    def table(directory: Path) -> StudyFindings:
         asked.append(directory)
-        return [row]
+        return StudyFindings((row,))
 
     client = local_client(runs, study_table=table)
     listed = client.get("/api/runs").json()["runs"]
@@ -701,13 +749,16 @@ def test_a_study_before_its_first_end_is_pending_not_an_error(
     study = write_study(runs / "st", recorded_runs)
     (study / TRIALS_FILE).unlink()
     asked: list[Path] = []
-    client = local_client(runs, study_table=lambda d: asked.append(d) or [])
+    client = local_client(runs, study_table=lambda d: asked.append(d) or StudyFindings(()))
     data = client.get("/api/studies/st").json()
     assert data == {
         "name": "st",
         "score": "test accuracy",
         "rows": [],
         "bands": [],
+        "tables": [],
+        "verdicts": [],
+        "notes": [],
         "error": None,
         "pending": True,
     }
@@ -730,7 +781,7 @@ def test_a_study_refresh_folds_only_the_trials_whose_logs_changed(
         return use(self, events_path, view)
 
     monkeypatch.setattr(dashboard.Folds, "use", counted)
-    client = local_client(study, study_table=lambda directory: [row])
+    client = local_client(study, study_table=lambda directory: StudyFindings((row,)))
     first = client.get("/api/studies/st").json()
     assert len(folded_logs) == 2
     assert client.get("/api/studies/st").json() == first and len(folded_logs) == 2
@@ -744,7 +795,7 @@ def test_a_study_refresh_folds_only_the_trials_whose_logs_changed(
     assert got["label"] == f"heuristic median of 2; from epoch {last + 1} of fewer, down to 1"
 
 
-def summarize_fails() -> list[StudyRow]:
+def summarize_fails() -> StudyFindings:
     raise ValueError(
         "synthetic/heuristic: more than one completed trial for one seed; a study "
         "has one trial per task, arm and seed"
@@ -865,7 +916,7 @@ def test_a_runs_directory_that_cannot_be_looked_into_is_a_503_for_studies_too(
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(dashboard, "is_study", locked)
-    app = create_app(runs, hosts=accepted_hosts(*LOCAL), study_table=lambda directory: [])
+    app = create_app(runs, hosts=accepted_hosts(*LOCAL), study_table=lambda d: StudyFindings(()))
     client = TestClient(app, f"http://{LOCAL[0]}:{LOCAL[1]}", raise_server_exceptions=False)
     for path in ("/api/studies", "/api/studies/st"):
         response = client.get(path)
@@ -1393,7 +1444,7 @@ def test_names_that_are_no_utf8_are_listed_and_served(
     root = Path(os.fsdecode(bytes(tmp_path) + b"/dir\xfe"))
     copy_run(recorded_runs["static"], root / os.fsdecode(b"bad\xff"))
     write_study(root / os.fsdecode(b"st\xfd"), recorded_runs)
-    client = local_client(root, study_table=lambda directory: [])
+    client = local_client(root, study_table=lambda d: StudyFindings(()))
     assert client.get("/api/meta").json()["runs_dir"] == f"{tmp_path}/dir\\xfe"
     names = {run["name"] for run in client.get("/api/runs").json()["runs"]}
     assert "bad\\xff" in names and "st\\xfd/synthetic.static.seed0" in names and len(names) == 5
@@ -1403,7 +1454,7 @@ def test_names_that_are_no_utf8_are_listed_and_served(
     assert response.status_code == 200
     assert response.json() == folded(root / os.fsdecode(b"bad\xff"), "bad\\xff")
     # A study served by itself is named too.
-    study = local_client(root / os.fsdecode(b"st\xfd"), study_table=lambda directory: [])
+    study = local_client(root / os.fsdecode(b"st\xfd"), study_table=lambda d: StudyFindings(()))
     assert study.get("/api/studies").json() == {"studies": ["st\\xfd"]}
 
 

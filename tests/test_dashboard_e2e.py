@@ -89,7 +89,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, recorded_runs: dict[str, Path
     runs = tmp_path_factory.mktemp("site") / "runs"
     for name in ("static", "ppo", "heuristic"):
         copy_run(recorded_runs[name], runs / name)
-    write_study(runs / "st", recorded_runs)
+    study = write_study(runs / "st", recorded_runs)
+    from esper.leyline.trials import VerdictRoles, read_trials
+    from esper.study import stats
+
+    roles = VerdictRoles(matched=frozenset({("heuristic", "static")}))
+    rows = [trial.row for trial in read_trials(study)]  # results.md's numbers, so far
+    stats.write_results(study, rows, ["static"], reps=30, unfinished=2, roles=roles)
     for age, log in enumerate(sorted(runs.glob(f"**/{EVENTS_FILE}"))):
         stamp = time.time() - 100 * (age + 1)
         os.utime(log, (stamp, stamp))
@@ -173,6 +179,16 @@ def test_nothing_overflows_its_card(site: str, open_page: Any, width: int) -> No
     expect(page.locator("#study-table tbody tr")).to_have_count(4, timeout=30_000)
     expect(page.locator("#study-table th").nth(3)).to_have_text("IQM test accuracy [95 % CI]")
     expect(page.locator("#study-bands .uplot")).to_have_count(1)
+    expect(page.locator("#study-notes .notice")).to_have_text(
+        ["Results so far: the study was interrupted with 2 trial(s) not finished (policy "
+         "trainings included); running it again completes them."]
+    )  # fmt: skip
+    findings = page.locator("#study-findings")
+    expect(findings.locator("h2")).to_have_text(
+        ["Matched sizes", "Probability of improvement", "Verdicts"]
+    )
+    expect(findings.locator("tbody tr")).to_have_count(1 + 2)  # one matched; the task and all
+    expect(findings.locator("li")).to_have_count(1)
     labels = [s["label"] for s in series(page, "band-0")]
     parts = ("median of 2", "Q3", "Q1")
     arms = ("heuristic", "static")

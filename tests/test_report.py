@@ -1110,7 +1110,7 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     ``--reps``, and warns where results.json is missing or damaged."""
     from esper.leyline.trials import read_trials
     from esper.study import stats
-    from esper.study.report import _judging, build_study_report
+    from esper.study.report import build_study_report
 
     study = tmp_path / "study"
     shutil.copytree(tiny_study, study)
@@ -1152,7 +1152,7 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     # Results an older Esper wrote, or a damaged results.json: the scores, and a warning.
     rows = [t.row for t in read_trials(study)]
     (study / "results.json").write_text("{}")
-    judged, damaged, same = _judging(study, rows)
+    judged, damaged, same = stats.judging_of(study, rows)
     assert (judged, same) == (stats.UNJUDGED, False) and "there is none" not in str(damaged)
     (study / "results.json").unlink()
     report = build_study_report(study)

@@ -6,11 +6,15 @@ import argparse
 import contextlib
 import errno
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from esper.karn.studies import StudyRow
+from esper.karn.studies import StudyFindings, StudyRow, TextTable
 from esper.leyline.config import UserError
 from esper.leyline.trials import read_trials
 from esper.nissa.log import counted
+
+if TYPE_CHECKING:
+    from esper.study.stats import StudyResults
 
 
 def _listen_error(host: str, port: int, err: OSError) -> UserError:
@@ -26,29 +30,30 @@ def _listen_error(host: str, port: int, err: OSError) -> UserError:
     return UserError(f"cannot listen on {host}:{port}: {reason} (check --host and --port)")
 
 
-def study_table(study: Path) -> list[StudyRow]:
-    """A study's arms × tasks for the dashboard's study page: ``esper.study.stats.summarize``
-    over the trials in its ``trials.csv`` with the bootstrap of its ``results.md`` (as its
-    ``results.json`` says; ``stats.UNJUDGED``'s without one), each row with the run
-    directories of the trials that entered it (none for a row over all tasks, whose trials the
-    per-task rows link).
+def study_table(study: Path) -> StudyFindings:
+    """A study as the dashboard's study page shows it: ``esper.study.stats.study_results``
+    over the trials in its ``trials.csv``, judged as its ``results.json`` says (the numbers
+    ``results.md`` and ``esper report STUDY`` show; ``stats.UNJUDGED``'s bootstrap and no
+    verdicts without one). Each row of the arms × tasks table has the run directories of the
+    trials that entered it (none for a row over all tasks, whose trials the per-task rows link).
 
     Karn may not import ``esper.study`` (DESIGN §1), so the CLI hands it this function.
 
     Raises:
-        ValueError: no readable ``trials.csv`` (``TrialsFileError``), a damaged
-            ``results.json`` (``RunRecordError``), or two counted trials with one task, arm
-            and seed.
+        ValueError: no readable ``trials.csv`` (``TrialsFileError``), or two counted trials
+            with one task, arm and seed.
     """
-    from esper.study.stats import ALL_TASKS, UNJUDGED, read_judging, summarize  # rliable
+    from esper.study import stats  # rliable
 
-    judging = read_judging(study) or UNJUDGED  # a damaged one: a RunRecordError, a ValueError
     trials = read_trials(study)
+    rows = [trial.row for trial in trials]
+    judging, problem, _ = stats.judging_of(study, rows)
+    results = stats.study_results(rows, judging)
     runs: dict[tuple[str, str], list[str]] = {}
     for trial in trials:
         if trial.row.counts:
             runs.setdefault((trial.row.task, trial.row.arm), []).append(trial.run)
-    return [
+    table = tuple(
         StudyRow(
             task=s.task,
             arm=s.arm,
@@ -61,10 +66,42 @@ def study_table(study: Path) -> list[StudyRow]:
             mean_high=s.mean.high,
             final_params=s.final_params,
             seconds=s.seconds,
-            runs=() if s.task == ALL_TASKS else tuple(runs[s.task, s.arm]),
+            runs=() if s.task == stats.ALL_TASKS else tuple(runs[s.task, s.arm]),
         )
-        for s in summarize([trial.row for trial in trials], judging.reps, judging.seed)
-    ]
+        for s in results.summaries
+    )
+    notes = [" ".join(stats.so_far(judging.unfinished))] if judging.unfinished else []
+    notes += [] if problem is None else [problem]
+    if not judging.trials:  # results.md's judging is not known: no verdicts to show
+        return StudyFindings(table, notes=tuple(notes))
+    return StudyFindings(
+        table,
+        tables=_findings_tables(results),
+        verdicts=tuple(results.verdicts or [stats.NO_VERDICT]),
+        notes=tuple(notes),
+    )
+
+
+def _findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
+    """The matched sizes (where the study has a static-matched arm) and the probabilities of
+    improvement, with ``results.md``'s cells."""
+    from esper.study import stats
+
+    matched = TextTable(
+        "Matched sizes",
+        stats.MATCHED_SENTENCE,
+        stats.MATCHED_COLUMNS,
+        tuple(tuple(stats.matched_cells(m)) for m in results.matched),
+        numbers_from=3,
+    )
+    improvements = TextTable(
+        "Probability of improvement",
+        stats.IMPROVEMENT_SENTENCE,
+        stats.IMPROVEMENT_COLUMNS,
+        tuple(tuple(stats.improvement_cells(i)) for i in results.improvements),
+        numbers_from=3,
+    )
+    return (matched,) * bool(matched.rows) + (improvements,)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

@@ -23,9 +23,11 @@ Endpoints:
   server and other streams go on.
 - ``GET /api/runs/{name}/snapshot``: the same snapshot once, as JSON (overlays of other runs).
 - ``GET /api/studies``: the studies in the runs directory (the runs directory itself when it is
-  one); ``GET /api/studies/{name}``: a study's arms × tasks (``karn.studies.StudyRow``, computed
-  by the function ``esper dashboard`` passes in) with links to its trials, and per task and arm
-  the band of its trials' validation accuracy (median and interquartile range per epoch).
+  one); ``GET /api/studies/{name}``: a study's ``karn.studies.StudyFindings`` (computed by the
+  function ``esper dashboard`` passes in): its arms × tasks with links to its trials, the
+  matched sizes, probabilities of improvement and verdicts of its ``results.md``, and notes;
+  and per task and arm the band of its trials' validation accuracy (median and interquartile
+  range per epoch).
 
 Streams end when the client disconnects and when the server shuts down. What the server defends
 against — foreign ``Host``/``Origin`` headers, links out of the runs directory, garbled
@@ -75,7 +77,7 @@ from esper.karn.guard import (
     parse_last_event_id,
 )
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
-from esper.karn.studies import StudyRow
+from esper.karn.studies import StudyFindings
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import JUDGING_FILE, TRIALS_DIR, TRIALS_FILE, Score, score_label
 from esper.nissa.bands import band, fewer_note, validation_curve
@@ -119,8 +121,8 @@ FOLDS_KEPT = 32
 """Runs kept folded for one-shot snapshots and study bands (``Folds``): an overlay or a study's
 trials are then read again only from where they were left. Each holds its bounded fold."""
 
-StudyTable = Callable[[Path], list[StudyRow]]
-"""Computes a study directory's arms × tasks (``esper dashboard`` passes ``esper.study``'s)."""
+StudyTable = Callable[[Path], StudyFindings]
+"""Computes what a study directory's page shows (``esper dashboard`` passes ``esper.study``'s)."""
 
 _T = TypeVar("_T")
 
@@ -403,17 +405,17 @@ class Folds:
 
 
 class _Tables:
-    """Each study's rows, computed again only when its ``trials.csv`` or ``results.json`` (how
-    its results were computed) changed."""
+    """Each study's findings, computed again only when its ``trials.csv`` or ``results.json``
+    (how its results were computed) changed."""
 
     def __init__(self, compute: StudyTable) -> None:
         self.compute = compute
-        self._rows: dict[Path, tuple[tuple[object, ...], list[StudyRow]]] = {}
+        self._found: dict[Path, tuple[tuple[object, ...], StudyFindings]] = {}
         self._lock = threading.Lock()
 
-    def rows(self, study: Path) -> list[StudyRow] | None:
-        """The study's rows; None before its first invocation has ended (no ``trials.csv``:
-        one running writes it when it ends)."""
+    def findings(self, study: Path) -> StudyFindings | None:
+        """The study's findings; None before its first invocation has ended (no
+        ``trials.csv``: one running writes it when it ends)."""
         try:
             info = (study / TRIALS_FILE).stat()
         except FileNotFoundError:
@@ -425,10 +427,10 @@ class _Tables:
             judging = None
         key = (info.st_mtime_ns, info.st_size, judging)
         with self._lock:
-            cached = self._rows.get(study)
+            cached = self._found.get(study)
             if cached is None or cached[0] != key:
                 cached = (key, self.compute(study))
-                self._rows[study] = cached
+                self._found[study] = cached
             return cached[1]
 
 
@@ -478,14 +480,15 @@ class Curves:
 def _study_data(
     name: str,
     study: Path,
-    table: tuple[Score | None, list[StudyRow]],
+    table: tuple[Score | None, StudyFindings],
     runs_dir: Path,
     curves: Curves,
 ) -> dict[str, Any]:
     """``GET /api/studies/{name}``'s body: what the study scores by (``score_label``), the rows
-    with the dashboard names of their trials, and the band of each row's trials (those served:
-    inside the runs directory, readable)."""
-    score, rows = table
+    with the dashboard names of their trials, the band of each row's trials (those served:
+    inside the runs directory, readable), and the rest of its ``StudyFindings``."""
+    score, findings = table
+    rows = findings.rows
     served = run_paths(runs_dir)
     prefix = "" if study == runs_dir else f"{name}/"
     names = [[f"{prefix}{run}" for run in row.runs if f"{prefix}{run}" in served] for row in rows]
@@ -501,7 +504,26 @@ def _study_data(
             label = f"{row.arm} median of {trials}{fewer_note(found.epoch, found.n, trials)}"
             drawn_band = {"trials": trials, "label": label, **asdict(found)}
             bands.append({"task": row.task, "arm": row.arm, **drawn_band})
-    return {"name": name, "score": score_label(score), "rows": shown, "bands": bands, "error": None}
+    return {
+        "name": name,
+        "score": score_label(score),
+        "rows": shown,
+        "bands": bands,
+        "tables": [asdict(table) for table in findings.tables],
+        "verdicts": list(findings.verdicts),
+        "notes": list(findings.notes),
+        "error": None,
+    }
+
+
+_NO_FINDINGS: dict[str, list[Any]] = {
+    "rows": [],
+    "bands": [],
+    "tables": [],
+    "verdicts": [],
+    "notes": [],
+}
+"""A study body's findings where there are none (not yet, or an error)."""
 
 
 async def _page(request: Request) -> FileResponse:
@@ -618,17 +640,17 @@ class _Api:
         outside = await run_in_threadpool(_links_outside, found[name], self.runs_dir)
         if outside is not None:
             why = f"{outside} links outside the runs directory, so it is not read"
-            return JSONResponse({"name": name, "rows": [], "bands": [], "error": why})
+            return JSONResponse({"name": name, **_NO_FINDINGS, "error": why})
         try:
-            rows = await run_in_threadpool(self.tables.rows, found[name])
+            findings = await run_in_threadpool(self.tables.findings, found[name])
         except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
-            return JSONResponse({"name": name, "rows": [], "bands": [], "error": str(err)})
+            return JSONResponse({"name": name, **_NO_FINDINGS, "error": str(err)})
         score, _ = await run_in_threadpool(known_study_score, found[name])
-        if rows is None:  # running (or stopped) before its first end: not an error to alarm
-            pending: dict[str, Any] = {"rows": [], "bands": [], "error": None, "pending": True}
+        if findings is None:  # running (or stopped) before its first end: not an error to alarm
+            pending: dict[str, Any] = {**_NO_FINDINGS, "error": None, "pending": True}
             return JSONResponse({"name": name, "score": score_label(score), **pending})
         data = await run_in_threadpool(
-            _study_data, name, found[name], (score, rows), self.runs_dir, self.curves
+            _study_data, name, found[name], (score, findings), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN
         return JSONResponse(strict_json(data), headers={"Cache-Control": "no-cache"})
 

@@ -1,9 +1,11 @@
-"""What the dashboard's study page shows: a study's arms × tasks table and each arm's band.
+"""What the dashboard's study page shows: a study's arms × tasks table, what its ``results.md``
+adds, and each arm's band.
 
 A study (DESIGN §9) is tasks × arms × seeds, each trial an ordinary run directory. The table's
-statistics (rliable's IQM and mean with 95 % intervals) belong to ``esper.study``, which Karn may
-not import, so whoever starts the dashboard (``esper dashboard``) passes a function that computes
-``StudyRow``s and Karn only serves them. The bands are Karn's: per task and arm, the validation
+statistics (rliable's IQM and mean with 95 % intervals), the matched sizes, probabilities of
+improvement and verdicts belong to ``esper.study``, which Karn may not import, so whoever starts
+the dashboard (``esper dashboard``) passes a function that computes ``StudyFindings`` and Karn
+only serves them. The bands are Karn's: per task and arm, the validation
 accuracy of the arm's trials at every epoch as its median and interquartile range
 (``esper.nissa.bands.band``, shared with ``esper report STUDY``).
 """
@@ -42,3 +44,41 @@ class StudyRow:
     final_params: float | None
     seconds: float | None
     runs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A table as ``results.md`` has it: its cells already written as text.
+
+    Attributes:
+        title: the section's title (``Probability of improvement``).
+        sentence: what the table shows, in one sentence.
+        columns: the column headings.
+        rows: each row's cells, one per column.
+        numbers_from: the first column of numbers (aligned right).
+    """
+
+    title: str
+    sentence: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    numbers_from: int
+
+
+@dataclass(frozen=True)
+class StudyFindings:
+    """A study as its page shows it.
+
+    Attributes:
+        rows: the arms × tasks table.
+        tables: what ``results.md`` adds where its judging is known (``results.json``): the
+            matched sizes and the probabilities of improvement, with the same numbers.
+        verdicts: ``results.md``'s verdicts (none where its judging is not known).
+        notes: what to read first: that these are results so far, or why ``results.md``'s
+            numbers cannot be shown.
+    """
+
+    rows: tuple[StudyRow, ...]
+    tables: tuple[TextTable, ...] = ()
+    verdicts: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()

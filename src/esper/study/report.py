@@ -38,8 +38,6 @@ from matplotlib.ticker import MaxNLocator
 from esper.leyline import pages
 from esper.leyline.files import atomic_write, remove_temporaries
 from esper.leyline.trials import (
-    JUDGING_FILE,
-    RESULTS_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
     Score,
@@ -195,7 +193,7 @@ def build_study_report(
         )
     score, why = record.known_study_score(directory)
     rows = [t.row for t in trials]
-    judging, problem, same = _judging(directory, rows)
+    judging, problem, same = stats.judging_of(directory, rows)
     given = judging if reps is None else replace(judging, reps=reps)
     stats.check_bootstrap(given.reps, given.seed)  # not the trials file's fault, unlike below
     try:
@@ -238,35 +236,6 @@ def _rliable_plots(
             stats.profile_plot(rows, judging.reps, judging.seed, score),
         ),
     ]
-
-
-def _judging(directory: Path, rows: Sequence[TrialRow]) -> tuple[stats.Judging, str | None, bool]:
-    """How the study's ``results.md`` was computed (``results.json``), a warning where the
-    page cannot show the same, and whether ``results.md`` judged the trials of ``rows``.
-
-    Without a readable ``results.json``: ``stats.UNJUDGED`` (no verdicts). One that judged
-    other trials (a study stopped between writing ``trials.csv`` and its results): its
-    settings, but not its count of trials not finished, which was another invocation's."""
-    try:
-        judging = stats.read_judging(directory)
-        why = "there is none (results an older Esper wrote, or a study stopped before them)"
-    except record.RunRecordError as err:
-        judging, why = None, str(err)
-    if judging is None:
-        missing = (
-            f"no probabilities of improvement or verdicts: they need {JUDGING_FILE}, and "
-            f"{why}; `esper study` on the study file writes it (running only what is not "
-            "finished)"
-        )
-        return stats.UNJUDGED, missing, False
-    if judging.trials != stats.rows_digest(rows):
-        stale = (
-            f"{RESULTS_FILE} and {JUDGING_FILE} are of other trials than {TRIALS_FILE} holds "
-            "(the study stopped between writing them): this page is of trials.csv; `esper "
-            "study` on the study file writes them again"
-        )
-        return replace(judging, unfinished=0), stale, False
-    return judging, None, True
 
 
 def _validation_curves(
@@ -358,10 +327,7 @@ def _matched(results: stats.StudyResults) -> list[str]:
 def _improvements(results: stats.StudyResults) -> list[str]:
     """The probabilities of improvement and the verdicts, as ``results.md`` has them."""
     rows = [[html.escape(c) for c in stats.improvement_cells(i)] for i in results.improvements]
-    verdicts = results.verdicts or [
-        "No verdict: the study needs a growing arm and a static-matched arm matching it (Q1), "
-        "or a heuristic arm and a ppo arm (Q2), with counted trials."
-    ]
+    verdicts = results.verdicts or [stats.NO_VERDICT]
     return [
         "<h2>Probability of improvement</h2>",
         f"<p>{html.escape(stats.IMPROVEMENT_SENTENCE)}</p>",
@@ -400,11 +366,8 @@ def _render(
 ) -> str:
     counted = sum(t.row.counts for t in trials)
     judging, studys_reps = judged
-    so_far = (
-        f"<p><strong>Results so far: the study was interrupted with {judging.unfinished} "
-        "trial(s) not finished</strong> (policy trainings included); running it again "
-        "completes them.</p>"
-    )
+    stressed, rest = stats.so_far(judging.unfinished)
+    so_far = f"<p><strong>{html.escape(stressed)}</strong> {html.escape(rest)}</p>"
     body = [
         *([so_far] if judging.unfinished else []),
         f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "

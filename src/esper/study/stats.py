@@ -66,6 +66,7 @@ from esper.leyline.trials import (
     REPS_RANGE,
     RESULTS_FILE,
     RESULTS_FILES,
+    TRIALS_FILE,
     Score,
     TrialRow,
     VerdictRoles,
@@ -303,6 +304,51 @@ def read_judging(directory: Path) -> Judging | None:
         RunRecordError: it cannot be read, or is not a ``Judging``.
     """
     return record.read_record(directory / JUDGING_FILE, Judging, "an Esper study's judging")
+
+
+def judging_of(directory: Path, rows: Sequence[TrialRow]) -> tuple[Judging, str | None, bool]:
+    """How the study's ``results.md`` was computed (its ``results.json``), for a page that shows
+    the same numbers of ``rows`` (its ``trials.csv``): the judging, a warning where the page
+    cannot show the same, and whether ``results.md`` judged these very trials.
+
+    Without a readable ``results.json``: ``UNJUDGED`` (no verdicts). One that judged other
+    trials (a study stopped between writing ``trials.csv`` and its results): its settings, but
+    not its count of trials not finished, which was another invocation's."""
+    try:
+        judging = read_judging(directory)
+        why = "there is none (results an older Esper wrote, or a study stopped before them)"
+    except record.RunRecordError as err:
+        judging, why = None, str(err)
+    if judging is None:
+        missing = (
+            f"no probabilities of improvement or verdicts: they need {JUDGING_FILE}, and "
+            f"{why}; `esper study` on the study file writes it (running only what is not "
+            "finished)"
+        )
+        return UNJUDGED, missing, False
+    if judging.trials != rows_digest(rows):
+        stale = (
+            f"{RESULTS_FILE} and {JUDGING_FILE} are of other trials than {TRIALS_FILE} holds "
+            "(the study stopped between writing them): this page is of trials.csv; `esper "
+            "study` on the study file writes them again"
+        )
+        return replace(judging, unfinished=0), stale, False
+    return judging, None, True
+
+
+def so_far(unfinished: int) -> tuple[str, str]:
+    """The banner over an interrupted study's results, in two parts: what to stress, the rest."""
+    return (
+        f"Results so far: the study was interrupted with {unfinished} trial(s) not finished",
+        "(policy trainings included); running it again completes them.",
+    )
+
+
+NO_VERDICT = (
+    "No verdict: the study needs a growing arm and a static-matched arm matching it (Q1), or a "
+    "heuristic arm and a ppo arm (Q2), with counted trials."
+)
+"""What the verdicts say when no question can be answered."""
 
 
 def matched_sizes(rows: Sequence[TrialRow], roles: VerdictRoles) -> list[MatchedSize]:
@@ -698,14 +744,12 @@ def _markdown(
     score: Score = "test",
 ) -> str:
     counted = [row for row in rows if row.counts]
-    so_far = (
-        f"**Results so far: the study was interrupted with {unfinished} trial(s) not finished** "
-        "(policy trainings included); running it again completes them."
-    )
+    stressed, rest = so_far(unfinished)
+    banner = f"**{stressed}** {rest}"
     lines = [
         "# Study results",
         "",
-        *([so_far, ""] if unfinished else []),
+        *([banner, ""] if unfinished else []),
         f"{len(rows)} trials: {len(counted)} finished with a score (completed, or ended by "
         "the governor: an outcome of its arm), "
         f"{len(results.excluded)} excluded (listed below). {score_sentence(score)}",
@@ -717,10 +761,7 @@ def _markdown(
         "",
         "## Verdicts",
         "",
-        *([f"- {verdict}" for verdict in results.verdicts] or [
-            "- No verdict: the study needs a growing arm and a static-matched arm matching it "
-            "(Q1), or a heuristic arm and a ppo arm (Q2), with counted trials."
-        ]),
+        *(f"- {verdict}" for verdict in results.verdicts or [NO_VERDICT]),
         "",
         "## Excluded trials",
         "",

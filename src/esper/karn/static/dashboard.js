@@ -720,6 +720,9 @@ function drawStudy() {
   for (const node of document.querySelectorAll(".study-score")) {  // its file's score setting
     node.textContent = data && data.score ? data.score : "score";
   }
+  $("study-notes").replaceChildren(...(data && data.notes ? data.notes : []).map((text) =>
+    el("p", { className: "notice", textContent: text })));  // results so far, stale results
+  drawFindings(data);
   const tbody = $("study-table").tBodies[0];
   tbody.replaceChildren();
   const rows = data ? data.rows : [];
@@ -763,6 +766,34 @@ function drawStudy() {
     box.children[i].firstChild.textContent = `${task}: validation accuracy by arm`;
     drawChart(ids[i], bandChart(task, bands, arms));
   });
+}
+
+// What the study's results.md adds to the table, with its cells: the matched sizes, the
+// probabilities of improvement and the verdicts (none where results.md's judging is unknown).
+function drawFindings(data) {
+  const box = $("study-findings");
+  const tables = data && data.tables ? data.tables : [];
+  const verdicts = data && data.verdicts ? data.verdicts : [];
+  box.hidden = !tables.length && !verdicts.length;
+  box.replaceChildren();
+  const cell = (tag, from) => (text, i) => el(tag, { textContent: text,
+    className: i >= from ? "num" : "" });
+  for (const table of tables) {
+    box.append(el("h2", { textContent: table.title }),
+      el("p", { className: "note", textContent: table.sentence }));
+    if (!table.rows.length) {
+      box.append(el("p", { className: "muted", textContent: "No baseline arm with a counted trial." }));
+      continue;
+    }
+    box.append(el("div", { className: "scroll" }, el("table", { className: "compact" },
+      el("thead", {}, el("tr", {}, ...table.columns.map(cell("th", table.numbers_from)))),
+      el("tbody", {}, ...table.rows.map((row) =>
+        el("tr", {}, ...row.map(cell("td", table.numbers_from))))))));
+  }
+  if (verdicts.length) {
+    box.append(el("h2", { textContent: "Verdicts" }),
+      el("ul", {}, ...verdicts.map((text) => el("li", { textContent: text }))));
+  }
 }
 
 async function fetchStudy() {
