@@ -66,7 +66,7 @@ def _judge(rows: list[TrialRow], reps: int, with_rliable: bool) -> tuple[float, 
     """Judge ``rows``; with ``with_rliable`` the bootstrap calls rliable's metric functions."""
     ours = (stats._iqm_and_mean, stats._probability_of_improvement, stats._score_distribution)
     if with_rliable:
-        stats._iqm_and_mean = _rliable_iqm_and_mean  # type: ignore[assignment]
+        stats._iqm_and_mean = _rliable_iqm_and_mean
         stats._probability_of_improvement = metrics.probability_of_improvement
         stats._score_distribution = library.score_distributions
     try:

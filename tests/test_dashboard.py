@@ -55,7 +55,7 @@ from esper.nissa import log
 from esper.nissa.bands import band, fewer_note, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
 from esper.nissa.log import EVENTS_FILE, EventLogError, EventTail, open_run, read_events
-from esper.nissa.record import write_summary
+from esper.nissa.record import known_study_score, write_summary
 from esper.study.stats import ALL_TASKS, summarize
 
 POLL = 0.05  # a fast poll keeps these tests short
@@ -598,6 +598,7 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     monkeypatch.setattr(stats, "summarize", recorded)
     client = local_client(runs, study_table=study_table)
     assert client.get("/api/studies/st").json()["rows"] and asked == [(stats.DEFAULT_REPS, 0)]
+    # A judging of no trials' digest: its bootstrap, and "of other trials" (not asserted here)
     judging = stats.Judging((), (), (), (), 40, 7, 0, "")
     (study / JUDGING_FILE).write_text(json.dumps(asdict(judging)))
     assert client.get("/api/studies/st").json()["rows"] and asked[1:] == [(40, 7)]
@@ -605,7 +606,13 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     (study / JUDGING_FILE).write_text("{")  # damaged: the default bootstrap, and a note why
     data = client.get("/api/studies/st").json()
     assert data["rows"] and data["error"] is None and asked[2:] == [(stats.DEFAULT_REPS, 0)]
-    assert data["verdicts"] == data["tables"] == [] and "results.json" in data["notes"][0]
+    assert data["verdicts"] == data["tables"] == []
+    assert data["notes"] == [
+        "no probabilities of improvement or verdicts: they need results.json, and "
+        f"{str(study / JUDGING_FILE)!r} is not an Esper study's judging (invalid JSON at line "
+        "1, column 2: Expecting property name enclosed in double quotes); `esper study` on the "
+        "study file writes it (running only what is not finished)"
+    ]
     # One linked out of the runs directory is not read (a review: its keys reached the page).
     outside = tmp_path / "secret.json"
     outside.write_text('{"api_token": "hunter2"}')
@@ -718,6 +725,9 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     (study / STUDY_FILE).write_text(saved.replace('"settings": {}', '"settings": {"score": "val"}'))
     damaged = client.get("/api/studies/st").json()
     assert damaged["error"] is None and damaged["score"] == "score"
+    _, why = known_study_score(study)  # the report's warning, the page's note
+    assert why is not None and why.startswith("test or validation accuracy? ")
+    assert damaged["notes"] == [why] and 'its score "val" is not one of' in why
     assert damaged["rows"] == [{**asdict(row), "runs": links}]
     (study / STUDY_FILE).write_text(saved)
     assert asked == [study]  # computed again only when trials.csv changes

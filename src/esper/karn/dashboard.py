@@ -417,15 +417,14 @@ class _Tables:
         """The study's findings; None before its first invocation has ended (no
         ``trials.csv``: one running writes it when it ends)."""
         try:
-            info = (study / TRIALS_FILE).stat()
+            trials = file_key(study / TRIALS_FILE)
         except FileNotFoundError:
             return None
         try:
-            judged = (study / JUDGING_FILE).stat()
-            judging: tuple[int, int] | None = (judged.st_mtime_ns, judged.st_size)
+            judging: FileKey | None = file_key(study / JUDGING_FILE)
         except FileNotFoundError:
             judging = None
-        key = (info.st_mtime_ns, info.st_size, judging)
+        key = (trials, judging)  # both are replaced whole: a new inode, whatever the times
         with self._lock:
             cached = self._found.get(study)
             if cached is None or cached[0] != key:
@@ -645,10 +644,12 @@ class _Api:
             findings = await run_in_threadpool(self.tables.findings, found[name])
         except ValueError as err:  # an unreadable trials.csv, two trials for one seed, ...
             return JSONResponse({"name": name, **_NO_FINDINGS, "error": str(err)})
-        score, _ = await run_in_threadpool(known_study_score, found[name])
+        score, unscored = await run_in_threadpool(known_study_score, found[name])
         if findings is None:  # running (or stopped) before its first end: not an error to alarm
             pending: dict[str, Any] = {**_NO_FINDINGS, "error": None, "pending": True}
             return JSONResponse({"name": name, "score": score_label(score), **pending})
+        if unscored is not None:  # the report's warning, first among the page's notes
+            findings = replace(findings, notes=(unscored, *findings.notes))
         data = await run_in_threadpool(
             _study_data, name, found[name], (score, findings), self.runs_dir, self.curves
         )  # a mean that overflowed, a band of unmeasured epochs: null, as JSON has no inf or NaN
@@ -700,7 +701,7 @@ def create_app(
         snapshot_seconds: least time between two snapshots of one stream.
         stopping: returns True once the server is shutting down, so open streams end and the
             server can stop without waiting for browsers to leave.
-        study_table: computes a study's arms × tasks; without it no study is listed.
+        study_table: computes a study's ``StudyFindings``; without it no study is listed.
     """
     api = _Api(runs_dir, poll_seconds, snapshot_seconds, stopping, study_table)
     return Starlette(
@@ -750,7 +751,7 @@ class DashboardServer:
         sock: from ``open_listener``; the server owns it from now on.
         poll_seconds: how often open event streams look for new lines.
         snapshot_seconds: least time between two snapshots of one stream.
-        study_table: computes a study's arms × tasks (``create_app``).
+        study_table: computes a study's ``StudyFindings`` (``create_app``).
     """
 
     def __init__(

@@ -821,12 +821,12 @@ def study_score(directory: Path) -> Score:
 
 
 def known_study_score(directory: Path) -> tuple[Score | None, str | None]:
-    """``study_score``, or None and why it cannot be told: a study's results, report and
-    dashboard table stand on its ``trials.csv``, and only name their scores from it."""
+    """``study_score``, or None and a warning saying why it cannot be told: a study's results,
+    report and dashboard page stand on its ``trials.csv``, and only name their scores from it."""
     try:
         return study_score(directory), None
     except RunRecordError as err:
-        return None, str(err)
+        return None, f"test or validation accuracy? {err}"
 
 
 def run_status(run_dir: Path) -> str:

@@ -203,7 +203,7 @@ def build_study_report(
     overall = [s for s in results.summaries if s.task == stats.ALL_TASKS]
     plots = _rliable_plots(overall, rows, given, score)
     runs, warnings = _validation_curves(directory, counted)
-    warnings = [f"test or validation accuracy? {why}"] * (why is not None) + warnings
+    warnings = ([] if why is None else [why]) + warnings
     warnings = ([] if problem is None else [problem]) + warnings
     curves = arm_curves(runs)
     arms = sorted({s.arm for s in overall})
