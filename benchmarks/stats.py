@@ -31,7 +31,7 @@ import numpy.typing as npt
 from rliable import library, metrics
 
 from esper.leyline.trials import TrialRow
-from esper.study import stats
+from esper.study import results, stats
 
 Judged = tuple[list[stats.ArmSummary], list[stats.Improvement], bytes]
 
@@ -74,7 +74,7 @@ def _judge(rows: list[TrialRow], reps: int, with_rliable: bool) -> tuple[float, 
         judged = (
             stats.summarize(rows, reps),
             stats.improvements(rows, ["arm0", "arm1"], reps),
-            stats.profile_plot(rows, reps),
+            results.profile_plot(rows, reps),
         )
         return time.perf_counter() - start, judged
     finally:
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"study: {args.tasks} tasks × {args.arms} arms × {args.seeds} seeds, "
         f"2 baselines, {args.reps} resamples, {args.rounds} rounds"
     )
-    stats.import_libraries()
+    results.import_libraries()
     ratios = []
     for round_ in range(args.rounds):
         order: list[bool] = [True, False] if round_ % 2 == 0 else [False, True]

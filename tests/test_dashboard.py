@@ -34,7 +34,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import growth_summary, ppo_summary, unprivileged, write_run
-from esper.cli.dashboard import study_table
+from esper.cli.dashboard import LEFT_OUT, study_table
 from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.karn import dashboard
 from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
@@ -584,7 +584,8 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
     (results.md's differed); they now take results.json's, and are computed again when it
     changes (as esper study writes it after trials.csv); a damaged one gives the default
     bootstrap and a note why, as the study report does."""
-    from esper.study import stats
+    from esper.study import results, stats
+    from esper.study.results import Judging
 
     runs = tmp_path / "runs"
     study = write_study(runs / "st", recorded_runs)
@@ -595,11 +596,11 @@ def test_the_study_table_takes_results_md_bootstrap_and_follows_results_json(
         asked.append((reps, seed))
         return summarize(rows, reps, seed)
 
-    monkeypatch.setattr(stats, "summarize", recorded)
+    monkeypatch.setattr(results, "summarize", recorded)  # as study_results calls it
     client = local_client(runs, study_table=study_table)
     assert client.get("/api/studies/st").json()["rows"] and asked == [(stats.DEFAULT_REPS, 0)]
     # A judging of no trials' digest: its bootstrap, and "of other trials" (not asserted here)
-    judging = stats.Judging((), (), (), (), 40, 7, 0, "")
+    judging = Judging((), (), (), (), 40, 7, 0, "")
     (study / JUDGING_FILE).write_text(json.dumps(asdict(judging)))
     assert client.get("/api/studies/st").json()["rows"] and asked[1:] == [(40, 7)]
     assert client.get("/api/studies/st").json()["rows"] and len(asked) == 2  # cached
@@ -630,13 +631,13 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
     verdicts, nor that an interrupted study's results were results so far, nor that results.md
     was of other trials. It now shows them with results.md's very cells (oracle: its text)."""
     from esper.leyline.trials import VerdictRoles, read_trials
-    from esper.study import stats
+    from esper.study.results import write_results
 
     runs = tmp_path / "runs"
     study = write_study(runs / "st", recorded_runs)
     rows = [trial.row for trial in read_trials(study)]
     roles = VerdictRoles(matched=frozenset({("heuristic", "static")}))
-    stats.write_results(study, rows, ["static"], reps=30, seed=4, unfinished=3, roles=roles)
+    write_results(study, rows, ["static"], reps=30, seed=4, unfinished=3, roles=roles)
     markdown = (study / "results.md").read_text(encoding="utf-8")
 
     def md_section(title: str) -> str:
@@ -649,6 +650,12 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
     client = local_client(runs, study_table=study_table)
     data = client.get("/api/studies/st").json()
     assert data["error"] is None and len(data["rows"]) == 4
+    # The scores as results.md writes them: "all tasks (1)", "1,000" params (1000.5 rounded to
+    # even; the page's own rounding gave 1001), without median, std, peak params and FLOPs.
+    scores = md_rows("Scores")
+    kept = [i for i, column in enumerate(scores[0]) if column not in LEFT_OUT]
+    assert [row["cells"] for row in data["rows"]] == [[r[i] for i in kept] for r in scores[1:]]
+    assert data["rows"][0]["cells"][5] == "1,000" and data["rows"][2]["cells"][0] == "all tasks (1)"
     assert [t["title"] for t in data["tables"]] == ["Matched sizes", "Probability of improvement"]
     for table in data["tables"]:
         assert [table["columns"], *table["rows"]] == md_rows(table["title"])
@@ -688,6 +695,7 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
         None,
         3.0,
         ("synthetic.heuristic.seed0", "synthetic.heuristic.seed1", "../../solo"),
+        ("synthetic", "heuristic", "2", "1.00 [0.50, 1.50]", "2.00 [1.50, 2.50]", "—", "3.0"),
     )
     asked: list[Path] = []
 
@@ -705,7 +713,7 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     data = client.get("/api/studies/st").json()
     assert data["error"] is None and data["score"] == "test accuracy"  # study.json says none
     links = ["st/synthetic.heuristic.seed0", "st/synthetic.heuristic.seed1"]  # not ../../solo
-    assert data["rows"] == [{**asdict(row), "runs": links}]
+    assert data["rows"] == [{**asdict(row), "runs": links, "cells": list(row.cells)}]
     (got,) = data["bands"]
     trials = [study / TRIALS_DIR / f"synthetic.heuristic.seed{seed}" for seed in (0, 1)]
     assert got == {
@@ -728,7 +736,7 @@ def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(
     _, why = known_study_score(study)  # the report's warning, the page's note
     assert why is not None and why.startswith("test or validation accuracy? ")
     assert damaged["notes"] == [why] and 'its score "val" is not one of' in why
-    assert damaged["rows"] == [{**asdict(row), "runs": links}]
+    assert damaged["rows"] == [{**asdict(row), "runs": links, "cells": list(row.cells)}]
     (study / STUDY_FILE).write_text(saved)
     assert asked == [study]  # computed again only when trials.csv changes
     assert client.get("/api/runs/st/synthetic.static.seed0/snapshot").json() == folded(
@@ -782,7 +790,7 @@ def test_a_study_refresh_folds_only_the_trials_whose_logs_changed(
     whole (0.65 s a refresh for 200 small trials)."""
     study = write_study(tmp_path / "st", recorded_runs)
     trials = [f"synthetic.heuristic.seed{seed}" for seed in (0, 1)]
-    row = StudyRow("synthetic", "heuristic", 2, 1, 0, 2, 1, 0, 2, None, 1, tuple(trials))
+    row = StudyRow("synthetic", "heuristic", 2, 1, 0, 2, 1, 0, 2, None, 1, tuple(trials), ())
     folded_logs: list[Path] = []
     use = dashboard.Folds.use
 

@@ -91,11 +91,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, recorded_runs: dict[str, Path
         copy_run(recorded_runs[name], runs / name)
     study = write_study(runs / "st", recorded_runs)
     from esper.leyline.trials import VerdictRoles, read_trials
-    from esper.study import stats
+    from esper.study.results import write_results
 
     roles = VerdictRoles(matched=frozenset({("heuristic", "static")}))
     rows = [trial.row for trial in read_trials(study)]  # results.md's numbers, so far
-    stats.write_results(study, rows, ["static"], reps=30, unfinished=2, roles=roles)
+    write_results(study, rows, ["static"], reps=30, unfinished=2, roles=roles)
     for age, log in enumerate(sorted(runs.glob(f"**/{EVENTS_FILE}"))):
         stamp = time.time() - 100 * (age + 1)
         os.utime(log, (stamp, stamp))
@@ -178,6 +178,8 @@ def test_nothing_overflows_its_card(site: str, open_page: Any, width: int) -> No
     # 2 arms × (1 task + all); the first table imports rliable (3-8 s with other work running)
     expect(page.locator("#study-table tbody tr")).to_have_count(4, timeout=30_000)
     expect(page.locator("#study-table th").nth(3)).to_have_text("IQM test accuracy [95 % CI]")
+    first = page.locator("#study-table tbody tr").first.locator("td")
+    expect(first.nth(5)).to_have_text("1,000")  # results.md's 1000.5, rounded to even as there
     expect(page.locator("#study-bands .uplot")).to_have_count(1)
     expect(page.locator("#study-notes .notice")).to_have_text(
         ["Results so far: the study was interrupted with 2 trial(s) not finished (policy "

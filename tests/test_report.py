@@ -1019,8 +1019,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trial runner, and ``trials.csv``/``study.json`` written by the study driver."""
     from esper.study.execute import Outcome, StudyDriver
     from esper.study.job import run_job
+    from esper.study.results import write_results
     from esper.study.spec import read_study
-    from esper.study.stats import write_results
 
     root = tmp_path_factory.mktemp("study")
     (root / "study.toml").write_text(TINY_STUDY)
@@ -1109,8 +1109,8 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     were results so far. Now it shows results.md's numbers (from results.json), names another
     ``--reps``, and warns where results.json is missing or damaged."""
     from esper.leyline.trials import read_trials
-    from esper.study import stats
     from esper.study.report import build_study_report
+    from esper.study.results import UNJUDGED, judging_of
 
     study = tmp_path / "study"
     shutil.copytree(tiny_study, study)
@@ -1152,8 +1152,8 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     # Results an older Esper wrote, or a damaged results.json: the scores, and a warning.
     rows = [t.row for t in read_trials(study)]
     (study / "results.json").write_text("{}")
-    judged, damaged, same = stats.judging_of(study, rows)
-    assert (judged, same) == (stats.UNJUDGED, False) and "there is none" not in str(damaged)
+    judged, damaged, same = judging_of(study, rows)
+    assert (judged, same) == (UNJUDGED, False) and "there is none" not in str(damaged)
     (study / "results.json").unlink()
     report = build_study_report(study)
     (warning,) = report.warnings
@@ -1167,7 +1167,8 @@ def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) ->
     """results.md's "Matched sizes" (each static-matched arm's host against the median final
     parameters of the arm it matches) was missing from the report page (a walk-through)."""
     from esper.leyline.trials import TrialRow, VerdictRoles
-    from esper.study import report, stats
+    from esper.study import report
+    from esper.study.results import write_results
 
     def row(arm: str, seed: int, params: int) -> TrialRow:
         return TrialRow("digits", arm, seed, "completed", 50.0 + seed, None, params, params,
@@ -1176,7 +1177,7 @@ def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) ->
     rows = [row("heuristic", s, p) for s, p in enumerate((1200, 1500, 1800))]
     rows += [row("static-matched", s, 1490) for s in range(3)]
     roles = VerdictRoles(matched=frozenset({("heuristic", "static-matched")}))
-    results = stats.write_results(tmp_path, rows, ["static-matched"], reps=20, roles=roles)
+    results = write_results(tmp_path, rows, ["static-matched"], reps=20, roles=roles)
     markdown = (tmp_path / "results.md").read_text().split("## Matched sizes\n", 1)[1]
     table = [line for line in markdown.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
     expected = [[c.strip() for c in line.strip("|").split(" | ")] for line in table]

@@ -1309,7 +1309,7 @@ def test_a_validation_studys_trial_without_the_measure_is_excluded_saying_why() 
     from conftest import growth_summary
     from esper.leyline.trials import TrialRow
     from esper.study.job import summary_row
-    from esper.study.stats import _why_excluded
+    from esper.study.results import _why_excluded
 
     old = growth_summary(status="completed")
     trial = Trial("synthetic", "s", 7)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from esper.leyline.trials import VerdictRoles
+from esper.leyline.trials import TrialRow, VerdictRoles
+from esper.study.results import Judging, read_judging, rows_digest, study_results, write_results
 from esper.study.spec import read_study
 from esper.study.stats import (
     ALL_TASKS,
@@ -17,16 +18,10 @@ from esper.study.stats import (
     ArmSummary,
     Improvement,
     Interval,
-    Judging,
-    TrialRow,
     conclusion,
     improvements,
-    read_judging,
-    rows_digest,
-    study_results,
     summarize,
     verdicts,
-    write_results,
 )
 
 REPS = 50  # enough resamples for the point estimates and degenerate intervals tested here

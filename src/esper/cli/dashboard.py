@@ -14,7 +14,8 @@ from esper.leyline.trials import read_trials
 from esper.nissa.log import counted
 
 if TYPE_CHECKING:
-    from esper.study.stats import StudyResults
+    from esper.study.results import StudyResults
+    from esper.study.stats import ArmSummary
 
 
 def _listen_error(host: str, port: int, err: OSError) -> UserError:
@@ -30,12 +31,16 @@ def _listen_error(host: str, port: int, err: OSError) -> UserError:
     return UserError(f"cannot listen on {host}:{port}: {reason} (check --host and --port)")
 
 
+LEFT_OUT = ("median", "std", "peak params", "training FLOPs")
+"""The columns of ``results.md``'s scores table (``SCORE_COLUMNS``) the study page leaves out:
+it shows task, arm, n, IQM and mean with their intervals, final params and seconds."""
+
+
 def study_table(study: Path) -> StudyFindings:
-    """A study as the dashboard's study page shows it: ``esper.study.stats.study_results``
+    """A study as the dashboard's study page shows it: ``esper.study.results.study_results``
     over the trials in its ``trials.csv``, judged as its ``results.json`` says (the numbers
-    ``results.md`` and ``esper report STUDY`` show; ``stats.UNJUDGED``'s bootstrap and no
-    verdicts without one). Each row of the arms × tasks table has the run directories of the
-    trials that entered it (none for a row over all tasks, whose trials the per-task rows link).
+    ``results.md`` and ``esper report STUDY`` show; ``results.UNJUDGED``'s bootstrap and no
+    verdicts without one).
 
     Karn may not import ``esper.study`` (DESIGN §1), so the CLI hands it this function.
 
@@ -43,62 +48,80 @@ def study_table(study: Path) -> StudyFindings:
         ValueError: no readable ``trials.csv`` (``TrialsFileError``), or two counted trials
             with one task, arm and seed.
     """
-    from esper.study import stats  # rliable
+    from esper.study.results import NO_VERDICT, judging_of, so_far, study_results  # rliable
 
     trials = read_trials(study)
     rows = [trial.row for trial in trials]
-    judging, problem, _ = stats.judging_of(study, rows)
-    results = stats.study_results(rows, judging)
+    judging, problem, _ = judging_of(study, rows)
+    results = study_results(rows, judging)
     runs: dict[tuple[str, str], list[str]] = {}
     for trial in trials:
         if trial.row.counts:
             runs.setdefault((trial.row.task, trial.row.arm), []).append(trial.run)
-    table = tuple(
-        StudyRow(
-            task=s.task,
-            arm=s.arm,
-            n=s.n,
-            iqm=s.iqm.point,
-            iqm_low=s.iqm.low,
-            iqm_high=s.iqm.high,
-            mean=s.mean.point,
-            mean_low=s.mean.low,
-            mean_high=s.mean.high,
-            final_params=s.final_params,
-            seconds=s.seconds,
-            runs=() if s.task == stats.ALL_TASKS else tuple(runs[s.task, s.arm]),
-        )
-        for s in results.summaries
-    )
-    notes = [" ".join(stats.so_far(judging.unfinished))] if judging.unfinished else []
+    table = tuple(_study_row(s, runs) for s in results.summaries)
+    notes = [" ".join(so_far(judging.unfinished))] if judging.unfinished else []
     notes += [] if problem is None else [problem]
     if not judging.trials:  # results.md's judging is not known: no verdicts to show
         return StudyFindings(table, notes=tuple(notes))
     return StudyFindings(
         table,
         tables=_findings_tables(results),
-        verdicts=tuple(results.verdicts or [stats.NO_VERDICT]),
+        verdicts=tuple(results.verdicts or [NO_VERDICT]),
         notes=tuple(notes),
+    )
+
+
+def _study_row(s: ArmSummary, runs: dict[tuple[str, str], list[str]]) -> StudyRow:
+    """One row of the arms × tasks table, with the run directories of the trials that entered
+    it (none for a row over all tasks, whose trials the per-task rows link)."""
+    from esper.study.results import SCORE_COLUMNS, score_cells
+    from esper.study.stats import ALL_TASKS
+
+    return StudyRow(
+        task=s.task,
+        arm=s.arm,
+        n=s.n,
+        iqm=s.iqm.point,
+        iqm_low=s.iqm.low,
+        iqm_high=s.iqm.high,
+        mean=s.mean.point,
+        mean_low=s.mean.low,
+        mean_high=s.mean.high,
+        final_params=s.final_params,
+        seconds=s.seconds,
+        runs=() if s.task == ALL_TASKS else tuple(runs[s.task, s.arm]),
+        cells=tuple(
+            cell
+            for column, cell in zip(SCORE_COLUMNS, score_cells(s), strict=True)
+            if column not in LEFT_OUT
+        ),
     )
 
 
 def _findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
     """The matched sizes (where the study has a static-matched arm) and the probabilities of
     improvement, with ``results.md``'s cells."""
-    from esper.study import stats
+    from esper.study.results import (
+        IMPROVEMENT_COLUMNS,
+        IMPROVEMENT_SENTENCE,
+        MATCHED_COLUMNS,
+        MATCHED_SENTENCE,
+        improvement_cells,
+        matched_cells,
+    )
 
     matched = TextTable(
         "Matched sizes",
-        stats.MATCHED_SENTENCE,
-        stats.MATCHED_COLUMNS,
-        tuple(tuple(stats.matched_cells(m)) for m in results.matched),
+        MATCHED_SENTENCE,
+        MATCHED_COLUMNS,
+        tuple(tuple(matched_cells(m)) for m in results.matched),
         numbers_from=3,
     )
     improvements = TextTable(
         "Probability of improvement",
-        stats.IMPROVEMENT_SENTENCE,
-        stats.IMPROVEMENT_COLUMNS,
-        tuple(tuple(stats.improvement_cells(i)) for i in results.improvements),
+        IMPROVEMENT_SENTENCE,
+        IMPROVEMENT_COLUMNS,
+        tuple(tuple(improvement_cells(i)) for i in results.improvements),
         numbers_from=3,
     )
     return (matched,) * bool(matched.rows) + (improvements,)

@@ -51,9 +51,9 @@ from esper.study.execute import (
     trial_slots,
 )
 from esper.study.plan import Trial, never_growing
+from esper.study.results import StudyResults, import_libraries, write_results
 from esper.study.run import stop_signals
 from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_url, training
-from esper.study.stats import StudyResults, import_libraries, write_results
 from esper.tolaria.threads import usable_cores
 
 if TYPE_CHECKING:

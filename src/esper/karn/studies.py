@@ -30,6 +30,9 @@ class StudyRow:
         seconds: mean training time per trial (``RunSummary.wall_seconds``); None when no
             trial recorded it.
         runs: the trials' run directory names (under the study's ``trials/``) that entered.
+        cells: the row as the page shows it: task (``all tasks (k)`` over k tasks), arm, n, IQM
+            and mean with their intervals, final params and seconds, written as ``results.md``
+            writes them (its rounding, its thousands separators).
     """
 
     task: str
@@ -44,6 +47,7 @@ class StudyRow:
     final_params: float | None
     seconds: float | None
     runs: tuple[str, ...]
+    cells: tuple[str, ...]
 
 
 @dataclass(frozen=True)

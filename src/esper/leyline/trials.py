@@ -31,14 +31,14 @@ RUN_COLUMN = "run"
 TRIALS_DIR = "trials"
 """Where a study's run directories go, one level deep (``esper runs list`` lists them)."""
 RESULTS_FILE = "results.md"
-"""The study's tables and verdicts (``esper.study.stats.write_results``), with its two plots:"""
+"""The study's tables and verdicts (``esper.study.results.write_results``), with its two plots:"""
 INTERVALS_FILE = "interval_estimates.png"
 PROFILE_FILE = "performance_profile.png"
 JUDGING_FILE = "results.json"
-"""How ``results.md`` was computed (``esper.study.stats.Judging``: baselines, verdict roles,
+"""How ``results.md`` was computed (``esper.study.results.Judging``: baselines, verdict roles,
 bootstrap, trials not finished), written with it: the study report shows the same numbers."""
 RESULTS_FILES = (RESULTS_FILE, INTERVALS_FILE, PROFILE_FILE, JUDGING_FILE)
-"""What ``esper.study.stats.write_results`` writes, all replaced together."""
+"""What ``esper.study.results.write_results`` writes, all replaced together."""
 KNOWLEDGE_FILE = "knowledge.sqlite"
 """A study's own knowledge store (unless the study names one): its bandits learn from its trials;
 also the user's default store's name, in the cache directory ``esper/``."""

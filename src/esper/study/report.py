@@ -5,10 +5,10 @@ One page over a study's finished trials (``trials.csv``, written by ``esper.stud
 - the results table: per task × arm (then per arm over all tasks) n, IQM and mean with 95 %
   stratified bootstrap intervals, median, std, parameters, training FLOPs and training time,
   the probabilities of improvement and the verdicts: the numbers ``results.md`` shows
-  (``stats.study_results``, judged as its ``results.json`` says), marked as results so far
+  (``results.study_results``, judged as its ``results.json`` says), marked as results so far
   when the study has trials not finished;
-- rliable's interval estimates and performance profile (``stats.interval_plot``,
-  ``stats.profile_plot``);
+- rliable's interval estimates and performance profile (``results.interval_plot``,
+  ``results.profile_plot``);
 - per task, each arm's validation accuracy per epoch over its trials: the median line with an
   interquartile band, one colour per arm (the colours of the two plots above). Every trial's run
   directory is read once and folded with the one fold of a run's events
@@ -60,6 +60,25 @@ from esper.nissa.log import (
 )
 from esper.nissa.record import REPORT_FILE, RUN_REPORT
 from esper.study import stats
+from esper.study.results import (
+    IMPROVEMENT_COLUMNS,
+    IMPROVEMENT_SENTENCE,
+    MATCHED_COLUMNS,
+    MATCHED_SENTENCE,
+    NO_VERDICT,
+    SCORE_COLUMNS,
+    Judging,
+    StudyResults,
+    improvement_cells,
+    interval_plot,
+    judging_of,
+    matched_cells,
+    profile_plot,
+    score_cells,
+    score_sentence,
+    so_far,
+    study_results,
+)
 
 
 class StudyReportError(ValueError):
@@ -193,11 +212,11 @@ def build_study_report(
         )
     score, why = record.known_study_score(directory)
     rows = [t.row for t in trials]
-    judging, problem, same = stats.judging_of(directory, rows)
+    judging, problem, same = judging_of(directory, rows)
     given = judging if reps is None else replace(judging, reps=reps)
     stats.check_bootstrap(given.reps, given.seed)  # not the trials file's fault, unlike below
     try:
-        results = stats.study_results(rows, given)
+        results = study_results(rows, given)
     except ValueError as err:  # two finished trials of one task, arm and seed
         raise StudyReportError(f"{directory / TRIALS_FILE}: {err}") from None
     overall = [s for s in results.summaries if s.task == stats.ALL_TASKS]
@@ -218,7 +237,7 @@ def build_study_report(
 def _rliable_plots(
     overall: Sequence[stats.ArmSummary],
     rows: Sequence[TrialRow],
-    judging: stats.Judging,
+    judging: Judging,
     score: Score | None,
 ) -> list[StudyPlot]:
     """rliable's interval estimates and performance profiles of the study's arms."""
@@ -227,13 +246,13 @@ def _rliable_plots(
         StudyPlot(
             "interval_estimates",
             f"IQM and mean {label} over all tasks per arm, with 95 % bootstrap intervals.",
-            stats.interval_plot(overall, score),
+            interval_plot(overall, score),
         ),
         StudyPlot(
             "performance_profile",
             "Performance profiles: the fraction of each arm's runs (over all its tasks) with "
             f"{label} above τ, with 95 % bootstrap bands.",
-            stats.profile_plot(rows, judging.reps, judging.seed, score),
+            profile_plot(rows, judging.reps, judging.seed, score),
         ),
     ]
 
@@ -280,8 +299,8 @@ def write_study_report(report: StudyReport, out: Path) -> Path:
 
 
 def _results_table(summaries: Sequence[stats.ArmSummary]) -> str:
-    rows = [[html.escape(c) for c in stats.score_cells(s)] for s in summaries]
-    return pages.table("results", list(stats.SCORE_COLUMNS), rows, numbers_from=2)
+    rows = [[html.escape(c) for c in score_cells(s)] for s in summaries]
+    return pages.table("results", list(SCORE_COLUMNS), rows, numbers_from=2)
 
 
 def _link(target: Path, out: Path, text: str) -> str:
@@ -312,26 +331,26 @@ def _trials_table(
     return pages.table("trials", head, rows)
 
 
-def _matched(results: stats.StudyResults) -> list[str]:
+def _matched(results: StudyResults) -> list[str]:
     """The static-matched arms' sizes, as ``results.md`` has them (nothing without one)."""
     if not results.matched:
         return []
-    rows = [[html.escape(c) for c in stats.matched_cells(m)] for m in results.matched]
+    rows = [[html.escape(c) for c in matched_cells(m)] for m in results.matched]
     return [
         "<h2>Matched sizes</h2>",
-        f"<p>{html.escape(stats.MATCHED_SENTENCE)}</p>",
-        pages.table("matched", list(stats.MATCHED_COLUMNS), rows, numbers_from=3),
+        f"<p>{html.escape(MATCHED_SENTENCE)}</p>",
+        pages.table("matched", list(MATCHED_COLUMNS), rows, numbers_from=3),
     ]
 
 
-def _improvements(results: stats.StudyResults) -> list[str]:
+def _improvements(results: StudyResults) -> list[str]:
     """The probabilities of improvement and the verdicts, as ``results.md`` has them."""
-    rows = [[html.escape(c) for c in stats.improvement_cells(i)] for i in results.improvements]
-    verdicts = results.verdicts or [stats.NO_VERDICT]
+    rows = [[html.escape(c) for c in improvement_cells(i)] for i in results.improvements]
+    verdicts = results.verdicts or [NO_VERDICT]
     return [
         "<h2>Probability of improvement</h2>",
-        f"<p>{html.escape(stats.IMPROVEMENT_SENTENCE)}</p>",
-        pages.table("improvements", list(stats.IMPROVEMENT_COLUMNS), rows, numbers_from=3)
+        f"<p>{html.escape(IMPROVEMENT_SENTENCE)}</p>",
+        pages.table("improvements", list(IMPROVEMENT_COLUMNS), rows, numbers_from=3)
         if rows
         else "<p>No baseline arm with a counted trial.</p>",
         "<h2>Verdicts</h2>",
@@ -339,7 +358,7 @@ def _improvements(results: stats.StudyResults) -> list[str]:
     ]
 
 
-def _bootstrap(judging: stats.Judging, studys_reps: int | None) -> str:
+def _bootstrap(judging: Judging, studys_reps: int | None) -> str:
     """How the intervals were computed, and whether ``results.md``'s are the same (None: it
     judged other trials, or cannot be told)."""
     if studys_reps is None:
@@ -358,20 +377,20 @@ def _render(
     directory: Path,
     out: Path,
     trials: Sequence[TrialRun],
-    results: stats.StudyResults,
+    results: StudyResults,
     plots: Sequence[StudyPlot],
     warnings: Sequence[str],
-    judged: tuple[stats.Judging, int | None],
+    judged: tuple[Judging, int | None],
     score: Score | None,
 ) -> str:
     counted = sum(t.row.counts for t in trials)
     judging, studys_reps = judged
-    stressed, rest = stats.so_far(judging.unfinished)
-    so_far = f"<p><strong>{html.escape(stressed)}</strong> {html.escape(rest)}</p>"
+    stressed, rest = so_far(judging.unfinished)
+    banner = f"<p><strong>{html.escape(stressed)}</strong> {html.escape(rest)}</p>"
     body = [
-        *([so_far] if judging.unfinished else []),
+        *([banner] if judging.unfinished else []),
         f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
-        f"and curves), {len(trials) - counted} not. {html.escape(stats.score_sentence(score))} "
+        f"and curves), {len(trials) - counted} not. {html.escape(score_sentence(score))} "
         f"{_bootstrap(judging, studys_reps)}</p>",
         "<h2>Scores</h2>",
         _results_table(results.summaries),

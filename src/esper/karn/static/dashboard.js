@@ -733,12 +733,8 @@ function drawStudy() {
       return el("a", { href: `#run=${encodeURIComponent(run)}`, title: run,
         textContent: name.startsWith(trial) ? name.slice(trial.length) : name });
     })));
-    const ci = (point, low, high) => `${fmt(point, 2)} [${fmt(low, 2)}, ${fmt(high, 2)}]`;
-    const cells = [row.task, row.arm, fmt(row.n),
-      ci(row.iqm, row.iqm_low, row.iqm_high), ci(row.mean, row.mean_low, row.mean_high),
-      fmt(row.final_params === null ? null : Math.round(row.final_params)),
-      fmt(row.seconds, 1)];
-    tbody.append(el("tr", {}, ...cells.map((text, i) => el("td", { textContent: text,
+    // results.md's own cells (its rounding: toFixed would round an exact half up)
+    tbody.append(el("tr", {}, ...row.cells.map((text, i) => el("td", { textContent: text,
       className: i >= 2 ? "num" : "" })), links));
     tbody.lastChild.children[3].classList.add("nowrap");
     tbody.lastChild.children[4].classList.add("nowrap");

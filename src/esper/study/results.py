@@ -1,0 +1,564 @@
+"""A study's results: ``results.md``, its two plots and ``results.json``, and the cells and
+notes every page shows them with.
+
+``esper study`` writes the four files (``RESULTS_FILES``) together, atomically, when an
+invocation ends (``write_results``); ``results.json`` (``Judging``) says how ``results.md``
+was computed, so that the study report (``esper.study.report``) and the dashboard's study page
+(``esper.cli.dashboard.study_table``) compute the same numbers (``study_results``) and say
+when they cannot (``judging_of``). The statistics themselves are ``esper.study.stats``'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from esper.leyline import pages
+from esper.leyline.config import check_int, require
+from esper.leyline.files import atomic_write_all, remove_temporaries
+from esper.leyline.trials import (
+    DEFAULT_REPS,
+    FINISHED,
+    INTERVALS_FILE,
+    JUDGING_FILE,
+    PROFILE_FILE,
+    RESULTS_FILE,
+    RESULTS_FILES,
+    TRIALS_FILE,
+    Score,
+    TrialRow,
+    VerdictRoles,
+    score_label,
+)
+from esper.nissa import record
+from esper.nissa.log import display
+from esper.study.stats import (
+    ALL_TASKS,
+    CONFIDENCE,
+    ArmSummary,
+    Improvement,
+    Interval,
+    MatchedSize,
+    check_bootstrap,
+    improvements,
+    matched_sizes,
+    score_profiles,
+    summarize,
+    verdicts,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# rliable (with arch, scipy, pandas and seaborn behind it, ~2 s) and matplotlib (~0.7 s) are
+# imported where they are used (or, by a study about to run trials, ``import_libraries``): a
+# study's --dry-run or bad input, and the dashboard's lists of studies, never need them.
+
+
+def import_libraries() -> None:
+    """Import rliable and matplotlib now, before a study's trials start: a Ctrl-C landing in
+    their import as the results so far are written left scipy half-imported (an
+    ``AttributeError`` from rliable, and no results), and so did one landing in a trial's data
+    loading (scikit-learn imports scipy) in the driver."""
+    import matplotlib.backends.backend_agg
+    import matplotlib.figure  # noqa: F401
+    from rliable import library, metrics, plot_utils  # noqa: F401
+
+
+_CI = f"{round(CONFIDENCE * 100)} % CI"
+
+
+SCORE_COLUMNS = (
+    "task",
+    "arm",
+    "n",
+    f"IQM [{_CI}]",
+    f"mean [{_CI}]",
+    "median",
+    "std",
+    "final params",
+    "peak params",
+    "training FLOPs",
+    "seconds",
+)
+"""The scores table's columns (``score_cells``), in ``results.md`` and a study's report."""
+
+
+IMPROVEMENT_COLUMNS = ("task", "arm", "baseline", "n arm", "n baseline", f"P(improvement) [{_CI}]")
+"""The probability-of-improvement table's columns (``improvement_cells``), in ``results.md``
+and a study's report."""
+
+
+IMPROVEMENT_SENTENCE = (
+    "P(arm > baseline) + ½ P(arm = baseline) for a run of each drawn at random, per task; over "
+    "all tasks, averaged over the tasks both arms have, each arm at its common n on those tasks "
+    "(its lowest seeds), so it can differ from the mean of the rows."
+)
+"""What the probability-of-improvement table holds."""
+
+
+MATCHED_COLUMNS = ("task", "arm", "matches", "median final params of that arm", "host params")
+"""The matched-sizes table's columns (``matched_cells``), in ``results.md`` and a study's
+report."""
+
+
+MATCHED_SENTENCE = (
+    "A static-matched arm's host is the width whose parameter count is nearest the median final "
+    "parameters of the arm it matches (the widths step: the nearest can be far)."
+)
+
+
+FIGURE_WIDTH_IN = 8.0
+"""``results.md``'s figures: 800 px wide, readable in a browser or a markdown viewer."""
+
+
+# ----------------------------------------------------- results and their judging
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Everything ``results.md`` shows, as ``write_results`` computed it."""
+
+    summaries: list[ArmSummary]
+    improvements: list[Improvement]
+    verdicts: list[str]
+    excluded: list[TrialRow]
+    matched: list[MatchedSize]
+
+
+@dataclass(frozen=True)
+class Judging:
+    """How a study's results were computed (``results.json``, written with ``results.md``):
+    what its report needs to show the same numbers and verdicts, and that they are results so
+    far.
+
+    Attributes:
+        baselines: the study's ``baselines`` (the verdicts' own are added: ``roles``).
+        matched, learned, handwritten: the study's ``VerdictRoles``.
+        reps, seed: the bootstrap's resamples per interval and seed.
+        unfinished: the study's trials not finished when it was written (0: none).
+        trials: the SHA-256 of the trials it judged (``rows_digest``): a ``trials.csv``
+            written after it (a study stopped between the two) holds others.
+
+    Raises:
+        ValueError: a matched pair that is not two arms, or a count out of range.
+    """
+
+    baselines: tuple[str, ...]
+    matched: tuple[tuple[str, str], ...]
+    learned: tuple[str, ...]
+    handwritten: tuple[str, ...]
+    reps: int
+    seed: int
+    unfinished: int
+    trials: str
+
+    def __post_init__(self) -> None:
+        for pair in self.matched:
+            require(len(pair) == 2, f"matched {list(pair)} is not an (arm, matched arm) pair")
+        check_bootstrap(self.reps, self.seed)
+        check_int("unfinished", self.unfinished, 0)
+
+    @property
+    def roles(self) -> VerdictRoles:
+        return VerdictRoles(frozenset(self.matched), frozenset(self.learned),
+                            frozenset(self.handwritten))  # fmt: skip
+
+
+def rows_digest(rows: Sequence[TrialRow]) -> str:
+    """The SHA-256 of ``rows`` in order (``Judging.trials``), equal for the rows ``trials.csv``
+    reads back."""
+    text = json.dumps([asdict(row) for row in rows], sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_judging(directory: Path) -> Judging | None:
+    """The ``results.json`` in ``directory`` (None: there is none, as in a study whose results
+    an Esper before it wrote, or one stopped before it wrote its results).
+
+    Raises:
+        RunRecordError: it cannot be read, or is not a ``Judging``.
+    """
+    return record.read_record(directory / JUDGING_FILE, Judging, "an Esper study's judging")
+
+
+def judging_of(directory: Path, rows: Sequence[TrialRow]) -> tuple[Judging, str | None, bool]:
+    """How the study's ``results.md`` was computed (its ``results.json``), for a page that shows
+    the same numbers of ``rows`` (its ``trials.csv``): the judging, a warning where the page
+    cannot show the same, and whether ``results.md`` judged these very trials.
+
+    Without a readable ``results.json``: ``UNJUDGED`` (no verdicts). One that judged other
+    trials (a study stopped between writing ``trials.csv`` and its results): its settings, but
+    not its count of trials not finished, which was another invocation's."""
+    try:
+        judging = read_judging(directory)
+        why = "there is none (results an older Esper wrote, or a study stopped before them)"
+    except record.RunRecordError as err:
+        judging, why = None, str(err)
+    if judging is None:
+        missing = (
+            f"no probabilities of improvement or verdicts: they need {JUDGING_FILE}, and "
+            f"{why}; `esper study` on the study file writes it (running only what is not "
+            "finished)"
+        )
+        return UNJUDGED, missing, False
+    if judging.trials != rows_digest(rows):
+        stale = (
+            f"{RESULTS_FILE} and {JUDGING_FILE} are of other trials than {TRIALS_FILE} holds "
+            "(the study stopped between writing them): this page is of trials.csv; `esper "
+            "study` on the study file writes them again"
+        )
+        return replace(judging, unfinished=0), stale, False
+    return judging, None, True
+
+
+def so_far(unfinished: int) -> tuple[str, str]:
+    """The banner over an interrupted study's results, in two parts: what to stress, the rest."""
+    return (
+        f"Results so far: the study was interrupted with {unfinished} trial(s) not finished",
+        "(policy trainings included); running it again completes them.",
+    )
+
+
+NO_VERDICT = (
+    "No verdict: the study needs a growing arm and a static-matched arm matching it (Q1), or a "
+    "heuristic arm and a ppo arm (Q2), with counted trials."
+)
+"""What the verdicts say when no question can be answered."""
+
+
+UNJUDGED = Judging((), (), (), (), DEFAULT_REPS, 0, 0, "")
+"""The judging of a study without a readable ``results.json``: no baselines or verdict roles,
+the default bootstrap."""
+
+
+# ----------------------------------------------------------- cells and sentences
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _interval(value: Interval) -> str:
+    return f"{value.point:.2f} [{value.low:.2f}, {value.high:.2f}]"
+
+
+def score_cells(s: ArmSummary) -> list[str]:
+    """One row of the scores table (``SCORE_COLUMNS``) as text; a missing value is "—", not 0
+    (STYLE 12)."""
+    return [
+        _task_label(s.task, s.tasks),
+        s.arm,
+        str(s.n),
+        _interval(s.iqm),
+        _interval(s.mean),
+        f"{s.median:.2f}",
+        display(s.std, ".2f"),
+        display(s.final_params, ",.0f"),
+        display(s.peak_params, ",.0f"),
+        display(s.flops, ".3g"),
+        display(s.seconds, ".1f"),
+    ]
+
+
+def improvement_cells(i: Improvement) -> list[str]:
+    """One row of the probability-of-improvement table (``IMPROVEMENT_COLUMNS``) as text."""
+    label = _task_label(i.task, i.tasks)
+    return [label, i.arm, i.baseline, str(i.n_arm), str(i.n_baseline), _interval(i.probability)]
+
+
+def _task_label(task: str, tasks: Sequence[str]) -> str:
+    return f"{ALL_TASKS} ({len(tasks)})" if task == ALL_TASKS else task
+
+
+def _why_excluded(row: TrialRow) -> str:
+    if row.error:
+        return row.error.strip().splitlines()[0]
+    return f"{row.status} without a score" if row.status in FINISHED else "no error recorded"
+
+
+def score_sentence(score: Score | None) -> str:
+    """What a study's scores are, as its ``results.md`` and report say (None: its
+    ``study.json``, which says, cannot be read)."""
+    if score is None:
+        return (
+            "Scores are test or validation accuracy (%): the study.json that says cannot be read."
+        )
+    if score == "validation":
+        return (
+            'Scores are validation accuracy (%) of the final model (score = "validation"), '
+            "to choose by: every trial's test accuracy is still in its summary, but a choice "
+            "made on it would leak the test split into the results that report the choice."
+        )
+    return "Scores are test accuracy (%) of the final model."
+
+
+# -------------------------------------------------------------------- results.md
+
+
+def _markdown(
+    results: StudyResults,
+    rows: Sequence[TrialRow],
+    reps: int,
+    seed: int,
+    unfinished: int = 0,
+    score: Score = "test",
+) -> str:
+    counted = [row for row in rows if row.counts]
+    stressed, rest = so_far(unfinished)
+    banner = f"**{stressed}** {rest}"
+    lines = [
+        "# Study results",
+        "",
+        *([banner, ""] if unfinished else []),
+        f"{len(rows)} trials: {len(counted)} finished with a score (completed, or ended by "
+        "the governor: an outcome of its arm), "
+        f"{len(results.excluded)} excluded (listed below). {score_sentence(score)}",
+        "",
+        *_scores(results),
+        "",
+        *_matched(results),
+        *_improvements(results),
+        "",
+        "## Verdicts",
+        "",
+        *(f"- {verdict}" for verdict in results.verdicts or [NO_VERDICT]),
+        "",
+        "## Excluded trials",
+        "",
+        *_excluded(results),
+        "",
+        "## How the numbers were computed",
+        "",
+        *_method(results, reps, seed),
+        "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], numbers_from: int, empty: str
+) -> list[str]:
+    """A markdown table: its columns from ``numbers_from`` on aligned right; ``empty`` in its
+    one row when there are no ``rows``."""
+    align = "|" + "---|" * numbers_from + "--:|" * (len(columns) - numbers_from)
+    lines = [f"| {' | '.join(columns)} |", align]
+    lines += [f"| {' | '.join(_cell(c) for c in row)} |" for row in rows]
+    return lines if rows else [*lines, f"| — | {empty} |" + " |" * (len(columns) - 2)]
+
+
+def _scores(results: StudyResults) -> list[str]:
+    rows = [score_cells(s) for s in results.summaries]
+    table = _table(SCORE_COLUMNS, rows, 2, "no finished trial with a score")
+    return ["## Scores", "", *table]
+
+
+def _matched(results: StudyResults) -> list[str]:
+    """The static-matched arms' sizes (nothing without such an arm)."""
+    if not results.matched:
+        return []
+    rows = [matched_cells(m) for m in results.matched]
+    return ["## Matched sizes", "", MATCHED_SENTENCE, "", *_table(MATCHED_COLUMNS, rows, 3, ""), ""]
+
+
+def matched_cells(m: MatchedSize) -> list[str]:
+    """One row of the matched-sizes table (``MATCHED_COLUMNS``) as text."""
+    target = "—" if m.target is None else f"{m.target:,}"
+    return [m.task, m.arm, m.matches, target, ", ".join(f"{p:,}" for p in m.params) or "—"]
+
+
+def _improvements(results: StudyResults) -> list[str]:
+    rows = [improvement_cells(i) for i in results.improvements]
+    return [
+        "## Probability of improvement",
+        "",
+        f"{IMPROVEMENT_SENTENCE} (Method says which seeds.)",
+        "",
+        *_table(IMPROVEMENT_COLUMNS, rows, 3, "no baseline arm with a counted trial"),
+    ]
+
+
+def _excluded(results: StudyResults) -> list[str]:
+    if not results.excluded:
+        return ["None."]
+    return [
+        "| task | arm | seed | status | error |",
+        "|---|---|--:|---|---|",
+        *(
+            f"| {_cell(r.task)} | {_cell(r.arm)} | {r.seed} | {_cell(r.status)} "
+            f"| {_cell(_why_excluded(r))} |"
+            for r in results.excluded
+        ),
+    ]
+
+
+def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
+    shortened = [
+        f"- {s.arm}: over all tasks uses the {s.n} lowest seeds of each task "
+        f"({s.unused} finished score(s) left out)."
+        for s in results.summaries
+        if s.unused
+    ]
+    return [
+        "Intervals are 95 % percentile intervals of rliable's stratified bootstrap "
+        f"(`rliable.library.get_interval_estimates`, {reps} resamples, numpy's global RNG "
+        f"seeded with {seed} for each interval and restored after): runs are resampled with "
+        "replacement within each task; the two arms of a probability of improvement are "
+        "resampled independently. IQM is the 25 % trimmed mean (⌊n/4⌋ scores cut from each "
+        "end); median and std are of the runs on one task; over all tasks the mean and median "
+        "are of the task means and the IQM pools all runs × tasks of raw accuracy, without "
+        "normalising tasks. Parameters, FLOPs and seconds are means over the trials used; "
+        "final and peak parameters count the host and every seed in the forward pass, a seed "
+        "still TRAINING (which leaves the output unchanged) included. "
+        "An aggregate needs the same n on every task, so an arm with unequal n per task uses "
+        "its common n (the lowest seeds).",
+        "",
+        *(shortened or ["Every arm had the same n on each of its tasks: no score left out."]),
+    ]
+
+
+# ------------------------------------------------------------------------- plots
+
+
+def _figure(height: float) -> Figure:
+    return pages.new_figure(FIGURE_WIDTH_IN, height)
+
+
+def _empty(figure: Figure) -> bytes:
+    figure.text(0.5, 0.5, "no finished trial with a score", ha="center", va="center")
+    return pages.png(figure)
+
+
+def _colours(arms: Sequence[str]) -> dict[str, str]:
+    return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}  # matplotlib's default cycle
+
+
+def interval_plot(overall: Sequence[ArmSummary], score: Score | None = "test") -> bytes:
+    """``interval_estimates.png``: IQM and mean over all tasks per arm (``overall``: the
+    ``ALL_TASKS`` summaries), a bar for the interval, a tick at the estimate (the layout of
+    ``rliable.plot_utils.plot_interval_estimates``, drawn without pyplot)."""
+    figure = _figure(1.2 + 0.4 * len(overall))
+    if not overall:
+        return _empty(figure)
+    colours = _colours([s.arm for s in overall])
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, name in zip(axes, ("IQM", "mean"), strict=True):
+        for row, s in enumerate(overall):
+            value = s.iqm if name == "IQM" else s.mean
+            width = value.high - value.low
+            ax.barh(row, width, left=value.low, height=0.6, color=colours[s.arm], alpha=0.75)
+            ax.vlines(value.point, row - 0.3, row + 0.3, color="k", alpha=0.6)
+        ax.set_title(f"{name} over all tasks, 95 % CI")
+        ax.set_xlabel(f"{score_label(score)} (%)")
+        ax.grid(True, axis="x", alpha=0.25)
+    axes[0].set_yticks(range(len(overall)), [s.arm for s in overall])
+    axes[0].invert_yaxis()  # the first arm on top, as in the table
+    return pages.png(figure)
+
+
+def profile_plot(
+    rows: Sequence[TrialRow],
+    reps: int = DEFAULT_REPS,
+    seed: int = 0,
+    score: Score | None = "test",
+) -> bytes:
+    """``performance_profile.png``: score distributions (rliable's performance profiles), the
+    fraction of an arm's runs, over all its tasks, whose accuracy is above τ, with 95 %
+    bootstrap bands (``stats.score_profiles``)."""
+    from rliable import plot_utils
+
+    found = score_profiles(rows, reps, seed)
+    figure = _figure(4.5)
+    if found is None:
+        return _empty(figure)
+    labels = {arm: pages.plot_label(arm) for arm in found.profiles}  # "_x" had no legend entry
+    plot_utils.plot_performance_profiles(
+        {labels[arm]: profile for arm, profile in found.profiles.items()},
+        found.taus,
+        performance_profile_cis={labels[arm]: band for arm, band in found.bands.items()},
+        ax=figure.add_subplot(),
+        colors={labels[arm]: colour for arm, colour in _colours(list(labels)).items()},
+        xlabel=f"{score_label(score)} τ (%)",
+        ylabel="fraction of runs above τ",
+        labelsize="medium",
+        ticklabelsize="medium",
+        legend=True,
+        legendsize="small",
+    )
+    return pages.png(figure)
+
+
+# ----------------------------------------------------------------------- writing
+
+
+def write_results(
+    directory: Path,
+    rows: Sequence[TrialRow],
+    baselines: Sequence[str],
+    reps: int = DEFAULT_REPS,
+    seed: int = 0,
+    unfinished: int = 0,
+    roles: VerdictRoles | None = None,
+    score: Score = "test",
+) -> StudyResults:
+    """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
+
+    Everything is computed first; each file is then replaced atomically, and all three are
+    always rewritten (a study without a counted trial gets placeholder plots, not stale ones).
+
+    Args:
+        directory: Where the files go (created if missing).
+        rows: The study's trials.
+        baselines: Baseline arms for the probability of improvement; the verdicts' own
+            (``roles.baselines``) are added so that the verdicts can be given.
+        reps: Bootstrap resamples per interval.
+        seed: Seed of every bootstrap.
+        unfinished: trials of the study not finished yet (an interrupted study's results so
+            far say so at the top).
+        roles: which arms answer which question (``verdicts``); None: no verdicts.
+        score: what the rows' scores are (``SCORES``), as the text and plots name them.
+
+    Returns:
+        What ``results.md`` shows.
+    """
+    roles = VerdictRoles() if roles is None else roles
+    judging = Judging(
+        tuple(baselines), tuple(sorted(roles.matched)), tuple(sorted(roles.learned)),
+        tuple(sorted(roles.handwritten)), reps, seed, unfinished, rows_digest(rows),
+    )  # fmt: skip
+    results = study_results(rows, judging)
+    intervals = interval_plot([s for s in results.summaries if s.task == ALL_TASKS], score)
+    profile = profile_plot(rows, reps, seed, score)
+    text = _markdown(results, rows, reps, seed, unfinished, score)
+    directory.mkdir(parents=True, exist_ok=True)
+    # what a writer killed before left (hidden .NAME.tmp-* files)
+    remove_temporaries(directory, list(RESULTS_FILES))
+    contents: dict[str, bytes | str] = {
+        RESULTS_FILE: text,
+        INTERVALS_FILE: intervals,
+        PROFILE_FILE: profile,
+        JUDGING_FILE: json.dumps(asdict(judging)) + "\n",
+    }
+    atomic_write_all([(directory / name, contents[name]) for name in RESULTS_FILES])
+    return results
+
+
+def study_results(rows: Sequence[TrialRow], judging: Judging) -> StudyResults:
+    """What ``results.md`` shows of ``rows``, judged as ``judging`` says (``write_results``;
+    the study report computes the same from ``results.json``)."""
+    reps, seed, roles = judging.reps, judging.seed, judging.roles
+    found = improvements(rows, [*judging.baselines, *roles.baselines], reps, seed)
+    return StudyResults(
+        summaries=summarize(rows, reps, seed),
+        improvements=found,
+        verdicts=verdicts(found, roles),
+        excluded=sorted(
+            (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
+        ),
+        matched=matched_sizes(rows, roles),
+    )
