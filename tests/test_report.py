@@ -1260,6 +1260,9 @@ def test_a_study_without_a_finished_trial_is_one_line(
     (study / "trials.csv").write_bytes(lines[0].encode() + b"\n\xff\xfe\n")
     code, _, err = _report([str(study)], capsys)
     _assert_one_line_error(code, err, "trials.csv: not a trials table (not UTF-8 text)")
+    (study / "trials.csv").write_bytes(b"")  # said "not a trials table (header None)"
+    code, _, err = _report([str(study)], capsys)
+    _assert_one_line_error(code, err, "trials.csv: empty, not a trials table (its header is")
     code, _, err = _report([str(tiny_study), "--baseline", str(tiny_study)], capsys)
     _assert_one_line_error(code, err, "--baseline compares two runs")
     run = next((tiny_study / "trials").iterdir())

@@ -206,7 +206,9 @@ def read_trials(directory: Path) -> list[TrialRun]:
     try:
         with io.TextIOWrapper(raw, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames is None or set(reader.fieldnames) != {*names, RUN_COLUMN}:
+            if reader.fieldnames is None:  # an empty file (a disk that filled, a hand edit)
+                raise TrialsFileError(f"{path}: empty, not a trials table (its header is missing)")
+            if set(reader.fieldnames) != {*names, RUN_COLUMN}:
                 raise TrialsFileError(f"{path}: not a trials table (header {reader.fieldnames})")
             trials = []
             for line in reader:
