@@ -635,6 +635,8 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
 
     runs = tmp_path / "runs"
     study = write_study(runs / "st", recorded_runs)
+    with (study / TRIALS_FILE).open("a", encoding="utf-8") as f:  # a failed trial
+        f.write("synthetic,static,2,failed,,,,,,,boom,synthetic.static.seed2\n")
     rows = [trial.row for trial in read_trials(study)]
     roles = VerdictRoles(matched=frozenset({("heuristic", "static")}))
     write_results(study, rows, ["static"], reps=30, seed=4, unfinished=3, roles=roles)
@@ -664,7 +666,9 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
     assert data["verdicts"] == bullets and len(bullets) == 1
     assert data["notes"] == [
         "Results so far: the study was interrupted with 3 trial(s) not finished (policy "
-        "trainings included); running it again completes them."
+        "trainings included); running it again completes them.",
+        "1 trial(s) not counted (failed, or finished without a score): synthetic/static/seed 2 "
+        "(boom)",
     ]
     assert "**Results so far: the study was interrupted with 3 trial(s)" in markdown
     # trials.csv written again after results.md (a study stopped between the two): a note,
@@ -673,7 +677,7 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
     (study / TRIALS_FILE).write_text(text.replace(",50.0,", ",49.0,", 1), encoding="utf-8")
     stale = client.get("/api/studies/st").json()
     assert stale["notes"] and "are of other trials than trials.csv holds" in stale["notes"][0]
-    assert len(stale["notes"]) == 1 and stale["verdicts"]
+    assert len(stale["notes"]) == 2 and stale["verdicts"]
 
 
 def test_a_study_lists_its_trials_as_runs_and_serves_its_table_and_bands(

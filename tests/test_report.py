@@ -1186,6 +1186,28 @@ def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) ->
     assert _table_rows("".join(report._matched(results)), "matched") == expected
 
 
+def test_a_study_report_says_which_scores_an_aggregate_leaves_out(
+    tiny_study: Path, tmp_path: Path
+) -> None:
+    """Only results.md's Method said that an arm over all tasks uses its common n (the lowest
+    seeds) and leaves the other scores out; the report's scores now say so too."""
+    from esper.study.report import build_study_report
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    header, *lines = (study / "trials.csv").read_text().splitlines()
+    task = lines[0].split(",")[0]
+    # a second task: both seeds of static, one of grow (grow's common n is then 1)
+    other = [line.replace(task, "other", 1) for line in lines if ",grow,1," not in line]
+    (study / "trials.csv").write_text("\n".join([header, *lines, *other]) + "\n")
+    report = build_study_report(study, reps=20)
+    assert (
+        "<p>grow: over all tasks uses the 1 lowest seeds of each task (1 finished score(s) "
+        "left out).</p>" in report.html
+    )
+    assert "static: over all tasks" not in report.html
+
+
 def test_a_study_whose_study_json_is_damaged_is_still_reported_with_unnamed_scores(
     tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,16 @@ import pytest
 import scipy.stats
 
 from esper.leyline.trials import TrialRow, VerdictRoles
-from esper.study.results import Judging, read_judging, rows_digest, study_results, write_results
+from esper.study.results import (
+    UNJUDGED,
+    Judging,
+    left_out,
+    not_counted,
+    read_judging,
+    rows_digest,
+    study_results,
+    write_results,
+)
 from esper.study.spec import read_study
 from esper.study.stats import (
     ALL_TASKS,
@@ -442,6 +451,26 @@ def test_write_results_writes_four_files_and_lists_failed_trials(tmp_path: Path)
     assert "| digits | heuristic | 3 | failed | RuntimeError: diverged |" in md
     assert "| digits | static-matched | 4 | completed | completed without a score |" in md
     assert "50 resamples" in md
+    assert not_counted(results) == (
+        "2 trial(s) not counted (failed, or finished without a score): digits/heuristic/seed 3 "
+        "(RuntimeError: diverged); digits/static-matched/seed 4 (completed without a score)"
+    )
+    assert not_counted(results, named=1).endswith("; and 1 more (results.md lists them)")
+
+
+def test_scores_left_out_of_an_aggregate_are_said_in_one_sentence_each() -> None:
+    """Only results.md's Method said that an arm over all tasks drops the seeds beyond its
+    common n; the report and the dashboard take these sentences too."""
+    rows = [
+        *_rows("t", "a", [1.0, 2.0, 3.0]),
+        *_rows("u", "a", [4.0, 5.0]),
+        *_rows("t", "b", [1.0]),
+    ]
+    found = study_results(rows, UNJUDGED)
+    assert left_out(found) == [
+        "a: over all tasks uses the 2 lowest seeds of each task (1 finished score(s) left out)."
+    ]
+    assert not_counted(found) is None
 
 
 def test_write_results_without_a_counted_trial_still_writes_every_file(tmp_path: Path) -> None:

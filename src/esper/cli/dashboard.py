@@ -48,7 +48,14 @@ def study_table(study: Path) -> StudyFindings:
         ValueError: no readable ``trials.csv`` (``TrialsFileError``), or two counted trials
             with one task, arm and seed.
     """
-    from esper.study.results import NO_VERDICT, judging_of, so_far, study_results  # rliable
+    from esper.study.results import (  # rliable
+        NO_VERDICT,
+        judging_of,
+        left_out,
+        not_counted,
+        so_far,
+        study_results,
+    )
 
     trials = read_trials(study)
     rows = [trial.row for trial in trials]
@@ -61,6 +68,7 @@ def study_table(study: Path) -> StudyFindings:
     table = tuple(_study_row(s, runs) for s in results.summaries)
     notes = [" ".join(so_far(judging.unfinished))] if judging.unfinished else []
     notes += [] if problem is None else [problem]
+    notes += [*left_out(results), *filter(None, [not_counted(results)])]
     if not judging.trials:  # results.md's judging is not known: no verdicts to show
         return StudyFindings(table, notes=tuple(notes))
     return StudyFindings(

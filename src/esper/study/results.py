@@ -397,13 +397,33 @@ def _excluded(results: StudyResults) -> list[str]:
     ]
 
 
-def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
-    shortened = [
-        f"- {s.arm}: over all tasks uses the {s.n} lowest seeds of each task "
+def left_out(results: StudyResults) -> list[str]:
+    """Each arm whose scores over all tasks leave finished scores out (an aggregate takes the
+    same n on every task: its common n, the lowest seeds), in a sentence."""
+    return [
+        f"{s.arm}: over all tasks uses the {s.n} lowest seeds of each task "
         f"({s.unused} finished score(s) left out)."
         for s in results.summaries
         if s.unused
     ]
+
+
+def not_counted(results: StudyResults, named: int = 3) -> str | None:
+    """The trials that do not count (failed, or finished without a score) in a sentence that
+    names the first ``named`` and why; None when every trial counts."""
+    if not results.excluded:
+        return None
+    shown = [f"{r.task}/{r.arm}/seed {r.seed} ({_why_excluded(r)})" for r in results.excluded]
+    more = len(shown) - named
+    return (
+        f"{len(shown)} trial(s) not counted (failed, or finished without a score): "
+        + "; ".join(shown[:named])
+        + (f"; and {more} more (results.md lists them)" if more > 0 else "")
+    )
+
+
+def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
+    shortened = [f"- {line}" for line in left_out(results)]
     return [
         "Intervals are 95 % percentile intervals of rliable's stratified bootstrap "
         f"(`rliable.library.get_interval_estimates`, {reps} resamples, numpy's global RNG "
