@@ -665,8 +665,8 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
     bullets = [line[2:] for line in md_section("Verdicts").splitlines() if line.startswith("- ")]
     assert data["verdicts"] == bullets and len(bullets) == 1
     assert data["notes"] == [
-        "Results so far: the study was interrupted with 3 trial(s) not finished (policy "
-        "trainings included); running it again completes them.",
+        "Results so far: the study was interrupted with 3 trial(s) not finished. Running it "
+        "again completes them.",
         "1 trial(s) not counted (failed, or finished without a score): synthetic/static/seed 2 "
         "(boom)",
     ]

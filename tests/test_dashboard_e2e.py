@@ -182,8 +182,8 @@ def test_nothing_overflows_its_card(site: str, open_page: Any, width: int) -> No
     expect(first.nth(5)).to_have_text("1,000")  # results.md's 1000.5, rounded to even as there
     expect(page.locator("#study-bands .uplot")).to_have_count(1)
     expect(page.locator("#study-notes .notice")).to_have_text(
-        ["Results so far: the study was interrupted with 2 trial(s) not finished (policy "
-         "trainings included); running it again completes them."]
+        ["Results so far: the study was interrupted with 2 trial(s) not finished. Running it "
+         "again completes them."]
     )  # fmt: skip
     findings = page.locator("#study-findings")
     expect(findings.locator("h2")).to_have_text(

@@ -479,7 +479,8 @@ def test_write_results_without_a_counted_trial_still_writes_every_file(tmp_path:
     assert results.summaries == [] and results.verdicts == []
     md = (tmp_path / "results.md").read_text()
     assert "| t | a | 0 | failed | out of memory |" in md
-    assert "No verdict" in md
+    assert "No verdict: the study needs a growing arm" in md
+    assert "| — | no arm and baseline arm with counted trials on a task they share |" in md
     assert (tmp_path / "performance_profile.png").read_bytes().startswith(b"\x89PNG")
     assert "Results so far" not in md  # a finished study's results are not marked
 
@@ -489,10 +490,21 @@ def test_results_of_an_interrupted_study_say_they_are_so_far(tmp_path: Path) -> 
     write_results(tmp_path, rows, baselines=[], reps=REPS, unfinished=7)
     md = (tmp_path / "results.md").read_text()
     assert md.splitlines()[2] == (
-        "**Results so far: the study was interrupted with 7 trial(s) not finished** (policy "
-        "trainings included); running it again completes them."
+        "**Results so far: the study was interrupted with 7 trial(s) not finished.** Running it "
+        "again completes them."
     )
     assert "| digits | heuristic | 3 | 91.00 [" in md
+    # With a learned arm its policy training counts among the trials (it said so always); and
+    # the verdict's arms exist but the ppo one has no counted trial yet (it said "the study
+    # needs a heuristic arm and a ppo arm").
+    roles = VerdictRoles(learned=frozenset({"ppo"}), handwritten=frozenset({"heuristic"}))
+    write_results(tmp_path, rows, baselines=[], reps=REPS, unfinished=7, roles=roles)
+    md = (tmp_path / "results.md").read_text()
+    assert "trial(s) not finished (policy trainings included).** Running it again" in md
+    assert (
+        "- No verdict yet: the arms that answer the questions (Q2: ppo vs heuristic) have no "
+        "counted trials on a task they share." in md
+    )
 
 
 def test_bootstrap_settings_and_baselines_are_checked() -> None:

@@ -49,7 +49,6 @@ def study_table(study: Path) -> StudyFindings:
             with one task, arm and seed.
     """
     from esper.study.results import (  # rliable
-        NO_VERDICT,
         judging_of,
         left_out,
         not_counted,
@@ -66,7 +65,7 @@ def study_table(study: Path) -> StudyFindings:
         if trial.row.counts:
             runs.setdefault((trial.row.task, trial.row.arm), []).append(trial.run)
     table = tuple(_study_row(s, runs) for s in results.summaries)
-    notes = [" ".join(so_far(judging.unfinished))] if judging.unfinished else []
+    notes = [" ".join(so_far(judging))] if judging.unfinished else []
     notes += [] if problem is None else [problem]
     notes += [*left_out(results), *filter(None, [not_counted(results)])]
     if not judging.trials:  # results.md's judging is not known: no verdicts to show
@@ -74,7 +73,7 @@ def study_table(study: Path) -> StudyFindings:
     return StudyFindings(
         table,
         tables=_findings_tables(results),
-        verdicts=tuple(results.verdicts or [NO_VERDICT]),
+        verdicts=tuple(results.verdicts or [results.no_verdict]),
         notes=tuple(notes),
     )
 
@@ -114,6 +113,7 @@ def _findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
         IMPROVEMENT_SENTENCE,
         MATCHED_COLUMNS,
         MATCHED_SENTENCE,
+        NO_COMPARISON,
         improvement_cells,
         matched_cells,
     )
@@ -124,6 +124,7 @@ def _findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
         MATCHED_COLUMNS,
         tuple(tuple(matched_cells(m)) for m in results.matched),
         numbers_from=3,
+        empty="",  # not shown without a row
     )
     improvements = TextTable(
         "Probability of improvement",
@@ -131,6 +132,7 @@ def _findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
         IMPROVEMENT_COLUMNS,
         tuple(tuple(improvement_cells(i)) for i in results.improvements),
         numbers_from=3,
+        empty=f"{NO_COMPARISON.capitalize()}.",
     )
     return (matched,) * bool(matched.rows) + (improvements,)
 

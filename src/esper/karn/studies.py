@@ -60,6 +60,7 @@ class TextTable:
         columns: the column headings.
         rows: each row's cells, one per column.
         numbers_from: the first column of numbers (aligned right).
+        empty: what the table says when it has no row.
     """
 
     title: str
@@ -67,6 +68,7 @@ class TextTable:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     numbers_from: int
+    empty: str
 
 
 @dataclass(frozen=True)

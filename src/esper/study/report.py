@@ -65,7 +65,7 @@ from esper.study.results import (
     IMPROVEMENT_SENTENCE,
     MATCHED_COLUMNS,
     MATCHED_SENTENCE,
-    NO_VERDICT,
+    NO_COMPARISON,
     SCORE_COLUMNS,
     Judging,
     StudyResults,
@@ -347,13 +347,13 @@ def _matched(results: StudyResults) -> list[str]:
 def _improvements(results: StudyResults) -> list[str]:
     """The probabilities of improvement and the verdicts, as ``results.md`` has them."""
     rows = [[html.escape(c) for c in improvement_cells(i)] for i in results.improvements]
-    verdicts = results.verdicts or [NO_VERDICT]
+    verdicts = results.verdicts or [results.no_verdict]
     return [
         "<h2>Probability of improvement</h2>",
         f"<p>{html.escape(IMPROVEMENT_SENTENCE)}</p>",
         pages.table("improvements", list(IMPROVEMENT_COLUMNS), rows, numbers_from=3)
         if rows
-        else "<p>No baseline arm with a counted trial.</p>",
+        else f"<p>{html.escape(NO_COMPARISON.capitalize())}.</p>",
         "<h2>Verdicts</h2>",
         "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>",
     ]
@@ -386,7 +386,7 @@ def _render(
 ) -> str:
     counted = sum(t.row.counts for t in trials)
     judging, studys_reps = judged
-    stressed, rest = so_far(judging.unfinished)
+    stressed, rest = so_far(judging)
     banner = f"<p><strong>{html.escape(stressed)}</strong> {html.escape(rest)}</p>"
     body = [
         *([banner] if judging.unfinished else []),

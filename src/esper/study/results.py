@@ -121,13 +121,15 @@ FIGURE_WIDTH_IN = 8.0
 
 @dataclass(frozen=True)
 class StudyResults:
-    """Everything ``results.md`` shows, as ``write_results`` computed it."""
+    """Everything ``results.md`` shows, as ``write_results`` computed it (``no_verdict``: what
+    its verdicts say when there is none)."""
 
     summaries: list[ArmSummary]
     improvements: list[Improvement]
     verdicts: list[str]
     excluded: list[TrialRow]
     matched: list[MatchedSize]
+    no_verdict: str
 
 
 @dataclass(frozen=True)
@@ -216,19 +218,35 @@ def judging_of(directory: Path, rows: Sequence[TrialRow]) -> tuple[Judging, str 
     return judging, None, True
 
 
-def so_far(unfinished: int) -> tuple[str, str]:
-    """The banner over an interrupted study's results, in two parts: what to stress, the rest."""
+def so_far(judging: Judging) -> tuple[str, str]:
+    """The banner over an interrupted study's results, in two parts: what to stress, the rest
+    (policy trainings count among the trials where the study has learned arms)."""
+    policies = " (policy trainings included)" if judging.learned else ""
     return (
-        f"Results so far: the study was interrupted with {unfinished} trial(s) not finished",
-        "(policy trainings included); running it again completes them.",
+        f"Results so far: the study was interrupted with {judging.unfinished} trial(s) not "
+        f"finished{policies}.",
+        "Running it again completes them.",
     )
 
 
-NO_VERDICT = (
-    "No verdict: the study needs a growing arm and a static-matched arm matching it (Q1), or a "
-    "heuristic arm and a ppo arm (Q2), with counted trials."
-)
-"""What the verdicts say when no question can be answered."""
+def no_verdict(roles: VerdictRoles) -> str:
+    """What the verdicts say when none can be given: what the study lacks, or, where it has the
+    arms, that they have no counted trials on a task they share yet."""
+    pairs = [f"Q1: {grown} vs {matched}" for grown, matched in sorted(roles.matched)]
+    pairs += [f"Q2: {a} vs {b}" for a in sorted(roles.learned) for b in sorted(roles.handwritten)]
+    if not pairs:
+        return (
+            "No verdict: the study needs a growing arm and a static-matched arm matching it "
+            "(Q1), or a heuristic arm and a ppo arm (Q2), with counted trials."
+        )
+    return (
+        f"No verdict yet: the arms that answer the questions ({'; '.join(pairs)}) have no "
+        "counted trials on a task they share."
+    )
+
+
+NO_COMPARISON = "no arm and baseline arm with counted trials on a task they share"
+"""What the probability-of-improvement table says when it has no row."""
 
 
 UNJUDGED = Judging((), (), (), (), DEFAULT_REPS, 0, 0, "")
@@ -302,20 +320,15 @@ def score_sentence(score: Score | None) -> str:
 
 
 def _markdown(
-    results: StudyResults,
-    rows: Sequence[TrialRow],
-    reps: int,
-    seed: int,
-    unfinished: int = 0,
-    score: Score = "test",
+    results: StudyResults, rows: Sequence[TrialRow], judging: Judging, score: Score = "test"
 ) -> str:
     counted = [row for row in rows if row.counts]
-    stressed, rest = so_far(unfinished)
+    stressed, rest = so_far(judging)
     banner = f"**{stressed}** {rest}"
     lines = [
         "# Study results",
         "",
-        *([banner, ""] if unfinished else []),
+        *([banner, ""] if judging.unfinished else []),
         f"{len(rows)} trials: {len(counted)} finished with a score (completed, or ended by "
         "the governor: an outcome of its arm), "
         f"{len(results.excluded)} excluded (listed below). {score_sentence(score)}",
@@ -327,7 +340,7 @@ def _markdown(
         "",
         "## Verdicts",
         "",
-        *(f"- {verdict}" for verdict in results.verdicts or [NO_VERDICT]),
+        *(f"- {verdict}" for verdict in results.verdicts or [results.no_verdict]),
         "",
         "## Excluded trials",
         "",
@@ -335,7 +348,7 @@ def _markdown(
         "",
         "## How the numbers were computed",
         "",
-        *_method(results, reps, seed),
+        *_method(results, judging.reps, judging.seed),
         "",
     ]  # fmt: skip
     return "\n".join(lines)
@@ -379,7 +392,7 @@ def _improvements(results: StudyResults) -> list[str]:
         "",
         f"{IMPROVEMENT_SENTENCE} (Method says which seeds.)",
         "",
-        *_table(IMPROVEMENT_COLUMNS, rows, 3, "no baseline arm with a counted trial"),
+        *_table(IMPROVEMENT_COLUMNS, rows, 3, NO_COMPARISON),
     ]
 
 
@@ -554,7 +567,7 @@ def write_results(
     results = study_results(rows, judging)
     intervals = interval_plot([s for s in results.summaries if s.task == ALL_TASKS], score)
     profile = profile_plot(rows, reps, seed, score)
-    text = _markdown(results, rows, reps, seed, unfinished, score)
+    text = _markdown(results, rows, judging, score)
     directory.mkdir(parents=True, exist_ok=True)
     # what a writer killed before left (hidden .NAME.tmp-* files)
     remove_temporaries(directory, list(RESULTS_FILES))
@@ -581,4 +594,5 @@ def study_results(rows: Sequence[TrialRow], judging: Judging) -> StudyResults:
             (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
         ),
         matched=matched_sizes(rows, roles),
+        no_verdict=no_verdict(roles),
     )

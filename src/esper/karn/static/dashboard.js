@@ -778,7 +778,7 @@ function drawFindings(data) {
     box.append(el("h2", { textContent: table.title }),
       el("p", { className: "note", textContent: table.sentence }));
     if (!table.rows.length) {
-      box.append(el("p", { className: "muted", textContent: "No baseline arm with a counted trial." }));
+      box.append(el("p", { className: "muted", textContent: table.empty }));
       continue;
     }
     box.append(el("div", { className: "scroll" }, el("table", { className: "compact" },
