@@ -883,3 +883,33 @@ def test_trials_that_cannot_be_read_are_not_taken_for_missing(tmp_path) -> None:
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "trial synthetic.s.seed0: " in done.stderr and "cannot be read" in done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [TRIALS_DIR]
+
+
+def test_results_that_change_under_a_written_report_say_it_is_of_earlier_ones(tmp_path, capsys):
+    """After a resume the study report still said "results so far … 12 not finished" beside a
+    finished results.md, and nothing said so (a walk-through)."""
+    from esper.leyline.trials import TrialRow
+    from esper.study.execute import Outcome
+    from esper.study.spec import read_study
+
+    body = f'out = "o"\ntasks = ["synthetic"]\nseeds = 2\n{FAST}[budget]\n{BUDGET}'
+    spec, directory = read_study(
+        _study(tmp_path, body + '[[arms]]\nname = "s"\ncontroller = "static"\n')
+    )
+
+    def outcome(*seeds: int) -> Outcome:
+        rows = [TrialRow("synthetic", "s", seed, "completed", 50.0 + seed, None, 10, 10, 1.0,
+                         1.0, None) for seed in seeds]  # fmt: skip
+        return Outcome([(f"synthetic.s.seed{row.seed}", row) for row in rows], {}, [])
+
+    cli_study._write_results(spec, directory, outcome(0), unfinished=1)  # interrupted
+    (directory / record.REPORT_FILE).write_text("<html>results so far</html>")  # esper report
+    capsys.readouterr()
+    cli_study._write_results(spec, directory, outcome(0, 1))  # resumed to the end
+    hint = f"{directory / record.REPORT_FILE} shows the results before these: `esper report"
+    assert hint in capsys.readouterr().err
+    cli_study._write_results(spec, directory, outcome(0, 1))  # the same results: no word
+    assert capsys.readouterr().err == ""
+    (directory / record.REPORT_FILE).unlink()  # no report: nothing to say
+    cli_study._write_results(spec, directory, outcome(0))
+    assert capsys.readouterr().err == ""

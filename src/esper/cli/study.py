@@ -51,7 +51,13 @@ from esper.study.execute import (
     trial_slots,
 )
 from esper.study.plan import Trial, never_growing
-from esper.study.results import StudyResults, import_libraries, write_results
+from esper.study.results import (
+    Judging,
+    StudyResults,
+    import_libraries,
+    read_judging,
+    write_results,
+)
 from esper.study.run import stop_signals
 from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_url, training
 from esper.tolaria.threads import usable_cores
@@ -334,12 +340,29 @@ def _check_study_files(directory: Path) -> None:
 def _write_results(
     spec: StudySpec, directory: Path, outcome: Outcome, unfinished: int = 0
 ) -> StudyResults:
-    """``results.md`` and its plots for ``outcome``'s trials, judged as ``spec`` says."""
+    """``results.md`` and its plots for ``outcome``'s trials, judged as ``spec`` says; a word
+    when they change under a ``report.html`` that ``esper report`` wrote of the earlier ones
+    (a resume left it saying "results so far")."""
     rows = [row for _, row in outcome.rows]
     roles = spec.verdict_roles()
-    return write_results(
+    before = _judging(directory)
+    results = write_results(
         directory, rows, spec.baseline_arms(), spec.reps, 0, unfinished, roles, spec.score
     )
+    if (directory / record.REPORT_FILE).is_file() and _judging(directory) != before:
+        _say(
+            f"{directory / record.REPORT_FILE} shows the results before these: `esper report "
+            f"{shell_path(directory)}` writes it again"
+        )
+    return results
+
+
+def _judging(directory: Path) -> Judging | None:
+    """The study's ``results.json``, None where there is none or it cannot be read."""
+    try:
+        return read_judging(directory)
+    except record.RunRecordError:
+        return None
 
 
 def dry_run(driver: StudyDriver) -> None:
