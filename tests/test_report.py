@@ -24,7 +24,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 
 from conftest import growth_summary, ppo_summary, write_run
-from esper.cli.main import main
+from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.karn.colours import MARK_STYLES, STAGE_COLOURS
 from esper.karn.report import PLOT_FILES, Plot, Report, build_report, plot_progress
 from esper.karn.report_data import RunData, load_run
@@ -1235,6 +1235,25 @@ def _query_one(capsys: pytest.CaptureFixture[str], sql: str, study: Path) -> obj
     (line,) = capsys.readouterr().out.splitlines()
     (value,) = json.loads(line).values()
     return value
+
+
+def test_a_damaged_trials_csv_fails_only_the_queries_that_read_the_trials_view(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One malformed trials.csv failed every `runs query` over its folder, a count of epochs
+    too (a walk-through); now only a query naming the trials view reads it."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(tiny_study, runs / "good")
+    shutil.copytree(tiny_study, runs / "bad")
+    (runs / "bad" / "trials.csv").write_text("")
+    epochs = _query_one(capsys, "SELECT count(*) AS n FROM epochs", runs)
+    assert epochs == 2 * _query_one(capsys, "SELECT count(*) AS n FROM epochs", runs / "good")
+    assert _query_one(capsys, "SELECT count(*) AS n FROM runs", runs) == 8  # 4 trials each
+    for sql in ("SELECT count(*) FROM trials", 'SELECT count(*) FROM "Trials"'):
+        assert main(["runs", "query", sql, "--runs", str(runs)]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip()
+        assert "trials.csv: empty, not a trials table" in err and len(err.splitlines()) == 1
 
 
 def test_a_curve_says_from_which_epoch_fewer_trials_are_in_its_median() -> None:

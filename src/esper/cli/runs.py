@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from decimal import Decimal
 from itertools import islice
@@ -223,7 +224,10 @@ def _query(sql: str, paths: list[Path], fmt: str) -> int:
 
     try:  # the runs first: a path that cannot be read fails there, naming it
         runs = collect_runs(paths)
-        store = RunStore(runs, lambda m: print(f"warning: {m}", file=sys.stderr), studies_of(paths))
+        # The trials view is read only for a query that names it: a damaged trials.csv failed
+        # every query over its folder, those of the runs' own views too (a walk-through).
+        studies = studies_of(paths) if re.search(r"\btrials\b", sql, re.IGNORECASE) else []
+        store = RunStore(runs, lambda m: print(f"warning: {m}", file=sys.stderr), studies)
     except QueryError as err:
         raise UserError(f"query failed: {err}") from None
     try:
