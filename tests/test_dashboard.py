@@ -664,6 +664,12 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
     assert len(data["tables"][1]["rows"]) == 2  # heuristic over static: the task and over all
     bullets = [line[2:] for line in md_section("Verdicts").splitlines() if line.startswith("- ")]
     assert data["verdicts"] == bullets and len(bullets) == 1
+    text = (study / TRIALS_FILE).read_text(encoding="utf-8")
+    (study / TRIALS_FILE).write_text(text + text.splitlines()[1] + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as twice:  # the page's error names the file, as the report
+        study_table(study)
+    assert str(twice.value).startswith(f"{study / TRIALS_FILE}: synthetic/heuristic: more than")
+    (study / TRIALS_FILE).write_text(text, encoding="utf-8")
     assert data["notes"] == [
         "Results so far: the study was interrupted with 3 trial(s) not finished. Running it "
         "again completes them.",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from esper.karn.studies import StudyFindings, StudyRow, TextTable
 from esper.leyline.config import UserError
-from esper.leyline.trials import read_trials
+from esper.leyline.trials import TRIALS_FILE, read_trials
 from esper.nissa.log import counted
 
 if TYPE_CHECKING:
@@ -59,7 +59,10 @@ def study_table(study: Path) -> StudyFindings:
     trials = read_trials(study)
     rows = [trial.row for trial in trials]
     judging, problem, _ = judging_of(study, rows)
-    results = study_results(rows, judging)
+    try:
+        results = study_results(rows, judging)
+    except ValueError as err:  # two counted trials of one task, arm and seed (as the report)
+        raise ValueError(f"{study / TRIALS_FILE}: {err}") from None
     runs: dict[tuple[str, str], list[str]] = {}
     for trial in trials:
         if trial.row.counts:

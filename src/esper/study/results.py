@@ -211,7 +211,8 @@ def judging_of(directory: Path, rows: Sequence[TrialRow]) -> tuple[Judging, str 
     if judging.trials != rows_digest(rows):
         stale = (
             f"{RESULTS_FILE} and {JUDGING_FILE} are of other trials than {TRIALS_FILE} holds "
-            "(the study stopped between writing them): this page is of trials.csv; `esper "
+            "(a study stopped between writing them, or trials.csv edited since): this page is "
+            "of trials.csv; `esper "
             "study` on the study file writes them again"
         )
         return replace(judging, unfinished=0), stale, False
