@@ -446,7 +446,7 @@ def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
         "resampled independently. IQM is the 25 % trimmed mean (⌊n/4⌋ scores cut from each "
         "end); median and std are of the runs on one task; over all tasks the mean and median "
         "are of the task means and the IQM pools all runs × tasks of raw accuracy, without "
-        "normalising tasks. Parameters, FLOPs and seconds are means over the trials used; "
+        "normalising tasks (an arm on a single task repeats that task's row). Parameters, FLOPs and seconds are means over the trials used; "
         "final and peak parameters count the host and every seed in the forward pass, a seed "
         "still TRAINING (which leaves the output unchanged) included. "
         "An aggregate needs the same n on every task, so an arm with unequal n per task uses "
