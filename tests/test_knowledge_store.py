@@ -34,6 +34,7 @@ import pytest
 
 from conftest import unprivileged
 from esper.cli.knowledge import add_knowledge_parser, run_knowledge
+from esper.cli.main import EXIT_BAD_INPUT, main
 from esper.leyline.config import UserError, decode
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.leyline.trials import KNOWLEDGE_FILE
@@ -889,6 +890,25 @@ def test_a_store_url_from_the_environment_says_so(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(UserError) as err:  # given on the command line: no word of it
         _knowledge("show", "--knowledge", "garbage")
     assert KNOWLEDGE_ENV not in str(err.value)
+
+
+def test_a_url_with_an_encoded_nul_or_a_password_is_one_line_that_hides_it(
+    tmp_path: Path,
+) -> None:
+    """A walk-through: ``sqlite:///%00x`` passed the URL check (only a literal NUL was refused;
+    make_url decodes %00), so a run trained to its end and then died in a traceback from
+    os.stat, unfinishable; and a malformed URL's message showed its password."""
+    for url in ("sqlite:///%00x", "postgresql://u@127.0.0.1:5/d%00b", "sqlite:///a%00/k.sqlite"):
+        with pytest.raises(UserError) as err:
+            _knowledge("show", "--knowledge", url)
+        assert str(err.value).startswith(f"malformed knowledge store URL {url!r}")
+    with pytest.raises(UserError) as err:
+        _knowledge("show", "--knowledge", "postgresql://u:s3cret@127.0.0.1:abc/db")
+    assert "s3cret" not in str(err.value)
+    assert str(err.value).startswith("malformed knowledge store URL 'postgresql://u:***@127")
+    code = main(["heuristic", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "1",
+                 "--out", str(tmp_path / "run"), "--knowledge", "sqlite:///%00x"])  # fmt: skip
+    assert code == EXIT_BAD_INPUT and not (tmp_path / "run").exists()
 
 
 def test_a_store_in_a_directory_it_cannot_write_in_says_what_sqlite_needs(tmp_path: Path) -> None:

@@ -201,13 +201,21 @@ def parse_url(url: str) -> URL:
     Raises:
         KnowledgeURLError: a malformed URL, an unsupported scheme or an SQLite URL without a file.
     """
+    given = hidden_password(url)  # a malformed URL's messages too (a walk-through)
     try:
-        if "\0" in url:  # no file or host can be named so (sqlite3 would raise at connect)
-            raise ValueError("NUL character")
         url.encode("utf-8")  # a path of bytes that are no UTF-8 (surrogates) cannot be sent
         parsed = make_url(url)
+        # no file or host can be named with a NUL, given as is or as %00 (which make_url
+        # decodes): os.stat and sqlite3 raise ValueError, libpq cuts the string there
+        parts = (url, parsed.database, parsed.host, parsed.username, parsed.password)
+        if any("\0" in part for part in parts if part) or any(
+            "\0" in str(value) for value in parsed.query.values()
+        ):
+            raise ValueError("NUL character")
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
-        raise KnowledgeURLError(f"malformed knowledge store URL {url!r}; {ACCEPTED_URLS}") from None
+        raise KnowledgeURLError(
+            f"malformed knowledge store URL {given!r}; {ACCEPTED_URLS}"
+        ) from None
     shown = shown_url(parsed)
     if parsed.drivername not in SCHEMES:
         raise KnowledgeURLError(
@@ -217,20 +225,21 @@ def parse_url(url: str) -> URL:
     if parsed.drivername == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise KnowledgeURLError(
-                f"knowledge store URL {url!r} names no file (an in-memory store would forget "
+                f"knowledge store URL {given!r} names no file (an in-memory store would forget "
                 f"everything); {ACCEPTED_URLS}"
             )
         if parsed.query:  # a store needs none; SQLAlchemy warns about those it does not take
             raise KnowledgeURLError(
-                f"knowledge store URL {url!r}: an SQLite store takes no query options "
+                f"knowledge store URL {given!r}: an SQLite store takes no query options "
                 f"(given: {', '.join(sorted(parsed.query))}); {ACCEPTED_URLS}"
             )
         try:
             path = Path(str(parsed.database)).expanduser()
         except RuntimeError:  # ~name of no user
+            home = str(parsed.database).split("/")[0]
             raise KnowledgeURLError(
-                f"knowledge store URL {url!r}: cannot expand {str(parsed.database).split('/')[0]!r}"
-                f" (no such user); {ACCEPTED_URLS}"
+                f"knowledge store URL {given!r}: cannot expand {home!r} (no such user); "
+                f"{ACCEPTED_URLS}"
             ) from None
         return parsed.set(database=str(path))
     return parsed.set(drivername="postgresql+psycopg")
