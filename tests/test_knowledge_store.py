@@ -484,6 +484,29 @@ def test_a_directory_in_the_way_warns_once(tmp_path: Path) -> None:
     assert len(warnings) == 1 and str(tmp_path / "file") in warnings[0]
 
 
+def test_a_postgresql_lock_held_elsewhere_fails_an_open_in_bounded_time(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open takes the migration's advisory lock; a client holding it (a suspended worker)
+    hung runs and ``knowledge show`` without end, where SQLite gives up after its wait (a
+    walk-through). The wait is now PostgreSQL's lock_timeout (1 s here, 30 s by default)."""
+    import psycopg
+
+    from esper.nissa import knowledge
+
+    KnowledgeStore.open(pg_url).close()  # the tables exist
+    monkeypatch.setattr(knowledge, "PG_LOCK_TIMEOUT_S", 1.0)
+    with psycopg.connect(pg_url) as holder:  # a transaction holding the lock until it ends
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [knowledge.MIGRATION_LOCK_KEY])
+        start = time.monotonic()
+        with pytest.raises(KnowledgeStoreError) as err:
+            KnowledgeStore.open(pg_url)
+        assert time.monotonic() - start < 10
+        assert "lock timeout" in str(err.value)
+        holder.rollback()
+    KnowledgeStore.open(pg_url).close()  # released: opens again
+
+
 def test_unreachable_postgresql_warns_once_and_quickly() -> None:
     url = f"postgresql://esper@127.0.0.1:{_free_port()}/knowledge"
     warnings = Warnings()

@@ -93,6 +93,11 @@ LOCKED_RETRY_S = 30.0
 """Total seconds a locked SQLite transaction is retried (with backoff) before giving up: long
 enough for dozens of parallel runs finishing at once, bounded so a stuck lock cannot hang one."""
 
+PG_LOCK_TIMEOUT_S = LOCKED_RETRY_S
+"""Seconds a PostgreSQL statement waits for a lock (``lock_timeout``; the migration's advisory
+lock every open takes, a table lock): as bounded as SQLite's wait. Without it, a client stuck
+holding one (a suspended Ray worker) hung every run's start and ``esper knowledge show``."""
+
 MIGRATION_LOCK_KEY = 0x45535045_4B4E4F57
 """PostgreSQL advisory lock held while migrating, so concurrent first opens create the tables
 once. The key is "ESPEKNOW" in ASCII: an int64 that other applications are unlikely to lock."""
@@ -364,7 +369,10 @@ def _locked(err: Exception) -> bool:
 def _engine(url: URL) -> Engine:
     """An engine with the store's connection settings (see the module docstring)."""
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        lock_timeout = f"-c lock_timeout={round(PG_LOCK_TIMEOUT_S * 1000)}"  # milliseconds
+        return create_engine(
+            url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": lock_timeout}
+        )
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
