@@ -333,9 +333,23 @@ def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path
     first, empty = (json.loads((tmp_path / n / "meta.json").read_text()) for n in "ab")
     assert empty["priors"] is None  # started from nothing
     assert first["priors"]["outcomes"] == 60 and first["priors"]["store"] == store_url
+    assert first["priors"]["scored"] == 60  # every one decided (fossilized)
     err = capsys.readouterr().err
     assert "note: the thompson selector starts from 60 seed outcomes of the knowledge store " in err
     assert main([*args, store_url, "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "meta.json").read_text())["priors"]
     grown = 60 + len(json.loads((tmp_path / "a" / OUTCOMES_FILE).read_text()))
     assert again["outcomes"] == grown > 60 and again["sha256"] != first["priors"]["sha256"]
+    # A store of undecided outcomes alone (seeds alive when their runs ended) teaches nothing:
+    # the note said "starts from 2 seed outcomes" all the same (a walk-through).
+    held_url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    with KnowledgeStore.open(held_url) as store:
+        store.record([SeedOutcome(f"h{i}", host, "early", "norm", "HOLDING", None, 100, 1.0, 2, 6)
+                      for i in range(2)])  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, held_url, "--out", str(tmp_path / "held")]) == 0
+    held = json.loads((tmp_path / "held" / "meta.json").read_text())["priors"]
+    assert (held["outcomes"], held["scored"]) == (2, 0)
+    assert "starts from 2 seed outcomes (0 decided: the others' seeds were alive at the end)" in (
+        capsys.readouterr().err
+    )

@@ -143,6 +143,8 @@ def _priors_note(config: GrowthRun, priors: dict[str, Any]) -> str:
     """What a run whose bandit selector starts from the knowledge store's outcomes must know:
     the store grows with every run, so the same command starts from other outcomes later."""
     outcomes = counted(priors["outcomes"], "seed outcome")
+    if priors["scored"] < priors["outcomes"]:  # undecided ones teach it nothing
+        outcomes += f" ({priors['scored']:,} decided: the others' seeds were alive at the end)"
     return (
         f"the {config.heuristic.selector} selector starts from {outcomes} "
         f"of the knowledge store {priors['store']} (SHA-256 {priors['sha256'][:12]}..., in "

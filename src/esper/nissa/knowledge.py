@@ -65,7 +65,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Insert
 
 from esper.leyline.files import is_utf8_path, nearest_existing, not_a_folder, not_regular
-from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.leyline.knowledge import HostSignature, SeedOutcome, outcome_score
 from esper.leyline.net import hidden_password
 from esper.leyline.trials import KNOWLEDGE_FILE
 from esper.nissa.log import shown_path
@@ -716,14 +716,17 @@ def record_outcomes(
 
 def priors_receipt(url: str | None, outcomes: Sequence[SeedOutcome]) -> dict[str, Any]:
     """What ``meta.json`` records of a bandit selector's priors (``outcomes_for``): how many,
-    their SHA-256 (of their JSON, in order) and the store they came from (password hidden):
-    the store grows with every run, so the same command starts from other outcomes later.
-    ``url`` opened (the outcomes came from it), so it parses."""
+    how many of them are decided (``scored``: fossilized or pruned, the ones a selector learns
+    from; a seed alive when its run ended is not), their SHA-256 (of their JSON, in order) and
+    the store they came from (password hidden): the store grows with every run, so the same
+    command starts from other outcomes later. ``url`` opened (the outcomes came from it), so it
+    parses."""
     url = default_url() if url is None else url
     shown = shown_url(make_url(url))
     text = json.dumps([asdict(o) for o in outcomes], sort_keys=True, allow_nan=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return {"outcomes": len(outcomes), "sha256": digest, "store": shown}
+    scored = sum(outcome_score(o) is not None for o in outcomes)
+    return {"outcomes": len(outcomes), "scored": scored, "sha256": digest, "store": shown}
 
 
 def outcomes_for(
