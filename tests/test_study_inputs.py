@@ -1206,7 +1206,7 @@ def test_sigterm_exits_130_with_a_hint_and_the_study_resumes(tmp_path):
     assert json.loads((tmp_path / "o" / STUDY_FILE).read_text())["attempts"] == {}
     # The results so far are written, marked as such (here: no trial had finished).
     results = (tmp_path / "o" / "results.md").read_text()
-    assert "**Results so far: the study was interrupted with 2 trial(s) not finished**" in results
+    assert "**Results so far: the study was interrupted with 2 trial(s) not finished.**" in results
     assert "results so far (2 trials not finished)" in err
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
