@@ -793,6 +793,16 @@ def test_cli_uses_the_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert _raw(_sqlite_url(tmp_path / "env.sqlite"), "SELECT count(*) FROM outcomes") == [(1,)]
 
 
+def test_an_import_file_that_is_not_a_list_is_named_as_given(tmp_path: Path) -> None:
+    """``import j1.json`` said "j1.json: outcomes.json must be a list" (a walk-through)."""
+    given = tmp_path / "j1.json"
+    given.write_text('{"not": "a list"}')
+    with pytest.raises(UserError) as err:
+        _knowledge("import", str(given), "--knowledge", _sqlite_url(tmp_path / "k.sqlite"))
+    assert str(err.value).startswith(f"{given}: j1.json must be a list")
+    assert "outcomes.json" not in str(err.value)
+
+
 def test_cli_import_checks_every_run_before_writing(
     tmp_path: Path, runs: tuple[Path, Path, list[Any]]
 ) -> None:

@@ -143,7 +143,7 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
     try:
         # any size (an export of many runs); also: not UTF-8, nested too deep
         data = read_json(path, "a list of seed outcomes", limit=None)
-        outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, OUTCOMES_FILE)
+        outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, path.name)
     except ValueError as err:  # RunRecordError is one
         raise UserError(f"{path}: {err}; nothing imported") from None
     for outcome in outcomes:
