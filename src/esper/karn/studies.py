@@ -80,8 +80,9 @@ class StudyFindings:
         tables: what ``results.md`` adds where its judging is known (``results.json``): the
             matched sizes and the probabilities of improvement, with the same numbers.
         verdicts: ``results.md``'s verdicts (none where its judging is not known).
-        notes: what to read first: that these are results so far, or why ``results.md``'s
-            numbers cannot be shown.
+        notes: what to read first: that these are results so far, why ``results.md``'s
+            numbers cannot be shown, which scores an aggregate leaves out, which trials do
+            not count.
     """
 
     rows: tuple[StudyRow, ...]
