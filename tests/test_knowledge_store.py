@@ -505,6 +505,14 @@ def test_a_postgresql_lock_held_elsewhere_fails_an_open_in_bounded_time(
         assert "lock timeout" in str(err.value)
         holder.rollback()
     KnowledgeStore.open(pg_url).close()  # released: opens again
+    # A URL's own options are kept beside the timeout (the connect argument replaces them).
+    from sqlalchemy import text
+
+    engine = knowledge._engine(knowledge.parse_url(f"{pg_url}?options=-c%20search_path%3Dx"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "1s"
+        assert conn.execute(text("SHOW search_path")).scalar() == "x"
+    engine.dispose()
 
 
 def test_unreachable_postgresql_warns_once_and_quickly() -> None:

@@ -212,10 +212,10 @@ def parse_url(url: str) -> URL:
         parsed = make_url(url)
         # no file or host can be named with a NUL, given as is or as %00 (which make_url
         # decodes): os.stat and sqlite3 raise ValueError, libpq cuts the string there
-        parts = (url, parsed.database, parsed.host, parsed.username, parsed.password)
-        if any("\0" in part for part in parts if part) or any(
-            "\0" in str(value) for value in parsed.query.values()
-        ):
+        parts = [url, parsed.database, parsed.host, parsed.username, parsed.password]
+        for value in parsed.query.values():  # an option given twice is a tuple of both
+            parts += value if isinstance(value, tuple) else [value]
+        if any("\0" in part for part in parts if part):
             raise ValueError("NUL character")
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise KnowledgeURLError(
@@ -369,9 +369,12 @@ def _locked(err: Exception) -> bool:
 def _engine(url: URL) -> Engine:
     """An engine with the store's connection settings (see the module docstring)."""
     if url.get_backend_name() == "postgresql":
-        lock_timeout = f"-c lock_timeout={round(PG_LOCK_TIMEOUT_S * 1000)}"  # milliseconds
+        # milliseconds; after the URL's own ``options`` (which this argument replaces)
+        given = url.query.get("options")
+        options = [*(given if isinstance(given, tuple) else [given] if given else [])]
+        options.append(f"-c lock_timeout={round(PG_LOCK_TIMEOUT_S * 1000)}")
         return create_engine(
-            url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": lock_timeout}
+            url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": " ".join(options)}
         )
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
