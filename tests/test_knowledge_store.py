@@ -291,6 +291,42 @@ def test_migrations_run_from_version_zero(url: str) -> None:
     assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
+def test_outcomes_keep_64_bit_integers_and_a_version_1_store_is_widened(url: str) -> None:
+    """PostgreSQL's ``integer`` is 32-bit while an outcome's integers are checked to 2**63 - 1:
+    an outcome an SQLite store took failed to import into PostgreSQL with "integer out of
+    range" (a walk-through). Version 2 widens them; a version-1 store keeps its rows."""
+    from sqlalchemy import create_engine
+
+    from esper.nissa import knowledge
+
+    engine = create_engine(knowledge.parse_url(url))
+    with engine.begin() as conn:  # a store as version 1 left it, holding one outcome
+        knowledge.VERSION_TABLE.create(conn)
+        conn.execute(knowledge.VERSION_TABLE.insert().values(version=1))
+        knowledge._v1_outcomes(conn)
+    engine.dispose()
+    with KnowledgeStore.open(url) as store:  # migrated to version 2 as it opens
+        assert store.record([_outcome()]) == 1
+    assert _raw(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    huge = _outcome(
+        run="big",
+        host=replace(HOST, width=2**40, params=2**62),
+        seed_params=2**63 - 1,
+        germinated_epoch=2**62,
+        epochs=2**62,
+    )
+    with KnowledgeStore.open(url) as store:
+        assert store.record([huge]) == 1
+        assert store.outcomes() == [_outcome(), huge]
+    if url.startswith("postgresql"):
+        types = _raw(
+            url,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'outcomes' AND data_type LIKE '%int%' ORDER BY column_name",
+        )
+        assert dict(types) == {"id": "integer", **dict.fromkeys(knowledge.INT64_COLUMNS, "bigint")}
+
+
 def test_check_refuses_what_open_refuses_and_changes_nothing(url: str) -> None:
     """``check`` (a study's start, its dry run) runs ``open``'s checks and migrations in a
     transaction it rolls back: a store at version 0 stays there, an empty database stays

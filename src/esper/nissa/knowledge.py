@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -317,16 +318,16 @@ OUTCOMES = Table(
     Column("run_id", String, nullable=False),
     Column("host_task", String, nullable=False),
     Column("host_topology", String, nullable=False),
-    Column("host_width", Integer, nullable=False),
-    Column("host_params", Integer, nullable=False),
+    Column("host_width", BigInteger, nullable=False),
+    Column("host_params", BigInteger, nullable=False),
     Column("slot", String, nullable=False),
     Column("blueprint", String, nullable=False),
     Column("stage", String, nullable=False),
     Column("contribution", Float, nullable=True),
-    Column("seed_params", Integer, nullable=False),
+    Column("seed_params", BigInteger, nullable=False),
     Column("accuracy_change", Float, nullable=True),
-    Column("germinated_epoch", Integer, nullable=False),
-    Column("epochs", Integer, nullable=False),
+    Column("germinated_epoch", BigInteger, nullable=False),
+    Column("epochs", BigInteger, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint(*SEED_KEY, name="outcomes_one_row_per_seed"),
 )
@@ -334,16 +335,32 @@ OUTCOMES = Table(
 
 
 def _v1_outcomes(conn: Connection) -> None:
-    """Version 1: the outcomes table.
+    """Version 1: the outcomes table, its integers ``Integer`` (32-bit on PostgreSQL).
 
-    A migration creates what its version had. While version 1 is the newest, that is
-    ``OUTCOMES``; a version 2 that changes the table must first freeze a copy of this
-    definition here, and alter the table in its own migration.
+    A migration creates what its version had: ``OUTCOMES`` as version 1 defined it, which
+    version 2 altered.
     """
-    OUTCOMES.create(conn)
+    v1 = OUTCOMES.to_metadata(MetaData())
+    for column in v1.columns:
+        if isinstance(column.type, BigInteger):
+            column.type = Integer()
+    v1.create(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_outcomes,)
+INT64_COLUMNS = ("host_width", "host_params", "seed_params", "germinated_epoch", "epochs")
+"""The outcome's integers, which it checks up to 2**63 - 1 (``SeedOutcome``)."""
+
+
+def _v2_int64(conn: Connection) -> None:
+    """Version 2: ``INT64_COLUMNS`` hold 64-bit integers. PostgreSQL's ``integer`` is 32-bit,
+    so an outcome SQLite took (its INTEGER is 64-bit) failed to import there with "integer
+    out of range", naming no column (a walk-through); SQLite has nothing to change."""
+    if conn.dialect.name == "postgresql":
+        for name in INT64_COLUMNS:
+            conn.execute(text(f"ALTER TABLE {OUTCOMES.name} ALTER COLUMN {name} TYPE BIGINT"))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_outcomes, _v2_int64)
 """Forward migrations: ``MIGRATIONS[v]`` takes a version-``v`` database to version ``v + 1``.
 Released ones are never edited; a change to the schema is a new function appended here."""
 
