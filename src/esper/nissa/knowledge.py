@@ -697,9 +697,13 @@ class KnowledgeStore:
             try:
                 return attempt()
             except (OperationalError, sqlite3.OperationalError) as err:
-                if not _locked(err) or time.monotonic() + delay > deadline:
+                why = f"knowledge store {self.url}: {_reason(err)}"
+                if not _locked(err):
+                    raise KnowledgeStoreError(why) from err
+                if time.monotonic() + delay > deadline:  # it said only "database is locked"
                     raise KnowledgeStoreError(
-                        f"knowledge store {self.url}: {_reason(err)}"
+                        f"{why}: another process held its write lock for {LOCKED_RETRY_S:g} "
+                        "s; try again once it has finished"
                     ) from err
             except (SQLAlchemyError, sqlite3.Error) as err:
                 raise KnowledgeStoreError(f"knowledge store {self.url}: {_reason(err)}") from err
