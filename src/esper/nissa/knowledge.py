@@ -214,8 +214,7 @@ def parse_url(url: str) -> URL:
         # no file or host can be named with a NUL, given as is or as %00 (which make_url
         # decodes): os.stat and sqlite3 raise ValueError, libpq cuts the string there
         parts = [url, parsed.database, parsed.host, parsed.username, parsed.password]
-        for value in parsed.query.values():  # an option given twice is a tuple of both
-            parts += value if isinstance(value, tuple) else [value]
+        parts += [value for values in parsed.normalized_query.values() for value in values]
         if any("\0" in part for part in parts if part):
             raise ValueError("NUL character")
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
@@ -387,8 +386,7 @@ def _engine(url: URL) -> Engine:
     """An engine with the store's connection settings (see the module docstring)."""
     if url.get_backend_name() == "postgresql":
         # milliseconds; after the URL's own ``options`` (which this argument replaces)
-        given = url.query.get("options")
-        options = [*(given if isinstance(given, tuple) else [given] if given else [])]
+        options = [*url.normalized_query.get("options", ())]
         options.append(f"-c lock_timeout={round(PG_LOCK_TIMEOUT_S * 1000)}")
         return create_engine(
             url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": " ".join(options)}

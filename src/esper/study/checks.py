@@ -145,8 +145,10 @@ def warn_slow_precision(training: HostTraining, on_cpu: bool) -> None:
     ``fashion_mnist``'s width-16 epoch 10x slower than float32 (an AMD EPYC with AVX2; 1.6x
     faster with AMX, docs/benchmarks.md). Not refused: it computes the same, and a run so
     configured must resume on another machine."""
-    found = record.cpu_info()
-    if training.precision != "bfloat16" or not on_cpu or found is None:
+    if training.precision != "bfloat16" or not on_cpu:
+        return
+    found = record.cpu_info()  # read only for such a run: every run's start passes here
+    if found is None:
         return
     model, flags = found
     if not flags & set(BF16_UNITS):

@@ -56,9 +56,10 @@ def checked_data(config: TrainingConfig, out: Path | None, resume: Path | None) 
     check_out(out, resume)  # before the data loads: bad input fails at once
     data = load_data(config.env, resume)
     warn_whole_splits(config.env, data)
+    on_cpu = tuple(config.runtime.devices) == ("cpu",)
     here = config.runtime.ray_address is None  # a cluster's CPUs are not this one's
-    warn_slow_precision(config.env, tuple(config.runtime.devices) == ("cpu",) and here)
-    if tuple(config.runtime.devices) == ("cpu",):
+    warn_slow_precision(config.env, on_cpu and here)
+    if on_cpu:
         check_fits(config.env, data, _envs_here(config))
     return data
 
