@@ -990,6 +990,33 @@ def test_page_escapes_text_embeds_the_png_and_right_aligns_number_cells() -> Non
     assert page.startswith("<!DOCTYPE html>") and page.endswith("</body></html>\n")
 
 
+def test_a_text_table_shows_the_same_cells_in_markdown_and_html() -> None:
+    """results.md, a study's report and the dashboard lay a study's tables out from one
+    TextTable; its markdown and its HTML read back to the cells it was given."""
+    from esper.leyline.pages import TextTable
+
+    rows = (("a|b", "x\ny", "1,500"), ("<c>", "z", "2.00 [1.00, 3.00]"))
+    table = TextTable("t", "Title", "What <it> shows.", ("k", "v", "n"), rows, 2, "None.")
+    lines = table.markdown()
+    assert lines[:4] == ["## Title", "", "What <it> shows.", ""] and lines[-1] == ""
+    assert lines[5] == "|---|---|--:|"  # the numbers from column 2 on, aligned right
+    cells = [re.split(r" (?<!\\)\| ", line[2:-2]) for line in lines[6:-1]]
+    assert [[c.replace("\\|", "|") for c in row] for row in cells] == [
+        ["a|b", "x y", "1,500"],  # one line per row: a newline in a cell is a space
+        ["<c>", "z", "2.00 [1.00, 3.00]"],
+    ]
+    page = "".join(table.html())
+    assert page.startswith("<h2>Title</h2><p>What &lt;it&gt; shows.</p>")
+    assert _table_rows(page, "t") == [["k", "v", "n"], *map(list, rows)]
+    assert page.count("class='num'") == 2
+
+    empty = TextTable("t", "Title", "", ("k", "v"), (), 1, "None.")
+    assert empty.markdown() == ["## Title", "", "None.", ""]
+    assert empty.html() == ["<h2>Title</h2>", "<p>None.</p>"]
+    unshown = TextTable("t", "Title", "Sentence.", ("k", "v"), (), 1, "")
+    assert not unshown.shown and unshown.markdown() == [] and unshown.html() == []
+
+
 # --- study reports -----------------------------------------------------------------------------
 
 TINY_STUDY = """out = "out"
@@ -1167,8 +1194,7 @@ def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) ->
     """results.md's "Matched sizes" (each static-matched arm's host against the median final
     parameters of the arm it matches) was missing from the report page (a walk-through)."""
     from esper.leyline.trials import TrialRow, VerdictRoles
-    from esper.study import report
-    from esper.study.results import write_results
+    from esper.study.results import findings_tables, write_results
 
     def row(arm: str, seed: int, params: int) -> TrialRow:
         return TrialRow("digits", arm, seed, "completed", 50.0 + seed, None, params, params,
@@ -1183,7 +1209,8 @@ def test_a_study_report_shows_the_matched_sizes_of_results_md(tmp_path: Path) ->
     expected = [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
     del expected[1]  # the alignment row
     assert expected[1] == ["digits", "static-matched", "heuristic", "1,500", "1,490"]
-    assert _table_rows("".join(report._matched(results)), "matched") == expected
+    matched = next(t for t in findings_tables(results) if t.kind == "matched")
+    assert _table_rows("".join(matched.html()), "matched") == expected
 
 
 def test_a_study_report_says_which_scores_an_aggregate_leaves_out(

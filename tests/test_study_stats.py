@@ -480,7 +480,9 @@ def test_write_results_without_a_counted_trial_still_writes_every_file(tmp_path:
     md = (tmp_path / "results.md").read_text()
     assert "| t | a | 0 | failed | out of memory |" in md
     assert "No verdict: the study needs a growing arm" in md
-    assert "| — | no arm and baseline arm with counted trials on a task they share |" in md
+    no_score = "## Scores\n\nNo finished trial with a score.\n"
+    assert no_score in md
+    assert "\nNo arm and baseline arm with counted trials on a task they share.\n" in md
     assert (tmp_path / "performance_profile.png").read_bytes().startswith(b"\x89PNG")
     assert "Results so far" not in md  # a finished study's results are not marked
 
@@ -520,3 +522,13 @@ def test_bootstrap_settings_and_baselines_are_checked() -> None:
             improvements(rows, ["base"], reps=REPS, seed=seed)
     with pytest.raises(ValueError, match="a list of arms, got the string 'base'"):
         improvements(rows, "base", reps=REPS)
+
+
+def test_matched_host_sizes_read_apart_from_their_thousands() -> None:
+    """Two host sizes were written "1,490, 1,510": four numbers to the eye."""
+    from esper.study.results import matched_cells
+    from esper.study.stats import MatchedSize
+
+    sizes = MatchedSize("t", "static-matched", "heuristic", 1500, (1490, 1510))
+    assert matched_cells(sizes)[3:] == ["1,500", "1,490; 1,510"]
+    assert matched_cells(MatchedSize("t", "m", "h", None, ()))[3:] == ["—", "—"]

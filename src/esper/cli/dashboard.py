@@ -8,13 +8,12 @@ import errno
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from esper.karn.studies import StudyFindings, StudyRow, TextTable
+from esper.karn.studies import StudyFindings, StudyRow
 from esper.leyline.config import UserError
 from esper.leyline.trials import TRIALS_FILE, read_trials
 from esper.nissa.log import counted
 
 if TYPE_CHECKING:
-    from esper.study.results import StudyResults
     from esper.study.stats import ArmSummary
 
 
@@ -49,6 +48,7 @@ def study_table(study: Path) -> StudyFindings:
             with one task, arm and seed.
     """
     from esper.study.results import (  # rliable
+        findings_tables,
         judging_of,
         left_out,
         not_counted,
@@ -75,7 +75,7 @@ def study_table(study: Path) -> StudyFindings:
         return StudyFindings(table, notes=tuple(notes))
     return StudyFindings(
         table,
-        tables=_findings_tables(results),
+        tables=findings_tables(results),
         verdicts=tuple(results.verdicts or [results.no_verdict]),
         notes=tuple(notes),
     )
@@ -106,38 +106,6 @@ def _study_row(s: ArmSummary, runs: dict[tuple[str, str], list[str]]) -> StudyRo
             if column not in LEFT_OUT
         ),
     )
-
-
-def _findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
-    """The matched sizes (where the study has a static-matched arm) and the probabilities of
-    improvement, with ``results.md``'s cells."""
-    from esper.study.results import (
-        IMPROVEMENT_COLUMNS,
-        IMPROVEMENT_SENTENCE,
-        MATCHED_COLUMNS,
-        MATCHED_SENTENCE,
-        NO_COMPARISON,
-        improvement_cells,
-        matched_cells,
-    )
-
-    matched = TextTable(
-        "Matched sizes",
-        MATCHED_SENTENCE,
-        MATCHED_COLUMNS,
-        tuple(tuple(matched_cells(m)) for m in results.matched),
-        numbers_from=3,
-        empty="",  # not shown without a row
-    )
-    improvements = TextTable(
-        "Probability of improvement",
-        IMPROVEMENT_SENTENCE,
-        IMPROVEMENT_COLUMNS,
-        tuple(tuple(improvement_cells(i)) for i in results.improvements),
-        numbers_from=3,
-        empty=f"{NO_COMPARISON.capitalize()}.",
-    )
-    return (matched,) * bool(matched.rows) + (improvements,)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from esper.leyline.pages import TextTable
+
 
 @dataclass(frozen=True)
 class StudyRow:
@@ -48,27 +50,6 @@ class StudyRow:
     seconds: float | None
     runs: tuple[str, ...]
     cells: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TextTable:
-    """A table as ``results.md`` has it: its cells already written as text.
-
-    Attributes:
-        title: the section's title (``Probability of improvement``).
-        sentence: what the table shows, in one sentence.
-        columns: the column headings.
-        rows: each row's cells, one per column.
-        numbers_from: the first column of numbers (aligned right).
-        empty: what the table says when it has no row.
-    """
-
-    title: str
-    sentence: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    numbers_from: int
-    empty: str
 
 
 @dataclass(frozen=True)

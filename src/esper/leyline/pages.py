@@ -4,7 +4,9 @@
 A page is self-contained: its style is inline, its images are PNGs embedded as base64 data URIs,
 and it has no scripts, so it opens from a file, a mail attachment or an artifact store alike.
 Callers pass finished HTML fragments (``page``'s ``body``, ``table``'s cells) and plain text
-(titles, captions, warnings, which are escaped here).
+(titles, captions, warnings, which are escaped here). A ``TextTable`` is a table written once as
+text and shown alike as markdown (a study's ``results.md``), HTML (its report) and JSON (the
+dashboard's study page).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import html
 import io
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -116,3 +119,65 @@ def table(
         )
         lines.append(f"<tr><th>{first}</th>{cells}</tr>")
     return "\n".join([*lines, "</table>"])
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A table whose cells are already text, with its section's title and sentence.
+
+    Attributes:
+        kind: what it is, one word: the HTML table's class (``improvements``).
+        title: the section's title (``Probability of improvement``).
+        sentence: what the table shows, in one sentence ("": none).
+        columns: the column headings.
+        rows: each row's cells, one per column.
+        numbers_from: the first column of numbers (aligned right); ``len(columns)``: none.
+        empty: what the section says when there is no row ("": the section is left out).
+    """
+
+    kind: str
+    title: str
+    sentence: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    numbers_from: int
+    empty: str
+
+    @property
+    def shown(self) -> bool:
+        """Whether the section is shown: it has rows, or says why not."""
+        return bool(self.rows or self.empty)
+
+    def markdown(self) -> list[str]:
+        """The section as markdown lines, ending in a blank line (none when not ``shown``)."""
+        if not self.shown:
+            return []
+        lines = [f"## {self.title}", "", *([self.sentence, ""] if self.sentence else [])]
+        if not self.rows:
+            return [*lines, self.empty, ""]
+        right = len(self.columns) - self.numbers_from
+        lines += [
+            "| " + " | ".join(_markdown_cell(c) for c in self.columns) + " |",
+            "|" + "---|" * self.numbers_from + "--:|" * right,
+        ]
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in self.rows]
+        return [*lines, ""]
+
+    def html(self) -> list[str]:
+        """The section as HTML fragments (none when not ``shown``)."""
+        if not self.shown:
+            return []
+        sentence = [f"<p>{html.escape(self.sentence)}</p>"] if self.sentence else []
+        rows = [[html.escape(c) for c in row] for row in self.rows]
+        return [
+            f"<h2>{html.escape(self.title)}</h2>",
+            *sentence,
+            table(self.kind, self.columns, rows, self.numbers_from)
+            if rows
+            else f"<p>{html.escape(self.empty)}</p>",
+        ]
+
+
+def _markdown_cell(text: str) -> str:
+    """``text`` as one markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")

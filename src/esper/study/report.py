@@ -61,22 +61,15 @@ from esper.nissa.log import (
 from esper.nissa.record import REPORT_FILE, RUN_REPORT
 from esper.study import stats
 from esper.study.results import (
-    IMPROVEMENT_COLUMNS,
-    IMPROVEMENT_SENTENCE,
-    MATCHED_COLUMNS,
-    MATCHED_SENTENCE,
-    NO_COMPARISON,
-    SCORE_COLUMNS,
     Judging,
     StudyResults,
-    improvement_cells,
+    findings_tables,
     interval_plot,
     judging_of,
     left_out,
-    matched_cells,
     profile_plot,
-    score_cells,
     score_sentence,
+    scores_table,
     so_far,
     study_results,
 )
@@ -299,11 +292,6 @@ def write_study_report(report: StudyReport, out: Path) -> Path:
 # --- HTML ----------------------------------------------------------------------------------
 
 
-def _results_table(summaries: Sequence[stats.ArmSummary]) -> str:
-    rows = [[html.escape(c) for c in score_cells(s)] for s in summaries]
-    return pages.table("results", list(SCORE_COLUMNS), rows, numbers_from=2)
-
-
 def _link(target: Path, out: Path, text: str) -> str:
     href = quote(os.fsencode(Path(os.path.relpath(target, out)).as_posix()))  # bytes: as named
     return f"<a href='{html.escape(href)}'>{html.escape(text)}</a>"
@@ -332,31 +320,13 @@ def _trials_table(
     return pages.table("trials", head, rows)
 
 
-def _matched(results: StudyResults) -> list[str]:
-    """The static-matched arms' sizes, as ``results.md`` has them (nothing without one)."""
-    if not results.matched:
-        return []
-    rows = [[html.escape(c) for c in matched_cells(m)] for m in results.matched]
-    return [
-        "<h2>Matched sizes</h2>",
-        f"<p>{html.escape(MATCHED_SENTENCE)}</p>",
-        pages.table("matched", list(MATCHED_COLUMNS), rows, numbers_from=3),
-    ]
-
-
-def _improvements(results: StudyResults) -> list[str]:
-    """The probabilities of improvement and the verdicts, as ``results.md`` has them."""
-    rows = [[html.escape(c) for c in improvement_cells(i)] for i in results.improvements]
+def _findings(results: StudyResults) -> list[str]:
+    """The matched sizes, the probabilities of improvement and the verdicts, as
+    ``results.md`` has them."""
     verdicts = results.verdicts or [results.no_verdict]
-    return [
-        "<h2>Probability of improvement</h2>",
-        f"<p>{html.escape(IMPROVEMENT_SENTENCE)}</p>",
-        pages.table("improvements", list(IMPROVEMENT_COLUMNS), rows, numbers_from=3)
-        if rows
-        else f"<p>{html.escape(NO_COMPARISON.capitalize())}.</p>",
-        "<h2>Verdicts</h2>",
-        "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>",
-    ]
+    items = "".join(f"<li>{html.escape(v)}</li>" for v in verdicts)
+    tables = [line for table in findings_tables(results) for line in table.html()]
+    return [*tables, "<h2>Verdicts</h2>", f"<ul>{items}</ul>"]
 
 
 def _bootstrap(judging: Judging, studys_reps: int | None) -> str:
@@ -393,11 +363,9 @@ def _render(
         f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
         f"and curves), {len(trials) - counted} not. {html.escape(score_sentence(score))} "
         f"{_bootstrap(judging, studys_reps)}</p>",
-        "<h2>Scores</h2>",
-        _results_table(results.summaries),
+        *scores_table(results).html(),
         *(f"<p>{html.escape(line)}</p>" for line in left_out(results)),
-        *(_matched(results) if judging.trials else []),
-        *(_improvements(results) if judging.trials else []),
+        *(_findings(results) if judging.trials else []),
         "<h2>Plots</h2>",
         *(pages.figure(plot.name, plot.png, plot.caption) for plot in plots),
         "<h2>Trials</h2>",

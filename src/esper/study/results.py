@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from esper.leyline import pages
 from esper.leyline.config import check_int, require
 from esper.leyline.files import atomic_write_all, remove_temporaries
+from esper.leyline.pages import TextTable
 from esper.leyline.trials import (
     DEFAULT_REPS,
     FINISHED,
@@ -246,8 +247,12 @@ def no_verdict(roles: VerdictRoles) -> str:
     )
 
 
-NO_COMPARISON = "no arm and baseline arm with counted trials on a task they share"
+NO_COMPARISON = "No arm and baseline arm with counted trials on a task they share."
 """What the probability-of-improvement table says when it has no row."""
+
+
+NO_SCORE = "No finished trial with a score."
+"""What the scores table says when it has no row."""
 
 
 UNJUDGED = Judging((), (), (), (), DEFAULT_REPS, 0, 0, "")
@@ -256,11 +261,6 @@ the default bootstrap."""
 
 
 # ----------------------------------------------------------- cells and sentences
-
-
-def _cell(text: str) -> str:
-    """``text`` as one markdown table cell: one line, pipes escaped."""
-    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _interval(value: Interval) -> str:
@@ -326,6 +326,7 @@ def _markdown(
     counted = [row for row in rows if row.counts]
     stressed, rest = so_far(judging)
     banner = f"**{stressed}** {rest}"
+    tables = (scores_table(results), *findings_tables(results))
     lines = [
         "# Study results",
         "",
@@ -334,19 +335,12 @@ def _markdown(
         "the governor: an outcome of its arm), "
         f"{len(results.excluded)} excluded (listed below). {score_sentence(score)}",
         "",
-        *_scores(results),
-        "",
-        *_matched(results),
-        *_improvements(results),
-        "",
+        *(line for table in tables for line in table.markdown()),
         "## Verdicts",
         "",
         *(f"- {verdict}" for verdict in results.verdicts or [results.no_verdict]),
         "",
-        "## Excluded trials",
-        "",
-        *_excluded(results),
-        "",
+        *_excluded(results).markdown(),
         "## How the numbers were computed",
         "",
         *_method(results, judging.reps, judging.seed),
@@ -355,60 +349,43 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _table(
-    columns: Sequence[str], rows: Sequence[Sequence[str]], numbers_from: int, empty: str
-) -> list[str]:
-    """A markdown table: its columns from ``numbers_from`` on aligned right; ``empty`` in its
-    one row when there are no ``rows``."""
-    align = "|" + "---|" * numbers_from + "--:|" * (len(columns) - numbers_from)
-    lines = [f"| {' | '.join(columns)} |", align]
-    lines += [f"| {' | '.join(_cell(c) for c in row)} |" for row in rows]
-    return lines if rows else [*lines, f"| — | {empty} |" + " |" * (len(columns) - 2)]
+def scores_table(results: StudyResults) -> TextTable:
+    """The scores, one row per arm and task (and over all tasks)."""
+    rows = tuple(tuple(score_cells(s)) for s in results.summaries)
+    return TextTable("results", "Scores", "", SCORE_COLUMNS, rows, 2, NO_SCORE)
 
 
-def _scores(results: StudyResults) -> list[str]:
-    rows = [score_cells(s) for s in results.summaries]
-    table = _table(SCORE_COLUMNS, rows, 2, "no finished trial with a score")
-    return ["## Scores", "", *table]
-
-
-def _matched(results: StudyResults) -> list[str]:
-    """The static-matched arms' sizes (nothing without such an arm)."""
-    if not results.matched:
-        return []
-    rows = [matched_cells(m) for m in results.matched]
-    return ["## Matched sizes", "", MATCHED_SENTENCE, "", *_table(MATCHED_COLUMNS, rows, 3, ""), ""]
+def findings_tables(results: StudyResults) -> tuple[TextTable, ...]:
+    """What the judging adds to the scores: the matched sizes (where the study has a
+    static-matched arm) and the probabilities of improvement."""
+    matched = tuple(tuple(matched_cells(m)) for m in results.matched)
+    improvements = tuple(tuple(improvement_cells(i)) for i in results.improvements)
+    tables = (
+        TextTable("matched", "Matched sizes", MATCHED_SENTENCE, MATCHED_COLUMNS, matched, 3, ""),
+        TextTable(
+            "improvements",
+            "Probability of improvement",
+            IMPROVEMENT_SENTENCE,
+            IMPROVEMENT_COLUMNS,
+            improvements,
+            3,
+            NO_COMPARISON,
+        ),
+    )
+    return tuple(table for table in tables if table.shown)
 
 
 def matched_cells(m: MatchedSize) -> list[str]:
-    """One row of the matched-sizes table (``MATCHED_COLUMNS``) as text."""
+    """One row of the matched-sizes table (``MATCHED_COLUMNS``) as text: several host sizes
+    apart by "; " (", " would read as thousands: "1,490, 1,510")."""
     target = "—" if m.target is None else f"{m.target:,}"
-    return [m.task, m.arm, m.matches, target, ", ".join(f"{p:,}" for p in m.params) or "—"]
+    return [m.task, m.arm, m.matches, target, "; ".join(f"{p:,}" for p in m.params) or "—"]
 
 
-def _improvements(results: StudyResults) -> list[str]:
-    rows = [improvement_cells(i) for i in results.improvements]
-    return [
-        "## Probability of improvement",
-        "",
-        f"{IMPROVEMENT_SENTENCE} (Method says which seeds.)",
-        "",
-        *_table(IMPROVEMENT_COLUMNS, rows, 3, NO_COMPARISON),
-    ]
-
-
-def _excluded(results: StudyResults) -> list[str]:
-    if not results.excluded:
-        return ["None."]
-    return [
-        "| task | arm | seed | status | error |",
-        "|---|---|--:|---|---|",
-        *(
-            f"| {_cell(r.task)} | {_cell(r.arm)} | {r.seed} | {_cell(r.status)} "
-            f"| {_cell(_why_excluded(r))} |"
-            for r in results.excluded
-        ),
-    ]
+def _excluded(results: StudyResults) -> TextTable:
+    rows = tuple((r.task, r.arm, str(r.seed), r.status, _why_excluded(r)) for r in results.excluded)
+    columns = ("task", "arm", "seed", "status", "error")
+    return TextTable("excluded", "Excluded trials", "", columns, rows, len(columns), "None.")
 
 
 def left_out(results: StudyResults) -> list[str]:
