@@ -49,8 +49,16 @@ from esper.karn.guard import READ_BYTES, accepted_hosts, confined_opener, parse_
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyFindings, StudyRow
 from esper.leyline.events import EVENT_TYPES, EpochCompleted, RunFinished, RunStarted, event_record
+from esper.leyline.files import try_lock
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import JUDGING_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE, TrialRow
+from esper.leyline.trials import (
+    JUDGING_FILE,
+    LOCK_FILE,
+    STUDY_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    TrialRow,
+)
 from esper.nissa import log
 from esper.nissa.bands import band, fewer_note, quantile
 from esper.nissa.fold import MARK_KINDS, RunState
@@ -677,6 +685,19 @@ def test_the_study_page_shows_results_md_tables_verdicts_and_notes(
         "(boom)",
     ]
     assert "**Results so far: the study was interrupted with 3 trial(s)" in markdown
+    # The study running again (its driver holds the study's lock): the page said it was
+    # interrupted while it ran. The lock is looked at on every request: its note follows.
+    fd = try_lock(study / LOCK_FILE)
+    assert fd is not None
+    try:
+        running = client.get("/api/studies/st").json()
+    finally:
+        os.close(fd)
+    assert running["notes"][0] == (
+        "Results so far: the study is running again. These are of its last invocation, which "
+        "stopped with 3 trial(s) not finished; they are written again when this one ends."
+    )
+    assert client.get("/api/studies/st").json()["notes"] == data["notes"]  # stopped again
     # trials.csv written again after results.md (a study stopped between the two): a note,
     # the "so far" of another invocation no more
     text = (study / TRIALS_FILE).read_text(encoding="utf-8")

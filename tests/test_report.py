@@ -40,6 +40,8 @@ from esper.leyline.events import (
     SlotSnapshot,
     event_record,
 )
+from esper.leyline.files import try_lock
+from esper.leyline.trials import LOCK_FILE
 from esper.nissa.fold import LifecycleMark, StageSpan
 from esper.nissa.record import (
     GrowthSummary,
@@ -1163,6 +1165,13 @@ def test_a_study_report_shows_results_md_numbers_and_verdicts(
     assert "(20 resamples, seed 0; <code>results.md</code> uses 100)" in other.html
     so_far = "Results so far: the study was interrupted with 3 trial(s) not finished"
     assert so_far in other.html
+    fd = try_lock(study / LOCK_FILE)  # running again: what the banner says then
+    assert fd is not None
+    try:
+        running = build_study_report(study, reps=20).html
+    finally:
+        os.close(fd)
+    assert "Results so far: the study is running again." in running and so_far not in running
     # trials.csv written again, but not the results (a study killed between the two): the
     # page is of trials.csv, says results.md is not, and claims no "so far" (a review).
     header, *lines = (study / "trials.csv").read_text().splitlines()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from esper.karn.studies import StudyFindings, StudyRow
 from esper.leyline.config import UserError
-from esper.leyline.trials import TRIALS_FILE, read_trials
+from esper.leyline.trials import TRIALS_FILE, read_trials, study_running
 from esper.nissa.log import counted
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ def study_table(study: Path) -> StudyFindings:
         if trial.row.counts:
             runs.setdefault((trial.row.task, trial.row.arm), []).append(trial.run)
     table = tuple(_study_row(s, runs) for s in results.summaries)
-    notes = [" ".join(so_far(judging))] if judging.unfinished else []
+    running = study_running(study)
+    notes = [" ".join(so_far(judging, running))] if judging.unfinished else []
     notes += [] if problem is None else [problem]
     notes += [*left_out(results), *filter(None, [not_counted(results)])]
     if not judging.trials:  # results.md's judging is not known: no verdicts to show

@@ -79,7 +79,14 @@ from esper.karn.guard import (
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyFindings
 from esper.leyline.stages import SeedStage
-from esper.leyline.trials import JUDGING_FILE, TRIALS_DIR, TRIALS_FILE, Score, score_label
+from esper.leyline.trials import (
+    JUDGING_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    Score,
+    score_label,
+    study_running,
+)
 from esper.nissa.bands import band, fewer_note, validation_curve
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
@@ -406,7 +413,8 @@ class Folds:
 
 class _Tables:
     """Each study's findings, computed again only when its ``trials.csv`` or ``results.json``
-    (how its results were computed) changed."""
+    (how its results were computed) changed, or it started or stopped running (its notes
+    say which: ``study_running``)."""
 
     def __init__(self, compute: StudyTable) -> None:
         self.compute = compute
@@ -424,7 +432,8 @@ class _Tables:
             judging: FileKey | None = file_key(study / JUDGING_FILE)
         except FileNotFoundError:
             judging = None
-        key = (trials, judging)  # both are replaced whole: a new inode, whatever the times
+        # both files are replaced whole: a new inode, whatever the times
+        key = (trials, judging, study_running(study))
         with self._lock:
             cached = self._found.get(study)
             if cached is None or cached[0] != key:

@@ -346,3 +346,27 @@ def try_lock(path: Path, directory: bool = False) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def lock_held(path: Path, directory: bool = False) -> bool | None:
+    """Whether another process holds ``try_lock``'s lock on ``path``, probed with a shared lock
+    taken and dropped at once: seen across PID namespaces (containers), and from another
+    machine where the file system shares locks. False where ``path`` does not exist (nothing
+    is made); None where it cannot be told: it cannot be opened, or its file system cannot
+    lock it."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # drops the probe's lock
+    return False

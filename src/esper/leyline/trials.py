@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from esper.leyline.config import MAX_INT64, check_float, check_int, quoted
-from esper.leyline.files import open_regular
+from esper.leyline.files import lock_held, open_regular
 from esper.leyline.pages import REPORT_FILE
 
 COMPLETED = "completed"
@@ -74,6 +74,12 @@ def score_label(score: Score | None) -> str:
     """What a study's scores are called (``SCORES``); "score" when its ``study.json``, which
     says, cannot be read."""
     return "score" if score is None else SCORES[score]
+
+
+def study_running(directory: Path) -> bool:
+    """Whether an ``esper study`` is running the study in ``directory`` (it holds
+    ``LOCK_FILE``); False where that cannot be told."""
+    return lock_held(directory / LOCK_FILE) is True
 
 
 REPS_RANGE = (10, 100_000)

@@ -25,7 +25,6 @@ message is one line naming the file.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import math
@@ -55,6 +54,7 @@ from esper.leyline.config import (
 from esper.leyline.files import (
     atomic_write,
     file_mode,
+    lock_held,
     not_regular,
     read_regular,
     try_lock,
@@ -775,25 +775,12 @@ def is_study(path: Path) -> bool:
 
 
 def run_is_held(directory: Path) -> bool | None:
-    """Whether a process holds the run's lock (``lock_run``: it is running), probed with a
-    shared lock taken and dropped at once (``lock_run`` tries again for a moment, so the probe
-    never refuses a run that starts that instant): seen across PID namespaces (containers), and
-    from another machine where the file system shares locks. None where it cannot be told: the
-    directory cannot be opened, or its file system cannot lock it (a run there runs unlocked).
-    """
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # drops the probe's lock
-    return False
+    """Whether a process holds the run's lock (``lock_run``: it is running; ``lock_held``'s
+    probe, for which ``lock_run`` tries again for a moment, so the probe never refuses a run
+    that starts that instant). None where it cannot be told: the directory cannot be opened,
+    or its file system cannot lock it (a run there runs unlocked)."""
+    held = lock_held(directory, directory=True)
+    return None if held is False and not directory.is_dir() else held
 
 
 def study_score(directory: Path) -> Score:

@@ -46,6 +46,7 @@ from esper.leyline.trials import (
     TrialsFileError,
     read_trials,
     score_label,
+    study_running,
 )
 from esper.nissa import record
 from esper.nissa.bands import band, fewer_note, validation_curve
@@ -356,7 +357,7 @@ def _render(
 ) -> str:
     counted = sum(t.row.counts for t in trials)
     judging, studys_reps = judged
-    stressed, rest = so_far(judging)
+    stressed, rest = so_far(judging, study_running(directory))
     banner = f"<p><strong>{html.escape(stressed)}</strong> {html.escape(rest)}</p>"
     body = [
         *([banner] if judging.unfinished else []),

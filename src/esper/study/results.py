@@ -220,13 +220,21 @@ def judging_of(directory: Path, rows: Sequence[TrialRow]) -> tuple[Judging, str 
     return judging, None, True
 
 
-def so_far(judging: Judging) -> tuple[str, str]:
-    """The banner over an interrupted study's results, in two parts: what to stress, the rest
-    (policy trainings count among the trials where the study has learned arms)."""
+def so_far(judging: Judging, running: bool = False) -> tuple[str, str]:
+    """The banner over the results of a study whose last invocation stopped with trials not
+    finished, in two parts: what to stress, the rest (policy trainings count among the trials
+    where the study has learned arms). ``running``: the study runs again now
+    (``study_running``), and its results are written again when it ends."""
     policies = " (policy trainings included)" if judging.learned else ""
+    left = f"{judging.unfinished} trial(s) not finished{policies}"
+    if running:
+        return (
+            "Results so far: the study is running again.",
+            f"These are of its last invocation, which stopped with {left}; they are written "
+            "again when this one ends.",
+        )
     return (
-        f"Results so far: the study was interrupted with {judging.unfinished} trial(s) not "
-        f"finished{policies}.",
+        f"Results so far: the study was interrupted with {left}.",
         "Running it again completes them.",
     )
 
