@@ -724,3 +724,20 @@ def test_an_esper_ppo_config_given_to_eval_names_the_keys_it_does_not_take(
         "policy, seed, telemetry, training\n"
     )
     assert not out.exists()
+
+
+def test_the_resume_flags_are_the_settings_a_resume_saves() -> None:
+    """``esper ppo --resume`` took two flags named in cli/main.py, and saved two settings named
+    in study/ppo.py, kept alike by hand; each flag now comes from the setting it sets."""
+    from esper.cli.config import parse_flags
+    from esper.cli.main import PPO_ON_RESUME
+    from esper.leyline.config import PPO_RESUME_SETTINGS
+    from esper.simic.config import TrainingConfig
+
+    values = {"rounds": "7", "ray_address": "127.0.0.1:6379"}
+    tiny = load_preset("tiny")
+    base = replace(tiny, runtime=replace(tiny.runtime, workers=1))  # ray_address needs workers
+    for flag, (section, key) in zip(PPO_ON_RESUME, PPO_RESUME_SETTINGS, strict=True):
+        parsed = parse_flags(TrainingConfig, [flag, values[key]], "esper ppo", "", base)
+        assert str(getattr(getattr(parsed, section), key)) == values[key]
+        assert getattr(getattr(base, section), key) != getattr(getattr(parsed, section), key)

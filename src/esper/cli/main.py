@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from esper.cli.entry import loading
 from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import TABLE_ROWS, path_arg
-from esper.leyline.config import MAX_COUNT, MAX_SEED, UserError, quoted
+from esper.leyline.config import MAX_COUNT, MAX_SEED, PPO_RESUME_SETTINGS, UserError, quoted
 from esper.leyline.files import WriteError, is_disk_full
 from esper.leyline.net import MAX_PORT
 from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE
@@ -27,10 +27,11 @@ from esper.tasks import TASKS
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
-PPO_ON_RESUME = ("--ppo.rounds", "--ray-address")
-"""The flags ``esper ppo --resume RUN`` takes: more rounds (a finished run trains on), and the
-cluster its workers join (where they run is not one of the run's settings: another head's
-address, or the same head's under another name)."""
+PPO_ON_RESUME = tuple(
+    f"--{key.replace('_', '-')}" if section == "runtime" else f"--{section}.{key}"
+    for section, key in PPO_RESUME_SETTINGS
+)  # the runtime section's flags go without its prefix (``TrainingConfig.runtime``)
+"""The flags ``esper ppo --resume RUN`` takes (``PPO_RESUME_SETTINGS``)."""
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

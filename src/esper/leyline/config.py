@@ -307,6 +307,13 @@ unless told otherwise; ``esper report``'s baseline warning, ``esper runs compare
 width: a static host widened to a grown one's size is the baseline that asks "per parameter"."""
 
 
+PPO_RESUME_SETTINGS = (("ppo", "rounds"), ("runtime", "ray_address"))
+"""The ``TrainingConfig`` settings (section, field) ``esper ppo --resume RUN`` may change, and
+then saves in the run's ``config.json``: more rounds (a finished run trains on), and the cluster
+its workers join (where they run is not one of the run's settings: another head's address, or
+the same head's under another name). Their flags: ``--ppo.rounds``, ``--ray-address``."""
+
+
 def setting_text(name: str, value: Any) -> str:
     """A resolved ``HostTraining`` setting's value for people: None is what it means ("all"
     batches per epoch, "all" validation samples)."""

@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from esper.leyline.config import UserError, config_dict, measured, override
+from esper.leyline.config import (
+    PPO_RESUME_SETTINGS,
+    UserError,
+    config_dict,
+    measured,
+    override,
+)
 from esper.leyline.data import Dataset
 from esper.leyline.events import PPORunFinished, PPOUpdate, TelemetryLevel
 from esper.nissa import TelemetryHub, record
@@ -170,16 +176,13 @@ class PPORunner:
         return status, failure or ""
 
     def _record_resume_flags(self) -> None:
-        """On a resume given ``--ppo.rounds`` or ``--ray-address``, once every check passed:
+        """On a resume given flags (``PPO_RESUME_SETTINGS``'), once every check passed:
         ``config.json`` says the new plan and cluster, so that a later plain ``--resume`` and
         ``esper runs`` see them (nothing else in the file changes)."""
         data = record.read_config(self.recorder.directory)
-        now: list[tuple[str, str, object]] = [
-            ("ppo", "rounds", self.config.ppo.rounds),
-            ("runtime", "ray_address", self.config.runtime.ray_address),
-        ]
         changed = False
-        for section, key, value in now:
+        for section, key in PPO_RESUME_SETTINGS:
+            value = getattr(getattr(self.config, section), key)
             if data[section].get(key) != value:
                 data[section][key], changed = value, True
         if changed:
