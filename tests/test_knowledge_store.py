@@ -43,6 +43,7 @@ from esper.nissa.knowledge import (
     KNOWLEDGE_ENV,
     OUTCOME_COLUMNS,
     SCHEMA_VERSION,
+    KnowledgeConflict,
     KnowledgeStore,
     KnowledgeStoreError,
     KnowledgeStoreMissing,
@@ -251,6 +252,29 @@ def test_recording_a_seed_twice_adds_it_once(url: str) -> None:
         assert store.outcomes()[0].stage == "FOSSILIZED"
         assert store.record([]) == 0
     assert _raw(url, "SELECT count(*) FROM outcomes") == [(4,)]
+
+
+def test_an_outcome_differing_from_the_stored_one_can_be_refused(url: str) -> None:
+    """An import of an edited export said "0 imported (1 already there)" and kept the
+    store's values without a word; refused, it now names the seed and the difference, and
+    nothing of it is recorded (one transaction)."""
+    stored = _outcome(epoch=2)
+    with KnowledgeStore.open(url) as store:
+        assert store.record([stored]) == 1
+        edited = replace(stored, stage="PRUNED", contribution=None)
+        new = _outcome(epoch=7)
+        with pytest.raises(KnowledgeConflict) as err:
+            store.record([new, edited, replace(stored, epochs=9)], refuse_differing=True)
+        assert str(err.value) == (
+            f"knowledge store {store.url}: 2 outcome(s) differ from the store's for the same "
+            "seed: run r1's seed in slot mid germinated after epoch 2 (and 1 more): stage "
+            "'PRUNED' (stored: 'FOSSILIZED'); contribution None (stored: 1.5); nothing "
+            "recorded (the store keeps one outcome per seed: reset it, or give another store)"
+        )
+        assert store.outcomes() == [stored]  # the new outcome beside it was not recorded
+        assert store.record([stored, new], refuse_differing=True) == 1  # the same: skipped
+        assert store.record([edited]) == 0  # not refused: skipped, as a run's own writer does
+        assert store.outcomes() == [stored, new]
 
 
 def test_reset_deletes_outcomes_and_keeps_the_schema(url: str) -> None:
@@ -781,6 +805,12 @@ def test_a_stored_row_that_is_no_valid_outcome_is_a_store_problem(url: str) -> N
     assert len(warnings) == 1 and "row id 1" in warnings[0]
     with pytest.raises(UserError, match="row id 1 is not a valid seed outcome"):
         _knowledge("show", "--knowledge", url)
+    # A seed without parameters (import refused it, but a row of the store was read as a
+    # prior, its contribution x 1000 outweighing every other).
+    _raw(url, "UPDATE outcomes SET stage = 'FOSSILIZED', seed_params = 0")
+    warnings = Warnings()
+    assert outcomes_for(url, HOST, warnings) == []
+    assert len(warnings) == 1 and "seed_params must be an integer in [1, " in warnings[0]
 
 
 @pytest.mark.parametrize("when", ["'garbage'", "42"])
@@ -842,6 +872,43 @@ def test_cli_uses_the_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert _raw(_sqlite_url(tmp_path / "env.sqlite"), "SELECT count(*) FROM outcomes") == [(1,)]
 
 
+def test_cli_import_refuses_two_files_that_differ_on_one_seed(tmp_path: Path) -> None:
+    """Two files with one seed's different outcomes: the last given won, silently."""
+    store_file = tmp_path / "k.sqlite"
+    store = _sqlite_url(store_file)
+    a = _run_dir(tmp_path, "a", [_outcome(epoch=1), _outcome(epoch=2)])
+    b = _run_dir(tmp_path, "b", [_outcome(epoch=2, stage="PRUNED", contribution=None)])
+    with pytest.raises(UserError) as err:
+        _knowledge("import", str(a), str(b), "--knowledge", store)
+    assert str(err.value) == (
+        f"{str(b)!r} and {str(a)!r} hold different outcomes of run r1's seed in slot mid "
+        f"germinated after epoch 2: stage 'PRUNED' ({a}: 'FOSSILIZED'); contribution None "
+        f"({a}: 1.5); import one of them (nothing imported)"
+    )
+    assert not store_file.exists()
+    twice = _knowledge("import", str(a), str(a), "--knowledge", store)
+    assert twice.startswith("imported 2 seed outcome(s)")
+    with pytest.raises(UserError, match=r"1 outcome\(s\) differ from the store's for the same"):
+        _knowledge("import", str(b), "--knowledge", store)
+    assert _raw(store, "SELECT stage FROM outcomes ORDER BY id") == [("FOSSILIZED",)] * 2
+
+
+def test_an_import_of_a_csv_export_says_to_export_json(tmp_path: Path) -> None:
+    """`knowledge import --help` said an export imports, but the default export (CSV) did not,
+    and the error did not say why."""
+    store = _sqlite_url(tmp_path / "k.sqlite")
+    _knowledge("import", str(_run_dir(tmp_path, "a", [_outcome()])), "--knowledge", store)
+    exported = tmp_path / "e.csv"
+    exported.write_text(_knowledge("export", "--knowledge", store))
+    with pytest.raises(UserError) as err:
+        _knowledge("import", str(exported), "--knowledge", _sqlite_url(tmp_path / "k2.sqlite"))
+    assert str(err.value).endswith(
+        "nothing imported (a CSV export: import one written with export --format json)"
+    )
+    exported.write_text(_knowledge("export", "--knowledge", store, "--format", "json"))
+    assert "imported 1 seed" in _knowledge("import", str(exported), "--knowledge", store + "2")
+
+
 def test_an_import_file_that_is_not_a_list_is_named_as_given(tmp_path: Path) -> None:
     """``import j1.json`` said "j1.json: outcomes.json must be a list" (a walk-through)."""
     given = tmp_path / "j1.json"
@@ -883,7 +950,7 @@ def test_cli_import_checks_every_run_before_writing(
         _knowledge("import", str(a), str(b), "--knowledge", store)
     good = json.loads((a / OUTCOMES_FILE).read_text())[0]
     bad_values = [
-        ({"seed_params": 10**30}, "seed_params must be an integer in [0, 9223372036854775807]"),
+        ({"seed_params": 10**30}, "seed_params must be an integer in [1, 9223372036854775807]"),
         ({"stage": "BOGUS"}, "stage must be one of ['GERMINATED'"),
         ({"stage": "DORMANT"}, "stage must be one of ['GERMINATED'"),  # no seed has this end
         ({"contribution": 1e308}, "contribution must be a number in [-100, 100]"),  # score inf
@@ -899,7 +966,7 @@ def test_cli_import_checks_every_run_before_writing(
         ({"blueprint": "lora"}, "unknown blueprint 'lora' for a cnn host"),
         ({"host": {**good["host"], "task": "imagenet"}}, "unknown task 'imagenet'; known: ["),
         # a walk-through: it scored its contribution x 1000 and outweighed every prior
-        ({"seed_params": 0}, "seed_params must be at least 1 (every seed has parameters), got 0"),
+        ({"seed_params": 0}, "seed_params must be an integer in [1, 9223372036854775807], got 0"),
         (  # a transformer outcome on a CNN task: a store groups outcomes by task
             {"host": {**good["host"], "topology": "transformer"}, "blueprint": "lora"},
             f"task {good['host']['task']!r} has a cnn host, not transformer",

@@ -43,7 +43,8 @@ def add_knowledge_parser(sub: Any) -> None:
         "--format", choices=("csv", "json"), default="csv", help="output format (default csv)"
     )
     importing = verbs.add_parser(
-        "import", help="record finished runs' outcomes.json, or outcomes files (an export's too)"
+        "import",
+        help="record finished runs' outcomes.json, or outcomes files (export --format json's too)",
     )
     importing.add_argument(
         "runs", nargs="+", type=path_arg, metavar="RUN", help="run directories or outcomes files"
@@ -62,7 +63,6 @@ def run_knowledge(args: argparse.Namespace) -> int:
             or ``reset`` without ``--yes``; nothing is written in any of these cases.
     """
     from esper.nissa.knowledge import (
-        SEED_KEY,
         KnowledgeStore,
         KnowledgeStoreError,
         KnowledgeStoreMissing,
@@ -79,9 +79,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
                 f"knowledge reset deletes every seed outcome in {shown}; add --yes to confirm"
             )
         runs = list(dict.fromkeys(args.runs)) if args.knowledge_command == "import" else []
-        # All read before any write; a seed given twice (two copies of a run) counts once.
-        outcomes = (o for run in runs for o in read_run_outcomes(run))
-        imported = list({tuple(getattr(o, k) for k in SEED_KEY): o for o in outcomes}.values())
+        imported = _one_per_seed(runs)  # all read before any write
         try:
             store = KnowledgeStore.open(url, create=args.knowledge_command == "import")
         except KnowledgeStoreMissing:
@@ -100,7 +98,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
             elif args.knowledge_command == "export":
                 _export(store.outcomes(), args.format)
             elif args.knowledge_command == "import":
-                added = store.record(imported)
+                added = store.record(imported, refuse_differing=True)
                 print(
                     f"imported {added} seed outcome(s) from {len({o.run_id for o in imported})} "
                     f"run(s) into {store.url}"
@@ -111,6 +109,30 @@ def run_knowledge(args: argparse.Namespace) -> int:
     except (KnowledgeURLError, KnowledgeStoreError) as err:
         raise UserError(f"{err}{_origin(args)}") from None
     return 0
+
+
+def _one_per_seed(runs: list[Path]) -> list[SeedOutcome]:
+    """The outcomes of ``runs`` (``read_run_outcomes``), a seed given twice (two copies of a
+    run) once.
+
+    Raises:
+        UserError: as ``read_run_outcomes``, or two of ``runs`` hold different outcomes of
+            one seed (``SEED_KEY``: an edited copy).
+    """
+    from esper.nissa.knowledge import SEED_KEY, differences, seed_name
+
+    found: dict[tuple[Any, ...], tuple[SeedOutcome, Path]] = {}
+    for run in runs:
+        for outcome in read_run_outcomes(run):
+            key = tuple(getattr(outcome, k) for k in SEED_KEY)
+            first, where = found.setdefault(key, (outcome, run))
+            if outcome != first and differences(outcome, first, "other"):
+                raise UserError(
+                    f"{str(run)!r} and {str(where)!r} hold different outcomes of "
+                    f"{seed_name(outcome)}: {differences(outcome, first, str(where))}; import "
+                    "one of them (nothing imported)"
+                )
+    return [outcome for outcome, _ in found.values()]
 
 
 def _origin(args: argparse.Namespace) -> str:
@@ -145,12 +167,25 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
         data = read_json(path, "a list of seed outcomes", limit=None)
         outcomes: tuple[SeedOutcome, ...] = decode(tuple[SeedOutcome, ...], data, path.name)
     except ValueError as err:  # RunRecordError is one
-        raise UserError(f"{path}: {err}; nothing imported") from None
+        raise UserError(f"{path}: {err}; nothing imported{_csv_hint(path)}") from None
     for outcome in outcomes:
         problem = _unwritable(outcome)
         if problem is not None:
             raise UserError(f"{path}: {problem}; nothing imported")
     return outcomes
+
+
+def _csv_hint(path: Path) -> str:
+    """What to do instead when ``path`` is ``esper knowledge export``'s CSV (its default)."""
+    from esper.nissa.knowledge import OUTCOME_COLUMNS
+
+    head = ",".join(OUTCOME_COLUMNS).encode()
+    try:
+        with path.open("rb") as f:
+            csv_export = f.read(len(head)) == head
+    except OSError:
+        return ""
+    return " (a CSV export: import one written with export --format json)" if csv_export else ""
 
 
 def _unwritable(outcome: SeedOutcome) -> str | None:
@@ -162,8 +197,6 @@ def _unwritable(outcome: SeedOutcome) -> str | None:
 
     if not (outcome.run_id and outcome.run_id.isprintable()):
         return f"run_id must be a non-empty printable name, got {outcome.run_id!r}"
-    if outcome.seed_params < 1:  # every blueprint has some; 0 scored its contribution x 1000
-        return "seed_params must be at least 1 (every seed has parameters), got 0"
     if outcome.host.task not in TASKS:
         return f"unknown task {outcome.host.task!r}; known: {sorted(TASKS)}"
     topology = Topology(outcome.host.topology)

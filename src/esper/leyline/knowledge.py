@@ -96,7 +96,8 @@ class SeedOutcome:
             ok = value is None or (is_finite_number(value) and -100.0 <= value <= 100.0)
             why = f"{name} must be a number in [-100, 100] (accuracy points) or null"
             require(ok, f"{why}, got {value!r}")
-        check_int("seed_params", self.seed_params, 0, MAX_INT64)
+        # every seed has parameters: 0 scored a contribution x 1000 (``stage_score``)
+        check_int("seed_params", self.seed_params, 1, MAX_INT64)
         check_int("germinated_epoch", self.germinated_epoch, 0, MAX_INT64)
         check_int("epochs", self.epochs, 0, MAX_INT64)
 

@@ -132,6 +132,11 @@ class KnowledgeStoreError(Exception):
 NOTHING_RECORDED = "does not exist: no run has recorded seed outcomes there"
 
 
+class KnowledgeConflict(KnowledgeStoreError):
+    """Outcomes to record differ from the store's own for the same seeds (``SEED_KEY``), and
+    were refused: nothing was recorded."""
+
+
 class KnowledgeStoreMissing(KnowledgeStoreError):
     """Opened to read (``create=False``), the store does not exist: no SQLite file, or a
     server database without Esper's tables. Nothing was created."""
@@ -615,11 +620,21 @@ class KnowledgeStore:
 
         self._retrying(switch)
 
-    def record(self, outcomes: Sequence[SeedOutcome]) -> int:
-        """Add outcomes, in one transaction; a seed already recorded is skipped.
+    def record(self, outcomes: Sequence[SeedOutcome], refuse_differing: bool = False) -> int:
+        """Add outcomes, in one transaction; a seed already recorded is skipped (the store
+        keeps one outcome per seed, the first recorded).
+
+        Args:
+            outcomes: what to add.
+            refuse_differing: refuse them all where one differs from the store's outcome of
+                the same seed (an import of an edited or foreign export), rather than skip it.
 
         Returns:
             The number of rows added.
+
+        Raises:
+            KnowledgeConflict: ``refuse_differing``, and an outcome differs from the store's;
+                nothing was added.
         """
         now = datetime.now(UTC)
         rows = [{**flatten(o), "recorded_at": now} for o in outcomes]
@@ -629,9 +644,23 @@ class KnowledgeStore:
         def work(conn: Connection) -> int:
             # RETURNING: a skipped seed returns no row (psycopg's rowcount here is -1).
             statement = _insert_new(conn.dialect.name).returning(OUTCOMES.c.id)
-            return sum(len(conn.execute(statement, row).all()) for row in rows)
+            added, differing = 0, []
+            for outcome, row in zip(outcomes, rows, strict=True):
+                if conn.execute(statement, row).all():
+                    added += 1
+                elif refuse_differing:
+                    stored = self._stored(conn, outcome)
+                    differing += [] if _same(stored, outcome) else [(outcome, stored)]
+            if differing:  # raised inside the transaction: it rolls back
+                raise KnowledgeConflict(_conflict(self.url, differing))
+            return added
 
         return self._transaction(work)
+
+    def _stored(self, conn: Connection, outcome: SeedOutcome) -> SeedOutcome:
+        """The store's outcome of ``outcome``'s seed (``SEED_KEY``), which it holds."""
+        where = [OUTCOMES.c[key] == getattr(outcome, key) for key in SEED_KEY]
+        return self._outcome(conn.execute(_outcomes_query().where(*where)).one()._asdict())
 
     def outcomes(self, host: HostSignature | None = None) -> list[SeedOutcome]:
         """The recorded outcomes, oldest first.
@@ -707,6 +736,39 @@ class KnowledgeStore:
                 raise KnowledgeStoreError(f"knowledge store {self.url}: {_reason(err)}") from err
             time.sleep(delay)
             delay = min(2 * delay, 0.5)
+
+
+def _same(a: SeedOutcome, b: SeedOutcome) -> bool:
+    """Whether two outcomes are the same, field by field (NaN equal to NaN)."""
+    return json.dumps(asdict(a), sort_keys=True) == json.dumps(asdict(b), sort_keys=True)
+
+
+def seed_name(outcome: SeedOutcome) -> str:
+    """Which seed an outcome is of (``SEED_KEY``), for people."""
+    slot, epoch = outcome.slot, outcome.germinated_epoch
+    return f"run {outcome.run_id}'s seed in slot {slot} germinated after epoch {epoch}"
+
+
+def differences(a: SeedOutcome, b: SeedOutcome, other: str) -> str:
+    """How outcome ``a`` differs from ``b``: "stage 'FOSSILIZED' (other: 'PRUNED'); ..."."""
+    mine, theirs = flatten(a), flatten(b)
+    shown = [
+        f"{name} {mine[name]!r} ({other}: {theirs[name]!r})"
+        for name in OUTCOME_COLUMNS
+        if json.dumps(mine[name]) != json.dumps(theirs[name])
+    ]
+    return "; ".join(shown)
+
+
+def _conflict(url: str, differing: list[tuple[SeedOutcome, SeedOutcome]]) -> str:
+    outcome, stored = differing[0]
+    more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+    return (
+        f"knowledge store {url}: {len(differing)} outcome(s) differ from the store's for the "
+        f"same seed: {seed_name(outcome)}{more}: {differences(outcome, stored, 'stored')}; "
+        "nothing recorded (the store keeps one outcome per seed: reset it, or give another "
+        "store)"
+    )
 
 
 def record_outcomes(
