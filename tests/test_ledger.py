@@ -301,6 +301,24 @@ def test_bad_knowledge_url_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_malformed_default_store_url_is_said_before_the_run_trains(tmp_path, monkeypatch, capsys):
+    """``$ESPER_KNOWLEDGE=garbage``: the run trained to its end, then warned; --knowledge
+    garbage is refused at once. The run still runs (a store never fails one), but says so
+    first, naming where the URL came from."""
+    from esper.nissa.knowledge import KNOWLEDGE_ENV
+
+    monkeypatch.setenv(KNOWLEDGE_ENV, "garbage")
+    args = ["periodic", "--task", "synthetic", "--epochs", "3", "--batches-per-epoch", "2"]
+    assert main([*args, "--periodic.period", "1", "--out", str(tmp_path / "r")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "garbage" in line]
+    assert len(warnings) == 2, warnings
+    first, last = warnings
+    assert "'garbage'" in first and "(the URL is $ESPER_KNOWLEDGE): this run's seed outcomes " in (
+        first
+    )
+    assert "(the URL is $ESPER_KNOWLEDGE); the run's 2 seed outcome(s) were not recorded" in last
+
+
 def _first_germination(run) -> str:
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     return next(

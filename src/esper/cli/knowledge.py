@@ -69,6 +69,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
         KnowledgeURLError,
         default_url,
         parse_url,
+        url_origin,
     )
 
     try:
@@ -107,7 +108,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
             else:
                 print(f"deleted {store.reset()} seed outcome(s) from {store.url}")
     except (KnowledgeURLError, KnowledgeStoreError) as err:
-        raise UserError(f"{err}{_origin(args)}") from None
+        raise UserError(f"{err}{url_origin(args.knowledge)}") from None
     return 0
 
 
@@ -133,14 +134,6 @@ def _one_per_seed(runs: list[Path]) -> list[SeedOutcome]:
                     "one of them (nothing imported)"
                 )
     return [outcome for outcome, _ in found.values()]
-
-
-def _origin(args: argparse.Namespace) -> str:
-    """Where the store's URL came from, when it was not given: `` (the URL is $VAR)``."""
-    from esper.nissa.knowledge import KNOWLEDGE_ENV
-
-    from_env = args.knowledge is None and os.environ.get(KNOWLEDGE_ENV)
-    return f" (the URL is ${KNOWLEDGE_ENV})" if from_env else ""
 
 
 def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:

@@ -156,6 +156,13 @@ def default_url() -> str:
     return sqlite_url(base / "esper" / KNOWLEDGE_FILE)
 
 
+def url_origin(url: str | None) -> str:
+    """Where a store's URL came from when it was not given (``url`` None), for a message about
+    it: `` (the URL is $ESPER_KNOWLEDGE)``; "" for the built-in default or a given one."""
+    from_env = url is None and os.environ.get(KNOWLEDGE_ENV)
+    return f" (the URL is ${KNOWLEDGE_ENV})" if from_env else ""
+
+
 def sqlite_url(path: Path) -> str:
     """The URL of an SQLite store at ``path``, quoted so that ``parse_url`` reads ``path`` back
     (pasted in, a ``%41`` in a directory name was read as ``A``, a ``?`` as the start of
@@ -791,7 +798,7 @@ def record_outcomes(
             store.record(outcomes)
     except (KnowledgeURLError, KnowledgeStoreError) as err:
         warn(
-            f"{err}; the run's {len(outcomes)} seed outcome(s) were not "
+            f"{err}{url_origin(url)}; the run's {len(outcomes)} seed outcome(s) were not "
             "recorded (they stay in its outcomes.json: `esper knowledge import RUN`)"
         )
         return False
@@ -831,5 +838,5 @@ def outcomes_for(
         with KnowledgeStore.open(default_url() if url is None else url) as store:
             return store.outcomes(host)
     except (KnowledgeURLError, KnowledgeStoreError) as err:
-        warn(f"{err}; starting without earlier runs' outcomes")
+        warn(f"{err}{url_origin(url)}; starting without earlier runs' outcomes")
         return []

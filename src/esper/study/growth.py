@@ -318,6 +318,8 @@ class GrowthRunner:
         self.mode, self.config = mode, replace(config, training=training)
         if resume is None and (config.knowledge is not None or _bandit(mode, config)):
             self.config = replace(self.config, knowledge=_recorded_store(config.knowledge))
+        if mode != "static" and not _bandit(mode, config) and self.config.knowledge is None:
+            _check_default_store()  # (a bandit reads the store now: it warns when it does)
         self.threads = torch.get_num_threads()
         seed_everything(config.seed)
         check_sinks(config.telemetry)
@@ -604,6 +606,20 @@ def _priors_receipt(config: GrowthRun, priors: Sequence[SeedOutcome]) -> dict[st
     from esper.nissa.knowledge import priors_receipt
 
     return priors_receipt(config.knowledge, priors)
+
+
+def _check_default_store() -> None:
+    """Warn at once where the default store's URL (``$ESPER_KNOWLEDGE``'s) is malformed: the
+    run records its outcomes there when it ends, and said so only then."""
+    from esper.nissa.knowledge import KnowledgeURLError, default_url, parse_url, url_origin
+
+    try:
+        parse_url(default_url())
+    except KnowledgeURLError as err:
+        _warn(
+            f"{err}{url_origin(None)}: this run's seed outcomes will not be recorded in a "
+            "store (they stay in its outcomes.json: `esper knowledge import RUN`)"
+        )
 
 
 def _warn(message: str) -> None:
