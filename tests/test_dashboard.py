@@ -1474,13 +1474,14 @@ def test_a_huge_first_line_is_not_read_whole(
 def test_a_run_named_with_a_line_break_is_served(
     tmp_path: Path, recorded_runs: dict[str, Path]
 ) -> None:
-    """Starlette's ``path`` convertor stops at a line break: such a run was listed, then 404."""
+    """Starlette's ``path`` convertor stops at a line break: such a run was listed, then 404.
+    It is named as ``runs list`` names it, the line break escaped."""
     copy_run(recorded_runs["static"], tmp_path / "new\nline")
     client = local_client(tmp_path)
-    assert [run["name"] for run in client.get("/api/runs").json()["runs"]] == ["new\nline"]
-    response = client.get("/api/runs/new%0Aline/snapshot")
+    assert [run["name"] for run in client.get("/api/runs").json()["runs"]] == ["new\\nline"]
+    response = client.get("/api/runs/new%5Cnline/snapshot")
     assert response.status_code == 200
-    assert response.json() == folded(tmp_path / "new\nline", "new\nline")
+    assert response.json() == folded(tmp_path / "new\nline", "new\\nline")
 
 
 def test_names_that_are_no_utf8_are_listed_and_served(

@@ -407,6 +407,31 @@ def test_names_that_showed_alike_are_two_runs(tmp_path, recorded_runs, capsys) -
     assert sorted(run_paths(tmp_path)) == ["r\\\\xff", "r\\xff"]
 
 
+def test_names_that_would_drive_the_terminal_are_shown_escaped(
+    tmp_path, recorded_runs, capsys
+) -> None:
+    """A run copied under a name holding an escape sequence or a newline (Esper refuses such
+    an --out, but a copy is named by hand) was printed as it is: the terminal turned red, and
+    the newline split a table's row in two."""
+    red, broken = tmp_path / "esc\x1b[31mred", tmp_path / "new\nline"
+    shutil.copytree(recorded_runs["heuristic"], red)
+    shutil.copytree(recorded_runs["static"], broken)
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "\x1b" not in listed and len(listed.splitlines()) == 4  # header, rule, two runs
+    assert [line.split()[0] for line in listed.splitlines()[2:]] == [
+        "esc\\x1b[31mred",
+        "new\\nline",
+    ]
+    assert main(["runs", "show", str(broken)]) == 0
+    shown = capsys.readouterr().out.splitlines()[0]
+    assert shown == f"run       new\\nline  ({tmp_path}/new\\nline)"
+    assert main(["runs", "compare", str(red), str(broken)]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+    rows = _query(capsys, "SELECT run FROM runs ORDER BY run", tmp_path)
+    assert rows == [{"run": "esc\\x1b[31mred"}, {"run": "new\\nline"}]
+
+
 def test_a_summary_copied_from_another_run_is_not_taken_for_the_runs(
     tmp_path, recorded_runs, capsys
 ) -> None:

@@ -29,6 +29,7 @@ from esper.nissa.log import (
     policy_line,
     read_events,
     scan_runs,
+    shown_path,
 )
 from esper.nissa.record import (
     CONFIG_FILE,
@@ -192,7 +193,7 @@ def _show(path: Path) -> int:
     run = open_run(path)
     log = read_events(run.events_path)
     meta = read_meta(run.path)
-    print(f"run       {run.name}  ({run.path})")
+    print(f"run       {run.name}  ({shown_path(run.path)})")
     print(f"mode      {run.mode}   task {run.task}   seed {run.seed}   status {run.status}")
     if meta is not None:
         print(f"git       {display(meta.git_revision)}   started {meta.started}")

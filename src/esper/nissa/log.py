@@ -558,10 +558,15 @@ def shown_name(path: Path) -> str:
 
 
 def shown_path(path: Path) -> str:
-    """``path`` as text, bytes that are no UTF-8 as ``\\xff`` (see ``shown_name``) and a
-    backslash doubled, so that two paths never show alike: a byte 0xff and the four characters
-    ``\\xff`` showed as one name, and the runs views pooled the two runs into one."""
-    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    """``path`` as text, bytes that are no UTF-8 as ``\\xff`` (see ``shown_name``), characters
+    that do not print (an escape sequence, a newline) as ``\\x1b``, ``\\n``, ``\\u200b``, and a
+    backslash doubled, so that two paths never show alike (a byte 0xff and the four characters
+    ``\\xff`` showed as one name, and the runs views pooled the two runs into one), and a name
+    neither drives the terminal nor breaks a table's line."""
+    text = os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def run_candidates(directory: Path) -> list[Path]:
