@@ -154,6 +154,42 @@ def test_list_reads_an_unfinished_run_from_its_log(tmp_path: Path, recorded_runs
         assert f"live: not readable: {run / 'config.json'}: training.epochs is not a whole" in err
 
 
+def test_compare_reads_an_unfinished_run_from_its_log(
+    tmp_path: Path, recorded_runs, capsys
+) -> None:
+    """``runs list`` showed a killed run's epoch, accuracy and size from its log; ``runs
+    compare`` showed its column all "—", epochs and params included (a walk-through)."""
+    for name in ("live", "ppo-live"):
+        shutil.copytree(
+            recorded_runs["ppo" if name == "ppo-live" else "heuristic"], tmp_path / name
+        )
+        (tmp_path / name / "summary.json").unlink()
+    run = tmp_path / "live"
+    keep = [r for r in _records(run) if r["event"] != "RunFinished"][:30]
+    last = [r for r in keep if r["event"] == "EpochCompleted"][-1]
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    ppo = tmp_path / "ppo-live"
+    update = [r for r in _records(ppo) if r["event"] == "PPOUpdate"][-1]
+    finished = recorded_runs["static"]
+    assert main(["runs", "compare", str(finished), str(run), str(ppo)]) == 0
+    rows = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
+    static = _growth(finished)
+    assert static.final is not None
+    assert rows["status"] == ["completed", "unfinished", "unfinished"]
+    assert rows["epochs"] == [str(static.epochs_completed), str(last["epoch"]), "—"]
+    assert rows["last epoch val acc"] == [
+        f"{static.final.val_accuracy:.2f}%",
+        f"{last['val_accuracy']:.2f}%",
+        "—",
+    ]
+    assert rows["params"] == [f"{static.param_count:,}", f"{last['param_count']:,}", "—"]
+    assert rows["rounds"] == ["—", "—", str(update["round"])]
+    assert rows["final mean return"] == ["—", "—", f"{update['mean_return']:.3f}"]
+    (run / "config.json").write_text('{"training": 5}')  # its planned epochs cannot be read
+    assert main(["runs", "compare", str(finished), str(run)]) == 2
+    assert "live: not readable: " in capsys.readouterr().err
+
+
 def test_show_counts_every_event(recorded_runs, capsys) -> None:
     assert main(["runs", "show", str(recorded_runs["ppo"])]) == 0
     out = capsys.readouterr().out

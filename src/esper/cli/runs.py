@@ -34,6 +34,7 @@ from esper.nissa.log import (
 from esper.nissa.record import (
     CONFIG_FILE,
     EVENTS_FILE,
+    PPO_MODE,
     RunRecordError,
     read_meta,
     samples_text,
@@ -155,13 +156,33 @@ def _compare(paths: list[Path]) -> int:
         ["status", *[run.status for run in runs]],
     ]
     rows += _setting_rows(runs)
-    summaries = [None if run.summary is None else run.summary.to_json() for run in runs]
+    summaries = [
+        _summary_so_far(run) if run.summary is None else run.summary.to_json() for run in runs
+    ]
     for metric in SUMMARY_METRICS:  # a metric no run has is left out
         found = [metric.value(summary) for summary in summaries]
         if any(has for has, _ in found):
             rows.append([metric.label, *(metric.text(value) for _, value in found)])
     print(format_table(header, rows))
     return 0
+
+
+def _summary_so_far(run: RunDirectory) -> dict[str, Any]:
+    """What ``summary.json`` would hold of an unfinished run's progress (``_progress``: its last
+    logged epoch or round), for ``runs compare``, which showed such a run's column all "—".
+
+    Raises:
+        UserError: its log or ``config.json`` cannot be read.
+    """
+    try:
+        done, _, accuracy, params, mean_return = _progress(run)
+    except (ValueError, KeyError, OSError) as err:  # as runs list says it
+        raise UserError(f"{run.name}: not readable: {err}") from err
+    if run.mode == PPO_MODE:
+        ppo = {"rounds_completed": done, "final_mean_accuracy": accuracy}
+        return {"ppo": {**ppo, "final_mean_return": mean_return}}
+    last = {"final": {"val_accuracy": accuracy}, "param_count": params}
+    return {"growth": {"epochs_completed": done, **last}}
 
 
 def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
