@@ -755,10 +755,10 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
     table = [line.split() for line in lines[3:-1]]
     assert lines[-1].startswith("score: a fossilized seed's contribution (accuracy points) per 1,")
     assert table == [
-        ["fashion_mnist", "conv_light", "FOSSILIZED", "2", "3.000"],  # mean of 2.0 and 4.0
-        ["fashion_mnist", "conv_light", "PRUNED", "1", "0.000"],
-        ["fashion_mnist", "conv_light", "TRAINING", "1", "—"],  # missing is not zero
-        ["text_lm", "attention", "FOSSILIZED", "1", "0.750"],  # 1.5 * 1000 / 2000
+        ["fashion_mnist", "cnn", "16", "conv_light", "FOSSILIZED", "2", "3.000"],  # 2.0, 4.0
+        ["fashion_mnist", "cnn", "16", "conv_light", "PRUNED", "1", "0.000"],
+        ["fashion_mnist", "cnn", "16", "conv_light", "TRAINING", "1", "—"],  # missing: not 0
+        ["text_lm", "transformer", "64", "attention", "FOSSILIZED", "1", "0.750"],  # 1.5e3/2e3
     ]
 
     exported = json.loads(_knowledge("export", "--format", "json", "--knowledge", store))

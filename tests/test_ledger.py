@@ -371,3 +371,17 @@ def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path
     assert "starts from 2 seed outcomes (0 decided: the others' seeds were alive at the end)" in (
         capsys.readouterr().err
     )
+    # The store's outcomes of the task on other hosts alone: the run started from none, and
+    # nothing said why (a walk-through); a note names the hosts they are of.
+    wide_url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    with KnowledgeStore.open(wide_url) as store:
+        store.record([SeedOutcome(f"w{i}", other, "early", "norm", "PRUNED", None, 100, 1.0, 2, 6)
+                      for i in range(3)])  # fmt: skip
+    assert main([*args, wide_url, "--out", str(tmp_path / "wide")]) == 0
+    assert json.loads((tmp_path / "wide" / "meta.json").read_text())["priors"] is None
+    assert (
+        f"note: the knowledge store {wide_url} holds no seed outcome of synthetic at cnn width 4, "
+        "the selector's host, but 3 at cnn width 8: a selector learns from its own host's only"
+    ) in capsys.readouterr().err
+    assert main([*args, empty_url, "--out", str(tmp_path / "b2")]) == 0
+    assert "holds no seed outcome" not in capsys.readouterr().err  # its own host's: no note

@@ -234,6 +234,8 @@ def run_growth(mode: str, argv: list[str], options: RunOptions) -> int:
         if runner.priors is not None and options.resume is None:
             note = _priors_note(runner.config, runner.priors)
             print(f"esper {mode}: note: {note}", file=sys.stderr)
+        if runner.priors_elsewhere is not None:
+            print(f"esper {mode}: note: {runner.priors_elsewhere}", file=sys.stderr)
         runner.run()
     except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before the run's loop
         interrupted_hint(mode, directory, f"epoch {runner.epoch}")

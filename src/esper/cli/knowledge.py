@@ -208,28 +208,29 @@ def _unwritable(outcome: SeedOutcome) -> str | None:
 
 
 def _show(outcomes: list[SeedOutcome], url: str) -> str:
-    """Seeds per task × blueprint × stage with their mean ``outcome_score`` ("—" when none of
-    them is scored: seeds still alive at their run's end)."""
+    """Seeds per host (task, topology, width: what a bandit selector learns from, together) ×
+    blueprint × stage with their mean ``outcome_score`` ("—" when none of them is scored: seeds
+    still alive at their run's end)."""
     if not outcomes:
         return f"{url}: no seed outcomes"
-    groups: defaultdict[tuple[str, str, str], list[SeedOutcome]] = defaultdict(list)
+    groups: defaultdict[tuple[str, str, int, str, str], list[SeedOutcome]] = defaultdict(list)
     for o in outcomes:
-        groups[o.host.task, o.blueprint, o.stage].append(o)
+        groups[o.host.task, o.host.topology, o.host.width, o.blueprint, o.stage].append(o)
     rows = []
-    for (task, blueprint, stage), group in sorted(groups.items()):
+    for (task, topology, width, blueprint, stage), group in sorted(groups.items()):
         scores = [s for s in map(outcome_score, group) if s is not None]
-        mean = fmean(scores) if scores else None
-        rows.append([task, blueprint, stage, str(len(group)), display(mean, ".3f")])
+        mean = display(fmean(scores) if scores else None, ".3f")
+        rows.append([task, topology, str(width), blueprint, stage, str(len(group)), mean])
     runs = len({o.run_id for o in outcomes})
     header = f"{url}: {len(outcomes)} seed outcome(s) from {runs} run(s)"
-    table = format_table(["task", "blueprint", "stage", "seeds", "mean score"], rows)
-    return f"{header}\n{table}\n{SCORE_NOTE}"
+    columns = ["task", "topology", "width", "blueprint", "stage", "seeds", "mean score"]
+    return f"{header}\n{format_table(columns, rows)}\n{SCORE_NOTE}"
 
 
 SCORE_NOTE = (
     f"score: a fossilized seed's contribution (accuracy points) per {PER_PARAMETERS:,} of its "
     "parameters, 0 for a pruned seed, — for one still alive when its run ended (the reward "
-    "the bandit selectors learn from)"
+    "the bandit selectors learn from, each from its own host's: task, topology and width)"
 )
 
 

@@ -33,6 +33,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -803,6 +804,30 @@ def record_outcomes(
         )
         return False
     return True
+
+
+def elsewhere(url: str | None, host: HostSignature) -> str | None:
+    """Where a bandit selector that found no outcome on ``host`` could have: the store's
+    outcomes of ``host``'s task on other hosts (another width or topology), which it does not
+    learn from, in a sentence; None where there are none, or the store cannot be read (its
+    reading warned already)."""
+    try:
+        with KnowledgeStore.open(default_url() if url is None else url, create=False) as store:
+            shown = store.url
+            found = [o.host for o in store.outcomes() if o.host.task == host.task]
+    except (KnowledgeURLError, KnowledgeStoreError):
+        return None
+    if not found:
+        return None
+    counts = Counter((h.topology, h.width) for h in found)
+    hosts = ", ".join(
+        f"{n:,} at {topology} width {width}" for (topology, width), n in sorted(counts.items())
+    )
+    return (
+        f"the knowledge store {shown} holds no seed outcome of {host.task} at {host.topology} "
+        f"width {host.width}, the selector's host, but {hosts}: a selector learns from its own "
+        "host's only"
+    )
 
 
 def priors_receipt(url: str | None, outcomes: Sequence[SeedOutcome]) -> dict[str, Any]:

@@ -254,6 +254,16 @@ def _bandit(mode: str, config: GrowthRun) -> bool:
     return mode == "heuristic" and config.heuristic.selector != "rotation"
 
 
+def _with_store(mode: str, config: GrowthRun, resume: Path | None) -> GrowthRun:
+    """``config`` naming the store a new run records in (``_recorded_store``); a malformed
+    default store is said now (a bandit reads the store now: it warns when it does)."""
+    if resume is None and (config.knowledge is not None or _bandit(mode, config)):
+        config = replace(config, knowledge=_recorded_store(config.knowledge))
+    if mode != "static" and not _bandit(mode, config) and config.knowledge is None:
+        _check_default_store()
+    return config
+
+
 def _recorded_store(url: str | None) -> str | None:
     """The store a new run names in its ``config.json`` (``knowledge.recorded_url``): a
     relative SQLite path followed the working directory of a resume, and a resume without
@@ -315,11 +325,8 @@ class GrowthRunner:
         policy: Policy | None = None,
     ) -> None:
         training = set_threads(_resolved(config.training), resume)
-        self.mode, self.config = mode, replace(config, training=training)
-        if resume is None and (config.knowledge is not None or _bandit(mode, config)):
-            self.config = replace(self.config, knowledge=_recorded_store(config.knowledge))
-        if mode != "static" and not _bandit(mode, config) and self.config.knowledge is None:
-            _check_default_store()  # (a bandit reads the store now: it warns when it does)
+        self.mode = mode
+        self.config = _with_store(mode, replace(config, training=training), resume)
         self.threads = torch.get_num_threads()
         seed_everything(config.seed)
         check_sinks(config.telemetry)
@@ -343,10 +350,7 @@ class GrowthRunner:
             training.task, self.episode.topology.value, model.host.config.width,
             model.host_param_count,
         )  # fmt: skip
-        # a resume's selector statistics come from its checkpoint, priors included: the store
-        # is not read (a store unusable by then warned "starting without" them, untrue)
-        priors = [] if resume is not None else selector_priors(mode, self.config, host)
-        self.priors = _priors_receipt(self.config, priors)  # what meta.json records
+        priors = self._read_priors(host, resume)
         state = None if policy is None else policy.state
         self.controller = make_controller(mode, self.config, self.episode, hub, state, priors)
         # The PPO run may train on after this eval started, or another run take its place; a
@@ -367,6 +371,21 @@ class GrowthRunner:
         if self.recorder.checkpoint is not None:
             with self.recorder.releasing():
                 self._restore(self.recorder.state())
+
+    def _read_priors(self, host: HostSignature, resume: Path | None) -> list[SeedOutcome]:
+        """A bandit selector's priors (``selector_priors``); ``priors`` is what ``meta.json``
+        records of them, ``priors_elsewhere`` the store's outcomes of the task it does not learn
+        from (another width or topology) where it found none of its own."""
+        # a resume's selector statistics come from its checkpoint, priors included: the store
+        # is not read (a store unusable by then warned "starting without" them, untrue)
+        priors = [] if resume is not None else selector_priors(self.mode, self.config, host)
+        self.priors = _priors_receipt(self.config, priors)
+        self.priors_elsewhere: str | None = None
+        if not priors and resume is None and _bandit(self.mode, self.config):
+            from esper.nissa.knowledge import elsewhere
+
+            self.priors_elsewhere = elsewhere(self.config.knowledge, host)
+        return priors
 
     def never_grows(self) -> str | None:
         """Why this run can never germinate a seed (``GrowthRun.never_grows``), or None."""
