@@ -251,7 +251,9 @@ def test_a_resume_refuses_to_change_it(tmp_path, capsys) -> None:
         assert "drop --no-auto-advance" in capsys.readouterr().err
     static = ["static", "--task", "synthetic", "--auto-advance", "--out", str(tmp_path / "s")]
     assert main(static) == 2
-    assert "a static run grows nothing; drop auto_advance" in capsys.readouterr().err
+    assert "a static run grows nothing; drop --[no-]auto-advance (training.auto_advance" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_study_budget_turns_it_on_for_every_arm(tmp_path) -> None:

@@ -495,7 +495,7 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         ),
         (
             ["static", "--task", "synthetic", "--no-shapley"],
-            "a static run grows nothing; drop shapley",
+            "a static run grows nothing; drop --[no-]shapley (training.shapley in a config file)",
         ),
         (["eval", "--task", "synthetic"], "eval needs --policy"),
         (["heuristic", "--task", "synthetic", "--policy", "x"], "take no --policy"),

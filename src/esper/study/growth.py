@@ -184,7 +184,12 @@ def check_mode(mode: str, config: GrowthRun, named: frozenset[str] = frozenset()
         }
         given = [name for name in GROWTH_FIELDS if changed[name] or name in named]
         if given:
-            raise UserError(f"a static run grows nothing; drop {', '.join(given)}")
+            switch = {"shapley", "auto_advance"}  # given as --no-shapley too
+            flags = ", ".join(
+                f"--{'[no-]' * (name in switch)}{name.replace('_', '-')}" for name in given
+            )
+            keys = ", ".join(name if name == "knowledge" else f"training.{name}" for name in given)
+            raise UserError(f"a static run grows nothing; drop {flags} ({keys} in a config file)")
 
 
 def _check_preference(heuristic: HeuristicConfig, task: str) -> None:
