@@ -214,6 +214,15 @@ def test_compare_puts_final_metrics_side_by_side(recorded_runs, capsys) -> None:
     assert rows["final mean return"] == ["—", "—", f"{ppo.final_mean_return:.3f}"]
 
 
+def test_compare_tells_runs_of_one_name_apart(tmp_path, recorded_runs, capsys) -> None:
+    """Two runs named h0 in two directories had two columns both headed h0."""
+    a, b = tmp_path / "a" / "h0", tmp_path / "b" / "h0"
+    shutil.copytree(recorded_runs["static"], a)
+    shutil.copytree(recorded_runs["heuristic"], b)
+    assert main(["runs", "compare", str(a), str(b)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == [str(a), str(b)]
+
+
 def test_compare_shows_the_host_settings_the_runs_do_not_share(tmp_path, capsys) -> None:
     """Runs validated on 32 and 64 samples stood side by side under "final val acc" with no
     word of it. A row per setting they do not share; none for those they do."""

@@ -148,7 +148,10 @@ def _list(directory: Path) -> int:
 
 def _compare(paths: list[Path]) -> int:
     runs = [open_run(path) for path in paths]
-    header = ["", *[run.name for run in runs]]
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):  # runs of one name in two places: told apart by path
+        names = [shown_path(path) for path in paths]
+    header = ["", *names]
     rows = [
         ["mode", *[run.mode for run in runs]],
         ["task", *[run.task for run in runs]],
