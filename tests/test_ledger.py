@@ -354,6 +354,9 @@ def test_a_bandit_heuristic_starts_from_the_stores_outcomes_on_its_host(tmp_path
     assert first["priors"]["scored"] == 60  # every one decided (fossilized)
     err = capsys.readouterr().err
     assert "note: the thompson selector starts from 60 seed outcomes of the knowledge store " in err
+    assert main(["runs", "show", str(tmp_path / "a")]) == 0  # runs show did not say
+    shown = f"priors    60 seed outcomes (60 decided) from {store_url}, SHA-256 "
+    assert f"{shown}{first['priors']['sha256'][:12]}...\n" in capsys.readouterr().out
     assert main([*args, store_url, "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "meta.json").read_text())["priors"]
     grown = 60 + len(json.loads((tmp_path / "a" / OUTCOMES_FILE).read_text()))

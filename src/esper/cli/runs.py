@@ -213,6 +213,18 @@ def _data_line(data: dict[str, Any]) -> str:
     return f"{data['dataset']} from {data['source'] or 'an unsaid source'}: {splits}"
 
 
+def _priors_line(priors: dict[str, Any]) -> str:
+    """A bandit selector's priors (``meta.json``'s ``priors``) for people: "60 seed outcomes
+    (60 decided) from STORE, SHA-256 0123456789ab..."; as JSON when it is not one."""
+    try:
+        outcomes, digest, store = int(priors["outcomes"]), str(priors["sha256"]), priors["store"]
+        scored = priors.get("scored")  # (receipts before it was recorded have none)
+        decided = "" if scored is None else f" ({int(scored):,} decided)"
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(priors, sort_keys=True)
+    return f"{counted(outcomes, 'seed outcome')}{decided} from {store}, SHA-256 {digest[:12]}..."
+
+
 def _show(path: Path) -> int:
     run = open_run(path)
     log = read_events(run.events_path)
@@ -225,6 +237,8 @@ def _show(path: Path) -> int:
         print(f"data      {_data_line(meta.data)}")
     if meta is not None and meta.policy is not None:
         print(f"policy    {policy_line(meta.policy)}")
+    if meta is not None and meta.priors is not None:
+        print(f"priors    {_priors_line(meta.priors)}")
     for resume in () if meta is None else meta.resumes:
         step, revision = resume.get("step"), display(resume.get("git_revision"))
         print(f"resumed   after step {step}   git {revision}   started {resume.get('started')}")
