@@ -1155,6 +1155,13 @@ def test_out_inside_an_existing_run(run_copy, capsys) -> None:
     assert main(["heuristic", *TINY, "--epochs", "1", "--out", str(out)]) == 2
     assert "lies inside the run" in _one_error_line(capsys)
     assert _snapshot(run_copy.parent) == before
+    # "run/../new" is beside the run, not inside it (it was refused as inside), and "run/.."
+    # is the run's parent, refused for what it is: a directory that is not empty.
+    beside = run_copy.parent / "beside"
+    assert main(["heuristic", *TINY, "--epochs", "1", "--out", f"{run_copy}/../beside"]) == 0
+    assert (beside / "summary.json").is_file()
+    assert main(["heuristic", *TINY, "--epochs", "1", "--out", f"{run_copy}/.."]) == 2
+    assert "already exists and is not empty" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize("command", ["heuristic", "ppo"])

@@ -307,7 +307,8 @@ def check_new_run_directory(directory: Path) -> None:
             "printable (a line break or tab would split run tables, and the knowledge store "
             "takes only printable run ids); choose another --out"
         )
-    inside = next((p for p in directory.absolute().parents if record.is_run_directory(p)), None)
+    real = Path(os.path.realpath(directory))  # "run/../new" is not inside "run"
+    inside = next((p for p in real.parents if record.is_run_directory(p)), None)
     if inside is not None:
         raise UserError(f"run directory {str(directory)!r} lies inside the run {str(inside)!r}")
     try:
@@ -329,7 +330,7 @@ def check_outside_studies(directory: Path) -> None:
     Raises:
         UserError: naming the study directory.
     """
-    for place in (directory, *directory.absolute().parents):
+    for place in (directory, *Path(os.path.realpath(directory)).parents):
         with suppress(OSError):  # a place it cannot look into: no study found there
             if not record.is_study(place):
                 continue
