@@ -839,7 +839,14 @@ def test_quitting_as_a_finished_child_exits_waits_for_it(
     sent it SIGINT: "stopping the run: waiting for its checkpoint ...", and exit 254 (the
     signal's -2, as Python's handler was gone). The finished child is waited for; a child
     killed by a signal gives 128 + N."""
-    exiting = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\ntime.sleep(1.5)\n"
+    # The child exits 0.6 s after the quit (it stayed 1.5 s from its end, which a loaded
+    # machine could spend before the UI saw the run finish: no wait to tell).
+    quit_pressed = tmp_path / "quit"
+    exiting = (
+        "import os, signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+        f"for _ in range(6000):\n    if os.path.exists({str(quit_pressed)!r}): break\n"
+        "    time.sleep(0.01)\ntime.sleep(0.6)\n"
+    )
     _fake_child(recorded_runs["ppo"], tmp_path, monkeypatch, exiting)
 
     async def script(pilot: Pilot[None]) -> None:
@@ -847,6 +854,7 @@ def test_quitting_as_a_finished_child_exits_waits_for_it(
         assert isinstance(app, RunApp)
         await until(pilot, lambda: app.state.status is not None)
         assert app.child_code is None  # still exiting
+        quit_pressed.touch()
         await pilot.press("q")
 
     monkeypatch.setattr(cli_tui, "_run_app", headless(script))
