@@ -26,6 +26,7 @@ from esper.leyline import Action, Op, SeedStage, Topology
 from esper.leyline import thresholds as T
 from esper.leyline.config import HostTraining
 from esper.leyline.events import ActionTaken, EpochCompleted, Event, SeedTransition
+from esper.leyline.lifecycle import first_blending_epoch, never_blends
 from esper.simic.build import load_policy, policy_training
 from esper.simic.env import task_episode
 from esper.study.checks import load_data
@@ -128,6 +129,25 @@ def test_a_seed_germinated_by_the_controller_advances_through_every_gate(
     assert len(calls) == 11  # once per decision, each without drawing random numbers
 
 
+def test_the_first_epoch_a_seed_can_blend_in_is_what_the_notes_say(relaxed: None) -> None:
+    """``first_blending_epoch`` (esper ppo's and eval's note on episodes too short to blend)
+    against the engine: germinate at the first decision, then ADVANCE at every one (without
+    auto-advance) or WAIT (with it), G2's quality thresholds out of the way."""
+    for auto_advance in (True, False):
+        episode = _episode(auto_advance, 9, [])
+        episode.reset()
+        stages, action = [], GERMINATE
+        while not episode.done:  # decision k follows epoch k: its step trains epoch k + 1
+            stages.append(episode.step(action).observation.reports[SLOT].stage)
+            wait = Action(Op.WAIT, reason="script")
+            action = wait if auto_advance else Action(Op.ADVANCE, slot=SLOT, reason="script")
+        assert stages.index(SeedStage.BLENDING) + 2 == first_blending_epoch(auto_advance)
+    assert never_blends(first_blending_epoch(False), False) is None
+    note = never_blends(5, False)
+    assert note is not None and note.startswith("episodes of 5 epochs are too short for any")
+    assert never_blends(5, True) is None  # epoch 5 can blend, with auto-advance
+
+
 def test_without_auto_advance_the_seed_stays_germinated(relaxed: None) -> None:
     events: list[Event] = []
     assert _germinate_then_wait(_episode(False, 5, events)) == [SeedStage.GERMINATED] * 4
@@ -218,7 +238,9 @@ def test_eval_of_an_auto_advance_policy_runs_with_it(tmp_path, capsys, monkeypat
     )
     assert json.loads((out / "config.json").read_text())["training"]["auto_advance"] is True
     err = capsys.readouterr().err
-    assert "auto_advance = true" in err and "note:" not in err
+    assert "auto_advance = true" in err
+    assert "note: episodes of 3 epochs are too short for any seed to blend in (with auto-adv" in err
+    assert err.count("note:") == 1
     state = read_policy(ppo).state
     assert policy_training(state).auto_advance is True
     controller = load_policy(state, Topology.CNN, auto_advance=True)

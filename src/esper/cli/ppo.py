@@ -22,6 +22,7 @@ from esper.cli.config import (
 from esper.cli.main import EXIT_INTERRUPTED, RUN_COMMANDS
 from esper.leyline.config import UserError, override
 from esper.leyline.files import shell_path
+from esper.leyline.lifecycle import never_blends
 from esper.nissa import record
 from esper.nissa.log import counted, display, percent
 from esper.nissa.stopping import Stop
@@ -103,6 +104,10 @@ def run_ppo(argv: list[str], options: RunOptions) -> int:
         try:  # from here on there is a run to continue, even before its loop holds signals
             print(runner.describe(), file=sys.stderr)
             announce("ppo", runner.config, options.resume)  # resolved and checked
+            env = runner.config.env
+            short = never_blends(env.episode_length(), env.auto_advance)
+            if short is not None and options.resume is None:  # the tiny preset's smoke runs
+                print(f"esper ppo: note: {short}; the policy has nothing to learn", file=sys.stderr)
             status, failure = runner.run()
         except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before the loop
             interrupted_hint("ppo", directory, f"round {len(runner.recorder.rows)}")

@@ -77,3 +77,26 @@ MIN_LIFECYCLE_EPOCHS = (
     + T.G5_MIN_HOLDING_EPOCHS
 )
 """Fewest steps from germination to fossilization under the strict gates and default tempo."""
+
+
+def first_blending_epoch(auto_advance: bool) -> int:
+    """The earliest epoch of an episode a seed can train in BLENDING, its output blended in:
+    germinated at the first decision (after epoch 1), in TRAINING from epoch 2 with
+    auto-advance (G1 passes at once) or from epoch 3 after an ADVANCE, then
+    ``G2_MIN_TRAINING_EPOCHS`` epochs there before G2 lets it blend."""
+    return (2 if auto_advance else 3) + T.G2_MIN_TRAINING_EPOCHS
+
+
+def never_blends(epochs: int, auto_advance: bool) -> str | None:
+    """Why no seed can change the output of an episode of ``epochs`` epochs (none can reach
+    BLENDING: its accuracy is a static host's whatever the controller does), or None."""
+    first = first_blending_epoch(auto_advance)
+    if epochs >= first:
+        return None
+    how = "with auto-advance" if auto_advance else "without auto-advance"
+    return (
+        f"episodes of {epochs} epoch{'s' * (epochs != 1)} are too short for any seed to blend "
+        f"in ({how}, the first epoch a seed can blend is epoch {first}: germinated after epoch "
+        f"1, then G2_MIN_TRAINING_EPOCHS = {T.G2_MIN_TRAINING_EPOCHS} epochs of training): "
+        "every accuracy is the static host's, whatever the controller chooses"
+    )

@@ -262,6 +262,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU cores, 2026-12-06).
     "default": {"env": {"epochs": 12}},
     # CPU smoke run, well under 2 minutes: 2 envs, 2 rounds, a few batches per epoch, tiny nets.
+    # Its 5-epoch episodes are too short for a seed to blend (``never_blends``; esper ppo says
+    # so): it runs the machinery, it learns nothing.
     "tiny": {
         "env": {"epochs": 5, "batches_per_epoch": 4, "val_samples": 256},
         "policy": {"hidden": 32, "lstm_hidden": 32},

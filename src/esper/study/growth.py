@@ -41,6 +41,7 @@ from esper.leyline.config import (
 from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import atomic_write
 from esper.leyline.knowledge import HostSignature, SeedOutcome
+from esper.leyline.lifecycle import never_blends
 from esper.leyline.trials import FINISHED
 from esper.nissa import TelemetryHub, record
 from esper.seeding import run_seeds, seed_everything
@@ -121,13 +122,16 @@ class GrowthRun:
             parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
 
     def never_grows(self, mode: str, epochs: int, settable: bool = True) -> str | None:
-        """Why a ``mode`` run of ``epochs`` epochs can never germinate a seed (a heuristic run
-        too short for its rules, a periodic one shorter than its period), or None.
+        """Why a ``mode`` run of ``epochs`` epochs can never grow (a heuristic run too short for
+        its rules, a periodic one shorter than its period, an eval too short for a seed to
+        blend), or None.
         ``settable``: whether the heuristic's rules can be changed (not in a study)."""
         if mode == "heuristic":
             return self.heuristic.never_grows(epochs, settable)
         if mode == "periodic":
             return self.periodic.never_grows(epochs)
+        if mode == "eval":  # a policy germinates when it likes; a seed must blend to count
+            return never_blends(epochs, self.training.auto_advance)
         return None
 
 
