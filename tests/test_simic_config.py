@@ -78,7 +78,7 @@ def test_resolved_fills_the_task_defaults_once() -> None:
     assert config.env.batch_size == 32 and config.env.batches_per_epoch == 100
     assert config.env.seed_lr == config.env.lr == 3e-3
     assert config.resolved() == config
-    with pytest.raises(ValueError, match=r"env.epochs must be an integer in \[2, "):
+    with pytest.raises(ValueError, match=r"env.epochs must be at least 2 for PPO"):
         override(TrainingConfig(), {"env": {"epochs": 1}}).resolved()
 
 

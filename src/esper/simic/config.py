@@ -234,6 +234,8 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         check_sections(self)
+        if self.env.epochs is not None:  # (a task's default is 2 or more: ``resolved``)
+            _check_episode(self.env.epochs)
         workers = self.runtime.workers
         if workers is not None:  # each worker steps at least one environment
             require(
@@ -251,8 +253,18 @@ class TrainingConfig:
             ValueError: for an unknown task or a one-epoch episode.
         """
         env = resolve_training(self.env)
-        check_int("env.epochs", env.epochs, 2)
+        _check_episode(env.episode_length())
         return replace(self, env=env)
+
+
+def _check_episode(epochs: int) -> None:
+    """An episode of ``epochs`` has a decision: at least 2 epochs (the first trains the host
+    before the first decision)."""
+    require(
+        epochs >= 2,
+        f"env.epochs must be at least 2 for PPO (an episode's first decision follows its first "
+        f"epoch), got {epochs}",
+    )
 
 
 # Presets are small override files (nanoGPT's config/): each says only what differs from the
