@@ -529,6 +529,14 @@ def test_a_completed_run_trains_on_to_a_larger_ppo_rounds(tmp_path, capsys) -> N
     assert main(["heuristic", "--resume", str(run), "--ppo.rounds", "3"]) == 2
     assert "as configured; drop --ppo.rounds" in capsys.readouterr().err
     assert _files(run) == before  # every refusal left the run as it was
+    # Not completed (no summary), a plan below its rounds: the refusal named the plan "3"
+    # as the run's own (a walk-through), not the flag that gave it.
+    stopped = shutil.copytree(run, tmp_path / "stopped")
+    (stopped / "summary.json").unlink()
+    assert main(["ppo", "--resume", str(stopped), "--ppo.rounds", "1"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "it has done 2 rounds, more than the 1 planned; --ppo.rounds takes 2 or more\n"
+    )
 
     assert main(["ppo", "--resume", str(run), "--ppo.rounds", "3"]) == 0
     assert _rows(run) == _rows(straight)

@@ -134,7 +134,8 @@ class RewardConfig:
         contribution_weight: reward per accuracy point of contribution per step (shaped); 0.1
             makes a seed worth one point pay 0.1 a step, the scale of the other terms.
         pbrs_weight: scale of the stage potentials Φ (shaped, simplified); 0.1 makes a full
-            lifecycle (5 rungs) worth 0.5, below one point of contribution held for 5 steps.
+            lifecycle (5 rungs) worth 0.5, half what one point of contribution earns over the
+            10 steps a lifecycle takes at least (``MIN_LIFECYCLE_EPOCHS``).
         rent_weight: cost per step of growing the model by 100% of the host's parameters
             (shaped, loss); 1.0 means a seed adding 10% parameters must contribute 1 point
             (at the default contribution weight) to pay its way.

@@ -465,9 +465,10 @@ class Recorder:
         """
         step = self.step
         if reached == step and reached > planned:
+            flag = f"; --ppo.rounds takes {reached} or more" if unit == "round" else ""
             raise UserError(
                 f"cannot resume {str(self.directory)!r}: it has done {reached} {unit}s, more "
-                f"than the {planned} planned"
+                f"than the {planned} planned{flag}"
             )
         if reached != step:
             raise UserError(
