@@ -614,6 +614,14 @@ def test_views_show_a_resumed_run_as_it_finally_happened(tmp_path, recorded_runs
     expected += [(e["epoch"], 1.0 + e["epoch"]) for e in epochs[3:6]]
     assert [(r["epoch"], r["val_accuracy"]) for r in rows] == expected
     assert _query(capsys, "SELECT count(*) AS n FROM events", run) == [{"n": len(lines)}]
+    # runs show counts the log's events, the rerun epochs twice: it says so (it did not)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "resumes": [{"step": 3}]}))
+    assert main(["runs", "show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    logged = f"events    {len(lines)} in events.jsonl (as logged: a resume logs again what ran "
+    assert logged in shown
+    assert f"  EpochCompleted    {len(first) - 1 + len(again)}\n" in shown
 
 
 # --- runs written through esper.nissa.record (the one summary schema) ----------------------

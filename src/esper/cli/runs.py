@@ -246,7 +246,10 @@ def _show(path: Path) -> int:
     if run.summary is not None:
         print(f"summary   {json.dumps(run.summary.to_json(), sort_keys=True)}")
     state = fold(log.records, recent=0)
-    print(f"events    {state.events} in {EVENTS_FILE}")
+    again = ""
+    if meta is not None and meta.resumes:  # the views (esper runs query) count a step once
+        again = " (as logged: a resume logs again what ran after its checkpoint)"
+    print(f"events    {state.events} in {EVENTS_FILE}{again}")
     for name, count in sorted(state.counts.items()):
         print(f"  {name:<18}{count}")
     if log.truncated_line is not None:
