@@ -56,9 +56,9 @@ _OPTION_FLAGS = ("--out", "--resume", "--config", "--tui", "--no-tui")
 
 OPTIONS_HELP = """command options (read first; not part of the saved configuration):
   --out DIR       run directory (default: runs/<task>-<mode>-<time>)
-  --resume DIR    continue the interrupted run in DIR as it was configured (no other flag
+  --resume DIR    continue the interrupted run in DIR as it was configured (no setting
                   but esper ppo's --ppo.rounds N, which also trains a completed run on, and
-                  --ray-address HOST:PORT, another cluster for its workers)
+                  --ray-address HOST:PORT, another cluster for its workers; --tui is fine)
   --config FILE   settings from a TOML (.toml) or JSON file, keys as in config.json; unknown
                   keys fail; the flags below override it
   --tui           watch the run in the terminal UI"""
