@@ -384,6 +384,25 @@ def test_ppo_report_has_reward_and_action_plots(ppo_report: tuple[Path, str]) ->
     assert sum("last episode of env 0, episode 2" in c for c in captions) == 3
 
 
+def test_the_head_entropy_plot_says_its_entropy_is_normalized(
+    recorded_runs: dict[str, Path],
+) -> None:
+    """Its axis said "nats"; a head's entropy is divided by the log of its allowed choices."""
+    from esper.karn.report import plot_head_entropy
+    from esper.nissa.fold import fold
+    from esper.nissa.log import read_events
+
+    records = read_events(recorded_runs["ppo"] / "events.jsonl").records
+    state = fold(records, recent=0)
+    assert plot_head_entropy(state.rounds) is None  # logged at debug only
+    first = state.rounds[0]
+    first.head_entropy["op"] = 0.25
+    plot = plot_head_entropy(state.rounds)
+    assert plot is not None
+    assert plot.figure.axes[0].get_ylabel() == "normalized entropy (0 to 1)"
+    assert "divided by the log of its allowed choices" in plot.caption
+
+
 def test_a_stopped_ppo_runs_plots_draw_its_last_finished_episode(
     recorded_runs: dict[str, Path], tmp_path: Path
 ) -> None:

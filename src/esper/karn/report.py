@@ -390,10 +390,11 @@ def plot_head_entropy(rounds: Sequence[RoundState]) -> Plot | None:
     x = [r.update.round for r in rounds]
     for head in heads:
         ax.plot(x, _optional([r.head_entropy.get(head) for r in rounds]), "o-", label=head)
-    _finish(ax, "round", "entropy (nats)")
+    _finish(ax, "round", "normalized entropy (0 to 1)")
     caption = (
-        "Policy entropy per action head and round (logged at telemetry level debug, and for a "
-        "few rounds after an anomaly)."
+        "Policy entropy per action head and round, over the steps whose op reads the head, "
+        "each divided by the log of its allowed choices (1: uniform over them; 0: one choice); "
+        "logged at telemetry level debug, and for a few rounds after an anomaly."
     )
     return _plot("head_entropy", caption, figure)
 
