@@ -20,6 +20,7 @@ from esper.leyline.config import config_dict
 from esper.leyline.events import PPOUpdate
 from esper.nissa import checkpoints, record
 from esper.nissa.csvlog import read_rows
+from esper.nissa.log import policy_line
 from esper.simic.config import load_preset
 from esper.simic.training import PPOTrainer
 from esper.study.run import read_policy
@@ -124,10 +125,16 @@ def test_eval_runs_a_saved_policy_like_heuristic(tmp_path, capsys) -> None:
     meta = json.loads((out / "meta.json").read_text())
     ppo_meta = json.loads((run / "meta.json").read_text())
     policy = {"path": str(run.resolve()), "run_id": ppo_meta["run_id"], "round": 1}
-    assert meta["policy"] == policy
+    # ... and what it trained on, and for how long (an eval on another task, or of a run
+    # stopped early, did not say)
+    assert meta["policy"] == {**policy, "task": "synthetic", "rounds_planned": 1}
     assert main(["runs", "show", str(out)]) == 0
-    named = f"{run.resolve()} (run {ppo_meta['run_id']}, after PPO round 1)"
+    named = (
+        f"{run.resolve()} (run {ppo_meta['run_id']}, trained on synthetic, after PPO round 1 of 1)"
+    )
     assert f"policy    {named}" in capsys.readouterr().out
+    older = policy_line(policy)  # an eval's meta.json from before those two were recorded
+    assert older == f"{run.resolve()} (run {ppo_meta['run_id']}, after PPO round 1)"
     # ... and its report (it named none: what was evaluated was not on the page)
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.html").read_text()

@@ -742,11 +742,16 @@ def display(value: Any, spec: str = "") -> str:
 
 
 def policy_line(policy: dict[str, Any]) -> str:
-    """An eval's policy (``meta.json``'s ``policy``) for people: "PATH (run ID, after PPO round
-    N)"; as JSON when it is not one."""
+    """An eval's policy (``meta.json``'s ``policy``) for people: "PATH (run ID, trained on TASK,
+    after PPO round N of M)", without what an older ``meta.json`` does not say; as JSON when it
+    is not one."""
     try:
-        return f"{policy['path']} (run {policy['run_id']}, after PPO round {int(policy['round'])})"
-    except (KeyError, TypeError, ValueError):
+        task, planned = policy.get("task"), policy.get("rounds_planned")
+        on = "" if task is None else f", trained on {task}"
+        of = "" if planned is None else f" of {int(planned)}"
+        after = f"after PPO round {int(policy['round'])}{of}"
+        return f"{policy['path']} (run {policy['run_id']}{on}, {after})"
+    except (KeyError, TypeError, ValueError, AttributeError):
         return json.dumps(policy, sort_keys=True)
 
 

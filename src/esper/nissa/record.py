@@ -277,8 +277,9 @@ class RunMeta:
             kernels dispatch on them, so a run's floating-point results can depend on them).
         data: the dataset, where it was read from and its splits' samples
             (``Dataset.receipt``); None in runs from before it was recorded.
-        policy: an eval's policy: its PPO run's ``path``, ``run_id`` and the PPO ``round`` it
-            finished; None for other modes (and evals from before it was recorded).
+        policy: an eval's policy: its PPO run's ``path``, ``run_id``, the PPO ``round`` it
+            finished, the ``task`` it trained on and its run's ``rounds_planned`` (the last two
+            missing in evals from before they were recorded); None for other modes.
         priors: a bandit selector's priors from the knowledge store (``priors_receipt``:
             how many outcomes, their SHA-256, the store), which other runs add to; None when
             it started from none, or for another controller.

@@ -45,7 +45,7 @@ from esper.leyline.lifecycle import never_blends
 from esper.leyline.trials import FINISHED
 from esper.nissa import TelemetryHub, record
 from esper.seeding import run_seeds, seed_everything
-from esper.simic.build import PolicyCheckpointError, load_policy
+from esper.simic.build import PolicyCheckpointError, load_policy, policy_training
 from esper.simic.env import task_episode
 from esper.study.checks import (
     check_fits,
@@ -263,6 +263,17 @@ def _bandit(mode: str, config: GrowthRun) -> bool:
     return mode == "heuristic" and config.heuristic.selector != "rotation"
 
 
+def _trained(policy: Policy) -> dict[str, Any]:
+    """What ``meta.json`` records of how an eval's policy was trained, beside its run and
+    round: its task and its run's planned rounds (None where its ``config.json`` says none)."""
+    try:
+        planned = record.read_config(policy.path).get("ppo", {}).get("rounds")
+    except record.RunRecordError:  # (read_policy read its checkpoint; eval notes read this)
+        planned = None
+    task = policy_training(policy.state).task
+    return {"task": task, "rounds_planned": planned if type(planned) is int else None}
+
+
 def _with_store(mode: str, config: GrowthRun, resume: Path | None) -> GrowthRun:
     """``config`` naming the store a new run records in (``_recorded_store``); a malformed
     default store is said now (a bandit reads the store now: it warns when it does)."""
@@ -366,6 +377,7 @@ class GrowthRunner:
         # resume must use the same policy: the same run (its id) at the same round.
         self.policy_round = None if policy is None else policy.rounds
         self.policy_run = None if policy is None else policy.meta.run_id
+        self.policy_trained = None if policy is None else _trained(policy)
         self.elapsed = 0.0
         self.flops = 0.0  # training FLOPs so far (``_count_flops``)
         self.best: bytes | None = None  # the model of the best validation epoch so far
@@ -406,7 +418,7 @@ class GrowthRunner:
         policy = None
         if self.policy_run is not None:
             path, run, at = self.config.policy, self.policy_run, self.policy_round
-            policy = {"path": path, "run_id": run, "round": at}
+            policy = {"path": path, "run_id": run, "round": at, **(self.policy_trained or {})}
         threads, data = self.threads, self.data
         return record.run_meta(
             run_id, self.mode, seeds, threads, sys.argv, data, policy, self.priors
