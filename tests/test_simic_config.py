@@ -100,7 +100,7 @@ def test_flags_flow_through_the_config(tmp_path) -> None:
         "loss",
         "--telemetry.level",
         "debug",
-        "--no-download",
+        "--auto-advance",
         "--weight-decay",
         "0.1",
     ]
@@ -110,7 +110,7 @@ def test_flags_flow_through_the_config(tmp_path) -> None:
     assert config.policy.hidden == 32  # the preset beats the defaults
     assert (config.env.epochs, config.ppo.rounds, config.runtime.seed) == (7, 9, 5)
     assert config.reward.family == "loss" and config.telemetry.level == "debug"
-    assert config.env.download is False and config.env.weight_decay == 0.1
+    assert config.env.auto_advance is True and config.env.weight_decay == 0.1
     assert config.env.batch_size == 64  # resolved against the task
 
 
@@ -215,3 +215,12 @@ def test_a_section_built_in_python_must_be_its_dataclass() -> None:
         PPOSettings(n_envs=np.int64(-4))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"ppo.lr must be a number in "):
         PPOSettings(lr=np.float64(50.0))
+
+
+def test_no_download_for_a_task_never_downloaded_is_refused() -> None:
+    """``--no-download`` on synthetic or digits was accepted and did nothing, where a
+    ``--data-dir`` for them is refused (a walk-through)."""
+    with pytest.raises(UserError, match=r"download = false: task 'synthetic' .* is never down"):
+        parse(["--preset", "tiny", "--no-download"], RunOptions())
+    config = parse(["--preset", "tiny", "--task", "fashion_mnist", "--no-download"], RunOptions())
+    assert config.env.download is False

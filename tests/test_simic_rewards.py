@@ -416,3 +416,36 @@ def test_config_validation_names_the_accepted_values() -> None:
 def test_input_validation(overrides: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         step(**overrides)
+
+
+def test_a_setting_the_chosen_reward_does_not_read_is_refused() -> None:
+    """``--reward.loss-weight 99`` on the contribution family, or ``--reward.rent-weight 5``
+    with the sparse mode, were accepted and did nothing (a walk-through). Which reward reads
+    which setting, as RewardConfig's docstring says it."""
+    read_by = {
+        "contribution_weight": {"shaped"},
+        "pbrs_weight": {"shaped", "simplified"},
+        "rent_weight": {"shaped", "loss"},
+        "rent_basis": {"shaped", "loss"},
+        "action_cost": {"simplified"},
+        "refused_cost": {"simplified"},
+        "terminal_weight": {"simplified", "sparse"},
+        "panic_penalty": {"shaped", "simplified", "sparse", "loss"},
+        "loss_weight": {"loss"},
+    }
+    rewards = {
+        "shaped": {},
+        "simplified": {"mode": "simplified"},
+        "sparse": {"mode": "sparse"},
+        "loss": {"family": "loss"},
+    }
+    for name, readers in read_by.items():
+        changed = "blended" if name == "rent_basis" else 0.5
+        for reward, base in rewards.items():
+            if reward in readers:
+                assert getattr(RewardConfig(**base, **{name: changed}), name) == changed
+            else:
+                with pytest.raises(ValueError, match=f"reward.{name} = .* does nothing in the"):
+                    RewardConfig(**base, **{name: changed})
+    default = RewardConfig(mode="sparse", rent_weight=1.0)  # its default: nothing changed
+    assert default.rent_weight == 1.0

@@ -608,7 +608,7 @@ def test_a_relative_data_dir_is_the_files_not_the_working_directorys(tmp_path, m
     here.mkdir()
     monkeypatch.chdir(here)
     body = ('out = "o"\ntasks = ["fashion_mnist_impaired"]\nreps = 100\n[budget]\n'
-            'epochs = 1\nbatches_per_epoch = 1\nval_samples = 64\ndata_dir = "{}"\n'
+            'epochs = 2\nbatches_per_epoch = 1\nval_samples = 64\ndata_dir = "{}"\n'
             f"{STATIC}[[arms]]\nname = \"p\"\ncontroller = \"ppo\"\ntraining_seeds = [100]\n"
             '[task_budgets.fashion_mnist_impaired]\nlr = 0.01\n{}')  # fmt: skip
     sub = tmp_path / "sub"
@@ -637,11 +637,11 @@ def test_a_relative_data_dir_is_the_files_not_the_working_directorys(tmp_path, m
     )
     assert StudyDriver(spec, directory, print).state.settings == study_settings(spec)
     # Another setting beside it is still refused.
-    saved["budget"]["epochs"] = 2
+    saved["budget"]["epochs"] = 3
     (directory / STUDY_FILE).write_text(
         json.dumps({"settings": saved, "attempts": {}, "errors": {}})
     )
-    with pytest.raises(UserError, match=re.escape("budget.epochs: 2 -> 1")):
+    with pytest.raises(UserError, match=re.escape("budget.epochs: 3 -> 2")):
         StudyDriver(spec, directory, print)
 
 

@@ -18,6 +18,9 @@ DATASET_NAMES = ("fashion_mnist", "cifar10", "digits", "text", "synthetic")
 FILE_DATASETS = ("fashion_mnist", "cifar10", "text")
 """The datasets read from files, the only ones a ``data_dir`` means anything to."""
 
+DOWNLOADED_DATASETS = ("fashion_mnist", "cifar10")
+"""The datasets downloaded when missing, the only ones ``download`` means anything to."""
+
 
 def load_dataset(
     name: str,

@@ -87,6 +87,26 @@ SPARSE_COMPONENTS = ("terminal", "panic")
 LOSS_COMPONENTS = ("loss_delta", "rent", "panic")
 """Component names of the ``loss`` family, in breakdown order."""
 
+_COMPONENTS_OF = {
+    "contribution/shaped": SHAPED_COMPONENTS,
+    "contribution/simplified": SIMPLIFIED_COMPONENTS,
+    "contribution/sparse": SPARSE_COMPONENTS,
+    "loss": LOSS_COMPONENTS,
+}
+
+FIELD_COMPONENTS = {
+    "contribution_weight": "contribution",
+    "pbrs_weight": "pbrs",
+    "rent_weight": "rent",
+    "rent_basis": "rent",
+    "action_cost": "action_cost",
+    "refused_cost": "action_cost",
+    "terminal_weight": "terminal",
+    "panic_penalty": "panic",
+    "loss_weight": "loss_delta",
+}
+"""The component each ``RewardConfig`` setting (but family and mode) weighs or shapes."""
+
 STAGE_POTENTIALS: Mapping[SeedStage, float] = MappingProxyType(
     {
         SeedStage.DORMANT: 0.0,
@@ -189,17 +209,29 @@ class RewardConfig:
         )
         for name in (f.name for f in fields(self) if f.name.endswith(_WEIGHT_SUFFIXES)):
             check_float(f"reward.{name}", getattr(self, name), 0.0, MAX_WEIGHT)
+        self._check_read()
+
+    def _check_read(self) -> None:
+        """A setting changed from its default must be read by this reward: one that no
+        component of it reads would do nothing (``--reward.loss-weight 99`` on the contribution
+        family was accepted without a word)."""
+        defaults = RewardConfig.__dataclass_fields__
+        for name, component in FIELD_COMPONENTS.items():
+            value, default = getattr(self, name), defaults[name].default
+            if component in self.component_names or value == default:
+                continue
+            readers = [r for r, names in _COMPONENTS_OF.items() if component in names]
+            reward = "loss" if self.family == "loss" else f"contribution/{self.mode}"
+            raise ValueError(
+                f"reward.{name} = {value!r} does nothing in the {reward} reward (it weighs the "
+                f"{component} component, which only the {' and '.join(readers)} "
+                f"reward{'s have' if len(readers) > 1 else ' has'}); leave it at {default!r}"
+            )
 
     @property
     def component_names(self) -> tuple[str, ...]:
         """The names of this reward's components, in breakdown order."""
-        if self.family == "loss":
-            return LOSS_COMPONENTS
-        return {
-            "shaped": SHAPED_COMPONENTS,
-            "simplified": SIMPLIFIED_COMPONENTS,
-            "sparse": SPARSE_COMPONENTS,
-        }[self.mode]
+        return _COMPONENTS_OF["loss" if self.family == "loss" else f"contribution/{self.mode}"]
 
 
 @dataclass(frozen=True)

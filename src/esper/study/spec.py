@@ -727,7 +727,10 @@ def ppo_config(spec: StudySpec, arm: ArmSpec, task: str, seed: int) -> TrainingC
     env = training(spec, task)  # the budget's slots too: presets leave slots at the default
     if arm.auto_advance is not None:
         env = replace(env, auto_advance=arm.auto_advance)
-    return replace(config, env=env, reward=reward, runtime=runtime, telemetry=POLICY_TELEMETRY)
+    try:
+        return replace(config, env=env, reward=reward, runtime=runtime, telemetry=POLICY_TELEMETRY)
+    except ValueError as err:  # e.g. a budget of 1 epoch: no decision to train on
+        raise ValueError(f"arm {arm.name!r} on {task}: {err}") from None
 
 
 __all__ = [

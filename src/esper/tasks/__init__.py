@@ -268,7 +268,8 @@ def resolve_training(training: HostTraining) -> HostTraining:
 
     Raises:
         ValueError: for an unknown task, naming the known ones; a ``data_dir`` for a task whose
-            dataset reads no files (``reads_files``), naming the tasks that read files; a width
+            dataset reads no files (``reads_files``), naming the tasks that read files;
+            ``download`` off for a task whose dataset is never downloaded; a width
             the task's host cannot take (``TaskSpec.check_width``).
     """
     task = get_task(training.task)
@@ -277,6 +278,12 @@ def resolve_training(training: HostTraining) -> HostTraining:
         raise ValueError(
             f"data_dir {str(training.data_dir)!r}: task {training.task!r} (dataset "
             f"{task.dataset!r}) reads no files; a data_dir is for the tasks {', '.join(readers)}"
+        )
+    if not training.download and not _downloaded(task.dataset):
+        downloaded = [name for name, t in TASKS.items() if _downloaded(t.dataset)]
+        raise ValueError(
+            f"download = false: task {training.task!r} (dataset {task.dataset!r}) is never "
+            f"downloaded; it is for the tasks {', '.join(downloaded)}"
         )
     if training.width is not None:
         task.check_width(training.width)
@@ -290,6 +297,13 @@ def resolve_training(training: HostTraining) -> HostTraining:
         lr=lr,
         seed_lr=lr if training.seed_lr is None else training.seed_lr,
     )
+
+
+def _downloaded(dataset: str) -> bool:
+    """Whether ``dataset`` is downloaded when missing (``DOWNLOADED_DATASETS``)."""
+    from esper.data.registry import DOWNLOADED_DATASETS  # torch: not at import time
+
+    return dataset in DOWNLOADED_DATASETS
 
 
 def reads_files(task: str) -> bool:
