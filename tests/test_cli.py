@@ -425,6 +425,7 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--slots", "middle"],
             "unknown slot name 'middle'; accepted",
         ),
+        (["static", "--task", ""], "esper static needs a task: --task NAME (or training.task"),
         (  # tyro's "Missing from esper heuristic: --task STR ... (required)"
             ["heuristic"],
             "esper heuristic: --task is required: task preset (host + data + defaults); esper",

@@ -399,7 +399,10 @@ def growth_config(
     described = RUN_COMMANDS[mode] + (EVAL_HELP if mode == "eval" else "")
     config = parse_flags(GrowthRun, argv, f"esper {mode}", described, default)
     if not config.training.task:
-        raise UserError(f"esper {mode} needs --task (or training.task in --config)")
+        taken = "; without --task, an eval runs its policy's" if mode == "eval" else ""
+        raise UserError(
+            f"esper {mode} needs a task: --task NAME (or training.task in --config{taken})"
+        )
     check_mode(mode, config, named_fields(argv))
     return config
 
