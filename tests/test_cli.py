@@ -499,8 +499,14 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             "a static run grows nothing; drop --[no-]shapley (training.shapley in a config file)",
         ),
         (["eval", "--task", "synthetic"], "eval needs --policy"),
-        (["heuristic", "--task", "synthetic", "--policy", "x"], "take no --policy"),
-        (["random", "--task", "synthetic", "--policy", "None"], "take no --policy"),
+        (
+            ["heuristic", "--task", "synthetic", "--policy", "x"],
+            "take no policy (--policy, or policy in a",
+        ),
+        (
+            ["random", "--task", "synthetic", "--policy", "None"],
+            "take no policy (--policy, or policy in a",
+        ),
         # Python's refusal ends "use sys.set_int_max_str_digits()": advice for programmers
         (
             ["heuristic", "--task", "synthetic", "--seed", "9" * 5000],

@@ -166,7 +166,7 @@ def check_mode(mode: str, config: GrowthRun, named: frozenset[str] = frozenset()
     if mode == "eval" and config.policy is None:
         raise UserError("eval needs --policy RUN")
     if mode != "eval" and (config.policy is not None or "policy" in named):
-        raise UserError(f"{mode} runs take no --policy")  # not even --policy None
+        raise UserError(f"{mode} runs take no policy (--policy, or policy in a config file)")
     if mode != "periodic" and (config.periodic != PeriodicConfig() or named & PERIODIC_FIELDS):
         raise UserError(f"{mode} runs take no periodic settings; they are for esper periodic")
     if mode != "heuristic" and (config.heuristic != HeuristicConfig() or named & HEURISTIC_FIELDS):
