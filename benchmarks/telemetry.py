@@ -155,7 +155,7 @@ class Arm:
 def run_config(work: Workload) -> HostTraining:
     """The heuristic ``synthetic`` host training of part 1 (the task's defaults otherwise)."""
     batches = work.batches_per_epoch or get_task(TASK).batches_per_epoch
-    training = HostTraining(TASK, epochs=work.epochs, batches_per_epoch=batches, download=False)
+    training = HostTraining(TASK, epochs=work.epochs, batches_per_epoch=batches)
     return resolve_training(training)
 
 

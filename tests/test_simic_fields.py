@@ -251,7 +251,8 @@ FIELD_CASES: dict[str, tuple[Any, dict[str, Any], Probe]] = {
     "env.auto_advance": (True, {}, env_probe),  # the germinated seed trains at once
     # only a dataset read from files takes a data_dir (synthetic refuses one)
     "env.data_dir": ("/somewhere/else", {"env": {"task": "fashion_mnist_impaired"}}, loader_probe),
-    "env.download": (False, {}, loader_probe),
+    # only a dataset that is downloaded takes download = false (synthetic refuses it)
+    "env.download": (False, {"env": {"task": "fashion_mnist_impaired"}}, loader_probe),
     "policy.hidden": (8, {}, policy_probe),
     "policy.lstm_hidden": (8, {}, policy_probe),
     "policy.slot_telemetry": (False, {}, policy_probe),
