@@ -28,7 +28,13 @@ import pytest
 from conftest import trains_on_after_its_first_read, unprivileged
 from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import MAX_SEED, UserError
-from esper.leyline.trials import KNOWLEDGE_FILE, STUDY_FILE, TRIALS_DIR, TRIALS_FILE
+from esper.leyline.trials import (
+    KNOWLEDGE_FILE,
+    STUDY_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    read_trials,
+)
 from esper.nissa import checkpoints, record
 from esper.nissa.knowledge import KnowledgeStore, parse_url
 from esper.nissa.stopping import Stop
@@ -1288,6 +1294,19 @@ def test_trials_that_can_only_wait_on_a_failed_one_start_no_ray(tmp_path, capsys
     err = capsys.readouterr().err
     assert "1 trial(s) failed on every attempt, 1 could not start" in err
     assert "it broke" in (directory / "results.md").read_text()  # written, without Ray
+    # The trial that could not start is in the results, failed, saying why: it was in no
+    # view (trials.csv, results.md's excluded trials, the dashboard), so its arm vanished.
+    rows = {trial.run: trial.row for trial in read_trials(directory)}
+    blocked = rows["synthetic.m.seed0"]
+    assert blocked.status == "failed" and blocked.score is None
+    assert blocked.error == f"could not start: {failed} failed on every attempt (it broke)"
+    assert "| synthetic | m | 0 | failed | could not start: synthetic.g.seed0 failed" in (
+        (directory / "results.md").read_text()
+    )
+    assert main(["study", str(path), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert f"cannot start: {failed} failed on every attempt" in listed
+    assert "waits for" not in listed
 
 
 def test_the_trial_count_reads_as_english() -> None:

@@ -461,6 +461,9 @@ def _state(driver: StudyDriver, trial: Trial, running: bool) -> str:
     if driver.exhausted(trial):
         tried = counted(attempts, "time")
         return f"failed {tried}: {driver.state.errors.get(trial.name, '')}"
+    gone = driver.blocked_by(trial)
+    if gone is not None:
+        return f"cannot start: {gone} failed on every attempt"
     needs = driver.pending(trial)
     if needs:
         first = next(iter(needs))

@@ -314,8 +314,7 @@ class StudyDriver:
     def exhausted(self, trial: Trial) -> bool:
         """The trial is unfinished and its last attempt failed, with no attempt left (a
         finished trial, or one whose run directory was removed after it finished, is not)."""
-        failed = trial.name not in self.done and trial.name in self.state.errors
-        return failed and self.state.attempts.get(trial.name, 0) > self.spec.retries
+        return self._out_of_attempts(trial.name)
 
     def ready(self, trial: Trial) -> bool:
         """Everything ``trial`` waits for has finished."""
@@ -477,19 +476,41 @@ class StudyDriver:
                     self._failed(trial, str(err), waiting)
 
     def _outcome(self, waiting: list[Trial]) -> Outcome:
-        """The finished and failed trials' rows, and ``waiting`` as pending."""
+        """The finished and failed trials' rows, and ``waiting`` as pending. A growth trial
+        that waits for one out of attempts (a policy training, the arm a static-matched one
+        matches) is failed too, saying which: it vanished from every view of the results."""
         failed = {t.name: self.state.errors[t.name] for t in self.trials if self.exhausted(t)}
+        blocked: dict[int, Trial | None] = {}  # id of a needs tuple -> its first exhausted
         rows = []
         for trial in self.trials:
             row = self.rows.get(trial.name)
-            if row is None and trial.kind == "growth" and trial.name in failed:
+            error = failed.get(trial.name)
+            if row is None and error is None and trial.name not in self.done:
+                needs = self.needs(trial)
+                if id(needs) not in blocked:
+                    blocked[id(needs)] = next((n for n in needs if n.name in failed), None)
+                gone = blocked[id(needs)]
+                if gone is not None:
+                    why = failed[gone.name].strip().splitlines()[0] if failed[gone.name] else ""
+                    error = f"could not start: {gone.name} failed on every attempt ({why})"
+            if row is None and trial.kind == "growth" and error is not None:
                 row = TrialRow(
                     trial.task, trial.arm, trial.seed, "failed", None, None, None, None,
-                    None, None, failed[trial.name],
+                    None, None, error,
                 )  # fmt: skip
             if row is not None:
                 rows.append((trial.name, row))
         return Outcome(rows, failed, [t.name for t in waiting])
+
+    def blocked_by(self, trial: Trial) -> str | None:
+        """The name of a trial ``trial`` waits for that is out of attempts, so that it can
+        never start; None."""
+        return next((name for name in self.pending(trial) if self._out_of_attempts(name)), None)
+
+    def _out_of_attempts(self, name: str) -> bool:
+        """``exhausted`` by name."""
+        failed = name not in self.done and name in self.state.errors
+        return failed and self.state.attempts.get(name, 0) > self.spec.retries
 
     def _attempted(self, trial: Trial) -> None:
         """Count an attempt of ``trial`` that ended (counted only then: a trial cancelled by
