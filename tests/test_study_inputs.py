@@ -1340,3 +1340,19 @@ def test_a_validation_studys_trial_without_the_measure_is_excluded_saying_why() 
     row = summary_row(trial, measured, "validation")
     assert row is not None and row.counts and row.score == 70.0 and row.error is None
     assert summary_row(trial, old, "test") == replaced(row, score=None, best_score=None)
+
+
+def test_the_dry_runs_flops_count_each_static_arms_own_host(tmp_path, capsys) -> None:
+    """A static arm narrower than the task's host was counted at the task's host: its "at
+    least" TFLOP was 3x what the trials then recorded (a walk-through). Oracle: the FLOPs the
+    trials record when run (static arms: no growth to add)."""
+    narrow = '[[arms]]\nname = "n"\ncontroller = "static"\nwidth = 2\n'
+    path = _study(tmp_path, f"{HEAD}seeds = 1\n{BUDGET}{STATIC}{narrow}")
+    assert main(["study", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    estimate = float(re.search(r"at least ([0-9.e+-]+) TFLOP", out).group(1)) * 1e12
+    spec, directory = read_study(path)
+    driver = StudyDriver(spec, directory, print)
+    rows = [run_job(driver.job(trial)) for trial in driver.trials]
+    recorded = sum(row.flops for row in rows if row is not None and row.flops is not None)
+    assert len(rows) == 2 and estimate == pytest.approx(recorded, rel=5e-3)  # 3 digits printed

@@ -63,6 +63,8 @@ from esper.study.spec import MATCHED, StudySpec, ppo_config, read_study, store_u
 from esper.tolaria.threads import usable_cores
 
 if TYPE_CHECKING:
+    from esper.leyline.config import HostTraining
+    from esper.leyline.data import Dataset
     from esper.tolaria.episode import Episode
 
 
@@ -378,13 +380,13 @@ def dry_run(driver: StudyDriver) -> None:
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
     epochs = {t.name: _host_epochs(driver, t) for t in left}
-    flops = sum(epochs[t.name] * per_epoch[t.task].flops for t in left)
+    flops = sum(epochs[t.name] * per_epoch[_host(spec, t)].flops for t in left)
     failed = sum(1 for t in driver.trials if driver.exhausted(t))
     gave_up = f" ({failed} failed with no attempt left: raise retries to run them)" * bool(failed)
     live = f" ({len(running)} running now: another process runs them)" * bool(running)
     print(
         f"\n{_trials(driver.trials)}, {len(left)} to run{live}{gave_up}: {sum(epochs.values())} "
-        f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (the task's static host; "
+        f"host epochs, at least {flops / 1e12:.3g} TFLOP of training (each arm's static host; "
         f"growth adds more); each trial asks Ray for {spec.resources.cpus:g} CPU and "
         f"{spec.resources.gpus:g} GPU; scored by {SCORES[spec.score]}"
     )
@@ -393,11 +395,13 @@ def dry_run(driver: StudyDriver) -> None:
     if not cpu:
         print("wall time: not estimated for trials on GPUs (this command times CPU epochs)")
         return
-    seconds = {t.name: epochs[t.name] * _epoch_seconds(spec, t, per_epoch[t.task]) for t in left}
+    seconds = {
+        t.name: epochs[t.name] * _epoch_seconds(spec, t, per_epoch[_host(spec, t)]) for t in left
+    }
     cores = usable_cores()
     slots = max(1, min(int(cores // spec.resources.cpus), cores // spec.resources.threads))
     wall = max(sum(seconds.values()) / slots, _longest_chain(driver, seconds))
-    timed = ", ".join(f"{task} {_timing(e)}" for task, e in per_epoch.items())
+    timed = ", ".join(f"{task} {_timing(e)}" for (task, w), e in per_epoch.items() if w is None)
     print(
         f"wall time: about {_duration(wall)} or more on this machine's {cores} core(s) ({slots} "
         f"trial(s) at once; one static-host epoch per environment, timed here now: {timed}); "
@@ -412,6 +416,34 @@ def _trials(trials: Sequence[Trial]) -> str:
     policies = sum(t.kind == "policy" for t in trials)
     trainings = f" ({counted(policies, 'PPO policy training')} among them)"
     return counted(len(trials), "trial") + trainings * bool(policies)
+
+
+def _widths(
+    spec: StudySpec, task: str, host: _Epoch, timing: HostTraining, data: Dataset, batches: int
+) -> dict[tuple[str, int | None], _Epoch]:
+    """``_static_epoch``'s entries of the static arms' own widths on ``task``, from the task
+    host's ``host``: the FLOPs of their own host, its seconds scaled by the FLOPs at most."""
+    import torch
+
+    from esper.simic.env import task_episode
+    from esper.tolaria.flops import step_flops
+
+    widths = {a.width for a in spec.arms if a.controller == "static" and a.width is not None}
+    n = timing.batch_size
+    assert n is not None
+    result: dict[tuple[str, int | None], _Epoch] = {}
+    for width in sorted(widths):
+        own = task_episode(replace(timing, width=width), data, 0, torch.device("cpu"), _quiet)
+        flops = float(step_flops(own.initial_model, data.x_train[:n], data.y_train[:n])) * batches
+        ratio = min(1.0, flops / host.flops) if host.flops else 1.0
+        result[task, width] = host._replace(
+            flops=flops, seconds=host.seconds * ratio, grouped=host.grouped * ratio
+        )
+    return result
+
+
+def _quiet(event: object) -> None:
+    """An episode's telemetry, unheard (the dry run only times and counts)."""
 
 
 def _timing(epoch: _Epoch) -> str:
@@ -523,11 +555,22 @@ MAX_TIMED_BATCHES = 100
 and scales it to the budget's (``batches_per_epoch = 10000000`` made the dry run take hours)."""
 
 
-def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[str, _Epoch]:
+def _host(spec: StudySpec, trial: Trial) -> tuple[str, int | None]:
+    """Which host ``trial`` trains, as ``_static_epoch`` keys it: its task, and the width of a
+    static arm that gives one (None: the task's host)."""
+    arm = spec.arm(trial.arm)
+    return trial.task, arm.width if arm.controller == "static" else None
+
+
+def _static_epoch(
+    spec: StudySpec, tasks: Sequence[str], timed: bool
+) -> dict[tuple[str, int | None], _Epoch]:
     """Training FLOPs of one epoch of each task's static host at the study's budget and, if
     ``timed``, its measured seconds at the trials' threads (validation included): a fresh
     episode's first epoch, after one has warmed up; alone and, for hosts a CPU trains in
-    groups, ``cpu_chunk`` episodes together."""
+    groups, ``cpu_chunk`` episodes together. Keyed by task and width (``_host``): a static
+    arm's own width gets its own FLOPs, and the task host's seconds scaled by the FLOPs at
+    most (a smaller host is no faster than its FLOPs say: the bound stays a lower one)."""
     import torch
 
     from esper.simic.env import task_episode
@@ -540,7 +583,7 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
         reset_together(episodes, chunk)
         return (time.perf_counter() - start) / len(episodes)
 
-    result = {}
+    result: dict[tuple[str, int | None], _Epoch] = {}
     cpu = torch.device("cpu")
     threads = torch.get_num_threads()
     try:
@@ -564,7 +607,8 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
             step = step_flops(first.initial_model, data.x_train[:n], data.y_train[:n])
             flops = float(step) * batches
             if not timed:
-                result[task] = _Epoch(flops, math.nan, math.nan, 1)
+                result[task, None] = _Epoch(flops, math.nan, math.nan, 1)
+                result |= _widths(spec, task, result[task, None], timing, data, batches)
                 continue
             part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
             # a wide host's epochs take a while: say what is running (stderr, like progress)
@@ -578,7 +622,8 @@ def _static_epoch(spec: StudySpec, tasks: Sequence[str], timed: bool) -> dict[st
             seconds(episodes[:1], 1)  # warm-up
             alone = seconds(episodes[:1], 1) * scale
             grouped = seconds(episodes[:chunk], chunk) * scale if chunk > 1 else alone
-            result[task] = _Epoch(flops, alone, grouped, chunk)
+            result[task, None] = _Epoch(flops, alone, grouped, chunk)
+            result |= _widths(spec, task, result[task, None], timing, data, batches)
     finally:
         torch.set_num_threads(threads)
     return result
