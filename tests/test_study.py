@@ -240,7 +240,7 @@ def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_sessio
     capsys.readouterr()
     assert main(["study", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "gave up synthetic.static.seed1" in err and "SHA-256 mismatch" in err
+    assert "gave up synthetic.static.seed1 after 2 attempts" in err and "SHA-256 mismatch" in err
     assert "--out" not in err and "--resume" not in err  # a run command's advice
     state = json.loads((tmp_path / "out" / STUDY_FILE).read_text())
     assert state["attempts"] == {"synthetic.static.seed0": 1, "synthetic.static.seed1": 2}

@@ -1356,3 +1356,16 @@ def test_the_dry_runs_flops_count_each_static_arms_own_host(tmp_path, capsys) ->
     rows = [run_job(driver.job(trial)) for trial in driver.trials]
     recorded = sum(row.flops for row in rows if row is not None and row.flops is not None)
     assert len(rows) == 2 and estimate == pytest.approx(recorded, rel=5e-3)  # 3 digits printed
+
+
+def test_a_study_directory_given_for_its_file_says_so(tmp_path, capsys) -> None:
+    """``esper study out`` (the study's directory) said "'out' does not exist or is not a
+    file": it exists."""
+    _, directory = read_study(_study(tmp_path, f"{HEAD}{BUDGET}{STATIC}"))
+    directory.mkdir()
+    (directory / STUDY_FILE).write_text("{}")
+    assert main(["study", str(directory)]) == 2
+    assert capsys.readouterr().err == (
+        f"esper: error: study file {str(directory)!r} is a study's directory; give the study's "
+        "TOML file (e.g. studies/impaired.toml), whose out names that directory\n"
+    )

@@ -482,6 +482,9 @@ def test_write_results_without_a_counted_trial_still_writes_every_file(tmp_path:
     assert "No verdict: the study needs a growing arm" in md
     no_score = "## Scores\n\nNo finished trial with a score.\n"
     assert no_score in md
+    # its Method said "Every arm had the same n on each of its tasks": there was none
+    assert "No finished trial with a score: nothing to aggregate." in md
+    assert "Every arm had the same n" not in md
     assert "\nNo arm and baseline arm with counted trials on a task they share.\n" in md
     assert (tmp_path / "performance_profile.png").read_bytes().startswith(b"\x89PNG")
     assert "Results so far" not in md  # a finished study's results are not marked

@@ -78,6 +78,12 @@ def load(path: Path) -> tuple[StudySpec, Path]:
     Raises:
         UserError: one line naming the bad key or value.
     """
+    if path.is_dir():  # a study's directory: its file is what esper study reads
+        what = "a study's directory" if record.is_study(path) else "a directory"
+        raise UserError(
+            f"study file {str(path)!r} is {what}; give the study's TOML file (e.g. "
+            "studies/impaired.toml), whose out names that directory"
+        )
     if not path.is_file():
         raise UserError(f"study file {str(path)!r} does not exist or is not a file")
     if path.name == STUDY_FILE:  # its directory would look like a study directory

@@ -56,6 +56,7 @@ from esper.leyline.trials import (
     matched_target,
 )
 from esper.nissa import record
+from esper.nissa.log import counted
 from esper.nissa.stopping import Stop
 from esper.simic.config import TrainingConfig
 from esper.study.checks import DATA_DIR_SETTINGS, changed_settings
@@ -526,7 +527,8 @@ class StudyDriver:
             waiting.append(trial)
             self.say(f"failed {trial.name} (attempt {self.state.attempts[trial.name]}): {error}")
         else:
-            self.say(f"gave up {trial.name}: {error}")
+            tried = counted(self.state.attempts[trial.name], "attempt")
+            self.say(f"gave up {trial.name} after {tried}: {error}")
 
     def write_trials(self, outcome: Outcome) -> None:
         """``trials.csv``: a row per finished growth trial and per failed one."""

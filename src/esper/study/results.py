@@ -421,6 +421,13 @@ def not_counted(results: StudyResults, named: int = 3) -> str | None:
     )
 
 
+def _all_used(results: StudyResults) -> str:
+    """That no aggregate left a finished score out (``left_out`` has no line)."""
+    if not results.summaries:
+        return "No finished trial with a score: nothing to aggregate."
+    return "Every arm had the same n on each of its tasks: no score left out."
+
+
 def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
     shortened = [f"- {line}" for line in left_out(results)]
     return [
@@ -432,13 +439,14 @@ def _method(results: StudyResults, reps: int, seed: int) -> list[str]:
         "end); median and std are of the runs on one task; over all tasks the mean and median "
         "are of the task means and the IQM pools all runs × tasks of raw accuracy, without "
         "normalising tasks (an arm on a single task repeats that task's row). Parameters, "
-        "FLOPs and seconds are means over the trials used; "
+        "FLOPs and seconds are means over the trials used (a ppo arm's are its evaluation "
+        "runs', its policy training not counted); "
         "final and peak parameters count the host and every seed in the forward pass, a seed "
         "still TRAINING (which leaves the output unchanged) included. "
         "An aggregate needs the same n on every task, so an arm with unequal n per task uses "
         "its common n (the lowest seeds).",
         "",
-        *(shortened or ["Every arm had the same n on each of its tasks: no score left out."]),
+        *(shortened or [_all_used(results)]),
     ]
 
 
