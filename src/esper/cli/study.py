@@ -424,6 +424,31 @@ def _trials(trials: Sequence[Trial]) -> str:
     return counted(len(trials), "trial") + trainings * bool(policies)
 
 
+def _timed(
+    epoch: _Epoch, first: Episode, timing: HostTraining, data: Dataset, scale: float
+) -> _Epoch:
+    """``epoch`` with its seconds measured: ``first``'s after a warm-up epoch, alone and, for a
+    host a CPU trains in groups, ``cpu_chunk`` episodes together; times ``scale``."""
+    import torch
+
+    from esper.simic.env import task_episode
+    from esper.simic.vector import cpu_chunk
+    from esper.tolaria.episode import reset_together
+
+    def seconds(episodes: list[Episode], chunk: int) -> float:
+        start = time.perf_counter()
+        reset_together(episodes, chunk)
+        return (time.perf_counter() - start) / len(episodes)
+
+    chunk = cpu_chunk(first)
+    cpu = torch.device("cpu")
+    episodes = [first] + [task_episode(timing, data, i, cpu, _quiet) for i in range(1, chunk)]
+    seconds(episodes[:1], 1)  # warm-up
+    alone = seconds(episodes[:1], 1) * scale
+    grouped = seconds(episodes[:chunk], chunk) * scale if chunk > 1 else alone
+    return epoch._replace(seconds=alone, grouped=grouped, chunk=chunk)
+
+
 def _widths(
     spec: StudySpec, task: str, host: _Epoch, timing: HostTraining, data: Dataset, batches: int
 ) -> dict[tuple[str, int | None], _Epoch]:
@@ -580,14 +605,7 @@ def _static_epoch(
     import torch
 
     from esper.simic.env import task_episode
-    from esper.simic.vector import cpu_chunk
-    from esper.tolaria.episode import reset_together
     from esper.tolaria.flops import step_flops
-
-    def seconds(episodes: list[Episode], chunk: int) -> float:
-        start = time.perf_counter()
-        reset_together(episodes, chunk)
-        return (time.perf_counter() - start) / len(episodes)
 
     result: dict[tuple[str, int | None], _Epoch] = {}
     cpu = torch.device("cpu")
@@ -609,27 +627,19 @@ def _static_epoch(
                 batches_per_epoch=timed_batches,
                 val_samples=max(1, round(val / scale)),
             )
-            first = task_episode(timing, data, 0, cpu, lambda event: None)  # the task's host
+            first = task_episode(timing, data, 0, cpu, _quiet)  # the task's host
             step = step_flops(first.initial_model, data.x_train[:n], data.y_train[:n])
             flops = float(step) * batches
-            if not timed:
-                result[task, None] = _Epoch(flops, math.nan, math.nan, 1)
-                result |= _widths(spec, task, result[task, None], timing, data, batches)
-                continue
-            part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
-            # a wide host's epochs take a while: say what is running (stderr, like progress)
-            _say(f"timing epochs of {task}'s static host ({part or f'{batches} batches each'}) ...")
-            # at most this machine's cores: more threads than cores only thrash the timing
-            torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
-            chunk = cpu_chunk(first)
-            episodes = [first] + [
-                task_episode(timing, data, i, cpu, lambda event: None) for i in range(1, chunk)
-            ]
-            seconds(episodes[:1], 1)  # warm-up
-            alone = seconds(episodes[:1], 1) * scale
-            grouped = seconds(episodes[:chunk], chunk) * scale if chunk > 1 else alone
-            result[task, None] = _Epoch(flops, alone, grouped, chunk)
-            result |= _widths(spec, task, result[task, None], timing, data, batches)
+            epoch = _Epoch(flops, math.nan, math.nan, 1)
+            if timed:
+                part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
+                # a wide host's epochs take a while: say what is running (stderr, as progress)
+                _say(f"timing epochs of {task}'s static host ({part or f'{batches} batches'}) ...")
+                # at most this machine's cores: more threads than cores only thrash the timing
+                torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
+                epoch = _timed(epoch, first, timing, data, scale)
+            result[task, None] = epoch
+            result |= _widths(spec, task, epoch, timing, data, batches)
     finally:
         torch.set_num_threads(threads)
     return result
