@@ -303,12 +303,14 @@ class StudyDriver:
         one waits on a trial out of attempts (a run would then only report them pending).
         A group of static-matched trials shares one ``needs`` tuple, looked at once: with one
         failed trial among thousands, checking each matched trial's group was quadratic."""
-        blocked: dict[int, bool] = {}  # id of a needs tuple -> it holds a trial out of attempts
+        # id of a needs tuple -> (it, kept alive so that its id is not reused; whether it
+        # holds a trial out of attempts)
+        blocked: dict[int, tuple[tuple[Trial, ...], bool]] = {}
         for trial in self.runnable():
             needs = self.needs(trial)
             if id(needs) not in blocked:
-                blocked[id(needs)] = any(self.exhausted(need) for need in needs)
-            if not blocked[id(needs)]:
+                blocked[id(needs)] = needs, any(self.exhausted(need) for need in needs)
+            if not blocked[id(needs)][1]:
                 return True
         return False
 
@@ -481,7 +483,9 @@ class StudyDriver:
         that waits for one out of attempts (a policy training, the arm a static-matched one
         matches) is failed too, saying which: it vanished from every view of the results."""
         failed = {t.name: self.state.errors[t.name] for t in self.trials if self.exhausted(t)}
-        blocked: dict[int, Trial | None] = {}  # id of a needs tuple -> its first exhausted
+        # id of a needs tuple -> (it, kept alive so that its id is not reused; its first
+        # trial out of attempts)
+        blocked: dict[int, tuple[tuple[Trial, ...], Trial | None]] = {}
         rows = []
         for trial in self.trials:
             row = self.rows.get(trial.name)
@@ -489,8 +493,8 @@ class StudyDriver:
             if row is None and error is None and trial.name not in self.done:
                 needs = self.needs(trial)
                 if id(needs) not in blocked:
-                    blocked[id(needs)] = next((n for n in needs if n.name in failed), None)
-                gone = blocked[id(needs)]
+                    blocked[id(needs)] = needs, next((n for n in needs if n.name in failed), None)
+                gone = blocked[id(needs)][1]
                 if gone is not None:
                     why = failed[gone.name].strip().splitlines()[0] if failed[gone.name] else ""
                     error = f"could not start: {gone.name} failed on every attempt ({why})"
