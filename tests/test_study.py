@@ -408,7 +408,8 @@ def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
     from esper.cli import study
 
     epoch = study._Epoch(1e9, 10.0, 10.0 / grouped, grouped)
-    monkeypatch.setattr(study, "_static_epoch", lambda spec, tasks, timed: {"synthetic": epoch})
+    per_host = {("synthetic", None): epoch}  # the task's host
+    monkeypatch.setattr(study, "_static_epoch", lambda spec, tasks, timed: per_host)
     monkeypatch.setattr(study, "usable_cores", lambda: cores)
     path = _study(
         tmp_path,
@@ -445,7 +446,7 @@ def test_dry_run_times_part_of_a_long_epoch_and_scales_it(tmp_path, capsys, monk
     monkeypatch.setattr(episode, "reset_together", epochs)
     monkeypatch.setattr(study, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     spec, _ = read_study(path)
-    epoch = study._static_epoch(spec, ["synthetic"], timed=True)["synthetic"]
+    epoch = study._static_epoch(spec, ["synthetic"], timed=True)[("synthetic", None)]
     assert timed and all(set(parts) == {(3, 2)} for parts in timed), timed
     assert epoch.seconds == pytest.approx(400.0) and epoch.grouped == pytest.approx(400.0)
     assert "(3 of 300 batches each, scaled) ..." in capsys.readouterr().err

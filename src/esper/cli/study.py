@@ -632,9 +632,10 @@ def _static_epoch(
             flops = float(step) * batches
             epoch = _Epoch(flops, math.nan, math.nan, 1)
             if timed:
-                part = f"{timed_batches} of {batches} batches each, scaled" if scale > 1 else ""
+                part = f"{timed_batches} of {batches}" if scale > 1 else f"{batches}"
+                scaled = ", scaled" * (scale > 1)
                 # a wide host's epochs take a while: say what is running (stderr, as progress)
-                _say(f"timing epochs of {task}'s static host ({part or f'{batches} batches'}) ...")
+                _say(f"timing epochs of {task}'s static host ({part} batches each{scaled}) ...")
                 # at most this machine's cores: more threads than cores only thrash the timing
                 torch.set_num_threads(min(host_training.threads, os.cpu_count() or 1))
                 epoch = _timed(epoch, first, timing, data, scale)
