@@ -127,11 +127,11 @@ def _one_per_seed(runs: list[Path]) -> list[SeedOutcome]:
         for outcome in read_run_outcomes(run):
             key = tuple(getattr(outcome, k) for k in SEED_KEY)
             first, where = found.setdefault(key, (outcome, run))
-            if outcome != first and differences(outcome, first, "other"):
+            differ = differences(outcome, first, str(where))
+            if differ:
                 raise UserError(
                     f"{str(run)!r} and {str(where)!r} hold different outcomes of "
-                    f"{seed_name(outcome)}: {differences(outcome, first, str(where))}; import "
-                    "one of them (nothing imported)"
+                    f"{seed_name(outcome)}: {differ}; import one of them (nothing imported)"
                 )
     return [outcome for outcome, _ in found.values()]
 

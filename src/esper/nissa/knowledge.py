@@ -658,7 +658,7 @@ class KnowledgeStore:
                     added += 1
                 elif refuse_differing:
                     stored = self._stored(conn, outcome)
-                    differing += [] if _same(stored, outcome) else [(outcome, stored)]
+                    differing += [(outcome, stored)] if differences(outcome, stored, "") else []
             if differing:  # raised inside the transaction: it rolls back
                 raise KnowledgeConflict(_conflict(self.url, differing))
             return added
@@ -746,11 +746,6 @@ class KnowledgeStore:
             delay = min(2 * delay, 0.5)
 
 
-def _same(a: SeedOutcome, b: SeedOutcome) -> bool:
-    """Whether two outcomes are the same, field by field (NaN equal to NaN)."""
-    return json.dumps(asdict(a), sort_keys=True) == json.dumps(asdict(b), sort_keys=True)
-
-
 def seed_name(outcome: SeedOutcome) -> str:
     """Which seed an outcome is of (``SEED_KEY``), for people."""
     slot, epoch = outcome.slot, outcome.germinated_epoch
@@ -758,7 +753,8 @@ def seed_name(outcome: SeedOutcome) -> str:
 
 
 def differences(a: SeedOutcome, b: SeedOutcome, other: str) -> str:
-    """How outcome ``a`` differs from ``b``: "stage 'FOSSILIZED' (other: 'PRUNED'); ..."."""
+    """How outcome ``a`` differs from ``b``: "stage 'FOSSILIZED' (other: 'PRUNED'); ..." ("":
+    the same, field by field, NaN equal to NaN)."""
     mine, theirs = flatten(a), flatten(b)
     shown = [
         f"{name} {mine[name]!r} ({other}: {theirs[name]!r})"
