@@ -426,6 +426,10 @@ def test_the_runs_directory_of_a_study_lists_and_queries_its_trials(
     # ... and its trials' runs named alike in every view, however it is spelt (review)
     monkeypatch.chdir(tmp_path)
     assert _query(capsys, sql, study, Path("runs")) == expected
+    # the study itself too: its column was the path as --runs spelt it (a walk-through)
+    spelt = [Path("runs/st"), Path("runs/st/../st"), study]
+    places = [_query(capsys, "SELECT DISTINCT study FROM trials", s) for s in spelt]
+    assert places == [[{"study": str(study)}]] * 3
 
     # A run holding a stray study.json is one run (it was listed twice: solo and solo/solo),
     # and a trial that cannot be read is named with its study.

@@ -35,6 +35,7 @@ opened.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -243,8 +244,10 @@ def _trials(study: Path) -> Iterator[dict[str, Any]]:
     except TrialsFileError as err:
         raise RunDirectoryError(str(err)) from None
     scored_by, _ = known_study_score(study)  # None: study.json cannot be read; rows stand
+    place = shown_path(Path(os.path.abspath(study)))
     for trial in trials:
-        row = {"study": str(study), "scored_by": scored_by, **asdict(trial.row)}
+        # the study's absolute path: one name however --runs spells it ("." or "s/../s")
+        row = {"study": place, "scored_by": scored_by, **asdict(trial.row)}
         yield {**row, RUN_COLUMN: trial.run}
 
 
