@@ -422,6 +422,22 @@ def test_dry_run_wall_time_is_the_longer_of_shared_cores_and_the_longest_chain(
     out = capsys.readouterr().out
     assert "48 host epochs" in out
     assert f"wall time: about {wall} or more on this machine's {cores} core(s)" in out
+    shown = "in groups of" in out  # the PPO training's environments train in groups
+    assert shown == (grouped > 1) and "per environment of a PPO training" in out
+
+
+def test_a_dry_run_without_ppo_says_nothing_of_environments(tmp_path, capsys) -> None:
+    """Every dry run said "one static-host epoch per environment ... (0.0104 s in groups of
+    4)", a PPO training's grouping, with no PPO arm (a walk-through)."""
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 1\n[budget]\n{BUDGET}'
+        '[[arms]]\nname = "static"\ncontroller = "static"\n',
+    )
+    assert main(["study", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "one static-host epoch per trial, timed here now: synthetic " in out
+    assert "environment" not in out and "groups of" not in out
 
 
 def test_dry_run_times_part_of_a_long_epoch_and_scales_it(tmp_path, capsys, monkeypatch):

@@ -407,10 +407,14 @@ def dry_run(driver: StudyDriver) -> None:
     cores = usable_cores()
     slots = max(1, min(int(cores // spec.resources.cpus), cores // spec.resources.threads))
     wall = max(sum(seconds.values()) / slots, _longest_chain(driver, seconds))
-    timed = ", ".join(f"{task} {_timing(e)}" for (task, w), e in per_epoch.items() if w is None)
+    ppo = any(t.kind == "policy" for t in left)  # environments, trained in groups
+    timed = ", ".join(
+        f"{task} {_timing(e, ppo)}" for (task, w), e in per_epoch.items() if w is None
+    )
+    per = "trial (per environment of a PPO training)" if ppo else "trial"
     print(
         f"wall time: about {_duration(wall)} or more on this machine's {cores} core(s) ({slots} "
-        f"trial(s) at once; one static-host epoch per environment, timed here now: {timed}); "
+        f"trial(s) at once; one static-host epoch per {per}, timed here now: {timed}); "
         "growing seeds, evaluation and policy updates add to it, other work on the machine too, "
         "and Ray's start and each trial's own (seconds each: most of a small study's time)"
     )
@@ -477,8 +481,10 @@ def _quiet(event: object) -> None:
     """An episode's telemetry, unheard (the dry run only times and counts)."""
 
 
-def _timing(epoch: _Epoch) -> str:
-    grouped = f" ({epoch.grouped:.3g} s in groups of {epoch.chunk})" * (epoch.chunk > 1)
+def _timing(epoch: _Epoch, ppo: bool) -> str:
+    """A timed epoch for people; with ``ppo`` (a PPO training's environments train in groups)
+    its grouped time too."""
+    grouped = f" ({epoch.grouped:.3g} s in groups of {epoch.chunk})" * (ppo and epoch.chunk > 1)
     return f"{epoch.seconds:.3g} s{grouped}"
 
 
