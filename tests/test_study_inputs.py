@@ -1369,3 +1369,29 @@ def test_a_study_directory_given_for_its_file_says_so(tmp_path, capsys) -> None:
         f"esper: error: study file {str(directory)!r} is a study's directory; give the study's "
         "TOML file (e.g. studies/impaired.toml), whose out names that directory\n"
     )
+
+
+def test_a_local_study_whose_data_cannot_be_found_stops_before_ray(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """The dry run stopped on data it could not find; the real run started Ray and spent
+    every attempt of every trial on it (a walk-through)."""
+    from esper.cli import study as cli_study
+
+    def refused(*args: object) -> None:
+        raise AssertionError(f"Ray was started for {args}")
+
+    monkeypatch.setattr(cli_study, "connect_ray", refused)
+    budget = (
+        "[task_budgets.fashion_mnist_impaired]\nepochs = 2\nbatches_per_epoch = 1\n"
+        f'download = false\ndata_dir = "{tmp_path / "nodata"}"\n'
+    )
+    body = f'out = "o"\ntasks = ["fashion_mnist_impaired"]\nseeds = 1\n{budget}{STATIC}'
+    path = _study(tmp_path, body)
+    assert main(["study", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"esper: error: study file {str(path)!r}: task fashion_mnist_impaired: fashion-mnist "
+        "not found: "
+    )
+    assert err.count("\n") == 1 and not (path.parent / "o").exists()

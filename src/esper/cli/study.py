@@ -238,23 +238,26 @@ def check_local_cores(spec: StudySpec) -> None:
 
 
 def check_widths(spec: StudySpec, path: Path) -> None:
-    """Each growth arm's host of a width the study file gives fits this machine's memory
-    (``check_fits``; for a local Ray: a cluster's nodes may have more): the dry run built a
-    host of ``width = 4096`` (1.5 billion parameters) to time it, and the real run failed every
-    attempt after Ray started. (A static-matched width comes from results, a policy's
-    environments are checked where they run.)
+    """Each task's data can be read here, and each growth arm's host of a width the study file
+    gives fits this machine's memory (``check_fits``), for a local Ray (a cluster's nodes may
+    have other data and more memory): the dry run built a host of ``width = 4096`` (1.5
+    billion parameters) to time it, and the real run failed every attempt after Ray started;
+    data that could not be found failed every attempt too. (A static-matched width comes from
+    results, a policy's environments are checked where they run.)
 
     Raises:
-        UserError: naming the arm, the task and the widest host that fits.
+        UserError: naming the task and why its data cannot be read, or the arm, the task and
+            the widest host that fits.
     """
     for task in spec.tasks:
-        data = None
+        try:
+            data = load_data(training(spec, task))
+        except UserError as err:
+            raise UserError(f"study file {str(path)!r}: task {task}: {err}") from None
         for arm in spec.arms:
             host = training(spec, task, arm.width if arm.controller == "static" else None)
             if arm.controller in (MATCHED, "ppo") or host.width is None:
                 continue
-            if data is None:
-                data = load_data(host)
             try:
                 check_fits(host, data, setting="width =")
             except UserError as err:
