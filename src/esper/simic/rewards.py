@@ -221,9 +221,8 @@ class RewardConfig:
             if component in self.component_names or value == default:
                 continue
             readers = [r for r, names in _COMPONENTS_OF.items() if component in names]
-            reward = "loss" if self.family == "loss" else f"contribution/{self.mode}"
             raise ValueError(
-                f"reward.{name} = {value!r} does nothing in the {reward} reward (it weighs the "
+                f"reward.{name} = {value!r} does nothing in the {self.kind} reward (it weighs the "
                 f"{component} component, which only the {' and '.join(readers)} "
                 f"reward{'s have' if len(readers) > 1 else ' has'}); leave it at {default!r}"
             )
@@ -231,7 +230,12 @@ class RewardConfig:
     @property
     def component_names(self) -> tuple[str, ...]:
         """The names of this reward's components, in breakdown order."""
-        return _COMPONENTS_OF["loss" if self.family == "loss" else f"contribution/{self.mode}"]
+        return _COMPONENTS_OF[self.kind]
+
+    @property
+    def kind(self) -> str:
+        """Which reward this is: ``loss``, or ``contribution/`` and its mode."""
+        return "loss" if self.family == "loss" else f"contribution/{self.mode}"
 
 
 @dataclass(frozen=True)
