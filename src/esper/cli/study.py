@@ -44,6 +44,7 @@ from esper.nissa.log import counted
 from esper.nissa.stopping import Stop
 from esper.study.checks import check_fits, load_data, warn_slow_precision
 from esper.study.execute import (
+    Blocked,
     Outcome,
     StudyDriver,
     connect_ray,
@@ -384,8 +385,10 @@ def dry_run(driver: StudyDriver) -> None:
     # trials whose run another process holds (a live study's, a resume's): probed once each
     running = {t.name for t in left if record.run_is_held(driver.run_directory(t))}
     print(f"{'trial':48} {'kind':7} state")
+    seen: Blocked = {}
     for trial in driver.trials:
-        print(f"{trial.name:48} {trial.kind:7} {_state(driver, trial, trial.name in running)}")
+        state = _state(driver, trial, trial.name in running, seen)
+        print(f"{trial.name:48} {trial.kind:7} {state}")
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
     epochs = {t.name: _host_epochs(driver, t) for t in left}
@@ -525,7 +528,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _state(driver: StudyDriver, trial: Trial, running: bool) -> str:
+def _state(driver: StudyDriver, trial: Trial, running: bool, seen: Blocked) -> str:
     if trial.name in driver.done:
         row = driver.rows.get(trial.name)  # read when the driver found the trial finished
         return "done" if row is None or row.score is None else f"done: {row.score:.2f}%"
@@ -533,9 +536,9 @@ def _state(driver: StudyDriver, trial: Trial, running: bool) -> str:
     if driver.exhausted(trial):
         tried = counted(attempts, "time")
         return f"failed {tried}: {driver.state.errors.get(trial.name, '')}"
-    gone = driver.blocked_by(trial)
+    gone = driver.blocked_by(trial, seen)
     if gone is not None:
-        return f"cannot start: {gone} failed on every attempt"
+        return f"cannot start: {gone.name} failed on every attempt"
     needs = driver.pending(trial)
     if needs:
         first = next(iter(needs))

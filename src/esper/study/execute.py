@@ -99,6 +99,12 @@ EVAL_DERIVED = ("training.slots:", "training.auto_advance:")
 """Settings an evaluating trial takes from its policy's run (that run is checked itself)."""
 
 
+Blocked = dict[int, tuple[tuple[Trial, ...], Trial | None]]
+"""``StudyDriver.blocked_by``'s answers, by the id of a needs tuple: the tuple itself, kept
+alive so that its id is not reused by another (a PPO evaluation's is made afresh per call),
+and the first trial in it out of attempts."""
+
+
 class StudyDriver:
     """Submits a study's trials to Ray as their dependencies finish and collects the results.
 
@@ -300,24 +306,15 @@ class StudyDriver:
 
     def will_run(self) -> bool:
         """Some runnable trial can start, now or once what it waits for finishes: not every
-        one waits on a trial out of attempts (a run would then only report them pending).
-        A group of static-matched trials shares one ``needs`` tuple, looked at once: with one
-        failed trial among thousands, checking each matched trial's group was quadratic."""
-        # id of a needs tuple -> (it, kept alive so that its id is not reused; whether it
-        # holds a trial out of attempts)
-        blocked: dict[int, tuple[tuple[Trial, ...], bool]] = {}
-        for trial in self.runnable():
-            needs = self.needs(trial)
-            if id(needs) not in blocked:
-                blocked[id(needs)] = needs, any(self.exhausted(need) for need in needs)
-            if not blocked[id(needs)][1]:
-                return True
-        return False
+        one waits on a trial out of attempts (a run would then only report them pending)."""
+        seen: Blocked = {}
+        return any(self.blocked_by(trial, seen) is None for trial in self.runnable())
 
     def exhausted(self, trial: Trial) -> bool:
         """The trial is unfinished and its last attempt failed, with no attempt left (a
         finished trial, or one whose run directory was removed after it finished, is not)."""
-        return self._out_of_attempts(trial.name)
+        failed = trial.name not in self.done and trial.name in self.state.errors
+        return failed and self.state.attempts.get(trial.name, 0) > self.spec.retries
 
     def ready(self, trial: Trial) -> bool:
         """Everything ``trial`` waits for has finished."""
@@ -483,18 +480,13 @@ class StudyDriver:
         that waits for one out of attempts (a policy training, the arm a static-matched one
         matches) is failed too, saying which: it vanished from every view of the results."""
         failed = {t.name: self.state.errors[t.name] for t in self.trials if self.exhausted(t)}
-        # id of a needs tuple -> (it, kept alive so that its id is not reused; its first
-        # trial out of attempts)
-        blocked: dict[int, tuple[tuple[Trial, ...], Trial | None]] = {}
+        seen: Blocked = {}
         rows = []
         for trial in self.trials:
             row = self.rows.get(trial.name)
             error = failed.get(trial.name)
             if row is None and error is None and trial.name not in self.done:
-                needs = self.needs(trial)
-                if id(needs) not in blocked:
-                    blocked[id(needs)] = needs, next((n for n in needs if n.name in failed), None)
-                gone = blocked[id(needs)][1]
+                gone = self.blocked_by(trial, seen)
                 if gone is not None:
                     why = failed[gone.name].strip().splitlines()[0] if failed[gone.name] else ""
                     error = f"could not start: {gone.name} failed on every attempt ({why})"
@@ -507,15 +499,15 @@ class StudyDriver:
                 rows.append((trial.name, row))
         return Outcome(rows, failed, [t.name for t in waiting])
 
-    def blocked_by(self, trial: Trial) -> str | None:
-        """The name of a trial ``trial`` waits for that is out of attempts, so that it can
-        never start; None."""
-        return next((name for name in self.pending(trial) if self._out_of_attempts(name)), None)
-
-    def _out_of_attempts(self, name: str) -> bool:
-        """``exhausted`` by name."""
-        failed = name not in self.done and name in self.state.errors
-        return failed and self.state.attempts.get(name, 0) > self.spec.retries
+    def blocked_by(self, trial: Trial, seen: Blocked) -> Trial | None:
+        """A trial ``trial`` waits for that is out of attempts, so that it can never start;
+        None. ``seen`` keeps the answers by needs tuple: a group of static-matched trials
+        shares one, looked at once (with one failed trial among thousands, checking each
+        matched trial's group was quadratic)."""
+        needs = self.needs(trial)
+        if id(needs) not in seen:
+            seen[id(needs)] = needs, next((n for n in needs if self.exhausted(n)), None)
+        return seen[id(needs)][1]
 
     def _attempted(self, trial: Trial) -> None:
         """Count an attempt of ``trial`` that ended (counted only then: a trial cancelled by
