@@ -411,15 +411,15 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         # --config file's refusal does ("training: lr must be ...")
         (
             ["heuristic", "--task", "synthetic", "--seed", "-1"],
-            "esper heuristic: seed must be an integer in [0, 4294967295], got -1",
+            "esper: error: seed must be an integer in [0, 4294967295], got -1",
         ),
         (
             ["heuristic", "--task", "synthetic", "--lr", "0"],
-            "esper heuristic: training: lr must be a number in (0.0, 10.0], got 0.0",
+            "esper: error: training: lr must be a number in (0.0, 10.0], got 0.0",
         ),
         (  # a message that names its section is not prefixed with it again ("ppo: ppo.n_envs")
             ["ppo", "--ppo.n-envs", "0"],
-            "esper ppo: ppo.n_envs must be an integer in [1, 256], got 0",
+            "esper: error: ppo.n_envs must be an integer in [1, 256], got 0",
         ),
         (
             ["heuristic", "--task", "synthetic", "--slots", "middle"],
@@ -428,11 +428,17 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
         (["static", "--task", ""], "esper static needs a task: --task NAME (or training.task"),
         (  # tyro's "Missing from esper heuristic: --task STR ... (required)"
             ["heuristic"],
-            "esper heuristic: --task is required: task preset (host + data + defaults); esper",
+            "esper: error: --task is required: task preset (host + data + defaults); esper",
         ),
         # Python's refusals were passed on: "invalid literal for int() with base 10: 'abc'"
-        (["ppo", "--ppo.rounds", "abc"], "esper ppo: --ppo.rounds: expected INT, got 'abc'"),
-        (["ppo", "--ppo.lr", "abc"], "esper ppo: --ppo.lr: expected FLOAT, got 'abc'"),
+        (["ppo", "--ppo.rounds", "abc"], "esper: error: --ppo.rounds: expected INT, got 'abc'"),
+        (["ppo", "--ppo.lr", "abc"], "esper: error: --ppo.lr: expected FLOAT, got 'abc'"),
+        # tyro's metavar "{None}|INT" in words; the command is not named twice ("esper: error:
+        # esper heuristic: ...")
+        (
+            ["heuristic", "--task", "synthetic", "--epochs", "x"],
+            "esper: error: --epochs: expected INT or None, got 'x'",
+        ),
         # A switch's value read as an unknown flag: "unknown flag yes"
         (
             ["heuristic", "--task", "synthetic", "--shapley", "yes"],
@@ -566,11 +572,7 @@ def test_a_flag_error_reads_the_same_when_stderr_cannot_encode_box_drawing(tmp_p
     78-dash rules."""
     args = ["static", "--seed", "x", "--task", "synthetic"]
     lines = {encoding: _stderr_of(args, encoding, tmp_path) for encoding in ("utf-8", "ascii")}
-    assert (
-        lines["ascii"]
-        == lines["utf-8"]
-        == "esper: error: esper static: --seed: expected INT, got 'x'\n"
-    )
+    assert lines["ascii"] == lines["utf-8"] == "esper: error: --seed: expected INT, got 'x'\n"
     # In a box drawn in UTF-8 a value of dashes is a value, not a rule: the line ended at it.
     # (In ASCII a wrapped line of dashes is a rule's twin; such a value ends the paragraph.)
     dashes = ["heuristic", "--task", "synthetic", "--precision=" + "-" * 200]

@@ -563,7 +563,7 @@ def test_a_completed_run_trains_on_to_a_larger_ppo_rounds(tmp_path, capsys) -> N
         (["--devices", "cuda:7"], "unknown or unavailable device 'cuda:7'; available: cpu"),
         (
             ["--ppo.n-envs", "1", "--epochs", "1"],
-            "esper ppo: env.epochs must be at least 2 for PPO (an episode",
+            "esper: error: env.epochs must be at least 2 for PPO (an episode",
         ),
         (["--envs", "3"], "--envs"),  # the old flags are gone, and say so
     ],

@@ -320,13 +320,25 @@ def _one_line(
     )
     if found:
         flag, accepted, value = found.groups()
-        return f"{flag}: expected {accepted}, got {value}"
+        return f"{flag}: expected {_metavar_words(accepted)}, got {value}"
     if parsing:  # "training: lr must be ...", as a --config file's refusal reads
         where, said = parsing.group(1), text[parsing.end() :]
         # a section, unless the command's own class (not for the user) or the message names it
         named = where[:1].isupper() or said.startswith((f"{where}.", f"{where}:"))
         text = ("" if named else f"{where}: ") + said
     return text or "bad command line"
+
+
+def _metavar_words(metavar: str) -> str:
+    """tyro's metavar in words: ``{None}|INT`` is "INT or None", ``{a,b}`` "one of a, b"."""
+    words = []
+    for part in metavar.split("|"):
+        choices = part[1:-1].split(",") if part.startswith("{") and part.endswith("}") else []
+        if choices and len(choices) > 1:
+            words.append(f"one of {', '.join(choices)}")
+        else:
+            words.append(choices[0] if choices else part)
+    return " or ".join(sorted(words, key=lambda word: word == "None"))  # None last
 
 
 def parse_flags(
@@ -363,9 +375,9 @@ def parse_flags(
         given = tyro.MISSING_NONPROP if default is None else default
         switches = functools.partial(_switches, cls, prog, given)
         report = _one_line(captured.getvalue(), _refusal(stop), argv, switches)
-        raise UserError(f"{prog}: {report}") from None
+        raise UserError(report) from None  # the command was just typed: not named again
     except ValueError as err:  # a dataclass's own check (__post_init__)
-        raise UserError(f"{prog}: {err}") from None
+        raise UserError(str(err)) from None
 
 
 EVAL_HELP = (
