@@ -536,6 +536,34 @@ def test_names_and_strings_that_are_no_utf8_are_queried(tmp_path, recorded_runs,
     assert rows[0]["reason"].startswith("?") and not rows[1]["reason"].startswith("?")
 
 
+def test_a_damaged_run_is_named_not_passed_over(tmp_path: Path, recorded_runs, capsys) -> None:
+    """A run directory that lost its config.json or events.jsonl was skipped in silence: the
+    run vanished from ``runs list``, and a query counted the runs left without a word."""
+    parent = tmp_path / "runs"
+    for name, lost in (("whole", None), ("no_config", "config.json"), ("no_log", "events.jsonl")):
+        shutil.copytree(recorded_runs["heuristic"], parent / name)
+        if lost is not None:
+            (parent / name / lost).unlink()
+    (parent / "plots").mkdir()  # no run's file in it: not a run, not named
+    (parent / "plots" / "curve.png").write_bytes(b"png")
+    assert main(["runs", "list", str(parent)]) == 0
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in captured.out.splitlines()[2:]] == ["whole"]
+    assert captured.err.splitlines() == [
+        f"no_config: not readable: {str(parent / 'no_config')!r} is not an Esper run directory "
+        "(no config.json file)",
+        f"no_log: not readable: {str(parent / 'no_log')!r} is not an Esper run directory "
+        "(no events.jsonl file)",
+    ]
+    # a query over the directory would count one run of three: refused, saying how to go on
+    assert main(["runs", "query", "SELECT count(*) FROM runs", "--runs", str(parent)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("esper: error: ") and "(no config.json file); it is in " in err
+    assert err.rstrip().endswith("name the other runs to leave it out") and err.count("\n") == 1
+    rows = _query(capsys, "SELECT count(*) AS n FROM runs", parent / "whole")
+    assert rows == [{"n": 1}]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -751,7 +779,7 @@ def test_a_run_directory_that_cannot_be_read_is_named_not_passed_over(
         (tmp_path / "a").chmod(0o755)
     assert queried.returncode == 2 and queried.stdout == ""  # no answer from part of the runs
     assert queried.stderr == f"esper: error: {str(tmp_path / 'a')!r} cannot be read " + (
-        "(Permission denied)\n"
+        f"(Permission denied); it is in {str(tmp_path)!r}: name the other runs to leave it out\n"
     )
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()[2:]] == ["b"]

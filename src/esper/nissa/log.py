@@ -28,11 +28,10 @@ from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.files import file_mode, open_regular
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR
-
-# Layout names the record defines, also imported from here by the views (explicit re-exports).
-from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
-from esper.nissa.record import PPO_MODE as PPO_MODE
 from esper.nissa.record import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    META_FILE,
     SUMMARY_FILE,
     UNFINISHED,
     RunRecordError,
@@ -44,6 +43,10 @@ from esper.nissa.record import (
     run_problem,
     strict_json,
 )
+
+# Layout names the record defines, also imported from here by the views (explicit re-exports).
+from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
+from esper.nissa.record import PPO_MODE as PPO_MODE
 
 _FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in EVENT_TYPES.items()}
 """Every field each event's line must have (its dataclass fields)."""
@@ -677,10 +680,19 @@ def _each_once(
     return {name: entry for name, entry in found.items() if name in names}
 
 
+_RUN_TRACES = (CONFIG_FILE, EVENTS_FILE, META_FILE, SUMMARY_FILE, CHECKPOINTS_DIR)
+"""What only a run directory holds: a directory with some of these is a run, damaged when it
+lacks one of ``RUN_FILES`` (a directory of plots beside the runs is none)."""
+
+
 def _may_be_run(path: Path) -> bool:
-    """A run directory, or a directory that cannot be read (``open_run`` then says why)."""
+    """A run directory, a damaged one (a run's file removed: passing over it in silence lost
+    the run from every listing and query) or a directory that cannot be read (``open_run``
+    then says why)."""
     problem, unreadable = run_problem(path)
-    return problem is None or unreadable
+    if problem is None or unreadable:
+        return True
+    return file_mode(path) is not None and any(file_mode(path / n) for n in _RUN_TRACES)
 
 
 def check_runs_dir(directory: Path) -> None:
@@ -727,7 +739,10 @@ def find_runs(directory: Path) -> list[RunDirectory]:
     """
     runs, unreadable = scan_runs(directory)
     if unreadable:
-        raise RunDirectoryError(unreadable[0][1])
+        why = unreadable[0][1]
+        raise RunDirectoryError(
+            f"{why}; it is in {str(directory)!r}: name the other runs to leave it out"
+        )
     return runs
 
 
