@@ -786,3 +786,21 @@ def test_a_run_directory_that_cannot_be_read_is_named_not_passed_over(
     assert f"a: not readable: {str(tmp_path / 'a')!r} cannot be read (Permission denied)" in (
         listed.stderr
     )
+
+
+def test_views_write_to_an_ascii_stdout_without_a_traceback(recorded_runs, tmp_path) -> None:
+    """With PYTHONIOENCODING=ascii a table's "—" (no return for a growth run) and a run's
+    non-ASCII name were a UnicodeEncodeError traceback, exit 1: they are written escaped."""
+    shutil.copytree(recorded_runs["static"], tmp_path / "runé")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "esper", "runs", "list", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        encoding="ascii",
+        env=env,
+        timeout=120,
+    )
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    row = listed.stdout.splitlines()[2].split()
+    assert row[0] == "run\\xe9" and row[-1] == "\\u2014"  # shown_path's escape, then stdout's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import io
 import logging
 import os
 import re
@@ -333,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script."""
     if sys.stdout is None:  # started with its stdout closed: what it prints goes nowhere
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (tyro reads .isatty)
+    elif isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        # PYTHONIOENCODING=ascii: a table's "—" or a run named "é" was a UnicodeEncodeError
+        # traceback; written escaped instead, as Python writes stderr
+        sys.stdout.reconfigure(errors="backslashreplace")
     _show_library_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
