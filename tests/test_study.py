@@ -387,7 +387,12 @@ def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):
     # ... and says what a study can change: its epochs, not no_germinate_last_epochs (a
     # walk-through: a study file has no such key)
     assert "give it at least 14 epochs\n" in err and "no_germinate_last_epochs)" not in err
-    assert "synthetic.grow.seed0" in out and "synthetic.matched.seed1" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:5]}
+    assert out.splitlines()[0].split() == ["trial", "mode", "state"]  # the run's mode: a
+    assert rows == {  # matched arm's trials were listed as "growth"
+        **{f"synthetic.grow.seed{s}": "heuristic" for s in (0, 1)},
+        **{f"synthetic.matched.seed{s}": "static" for s in (0, 1)},
+    }
     assert "waits for synthetic.grow.seed0 and 1 more" in out
     assert "4 trials, 4 to run: 24 host epochs" in out
     assert "wall time: about " in out and "timed here now: synthetic " in out
@@ -771,8 +776,8 @@ def test_dry_run_counts_what_an_interrupted_trial_has_left(tmp_path, capsys):
     (run / "checkpoints" / LATEST_FILE).write_text("step-00000002\n")
     assert main(["study", str(tmp_path / "s.toml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"synthetic\.s\.seed0 +growth +to resume after epoch 2 of 6\n", out), out
-    assert re.search(r"synthetic\.s\.seed1 +growth +to run\n", out), out
+    assert re.search(r"synthetic\.s\.seed0 +static +to resume after epoch 2 of 6\n", out), out
+    assert re.search(r"synthetic\.s\.seed1 +static +to run\n", out), out
     assert "2 trials, 2 to run: 10 host epochs" in out
     # While a study (or a resume) runs it: "running now", not "to resume" (a walk-through's
     # --dry-run beside a live study listed the trials it was running as waiting to resume).
@@ -785,7 +790,7 @@ def test_dry_run_counts_what_an_interrupted_trial_has_left(tmp_path, capsys):
     finally:
         os.close(held)
     out = capsys.readouterr().out
-    assert re.search(r"synthetic\.s\.seed0 +growth +running now: epoch 2 of 6 checkpointed\n", out)
+    assert re.search(r"synthetic\.s\.seed0 +static +running now: epoch 2 of 6 checkpointed\n", out)
     assert "2 trials, 2 to run (1 running now: another process runs them): 10 host epochs" in out
 
 

@@ -51,7 +51,7 @@ from esper.study.execute import (
     study_lock,
     trial_slots,
 )
-from esper.study.plan import Trial, never_growing
+from esper.study.plan import Trial, never_growing, trial_mode
 from esper.study.results import (
     Judging,
     StudyResults,
@@ -384,11 +384,11 @@ def dry_run(driver: StudyDriver) -> None:
     left = driver.runnable()
     # trials whose run another process holds (a live study's, a resume's): probed once each
     running = {t.name for t in left if record.run_is_held(driver.run_directory(t))}
-    print(f"{'trial':48} {'kind':7} state")
+    print(f"{'trial':48} {'mode':9} state")  # the run's: a matched arm's trials are static
     seen: Blocked = {}
     for trial in driver.trials:
         state = _state(driver, trial, trial.name in running, seen)
-        print(f"{trial.name:48} {trial.kind:7} {state}")
+        print(f"{trial.name:48} {trial_mode(spec, trial):9} {state}")
     cpu = spec.resources.gpus == 0
     per_epoch = _static_epoch(spec, sorted({t.task for t in left}), timed=cpu)
     epochs = {t.name: _host_epochs(driver, t) for t in left}
