@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from esper.cli import study as cli_study
-from esper.cli.main import EXIT_BAD_INPUT, main
+from esper.cli.main import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from esper.leyline.config import HostTraining, read_config_file
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import checkpoints, record
@@ -370,6 +370,31 @@ def test_a_trial_given_a_gpu_or_a_fraction_trains_on_cuda(ray_session, monkeypat
     # a PPO trial puts that name in runtime.devices: a name the device parser accepts
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert parse_device(where(1)) == torch.device("cuda", 0)
+
+
+def test_ctrl_c_before_the_first_trial_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the study directory was made but before the driver's own signal handling
+    (while the statistics libraries load) ended in a bare "esper: interrupted", the directory
+    left without a word on how to go on (a walk-through)."""
+    from esper.cli import study
+
+    path = _study(
+        tmp_path,
+        f'out = "out"\ntasks = ["synthetic"]\nseeds = 1\n{FAST}[budget]\n{BUDGET}'
+        '[[arms]]\nname = "s"\ncontroller = "static"\n',
+    )
+    stopped: list[bool] = []
+    monkeypatch.setattr(study, "_join_ray", lambda address, directory: lambda: stopped.append(1))
+    monkeypatch.setattr(study, "trial_slots", lambda resources: 1)
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "import_libraries", ctrl_c)
+    assert main(["study", str(path)]) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(f"interrupted: continue with: esper study {path}"), err
+    assert "esper: interrupted" not in err and stopped == [1]  # Ray was stopped all the same
 
 
 def test_dry_run_lists_trials_and_cost_and_starts_nothing(tmp_path, capsys):

@@ -41,7 +41,6 @@ from esper.leyline.trials import (
 from esper.nissa import record
 from esper.nissa.checkpoints import latest_step
 from esper.nissa.log import counted
-from esper.nissa.stopping import Stop
 from esper.study.checks import check_fits, load_data, warn_slow_precision
 from esper.study.execute import (
     Blocked,
@@ -135,7 +134,7 @@ def run_study(args: argparse.Namespace) -> int:
         if runs:
             import_libraries()  # before any trial: what a Ctrl-C there would leave half-imported
         outcome = driver.run(capacity)
-    except Stop as signalled:
+    except KeyboardInterrupt as signalled:  # a Stop, or Ctrl-C before the driver's handling
         _interrupted(driver, directory, args.file, address, signalled)
         return EXIT_INTERRUPTED
     finally:
@@ -171,7 +170,7 @@ def _join_ray(address: str | None, directory: Path) -> Callable[[], None]:
 
 
 def _interrupted(
-    driver: StudyDriver, directory: Path, file: Path, address: str | None, stop: Stop
+    driver: StudyDriver, directory: Path, file: Path, address: str | None, stop: KeyboardInterrupt
 ) -> None:
     """After Ctrl-C or SIGTERM (``stop``): the results so far, and how to continue."""
     again = "" if address is None else f" --address {address}"
@@ -192,7 +191,7 @@ def _interrupted(
     _say(f"\ninterrupted: continue with: esper study {shell_path(file)}{again}")
 
 
-def _interrupting(err: BaseException, first: Stop) -> bool:
+def _interrupting(err: BaseException, first: KeyboardInterrupt) -> bool:
     """Whether ``err`` is a Ctrl-C after the ``first`` one, or what it became: landing in the
     import of a compiled module (scipy's, which the statistics import when first used) it
     surfaces as an ``ImportError`` ("initialization failed"), which was a traceback and exit 1.
