@@ -127,6 +127,49 @@ def test_a_resumed_growth_run_folds_as_it_finally_happened(tmp_path, recorded_ru
     assert state.status is None and state.attempts == 2  # live again until it finishes
 
 
+def test_an_interrupted_growth_run_folds_to_its_last_checkpoint(tmp_path, recorded_runs):
+    """Stopped after the decision that follows epoch k was logged, before epoch k + 1 was
+    committed: the run ended at k's checkpoint, without that decision, but the views showed the
+    seed fossilized (the report's timeline, the TUI's slots) while the summary said 0 (a
+    walk-through)."""
+    raw = _raw(recorded_runs["heuristic"])
+    ends = {r["epoch"]: i for i, r in enumerate(raw) if r["event"] == "EpochCompleted"}
+    # the first epoch whose decision moved a seed: its transitions come after its record
+    k = next(
+        r["epoch"]
+        for i, r in enumerate(raw)
+        if r["event"] == "SeedTransition" and r["epoch"] in ends and i > ends[r["epoch"]]
+    )
+    logged = raw[: ends[k + 1]]  # the decision after epoch k, then the stop in epoch k + 1
+    after = [r for r in logged[ends[k] + 1 :] if r["event"] in ("SeedTransition", "ActionTaken")]
+    assert any(r["event"] == "SeedTransition" for r in after)
+    stopped = {**raw[-1], "status": "interrupted", "epochs": k}
+    _write(tmp_path, [*logged, stopped])
+    episode = _state(tmp_path).episode()
+    kept = [r for r in raw[: ends[k] + 1] if r["event"] == "SeedTransition"]
+    assert [(t.epoch, t.slot, t.to_stage) for t in episode.transitions] == [
+        (r["epoch"], r["slot"], SeedStage[r["to_stage"]]) for r in kept
+    ]
+    assert [a.epoch for a in episode.actions] == [
+        r["epoch"] for r in raw[: ends[k] + 1] if r["event"] == "ActionTaken"
+    ]
+    assert episode.epochs[-1].epoch == k and _state(tmp_path).status == "interrupted"
+
+
+def test_an_interrupted_ppo_run_folds_to_its_last_round(tmp_path, recorded_runs) -> None:
+    """Stopped in round 2: the TUI's environments showed the abandoned episode 2 under
+    "finished (interrupted) · round 1"."""
+    raw = _raw(recorded_runs["ppo"])
+    first = next(i for i, r in enumerate(raw) if r["event"] == "PPOUpdate")  # round 1's end
+    second = [i for i, r in enumerate(raw) if r["event"] == "EpochCompleted" and i > first]
+    stopped = {"event": "PPORunFinished", **{k: v for k, v in raw[-1].items() if k != "event"}}
+    stopped |= {"status": "interrupted", "rounds": 1}
+    _write(tmp_path, [*raw[: second[2] + 1], stopped])  # some of round 2's epochs logged
+    state = _state(tmp_path)
+    assert [r.update.round for r in state.rounds] == [1] and state.status == "interrupted"
+    assert {env.episode.number for env in state.envs.values() if env.episode} == {1}
+
+
 def test_a_ppo_run_folds_its_rounds_from_the_steps_before_each_update(recorded_runs) -> None:
     raw = _raw(recorded_runs["ppo"])
     state = _state(recorded_runs["ppo"])

@@ -377,6 +377,9 @@ class RunState:
             self._start(event)
         elif isinstance(event, RunFinished | PPORunFinished):
             self.finish = event
+            if event.status == "interrupted":  # stopped mid-epoch (or round): what it logged
+                # after its last checkpoint was not kept (a decision shown as taken was not)
+                self._rewind(event.epochs if isinstance(event, RunFinished) else event.rounds)
         elif isinstance(event, PPOUpdate):
             self.rounds.append(self._bucket.close(event))
             self._bucket = _Bucket()
@@ -405,9 +408,12 @@ class RunState:
         self.started, self.finish = event, None  # a resumed run is live again
         self.attempts += 1
         self._slot_names.update(dict.fromkeys(event.slots))
-        saved = event.resumed_from_epoch
-        if saved is None:
-            return
+        if event.resumed_from_epoch is not None:
+            self._rewind(event.resumed_from_epoch)
+
+    def _rewind(self, saved: int) -> None:
+        """Forget what came after the checkpoint of epoch (PPO: round) ``saved``: a resumed run
+        runs it again, and an interrupted one ended at that checkpoint."""
         cut = self._epoch_ends.get(saved)  # None for PPO: a round's records are its own
         self._epoch_ends = {epoch: n for epoch, n in self._epoch_ends.items() if epoch <= saved}
         if self.lines is not None:
