@@ -532,6 +532,22 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ],
             "unknown slot name 'Exceeds the limit (4300 digits) for integer string conversion'",
         ),
+        # a password in a URL went into config.json, the printed configuration, MLflow's
+        # parameters and TensorBoard (a walk-through): refused, saying where it goes instead
+        (
+            ["heuristic", "--task", "synthetic", "--telemetry.mlflow", "http://a:s3cret@h:1"],
+            "telemetry: mlflow 'http://a:***@h:1' carries a password, which the run would save "
+            "in its config.json and print; give it outside the URI: MLFLOW_TRACKING_USERNAME",
+        ),
+        (
+            ["ppo", "--telemetry.mlflow", "postgresql://u@h/d?password=s3cret"],
+            "mlflow 'postgresql://u@h/d?password=***' carries a password",
+        ),
+        (
+            ["random", "--task", "synthetic", "--knowledge", "postgresql://u:s3cret@h/d"],
+            "knowledge 'postgresql://u:***@h/d' carries a password, which the run would save in "
+            "its config.json and print; set the URL in $ESPER_KNOWLEDGE instead",
+        ),
         (  # a value of thousands of characters is cut; what is accepted is still said
             ["heuristic", "--task", "x" * 5000],
             "xxxxx... (5003 characters) known tasks: fashion_mnist",

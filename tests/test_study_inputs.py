@@ -157,6 +157,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # The last seed may be MAX_SEED (one seed from 2**32 - 1 was refused), not beyond.
         (f"first_seed = {2**32 - 2}\nseeds = 3\n{HEAD}{STATIC}",
          "first_seed must be an integer in [0, 4294967293], got 4294967294"),
+        # study.json and every trial's config.json kept the password (a walk-through)
+        (f'knowledge = "postgresql://u:s3cret@127.0.0.1/k"\n{HEAD}{STATIC}',
+         "knowledge 'postgresql://u:***@127.0.0.1/k' carries a password, which the run would "
+         "save in its config.json and print; give it in PGPASSWORD or ~/.pgpass"),
     ],
 )  # fmt: skip
 def test_bad_study_file_is_one_line_and_makes_nothing(tmp_path, capsys, body, message):

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, get_args
 
+from esper.leyline.net import refuse_password
 from esper.leyline.slots import ordered_slots
 
 MAX_INT64 = 2**63 - 1
@@ -348,6 +349,14 @@ class TelemetrySettings:
         check_bool("tensorboard", self.tensorboard)
         if self.mlflow is not None:
             check_tracking_uri("mlflow", self.mlflow)
+            refuse_password("mlflow", self.mlflow, MLFLOW_PASSWORD)
+
+
+MLFLOW_PASSWORD = (
+    "give it outside the URI: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a "
+    "tracking server, PGPASSWORD or ~/.pgpass for PostgreSQL, an option file for MySQL"
+)
+"""Where an MLflow tracking URI's password goes instead (MLflow and the drivers read them)."""
 
 
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")

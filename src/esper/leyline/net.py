@@ -25,6 +25,25 @@ def hidden_password(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", url, count=1))
 
 
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (``hidden_password`` would hide one)."""
+    return hidden_password(url) != url
+
+
+def refuse_password(name: str, url: str, elsewhere: str) -> None:
+    """Refuse a URL whose password a run would keep in its files (``config.json``, what it
+    logs and prints): ``elsewhere`` says where the password goes instead.
+
+    Raises:
+        ValueError: naming ``name`` and the URL, its password hidden.
+    """
+    if has_password(url):
+        raise ValueError(
+            f"{name} {hidden_password(url)!r} carries a password, which the run would save in "
+            f"its config.json and print; {elsewhere}"
+        )
+
+
 def is_host_port(value: object) -> bool:
     """Whether ``value`` is ``HOST:PORT`` as a Ray head's address is written (``ray start
     --head`` prints it): an ASCII host name (underscores too, as container names have; a final
