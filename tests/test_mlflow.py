@@ -9,11 +9,13 @@ checked against a SQLite store, which needs no server. Tests that need mlflow sk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -386,6 +388,51 @@ def stalling_server() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [(404, ""), (401, " (a login: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")],
+)
+def test_a_web_server_that_is_not_mlflow_fails_at_the_start(
+    mlflow, tmp_path, capsys, no_proxy, status, hint
+) -> None:
+    """Another web server at the address (or one wanting a login) answered the start-up
+    check's ``/health``, then refused the sink's first API call after the run directory was
+    written: a half-made run whose ``--resume`` failed the same way (a walk-through)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else status)
+            self.end_headers()
+            self.wfile.write(b"<!DOCTYPE HTML>\n<html>not MLflow</html>\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Quiet(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # the start-up check's probe hangs up before the answer: not this test's
+
+    web = Quiet(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    port = web.server_address[1]
+    uri, run = f"http://127.0.0.1:{port}", tmp_path / "run"
+    try:
+        args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri, "--out", str(run)]
+        assert main(args) == 2
+    finally:
+        web.shutdown()
+        web.server_close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"esper: error: cannot track the run in MLflow at {uri}: the server at 127.0.0.1:{port} "
+        f"is not an MLflow tracking server: HTTP {status} for "
+        f"/api/2.0/mlflow/experiments/get-by-name{hint}"
+    ]
+    assert not run.exists()
+
+
 def test_a_server_that_accepts_but_never_answers_fails_at_the_start(
     mlflow, tmp_path, capsys, monkeypatch, no_proxy
 ) -> None:
@@ -506,7 +553,9 @@ def test_a_url_with_a_bad_port_is_one_line(mlflow, tmp_path, capsys, port) -> No
     ("kind", "message"),
     [("garbage", "is not an SQLite database"), ("directory", "is a directory"),
      ("no directory", "cannot make the database's directory '{tmp}/file/sub': Not a directory"),
-     ("pipe", "it is a named pipe, not a regular file")],
+     ("pipe", "it is a named pipe, not a regular file"),
+     # MLflow added its tables to it (a knowledge store's URL looks the same)
+     ("other", "is an SQLite database of something else (tables seed_outcomes), not an MLflow")],
 )  # fmt: skip
 def test_a_sqlite_store_that_cannot_be_one_is_one_line(mlflow, tmp_path, capsys, kind, message):
     """Found by an adversarial sweep: a file that is no database gave two SQLAlchemy
@@ -520,6 +569,10 @@ def test_a_sqlite_store_that_cannot_be_one_is_one_line(mlflow, tmp_path, capsys,
         database.mkdir()
     elif kind == "pipe":
         os.mkfifo(database)
+    elif kind == "other":
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            db.execute("CREATE TABLE seed_outcomes (x)")
+            db.commit()
     uri = f"sqlite:///{database}"
     args = ["heuristic", *TINY, "--epochs", "1", "--telemetry.mlflow", uri]
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
@@ -528,6 +581,10 @@ def test_a_sqlite_store_that_cannot_be_one_is_one_line(mlflow, tmp_path, capsys,
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
     assert message.replace("{tmp}", str(tmp_path)) in err, err
     assert not (tmp_path / "run").exists()
+    if kind == "other":  # left as it was
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            tables = db.execute("SELECT name FROM sqlite_master").fetchall()
+        assert tables == [("seed_outcomes",)]
 
 
 def test_a_sqlite_store_in_a_new_directory_or_a_quoted_path_is_taken(mlflow, tmp_path) -> None:

@@ -22,6 +22,8 @@ import io
 import json
 import logging
 import os
+import re
+import sqlite3
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -163,6 +165,47 @@ def _connect(uri: str) -> None:
         reason = not_http(host, port, CONNECT_TIMEOUT_S, tls=parts.scheme == "https")
         if reason is not None:
             raise OSError(f"the server at {address} does not answer: {reason}")
+        _check_server(uri, address)
+
+
+_API_REFUSAL = re.compile(r"endpoint (\S+) failed with error code (\d+)")
+
+
+def _check_server(uri: str, address: str) -> None:
+    """The server answers MLflow's API (a lookup of the experiment): another web server at the
+    address, or one that wants a login, failed only when the sink opened its run, after the
+    run directory was written, and so again on every ``--resume``.
+
+    Raises:
+        OSError: naming the address and the refusal (the HTTP status and endpoint).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    _limit_http()
+    try:
+        MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT)
+    except MlflowException as err:
+        found = _API_REFUSAL.search(str(err))
+        if found is None:
+            raise OSError(first_line(err)) from None
+        endpoint, status = found.groups()
+        login = (
+            " (a login: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+            if status in ("401", "403")
+            else ""
+        )
+        raise OSError(
+            f"the server at {address} is not an MLflow tracking server: HTTP {status} for "
+            f"{endpoint}{login}"
+        ) from None
+
+
+def _limit_http() -> None:
+    """``HTTP_LIMITS``, where the environment does not set them (MLflow's client reads them
+    at each request)."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
 
 
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306}
@@ -220,6 +263,31 @@ def _check_database(uri: str) -> None:
         raise OSError(f"the database {name!r}: {err.strerror}") from None
     if header and header != _SQLITE_HEADER:
         raise OSError(f"{name!r} is not an SQLite database")
+    if header:
+        _check_tables(database)
+
+
+def _check_tables(database: Path) -> None:
+    """An SQLite database holding tables is an MLflow store (it has MLflow's ``experiments``):
+    MLflow otherwise added its 60-odd tables to it (e.g. to the knowledge store, whose URL
+    looks the same).
+
+    Raises:
+        OSError: naming the database and some of its tables.
+    """
+    address = f"{database.absolute().as_uri()}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(address, uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error as err:
+        raise OSError(f"the database {str(database)!r} cannot be read ({err})") from None
+    tables = sorted(str(name) for (name,) in rows)
+    if tables and "experiments" not in tables:
+        shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+        raise OSError(
+            f"{str(database)!r} is an SQLite database of something else (tables {shown}), "
+            "not an MLflow store"
+        )
 
 
 class MLflowSink:
@@ -248,8 +316,7 @@ class MLflowSink:
         self._pending: list[tuple[Scalar, int]] = []  # with its record's wall-clock time, ms
         self._status: str | None = None  # the run's own, from its finished record
         self._broken = False  # the store failed mid-run: nothing more is sent
-        for name, value in HTTP_LIMITS.items():  # read by MLflow's client at each request
-            os.environ.setdefault(name, value)
+        _limit_http()
         try:
             _connect(uri)
             self.run_id = self._open(mode)
