@@ -821,7 +821,8 @@ def test_a_log_without_epochs_says_so(tmp_path: Path, capsys: pytest.CaptureFixt
     code, _, err = _report([str(run)], capsys)
     assert code == 0 and "no summary.json" in err
     page = (run / "report" / "report.html").read_text(encoding="utf-8")
-    assert "No plots" in page and not _embedded(page)
+    assert "No plots" in page and "at <code>--telemetry.level minimal</code>" in page
+    assert not _embedded(page)
     assert not list((run / "report").glob("*.png")) and not list((run / "report").glob("*.svg"))
 
 

@@ -93,3 +93,27 @@ def test_a_terminated_runs_best_leaves_out_its_panicked_epoch(spiked_run) -> Non
     best = max(r["val_accuracy"] for r in epochs if r["epoch"] != panic["epoch"])
     header = {row["label"]: row["value"] for row in _snapshot(spiked_run)["header"]}
     assert header["best val accuracy"] == f"{best:.2f}%" != "99.00%"
+
+
+def test_a_run_logged_at_level_minimal_is_headed_by_its_end_record(tmp_path, recorded_runs):
+    """``--telemetry.level minimal`` logs a growth run's start and end, no epoch: the finished
+    run's header read "epoch — / 40", every value "—" (a walk-through)."""
+    from esper.leyline.events import EVENT_TYPES, TelemetryLevel
+
+    raw = _raw(recorded_runs["heuristic"])
+    kept = [r for r in raw if EVENT_TYPES[r["event"]].level == TelemetryLevel.MINIMAL]
+    run = tmp_path / "minimal"
+    run.mkdir()
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    end = raw[-1]
+    assert end["event"] == "RunFinished" and not any(r["event"] == "EpochCompleted" for r in kept)
+    header = {row["label"]: row["value"] for row in _snapshot(run)["header"]}
+    assert header == {
+        "epoch": f"{end['epochs']} / 40",
+        "final model val accuracy": f"{end['final_val_accuracy']:.2f}%",
+        "best val accuracy": f"{end['best_val_accuracy']:.2f}%",
+        "parameters": f"{end['param_count']:,}",
+        "governor panics": "0",
+        "events": f"{len(kept):,}",
+        **{k: v for k, v in header.items() if k in ("run", "mode", "task", "seed", "status")},
+    }

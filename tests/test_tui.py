@@ -171,6 +171,9 @@ def test_a_single_model_run_shows_its_latest_epoch() -> None:
     stopped = RunState()  # Ctrl-C: its last checkpoint's model, which a resume trains on
     stopped.apply_all([started(), logged(epoch(1, 40.0)), finished("interrupted")])
     assert "· model so far 40.00% (best epoch 41.00%) ·" in summary_lines(stopped, "done")[1]
+    # --telemetry.level minimal logs no epoch: a completed run read "epoch — / 5"
+    ended = RunState().apply_all([started(), finished("completed")])
+    assert summary_lines(ended, "done")[1].startswith("epoch 2 / 5 · events 2 · panics 0 ·")
 
 
 def test_ppo_environments_episodes_and_updates() -> None:

@@ -604,7 +604,11 @@ def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequen
         "<h2>Plots</h2>",
     ]
     if not plots:
-        body.append("<p>No plots: the log holds no per-epoch or per-round records.</p>")
+        body.append(
+            "<p>No plots: the log holds no per-epoch or per-round records (at "
+            "<code>--telemetry.level minimal</code> a growth run logs its start and end only; "
+            "its <code>metrics.csv</code> holds every epoch).</p>"
+        )
     for plot in plots:
         svg = plot.svg_filename
         note = f" ({plot.filename}; <a href='{svg}'>{svg}</a>)"

@@ -28,7 +28,7 @@ from typing import Any
 
 from esper.leyline.config import measured
 from esper.leyline.events import EpochCompleted, event_record
-from esper.nissa.fold import EnvState, Episode, RunState
+from esper.nissa.fold import EnvState, Episode, RunState, episode_less
 from esper.nissa.log import Logged, display, percent
 from esper.nissa.record import UNFINISHED
 
@@ -107,6 +107,8 @@ def _header(state: RunState) -> list[dict[str, str]]:
             ("anomalies", f"{len(state.anomalies):,}"),
             ("ratio explosions", f"{len(state.explosions):,}"),
         ]
+    elif episode_less(state) is not None:
+        rows += _finish_rows(state)
     else:
         episode = state.episode()
         latest = episode.latest
@@ -129,6 +131,20 @@ def _header(state: RunState) -> list[dict[str, str]]:
         ]
     rows.append(("events", f"{state.events:,}"))
     return [{"label": label, "value": value} for label, value in rows]
+
+
+def _finish_rows(state: RunState) -> list[tuple[str, str]]:
+    """A finished growth run's header rows from its end record alone (``episode_less``)."""
+    finish = episode_less(state)
+    assert finish is not None
+    planned = None if state.started is None else state.started.max_epochs
+    return [
+        ("epoch", f"{finish.epochs} / {display(planned)}"),
+        ("final model val accuracy", percent(finish.final_val_accuracy)),
+        ("best val accuracy", percent(finish.best_val_accuracy)),
+        ("parameters", display(finish.param_count, ",d")),
+        ("governor panics", f"{sum(env.panics for env in state.envs.values()):,}"),
+    ]
 
 
 def snapshot(

@@ -27,7 +27,7 @@ from esper.leyline.events import (
     RunStarted,
     SeedTransition,
 )
-from esper.nissa.fold import RECENT_EVENTS, EnvState, Episode, RunState
+from esper.nissa.fold import RECENT_EVENTS, EnvState, Episode, RunState, episode_less
 from esper.nissa.log import Logged, counted, display, percent
 
 LOG_LINES = RECENT_EVENTS
@@ -123,7 +123,9 @@ def summary_lines(state: RunState, status: str) -> list[str]:
     else:
         latest = state.env(None).latest if None in state.envs else None
         total = None if started is None else started.max_epochs
-        progress = [f"epoch {display(None if latest is None else latest.epoch)} / {display(total)}"]
+        ended = episode_less(state)  # no epoch logged: as far as its end record says
+        epoch = ended.epochs if ended is not None else None if latest is None else latest.epoch
+        progress = [f"epoch {display(epoch)} / {display(total)}"]
     progress += [f"events {state.events}", f"panics {panics}"]
     finish = state.finish
     if isinstance(finish, RunFinished):

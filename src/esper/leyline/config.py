@@ -328,7 +328,8 @@ class TelemetrySettings:
     """What a run logs beyond its event log.
 
     Attributes:
-        level: telemetry level of the event log.
+        level: telemetry level of the event log, and of what TensorBoard and MLflow get
+            (minimal: a growth run's start and end only, not its epochs; PPO rounds stay).
         tensorboard: also write TensorBoard scalars, hyperparameters and the configuration to
             tensorboard/ in the run directory.
         mlflow: also track the run in MLflow at this tracking URI (http://HOST:PORT or

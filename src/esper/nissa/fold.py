@@ -468,6 +468,15 @@ class RunState:
             counts[item.episode] = counts.get(item.episode, 0) + 1
 
 
+def episode_less(state: RunState) -> RunFinished | None:
+    """A finished growth run's end record when its log holds no epoch (``--telemetry.level
+    minimal`` logs the start and end only): the views show how far it got from it, not "—"."""
+    finish = state.finish
+    if state.is_ppo or not isinstance(finish, RunFinished) or state.episode().latest is not None:
+        return None
+    return finish
+
+
 def fold(items: Iterable[Logged], recent: int = RECENT_EVENTS) -> RunState:
     """A fresh ``RunState`` with ``items`` folded in."""
     return RunState(recent).apply_all(items)
