@@ -44,6 +44,7 @@ from esper.leyline.files import try_lock
 from esper.leyline.trials import LOCK_FILE
 from esper.nissa.fold import LifecycleMark, StageSpan
 from esper.nissa.record import (
+    FinalMetrics,
     GrowthSummary,
     PPOSummary,
     read_meta,
@@ -660,11 +661,25 @@ def test_a_baseline_of_the_other_kind_is_named_with_its_article(tmp_path: Path) 
     started = {**_started("eval"), "task": "digits"}
     other = load_run(_write_run(tmp_path / "d", [started, _epoch(1)]))
     assert baseline_lines([other, ppo])[1:] == [
-        "d ran digits and the baseline p ran synthetic: their accuracies are not like for like."
+        "d ran digits for 3 epochs and the baseline p ran synthetic: their accuracies are not "
+        "like for like."
     ]
     assert baseline_lines([ppo, other])[1:] == [
-        "p ran synthetic and the baseline d ran digits: their accuracies are not like for like."
+        "p ran synthetic and the baseline d ran digits for 3 epochs: their accuracies are not "
+        "like for like."
     ]
+    # The same task in episodes of other lengths: the growth run's final accuracy drawn against
+    # episodes of 15 epochs went unremarked (a walk-through)
+    (tmp_path / "p" / "config.json").write_text(json.dumps({"env": {"epochs": 15}}))
+    ppo = load_run(tmp_path / "p")
+    assert baseline_lines([ppo, evaluated])[1:] == [
+        "p ran synthetic in episodes of 15 epochs and the baseline e ran synthetic for 3 epochs: "
+        "their accuracies are not like for like."
+    ]
+    (tmp_path / "p" / "config.json").write_text(json.dumps({"env": {"epochs": 3}}))
+    assert baseline_lines([load_run(tmp_path / "p"), evaluated])[1:] == []  # like for like
+    (tmp_path / "p" / "config.json").write_text("{}")
+    ppo = load_run(tmp_path / "p")
     other_ppo = load_run(_write_run(tmp_path / "q", [{**_started("ppo"), "task": "digits"}]))
     assert baseline_lines([ppo, other_ppo]) == [
         "p ran synthetic and the baseline q ran digits: their accuracies are not like for like."
@@ -972,6 +987,15 @@ def test_final_metrics_read_the_record_summary(tmp_path: Path) -> None:
     assert labels.index("epochs") < labels.index("final mean acc") < labels.index("env steps")
     assert rows["training time (s)"] == ["12.5", "3.0"]
     assert final_accuracy(growth) is None and final_accuracy(ppo) is None
+    # the final model's, as every other view calls final: the last epoch's was drawn (30.92%
+    # against the 31.20% the CLI, TUI and table said; a walk-through)
+    summary = growth_summary("done")
+    assert summary.growth is not None
+    finished = replace(
+        summary.growth, final=FinalMetrics(0.5, 81.0, 0.7, 30.92), final_model_val_accuracy=31.2
+    )
+    done = load_run(write_run(tmp_path / "done", replace(summary, growth=finished)))
+    assert final_accuracy(done) == 31.2
     meta = read_meta(growth.run.path)
     assert meta is not None and growth.git_revision == meta.git_revision
 

@@ -541,14 +541,11 @@ def _baseline_warnings(run: RunData, baseline: RunData) -> list[str]:
             f"{run.run.name} {with_article(run.run.mode)} run: the plots compare final "
             "accuracy only."
         )
-    if run.is_ppo or baseline.is_ppo:  # episodes, not one planned run: the task alone
-        budgets: list[str | None] = [run.run.task, baseline.run.task]
-    else:
-        budgets = [_budget(data) for data in (run, baseline)]
-    if None not in budgets and budgets[0] != budgets[1]:
+    (task, epochs), (their_task, their_epochs) = _budget(run), _budget(baseline)
+    if task != their_task or (None not in (epochs, their_epochs) and epochs != their_epochs):
         notes.append(
-            f"{run.run.name} ran {budgets[0]} and the baseline {baseline.run.name} ran "
-            f"{budgets[1]}: their accuracies are not like for like."
+            f"{run.run.name} ran {_budget_text(run)} and the baseline {baseline.run.name} ran "
+            f"{_budget_text(baseline)}: their accuracies are not like for like."
         )
     if not (run.is_ppo or baseline.is_ppo):  # other epochs hid them (a walk-through)
         notes += _settings_warning(run, baseline)
@@ -578,17 +575,28 @@ def _settings_warning(run: RunData, baseline: RunData) -> list[str]:
     ]
 
 
-def _budget(data: RunData) -> str | None:
-    """A single-model run's task and planned epochs, as a warning names them: from its summary,
-    or for an unfinished run from its start (None: neither says)."""
+def _budget(data: RunData) -> tuple[str, int | None]:
+    """A run's task and planned epochs (None: nothing says): a single-model run's from its
+    summary, or for an unfinished run from its start; a PPO run's episodes' from its
+    configuration (a growth baseline of 20 epochs against episodes of 15 was not warned of)."""
     summary, started = data.run.summary, data.state.started
-    if summary is not None and summary.growth is not None:
-        planned = summary.growth.epochs_planned
+    epochs: object = None
+    if data.is_ppo:
+        env = data.run.host_training()
+        epochs = None if env is None else env.get("epochs")
+    elif summary is not None and summary.growth is not None:
+        epochs = summary.growth.epochs_planned
     elif summary is None and started is not None:
-        planned = started.max_epochs
-    else:
-        return None
-    return f"{data.run.task} for {planned} epochs"
+        epochs = started.max_epochs
+    return data.run.task, epochs if type(epochs) is int else None
+
+
+def _budget_text(data: RunData) -> str:
+    """``_budget`` as a warning names it."""
+    task, epochs = _budget(data)
+    if epochs is None:
+        return task
+    return f"{task} {'in episodes of' if data.is_ppo else 'for'} {epochs} epochs"
 
 
 def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequence[str]) -> str:

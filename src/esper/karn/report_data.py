@@ -132,13 +132,17 @@ def difference(run: Sequence[EpochCompleted], baseline: Sequence[EpochCompleted]
 
 
 def final_accuracy(data: RunData) -> float | None:
-    """The run's final accuracy in percent: a growth run's last validation accuracy, a PPO
-    run's final mean accuracy over environments (from ``summary.json``)."""
+    """The run's final accuracy in percent: a growth run's final model's validation accuracy
+    (the one every other view calls final; else its last epoch's), a PPO run's final mean
+    accuracy over environments (from ``summary.json``)."""
     summary = data.run.summary
     if data.is_ppo:
         return None if summary is None or summary.ppo is None else summary.ppo.final_mean_accuracy
-    if summary is not None and summary.growth is not None and summary.growth.final is not None:
-        return summary.growth.final.val_accuracy
+    growth = None if summary is None else summary.growth
+    if growth is not None and growth.final_model_val_accuracy is not None:
+        return growth.final_model_val_accuracy
+    if growth is not None and growth.final is not None:
+        return growth.final.val_accuracy
     epochs = data.epochs
     last = epochs[-1].val_accuracy if epochs else math.nan
     return None if math.isnan(last) else last
