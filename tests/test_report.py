@@ -302,6 +302,18 @@ def test_timeline_and_marks_from_hand_written_transitions(tmp_path: Path) -> Non
     assert drawn == {("germinate", 3, 2), ("prune", 7, 2), ("germinate", 10, 0), ("prune", 10, 0)}
 
 
+def test_the_parameter_steps_line_up_with_the_timeline(tmp_path: Path) -> None:
+    """Epoch k is drawn over (k - 1, k] on the timeline (a seed germinated after epoch 2 starts
+    there); the parameter count was drawn over [k, k + 1), its rise an epoch later."""
+    grown = {**_epoch(3), "param_count": 1500}
+    records = [_started(), _epoch(1), _epoch(2), _transition(2, "early", "DORMANT", "TRAINING")]
+    report = build_report(_write_run(tmp_path / "grown", [*records, grown]))
+    (line,) = _plot(report, "params").figure.axes[0].lines
+    assert line.get_drawstyle() == "steps-pre"  # each value held back to the epoch before
+    (ax,) = _plot(report, "timeline").figure.axes
+    assert any(bar.get_paths()[0].vertices[:, 0].min() == 2.0 for bar in ax.collections[:4])
+
+
 def test_a_stage_entered_at_the_last_epoch_is_drawn(tmp_path: Path) -> None:
     """A slot pruned at epoch 11 and EMBARGOED at 12, the last: its final span (12, 12) was a
     bar of width 0, and the timeline seemed to end PRUNED."""
@@ -459,7 +471,10 @@ def test_ppo_round_statistics_match_the_log_and_summary(recorded_runs: dict[str,
     lines = {line.get_label(): list(line.get_ydata()) for line in plot.figure.axes[0].lines}
     for stage in lines:
         assert lines[stage] == [r.entered.get(stage, 0) for r in rounds]
-    assert set(lines) == {stage for r in rounds for stage in r.entered}
+    # a pruned seed's cool-down lay on PRUNED's line (DORMANT's near-white): not drawn
+    cool_down = {"EMBARGOED", "RESETTING", "DORMANT"}
+    assert set(lines) == {stage for r in rounds for stage in r.entered} - cool_down
+    assert "PRUNED" in lines and any(r.entered.get("EMBARGOED") for r in rounds)
     assert rounds[-1].update.mean_final_accuracy == pytest.approx(summary.final_mean_accuracy)
     assert rounds[-1].update.mean_return == pytest.approx(summary.final_mean_return, abs=1e-3)
     finished = [e for e in events[:first_update] if e["event"] == EpisodeFinished.__name__]
@@ -493,7 +508,8 @@ def test_growth_run_with_a_ppo_baseline(
     assert "is a ppo run" in err
     page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert "PPO baseline&#x27;s final mean accuracy" in page
-    assert set(_embedded(page)) == GROWTH_PLOTS  # no difference against a PPO run
+    # no difference against a PPO run; a static host has no seed to draw a timeline or α of
+    assert set(_embedded(page)) == GROWTH_PLOTS - {"timeline.png", "alpha.png"}
 
 
 @pytest.fixture(scope="module")

@@ -292,7 +292,9 @@ def plot_params(
     for epochs, style, colour, label in lines:
         x, params = [e.epoch for e in epochs], _values(epochs, "param_count")
         marker = pages.marker(params)
-        ax.step(x, params, style, where="post", color=colour, marker=marker, label=label)
+        # epoch k's count over (k - 1, k], as the timeline draws epoch k's stage: a seed
+        # decided after epoch 7 trains in epoch 8, and both rise at 7 ("post" drew it at 8)
+        ax.step(x, params, style, where="pre", color=colour, marker=marker, label=label)
     _finish(ax, "epoch", "parameters")
     return _plot("params", caption, figure)
 
@@ -361,9 +363,15 @@ def plot_actions(rounds: Sequence[RoundState]) -> Plot | None:
     return _plot("actions", "Action distribution: ops chosen per PPO round.", figure)
 
 
+COOL_DOWN = (SeedStage.EMBARGOED, SeedStage.RESETTING, SeedStage.DORMANT)
+"""The stages a pruned seed passes through on its way back to an empty slot."""
+
+
 def plot_progress(rounds: Sequence[RoundState]) -> Plot | None:
     """How far seeds got: transitions into each lifecycle stage per round."""
-    order = [stage.value for stage in SeedStage]
+    # A pruned seed's cool-down (EMBARGOED, RESETTING, then DORMANT again) follows PRUNED in
+    # the same counts: its lines lay on PRUNED's, DORMANT's near-white one unseen.
+    order = [stage.value for stage in SeedStage if stage not in COOL_DOWN]
     stages = [s for s in order if any(r.entered.get(s) for r in rounds)]
     if not stages:
         return None
@@ -376,7 +384,8 @@ def plot_progress(rounds: Sequence[RoundState]) -> Plot | None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # counts
     caption = (
         "How far seeds get: transitions into each lifecycle stage per PPO round, all "
-        "environments (a policy whose seeds never reach BLENDING never changes the output)."
+        "environments (a policy whose seeds never reach BLENDING never changes the output); a "
+        "pruned seed's cool-down back to DORMANT is not drawn."
     )
     return _plot("progress", caption, figure)
 
@@ -402,13 +411,14 @@ def plot_head_entropy(rounds: Sequence[RoundState]) -> Plot | None:
 def _plots(data: RunData, baseline: RunData | None) -> list[Plot | None]:
     episode = data.episode
     if not data.is_ppo:
-        return [
+        seeded = None if data.run.mode == "static" else episode  # a static host has no seed:
+        return [  # its timeline was all DORMANT, its α three flat lines at 0
             plot_curves(data, baseline, "accuracy"),
             plot_curves(data, baseline, "loss"),
             plot_difference(data, baseline),
-            plot_timeline(data, episode, "Seed timeline per slot, coloured by stage."),
+            plot_timeline(data, seeded, "Seed timeline per slot, coloured by stage."),
             plot_params(episode, baseline, "Active parameters per epoch.", data.run.name),
-            plot_alpha(data, episode, "Blend weight α per slot per epoch."),
+            plot_alpha(data, seeded, "Blend weight α per slot per epoch."),
         ]
     number = "; none recorded" if episode is None else f", episode {episode.number}"
     kind = "unfinished" if episode is not None and episode.result is None else "last"
