@@ -629,7 +629,8 @@ class PPOSummary:
     Attributes:
         rounds_completed: rounds trained (and checkpointed).
         rounds_planned: the configured number of rounds.
-        env_steps: environment steps of the last round (None before the first).
+        env_steps: environment steps of every round so far (as the last round's ``PPOUpdate``
+            counts them; None before the first).
         final_mean_return: the last round's mean episode return.
         best_mean_return: the best round's mean episode return.
         final_mean_accuracy: the last round's mean final validation accuracy (percent).
