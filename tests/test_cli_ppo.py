@@ -340,6 +340,25 @@ def test_a_saved_ppo_config_with_a_new_lr_moves_the_seed_lr_that_followed_it(
     assert (env.lr, env.seed_lr) == (0.01, 0.02)
 
 
+def test_an_eval_config_file_with_a_new_lr_moves_the_seed_lr_that_followed_it(
+    recorded_runs, tmp_path
+) -> None:
+    """``training.lr`` in an eval's --config over its policy's settings kept the policy's
+    seed_lr (``--lr`` moved it: the same setting gave two runs; a walk-through)."""
+    from esper.cli.config import RunOptions
+    from esper.cli.growth import parse
+
+    file = tmp_path / "eval.toml"
+    file.write_text(f'policy = "{recorded_runs["ppo"]}"\nseed = 2\n[training]\nlr = 0.01\n')
+    by_file = parse("eval", [], RunOptions(config=file)).training
+    policy = ["--policy", str(recorded_runs["ppo"]), "--seed", "2", "--lr", "0.01"]
+    by_flag = parse("eval", policy, RunOptions()).training
+    assert (by_file.lr, by_file.seed_lr) == (by_flag.lr, by_flag.seed_lr) == (0.01, None)  # lr
+    file.write_text(file.read_text() + "seed_lr = 0.02\n")  # given: kept
+    by_file = parse("eval", [], RunOptions(config=file)).training
+    assert (by_file.lr, by_file.seed_lr) == (0.01, 0.02)
+
+
 def _static_first_epoch(out: Path, seed: int) -> dict[str, str]:
     """The first ``metrics.csv`` row of a static run of ``seed`` with the tiny preset's budget
     (the recorded PPO run's environments trained so)."""

@@ -158,11 +158,24 @@ def layered(base: C, options: RunOptions) -> C:
     """
     if options.config is None:
         return base
+    data = config_file(options.config)
     try:
-        result: C = override(base, read_config_file(options.config))
+        result: C = override(base, data)
     except ValueError as err:
         raise UserError(f"--config {str(options.config)!r}: {err}") from err
     return result
+
+
+def config_file(path: Path) -> dict[str, Any]:
+    """The settings of ``--config FILE`` (``read_config_file``).
+
+    Raises:
+        UserError: the file cannot be read or holds no table (its message names it, once).
+    """
+    try:
+        return read_config_file(path)
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
 
 _BOX = re.compile(r"[│╭╮╰╯─]+")
@@ -404,6 +417,11 @@ def growth_config(
     default: GrowthRun | None = None
     if mode == "eval" and eval_base is None:  # --help without --policy: the task is the policy's
         eval_base = HostTraining("")
+    if eval_base is not None and options.config is not None:  # the file's lr over the
+        # policy's: its seeds' lr follows it, as under --lr (they kept the policy's)
+        training = config_file(options.config).get("training")
+        named = frozenset(training) if isinstance(training, dict) else frozenset()
+        eval_base = seed_lr_following(eval_base, named)
     if eval_base is not None or options.config is not None:
         default = layered(GrowthRun(eval_base or HostTraining("")), options)
         training = seed_lr_following(default.training, named_fields(argv))
