@@ -244,11 +244,21 @@ def test_rotation_skips_occupied_slots_and_a_skipped_germination_is_not_postpone
     assert controller.decide(observation(busy_mid, epoch=4)).slot == "late"
     # Every slot occupied at epoch 6: no germination, and none at 7 to make up for it.
     full = [rep(s, SeedStage.FOSSILIZED) for s in SLOTS]
-    assert controller.decide(observation(full, epoch=6)).op is Op.WAIT
+    waited = controller.decide(observation(full, epoch=6))
+    assert waited.op is Op.WAIT  # the reason says so: "next germination at epoch 8" alone did not
+    assert waited.reason == (
+        "epoch 6's germination skipped (no slot is DORMANT); next germination at epoch 8"
+    )
     assert controller.decide(observation(epoch=7)).op is Op.WAIT
     action = controller.decide(observation(busy_mid, epoch=8))  # after late comes early...
     assert (action.slot, action.blueprint) == ("late", CNN_BLUEPRINTS[2])  # ...occupied: late
-    assert controller.decide(observation(epoch=10, blueprints=())).op is Op.WAIT
+    waited = controller.decide(observation(epoch=10, blueprints=()))
+    assert waited.op is Op.WAIT and "(no blueprint fits the host)" in waited.reason
+    # nothing is decided after the last epoch: a 12-epoch run's last decision (after epoch 11)
+    # named a germination "at epoch 12" that never comes
+    assert controller.decide(observation(epoch=11, max_epochs=12)).reason == (
+        "no germination left in the episode"
+    )
 
 
 def test_periodic_names_only_enabled_slots() -> None:

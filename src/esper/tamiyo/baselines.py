@@ -180,7 +180,8 @@ class PeriodicController:
         """Propose one action (see the class docstring for the rules and their order)."""
         now, period = observation.signals.epoch, self.config.period
         reports = [observation.reports[s] for s in ordered_slots(observation.reports)]
-        if now % period == 0:
+        skipped = now % period == 0
+        if skipped:
             action = self._germinate(observation, reports)
             if action is not None:
                 return action
@@ -188,7 +189,22 @@ class PeriodicController:
             action = _lifecycle_action(report)
             if action is not None:
                 return action
-        return Action(Op.WAIT, reason=f"next germination at epoch {(now // period + 1) * period}")
+        return Action(Op.WAIT, reason=self._waiting(observation, skipped))
+
+    def _waiting(self, observation: Observation, skipped: bool) -> str:
+        """Why it waits: the next germination (one the episode decides before its end), and
+        this epoch's that was skipped (no DORMANT slot, or no blueprint offered)."""
+        now, period = observation.signals.epoch, self.config.period
+        then = (now // period + 1) * period
+        # nothing is decided after the last epoch: "next at epoch 14" of a 14-epoch run was none
+        if then < observation.max_epochs:
+            later = f"next germination at epoch {then}"
+        else:
+            later = "no germination left in the episode"
+        if not skipped:
+            return later
+        why = "no slot is DORMANT" if observation.blueprints else "no blueprint fits the host"
+        return f"epoch {now}'s germination skipped ({why}); {later}"
 
     def _germinate(
         self, observation: Observation, reports: Sequence[SeedStateReport]
