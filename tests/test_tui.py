@@ -646,6 +646,24 @@ def test_a_partial_last_line_that_stays_is_reported(
     drive(app, script)
 
 
+def test_a_finished_run_whose_last_line_is_cut_is_finished(
+    recorded_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Its summary.json says it ended; the TUI said "following — the last line is incomplete"
+    for ever (a walk-through; ``esper report`` said it was finished)."""
+    run = tmp_path / "cut"
+    lines = copy_run(recorded_runs["static"], run, 0)
+    (run / "events.jsonl").write_text("".join(lines[:-1]) + lines[-1][:30], encoding="utf-8")
+    shutil.copy(recorded_runs["static"] / "summary.json", run / "summary.json")
+    app = make_app(run, stalled_seconds=0.3)
+
+    async def script(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: app.sub_title != "following (live)")
+        assert app.sub_title == "finished (completed; the log's last line is cut off)"
+
+    drive(app, script)
+
+
 @pytest.mark.parametrize("typed", [False, True])
 def test_a_malformed_line_while_following_stops_following(
     recorded_runs: dict[str, Path], tmp_path: Path, typed: bool

@@ -53,7 +53,7 @@ from esper.leyline.stages import SeedStage
 from esper.nissa.console import detach_from_hung_up_terminal
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import EventLogError, EventTail, Logged, RunDirectory, display, percent
-from esper.nissa.record import run_is_held
+from esper.nissa.record import RunRecordError, read_summary, run_is_held
 
 POLL_SECONDS = 0.5
 """How often a followed event log is polled: quick enough to feel live, cheap when idle."""
@@ -444,6 +444,8 @@ class RunApp(App[None]):
             state = f"finished ({self.state.status})"
         elif self.child_code is not None:
             state = "stopped without an end record"
+        elif self.stalled and (ended := self._recorded_status()) is not None:
+            state = f"finished ({ended}; the log's last line is cut off)"  # as its summary says
         elif self.stalled:
             state = "following — the last line is incomplete (did the run crash while writing?)"
         elif self.unheld:
@@ -453,6 +455,15 @@ class RunApp(App[None]):
         if self.child_code is not None:
             state += f", exit code {self.child_code}"
         return state
+
+    def _recorded_status(self) -> str | None:
+        """The status in the run's ``summary.json``; None where it has none or it cannot be
+        read (a finished run whose log ends in a cut line read "following" for ever)."""
+        try:
+            summary = read_summary(self.run_directory.path)
+        except RunRecordError:
+            return None
+        return None if summary is None else summary.status
 
     def _refresh(self) -> None:
         """Every panel, from the state."""
