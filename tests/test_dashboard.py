@@ -365,6 +365,23 @@ def test_the_one_shot_snapshot_is_the_streamed_one(runs_dir: Path) -> None:
     assert f"{EVENTS_FILE}:{line_count(runs_dir / 'live')}" in one_error_line(response.text)
 
 
+def test_a_log_replaced_by_another_is_read_anew_at_once(
+    tmp_path: Path, recorded_runs: dict[str, Path]
+) -> None:
+    """The first snapshot after a run's log was replaced (a trial's folder made again) was a
+    422 "the event log was replaced"; the next read the new log (a walk-through)."""
+    run = copy_run(recorded_runs["heuristic"], tmp_path / "run")
+    client = local_client(tmp_path)
+    assert client.get("/api/runs/run/snapshot").json() == folded(run, "run")
+    new = tmp_path / "new.jsonl"
+    shutil.copy(recorded_runs["static"] / EVENTS_FILE, new)
+    new.replace(run / EVENTS_FILE)  # another file at the path
+    response = client.get("/api/runs/run/snapshot")
+    assert response.status_code == 200 and response.json() == folded(run, "run")
+    (run / EVENTS_FILE).unlink()  # removed: still an error, not an empty run
+    assert client.get("/api/runs/run/snapshot").status_code != 200
+
+
 def test_a_malformed_line_ends_that_stream_with_an_error_and_the_server_goes_on(
     runs_dir: Path,
 ) -> None:

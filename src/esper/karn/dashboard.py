@@ -78,6 +78,7 @@ from esper.karn.guard import (
 )
 from esper.karn.snapshot import RECENT_SHOWN, snapshot
 from esper.karn.studies import StudyFindings
+from esper.leyline.files import file_mode
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import (
     JUDGING_FILE,
@@ -392,6 +393,16 @@ class Folds:
             EventLogError: the log is malformed, rewritten or links out of the runs directory.
             ValueError: ``view`` raised it (e.g. a slot that does not exist).
         """
+        try:
+            return self._use(events_path, view)
+        except EventLogGone:  # rewritten or replaced: the log there now is read from its start
+            if file_mode(events_path) is None:  # (removed: nothing to read)
+                raise
+            return self._use(events_path, view)
+
+    def _use(self, events_path: Path, view: Callable[[RunState], _T]) -> _T:
+        """``use``, once: a log that fails is forgotten (a trial's folder made again answered
+        422 once before its new log was read)."""
         with self._lock:
             followed = self._runs.pop(events_path, None)
             if followed is None:

@@ -57,8 +57,8 @@ class EventLogError(ValueError):
 
 
 class EventLogGone(EventLogError):
-    """The log followed was removed, or rewritten shorter: a log that appears there now is
-    another one, to be read from its start."""
+    """The log followed was removed, rewritten shorter or replaced by another file: a log
+    that appears there now is another one, to be read from its start."""
 
 
 class RunDirectoryError(RunRecordError):
@@ -356,13 +356,13 @@ class EventTail:
         return found
 
     def _check_same_file(self, identity: tuple[int, int]) -> None:
-        """Raises EventLogError: the log is another file than the one read from before (moved
+        """Raises EventLogGone: the log is another file than the one read from before (moved
         over it; a copy written into the same file is caught only when it is shorter): its
         bytes from the old offset on would be taken for new lines."""
         if self.identity is None:
             self.identity = identity
         elif identity != self.identity:
-            self.error = EventLogError(
+            self.error = EventLogGone(
                 f"{self.path}: the event log was replaced by another file (moved over it); it "
                 "is not followed further"
             )
