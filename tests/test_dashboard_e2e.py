@@ -317,11 +317,16 @@ def test_runs_that_appear_or_come_back_after_the_page_loaded_are_followed(
 
         named = open_page(url)
         named.goto(f"{url}#run=later")
-        expect(stat(named, "run")).to_have_text("first")  # not there yet: the newest
+        expect(stat(named, "run")).to_have_text("first")  # not there yet: the newest, saying so
+        expect(named.locator("#error")).to_have_text(
+            f'No run named "later" in {runs} (yet): showing the newest, first; the page '
+            "switches to it when it appears."
+        )
         copy_run(recorded_runs["heuristic"], runs / "later")
         named.evaluate("refreshRuns()")
         expect(stat(named, "run")).to_have_text("later")
         expect(named.locator("#run-picker")).to_have_value("later")
+        expect(named.locator("#error")).to_be_hidden()
 
         shutil.rmtree(runs / "later")
         expect(named.locator("#connection")).to_have_text("stopped")

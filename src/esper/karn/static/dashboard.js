@@ -844,6 +844,11 @@ function route() {
   const name = page.runs.has(wanted) ? wanted : page.newest || "";
   $("run-picker").value = name;
   if (name !== page.name || !page.source) connect(name);
+  if (wanted && name !== wanted) {  // another run was shown without a word (a walk-through)
+    const shown = name ? `showing the newest, ${name}` : "none to show";
+    showError(`No run named ${JSON.stringify(wanted)} in ${page.meta.runs_dir} (yet): ` +
+      `${shown}; the page switches to it when it appears.`);
+  }
 }
 
 function legendChip(kind) {
