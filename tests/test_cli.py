@@ -440,6 +440,10 @@ LONG_URL = "postgresq://u@127.0.0.1/" + "d" * 70
             ["heuristic", "--task", "synthetic", "--epochs", "x"],
             "esper: error: --epochs: expected INT or None, got 'x'",
         ),
+        (  # tyro's "invalid choice 'fp16' for argument '--precision'. Expected one of (...)."
+            ["heuristic", "--task", "synthetic", "--precision", "fp16"],
+            "esper: error: --precision: expected one of float32, bfloat16, got 'fp16'",
+        ),
         # A switch's value read as an unknown flag: "unknown flag yes"
         (
             ["heuristic", "--task", "synthetic", "--shapley", "yes"],

@@ -192,6 +192,7 @@ def _refusal(stop: SystemExit) -> BaseException | None:
     return seen
 
 
+_CHOICE = re.compile(r"invalid choice ('.*') for argument '(\S+)'\. Expected one of \((.*)\)")
 _SIMILAR = re.compile(r"Arguments similar to \S+:|Perhaps you meant:")
 _CONVERSION = re.compile(
     r"(?:invalid literal for (int)\(\) with base 10|could not convert string to (float)): (.*)"
@@ -321,6 +322,11 @@ def _one_line(
         return f"{', '.join(missing)} {verb} required" + (f": {about}" if about else "")
     text = " ".join(kept[1:] if len(kept) > 1 else kept)
     text = re.sub(r"\s+", " ", text)
+    choice = _CHOICE.search(text)
+    if choice:  # tyro's "invalid choice 'x' for argument '--f'. Expected one of ('a', 'b')."
+        value, flag, accepted = choice.groups()
+        words = ", ".join(part.strip().strip("'") for part in accepted.split(","))
+        return f"{flag}: expected one of {words}, got {value}"
     parsing = re.match(r"Error parsing (\S+): ", text)
     number = None if refusal is None else _CONVERSION.fullmatch(str(refusal))
     if parsing and number is not None:  # "invalid literal for int() with base 10: 'abc'"
