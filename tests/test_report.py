@@ -902,6 +902,14 @@ def test_truncated_last_line_still_reports_with_a_warning(
     (run / "summary.json").unlink()  # running (or crashed): its writer may be mid-line now
     code, out, err = _report([str(run)], capsys)
     assert code == 0 and "cut off while writing it, or is writing it now." in err
+    # its metrics as far as the log goes (they read "—" throughout; a walk-through)
+    epochs = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()[:-1]]
+    epochs = [r for r in epochs if r["event"] == "EpochCompleted"]
+    metrics = _tables((run / "report" / "report.html").read_text(encoding="utf-8"))["metrics"]
+    assert metrics["epochs"] == [str(epochs[-1]["epoch"])]
+    assert metrics["best epoch val acc"] == [f"{max(r['val_accuracy'] for r in epochs):.2f}%"]
+    assert metrics["last epoch val loss"] == [f"{epochs[-1]['val_loss']:.4f}"]
+    assert metrics["test acc"] == ["—"]  # read when the run ends: not yet
 
 
 def test_help_does_not_import_matplotlib() -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def test_compare_reads_an_unfinished_run_from_its_log(
     update = [r for r in _records(ppo) if r["event"] == "PPOUpdate"][-1]
     finished = recorded_runs["static"]
     assert main(["runs", "compare", str(finished), str(run), str(ppo)]) == 0
-    rows = {line[:18].strip(): line[18:].split() for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out.splitlines()
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line) for line in out)}
     static = _growth(finished)
     assert static.final is not None
     assert rows["status"] == ["completed", "unfinished", "unfinished"]
@@ -185,7 +187,15 @@ def test_compare_reads_an_unfinished_run_from_its_log(
     assert rows["params"] == [f"{static.param_count:,}", f"{last['param_count']:,}", "—"]
     assert rows["rounds"] == ["—", "—", str(update["round"])]
     assert rows["final mean return"] == ["—", "—", f"{update['mean_return']:.3f}"]
-    (run / "config.json").write_text('{"training": 5}')  # its planned epochs cannot be read
+    # the loss and best of the log too (they read "—" beside the last accuracy; a walk-through)
+    best = max(r["val_accuracy"] for r in keep if r["event"] == "EpochCompleted")
+    assert rows["best epoch val acc"][1:] == [f"{best:.2f}%", "—"]
+    assert rows["last epoch val loss"][1:] == [f"{last['val_loss']:.4f}", "—"]
+    returns = [r["mean_return"] for r in _records(ppo) if r["event"] == "PPOUpdate"]
+    assert rows["best mean return"][1:] == ["—", f"{max(returns):.3f}"]
+    assert rows["env steps"][1:] == ["—", f"{update['env_steps']:,}"]
+    with (run / "events.jsonl").open("a") as log:
+        log.write("{not an event\n")
     assert main(["runs", "compare", str(finished), str(run)]) == 2
     assert "live: not readable: " in capsys.readouterr().err
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from esper.leyline.config import COMPARED_SETTINGS, UserError, setting_text
 from esper.leyline.files import expanded
-from esper.nissa.fold import fold
+from esper.nissa.fold import RunState, fold, summary_so_far
 from esper.nissa.log import (
     SUMMARY_METRICS,
     RunDirectory,
@@ -34,7 +34,6 @@ from esper.nissa.log import (
 from esper.nissa.record import (
     CONFIG_FILE,
     EVENTS_FILE,
-    PPO_MODE,
     RunRecordError,
     read_meta,
     samples_text,
@@ -82,14 +81,7 @@ def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
     if s is not None and s.growth is not None:
         g = s.growth
         return g.epochs_completed, g.epochs_planned, g.final_val_accuracy, g.param_count, None
-    log = read_events(run.events_path)
-    if log.truncated_line is not None:  # an unfinished run whose last line was cut: a crash
-        print(
-            f"warning: {run.name}: {EVENTS_FILE} line {log.truncated_line} is truncated "
-            "(the run crashed while writing it)",
-            file=sys.stderr,
-        )
-    state = fold(log.records, recent=0)
+    state = _folded(run)
     if state.is_ppo:
         planned = _planned(run, "ppo", "rounds")
         if not state.rounds:
@@ -101,6 +93,23 @@ def _progress(run: RunDirectory) -> tuple[Any, Any, Any, Any, Any]:
     if last is None:
         return None, planned, None, None, None
     return last.epoch, planned, last.val_accuracy, last.param_count, None
+
+
+def _folded(run: RunDirectory) -> RunState:
+    """An unfinished run's log folded, with a warning when its last line is cut (a crash).
+
+    Raises:
+        EventLogError: a complete line is malformed.
+        OSError: the log cannot be read.
+    """
+    log = read_events(run.events_path)
+    if log.truncated_line is not None:
+        print(
+            f"warning: {run.name}: {EVENTS_FILE} line {log.truncated_line} is truncated "
+            "(the run crashed while writing it)",
+            file=sys.stderr,
+        )
+    return fold(log.records, recent=0)
 
 
 def _planned(run: RunDirectory, section: str, key: str) -> int:
@@ -171,21 +180,16 @@ def _compare(paths: list[Path]) -> int:
 
 
 def _summary_so_far(run: RunDirectory) -> dict[str, Any]:
-    """What ``summary.json`` would hold of an unfinished run's progress (``_progress``: its last
-    logged epoch or round), for ``runs compare``, which showed such a run's column all "—".
+    """What ``summary.json`` would hold of an unfinished run's progress (``summary_so_far`` of
+    its log), for ``runs compare``.
 
     Raises:
-        UserError: its log or ``config.json`` cannot be read.
+        UserError: its log cannot be read.
     """
     try:
-        done, _, accuracy, params, mean_return = _progress(run)
-    except (ValueError, KeyError, OSError) as err:  # as runs list says it
+        return summary_so_far(_folded(run))
+    except (ValueError, OSError) as err:  # as runs list says it (EventLogError: a ValueError)
         raise UserError(f"{run.name}: not readable: {err}") from err
-    if run.mode == PPO_MODE:
-        ppo = {"rounds_completed": done, "final_mean_accuracy": accuracy}
-        return {"ppo": {**ppo, "final_mean_return": mean_return}}
-    last = {"final": {"val_accuracy": accuracy}, "param_count": params}
-    return {"growth": {"epochs_completed": done, **last}}
 
 
 def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:

@@ -54,7 +54,7 @@ from esper.leyline import Op, SeedStage, pages
 from esper.leyline.config import COMPARED_SETTINGS, setting_text
 from esper.leyline.events import EpochCompleted
 from esper.leyline.files import atomic_write_all, remove_temporaries
-from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState
+from esper.nissa.fold import MARK_KINDS, Episode, LifecycleMark, RoundState, summary_so_far
 from esper.nissa.log import (
     SUMMARY_METRICS,
     SummaryMetric,
@@ -443,7 +443,10 @@ def metric_rows(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
     """The final-metrics table (``SUMMARY_METRICS``): label and one formatted cell per run ("—"
     where missing). Rows are the first run's kind's metrics, then those only the baseline's
     kind has."""
-    summaries = [None if run.run.summary is None else run.run.summary.to_json() for run in runs]
+    summaries = [  # an unfinished run's as far as its log goes (it read "—" throughout)
+        summary_so_far(run.state) if run.run.summary is None else run.run.summary.to_json()
+        for run in runs
+    ]
 
     def of_kind(metric: SummaryMetric, run: RunData) -> bool:
         section = metric.path[0] if len(metric.path) > 1 else None  # None: every run's

@@ -28,8 +28,10 @@ import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from esper.leyline import SeedStage, ordered_slots
+from esper.leyline.config import measured
 from esper.leyline.events import (
     ActionTaken,
     AnomalyDetected,
@@ -475,6 +477,31 @@ def episode_less(state: RunState) -> RunFinished | None:
     if state.is_ppo or not isinstance(finish, RunFinished) or state.episode().latest is not None:
         return None
     return finish
+
+
+def summary_so_far(state: RunState) -> dict[str, Any]:
+    """What ``summary.json`` would hold of an unfinished run's progress, as JSON (the views'
+    ``SUMMARY_METRICS`` read it): a growth run's last logged epoch and best validation
+    accuracy, a PPO run's last round and best return. Empty before the first epoch or round.
+    (``runs compare`` showed the last accuracy but "—" for the loss and best the log holds,
+    the report "—" for every metric.)"""
+    if state.is_ppo:
+        if not state.rounds:
+            return {}
+        last = state.rounds[-1].update
+        returns = [v for r in state.rounds if (v := measured(r.update.mean_return)) is not None]
+        ppo: dict[str, Any] = {"rounds_completed": last.round, "env_steps": last.env_steps}
+        ppo["final_mean_accuracy"] = measured(last.mean_final_accuracy)
+        ppo["final_mean_return"] = measured(last.mean_return)
+        return {"ppo": ppo | {"best_mean_return": max(returns, default=None)}}
+    episode = state.episode()
+    latest = episode.latest
+    if latest is None:
+        return {}
+    names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    final = {name: measured(getattr(latest, name)) for name in names}
+    growth = {"epochs_completed": latest.epoch, "final": final, "param_count": latest.param_count}
+    return {"growth": growth | {"best_val_accuracy": episode.best_val_accuracy()}}
 
 
 def fold(items: Iterable[Logged], recent: int = RECENT_EVENTS) -> RunState:
