@@ -356,9 +356,9 @@ def _bad_config(tmp: Path, kind: str) -> Path:
         (["eval", *TINY], "--policy"),
         (["eval", *TINY, "--policy", "{tmp}"], "PPO"),
         (["heuristic", "--config", "{unknown-key}"], "colour"),
-        (["heuristic", "--config", "{deep}"], "--config"),
-        (["heuristic", "--config", "{deep-object}"], "--config"),
-        (["heuristic", "--config", "{toml}"], "--config"),
+        (["heuristic", "--config", "{deep}"], "cannot read config file"),
+        (["heuristic", "--config", "{deep-object}"], "cannot read config file"),
+        (["heuristic", "--config", "{toml}"], "cannot read config file"),
         (["heuristic", *TINY, "--out", "{tmp}/" + "x" * 300], "x" * 20),
         # esper ppo: sizes that cannot fit are refused up front, naming the limit
         (["ppo", "--preset", "tiny", "--ppo.n-envs", "1000000"], "[1, 256]"),
