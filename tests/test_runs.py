@@ -556,6 +556,10 @@ def test_a_damaged_run_is_named_not_passed_over(tmp_path: Path, recorded_runs, c
             (parent / name / lost).unlink()
     (parent / "plots").mkdir()  # no run's file in it: not a run, not named
     (parent / "plots" / "curve.png").write_bytes(b"png")
+    (parent / "hf-model").mkdir()  # a config.json is many tools' (a review): not a run either
+    (parent / "hf-model" / "config.json").write_text("{}")
+    (parent / ".esper-partial-1@h@x").mkdir()  # a run being assembled: hidden
+    (parent / ".esper-partial-1@h@x" / "events.jsonl").write_text("")
     assert main(["runs", "list", str(parent)]) == 0
     captured = capsys.readouterr()
     assert [line.split()[0] for line in captured.out.splitlines()[2:]] == ["whole"]
@@ -572,6 +576,12 @@ def test_a_damaged_run_is_named_not_passed_over(tmp_path: Path, recorded_runs, c
     assert err.rstrip().endswith("name the other runs to leave it out") and err.count("\n") == 1
     rows = _query(capsys, "SELECT count(*) AS n FROM runs", parent / "whole")
     assert rows == [{"n": 1}]
+    # named itself, it says what it lacks (it read "no runs in ...", exit 0)
+    assert main(["runs", "list", str(parent / "no_log")]) == 0
+    assert "no_log: not readable: " in capsys.readouterr().err
+    shutil.rmtree(parent / "no_config")
+    shutil.rmtree(parent / "no_log")
+    assert _query(capsys, "SELECT count(*) AS n FROM runs", parent) == [{"n": 1}]
 
 
 @pytest.mark.parametrize(

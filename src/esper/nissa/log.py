@@ -28,10 +28,11 @@ from esper.leyline.events import EVENT_TYPES, Event, RunStarted, event_record
 from esper.leyline.files import file_mode, open_regular
 from esper.leyline.stages import SeedStage
 from esper.leyline.trials import TRIALS_DIR
+
+# Layout names the record defines, also imported from here by the views (explicit re-exports).
+from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
+from esper.nissa.record import PPO_MODE as PPO_MODE
 from esper.nissa.record import (
-    CHECKPOINTS_DIR,
-    CONFIG_FILE,
-    META_FILE,
     SUMMARY_FILE,
     UNFINISHED,
     RunRecordError,
@@ -39,14 +40,11 @@ from esper.nissa.record import (
     is_study,
     not_a_run,
     read_config,
+    read_meta,
     read_summary,
     run_problem,
     strict_json,
 )
-
-# Layout names the record defines, also imported from here by the views (explicit re-exports).
-from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
-from esper.nissa.record import PPO_MODE as PPO_MODE
 
 _FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in EVENT_TYPES.items()}
 """Every field each event's line must have (its dataclass fields)."""
@@ -582,8 +580,8 @@ def run_candidates(directory: Path) -> list[Path]:
     """
     try:
         log = file_mode(directory / EVENTS_FILE)
-        if log is not None and stat.S_ISREG(log):
-            return [directory]
+        if (log is not None and stat.S_ISREG(log)) or is_damaged_run(directory):
+            return [directory]  # (a damaged one: open_run says what it lacks)
         if is_study(directory):
             directory = directory / TRIALS_DIR
             trials = file_mode(directory)
@@ -680,19 +678,27 @@ def _each_once(
     return {name: entry for name, entry in found.items() if name in names}
 
 
-_RUN_TRACES = (CONFIG_FILE, EVENTS_FILE, META_FILE, SUMMARY_FILE, CHECKPOINTS_DIR)
-"""What only a run directory holds: a directory with some of these is a run, damaged when it
-lacks one of ``RUN_FILES`` (a directory of plots beside the runs is none)."""
-
-
 def _may_be_run(path: Path) -> bool:
-    """A run directory, a damaged one (a run's file removed: passing over it in silence lost
-    the run from every listing and query) or a directory that cannot be read (``open_run``
-    then says why)."""
+    """A run directory, a damaged one (``is_damaged_run``) or a directory that cannot be read
+    (``open_run`` then says why)."""
     problem, unreadable = run_problem(path)
-    if problem is None or unreadable:
+    return problem is None or unreadable or is_damaged_run(path)
+
+
+def is_damaged_run(path: Path) -> bool:
+    """Whether ``path`` is an Esper run directory that lost a file of ``RUN_FILES``: it holds
+    what only a run writes, an event log or a ``meta.json`` that reads as a run's (passing over
+    it in silence lost the run from every listing and query). Not a directory holding a
+    ``config.json`` alone (many tools write one), nor a hidden one (a run being assembled)."""
+    mode = file_mode(path)
+    if mode is None or not stat.S_ISDIR(mode) or path.name.startswith("."):
+        return False
+    if file_mode(path / EVENTS_FILE) is not None:
         return True
-    return file_mode(path) is not None and any(file_mode(path / n) for n in _RUN_TRACES)
+    try:
+        return read_meta(path) is not None
+    except RunRecordError:
+        return False
 
 
 def check_runs_dir(directory: Path) -> None:
