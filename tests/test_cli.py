@@ -598,7 +598,9 @@ def test_a_flag_error_reads_the_same_when_stderr_cannot_encode_box_drawing(tmp_p
     # (In ASCII a wrapped line of dashes is a rule's twin; such a value ends the paragraph.)
     dashes = ["heuristic", "--task", "synthetic", "--precision=" + "-" * 200]
     line = _stderr_of(dashes, "utf-8", tmp_path)
-    assert "for argument '--precision'. Expected one of ('float32', 'bfloat16')" in line
+    cut = f"'{'-' * 39}... (200 characters)"
+    expected = f"--precision: expected one of float32, bfloat16, got {cut}"
+    assert line == f"esper: error: {expected}\n"  # whole, then cut (a space was put in it)
 
 
 def test_missing_dataset_is_reported(tmp_path, capsys, monkeypatch) -> None:
@@ -1465,3 +1467,28 @@ def test_a_batch_or_validation_subset_beyond_its_split_is_noted(tmp_path, capsys
     ) in err
     meta = json.loads((out / "meta.json").read_text())
     assert meta["data"]["samples"] == {"train": 512, "val": 256, "test": 256}
+
+
+def test_a_url_saved_with_a_password_before_it_was_refused_still_resumes(tmp_path) -> None:
+    """A new run's URL with a password is refused (``refuse_passwords``); a run that saved one
+    before could no longer be resumed: its config.json was refused as it was read back, with
+    advice a resume cannot take (a review)."""
+    from esper.cli.config import refuse_passwords
+    from esper.leyline.config import HostTraining, TelemetrySettings, UserError, override
+    from esper.study.growth import GrowthRun
+
+    saved = {
+        "training": {"task": "synthetic"},
+        "knowledge": "postgresql://u:pw@127.0.0.1/k",
+        "telemetry": {"mlflow": "http://u:pw@127.0.0.1:1"},
+    }
+    config = override(GrowthRun(HostTraining("")), saved)  # as --resume reads it back
+    assert config.knowledge == saved["knowledge"] and config.telemetry.mlflow is not None
+    with pytest.raises(UserError, match=r"^telemetry: mlflow 'http://u:\*\*\*@127"):
+        refuse_passwords(config.telemetry, config.knowledge)  # what a new run is told
+    with pytest.raises(UserError, match=r"^knowledge 'postgresql://u:\*\*\*@127.0.0.1/k'"):
+        refuse_passwords(TelemetrySettings(), config.knowledge)
+    # SQLAlchemy reads a password up to the "@", "/" and all: it was kept and shown
+    with pytest.raises(UserError, match=r"'postgresql://u:\*\*\*@h/d' carries a password"):
+        refuse_passwords(TelemetrySettings(), "postgresql://u:pa/ss@h/d")
+    refuse_passwords(TelemetrySettings(), "postgresql://u:@h/d")  # an empty one is none

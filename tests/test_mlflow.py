@@ -388,12 +388,19 @@ def stalling_server() -> Iterator[str]:
         server.server_close()
 
 
+LOGIN = " (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)"
+
+
 @pytest.mark.parametrize(
-    ("status", "hint"),
-    [(404, ""), (401, " (a login: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")],
+    ("status", "said", "hint"),
+    [
+        (404, "is not an MLflow tracking server", ""),
+        (401, "wants a login", LOGIN),  # an MLflow server with authentication is one
+        (403, "refused the login given (or none was given)", LOGIN),
+    ],
 )
 def test_a_web_server_that_is_not_mlflow_fails_at_the_start(
-    mlflow, tmp_path, capsys, no_proxy, status, hint
+    mlflow, tmp_path, capsys, no_proxy, status, said, hint
 ) -> None:
     """Another web server at the address (or one wanting a login) answered the start-up
     check's ``/health``, then refused the sink's first API call after the run directory was
@@ -427,8 +434,7 @@ def test_a_web_server_that_is_not_mlflow_fails_at_the_start(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"esper: error: cannot track the run in MLflow at {uri}: the server at 127.0.0.1:{port} "
-        f"is not an MLflow tracking server: HTTP {status} for "
-        f"/api/2.0/mlflow/experiments/get-by-name{hint}"
+        f"{said}: HTTP {status} for /api/2.0/mlflow/experiments/get-by-name{hint}"
     ]
     assert not run.exists()
 

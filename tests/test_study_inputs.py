@@ -1399,3 +1399,19 @@ def test_a_local_study_whose_data_cannot_be_found_stops_before_ray(
         "not found: "
     )
     assert err.count("\n") == 1 and not (path.parent / "o").exists()
+
+
+def test_a_study_begun_with_a_password_in_its_store_url_goes_on(tmp_path) -> None:
+    """A new study whose knowledge URL carries a password is refused; one begun before that
+    refusal keeps its URL (study.json and its trials hold it) and goes on (a review)."""
+    from esper.cli.study import load
+    from esper.leyline.config import UserError
+
+    body = f'knowledge = "postgresql://u:pw@127.0.0.1/k"\n{HEAD}{STATIC}'
+    path = _study(tmp_path, body)
+    with pytest.raises(UserError, match="carries a password"):
+        load(path)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / STUDY_FILE).write_text("{}")  # begun: it is a study directory
+    spec, directory = load(path)
+    assert spec.knowledge == "postgresql://u:pw@127.0.0.1/k" and directory == tmp_path / "o"

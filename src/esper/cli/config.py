@@ -26,7 +26,9 @@ import tyro
 
 from esper.cli.main import RUN_COMMANDS
 from esper.leyline.config import (
+    MLFLOW_PASSWORD,
     HostTraining,
+    TelemetrySettings,
     UserError,
     config_text,
     error_text,
@@ -35,6 +37,7 @@ from esper.leyline.config import (
     read_config_file,
 )
 from esper.leyline.files import absolute_path, expanded, shell_path
+from esper.leyline.net import refuse_password
 from esper.study.checks import check_outside_studies
 from esper.study.growth import GrowthRun, check_mode
 
@@ -326,7 +329,8 @@ def _one_line(
     if choice:  # tyro's "invalid choice 'x' for argument '--f'. Expected one of ('a', 'b')."
         value, flag, accepted = choice.groups()
         words = ", ".join(part.strip().strip("'") for part in accepted.split(","))
-        return f"{flag}: expected one of {words}, got {value}"
+        given = _value_of(flag, argv)  # whole: the box breaks a long value where it wraps
+        return f"{flag}: expected one of {words}, got {value if given is None else quoted(given)}"
     parsing = re.match(r"Error parsing (\S+): ", text)
     number = None if refusal is None else _CONVERSION.fullmatch(str(refusal))
     if parsing and number is not None:  # "invalid literal for int() with base 10: 'abc'"
@@ -346,6 +350,15 @@ def _one_line(
         named = where[:1].isupper() or said.startswith((f"{where}.", f"{where}:"))
         text = ("" if named else f"{where}: ") + said
     return text or "bad command line"
+
+
+def _value_of(flag: str, argv: Sequence[str]) -> str | None:
+    """The value ``argv`` gives ``flag`` (``--flag VALUE`` or ``--flag=VALUE``), if any."""
+    for i, item in enumerate(argv):
+        name, eq, value = item.partition("=")
+        if name == flag:
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
 
 
 def _metavar_words(metavar: str) -> str:
@@ -440,7 +453,32 @@ def growth_config(
             f"esper {mode} needs a task: --task NAME (or training.task in --config{taken})"
         )
     check_mode(mode, config, named_fields(argv))
+    refuse_passwords(config.telemetry, config.knowledge)
     return config
+
+
+KNOWLEDGE_PASSWORD = (
+    "set the URL in $ESPER_KNOWLEDGE instead (kept out of the run's files), or the password "
+    "in PGPASSWORD or ~/.pgpass"
+)
+"""Where a knowledge store URL's password goes instead of a run's ``knowledge``."""
+
+
+def refuse_passwords(telemetry: TelemetrySettings, knowledge: str | None = None) -> None:
+    """A new run's URLs carry no password (``refuse_password``): it would be kept in
+    ``config.json``, printed, and logged to MLflow and TensorBoard. (A resumed run's were
+    saved already: it goes on as configured.)
+
+    Raises:
+        UserError: naming the setting, the URL with its password hidden, and where it goes.
+    """
+    try:
+        if telemetry.mlflow is not None:
+            refuse_password("telemetry: mlflow", telemetry.mlflow, MLFLOW_PASSWORD)
+        if knowledge is not None:
+            refuse_password("knowledge", knowledge, KNOWLEDGE_PASSWORD)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def seed_lr_following(training: HostTraining, named: frozenset[str]) -> HostTraining:

@@ -28,7 +28,7 @@ from esper.leyline.files import (
     not_regular,
     shell_path,
 )
-from esper.leyline.net import MAX_PORT, is_host_port
+from esper.leyline.net import MAX_PORT, is_host_port, refuse_password
 from esper.leyline.trials import (
     LOCK_FILE,
     RESULTS_FILE,
@@ -92,9 +92,14 @@ def load(path: Path) -> tuple[StudySpec, Path]:
             "keeps in its directory; give the study file another name (e.g. study.toml)"
         )
     try:
-        return read_study(path)
+        spec, directory = read_study(path)
+        if spec.knowledge is not None and not record.is_study(directory):  # a new study:
+            # study.json and every trial's config.json would keep it (an existing study's
+            # are kept already, and it goes on as begun)
+            refuse_password("knowledge", spec.knowledge, "give it in PGPASSWORD or ~/.pgpass")
     except ValueError as err:
         raise UserError(f"study file {str(path)!r}: {err}") from err
+    return spec, directory
 
 
 def run_study(args: argparse.Namespace) -> int:

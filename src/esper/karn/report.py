@@ -489,8 +489,8 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
             )
         if data.run.summary is None:
             notes.append(
-                f"{data.run.name}: no summary.json (still running or crashed): its final "
-                "metrics are blank; the plots show what its event log holds."
+                f"{data.run.name}: no summary.json (still running or crashed): its metrics "
+                "and plots are what its event log holds so far (no test accuracy yet)."
             )
         notes += _missing_steps(data)
     if len(runs) == 2:
@@ -627,8 +627,8 @@ def render_html(runs: Sequence[RunData], plots: Sequence[Plot], warnings: Sequen
     if not plots:
         body.append(
             "<p>No plots: the log holds no per-epoch or per-round records (at "
-            "<code>--telemetry.level minimal</code> a growth run logs its start and end only; "
-            "its <code>metrics.csv</code> holds every epoch).</p>"
+            "<code>--telemetry.level minimal</code> a growth run logs its start, end and "
+            "governor panics, no epoch; its <code>metrics.csv</code> holds every epoch).</p>"
         )
     for plot in plots:
         svg = plot.svg_filename

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, get_args
 
-from esper.leyline.net import refuse_password
 from esper.leyline.slots import ordered_slots
 
 MAX_INT64 = 2**63 - 1
@@ -329,7 +328,8 @@ class TelemetrySettings:
 
     Attributes:
         level: telemetry level of the event log, and of what TensorBoard and MLflow get
-            (minimal: a growth run's start and end only, not its epochs; PPO rounds stay).
+            (minimal: a growth run's start, end and governor panics, not its epochs; PPO rounds
+            stay).
         tensorboard: also write TensorBoard scalars, hyperparameters and the configuration to
             tensorboard/ in the run directory.
         mlflow: also track the run in MLflow at this tracking URI (http://HOST:PORT or
@@ -350,12 +350,12 @@ class TelemetrySettings:
         check_bool("tensorboard", self.tensorboard)
         if self.mlflow is not None:
             check_tracking_uri("mlflow", self.mlflow)
-            refuse_password("mlflow", self.mlflow, MLFLOW_PASSWORD)
 
 
 MLFLOW_PASSWORD = (
-    "give it outside the URI: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a "
-    "tracking server, PGPASSWORD or ~/.pgpass for PostgreSQL, an option file for MySQL"
+    "give it outside the URI: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+    "MLFLOW_TRACKING_TOKEN) for a tracking server, PGPASSWORD or ~/.pgpass for PostgreSQL, "
+    "an option file the URI names (?read_default_file=PATH) for MySQL"
 )
 """Where an MLflow tracking URI's password goes instead (MLflow and the drivers read them)."""
 

@@ -14,7 +14,7 @@ MAX_PORT = 65535
 _HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9_.\-]{1,254}):(?P<port>[0-9]{1,5})")
 
 
-_USER_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+_USER_PASSWORD = re.compile(r"(://[^/@:]*:)[^@]*@")  # as SQLAlchemy reads it: up to the "@"
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 
@@ -26,8 +26,12 @@ def hidden_password(url: str) -> str:
 
 
 def has_password(url: str) -> bool:
-    """Whether ``url`` carries a password (``hidden_password`` would hide one)."""
-    return hidden_password(url) != url
+    """Whether ``url`` carries a password that is not empty, where ``hidden_password`` hides
+    one (``postgresql://u:pa/ss@host`` too: SQLAlchemy reads the password up to the "@")."""
+    user = _USER_PASSWORD.search(url)
+    if user is not None and user.end() - user.end(1) > 1:  # more than the "@"
+        return True
+    return any(m.end() > m.end(1) for m in _QUERY_PASSWORD.finditer(url))
 
 
 def refuse_password(name: str, url: str, elsewhere: str) -> None:

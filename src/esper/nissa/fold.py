@@ -472,7 +472,8 @@ class RunState:
 
 def episode_less(state: RunState) -> RunFinished | None:
     """A finished growth run's end record when its log holds no epoch (``--telemetry.level
-    minimal`` logs the start and end only): the views show how far it got from it, not "—"."""
+    minimal`` logs its start, end and governor panics, no epoch): the views show how far it
+    got from it, not "—"."""
     finish = state.finish
     if state.is_ppo or not isinstance(finish, RunFinished) or state.episode().latest is not None:
         return None

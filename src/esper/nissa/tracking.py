@@ -190,15 +190,16 @@ def _check_server(uri: str, address: str) -> None:
         if found is None:
             raise OSError(first_line(err)) from None
         endpoint, status = found.groups()
-        login = (
-            " (a login: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
-            if status in ("401", "403")
-            else ""
-        )
-        raise OSError(
-            f"the server at {address} is not an MLflow tracking server: HTTP {status} for "
-            f"{endpoint}{login}"
-        ) from None
+        what = _REFUSALS.get(status, "is not an MLflow tracking server")
+        login = _LOGIN if status in _REFUSALS else ""
+        said = f"the server at {address} {what}: HTTP {status} for {endpoint}{login}"
+        raise OSError(said) from None
+
+
+_REFUSALS = {"401": "wants a login", "403": "refused the login given (or none was given)"}
+"""How a server that refuses MLflow's API for want of a login says it (an MLflow server with
+authentication is one)."""
+_LOGIN = " (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)"
 
 
 def _limit_http() -> None:
@@ -279,6 +280,10 @@ def _check_tables(database: Path) -> None:
     try:
         with contextlib.closing(sqlite3.connect(address, uri=True)) as db:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):  # another run writes to it now: a store in use is MLflow's
+            return
+        raise OSError(f"the database {str(database)!r} cannot be read ({err})") from None
     except sqlite3.Error as err:
         raise OSError(f"the database {str(database)!r} cannot be read ({err})") from None
     tables = sorted(str(name) for (name,) in rows)

@@ -42,7 +42,6 @@ from esper.leyline.events import PolicyDecision, RunFinished, TelemetryLevel
 from esper.leyline.files import atomic_write
 from esper.leyline.knowledge import HostSignature, SeedOutcome
 from esper.leyline.lifecycle import never_blends
-from esper.leyline.net import refuse_password
 from esper.leyline.trials import FINISHED
 from esper.nissa import TelemetryHub, record
 from esper.seeding import run_seeds, seed_everything
@@ -121,7 +120,6 @@ class GrowthRun:
             from esper.nissa.knowledge import parse_url
 
             parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
-            refuse_password("knowledge", self.knowledge, KNOWLEDGE_PASSWORD)
 
     def never_grows(self, mode: str, epochs: int, settable: bool = True) -> str | None:
         """Why a ``mode`` run of ``epochs`` epochs can never grow (a heuristic run too short for
@@ -135,13 +133,6 @@ class GrowthRun:
         if mode == "eval":  # a policy germinates when it likes; a seed must blend to count
             return never_blends(epochs, self.training.auto_advance)
         return None
-
-
-KNOWLEDGE_PASSWORD = (
-    "set the URL in $ESPER_KNOWLEDGE instead (kept out of the run's files), or the password "
-    "in PGPASSWORD or ~/.pgpass"
-)
-"""Where a knowledge store URL's password goes instead of a run's ``knowledge``."""
 
 
 HEURISTIC_FIELDS = frozenset(f.name for f in fields(HeuristicConfig))

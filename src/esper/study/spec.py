@@ -51,7 +51,6 @@ from esper.leyline.config import (
     require,
 )
 from esper.leyline.files import absolute_path, is_utf8_path
-from esper.leyline.net import refuse_password
 from esper.leyline.trials import (
     DEFAULT_REPS,
     KNOWLEDGE_FILE,
@@ -342,8 +341,6 @@ class StudySpec:
             from esper.nissa.knowledge import parse_url
 
             parse_url(self.knowledge)  # a malformed URL or scheme fails before anything runs
-            # (study.json and every trial's config.json keep it; the variable is not read)
-            refuse_password("knowledge", self.knowledge, "give it in PGPASSWORD or ~/.pgpass")
         require(bool(self.out), "out must name the study directory")
         require(bool(self.tasks), "tasks must name at least one task")
         for task in self.tasks:
