@@ -851,7 +851,7 @@ def test_demo_with_a_home_of_no_user_is_one_line(tmp_path, capsys, monkeypatch) 
     assert main(["demo", "--epochs", "1", "--data-dir", "~esper-no-such-user/x"]) == 2
     err = capsys.readouterr().err
     assert err == (  # argparse's path type expands ~ (every path option does)
-        "esper: error: argument --data-dir: '~esper-no-such-user/x': no such user's home "
+        "esper: error: --data-dir: '~esper-no-such-user/x': no such user's home "
         "directory (see esper demo --help)\n"
     )
     assert list(tmp_path.iterdir()) == []
@@ -1332,7 +1332,13 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
     ("argv", "message"),
     [
         ([], "the following arguments are required: COMMAND"),
-        (["bogus"], "invalid choice: 'bogus'"),
+        (["bogus"], "COMMAND: expected one of heuristic, static, eval, "),
+        # argparse's "argument --format: invalid choice: 'xml' (choose from 'csv', 'json')",
+        # as the run commands' flag errors read (a walk-through)
+        (
+            ["knowledge", "export", "--format", "xml"],
+            "error: --format: expected one of csv, json, got 'xml' (see",
+        ),
         (["demo", "--seed", str(2**64)], "expected an integer in [0, 4294967295]"),
         # torch's generator keeps a seed's low 32 bits: 2**32 would rerun seed 0
         (["demo", "--seed", str(2**32)], "expected an integer in [0, 4294967295], got 4294967296"),

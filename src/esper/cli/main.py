@@ -173,6 +173,10 @@ ROOT_PROG = "esper"
 """The top-level parser's name; every other ``_Parser`` is a subcommand's."""
 
 
+_ARGUMENT = re.compile(r"^argument ([^:\s]+): ")
+_INVALID_CHOICE = re.compile(r"invalid choice: ('.*') \(choose from (.*)\)$")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse in Esper's error style: a bad argument is one line and exit 2, without the usage
     block (``--help`` shows it); its subcommands' parsers are of this class too."""
@@ -182,7 +186,16 @@ class _Parser(argparse.ArgumentParser):
         self.missing = missing  # said when a required argument is missing
 
     def error(self, message: str) -> NoReturn:
+        """One line as the run commands' flag errors read: "--format: expected one of csv,
+        json, got 'xml'" for argparse's "argument --format: invalid choice: 'xml' (choose
+        from 'csv', 'json')"."""
         missing = f"; {self.missing}" * (bool(self.missing) and "are required" in message)
+        message = _ARGUMENT.sub(r"\1: ", message, count=1)
+        choice = _INVALID_CHOICE.search(message)
+        if choice is not None:
+            value, accepted = choice.groups()
+            words = ", ".join(word.strip().strip("'") for word in accepted.split(","))
+            message = f"{message[: choice.start()]}expected one of {words}, got {value}"
         raise UserError(f"{message}{missing} (see {self.prog} --help)")
 
     def parse_known_args(  # type: ignore[override]  # typeshed: overloads
