@@ -839,6 +839,23 @@ def test_cli_show_an_empty_store(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_cli_names_a_relative_sqlite_store_by_the_file_it_is(tmp_path, monkeypatch) -> None:
+    """``sqlite:///tmp/k.sqlite`` (three slashes) is tmp/k.sqlite under the working directory:
+    "imported ... into sqlite:///tmp/k.sqlite (0 already there)" read as /tmp/k.sqlite, which
+    held them all (a walk-through). A folder given as the store was SQLite's "unable to open
+    database file"."""
+    monkeypatch.chdir(tmp_path)
+    run = _run_dir(tmp_path, "run", [_outcome()])
+    said = _knowledge("import", "--knowledge", "sqlite:///sub/k.sqlite", str(run))
+    assert said.endswith(f"into sqlite:///{tmp_path}/sub/k.sqlite (0 already there)\n"), said
+    assert _knowledge("show", "--knowledge", "sqlite:///sub/no.sqlite") == (
+        f"sqlite:///{tmp_path}/sub/no.sqlite: no seed outcomes\n"
+    )
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match=r"/folder: 'folder' is a directory, not a database file$"):
+        _knowledge("show", "--knowledge", "sqlite:///folder")
+
+
 def test_reading_a_store_that_does_not_exist_creates_nothing(url: str) -> None:
     """No SQLite file, or a server database without Esper's tables: readers see it empty, a
     reset refuses it, and neither creates a file or a table; an import then creates it."""

@@ -378,7 +378,10 @@ def test_a_study_directory_that_cannot_be_made_is_one_line_before_ray(tmp_path, 
 @pytest.mark.parametrize("dry_run", [True, False])
 @pytest.mark.parametrize(
     ("kind", "reason"),
-    [("text", "file is not a database"), ("directory", "unable to open database file")],
+    [
+        ("text", "file is not a database"),
+        ("directory", "'{store}' is a directory, not a database file"),
+    ],
 )
 def test_a_knowledge_store_that_cannot_be_used_is_one_line(tmp_path, capsys, kind, reason, dry_run):
     """The study ran, its trials warning only in Ray's worker logs, and its bandit arm went
@@ -391,7 +394,8 @@ def test_a_knowledge_store_that_cannot_be_used_is_one_line(tmp_path, capsys, kin
     arm = '[[arms]]\nname = "h"\ncontroller = "heuristic"\nselector = "ucb"\n'
     path = _study(tmp_path, f'knowledge = "sqlite:///{store}"\n{HEAD}{BUDGET}{arm}')
     line = _bad(capsys, ["study", str(path), *(["--dry-run"] * dry_run)])
-    assert line == f"esper: error: knowledge store sqlite:///{store}: {reason}", line
+    said = reason.format(store=store)
+    assert line == f"esper: error: knowledge store sqlite:///{store}: {said}", line
     assert not (tmp_path / "o").exists()
     assert kind != "text" or store.read_text() == "not a database\n"
 
@@ -409,7 +413,10 @@ def test_the_studys_own_store_is_checked_too(tmp_path, capsys, dry_run):
     own = directory / KNOWLEDGE_FILE
     own.mkdir()
     line = _bad(capsys, ["study", str(path), *(["--dry-run"] * dry_run)])
-    assert line == f"esper: error: knowledge store sqlite:///{own}: unable to open database file"
+    assert line == (
+        f"esper: error: knowledge store sqlite:///{own}: '{own}' is a directory, not a database "
+        "file"
+    )
     assert sorted(p.name for p in directory.iterdir()) == [KNOWLEDGE_FILE, STUDY_FILE]
 
 

@@ -69,12 +69,13 @@ def run_knowledge(args: argparse.Namespace) -> int:
         KnowledgeURLError,
         default_url,
         parse_url,
+        shown_store,
         url_origin,
     )
 
     try:
         url = default_url() if args.knowledge is None else args.knowledge
-        shown = parse_url(url).render_as_string(hide_password=True)
+        shown = shown_store(parse_url(url))
         if args.knowledge_command == "reset" and not args.yes:
             raise UserError(
                 f"knowledge reset deletes every seed outcome in {shown}; add --yes to confirm"

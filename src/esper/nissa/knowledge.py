@@ -185,6 +185,16 @@ def shown_url(parsed: URL) -> str:
     return hidden_password(parsed.render_as_string(hide_password=False))
 
 
+def shown_store(parsed: URL) -> str:
+    """A store's URL (``parse_url``'s) as the store's messages name it: ``shown_url`` with an
+    SQLite file's path made absolute (``sqlite:///tmp/k.sqlite``, three slashes, is relative:
+    "imported ... into sqlite:///tmp/k.sqlite" read as /tmp/k.sqlite; a walk-through)."""
+    sqlite_file = _sqlite_file(parsed)
+    if sqlite_file is not None and str(parsed.database) != ":memory:":
+        parsed = parsed.set(database=str(sqlite_file.absolute()))
+    return shown_url(parsed)
+
+
 def recorded_url(url: str | None) -> str | None:
     """The store URL a new run records in its ``config.json``, so that a resume started in
     another directory or without ``$ESPER_KNOWLEDGE`` uses the store the run began with:
@@ -282,9 +292,9 @@ def _refuse_uncreatable(path: Path, shown: str) -> None:
 
 
 def _refuse_special_file(path: Path, shown: str) -> None:
-    """An SQLite store's path is a regular file, a directory (SQLite names that itself) or
-    nothing yet: a device took a journal file beside it (``/dev/null-journal``), a named pipe
-    would block.
+    """An SQLite store's path is a regular file or nothing yet: a device took a journal file
+    beside it (``/dev/null-journal``), a named pipe would block, and of a directory SQLite
+    said only "unable to open database file".
 
     Raises:
         KnowledgeStoreError: naming what the path is.
@@ -293,7 +303,7 @@ def _refuse_special_file(path: Path, shown: str) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return  # missing (created on open), or unreachable: SQLite says which
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if not stat.S_ISREG(mode):
         raise KnowledgeStoreError(
             f"knowledge store {shown}: {str(path)!r} is {not_regular(mode)}, not a database file"
         )
@@ -562,8 +572,8 @@ class KnowledgeStore:
             KnowledgeStoreError: the engine cannot be made (e.g. a missing driver).
         """
         parsed = parse_url(url)
-        shown = shown_url(parsed)
         sqlite_file = _sqlite_file(parsed)
+        shown = shown_store(parsed)
         if sqlite_file is not None and not create and not sqlite_file.exists():
             _refuse_uncreatable(sqlite_file, shown)  # "does not exist yet" must mean "can"
             raise KnowledgeStoreMissing(f"knowledge store {shown} {NOTHING_RECORDED}")
