@@ -878,6 +878,8 @@ def test_demo_stopped_by_sigterm_is_clean_at_any_point(tmp_path, capsys, monkeyp
     assert run.name.endswith("-static")
     assert capsys.readouterr().err.endswith(
         f"interrupted: epoch 1 checkpointed; continue with: esper static --resume {run}\n"
+        "esper demo: the side-by-side table and report need the whole demo: run esper demo "
+        "again for them (it starts both runs anew)\n"  # the resume alone finishes one run
     )
 
 

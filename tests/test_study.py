@@ -100,8 +100,10 @@ def test_a_validation_study_scores_and_names_the_final_models_validation_accurac
     assert [float(r["score"]) for r in rows] != tests  # not the test split's
     results = (out / "results.md").read_text()
     assert "Scores are validation accuracy (%) of the final model" in results
+    assert "2 trials: 2 finished with a score" in results  # counted(): "1 trials" was said
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
+    assert "<p>2 trials: 2 finished with a score" in page
     assert "<th>validation accuracy (%)</th>" in page and "Scores are validation accuracy" in page
     capsys.readouterr()
     sql = "SELECT DISTINCT scored_by FROM trials"

@@ -91,6 +91,11 @@ def run_demo(args: argparse.Namespace) -> int:
             runner.run(label=f"{mode:>9}")
         except (Stop, KeyboardInterrupt):  # a KeyboardInterrupt: a signal before its loop
             interrupted_hint(mode, out, f"epoch {runner.epoch}")
+            print(  # the resume finishes that run alone, and a demo again starts both anew
+                "esper demo: the side-by-side table and report need the whole demo: run "
+                "esper demo again for them (it starts both runs anew)",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         directories[mode] = out
         summary = record.read_summary(out)

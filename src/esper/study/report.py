@@ -54,6 +54,7 @@ from esper.nissa.fold import RunState
 from esper.nissa.log import (
     EventLogError,
     RunDirectoryError,
+    counted,
     display,
     open_run,
     read_events,
@@ -199,8 +200,8 @@ def build_study_report(
         trials = read_trials(directory)
     except TrialsFileError as err:
         raise StudyReportError(str(err)) from None
-    counted = [t for t in trials if t.row.counts]
-    if not counted:
+    scored = [t for t in trials if t.row.counts]
+    if not scored:
         raise StudyReportError(
             f"{str(directory)!r}: none of its {len(trials)} trial(s) finished with a score "
             f"({TRIALS_FILE}); nothing to report"
@@ -216,7 +217,7 @@ def build_study_report(
         raise StudyReportError(f"{directory / TRIALS_FILE}: {err}") from None
     overall = [s for s in results.summaries if s.task == stats.ALL_TASKS]
     plots = _rliable_plots(overall, rows, given, score)
-    runs, warnings = _validation_curves(directory, counted)
+    runs, warnings = _validation_curves(directory, scored)
     warnings = ([] if why is None else [why]) + warnings
     warnings = ([] if problem is None else [problem]) + warnings
     curves = arm_curves(runs)
@@ -253,13 +254,13 @@ def _rliable_plots(
 
 
 def _validation_curves(
-    directory: Path, counted: Sequence[TrialRun]
+    directory: Path, scored: Sequence[TrialRun]
 ) -> tuple[dict[tuple[str, str], list[dict[int, float | None]]], list[str]]:
     """Each counted trial's validation accuracy per epoch, by (task, arm); and a warning for
     each trial left out (an unreadable log) and one for those whose logs have no epochs."""
     runs: dict[tuple[str, str], list[dict[int, float | None]]] = {}
     warnings, without_epochs = [], []
-    for trial in counted:
+    for trial in scored:
         try:
             curve = validation_accuracy(directory / TRIALS_DIR / trial.run)
         except (RunDirectoryError, EventLogError) as err:
@@ -355,14 +356,14 @@ def _render(
     judged: tuple[Judging, int | None],
     score: Score | None,
 ) -> str:
-    counted = sum(t.row.counts for t in trials)
+    scored = sum(t.row.counts for t in trials)
     judging, studys_reps = judged
     stressed, rest = so_far(judging, study_running(directory))
     banner = f"<p><strong>{html.escape(stressed)}</strong> {html.escape(rest)}</p>"
     body = [
         *([banner] if judging.unfinished else []),
-        f"<p>{len(trials)} trials: {counted} finished with a score (they enter the statistics "
-        f"and curves), {len(trials) - counted} not. {html.escape(score_sentence(score))} "
+        f"<p>{counted(len(trials), 'trial')}: {scored} finished with a score (they enter the "
+        f"statistics and curves), {len(trials) - scored} not. {html.escape(score_sentence(score))} "
         f"{_bootstrap(judging, studys_reps)}</p>",
         *scores_table(results).html(),
         *(f"<p>{html.escape(line)}</p>" for line in left_out(results)),

@@ -36,7 +36,7 @@ from esper.leyline.trials import (
     score_label,
 )
 from esper.nissa import record
-from esper.nissa.log import display
+from esper.nissa.log import counted, display
 from esper.study.stats import (
     ALL_TASKS,
     CONFIDENCE,
@@ -331,7 +331,7 @@ def score_sentence(score: Score | None) -> str:
 def _markdown(
     results: StudyResults, rows: Sequence[TrialRow], judging: Judging, score: Score = "test"
 ) -> str:
-    counted = [row for row in rows if row.counts]
+    scored = [row for row in rows if row.counts]
     stressed, rest = so_far(judging)
     banner = f"**{stressed}** {rest}"
     tables = (scores_table(results), *findings_tables(results))
@@ -339,7 +339,8 @@ def _markdown(
         "# Study results",
         "",
         *([banner, ""] if judging.unfinished else []),
-        f"{len(rows)} trials: {len(counted)} finished with a score (completed, or ended by "
+        f"{counted(len(rows), 'trial')}: {len(scored)} finished with a score (completed, or "
+        "ended by "
         "the governor: an outcome of its arm), "
         f"{len(results.excluded)} excluded (listed below). {score_sentence(score)}",
         "",
