@@ -1112,3 +1112,18 @@ def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert err.startswith("esper: error: ") and err.count("\n") == 1, err
     assert "see esper knowledge" in err and "usage:" not in err
+
+
+def test_cli_import_of_a_study_names_its_trials(tmp_path: Path) -> None:
+    """A study's directory given to import was "not a growth run directory" and no more: its
+    runs are its trials' (a walk-through)."""
+    study = tmp_path / "st"
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    url = _sqlite_url(tmp_path / "k.sqlite")
+    with pytest.raises(UserError) as refused:
+        _knowledge("import", "--knowledge", url, str(study))
+    assert str(refused.value).endswith(
+        f"nothing imported; a study's runs are in its trials folder: {study}/trials/*"
+    )
+    assert not (tmp_path / "k.sqlite").exists()

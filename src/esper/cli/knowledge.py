@@ -21,8 +21,10 @@ from typing import Any
 
 from esper.cli.runs import format_table, path_arg
 from esper.leyline.config import UserError, decode
+from esper.leyline.files import shell_path
 from esper.leyline.knowledge import PER_PARAMETERS, SeedOutcome, outcome_score
-from esper.nissa.log import display
+from esper.leyline.trials import TRIALS_DIR
+from esper.nissa.log import display, is_readable_study
 from esper.nissa.record import OUTCOMES_FILE, read_json
 
 URL_HELP = (
@@ -152,9 +154,14 @@ def read_run_outcomes(run: Path) -> tuple[SeedOutcome, ...]:
         )
     path = run if run.is_file() else run / OUTCOMES_FILE
     if not path.is_file():
+        study = (  # its runs are its trials' (a walk-through gave the study and was stuck)
+            f"; a study's runs are in its {TRIALS_DIR} folder: {shell_path(run / TRIALS_DIR)}/*"
+            if is_readable_study(run)
+            else ""
+        )
         raise UserError(
             f"{run} has no {OUTCOMES_FILE} (not a growth run directory, or a run that did not "
-            "finish) and is no outcomes file; nothing imported"
+            f"finish) and is no outcomes file; nothing imported{study}"
         )
     try:
         # any size (an export of many runs); also: not UTF-8, nested too deep
