@@ -1477,10 +1477,10 @@ def test_a_batch_or_validation_subset_beyond_its_split_is_noted(tmp_path, capsys
     assert meta["data"]["samples"] == {"train": 512, "val": 256, "test": 256}
 
 
-def test_a_url_saved_with_a_password_before_it_was_refused_still_resumes(tmp_path) -> None:
+def test_a_url_saved_with_a_password_before_it_was_refused_is_read_back(tmp_path) -> None:
     """A new run's URL with a password is refused (``refuse_passwords``); a run that saved one
-    before could no longer be resumed: its config.json was refused as it was read back, with
-    advice a resume cannot take (a review)."""
+    before could no longer be resumed: its config.json was refused as it was read back (as
+    ``--resume`` reads it), with advice a resume cannot take (a review)."""
     from esper.cli.config import refuse_passwords
     from esper.leyline.config import HostTraining, TelemetrySettings, UserError, override
     from esper.study.growth import GrowthRun
@@ -1500,3 +1500,6 @@ def test_a_url_saved_with_a_password_before_it_was_refused_still_resumes(tmp_pat
     with pytest.raises(UserError, match=r"'postgresql://u:\*\*\*@h/d' carries a password"):
         refuse_passwords(TelemetrySettings(), "postgresql://u:pa/ss@h/d")
     refuse_passwords(TelemetrySettings(), "postgresql://u:@h/d")  # an empty one is none
+    # a user name holding an "@" (alice@srv): SQLAlchemy reads the password after it
+    with pytest.raises(UserError, match=r"'postgresql://alice@srv:\*\*\*@h/d' carries a"):
+        refuse_passwords(TelemetrySettings(), "postgresql://alice@srv:s3cret@h/d")

@@ -558,8 +558,12 @@ def test_a_damaged_run_is_named_not_passed_over(tmp_path: Path, recorded_runs, c
     (parent / "plots" / "curve.png").write_bytes(b"png")
     (parent / "hf-model").mkdir()  # a config.json is many tools' (a review): not a run either
     (parent / "hf-model" / "config.json").write_text("{}")
-    (parent / ".esper-partial-1@h@x").mkdir()  # a run being assembled: hidden
-    (parent / ".esper-partial-1@h@x" / "events.jsonl").write_text("")
+    staging = parent / ".esper-partial-1@h@x"  # a run being assembled (or a start killed
+    staging.mkdir()  # before its rename): no run, even once it holds a run's files
+    shutil.copy(recorded_runs["heuristic"] / "config.json", staging / "config.json")
+    (staging / "events.jsonl").write_text("")
+    shutil.copy(recorded_runs["heuristic"] / "meta.json", parent / "meta.json")  # beside them:
+    # the runs folder is no damaged run for it (every run in it was hidden; a review)
     assert main(["runs", "list", str(parent)]) == 0
     captured = capsys.readouterr()
     assert [line.split()[0] for line in captured.out.splitlines()[2:]] == ["whole"]
@@ -576,9 +580,12 @@ def test_a_damaged_run_is_named_not_passed_over(tmp_path: Path, recorded_runs, c
     assert err.rstrip().endswith("name the other runs to leave it out") and err.count("\n") == 1
     rows = _query(capsys, "SELECT count(*) AS n FROM runs", parent / "whole")
     assert rows == [{"n": 1}]
-    # named itself, it says what it lacks (it read "no runs in ...", exit 0)
+    # named itself, it says what it lacks (it read "no runs in ...", exit 0), and a query of
+    # it alone names no other runs to name
     assert main(["runs", "list", str(parent / "no_log")]) == 0
     assert "no_log: not readable: " in capsys.readouterr().err
+    assert main(["runs", "query", "SELECT 1", "--runs", str(parent / "no_log")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("(no events.jsonl file)")
     shutil.rmtree(parent / "no_config")
     shutil.rmtree(parent / "no_log")
     assert _query(capsys, "SELECT count(*) AS n FROM runs", parent) == [{"n": 1}]

@@ -1422,3 +1422,16 @@ def test_a_study_begun_with_a_password_in_its_store_url_goes_on(tmp_path) -> Non
     (tmp_path / "o" / STUDY_FILE).write_text("{}")  # begun: it is a study directory
     spec, directory = load(path)
     assert spec.knowledge == "postgresql://u:pw@127.0.0.1/k" and directory == tmp_path / "o"
+
+
+def test_a_begun_study_given_a_password_later_does_not_print_it(tmp_path, capsys) -> None:
+    """A study begun without a store URL, its file then given one with a password: the line
+    naming the changed setting printed the password (a review)."""
+    path = _study(tmp_path, f"{HEAD}{STATIC}")
+    spec, directory = read_study(path)
+    directory.mkdir()
+    StudyDriver(spec, directory, print).state.save(directory)
+    _study(tmp_path, f'knowledge = "postgresql://u:s3cret@127.0.0.1/k"\n{HEAD}{STATIC}')
+    line = _bad(capsys, ["study", str(path), "--dry-run"])
+    assert "holds a study run with other settings" in line
+    assert "postgresql://u:***@127.0.0.1/k" in line and "s3cret" not in line

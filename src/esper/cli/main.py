@@ -174,7 +174,7 @@ ROOT_PROG = "esper"
 
 
 _ARGUMENT = re.compile(r"^argument ([^:\s]+): ")
-_INVALID_CHOICE = re.compile(r"invalid choice: ('.*') \(choose from (.*)\)$")
+_INVALID_CHOICE = re.compile(r"invalid choice: ('.*'|\".*\") \(choose from (.*)\)$")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -490,7 +490,8 @@ def warnings_for(runs: Sequence[RunData]) -> list[str]:
         if data.run.summary is None:
             notes.append(
                 f"{data.run.name}: no summary.json (still running or crashed): its metrics "
-                "and plots are what its event log holds so far (no test accuracy yet)."
+                "and plots are what its event log holds so far (what a run measures only at "
+                "its end, such as the test accuracy, reads —)."
             )
         notes += _missing_steps(data)
     if len(runs) == 2:

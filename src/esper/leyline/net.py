@@ -20,14 +20,34 @@ _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 def hidden_password(url: str) -> str:
     """``url`` for messages and records: a password, in its user part
-    (``postgresql://USER:PASSWORD@``) or as a ``password=`` query option (which libpq takes
-    too), replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", url, count=1))
+    (``postgresql://USER:PASSWORD@``, read as SQLAlchemy reads it: a user name may hold an
+    "@", a password a "/") or as a ``password=`` query option (which libpq takes too),
+    replaced by ``***``."""
+    shown = _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", url, count=1))
+    password = _sqlalchemy_password(url)
+    if password and f":{password}@" in shown:  # a user name with an "@" (alice@srv:pw@host)
+        shown = shown.replace(f":{password}@", ":***@", 1)
+    return shown
+
+
+def _sqlalchemy_password(url: str) -> str | None:
+    """The password SQLAlchemy reads in ``url``'s user part; None where it reads none, or
+    cannot read the URL."""
+    from sqlalchemy.engine import make_url  # the knowledge store's and MLflow's dependency
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
+    return None if password is None else str(password)
 
 
 def has_password(url: str) -> bool:
     """Whether ``url`` carries a password that is not empty, where ``hidden_password`` hides
-    one (``postgresql://u:pa/ss@host`` too: SQLAlchemy reads the password up to the "@")."""
+    one: in its user part, read as SQLAlchemy reads it, or as a ``password=`` option."""
+    if _sqlalchemy_password(url):
+        return True
     user = _USER_PASSWORD.search(url)
     if user is not None and user.end() - user.end(1) > 1:  # more than the "@"
         return True

@@ -33,6 +33,7 @@ from esper.leyline.trials import TRIALS_DIR
 from esper.nissa.record import EVENTS_FILE as EVENTS_FILE
 from esper.nissa.record import PPO_MODE as PPO_MODE
 from esper.nissa.record import (
+    STAGING_PREFIX,
     SUMMARY_FILE,
     UNFINISHED,
     RunRecordError,
@@ -572,25 +573,31 @@ def shown_path(path: Path) -> str:
 
 def run_candidates(directory: Path) -> list[Path]:
     """``directory`` itself when it holds an event log, else its children that are run
-    directories (``record.is_run_directory``) or cannot be read, by name — without opening
-    them. A study directory (``esper study``) stands for its trials' runs.
+    directories (``record.is_run_directory``), damaged ones (``is_damaged_run``) or cannot be
+    read, by name — without opening them (no staging folder: ``STAGING_PREFIX``); without
+    such children, ``directory`` itself when it is a damaged run. A study directory
+    (``esper study``) stands for its trials' runs.
 
     Raises:
         RunDirectoryError: ``directory`` (or a study's trials folder) cannot be read.
     """
+    within = directory  # the folder listed: a study's trials folder stands for the study
     try:
         log = file_mode(directory / EVENTS_FILE)
-        if (log is not None and stat.S_ISREG(log)) or is_damaged_run(directory):
-            return [directory]  # (a damaged one: open_run says what it lacks)
+        if log is not None and stat.S_ISREG(log):
+            return [directory]
         if is_study(directory):
-            directory = directory / TRIALS_DIR
-            trials = file_mode(directory)
+            within = directory / TRIALS_DIR
+            trials = file_mode(within)
             if trials is None or not stat.S_ISDIR(trials):
                 return []
-        children = sorted(directory.iterdir())
+        children = sorted(within.iterdir())
+        found = [c for c in children if not c.name.startswith(STAGING_PREFIX) and _may_be_run(c)]
+        if not found and within is directory and is_damaged_run(directory):
+            return [directory]  # named itself, it says what it lacks (open_run)
     except PermissionError as err:  # no read or search permission
-        raise RunDirectoryError(f"{str(directory)!r} cannot be read ({err.strerror})") from None
-    return [child for child in children if _may_be_run(child)]
+        raise RunDirectoryError(f"{str(within)!r} cannot be read ({err.strerror})") from None
+    return found
 
 
 def studies_within(directory: Path) -> list[Path]:
@@ -689,9 +696,9 @@ def is_damaged_run(path: Path) -> bool:
     """Whether ``path`` is an Esper run directory that lost a file of ``RUN_FILES``: it holds
     what only a run writes, an event log or a ``meta.json`` that reads as a run's (passing over
     it in silence lost the run from every listing and query). Not a directory holding a
-    ``config.json`` alone (many tools write one), nor a hidden one (a run being assembled)."""
+    ``config.json`` alone (many tools write one)."""
     mode = file_mode(path)
-    if mode is None or not stat.S_ISDIR(mode) or path.name.startswith("."):
+    if mode is None or not stat.S_ISDIR(mode):
         return False
     if file_mode(path / EVENTS_FILE) is not None:
         return True
@@ -744,6 +751,8 @@ def find_runs(directory: Path) -> list[RunDirectory]:
             cannot be read.
     """
     runs, unreadable = scan_runs(directory)
+    if unreadable and not runs and len(unreadable) == 1:  # no other run to name
+        raise RunDirectoryError(unreadable[0][1])
     if unreadable:
         why = unreadable[0][1]
         raise RunDirectoryError(

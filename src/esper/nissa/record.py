@@ -95,6 +95,12 @@ CSV_FILES: Mapping[str, str] = {
 RUN_FILES = (CONFIG_FILE, EVENTS_FILE)
 """The files that make a directory an Esper run directory (written before the first step)."""
 
+STAGING_PREFIX = ".esper-partial-"
+"""A new run directory is assembled as ``.esper-partial-<pid>@<host>@<name>`` beside it and
+renamed into place complete, so a kill during start-up leaves no half-made run at ``--out``.
+Its name says who made it: only a staging of this host whose process is gone is removed. The
+views list no staging: it is no run yet, or a start killed before its rename."""
+
 STATUSES = ("completed", "interrupted", "terminated", "failed")
 """How a run can stop: all steps done; Ctrl-C/SIGTERM; the governor ended it; an error."""
 UNFINISHED = "unfinished"

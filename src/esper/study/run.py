@@ -120,15 +120,9 @@ def stop_signals() -> Iterator[Callable[..., AbstractContextManager[None]]]:
 # ------------------------------------------------------------------------------ recorder
 
 
-STAGING_PREFIX = ".esper-partial-"
-"""A new run directory is assembled as ``.esper-partial-<pid>@<host>@<name>`` beside it and
-renamed into place complete, so a kill during start-up leaves no half-made run at ``--out``.
-Its name says who made it: only a staging of this host whose process is gone is removed."""
-
-
 def _abandoned(staging: Path) -> bool:
     """Whether ``staging`` was made on this host by a process that is gone."""
-    pid, _, rest = staging.name.removeprefix(STAGING_PREFIX).partition("@")
+    pid, _, rest = staging.name.removeprefix(record.STAGING_PREFIX).partition("@")
     host = rest.partition("@")[0]
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's start on a shared file system, or not ours
@@ -144,10 +138,11 @@ def _abandoned(staging: Path) -> bool:
 def _staging(out: Path) -> Path:
     """Where ``out`` is assembled; abandoned stagings beside it (killed starts) go first."""
     parent = out.absolute().parent
-    for stale in parent.glob(f"{STAGING_PREFIX}*"):
+    for stale in parent.glob(f"{record.STAGING_PREFIX}*"):
         if _abandoned(stale):
             shutil.rmtree(stale, ignore_errors=True)
-    staging = parent / f"{STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}@{out.name[:80]}"
+    maker = f"{os.getpid()}@{socket.gethostname()}"
+    staging = parent / f"{record.STAGING_PREFIX}{maker}@{out.name[:80]}"
     staging.mkdir(parents=True)
     return staging
 

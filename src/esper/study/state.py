@@ -11,6 +11,7 @@ from typing import Any
 
 from esper.leyline.config import UserError, check_int, config_dict
 from esper.leyline.files import atomic_write
+from esper.leyline.net import hidden_password
 from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
 from esper.study.checks import config_changes
@@ -46,7 +47,9 @@ class StudyState:
         assert state is not None  # the file exists
         # A setting added to StudySpec since the directory was made is saved as its default.
         saved = _without_data_dirs(_policies_by_id(with_defaults(StudySpec, state.settings)))
-        changed = _study_changes(saved, settings)
+        # a store URL's password stays out of the line (a study begun before such URLs were
+        # refused keeps one; an edited file may give one)
+        changed = [hidden_password(change) for change in _study_changes(saved, settings)]
         if changed:
             raise UserError(
                 f"{str(directory)!r} holds a study run with other settings (study -> file: "
