@@ -1335,6 +1335,9 @@ def test_bad_selector_strategy_or_knowledge_url_is_one_line(tmp_path, capsys, fl
     [
         ([], "the following arguments are required: COMMAND"),
         (["bogus"], "COMMAND: expected one of heuristic, static, eval, "),
+        # argparse kept an option's last value: the demo ran seed 2, a query read b alone
+        (["demo", "--seed=1", "--seed", "2"], "--seed is given 2 times; give it once (see"),
+        (["runs", "query", "SELECT 1", "--runs", "a", "--runs", "b"], "--runs is given 2 times"),
         # argparse's "argument --format: invalid choice: 'xml' (choose from 'csv', 'json')",
         # as the run commands' flag errors read (a walk-through)
         (

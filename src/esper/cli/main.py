@@ -173,6 +173,14 @@ ROOT_PROG = "esper"
 """The top-level parser's name; every other ``_Parser`` is a subcommand's."""
 
 
+_MANY = (
+    argparse._AppendAction,
+    argparse._AppendConstAction,
+    argparse._CountAction,
+    argparse._HelpAction,
+    argparse._VersionAction,
+)
+"""The argparse actions an option may repeat for (the others keep its last value)."""
 _ARGUMENT = re.compile(r"^argument ([^:\s]+): ")
 _INVALID_CHOICE = re.compile(r"invalid choice: ('.*'|\".*\") \(choose from (.*)\)$")
 
@@ -202,11 +210,27 @@ class _Parser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         """A subcommand's parser refuses what it does not know itself, naming its own help
-        (argparse left it to ``esper``'s, which said "see esper --help")."""
+        (argparse left it to ``esper``'s, which said "see esper --help"), and an option of its
+        own given twice (argparse kept the last: ``esper demo --seed 1 --seed 2`` ran seed 2,
+        ``runs query --runs a --runs b`` read b alone)."""
+        self._refuse_repeats(list(sys.argv[1:] if args is None else args))
         parsed, extras = super().parse_known_args(args, namespace)
         if extras and self.prog != ROOT_PROG:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+    def _refuse_repeats(self, args: list[str]) -> None:
+        """An option of this parser that keeps one value, given more than once (as ``--x``
+        and ``--no-x`` too), is refused, as the run commands' flags are."""
+        for action in self._actions:
+            if not action.option_strings or isinstance(action, _MANY):
+                continue
+            given = [a for a in args if a.partition("=")[0] in action.option_strings]
+            if len(given) > 1:
+                names = list(dict.fromkeys(a.partition("=")[0] for a in given))
+                if len(names) == 1:
+                    self.error(f"{names[0]} is given {len(given)} times; give it once")
+                self.error(f"{' and '.join(names)} are both given; give one")
 
     def print_help(self, file: SupportsWrite[str] | None = None) -> None:
         """The help, its write failures raised (argparse drops them: ``--help > /dev/full``
