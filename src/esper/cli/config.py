@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import tyro
 
-from esper.cli.main import RUN_COMMANDS
+from esper.cli.main import RUN_COMMANDS, one_of
 from esper.leyline.config import (
     MLFLOW_PASSWORD,
     HostTraining,
@@ -328,9 +328,8 @@ def _one_line(
     choice = _CHOICE.search(text)
     if choice:  # tyro's "invalid choice 'x' for argument '--f'. Expected one of ('a', 'b')."
         value, flag, accepted = choice.groups()
-        words = ", ".join(part.strip().strip("'") for part in accepted.split(","))
         given = _value_of(flag, argv)  # whole: the box breaks a long value where it wraps
-        return f"{flag}: expected one of {words}, got {value if given is None else quoted(given)}"
+        return f"{flag}: {one_of(accepted, value if given is None else quoted(given))}"
     parsing = re.match(r"Error parsing (\S+): ", text)
     number = None if refusal is None else _CONVERSION.fullmatch(str(refusal))
     if parsing and number is not None:  # "invalid literal for int() with base 10: 'abc'"
@@ -353,11 +352,12 @@ def _one_line(
 
 
 def _value_of(flag: str, argv: Sequence[str]) -> str | None:
-    """The value ``argv`` gives ``flag`` (``--flag VALUE`` or ``--flag=VALUE``), if any."""
+    """The value ``argv`` gives ``flag`` (``--flag VALUE`` or ``--flag=VALUE``; "" for a last
+    ``--flag`` without one); None where ``flag`` is not given."""
     for i, item in enumerate(argv):
         name, eq, value = item.partition("=")
         if name == flag:
-            return value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
     return None
 
 
@@ -524,18 +524,13 @@ def policy_arg(argv: list[str], options: RunOptions) -> Path | None:
         UserError: ``--policy`` without a value, or an unreadable ``--config``.
     """
     refuse_repeats(argv, ("--policy",))
-    for i, item in enumerate(argv):
-        flag, eq, value = item.partition("=")
-        if flag == "--policy":
-            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-            if not value or value.startswith("--"):
-                raise UserError("--policy needs a PPO run directory")
-            return Path(value)
+    value = _value_of("--policy", argv)
+    if value is not None:
+        if not value or value.startswith("--"):
+            raise UserError("--policy needs a PPO run directory")
+        return Path(value)
     if options.config is not None:
-        try:
-            table = read_config_file(options.config)
-        except ValueError as err:
-            raise UserError(str(err)) from err
+        table = config_file(options.config)
         if table.keys() - {f.name for f in fields(GrowthRun)}:
             # Keys of another command's (esper ppo's policy is a table): named, as layered()
             # names them, before this file's policy is taken for a run directory.

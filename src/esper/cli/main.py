@@ -185,6 +185,13 @@ _ARGUMENT = re.compile(r"^argument ([^:\s]+): ")
 _INVALID_CHOICE = re.compile(r"invalid choice: ('.*'|\".*\") \(choose from (.*)\)$")
 
 
+def one_of(accepted: str, value: str) -> str:
+    """A refused choice as every flag error reads it, from the choices as argparse and tyro
+    list them (``'csv', 'json'``): "expected one of csv, json, got 'xml'"."""
+    words = ", ".join(word.strip().strip("'") for word in accepted.split(","))
+    return f"expected one of {words}, got {value}"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse in Esper's error style: a bad argument is one line and exit 2, without the usage
     block (``--help`` shows it); its subcommands' parsers are of this class too."""
@@ -202,8 +209,7 @@ class _Parser(argparse.ArgumentParser):
         choice = _INVALID_CHOICE.search(message)
         if choice is not None:
             value, accepted = choice.groups()
-            words = ", ".join(word.strip().strip("'") for word in accepted.split(","))
-            message = f"{message[: choice.start()]}expected one of {words}, got {value}"
+            message = f"{message[: choice.start()]}{one_of(accepted, value)}"
         raise UserError(f"{message}{missing} (see {self.prog} --help)")
 
     def parse_known_args(  # type: ignore[override]  # typeshed: overloads
