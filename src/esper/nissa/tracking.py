@@ -94,7 +94,7 @@ def check_mlflow(uri: str | None = None) -> None:
         ) from err
     if uri is not None:
         try:
-            _connect(uri)
+            _connect(uri, api=True)
         except OSError as err:
             raise TrackingError(
                 f"cannot track the run in MLflow at {hidden_password(uri)}: {err}"
@@ -128,17 +128,19 @@ CONNECT_TIMEOUT_S = 10.0
 for an ``http(s)`` server's answer."""
 
 
-def _connect(uri: str) -> None:
+def _connect(uri: str, api: bool = False) -> None:
     """Fail fast when an ``http(s)`` tracking server cannot be reached, or reached does not
     answer: MLflow's own client retries a refused connection for about four minutes before it
     gives up, and waits out a silent server (``HTTP_LIMITS``) for about a minute. Reached through a
     proxy (``HTTP(S)_PROXY``), the server is left to MLflow's client. A SQLite store's database
-    is checked by ``_check_database``.
+    is checked by ``_check_database``. With ``api`` (the start-up check; the sink's own first
+    request follows it) the server must also answer MLflow's API (``_check_server``).
 
     Raises:
         OSError: the server's port does not accept a TCP connection within
             ``CONNECT_TIMEOUT_S``, or an ``http(s)`` server sends no HTTP answer within it (in
-            words naming host and port), or the URL's port is not a port number.
+            words naming host and port), or the URL's port is not a port number, or with
+            ``api`` the server refuses MLflow's API.
     """
     _check_database(uri)  # nothing for a store that is not SQLite
     parts = urllib.parse.urlsplit(uri)
@@ -165,7 +167,8 @@ def _connect(uri: str) -> None:
         reason = not_http(host, port, CONNECT_TIMEOUT_S, tls=parts.scheme == "https")
         if reason is not None:
             raise OSError(f"the server at {address} does not answer: {reason}")
-        _check_server(uri, address)
+        if api:
+            _check_server(uri, address)
 
 
 _API_REFUSAL = re.compile(r"endpoint (\S+) failed with error code (\d+)")
