@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from esper.leyline.config import measured
-from esper.leyline.events import EpochCompleted, event_record
+from esper.leyline.events import EpochCompleted, RunFinished, event_record
 from esper.nissa.fold import EnvState, Episode, RunState, episode_less
 from esper.nissa.log import Logged, display, percent
 from esper.nissa.record import UNFINISHED
@@ -107,8 +107,8 @@ def _header(state: RunState) -> list[dict[str, str]]:
             ("anomalies", f"{len(state.anomalies):,}"),
             ("ratio explosions", f"{len(state.explosions):,}"),
         ]
-    elif episode_less(state) is not None:
-        rows += _finish_rows(state)
+    elif (finish := episode_less(state)) is not None:
+        rows += _finish_rows(state, finish)
     else:
         episode = state.episode()
         latest = episode.latest
@@ -133,10 +133,8 @@ def _header(state: RunState) -> list[dict[str, str]]:
     return [{"label": label, "value": value} for label, value in rows]
 
 
-def _finish_rows(state: RunState) -> list[tuple[str, str]]:
+def _finish_rows(state: RunState, finish: RunFinished) -> list[tuple[str, str]]:
     """A finished growth run's header rows from its end record alone (``episode_less``)."""
-    finish = episode_less(state)
-    assert finish is not None
     planned = None if state.started is None else state.started.max_epochs
     return [
         ("epoch", f"{finish.epochs} / {display(planned)}"),
