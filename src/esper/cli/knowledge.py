@@ -24,7 +24,8 @@ from esper.leyline.config import UserError, decode
 from esper.leyline.files import shell_path
 from esper.leyline.knowledge import PER_PARAMETERS, SeedOutcome, outcome_score
 from esper.leyline.trials import TRIALS_DIR
-from esper.nissa.log import display, is_readable_study
+from esper.nissa.discovery import is_readable_study
+from esper.nissa.log import display
 from esper.nissa.record import OUTCOMES_FILE, read_json
 
 URL_HELP = (

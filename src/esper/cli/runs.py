@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from esper.leyline.config import COMPARED_SETTINGS, UserError, setting_text
 from esper.leyline.files import expanded
+from esper.nissa.discovery import scan_runs
 from esper.nissa.fold import RunState, fold, summary_so_far
 from esper.nissa.log import (
     SUMMARY_METRICS,
@@ -28,7 +29,6 @@ from esper.nissa.log import (
     percent,
     policy_line,
     read_events,
-    scan_runs,
     shown_path,
 )
 from esper.nissa.record import (

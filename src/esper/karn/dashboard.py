@@ -89,18 +89,16 @@ from esper.leyline.trials import (
     study_running,
 )
 from esper.nissa.bands import band, fewer_note, validation_curve
+from esper.nissa.discovery import check_runs_dir, named_runs, studies_within
 from esper.nissa.fold import RunState, fold_to_end
 from esper.nissa.log import (
     EventLogError,
     EventLogGone,
     EventTail,
     RunDirectoryError,
-    check_runs_dir,
-    named_runs,
     open_run,
     shown_name,
     shown_path,
-    studies_within,
 )
 from esper.nissa.record import (
     CONFIG_FILE,

@@ -65,17 +65,15 @@ from esper.leyline.trials import (
     TrialsFileError,
     read_trials,
 )
+from esper.nissa.discovery import find_runs, is_readable_study, studies_within
 from esper.nissa.fold import RunState
 from esper.nissa.log import (
     Logged,
     RunDirectory,
     RunDirectoryError,
-    find_runs,
-    is_readable_study,
     open_run,
     read_events,
     shown_path,
-    studies_within,
 )
 from esper.nissa.record import known_study_score
 
