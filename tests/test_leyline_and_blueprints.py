@@ -17,7 +17,7 @@ from esper.kasmina.blueprints import LORA_RANK
 from esper.leyline import InjectionSpec, Topology, ordered_slots, slot_names
 from esper.leyline.config import TELEMETRY_LEVELS, TelemetrySettings, json_reason, measured
 from esper.leyline.events import TelemetryLevel
-from esper.leyline.net import is_host_port, not_http, not_http2
+from esper.leyline.net import has_password, hidden_password, is_host_port, not_http, not_http2
 
 
 def test_ordered_slots_is_execution_order() -> None:
@@ -155,6 +155,28 @@ def test_json_reason_says_why_json_could_not_be_read() -> None:
 )
 def test_a_ray_heads_address_is_host_port(address: object, taken: bool) -> None:
     assert is_host_port(address) is taken
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # an HTTP URL's user part ends where its host part does: this was taken for the
+        # password "5000/a" and refused, a run's MLflow URL with an "@" in its path with it
+        ("http://host:5000/a@b", None),
+        ("https://h/x?y=a:b@c", None),
+        ("http://u:@h/", None),
+        ("http://u:p@h:5000/x", "http://u:***@h:5000/x"),
+        ("HTTPS://a:b@c@h/", "HTTPS://a:***@h/"),  # as HTTP clients read it: up to the last @
+        ("http://u@h/?password=p", "http://u@h/?password=***"),
+        # any other URL's as SQLAlchemy reads it: a password may hold a "/"
+        ("postgresql://u:p/w@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://alice@srv:pw@host/d", "postgresql://alice@srv:***@host/d"),
+        ("postgresql://u@h/d", None),
+    ],
+)
+def test_a_password_is_read_where_the_urls_client_reads_it(url: str, shown: str | None) -> None:
+    assert has_password(url) is (shown is not None)
+    assert hidden_password(url) == (url if shown is None else shown)
 
 
 def _one_reply(reply: bytes | None) -> tuple[int, threading.Thread]:

@@ -19,15 +19,33 @@ _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 
 def hidden_password(url: str) -> str:
-    """``url`` for messages and records: a password, in its user part
-    (``postgresql://USER:PASSWORD@``, read as SQLAlchemy reads it: a user name may hold an
-    "@", a password a "/") or as a ``password=`` query option (which libpq takes too),
-    replaced by ``***``."""
-    shown = _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", url, count=1))
+    """``url`` for messages and records: a password, in its user part or as a ``password=``
+    query option (which libpq takes too), replaced by ``***``. An ``http(s)://`` URL's user
+    part is read as HTTP clients read it (it ends where the host does, at the first "/"); any
+    other URL's as SQLAlchemy reads it (a user name may hold an "@", a password a "/")."""
+    shown = _QUERY_PASSWORD.sub(r"\1***", url)
+    http = _http_user_part(shown)
+    if http is not None:
+        start, end = http
+        user, colon, secret = shown[start:end].partition(":")
+        return shown[:start] + user + colon + "***" + shown[end:] if secret else shown
+    shown = _USER_PASSWORD.sub(r"\1***@", shown, count=1)
     password = _sqlalchemy_password(url)
     if password and f":{password}@" in shown:  # a user name with an "@" (alice@srv:pw@host)
         shown = shown.replace(f":{password}@", ":***@", 1)
     return shown
+
+
+def _http_user_part(url: str) -> tuple[int, int] | None:
+    """Where an ``http(s)://`` URL's user part lies (up to its last "@" before the host part
+    ends at "/", "?" or "#"), as HTTP clients read it; (start, start) where it has none; None
+    for a URL of any other scheme."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    start = len(scheme) + len(sep)
+    host_part = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return start, start + max(host_part.rfind("@"), 0)
 
 
 def _sqlalchemy_password(url: str) -> str | None:
@@ -43,13 +61,22 @@ def _sqlalchemy_password(url: str) -> str | None:
     return None if password is None else str(password)
 
 
-def has_password(url: str) -> bool:
-    """Whether ``url`` carries a password that is not empty, where ``hidden_password`` hides
-    one: in its user part, read as SQLAlchemy reads it, or as a ``password=`` option."""
+def _user_part_password(url: str) -> bool:
+    """Whether ``url``'s user part holds a password that is not empty, read as
+    ``hidden_password`` reads it."""
+    http = _http_user_part(url)
+    if http is not None:
+        return bool(url[http[0] : http[1]].partition(":")[2])
     if _sqlalchemy_password(url):
         return True
     user = _USER_PASSWORD.search(url)
-    if user is not None and user.end() - user.end(1) > 1:  # more than the "@"
+    return user is not None and user.end() - user.end(1) > 1  # more than the "@"
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password that is not empty, where ``hidden_password`` hides
+    one: in its user part or as a ``password=`` option."""
+    if _user_part_password(url):
         return True
     return any(m.end() > m.end(1) for m in _QUERY_PASSWORD.finditer(url))
 
