@@ -359,6 +359,24 @@ def test_an_eval_config_file_with_a_new_lr_moves_the_seed_lr_that_followed_it(
     assert (by_file.lr, by_file.seed_lr) == (0.01, 0.02)
 
 
+def test_an_eval_without_a_seed_takes_the_first_its_policy_did_not_train_on(
+    recorded_runs, tmp_path
+) -> None:
+    """Its default was 0, the seed of the policy's first training environment: ``esper eval
+    --policy RUN`` as typed was always refused (a walk-through). Oracle: the recorded run's
+    environments were seeded 0 and 1 (its meta.json)."""
+    from esper.cli.config import RunOptions
+    from esper.cli.growth import parse
+
+    policy = recorded_runs["ppo"]
+    assert json.loads((policy / "meta.json").read_text())["seeds"]["environments"] == [0, 1]
+    assert parse("eval", ["--policy", str(policy)], RunOptions()).seed == 2
+    assert parse("eval", ["--policy", str(policy), "--seed", "7"], RunOptions()).seed == 7
+    file = tmp_path / "eval.toml"
+    file.write_text(f'policy = "{policy}"\nseed = 9\n')
+    assert parse("eval", [], RunOptions(config=file)).seed == 9
+
+
 def _static_first_epoch(out: Path, seed: int) -> dict[str, str]:
     """The first ``metrics.csv`` row of a static run of ``seed`` with the tiny preset's budget
     (the recorded PPO run's environments trained so)."""

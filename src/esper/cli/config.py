@@ -414,13 +414,18 @@ def parse_flags(
 
 EVAL_HELP = (
     ". Needs --policy RUN. Unless given, the training options (task, epochs, budget, learning "
-    "rates, slots, width, threads, ...) are the policy's PPO run's, not the defaults shown."
+    "rates, slots, width, threads, ...) are the policy's PPO run's, not the defaults shown, "
+    "and --seed is the first seed the policy did not train on."
 )
 """Added to ``esper eval --help``: the defaults the flags show are the other run commands'."""
 
 
 def growth_config(
-    mode: str, argv: list[str], options: RunOptions, eval_base: HostTraining | None
+    mode: str,
+    argv: list[str],
+    options: RunOptions,
+    eval_base: HostTraining | None,
+    eval_seed: int = 0,
 ) -> GrowthRun:
     """The ``GrowthRun`` of ``esper static|heuristic|eval``: defaults, ``--config``, flags.
 
@@ -429,6 +434,7 @@ def growth_config(
         argv: its arguments without the ``RunOptions`` flags.
         options: the command's options (``--config``).
         eval_base: for eval, the policy's PPO environment settings (the defaults).
+        eval_seed: for eval, the default seed: the first its policy did not train on.
 
     Raises:
         UserError: for a bad file, flag or value, or a setting the mode does not take.
@@ -442,7 +448,7 @@ def growth_config(
         named = frozenset(training) if isinstance(training, dict) else frozenset()
         eval_base = seed_lr_following(eval_base, named)
     if eval_base is not None or options.config is not None:
-        default = layered(GrowthRun(eval_base or HostTraining("")), options)
+        default = layered(GrowthRun(eval_base or HostTraining(""), seed=eval_seed), options)
         training = seed_lr_following(default.training, named_fields(argv))
         default = replace(default, training=training)
     described = RUN_COMMANDS[mode] + (EVAL_HELP if mode == "eval" else "")

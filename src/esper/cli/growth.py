@@ -83,7 +83,8 @@ def _parsed(
             base = policy_training(policy.state)
         except PolicyCheckpointError as err:
             raise UserError(f"--policy {str(path)!r}: {err}") from err
-    config = growth_config(mode, argv, options, base)
+    held_out = 0 if policy is None else _first_held_out(_training_seeds(policy))
+    config = growth_config(mode, argv, options, base, held_out)
     if policy is None or base is None:
         return replace(config, training=absolute_data_dir(config.training)), None, None
     config = replace(config, training=absolute_data_dir(_own_data_dir(base, config.training)))
@@ -167,24 +168,36 @@ def _check_held_out(
     """
     if running_with.task != trained_with.task:
         return
-    seeds = policy.meta.seeds.get("environments")
-    used = [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []
+    used = _training_seeds(policy)
     replayed = replayed_episode(seed, used)
     if replayed is None:
         return
-    free = next(s for s in itertools.count(max(used) + 1) if replayed_episode(s, used) is None)
     environment, episode = replayed
     if episode == 1:
         raise UserError(
             f"--seed {seed} is one of the policy's training environment seeds "
             f"({_seed_range(used)}): an eval on it re-runs a training episode, not a held-out "
-            f"one; give --seed outside them (e.g. --seed {free})"
+            f"one; give --seed outside them (e.g. --seed {_first_held_out(used)})"
         )
     raise UserError(
         f"--seed {seed} replays episode {episode} of the policy's training environment "
         f"{environment} (the same host and data order: episode seeds meet in the 32 bits torch's "
-        f"CPU generator keeps), not a held-out one; give another --seed (e.g. --seed {free})"
+        f"CPU generator keeps), not a held-out one; give another --seed "
+        f"(e.g. --seed {_first_held_out(used)})"
     )
+
+
+def _training_seeds(policy: Policy) -> list[int]:
+    """The seeds of the policy's PPO run's environments, as its ``meta.json`` records them."""
+    seeds = policy.meta.seeds.get("environments")
+    return [s for s in seeds if type(s) is int] if isinstance(seeds, list) else []
+
+
+def _first_held_out(used: list[int]) -> int:
+    """An eval's default seed: the first after the policy's training seeds whose episode
+    replays none of theirs (``replayed_episode``)."""
+    start = max(used) + 1 if used else 0
+    return next(s for s in itertools.count(start) if replayed_episode(s, used) is None)
 
 
 def _seed_range(seeds: list[int]) -> str:
