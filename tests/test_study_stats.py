@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from esper.leyline.trials import TrialRow, VerdictRoles
+from esper.leyline.trials import MIN_VERDICT_REPS, TrialRow, VerdictRoles
 from esper.study.results import (
     UNJUDGED,
     Judging,
@@ -280,6 +280,7 @@ def test_verdicts_answer_the_two_questions() -> None:
             _improvement("ppo", "static-matched", (0.9, 0.8, 1.0), task="t"),  # one task only
         ],
         ROLES,
+        MIN_VERDICT_REPS,
     )
     assert lines == [
         "Q1 does growing beat a static network per parameter? heuristic vs static-matched: "
@@ -306,7 +307,8 @@ def test_verdicts_from_trials() -> None:
         learned=frozenset({"ppo"}),
         handwritten=frozenset({"heuristic"}),
     )
-    lines = verdicts(improvements(rows, ["static-matched", "heuristic"], reps=REPS), roles)
+    reps = MIN_VERDICT_REPS
+    lines = verdicts(improvements(rows, ["static-matched", "heuristic"], reps=reps), roles, reps)
     assert [line.rsplit(": ", 1)[1] for line in lines] == ["yes", "no", "no"]
     assert [line.split("? ")[1].split(":")[0] for line in lines] == [
         "heuristic vs static-matched",
@@ -336,12 +338,40 @@ def test_too_few_seeds_give_no_verdict() -> None:
     assert false_yes(MIN_VERDICT_SEEDS) < 0.05
     roles = VerdictRoles(matched=frozenset({("grow", "static-matched")}))
     rows = [*_rows("t", "grow", [90.0, 91.0, 92.0]), *_rows("t", "static-matched", [80.0] * 3)]
-    [line] = verdicts(improvements(rows, ["static-matched"], reps=REPS), roles)
+    [line] = verdicts(improvements(rows, ["static-matched"], reps=REPS), roles, REPS)
     assert line.endswith(
         "(95 % CI 1.00–1.00) over 1 task(s), n = 3 vs 3 per task: too few seeds to tell (n = 3, "
         "a verdict needs 4)"
     )
     assert conclusion(Interval(1.0, 1.0, 1.0), MIN_VERDICT_SEEDS) == "yes"
+
+
+def test_too_few_resamples_give_no_verdict() -> None:
+    """A finished study's reps lowered from 2,000 to 300 turned its line "not established" into
+    "no" (an independent check: P = 0.20, the interval's top 0.60 at 2,000 resamples, 0.48 at
+    300). Oracle for the minimum: identical arms simulated with numpy (normal scores, 4 seeds,
+    2,000 studies, arms resampled apart as ``improvements`` does), whose false "yes" rate a
+    95 % interval should keep near 2.5 %: far above it at 10 resamples, near it at the
+    minimum."""
+    rng = np.random.default_rng(5)
+
+    def false_yes(reps: int, n: int = MIN_VERDICT_SEEDS, studies: int = 2000) -> float:
+        x, y = rng.normal(size=(2, studies, n))
+        picks = rng.integers(0, n, size=(2, studies, reps, n))
+        bx = np.take_along_axis(x[:, None, :], picks[0], axis=2)
+        by = np.take_along_axis(y[:, None, :], picks[1], axis=2)
+        pairs = bx[..., :, None] - by[..., None, :]
+        p = (pairs > 0).mean(axis=(-1, -2)) + 0.5 * (pairs == 0).mean(axis=(-1, -2))
+        return float((np.percentile(p, 2.5, axis=1) > 0.5).mean())
+
+    assert false_yes(10) > 0.08  # what the minimum keeps out
+    assert false_yes(MIN_VERDICT_REPS) < 0.045
+    found = [_improvement("grow", "static-matched", (0.9, 0.8, 1.0))]
+    roles = VerdictRoles(matched=frozenset({("grow", "static-matched")}))
+    [line] = verdicts(found, roles, MIN_VERDICT_REPS - 1)
+    assert line.endswith("n = 5 vs 5 per task: too few resamples to tell (reps = 999, a verdict "
+                         "needs 1,000)")  # fmt: skip
+    assert verdicts(found, roles, MIN_VERDICT_REPS)[0].endswith(": yes")
 
 
 def test_each_growing_arm_is_judged_against_the_static_arm_of_its_own_size() -> None:
@@ -356,7 +386,7 @@ def test_each_growing_arm_is_judged_against_the_static_arm_of_its_own_size() -> 
     roles = VerdictRoles(
         matched=frozenset({("heuristic", "static-matched"), ("ppo", "static-big")})
     )
-    lines = [line.split("? ")[1] for line in verdicts(found, roles)]
+    lines = [line.split("? ")[1] for line in verdicts(found, roles, MIN_VERDICT_REPS)]
     assert [line.split(":")[0] for line in lines] == [
         "heuristic vs static-matched",
         "ppo vs static-big",
@@ -386,7 +416,7 @@ def test_verdicts_go_by_what_an_arm_runs_not_by_its_name(tmp_path: Path) -> None
     assert roles.baselines == ("hand", "hand-2", "static-matched")
     names = [name for name, _ in arms]
     found = [_improvement(a, b, (0.9, 0.8, 1.0)) for a in names for b in names if a != b]
-    lines = [line.split("? ")[1].split(":")[0] for line in verdicts(found, roles)]
+    lines = [line.split("? ")[1].split(":")[0] for line in verdicts(found, roles, REPS)]
     assert lines == [
         "hand vs static-matched",
         "learned vs hand",

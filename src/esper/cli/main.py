@@ -19,7 +19,7 @@ from esper.cli.runs import TABLE_ROWS, path_arg
 from esper.leyline.config import MAX_COUNT, MAX_SEED, PPO_RESUME_SETTINGS, UserError, quoted
 from esper.leyline.files import WriteError, is_disk_full
 from esper.leyline.net import MAX_PORT
-from esper.leyline.trials import DEFAULT_REPS, REPS_RANGE
+from esper.leyline.trials import DEFAULT_REPS, MIN_VERDICT_REPS, REPS_RANGE
 from esper.nissa.log import EventLogError
 from esper.nissa.record import RUNS_DIR, RunRecordError
 from esper.nissa.views import VIEW_NAMES
@@ -155,7 +155,8 @@ def _add_view_parsers(sub: Any) -> None:
         "--reps",
         type=_reps,
         help="study reports: bootstrap resamples per interval (default: the study's, as in its "
-        f"results.md; {DEFAULT_REPS} for results an older Esper wrote; fewer: sooner)",
+        f"results.md; {DEFAULT_REPS} for results an older Esper wrote; fewer: sooner, and below "
+        f"{MIN_VERDICT_REPS:,} no verdict)",
     )
     tui = sub.add_parser("tui", help="terminal UI: follow a live run or replay a finished one")
     tui.add_argument("run", type=path_arg, help="run directory")

@@ -87,6 +87,15 @@ REPS_RANGE = (10, 100_000)
 fewer than 10 give no interval worth the name; 100,000 already takes minutes per table."""
 
 
+MIN_VERDICT_REPS = 1000
+"""The fewest bootstrap resamples a study's verdict (``esper.study.stats.conclusion``) is drawn
+from. The interval's ends are percentiles of the resamples: with few, the 2.5th is noisy and
+"yes" comes too often. Simulated identical arms (normal scores, 4 seeds, 2,000 studies) came
+out "yes" in 13 %, 6 % and 4 % of studies at 10, 50 and 200 resamples, 3 % at 2,000; and one
+study's line said "no" at 300 resamples where 2,000 said "not established" (an independent
+check)."""
+
+
 @dataclass(frozen=True)
 class VerdictRoles:
     """Which arms answer which of Esper's two questions, from the arms' controllers (arm names

@@ -585,7 +585,7 @@ def study_results(rows: Sequence[TrialRow], judging: Judging) -> StudyResults:
     return StudyResults(
         summaries=summarize(rows, reps, seed),
         improvements=found,
-        verdicts=verdicts(found, roles),
+        verdicts=verdicts(found, roles, reps),
         excluded=sorted(
             (row for row in rows if not row.counts), key=lambda r: (r.task, r.arm, r.seed)
         ),

@@ -310,7 +310,8 @@ class StudySpec:
         baselines: the arms every arm's probability of improvement is computed against (empty:
             every arm that is not ppo).
         reps: bootstrap resamples per confidence interval (rliable's stratified bootstrap);
-            ``DEFAULT_REPS`` follows rliable, fewer give coarser intervals sooner.
+            ``DEFAULT_REPS`` follows rliable, fewer give coarser intervals sooner (and below
+            ``MIN_VERDICT_REPS`` no verdict: the interval's ends are too noisy).
         knowledge: the knowledge store every trial records its seed outcomes in and bandit
             selectors learn from (a SQLAlchemy URL, an SQLite path relative to the study
             file's directory: ``store_url``; None: knowledge.sqlite in the study directory, so

@@ -55,6 +55,7 @@ import numpy.typing as npt
 from esper.leyline.config import MAX_SEED, check_int
 from esper.leyline.trials import (
     DEFAULT_REPS,
+    MIN_VERDICT_REPS,
     REPS_RANGE,
     TrialRow,
     VerdictRoles,
@@ -449,11 +450,14 @@ came out "yes" in 46 %, 17 % and 10 % of studies at 1, 2 and 3 seeds, 2–5 % at
 (2.5 % is what a 95 % interval promises)."""
 
 
-def conclusion(probability: Interval, n: int = MIN_VERDICT_SEEDS) -> str:
+def conclusion(probability: Interval, n: int = MIN_VERDICT_SEEDS, reps: int = DEFAULT_REPS) -> str:
     """``yes`` if the interval lies above ½, ``no`` if below, else ``not established``; with
-    fewer than ``MIN_VERDICT_SEEDS`` scores per arm and task (``n``, the smaller arm's), none."""
+    fewer than ``MIN_VERDICT_SEEDS`` scores per arm and task (``n``, the smaller arm's), or an
+    interval from fewer than ``MIN_VERDICT_REPS`` resamples (``reps``), none."""
     if n < MIN_VERDICT_SEEDS:
         return f"too few seeds to tell (n = {n}, a verdict needs {MIN_VERDICT_SEEDS})"
+    if reps < MIN_VERDICT_REPS:
+        return f"too few resamples to tell (reps = {reps:,}, a verdict needs {MIN_VERDICT_REPS:,})"
     if probability.low > 0.5:
         return "yes"
     if probability.high < 0.5:
@@ -461,29 +465,30 @@ def conclusion(probability: Interval, n: int = MIN_VERDICT_SEEDS) -> str:
     return "not established"
 
 
-def _verdict(question: str, found: Improvement) -> str:
+def _verdict(question: str, found: Improvement, reps: int) -> str:
     p = found.probability
     return (
         f"{question} {found.arm} vs {found.baseline}: "
         f"P(improvement) = {p.point:.2f} (95 % CI {p.low:.2f}–{p.high:.2f}) over "
         f"{len(found.tasks)} task(s), n = {found.n_arm} vs {found.n_baseline} per task: "
-        f"{conclusion(p, min(found.n_arm, found.n_baseline))}"
+        f"{conclusion(p, min(found.n_arm, found.n_baseline), reps)}"
     )
 
 
-def verdicts(found: Sequence[Improvement], roles: VerdictRoles) -> list[str]:
+def verdicts(found: Sequence[Improvement], roles: VerdictRoles, reps: int) -> list[str]:
     """One line per comparison that answers one of Esper's two questions, over all tasks.
 
     Q1 (``Q_GROWTH``) compares every growing arm with the static-matched arm of its own size
     (``roles.matched``); Q2 (``Q_LEARNED``) every learned arm with every hand-written one. A
-    line appears only when ``found`` holds that comparison over all tasks.
+    line appears only when ``found`` holds that comparison over all tasks; ``reps`` is the
+    resamples its intervals were drawn from (``conclusion``).
     """
     overall = sorted((i for i in found if i.task == ALL_TASKS), key=lambda i: (i.arm, i.baseline))
     growth = [
-        _verdict(f"Q1 {Q_GROWTH}", i) for i in overall if (i.arm, i.baseline) in roles.matched
+        _verdict(f"Q1 {Q_GROWTH}", i, reps) for i in overall if (i.arm, i.baseline) in roles.matched
     ]
     learned = [
-        _verdict(f"Q2 {Q_LEARNED}", i)
+        _verdict(f"Q2 {Q_LEARNED}", i, reps)
         for i in overall
         if i.arm in roles.learned and i.baseline in roles.handwritten
     ]
