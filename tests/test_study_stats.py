@@ -565,3 +565,17 @@ def test_matched_host_sizes_read_apart_from_their_thousands() -> None:
     sizes = MatchedSize("t", "static-matched", "heuristic", 1500, (1490, 1510))
     assert matched_cells(sizes)[3:] == ["1,500", "1,490; 1,510"]
     assert matched_cells(MatchedSize("t", "m", "h", None, ()))[3:] == ["—", "—"]
+
+
+def test_training_flops_are_written_in_one_form() -> None:
+    """The format .3g wrote a static arm's 639,959,040 FLOPs as 6.4e+08 beside 3.41e+08 (an
+    independent check of a study's results.md)."""
+    from esper.study.results import SCORE_COLUMNS, score_cells
+
+    rows = [
+        *[_row("t", "static", s, 80.0, flops=639_959_040.0) for s in range(2)],
+        *[_row("t", "grow", s, 90.0, flops=341_311_488.0) for s in range(2)],
+    ]
+    column = SCORE_COLUMNS.index("training FLOPs")
+    cells = {s.arm: score_cells(s)[column] for s in summarize(rows, reps=REPS) if s.task == "t"}
+    assert cells == {"static": "6.40e+08", "grow": "3.41e+08"}

@@ -288,7 +288,7 @@ def score_cells(s: ArmSummary) -> list[str]:
         display(s.std, ".2f"),
         display(s.final_params, ",.0f"),
         display(s.peak_params, ",.0f"),
-        display(s.flops, ".3g"),
+        display(s.flops, ".2e"),  # one form: ".3g" gave 6.4e+08 beside 3.41e+08
         display(s.seconds, ".1f"),
     ]
 
