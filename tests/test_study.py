@@ -27,6 +27,7 @@ from esper.leyline.config import HostTraining, read_config_file
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR, TRIALS_FILE
 from esper.nissa import checkpoints, record
 from esper.study.checks import load_data
+from esper.study.state import StudyState
 from esper.tasks import host_param_count, matched_width, resolve_training
 
 BUDGET = "epochs = 6\nbatches_per_epoch = 2\nval_samples = 128\n"
@@ -141,6 +142,11 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     results = (out / "results.md").read_text()
     assert "| synthetic | grow | 3 |" in results and "| synthetic | static | 3 |" in results
     assert (out / "interval_estimates.png").stat().st_size > 0
+    # which code ran the trials: study.json records the invocation, results.md names it
+    [invocation] = json.loads((out / STUDY_FILE).read_text())["invocations"]
+    revision = record.code_record([])["git_revision"]
+    assert invocation["git_revision"] == revision and invocation["versions"]["torch"]
+    assert f"Esper's git revision: {revision} (study.json records" in results
     # Again: everything is done, nothing runs, nothing changes; what a driver killed while
     # writing its results left (a hidden temporary file) goes.
     logs = {p: p.read_bytes() for p in (out / TRIALS_DIR).glob("*/events.jsonl")}
@@ -152,6 +158,7 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
         assert main(["study", str(path)]) == 0
     assert "6 trials, 6 already done" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in logs} == logs
+    assert len(json.loads((out / STUDY_FILE).read_text())["invocations"]) == 1  # none ran
     assert not (out / ".results.md.tmp-k9").exists()
     # The trials view of `esper runs query` reads the study.
     assert main(["runs", "query", "SELECT arm, count(*) FROM trials GROUP BY arm ORDER BY arm",
@@ -221,6 +228,22 @@ def test_study_runs_every_trial_then_resumes_without_rerunning(tmp_path, ray_ses
     code, printed = _dry_run_of_a_copy(path, capsys, {"epochs = 6": "epochs = 7"})
     assert code == EXIT_BAD_INPUT and len(printed.splitlines()) == 1, printed
     assert "is a run of other settings than the study gives trial synthetic.static.seed1" in printed
+
+
+def test_a_study_records_the_code_of_each_invocation_and_names_a_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """study.json recorded no revision: a study resumed at another commit mixed code in one
+    table unseen (an independent check found one only through each trial's meta.json)."""
+    state = StudyState({}, {}, {})
+    assert state.revisions() is None
+    monkeypatch.setattr(record, "_git_revision", lambda: "aaa")
+    assert state.ran(["esper", "study", "s.toml"]) is None  # the first: nothing to compare
+    assert state.ran(["esper", "study", "s.toml"]) is None
+    monkeypatch.setattr(record, "_git_revision", lambda: "bbb")
+    assert state.ran(["esper", "study", "s.toml"]) == "revision aaa -> bbb"
+    assert state.revisions() == "aaa (2 invocations), then bbb (1 invocation)"
+    assert [i["command"] for i in state.invocations] == [["esper", "study", "s.toml"]] * 3
 
 
 def test_failing_trial_is_isolated_capped_and_retried_later(tmp_path, ray_session, capsys):

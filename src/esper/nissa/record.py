@@ -441,15 +441,20 @@ def run_meta(
     )
 
 
-def resume_record(step: int, command: Sequence[str]) -> dict[str, Any]:
-    """What ``RunMeta.resumes`` records of a resume starting now after checkpoint ``step``."""
+def code_record(command: Sequence[str]) -> dict[str, Any]:
+    """What code a ``command`` starting now runs: when, the command, git revision and package
+    versions (a study records one per invocation in ``study.json``)."""
     return {
-        "step": step,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": list(command),
         "git_revision": _git_revision(),
         "versions": _versions(),
     }
+
+
+def resume_record(step: int, command: Sequence[str]) -> dict[str, Any]:
+    """What ``RunMeta.resumes`` records of a resume starting now after checkpoint ``step``."""
+    return {"step": step, **code_record(command)}
 
 
 def code_change(meta: RunMeta, resume: Mapping[str, Any]) -> str | None:
@@ -458,11 +463,17 @@ def code_change(meta: RunMeta, resume: Mapping[str, Any]) -> str | None:
     last: Mapping[str, Any] = meta.resumes[-1] if meta.resumes else {
         "git_revision": meta.git_revision, "versions": meta.versions
     }  # fmt: skip
+    return code_changed(last, resume)
+
+
+def code_changed(last: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """How the code of ``now`` (``code_record``) differs from ``last``'s: "revision A -> B,
+    torch X -> Y"; None: the same."""
     changes = []
-    if resume["git_revision"] != last.get("git_revision"):
-        changes.append(f"revision {last.get('git_revision')} -> {resume['git_revision']}")
+    if now["git_revision"] != last.get("git_revision"):
+        changes.append(f"revision {last.get('git_revision')} -> {now['git_revision']}")
     was = last.get("versions") or {}
-    for name, version in resume["versions"].items():
+    for name, version in now["versions"].items():
         if name in was and was[name] != version:  # one recorded only since is no change
             changes.append(f"{name} {was[name]} -> {version}")
     return ", ".join(changes) or None

@@ -24,6 +24,7 @@ import csv
 import io
 import math
 import os
+import sys
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
@@ -415,6 +416,13 @@ class StudyDriver:
         )
         running: dict[Any, Trial] = {}
         waiting = self.runnable()
+        if waiting:  # which code ran which trials: a rerun of a finished study records none
+            changed = self.state.ran(sys.argv)
+            if changed is not None:
+                self.say(
+                    f"note: the study's earlier trials ran other code ({changed}); results.md "
+                    "names the revisions"
+                )
         self.state.save(self.directory)  # the settings are pinned before any trial starts
         try:
             while True:

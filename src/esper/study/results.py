@@ -329,7 +329,11 @@ def score_sentence(score: Score | None) -> str:
 
 
 def _markdown(
-    results: StudyResults, rows: Sequence[TrialRow], judging: Judging, score: Score = "test"
+    results: StudyResults,
+    rows: Sequence[TrialRow],
+    judging: Judging,
+    score: Score = "test",
+    revisions: str | None = None,
 ) -> str:
     scored = [row for row in rows if row.counts]
     stressed, rest = so_far(judging)
@@ -354,6 +358,8 @@ def _markdown(
         "",
         *_method(results, judging.reps, judging.seed),
         "",
+        *([f"Esper's git revision: {revisions} (study.json records each invocation's).", ""]
+          if revisions else []),
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -534,6 +540,7 @@ def write_results(
     unfinished: int = 0,
     roles: VerdictRoles | None = None,
     score: Score = "test",
+    revisions: str | None = None,
 ) -> StudyResults:
     """Write ``results.md``, ``interval_estimates.png`` and ``performance_profile.png``.
 
@@ -551,6 +558,8 @@ def write_results(
             far say so at the top).
         roles: which arms answer which question (``verdicts``); None: no verdicts.
         score: what the rows' scores are (``SCORES``), as the text and plots name them.
+        revisions: the git revisions the study's trials ran at (``StudyState.revisions``),
+            as ``results.md`` names them; None: not recorded.
 
     Returns:
         What ``results.md`` shows.
@@ -563,7 +572,7 @@ def write_results(
     results = study_results(rows, judging)
     intervals = interval_plot([s for s in results.summaries if s.task == ALL_TASKS], score)
     profile = profile_plot(rows, reps, seed, score)
-    text = _markdown(results, rows, judging, score)
+    text = _markdown(results, rows, judging, score, revisions)
     directory.mkdir(parents=True, exist_ok=True)
     # what a writer killed before left (hidden .NAME.tmp-* files)
     remove_temporaries(directory, list(RESULTS_FILES))

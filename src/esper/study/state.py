@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,22 @@ from esper.leyline.files import atomic_write
 from esper.leyline.net import hidden_password
 from esper.leyline.trials import STUDY_FILE
 from esper.nissa import record
+from esper.nissa.log import counted
 from esper.study.checks import config_changes
 from esper.study.spec import StudySpec, with_defaults
 
 
 @dataclass
 class StudyState:
-    """``study.json``: the settings the study started with, attempts and errors per trial."""
+    """``study.json``: the settings the study started with, attempts and errors per trial,
+    and the code of each invocation that ran trials (``record.code_record``: when, the
+    command, git revision and package versions; a study saved before they were recorded has
+    none)."""
 
     settings: dict[str, Any]
     attempts: dict[str, int]
     errors: dict[str, str]
+    invocations: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         for name, count in self.attempts.items():
@@ -41,7 +47,7 @@ class StudyState:
         if not path.exists():
             return cls(settings, {}, {})
         try:
-            state = record.read_record(path, cls, "an Esper study state file")
+            state = record.read_record(path, cls, "an Esper study state file", {"invocations": []})
         except record.RunRecordError as err:  # unreadable, not JSON, or not this dataclass
             raise UserError(str(err)) from None
         assert state is not None  # the file exists
@@ -56,6 +62,29 @@ class StudyState:
                 f"{'; '.join(changed)}); use another out, or restore the study file"
             )
         return replace(state, settings=settings)  # saved again as this Esper writes them
+
+    def ran(self, command: Sequence[str]) -> str | None:
+        """Record that ``command`` runs trials of the study now (``invocations``); how its
+        code differs from the last invocation's ("revision A -> B"), None where it does not
+        or there was none."""
+        now = record.code_record(command)
+        last = self.invocations[-1] if self.invocations else None
+        self.invocations = (*self.invocations, now)
+        return None if last is None else record.code_changed(last, now)
+
+    def revisions(self) -> str | None:
+        """The git revisions the study's invocations ran, in order, as ``results.md`` names
+        them: "A" or "A (2 invocations), then B (1)"; None where none was recorded."""
+        runs: list[list[Any]] = []  # [revision, invocations]
+        for invocation in self.invocations:
+            revision = invocation.get("git_revision") or "unknown"
+            if runs and runs[-1][0] == revision:
+                runs[-1][1] += 1
+            else:
+                runs.append([revision, 1])
+        if len(runs) <= 1:
+            return runs[0][0] if runs else None
+        return ", then ".join(f"{r} ({counted(n, 'invocation')})" for r, n in runs)
 
     def save(self, directory: Path) -> None:
         """Write ``study.json`` atomically."""
