@@ -640,15 +640,18 @@ def test_part_of_cifar_in_its_download_folder_is_the_users(
     assert load_cifar10(mine.parent, base_url=url, progress=False).y_test.tolist() == [0, 9]
 
 
+@pytest.mark.parametrize("download", [True, False])
 def test_the_cifar_archive_in_the_data_folder_is_extracted_not_downloaded_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, download: bool
 ) -> None:
     """``cifar-10-python.tar.gz`` fetched by hand into --data-dir was passed over for a fresh
-    download (a walk-through); the server here answers nothing."""
+    download (a walk-through); the server here answers nothing. Without downloads (the
+    offline user who fetched it by hand) it was not looked at: "cifar10 not found"."""
     mine = tmp_path / "mine"
     mine.mkdir()
     monkeypatch.setattr(cifar_module, "CIFAR10_SHA256", cifar_archive(mine / CIFAR_ARCHIVE))
-    data = load_cifar10(mine, base_url="http://127.0.0.1:9/", progress=False)
+    url = "http://127.0.0.1:9/"
+    data = load_cifar10(mine, base_url=url, progress=False, download=download)
     assert data.y_test.tolist() == [0, 9] and data.source.endswith("cifar-10-batches-py")
     assert (mine / CIFAR_ARCHIVE).is_file()  # the user's, left where it was
     assert sorted(p.name for p in (mine / "cifar10").iterdir()) == ["cifar-10-batches-py"]

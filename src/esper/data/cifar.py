@@ -185,23 +185,38 @@ def _holds_archive(path: Path) -> bool:
         return hashlib.file_digest(f, "sha256").hexdigest() == CIFAR10_SHA256
 
 
-def _download(target: Path, *, base_url: str, progress: bool) -> None:
-    """Download the checksummed archive into ``target`` and extract its batch directory; the
-    official archive in ``target``'s parent (the data folder: a copy fetched by hand) is
-    extracted instead, and left there."""
-    prefix = base_url if base_url.endswith("/") else base_url + "/"
+def _check_no_partial_copy(target: Path) -> None:
+    """Found incomplete by the search: never delete what may be the user's files.
+
+    Raises:
+        DatasetFormatError: ``target`` holds a batch directory that lacks files.
+    """
     if (target / BATCH_DIR).exists():
-        # Found incomplete by the search; never delete what may be the user's files.
         raise DatasetFormatError(
             f"{target / BATCH_DIR} exists but lacks some of {', '.join(_FILES.required)}; "
             "complete it, or delete it to download a fresh copy"
         )
-    archive, beside = target / CIFAR10_ARCHIVE, target.parent / CIFAR10_ARCHIVE
-    if _holds_archive(beside):  # put in the data folder by hand: it was downloaded past
-        logger.info("extracting %s into %s", beside, target)
-        with created_directory(target):
-            _extract_archive(beside, target)
-        return
+
+
+def _unpack_by_hand(target: Path) -> bool:
+    """Extract the official archive in ``target``'s parent (the data folder: a copy fetched by
+    hand, which a run without downloads must take too) into ``target``, and leave it there;
+    False where there is none."""
+    beside = target.parent / CIFAR10_ARCHIVE
+    if not _holds_archive(beside):
+        return False
+    _check_no_partial_copy(target)
+    logger.info("extracting %s into %s", beside, target)
+    with created_directory(target):
+        _extract_archive(beside, target)
+    return True
+
+
+def _download(target: Path, *, base_url: str, progress: bool) -> None:
+    """Download the checksummed archive into ``target`` and extract its batch directory."""
+    prefix = base_url if base_url.endswith("/") else base_url + "/"
+    _check_no_partial_copy(target)
+    archive = target / CIFAR10_ARCHIVE
     if _holds_archive(archive):  # an extraction that failed or was killed: not downloaded again
         logger.info("extracting %s, downloaded before", archive)
     else:
@@ -243,7 +258,9 @@ def load_cifar10(
             too few images to hold out ``CIFAR10_VAL_SIZE`` and keep some for training.
     """
     fetch = functools.partial(_download, base_url=base_url, progress=progress)
-    root = find_dataset_dir(_FILES, data_dir, fetch=fetch if download else None)
+    root = find_dataset_dir(
+        _FILES, data_dir, fetch=fetch if download else None, unpack=_unpack_by_hand
+    )
     train = [_read_batch(root, name) for name in TRAIN_BATCHES]
     x_test_u8, y_test = _read_batch(root, TEST_BATCH)
     x_all_u8 = torch.cat([x for x, _ in train])  # (50000, 3, 32, 32)

@@ -118,6 +118,7 @@ def find_dataset_dir(
     data_dir: str | Path | None,
     *,
     fetch: Callable[[Path], None] | None,
+    unpack: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Return the directory that holds every file of ``files.required``.
 
@@ -127,6 +128,9 @@ def find_dataset_dir(
             ``<name>/``); ``None`` to search the environment, system and cache directories.
         fetch: Downloads the dataset into the directory it is given (which it may create), or
             ``None`` when downloads are not allowed.
+        unpack: Makes the dataset in the directory it is given from a file already on disk
+            (an archive fetched by hand), without the network, whether downloads are allowed
+            or not; returns whether there was one.
 
     Returns:
         The directory holding the required files.
@@ -148,6 +152,11 @@ def find_dataset_dir(
 
     bases, target, explicit = _search_bases(files, data_dir)
     found = first_complete(bases)
+    if found is None and unpack is not None:
+        try:
+            found = first_complete([target]) if unpack(target) else None
+        except OSError as exc:  # writing the dataset's folder: read-only, full, ...
+            raise _not_written(files, target, exc) from exc
     if found is None and fetch is not None:
         logger.info("%s not found locally; downloading into %s", files.name, target)
         try:
