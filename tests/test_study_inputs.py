@@ -731,6 +731,26 @@ def test_a_heuristic_or_static_run_is_no_policy(tmp_path, capsys, runs):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_arm_evaluating_a_policy_in_other_episodes_than_it_trained_in_says_so(
+    tmp_path, capsys, runs
+):
+    """A study's budget runs a given policy: on another episode length or task it ran without a
+    word, where esper eval's own overrides get a note (a walk-through; the README said such an
+    arm "runs as that policy trained")."""
+    arm = f'[[arms]]\nname = "p"\ncontroller = "ppo"\npolicy = "{runs["ppo"]}"\n'
+    path = _study(tmp_path / "same", f"{HEAD}{BUDGET}{arm}")  # the budget it trained with
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "note: arm 'p'" not in capsys.readouterr().err
+    longer = BUDGET.replace("epochs = 2", "epochs = 3").replace("val_samples = 128", "")
+    path = _study(tmp_path / "longer", f"{HEAD}{longer}{arm}")
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert (
+        "esper study: note: arm 'p' on synthetic: its policy trained with epochs = 2, "
+        "val_samples = 128; the study's budget runs it with epochs = 3, val_samples = all "
+        "(every arm of a task runs the same)\n"
+    ) in capsys.readouterr().err
+
+
 def test_what_a_ppo_arm_cannot_run_is_refused_before_any_trial(tmp_path, capsys, runs):
     """A policy of another host kind, or amp without a GPU, passed --dry-run and failed in every
     trial's attempts, after the study directory was made (adversarial sweep)."""

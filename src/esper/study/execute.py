@@ -63,7 +63,14 @@ from esper.simic.config import TrainingConfig
 from esper.study.checks import DATA_DIR_SETTINGS, changed_settings
 from esper.study.growth import GrowthRun
 from esper.study.job import Job, check_free, finished_summary, other_run, run_job, summary_row
-from esper.study.plan import Trial, growth_config, plan, policy_trial, trial_mode
+from esper.study.plan import (
+    Trial,
+    growth_config,
+    plan,
+    policy_notes,
+    policy_trial,
+    trial_mode,
+)
 from esper.study.run import (
     partial_policy,
     read_policy,
@@ -202,6 +209,7 @@ class StudyDriver:
         partial = partial_policy(Path(arm.policy), now)
         if partial is not None:  # trained on, the study would refuse to go on
             self.notes.append(f"note: arm {arm.name!r}: {partial}; the study evaluates it as is")
+        self.notes.extend(policy_notes(self.spec, arm))
         trials = [t for t in self.trials if t.arm == arm.name]
         ran: dict[int, list[str]] = {}
         for trial in (t for t in trials if self._started(t)):

@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from esper.leyline.config import TelemetrySettings
+from esper.leyline.config import HostTraining, TelemetrySettings
 from esper.simic.build import policy_training
 from esper.study.growth import GrowthRun
 from esper.study.run import read_policy
-from esper.study.spec import MATCHED, StudySpec, training
+from esper.study.spec import MATCHED, ArmSpec, StudySpec, training
 from esper.tamiyo import HeuristicConfig, PeriodicConfig
+from esper.tasks import get_task, resolve_training
 
 TRIAL_TELEMETRY = TelemetrySettings(level="normal")
 """Growth trials log every epoch, seed transition and action (a few KB per epoch): the study
@@ -95,6 +96,44 @@ def growth_config(
         telemetry=TRIAL_TELEMETRY,
     )
     return mode, config
+
+
+POLICY_EPISODE = ("task", "width", "epochs", "batch_size", "batches_per_epoch", "val_samples")
+"""What makes a policy's episodes what they are: where a study's budget runs a given policy
+(``policy = RUN``) otherwise, ``policy_notes`` says so."""
+
+
+def policy_notes(spec: StudySpec, arm: ArmSpec) -> list[str]:
+    """A note for each task on which the study's budget runs the arm's given policy
+    (``arm.policy``) in other episodes than it trained in (``POLICY_EPISODE``): every arm of a
+    task runs the same budget, so the comparison stands, but the policy meets what it never
+    saw (``esper eval`` says the same of its own overrides)."""
+    assert arm.policy is not None
+    policy = Path(arm.policy)
+    trained = _episode(policy_training(read_policy(policy).state))
+    lines = []
+    for task in spec.tasks:
+        _, config = growth_config(spec, Trial(task, arm.name, spec.first_seed), None, policy)
+        running = _episode(config.training)
+        differ = [name for name in POLICY_EPISODE if trained[name] != running[name]]
+        if differ:
+            lines.append(
+                f"note: arm {arm.name!r} on {task}: its policy trained with "
+                + ", ".join(f"{name} = {trained[name]}" for name in differ)
+                + "; the study's budget runs it with "
+                + ", ".join(f"{name} = {running[name]}" for name in differ)
+                + " (every arm of a task runs the same)"
+            )
+    return lines
+
+
+def _episode(training: HostTraining) -> dict[str, object]:
+    """``training``'s ``POLICY_EPISODE`` settings, resolved against its task."""
+    resolved = resolve_training(training)
+    values = {name: getattr(resolved, name) for name in POLICY_EPISODE}
+    values["width"] = resolved.width or get_task(resolved.task).host_width()
+    values["val_samples"] = resolved.val_samples or "all"  # None: the whole validation split
+    return values
 
 
 def never_growing(spec: StudySpec) -> list[str]:
