@@ -87,6 +87,26 @@ def test_a_torchscript_archive_is_refused_without_torchs_warning(tmp_path) -> No
     assert [str(w.message) for w in caught] == []
 
 
+@pytest.mark.parametrize("data", [b"# a text file\n", pickle.dumps(object)])
+def test_a_file_torch_will_not_load_safely_is_refused_without_advice_to_load_it_unsafely(
+    tmp_path, data: bytes
+) -> None:
+    """torch's refusal ends "Re-running torch.load with weights_only set to False will likely
+    succeed": the line passed that on, for a file that is no model at all, where the README
+    says Esper never unpickles arbitrary objects (a walk-through)."""
+    path = tmp_path / "m.pt"
+    path.write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError) as info:
+            load_model(path)
+    message = str(info.value)
+    assert "weights_only" not in message and "\n" not in message
+    assert "torch's weights-only reader refused it: Unsupported operand " in message
+    assert "(Esper unpickles tensors and containers only)" in message
+    assert [str(w.message) for w in caught] == []  # nor torch's warning on a plain pickle
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_random_cuts_and_overwrites_raise_only_named_errors(tmp_path) -> None:
     """torch.load on damaged bytes raises nothing outside ``TORCH_LOAD_ERRORS``."""

@@ -38,4 +38,27 @@ def load_untrusted(data: bytes) -> object:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a plain pickle
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(_refusal(str(err))) from err
+
+
+_WEIGHTS_ONLY = "Weights only load failed"
+_DETAIL = "WeightsUnpickler error:"
+
+
+def _refusal(message: str) -> str:
+    """torch's refusal of what ``weights_only`` does not load, as Esper's reader says it: torch
+    advises loading the file again with ``weights_only=False``, which can run arbitrary code
+    (Esper never does); the detail it gives after ``_DETAIL`` is kept."""
+    if not message.startswith(_WEIGHTS_ONLY):
+        return message
+    after = message.partition(_DETAIL)[2]
+    detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
+    shown = f": {detail}" if detail else ""
+    return (
+        f"torch's weights-only reader refused it{shown} (Esper unpickles tensors and "
+        "containers only)"
+    )
