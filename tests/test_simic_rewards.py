@@ -449,3 +449,22 @@ def test_a_setting_the_chosen_reward_does_not_read_is_refused() -> None:
                     RewardConfig(**base, **{name: changed})
     default = RewardConfig(mode="sparse", rent_weight=1.0)  # its default: nothing changed
     assert default.rent_weight == 1.0
+
+
+def test_a_flag_naming_a_weight_its_reward_does_not_read_is_refused_at_its_default() -> None:
+    """``esper ppo --reward.mode sparse --reward.rent-weight 1`` ran, where 0.37 was refused:
+    the value was its default, which the config cannot tell from not given (a walk-through;
+    the README says such a weight is refused rather than ignored)."""
+    from esper.cli.config import RunOptions
+    from esper.cli.ppo import parse
+    from esper.leyline.config import UserError
+
+    sparse = ["--preset", "tiny", "--reward.mode", "sparse"]
+    with pytest.raises(UserError) as info:
+        parse([*sparse, "--reward.rent-weight", "1"], RunOptions())
+    assert str(info.value) == (
+        "reward.rent_weight = 1.0 does nothing in the contribution/sparse reward (it weighs the "
+        "rent component, which only the contribution/shaped and loss rewards have); drop it"
+    )
+    assert parse(sparse, RunOptions()).reward.rent_weight == 1.0  # not named: its default
+    assert parse(["--preset", "tiny", "--reward.rent-weight", "1"], RunOptions())  # read there

@@ -83,6 +83,7 @@ def parse(argv: list[str], options: RunOptions) -> TrainingConfig:
         base = layered(load_preset(name), options)
         base = replace(base, env=seed_lr_following(base.env, named_fields(argv)))
         config = parse_flags(TrainingConfig, argv, "esper ppo", description, base, preset)
+        config.reward.check_named(named_fields(argv))
         refuse_passwords(config.telemetry)
         return replace(config, env=absolute_data_dir(config.env)).resolved()
     except (record.RunRecordError, ValueError) as err:

@@ -51,7 +51,7 @@ is always finite.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 
@@ -211,21 +211,33 @@ class RewardConfig:
             check_float(f"reward.{name}", getattr(self, name), 0.0, MAX_WEIGHT)
         self._check_read()
 
-    def _check_read(self) -> None:
-        """A setting changed from its default must be read by this reward: one that no
+    def _check_read(self, named: Collection[str] = ()) -> None:
+        """A setting changed from its default, or ``named`` (given as a flag, e.g.
+        ``rent_weight``, even at its default), must be read by this reward: one that no
         component of it reads would do nothing (``--reward.loss-weight 99`` on the contribution
         family was accepted without a word)."""
         defaults = RewardConfig.__dataclass_fields__
         for name, component in FIELD_COMPONENTS.items():
             value, default = getattr(self, name), defaults[name].default
-            if component in self.component_names or value == default:
+            if component in self.component_names or (value == default and name not in named):
                 continue
             readers = [r for r, names in _COMPONENTS_OF.items() if component in names]
+            advice = f"leave it at {default!r}" if value != default else "drop it"
             raise ValueError(
                 f"reward.{name} = {value!r} does nothing in the {self.kind} reward (it weighs the "
                 f"{component} component, which only the {' and '.join(readers)} "
-                f"reward{'s have' if len(readers) > 1 else ' has'}); leave it at {default!r}"
+                f"reward{'s have' if len(readers) > 1 else ' has'}); {advice}"
             )
+
+    def check_named(self, named: Collection[str]) -> None:
+        """``_check_read`` for the settings a command line names (``reward.rent_weight``):
+        one this reward does not read is refused even at its default value, as the growth
+        commands refuse another mode's settings.
+
+        Raises:
+            ValueError: naming the setting and the rewards that read it.
+        """
+        self._check_read({n.removeprefix("reward.") for n in named if n.startswith("reward.")})
 
     @property
     def component_names(self) -> tuple[str, ...]:
