@@ -21,6 +21,7 @@ import pytest
 from conftest import growth_summary, ppo_summary, unprivileged, write_run
 from esper.cli.main import main
 from esper.cli.runs import TABLE_ROWS
+from esper.leyline.config import HostTraining
 from esper.leyline.events import EpochCompleted, PPOUpdate, SlotSnapshot
 from esper.leyline.trials import STUDY_FILE, TRIALS_DIR
 from esper.nissa import views
@@ -32,6 +33,7 @@ from esper.nissa.record import (
     read_summary,
 )
 from esper.nissa.views import VIEW_COLUMNS, VIEW_NAMES
+from esper.tasks import resolve_training
 from test_dashboard import copy_run, write_study
 
 
@@ -246,6 +248,28 @@ def test_compare_shows_the_host_settings_the_runs_do_not_share(tmp_path, capsys)
     assert settings == [["setting", "val_samples", "32", "64", "64"]]
     assert main(["runs", "compare", str(tmp_path / "b"), str(tmp_path / "c")]) == 0
     assert "setting " not in capsys.readouterr().out
+
+
+def test_compare_shows_the_growth_settings_the_runs_do_not_share(tmp_path, capsys) -> None:
+    """Runs that grew in other slots, with seeds on another learning rate or advanced by the
+    engine stood side by side with no setting row (a walk-through: the README promises one
+    per host setting they do not share)."""
+    common = ["heuristic", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "1"]
+    changed = ["--slots", "early", "--seed-lr", "0.01", "--auto-advance", "--shapley"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, *changed, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["runs", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("  ")[0]: line.split()[2:] for line in lines if line.startswith("setting ")}
+    default = resolve_training(HostTraining("synthetic"))
+    slots = ", ".join(default.slots)
+    assert rows == {
+        "setting seed_lr": [str(default.seed_lr), "0.01"],
+        "setting slots": [*slots.split(), "early"],
+        "setting auto_advance": ["False", "True"],
+        "setting shapley": ["False", "True"],
+    }
 
 
 def test_every_view_exists_with_its_declared_columns(recorded_runs, capsys) -> None:

@@ -192,20 +192,34 @@ def _summary_so_far(run: RunDirectory) -> dict[str, Any]:
         raise UserError(f"{run.name}: not readable: {err}") from err
 
 
+GROWTH_SETTINGS = ("seed_lr", "slots", "auto_advance", "shapley", "threads")
+"""The host-training settings beyond ``COMPARED_SETTINGS`` that change what a run does (where
+it grows, how its seeds train and advance, its float results): ``runs compare`` names them
+where runs differ, as what a comparison may be about."""
+
+
 def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
-    """A row per host-training setting (the epochs, ``COMPARED_SETTINGS``) the runs do not share
-    (their accuracies then do not compare like for like: validation on 64 samples against all
-    of them); a run whose configuration does not record it shows "—". Not the width: its
-    default is the task's (recorded as null), and the params rows show each host's size."""
+    """A row per host-training setting (the epochs, ``COMPARED_SETTINGS``, ``GROWTH_SETTINGS``)
+    the runs do not share (their accuracies then do not compare like for like: validation on
+    64 samples against all of them); a run whose configuration does not record it shows "—".
+    Not the width: its default is the task's (recorded as null), and the params rows show each
+    host's size; nor where the data was read from."""
     trainings = [run.host_training() for run in runs]
     rows = []
-    for name in ("epochs", *COMPARED_SETTINGS):
+    for name in ("epochs", *COMPARED_SETTINGS, *GROWTH_SETTINGS):
         cells = [
-            "—" if t is None or name not in t else setting_text(name, t[name]) for t in trainings
+            "—" if t is None or name not in t else _setting_cell(name, t[name]) for t in trainings
         ]
         if len({cell for cell in cells if cell != "—"}) > 1:
             rows.append([f"setting {name}", *cells])  # as config.json names it
     return rows
+
+
+def _setting_cell(name: str, value: Any) -> str:
+    """``setting_text``, with a list of slots as "early, mid"."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return setting_text(name, value)
 
 
 def _data_line(data: dict[str, Any]) -> str:
