@@ -99,8 +99,11 @@ def test_text_rejects_non_utf8_with_file_and_offset(tmp_path: Path) -> None:
 
 
 def test_text_missing_file_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(DatasetNotFoundError, match=r"nope\.txt"):
+    with pytest.raises(DatasetNotFoundError, match=r"nope\.txt does not exist; pass the path"):
         load_text(tmp_path / "nope.txt", block_size=8)
+    # a directory was said not to exist "(or is not a file)" (a walk-through)
+    with pytest.raises(DatasetNotFoundError, match=r" is a directory, not a file; pass the path"):
+        load_text(tmp_path, block_size=8)
     with pytest.raises(ValueError, match=r"block_size must be an integer in \[1, \d+\], got 0"):
         load_text(None, block_size=0)
 

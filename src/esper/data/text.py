@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
+import stat
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from esper.data.dataset import Dataset, DatasetFormatError, DatasetNotFoundError
 from esper.leyline.config import check_int
+from esper.leyline.files import file_mode, not_regular
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +66,12 @@ def _read_text(path: str | Path | None) -> tuple[str, str]:
     if path is None:
         return _pydoc_text(), "pydoc_data"
     file = Path(path).expanduser()
-    if not file.is_file():
+    mode = file_mode(file)
+    if mode is None or not stat.S_ISREG(mode):
+        what = "does not exist" if mode is None else f"is {not_regular(mode)}, not a file"
         raise DatasetNotFoundError(
-            f"text file {file} does not exist (or is not a file); pass the path of a "
-            "UTF-8 text file, or none to use Python's bundled pydoc_data text"
+            f"text file {file} {what}; pass the path of a UTF-8 text file, or none to use "
+            "Python's bundled pydoc_data text"
         )
     raw = file.read_bytes()
     body = raw.removeprefix(codecs.BOM_UTF8)  # a leading BOM is no character of the text
