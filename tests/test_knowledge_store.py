@@ -749,6 +749,16 @@ def test_cli_import_show_export(tmp_path: Path, runs: tuple[Path, Path, list[Any
     fresh = _sqlite_url(tmp_path / "fresh.sqlite")
     out = _knowledge("import", str(a), str(a), str(copy), "--knowledge", fresh)
     assert out.startswith("imported 3 seed outcome(s) from 1 run(s)") and "(0 already" in out
+    # a run that germinated no seed: "imported 0 seed outcome(s) from 0 run(s)" of the one
+    # given (a walk-through), and an empty store made
+    empty = _run_dir(tmp_path, "empty", [])
+    none = tmp_path / "none.sqlite"
+    out = _knowledge("import", str(empty), "--knowledge", _sqlite_url(none))
+    assert out == (
+        "nothing imported: the run or file given holds no seed outcome (a run records one per "
+        f"seed it germinated); {_sqlite_url(none)} unchanged\n"
+    )
+    assert not none.exists()
 
     lines = _knowledge("show", "--knowledge", store).splitlines()
     assert "5 seed outcome(s) from 2 run(s)" in lines[0]

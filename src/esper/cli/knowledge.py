@@ -85,6 +85,15 @@ def run_knowledge(args: argparse.Namespace) -> int:
             )
         runs = list(dict.fromkeys(args.runs)) if args.knowledge_command == "import" else []
         imported = _one_per_seed(runs)  # all read before any write
+        if args.knowledge_command == "import" and not imported:  # nothing made, nothing changed
+            given = (
+                "the run or file given holds" if len(runs) == 1 else "the runs or files given hold"
+            )
+            print(
+                f"nothing imported: {given} no seed outcome (a run records one per seed it "
+                f"germinated); {shown} unchanged"
+            )
+            return 0
         try:
             store = KnowledgeStore.open(url, create=args.knowledge_command == "import")
         except KnowledgeStoreMissing:
