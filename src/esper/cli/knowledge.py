@@ -40,7 +40,9 @@ def add_knowledge_parser(sub: Any) -> None:
         "knowledge", help="the knowledge store: seed outcomes across runs (show, export, ...)"
     )
     verbs = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="VERB")
-    show = verbs.add_parser("show", help="seeds and mean score per task, blueprint and stage")
+    show = verbs.add_parser(
+        "show", help="seeds and mean score per task, host (topology, width), blueprint and stage"
+    )
     export = verbs.add_parser("export", help="every seed outcome, to stdout")
     export.add_argument(
         "--format", choices=("csv", "json"), default="csv", help="output format (default csv)"
