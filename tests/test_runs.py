@@ -855,3 +855,17 @@ def test_views_write_to_an_ascii_stdout_without_a_traceback(recorded_runs, tmp_p
     assert listed.returncode == 0 and listed.stderr == "", listed.stderr
     row = listed.stdout.splitlines()[2].split()
     assert row[0] == "run\\xe9" and row[-1] == "\\u2014"  # shown_path's escape, then stdout's
+
+
+def test_a_study_directory_given_for_a_run_says_where_its_runs_are(tmp_path, capsys) -> None:
+    """``esper tui STUDY`` and ``esper runs show STUDY`` said "is not an Esper run directory"
+    of a directory esper report takes as a study (a walk-through)."""
+    study = tmp_path / "study"
+    (study / TRIALS_DIR).mkdir(parents=True)
+    (study / STUDY_FILE).write_text("{}")
+    for command in (["runs", "show"], ["tui"]):
+        assert main([*command, str(study)]) == 2
+        assert capsys.readouterr().err == (
+            f"esper: error: {str(study)!r} is a study directory, not a run directory: its "
+            f"trials' runs are in {str(study / TRIALS_DIR)!r}\n"
+        )

@@ -60,7 +60,7 @@ from esper.leyline.files import (
     try_lock,
 )
 from esper.leyline.pages import REPORT_FILE as REPORT_FILE
-from esper.leyline.trials import SCORES, STUDY_FILE, Score
+from esper.leyline.trials import SCORES, STUDY_FILE, TRIALS_DIR, Score
 
 logger = logging.getLogger(__name__)
 
@@ -775,6 +775,11 @@ def _not_a_run(path: Path) -> str | None:
     if not missing:
         return None
     odd = [name for name in missing if modes[name] is not None]  # a directory, a pipe, ...
+    if not odd and is_study(path):  # esper tui or runs show given a study: where its runs are
+        return (
+            f"{str(path)!r} is a study directory, not a run directory: its trials' runs are in "
+            f"{str(path / TRIALS_DIR)!r}"
+        )
     if odd:
         kind = not_regular(modes[odd[0]] or 0)
         return (
