@@ -1489,6 +1489,42 @@ def test_a_resume_refuses_other_data_than_its_run_trained_on(tmp_path, capsys, m
     assert main(["static", "--resume", str(run)]) == 0
 
 
+def test_a_resume_of_a_config_json_with_its_task_edited_names_config_json(
+    tmp_path, capsys, monkeypatch
+):
+    """Its task edited, the refusal blamed the data_dir, which was never touched; its task
+    removed, it said "unknown task ''" without naming config.json or the resume (a
+    walk-through)."""
+    from esper.tolaria.episode import Episode
+
+    run = tmp_path / "run"
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Episode, "step", interrupted)
+        assert main(["static", *TINY, "--epochs", "2", "--out", str(run)]) == 130
+    config = json.loads((run / "config.json").read_text())
+    config["training"]["task"] = "digits"
+    (run / "config.json").write_text(json.dumps(config))
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["static", "--resume", str(run)]) == 2
+    err = _one_error_line(capsys)
+    assert "it trained on 'synthetic' (" in err and "and the task its config.json names now " in err
+    assert "gives 'digits' (" in err and err.endswith("restore config.json, or start a new run")
+    del config["training"]["task"]
+    (run / "config.json").write_text(json.dumps(config))
+    files[run / "config.json"] = (run / "config.json").read_bytes()
+    assert main(["static", "--resume", str(run)]) == 2
+    assert _one_error_line(capsys) == (
+        f"esper: error: cannot resume {str(run)!r}: its config.json names no task "
+        "(training.task); restore it, or start a new run"
+    )
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("std::bad_alloc")])
 def test_data_too_big_for_memory_is_one_line(tmp_path, capsys, monkeypatch, error) -> None:
     """A corpus too big for memory (under a ulimit) ended in torch's bad_alloc traceback."""

@@ -72,6 +72,11 @@ def _parsed(
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
+        if not config.training.task:  # a run always records one: config.json was edited
+            raise UserError(
+                f"cannot resume {str(options.resume)!r}: its config.json names no task "
+                "(training.task); restore it, or start a new run"
+            )
         return replace(config, training=without_stray_data_dir(config.training)), None, None
     base, policy = None, None
     if mode == "eval" and not {"-h", "--help"} & set(argv):

@@ -105,6 +105,13 @@ def check_same_data(directory: Path, data: Dataset) -> None:
         return f"{receipt.get('dataset')!r} ({record.samples_text(samples) or samples})"
 
     now = data.receipt()
+    was_kind = str(meta.data.get("dataset")).partition(":")[0]  # "text:corpus.txt": the file
+    if was_kind != now["dataset"].partition(":")[0]:  # the task names it, not data_dir
+        raise UserError(
+            f"cannot resume {str(directory)!r}: it trained on {shown(meta.data)}, and the task "
+            f"its config.json names now gives {shown(now)}; restore config.json, or start a "
+            "new run"
+        )
     if (meta.data.get("dataset"), meta.data.get("samples")) != (now["dataset"], now["samples"]):
         raise UserError(
             f"cannot resume {str(directory)!r}: it trained on {shown(meta.data)}, and its "
