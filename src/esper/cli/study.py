@@ -148,7 +148,7 @@ def run_study(args: argparse.Namespace) -> int:
         # completed study, the results are written next; a signal then stops that).
         with stop_signals() as held, held(final=True):
             stop()
-    results = _write_results(driver, directory, outcome)
+    results = _write_results(spec, directory, outcome, revisions=driver.state.revisions())
     for line in results.verdicts:
         print(line)
     print(f"results: {directory / RESULTS_FILE}")
@@ -182,7 +182,8 @@ def _interrupted(
     if driver.stopped is not None:  # the results so far, marked as such
         waiting = len(driver.stopped.pending)
         try:  # the bootstrap takes a while: a second Ctrl-C skips it (files are atomic)
-            _write_results(driver, directory, driver.stopped, unfinished=waiting)
+            revisions = driver.state.revisions()
+            _write_results(driver.spec, directory, driver.stopped, waiting, revisions)
             _say(f"results so far ({waiting} trials not finished): {directory / RESULTS_FILE}")
         except (KeyboardInterrupt, ImportError) as err:
             if not _interrupting(err, stop):  # an ImportError of its own
@@ -354,18 +355,22 @@ def _check_study_files(directory: Path) -> None:
 
 
 def _write_results(
-    driver: StudyDriver, directory: Path, outcome: Outcome, unfinished: int = 0
+    spec: StudySpec,
+    directory: Path,
+    outcome: Outcome,
+    unfinished: int = 0,
+    revisions: str | None = None,
 ) -> StudyResults:
     """``results.md`` and its plots for ``outcome``'s trials, judged as ``spec`` says; a word
     when they change under a ``report.html`` that ``esper report`` wrote of the earlier ones
-    (a resume left it saying "results so far")."""
+    (a resume left it saying "results so far"). ``revisions``: the code the trials ran
+    (``StudyState.revisions``)."""
     rows = [row for _, row in outcome.rows]
-    spec = driver.spec
     roles = spec.verdict_roles()
     before = _judging(directory)
     results = write_results(
         directory, rows, spec.baseline_arms(), spec.reps, 0, unfinished, roles, spec.score,
-        driver.state.revisions(),
+        revisions,
     )  # fmt: skip
     if (directory / record.REPORT_FILE).is_file() and _judging(directory) != before:
         _say(
