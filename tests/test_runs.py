@@ -869,3 +869,22 @@ def test_a_study_directory_given_for_a_run_says_where_its_runs_are(tmp_path, cap
             f"esper: error: {str(study)!r} is a study directory, not a run directory: its "
             f"trials' runs are in {str(study / TRIALS_DIR)!r}\n"
         )
+
+
+def test_a_listing_says_where_a_folder_of_runs_inside_it_is(tmp_path, capsys) -> None:
+    """``esper demo --out runs/demo`` then ``esper runs list`` listed nothing and said nothing
+    of runs/demo (a walk-through): a listing reads runs and studies one level down."""
+    runs = tmp_path / "runs"
+    tiny = ["static", "--task", "synthetic", "--epochs", "1", "--batches-per-epoch", "1"]
+    for name in ("a", "b"):
+        assert main([*tiny, "--out", str(runs / "demo" / name)]) == 0
+    (runs / "empty").mkdir()  # a folder of no runs: nothing to say
+    capsys.readouterr()
+    assert main(["runs", "list", str(runs)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == f"no runs in {runs}\n"
+    assert printed.err == (
+        f"{runs / 'demo'} is no run but holds 2 runs: esper runs list {runs / 'demo'}\n"
+    )
+    assert main(["runs", "list", str(runs / "demo")]) == 0
+    assert capsys.readouterr().err == ""

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esper.leyline.config import COMPARED_SETTINGS, UserError, setting_text
-from esper.leyline.files import expanded
-from esper.nissa.discovery import scan_runs
+from esper.leyline.files import expanded, shell_path
+from esper.nissa.discovery import folders_of_runs, scan_runs
 from esper.nissa.fold import RunState, fold, summary_so_far
 from esper.nissa.log import (
     SUMMARY_METRICS,
@@ -145,12 +145,17 @@ def _list(directory: Path) -> int:
             display(mean_return, ".3f"),
         ]
         rows.append([run.name, run.mode, run.task, str(run.seed), *cells])
+    folders = [
+        f"{shell_path(folder)} is no run but holds {counted(n, 'run')}: esper runs list "
+        f"{shell_path(folder)}"
+        for folder, n in folders_of_runs(directory)
+    ]
     if not rows and not broken:
         print(f"no runs in {directory}")
-        return 0
-    header = ["run", "mode", "task", "seed", "status", "epochs|rounds", "val acc", "params"]
-    print(format_table([*header, "return"], rows))
-    for line in broken:
+    else:
+        header = ["run", "mode", "task", "seed", "status", "epochs|rounds", "val acc", "params"]
+        print(format_table([*header, "return"], rows))
+    for line in [*broken, *folders]:
         print(line, file=sys.stderr)
     return 0
 

@@ -77,6 +77,32 @@ def studies_within(directory: Path) -> list[Path]:
     return [child for child in children if is_readable_study(child) and not _has_log(child)]
 
 
+def folders_of_runs(directory: Path) -> list[tuple[Path, int]]:
+    """The folders directly inside ``directory`` that are neither runs nor studies but hold
+    runs (``esper demo --out runs/demo`` makes one), with how many: a listing of
+    ``directory`` passes over them, and says where they are. Folders that cannot be read are
+    none (a listing names those already)."""
+    try:
+        if _has_log(directory) or is_study(directory):
+            return []
+        children = sorted(directory.iterdir())
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        if child.name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            if not child.is_dir() or _may_be_run(child) or is_study(child):
+                continue
+            runs = run_candidates(child)
+        except (OSError, RunDirectoryError):
+            continue
+        if runs and runs != [child]:
+            found.append((child, len(runs)))
+    return found
+
+
 def _has_log(path: Path) -> bool:
     mode = file_mode(path / EVENTS_FILE)
     return mode is not None and stat.S_ISREG(mode)
