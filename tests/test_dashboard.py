@@ -1017,6 +1017,34 @@ def test_ctrl_c_stops_the_dashboard_cleanly(runs_dir: Path) -> None:
     assert "Traceback" not in err
 
 
+def test_the_default_runs_directory_is_made_before_the_first_run(tmp_path: Path) -> None:
+    """In a fresh checkout ``esper dashboard`` failed: "runs directory 'runs' does not exist",
+    where the README has it pick up runs as they start (a walk-through). A runs directory
+    given elsewhere is still refused when missing; with the port taken, nothing is made."""
+    command = [sys.executable, "-m", "esper.cli.main", "dashboard"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run([*command, "--port", port], cwd=tmp_path, capture_output=True)
+        assert done.returncode == EXIT_BAD_INPUT and not (tmp_path / "runs").exists()
+    server = subprocess.Popen(
+        [*command, "--port", port], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        banner = server.stdout.readline()
+        assert "(0 runs in runs; new ones appear as they start)" in banner, banner
+        assert server.stderr.readline() == "esper dashboard: made runs/, where runs go by default\n"
+        assert (tmp_path / "runs").is_dir()
+        with httpx.Client(timeout=READ_TIMEOUT) as client:
+            assert client.get(f"http://127.0.0.1:{port}/api/runs").json()["runs"] == []
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=10)
+
+
 def test_the_picker_reads_statuses_from_the_record(tmp_path: Path) -> None:
     write_run(tmp_path / "grow", growth_summary("grow"))
     write_run(tmp_path / "learn", ppo_summary("learn"))

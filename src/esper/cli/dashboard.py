@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from esper.karn.studies import StudyFindings, StudyRow
 from esper.leyline.config import UserError
 from esper.leyline.trials import TRIALS_FILE, read_trials, study_running
 from esper.nissa.log import counted
+from esper.nissa.record import RUNS_DIR
 
 if TYPE_CHECKING:
     from esper.study.stats import ArmSummary
@@ -122,11 +124,22 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from esper.karn.dashboard import DashboardServer, list_runs, open_listener, studies
 
     runs_dir: Path = args.runs_dir
-    count = len(list_runs(runs_dir))  # a runs directory that cannot be read fails here, at once
+    # Before the first run of a fresh checkout, where runs go by default is made, as a run
+    # would make it, once the port is open; one given elsewhere is refused when missing (a
+    # typo serves nothing).
+    make = runs_dir == RUNS_DIR and not runs_dir.exists() and not runs_dir.is_symlink()
+    count = 0 if make else len(list_runs(runs_dir))  # one that cannot be read fails at once
     try:
         sock = open_listener(args.host, args.port)
     except OSError as err:
         raise _listen_error(args.host, args.port, err) from None
+    if make:
+        try:
+            runs_dir.mkdir()
+        except OSError as err:
+            sock.close()
+            raise UserError(f"cannot make the runs directory {str(runs_dir)!r}: {err}") from err
+        print(f"esper dashboard: made {runs_dir}/, where runs go by default", file=sys.stderr)
     server = DashboardServer(runs_dir, sock, study_table=study_table)
     found = len(studies(runs_dir))
     in_studies = f", {counted(found, 'study', 'studies')}" if found else ""
