@@ -1506,3 +1506,13 @@ def test_a_url_saved_with_a_password_before_it_was_refused_is_read_back(tmp_path
     # a user name holding an "@" (alice@srv): SQLAlchemy reads the password after it
     with pytest.raises(UserError, match=r"'postgresql://alice@srv:\*\*\*@h/d' carries a"):
         refuse_passwords(TelemetrySettings(), "postgresql://alice@srv:s3cret@h/d")
+
+
+def test_version_flag_prints_the_version(capsys) -> None:
+    """``esper --version`` said "the following arguments are required: COMMAND"."""
+    import esper
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"esper {esper.__version__}\n"

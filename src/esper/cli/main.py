@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+import esper
 from esper.cli.entry import loading
 from esper.cli.knowledge import add_knowledge_parser
 from esper.cli.runs import TABLE_ROWS, path_arg
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{t.name} ({t.description})" for t in TASKS.values())
         + ". Each run command has its own --help.",
     )
+    parser.add_argument("--version", action="version", version=f"esper {esper.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, help_text in RUN_COMMANDS.items():
         sub.add_parser(command, help=help_text, add_help=False)
