@@ -88,13 +88,7 @@ def run_knowledge(args: argparse.Namespace) -> int:
         runs = list(dict.fromkeys(args.runs)) if args.knowledge_command == "import" else []
         imported = _one_per_seed(runs)  # all read before any write
         if args.knowledge_command == "import" and not imported:  # nothing made, nothing changed
-            given = (
-                "the run or file given holds" if len(runs) == 1 else "the runs or files given hold"
-            )
-            print(
-                f"nothing imported: {given} no seed outcome (a run records one per seed it "
-                f"germinated); {shown} unchanged"
-            )
+            print(_nothing_imported(len(runs), shown))
             return 0
         try:
             store = KnowledgeStore.open(url, create=args.knowledge_command == "import")
@@ -125,6 +119,15 @@ def run_knowledge(args: argparse.Namespace) -> int:
     except (KnowledgeURLError, KnowledgeStoreError) as err:
         raise UserError(f"{err}{url_origin(args.knowledge)}") from None
     return 0
+
+
+def _nothing_imported(given: int, shown: str) -> str:
+    """What an import of ``given`` runs or files that hold no seed outcome says."""
+    what = "the run or file given holds" if given == 1 else "the runs or files given hold"
+    return (
+        f"nothing imported: {what} no seed outcome (a run records one per seed it germinated); "
+        f"{shown} unchanged"
+    )
 
 
 def _one_per_seed(runs: list[Path]) -> list[SeedOutcome]:

@@ -152,24 +152,11 @@ def find_dataset_dir(
 
     bases, target, explicit = _search_bases(files, data_dir)
     found = first_complete(bases)
-    if found is None and unpack is not None:
-        try:
-            found = first_complete([target]) if unpack(target) else None
-        except OSError as exc:  # writing the dataset's folder: read-only, full, ...
-            raise _not_written(files, target, exc) from exc
+    if found is None and unpack is not None and _unpacked(files, target, unpack):
+        found = first_complete([target])
     if found is None and fetch is not None:
         logger.info("%s not found locally; downloading into %s", files.name, target)
-        try:
-            fetch(target)
-        except DownloadError as exc:
-            # One error type for "could not get the dataset", with the download's reason kept.
-            raise _not_found(
-                files, searched, explicit=explicit, fetch_allowed=True, download_error=exc
-            ) from exc
-        except DatasetNotFoundError:
-            raise
-        except OSError as exc:  # writing the download's folder: read-only, full, ...
-            raise _not_written(files, target, exc) from exc
+        _fetch(files, target, fetch, searched, explicit)
         found = first_complete([target])
         if found is None:
             raise DatasetNotFoundError(
@@ -180,6 +167,43 @@ def find_dataset_dir(
         raise _not_found(files, searched, explicit=explicit, fetch_allowed=fetch is not None)
     logger.info("using %s from %s", files.name, found)
     return found
+
+
+def _fetch(
+    files: DatasetFiles,
+    target: Path,
+    fetch: Callable[[Path], None],
+    searched: list[Path],
+    explicit: bool,
+) -> None:
+    """``fetch(target)`` (``find_dataset_dir``'s), its failures said in one line.
+
+    Raises:
+        DatasetNotFoundError: the download failed (its ``DownloadError`` kept as the cause:
+            one error type for "could not get the dataset"), or ``target`` cannot be written.
+    """
+    try:
+        fetch(target)
+    except DownloadError as exc:
+        raise _not_found(
+            files, searched, explicit=explicit, fetch_allowed=True, download_error=exc
+        ) from exc
+    except DatasetNotFoundError:
+        raise
+    except OSError as exc:  # writing the download's folder: read-only, full, ...
+        raise _not_written(files, target, exc) from exc
+
+
+def _unpacked(files: DatasetFiles, target: Path, unpack: Callable[[Path], bool]) -> bool:
+    """``unpack(target)`` (``find_dataset_dir``'s), a folder it cannot write said in one line.
+
+    Raises:
+        DatasetNotFoundError: ``target`` cannot be written (read-only, full, ...).
+    """
+    try:
+        return unpack(target)
+    except OSError as exc:
+        raise _not_written(files, target, exc) from exc
 
 
 def _check_given(files: DatasetFiles, bases: Sequence[Path], target: Path) -> None:
