@@ -317,6 +317,19 @@ def test_verdicts_from_trials() -> None:
     ]
 
 
+def _false_yes(rng: np.random.Generator, n: int, reps: int, studies: int = 2000) -> float:
+    """How often identical arms (normal scores, ``n`` per arm, ``studies`` studies) get a "yes":
+    the probability of improvement resampled ``reps`` times as ``improvements`` does (arms
+    apart), its 2.5th percentile above ½."""
+    x, y = rng.normal(size=(2, studies, n))
+    picks = rng.integers(0, n, size=(2, studies, reps, n))
+    bx = np.take_along_axis(x[:, None, :], picks[0], axis=2)
+    by = np.take_along_axis(y[:, None, :], picks[1], axis=2)
+    pairs = bx[..., :, None] - by[..., None, :]
+    p = (pairs > 0).mean(axis=(-1, -2)) + 0.5 * (pairs == 0).mean(axis=(-1, -2))
+    return float((np.percentile(p, 2.5, axis=1) > 0.5).mean())
+
+
 def test_too_few_seeds_give_no_verdict() -> None:
     """One seed gave "P(improvement) = 1.00 (95 % CI 1.00–1.00) ... yes" (a walk-through): the
     percentile bootstrap's intervals are too narrow below ``MIN_VERDICT_SEEDS`` scores per arm.
@@ -324,18 +337,8 @@ def test_too_few_seeds_give_no_verdict() -> None:
     each, the probability of improvement resampled as ``improvements`` does, arms apart, 500
     times), whose false "yes" rate a 95 % interval should keep near 2.5 %."""
     rng = np.random.default_rng(3)
-
-    def false_yes(n: int, studies: int = 2000, reps: int = 500) -> float:
-        x, y = rng.normal(size=(2, studies, n))
-        picks = rng.integers(0, n, size=(2, studies, reps, n))
-        bx = np.take_along_axis(x[:, None, :], picks[0], axis=2)
-        by = np.take_along_axis(y[:, None, :], picks[1], axis=2)
-        pairs = bx[..., :, None] - by[..., None, :]
-        p = (pairs > 0).mean(axis=(-1, -2)) + 0.5 * (pairs == 0).mean(axis=(-1, -2))
-        return float((np.percentile(p, 2.5, axis=1) > 0.5).mean())
-
-    assert false_yes(MIN_VERDICT_SEEDS - 1) > 0.07  # what the minimum keeps out
-    assert false_yes(MIN_VERDICT_SEEDS) < 0.05
+    assert _false_yes(rng, MIN_VERDICT_SEEDS - 1, 500) > 0.07  # what the minimum keeps out
+    assert _false_yes(rng, MIN_VERDICT_SEEDS, 500) < 0.05
     roles = VerdictRoles(matched=frozenset({("grow", "static-matched")}))
     rows = [*_rows("t", "grow", [90.0, 91.0, 92.0]), *_rows("t", "static-matched", [80.0] * 3)]
     [line] = verdicts(improvements(rows, ["static-matched"], reps=REPS), roles, REPS)
@@ -354,18 +357,8 @@ def test_too_few_resamples_give_no_verdict() -> None:
     95 % interval should keep near 2.5 %: far above it at 10 resamples, near it at the
     minimum."""
     rng = np.random.default_rng(5)
-
-    def false_yes(reps: int, n: int = MIN_VERDICT_SEEDS, studies: int = 2000) -> float:
-        x, y = rng.normal(size=(2, studies, n))
-        picks = rng.integers(0, n, size=(2, studies, reps, n))
-        bx = np.take_along_axis(x[:, None, :], picks[0], axis=2)
-        by = np.take_along_axis(y[:, None, :], picks[1], axis=2)
-        pairs = bx[..., :, None] - by[..., None, :]
-        p = (pairs > 0).mean(axis=(-1, -2)) + 0.5 * (pairs == 0).mean(axis=(-1, -2))
-        return float((np.percentile(p, 2.5, axis=1) > 0.5).mean())
-
-    assert false_yes(10) > 0.08  # what the minimum keeps out
-    assert false_yes(MIN_VERDICT_REPS) < 0.045
+    assert _false_yes(rng, MIN_VERDICT_SEEDS, 10) > 0.08  # what the minimum keeps out
+    assert _false_yes(rng, MIN_VERDICT_SEEDS, MIN_VERDICT_REPS) < 0.045
     found = [_improvement("grow", "static-matched", (0.9, 0.8, 1.0))]
     roles = VerdictRoles(matched=frozenset({("grow", "static-matched")}))
     [line] = verdicts(found, roles, MIN_VERDICT_REPS - 1)
