@@ -377,6 +377,33 @@ def test_an_eval_without_a_seed_takes_the_first_its_policy_did_not_train_on(
     assert parse("eval", [], RunOptions(config=file)).seed == 9
 
 
+def test_an_eval_resumed_after_its_policy_was_removed_from_config_json_is_one_line(
+    tmp_path, capsys, recorded_runs, monkeypatch
+) -> None:
+    """``"policy": null`` in an interrupted eval's config.json ended in an AssertionError
+    traceback at the controller (an adversarial walk-through)."""
+    from esper.nissa.stopping import Stop
+    from esper.tolaria.episode import Episode
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    out = tmp_path / "eval"
+    args = ["eval", "--policy", str(recorded_runs["ppo"]), "--epochs", "2", "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(Episode, "step", interrupted)
+        assert main(args) == 130
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "policy": None}))
+    capsys.readouterr()
+    assert main(["eval", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"esper: error: cannot resume {str(out)!r}: its config.json names no policy, which an "
+        "eval run records; restore it, or start a new run\n"
+    )
+
+
 def _static_first_epoch(out: Path, seed: int) -> dict[str, str]:
     """The first ``metrics.csv`` row of a static run of ``seed`` with the tiny preset's budget
     (the recorded PPO run's environments trained so)."""

@@ -1519,8 +1519,8 @@ def test_a_resume_of_a_config_json_with_its_task_edited_names_config_json(
     files[run / "config.json"] = (run / "config.json").read_bytes()
     assert main(["static", "--resume", str(run)]) == 2
     assert _one_error_line(capsys) == (
-        f"esper: error: cannot resume {str(run)!r}: its config.json names no task "
-        "(training.task); restore it, or start a new run"
+        f"esper: error: cannot resume {str(run)!r}: its config.json names no training.task, "
+        "which a static run records; restore it, or start a new run"
     )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 

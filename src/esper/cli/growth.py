@@ -22,7 +22,7 @@ from esper.cli.main import EXIT_INTERRUPTED
 from esper.leyline.config import HostTraining, UserError, override
 from esper.leyline.files import shell_path
 from esper.nissa import record
-from esper.nissa.log import counted, percent
+from esper.nissa.log import counted, percent, with_article
 from esper.nissa.stopping import Stop
 from esper.seeding import replayed_episode
 from esper.simic.build import PolicyCheckpointError, policy_training
@@ -72,10 +72,17 @@ def _parsed(
             config: GrowthRun = override(GrowthRun(HostTraining("")), data)
         except (record.RunRecordError, ValueError) as err:
             raise UserError(f"cannot resume {str(options.resume)!r}: {err}") from err
-        if not config.training.task:  # a run always records one: config.json was edited
+        missing = [  # a run always records them: its config.json (or meta.json) was edited
+            key
+            for key, absent in (("training.task", not config.training.task),
+                                ("policy", mode == "eval" and config.policy is None))
+            if absent
+        ]  # fmt: skip
+        if missing:
             raise UserError(
-                f"cannot resume {str(options.resume)!r}: its config.json names no task "
-                "(training.task); restore it, or start a new run"
+                f"cannot resume {str(options.resume)!r}: its config.json names no "
+                f"{' and no '.join(missing)}, which {with_article(mode)} run records; restore "
+                "it, or start a new run"
             )
         return replace(config, training=without_stray_data_dir(config.training)), None, None
     base, policy = None, None
