@@ -3,6 +3,7 @@ setting at each invocation, and the attempts and errors per trial."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -75,13 +76,8 @@ class StudyState:
     def revisions(self) -> str | None:
         """The git revisions the study's invocations ran, in order, as ``results.md`` names
         them: "A" or "A (2 invocations), then B (1)"; None where none was recorded."""
-        runs: list[list[Any]] = []  # [revision, invocations]
-        for invocation in self.invocations:
-            revision = invocation.get("git_revision") or "unknown"
-            if runs and runs[-1][0] == revision:
-                runs[-1][1] += 1
-            else:
-                runs.append([revision, 1])
+        revisions = (i.get("git_revision") or "unknown" for i in self.invocations)
+        runs = [(revision, len(list(same))) for revision, same in itertools.groupby(revisions)]
         if len(runs) <= 1:
             return runs[0][0] if runs else None
         return ", then ".join(f"{r} ({counted(n, 'invocation')})" for r, n in runs)
