@@ -213,18 +213,11 @@ def _setting_rows(runs: list[RunDirectory]) -> list[list[str]]:
     rows = []
     for name in ("epochs", *COMPARED_SETTINGS, *GROWTH_SETTINGS):
         cells = [
-            "—" if t is None or name not in t else _setting_cell(name, t[name]) for t in trainings
+            "—" if t is None or name not in t else setting_text(name, t[name]) for t in trainings
         ]
         if len({cell for cell in cells if cell != "—"}) > 1:
             rows.append([f"setting {name}", *cells])  # as config.json names it
     return rows
-
-
-def _setting_cell(name: str, value: Any) -> str:
-    """``setting_text``, with a list of slots as "early, mid"."""
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "none"
-    return setting_text(name, value)
 
 
 def _data_line(data: dict[str, Any]) -> str:

@@ -316,9 +316,11 @@ the same head's under another name). Their flags: ``--ppo.rounds``, ``--ray-addr
 
 def setting_text(name: str, value: Any) -> str:
     """A resolved ``HostTraining`` setting's value for people: None is what it means ("all"
-    batches per epoch, "all" validation samples)."""
+    batches per epoch, "all" validation samples); a list (the slots) as "early, mid"."""
     if value is None:
         return "all" if name in ("batches_per_epoch", "val_samples") else "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value)) or "none"
     return str(value)
 
 
